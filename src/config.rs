@@ -1,0 +1,538 @@
+//! Typed configuration, loaded in layers with the `config` crate and validated
+//! before anything starts.
+//!
+//! Layers, later ones win: the compiled-in default (`config/edgeloop.toml`,
+//! every key documented there) → the file given with `--config` → environment
+//! variables `EDGELOOP__SECTION__KEY`. Unknown keys are refused
+//! (`deny_unknown_fields`); [`Config::validate`] checks values and names the
+//! key of the first problem.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The compiled-in default configuration.
+pub const DEFAULT_TOML: &str = include_str!("../config/edgeloop.toml");
+
+/// Errors from loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or parsed, or a key is unknown or of the wrong type.
+    #[error("config: {0}")]
+    Load(String),
+    /// A value is out of range or inconsistent.
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// The whole configuration. See `config/edgeloop.toml` for every key's meaning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[store]`: the redb database and write batching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub retention_samples: u64,
+    pub retention_chunk: u64,
+    pub batch_size: usize,
+    pub batch_linger_ms: u64,
+}
+
+/// `[mqtt]`: broker, session and back-off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub broker: String,
+    pub embedded_listen: SocketAddr,
+    pub client_id: String,
+    pub keep_alive_s: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub max_packet_bytes: usize,
+    pub ingest_max_payload_bytes: usize,
+    pub outbox_capacity: usize,
+}
+
+/// Where the daemon's MQTT client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerTarget {
+    /// The in-process broker, listening on this loopback address.
+    Embedded(SocketAddr),
+    /// An external broker at host:port.
+    External { host: String, port: u16 },
+}
+
+impl MqttConfig {
+    /// The broker this configuration points at.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `mqtt.broker` when it is neither
+    /// `"embedded"` nor an `mqtt://host:port` URL.
+    pub fn target(&self) -> Result<BrokerTarget, ConfigError> {
+        if self.broker == "embedded" {
+            return Ok(BrokerTarget::Embedded(self.embedded_listen));
+        }
+        let (host, port) = parse_mqtt_url(&self.broker).map_err(|reason| ConfigError::Invalid {
+            key: "mqtt.broker".into(),
+            reason,
+        })?;
+        Ok(BrokerTarget::External { host, port })
+    }
+}
+
+/// Parses `mqtt://host[:port]` (port 1883 when absent) into host and port.
+///
+/// # Errors
+/// A message saying what is wrong with the URL.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("`{url}` is neither \"embedded\" nor an mqtt://host:port URL"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("`{url}`: port `{p}` is not a number in 1..=65535"))?,
+        ),
+        None => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{url}`: host and a non-zero port are required"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// `[http]`: the local API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub max_rows: usize,
+}
+
+/// The learning task of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    Classification,
+}
+
+/// One `[[pipelines]]` entry: a stream of samples and the model learnt from it.
+///
+/// Fields left out of a user's file take the defaults below, which equal the
+/// example pipeline of `config/edgeloop.toml` (a test holds them equal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub topics: Vec<String>,
+    #[serde(default = "default_device_level")]
+    pub device_level: i32,
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub timestamp: String,
+    #[serde(default = "default_timestamp_format")]
+    pub timestamp_format: String,
+    #[serde(default = "default_task")]
+    pub task: Task,
+    #[serde(default = "default_prediction_topic")]
+    pub prediction_topic: String,
+    #[serde(default)]
+    pub model: ModelConfig,
+}
+
+fn default_device_level() -> i32 {
+    1
+}
+fn default_timestamp_format() -> String {
+    "%Y-%m-%d %H:%M:%S".into()
+}
+fn default_task() -> Task {
+    Task::Classification
+}
+fn default_prediction_topic() -> String {
+    "edgeloop/{pipeline}/predictions/{device}".into()
+}
+
+/// The model family of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Multinomial logistic regression (softmax) on standardised features.
+    Logistic,
+}
+
+/// `[pipelines.model]`: what is trained and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub l2: f64,
+    pub max_iter: usize,
+    pub min_labels: u64,
+    pub retrain_every: u64,
+    pub holdout_fraction: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            family: Family::Logistic,
+            l2: 1e-3,
+            max_iter: 300,
+            min_labels: 500,
+            retrain_every: 2000,
+            holdout_fraction: 0.2,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layers (default, then `file` if given, then the environment)
+    /// and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError::Load`] when a layer cannot be read or holds an unknown
+    /// key or a value of the wrong type; [`ConfigError::Invalid`] from
+    /// [`Config::validate`].
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        use config::{Environment, File, FileFormat};
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("EDGELOOP__"))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("EDGELOOP")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("pipelines")
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Load(describe(e, file)))?;
+        let cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(describe(e, file)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; the first problem is returned naming its key.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with the key (e.g. `pipelines[0].model.l2`)
+    /// and the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, reason: String| Err(ConfigError::Invalid { key, reason });
+        self.mqtt.target()?;
+        if self.store.batch_size == 0 {
+            return bad("store.batch_size".into(), "must be at least 1".into());
+        }
+        if self.store.retention_chunk == 0 {
+            return bad("store.retention_chunk".into(), "must be at least 1".into());
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 23 {
+            return bad(
+                "mqtt.client_id".into(),
+                "must be 1 to 23 characters (MQTT 3.1.1 §3.1.3.1)".into(),
+            );
+        }
+        if !(5..=65535).contains(&self.mqtt.keep_alive_s) {
+            return bad("mqtt.keep_alive_s".into(), "must be in 5..=65535".into());
+        }
+        if self.mqtt.reconnect_min_ms == 0
+            || self.mqtt.reconnect_min_ms > self.mqtt.reconnect_max_ms
+        {
+            return bad(
+                "mqtt.reconnect_min_ms".into(),
+                "must be at least 1 and at most mqtt.reconnect_max_ms".into(),
+            );
+        }
+        if self.mqtt.ingest_max_payload_bytes == 0
+            || self.mqtt.ingest_max_payload_bytes > self.mqtt.max_packet_bytes
+        {
+            return bad(
+                "mqtt.ingest_max_payload_bytes".into(),
+                "must be at least 1 and at most mqtt.max_packet_bytes".into(),
+            );
+        }
+        if self.mqtt.outbox_capacity == 0 {
+            return bad("mqtt.outbox_capacity".into(), "must be at least 1".into());
+        }
+        if self.http.max_rows == 0 {
+            return bad("http.max_rows".into(), "must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let key = |k: &str| format!("pipelines[{i}].{k}");
+            let name_ok = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !name_ok {
+                return bad(
+                    key("name"),
+                    format!("`{}` must match [A-Za-z0-9_-]{{1,64}}", p.name),
+                );
+            }
+            if !names.insert(p.name.as_str()) {
+                return bad(key("name"), format!("`{}` is declared twice", p.name));
+            }
+            if p.topics.is_empty() {
+                return bad(
+                    key("topics"),
+                    "at least one topic filter is required".into(),
+                );
+            }
+            for t in &p.topics {
+                if !rumqttc::valid_filter(t) {
+                    return bad(
+                        key("topics"),
+                        format!("`{t}` is not a valid MQTT topic filter"),
+                    );
+                }
+            }
+            if p.features.is_empty() {
+                return bad(key("features"), "at least one feature is required".into());
+            }
+            for f in &p.features {
+                if let Err(e) = crate::ingest::decode::JsonPath::parse(f) {
+                    return bad(key("features"), e);
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for f in &p.features {
+                if !seen.insert(f) {
+                    return bad(key("features"), format!("`{f}` is listed twice"));
+                }
+            }
+            for (field, k) in [(&p.label, "label"), (&p.timestamp, "timestamp")] {
+                if !field.is_empty() {
+                    if let Err(e) = crate::ingest::decode::JsonPath::parse(field) {
+                        return bad(key(k), e);
+                    }
+                }
+            }
+            if p.task == Task::Classification && p.label.is_empty() {
+                return bad(
+                    key("label"),
+                    "a classification pipeline needs a label field".into(),
+                );
+            }
+            if p.device_level < -1 {
+                return bad(
+                    key("device_level"),
+                    "must be -1 or a topic level index".into(),
+                );
+            }
+            if !p.prediction_topic.is_empty() && !rumqttc::valid_topic(&p.prediction_topic) {
+                return bad(
+                    key("prediction_topic"),
+                    "must be a topic name without wildcards".into(),
+                );
+            }
+            let m = &p.model;
+            if !(m.l2.is_finite() && m.l2 > 0.0) {
+                return bad(
+                    key("model.l2"),
+                    format!("{} must be a positive number", m.l2),
+                );
+            }
+            if m.max_iter == 0 {
+                return bad(key("model.max_iter"), "must be at least 1".into());
+            }
+            if m.min_labels < 10 {
+                return bad(key("model.min_labels"), "must be at least 10".into());
+            }
+            if m.retrain_every == 0 {
+                return bad(key("model.retrain_every"), "must be at least 1".into());
+            }
+            if !(m.holdout_fraction > 0.0 && m.holdout_fraction <= 0.5) {
+                return bad(
+                    key("model.holdout_fraction"),
+                    format!("{} must be in (0, 0.5]", m.holdout_fraction),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The pipeline named `name`, if configured.
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    /// The effective configuration as TOML (what `check-config` prints).
+    ///
+    /// # Errors
+    /// [`ConfigError::Load`] if serialisation fails (it should not).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Load(e.to_string()))
+    }
+}
+
+fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
+    let origin = file
+        .map(|p| format!(" (layers: default, {}, environment)", p.display()))
+        .unwrap_or_default();
+    format!("{e}{origin}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(Some(&path), env)
+    }
+
+    #[test]
+    fn default_loads_and_pipeline_defaults_equal_the_documented_example() {
+        let cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+        assert_eq!(cfg.mqtt.broker, "embedded");
+        let p = &cfg.pipelines[0];
+        // Serde defaults must equal the example in config/edgeloop.toml.
+        let minimal: PipelineConfig =
+            toml::from_str("name='x'\ntopics=['a']\nfeatures=['f']\nlabel='y'\ntimestamp='Date'")
+                .unwrap();
+        assert_eq!(minimal.device_level, p.device_level);
+        assert_eq!(minimal.timestamp_format, p.timestamp_format);
+        assert_eq!(minimal.task, p.task);
+        assert_eq!(minimal.prediction_topic, p.prediction_topic);
+        let (a, b) = (&minimal.model, &p.model);
+        assert_eq!(
+            (
+                a.family,
+                a.l2,
+                a.max_iter,
+                a.min_labels,
+                a.retrain_every,
+                a.holdout_fraction
+            ),
+            (
+                b.family,
+                b.l2,
+                b.max_iter,
+                b.min_labels,
+                b.retrain_every,
+                b.holdout_fraction
+            )
+        );
+    }
+
+    #[test]
+    fn file_then_environment_override() {
+        let cfg = load_str(
+            "[http]\nlisten = '127.0.0.1:9001'\n[store]\nbatch_size = 7\n",
+            &[
+                ("EDGELOOP__STORE__BATCH_SIZE", "9"),
+                ("EDGELOOP__MQTT__BROKER", "mqtt://h:1884"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.http.listen.port(), 9001);
+        assert_eq!(cfg.store.batch_size, 9);
+        assert_eq!(
+            cfg.mqtt.target().unwrap(),
+            BrokerTarget::External {
+                host: "h".into(),
+                port: 1884
+            }
+        );
+        // Untouched keys keep the default.
+        assert_eq!(cfg.store.retention_chunk, 1000);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_str("[mqtt]\nbrokr = 'embedded'\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokr"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = load_str("[mqtt]\nbroker = 'http://x'\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.broker"), "{err}");
+        let err = load_str(
+            "[[pipelines]]\nname='p'\ntopics=['a/#']\nfeatures=['f']\nlabel='y'\n[pipelines.model]\nl2=-1.0\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines[0].model.l2"), "{err}");
+        let err = load_str(
+            "[[pipelines]]\nname='p'\ntopics=['a/#/b']\nfeatures=['f']\nlabel='y'\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines[0].topics"), "{err}");
+        let err = load_str("", &[("EDGELOOP__STORE__BATCH_SIZE", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1999").unwrap(),
+            ("127.0.0.1".into(), 1999)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert!(parse_mqtt_url("mqtt://:12").is_err());
+        assert!(parse_mqtt_url("mqtt://h:99999").is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! Wiring: starts every component on one root [`CancellationToken`] and
+//! stops them in order.
+//!
+//! ```text
+//! MqttSource ──Incoming──▶ Writer ──commit──▶ Store ◀── Learner ──promote──▶ Registry
+//!     ▲  (ack after commit) │   └─PredictJob─▶ Predictor ──Outgoing──▶ Publisher ──▶ MQTT
+//!     └─────────────────────┘                                 HTTP ◀── Registry, Store
+//! ```
+//!
+//! Shutdown: cancelling the root token stops ingest first (the source stops
+//! forwarding and drops its sender), the writer commits and acknowledges what
+//! it holds, then the source disconnects and HTTP stops last. A component that
+//! fails cancels the root token, and [`Running::wait`] returns its error, so
+//! the process exits non-zero with the reason.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::config::{BrokerTarget, Config, ConfigError};
+use crate::ingest::mqtt::{self, Backoff, Connection, MqttSource};
+use crate::ingest::writer::Writer;
+use crate::monitor::retrain::{Learner, LearnerHandle};
+use crate::serve::http::{self, AppState};
+use crate::serve::predictions::{Predictor, Publisher};
+use crate::serve::registry::Registry;
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::IngestError),
+    #[error(transparent)]
+    Registry(#[from] crate::serve::registry::RegistryError),
+    #[error("HTTP: cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("component `{component}` failed: {reason}")]
+    Component {
+        component: &'static str,
+        reason: String,
+    },
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+}
+
+/// What tests, the demo and the CLI reach in a running daemon.
+#[derive(Clone)]
+pub struct DaemonHandle {
+    /// Where the HTTP API listens (the bound address when port 0 was asked).
+    pub http_addr: SocketAddr,
+    /// Where the MQTT client connects.
+    pub broker: (String, u16),
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub stats: Arc<Stats>,
+    pub learner: LearnerHandle,
+    pub connection: Arc<Connection>,
+}
+
+/// A started daemon.
+pub struct Running {
+    pub handle: DaemonHandle,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    failure: Arc<Mutex<Option<DaemonError>>>,
+}
+
+impl Running {
+    /// Waits until every component has stopped (after the root token is
+    /// cancelled, or a component failed). After cancellation, waits at most
+    /// `grace`.
+    ///
+    /// # Errors
+    /// The first component failure, or [`DaemonError::ShutdownTimeout`].
+    pub async fn wait(self, grace: Duration) -> Result<(), DaemonError> {
+        self.shutdown.cancelled().await;
+        info!(
+            grace_ms = grace.as_millis() as u64,
+            "Shutting down: stopping ingest, draining, then HTTP."
+        );
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            return Err(DaemonError::ShutdownTimeout(grace));
+        }
+        let failure = self.failure.lock().ok().and_then(|mut f| f.take());
+        match failure {
+            Some(e) => Err(e),
+            None => {
+                info!("Stopped cleanly.");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts the daemon for `cfg`. Cancelling `shutdown` stops it.
+///
+/// # Errors
+/// [`DaemonError`] when the store cannot be opened, the embedded broker or
+/// the HTTP listener cannot start.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
+    cfg.validate()?;
+    let stats = Arc::new(Stats::default());
+    let store_path = cfg.store.path.clone();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&store_path))
+            .await
+            .map_err(|e| DaemonError::Component {
+                component: "store",
+                reason: e.to_string(),
+            })??,
+    );
+    let registry = Arc::new(Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())));
+    {
+        let (registry, store) = (registry.clone(), store.clone());
+        tokio::task::spawn_blocking(move || registry.restore(&store))
+            .await
+            .map_err(|e| DaemonError::Component {
+                component: "registry",
+                reason: e.to_string(),
+            })??;
+    }
+    let (host, port) = match cfg.mqtt.target()? {
+        BrokerTarget::External { host, port } => (host, port),
+        BrokerTarget::Embedded(addr) => {
+            start_embedded(addr, cfg.mqtt.max_packet_bytes).await?;
+            (addr.ip().to_string(), addr.port())
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: cfg.http.listen,
+            reason: e.to_string(),
+        })?;
+    let http_addr = listener.local_addr().map_err(|e| DaemonError::Listen {
+        addr: cfg.http.listen,
+        reason: e.to_string(),
+    })?;
+
+    let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, &host, port, true);
+    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 10_000);
+    let connection = Arc::new(Connection::default());
+    let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+    let (predict_tx, predict_rx) = mpsc::channel(256);
+    let (outbox_tx, outbox_rx) = mpsc::channel(cfg.mqtt.outbox_capacity);
+    let labels_added = Arc::new(Notify::new());
+    let drained = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let failure: Arc<Mutex<Option<DaemonError>>> = Arc::new(Mutex::new(None));
+
+    let source = MqttSource {
+        client: client.clone(),
+        eventloop,
+        filters: cfg
+            .pipelines
+            .iter()
+            .flat_map(|p| p.topics.clone())
+            .collect(),
+        tx: Some(incoming_tx),
+        connection: connection.clone(),
+        stats: stats.clone(),
+        backoff: Backoff::new(
+            Duration::from_millis(cfg.mqtt.reconnect_min_ms),
+            Duration::from_millis(cfg.mqtt.reconnect_max_ms),
+        ),
+    };
+    let writer = Writer {
+        store: store.clone(),
+        pipelines: cfg.pipelines.clone(),
+        max_payload_bytes: cfg.mqtt.ingest_max_payload_bytes,
+        store_cfg: cfg.store.clone(),
+        client: client.clone(),
+        connection: connection.clone(),
+        rx: incoming_rx,
+        stats: stats.clone(),
+        labels_added: labels_added.clone(),
+        predict_tx,
+    };
+    let predictor = Predictor {
+        registry: registry.clone(),
+        pipelines: cfg.pipelines.clone(),
+        rx: predict_rx,
+        outbox: outbox_tx,
+        stats: stats.clone(),
+    };
+    let publisher = Publisher {
+        client,
+        connection: connection.clone(),
+        rx: outbox_rx,
+        stats: stats.clone(),
+    };
+    let (learner, learner_handle) = Learner::new(
+        store.clone(),
+        registry.clone(),
+        cfg.pipelines.clone(),
+        labels_added,
+        stats.clone(),
+    );
+    let app = http::router(AppState {
+        registry: registry.clone(),
+        store: store.clone(),
+        pipelines: Arc::new(cfg.pipelines.clone()),
+        learner: learner_handle.clone(),
+        stats: stats.clone(),
+        max_rows: cfg.http.max_rows,
+    });
+
+    let supervise = |name: &'static str| {
+        let (shutdown, failure) = (shutdown.clone(), failure.clone());
+        move |result: Result<(), String>| {
+            if let Err(reason) = result {
+                error!(component = name, %reason, "Component failed; stopping the daemon.");
+                if let Ok(mut f) = failure.lock() {
+                    f.get_or_insert(DaemonError::Component {
+                        component: name,
+                        reason,
+                    });
+                }
+                shutdown.cancel();
+            }
+        }
+    };
+    spawn(&tracker, supervise("mqtt-source"), {
+        let (shutdown, drained) = (shutdown.clone(), drained.clone());
+        async move {
+            source
+                .run(shutdown, drained)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    spawn(&tracker, supervise("writer"), {
+        let drained = drained.clone();
+        async move {
+            let r = writer
+                .run(CancellationToken::new())
+                .await
+                .map_err(|e| e.to_string());
+            drained.cancel();
+            r
+        }
+    });
+    spawn(&tracker, supervise("predictor"), async move {
+        predictor.run().await;
+        Ok(())
+    });
+    spawn(&tracker, supervise("publisher"), {
+        let shutdown = shutdown.clone();
+        async move {
+            publisher.run(shutdown).await;
+            Ok(())
+        }
+    });
+    spawn(&tracker, supervise("learner"), {
+        let shutdown = shutdown.clone();
+        async move { learner.run(shutdown).await.map_err(|e| e.to_string()) }
+    });
+    spawn(&tracker, supervise("http"), {
+        let drained = drained.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { drained.cancelled().await })
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    tracker.close();
+    info!(%http_addr, broker = %format!("{host}:{port}"), pipelines = cfg.pipelines.len(), "edgeloop running.");
+    Ok(Running {
+        handle: DaemonHandle {
+            http_addr,
+            broker: (host, port),
+            store,
+            registry,
+            stats,
+            learner: learner_handle,
+            connection,
+        },
+        shutdown,
+        tracker,
+        failure,
+    })
+}
+
+/// Spawns `fut` on the tracker; its result (or panic) goes to `on_done`.
+fn spawn<F>(
+    tracker: &TaskTracker,
+    on_done: impl FnOnce(Result<(), String>) + Send + 'static,
+    fut: F,
+) where
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let inner = tokio::spawn(fut);
+    tracker.spawn(async move {
+        let result = match inner.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("panicked or aborted: {e}")),
+        };
+        on_done(result);
+    });
+}
+
+#[cfg(feature = "embedded-broker")]
+async fn start_embedded(addr: SocketAddr, max_packet: usize) -> Result<(), DaemonError> {
+    tokio::task::spawn_blocking(move || crate::ingest::broker::start(addr, max_packet))
+        .await
+        .map_err(|e| DaemonError::Component {
+            component: "broker",
+            reason: e.to_string(),
+        })?
+        .map_err(DaemonError::from)
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+async fn start_embedded(_addr: SocketAddr, _max_packet: usize) -> Result<(), DaemonError> {
+    Err(DaemonError::Config(ConfigError::Invalid {
+        key: "mqtt.broker".into(),
+        reason: "this build has no embedded broker (cargo feature `embedded-broker`); \
+                 set an mqtt://host:port URL"
+            .into(),
+    }))
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then stops within `grace`.
+///
+/// # Errors
+/// As [`start`] and [`Running::wait`].
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), DaemonError> {
+    start(cfg, shutdown).await?.wait(grace).await
+}

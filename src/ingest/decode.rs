@@ -1,0 +1,504 @@
+//! Payload decoding: one MQTT message (topic + JSON payload) becomes one
+//! [`Sample`] by the pipeline's declared schema, salvaging what it can.
+//!
+//! Rules (what a device may send, and what becomes of it):
+//! - a feature that is a JSON number, a numeric string (`"21.5"`) or a boolean
+//!   (1/0) is read as `f32`;
+//! - a feature that is absent, `null`, non-numeric (`"n/a"`), NaN or infinite
+//!   is kept as a **missing value** (`f32::NAN` in [`Sample::features`],
+//!   never 0) and its reason is reported;
+//! - bare `NaN`, `Infinity`, `-Infinity` tokens (what Python's `json.dumps`
+//!   writes) are not JSON; such a payload is read leniently so that its other
+//!   fields are salvaged;
+//! - a sample is kept when at least one feature is present; a payload that is
+//!   not a JSON object, is larger than the limit or has no usable feature is
+//!   rejected.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::PipelineConfig;
+
+/// A decoded sensor reading.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// Reading time, milliseconds since the Unix epoch (UTC): the payload's
+    /// timestamp field, or the arrival time.
+    pub timestamp_ms: i64,
+    /// Device id, from the configured topic level ("" when none).
+    pub device: String,
+    /// Features in the pipeline's declared order; `NaN` marks a missing value.
+    pub features: Vec<f32>,
+    /// Class label, when the payload carries one.
+    pub label: Option<String>,
+}
+
+/// Why (part of) a payload could not be used. Counted per reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Not parseable as JSON even leniently. Rejected.
+    NotJson,
+    /// JSON, but not an object. Rejected.
+    NotObject,
+    /// Payload larger than `mqtt.ingest_max_payload_bytes`. Rejected.
+    TooLarge,
+    /// No feature could be read. Rejected.
+    NoFeatures,
+    /// A feature field is absent or `null`. Kept as missing.
+    MissingFeature,
+    /// A feature field is not a number (`"n/a"`, an object). Kept as missing.
+    NonNumeric,
+    /// A feature is NaN or infinite. Kept as missing.
+    NonFinite,
+    /// The label is not a string, number or boolean. The sample is kept unlabelled.
+    BadLabel,
+    /// The timestamp is absent or unreadable. The arrival time is used.
+    BadTimestamp,
+}
+
+impl Reason {
+    /// Every reason, for exporting counters.
+    pub const ALL: [Reason; 9] = [
+        Reason::NotJson,
+        Reason::NotObject,
+        Reason::TooLarge,
+        Reason::NoFeatures,
+        Reason::MissingFeature,
+        Reason::NonNumeric,
+        Reason::NonFinite,
+        Reason::BadLabel,
+        Reason::BadTimestamp,
+    ];
+
+    /// The reason's stable name (metric label, JSON key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotJson => "not_json",
+            Reason::NotObject => "not_object",
+            Reason::TooLarge => "too_large",
+            Reason::NoFeatures => "no_features",
+            Reason::MissingFeature => "missing_feature",
+            Reason::NonNumeric => "non_numeric",
+            Reason::NonFinite => "non_finite",
+            Reason::BadLabel => "bad_label",
+            Reason::BadTimestamp => "bad_timestamp",
+        }
+    }
+
+    /// Whether this reason rejects the whole payload.
+    pub fn rejects(self) -> bool {
+        matches!(
+            self,
+            Reason::NotJson | Reason::NotObject | Reason::TooLarge | Reason::NoFeatures
+        )
+    }
+}
+
+/// A problem found in a payload: its reason and the field concerned ("" for
+/// the whole payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: Reason,
+    pub field: String,
+}
+
+/// The result of decoding one payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The sample, unless the payload was rejected.
+    pub sample: Option<Sample>,
+    /// Everything that was wrong, in field order.
+    pub problems: Vec<Problem>,
+}
+
+/// One step of a [`JsonPath`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A field path into a JSON payload: `a.b.c`, `a.b[2]`, optionally led by `$.`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPath {
+    steps: Vec<Step>,
+}
+
+impl JsonPath {
+    /// Parses a path.
+    ///
+    /// # Errors
+    /// A message naming the path when it is empty or malformed.
+    pub fn parse(path: &str) -> Result<Self, String> {
+        let body = path.strip_prefix("$.").unwrap_or(path);
+        let mut steps = Vec::new();
+        for part in body.split('.') {
+            let (key, mut rest) = match part.find('[') {
+                Some(i) => (&part[..i], &part[i..]),
+                None => (part, ""),
+            };
+            if key.is_empty() && (steps.is_empty() || rest.is_empty()) {
+                return Err(format!("`{path}` is not a field path (a.b.c or a.b[2])"));
+            }
+            if !key.is_empty() {
+                steps.push(Step::Key(key.to_string()));
+            }
+            while !rest.is_empty() {
+                let close = rest
+                    .find(']')
+                    .ok_or_else(|| format!("`{path}`: unclosed `[`"))?;
+                let idx: usize = rest[1..close]
+                    .parse()
+                    .map_err(|_| format!("`{path}`: `{}` is not an index", &rest[1..close]))?;
+                steps.push(Step::Index(idx));
+                rest = &rest[close + 1..];
+                if !rest.is_empty() && !rest.starts_with('[') {
+                    return Err(format!("`{path}`: unexpected `{rest}`"));
+                }
+            }
+        }
+        Ok(Self { steps })
+    }
+
+    /// The value at this path, if present.
+    pub fn get<'a>(&self, root: &'a Value) -> Option<&'a Value> {
+        self.steps.iter().try_fold(root, |v, step| match step {
+            Step::Key(k) => v.get(k.as_str()),
+            Step::Index(i) => v.get(*i),
+        })
+    }
+}
+
+/// Decodes payloads of one pipeline.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    names: Vec<String>,
+    features: Vec<JsonPath>,
+    label: Option<JsonPath>,
+    timestamp: Option<JsonPath>,
+    timestamp_format: String,
+    device_level: i32,
+    max_payload_bytes: usize,
+}
+
+impl Decoder {
+    /// A decoder for `pipeline`. Paths were checked by config validation;
+    /// an unparseable one here never matches.
+    pub fn new(pipeline: &PipelineConfig, max_payload_bytes: usize) -> Self {
+        let path = |p: &str| JsonPath::parse(p).unwrap_or(JsonPath { steps: vec![] });
+        let opt = |p: &str| (!p.is_empty()).then(|| path(p));
+        Self {
+            names: pipeline.features.clone(),
+            features: pipeline.features.iter().map(|f| path(f)).collect(),
+            label: opt(&pipeline.label),
+            timestamp: opt(&pipeline.timestamp),
+            timestamp_format: pipeline.timestamp_format.clone(),
+            device_level: pipeline.device_level,
+            max_payload_bytes,
+        }
+    }
+
+    /// Decodes one message. Never fails: problems are reported in [`Decoded`].
+    ///
+    /// `arrival_ms` (ms since the Unix epoch) is used when the payload has no
+    /// readable timestamp.
+    pub fn decode(&self, topic: &str, payload: &[u8], arrival_ms: i64) -> Decoded {
+        let reject = |reason| Decoded {
+            sample: None,
+            problems: vec![Problem {
+                reason,
+                field: String::new(),
+            }],
+        };
+        if payload.len() > self.max_payload_bytes {
+            return reject(Reason::TooLarge);
+        }
+        let value = match serde_json::from_slice::<Value>(payload) {
+            Ok(v) => v,
+            Err(_) => match lenient_non_finite(payload)
+                .and_then(|fixed| serde_json::from_slice::<Value>(&fixed).ok())
+            {
+                Some(v) => v,
+                None => return reject(Reason::NotJson),
+            },
+        };
+        if !value.is_object() {
+            return reject(Reason::NotObject);
+        }
+        let mut problems = Vec::new();
+        let mut present = 0;
+        let features: Vec<f32> = self
+            .features
+            .iter()
+            .zip(&self.names)
+            .map(|(path, name)| match read_feature(path.get(&value)) {
+                Ok(x) => {
+                    present += 1;
+                    x
+                }
+                Err(reason) => {
+                    problems.push(Problem {
+                        reason,
+                        field: name.clone(),
+                    });
+                    f32::NAN
+                }
+            })
+            .collect();
+        if present == 0 {
+            problems.push(Problem {
+                reason: Reason::NoFeatures,
+                field: String::new(),
+            });
+            return Decoded {
+                sample: None,
+                problems,
+            };
+        }
+        let label = match &self.label {
+            None => None,
+            Some(path) => match path.get(&value) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Some(Value::Number(n)) => Some(canonical_number(n)),
+                Some(Value::Bool(b)) => Some(b.to_string()),
+                Some(_) => {
+                    problems.push(Problem {
+                        reason: Reason::BadLabel,
+                        field: "label".into(),
+                    });
+                    None
+                }
+            },
+        };
+        let timestamp_ms = match &self.timestamp {
+            None => arrival_ms,
+            Some(path) => match path.get(&value).and_then(|v| self.read_timestamp(v)) {
+                Some(t) => t,
+                None => {
+                    problems.push(Problem {
+                        reason: Reason::BadTimestamp,
+                        field: "timestamp".into(),
+                    });
+                    arrival_ms
+                }
+            },
+        };
+        let device = usize::try_from(self.device_level)
+            .ok()
+            .and_then(|level| topic.split('/').nth(level))
+            .unwrap_or("")
+            .to_string();
+        Decoded {
+            sample: Some(Sample {
+                timestamp_ms,
+                device,
+                features,
+                label,
+            }),
+            problems,
+        }
+    }
+
+    fn read_timestamp(&self, v: &Value) -> Option<i64> {
+        match v {
+            Value::Number(n) => epoch_to_ms(n.as_f64()?),
+            Value::String(s) => {
+                let s = s.trim();
+                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                    return Some(t.timestamp_millis());
+                }
+                if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, &self.timestamp_format) {
+                    return Some(t.and_utc().timestamp_millis());
+                }
+                epoch_to_ms(s.parse::<f64>().ok()?)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Epoch seconds, or milliseconds when above 1e11 (year 5138 in seconds).
+fn epoch_to_ms(x: f64) -> Option<i64> {
+    if !x.is_finite() || x < 0.0 {
+        return None;
+    }
+    let ms = if x > 1e11 { x } else { x * 1000.0 };
+    (ms < 9.0e15).then_some(ms.round() as i64)
+}
+
+fn read_feature(v: Option<&Value>) -> Result<f32, Reason> {
+    let x = match v {
+        None | Some(Value::Null) => return Err(Reason::MissingFeature),
+        Some(Value::Number(n)) => n.as_f64().ok_or(Reason::NonNumeric)?,
+        Some(Value::Bool(b)) => f64::from(u8::from(*b)),
+        Some(Value::String(s)) => s.trim().parse::<f64>().map_err(|_| Reason::NonNumeric)?,
+        Some(_) => return Err(Reason::NonNumeric),
+    };
+    let x = x as f32;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(Reason::NonFinite)
+    }
+}
+
+/// Integral numbers print without a fraction (`1`, not `1.0`), so that a
+/// label sent as `1`, `1.0` or `"1"` is the same class.
+pub fn canonical_number(n: &serde_json::Number) -> String {
+    if let Some(i) = n.as_i64() {
+        return i.to_string();
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
+        _ => n.to_string(),
+    }
+}
+
+/// Rewrites bare `NaN`, `Infinity` and `-Infinity` tokens outside strings as
+/// JSON strings, so the rest of the payload can be read. `None` when there is
+/// no such token (the payload is broken in another way).
+fn lenient_non_finite(payload: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    let (mut in_string, mut escaped, mut changed) = (false, false, false);
+    let mut i = 0;
+    while i < payload.len() {
+        let b = payload[i];
+        if in_string {
+            out.push(b);
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let rest = &payload[i..];
+        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
+        if let Some(t) = token {
+            out.push(b'"');
+            out.extend_from_slice(t);
+            out.push(b'"');
+            i += t.len();
+            changed = true;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        let p: PipelineConfig = toml::from_str(
+            "name='p'\ntopics=['s/+/x']\nfeatures=['t', 'env.h', 'v[1]']\nlabel='y'\ntimestamp='ts'",
+        )
+        .unwrap();
+        Decoder::new(&p, 1024)
+    }
+
+    fn reasons(d: &Decoded) -> Vec<Reason> {
+        d.problems.iter().map(|p| p.reason).collect()
+    }
+
+    #[test]
+    fn good_payload() {
+        let d = decoder().decode(
+            "s/dev7/x",
+            br#"{"t": 21.5, "env": {"h": "40"}, "v": [0, 3], "y": 1.0, "ts": "2015-02-04 17:51:00"}"#,
+            5,
+        );
+        assert!(d.problems.is_empty());
+        let s = d.sample.unwrap();
+        assert_eq!(s.features, vec![21.5, 40.0, 3.0]);
+        assert_eq!(s.label.as_deref(), Some("1"));
+        assert_eq!(s.device, "dev7");
+        // 2015-02-04T17:51:00Z
+        assert_eq!(s.timestamp_ms, 1_423_072_260_000);
+    }
+
+    #[test]
+    fn salvages_fields_as_missing_never_zero() {
+        let d = decoder().decode(
+            "s/a/x",
+            br#"{"t": "n/a", "env": {"h": null}, "v": [0, 2], "ts": 1423072260}"#,
+            5,
+        );
+        assert_eq!(
+            reasons(&d),
+            vec![Reason::NonNumeric, Reason::MissingFeature]
+        );
+        let s = d.sample.unwrap();
+        assert!(s.features[0].is_nan() && s.features[1].is_nan());
+        assert_eq!(s.features[2], 2.0);
+        assert_eq!(s.label, None);
+        assert_eq!(s.timestamp_ms, 1_423_072_260_000);
+    }
+
+    #[test]
+    fn bare_nan_is_salvaged() {
+        let d = decoder().decode(
+            "s/a/x",
+            br#"{"t": NaN, "env": {"h": -Infinity}, "v": [1, 4], "note": "NaN inside"}"#,
+            9,
+        );
+        assert_eq!(
+            reasons(&d),
+            vec![Reason::NonFinite, Reason::NonFinite, Reason::BadTimestamp]
+        );
+        let s = d.sample.unwrap();
+        assert_eq!(s.features[2], 4.0);
+        assert_eq!(s.timestamp_ms, 9);
+    }
+
+    #[test]
+    fn rejections() {
+        let dec = decoder();
+        assert_eq!(
+            reasons(&dec.decode("s/a/x", b"not json {", 0)),
+            vec![Reason::NotJson]
+        );
+        assert_eq!(
+            reasons(&dec.decode("s/a/x", b"[1,2]", 0)),
+            vec![Reason::NotObject]
+        );
+        assert_eq!(
+            reasons(&dec.decode("s/a/x", &[b' '; 1025], 0)),
+            vec![Reason::TooLarge]
+        );
+        let d = dec.decode("s/a/x", br#"{"y": 1}"#, 0);
+        assert!(d.sample.is_none());
+        assert_eq!(d.problems.last().unwrap().reason, Reason::NoFeatures);
+        // Overflowing f32 is non-finite, not a huge number.
+        let d = dec.decode("s/a/x", br#"{"t": 1e300, "env": {"h": 1}, "v": [0, 1]}"#, 0);
+        assert_eq!(reasons(&d)[0], Reason::NonFinite);
+    }
+
+    #[test]
+    fn paths() {
+        assert!(JsonPath::parse("$.a.b[3][1]").is_ok());
+        assert!(JsonPath::parse("a..b").is_err());
+        assert!(JsonPath::parse("a[x]").is_err());
+        assert!(JsonPath::parse("").is_err());
+        let v: Value = serde_json::from_str(r#"{"a": {"b": [[0], [5, 6]]}}"#).unwrap();
+        assert_eq!(
+            JsonPath::parse("a.b[1][1]").unwrap().get(&v),
+            Some(&Value::from(6))
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! Ingest: MQTT in, samples out. The source ([`mqtt`]) receives publishes,
+//! the writer ([`writer`]) decodes them ([`decode`]) and commits them to the
+//! store before acknowledging them. [`broker`] is the optional in-process
+//! broker; [`replay`] publishes a CSV file as messages.
+
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+pub mod decode;
+pub mod mqtt;
+pub mod replay;
+pub mod writer;
+
+/// Errors of the ingest components.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the writer stopped while the MQTT source was running")]
+    WriterGone,
+    #[error("a blocking task failed: {0}")]
+    Join(String),
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    #[error("replay of {file}: {reason}")]
+    Replay { file: String, reason: String },
+}

@@ -1,0 +1,49 @@
+//! The model card: what each trained version is, what it was trained on, and
+//! how well it did. Stored with the version; served by
+//! `GET /v1/pipelines/{name}/models`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::ClassificationMetrics;
+use super::Trigger;
+
+/// A model version's card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub pipeline: String,
+    pub version: u32,
+    /// Model family (`logistic`).
+    pub family: String,
+    /// Training settings.
+    pub hyperparameters: serde_json::Value,
+    /// Optimiser outcome (iterations, why it stopped, final objective).
+    pub optimizer: serde_json::Value,
+    pub trigger: Trigger,
+    /// When training finished, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    pub features: Vec<String>,
+    pub classes: Vec<String>,
+    /// Labelled samples used (training + holdout).
+    pub n_samples: u64,
+    pub n_train: u64,
+    pub n_holdout: u64,
+    /// Samples per class in the training set.
+    pub class_composition_train: BTreeMap<String, u64>,
+    /// Samples per class in the holdout.
+    pub class_composition_holdout: BTreeMap<String, u64>,
+    /// First and last sample timestamp (ms) of each set.
+    pub train_time_range_ms: Option<[i64; 2]>,
+    pub holdout_time_range_ms: Option<[i64; 2]>,
+    /// Metrics on the temporal holdout (scikit-learn semantics; undefined
+    /// precision or recall is `null` per class and listed in `undefined`).
+    pub holdout: Option<ClassificationMetrics>,
+    /// Wall-clock training time, milliseconds (fit only).
+    pub training_ms: f64,
+    /// Size of the exported ONNX model, bytes.
+    pub onnx_bytes: u64,
+    /// Median single-row inference latency through the serving engine,
+    /// microseconds, measured at load.
+    pub predict_p50_us: Option<f64>,
+}

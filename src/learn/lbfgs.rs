@@ -1,0 +1,172 @@
+//! Limited-memory BFGS for smooth, unconstrained objectives.
+//!
+//! Nocedal & Wright, *Numerical Optimization* (2nd ed., 2006), Algorithm 7.4
+//! (two-loop recursion) and 7.5, with a backtracking line search on the
+//! Armijo condition (Algorithm 3.1, c1 = 1e-4). A curvature pair is kept only
+//! when `sᵀy > 1e-12·‖s‖·‖y‖`, which holds for strictly convex objectives
+//! such as L2-penalised logistic regression.
+
+/// Why the optimiser stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// ‖∇f‖∞ fell below the tolerance.
+    Converged,
+    /// The line search could not decrease f any more (at machine precision).
+    NoProgress,
+    /// The iteration budget ran out.
+    MaxIter,
+    /// The cancellation check asked to stop.
+    Cancelled,
+}
+
+/// Result of [`minimize`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub x: Vec<f64>,
+    pub f: f64,
+    pub iterations: usize,
+    pub grad_inf_norm: f64,
+    pub stop: Stop,
+}
+
+/// Minimises `f` from `x0`. `fg(x, grad)` returns f(x) and writes ∇f(x) into
+/// `grad`. Stops when ‖∇f‖∞ ≤ `gtol`, after `max_iter` iterations, when no
+/// step decreases f, or when `cancelled()` returns true (checked each
+/// iteration).
+pub fn minimize(
+    x0: Vec<f64>,
+    mut fg: impl FnMut(&[f64], &mut [f64]) -> f64,
+    max_iter: usize,
+    gtol: f64,
+    cancelled: impl Fn() -> bool,
+) -> Outcome {
+    const M: usize = 10;
+    let n = x0.len();
+    let mut x = x0;
+    let mut g = vec![0.0; n];
+    let mut f = fg(&x, &mut g);
+    let mut s_hist: Vec<Vec<f64>> = Vec::with_capacity(M);
+    let mut y_hist: Vec<Vec<f64>> = Vec::with_capacity(M);
+    let mut rho_hist: Vec<f64> = Vec::with_capacity(M);
+    let mut d = vec![0.0; n];
+    let mut x_new = vec![0.0; n];
+    let mut g_new = vec![0.0; n];
+    let inf_norm = |v: &[f64]| v.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+    let mut iterations = 0;
+    let stop = loop {
+        if inf_norm(&g) <= gtol {
+            break Stop::Converged;
+        }
+        if iterations >= max_iter {
+            break Stop::MaxIter;
+        }
+        if cancelled() {
+            break Stop::Cancelled;
+        }
+        // Two-loop recursion: d = -H g.
+        d.iter_mut().zip(&g).for_each(|(di, gi)| *di = -gi);
+        let k = s_hist.len();
+        let mut alpha = vec![0.0; k];
+        for i in (0..k).rev() {
+            alpha[i] = rho_hist[i] * dot(&s_hist[i], &d);
+            d.iter_mut()
+                .zip(&y_hist[i])
+                .for_each(|(di, yi)| *di -= alpha[i] * yi);
+        }
+        let gamma = if k > 0 {
+            dot(&s_hist[k - 1], &y_hist[k - 1]) / dot(&y_hist[k - 1], &y_hist[k - 1])
+        } else {
+            1.0 / inf_norm(&g).max(1.0)
+        };
+        d.iter_mut().for_each(|di| *di *= gamma);
+        for i in 0..k {
+            let beta = rho_hist[i] * dot(&y_hist[i], &d);
+            d.iter_mut()
+                .zip(&s_hist[i])
+                .for_each(|(di, si)| *di += (alpha[i] - beta) * si);
+        }
+        let mut slope = dot(&g, &d);
+        if slope >= 0.0 {
+            // Not a descent direction (numerical trouble): restart from steepest descent.
+            s_hist.clear();
+            y_hist.clear();
+            rho_hist.clear();
+            d.iter_mut().zip(&g).for_each(|(di, gi)| *di = -gi);
+            slope = dot(&g, &d);
+        }
+        // Backtracking line search on the Armijo condition.
+        let mut step = 1.0;
+        let mut f_new;
+        let mut accepted = false;
+        for _ in 0..60 {
+            x_new
+                .iter_mut()
+                .zip(&x)
+                .zip(&d)
+                .for_each(|((xn, xi), di)| *xn = xi + step * di);
+            f_new = fg(&x_new, &mut g_new);
+            if f_new.is_finite() && f_new <= f + 1e-4 * step * slope {
+                accepted = true;
+                let s: Vec<f64> = x_new.iter().zip(&x).map(|(a, b)| a - b).collect();
+                let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
+                let sy = dot(&s, &y);
+                if sy > 1e-12 * dot(&s, &s).sqrt() * dot(&y, &y).sqrt() {
+                    if s_hist.len() == M {
+                        s_hist.remove(0);
+                        y_hist.remove(0);
+                        rho_hist.remove(0);
+                    }
+                    s_hist.push(s);
+                    y_hist.push(y);
+                    rho_hist.push(1.0 / sy);
+                }
+                std::mem::swap(&mut x, &mut x_new);
+                std::mem::swap(&mut g, &mut g_new);
+                f = f_new;
+                break;
+            }
+            step *= 0.5;
+        }
+        iterations += 1;
+        if !accepted {
+            break Stop::NoProgress;
+        }
+    };
+    Outcome {
+        grad_inf_norm: inf_norm(&g),
+        x,
+        f,
+        iterations,
+        stop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rosenbrock_minimum_is_one_one() {
+        // f(a, b) = (1 − a)² + 100 (b − a²)², minimum 0 at (1, 1).
+        let out = minimize(
+            vec![-1.2, 1.0],
+            |x, g| {
+                let (a, b) = (x[0], x[1]);
+                g[0] = -2.0 * (1.0 - a) - 400.0 * a * (b - a * a);
+                g[1] = 200.0 * (b - a * a);
+                (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2)
+            },
+            1000,
+            1e-10,
+            || false,
+        );
+        assert_eq!(out.stop, Stop::Converged);
+        assert!(
+            (out.x[0] - 1.0).abs() < 1e-8 && (out.x[1] - 1.0).abs() < 1e-8,
+            "{:?}",
+            out.x
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Multinomial logistic regression (softmax regression) with an L2 penalty,
+//! on standardised features.
+//!
+//! Objective, minimised by L-BFGS ([`super::lbfgs`]) over one weight vector
+//! `w_k` and intercept `b_k` per class:
+//!
+//! ```text
+//! (1/n) Σᵢ −log softmax(W zᵢ + b)[yᵢ]  +  (l2/2) Σₖ ‖w_k‖²      (intercepts unpenalised)
+//! ```
+//!
+//! where `zᵢ` are the features after mean imputation and standard scaling
+//! ([`StandardScaler`]). This is scikit-learn's `LogisticRegression(penalty="l2")`
+//! with `C = 1/(n·l2)` for three or more classes; for two classes sklearn's
+//! sigmoid model reaches the same probabilities with `C = 2/(n·l2)` (see
+//! `tests/fixtures/logistic/gen_logistic.py`, which checks both).
+
+use serde::{Deserialize, Serialize};
+
+use super::lbfgs::{self, Stop};
+use crate::features::scaler::StandardScaler;
+
+/// Training settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogisticConfig {
+    /// L2 penalty strength per sample (> 0).
+    pub l2: f64,
+    /// Most L-BFGS iterations.
+    pub max_iter: usize,
+    /// Stop when the gradient's largest component is below this.
+    pub gtol: f64,
+}
+
+/// A trained model: everything needed to predict and to export to ONNX.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogisticModel {
+    /// Class names; index k is output column k.
+    pub classes: Vec<String>,
+    /// Feature names, in input order.
+    pub feature_names: Vec<String>,
+    pub scaler: StandardScaler,
+    /// Weights `[n_features, n_classes]`, row-major (the ONNX MatMul layout).
+    pub weights: Vec<f32>,
+    /// Intercepts `[n_classes]`.
+    pub bias: Vec<f32>,
+    /// L-BFGS iterations used and why it stopped.
+    pub iterations: usize,
+    pub stop: Stop,
+    /// Final objective value.
+    pub objective: f64,
+}
+
+/// Errors from training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training needs labelled samples of at least 2 classes; got {0}")]
+    TooFewClasses(usize),
+    #[error("training data is empty")]
+    Empty,
+    #[error("x has {len} values, not a multiple of {n_features} features")]
+    Shape { len: usize, n_features: usize },
+    #[error("training was cancelled")]
+    Cancelled,
+}
+
+impl LogisticModel {
+    /// Trains on `x` (`[n, n_features]` row-major, `NaN` = missing) and `y`
+    /// (class indices into `classes`, every index < `classes.len()`).
+    ///
+    /// # Errors
+    /// [`TrainError`] for empty or mis-shaped data, fewer than 2 classes, or
+    /// cancellation.
+    pub fn fit(
+        x: &[f32],
+        y: &[usize],
+        classes: Vec<String>,
+        feature_names: Vec<String>,
+        cfg: &LogisticConfig,
+        cancelled: impl Fn() -> bool,
+    ) -> Result<Self, TrainError> {
+        let nf = feature_names.len();
+        let nc = classes.len();
+        if y.is_empty() {
+            return Err(TrainError::Empty);
+        }
+        if nf == 0 || x.len() != y.len() * nf {
+            return Err(TrainError::Shape {
+                len: x.len(),
+                n_features: nf,
+            });
+        }
+        if nc < 2 {
+            return Err(TrainError::TooFewClasses(nc));
+        }
+        let scaler = StandardScaler::fit(x, nf);
+        let mut z = x.to_vec();
+        scaler.transform_in_place(&mut z);
+        let z: Vec<f64> = z.iter().map(|&v| f64::from(v)).collect();
+        let n = y.len() as f64;
+        let l2 = cfg.l2;
+        // θ = [W as [nc, nf] row-major, b as [nc]].
+        let n_w = nc * nf;
+        let mut logits = vec![0.0; nc];
+        let fg = |theta: &[f64], grad: &mut [f64]| -> f64 {
+            let (w, b) = theta.split_at(n_w);
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            let mut loss = 0.0;
+            for (row, &yi) in z.chunks_exact(nf).zip(y) {
+                for k in 0..nc {
+                    logits[k] = b[k]
+                        + w[k * nf..(k + 1) * nf]
+                            .iter()
+                            .zip(row)
+                            .map(|(a, c)| a * c)
+                            .sum::<f64>();
+                }
+                let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+                loss += lse - logits[yi];
+                for k in 0..nc {
+                    let r = (logits[k] - lse).exp() - f64::from(u8::from(k == yi));
+                    let (gw, gb) = grad.split_at_mut(n_w);
+                    gw[k * nf..(k + 1) * nf]
+                        .iter_mut()
+                        .zip(row)
+                        .for_each(|(g, c)| *g += r * c);
+                    gb[k] += r;
+                }
+            }
+            grad.iter_mut().for_each(|g| *g /= n);
+            let (gw, _) = grad.split_at_mut(n_w);
+            gw.iter_mut().zip(w).for_each(|(g, wi)| *g += l2 * wi);
+            loss / n + 0.5 * l2 * w.iter().map(|v| v * v).sum::<f64>()
+        };
+        let out = lbfgs::minimize(vec![0.0; n_w + nc], fg, cfg.max_iter, cfg.gtol, &cancelled);
+        if out.stop == Stop::Cancelled {
+            return Err(TrainError::Cancelled);
+        }
+        let (w, b) = out.x.split_at(n_w);
+        // Transpose [nc, nf] -> [nf, nc] for MatMul.
+        let mut weights = vec![0f32; n_w];
+        for k in 0..nc {
+            for j in 0..nf {
+                weights[j * nc + k] = w[k * nf + j] as f32;
+            }
+        }
+        Ok(Self {
+            classes,
+            feature_names,
+            scaler,
+            weights,
+            bias: b.iter().map(|&v| v as f32).collect(),
+            iterations: out.iterations,
+            stop: out.stop,
+            objective: out.f,
+        })
+    }
+
+    /// Number of input features.
+    pub fn n_features(&self) -> usize {
+        self.feature_names.len()
+    }
+
+    /// Class probabilities, `[n_rows, n_classes]` row-major, for `x`
+    /// (`[n_rows, n_features]`, `NaN` = missing). Computed in `f32` in the
+    /// order of the exported ONNX graph: impute, scale, MatMul, Add, Softmax.
+    pub fn predict_proba(&self, x: &[f32]) -> Vec<f32> {
+        let nf = self.n_features();
+        let nc = self.classes.len();
+        let mut z = x.to_vec();
+        self.scaler.transform_in_place(&mut z);
+        let mut out = Vec::with_capacity(z.len() / nf * nc);
+        for row in z.chunks_exact(nf) {
+            let logits: Vec<f32> = (0..nc)
+                .map(|k| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(j, v)| v * self.weights[j * nc + k])
+                        .sum::<f32>()
+                        + self.bias[k]
+                })
+                .collect();
+            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            out.extend(exps.iter().map(|e| e / sum));
+        }
+        out
+    }
+}
+
+/// Index of the largest value in each row of `proba` (`[n, n_classes]`);
+/// the first on ties, as numpy's `argmax`.
+pub fn argmax_rows(proba: &[f32], n_classes: usize) -> Vec<usize> {
+    proba
+        .chunks_exact(n_classes)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                })
+                .0
+        })
+        .collect()
+}

@@ -1,0 +1,270 @@
+//! Learning: datasets from stored samples, the temporal holdout, trainers and
+//! their evaluation, and the model card each trained version carries.
+//!
+//! [`train_version`] is the one entry point the loop uses: labelled samples in,
+//! a trained model, its ONNX bytes and its card out. It is CPU work: call it
+//! from a blocking thread, never from an async worker.
+
+pub mod card;
+pub mod lbfgs;
+pub mod logistic;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::config::{Family, PipelineConfig};
+use crate::ingest::decode::Sample;
+use card::ModelCard;
+use logistic::{LogisticConfig, LogisticModel, TrainError};
+
+/// Labelled samples as a design matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// `[n, n_features]` row-major, `NaN` = missing.
+    pub x: Vec<f32>,
+    /// Class indices into `classes`, `[n]`.
+    pub y: Vec<usize>,
+    /// Timestamps (ms), `[n]`.
+    pub timestamps: Vec<i64>,
+    /// Sorted class names.
+    pub classes: Vec<String>,
+    pub n_features: usize,
+}
+
+impl Dataset {
+    /// Builds a dataset from labelled samples (unlabelled ones are skipped),
+    /// ordered by timestamp (ties kept in input order). Classes are sorted
+    /// numerically when every label is a number, else lexicographically
+    /// (numpy's `unique` on the label column).
+    pub fn from_samples(samples: &[Sample], n_features: usize) -> Self {
+        let mut rows: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.label.is_some() && s.features.len() == n_features)
+            .collect();
+        rows.sort_by_key(|s| s.timestamp_ms);
+        let classes = sort_classes(rows.iter().filter_map(|s| s.label.clone()));
+        let index: BTreeMap<&str, usize> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
+        let mut x = Vec::with_capacity(rows.len() * n_features);
+        let mut y = Vec::with_capacity(rows.len());
+        let mut timestamps = Vec::with_capacity(rows.len());
+        for s in rows {
+            x.extend_from_slice(&s.features);
+            y.push(index[s.label.as_deref().unwrap_or_default()]);
+            timestamps.push(s.timestamp_ms);
+        }
+        Self {
+            x,
+            y,
+            timestamps,
+            classes,
+            n_features,
+        }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// Rows `range` as a new dataset (same classes).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        let nf = self.n_features;
+        Self {
+            x: self.x[range.start * nf..range.end * nf].to_vec(),
+            y: self.y[range.clone()].to_vec(),
+            timestamps: self.timestamps[range].to_vec(),
+            classes: self.classes.clone(),
+            n_features: nf,
+        }
+    }
+
+    /// Temporal holdout: the newest `fraction` of samples (at least one)
+    /// become the holdout, the rest the training set.
+    pub fn temporal_split(&self, fraction: f64) -> (Self, Self) {
+        let n = self.len();
+        let n_holdout =
+            ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1));
+        let cut = n - n_holdout;
+        (self.slice(0..cut), self.slice(cut..n))
+    }
+
+    /// Samples per class name.
+    pub fn class_composition(&self) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for &y in &self.y {
+            *out.entry(self.classes[y].clone()).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// Sorts distinct labels: numerically when all parse as numbers, else as strings.
+pub fn sort_classes(labels: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut set: Vec<String> = labels
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if set.iter().all(|l| l.parse::<f64>().is_ok()) {
+        set.sort_by(|a, b| {
+            let (x, y) = (
+                a.parse::<f64>().unwrap_or(0.0),
+                b.parse::<f64>().unwrap_or(0.0),
+            );
+            x.total_cmp(&y)
+        });
+    }
+    set
+}
+
+/// Why a training ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The pipeline reached `min_labels` labelled samples.
+    MinLabels,
+    /// `retrain_every` new labelled samples arrived.
+    NewLabels,
+    /// Asked for over the API.
+    Manual,
+}
+
+/// A trained version, ready to store and serve.
+#[derive(Debug, Clone)]
+pub struct TrainedVersion {
+    pub model: LogisticModel,
+    pub onnx: Vec<u8>,
+    pub card: ModelCard,
+}
+
+/// Trains `version` of `pipeline` on `samples`: temporal holdout of the
+/// newest `holdout_fraction`, fit on the rest, metrics on the holdout, ONNX
+/// export. The served model is the one evaluated (it has not seen the holdout).
+///
+/// # Errors
+/// [`TrainError`] when the training set lacks two classes, is empty, or
+/// training was cancelled.
+pub fn train_version(
+    pipeline: &PipelineConfig,
+    samples: &[Sample],
+    version: u32,
+    trigger: Trigger,
+    cancelled: impl Fn() -> bool,
+) -> Result<TrainedVersion, TrainError> {
+    let started = Instant::now();
+    let data = Dataset::from_samples(samples, pipeline.features.len());
+    if data.len() < 2 {
+        return Err(TrainError::Empty);
+    }
+    let (train, holdout) = data.temporal_split(pipeline.model.holdout_fraction);
+    let present: Vec<usize> = {
+        let mut seen = vec![false; data.classes.len()];
+        train.y.iter().for_each(|&y| seen[y] = true);
+        (0..seen.len()).filter(|&i| seen[i]).collect()
+    };
+    if present.len() < 2 {
+        return Err(TrainError::TooFewClasses(present.len()));
+    }
+    let cfg = LogisticConfig {
+        l2: pipeline.model.l2,
+        max_iter: pipeline.model.max_iter,
+        gtol: 1e-9,
+    };
+    let model = match pipeline.model.family {
+        Family::Logistic => LogisticModel::fit(
+            &train.x,
+            &train.y,
+            data.classes.clone(),
+            pipeline.features.clone(),
+            &cfg,
+            cancelled,
+        )?,
+    };
+    let training_ms = started.elapsed().as_secs_f64() * 1e3;
+    let proba = model.predict_proba(&holdout.x);
+    let predicted = logistic::argmax_rows(&proba, model.classes.len());
+    let holdout_metrics =
+        metrics::classification_metrics(&holdout.y, &predicted, &model.classes).ok();
+    let onnx = crate::onnx::export::logistic_to_onnx(&model, version);
+    let card = ModelCard {
+        pipeline: pipeline.name.clone(),
+        version,
+        family: "logistic".into(),
+        hyperparameters: serde_json::json!({ "l2": cfg.l2, "max_iter": cfg.max_iter, "gtol": cfg.gtol }),
+        optimizer: serde_json::json!({ "iterations": model.iterations, "stop": model.stop, "objective": model.objective }),
+        trigger,
+        created_at_ms: now_ms(),
+        features: model.feature_names.clone(),
+        classes: model.classes.clone(),
+        n_samples: data.len() as u64,
+        n_train: train.len() as u64,
+        n_holdout: holdout.len() as u64,
+        class_composition_train: train.class_composition(),
+        class_composition_holdout: holdout.class_composition(),
+        train_time_range_ms: time_range(&train.timestamps),
+        holdout_time_range_ms: time_range(&holdout.timestamps),
+        holdout: holdout_metrics,
+        training_ms,
+        onnx_bytes: onnx.len() as u64,
+        predict_p50_us: None,
+    };
+    Ok(TrainedVersion { model, onnx, card })
+}
+
+fn time_range(ts: &[i64]) -> Option<[i64; 2]> {
+    Some([*ts.first()?, *ts.last()?])
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(ts: i64, label: &str) -> Sample {
+        Sample {
+            timestamp_ms: ts,
+            device: String::new(),
+            features: vec![ts as f32],
+            label: Some(label.into()),
+        }
+    }
+
+    #[test]
+    fn classes_sort_numerically_and_split_is_temporal() {
+        assert_eq!(
+            sort_classes(["10", "2", "1"].map(String::from)),
+            vec!["1", "2", "10"]
+        );
+        assert_eq!(
+            sort_classes(["b", "a", "10"].map(String::from)),
+            vec!["10", "a", "b"]
+        );
+        // Out of order on arrival; the holdout is the newest by timestamp.
+        let samples: Vec<Sample> = [5, 1, 4, 2, 3, 9, 8, 7, 6, 10]
+            .iter()
+            .map(|&t| s(t, if t % 2 == 0 { "x" } else { "y" }))
+            .collect();
+        let d = Dataset::from_samples(&samples, 1);
+        let (train, holdout) = d.temporal_split(0.2);
+        assert_eq!(train.timestamps, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(holdout.timestamps, vec![9, 10]);
+        assert_eq!(holdout.class_composition().get("x"), Some(&1));
+    }
+}

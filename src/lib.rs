@@ -1,0 +1,49 @@
+//! # edgeloop
+//!
+//! An on-device machine-learning loop for edge gateways: sensor readings
+//! arrive over MQTT, are stored durably, a model is trained and evaluated on
+//! the device, exported to ONNX, served to local apps over HTTP and MQTT, and
+//! used on new readings.
+//!
+//! ## Layout: the modules follow the path a sample travels
+//!
+//! ```text
+//! config → ingest → store → features → learn → onnx → serve → monitor → daemon
+//! ```
+//!
+//! - [`config`]: typed configuration in layers (compiled-in default, file,
+//!   `EDGELOOP__SECTION__KEY`), validated before anything starts.
+//! - [`ingest`]: the MQTT source (rumqttc, persistent session, capped jittered
+//!   back-off), payload decoding by the pipeline's schema ([`ingest::decode`]),
+//!   the writer that commits then acknowledges, the embedded broker
+//!   (rumqttd, feature `embedded-broker`) and CSV replay.
+//! - [`store`]: redb: samples (with QoS 1 dedup), models, state, retention.
+//! - [`features`]: preprocessing: mean imputation and standard scaling.
+//! - [`learn`]: datasets and the temporal holdout, trainers (softmax logistic
+//!   regression by L-BFGS), metrics equal to scikit-learn's, model cards.
+//! - [`onnx`]: export of trained models as standard ONNX graphs.
+//! - [`serve`]: the tract engine, the registry of serving versions (atomic
+//!   swaps), predictions over MQTT (bounded outbox), the HTTP API (axum).
+//! - [`monitor`]: the retraining policy and the learner that carries it out.
+//! - [`daemon`]: wiring, ordered shutdown, component supervision.
+//! - [`demo`]: the end-to-end demo on the UCI Occupancy data.
+//! - [`stats`]: counters shared by the components.
+//!
+//! Data flow: `MqttSource → Writer → Store`; after each commit the writer
+//! acknowledges the messages, wakes the `Learner` (labelled samples) and hands
+//! unlabelled samples to the `Predictor`, whose predictions the `Publisher`
+//! sends from the outbox. The `Learner` trains from the `Store` and promotes
+//! through the `Registry`, which the HTTP API and the `Predictor` read.
+//! ARCHITECTURE.md draws the same.
+
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod features;
+pub mod ingest;
+pub mod learn;
+pub mod monitor;
+pub mod onnx;
+pub mod serve;
+pub mod stats;
+pub mod store;

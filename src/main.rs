@@ -1,0 +1,180 @@
+//! The `edgeloop` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use edgeloop::config::{parse_mqtt_url, Config};
+use edgeloop::ingest::replay::{self, ReplayOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "edgeloop",
+    version,
+    about = "On-device ML loop: MQTT ingest, training, ONNX serving"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "edgeloop=debug".
+    #[arg(long, global = true, default_value = "info,rumqttd=warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Configuration file layered over the compiled-in default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Longest wait for an orderly shutdown after SIGTERM/SIGINT, seconds.
+        #[arg(long, default_value_t = 10)]
+        shutdown_grace_s: u64,
+    },
+    /// Validate the configuration and print the effective one.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publish a CSV file's rows as JSON messages (column names as fields).
+    Replay {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        topic: String,
+        /// Messages per second (default: as fast as the broker acknowledges).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Broker URL.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        broker: String,
+        /// Columns to leave out (repeatable), e.g. the label.
+        #[arg(long = "drop-column")]
+        drop_columns: Vec<String>,
+        /// Only the first N rows.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Run the whole loop on the UCI Occupancy data with an embedded broker.
+    Demo {
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Directory with datatraining.txt and datatest2.txt.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo { json: true, .. });
+    let filter = if quiet {
+        "error".to_string()
+    } else {
+        cli.log_level.clone()
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgeloop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            print!("{}", cfg.to_toml()?);
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Run {
+            config,
+            shutdown_grace_s,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                edgeloop::daemon::run(cfg, shutdown, Duration::from_secs(shutdown_grace_s)).await
+            })?;
+            Ok(())
+        }
+        Command::Replay {
+            file,
+            topic,
+            rate,
+            broker,
+            drop_columns,
+            limit,
+        } => {
+            let (host, port) = parse_mqtt_url(&broker).map_err(anyhow::Error::msg)?;
+            let opts = ReplayOptions {
+                file,
+                topic,
+                rate,
+                host,
+                port,
+                drop_columns,
+                limit,
+                client_id: format!("edgeloop-replay-{}", std::process::id()),
+            };
+            let report = runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                let payloads = replay::csv_payloads(&opts)?;
+                replay::publish_all(&opts, payloads, shutdown).await
+            })?;
+            println!(
+                "published {} messages, {} acknowledged",
+                report.published, report.acknowledged
+            );
+            Ok(())
+        }
+        Command::Demo { json, data_dir } => {
+            let dir = data_dir.unwrap_or_else(edgeloop::demo::default_data_dir);
+            let summary = runtime.block_on(edgeloop::demo::run(&dir))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", edgeloop::demo::render(&summary));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received."),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received."),
+    }
+    token.cancel();
+}

@@ -1,0 +1,3 @@
+//! Monitoring and the retraining policy. (Drift detectors grow here.)
+
+pub mod retrain;

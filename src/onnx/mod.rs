@@ -1,0 +1,3 @@
+//! ONNX: export of trained models. (Import and head fine-tuning grow here.)
+
+pub mod export;

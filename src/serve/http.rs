@@ -1,0 +1,262 @@
+//! The HTTP API (axum), for local apps.
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/healthz` | `{"status":"ok"}` |
+//! | GET | `/v1/stats` | ingest, prediction and training counters |
+//! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
+//! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → `{"model_version", "predictions":[{"label","probabilities":{class: p}}]}` |
+//! | GET | `/v1/pipelines/{name}/models` | every version's model card |
+//! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
+//!
+//! Errors are JSON `{"error": message}`; status codes are decided in one
+//! place, [`ApiError::status`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::registry::{Registry, RegistryError};
+use crate::config::PipelineConfig;
+use crate::monitor::retrain::{LearnerHandle, TrainFailure};
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub store: Arc<Store>,
+    pub pipelines: Arc<Vec<PipelineConfig>>,
+    pub learner: LearnerHandle,
+    pub stats: Arc<Stats>,
+    pub max_rows: usize,
+}
+
+/// Errors a request can meet.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("pipeline `{0}` is not configured")]
+    UnknownPipeline(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("pipeline `{0}` has no model yet: it trains once enough labelled samples are stored")]
+    NoModel(String),
+    #[error("{0}")]
+    CannotTrain(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The one place errors become status codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownPipeline(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NoModel(_) => StatusCode::CONFLICT,
+            ApiError::CannotTrain(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<TrainFailure> for ApiError {
+    fn from(e: TrainFailure) -> Self {
+        match e {
+            TrainFailure::UnknownPipeline(p) => ApiError::UnknownPipeline(p),
+            TrainFailure::Training { .. } | TrainFailure::Registry(RegistryError::Model { .. }) => {
+                ApiError::CannotTrain(e.to_string())
+            }
+            TrainFailure::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/v1/stats", get(stats))
+        .route("/v1/pipelines", get(pipelines))
+        .route("/v1/pipelines/{name}/predict", post(predict))
+        .route("/v1/pipelines/{name}/models", get(models))
+        .route("/v1/pipelines/{name}/train", post(train))
+        .with_state(state)
+}
+
+async fn stats(State(s): State<AppState>) -> Json<Value> {
+    Json(json!(s.stats.snapshot()))
+}
+
+async fn pipelines(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for p in s.pipelines.iter() {
+        let counts = s
+            .store
+            .counts(&p.name)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        out.push(json!({
+            "name": p.name,
+            "topics": p.topics,
+            "features": p.features,
+            "samples": counts.samples,
+            "labelled_total": counts.labelled_total,
+            "serving_version": s.registry.get(&p.name).map(|m| m.version),
+        }));
+    }
+    Ok(Json(json!({ "pipelines": out })))
+}
+
+/// Body of a predict request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    /// Rows keyed by feature name; `null` marks a missing value (imputed).
+    pub rows: Vec<serde_json::Map<String, Value>>,
+}
+
+/// One row's prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowPrediction {
+    pub label: String,
+    pub probabilities: BTreeMap<String, f32>,
+}
+
+/// Answer to a predict request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictResponse {
+    pub pipeline: String,
+    pub model_version: u32,
+    pub predictions: Vec<RowPrediction>,
+}
+
+async fn predict(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<PredictResponse>, ApiError> {
+    if !s.registry.has(&name) {
+        return Err(ApiError::UnknownPipeline(name));
+    }
+    let req: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be {{\"rows\": [{{feature: number, …}}]}}: {e}"
+        ))
+    })?;
+    if req.rows.is_empty() {
+        return Err(ApiError::BadRequest("`rows` is empty".into()));
+    }
+    if req.rows.len() > s.max_rows {
+        return Err(ApiError::BadRequest(format!(
+            "{} rows; at most {} per request",
+            req.rows.len(),
+            s.max_rows
+        )));
+    }
+    let serving = s
+        .registry
+        .get(&name)
+        .ok_or_else(|| ApiError::NoModel(name.clone()))?;
+    let features = serving.model.features();
+    let mut x = Vec::with_capacity(req.rows.len() * features.len());
+    for (i, row) in req.rows.iter().enumerate() {
+        for key in row.keys() {
+            if !features.contains(key) {
+                return Err(ApiError::BadRequest(format!(
+                    "rows[{i}]: unknown feature `{key}`; the model takes {features:?}"
+                )));
+            }
+        }
+        for f in features {
+            let v = match row.get(f) {
+                None => {
+                    return Err(ApiError::BadRequest(format!(
+                        "rows[{i}]: feature `{f}` is missing (send null for a missing value)"
+                    )))
+                }
+                Some(Value::Null) => f32::NAN,
+                Some(Value::Number(n)) => n.as_f64().map_or(f32::NAN, |v| v as f32),
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "rows[{i}]: feature `{f}` must be a number or null, not {other}"
+                    )))
+                }
+            };
+            if v.is_infinite() {
+                return Err(ApiError::BadRequest(format!(
+                    "rows[{i}]: feature `{f}` overflows f32"
+                )));
+            }
+            x.push(v);
+        }
+    }
+    let model = serving.clone();
+    let proba = tokio::task::spawn_blocking(move || model.model.predict_proba(&x))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let classes = serving.model.classes();
+    let predictions = proba
+        .chunks_exact(classes.len())
+        .map(|row| RowPrediction {
+            label: classes[crate::learn::logistic::argmax_rows(row, classes.len())[0]].clone(),
+            probabilities: classes.iter().cloned().zip(row.iter().copied()).collect(),
+        })
+        .collect();
+    Ok(Json(PredictResponse {
+        pipeline: name,
+        model_version: serving.version,
+        predictions,
+    }))
+}
+
+async fn models(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !s.registry.has(&name) {
+        return Err(ApiError::UnknownPipeline(name));
+    }
+    let (store, registry, pipeline) = (s.store.clone(), s.registry.clone(), name.clone());
+    let cards = tokio::task::spawn_blocking(move || registry.cards(&store, &pipeline))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let serving = s.registry.get(&name).map(|m| m.version);
+    Ok(Json(
+        json!({ "pipeline": name, "serving_version": serving, "models": cards }),
+    ))
+}
+
+async fn train(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !s.registry.has(&name) {
+        return Err(ApiError::UnknownPipeline(name));
+    }
+    let card = s.learner.train_now(&name).await?;
+    Ok(Json(json!(card)))
+}

@@ -1,0 +1,172 @@
+//! Predictions over MQTT: each stored sample without a label is predicted by
+//! the serving model and the prediction published on the pipeline's
+//! prediction topic.
+//!
+//! Two components, so that ingest never waits for the broker:
+//! - [`Predictor`] runs the model (on a blocking thread) and puts each
+//!   prediction in the outbox; a full outbox drops it and counts it;
+//! - [`Publisher`] drains the outbox while the client is connected
+//!   (`publish().await` would block for as long as the broker is away).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Registry;
+use crate::config::PipelineConfig;
+use crate::ingest::mqtt::Connection;
+use crate::ingest::writer::PredictJob;
+use crate::stats::Stats;
+
+/// The JSON published for one prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionMessage {
+    pub pipeline: String,
+    pub device: String,
+    /// The sample's timestamp, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The sample's sequence number in the store.
+    pub sample_id: u64,
+    pub label: String,
+    pub probabilities: BTreeMap<String, f32>,
+    pub model_version: u32,
+}
+
+/// A message ready to publish.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Runs the serving model over unlabelled samples.
+pub struct Predictor {
+    pub registry: Arc<Registry>,
+    pub pipelines: Vec<PipelineConfig>,
+    pub rx: mpsc::Receiver<PredictJob>,
+    pub outbox: mpsc::Sender<Outgoing>,
+    pub stats: Arc<Stats>,
+}
+
+impl Predictor {
+    /// Runs until the writer closes the channel (after it drained).
+    pub async fn run(mut self) {
+        while let Some(job) = self.rx.recv().await {
+            let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
+                continue;
+            };
+            if p.prediction_topic.is_empty() {
+                continue;
+            }
+            let Some(serving) = self.registry.get(&job.pipeline) else {
+                continue;
+            };
+            let template = p.prediction_topic.clone();
+            let messages = tokio::task::spawn_blocking(move || {
+                let x: Vec<f32> = job
+                    .samples
+                    .iter()
+                    .flat_map(|(_, s)| s.features.iter().copied())
+                    .collect();
+                let proba = match serving.model.predict_proba(&x) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(pipeline = %job.pipeline, error = %e, "Prediction failed.");
+                        return Vec::new();
+                    }
+                };
+                let classes = serving.model.classes();
+                job.samples
+                    .iter()
+                    .zip(proba.chunks_exact(classes.len()))
+                    .map(|((seq, s), row)| {
+                        let best = crate::learn::logistic::argmax_rows(row, classes.len())[0];
+                        let msg = PredictionMessage {
+                            pipeline: job.pipeline.clone(),
+                            device: s.device.clone(),
+                            timestamp_ms: s.timestamp_ms,
+                            sample_id: *seq,
+                            label: classes[best].clone(),
+                            probabilities: classes
+                                .iter()
+                                .cloned()
+                                .zip(row.iter().copied())
+                                .collect(),
+                            model_version: serving.version,
+                        };
+                        let topic = template
+                            .replace("{pipeline}", &job.pipeline)
+                            .replace("{device}", &s.device);
+                        Outgoing {
+                            topic,
+                            payload: serde_json::to_vec(&msg).unwrap_or_default(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for m in messages {
+                self.stats.predictions_made.fetch_add(1, Relaxed);
+                if self.outbox.try_send(m).is_err() {
+                    self.stats.predictions_dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the outbox while connected.
+pub struct Publisher {
+    pub client: AsyncClient,
+    pub connection: Arc<Connection>,
+    pub rx: mpsc::Receiver<Outgoing>,
+    pub stats: Arc<Stats>,
+}
+
+impl Publisher {
+    /// Runs until the outbox closes or `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let msg = tokio::select! {
+                m = self.rx.recv() => m,
+                _ = shutdown.cancelled() => None,
+            };
+            let Some(msg) = msg else { break };
+            // Wait for the broker rather than fill rumqttc's request channel.
+            while !self.connection.is_connected() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let mut pending = Some(msg);
+            while let Some(m) = pending.take() {
+                match self.client.try_publish(
+                    m.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    m.payload.clone(),
+                ) {
+                    Ok(()) => {
+                        self.stats.predictions_published.fetch_add(1, Relaxed);
+                    }
+                    Err(_) => {
+                        // Request channel full: let the event loop catch up.
+                        pending = Some(m);
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

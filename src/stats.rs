@@ -1,0 +1,110 @@
+//! Counters shared by the components (lock-free). Served as JSON by
+//! `GET /v1/stats`. Labels have low cardinality: reasons, never device ids.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+use crate::ingest::decode::Reason;
+
+/// Daemon-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// MQTT publish packets received.
+    pub messages_received: AtomicU64,
+    /// Samples stored (new, after dedup), all pipelines.
+    pub samples_stored: AtomicU64,
+    /// Messages already stored (QoS 1 redeliveries).
+    pub duplicates: AtomicU64,
+    /// Messages rejected whole (not JSON, too large, …).
+    pub samples_rejected: AtomicU64,
+    /// Stored samples that had at least one problem (salvaged).
+    pub samples_salvaged: AtomicU64,
+    /// Messages on a topic that no pipeline's filter matches.
+    pub unrouted: AtomicU64,
+    /// Problems by [`Reason`], in `Reason::ALL` order.
+    problems: [AtomicU64; Reason::ALL.len()],
+    /// Durable commits of sample batches.
+    pub commits: AtomicU64,
+    /// Samples deleted by retention.
+    pub retention_deleted: AtomicU64,
+    /// Predictions made for unlabelled samples.
+    pub predictions_made: AtomicU64,
+    /// Predictions published over MQTT.
+    pub predictions_published: AtomicU64,
+    /// Predictions dropped because the outbox was full.
+    pub predictions_dropped: AtomicU64,
+    /// Trainings that ended in a new served version.
+    pub trainings: AtomicU64,
+    /// Trainings that failed (too few classes, …).
+    pub trainings_failed: AtomicU64,
+    /// MQTT connections made (ConnAck received).
+    pub mqtt_connects: AtomicU64,
+    /// MQTT connection errors.
+    pub mqtt_errors: AtomicU64,
+}
+
+impl Stats {
+    /// Counts one problem.
+    pub fn count_problem(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.problems[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Problems counted so far for `reason`.
+    pub fn problems(&self, reason: Reason) -> u64 {
+        Reason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.problems[i].load(Relaxed))
+    }
+
+    /// A snapshot for JSON.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Relaxed);
+        StatsSnapshot {
+            messages_received: l(&self.messages_received),
+            samples_stored: l(&self.samples_stored),
+            duplicates: l(&self.duplicates),
+            samples_rejected: l(&self.samples_rejected),
+            samples_salvaged: l(&self.samples_salvaged),
+            unrouted: l(&self.unrouted),
+            problems: Reason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_string(), self.problems(*r)))
+                .collect(),
+            commits: l(&self.commits),
+            retention_deleted: l(&self.retention_deleted),
+            predictions_made: l(&self.predictions_made),
+            predictions_published: l(&self.predictions_published),
+            predictions_dropped: l(&self.predictions_dropped),
+            trainings: l(&self.trainings),
+            trainings_failed: l(&self.trainings_failed),
+            mqtt_connects: l(&self.mqtt_connects),
+            mqtt_errors: l(&self.mqtt_errors),
+        }
+    }
+}
+
+/// Plain-number copy of [`Stats`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StatsSnapshot {
+    pub messages_received: u64,
+    pub samples_stored: u64,
+    pub duplicates: u64,
+    pub samples_rejected: u64,
+    pub samples_salvaged: u64,
+    pub unrouted: u64,
+    pub problems: BTreeMap<String, u64>,
+    pub commits: u64,
+    pub retention_deleted: u64,
+    pub predictions_made: u64,
+    pub predictions_published: u64,
+    pub predictions_dropped: u64,
+    pub trainings: u64,
+    pub trainings_failed: u64,
+    pub mqtt_connects: u64,
+    pub mqtt_errors: u64,
+}

@@ -1,0 +1,560 @@
+//! The durable store: samples, model versions and daemon state in one redb
+//! database file.
+//!
+//! Every write is one redb transaction committed with `Durability::Immediate`
+//! (fsync before `commit` returns), so a batch is either wholly on disk or not
+//! at all, whatever the power does. redb, not sled: sled 0.34's `flush()` uses
+//! `sync_file_range`, which is no barrier against power loss, and its files
+//! grow under retention (README, "Why redb").
+//!
+//! Tables:
+//! - `samples`: (pipeline, seq) → postcard [`StoredSample`]; `seq` is the
+//!   pipeline's append order, starting at 0, never reused.
+//! - `dedup`: (pipeline, digest) → seq: a message already stored (a QoS 1
+//!   redelivery) is not stored twice. Deleted together with its sample.
+//! - `counters`: pipeline → (next_seq, count, labelled_total).
+//! - `models`: (pipeline, version) → postcard [`StoredModel`].
+//! - `state`: key → bytes (serving version, training progress).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::decode::Sample;
+
+const SAMPLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("samples");
+const DEDUP: TableDefinition<(&str, u128), u64> = TableDefinition::new("dedup");
+const COUNTERS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("counters");
+const MODELS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("models");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// Errors from the store. Each names the operation and the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {op}: {source}")]
+    Db {
+        path: PathBuf,
+        op: &'static str,
+        source: Box<redb::Error>,
+    },
+    #[error("store {path}: {op}: corrupt record: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        op: &'static str,
+        reason: String,
+    },
+}
+
+/// A sample as stored: the decoded sample and the digest of the message it
+/// came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSample {
+    pub digest: u128,
+    pub sample: Sample,
+}
+
+/// One model version: its ONNX bytes, its model card and its parameters
+/// (both JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredModel {
+    pub onnx: Vec<u8>,
+    pub card_json: String,
+    pub params_json: String,
+}
+
+/// A sample to append: its pipeline, the digest that identifies its message
+/// (see `ingest::writer::digest`), and the sample.
+#[derive(Debug, Clone)]
+pub struct NewSample {
+    pub pipeline: String,
+    pub digest: u128,
+    pub sample: Sample,
+}
+
+/// Per-pipeline counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Next sequence number to assign.
+    pub next_seq: u64,
+    /// Samples stored now (after retention).
+    pub samples: u64,
+    /// Labelled samples ever appended (retention does not lower it).
+    pub labelled_total: u64,
+}
+
+/// The store. Cheap to share behind an `Arc`; redb serialises writers.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it if absent. After an unclean
+    /// shutdown redb checks and repairs the file here.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] when the file cannot be opened (missing directory,
+    /// locked by another process, not a redb file).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |source: redb::Error| StoreError::Db {
+            path: path.to_path_buf(),
+            op: "open",
+            source: Box::new(source),
+        };
+        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+        };
+        // Create every table so readers never meet a missing one.
+        let txn = store.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            txn.open_table(SAMPLES).map_err(|e| err(e.into()))?;
+            txn.open_table(DEDUP).map_err(|e| err(e.into()))?;
+            txn.open_table(COUNTERS).map_err(|e| err(e.into()))?;
+            txn.open_table(MODELS).map_err(|e| err(e.into()))?;
+            txn.open_table(STATE).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self, op: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
+        move |source| StoreError::Db {
+            path: self.path.clone(),
+            op,
+            source: Box::new(source),
+        }
+    }
+
+    fn corrupt(&self, op: &'static str, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            op,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Appends a batch in one durable commit. A sample whose (pipeline,
+    /// digest) is already stored, in an earlier batch or earlier in this one,
+    /// is skipped.
+    ///
+    /// Returns, per input sample, its sequence number or `None` for a
+    /// duplicate.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; then nothing of the batch is stored.
+    pub fn append(&self, batch: &[NewSample]) -> Result<Vec<Option<u64>>, StoreError> {
+        let e = self.db_err("append");
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+            let mut dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
+            let mut counters = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
+            for new in batch {
+                let p = new.pipeline.as_str();
+                if dedup
+                    .get((p, new.digest))
+                    .map_err(|x| e(x.into()))?
+                    .is_some()
+                {
+                    out.push(None);
+                    continue;
+                }
+                let (next, count, labelled) = counters
+                    .get(p)
+                    .map_err(|x| e(x.into()))?
+                    .map(|g| g.value())
+                    .unwrap_or((0, 0, 0));
+                let record = StoredSample {
+                    digest: new.digest,
+                    sample: new.sample.clone(),
+                };
+                let bytes =
+                    postcard::to_allocvec(&record).map_err(|x| self.corrupt("append", x))?;
+                samples
+                    .insert((p, next), bytes.as_slice())
+                    .map_err(|x| e(x.into()))?;
+                dedup
+                    .insert((p, new.digest), next)
+                    .map_err(|x| e(x.into()))?;
+                let labelled = labelled + u64::from(new.sample.label.is_some());
+                counters
+                    .insert(p, (next + 1, count + 1, labelled))
+                    .map_err(|x| e(x.into()))?;
+                out.push(Some(next));
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(out)
+    }
+
+    /// The pipeline's counts (zeros for a pipeline never written).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure.
+    pub fn counts(&self, pipeline: &str) -> Result<Counts, StoreError> {
+        let e = self.db_err("counts");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
+        let (next_seq, samples, labelled_total) = table
+            .get(pipeline)
+            .map_err(|x| e(x.into()))?
+            .map(|g| g.value())
+            .unwrap_or((0, 0, 0));
+        Ok(Counts {
+            next_seq,
+            samples,
+            labelled_total,
+        })
+    }
+
+    /// Samples of `pipeline` with `seq` in `range`, in seq order, at most
+    /// `limit` of them.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn scan(
+        &self,
+        pipeline: &str,
+        range: std::ops::Range<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredSample)>, StoreError> {
+        let e = self.db_err("scan");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        let mut out = Vec::new();
+        if range.is_empty() {
+            return Ok(out);
+        }
+        let iter = table
+            .range((pipeline, range.start)..(pipeline, range.end))
+            .map_err(|x| e(x.into()))?;
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let record: StoredSample =
+                postcard::from_bytes(v.value()).map_err(|x| self.corrupt("scan", x))?;
+            out.push((k.value().1, record));
+        }
+        Ok(out)
+    }
+
+    /// Every labelled sample of `pipeline`, in seq order.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn labelled(&self, pipeline: &str) -> Result<Vec<(u64, Sample)>, StoreError> {
+        let e = self.db_err("labelled");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        let mut out = Vec::new();
+        for item in table
+            .range((pipeline, 0)..=(pipeline, u64::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let record: StoredSample =
+                postcard::from_bytes(v.value()).map_err(|x| self.corrupt("labelled", x))?;
+            if record.sample.label.is_some() {
+                out.push((k.value().1, record.sample));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the oldest samples of `pipeline` beyond `keep`, at most
+    /// `chunk` per transaction. `keep == 0` keeps everything. Returns how many
+    /// were deleted.
+    ///
+    /// # Errors
+    /// [`StoreError`]; samples deleted by earlier chunks stay deleted.
+    pub fn enforce_retention(
+        &self,
+        pipeline: &str,
+        keep: u64,
+        chunk: u64,
+    ) -> Result<u64, StoreError> {
+        if keep == 0 {
+            return Ok(0);
+        }
+        let e = self.db_err("retention");
+        let mut deleted = 0;
+        loop {
+            let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+            let n;
+            {
+                let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+                let mut dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
+                let mut counters = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
+                let Some((next, count, labelled)) = counters
+                    .get(pipeline)
+                    .map_err(|x| e(x.into()))?
+                    .map(|g| g.value())
+                else {
+                    return Ok(deleted);
+                };
+                if count <= keep {
+                    return Ok(deleted);
+                }
+                let take = (count - keep).min(chunk);
+                let mut doomed = Vec::with_capacity(take as usize);
+                for item in samples
+                    .range((pipeline, 0)..=(pipeline, u64::MAX))
+                    .map_err(|x| e(x.into()))?
+                    .take(take as usize)
+                {
+                    let (k, v) = item.map_err(|x| e(x.into()))?;
+                    let record: StoredSample = postcard::from_bytes(v.value())
+                        .map_err(|x| self.corrupt("retention", x))?;
+                    doomed.push((k.value().1, record.digest));
+                }
+                for (seq, digest) in &doomed {
+                    samples.remove((pipeline, *seq)).map_err(|x| e(x.into()))?;
+                    dedup.remove((pipeline, *digest)).map_err(|x| e(x.into()))?;
+                }
+                n = doomed.len() as u64;
+                counters
+                    .insert(pipeline, (next, count - n, labelled))
+                    .map_err(|x| e(x.into()))?;
+            }
+            txn.commit().map_err(|x| e(x.into()))?;
+            deleted += n;
+            if n == 0 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Stores model `version` of `pipeline` and, when `serve` is true, makes
+    /// it the serving version in the same commit (so the serving pointer
+    /// always names a complete, stored model).
+    ///
+    /// # Errors
+    /// [`StoreError`]; then neither the model nor the pointer changed.
+    pub fn put_model(
+        &self,
+        pipeline: &str,
+        version: u32,
+        model: &StoredModel,
+        serve: bool,
+    ) -> Result<(), StoreError> {
+        let e = self.db_err("put_model");
+        let bytes = postcard::to_allocvec(model).map_err(|x| self.corrupt("put_model", x))?;
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+            models
+                .insert((pipeline, version), bytes.as_slice())
+                .map_err(|x| e(x.into()))?;
+            if serve {
+                let mut state = txn.open_table(STATE).map_err(|x| e(x.into()))?;
+                let key = serving_key(pipeline);
+                state
+                    .insert(key.as_str(), version.to_le_bytes().as_slice())
+                    .map_err(|x| e(x.into()))?;
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Model `version` of `pipeline`, if stored.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn get_model(
+        &self,
+        pipeline: &str,
+        version: u32,
+    ) -> Result<Option<StoredModel>, StoreError> {
+        let e = self.db_err("get_model");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+        let Some(guard) = table.get((pipeline, version)).map_err(|x| e(x.into()))? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(guard.value())
+            .map(Some)
+            .map_err(|x| self.corrupt("get_model", x))
+    }
+
+    /// Versions stored for `pipeline`, ascending.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure.
+    pub fn model_versions(&self, pipeline: &str) -> Result<Vec<u32>, StoreError> {
+        let e = self.db_err("model_versions");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+        let mut out = Vec::new();
+        for item in table
+            .range((pipeline, 0)..=(pipeline, u32::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            out.push(item.map_err(|x| e(x.into()))?.0.value().1);
+        }
+        Ok(out)
+    }
+
+    /// The serving version of `pipeline`, if one was ever promoted.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure.
+    pub fn serving_version(&self, pipeline: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .get_state(&serving_key(pipeline))?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map(u32::from_le_bytes))
+    }
+
+    /// A state value.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure.
+    pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let e = self.db_err("get_state");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(STATE).map_err(|x| e(x.into()))?;
+        Ok(table
+            .get(key)
+            .map_err(|x| e(x.into()))?
+            .map(|g| g.value().to_vec()))
+    }
+
+    /// Sets a state value in its own durable commit.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails.
+    pub fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let e = self.db_err("put_state");
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut table = txn.open_table(STATE).map_err(|x| e(x.into()))?;
+            table.insert(key, value).map_err(|x| e(x.into()))?;
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Number of dedup entries of all pipelines (tests: retention deletes them too).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure.
+    pub fn dedup_len(&self) -> Result<u64, StoreError> {
+        let e = self.db_err("dedup_len");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
+        table.len().map_err(|x| e(x.into()))
+    }
+}
+
+fn serving_key(pipeline: &str) -> String {
+    format!("serving/{pipeline}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ts: i64, label: Option<&str>) -> Sample {
+        Sample {
+            timestamp_ms: ts,
+            device: "d".into(),
+            features: vec![ts as f32, f32::NAN],
+            label: label.map(str::to_string),
+        }
+    }
+
+    fn new(p: &str, digest: u128, s: Sample) -> NewSample {
+        NewSample {
+            pipeline: p.into(),
+            digest,
+            sample: s,
+        }
+    }
+
+    #[test]
+    fn append_dedups_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let seqs = store
+                .append(&[
+                    new("a", 1, sample(10, Some("x"))),
+                    new("a", 2, sample(10, None)), // same timestamp, other reading: kept
+                    new("a", 1, sample(10, Some("x"))), // redelivery in the same batch
+                    new("b", 1, sample(11, None)), // same digest, other pipeline
+                ])
+                .unwrap();
+            assert_eq!(seqs, vec![Some(0), Some(1), None, Some(0)]);
+            assert_eq!(
+                store.append(&[new("a", 2, sample(10, None))]).unwrap(),
+                vec![None]
+            );
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.counts("a").unwrap(),
+            Counts {
+                next_seq: 2,
+                samples: 2,
+                labelled_total: 1
+            }
+        );
+        let rows = store.scan("a", 0..10, 100).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].1.sample.features[1].is_nan());
+        assert_eq!(store.labelled("a").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn retention_deletes_oldest_in_chunks_with_their_dedup_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let batch: Vec<_> = (0..25)
+            .map(|i| new("a", i as u128, sample(i, None)))
+            .collect();
+        store.append(&batch).unwrap();
+        assert_eq!(store.enforce_retention("a", 10, 4).unwrap(), 15);
+        let c = store.counts("a").unwrap();
+        assert_eq!((c.samples, c.next_seq), (10, 25));
+        let rows = store.scan("a", 0..100, 100).unwrap();
+        assert_eq!(rows.first().unwrap().0, 15);
+        assert_eq!(store.dedup_len().unwrap(), 10);
+        // A deleted message's digest may be stored again (it is new data now).
+        assert_eq!(
+            store.append(&[new("a", 0, sample(0, None))]).unwrap(),
+            vec![Some(25)]
+        );
+    }
+
+    #[test]
+    fn models_and_serving_pointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        assert_eq!(store.serving_version("p").unwrap(), None);
+        let m = StoredModel {
+            onnx: vec![1, 2],
+            card_json: "{}".into(),
+            params_json: "{}".into(),
+        };
+        store.put_model("p", 1, &m, true).unwrap();
+        store.put_model("p", 2, &m, false).unwrap();
+        assert_eq!(store.serving_version("p").unwrap(), Some(1));
+        assert_eq!(store.model_versions("p").unwrap(), vec![1, 2]);
+        assert_eq!(store.get_model("p", 2).unwrap(), Some(m));
+        assert_eq!(store.get_model("q", 1).unwrap(), None);
+    }
+}
