@@ -271,10 +271,12 @@ impl Config {
         if self.store.retention_chunk == 0 {
             return bad("store.retention_chunk".into(), "must be at least 1".into());
         }
-        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 23 {
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 19 {
             return bad(
                 "mqtt.client_id".into(),
-                "must be 1 to 23 characters (MQTT 3.1.1 §3.1.3.1)".into(),
+                "must be 1 to 19 characters (MQTT 3.1.1 §3.1.3.1 allows 23; \
+                 edgeloop adds `-out` for its prediction connection)"
+                    .into(),
             );
         }
         if !(5..=65535).contains(&self.mqtt.keep_alive_s) {

@@ -183,7 +183,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         pipelines: cfg.pipelines.clone(),
         max_payload_bytes: cfg.mqtt.ingest_max_payload_bytes,
         store_cfg: cfg.store.clone(),
-        client: client.clone(),
+        client,
         connection: connection.clone(),
         rx: incoming_rx,
         stats: stats.clone(),
@@ -197,11 +197,23 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         outbox: outbox_tx,
         stats: stats.clone(),
     };
+    let out_opts = mqtt::options(
+        &cfg.mqtt,
+        &format!("{}-out", cfg.mqtt.client_id),
+        &host,
+        port,
+        false,
+    );
+    let (out_client, out_eventloop) = rumqttc::AsyncClient::new(out_opts, 1000);
     let publisher = Publisher {
-        client,
-        connection: connection.clone(),
+        client: out_client,
+        eventloop: out_eventloop,
         rx: outbox_rx,
         stats: stats.clone(),
+        backoff: Backoff::new(
+            Duration::from_millis(cfg.mqtt.reconnect_min_ms),
+            Duration::from_millis(cfg.mqtt.reconnect_max_ms),
+        ),
     };
     let (learner, learner_handle) = Learner::new(
         store.clone(),

@@ -25,8 +25,10 @@ pub struct ModelCard {
     pub created_at_ms: i64,
     pub features: Vec<String>,
     pub classes: Vec<String>,
-    /// Labelled samples used (training + holdout).
+    /// Labelled samples the served model was fit on (training + holdout:
+    /// after evaluation it is refit on everything).
     pub n_samples: u64,
+    /// Samples of the evaluated fit, scored on the `n_holdout` newest.
     pub n_train: u64,
     pub n_holdout: u64,
     /// Samples per class in the training set.
@@ -39,7 +41,8 @@ pub struct ModelCard {
     /// Metrics on the temporal holdout (scikit-learn semantics; undefined
     /// precision or recall is `null` per class and listed in `undefined`).
     pub holdout: Option<ClassificationMetrics>,
-    /// Wall-clock training time, milliseconds (fit only).
+    /// Wall-clock training time, milliseconds: evaluated fit, scoring and
+    /// the refit on all samples.
     pub training_ms: f64,
     /// Size of the exported ONNX model, bytes.
     pub onnx_bytes: u64,

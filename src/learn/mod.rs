@@ -148,8 +148,10 @@ pub struct TrainedVersion {
 }
 
 /// Trains `version` of `pipeline` on `samples`: temporal holdout of the
-/// newest `holdout_fraction`, fit on the rest, metrics on the holdout, ONNX
-/// export. The served model is the one evaluated (it has not seen the holdout).
+/// newest `holdout_fraction`, fit on the rest and metrics on the holdout; then
+/// the served model is refit on all samples with the same settings and
+/// exported to ONNX. The card's holdout metrics are those of the evaluated
+/// fit (`n_train` samples); the served fit used `n_samples`.
 ///
 /// # Errors
 /// [`TrainError`] when the training set lacks two classes, is empty, or
@@ -180,21 +182,26 @@ pub fn train_version(
         max_iter: pipeline.model.max_iter,
         gtol: 1e-9,
     };
-    let model = match pipeline.model.family {
+    let fit = |set: &Dataset| match pipeline.model.family {
         Family::Logistic => LogisticModel::fit(
-            &train.x,
-            &train.y,
+            &set.x,
+            &set.y,
             data.classes.clone(),
             pipeline.features.clone(),
             &cfg,
-            cancelled,
-        )?,
+            &cancelled,
+        ),
     };
-    let training_ms = started.elapsed().as_secs_f64() * 1e3;
-    let proba = model.predict_proba(&holdout.x);
-    let predicted = logistic::argmax_rows(&proba, model.classes.len());
+    let evaluated = fit(&train)?;
+    let proba = evaluated.predict_proba(&holdout.x);
+    let predicted = logistic::argmax_rows(&proba, evaluated.classes.len());
     let holdout_metrics =
-        metrics::classification_metrics(&holdout.y, &predicted, &model.classes).ok();
+        metrics::classification_metrics(&holdout.y, &predicted, &evaluated.classes).ok();
+    // The served model is refit on every labelled sample with the same
+    // settings (scikit-learn's `refit=True` practice): on a temporal stream
+    // the newest samples, the holdout, matter most for what comes next.
+    let model = fit(&data)?;
+    let training_ms = started.elapsed().as_secs_f64() * 1e3;
     let onnx = crate::onnx::export::logistic_to_onnx(&model, version);
     let card = ModelCard {
         pipeline: pipeline.name.clone(),

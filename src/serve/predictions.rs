@@ -5,22 +5,24 @@
 //! Two components, so that ingest never waits for the broker:
 //! - [`Predictor`] runs the model (on a blocking thread) and puts each
 //!   prediction in the outbox; a full outbox drops it and counts it;
-//! - [`Publisher`] drains the outbox while the client is connected
-//!   (`publish().await` would block for as long as the broker is away).
+//! - [`Publisher`] drains the outbox on its own connection while it is
+//!   connected (`publish().await` would block for as long as the broker is
+//!   away, and a shared connection would queue ingest acknowledgements
+//!   behind predictions).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
 use crate::config::PipelineConfig;
-use crate::ingest::mqtt::Connection;
+use crate::ingest::mqtt::Backoff;
 use crate::ingest::writer::PredictJob;
 use crate::stats::Stats;
 
@@ -122,51 +124,66 @@ impl Predictor {
     }
 }
 
-/// Publishes the outbox while connected.
+/// Publishes the outbox on its own MQTT connection (client id
+/// `{mqtt.client_id}-out`), so that predictions never share rumqttc's request
+/// channel or in-flight window with the ingest connection's acknowledgements.
+/// Takes from the outbox only while connected; while the broker is away the
+/// outbox fills and the predictor counts the overflow.
 pub struct Publisher {
     pub client: AsyncClient,
-    pub connection: Arc<Connection>,
+    pub eventloop: EventLoop,
     pub rx: mpsc::Receiver<Outgoing>,
     pub stats: Arc<Stats>,
+    pub backoff: Backoff,
 }
 
 impl Publisher {
-    /// Runs until the outbox closes or `shutdown` is cancelled.
+    /// Runs until the outbox closes or `shutdown` is cancelled; predictions
+    /// still in the outbox then are dropped (they can be recomputed).
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut connected = false;
+        let mut pending: Option<Outgoing> = None;
         loop {
-            let msg = tokio::select! {
-                m = self.rx.recv() => m,
-                _ = shutdown.cancelled() => None,
-            };
-            let Some(msg) = msg else { break };
-            // Wait for the broker rather than fill rumqttc's request channel.
-            while !self.connection.is_connected() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = self.eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        self.backoff.reset();
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        self.stats.predictions_published.fetch_add(1, Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        connected = false;
+                        let delay = self.backoff.next_delay();
+                        tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "Prediction link down; backing off.");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                    }
+                },
+                m = self.rx.recv(), if connected && pending.is_none() => match m {
+                    Some(m) => pending = Some(m),
+                    None => break,
+                },
             }
-            let mut pending = Some(msg);
-            while let Some(m) = pending.take() {
-                match self.client.try_publish(
+            if let Some(m) = pending.take() {
+                // A full request channel keeps the message until the event
+                // loop has made room.
+                if let Err(rumqttc::ClientError::TryRequest(_)) = self.client.try_publish(
                     m.topic.clone(),
                     QoS::AtLeastOnce,
                     false,
                     m.payload.clone(),
                 ) {
-                    Ok(()) => {
-                        self.stats.predictions_published.fetch_add(1, Relaxed);
-                    }
-                    Err(_) => {
-                        // Request channel full: let the event loop catch up.
-                        pending = Some(m);
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                            _ = shutdown.cancelled() => return,
-                        }
-                    }
+                    pending = Some(m);
                 }
             }
         }
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.eventloop.poll()).await;
     }
 }
