@@ -12,6 +12,9 @@
 pub enum Stop {
     /// ‖∇f‖∞ fell below the tolerance.
     Converged,
+    /// The last step decreased f by less than `1e-15 · max(|f|, 1)`
+    /// (scipy's L-BFGS-B `factr` test at 10×machine precision).
+    FunctionTolerance,
     /// The line search could not decrease f any more (at machine precision).
     NoProgress,
     /// The iteration budget ran out.
@@ -31,9 +34,9 @@ pub struct Outcome {
 }
 
 /// Minimises `f` from `x0`. `fg(x, grad)` returns f(x) and writes ∇f(x) into
-/// `grad`. Stops when ‖∇f‖∞ ≤ `gtol`, after `max_iter` iterations, when no
-/// step decreases f, or when `cancelled()` returns true (checked each
-/// iteration).
+/// `grad`. Stops when ‖∇f‖∞ ≤ `gtol`, when a step decreases f by less than
+/// `1e-15 · max(|f|, 1)`, after `max_iter` iterations, when no step decreases
+/// f, or when `cancelled()` returns true (checked each iteration).
 pub fn minimize(
     x0: Vec<f64>,
     mut fg: impl FnMut(&[f64], &mut [f64]) -> f64,
@@ -100,6 +103,7 @@ pub fn minimize(
         let mut step = 1.0;
         let mut f_new;
         let mut accepted = false;
+        let mut small_decrease = false;
         for _ in 0..60 {
             x_new
                 .iter_mut()
@@ -109,6 +113,7 @@ pub fn minimize(
             f_new = fg(&x_new, &mut g_new);
             if f_new.is_finite() && f_new <= f + 1e-4 * step * slope {
                 accepted = true;
+                small_decrease = f - f_new <= 1e-15 * f.abs().max(f_new.abs()).max(1.0);
                 let s: Vec<f64> = x_new.iter().zip(&x).map(|(a, b)| a - b).collect();
                 let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
                 let sy = dot(&s, &y);
@@ -132,6 +137,9 @@ pub fn minimize(
         iterations += 1;
         if !accepted {
             break Stop::NoProgress;
+        }
+        if small_decrease && inf_norm(&g) > gtol {
+            break Stop::FunctionTolerance;
         }
     };
     Outcome {

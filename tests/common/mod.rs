@@ -1,0 +1,211 @@
+//! Shared harness for the black-box tests: a real mosquitto on a free
+//! loopback port, test configurations, the occupancy data.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use edgeloop::config::Config;
+use edgeloop::ingest::replay::{self, ReplayOptions};
+use tokio_util::sync::CancellationToken;
+
+pub const TOPIC: &str = "sensors/room1/occupancy";
+pub const FEATURES: [&str; 5] = ["Temperature", "Humidity", "Light", "CO2", "HumidityRatio"];
+
+pub fn data(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/occupancy_uci")
+        .join(file)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A unique MQTT client id (≤ 19 characters).
+pub fn client_id(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Where the daemon under test connects.
+#[derive(Debug, Clone, Copy)]
+pub enum Broker {
+    Embedded(u16),
+    External(u16),
+}
+
+impl Broker {
+    pub fn port(self) -> u16 {
+        match self {
+            Broker::Embedded(p) | Broker::External(p) => p,
+        }
+    }
+}
+
+/// Logs to the test output when RUST_LOG is set.
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// The default configuration, pointed at a temporary store, `broker`, and
+/// HTTP on a free port.
+pub fn config(store: &Path, broker: Broker) -> Config {
+    let mut cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+    cfg.store.path = store.join("edgeloop.redb");
+    match broker {
+        Broker::Embedded(port) => {
+            cfg.mqtt.broker = "embedded".into();
+            cfg.mqtt.embedded_listen = SocketAddr::from(([127, 0, 0, 1], port));
+        }
+        Broker::External(port) => cfg.mqtt.broker = format!("mqtt://127.0.0.1:{port}"),
+    }
+    cfg.mqtt.client_id = client_id("el");
+    cfg.mqtt.reconnect_min_ms = 50;
+    cfg.mqtt.reconnect_max_ms = 500;
+    cfg.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg
+}
+
+/// A mosquitto started by the test on a free loopback port, with
+/// persistence in its own temporary directory. Killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // mosquitto started as root drops to its own user, which must be able
+        // to write its persistence file here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut m = Self {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let bin = ["/usr/sbin/mosquitto", "mosquitto"]
+            .into_iter()
+            .find(|b| Path::new(b).exists() || !b.starts_with('/'))
+            .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto)");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops mosquitto with SIGTERM (it saves its persistence file) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Replay options for `file` to [`TOPIC`] on `port`.
+pub fn replay_opts(file: &str, port: u16, limit: Option<usize>) -> ReplayOptions {
+    ReplayOptions {
+        file: data(file),
+        topic: TOPIC.into(),
+        rate: None,
+        host: "127.0.0.1".into(),
+        port,
+        drop_columns: vec![],
+        limit,
+        client_id: client_id("pub"),
+    }
+}
+
+/// Publishes `payloads` and waits for every acknowledgement.
+pub async fn publish(opts: &ReplayOptions, payloads: Vec<Vec<u8>>) {
+    replay::publish_all(opts, payloads, CancellationToken::new())
+        .await
+        .unwrap();
+}
+
+/// Rows of an occupancy file: features and label.
+pub fn rows(file: &str) -> (Vec<[f32; 5]>, Vec<String>) {
+    let mut reader = csv::Reader::from_path(data(file)).unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for r in reader.records() {
+        let r = r.unwrap();
+        let f = |i: usize| r[i].trim().parse::<f32>().unwrap();
+        x.push([f(1), f(2), f(3), f(4), f(5)]);
+        y.push(r[6].trim().to_string());
+    }
+    (x, y)
+}
+
+/// Polls `done` every 20 ms until it holds or `limit` passes.
+pub async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,418 @@
+//! Black-box tests of the whole loop: the daemon driven in-process on
+//! loopback with an injected shutdown, over a real mosquitto (started here on
+//! a free port) and over the embedded broker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::demo::HttpClient;
+use edgeloop::ingest::decode::Reason;
+use edgeloop::learn::logistic::LogisticModel;
+use edgeloop::serve::http::PredictResponse;
+use tokio_util::sync::CancellationToken;
+
+const PIPELINE: &str = "occupancy";
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn start(cfg: edgeloop::config::Config) -> (Running, DaemonHandle, CancellationToken) {
+    init_logs();
+    let token = CancellationToken::new();
+    let running = daemon::start(cfg, token.clone()).await.unwrap();
+    let handle = running.handle.clone();
+    (running, handle, token)
+}
+
+/// Stops the daemon; the handle goes too, so the store file is released.
+async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
+    drop(handle);
+    token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
+}
+
+fn stored(handle: &DaemonHandle) -> u64 {
+    handle.store.counts(PIPELINE).unwrap().samples
+}
+
+/// Replays the first 2,000 labelled rows of datatraining.txt, waits for the
+/// model trained at 2,000 labels, then predicts every row of datatest.txt
+/// (another period, both classes) over HTTP.
+async fn loop_trains_and_serves(broker: Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), broker);
+    cfg.pipelines[0].model.min_labels = 2000;
+    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    let (running, handle, token) = start(cfg).await;
+
+    let opts = replay_opts("datatraining.txt", broker.port(), Some(2000));
+    let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    assert_eq!(payloads.len(), 2000);
+    publish(&opts, payloads).await;
+    wait_until(WAIT, "a trained model", || {
+        handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    let serving = handle.registry.get(PIPELINE).unwrap();
+    assert_eq!(serving.version, 1);
+    assert_eq!(serving.card.n_samples, 2000);
+    assert_eq!(stored(&handle), 2000);
+
+    let (x, y) = rows("datatest.txt");
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let mut served = Vec::new();
+    for chunk in x.chunks(500) {
+        let rows: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|r| {
+                serde_json::Value::Object(
+                    FEATURES
+                        .iter()
+                        .zip(r)
+                        .map(|(k, v)| (k.to_string(), (*v).into()))
+                        .collect(),
+                )
+            })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap();
+        let (status, resp) = client
+            .request("POST", "/v1/pipelines/occupancy/predict", Some(body))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+        let resp: PredictResponse = serde_json::from_slice(&resp).unwrap();
+        assert_eq!(resp.model_version, 1);
+        served.extend(resp.predictions);
+    }
+    assert_eq!(served.len(), x.len());
+    let correct = served
+        .iter()
+        .zip(&y)
+        .filter(|(p, t)| &p.label == *t)
+        .count();
+    let accuracy = correct as f64 / y.len() as f64;
+    assert!(accuracy >= 0.95, "accuracy on datatest.txt {accuracy}");
+
+    // The endpoint's outputs equal the in-process model's (same parameters,
+    // evaluated in Rust without ONNX) within 1e-5.
+    let stored_model = handle.store.get_model(PIPELINE, 1).unwrap().unwrap();
+    let model: LogisticModel = serde_json::from_str(&stored_model.params_json).unwrap();
+    let flat: Vec<f32> = x.iter().flatten().copied().collect();
+    let proba = model.predict_proba(&flat);
+    for (i, p) in served.iter().enumerate() {
+        for (k, class) in model.classes.iter().enumerate() {
+            let diff = (p.probabilities[class] - proba[i * 2 + k]).abs();
+            assert!(
+                diff <= 1e-5,
+                "row {i} class {class}: served {} in-process {}",
+                p.probabilities[class],
+                proba[i * 2 + k]
+            );
+        }
+    }
+    stop(running, handle, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_over_mosquitto() {
+    let mosquitto = Mosquitto::start();
+    loop_trains_and_serves(Broker::External(mosquitto.port)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_over_embedded_broker() {
+    loop_trains_and_serves(Broker::Embedded(free_port())).await;
+}
+
+fn occupancy_json(temp: serde_json::Value, minute: u32) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "Date": format!("2015-03-01 00:{minute:02}:00"),
+        "Temperature": temp, "Humidity": 27.0, "Light": 420.0, "CO2": 700.0, "HumidityRatio": 0.0045,
+        "Occupancy": 1
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_are_counted_salvaged_and_ingest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (running, handle, token) = start(config(dir.path(), Broker::Embedded(port))).await;
+    let opts = replay_opts("datatraining.txt", port, Some(50));
+    let good = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    let missing_ratio = br#"{"Date": "2015-03-01 00:01:00", "Temperature": 21.0, "Humidity": 27.0, "Light": 420.0, "CO2": 700.0, "Occupancy": 1}"#.to_vec();
+    let bare_nan = String::from_utf8(occupancy_json(0.into(), 2))
+        .unwrap()
+        .replace("\"Temperature\":0", "\"Temperature\":NaN");
+    let huge =
+        serde_json::to_vec(&serde_json::json!({ "Temperature": 1.0, "pad": "x".repeat(1 << 20) }))
+            .unwrap();
+    let bad: Vec<Vec<u8>> = vec![
+        b"this is not json".to_vec(),
+        missing_ratio,
+        bare_nan.into_bytes(),
+        occupancy_json(serde_json::Value::Null, 3),
+        occupancy_json("n/a".into(), 4),
+        huge,
+        occupancy_json("21.5".into(), 5),
+    ];
+    // Bad messages interleaved with good ones.
+    let mut payloads = Vec::new();
+    for (i, g) in good.into_iter().enumerate() {
+        payloads.push(g);
+        if i % 7 == 3 {
+            if let Some(b) = bad.get(i / 7) {
+                payloads.push(b.clone());
+            }
+        }
+    }
+    let total = payloads.len() as u64;
+    assert_eq!(total, 57);
+    publish(&opts, payloads).await;
+    let stats = handle.stats.clone();
+    wait_until(WAIT, "all messages handled", || {
+        stats.snapshot().commits > 0 && stored(&handle) == 55
+    })
+    .await;
+    let s = stats.snapshot();
+    assert_eq!(s.messages_received, 57);
+    assert_eq!(s.samples_rejected, 2, "not JSON and too large");
+    assert_eq!(s.samples_salvaged, 4);
+    assert_eq!(stats.problems(Reason::NotJson), 1);
+    assert_eq!(stats.problems(Reason::TooLarge), 1);
+    assert_eq!(
+        stats.problems(Reason::MissingFeature),
+        2,
+        "absent HumidityRatio and null Temperature"
+    );
+    assert_eq!(stats.problems(Reason::NonFinite), 1);
+    assert_eq!(stats.problems(Reason::NonNumeric), 1);
+    assert_eq!(stats.problems(Reason::BadTimestamp), 0);
+
+    // Salvaged fields are kept as missing (NaN), never 0; the rest intact.
+    let samples = handle.store.scan(PIPELINE, 0..1000, 1000).unwrap();
+    let at = |minute: i64| {
+        let ts = 1_425_168_000_000 + minute * 60_000; // 2015-03-01T00:MM:00Z
+        samples
+            .iter()
+            .find(|(_, s)| s.sample.timestamp_ms == ts)
+            .map(|(_, s)| s.sample.features.clone())
+            .unwrap()
+    };
+    let f = at(1);
+    assert!(f[4].is_nan());
+    assert_eq!(&f[..4], &[21.0, 27.0, 420.0, 700.0]);
+    for minute in [2, 3, 4] {
+        let f = at(minute);
+        assert!(f[0].is_nan(), "minute {minute}: {f:?}");
+        assert_eq!(&f[1..], &[27.0, 420.0, 700.0, 0.0045]);
+    }
+    assert_eq!(at(5)[0], 21.5, "a numeric string is read as the number");
+
+    // Still running and serving.
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let (status, _) = client.request("GET", "/healthz", None).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = client
+        .request(
+            "POST",
+            "/v1/pipelines/occupancy/predict",
+            Some(b"{\"rows\": 3}".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = client
+        .request("POST", "/v1/pipelines/nope/predict", Some(b"{}".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    stop(running, handle, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_samples_and_serving_version_and_gets_messages_sent_while_down() {
+    let mut mosquitto = Mosquitto::start();
+    let broker = Broker::External(mosquitto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), broker);
+    cfg.pipelines[0].model.min_labels = 500;
+    cfg.pipelines[0].model.retrain_every = 1_000_000;
+
+    let (running, handle, token) = start(cfg.clone()).await;
+    let opts = replay_opts("datatraining.txt", mosquitto.port, Some(1000));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "1000 samples and a model", || {
+        stored(&handle) == 1000 && handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    let version = handle.registry.get(PIPELINE).unwrap().version;
+    stop(running, handle, token).await;
+
+    // Same store, nothing new sent: same sample count, same serving version.
+    let (running, handle, token) = start(cfg.clone()).await;
+    assert_eq!(
+        handle.registry.get(PIPELINE).map(|s| s.version),
+        Some(version)
+    );
+    assert_eq!(stored(&handle), 1000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stored(&handle),
+        1000,
+        "nothing redelivered twice after a clean stop"
+    );
+    assert_eq!(
+        handle.store.model_versions(PIPELINE).unwrap(),
+        vec![version],
+        "no retraining at start"
+    );
+    stop(running, handle, token).await;
+
+    // While the daemon is down, the broker keeps QoS 1 messages for its
+    // persistent session, even across a broker restart.
+    let mut later = replay_opts("datatest.txt", mosquitto.port, Some(100));
+    later.drop_columns = vec!["Occupancy".into()];
+    publish(
+        &later,
+        edgeloop::ingest::replay::csv_payloads(&later).unwrap(),
+    )
+    .await;
+    mosquitto.restart();
+
+    let (running, handle, token) = start(cfg).await;
+    wait_until(WAIT, "messages sent while down", || stored(&handle) == 1100).await;
+    assert_eq!(handle.store.counts(PIPELINE).unwrap().labelled_total, 1000);
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let (status, body) = client
+        .request(
+            "POST",
+            "/v1/pipelines/occupancy/predict",
+            Some(br#"{"rows":[{"Temperature":21,"Humidity":27,"Light":500,"CO2":800,"HumidityRatio":null}]}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let resp: PredictResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!(resp.model_version, version);
+    stop(running, handle, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_replay_loses_and_duplicates_nothing() {
+    let mut mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Broker::External(mosquitto.port));
+    cfg.pipelines[0].model.min_labels = 1_000_000;
+    let (running, handle, token) = start(cfg).await;
+
+    let mut opts = replay_opts("datatraining.txt", mosquitto.port, Some(3000));
+    opts.rate = Some(2000.0);
+    let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    let publisher = tokio::spawn({
+        let opts = opts.clone();
+        async move {
+            edgeloop::ingest::replay::publish_all(&opts, payloads, CancellationToken::new()).await
+        }
+    });
+    // Stop the broker part-way through (SIGTERM: mosquitto persists what it
+    // acknowledged) and bring it back on the same port.
+    wait_until(WAIT, "replay under way", || stored(&handle) >= 500).await;
+    mosquitto.stop();
+    let at_stop = stored(&handle);
+    assert!(
+        at_stop < 3000,
+        "the broker must stop mid-replay ({at_stop} stored)"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mosquitto.restart();
+    let report = publisher.await.unwrap().unwrap();
+    assert_eq!(
+        report.acknowledged, 3000,
+        "the publisher got every acknowledgement"
+    );
+    wait_until(WAIT, "every acknowledged message stored", || {
+        stored(&handle) >= 3000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Exactly once: 3000 samples, 3000 distinct timestamps (each row has its own).
+    let samples = handle
+        .store
+        .scan(PIPELINE, 0..u64::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(samples.len(), 3000);
+    let mut ts: Vec<i64> = samples.iter().map(|(_, s)| s.sample.timestamp_ms).collect();
+    ts.sort_unstable();
+    ts.dedup();
+    assert_eq!(ts.len(), 3000);
+    assert!(
+        handle.stats.snapshot().mqtt_connects >= 2,
+        "the daemon reconnected"
+    );
+    stop(running, handle, token).await;
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_prints_the_effective_config() {
+    let bin = env!("CARGO_BIN_EXE_edgeloop");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[store]\nbatch_sise = 3\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("batch_sise") && err.contains("store"), "{err}");
+
+    std::fs::write(&bad, "[[pipelines]]\nname='p'\ntopics=['a/+']\nfeatures=['x']\nlabel='y'\n[pipelines.model]\nholdout_fraction = 0.9\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pipelines[0].model.holdout_fraction"));
+
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("EDGELOOP__HTTP__LISTEN", "127.0.0.1:9999")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(printed["http"]["listen"].as_str(), Some("127.0.0.1:9999"));
+}
+
+#[test]
+fn demo_json_reports_live_accuracy_on_datatest2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["demo", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["samples_ingested"], 8143 + 9752);
+    assert_eq!(v["samples_rejected"], 0);
+    assert_eq!(v["live_predictions"], 9752);
+    let live = v["live_accuracy"].as_f64().unwrap();
+    assert!(live >= 0.95, "live accuracy {live}");
+    let models = v["models"].as_array().unwrap();
+    assert!(!models.is_empty());
+    for key in ["version", "accuracy", "precision", "recall", "f1"] {
+        assert!(models[0].get(key).is_some(), "models[0].{key}");
+    }
+    assert!(v["predict_p50_us"].as_f64().unwrap() > 0.0);
+}

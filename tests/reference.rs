@@ -1,0 +1,329 @@
+//! `learn::metrics::classification_metrics` against scikit-learn.
+//!
+//! Expected values come from `tests/fixtures/metrics/metrics.json`, written by
+//! `tests/fixtures/metrics/gen_metrics.py` (scikit-learn `accuracy_score`,
+//! `precision_recall_fscore_support`, `confusion_matrix`, `unique_labels`; the version is
+//! in the file). Rerun the script to regenerate them; never edit the JSON by hand.
+
+use edgeloop::learn::metrics::classification_metrics;
+use serde::Deserialize;
+
+const TOL: f64 = 1e-12;
+
+/// Cases the fixture must hold, so a truncated or emptied file fails the test.
+const REQUIRED_CASES: &[&str] = &[
+    "binary_balanced",
+    "binary_holdout_single_class_predicted_only",
+    "single_class_true_some_wrong",
+    "single_class_true_all_wrong",
+    "class_never_predicted",
+    "multiclass4_random",
+    "multiclass6_absent_class",
+    "occupancy_like_all_zero_3_fp",
+];
+
+#[derive(Deserialize)]
+struct Fixture {
+    sklearn_version: String,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    n_classes: usize,
+    class_names: Vec<String>,
+    y_true: Vec<usize>,
+    y_pred: Vec<usize>,
+    expected: Expected,
+}
+
+/// sklearn's values; per-class vectors are over `labels`, `null` = NaN = undefined.
+#[derive(Deserialize)]
+struct Expected {
+    labels: Vec<usize>,
+    accuracy: f64,
+    precision_macro: f64,
+    recall_macro: f64,
+    f1_macro: f64,
+    precision: Vec<Option<f64>>,
+    recall: Vec<Option<f64>>,
+    f1: Vec<f64>,
+    support: Vec<u64>,
+    confusion: Vec<Vec<u64>>,
+}
+
+fn load() -> Fixture {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/metrics/metrics.json"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
+}
+
+fn close(case: &str, what: &str, got: f64, want: f64) {
+    assert!(
+        got.is_finite() && (got - want).abs() <= TOL,
+        "{case}: {what} = {got:?}, sklearn {want:?}"
+    );
+}
+
+fn close_opt(case: &str, what: &str, got: Option<f64>, want: Option<f64>) {
+    match (got, want) {
+        (Some(g), Some(w)) => close(case, what, g, w),
+        (None, None) => {}
+        _ => panic!("{case}: {what} = {got:?}, sklearn {want:?} (None ⇔ null)"),
+    }
+}
+
+#[test]
+fn classification_metrics_equal_sklearn() {
+    let fixture = load();
+    assert!(!fixture.sklearn_version.is_empty());
+    for required in REQUIRED_CASES {
+        assert!(
+            fixture.cases.iter().any(|c| c.name == *required),
+            "fixture lacks case {required}"
+        );
+    }
+
+    for case in &fixture.cases {
+        let name = case.name.as_str();
+        let want = &case.expected;
+        assert_eq!(
+            case.class_names.len(),
+            case.n_classes,
+            "{name}: fixture n_classes"
+        );
+        let got = classification_metrics(&case.y_true, &case.y_pred, &case.class_names)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        let want_labels: Vec<&str> = want
+            .labels
+            .iter()
+            .map(|&k| case.class_names[k].as_str())
+            .collect();
+        assert_eq!(got.labels, want_labels, "{name}: labels");
+        assert_eq!(got.n_samples, case.y_true.len() as u64, "{name}: n_samples");
+        close(name, "accuracy", got.accuracy, want.accuracy);
+        close(
+            name,
+            "precision_macro",
+            got.precision_macro,
+            want.precision_macro,
+        );
+        close(name, "recall_macro", got.recall_macro, want.recall_macro);
+        close(name, "f1_macro", got.f1_macro, want.f1_macro);
+        assert_eq!(got.confusion, want.confusion, "{name}: confusion");
+
+        let n = want.labels.len();
+        for (what, len) in [
+            ("precision", want.precision.len()),
+            ("recall", want.recall.len()),
+            ("f1", want.f1.len()),
+            ("support", want.support.len()),
+        ] {
+            assert_eq!(len, n, "{name}: fixture {what} length");
+        }
+        assert_eq!(got.per_class.len(), n, "{name}: per_class length");
+        for (i, scores) in got.per_class.iter().enumerate() {
+            let label = want_labels[i];
+            assert_eq!(scores.label, label, "{name}: per_class[{i}].label");
+            close_opt(
+                name,
+                &format!("precision[{label}]"),
+                scores.precision,
+                want.precision[i],
+            );
+            close_opt(
+                name,
+                &format!("recall[{label}]"),
+                scores.recall,
+                want.recall[i],
+            );
+            close(name, &format!("f1[{label}]"), scores.f1, want.f1[i]);
+            assert_eq!(scores.support, want.support[i], "{name}: support[{label}]");
+        }
+
+        // One note per undefined value (a `null` in sklearn's output), none otherwise.
+        let n_null = want
+            .precision
+            .iter()
+            .chain(&want.recall)
+            .filter(|v| v.is_none())
+            .count();
+        assert_eq!(
+            got.undefined.len(),
+            n_null,
+            "{name}: undefined = {:?}",
+            got.undefined
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The logistic trainer against scikit-learn's LogisticRegression.
+//
+// Expected values: `tests/fixtures/logistic/occupancy_logistic.json`, written by
+// `tests/fixtures/logistic/gen_logistic.py` (StandardScaler + LogisticRegression
+// with the C that matches our objective, cross-checked there by a direct scipy
+// minimisation).
+
+mod logistic_reference {
+    use edgeloop::learn::lbfgs::Stop;
+    use edgeloop::learn::logistic::{LogisticConfig, LogisticModel};
+    use serde::Deserialize;
+    use std::path::Path;
+
+    #[derive(Deserialize)]
+    struct Fixture {
+        cases: Vec<Case>,
+    }
+
+    #[derive(Deserialize)]
+    struct Case {
+        name: String,
+        classes: Vec<String>,
+        feature_names: Vec<String>,
+        l2: f64,
+        n_train: usize,
+        scaler_mean: Vec<f64>,
+        scaler_scale: Vec<f64>,
+        objective: f64,
+        predict_proba: Vec<Vec<f64>>,
+        holdout_accuracy: f64,
+    }
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// (features, label) rows of a CSV: `label_col`, then `n` feature columns from `first`.
+    fn read(
+        path: &Path,
+        header: bool,
+        label_col: usize,
+        first: usize,
+        n: usize,
+    ) -> Vec<(Vec<f32>, String)> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(header)
+            .trim(csv::Trim::All)
+            .flexible(true)
+            .from_path(path)
+            .unwrap();
+        reader
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                let x = (first..first + n)
+                    .map(|i| r[i].parse::<f32>().unwrap())
+                    .collect();
+                (x, r[label_col].to_string())
+            })
+            .collect()
+    }
+
+    fn data(case: &Case) -> (Vec<(Vec<f32>, String)>, Vec<(Vec<f32>, String)>) {
+        match case.name.as_str() {
+            "occupancy" => {
+                let dir = root().join("data/occupancy_uci");
+                let train = read(&dir.join("datatraining.txt"), true, 6, 1, 5);
+                let test = read(&dir.join("datatest.txt"), true, 6, 1, 5);
+                (train[..case.n_train].to_vec(), test)
+            }
+            "gas_batch1" => {
+                let all = read(
+                    &root().join("tests/fixtures/logistic/gas_batch1.csv"),
+                    false,
+                    0,
+                    2,
+                    8,
+                );
+                (all[..case.n_train].to_vec(), all[case.n_train..].to_vec())
+            }
+            other => panic!("unknown case {other}"),
+        }
+    }
+
+    #[test]
+    fn trainer_matches_sklearn_logistic_regression() {
+        let path = root().join("tests/fixtures/logistic/occupancy_logistic.json");
+        let fixture: Fixture =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let names: Vec<&str> = fixture.cases.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["occupancy", "gas_batch1"]);
+        for case in &fixture.cases {
+            let (train, holdout) = data(case);
+            let index = |l: &str| case.classes.iter().position(|c| c == l);
+            let x: Vec<f32> = train.iter().flat_map(|(f, _)| f.clone()).collect();
+            let y: Vec<usize> = train.iter().map(|(_, l)| index(l).unwrap()).collect();
+            let cfg = LogisticConfig {
+                l2: case.l2,
+                max_iter: 2000,
+                gtol: 1e-10,
+            };
+            let model = LogisticModel::fit(
+                &x,
+                &y,
+                case.classes.clone(),
+                case.feature_names.clone(),
+                &cfg,
+                || false,
+            )
+            .unwrap();
+            eprintln!(
+                "{}: {:?} after {} iterations, objective {} (sklearn {})",
+                case.name, model.stop, model.iterations, model.objective, case.objective
+            );
+            assert_ne!(model.stop, Stop::MaxIter, "{}: did not converge", case.name);
+            for (j, (m, s)) in case.scaler_mean.iter().zip(&case.scaler_scale).enumerate() {
+                let rel = |a: f32, b: f64| ((f64::from(a) - b) / b.abs().max(1e-12)).abs();
+                assert!(
+                    rel(model.scaler.mean[j], *m) < 1e-5,
+                    "{} mean[{j}]",
+                    case.name
+                );
+                assert!(
+                    rel(model.scaler.scale[j], *s) < 1e-5,
+                    "{} scale[{j}]",
+                    case.name
+                );
+            }
+            assert!(
+                (model.objective - case.objective).abs() < 1e-6,
+                "{}: objective {} vs sklearn's {}",
+                case.name,
+                model.objective,
+                case.objective
+            );
+            let hx: Vec<f32> = holdout.iter().flat_map(|(f, _)| f.clone()).collect();
+            let proba = model.predict_proba(&hx);
+            let k = case.classes.len();
+            let mut worst = 0f64;
+            for (i, expected) in case.predict_proba.iter().enumerate() {
+                for (c, e) in expected.iter().enumerate() {
+                    worst = worst.max((f64::from(proba[i * k + c]) - e).abs());
+                }
+            }
+            assert!(
+                worst < 1e-5,
+                "{}: largest probability difference {worst}",
+                case.name
+            );
+            let pred = edgeloop::learn::logistic::argmax_rows(&proba, k);
+            let correct = pred
+                .iter()
+                .zip(&holdout)
+                .filter(|(p, (_, l))| case.classes[**p] == *l)
+                .count();
+            let accuracy = correct as f64 / holdout.len() as f64;
+            assert!(
+                (accuracy - case.holdout_accuracy).abs() < 1e-12,
+                "{}: accuracy {accuracy}",
+                case.name
+            );
+        }
+    }
+}
