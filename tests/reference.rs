@@ -327,3 +327,62 @@ mod logistic_reference {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The exported ONNX graph against onnxruntime.
+//
+// `tests/fixtures/onnx/logistic_occupancy.onnx` was exported by edgeloop
+// (`cargo run --example onnx_fixture`); `gen_onnx.py` recorded onnxruntime's
+// outputs for it in `logistic_occupancy.ort.json`.
+
+mod onnx_reference {
+    use edgeloop::learn::logistic::LogisticModel;
+    use edgeloop::serve::engine::OnnxModel;
+    use prost::Message;
+    use serde::Deserialize;
+    use std::path::Path;
+    use tract_onnx::pb::ModelProto;
+
+    #[derive(Deserialize)]
+    struct Ort {
+        inputs: Vec<Vec<Option<f32>>>,
+        probabilities: Vec<Vec<f32>>,
+        label: Vec<i64>,
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)).unwrap()
+    }
+
+    #[test]
+    fn exported_graph_runs_in_tract_as_in_onnxruntime() {
+        let onnx = fixture("logistic_occupancy.onnx");
+        let model: LogisticModel = serde_json::from_slice(&fixture("logistic_occupancy.params.json")).unwrap();
+        // The committed file is what today's exporter writes (else rerun the
+        // example and gen_onnx.py).
+        let ours = ModelProto::decode(edgeloop::onnx::export::logistic_to_onnx(&model, 1).as_slice()).unwrap();
+        let committed = ModelProto::decode(onnx.as_slice()).unwrap();
+        assert_eq!(ours.graph, committed.graph, "exporter changed: regenerate tests/fixtures/onnx");
+        assert_eq!(ours.opset_import, committed.opset_import);
+
+        let ort: Ort = serde_json::from_slice(&fixture("logistic_occupancy.ort.json")).unwrap();
+        assert_eq!(ort.inputs.len(), 2680);
+        assert!(ort.inputs.iter().any(|r| r.iter().all(Option::is_none)), "a row with every value missing");
+        let x: Vec<f32> = ort.inputs.iter().flatten().map(|v| v.unwrap_or(f32::NAN)).collect();
+        let tract = OnnxModel::load(&onnx).unwrap();
+        assert_eq!(tract.classes(), ["0", "1"]);
+        let served = tract.predict_proba(&x).unwrap();
+        let in_process = model.predict_proba(&x);
+        let mut worst = (0f32, 0f32);
+        for (i, (expected, label)) in ort.probabilities.iter().zip(&ort.label).enumerate() {
+            for (k, e) in expected.iter().enumerate() {
+                worst.0 = worst.0.max((served[i * 2 + k] - e).abs());
+                worst.1 = worst.1.max((in_process[i * 2 + k] - e).abs());
+            }
+            let argmax = edgeloop::learn::logistic::argmax_rows(&served[i * 2..i * 2 + 2], 2)[0];
+            assert_eq!(argmax as i64, *label, "row {i}");
+        }
+        assert!(worst.0 <= 1e-5, "tract vs onnxruntime: {}", worst.0);
+        assert!(worst.1 <= 1e-5, "in-process vs onnxruntime: {}", worst.1);
+    }
+}
