@@ -26,12 +26,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         y.push(r[6].trim().parse::<usize>()?);
     }
-    let features = ["Temperature", "Humidity", "Light", "CO2", "HumidityRatio"].map(String::from).to_vec();
-    let cfg = LogisticConfig { l2: 1e-3, max_iter: 1000, gtol: 1e-10 };
-    let model = LogisticModel::fit(&x, &y, vec!["0".into(), "1".into()], features, &cfg, || false)?;
+    let features = ["Temperature", "Humidity", "Light", "CO2", "HumidityRatio"]
+        .map(String::from)
+        .to_vec();
+    let cfg = LogisticConfig {
+        l2: 1e-3,
+        max_iter: 1000,
+        gtol: 1e-10,
+    };
+    let model = LogisticModel::fit(&x, &y, vec!["0".into(), "1".into()], features, &cfg, || {
+        false
+    })?;
     let dir = root.join("tests/fixtures/onnx");
-    std::fs::write(dir.join("logistic_occupancy.onnx"), edgeloop::onnx::export::logistic_to_onnx(&model, 1))?;
-    std::fs::write(dir.join("logistic_occupancy.params.json"), serde_json::to_string_pretty(&model)? + "\n")?;
+    std::fs::write(
+        dir.join("logistic_occupancy.onnx"),
+        edgeloop::onnx::export::logistic_to_onnx(&model, 1),
+    )?;
+    std::fs::write(
+        dir.join("logistic_occupancy.params.json"),
+        serde_json::to_string_pretty(&model)? + "\n",
+    )?;
     println!("wrote {}", dir.display());
     Ok(())
 }

@@ -416,3 +416,162 @@ fn demo_json_reports_live_accuracy_on_datatest2() {
     }
     assert!(v["predict_p50_us"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_duplicate_is_stored_once_and_same_timestamp_readings_both_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (running, handle, token) = start(config(dir.path(), Broker::Embedded(port))).await;
+    let opts = replay_opts("datatraining.txt", port, None);
+    let a = occupancy_json(21.0.into(), 7);
+    let b = occupancy_json(22.0.into(), 7); // same timestamp, another reading
+    publish(&opts, vec![a.clone(), b, a]).await; // `a` again: what a redelivery looks like
+    wait_until(WAIT, "3 messages handled", || {
+        handle.stats.snapshot().messages_received == 3 && stored(&handle) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stored(&handle), 2);
+    assert_eq!(handle.stats.snapshot().duplicates, 1);
+    let temps: Vec<f32> = handle
+        .store
+        .scan(PIPELINE, 0..10, 10)
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.sample.features[0])
+        .collect();
+    assert_eq!(temps, vec![21.0, 22.0]);
+    stop(running, handle, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribes_when_the_broker_lost_the_session() {
+    let mut mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (running, handle, token) =
+        start(config(dir.path(), Broker::External(mosquitto.port))).await;
+    let first = replay_opts("datatraining.txt", mosquitto.port, Some(100));
+    publish(
+        &first,
+        edgeloop::ingest::replay::csv_payloads(&first).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "100 samples", || stored(&handle) == 100).await;
+    mosquitto.restart_losing_sessions();
+    let connects = handle.stats.snapshot().mqtt_connects;
+    wait_until(WAIT, "reconnected", || {
+        handle.stats.snapshot().mqtt_connects > connects
+    })
+    .await;
+    // The new session has no subscription until the daemon subscribes again;
+    // give the SUBACK a moment, then publish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = replay_opts("datatest.txt", mosquitto.port, Some(100));
+    publish(
+        &second,
+        edgeloop::ingest::replay::csv_payloads(&second).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "samples after the resubscription", || {
+        stored(&handle) == 200
+    })
+    .await;
+    stop(running, handle, token).await;
+}
+
+/// The binary, SIGKILLed mid-replay and started again on the same store:
+/// every message the publisher got an acknowledgement for is stored exactly
+/// once (acknowledged after commit; redeliveries deduplicated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_daemon_loses_and_duplicates_nothing() {
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let conf = dir.path().join("edgeloop.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{}'\nclient_id = '{}'\nreconnect_min_ms = 50\n\
+             [http]\nlisten = '127.0.0.1:{http}'\n",
+            dir.path().join("edgeloop.redb").display(),
+            mosquitto.port,
+            client_id("kill")
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let samples = || async {
+        let mut c = HttpClient::connect(([127, 0, 0, 1], http).into())
+            .await
+            .ok()?;
+        let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        v["pipelines"][0]["samples"].as_u64()
+    };
+    let mut daemon = spawn();
+    let until = std::time::Instant::now() + WAIT;
+    while samples().await.is_none() {
+        assert!(std::time::Instant::now() < until, "daemon did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut opts = replay_opts("datatraining.txt", mosquitto.port, Some(3000));
+    opts.rate = Some(2000.0);
+    let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    let publisher = tokio::spawn({
+        let opts = opts.clone();
+        async move {
+            edgeloop::ingest::replay::publish_all(&opts, payloads, CancellationToken::new()).await
+        }
+    });
+    let until = std::time::Instant::now() + WAIT;
+    while samples().await.unwrap_or(0) < 500 {
+        assert!(std::time::Instant::now() < until, "ingest did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!publisher.is_finished(), "the kill must land mid-replay");
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+    let report = publisher.await.unwrap().unwrap();
+    assert_eq!(report.acknowledged, 3000);
+    let mut daemon = spawn();
+    let until = std::time::Instant::now() + WAIT;
+    loop {
+        let n = samples().await;
+        if n == Some(3000) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "stored {n:?} of 3000");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        samples().await,
+        Some(3000),
+        "no duplicate after redelivery settles"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status();
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    // Distinct timestamps: each row stored once.
+    let store = edgeloop::store::Store::open(&dir.path().join("edgeloop.redb")).unwrap();
+    let mut ts: Vec<i64> = store
+        .scan(PIPELINE, 0..u64::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.sample.timestamp_ms)
+        .collect();
+    ts.sort_unstable();
+    ts.dedup();
+    assert_eq!(ts.len(), 3000);
+}

@@ -351,24 +351,43 @@ mod onnx_reference {
     }
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)).unwrap()
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/onnx")
+                .join(name),
+        )
+        .unwrap()
     }
 
     #[test]
     fn exported_graph_runs_in_tract_as_in_onnxruntime() {
         let onnx = fixture("logistic_occupancy.onnx");
-        let model: LogisticModel = serde_json::from_slice(&fixture("logistic_occupancy.params.json")).unwrap();
+        let model: LogisticModel =
+            serde_json::from_slice(&fixture("logistic_occupancy.params.json")).unwrap();
         // The committed file is what today's exporter writes (else rerun the
         // example and gen_onnx.py).
-        let ours = ModelProto::decode(edgeloop::onnx::export::logistic_to_onnx(&model, 1).as_slice()).unwrap();
+        let ours =
+            ModelProto::decode(edgeloop::onnx::export::logistic_to_onnx(&model, 1).as_slice())
+                .unwrap();
         let committed = ModelProto::decode(onnx.as_slice()).unwrap();
-        assert_eq!(ours.graph, committed.graph, "exporter changed: regenerate tests/fixtures/onnx");
+        assert_eq!(
+            ours.graph, committed.graph,
+            "exporter changed: regenerate tests/fixtures/onnx"
+        );
         assert_eq!(ours.opset_import, committed.opset_import);
 
         let ort: Ort = serde_json::from_slice(&fixture("logistic_occupancy.ort.json")).unwrap();
         assert_eq!(ort.inputs.len(), 2680);
-        assert!(ort.inputs.iter().any(|r| r.iter().all(Option::is_none)), "a row with every value missing");
-        let x: Vec<f32> = ort.inputs.iter().flatten().map(|v| v.unwrap_or(f32::NAN)).collect();
+        assert!(
+            ort.inputs.iter().any(|r| r.iter().all(Option::is_none)),
+            "a row with every value missing"
+        );
+        let x: Vec<f32> = ort
+            .inputs
+            .iter()
+            .flatten()
+            .map(|v| v.unwrap_or(f32::NAN))
+            .collect();
         let tract = OnnxModel::load(&onnx).unwrap();
         assert_eq!(tract.classes(), ["0", "1"]);
         let served = tract.predict_proba(&x).unwrap();

@@ -187,3 +187,78 @@ impl Publisher {
         let _ = tokio::time::timeout(Duration::from_millis(200), self.eventloop.poll()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::Sample;
+    use crate::learn::{self, Trigger};
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn full_outbox_drops_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        let pipeline = cfg.pipelines[0].clone();
+        // Toy data: class 1 when Light is high.
+        let samples: Vec<Sample> = (0..40)
+            .map(|i| Sample {
+                timestamp_ms: i,
+                device: "d".into(),
+                features: vec![20.0, 30.0, (i % 2) as f32 * 500.0, 600.0, 0.004],
+                label: Some(((i % 2) as u8).to_string()),
+            })
+            .collect();
+        let trained =
+            learn::train_version(&pipeline, &samples, 1, Trigger::Manual, || false).unwrap();
+        let registry = Arc::new(Registry::new(["occupancy"]));
+        registry.promote(&store, trained).unwrap();
+
+        let stats = Arc::new(Stats::default());
+        let (job_tx, job_rx) = mpsc::channel(4);
+        let (outbox_tx, mut outbox_rx) = mpsc::channel(2);
+        let predictor = Predictor {
+            registry,
+            pipelines: vec![pipeline],
+            rx: job_rx,
+            outbox: outbox_tx,
+            stats: stats.clone(),
+        };
+        let unlabelled: Vec<(u64, Sample)> = samples
+            .iter()
+            .take(5)
+            .map(|s| {
+                (
+                    s.timestamp_ms as u64,
+                    Sample {
+                        label: None,
+                        ..s.clone()
+                    },
+                )
+            })
+            .collect();
+        job_tx
+            .send(PredictJob {
+                pipeline: "occupancy".into(),
+                samples: unlabelled,
+            })
+            .await
+            .unwrap();
+        drop(job_tx);
+        predictor.run().await;
+        assert_eq!(stats.predictions_made.load(Relaxed), 5);
+        assert_eq!(
+            stats.predictions_dropped.load(Relaxed),
+            3,
+            "capacity 2: three overflow"
+        );
+        let first = outbox_rx.recv().await.unwrap();
+        assert_eq!(first.topic, "edgeloop/occupancy/predictions/d");
+        let msg: PredictionMessage = serde_json::from_slice(&first.payload).unwrap();
+        assert_eq!(
+            (msg.sample_id, msg.model_version, msg.label.as_str()),
+            (0, 1, "0")
+        );
+    }
+}

@@ -153,6 +153,13 @@ impl Mosquitto {
         self.stop();
         self.spawn();
     }
+
+    /// Restarts with its persistence file deleted: every session is lost.
+    pub fn restart_losing_sessions(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(self.dir.path().join("mosquitto.db"));
+        self.spawn();
+    }
 }
 
 impl Drop for Mosquitto {
