@@ -1,3 +1,8 @@
-//! Monitoring and the retraining policy. (Drift detectors grow here.)
+//! Monitoring and the retraining policy: data drift per feature
+//! ([`data_drift`]: PSI, Kolmogorov–Smirnov), concept drift on the error
+//! stream ([`detectors`]: ADWIN, DDM, Page-Hinkley), and the learner that
+//! decides when to train ([`retrain`]).
 
+pub mod data_drift;
+pub mod detectors;
 pub mod retrain;
