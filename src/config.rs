@@ -243,8 +243,6 @@ impl Config {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("pipelines")
                 .source(Some(env)),
         );
         let raw = builder

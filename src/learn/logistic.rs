@@ -77,6 +77,26 @@ impl LogisticModel {
         cfg: &LogisticConfig,
         cancelled: impl Fn() -> bool,
     ) -> Result<Self, TrainError> {
+        Self::fit_from(x, y, classes, feature_names, cfg, None, cancelled)
+    }
+
+    /// As [`LogisticModel::fit`], starting the optimiser from `init`'s
+    /// weights and intercepts (warm start: fine-tuning a champion) instead of
+    /// zeros. Classes are matched by name; a class `init` lacks starts at 0.
+    /// The objective and its optimum are the same; only the path is shorter
+    /// when the data changed little.
+    ///
+    /// # Errors
+    /// As [`LogisticModel::fit`].
+    pub fn fit_from(
+        x: &[f32],
+        y: &[usize],
+        classes: Vec<String>,
+        feature_names: Vec<String>,
+        cfg: &LogisticConfig,
+        init: Option<&LogisticModel>,
+        cancelled: impl Fn() -> bool,
+    ) -> Result<Self, TrainError> {
         let nf = feature_names.len();
         let nc = classes.len();
         if y.is_empty() {
@@ -131,7 +151,20 @@ impl LogisticModel {
             gw.iter_mut().zip(w).for_each(|(g, wi)| *g += l2 * wi);
             loss / n + 0.5 * l2 * w.iter().map(|v| v * v).sum::<f64>()
         };
-        let out = lbfgs::minimize(vec![0.0; n_w + nc], fg, cfg.max_iter, cfg.gtol, &cancelled);
+        let mut theta0 = vec![0.0; n_w + nc];
+        if let Some(init) = init.filter(|m| m.feature_names.len() == nf) {
+            let inc = init.classes.len();
+            for (k, class) in classes.iter().enumerate() {
+                let Some(ik) = init.classes.iter().position(|c| c == class) else {
+                    continue;
+                };
+                for j in 0..nf {
+                    theta0[k * nf + j] = f64::from(init.weights[j * inc + ik]);
+                }
+                theta0[n_w + k] = f64::from(init.bias[ik]);
+            }
+        }
+        let out = lbfgs::minimize(theta0, fg, cfg.max_iter, cfg.gtol, &cancelled);
         if out.stop == Stop::Cancelled {
             return Err(TrainError::Cancelled);
         }

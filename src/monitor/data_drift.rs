@@ -25,8 +25,8 @@ fn present(x: &[f32]) -> Vec<f64> {
 /// numpy's `quantile(a, q)` (method "linear") of sorted `a`.
 fn quantile_sorted(a: &[f64], q: f64) -> f64 {
     let n = a.len() as f64;
-    // numpy's virtual index for alpha = beta = 1: n·q + (1 − q) − 1.
-    let h = (n * q + (1.0 - q) - 1.0).clamp(0.0, n - 1.0);
+    // numpy's virtual index for the linear method: (n − 1)·q.
+    let h = ((n - 1.0) * q).clamp(0.0, n - 1.0);
     let lo = h.floor();
     let t = h - lo;
     let lo = lo as usize;

@@ -3,6 +3,7 @@
 //! stream ([`detectors`]: ADWIN, DDM, Page-Hinkley), and the learner that
 //! decides when to train ([`retrain`]).
 
+pub mod continual;
 pub mod data_drift;
 pub mod detectors;
 pub mod retrain;
