@@ -61,6 +61,10 @@ pub struct ContinualConfig {
     pub cooldown: u64,
     /// Start the challenger from the champion's weights.
     pub warm_start: bool,
+    /// Train the challenger on the reservoir of old regimes as well as the
+    /// recent window (false: fine-tune on recent data only; the old-regime
+    /// holdout still guards the promotion).
+    pub train_on_reservoir: bool,
     /// Fraction of the window (newest) and of the reservoir held out.
     pub holdout_fraction: f64,
     /// Accuracy the challenger must gain on the recent holdout.
@@ -88,6 +92,7 @@ impl Default for ContinualConfig {
             retrain_on_drift: true,
             cooldown: 100,
             warm_start: true,
+            train_on_reservoir: true,
             holdout_fraction: 0.2,
             margin_recent: 0.0,
             margin_old: 0.05,
@@ -172,6 +177,18 @@ impl ContinualLoop {
         self
     }
 
+    /// Adds a labelled sample to the window (and the reservoir) without
+    /// predicting it or counting it towards a training: data the champion
+    /// was trained on.
+    pub fn remember(&mut self, x: &[f32], label: &str) {
+        self.window.push_back((x.to_vec(), label.to_string()));
+        if self.window.len() > self.cfg.window {
+            if let Some(old) = self.window.pop_front() {
+                self.keep_in_reservoir(old);
+            }
+        }
+    }
+
     /// The serving model.
     pub fn champion(&self) -> Option<&LogisticModel> {
         self.champion.as_ref()
@@ -244,9 +261,15 @@ impl ContinualLoop {
             .skip(self.window.len() - n_recent)
             .collect();
         let old_holdout: Vec<&Row> = self.reservoir.iter().take(n_old).collect();
+        let old_train = if self.cfg.train_on_reservoir {
+            self.reservoir.len()
+        } else {
+            n_old
+        };
         let train: Vec<&Row> = self
             .reservoir
             .iter()
+            .take(old_train)
             .skip(n_old)
             .chain(self.window.iter().take(self.window.len() - n_recent))
             .collect();
@@ -304,8 +327,19 @@ impl ContinualLoop {
             },
         };
         if promoted {
-            // Serve a refit on everything held, warm-started from the challenger.
-            let all: Vec<&Row> = self.reservoir.iter().chain(self.window.iter()).collect();
+            // Serve a refit on everything it may train on, warm-started from
+            // the challenger.
+            let old = if self.cfg.train_on_reservoir {
+                self.reservoir.len()
+            } else {
+                0
+            };
+            let all: Vec<&Row> = self
+                .reservoir
+                .iter()
+                .take(old)
+                .chain(self.window.iter())
+                .collect();
             self.champion = fit(&all, &self.features, &cfg, Some(&challenger)).or(Some(challenger));
         }
         self.decisions.push(Decision {
