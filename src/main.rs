@@ -60,6 +60,43 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Model versions of a running daemon, over its HTTP API.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+        /// Base URL of the daemon's HTTP API.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Replay a labelled CSV stream, test then train, through the continuous
+    /// loop and beside a frozen first model.
+    Evaluate {
+        /// Prequential (test-then-train) evaluation; the only mode for now.
+        #[arg(long)]
+        prequential: bool,
+        #[arg(long)]
+        file: PathBuf,
+        /// Label column.
+        #[arg(long)]
+        label: String,
+        /// Feature columns, comma-separated (default: every other numeric column).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Model family (only `logistic` for now).
+        #[arg(long, default_value = "logistic")]
+        family: String,
+        /// Concept-drift detector: adwin, ddm or page_hinkley.
+        #[arg(long, default_value = "adwin")]
+        detector: String,
+        /// Segments in the accuracy-over-time table.
+        #[arg(long, default_value_t = 10)]
+        segments: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
     Demo {
         /// Print the summary as one JSON object.
@@ -68,6 +105,32 @@ enum Command {
         /// Directory with datatraining.txt and datatest2.txt.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Every version's model card, side by side.
+    List {
+        #[arg(long)]
+        pipeline: String,
+    },
+    /// Serve a stored version.
+    Promote {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Serve the version that served before the current one.
+    Rollback {
+        #[arg(long)]
+        pipeline: String,
+    },
+    /// The timeline of versions and decisions.
+    History {
+        #[arg(long)]
+        pipeline: String,
     },
 }
 
@@ -149,6 +212,89 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "published {} messages, {} acknowledged",
                 report.published, report.acknowledged
             );
+            Ok(())
+        }
+        Command::Models { action, url, json } => {
+            let addr: std::net::SocketAddr = url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--url `{url}`: expected http://IP:PORT"))?;
+            let (method, path) = match &action {
+                ModelsAction::List { pipeline } => {
+                    ("GET", format!("/v1/pipelines/{pipeline}/models"))
+                }
+                ModelsAction::Promote { pipeline, version } => (
+                    "POST",
+                    format!("/v1/pipelines/{pipeline}/models/{version}/promote"),
+                ),
+                ModelsAction::Rollback { pipeline } => {
+                    ("POST", format!("/v1/pipelines/{pipeline}/rollback"))
+                }
+                ModelsAction::History { pipeline } => {
+                    ("GET", format!("/v1/pipelines/{pipeline}/history"))
+                }
+            };
+            let (status, body) = runtime.block_on(async {
+                let mut client = edgeloop::demo::HttpClient::connect(addr)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                client
+                    .request(method, &path, None)
+                    .await
+                    .map_err(anyhow::Error::msg)
+            })?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            anyhow::ensure!(
+                status < 400,
+                "{status}: {}",
+                value["error"]
+                    .as_str()
+                    .unwrap_or(&String::from_utf8_lossy(&body))
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", edgeloop::serve::http::render(&value));
+            }
+            Ok(())
+        }
+        Command::Evaluate {
+            prequential,
+            file,
+            label,
+            features,
+            family,
+            detector,
+            segments,
+            json,
+        } => {
+            anyhow::ensure!(prequential, "only --prequential evaluation exists for now");
+            anyhow::ensure!(
+                family == "logistic",
+                "family `{family}`: only `logistic` exists for now"
+            );
+            let detector: edgeloop::monitor::continual::DetectorKind =
+                serde_json::from_value(serde_json::Value::String(detector.clone())).map_err(
+                    |_| anyhow::anyhow!("detector `{detector}`: use adwin, ddm or page_hinkley"),
+                )?;
+            let opts = edgeloop::monitor::prequential::PrequentialOptions {
+                file,
+                label,
+                features,
+                loop_config: edgeloop::monitor::continual::ContinualConfig {
+                    detector,
+                    ..Default::default()
+                },
+                segments,
+            };
+            let report = edgeloop::monitor::prequential::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", edgeloop::monitor::prequential::render(&report));
+            }
             Ok(())
         }
         Command::Demo { json, data_dir } => {

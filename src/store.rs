@@ -15,6 +15,8 @@
 //! - `counters`: pipeline → (next_seq, count, labelled_total).
 //! - `models`: (pipeline, version) → postcard [`StoredModel`].
 //! - `state`: key → bytes (serving version, training progress).
+//! - `events`: (pipeline, seq) → JSON: the timeline of promotions and
+//!   rollbacks, written in the same commit as the serving pointer.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ const DEDUP: TableDefinition<(&str, u128), u64> = TableDefinition::new("dedup");
 const COUNTERS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("counters");
 const MODELS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("models");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 
 /// Errors from the store. Each names the operation and the database file.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +124,7 @@ impl Store {
             txn.open_table(COUNTERS).map_err(|e| err(e.into()))?;
             txn.open_table(MODELS).map_err(|e| err(e.into()))?;
             txn.open_table(STATE).map_err(|e| err(e.into()))?;
+            txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))?;
         Ok(store)
@@ -338,9 +342,10 @@ impl Store {
         }
     }
 
-    /// Stores model `version` of `pipeline` and, when `serve` is true, makes
-    /// it the serving version in the same commit (so the serving pointer
-    /// always names a complete, stored model).
+    /// Stores model `version` of `pipeline` and, when `serve` holds an event
+    /// (JSON), makes it the serving version and appends the event to the
+    /// timeline, all in one commit (so the serving pointer always names a
+    /// complete, stored model).
     ///
     /// # Errors
     /// [`StoreError`]; then neither the model nor the pointer changed.
@@ -349,7 +354,7 @@ impl Store {
         pipeline: &str,
         version: u32,
         model: &StoredModel,
-        serve: bool,
+        serve: Option<&str>,
     ) -> Result<(), StoreError> {
         let e = self.db_err("put_model");
         let bytes = postcard::to_allocvec(model).map_err(|x| self.corrupt("put_model", x))?;
@@ -359,15 +364,79 @@ impl Store {
             models
                 .insert((pipeline, version), bytes.as_slice())
                 .map_err(|x| e(x.into()))?;
-            if serve {
-                let mut state = txn.open_table(STATE).map_err(|x| e(x.into()))?;
-                let key = serving_key(pipeline);
-                state
-                    .insert(key.as_str(), version.to_le_bytes().as_slice())
-                    .map_err(|x| e(x.into()))?;
+            if let Some(event) = serve {
+                Self::serve_in(&txn, pipeline, version, event).map_err(|x| e(x))?;
             }
         }
         txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Makes stored `version` the serving one and appends `event` to the
+    /// timeline, in one commit. Returns false (and changes nothing) when the
+    /// version is not stored.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails.
+    pub fn set_serving(
+        &self,
+        pipeline: &str,
+        version: u32,
+        event: &str,
+    ) -> Result<bool, StoreError> {
+        let e = self.db_err("set_serving");
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+            if models
+                .get((pipeline, version))
+                .map_err(|x| e(x.into()))?
+                .is_none()
+            {
+                return Ok(false);
+            }
+        }
+        Self::serve_in(&txn, pipeline, version, event).map_err(|x| e(x))?;
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(true)
+    }
+
+    fn serve_in(
+        txn: &redb::WriteTransaction,
+        pipeline: &str,
+        version: u32,
+        event: &str,
+    ) -> Result<(), redb::Error> {
+        let mut state = txn.open_table(STATE)?;
+        let key = serving_key(pipeline);
+        state.insert(key.as_str(), version.to_le_bytes().as_slice())?;
+        let mut events = txn.open_table(EVENTS)?;
+        let next = events
+            .range((pipeline, 0)..=(pipeline, u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(0, |(k, _)| k.value().1 + 1);
+        events.insert((pipeline, next), event.as_bytes())?;
+        Ok(())
+    }
+
+    /// The timeline of `pipeline` (JSON events, oldest first).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure.
+    pub fn events(&self, pipeline: &str) -> Result<Vec<String>, StoreError> {
+        let e = self.db_err("events");
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(EVENTS).map_err(|x| e(x.into()))?;
+        let mut out = Vec::new();
+        for item in table
+            .range((pipeline, 0)..=(pipeline, u64::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            out.push(
+                String::from_utf8_lossy(item.map_err(|x| e(x.into()))?.1.value()).into_owned(),
+            );
+        }
+        Ok(out)
     }
 
     /// Model `version` of `pipeline`, if stored.
@@ -550,11 +619,18 @@ mod tests {
             card_json: "{}".into(),
             params_json: "{}".into(),
         };
-        store.put_model("p", 1, &m, true).unwrap();
-        store.put_model("p", 2, &m, false).unwrap();
+        store.put_model("p", 1, &m, Some("{\"v\":1}")).unwrap();
+        store.put_model("p", 2, &m, None).unwrap();
         assert_eq!(store.serving_version("p").unwrap(), Some(1));
         assert_eq!(store.model_versions("p").unwrap(), vec![1, 2]);
         assert_eq!(store.get_model("p", 2).unwrap(), Some(m));
         assert_eq!(store.get_model("q", 1).unwrap(), None);
+        assert!(store.set_serving("p", 2, "{\"v\":2}").unwrap());
+        assert!(
+            !store.set_serving("p", 3, "{}").unwrap(),
+            "version 3 is not stored"
+        );
+        assert_eq!(store.serving_version("p").unwrap(), Some(2));
+        assert_eq!(store.events("p").unwrap(), vec!["{\"v\":1}", "{\"v\":2}"]);
     }
 }

@@ -575,3 +575,249 @@ async fn sigkilled_daemon_loses_and_duplicates_nothing() {
     ts.dedup();
     assert_eq!(ts.len(), 3000);
 }
+
+async fn json_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    let mut c = HttpClient::connect(addr).await.unwrap();
+    let (status, body) = c.request(method, path, None).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_rollback_and_history_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.pipelines[0].model.min_labels = 500;
+    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    let (running, handle, token) = start(cfg).await;
+    let opts = replay_opts("datatraining.txt", port, Some(1000));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "1000 samples and v1", || {
+        stored(&handle) == 1000 && handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    let addr = handle.http_addr;
+    for expected in [2, 3] {
+        let (status, card) = json_request(addr, "POST", "/v1/pipelines/occupancy/train").await;
+        assert_eq!((status, card["version"].as_u64()), (200, Some(expected)));
+    }
+    let serving = |v: &serde_json::Value| v["serving_version"].as_u64();
+    assert_eq!(
+        serving(
+            &json_request(addr, "POST", "/v1/pipelines/occupancy/rollback")
+                .await
+                .1
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        serving(
+            &json_request(addr, "POST", "/v1/pipelines/occupancy/rollback")
+                .await
+                .1
+        ),
+        Some(1)
+    );
+    let (status, body) = json_request(addr, "POST", "/v1/pipelines/occupancy/rollback").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        serving(
+            &json_request(addr, "POST", "/v1/pipelines/occupancy/models/3/promote")
+                .await
+                .1
+        ),
+        Some(3)
+    );
+    assert_eq!(
+        json_request(addr, "POST", "/v1/pipelines/occupancy/models/9/promote")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        json_request(addr, "POST", "/v1/pipelines/occupancy/models/x/promote")
+            .await
+            .0,
+        400
+    );
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 3);
+    let (_, history) = json_request(addr, "GET", "/v1/pipelines/occupancy/history").await;
+    let actions: Vec<(u64, &str)> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["version"].as_u64().unwrap(),
+                e["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (1, "trained"),
+            (2, "trained"),
+            (3, "trained"),
+            (2, "rollback"),
+            (1, "rollback"),
+            (3, "promote")
+        ]
+    );
+    stop(running, handle, token).await;
+}
+
+/// SIGKILL at random moments while versions are promoted back and forth and
+/// samples arrive: after each restart a complete, stored version serves and
+/// every acknowledged sample is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() {
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let conf = dir.path().join("edgeloop.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{}'\nclient_id = '{}'\nreconnect_min_ms = 50\n\
+             [http]\nlisten = '127.0.0.1:{http}'\n[[pipelines]]\nname = 'occupancy'\ntopics = ['sensors/+/occupancy']\n\
+             features = ['Temperature', 'Humidity', 'Light', 'CO2', 'HumidityRatio']\nlabel = 'Occupancy'\ntimestamp = 'Date'\n\
+             [pipelines.model]\nmin_labels = 500\nretrain_every = 1000000\n",
+            dir.path().join("edgeloop.redb").display(),
+            mosquitto.port,
+            client_id("prom")
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let pipelines = || async move {
+        let mut c = HttpClient::connect(addr).await.ok()?;
+        let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Some((
+            v["pipelines"][0]["samples"].as_u64()?,
+            v["pipelines"][0]["serving_version"].as_u64(),
+        ))
+    };
+    let wait_ready = || async move {
+        let until = std::time::Instant::now() + WAIT;
+        while pipelines().await.is_none() {
+            assert!(std::time::Instant::now() < until, "daemon did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let all = edgeloop::ingest::replay::csv_payloads(&replay_opts(
+        "datatraining.txt",
+        mosquitto.port,
+        Some(2000),
+    ))
+    .unwrap();
+    let mut daemon = spawn();
+    wait_ready().await;
+    let opts = replay_opts("datatraining.txt", mosquitto.port, None);
+    publish(&opts, all[..1000].to_vec()).await;
+    let until = std::time::Instant::now() + WAIT;
+    while pipelines().await.and_then(|(_, v)| v).is_none() {
+        assert!(std::time::Instant::now() < until, "no first model");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            json_request(addr, "POST", "/v1/pipelines/occupancy/train")
+                .await
+                .0,
+            200
+        );
+    }
+    let mut published = 1000;
+    let mut rng = fastrand::Rng::with_seed(11);
+    for round in 0..10 {
+        // Promotions back and forth, and new samples, while the kill lands.
+        let promoter = tokio::spawn(async move {
+            for i in 0.. {
+                let mut c = match HttpClient::connect(addr).await {
+                    Ok(c) => c,
+                    Err(_) => return i,
+                };
+                if c.request(
+                    "POST",
+                    &format!("/v1/pipelines/occupancy/models/{}/promote", 1 + i % 3),
+                    None,
+                )
+                .await
+                .is_err()
+                {
+                    return i;
+                }
+            }
+            0
+        });
+        let batch = all[published..published + 100].to_vec();
+        publish(&opts, batch).await;
+        published += 100;
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..60))).await;
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let promotions = promoter.await.unwrap();
+        daemon = spawn();
+        wait_ready().await;
+        let (_, version) = pipelines().await.unwrap();
+        let version = version.expect("a version serves after the restart");
+        assert!(
+            (1..=3).contains(&version),
+            "round {round}: serving {version}"
+        );
+        let mut c = HttpClient::connect(addr).await.unwrap();
+        let (status, body) = c
+            .request(
+                "POST",
+                "/v1/pipelines/occupancy/predict",
+                Some(br#"{"rows":[{"Temperature":21,"Humidity":27,"Light":500,"CO2":800,"HumidityRatio":0.004}]}"#.to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            status,
+            200,
+            "round {round}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let resp: PredictResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(u64::from(resp.model_version), version);
+        eprintln!("round {round}: {promotions} promotions before the kill; serving v{version}");
+    }
+    let until = std::time::Instant::now() + WAIT;
+    loop {
+        let (samples, _) = pipelines().await.unwrap();
+        if samples == published as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "stored {samples} of {published} acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}

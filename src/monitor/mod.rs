@@ -6,4 +6,5 @@
 pub mod continual;
 pub mod data_drift;
 pub mod detectors;
+pub mod prequential;
 pub mod retrain;

@@ -8,6 +8,9 @@
 //! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → `{"model_version", "predictions":[{"label","probabilities":{class: p}}]}` |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
+//! | POST | `/v1/pipelines/{name}/models/{version}/promote` | serves a stored version → `{"serving_version"}` |
+//! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
+//! | GET | `/v1/pipelines/{name}/history` | the timeline: which version served from when, and why |
 //!
 //! Errors are JSON `{"error": message}`; status codes are decided in one
 //! place, [`ApiError::status`].
@@ -53,6 +56,10 @@ pub enum ApiError {
     #[error("{0}")]
     CannotTrain(String),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -66,6 +73,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NoModel(_) => StatusCode::CONFLICT,
             ApiError::CannotTrain(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -75,6 +84,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::UnknownPipeline(p) => ApiError::UnknownPipeline(p),
+            RegistryError::UnknownVersion { .. } => ApiError::NotFound(e.to_string()),
+            RegistryError::NothingToRollBack(_) => ApiError::Conflict(e.to_string()),
+            RegistryError::Model { .. } => ApiError::CannotTrain(e.to_string()),
+            RegistryError::Store(_) | RegistryError::Card { .. } => {
+                ApiError::Internal(e.to_string())
+            }
+        }
     }
 }
 
@@ -103,6 +126,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pipelines/{name}/predict", post(predict))
         .route("/v1/pipelines/{name}/models", get(models))
         .route("/v1/pipelines/{name}/train", post(train))
+        .route(
+            "/v1/pipelines/{name}/models/{version}/promote",
+            post(promote),
+        )
+        .route("/v1/pipelines/{name}/rollback", post(rollback))
+        .route("/v1/pipelines/{name}/history", get(history))
         .with_state(state)
 }
 
@@ -259,4 +288,106 @@ async fn train(
     }
     let card = s.learner.train_now(&name).await?;
     Ok(Json(json!(card)))
+}
+
+async fn promote(
+    State(s): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let version: u32 = version
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("version `{version}` is not a number")))?;
+    let (store, registry, pipeline) = (s.store.clone(), s.registry.clone(), name.clone());
+    let serving = tokio::task::spawn_blocking(move || {
+        registry.promote_version(
+            &store,
+            &pipeline,
+            version,
+            "promote",
+            "asked over the API".into(),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(
+        json!({ "pipeline": name, "serving_version": serving.version }),
+    ))
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (store, registry, pipeline) = (s.store.clone(), s.registry.clone(), name.clone());
+    let serving = tokio::task::spawn_blocking(move || registry.rollback(&store, &pipeline))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(
+        json!({ "pipeline": name, "serving_version": serving.version }),
+    ))
+}
+
+async fn history(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !s.registry.has(&name) {
+        return Err(ApiError::UnknownPipeline(name));
+    }
+    let events = s.registry.history(&s.store, &name)?;
+    Ok(Json(
+        json!({ "pipeline": name, "serving_version": s.registry.get(&name).map(|m| m.version), "events": events }),
+    ))
+}
+
+/// A human rendering of the answers of the models, history, promote and
+/// rollback endpoints (`edgeloop models …`).
+pub fn render(v: &Value) -> String {
+    let f = |x: &Value| x.as_f64().map_or("-".to_string(), |v| format!("{v:.4}"));
+    let mut out = String::new();
+    if let Some(models) = v["models"].as_array() {
+        out.push_str(&format!(
+            "pipeline {} (serving version {})\n",
+            v["pipeline"], v["serving_version"]
+        ));
+        out.push_str("version  family    trigger      n_samples  holdout  accuracy  precision  recall  f1      train_ms  onnx_bytes  p50_us\n");
+        for m in models {
+            let h = &m["holdout"];
+            out.push_str(&format!(
+                "{:<8} {:<9} {:<12} {:<10} {:<8} {:<9} {:<10} {:<7} {:<7} {:<9.1} {:<11} {}\n",
+                m["version"],
+                m["family"].as_str().unwrap_or("-"),
+                m["trigger"].as_str().unwrap_or("-"),
+                m["n_samples"],
+                m["n_holdout"],
+                f(&h["accuracy"]),
+                f(&h["precision_macro"]),
+                f(&h["recall_macro"]),
+                f(&h["f1_macro"]),
+                m["training_ms"].as_f64().unwrap_or(0.0),
+                m["onnx_bytes"],
+                f(&m["predict_p50_us"])
+            ));
+        }
+    } else if let Some(events) = v["events"].as_array() {
+        out.push_str(&format!(
+            "pipeline {} (serving version {})\n",
+            v["pipeline"], v["serving_version"]
+        ));
+        for e in events {
+            out.push_str(&format!(
+                "{}  version {:<4} {:<9} {}\n",
+                e["at_ms"],
+                e["version"],
+                e["action"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or("")
+            ));
+        }
+    } else {
+        out.push_str(&format!(
+            "pipeline {}: serving version {}\n",
+            v["pipeline"], v["serving_version"]
+        ));
+    }
+    out
 }

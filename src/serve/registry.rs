@@ -39,12 +39,43 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("pipeline `{pipeline}` has no stored version {version}")]
+    UnknownVersion { pipeline: String, version: u32 },
+    #[error("pipeline `{0}` has no earlier version to roll back to")]
+    NothingToRollBack(String),
     #[error("model {pipeline} v{version}: card: {reason}")]
     Card {
         pipeline: String,
         version: u32,
         reason: String,
     },
+}
+
+/// One entry of a pipeline's timeline: a version started serving.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServingEvent {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    pub version: u32,
+    /// `trained` (a new version promoted by the learner), `promote` (asked
+    /// for), or `rollback`.
+    pub action: String,
+    pub reason: String,
+}
+
+impl ServingEvent {
+    fn now(version: u32, action: &str, reason: String) -> Self {
+        Self {
+            at_ms: crate::learn::now_ms(),
+            version,
+            action: action.into(),
+            reason,
+        }
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// Serving slots of every configured pipeline.
@@ -138,7 +169,8 @@ impl Registry {
             })?,
             params_json: serde_json::to_string(&model).unwrap_or_default(),
         };
-        store.put_model(&pipeline, version, &stored, true)?;
+        let event = ServingEvent::now(version, "trained", format!("trigger {:?}", card.trigger));
+        store.put_model(&pipeline, version, &stored, Some(&event.to_json()))?;
         let serving = Arc::new(Serving {
             version,
             model: loaded,
@@ -146,6 +178,86 @@ impl Registry {
         });
         slot.store(Some(serving.clone()));
         Ok(serving)
+    }
+
+    /// Serves stored `version` of `pipeline` again (promotion by an
+    /// operator, or a rollback): verified by the engine, then the serving
+    /// pointer and the timeline change in one commit, then the swap.
+    ///
+    /// # Errors
+    /// [`RegistryError::UnknownVersion`], [`RegistryError::Model`] when the
+    /// engine refuses it (the current version keeps serving), or a store error.
+    pub fn promote_version(
+        &self,
+        store: &Store,
+        pipeline: &str,
+        version: u32,
+        action: &str,
+        reason: String,
+    ) -> Result<Arc<Serving>, RegistryError> {
+        let slot = self
+            .slots
+            .get(pipeline)
+            .ok_or_else(|| RegistryError::UnknownPipeline(pipeline.into()))?;
+        let unknown = || RegistryError::UnknownVersion {
+            pipeline: pipeline.into(),
+            version,
+        };
+        let stored = store.get_model(pipeline, version)?.ok_or_else(unknown)?;
+        let serving = Arc::new(load(pipeline, version, &stored)?);
+        let event = ServingEvent::now(version, action, reason);
+        if !store.set_serving(pipeline, version, &event.to_json())? {
+            return Err(unknown());
+        }
+        slot.store(Some(serving.clone()));
+        Ok(serving)
+    }
+
+    /// Serves the version that served before the current one (repeated
+    /// rollbacks walk further back).
+    ///
+    /// # Errors
+    /// [`RegistryError::NothingToRollBack`], or as [`Registry::promote_version`].
+    pub fn rollback(&self, store: &Store, pipeline: &str) -> Result<Arc<Serving>, RegistryError> {
+        let history = self.history(store, pipeline)?;
+        // Versions that served, as a stack: a rollback pops the current one.
+        let mut stack: Vec<u32> = Vec::new();
+        for e in &history {
+            if e.action == "rollback" {
+                stack.pop();
+            } else {
+                stack.push(e.version);
+            }
+        }
+        let current = stack
+            .pop()
+            .ok_or_else(|| RegistryError::NothingToRollBack(pipeline.into()))?;
+        let target = stack
+            .pop()
+            .ok_or_else(|| RegistryError::NothingToRollBack(pipeline.into()))?;
+        self.promote_version(
+            store,
+            pipeline,
+            target,
+            "rollback",
+            format!("rolled back from version {current}"),
+        )
+    }
+
+    /// The timeline of `pipeline`, oldest first.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn history(
+        &self,
+        store: &Store,
+        pipeline: &str,
+    ) -> Result<Vec<ServingEvent>, RegistryError> {
+        Ok(store
+            .events(pipeline)?
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect())
     }
 
     /// Cards of every stored version of `pipeline`, ascending.
