@@ -117,6 +117,7 @@ fn main() {
                     pipeline: "occupancy".into(),
                     digest: (b * 500 + i) as u128,
                     sample: s.clone(),
+                    dedup: true,
                 })
                 .collect()
         })

@@ -123,6 +123,25 @@ pub struct HttpConfig {
     pub max_rows: usize,
 }
 
+/// How a redelivered message is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dedup {
+    /// `content` when the pipeline reads a timestamp field (a redelivery and
+    /// an identical reading cannot differ then), `redelivery` when it uses
+    /// the arrival time.
+    #[default]
+    Auto,
+    /// A message whose topic and payload are already stored is a duplicate.
+    Content,
+    /// Only a message the broker marks as redelivered (DUP flag) and whose
+    /// topic and payload are already stored is a duplicate: a device may
+    /// repeat an identical reading.
+    Redelivery,
+    /// Keep everything (a redelivery after a crash is stored twice).
+    Off,
+}
+
 /// The learning task of a pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,6 +163,12 @@ pub struct PipelineConfig {
     pub features: Vec<String>,
     #[serde(default)]
     pub label: String,
+    /// The classes a label may take; empty: any string or number.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Deduplication of QoS 1 redeliveries; see [`Dedup`].
+    #[serde(default)]
+    pub dedup: Dedup,
     #[serde(default)]
     pub timestamp: String,
     #[serde(default = "default_timestamp_format")]
@@ -263,6 +288,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: String, reason: String| Err(ConfigError::Invalid { key, reason });
         self.mqtt.target()?;
+        if self.store.path.is_dir() {
+            return bad(
+                "store.path".into(),
+                format!(
+                    "{} is a directory; give a file path",
+                    self.store.path.display()
+                ),
+            );
+        }
         if self.store.batch_size == 0 {
             return bad("store.batch_size".into(), "must be at least 1".into());
         }
@@ -353,6 +387,37 @@ impl Config {
                         return bad(key(k), e);
                     }
                 }
+            }
+            for t in &p.topics {
+                let out = p
+                    .prediction_topic
+                    .replace("{pipeline}", &p.name)
+                    .replace("{device}", "x");
+                if !p.prediction_topic.is_empty() && rumqttc::matches(&out, t) {
+                    return bad(
+                        key("prediction_topic"),
+                        format!("`{}` is matched by the input filter `{t}`: predictions would be ingested", p.prediction_topic),
+                    );
+                }
+            }
+            let unknown_placeholder = p
+                .prediction_topic
+                .replace("{pipeline}", "")
+                .replace("{device}", "")
+                .contains(['{', '}']);
+            if unknown_placeholder {
+                return bad(
+                    key("prediction_topic"),
+                    "only {pipeline} and {device} may be substituted".into(),
+                );
+            }
+            let format_ok = chrono::format::StrftimeItems::new(&p.timestamp_format)
+                .all(|i| !matches!(i, chrono::format::Item::Error));
+            if !format_ok {
+                return bad(
+                    key("timestamp_format"),
+                    format!("`{}` is not a strftime format", p.timestamp_format),
+                );
             }
             if p.task == Task::Classification && p.label.is_empty() {
                 return bad(

@@ -68,6 +68,22 @@ pub struct DaemonHandle {
     pub connection: Arc<Connection>,
 }
 
+impl DaemonHandle {
+    /// Waits until the broker has acknowledged the subscriptions (a message
+    /// published before that reaches no subscriber on a broker that did not
+    /// keep the daemon's session). False after `limit`.
+    pub async fn wait_subscribed(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        while !self.connection.is_subscribed() {
+            if tokio::time::Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
 /// A started daemon.
 pub struct Running {
     pub handle: DaemonHandle,
@@ -229,6 +245,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         learner: learner_handle.clone(),
         stats: stats.clone(),
         max_rows: cfg.http.max_rows,
+        connection: connection.clone(),
     });
 
     let supervise = |name: &'static str| {

@@ -110,9 +110,12 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
     cfg.mqtt.embedded_listen = SocketAddr::from(([127, 0, 0, 1], broker_port));
     cfg.mqtt.client_id = "edgeloop-demo".into();
     cfg.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Trainings are asked for at fixed points of the replay (not left to the
+    // count triggers, which fire at batch boundaries), so the demo prints the
+    // same versions on every run.
     let pipeline = &mut cfg.pipelines[0];
-    pipeline.model.min_labels = 1000;
-    pipeline.model.retrain_every = 3000;
+    pipeline.model.min_labels = 1_000_000_000;
+    pipeline.model.retrain_every = 1_000_000_000;
     let pipeline_name = pipeline.name.clone();
 
     let shutdown = CancellationToken::new();
@@ -131,6 +134,11 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
         sub_ready
             .await
             .map_err(|_| DemoError::Step("prediction subscriber did not start".into()))?;
+        if !handle.wait_subscribed(Duration::from_secs(10)).await {
+            return Err(DemoError::Step(
+                "the daemon did not subscribe within 10 s".into(),
+            ));
+        }
 
         let mut opts = ReplayOptions {
             file: training.clone(),
@@ -143,21 +151,25 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
             client_id: "edgeloop-demo-replay".into(),
         };
         let payloads = replay::csv_payloads(&opts)?;
-        let n_train_rows = payloads.len() as u64;
-        replay::publish_all(&opts, payloads, shutdown.clone()).await?;
-        wait_for(Duration::from_secs(60), "training rows stored", || {
+        let n_rows = payloads.len();
+        // Four chunks of the training period, a training after each.
+        for (start, end) in [(0, 2000), (2000, 4000), (4000, 6000), (6000, n_rows)] {
+            let end = end.min(n_rows);
+            replay::publish_all(&opts, payloads[start..end].to_vec(), shutdown.clone()).await?;
+            wait_for(Duration::from_secs(60), "training rows stored", || {
+                handle
+                    .store
+                    .counts(&pipeline_name)
+                    .map(|c| c.samples >= end as u64)
+                    .unwrap_or(false)
+            })
+            .await?;
             handle
-                .store
-                .counts(&pipeline_name)
-                .map(|c| c.samples >= n_train_rows)
-                .unwrap_or(false)
-        })
-        .await?;
-        handle
-            .learner
-            .train_now(&pipeline_name)
-            .await
-            .map_err(|e| DemoError::Step(format!("final training: {e}")))?;
+                .learner
+                .train_now(&pipeline_name)
+                .await
+                .map_err(|e| DemoError::Step(format!("training after {end} rows: {e}")))?;
+        }
 
         // Live phase: the test period without labels.
         opts.file = test2.clone();

@@ -73,6 +73,9 @@ pub struct NewSample {
     pub pipeline: String,
     pub digest: u128,
     pub sample: Sample,
+    /// Skip the sample when its digest is already stored (a redelivery).
+    /// When false it is stored anyway (the digest is still recorded).
+    pub dedup: bool,
 }
 
 /// Per-pipeline counts.
@@ -111,6 +114,19 @@ impl Store {
             op: "open",
             source: Box::new(source),
         };
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                op: "open",
+                reason: format!(
+                    "directory {} does not exist (set store.path)",
+                    dir.display()
+                ),
+            });
+        }
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let store = Self {
             db,
@@ -151,9 +167,9 @@ impl Store {
         }
     }
 
-    /// Appends a batch in one durable commit. A sample whose (pipeline,
-    /// digest) is already stored, in an earlier batch or earlier in this one,
-    /// is skipped.
+    /// Appends a batch in one durable commit. A sample marked `dedup` whose
+    /// (pipeline, digest) is already stored, in an earlier batch or earlier in
+    /// this one, is skipped.
     ///
     /// Returns, per input sample, its sequence number or `None` for a
     /// duplicate.
@@ -170,10 +186,11 @@ impl Store {
             let mut counters = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
             for new in batch {
                 let p = new.pipeline.as_str();
-                if dedup
-                    .get((p, new.digest))
-                    .map_err(|x| e(x.into()))?
-                    .is_some()
+                if new.dedup
+                    && dedup
+                        .get((p, new.digest))
+                        .map_err(|x| e(x.into()))?
+                        .is_some()
                 {
                     out.push(None);
                     continue;
@@ -550,6 +567,7 @@ mod tests {
             pipeline: p.into(),
             digest,
             sample: s,
+            dedup: true,
         }
     }
 
@@ -574,6 +592,10 @@ mod tests {
             );
         }
         let store = Store::open(&path).unwrap();
+        // Without the dedup check (an arrival-time pipeline's repeated reading)
+        // the same digest is stored again.
+        let again = NewSample { dedup: false, ..new("c", 1, sample(12, None)) };
+        assert_eq!(store.append(&[again.clone(), again]).unwrap(), vec![Some(0), Some(1)]);
         assert_eq!(
             store.counts("a").unwrap(),
             Counts {

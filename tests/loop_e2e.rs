@@ -22,6 +22,10 @@ async fn start(cfg: edgeloop::config::Config) -> (Running, DaemonHandle, Cancell
     let token = CancellationToken::new();
     let running = daemon::start(cfg, token.clone()).await.unwrap();
     let handle = running.handle.clone();
+    assert!(
+        handle.wait_subscribed(WAIT).await,
+        "the daemon did not subscribe"
+    );
     (running, handle, token)
 }
 
@@ -712,6 +716,11 @@ async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() 
     };
     let pipelines = || async move {
         let mut c = HttpClient::connect(addr).await.ok()?;
+        let (_, health) = c.request("GET", "/healthz", None).await.ok()?;
+        let health: serde_json::Value = serde_json::from_slice(&health).ok()?;
+        if health["mqtt_subscribed"] != true {
+            return None;
+        }
         let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
         let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
         Some((
@@ -820,4 +829,46 @@ async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() 
     }
     daemon.kill().unwrap();
     daemon.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_does_not_block_ingest_behind_mosquitto() {
+    // config/mosquitto.conf's message_size_limit keeps a payload larger than
+    // mqtt.max_packet_bytes from reaching (and forever blocking) the session.
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (running, handle, token) =
+        start(config(dir.path(), Broker::External(mosquitto.port))).await;
+    let opts = replay_opts("datatraining.txt", mosquitto.port, Some(20));
+    let mut payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    let huge =
+        serde_json::to_vec(&serde_json::json!({ "Temperature": 1.0, "pad": "x".repeat(5 << 20) }))
+            .unwrap();
+    payloads.insert(10, huge);
+    publish(&opts, payloads).await;
+    wait_until(WAIT, "the 20 good messages", || stored(&handle) == 20).await;
+    assert_eq!(
+        handle.stats.snapshot().mqtt_errors,
+        0,
+        "the connection never broke"
+    );
+    stop(running, handle, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrival_time_pipeline_keeps_repeated_identical_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.pipelines[0].timestamp = String::new(); // arrival time: dedup = auto → redelivery only
+    let (running, handle, token) = start(cfg).await;
+    let reading = occupancy_json(21.0.into(), 9);
+    publish(
+        &replay_opts("datatraining.txt", port, None),
+        vec![reading.clone(), reading.clone(), reading],
+    )
+    .await;
+    wait_until(WAIT, "3 readings", || stored(&handle) == 3).await;
+    assert_eq!(handle.stats.snapshot().duplicates, 0);
+    stop(running, handle, token).await;
 }

@@ -51,7 +51,9 @@ pub enum Reason {
     NonNumeric,
     /// A feature is NaN or infinite. Kept as missing.
     NonFinite,
-    /// The label is not a string, number or boolean. The sample is kept unlabelled.
+    /// The label is not a string, number or boolean, is a bare NaN/Infinity,
+    /// or is not one of the pipeline's declared `classes`. The sample is kept
+    /// unlabelled.
     BadLabel,
     /// The timestamp is absent or unreadable. The arrival time is used.
     BadTimestamp,
@@ -180,6 +182,7 @@ pub struct Decoder {
     timestamp_format: String,
     device_level: i32,
     max_payload_bytes: usize,
+    classes: Vec<String>,
 }
 
 impl Decoder {
@@ -196,6 +199,7 @@ impl Decoder {
             timestamp_format: pipeline.timestamp_format.clone(),
             device_level: pipeline.device_level,
             max_payload_bytes,
+            classes: pipeline.classes.clone(),
         }
     }
 
@@ -258,19 +262,30 @@ impl Decoder {
         }
         let label = match &self.label {
             None => None,
-            Some(path) => match path.get(&value) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-                Some(Value::Number(n)) => Some(canonical_number(n)),
-                Some(Value::Bool(b)) => Some(b.to_string()),
-                Some(_) => {
+            Some(path) => {
+                let label = match path.get(&value) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) if !s.trim().is_empty() && !s.starts_with('\0') => {
+                        Ok(Some(s.trim().to_string()))
+                    }
+                    Some(Value::Number(n)) => Ok(Some(canonical_number(n))),
+                    Some(Value::Bool(b)) => Ok(Some(if *b { "1" } else { "0" }.to_string())),
+                    Some(_) => Err(()),
+                };
+                match label {
+                    Ok(Some(l)) if !self.classes.is_empty() && !self.classes.contains(&l) => {
+                        Err(())
+                    }
+                    other => other,
+                }
+                .unwrap_or_else(|()| {
                     problems.push(Problem {
                         reason: Reason::BadLabel,
                         field: "label".into(),
                     });
                     None
-                }
-            },
+                })
+            }
         };
         let timestamp_ms = match &self.timestamp {
             None => arrival_ms,
@@ -309,8 +324,14 @@ impl Decoder {
                 if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
                     return Some(t.timestamp_millis());
                 }
-                if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, &self.timestamp_format) {
-                    return Some(t.and_utc().timestamp_millis());
+                for format in [
+                    self.timestamp_format.as_str(),
+                    "%Y-%m-%dT%H:%M:%S%.f",
+                    "%Y-%m-%d %H:%M:%S%.f",
+                ] {
+                    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
+                        return Some(t.and_utc().timestamp_millis());
+                    }
                 }
                 epoch_to_ms(s.parse::<f64>().ok()?)
             }
@@ -333,6 +354,7 @@ fn read_feature(v: Option<&Value>) -> Result<f32, Reason> {
         None | Some(Value::Null) => return Err(Reason::MissingFeature),
         Some(Value::Number(n)) => n.as_f64().ok_or(Reason::NonNumeric)?,
         Some(Value::Bool(b)) => f64::from(u8::from(*b)),
+        Some(Value::String(s)) if s.starts_with('\0') => return Err(Reason::NonFinite),
         Some(Value::String(s)) => s.trim().parse::<f64>().map_err(|_| Reason::NonNumeric)?,
         Some(_) => return Err(Reason::NonNumeric),
     };
@@ -387,7 +409,9 @@ fn lenient_non_finite(payload: &[u8]) -> Option<Vec<u8>> {
             .into_iter()
             .find(|t| rest.starts_with(t));
         if let Some(t) = token {
-            out.push(b'"');
+            // A string no sender writes (it starts with NUL), so the label
+            // and feature readers can tell a rewritten token from real text.
+            out.extend_from_slice(br#""\u0000"#);
             out.extend_from_slice(t);
             out.push(b'"');
             i += t.len();
@@ -487,6 +511,50 @@ mod tests {
         // Overflowing f32 is non-finite, not a huge number.
         let d = dec.decode("s/a/x", br#"{"t": 1e300, "env": {"h": 1}, "v": [0, 1]}"#, 0);
         assert_eq!(reasons(&d)[0], Reason::NonFinite);
+    }
+
+    #[test]
+    fn bad_labels_never_become_classes() {
+        let p: PipelineConfig = toml::from_str(
+            "name='p'\ntopics=['s/+/x']\nfeatures=['t']\nlabel='y'\nclasses=['0', '1']",
+        )
+        .unwrap();
+        let dec = Decoder::new(&p, 1024);
+        let label = |payload: &str| {
+            let d = dec.decode("s/a/x", payload.as_bytes(), 0);
+            (
+                d.sample.unwrap().label,
+                d.problems.iter().any(|p| p.reason == Reason::BadLabel),
+            )
+        };
+        assert_eq!(label(r#"{"t": 1, "y": NaN}"#), (None, true));
+        assert_eq!(label(r#"{"t": 1, "y": -Infinity}"#), (None, true));
+        assert_eq!(
+            label(r#"{"t": 1, "y": "n/a"}"#),
+            (None, true),
+            "not a declared class"
+        );
+        assert_eq!(label(r#"{"t": 1, "y": 1.5}"#), (None, true));
+        assert_eq!(label(r#"{"t": 1, "y": true}"#), (Some("1".into()), false));
+        assert_eq!(label(r#"{"t": 1, "y": 1.0}"#), (Some("1".into()), false));
+        assert_eq!(label(r#"{"t": 1, "y": " 0 "}"#), (Some("0".into()), false));
+        // A real string "NaN" is a feature error (non-finite), as is a bare NaN.
+        let d = dec.decode("s/a/x", br#"{"t": "NaN", "u": NaN}"#, 0);
+        assert_eq!(reasons(&d), vec![Reason::NonFinite, Reason::NoFeatures]);
+    }
+
+    #[test]
+    fn timestamps_with_fractions_and_iso_without_zone() {
+        let dec = decoder();
+        for ts in [
+            "2015-02-04 17:51:00.250",
+            "2015-02-04T17:51:00.25",
+            "2015-02-04T17:51:00.25Z",
+        ] {
+            let payload = format!(r#"{{"t": 1, "env": {{"h": 1}}, "v": [0, 1], "ts": "{ts}"}}"#);
+            let d = dec.decode("s/a/x", payload.as_bytes(), 0);
+            assert_eq!(d.sample.unwrap().timestamp_ms, 1_423_072_260_250, "{ts}");
+        }
     }
 
     #[test]

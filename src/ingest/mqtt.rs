@@ -39,6 +39,7 @@ pub struct Incoming {
 #[derive(Debug, Default)]
 pub struct Connection {
     connected: AtomicBool,
+    subscribed: AtomicBool,
     epoch: AtomicU64,
 }
 
@@ -47,11 +48,19 @@ impl Connection {
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
+    /// Whether the broker has acknowledged the subscriptions on this
+    /// connection (or kept them in a resumed session).
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
     /// Number of the current connection (incremented on each ConnAck).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 }
+
+/// Room for the topic and header beyond the payload limit, bytes.
+pub const PACKET_OVERHEAD: usize = 65536;
 
 /// rumqttc options for a daemon client (`manual_acks`: ack after commit) or a
 /// tool client.
@@ -66,7 +75,10 @@ pub fn options(
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
         .set_clean_session(false)
         .set_manual_acks(manual_acks)
-        .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
+        .set_max_packet_size(
+            cfg.max_packet_bytes + PACKET_OVERHEAD,
+            cfg.max_packet_bytes + PACKET_OVERHEAD,
+        )
         .set_inflight(100);
     o
 }
@@ -137,6 +149,9 @@ impl MqttSource {
                     self.stats.mqtt_connects.fetch_add(1, Ordering::Relaxed);
                     self.backoff.reset();
                     info!(session_present = ack.session_present, "MQTT connected.");
+                    self.connection
+                        .subscribed
+                        .store(ack.session_present, Ordering::Release);
                     if !ack.session_present {
                         let topics: Vec<_> = self
                             .filters
@@ -161,6 +176,7 @@ impl MqttSource {
                     {
                         error!(filters = ?self.filters, "The broker refused a subscription.");
                     } else {
+                        self.connection.subscribed.store(true, Ordering::Release);
                         debug!(filters = ?self.filters, "MQTT subscribed.");
                     }
                 }
@@ -184,6 +200,10 @@ impl MqttSource {
                 Ok(_) => {}
                 Err(e) => {
                     self.connection.connected.store(false, Ordering::Release);
+                    self.connection.subscribed.store(false, Ordering::Release);
+                    if e.to_string().contains("size limit") {
+                        error!(error = %e, "A message larger than mqtt.max_packet_bytes blocks the session: the broker redelivers it forever. Set the broker's message_size_limit (config/mosquitto.conf) at or below mqtt.max_packet_bytes.");
+                    }
                     self.stats.mqtt_errors.fetch_add(1, Ordering::Relaxed);
                     let delay = self.backoff.next_delay();
                     warn!(error = %e, delay_ms = delay.as_millis() as u64, "MQTT poll failed; backing off.");

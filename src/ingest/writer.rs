@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::decode::{Decoder, Reason, Sample};
 use super::mqtt::{Connection, Incoming};
 use super::IngestError;
-use crate::config::{PipelineConfig, StoreConfig};
+use crate::config::{Dedup, PipelineConfig, StoreConfig};
 use crate::stats::Stats;
 use crate::store::{NewSample, Store};
 
@@ -141,10 +141,17 @@ impl Writer {
                         if !decoded.problems.is_empty() {
                             self.stats.samples_salvaged.fetch_add(1, Relaxed);
                         }
+                        let dedup = match p.dedup {
+                            Dedup::Content => true,
+                            Dedup::Auto => !p.timestamp.is_empty() || msg.publish.dup,
+                            Dedup::Redelivery => msg.publish.dup,
+                            Dedup::Off => false,
+                        };
                         rows.push(NewSample {
                             pipeline: p.name.clone(),
                             digest,
                             sample,
+                            dedup,
                         });
                     }
                     None => {

@@ -2,7 +2,7 @@
 //!
 //! | method | path | body → answer |
 //! |---|---|---|
-//! | GET | `/healthz` | `{"status":"ok"}` |
+//! | GET | `/healthz` | `{"status":"ok","mqtt_connected":bool,"mqtt_subscribed":bool}` |
 //! | GET | `/v1/stats` | ingest, prediction and training counters |
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
 //! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → `{"model_version", "predictions":[{"label","probabilities":{class: p}}]}` |
@@ -42,6 +42,7 @@ pub struct AppState {
     pub learner: LearnerHandle,
     pub stats: Arc<Stats>,
     pub max_rows: usize,
+    pub connection: Arc<crate::ingest::mqtt::Connection>,
 }
 
 /// Errors a request can meet.
@@ -117,10 +118,7 @@ impl From<TrainFailure> for ApiError {
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/v1/stats", get(stats))
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/pipelines/{name}/predict", post(predict))
@@ -132,7 +130,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/pipelines/{name}/rollback", post(rollback))
         .route("/v1/pipelines/{name}/history", get(history))
+        .fallback(|| async {
+            ApiError::NotFound("no such route; see the API table in README.md".into())
+        })
         .with_state(state)
+}
+
+async fn healthz(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "mqtt_connected": s.connection.is_connected(),
+        "mqtt_subscribed": s.connection.is_subscribed(),
+    }))
 }
 
 async fn stats(State(s): State<AppState>) -> Json<Value> {
@@ -227,6 +236,10 @@ async fn predict(
                 }
                 Some(Value::Null) => f32::NAN,
                 Some(Value::Number(n)) => n.as_f64().map_or(f32::NAN, |v| v as f32),
+                // As over MQTT: numeric strings are numbers.
+                Some(Value::String(t)) if t.trim().parse::<f64>().is_ok() => {
+                    t.trim().parse::<f64>().map_or(f32::NAN, |v| v as f32)
+                }
                 Some(other) => {
                     return Err(ApiError::BadRequest(format!(
                         "rows[{i}]: feature `{f}` must be a number or null, not {other}"

@@ -101,7 +101,8 @@ impl Mosquitto {
         let port = free_port();
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n",
+             persistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n\
+             message_size_limit 4194304\n",
             dir.path().display()
         );
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
