@@ -24,7 +24,10 @@
 //! - [`onnx`]: export of trained models as standard ONNX graphs.
 //! - [`serve`]: the tract engine, the registry of serving versions (atomic
 //!   swaps), predictions over MQTT (bounded outbox), the HTTP API (axum).
-//! - [`monitor`]: the retraining policy and the learner that carries it out.
+//! - [`monitor`]: the learner and its retraining policy; concept-drift
+//!   detectors (ADWIN, DDM, Page-Hinkley) and data drift (PSI, KS); the
+//!   continuous-learning loop (champion/challenger, reservoir of old regimes)
+//!   and its prequential replay.
 //! - [`daemon`]: wiring, ordered shutdown, component supervision.
 //! - [`demo`]: the end-to-end demo on the UCI Occupancy data.
 //! - [`stats`]: counters shared by the components.

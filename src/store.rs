@@ -594,8 +594,14 @@ mod tests {
         let store = Store::open(&path).unwrap();
         // Without the dedup check (an arrival-time pipeline's repeated reading)
         // the same digest is stored again.
-        let again = NewSample { dedup: false, ..new("c", 1, sample(12, None)) };
-        assert_eq!(store.append(&[again.clone(), again]).unwrap(), vec![Some(0), Some(1)]);
+        let again = NewSample {
+            dedup: false,
+            ..new("c", 1, sample(12, None))
+        };
+        assert_eq!(
+            store.append(&[again.clone(), again]).unwrap(),
+            vec![Some(0), Some(1)]
+        );
         assert_eq!(
             store.counts("a").unwrap(),
             Counts {
