@@ -92,6 +92,13 @@ impl MqttConfig {
 
 /// Parses `mqtt://host[:port]` (port 1883 when absent) into host and port.
 ///
+/// ```
+/// use edgeloop::config::parse_mqtt_url;
+/// assert_eq!(parse_mqtt_url("mqtt://broker:1884"), Ok(("broker".to_string(), 1884)));
+/// assert_eq!(parse_mqtt_url("mqtt://10.0.0.2"), Ok(("10.0.0.2".to_string(), 1883)));
+/// assert!(parse_mqtt_url("http://broker").is_err());
+/// ```
+///
 /// # Errors
 /// A message saying what is wrong with the URL.
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {

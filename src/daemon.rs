@@ -103,7 +103,7 @@ impl Running {
         self.shutdown.cancelled().await;
         info!(
             grace_ms = grace.as_millis() as u64,
-            "Shutting down: stopping ingest, draining, then HTTP."
+            "Waiting for the components to stop."
         );
         if tokio::time::timeout(grace, self.tracker.wait())
             .await

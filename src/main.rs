@@ -319,8 +319,8 @@ async fn cancel_on_signal(token: CancellationToken) {
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received."),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received."),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down: ingest first, then draining, then HTTP."),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down: ingest first, then draining, then HTTP."),
     }
     token.cancel();
 }
