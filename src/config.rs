@@ -186,6 +186,8 @@ pub struct PipelineConfig {
     pub prediction_topic: String,
     #[serde(default)]
     pub model: ModelConfig,
+    #[serde(default)]
+    pub drift: DriftConfig,
 }
 
 fn default_device_level() -> i32 {
@@ -199,6 +201,45 @@ fn default_task() -> Task {
 }
 fn default_prediction_topic() -> String {
     "edgeloop/{pipeline}/predictions/{device}".into()
+}
+
+/// `[pipelines.drift]`: drift monitoring and the retraining it triggers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Concept-drift detector on the serving model's errors over newly
+    /// labelled samples.
+    pub detector: crate::monitor::continual::DetectorKind,
+    /// Train when the detector raises an alarm.
+    pub retrain_on_drift: bool,
+    /// Labelled samples that must arrive after a training before an alarm
+    /// may trigger another (one change, one retraining).
+    pub cooldown_labels: u64,
+    /// Recent samples compared with the reference (data drift).
+    pub window: usize,
+    /// Reference samples: the newest of the serving model's training data.
+    pub reference: usize,
+    /// Bins of the population stability index.
+    pub psi_bins: usize,
+    /// A feature drifts when its PSI exceeds this.
+    pub psi_threshold: f64,
+    /// ...or when the Kolmogorov–Smirnov p-value falls below this.
+    pub ks_alpha: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            detector: crate::monitor::continual::DetectorKind::Adwin,
+            retrain_on_drift: true,
+            cooldown_labels: 200,
+            window: 500,
+            reference: 2000,
+            psi_bins: 10,
+            psi_threshold: 0.25,
+            ks_alpha: 0.001,
+        }
+    }
 }
 
 /// The model family of a pipeline.
@@ -459,6 +500,22 @@ impl Config {
             }
             if m.retrain_every == 0 {
                 return bad(key("model.retrain_every"), "must be at least 1".into());
+            }
+            let d = &p.drift;
+            if d.window < 10 || d.reference < 10 {
+                return bad(
+                    key("drift.window"),
+                    "window and reference need at least 10 samples".into(),
+                );
+            }
+            if d.psi_bins < 2 {
+                return bad(key("drift.psi_bins"), "must be at least 2".into());
+            }
+            if !(d.psi_threshold > 0.0) || !(d.ks_alpha > 0.0 && d.ks_alpha < 1.0) {
+                return bad(
+                    key("drift.psi_threshold"),
+                    "psi_threshold > 0 and ks_alpha in (0, 1) are required".into(),
+                );
             }
             if !(m.holdout_fraction > 0.0 && m.holdout_fraction <= 0.5) {
                 return bad(

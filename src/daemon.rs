@@ -238,6 +238,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         labels_added,
         stats.clone(),
     );
+    let drift_board = learner.board();
     let app = http::router(AppState {
         registry: registry.clone(),
         store: store.clone(),
@@ -246,6 +247,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         stats: stats.clone(),
         max_rows: cfg.http.max_rows,
         connection: connection.clone(),
+        drift: drift_board,
     });
 
     let supervise = |name: &'static str| {

@@ -872,3 +872,98 @@ async fn arrival_time_pipeline_keeps_repeated_identical_readings() {
     assert_eq!(handle.stats.snapshot().duplicates, 0);
     stop(running, handle, token).await;
 }
+
+fn flip(payload: &[u8]) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    let y = v["Occupancy"].as_f64().unwrap();
+    v["Occupancy"] = (1.0 - y).into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_endpoint_no_drift_on_identical_data_and_drift_on_another_week() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.pipelines[0].model.min_labels = 1000;
+    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    cfg.pipelines[0].drift.window = 1000;
+    cfg.pipelines[0].drift.reference = 1000;
+    let (running, handle, token) = start(cfg).await;
+    let opts = replay_opts("datatraining.txt", port, Some(1000));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "v1", || handle.registry.get(PIPELINE).is_some()).await;
+    let addr = handle.http_addr;
+    let (status, v) = json_request(addr, "GET", "/v1/pipelines/occupancy/drift").await;
+    assert_eq!(status, 200, "{v}");
+    eprintln!("identical: {}", v["data"]);
+    assert_eq!(v["data"]["reference_samples"], 1000);
+    assert_eq!(v["data"]["current_samples"], 1000);
+    for f in v["data"]["features"].as_array().unwrap() {
+        assert_eq!(f["psi"].as_f64(), Some(0.0), "{f}");
+        assert_eq!(f["ks_statistic"].as_f64(), Some(0.0), "{f}");
+        assert_eq!(f["drifted"], false);
+    }
+    // Another week, unlabelled.
+    let mut later = replay_opts("datatest2.txt", port, Some(1000));
+    later.drop_columns = vec!["Occupancy".into()];
+    publish(
+        &later,
+        edgeloop::ingest::replay::csv_payloads(&later).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "2000 samples", || stored(&handle) == 2000).await;
+    let (_, v) = json_request(addr, "GET", "/v1/pipelines/occupancy/drift").await;
+    eprintln!("another week: {}", v["data"]);
+    assert!(!v["data"]["drifted"].as_array().unwrap().is_empty(), "{v}");
+    stop(running, handle, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concept_drift_alarm_triggers_one_retraining() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.pipelines[0].model.min_labels = 1000;
+    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    cfg.pipelines[0].drift.cooldown_labels = 600;
+    let (running, handle, token) = start(cfg).await;
+    let opts = replay_opts("datatraining.txt", port, Some(1600));
+    let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    publish(&opts, payloads[..1000].to_vec()).await;
+    wait_until(WAIT, "v1", || handle.registry.get(PIPELINE).is_some()).await;
+    // The concept changes: the same readings now mean the opposite.
+    let flipped: Vec<Vec<u8>> = payloads[1000..1600].iter().map(|p| flip(p)).collect();
+    publish(&opts, flipped).await;
+    wait_until(WAIT, "1600 samples", || stored(&handle) == 1600).await;
+    let addr = handle.http_addr;
+    let mut v = serde_json::Value::Null;
+    let until = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < until {
+        v = json_request(addr, "GET", "/v1/pipelines/occupancy/drift")
+            .await
+            .1;
+        if v["concept"]["scored"].as_u64() >= Some(1) && handle.stats.snapshot().trainings >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v2 = json_request(addr, "GET", "/v1/pipelines/occupancy/drift")
+        .await
+        .1;
+    eprintln!("concept: {}", v2["concept"]);
+    let alarms = v2["concept"]["alarms"].as_array().unwrap();
+    assert!(!alarms.is_empty(), "{v}");
+    let cards = handle.registry.cards(&handle.store, PIPELINE).unwrap();
+    let drift_trainings = cards
+        .iter()
+        .filter(|c| c.trigger == edgeloop::learn::Trigger::Drift)
+        .count();
+    assert_eq!(drift_trainings, 1, "one change, one retraining: {alarms:?}");
+    stop(running, handle, token).await;
+}

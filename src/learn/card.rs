@@ -46,6 +46,10 @@ pub struct ModelCard {
     pub training_ms: f64,
     /// Size of the exported ONNX model, bytes.
     pub onnx_bytes: u64,
+    /// Sequence number of the newest stored sample the model was trained on
+    /// (the end of the data-drift reference).
+    #[serde(default)]
+    pub last_seq: Option<u64>,
     /// Median single-row inference latency through the serving engine,
     /// microseconds, measured at load.
     pub predict_p50_us: Option<f64>,

@@ -135,6 +135,8 @@ pub enum Trigger {
     MinLabels,
     /// `retrain_every` new labelled samples arrived.
     NewLabels,
+    /// The concept-drift detector raised an alarm.
+    Drift,
     /// Asked for over the API.
     Manual,
 }
@@ -224,6 +226,7 @@ pub fn train_version(
         training_ms,
         onnx_bytes: onnx.len() as u64,
         predict_p50_us: None,
+        last_seq: None,
     };
     Ok(TrainedVersion { model, onnx, card })
 }

@@ -136,6 +136,51 @@ fn kolmogorov_sf(y: f64) -> f64 {
     (2.0 * s).clamp(0.0, 1.0)
 }
 
+/// Data drift of one feature.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureDrift {
+    pub feature: String,
+    pub psi: Option<f64>,
+    pub ks_statistic: Option<f64>,
+    pub ks_p_value: Option<f64>,
+    /// PSI above `psi_threshold` or KS p-value below `ks_alpha`.
+    pub drifted: bool,
+}
+
+/// Compares `current` with `reference` feature by feature (rows of
+/// `features.len()` values, NaN = missing).
+pub fn compare(
+    features: &[String],
+    reference: &[Vec<f32>],
+    current: &[Vec<f32>],
+    bins: usize,
+    psi_threshold: f64,
+    ks_alpha: f64,
+) -> Vec<FeatureDrift> {
+    features
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            let column = |rows: &[Vec<f32>]| {
+                rows.iter()
+                    .filter_map(|r| r.get(j).copied())
+                    .collect::<Vec<f32>>()
+            };
+            let (r, c) = (column(reference), column(current));
+            let p = psi(&r, &c, bins);
+            let ks = ks_2samp(&r, &c);
+            FeatureDrift {
+                feature: name.clone(),
+                psi: p,
+                ks_statistic: ks.map(|k| k.statistic),
+                ks_p_value: ks.map(|k| k.p_value),
+                drifted: p.is_some_and(|v| v > psi_threshold)
+                    || ks.is_some_and(|k| k.p_value < ks_alpha),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

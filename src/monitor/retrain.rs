@@ -65,8 +65,53 @@ impl LearnerHandle {
     }
 }
 
+/// A concept-drift alarm of a pipeline.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DriftAlarm {
+    /// When it was raised, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The labelled sample whose error raised it.
+    pub sample_seq: u64,
+    /// The version whose errors were watched.
+    pub serving_version: u32,
+    /// Whether it triggered a training, and why (not).
+    pub action: String,
+}
+
+/// Concept-drift state of one pipeline, for `GET /v1/pipelines/{name}/drift`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConceptDrift {
+    /// The detector's state (reset when a new version starts serving).
+    pub detector: serde_json::Value,
+    /// The version whose errors the detector watches.
+    pub serving_version: Option<u32>,
+    /// Labelled samples scored since that version started serving, and the
+    /// share it got wrong.
+    pub scored: u64,
+    pub error_rate: Option<f64>,
+    /// Every alarm since the daemon started, oldest first.
+    pub alarms: Vec<DriftAlarm>,
+}
+
+/// Concept-drift states of every pipeline, shared with the HTTP API.
+pub type DriftBoard = Arc<std::sync::Mutex<HashMap<String, ConceptDrift>>>;
+
+struct Watch {
+    version: u32,
+    detector: Box<dyn super::detectors::DriftDetector>,
+    scored: u64,
+    errors: u64,
+}
+
 /// The learner component.
 pub struct Learner {
+    /// Next sample seq to score per pipeline, and the detector watching the
+    /// serving version's errors.
+    cursor: HashMap<String, u64>,
+    watch: HashMap<String, Watch>,
+    /// Pipelines with an alarm waiting for the cool-down to end.
+    deferred: std::collections::HashSet<String>,
+    board: DriftBoard,
     store: Arc<Store>,
     registry: Arc<Registry>,
     pipelines: Vec<PipelineConfig>,
@@ -75,6 +120,22 @@ pub struct Learner {
     stats: Arc<Stats>,
     /// Labelled total at the last attempt, per pipeline (success or not).
     attempted_at: HashMap<String, u64>,
+}
+
+fn new_watch(p: &PipelineConfig, version: u32) -> Watch {
+    use super::continual::DetectorKind;
+    use super::detectors::{Adwin, Ddm, PageHinkley};
+    let detector: Box<dyn super::detectors::DriftDetector> = match p.drift.detector {
+        DetectorKind::Adwin => Box::new(Adwin::new(Default::default())),
+        DetectorKind::Ddm => Box::new(Ddm::new(Default::default())),
+        DetectorKind::PageHinkley => Box::new(PageHinkley::new(Default::default())),
+    };
+    Watch {
+        version,
+        detector,
+        scored: 0,
+        errors: 0,
+    }
 }
 
 fn trained_key(pipeline: &str) -> String {
@@ -92,6 +153,10 @@ impl Learner {
     ) -> (Self, LearnerHandle) {
         let (tx, rx) = mpsc::channel(16);
         let learner = Self {
+            cursor: HashMap::new(),
+            watch: HashMap::new(),
+            deferred: Default::default(),
+            board: DriftBoard::default(),
             store,
             registry,
             pipelines,
@@ -103,6 +168,11 @@ impl Learner {
         (learner, LearnerHandle { tx })
     }
 
+    /// The concept-drift board this learner keeps up to date.
+    pub fn board(&self) -> DriftBoard {
+        self.board.clone()
+    }
+
     /// Runs until `shutdown`; a training in progress is cancelled.
     ///
     /// # Errors
@@ -111,12 +181,18 @@ impl Learner {
         for p in &self.pipelines {
             let at = self.trained_at(&p.name)?;
             self.attempted_at.insert(p.name.clone(), at);
+            // Watch what arrives from now on.
+            self.cursor
+                .insert(p.name.clone(), self.store.counts(&p.name)?.next_seq);
         }
         self.check_all(&shutdown).await?;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.labels_added.notified() => self.check_all(&shutdown).await?,
+                _ = self.labels_added.notified() => {
+                    self.watch_all(&shutdown).await?;
+                    self.check_all(&shutdown).await?;
+                }
                 req = self.rx.recv() => {
                     let Some(req) = req else { break };
                     let result = self.train(&req.pipeline, Trigger::Manual, &shutdown).await;
@@ -134,6 +210,128 @@ impl Learner {
             .get_state(&trained_key(pipeline))?
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map_or(0, u64::from_le_bytes))
+    }
+
+    /// Scores the newly labelled samples of each pipeline with its serving
+    /// version, feeds the errors to the concept-drift detector, and trains
+    /// on an alarm outside the cool-down.
+    async fn watch_all(&mut self, shutdown: &CancellationToken) -> Result<(), TrainFailure> {
+        for i in 0..self.pipelines.len() {
+            let p = self.pipelines[i].clone();
+            let next = self.store.counts(&p.name)?.next_seq;
+            let from = self.cursor.insert(p.name.clone(), next).unwrap_or(next);
+            let Some(serving) = self.registry.get(&p.name) else {
+                continue;
+            };
+            if from >= next {
+                continue;
+            }
+            let store = self.store.clone();
+            let name = p.name.clone();
+            let model = serving.clone();
+            // Score on a blocking thread: a store scan and an ONNX run.
+            let scored =
+                tokio::task::spawn_blocking(move || -> Result<Vec<(u64, bool)>, StoreError> {
+                    let rows: Vec<_> = store
+                        .scan(&name, from..next, usize::MAX)?
+                        .into_iter()
+                        .filter(|(_, r)| r.sample.label.is_some())
+                        .collect();
+                    if rows.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let x: Vec<f32> = rows
+                        .iter()
+                        .flat_map(|(_, r)| r.sample.features.iter().copied())
+                        .collect();
+                    let classes = model.model.classes();
+                    let Ok(proba) = model.model.predict_proba(&x) else {
+                        return Ok(Vec::new());
+                    };
+                    let pred = crate::learn::logistic::argmax_rows(&proba, classes.len());
+                    Ok(rows
+                        .iter()
+                        .zip(pred)
+                        .map(|((seq, r), k)| {
+                            (*seq, r.sample.label.as_deref() != Some(classes[k].as_str()))
+                        })
+                        .collect())
+                })
+                .await
+                .map_err(|e| TrainFailure::Training {
+                    pipeline: p.name.clone(),
+                    reason: e.to_string(),
+                })??;
+            let watch = self
+                .watch
+                .entry(p.name.clone())
+                .or_insert_with(|| new_watch(&p, serving.version));
+            if watch.version != serving.version {
+                *watch = new_watch(&p, serving.version);
+            }
+            let mut alarm_at = None;
+            for (seq, wrong) in scored {
+                watch.scored += 1;
+                watch.errors += u64::from(wrong);
+                if watch.detector.update(f64::from(u8::from(wrong))) && alarm_at.is_none() {
+                    alarm_at = Some(seq);
+                }
+            }
+            let snapshot = ConceptDrift {
+                detector: watch.detector.state(),
+                serving_version: Some(watch.version),
+                scored: watch.scored,
+                error_rate: (watch.scored > 0).then(|| watch.errors as f64 / watch.scored as f64),
+                alarms: Vec::new(),
+            };
+            let version = watch.version;
+            let labelled = self.store.counts(&p.name)?.labelled_total;
+            let since = labelled.saturating_sub(self.attempted_at.get(&p.name).copied().unwrap_or(0));
+            // An alarm inside the cool-down is deferred, not dropped: the
+            // change is answered once, when the cool-down ends.
+            let mut action = None;
+            if alarm_at.is_some() && p.drift.retrain_on_drift {
+                self.deferred.insert(p.name.clone());
+            }
+            if let Some(seq) = alarm_at {
+                action = Some(if !p.drift.retrain_on_drift {
+                    "none: retrain_on_drift is off".to_string()
+                } else if since < p.drift.cooldown_labels {
+                    format!("deferred: cool-down ({since} of {} labels since the last training)", p.drift.cooldown_labels)
+                } else {
+                    "training".to_string()
+                });
+                warn!(pipeline = %p.name, sample_seq = seq, version, action = action.as_deref().unwrap_or(""), "Concept drift alarm.");
+            }
+            let mut trained = None;
+            if self.deferred.contains(&p.name) && since >= p.drift.cooldown_labels {
+                self.deferred.remove(&p.name);
+                trained = Some(match self.train(&p.name, Trigger::Drift, shutdown).await {
+                    Ok(card) => format!("trained version {}", card.version),
+                    Err(e) => format!("training failed: {e}"),
+                });
+                if let Some(w) = self.watch.get_mut(&p.name) {
+                    w.version = u32::MAX; // the new version starts a fresh detector
+                }
+            }
+            if let Ok(mut board) = self.board.lock() {
+                let entry = board.entry(p.name.clone()).or_default();
+                let alarms = std::mem::take(&mut entry.alarms);
+                *entry = ConceptDrift { alarms, ..snapshot };
+                if let (Some(seq), Some(action)) = (alarm_at, action) {
+                    entry.alarms.push(DriftAlarm {
+                        at_ms: crate::learn::now_ms(),
+                        sample_seq: seq,
+                        serving_version: version,
+                        action,
+                    });
+                }
+                if let (Some(done), Some(last)) = (trained, entry.alarms.last_mut()) {
+                    last.action = done;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn check_all(&mut self, shutdown: &CancellationToken) -> Result<(), TrainFailure> {
@@ -189,13 +387,15 @@ impl Learner {
                     .map(|(_, s)| s)
                     .collect();
                 let version = store.model_versions(&cfg.name)?.last().map_or(1, |v| v + 1);
-                let trained = learn::train_version(&cfg, &samples, version, trigger, || {
+                let last_seq = store.counts(&cfg.name)?.next_seq.checked_sub(1);
+                let mut trained = learn::train_version(&cfg, &samples, version, trigger, || {
                     cancel.is_cancelled()
                 })
                 .map_err(|e| TrainFailure::Training {
                     pipeline: cfg.name.clone(),
                     reason: e.to_string(),
                 })?;
+                trained.card.last_seq = last_seq;
                 let serving = registry.promote(&store, trained)?;
                 store.put_state(&trained_key(&cfg.name), &labelled_total.to_le_bytes())?;
                 Ok((serving.card.clone(), labelled_total))

@@ -11,6 +11,7 @@
 //! | POST | `/v1/pipelines/{name}/models/{version}/promote` | serves a stored version → `{"serving_version"}` |
 //! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
 //! | GET | `/v1/pipelines/{name}/history` | the timeline: which version served from when, and why |
+//! | GET | `/v1/pipelines/{name}/drift` | data drift per feature (PSI, KS) against the serving version's training data; concept-drift detector state and alarms |
 //!
 //! Errors are JSON `{"error": message}`; status codes are decided in one
 //! place, [`ApiError::status`].
@@ -43,6 +44,7 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     pub max_rows: usize,
     pub connection: Arc<crate::ingest::mqtt::Connection>,
+    pub drift: crate::monitor::retrain::DriftBoard,
 }
 
 /// Errors a request can meet.
@@ -130,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/pipelines/{name}/rollback", post(rollback))
         .route("/v1/pipelines/{name}/history", get(history))
+        .route("/v1/pipelines/{name}/drift", get(drift))
         .fallback(|| async {
             ApiError::NotFound("no such route; see the API table in README.md".into())
         })
@@ -403,4 +406,79 @@ pub fn render(v: &Value) -> String {
         ));
     }
     out
+}
+
+async fn drift(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cfg = s
+        .pipelines
+        .iter()
+        .find(|p| p.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::UnknownPipeline(name.clone()))?;
+    let concept = s
+        .drift
+        .lock()
+        .ok()
+        .and_then(|b| b.get(&name).cloned())
+        .unwrap_or_default();
+    let serving = s.registry.get(&name);
+    let store = s.store.clone();
+    let last_seq = serving.as_ref().and_then(|m| m.card.last_seq);
+    let data = tokio::task::spawn_blocking(move || -> Result<Value, crate::store::StoreError> {
+        let Some(last_seq) = last_seq else {
+            return Ok(json!({ "message": "no serving version with a known training range yet" }));
+        };
+        let d = &cfg.drift;
+        let labelled = store.labelled(&cfg.name)?;
+        let reference: Vec<Vec<f32>> = labelled
+            .into_iter()
+            .filter(|(seq, _)| *seq <= last_seq)
+            .rev()
+            .take(d.reference)
+            .map(|(_, s)| s.features)
+            .collect();
+        let next = store.counts(&cfg.name)?.next_seq;
+        let current: Vec<Vec<f32>> = store
+            .scan(
+                &cfg.name,
+                next.saturating_sub(d.window as u64)..next,
+                d.window,
+            )?
+            .into_iter()
+            .map(|(_, r)| r.sample.features)
+            .collect();
+        let features = crate::monitor::data_drift::compare(
+            &cfg.features,
+            &reference,
+            &current,
+            d.psi_bins,
+            d.psi_threshold,
+            d.ks_alpha,
+        );
+        let drifted: Vec<&str> = features
+            .iter()
+            .filter(|f| f.drifted)
+            .map(|f| f.feature.as_str())
+            .collect();
+        Ok(json!({
+            "reference_samples": reference.len(),
+            "current_samples": current.len(),
+            "psi_threshold": d.psi_threshold,
+            "ks_alpha": d.ks_alpha,
+            "drifted": drifted,
+            "features": features,
+        }))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({
+        "pipeline": name,
+        "serving_version": serving.map(|m| m.version),
+        "data": data,
+        "concept": concept,
+    })))
 }
