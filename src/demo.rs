@@ -116,6 +116,7 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
     let pipeline = &mut cfg.pipelines[0];
     pipeline.model.min_labels = 1_000_000_000;
     pipeline.model.retrain_every = 1_000_000_000;
+    pipeline.drift.retrain_on_drift = false;
     let pipeline_name = pipeline.name.clone();
 
     let shutdown = CancellationToken::new();

@@ -242,6 +242,7 @@ async fn restart_keeps_samples_and_serving_version_and_gets_messages_sent_while_
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), broker);
     cfg.pipelines[0].model.min_labels = 500;
+    cfg.pipelines[0].drift.retrain_on_drift = false;
     cfg.pipelines[0].model.retrain_every = 1_000_000;
 
     let (running, handle, token) = start(cfg.clone()).await;
@@ -600,6 +601,7 @@ async fn promote_rollback_and_history_over_http() {
     let mut cfg = config(dir.path(), Broker::Embedded(port));
     cfg.pipelines[0].model.min_labels = 500;
     cfg.pipelines[0].model.retrain_every = 1_000_000;
+    cfg.pipelines[0].drift.retrain_on_drift = false; // versions come from the API only
     let (running, handle, token) = start(cfg).await;
     let opts = replay_opts("datatraining.txt", port, Some(1000));
     publish(
@@ -698,7 +700,7 @@ async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() 
             "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{}'\nclient_id = '{}'\nreconnect_min_ms = 50\n\
              [http]\nlisten = '127.0.0.1:{http}'\n[[pipelines]]\nname = 'occupancy'\ntopics = ['sensors/+/occupancy']\n\
              features = ['Temperature', 'Humidity', 'Light', 'CO2', 'HumidityRatio']\nlabel = 'Occupancy'\ntimestamp = 'Date'\n\
-             [pipelines.model]\nmin_labels = 500\nretrain_every = 1000000\n",
+             [pipelines.model]\nmin_labels = 500\nretrain_every = 1000000\n[pipelines.drift]\nretrain_on_drift = false\n",
             dir.path().join("edgeloop.redb").display(),
             mosquitto.port,
             client_id("prom")

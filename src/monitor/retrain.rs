@@ -286,7 +286,8 @@ impl Learner {
             };
             let version = watch.version;
             let labelled = self.store.counts(&p.name)?.labelled_total;
-            let since = labelled.saturating_sub(self.attempted_at.get(&p.name).copied().unwrap_or(0));
+            let since =
+                labelled.saturating_sub(self.attempted_at.get(&p.name).copied().unwrap_or(0));
             // An alarm inside the cool-down is deferred, not dropped: the
             // change is answered once, when the cool-down ends.
             let mut action = None;
@@ -297,7 +298,10 @@ impl Learner {
                 action = Some(if !p.drift.retrain_on_drift {
                     "none: retrain_on_drift is off".to_string()
                 } else if since < p.drift.cooldown_labels {
-                    format!("deferred: cool-down ({since} of {} labels since the last training)", p.drift.cooldown_labels)
+                    format!(
+                        "deferred: cool-down ({since} of {} labels since the last training)",
+                        p.drift.cooldown_labels
+                    )
                 } else {
                     "training".to_string()
                 });
