@@ -153,8 +153,9 @@ fn main() {
 
     // Training.
     let all: Vec<Sample> = samples.clone();
-    let (trained, allocs, bytes, d) =
-        counted(|| learn::train_version(&pipeline, &all, 1, Trigger::Manual, || false).unwrap());
+    let (trained, allocs, bytes, d) = counted(|| {
+        learn::train_version(&pipeline, &all, 1, Trigger::Manual, None, || false).unwrap()
+    });
     row(
         "train logistic (holdout fit + refit), 8143 samples × 5 features",
         format!("{:.0} ms", d.as_secs_f64() * 1e3),

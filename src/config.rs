@@ -260,6 +260,13 @@ pub struct ModelConfig {
     pub min_labels: u64,
     pub retrain_every: u64,
     pub holdout_fraction: f64,
+    /// Start a challenger from the champion's weights (fine-tuning).
+    pub warm_start: bool,
+    /// Accuracy a challenger must gain over the champion on the recent
+    /// holdout to be promoted (automatic trainings).
+    pub margin_recent: f64,
+    /// Accuracy a challenger may lose to the champion on the older slice.
+    pub margin_old: f64,
 }
 
 impl Default for ModelConfig {
@@ -271,6 +278,9 @@ impl Default for ModelConfig {
             min_labels: 500,
             retrain_every: 2000,
             holdout_fraction: 0.2,
+            warm_start: true,
+            margin_recent: 0.0,
+            margin_old: 0.05,
         }
     }
 }

@@ -969,3 +969,50 @@ async fn concept_drift_alarm_triggers_one_retraining() {
     assert_eq!(drift_trainings, 1, "one change, one retraining: {alarms:?}");
     stop(running, handle, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_challenger_is_stored_with_its_reason_and_the_champion_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.pipelines[0].model.min_labels = 500;
+    cfg.pipelines[0].model.retrain_every = 500;
+    cfg.pipelines[0].model.margin_recent = 1.0; // no challenger can gain a whole point
+    cfg.pipelines[0].drift.retrain_on_drift = false;
+    let (running, handle, token) = start(cfg).await;
+    let opts = replay_opts("datatraining.txt", port, Some(1000));
+    let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    publish(&opts, payloads[..500].to_vec()).await;
+    wait_until(WAIT, "v1", || handle.registry.get(PIPELINE).is_some()).await;
+    publish(&opts, payloads[500..].to_vec()).await;
+    wait_until(WAIT, "v2 stored", || {
+        handle.store.model_versions(PIPELINE).unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(
+        handle.registry.get(PIPELINE).unwrap().version,
+        1,
+        "the champion keeps serving"
+    );
+    assert_eq!(handle.store.serving_version(PIPELINE).unwrap(), Some(1));
+    let cards = handle.registry.cards(&handle.store, PIPELINE).unwrap();
+    let first = cards[0].decision.as_ref().unwrap();
+    assert!(first.promoted && first.champion_version.is_none());
+    let d = cards[1].decision.as_ref().unwrap();
+    eprintln!("{d:?}");
+    assert!(!d.promoted);
+    assert_eq!(d.champion_version, Some(1));
+    assert!(d.reason.starts_with("recent holdout"), "{}", d.reason);
+    assert!(d.champion_recent.is_some() && d.challenger_recent.is_some());
+    assert!(
+        d.champion_old.is_some() && d.challenger_old.is_some(),
+        "the older slice is scored too"
+    );
+    // The refusal is not in the serving timeline; version 1 is still the only event.
+    let history = handle.registry.history(&handle.store, PIPELINE).unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1]
+    );
+    stop(running, handle, token).await;
+}

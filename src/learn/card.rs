@@ -46,6 +46,9 @@ pub struct ModelCard {
     pub training_ms: f64,
     /// Size of the exported ONNX model, bytes.
     pub onnx_bytes: u64,
+    /// The champion/challenger decision that made this version serve, or not.
+    #[serde(default)]
+    pub decision: Option<Decision>,
     /// Sequence number of the newest stored sample the model was trained on
     /// (the end of the data-drift reference).
     #[serde(default)]
@@ -53,4 +56,19 @@ pub struct ModelCard {
     /// Median single-row inference latency through the serving engine,
     /// microseconds, measured at load.
     pub predict_p50_us: Option<f64>,
+}
+
+/// Champion/challenger decision for a trained version (the challenger).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub promoted: bool,
+    pub reason: String,
+    /// The version serving when it was trained.
+    pub champion_version: Option<u32>,
+    /// Accuracy on the recent holdout (the newest samples).
+    pub champion_recent: Option<f64>,
+    pub challenger_recent: Option<f64>,
+    /// Accuracy on the older slice (every 10th older sample).
+    pub champion_old: Option<f64>,
+    pub challenger_old: Option<f64>,
 }

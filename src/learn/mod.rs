@@ -88,6 +88,26 @@ impl Dataset {
         }
     }
 
+    /// Splits off every `k`-th sample (the second part).
+    pub fn split_every(&self, k: usize) -> (Self, Self) {
+        let nf = self.n_features;
+        let empty = || Self {
+            x: vec![],
+            y: vec![],
+            timestamps: vec![],
+            classes: self.classes.clone(),
+            n_features: nf,
+        };
+        let (mut keep, mut out) = (empty(), empty());
+        for i in 0..self.len() {
+            let d = if i % k == k - 1 { &mut out } else { &mut keep };
+            d.x.extend_from_slice(&self.x[i * nf..(i + 1) * nf]);
+            d.y.push(self.y[i]);
+            d.timestamps.push(self.timestamps[i]);
+        }
+        (keep, out)
+    }
+
     /// Temporal holdout: the newest `fraction` of samples (at least one)
     /// become the holdout, the rest the training set.
     pub fn temporal_split(&self, fraction: f64) -> (Self, Self) {
@@ -163,6 +183,7 @@ pub fn train_version(
     samples: &[Sample],
     version: u32,
     trigger: Trigger,
+    champion: Option<(u32, &LogisticModel)>,
     cancelled: impl Fn() -> bool,
 ) -> Result<TrainedVersion, TrainError> {
     let started = Instant::now();
@@ -170,7 +191,22 @@ pub fn train_version(
     if data.len() < 2 {
         return Err(TrainError::Empty);
     }
-    let (train, holdout) = data.temporal_split(pipeline.model.holdout_fraction);
+    let (older, holdout) = data.temporal_split(pipeline.model.holdout_fraction);
+    // With a champion, every 10th older sample is held out too: the older
+    // regimes a challenger must not forget.
+    let (train, old_slice) = match champion {
+        Some(_) => older.split_every(10),
+        None => (
+            older,
+            Dataset {
+                x: vec![],
+                y: vec![],
+                timestamps: vec![],
+                classes: data.classes.clone(),
+                n_features: data.n_features,
+            },
+        ),
+    };
     let present: Vec<usize> = {
         let mut seen = vec![false; data.classes.len()];
         train.y.iter().for_each(|&y| seen[y] = true);
@@ -184,17 +220,24 @@ pub fn train_version(
         max_iter: pipeline.model.max_iter,
         gtol: 1e-9,
     };
+    let init = champion
+        .filter(|_| pipeline.model.warm_start)
+        .map(|(_, m)| m);
     let fit = |set: &Dataset| match pipeline.model.family {
-        Family::Logistic => LogisticModel::fit(
+        Family::Logistic => LogisticModel::fit_from(
             &set.x,
             &set.y,
             data.classes.clone(),
             pipeline.features.clone(),
             &cfg,
+            init,
             &cancelled,
         ),
     };
     let evaluated = fit(&train)?;
+    let decision = decide(
+        pipeline, trigger, champion, &evaluated, &holdout, &old_slice,
+    );
     let proba = evaluated.predict_proba(&holdout.x);
     let predicted = logistic::argmax_rows(&proba, evaluated.classes.len());
     let holdout_metrics =
@@ -202,7 +245,11 @@ pub fn train_version(
     // The served model is refit on every labelled sample with the same
     // settings (scikit-learn's `refit=True` practice): on a temporal stream
     // the newest samples, the holdout, matter most for what comes next.
-    let model = fit(&data)?;
+    let model = if decision.promoted {
+        fit(&data)?
+    } else {
+        evaluated
+    };
     let training_ms = started.elapsed().as_secs_f64() * 1e3;
     let onnx = crate::onnx::export::logistic_to_onnx(&model, version);
     let card = ModelCard {
@@ -227,8 +274,85 @@ pub fn train_version(
         onnx_bytes: onnx.len() as u64,
         predict_p50_us: None,
         last_seq: None,
+        decision: Some(decision),
     };
     Ok(TrainedVersion { model, onnx, card })
+}
+
+/// Champion/challenger: both scored on the recent holdout and the older
+/// slice; see `model.margin_recent` and `model.margin_old`.
+fn decide(
+    pipeline: &PipelineConfig,
+    trigger: Trigger,
+    champion: Option<(u32, &LogisticModel)>,
+    challenger: &LogisticModel,
+    recent: &Dataset,
+    old: &Dataset,
+) -> card::Decision {
+    let score = |m: &LogisticModel, d: &Dataset| accuracy(m, d);
+    let (challenger_recent, challenger_old) = (score(challenger, recent), score(challenger, old));
+    let Some((champion_version, champ)) = champion else {
+        return card::Decision {
+            promoted: true,
+            reason: "first model".into(),
+            champion_version: None,
+            champion_recent: None,
+            challenger_recent,
+            champion_old: None,
+            challenger_old,
+        };
+    };
+    let (champion_recent, champion_old) = (score(champ, recent), score(champ, old));
+    let m = &pipeline.model;
+    let (promoted, reason) = match (
+        champion_recent,
+        challenger_recent,
+        champion_old,
+        challenger_old,
+    ) {
+        _ if trigger == Trigger::Manual => (true, "asked for over the API".to_string()),
+        (Some(h), Some(c), _, _) if c < h + m.margin_recent => (
+            false,
+            format!(
+                "recent holdout: challenger {c:.4} does not beat champion {h:.4} by {}",
+                m.margin_recent
+            ),
+        ),
+        (_, _, Some(h), Some(c)) if c < h - m.margin_old => (
+            false,
+            format!(
+                "older slice: challenger {c:.4} loses more than {} to champion {h:.4}",
+                m.margin_old
+            ),
+        ),
+        _ => (
+            true,
+            "challenger wins on recent data and keeps the older regimes".to_string(),
+        ),
+    };
+    card::Decision {
+        promoted,
+        reason,
+        champion_version: Some(champion_version),
+        champion_recent,
+        challenger_recent,
+        champion_old,
+        challenger_old,
+    }
+}
+
+fn accuracy(m: &LogisticModel, d: &Dataset) -> Option<f64> {
+    if d.is_empty() {
+        return None;
+    }
+    // The champion may know other classes than the dataset's: compare names.
+    let pred = logistic::argmax_rows(&m.predict_proba(&d.x), m.classes.len());
+    let correct = pred
+        .iter()
+        .zip(&d.y)
+        .filter(|(p, y)| m.classes[**p] == d.classes[**y])
+        .count();
+    Some(correct as f64 / d.len() as f64)
 }
 
 fn time_range(ts: &[i64]) -> Option<[i64; 2]> {

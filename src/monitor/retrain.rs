@@ -311,7 +311,12 @@ impl Learner {
             if self.deferred.contains(&p.name) && since >= p.drift.cooldown_labels {
                 self.deferred.remove(&p.name);
                 trained = Some(match self.train(&p.name, Trigger::Drift, shutdown).await {
-                    Ok(card) => format!("trained version {}", card.version),
+                    Ok(card) => match card.decision.as_ref().filter(|d| !d.promoted) {
+                        Some(d) => {
+                            format!("trained version {}, refused: {}", card.version, d.reason)
+                        }
+                        None => format!("trained version {}", card.version),
+                    },
                     Err(e) => format!("training failed: {e}"),
                 });
                 if let Some(w) = self.watch.get_mut(&p.name) {
@@ -392,9 +397,19 @@ impl Learner {
                     .collect();
                 let version = store.model_versions(&cfg.name)?.last().map_or(1, |v| v + 1);
                 let last_seq = store.counts(&cfg.name)?.next_seq.checked_sub(1);
-                let mut trained = learn::train_version(&cfg, &samples, version, trigger, || {
-                    cancel.is_cancelled()
-                })
+                // The champion's parameters, for warm start and comparison.
+                let champion: Option<(u32, crate::learn::logistic::LogisticModel)> = registry
+                    .get(&cfg.name)
+                    .and_then(|s| Some((s.version, store.get_model(&cfg.name, s.version).ok()??)))
+                    .and_then(|(v, m)| Some((v, serde_json::from_str(&m.params_json).ok()?)));
+                let mut trained = learn::train_version(
+                    &cfg,
+                    &samples,
+                    version,
+                    trigger,
+                    champion.as_ref().map(|(v, m)| (*v, m)),
+                    || cancel.is_cancelled(),
+                )
                 .map_err(|e| TrainFailure::Training {
                     pipeline: cfg.name.clone(),
                     reason: e.to_string(),
@@ -418,7 +433,14 @@ impl Learner {
                 info!(
                     %pipeline, version = card.version, ?trigger, n_train = card.n_train, n_holdout = card.n_holdout,
                     holdout_accuracy = h.map(|m| m.accuracy), holdout_f1 = h.map(|m| m.f1_macro),
-                    training_ms = card.training_ms, "Model trained and serving."
+                    training_ms = card.training_ms,
+                    decision = card.decision.as_ref().map(|d| d.reason.as_str()).unwrap_or(""),
+                    "{}",
+                    if card.decision.as_ref().is_none_or(|d| d.promoted) {
+                        "Model trained and serving."
+                    } else {
+                        "Challenger refused; the champion keeps serving."
+                    }
                 );
                 Ok(card)
             }

@@ -133,7 +133,9 @@ impl Registry {
         Ok(())
     }
 
-    /// Verifies, measures, stores and swaps in a trained version.
+    /// Verifies, measures, stores and swaps in a trained version. A version
+    /// whose card holds a refusal (champion/challenger) is stored and
+    /// returned but not served.
     ///
     /// # Errors
     /// [`RegistryError::Model`] when the engine refuses the ONNX bytes (the
@@ -169,6 +171,15 @@ impl Registry {
             })?,
             params_json: serde_json::to_string(&model).unwrap_or_default(),
         };
+        if card.decision.as_ref().is_some_and(|d| !d.promoted) {
+            // A refused challenger is kept (its card says why), not served.
+            store.put_model(&pipeline, version, &stored, None)?;
+            return Ok(Arc::new(Serving {
+                version,
+                model: loaded,
+                card,
+            }));
+        }
         let event = ServingEvent::now(version, "trained", format!("trigger {:?}", card.trigger));
         store.put_model(&pipeline, version, &stored, Some(&event.to_json()))?;
         let serving = Arc::new(Serving {
