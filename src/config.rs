@@ -262,6 +262,13 @@ pub struct ModelConfig {
     pub holdout_fraction: f64,
     /// Start a challenger from the champion's weights (fine-tuning).
     pub warm_start: bool,
+    /// Training set: the newest `window` labelled samples (0: all stored)...
+    pub window: usize,
+    /// ...plus a uniform sample of this many older ones (reservoir), so
+    /// that older regimes are not forgotten.
+    pub reservoir: usize,
+    /// Also train every this many seconds when new labels arrived (0: off).
+    pub schedule_s: u64,
     /// Accuracy a challenger must gain over the champion on the recent
     /// holdout to be promoted (automatic trainings).
     pub margin_recent: f64,
@@ -279,6 +286,9 @@ impl Default for ModelConfig {
             retrain_every: 2000,
             holdout_fraction: 0.2,
             warm_start: true,
+            window: 0,
+            reservoir: 2000,
+            schedule_s: 0,
             margin_recent: 0.0,
             margin_old: 0.05,
         }

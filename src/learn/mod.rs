@@ -157,6 +157,8 @@ pub enum Trigger {
     NewLabels,
     /// The concept-drift detector raised an alarm.
     Drift,
+    /// `schedule_s` elapsed with new labels.
+    Schedule,
     /// Asked for over the API.
     Manual,
 }

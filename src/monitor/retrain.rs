@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::PipelineConfig;
+use crate::ingest::decode::Sample;
 use crate::learn::card::ModelCard;
 use crate::learn::{self, Trigger};
 use crate::serve::registry::{Registry, RegistryError};
@@ -109,6 +110,8 @@ pub struct Learner {
     /// serving version's errors.
     cursor: HashMap<String, u64>,
     watch: HashMap<String, Watch>,
+    /// When each pipeline last trained (schedule trigger).
+    last_training: HashMap<String, std::time::Instant>,
     /// Pipelines with an alarm waiting for the cool-down to end.
     deferred: std::collections::HashSet<String>,
     board: DriftBoard,
@@ -138,6 +141,28 @@ fn new_watch(p: &PipelineConfig, version: u32) -> Watch {
     }
 }
 
+/// The newest `window` samples (all when 0) plus a uniform sample of
+/// `reservoir` older ones, chosen with a seed so that a retry picks the same.
+pub fn training_set(
+    mut labelled: Vec<Sample>,
+    window: usize,
+    reservoir: usize,
+    seed: u64,
+) -> Vec<Sample> {
+    if window == 0 || labelled.len() <= window {
+        return labelled;
+    }
+    let recent = labelled.split_off(labelled.len() - window);
+    let mut older = labelled;
+    if older.len() > reservoir {
+        fastrand::Rng::with_seed(seed).shuffle(&mut older);
+        older.truncate(reservoir);
+        older.sort_by_key(|s| s.timestamp_ms);
+    }
+    older.extend(recent);
+    older
+}
+
 fn trained_key(pipeline: &str) -> String {
     format!("trained_labels/{pipeline}")
 }
@@ -156,6 +181,7 @@ impl Learner {
             cursor: HashMap::new(),
             watch: HashMap::new(),
             deferred: Default::default(),
+            last_training: HashMap::new(),
             board: DriftBoard::default(),
             store,
             registry,
@@ -186,9 +212,13 @@ impl Learner {
                 .insert(p.name.clone(), self.store.counts(&p.name)?.next_seq);
         }
         self.check_all(&shutdown).await?;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let scheduled = self.pipelines.iter().any(|p| p.model.schedule_s > 0);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = tick.tick(), if scheduled => self.check_all(&shutdown).await?,
                 _ = self.labels_added.notified() => {
                     self.watch_all(&shutdown).await?;
                     self.check_all(&shutdown).await?;
@@ -357,6 +387,15 @@ impl Learner {
                 Some(Trigger::MinLabels)
             } else if serving && labelled.saturating_sub(attempted) >= p.model.retrain_every {
                 Some(Trigger::NewLabels)
+            } else if serving
+                && p.model.schedule_s > 0
+                && labelled > attempted
+                && self
+                    .last_training
+                    .get(&p.name)
+                    .is_none_or(|t| t.elapsed().as_secs() >= p.model.schedule_s)
+            {
+                Some(Trigger::Schedule)
             } else {
                 None
             };
@@ -390,11 +429,16 @@ impl Learner {
         let result =
             tokio::task::spawn_blocking(move || -> Result<(ModelCard, u64), TrainFailure> {
                 let labelled_total = store.counts(&cfg.name)?.labelled_total;
-                let samples: Vec<_> = store
-                    .labelled(&cfg.name)?
-                    .into_iter()
-                    .map(|(_, s)| s)
-                    .collect();
+                let samples = training_set(
+                    store
+                        .labelled(&cfg.name)?
+                        .into_iter()
+                        .map(|(_, s)| s)
+                        .collect(),
+                    cfg.model.window,
+                    cfg.model.reservoir,
+                    labelled_total,
+                );
                 let version = store.model_versions(&cfg.name)?.last().map_or(1, |v| v + 1);
                 let last_seq = store.counts(&cfg.name)?.next_seq.checked_sub(1);
                 // The champion's parameters, for warm start and comparison.
@@ -424,6 +468,8 @@ impl Learner {
                 pipeline: pipeline.into(),
                 reason: format!("training task failed: {e}"),
             })?;
+        self.last_training
+            .insert(pipeline.to_string(), std::time::Instant::now());
         let labelled_now = self.store.counts(pipeline)?.labelled_total;
         match result {
             Ok((card, labelled_total)) => {
@@ -451,5 +497,39 @@ impl Learner {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(ts: i64) -> Sample {
+        Sample {
+            timestamp_ms: ts,
+            device: String::new(),
+            features: vec![ts as f32],
+            label: Some("a".into()),
+        }
+    }
+
+    #[test]
+    fn training_set_is_the_window_plus_a_seeded_reservoir_of_older_samples() {
+        let all: Vec<Sample> = (0..100).map(s).collect();
+        assert_eq!(
+            training_set(all.clone(), 0, 10, 1).len(),
+            100,
+            "window 0: everything"
+        );
+        let set = training_set(all.clone(), 20, 10, 7);
+        assert_eq!(set.len(), 30);
+        let ts: Vec<i64> = set.iter().map(|s| s.timestamp_ms).collect();
+        assert_eq!(
+            &ts[10..],
+            &(80..100).collect::<Vec<_>>()[..],
+            "the newest 20, in order"
+        );
+        assert!(ts[..10].iter().all(|t| *t < 80) && ts[..10].windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(training_set(all, 20, 10, 7), set, "same seed, same sample");
     }
 }
