@@ -170,6 +170,13 @@ pub struct PipelineConfig {
     pub features: Vec<String>,
     #[serde(default)]
     pub label: String,
+    /// Topic filters on which labels arrive after their samples (late labels).
+    #[serde(default)]
+    pub label_topics: Vec<String>,
+    /// Field of a late label that holds the sample's id (`sample_id` of the
+    /// prediction message); without it a label is matched by device and timestamp.
+    #[serde(default = "default_sample_id_field")]
+    pub sample_id_field: String,
     /// The classes a label may take; empty: any string or number.
     #[serde(default)]
     pub classes: Vec<String>,
@@ -190,6 +197,9 @@ pub struct PipelineConfig {
     pub drift: DriftConfig,
 }
 
+fn default_sample_id_field() -> String {
+    "sample_id".into()
+}
 fn default_device_level() -> i32 {
     1
 }
@@ -433,6 +443,17 @@ impl Config {
                         key("topics"),
                         format!("`{t}` is not a valid MQTT topic filter"),
                     );
+                }
+            }
+            for t in &p.label_topics {
+                if !rumqttc::valid_filter(t) {
+                    return bad(
+                        key("label_topics"),
+                        format!("`{t}` is not a valid MQTT topic filter"),
+                    );
+                }
+                if p.topics.contains(t) {
+                    return bad(key("label_topics"), format!("`{t}` is also a sample topic"));
                 }
             }
             if p.features.is_empty() {

@@ -184,7 +184,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         filters: cfg
             .pipelines
             .iter()
-            .flat_map(|p| p.topics.clone())
+            .flat_map(|p| p.topics.iter().chain(&p.label_topics).cloned())
             .collect(),
         tx: Some(incoming_tx),
         connection: connection.clone(),

@@ -25,6 +25,12 @@ pub struct Stats {
     pub unrouted: AtomicU64,
     /// Problems by [`Reason`], in `Reason::ALL` order.
     problems: [AtomicU64; Reason::ALL.len()],
+    /// Late labels applied to a stored sample.
+    pub labels_matched: AtomicU64,
+    /// Late labels that matched no stored sample.
+    pub labels_unmatched: AtomicU64,
+    /// Late-label messages that could not be read.
+    pub labels_rejected: AtomicU64,
     /// Durable commits of sample batches.
     pub commits: AtomicU64,
     /// Samples deleted by retention.
@@ -75,6 +81,9 @@ impl Stats {
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.problems(*r)))
                 .collect(),
+            labels_matched: l(&self.labels_matched),
+            labels_unmatched: l(&self.labels_unmatched),
+            labels_rejected: l(&self.labels_rejected),
             commits: l(&self.commits),
             retention_deleted: l(&self.retention_deleted),
             predictions_made: l(&self.predictions_made),
@@ -98,6 +107,9 @@ pub struct StatsSnapshot {
     pub samples_salvaged: u64,
     pub unrouted: u64,
     pub problems: BTreeMap<String, u64>,
+    pub labels_matched: u64,
+    pub labels_unmatched: u64,
+    pub labels_rejected: u64,
     pub commits: u64,
     pub retention_deleted: u64,
     pub predictions_made: u64,

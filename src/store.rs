@@ -15,6 +15,8 @@
 //! - `counters`: pipeline → (next_seq, count, labelled_total).
 //! - `models`: (pipeline, version) → postcard [`StoredModel`].
 //! - `state`: key → bytes (serving version, training progress).
+//! - `by_time`: (pipeline, device, timestamp ms) → seq, to match late labels
+//!   (the newest sample wins when two share a timestamp).
 //! - `events`: (pipeline, seq) → JSON: the timeline of promotions and
 //!   rollbacks, written in the same commit as the serving pointer.
 
@@ -31,6 +33,7 @@ const COUNTERS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("c
 const MODELS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("models");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+const BY_TIME: TableDefinition<(&str, &str, i64), u64> = TableDefinition::new("by_time");
 
 /// Errors from the store. Each names the operation and the database file.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,23 @@ pub struct NewSample {
     /// Skip the sample when its digest is already stored (a redelivery).
     /// When false it is stored anyway (the digest is still recorded).
     pub dedup: bool,
+}
+
+/// How a late label finds its sample.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelKey {
+    /// The sample's seq (`sample_id` in prediction messages).
+    Seq(u64),
+    /// The sample's device and timestamp (ms).
+    DeviceTime { device: String, timestamp_ms: i64 },
+}
+
+/// A label that arrived after its sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateLabel {
+    pub pipeline: String,
+    pub key: LabelKey,
+    pub label: String,
 }
 
 /// Per-pipeline counts.
@@ -141,6 +161,7 @@ impl Store {
             txn.open_table(MODELS).map_err(|e| err(e.into()))?;
             txn.open_table(STATE).map_err(|e| err(e.into()))?;
             txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
+            txn.open_table(BY_TIME).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))?;
         Ok(store)
@@ -184,6 +205,7 @@ impl Store {
             let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
             let mut dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
             let mut counters = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
+            let mut by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
             for new in batch {
                 let p = new.pipeline.as_str();
                 if new.dedup
@@ -212,11 +234,82 @@ impl Store {
                 dedup
                     .insert((p, new.digest), next)
                     .map_err(|x| e(x.into()))?;
+                by_time
+                    .insert(
+                        (p, new.sample.device.as_str(), new.sample.timestamp_ms),
+                        next,
+                    )
+                    .map_err(|x| e(x.into()))?;
                 let labelled = labelled + u64::from(new.sample.label.is_some());
                 counters
                     .insert(p, (next + 1, count + 1, labelled))
                     .map_err(|x| e(x.into()))?;
                 out.push(Some(next));
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(out)
+    }
+
+    /// Applies late labels in one durable commit. Each is matched to a stored
+    /// sample by its seq or by (device, timestamp ms); returns, per label, the
+    /// seq it was applied to, or `None` when no stored sample matches. A
+    /// sample that was unlabelled counts towards `labelled_total`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; then no label was applied.
+    pub fn apply_labels(&self, labels: &[LateLabel]) -> Result<Vec<Option<u64>>, StoreError> {
+        let e = self.db_err("apply_labels");
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let mut out = Vec::with_capacity(labels.len());
+        {
+            let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+            let by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
+            let mut counters = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
+            for l in labels {
+                let p = l.pipeline.as_str();
+                let seq = match &l.key {
+                    LabelKey::Seq(seq) => Some(*seq),
+                    LabelKey::DeviceTime {
+                        device,
+                        timestamp_ms,
+                    } => by_time
+                        .get((p, device.as_str(), *timestamp_ms))
+                        .map_err(|x| e(x.into()))?
+                        .map(|g| g.value()),
+                };
+                let Some(seq) = seq else {
+                    out.push(None);
+                    continue;
+                };
+                let record = samples
+                    .get((p, seq))
+                    .map_err(|x| e(x.into()))?
+                    .map(|g| g.value().to_vec());
+                let Some(bytes) = record else {
+                    out.push(None);
+                    continue;
+                };
+                let mut record: StoredSample =
+                    postcard::from_bytes(&bytes).map_err(|x| self.corrupt("apply_labels", x))?;
+                let newly = record.sample.label.is_none();
+                record.sample.label = Some(l.label.clone());
+                let bytes =
+                    postcard::to_allocvec(&record).map_err(|x| self.corrupt("apply_labels", x))?;
+                samples
+                    .insert((p, seq), bytes.as_slice())
+                    .map_err(|x| e(x.into()))?;
+                if newly {
+                    let (next, count, labelled) = counters
+                        .get(p)
+                        .map_err(|x| e(x.into()))?
+                        .map(|g| g.value())
+                        .unwrap_or((0, 0, 0));
+                    counters
+                        .insert(p, (next, count, labelled + 1))
+                        .map_err(|x| e(x.into()))?;
+                }
+                out.push(Some(seq));
             }
         }
         txn.commit().map_err(|x| e(x.into()))?;
@@ -340,11 +433,26 @@ impl Store {
                     let (k, v) = item.map_err(|x| e(x.into()))?;
                     let record: StoredSample = postcard::from_bytes(v.value())
                         .map_err(|x| self.corrupt("retention", x))?;
-                    doomed.push((k.value().1, record.digest));
+                    doomed.push((
+                        k.value().1,
+                        record.digest,
+                        record.sample.device,
+                        record.sample.timestamp_ms,
+                    ));
                 }
-                for (seq, digest) in &doomed {
+                let mut by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
+                for (seq, digest, device, ts) in &doomed {
                     samples.remove((pipeline, *seq)).map_err(|x| e(x.into()))?;
                     dedup.remove((pipeline, *digest)).map_err(|x| e(x.into()))?;
+                    let key = (pipeline, device.as_str(), *ts);
+                    if by_time
+                        .get(key)
+                        .map_err(|x| e(x.into()))?
+                        .map(|g| g.value())
+                        == Some(*seq)
+                    {
+                        by_time.remove(key).map_err(|x| e(x.into()))?;
+                    }
                 }
                 n = doomed.len() as u64;
                 counters
@@ -635,6 +743,55 @@ mod tests {
             store.append(&[new("a", 0, sample(0, None))]).unwrap(),
             vec![Some(25)]
         );
+    }
+
+    #[test]
+    fn late_labels_match_by_seq_or_device_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .append(&[
+                new("a", 1, sample(100, None)),
+                new("a", 2, sample(200, None)),
+            ])
+            .unwrap();
+        let l = |key, label: &str| LateLabel {
+            pipeline: "a".into(),
+            key,
+            label: label.into(),
+        };
+        let applied = store
+            .apply_labels(&[
+                l(LabelKey::Seq(1), "x"),
+                l(
+                    LabelKey::DeviceTime {
+                        device: "d".into(),
+                        timestamp_ms: 100,
+                    },
+                    "y",
+                ),
+                l(
+                    LabelKey::DeviceTime {
+                        device: "d".into(),
+                        timestamp_ms: 150,
+                    },
+                    "z",
+                ),
+                l(LabelKey::Seq(9), "z"),
+            ])
+            .unwrap();
+        assert_eq!(applied, vec![Some(1), Some(0), None, None]);
+        assert_eq!(store.counts("a").unwrap().labelled_total, 2);
+        let labels: Vec<_> = store
+            .labelled("a")
+            .unwrap()
+            .into_iter()
+            .map(|(_, s)| s.label.unwrap())
+            .collect();
+        assert_eq!(labels, vec!["y", "x"]);
+        // Relabelling does not count twice.
+        store.apply_labels(&[l(LabelKey::Seq(1), "w")]).unwrap();
+        assert_eq!(store.counts("a").unwrap().labelled_total, 2);
     }
 
     #[test]

@@ -1016,3 +1016,69 @@ async fn refused_challenger_is_stored_with_its_reason_and_the_champion_keeps_ser
     );
     stop(running, handle, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_labels_match_by_sample_id_or_device_and_time_and_unmatched_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (running, handle, token) = start(config(dir.path(), Broker::Embedded(port))).await;
+    let mut opts = replay_opts("datatest.txt", port, Some(10));
+    opts.drop_columns = vec!["Occupancy".into()];
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "10 unlabelled samples", || stored(&handle) == 10).await;
+    assert_eq!(handle.store.counts(PIPELINE).unwrap().labelled_total, 0);
+    // The true labels, sent later on the label topic.
+    let mut reader = csv::Reader::from_path(data("datatest.txt")).unwrap();
+    let rows: Vec<(String, String)> = reader
+        .records()
+        .take(10)
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[6].to_string())
+        })
+        .collect();
+    let mut labels = Vec::new();
+    for (i, (_, y)) in rows.iter().enumerate().take(5) {
+        labels.push(
+            serde_json::to_vec(
+                &serde_json::json!({ "sample_id": i, "Occupancy": y.parse::<u8>().unwrap() }),
+            )
+            .unwrap(),
+        );
+    }
+    for (date, y) in &rows[5..8] {
+        labels.push(
+            serde_json::to_vec(
+                &serde_json::json!({ "Date": date, "Occupancy": y.parse::<u8>().unwrap() }),
+            )
+            .unwrap(),
+        );
+    }
+    labels.push(br#"{"sample_id": 999, "Occupancy": 1}"#.to_vec());
+    labels.push(br#"{"Date": "2001-01-01 00:00:00", "Occupancy": 0}"#.to_vec());
+    let mut label_opts = replay_opts("datatest.txt", port, None);
+    label_opts.topic = "labels/room1/occupancy".into();
+    publish(&label_opts, labels).await;
+    wait_until(WAIT, "labels handled", || {
+        let s = handle.stats.snapshot();
+        s.labels_matched + s.labels_unmatched == 10
+    })
+    .await;
+    let s = handle.stats.snapshot();
+    assert_eq!((s.labels_matched, s.labels_unmatched), (8, 2));
+    assert_eq!(handle.store.counts(PIPELINE).unwrap().labelled_total, 8);
+    let stored_labels: Vec<(u64, String)> = handle
+        .store
+        .labelled(PIPELINE)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, s)| (seq, s.label.unwrap()))
+        .collect();
+    let expected: Vec<(u64, String)> = (0..8).map(|i| (i as u64, rows[i].1.clone())).collect();
+    assert_eq!(stored_labels, expected);
+    stop(running, handle, token).await;
+}

@@ -183,6 +183,7 @@ pub struct Decoder {
     device_level: i32,
     max_payload_bytes: usize,
     classes: Vec<String>,
+    sample_id_field: String,
 }
 
 impl Decoder {
@@ -200,6 +201,7 @@ impl Decoder {
             device_level: pipeline.device_level,
             max_payload_bytes,
             classes: pipeline.classes.clone(),
+            sample_id_field: pipeline.sample_id_field.clone(),
         }
     }
 
@@ -260,33 +262,7 @@ impl Decoder {
                 problems,
             };
         }
-        let label = match &self.label {
-            None => None,
-            Some(path) => {
-                let label = match path.get(&value) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(Value::String(s)) if !s.trim().is_empty() && !s.starts_with('\0') => {
-                        Ok(Some(s.trim().to_string()))
-                    }
-                    Some(Value::Number(n)) => Ok(Some(canonical_number(n))),
-                    Some(Value::Bool(b)) => Ok(Some(if *b { "1" } else { "0" }.to_string())),
-                    Some(_) => Err(()),
-                };
-                match label {
-                    Ok(Some(l)) if !self.classes.is_empty() && !self.classes.contains(&l) => {
-                        Err(())
-                    }
-                    other => other,
-                }
-                .unwrap_or_else(|()| {
-                    problems.push(Problem {
-                        reason: Reason::BadLabel,
-                        field: "label".into(),
-                    });
-                    None
-                })
-            }
-        };
+        let label = self.read_label(&value, &mut problems);
         let timestamp_ms = match &self.timestamp {
             None => arrival_ms,
             Some(path) => match path.get(&value).and_then(|v| self.read_timestamp(v)) {
@@ -314,6 +290,81 @@ impl Decoder {
             }),
             problems,
         }
+    }
+
+    /// The label of a payload: strings, numbers (integral ones without a
+    /// fraction) and booleans (1/0); bare NaN/Infinity, other types and
+    /// labels outside the declared `classes` are problems.
+    fn read_label(&self, value: &Value, problems: &mut Vec<Problem>) -> Option<String> {
+        let path = self.label.as_ref()?;
+        let label = match path.get(value) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.trim().is_empty() && !s.starts_with('\0') => {
+                Ok(Some(s.trim().to_string()))
+            }
+            Some(Value::Number(n)) => Ok(Some(canonical_number(n))),
+            Some(Value::Bool(b)) => Ok(Some(if *b { "1" } else { "0" }.to_string())),
+            Some(_) => Err(()),
+        };
+        match label {
+            Ok(Some(l)) if !self.classes.is_empty() && !self.classes.contains(&l) => Err(()),
+            other => other,
+        }
+        .unwrap_or_else(|()| {
+            problems.push(Problem {
+                reason: Reason::BadLabel,
+                field: "label".into(),
+            });
+            None
+        })
+    }
+
+    /// Decodes a late label (a message on one of the pipeline's
+    /// `label_topics`): the label, and the sample it belongs to, by
+    /// `sample_id_field` or else by device (topic level) and timestamp.
+    ///
+    /// # Errors
+    /// The [`Reason`] the message cannot be used.
+    pub fn decode_late_label(
+        &self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(crate::store::LabelKey, String), Reason> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Reason::TooLarge);
+        }
+        let value: Value = serde_json::from_slice(payload).map_err(|_| Reason::NotJson)?;
+        if !value.is_object() {
+            return Err(Reason::NotObject);
+        }
+        let mut problems = Vec::new();
+        let label = self
+            .read_label(&value, &mut problems)
+            .ok_or(Reason::BadLabel)?;
+        if let Some(id) = value
+            .get(self.sample_id_field.as_str())
+            .and_then(Value::as_u64)
+        {
+            return Ok((crate::store::LabelKey::Seq(id), label));
+        }
+        let timestamp_ms = self
+            .timestamp
+            .as_ref()
+            .and_then(|p| p.get(&value))
+            .and_then(|v| self.read_timestamp(v))
+            .ok_or(Reason::BadTimestamp)?;
+        let device = usize::try_from(self.device_level)
+            .ok()
+            .and_then(|level| topic.split('/').nth(level))
+            .unwrap_or("")
+            .to_string();
+        Ok((
+            crate::store::LabelKey::DeviceTime {
+                device,
+                timestamp_ms,
+            },
+            label,
+        ))
     }
 
     fn read_timestamp(&self, v: &Value) -> Option<i64> {

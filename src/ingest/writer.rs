@@ -19,7 +19,7 @@ use super::mqtt::{Connection, Incoming};
 use super::IngestError;
 use crate::config::{Dedup, PipelineConfig, StoreConfig};
 use crate::stats::Stats;
-use crate::store::{NewSample, Store};
+use crate::store::{LateLabel, NewSample, Store};
 
 /// Identity of a message for deduplication: xxh3-128 of the topic, a zero
 /// byte and the payload. A QoS 1 redelivery has the same digest; two
@@ -122,11 +122,28 @@ impl Writer {
         log: &mut ProblemLog,
     ) -> Result<(), IngestError> {
         let mut rows = Vec::with_capacity(batch.len());
+        let mut late: Vec<LateLabel> = Vec::new();
         for msg in &batch {
             let topic = msg.publish.topic.as_str();
             let digest = digest(topic, &msg.publish.payload);
             let mut routed = false;
             for (p, dec) in self.pipelines.iter().zip(decoders) {
+                if p.label_topics.iter().any(|f| rumqttc::matches(topic, f)) {
+                    routed = true;
+                    match dec.decode_late_label(topic, &msg.publish.payload) {
+                        Ok((key, label)) => late.push(LateLabel {
+                            pipeline: p.name.clone(),
+                            key,
+                            label,
+                        }),
+                        Err(reason) => {
+                            self.stats.count_problem(reason);
+                            self.stats.labels_rejected.fetch_add(1, Relaxed);
+                            log.note(reason, topic, "late label");
+                        }
+                    }
+                    continue;
+                }
                 if !p.topics.iter().any(|f| rumqttc::matches(topic, f)) {
                     continue;
                 }
@@ -172,6 +189,20 @@ impl Writer {
         .await
         .map_err(|e| IngestError::Join(e.to_string()))?;
         let seqs = seqs?;
+        // Late labels after the samples of the same batch, before the acks.
+        let mut labels_applied = false;
+        if !late.is_empty() {
+            let store = self.store.clone();
+            let applied = tokio::task::spawn_blocking(move || store.apply_labels(&late))
+                .await
+                .map_err(|e| IngestError::Join(e.to_string()))??;
+            let matched = applied.iter().filter(|a| a.is_some()).count() as u64;
+            self.stats.labels_matched.fetch_add(matched, Relaxed);
+            self.stats
+                .labels_unmatched
+                .fetch_add(applied.len() as u64 - matched, Relaxed);
+            labels_applied = matched > 0;
+        }
         self.stats.commits.fetch_add(1, Relaxed);
         // Acknowledge only now, in order, and only on the connection the
         // message came from (the broker redelivers the others).
@@ -199,7 +230,7 @@ impl Writer {
                     .push((seq, row.sample));
             }
         }
-        if labelled {
+        if labelled || labels_applied {
             self.labels_added.notify_one();
         }
         for (pipeline, samples) in jobs {
