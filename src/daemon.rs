@@ -174,6 +174,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let (predict_tx, predict_rx) = mpsc::channel(256);
     let (outbox_tx, outbox_rx) = mpsc::channel(cfg.mqtt.outbox_capacity);
     let labels_added = Arc::new(Notify::new());
+    let (late_tx, late_rx) = mpsc::channel(64);
     let drained = CancellationToken::new();
     let tracker = TaskTracker::new();
     let failure: Arc<Mutex<Option<DaemonError>>> = Arc::new(Mutex::new(None));
@@ -204,6 +205,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         rx: incoming_rx,
         stats: stats.clone(),
         labels_added: labels_added.clone(),
+        late_tx,
         predict_tx,
     };
     let predictor = Predictor {
@@ -236,6 +238,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         registry.clone(),
         cfg.pipelines.clone(),
         labels_added,
+        late_rx,
         stats.clone(),
     );
     let drift_board = learner.board();

@@ -1082,3 +1082,57 @@ async fn late_labels_match_by_sample_id_or_device_and_time_and_unmatched_are_cou
     assert_eq!(stored_labels, expected);
     stop(running, handle, token).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_labels_feed_the_concept_drift_detector() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.pipelines[0].model.min_labels = 500;
+    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    cfg.pipelines[0].drift.retrain_on_drift = false;
+    let (running, handle, token) = start(cfg).await;
+    let opts = replay_opts("datatraining.txt", port, Some(800));
+    let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    publish(&opts, payloads[..500].to_vec()).await;
+    wait_until(WAIT, "v1", || handle.registry.get(PIPELINE).is_some()).await;
+    // 300 readings without labels, then their labels, late, by sample id.
+    let unlabelled: Vec<Vec<u8>> = payloads[500..]
+        .iter()
+        .map(|p| {
+            let mut v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            v.as_object_mut().unwrap().remove("Occupancy");
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect();
+    publish(&opts, unlabelled).await;
+    wait_until(WAIT, "800 samples", || stored(&handle) == 800).await;
+    let labels: Vec<Vec<u8>> = payloads[500..]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            serde_json::to_vec(
+                &serde_json::json!({ "sample_id": 500 + i, "Occupancy": v["Occupancy"] }),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut label_opts = replay_opts("datatraining.txt", port, None);
+    label_opts.topic = "labels/room1/occupancy".into();
+    publish(&label_opts, labels).await;
+    let addr = handle.http_addr;
+    let mut scored = 0;
+    let until = std::time::Instant::now() + WAIT;
+    while scored < 300 && std::time::Instant::now() < until {
+        scored = json_request(addr, "GET", "/v1/pipelines/occupancy/drift")
+            .await
+            .1["concept"]["scored"]
+            .as_u64()
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(scored, 300, "every late label scored once");
+    assert_eq!(handle.stats.snapshot().labels_matched, 300);
+    stop(running, handle, token).await;
+}

@@ -72,6 +72,9 @@ pub struct Writer {
     pub stats: Arc<Stats>,
     /// Woken after each commit that added labelled samples.
     pub labels_added: Arc<Notify>,
+    /// Seqs of samples that received a late label, for concept-drift
+    /// scoring; full → skipped (logged at debug).
+    pub late_tx: mpsc::Sender<(String, Vec<u64>)>,
     /// Unlabelled samples to predict; full → dropped and counted.
     pub predict_tx: mpsc::Sender<PredictJob>,
 }
@@ -193,9 +196,27 @@ impl Writer {
         let mut labels_applied = false;
         if !late.is_empty() {
             let store = self.store.clone();
-            let applied = tokio::task::spawn_blocking(move || store.apply_labels(&late))
-                .await
-                .map_err(|e| IngestError::Join(e.to_string()))??;
+            let (late, applied) = tokio::task::spawn_blocking(move || {
+                let applied = store.apply_labels(&late);
+                (late, applied)
+            })
+            .await
+            .map_err(|e| IngestError::Join(e.to_string()))?;
+            let applied = applied?;
+            let mut by_pipeline: HashMap<String, Vec<u64>> = HashMap::new();
+            for (l, seq) in late.iter().zip(&applied) {
+                if let Some(seq) = seq {
+                    by_pipeline
+                        .entry(l.pipeline.clone())
+                        .or_default()
+                        .push(*seq);
+                }
+            }
+            for item in by_pipeline {
+                if self.late_tx.try_send(item).is_err() {
+                    debug!("Late-label scoring queue full; these labels are stored but not scored for drift.");
+                }
+            }
             let matched = applied.iter().filter(|a| a.is_some()).count() as u64;
             self.stats.labels_matched.fetch_add(matched, Relaxed);
             self.stats

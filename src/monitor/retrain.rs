@@ -110,6 +110,8 @@ pub struct Learner {
     /// serving version's errors.
     cursor: HashMap<String, u64>,
     watch: HashMap<String, Watch>,
+    /// Seqs of samples that received a late label (from the writer).
+    late_rx: mpsc::Receiver<(String, Vec<u64>)>,
     /// When each pipeline last trained (schedule trigger).
     last_training: HashMap<String, std::time::Instant>,
     /// Pipelines with an alarm waiting for the cool-down to end.
@@ -174,10 +176,12 @@ impl Learner {
         registry: Arc<Registry>,
         pipelines: Vec<PipelineConfig>,
         labels_added: Arc<Notify>,
+        late_rx: mpsc::Receiver<(String, Vec<u64>)>,
         stats: Arc<Stats>,
     ) -> (Self, LearnerHandle) {
         let (tx, rx) = mpsc::channel(16);
         let learner = Self {
+            late_rx,
             cursor: HashMap::new(),
             watch: HashMap::new(),
             deferred: Default::default(),
@@ -246,6 +250,11 @@ impl Learner {
     /// version, feeds the errors to the concept-drift detector, and trains
     /// on an alarm outside the cool-down.
     async fn watch_all(&mut self, shutdown: &CancellationToken) -> Result<(), TrainFailure> {
+        // Samples labelled late (older seqs), by pipeline.
+        let mut late: HashMap<String, Vec<u64>> = HashMap::new();
+        while let Ok((pipeline, seqs)) = self.late_rx.try_recv() {
+            late.entry(pipeline).or_default().extend(seqs);
+        }
         for i in 0..self.pipelines.len() {
             let p = self.pipelines[i].clone();
             let next = self.store.counts(&p.name)?.next_seq;
@@ -253,7 +262,13 @@ impl Learner {
             let Some(serving) = self.registry.get(&p.name) else {
                 continue;
             };
-            if from >= next {
+            let late_seqs: Vec<u64> = late
+                .remove(&p.name)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| *s < from)
+                .collect();
+            if from >= next && late_seqs.is_empty() {
                 continue;
             }
             let store = self.store.clone();
@@ -262,11 +277,12 @@ impl Learner {
             // Score on a blocking thread: a store scan and an ONNX run.
             let scored =
                 tokio::task::spawn_blocking(move || -> Result<Vec<(u64, bool)>, StoreError> {
-                    let rows: Vec<_> = store
-                        .scan(&name, from..next, usize::MAX)?
-                        .into_iter()
-                        .filter(|(_, r)| r.sample.label.is_some())
-                        .collect();
+                    let mut rows = Vec::new();
+                    for seq in late_seqs {
+                        rows.extend(store.scan(&name, seq..seq + 1, 1)?);
+                    }
+                    rows.extend(store.scan(&name, from..next, usize::MAX)?);
+                    rows.retain(|(_, r)| r.sample.label.is_some());
                     if rows.is_empty() {
                         return Ok(Vec::new());
                     }
