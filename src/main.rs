@@ -79,12 +79,18 @@ enum Command {
         prequential: bool,
         #[arg(long)]
         file: PathBuf,
-        /// Label column.
-        #[arg(long)]
-        label: String,
+        /// Label column (or the pipeline's label with --pipeline).
+        #[arg(long, required_unless_present = "pipeline")]
+        label: Option<String>,
         /// Feature columns, comma-separated (default: every other numeric column).
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
+        /// Take label, features, trainer and detector settings from this
+        /// pipeline of the configuration (--config).
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Model family (only `logistic` for now).
         #[arg(long, default_value = "logistic")]
         family: String,
@@ -265,6 +271,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             label,
             features,
+            pipeline,
+            config,
             family,
             detector,
             segments,
@@ -279,14 +287,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::from_value(serde_json::Value::String(detector.clone())).map_err(
                     |_| anyhow::anyhow!("detector `{detector}`: use adwin, ddm or page_hinkley"),
                 )?;
+            let mut loop_config = edgeloop::monitor::continual::ContinualConfig {
+                detector,
+                ..Default::default()
+            };
+            let (label, features) = match pipeline {
+                Some(name) => {
+                    let cfg = Config::load(config.as_deref())?;
+                    let p = cfg.pipeline(&name).ok_or_else(|| {
+                        anyhow::anyhow!("no pipeline `{name}` in the configuration")
+                    })?;
+                    loop_config.detector = p.drift.detector;
+                    loop_config.l2 = p.model.l2;
+                    loop_config.max_iter = p.model.max_iter;
+                    loop_config.warm_start = p.model.warm_start;
+                    loop_config.margin_recent = p.model.margin_recent;
+                    loop_config.margin_old = p.model.margin_old;
+                    loop_config.cooldown = p.drift.cooldown_labels;
+                    loop_config.retrain_on_drift = p.drift.retrain_on_drift;
+                    let features = if features.is_empty() {
+                        p.features.clone()
+                    } else {
+                        features
+                    };
+                    (label.unwrap_or_else(|| p.label.clone()), features)
+                }
+                None => (label.unwrap_or_default(), features),
+            };
             let opts = edgeloop::monitor::prequential::PrequentialOptions {
                 file,
                 label,
                 features,
-                loop_config: edgeloop::monitor::continual::ContinualConfig {
-                    detector,
-                    ..Default::default()
-                },
+                loop_config,
                 segments,
             };
             let report = edgeloop::monitor::prequential::run(&opts)?;

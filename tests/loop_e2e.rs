@@ -1136,3 +1136,56 @@ async fn late_labels_feed_the_concept_drift_detector() {
     assert_eq!(handle.stats.snapshot().labels_matched, 300);
     stop(running, handle, token).await;
 }
+
+#[test]
+fn evaluate_prequential_json_reports_both_models_over_time() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args([
+            "evaluate",
+            "--prequential",
+            "--label",
+            "Occupancy",
+            "--json",
+            "--file",
+        ])
+        .arg(data("datatraining.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"], 8143);
+    // The first model exists after min_samples (200) rows; both are scored from then on.
+    assert_eq!(v["scored"], 8143 - 200);
+    assert_eq!(
+        v["features"].as_array().unwrap().len(),
+        5,
+        "Date is not numeric"
+    );
+    assert_eq!(v["segments"].as_array().unwrap().len(), 10);
+    let scored: u64 = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scored"].as_u64().unwrap())
+        .sum();
+    assert_eq!(scored, 7943);
+    assert!(
+        v["loop_accuracy"].as_f64().unwrap() > 0.5 && v["frozen_accuracy"].as_f64().unwrap() > 0.5
+    );
+    let decisions = v["decisions"].as_array().unwrap();
+    assert_eq!(decisions[0]["index"], 199);
+    assert_eq!(decisions[0]["reason"], "first model");
+    assert!(v["model_bytes_peak"].as_u64().unwrap() > 0);
+    // Unknown column: a clear error, non-zero exit.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["evaluate", "--prequential", "--label", "Nope", "--file"])
+        .arg(data("datatraining.txt"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no column `Nope`"));
+}
