@@ -491,42 +491,8 @@ async fn resubscribes_when_the_broker_lost_the_session() {
 async fn sigkilled_daemon_loses_and_duplicates_nothing() {
     let mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let http = free_port();
-    let conf = dir.path().join("edgeloop.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{}'\nclient_id = '{}'\nreconnect_min_ms = 50\n\
-             [http]\nlisten = '127.0.0.1:{http}'\n",
-            dir.path().join("edgeloop.redb").display(),
-            mosquitto.port,
-            client_id("kill")
-        ),
-    )
-    .unwrap();
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-            .args(["run", "--config"])
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let samples = || async {
-        let mut c = HttpClient::connect(([127, 0, 0, 1], http).into())
-            .await
-            .ok()?;
-        let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        v["pipelines"][0]["samples"].as_u64()
-    };
-    let mut daemon = spawn();
-    let until = std::time::Instant::now() + WAIT;
-    while samples().await.is_none() {
-        assert!(std::time::Instant::now() < until, "daemon did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut daemon = DaemonProcess::start(dir.path(), mosquitto.port, "");
+    daemon.wait(WAIT, "the daemon", |_| true).await;
     let mut opts = replay_opts("datatraining.txt", mosquitto.port, Some(3000));
     opts.rate = Some(2000.0);
     let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
@@ -536,37 +502,22 @@ async fn sigkilled_daemon_loses_and_duplicates_nothing() {
             edgeloop::ingest::replay::publish_all(&opts, payloads, CancellationToken::new()).await
         }
     });
-    let until = std::time::Instant::now() + WAIT;
-    while samples().await.unwrap_or(0) < 500 {
-        assert!(std::time::Instant::now() < until, "ingest did not start");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    daemon
+        .wait(WAIT, "ingest under way", |(n, _)| n >= 500)
+        .await;
     assert!(!publisher.is_finished(), "the kill must land mid-replay");
-    daemon.kill().unwrap(); // SIGKILL
-    daemon.wait().unwrap();
+    daemon.kill();
     let report = publisher.await.unwrap().unwrap();
     assert_eq!(report.acknowledged, 3000);
-    let mut daemon = spawn();
-    let until = std::time::Instant::now() + WAIT;
-    loop {
-        let n = samples().await;
-        if n == Some(3000) {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "stored {n:?} of 3000");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.spawn();
+    daemon.wait(WAIT, "3000 samples", |(n, _)| n == 3000).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        samples().await,
+        daemon.state().await.map(|s| s.0),
         Some(3000),
         "no duplicate after redelivery settles"
     );
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(daemon.id().to_string())
-        .status();
-    let status = daemon.wait().unwrap();
+    let status = daemon.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
     // Distinct timestamps: each row stored once.
     let store = edgeloop::store::Store::open(&dir.path().join("edgeloop.redb")).unwrap();
@@ -691,67 +642,24 @@ async fn promote_rollback_and_history_over_http() {
 async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() {
     let mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let http = free_port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
-    let conf = dir.path().join("edgeloop.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{}'\nclient_id = '{}'\nreconnect_min_ms = 50\n\
-             [http]\nlisten = '127.0.0.1:{http}'\n[[pipelines]]\nname = 'occupancy'\ntopics = ['sensors/+/occupancy']\n\
-             features = ['Temperature', 'Humidity', 'Light', 'CO2', 'HumidityRatio']\nlabel = 'Occupancy'\ntimestamp = 'Date'\n\
-             [pipelines.model]\nmin_labels = 500\nretrain_every = 1000000\n[pipelines.drift]\nretrain_on_drift = false\n",
-            dir.path().join("edgeloop.redb").display(),
-            mosquitto.port,
-            client_id("prom")
-        ),
-    )
-    .unwrap();
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-            .args(["run", "--config"])
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let pipelines = || async move {
-        let mut c = HttpClient::connect(addr).await.ok()?;
-        let (_, health) = c.request("GET", "/healthz", None).await.ok()?;
-        let health: serde_json::Value = serde_json::from_slice(&health).ok()?;
-        if health["mqtt_subscribed"] != true {
-            return None;
-        }
-        let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        Some((
-            v["pipelines"][0]["samples"].as_u64()?,
-            v["pipelines"][0]["serving_version"].as_u64(),
-        ))
-    };
-    let wait_ready = || async move {
-        let until = std::time::Instant::now() + WAIT;
-        while pipelines().await.is_none() {
-            assert!(std::time::Instant::now() < until, "daemon did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let extra = "[[pipelines]]\nname = 'occupancy'\ntopics = ['sensors/+/occupancy']\n\
+                 features = ['Temperature', 'Humidity', 'Light', 'CO2', 'HumidityRatio']\nlabel = 'Occupancy'\n\
+                 timestamp = 'Date'\n[pipelines.model]\nmin_labels = 500\nretrain_every = 1000000\n\
+                 [pipelines.drift]\nretrain_on_drift = false\n";
+    let mut daemon = DaemonProcess::start(dir.path(), mosquitto.port, extra);
+    let addr = daemon.http;
+    daemon.wait(WAIT, "the daemon", |_| true).await;
     let all = edgeloop::ingest::replay::csv_payloads(&replay_opts(
         "datatraining.txt",
         mosquitto.port,
         Some(2000),
     ))
     .unwrap();
-    let mut daemon = spawn();
-    wait_ready().await;
     let opts = replay_opts("datatraining.txt", mosquitto.port, None);
     publish(&opts, all[..1000].to_vec()).await;
-    let until = std::time::Instant::now() + WAIT;
-    while pipelines().await.and_then(|(_, v)| v).is_none() {
-        assert!(std::time::Instant::now() < until, "no first model");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon
+        .wait(WAIT, "a first model", |(_, v)| v.is_some())
+        .await;
     for _ in 0..2 {
         assert_eq!(
             json_request(addr, "POST", "/v1/pipelines/occupancy/train")
@@ -766,44 +674,40 @@ async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() 
         // Promotions back and forth, and new samples, while the kill lands.
         let promoter = tokio::spawn(async move {
             for i in 0.. {
-                let mut c = match HttpClient::connect(addr).await {
-                    Ok(c) => c,
-                    Err(_) => return i,
+                let Ok(mut c) = HttpClient::connect(addr).await else {
+                    return i;
                 };
-                if c.request(
-                    "POST",
-                    &format!("/v1/pipelines/occupancy/models/{}/promote", 1 + i % 3),
-                    None,
-                )
-                .await
-                .is_err()
-                {
+                let path = format!("/v1/pipelines/occupancy/models/{}/promote", 1 + i % 3);
+                if c.request("POST", &path, None).await.is_err() {
                     return i;
                 }
             }
             0
         });
-        let batch = all[published..published + 100].to_vec();
-        publish(&opts, batch).await;
+        publish(&opts, all[published..published + 100].to_vec()).await;
         published += 100;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..60))).await;
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
+        daemon.kill();
         let promotions = promoter.await.unwrap();
-        daemon = spawn();
-        wait_ready().await;
-        let (_, version) = pipelines().await.unwrap();
-        let version = version.expect("a version serves after the restart");
+        daemon.spawn();
+        daemon.wait(WAIT, "the restarted daemon", |_| true).await;
+        let version = daemon
+            .state()
+            .await
+            .unwrap()
+            .1
+            .expect("a version serves after the restart");
         assert!(
             (1..=3).contains(&version),
             "round {round}: serving {version}"
         );
         let mut c = HttpClient::connect(addr).await.unwrap();
+        let row = br#"{"rows":[{"Temperature":21,"Humidity":27,"Light":500,"CO2":800,"HumidityRatio":0.004}]}"#;
         let (status, body) = c
             .request(
                 "POST",
                 "/v1/pipelines/occupancy/predict",
-                Some(br#"{"rows":[{"Temperature":21,"Humidity":27,"Light":500,"CO2":800,"HumidityRatio":0.004}]}"#.to_vec()),
+                Some(row.to_vec()),
             )
             .await
             .unwrap();
@@ -817,20 +721,10 @@ async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() 
         assert_eq!(u64::from(resp.model_version), version);
         eprintln!("round {round}: {promotions} promotions before the kill; serving v{version}");
     }
-    let until = std::time::Instant::now() + WAIT;
-    loop {
-        let (samples, _) = pipelines().await.unwrap();
-        if samples == published as u64 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "stored {samples} of {published} acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    let published = published as u64;
+    daemon
+        .wait(WAIT, "every acknowledged sample", |(n, _)| n == published)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

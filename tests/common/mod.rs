@@ -217,3 +217,110 @@ pub async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `edgeloop` binary as a separate process, on a config file of its own,
+/// with an external broker. Killed on drop.
+pub struct DaemonProcess {
+    conf: PathBuf,
+    pub http: SocketAddr,
+    child: Option<Child>,
+}
+
+impl DaemonProcess {
+    /// Writes a config in `dir` (store, broker, HTTP on a free port, plus
+    /// `extra` TOML appended) and starts the binary.
+    pub fn start(dir: &Path, broker_port: u16, extra: &str) -> Self {
+        let port = free_port();
+        let conf = dir.join("edgeloop.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{broker_port}'\nclient_id = '{}'\n\
+                 reconnect_min_ms = 50\n[http]\nlisten = '127.0.0.1:{port}'\n{extra}",
+                dir.join("edgeloop.redb").display(),
+                client_id("proc"),
+            ),
+        )
+        .unwrap();
+        let mut p = Self {
+            conf,
+            http: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["run", "--config"])
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and wait for the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().unwrap()
+    }
+
+    /// (samples stored, serving version) of the first pipeline, once the
+    /// daemon answers and its MQTT subscription is acknowledged.
+    pub async fn state(&self) -> Option<(u64, Option<u64>)> {
+        let mut c = edgeloop::demo::HttpClient::connect(self.http).await.ok()?;
+        let (_, health) = c.request("GET", "/healthz", None).await.ok()?;
+        let health: serde_json::Value = serde_json::from_slice(&health).ok()?;
+        if health["mqtt_subscribed"] != true {
+            return None;
+        }
+        let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Some((
+            v["pipelines"][0]["samples"].as_u64()?,
+            v["pipelines"][0]["serving_version"].as_u64(),
+        ))
+    }
+
+    /// Waits until `done(state)` holds.
+    pub async fn wait(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn((u64, Option<u64>)) -> bool,
+    ) {
+        let until = Instant::now() + limit;
+        loop {
+            if self.state().await.is_some_and(&done) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out after {limit:?} waiting for {what}: {:?}",
+                self.state().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
