@@ -132,7 +132,7 @@ fn forgetting_guard_keeps_a_gas_absent_from_recent_batches() {
     let rejected_for_old = live
         .decisions
         .iter()
-        .filter(|d| !d.promoted && d.reason.starts_with("old-regime"))
+        .filter(|d| !d.promoted && d.reason.starts_with("older regimes"))
         .count();
     assert!(
         rejected_for_old >= 1,

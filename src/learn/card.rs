@@ -72,3 +72,27 @@ pub struct Decision {
     pub champion_old: Option<f64>,
     pub challenger_old: Option<f64>,
 }
+
+/// The champion/challenger rule: promote unless the challenger fails to gain
+/// `margin_recent` accuracy on the recent holdout, or loses more than
+/// `margin_old` on the older regimes. Returns (promoted, reason).
+pub fn judge(
+    champion_recent: Option<f64>,
+    challenger_recent: Option<f64>,
+    champion_old: Option<f64>,
+    challenger_old: Option<f64>,
+    margin_recent: f64,
+    margin_old: f64,
+) -> (bool, String) {
+    match (champion_recent, challenger_recent, champion_old, challenger_old) {
+        (Some(h), Some(c), _, _) if c < h + margin_recent => (
+            false,
+            format!("recent holdout: challenger {c:.4} does not beat champion {h:.4} by {margin_recent}"),
+        ),
+        (_, _, Some(h), Some(c)) if c < h - margin_old => (
+            false,
+            format!("older regimes: challenger {c:.4} loses more than {margin_old} to champion {h:.4}"),
+        ),
+        _ => (true, "challenger wins on recent data and keeps the older regimes".to_string()),
+    }
+}

@@ -306,31 +306,17 @@ fn decide(
     };
     let (champion_recent, champion_old) = (score(champ, recent), score(champ, old));
     let m = &pipeline.model;
-    let (promoted, reason) = match (
-        champion_recent,
-        challenger_recent,
-        champion_old,
-        challenger_old,
-    ) {
-        _ if trigger == Trigger::Manual => (true, "asked for over the API".to_string()),
-        (Some(h), Some(c), _, _) if c < h + m.margin_recent => (
-            false,
-            format!(
-                "recent holdout: challenger {c:.4} does not beat champion {h:.4} by {}",
-                m.margin_recent
-            ),
-        ),
-        (_, _, Some(h), Some(c)) if c < h - m.margin_old => (
-            false,
-            format!(
-                "older slice: challenger {c:.4} loses more than {} to champion {h:.4}",
-                m.margin_old
-            ),
-        ),
-        _ => (
-            true,
-            "challenger wins on recent data and keeps the older regimes".to_string(),
-        ),
+    let (promoted, reason) = if trigger == Trigger::Manual {
+        (true, "asked for over the API".to_string())
+    } else {
+        card::judge(
+            champion_recent,
+            challenger_recent,
+            champion_old,
+            challenger_old,
+            m.margin_recent,
+            m.margin_old,
+        )
     };
     card::Decision {
         promoted,

@@ -118,13 +118,17 @@ pub struct Decision {
     /// Index of the sample after which the training ran.
     pub index: u64,
     pub trigger: LoopTrigger,
-    pub promoted: bool,
-    pub reason: String,
     pub n_train: usize,
-    pub champion_recent: Option<f64>,
-    pub challenger_recent: Option<f64>,
-    pub champion_old: Option<f64>,
-    pub challenger_old: Option<f64>,
+    /// The champion/challenger outcome, as in a model card.
+    #[serde(flatten)]
+    pub outcome: crate::learn::card::Decision,
+}
+
+impl std::ops::Deref for Decision {
+    type Target = crate::learn::card::Decision;
+    fn deref(&self) -> &Self::Target {
+        &self.outcome
+    }
 }
 
 type Row = (Vec<f32>, String);
@@ -289,13 +293,16 @@ impl ContinualLoop {
                 self.decisions.push(Decision {
                     index,
                     trigger,
-                    promoted: false,
-                    reason: "training set has fewer than 2 classes".into(),
                     n_train: train.len(),
-                    champion_recent: None,
-                    challenger_recent: None,
-                    champion_old: None,
-                    challenger_old: None,
+                    outcome: crate::learn::card::Decision {
+                        promoted: false,
+                        reason: "training set has fewer than 2 classes".into(),
+                        champion_version: None,
+                        champion_recent: None,
+                        challenger_recent: None,
+                        champion_old: None,
+                        challenger_old: None,
+                    },
                 });
                 return;
             }
@@ -309,22 +316,10 @@ impl ContinualLoop {
             Some(m) => (score(m, &recent_holdout), score(m, &old_holdout)),
             None => (None, None),
         };
-        let (promoted, reason) = match (hr, cr) {
-            _ if self.champion.is_none() => (true, "first model".to_string()),
-            (Some(h), Some(c)) if c < h + self.cfg.margin_recent => (
-                false,
-                format!("recent holdout: challenger {c:.4} does not beat champion {h:.4} by {}", self.cfg.margin_recent),
-            ),
-            _ => match (ho, co) {
-                (Some(h), Some(c)) if c < h - self.cfg.margin_old => (
-                    false,
-                    format!(
-                        "old-regime holdout: challenger {c:.4} loses more than {} to champion {h:.4}",
-                        self.cfg.margin_old
-                    ),
-                ),
-                _ => (true, "challenger wins on recent data and keeps the old regimes".to_string()),
-            },
+        let (promoted, reason) = if self.champion.is_none() {
+            (true, "first model".to_string())
+        } else {
+            crate::learn::card::judge(hr, cr, ho, co, self.cfg.margin_recent, self.cfg.margin_old)
         };
         if promoted {
             // Serve a refit on everything it may train on, warm-started from
@@ -345,13 +340,16 @@ impl ContinualLoop {
         self.decisions.push(Decision {
             index,
             trigger,
-            promoted,
-            reason,
             n_train: train.len(),
-            champion_recent: hr,
-            challenger_recent: cr,
-            champion_old: ho,
-            challenger_old: co,
+            outcome: crate::learn::card::Decision {
+                promoted,
+                reason,
+                champion_version: None,
+                champion_recent: hr,
+                challenger_recent: cr,
+                champion_old: ho,
+                challenger_old: co,
+            },
         });
     }
 }
