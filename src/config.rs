@@ -514,6 +514,18 @@ impl Config {
                     "a classification pipeline needs a label field".into(),
                 );
             }
+            if let Ok(level) = usize::try_from(p.device_level) {
+                for t in p.topics.iter().chain(&p.label_topics) {
+                    if !t.contains('#') && t.split('/').count() <= level {
+                        return bad(
+                            key("device_level"),
+                            format!(
+                                "topic filter `{t}` has no level {level} to read a device id from"
+                            ),
+                        );
+                    }
+                }
+            }
             if p.device_level < -1 {
                 return bad(
                     key("device_level"),
@@ -686,6 +698,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("pipelines[0].topics"), "{err}");
+        let err = load_str(
+            "[[pipelines]]\nname='p'\ntopics=['a/b']\nfeatures=['f']\nlabel='y'\ndevice_level=2\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines[0].device_level"), "{err}");
+        let err = load_str(
+            "[[pipelines]]\nname='p'\ntopics=['out/#']\nfeatures=['f']\nlabel='y'\nprediction_topic='out/x'\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("predictions would be ingested"), "{err}");
         let err = load_str("", &[("EDGELOOP__STORE__BATCH_SIZE", "lots")])
             .unwrap_err()
             .to_string();

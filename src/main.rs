@@ -19,7 +19,13 @@ use edgeloop::ingest::replay::{self, ReplayOptions};
 )]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "edgeloop=debug".
-    #[arg(long, global = true, default_value = "info,rumqttd=warn")]
+    /// The default silences rumqttd's router and link targets, which log every
+    /// ordinary client disconnect at ERROR.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off"
+    )]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -144,7 +150,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo { json: true, .. });
     let filter = if quiet {
-        "error".to_string()
+        "error,rumqttd::router::routing=off,rumqttd::server::broker=off".to_string()
     } else {
         cli.log_level.clone()
     };

@@ -71,7 +71,7 @@ pub fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<(), IngestE
         })
         .map_err(|e| IngestError::Broker(e.to_string()))?;
     let until = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+    while !mqtt_handshake(listen) {
         if Instant::now() > until {
             return Err(IngestError::Broker(format!(
                 "not accepting connections on {listen} after 5 s"
@@ -82,4 +82,28 @@ pub fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<(), IngestE
     started.insert(listen);
     tracing::info!(%listen, "Embedded MQTT broker started.");
     Ok(())
+}
+
+/// A full MQTT CONNECT / CONNACK / DISCONNECT exchange (a bare TCP probe
+/// makes rumqttd log an error for the half-open connection).
+fn mqtt_handshake(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = bytes::BytesMut::new();
+    let id = format!("edgeloop-probe-{}", std::process::id());
+    if rumqttc::Connect::new(id).write(&mut buf).is_err()
+        || rumqttc::Disconnect.write(&mut buf).is_err()
+    {
+        return false;
+    }
+    let (connect, disconnect) = buf.split_at(buf.len() - 2);
+    let mut connack = [0u8; 4];
+    let ok = stream.write_all(connect).is_ok()
+        && stream.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20;
+    let _ = stream.write_all(disconnect);
+    ok
 }
