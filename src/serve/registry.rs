@@ -81,7 +81,24 @@ impl ServingEvent {
 /// Serving slots of every configured pipeline.
 #[derive(Debug)]
 pub struct Registry {
-    slots: HashMap<String, ArcSwapOption<Serving>>,
+    slots: HashMap<String, Slot>,
+}
+
+/// One pipeline's serving version. Readers load `current` without locking;
+/// writers hold `write` from the store commit to the swap, so the served
+/// version and the stored serving pointer never disagree.
+#[derive(Debug, Default)]
+struct Slot {
+    current: ArcSwapOption<Serving>,
+    write: std::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Registry {
@@ -90,14 +107,14 @@ impl Registry {
         Self {
             slots: pipelines
                 .into_iter()
-                .map(|p| (p.to_string(), ArcSwapOption::empty()))
+                .map(|p| (p.to_string(), Slot::default()))
                 .collect(),
         }
     }
 
     /// The serving version of `pipeline`, if any.
     pub fn get(&self, pipeline: &str) -> Option<Arc<Serving>> {
-        self.slots.get(pipeline).and_then(|s| s.load_full())
+        self.slots.get(pipeline).and_then(|s| s.current.load_full())
     }
 
     /// Whether `pipeline` is configured.
@@ -123,7 +140,7 @@ impl Registry {
             match load(pipeline, version, &stored) {
                 Ok(serving) => {
                     tracing::info!(%pipeline, version, "Restored serving model.");
-                    slot.store(Some(Arc::new(serving)));
+                    slot.current.store(Some(Arc::new(serving)));
                 }
                 Err(e) => {
                     tracing::error!(%pipeline, version, error = %e, "Stored model refused; serving nothing.")
@@ -171,6 +188,7 @@ impl Registry {
             })?,
             params_json: serde_json::to_string(&model).unwrap_or_default(),
         };
+        let _write = slot.lock();
         if card.decision.as_ref().is_some_and(|d| !d.promoted) {
             // A refused challenger is kept (its card says why), not served.
             store.put_model(&pipeline, version, &stored, None)?;
@@ -187,7 +205,7 @@ impl Registry {
             model: loaded,
             card,
         });
-        slot.store(Some(serving.clone()));
+        slot.current.store(Some(serving.clone()));
         Ok(serving)
     }
 
@@ -217,10 +235,11 @@ impl Registry {
         let stored = store.get_model(pipeline, version)?.ok_or_else(unknown)?;
         let serving = Arc::new(load(pipeline, version, &stored)?);
         let event = ServingEvent::now(version, action, reason);
+        let _write = slot.lock();
         if !store.set_serving(pipeline, version, &event.to_json())? {
             return Err(unknown());
         }
-        slot.store(Some(serving.clone()));
+        slot.current.store(Some(serving.clone()));
         Ok(serving)
     }
 
@@ -322,4 +341,95 @@ fn single_row_p50_us(model: &OnnxModel, row: &[f32]) -> f64 {
         .collect();
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::Sample;
+    use crate::learn::{self, Trigger};
+
+    #[test]
+    fn concurrent_promotions_keep_the_served_and_stored_versions_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        let pipeline = cfg.pipelines[0].clone();
+        let registry = Arc::new(Registry::new(["occupancy"]));
+        let samples: Vec<Sample> = (0..60)
+            .map(|i| Sample {
+                timestamp_ms: i,
+                device: "d".into(),
+                features: vec![
+                    20.0 + (i % 7) as f32,
+                    30.0,
+                    (i % 2) as f32 * 500.0,
+                    600.0,
+                    0.004,
+                ],
+                label: Some(((i % 2) as u8).to_string()),
+            })
+            .collect();
+        for version in 1..=3 {
+            let trained =
+                learn::train_version(&pipeline, &samples, version, Trigger::Manual, None, || {
+                    false
+                })
+                .unwrap();
+            registry.promote(&store, trained).unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Readers: every request sees one complete version.
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (registry, stop) = (registry.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let serving = registry.get("occupancy").unwrap();
+                        assert!((1..=3).contains(&serving.version));
+                        assert_eq!(
+                            serving
+                                .model
+                                .predict_proba(&[21.0, 30.0, 500.0, 600.0, 0.004])
+                                .unwrap()
+                                .len(),
+                            2
+                        );
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..3u32)
+            .map(|w| {
+                let (registry, store) = (registry.clone(), store.clone());
+                std::thread::spawn(move || {
+                    for i in 0..30u32 {
+                        let v = 1 + (w + i) % 3;
+                        registry
+                            .promote_version(&store, "occupancy", v, "promote", "test".into())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert!(reads > 0);
+        let served = registry.get("occupancy").unwrap().version;
+        assert_eq!(store.serving_version("occupancy").unwrap(), Some(served));
+        let last_event = registry
+            .history(&store, "occupancy")
+            .unwrap()
+            .last()
+            .unwrap()
+            .version;
+        assert_eq!(
+            last_event, served,
+            "the timeline ends with the served version"
+        );
+    }
 }
