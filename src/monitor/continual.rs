@@ -144,6 +144,7 @@ pub struct ContinualLoop {
     rng: fastrand::Rng,
     detector: Box<dyn DriftDetector>,
     since_train: u64,
+    drift_pending: bool,
     n: u64,
     /// Indices of the samples that raised a drift alarm.
     pub alarms: Vec<u64>,
@@ -154,11 +155,7 @@ pub struct ContinualLoop {
 impl ContinualLoop {
     /// A loop over samples with `features`, with no champion yet.
     pub fn new(cfg: ContinualConfig, features: Vec<String>) -> Self {
-        let detector: Box<dyn DriftDetector> = match cfg.detector {
-            DetectorKind::Adwin => Box::new(Adwin::new(cfg.adwin)),
-            DetectorKind::Ddm => Box::new(Ddm::new(cfg.ddm)),
-            DetectorKind::PageHinkley => Box::new(PageHinkley::new(cfg.page_hinkley)),
-        };
+        let detector = new_detector(&cfg);
         Self {
             rng: fastrand::Rng::with_seed(cfg.seed),
             cfg,
@@ -169,6 +166,7 @@ impl ContinualLoop {
             evicted: 0,
             detector,
             since_train: 0,
+            drift_pending: false,
             n: 0,
             alarms: Vec::new(),
             decisions: Vec::new(),
@@ -216,6 +214,7 @@ impl ContinualLoop {
             .unwrap_or(false);
         if alarm {
             self.alarms.push(index);
+            self.drift_pending |= self.cfg.retrain_on_drift;
         }
         self.window.push_back((x.to_vec(), label.to_string()));
         if self.window.len() > self.cfg.window {
@@ -228,7 +227,9 @@ impl ContinualLoop {
             (stored >= self.cfg.min_samples
                 && self.since_train >= self.cfg.cooldown.min(self.cfg.min_samples as u64))
             .then_some(LoopTrigger::First)
-        } else if alarm && self.cfg.retrain_on_drift && self.since_train >= self.cfg.cooldown {
+        } else if self.drift_pending && self.since_train >= self.cfg.cooldown {
+            // An alarm inside the cool-down waits for its end (one change,
+            // one retraining), as in the daemon.
             Some(LoopTrigger::Drift)
         } else if self.cfg.retrain_every > 0 && self.since_train >= self.cfg.retrain_every {
             Some(LoopTrigger::NewLabels)
@@ -256,6 +257,7 @@ impl ContinualLoop {
 
     fn train(&mut self, index: u64, trigger: LoopTrigger) {
         self.since_train = 0;
+        self.drift_pending = false;
         let f = self.cfg.holdout_fraction;
         let n_recent = ((self.window.len() as f64 * f).round() as usize).min(self.window.len());
         let n_old = ((self.reservoir.len() as f64 * f).round() as usize).min(self.reservoir.len());
@@ -322,6 +324,8 @@ impl ContinualLoop {
             crate::learn::card::judge(hr, cr, ho, co, self.cfg.margin_recent, self.cfg.margin_old)
         };
         if promoted {
+            // A new champion: its errors start a fresh detector.
+            self.detector = new_detector(&self.cfg);
             // Serve a refit on everything it may train on, warm-started from
             // the challenger.
             let old = if self.cfg.train_on_reservoir {
@@ -351,6 +355,14 @@ impl ContinualLoop {
                 challenger_old: co,
             },
         });
+    }
+}
+
+fn new_detector(cfg: &ContinualConfig) -> Box<dyn DriftDetector> {
+    match cfg.detector {
+        DetectorKind::Adwin => Box::new(Adwin::new(cfg.adwin)),
+        DetectorKind::Ddm => Box::new(Ddm::new(cfg.ddm)),
+        DetectorKind::PageHinkley => Box::new(PageHinkley::new(cfg.page_hinkley)),
     }
 }
 
