@@ -534,6 +534,14 @@ impl Store {
         let mut state = txn.open_table(STATE)?;
         let key = serving_key(pipeline);
         state.insert(key.as_str(), version.to_le_bytes().as_slice())?;
+        Self::event_in(txn, pipeline, event)
+    }
+
+    fn event_in(
+        txn: &redb::WriteTransaction,
+        pipeline: &str,
+        event: &str,
+    ) -> Result<(), redb::Error> {
         let mut events = txn.open_table(EVENTS)?;
         let next = events
             .range((pipeline, 0)..=(pipeline, u64::MAX))?
@@ -542,6 +550,32 @@ impl Store {
             .map_or(0, |(k, _)| k.value().1 + 1);
         events.insert((pipeline, next), event.as_bytes())?;
         Ok(())
+    }
+
+    /// Appends an event (JSON) to the timeline in its own commit, without
+    /// touching the serving pointer; with `model`, stores that version too
+    /// in the same commit (a refused challenger).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails.
+    pub fn append_event(
+        &self,
+        pipeline: &str,
+        event: &str,
+        model: Option<(u32, &StoredModel)>,
+    ) -> Result<(), StoreError> {
+        let e = self.db_err("append_event");
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        if let Some((version, model)) = model {
+            let bytes =
+                postcard::to_allocvec(model).map_err(|x| self.corrupt("append_event", x))?;
+            let mut models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+            models
+                .insert((pipeline, version), bytes.as_slice())
+                .map_err(|x| e(x.into()))?;
+        }
+        Self::event_in(&txn, pipeline, event).map_err(|x| e(x))?;
+        txn.commit().map_err(|x| e(x.into()))
     }
 
     /// The timeline of `pipeline` (JSON events, oldest first).

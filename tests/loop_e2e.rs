@@ -614,6 +614,7 @@ async fn promote_rollback_and_history_over_http() {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|e| e["action"] != "drift_alarm")
         .map(|e| {
             (
                 e["version"].as_u64().unwrap(),
@@ -855,6 +856,11 @@ async fn concept_drift_alarm_triggers_one_retraining() {
     eprintln!("concept: {}", v2["concept"]);
     let alarms = v2["concept"]["alarms"].as_array().unwrap();
     assert!(!alarms.is_empty(), "{v}");
+    let history = handle.registry.history(&handle.store, PIPELINE).unwrap();
+    assert!(
+        history.iter().any(|e| e.action == "drift_alarm"),
+        "alarms are on the timeline"
+    );
     let cards = handle.registry.cards(&handle.store, PIPELINE).unwrap();
     let drift_trainings = cards
         .iter()
@@ -902,12 +908,14 @@ async fn refused_challenger_is_stored_with_its_reason_and_the_champion_keeps_ser
         d.champion_old.is_some() && d.challenger_old.is_some(),
         "the older slice is scored too"
     );
-    // The refusal is not in the serving timeline; version 1 is still the only event.
+    // The refusal is on the timeline, and serving did not change.
     let history = handle.registry.history(&handle.store, PIPELINE).unwrap();
-    assert_eq!(
-        history.iter().map(|e| e.version).collect::<Vec<_>>(),
-        vec![1]
-    );
+    let events: Vec<(u32, &str)> = history
+        .iter()
+        .filter(|e| e.action != "drift_alarm")
+        .map(|e| (e.version, e.action.as_str()))
+        .collect();
+    assert_eq!(events, vec![(1, "trained"), (2, "refused")]);
     stop(running, handle, token).await;
 }
 

@@ -369,6 +369,14 @@ impl Learner {
                     w.version = u32::MAX; // the new version starts a fresh detector
                 }
             }
+            if let (Some(_), Some(action)) = (alarm_at, trained.as_ref().or(action.as_ref())) {
+                let event = crate::serve::registry::ServingEvent::now(
+                    version,
+                    "drift_alarm",
+                    action.clone(),
+                );
+                self.store.append_event(&p.name, &event.to_json(), None)?;
+            }
             if let Ok(mut board) = self.board.lock() {
                 let entry = board.entry(p.name.clone()).or_default();
                 let alarms = std::mem::take(&mut entry.alarms);

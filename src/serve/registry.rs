@@ -58,13 +58,15 @@ pub struct ServingEvent {
     pub at_ms: i64,
     pub version: u32,
     /// `trained` (a new version promoted by the learner), `promote` (asked
-    /// for), or `rollback`.
+    /// for), `rollback`, `refused` (a challenger kept but not served) or
+    /// `drift_alarm` (the serving version's errors drifted).
     pub action: String,
     pub reason: String,
 }
 
 impl ServingEvent {
-    fn now(version: u32, action: &str, reason: String) -> Self {
+    /// An event stamped now.
+    pub fn now(version: u32, action: &str, reason: String) -> Self {
         Self {
             at_ms: crate::learn::now_ms(),
             version,
@@ -73,7 +75,8 @@ impl ServingEvent {
         }
     }
 
-    fn to_json(&self) -> String {
+    /// The event as stored.
+    pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 }
@@ -190,8 +193,15 @@ impl Registry {
         };
         let _write = slot.lock();
         if card.decision.as_ref().is_some_and(|d| !d.promoted) {
-            // A refused challenger is kept (its card says why), not served.
-            store.put_model(&pipeline, version, &stored, None)?;
+            // A refused challenger is kept (its card says why), not served;
+            // the refusal goes on the timeline in the same commit.
+            let reason = card
+                .decision
+                .as_ref()
+                .map(|d| d.reason.clone())
+                .unwrap_or_default();
+            let event = ServingEvent::now(version, "refused", reason);
+            store.append_event(&pipeline, &event.to_json(), Some((version, &stored)))?;
             return Ok(Arc::new(Serving {
                 version,
                 model: loaded,
@@ -253,10 +263,12 @@ impl Registry {
         // Versions that served, as a stack: a rollback pops the current one.
         let mut stack: Vec<u32> = Vec::new();
         for e in &history {
-            if e.action == "rollback" {
-                stack.pop();
-            } else {
-                stack.push(e.version);
+            match e.action.as_str() {
+                "rollback" => {
+                    stack.pop();
+                }
+                "trained" | "promote" => stack.push(e.version),
+                _ => {} // refusals and alarms do not change what serves
             }
         }
         let current = stack
