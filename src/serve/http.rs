@@ -364,31 +364,38 @@ pub fn render(v: &Value) -> String {
     if let Some(models) = v["models"].as_array() {
         out.push_str(&format!(
             "pipeline {} (serving version {})\n",
-            v["pipeline"], v["serving_version"]
+            v["pipeline"].as_str().unwrap_or("-"),
+            v["serving_version"]
         ));
-        out.push_str("version  family    trigger      n_samples  holdout  accuracy  precision  recall  f1      train_ms  onnx_bytes  p50_us\n");
+        out.push_str("version  family    trigger      n_samples  holdout  accuracy  precision  recall  f1      train_ms  onnx_bytes  p50_us  decision\n");
         for m in models {
             let h = &m["holdout"];
             out.push_str(&format!(
-                "{:<8} {:<9} {:<12} {:<10} {:<8} {:<9} {:<10} {:<7} {:<7} {:<9.1} {:<11} {}\n",
-                m["version"],
+                "{:<8} {:<9} {:<12} {:<10} {:<8} {:<9} {:<10} {:<7} {:<7} {:<9.1} {:<11} {:<7} {}\n",
+                m["version"].to_string(),
                 m["family"].as_str().unwrap_or("-"),
                 m["trigger"].as_str().unwrap_or("-"),
-                m["n_samples"],
-                m["n_holdout"],
+                m["n_samples"].to_string(),
+                m["n_holdout"].to_string(),
                 f(&h["accuracy"]),
                 f(&h["precision_macro"]),
                 f(&h["recall_macro"]),
                 f(&h["f1_macro"]),
                 m["training_ms"].as_f64().unwrap_or(0.0),
-                m["onnx_bytes"],
-                f(&m["predict_p50_us"])
+                m["onnx_bytes"].to_string(),
+                f(&m["predict_p50_us"]),
+                match m["decision"]["promoted"].as_bool() {
+                    Some(true) => "promoted".to_string(),
+                    Some(false) => format!("refused: {}", m["decision"]["reason"].as_str().unwrap_or("")),
+                    None => "-".to_string(),
+                }
             ));
         }
     } else if let Some(events) = v["events"].as_array() {
         out.push_str(&format!(
             "pipeline {} (serving version {})\n",
-            v["pipeline"], v["serving_version"]
+            v["pipeline"].as_str().unwrap_or("-"),
+            v["serving_version"]
         ));
         for e in events {
             out.push_str(&format!(
@@ -402,7 +409,8 @@ pub fn render(v: &Value) -> String {
     } else {
         out.push_str(&format!(
             "pipeline {}: serving version {}\n",
-            v["pipeline"], v["serving_version"]
+            v["pipeline"].as_str().unwrap_or("-"),
+            v["serving_version"]
         ));
     }
     out
