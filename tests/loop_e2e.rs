@@ -36,6 +36,17 @@ async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) 
     running.wait(Duration::from_secs(15)).await.unwrap();
 }
 
+/// Trains once at `min_labels`, then only on `retrain_every` (huge: never)
+/// and, with `drift`, on drift alarms.
+fn trains_at(cfg: &mut edgeloop::config::Config, min_labels: u64, retrain_every: u64, drift: bool) {
+    let p = &mut cfg.pipelines[0];
+    p.model.min_labels = min_labels;
+    p.model.retrain_every = retrain_every;
+    p.drift.retrain_on_drift = drift;
+}
+
+const NEVER: u64 = 1_000_000;
+
 fn stored(handle: &DaemonHandle) -> u64 {
     handle.store.counts(PIPELINE).unwrap().samples
 }
@@ -46,8 +57,7 @@ fn stored(handle: &DaemonHandle) -> u64 {
 async fn loop_trains_and_serves(broker: Broker) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), broker);
-    cfg.pipelines[0].model.min_labels = 2000;
-    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    trains_at(&mut cfg, 2000, NEVER, false);
     let (running, handle, token) = start(cfg).await;
 
     let opts = replay_opts("datatraining.txt", broker.port(), Some(2000));
@@ -241,9 +251,7 @@ async fn restart_keeps_samples_and_serving_version_and_gets_messages_sent_while_
     let broker = Broker::External(mosquitto.port);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), broker);
-    cfg.pipelines[0].model.min_labels = 500;
-    cfg.pipelines[0].drift.retrain_on_drift = false;
-    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    trains_at(&mut cfg, 500, NEVER, false);
 
     let (running, handle, token) = start(cfg.clone()).await;
     let opts = replay_opts("datatraining.txt", mosquitto.port, Some(1000));
@@ -313,7 +321,7 @@ async fn broker_restart_mid_replay_loses_and_duplicates_nothing() {
     let mut mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), Broker::External(mosquitto.port));
-    cfg.pipelines[0].model.min_labels = 1_000_000;
+    trains_at(&mut cfg, NEVER, NEVER, false);
     let (running, handle, token) = start(cfg).await;
 
     let mut opts = replay_opts("datatraining.txt", mosquitto.port, Some(3000));
@@ -550,9 +558,7 @@ async fn promote_rollback_and_history_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut cfg = config(dir.path(), Broker::Embedded(port));
-    cfg.pipelines[0].model.min_labels = 500;
-    cfg.pipelines[0].model.retrain_every = 1_000_000;
-    cfg.pipelines[0].drift.retrain_on_drift = false; // versions come from the API only
+    trains_at(&mut cfg, 500, NEVER, false); // versions come from the API only
     let (running, handle, token) = start(cfg).await;
     let opts = replay_opts("datatraining.txt", port, Some(1000));
     publish(
@@ -800,8 +806,7 @@ async fn drift_endpoint_no_drift_on_identical_data_and_drift_on_another_week() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut cfg = config(dir.path(), Broker::Embedded(port));
-    cfg.pipelines[0].model.min_labels = 1000;
-    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    trains_at(&mut cfg, 1000, NEVER, true);
     cfg.pipelines[0].drift.window = 1000;
     cfg.pipelines[0].drift.reference = 1000;
     let (running, handle, token) = start(cfg).await;
@@ -843,8 +848,7 @@ async fn concept_drift_alarm_triggers_one_retraining() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut cfg = config(dir.path(), Broker::Embedded(port));
-    cfg.pipelines[0].model.min_labels = 1000;
-    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    trains_at(&mut cfg, 1000, NEVER, true);
     cfg.pipelines[0].drift.cooldown_labels = 600;
     let (running, handle, token) = start(cfg).await;
     let opts = replay_opts("datatraining.txt", port, Some(1600));
@@ -893,10 +897,8 @@ async fn refused_challenger_is_stored_with_its_reason_and_the_champion_keeps_ser
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut cfg = config(dir.path(), Broker::Embedded(port));
-    cfg.pipelines[0].model.min_labels = 500;
-    cfg.pipelines[0].model.retrain_every = 500;
+    trains_at(&mut cfg, 500, 500, false);
     cfg.pipelines[0].model.margin_recent = 1.0; // no challenger can gain a whole point
-    cfg.pipelines[0].drift.retrain_on_drift = false;
     let (running, handle, token) = start(cfg).await;
     let opts = replay_opts("datatraining.txt", port, Some(1000));
     let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
@@ -1008,9 +1010,7 @@ async fn late_labels_feed_the_concept_drift_detector() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut cfg = config(dir.path(), Broker::Embedded(port));
-    cfg.pipelines[0].model.min_labels = 500;
-    cfg.pipelines[0].model.retrain_every = 1_000_000;
-    cfg.pipelines[0].drift.retrain_on_drift = false;
+    trains_at(&mut cfg, 500, NEVER, false);
     let (running, handle, token) = start(cfg).await;
     let opts = replay_opts("datatraining.txt", port, Some(800));
     let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
