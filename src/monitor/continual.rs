@@ -196,11 +196,6 @@ impl ContinualLoop {
         self.champion.as_ref()
     }
 
-    /// The detector's state.
-    pub fn detector_state(&self) -> serde_json::Value {
-        self.detector.state()
-    }
-
     /// Test then train: returns the champion's prediction for `x` (`None`
     /// before the first model), then learns from (`x`, `label`).
     pub fn observe(&mut self, x: &[f32], label: &str) -> Option<String> {

@@ -453,18 +453,17 @@ impl Learner {
         let result =
             tokio::task::spawn_blocking(move || -> Result<(ModelCard, u64), TrainFailure> {
                 let labelled_total = store.counts(&cfg.name)?.labelled_total;
+                let labelled = store.labelled(&cfg.name)?;
+                // The newest sample this training sees: the end of the
+                // data-drift reference.
+                let last_seq = labelled.last().map(|(seq, _)| *seq);
                 let samples = training_set(
-                    store
-                        .labelled(&cfg.name)?
-                        .into_iter()
-                        .map(|(_, s)| s)
-                        .collect(),
+                    labelled.into_iter().map(|(_, s)| s).collect(),
                     cfg.model.window,
                     cfg.model.reservoir,
                     labelled_total,
                 );
                 let version = store.model_versions(&cfg.name)?.last().map_or(1, |v| v + 1);
-                let last_seq = store.counts(&cfg.name)?.next_seq.checked_sub(1);
                 // The champion's parameters, for warm start and comparison.
                 let champion: Option<(u32, crate::learn::logistic::LogisticModel)> = registry
                     .get(&cfg.name)
