@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::lbfgs::{self, Stop};
+pub use super::model::{argmax_rows, TrainError};
 use crate::features::scaler::StandardScaler;
 
 /// Training settings.
@@ -47,19 +48,6 @@ pub struct LogisticModel {
     pub stop: Stop,
     /// Final objective value.
     pub objective: f64,
-}
-
-/// Errors from training.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("training needs labelled samples of at least 2 classes; got {0}")]
-    TooFewClasses(usize),
-    #[error("training data is empty")]
-    Empty,
-    #[error("x has {len} values, not a multiple of {n_features} features")]
-    Shape { len: usize, n_features: usize },
-    #[error("training was cancelled")]
-    Cancelled,
 }
 
 impl LogisticModel {
@@ -270,24 +258,4 @@ mod tests {
             cold.iterations
         );
     }
-}
-
-/// Index of the largest value in each row of `proba` (`[n, n_classes]`);
-/// the first on ties, as numpy's `argmax`.
-pub fn argmax_rows(proba: &[f32], n_classes: usize) -> Vec<usize> {
-    proba
-        .chunks_exact(n_classes)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv {
-                        (i, v)
-                    } else {
-                        (bi, bv)
-                    }
-                })
-                .0
-        })
-        .collect()
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
+use crate::learn::model::Task;
 use crate::onnx::export;
 
 /// Errors from loading or running a model.
@@ -25,12 +26,19 @@ pub enum ModelError {
     Run(String),
 }
 
-/// A loaded, verified ONNX classifier.
+/// A loaded, verified ONNX model (classifier or regressor).
 #[derive(Debug, Clone)]
 pub struct OnnxModel {
     plan: Arc<TypedRunnableModel>,
     classes: Vec<String>,
     features: Vec<String>,
+    task: Task,
+}
+
+/// The ONNX parser the engine uses: tract-onnx's, with edgeloop's operators
+/// registered (see [`crate::onnx`]).
+pub fn onnx_parser() -> tract_onnx::Onnx {
+    tract_onnx::onnx()
 }
 
 impl OnnxModel {
@@ -40,31 +48,41 @@ impl OnnxModel {
     /// # Errors
     /// [`ModelError::Refused`] naming what tract or the check rejected.
     pub fn load(onnx: &[u8]) -> Result<Self, ModelError> {
-        let (classes, features) = export::read_metadata(onnx).map_err(ModelError::Refused)?;
-        let plan = tract_onnx::onnx()
+        let meta = export::read_metadata(onnx).map_err(ModelError::Refused)?;
+        let plan = onnx_parser()
             .model_for_read(&mut std::io::Cursor::new(onnx))
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| ModelError::Refused(format!("{e:#}")))?;
         let model = Self {
             plan,
-            classes,
-            features,
+            classes: meta.classes,
+            features: meta.features,
+            task: meta.task,
         };
         let probe = model
             .predict_proba(&vec![0.0; model.features.len()])
             .map_err(|e| ModelError::Refused(format!("verification run failed: {e}")))?;
-        if probe.len() != model.classes.len() {
+        let expected = match model.task {
+            Task::Classification => model.classes.len(),
+            Task::Regression => 1,
+        };
+        if probe.len() != expected {
             return Err(ModelError::Refused(format!(
-                "verification run gave {} outputs for {} classes",
+                "verification run gave {} outputs per row, expected {expected} ({:?})",
                 probe.len(),
-                model.classes.len()
+                model.task
             )));
         }
         Ok(model)
     }
 
-    /// Class names, in output column order.
+    /// What the model predicts.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// Class names, in output column order (empty for a regressor).
     pub fn classes(&self) -> &[String] {
         &self.classes
     }
@@ -74,7 +92,8 @@ impl OnnxModel {
         &self.features
     }
 
-    /// Class probabilities `[n_rows, n_classes]` row-major for `x`
+    /// The first output for `x`: a classifier's probabilities
+    /// `[n_rows, n_classes]` row-major, a regressor's predictions `[n_rows]`; for `x`
     /// (`[n_rows, n_features]` row-major `f32`, `NaN` = missing).
     ///
     /// # Errors
