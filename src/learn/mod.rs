@@ -10,6 +10,7 @@ pub mod lbfgs;
 pub mod logistic;
 pub mod metrics;
 pub mod model;
+pub mod split;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
