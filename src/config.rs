@@ -149,12 +149,8 @@ pub enum Dedup {
     Off,
 }
 
-/// The learning task of a pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    Classification,
-}
+pub use crate::learn::model::{Family, Task};
+pub use crate::learn::select::{Evaluation, Metric};
 
 /// One `[[pipelines]]` entry: a stream of samples and the model learnt from it.
 ///
@@ -252,20 +248,24 @@ impl Default for DriftConfig {
     }
 }
 
-/// The model family of a pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    /// Multinomial logistic regression (softmax) on standardised features.
-    Logistic,
-}
-
 /// `[pipelines.model]`: what is trained and when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// The family trained (`auto`: every candidate, the best serves).
     pub family: Family,
+    /// `auto`'s candidates; empty: every family that supports the task.
+    pub candidates: Vec<Family>,
+    /// How candidates are compared (`auto`) and what the card headlines;
+    /// default: accuracy for classification, R² for regression.
+    pub metric: Option<Metric>,
+    /// Temporal holdout only, or k-fold cross-validation as well.
+    pub evaluation: Evaluation,
+    /// Folds of `evaluation = "kfold"` (stratified for classification).
+    pub folds: usize,
+    /// Logistic: L2 penalty strength per sample.
     pub l2: f64,
+    /// Logistic: most L-BFGS iterations.
     pub max_iter: usize,
     pub min_labels: u64,
     pub retrain_every: u64,
@@ -290,6 +290,10 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             family: Family::Logistic,
+            candidates: vec![],
+            metric: None,
+            evaluation: Evaluation::Holdout,
+            folds: 5,
             l2: 1e-3,
             max_iter: 300,
             min_labels: 500,
@@ -538,22 +542,15 @@ impl Config {
                     "must be a topic name without wildcards".into(),
                 );
             }
-            let m = &p.model;
-            if !(m.l2.is_finite() && m.l2 > 0.0) {
+            if p.task == Task::Regression {
                 return bad(
-                    key("model.l2"),
-                    format!("{} must be a positive number", m.l2),
+                    key("task"),
+                    "the daemon serves classification pipelines only for now; \
+                     train regressors from a file with `edgeloop train --task regression`"
+                        .into(),
                 );
             }
-            if m.max_iter == 0 {
-                return bad(key("model.max_iter"), "must be at least 1".into());
-            }
-            if m.min_labels < 10 {
-                return bad(key("model.min_labels"), "must be at least 10".into());
-            }
-            if m.retrain_every == 0 {
-                return bad(key("model.retrain_every"), "must be at least 1".into());
-            }
+            validate_model(&p.model, Some(p.task), &key("model."))?;
             let d = &p.drift;
             if d.window < 10 || d.reference < 10 {
                 return bad(
@@ -568,12 +565,6 @@ impl Config {
                 return bad(
                     key("drift.psi_threshold"),
                     "psi_threshold > 0 and ks_alpha in (0, 1) are required".into(),
-                );
-            }
-            if !(m.holdout_fraction > 0.0 && m.holdout_fraction <= 0.5) {
-                return bad(
-                    key("model.holdout_fraction"),
-                    format!("{} must be in (0, 0.5]", m.holdout_fraction),
                 );
             }
         }
@@ -599,6 +590,63 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
         .map(|p| format!(" (layers: default, {}, environment)", p.display()))
         .unwrap_or_default();
     format!("{e}{origin}")
+}
+
+/// Checks a `[pipelines.model]` section (also `edgeloop train`'s settings);
+/// `prefix` is prepended to the key named in the error (e.g.
+/// `pipelines[0].model.`), `task` is the pipeline's when known.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the first bad key.
+pub fn validate_model(
+    m: &ModelConfig,
+    task: Option<Task>,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let bad = |k: &str, reason: String| {
+        Err(ConfigError::Invalid {
+            key: format!("{prefix}{k}"),
+            reason,
+        })
+    };
+    if !(m.l2.is_finite() && m.l2 > 0.0) {
+        return bad("l2", format!("{} must be a positive number", m.l2));
+    }
+    if m.max_iter == 0 {
+        return bad("max_iter", "must be at least 1".into());
+    }
+    if m.min_labels < 10 {
+        return bad("min_labels", "must be at least 10".into());
+    }
+    if m.retrain_every == 0 {
+        return bad("retrain_every", "must be at least 1".into());
+    }
+    if !(m.holdout_fraction > 0.0 && m.holdout_fraction <= 0.5) {
+        return bad(
+            "holdout_fraction",
+            format!("{} must be in (0, 0.5]", m.holdout_fraction),
+        );
+    }
+    if m.folds < 2 {
+        return bad("folds", format!("{} must be at least 2", m.folds));
+    }
+    if m.candidates.contains(&Family::Auto) {
+        return bad("candidates", "`auto` is not a candidate family".into());
+    }
+    if let Some(task) = task {
+        if !m.family.supports(task) {
+            return bad("family", format!("`{}` cannot learn {task}", m.family));
+        }
+        if let Some(metric) = m.metric {
+            if metric.task() != task {
+                return bad(
+                    "metric",
+                    format!("`{}` does not score {task}", metric.name()),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -109,6 +109,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train from a labelled CSV file (rows in time order) through the same
+    /// code path as the daemon, and print the model cards side by side.
+    Train {
+        #[arg(long)]
+        file: PathBuf,
+        /// Label column (or the pipeline's label with --pipeline).
+        #[arg(long, required_unless_present = "pipeline")]
+        label: Option<String>,
+        /// Feature columns, comma-separated (default: every other numeric column).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// classification or regression (default: regression when every
+        /// label is a number and there are more than 20 distinct ones).
+        #[arg(long)]
+        task: Option<String>,
+        /// logistic, linear, ridge, mlp, tree, forest, svm or auto (every
+        /// family that supports the task; the best serves).
+        #[arg(long)]
+        family: Option<String>,
+        /// Temporal holdout: the newest FRACTION of rows (default 0.2).
+        #[arg(long, conflicts_with = "folds")]
+        holdout: Option<f64>,
+        /// k-fold cross-validation (stratified for classification) over the
+        /// training part, besides the holdout; candidates compared by it.
+        #[arg(long)]
+        folds: Option<usize>,
+        /// Write the chosen model as ONNX.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Take label, features, task and model settings from this pipeline
+        /// of the configuration (--config).
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the model cards as JSON (the models endpoint's fields).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
     Demo {
         /// Print the summary as one JSON object.
@@ -332,6 +371,105 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", edgeloop::monitor::prequential::render(&report));
+            }
+            Ok(())
+        }
+        Command::Train {
+            file,
+            label,
+            features,
+            task,
+            family,
+            holdout,
+            folds,
+            export,
+            pipeline,
+            config,
+            json,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            let (label, features, mut model, default_task, name) = match pipeline {
+                Some(name) => {
+                    let p = cfg.pipeline(&name).ok_or_else(|| {
+                        anyhow::anyhow!("no pipeline `{name}` in the configuration")
+                    })?;
+                    let features = if features.is_empty() {
+                        p.features.clone()
+                    } else {
+                        features
+                    };
+                    let label = label.unwrap_or_else(|| p.label.clone());
+                    (label, features, p.model.clone(), Some(p.task), name)
+                }
+                None => (
+                    label.unwrap_or_default(),
+                    features,
+                    edgeloop::config::ModelConfig::default(),
+                    None,
+                    "train".to_string(),
+                ),
+            };
+            let task = match task.as_deref() {
+                None => default_task,
+                Some("classification") => Some(edgeloop::learn::Task::Classification),
+                Some("regression") => Some(edgeloop::learn::Task::Regression),
+                Some(other) => {
+                    anyhow::bail!("--task `{other}`: use classification or regression")
+                }
+            };
+            match family {
+                Some(f) => model.family = f.parse().map_err(anyhow::Error::msg)?,
+                None if default_task.is_none() => model.family = edgeloop::learn::Family::Auto,
+                None => {}
+            }
+            if let Some(h) = holdout {
+                model.holdout_fraction = h;
+            }
+            if let Some(k) = folds {
+                model.folds = k;
+                model.evaluation = edgeloop::config::Evaluation::Kfold;
+            }
+            edgeloop::config::validate_model(&model, task, "model.")?;
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let opts = edgeloop::learn::offline::OfflineOptions {
+                file,
+                label,
+                features,
+                task,
+                model,
+                name,
+                export: export.clone(),
+            };
+            let report = edgeloop::learn::offline::train_csv(&opts, &|family, i, total| {
+                bar.set_length(total as u64);
+                bar.set_position(i as u64);
+                bar.set_message(format!("training {family}"));
+            })
+            .map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
+            let cards = edgeloop::learn::offline::cards(&report);
+            if json {
+                println!("{}", serde_json::to_string_pretty(cards)?);
+            } else {
+                let chosen = &report.training.chosen.card;
+                print!("{}", edgeloop::learn::card::render_table(cards, None));
+                println!(
+                    "\n{} rows, {:?}; chosen: {} ({} {})",
+                    report.rows,
+                    report.task,
+                    chosen.family,
+                    chosen.metric,
+                    chosen
+                        .holdout_score
+                        .map_or("-".into(), |s| format!("{s:.4}"))
+                );
+                if let Some(path) = export {
+                    println!("wrote {}", path.display());
+                }
             }
             Ok(())
         }

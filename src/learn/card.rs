@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::ClassificationMetrics;
+use super::metrics::{ClassificationMetrics, RegressionMetrics};
+use super::model::Task;
 use super::Trigger;
 
 /// A model version's card.
@@ -14,11 +15,16 @@ use super::Trigger;
 pub struct ModelCard {
     pub pipeline: String,
     pub version: u32,
-    /// Model family (`logistic`).
+    /// Model family (`logistic`, `linear`, `ridge`, `mlp`, `tree`,
+    /// `forest`, `svm`).
     pub family: String,
-    /// Training settings.
+    #[serde(default)]
+    pub task: Task,
+    /// Training settings and the training's outcome (iterations, why it
+    /// stopped, nodes...), as the family reports them.
     pub hyperparameters: serde_json::Value,
-    /// Optimiser outcome (iterations, why it stopped, final objective).
+    /// Optimiser outcome of edgeloop 0.1 cards (now in `hyperparameters`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub optimizer: serde_json::Value,
     pub trigger: Trigger,
     /// When training finished, ms since the Unix epoch.
@@ -41,9 +47,30 @@ pub struct ModelCard {
     /// Metrics on the temporal holdout (scikit-learn semantics; undefined
     /// precision or recall is `null` per class and listed in `undefined`).
     pub holdout: Option<ClassificationMetrics>,
-    /// Wall-clock training time, milliseconds: evaluated fit, scoring and
-    /// the refit on all samples.
+    /// Regression metrics on the temporal holdout (MSE, RMSE, MAE, R²).
+    #[serde(default)]
+    pub holdout_regression: Option<RegressionMetrics>,
+    /// The pipeline's selection metric (`accuracy`, `f1_macro`, `r2`,
+    /// `rmse`, `mae`) and this model's value of it on the holdout.
+    #[serde(default)]
+    pub metric: String,
+    #[serde(default)]
+    pub holdout_score: Option<f64>,
+    /// k-fold cross-validation over the training part (`evaluation =
+    /// "kfold"`).
+    #[serde(default)]
+    pub cv: Option<CrossValidation>,
+    /// With `family = "auto"`: every candidate's score, this one included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<CandidateScore>,
+    /// Wall-clock training time, milliseconds: evaluated fit, scoring,
+    /// cross-validation and the refit on all samples.
     pub training_ms: f64,
+    /// CPU time of the process during the training (user + system, all
+    /// threads), milliseconds. In the daemon it includes the ingest work
+    /// that ran meanwhile.
+    #[serde(default)]
+    pub training_cpu_ms: Option<f64>,
     /// Size of the exported ONNX model, bytes.
     pub onnx_bytes: u64,
     /// The champion/challenger decision that made this version serve, or not.
@@ -54,8 +81,70 @@ pub struct ModelCard {
     #[serde(default)]
     pub last_seq: Option<u64>,
     /// Median single-row inference latency through the serving engine,
-    /// microseconds, measured at load.
+    /// microseconds.
     pub predict_p50_us: Option<f64>,
+    /// Median latency per row of a 64-row batch through the serving engine,
+    /// microseconds.
+    #[serde(default)]
+    pub predict_batch_p50_us_per_row: Option<f64>,
+    /// Peak resident memory of the training process, bytes (`edgeloop
+    /// train`, where the process does nothing else; `None` in the daemon).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+    /// Accuracy on live labelled data after deployment: predictions this
+    /// version served, scored when their labels arrived.
+    #[serde(default)]
+    pub live: Option<LiveScore>,
+}
+
+/// k-fold cross-validation scores of one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossValidation {
+    pub metric: String,
+    pub folds: usize,
+    /// Mean and population standard deviation over folds.
+    pub mean: f64,
+    pub std: f64,
+    pub per_fold: Vec<f64>,
+}
+
+impl CrossValidation {
+    /// From the per-fold scores (mean and population standard deviation,
+    /// numpy's defaults).
+    pub fn new(metric: &str, per_fold: Vec<f64>) -> Self {
+        let n = per_fold.len().max(1) as f64;
+        let mean = per_fold.iter().sum::<f64>() / n;
+        let std = (per_fold.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
+        Self {
+            metric: metric.into(),
+            folds: per_fold.len(),
+            mean,
+            std,
+            per_fold,
+        }
+    }
+}
+
+/// One candidate of an `auto` training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateScore {
+    pub family: String,
+    pub metric: String,
+    /// Score on the holdout.
+    pub holdout: Option<f64>,
+    /// Cross-validation mean, with `evaluation = "kfold"`.
+    pub cv_mean: Option<f64>,
+    /// The value candidates were compared by.
+    pub selected_by: Option<f64>,
+}
+
+/// Live accuracy of a served version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveScore {
+    /// Predictions scored against labels that arrived.
+    pub scored: u64,
+    pub correct: u64,
+    pub accuracy: f64,
 }
 
 /// Champion/challenger decision for a trained version (the challenger).
@@ -95,4 +184,145 @@ pub fn judge(
         ),
         _ => (true, "challenger wins on recent data and keeps the older regimes".to_string()),
     }
+}
+
+/// Model cards side by side: one column per card, one row per measure
+/// (`edgeloop models list` and `edgeloop train` print this). `serving` marks
+/// the version that serves. A measure no card has is left out.
+pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
+    let f4 = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let f1 = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    type Row<'a> = (&'a str, Box<dyn Fn(&ModelCard) -> String + 'a>);
+    let rows: Vec<Row> = vec![
+        ("family", Box::new(|c| c.family.clone())),
+        ("task", Box::new(|c| format!("{:?}", c.task).to_lowercase())),
+        (
+            "trigger",
+            Box::new(|c| format!("{:?}", c.trigger).to_lowercase()),
+        ),
+        (
+            "serving",
+            Box::new(|c| {
+                if Some(c.version) == serving {
+                    "*".into()
+                } else {
+                    String::new()
+                }
+            }),
+        ),
+        ("samples (fit)", Box::new(|c| c.n_samples.to_string())),
+        (
+            "train / holdout",
+            Box::new(|c| format!("{} / {}", c.n_train, c.n_holdout)),
+        ),
+        (
+            "classes (train)",
+            Box::new(|c| {
+                c.class_composition_train
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+        ),
+        ("features", Box::new(|c| c.features.len().to_string())),
+        ("metric", Box::new(|c| c.metric.clone())),
+        ("holdout score", Box::new(move |c| f4(c.holdout_score))),
+        (
+            "cv mean ± std",
+            Box::new(|c| {
+                c.cv.as_ref().map_or("-".into(), |cv| {
+                    format!("{:.4} ± {:.4} ({} folds)", cv.mean, cv.std, cv.folds)
+                })
+            }),
+        ),
+        (
+            "accuracy",
+            Box::new(move |c| f4(c.holdout.as_ref().map(|h| h.accuracy))),
+        ),
+        (
+            "precision (macro)",
+            Box::new(move |c| f4(c.holdout.as_ref().map(|h| h.precision_macro))),
+        ),
+        (
+            "recall (macro)",
+            Box::new(move |c| f4(c.holdout.as_ref().map(|h| h.recall_macro))),
+        ),
+        (
+            "F1 (macro)",
+            Box::new(move |c| f4(c.holdout.as_ref().map(|h| h.f1_macro))),
+        ),
+        (
+            "R²",
+            Box::new(move |c| f4(c.holdout_regression.as_ref().and_then(|h| h.r2))),
+        ),
+        (
+            "RMSE",
+            Box::new(move |c| f4(c.holdout_regression.as_ref().map(|h| h.rmse))),
+        ),
+        (
+            "MAE",
+            Box::new(move |c| f4(c.holdout_regression.as_ref().map(|h| h.mae))),
+        ),
+        ("train wall ms", Box::new(move |c| f1(Some(c.training_ms)))),
+        ("train CPU ms", Box::new(move |c| f1(c.training_cpu_ms))),
+        (
+            "peak RSS MiB",
+            Box::new(move |c| f1(c.peak_rss_bytes.map(|b| b as f64 / 1048576.0))),
+        ),
+        ("ONNX bytes", Box::new(|c| c.onnx_bytes.to_string())),
+        ("predict 1 row µs", Box::new(move |c| f1(c.predict_p50_us))),
+        (
+            "predict µs/row (64)",
+            Box::new(move |c| f1(c.predict_batch_p50_us_per_row)),
+        ),
+        (
+            "live accuracy",
+            Box::new(|c| {
+                c.live.as_ref().map_or("-".into(), |l| {
+                    format!("{:.4} ({} scored)", l.accuracy, l.scored)
+                })
+            }),
+        ),
+        (
+            "decision",
+            Box::new(|c| match &c.decision {
+                Some(d) if d.promoted => format!("promoted: {}", d.reason),
+                Some(d) => format!("refused: {}", d.reason),
+                None => "-".into(),
+            }),
+        ),
+    ];
+    let header: Vec<String> = cards
+        .iter()
+        .map(|c| format!("v{} {}", c.version, c.family))
+        .collect();
+    let mut table: Vec<Vec<String>> = vec![std::iter::once("".to_string()).chain(header).collect()];
+    for (name, value) in &rows {
+        let cells: Vec<String> = cards.iter().map(|c| value(c)).collect();
+        if cells.iter().all(|v| v == "-" || v.is_empty()) && *name != "serving" {
+            continue;
+        }
+        table.push(std::iter::once(name.to_string()).chain(cells).collect());
+    }
+    let widths: Vec<usize> = (0..=cards.len())
+        .map(|j| {
+            table
+                .iter()
+                .map(|r| r[j].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lbfgs::{self, Stop};
 pub use super::model::{argmax_rows, TrainError};
+use super::model::{Target, Task};
 use crate::features::scaler::StandardScaler;
 
 /// Training settings.
@@ -257,5 +258,62 @@ mod tests {
             warm.iterations,
             cold.iterations
         );
+    }
+}
+
+/// The family API shared with the other families (see [`super::model`]).
+impl LogisticModel {
+    /// Trains on a [`Target::Classes`] target; `init` warm-starts as in
+    /// [`LogisticModel::fit_from`].
+    ///
+    /// # Errors
+    /// [`TrainError::Unsupported`] for a regression target; else as
+    /// [`LogisticModel::fit`].
+    pub fn fit_target(
+        x: &[f32],
+        target: &Target<'_>,
+        feature_names: &[String],
+        cfg: &LogisticConfig,
+        init: Option<&LogisticModel>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self, TrainError> {
+        let Target::Classes { y, classes } = target else {
+            return Err(TrainError::Unsupported {
+                family: "logistic",
+                task: Task::Regression,
+            });
+        };
+        Self::fit_from(
+            x,
+            y,
+            classes.to_vec(),
+            feature_names.to_vec(),
+            cfg,
+            init,
+            cancelled,
+        )
+    }
+
+    /// Always [`Task::Classification`].
+    pub fn task(&self) -> Task {
+        Task::Classification
+    }
+
+    /// Class probabilities `[n, n_classes]`; see [`LogisticModel::predict_proba`].
+    pub fn predict(&self, x: &[f32]) -> Vec<f32> {
+        self.predict_proba(x)
+    }
+
+    /// ONNX bytes; see [`crate::onnx::export::logistic_to_onnx`].
+    pub fn to_onnx(&self, version: u32) -> Vec<u8> {
+        crate::onnx::export::logistic_to_onnx(self, version)
+    }
+
+    /// Settings and optimiser outcome, for the model card.
+    pub fn hyperparameters(&self, cfg: &LogisticConfig) -> serde_json::Value {
+        serde_json::json!({
+            "l2": cfg.l2, "max_iter": cfg.max_iter, "gtol": cfg.gtol,
+            "iterations": self.iterations, "stop": self.stop, "objective": self.objective,
+        })
     }
 }

@@ -10,104 +10,139 @@ pub mod lbfgs;
 pub mod logistic;
 pub mod metrics;
 pub mod model;
+pub mod offline;
+pub mod select;
 pub mod split;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::config::{Family, PipelineConfig};
+use crate::config::{ModelConfig, PipelineConfig};
 use crate::ingest::decode::Sample;
 use card::ModelCard;
-use logistic::{LogisticConfig, LogisticModel, TrainError};
+use logistic::{LogisticConfig, LogisticModel};
+pub use model::{Family, Model, Target, Task, TrainError};
+use select::{Evaluation, Metric};
 
 /// Labelled samples as a design matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// `[n, n_features]` row-major, `NaN` = missing.
     pub x: Vec<f32>,
-    /// Class indices into `classes`, `[n]`.
+    /// Class indices into `classes`, `[n]` (classification; empty for
+    /// regression).
     pub y: Vec<usize>,
+    /// Target values, `[n]` (regression; empty for classification).
+    pub values: Vec<f64>,
     /// Timestamps (ms), `[n]`.
     pub timestamps: Vec<i64>,
-    /// Sorted class names.
+    /// Sorted class names (empty for regression).
     pub classes: Vec<String>,
     pub n_features: usize,
+    pub task: Task,
 }
 
 impl Dataset {
     /// Builds a dataset from labelled samples (unlabelled ones are skipped),
     /// ordered by timestamp (ties kept in input order). Classes are sorted
     /// numerically when every label is a number, else lexicographically
-    /// (numpy's `unique` on the label column).
-    pub fn from_samples(samples: &[Sample], n_features: usize) -> Self {
+    /// (numpy's `unique` on the label column). For [`Task::Regression`] the
+    /// labels are parsed as numbers; a sample whose label is not a finite
+    /// number is skipped.
+    pub fn from_samples(samples: &[Sample], n_features: usize, task: Task) -> Self {
         let mut rows: Vec<&Sample> = samples
             .iter()
             .filter(|s| s.label.is_some() && s.features.len() == n_features)
             .collect();
+        if task == Task::Regression {
+            rows.retain(|s| label_value(s).is_some());
+        }
         rows.sort_by_key(|s| s.timestamp_ms);
-        let classes = sort_classes(rows.iter().filter_map(|s| s.label.clone()));
+        let classes = match task {
+            Task::Classification => sort_classes(rows.iter().filter_map(|s| s.label.clone())),
+            Task::Regression => vec![],
+        };
         let index: BTreeMap<&str, usize> = classes
             .iter()
             .enumerate()
             .map(|(i, c)| (c.as_str(), i))
             .collect();
-        let mut x = Vec::with_capacity(rows.len() * n_features);
-        let mut y = Vec::with_capacity(rows.len());
-        let mut timestamps = Vec::with_capacity(rows.len());
+        let mut data = Self::empty(task, classes.clone(), n_features);
         for s in rows {
-            x.extend_from_slice(&s.features);
-            y.push(index[s.label.as_deref().unwrap_or_default()]);
-            timestamps.push(s.timestamp_ms);
+            data.x.extend_from_slice(&s.features);
+            match task {
+                Task::Classification => data.y.push(index[s.label.as_deref().unwrap_or_default()]),
+                Task::Regression => data.values.push(label_value(s).unwrap_or_default()),
+            }
+            data.timestamps.push(s.timestamp_ms);
         }
+        data
+    }
+
+    /// No samples, with these classes and features.
+    pub fn empty(task: Task, classes: Vec<String>, n_features: usize) -> Self {
         Self {
-            x,
-            y,
-            timestamps,
+            task,
+            x: vec![],
+            y: vec![],
+            values: vec![],
+            timestamps: vec![],
             classes,
             n_features,
         }
     }
 
+    /// The training target.
+    pub fn target(&self) -> Target<'_> {
+        match self.task {
+            Task::Classification => Target::Classes {
+                y: &self.y,
+                classes: &self.classes,
+            },
+            Task::Regression => Target::Values(&self.values),
+        }
+    }
+
+    /// The rows `indices`, in that order, as a new dataset (same classes).
+    pub fn select(&self, indices: &[usize]) -> Self {
+        let mut out = Self::empty(self.task, self.classes.clone(), self.n_features);
+        for &i in indices {
+            out.push_row(self, i);
+        }
+        out
+    }
+
+    fn push_row(&mut self, from: &Self, i: usize) {
+        let nf = self.n_features;
+        self.x.extend_from_slice(&from.x[i * nf..(i + 1) * nf]);
+        if let Some(&y) = from.y.get(i) {
+            self.y.push(y);
+        }
+        if let Some(&v) = from.values.get(i) {
+            self.values.push(v);
+        }
+        self.timestamps.push(from.timestamps[i]);
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.y.len()
+        self.timestamps.len()
     }
 
     /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
+        self.timestamps.is_empty()
     }
 
     /// Rows `range` as a new dataset (same classes).
     pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
-        let nf = self.n_features;
-        Self {
-            x: self.x[range.start * nf..range.end * nf].to_vec(),
-            y: self.y[range.clone()].to_vec(),
-            timestamps: self.timestamps[range].to_vec(),
-            classes: self.classes.clone(),
-            n_features: nf,
-        }
+        self.select(&range.collect::<Vec<_>>())
     }
 
     /// Splits off every `k`-th sample (the second part).
     pub fn split_every(&self, k: usize) -> (Self, Self) {
-        let nf = self.n_features;
-        let empty = || Self {
-            x: vec![],
-            y: vec![],
-            timestamps: vec![],
-            classes: self.classes.clone(),
-            n_features: nf,
-        };
-        let (mut keep, mut out) = (empty(), empty());
-        for i in 0..self.len() {
-            let d = if i % k == k - 1 { &mut out } else { &mut keep };
-            d.x.extend_from_slice(&self.x[i * nf..(i + 1) * nf]);
-            d.y.push(self.y[i]);
-            d.timestamps.push(self.timestamps[i]);
-        }
-        (keep, out)
+        let (keep, out): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|i| i % k != k - 1);
+        (self.select(&keep), self.select(&out))
     }
 
     /// Temporal holdout: the newest `fraction` of samples (at least one)
@@ -128,6 +163,15 @@ impl Dataset {
         }
         out
     }
+}
+
+fn label_value(s: &Sample) -> Option<f64> {
+    s.label
+        .as_deref()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
 }
 
 /// Sorts distinct labels: numerically when all parse as numbers, else as strings.
@@ -168,132 +212,446 @@ pub enum Trigger {
 /// A trained version, ready to store and serve.
 #[derive(Debug, Clone)]
 pub struct TrainedVersion {
-    pub model: LogisticModel,
+    pub model: Model,
     pub onnx: Vec<u8>,
     pub card: ModelCard,
 }
 
-/// Trains `version` of `pipeline` on `samples`: temporal holdout of the
-/// newest `holdout_fraction`, fit on the rest and metrics on the holdout; then
-/// the served model is refit on all samples with the same settings and
-/// exported to ONNX. The card's holdout metrics are those of the evaluated
-/// fit (`n_train` samples); the served fit used `n_samples`.
+/// What a training produced: the chosen version and, for `family = "auto"`,
+/// the card of every candidate (the chosen one included), in candidate
+/// order; one card otherwise.
+#[derive(Debug, Clone)]
+pub struct Training {
+    pub chosen: TrainedVersion,
+    pub candidates: Vec<ModelCard>,
+}
+
+/// Trains `version` of `pipeline` on `samples`; see [`train_dataset`].
 ///
 /// # Errors
-/// [`TrainError`] when the training set lacks two classes, is empty, or
-/// training was cancelled.
+/// As [`train_dataset`].
 pub fn train_version(
     pipeline: &PipelineConfig,
     samples: &[Sample],
     version: u32,
     trigger: Trigger,
-    champion: Option<(u32, &LogisticModel)>,
+    champion: Option<(u32, &Model)>,
     cancelled: impl Fn() -> bool,
 ) -> Result<TrainedVersion, TrainError> {
+    let data = Dataset::from_samples(samples, pipeline.features.len(), pipeline.task);
+    let settings = TrainSettings {
+        pipeline: &pipeline.name,
+        features: &pipeline.features,
+        model: &pipeline.model,
+        progress: None,
+    };
+    train_dataset(&settings, &data, version, trigger, champion, &cancelled).map(|t| t.chosen)
+}
+
+/// What [`train_dataset`] needs of a pipeline's configuration.
+#[derive(Clone, Copy)]
+pub struct TrainSettings<'a> {
+    pub pipeline: &'a str,
+    pub features: &'a [String],
+    pub model: &'a ModelConfig,
+    /// Told each candidate family as its training starts.
+    pub progress: Option<&'a dyn Fn(Family)>,
+}
+
+/// Trains one version on `data`, the one code path of the daemon, the
+/// prequential evaluation and `edgeloop train`:
+///
+/// 1. temporal holdout: the newest `holdout_fraction` of samples; with a
+///    champion, every 10th older sample is held out too (the older regimes
+///    a challenger must not forget);
+/// 2. each candidate family (`auto`: `candidates`, else the one family) is
+///    fit on the rest (warm-started from the champion when it is of the
+///    same family and `warm_start` is set), scored on the holdout and, with
+///    `evaluation = "kfold"`, cross-validated over the training part;
+/// 3. the best candidate by `metric` (the cross-validation mean with
+///    k-fold, else the holdout score; the first on ties) is the challenger;
+///    champion and challenger are compared on the same holdout
+///    ([`card::judge`]: accuracy for classification, R² for regression);
+/// 4. a promoted challenger is refit on every sample with the same settings
+///    (scikit-learn's `refit=True` practice: on a stream the newest samples
+///    matter most) and exported to ONNX; its card's holdout metrics are
+///    those of the evaluated fit.
+///
+/// # Errors
+/// [`TrainError`] when the data is empty, a classification training set
+/// lacks two classes, no candidate supports the task, or training was
+/// cancelled.
+pub fn train_dataset(
+    settings: &TrainSettings<'_>,
+    data: &Dataset,
+    version: u32,
+    trigger: Trigger,
+    champion: Option<(u32, &Model)>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Training, TrainError> {
     let started = Instant::now();
-    let data = Dataset::from_samples(samples, pipeline.features.len());
+    let cpu_started = cpu_time_s();
+    let cfg = settings.model;
+    let task = data.task;
     if data.len() < 2 {
         return Err(TrainError::Empty);
     }
-    let (older, holdout) = data.temporal_split(pipeline.model.holdout_fraction);
-    // With a champion, every 10th older sample is held out too: the older
-    // regimes a challenger must not forget.
+    let metric = cfg.metric.unwrap_or(Metric::default_for(task));
+    let (older, holdout) = data.temporal_split(cfg.holdout_fraction);
     let (train, old_slice) = match champion {
         Some(_) => older.split_every(10),
         None => (
             older,
-            Dataset {
-                x: vec![],
-                y: vec![],
-                timestamps: vec![],
-                classes: data.classes.clone(),
-                n_features: data.n_features,
-            },
+            Dataset::empty(task, data.classes.clone(), data.n_features),
         ),
     };
-    let present: Vec<usize> = {
+    if task == Task::Classification {
         let mut seen = vec![false; data.classes.len()];
         train.y.iter().for_each(|&y| seen[y] = true);
-        (0..seen.len()).filter(|&i| seen[i]).collect()
-    };
-    if present.len() < 2 {
-        return Err(TrainError::TooFewClasses(present.len()));
+        let present = seen.iter().filter(|&&s| s).count();
+        if present < 2 {
+            return Err(TrainError::TooFewClasses(present));
+        }
     }
-    let cfg = LogisticConfig {
-        l2: pipeline.model.l2,
-        max_iter: pipeline.model.max_iter,
-        gtol: 1e-9,
-    };
-    let init = champion
-        .filter(|_| pipeline.model.warm_start)
-        .map(|(_, m)| m);
-    let fit = |set: &Dataset| match pipeline.model.family {
-        Family::Logistic => LogisticModel::fit_from(
-            &set.x,
-            &set.y,
-            data.classes.clone(),
-            pipeline.features.clone(),
-            &cfg,
+    let families = candidate_families(cfg, task)?;
+    let mut evaluated: Vec<(Model, ModelCard, Option<f64>)> = Vec::new();
+    for &family in &families {
+        if let Some(progress) = settings.progress {
+            progress(family);
+        }
+        let t0 = Instant::now();
+        let cpu0 = cpu_time_s();
+        let init = champion
+            .map(|(_, m)| m)
+            .filter(|m| cfg.warm_start && m.family() == family);
+        let model = fit_model(family, cfg, &train, settings.features, init, cancelled)?;
+        let cv = match cfg.evaluation {
+            Evaluation::Holdout => None,
+            Evaluation::Kfold => Some(cross_validate(
+                family,
+                cfg,
+                &train,
+                settings.features,
+                metric,
+                cancelled,
+            )?),
+        };
+        let selection = match &cv {
+            Some(cv) => Some(cv.mean),
+            None => select::score(&model, &holdout, metric),
+        };
+        let mut card = describe(
+            settings, &model, metric, &train, &holdout, data, version, trigger,
+        );
+        card.cv = cv;
+        card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
+        card.training_cpu_ms = cpu_time_s().zip(cpu0).map(|(a, b)| (a - b) * 1e3);
+        evaluated.push((model, card, selection));
+    }
+    let best = (0..evaluated.len())
+        .reduce(|best, i| match (evaluated[i].2, evaluated[best].2) {
+            (Some(a), Some(b)) if metric.better(a, b) => i,
+            (Some(_), None) => i,
+            _ => best,
+        })
+        .unwrap_or(0);
+    let summaries: Vec<card::CandidateScore> = evaluated
+        .iter()
+        .map(|(m, c, sel)| card::CandidateScore {
+            family: m.family().name().into(),
+            metric: metric.name().into(),
+            holdout: c.holdout_score,
+            cv_mean: c.cv.as_ref().map(|cv| cv.mean),
+            selected_by: *sel,
+        })
+        .collect();
+    let mut cards: Vec<ModelCard> = evaluated.iter().map(|(_, c, _)| c.clone()).collect();
+    let (challenger, mut chosen_card, _) = evaluated.swap_remove(best);
+    let decision = decide(cfg, trigger, champion, &challenger, &holdout, &old_slice);
+    let model = if decision.promoted {
+        let init = champion
+            .map(|(_, m)| m)
+            .filter(|m| cfg.warm_start && m.family() == challenger.family());
+        fit_model(
+            challenger.family(),
+            cfg,
+            data,
+            settings.features,
             init,
-            &cancelled,
+            cancelled,
+        )?
+    } else {
+        challenger
+    };
+    let onnx = model.to_onnx(version);
+    chosen_card.decision = Some(decision);
+    chosen_card.n_samples = data.len() as u64;
+    chosen_card.onnx_bytes = onnx.len() as u64;
+    chosen_card.hyperparameters = hyperparameters(&model, cfg);
+    if families.len() > 1 {
+        chosen_card.candidates = summaries;
+    }
+    chosen_card.training_ms = started.elapsed().as_secs_f64() * 1e3;
+    chosen_card.training_cpu_ms = cpu_time_s().zip(cpu_started).map(|(a, b)| (a - b) * 1e3);
+    cards[best] = chosen_card.clone();
+    Ok(Training {
+        chosen: TrainedVersion {
+            model,
+            onnx,
+            card: chosen_card,
+        },
+        candidates: cards,
+    })
+}
+
+/// The families a training compares: `auto`'s candidates that support the
+/// task (every such family when the list is empty), or the one family.
+///
+/// # Errors
+/// [`TrainError::Unsupported`] when the family, or every candidate, cannot
+/// learn `task`.
+pub fn candidate_families(cfg: &ModelConfig, task: Task) -> Result<Vec<Family>, TrainError> {
+    let families: Vec<Family> = match cfg.family {
+        Family::Auto if cfg.candidates.is_empty() => Family::ALL
+            .into_iter()
+            .filter(|f| f.supports(task))
+            .collect(),
+        Family::Auto => cfg
+            .candidates
+            .iter()
+            .copied()
+            .filter(|f| f.supports(task) && *f != Family::Auto)
+            .collect(),
+        f if f.supports(task) => vec![f],
+        f => {
+            return Err(TrainError::Unsupported {
+                family: f.name(),
+                task,
+            })
+        }
+    };
+    if families.is_empty() {
+        return Err(TrainError::Unsupported {
+            family: "auto",
+            task,
+        });
+    }
+    Ok(families)
+}
+
+/// Fits one family on `data` with the pipeline's settings for it.
+///
+/// # Errors
+/// As the family's `fit`.
+pub fn fit_model(
+    family: Family,
+    cfg: &ModelConfig,
+    data: &Dataset,
+    features: &[String],
+    init: Option<&Model>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Model, TrainError> {
+    let target = data.target();
+    let x = &data.x;
+    Ok(match family {
+        Family::Logistic => {
+            let init = match init {
+                Some(Model::Logistic(m)) => Some(m),
+                _ => None,
+            };
+            Model::Logistic(LogisticModel::fit_target(
+                x,
+                &target,
+                features,
+                &logistic_config(cfg),
+                init,
+                cancelled,
+            )?)
+        }
+        f => {
+            return Err(TrainError::Unsupported {
+                family: f.name(),
+                task: data.task,
+            })
+        }
+    })
+}
+
+fn logistic_config(cfg: &ModelConfig) -> LogisticConfig {
+    LogisticConfig {
+        l2: cfg.l2,
+        max_iter: cfg.max_iter,
+        gtol: 1e-9,
+    }
+}
+
+/// The model's settings and training outcome, for its card.
+pub fn hyperparameters(model: &Model, cfg: &ModelConfig) -> serde_json::Value {
+    match model {
+        Model::Logistic(m) => m.hyperparameters(&logistic_config(cfg)),
+    }
+}
+
+/// `k`-fold cross-validation of `family` over `data` (stratified for
+/// classification; folds in time order, no shuffle): each fold is scored by
+/// `metric` after fitting on the other folds.
+///
+/// # Errors
+/// As [`fit_model`]; [`TrainError::Empty`] when there are fewer samples
+/// than folds.
+pub fn cross_validate(
+    family: Family,
+    cfg: &ModelConfig,
+    data: &Dataset,
+    features: &[String],
+    metric: Metric,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<card::CrossValidation, TrainError> {
+    let folds = match data.task {
+        Task::Classification => split::stratified_kfold(&data.y, cfg.folds),
+        Task::Regression => split::kfold(data.len(), cfg.folds),
+    }
+    .map_err(|_| TrainError::Empty)?;
+    let mut scores = Vec::with_capacity(folds.len());
+    for (train_idx, test_idx) in &folds {
+        let (train, test) = (data.select(train_idx), data.select(test_idx));
+        let model = fit_model(family, cfg, &train, features, None, cancelled)?;
+        scores.push(select::score(&model, &test, metric).unwrap_or(f64::NAN));
+    }
+    Ok(card::CrossValidation::new(metric.name(), scores))
+}
+
+/// A candidate's card before the champion/challenger decision: metrics of
+/// the fit on `train` scored on `holdout`.
+#[allow(clippy::too_many_arguments)]
+fn describe(
+    settings: &TrainSettings<'_>,
+    model: &Model,
+    metric: Metric,
+    train: &Dataset,
+    holdout: &Dataset,
+    data: &Dataset,
+    version: u32,
+    trigger: Trigger,
+) -> ModelCard {
+    let (holdout_metrics, holdout_regression) = match select::predictions(model, holdout) {
+        _ if holdout.is_empty() => (None, None),
+        select::Predictions::Classes(pred) => {
+            // A class the data lacks maps past the last class: count it as
+            // its own (wrong) label.
+            let mut names = holdout.classes.clone();
+            names.push("(unknown)".into());
+            let pred: Vec<usize> = pred.iter().map(|&p| p.min(holdout.classes.len())).collect();
+            (
+                metrics::classification_metrics(&holdout.y, &pred, &names).ok(),
+                None,
+            )
+        }
+        select::Predictions::Values(pred) => (
+            None,
+            metrics::regression_metrics(&holdout.values, &pred).ok(),
         ),
     };
-    let evaluated = fit(&train)?;
-    let decision = decide(
-        pipeline, trigger, champion, &evaluated, &holdout, &old_slice,
-    );
-    let proba = evaluated.predict_proba(&holdout.x);
-    let predicted = logistic::argmax_rows(&proba, evaluated.classes.len());
-    let holdout_metrics =
-        metrics::classification_metrics(&holdout.y, &predicted, &evaluated.classes).ok();
-    // The served model is refit on every labelled sample with the same
-    // settings (scikit-learn's `refit=True` practice): on a temporal stream
-    // the newest samples, the holdout, matter most for what comes next.
-    let model = if decision.promoted {
-        fit(&data)?
-    } else {
-        evaluated
-    };
-    let training_ms = started.elapsed().as_secs_f64() * 1e3;
-    let onnx = crate::onnx::export::logistic_to_onnx(&model, version);
-    let card = ModelCard {
-        pipeline: pipeline.name.clone(),
+    let onnx = model.to_onnx(version);
+    let (p50_single, p50_batch) = inference_latency_us(&onnx, &holdout.x, data.n_features);
+    ModelCard {
+        pipeline: settings.pipeline.into(),
         version,
-        family: "logistic".into(),
-        hyperparameters: serde_json::json!({ "l2": cfg.l2, "max_iter": cfg.max_iter, "gtol": cfg.gtol }),
-        optimizer: serde_json::json!({ "iterations": model.iterations, "stop": model.stop, "objective": model.objective }),
+        family: model.family().name().into(),
+        task: data.task,
+        hyperparameters: serde_json::Value::Null,
+        optimizer: serde_json::Value::Null,
         trigger,
         created_at_ms: now_ms(),
-        features: model.feature_names.clone(),
-        classes: model.classes.clone(),
-        n_samples: data.len() as u64,
+        features: model.feature_names().to_vec(),
+        classes: model.classes().to_vec(),
+        n_samples: train.len() as u64,
         n_train: train.len() as u64,
         n_holdout: holdout.len() as u64,
         class_composition_train: train.class_composition(),
         class_composition_holdout: holdout.class_composition(),
         train_time_range_ms: time_range(&train.timestamps),
         holdout_time_range_ms: time_range(&holdout.timestamps),
+        metric: metric.name().into(),
+        holdout_score: select::score(model, holdout, metric),
         holdout: holdout_metrics,
-        training_ms,
+        holdout_regression,
+        cv: None,
+        candidates: vec![],
+        training_ms: 0.0,
+        training_cpu_ms: None,
         onnx_bytes: onnx.len() as u64,
-        predict_p50_us: None,
+        predict_p50_us: p50_single,
+        predict_batch_p50_us_per_row: p50_batch,
+        peak_rss_bytes: None,
+        live: None,
         last_seq: None,
-        decision: Some(decision),
+        decision: None,
+    }
+}
+
+/// Median latency through the serving engine (tract): one row, and per row
+/// of a 64-row batch, microseconds; 25 runs each. `None` when the model does
+/// not load (the registry refuses it later with the reason).
+fn inference_latency_us(onnx: &[u8], x: &[f32], n_features: usize) -> (Option<f64>, Option<f64>) {
+    let Ok(engine) = crate::serve::engine::OnnxModel::load(onnx) else {
+        return (None, None);
     };
-    Ok(TrainedVersion { model, onnx, card })
+    let n_rows = x.len() / n_features.max(1);
+    if n_rows == 0 {
+        return (None, None);
+    }
+    let batch: Vec<f32> = (0..64)
+        .flat_map(|i| {
+            x[(i % n_rows) * n_features..(i % n_rows + 1) * n_features]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let median = |input: &[f32]| {
+        let mut t: Vec<f64> = (0..25)
+            .map(|_| {
+                let t0 = Instant::now();
+                let _ = engine.predict_proba(input);
+                t0.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    (
+        Some(median(&batch[..n_features])),
+        Some(median(&batch) / 64.0),
+    )
+}
+
+/// CPU seconds this process has used (user + system), from `getrusage`.
+fn cpu_time_s() -> Option<f64> {
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0).then_some(u)
+    }?;
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Some(tv(usage.ru_utime) + tv(usage.ru_stime))
 }
 
 /// Champion/challenger: both scored on the recent holdout and the older
-/// slice; see `model.margin_recent` and `model.margin_old`.
+/// slice (accuracy, or R² for regression); see `model.margin_recent` and
+/// `model.margin_old`.
 fn decide(
-    pipeline: &PipelineConfig,
+    cfg: &ModelConfig,
     trigger: Trigger,
-    champion: Option<(u32, &LogisticModel)>,
-    challenger: &LogisticModel,
+    champion: Option<(u32, &Model)>,
+    challenger: &Model,
     recent: &Dataset,
     old: &Dataset,
 ) -> card::Decision {
-    let score = |m: &LogisticModel, d: &Dataset| accuracy(m, d);
+    let metric = match challenger.task() {
+        Task::Classification => Metric::Accuracy,
+        Task::Regression => Metric::R2,
+    };
+    let score = |m: &Model, d: &Dataset| select::score(m, d, metric);
     let (challenger_recent, challenger_old) = (score(challenger, recent), score(challenger, old));
     let Some((champion_version, champ)) = champion else {
         return card::Decision {
@@ -307,7 +665,6 @@ fn decide(
         };
     };
     let (champion_recent, champion_old) = (score(champ, recent), score(champ, old));
-    let m = &pipeline.model;
     let (promoted, reason) = if trigger == Trigger::Manual {
         (true, "asked for over the API".to_string())
     } else {
@@ -316,8 +673,8 @@ fn decide(
             challenger_recent,
             champion_old,
             challenger_old,
-            m.margin_recent,
-            m.margin_old,
+            cfg.margin_recent,
+            cfg.margin_old,
         )
     };
     card::Decision {
@@ -329,20 +686,6 @@ fn decide(
         champion_old,
         challenger_old,
     }
-}
-
-fn accuracy(m: &LogisticModel, d: &Dataset) -> Option<f64> {
-    if d.is_empty() {
-        return None;
-    }
-    // The champion may know other classes than the dataset's: compare names.
-    let pred = logistic::argmax_rows(&m.predict_proba(&d.x), m.classes.len());
-    let correct = pred
-        .iter()
-        .zip(&d.y)
-        .filter(|(p, y)| m.classes[**p] == d.classes[**y])
-        .count();
-    Some(correct as f64 / d.len() as f64)
 }
 
 fn time_range(ts: &[i64]) -> Option<[i64; 2]> {
@@ -385,7 +728,7 @@ mod tests {
             .iter()
             .map(|&t| s(t, if t % 2 == 0 { "x" } else { "y" }))
             .collect();
-        let d = Dataset::from_samples(&samples, 1);
+        let d = Dataset::from_samples(&samples, 1, Task::Classification);
         let (train, holdout) = d.temporal_split(0.2);
         assert_eq!(train.timestamps, vec![1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(holdout.timestamps, vec![9, 10]);

@@ -28,6 +28,95 @@ pub enum Task {
     Regression,
 }
 
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Classification => "classification",
+            Task::Regression => "regression",
+        })
+    }
+}
+
+/// A model family, by its name in config and on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Multinomial logistic regression (softmax) with L2; classification.
+    Logistic,
+    /// Ordinary least squares; regression.
+    Linear,
+    /// Least squares with an L2 penalty; regression.
+    Ridge,
+    /// Multi-layer perceptron (ReLU, Adam); both tasks.
+    Mlp,
+    /// CART decision tree; both tasks.
+    Tree,
+    /// Random forest of CART trees; both tasks.
+    Forest,
+    /// Linear support vector machine (hinge loss) with Platt-calibrated
+    /// probabilities; classification.
+    Svm,
+    /// Trains the configured candidate families on the same split and keeps
+    /// the best by the pipeline's metric.
+    Auto,
+}
+
+impl Family {
+    /// Every concrete family (not `auto`), in name order of the docs.
+    pub const ALL: [Family; 7] = [
+        Family::Logistic,
+        Family::Linear,
+        Family::Ridge,
+        Family::Mlp,
+        Family::Tree,
+        Family::Forest,
+        Family::Svm,
+    ];
+
+    /// The name used in config, on the command line and in model cards.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Logistic => "logistic",
+            Family::Linear => "linear",
+            Family::Ridge => "ridge",
+            Family::Mlp => "mlp",
+            Family::Tree => "tree",
+            Family::Forest => "forest",
+            Family::Svm => "svm",
+            Family::Auto => "auto",
+        }
+    }
+
+    /// Whether the family can learn `task` (`auto` can learn both).
+    pub fn supports(self, task: Task) -> bool {
+        match self {
+            Family::Logistic | Family::Svm => task == Task::Classification,
+            Family::Linear | Family::Ridge => task == Task::Regression,
+            Family::Mlp | Family::Tree | Family::Forest | Family::Auto => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Family::ALL
+            .into_iter()
+            .chain([Family::Auto])
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                format!("unknown family `{s}`; one of logistic, linear, ridge, mlp, tree, forest, svm, auto")
+            })
+    }
+}
+
 /// The training target.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
@@ -77,7 +166,7 @@ pub enum TrainError {
     #[error("training was cancelled")]
     Cancelled,
     /// The family cannot learn this task (e.g. `svm` for regression).
-    #[error("family `{family}` does not support {task:?}")]
+    #[error("family `{family}` does not support {task}")]
     Unsupported { family: &'static str, task: Task },
     /// A target value is not finite.
     #[error("target value {value} at sample {index} is not finite")]
@@ -125,4 +214,66 @@ pub fn argmax_rows(proba: &[f32], n_classes: usize) -> Vec<usize> {
                 .0
         })
         .collect()
+}
+
+/// A trained model of any family: what the loop trains, stores (as JSON, for
+/// warm starts), scores and exports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", content = "params", rename_all = "snake_case")]
+pub enum Model {
+    Logistic(super::logistic::LogisticModel),
+}
+
+impl Model {
+    /// The family's name.
+    pub fn family(&self) -> Family {
+        match self {
+            Model::Logistic(_) => Family::Logistic,
+        }
+    }
+
+    /// What the model predicts.
+    pub fn task(&self) -> Task {
+        match self {
+            Model::Logistic(m) => m.task(),
+        }
+    }
+
+    /// Class names, output column order (empty for a regressor).
+    pub fn classes(&self) -> &[String] {
+        match self {
+            Model::Logistic(m) => &m.classes,
+        }
+    }
+
+    /// Feature names, input order.
+    pub fn feature_names(&self) -> &[String] {
+        match self {
+            Model::Logistic(m) => &m.feature_names,
+        }
+    }
+
+    /// A classifier's probabilities `[n, n_classes]` row-major, or a
+    /// regressor's predictions `[n]`, for `x` (`[n, n_features]`, `NaN` =
+    /// missing); equal to the exported ONNX graph's first output within 1e-5.
+    pub fn predict(&self, x: &[f32]) -> Vec<f32> {
+        match self {
+            Model::Logistic(m) => m.predict(x),
+        }
+    }
+
+    /// ONNX bytes following [`crate::onnx::builder`]'s contract.
+    pub fn to_onnx(&self, version: u32) -> Vec<u8> {
+        match self {
+            Model::Logistic(m) => m.to_onnx(version),
+        }
+    }
+
+    /// Decodes a stored model's parameters: this enum's JSON, or the bare
+    /// logistic model edgeloop 0.1 stored.
+    pub fn from_json(json: &str) -> Option<Self> {
+        serde_json::from_str(json)
+            .ok()
+            .or_else(|| serde_json::from_str(json).ok().map(Model::Logistic))
+    }
 }

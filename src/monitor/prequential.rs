@@ -71,48 +71,12 @@ pub struct PrequentialReport {
 /// [`PrequentialError::Input`] when the file cannot be read or a column is missing.
 pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialError> {
     let file = opts.file.display().to_string();
-    let err = |reason: String| PrequentialError::Input {
-        file: file.clone(),
-        reason,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(&opts.file)
-        .map_err(|e| err(e.to_string()))?;
-    let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
-    let records: Vec<csv::StringRecord> = reader
-        .records()
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    let label_idx = headers
-        .iter()
-        .position(|h| h == opts.label)
-        .ok_or_else(|| err(format!("no column `{}`", opts.label)))?;
-    let features: Vec<String> = if opts.features.is_empty() {
-        let first = records.first().ok_or_else(|| err("no rows".into()))?;
-        headers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| {
-                *i != label_idx && first.get(*i).is_some_and(|v| v.parse::<f64>().is_ok())
-            })
-            .map(|(_, h)| h.to_string())
-            .collect()
-    } else {
-        opts.features.clone()
-    };
-    let idx: Vec<usize> = features
-        .iter()
-        .map(|f| {
-            headers
-                .iter()
-                .position(|h| h == f)
-                .ok_or_else(|| err(format!("no column `{f}`")))
-        })
-        .collect::<Result<_, _>>()?;
-    if idx.is_empty() {
-        return Err(err("no numeric feature column".into()));
-    }
+    let data = crate::ingest::csv_file::read_labelled_csv(&opts.file, &opts.label, &opts.features)
+        .map_err(|reason| PrequentialError::Input {
+            file: file.clone(),
+            reason,
+        })?;
+    let features = data.features.clone();
     let frozen_cfg = ContinualConfig {
         retrain_every: 0,
         retrain_on_drift: false,
@@ -120,7 +84,7 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
     };
     let mut live = ContinualLoop::new(opts.loop_config.clone(), features.clone());
     let mut frozen = ContinualLoop::new(frozen_cfg, features.clone());
-    let n = records.len() as u64;
+    let n = data.len() as u64;
     let seg_len = n.div_ceil(opts.segments.max(1) as u64).max(1);
     let mut segments: Vec<Segment> = (0..n.div_ceil(seg_len))
         .map(|s| Segment {
@@ -136,22 +100,14 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
     let mut hits = vec![(0u64, 0u64); segments.len()];
     let (mut model_peak, mut data_peak) = (0u64, 0u64);
     let row_bytes = (features.len() * 4 + 16) as u64;
-    for (i, r) in records.iter().enumerate() {
-        let x: Vec<f32> = idx
-            .iter()
-            .map(|&j| {
-                r.get(j)
-                    .and_then(|v| v.parse::<f32>().ok())
-                    .unwrap_or(f32::NAN)
-            })
-            .collect();
-        let label = r.get(label_idx).unwrap_or("").to_string();
-        let (pl, pf) = (live.observe(&x, &label), frozen.observe(&x, &label));
+    for (i, label) in data.labels.iter().enumerate() {
+        let x = data.row(i);
+        let (pl, pf) = (live.observe(x, label), frozen.observe(x, label));
         if let (Some(pl), Some(pf)) = (pl, pf) {
             let s = i / seg_len as usize;
             segments[s].scored += 1;
-            hits[s].0 += u64::from(pl == label);
-            hits[s].1 += u64::from(pf == label);
+            hits[s].0 += u64::from(pl == *label);
+            hits[s].1 += u64::from(pf == *label);
         }
         if let Some(m) = live.champion() {
             let params = m.weights.len() + m.bias.len() + 2 * m.scaler.mean.len();

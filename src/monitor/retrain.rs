@@ -465,10 +465,10 @@ impl Learner {
                 );
                 let version = store.model_versions(&cfg.name)?.last().map_or(1, |v| v + 1);
                 // The champion's parameters, for warm start and comparison.
-                let champion: Option<(u32, crate::learn::logistic::LogisticModel)> = registry
+                let champion: Option<(u32, learn::Model)> = registry
                     .get(&cfg.name)
                     .and_then(|s| Some((s.version, store.get_model(&cfg.name, s.version).ok()??)))
-                    .and_then(|(v, m)| Some((v, serde_json::from_str(&m.params_json).ok()?)));
+                    .and_then(|(v, m)| Some((v, learn::Model::from_json(&m.params_json)?)));
                 let mut trained = learn::train_version(
                     &cfg,
                     &samples,

@@ -359,7 +359,6 @@ async fn history(
 /// A human rendering of the answers of the models, history, promote and
 /// rollback endpoints (`edgeloop models …`).
 pub fn render(v: &Value) -> String {
-    let f = |x: &Value| x.as_f64().map_or("-".to_string(), |v| format!("{v:.4}"));
     let mut out = String::new();
     if let Some(models) = v["models"].as_array() {
         out.push_str(&format!(
@@ -367,30 +366,12 @@ pub fn render(v: &Value) -> String {
             v["pipeline"].as_str().unwrap_or("-"),
             v["serving_version"]
         ));
-        out.push_str("version  family    trigger      n_samples  holdout  accuracy  precision  recall  f1      train_ms  onnx_bytes  p50_us  decision\n");
-        for m in models {
-            let h = &m["holdout"];
-            out.push_str(&format!(
-                "{:<8} {:<9} {:<12} {:<10} {:<8} {:<9} {:<10} {:<7} {:<7} {:<9.1} {:<11} {:<7} {}\n",
-                m["version"].to_string(),
-                m["family"].as_str().unwrap_or("-"),
-                m["trigger"].as_str().unwrap_or("-"),
-                m["n_samples"].to_string(),
-                m["n_holdout"].to_string(),
-                f(&h["accuracy"]),
-                f(&h["precision_macro"]),
-                f(&h["recall_macro"]),
-                f(&h["f1_macro"]),
-                m["training_ms"].as_f64().unwrap_or(0.0),
-                m["onnx_bytes"].to_string(),
-                f(&m["predict_p50_us"]),
-                match m["decision"]["promoted"].as_bool() {
-                    Some(true) => "promoted".to_string(),
-                    Some(false) => format!("refused: {}", m["decision"]["reason"].as_str().unwrap_or("")),
-                    None => "-".to_string(),
-                }
-            ));
-        }
+        let cards: Vec<crate::learn::card::ModelCard> = models
+            .iter()
+            .filter_map(|m| serde_json::from_value(m.clone()).ok())
+            .collect();
+        let serving = v["serving_version"].as_u64().map(|v| v as u32);
+        out.push_str(&crate::learn::card::render_table(&cards, serving));
     } else if let Some(events) = v["events"].as_array() {
         out.push_str(&format!(
             "pipeline {} (serving version {})\n",

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
@@ -166,11 +165,7 @@ impl Registry {
         store: &Store,
         trained: TrainedVersion,
     ) -> Result<Arc<Serving>, RegistryError> {
-        let TrainedVersion {
-            model,
-            onnx,
-            mut card,
-        } = trained;
+        let TrainedVersion { model, onnx, card } = trained;
         let (pipeline, version) = (card.pipeline.clone(), card.version);
         let slot = self
             .slots
@@ -181,7 +176,6 @@ impl Registry {
             version,
             source,
         })?;
-        card.predict_p50_us = Some(single_row_p50_us(&loaded, &model.scaler.mean));
         let stored = StoredModel {
             onnx,
             card_json: serde_json::to_string(&card).map_err(|e| RegistryError::Card {
@@ -339,20 +333,6 @@ fn load(pipeline: &str, version: u32, stored: &StoredModel) -> Result<Serving, R
         model,
         card,
     })
-}
-
-/// Median of 51 single-row runs, microseconds (a measurement for the card,
-/// not a test assertion).
-fn single_row_p50_us(model: &OnnxModel, row: &[f32]) -> f64 {
-    let mut times: Vec<f64> = (0..51)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = model.predict_proba(row);
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
 }
 
 #[cfg(test)]

@@ -30,13 +30,21 @@ impl Split {
     pub fn class_indices(&self, classes: &[String]) -> Vec<usize> {
         self.labels
             .iter()
-            .map(|l| classes.iter().position(|c| c == l).expect("label in classes"))
+            .map(|l| {
+                classes
+                    .iter()
+                    .position(|c| c == l)
+                    .expect("label in classes")
+            })
             .collect()
     }
 
     /// The labels as real numbers (regression).
     pub fn values(&self) -> Vec<f64> {
-        self.labels.iter().map(|l| l.parse().expect("numeric label")).collect()
+        self.labels
+            .iter()
+            .map(|l| l.parse().expect("numeric label"))
+            .collect()
     }
 }
 
@@ -64,7 +72,11 @@ fn read(file: &str) -> Split {
     for record in reader.records() {
         let record = record.unwrap();
         for v in record.iter().take(nf) {
-            x.push(if v.is_empty() { f32::NAN } else { v.parse::<f32>().unwrap() });
+            x.push(if v.is_empty() {
+                f32::NAN
+            } else {
+                v.parse::<f32>().unwrap()
+            });
         }
         labels.push(record[nf].to_string());
     }

@@ -1,0 +1,104 @@
+//! Labelled CSV files as rows of features and a label: the input of
+//! `edgeloop train` and `edgeloop evaluate --prequential`.
+//!
+//! The first line names the columns. A feature value that is empty or not a
+//! number is missing (`NaN`), as a bad field of an MQTT payload is. Rows keep
+//! their file order (a stream's time order).
+
+use std::path::Path;
+
+/// A labelled CSV file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledCsv {
+    /// Feature column names, input order.
+    pub features: Vec<String>,
+    /// `[n_rows, n_features]` row-major, `NaN` = missing.
+    pub x: Vec<f32>,
+    /// The label column as written, `[n_rows]`.
+    pub labels: Vec<String>,
+}
+
+impl LabelledCsv {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Features of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let nf = self.features.len();
+        &self.x[i * nf..(i + 1) * nf]
+    }
+}
+
+/// Reads `path`: the `label` column and the `features` columns (empty: every
+/// other column whose first value is a number).
+///
+/// # Errors
+/// A message naming the file and what is wrong: unreadable, no rows, a
+/// named column missing, no numeric feature column.
+pub fn read_labelled_csv(
+    path: &Path,
+    label: &str,
+    features: &[String],
+) -> Result<LabelledCsv, String> {
+    let err = |reason: String| format!("{}: {reason}", path.display());
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| err(e.to_string()))?;
+    let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
+    let records: Vec<csv::StringRecord> = reader
+        .records()
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    let label_idx = headers
+        .iter()
+        .position(|h| h == label)
+        .ok_or_else(|| err(format!("no column `{label}`")))?;
+    let features: Vec<String> = if features.is_empty() {
+        let first = records.first().ok_or_else(|| err("no rows".into()))?;
+        headers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                *i != label_idx && first.get(*i).is_some_and(|v| v.parse::<f64>().is_ok())
+            })
+            .map(|(_, h)| h.to_string())
+            .collect()
+    } else {
+        features.to_vec()
+    };
+    let idx: Vec<usize> = features
+        .iter()
+        .map(|f| {
+            headers
+                .iter()
+                .position(|h| h == f)
+                .ok_or_else(|| err(format!("no column `{f}`")))
+        })
+        .collect::<Result<_, _>>()?;
+    if idx.is_empty() {
+        return Err(err("no numeric feature column".into()));
+    }
+    let mut x = Vec::with_capacity(records.len() * idx.len());
+    let mut labels = Vec::with_capacity(records.len());
+    for r in &records {
+        x.extend(idx.iter().map(|&j| {
+            r.get(j)
+                .and_then(|v| v.parse::<f32>().ok())
+                .unwrap_or(f32::NAN)
+        }));
+        labels.push(r.get(label_idx).unwrap_or("").to_string());
+    }
+    Ok(LabelledCsv {
+        features,
+        x,
+        labels,
+    })
+}

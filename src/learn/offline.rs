@@ -1,0 +1,137 @@
+//! `edgeloop train`: trains from any labelled CSV file, with no pipeline and
+//! no daemon, through the code path the daemon uses ([`super::train_dataset`]).
+//!
+//! Rows are taken in file order as a time order: the holdout is the last
+//! rows, as on a stream.
+
+use std::path::PathBuf;
+
+use super::card::ModelCard;
+use super::{Dataset, Family, Task, TrainSettings, Training, Trigger};
+use crate::config::ModelConfig;
+use crate::ingest::csv_file::{read_labelled_csv, LabelledCsv};
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct OfflineOptions {
+    pub file: PathBuf,
+    pub label: String,
+    /// Feature columns; empty: every other column whose first value is numeric.
+    pub features: Vec<String>,
+    /// `None`: regression when every label is a number and there are more
+    /// than [`MAX_CLASSES_GUESSED`] distinct ones, else classification.
+    pub task: Option<Task>,
+    /// Settings of the training (family, holdout fraction, folds...).
+    pub model: ModelConfig,
+    /// Name written into the cards.
+    pub name: String,
+    /// Write the chosen model's ONNX bytes here.
+    pub export: Option<PathBuf>,
+}
+
+/// More distinct numeric labels than this make a guessed task regression.
+pub const MAX_CLASSES_GUESSED: usize = 20;
+
+/// What a training from a file produced.
+#[derive(Debug, Clone)]
+pub struct OfflineReport {
+    pub task: Task,
+    pub rows: usize,
+    pub training: Training,
+}
+
+/// Reads the file, trains and, with `export`, writes the chosen model.
+/// `progress` is told each family as its training starts (index, total).
+///
+/// # Errors
+/// A message naming the file or the training error.
+pub fn train_csv(
+    opts: &OfflineOptions,
+    progress: &dyn Fn(Family, usize, usize),
+) -> Result<OfflineReport, String> {
+    let csv = read_labelled_csv(&opts.file, &opts.label, &opts.features)?;
+    let task = opts.task.unwrap_or_else(|| guess_task(&csv.labels));
+    let data = dataset(&csv, task);
+    if data.is_empty() {
+        return Err(format!(
+            "{}: no usable rows (regression needs numeric labels)",
+            opts.file.display()
+        ));
+    }
+    let families = super::candidate_families(&opts.model, task).map_err(|e| e.to_string())?;
+    let step = std::sync::atomic::AtomicUsize::new(0);
+    let total = families.len();
+    let settings = TrainSettings {
+        pipeline: &opts.name,
+        features: &csv.features,
+        model: &opts.model,
+        progress: Some(&|family: Family| {
+            let i = step.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress(family, i.min(total - 1), total);
+        }),
+    };
+    let mut training = super::train_dataset(&settings, &data, 1, Trigger::Manual, None, &|| false)
+        .map_err(|e| e.to_string())?;
+    let peak = peak_rss_bytes();
+    training.chosen.card.peak_rss_bytes = peak;
+    for card in &mut training.candidates {
+        card.peak_rss_bytes = peak;
+    }
+    if let Some(path) = &opts.export {
+        std::fs::write(path, &training.chosen.onnx)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(OfflineReport {
+        task,
+        rows: csv.len(),
+        training,
+    })
+}
+
+/// Regression when every label is a number and more than
+/// [`MAX_CLASSES_GUESSED`] distinct values occur; else classification.
+pub fn guess_task(labels: &[String]) -> Task {
+    let numeric = labels.iter().all(|l| l.trim().parse::<f64>().is_ok());
+    let distinct = labels
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if numeric && distinct > MAX_CLASSES_GUESSED {
+        Task::Regression
+    } else {
+        Task::Classification
+    }
+}
+
+/// The file's rows as a dataset; timestamps are row numbers. For regression,
+/// rows whose label is not a finite number are left out.
+pub fn dataset(csv: &LabelledCsv, task: Task) -> Dataset {
+    let samples: Vec<crate::ingest::decode::Sample> = csv
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| crate::ingest::decode::Sample {
+            timestamp_ms: i as i64,
+            device: String::new(),
+            features: csv.row(i).to_vec(),
+            label: Some(label.clone()),
+        })
+        .collect();
+    Dataset::from_samples(&samples, csv.features.len(), task)
+}
+
+/// The cards of a training, for printing: every candidate.
+pub fn cards(report: &OfflineReport) -> &[ModelCard] {
+    &report.training.candidates
+}
+
+/// Peak resident set size of this process, bytes (`getrusage`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0).then_some(u)
+    }?;
+    // Linux reports kilobytes.
+    u64::try_from(usage.ru_maxrss).ok().map(|kb| kb * 1024)
+}

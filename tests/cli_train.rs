@@ -1,0 +1,134 @@
+//! `edgeloop train`: any labelled CSV, no pipeline, the daemon's training
+//! path; the comparison table, `--json` cards and `--export`.
+
+use std::process::Command;
+
+fn edgeloop(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(args)
+        .args(["--log-level", "error"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run edgeloop")
+}
+
+#[test]
+fn auto_prints_one_card_per_family_as_json_and_exports_the_chosen_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("chosen.onnx");
+    let out = edgeloop(&[
+        "train",
+        "--file",
+        "tests/fixtures/datasets/basic_motions_train.csv",
+        "--label",
+        "label",
+        "--family",
+        "auto",
+        "--export",
+        export.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cards: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let families: Vec<&str> = cards
+        .iter()
+        .map(|c| c["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(families, ["logistic", "mlp", "tree", "forest", "svm"]);
+    for c in &cards {
+        assert_eq!(c["classes"].as_array().unwrap().len(), 4);
+        assert_eq!(c["features"].as_array().unwrap().len(), 24);
+        assert_eq!(c["n_holdout"], 8, "newest 20 % of 40 rows");
+        assert!(c["peak_rss_bytes"].as_u64().unwrap() > 0);
+        assert!(c["training_cpu_ms"].as_f64().is_some());
+    }
+    let chosen = cards
+        .iter()
+        .find(|c| c["candidates"].as_array().is_some_and(|a| a.len() == 5))
+        .expect("the chosen card lists the candidates");
+    let bytes = std::fs::read(&export).unwrap();
+    assert_eq!(chosen["onnx_bytes"].as_u64(), Some(bytes.len() as u64));
+    let served = edgeloop::serve::engine::OnnxModel::load(&bytes).unwrap();
+    assert_eq!(
+        served.classes(),
+        ["Badminton", "Running", "Standing", "Walking"]
+    );
+}
+
+#[test]
+fn regression_with_folds_prints_the_comparison_table() {
+    let out = edgeloop(&[
+        "train",
+        "--file",
+        "tests/fixtures/datasets/air_quality_test.csv",
+        "--label",
+        "label",
+        "--family",
+        "ridge",
+        "--folds",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    println!("{table}");
+    assert!(table.contains("v1 ridge"), "{table}");
+    assert!(table.contains("(3 folds)"), "{table}");
+    assert!(table.contains("R²") && table.contains("RMSE"), "{table}");
+    assert!(
+        table.contains("1535 rows, regression; chosen: ridge"),
+        "{table}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_non_zero_with_a_reason() {
+    let out = edgeloop(&[
+        "train",
+        "--file",
+        "tests/fixtures/datasets/basic_motions_train.csv",
+        "--label",
+        "label",
+        "--family",
+        "boosting",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown family `boosting`"), "{err}");
+
+    let out = edgeloop(&[
+        "train",
+        "--file",
+        "tests/fixtures/datasets/basic_motions_train.csv",
+        "--label",
+        "no_such_column",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no column `no_such_column`"));
+
+    let out = edgeloop(&[
+        "train",
+        "--file",
+        "tests/fixtures/datasets/basic_motions_train.csv",
+        "--label",
+        "label",
+        "--family",
+        "linear",
+        "--task",
+        "classification",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("config key `model.family`: `linear` cannot learn classification"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
