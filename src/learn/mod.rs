@@ -7,9 +7,11 @@
 
 pub mod card;
 pub mod lbfgs;
+pub mod linear;
 pub mod logistic;
 pub mod metrics;
 pub mod model;
+pub mod svm;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
