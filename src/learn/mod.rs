@@ -7,12 +7,14 @@
 
 pub mod card;
 pub mod lbfgs;
+pub mod linear;
 pub mod logistic;
 pub mod metrics;
 pub mod model;
 pub mod offline;
 pub mod select;
 pub mod split;
+pub mod svm;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
