@@ -19,7 +19,7 @@ fn plan(onnx: tract_onnx::Onnx, path: &std::path::Path, rows: usize) -> Arc<Type
 }
 
 /// p50 and p99 of one call, in µs, over calls that fill about `budget`.
-fn latency(plan: &TypedRunnableModel, x: &Tensor, budget: Duration) -> (f64, f64, usize) {
+fn latency(plan: &Arc<TypedRunnableModel>, x: &Tensor, budget: Duration) -> (f64, f64, usize) {
     let run = || plan.run(tvec!(x.clone().into_tvalue())).unwrap();
     run();
     let t = Instant::now();
