@@ -40,17 +40,27 @@ fn latency(plan: &Arc<TypedRunnableModel>, x: &Tensor, budget: Duration) -> (f64
 fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = root.join("tests/fixtures/tree_ensemble/rf50_occupancy.onnx");
-    let data = std::fs::read_to_string(root.join("tests/fixtures/datasets/occupancy_test.csv")).unwrap();
+    let data =
+        std::fs::read_to_string(root.join("tests/fixtures/datasets/occupancy_test.csv")).unwrap();
     let rows: Vec<f32> = data
         .lines()
         .skip(1)
         .take(64)
-        .flat_map(|l| l.split(',').take(5).map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>())
+        .flat_map(|l| {
+            l.split(',')
+                .take(5)
+                .map(|v| v.parse::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
         .collect();
     println!("| operator | rows | p50 | p99 | calls |\n|---|---|---|---|---|");
     for (name, onnx, budget) in [
         ("edgeloop", onnx_parser(), Duration::from_secs(2)),
-        ("tract-onnx built-in", tract_onnx::onnx(), Duration::from_secs(4)),
+        (
+            "tract-onnx built-in",
+            tract_onnx::onnx(),
+            Duration::from_secs(4),
+        ),
     ] {
         for n in [1usize, 64] {
             let p = plan(onnx.clone(), &path, n);

@@ -42,7 +42,8 @@ fn load(name: &str, n_features: usize) -> Arc<TypedRunnableModel> {
         .model_for_path(dir().join(format!("{name}.onnx")))
         .and_then(|m| {
             let n = m.symbols.sym("N");
-            let fact = InferenceFact::dt_shape(f32::datum_type(), tvec![n.to_dim(), n_features.to_dim()]);
+            let fact =
+                InferenceFact::dt_shape(f32::datum_type(), tvec![n.to_dim(), n_features.to_dim()]);
             m.with_input_fact(0, fact)
         })
         .and_then(|m| m.into_optimized())
@@ -64,13 +65,28 @@ fn check(name: &str) -> usize {
     let case: Case = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     let (n, f) = (case.inputs.len(), case.inputs[0].len());
     let plan = load(name, f);
-    let x: Vec<f32> = case.inputs.iter().flatten().map(|v| v.unwrap_or(f32::NAN)).collect();
+    let x: Vec<f32> = case
+        .inputs
+        .iter()
+        .flatten()
+        .map(|v| v.unwrap_or(f32::NAN))
+        .collect();
     let out = plan
-        .run(tvec!(Tensor::from_shape(&[n, f], &x).unwrap().into_tvalue()))
+        .run(tvec!(Tensor::from_shape(&[n, f], &x)
+            .unwrap()
+            .into_tvalue()))
         .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-    let expected = if case.kind == "classifier" { &case.scores } else { &case.y };
+    let expected = if case.kind == "classifier" {
+        &case.scores
+    } else {
+        &case.y
+    };
     let scores = out[out.len() - 1].to_plain_array_view::<f32>().unwrap();
-    assert_eq!(scores.shape(), &[n, expected[0].len()], "{name}: scores shape");
+    assert_eq!(
+        scores.shape(),
+        &[n, expected[0].len()],
+        "{name}: scores shape"
+    );
     for (r, want) in expected.iter().enumerate() {
         for (c, w) in want.iter().enumerate() {
             let got = scores[[r, c]];
@@ -84,14 +100,28 @@ fn check(name: &str) -> usize {
     }
     if case.kind == "classifier" {
         let labels: Vec<String> = if case.label_type == "string" {
-            out[0].to_plain_array_view::<String>().unwrap().iter().cloned().collect()
+            out[0]
+                .to_plain_array_view::<String>()
+                .unwrap()
+                .iter()
+                .cloned()
+                .collect()
         } else {
-            out[0].to_plain_array_view::<i64>().unwrap().iter().map(|v| v.to_string()).collect()
+            out[0]
+                .to_plain_array_view::<i64>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
         };
         let want: Vec<String> = case
             .label
             .iter()
-            .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            })
             .collect();
         for (r, (g, w)) in labels.iter().zip(&want).enumerate() {
             assert_eq!(g, w, "{name} ({}): row {r} label", case.note);
@@ -148,7 +178,10 @@ fn hand_built_ensembles_match_onnxruntime() {
 #[test]
 fn regressor_is_served_where_tract_refuses_it() {
     let path = dir().join("gb_air.onnx");
-    assert!(tract_onnx::onnx().model_for_path(&path).and_then(|m| m.into_optimized()).is_err());
+    assert!(tract_onnx::onnx()
+        .model_for_path(&path)
+        .and_then(|m| m.into_optimized())
+        .is_err());
     assert!(onnx_parser().model_for_path(&path).is_ok());
 }
 
@@ -164,16 +197,28 @@ fn malformed_models_are_refused_with_a_message() {
         attrs.iter_mut().find(|a| a.name == name).unwrap()
     }
     let cases: [(Edit, &str); 4] = [
-        (|a| attr(a, "nodes_truenodeids").ints[0] = 9999, "true node 9999 is not in the tree"),
+        (
+            |a| attr(a, "nodes_truenodeids").ints[0] = 9999,
+            "true node 9999 is not in the tree",
+        ),
         (|a| attr(a, "class_ids").ints[0] = 5, "id 5 out of range"),
         (|a| attr(a, "nodes_falsenodeids").ints[1] = 0, "cycle"),
-        (|a| attr(a, "nodes_values").floats.truncate(3), "nodes_values"),
+        (
+            |a| attr(a, "nodes_values").floats.truncate(3),
+            "nodes_values",
+        ),
     ];
     for (edit, message) in cases {
         let parser = onnx_parser();
-        let mut proto = parser.proto_model_for_path(dir().join("dt_occupancy.onnx")).unwrap();
+        let mut proto = parser
+            .proto_model_for_path(dir().join("dt_occupancy.onnx"))
+            .unwrap();
         let graph = proto.graph.as_mut().unwrap();
-        let node = graph.node.iter_mut().find(|n| n.op_type == "TreeEnsembleClassifier").unwrap();
+        let node = graph
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "TreeEnsembleClassifier")
+            .unwrap();
         edit(&mut node.attribute);
         let err = match parser.model_for_proto_model(&proto) {
             Ok(_) => panic!("malformed model loaded ({message})"),

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tract_onnx::model::{ParsingContext, OnnxOpRegister};
+use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
@@ -45,14 +45,21 @@ pub enum TreeEnsembleError {
     Attribute { attr: &'static str, reason: String },
     /// The nodes do not form trees (unknown child, duplicate node, cycle).
     #[error("tree {tree}, node {node}: {reason}")]
-    Structure { tree: i64, node: i64, reason: String },
+    Structure {
+        tree: i64,
+        node: i64,
+        reason: String,
+    },
     /// Valid per the specification, but onnxruntime's output is undefined.
     #[error("unsupported: {0}")]
     Unsupported(String),
 }
 
 fn attr_err(attr: &'static str, reason: impl Into<String>) -> TreeEnsembleError {
-    TreeEnsembleError::Attribute { attr, reason: reason.into() }
+    TreeEnsembleError::Attribute {
+        attr,
+        reason: reason.into(),
+    }
 }
 
 /// `nodes_modes`: how a node compares `x[feature]` with its value; `true` takes the
@@ -158,7 +165,10 @@ pub enum Task {
     /// TreeEnsembleClassifier: outputs label `[N]` and scores `[N, n_classes]`.
     Classifier(ClassLabels),
     /// TreeEnsembleRegressor: outputs Y `[N, n_targets]`.
-    Regressor { n_targets: usize, aggregate: Aggregate },
+    Regressor {
+        n_targets: usize,
+        aggregate: Aggregate,
+    },
 }
 
 /// The operator's attributes, as parsed (the `class_*` / `target_*` leaf tuples under
@@ -207,7 +217,6 @@ pub struct TreeEnsemble {
     roots: Vec<u32>,
     /// (output index, weight).
     weights: Vec<(u32, f32)>,
-    /// A leaf's first weight (or its node value) per node, for one-target regressors.
     n_outputs: usize,
     n_features: usize,
     base_values: Vec<f32>,
@@ -296,11 +305,14 @@ impl TreeEnsemble {
         }
         let child = |i: usize, id: i64, which: &str| -> Result<u32, TreeEnsembleError> {
             let tree = a.nodes_treeids[i];
-            index.get(&(tree, id)).copied().ok_or_else(|| TreeEnsembleError::Structure {
-                tree,
-                node: a.nodes_nodeids[i],
-                reason: format!("{which} node {id} is not in the tree"),
-            })
+            index
+                .get(&(tree, id))
+                .copied()
+                .ok_or_else(|| TreeEnsembleError::Structure {
+                    tree,
+                    node: a.nodes_nodeids[i],
+                    reason: format!("{which} node {id} is not in the tree"),
+                })
         };
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
@@ -319,7 +331,11 @@ impl TreeEnsemble {
             };
             nodes.push(Node {
                 value: a.nodes_values[i],
-                feature: if mode == BranchMode::Leaf { 0 } else { a.nodes_featureids[i] as u32 },
+                feature: if mode == BranchMode::Leaf {
+                    0
+                } else {
+                    a.nodes_featureids[i] as u32
+                },
                 true_child,
                 false_child,
                 flags,
@@ -391,7 +407,8 @@ impl TreeEnsemble {
             ));
         }
         let classes: std::collections::HashSet<i64> = a.leaf_ids.iter().copied().collect();
-        let binary_case = matches!(a.task, Task::Classifier(_)) && n_outputs == 2 && classes.len() == 1;
+        let binary_case =
+            matches!(a.task, Task::Classifier(_)) && n_outputs == 2 && classes.len() == 1;
         if matches!(a.task, Task::Classifier(_))
             && n_outputs == 2
             && a.post_transform == PostTransform::Probit
@@ -455,7 +472,11 @@ impl TreeEnsemble {
                 4 => x == t,
                 _ => x != t,
             } || (node.flags & MISSING_TRUE != 0 && x.is_nan());
-            node = &self.nodes[if go { node.true_child } else { node.false_child } as usize];
+            node = &self.nodes[if go {
+                node.true_child
+            } else {
+                node.false_child
+            } as usize];
         }
     }
 
@@ -479,10 +500,18 @@ impl TreeEnsemble {
                 self.n_features.saturating_sub(1)
             ));
         }
-        let n_rows = if n_features == 0 { 0 } else { x.len() / n_features };
+        let n_rows = if n_features == 0 {
+            0
+        } else {
+            x.len() / n_features
+        };
         let c = self.n_outputs;
         if x.len() != n_rows * n_features || scores.len() != n_rows * c {
-            return Err(format!("{} inputs, {} scores for {n_rows} rows", x.len(), scores.len()));
+            return Err(format!(
+                "{} inputs, {} scores for {n_rows} rows",
+                x.len(),
+                scores.len()
+            ));
         }
         let classifier = matches!(self.task, Task::Classifier(_));
         if classifier && labels.len() != n_rows {
@@ -493,7 +522,10 @@ impl TreeEnsemble {
             let row = &x[r * n_features..(r + 1) * n_features];
             let out = &mut scores[r * c..(r + 1) * c];
             match self.task {
-                Task::Regressor { n_targets: 1, aggregate } => {
+                Task::Regressor {
+                    n_targets: 1,
+                    aggregate,
+                } => {
                     out[0] = self.one_target(row, aggregate);
                 }
                 Task::Regressor { aggregate, .. } => {
@@ -576,7 +608,9 @@ impl TreeEnsemble {
 
     /// onnxruntime's `TreeAggregatorClassifier::FinalizeScores`; returns the label.
     fn finish_classes(&self, out: &mut [f32], has: &mut [bool]) -> i64 {
-        let Task::Classifier(labels) = &self.task else { return 0 };
+        let Task::Classifier(labels) = &self.task else {
+            return 0;
+        };
         let label_at = |k: usize| match labels {
             ClassLabels::Int64(v) => v[k],
             ClassLabels::Strings(_) => k as i64,
@@ -627,7 +661,11 @@ impl TreeEnsemble {
         };
         let label = if self.binary_case {
             let (w, k) = if self.weights_all_positive {
-                if pos > 0.5 { (0, 1) } else { (1, 0) }
+                if pos > 0.5 {
+                    (0, 1)
+                } else {
+                    (1, 0)
+                }
             } else if pos > 0.0 {
                 (2, 1)
             } else {
@@ -784,7 +822,10 @@ fn transform(post: PostTransform, s: &mut [f32]) {
 // ---- ONNX parsing --------------------------------------------------------------------
 
 fn ints(node: &NodeProto, name: &str) -> TractResult<Vec<i64>> {
-    Ok(node.get_attr_opt_slice::<i64>(name)?.map(<[i64]>::to_vec).unwrap_or_default())
+    Ok(node
+        .get_attr_opt_slice::<i64>(name)?
+        .map(<[i64]>::to_vec)
+        .unwrap_or_default())
 }
 
 /// A FLOATS attribute, or its `*_as_tensor` variant (float or double), or empty.
@@ -796,7 +837,9 @@ fn floats(ctx: &ParsingContext, node: &NodeProto, name: &str) -> TractResult<Vec
         (Some(_), Some(_)) => bail!("both {name} and {tensor_name} are set"),
         (Some(v), None) => Ok(v.to_vec()),
         (None, Some(t)) => {
-            let t = ctx.load_tensor(t).with_context(|| format!("attribute {tensor_name}"))?;
+            let t = ctx
+                .load_tensor(t)
+                .with_context(|| format!("attribute {tensor_name}"))?;
             let t = t.cast_to::<f32>()?;
             Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
         }
@@ -825,7 +868,9 @@ pub fn parse_attributes(
         })
     } else {
         let n: i64 = node.get_attr_opt("n_targets")?.unwrap_or(0);
-        let agg = node.get_attr_opt::<&str>("aggregate_function")?.unwrap_or("SUM");
+        let agg = node
+            .get_attr_opt::<&str>("aggregate_function")?
+            .unwrap_or("SUM");
         Task::Regressor {
             n_targets: usize::try_from(n).map_err(|_| format_err!("n_targets {n} is negative"))?,
             aggregate: Aggregate::parse(agg)
@@ -838,7 +883,9 @@ pub fn parse_attributes(
         .iter()
         .map(|m| BranchMode::parse(m).ok_or_else(|| format_err!("unknown node mode {m:?}")))
         .collect::<TractResult<Vec<_>>>()?;
-    let post = node.get_attr_opt::<&str>("post_transform")?.unwrap_or("NONE");
+    let post = node
+        .get_attr_opt::<&str>("post_transform")?
+        .unwrap_or("NONE");
     Ok(TreeEnsembleAttributes {
         task,
         nodes_treeids: ints(node, "nodes_treeids")?,
@@ -867,11 +914,15 @@ fn build(
     node: &NodeProto,
     classifier: bool,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let op = if classifier { "TreeEnsembleClassifier" } else { "TreeEnsembleRegressor" };
+    let op = if classifier {
+        "TreeEnsembleClassifier"
+    } else {
+        "TreeEnsembleRegressor"
+    };
     let attrs = parse_attributes(ctx, node, classifier)
         .with_context(|| format!("{op} node {:?}", node.name))?;
-    let ensemble = TreeEnsemble::compile(&attrs)
-        .map_err(|e| format_err!("{op} node {:?}: {e}", node.name))?;
+    let ensemble =
+        TreeEnsemble::compile(&attrs).map_err(|e| format_err!("{op} node {:?}: {e}", node.name))?;
     Ok((expand(TreeEnsembleExpansion(Arc::new(ensemble))), vec![]))
 }
 
@@ -989,13 +1040,18 @@ impl EvalOp for TreeEnsembleOp {
         let input = args_1!(inputs);
         let input = input.cast_to::<f32>()?;
         let shape = input.shape();
-        ensure!(shape.len() == 2, "input of rank {}, expected [N, F]", shape.len());
+        ensure!(
+            shape.len() == 2,
+            "input of rank {}, expected [N, F]",
+            shape.len()
+        );
         let (n, f) = (shape[0], shape[1]);
         let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
         let e = &self.0;
         let mut scores = vec![0f32; n * e.n_outputs];
         let mut labels = vec![0i64; n];
-        e.eval(x, f, &mut scores, &mut labels).map_err(|m| format_err!("{m}"))?;
+        e.eval(x, f, &mut scores, &mut labels)
+            .map_err(|m| format_err!("{m}"))?;
         let scores = Tensor::from_shape(&[n, e.n_outputs], &scores)?.into_tvalue();
         Ok(match &e.task {
             Task::Regressor { .. } => tvec!(scores),
@@ -1007,7 +1063,12 @@ impl EvalOp for TreeEnsembleOp {
                     .iter()
                     .map(|&k| names.get(k as usize).cloned().unwrap_or_default())
                     .collect();
-                tvec!(tract_ndarray::Array1::from(strings).into_tensor().into_tvalue(), scores)
+                tvec!(
+                    tract_ndarray::Array1::from(strings)
+                        .into_tensor()
+                        .into_tvalue(),
+                    scores
+                )
             }
         })
     }
@@ -1016,7 +1077,11 @@ impl EvalOp for TreeEnsembleOp {
 impl TypedOp for TreeEnsembleOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
-        ensure!(shape.rank() == 2, "input of rank {}, expected [N, F]", shape.rank());
+        ensure!(
+            shape.rank() == 2,
+            "input of rank {}, expected [N, F]",
+            shape.rank()
+        );
         if let Ok(f) = shape[1].to_usize() {
             ensure!(
                 f >= self.0.n_features,
@@ -1062,7 +1127,10 @@ mod tests {
             post_transform: PostTransform::None,
         };
         for t in 0..trees as i64 {
-            for (n, m) in [mode, BranchMode::Leaf, BranchMode::Leaf].into_iter().enumerate() {
+            for (n, m) in [mode, BranchMode::Leaf, BranchMode::Leaf]
+                .into_iter()
+                .enumerate()
+            {
                 a.nodes_treeids.push(t);
                 a.nodes_nodeids.push(n as i64);
                 a.nodes_featureids.push(0);
@@ -1082,7 +1150,10 @@ mod tests {
     }
 
     fn regressor(aggregate: Aggregate) -> Task {
-        Task::Regressor { n_targets: 1, aggregate }
+        Task::Regressor {
+            n_targets: 1,
+            aggregate,
+        }
     }
 
     fn run(e: &TreeEnsemble, x: &[f32]) -> Vec<f32> {
@@ -1131,9 +1202,16 @@ mod tests {
             let e = TreeEnsemble::compile(&a).unwrap();
             assert_eq!(run(&e, &[0.5, 2.0]), want, "{agg:?}");
             // The same through the several-targets path (2 targets, target 1 unused).
-            a.task = Task::Regressor { n_targets: 2, aggregate: agg };
+            a.task = Task::Regressor {
+                n_targets: 2,
+                aggregate: agg,
+            };
             let e = TreeEnsemble::compile(&a).unwrap();
-            assert_eq!(run(&e, &[0.5, 2.0]), [want[0], 0.0, want[1], 0.0], "{agg:?} x2");
+            assert_eq!(
+                run(&e, &[0.5, 2.0]),
+                [want[0], 0.0, want[1], 0.0],
+                "{agg:?} x2"
+            );
         }
     }
 
@@ -1150,10 +1228,16 @@ mod tests {
         let base = stump(BranchMode::Leq, 1, regressor(Aggregate::Sum));
         let mut a = base.clone();
         a.nodes_truenodeids[0] = 7;
-        assert!(matches!(TreeEnsemble::compile(&a), Err(TreeEnsembleError::Structure { .. })));
+        assert!(matches!(
+            TreeEnsemble::compile(&a),
+            Err(TreeEnsembleError::Structure { .. })
+        ));
         let mut a = base.clone();
         a.nodes_values.pop();
-        assert!(matches!(TreeEnsemble::compile(&a), Err(TreeEnsembleError::Attribute { .. })));
+        assert!(matches!(
+            TreeEnsemble::compile(&a),
+            Err(TreeEnsembleError::Attribute { .. })
+        ));
         let mut a = base.clone();
         a.nodes_modes[1] = BranchMode::Leq;
         a.nodes_truenodeids[1] = 0; // node 1 points back at the root
