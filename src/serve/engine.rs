@@ -36,9 +36,12 @@ pub struct OnnxModel {
 }
 
 /// The ONNX parser the engine uses: tract-onnx's, with edgeloop's operators
-/// registered (see [`crate::onnx`]).
+/// registered (see [`crate::onnx`]): the `ai.onnx.ml` tree ensembles
+/// ([`crate::onnx::tree_ensemble`]) replace tract-onnx's.
 pub fn onnx_parser() -> tract_onnx::Onnx {
-    tract_onnx::onnx()
+    let mut onnx = tract_onnx::onnx();
+    crate::onnx::tree_ensemble::register(&mut onnx.op_register);
+    onnx
 }
 
 impl OnnxModel {

@@ -1,0 +1,1260 @@
+//! `ai.onnx.ml` TreeEnsembleClassifier and TreeEnsembleRegressor (ml opsets 1 and 3),
+//! registered in tract's ONNX register in place of tract-onnx's own (which refuses the
+//! regressor and walks every leaf's votes linearly, thousands of times slower).
+//!
+//! Follows the ONNX operator specification
+//! (<https://onnx.ai/onnx/operators/onnx_aionnxml_TreeEnsembleClassifier.html>,
+//! `..._TreeEnsembleRegressor.html`) and, where the specification is vague,
+//! onnxruntime's CPU kernel (`tree_ensemble_common.h`, `tree_ensemble_aggregator.h`,
+//! `ml_common.h`), whose outputs the tests compare against:
+//!
+//! * trees in the order of their first node in `nodes_treeids`; a tree's root is its first
+//!   listed node; scores accumulate in `f32`, tree after tree, each leaf's weights in
+//!   attribute order;
+//! * a regressor with one target uses each leaf's first weight only (a leaf without one
+//!   contributes its `nodes_values` entry), adds `base_values[0]`, and applies no post
+//!   transform but PROBIT;
+//! * a classifier sums (whatever `aggregate_function` says); with more than two classes
+//!   the label is the first class with the highest score among the classes that got
+//!   one; with two classes, onnxruntime's special cases: weights for one class only
+//!   (skl2onnx's binary models) give scores `[logistic(-s), logistic(s)]` under
+//!   LOGISTIC, else `[1 - p, p]` (all weights positive) or `[-s, s]`; when both classes
+//!   have weights the label is the literal `1` if class 1's score is positive, else `0`
+//!   (an index for string labels);
+//! * a score that no leaf weight reached is written as 0 before the post transform,
+//!   even where a base value was added to it (except a multiclass classifier's base
+//!   values, which count as a score);
+//! * `nodes_hitrates` is ignored; NaN goes to the false branch unless the node's
+//!   `nodes_missing_value_tracks_true` is set.
+//!
+//! `*_as_tensor` attributes may be float or double tensors; the evaluation is in `f32`
+//! either way, as onnxruntime's kernel for float input (which refuses double tensors).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+
+/// Why an ensemble's attributes were refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TreeEnsembleError {
+    /// An attribute is absent, of the wrong length or holds an invalid value.
+    #[error("attribute {attr}: {reason}")]
+    Attribute { attr: &'static str, reason: String },
+    /// The nodes do not form trees (unknown child, duplicate node, cycle).
+    #[error("tree {tree}, node {node}: {reason}")]
+    Structure {
+        tree: i64,
+        node: i64,
+        reason: String,
+    },
+    /// Valid per the specification, but onnxruntime's output is undefined.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+fn attr_err(attr: &'static str, reason: impl Into<String>) -> TreeEnsembleError {
+    TreeEnsembleError::Attribute {
+        attr,
+        reason: reason.into(),
+    }
+}
+
+/// `nodes_modes`: how a node compares `x[feature]` with its value; `true` takes the
+/// true branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchMode {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+    Eq,
+    Neq,
+    Leaf,
+}
+
+impl BranchMode {
+    /// Parses `BRANCH_LEQ` … `LEAF`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "BRANCH_LEQ" => Self::Leq,
+            "BRANCH_LT" => Self::Lt,
+            "BRANCH_GTE" => Self::Gte,
+            "BRANCH_GT" => Self::Gt,
+            "BRANCH_EQ" => Self::Eq,
+            "BRANCH_NEQ" => Self::Neq,
+            "LEAF" => Self::Leaf,
+            _ => return None,
+        })
+    }
+}
+
+/// `post_transform`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostTransform {
+    #[default]
+    None,
+    Softmax,
+    Logistic,
+    SoftmaxZero,
+    Probit,
+}
+
+impl PostTransform {
+    /// Parses `NONE`, `SOFTMAX`, `LOGISTIC`, `SOFTMAX_ZERO`, `PROBIT`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "NONE" => Self::None,
+            "SOFTMAX" => Self::Softmax,
+            "LOGISTIC" => Self::Logistic,
+            "SOFTMAX_ZERO" => Self::SoftmaxZero,
+            "PROBIT" => Self::Probit,
+            _ => return None,
+        })
+    }
+}
+
+/// The regressor's `aggregate_function` (a classifier always sums).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Aggregate {
+    #[default]
+    Sum,
+    Average,
+    Min,
+    Max,
+}
+
+impl Aggregate {
+    /// Parses `SUM`, `AVERAGE`, `MIN`, `MAX`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "SUM" => Self::Sum,
+            "AVERAGE" => Self::Average,
+            "MIN" => Self::Min,
+            "MAX" => Self::Max,
+            _ => return None,
+        })
+    }
+}
+
+/// A classifier's `classlabels_int64s` or `classlabels_strings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassLabels {
+    Int64(Vec<i64>),
+    Strings(Vec<String>),
+}
+
+impl ClassLabels {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Int64(v) => v.len(),
+            Self::Strings(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the ensemble predicts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// TreeEnsembleClassifier: outputs label `[N]` and scores `[N, n_classes]`.
+    Classifier(ClassLabels),
+    /// TreeEnsembleRegressor: outputs Y `[N, n_targets]`.
+    Regressor {
+        n_targets: usize,
+        aggregate: Aggregate,
+    },
+}
+
+/// The operator's attributes, as parsed (the `class_*` / `target_*` leaf tuples under
+/// `leaf_*`; `*_as_tensor` already folded into their plain counterparts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeEnsembleAttributes {
+    pub task: Task,
+    pub nodes_treeids: Vec<i64>,
+    pub nodes_nodeids: Vec<i64>,
+    pub nodes_featureids: Vec<i64>,
+    pub nodes_values: Vec<f32>,
+    pub nodes_modes: Vec<BranchMode>,
+    pub nodes_truenodeids: Vec<i64>,
+    pub nodes_falsenodeids: Vec<i64>,
+    /// Empty, or one flag per node.
+    pub nodes_missing_value_tracks_true: Vec<bool>,
+    pub leaf_treeids: Vec<i64>,
+    pub leaf_nodeids: Vec<i64>,
+    /// Class index (classifier) or target index (regressor) of each weight.
+    pub leaf_ids: Vec<i64>,
+    pub leaf_weights: Vec<f32>,
+    pub base_values: Vec<f32>,
+    pub post_transform: PostTransform,
+}
+
+const LEAF: u8 = 6;
+const MISSING_TRUE: u8 = 0x10;
+
+/// One node of the compiled layout. A leaf's `true_child..true_child + false_child`
+/// is its slice of `TreeEnsemble::weights`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Node {
+    value: f32,
+    feature: u32,
+    true_child: u32,
+    false_child: u32,
+    /// BranchMode as 0..=6 (LEAF = 6), | MISSING_TRUE.
+    flags: u8,
+}
+
+/// A compiled ensemble: every tree's nodes in one flat array, children as absolute
+/// indices, each leaf's weights contiguous. Immutable; [`TreeEnsemble::eval`] walks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeEnsemble {
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    /// (output index, weight).
+    weights: Vec<(u32, f32)>,
+    n_outputs: usize,
+    n_features: usize,
+    base_values: Vec<f32>,
+    post_transform: PostTransform,
+    task: Task,
+    binary_case: bool,
+    weights_all_positive: bool,
+}
+
+impl TreeEnsemble {
+    /// Validates the attributes and compiles them.
+    ///
+    /// # Errors
+    /// [`TreeEnsembleError`] naming the attribute or node at fault: length mismatches,
+    /// unknown or negative ids, duplicate nodes, cycles, class or target ids out of
+    /// range, base values of the wrong length, and PROBIT on a two-class classifier with
+    /// fewer than two base values (onnxruntime leaves the second score unwritten).
+    pub fn compile(a: &TreeEnsembleAttributes) -> Result<Self, TreeEnsembleError> {
+        let n = a.nodes_treeids.len();
+        if n == 0 {
+            return Err(attr_err("nodes_treeids", "no nodes"));
+        }
+        let lens: [(&'static str, usize); 6] = [
+            ("nodes_nodeids", a.nodes_nodeids.len()),
+            ("nodes_featureids", a.nodes_featureids.len()),
+            ("nodes_values", a.nodes_values.len()),
+            ("nodes_modes", a.nodes_modes.len()),
+            ("nodes_truenodeids", a.nodes_truenodeids.len()),
+            ("nodes_falsenodeids", a.nodes_falsenodeids.len()),
+        ];
+        for (attr, len) in lens {
+            if len != n {
+                return Err(attr_err(attr, format!("{len} values for {n} nodes")));
+            }
+        }
+        let missing = &a.nodes_missing_value_tracks_true;
+        if !missing.is_empty() && missing.len() != n {
+            return Err(attr_err(
+                "nodes_missing_value_tracks_true",
+                format!("{} values for {n} nodes", missing.len()),
+            ));
+        }
+        let nw = a.leaf_ids.len();
+        for (attr, len) in [
+            ("class_treeids/target_treeids", a.leaf_treeids.len()),
+            ("class_nodeids/target_nodeids", a.leaf_nodeids.len()),
+            ("class_weights/target_weights", a.leaf_weights.len()),
+        ] {
+            if len != nw {
+                return Err(attr_err(attr, format!("{len} values for {nw} ids")));
+            }
+        }
+        let n_outputs = match &a.task {
+            Task::Classifier(labels) => {
+                if labels.len() < 2 {
+                    return Err(attr_err("classlabels", "fewer than 2 classes"));
+                }
+                labels.len()
+            }
+            Task::Regressor { n_targets, .. } => {
+                if *n_targets == 0 {
+                    return Err(attr_err("n_targets", "must be at least 1"));
+                }
+                *n_targets
+            }
+        };
+
+        let mut index: HashMap<(i64, i64), u32> = HashMap::with_capacity(n);
+        let mut n_features = 0usize;
+        for i in 0..n {
+            let key = (a.nodes_treeids[i], a.nodes_nodeids[i]);
+            if index.insert(key, i as u32).is_some() {
+                return Err(TreeEnsembleError::Structure {
+                    tree: key.0,
+                    node: key.1,
+                    reason: "listed twice".into(),
+                });
+            }
+            if a.nodes_modes[i] != BranchMode::Leaf {
+                let f = a.nodes_featureids[i];
+                if !(0..u32::MAX as i64).contains(&f) {
+                    return Err(attr_err("nodes_featureids", format!("invalid feature {f}")));
+                }
+                n_features = n_features.max(f as usize + 1);
+            }
+        }
+        let child = |i: usize, id: i64, which: &str| -> Result<u32, TreeEnsembleError> {
+            let tree = a.nodes_treeids[i];
+            index
+                .get(&(tree, id))
+                .copied()
+                .ok_or_else(|| TreeEnsembleError::Structure {
+                    tree,
+                    node: a.nodes_nodeids[i],
+                    reason: format!("{which} node {id} is not in the tree"),
+                })
+        };
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mode = a.nodes_modes[i];
+            let mut flags = mode as u8;
+            if missing.get(i).copied().unwrap_or(false) {
+                flags |= MISSING_TRUE;
+            }
+            let (true_child, false_child) = if mode == BranchMode::Leaf {
+                (0, 0)
+            } else {
+                (
+                    child(i, a.nodes_truenodeids[i], "true")?,
+                    child(i, a.nodes_falsenodeids[i], "false")?,
+                )
+            };
+            nodes.push(Node {
+                value: a.nodes_values[i],
+                feature: if mode == BranchMode::Leaf {
+                    0
+                } else {
+                    a.nodes_featureids[i] as u32
+                },
+                true_child,
+                false_child,
+                flags,
+            });
+        }
+
+        // Weights sorted by (tree, node, position), as onnxruntime does.
+        let mut order: Vec<usize> = (0..nw).collect();
+        order.sort_by_key(|&k| (a.leaf_treeids[k], a.leaf_nodeids[k], k));
+        let mut weights = Vec::with_capacity(nw);
+        let mut weighted = vec![false; n];
+        let mut first_weight = vec![u32::MAX; n];
+        let mut weight_count = vec![0u32; n];
+        for k in order {
+            let key = (a.leaf_treeids[k], a.leaf_nodeids[k]);
+            let Some(&i) = index.get(&key) else {
+                return Err(TreeEnsembleError::Structure {
+                    tree: key.0,
+                    node: key.1,
+                    reason: "a leaf weight names a node that does not exist".into(),
+                });
+            };
+            let id = a.leaf_ids[k];
+            if !(0..n_outputs as i64).contains(&id) {
+                return Err(attr_err(
+                    "class_ids/target_ids",
+                    format!("id {id} out of range for {n_outputs} outputs"),
+                ));
+            }
+            let i = i as usize;
+            if nodes[i].flags & 0xF != LEAF {
+                continue; // onnxruntime ignores weights on branch nodes (old onnxmltools).
+            }
+            if !weighted[i] {
+                weighted[i] = true;
+                first_weight[i] = weights.len() as u32;
+            }
+            weight_count[i] += 1;
+            weights.push((id as u32, a.leaf_weights[k]));
+        }
+        for i in 0..n {
+            if nodes[i].flags & 0xF == LEAF {
+                nodes[i].true_child = if weighted[i] { first_weight[i] } else { 0 };
+                nodes[i].false_child = weight_count[i];
+                if weighted[i] {
+                    // For one-target regressors the leaf's value is its first weight.
+                    nodes[i].value = weights[first_weight[i] as usize].1;
+                }
+            }
+        }
+
+        // Roots: the first node of each run of equal tree ids.
+        let mut roots = vec![];
+        for i in 0..n {
+            if i == 0 || a.nodes_treeids[i] != a.nodes_treeids[i - 1] {
+                roots.push(i as u32);
+            }
+        }
+        check_acyclic(&nodes, &roots, a)?;
+
+        let base_ok = match &a.task {
+            Task::Classifier(_) if n_outputs == 2 => a.base_values.len() <= 2,
+            _ => a.base_values.is_empty() || a.base_values.len() == n_outputs,
+        };
+        if !base_ok {
+            return Err(attr_err(
+                "base_values",
+                format!("{} values for {n_outputs} outputs", a.base_values.len()),
+            ));
+        }
+        let classes: std::collections::HashSet<i64> = a.leaf_ids.iter().copied().collect();
+        let binary_case =
+            matches!(a.task, Task::Classifier(_)) && n_outputs == 2 && classes.len() == 1;
+        if matches!(a.task, Task::Classifier(_))
+            && n_outputs == 2
+            && a.post_transform == PostTransform::Probit
+            && a.base_values.len() < 2
+        {
+            return Err(TreeEnsembleError::Unsupported(
+                "PROBIT on a two-class classifier without two base values: onnxruntime writes \
+                 one score of two"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            nodes,
+            roots,
+            weights,
+            n_outputs,
+            n_features,
+            base_values: a.base_values.clone(),
+            post_transform: a.post_transform,
+            task: a.task.clone(),
+            binary_case,
+            weights_all_positive: a.leaf_weights.iter().all(|w| *w >= 0.0),
+        })
+    }
+
+    /// Classes (classifier) or targets (regressor): the width of the scores output.
+    pub fn n_outputs(&self) -> usize {
+        self.n_outputs
+    }
+
+    /// The number of input features the trees read (highest feature id + 1).
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    /// Number of trees.
+    pub fn n_trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// What the ensemble predicts.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    #[inline]
+    fn leaf(&self, root: u32, row: &[f32]) -> &Node {
+        let mut node = &self.nodes[root as usize];
+        loop {
+            let mode = node.flags & 0xF;
+            if mode == LEAF {
+                return node;
+            }
+            let x = row[node.feature as usize];
+            let t = node.value;
+            let go = match mode {
+                0 => x <= t,
+                1 => x < t,
+                2 => x >= t,
+                3 => x > t,
+                4 => x == t,
+                _ => x != t,
+            } || (node.flags & MISSING_TRUE != 0 && x.is_nan());
+            node = &self.nodes[if go {
+                node.true_child
+            } else {
+                node.false_child
+            } as usize];
+        }
+    }
+
+    /// Evaluates `x` (`[n_rows, n_features]` row-major, `n_features` ≥
+    /// [`Self::n_features`], `NaN` = missing) into `scores` (`[n_rows, n_outputs]`) and,
+    /// for a classifier, `labels` (`[n_rows]`: the int64 label, or the index into the
+    /// string labels). No allocation per row.
+    ///
+    /// # Errors
+    /// When the slices' lengths do not fit `n_rows`.
+    pub fn eval(
+        &self,
+        x: &[f32],
+        n_features: usize,
+        scores: &mut [f32],
+        labels: &mut [i64],
+    ) -> Result<(), String> {
+        if n_features < self.n_features || (n_features == 0 && !x.is_empty()) {
+            return Err(format!(
+                "the trees read feature {} but rows have {n_features} features",
+                self.n_features.saturating_sub(1)
+            ));
+        }
+        let n_rows = if n_features == 0 {
+            0
+        } else {
+            x.len() / n_features
+        };
+        let c = self.n_outputs;
+        if x.len() != n_rows * n_features || scores.len() != n_rows * c {
+            return Err(format!(
+                "{} inputs, {} scores for {n_rows} rows",
+                x.len(),
+                scores.len()
+            ));
+        }
+        let classifier = matches!(self.task, Task::Classifier(_));
+        if classifier && labels.len() != n_rows {
+            return Err(format!("{} labels for {n_rows} rows", labels.len()));
+        }
+        let mut has = vec![false; c];
+        for r in 0..n_rows {
+            let row = &x[r * n_features..(r + 1) * n_features];
+            let out = &mut scores[r * c..(r + 1) * c];
+            match self.task {
+                Task::Regressor {
+                    n_targets: 1,
+                    aggregate,
+                } => {
+                    out[0] = self.one_target(row, aggregate);
+                }
+                Task::Regressor { aggregate, .. } => {
+                    self.accumulate(row, aggregate, out, &mut has);
+                    self.finish_targets(aggregate, out, &has);
+                }
+                Task::Classifier(_) => {
+                    self.accumulate(row, Aggregate::Sum, out, &mut has);
+                    labels[r] = self.finish_classes(out, &mut has);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accumulate(&self, row: &[f32], aggregate: Aggregate, acc: &mut [f32], has: &mut [bool]) {
+        acc.fill(0.0);
+        has.fill(false);
+        for &root in &self.roots {
+            let leaf = self.leaf(root, row);
+            let start = leaf.true_child as usize;
+            for &(i, w) in &self.weights[start..start + leaf.false_child as usize] {
+                let i = i as usize;
+                match aggregate {
+                    Aggregate::Sum | Aggregate::Average => acc[i] += w,
+                    Aggregate::Min => {
+                        if !has[i] || w < acc[i] {
+                            acc[i] = w
+                        }
+                    }
+                    Aggregate::Max => {
+                        if !has[i] || w > acc[i] {
+                            acc[i] = w
+                        }
+                    }
+                }
+                has[i] = true;
+            }
+        }
+    }
+
+    /// onnxruntime's one-output path: each leaf's first weight, `base_values[0]`, only
+    /// PROBIT.
+    fn one_target(&self, row: &[f32], aggregate: Aggregate) -> f32 {
+        let (mut s, mut has) = (0f32, false);
+        for &root in &self.roots {
+            let w = self.leaf(root, row).value;
+            match aggregate {
+                Aggregate::Sum | Aggregate::Average => s += w,
+                Aggregate::Min => s = if !has || w < s { w } else { s },
+                Aggregate::Max => s = if !has || w > s { w } else { s },
+            }
+            has = true;
+        }
+        let origin = self.base_values.first().copied().unwrap_or(0.0);
+        let s = match aggregate {
+            Aggregate::Average => s / self.roots.len() as f32 + origin,
+            _ => s + origin,
+        };
+        if self.post_transform == PostTransform::Probit {
+            probit(s)
+        } else {
+            s
+        }
+    }
+
+    fn finish_targets(&self, aggregate: Aggregate, out: &mut [f32], has: &[bool]) {
+        let use_base = self.base_values.len() == out.len();
+        for (i, s) in out.iter_mut().enumerate() {
+            let b = if use_base { self.base_values[i] } else { 0.0 };
+            *s = match aggregate {
+                Aggregate::Average => *s / self.roots.len() as f32 + b,
+                Aggregate::Sum => *s + b,
+                Aggregate::Min | Aggregate::Max => b + if has[i] { *s } else { 0.0 },
+            };
+        }
+        unscored_to_zero(out, has);
+        transform(self.post_transform, out);
+    }
+
+    /// onnxruntime's `TreeAggregatorClassifier::FinalizeScores`; returns the label.
+    fn finish_classes(&self, out: &mut [f32], has: &mut [bool]) -> i64 {
+        let Task::Classifier(labels) = &self.task else {
+            return 0;
+        };
+        let label_at = |k: usize| match labels {
+            ClassLabels::Int64(v) => v[k],
+            ClassLabels::Strings(_) => k as i64,
+        };
+        if out.len() > 2 {
+            for (k, b) in self.base_values.iter().enumerate() {
+                out[k] += b;
+                has[k] = true;
+            }
+            let mut best: Option<usize> = None;
+            for k in 0..out.len() {
+                if has[k] && best.is_none_or(|b| out[k] > out[b]) {
+                    best = Some(k);
+                }
+            }
+            unscored_to_zero(out, has);
+            transform(self.post_transform, out);
+            return label_at(best.unwrap_or(0));
+        }
+        // Two classes.
+        let mut second = None; // onnxruntime's write_additional_scores
+        let mut one_score = false; // scores shrunk to one value
+        match self.base_values.len() {
+            2 => {
+                if has[1] {
+                    out[1] = self.base_values[1] + out[0];
+                    out[0] = -out[1];
+                } else {
+                    out[1] += self.base_values[1];
+                    out[0] += self.base_values[0];
+                }
+            }
+            1 => {
+                out[0] += self.base_values[0];
+                one_score = !has[1];
+            }
+            _ => {
+                second = Some(3);
+                one_score = !has[1];
+            }
+        }
+        let pos = if !one_score && has[1] {
+            out[1]
+        } else if has[0] {
+            out[0]
+        } else {
+            0.0
+        };
+        let label = if self.binary_case {
+            let (w, k) = if self.weights_all_positive {
+                if pos > 0.5 {
+                    (0, 1)
+                } else {
+                    (1, 0)
+                }
+            } else if pos > 0.0 {
+                (2, 1)
+            } else {
+                (3, 0)
+            };
+            second = Some(w);
+            label_at(k)
+        } else {
+            i64::from(pos > 0.0)
+        };
+        if !one_score {
+            unscored_to_zero(out, has);
+            transform(self.post_transform, out);
+            return label;
+        }
+        let s = if has[0] { out[0] } else { 0.0 };
+        match second {
+            // onnxruntime 1.32 applies LOGISTIC this way whatever the weights' signs.
+            Some(_) if self.post_transform == PostTransform::Logistic => {
+                out[0] = logistic(-s);
+                out[1] = logistic(s);
+            }
+            Some(0) | Some(1) => {
+                out[0] = 1.0 - s;
+                out[1] = s;
+            }
+            Some(_) => {
+                out[0] = -s;
+                out[1] = s;
+            }
+            // onnxruntime writes only the first score; the second is left at 0 here.
+            None => out[1] = 0.0,
+        }
+        label
+    }
+}
+
+/// Every walk from a root ends at a leaf: no node is its own ancestor.
+fn check_acyclic(
+    nodes: &[Node],
+    roots: &[u32],
+    a: &TreeEnsembleAttributes,
+) -> Result<(), TreeEnsembleError> {
+    // 0 = unseen, 1 = on the current path, 2 = done.
+    let mut state = vec![0u8; nodes.len()];
+    let mut stack: Vec<(u32, u8)> = vec![];
+    for &root in roots {
+        if state[root as usize] != 0 {
+            continue;
+        }
+        stack.push((root, 0));
+        state[root as usize] = 1;
+        while let Some(&mut (i, ref mut next)) = stack.last_mut() {
+            let node = nodes[i as usize];
+            let child = if node.flags & 0xF == LEAF {
+                None
+            } else {
+                match *next {
+                    0 => Some(node.true_child),
+                    1 => Some(node.false_child),
+                    _ => None,
+                }
+            };
+            *next += 1;
+            match child {
+                None => {
+                    state[i as usize] = 2;
+                    stack.pop();
+                }
+                Some(c) => match state[c as usize] {
+                    0 => {
+                        state[c as usize] = 1;
+                        stack.push((c, 0));
+                    }
+                    1 => {
+                        return Err(TreeEnsembleError::Structure {
+                            tree: a.nodes_treeids[i as usize],
+                            node: a.nodes_nodeids[i as usize],
+                            reason: format!("cycle through node {}", a.nodes_nodeids[c as usize]),
+                        })
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+/// onnxruntime writes a score no tree (or base value of a multiclass classifier) gave a
+/// value to as 0, whatever was added to it (`ScoreValue`'s conversion to float).
+fn unscored_to_zero(out: &mut [f32], has: &[bool]) {
+    for (s, h) in out.iter_mut().zip(has) {
+        if !h {
+            *s = 0.0;
+        }
+    }
+}
+
+/// onnxruntime's `ComputeLogistic`.
+fn logistic(x: f32) -> f32 {
+    let v = 1.0 / (1.0 + (-x.abs()).exp());
+    if x < 0.0 {
+        1.0 - v
+    } else {
+        v
+    }
+}
+
+/// onnxruntime's `ComputeProbit`: `sqrt(2) * erfinv(2x - 1)` with its approximation of
+/// erfinv (Winitzki, a = 0.147).
+fn probit(x: f32) -> f32 {
+    let y = 2.0 * x - 1.0;
+    let sgn = if y < 0.0 { -1.0f32 } else { 1.0 };
+    let l = ((1.0 - y) * (1.0 + y)).ln();
+    let v = 2.0 / (std::f32::consts::PI * 0.147) + 0.5 * l;
+    let v2 = 1.0 / 0.147 * l;
+    let v3 = -v + (v * v - v2).sqrt();
+    std::f32::consts::SQRT_2 * sgn * v3.sqrt()
+}
+
+/// onnxruntime's `write_scores` for two or more scores.
+fn transform(post: PostTransform, s: &mut [f32]) {
+    match post {
+        PostTransform::None => {}
+        PostTransform::Logistic => s.iter_mut().for_each(|v| *v = logistic(*v)),
+        PostTransform::Probit => s.iter_mut().for_each(|v| *v = probit(*v)),
+        PostTransform::Softmax => {
+            let max = s.iter().fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+            let mut sum = 0f32;
+            for v in s.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            s.iter_mut().for_each(|v| *v /= sum);
+        }
+        PostTransform::SoftmaxZero => {
+            let max = s.iter().fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+            let exp_neg_max = (-max).exp();
+            let mut sum = 0f32;
+            for v in s.iter_mut() {
+                if *v > 0.0000001 || *v < -0.0000001 {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                } else {
+                    *v *= exp_neg_max;
+                }
+            }
+            s.iter_mut().for_each(|v| *v /= sum);
+        }
+    }
+}
+
+// ---- ONNX parsing --------------------------------------------------------------------
+
+fn ints(node: &NodeProto, name: &str) -> TractResult<Vec<i64>> {
+    Ok(node
+        .get_attr_opt_slice::<i64>(name)?
+        .map(<[i64]>::to_vec)
+        .unwrap_or_default())
+}
+
+/// A FLOATS attribute, or its `*_as_tensor` variant (float or double), or empty.
+fn floats(ctx: &ParsingContext, node: &NodeProto, name: &str) -> TractResult<Vec<f32>> {
+    let plain = node.get_attr_opt_slice::<f32>(name)?;
+    let tensor_name = format!("{name}_as_tensor");
+    let tensor = node.get_attr_opt::<&tract_onnx::pb::TensorProto>(&tensor_name)?;
+    match (plain, tensor) {
+        (Some(_), Some(_)) => bail!("both {name} and {tensor_name} are set"),
+        (Some(v), None) => Ok(v.to_vec()),
+        (None, Some(t)) => {
+            let t = ctx
+                .load_tensor(t)
+                .with_context(|| format!("attribute {tensor_name}"))?;
+            let t = t.cast_to::<f32>()?;
+            Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+        }
+        (None, None) => Ok(vec![]),
+    }
+}
+
+/// Reads a TreeEnsembleClassifier (`classifier`) or TreeEnsembleRegressor node's
+/// attributes.
+///
+/// # Errors
+/// An attribute of the wrong type, or an unknown mode, post transform or aggregate.
+pub fn parse_attributes(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+    classifier: bool,
+) -> TractResult<TreeEnsembleAttributes> {
+    let prefix = if classifier { "class" } else { "target" };
+    let task = if classifier {
+        let ints = node.get_attr_opt_slice::<i64>("classlabels_int64s")?;
+        let strs = node.get_attr_opt_tvec::<String>("classlabels_strings")?;
+        Task::Classifier(match (ints, strs) {
+            (Some(v), None) => ClassLabels::Int64(v.to_vec()),
+            (None, Some(v)) => ClassLabels::Strings(v.into_vec()),
+            _ => bail!("exactly one of classlabels_int64s and classlabels_strings must be set"),
+        })
+    } else {
+        let n: i64 = node.get_attr_opt("n_targets")?.unwrap_or(0);
+        let agg = node
+            .get_attr_opt::<&str>("aggregate_function")?
+            .unwrap_or("SUM");
+        Task::Regressor {
+            n_targets: usize::try_from(n).map_err(|_| format_err!("n_targets {n} is negative"))?,
+            aggregate: Aggregate::parse(agg)
+                .ok_or_else(|| format_err!("unknown aggregate_function {agg:?}"))?,
+        }
+    };
+    let modes = node
+        .get_attr_opt_tvec::<&str>("nodes_modes")?
+        .unwrap_or_default()
+        .iter()
+        .map(|m| BranchMode::parse(m).ok_or_else(|| format_err!("unknown node mode {m:?}")))
+        .collect::<TractResult<Vec<_>>>()?;
+    let post = node
+        .get_attr_opt::<&str>("post_transform")?
+        .unwrap_or("NONE");
+    Ok(TreeEnsembleAttributes {
+        task,
+        nodes_treeids: ints(node, "nodes_treeids")?,
+        nodes_nodeids: ints(node, "nodes_nodeids")?,
+        nodes_featureids: ints(node, "nodes_featureids")?,
+        nodes_values: floats(ctx, node, "nodes_values")?,
+        nodes_modes: modes,
+        nodes_truenodeids: ints(node, "nodes_truenodeids")?,
+        nodes_falsenodeids: ints(node, "nodes_falsenodeids")?,
+        nodes_missing_value_tracks_true: ints(node, "nodes_missing_value_tracks_true")?
+            .iter()
+            .map(|&v| v == 1)
+            .collect(),
+        leaf_treeids: ints(node, &format!("{prefix}_treeids"))?,
+        leaf_nodeids: ints(node, &format!("{prefix}_nodeids"))?,
+        leaf_ids: ints(node, &format!("{prefix}_ids"))?,
+        leaf_weights: floats(ctx, node, &format!("{prefix}_weights"))?,
+        base_values: floats(ctx, node, "base_values")?,
+        post_transform: PostTransform::parse(post)
+            .ok_or_else(|| format_err!("unknown post_transform {post:?}"))?,
+    })
+}
+
+fn build(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+    classifier: bool,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let op = if classifier {
+        "TreeEnsembleClassifier"
+    } else {
+        "TreeEnsembleRegressor"
+    };
+    let attrs = parse_attributes(ctx, node, classifier)
+        .with_context(|| format!("{op} node {:?}", node.name))?;
+    let ensemble =
+        TreeEnsemble::compile(&attrs).map_err(|e| format_err!("{op} node {:?}: {e}", node.name))?;
+    Ok((expand(TreeEnsembleExpansion(Arc::new(ensemble))), vec![]))
+}
+
+/// tract op builder for TreeEnsembleClassifier.
+pub fn classifier_op(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, true)
+}
+
+/// tract op builder for TreeEnsembleRegressor.
+pub fn regressor_op(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, false)
+}
+
+/// Registers both operators in `register`, replacing tract-onnx's.
+pub fn register(register: &mut OnnxOpRegister) {
+    register.insert("TreeEnsembleClassifier", classifier_op);
+    register.insert("TreeEnsembleRegressor", regressor_op);
+}
+
+// ---- tract operators -----------------------------------------------------------------
+
+/// The inference-time op: type rules, then wires [`TreeEnsembleOp`].
+#[derive(Debug, Clone)]
+struct TreeEnsembleExpansion(Arc<TreeEnsemble>);
+
+impl Expansion for TreeEnsembleExpansion {
+    fn name(&self) -> StaticName {
+        "TreeEnsemble".into()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(match self.0.task {
+            Task::Classifier(_) => 2,
+            Task::Regressor { .. } => 1,
+        })
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, self.nboutputs()?)?;
+        s.equals(&inputs[0].rank, 2)?;
+        let scores = &outputs[outputs.len() - 1];
+        s.equals(&scores.datum_type, f32::datum_type())?;
+        s.equals(&scores.rank, 2)?;
+        s.equals(&scores.shape[0], &inputs[0].shape[0])?;
+        s.equals(&scores.shape[1], self.0.n_outputs.to_dim())?;
+        if let Task::Classifier(labels) = &self.0.task {
+            let dt = match labels {
+                ClassLabels::Int64(_) => i64::datum_type(),
+                ClassLabels::Strings(_) => String::datum_type(),
+            };
+            s.equals(&outputs[0].datum_type, dt)?;
+            s.equals(&outputs[0].rank, 1)?;
+            s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        }
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, TreeEnsembleOp(self.0.clone()), inputs)
+    }
+}
+
+/// The typed op: evaluates a [`TreeEnsemble`] on `[N, F]` input.
+#[derive(Debug, Clone)]
+pub struct TreeEnsembleOp(pub Arc<TreeEnsemble>);
+
+impl PartialEq for TreeEnsembleOp {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for TreeEnsembleOp {}
+
+impl Op for TreeEnsembleOp {
+    fn name(&self) -> StaticName {
+        match self.0.task {
+            Task::Classifier(_) => "TreeEnsembleClassifier".into(),
+            Task::Regressor { .. } => "TreeEnsembleRegressor".into(),
+        }
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} trees, {} nodes, {} outputs",
+            self.0.n_trees(),
+            self.0.nodes.len(),
+            self.0.n_outputs
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for TreeEnsembleOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let input = input.cast_to::<f32>()?;
+        let shape = input.shape();
+        ensure!(
+            shape.len() == 2,
+            "input of rank {}, expected [N, F]",
+            shape.len()
+        );
+        let (n, f) = (shape[0], shape[1]);
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let e = &self.0;
+        let mut scores = vec![0f32; n * e.n_outputs];
+        let mut labels = vec![0i64; n];
+        e.eval(x, f, &mut scores, &mut labels)
+            .map_err(|m| format_err!("{m}"))?;
+        let scores = Tensor::from_shape(&[n, e.n_outputs], &scores)?.into_tvalue();
+        Ok(match &e.task {
+            Task::Regressor { .. } => tvec!(scores),
+            Task::Classifier(ClassLabels::Int64(_)) => {
+                tvec!(Tensor::from_shape(&[n], &labels)?.into_tvalue(), scores)
+            }
+            Task::Classifier(ClassLabels::Strings(names)) => {
+                let strings: Vec<String> = labels
+                    .iter()
+                    .map(|&k| names.get(k as usize).cloned().unwrap_or_default())
+                    .collect();
+                tvec!(
+                    tract_ndarray::Array1::from(strings)
+                        .into_tensor()
+                        .into_tvalue(),
+                    scores
+                )
+            }
+        })
+    }
+}
+
+impl TypedOp for TreeEnsembleOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = &inputs[0].shape;
+        ensure!(
+            shape.rank() == 2,
+            "input of rank {}, expected [N, F]",
+            shape.rank()
+        );
+        if let Ok(f) = shape[1].to_usize() {
+            ensure!(
+                f >= self.0.n_features,
+                "the trees read feature {} but the input has {f} features",
+                self.0.n_features - 1
+            );
+        }
+        let n = shape[0].clone();
+        let scores = f32::fact([n.clone(), self.0.n_outputs.to_dim()]);
+        Ok(match &self.0.task {
+            Task::Regressor { .. } => tvec!(scores),
+            Task::Classifier(ClassLabels::Int64(_)) => tvec!(i64::fact([n]), scores),
+            Task::Classifier(ClassLabels::Strings(_)) => tvec!(String::fact([n]), scores),
+        })
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3-node tree: node 0 compares feature 0 with 1.0 under `mode`; true → node 1
+    /// (weight 10), false → node 2 (weight 20); plus `extra` trees of the same shape
+    /// with weights scaled by their index + 1.
+    fn stump(mode: BranchMode, trees: usize, task: Task) -> TreeEnsembleAttributes {
+        let mut a = TreeEnsembleAttributes {
+            task,
+            nodes_treeids: vec![],
+            nodes_nodeids: vec![],
+            nodes_featureids: vec![],
+            nodes_values: vec![],
+            nodes_modes: vec![],
+            nodes_truenodeids: vec![],
+            nodes_falsenodeids: vec![],
+            nodes_missing_value_tracks_true: vec![],
+            leaf_treeids: vec![],
+            leaf_nodeids: vec![],
+            leaf_ids: vec![],
+            leaf_weights: vec![],
+            base_values: vec![],
+            post_transform: PostTransform::None,
+        };
+        for t in 0..trees as i64 {
+            for (n, m) in [mode, BranchMode::Leaf, BranchMode::Leaf]
+                .into_iter()
+                .enumerate()
+            {
+                a.nodes_treeids.push(t);
+                a.nodes_nodeids.push(n as i64);
+                a.nodes_featureids.push(0);
+                a.nodes_values.push(1.0);
+                a.nodes_modes.push(m);
+                a.nodes_truenodeids.push(1);
+                a.nodes_falsenodeids.push(2);
+            }
+            for (n, w) in [(1, 10.0), (2, 20.0)] {
+                a.leaf_treeids.push(t);
+                a.leaf_nodeids.push(n);
+                a.leaf_ids.push(0);
+                a.leaf_weights.push(w * (t + 1) as f32);
+            }
+        }
+        a
+    }
+
+    fn regressor(aggregate: Aggregate) -> Task {
+        Task::Regressor {
+            n_targets: 1,
+            aggregate,
+        }
+    }
+
+    fn run(e: &TreeEnsemble, x: &[f32]) -> Vec<f32> {
+        let mut s = vec![0.0; x.len() * e.n_outputs()];
+        let mut l = vec![0; x.len()];
+        e.eval(x, 1, &mut s, &mut l).unwrap();
+        s
+    }
+
+    #[test]
+    fn each_branch_mode_compares_as_specified() {
+        let x = [0.5, 1.0, 1.5, f32::NAN];
+        let cases = [
+            (BranchMode::Leq, [10.0, 10.0, 20.0, 20.0]),
+            (BranchMode::Lt, [10.0, 20.0, 20.0, 20.0]),
+            (BranchMode::Gte, [20.0, 10.0, 10.0, 20.0]),
+            (BranchMode::Gt, [20.0, 20.0, 10.0, 20.0]),
+            (BranchMode::Eq, [20.0, 10.0, 20.0, 20.0]),
+            (BranchMode::Neq, [10.0, 20.0, 10.0, 10.0]),
+        ];
+        for (mode, want) in cases {
+            let e = TreeEnsemble::compile(&stump(mode, 1, regressor(Aggregate::Sum))).unwrap();
+            assert_eq!(run(&e, &x), want, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn missing_value_tracks_true_sends_nan_to_the_true_branch() {
+        let mut a = stump(BranchMode::Leq, 1, regressor(Aggregate::Sum));
+        a.nodes_missing_value_tracks_true = vec![true, false, false];
+        let e = TreeEnsemble::compile(&a).unwrap();
+        assert_eq!(run(&e, &[f32::NAN, 2.0]), [10.0, 20.0]);
+    }
+
+    #[test]
+    fn each_aggregate_combines_trees() {
+        // Three trees: x = 0.5 reaches weights 10, 20, 30; x = 2 reaches 20, 40, 60.
+        let cases = [
+            (Aggregate::Sum, [60.0, 120.0]),
+            (Aggregate::Average, [20.0, 40.0]),
+            (Aggregate::Min, [10.0, 20.0]),
+            (Aggregate::Max, [30.0, 60.0]),
+        ];
+        for (agg, want) in cases {
+            let mut a = stump(BranchMode::Leq, 3, regressor(agg));
+            let e = TreeEnsemble::compile(&a).unwrap();
+            assert_eq!(run(&e, &[0.5, 2.0]), want, "{agg:?}");
+            // The same through the several-targets path (2 targets, target 1 unused).
+            a.task = Task::Regressor {
+                n_targets: 2,
+                aggregate: agg,
+            };
+            let e = TreeEnsemble::compile(&a).unwrap();
+            assert_eq!(
+                run(&e, &[0.5, 2.0]),
+                [want[0], 0.0, want[1], 0.0],
+                "{agg:?} x2"
+            );
+        }
+    }
+
+    #[test]
+    fn base_values_add_after_averaging() {
+        let mut a = stump(BranchMode::Leq, 2, regressor(Aggregate::Average));
+        a.base_values = vec![1.0];
+        let e = TreeEnsemble::compile(&a).unwrap();
+        assert_eq!(run(&e, &[0.5]), [16.0]);
+    }
+
+    #[test]
+    fn malformed_attributes_are_refused() {
+        let base = stump(BranchMode::Leq, 1, regressor(Aggregate::Sum));
+        let mut a = base.clone();
+        a.nodes_truenodeids[0] = 7;
+        assert!(matches!(
+            TreeEnsemble::compile(&a),
+            Err(TreeEnsembleError::Structure { .. })
+        ));
+        let mut a = base.clone();
+        a.nodes_values.pop();
+        assert!(matches!(
+            TreeEnsemble::compile(&a),
+            Err(TreeEnsembleError::Attribute { .. })
+        ));
+        let mut a = base.clone();
+        a.nodes_modes[1] = BranchMode::Leq;
+        a.nodes_truenodeids[1] = 0; // node 1 points back at the root
+        let err = TreeEnsemble::compile(&a).unwrap_err();
+        assert!(err.to_string().contains("cycle"), "{err}");
+        let mut a = base.clone();
+        a.leaf_ids[0] = 1; // one target only
+        assert!(TreeEnsemble::compile(&a).is_err());
+        let mut a = base;
+        a.nodes_nodeids[2] = 1; // duplicate
+        assert!(TreeEnsemble::compile(&a).is_err());
+    }
+
+    #[test]
+    fn probit_matches_onnxruntime_approximation() {
+        // Values of onnxruntime's ComputeProbit (float) at 0.5, 0.975.
+        assert!(probit(0.5).abs() < 1e-6);
+        assert!((probit(0.975) - 1.959_9).abs() < 2e-3);
+    }
+}
