@@ -263,6 +263,10 @@ pub struct ModelConfig {
     pub evaluation: Evaluation,
     /// Folds of `evaluation = "kfold"` (stratified for classification).
     pub folds: usize,
+    /// `ridge`'s settings (`linear` is the same with `alpha = 0`).
+    pub ridge: crate::learn::linear::LinearConfig,
+    /// `svm`'s settings.
+    pub svm: crate::learn::svm::SvmConfig,
     /// Logistic: L2 penalty strength per sample.
     pub l2: f64,
     /// Logistic: most L-BFGS iterations.
@@ -294,6 +298,8 @@ impl Default for ModelConfig {
             metric: None,
             evaluation: Evaluation::Holdout,
             folds: 5,
+            ridge: Default::default(),
+            svm: Default::default(),
             l2: 1e-3,
             max_iter: 300,
             min_labels: 500,
@@ -629,6 +635,20 @@ pub fn validate_model(
     }
     if m.folds < 2 {
         return bad("folds", format!("{} must be at least 2", m.folds));
+    }
+    let sections: [(&str, Result<(), String>); 2] =
+        [("ridge", m.ridge.validate()), ("svm", m.svm.validate())];
+    for (section, result) in sections {
+        if let Err(reason) = result {
+            let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
+            return bad(&format!("{section}.{k}"), reason.to_string());
+        }
+    }
+    if m.ridge.alpha == 0.0 {
+        return bad(
+            "ridge.alpha",
+            "must be positive (family `linear` is alpha = 0)".into(),
+        );
     }
     if m.candidates.contains(&Family::Auto) {
         return bad("candidates", "`auto` is not a candidate family".into());

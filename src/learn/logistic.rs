@@ -299,6 +299,16 @@ impl LogisticModel {
         Task::Classification
     }
 
+    /// Class names, output column order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Feature names, input order.
+    pub fn feature_names(&self) -> &[String] {
+        &self.feature_names
+    }
+
     /// Class probabilities `[n, n_classes]`; see [`LogisticModel::predict_proba`].
     pub fn predict(&self, x: &[f32]) -> Vec<f32> {
         self.predict_proba(x)

@@ -22,9 +22,11 @@ use std::time::Instant;
 use crate::config::{ModelConfig, PipelineConfig};
 use crate::ingest::decode::Sample;
 use card::ModelCard;
+use linear::{LinearConfig, LinearModel};
 use logistic::{LogisticConfig, LogisticModel};
 pub use model::{Family, Model, Target, Task, TrainError};
 use select::{Evaluation, Metric};
+use svm::SvmModel;
 
 /// Labelled samples as a design matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -470,6 +472,24 @@ pub fn fit_model(
                 cancelled,
             )?)
         }
+        Family::Linear | Family::Ridge => {
+            let linear = match family {
+                Family::Linear => LinearConfig { alpha: 0.0 },
+                _ => cfg.ridge.clone(),
+            };
+            Model::Linear(LinearModel::fit(
+                x, &target, features, &linear, None, cancelled,
+            )?)
+        }
+        Family::Svm => {
+            let init = match init {
+                Some(Model::Svm(m)) => Some(m),
+                _ => None,
+            };
+            Model::Svm(SvmModel::fit(
+                x, &target, features, &cfg.svm, init, cancelled,
+            )?)
+        }
         f => {
             return Err(TrainError::Unsupported {
                 family: f.name(),
@@ -491,6 +511,8 @@ fn logistic_config(cfg: &ModelConfig) -> LogisticConfig {
 pub fn hyperparameters(model: &Model, cfg: &ModelConfig) -> serde_json::Value {
     match model {
         Model::Logistic(m) => m.hyperparameters(&logistic_config(cfg)),
+        Model::Linear(m) => m.hyperparameters(),
+        Model::Svm(m) => m.hyperparameters(),
     }
 }
 

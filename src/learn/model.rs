@@ -222,6 +222,20 @@ pub fn argmax_rows(proba: &[f32], n_classes: usize) -> Vec<usize> {
 #[serde(tag = "family", content = "params", rename_all = "snake_case")]
 pub enum Model {
     Logistic(super::logistic::LogisticModel),
+    /// `linear` and `ridge` (the same model; `alpha` tells them apart).
+    Linear(super::linear::LinearModel),
+    Svm(super::svm::SvmModel),
+}
+
+/// Calls the same method on whichever family's model `$model` holds.
+macro_rules! dispatch {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            Model::Logistic($m) => $body,
+            Model::Linear($m) => $body,
+            Model::Svm($m) => $body,
+        }
+    };
 }
 
 impl Model {
@@ -229,44 +243,37 @@ impl Model {
     pub fn family(&self) -> Family {
         match self {
             Model::Logistic(_) => Family::Logistic,
+            Model::Linear(m) if m.config.alpha == 0.0 => Family::Linear,
+            Model::Linear(_) => Family::Ridge,
+            Model::Svm(_) => Family::Svm,
         }
     }
 
     /// What the model predicts.
     pub fn task(&self) -> Task {
-        match self {
-            Model::Logistic(m) => m.task(),
-        }
+        dispatch!(self, m => m.task())
     }
 
     /// Class names, output column order (empty for a regressor).
     pub fn classes(&self) -> &[String] {
-        match self {
-            Model::Logistic(m) => &m.classes,
-        }
+        dispatch!(self, m => m.classes())
     }
 
     /// Feature names, input order.
     pub fn feature_names(&self) -> &[String] {
-        match self {
-            Model::Logistic(m) => &m.feature_names,
-        }
+        dispatch!(self, m => m.feature_names())
     }
 
     /// A classifier's probabilities `[n, n_classes]` row-major, or a
     /// regressor's predictions `[n]`, for `x` (`[n, n_features]`, `NaN` =
     /// missing); equal to the exported ONNX graph's first output within 1e-5.
     pub fn predict(&self, x: &[f32]) -> Vec<f32> {
-        match self {
-            Model::Logistic(m) => m.predict(x),
-        }
+        dispatch!(self, m => m.predict(x))
     }
 
     /// ONNX bytes following [`crate::onnx::builder`]'s contract.
     pub fn to_onnx(&self, version: u32) -> Vec<u8> {
-        match self {
-            Model::Logistic(m) => m.to_onnx(version),
-        }
+        dispatch!(self, m => m.to_onnx(version))
     }
 
     /// Decodes a stored model's parameters: this enum's JSON, or the bare
