@@ -9,6 +9,7 @@ pub mod card;
 pub mod lbfgs;
 pub mod logistic;
 pub mod metrics;
+pub mod mlp;
 pub mod model;
 
 use std::collections::BTreeMap;
