@@ -44,7 +44,9 @@ use tract_onnx::pb;
 
 use super::model::{check_shapes, Target, Task, TrainError};
 use crate::features::scaler::StandardScaler;
-use crate::onnx::builder::{self as b, ModelMeta, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
+use crate::onnx::builder::{
+    self as b, ModelMeta, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES,
+};
 
 /// Adam's first-moment decay (Kingma & Ba 2015; sklearn's `beta_1`).
 const BETA_1: f64 = 0.9;
@@ -252,7 +254,11 @@ struct Workspace {
 impl Workspace {
     fn new(geometry: &Geometry, rows: usize) -> Self {
         Self {
-            acts: geometry.units.iter().map(|&u| vec![0.0; rows * u]).collect(),
+            acts: geometry
+                .units
+                .iter()
+                .map(|&u| vec![0.0; rows * u])
+                .collect(),
             deltas: geometry
                 .units
                 .iter()
@@ -417,7 +423,12 @@ fn loss_and_gradient(
     let data = output_deltas(geometry, ws, rows);
     backward(geometry, params, ws, rows, l2, grad);
     let penalty: f64 = (0..geometry.n_layers())
-        .map(|l| params[geometry.weights(l)].iter().map(|w| w * w).sum::<f64>())
+        .map(|l| {
+            params[geometry.weights(l)]
+                .iter()
+                .map(|w| w * w)
+                .sum::<f64>()
+        })
         .sum();
     (data + 0.5 * l2 * penalty) / rows as f64
 }
@@ -511,7 +522,12 @@ impl Adam {
         self.beta_1_t *= BETA_1;
         self.beta_2_t *= BETA_2;
         let lr = self.lr * (1.0 - self.beta_2_t).sqrt() / (1.0 - self.beta_1_t);
-        for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
+        for (((p, &g), m), v) in params
+            .iter_mut()
+            .zip(grad)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+        {
             *m = BETA_1 * *m + (1.0 - BETA_1) * g;
             *v = BETA_2 * *v + (1.0 - BETA_2) * g * g;
             *p -= lr * *m / (v.sqrt() + EPSILON);
@@ -555,7 +571,12 @@ impl MlpModel {
                 if classes.len() < 2 {
                     return Err(TrainError::TooFewClasses(classes.len()));
                 }
-                (Task::Classification, classes.to_vec(), Labels::Classes(y), classes.len())
+                (
+                    Task::Classification,
+                    classes.to_vec(),
+                    Labels::Classes(y),
+                    classes.len(),
+                )
             }
             Target::Values(v) => (Task::Regression, Vec::new(), Labels::Values(v), 1),
         };
@@ -586,8 +607,8 @@ impl MlpModel {
             Some(m) => {
                 for (l, layer) in m.layers.iter().enumerate() {
                     let at = geometry.offsets[l];
-                    let (w, bias) = (&mut params[at..geometry.bias(l).end])
-                        .split_at_mut(layer.weights.len());
+                    let (w, bias) =
+                        (&mut params[at..geometry.bias(l).end]).split_at_mut(layer.weights.len());
                     w.iter_mut()
                         .zip(&layer.weights)
                         .for_each(|(p, &v)| *p = f64::from(v));
@@ -641,8 +662,15 @@ impl MlpModel {
             let mut accumulated = 0.0;
             for chunk in train.chunks(batch) {
                 ws.load(&z, &labels, chunk);
-                let loss =
-                    loss_and_gradient(&geometry, &params, task, &mut ws, chunk.len(), cfg.l2, &mut grad);
+                let loss = loss_and_gradient(
+                    &geometry,
+                    &params,
+                    task,
+                    &mut ws,
+                    chunk.len(),
+                    cfg.l2,
+                    &mut grad,
+                );
                 accumulated += loss * chunk.len() as f64;
                 adam.step(&mut params, &grad);
             }
@@ -650,7 +678,16 @@ impl MlpModel {
             let loss = accumulated / train.len() as f64;
             final_loss = Some(loss);
             if early_stopping {
-                let s = score(&geometry, &params, task, &mut ws, &z, &labels, &validation, batch);
+                let s = score(
+                    &geometry,
+                    &params,
+                    task,
+                    &mut ws,
+                    &z,
+                    &labels,
+                    &validation,
+                    batch,
+                );
                 if s < best_score + cfg.tol {
                     no_improvement += 1;
                 } else {
@@ -679,7 +716,10 @@ impl MlpModel {
 
         let layers = (0..geometry.n_layers())
             .map(|l| Layer {
-                weights: params[geometry.weights(l)].iter().map(|&v| v as f32).collect(),
+                weights: params[geometry.weights(l)]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect(),
                 bias: params[geometry.bias(l)].iter().map(|&v| v as f32).collect(),
             })
             .collect();
@@ -742,7 +782,13 @@ impl MlpModel {
         let n_rows = x.len() / nf.max(1);
         let mut z = x[..n_rows * nf].to_vec();
         self.scaler.transform_in_place(&mut z);
-        let widest = self.layers.iter().map(Layer::n_out).max().unwrap_or(0).max(nf);
+        let widest = self
+            .layers
+            .iter()
+            .map(Layer::n_out)
+            .max()
+            .unwrap_or(0)
+            .max(nf);
         let (mut a, mut h) = (vec![0f32; widest], vec![0f32; widest]);
         let mut out = Vec::with_capacity(n_rows * n_out);
         for row in z.chunks_exact(nf.max(1)) {
@@ -754,7 +800,9 @@ impl MlpModel {
                 for (&ai, wi) in a[..n_in].iter().zip(layer.weights.chunks_exact(n_out)) {
                     o.iter_mut().zip(wi).for_each(|(oj, &wij)| *oj += ai * wij);
                 }
-                o.iter_mut().zip(&layer.bias).for_each(|(oj, &bj)| *oj += bj);
+                o.iter_mut()
+                    .zip(&layer.bias)
+                    .for_each(|(oj, &bj)| *oj += bj);
                 if l + 1 < self.layers.len() {
                     o.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
@@ -922,7 +970,11 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences_for_squared_loss() {
-        check_gradient(Task::Regression, Labels::Values(&[0.5, -1.0, 2.0, 0.0, 1.5]), 1);
+        check_gradient(
+            Task::Regression,
+            Labels::Values(&[0.5, -1.0, 2.0, 0.0, 1.5]),
+            1,
+        );
     }
 
     #[test]
@@ -935,18 +987,28 @@ mod tests {
             max_epochs: 0,
             ..MlpConfig::default()
         };
-        let target = Target::Classes { y: &y, classes: &classes };
+        let target = Target::Classes {
+            y: &y,
+            classes: &classes,
+        };
         let m = MlpModel::fit(&x, &target, &names, &cfg, None, &|| false).unwrap();
         assert_eq!(m.hidden_layers(), vec![32, 16]);
         for layer in &m.layers {
             let bound = (6.0 / (layer.n_in() + layer.n_out()) as f32).sqrt();
-            assert!(layer.weights.iter().chain(&layer.bias).all(|w| w.abs() <= bound));
+            assert!(layer
+                .weights
+                .iter()
+                .chain(&layer.bias)
+                .all(|w| w.abs() <= bound));
         }
         assert_eq!(MlpConfig::default().validate(), Ok(()));
         let bad = MlpConfig {
             validation_fraction: 1.0,
             ..MlpConfig::default()
         };
-        assert!(bad.validate().unwrap_err().starts_with("validation_fraction:"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .starts_with("validation_fraction:"));
     }
 }
