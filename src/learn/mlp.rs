@@ -270,8 +270,9 @@ impl Workspace {
         }
     }
 
-    /// Copies samples `idx` of `z` (`[n, n_features]`) and their targets in.
-    fn load(&mut self, z: &[f64], labels: &Labels<'_>, idx: &[usize]) {
+    /// Copies samples `idx` and their targets in.
+    fn load(&mut self, samples: &Samples<'_>, idx: &[usize]) {
+        let Samples { z, labels } = samples;
         let nf = z.len() / labels.len().max(1);
         for (dst, &i) in self.acts[0].chunks_exact_mut(nf).zip(idx) {
             dst.copy_from_slice(&z[i * nf..(i + 1) * nf]);
@@ -283,6 +284,12 @@ impl Workspace {
             Labels::Values(y) => self.values.extend(idx.iter().map(|&i| y[i])),
         }
     }
+}
+
+/// Scaled inputs `[n, n_features]` and their targets.
+struct Samples<'a> {
+    z: &'a [f64],
+    labels: Labels<'a>,
 }
 
 /// Training targets: class indices or values.
@@ -442,8 +449,7 @@ fn score(
     params: &[f64],
     task: Task,
     ws: &mut Workspace,
-    z: &[f64],
-    labels: &Labels<'_>,
+    samples: &Samples<'_>,
     idx: &[usize],
     batch: usize,
 ) -> f64 {
@@ -451,10 +457,10 @@ fn score(
     let n_out = geometry.units[last];
     let (mut correct, mut ss_res) = (0usize, 0.0);
     for chunk in idx.chunks(batch) {
-        ws.load(z, labels, chunk);
+        ws.load(samples, chunk);
         forward(geometry, params, task, ws, chunk.len());
         let out = &ws.acts[last][..chunk.len() * n_out];
-        match labels {
+        match samples.labels {
             Labels::Classes(_) => {
                 for (row, &y) in out.chunks_exact(n_out).zip(&ws.classes) {
                     let best = row
@@ -480,7 +486,7 @@ fn score(
             }
         }
     }
-    match labels {
+    match samples.labels {
         Labels::Classes(_) => correct as f64 / idx.len() as f64,
         Labels::Values(y) => {
             let mean = idx.iter().map(|&i| y[i]).sum::<f64>() / idx.len() as f64;
@@ -595,6 +601,7 @@ impl MlpModel {
         scaler.transform_in_place(&mut scaled);
         let z: Vec<f64> = scaled.iter().map(|&v| f64::from(v)).collect();
         drop(scaled);
+        let samples = Samples { z: &z, labels };
 
         let units: Vec<usize> = std::iter::once(nf)
             .chain(cfg.hidden_layers.iter().copied())
@@ -608,7 +615,7 @@ impl MlpModel {
                 for (l, layer) in m.layers.iter().enumerate() {
                     let at = geometry.offsets[l];
                     let (w, bias) =
-                        (&mut params[at..geometry.bias(l).end]).split_at_mut(layer.weights.len());
+                        params[at..geometry.bias(l).end].split_at_mut(layer.weights.len());
                     w.iter_mut()
                         .zip(&layer.weights)
                         .for_each(|(p, &v)| *p = f64::from(v));
@@ -661,7 +668,7 @@ impl MlpModel {
             rng.shuffle(&mut train);
             let mut accumulated = 0.0;
             for chunk in train.chunks(batch) {
-                ws.load(&z, &labels, chunk);
+                ws.load(&samples, chunk);
                 let loss = loss_and_gradient(
                     &geometry,
                     &params,
@@ -683,8 +690,7 @@ impl MlpModel {
                     &params,
                     task,
                     &mut ws,
-                    &z,
-                    &labels,
+                    &samples,
                     &validation,
                     batch,
                 );
@@ -942,7 +948,7 @@ mod tests {
         let idx: Vec<usize> = (0..rows).collect();
         let l2 = 0.3;
         let mut ws = Workspace::new(&geometry, rows);
-        ws.load(&z, &labels, &idx);
+        ws.load(&Samples { z: &z, labels }, &idx);
         let mut grad = vec![0.0; geometry.n_params];
         loss_and_gradient(&geometry, &params, task, &mut ws, rows, l2, &mut grad);
         let mut scratch = vec![0.0; geometry.n_params];
