@@ -10,6 +10,7 @@ pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
 pub mod metrics;
+pub mod mlp;
 pub mod model;
 pub mod offline;
 pub mod select;
