@@ -267,6 +267,8 @@ pub struct ModelConfig {
     pub ridge: crate::learn::linear::LinearConfig,
     /// `svm`'s settings.
     pub svm: crate::learn::svm::SvmConfig,
+    /// `mlp`'s settings.
+    pub mlp: crate::learn::mlp::MlpConfig,
     /// Logistic: L2 penalty strength per sample.
     pub l2: f64,
     /// Logistic: most L-BFGS iterations.
@@ -300,6 +302,7 @@ impl Default for ModelConfig {
             folds: 5,
             ridge: Default::default(),
             svm: Default::default(),
+            mlp: Default::default(),
             l2: 1e-3,
             max_iter: 300,
             min_labels: 500,
@@ -636,8 +639,11 @@ pub fn validate_model(
     if m.folds < 2 {
         return bad("folds", format!("{} must be at least 2", m.folds));
     }
-    let sections: [(&str, Result<(), String>); 2] =
-        [("ridge", m.ridge.validate()), ("svm", m.svm.validate())];
+    let sections = [
+        ("ridge", m.ridge.validate()),
+        ("svm", m.svm.validate()),
+        ("mlp", m.mlp.validate()),
+    ];
     for (section, result) in sections {
         if let Err(reason) = result {
             let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));

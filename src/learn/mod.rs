@@ -25,6 +25,7 @@ use crate::ingest::decode::Sample;
 use card::ModelCard;
 use linear::{LinearConfig, LinearModel};
 use logistic::{LogisticConfig, LogisticModel};
+use mlp::MlpModel;
 pub use model::{Family, Model, Target, Task, TrainError};
 use select::{Evaluation, Metric};
 use svm::SvmModel;
@@ -491,6 +492,15 @@ pub fn fit_model(
                 x, &target, features, &cfg.svm, init, cancelled,
             )?)
         }
+        Family::Mlp => {
+            let init = match init {
+                Some(Model::Mlp(m)) => Some(m),
+                _ => None,
+            };
+            Model::Mlp(MlpModel::fit(
+                x, &target, features, &cfg.mlp, init, cancelled,
+            )?)
+        }
         f => {
             return Err(TrainError::Unsupported {
                 family: f.name(),
@@ -514,6 +524,7 @@ pub fn hyperparameters(model: &Model, cfg: &ModelConfig) -> serde_json::Value {
         Model::Logistic(m) => m.hyperparameters(&logistic_config(cfg)),
         Model::Linear(m) => m.hyperparameters(),
         Model::Svm(m) => m.hyperparameters(),
+        Model::Mlp(m) => m.hyperparameters(),
     }
 }
 

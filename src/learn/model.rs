@@ -225,6 +225,7 @@ pub enum Model {
     /// `linear` and `ridge` (the same model; `alpha` tells them apart).
     Linear(super::linear::LinearModel),
     Svm(super::svm::SvmModel),
+    Mlp(super::mlp::MlpModel),
 }
 
 /// Calls the same method on whichever family's model `$model` holds.
@@ -234,6 +235,7 @@ macro_rules! dispatch {
             Model::Logistic($m) => $body,
             Model::Linear($m) => $body,
             Model::Svm($m) => $body,
+            Model::Mlp($m) => $body,
         }
     };
 }
@@ -246,6 +248,7 @@ impl Model {
             Model::Linear(m) if m.config.alpha == 0.0 => Family::Linear,
             Model::Linear(_) => Family::Ridge,
             Model::Svm(_) => Family::Svm,
+            Model::Mlp(_) => Family::Mlp,
         }
     }
 
