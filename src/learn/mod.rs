@@ -6,10 +6,12 @@
 //! from a blocking thread, never from an async worker.
 
 pub mod card;
+pub mod forest;
 pub mod lbfgs;
 pub mod logistic;
 pub mod metrics;
 pub mod model;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
