@@ -63,9 +63,8 @@ impl MaxFeatures {
         let k = match (self, task) {
             (Self::Rule(FeatureRule::Auto), Task::Classification)
             | (Self::Rule(FeatureRule::Sqrt), _) => nf.sqrt().floor() as usize,
-            (Self::Rule(FeatureRule::Auto), Task::Regression) | (Self::Rule(FeatureRule::All), _) => {
-                n_features
-            }
+            (Self::Rule(FeatureRule::Auto), Task::Regression)
+            | (Self::Rule(FeatureRule::All), _) => n_features,
             (Self::Rule(FeatureRule::Log2), _) => nf.log2().floor() as usize,
             (Self::Fraction(f), _) => (f * nf).floor() as usize,
         };
@@ -142,7 +141,11 @@ impl ForestConfig {
                 self.n_jobs
             ));
         }
-        validate_depth_and_counts(self.max_depth, self.min_samples_split, self.min_samples_leaf)
+        validate_depth_and_counts(
+            self.max_depth,
+            self.min_samples_split,
+            self.min_samples_leaf,
+        )
     }
 }
 
@@ -308,8 +311,16 @@ impl ForestModel {
         let mut v = serde_json::to_value(&self.config).unwrap_or_default();
         let n_nodes: usize = self.trees.iter().map(|t| t.nodes.len()).sum();
         let n_leaves: usize = self.trees.iter().map(DecisionTree::n_leaves).sum();
-        let depth = self.trees.iter().map(DecisionTree::depth).max().unwrap_or(0);
+        let depth = self
+            .trees
+            .iter()
+            .map(DecisionTree::depth)
+            .max()
+            .unwrap_or(0);
         if let Some(map) = v.as_object_mut() {
+            if self.task == Task::Regression {
+                map.insert("criterion".into(), "squared_error".into());
+            }
             map.insert("max_features_resolved".into(), self.max_features.into());
             map.insert("n_nodes".into(), n_nodes.into());
             map.insert(
@@ -324,8 +335,7 @@ impl ForestModel {
 
 /// The seed of tree `t`: SplitMix64 of the forest seed and the tree index.
 fn tree_seed(seed: u64, t: usize) -> u64 {
-    let mut z = seed
-        .wrapping_add((t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut z = seed.wrapping_add((t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -340,7 +350,10 @@ mod tests {
         let auto = MaxFeatures::default();
         assert_eq!(auto.resolve(128, Task::Classification), 11);
         assert_eq!(auto.resolve(8, Task::Regression), 8);
-        assert_eq!(MaxFeatures::Rule(FeatureRule::Log2).resolve(5, Task::Regression), 2);
+        assert_eq!(
+            MaxFeatures::Rule(FeatureRule::Log2).resolve(5, Task::Regression),
+            2
+        );
         assert_eq!(MaxFeatures::Fraction(0.3).resolve(5, Task::Regression), 1);
         assert_eq!(MaxFeatures::Fraction(0.01).resolve(5, Task::Regression), 1);
         let cfg: ForestConfig =

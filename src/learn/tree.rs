@@ -85,7 +85,11 @@ impl TreeConfig {
     /// # Errors
     /// A message such as `"max_depth: -1 must be at least 0 (0 = unlimited)"`.
     pub fn validate(&self) -> Result<(), String> {
-        validate_depth_and_counts(self.max_depth, self.min_samples_split, self.min_samples_leaf)
+        validate_depth_and_counts(
+            self.max_depth,
+            self.min_samples_split,
+            self.min_samples_leaf,
+        )
     }
 
     pub(crate) fn grow_params(&self, n_features: usize) -> GrowParams {
@@ -297,6 +301,9 @@ impl TreeModel {
     pub fn hyperparameters(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.config).unwrap_or_default();
         if let Some(map) = v.as_object_mut() {
+            if self.task == Task::Regression {
+                map.insert("criterion".into(), "squared_error".into());
+            }
             map.insert("n_nodes".into(), self.tree.nodes.len().into());
             map.insert("n_leaves".into(), self.tree.n_leaves().into());
             map.insert("depth".into(), self.tree.depth().into());
@@ -563,7 +570,9 @@ impl Grower<'_, '_> {
                 }
                 let w: f64 = self.total.iter().sum();
                 let impurity = match self.params.criterion {
-                    Criterion::Gini => 1.0 - self.total.iter().map(|c| (c / w).powi(2)).sum::<f64>(),
+                    Criterion::Gini => {
+                        1.0 - self.total.iter().map(|c| (c / w).powi(2)).sum::<f64>()
+                    }
                     Criterion::Entropy => -self
                         .total
                         .iter()
@@ -746,7 +755,10 @@ mod tests {
             ]
         );
         // A missing value is imputed by the mean 3.5: 3.5 <= 3.5 goes left.
-        assert_eq!(m.predict(&[f32::NAN, 6.0]), vec![1.0, 0.0, 1.0 / 3.0, 2.0 / 3.0]);
+        assert_eq!(
+            m.predict(&[f32::NAN, 6.0]),
+            vec![1.0, 0.0, 1.0 / 3.0, 2.0 / 3.0]
+        );
     }
 
     #[test]
@@ -765,8 +777,7 @@ mod tests {
             max_depth: 0,
             ..TreeConfig::default()
         };
-        let m = TreeModel::fit(&x, &Target::Values(&v), &names(2), &cfg, None, &|| false)
-            .unwrap();
+        let m = TreeModel::fit(&x, &Target::Values(&v), &names(2), &cfg, None, &|| false).unwrap();
         let leaf = |v: f32| Node::Leaf { value: vec![v] };
         let split = |threshold, left, right| Node::Split {
             feature: 1,
@@ -801,7 +812,10 @@ mod tests {
             .map(|&v| order_key(v + 0.0))
             .collect();
         keys.sort_unstable();
-        let back: Vec<f32> = keys.iter().map(|&k| key_value(u64::from(k) << 32)).collect();
+        let back: Vec<f32> = keys
+            .iter()
+            .map(|&k| key_value(u64::from(k) << 32))
+            .collect();
         assert_eq!(back, vec![-1e30, -2.5, 0.0, 0.0, 1e-30, 7.0]);
     }
 

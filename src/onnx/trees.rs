@@ -6,20 +6,31 @@
 //! ```text
 //! features [N, F] f32
 //!   → IsNaN → Where(isnan, mean, features)          mean imputation
-//!   → TreeEnsembleClassifier (post_transform NONE)  → label [N] i64,
-//!                                                     probabilities [N, C] f32
+//!   → TreeEnsembleClassifier (post_transform NONE)  → probabilities [N, C] f32
+//!     → ArgMax(axis = 1, keepdims = 0)              → label [N] i64
 //!   or TreeEnsembleRegressor (aggregate AVERAGE)    → prediction [N, 1] f32
 //! ```
 //!
 //! Every node of tree `t` is listed with `nodes_treeids = t` and its index in
 //! the tree as `nodes_nodeids`; splits are `BRANCH_LEQ` (`x <= value` goes to
-//! the true branch, the left child). A classifier's leaf carries one weight
-//! per class, `p_k / n_trees` in `f32`, for every class (also zero ones: with
-//! two classes and weights for one class only, onnxruntime would switch to its
-//! binary mode and report `[1 − p, p]`); summed with `post_transform = NONE`
-//! they give the forest's mean probability. `classlabels_int64s` are the class
-//! indices `0..C`; the class names are in the metadata. A regressor's leaf
-//! carries its value, and `AVERAGE` divides the sum by the number of trees.
+//! the true branch, the left child). A classifier's leaf carries a weight
+//! `p_k / n_trees` (in `f32`) per class k; summed with `post_transform = NONE`
+//! they give the forest's mean probability. With three or more classes, zero
+//! weights are left out (smaller files). With two classes every leaf carries
+//! both weights, zeros included: onnxruntime (1.32,
+//! `tree_ensemble_aggregator.h`) switches to a binary mode reporting
+//! `[1 − s, s]` when only one class has weights anywhere, and reports
+//! `[s, −s]` for a row where the second class received no weight.
+//! `classlabels_int64s` are the class indices `0..C`; the class names are in
+//! the metadata.
+//!
+//! The operator's own label output (`tree_label`) is left unused: for two
+//! classes onnxruntime does not take the most probable class (it thresholds
+//! the second class's score), so `label` is an `ArgMax` of the probabilities
+//! (first maximum on ties, as [`crate::learn::model::argmax_rows`]).
+//!
+//! A regressor's leaf carries its value, and `AVERAGE` divides the sum by the
+//! number of trees.
 
 use tract_onnx::pb;
 
@@ -71,6 +82,9 @@ pub fn tree_ensemble_to_onnx(
                         Task::Regression => value.clone(),
                     };
                     for (k, w) in weights.into_iter().enumerate() {
+                        if w == 0.0 && n_classes > 2 {
+                            continue;
+                        }
                         w_tree.push(t as i64);
                         w_node.push(i as i64);
                         w_id.push(k as i64);
@@ -102,7 +116,7 @@ pub fn tree_ensemble_to_onnx(
             ]);
             (
                 "TreeEnsembleClassifier",
-                vec![OUTPUT_LABEL, OUTPUT_PROBABILITIES],
+                vec!["tree_label", OUTPUT_PROBABILITIES],
                 b::classifier_outputs(n_classes),
             )
         }
@@ -123,6 +137,14 @@ pub fn tree_ensemble_to_onnx(
         }
     };
     nodes.push(b::node_multi(op, ML_DOMAIN, &[imputed], &outputs, attrs));
+    if meta.task == Task::Classification {
+        nodes.push(b::node(
+            "ArgMax",
+            &[OUTPUT_PROBABILITIES],
+            OUTPUT_LABEL,
+            vec![b::attr_int("axis", 1), b::attr_int("keepdims", 0)],
+        ));
+    }
     let graph = pb::GraphProto {
         name: format!("edgeloop_{}", meta.family),
         node: nodes,
