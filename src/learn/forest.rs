@@ -91,7 +91,9 @@ pub struct ForestConfig {
     pub max_depth: i64,
     /// Fewest samples a node needs to be split (≥ 2).
     pub min_samples_split: i64,
-    /// Fewest samples each child of a split keeps (≥ 1).
+    /// Fewest samples each child of a split keeps (≥ 1); with `bootstrap`,
+    /// distinct samples of the tree's bootstrap sample count (as
+    /// scikit-learn), not draws.
     pub min_samples_leaf: i64,
     /// Split criterion of a classifier (`gini` or `entropy`); a regressor
     /// always uses the mean squared error.

@@ -759,6 +759,15 @@ mod tests {
             m.predict(&[f32::NAN, 6.0]),
             vec![1.0, 0.0, 1.0 / 3.0, 2.0 / 3.0]
         );
+        // Entropy (bits), n_L·H_L + n_R·H_R: 1.5: 5·H(3/5) = 4.855; 2.5: 4·1 = 4;
+        // 3.5: 3·H(1/3) = 2.755; 4.5: 4·H(1/4) + 2·1 = 5.245; 5.5: 5·H(1/5) =
+        // 3.610. The same split, 3.5.
+        let cfg = TreeConfig {
+            criterion: Criterion::Entropy,
+            ..cfg
+        };
+        let e = TreeModel::fit(&x, &target, &names(1), &cfg, None, &|| false).unwrap();
+        assert_eq!(e.tree, m.tree);
     }
 
     #[test]
