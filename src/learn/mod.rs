@@ -6,6 +6,7 @@
 //! from a blocking thread, never from an async worker.
 
 pub mod card;
+pub mod forest;
 pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
@@ -16,6 +17,7 @@ pub mod offline;
 pub mod select;
 pub mod split;
 pub mod svm;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

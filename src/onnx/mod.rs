@@ -6,3 +6,4 @@
 pub mod builder;
 pub mod export;
 pub mod tree_ensemble;
+pub mod trees;
