@@ -269,6 +269,10 @@ pub struct ModelConfig {
     pub svm: crate::learn::svm::SvmConfig,
     /// `mlp`'s settings.
     pub mlp: crate::learn::mlp::MlpConfig,
+    /// `tree`'s settings.
+    pub tree: crate::learn::tree::TreeConfig,
+    /// `forest`'s settings.
+    pub forest: crate::learn::forest::ForestConfig,
     /// Logistic: L2 penalty strength per sample.
     pub l2: f64,
     /// Logistic: most L-BFGS iterations.
@@ -303,6 +307,8 @@ impl Default for ModelConfig {
             ridge: Default::default(),
             svm: Default::default(),
             mlp: Default::default(),
+            tree: Default::default(),
+            forest: Default::default(),
             l2: 1e-3,
             max_iter: 300,
             min_labels: 500,
@@ -643,6 +649,8 @@ pub fn validate_model(
         ("ridge", m.ridge.validate()),
         ("svm", m.svm.validate()),
         ("mlp", m.mlp.validate()),
+        ("tree", m.tree.validate()),
+        ("forest", m.forest.validate()),
     ];
     for (section, result) in sections {
         if let Err(reason) = result {

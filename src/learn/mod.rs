@@ -25,12 +25,14 @@ use std::time::Instant;
 use crate::config::{ModelConfig, PipelineConfig};
 use crate::ingest::decode::Sample;
 use card::ModelCard;
+use forest::ForestModel;
 use linear::{LinearConfig, LinearModel};
 use logistic::{LogisticConfig, LogisticModel};
 use mlp::MlpModel;
 pub use model::{Family, Model, Target, Task, TrainError};
 use select::{Evaluation, Metric};
 use svm::SvmModel;
+use tree::TreeModel;
 
 /// Labelled samples as a design matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -503,9 +505,21 @@ pub fn fit_model(
                 x, &target, features, &cfg.mlp, init, cancelled,
             )?)
         }
-        f => {
+        // Trees are grown from scratch: `init` has nothing to continue.
+        Family::Tree => Model::Tree(TreeModel::fit(
+            x, &target, features, &cfg.tree, None, cancelled,
+        )?),
+        Family::Forest => Model::Forest(ForestModel::fit(
+            x,
+            &target,
+            features,
+            &cfg.forest,
+            None,
+            cancelled,
+        )?),
+        Family::Auto => {
             return Err(TrainError::Unsupported {
-                family: f.name(),
+                family: "auto",
                 task: data.task,
             })
         }
@@ -527,6 +541,8 @@ pub fn hyperparameters(model: &Model, cfg: &ModelConfig) -> serde_json::Value {
         Model::Linear(m) => m.hyperparameters(),
         Model::Svm(m) => m.hyperparameters(),
         Model::Mlp(m) => m.hyperparameters(),
+        Model::Tree(m) => m.hyperparameters(),
+        Model::Forest(m) => m.hyperparameters(),
     }
 }
 

@@ -226,6 +226,8 @@ pub enum Model {
     Linear(super::linear::LinearModel),
     Svm(super::svm::SvmModel),
     Mlp(super::mlp::MlpModel),
+    Tree(super::tree::TreeModel),
+    Forest(super::forest::ForestModel),
 }
 
 /// Calls the same method on whichever family's model `$model` holds.
@@ -236,6 +238,8 @@ macro_rules! dispatch {
             Model::Linear($m) => $body,
             Model::Svm($m) => $body,
             Model::Mlp($m) => $body,
+            Model::Tree($m) => $body,
+            Model::Forest($m) => $body,
         }
     };
 }
@@ -249,6 +253,8 @@ impl Model {
             Model::Linear(_) => Family::Ridge,
             Model::Svm(_) => Family::Svm,
             Model::Mlp(_) => Family::Mlp,
+            Model::Tree(_) => Family::Tree,
+            Model::Forest(_) => Family::Forest,
         }
     }
 
