@@ -458,7 +458,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let chosen = &report.training.chosen.card;
                 print!("{}", edgeloop::learn::card::render_table(cards, None));
                 println!(
-                    "\n{} rows, {:?}; chosen: {} ({} {})",
+                    "\n{} rows, {}; chosen: {} ({} {})",
                     report.rows,
                     report.task,
                     chosen.family,

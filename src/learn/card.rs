@@ -195,7 +195,7 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
     type Row<'a> = (&'a str, Box<dyn Fn(&ModelCard) -> String + 'a>);
     let rows: Vec<Row> = vec![
         ("family", Box::new(|c| c.family.clone())),
-        ("task", Box::new(|c| format!("{:?}", c.task).to_lowercase())),
+        ("task", Box::new(|c| c.task.to_string())),
         (
             "trigger",
             Box::new(|c| format!("{:?}", c.trigger).to_lowercase()),
@@ -300,7 +300,8 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
     let mut table: Vec<Vec<String>> = vec![std::iter::once("".to_string()).chain(header).collect()];
     for (name, value) in &rows {
         let cells: Vec<String> = cards.iter().map(|c| value(c)).collect();
-        if cells.iter().all(|v| v == "-" || v.is_empty()) && *name != "serving" {
+        let serving_row = *name == "serving" && serving.is_some();
+        if cells.iter().all(|v| v == "-" || v.is_empty()) && !serving_row {
             continue;
         }
         table.push(std::iter::once(name.to_string()).chain(cells).collect());
