@@ -801,6 +801,67 @@ mod tests {
     }
 
     #[test]
+    fn bad_family_hyperparameters_are_refused_naming_the_key() {
+        let pipeline = "[[pipelines]]\nname='p'\ntopics=['a/#']\nfeatures=['f']\nlabel='y'\n";
+        for (section, expected) in [
+            (
+                "[pipelines.model.forest]\nn_trees = 0\n",
+                "config key `pipelines[0].model.forest.n_trees`: 0 must be at least 1",
+            ),
+            (
+                "[pipelines.model.tree]\nmax_depth = -1\n",
+                "config key `pipelines[0].model.tree.max_depth`",
+            ),
+            (
+                "[pipelines.model.mlp]\nhidden_layers = []\n",
+                "config key `pipelines[0].model.mlp.hidden_layers`: must not be empty",
+            ),
+            (
+                "[pipelines.model.mlp]\nhidden_layers = [8, 0]\n",
+                "config key `pipelines[0].model.mlp.hidden_layers[1]`",
+            ),
+            (
+                "[pipelines.model.svm]\nc = -1.0\n",
+                "config key `pipelines[0].model.svm.c`: -1 must be positive",
+            ),
+            (
+                "[pipelines.model]\nfamily = 'ridge'\n",
+                "config key `pipelines[0].model.family`: `ridge` cannot learn classification",
+            ),
+            (
+                "[pipelines.model]\nfamily = 'auto'\ncandidates = ['auto']\n",
+                "config key `pipelines[0].model.candidates`",
+            ),
+            (
+                "[pipelines.model]\nmetric = 'r2'\n",
+                "config key `pipelines[0].model.metric`: `r2` does not score classification",
+            ),
+            (
+                "[pipelines.model]\nevaluation = 'kfold'\nfolds = 1\n",
+                "config key `pipelines[0].model.folds`: 1 must be at least 2",
+            ),
+        ] {
+            let err = load_str(&format!("{pipeline}{section}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{section}: {err}");
+        }
+        let err = load_str(
+            &format!("{pipeline}[pipelines.model]\nfamily = 'boosting'\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("boosting"), "{err}");
+        // Every family name parses.
+        for family in ["logistic", "mlp", "tree", "forest", "svm", "auto"] {
+            let toml = format!("{pipeline}[pipelines.model]\nfamily = '{family}'\n");
+            let cfg = load_str(&toml, &[]).unwrap();
+            assert_eq!(cfg.pipelines[0].model.family.name(), family);
+        }
+    }
+
+    #[test]
     fn mqtt_urls() {
         assert_eq!(
             parse_mqtt_url("mqtt://127.0.0.1:1999").unwrap(),

@@ -10,7 +10,7 @@ use common::*;
 use edgeloop::daemon::{self, DaemonHandle, Running};
 use edgeloop::demo::HttpClient;
 use edgeloop::ingest::decode::Reason;
-use edgeloop::learn::logistic::LogisticModel;
+use edgeloop::learn::Model;
 use edgeloop::serve::http::PredictResponse;
 use tokio_util::sync::CancellationToken;
 
@@ -111,11 +111,11 @@ async fn loop_trains_and_serves(broker: Broker) {
     // The endpoint's outputs equal the in-process model's (same parameters,
     // evaluated in Rust without ONNX) within 1e-5.
     let stored_model = handle.store.get_model(PIPELINE, 1).unwrap().unwrap();
-    let model: LogisticModel = serde_json::from_str(&stored_model.params_json).unwrap();
+    let model = Model::from_json(&stored_model.params_json).unwrap();
     let flat: Vec<f32> = x.iter().flatten().copied().collect();
-    let proba = model.predict_proba(&flat);
+    let proba = model.predict(&flat);
     for (i, p) in served.iter().enumerate() {
-        for (k, class) in model.classes.iter().enumerate() {
+        for (k, class) in model.classes().iter().enumerate() {
             let diff = (p.probabilities[class] - proba[i * 2 + k]).abs();
             assert!(
                 diff <= 1e-5,
@@ -1108,4 +1108,100 @@ fn evaluate_prequential_json_reports_both_models_over_time() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no column `Nope`"));
+}
+
+/// A forest serves through the daemon (tree ensembles run by edgeloop's own
+/// operator inside tract): its HTTP outputs equal the in-process model's, and
+/// the card's live accuracy, tallied as labelled samples arrive after
+/// deployment, equals the in-process model's accuracy on those samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forest_serves_and_its_card_tallies_live_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    trains_at(&mut cfg, 2000, NEVER, false);
+    cfg.pipelines[0].model.family = edgeloop::learn::Family::Forest;
+    let (running, handle, token) = start(cfg).await;
+
+    let opts = replay_opts("datatraining.txt", port, Some(2000));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "a trained model", || {
+        handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    let serving = handle.registry.get(PIPELINE).unwrap();
+    assert_eq!(
+        (serving.version, serving.card.family.as_str()),
+        (1, "forest")
+    );
+
+    // Labelled samples of another period, after deployment.
+    let test_opts = replay_opts("datatest.txt", port, None);
+    publish(
+        &test_opts,
+        edgeloop::ingest::replay::csv_payloads(&test_opts).unwrap(),
+    )
+    .await;
+    let (x, y) = rows("datatest.txt");
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let live = loop {
+        let (status, body) = client
+            .request("GET", "/v1/pipelines/occupancy/models", None)
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let live = v["models"][0]["live"].clone();
+        if live["scored"].as_u64() == Some(y.len() as u64) {
+            break live;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stored_model = handle.store.get_model(PIPELINE, 1).unwrap().unwrap();
+    let model = Model::from_json(&stored_model.params_json).unwrap();
+    assert_eq!(model.family(), edgeloop::learn::Family::Forest);
+    let flat: Vec<f32> = x.iter().flatten().copied().collect();
+    let proba = model.predict(&flat);
+    let predicted = edgeloop::learn::model::argmax_rows(&proba, 2);
+    let correct = predicted
+        .iter()
+        .zip(&y)
+        .filter(|(k, t)| &model.classes()[**k] == *t)
+        .count();
+    println!(
+        "forest live accuracy {live} vs in-process {correct}/{}",
+        y.len()
+    );
+    assert_eq!(live["correct"].as_u64(), Some(correct as u64));
+
+    // HTTP predictions equal the in-process forest's.
+    let rows_json: Vec<serde_json::Value> = x[..200]
+        .iter()
+        .map(|r| {
+            serde_json::Value::Object(
+                FEATURES
+                    .iter()
+                    .zip(r)
+                    .map(|(k, v)| (k.to_string(), (*v).into()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows_json })).unwrap();
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/occupancy/predict", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    let resp: PredictResponse = serde_json::from_slice(&resp).unwrap();
+    for (i, p) in resp.predictions.iter().enumerate() {
+        for (k, class) in model.classes().iter().enumerate() {
+            assert!((p.probabilities[class] - proba[i * 2 + k]).abs() <= 1e-5);
+        }
+    }
+    stop(running, handle, token).await;
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{ClassificationMetrics, RegressionMetrics};
+use super::metrics::{ClassificationMetrics, ProbabilisticMetrics, RegressionMetrics};
 use super::model::Task;
 use super::Trigger;
 
@@ -47,6 +47,10 @@ pub struct ModelCard {
     /// Metrics on the temporal holdout (scikit-learn semantics; undefined
     /// precision or recall is `null` per class and listed in `undefined`).
     pub holdout: Option<ClassificationMetrics>,
+    /// Log loss and (binary tasks) ROC AUC of the predicted probabilities on
+    /// the temporal holdout (scikit-learn semantics).
+    #[serde(default)]
+    pub holdout_probabilistic: Option<ProbabilisticMetrics>,
     /// Regression metrics on the temporal holdout (MSE, RMSE, MAE, R²).
     #[serde(default)]
     pub holdout_regression: Option<RegressionMetrics>,

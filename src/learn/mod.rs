@@ -606,6 +606,18 @@ fn describe(
             metrics::regression_metrics(&holdout.values, &pred).ok(),
         ),
     };
+    let holdout_probabilistic = (model.task() == Task::Classification && !holdout.is_empty())
+        .then(|| {
+            // Columns are the model's classes; the holdout's labels by name.
+            let classes = model.classes();
+            let y: Option<Vec<usize>> = holdout
+                .y
+                .iter()
+                .map(|&k| classes.iter().position(|c| *c == holdout.classes[k]))
+                .collect();
+            metrics::probabilistic_metrics(&y?, &model.predict(&holdout.x), classes).ok()
+        })
+        .flatten();
     let onnx = model.to_onnx(version);
     let (p50_single, p50_batch) = inference_latency_us(&onnx, &holdout.x, data.n_features);
     ModelCard {
@@ -630,6 +642,7 @@ fn describe(
         holdout_score: select::score(model, holdout, metric),
         holdout: holdout_metrics,
         holdout_regression,
+        holdout_probabilistic,
         cv: None,
         candidates: vec![],
         training_ms: 0.0,

@@ -315,6 +315,14 @@ impl Learner {
             if watch.version != serving.version {
                 *watch = new_watch(&p, serving.version);
             }
+            let wrong_count = scored.iter().filter(|(_, w)| *w).count() as u64;
+            crate::serve::registry::add_live_score(
+                &self.store,
+                &p.name,
+                serving.version,
+                scored.len() as u64,
+                scored.len() as u64 - wrong_count,
+            )?;
             let mut alarm_at = None;
             for (seq, wrong) in scored {
                 watch.scored += 1;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 
 use super::engine::{ModelError, OnnxModel};
-use crate::learn::card::ModelCard;
+use crate::learn::card::{LiveScore, ModelCard};
 use crate::learn::TrainedVersion;
 use crate::store::{Store, StoreError, StoredModel};
 
@@ -304,13 +304,14 @@ impl Registry {
         let mut out = Vec::new();
         for version in store.model_versions(pipeline)? {
             if let Some(m) = store.get_model(pipeline, version)? {
-                out.push(
+                let mut card: ModelCard =
                     serde_json::from_str(&m.card_json).map_err(|e| RegistryError::Card {
                         pipeline: pipeline.into(),
                         version,
                         reason: e.to_string(),
-                    })?,
-                );
+                    })?;
+                card.live = live_score(store, pipeline, version)?;
+                out.push(card);
             }
         }
         Ok(out)
@@ -333,6 +334,59 @@ fn load(pipeline: &str, version: u32, stored: &StoredModel) -> Result<Serving, R
         model,
         card,
     })
+}
+
+fn live_key(pipeline: &str, version: u32) -> String {
+    format!("live/{pipeline}/{version}")
+}
+
+/// Adds `scored` live predictions of `version`, `correct` of them right, to
+/// its stored tally (the learner calls this as labels arrive).
+///
+/// # Errors
+/// A store error.
+pub fn add_live_score(
+    store: &Store,
+    pipeline: &str,
+    version: u32,
+    scored: u64,
+    correct: u64,
+) -> Result<(), StoreError> {
+    if scored == 0 {
+        return Ok(());
+    }
+    let key = live_key(pipeline, version);
+    let (s, c) = decode_live(store.get_state(&key)?.as_deref());
+    let mut bytes = (s + scored).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&(c + correct).to_le_bytes());
+    store.put_state(&key, &bytes)
+}
+
+/// The live accuracy of `version`: its predictions scored against labels
+/// that arrived while it served. `None` before the first.
+///
+/// # Errors
+/// A store error.
+pub fn live_score(
+    store: &Store,
+    pipeline: &str,
+    version: u32,
+) -> Result<Option<LiveScore>, StoreError> {
+    let (scored, correct) = decode_live(store.get_state(&live_key(pipeline, version))?.as_deref());
+    Ok((scored > 0).then(|| LiveScore {
+        scored,
+        correct,
+        accuracy: correct as f64 / scored as f64,
+    }))
+}
+
+fn decode_live(bytes: Option<&[u8]>) -> (u64, u64) {
+    let word = |b: &[u8], i: usize| {
+        b.get(i * 8..i * 8 + 8)
+            .and_then(|w| w.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    bytes.map_or((0, 0), |b| (word(b, 0), word(b, 1)))
 }
 
 #[cfg(test)]
