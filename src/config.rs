@@ -249,7 +249,7 @@ impl Default for DriftConfig {
 }
 
 /// `[pipelines.model]`: what is trained and when.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// The family trained (`auto`: every candidate, the best serves).

@@ -16,14 +16,24 @@
 //! - [`ingest`]: the MQTT source (rumqttc, persistent session, capped jittered
 //!   back-off), payload decoding by the pipeline's schema ([`ingest::decode`]),
 //!   the writer that commits then acknowledges, the embedded broker
-//!   (rumqttd, feature `embedded-broker`) and CSV replay.
+//!   (rumqttd, feature `embedded-broker`), CSV replay and labelled CSV files
+//!   for the offline commands ([`ingest::csv_file`]).
 //! - [`store`]: redb: samples (with QoS 1 dedup), models, state, retention.
 //! - [`features`]: preprocessing: mean imputation and standard scaling.
-//! - [`learn`]: datasets and the temporal holdout, trainers (softmax logistic
-//!   regression by L-BFGS), metrics equal to scikit-learn's, model cards.
-//! - [`onnx`]: export of trained models as standard ONNX graphs.
-//! - [`serve`]: the tract engine, the registry of serving versions (atomic
-//!   swaps), predictions over MQTT (bounded outbox), the HTTP API (axum).
+//! - [`learn`]: datasets, the temporal holdout and k-fold splits
+//!   ([`learn::split`]), one trainer module per family ([`learn::logistic`],
+//!   [`learn::linear`] (linear and ridge), [`learn::mlp`], [`learn::tree`],
+//!   [`learn::forest`], [`learn::svm`]) behind [`learn::Model`], the one
+//!   training path [`learn::train_dataset`] (candidates, `auto` selection,
+//!   champion/challenger), metrics equal to scikit-learn's, model cards and
+//!   their side-by-side table, and `edgeloop train` from a CSV
+//!   ([`learn::offline`]).
+//! - [`onnx`]: the ONNX graph builder and every family's export (standard
+//!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
+//!   operator for tract ([`onnx::tree_ensemble`]).
+//! - [`serve`]: the tract engine (with edgeloop's operators registered), the
+//!   registry of serving versions (atomic swaps), predictions over MQTT
+//!   (bounded outbox), the HTTP API (axum).
 //! - [`monitor`]: the learner and its retraining policy; concept-drift
 //!   detectors (ADWIN, DDM, Page-Hinkley) and data drift (PSI, KS); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)

@@ -97,9 +97,10 @@ enum Command {
         pipeline: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Model family (only `logistic` for now).
-        #[arg(long, default_value = "logistic")]
-        family: String,
+        /// Model family: logistic, mlp, tree, forest or svm (default: the
+        /// pipeline's with --pipeline, else logistic).
+        #[arg(long)]
+        family: Option<String>,
         /// Concept-drift detector: adwin, ddm or page_hinkley.
         #[arg(long, default_value = "adwin")]
         detector: String,
@@ -324,10 +325,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             anyhow::ensure!(prequential, "only --prequential evaluation exists for now");
-            anyhow::ensure!(
-                family == "logistic",
-                "family `{family}`: only `logistic` exists for now"
-            );
             let detector: edgeloop::monitor::continual::DetectorKind =
                 serde_json::from_value(serde_json::Value::String(detector.clone())).map_err(
                     |_| anyhow::anyhow!("detector `{detector}`: use adwin, ddm or page_hinkley"),
@@ -343,8 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         anyhow::anyhow!("no pipeline `{name}` in the configuration")
                     })?;
                     loop_config.detector = p.drift.detector;
-                    loop_config.l2 = p.model.l2;
-                    loop_config.max_iter = p.model.max_iter;
+                    loop_config.model = p.model.clone();
                     loop_config.warm_start = p.model.warm_start;
                     loop_config.margin_recent = p.model.margin_recent;
                     loop_config.margin_old = p.model.margin_old;
@@ -359,6 +355,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => (label.unwrap_or_default(), features),
             };
+            if let Some(f) = family {
+                loop_config.model.family = f.parse().map_err(anyhow::Error::msg)?;
+            }
+            anyhow::ensure!(
+                loop_config.model.family != edgeloop::learn::Family::Auto
+                    && loop_config.model.family.supports(edgeloop::learn::Task::Classification),
+                "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm)",
+                loop_config.model.family
+            );
             let opts = edgeloop::monitor::prequential::PrequentialOptions {
                 file,
                 label,

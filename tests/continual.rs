@@ -1,7 +1,8 @@
 //! The continuous-learning loop on the UCI Gas Sensor Array Drift data
 //! (Vergara et al. 2012; batches in time order, 36 months of sensor drift).
 
-use edgeloop::learn::logistic::{argmax_rows, LogisticConfig, LogisticModel};
+use edgeloop::learn::model::argmax_rows;
+use edgeloop::learn::Model;
 use edgeloop::monitor::continual::{fit, ContinualConfig, ContinualLoop};
 
 type Row = (Vec<f32>, String);
@@ -33,23 +34,13 @@ fn features() -> Vec<String> {
     (1..=128).map(|i| format!("f{i}")).collect()
 }
 
-fn train(rows: &[Row], cfg: &ContinualConfig) -> LogisticModel {
+fn train(rows: &[Row], cfg: &ContinualConfig) -> Model {
     let refs: Vec<&Row> = rows.iter().collect();
-    fit(
-        &refs,
-        &features(),
-        &LogisticConfig {
-            l2: cfg.l2,
-            max_iter: cfg.max_iter,
-            gtol: 1e-9,
-        },
-        None,
-    )
-    .unwrap()
+    fit(&refs, &features(), &cfg.model, None).unwrap()
 }
 
-fn predict(m: &LogisticModel, x: &[f32]) -> String {
-    m.classes[argmax_rows(&m.predict_proba(x), m.classes.len())[0]].clone()
+fn predict(m: &Model, x: &[f32]) -> String {
+    m.classes()[argmax_rows(&m.predict(x), m.classes().len())[0]].clone()
 }
 
 #[test]
@@ -107,7 +98,7 @@ fn forgetting_guard_keeps_a_gas_absent_from_recent_batches() {
     let mut old = batch(1);
     old.extend(batch(2));
     let champion = train(&old, &cfg);
-    assert!(champion.classes.iter().any(|c| c == "Toluene"));
+    assert!(champion.classes().iter().any(|c| c == "Toluene"));
     let mut live = ContinualLoop::new(cfg.clone(), features()).with_champion(champion);
     for (x, l) in &old {
         live.remember(x, l);

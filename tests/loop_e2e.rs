@@ -1100,6 +1100,50 @@ fn evaluate_prequential_json_reports_both_models_over_time() {
     assert_eq!(decisions[0]["index"], 199);
     assert_eq!(decisions[0]["reason"], "first model");
     assert!(v["model_bytes_peak"].as_u64().unwrap() > 0);
+    // Another family through the same loop: the frozen model is a tree fit on
+    // the first 200 rows, scored on every later row.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args([
+            "evaluate",
+            "--prequential",
+            "--label",
+            "Occupancy",
+            "--family",
+            "tree",
+            "--json",
+            "--file",
+        ])
+        .arg(data("datatraining.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loop_config"]["model"]["family"], "tree");
+    let csv =
+        edgeloop::ingest::csv_file::read_labelled_csv(&data("datatraining.txt"), "Occupancy", &[])
+            .unwrap();
+    let first: Vec<(Vec<f32>, String)> = (0..200)
+        .map(|i| (csv.row(i).to_vec(), csv.labels[i].clone()))
+        .collect();
+    let refs: Vec<&(Vec<f32>, String)> = first.iter().collect();
+    let cfg = edgeloop::config::ModelConfig {
+        family: edgeloop::learn::Family::Tree,
+        ..Default::default()
+    };
+    let tree = edgeloop::monitor::continual::fit(&refs, &csv.features, &cfg, None).unwrap();
+    let proba = tree.predict(&csv.x[200 * 5..]);
+    let pred = edgeloop::learn::model::argmax_rows(&proba, 2);
+    let correct = pred
+        .iter()
+        .zip(&csv.labels[200..])
+        .filter(|(k, l)| &tree.classes()[**k] == *l)
+        .count();
+    let frozen = v["frozen_accuracy"].as_f64().unwrap();
+    assert_eq!((frozen * 7943.0).round() as usize, correct, "frozen tree accuracy {frozen}");
     // Unknown column: a clear error, non-zero exit.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
         .args(["evaluate", "--prequential", "--label", "Nope", "--file"])

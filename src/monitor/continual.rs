@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use super::detectors::{
     Adwin, AdwinConfig, Ddm, DdmConfig, DriftDetector, PageHinkley, PageHinkleyConfig,
 };
-use crate::learn::logistic::{argmax_rows, LogisticConfig, LogisticModel};
-use crate::learn::sort_classes;
+use crate::config::ModelConfig;
+use crate::learn::model::argmax_rows;
+use crate::learn::{fit_model, sort_classes, Dataset, Model, Task};
 
 /// The concept-drift detector on the error stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +72,10 @@ pub struct ContinualConfig {
     pub margin_recent: f64,
     /// Accuracy the challenger may lose on the old-regime holdout.
     pub margin_old: f64,
-    /// L2 penalty and iteration budget of the logistic trainer.
-    pub l2: f64,
-    pub max_iter: usize,
+    /// The family trained and its hyperparameters (`family`, the family
+    /// sections, `l2` and `max_iter` for logistic); the loop's own keys above
+    /// govern windows, holdout and margins.
+    pub model: ModelConfig,
     /// Seed of the reservoir sampling.
     pub seed: u64,
 }
@@ -96,8 +98,7 @@ impl Default for ContinualConfig {
             holdout_fraction: 0.2,
             margin_recent: 0.0,
             margin_old: 0.05,
-            l2: 1e-3,
-            max_iter: 300,
+            model: ModelConfig::default(),
             seed: 7,
         }
     }
@@ -137,7 +138,7 @@ type Row = (Vec<f32>, String);
 pub struct ContinualLoop {
     cfg: ContinualConfig,
     features: Vec<String>,
-    champion: Option<LogisticModel>,
+    champion: Option<Model>,
     window: VecDeque<Row>,
     reservoir: Vec<Row>,
     evicted: u64,
@@ -174,7 +175,7 @@ impl ContinualLoop {
     }
 
     /// Starts from an existing champion (e.g. a model trained on a first batch).
-    pub fn with_champion(mut self, champion: LogisticModel) -> Self {
+    pub fn with_champion(mut self, champion: Model) -> Self {
         self.champion = Some(champion);
         self
     }
@@ -192,7 +193,7 @@ impl ContinualLoop {
     }
 
     /// The serving model.
-    pub fn champion(&self) -> Option<&LogisticModel> {
+    pub fn champion(&self) -> Option<&Model> {
         self.champion.as_ref()
     }
 
@@ -274,17 +275,13 @@ impl ContinualLoop {
             .skip(n_old)
             .chain(self.window.iter().take(self.window.len() - n_recent))
             .collect();
-        let cfg = LogisticConfig {
-            l2: self.cfg.l2,
-            max_iter: self.cfg.max_iter,
-            gtol: 1e-9,
-        };
+        let cfg = &self.cfg.model;
         let warm = if self.cfg.warm_start {
             self.champion.as_ref()
         } else {
             None
         };
-        let challenger = match fit(&train, &self.features, &cfg, warm) {
+        let challenger = match fit(&train, &self.features, cfg, warm) {
             Some(m) => m,
             None => {
                 self.decisions.push(Decision {
@@ -304,7 +301,7 @@ impl ContinualLoop {
                 return;
             }
         };
-        let score = |m: &LogisticModel, rows: &[&Row]| accuracy(m, rows);
+        let score = |m: &Model, rows: &[&Row]| accuracy(m, rows);
         let (cr, co) = (
             score(&challenger, &recent_holdout),
             score(&challenger, &old_holdout),
@@ -334,7 +331,7 @@ impl ContinualLoop {
                 .take(old)
                 .chain(self.window.iter())
                 .collect();
-            self.champion = fit(&all, &self.features, &cfg, Some(&challenger)).or(Some(challenger));
+            self.champion = fit(&all, &self.features, cfg, Some(&challenger)).or(Some(challenger));
         }
         self.decisions.push(Decision {
             index,
@@ -361,41 +358,45 @@ fn new_detector(cfg: &ContinualConfig) -> Box<dyn DriftDetector> {
     }
 }
 
-fn predict(m: &LogisticModel, x: &[f32]) -> String {
-    let p = m.predict_proba(x);
-    m.classes[argmax_rows(&p, m.classes.len())[0]].clone()
+fn predict(m: &Model, x: &[f32]) -> String {
+    let p = m.predict(x);
+    m.classes()[argmax_rows(&p, m.classes().len())[0]].clone()
 }
 
-fn accuracy(m: &LogisticModel, rows: &[&Row]) -> Option<f64> {
+fn accuracy(m: &Model, rows: &[&Row]) -> Option<f64> {
     if rows.is_empty() {
         return None;
     }
     let x: Vec<f32> = rows.iter().flat_map(|(x, _)| x.iter().copied()).collect();
-    let p = m.predict_proba(&x);
-    let pred = argmax_rows(&p, m.classes.len());
+    let p = m.predict(&x);
+    let pred = argmax_rows(&p, m.classes().len());
     let correct = pred
         .iter()
         .zip(rows)
-        .filter(|(k, (_, l))| &m.classes[**k] == l)
+        .filter(|(k, (_, l))| &m.classes()[**k] == l)
         .count();
     Some(correct as f64 / rows.len() as f64)
 }
 
-/// Fits a logistic model on `rows`; `None` with fewer than two classes.
+/// Fits `cfg.family` on `rows` (through [`crate::learn::fit_model`], the
+/// daemon's trainer dispatch), warm-started from `init` when it is of the
+/// same family; `None` with fewer than two classes or when training fails.
 pub fn fit(
     rows: &[&Row],
     features: &[String],
-    cfg: &LogisticConfig,
-    init: Option<&LogisticModel>,
-) -> Option<LogisticModel> {
+    cfg: &ModelConfig,
+    init: Option<&Model>,
+) -> Option<Model> {
     let classes = sort_classes(rows.iter().map(|(_, l)| l.clone()));
     if classes.len() < 2 {
         return None;
     }
-    let x: Vec<f32> = rows.iter().flat_map(|(x, _)| x.iter().copied()).collect();
-    let y: Vec<usize> = rows
-        .iter()
-        .filter_map(|(_, l)| classes.iter().position(|c| c == l))
-        .collect();
-    LogisticModel::fit_from(&x, &y, classes, features.to_vec(), cfg, init, || false).ok()
+    let mut data = Dataset::empty(Task::Classification, classes, features.len());
+    for (i, (x, l)) in rows.iter().enumerate() {
+        data.x.extend_from_slice(x);
+        data.y.push(data.classes.iter().position(|c| c == l)?);
+        data.timestamps.push(i as i64);
+    }
+    let init = init.filter(|m| m.family() == cfg.family);
+    fit_model(cfg.family, cfg, &data, features, init, &|| false).ok()
 }

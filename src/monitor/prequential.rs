@@ -58,7 +58,7 @@ pub struct PrequentialReport {
     pub alarms: Vec<u64>,
     /// Promotions (and refusals) of the loop, with their reasons.
     pub decisions: Vec<Decision>,
-    /// Largest model held (parameters, f32), bytes.
+    /// Largest champion of the loop, as its ONNX bytes (the size it serves at).
     pub model_bytes_peak: u64,
     /// Largest training memory held by the loop (window + reservoir rows), bytes.
     pub loop_data_bytes_peak: u64,
@@ -99,6 +99,7 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
         .collect();
     let mut hits = vec![(0u64, 0u64); segments.len()];
     let (mut model_peak, mut data_peak) = (0u64, 0u64);
+    let mut trainings_seen = 0;
     let row_bytes = (features.len() * 4 + 16) as u64;
     for (i, label) in data.labels.iter().enumerate() {
         let x = data.row(i);
@@ -109,9 +110,12 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
             hits[s].0 += u64::from(pl == *label);
             hits[s].1 += u64::from(pf == *label);
         }
-        if let Some(m) = live.champion() {
-            let params = m.weights.len() + m.bias.len() + 2 * m.scaler.mean.len();
-            model_peak = model_peak.max(params as u64 * 4);
+        if live.decisions.len() != trainings_seen {
+            // A training ran: measure the champion once per change.
+            trainings_seen = live.decisions.len();
+            if let Some(m) = live.champion() {
+                model_peak = model_peak.max(m.to_onnx(0).len() as u64);
+            }
         }
         data_peak = data_peak.max(
             ((i + 1).min(opts.loop_config.window + opts.loop_config.reservoir)) as u64 * row_bytes,
