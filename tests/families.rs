@@ -35,6 +35,28 @@ fn settings<'a>(features: &'a [String], model: &'a ModelConfig) -> TrainSettings
     }
 }
 
+/// One training of `data` through the loop's path, as version 1.
+fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> learn::Training {
+    learn::train_dataset(
+        &settings(features, model),
+        data,
+        1,
+        Trigger::Manual,
+        None,
+        &|| false,
+    )
+    .unwrap()
+}
+
+/// The best holdout score among the candidates.
+fn best_holdout(training: &learn::Training) -> f64 {
+    training
+        .candidates
+        .iter()
+        .map(|c| c.holdout_score.unwrap())
+        .fold(f64::MIN, f64::max)
+}
+
 fn fixture() -> serde_json::Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -112,15 +134,7 @@ fn auto_trains_every_classifier_on_one_split_and_serves_the_best() {
         family: Family::Auto,
         ..ModelConfig::default()
     };
-    let training = learn::train_dataset(
-        &settings(&features, &model),
-        &data,
-        1,
-        Trigger::Manual,
-        None,
-        &|| false,
-    )
-    .unwrap();
+    let training = train(&data, &features, &model);
     let families: Vec<&str> = training
         .candidates
         .iter()
@@ -143,11 +157,7 @@ fn auto_trains_every_classifier_on_one_split_and_serves_the_best() {
         assert!(c.holdout.as_ref().unwrap().accuracy == c.holdout_score.unwrap());
         assert!(c.predict_p50_us.is_some() && c.predict_batch_p50_us_per_row.is_some());
     }
-    let best = training
-        .candidates
-        .iter()
-        .map(|c| c.holdout_score.unwrap())
-        .fold(f64::MIN, f64::max);
+    let best = best_holdout(&training);
     let chosen = &training.chosen;
     assert_eq!(chosen.card.holdout_score, Some(best));
     assert_eq!(chosen.card.candidates.len(), 5);
@@ -164,15 +174,7 @@ fn auto_trains_every_regressor_on_one_split_and_serves_the_best() {
         family: Family::Auto,
         ..ModelConfig::default()
     };
-    let training = learn::train_dataset(
-        &settings(&features, &model),
-        &data,
-        1,
-        Trigger::Manual,
-        None,
-        &|| false,
-    )
-    .unwrap();
+    let training = train(&data, &features, &model);
     let families: Vec<&str> = training
         .candidates
         .iter()
@@ -187,11 +189,7 @@ fn auto_trains_every_regressor_on_one_split_and_serves_the_best() {
         );
         assert_eq!(c.holdout_score, r.r2);
     }
-    let best = training
-        .candidates
-        .iter()
-        .map(|c| c.holdout_score.unwrap())
-        .fold(f64::MIN, f64::max);
+    let best = best_holdout(&training);
     assert_eq!(training.chosen.card.holdout_score, Some(best));
     let holdout = data.temporal_split(0.2).1;
     assert_served_equals_in_process(&training.chosen, &holdout.x);
@@ -207,15 +205,7 @@ fn kfold_evaluation_puts_cross_validation_in_every_card() {
         folds: 4,
         ..ModelConfig::default()
     };
-    let training = learn::train_dataset(
-        &settings(&features, &model),
-        &data,
-        1,
-        Trigger::Manual,
-        None,
-        &|| false,
-    )
-    .unwrap();
+    let training = train(&data, &features, &model);
     for c in &training.candidates {
         let cv = c.cv.as_ref().unwrap();
         assert_eq!(
@@ -245,19 +235,10 @@ fn each_family_is_deterministic_through_the_loop() {
             family,
             ..ModelConfig::default()
         };
-        let train = || {
-            learn::train_dataset(
-                &settings(&features, &model),
-                &data,
-                1,
-                Trigger::Manual,
-                None,
-                &|| false,
-            )
-            .unwrap()
-            .chosen
-        };
-        let (a, b) = (train(), train());
+        let (a, b) = (
+            train(&data, &features, &model).chosen,
+            train(&data, &features, &model).chosen,
+        );
         assert_eq!(a.onnx, b.onnx, "{family}: same data and seed, same bytes");
         assert_served_equals_in_process(&a, &data.x);
     }

@@ -51,6 +51,29 @@ fn stored(handle: &DaemonHandle) -> u64 {
     handle.store.counts(PIPELINE).unwrap().samples
 }
 
+/// Occupancy rows predicted over HTTP (one request).
+async fn predict_rows(client: &mut HttpClient, rows: &[[f32; 5]]) -> PredictResponse {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::Value::Object(
+                FEATURES
+                    .iter()
+                    .zip(r)
+                    .map(|(k, v)| (k.to_string(), (*v).into()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap();
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/occupancy/predict", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    serde_json::from_slice(&resp).unwrap()
+}
+
 /// Replays the first 2,000 labelled rows of datatraining.txt, waits for the
 /// model trained at 2,000 labels, then predicts every row of datatest.txt
 /// (another period, both classes) over HTTP.
@@ -77,25 +100,7 @@ async fn loop_trains_and_serves(broker: Broker) {
     let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
     let mut served = Vec::new();
     for chunk in x.chunks(500) {
-        let rows: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|r| {
-                serde_json::Value::Object(
-                    FEATURES
-                        .iter()
-                        .zip(r)
-                        .map(|(k, v)| (k.to_string(), (*v).into()))
-                        .collect(),
-                )
-            })
-            .collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap();
-        let (status, resp) = client
-            .request("POST", "/v1/pipelines/occupancy/predict", Some(body))
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
-        let resp: PredictResponse = serde_json::from_slice(&resp).unwrap();
+        let resp = predict_rows(&mut client, chunk).await;
         assert_eq!(resp.model_version, 1);
         served.extend(resp.predictions);
     }
@@ -1057,8 +1062,8 @@ async fn late_labels_feed_the_concept_drift_detector() {
     stop(running, handle, token).await;
 }
 
-#[test]
-fn evaluate_prequential_json_reports_both_models_over_time() {
+/// `edgeloop evaluate --prequential --json` on datatraining.txt, with `extra` flags.
+fn evaluate_json(extra: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
         .args([
             "evaluate",
@@ -1066,8 +1071,9 @@ fn evaluate_prequential_json_reports_both_models_over_time() {
             "--label",
             "Occupancy",
             "--json",
-            "--file",
         ])
+        .args(extra)
+        .arg("--file")
         .arg(data("datatraining.txt"))
         .output()
         .unwrap();
@@ -1076,7 +1082,12 @@ fn evaluate_prequential_json_reports_both_models_over_time() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn evaluate_prequential_json_reports_both_models_over_time() {
+    let v = evaluate_json(&[]);
     assert_eq!(v["rows"], 8143);
     // The first model exists after min_samples (200) rows; both are scored from then on.
     assert_eq!(v["scored"], 8143 - 200);
@@ -1102,26 +1113,7 @@ fn evaluate_prequential_json_reports_both_models_over_time() {
     assert!(v["model_bytes_peak"].as_u64().unwrap() > 0);
     // Another family through the same loop: the frozen model is a tree fit on
     // the first 200 rows, scored on every later row.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-        .args([
-            "evaluate",
-            "--prequential",
-            "--label",
-            "Occupancy",
-            "--family",
-            "tree",
-            "--json",
-            "--file",
-        ])
-        .arg(data("datatraining.txt"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = evaluate_json(&["--family", "tree"]);
     assert_eq!(v["loop_config"]["model"]["family"], "tree");
     let csv =
         edgeloop::ingest::csv_file::read_labelled_csv(&data("datatraining.txt"), "Occupancy", &[])
@@ -1143,7 +1135,11 @@ fn evaluate_prequential_json_reports_both_models_over_time() {
         .filter(|(k, l)| &tree.classes()[**k] == *l)
         .count();
     let frozen = v["frozen_accuracy"].as_f64().unwrap();
-    assert_eq!((frozen * 7943.0).round() as usize, correct, "frozen tree accuracy {frozen}");
+    assert_eq!(
+        (frozen * 7943.0).round() as usize,
+        correct,
+        "frozen tree accuracy {frozen}"
+    );
     // Unknown column: a clear error, non-zero exit.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
         .args(["evaluate", "--prequential", "--label", "Nope", "--file"])
@@ -1223,25 +1219,7 @@ async fn forest_serves_and_its_card_tallies_live_accuracy() {
     assert_eq!(live["correct"].as_u64(), Some(correct as u64));
 
     // HTTP predictions equal the in-process forest's.
-    let rows_json: Vec<serde_json::Value> = x[..200]
-        .iter()
-        .map(|r| {
-            serde_json::Value::Object(
-                FEATURES
-                    .iter()
-                    .zip(r)
-                    .map(|(k, v)| (k.to_string(), (*v).into()))
-                    .collect(),
-            )
-        })
-        .collect();
-    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows_json })).unwrap();
-    let (status, resp) = client
-        .request("POST", "/v1/pipelines/occupancy/predict", Some(body))
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
-    let resp: PredictResponse = serde_json::from_slice(&resp).unwrap();
+    let resp = predict_rows(&mut client, &x[..200]).await;
     for (i, p) in resp.predictions.iter().enumerate() {
         for (k, class) in model.classes().iter().enumerate() {
             assert!((p.probabilities[class] - proba[i * 2 + k]).abs() <= 1e-5);

@@ -44,9 +44,7 @@ use tract_onnx::pb;
 
 use super::model::{check_shapes, Target, Task, TrainError};
 use crate::features::scaler::StandardScaler;
-use crate::onnx::builder::{
-    self as b, ModelMeta, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES,
-};
+use crate::onnx::builder::{self as b, ModelMeta, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
 
 /// Adam's first-moment decay (Kingma & Ba 2015; sklearn's `beta_1`).
 const BETA_1: f64 = 0.9;
@@ -880,12 +878,7 @@ impl MlpModel {
                     OUTPUT_PROBABILITIES,
                     vec![b::attr_int("axis", 1)],
                 ));
-                nodes.push(b::node(
-                    "ArgMax",
-                    &[OUTPUT_PROBABILITIES],
-                    OUTPUT_LABEL,
-                    vec![b::attr_int("axis", 1), b::attr_int("keepdims", 0)],
-                ));
+                nodes.push(b::label_node());
                 b::classifier_outputs(self.classes.len())
             }
             Task::Regression => b::regressor_outputs(),

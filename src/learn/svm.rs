@@ -63,7 +63,7 @@ use tract_onnx::pb;
 
 use super::model::{check_shapes, Target, Task, TrainError};
 use crate::features::scaler::StandardScaler;
-use crate::onnx::builder::{self as b, ModelMeta, OUTPUT_LABEL, OUTPUT_PROBABILITIES};
+use crate::onnx::builder::{self as b, ModelMeta, OUTPUT_PROBABILITIES};
 
 /// Hyperparameters of the `svm` family.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,12 +389,7 @@ impl SvmModel {
                 ),
             ]);
         }
-        nodes.push(b::node(
-            "ArgMax",
-            &[OUTPUT_PROBABILITIES],
-            OUTPUT_LABEL,
-            vec![b::attr_int("axis", 1), b::attr_int("keepdims", 0)],
-        ));
+        nodes.push(b::label_node());
         let graph = pb::GraphProto {
             name: "edgeloop_svm".into(),
             node: nodes,

@@ -188,6 +188,18 @@ pub fn regressor_outputs() -> Vec<pb::ValueInfoProto> {
     vec![value_info(OUTPUT_PREDICTION, DataType::Float, &[1])]
 }
 
+/// A classifier's label output: `ArgMax(probabilities, axis = 1,
+/// keepdims = 0)` → [`OUTPUT_LABEL`], the first most probable class on ties
+/// (as numpy's `argmax`).
+pub fn label_node() -> pb::NodeProto {
+    node(
+        "ArgMax",
+        &[OUTPUT_PROBABILITIES],
+        OUTPUT_LABEL,
+        vec![attr_int("axis", 1), attr_int("keepdims", 0)],
+    )
+}
+
 /// Nodes that impute missing values (`NaN`) by `mean_name` (an `[F]` f32
 /// initializer the caller adds) and, when `scale_name` is given, standardise:
 /// `IsNaN → Where → (Sub(mean) → Div(scale))`. Returns the nodes and the name

@@ -36,12 +36,7 @@ pub fn logistic_to_onnx(model: &LogisticModel, model_version: u32) -> Vec<u8> {
             OUTPUT_PROBABILITIES,
             vec![b::attr_int("axis", 1)],
         ),
-        b::node(
-            "ArgMax",
-            &[OUTPUT_PROBABILITIES],
-            OUTPUT_LABEL,
-            vec![b::attr_int("axis", 1), b::attr_int("keepdims", 0)],
-        ),
+        b::label_node(),
     ]);
     let graph = pb::GraphProto {
         name: "edgeloop_logistic".into(),

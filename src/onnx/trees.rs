@@ -34,9 +34,7 @@
 
 use tract_onnx::pb;
 
-use super::builder::{
-    self as b, ModelMeta, ML_DOMAIN, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES,
-};
+use super::builder::{self as b, ModelMeta, ML_DOMAIN, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
 use crate::learn::model::Task;
 use crate::learn::tree::{DecisionTree, Node};
 
@@ -138,12 +136,7 @@ pub fn tree_ensemble_to_onnx(
     };
     nodes.push(b::node_multi(op, ML_DOMAIN, &[imputed], &outputs, attrs));
     if meta.task == Task::Classification {
-        nodes.push(b::node(
-            "ArgMax",
-            &[OUTPUT_PROBABILITIES],
-            OUTPUT_LABEL,
-            vec![b::attr_int("axis", 1), b::attr_int("keepdims", 0)],
-        ));
+        nodes.push(b::label_node());
     }
     let graph = pb::GraphProto {
         name: format!("edgeloop_{}", meta.family),
