@@ -855,7 +855,7 @@ async fn concept_drift_alarm_triggers_one_retraining() {
     let mut cfg = config(dir.path(), Broker::Embedded(port));
     trains_at(&mut cfg, 1000, NEVER, true);
     cfg.pipelines[0].drift.cooldown_labels = 600;
-    let (running, handle, token) = start(cfg).await;
+    let (running, handle, token) = start(cfg.clone()).await;
     let opts = replay_opts("datatraining.txt", port, Some(1600));
     let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
     publish(&opts, payloads[..1000].to_vec()).await;
@@ -894,6 +894,22 @@ async fn concept_drift_alarm_triggers_one_retraining() {
         .filter(|c| c.trigger == edgeloop::learn::Trigger::Drift)
         .count();
     assert_eq!(drift_trainings, 1, "one change, one retraining: {alarms:?}");
+    stop(running, handle, token).await;
+
+    // The alarm history survives a restart.
+    let (running, handle, token) = start(cfg).await;
+    let (_, after) = json_request(handle.http_addr, "GET", "/v1/pipelines/occupancy/drift").await;
+    let seqs = |a: &serde_json::Value| -> Vec<u64> {
+        a.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["sample_seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        seqs(&after["concept"]["alarms"]),
+        seqs(&v2["concept"]["alarms"])
+    );
     stop(running, handle, token).await;
 }
 

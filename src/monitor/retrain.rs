@@ -90,8 +90,12 @@ pub struct ConceptDrift {
     /// share it got wrong.
     pub scored: u64,
     pub error_rate: Option<f64>,
-    /// Every alarm since the daemon started, oldest first.
+    /// Every alarm, oldest first (kept in the store: it survives restarts).
     pub alarms: Vec<DriftAlarm>,
+}
+
+fn alarms_key(pipeline: &str) -> String {
+    format!("drift_alarms/{pipeline}")
 }
 
 /// Concept-drift states of every pipeline, shared with the HTTP API.
@@ -180,13 +184,28 @@ impl Learner {
         stats: Arc<Stats>,
     ) -> (Self, LearnerHandle) {
         let (tx, rx) = mpsc::channel(16);
+        // The alarm history of each pipeline, from before a restart.
+        let board = DriftBoard::default();
+        if let Ok(mut b) = board.lock() {
+            for p in &pipelines {
+                let alarms: Vec<DriftAlarm> = store
+                    .get_state(&alarms_key(&p.name))
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or_default();
+                if !alarms.is_empty() {
+                    b.entry(p.name.clone()).or_default().alarms = alarms;
+                }
+            }
+        }
         let learner = Self {
             late_rx,
             cursor: HashMap::new(),
             watch: HashMap::new(),
             deferred: Default::default(),
             last_training: HashMap::new(),
-            board: DriftBoard::default(),
+            board,
             store,
             registry,
             pipelines,
@@ -399,6 +418,12 @@ impl Learner {
                 }
                 if let (Some(done), Some(last)) = (trained, entry.alarms.last_mut()) {
                     last.action = done;
+                }
+                if alarm_at.is_some() {
+                    // The alarm history survives a restart (the detector
+                    // starts afresh on the serving version's new errors).
+                    let json = serde_json::to_vec(&entry.alarms).unwrap_or_default();
+                    self.store.put_state(&alarms_key(&p.name), &json)?;
                 }
             }
         }
