@@ -257,6 +257,18 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
             Box::new(move |c| f4(c.holdout.as_ref().map(|h| h.f1_macro))),
         ),
         (
+            "F1 (weighted)",
+            Box::new(move |c| f4(c.holdout.as_ref().and_then(|h| h.f1_weighted))),
+        ),
+        (
+            "log loss",
+            Box::new(move |c| f4(c.holdout_probabilistic.as_ref().map(|h| h.log_loss))),
+        ),
+        (
+            "ROC AUC",
+            Box::new(move |c| f4(c.holdout_probabilistic.as_ref().and_then(|h| h.roc_auc))),
+        ),
+        (
             "R²",
             Box::new(move |c| f4(c.holdout_regression.as_ref().and_then(|h| h.r2))),
         ),
