@@ -57,6 +57,25 @@ fn auto_prints_one_card_per_family_as_json_and_exports_the_chosen_model() {
         served.classes(),
         ["Badminton", "Running", "Standing", "Walking"]
     );
+    // The table holds the same cards, one column each.
+    let out = edgeloop(&[
+        "train",
+        "--file",
+        "tests/fixtures/datasets/occupancy_test.csv",
+        "--label",
+        "label",
+        "--family",
+        "auto",
+    ]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let header = table.lines().next().unwrap();
+    for family in ["v1 logistic", "v1 mlp", "v1 tree", "v1 forest", "v1 svm"] {
+        assert!(header.contains(family), "{header}");
+    }
+    for row in ["F1 (weighted)", "log loss", "ROC AUC", "predict µs/row (64)"] {
+        assert!(table.lines().any(|l| l.starts_with(row)), "{row}: {table}");
+    }
 }
 
 #[test]
