@@ -123,10 +123,14 @@ impl LogisticModel {
                             .sum::<f64>();
                 }
                 let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-                loss += lse - logits[yi];
+                // One exp per class: logits become exp(logit − max), whose
+                // sum gives both the log-sum-exp and the probabilities.
+                let true_logit = logits[yi];
+                logits.iter_mut().for_each(|l| *l = (*l - max).exp());
+                let sum: f64 = logits.iter().sum();
+                loss += max + sum.ln() - true_logit;
                 for k in 0..nc {
-                    let r = (logits[k] - lse).exp() - f64::from(u8::from(k == yi));
+                    let r = logits[k] / sum - f64::from(u8::from(k == yi));
                     let (gw, gb) = grad.split_at_mut(n_w);
                     gw[k * nf..(k + 1) * nf]
                         .iter_mut()
