@@ -173,7 +173,8 @@ pub struct PipelineConfig {
     /// prediction message); without it a label is matched by device and timestamp.
     #[serde(default = "default_sample_id_field")]
     pub sample_id_field: String,
-    /// The classes a label may take; empty: any string or number.
+    /// The classes a label may take; empty: any string or number (and
+    /// required empty for regression, whose labels are numbers).
     #[serde(default)]
     pub classes: Vec<String>,
     /// Deduplication of QoS 1 redeliveries; see [`Dedup`].
@@ -214,7 +215,8 @@ fn default_prediction_topic() -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
     /// Concept-drift detector on the serving model's errors over newly
-    /// labelled samples.
+    /// labelled samples: 0/1 for classification, |y − ŷ| for regression
+    /// (so DDM, a 0/1 error-rate test, is refused for regression).
     pub detector: crate::monitor::continual::DetectorKind,
     /// Train when the detector raises an alarm.
     pub retrain_on_drift: bool,
@@ -527,10 +529,10 @@ impl Config {
                     format!("`{}` is not a strftime format", p.timestamp_format),
                 );
             }
-            if p.task == Task::Classification && p.label.is_empty() {
+            if p.label.is_empty() {
                 return bad(
                     key("label"),
-                    "a classification pipeline needs a label field".into(),
+                    format!("a {} pipeline needs a label field", p.task),
                 );
             }
             if let Ok(level) = usize::try_from(p.device_level) {
@@ -558,12 +560,22 @@ impl Config {
                 );
             }
             if p.task == Task::Regression {
-                return bad(
-                    key("task"),
-                    "the daemon serves classification pipelines only for now; \
-                     train regressors from a file with `edgeloop train --task regression`"
-                        .into(),
-                );
+                if !p.classes.is_empty() {
+                    return bad(
+                        key("classes"),
+                        "a regression pipeline's label is a number: leave `classes` empty".into(),
+                    );
+                }
+                // DDM models a Bernoulli error rate; a regressor's error
+                // stream (|y - ŷ|) is real-valued.
+                if p.drift.detector == crate::monitor::continual::DetectorKind::Ddm {
+                    return bad(
+                        key("drift.detector"),
+                        "`ddm` watches a 0/1 error stream; a regression pipeline's errors \
+                         are |y - ŷ|: use `adwin` or `page_hinkley`"
+                            .into(),
+                    );
+                }
             }
             validate_model(&p.model, Some(p.task), &key("model."))?;
             let d = &p.drift;
@@ -859,6 +871,44 @@ mod tests {
             let cfg = load_str(&toml, &[]).unwrap();
             assert_eq!(cfg.pipelines[0].model.family.name(), family);
         }
+    }
+
+    #[test]
+    fn regression_pipelines_load_and_refuse_classes_and_ddm_by_key() {
+        let base = "[[pipelines]]\nname='air'\ntopics=['sensors/+/air']\nfeatures=['T', 'RH']\n\
+                    label='CO_GT'\ntask='regression'\n";
+        let cfg = load_str(&format!("{base}[pipelines.model]\nfamily='ridge'\n"), &[]).unwrap();
+        assert_eq!(cfg.pipelines[0].task, Task::Regression);
+        assert!(cfg.pipelines[0].classes.is_empty());
+        let cfg = load_str(
+            &format!("{base}[pipelines.model]\nfamily='forest'\n[pipelines.drift]\ndetector='page_hinkley'\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.pipelines[0].model.family, Family::Forest);
+        let refused = |extra: &str| {
+            load_str(&format!("{base}{extra}"), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused("classes=['1', '2']\n[pipelines.model]\nfamily='ridge'\n");
+        assert!(err.contains("pipelines[0].classes"), "{err}");
+        let err = refused("[pipelines.model]\nfamily='ridge'\n[pipelines.drift]\ndetector='ddm'\n");
+        assert!(err.contains("pipelines[0].drift.detector"), "{err}");
+        // The default family, logistic, cannot learn a regression.
+        let err = refused("");
+        assert!(err.contains("pipelines[0].model.family"), "{err}");
+        let err = refused("[pipelines.model]\nfamily='ridge'\nmetric='accuracy'\n");
+        assert!(err.contains("pipelines[0].model.metric"), "{err}");
+        // A regression pipeline needs its label field, as a classification one does.
+        let err = load_str(
+            "[[pipelines]]\nname='air'\ntopics=['a/+/b']\nfeatures=['T']\ntask='regression'\n\
+             [pipelines.model]\nfamily='ridge'\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines[0].label"), "{err}");
     }
 
     #[test]

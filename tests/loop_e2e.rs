@@ -1243,3 +1243,434 @@ async fn forest_serves_and_its_card_tallies_live_accuracy() {
     }
     stop(running, handle, token).await;
 }
+
+/// The air-quality regression features, in model input order.
+const AQ_FEATURES: [&str; 8] = [
+    "PT08_S1_CO",
+    "PT08_S2_NMHC",
+    "PT08_S3_NOx",
+    "PT08_S4_NO2",
+    "PT08_S5_O3",
+    "T",
+    "RH",
+    "AH",
+];
+
+/// One hour of data/air_quality_uci: `-200` (the file's missing sentinel)
+/// is `None`.
+struct AqRow {
+    /// "YYYY-MM-DD HH:MM:SS" (the pipeline's `timestamp_format`).
+    date: String,
+    x: [Option<f32>; 8],
+    /// CO_GT, mg/m³.
+    y: Option<f64>,
+}
+
+impl AqRow {
+    /// The message a device sends: a missing feature is `null` (stored as
+    /// missing, imputed by the model), a missing CO_GT is left out (an
+    /// unlabelled sample, predicted over MQTT).
+    fn payload(&self) -> Vec<u8> {
+        let mut v = serde_json::json!({ "Date": self.date });
+        for (name, x) in AQ_FEATURES.iter().zip(self.x) {
+            v[*name] = x.map_or(serde_json::Value::Null, |x| f64::from(x).into());
+        }
+        if let Some(y) = self.y {
+            v["CO_GT"] = y.into();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// The timestamp the decoder reads, ms since the Unix epoch (UTC).
+    fn timestamp_ms(&self) -> i64 {
+        chrono::NaiveDateTime::parse_from_str(&self.date, "%Y-%m-%d %H:%M:%S")
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+    }
+
+    /// Features as the decoder stores them (`NaN` = missing).
+    fn features(&self) -> Vec<f32> {
+        self.x.iter().map(|x| x.unwrap_or(f32::NAN)).collect()
+    }
+}
+
+fn air_quality_rows() -> Vec<AqRow> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/air_quality_uci/AirQualityUCI.csv");
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (date, time, label) = (col("Date"), col("Time"), col("CO_GT"));
+    let features: Vec<usize> = AQ_FEATURES.iter().map(|f| col(f)).collect();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            let value =
+                |i: usize| Some(r[i].trim().parse::<f64>().unwrap()).filter(|v| *v != -200.0);
+            let dmy: Vec<u32> = r[date].split('/').map(|p| p.parse().unwrap()).collect();
+            let hms: Vec<u32> = r[time].split(':').map(|p| p.parse().unwrap()).collect();
+            AqRow {
+                date: format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                    dmy[2], dmy[1], dmy[0], hms[0], hms[1], hms[2]
+                ),
+                x: std::array::from_fn(|k| value(features[k]).map(|v| v as f32)),
+                y: value(label),
+            }
+        })
+        .collect()
+}
+
+/// A regression pipeline `air` on data/air_quality_uci: CO_GT from the
+/// metal-oxide sensors and the weather, `family`, `detector`.
+fn air_quality_config(
+    store: &std::path::Path,
+    broker: Broker,
+    family: edgeloop::config::Family,
+) -> edgeloop::config::Config {
+    let mut cfg = config(store, broker);
+    let mut p = cfg.pipelines[0].clone();
+    p.name = "air".into();
+    p.topics = vec!["sensors/+/air".into()];
+    p.label_topics = vec![];
+    p.features = AQ_FEATURES.iter().map(|f| f.to_string()).collect();
+    p.label = "CO_GT".into();
+    p.classes = vec![];
+    p.timestamp = "Date".into();
+    p.task = edgeloop::learn::Task::Regression;
+    p.model.family = family;
+    cfg.pipelines = vec![p];
+    cfg
+}
+
+/// Subscribes to `filter` on `port`; every payload arrives on the receiver.
+async fn subscribe(
+    port: u16,
+    filter: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    CancellationToken,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new(client_id("sub"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let _client = client;
+        loop {
+            let ev = tokio::select! {
+                ev = eventloop.poll() => ev,
+                _ = token.cancelled() => break,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, ready_rx).await.unwrap().unwrap();
+    (rx, stop)
+}
+
+/// The loop on a regression pipeline, over mosquitto: 2,000 labelled hours
+/// train a ridge version; the next 1,000 labelled hours are predicted over
+/// HTTP (the served values equal the in-process model's, and so does R²) and
+/// scored by the concept-drift monitor (|y − ŷ|); hours without CO_GT get
+/// their predictions over MQTT; a non-numeric label is a bad_label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_pipeline_trains_serves_and_scores_air_quality() {
+    use edgeloop::learn::metrics::regression_metrics;
+    use edgeloop::serve::http::RegressionResponse;
+    const AIR: &str = "air";
+    let mosquitto = Mosquitto::start();
+    let broker = Broker::External(mosquitto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = air_quality_config(dir.path(), broker, edgeloop::config::Family::Ridge);
+    trains_at(&mut cfg, 2000, NEVER, false);
+    cfg.validate().unwrap();
+    let pipeline = cfg.pipelines[0].clone();
+    let (running, handle, token) = start(cfg).await;
+
+    let rows = air_quality_rows();
+    assert_eq!(rows.len(), 9357);
+    // An hour whose every feature is -200 has nothing to learn from (the
+    // decoder rejects it: no_features); in this file the features are
+    // missing all together or not at all.
+    let readable = |r: &&AqRow| r.x.iter().any(Option::is_some);
+    let labelled: Vec<&AqRow> = rows
+        .iter()
+        .filter(|r| r.y.is_some())
+        .filter(readable)
+        .collect();
+    assert_eq!(
+        labelled.len(),
+        7344,
+        "readable hours whose CO_GT is not -200"
+    );
+    let (train, eval) = (&labelled[..2000], &labelled[2000..3000]);
+    // The hours without CO_GT after the training period, unlabelled.
+    let last_train = train[1999].date.clone();
+    let unlabelled: Vec<&AqRow> = rows
+        .iter()
+        .filter(|r| r.y.is_none() && r.date > last_train)
+        .filter(readable)
+        .take(40)
+        .collect();
+    assert_eq!(unlabelled.len(), 40);
+
+    let mut opts = replay_opts("unused", mosquitto.port, None);
+    opts.topic = "sensors/aq1/air".into();
+    let mut payloads: Vec<Vec<u8>> = train.iter().map(|r| r.payload()).collect();
+    // A label that is not a number: counted, the sample kept unlabelled.
+    let mut bad: serde_json::Value = serde_json::from_slice(&train[0].payload()).unwrap();
+    bad["Date"] = "2004-03-01 00:00:00".into();
+    bad["CO_GT"] = "high".into();
+    payloads.insert(1000, serde_json::to_vec(&bad).unwrap());
+    publish(&opts, payloads).await;
+    wait_until(WAIT, "a trained regressor", || {
+        handle.registry.get(AIR).is_some()
+    })
+    .await;
+    let serving = handle.registry.get(AIR).unwrap();
+    assert_eq!(serving.version, 1);
+    assert_eq!(serving.card.task, edgeloop::learn::Task::Regression);
+    assert_eq!(serving.card.family, "ridge");
+    assert_eq!(serving.card.n_samples, 2000);
+    assert!(serving.card.holdout.is_none() && serving.card.classes.is_empty());
+    let counts = handle.store.counts(AIR).unwrap();
+    assert_eq!((counts.samples, counts.labelled_total), (2001, 2000));
+    assert_eq!(handle.stats.problems(Reason::BadLabel), 1);
+
+    // The same training in-process: the same card metrics and the same model.
+    let samples: Vec<edgeloop::ingest::decode::Sample> = train
+        .iter()
+        .map(|r| edgeloop::ingest::decode::Sample {
+            timestamp_ms: r.timestamp_ms(),
+            device: "aq1".into(),
+            features: r.features(),
+            label: r.y.map(|y| y.to_string()),
+        })
+        .collect();
+    let reference = edgeloop::learn::train_version(
+        &pipeline,
+        &samples,
+        1,
+        edgeloop::learn::Trigger::MinLabels,
+        None,
+        || false,
+    )
+    .unwrap();
+    let (served_card, ref_card) = (
+        serving.card.holdout_regression.clone().unwrap(),
+        reference.card.holdout_regression.clone().unwrap(),
+    );
+    eprintln!("holdout: daemon {served_card:?}, in-process {ref_card:?}");
+    assert_eq!(served_card, ref_card);
+
+    // Held-out hours (after the training period) over HTTP.
+    let (sub, stop_sub) = subscribe(mosquitto.port, "edgeloop/air/predictions/#").await;
+    let mut sub = sub;
+    let body_rows: Vec<serde_json::Value> = eval
+        .iter()
+        .map(|r| {
+            serde_json::Value::Object(
+                AQ_FEATURES
+                    .iter()
+                    .zip(r.x)
+                    .map(|(k, x)| {
+                        (
+                            k.to_string(),
+                            x.map_or(serde_json::Value::Null, |x| f64::from(x).into()),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": body_rows })).unwrap();
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/air/predict", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    let raw: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+    assert_eq!(
+        raw["predictions"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["prediction"],
+        "a regressor answers a value, no label or probabilities"
+    );
+    let resp: RegressionResponse = serde_json::from_slice(&resp).unwrap();
+    assert_eq!((resp.pipeline.as_str(), resp.model_version), (AIR, 1));
+    let served: Vec<f64> = resp
+        .predictions
+        .iter()
+        .map(|p| f64::from(p.prediction))
+        .collect();
+    assert_eq!(served.len(), 1000);
+    let x: Vec<f32> = eval.iter().flat_map(|r| r.features()).collect();
+    let in_process: Vec<f64> = reference
+        .model
+        .predict(&x)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let max_diff = served
+        .iter()
+        .zip(&in_process)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let y: Vec<f64> = eval.iter().map(|r| r.y.unwrap()).collect();
+    let (served_m, ref_m) = (
+        regression_metrics(&y, &served).unwrap(),
+        regression_metrics(&y, &in_process).unwrap(),
+    );
+    eprintln!(
+        "held-out 1000 hours: served {served_m:?}, in-process {ref_m:?}, max |diff| {max_diff:e}"
+    );
+    assert!(
+        max_diff <= 1e-4,
+        "served and in-process predictions differ by {max_diff}"
+    );
+    let (r2, ref_r2) = (served_m.r2.unwrap(), ref_m.r2.unwrap());
+    assert!(
+        (r2 - ref_r2).abs() <= 1e-6,
+        "served R² {r2}, in-process {ref_r2}"
+    );
+    assert!(r2 > 0.8, "served R² {r2} on the next 1000 hours");
+
+    // The held-out hours arrive labelled: the concept-drift monitor scores
+    // each with |y − ŷ|, so its mean is the served MAE.
+    publish(&opts, eval.iter().map(|r| r.payload()).collect()).await;
+    let addr = handle.http_addr;
+    let mut concept = serde_json::Value::Null;
+    let until = std::time::Instant::now() + WAIT;
+    while concept["scored"].as_u64() != Some(1000) && std::time::Instant::now() < until {
+        concept = json_request(addr, "GET", "/v1/pipelines/air/drift").await.1["concept"].clone();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("concept: {concept}");
+    assert_eq!(concept["scored"], 1000, "{concept}");
+    assert!(concept["error_rate"].is_null());
+    let mae = concept["mean_abs_error"].as_f64().unwrap();
+    assert!(
+        (mae - served_m.mae).abs() <= 1e-5,
+        "monitor MAE {mae}, served {}",
+        served_m.mae
+    );
+
+    // Hours without CO_GT are predicted over MQTT.
+    publish(&opts, unlabelled.iter().map(|r| r.payload()).collect()).await;
+    let mut messages = Vec::new();
+    while messages.len() < unlabelled.len() {
+        let m = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        messages.push(m);
+    }
+    stop_sub.cancel();
+    let ids: std::collections::BTreeSet<u64> = messages
+        .iter()
+        .map(|m| m["sample_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        unlabelled.len(),
+        "one message per unlabelled hour"
+    );
+    let x: Vec<f32> = unlabelled.iter().flat_map(|r| r.features()).collect();
+    let expected = reference.model.predict(&x);
+    for (i, m) in messages.iter().enumerate() {
+        assert!(
+            m.get("label").is_none() && m.get("probabilities").is_none(),
+            "{m}"
+        );
+        assert_eq!(
+            (m["pipeline"].as_str(), m["device"].as_str()),
+            (Some(AIR), Some("aq1"))
+        );
+        assert_eq!(m["model_version"], 1);
+        let msg: edgeloop::serve::predictions::ValueMessage =
+            serde_json::from_value(m.clone()).unwrap();
+        let k = unlabelled
+            .iter()
+            .position(|r| r.timestamp_ms() == msg.timestamp_ms)
+            .unwrap();
+        let diff = (msg.prediction - expected[k]).abs();
+        assert!(
+            diff <= 1e-4,
+            "message {i}: {} vs in-process {}",
+            msg.prediction,
+            expected[k]
+        );
+    }
+    assert_eq!(handle.stats.problems(Reason::BadLabel), 1);
+
+    // A second version over the API: champion and challenger are judged on
+    // R² over the same holdout, the newest 20 % of the 3,000 labelled hours.
+    let (status, card) = json_request(addr, "POST", "/v1/pipelines/air/train").await;
+    assert_eq!(status, 200, "{card}");
+    let card: edgeloop::learn::card::ModelCard = serde_json::from_value(card).unwrap();
+    let decision = card.decision.clone().unwrap();
+    eprintln!("version 2: {decision:?}");
+    assert_eq!(
+        (card.version, card.n_samples, card.n_holdout),
+        (2, 3000, 600)
+    );
+    assert_eq!(decision.champion_version, Some(1));
+    let recent = &eval[400..];
+    let x: Vec<f32> = recent.iter().flat_map(|r| r.features()).collect();
+    let y: Vec<f64> = recent.iter().map(|r| r.y.unwrap()).collect();
+    let champion: Vec<f64> = reference
+        .model
+        .predict(&x)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let champion_r2 = regression_metrics(&y, &champion).unwrap().r2.unwrap();
+    let judged = decision.champion_recent.unwrap();
+    assert!(
+        (judged - champion_r2).abs() <= 1e-9,
+        "champion R² {judged}, in-process {champion_r2}"
+    );
+    assert_eq!(card.holdout_score, decision.challenger_recent);
+    assert_eq!(handle.registry.get(AIR).unwrap().version, 2);
+    stop(running, handle, token).await;
+}
+
+#[test]
+fn regression_config_refuses_ddm_and_classes_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::Embedded(free_port());
+    let mut cfg = air_quality_config(dir.path(), broker, edgeloop::config::Family::Forest);
+    cfg.validate().unwrap();
+    cfg.pipelines[0].drift.detector = edgeloop::monitor::continual::DetectorKind::Ddm;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("pipelines[0].drift.detector"), "{err}");
+    cfg.pipelines[0].drift.detector = edgeloop::monitor::continual::DetectorKind::PageHinkley;
+    cfg.validate().unwrap();
+    cfg.pipelines[0].classes = vec!["1".into()];
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("pipelines[0].classes"), "{err}");
+}

@@ -29,7 +29,9 @@ pub struct Sample {
     pub device: String,
     /// Features in the pipeline's declared order; `NaN` marks a missing value.
     pub features: Vec<f32>,
-    /// Class label, when the payload carries one.
+    /// Label, when the payload carries one: a class name, or for a
+    /// regression pipeline a finite number in canonical form
+    /// ([`canonical_number`]: `2`, `0.75`, `1e+300`).
     pub label: Option<String>,
 }
 
@@ -52,8 +54,9 @@ pub enum Reason {
     /// A feature is NaN or infinite. Kept as missing.
     NonFinite,
     /// The label is not a string, number or boolean, is a bare NaN/Infinity,
-    /// or is not one of the pipeline's declared `classes`. The sample is kept
-    /// unlabelled.
+    /// or is not one of the pipeline's declared `classes`; for a regression
+    /// pipeline, it is not a finite number or numeric string. The sample is
+    /// kept unlabelled.
     BadLabel,
     /// The timestamp is absent or unreadable. The arrival time is used.
     BadTimestamp,
@@ -183,6 +186,7 @@ pub struct Decoder {
     device_level: i32,
     max_payload_bytes: usize,
     classes: Vec<String>,
+    task: crate::learn::Task,
     sample_id_field: String,
 }
 
@@ -201,6 +205,7 @@ impl Decoder {
             device_level: pipeline.device_level,
             max_payload_bytes,
             classes: pipeline.classes.clone(),
+            task: pipeline.task,
             sample_id_field: pipeline.sample_id_field.clone(),
         }
     }
@@ -294,10 +299,15 @@ impl Decoder {
 
     /// The label of a payload: strings, numbers (integral ones without a
     /// fraction) and booleans (1/0); bare NaN/Infinity, other types and
-    /// labels outside the declared `classes` are problems.
+    /// labels outside the declared `classes` are problems. A regression
+    /// label is [`regression_label`]'s.
     fn read_label(&self, value: &Value, problems: &mut Vec<Problem>) -> Option<String> {
         let path = self.label.as_ref()?;
-        let label = match path.get(value) {
+        let found = path.get(value);
+        let label = match found {
+            _ if self.task == crate::learn::Task::Regression => {
+                regression_label(found).map_err(|_| ())
+            }
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.trim().is_empty() && !s.starts_with('\0') => {
                 Ok(Some(s.trim().to_string()))
@@ -415,6 +425,28 @@ fn read_feature(v: Option<&Value>) -> Result<f32, Reason> {
     } else {
         Err(Reason::NonFinite)
     }
+}
+
+/// A regression label: a JSON number or a numeric string (`"1.5"`, trimmed),
+/// finite as `f64`, in canonical form ([`canonical_number`]: `2.0` and `"2"`
+/// are both `2`). `Ok(None)` when absent or `null` (an unlabelled sample);
+/// `Err` for anything else: a boolean, a non-numeric string, NaN or ±∞ (bare
+/// tokens or strings), an array, an object.
+///
+/// # Errors
+/// [`Reason::BadLabel`] when the value is present but not a finite number.
+pub fn regression_label(v: Option<&Value>) -> Result<Option<String>, Reason> {
+    let x = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) if !s.starts_with('\0') => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    // from_f64 refuses NaN and ±∞.
+    let n = x
+        .and_then(serde_json::Number::from_f64)
+        .ok_or(Reason::BadLabel)?;
+    Ok(Some(canonical_number(&n)))
 }
 
 /// Integral numbers print without a fraction (`1`, not `1.0`), so that a
@@ -592,6 +624,57 @@ mod tests {
         // A real string "NaN" is a feature error (non-finite), as is a bare NaN.
         let d = dec.decode("s/a/x", br#"{"t": "NaN", "u": NaN}"#, 0);
         assert_eq!(reasons(&d), vec![Reason::NonFinite, Reason::NoFeatures]);
+    }
+
+    #[test]
+    fn regression_labels_are_finite_numbers_or_bad_labels() {
+        let p: PipelineConfig = toml::from_str(
+            "name='p'\ntopics=['s/+/x']\nfeatures=['t']\nlabel='y'\ntask='regression'",
+        )
+        .unwrap();
+        let dec = Decoder::new(&p, 1024);
+        let label = |payload: &str| {
+            let d = dec.decode("s/a/x", payload.as_bytes(), 0);
+            let bad = d.problems.iter().any(|p| p.reason == Reason::BadLabel);
+            let s = d.sample.unwrap();
+            assert_eq!(s.features, vec![1.0], "features are salvaged: {payload}");
+            (s.label, bad)
+        };
+        let some = |l: &str| (Some(l.to_string()), false);
+        assert_eq!(label(r#"{"t": 1, "y": 2.6}"#), some("2.6"));
+        assert_eq!(label(r#"{"t": 1, "y": 2.0}"#), some("2"));
+        assert_eq!(label(r#"{"t": 1, "y": -200}"#), some("-200"));
+        assert_eq!(label(r#"{"t": 1, "y": " 0.75 "}"#), some("0.75"));
+        assert_eq!(label(r#"{"t": 1, "y": "1e300"}"#), some("1e+300"));
+        assert_eq!(label(r#"{"t": 1}"#), (None, false), "absent: unlabelled");
+        assert_eq!(label(r#"{"t": 1, "y": null}"#), (None, false));
+        for bad in [
+            r#""high""#,
+            r#""""#,
+            "true",
+            "NaN",
+            r#""NaN""#,
+            "-Infinity",
+            r#""inf""#,
+            "[1]",
+            r#"{"v": 1}"#,
+        ] {
+            let payload = format!(r#"{{"t": 1, "y": {bad}}}"#);
+            assert_eq!(label(&payload), (None, true), "{payload}");
+        }
+        // Late labels follow the same rule.
+        assert_eq!(
+            dec.decode_late_label("s/a/x", br#"{"sample_id": 3, "y": "x"}"#),
+            Err(Reason::BadLabel)
+        );
+        assert_eq!(
+            dec.decode_late_label("s/a/x", br#"{"sample_id": 3, "y": "4.5"}"#),
+            Ok((crate::store::LabelKey::Seq(3), "4.5".into()))
+        );
+        assert_eq!(
+            regression_label(Some(&Value::from(1e300))),
+            Ok(Some("1e+300".into()))
+        );
     }
 
     #[test]

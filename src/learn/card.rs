@@ -142,13 +142,18 @@ pub struct CandidateScore {
     pub selected_by: Option<f64>,
 }
 
-/// Live accuracy of a served version.
+/// The live score of a served version: its predictions, scored as their
+/// labels arrived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveScore {
     /// Predictions scored against labels that arrived.
     pub scored: u64,
+    /// Predictions exactly right (a classifier's correct class).
     pub correct: u64,
-    pub accuracy: f64,
+    /// `correct / scored` (classification).
+    pub accuracy: Option<f64>,
+    /// Mean |y − ŷ| in the label's unit (regression).
+    pub mean_abs_error: Option<f64>,
 }
 
 /// Champion/challenger decision for a trained version (the challenger).
@@ -293,10 +298,11 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
             Box::new(move |c| f1(c.predict_batch_p50_us_per_row)),
         ),
         (
-            "live accuracy",
+            "live accuracy / MAE",
             Box::new(|c| {
                 c.live.as_ref().map_or("-".into(), |l| {
-                    format!("{:.4} ({} scored)", l.accuracy, l.scored)
+                    let value = l.accuracy.or(l.mean_abs_error).unwrap_or(f64::NAN);
+                    format!("{value:.4} ({} scored)", l.scored)
                 })
             }),
         ),

@@ -87,9 +87,13 @@ pub struct ConceptDrift {
     /// The version whose errors the detector watches.
     pub serving_version: Option<u32>,
     /// Labelled samples scored since that version started serving, and the
-    /// share it got wrong.
+    /// share it got wrong (a classifier).
     pub scored: u64,
     pub error_rate: Option<f64>,
+    /// A regressor's mean absolute error |y − ŷ| over those samples, in the
+    /// label's unit (absent for a classifier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_abs_error: Option<f64>,
     /// Every alarm, oldest first (kept in the store: it survives restarts).
     pub alarms: Vec<DriftAlarm>,
 }
@@ -105,7 +109,8 @@ struct Watch {
     version: u32,
     detector: Box<dyn super::detectors::DriftDetector>,
     scored: u64,
-    errors: u64,
+    /// Sum of the error stream: wrong predictions, or absolute errors.
+    errors: f64,
 }
 
 /// The learner component.
@@ -143,7 +148,7 @@ fn new_watch(p: &PipelineConfig, version: u32) -> Watch {
         version,
         detector,
         scored: 0,
-        errors: 0,
+        errors: 0.0,
     }
 }
 
@@ -167,6 +172,36 @@ pub fn training_set(
     }
     older.extend(recent);
     older
+}
+
+/// The error stream the concept-drift detector watches, one value per
+/// labelled row: for a classifier 1.0 when the predicted class (the argmax of
+/// `outputs`, `[n, n_classes]` row-major) is not the label, else 0.0 (the
+/// Bernoulli stream of DDM, ADWIN and Page-Hinkley); for a regressor the
+/// absolute error |y − ŷ| (`outputs` `[n]`), a real-valued stream for ADWIN
+/// or Page-Hinkley (DDM is refused by config for regression). `None` where a
+/// regressor's label is not a finite number (the row is not scored).
+pub fn prediction_errors(
+    task: learn::Task,
+    classes: &[String],
+    outputs: &[f32],
+    labels: &[&str],
+) -> Vec<Option<f64>> {
+    match task {
+        learn::Task::Regression => labels
+            .iter()
+            .zip(outputs)
+            .map(|(y, p)| {
+                let y = y.trim().parse::<f64>().ok().filter(|y| y.is_finite())?;
+                Some((y - f64::from(*p)).abs())
+            })
+            .collect(),
+        learn::Task::Classification => crate::learn::logistic::argmax_rows(outputs, classes.len())
+            .into_iter()
+            .zip(labels)
+            .map(|(k, y)| Some(if classes[k] == *y { 0.0 } else { 1.0 }))
+            .collect(),
+    }
 }
 
 fn trained_key(pipeline: &str) -> String {
@@ -295,7 +330,7 @@ impl Learner {
             let model = serving.clone();
             // Score on a blocking thread: a store scan and an ONNX run.
             let scored =
-                tokio::task::spawn_blocking(move || -> Result<Vec<(u64, bool)>, StoreError> {
+                tokio::task::spawn_blocking(move || -> Result<Vec<(u64, f64)>, StoreError> {
                     let mut rows = Vec::new();
                     for seq in late_seqs {
                         rows.extend(store.scan(&name, seq..seq + 1, 1)?);
@@ -309,17 +344,23 @@ impl Learner {
                         .iter()
                         .flat_map(|(_, r)| r.sample.features.iter().copied())
                         .collect();
-                    let classes = model.model.classes();
                     let Ok(proba) = model.model.predict_proba(&x) else {
                         return Ok(Vec::new());
                     };
-                    let pred = crate::learn::logistic::argmax_rows(&proba, classes.len());
+                    let labels: Vec<&str> = rows
+                        .iter()
+                        .map(|(_, r)| r.sample.label.as_deref().unwrap_or_default())
+                        .collect();
+                    let errors = prediction_errors(
+                        model.model.task(),
+                        model.model.classes(),
+                        &proba,
+                        &labels,
+                    );
                     Ok(rows
                         .iter()
-                        .zip(pred)
-                        .map(|((seq, r), k)| {
-                            (*seq, r.sample.label.as_deref() != Some(classes[k].as_str()))
-                        })
+                        .zip(errors)
+                        .filter_map(|((seq, _), e)| Some((*seq, e?)))
                         .collect())
                 })
                 .await
@@ -334,27 +375,35 @@ impl Learner {
             if watch.version != serving.version {
                 *watch = new_watch(&p, serving.version);
             }
-            let wrong_count = scored.iter().filter(|(_, w)| *w).count() as u64;
+            // Live score of the serving version: errors are 0/1 for a
+            // classifier (their sum counts the wrong ones) and |y − ŷ| for a
+            // regressor.
+            let error_sum: f64 = scored.iter().map(|(_, e)| e).sum();
+            let correct = scored.iter().filter(|(_, e)| *e == 0.0).count() as u64;
             crate::serve::registry::add_live_score(
                 &self.store,
                 &p.name,
                 serving.version,
                 scored.len() as u64,
-                scored.len() as u64 - wrong_count,
+                correct,
+                error_sum,
             )?;
             let mut alarm_at = None;
-            for (seq, wrong) in scored {
+            for (seq, error) in scored {
                 watch.scored += 1;
-                watch.errors += u64::from(wrong);
-                if watch.detector.update(f64::from(u8::from(wrong))) && alarm_at.is_none() {
+                watch.errors += error;
+                if watch.detector.update(error) && alarm_at.is_none() {
                     alarm_at = Some(seq);
                 }
             }
+            let mean_error = (watch.scored > 0).then(|| watch.errors / watch.scored as f64);
+            let regression = serving.model.task() == learn::Task::Regression;
             let snapshot = ConceptDrift {
                 detector: watch.detector.state(),
                 serving_version: Some(watch.version),
                 scored: watch.scored,
-                error_rate: (watch.scored > 0).then(|| watch.errors as f64 / watch.scored as f64),
+                error_rate: mean_error.filter(|_| !regression),
+                mean_abs_error: mean_error.filter(|_| regression),
                 alarms: Vec::new(),
             };
             let version = watch.version;
@@ -535,6 +584,7 @@ impl Learner {
                 info!(
                     %pipeline, version = card.version, ?trigger, n_train = card.n_train, n_holdout = card.n_holdout,
                     holdout_accuracy = h.map(|m| m.accuracy), holdout_f1 = h.map(|m| m.f1_macro),
+                    holdout_r2 = card.holdout_regression.as_ref().and_then(|m| m.r2),
                     training_ms = card.training_ms,
                     decision = card.decision.as_ref().map(|d| d.reason.as_str()).unwrap_or(""),
                     "{}",
@@ -567,6 +617,26 @@ mod tests {
             features: vec![ts as f32],
             label: Some("a".into()),
         }
+    }
+
+    #[test]
+    fn prediction_errors_are_zero_one_for_classes_and_absolute_for_values() {
+        let classes = ["a".to_string(), "b".to_string()];
+        let proba = [0.9, 0.1, 0.3, 0.7, 0.6, 0.4];
+        let e = prediction_errors(
+            learn::Task::Classification,
+            &classes,
+            &proba,
+            &["a", "a", "b"],
+        );
+        assert_eq!(e, vec![Some(0.0), Some(1.0), Some(1.0)]);
+        let e = prediction_errors(
+            learn::Task::Regression,
+            &[],
+            &[2.5, -1.0, 3.0, 0.0],
+            &["2", " -3.5", "x", "NaN"],
+        );
+        assert_eq!(e, vec![Some(0.5), Some(2.5), None, None]);
     }
 
     #[test]

@@ -5,13 +5,13 @@
 //! | GET | `/healthz` | `{"status":"ok","mqtt_connected":bool,"mqtt_subscribed":bool}` |
 //! | GET | `/v1/stats` | ingest, prediction and training counters |
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
-//! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → `{"model_version", "predictions":[{"label","probabilities":{class: p}}]}` |
+//! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p}}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number}]}` |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
 //! | POST | `/v1/pipelines/{name}/models/{version}/promote` | serves a stored version → `{"serving_version"}` |
 //! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
 //! | GET | `/v1/pipelines/{name}/history` | the timeline: which version served from when, and why |
-//! | GET | `/v1/pipelines/{name}/drift` | data drift per feature (PSI, KS) against the serving version's training data; concept-drift detector state and alarms |
+//! | GET | `/v1/pipelines/{name}/drift` | data drift per feature (PSI, KS) against the serving version's training data; concept-drift detector state and alarms (`error_rate` of a classifier, `mean_abs_error` of a regressor) |
 //!
 //! Errors are JSON `{"error": message}`; status codes are decided in one
 //! place, [`ApiError::status`].
@@ -185,7 +185,7 @@ pub struct RowPrediction {
     pub probabilities: BTreeMap<String, f32>,
 }
 
-/// Answer to a predict request.
+/// Answer to a predict request to a classifier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictResponse {
     pub pipeline: String,
@@ -193,11 +193,34 @@ pub struct PredictResponse {
     pub predictions: Vec<RowPrediction>,
 }
 
+/// One row's prediction by a regressor: the predicted label value, in the
+/// label's unit (the ONNX `prediction` output, `f32`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RowValue {
+    pub prediction: f32,
+}
+
+/// Answer to a predict request to a regressor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionResponse {
+    pub pipeline: String,
+    pub model_version: u32,
+    pub predictions: Vec<RowValue>,
+}
+
+/// Answer to a predict request, by the serving model's task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PredictAnswer {
+    Classification(PredictResponse),
+    Regression(RegressionResponse),
+}
+
 async fn predict(
     State(s): State<AppState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<PredictResponse>, ApiError> {
+) -> Result<Json<PredictAnswer>, ApiError> {
     if !s.registry.has(&name) {
         return Err(ApiError::UnknownPipeline(name));
     }
@@ -262,6 +285,16 @@ async fn predict(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if serving.model.task() == crate::learn::Task::Regression {
+        return Ok(Json(PredictAnswer::Regression(RegressionResponse {
+            pipeline: name,
+            model_version: serving.version,
+            predictions: proba
+                .into_iter()
+                .map(|prediction| RowValue { prediction })
+                .collect(),
+        })));
+    }
     let classes = serving.model.classes();
     let predictions = proba
         .chunks_exact(classes.len())
@@ -270,11 +303,11 @@ async fn predict(
             probabilities: classes.iter().cloned().zip(row.iter().copied()).collect(),
         })
         .collect();
-    Ok(Json(PredictResponse {
+    Ok(Json(PredictAnswer::Classification(PredictResponse {
         pipeline: name,
         model_version: serving.version,
         predictions,
-    }))
+    })))
 }
 
 async fn models(

@@ -26,7 +26,7 @@ use crate::ingest::mqtt::Backoff;
 use crate::ingest::writer::PredictJob;
 use crate::stats::Stats;
 
-/// The JSON published for one prediction.
+/// The JSON published for one prediction of a classifier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionMessage {
     pub pipeline: String,
@@ -37,6 +37,21 @@ pub struct PredictionMessage {
     pub sample_id: u64,
     pub label: String,
     pub probabilities: BTreeMap<String, f32>,
+    pub model_version: u32,
+}
+
+/// The JSON published for one prediction of a regressor: as
+/// [`PredictionMessage`], with the predicted value (the label's unit, the
+/// ONNX `prediction` output) in place of `label` and `probabilities`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueMessage {
+    pub pipeline: String,
+    pub device: String,
+    /// The sample's timestamp, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The sample's sequence number in the store.
+    pub sample_id: u64,
+    pub prediction: f32,
     pub model_version: u32,
 }
 
@@ -83,31 +98,44 @@ impl Predictor {
                         return Vec::new();
                     }
                 };
+                let regression = serving.model.task() == crate::learn::Task::Regression;
                 let classes = serving.model.classes();
+                let width = if regression { 1 } else { classes.len() };
                 job.samples
                     .iter()
-                    .zip(proba.chunks_exact(classes.len()))
+                    .zip(proba.chunks_exact(width))
                     .map(|((seq, s), row)| {
-                        let best = crate::learn::logistic::argmax_rows(row, classes.len())[0];
-                        let msg = PredictionMessage {
-                            pipeline: job.pipeline.clone(),
-                            device: s.device.clone(),
-                            timestamp_ms: s.timestamp_ms,
-                            sample_id: *seq,
-                            label: classes[best].clone(),
-                            probabilities: classes
-                                .iter()
-                                .cloned()
-                                .zip(row.iter().copied())
-                                .collect(),
-                            model_version: serving.version,
+                        let payload = if regression {
+                            serde_json::to_vec(&ValueMessage {
+                                pipeline: job.pipeline.clone(),
+                                device: s.device.clone(),
+                                timestamp_ms: s.timestamp_ms,
+                                sample_id: *seq,
+                                prediction: row[0],
+                                model_version: serving.version,
+                            })
+                        } else {
+                            let best = crate::learn::logistic::argmax_rows(row, classes.len())[0];
+                            serde_json::to_vec(&PredictionMessage {
+                                pipeline: job.pipeline.clone(),
+                                device: s.device.clone(),
+                                timestamp_ms: s.timestamp_ms,
+                                sample_id: *seq,
+                                label: classes[best].clone(),
+                                probabilities: classes
+                                    .iter()
+                                    .cloned()
+                                    .zip(row.iter().copied())
+                                    .collect(),
+                                model_version: serving.version,
+                            })
                         };
                         let topic = template
                             .replace("{pipeline}", &job.pipeline)
                             .replace("{device}", &s.device);
                         Outgoing {
                             topic,
-                            payload: serde_json::to_vec(&msg).unwrap_or_default(),
+                            payload: payload.unwrap_or_default(),
                         }
                     })
                     .collect::<Vec<_>>()

@@ -310,7 +310,7 @@ impl Registry {
                         version,
                         reason: e.to_string(),
                     })?;
-                card.live = live_score(store, pipeline, version)?;
+                card.live = live_score(store, pipeline, version, card.task)?;
                 out.push(card);
             }
         }
@@ -340,8 +340,10 @@ fn live_key(pipeline: &str, version: u32) -> String {
     format!("live/{pipeline}/{version}")
 }
 
-/// Adds `scored` live predictions of `version`, `correct` of them right, to
-/// its stored tally (the learner calls this as labels arrive).
+/// Adds `scored` live predictions of `version` to its stored tally:
+/// `correct` of them exactly right and `error_sum` the sum of their errors
+/// (0/1 for a classifier, |y − ŷ| for a regressor). The learner calls this as
+/// labels arrive.
 ///
 /// # Errors
 /// A store error.
@@ -351,19 +353,22 @@ pub fn add_live_score(
     version: u32,
     scored: u64,
     correct: u64,
+    error_sum: f64,
 ) -> Result<(), StoreError> {
     if scored == 0 {
         return Ok(());
     }
     let key = live_key(pipeline, version);
-    let (s, c) = decode_live(store.get_state(&key)?.as_deref());
+    let (s, c, e) = decode_live(store.get_state(&key)?.as_deref());
     let mut bytes = (s + scored).to_le_bytes().to_vec();
     bytes.extend_from_slice(&(c + correct).to_le_bytes());
+    bytes.extend_from_slice(&(e + error_sum).to_le_bytes());
     store.put_state(&key, &bytes)
 }
 
-/// The live accuracy of `version`: its predictions scored against labels
-/// that arrived while it served. `None` before the first.
+/// The live score of `version`: its predictions scored against labels that
+/// arrived while it served (accuracy for a classifier, mean absolute error
+/// for a regressor). `None` before the first.
 ///
 /// # Errors
 /// A store error.
@@ -371,22 +376,28 @@ pub fn live_score(
     store: &Store,
     pipeline: &str,
     version: u32,
+    task: crate::learn::Task,
 ) -> Result<Option<LiveScore>, StoreError> {
-    let (scored, correct) = decode_live(store.get_state(&live_key(pipeline, version))?.as_deref());
+    let (scored, correct, error_sum) =
+        decode_live(store.get_state(&live_key(pipeline, version))?.as_deref());
+    let classification = task == crate::learn::Task::Classification;
     Ok((scored > 0).then(|| LiveScore {
         scored,
         correct,
-        accuracy: correct as f64 / scored as f64,
+        accuracy: classification.then(|| correct as f64 / scored as f64),
+        mean_abs_error: (!classification).then(|| error_sum / scored as f64),
     }))
 }
 
-fn decode_live(bytes: Option<&[u8]>) -> (u64, u64) {
+fn decode_live(bytes: Option<&[u8]>) -> (u64, u64, f64) {
     let word = |b: &[u8], i: usize| {
         b.get(i * 8..i * 8 + 8)
             .and_then(|w| w.try_into().ok())
             .map_or(0, u64::from_le_bytes)
     };
-    bytes.map_or((0, 0), |b| (word(b, 0), word(b, 1)))
+    bytes.map_or((0, 0, 0.0), |b| {
+        (word(b, 0), word(b, 1), f64::from_bits(word(b, 2)))
+    })
 }
 
 #[cfg(test)]
