@@ -1578,6 +1578,18 @@ async fn regression_pipeline_trains_serves_and_scores_air_quality() {
         "monitor MAE {mae}, served {}",
         served_m.mae
     );
+    // The version's card carries the same live score.
+    let models = json_request(addr, "GET", "/v1/pipelines/air/models")
+        .await
+        .1;
+    let live = &models["models"][0]["live"];
+    assert_eq!(live["scored"], 1000, "{live}");
+    assert!(live["accuracy"].is_null());
+    let live_mae = live["mean_abs_error"].as_f64().unwrap();
+    assert!(
+        (live_mae - served_m.mae).abs() <= 1e-5,
+        "card live MAE {live_mae}"
+    );
 
     // Hours without CO_GT are predicted over MQTT.
     publish(&opts, unlabelled.iter().map(|r| r.payload()).collect()).await;
