@@ -278,7 +278,10 @@ pub struct TrainSettings<'a> {
 /// 2. each candidate family (`auto`: `candidates`, else the one family) is
 ///    fit on the rest (warm-started from the champion when it is of the
 ///    same family and `warm_start` is set), scored on the holdout and, with
-///    `evaluation = "kfold"`, cross-validated over the training part;
+///    `evaluation = "kfold"`, cross-validated over the training part; every
+///    training part (this one, each training fold, the refit) is balanced
+///    and augmented after the split when `balance`/`augment` ask for it
+///    ([`prepare::fit_training`]), evaluation rows never;
 /// 3. the best candidate by `metric` (the cross-validation mean with
 ///    k-fold, else the holdout score; the first on ties) is the challenger;
 ///    champion and challenger are compared on the same holdout
