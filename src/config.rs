@@ -296,6 +296,10 @@ pub struct ModelConfig {
     pub margin_recent: f64,
     /// Accuracy a challenger may lose to the champion on the older slice.
     pub margin_old: f64,
+    /// Augmentation of the training rows (off by default).
+    pub augment: crate::features::augment::AugmentConfig,
+    /// Class balance of the training rows (`none` by default).
+    pub balance: crate::features::balance::BalanceConfig,
 }
 
 impl Default for ModelConfig {
@@ -322,6 +326,8 @@ impl Default for ModelConfig {
             schedule_s: 0,
             margin_recent: 0.0,
             margin_old: 0.05,
+            augment: Default::default(),
+            balance: Default::default(),
         }
     }
 }
@@ -578,6 +584,10 @@ impl Config {
                 }
             }
             validate_model(&p.model, Some(p.task), &key("model."))?;
+            if let Err(e) = p.model.augment.window_indices(&p.features) {
+                let (k, reason) = e.split_once(": ").unwrap_or(("windows", &e));
+                return bad(key(&format!("model.augment.{k}")), reason.to_string());
+            }
             let d = &p.drift;
             if d.window < 10 || d.reference < 10 {
                 return bad(
@@ -663,6 +673,8 @@ pub fn validate_model(
         ("mlp", m.mlp.validate()),
         ("tree", m.tree.validate()),
         ("forest", m.forest.validate()),
+        ("augment", m.augment.validate()),
+        ("balance", m.balance.validate()),
     ];
     for (section, result) in sections {
         if let Err(reason) = result {
@@ -682,6 +694,17 @@ pub fn validate_model(
     if let Some(task) = task {
         if !m.family.supports(task) {
             return bad("family", format!("`{}` cannot learn {task}", m.family));
+        }
+        if task == Task::Regression
+            && m.balance.strategy != crate::features::balance::BalanceStrategy::None
+        {
+            return bad(
+                "balance.strategy",
+                format!(
+                    "`{}` balances classes; regression has none",
+                    m.balance.strategy.name()
+                ),
+            );
         }
         if let Some(metric) = m.metric {
             if metric.task() != task {
@@ -852,6 +875,22 @@ mod tests {
                 "[pipelines.model]\nevaluation = 'kfold'\nfolds = 1\n",
                 "config key `pipelines[0].model.folds`: 1 must be at least 2",
             ),
+            (
+                "[pipelines.model.augment]\ncopies = 2\njitter = -0.1\n",
+                "config key `pipelines[0].model.augment.jitter`: -0.1 must be",
+            ),
+            (
+                "[pipelines.model.augment]\ncopies = 50\nscaling = 0.1\n",
+                "config key `pipelines[0].model.augment.copies`: 50 is more than the limit of 20",
+            ),
+            (
+                "[pipelines.model.augment]\ncopies = 1\ntime_shift = 2\nwindows = [['f', 'g']]\n",
+                "config key `pipelines[0].model.augment.windows[0]`: `g` is not one of the pipeline's features",
+            ),
+            (
+                "[pipelines.model.balance]\nstrategy = 'oversample'\nratio = 0.0\n",
+                "config key `pipelines[0].model.balance.ratio`: 0 must be in (0, 1]",
+            ),
         ] {
             let err = load_str(&format!("{pipeline}{section}"), &[])
                 .unwrap_err()
@@ -865,6 +904,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("boosting"), "{err}");
+        let err = load_str(
+            &format!("{pipeline}[pipelines.model.balance]\nstrategy = 'smote'\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("smote"), "{err}");
+        let err = load_str(
+            &format!("{pipeline}[pipelines.model.augment]\ncopies = 1\njiter = 0.1\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("jiter"), "{err}");
         // Every family name parses.
         for family in ["logistic", "mlp", "tree", "forest", "svm", "auto"] {
             let toml = format!("{pipeline}[pipelines.model]\nfamily = '{family}'\n");

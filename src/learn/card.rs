@@ -41,6 +41,18 @@ pub struct ModelCard {
     pub class_composition_train: BTreeMap<String, u64>,
     /// Samples per class in the holdout.
     pub class_composition_holdout: BTreeMap<String, u64>,
+    /// Training part before and after class balancing and augmentation
+    /// (samples per class): what the evaluated fit's trainer was given.
+    /// Empty when neither is configured.
+    #[serde(default)]
+    pub class_composition_before: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub class_composition_after: BTreeMap<String, u64>,
+    /// Augmentation and class balance of the training rows (`None`: neither
+    /// configured). Applied to training parts only: never to the holdout,
+    /// the older slice, a validation fold or the MLP's early-stopping rows.
+    #[serde(default)]
+    pub augmentation: Option<Augmentation>,
     /// First and last sample timestamp (ms) of each set.
     pub train_time_range_ms: Option<[i64; 2]>,
     pub holdout_time_range_ms: Option<[i64; 2]>,
@@ -99,6 +111,36 @@ pub struct ModelCard {
     /// version served, scored when their labels arrived.
     #[serde(default)]
     pub live: Option<LiveScore>,
+}
+
+/// What was added to the evaluated fit's training part (see
+/// [`crate::learn::prepare`]); the refit on all samples and each k-fold
+/// training fold are prepared the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Augmentation {
+    /// Enabled transforms with their strengths, in the order applied
+    /// (e.g. `jitter=0.05`); empty: no augmentation.
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    /// Augmented copies per training row.
+    #[serde(default)]
+    pub copies: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Rows the augmentation added.
+    #[serde(default)]
+    pub rows_added: u64,
+    /// Balance strategy: `none`, `oversample` or `class_weight`.
+    #[serde(default)]
+    pub balance: String,
+    /// Rows added by oversampling (`oversample`, or `class_weight` as
+    /// oversampling by weight for families without a weighted loss).
+    #[serde(default)]
+    pub rows_oversampled: u64,
+    /// Class weights the loss used (`class_weight` with `logistic`); empty
+    /// otherwise.
+    #[serde(default)]
+    pub class_weight: BTreeMap<String, f64>,
 }
 
 /// k-fold cross-validation scores of one metric.
@@ -232,6 +274,45 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
                     .map(|(k, v)| format!("{k}:{v}"))
                     .collect::<Vec<_>>()
                     .join(" ")
+            }),
+        ),
+        (
+            "classes before / after",
+            Box::new(|c| {
+                let show = |m: &BTreeMap<String, u64>| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}:{v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                if c.class_composition_before.is_empty() && c.class_composition_after.is_empty() {
+                    return "-".into();
+                }
+                format!(
+                    "{} / {}",
+                    show(&c.class_composition_before),
+                    show(&c.class_composition_after)
+                )
+            }),
+        ),
+        (
+            "augmentation",
+            Box::new(|c| {
+                c.augmentation.as_ref().map_or("-".into(), |a| {
+                    let mut parts = vec![];
+                    if !a.transforms.is_empty() {
+                        parts.push(format!(
+                            "{} ×{} (+{} rows)",
+                            a.transforms.join(" "),
+                            a.copies,
+                            a.rows_added
+                        ));
+                    }
+                    if a.balance != "none" {
+                        parts.push(format!("{} (+{} rows)", a.balance, a.rows_oversampled));
+                    }
+                    parts.join("; ")
+                })
             }),
         ),
         ("features", Box::new(|c| c.features.len().to_string())),

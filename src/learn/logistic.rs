@@ -86,7 +86,37 @@ impl LogisticModel {
         init: Option<&LogisticModel>,
         cancelled: impl Fn() -> bool,
     ) -> Result<Self, TrainError> {
+        Self::fit_weighted(x, y, classes, feature_names, cfg, init, None, cancelled)
+    }
+
+    /// As [`LogisticModel::fit_from`], each sample's loss term multiplied by
+    /// `sample_weight[i]` (`[n]`; `None`: all 1), as scikit-learn's
+    /// `sample_weight` / `class_weight`: the objective is
+    /// `(1/n) Σᵢ wᵢ·(−log pᵢ[yᵢ]) + (l2/2) Σₖ ‖w_k‖²`, still sklearn's with
+    /// `C = 1/(n·l2)`. Balanced class weights sum to `n`, so the penalty's
+    /// relative strength is unchanged.
+    ///
+    /// # Errors
+    /// As [`LogisticModel::fit`]; [`TrainError::Shape`] when `sample_weight`
+    /// is not `[n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_weighted(
+        x: &[f32],
+        y: &[usize],
+        classes: Vec<String>,
+        feature_names: Vec<String>,
+        cfg: &LogisticConfig,
+        init: Option<&LogisticModel>,
+        sample_weight: Option<&[f64]>,
+        cancelled: impl Fn() -> bool,
+    ) -> Result<Self, TrainError> {
         let nf = feature_names.len();
+        if let Some(w) = sample_weight.filter(|w| w.len() != y.len()) {
+            return Err(TrainError::Shape {
+                len: w.len(),
+                n_features: 1,
+            });
+        }
         let nc = classes.len();
         if y.is_empty() {
             return Err(TrainError::Empty);
@@ -113,7 +143,8 @@ impl LogisticModel {
             let (w, b) = theta.split_at(n_w);
             grad.iter_mut().for_each(|g| *g = 0.0);
             let mut loss = 0.0;
-            for (row, &yi) in z.chunks_exact(nf).zip(y) {
+            for (i, (row, &yi)) in z.chunks_exact(nf).zip(y).enumerate() {
+                let wi = sample_weight.map_or(1.0, |w| w[i]);
                 for k in 0..nc {
                     logits[k] = b[k]
                         + w[k * nf..(k + 1) * nf]
@@ -128,9 +159,9 @@ impl LogisticModel {
                 let true_logit = logits[yi];
                 logits.iter_mut().for_each(|l| *l = (*l - max).exp());
                 let sum: f64 = logits.iter().sum();
-                loss += max + sum.ln() - true_logit;
+                loss += wi * (max + sum.ln() - true_logit);
                 for k in 0..nc {
-                    let r = logits[k] / sum - f64::from(u8::from(k == yi));
+                    let r = wi * (logits[k] / sum - f64::from(u8::from(k == yi)));
                     let (gw, gb) = grad.split_at_mut(n_w);
                     gw[k * nf..(k + 1) * nf]
                         .iter_mut()

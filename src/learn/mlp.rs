@@ -568,6 +568,28 @@ impl MlpModel {
         init: Option<&MlpModel>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Self, TrainError> {
+        Self::fit_with_validation(x, target, feature_names, cfg, init, None, cancelled)
+    }
+
+    /// As [`MlpModel::fit`], with the early-stopping rows given: with
+    /// `validation = Some(range)` and `early_stopping` set, the rows in
+    /// `range` are the validation set (instead of a seeded
+    /// `validation_fraction` of all rows) and every other row trains. Used
+    /// when the training rows were augmented or oversampled: the validation
+    /// rows are then split off before, and never augmented.
+    ///
+    /// # Errors
+    /// As [`MlpModel::fit`].
+    pub fn fit_with_validation(
+        x: &[f32],
+        target: &Target<'_>,
+        feature_names: &[String],
+        cfg: &MlpConfig,
+        init: Option<&MlpModel>,
+        validation: Option<std::ops::Range<usize>>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self, TrainError> {
+        let given = validation;
         let nf = feature_names.len();
         check_shapes(x, target, nf)?;
         let (task, classes, labels, n_out) = match *target {
@@ -638,7 +660,10 @@ impl MlpModel {
         // `train_test_split(test_size=validation_fraction)`.
         let mut order: Vec<usize> = (0..n).collect();
         let mut validation: Vec<usize> = Vec::new();
-        if cfg.early_stopping {
+        if let Some(range) = given.filter(|r| cfg.early_stopping && r.end <= n && r.len() < n) {
+            order.retain(|i| !range.contains(i));
+            validation = range.collect();
+        } else if cfg.early_stopping {
             let n_val = (cfg.validation_fraction * n as f64).ceil() as usize;
             if n_val >= 2 && n_val < n {
                 rng.shuffle(&mut order);

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mlp;
 pub mod model;
 pub mod offline;
+pub mod prepare;
 pub mod select;
 pub mod split;
 pub mod svm;
@@ -277,7 +278,10 @@ pub struct TrainSettings<'a> {
 /// 2. each candidate family (`auto`: `candidates`, else the one family) is
 ///    fit on the rest (warm-started from the champion when it is of the
 ///    same family and `warm_start` is set), scored on the holdout and, with
-///    `evaluation = "kfold"`, cross-validated over the training part;
+///    `evaluation = "kfold"`, cross-validated over the training part; every
+///    training part (this one, each training fold, the refit) is balanced
+///    and augmented after the split when `balance`/`augment` ask for it
+///    ([`prepare::fit_training`]), evaluation rows never;
 /// 3. the best candidate by `metric` (the cross-validation mean with
 ///    k-fold, else the holdout score; the first on ties) is the challenger;
 ///    champion and challenger are compared on the same holdout
@@ -334,7 +338,8 @@ pub fn train_dataset(
         let init = champion
             .map(|(_, m)| m)
             .filter(|m| cfg.warm_start && m.family() == family);
-        let model = fit_model(family, cfg, &train, settings.features, init, cancelled)?;
+        let (model, preparation) =
+            prepare::fit_training(family, cfg, &train, settings.features, init, 0, cancelled)?;
         let cv = match cfg.evaluation {
             Evaluation::Holdout => None,
             Evaluation::Kfold => Some(cross_validate(
@@ -354,6 +359,11 @@ pub fn train_dataset(
             settings, &model, metric, &train, &holdout, data, version, trigger,
         );
         card.cv = cv;
+        if let Some(p) = preparation {
+            card.augmentation = Some(p.report);
+            card.class_composition_before = p.before;
+            card.class_composition_after = p.after;
+        }
         card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
         card.training_cpu_ms = cpu_time_s().zip(cpu0).map(|(a, b)| (a - b) * 1e3);
         evaluated.push((model, card, selection));
@@ -382,14 +392,16 @@ pub fn train_dataset(
         let init = champion
             .map(|(_, m)| m)
             .filter(|m| cfg.warm_start && m.family() == challenger.family());
-        fit_model(
+        prepare::fit_training(
             challenger.family(),
             cfg,
             data,
             settings.features,
             init,
+            1,
             cancelled,
         )?
+        .0
     } else {
         challenger
     };
@@ -526,7 +538,7 @@ pub fn fit_model(
     })
 }
 
-fn logistic_config(cfg: &ModelConfig) -> LogisticConfig {
+pub(crate) fn logistic_config(cfg: &ModelConfig) -> LogisticConfig {
     LogisticConfig {
         l2: cfg.l2,
         max_iter: cfg.max_iter,
@@ -567,9 +579,11 @@ pub fn cross_validate(
     }
     .map_err(|_| TrainError::Empty)?;
     let mut scores = Vec::with_capacity(folds.len());
-    for (train_idx, test_idx) in &folds {
+    for (fold, (train_idx, test_idx)) in folds.iter().enumerate() {
         let (train, test) = (data.select(train_idx), data.select(test_idx));
-        let model = fit_model(family, cfg, &train, features, None, cancelled)?;
+        let salt = 2 + fold as u64;
+        let (model, _) =
+            prepare::fit_training(family, cfg, &train, features, None, salt, cancelled)?;
         scores.push(select::score(&model, &test, metric).unwrap_or(f64::NAN));
     }
     Ok(card::CrossValidation::new(metric.name(), scores))
@@ -636,6 +650,9 @@ fn describe(
         n_holdout: holdout.len() as u64,
         class_composition_train: train.class_composition(),
         class_composition_holdout: holdout.class_composition(),
+        class_composition_before: BTreeMap::new(),
+        class_composition_after: BTreeMap::new(),
+        augmentation: None,
         train_time_range_ms: time_range(&train.timestamps),
         holdout_time_range_ms: time_range(&holdout.timestamps),
         metric: metric.name().into(),

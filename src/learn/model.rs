@@ -168,6 +168,10 @@ pub enum TrainError {
     /// The family cannot learn this task (e.g. `svm` for regression).
     #[error("family `{family}` does not support {task}")]
     Unsupported { family: &'static str, task: Task },
+    /// The training settings do not fit the data (e.g. an augmentation
+    /// window naming a feature the data lacks).
+    #[error("training settings: {0}")]
+    Settings(String),
     /// A target value is not finite.
     #[error("target value {value} at sample {index} is not finite")]
     BadTarget { index: usize, value: f64 },
