@@ -294,6 +294,8 @@ pub struct ModelConfig {
     pub margin_recent: f64,
     /// Accuracy a challenger may lose to the champion on the older slice.
     pub margin_old: f64,
+    /// Hyperparameter search before training (`[pipelines.model.search]`).
+    pub search: crate::learn::tune::SearchConfig,
 }
 
 impl Default for ModelConfig {
@@ -320,6 +322,7 @@ impl Default for ModelConfig {
             schedule_s: 0,
             margin_recent: 0.0,
             margin_old: 0.05,
+            search: Default::default(),
         }
     }
 }
@@ -657,6 +660,10 @@ pub fn validate_model(
             let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
             return bad(&format!("{section}.{k}"), reason.to_string());
         }
+    }
+    if let Err(reason) = m.search.validate() {
+        let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
+        return bad(&format!("search.{k}"), reason.to_string());
     }
     if m.ridge.alpha == 0.0 {
         return bad(

@@ -99,6 +99,10 @@ pub struct ModelCard {
     /// version served, scored when their labels arrived.
     #[serde(default)]
     pub live: Option<LiveScore>,
+    /// The hyperparameter search that chose this version's settings
+    /// (`edgeloop tune`, or `[pipelines.model.search]` enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<super::tune::SearchSummary>,
 }
 
 /// k-fold cross-validation scores of one metric.
@@ -297,6 +301,26 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
             Box::new(|c| {
                 c.live.as_ref().map_or("-".into(), |l| {
                     format!("{:.4} ({} scored)", l.accuracy, l.scored)
+                })
+            }),
+        ),
+        (
+            "search",
+            Box::new(|c| {
+                c.search.as_ref().map_or("-".into(), |s| {
+                    let best = s.best.as_ref().map_or("-".into(), |b| {
+                        format!(
+                            "trial {} {}",
+                            b.id,
+                            b.score.map_or("-".into(), |v| format!("{v:.4}"))
+                        )
+                    });
+                    format!(
+                        "{}: {} trials in {:.1} s, best {best}",
+                        s.strategy.name(),
+                        s.trials,
+                        s.elapsed_ms / 1e3
+                    )
                 })
             }),
         ),
