@@ -417,7 +417,9 @@ pub struct Tuned {
 
 /// The daemon's hook in [`super::train_dataset`]: with
 /// `settings.model.search.enabled`, searches and returns the settings to
-/// train with and the summary for the card; `None` otherwise.
+/// train with and the summary for the card; `None` otherwise. The search
+/// scores on the split of a first training (no champion); with a champion,
+/// `train_dataset` then also holds out every 10th older sample.
 ///
 /// # Errors
 /// As [`search`].
