@@ -562,8 +562,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     (label, features, p.model.clone(), Some(p.task), name)
                 }
                 None => {
-                    let mut model = edgeloop::config::ModelConfig::default();
-                    model.family = edgeloop::learn::Family::Auto;
+                    let model = edgeloop::config::ModelConfig {
+                        family: edgeloop::learn::Family::Auto,
+                        ..Default::default()
+                    };
                     let label = label.unwrap_or_default();
                     (label, features, model, None, "tune".to_string())
                 }
