@@ -300,6 +300,8 @@ pub struct ModelConfig {
     pub augment: crate::features::augment::AugmentConfig,
     /// Class balance of the training rows (`none` by default).
     pub balance: crate::features::balance::BalanceConfig,
+    /// Hyperparameter search before training (`[pipelines.model.search]`).
+    pub search: crate::learn::tune::SearchConfig,
 }
 
 impl Default for ModelConfig {
@@ -328,6 +330,7 @@ impl Default for ModelConfig {
             margin_old: 0.05,
             augment: Default::default(),
             balance: Default::default(),
+            search: Default::default(),
         }
     }
 }
@@ -681,6 +684,10 @@ pub fn validate_model(
             let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
             return bad(&format!("{section}.{k}"), reason.to_string());
         }
+    }
+    if let Err(reason) = m.search.validate() {
+        let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
+        return bad(&format!("search.{k}"), reason.to_string());
     }
     if m.ridge.alpha == 0.0 {
         return bad(

@@ -26,8 +26,9 @@
 //!   [`learn::forest`], [`learn::svm`]) behind [`learn::Model`], the one
 //!   training path [`learn::train_dataset`] (candidates, `auto` selection,
 //!   champion/challenger), metrics equal to scikit-learn's, model cards and
-//!   their side-by-side table, and `edgeloop train` from a CSV
-//!   ([`learn::offline`]).
+//!   their side-by-side table, `edgeloop train` from a CSV
+//!   ([`learn::offline`]), and hyperparameter search within a budget
+//!   ([`learn::tune`], `edgeloop tune`).
 //! - [`onnx`]: the ONNX graph builder and every family's export (standard
 //!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
 //!   operator for tract ([`onnx::tree_ensemble`]).

@@ -149,6 +149,57 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Search hyperparameters within a budget on a labelled CSV file (rows in
+    /// time order), train the best through the daemon's code path, and print
+    /// the trials (best first) and the chosen model's card.
+    Tune {
+        #[arg(long)]
+        file: PathBuf,
+        /// Label column (or the pipeline's label with --pipeline).
+        #[arg(long, required_unless_present = "pipeline")]
+        label: Option<String>,
+        /// Wall-time budget of search and final training: 60s, 500ms, 2m
+        /// (default: the pipeline's `search.budget_s`, else 60 s).
+        #[arg(long)]
+        budget: Option<String>,
+        /// logistic, linear, ridge, mlp, tree, forest, svm or auto (default:
+        /// the pipeline's with --pipeline, else auto).
+        #[arg(long)]
+        family: Option<String>,
+        /// Feature columns, comma-separated (default: every other numeric column).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// classification or regression (default: guessed as `train` does).
+        #[arg(long)]
+        task: Option<String>,
+        /// Score trials by k-fold cross-validation over the training part
+        /// instead of the temporal holdout.
+        #[arg(long)]
+        folds: Option<usize>,
+        /// random or successive_halving.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Configurations tried, the configured settings included.
+        #[arg(long)]
+        max_trials: Option<usize>,
+        /// Trials run in parallel.
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the chosen model as ONNX.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Take label, features, task, model and search settings from this
+        /// pipeline of the configuration (--config).
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print `{"trials": [...], "card": {...}}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
     Demo {
         /// Print the summary as one JSON object.
@@ -469,6 +520,140 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     chosen.family,
                     chosen.metric,
                     chosen
+                        .holdout_score
+                        .map_or("-".into(), |s| format!("{s:.4}"))
+                );
+                if let Some(path) = export {
+                    println!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Tune {
+            file,
+            label,
+            budget,
+            family,
+            features,
+            task,
+            folds,
+            strategy,
+            max_trials,
+            threads,
+            seed,
+            export,
+            pipeline,
+            config,
+            json,
+        } => {
+            use edgeloop::learn::tune;
+            let cfg = Config::load(config.as_deref())?;
+            let (label, features, mut model, default_task, name) = match pipeline {
+                Some(name) => {
+                    let p = cfg.pipeline(&name).ok_or_else(|| {
+                        anyhow::anyhow!("no pipeline `{name}` in the configuration")
+                    })?;
+                    let features = if features.is_empty() {
+                        p.features.clone()
+                    } else {
+                        features
+                    };
+                    let label = label.unwrap_or_else(|| p.label.clone());
+                    (label, features, p.model.clone(), Some(p.task), name)
+                }
+                None => {
+                    let model = edgeloop::config::ModelConfig {
+                        family: edgeloop::learn::Family::Auto,
+                        ..Default::default()
+                    };
+                    let label = label.unwrap_or_default();
+                    (label, features, model, None, "tune".to_string())
+                }
+            };
+            let task = match task.as_deref() {
+                None => default_task,
+                Some(t) => Some(
+                    serde_json::from_value(serde_json::Value::String(t.into())).map_err(|_| {
+                        anyhow::anyhow!("--task `{t}`: use classification or regression")
+                    })?,
+                ),
+            };
+            if let Some(f) = family {
+                model.family = f.parse().map_err(anyhow::Error::msg)?;
+            }
+            if let Some(k) = folds {
+                model.folds = k;
+                model.evaluation = edgeloop::config::Evaluation::Kfold;
+            }
+            let search = &mut model.search;
+            search.enabled = true;
+            if let Some(b) = budget {
+                search.budget_s = tune::parse_budget(&b).map_err(anyhow::Error::msg)?;
+            }
+            if let Some(s) = strategy {
+                search.strategy = serde_json::from_value(serde_json::Value::String(s.clone()))
+                    .map_err(|_| {
+                        anyhow::anyhow!("--strategy `{s}`: use random or successive_halving")
+                    })?;
+            }
+            search.max_trials = max_trials.unwrap_or(search.max_trials);
+            search.threads = threads.unwrap_or(search.threads);
+            search.seed = seed.unwrap_or(search.seed);
+            edgeloop::config::validate_model(&model, task, "model.")?;
+            let budget_s = model.search.budget_s;
+            let bar = if json {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new((budget_s * 10.0).ceil() as u64)
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {elapsed}/budget {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let started = std::time::Instant::now();
+            let opts = edgeloop::learn::offline::OfflineOptions {
+                file,
+                label,
+                features,
+                task,
+                model,
+                name,
+                export: export.clone(),
+            };
+            let report = tune::tune_csv(&opts, &|trial| {
+                bar.set_position((started.elapsed().as_secs_f64() * 10.0) as u64);
+                bar.set_message(format!(
+                    "trial {} {}: {}",
+                    trial.id,
+                    trial.family,
+                    trial.score.map_or("-".into(), |s| format!("{s:.4}"))
+                ));
+            })
+            .map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
+            if json {
+                let out = serde_json::json!({ "trials": report.trials, "card": report.card });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!(
+                    "{}",
+                    tune::render_trials(&report.trials, &report.card.metric)
+                );
+                println!();
+                print!(
+                    "{}",
+                    edgeloop::learn::card::render_table(std::slice::from_ref(&report.card), None)
+                );
+                let best = report.card.search.as_ref().and_then(|s| s.best.as_ref());
+                println!(
+                    "\n{} rows, {}; chosen: trial {} {} ({} {})",
+                    report.rows,
+                    report.task,
+                    best.map_or("-".into(), |b| b.id.to_string()),
+                    report.card.family,
+                    report.card.metric,
+                    report
+                        .card
                         .holdout_score
                         .map_or("-".into(), |s| format!("{s:.4}"))
                 );

@@ -111,6 +111,10 @@ pub struct ModelCard {
     /// version served, scored when their labels arrived.
     #[serde(default)]
     pub live: Option<LiveScore>,
+    /// The hyperparameter search that chose this version's settings
+    /// (`edgeloop tune`, or `[pipelines.model.search]` enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<super::tune::SearchSummary>,
 }
 
 /// What was added to the evaluated fit's training part (see
@@ -384,6 +388,26 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
                 c.live.as_ref().map_or("-".into(), |l| {
                     let value = l.accuracy.or(l.mean_abs_error).unwrap_or(f64::NAN);
                     format!("{value:.4} ({} scored)", l.scored)
+                })
+            }),
+        ),
+        (
+            "search",
+            Box::new(|c| {
+                c.search.as_ref().map_or("-".into(), |s| {
+                    let best = s.best.as_ref().map_or("-".into(), |b| {
+                        format!(
+                            "trial {} {}",
+                            b.id,
+                            b.score.map_or("-".into(), |v| format!("{v:.4}"))
+                        )
+                    });
+                    format!(
+                        "{}: {} trials in {:.1} s, best {best}",
+                        s.strategy.name(),
+                        s.trials,
+                        s.elapsed_ms / 1e3
+                    )
                 })
             }),
         ),

@@ -19,6 +19,7 @@ pub mod select;
 pub mod split;
 pub mod svm;
 pub mod tree;
+pub mod tune;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -272,6 +273,8 @@ pub struct TrainSettings<'a> {
 /// Trains one version on `data`, the one code path of the daemon, the
 /// prequential evaluation and `edgeloop train`:
 ///
+/// 0. with `[pipelines.model.search]` enabled, a hyperparameter search
+///    ([`tune::tuned_config`]) picks the family and settings trained below;
 /// 1. temporal holdout: the newest `holdout_fraction` of samples; with a
 ///    champion, every 10th older sample is held out too (the older regimes
 ///    a challenger must not forget);
@@ -305,11 +308,14 @@ pub fn train_dataset(
 ) -> Result<Training, TrainError> {
     let started = Instant::now();
     let cpu_started = cpu_time_s();
-    let cfg = settings.model;
     let task = data.task;
     if data.len() < 2 {
         return Err(TrainError::Empty);
     }
+    // `[pipelines.model.search]`: the best configuration found replaces the
+    // configured settings.
+    let searched = tune::tuned_config(settings, data, cancelled)?;
+    let cfg = searched.as_ref().map_or(settings.model, |(c, _)| c);
     let metric = cfg.metric.unwrap_or(Metric::default_for(task));
     let (older, holdout) = data.temporal_split(cfg.holdout_fraction);
     let (train, old_slice) = match champion {
@@ -410,6 +416,7 @@ pub fn train_dataset(
     chosen_card.n_samples = data.len() as u64;
     chosen_card.onnx_bytes = onnx.len() as u64;
     chosen_card.hyperparameters = hyperparameters(&model, cfg);
+    chosen_card.search = searched.map(|(_, summary)| summary);
     if families.len() > 1 {
         chosen_card.candidates = summaries;
     }
@@ -671,6 +678,7 @@ fn describe(
         live: None,
         last_seq: None,
         decision: None,
+        search: None,
     }
 }
 
