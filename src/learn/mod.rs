@@ -372,6 +372,7 @@ pub fn train_dataset(
             settings, &model, metric, &train, &holdout, data, version, trigger,
         );
         card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
+        card.hyperparameters = hyperparameters(&model, cfg);
         evaluated.push((model, card.clone(), card.holdout_score));
     }
     let best = (0..evaluated.len())
