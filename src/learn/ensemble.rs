@@ -10,9 +10,11 @@
 //!   the members' out-of-fold outputs over `k` folds (stratified for
 //!   classification, [`super::split`]), then every member is refit on all
 //!   the training data. The meta-model is the `logistic` family (with its
-//!   own mean imputation and standard scaling, `l2` and `max_iter` of the
-//!   pipeline) for classification, the `ridge` family (`ridge.alpha`) for
-//!   regression.
+//!   own mean imputation and standard scaling, and the pipeline's
+//!   `max_iter`) for classification, its L2 strength chosen from
+//!   [`META_L2_GRID`] by cross-validation over the out-of-fold outputs
+//!   (scikit-learn's `LogisticRegressionCV`); the `ridge` family
+//!   (`ridge.alpha`) for regression.
 //!
 //! What the meta-model sees, `[n, k·C]` (classification) or `[n, k]`
 //! (regression): member `i`'s probabilities of every class, in the
@@ -49,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
 
 use super::model::{Family, Model, Task, TrainError};
+use super::select::Metric;
 use super::{fit_model, split, Dataset};
 use crate::config::ModelConfig;
 use crate::onnx::builder::{
@@ -163,6 +166,41 @@ pub struct EnsembleModel {
     /// Stacking: folds of the out-of-fold outputs the meta-model was fit on
     /// (0 for voting).
     pub folds: usize,
+    /// Stacking (classification): each L2 strength of [`META_L2_GRID`] and
+    /// its cross-validation mean over the out-of-fold outputs; the
+    /// meta-model uses the best (module docs). Empty otherwise.
+    #[serde(default)]
+    pub meta_l2_cv: Vec<(f64, f64)>,
+}
+
+/// L2 strengths per sample tried for stacking's logistic meta-model,
+/// strongest first (the first wins ties).
+pub const META_L2_GRID: [f64; 4] = [1.0, 0.1, 0.01, 0.001];
+
+/// The L2 strength of stacking's logistic meta-model: the best of
+/// [`META_L2_GRID`] by the pipeline's metric, cross-validated (`cfg.folds`
+/// stratified folds) over the out-of-fold outputs `stacked`, the first
+/// (strongest) on ties; as scikit-learn's `LogisticRegressionCV`. Returns it
+/// and every strength's mean score.
+fn choose_meta_l2(
+    cfg: &ModelConfig,
+    stacked: &Dataset,
+    names: &[String],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(f64, Vec<(f64, f64)>), TrainError> {
+    let metric = cfg.metric.unwrap_or(Metric::default_for(stacked.task));
+    let mut scores = Vec::with_capacity(META_L2_GRID.len());
+    let mut best: Option<(f64, f64)> = None;
+    for l2 in META_L2_GRID {
+        let trial = ModelConfig { l2, ..cfg.clone() };
+        let cv =
+            super::cross_validate(Family::Logistic, &trial, stacked, names, metric, cancelled)?;
+        if best.is_none_or(|(_, b)| metric.better(cv.mean, b)) {
+            best = Some((l2, cv.mean));
+        }
+        scores.push((l2, cv.mean));
+    }
+    Ok((best.map_or(META_L2_GRID[0], |(l2, _)| l2), scores))
 }
 
 impl EnsembleModel {
@@ -213,6 +251,7 @@ impl EnsembleModel {
             classes: data.classes.clone(),
             feature_names: features.to_vec(),
             folds: 0,
+            meta_l2_cv: vec![],
         };
         if kind == EnsembleKind::Stacking {
             let stacked = model.out_of_fold(cfg, data, cancelled)?;
@@ -221,9 +260,15 @@ impl EnsembleModel {
                 Task::Regression => Family::Ridge,
             };
             let names = model.meta_feature_names();
+            let mut meta_cfg = cfg.clone();
+            if data.task == Task::Classification {
+                let (l2, scores) = choose_meta_l2(cfg, &stacked, &names, cancelled)?;
+                meta_cfg.l2 = l2;
+                model.meta_l2_cv = scores;
+            }
             model.meta = Some(fit_model(
                 meta_family,
-                cfg,
+                &meta_cfg,
                 &stacked,
                 &names,
                 None,
@@ -508,6 +553,7 @@ impl EnsembleModel {
                 "hyperparameters": super::hyperparameters(meta, cfg),
                 "inputs": self.meta_feature_names(),
                 "folds": self.folds,
+                "l2_cv": self.meta_l2_cv,
             });
         }
         out
