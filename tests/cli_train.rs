@@ -73,12 +73,7 @@ fn auto_prints_one_card_per_family_as_json_and_exports_the_chosen_model() {
     for family in ["v1 logistic", "v1 mlp", "v1 tree", "v1 forest", "v1 svm"] {
         assert!(header.contains(family), "{header}");
     }
-    for row in [
-        "F1 (weighted)",
-        "log loss",
-        "ROC AUC",
-        "predict µs/row (64)",
-    ] {
+    for row in ["F1 (weighted)", "log loss", "ROC AUC", "predict µs/row (64)"] {
         assert!(table.lines().any(|l| l.starts_with(row)), "{row}: {table}");
     }
 }
