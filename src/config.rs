@@ -263,8 +263,16 @@ pub struct ModelConfig {
     pub metric: Option<Metric>,
     /// Temporal holdout only, or k-fold cross-validation as well.
     pub evaluation: Evaluation,
-    /// Folds of `evaluation = "kfold"` (stratified for classification).
+    /// Folds of `evaluation = "kfold"` (stratified for classification);
+    /// also stacking's out-of-fold folds.
     pub folds: usize,
+    /// With `family = "auto"`: also build an ensemble (`voting` or
+    /// `stacking`) of the best `ensemble_size` candidates, compared on the
+    /// holdout as one more candidate; `none` (default): no ensemble.
+    pub ensemble: crate::learn::ensemble::EnsembleMethod,
+    /// Members of the ensemble: the best this many candidates (≥ 2; fewer
+    /// when fewer candidates can learn the task).
+    pub ensemble_size: usize,
     /// `ridge`'s settings (`linear` is the same with `alpha = 0`).
     pub ridge: crate::learn::linear::LinearConfig,
     /// `svm`'s settings.
@@ -312,6 +320,8 @@ impl Default for ModelConfig {
             metric: None,
             evaluation: Evaluation::Holdout,
             folds: 5,
+            ensemble: Default::default(),
+            ensemble_size: 3,
             ridge: Default::default(),
             svm: Default::default(),
             mlp: Default::default(),
@@ -697,6 +707,42 @@ pub fn validate_model(
     }
     if m.candidates.contains(&Family::Auto) {
         return bad("candidates", "`auto` is not a candidate family".into());
+    }
+    if m.ensemble != crate::learn::ensemble::EnsembleMethod::None {
+        if m.family != Family::Auto {
+            return bad(
+                "ensemble",
+                "an ensemble is built from `auto`'s candidates: set family = \"auto\"".into(),
+            );
+        }
+        if m.evaluation != crate::learn::select::Evaluation::Holdout {
+            return bad(
+                "ensemble",
+                "an ensemble is compared on the holdout: set evaluation = \"holdout\"".into(),
+            );
+        }
+        if m.ensemble_size < 2 {
+            return bad(
+                "ensemble_size",
+                format!(
+                    "{} must be at least 2 (an ensemble has 2 members or more)",
+                    m.ensemble_size
+                ),
+            );
+        }
+        let able = m
+            .candidates
+            .iter()
+            .filter(|f| task.is_none_or(|t| f.supports(t)))
+            .count();
+        if !m.candidates.is_empty() && able < 2 {
+            return bad(
+                "candidates",
+                format!(
+                    "an ensemble needs at least 2 candidates that can learn the task; got {able}"
+                ),
+            );
+        }
     }
     if let Some(task) = task {
         if !m.family.supports(task) {

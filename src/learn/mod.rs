@@ -6,6 +6,7 @@
 //! from a blocking thread, never from an async worker.
 
 pub mod card;
+pub mod ensemble;
 pub mod forest;
 pub mod lbfgs;
 pub mod linear;
@@ -284,12 +285,15 @@ pub struct TrainSettings<'a> {
 ///    `evaluation = "kfold"`, cross-validated over the training part; every
 ///    training part (this one, each training fold, the refit) is balanced
 ///    and augmented after the split when `balance`/`augment` ask for it
-///    ([`prepare::fit_training`]), evaluation rows never;
+///    ([`prepare::fit_training`]), evaluation rows never; with `ensemble`
+///    set, the best `ensemble_size` candidates also form an ensemble
+///    ([`ensemble`]), scored on the same holdout as one more candidate;
 /// 3. the best candidate by `metric` (the cross-validation mean with
 ///    k-fold, else the holdout score; the first on ties) is the challenger;
 ///    champion and challenger are compared on the same holdout
 ///    ([`card::judge`]: accuracy for classification, R² for regression);
-/// 4. a promoted challenger is refit on every sample with the same settings
+/// 4. a promoted challenger (an ensemble: each member and the meta-model)
+///    is refit on every sample with the same settings
 ///    (scikit-learn's `refit=True` practice: on a stream the newest samples
 ///    matter most) and exported to ONNX; its card's holdout metrics are
 ///    those of the evaluated fit.
@@ -374,6 +378,18 @@ pub fn train_dataset(
         card.training_cpu_ms = cpu_time_s().zip(cpu0).map(|(a, b)| (a - b) * 1e3);
         evaluated.push((model, card, selection));
     }
+    if let Some(kind) = cfg.ensemble.kind() {
+        let t0 = Instant::now();
+        let ranked = evaluated.iter().map(|(m, _, sel)| (m, *sel));
+        let members = ensemble::best_members(ranked, cfg.ensemble_size, |a, b| metric.better(a, b));
+        let model = ensemble::candidate(kind, members, cfg, &train, settings.features, cancelled)?;
+        let mut card = describe(
+            settings, &model, metric, &train, &holdout, data, version, trigger,
+        );
+        card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
+        card.hyperparameters = hyperparameters(&model, cfg);
+        evaluated.push((model, card.clone(), card.holdout_score));
+    }
     let best = (0..evaluated.len())
         .reduce(|best, i| match (evaluated[i].2, evaluated[best].2) {
             (Some(a), Some(b)) if metric.better(a, b) => i,
@@ -394,7 +410,14 @@ pub fn train_dataset(
     let mut cards: Vec<ModelCard> = evaluated.iter().map(|(_, c, _)| c.clone()).collect();
     let (challenger, mut chosen_card, _) = evaluated.swap_remove(best);
     let decision = decide(cfg, trigger, champion, &challenger, &holdout, &old_slice);
-    let model = if decision.promoted {
+    let model = if let (true, Model::Ensemble(e)) = (decision.promoted, &challenger) {
+        Model::Ensemble(Box::new(e.refit(
+            cfg,
+            data,
+            settings.features,
+            cancelled,
+        )?))
+    } else if decision.promoted {
         let init = champion
             .map(|(_, m)| m)
             .filter(|m| cfg.warm_start && m.family() == challenger.family());
@@ -449,7 +472,7 @@ pub fn candidate_families(cfg: &ModelConfig, task: Task) -> Result<Vec<Family>, 
             .candidates
             .iter()
             .copied()
-            .filter(|f| f.supports(task) && *f != Family::Auto)
+            .filter(|f| f.supports(task) && !matches!(f, Family::Auto | Family::Ensemble))
             .collect(),
         f if f.supports(task) => vec![f],
         f => {
@@ -536,9 +559,10 @@ pub fn fit_model(
             None,
             cancelled,
         )?),
-        Family::Auto => {
+        // Ensembles are built from fitted members (`ensemble::EnsembleModel`).
+        Family::Auto | Family::Ensemble => {
             return Err(TrainError::Unsupported {
-                family: "auto",
+                family: family.name(),
                 task: data.task,
             })
         }
@@ -562,6 +586,7 @@ pub fn hyperparameters(model: &Model, cfg: &ModelConfig) -> serde_json::Value {
         Model::Mlp(m) => m.hyperparameters(),
         Model::Tree(m) => m.hyperparameters(),
         Model::Forest(m) => m.hyperparameters(),
+        Model::Ensemble(m) => m.hyperparameters(cfg),
     }
 }
 

@@ -59,6 +59,11 @@ pub enum Family {
     /// Trains the configured candidate families on the same split and keeps
     /// the best by the pipeline's metric.
     Auto,
+    /// Soft voting or stacking of `auto`'s best candidates
+    /// ([`super::ensemble`]); built by `model.ensemble`, never named as a
+    /// family in config.
+    #[serde(skip_deserializing)]
+    Ensemble,
 }
 
 impl Family {
@@ -84,6 +89,7 @@ impl Family {
             Family::Forest => "forest",
             Family::Svm => "svm",
             Family::Auto => "auto",
+            Family::Ensemble => "ensemble",
         }
     }
 
@@ -92,7 +98,7 @@ impl Family {
         match self {
             Family::Logistic | Family::Svm => task == Task::Classification,
             Family::Linear | Family::Ridge => task == Task::Regression,
-            Family::Mlp | Family::Tree | Family::Forest | Family::Auto => true,
+            Family::Mlp | Family::Tree | Family::Forest | Family::Auto | Family::Ensemble => true,
         }
     }
 }
@@ -175,6 +181,9 @@ pub enum TrainError {
     /// A target value is not finite.
     #[error("target value {value} at sample {index} is not finite")]
     BadTarget { index: usize, value: f64 },
+    /// Members that cannot form an ensemble.
+    #[error("ensemble: {0}")]
+    Ensemble(#[from] super::ensemble::EnsembleError),
 }
 
 /// Checks `x` against `target` and `n_features`; the checks every `fit`
@@ -232,6 +241,8 @@ pub enum Model {
     Mlp(super::mlp::MlpModel),
     Tree(super::tree::TreeModel),
     Forest(super::forest::ForestModel),
+    /// Soft voting or stacking of models of the families above.
+    Ensemble(Box<super::ensemble::EnsembleModel>),
 }
 
 /// Calls the same method on whichever family's model `$model` holds.
@@ -244,6 +255,7 @@ macro_rules! dispatch {
             Model::Mlp($m) => $body,
             Model::Tree($m) => $body,
             Model::Forest($m) => $body,
+            Model::Ensemble($m) => $body,
         }
     };
 }
@@ -259,6 +271,7 @@ impl Model {
             Model::Mlp(_) => Family::Mlp,
             Model::Tree(_) => Family::Tree,
             Model::Forest(_) => Family::Forest,
+            Model::Ensemble(_) => Family::Ensemble,
         }
     }
 

@@ -269,7 +269,7 @@ pub fn default_space(family: Family) -> Vec<(&'static str, Range)> {
             ("max_depth", r(4.0, 20.0, Scale::Int)),
             ("max_features", r(0.1, 1.0, Scale::Uniform)),
         ],
-        Family::Linear | Family::Auto => vec![],
+        Family::Linear | Family::Auto | Family::Ensemble => vec![],
     }
 }
 
@@ -347,7 +347,7 @@ pub fn params(cfg: &ModelConfig, family: Family) -> serde_json::Value {
             "max_depth": cfg.forest.max_depth,
             "max_features": cfg.forest.max_features,
         }),
-        Family::Linear | Family::Auto => json!({}),
+        Family::Linear | Family::Auto | Family::Ensemble => json!({}),
     }
 }
 
