@@ -59,8 +59,8 @@ fn tune(data: &Dataset, features: &[String], model: &ModelConfig) -> tune::Tuned
     .unwrap()
 }
 
-/// Held by the tests that measure wall time or load the CPUs most, so that
-/// the budget test does not share its cores with the others of this file.
+/// Held by every test of this file: the budget test measures wall time and
+/// must not share its cores with the others.
 static TIMED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn timed() -> std::sync::MutexGuard<'static, ()> {
@@ -175,6 +175,7 @@ fn the_search_keeps_its_wall_time_budget() {
 
 #[test]
 fn the_same_seed_and_max_trials_give_the_same_trials_and_model() {
+    let _timed = timed();
     let (data, features) = dataset("basic_motions", Task::Classification);
     let search = |seed| SearchConfig {
         max_trials: 10,
@@ -265,6 +266,7 @@ fn successive_halving_runs_many_configurations_small_and_few_in_full() {
 
 #[test]
 fn a_bad_search_config_is_refused_naming_the_key() {
+    let _timed = timed();
     let dir = tempfile::tempdir().unwrap();
     let pipeline = "[[pipelines]]\nname='p'\ntopics=['a/#']\nfeatures=['f']\nlabel='y'\n";
     for (section, expected) in [
@@ -330,6 +332,7 @@ fn a_bad_search_config_is_refused_naming_the_key() {
 
 #[test]
 fn an_enabled_search_runs_inside_the_daemons_training_path() {
+    let _timed = timed();
     let (data, features) = dataset("basic_motions", Task::Classification);
     let m = model(
         Family::Tree,
@@ -379,6 +382,7 @@ fn an_enabled_search_runs_inside_the_daemons_training_path() {
 
 #[test]
 fn cli_tune_prints_trials_and_the_card_as_json() {
+    let _timed = timed();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
         .args([
             "tune",
