@@ -19,7 +19,10 @@
 //!   (rumqttd, feature `embedded-broker`), CSV replay and labelled CSV files
 //!   for the offline commands ([`ingest::csv_file`]).
 //! - [`store`]: redb: samples (with QoS 1 dedup), models, state, retention.
-//! - [`features`]: preprocessing: mean imputation and standard scaling.
+//! - [`features`]: preprocessing: mean imputation and standard scaling,
+//!   augmentation of training rows ([`features::augment`]: jitter, scaling,
+//!   time shift, window slicing, mixup) and class balance
+//!   ([`features::balance`]).
 //! - [`learn`]: datasets, the temporal holdout and k-fold splits
 //!   ([`learn::split`]), one trainer module per family ([`learn::logistic`],
 //!   [`learn::linear`] (linear and ridge), [`learn::mlp`], [`learn::tree`],
@@ -27,8 +30,10 @@
 //!   training path [`learn::train_dataset`] (candidates, `auto` selection,
 //!   champion/challenger), metrics equal to scikit-learn's, model cards and
 //!   their side-by-side table, `edgeloop train` from a CSV
-//!   ([`learn::offline`]), and hyperparameter search within a budget
-//!   ([`learn::tune`], `edgeloop tune`).
+//!   ([`learn::offline`]), hyperparameter search within a budget
+//!   ([`learn::tune`], `edgeloop tune`), ensembles of the best candidates
+//!   (soft voting, stacking; [`learn::ensemble`]) and the preparation of
+//!   training parts only, after every split ([`learn::prepare`]).
 //! - [`onnx`]: the ONNX graph builder and every family's export (standard
 //!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
 //!   operator for tract ([`onnx::tree_ensemble`]).
