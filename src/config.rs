@@ -192,6 +192,24 @@ pub struct PipelineConfig {
     pub model: ModelConfig,
     #[serde(default)]
     pub drift: DriftConfig,
+    /// `[pipelines.windows]`: windowed features; `features` then lists the
+    /// raw channels and the model learns from their window statistics
+    /// ([`PipelineConfig::model_features`]).
+    #[serde(default)]
+    pub windows: crate::features::windows::WindowsConfig,
+}
+
+impl PipelineConfig {
+    /// The model's input features: `features` itself, or for a windowed
+    /// pipeline the window statistics `{channel}_{stat}`
+    /// ([`crate::features::windows::WindowsConfig::feature_names`]).
+    pub fn model_features(&self) -> Vec<String> {
+        if self.windows.enabled {
+            self.windows.feature_names(&self.features)
+        } else {
+            self.features.clone()
+        }
+    }
 }
 
 fn default_sample_id_field() -> String {
@@ -597,7 +615,19 @@ impl Config {
                 }
             }
             validate_model(&p.model, Some(p.task), &key("model."))?;
-            if let Err(e) = p.model.augment.window_indices(&p.features) {
+            if let Err(e) = p.windows.validate() {
+                let (k, reason) = e.split_once(": ").unwrap_or(("", &e));
+                return bad(key(&format!("windows.{k}")), reason.to_string());
+            }
+            if p.windows.enabled && p.model.window > 0 {
+                return bad(
+                    key("model.window"),
+                    "a windowed pipeline forms its windows from every stored reading of \
+                     a device; a reservoir of older readings would cut them (use 0)"
+                        .into(),
+                );
+            }
+            if let Err(e) = p.model.augment.window_indices(&p.model_features()) {
                 let (k, reason) = e.split_once(": ").unwrap_or(("windows", &e));
                 return bad(key(&format!("model.augment.{k}")), reason.to_string());
             }
@@ -943,6 +973,23 @@ mod tests {
             (
                 "[pipelines.model.balance]\nstrategy = 'oversample'\nratio = 0.0\n",
                 "config key `pipelines[0].model.balance.ratio`: 0 must be in (0, 1]",
+            ),
+            (
+                "[pipelines.windows]\nenabled = true\nsize = 4\nstep = 5\n",
+                "config key `pipelines[0].windows.step`: 5 must be in 1..=size (4)",
+            ),
+            (
+                "[pipelines.windows]\nenabled = true\nstats = ['rms', 'rms']\n",
+                "config key `pipelines[0].windows.stats`: `rms` is listed twice",
+            ),
+            (
+                "[pipelines.model]\nwindow = 100\n[pipelines.windows]\nenabled = true\n",
+                "config key `pipelines[0].model.window`: a windowed pipeline",
+            ),
+            (
+                "[pipelines.windows]\nenabled = true\n[pipelines.model.augment]\ncopies = 1\n\
+                 time_shift = 2\nwindows = [['f_mean', 'f_max'], ['f', 'g']]\n",
+                "config key `pipelines[0].model.augment.windows[1]`: `f` is not one of",
             ),
         ] {
             let err = load_str(&format!("{pipeline}{section}"), &[])

@@ -41,6 +41,9 @@ pub struct Stats {
     pub predictions_published: AtomicU64,
     /// Predictions dropped because the outbox was full.
     pub predictions_dropped: AtomicU64,
+    /// Devices whose serving-time window was evicted to make room for a new
+    /// device (`[pipelines.windows] max_devices`).
+    pub windows_evicted: AtomicU64,
     /// Trainings that ended in a new served version.
     pub trainings: AtomicU64,
     /// Trainings that failed (too few classes, …).
@@ -89,6 +92,7 @@ impl Stats {
             predictions_made: l(&self.predictions_made),
             predictions_published: l(&self.predictions_published),
             predictions_dropped: l(&self.predictions_dropped),
+            windows_evicted: l(&self.windows_evicted),
             trainings: l(&self.trainings),
             trainings_failed: l(&self.trainings_failed),
             mqtt_connects: l(&self.mqtt_connects),
@@ -115,6 +119,7 @@ pub struct StatsSnapshot {
     pub predictions_made: u64,
     pub predictions_published: u64,
     pub predictions_dropped: u64,
+    pub windows_evicted: u64,
     pub trainings: u64,
     pub trainings_failed: u64,
     pub mqtt_connects: u64,

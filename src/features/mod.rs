@@ -1,7 +1,8 @@
 //! Preprocessing between the store and the trainers: imputation and scaling,
 //! and, for training parts only, class balance and augmentation.
-//! (Windows grow here.)
+//! Windowed features over each device's readings: [`windows`].
 
 pub mod augment;
 pub mod balance;
 pub mod scaler;
+pub mod windows;

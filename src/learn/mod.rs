@@ -239,7 +239,11 @@ pub struct Training {
     pub candidates: Vec<ModelCard>,
 }
 
-/// Trains `version` of `pipeline` on `samples`; see [`train_dataset`].
+/// Trains `version` of `pipeline` on `samples`; see [`train_dataset`]. A
+/// windowed pipeline (`[pipelines.windows]`) trains on the window samples of
+/// `samples` ([`crate::features::windows::derive`]: per device, in timestamp
+/// order, each labelled by its last reading), its model features the window
+/// statistics ([`PipelineConfig::model_features`]).
 ///
 /// # Errors
 /// As [`train_dataset`].
@@ -251,10 +255,24 @@ pub fn train_version(
     champion: Option<(u32, &Model)>,
     cancelled: impl Fn() -> bool,
 ) -> Result<TrainedVersion, TrainError> {
-    let data = Dataset::from_samples(samples, pipeline.features.len(), pipeline.task);
+    // A windowed pipeline learns from the window samples of its readings
+    // (per device, in timestamp order), not from the readings themselves.
+    let windowed;
+    let samples = if pipeline.windows.enabled {
+        windowed = crate::features::windows::derive(
+            samples,
+            &pipeline.windows,
+            pipeline.features.len(),
+        );
+        &windowed[..]
+    } else {
+        samples
+    };
+    let features = pipeline.model_features();
+    let data = Dataset::from_samples(samples, features.len(), pipeline.task);
     let settings = TrainSettings {
         pipeline: &pipeline.name,
-        features: &pipeline.features,
+        features: &features,
         model: &pipeline.model,
         progress: None,
     };

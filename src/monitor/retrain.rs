@@ -316,6 +316,13 @@ impl Learner {
             let Some(serving) = self.registry.get(&p.name) else {
                 continue;
             };
+            if p.windows.enabled {
+                // The model takes window statistics, not one reading: late
+                // labels of single readings are not scored, and concept
+                // drift is not watched (counted retraining still runs).
+                late.remove(&p.name);
+                continue;
+            }
             let late_seqs: Vec<u64> = late
                 .remove(&p.name)
                 .unwrap_or_default()

@@ -10,7 +10,7 @@
 //!   away, and a shared connection would queue ingest acknowledgements
 //!   behind predictions).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
 use crate::config::PipelineConfig;
+use crate::features::windows::Featurizer;
+use crate::ingest::decode::Sample;
 use crate::ingest::mqtt::Backoff;
 use crate::ingest::writer::PredictJob;
 use crate::stats::Stats;
@@ -73,11 +75,35 @@ pub struct Predictor {
 
 impl Predictor {
     /// Runs until the writer closes the channel (after it drained).
+    ///
+    /// A windowed pipeline's readings go through its per-device
+    /// [`Featurizer`] first (even while no model serves, so that windows are
+    /// warm when one does); only the window samples they complete are
+    /// predicted, each published with its last reading's timestamp and
+    /// sample id.
     pub async fn run(mut self) {
-        while let Some(job) = self.rx.recv().await {
+        let mut featurizers: HashMap<String, Featurizer> = self
+            .pipelines
+            .iter()
+            .filter(|p| p.windows.enabled)
+            .map(|p| (p.name.clone(), Featurizer::new(&p.windows, p.features.len())))
+            .collect();
+        while let Some(mut job) = self.rx.recv().await {
             let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
                 continue;
             };
+            if let Some(f) = featurizers.get_mut(&p.name) {
+                let before = f.evicted();
+                job.samples = into_windows(f, job.samples);
+                let evicted = f.evicted() - before;
+                if evicted > 0 {
+                    self.stats.windows_evicted.fetch_add(evicted, Relaxed);
+                    tracing::debug!(pipeline = %p.name, evicted, "Device windows evicted (max_devices).");
+                }
+                if job.samples.is_empty() {
+                    continue;
+                }
+            }
             if p.prediction_topic.is_empty() {
                 continue;
             }
@@ -150,6 +176,25 @@ impl Predictor {
             }
         }
     }
+}
+
+/// The window samples that `readings` complete (see
+/// [`crate::features::windows`]), each with its last reading's sequence
+/// number, device and timestamp.
+fn into_windows(f: &mut Featurizer, readings: Vec<(u64, Sample)>) -> Vec<(u64, Sample)> {
+    readings
+        .into_iter()
+        .filter_map(|(seq, s)| {
+            let row = f.push(&s.device, &s.features)?;
+            Some((
+                seq,
+                Sample {
+                    features: row.features,
+                    ..s
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Publishes the outbox on its own MQTT connection (client id
