@@ -1,0 +1,222 @@
+//! Windowed features (`src/features/windows.rs`): each statistic against
+//! numpy (`tests/fixtures/windows/gen_windows.py`), the streaming featurizer
+//! against the batch definition, and BasicMotions (4 classes, 40 training
+//! cases, 6 channels × 100 readings at 10 Hz) replayed as 10 Hz readings, one
+//! device per case, through the loop's training path (`learn::train_version`
+//! with `[pipelines.windows]`) and the serving featurizer: test accuracy
+//! with and without augmentation, at least 0.9 with it.
+
+use std::path::PathBuf;
+
+use edgeloop::config::{Config, PipelineConfig};
+use edgeloop::features::augment::AugmentConfig;
+use edgeloop::features::windows::{window_stats, Featurizer, Stat, WindowsConfig};
+use edgeloop::ingest::decode::Sample;
+use edgeloop::learn::{self, Family, Trigger};
+
+fn root(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn close(got: f32, want: Option<f64>, what: &str) {
+    match want {
+        None => assert!(got.is_nan(), "{what}: {got}, numpy: undefined"),
+        Some(w) => assert!(
+            (f64::from(got) - w).abs() <= 1e-6 * w.abs().max(1.0),
+            "{what}: {got}, numpy {w}"
+        ),
+    }
+}
+
+#[test]
+fn statistics_equal_numpy() {
+    let text = std::fs::read_to_string(root("tests/fixtures/windows/windows.json")).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let values: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().map_or(f32::NAN, |v| v as f32))
+            .collect();
+        let mut batch = vec![];
+        window_stats(values.iter().copied(), &Stat::ALL, &mut batch);
+        for (s, got) in Stat::ALL.iter().zip(&batch) {
+            close(*got, case["expected"][s.name()].as_f64(), &format!("{name} {}", s.name()));
+        }
+        // The streaming form: after unrelated readings (the ring wraps), a
+        // window of exactly these values, step 1, and a second channel.
+        let cfg = WindowsConfig {
+            enabled: true,
+            size: values.len(),
+            step: 1,
+            stats: Stat::ALL.to_vec(),
+            max_devices: 4,
+        };
+        let mut f = Featurizer::new(&cfg, 2);
+        for k in 0..7 {
+            f.push("d", &[100.0 + k as f32, 0.0]);
+            f.push("other", &[-1.0, -1.0]);
+        }
+        let mut last = None;
+        for &v in &values {
+            last = f.push("d", &[v, 2.0 * v]);
+        }
+        let row = last.expect("a window sample at every reading with step 1").features;
+        assert_eq!(row.len(), 12);
+        for (k, got) in row[..6].iter().enumerate() {
+            assert!(
+                got.to_bits() == batch[k].to_bits() || (got.is_nan() && batch[k].is_nan()),
+                "{name}: streaming {got} vs batch {}",
+                batch[k]
+            );
+        }
+    }
+}
+
+/// One BasicMotions case: 6 channels × 100 readings, and its label.
+struct Case {
+    channels: Vec<Vec<f32>>,
+    label: String,
+}
+
+/// Parses a sktime `.ts` file as `tests/fixtures/datasets/prepare.py` does:
+/// after `@data`, one case a line, channels separated by `:`, the label last.
+fn load_ts(file: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(root(&format!("data/basic_motions/{file}"))).unwrap();
+    let mut data = false;
+    let mut out = vec![];
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.to_lowercase().starts_with("@data") {
+            data = true;
+            continue;
+        }
+        if !data {
+            continue;
+        }
+        let parts: Vec<&str> = line.split(':').collect();
+        let (label, chans) = parts.split_last().unwrap();
+        out.push(Case {
+            channels: chans
+                .iter()
+                .map(|c| c.split(',').map(|t| t.parse::<f32>().unwrap()).collect())
+                .collect(),
+            label: label.to_string(),
+        });
+    }
+    out
+}
+
+const CHANNELS: [&str; 6] = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"];
+
+/// Readings of case `k` of `cases` as device `{prefix}{k}` at 10 Hz. The
+/// training file lists its cases class by class; each case gets its own
+/// 10-second slot, classes interleaved, so that a temporal holdout holds
+/// every class.
+fn readings(cases: &[Case], prefix: &str, labelled: bool) -> Vec<Sample> {
+    let n = cases.len();
+    let per_class = 10;
+    let mut out = vec![];
+    for (k, case) in cases.iter().enumerate() {
+        let slot = (k % per_class) * (n / per_class) + k / per_class;
+        let t0 = 1_600_000_000_000 + slot as i64 * 10_000;
+        for j in 0..case.channels[0].len() {
+            out.push(Sample {
+                timestamp_ms: t0 + j as i64 * 100,
+                device: format!("{prefix}{k:02}"),
+                features: case.channels.iter().map(|c| c[j]).collect(),
+                label: labelled.then(|| case.label.clone()),
+            });
+        }
+    }
+    out
+}
+
+fn pipeline(augment: AugmentConfig) -> PipelineConfig {
+    let mut p = Config::load(None).unwrap().pipelines[0].clone();
+    p.name = "basic_motions".into();
+    p.features = CHANNELS.iter().map(|c| c.to_string()).collect();
+    p.classes = vec![];
+    p.windows = WindowsConfig {
+        enabled: true,
+        size: 100,
+        step: 100,
+        stats: Stat::ALL.to_vec(),
+        max_devices: 64,
+    };
+    p.model.family = Family::Forest;
+    p.model.augment = augment;
+    p
+}
+
+/// Trains on the 40 training cases and predicts the 40 test cases as the
+/// daemon would: readings of the 40 test devices interleaved in time,
+/// through one serving [`Featurizer`]. Returns the test accuracy.
+fn accuracy(p: &PipelineConfig, train: &[Case], test: &[Case]) -> f64 {
+    let trained = learn::train_version(
+        p,
+        &readings(train, "train-", true),
+        1,
+        Trigger::Manual,
+        None,
+        || false,
+    )
+    .unwrap();
+    let model = &trained.model;
+    assert_eq!(model.feature_names(), &p.model_features()[..]);
+    assert_eq!(model.feature_names().len(), 36);
+    assert_eq!(trained.card.n_samples, 40, "one window per case");
+    let mut stream = readings(test, "test-", false);
+    stream.sort_by_key(|s| (s.timestamp_ms % 10_000, s.timestamp_ms));
+    let mut f = Featurizer::new(&p.windows, CHANNELS.len());
+    let mut windows: Vec<(String, Vec<f32>)> = vec![];
+    for s in &stream {
+        if let Some(row) = f.push(&s.device, &s.features) {
+            windows.push((s.device.clone(), row.features));
+        }
+    }
+    assert_eq!(windows.len(), test.len());
+    assert_eq!(f.evicted(), 0);
+    let x: Vec<f32> = windows.iter().flat_map(|(_, w)| w.iter().copied()).collect();
+    let proba = model.predict(&x);
+    let classes = model.classes();
+    let correct = windows
+        .iter()
+        .zip(proba.chunks_exact(classes.len()))
+        .filter(|((device, _), row)| {
+            let k: usize = device.trim_start_matches("test-").parse().unwrap();
+            let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+            classes[best] == test[k].label
+        })
+        .count();
+    correct as f64 / test.len() as f64
+}
+
+#[test]
+fn basic_motions_at_10_hz_with_and_without_augmentation() {
+    let (train, test) = (load_ts("BasicMotions_TRAIN.ts"), load_ts("BasicMotions_TEST.ts"));
+    assert_eq!((train.len(), test.len()), (40, 40));
+    assert!(train.iter().all(|c| c.channels.len() == 6 && c.channels[0].len() == 100));
+    let plain = accuracy(&pipeline(AugmentConfig::default()), &train, &test);
+    let augment = AugmentConfig {
+        copies: 10,
+        jitter: 0.05,
+        scaling: 0.1,
+        time_shift: 2,
+        seed: 7,
+        ..Default::default()
+    };
+    assert!(augment.validate().is_ok());
+    let augmented = accuracy(&pipeline(augment), &train, &test);
+    println!(
+        "BasicMotions, windows of 100 readings (10 s at 10 Hz), forest: \
+         test accuracy {plain:.3} without augmentation, {augmented:.3} with"
+    );
+    assert!(augmented >= 0.9, "with augmentation: {augmented}");
+}
