@@ -45,7 +45,11 @@ fn statistics_equal_numpy() {
         let mut batch = vec![];
         window_stats(values.iter().copied(), &Stat::ALL, &mut batch);
         for (s, got) in Stat::ALL.iter().zip(&batch) {
-            close(*got, case["expected"][s.name()].as_f64(), &format!("{name} {}", s.name()));
+            close(
+                *got,
+                case["expected"][s.name()].as_f64(),
+                &format!("{name} {}", s.name()),
+            );
         }
         // The streaming form: after unrelated readings (the ring wraps), a
         // window of exactly these values, step 1, and a second channel.
@@ -65,7 +69,9 @@ fn statistics_equal_numpy() {
         for &v in &values {
             last = f.push("d", &[v, 2.0 * v]);
         }
-        let row = last.expect("a window sample at every reading with step 1").features;
+        let row = last
+            .expect("a window sample at every reading with step 1")
+            .features;
         assert_eq!(row.len(), 12);
         for (k, got) in row[..6].iter().enumerate() {
             assert!(
@@ -183,7 +189,10 @@ fn accuracy(p: &PipelineConfig, train: &[Case], test: &[Case]) -> f64 {
     }
     assert_eq!(windows.len(), test.len());
     assert_eq!(f.evicted(), 0);
-    let x: Vec<f32> = windows.iter().flat_map(|(_, w)| w.iter().copied()).collect();
+    let x: Vec<f32> = windows
+        .iter()
+        .flat_map(|(_, w)| w.iter().copied())
+        .collect();
     let proba = model.predict(&x);
     let classes = model.classes();
     let correct = windows
@@ -200,9 +209,14 @@ fn accuracy(p: &PipelineConfig, train: &[Case], test: &[Case]) -> f64 {
 
 #[test]
 fn basic_motions_at_10_hz_with_and_without_augmentation() {
-    let (train, test) = (load_ts("BasicMotions_TRAIN.ts"), load_ts("BasicMotions_TEST.ts"));
+    let (train, test) = (
+        load_ts("BasicMotions_TRAIN.ts"),
+        load_ts("BasicMotions_TEST.ts"),
+    );
     assert_eq!((train.len(), test.len()), (40, 40));
-    assert!(train.iter().all(|c| c.channels.len() == 6 && c.channels[0].len() == 100));
+    assert!(train
+        .iter()
+        .all(|c| c.channels.len() == 6 && c.channels[0].len() == 100));
     let plain = accuracy(&pipeline(AugmentConfig::default()), &train, &test);
     let augment = AugmentConfig {
         copies: 10,
@@ -243,7 +257,8 @@ fn raw_window_augmentation(train: &[Case], test: &[Case]) -> f64 {
     let mut raw = Dataset::empty(Task::Classification, classes.clone(), raw_names.len());
     for (k, case) in train.iter().enumerate() {
         raw.x.extend(case.channels.iter().flatten());
-        raw.y.push(classes.iter().position(|c| *c == case.label).unwrap());
+        raw.y
+            .push(classes.iter().position(|c| *c == case.label).unwrap());
         raw.timestamps.push(k as i64);
     }
     let cfg = AugmentConfig {
@@ -277,7 +292,8 @@ fn raw_window_augmentation(train: &[Case], test: &[Case]) -> f64 {
         data.x.extend(summarise(x));
         data.y.push(rows.y[r]);
         // Interleave the classes in time, as the replay does.
-        data.timestamps.push(((r % 40) % 10 * 4 + (r % 40) / 10) as i64);
+        data.timestamps
+            .push(((r % 40) % 10 * 4 + (r % 40) / 10) as i64);
     }
     let order = {
         let mut o: Vec<usize> = (0..data.len()).collect();

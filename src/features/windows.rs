@@ -424,9 +424,21 @@ mod tests {
         assert!(on.validate().is_ok());
         assert!(WindowsConfig::default().validate().is_ok());
         let bad = |c: WindowsConfig| c.validate().unwrap_err();
-        assert!(bad(WindowsConfig { size: 1, ..on.clone() }).starts_with("size:"));
-        assert!(bad(WindowsConfig { step: 5, ..on.clone() }).starts_with("step:"));
-        assert!(bad(WindowsConfig { step: 0, ..on.clone() }).starts_with("step:"));
+        assert!(bad(WindowsConfig {
+            size: 1,
+            ..on.clone()
+        })
+        .starts_with("size:"));
+        assert!(bad(WindowsConfig {
+            step: 5,
+            ..on.clone()
+        })
+        .starts_with("step:"));
+        assert!(bad(WindowsConfig {
+            step: 0,
+            ..on.clone()
+        })
+        .starts_with("step:"));
         assert!(bad(WindowsConfig {
             stats: vec![],
             ..on.clone()

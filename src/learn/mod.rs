@@ -259,11 +259,8 @@ pub fn train_version(
     // (per device, in timestamp order), not from the readings themselves.
     let windowed;
     let samples = if pipeline.windows.enabled {
-        windowed = crate::features::windows::derive(
-            samples,
-            &pipeline.windows,
-            pipeline.features.len(),
-        );
+        windowed =
+            crate::features::windows::derive(samples, &pipeline.windows, pipeline.features.len());
         &windowed[..]
     } else {
         samples

@@ -86,7 +86,12 @@ impl Predictor {
             .pipelines
             .iter()
             .filter(|p| p.windows.enabled)
-            .map(|p| (p.name.clone(), Featurizer::new(&p.windows, p.features.len())))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Featurizer::new(&p.windows, p.features.len()),
+                )
+            })
             .collect();
         while let Some(mut job) = self.rx.recv().await {
             let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
