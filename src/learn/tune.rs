@@ -705,6 +705,22 @@ pub fn halving_plan(n: usize, n_train: usize, min_resource: usize) -> Vec<(usize
     plan
 }
 
+/// Nice value of the search's trial threads: below ingest, serving and the
+/// async runtime, which keep the default 0.
+pub const TRIAL_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`TRIAL_NICE`]
+/// (`setpriority(PRIO_PROCESS, 0, …)`; on Linux the nice value is per
+/// thread, so only this trial thread is affected). Best effort: a failure
+/// leaves the priority as it was.
+fn lower_priority() {
+    // SAFETY: setpriority reads its integer arguments only.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, TRIAL_NICE);
+    }
+}
+
 /// Runs trials on threads, keeps the time budget.
 struct Runner<'a> {
     train: &'a Dataset,
@@ -764,18 +780,21 @@ impl Runner<'_> {
             let (tx, rx) = mpsc::channel::<(usize, Trial)>();
             for _ in 0..self.threads.min(jobs.len()) {
                 let (tx, next) = (tx.clone(), &next);
-                s.spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    if self.abort.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if !job.exempt && Instant::now() + self.estimate(job) > self.deadline() {
-                        continue;
-                    }
-                    let trial = self.trial(job, first + i);
-                    if tx.send((i, trial)).is_err() {
-                        break;
+                s.spawn(move || {
+                    lower_priority();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = jobs.get(i) else { break };
+                        if self.abort.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if !job.exempt && Instant::now() + self.estimate(job) > self.deadline() {
+                            continue;
+                        }
+                        let trial = self.trial(job, first + i);
+                        if tx.send((i, trial)).is_err() {
+                            break;
+                        }
                     }
                 });
             }
@@ -1003,6 +1022,22 @@ pub fn tune_csv(
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn trial_threads_run_at_low_priority() {
+        let nice = std::thread::spawn(|| {
+            lower_priority();
+            // SAFETY: getpriority reads its integer arguments only.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+        })
+        .join()
+        .unwrap();
+        assert!(nice >= TRIAL_NICE, "nice {nice}");
+        // The calling thread keeps its own priority.
+        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert!(here < TRIAL_NICE, "nice {here}");
+    }
+
     use super::*;
 
     #[test]
