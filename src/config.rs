@@ -315,6 +315,11 @@ pub struct ModelConfig {
     /// ...plus a uniform sample of this many older ones (reservoir), so
     /// that older regimes are not forgotten.
     pub reservoir: usize,
+    /// Train on the reservoir as well as the window (true). False: a
+    /// challenger is fit on the window only and the reservoir is the older
+    /// slice it is judged on by `margin_old` (held out, never trained on);
+    /// needs `window > 0` and `reservoir > 0`.
+    pub reservoir_in_training: bool,
     /// Also train every this many seconds when new labels arrived (0: off).
     pub schedule_s: u64,
     /// Accuracy a challenger must gain over the champion on the recent
@@ -353,6 +358,7 @@ impl Default for ModelConfig {
             warm_start: true,
             window: 0,
             reservoir: 2000,
+            reservoir_in_training: true,
             schedule_s: 0,
             margin_recent: 0.0,
             margin_old: 0.05,
@@ -707,6 +713,16 @@ pub fn validate_model(
             format!("{} must be in (0, 0.5]", m.holdout_fraction),
         );
     }
+    if !m.reservoir_in_training && (m.window == 0 || m.reservoir == 0) {
+        return bad(
+            "reservoir_in_training",
+            format!(
+                "false needs window > 0 and reservoir > 0 (the reservoir is the older-regime \
+                 holdout); window = {}, reservoir = {}",
+                m.window, m.reservoir
+            ),
+        );
+    }
     if m.folds < 2 {
         return bad("folds", format!("{} must be at least 2", m.folds));
     }
@@ -990,6 +1006,10 @@ mod tests {
                 "[pipelines.windows]\nenabled = true\n[pipelines.model.augment]\ncopies = 1\n\
                  time_shift = 2\nwindows = [['f_mean', 'f_max'], ['f', 'g']]\n",
                 "config key `pipelines[0].model.augment.windows[1]`: `f` is not one of",
+            ),
+            (
+                "[pipelines.model]\nreservoir_in_training = false\n",
+                "config key `pipelines[0].model.reservoir_in_training`: false needs window > 0",
             ),
         ] {
             let err = load_str(&format!("{pipeline}{section}"), &[])

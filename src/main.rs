@@ -391,10 +391,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         anyhow::anyhow!("no pipeline `{name}` in the configuration")
                     })?;
                     loop_config.detector = p.drift.detector;
+                    // The pipeline's training settings (holdout, warm
+                    // start, margins, reservoir_in_training), as the daemon's.
                     loop_config.model = p.model.clone();
-                    loop_config.warm_start = p.model.warm_start;
-                    loop_config.margin_recent = p.model.margin_recent;
-                    loop_config.margin_old = p.model.margin_old;
                     loop_config.cooldown = p.drift.cooldown_labels;
                     loop_config.retrain_on_drift = p.drift.retrain_on_drift;
                     let features = if features.is_empty() {

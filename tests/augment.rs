@@ -25,7 +25,7 @@ fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> learn::Tra
         model,
         progress: None,
     };
-    learn::train_dataset(&settings, data, 1, Trigger::Manual, None, &|| false).unwrap()
+    learn::train_dataset(&settings, data, None, 1, Trigger::Manual, None, &|| false).unwrap()
 }
 
 /// `n` rows of 3 uniform features and labels that do not depend on them
@@ -536,7 +536,7 @@ fn bad_settings_are_refused_naming_the_key() {
         model: &cfg,
         progress: None,
     };
-    let err = learn::train_dataset(&settings, &data, 1, Trigger::Manual, None, &|| false)
+    let err = learn::train_dataset(&settings, &data, None, 1, Trigger::Manual, None, &|| false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("windows[0]") && err.contains("nope"), "{err}");

@@ -1,6 +1,7 @@
 //! The continuous-learning loop on the UCI Gas Sensor Array Drift data
 //! (Vergara et al. 2012; batches in time order, 36 months of sensor drift).
 
+use edgeloop::config::ModelConfig;
 use edgeloop::learn::model::argmax_rows;
 use edgeloop::learn::Model;
 use edgeloop::monitor::continual::{fit, ContinualConfig, ContinualLoop};
@@ -92,7 +93,10 @@ fn forgetting_guard_keeps_a_gas_absent_from_recent_batches() {
     // Champion trained on batches 1-2 (all six gases); then batches 3-5,
     // which hold no Toluene, with challengers fine-tuned on recent data only.
     let cfg = ContinualConfig {
-        train_on_reservoir: false,
+        model: ModelConfig {
+            reservoir_in_training: false,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut old = batch(1);
@@ -115,7 +119,7 @@ fn forgetting_guard_keeps_a_gas_absent_from_recent_batches() {
         if d.promoted {
             let (c, h) = (d.challenger_old.unwrap(), d.champion_old.unwrap());
             assert!(
-                c >= h - cfg.margin_old,
+                c >= h - cfg.model.margin_old,
                 "promoted despite old-regime loss: {d:?}"
             );
         }

@@ -216,7 +216,7 @@ fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> learn::Tra
         model,
         progress: None,
     };
-    learn::train_dataset(&settings, data, 1, Trigger::Manual, None, &|| false).unwrap()
+    learn::train_dataset(&settings, data, None, 1, Trigger::Manual, None, &|| false).unwrap()
 }
 
 /// `auto` with an ensemble of its best 3 candidates on each reference
@@ -351,7 +351,7 @@ fn bad_ensemble_settings_are_refused_naming_the_key() {
         model: &cfg,
         progress: None,
     };
-    let err = learn::train_dataset(&settings, &data, 1, Trigger::Manual, None, &|| false);
+    let err = learn::train_dataset(&settings, &data, None, 1, Trigger::Manual, None, &|| false);
     assert!(
         matches!(
             err,

@@ -40,6 +40,7 @@ fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> learn::Tra
     learn::train_dataset(
         &settings(features, model),
         data,
+        None,
         1,
         Trigger::Manual,
         None,
@@ -254,6 +255,7 @@ fn a_family_that_cannot_learn_the_task_is_refused() {
     let err = learn::train_dataset(
         &settings(&features, &model),
         &data,
+        None,
         1,
         Trigger::Manual,
         None,

@@ -1470,6 +1470,7 @@ async fn regression_pipeline_trains_serves_and_scores_air_quality() {
     let reference = edgeloop::learn::train_version(
         &pipeline,
         &samples,
+        None,
         1,
         edgeloop::learn::Trigger::MinLabels,
         None,

@@ -95,6 +95,7 @@ fn the_tuned_model_scores_at_least_the_default_on_the_holdout() {
         let default = learn::train_dataset(
             &settings(&features, &default_model),
             &data,
+            None,
             1,
             Trigger::Manual,
             None,
@@ -345,6 +346,7 @@ fn an_enabled_search_runs_inside_the_daemons_training_path() {
     let training = learn::train_dataset(
         &settings(&features, &m),
         &data,
+        None,
         2,
         Trigger::NewLabels,
         None,
@@ -370,6 +372,7 @@ fn an_enabled_search_runs_inside_the_daemons_training_path() {
     let training = learn::train_dataset(
         &settings(&features, &plain),
         &data,
+        None,
         1,
         Trigger::Manual,
         None,

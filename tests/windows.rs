@@ -168,6 +168,7 @@ fn accuracy(p: &PipelineConfig, train: &[Case], test: &[Case]) -> f64 {
     let trained = learn::train_version(
         p,
         &readings(train, "train-", true),
+        None,
         1,
         Trigger::Manual,
         None,
@@ -307,7 +308,7 @@ fn raw_window_augmentation(train: &[Case], test: &[Case]) -> f64 {
         model: &p.model,
         progress: None,
     };
-    let model = learn::train_dataset(&settings, &data, 1, Trigger::Manual, None, &|| false)
+    let model = learn::train_dataset(&settings, &data, None, 1, Trigger::Manual, None, &|| false)
         .unwrap()
         .chosen
         .model;

@@ -239,7 +239,8 @@ pub struct Training {
     pub candidates: Vec<ModelCard>,
 }
 
-/// Trains `version` of `pipeline` on `samples`; see [`train_dataset`]. A
+/// Trains `version` of `pipeline` on `samples`, guarded by `old_regimes`
+/// when given (held out only, never trained on); see [`train_dataset`]. A
 /// windowed pipeline (`[pipelines.windows]`) trains on the window samples of
 /// `samples` ([`crate::features::windows::derive`]: per device, in timestamp
 /// order, each labelled by its last reading), its model features the window
@@ -250,6 +251,7 @@ pub struct Training {
 pub fn train_version(
     pipeline: &PipelineConfig,
     samples: &[Sample],
+    old_regimes: Option<&[Sample]>,
     version: u32,
     trigger: Trigger,
     champion: Option<(u32, &Model)>,
@@ -257,23 +259,33 @@ pub fn train_version(
 ) -> Result<TrainedVersion, TrainError> {
     // A windowed pipeline learns from the window samples of its readings
     // (per device, in timestamp order), not from the readings themselves.
-    let windowed;
-    let samples = if pipeline.windows.enabled {
-        windowed =
-            crate::features::windows::derive(samples, &pipeline.windows, pipeline.features.len());
-        &windowed[..]
-    } else {
-        samples
+    let windowed = |s: &[Sample]| -> Vec<Sample> {
+        if pipeline.windows.enabled {
+            crate::features::windows::derive(s, &pipeline.windows, pipeline.features.len())
+        } else {
+            s.to_vec()
+        }
     };
     let features = pipeline.model_features();
-    let data = Dataset::from_samples(samples, features.len(), pipeline.task);
+    let data = Dataset::from_samples(&windowed(samples), features.len(), pipeline.task);
+    let old =
+        old_regimes.map(|s| Dataset::from_samples(&windowed(s), features.len(), pipeline.task));
     let settings = TrainSettings {
         pipeline: &pipeline.name,
         features: &features,
         model: &pipeline.model,
         progress: None,
     };
-    train_dataset(&settings, &data, version, trigger, champion, &cancelled).map(|t| t.chosen)
+    train_dataset(
+        &settings,
+        &data,
+        old.as_ref(),
+        version,
+        trigger,
+        champion,
+        &cancelled,
+    )
+    .map(|t| t.chosen)
 }
 
 /// What [`train_dataset`] needs of a pipeline's configuration.
@@ -293,7 +305,11 @@ pub struct TrainSettings<'a> {
 ///    ([`tune::tuned_config`]) picks the family and settings trained below;
 /// 1. temporal holdout: the newest `holdout_fraction` of samples; with a
 ///    champion, every 10th older sample is held out too (the older regimes
-///    a challenger must not forget);
+///    a challenger must not forget). With `old_regimes` given, those samples
+///    are the older slice instead and every older sample of `data` trains
+///    (`model.reservoir_in_training = false`: fine-tune on recent data,
+///    guarded by older data the challenger never trained on); the older
+///    slice may hold classes `data` lacks, scored by name;
 /// 2. each candidate family (`auto`: `candidates`, else the one family) is
 ///    fit on the rest (warm-started from the champion when it is of the
 ///    same family and `warm_start` is set), scored on the holdout and, with
@@ -308,7 +324,7 @@ pub struct TrainSettings<'a> {
 ///    champion and challenger are compared on the same holdout
 ///    ([`card::judge`]: accuracy for classification, R² for regression);
 /// 4. a promoted challenger (an ensemble: each member and the meta-model)
-///    is refit on every sample with the same settings
+///    is refit on every sample of `data` with the same settings
 ///    (scikit-learn's `refit=True` practice: on a stream the newest samples
 ///    matter most) and exported to ONNX; its card's holdout metrics are
 ///    those of the evaluated fit.
@@ -320,6 +336,7 @@ pub struct TrainSettings<'a> {
 pub fn train_dataset(
     settings: &TrainSettings<'_>,
     data: &Dataset,
+    old_regimes: Option<&Dataset>,
     version: u32,
     trigger: Trigger,
     champion: Option<(u32, &Model)>,
@@ -337,9 +354,10 @@ pub fn train_dataset(
     let cfg = searched.as_ref().map_or(settings.model, |(c, _)| c);
     let metric = cfg.metric.unwrap_or(Metric::default_for(task));
     let (older, holdout) = data.temporal_split(cfg.holdout_fraction);
-    let (train, old_slice) = match champion {
-        Some(_) => older.split_every(10),
-        None => (
+    let (train, old_slice) = match (old_regimes, champion) {
+        (Some(old), _) => (older, old.clone()),
+        (None, Some(_)) => older.split_every(10),
+        (None, None) => (
             older,
             Dataset::empty(task, data.classes.clone(), data.n_features),
         ),
@@ -843,6 +861,78 @@ mod tests {
             features: vec![ts as f32],
             label: Some(label.into()),
         }
+    }
+
+    /// Two features; class `a` near (0, 0), `b` near (4, 0), `c` near (0, 4).
+    fn blobs(classes: &[&str], n: usize, t0: i64) -> Vec<Sample> {
+        (0..n)
+            .map(|i| {
+                let label = classes[i % classes.len()];
+                let (cx, cy) = match label {
+                    "a" => (0.0, 0.0),
+                    "b" => (4.0, 0.0),
+                    _ => (0.0, 4.0),
+                };
+                let jitter = |k: usize| ((i * 7919 + k * 104_729) % 100) as f32 / 100.0 - 0.5;
+                Sample {
+                    timestamp_ms: t0 + i as i64,
+                    device: String::new(),
+                    features: vec![cx + jitter(1), cy + jitter(2)],
+                    label: Some(label.into()),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_older_regime_set_refuses_a_challenger_that_forgot_a_class() {
+        let features = vec!["x".to_string(), "y".to_string()];
+        let model = ModelConfig::default();
+        let settings = TrainSettings {
+            pipeline: "p",
+            features: &features,
+            model: &model,
+            progress: None,
+        };
+        let task = Task::Classification;
+        let old = Dataset::from_samples(&blobs(&["a", "b", "c"], 300, 0), 2, task);
+        let champion = fit_model(Family::Logistic, &model, &old, &features, None, &|| false)
+            .expect("champion");
+        // Recent data lacks `c`: the challenger, trained on it alone, forgets `c`.
+        let recent = Dataset::from_samples(&blobs(&["a", "b"], 400, 1000), 2, task);
+        let guarded = train_dataset(
+            &settings,
+            &recent,
+            Some(&old),
+            2,
+            Trigger::Drift,
+            Some((1, &champion)),
+            &|| false,
+        )
+        .expect("training");
+        let d = guarded.chosen.card.decision.expect("decision");
+        assert!(!d.promoted, "{d:?}");
+        assert!(d.reason.starts_with("older regimes"), "{}", d.reason);
+        assert_eq!(d.champion_old, Some(1.0));
+        assert!(d.challenger_old.is_some_and(|c| c < 0.7), "{d:?}");
+        // Every older sample of `data` trained: only the newest 20 % held out.
+        assert_eq!(guarded.chosen.card.n_train, 320);
+        assert_eq!(guarded.chosen.card.n_holdout, 80);
+        // Without it, the older slice is every 10th older sample of the same
+        // recent data, which has no `c` either: the challenger is promoted.
+        let unguarded = train_dataset(
+            &settings,
+            &recent,
+            None,
+            2,
+            Trigger::Drift,
+            Some((1, &champion)),
+            &|| false,
+        )
+        .expect("training");
+        let d = unguarded.chosen.card.decision.expect("decision");
+        assert!(d.promoted, "{d:?}");
+        assert_eq!(unguarded.chosen.card.n_train, 288);
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub fn train_csv(
             progress(family, i.min(total - 1), total);
         }),
     };
-    let mut training = super::train_dataset(&settings, &data, 1, Trigger::Manual, None, &|| false)
-        .map_err(|e| e.to_string())?;
+    let mut training =
+        super::train_dataset(&settings, &data, None, 1, Trigger::Manual, None, &|| false)
+            .map_err(|e| e.to_string())?;
     let peak = peak_rss_bytes();
     training.chosen.card.peak_rss_bytes = peak;
     for card in &mut training.candidates {

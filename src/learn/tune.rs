@@ -473,7 +473,8 @@ pub fn tune(
         model: &outcome.config,
         ..*settings
     };
-    let mut training = super::train_dataset(&tuned, data, version, trigger, champion, cancelled)?;
+    let mut training =
+        super::train_dataset(&tuned, data, None, version, trigger, champion, cancelled)?;
     training.chosen.card.search = Some(outcome.summary.clone());
     for card in &mut training.candidates {
         card.search = Some(outcome.summary.clone());

@@ -7,14 +7,25 @@
 //!    join a reservoir of older data (Vitter's Algorithm R, 1985), so that old
 //!    regimes are not forgotten;
 //! 3. a drift alarm (outside the cool-down), `retrain_every` new labels, or
-//!    the first `min_samples` labels trigger a training: a challenger is fit
-//!    (warm-started from the champion or from scratch) on the window and the
-//!    reservoir minus a holdout made of the newest part of the window
-//!    (recent) and a slice of the reservoir (old regimes);
-//! 4. champion and challenger are scored on that same holdout; the challenger
-//!    is promoted only if it beats the champion by `margin_recent` on the
-//!    recent part and loses at most `margin_old` on the old part. Every
-//!    decision is kept with its reason.
+//!    the first `min_samples` labels trigger a training;
+//! 4. the training is the daemon's: [`crate::learn::train_dataset`] on the
+//!    reservoir and the window (the stream index is each sample's timestamp,
+//!    so the temporal holdout is the newest `model.holdout_fraction`), with
+//!    the loop's champion: a challenger warm-started from it
+//!    (`model.warm_start`), both judged on the recent holdout and the older
+//!    slice ([`crate::learn::card::judge`], `model.margin_recent`,
+//!    `model.margin_old`), a promoted challenger refit on all. With
+//!    `model.reservoir_in_training = false` the challenger is fine-tuned on
+//!    the window alone and the reservoir is the older slice it is judged on.
+//!    Every decision is kept with its reason.
+//!
+//! What differs from the daemon ([`super::retrain`]) is where the samples
+//! live: the daemon keeps every sample in its store and draws the window and
+//! a seeded reservoir from it at each training
+//! ([`super::retrain::training_parts`]); the loop streams, so it holds only
+//! the window and keeps its reservoir by Algorithm R as samples leave the
+//! window. Its triggers count samples of the stream (`min_samples`,
+//! `retrain_every`, `cooldown`), not the store's labelled totals.
 //!
 //! The loop is synchronous and deterministic for a seed; `edgeloop evaluate
 //! --prequential` replays a CSV through it.
@@ -27,8 +38,9 @@ use super::detectors::{
     Adwin, AdwinConfig, Ddm, DdmConfig, DriftDetector, PageHinkley, PageHinkleyConfig,
 };
 use crate::config::ModelConfig;
+use crate::ingest::decode::Sample;
 use crate::learn::model::argmax_rows;
-use crate::learn::{fit_model, sort_classes, Dataset, Model, Task};
+use crate::learn::{fit_model, sort_classes, Dataset, Model, Task, TrainSettings, Trigger};
 
 /// The concept-drift detector on the error stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,21 +72,12 @@ pub struct ContinualConfig {
     /// Labels that must arrive after a training before an alarm may trigger
     /// another (one change, one retraining).
     pub cooldown: u64,
-    /// Start the challenger from the champion's weights.
-    pub warm_start: bool,
-    /// Train the challenger on the reservoir of old regimes as well as the
-    /// recent window (false: fine-tune on recent data only; the old-regime
-    /// holdout still guards the promotion).
-    pub train_on_reservoir: bool,
-    /// Fraction of the window (newest) and of the reservoir held out.
-    pub holdout_fraction: f64,
-    /// Accuracy the challenger must gain on the recent holdout.
-    pub margin_recent: f64,
-    /// Accuracy the challenger may lose on the old-regime holdout.
-    pub margin_old: f64,
-    /// The family trained and its hyperparameters (`family`, the family
-    /// sections, `l2` and `max_iter` for logistic); the loop's own keys above
-    /// govern windows, holdout and margins.
+    /// The training, as a pipeline's `[pipelines.model]`: the family and its
+    /// hyperparameters, `holdout_fraction`, `warm_start`, `margin_recent`,
+    /// `margin_old`, `reservoir_in_training` (and search, balance,
+    /// augmentation, evaluation). Its `window`, `reservoir`, `min_labels`,
+    /// `retrain_every` and `schedule_s` are not read: the loop's own keys
+    /// above govern the stream.
     pub model: ModelConfig,
     /// Seed of the reservoir sampling.
     pub seed: u64,
@@ -93,11 +96,6 @@ impl Default for ContinualConfig {
             retrain_every: 500,
             retrain_on_drift: true,
             cooldown: 100,
-            warm_start: true,
-            train_on_reservoir: true,
-            holdout_fraction: 0.2,
-            margin_recent: 0.0,
-            margin_old: 0.05,
             model: ModelConfig::default(),
             seed: 7,
         }
@@ -138,10 +136,16 @@ type Row = (Vec<f32>, String);
 pub struct ContinualLoop {
     cfg: ContinualConfig,
     features: Vec<String>,
-    champion: Option<Model>,
-    window: VecDeque<Row>,
-    reservoir: Vec<Row>,
+    /// The serving model and its version (the training that produced it).
+    champion: Option<(u32, Model)>,
+    /// Samples, stamped with their stream position (`timestamp_ms`).
+    window: VecDeque<Sample>,
+    reservoir: Vec<Sample>,
     evicted: u64,
+    /// Samples seen, remembered ones included: the next sample's stamp.
+    clock: i64,
+    /// Trainings run: the last version number given.
+    trainings: u32,
     rng: fastrand::Rng,
     detector: Box<dyn DriftDetector>,
     since_train: u64,
@@ -165,6 +169,8 @@ impl ContinualLoop {
             window: VecDeque::new(),
             reservoir: Vec::new(),
             evicted: 0,
+            clock: 0,
+            trainings: 0,
             detector,
             since_train: 0,
             drift_pending: false,
@@ -176,7 +182,7 @@ impl ContinualLoop {
 
     /// Starts from an existing champion (e.g. a model trained on a first batch).
     pub fn with_champion(mut self, champion: Model) -> Self {
-        self.champion = Some(champion);
+        self.champion = Some((0, champion));
         self
     }
 
@@ -184,7 +190,13 @@ impl ContinualLoop {
     /// predicting it or counting it towards a training: data the champion
     /// was trained on.
     pub fn remember(&mut self, x: &[f32], label: &str) {
-        self.window.push_back((x.to_vec(), label.to_string()));
+        self.window.push_back(Sample {
+            timestamp_ms: self.clock,
+            device: String::new(),
+            features: x.to_vec(),
+            label: Some(label.to_string()),
+        });
+        self.clock += 1;
         if self.window.len() > self.cfg.window {
             if let Some(old) = self.window.pop_front() {
                 self.keep_in_reservoir(old);
@@ -194,13 +206,13 @@ impl ContinualLoop {
 
     /// The serving model.
     pub fn champion(&self) -> Option<&Model> {
-        self.champion.as_ref()
+        self.champion.as_ref().map(|(_, m)| m)
     }
 
     /// Test then train: returns the champion's prediction for `x` (`None`
     /// before the first model), then learns from (`x`, `label`).
     pub fn observe(&mut self, x: &[f32], label: &str) -> Option<String> {
-        let predicted = self.champion.as_ref().map(|m| predict(m, x));
+        let predicted = self.champion().map(|m| predict(m, x));
         let index = self.n;
         self.n += 1;
         self.since_train += 1;
@@ -212,12 +224,7 @@ impl ContinualLoop {
             self.alarms.push(index);
             self.drift_pending |= self.cfg.retrain_on_drift;
         }
-        self.window.push_back((x.to_vec(), label.to_string()));
-        if self.window.len() > self.cfg.window {
-            if let Some(old) = self.window.pop_front() {
-                self.keep_in_reservoir(old);
-            }
-        }
+        self.remember(x, label);
         let stored = self.window.len() + self.reservoir.len();
         let trigger = if self.champion.is_none() {
             (stored >= self.cfg.min_samples
@@ -239,7 +246,7 @@ impl ContinualLoop {
     }
 
     /// Algorithm R over the samples leaving the window.
-    fn keep_in_reservoir(&mut self, row: Row) {
+    fn keep_in_reservoir(&mut self, row: Sample) {
         self.evicted += 1;
         if self.reservoir.len() < self.cfg.reservoir {
             self.reservoir.push(row);
@@ -251,102 +258,79 @@ impl ContinualLoop {
         }
     }
 
+    /// One training through the daemon's path
+    /// ([`crate::learn::train_dataset`]) on the reservoir and the window.
     fn train(&mut self, index: u64, trigger: LoopTrigger) {
         self.since_train = 0;
         self.drift_pending = false;
-        let f = self.cfg.holdout_fraction;
-        let n_recent = ((self.window.len() as f64 * f).round() as usize).min(self.window.len());
-        let n_old = ((self.reservoir.len() as f64 * f).round() as usize).min(self.reservoir.len());
-        let recent_holdout: Vec<&Row> = self
-            .window
-            .iter()
-            .skip(self.window.len() - n_recent)
-            .collect();
-        let old_holdout: Vec<&Row> = self.reservoir.iter().take(n_old).collect();
-        let old_train = if self.cfg.train_on_reservoir {
-            self.reservoir.len()
+        self.trainings += 1;
+        let mut older = self.reservoir.clone();
+        older.sort_by_key(|s| s.timestamp_ms);
+        let recent: Vec<Sample> = self.window.iter().cloned().collect();
+        let n_features = self.features.len();
+        let task = Task::Classification;
+        let (data, old_regimes) = if self.cfg.model.reservoir_in_training {
+            older.extend(recent);
+            (Dataset::from_samples(&older, n_features, task), None)
         } else {
-            n_old
+            (
+                Dataset::from_samples(&recent, n_features, task),
+                Some(Dataset::from_samples(&older, n_features, task)),
+            )
         };
-        let train: Vec<&Row> = self
-            .reservoir
-            .iter()
-            .take(old_train)
-            .skip(n_old)
-            .chain(self.window.iter().take(self.window.len() - n_recent))
-            .collect();
-        let cfg = &self.cfg.model;
-        let warm = if self.cfg.warm_start {
-            self.champion.as_ref()
-        } else {
-            None
+        let settings = TrainSettings {
+            pipeline: "prequential",
+            features: &self.features,
+            model: &self.cfg.model,
+            progress: None,
         };
-        let challenger = match fit(&train, &self.features, cfg, warm) {
-            Some(m) => m,
-            None => {
-                self.decisions.push(Decision {
-                    index,
-                    trigger,
-                    n_train: train.len(),
-                    outcome: crate::learn::card::Decision {
-                        promoted: false,
-                        reason: "training set has fewer than 2 classes".into(),
-                        champion_version: None,
-                        champion_recent: None,
-                        challenger_recent: None,
-                        champion_old: None,
-                        challenger_old: None,
-                    },
-                });
-                return;
-            }
+        let daemon_trigger = match trigger {
+            LoopTrigger::First => Trigger::MinLabels,
+            LoopTrigger::Drift => Trigger::Drift,
+            LoopTrigger::NewLabels => Trigger::NewLabels,
         };
-        let score = |m: &Model, rows: &[&Row]| accuracy(m, rows);
-        let (cr, co) = (
-            score(&challenger, &recent_holdout),
-            score(&challenger, &old_holdout),
+        let trained = crate::learn::train_dataset(
+            &settings,
+            &data,
+            old_regimes.as_ref(),
+            self.trainings,
+            daemon_trigger,
+            self.champion.as_ref().map(|(v, m)| (*v, m)),
+            &|| false,
         );
-        let (hr, ho) = match &self.champion {
-            Some(m) => (score(m, &recent_holdout), score(m, &old_holdout)),
-            None => (None, None),
+        let (n_train, outcome) = match trained {
+            Ok(t) => {
+                let card = t.chosen.card;
+                let outcome = card
+                    .decision
+                    .unwrap_or_else(|| refusal("no decision".into()));
+                if outcome.promoted {
+                    // A new champion: its errors start a fresh detector.
+                    self.detector = new_detector(&self.cfg);
+                    self.champion = Some((self.trainings, t.chosen.model));
+                }
+                (card.n_train as usize, outcome)
+            }
+            Err(e) => (0, refusal(format!("training failed: {e}"))),
         };
-        let (promoted, reason) = if self.champion.is_none() {
-            (true, "first model".to_string())
-        } else {
-            crate::learn::card::judge(hr, cr, ho, co, self.cfg.margin_recent, self.cfg.margin_old)
-        };
-        if promoted {
-            // A new champion: its errors start a fresh detector.
-            self.detector = new_detector(&self.cfg);
-            // Serve a refit on everything it may train on, warm-started from
-            // the challenger.
-            let old = if self.cfg.train_on_reservoir {
-                self.reservoir.len()
-            } else {
-                0
-            };
-            let all: Vec<&Row> = self
-                .reservoir
-                .iter()
-                .take(old)
-                .chain(self.window.iter())
-                .collect();
-            self.champion = fit(&all, &self.features, cfg, Some(&challenger)).or(Some(challenger));
-        }
         self.decisions.push(Decision {
             index,
             trigger,
-            n_train: train.len(),
-            outcome: crate::learn::card::Decision {
-                promoted,
-                reason,
-                champion_version: None,
-                champion_recent: hr,
-                challenger_recent: cr,
-                champion_old: ho,
-                challenger_old: co,
-            },
+            n_train,
+            outcome,
         });
+    }
+}
+
+fn refusal(reason: String) -> crate::learn::card::Decision {
+    crate::learn::card::Decision {
+        promoted: false,
+        reason,
+        champion_version: None,
+        champion_recent: None,
+        challenger_recent: None,
+        champion_old: None,
+        challenger_old: None,
     }
 }
 
@@ -363,24 +347,11 @@ fn predict(m: &Model, x: &[f32]) -> String {
     m.classes()[argmax_rows(&p, m.classes().len())[0]].clone()
 }
 
-fn accuracy(m: &Model, rows: &[&Row]) -> Option<f64> {
-    if rows.is_empty() {
-        return None;
-    }
-    let x: Vec<f32> = rows.iter().flat_map(|(x, _)| x.iter().copied()).collect();
-    let p = m.predict(&x);
-    let pred = argmax_rows(&p, m.classes().len());
-    let correct = pred
-        .iter()
-        .zip(rows)
-        .filter(|(k, (_, l))| &m.classes()[**k] == l)
-        .count();
-    Some(correct as f64 / rows.len() as f64)
-}
-
 /// Fits `cfg.family` on `rows` (through [`crate::learn::fit_model`], the
 /// daemon's trainer dispatch), warm-started from `init` when it is of the
 /// same family; `None` with fewer than two classes or when training fails.
+/// One fit, no holdout: a frozen reference model for tests and benchmarks
+/// (the loop itself trains through [`crate::learn::train_dataset`]).
 pub fn fit(
     rows: &[&Row],
     features: &[String],

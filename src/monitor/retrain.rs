@@ -2,7 +2,9 @@
 //!
 //! Per pipeline: the first model is trained once `min_labels` labelled
 //! samples are stored; a new one after every `retrain_every` further labels;
-//! and whenever asked over the API. Training runs on a blocking thread with a
+//! and whenever asked over the API. Each trains on [`training_parts`] of the
+//! stored samples (the window and a reservoir of older ones; with
+//! `reservoir_in_training = false` the reservoir only guards the promotion). Training runs on a blocking thread with a
 //! cancellation token, one at a time; the result is promoted through the
 //! [`Registry`] (verified by the engine before it serves).
 
@@ -153,15 +155,31 @@ fn new_watch(p: &PipelineConfig, version: u32) -> Watch {
 }
 
 /// The newest `window` samples (all when 0) plus a uniform sample of
-/// `reservoir` older ones, chosen with a seed so that a retry picks the same.
+/// `reservoir` older ones, chosen with a seed so that a retry picks the same:
+/// [`training_parts`] joined, oldest first.
 pub fn training_set(
-    mut labelled: Vec<Sample>,
+    labelled: Vec<Sample>,
     window: usize,
     reservoir: usize,
     seed: u64,
 ) -> Vec<Sample> {
+    let (mut older, recent) = training_parts(labelled, window, reservoir, seed);
+    older.extend(recent);
+    older
+}
+
+/// The training set in its two parts: (reservoir, window). The window is the
+/// newest `window` samples (all when 0, with an empty reservoir); the
+/// reservoir a seeded uniform sample of `reservoir` older ones, in time
+/// order. `labelled` is in time order.
+pub fn training_parts(
+    mut labelled: Vec<Sample>,
+    window: usize,
+    reservoir: usize,
+    seed: u64,
+) -> (Vec<Sample>, Vec<Sample>) {
     if window == 0 || labelled.len() <= window {
-        return labelled;
+        return (Vec::new(), labelled);
     }
     let recent = labelled.split_off(labelled.len() - window);
     let mut older = labelled;
@@ -170,8 +188,7 @@ pub fn training_set(
         older.truncate(reservoir);
         older.sort_by_key(|s| s.timestamp_ms);
     }
-    older.extend(recent);
-    older
+    (older, recent)
 }
 
 /// The error stream the concept-drift detector watches, one value per
@@ -546,12 +563,20 @@ impl Learner {
                 // The newest sample this training sees: the end of the
                 // data-drift reference.
                 let last_seq = labelled.last().map(|(seq, _)| *seq);
-                let samples = training_set(
+                let (mut samples, recent) = training_parts(
                     labelled.into_iter().map(|(_, s)| s).collect(),
                     cfg.model.window,
                     cfg.model.reservoir,
                     labelled_total,
                 );
+                // `reservoir_in_training = false`: the reservoir is only the
+                // older-regime holdout of the champion/challenger decision.
+                let old_regimes = if cfg.model.reservoir_in_training {
+                    samples.extend(recent);
+                    None
+                } else {
+                    Some(std::mem::replace(&mut samples, recent))
+                };
                 let version = store.model_versions(&cfg.name)?.last().map_or(1, |v| v + 1);
                 // The champion's parameters, for warm start and comparison.
                 let champion: Option<(u32, learn::Model)> = registry
@@ -561,6 +586,7 @@ impl Learner {
                 let mut trained = learn::train_version(
                     &cfg,
                     &samples,
+                    old_regimes.as_deref(),
                     version,
                     trigger,
                     champion.as_ref().map(|(v, m)| (*v, m)),
@@ -663,6 +689,17 @@ mod tests {
             "the newest 20, in order"
         );
         assert!(ts[..10].iter().all(|t| *t < 80) && ts[..10].windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(training_set(all, 20, 10, 7), set, "same seed, same sample");
+        assert_eq!(
+            training_set(all.clone(), 20, 10, 7),
+            set,
+            "same seed, same sample"
+        );
+        // The same set in its parts: reservoir, then window.
+        let (older, recent) = training_parts(all.clone(), 20, 10, 7);
+        assert_eq!((&older[..], &recent[..]), (&set[..10], &set[10..]));
+        assert!(
+            training_parts(all, 0, 10, 7).0.is_empty(),
+            "window 0: no reservoir"
+        );
     }
 }

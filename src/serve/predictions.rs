@@ -289,7 +289,10 @@ mod tests {
             })
             .collect();
         let trained =
-            learn::train_version(&pipeline, &samples, 1, Trigger::Manual, None, || false).unwrap();
+            learn::train_version(&pipeline, &samples, None, 1, Trigger::Manual, None, || {
+                false
+            })
+            .unwrap();
         let registry = Arc::new(Registry::new(["occupancy"]));
         registry.promote(&store, trained).unwrap();
 

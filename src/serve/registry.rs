@@ -428,11 +428,16 @@ mod tests {
             })
             .collect();
         for version in 1..=3 {
-            let trained =
-                learn::train_version(&pipeline, &samples, version, Trigger::Manual, None, || {
-                    false
-                })
-                .unwrap();
+            let trained = learn::train_version(
+                &pipeline,
+                &samples,
+                None,
+                version,
+                Trigger::Manual,
+                None,
+                || false,
+            )
+            .unwrap();
             registry.promote(&store, trained).unwrap();
         }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
