@@ -443,46 +443,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let cfg = Config::load(config.as_deref())?;
-            let (label, features, mut model, default_task, name) = match pipeline {
-                Some(name) => {
-                    let p = cfg.pipeline(&name).ok_or_else(|| {
-                        anyhow::anyhow!("no pipeline `{name}` in the configuration")
-                    })?;
-                    let features = if features.is_empty() {
-                        p.features.clone()
-                    } else {
-                        features
-                    };
-                    let label = label.unwrap_or_else(|| p.label.clone());
-                    (label, features, p.model.clone(), Some(p.task), name)
-                }
-                None => (
-                    label.unwrap_or_default(),
-                    features,
-                    edgeloop::config::ModelConfig::default(),
-                    None,
-                    "train".to_string(),
-                ),
+            let args = edgeloop::learn::offline::CsvArgs {
+                pipeline,
+                label,
+                features,
+                task,
+                family,
+                folds,
             };
-            let task = match task.as_deref() {
-                None => default_task,
-                Some("classification") => Some(edgeloop::learn::Task::Classification),
-                Some("regression") => Some(edgeloop::learn::Task::Regression),
-                Some(other) => {
-                    anyhow::bail!("--task `{other}`: use classification or regression")
-                }
-            };
-            match family {
-                Some(f) => model.family = f.parse().map_err(anyhow::Error::msg)?,
-                None if default_task.is_none() => model.family = edgeloop::learn::Family::Auto,
-                None => {}
-            }
+            let edgeloop::learn::offline::CsvSettings {
+                label,
+                features,
+                mut model,
+                task,
+                name,
+            } = edgeloop::learn::offline::csv_settings(&cfg, args, "train")
+                .map_err(anyhow::Error::msg)?;
             if let Some(h) = holdout {
                 model.holdout_fraction = h;
-            }
-            if let Some(k) = folds {
-                model.folds = k;
-                model.evaluation = edgeloop::config::Evaluation::Kfold;
             }
             edgeloop::config::validate_model(&model, task, "model.")?;
             let bar = indicatif::ProgressBar::new(0);
@@ -547,43 +525,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             use edgeloop::learn::tune;
             let cfg = Config::load(config.as_deref())?;
-            let (label, features, mut model, default_task, name) = match pipeline {
-                Some(name) => {
-                    let p = cfg.pipeline(&name).ok_or_else(|| {
-                        anyhow::anyhow!("no pipeline `{name}` in the configuration")
-                    })?;
-                    let features = if features.is_empty() {
-                        p.features.clone()
-                    } else {
-                        features
-                    };
-                    let label = label.unwrap_or_else(|| p.label.clone());
-                    (label, features, p.model.clone(), Some(p.task), name)
-                }
-                None => {
-                    let model = edgeloop::config::ModelConfig {
-                        family: edgeloop::learn::Family::Auto,
-                        ..Default::default()
-                    };
-                    let label = label.unwrap_or_default();
-                    (label, features, model, None, "tune".to_string())
-                }
+            let args = edgeloop::learn::offline::CsvArgs {
+                pipeline,
+                label,
+                features,
+                task,
+                family,
+                folds,
             };
-            let task = match task.as_deref() {
-                None => default_task,
-                Some(t) => Some(
-                    serde_json::from_value(serde_json::Value::String(t.into())).map_err(|_| {
-                        anyhow::anyhow!("--task `{t}`: use classification or regression")
-                    })?,
-                ),
-            };
-            if let Some(f) = family {
-                model.family = f.parse().map_err(anyhow::Error::msg)?;
-            }
-            if let Some(k) = folds {
-                model.folds = k;
-                model.evaluation = edgeloop::config::Evaluation::Kfold;
-            }
+            let edgeloop::learn::offline::CsvSettings {
+                label,
+                features,
+                mut model,
+                task,
+                name,
+            } = edgeloop::learn::offline::csv_settings(&cfg, args, "tune")
+                .map_err(anyhow::Error::msg)?;
             let search = &mut model.search;
             search.enabled = true;
             if let Some(b) = budget {

@@ -29,6 +29,90 @@ pub struct OfflineOptions {
     pub export: Option<PathBuf>,
 }
 
+/// The settings a CSV command (`train`, `tune`) runs with: a configured
+/// pipeline's (`--pipeline`), or the defaults with `family = "auto"`; then
+/// the command line's label, features, task, family and folds over them.
+#[derive(Debug, Clone)]
+pub struct CsvSettings {
+    pub label: String,
+    pub features: Vec<String>,
+    pub model: ModelConfig,
+    /// `None`: guessed from the labels ([`guess_task`]).
+    pub task: Option<Task>,
+    /// Name written into the cards: the pipeline's, or `default_name`.
+    pub name: String,
+}
+
+/// What the command line gave a CSV command.
+#[derive(Debug, Clone, Default)]
+pub struct CsvArgs {
+    pub pipeline: Option<String>,
+    pub label: Option<String>,
+    pub features: Vec<String>,
+    pub task: Option<String>,
+    pub family: Option<String>,
+    pub folds: Option<usize>,
+}
+
+/// Resolves `args` against `cfg`.
+///
+/// # Errors
+/// A message naming the unknown pipeline, task or family.
+pub fn csv_settings(
+    cfg: &crate::config::Config,
+    args: CsvArgs,
+    default_name: &str,
+) -> Result<CsvSettings, String> {
+    let mut out = match &args.pipeline {
+        Some(name) => {
+            let p = cfg
+                .pipeline(name)
+                .ok_or_else(|| format!("no pipeline `{name}` in the configuration"))?;
+            CsvSettings {
+                label: p.label.clone(),
+                features: p.features.clone(),
+                model: p.model.clone(),
+                task: Some(p.task),
+                name: name.clone(),
+            }
+        }
+        None => CsvSettings {
+            label: String::new(),
+            features: vec![],
+            model: ModelConfig {
+                family: Family::Auto,
+                ..ModelConfig::default()
+            },
+            task: None,
+            name: default_name.into(),
+        },
+    };
+    if let Some(label) = args.label {
+        out.label = label;
+    }
+    if !args.features.is_empty() {
+        out.features = args.features;
+    }
+    out.task = match args.task.as_deref() {
+        None => out.task,
+        Some("classification") => Some(Task::Classification),
+        Some("regression") => Some(Task::Regression),
+        Some(other) => {
+            return Err(format!(
+                "--task `{other}`: use classification or regression"
+            ))
+        }
+    };
+    if let Some(f) = args.family {
+        out.model.family = f.parse()?;
+    }
+    if let Some(k) = args.folds {
+        out.model.folds = k;
+        out.model.evaluation = crate::config::Evaluation::Kfold;
+    }
+    Ok(out)
+}
+
 /// More distinct numeric labels than this make a guessed task regression.
 pub const MAX_CLASSES_GUESSED: usize = 20;
 
