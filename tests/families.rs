@@ -10,30 +10,10 @@ use edgeloop::config::ModelConfig;
 use edgeloop::ingest::csv_file::LabelledCsv;
 use edgeloop::learn::offline;
 use edgeloop::learn::select::{Evaluation, Metric};
-use edgeloop::learn::{self, Dataset, Family, Task, TrainSettings, Trigger};
+use edgeloop::learn::{self, Dataset, Family, Task, Trigger};
 use edgeloop::serve::engine::OnnxModel;
 
-fn dataset(name: &str, task: Task) -> (Dataset, Vec<String>) {
-    let (train, test, _) = datasets::load(name);
-    let mut x = train.x.clone();
-    x.extend_from_slice(&test.x);
-    let labels: Vec<String> = train.labels.iter().chain(&test.labels).cloned().collect();
-    let csv = LabelledCsv {
-        features: train.features.clone(),
-        x,
-        labels,
-    };
-    (offline::dataset(&csv, task), train.features)
-}
-
-fn settings<'a>(features: &'a [String], model: &'a ModelConfig) -> TrainSettings<'a> {
-    TrainSettings {
-        pipeline: "test",
-        features,
-        model,
-        progress: None,
-    }
-}
+use datasets::{settings, stream as dataset};
 
 /// One training of `data` through the loop's path, as version 1.
 fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> learn::Training {

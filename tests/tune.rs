@@ -9,31 +9,10 @@ mod datasets;
 use std::time::Instant;
 
 use edgeloop::config::{Config, ModelConfig};
-use edgeloop::ingest::csv_file::LabelledCsv;
 use edgeloop::learn::tune::{self, SearchConfig, Strategy, Trial};
-use edgeloop::learn::{self, offline, Dataset, Family, Task, TrainSettings, Trigger};
+use edgeloop::learn::{self, Dataset, Family, Task, Trigger};
 
-fn dataset(name: &str, task: Task) -> (Dataset, Vec<String>) {
-    let (train, test, _) = datasets::load(name);
-    let mut x = train.x.clone();
-    x.extend_from_slice(&test.x);
-    let labels: Vec<String> = train.labels.iter().chain(&test.labels).cloned().collect();
-    let csv = LabelledCsv {
-        features: train.features.clone(),
-        x,
-        labels,
-    };
-    (offline::dataset(&csv, task), train.features)
-}
-
-fn settings<'a>(features: &'a [String], model: &'a ModelConfig) -> TrainSettings<'a> {
-    TrainSettings {
-        pipeline: "test",
-        features,
-        model,
-        progress: None,
-    }
-}
+use datasets::{settings, stream as dataset};
 
 fn model(family: Family, search: SearchConfig) -> ModelConfig {
     ModelConfig {

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use edgeloop::learn::sort_classes;
+use edgeloop::config::ModelConfig;
+use edgeloop::ingest::csv_file::LabelledCsv;
+use edgeloop::learn::{offline, sort_classes, Dataset, Task, TrainSettings};
 
 /// Names of the prepared datasets.
 pub const CLASSIFICATION: [&str; 3] = ["occupancy", "gas12", "basic_motions"];
@@ -84,5 +86,30 @@ fn read(file: &str) -> Split {
         features: header[..nf].to_vec(),
         x,
         labels,
+    }
+}
+
+/// Train then test split of `name` as one stream in file order (the newest
+/// 20 % is then the temporal holdout), and its feature names.
+pub fn stream(name: &str, task: Task) -> (Dataset, Vec<String>) {
+    let (train, test, _) = load(name);
+    let mut x = train.x.clone();
+    x.extend_from_slice(&test.x);
+    let labels: Vec<String> = train.labels.iter().chain(&test.labels).cloned().collect();
+    let csv = LabelledCsv {
+        features: train.features.clone(),
+        x,
+        labels,
+    };
+    (offline::dataset(&csv, task), train.features)
+}
+
+/// Settings of a training of `features` with `model`, named "test".
+pub fn settings<'a>(features: &'a [String], model: &'a ModelConfig) -> TrainSettings<'a> {
+    TrainSettings {
+        pipeline: "test",
+        features,
+        model,
+        progress: None,
     }
 }
