@@ -4,7 +4,11 @@
 //! cases, 6 channels × 100 readings at 10 Hz) replayed as 10 Hz readings, one
 //! device per case, through the loop's training path (`learn::train_version`
 //! with `[pipelines.windows]`) and the serving featurizer: test accuracy
-//! with and without augmentation, at least 0.9 with it.
+//! with and without augmentation, at least 0.9 with it. And the same
+//! through the daemon: readings over MQTT (embedded broker), training at
+//! `min_labels`, one prediction per test device published over MQTT.
+
+mod common;
 
 use std::path::PathBuf;
 
@@ -326,4 +330,228 @@ fn raw_window_augmentation(train: &[Case], test: &[Case]) -> f64 {
         })
         .count();
     correct as f64 / test.len() as f64
+}
+
+/// The daemon's half of windowed features, end to end over the embedded
+/// broker: the 40 training cases arrive as labelled 10 Hz readings (one
+/// device per case, `motion/{device}/basic`), version 1 trains at
+/// `min_labels` (every training reading stored); the 40 test cases arrive
+/// unlabelled, interleaved in time, and the predictor publishes exactly one
+/// prediction per test device, at its 100th reading, whose probabilities are
+/// the stored version's on the window statistics of that device's readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_predicts_one_window_per_device_over_mqtt() {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use common::{client_id, free_port, wait_until, Broker};
+    use edgeloop::features::windows::derive;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    const NAME: &str = "basic_motions";
+    const WAIT: Duration = Duration::from_secs(60);
+    let started = Instant::now();
+    let (train, test) = (
+        load_ts("BasicMotions_TRAIN.ts"),
+        load_ts("BasicMotions_TEST.ts"),
+    );
+    common::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = common::config(dir.path(), Broker::Embedded(port));
+    let mut p = pipeline(AugmentConfig::default());
+    p.topics = vec!["motion/+/basic".into()];
+    p.label_topics = vec![];
+    p.device_level = 1;
+    p.timestamp = "t".into();
+    p.label = "activity".into();
+    p.prediction_topic = "edgeloop/{pipeline}/predictions/{device}".into();
+    p.model.min_labels = 40 * 100;
+    p.model.retrain_every = 1_000_000;
+    p.drift.retrain_on_drift = false;
+    cfg.pipelines = vec![p.clone()];
+    cfg.validate().unwrap();
+
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
+    let handle = running.handle.clone();
+    assert!(
+        handle.wait_subscribed(WAIT).await,
+        "the daemon did not subscribe"
+    );
+
+    let message = |s: &Sample| {
+        let mut v = serde_json::json!({ "t": s.timestamp_ms });
+        for (c, x) in CHANNELS.iter().zip(&s.features) {
+            v[*c] = f64::from(*x).into();
+        }
+        if let Some(l) = &s.label {
+            v["activity"] = l.clone().into();
+        }
+        (
+            format!("motion/{}/basic", s.device),
+            serde_json::to_vec(&v).unwrap(),
+        )
+    };
+
+    // Training readings, labelled; version 1 once all 4,000 are stored.
+    let train_readings = readings(&train, "train-", true);
+    publish(port, train_readings.iter().map(message).collect()).await;
+    wait_until(WAIT, "version 1", || handle.registry.get(NAME).is_some()).await;
+    let serving = handle.registry.get(NAME).unwrap();
+    assert_eq!(serving.version, 1);
+    assert_eq!(serving.card.n_samples, 40, "one window per training case");
+    assert_eq!(handle.store.counts(NAME).unwrap().labelled_total, 4000);
+    let stored = handle.store.get_model(NAME, 1).unwrap().unwrap();
+    let model = learn::Model::from_json(&stored.params_json).unwrap();
+    assert_eq!(model.feature_names(), &p.model_features()[..]);
+
+    // Test readings, unlabelled, the 40 devices interleaved in time.
+    let (mut sub, stop_sub) = subscribe(port, &format!("edgeloop/{NAME}/predictions/#")).await;
+    let mut test_readings = readings(&test, "test-", false);
+    test_readings.sort_by_key(|s| (s.timestamp_ms % 10_000, s.timestamp_ms));
+    publish(port, test_readings.iter().map(message).collect()).await;
+    let mut got: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    while got.len() < test.len() {
+        let m = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .expect("a prediction per test device")
+            .unwrap();
+        let device = m["device"].as_str().unwrap().to_string();
+        assert!(
+            got.insert(device, m).is_none(),
+            "two predictions for one device"
+        );
+    }
+    // Nothing more arrives (one window per device: 100 readings, step 100).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.recv())
+            .await
+            .is_err(),
+        "a prediction beyond one per device"
+    );
+    stop_sub.cancel();
+    let stats = handle.stats.snapshot();
+    assert_eq!(stats.predictions_made, 40);
+    assert_eq!(stats.predictions_dropped, 0);
+
+    // The in-process reference: the stored version on the batch windows.
+    let windows = derive(&test_readings, &p.windows, CHANNELS.len());
+    assert_eq!(windows.len(), test.len());
+    let x: Vec<f32> = windows
+        .iter()
+        .flat_map(|w| w.features.iter().copied())
+        .collect();
+    let proba = model.predict(&x);
+    let classes = model.classes();
+    let mut correct = 0;
+    let mut max_diff = 0f64;
+    for (w, row) in windows.iter().zip(proba.chunks_exact(classes.len())) {
+        let m = &got[&w.device];
+        let k: usize = w.device.trim_start_matches("test-").parse().unwrap();
+        assert_eq!(m["pipeline"], NAME);
+        assert_eq!(m["model_version"], 1);
+        assert_eq!(
+            m["timestamp_ms"].as_i64().unwrap(),
+            w.timestamp_ms,
+            "the 100th reading's"
+        );
+        assert!(m["sample_id"].is_u64());
+        let served = m["probabilities"].as_object().unwrap();
+        assert_eq!(served.len(), classes.len());
+        for (c, want) in classes.iter().zip(row) {
+            let diff = (served[c].as_f64().unwrap() - f64::from(*want)).abs();
+            max_diff = max_diff.max(diff);
+        }
+        correct += usize::from(m["label"] == test[k].label.as_str());
+    }
+    let accuracy = correct as f64 / test.len() as f64;
+    println!(
+        "BasicMotions through the daemon (forest, windows of 100 at 10 Hz): \
+         accuracy {accuracy:.3} over {} test devices, served vs in-process \
+         probabilities max |diff| {max_diff:e}, {:.1} s",
+        test.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        max_diff <= 1e-5,
+        "served and in-process probabilities differ by {max_diff}"
+    );
+    assert!(accuracy >= 0.9, "accuracy through the daemon: {accuracy}");
+
+    drop(handle);
+    token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
+
+    /// Publishes `(topic, payload)` in order on one connection (QoS 1) and
+    /// waits for every acknowledgement.
+    async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
+        let mut opts = MqttOptions::new(client_id("pub"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let total = messages.len();
+        let publisher = tokio::spawn(async move {
+            for (topic, payload) in messages {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(WAIT, eventloop.poll()).await.unwrap() {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publishing: {e}"),
+            }
+        }
+        let client = publisher.await.unwrap();
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+    }
+
+    /// Subscribes to `filter`; every payload arrives on the receiver.
+    async fn subscribe(
+        port: u16,
+        filter: &str,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let mut opts = MqttOptions::new(client_id("sub"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let _client = client;
+            loop {
+                let ev = tokio::select! {
+                    ev = eventloop.poll() => ev,
+                    _ = token.cancelled() => break,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready_rx).await.unwrap().unwrap();
+        (rx, stop)
+    }
 }
