@@ -21,8 +21,9 @@
 //! - [`store`]: redb: samples (with QoS 1 dedup), models, state, retention.
 //! - [`features`]: preprocessing: mean imputation and standard scaling,
 //!   augmentation of training rows ([`features::augment`]: jitter, scaling,
-//!   time shift, window slicing, mixup) and class balance
-//!   ([`features::balance`]).
+//!   time shift, window slicing, mixup), class balance
+//!   ([`features::balance`]) and per-device sliding-window statistics
+//!   ([`features::windows`]).
 //! - [`learn`]: datasets, the temporal holdout and k-fold splits
 //!   ([`learn::split`]), one trainer module per family ([`learn::logistic`],
 //!   [`learn::linear`] (linear and ridge), [`learn::mlp`], [`learn::tree`],

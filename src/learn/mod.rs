@@ -242,7 +242,7 @@ pub struct Training {
 /// Trains `version` of `pipeline` on `samples`, guarded by `old_regimes`
 /// when given (held out only, never trained on); see [`train_dataset`]. A
 /// windowed pipeline (`[pipelines.windows]`) trains on the window samples of
-/// `samples` ([`crate::features::windows::derive`]: per device, in timestamp
+/// `samples` ([`crate::features::windows::derive()`]: per device, in timestamp
 /// order, each labelled by its last reading), its model features the window
 /// statistics ([`PipelineConfig::model_features`]).
 ///
