@@ -38,7 +38,7 @@
 //! [`Featurizer`] is the streaming form: one ring buffer of `size × channels`
 //! values per device, at most `max_devices` devices (the least recently seen
 //! one is evicted when a new one arrives, and counted); after warm-up a
-//! reading allocates nothing but the emitted row. [`derive`] runs the same
+//! reading allocates nothing but the emitted row. [`derive()`] runs the same
 //! featurizer over stored readings (per device, in timestamp order), so
 //! training sees exactly the windows serving would have formed.
 
