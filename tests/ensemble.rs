@@ -5,9 +5,8 @@
 
 #[path = "common/datasets.rs"]
 mod datasets;
-
-use std::path::Path;
-use std::process::Command;
+#[path = "common/ort.rs"]
+mod ort;
 
 use edgeloop::config::{validate_model, ConfigError, ModelConfig};
 use edgeloop::ingest::csv_file::LabelledCsv;
@@ -17,7 +16,6 @@ use edgeloop::learn::{
     self, offline, Dataset, Family, Model, Task, TrainError, TrainSettings, Trigger,
 };
 use edgeloop::serve::engine::OnnxModel;
-use serde_json::Value;
 
 /// Largest difference allowed between a served output and `predict`.
 const TOL: f32 = 1e-5;
@@ -86,30 +84,8 @@ fn served_diff(what: &str, onnx: &[u8], x: &[f32], want: &[f32]) -> f32 {
 /// onnxruntime's (probabilities, labels) for `onnx` on `x`, through
 /// `tests/fixtures/trees_family/run_ort.py`.
 fn onnxruntime(onnx: &[u8], x: &[f32], nf: usize) -> (Vec<f32>, Vec<usize>) {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, rows, out) = (
-        dir.path().join("model.onnx"),
-        dir.path().join("rows.csv"),
-        dir.path().join("out.json"),
-    );
-    std::fs::write(&model, onnx).unwrap();
-    let text: String = x
-        .chunks_exact(nf)
-        .map(|r| {
-            let bits: Vec<String> = r.iter().map(|v| v.to_bits().to_string()).collect();
-            bits.join(",") + "\n"
-        })
-        .collect();
-    std::fs::write(&rows, text).unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trees_family/run_ort.py");
-    let status = Command::new("python3")
-        .args([&script, &model, &rows, &out])
-        .status()
-        .expect("python3 runs (with numpy and onnxruntime)");
-    assert!(status.success(), "{script:?} failed: {status}");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let list = |name: &str| v["outputs"][name].as_array().unwrap().clone();
+    let outputs = ort::run_onnxruntime(onnx, x, nf);
+    let list = |name: &str| outputs[name].as_array().unwrap().clone();
     (
         list("probabilities")
             .iter()

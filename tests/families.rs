@@ -10,24 +10,10 @@ use edgeloop::config::ModelConfig;
 use edgeloop::ingest::csv_file::LabelledCsv;
 use edgeloop::learn::offline;
 use edgeloop::learn::select::{Evaluation, Metric};
-use edgeloop::learn::{self, Dataset, Family, Task, Trigger};
+use edgeloop::learn::{self, Family, Task, Trigger};
 use edgeloop::serve::engine::OnnxModel;
 
-use datasets::{settings, stream as dataset};
-
-/// One training of `data` through the loop's path, as version 1.
-fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> learn::Training {
-    learn::train_dataset(
-        &settings(features, model),
-        data,
-        None,
-        1,
-        Trigger::Manual,
-        None,
-        &|| false,
-    )
-    .unwrap()
-}
+use datasets::{settings, stream as dataset, train};
 
 /// The best holdout score among the candidates.
 fn best_holdout(training: &learn::Training) -> f64 {

@@ -16,9 +16,11 @@
 
 #[path = "common/datasets.rs"]
 mod datasets;
+#[path = "common/ort.rs"]
+mod ort;
 
-use std::path::Path;
-use std::process::Command;
+use ort::run_onnxruntime;
+
 use std::time::Instant;
 
 use edgeloop::learn::forest::{ForestConfig, ForestModel, MaxFeatures};
@@ -71,34 +73,6 @@ fn rows_with_missing(x: &[f32], nf: usize) -> Vec<f32> {
     }
     rows.extend(vec![f32::NAN; nf]);
     rows
-}
-
-/// onnxruntime's outputs for `onnx` on `x` (`[n, nf]`), by output name.
-fn run_onnxruntime(onnx: &[u8], x: &[f32], nf: usize) -> serde_json::Map<String, Value> {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, rows, out) = (
-        dir.path().join("model.onnx"),
-        dir.path().join("rows.csv"),
-        dir.path().join("out.json"),
-    );
-    std::fs::write(&model, onnx).unwrap();
-    let text: String = x
-        .chunks_exact(nf)
-        .map(|r| {
-            let bits: Vec<String> = r.iter().map(|v| v.to_bits().to_string()).collect();
-            bits.join(",") + "\n"
-        })
-        .collect();
-    std::fs::write(&rows, text).unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trees_family/run_ort.py");
-    let status = Command::new("python3")
-        .args([&script, &model, &rows, &out])
-        .status()
-        .expect("python3 runs (with numpy and onnxruntime)");
-    assert!(status.success(), "{script:?} failed: {status}");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    v["outputs"].as_object().unwrap().clone()
 }
 
 fn floats(v: &Value) -> Vec<f32> {

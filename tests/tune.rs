@@ -12,7 +12,7 @@ use edgeloop::config::{Config, ModelConfig};
 use edgeloop::learn::tune::{self, SearchConfig, Strategy, Trial};
 use edgeloop::learn::{self, Dataset, Family, Task, Trigger};
 
-use datasets::{settings, stream as dataset};
+use datasets::{settings, stream as dataset, train};
 
 fn model(family: Family, search: SearchConfig) -> ModelConfig {
     ModelConfig {
@@ -71,16 +71,7 @@ fn the_tuned_model_scores_at_least_the_default_on_the_holdout() {
             family,
             ..ModelConfig::default()
         };
-        let default = learn::train_dataset(
-            &settings(&features, &default_model),
-            &data,
-            None,
-            1,
-            Trigger::Manual,
-            None,
-            &|| false,
-        )
-        .unwrap();
+        let default = train(&data, &features, &default_model);
         let default_score = default.chosen.card.holdout_score.unwrap();
         let m = model(
             family,
@@ -348,16 +339,7 @@ fn an_enabled_search_runs_inside_the_daemons_training_path() {
         family: Family::Tree,
         ..ModelConfig::default()
     };
-    let training = learn::train_dataset(
-        &settings(&features, &plain),
-        &data,
-        None,
-        1,
-        Trigger::Manual,
-        None,
-        &|| false,
-    )
-    .unwrap();
+    let training = train(&data, &features, &plain);
     let json = serde_json::to_value(&training.chosen.card).unwrap();
     assert!(json.get("search").is_none());
 }

@@ -407,7 +407,8 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
     assert_eq!(model.feature_names(), &p.model_features()[..]);
 
     // Test readings, unlabelled, the 40 devices interleaved in time.
-    let (mut sub, stop_sub) = subscribe(port, &format!("edgeloop/{NAME}/predictions/#")).await;
+    let (mut sub, stop_sub) =
+        common::subscribe(port, &format!("edgeloop/{NAME}/predictions/#")).await;
     let mut test_readings = readings(&test, "test-", false);
     test_readings.sort_by_key(|s| (s.timestamp_ms % 10_000, s.timestamp_ms));
     publish(port, test_readings.iter().map(message).collect()).await;
@@ -511,47 +512,5 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
         let client = publisher.await.unwrap();
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
-    }
-
-    /// Subscribes to `filter`; every payload arrives on the receiver.
-    async fn subscribe(
-        port: u16,
-        filter: &str,
-    ) -> (
-        tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-        tokio_util::sync::CancellationToken,
-    ) {
-        let mut opts = MqttOptions::new(client_id("sub"), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        let (client, mut eventloop) = AsyncClient::new(opts, 100);
-        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            let _client = client;
-            loop {
-                let ev = tokio::select! {
-                    ev = eventloop.poll() => ev,
-                    _ = token.cancelled() => break,
-                };
-                match ev {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, ready_rx).await.unwrap().unwrap();
-        (rx, stop)
     }
 }

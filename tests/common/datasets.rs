@@ -7,7 +7,9 @@ use std::path::Path;
 
 use edgeloop::config::ModelConfig;
 use edgeloop::ingest::csv_file::LabelledCsv;
-use edgeloop::learn::{offline, sort_classes, Dataset, Task, TrainSettings};
+use edgeloop::learn::{
+    self, offline, sort_classes, Dataset, Task, TrainSettings, Training, Trigger,
+};
 
 /// Names of the prepared datasets.
 pub const CLASSIFICATION: [&str; 3] = ["occupancy", "gas12", "basic_motions"];
@@ -112,4 +114,19 @@ pub fn settings<'a>(features: &'a [String], model: &'a ModelConfig) -> TrainSett
         model,
         progress: None,
     }
+}
+
+/// One manual training of `data` with `model` through the loop's path
+/// (`learn::train_dataset`), as version 1 with no champion.
+pub fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> Training {
+    learn::train_dataset(
+        &settings(features, model),
+        data,
+        None,
+        1,
+        Trigger::Manual,
+        None,
+        &|| false,
+    )
+    .unwrap()
 }

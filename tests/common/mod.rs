@@ -324,3 +324,50 @@ impl Drop for DaemonProcess {
         self.kill();
     }
 }
+
+/// Subscribes to `filter` on the broker at `port`; every payload (JSON)
+/// arrives on the receiver until the token is cancelled.
+pub async fn subscribe(
+    port: u16,
+    filter: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    CancellationToken,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new(client_id("sub"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let _client = client;
+        loop {
+            let ev = tokio::select! {
+                ev = eventloop.poll() => ev,
+                _ = token.cancelled() => break,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(90), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    (rx, stop)
+}
