@@ -113,38 +113,11 @@ enum Command {
     /// Train from a labelled CSV file (rows in time order) through the same
     /// code path as the daemon, and print the model cards side by side.
     Train {
-        #[arg(long)]
-        file: PathBuf,
-        /// Label column (or the pipeline's label with --pipeline).
-        #[arg(long, required_unless_present = "pipeline")]
-        label: Option<String>,
-        /// Feature columns, comma-separated (default: every other numeric column).
-        #[arg(long, value_delimiter = ',')]
-        features: Vec<String>,
-        /// classification or regression (default: regression when every
-        /// label is a number and there are more than 20 distinct ones).
-        #[arg(long)]
-        task: Option<String>,
-        /// logistic, linear, ridge, mlp, tree, forest, svm or auto (every
-        /// family that supports the task; the best serves).
-        #[arg(long)]
-        family: Option<String>,
+        #[command(flatten)]
+        input: CsvInput,
         /// Temporal holdout: the newest FRACTION of rows (default 0.2).
         #[arg(long, conflicts_with = "folds")]
         holdout: Option<f64>,
-        /// k-fold cross-validation (stratified for classification) over the
-        /// training part, besides the holdout; candidates compared by it.
-        #[arg(long)]
-        folds: Option<usize>,
-        /// Write the chosen model as ONNX.
-        #[arg(long)]
-        export: Option<PathBuf>,
-        /// Take label, features, task and model settings from this pipeline
-        /// of the configuration (--config).
-        #[arg(long)]
-        pipeline: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Print the model cards as JSON (the models endpoint's fields).
         #[arg(long)]
         json: bool,
@@ -153,29 +126,12 @@ enum Command {
     /// time order), train the best through the daemon's code path, and print
     /// the trials (best first) and the chosen model's card.
     Tune {
-        #[arg(long)]
-        file: PathBuf,
-        /// Label column (or the pipeline's label with --pipeline).
-        #[arg(long, required_unless_present = "pipeline")]
-        label: Option<String>,
+        #[command(flatten)]
+        input: CsvInput,
         /// Wall-time budget of search and final training: 60s, 500ms, 2m
         /// (default: the pipeline's `search.budget_s`, else 60 s).
         #[arg(long)]
         budget: Option<String>,
-        /// logistic, linear, ridge, mlp, tree, forest, svm or auto (default:
-        /// the pipeline's with --pipeline, else auto).
-        #[arg(long)]
-        family: Option<String>,
-        /// Feature columns, comma-separated (default: every other numeric column).
-        #[arg(long, value_delimiter = ',')]
-        features: Vec<String>,
-        /// classification or regression (default: guessed as `train` does).
-        #[arg(long)]
-        task: Option<String>,
-        /// Score trials by k-fold cross-validation over the training part
-        /// instead of the temporal holdout.
-        #[arg(long)]
-        folds: Option<usize>,
         /// random or successive_halving.
         #[arg(long)]
         strategy: Option<String>,
@@ -187,15 +143,6 @@ enum Command {
         threads: Option<usize>,
         #[arg(long)]
         seed: Option<u64>,
-        /// Write the chosen model as ONNX.
-        #[arg(long)]
-        export: Option<PathBuf>,
-        /// Take label, features, task, model and search settings from this
-        /// pipeline of the configuration (--config).
-        #[arg(long)]
-        pipeline: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Print `{"trials": [...], "card": {...}}`.
         #[arg(long)]
         json: bool,
@@ -209,6 +156,63 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+}
+
+/// What `train` and `tune` read: a labelled CSV and the settings to train it
+/// with.
+#[derive(clap::Args)]
+struct CsvInput {
+    #[arg(long)]
+    file: PathBuf,
+    /// Label column (or the pipeline's label with --pipeline).
+    #[arg(long, required_unless_present = "pipeline")]
+    label: Option<String>,
+    /// Feature columns, comma-separated (default: every other numeric column).
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
+    /// classification or regression (default: regression when every label
+    /// is a number and there are more than 20 distinct ones).
+    #[arg(long)]
+    task: Option<String>,
+    /// logistic, linear, ridge, mlp, tree, forest, svm or auto (every family
+    /// that supports the task; the best serves). Default: the pipeline's
+    /// with --pipeline, else auto.
+    #[arg(long)]
+    family: Option<String>,
+    /// k-fold cross-validation (stratified for classification) over the
+    /// training part, besides the holdout; candidates and trials compared by
+    /// it.
+    #[arg(long)]
+    folds: Option<usize>,
+    /// Write the chosen model as ONNX.
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// Take label, features, task and model settings from this pipeline of
+    /// the configuration (--config).
+    #[arg(long)]
+    pipeline: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl CsvInput {
+    /// The settings of the configured pipeline (or the defaults) with this
+    /// command line over them.
+    fn settings(
+        &self,
+        default_name: &str,
+    ) -> anyhow::Result<edgeloop::learn::offline::CsvSettings> {
+        let cfg = Config::load(self.config.as_deref())?;
+        let args = edgeloop::learn::offline::CsvArgs {
+            pipeline: self.pipeline.clone(),
+            label: self.label.clone(),
+            features: self.features.clone(),
+            task: self.task.clone(),
+            family: self.family.clone(),
+            folds: self.folds,
+        };
+        edgeloop::learn::offline::csv_settings(&cfg, args, default_name).map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand)]
@@ -430,35 +434,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train {
-            file,
-            label,
-            features,
-            task,
-            family,
+            input,
             holdout,
-            folds,
-            export,
-            pipeline,
-            config,
             json,
         } => {
-            let cfg = Config::load(config.as_deref())?;
-            let args = edgeloop::learn::offline::CsvArgs {
-                pipeline,
-                label,
-                features,
-                task,
-                family,
-                folds,
-            };
             let edgeloop::learn::offline::CsvSettings {
                 label,
                 features,
                 mut model,
                 task,
                 name,
-            } = edgeloop::learn::offline::csv_settings(&cfg, args, "train")
-                .map_err(anyhow::Error::msg)?;
+            } = input.settings("train")?;
+            let (file, export) = (input.file, input.export);
             if let Some(h) = holdout {
                 model.holdout_fraction = h;
             }
@@ -507,40 +494,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tune {
-            file,
-            label,
+            input,
             budget,
-            family,
-            features,
-            task,
-            folds,
             strategy,
             max_trials,
             threads,
             seed,
-            export,
-            pipeline,
-            config,
             json,
         } => {
             use edgeloop::learn::tune;
-            let cfg = Config::load(config.as_deref())?;
-            let args = edgeloop::learn::offline::CsvArgs {
-                pipeline,
-                label,
-                features,
-                task,
-                family,
-                folds,
-            };
             let edgeloop::learn::offline::CsvSettings {
                 label,
                 features,
                 mut model,
                 task,
                 name,
-            } = edgeloop::learn::offline::csv_settings(&cfg, args, "tune")
-                .map_err(anyhow::Error::msg)?;
+            } = input.settings("tune")?;
+            let (file, export) = (input.file, input.export);
             let search = &mut model.search;
             search.enabled = true;
             if let Some(b) = budget {
