@@ -380,7 +380,11 @@ impl Session {
 }
 
 #[cfg(feature = "ort")]
-fn load_ort(bytes: &[u8], graph: &graph::Graph, options: &LoadOptions) -> Result<Inner, ModelError> {
+fn load_ort(
+    bytes: &[u8],
+    graph: &graph::Graph,
+    options: &LoadOptions,
+) -> Result<Inner, ModelError> {
     Ok(Inner::Ort(ort::OrtSession::load(bytes, graph, options)?))
 }
 
@@ -433,7 +437,11 @@ impl OnnxModel {
     /// # Errors
     /// [`ModelError::Refused`] naming what the metadata, the engine or the
     /// check rejected; the other [`Session::load`] errors.
-    pub fn load_with(onnx: &[u8], kind: EngineKind, options: &LoadOptions) -> Result<Self, ModelError> {
+    pub fn load_with(
+        onnx: &[u8],
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
         let meta = export::read_metadata(onnx).map_err(ModelError::Refused)?;
         let mut options = options.clone();
         options.input_width.get_or_insert(meta.features.len());
@@ -513,8 +521,7 @@ impl OnnxModel {
         let (scores, classes) = match contract.task {
             Task::Classification => {
                 let Some(i) = session.outputs().iter().position(|o| {
-                    o.keys.is_some()
-                        || (float(o) && o.dims.as_ref().is_none_or(|d| d.len() == 2))
+                    o.keys.is_some() || (float(o) && o.dims.as_ref().is_none_or(|d| d.len() == 2))
                 }) else {
                     return refuse("no probabilities output (ZipMap or float [N, C])".into());
                 };
@@ -524,9 +531,7 @@ impl OnnxModel {
                     .or_else(|| session.classifier_labels().map(<[String]>::to_vec))
                     .unwrap_or_else(|| contract.classes.clone());
                 if classes.is_empty() {
-                    return refuse(
-                        "the model names no classes and the pipeline lists none".into(),
-                    );
+                    return refuse("the model names no classes and the pipeline lists none".into());
                 }
                 if !contract.classes.is_empty() {
                     let mut a = classes.clone();

@@ -20,7 +20,13 @@ use super::{DType, Data, Engine, LoadOptions, ModelError, Named, Tensor, TensorI
 /// Domains onnxruntime's CPU provider implements; an operator in another
 /// domain is refused before onnxruntime sees it (within these, onnxruntime's
 /// own check names a missing operator).
-const DOMAINS: [&str; 5] = ["", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"];
+const DOMAINS: [&str; 5] = [
+    "",
+    "ai.onnx",
+    "ai.onnx.ml",
+    "com.microsoft",
+    "ai.onnx.preview.training",
+];
 
 /// The library loaded in this process and its environment.
 struct Loaded {
@@ -36,7 +42,9 @@ static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
 /// [`ModelError::Unavailable`] naming the path when no path is configured,
 /// the library does not load, is older than 1.31, or another library is
 /// already loaded in this process.
-pub fn environment(options: &LoadOptions) -> Result<(PathBuf, ort::environment::Environment), ModelError> {
+pub fn environment(
+    options: &LoadOptions,
+) -> Result<(PathBuf, ort::environment::Environment), ModelError> {
     let path = match &options.ort_library {
         Some(p) => p.clone(),
         None => match std::env::var_os("ORT_DYLIB_PATH") {
@@ -49,7 +57,9 @@ pub fn environment(options: &LoadOptions) -> Result<(PathBuf, ort::environment::
         },
     };
     let path = std::fs::canonicalize(&path).unwrap_or(path);
-    let mut loaded = LOADED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(l) = loaded.as_ref() {
         if l.path != path {
             return Err(ModelError::Unavailable(format!(
@@ -60,9 +70,8 @@ pub fn environment(options: &LoadOptions) -> Result<(PathBuf, ort::environment::
         }
         return Ok((l.path.clone(), l.env.clone()));
     }
-    let unavailable = |e: String| {
-        ModelError::Unavailable(format!("onnxruntime library {}: {e}", path.display()))
-    };
+    let unavailable =
+        |e: String| ModelError::Unavailable(format!("onnxruntime library {}: {e}", path.display()));
     if !path.is_file() {
         return Err(unavailable("no such file".into()));
     }
@@ -79,7 +88,6 @@ pub fn environment(options: &LoadOptions) -> Result<(PathBuf, ort::environment::
     Ok((path, env))
 }
 
-
 /// An onnxruntime session; runs one call at a time.
 pub(super) struct OrtSession {
     session: Mutex<OrtInner>,
@@ -93,7 +101,11 @@ impl std::fmt::Debug for OrtSession {
 
 impl OrtSession {
     pub fn load(bytes: &[u8], graph: &Graph, options: &LoadOptions) -> Result<Self, ModelError> {
-        if let Some((domain, op)) = graph.ops.iter().find(|(d, _)| !DOMAINS.contains(&d.as_str())) {
+        if let Some((domain, op)) = graph
+            .ops
+            .iter()
+            .find(|(d, _)| !DOMAINS.contains(&d.as_str()))
+        {
             return Err(ModelError::UnsupportedOperator {
                 engine: Engine::Ort,
                 domain: domain.clone(),
@@ -117,11 +129,15 @@ impl OrtSession {
         inputs: &[&Named],
         outputs: &[TensorInfo],
     ) -> Result<Vec<Named>, ModelError> {
-        let mut values: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(String, SessionInputValue<'static>)> =
+            Vec::with_capacity(inputs.len());
         for (info, given) in infos.iter().zip(inputs) {
             values.push((info.name.clone(), to_ort(&given.tensor, info)?));
         }
-        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let run = |e: ort::Error| ModelError::Run(format!("onnxruntime: {e}"));
         let out = session.run(values).map_err(run)?;
         let mut result = Vec::with_capacity(outputs.len());
@@ -156,26 +172,46 @@ fn to_ort(t: &Tensor, info: &TensorInfo) -> Result<SessionInputValue<'static>, M
     };
     let value: DynValue = match info.dtype {
         DType::F32 => match &t.data {
-            Data::F32(v) => OrtTensor::from_array((shape, v.clone())).map_err(bad)?.into_dyn(),
-            _ => OrtTensor::from_array((shape, as_f64()?.iter().map(|x| *x as f32).collect::<Vec<f32>>()))
+            Data::F32(v) => OrtTensor::from_array((shape, v.clone()))
                 .map_err(bad)?
                 .into_dyn(),
+            _ => OrtTensor::from_array((
+                shape,
+                as_f64()?.iter().map(|x| *x as f32).collect::<Vec<f32>>(),
+            ))
+            .map_err(bad)?
+            .into_dyn(),
         },
-        DType::F64 => OrtTensor::from_array((shape, as_f64()?)).map_err(bad)?.into_dyn(),
+        DType::F64 => OrtTensor::from_array((shape, as_f64()?))
+            .map_err(bad)?
+            .into_dyn(),
         DType::I64 => match &t.data {
-            Data::I64(v) => OrtTensor::from_array((shape, v.clone())).map_err(bad)?.into_dyn(),
-            _ => OrtTensor::from_array((shape, as_f64()?.iter().map(|x| *x as i64).collect::<Vec<i64>>()))
+            Data::I64(v) => OrtTensor::from_array((shape, v.clone()))
                 .map_err(bad)?
                 .into_dyn(),
+            _ => OrtTensor::from_array((
+                shape,
+                as_f64()?.iter().map(|x| *x as i64).collect::<Vec<i64>>(),
+            ))
+            .map_err(bad)?
+            .into_dyn(),
         },
-        DType::I32 => OrtTensor::from_array((shape, as_f64()?.iter().map(|x| *x as i32).collect::<Vec<i32>>()))
-            .map_err(bad)?
-            .into_dyn(),
-        DType::Bool => OrtTensor::from_array((shape, as_f64()?.iter().map(|x| *x != 0.0).collect::<Vec<bool>>()))
-            .map_err(bad)?
-            .into_dyn(),
+        DType::I32 => OrtTensor::from_array((
+            shape,
+            as_f64()?.iter().map(|x| *x as i32).collect::<Vec<i32>>(),
+        ))
+        .map_err(bad)?
+        .into_dyn(),
+        DType::Bool => OrtTensor::from_array((
+            shape,
+            as_f64()?.iter().map(|x| *x != 0.0).collect::<Vec<bool>>(),
+        ))
+        .map_err(bad)?
+        .into_dyn(),
         DType::String => match &t.data {
-            Data::String(v) => OrtTensor::from_string_array((shape, v.as_slice())).map_err(bad)?.into_dyn(),
+            Data::String(v) => OrtTensor::from_string_array((shape, v.as_slice()))
+                .map_err(bad)?
+                .into_dyn(),
             _ => {
                 return Err(ModelError::BadInput(format!(
                     "input `{}` takes strings",
@@ -193,7 +229,10 @@ fn to_ort(t: &Tensor, info: &TensorInfo) -> Result<SessionInputValue<'static>, M
     Ok(SessionInputValue::Owned(value))
 }
 
-fn from_ort(value: &DynValue, info: &TensorInfo) -> Result<(Tensor, Option<Vec<String>>), ModelError> {
+fn from_ort(
+    value: &DynValue,
+    info: &TensorInfo,
+) -> Result<(Tensor, Option<Vec<String>>), ModelError> {
     let run = |e: ort::Error| ModelError::Run(format!("output `{}`: {e}", info.name));
     match value.dtype() {
         ValueType::Tensor { ty, .. } => {
@@ -201,7 +240,10 @@ fn from_ort(value: &DynValue, info: &TensorInfo) -> Result<(Tensor, Option<Vec<S
             macro_rules! ints {
                 ($t:ty) => {{
                     let (shape, data) = value.try_extract_tensor::<$t>().map_err(run)?;
-                    (shape.to_vec(), Data::I64(data.iter().map(|x| *x as i64).collect()))
+                    (
+                        shape.to_vec(),
+                        Data::I64(data.iter().map(|x| *x as i64).collect()),
+                    )
                 }};
             }
             let (shape, data): (Vec<i64>, Data) = match ty {
@@ -222,7 +264,10 @@ fn from_ort(value: &DynValue, info: &TensorInfo) -> Result<(Tensor, Option<Vec<S
                 TensorElementType::Uint32 => ints!(u32),
                 TensorElementType::Bool => {
                     let (shape, data) = value.try_extract_tensor::<bool>().map_err(run)?;
-                    (shape.to_vec(), Data::I64(data.iter().map(|x| i64::from(*x)).collect()))
+                    (
+                        shape.to_vec(),
+                        Data::I64(data.iter().map(|x| i64::from(*x)).collect()),
+                    )
                 }
                 TensorElementType::String => {
                     let (shape, data) = value.try_extract_strings().map_err(run)?;
@@ -243,16 +288,16 @@ fn from_ort(value: &DynValue, info: &TensorInfo) -> Result<(Tensor, Option<Vec<S
             Ok((Tensor { shape, data }, info.keys.clone()))
         }
         ValueType::Sequence(inner) if matches!(**inner, ValueType::Map { .. }) => {
-            let maps = value.try_extract_sequence::<DynMapValueType>().map_err(run)?;
+            let maps = value
+                .try_extract_sequence::<DynMapValueType>()
+                .map_err(run)?;
             let mut rows: Vec<Vec<(String, f32)>> = Vec::with_capacity(maps.len());
             for map in &maps {
                 let row: Vec<(String, f32)> = match map.dtype() {
                     ValueType::Map {
                         key: TensorElementType::String,
                         ..
-                    } => map
-                        .try_extract_key_values::<String, f32>()
-                        .map_err(run)?,
+                    } => map.try_extract_key_values::<String, f32>().map_err(run)?,
                     _ => map
                         .try_extract_key_values::<i64, f32>()
                         .map_err(run)?
@@ -272,9 +317,16 @@ fn from_ort(value: &DynValue, info: &TensorInfo) -> Result<(Tensor, Option<Vec<S
             let mut data = Vec::with_capacity(rows.len() * keys.len());
             for row in &rows {
                 for key in &keys {
-                    let v = row.iter().find(|(k, _)| k == key).map(|(_, v)| *v).ok_or_else(|| {
-                        ModelError::Run(format!("output `{}`: a map lacks key `{key}`", info.name))
-                    })?;
+                    let v = row
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| *v)
+                        .ok_or_else(|| {
+                            ModelError::Run(format!(
+                                "output `{}`: a map lacks key `{key}`",
+                                info.name
+                            ))
+                        })?;
                     data.push(v);
                 }
             }

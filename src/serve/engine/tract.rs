@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use tract_onnx::prelude::{
-    tract_ndarray, tvec, Datum, DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, TDim,
-    IntoRunnable, Tensor as TTensor, TypedRunnableModel,
+    tract_ndarray, tvec, Datum, DatumType, Framework, InferenceFact, InferenceModelExt,
+    IntoRunnable, IntoTValue, TDim, Tensor as TTensor, TypedRunnableModel,
 };
 
 use super::graph::Graph;
@@ -46,12 +46,18 @@ impl TractSession {
                 op: op.clone(),
             });
         }
-        let refused = |e: tract_onnx::prelude::TractError| ModelError::Refused(format!("tract: {e:#}"));
-        let mut model = parser.model_for_proto_model(&graph.proto).map_err(refused)?;
+        let refused =
+            |e: tract_onnx::prelude::TractError| ModelError::Refused(format!("tract: {e:#}"));
+        let mut model = parser
+            .model_for_proto_model(&graph.proto)
+            .map_err(refused)?;
         let batch = model.symbols.sym("N");
         for (i, info) in graph.inputs.iter().enumerate() {
             let dt = datum_type(info.dtype).ok_or_else(|| {
-                ModelError::Refused(format!("input `{}`: element type {:?} is not supported", info.name, info.dtype))
+                ModelError::Refused(format!(
+                    "input `{}`: element type {:?} is not supported",
+                    info.name, info.dtype
+                ))
             })?;
             let dims: Vec<Option<usize>> = match &info.dims {
                 Some(d) => d.clone(),
@@ -74,7 +80,11 @@ impl TractSession {
                     (None, 1) if rank == 2 && options.input_width.is_some() => {
                         TDim::from(options.input_width.unwrap_or_default() as i64)
                     }
-                    (None, _) => TDim::from(model.symbols.sym(&format!("{}_{axis}", sanitize(&info.name)))),
+                    (None, _) => TDim::from(
+                        model
+                            .symbols
+                            .sym(&format!("{}_{axis}", sanitize(&info.name))),
+                    ),
                 });
             }
             model
@@ -108,7 +118,10 @@ impl TractSession {
             };
             values.push(t.into_tvalue());
         }
-        let out = self.plan.run(values).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let out = self
+            .plan
+            .run(values)
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
         out.into_iter()
             .zip(outputs)
             .map(|(t, info)| {
@@ -124,7 +137,9 @@ impl TractSession {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn datum_type(d: DType) -> Option<DatumType> {
@@ -152,7 +167,6 @@ fn to_tract(t: &Tensor) -> Result<TTensor, ModelError> {
         }
     }
 }
-
 
 /// A tract tensor as edgeloop's, cast to the declared ONNX type (`declared`):
 /// tract computes some integer outputs (`ArgMax` labels) as `TDim`.
