@@ -895,6 +895,7 @@ mod tests {
         assert_eq!(minimal.timestamp_format, p.timestamp_format);
         assert_eq!(minimal.task, p.task);
         assert_eq!(minimal.prediction_topic, p.prediction_topic);
+        assert_eq!(minimal.engine, p.engine);
         let (a, b) = (&minimal.model, &p.model);
         assert_eq!(
             (
@@ -1135,6 +1136,44 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("pipelines[0].label"), "{err}");
+    }
+
+    #[test]
+    fn engine_and_onnxruntime_keys_load_and_are_checked() {
+        use crate::serve::engine::EngineKind;
+        let base = "[[pipelines]]\nname='occ'\ntopics=['s/+/o']\nfeatures=['T']\nlabel='y'\n";
+        let cfg = load_str(base, &[]).unwrap();
+        assert_eq!(cfg.pipelines[0].engine, EngineKind::Tract);
+        assert_eq!(cfg.engine_of(0).1.ort_library, None);
+        let cfg = load_str(
+            &format!("[onnxruntime]\nlibrary='/opt/ort/libonnxruntime.so'\n{base}engine='auto'\n"),
+            &[],
+        )
+        .unwrap();
+        let (kind, options) = cfg.engine_of(0);
+        assert_eq!(kind, EngineKind::Auto);
+        assert_eq!(
+            options.ort_library,
+            Some(PathBuf::from("/opt/ort/libonnxruntime.so"))
+        );
+        let err = load_str(&format!("{base}engine='onnx'\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("onnx"), "{err}");
+        let err = load_str("[onnxruntime]\npath='x'\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("path"), "{err}");
+        let ort = load_str(&format!("{base}engine='ort'\n"), &[]);
+        if crate::serve::engine::ORT_COMPILED {
+            assert_eq!(ort.unwrap().pipelines[0].engine, EngineKind::Ort);
+        } else {
+            let err = ort.unwrap_err().to_string();
+            assert!(
+                err.contains("pipelines[0].engine") && err.contains("feature `ort`"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -395,6 +395,24 @@ fn load_ort(_: &[u8], _: &graph::Graph, _: &LoadOptions) -> Result<Inner, ModelE
     ))
 }
 
+/// `load(kind)`; for [`EngineKind::Auto`], `load(Tract)` and, when tract
+/// refuses the model or it fails its verification on tract,
+/// `load(Ort)`, keeping tract's error when onnxruntime fails too.
+fn with_fallback(
+    kind: EngineKind,
+    load: impl Fn(EngineKind) -> Result<OnnxModel, ModelError>,
+) -> Result<OnnxModel, ModelError> {
+    if kind != EngineKind::Auto {
+        return load(kind);
+    }
+    load(EngineKind::Tract).or_else(|tract_error| {
+        load(EngineKind::Ort).map_err(|ort_error| {
+            tracing::debug!(error = %ort_error, "onnxruntime did not take the model either.");
+            tract_error
+        })
+    })
+}
+
 /// What a pipeline expects of its model: the task, the classes (may be empty:
 /// taken from the model) and the features, in input order.
 #[derive(Debug, Clone, PartialEq)]
@@ -433,6 +451,8 @@ impl OnnxModel {
     /// classes, features and task) on the engine `kind` names, and checks
     /// that a one-row input yields `[1, n_classes]` probabilities (or one
     /// prediction). The first output is the probabilities or predictions.
+    /// With [`EngineKind::Auto`], a model that tract refuses or that fails
+    /// the check on tract is tried on onnxruntime.
     ///
     /// # Errors
     /// [`ModelError::Refused`] naming what the metadata, the engine or the
@@ -474,10 +494,22 @@ impl OnnxModel {
     /// - regressor: the first float output, one value per row;
     /// - a probe run on one zero row must give `C` (or one) values.
     ///
+    /// With [`EngineKind::Auto`], a model that tract refuses or that fails
+    /// these checks on tract is tried on onnxruntime.
+    ///
     /// # Errors
     /// [`ModelError::Refused`] saying which of these the model fails; the
     /// [`Session::load`] errors.
     pub fn adopt(
+        onnx: &[u8],
+        contract: &Contract,
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        with_fallback(kind, |kind| Self::adopt_on(onnx, contract, kind, options))
+    }
+
+    fn adopt_on(
         onnx: &[u8],
         contract: &Contract,
         kind: EngineKind,
