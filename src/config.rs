@@ -33,8 +33,46 @@ pub struct Config {
     pub store: StoreConfig,
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
+    /// `[onnxruntime]`: the library of the `ort` engine.
+    #[serde(default)]
+    pub onnxruntime: OnnxruntimeConfig,
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[onnxruntime]`: where the `ort` engine (cargo feature `ort`) finds
+/// `libonnxruntime`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxruntimeConfig {
+    /// Path of the shared library (onnxruntime 1.31 or newer, e.g. the
+    /// `onnxruntime` wheel's `capi/libonnxruntime.so.1.32.0`); empty: the
+    /// `ORT_DYLIB_PATH` environment variable.
+    pub library: PathBuf,
+}
+
+impl Config {
+    /// How the pipeline at `index` loads its models: its engine and the
+    /// load options (the onnxruntime library of `[onnxruntime]`).
+    pub fn engine_of(
+        &self,
+        index: usize,
+    ) -> (
+        crate::serve::engine::EngineKind,
+        crate::serve::engine::LoadOptions,
+    ) {
+        let kind = self
+            .pipelines
+            .get(index)
+            .map(|p| p.engine)
+            .unwrap_or_default();
+        let library = &self.onnxruntime.library;
+        let options = crate::serve::engine::LoadOptions {
+            input_width: None,
+            ort_library: (!library.as_os_str().is_empty()).then(|| library.clone()),
+        };
+        (kind, options)
+    }
 }
 
 /// `[store]`: the redb database and write batching.
@@ -188,6 +226,11 @@ pub struct PipelineConfig {
     pub task: Task,
     #[serde(default = "default_prediction_topic")]
     pub prediction_topic: String,
+    /// The engine serving this pipeline's models: `tract` (default), `ort`
+    /// (onnxruntime, cargo feature `ort`) or `auto` (tract, onnxruntime when
+    /// tract refuses a model).
+    #[serde(default)]
+    pub engine: crate::serve::engine::EngineKind,
     #[serde(default)]
     pub model: ModelConfig,
     #[serde(default)]
@@ -481,6 +524,16 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let key = |k: &str| format!("pipelines[{i}].{k}");
+            if p.engine == crate::serve::engine::EngineKind::Ort
+                && !crate::serve::engine::ORT_COMPILED
+            {
+                return bad(
+                    key("engine"),
+                    "\"ort\" needs edgeloop built with the cargo feature `ort` \
+                     (cargo build --features ort); use \"tract\" or \"auto\""
+                        .into(),
+                );
+            }
             let name_ok = !p.name.is_empty()
                 && p.name.len() <= 64
                 && p.name
@@ -842,6 +895,7 @@ mod tests {
         assert_eq!(minimal.timestamp_format, p.timestamp_format);
         assert_eq!(minimal.task, p.task);
         assert_eq!(minimal.prediction_topic, p.prediction_topic);
+        assert_eq!(minimal.engine, p.engine);
         let (a, b) = (&minimal.model, &p.model);
         assert_eq!(
             (
@@ -1082,6 +1136,44 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("pipelines[0].label"), "{err}");
+    }
+
+    #[test]
+    fn engine_and_onnxruntime_keys_load_and_are_checked() {
+        use crate::serve::engine::EngineKind;
+        let base = "[[pipelines]]\nname='occ'\ntopics=['s/+/o']\nfeatures=['T']\nlabel='y'\n";
+        let cfg = load_str(base, &[]).unwrap();
+        assert_eq!(cfg.pipelines[0].engine, EngineKind::Tract);
+        assert_eq!(cfg.engine_of(0).1.ort_library, None);
+        let cfg = load_str(
+            &format!("[onnxruntime]\nlibrary='/opt/ort/libonnxruntime.so'\n{base}engine='auto'\n"),
+            &[],
+        )
+        .unwrap();
+        let (kind, options) = cfg.engine_of(0);
+        assert_eq!(kind, EngineKind::Auto);
+        assert_eq!(
+            options.ort_library,
+            Some(PathBuf::from("/opt/ort/libonnxruntime.so"))
+        );
+        let err = load_str(&format!("{base}engine='onnx'\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("onnx"), "{err}");
+        let err = load_str("[onnxruntime]\npath='x'\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("path"), "{err}");
+        let ort = load_str(&format!("{base}engine='ort'\n"), &[]);
+        if crate::serve::engine::ORT_COMPILED {
+            assert_eq!(ort.unwrap().pipelines[0].engine, EngineKind::Ort);
+        } else {
+            let err = ort.unwrap_err().to_string();
+            assert!(
+                err.contains("pipelines[0].engine") && err.contains("feature `ort`"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

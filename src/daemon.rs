@@ -139,7 +139,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 reason: e.to_string(),
             })??,
     );
-    let registry = Arc::new(Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())));
+    let registry = Arc::new(cfg.pipelines.iter().enumerate().fold(
+        Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())),
+        |registry, (i, p)| {
+            let (engine, options) = cfg.engine_of(i);
+            registry.with_engine(&p.name, engine, options)
+        },
+    ));
     {
         let (registry, store) = (registry.clone(), store.clone());
         tokio::task::spawn_blocking(move || registry.restore(&store))

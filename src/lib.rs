@@ -38,9 +38,12 @@
 //! - [`onnx`]: the ONNX graph builder and every family's export (standard
 //!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
 //!   operator for tract ([`onnx::tree_ensemble`]).
-//! - [`serve`]: the tract engine (with edgeloop's operators registered), the
-//!   registry of serving versions (atomic swaps), predictions over MQTT
-//!   (bounded outbox), the HTTP API (axum).
+//! - [`serve`]: the engines ([`serve::engine`]: tract with edgeloop's
+//!   operators registered, onnxruntime with the feature `ort`, `auto`
+//!   fallback, typed refusal of unsupported operators), the registry of
+//!   serving versions (atomic swaps), predictions over MQTT (bounded outbox),
+//!   the HTTP API (axum), `edgeloop predict` on a CSV
+//!   ([`serve::predict_file`]).
 //! - [`monitor`]: the learner and its retraining policy; concept-drift
 //!   detectors (ADWIN, DDM, Page-Hinkley) and data drift (PSI, KS); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)

@@ -147,6 +147,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run any ONNX model (edgeloop's, skl2onnx, onnxmltools, torch.onnx) on
+    /// a CSV file's rows and print every output per row. Columns are picked
+    /// by the model's input names, else (one 2-D input) by an edgeloop
+    /// model's features, else in order.
+    Predict {
+        /// The ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// CSV file with a header row.
+        #[arg(long)]
+        file: PathBuf,
+        /// tract, ort (feature `ort`) or auto (tract, then onnxruntime when
+        /// tract refuses the model).
+        #[arg(long, default_value = "auto")]
+        engine: edgeloop::serve::engine::EngineKind,
+        /// libonnxruntime shared library (default: ORT_DYLIB_PATH).
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+        /// Features per row of an input whose width the model leaves out.
+        #[arg(long)]
+        input_width: Option<usize>,
+        /// Print `{"engine", "rows": [{output: value}]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
     Demo {
         /// Print the summary as one JSON object.
@@ -288,6 +313,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
                 edgeloop::daemon::run(cfg, shutdown, Duration::from_secs(shutdown_grace_s)).await
             })?;
+            Ok(())
+        }
+        Command::Predict {
+            model,
+            file,
+            engine,
+            ort_library,
+            input_width,
+            json,
+        } => {
+            let options = edgeloop::serve::engine::LoadOptions {
+                input_width,
+                ort_library,
+            };
+            let out = edgeloop::serve::predict_file::predict_file(&model, &file, engine, &options)?;
+            if json {
+                println!("{}", out.to_json());
+            } else {
+                eprintln!("engine: {}", out.engine);
+                print!("{}", out.table());
+            }
             Ok(())
         }
         Command::Replay {

@@ -6,7 +6,7 @@
 //! | GET | `/v1/stats` | ingest, prediction and training counters |
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
 //! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p}}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number}]}` |
-//! | GET | `/v1/pipelines/{name}/models` | every version's model card |
+//! | GET | `/v1/pipelines/{name}/models` | every version's model card, the serving version and its `engine` (tract or ort) |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
 //! | POST | `/v1/pipelines/{name}/models/{version}/promote` | serves a stored version → `{"serving_version"}` |
 //! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
@@ -322,9 +322,11 @@ async fn models(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let serving = s.registry.get(&name).map(|m| m.version);
+    let current = s.registry.get(&name);
+    let serving = current.as_ref().map(|m| m.version);
+    let engine = current.as_ref().map(|m| m.model.engine());
     Ok(Json(
-        json!({ "pipeline": name, "serving_version": serving, "models": cards }),
+        json!({ "pipeline": name, "serving_version": serving, "engine": engine, "models": cards }),
     ))
 }
 

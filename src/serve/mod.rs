@@ -1,8 +1,10 @@
-//! Serving: the inference engine ([`engine`], tract), the registry of
-//! serving versions ([`registry`], atomic swaps), predictions over MQTT
-//! ([`predictions`]) and the HTTP API ([`http`]).
+//! Serving: the inference engines ([`engine`]: tract, and onnxruntime with
+//! the feature `ort`), the registry of serving versions ([`registry`], atomic
+//! swaps), predictions over MQTT ([`predictions`]), the HTTP API ([`http`])
+//! and `edgeloop predict` on a CSV file ([`predict_file`]).
 
 pub mod engine;
 pub mod http;
+pub mod predict_file;
 pub mod predictions;
 pub mod registry;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use super::engine::{ModelError, OnnxModel};
+use super::engine::{EngineKind, LoadOptions, ModelError, OnnxModel};
 use crate::learn::card::{LiveScore, ModelCard};
 use crate::learn::TrainedVersion;
 use crate::store::{Store, StoreError, StoredModel};
@@ -93,6 +93,9 @@ pub struct Registry {
 struct Slot {
     current: ArcSwapOption<Serving>,
     write: std::sync::Mutex<()>,
+    /// The engine the pipeline's models load on, and how.
+    engine: EngineKind,
+    options: LoadOptions,
 }
 
 impl Slot {
@@ -112,6 +115,16 @@ impl Registry {
                 .map(|p| (p.to_string(), Slot::default()))
                 .collect(),
         }
+    }
+
+    /// Loads `pipeline`'s models on `engine` with `options` (the default:
+    /// tract). Unknown pipelines are ignored.
+    pub fn with_engine(mut self, pipeline: &str, engine: EngineKind, options: LoadOptions) -> Self {
+        if let Some(slot) = self.slots.get_mut(pipeline) {
+            slot.engine = engine;
+            slot.options = options;
+        }
+        self
     }
 
     /// The serving version of `pipeline`, if any.
@@ -139,7 +152,7 @@ impl Registry {
                 tracing::error!(%pipeline, version, "Serving pointer names a missing model; serving nothing.");
                 continue;
             };
-            match load(pipeline, version, &stored) {
+            match load(slot, pipeline, version, &stored) {
                 Ok(serving) => {
                     tracing::info!(%pipeline, version, "Restored serving model.");
                     slot.current.store(Some(Arc::new(serving)));
@@ -171,11 +184,14 @@ impl Registry {
             .slots
             .get(&pipeline)
             .ok_or_else(|| RegistryError::UnknownPipeline(pipeline.clone()))?;
-        let loaded = OnnxModel::load(&onnx).map_err(|source| RegistryError::Model {
-            pipeline: pipeline.clone(),
-            version,
-            source,
+        let loaded = OnnxModel::load_with(&onnx, slot.engine, &slot.options).map_err(|source| {
+            RegistryError::Model {
+                pipeline: pipeline.clone(),
+                version,
+                source,
+            }
         })?;
+        tracing::info!(%pipeline, version, engine = %loaded.engine(), "Model loaded.");
         let stored = StoredModel {
             onnx,
             card_json: serde_json::to_string(&card).map_err(|e| RegistryError::Card {
@@ -237,7 +253,7 @@ impl Registry {
             version,
         };
         let stored = store.get_model(pipeline, version)?.ok_or_else(unknown)?;
-        let serving = Arc::new(load(pipeline, version, &stored)?);
+        let serving = Arc::new(load(slot, pipeline, version, &stored)?);
         let event = ServingEvent::now(version, action, reason);
         let _write = slot.lock();
         if !store.set_serving(pipeline, version, &event.to_json())? {
@@ -318,12 +334,21 @@ impl Registry {
     }
 }
 
-fn load(pipeline: &str, version: u32, stored: &StoredModel) -> Result<Serving, RegistryError> {
-    let model = OnnxModel::load(&stored.onnx).map_err(|source| RegistryError::Model {
-        pipeline: pipeline.into(),
-        version,
-        source,
-    })?;
+fn load(
+    slot: &Slot,
+    pipeline: &str,
+    version: u32,
+    stored: &StoredModel,
+) -> Result<Serving, RegistryError> {
+    let model =
+        OnnxModel::load_with(&stored.onnx, slot.engine, &slot.options).map_err(|source| {
+            RegistryError::Model {
+                pipeline: pipeline.into(),
+                version,
+                source,
+            }
+        })?;
+    tracing::info!(%pipeline, version, engine = %model.engine(), "Model loaded.");
     let card = serde_json::from_str(&stored.card_json).map_err(|e| RegistryError::Card {
         pipeline: pipeline.into(),
         version,

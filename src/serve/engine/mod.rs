@@ -1,0 +1,673 @@
+//! The inference engines: ONNX models run by tract (pure Rust; cross-compiles
+//! to every board) or, with the cargo feature `ort`, by onnxruntime (the
+//! `ort` crate loading the `libonnxruntime` shared library at run time).
+//!
+//! Two layers:
+//! - [`Session`]: any ONNX model (edgeloop's exports, skl2onnx, onnxmltools,
+//!   `torch.onnx`), named inputs in, named outputs out, in edgeloop's own
+//!   value type [`Tensor`]. [`Session::load`] checks every operator against
+//!   the engine first ([`ModelError::UnsupportedOperator`]), and
+//!   [`EngineKind::Auto`] falls back from tract to onnxruntime.
+//! - [`OnnxModel`]: the model a pipeline serves (features in, probabilities
+//!   or predictions out), on top of a [`Session`]: edgeloop's own exports
+//!   ([`OnnxModel::load_with`], reading their metadata) and imported models
+//!   ([`OnnxModel::adopt`], matched to a pipeline's [`Contract`]).
+//!
+//! A loaded model is immutable and shared: tract's plan is optimised and made
+//! runnable once at load and each run spawns its own state; an onnxruntime
+//! session runs one call at a time (its `run` takes `&mut`).
+
+mod graph;
+#[cfg(feature = "ort")]
+mod ort;
+mod tract;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::learn::model::Task;
+use crate::onnx::export;
+
+pub use self::tract::onnx_parser;
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The bytes are not a model this engine can run.
+    #[error("model refused: {0}")]
+    Refused(String),
+    /// The graph uses an operator the engine does not implement; `domain` is
+    /// the node's domain as written (`""` is the default `ai.onnx`).
+    #[error("{engine} does not support operator {}.{op}", display_domain(.domain))]
+    UnsupportedOperator {
+        engine: Engine,
+        domain: String,
+        op: String,
+    },
+    /// The engine asked for is not available in this build or on this
+    /// machine (feature `ort` not compiled in, `libonnxruntime` missing or
+    /// too old); the message names the feature or the library path.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// The input does not fit the model.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The engine failed while running.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+fn display_domain(domain: &str) -> &str {
+    if domain.is_empty() {
+        "ai.onnx"
+    } else {
+        domain
+    }
+}
+
+/// Which engine a pipeline asks for (`engine` in `[[pipelines]]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// tract only (pure Rust; the default).
+    #[default]
+    Tract,
+    /// onnxruntime only (cargo feature `ort`).
+    Ort,
+    /// tract; onnxruntime when tract refuses the model and onnxruntime is
+    /// compiled in and its library loads.
+    Auto,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tract" => Ok(Self::Tract),
+            "ort" => Ok(Self::Ort),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("unknown engine `{other}`: tract, ort or auto")),
+        }
+    }
+}
+
+/// The engine actually serving a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Tract,
+    Ort,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Tract => "tract",
+            Engine::Ort => "ort",
+        })
+    }
+}
+
+/// Whether this build has the onnxruntime engine (cargo feature `ort`).
+pub const ORT_COMPILED: bool = cfg!(feature = "ort");
+
+/// How to load a model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Width (features per row) of a 2-D input whose shape the model leaves
+    /// out or leaves symbolic in its second dim (tract needs it to plan).
+    pub input_width: Option<usize>,
+    /// Path of `libonnxruntime` (`.so`/`.dylib`/`.dll`); `None`: the
+    /// `ORT_DYLIB_PATH` environment variable. Only the first library loaded
+    /// in a process is used.
+    pub ort_library: Option<PathBuf>,
+}
+
+/// Element type of a tensor (ONNX `TensorProto.DataType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F64,
+    I64,
+    I32,
+    Bool,
+    String,
+    /// Any other ONNX type, by its `TensorProto.DataType` code.
+    Other(i32),
+}
+
+/// A declared input or output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    /// Dims, `None` where unknown or symbolic (`dim_param`); `None` as a whole
+    /// when the model declares no shape.
+    pub dims: Option<Vec<Option<usize>>>,
+    /// For a ZipMap output (a sequence of maps, returned dense `[N, C]`
+    /// f32): the map keys in column order, integer keys written in decimal.
+    pub keys: Option<Vec<String>>,
+}
+
+/// Values of a [`Tensor`], row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    /// Every integer and boolean type is returned as i64.
+    I64(Vec<i64>),
+    String(Vec<String>),
+}
+
+impl Data {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+            Data::I64(v) => v.len(),
+            Data::String(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values as f32 (i64 and f64 converted); `None` for strings.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        match self {
+            Data::F32(v) => Some(v.clone()),
+            Data::F64(v) => Some(v.iter().map(|x| *x as f32).collect()),
+            Data::I64(v) => Some(v.iter().map(|x| *x as f32).collect()),
+            Data::String(_) => None,
+        }
+    }
+
+    /// Value `i` as a string (numbers in Rust's shortest form).
+    pub fn format(&self, i: usize) -> String {
+        match self {
+            Data::F32(v) => v[i].to_string(),
+            Data::F64(v) => v[i].to_string(),
+            Data::I64(v) => v[i].to_string(),
+            Data::String(v) => v[i].clone(),
+        }
+    }
+}
+
+/// A tensor: shape and row-major values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+impl Tensor {
+    /// A tensor of `shape` holding `data`.
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] when the number of values is not the product
+    /// of the dims.
+    pub fn new(shape: Vec<usize>, data: Data) -> Result<Self, ModelError> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(ModelError::BadInput(format!(
+                "shape {shape:?} holds {n} values, {} given",
+                data.len()
+            )));
+        }
+        Ok(Self { shape, data })
+    }
+}
+
+/// A named input or output. `keys` is set on a ZipMap output (see
+/// [`TensorInfo::keys`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    pub name: String,
+    pub tensor: Tensor,
+    pub keys: Option<Vec<String>>,
+}
+
+impl Named {
+    /// An input named `name`.
+    pub fn new(name: impl Into<String>, tensor: Tensor) -> Self {
+        Self {
+            name: name.into(),
+            tensor,
+            keys: None,
+        }
+    }
+}
+
+/// A loaded model on one engine: named tensors in, named tensors out.
+#[derive(Debug, Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+    metadata: Vec<(String, String)>,
+    classifier_labels: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tract(tract::TractSession),
+    #[cfg(feature = "ort")]
+    Ort(ort::OrtSession),
+}
+
+impl Session {
+    /// Loads ONNX `bytes` on the engine `kind` names.
+    ///
+    /// tract: dims that are symbolic or absent become one batch symbol
+    /// (first dim) or the [`LoadOptions::input_width`] (second dim of a 2-D
+    /// input); outputs are cast to their declared type. onnxruntime: the
+    /// library from [`LoadOptions::ort_library`] or `ORT_DYLIB_PATH`.
+    /// [`EngineKind::Auto`]: tract, then onnxruntime when tract refuses the
+    /// model and onnxruntime is available; otherwise tract's error.
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedOperator`] naming the first operator the
+    /// engine lacks; [`ModelError::Refused`] when the engine cannot load or
+    /// plan the graph; [`ModelError::Unavailable`] when onnxruntime is asked
+    /// for and not compiled in or its library does not load.
+    pub fn load(bytes: &[u8], kind: EngineKind, options: &LoadOptions) -> Result<Self, ModelError> {
+        let graph = graph::Graph::parse(bytes)?;
+        let inner = match kind {
+            EngineKind::Tract => Inner::Tract(tract::TractSession::load(&graph, options)?),
+            EngineKind::Ort => load_ort(bytes, &graph, options)?,
+            EngineKind::Auto => match tract::TractSession::load(&graph, options) {
+                Ok(s) => Inner::Tract(s),
+                Err(tract_error) => {
+                    tracing::info!(error = %tract_error, "tract refused the model; trying onnxruntime.");
+                    match load_ort(bytes, &graph, options) {
+                        Ok(inner) => inner,
+                        Err(ort_error) => {
+                            tracing::warn!(error = %ort_error, "onnxruntime did not take the model either.");
+                            return Err(tract_error);
+                        }
+                    }
+                }
+            },
+        };
+        let session = Self {
+            inner: Arc::new(inner),
+            metadata: graph
+                .proto
+                .metadata_props
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect(),
+            classifier_labels: graph.classifier_labels(),
+            inputs: graph.inputs,
+            outputs: graph.outputs,
+        };
+        tracing::debug!(engine = %session.engine(), "Model loaded.");
+        Ok(session)
+    }
+
+    /// The engine serving this session.
+    pub fn engine(&self) -> Engine {
+        match &*self.inner {
+            Inner::Tract(_) => Engine::Tract,
+            #[cfg(feature = "ort")]
+            Inner::Ort(_) => Engine::Ort,
+        }
+    }
+
+    /// Declared inputs (initializers excluded), in graph order.
+    pub fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    /// Declared outputs, in graph order; a ZipMap output as its dense form.
+    pub fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    /// The model's metadata property `key` (`metadata_props`).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The class labels of the graph's `ai.onnx.ml` classifier node, if any
+    /// (`classlabels_strings`, or integer labels in decimal).
+    pub fn classifier_labels(&self) -> Option<&[String]> {
+        self.classifier_labels.as_deref()
+    }
+
+    /// Runs the model: one tensor per declared input (matched by name, any
+    /// order), every declared output back in declared order. Inputs are cast
+    /// to the declared element type; integer and boolean outputs come back
+    /// as i64, ZipMap outputs dense `[N, C]` f32 with their keys.
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] when an input is missing, unknown or of a
+    /// type that does not convert; [`ModelError::Run`] when the engine fails.
+    pub fn run(&self, inputs: &[Named]) -> Result<Vec<Named>, ModelError> {
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for info in &self.inputs {
+            let given = inputs
+                .iter()
+                .find(|n| n.name == info.name)
+                .ok_or_else(|| ModelError::BadInput(format!("input `{}` is missing", info.name)))?;
+            ordered.push(given);
+        }
+        if let Some(extra) = inputs
+            .iter()
+            .find(|n| !self.inputs.iter().any(|i| i.name == n.name))
+        {
+            return Err(ModelError::BadInput(format!(
+                "the model has no input `{}`",
+                extra.name
+            )));
+        }
+        let outputs = match &*self.inner {
+            Inner::Tract(s) => s.run(&self.inputs, &ordered, &self.outputs)?,
+            #[cfg(feature = "ort")]
+            Inner::Ort(s) => s.run(&self.inputs, &ordered, &self.outputs)?,
+        };
+        Ok(outputs)
+    }
+}
+
+#[cfg(feature = "ort")]
+fn load_ort(
+    bytes: &[u8],
+    graph: &graph::Graph,
+    options: &LoadOptions,
+) -> Result<Inner, ModelError> {
+    Ok(Inner::Ort(ort::OrtSession::load(bytes, graph, options)?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_ort(_: &[u8], _: &graph::Graph, _: &LoadOptions) -> Result<Inner, ModelError> {
+    Err(ModelError::Unavailable(
+        "engine `ort` needs edgeloop built with the cargo feature `ort`".into(),
+    ))
+}
+
+/// `load(kind)`; for [`EngineKind::Auto`], `load(Tract)` and, when tract
+/// refuses the model or it fails its verification on tract,
+/// `load(Ort)`, keeping tract's error when onnxruntime fails too.
+fn with_fallback(
+    kind: EngineKind,
+    load: impl Fn(EngineKind) -> Result<OnnxModel, ModelError>,
+) -> Result<OnnxModel, ModelError> {
+    if kind != EngineKind::Auto {
+        return load(kind);
+    }
+    load(EngineKind::Tract).or_else(|tract_error| {
+        load(EngineKind::Ort).map_err(|ort_error| {
+            tracing::debug!(error = %ort_error, "onnxruntime did not take the model either.");
+            tract_error
+        })
+    })
+}
+
+/// What a pipeline expects of its model: the task, the classes (may be empty:
+/// taken from the model) and the features, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contract {
+    pub task: Task,
+    pub classes: Vec<String>,
+    pub features: Vec<String>,
+}
+
+/// A loaded, verified ONNX model serving a pipeline (classifier or regressor):
+/// one 2-D float input `[n_rows, n_features]`, and the output holding the
+/// probabilities `[n_rows, n_classes]` or the predictions.
+#[derive(Debug, Clone)]
+pub struct OnnxModel {
+    session: Session,
+    input: String,
+    /// Index into `session.outputs()` of the probabilities (classifier) or
+    /// predictions (regressor).
+    scores: usize,
+    classes: Vec<String>,
+    features: Vec<String>,
+    task: Task,
+}
+
+impl OnnxModel {
+    /// Loads one of edgeloop's own exported models with tract: see
+    /// [`OnnxModel::load_with`].
+    ///
+    /// # Errors
+    /// As [`OnnxModel::load_with`].
+    pub fn load(onnx: &[u8]) -> Result<Self, ModelError> {
+        Self::load_with(onnx, EngineKind::Tract, &LoadOptions::default())
+    }
+
+    /// Loads one of edgeloop's own exported models (its metadata gives
+    /// classes, features and task) on the engine `kind` names, and checks
+    /// that a one-row input yields `[1, n_classes]` probabilities (or one
+    /// prediction). The first output is the probabilities or predictions.
+    /// With [`EngineKind::Auto`], a model that tract refuses or that fails
+    /// the check on tract is tried on onnxruntime.
+    ///
+    /// # Errors
+    /// [`ModelError::Refused`] naming what the metadata, the engine or the
+    /// check rejected; the other [`Session::load`] errors.
+    pub fn load_with(
+        onnx: &[u8],
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let meta = export::read_metadata(onnx).map_err(ModelError::Refused)?;
+        let mut options = options.clone();
+        options.input_width.get_or_insert(meta.features.len());
+        let session = Session::load(onnx, kind, &options)?;
+        let input = session
+            .inputs()
+            .first()
+            .map(|i| i.name.clone())
+            .ok_or_else(|| ModelError::Refused("the model has no input".into()))?;
+        let model = Self {
+            session,
+            input,
+            scores: 0,
+            classes: meta.classes,
+            features: meta.features,
+            task: meta.task,
+        };
+        model.verify()?;
+        Ok(model)
+    }
+
+    /// Adopts an imported model (skl2onnx, onnxmltools, `torch.onnx`, ...)
+    /// for a pipeline with `contract`:
+    /// - one input, 2-D float, whose width (when declared) equals the number
+    ///   of features; the features are fed in `contract.features` order;
+    /// - classifier: the probabilities are the first output that is a ZipMap
+    ///   or a float tensor `[N, C]`; the classes are the ZipMap keys, else the
+    ///   classifier node's `classlabels_*`, else `contract.classes`; when the
+    ///   contract names classes, the model's must be the same set;
+    /// - regressor: the first float output, one value per row;
+    /// - a probe run on one zero row must give `C` (or one) values.
+    ///
+    /// With [`EngineKind::Auto`], a model that tract refuses or that fails
+    /// these checks on tract is tried on onnxruntime.
+    ///
+    /// # Errors
+    /// [`ModelError::Refused`] saying which of these the model fails; the
+    /// [`Session::load`] errors.
+    pub fn adopt(
+        onnx: &[u8],
+        contract: &Contract,
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        with_fallback(kind, |kind| Self::adopt_on(onnx, contract, kind, options))
+    }
+
+    fn adopt_on(
+        onnx: &[u8],
+        contract: &Contract,
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let refuse = |m: String| Err(ModelError::Refused(m));
+        let mut options = options.clone();
+        options.input_width.get_or_insert(contract.features.len());
+        let session = Session::load(onnx, kind, &options)?;
+        let [input] = session.inputs() else {
+            return refuse(format!(
+                "the model has {} inputs; a pipeline model takes one [N, n_features] input",
+                session.inputs().len()
+            ));
+        };
+        if !matches!(input.dtype, DType::F32 | DType::F64) {
+            return refuse(format!(
+                "input `{}` is {:?}; a pipeline model takes floats",
+                input.name, input.dtype
+            ));
+        }
+        if let Some(dims) = &input.dims {
+            if dims.len() != 2 {
+                return refuse(format!(
+                    "input `{}` has {} dims; a pipeline model takes [N, n_features]",
+                    input.name,
+                    dims.len()
+                ));
+            }
+            if let Some(w) = dims[1] {
+                if w != contract.features.len() {
+                    return refuse(format!(
+                        "input `{}` takes {w} features; the pipeline has {}",
+                        input.name,
+                        contract.features.len()
+                    ));
+                }
+            }
+        }
+        let float = |o: &TensorInfo| matches!(o.dtype, DType::F32 | DType::F64);
+        let (scores, classes) = match contract.task {
+            Task::Classification => {
+                let Some(i) = session.outputs().iter().position(|o| {
+                    o.keys.is_some() || (float(o) && o.dims.as_ref().is_none_or(|d| d.len() == 2))
+                }) else {
+                    return refuse("no probabilities output (ZipMap or float [N, C])".into());
+                };
+                let classes = session.outputs()[i]
+                    .keys
+                    .clone()
+                    .or_else(|| session.classifier_labels().map(<[String]>::to_vec))
+                    .unwrap_or_else(|| contract.classes.clone());
+                if classes.is_empty() {
+                    return refuse("the model names no classes and the pipeline lists none".into());
+                }
+                if !contract.classes.is_empty() {
+                    let mut a = classes.clone();
+                    let mut b = contract.classes.clone();
+                    a.sort();
+                    b.sort();
+                    if a != b {
+                        return refuse(format!(
+                            "the model's classes {classes:?} are not the pipeline's {:?}",
+                            contract.classes
+                        ));
+                    }
+                }
+                (i, classes)
+            }
+            Task::Regression => {
+                let Some(i) = session.outputs().iter().position(float) else {
+                    return refuse("no float output for the predictions".into());
+                };
+                (i, Vec::new())
+            }
+        };
+        let model = Self {
+            input: input.name.clone(),
+            session,
+            scores,
+            classes,
+            features: contract.features.clone(),
+            task: contract.task,
+        };
+        model.verify()?;
+        tracing::info!(engine = %model.engine(), "Imported model adopted.");
+        Ok(model)
+    }
+
+    /// The probe run: one zero row gives one value per class (one for a
+    /// regressor).
+    fn verify(&self) -> Result<(), ModelError> {
+        let probe = self
+            .predict_proba(&vec![0.0; self.features.len()])
+            .map_err(|e| ModelError::Refused(format!("verification run failed: {e}")))?;
+        let expected = match self.task {
+            Task::Classification => self.classes.len(),
+            Task::Regression => 1,
+        };
+        if probe.len() != expected {
+            return Err(ModelError::Refused(format!(
+                "verification run gave {} outputs per row, expected {expected} ({:?})",
+                probe.len(),
+                self.task
+            )));
+        }
+        Ok(())
+    }
+
+    /// The engine serving this model.
+    pub fn engine(&self) -> Engine {
+        self.session.engine()
+    }
+
+    /// The session underneath (every output, descriptors).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// What the model predicts.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// Class names, in output column order (empty for a regressor).
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Feature names, in input order.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// A classifier's probabilities `[n_rows, n_classes]` row-major, a
+    /// regressor's predictions `[n_rows]`; for `x` (`[n_rows, n_features]`
+    /// row-major `f32`, `NaN` = missing).
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] when `x` is not a whole number of rows;
+    /// [`ModelError::Run`] when the engine fails.
+    pub fn predict_proba(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let nf = self.features.len();
+        if x.is_empty() || nf == 0 || x.len() % nf != 0 {
+            return Err(ModelError::BadInput(format!(
+                "{} values is not a whole number of rows of {nf} features",
+                x.len()
+            )));
+        }
+        let input = Tensor::new(vec![x.len() / nf, nf], Data::F32(x.to_vec()))?;
+        let mut out = self.session.run(&[Named::new(&self.input, input)])?;
+        if self.scores >= out.len() {
+            return Err(ModelError::Run("model has no output".into()));
+        }
+        out.swap_remove(self.scores)
+            .tensor
+            .data
+            .to_f32()
+            .ok_or_else(|| ModelError::Run("the scores output holds strings".into()))
+    }
+}
