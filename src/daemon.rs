@@ -251,6 +251,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         max_rows: cfg.http.max_rows,
         connection: connection.clone(),
         drift: drift_board,
+        models: cfg.models.clone(),
     });
 
     let supervise = |name: &'static str| {
@@ -303,6 +304,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         let shutdown = shutdown.clone();
         async move { learner.run(shutdown).await.map_err(|e| e.to_string()) }
     });
+    if !cfg.models.dir.as_os_str().is_empty() {
+        let watcher = crate::serve::intake::ModelsDirWatcher {
+            dir: cfg.models.dir.clone(),
+            poll: Duration::from_millis(cfg.models.poll_ms),
+            max_bytes: cfg.models.max_bytes,
+            pipelines: cfg.pipelines.clone(),
+            store: store.clone(),
+            stats: stats.clone(),
+        };
+        let shutdown = shutdown.clone();
+        spawn(&tracker, supervise("models-dir"), async move {
+            watcher.run(shutdown).await
+        });
+    }
     spawn(&tracker, supervise("http"), {
         let drained = drained.clone();
         async move {

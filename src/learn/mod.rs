@@ -737,6 +737,7 @@ fn describe(
         last_seq: None,
         decision: None,
         search: None,
+        imported: None,
     }
 }
 
