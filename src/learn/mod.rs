@@ -8,6 +8,7 @@
 pub mod card;
 pub mod ensemble;
 pub mod forest;
+pub mod head;
 pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
