@@ -338,6 +338,22 @@ pub fn finetune(
 ) -> Result<FinetuneReport, HeadError> {
     let proto = pb::ModelProto::decode(onnx).map_err(|e| HeadError::NotOnnx(e.to_string()))?;
     let head = find_head(&proto)?;
+    let declared = proto
+        .graph
+        .as_ref()
+        .and_then(|g| g.input.first())
+        .and_then(|i| {
+            let pb::type_proto::Value::TensorType(t) = i.r#type.as_ref()?.value.as_ref()?;
+            match t.shape.as_ref()?.dim.last()?.value.as_ref()? {
+                pb::tensor_shape_proto::dimension::Value::DimValue(v) => Some(*v as usize),
+                _ => None,
+            }
+        });
+    if let Some(width) = declared.filter(|w| *w != n_features) {
+        return Err(HeadError::Data(format!(
+            "the model takes {width} features per row; the data has {n_features}"
+        )));
+    }
     if classes.len() != head.n_classes {
         return Err(HeadError::Data(format!(
             "{} classes given ({classes:?}) for a head of {} outputs",
@@ -462,6 +478,87 @@ pub fn finetune(
         loss_after: outcome.f,
         onnx: new_bytes,
     })
+}
+
+/// `edgeloop finetune`: a model file and a labelled CSV file.
+#[derive(Debug, Clone)]
+pub struct FinetuneFile {
+    pub model: std::path::PathBuf,
+    /// Labelled CSV, rows in time order; every column but `label` is a
+    /// feature, in the model's input order.
+    pub file: std::path::PathBuf,
+    pub label: String,
+    /// Class names in the network's output order. Empty: the model's
+    /// edgeloop metadata `classes`, else the file's labels sorted
+    /// (scikit-learn's `classes_` order).
+    pub classes: Vec<String>,
+    /// Where the fine-tuned file is written when the gate promotes it.
+    pub out: Option<std::path::PathBuf>,
+    pub options: FinetuneOptions,
+}
+
+/// Runs [`finetune`] on files and writes the result to `out` when promoted;
+/// returns the report and whether the file was written.
+///
+/// # Errors
+/// [`HeadError::Data`] naming an unreadable file, or as [`finetune`].
+pub fn finetune_file(args: &FinetuneFile) -> Result<(FinetuneReport, bool), HeadError> {
+    let onnx = std::fs::read(&args.model)
+        .map_err(|e| HeadError::Data(format!("{}: {e}", args.model.display())))?;
+    let csv = crate::ingest::csv_file::read_labelled_csv(&args.file, &args.label, &[])
+        .map_err(HeadError::Data)?;
+    let classes = if !args.classes.is_empty() {
+        args.classes.clone()
+    } else if let Ok(meta) = crate::onnx::export::read_metadata(&onnx) {
+        meta.classes
+    } else {
+        let mut c = csv.labels.clone();
+        c.sort();
+        c.dedup();
+        c
+    };
+    let report = finetune(&onnx, &csv.x, csv.features.len(), &csv.labels, &classes, &args.options)?;
+    let written = match (&args.out, report.promoted) {
+        (Some(out), true) => {
+            std::fs::write(out, &report.onnx)
+                .map_err(|e| HeadError::Data(format!("{}: {e}", out.display())))?;
+            true
+        }
+        _ => false,
+    };
+    Ok((report, written))
+}
+
+/// A human summary of a [`FinetuneReport`].
+pub fn render(report: &FinetuneReport, out: Option<&std::path::Path>, written: bool) -> String {
+    let h = &report.head;
+    format!(
+        "head: `{}` [{} -> {}] (weight `{}`, bias `{}`)\n\
+         samples: {} train, {} holdout (newest)\n\
+         training loss: {:.4} -> {:.4} ({} L-BFGS iterations, {:?})\n\
+         holdout accuracy: original {:.4}, fine-tuned {:.4}\n\
+         decision: {}: {}\n{}",
+        h.input,
+        h.n_hidden,
+        h.n_classes,
+        h.weight,
+        h.bias,
+        report.n_train,
+        report.n_holdout,
+        report.loss_before,
+        report.loss_after,
+        report.iterations,
+        report.stop,
+        report.old_accuracy,
+        report.new_accuracy,
+        if report.promoted { "promoted" } else { "refused" },
+        report.reason,
+        match (out, written) {
+            (Some(p), true) => format!("written: {}\n", p.display()),
+            (Some(p), false) => format!("not written ({} refused)\n", p.display()),
+            (None, _) => String::new(),
+        }
+    )
 }
 
 #[cfg(test)]
