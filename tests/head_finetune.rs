@@ -41,7 +41,8 @@ fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
 #[test]
 fn original_network_runs_as_onnxruntime_runs_it() {
     let r = reference();
-    let proto = pb::ModelProto::decode(std::fs::read(fixture("gas_mlp.onnx")).unwrap().as_slice()).unwrap();
+    let proto =
+        pb::ModelProto::decode(std::fs::read(fixture("gas_mlp.onnx")).unwrap().as_slice()).unwrap();
     let rows: Vec<Vec<f32>> = serde_json::from_value(r["rows"].clone()).unwrap();
     let want: Vec<Vec<f64>> = serde_json::from_value(r["ort_probabilities"].clone()).unwrap();
     let x: Vec<f32> = rows.concat();
@@ -53,7 +54,10 @@ fn original_network_runs_as_onnxruntime_runs_it() {
         (h.input.as_str(), h.weight.as_str(), h.bias.as_str()),
         ("/relu/Relu_output_0", "fc2.weight", "fc2.bias")
     );
-    assert_eq!((h.n_hidden, h.n_classes, h.weight_is_class_major), (32, 6, true));
+    assert_eq!(
+        (h.n_hidden, h.n_classes, h.weight_is_class_major),
+        (32, 6, true)
+    );
 }
 
 #[test]
@@ -63,7 +67,10 @@ fn edgeloop_logistic_head_is_matmul_plus_add() {
     )
     .unwrap();
     let h = head::find_head(&pb::ModelProto::decode(bytes.as_slice()).unwrap()).unwrap();
-    assert_eq!((h.n_hidden, h.n_classes, h.weight_is_class_major), (5, 2, false));
+    assert_eq!(
+        (h.n_hidden, h.n_classes, h.weight_is_class_major),
+        (5, 2, false)
+    );
 }
 
 #[test]
@@ -99,12 +106,27 @@ fn finetuned_head_beats_the_original_on_drifted_data_and_only_the_head_changes()
     let old = pb::ModelProto::decode(original.as_slice()).unwrap();
     let new = pb::ModelProto::decode(report.onnx.as_slice()).unwrap();
     let (old_g, new_g) = (old.graph.as_ref().unwrap(), new.graph.as_ref().unwrap());
-    let names = |g: &pb::GraphProto| g.initializer.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    let names = |g: &pb::GraphProto| {
+        g.initializer
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(old_g), names(new_g));
     for (a, b) in old_g.initializer.iter().zip(&new_g.initializer) {
-        assert_eq!((a.dims.clone(), a.data_type), (b.dims.clone(), b.data_type), "{}", a.name);
+        assert_eq!(
+            (a.dims.clone(), a.data_type),
+            (b.dims.clone(), b.data_type),
+            "{}",
+            a.name
+        );
         let head = a.name == "fc2.weight" || a.name == "fc2.bias";
-        assert_eq!(a.raw_data == b.raw_data && a.float_data == b.float_data, !head, "{}", a.name);
+        assert_eq!(
+            a.raw_data == b.raw_data && a.float_data == b.float_data,
+            !head,
+            "{}",
+            a.name
+        );
     }
     assert_eq!(old_g.node, new_g.node);
     assert_eq!(old_g.input, new_g.input);
@@ -149,7 +171,11 @@ fn finetune_command_prints_the_decision_and_writes_the_promoted_file() {
     assert!(!out.exists());
 
     let output = run(&["--classes", &classes(&r).join(",")]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let v: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(v["n_holdout"], r["n_holdout"]);
     let old = v["old_accuracy"].as_f64().unwrap();

@@ -29,8 +29,12 @@ const WAIT: Duration = Duration::from_secs(90);
 const LIMIT: u64 = 64 * 1024;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/intake").join(name))
-        .unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/intake")
+            .join(name),
+    )
+    .unwrap()
 }
 
 fn reference() -> Value {
@@ -58,10 +62,20 @@ async fn start_with_v1(
     let token = CancellationToken::new();
     let running = daemon::start(cfg, token.clone()).await.unwrap();
     let handle = running.handle.clone();
-    assert!(handle.wait_subscribed(WAIT).await, "the daemon did not subscribe");
+    assert!(
+        handle.wait_subscribed(WAIT).await,
+        "the daemon did not subscribe"
+    );
     let opts = replay_opts("datatraining.txt", broker.port(), Some(2000));
-    publish(&opts, edgeloop::ingest::replay::csv_payloads(&opts).unwrap()).await;
-    wait_until(WAIT, "version 1", || handle.registry.get(PIPELINE).is_some()).await;
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "version 1", || {
+        handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
     assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 1);
     (running, handle, token)
 }
@@ -90,7 +104,11 @@ fn rows_body(rows: &[Vec<f32>]) -> Vec<u8> {
 
 async fn predict(client: &mut HttpClient, rows: &[Vec<f32>]) -> PredictResponse {
     let (status, body) = client
-        .request("POST", "/v1/pipelines/occupancy/predict", Some(rows_body(rows)))
+        .request(
+            "POST",
+            "/v1/pipelines/occupancy/predict",
+            Some(rows_body(rows)),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -98,7 +116,10 @@ async fn predict(client: &mut HttpClient, rows: &[Vec<f32>]) -> PredictResponse 
 }
 
 /// Predicts one row in a loop until `stop`; the versions that answered.
-fn keep_predicting(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<u32>> {
+fn keep_predicting(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u32>> {
     tokio::spawn(async move {
         let mut client = HttpClient::connect(addr).await.unwrap();
         let row = vec![vec![21.0, 27.0, 450.0, 700.0, 0.0043]];
@@ -164,8 +185,18 @@ fn three_feature_model() -> Vec<u8> {
 fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
     let good = fixture("occupancy_sklearn.onnx");
     vec![
-        ("truncated", good[..good.len() / 2].to_vec(), "truncated", "truncated: the file ends inside a protobuf field"),
-        ("random", random_bytes(4096), "not_onnx", "not an ONNX model"),
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            "truncated",
+            "truncated: the file ends inside a protobuf field",
+        ),
+        (
+            "random",
+            random_bytes(4096),
+            "not_onnx",
+            "not an ONNX model",
+        ),
         (
             "wide",
             three_feature_model(),
@@ -178,7 +209,12 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
             "unsupported_operator",
             "unsupported operator: the serving engine (tract) does not implement `Det` (ai.onnx)",
         ),
-        ("big", vec![0u8; LIMIT as usize + 1000], "oversized", "oversized: the model is 66536 bytes; at most 65536"),
+        (
+            "big",
+            vec![0u8; LIMIT as usize + 1000],
+            "oversized",
+            "oversized: the model is 66536 bytes; at most 65536",
+        ),
     ]
 }
 
@@ -198,7 +234,11 @@ async fn assert_serves_sklearn(addr: std::net::SocketAddr, version: u32) {
     for (i, (p, want)) in resp.predictions.iter().zip(&sk).enumerate() {
         for (k, class) in ["0", "1"].iter().enumerate() {
             let got = f64::from(p.probabilities[*class]);
-            assert!((got - want[k]).abs() <= 1e-5, "row {i} class {class}: {got} vs sklearn {}", want[k]);
+            assert!(
+                (got - want[k]).abs() <= 1e-5,
+                "row {i} class {class}: {got} vs sklearn {}",
+                want[k]
+            );
         }
     }
 }
@@ -220,7 +260,11 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
         assert!(error.contains(message), "{what}: {error}");
         assert_eq!(refused(&handle, reason), before + 1, "{what}");
         assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 1, "{what}");
-        assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1], "{what}");
+        assert_eq!(
+            handle.store.model_versions(PIPELINE).unwrap(),
+            vec![1],
+            "{what}"
+        );
     }
     let good = fixture("occupancy_sklearn.onnx");
     // A wrong, a malformed and a missing SHA-256: 400.
@@ -257,7 +301,10 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
     assert!(versions.iter().all(|v| *v == 1), "{versions:?}");
 
     let mut client = HttpClient::connect(addr).await.unwrap();
-    let (status, body) = client.request("GET", "/v1/pipelines/occupancy/models", None).await.unwrap();
+    let (status, body) = client
+        .request("GET", "/v1/pipelines/occupancy/models", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let models: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(models["serving_version"], 1);
@@ -281,7 +328,10 @@ async fn models_directory_files_are_checked_moved_and_serve_only_once_promoted()
     let stop_flag = Arc::new(AtomicBool::new(false));
     let predictions = keep_predicting(addr, stop_flag.clone());
     let inbox = models.join(PIPELINE);
-    wait_until(WAIT, "the pipeline's models directory", || inbox.join("refused").is_dir()).await;
+    wait_until(WAIT, "the pipeline's models directory", || {
+        inbox.join("refused").is_dir()
+    })
+    .await;
 
     let bad = bad_files();
     for (what, bytes, _, _) in &bad {
@@ -291,17 +341,25 @@ async fn models_directory_files_are_checked_moved_and_serve_only_once_promoted()
     let good = fixture("occupancy_sklearn.onnx");
     std::fs::write(inbox.join("good.onnx.tmp"), &good).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(inbox.join("good.onnx.tmp").exists(), "a *.tmp file is not taken");
+    assert!(
+        inbox.join("good.onnx.tmp").exists(),
+        "a *.tmp file is not taken"
+    );
     std::fs::rename(inbox.join("good.onnx.tmp"), inbox.join("good.onnx")).unwrap();
 
     wait_until(WAIT, "every file processed", || {
-        std::fs::read_dir(&inbox).unwrap().flatten().all(|e| e.path().is_dir())
+        std::fs::read_dir(&inbox)
+            .unwrap()
+            .flatten()
+            .all(|e| e.path().is_dir())
     })
     .await;
     for (what, _, reason, message) in &bad {
         let moved = inbox.join("refused").join(format!("{what}.onnx"));
         assert!(moved.exists(), "{what} moved to refused/");
-        let text = std::fs::read_to_string(inbox.join("refused").join(format!("{what}.onnx.reason"))).unwrap();
+        let text =
+            std::fs::read_to_string(inbox.join("refused").join(format!("{what}.onnx.reason")))
+                .unwrap();
         assert!(text.starts_with(&format!("{reason}: ")), "{what}: {text}");
         assert!(text.contains(message), "{what}: {text}");
         assert_eq!(refused(&handle, reason), 1, "{what}");

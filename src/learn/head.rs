@@ -124,7 +124,12 @@ pub struct FinetuneReport {
 pub fn find_head(proto: &pb::ModelProto) -> Result<Head, HeadError> {
     let no = |m: String| HeadError::NoHead(m);
     let graph = proto.graph.as_ref().ok_or_else(|| no("no graph".into()))?;
-    let producer = |name: &str| graph.node.iter().find(|n| n.output.iter().any(|o| o == name));
+    let producer = |name: &str| {
+        graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == name))
+    };
     let init = |name: &str| graph.initializer.iter().find(|t| t.name == name);
     let attr = |n: &pb::NodeProto, key: &str| n.attribute.iter().find(|a| a.name == key).cloned();
     let out = graph.output.first().ok_or_else(|| no("no output".into()))?;
@@ -136,7 +141,10 @@ pub fn find_head(proto: &pb::ModelProto) -> Result<Head, HeadError> {
             return Err(no(format!("Softmax over axis {}, not the class axis", a.i)));
         }
     }
-    let logits = softmax.input.first().ok_or_else(|| no("Softmax has no input".into()))?;
+    let logits = softmax
+        .input
+        .first()
+        .ok_or_else(|| no("Softmax has no input".into()))?;
     let linear = producer(logits).ok_or_else(|| no(format!("`{logits}` has no producer")))?;
     let (input, weight, bias, trans_b, alpha, beta) = match linear.op_type.as_str() {
         "Gemm" => {
@@ -147,7 +155,14 @@ pub fn find_head(proto: &pb::ModelProto) -> Result<Head, HeadError> {
             let [a, w, b] = linear.input.as_slice() else {
                 return Err(no("the last Gemm has no bias input".into()));
             };
-            (a.clone(), w.clone(), b.clone(), attr(linear, "transB").is_some_and(|a| a.i != 0), f("alpha"), f("beta"))
+            (
+                a.clone(),
+                w.clone(),
+                b.clone(),
+                attr(linear, "transB").is_some_and(|a| a.i != 0),
+                f("alpha"),
+                f("beta"),
+            )
         }
         "Add" => {
             let (mm, b) = linear
@@ -158,7 +173,9 @@ pub fn find_head(proto: &pb::ModelProto) -> Result<Head, HeadError> {
                     let other = linear.input.iter().find(|j| *j != i)?;
                     Some((p, other.clone()))
                 })
-                .ok_or_else(|| no("the Add before Softmax does not add a bias to a MatMul".into()))?;
+                .ok_or_else(|| {
+                    no("the Add before Softmax does not add a bias to a MatMul".into())
+                })?;
             let [a, w] = mm.input.as_slice() else {
                 return Err(no("MatMul without two inputs".into()));
             };
@@ -172,15 +189,27 @@ pub fn find_head(proto: &pb::ModelProto) -> Result<Head, HeadError> {
     };
     let w = init(&weight).ok_or_else(|| no(format!("weight `{weight}` is not an initializer")))?;
     let b = init(&bias).ok_or_else(|| no(format!("bias `{bias}` is not an initializer")))?;
-    if w.data_type != pb::tensor_proto::DataType::Float as i32 || b.data_type != pb::tensor_proto::DataType::Float as i32 {
+    if w.data_type != pb::tensor_proto::DataType::Float as i32
+        || b.data_type != pb::tensor_proto::DataType::Float as i32
+    {
         return Err(no("head weights are not float32".into()));
     }
     let [d0, d1] = w.dims.as_slice() else {
-        return Err(no(format!("weight `{weight}` has shape {:?}, not 2-D", w.dims)));
+        return Err(no(format!(
+            "weight `{weight}` has shape {:?}, not 2-D",
+            w.dims
+        )));
     };
-    let (n_classes, n_hidden) = if trans_b { (*d0 as usize, *d1 as usize) } else { (*d1 as usize, *d0 as usize) };
+    let (n_classes, n_hidden) = if trans_b {
+        (*d0 as usize, *d1 as usize)
+    } else {
+        (*d1 as usize, *d0 as usize)
+    };
     if b.dims.iter().product::<i64>() as usize != n_classes {
-        return Err(no(format!("bias `{bias}` has shape {:?}, not [{n_classes}]", b.dims)));
+        return Err(no(format!(
+            "bias `{bias}` has shape {:?}, not [{n_classes}]",
+            b.dims
+        )));
     }
     if alpha == 0.0 || beta == 0.0 {
         return Err(no("Gemm with alpha or beta 0".into()));
@@ -222,7 +251,10 @@ pub fn run_output(
 ) -> Result<(Vec<f32>, usize), HeadError> {
     let run = |e: anyhow::Error| HeadError::Run(format!("{e:#}"));
     let mut proto = proto.clone();
-    let graph = proto.graph.as_mut().ok_or_else(|| HeadError::NotOnnx("no graph".into()))?;
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| HeadError::NotOnnx("no graph".into()))?;
     if let Some(name) = output {
         graph.output = vec![pb::ValueInfoProto {
             name: name.to_string(),
@@ -266,7 +298,9 @@ pub fn run_output(
     let rows = x.len() / n_features.max(1);
     let input = Tensor::from_shape(&[rows, n_features], x).map_err(run)?;
     let out = plan.run(tvec!(input.into_tvalue())).map_err(run)?;
-    let t = out.first().ok_or_else(|| HeadError::Run("no output".into()))?;
+    let t = out
+        .first()
+        .ok_or_else(|| HeadError::Run("no output".into()))?;
     let width = t.shape().iter().skip(1).product::<usize>().max(1);
     let values = t
         .to_plain_array_view::<f32>()
@@ -279,7 +313,15 @@ pub fn run_output(
 
 /// Mean softmax cross-entropy of logits `h·Wᵀ + b` and its gradient, for
 /// `params = [W (C×H, class-major), b (C)]`, plus `l2/2 ‖W‖²`.
-fn loss_grad(params: &[f64], grad: &mut [f64], h: &[f64], y: &[usize], hw: usize, c: usize, l2: f64) -> f64 {
+fn loss_grad(
+    params: &[f64],
+    grad: &mut [f64],
+    h: &[f64],
+    y: &[usize],
+    hw: usize,
+    c: usize,
+    l2: f64,
+) -> f64 {
     grad.iter_mut().for_each(|g| *g = 0.0);
     let (w, b) = params.split_at(c * hw);
     let n = y.len();
@@ -288,7 +330,12 @@ fn loss_grad(params: &[f64], grad: &mut [f64], h: &[f64], y: &[usize], hw: usize
     for (i, &yi) in y.iter().enumerate() {
         let hi = &h[i * hw..(i + 1) * hw];
         for k in 0..c {
-            z[k] = b[k] + w[k * hw..(k + 1) * hw].iter().zip(hi).map(|(a, b)| a * b).sum::<f64>();
+            z[k] = b[k]
+                + w[k * hw..(k + 1) * hw]
+                    .iter()
+                    .zip(hi)
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>();
         }
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let s: f64 = z.iter().map(|v| (v - m).exp()).sum();
@@ -369,7 +416,10 @@ pub fn finetune(
         )));
     }
     if !(opts.holdout > 0.0 && opts.holdout < 1.0) {
-        return Err(HeadError::Data(format!("holdout {} is not in (0, 1)", opts.holdout)));
+        return Err(HeadError::Data(format!(
+            "holdout {} is not in (0, 1)",
+            opts.holdout
+        )));
     }
     let y: Vec<usize> = labels
         .iter()
@@ -394,7 +444,10 @@ pub fn finetune(
         )));
     }
     let h: Vec<f64> = h.iter().map(|v| f64::from(*v)).collect();
-    let graph = proto.graph.as_ref().ok_or_else(|| HeadError::NotOnnx("no graph".into()))?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| HeadError::NotOnnx("no graph".into()))?;
     let tensor = |name: &str| graph.initializer.iter().find(|t| t.name == name);
     let (w_t, b_t) = (
         tensor(&head.weight).ok_or_else(|| HeadError::NoHead("weight vanished".into()))?,
@@ -406,7 +459,11 @@ pub fn finetune(
     let mut x0 = vec![0.0f64; c * hn + c];
     for k in 0..c {
         for j in 0..hn {
-            let v = if head.weight_is_class_major { w0[k * hn + j] } else { w0[j * c + k] };
+            let v = if head.weight_is_class_major {
+                w0[k * hn + j]
+            } else {
+                w0[j * c + k]
+            };
             x0[k * hn + j] = f64::from(head.alpha) * f64::from(v);
         }
         x0[c * hn + k] = f64::from(head.beta) * f64::from(b0[k]);
@@ -423,7 +480,10 @@ pub fn finetune(
 
     // The new file: only the head's two initializers change.
     let mut new = proto.clone();
-    let new_graph = new.graph.as_mut().ok_or_else(|| HeadError::NotOnnx("no graph".into()))?;
+    let new_graph = new
+        .graph
+        .as_mut()
+        .ok_or_else(|| HeadError::NotOnnx("no graph".into()))?;
     let mut w_new = vec![0.0f32; c * hn];
     for k in 0..c {
         for j in 0..hn {
@@ -517,7 +577,14 @@ pub fn finetune_file(args: &FinetuneFile) -> Result<(FinetuneReport, bool), Head
         c.dedup();
         c
     };
-    let report = finetune(&onnx, &csv.x, csv.features.len(), &csv.labels, &classes, &args.options)?;
+    let report = finetune(
+        &onnx,
+        &csv.x,
+        csv.features.len(),
+        &csv.labels,
+        &classes,
+        &args.options,
+    )?;
     let written = match (&args.out, report.promoted) {
         (Some(out), true) => {
             std::fs::write(out, &report.onnx)
@@ -551,7 +618,11 @@ pub fn render(report: &FinetuneReport, out: Option<&std::path::Path>, written: b
         report.stop,
         report.old_accuracy,
         report.new_accuracy,
-        if report.promoted { "promoted" } else { "refused" },
+        if report.promoted {
+            "promoted"
+        } else {
+            "refused"
+        },
         report.reason,
         match (out, written) {
             (Some(p), true) => format!("written: {}\n", p.display()),
@@ -568,7 +639,9 @@ mod tests {
     #[test]
     fn gradient_matches_central_differences() {
         let (hw, c) = (3, 3);
-        let h = [0.5, -1.0, 2.0, 1.5, 0.0, -0.5, -1.0, 1.0, 0.25, 0.3, 0.2, 0.1];
+        let h = [
+            0.5, -1.0, 2.0, 1.5, 0.0, -0.5, -1.0, 1.0, 0.25, 0.3, 0.2, 0.1,
+        ];
         let y = [0, 2, 1, 2];
         let p: Vec<f64> = (0..c * hw + c).map(|i| (i as f64 * 0.37).sin()).collect();
         let mut g = vec![0.0; p.len()];

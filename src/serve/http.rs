@@ -147,10 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/pipelines/{name}/predict", post(predict))
-        .route(
-            "/v1/pipelines/{name}/models",
-            get(models).put(upload_model),
-        )
+        .route("/v1/pipelines/{name}/models", get(models).put(upload_model))
         .route("/v1/pipelines/{name}/train", post(train))
         .route(
             "/v1/pipelines/{name}/models/{version}/promote",

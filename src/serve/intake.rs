@@ -79,7 +79,9 @@ pub struct Imported {
 pub enum IntakeError {
     #[error("pipeline `{0}` is not configured")]
     UnknownPipeline(String),
-    #[error("oversized: the model is {bytes} bytes; at most {limit} are accepted ([models] max_bytes)")]
+    #[error(
+        "oversized: the model is {bytes} bytes; at most {limit} are accepted ([models] max_bytes)"
+    )]
     Oversized { bytes: u64, limit: u64 },
     #[error("bad sha256: {0}")]
     BadSha256(String),
@@ -185,7 +187,11 @@ pub fn check_model(onnx: &[u8], pipeline: &PipelineConfig) -> Result<OnnxModel, 
         .iter()
         .filter(|n| !register.0.contains_key(&n.op_type))
         .map(|n| {
-            let domain = if n.domain.is_empty() { "ai.onnx" } else { &n.domain };
+            let domain = if n.domain.is_empty() {
+                "ai.onnx"
+            } else {
+                &n.domain
+            };
             format!("`{}` ({domain})", n.op_type)
         })
         .collect();
@@ -284,7 +290,9 @@ fn probe(model: &OnnxModel, n_features: usize) -> Result<(), IntakeError> {
     if model.task() == Task::Classification {
         for (r, row) in out.chunks_exact(width).enumerate() {
             let sum: f32 = row.iter().sum();
-            if row.iter().any(|p| !p.is_finite() || !(0.0..=1.0).contains(p))
+            if row
+                .iter()
+                .any(|p| !p.is_finite() || !(0.0..=1.0).contains(p))
                 || (sum - 1.0).abs() > 1e-3
             {
                 return Err(IntakeError::BadOutput(format!(
@@ -388,11 +396,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// # Errors
 /// [`IntakeError::BadSha256`] when it is missing, malformed or different.
 pub fn verify_sha256(bytes: &[u8], claimed: Option<&str>) -> Result<String, IntakeError> {
-    let claimed = claimed.map(str::trim).filter(|c| !c.is_empty()).ok_or_else(|| {
-        IntakeError::BadSha256(
-            "missing: send the file's SHA-256 as header `x-sha256` or query `?sha256=`".into(),
-        )
-    })?;
+    let claimed = claimed
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            IntakeError::BadSha256(
+                "missing: send the file's SHA-256 as header `x-sha256` or query `?sha256=`".into(),
+            )
+        })?;
     if claimed.len() != 64 || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(IntakeError::BadSha256(format!(
             "`{claimed}` is not 64 hexadecimal digits"
@@ -465,7 +476,11 @@ fn import_inner(
     let model = check_model(&onnx, pipeline)?;
     let (p50, batch_p50) = latency(&model);
     let producer = pb::ModelProto::decode(onnx.as_slice())
-        .map(|m| format!("{} {}", m.producer_name, m.producer_version).trim().to_string())
+        .map(|m| {
+            format!("{} {}", m.producer_name, m.producer_version)
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default();
     let store_err = |e: crate::store::StoreError| IntakeError::Store(e.to_string());
     // Versions are numbered as the learner numbers them (the next after the
@@ -619,7 +634,8 @@ impl ModelsDirWatcher {
             }
             seen = now_seen;
             for (pipeline, path, name) in ready {
-                let (store, stats, max_bytes) = (self.store.clone(), self.stats.clone(), self.max_bytes);
+                let (store, stats, max_bytes) =
+                    (self.store.clone(), self.stats.clone(), self.max_bytes);
                 let outcome = tokio::task::spawn_blocking(move || {
                     take_file(&store, &pipeline, &path, &name, max_bytes, &stats)
                 })
@@ -675,10 +691,7 @@ fn take_file(
         ),
         Err(e) => ("refused", format!("{}: {e}\n", e.reason())),
     };
-    let dest_dir = path
-        .parent()
-        .unwrap_or_else(|| Path::new("."))
-        .join(sub);
+    let dest_dir = path.parent().unwrap_or_else(|| Path::new(".")).join(sub);
     let mut dest = dest_dir.join(name);
     if dest.exists() {
         dest = dest_dir.join(format!("{}-{name}", crate::learn::now_ms()));
@@ -718,7 +731,10 @@ mod tests {
                 .reason(),
             "bad_sha256"
         );
-        assert_eq!(verify_sha256(b"abc", None).unwrap_err().reason(), "bad_sha256");
+        assert_eq!(
+            verify_sha256(b"abc", None).unwrap_err().reason(),
+            "bad_sha256"
+        );
         assert_eq!(
             verify_sha256(b"abc", Some("xyz")).unwrap_err().reason(),
             "bad_sha256"
