@@ -34,13 +34,16 @@
 //!   ([`learn::offline`]), hyperparameter search within a budget
 //!   ([`learn::tune`], `edgeloop tune`), ensembles of the best candidates
 //!   (soft voting, stacking; [`learn::ensemble`]) and the preparation of
-//!   training parts only, after every split ([`learn::prepare`]).
+//!   training parts only, after every split ([`learn::prepare`]); head
+//!   fine-tuning of an imported classifier network ([`learn::head`],
+//!   `edgeloop finetune`).
 //! - [`onnx`]: the ONNX graph builder and every family's export (standard
 //!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
 //!   operator for tract ([`onnx::tree_ensemble`]).
 //! - [`serve`]: the tract engine (with edgeloop's operators registered), the
 //!   registry of serving versions (atomic swaps), predictions over MQTT
-//!   (bounded outbox), the HTTP API (axum).
+//!   (bounded outbox), the HTTP API (axum), the intake of models brought
+//!   from elsewhere by upload or the models directory ([`serve::intake`]).
 //! - [`monitor`]: the learner and its retraining policy; concept-drift
 //!   detectors (ADWIN, DDM, Page-Hinkley) and data drift (PSI, KS); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
