@@ -245,6 +245,14 @@ impl CsvInput {
 
 #[derive(Subcommand)]
 enum ModelsAction {
+    /// Upload an ONNX model: checked and stored as a new version, served
+    /// only once promoted.
+    Import {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Every version's model card, side by side.
     List {
         #[arg(long)]
@@ -355,7 +363,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .trim_end_matches('/')
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--url `{url}`: expected http://IP:PORT"))?;
+            let mut body = None;
             let (method, path) = match &action {
+                ModelsAction::Import { pipeline, file } => {
+                    let bytes = std::fs::read(file)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    let sha = edgeloop::serve::intake::sha256_hex(&bytes);
+                    body = Some(bytes);
+                    (
+                        "PUT",
+                        format!("/v1/pipelines/{pipeline}/models?sha256={sha}"),
+                    )
+                }
                 ModelsAction::List { pipeline } => {
                     ("GET", format!("/v1/pipelines/{pipeline}/models"))
                 }
@@ -375,7 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::msg)?;
                 client
-                    .request(method, &path, None)
+                    .request(method, &path, body)
                     .await
                     .map_err(anyhow::Error::msg)
             })?;

@@ -316,6 +316,33 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
     assert_serves_sklearn(addr, 2).await;
+
+    // `edgeloop models import`: the same upload from the command line.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+    cmd.args(["models", "import", "--pipeline", PIPELINE, "--url"])
+        .arg(format!("http://{addr}"))
+        .arg("--file")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/intake/occupancy_sklearn.onnx"),
+        );
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "imported as version 3 (sha256 {})",
+            sha256_hex(&good)
+        )),
+        "{text}"
+    );
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
     stop(running, handle, token).await;
 }
 

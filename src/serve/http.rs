@@ -506,6 +506,14 @@ pub fn render(v: &Value) -> String {
                 e["reason"].as_str().unwrap_or("")
             ));
         }
+    } else if v.get("card").is_some() {
+        out.push_str(&format!(
+            "pipeline {}: imported as version {} (sha256 {}); serving version {} until it is promoted\n",
+            v["pipeline"].as_str().unwrap_or("-"),
+            v["version"],
+            v["card"]["imported"]["sha256"].as_str().unwrap_or("-"),
+            v["serving_version"]
+        ));
     } else {
         out.push_str(&format!(
             "pipeline {}: serving version {}\n",
