@@ -418,3 +418,40 @@ async fn models_directory_files_are_checked_moved_and_serve_only_once_promoted()
     assert_eq!(actions, ["trained", "imported", "promote"]);
     stop(running, handle, token).await;
 }
+
+/// Every prefix of a good model, and random bytes of many lengths, are
+/// refused without a panic, except a prefix that ends at a top-level field
+/// boundary after the graph (here: without the optional trailing `task`
+/// metadata): that is a complete model, and it must predict exactly as the
+/// whole file does. A prefix that cuts a field is reported as truncated.
+#[test]
+fn every_prefix_and_random_bytes_are_refused() {
+    use edgeloop::serve::intake::check_model;
+    let cfg = edgeloop::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+    let p = &cfg.pipelines[0];
+    let good = fixture("occupancy_sklearn.onnx");
+    let rows: Vec<Vec<f32>> = serde_json::from_value(reference()["rows"].clone()).unwrap();
+    let x = rows.concat();
+    let whole = check_model(&good, p).unwrap().predict_proba(&x).unwrap();
+    let (mut truncated, mut complete) = (0, 0);
+    for cut in 0..good.len() {
+        match check_model(&good[..cut], p) {
+            Ok(m) => {
+                complete += 1;
+                assert_eq!(m.predict_proba(&x).unwrap(), whole, "prefix of {cut} bytes");
+            }
+            Err(e) => truncated += usize::from(e.reason() == "truncated"),
+        }
+    }
+    assert!(complete <= 2, "{complete} complete prefixes");
+    // The graph (field 7) spans most of the file: cuts inside it are truncations.
+    assert!(
+        truncated * 10 > good.len() * 9,
+        "{truncated} of {}",
+        good.len()
+    );
+    for n in [1, 2, 7, 100, 1000, 5000] {
+        let e = check_model(&random_bytes(n), p).unwrap_err();
+        assert!(["not_onnx", "truncated"].contains(&e.reason()), "{n}: {e}");
+    }
+}
