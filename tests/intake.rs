@@ -455,3 +455,18 @@ fn every_prefix_and_random_bytes_are_refused() {
         assert!(["not_onnx", "truncated"].contains(&e.reason()), "{n}: {e}");
     }
 }
+
+/// `[models]` defaults, and a bad value refused naming its key.
+#[test]
+fn models_config_defaults_and_validation() {
+    use edgeloop::config::{Config, ConfigError};
+    let cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+    assert_eq!(cfg.models.max_bytes, 32 * 1024 * 1024);
+    assert_eq!(cfg.models.poll_ms, 2000);
+    assert!(cfg.models.dir.as_os_str().is_empty());
+    let env = [("EDGELOOP__MODELS__POLL_MS".to_string(), "0".to_string())];
+    match Config::load_with_env(None, env) {
+        Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "models.poll_ms"),
+        other => panic!("{other:?}"),
+    }
+}
