@@ -36,6 +36,9 @@ pub struct Config {
     /// `[onnxruntime]`: the library of the `ort` engine.
     #[serde(default)]
     pub onnxruntime: OnnxruntimeConfig,
+    /// `[models]`: intake of ONNX models brought from elsewhere.
+    #[serde(default)]
+    pub models: ModelsConfig,
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
 }
@@ -72,6 +75,31 @@ impl Config {
             ort_library: (!library.as_os_str().is_empty()).then(|| library.clone()),
         };
         (kind, options)
+    }
+}
+
+/// `[models]`: intake of ONNX models brought from elsewhere (upload with
+/// `PUT /v1/pipelines/{name}/models`, or the models directory); see
+/// [`crate::serve::intake`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Directory watched for model files, one sub-directory per pipeline
+    /// (`<dir>/<pipeline>/*.onnx`); empty: no watching.
+    pub dir: PathBuf,
+    /// Polling period of the directory, milliseconds.
+    pub poll_ms: u64,
+    /// Largest model accepted (upload body or file), bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            poll_ms: 2000,
+            max_bytes: 32 * 1024 * 1024,
+        }
     }
 }
 
@@ -481,6 +509,12 @@ impl Config {
                     self.store.path.display()
                 ),
             );
+        }
+        if self.models.poll_ms == 0 {
+            return bad("models.poll_ms".into(), "must be at least 1".into());
+        }
+        if self.models.max_bytes == 0 {
+            return bad("models.max_bytes".into(), "must be at least 1".into());
         }
         if self.store.batch_size == 0 {
             return bad("store.batch_size".into(), "must be at least 1".into());

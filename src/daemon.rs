@@ -143,7 +143,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())),
         |registry, (i, p)| {
             let (engine, options) = cfg.engine_of(i);
-            registry.with_engine(&p.name, engine, options)
+            let contract = crate::serve::engine::Contract {
+                task: p.task,
+                classes: p.classes.clone(),
+                features: p.model_features(),
+            };
+            registry
+                .with_engine(&p.name, engine, options)
+                .with_contract(&p.name, contract)
         },
     ));
     {
@@ -257,6 +264,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         max_rows: cfg.http.max_rows,
         connection: connection.clone(),
         drift: drift_board,
+        models: cfg.models.clone(),
+        load_options: cfg.engine_of(0).1,
     });
 
     let supervise = |name: &'static str| {
@@ -309,6 +318,21 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         let shutdown = shutdown.clone();
         async move { learner.run(shutdown).await.map_err(|e| e.to_string()) }
     });
+    if !cfg.models.dir.as_os_str().is_empty() {
+        let watcher = crate::serve::intake::ModelsDirWatcher {
+            dir: cfg.models.dir.clone(),
+            poll: Duration::from_millis(cfg.models.poll_ms),
+            max_bytes: cfg.models.max_bytes,
+            options: cfg.engine_of(0).1,
+            pipelines: cfg.pipelines.clone(),
+            store: store.clone(),
+            stats: stats.clone(),
+        };
+        let shutdown = shutdown.clone();
+        spawn(&tracker, supervise("models-dir"), async move {
+            watcher.run(shutdown).await
+        });
+    }
     spawn(&tracker, supervise("http"), {
         let drained = drained.clone();
         async move {

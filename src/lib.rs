@@ -34,7 +34,9 @@
 //!   ([`learn::offline`]), hyperparameter search within a budget
 //!   ([`learn::tune`], `edgeloop tune`), ensembles of the best candidates
 //!   (soft voting, stacking; [`learn::ensemble`]) and the preparation of
-//!   training parts only, after every split ([`learn::prepare`]).
+//!   training parts only, after every split ([`learn::prepare`]); head
+//!   fine-tuning of an imported classifier network ([`learn::head`],
+//!   `edgeloop finetune`).
 //! - [`onnx`]: the ONNX graph builder and every family's export (standard
 //!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
 //!   operator for tract ([`onnx::tree_ensemble`]).
@@ -43,7 +45,8 @@
 //!   fallback, typed refusal of unsupported operators), the registry of
 //!   serving versions (atomic swaps), predictions over MQTT (bounded outbox),
 //!   the HTTP API (axum), `edgeloop predict` on a CSV
-//!   ([`serve::predict_file`]).
+//!   ([`serve::predict_file`]), the intake of models brought from elsewhere
+//!   by upload or the models directory ([`serve::intake`]).
 //! - [`monitor`]: the learner and its retraining policy; concept-drift
 //!   detectors (ADWIN, DDM, Page-Hinkley) and data drift (PSI, KS); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)

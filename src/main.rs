@@ -110,6 +110,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retrain the last layer (Gemm/MatMul+Add before Softmax) of an ONNX
+    /// classifier on a labelled CSV file; print the original's and the
+    /// fine-tuned model's holdout accuracy and the champion/challenger
+    /// decision (src/learn/head.rs).
+    Finetune {
+        #[arg(long)]
+        model: PathBuf,
+        /// Labelled CSV, rows in time order; every other column is a feature.
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        label: String,
+        /// Temporal holdout: the newest FRACTION of rows.
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
+        /// Class names in output order, comma-separated (default: the
+        /// model's edgeloop metadata, else the labels sorted).
+        #[arg(long, value_delimiter = ',')]
+        classes: Vec<String>,
+        /// L2 penalty on the head's weights, per sample.
+        #[arg(long, default_value_t = 1e-3)]
+        l2: f64,
+        /// Where to write the fine-tuned model (only when promoted).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Train from a labelled CSV file (rows in time order) through the same
     /// code path as the daemon, and print the model cards side by side.
     Train {
@@ -242,6 +270,14 @@ impl CsvInput {
 
 #[derive(Subcommand)]
 enum ModelsAction {
+    /// Upload an ONNX model: checked and stored as a new version, served
+    /// only once promoted.
+    Import {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Every version's model card, side by side.
     List {
         #[arg(long)]
@@ -373,7 +409,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .trim_end_matches('/')
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--url `{url}`: expected http://IP:PORT"))?;
+            let mut body = None;
             let (method, path) = match &action {
+                ModelsAction::Import { pipeline, file } => {
+                    let bytes = std::fs::read(file)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    let sha = edgeloop::serve::intake::sha256_hex(&bytes);
+                    body = Some(bytes);
+                    (
+                        "PUT",
+                        format!("/v1/pipelines/{pipeline}/models?sha256={sha}"),
+                    )
+                }
                 ModelsAction::List { pipeline } => {
                     ("GET", format!("/v1/pipelines/{pipeline}/models"))
                 }
@@ -393,7 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::msg)?;
                 client
-                    .request(method, &path, None)
+                    .request(method, &path, body)
                     .await
                     .map_err(anyhow::Error::msg)
             })?;
@@ -476,6 +523,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", edgeloop::monitor::prequential::render(&report));
+            }
+            Ok(())
+        }
+        Command::Finetune {
+            model,
+            file,
+            label,
+            holdout,
+            classes,
+            l2,
+            out,
+            json,
+        } => {
+            use edgeloop::learn::head;
+            let args = head::FinetuneFile {
+                model,
+                file,
+                label,
+                classes,
+                out: out.clone(),
+                options: head::FinetuneOptions {
+                    holdout,
+                    l2,
+                    ..Default::default()
+                },
+            };
+            let (report, written) = head::finetune_file(&args)?;
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v["written"] = serde_json::json!(written.then_some(out));
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", head::render(&report, out.as_deref(), written));
             }
             Ok(())
         }

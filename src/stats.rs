@@ -52,6 +52,10 @@ pub struct Stats {
     pub mqtt_connects: AtomicU64,
     /// MQTT connection errors.
     pub mqtt_errors: AtomicU64,
+    /// Models imported (upload or models directory; `crate::serve::intake`).
+    pub models_imported: AtomicU64,
+    /// Models refused at intake, by reason (`IntakeError::REASONS` order).
+    models_refused: [AtomicU64; crate::serve::intake::IntakeError::REASONS.len()],
 }
 
 impl Stats {
@@ -68,6 +72,20 @@ impl Stats {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.problems[i].load(Relaxed))
+    }
+
+    /// Counts one imported model.
+    pub fn count_model_imported(&self) {
+        self.models_imported.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one model refused at intake for `reason`
+    /// (an `IntakeError::reason`).
+    pub fn count_model_refused(&self, reason: &str) {
+        use crate::serve::intake::IntakeError;
+        if let Some(i) = IntakeError::REASONS.iter().position(|r| *r == reason) {
+            self.models_refused[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// A snapshot for JSON.
@@ -97,6 +115,12 @@ impl Stats {
             trainings_failed: l(&self.trainings_failed),
             mqtt_connects: l(&self.mqtt_connects),
             mqtt_errors: l(&self.mqtt_errors),
+            models_imported: l(&self.models_imported),
+            models_refused: crate::serve::intake::IntakeError::REASONS
+                .iter()
+                .zip(&self.models_refused)
+                .map(|(r, n)| (r.to_string(), l(n)))
+                .collect(),
         }
     }
 }
@@ -124,4 +148,9 @@ pub struct StatsSnapshot {
     pub trainings_failed: u64,
     pub mqtt_connects: u64,
     pub mqtt_errors: u64,
+    #[serde(default)]
+    pub models_imported: u64,
+    /// Models refused at intake, by reason.
+    #[serde(default)]
+    pub models_refused: BTreeMap<String, u64>,
 }

@@ -115,6 +115,11 @@ pub struct ModelCard {
     /// (`edgeloop tune`, or `[pipelines.model.search]` enabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<super::tune::SearchSummary>,
+    /// A version brought from elsewhere rather than trained here (upload or
+    /// models directory; [`crate::serve::intake`]): source, SHA-256, size,
+    /// engine. `None` for a version edgeloop trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<crate::serve::intake::Imported>,
 }
 
 /// What was added to the evaluated fit's training part (see
@@ -408,6 +413,14 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
                         s.trials,
                         s.elapsed_ms / 1e3
                     )
+                })
+            }),
+        ),
+        (
+            "imported",
+            Box::new(|c| {
+                c.imported.as_ref().map_or("-".into(), |i| {
+                    format!("{:?} sha256 {:.12}…", i.source, i.sha256).to_lowercase()
                 })
             }),
         ),

@@ -8,6 +8,7 @@
 pub mod card;
 pub mod ensemble;
 pub mod forest;
+pub mod head;
 pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
@@ -737,6 +738,7 @@ fn describe(
         last_seq: None,
         decision: None,
         search: None,
+        imported: None,
     }
 }
 

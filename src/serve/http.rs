@@ -7,6 +7,7 @@
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
 //! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p}}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number}]}` |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card, the serving version and its `engine` (tract or ort) |
+//! | PUT | `/v1/pipelines/{name}/models` | ONNX bytes (header `x-sha256` or `?sha256=`) → `201 {"pipeline", "version", "serving_version", "card"}`: checked and stored, served once promoted ([`super::intake`]); refusals 413 (oversized), 400 (sha256), 422 (the model) |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
 //! | POST | `/v1/pipelines/{name}/models/{version}/promote` | serves a stored version → `{"serving_version"}` |
 //! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -45,6 +46,10 @@ pub struct AppState {
     pub max_rows: usize,
     pub connection: Arc<crate::ingest::mqtt::Connection>,
     pub drift: crate::monitor::retrain::DriftBoard,
+    /// `[models]`: the upload size limit.
+    pub models: crate::config::ModelsConfig,
+    /// How uploaded models load (the onnxruntime library of `[onnxruntime]`).
+    pub load_options: super::engine::LoadOptions,
 }
 
 /// Errors a request can meet.
@@ -66,6 +71,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("model refused: {0}")]
+    Intake(#[from] super::intake::IntakeError),
 }
 
 impl ApiError {
@@ -80,6 +87,24 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Intake(e) => {
+                use super::intake::IntakeError as E;
+                match e {
+                    E::UnknownPipeline(_) => StatusCode::NOT_FOUND,
+                    E::Oversized { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    E::BadSha256(_) => StatusCode::BAD_REQUEST,
+                    E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    E::Truncated(_)
+                    | E::NotOnnx(_)
+                    | E::UnsupportedOperator(_)
+                    | E::WrongWidth { .. }
+                    | E::FeatureOrder { .. }
+                    | E::WrongTask { .. }
+                    | E::WrongClasses { .. }
+                    | E::EngineRefused(_)
+                    | E::BadOutput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                }
+            }
         }
     }
 }
@@ -124,7 +149,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/pipelines/{name}/predict", post(predict))
-        .route("/v1/pipelines/{name}/models", get(models))
+        .route("/v1/pipelines/{name}/models", get(models).put(upload_model))
         .route("/v1/pipelines/{name}/train", post(train))
         .route(
             "/v1/pipelines/{name}/models/{version}/promote",
@@ -330,6 +355,69 @@ async fn models(
     ))
 }
 
+/// `PUT /v1/pipelines/{name}/models`: the body is read up to
+/// `[models] max_bytes` (413 beyond), its SHA-256 checked against the
+/// `x-sha256` header or `sha256` query parameter (400), then the model is
+/// checked and stored, not served ([`super::intake::import`]).
+async fn upload_model(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    use super::intake::{self, IntakeError, Source};
+    let cfg = s
+        .pipelines
+        .iter()
+        .find(|p| p.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::UnknownPipeline(name.clone()))?;
+    let limit = s.models.max_bytes;
+    let refuse = |e: IntakeError| -> Result<(StatusCode, Json<Value>), ApiError> {
+        intake::count(&s.stats, &name, Source::Upload, Err(&e));
+        Err(e.into())
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(bytes) = declared.filter(|b| *b > limit) {
+        return refuse(IntakeError::Oversized { bytes, limit });
+    }
+    let bytes = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await
+    {
+        Ok(b) => b.to_vec(),
+        Err(_) => {
+            return refuse(IntakeError::Oversized {
+                bytes: declared.unwrap_or(limit + 1),
+                limit,
+            })
+        }
+    };
+    let claimed = headers
+        .get("x-sha256")
+        .and_then(|v| v.to_str().ok())
+        .or(query.get("sha256").map(String::as_str));
+    if let Err(e) = intake::verify_sha256(&bytes, claimed) {
+        return refuse(e);
+    }
+    let (store, stats, options) = (s.store.clone(), s.stats.clone(), s.load_options.clone());
+    let card = tokio::task::spawn_blocking(move || {
+        intake::import(&store, &cfg, bytes, Source::Upload, None, limit, &options, &stats)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "pipeline": name,
+            "version": card.version,
+            "serving_version": s.registry.get(&name).map(|m| m.version),
+            "card": card,
+        })),
+    ))
+}
+
 async fn train(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -422,6 +510,14 @@ pub fn render(v: &Value) -> String {
                 e["reason"].as_str().unwrap_or("")
             ));
         }
+    } else if v.get("card").is_some() {
+        out.push_str(&format!(
+            "pipeline {}: imported as version {} (sha256 {}); serving version {} until it is promoted\n",
+            v["pipeline"].as_str().unwrap_or("-"),
+            v["version"],
+            v["card"]["imported"]["sha256"].as_str().unwrap_or("-"),
+            v["serving_version"]
+        ));
     } else {
         out.push_str(&format!(
             "pipeline {}: serving version {}\n",

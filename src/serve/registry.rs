@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use super::engine::{EngineKind, LoadOptions, ModelError, OnnxModel};
+use super::engine::{Contract, EngineKind, LoadOptions, ModelError, OnnxModel};
 use crate::learn::card::{LiveScore, ModelCard};
 use crate::learn::TrainedVersion;
 use crate::store::{Store, StoreError, StoredModel};
@@ -96,6 +96,9 @@ struct Slot {
     /// The engine the pipeline's models load on, and how.
     engine: EngineKind,
     options: LoadOptions,
+    /// What the pipeline expects of a model without edgeloop's metadata
+    /// (an import); `None`: only edgeloop's own models load.
+    contract: Option<Contract>,
 }
 
 impl Slot {
@@ -123,6 +126,16 @@ impl Registry {
         if let Some(slot) = self.slots.get_mut(pipeline) {
             slot.engine = engine;
             slot.options = options;
+        }
+        self
+    }
+
+    /// Loads `pipeline`'s imported models (those without edgeloop's
+    /// metadata) by `contract` ([`OnnxModel::load_for`]). Unknown pipelines
+    /// are ignored.
+    pub fn with_contract(mut self, pipeline: &str, contract: Contract) -> Self {
+        if let Some(slot) = self.slots.get_mut(pipeline) {
+            slot.contract = Some(contract);
         }
         self
     }
@@ -184,7 +197,7 @@ impl Registry {
             .slots
             .get(&pipeline)
             .ok_or_else(|| RegistryError::UnknownPipeline(pipeline.clone()))?;
-        let loaded = OnnxModel::load_with(&onnx, slot.engine, &slot.options).map_err(|source| {
+        let loaded = OnnxModel::load_for(&onnx, slot.contract.as_ref(), slot.engine, &slot.options).map_err(|source| {
             RegistryError::Model {
                 pipeline: pipeline.clone(),
                 version,
@@ -341,7 +354,7 @@ fn load(
     stored: &StoredModel,
 ) -> Result<Serving, RegistryError> {
     let model =
-        OnnxModel::load_with(&stored.onnx, slot.engine, &slot.options).map_err(|source| {
+        OnnxModel::load_for(&stored.onnx, slot.contract.as_ref(), slot.engine, &slot.options).map_err(|source| {
             RegistryError::Model {
                 pipeline: pipeline.into(),
                 version,

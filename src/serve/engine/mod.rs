@@ -483,6 +483,31 @@ impl OnnxModel {
         Ok(model)
     }
 
+    /// Loads a pipeline's model: one that carries edgeloop's metadata
+    /// (`classes`, `features`, `task`: edgeloop's own exports, or an import
+    /// written with them) as [`OnnxModel::load_with`]; any other, with a
+    /// `contract`, as [`OnnxModel::adopt`].
+    ///
+    /// # Errors
+    /// [`ModelError::Refused`] for bytes that are not ONNX, or a foreign model
+    /// without a contract; else as the loader taken.
+    pub fn load_for(
+        onnx: &[u8],
+        contract: Option<&Contract>,
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        match export::read_metadata(onnx) {
+            Ok(_) => Self::load_with(onnx, kind, options),
+            Err(reason) => match contract {
+                Some(contract) if !reason.starts_with("not an ONNX model") => {
+                    Self::adopt(onnx, contract, kind, options)
+                }
+                _ => Err(ModelError::Refused(reason)),
+            },
+        }
+    }
+
     /// Adopts an imported model (skl2onnx, onnxmltools, `torch.onnx`, ...)
     /// for a pipeline with `contract`:
     /// - one input, 2-D float, whose width (when declared) equals the number

@@ -1,0 +1,792 @@
+//! Model intake: ONNX models brought from elsewhere (an upload with
+//! `PUT /v1/pipelines/{name}/models`, or a file dropped into the pipeline's
+//! models directory) are checked, registered as a new stored version, and
+//! served only once promoted (`POST /v1/pipelines/{name}/models/{version}/promote`
+//! or `edgeloop models promote`).
+//!
+//! The checks, in order, each refusal with its own [`IntakeError`] reason:
+//! 1. size within `[models] max_bytes` (`oversized`);
+//! 2. (uploads) the SHA-256 the client sent matches the bytes (`bad_sha256`);
+//! 3. the bytes are an ONNX `ModelProto` (`truncated` when a protobuf field
+//!    runs past the end of the file, `not_onnx` otherwise);
+//! 4. every operator is one the engine implements (`unsupported_operator`);
+//! 5. the declared input width and the feature names and order equal the
+//!    pipeline's schema (`wrong_width`, `feature_order`), as do the task and
+//!    classes (`wrong_task`, `wrong_classes`);
+//! 6. the engine loads it and a probe run on a batch of rows gives the
+//!    expected shape: `[N, n_classes]` probabilities (finite, in [0, 1],
+//!    rows summing to 1 ± 1e-3) for a classifier, `[N, 1]` for a regressor
+//!    (`engine_refused`, `bad_output`).
+//!
+//! A refusal never changes what serves. The single loader call is
+//! [`check_model`]'s `load`; it is where a loader for foreign graphs plugs in.
+//!
+//! The models directory (`[models] dir`) holds one sub-directory per
+//! pipeline, polled every `poll_ms`: a file is taken once its size and
+//! modification time are the same on two polls in a row (or when it was
+//! written as `*.tmp` and renamed: `*.tmp` files are never taken), then moved
+//! to `accepted/` or `refused/` beside a `<file>.reason` text file saying
+//! what happened.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tract_onnx::pb;
+
+use super::engine::{onnx_parser, Contract, EngineKind, LoadOptions, ModelError, OnnxModel};
+use super::registry::ServingEvent;
+use crate::config::PipelineConfig;
+use crate::learn::card::ModelCard;
+use crate::learn::{Task, Trigger};
+use crate::stats::Stats;
+use crate::store::{Store, StoredModel};
+
+/// Where an imported model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `PUT /v1/pipelines/{name}/models`.
+    Upload,
+    /// A file dropped into the pipeline's models directory.
+    ModelsDir,
+}
+
+/// What a model card of an imported version records about its file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Imported {
+    pub source: Source,
+    /// File name in the models directory (`None` for an upload).
+    pub file_name: Option<String>,
+    /// SHA-256 of the ONNX bytes, lowercase hex.
+    pub sha256: String,
+    /// Size of the ONNX file, bytes.
+    pub bytes: u64,
+    /// The engine that checked and serves it.
+    pub engine: String,
+    /// ONNX producer (`producer_name producer_version`) as the file says.
+    pub producer: String,
+}
+
+/// Why a model was refused. [`IntakeError::reason`] names the kind (the
+/// stats key); the message says what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("pipeline `{0}` is not configured")]
+    UnknownPipeline(String),
+    #[error(
+        "oversized: the model is {bytes} bytes; at most {limit} are accepted ([models] max_bytes)"
+    )]
+    Oversized { bytes: u64, limit: u64 },
+    #[error("bad sha256: {0}")]
+    BadSha256(String),
+    #[error("truncated: the file ends inside a protobuf field ({0}); was the copy complete?")]
+    Truncated(String),
+    #[error("not an ONNX model: {0}")]
+    NotOnnx(String),
+    #[error("unsupported operator: the serving engine (tract) does not implement {0}")]
+    UnsupportedOperator(String),
+    #[error("wrong input width: the model takes {model} features, pipeline `{pipeline}` has {expected} ({features:?})")]
+    WrongWidth {
+        pipeline: String,
+        model: usize,
+        expected: usize,
+        features: Vec<String>,
+    },
+    #[error("feature order: the model takes {model:?}, pipeline `{pipeline}` sends {expected:?}")]
+    FeatureOrder {
+        pipeline: String,
+        model: Vec<String>,
+        expected: Vec<String>,
+    },
+    #[error("wrong task: the model is a {model} model, pipeline `{pipeline}` does {expected}")]
+    WrongTask {
+        pipeline: String,
+        model: Task,
+        expected: Task,
+    },
+    #[error("wrong classes: the model predicts {model:?}, pipeline `{pipeline}` has {expected:?}")]
+    WrongClasses {
+        pipeline: String,
+        model: Vec<String>,
+        expected: Vec<String>,
+    },
+    #[error("engine refused the model: {0}")]
+    EngineRefused(String),
+    #[error("bad output: {0}")]
+    BadOutput(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl IntakeError {
+    /// Every reason, in the order the stats list them.
+    pub const REASONS: [&'static str; 13] = [
+        "unknown_pipeline",
+        "oversized",
+        "bad_sha256",
+        "truncated",
+        "not_onnx",
+        "unsupported_operator",
+        "wrong_width",
+        "feature_order",
+        "wrong_task",
+        "wrong_classes",
+        "engine_refused",
+        "bad_output",
+        "store",
+    ];
+
+    /// The kind of refusal (low-cardinality stats key).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IntakeError::UnknownPipeline(_) => "unknown_pipeline",
+            IntakeError::Oversized { .. } => "oversized",
+            IntakeError::BadSha256(_) => "bad_sha256",
+            IntakeError::Truncated(_) => "truncated",
+            IntakeError::NotOnnx(_) => "not_onnx",
+            IntakeError::UnsupportedOperator(_) => "unsupported_operator",
+            IntakeError::WrongWidth { .. } => "wrong_width",
+            IntakeError::FeatureOrder { .. } => "feature_order",
+            IntakeError::WrongTask { .. } => "wrong_task",
+            IntakeError::WrongClasses { .. } => "wrong_classes",
+            IntakeError::EngineRefused(_) => "engine_refused",
+            IntakeError::BadOutput(_) => "bad_output",
+            IntakeError::Store(_) => "store",
+        }
+    }
+}
+
+/// Rows of the probe run.
+const PROBE_ROWS: usize = 8;
+
+/// Checks `onnx` against `pipeline`'s schema (steps 3 to 6 of the module
+/// docs) and returns the loaded model.
+///
+/// # Errors
+/// The first check that fails, as an [`IntakeError`].
+pub fn check_model(
+    onnx: &[u8],
+    pipeline: &PipelineConfig,
+    options: &LoadOptions,
+) -> Result<OnnxModel, IntakeError> {
+    let proto = decode(onnx)?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| IntakeError::NotOnnx("the ModelProto has no graph".into()))?;
+    if proto.opset_import.is_empty() || graph.node.is_empty() {
+        return Err(IntakeError::NotOnnx(
+            "no operator set or no node: not a model graph".into(),
+        ));
+    }
+    // With `engine = "tract"`, every operator must be one tract has (the
+    // other engines refuse unknown operators themselves, `auto` falls back).
+    let register = onnx_parser().op_register;
+    let mut missing: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| pipeline.engine == EngineKind::Tract && !register.0.contains_key(&n.op_type))
+        .map(|n| {
+            let domain = if n.domain.is_empty() {
+                "ai.onnx"
+            } else {
+                &n.domain
+            };
+            format!("`{}` ({domain})", n.op_type)
+        })
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        return Err(IntakeError::UnsupportedOperator(missing.join(", ")));
+    }
+    let features = pipeline.model_features();
+    // The declared input width, when the graph states it.
+    let declared = graph
+        .input
+        .iter()
+        .find(|i| !graph.initializer.iter().any(|t| t.name == i.name))
+        .and_then(|i| {
+            let pb::type_proto::Value::TensorType(t) = i.r#type.as_ref()?.value.as_ref()?;
+            t.shape.as_ref()?.dim.last().cloned()
+        })
+        .and_then(|d| match d.value? {
+            pb::tensor_shape_proto::dimension::Value::DimValue(v) => usize::try_from(v).ok(),
+            _ => None,
+        });
+    if let Some(width) = declared.filter(|w| *w != features.len()) {
+        return Err(wrong_width(pipeline, width, &features));
+    }
+    let model = load(onnx, pipeline, &features, options)?;
+    if model.features().len() != features.len() {
+        return Err(wrong_width(pipeline, model.features().len(), &features));
+    }
+    if model.features() != features.as_slice() {
+        return Err(IntakeError::FeatureOrder {
+            pipeline: pipeline.name.clone(),
+            model: model.features().to_vec(),
+            expected: features,
+        });
+    }
+    if model.task() != pipeline.task {
+        return Err(IntakeError::WrongTask {
+            pipeline: pipeline.name.clone(),
+            model: model.task(),
+            expected: pipeline.task,
+        });
+    }
+    let sorted = |c: &[String]| {
+        let mut c = c.to_vec();
+        c.sort();
+        c
+    };
+    // The same classes, in any order: predictions name each class.
+    if pipeline.task == Task::Classification
+        && !pipeline.classes.is_empty()
+        && sorted(model.classes()) != sorted(&pipeline.classes)
+    {
+        return Err(IntakeError::WrongClasses {
+            pipeline: pipeline.name.clone(),
+            model: model.classes().to_vec(),
+            expected: pipeline.classes.clone(),
+        });
+    }
+    probe(&model, features.len())?;
+    Ok(model)
+}
+
+/// The one loader call, on the pipeline's engine: a file with edgeloop's
+/// metadata (classes, features, task) as it says; a foreign graph
+/// (skl2onnx, onnxmltools, `torch.onnx`) adopted by the pipeline's contract
+/// ([`OnnxModel::load_for`]).
+fn load(
+    onnx: &[u8],
+    pipeline: &PipelineConfig,
+    features: &[String],
+    options: &LoadOptions,
+) -> Result<OnnxModel, IntakeError> {
+    let contract = Contract {
+        task: pipeline.task,
+        classes: pipeline.classes.clone(),
+        features: features.to_vec(),
+    };
+    OnnxModel::load_for(onnx, Some(&contract), pipeline.engine, options).map_err(|e| match e {
+        ModelError::UnsupportedOperator { .. } => IntakeError::UnsupportedOperator(e.to_string()),
+        e => IntakeError::EngineRefused(e.to_string()),
+    })
+}
+
+fn wrong_width(pipeline: &PipelineConfig, model: usize, features: &[String]) -> IntakeError {
+    IntakeError::WrongWidth {
+        pipeline: pipeline.name.clone(),
+        model,
+        expected: features.len(),
+        features: features.to_vec(),
+    }
+}
+
+/// Runs `PROBE_ROWS` rows (zeros, ones, a ramp) and checks the output's
+/// shape and, for a classifier, that each row is a probability vector.
+fn probe(model: &OnnxModel, n_features: usize) -> Result<(), IntakeError> {
+    let x: Vec<f32> = (0..PROBE_ROWS * n_features)
+        .map(|i| match i / n_features {
+            0 => 0.0,
+            1 => 1.0,
+            r => (r * n_features + i % n_features) as f32 * 0.5,
+        })
+        .collect();
+    let out = model
+        .predict_proba(&x)
+        .map_err(|e| IntakeError::BadOutput(format!("probe run failed: {e}")))?;
+    let width = match model.task() {
+        Task::Classification => model.classes().len(),
+        Task::Regression => 1,
+    };
+    if out.len() != PROBE_ROWS * width {
+        return Err(IntakeError::BadOutput(format!(
+            "{PROBE_ROWS} probe rows gave {} values; expected [{PROBE_ROWS}, {width}]",
+            out.len()
+        )));
+    }
+    if model.task() == Task::Classification {
+        for (r, row) in out.chunks_exact(width).enumerate() {
+            let sum: f32 = row.iter().sum();
+            if row
+                .iter()
+                .any(|p| !p.is_finite() || !(0.0..=1.0).contains(p))
+                || (sum - 1.0).abs() > 1e-3
+            {
+                return Err(IntakeError::BadOutput(format!(
+                    "probe row {r}: {row:?} are not probabilities (sum {sum})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a `ModelProto`; a failure is classified by walking the top-level
+/// protobuf fields (<https://protobuf.dev/programming-guides/encoding/>):
+/// a length-delimited field running past the end is a truncated file, an
+/// unknown field number or wire type is not ONNX.
+fn decode(onnx: &[u8]) -> Result<pb::ModelProto, IntakeError> {
+    if onnx.is_empty() {
+        return Err(IntakeError::NotOnnx("the file is empty".into()));
+    }
+    match pb::ModelProto::decode(onnx) {
+        Ok(m) => Ok(m),
+        Err(e) => Err(match walk_top_level(onnx) {
+            Walk::Truncated(at) => IntakeError::Truncated(format!(
+                "a field at byte {at} of {} runs past the end; prost: {e}",
+                onnx.len()
+            )),
+            Walk::Foreign(why) => IntakeError::NotOnnx(format!("{why}; prost: {e}")),
+            Walk::Whole => IntakeError::NotOnnx(format!("prost: {e}")),
+        }),
+    }
+}
+
+enum Walk {
+    Truncated(usize),
+    Foreign(String),
+    Whole,
+}
+
+/// Top-level fields of `onnx.proto`'s `ModelProto` and their wire types
+/// (0 varint, 2 length-delimited).
+fn model_field_wire_type(field: u64) -> Option<u64> {
+    match field {
+        1 | 5 => Some(0),
+        2 | 3 | 4 | 6 | 7 | 8 | 14 | 20 | 25 => Some(2),
+        _ => None,
+    }
+}
+
+fn walk_top_level(bytes: &[u8]) -> Walk {
+    fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        let Some(key) = varint(bytes, &mut at) else {
+            return Walk::Truncated(start);
+        };
+        let (field, wire) = (key >> 3, key & 7);
+        if model_field_wire_type(field) != Some(wire) {
+            return Walk::Foreign(format!(
+                "byte {start}: field {field} with wire type {wire} is not part of an ONNX ModelProto"
+            ));
+        }
+        if wire == 0 {
+            if varint(bytes, &mut at).is_none() {
+                return Walk::Truncated(start);
+            }
+        } else {
+            let Some(len) = varint(bytes, &mut at) else {
+                return Walk::Truncated(start);
+            };
+            match at.checked_add(len as usize) {
+                Some(end) if end <= bytes.len() => at = end,
+                _ => return Walk::Truncated(start),
+            }
+        }
+    }
+    Walk::Whole
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Checks that `claimed` (64 hex digits, any case) is the SHA-256 of `bytes`.
+///
+/// # Errors
+/// [`IntakeError::BadSha256`] when it is missing, malformed or different.
+pub fn verify_sha256(bytes: &[u8], claimed: Option<&str>) -> Result<String, IntakeError> {
+    let claimed = claimed
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            IntakeError::BadSha256(
+                "missing: send the file's SHA-256 as header `x-sha256` or query `?sha256=`".into(),
+            )
+        })?;
+    if claimed.len() != 64 || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(IntakeError::BadSha256(format!(
+            "`{claimed}` is not 64 hexadecimal digits"
+        )));
+    }
+    let actual = sha256_hex(bytes);
+    if !claimed.eq_ignore_ascii_case(&actual) {
+        return Err(IntakeError::BadSha256(format!(
+            "mismatch: sent {claimed}, the {} bytes received hash to {actual}",
+            bytes.len()
+        )));
+    }
+    Ok(actual)
+}
+
+/// Checks `onnx` and stores it as the next version of `pipeline`, not
+/// serving; the timeline gets an `imported` event in the same commit. The
+/// outcome is counted in `stats` and logged.
+///
+/// # Errors
+/// An [`IntakeError`]; then nothing was stored.
+pub fn import(
+    store: &Store,
+    pipeline: &PipelineConfig,
+    onnx: Vec<u8>,
+    source: Source,
+    file_name: Option<String>,
+    max_bytes: u64,
+    options: &LoadOptions,
+    stats: &Stats,
+) -> Result<ModelCard, IntakeError> {
+    let result = import_inner(store, pipeline, onnx, source, file_name, max_bytes, options);
+    count(stats, &pipeline.name, source, result.as_ref());
+    result
+}
+
+/// Counts and logs an intake outcome (also for refusals found before
+/// [`import`], such as a bad checksum).
+pub fn count(
+    stats: &Stats,
+    pipeline: &str,
+    source: Source,
+    result: Result<&ModelCard, &IntakeError>,
+) {
+    match result {
+        Ok(card) => {
+            stats.count_model_imported();
+            tracing::info!(%pipeline, ?source, version = card.version, "Model imported; serving only once promoted.");
+        }
+        Err(e) => {
+            stats.count_model_refused(e.reason());
+            tracing::warn!(%pipeline, ?source, reason = e.reason(), error = %e, "Model refused; the current version keeps serving.");
+        }
+    }
+}
+
+fn import_inner(
+    store: &Store,
+    pipeline: &PipelineConfig,
+    onnx: Vec<u8>,
+    source: Source,
+    file_name: Option<String>,
+    max_bytes: u64,
+    options: &LoadOptions,
+) -> Result<ModelCard, IntakeError> {
+    if onnx.len() as u64 > max_bytes {
+        return Err(IntakeError::Oversized {
+            bytes: onnx.len() as u64,
+            limit: max_bytes,
+        });
+    }
+    let model = check_model(&onnx, pipeline, options)?;
+    let (p50, batch_p50) = latency(&model);
+    let producer = pb::ModelProto::decode(onnx.as_slice())
+        .map(|m| {
+            format!("{} {}", m.producer_name, m.producer_version)
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    let store_err = |e: crate::store::StoreError| IntakeError::Store(e.to_string());
+    // Versions are numbered as the learner numbers them (the next after the
+    // newest stored).
+    let version = store
+        .model_versions(&pipeline.name)
+        .map_err(store_err)?
+        .last()
+        .map_or(1, |v| v + 1);
+    let imported = Imported {
+        source,
+        file_name,
+        sha256: sha256_hex(&onnx),
+        bytes: onnx.len() as u64,
+        engine: model.engine().to_string(),
+        producer,
+    };
+    let card = ModelCard {
+        pipeline: pipeline.name.clone(),
+        version,
+        family: "imported".into(),
+        task: model.task(),
+        hyperparameters: serde_json::json!({ "imported": imported }),
+        optimizer: serde_json::Value::Null,
+        trigger: Trigger::Manual,
+        created_at_ms: crate::learn::now_ms(),
+        features: model.features().to_vec(),
+        classes: model.classes().to_vec(),
+        n_samples: 0,
+        n_train: 0,
+        n_holdout: 0,
+        class_composition_train: Default::default(),
+        class_composition_holdout: Default::default(),
+        class_composition_before: Default::default(),
+        class_composition_after: Default::default(),
+        augmentation: None,
+        train_time_range_ms: None,
+        holdout_time_range_ms: None,
+        holdout: None,
+        holdout_probabilistic: None,
+        holdout_regression: None,
+        metric: String::new(),
+        holdout_score: None,
+        cv: None,
+        candidates: vec![],
+        training_ms: 0.0,
+        training_cpu_ms: None,
+        onnx_bytes: onnx.len() as u64,
+        decision: None,
+        last_seq: None,
+        predict_p50_us: Some(p50),
+        predict_batch_p50_us_per_row: Some(batch_p50),
+        peak_rss_bytes: None,
+        live: None,
+        search: None,
+        imported: Some(imported),
+    };
+    let stored = StoredModel {
+        onnx,
+        card_json: serde_json::to_string(&card).map_err(|e| IntakeError::Store(e.to_string()))?,
+        params_json: String::new(),
+    };
+    let event = ServingEvent::now(
+        version,
+        "imported",
+        format!(
+            "imported from {} (sha256 {}); serves once promoted",
+            match source {
+                Source::Upload => "an upload",
+                Source::ModelsDir => "the models directory",
+            },
+            card.imported.as_ref().map_or("", |i| i.sha256.as_str())
+        ),
+    );
+    store
+        .append_event(&pipeline.name, &event.to_json(), Some((version, &stored)))
+        .map_err(store_err)?;
+    Ok(card)
+}
+
+/// Median single-row and per-row (64-row batch) latency, microseconds, over
+/// 21 runs each.
+fn latency(model: &OnnxModel) -> (f64, f64) {
+    let nf = model.features().len();
+    let median = |rows: usize| {
+        let x = vec![0.5f32; rows * nf];
+        let mut t: Vec<f64> = (0..21)
+            .map(|_| {
+                let start = Instant::now();
+                let _ = model.predict_proba(&x);
+                start.elapsed().as_secs_f64() * 1e6 / rows as f64
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    (median(1), median(64))
+}
+
+/// The models-directory watcher: one sub-directory per pipeline under
+/// `dir`, polled every `poll`.
+pub struct ModelsDirWatcher {
+    pub dir: PathBuf,
+    pub poll: Duration,
+    pub max_bytes: u64,
+    /// How models load (the onnxruntime library of `[onnxruntime]`).
+    pub options: LoadOptions,
+    pub pipelines: Vec<PipelineConfig>,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+}
+
+impl ModelsDirWatcher {
+    /// Polls until `shutdown` is cancelled. Files are checked on a blocking
+    /// thread, one at a time.
+    ///
+    /// # Errors
+    /// A message when a pipeline's directory cannot be created.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
+        for p in &self.pipelines {
+            for sub in ["", "accepted", "refused"] {
+                let d = self.dir.join(&p.name).join(sub);
+                std::fs::create_dir_all(&d)
+                    .map_err(|e| format!("models dir {}: {e}", d.display()))?;
+            }
+        }
+        let mut seen: HashMap<PathBuf, (u64, Option<SystemTime>)> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+            let mut ready = Vec::new();
+            let mut now_seen = HashMap::new();
+            for p in &self.pipelines {
+                let Ok(entries) = std::fs::read_dir(self.dir.join(&p.name)) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Ok(meta) = entry.metadata() else { continue };
+                    if !meta.is_file() || name.starts_with('.') || name.ends_with(".tmp") {
+                        continue;
+                    }
+                    let sig = (meta.len(), meta.modified().ok());
+                    if seen.get(&path) == Some(&sig) {
+                        ready.push((p.clone(), path.clone(), name));
+                    } else {
+                        now_seen.insert(path, sig);
+                    }
+                }
+            }
+            seen = now_seen;
+            for (pipeline, path, name) in ready {
+                let (store, stats, max_bytes, options) = (
+                    self.store.clone(),
+                    self.stats.clone(),
+                    self.max_bytes,
+                    self.options.clone(),
+                );
+                let outcome = tokio::task::spawn_blocking(move || {
+                    take_file(&store, &pipeline, &path, &name, max_bytes, &options, &stats)
+                })
+                .await;
+                if let Ok(Err(e)) = outcome {
+                    tracing::warn!(error = %e, "Models directory: a file could not be moved.");
+                }
+            }
+        }
+    }
+}
+
+/// Imports one file of the models directory and moves it to `accepted/` or
+/// `refused/` with its `.reason` file.
+fn take_file(
+    store: &Store,
+    pipeline: &PipelineConfig,
+    path: &Path,
+    name: &str,
+    max_bytes: u64,
+    options: &LoadOptions,
+    stats: &Stats,
+) -> std::io::Result<()> {
+    let len = std::fs::metadata(path)?.len();
+    let result = if len > max_bytes {
+        // Not read into memory.
+        let e = IntakeError::Oversized {
+            bytes: len,
+            limit: max_bytes,
+        };
+        count(stats, &pipeline.name, Source::ModelsDir, Err(&e));
+        Err(e)
+    } else {
+        let bytes = std::fs::read(path)?;
+        import(
+            store,
+            pipeline,
+            bytes,
+            Source::ModelsDir,
+            Some(name.to_string()),
+            max_bytes,
+            options,
+            stats,
+        )
+    };
+    let (sub, reason) = match &result {
+        Ok(card) => (
+            "accepted",
+            format!(
+                "imported as version {} of pipeline `{}` (sha256 {}); serves once promoted\n",
+                card.version,
+                pipeline.name,
+                card.imported.as_ref().map_or("", |i| i.sha256.as_str())
+            ),
+        ),
+        Err(e) => ("refused", format!("{}: {e}\n", e.reason())),
+    };
+    let dest_dir = path.parent().unwrap_or_else(|| Path::new(".")).join(sub);
+    let mut dest = dest_dir.join(name);
+    if dest.exists() {
+        dest = dest_dir.join(format!("{}-{name}", crate::learn::now_ms()));
+    }
+    std::fs::rename(path, &dest)?;
+    let mut reason_path = dest.into_os_string();
+    reason_path.push(".reason");
+    std::fs::write(PathBuf::from(reason_path), reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> PipelineConfig {
+        crate::config::Config::load_with_env(None, std::iter::empty())
+            .unwrap()
+            .pipelines[0]
+            .clone()
+    }
+
+    #[test]
+    fn sha256_of_abc_is_the_fips_180_2_example() {
+        // FIPS 180-2, appendix B.1.
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(verify_sha256(
+            b"abc",
+            Some("BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD")
+        )
+        .is_ok());
+        assert_eq!(
+            verify_sha256(b"abd", Some(&sha256_hex(b"abc")))
+                .unwrap_err()
+                .reason(),
+            "bad_sha256"
+        );
+        assert_eq!(
+            verify_sha256(b"abc", None).unwrap_err().reason(),
+            "bad_sha256"
+        );
+        assert_eq!(
+            verify_sha256(b"abc", Some("xyz")).unwrap_err().reason(),
+            "bad_sha256"
+        );
+    }
+
+    #[test]
+    fn empty_and_foreign_bytes_are_not_onnx_and_a_cut_file_is_truncated() {
+        let p = pipeline();
+        assert_eq!(check_model(b"", &p, &LoadOptions::default()).unwrap_err().reason(), "not_onnx");
+        // A PNG signature: field 17, wire type 1 is no ModelProto field.
+        let png = [0x89u8, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+        assert_eq!(check_model(&png, &p, &LoadOptions::default()).unwrap_err().reason(), "not_onnx");
+        // ir_version 7, then a graph (field 7) announced as 100 bytes with 3 present.
+        let cut = [0x08u8, 7, 0x3a, 100, 1, 2, 3];
+        assert_eq!(check_model(&cut, &p, &LoadOptions::default()).unwrap_err().reason(), "truncated");
+    }
+}

@@ -1,0 +1,472 @@
+//! Model intake, black-box: a daemon trains version 1 on occupancy rows,
+//! then bad model files (truncated, random bytes, wrong input width, an
+//! operator tract lacks, oversized, wrong or missing SHA-256) are refused
+//! each with its own reason while predictions keep coming from version 1;
+//! a good foreign model is registered, not served, until promoted, and then
+//! serves scikit-learn's probabilities. Once over HTTP, once through the
+//! models directory. Reference files: `tests/fixtures/intake/gen_intake.py`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::demo::HttpClient;
+use edgeloop::ingest::decode::Sample;
+use edgeloop::learn::{self, Trigger};
+use edgeloop::serve::http::PredictResponse;
+use edgeloop::serve::intake::sha256_hex;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const PIPELINE: &str = "occupancy";
+const WAIT: Duration = Duration::from_secs(90);
+/// `[models] max_bytes` in these tests.
+const LIMIT: u64 = 64 * 1024;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/intake")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn reference() -> Value {
+    serde_json::from_slice(&fixture("intake.json")).unwrap()
+}
+
+/// Starts a daemon that trains version 1 at 2,000 labels (and never again),
+/// with the models directory `models_dir`, and replays 2,000 rows.
+async fn start_with_v1(
+    dir: &Path,
+    models_dir: Option<&Path>,
+) -> (Running, DaemonHandle, CancellationToken) {
+    init_logs();
+    let broker = Broker::Embedded(free_port());
+    let mut cfg = config(dir, broker);
+    let p = &mut cfg.pipelines[0];
+    p.model.min_labels = 2000;
+    p.model.retrain_every = 1_000_000;
+    p.drift.retrain_on_drift = false;
+    cfg.models.max_bytes = LIMIT;
+    cfg.models.poll_ms = 100;
+    if let Some(m) = models_dir {
+        cfg.models.dir = m.to_path_buf();
+    }
+    let token = CancellationToken::new();
+    let running = daemon::start(cfg, token.clone()).await.unwrap();
+    let handle = running.handle.clone();
+    assert!(
+        handle.wait_subscribed(WAIT).await,
+        "the daemon did not subscribe"
+    );
+    let opts = replay_opts("datatraining.txt", broker.port(), Some(2000));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "version 1", || {
+        handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 1);
+    (running, handle, token)
+}
+
+async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
+    drop(handle);
+    token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
+}
+
+fn rows_body(rows: &[Vec<f32>]) -> Vec<u8> {
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            Value::Object(
+                FEATURES
+                    .iter()
+                    .zip(r)
+                    .map(|(k, v)| (k.to_string(), (*v).into()))
+                    .collect(),
+            )
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap()
+}
+
+async fn predict(client: &mut HttpClient, rows: &[Vec<f32>]) -> PredictResponse {
+    let (status, body) = client
+        .request(
+            "POST",
+            "/v1/pipelines/occupancy/predict",
+            Some(rows_body(rows)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Predicts one row in a loop until `stop`; the versions that answered.
+fn keep_predicting(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u32>> {
+    tokio::spawn(async move {
+        let mut client = HttpClient::connect(addr).await.unwrap();
+        let row = vec![vec![21.0, 27.0, 450.0, 700.0, 0.0043]];
+        let mut versions = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            versions.push(predict(&mut client, &row).await.model_version);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        versions
+    })
+}
+
+/// `PUT /v1/pipelines/occupancy/models` with `?sha256=` when given.
+async fn upload(addr: std::net::SocketAddr, body: Vec<u8>, sha: Option<String>) -> (u16, Value) {
+    let mut client = HttpClient::connect(addr).await.unwrap();
+    let path = match sha {
+        Some(s) => format!("/v1/pipelines/occupancy/models?sha256={s}"),
+        None => "/v1/pipelines/occupancy/models".into(),
+    };
+    let (status, resp) = client.request("PUT", &path, Some(body)).await.unwrap();
+    let v = serde_json::from_slice(&resp)
+        .unwrap_or_else(|e| panic!("{status}: {} ({e})", String::from_utf8_lossy(&resp)));
+    (status, v)
+}
+
+/// Deterministic bytes that are not a protobuf (xorshift64).
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// An edgeloop-exported logistic model for the first 3 occupancy features.
+fn three_feature_model() -> Vec<u8> {
+    let cfg = edgeloop::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+    let mut p = cfg.pipelines[0].clone();
+    p.features.truncate(3);
+    let (x, y) = rows("datatraining.txt");
+    let samples: Vec<Sample> = x
+        .iter()
+        .zip(&y)
+        .take(500)
+        .enumerate()
+        .map(|(i, (r, l))| Sample {
+            timestamp_ms: i as i64,
+            device: String::new(),
+            features: r[..3].to_vec(),
+            label: Some(l.clone()),
+        })
+        .collect();
+    learn::train_version(&p, &samples, None, 1, Trigger::Manual, None, || false)
+        .unwrap()
+        .onnx
+}
+
+/// The bad files, each with the reason key and a piece of its message.
+fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
+    let good = fixture("occupancy_sklearn.onnx");
+    vec![
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            "truncated",
+            "truncated: the file ends inside a protobuf field",
+        ),
+        (
+            "random",
+            random_bytes(4096),
+            "not_onnx",
+            "not an ONNX model",
+        ),
+        (
+            "wide",
+            three_feature_model(),
+            "wrong_width",
+            "wrong input width: the model takes 3 features, pipeline `occupancy` has 5",
+        ),
+        (
+            "det",
+            fixture("unsupported_op.onnx"),
+            "unsupported_operator",
+            "unsupported operator: the serving engine (tract) does not implement `Det` (ai.onnx)",
+        ),
+        (
+            "big",
+            vec![0u8; LIMIT as usize + 1000],
+            "oversized",
+            "oversized: the model is 66536 bytes; at most 65536",
+        ),
+    ]
+}
+
+fn refused(handle: &DaemonHandle, reason: &str) -> u64 {
+    handle.stats.snapshot().models_refused[reason]
+}
+
+/// The fixture rows predicted by the serving model equal scikit-learn's
+/// `predict_proba` (and onnxruntime's) within 1e-5.
+async fn assert_serves_sklearn(addr: std::net::SocketAddr, version: u32) {
+    let r = reference();
+    let rows: Vec<Vec<f32>> = serde_json::from_value(r["rows"].clone()).unwrap();
+    let sk: Vec<Vec<f64>> = serde_json::from_value(r["sklearn_proba"].clone()).unwrap();
+    let mut client = HttpClient::connect(addr).await.unwrap();
+    let resp = predict(&mut client, &rows).await;
+    assert_eq!(resp.model_version, version);
+    for (i, (p, want)) in resp.predictions.iter().zip(&sk).enumerate() {
+        for (k, class) in ["0", "1"].iter().enumerate() {
+            let got = f64::from(p.probabilities[*class]);
+            assert!(
+                (got - want[k]).abs() <= 1e-5,
+                "row {i} class {class}: {got} vs sklearn {}",
+                want[k]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_are_checked_and_serve_only_once_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, handle, token) = start_with_v1(dir.path(), None).await;
+    let addr = handle.http_addr;
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let predictions = keep_predicting(addr, stop_flag.clone());
+
+    for (what, bytes, reason, message) in bad_files() {
+        let before = refused(&handle, reason);
+        let (status, v) = upload(addr, bytes.clone(), Some(sha256_hex(&bytes))).await;
+        let want = if reason == "oversized" { 413 } else { 422 };
+        assert_eq!(status, want, "{what}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(error.contains(message), "{what}: {error}");
+        assert_eq!(refused(&handle, reason), before + 1, "{what}");
+        assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 1, "{what}");
+        assert_eq!(
+            handle.store.model_versions(PIPELINE).unwrap(),
+            vec![1],
+            "{what}"
+        );
+    }
+    let good = fixture("occupancy_sklearn.onnx");
+    // A wrong, a malformed and a missing SHA-256: 400.
+    for (sha, message) in [
+        (Some(sha256_hex(b"something else")), "bad sha256: mismatch"),
+        (Some("12345".to_string()), "is not 64 hexadecimal digits"),
+        (None, "bad sha256: missing"),
+    ] {
+        let (status, v) = upload(addr, good.clone(), sha).await;
+        assert_eq!(status, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(message), "{v}");
+    }
+    assert_eq!(refused(&handle, "bad_sha256"), 3);
+    assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1]);
+
+    // The good model: registered as version 2, not served.
+    let (status, v) = upload(addr, good.clone(), Some(sha256_hex(&good))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["version"], 2);
+    assert_eq!(v["serving_version"], 1);
+    assert_eq!(v["card"]["family"], "imported");
+    assert_eq!(v["card"]["imported"]["source"], "upload");
+    assert_eq!(v["card"]["imported"]["sha256"], sha256_hex(&good));
+    assert_eq!(v["card"]["imported"]["bytes"], good.len());
+    assert_eq!(v["card"]["imported"]["engine"], "tract");
+    assert!(v["card"]["predict_p50_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(handle.stats.snapshot().models_imported, 1);
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    stop_flag.store(true, Ordering::Relaxed);
+    let versions = predictions.await.unwrap();
+    assert!(versions.len() > 10, "{} predictions", versions.len());
+    assert!(versions.iter().all(|v| *v == 1), "{versions:?}");
+
+    let mut client = HttpClient::connect(addr).await.unwrap();
+    let (status, body) = client
+        .request("GET", "/v1/pipelines/occupancy/models", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(models["serving_version"], 1);
+    assert_eq!(models["models"].as_array().unwrap().len(), 2);
+    let (status, body) = client
+        .request("POST", "/v1/pipelines/occupancy/models/2/promote", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
+    assert_serves_sklearn(addr, 2).await;
+
+    // `edgeloop models import`: the same upload from the command line.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+    cmd.args(["models", "import", "--pipeline", PIPELINE, "--url"])
+        .arg(format!("http://{addr}"))
+        .arg("--file")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/intake/occupancy_sklearn.onnx"),
+        );
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "imported as version 3 (sha256 {})",
+            sha256_hex(&good)
+        )),
+        "{text}"
+    );
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
+    stop(running, handle, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn models_directory_files_are_checked_moved_and_serve_only_once_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let (running, handle, token) = start_with_v1(dir.path(), Some(&models)).await;
+    let addr = handle.http_addr;
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let predictions = keep_predicting(addr, stop_flag.clone());
+    let inbox = models.join(PIPELINE);
+    wait_until(WAIT, "the pipeline's models directory", || {
+        inbox.join("refused").is_dir()
+    })
+    .await;
+
+    let bad = bad_files();
+    for (what, bytes, _, _) in &bad {
+        std::fs::write(inbox.join(format!("{what}.onnx")), bytes).unwrap();
+    }
+    // The good one is written as *.tmp (never taken) and renamed.
+    let good = fixture("occupancy_sklearn.onnx");
+    std::fs::write(inbox.join("good.onnx.tmp"), &good).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        inbox.join("good.onnx.tmp").exists(),
+        "a *.tmp file is not taken"
+    );
+    std::fs::rename(inbox.join("good.onnx.tmp"), inbox.join("good.onnx")).unwrap();
+
+    wait_until(WAIT, "every file processed", || {
+        std::fs::read_dir(&inbox)
+            .unwrap()
+            .flatten()
+            .all(|e| e.path().is_dir())
+    })
+    .await;
+    for (what, _, reason, message) in &bad {
+        let moved = inbox.join("refused").join(format!("{what}.onnx"));
+        assert!(moved.exists(), "{what} moved to refused/");
+        let text =
+            std::fs::read_to_string(inbox.join("refused").join(format!("{what}.onnx.reason")))
+                .unwrap();
+        assert!(text.starts_with(&format!("{reason}: ")), "{what}: {text}");
+        assert!(text.contains(message), "{what}: {text}");
+        assert_eq!(refused(&handle, reason), 1, "{what}");
+    }
+    assert!(inbox.join("accepted/good.onnx").exists());
+    let text = std::fs::read_to_string(inbox.join("accepted/good.onnx.reason")).unwrap();
+    assert!(text.contains("imported as version 2"), "{text}");
+    assert!(text.contains(&sha256_hex(&good)), "{text}");
+    assert_eq!(handle.stats.snapshot().models_imported, 1);
+    assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1, 2]);
+    let cards = handle.registry.cards(&handle.store, PIPELINE).unwrap();
+    let imported = cards[1].imported.as_ref().unwrap();
+    assert_eq!(imported.file_name.as_deref(), Some("good.onnx"));
+    assert_eq!(imported.sha256, sha256_hex(&good));
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 1);
+
+    stop_flag.store(true, Ordering::Relaxed);
+    let versions = predictions.await.unwrap();
+    assert!(versions.len() > 10, "{} predictions", versions.len());
+    assert!(versions.iter().all(|v| *v == 1), "{versions:?}");
+
+    handle
+        .registry
+        .promote_version(&handle.store, PIPELINE, 2, "promote", "test".into())
+        .unwrap();
+    assert_serves_sklearn(addr, 2).await;
+    let history = handle.registry.history(&handle.store, PIPELINE).unwrap();
+    let actions: Vec<&str> = history.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["trained", "imported", "promote"]);
+    stop(running, handle, token).await;
+}
+
+/// Every prefix of a good model, and random bytes of many lengths, are
+/// refused without a panic, except a prefix that ends at a top-level field
+/// boundary after the graph (here: without the optional trailing `task`
+/// metadata): that is a complete model, and it must predict exactly as the
+/// whole file does. A prefix that cuts a field is reported as truncated.
+#[test]
+fn every_prefix_and_random_bytes_are_refused() {
+    use edgeloop::serve::intake::check_model;
+    let cfg = edgeloop::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+    let p = &cfg.pipelines[0];
+    let good = fixture("occupancy_sklearn.onnx");
+    let rows: Vec<Vec<f32>> = serde_json::from_value(reference()["rows"].clone()).unwrap();
+    let x = rows.concat();
+    let whole = check_model(&good, p, &Default::default()).unwrap().predict_proba(&x).unwrap();
+    let (mut truncated, mut complete) = (0, 0);
+    for cut in 0..good.len() {
+        match check_model(&good[..cut], p, &Default::default()) {
+            Ok(m) => {
+                complete += 1;
+                assert_eq!(m.predict_proba(&x).unwrap(), whole, "prefix of {cut} bytes");
+            }
+            Err(e) => truncated += usize::from(e.reason() == "truncated"),
+        }
+    }
+    assert!(complete <= 2, "{complete} complete prefixes");
+    // The graph (field 7) spans most of the file: cuts inside it are truncations.
+    assert!(
+        truncated * 10 > good.len() * 9,
+        "{truncated} of {}",
+        good.len()
+    );
+    for n in [1, 2, 7, 100, 1000, 5000] {
+        let e = check_model(&random_bytes(n), p, &Default::default()).unwrap_err();
+        assert!(["not_onnx", "truncated"].contains(&e.reason()), "{n}: {e}");
+    }
+}
+
+/// `[models]` defaults, and a bad value refused naming its key.
+#[test]
+fn models_config_defaults_and_validation() {
+    use edgeloop::config::{Config, ConfigError};
+    let cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+    assert_eq!(cfg.models.max_bytes, 32 * 1024 * 1024);
+    assert_eq!(cfg.models.poll_ms, 2000);
+    assert!(cfg.models.dir.as_os_str().is_empty());
+    let env = [("EDGELOOP__MODELS__POLL_MS".to_string(), "0".to_string())];
+    match Config::load_with_env(None, env) {
+        Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "models.poll_ms"),
+        other => panic!("{other:?}"),
+    }
+}
