@@ -41,6 +41,7 @@ pub struct OnnxModel {
 pub fn onnx_parser() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     crate::onnx::tree_ensemble::register(&mut onnx.op_register);
+    crate::onnx::ml::register(&mut onnx.op_register);
     onnx
 }
 

@@ -1,0 +1,198 @@
+//! The ONNX conformance suite against tract: every model in
+//! `tests/fixtures/conformance/manifest.json` (skl2onnx, onnxmltools and
+//! torch.onnx-style graphs; see `gen_conformance.py`) loads with
+//! [`edgeloop::serve::engine::onnx_parser`], runs on the recorded inputs, and
+//! gives onnxruntime 1.32.0's outputs: labels (int64, string) exactly, floats
+//! within 1e-4 absolute. ZipMap outputs are compared densely (`[N, C]` in key
+//! order): edgeloop serves ZipMap as the identity on the probabilities.
+//!
+//! Run: `cargo test --test conformance_tract -- --nocapture` prints the table
+//! model × (runs in tract, matches onnxruntime).
+
+use std::path::Path;
+
+use serde_json::Value;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/conformance"))
+}
+
+fn shape_of(v: &Value) -> Vec<usize> {
+    v["shape"]
+        .as_array()
+        .expect("shape")
+        .iter()
+        .map(|d| d.as_u64().expect("dim") as usize)
+        .collect()
+}
+
+/// The manifest's input as a tensor (`null` = NaN).
+fn input_tensor(v: &Value) -> Tensor {
+    let shape = shape_of(v);
+    let data = v["data"].as_array().expect("data");
+    match v["dtype"].as_str().expect("dtype") {
+        "float32" => {
+            let x: Vec<f32> = data
+                .iter()
+                .map(|d| d.as_f64().map_or(f32::NAN, |f| f as f32))
+                .collect();
+            Tensor::from_shape(&shape, &x).expect("float input")
+        }
+        "int64" => {
+            let x: Vec<i64> = data.iter().map(|d| d.as_i64().expect("int")).collect();
+            Tensor::from_shape(&shape, &x).expect("int input")
+        }
+        "string" => {
+            let x: Vec<String> = data
+                .iter()
+                .map(|d| d.as_str().expect("string").to_string())
+                .collect();
+            tract_ndarray::ArrayD::from_shape_vec(shape, x)
+                .expect("string input")
+                .into_tensor()
+        }
+        other => panic!("unknown input dtype {other}"),
+    }
+}
+
+/// Loads a model the way a user's model would be: input facts from the
+/// model's declaration, a symbolic batch where it is symbolic or absent, the
+/// width (and type) from the manifest's inputs.
+fn load(bytes: &[u8], inputs: &[Value]) -> TractResult<Arc<TypedRunnableModel>> {
+    let mut model = edgeloop::serve::engine::onnx_parser()
+        .model_for_read(&mut std::io::Cursor::new(bytes))?;
+    let n = model.symbols.sym("N");
+    for (i, spec) in inputs.iter().enumerate() {
+        let declared = model.input_fact(i)?.clone();
+        let shape = shape_of(spec);
+        let dims: TVec<TDim> = shape
+            .iter()
+            .enumerate()
+            .map(|(axis, &width)| {
+                if axis == 0 {
+                    match declared.shape.dim(0).and_then(|d| d.concretize()) {
+                        Some(d) if d.to_i64().is_ok() => d,
+                        _ => n.clone().into(),
+                    }
+                } else {
+                    width.to_dim()
+                }
+            })
+            .collect();
+        let dt = match spec["dtype"].as_str() {
+            Some("float32") => f32::datum_type(),
+            Some("int64") => i64::datum_type(),
+            _ => String::datum_type(),
+        };
+        model.set_input_fact(i, InferenceFact::dt_shape(dt, dims))?;
+    }
+    model.into_optimized()?.into_runnable()
+}
+
+/// Compares one output with onnxruntime's; `Err` says how it differs.
+fn compare(got: &Tensor, want: &Value) -> Result<(), String> {
+    let shape = shape_of(want);
+    if got.shape() != shape.as_slice() {
+        return Err(format!("shape {:?}, onnxruntime {:?}", got.shape(), shape));
+    }
+    let data = want["data"].as_array().expect("data");
+    match want["dtype"].as_str().expect("dtype") {
+        "float32" => {
+            let got = got.cast_to::<f32>().map_err(|e| e.to_string())?;
+            let got = got.to_plain_array_view::<f32>().map_err(|e| e.to_string())?;
+            let mut worst = (0.0f32, 0usize);
+            for (k, (g, w)) in got.iter().zip(data).enumerate() {
+                let w = w.as_f64().map_or(f32::NAN, |f| f as f32);
+                let d = (g - w).abs();
+                if d.is_nan() && !(g.is_nan() && w.is_nan()) || d > worst.0 {
+                    worst = (if d.is_nan() { f32::INFINITY } else { d }, k);
+                }
+            }
+            if worst.0 > TOLERANCE {
+                return Err(format!(
+                    "value {} differs by {} (tract {}, onnxruntime {})",
+                    worst.1,
+                    worst.0,
+                    got.iter().nth(worst.1).copied().unwrap_or(f32::NAN),
+                    data[worst.1]
+                ));
+            }
+        }
+        "int64" => {
+            // tract may return int64 labels as TDim (ArgMax): cast.
+            let got = got.cast_to::<i64>().map_err(|e| e.to_string())?;
+            let got = got.to_plain_array_view::<i64>().map_err(|e| e.to_string())?;
+            for (k, (g, w)) in got.iter().zip(data).enumerate() {
+                if Some(*g) != w.as_i64() {
+                    return Err(format!("label {k}: tract {g}, onnxruntime {w}"));
+                }
+            }
+        }
+        "string" => {
+            let got = got
+                .to_plain_array_view::<String>()
+                .map_err(|e| e.to_string())?;
+            for (k, (g, w)) in got.iter().zip(data).enumerate() {
+                if Some(g.as_str()) != w.as_str() {
+                    return Err(format!("label {k}: tract {g:?}, onnxruntime {w}"));
+                }
+            }
+        }
+        other => return Err(format!("unknown output dtype {other}")),
+    }
+    Ok(())
+}
+
+#[test]
+fn every_conformance_model_runs_in_tract_and_matches_onnxruntime() {
+    let text = std::fs::read_to_string(dir().join("manifest.json")).expect("manifest.json");
+    let manifest: Value = serde_json::from_str(&text).expect("manifest is JSON");
+    let models = manifest["models"].as_array().expect("models");
+    assert!(models.len() >= 20, "the suite has {} models", models.len());
+    let mut failures = Vec::new();
+    println!("| model | runs in tract | matches onnxruntime |");
+    println!("|---|---|---|");
+    for m in models {
+        let name = m["name"].as_str().expect("name");
+        let bytes = std::fs::read(dir().join(m["file"].as_str().expect("file"))).expect("model file");
+        let inputs = m["inputs"].as_array().expect("inputs");
+        let outcome = load(&bytes, inputs)
+            .map_err(|e| format!("refused: {e:#}"))
+            .and_then(|plan| {
+                let tensors: TVec<TValue> =
+                    inputs.iter().map(|i| input_tensor(i).into_tvalue()).collect();
+                plan.run(tensors).map_err(|e| format!("run failed: {e:#}"))
+            });
+        let (runs, matches) = match outcome {
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                (false, false)
+            }
+            Ok(outputs) => {
+                let want = m["outputs"].as_array().expect("outputs");
+                let mut ok = outputs.len() == want.len();
+                if !ok {
+                    failures.push(format!(
+                        "{name}: {} outputs, onnxruntime {}",
+                        outputs.len(),
+                        want.len()
+                    ));
+                }
+                for (got, w) in outputs.iter().zip(want) {
+                    if let Err(e) = compare(got, w) {
+                        failures.push(format!("{name}: output {}: {e}", w["name"]));
+                        ok = false;
+                    }
+                }
+                (true, ok)
+            }
+        };
+        let mark = |b: bool| if b { "yes" } else { "NO" };
+        println!("| {name} | {} | {} |", mark(runs), mark(matches));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
