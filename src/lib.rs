@@ -37,7 +37,8 @@
 //!   training parts only, after every split ([`learn::prepare`]).
 //! - [`onnx`]: the ONNX graph builder and every family's export (standard
 //!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
-//!   operator for tract ([`onnx::tree_ensemble`]).
+//!   operator for tract ([`onnx::tree_ensemble`]) and the other `ai.onnx.ml`
+//!   operators tract lacks, for models made elsewhere ([`onnx::ml`]).
 //! - [`serve`]: the tract engine (with edgeloop's operators registered), the
 //!   registry of serving versions (atomic swaps), predictions over MQTT
 //!   (bounded outbox), the HTTP API (axum).

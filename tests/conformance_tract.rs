@@ -196,3 +196,73 @@ fn every_conformance_model_runs_in_tract_and_matches_onnxruntime() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Loads a conformance model with one attribute of one node changed by `edit`.
+fn load_edited(file: &str, op: &str, edit: impl Fn(&mut tract_onnx::pb::AttributeProto) -> bool) -> String {
+    use prost::Message;
+    let bytes = std::fs::read(dir().join("models").join(file)).expect("model file");
+    let mut proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).expect("ONNX");
+    let graph = proto.graph.as_mut().expect("graph");
+    let node = graph.node.iter_mut().find(|n| n.op_type == op).expect("node");
+    assert!(node.attribute.iter_mut().any(edit), "{file}: no attribute edited");
+    let bytes = proto.encode_to_vec();
+    // With the manifest's input facts, as the conformance test loads it.
+    let text = std::fs::read_to_string(dir().join("manifest.json")).expect("manifest.json");
+    let manifest: Value = serde_json::from_str(&text).expect("manifest is JSON");
+    let entry = manifest["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .find(|m| m["file"].as_str() == Some(&format!("models/{file}")))
+        .expect("model in the manifest");
+    match load(&bytes, entry["inputs"].as_array().expect("inputs")) {
+        Ok(_) => panic!("{file}: the edited {op} was accepted"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn malformed_ml_operators_are_refused_with_the_attribute_named() {
+    let cases: Vec<(&str, &str, &str, Box<dyn Fn(&mut tract_onnx::pb::AttributeProto) -> bool>)> = vec![
+        ("svc_rbf_proba_gas.onnx", "SVMClassifier", "coefficients", Box::new(|a| {
+            a.name == "coefficients" && { a.floats.pop(); true }
+        })),
+        ("svc_rbf_proba_gas.onnx", "SVMClassifier", "rho", Box::new(|a| {
+            a.name == "rho" && { a.floats.truncate(2); true }
+        })),
+        ("svc_poly.onnx", "SVMClassifier", "kernel_type", Box::new(|a| {
+            a.name == "kernel_type" && { a.s = b"CUBIC".to_vec(); true }
+        })),
+        ("svr_rbf.onnx", "SVMRegressor", "support vector", Box::new(|a| {
+            a.name == "support_vectors" && { a.floats.pop(); true }
+        })),
+        ("scaler_logreg_gas.onnx", "LinearClassifier", "intercepts", Box::new(|a| {
+            a.name == "intercepts" && { a.floats.push(1.0); true }
+        })),
+        ("scaler_logreg.onnx", "Scaler", "offset", Box::new(|a| {
+            a.name == "offset" && { a.floats.push(1.0); true }
+        })),
+        ("preprocess_pipeline.onnx", "Imputer", "imputed", Box::new(|a| {
+            a.name == "imputed_value_floats" && { a.floats.push(1.0); a.floats.push(1.0); true }
+        })),
+        ("label_encoder.onnx", "LabelEncoder", "values", Box::new(|a| {
+            a.name.starts_with("values_") && { a.ints.pop(); a.strings.pop(); true }
+        })),
+        ("tree_ensemble_ml5_member.onnx", "TreeEnsemble", "out of range", Box::new(|a| {
+            a.name == "nodes_truenodeids" && { a.ints[0] = 10_000; true }
+        })),
+        ("tree_ensemble_ml5_member.onnx", "TreeEnsemble", "aggregate_function", Box::new(|a| {
+            a.name == "aggregate_function" && { a.i = 7; true }
+        })),
+        ("lightgbm_binary_zipmap.onnx", "ZipMap", "columns", Box::new(|a| {
+            a.name == "classlabels_int64s" && { a.ints.push(5); true }
+        })),
+    ];
+    for (file, op, needle, edit) in cases {
+        let err = load_edited(file, op, edit);
+        assert!(
+            err.contains(op) && err.contains(needle),
+            "{file}: {op} refused without naming {needle:?}: {err}"
+        );
+    }
+}

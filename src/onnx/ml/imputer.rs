@@ -73,6 +73,17 @@ impl Kernel for Imputer {
         tvec!(OutSpec::new(dt, OutShape::Same))
     }
 
+    fn check_input(&self, input: &TypedFact) -> TractResult<()> {
+        let n = match self {
+            Self::Float { imputed, .. } => imputed.len(),
+            Self::Int64 { imputed, .. } => imputed.len(),
+        };
+        if let Some(c) = input.shape.last().and_then(|d| d.to_usize().ok()) {
+            ensure!(n == 1 || n == c, "Imputer has {n} imputed values for {c} columns");
+        }
+        Ok(())
+    }
+
     fn eval(&self, input: TValue) -> TractResult<TVec<TValue>> {
         let c = match input.shape() {
             [c] | [_, c] => *c,

@@ -67,8 +67,13 @@ fn parse(node: &NodeProto) -> TractResult<LinearClassifier> {
     };
     ensure!(
         coefficients.len() % n_scores == 0,
-        "{} coefficients are not {n_scores} rows",
-        coefficients.len()
+        "{} coefficients are not {n_scores} rows ({} intercepts, {n_classes} class labels)",
+        coefficients.len(),
+        intercepts.len()
+    );
+    ensure!(
+        n_scores == n_classes || n_scores == 1,
+        "{n_scores} coefficient rows for {n_classes} class labels"
     );
     Ok(LinearClassifier {
         labels,

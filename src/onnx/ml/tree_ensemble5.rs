@@ -158,6 +158,7 @@ impl TreeEnsemble5 {
             if m == 6 {
                 let set = values
                     .next()
+                    .filter(|_| !self.membership_values.is_empty())
                     .ok_or_else(|| format_err!("membership_values has no set for node {i}"))?;
                 sets[i] = Some(set.to_vec());
             }
