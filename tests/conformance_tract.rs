@@ -18,7 +18,10 @@ use tract_onnx::tract_hir::infer::Factoid;
 const TOLERANCE: f32 = 1e-4;
 
 fn dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/conformance"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/conformance"
+    ))
 }
 
 fn shape_of(v: &Value) -> Vec<usize> {
@@ -63,8 +66,8 @@ fn input_tensor(v: &Value) -> Tensor {
 /// model's declaration, a symbolic batch where it is symbolic or absent, the
 /// width (and type) from the manifest's inputs.
 fn load(bytes: &[u8], inputs: &[Value]) -> TractResult<Arc<TypedRunnableModel>> {
-    let mut model = edgeloop::serve::engine::onnx_parser()
-        .model_for_read(&mut std::io::Cursor::new(bytes))?;
+    let mut model =
+        edgeloop::serve::engine::onnx_parser().model_for_read(&mut std::io::Cursor::new(bytes))?;
     let n = model.symbols.sym("N");
     for (i, spec) in inputs.iter().enumerate() {
         let declared = model.input_fact(i)?.clone();
@@ -103,7 +106,9 @@ fn compare(got: &Tensor, want: &Value) -> Result<(), String> {
     match want["dtype"].as_str().expect("dtype") {
         "float32" => {
             let got = got.cast_to::<f32>().map_err(|e| e.to_string())?;
-            let got = got.to_plain_array_view::<f32>().map_err(|e| e.to_string())?;
+            let got = got
+                .to_plain_array_view::<f32>()
+                .map_err(|e| e.to_string())?;
             let mut worst = (0.0f32, 0usize);
             for (k, (g, w)) in got.iter().zip(data).enumerate() {
                 let w = w.as_f64().map_or(f32::NAN, |f| f as f32);
@@ -125,7 +130,9 @@ fn compare(got: &Tensor, want: &Value) -> Result<(), String> {
         "int64" => {
             // tract may return int64 labels as TDim (ArgMax): cast.
             let got = got.cast_to::<i64>().map_err(|e| e.to_string())?;
-            let got = got.to_plain_array_view::<i64>().map_err(|e| e.to_string())?;
+            let got = got
+                .to_plain_array_view::<i64>()
+                .map_err(|e| e.to_string())?;
             for (k, (g, w)) in got.iter().zip(data).enumerate() {
                 if Some(*g) != w.as_i64() {
                     return Err(format!("label {k}: tract {g}, onnxruntime {w}"));
@@ -158,13 +165,16 @@ fn every_conformance_model_runs_in_tract_and_matches_onnxruntime() {
     println!("|---|---|---|");
     for m in models {
         let name = m["name"].as_str().expect("name");
-        let bytes = std::fs::read(dir().join(m["file"].as_str().expect("file"))).expect("model file");
+        let bytes =
+            std::fs::read(dir().join(m["file"].as_str().expect("file"))).expect("model file");
         let inputs = m["inputs"].as_array().expect("inputs");
         let outcome = load(&bytes, inputs)
             .map_err(|e| format!("refused: {e:#}"))
             .and_then(|plan| {
-                let tensors: TVec<TValue> =
-                    inputs.iter().map(|i| input_tensor(i).into_tvalue()).collect();
+                let tensors: TVec<TValue> = inputs
+                    .iter()
+                    .map(|i| input_tensor(i).into_tvalue())
+                    .collect();
                 plan.run(tensors).map_err(|e| format!("run failed: {e:#}"))
             });
         let (runs, matches) = match outcome {
@@ -198,13 +208,24 @@ fn every_conformance_model_runs_in_tract_and_matches_onnxruntime() {
 }
 
 /// Loads a conformance model with one attribute of one node changed by `edit`.
-fn load_edited(file: &str, op: &str, edit: impl Fn(&mut tract_onnx::pb::AttributeProto) -> bool) -> String {
+fn load_edited(
+    file: &str,
+    op: &str,
+    edit: impl Fn(&mut tract_onnx::pb::AttributeProto) -> bool,
+) -> String {
     use prost::Message;
     let bytes = std::fs::read(dir().join("models").join(file)).expect("model file");
     let mut proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).expect("ONNX");
     let graph = proto.graph.as_mut().expect("graph");
-    let node = graph.node.iter_mut().find(|n| n.op_type == op).expect("node");
-    assert!(node.attribute.iter_mut().any(edit), "{file}: no attribute edited");
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == op)
+        .expect("node");
+    assert!(
+        node.attribute.iter_mut().any(edit),
+        "{file}: no attribute edited"
+    );
     let bytes = proto.encode_to_vec();
     // With the manifest's input facts, as the conformance test loads it.
     let text = std::fs::read_to_string(dir().join("manifest.json")).expect("manifest.json");
@@ -223,40 +244,132 @@ fn load_edited(file: &str, op: &str, edit: impl Fn(&mut tract_onnx::pb::Attribut
 
 #[test]
 fn malformed_ml_operators_are_refused_with_the_attribute_named() {
-    let cases: Vec<(&str, &str, &str, Box<dyn Fn(&mut tract_onnx::pb::AttributeProto) -> bool>)> = vec![
-        ("svc_rbf_proba_gas.onnx", "SVMClassifier", "coefficients", Box::new(|a| {
-            a.name == "coefficients" && { a.floats.pop(); true }
-        })),
-        ("svc_rbf_proba_gas.onnx", "SVMClassifier", "rho", Box::new(|a| {
-            a.name == "rho" && { a.floats.truncate(2); true }
-        })),
-        ("svc_poly.onnx", "SVMClassifier", "kernel_type", Box::new(|a| {
-            a.name == "kernel_type" && { a.s = b"CUBIC".to_vec(); true }
-        })),
-        ("svr_rbf.onnx", "SVMRegressor", "support vector", Box::new(|a| {
-            a.name == "support_vectors" && { a.floats.pop(); true }
-        })),
-        ("scaler_logreg_gas.onnx", "LinearClassifier", "intercepts", Box::new(|a| {
-            a.name == "intercepts" && { a.floats.push(1.0); true }
-        })),
-        ("scaler_logreg.onnx", "Scaler", "offset", Box::new(|a| {
-            a.name == "offset" && { a.floats.push(1.0); true }
-        })),
-        ("preprocess_pipeline.onnx", "Imputer", "imputed", Box::new(|a| {
-            a.name == "imputed_value_floats" && { a.floats.push(1.0); a.floats.push(1.0); true }
-        })),
-        ("label_encoder.onnx", "LabelEncoder", "values", Box::new(|a| {
-            a.name.starts_with("values_") && { a.ints.pop(); a.strings.pop(); true }
-        })),
-        ("tree_ensemble_ml5_member.onnx", "TreeEnsemble", "out of range", Box::new(|a| {
-            a.name == "nodes_truenodeids" && { a.ints[0] = 10_000; true }
-        })),
-        ("tree_ensemble_ml5_member.onnx", "TreeEnsemble", "aggregate_function", Box::new(|a| {
-            a.name == "aggregate_function" && { a.i = 7; true }
-        })),
-        ("lightgbm_binary_zipmap.onnx", "ZipMap", "columns", Box::new(|a| {
-            a.name == "classlabels_int64s" && { a.ints.push(5); true }
-        })),
+    type Edit = Box<dyn Fn(&mut tract_onnx::pb::AttributeProto) -> bool>;
+    // (model file, operator, what the error names, the edit)
+    let cases: Vec<(&str, &str, &str, Edit)> = vec![
+        (
+            "svc_rbf_proba_gas.onnx",
+            "SVMClassifier",
+            "coefficients",
+            Box::new(|a| {
+                a.name == "coefficients" && {
+                    a.floats.pop();
+                    true
+                }
+            }),
+        ),
+        (
+            "svc_rbf_proba_gas.onnx",
+            "SVMClassifier",
+            "rho",
+            Box::new(|a| {
+                a.name == "rho" && {
+                    a.floats.truncate(2);
+                    true
+                }
+            }),
+        ),
+        (
+            "svc_poly.onnx",
+            "SVMClassifier",
+            "kernel_type",
+            Box::new(|a| {
+                a.name == "kernel_type" && {
+                    a.s = b"CUBIC".to_vec();
+                    true
+                }
+            }),
+        ),
+        (
+            "svr_rbf.onnx",
+            "SVMRegressor",
+            "support vector",
+            Box::new(|a| {
+                a.name == "support_vectors" && {
+                    a.floats.pop();
+                    true
+                }
+            }),
+        ),
+        (
+            "scaler_logreg_gas.onnx",
+            "LinearClassifier",
+            "intercepts",
+            Box::new(|a| {
+                a.name == "intercepts" && {
+                    a.floats.push(1.0);
+                    true
+                }
+            }),
+        ),
+        (
+            "scaler_logreg.onnx",
+            "Scaler",
+            "offset",
+            Box::new(|a| {
+                a.name == "offset" && {
+                    a.floats.push(1.0);
+                    true
+                }
+            }),
+        ),
+        (
+            "preprocess_pipeline.onnx",
+            "Imputer",
+            "imputed",
+            Box::new(|a| {
+                a.name == "imputed_value_floats" && {
+                    a.floats.push(1.0);
+                    a.floats.push(1.0);
+                    true
+                }
+            }),
+        ),
+        (
+            "label_encoder.onnx",
+            "LabelEncoder",
+            "values",
+            Box::new(|a| {
+                a.name.starts_with("values_") && {
+                    a.ints.pop();
+                    a.strings.pop();
+                    true
+                }
+            }),
+        ),
+        (
+            "tree_ensemble_ml5_member.onnx",
+            "TreeEnsemble",
+            "out of range",
+            Box::new(|a| {
+                a.name == "nodes_truenodeids" && {
+                    a.ints[0] = 10_000;
+                    true
+                }
+            }),
+        ),
+        (
+            "tree_ensemble_ml5_member.onnx",
+            "TreeEnsemble",
+            "aggregate_function",
+            Box::new(|a| {
+                a.name == "aggregate_function" && {
+                    a.i = 7;
+                    true
+                }
+            }),
+        ),
+        (
+            "lightgbm_binary_zipmap.onnx",
+            "ZipMap",
+            "columns",
+            Box::new(|a| {
+                a.name == "classlabels_int64s" && {
+                    a.ints.push(5);
+                    true
+                }
+            }),
+        ),
     ];
     for (file, op, needle, edit) in cases {
         let err = load_edited(file, op, edit);

@@ -26,25 +26,40 @@ pub fn build(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let op = in_node("Imputer", node, (|| -> TractResult<Imputer> {
-        let f = floats(node, "imputed_value_floats")?;
-        let i = ints(node, "imputed_value_int64s")?;
-        Ok(match (f.is_empty(), i.is_empty()) {
-            (false, true) => Imputer::Float {
-                imputed: f,
-                replaced: node.get_attr_opt::<f32>("replaced_value_float")?.unwrap_or(0.0),
-            },
-            (true, false) => Imputer::Int64 {
-                imputed: i,
-                replaced: node.get_attr_opt::<i64>("replaced_value_int64")?.unwrap_or(0),
-            },
-            _ => bail!("exactly one of imputed_value_floats and imputed_value_int64s must be set"),
-        })
-    })())?;
+    let op = in_node(
+        "Imputer",
+        node,
+        (|| -> TractResult<Imputer> {
+            let f = floats(node, "imputed_value_floats")?;
+            let i = ints(node, "imputed_value_int64s")?;
+            Ok(match (f.is_empty(), i.is_empty()) {
+                (false, true) => Imputer::Float {
+                    imputed: f,
+                    replaced: node
+                        .get_attr_opt::<f32>("replaced_value_float")?
+                        .unwrap_or(0.0),
+                },
+                (true, false) => Imputer::Int64 {
+                    imputed: i,
+                    replaced: node
+                        .get_attr_opt::<i64>("replaced_value_int64")?
+                        .unwrap_or(0),
+                },
+                _ => bail!(
+                    "exactly one of imputed_value_floats and imputed_value_int64s must be set"
+                ),
+            })
+        })(),
+    )?;
     Ok(expansion(op))
 }
 
-fn impute<T: Copy>(x: &mut [T], c: usize, imputed: &[T], missing: impl Fn(T) -> bool) -> TractResult<()> {
+fn impute<T: Copy>(
+    x: &mut [T],
+    c: usize,
+    imputed: &[T],
+    missing: impl Fn(T) -> bool,
+) -> TractResult<()> {
     ensure!(
         imputed.len() == 1 || imputed.len() == c,
         "Imputer has {} imputed values for {c} columns",
@@ -53,7 +68,11 @@ fn impute<T: Copy>(x: &mut [T], c: usize, imputed: &[T], missing: impl Fn(T) -> 
     for row in x.chunks_mut(c.max(1)) {
         for (j, v) in row.iter_mut().enumerate() {
             if missing(*v) {
-                *v = if imputed.len() == 1 { imputed[0] } else { imputed[j] };
+                *v = if imputed.len() == 1 {
+                    imputed[0]
+                } else {
+                    imputed[j]
+                };
             }
         }
     }
@@ -79,7 +98,10 @@ impl Kernel for Imputer {
             Self::Int64 { imputed, .. } => imputed.len(),
         };
         if let Some(c) = input.shape.last().and_then(|d| d.to_usize().ok()) {
-            ensure!(n == 1 || n == c, "Imputer has {n} imputed values for {c} columns");
+            ensure!(
+                n == 1 || n == c,
+                "Imputer has {n} imputed values for {c} columns"
+            );
         }
         Ok(())
     }
@@ -93,15 +115,29 @@ impl Kernel for Imputer {
             Self::Float { imputed, replaced } => {
                 let mut x = input.cast_to::<f32>()?.into_owned();
                 let r = *replaced;
-                impute(x.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?, c, imputed, |v| {
-                    if r.is_nan() { v.is_nan() } else { v == r }
-                })?;
+                impute(
+                    x.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+                    c,
+                    imputed,
+                    |v| {
+                        if r.is_nan() {
+                            v.is_nan()
+                        } else {
+                            v == r
+                        }
+                    },
+                )?;
                 x
             }
             Self::Int64 { imputed, replaced } => {
                 let mut x = input.cast_to::<i64>()?.into_owned();
                 let r = *replaced;
-                impute(x.try_as_plain_ram_mut()?.as_slice_mut::<i64>()?, c, imputed, |v| v == r)?;
+                impute(
+                    x.try_as_plain_ram_mut()?.as_slice_mut::<i64>()?,
+                    c,
+                    imputed,
+                    |v| v == r,
+                )?;
                 x
             }
         };

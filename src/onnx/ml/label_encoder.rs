@@ -48,13 +48,23 @@ impl Column {
     fn from_tensor(t: &Tensor) -> TractResult<Self> {
         let t = t.clone().into_shape(&[t.len()])?;
         Ok(match t.datum_type() {
-            DatumType::String => Self::Strings(t.to_plain_array_view::<String>()?.iter().cloned().collect()),
-            DatumType::I64 | DatumType::I32 => {
-                Self::Int64(t.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().copied().collect())
+            DatumType::String => {
+                Self::Strings(t.to_plain_array_view::<String>()?.iter().cloned().collect())
             }
-            DatumType::F32 | DatumType::F64 => {
-                Self::Floats(t.cast_to::<f32>()?.to_plain_array_view::<f32>()?.iter().copied().collect())
-            }
+            DatumType::I64 | DatumType::I32 => Self::Int64(
+                t.cast_to::<i64>()?
+                    .to_plain_array_view::<i64>()?
+                    .iter()
+                    .copied()
+                    .collect(),
+            ),
+            DatumType::F32 | DatumType::F64 => Self::Floats(
+                t.cast_to::<f32>()?
+                    .to_plain_array_view::<f32>()?
+                    .iter()
+                    .copied()
+                    .collect(),
+            ),
             dt => bail!("tensor of {dt:?}: expected strings, int64 or floats"),
         })
     }
@@ -126,7 +136,8 @@ fn parse(ctx: &ParsingContext, node: &NodeProto) -> TractResult<LabelEncoder> {
         (Column::Strings(classes), Column::Int64((0..n).collect()))
     } else {
         let keys = one_of(node, ctx, "keys")?.ok_or_else(|| format_err!("no keys_* attribute"))?;
-        let values = one_of(node, ctx, "values")?.ok_or_else(|| format_err!("no values_* attribute"))?;
+        let values =
+            one_of(node, ctx, "values")?.ok_or_else(|| format_err!("no values_* attribute"))?;
         (keys, values)
     };
     ensure!(
@@ -148,35 +159,81 @@ fn parse(ctx: &ParsingContext, node: &NodeProto) -> TractResult<LabelEncoder> {
             Column::Strings(_) => Column::Strings(vec![node
                 .get_attr_opt::<String>("default_string")?
                 .unwrap_or_else(|| "_Unused".to_string())]),
-            Column::Int64(_) => Column::Int64(vec![node.get_attr_opt::<i64>("default_int64")?.unwrap_or(-1)]),
-            Column::Floats(_) => Column::Floats(vec![node.get_attr_opt::<f32>("default_float")?.unwrap_or(-0.0)]),
+            Column::Int64(_) => Column::Int64(vec![node
+                .get_attr_opt::<i64>("default_int64")?
+                .unwrap_or(-1)]),
+            Column::Floats(_) => Column::Floats(vec![node
+                .get_attr_opt::<f32>("default_float")?
+                .unwrap_or(-0.0)]),
         },
     };
     // The first occurrence of a repeated key wins (iterate backwards, overwrite).
     let keys = match keys {
-        Column::Strings(k) => Keys::Strings(k.into_iter().enumerate().rev().map(|(i, k)| (k, i)).collect()),
-        Column::Int64(k) => Keys::Int64(k.into_iter().enumerate().rev().map(|(i, k)| (k, i)).collect()),
-        Column::Floats(k) => Keys::Floats(k.into_iter().enumerate().rev().map(|(i, k)| (float_key(k), i)).collect()),
+        Column::Strings(k) => Keys::Strings(
+            k.into_iter()
+                .enumerate()
+                .rev()
+                .map(|(i, k)| (k, i))
+                .collect(),
+        ),
+        Column::Int64(k) => Keys::Int64(
+            k.into_iter()
+                .enumerate()
+                .rev()
+                .map(|(i, k)| (k, i))
+                .collect(),
+        ),
+        Column::Floats(k) => Keys::Floats(
+            k.into_iter()
+                .enumerate()
+                .rev()
+                .map(|(i, k)| (float_key(k), i))
+                .collect(),
+        ),
     };
-    Ok(LabelEncoder { keys, values, default })
+    Ok(LabelEncoder {
+        keys,
+        values,
+        default,
+    })
 }
 
 impl LabelEncoder {
     fn lookup(&self, input: &Tensor) -> TractResult<Vec<Option<usize>>> {
         Ok(match &self.keys {
             Keys::Strings(m) => {
-                ensure!(input.datum_type() == String::datum_type(), "string keys, input of {:?}", input.datum_type());
-                input.to_plain_array_view::<String>()?.iter().map(|v| m.get(v).copied()).collect()
+                ensure!(
+                    input.datum_type() == String::datum_type(),
+                    "string keys, input of {:?}",
+                    input.datum_type()
+                );
+                input
+                    .to_plain_array_view::<String>()?
+                    .iter()
+                    .map(|v| m.get(v).copied())
+                    .collect()
             }
             Keys::Int64(m) => {
-                ensure!(input.datum_type() != String::datum_type(), "int64 keys, input of strings");
+                ensure!(
+                    input.datum_type() != String::datum_type(),
+                    "int64 keys, input of strings"
+                );
                 let x = input.cast_to::<i64>()?;
-                x.to_plain_array_view::<i64>()?.iter().map(|v| m.get(v).copied()).collect()
+                x.to_plain_array_view::<i64>()?
+                    .iter()
+                    .map(|v| m.get(v).copied())
+                    .collect()
             }
             Keys::Floats(m) => {
-                ensure!(input.datum_type() != String::datum_type(), "float keys, input of strings");
+                ensure!(
+                    input.datum_type() != String::datum_type(),
+                    "float keys, input of strings"
+                );
                 let x = input.cast_to::<f32>()?;
-                x.to_plain_array_view::<f32>()?.iter().map(|v| m.get(&float_key(*v)).copied()).collect()
+                x.to_plain_array_view::<f32>()?
+                    .iter()
+                    .map(|v| m.get(&float_key(*v)).copied())
+                    .collect()
             }
         })
     }
@@ -206,7 +263,10 @@ impl Kernel for LabelEncoder {
         let hits = self.lookup(&input)?;
         let out = match (&self.values, &self.default) {
             (Column::Strings(v), Column::Strings(d)) => {
-                let y: Vec<String> = hits.iter().map(|h| h.map_or(&d[0], |i| &v[i]).clone()).collect();
+                let y: Vec<String> = hits
+                    .iter()
+                    .map(|h| h.map_or(&d[0], |i| &v[i]).clone())
+                    .collect();
                 tract_ndarray::ArrayD::from_shape_vec(&*shape, y)?.into_tensor()
             }
             (Column::Int64(v), Column::Int64(d)) => {
@@ -234,18 +294,28 @@ mod tests {
     #[test]
     fn maps_keys_to_values_and_the_rest_to_the_default() {
         let op = LabelEncoder {
-            keys: Keys::Strings([("a".to_string(), 0), ("b".to_string(), 1)].into_iter().collect()),
+            keys: Keys::Strings(
+                [("a".to_string(), 0), ("b".to_string(), 1)]
+                    .into_iter()
+                    .collect(),
+            ),
             values: Column::Int64(vec![10, 20]),
             default: Column::Int64(vec![-1]),
         };
         let y = op.eval(strs(&["b", "a", "c"]).into_tvalue()).unwrap();
         assert_eq!(*y[0], tensor1(&[20i64, 10, -1]));
         let op = LabelEncoder {
-            keys: Keys::Floats([(float_key(f32::NAN), 0), (float_key(0.0), 1)].into_iter().collect()),
+            keys: Keys::Floats(
+                [(float_key(f32::NAN), 0), (float_key(0.0), 1)]
+                    .into_iter()
+                    .collect(),
+            ),
             values: Column::Strings(vec!["nan".into(), "zero".into()]),
             default: Column::Strings(vec!["_Unused".into()]),
         };
-        let y = op.eval(tensor1(&[f32::NAN, -0.0, 1.0]).into_tvalue()).unwrap();
+        let y = op
+            .eval(tensor1(&[f32::NAN, -0.0, 1.0]).into_tvalue())
+            .unwrap();
         assert_eq!(*y[0], strs(&["nan", "zero", "_Unused"]));
     }
 }

@@ -16,7 +16,9 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
 use super::svm::Labels;
-use super::{expansion, floats, in_node, ints, rows_f32, strings, Kernel, OutShape, OutSpec, PostTransform};
+use super::{
+    expansion, floats, in_node, ints, rows_f32, strings, Kernel, OutShape, OutSpec, PostTransform,
+};
 
 /// The parsed operator.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +122,11 @@ impl Kernel for LinearClassifier {
     }
 
     fn check_input(&self, input: &TypedFact) -> TractResult<()> {
-        ensure!(input.rank() == 2, "LinearClassifier: input of rank {}, expected [N, F]", input.rank());
+        ensure!(
+            input.rank() == 2,
+            "LinearClassifier: input of rank {}, expected [N, F]",
+            input.rank()
+        );
         if let Ok(f) = input.shape[1].to_usize() {
             ensure!(
                 f == self.n_features(),
@@ -133,7 +139,11 @@ impl Kernel for LinearClassifier {
 
     fn eval(&self, input: TValue) -> TractResult<TVec<TValue>> {
         let (x, n, f) = rows_f32(&input)?;
-        ensure!(f == self.n_features(), "LinearClassifier: {f} features, the model has {}", self.n_features());
+        ensure!(
+            f == self.n_features(),
+            "LinearClassifier: {f} features, the model has {}",
+            self.n_features()
+        );
         let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let (e, w) = (self.n_scores, self.width());
         let mut scores = vec![0f32; n * w];
@@ -141,13 +151,13 @@ impl Kernel for LinearClassifier {
         for r in 0..n {
             let row = &x[r * f..(r + 1) * f];
             let out = &mut scores[r * w..(r + 1) * w];
-            for c in 0..e {
+            for (c, o) in out[..e].iter_mut().enumerate() {
                 let coef = &self.coefficients[c * f..(c + 1) * f];
                 let mut s: f32 = row.iter().zip(coef).map(|(a, b)| a * b).sum();
                 if let Some(b) = self.intercepts.get(c) {
                     s += b;
                 }
-                out[c] = s;
+                *o = s;
             }
             if self.binary() {
                 out[1] = out[0];
@@ -163,7 +173,11 @@ impl Kernel for LinearClassifier {
                 }
                 idx.push(Some(best));
             } else {
-                let threshold = if self.post_transform == PostTransform::None { 0.0 } else { 0.5 };
+                let threshold = if self.post_transform == PostTransform::None {
+                    0.0
+                } else {
+                    0.5
+                };
                 idx.push((out[0] >= threshold).then_some(0));
             }
         }
@@ -173,11 +187,17 @@ impl Kernel for LinearClassifier {
                 Tensor::from_shape(&[n], &v)?
             }
             Labels::Strings(l) => {
-                let v: Vec<String> = idx.iter().map(|i| i.map_or_else(String::new, |i| l[i].clone())).collect();
+                let v: Vec<String> = idx
+                    .iter()
+                    .map(|i| i.map_or_else(String::new, |i| l[i].clone()))
+                    .collect();
                 tract_ndarray::Array1::from(v).into_tensor()
             }
         };
-        Ok(tvec!(labels.into_tvalue(), Tensor::from_shape(&[n, w], &scores)?.into_tvalue()))
+        Ok(tvec!(
+            labels.into_tvalue(),
+            Tensor::from_shape(&[n, w], &scores)?.into_tvalue()
+        ))
     }
 }
 
@@ -196,9 +216,16 @@ mod tests {
             n_scores: 1,
             post_transform: PostTransform::None,
         };
-        let y = op.eval(tensor2(&[[1.0f32, 1.0], [0.0, 0.0]]).into_tvalue()).unwrap();
+        let y = op
+            .eval(tensor2(&[[1.0f32, 1.0], [0.0, 0.0]]).into_tvalue())
+            .unwrap();
         assert_eq!(*y[1], tensor2(&[[-2.0f32, 2.0], [1.0, -1.0]]));
-        let labels: Vec<String> = y[0].to_plain_array_view::<String>().unwrap().iter().cloned().collect();
+        let labels: Vec<String> = y[0]
+            .to_plain_array_view::<String>()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect();
         assert_eq!(labels, ["yes", "no"]);
     }
 }

@@ -6,19 +6,19 @@
 //! where the specification leaves room, onnxruntime's CPU kernels, whose outputs
 //! `tests/conformance_tract.rs` compares against:
 //!
-//! * [`scaler`]: `Scaler`;
-//! * [`binarizer`]: `Binarizer`;
-//! * [`imputer`]: `Imputer`;
-//! * [`one_hot_encoder`]: `OneHotEncoder`;
-//! * [`label_encoder`]: `LabelEncoder` (ml opsets 1 to 4);
-//! * [`zipmap`]: `ZipMap`, served as the identity on the dense `[N, C]`
+//! * module [`scaler`]: `Scaler`;
+//! * module [`binarizer`]: `Binarizer`;
+//! * module [`imputer`]: `Imputer`;
+//! * module [`one_hot_encoder`]: `OneHotEncoder`;
+//! * module [`label_encoder`]: `LabelEncoder` (ml opsets 1 to 4);
+//! * module [`zipmap`]: `ZipMap`, served as the identity on the dense `[N, C]`
 //!   probabilities (tract has no sequence or map values);
-//! * [`svm`]: `SVMClassifier` and `SVMRegressor`;
-//! * [`linear_classifier`]: `LinearClassifier` (replaces tract-onnx's, which refuses
+//! * module [`svm`]: `SVMClassifier` and `SVMRegressor`;
+//! * module [`linear_classifier`]: `LinearClassifier` (replaces tract-onnx's, which refuses
 //!   string labels);
-//! * [`array_feature_extractor`]: `ArrayFeatureExtractor` (replaces tract-onnx's,
+//! * module [`array_feature_extractor`]: `ArrayFeatureExtractor` (replaces tract-onnx's,
 //!   which drops the axis of a scalar index);
-//! * [`tree_ensemble5`]: the ml-opset-5 `TreeEnsemble`, compiled to
+//! * module [`tree_ensemble5`]: the ml-opset-5 `TreeEnsemble`, compiled to
 //!   [`crate::onnx::tree_ensemble::TreeEnsemble`].
 //!
 //! Each operator is a [`Kernel`]: its outputs' types and shapes as a function of
@@ -179,7 +179,10 @@ impl PostTransform {
     /// `PROBIT` (not supported here) or an unknown name.
     pub fn parse(node: &NodeProto) -> TractResult<Self> {
         Ok(
-            match node.get_attr_opt::<&str>("post_transform")?.unwrap_or("NONE") {
+            match node
+                .get_attr_opt::<&str>("post_transform")?
+                .unwrap_or("NONE")
+            {
                 "NONE" => Self::None,
                 "SOFTMAX" => Self::Softmax,
                 "LOGISTIC" => Self::Logistic,
@@ -201,7 +204,11 @@ impl PostTransform {
                 let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
                 for v in s.iter_mut() {
-                    *v = if zero && *v == 0.0 { 0.0 } else { (*v - max).exp() };
+                    *v = if zero && *v == 0.0 {
+                        0.0
+                    } else {
+                        (*v - max).exp()
+                    };
                     sum += *v;
                 }
                 if sum > 0.0 {

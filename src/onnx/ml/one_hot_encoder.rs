@@ -35,24 +35,38 @@ pub fn build(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let op = in_node("OneHotEncoder", node, (|| -> TractResult<OneHotEncoder> {
-        let i = ints(node, "cats_int64s")?;
-        let s = strings(node, "cats_strings")?;
-        let zeros = node.get_attr_opt::<i64>("zeros")?.unwrap_or(1) != 0;
-        let (categories, n) = match (i.is_empty(), s.is_empty()) {
-            // The first occurrence of a repeated category wins.
-            (false, true) => (
-                Categories::Int64(i.iter().enumerate().rev().map(|(k, v)| (*v, k)).collect()),
-                i.len(),
-            ),
-            (true, false) => (
-                Categories::Strings(s.iter().enumerate().rev().map(|(k, v)| (v.clone(), k)).collect()),
-                s.len(),
-            ),
-            _ => bail!("exactly one of cats_int64s and cats_strings must be set"),
-        };
-        Ok(OneHotEncoder { categories, n, zeros })
-    })())?;
+    let op = in_node(
+        "OneHotEncoder",
+        node,
+        (|| -> TractResult<OneHotEncoder> {
+            let i = ints(node, "cats_int64s")?;
+            let s = strings(node, "cats_strings")?;
+            let zeros = node.get_attr_opt::<i64>("zeros")?.unwrap_or(1) != 0;
+            let (categories, n) = match (i.is_empty(), s.is_empty()) {
+                // The first occurrence of a repeated category wins.
+                (false, true) => (
+                    Categories::Int64(i.iter().enumerate().rev().map(|(k, v)| (*v, k)).collect()),
+                    i.len(),
+                ),
+                (true, false) => (
+                    Categories::Strings(
+                        s.iter()
+                            .enumerate()
+                            .rev()
+                            .map(|(k, v)| (v.clone(), k))
+                            .collect(),
+                    ),
+                    s.len(),
+                ),
+                _ => bail!("exactly one of cats_int64s and cats_strings must be set"),
+            };
+            Ok(OneHotEncoder {
+                categories,
+                n,
+                zeros,
+            })
+        })(),
+    )?;
     Ok(expansion(op))
 }
 
@@ -68,8 +82,13 @@ impl Kernel for OneHotEncoder {
     fn check_input(&self, input: &TypedFact) -> TractResult<()> {
         let is_string = input.datum_type == String::datum_type();
         match &self.categories {
-            Categories::Strings(_) if !is_string => bail!("OneHotEncoder has string categories, its input is {:?}", input.datum_type),
-            Categories::Int64(_) if is_string => bail!("OneHotEncoder has int64 categories, its input is strings"),
+            Categories::Strings(_) if !is_string => bail!(
+                "OneHotEncoder has string categories, its input is {:?}",
+                input.datum_type
+            ),
+            Categories::Int64(_) if is_string => {
+                bail!("OneHotEncoder has int64 categories, its input is strings")
+            }
             _ => Ok(()),
         }
     }
@@ -112,7 +131,9 @@ mod tests {
     fn one_column_per_category() {
         let op = OneHotEncoder {
             categories: Categories::Strings(
-                [("a".to_string(), 0), ("b".to_string(), 1)].into_iter().collect(),
+                [("a".to_string(), 0), ("b".to_string(), 1)]
+                    .into_iter()
+                    .collect(),
             ),
             n: 2,
             zeros: true,
@@ -120,7 +141,10 @@ mod tests {
         let x = tract_ndarray::arr2(&[["b".to_string()], ["z".to_string()]]).into_tensor();
         let y = op.eval(x.into_tvalue()).unwrap();
         assert_eq!(y[0].shape(), &[2, 1, 2]);
-        assert_eq!(y[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), &[0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            y[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(),
+            &[0.0, 1.0, 0.0, 0.0]
+        );
         let strict = OneHotEncoder {
             categories: Categories::Int64([(3, 0)].into_iter().collect()),
             n: 1,
@@ -128,6 +152,9 @@ mod tests {
         };
         assert!(strict.eval(tensor1(&[4i64]).into_tvalue()).is_err());
         let y = strict.eval(tensor1(&[3.0f32]).into_tvalue()).unwrap();
-        assert_eq!(y[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), &[1.0]);
+        assert_eq!(
+            y[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(),
+            &[1.0]
+        );
     }
 }

@@ -23,14 +23,18 @@ pub fn build(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let op = in_node("Scaler", node, (|| -> TractResult<Scaler> {
-        let offset = floats(node, "offset")?;
-        let scale = floats(node, "scale")?;
-        Ok(Scaler {
-            offset: if offset.is_empty() { vec![0.0] } else { offset },
-            scale: if scale.is_empty() { vec![1.0] } else { scale },
-        })
-    })())?;
+    let op = in_node(
+        "Scaler",
+        node,
+        (|| -> TractResult<Scaler> {
+            let offset = floats(node, "offset")?;
+            let scale = floats(node, "scale")?;
+            Ok(Scaler {
+                offset: if offset.is_empty() { vec![0.0] } else { offset },
+                scale: if scale.is_empty() { vec![1.0] } else { scale },
+            })
+        })(),
+    )?;
     Ok(expansion(op))
 }
 
@@ -66,16 +70,17 @@ impl Kernel for Scaler {
         check_width("offset", &self.offset, c)?;
         check_width("scale", &self.scale, c)?;
         let (o1, s1) = (self.offset.len() == 1, self.scale.len() == 1);
-        let mut view = x.try_as_plain_ram_mut()?;
-        let v = view.as_slice_mut::<f32>()?;
-        for row in v.chunks_mut(c.max(1)) {
-            for (j, x) in row.iter_mut().enumerate() {
-                let o = if o1 { self.offset[0] } else { self.offset[j] };
-                let s = if s1 { self.scale[0] } else { self.scale[j] };
-                *x = (*x - o) * s;
+        {
+            let mut view = x.try_as_plain_ram_mut()?;
+            let v = view.as_slice_mut::<f32>()?;
+            for row in v.chunks_mut(c.max(1)) {
+                for (j, x) in row.iter_mut().enumerate() {
+                    let o = if o1 { self.offset[0] } else { self.offset[j] };
+                    let s = if s1 { self.scale[0] } else { self.scale[j] };
+                    *x = (*x - o) * s;
+                }
             }
         }
-        drop(view);
         Ok(tvec!(x.into_shape(&shape)?.into_tvalue()))
     }
 }

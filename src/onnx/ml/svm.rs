@@ -25,7 +25,10 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::{expansion, floats, in_node, ints, logistic, rows_f32, strings, Kernel, OutShape, OutSpec, PostTransform};
+use super::{
+    expansion, floats, in_node, ints, logistic, rows_f32, strings, Kernel, OutShape, OutSpec,
+    PostTransform,
+};
 
 /// `kernel_type` with its `kernel_params`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,11 +42,13 @@ pub enum SvmKernel {
 impl SvmKernel {
     fn parse(node: &NodeProto) -> TractResult<Self> {
         let p = floats(node, "kernel_params")?;
-        let kind = node.get_attr_opt::<&str>("kernel_type")?.unwrap_or("LINEAR");
+        let kind = node
+            .get_attr_opt::<&str>("kernel_type")?
+            .unwrap_or("LINEAR");
         let param = |i: usize| -> TractResult<f32> {
-            p.get(i)
-                .copied()
-                .ok_or_else(|| format_err!("kernel_type {kind} needs kernel_params [gamma, coef0, degree]"))
+            p.get(i).copied().ok_or_else(|| {
+                format_err!("kernel_type {kind} needs kernel_params [gamma, coef0, degree]")
+            })
         };
         Ok(match kind {
             "LINEAR" => Self::Linear,
@@ -66,7 +71,11 @@ impl SvmKernel {
         let dot = || a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
         match self {
             Self::Linear => dot(),
-            Self::Poly { gamma, coef0, degree } => (dot() * gamma + coef0).powi(degree),
+            Self::Poly {
+                gamma,
+                coef0,
+                degree,
+            } => (dot() * gamma + coef0).powi(degree),
             Self::Rbf { gamma } => {
                 let d: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
                 (-gamma * d).exp()
@@ -123,7 +132,10 @@ fn parse_classifier(node: &NodeProto) -> TractResult<SvmClassifier> {
     let kernel = SvmKernel::parse(node)?;
     let support_vectors = floats(node, "support_vectors")?;
     let vpc = ints(node, "vectors_per_class")?;
-    ensure!(vpc.iter().all(|&v| v >= 0), "vectors_per_class holds a negative count");
+    ensure!(
+        vpc.iter().all(|&v| v >= 0),
+        "vectors_per_class holds a negative count"
+    );
     let vectors_per_class: Vec<usize> = vpc.iter().map(|&v| v as usize).collect();
     let n_vectors: usize = vectors_per_class.iter().sum();
     let coefficients = floats(node, "coefficients")?;
@@ -149,7 +161,11 @@ fn parse_classifier(node: &NodeProto) -> TractResult<SvmClassifier> {
             (n_classes - 1) * n_vectors
         );
         let pairs = n_classes * (n_classes - 1) / 2;
-        ensure!(rho.len() == pairs, "rho has {} values for {pairs} class pairs", rho.len());
+        ensure!(
+            rho.len() == pairs,
+            "rho has {} values for {pairs} class pairs",
+            rho.len()
+        );
         ensure!(
             prob_a.is_empty() || (prob_a.len() == pairs && prob_b.len() == pairs),
             "prob_a and prob_b must have one value per class pair ({pairs})"
@@ -196,7 +212,11 @@ pub fn build_classifier(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    Ok(expansion(in_node("SVMClassifier", node, parse_classifier(node))?))
+    Ok(expansion(in_node(
+        "SVMClassifier",
+        node,
+        parse_classifier(node),
+    )?))
 }
 
 /// libsvm's `multiclass_probability` (pairwise coupling), in `f32` as onnxruntime.
@@ -280,7 +300,10 @@ impl SvmClassifier {
         let raw = self.raw_width();
         let mut votes_used = false;
         if self.svc() {
-            let nv = self.starts.last().map_or(0, |s| s + self.vectors_per_class[k - 1]);
+            let nv = self
+                .starts
+                .last()
+                .map_or(0, |s| s + self.vectors_per_class[k - 1]);
             for (v, kv) in s.kernels[..nv].iter_mut().enumerate() {
                 let sv = &self.support_vectors[v * self.n_features..(v + 1) * self.n_features];
                 *kv = self.kernel.eval(x, sv);
@@ -293,8 +316,16 @@ impl SvmClassifier {
                     let (sj, cj) = (self.starts[j], self.vectors_per_class[j]);
                     let ci_coef = &self.coefficients[(j - 1) * nv + si..(j - 1) * nv + si + ci];
                     let cj_coef = &self.coefficients[i * nv + sj..i * nv + sj + cj];
-                    let s1: f32 = ci_coef.iter().zip(&s.kernels[si..si + ci]).map(|(a, b)| a * b).sum();
-                    let s2: f32 = cj_coef.iter().zip(&s.kernels[sj..sj + cj]).map(|(a, b)| a * b).sum();
+                    let s1: f32 = ci_coef
+                        .iter()
+                        .zip(&s.kernels[si..si + ci])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    let s2: f32 = cj_coef
+                        .iter()
+                        .zip(&s.kernels[sj..sj + cj])
+                        .map(|(a, b)| a * b)
+                        .sum();
                     let d = self.rho[p] + s1 + s2;
                     s.decisions[p] = d;
                     if d > 0.0 {
@@ -413,7 +444,11 @@ impl Kernel for SvmClassifier {
 
     fn eval(&self, input: TValue) -> TractResult<TVec<TValue>> {
         let (x, n, f) = rows_f32(&input)?;
-        ensure!(f == self.n_features, "SVMClassifier: {f} features, the model has {}", self.n_features);
+        ensure!(
+            f == self.n_features,
+            "SVMClassifier: {f} features, the model has {}",
+            self.n_features
+        );
         let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let k = self.n_classes;
         let nv: usize = self.vectors_per_class.iter().sum();
@@ -430,11 +465,18 @@ impl Kernel for SvmClassifier {
         let mut scores = vec![0f32; n * w];
         let mut idx = Vec::with_capacity(n);
         for r in 0..n {
-            idx.push(self.row(&x[r * f..(r + 1) * f], &mut s, &mut scores[r * w..(r + 1) * w]));
+            idx.push(self.row(
+                &x[r * f..(r + 1) * f],
+                &mut s,
+                &mut scores[r * w..(r + 1) * w],
+            ));
         }
         let labels = match &self.labels {
             Labels::Int64(l) => {
-                let v: Vec<i64> = idx.iter().map(|i| i.map_or_else(|lit| lit, |i| l[i])).collect();
+                let v: Vec<i64> = idx
+                    .iter()
+                    .map(|i| i.map_or_else(|lit| lit, |i| l[i]))
+                    .collect();
                 Tensor::from_shape(&[n], &v)?
             }
             Labels::Strings(l) => {
@@ -448,14 +490,24 @@ impl Kernel for SvmClassifier {
                 tract_ndarray::Array1::from(v).into_tensor()
             }
         };
-        Ok(tvec!(labels.into_tvalue(), Tensor::from_shape(&[n, w], &scores)?.into_tvalue()))
+        Ok(tvec!(
+            labels.into_tvalue(),
+            Tensor::from_shape(&[n, w], &scores)?.into_tvalue()
+        ))
     }
 }
 
 fn check_features(input: &TypedFact, n_features: usize, op: &str) -> TractResult<()> {
-    ensure!(input.rank() == 2, "{op}: input of rank {}, expected [N, F]", input.rank());
+    ensure!(
+        input.rank() == 2,
+        "{op}: input of rank {}, expected [N, F]",
+        input.rank()
+    );
     if let Ok(f) = input.shape[1].to_usize() {
-        ensure!(f == n_features, "{op}: input has {f} features, the model {n_features}");
+        ensure!(
+            f == n_features,
+            "{op}: input has {f} features, the model {n_features}"
+        );
     }
     Ok(())
 }
@@ -481,8 +533,13 @@ fn parse_regressor(node: &NodeProto) -> TractResult<SvmRegressor> {
     let coefficients = floats(node, "coefficients")?;
     let rho = floats(node, "rho")?;
     ensure!(rho.len() == 1, "rho has {} values, expected 1", rho.len());
-    let post = node.get_attr_opt::<&str>("post_transform")?.unwrap_or("NONE");
-    ensure!(post == "NONE", "post_transform {post:?} is not supported for SVMRegressor");
+    let post = node
+        .get_attr_opt::<&str>("post_transform")?
+        .unwrap_or("NONE");
+    ensure!(
+        post == "NONE",
+        "post_transform {post:?} is not supported for SVMRegressor"
+    );
     let n_features = if n_supports > 0 {
         ensure!(
             !support_vectors.is_empty() && support_vectors.len() % n_supports == 0,
@@ -500,8 +557,16 @@ fn parse_regressor(node: &NodeProto) -> TractResult<SvmRegressor> {
         coefficients.len()
     };
     Ok(SvmRegressor {
-        kernel: if n_supports > 0 { kernel } else { SvmKernel::Linear },
-        support_vectors: if n_supports > 0 { support_vectors } else { vec![] },
+        kernel: if n_supports > 0 {
+            kernel
+        } else {
+            SvmKernel::Linear
+        },
+        support_vectors: if n_supports > 0 {
+            support_vectors
+        } else {
+            vec![]
+        },
         coefficients,
         rho: rho[0],
         one_class: node.get_attr_opt::<i64>("one_class")?.unwrap_or(0) != 0,
@@ -517,7 +582,11 @@ pub fn build_regressor(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    Ok(expansion(in_node("SVMRegressor", node, parse_regressor(node))?))
+    Ok(expansion(in_node(
+        "SVMRegressor",
+        node,
+        parse_regressor(node),
+    )?))
 }
 
 impl Kernel for SvmRegressor {
@@ -535,7 +604,11 @@ impl Kernel for SvmRegressor {
 
     fn eval(&self, input: TValue) -> TractResult<TVec<TValue>> {
         let (x, n, f) = rows_f32(&input)?;
-        ensure!(f == self.n_features, "SVMRegressor: {f} features, the model has {}", self.n_features);
+        ensure!(
+            f == self.n_features,
+            "SVMRegressor: {f} features, the model has {}",
+            self.n_features
+        );
         let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut y = vec![0f32; n];
         for (r, y) in y.iter_mut().enumerate() {
@@ -550,7 +623,15 @@ impl Kernel for SvmRegressor {
                     .sum()
             };
             s += self.rho;
-            *y = if self.one_class { if s > 0.0 { 1.0 } else { -1.0 } } else { s };
+            *y = if self.one_class {
+                if s > 0.0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            } else {
+                s
+            };
         }
         Ok(tvec!(Tensor::from_shape(&[n, 1], &y)?.into_tvalue()))
     }
@@ -564,9 +645,26 @@ mod tests {
     fn kernels_follow_their_definitions() {
         let (a, b) = ([1.0f32, 2.0], [3.0f32, -1.0]);
         assert_eq!(SvmKernel::Linear.eval(&a, &b), 1.0);
-        assert_eq!(SvmKernel::Poly { gamma: 2.0, coef0: 1.0, degree: 2 }.eval(&a, &b), 9.0);
+        assert_eq!(
+            SvmKernel::Poly {
+                gamma: 2.0,
+                coef0: 1.0,
+                degree: 2
+            }
+            .eval(&a, &b),
+            9.0
+        );
         assert!((SvmKernel::Rbf { gamma: 0.1 }.eval(&a, &b) - (-1.3f32).exp()).abs() < 1e-7);
-        assert!((SvmKernel::Sigmoid { gamma: 0.5, coef0: 0.0 }.eval(&a, &b) - 0.5f32.tanh()).abs() < 1e-7);
+        assert!(
+            (SvmKernel::Sigmoid {
+                gamma: 0.5,
+                coef0: 0.0
+            }
+            .eval(&a, &b)
+                - 0.5f32.tanh())
+            .abs()
+                < 1e-7
+        );
     }
 
     #[test]

@@ -45,14 +45,24 @@ pub struct TreeEnsemble5 {
 
 fn f32s(ctx: &ParsingContext, node: &NodeProto, name: &str) -> TractResult<Vec<f32>> {
     Ok(match tensor(ctx, node, name)? {
-        Some(t) => t.cast_to::<f32>()?.to_plain_array_view::<f32>()?.iter().copied().collect(),
+        Some(t) => t
+            .cast_to::<f32>()?
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect(),
         None => vec![],
     })
 }
 
 fn parse(ctx: &ParsingContext, node: &NodeProto) -> TractResult<TreeEnsemble5> {
     let modes = match tensor(ctx, node, "nodes_modes")? {
-        Some(t) => t.cast_to::<i64>()?.to_plain_array_view::<i64>()?.iter().map(|&m| m as u8).collect(),
+        Some(t) => t
+            .cast_to::<i64>()?
+            .to_plain_array_view::<i64>()?
+            .iter()
+            .map(|&m| m as u8)
+            .collect(),
         None => bail!("nodes_modes is missing"),
     };
     Ok(TreeEnsemble5 {
@@ -170,7 +180,11 @@ impl TreeEnsemble5 {
                 "node {i}: child {id} out of range ({} {bound})",
                 if leaf != 0 { "leaves" } else { "nodes" }
             );
-            Ok(if leaf != 0 { Ref::Leaf(id as usize) } else { Ref::Node(id as usize) })
+            Ok(if leaf != 0 {
+                Ref::Leaf(id as usize)
+            } else {
+                Ref::Node(id as usize)
+            })
         };
         let mut a = TreeEnsembleAttributes {
             task: Task::Regressor {
@@ -196,7 +210,10 @@ impl TreeEnsemble5 {
         let mut pending: Vec<(Ref, i64)> = vec![];
         for (t, &root) in self.tree_roots.iter().enumerate() {
             let t = t as i64;
-            ensure!(root >= 0 && (root as usize) < n, "tree_roots[{t}] = {root} is no node");
+            ensure!(
+                root >= 0 && (root as usize) < n,
+                "tree_roots[{t}] = {root} is no node"
+            );
             let mut next_id = 1i64;
             let mut interior = 0usize;
             pending.push((Ref::Node(root as usize), 0));
@@ -211,9 +228,14 @@ impl TreeEnsemble5 {
                     }
                     Ref::Node(i) => {
                         interior += 1;
-                        ensure!(interior <= n, "tree {t}: the nodes form a cycle or share subtrees");
-                        let true_ref = child(self.nodes_truenodeids[i], self.nodes_trueleafs[i], i)?;
-                        let false_ref = child(self.nodes_falsenodeids[i], self.nodes_falseleafs[i], i)?;
+                        ensure!(
+                            interior <= n,
+                            "tree {t}: the nodes form a cycle or share subtrees"
+                        );
+                        let true_ref =
+                            child(self.nodes_truenodeids[i], self.nodes_trueleafs[i], i)?;
+                        let false_ref =
+                            child(self.nodes_falsenodeids[i], self.nodes_falseleafs[i], i)?;
                         let true_id = next_id;
                         let false_id = next_id + 1;
                         next_id += 2;
@@ -240,14 +262,34 @@ impl TreeEnsemble5 {
                                         next_id += 1;
                                         next_id - 1
                                     };
-                                    push_node(&mut a, t, this, f, m, BranchMode::Eq, true_id, next, miss);
+                                    push_node(
+                                        &mut a,
+                                        t,
+                                        this,
+                                        f,
+                                        m,
+                                        BranchMode::Eq,
+                                        true_id,
+                                        next,
+                                        miss,
+                                    );
                                     this = next;
                                 }
                                 continue;
                             }
                             m => bail!("node {i}: unknown mode {m}"),
                         };
-                        push_node(&mut a, t, id, f, self.nodes_splits[i], mode, true_id, false_id, miss);
+                        push_node(
+                            &mut a,
+                            t,
+                            id,
+                            f,
+                            self.nodes_splits[i],
+                            mode,
+                            true_id,
+                            false_id,
+                            miss,
+                        );
                     }
                 }
             }

@@ -26,15 +26,19 @@ pub fn build(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let n = in_node("ZipMap", node, (|| -> TractResult<usize> {
-        let i = ints(node, "classlabels_int64s")?;
-        let s = strings(node, "classlabels_strings")?;
-        match (i.is_empty(), s.is_empty()) {
-            (false, true) => Ok(i.len()),
-            (true, false) => Ok(s.len()),
-            _ => bail!("exactly one of classlabels_int64s and classlabels_strings must be set"),
-        }
-    })())?;
+    let n = in_node(
+        "ZipMap",
+        node,
+        (|| -> TractResult<usize> {
+            let i = ints(node, "classlabels_int64s")?;
+            let s = strings(node, "classlabels_strings")?;
+            match (i.is_empty(), s.is_empty()) {
+                (false, true) => Ok(i.len()),
+                (true, false) => Ok(s.len()),
+                _ => bail!("exactly one of classlabels_int64s and classlabels_strings must be set"),
+            }
+        })(),
+    )?;
     Ok(expansion(ZipMap { n_classes: n }))
 }
 
