@@ -66,8 +66,15 @@ fn input_tensor(v: &Value) -> Tensor {
 /// model's declaration, a symbolic batch where it is symbolic or absent, the
 /// width (and type) from the manifest's inputs.
 fn load(bytes: &[u8], inputs: &[Value]) -> TractResult<Arc<TypedRunnableModel>> {
-    let mut model =
-        edgeloop::serve::engine::onnx_parser().model_for_read(&mut std::io::Cursor::new(bytes))?;
+    load_with(edgeloop::serve::engine::onnx_parser(), bytes, inputs)
+}
+
+fn load_with(
+    parser: tract_onnx::Onnx,
+    bytes: &[u8],
+    inputs: &[Value],
+) -> TractResult<Arc<TypedRunnableModel>> {
+    let mut model = parser.model_for_read(&mut std::io::Cursor::new(bytes))?;
     let n = model.symbols.sym("N");
     for (i, spec) in inputs.iter().enumerate() {
         let declared = model.input_fact(i)?.clone();
@@ -154,6 +161,40 @@ fn compare(got: &Tensor, want: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Loads and runs manifest entry `m` with `parser`: (ran, differences from onnxruntime
+/// or the load / run error).
+fn check(parser: tract_onnx::Onnx, m: &Value) -> (bool, Vec<String>) {
+    let bytes = std::fs::read(dir().join(m["file"].as_str().expect("file"))).expect("model file");
+    let inputs = m["inputs"].as_array().expect("inputs");
+    let plan = match load_with(parser, &bytes, inputs) {
+        Ok(plan) => plan,
+        Err(e) => return (false, vec![format!("refused: {e:#}")]),
+    };
+    let tensors: TVec<TValue> = inputs
+        .iter()
+        .map(|i| input_tensor(i).into_tvalue())
+        .collect();
+    let outputs = match plan.run(tensors) {
+        Ok(o) => o,
+        Err(e) => return (false, vec![format!("run failed: {e:#}")]),
+    };
+    let want = m["outputs"].as_array().expect("outputs");
+    let mut errors = vec![];
+    if outputs.len() != want.len() {
+        errors.push(format!(
+            "{} outputs, onnxruntime {}",
+            outputs.len(),
+            want.len()
+        ));
+    }
+    for (got, w) in outputs.iter().zip(want) {
+        if let Err(e) = compare(got, w) {
+            errors.push(format!("output {}: {e}", w["name"]));
+        }
+    }
+    (true, errors)
+}
+
 #[test]
 fn every_conformance_model_runs_in_tract_and_matches_onnxruntime() {
     let text = std::fs::read_to_string(dir().join("manifest.json")).expect("manifest.json");
@@ -161,48 +202,26 @@ fn every_conformance_model_runs_in_tract_and_matches_onnxruntime() {
     let models = manifest["models"].as_array().expect("models");
     assert!(models.len() >= 20, "the suite has {} models", models.len());
     let mut failures = Vec::new();
-    println!("| model | runs in tract | matches onnxruntime |");
-    println!("|---|---|---|");
+    println!("| model | runs in tract | matches onnxruntime | without onnx::ml |");
+    println!("|---|---|---|---|");
     for m in models {
         let name = m["name"].as_str().expect("name");
-        let bytes =
-            std::fs::read(dir().join(m["file"].as_str().expect("file"))).expect("model file");
-        let inputs = m["inputs"].as_array().expect("inputs");
-        let outcome = load(&bytes, inputs)
-            .map_err(|e| format!("refused: {e:#}"))
-            .and_then(|plan| {
-                let tensors: TVec<TValue> = inputs
-                    .iter()
-                    .map(|i| input_tensor(i).into_tvalue())
-                    .collect();
-                plan.run(tensors).map_err(|e| format!("run failed: {e:#}"))
-            });
-        let (runs, matches) = match outcome {
-            Err(e) => {
-                failures.push(format!("{name}: {e}"));
-                (false, false)
-            }
-            Ok(outputs) => {
-                let want = m["outputs"].as_array().expect("outputs");
-                let mut ok = outputs.len() == want.len();
-                if !ok {
-                    failures.push(format!(
-                        "{name}: {} outputs, onnxruntime {}",
-                        outputs.len(),
-                        want.len()
-                    ));
-                }
-                for (got, w) in outputs.iter().zip(want) {
-                    if let Err(e) = compare(got, w) {
-                        failures.push(format!("{name}: output {}: {e}", w["name"]));
-                        ok = false;
-                    }
-                }
-                (true, ok)
-            }
+        let (runs, errors) = check(edgeloop::serve::engine::onnx_parser(), m);
+        // The engine before onnx::ml (tract-onnx + edgeloop's tree ensembles), for the table.
+        let mut before = tract_onnx::onnx();
+        edgeloop::onnx::tree_ensemble::register(&mut before.op_register);
+        let before = match check(before, m) {
+            (false, _) => "refused",
+            (true, e) if e.is_empty() => "matches",
+            (true, _) => "differs",
         };
         let mark = |b: bool| if b { "yes" } else { "NO" };
-        println!("| {name} | {} | {} |", mark(runs), mark(matches));
+        println!(
+            "| {name} | {} | {} | {before} |",
+            mark(runs),
+            mark(runs && errors.is_empty())
+        );
+        failures.extend(errors.into_iter().map(|e| format!("{name}: {e}")));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
