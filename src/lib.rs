@@ -39,7 +39,8 @@
 //!   `edgeloop finetune`).
 //! - [`onnx`]: the ONNX graph builder and every family's export (standard
 //!   operators; `ai.onnx.ml` tree ensembles), and edgeloop's own tree-ensemble
-//!   operator for tract ([`onnx::tree_ensemble`]).
+//!   operator for tract ([`onnx::tree_ensemble`]) and the other `ai.onnx.ml`
+//!   operators tract lacks, for models made elsewhere ([`onnx::ml`]).
 //! - [`serve`]: the engines ([`serve::engine`]: tract with edgeloop's
 //!   operators registered, onnxruntime with the feature `ort`, `auto`
 //!   fallback, typed refusal of unsupported operators), the registry of

@@ -926,6 +926,12 @@ fn build(
     Ok((expand(TreeEnsembleExpansion(Arc::new(ensemble))), vec![]))
 }
 
+/// The tract op evaluating a compiled `ensemble` (used by the ml-opset-5
+/// `TreeEnsemble` parser, [`crate::onnx::ml::tree_ensemble5`]).
+pub fn into_op(ensemble: TreeEnsemble) -> (Box<dyn InferenceOp>, Vec<String>) {
+    (expand(TreeEnsembleExpansion(Arc::new(ensemble))), vec![])
+}
+
 /// tract op builder for TreeEnsembleClassifier.
 pub fn classifier_op(
     ctx: &ParsingContext,

@@ -14,10 +14,14 @@ use super::{DType, Data, Engine, LoadOptions, ModelError, Named, Tensor, TensorI
 
 /// The ONNX parser the engine uses: tract-onnx's, with edgeloop's operators
 /// registered (see [`crate::onnx`]): the `ai.onnx.ml` tree ensembles
-/// ([`crate::onnx::tree_ensemble`]) replace tract-onnx's.
+/// ([`crate::onnx::tree_ensemble`]) replace tract-onnx's, and
+/// [`crate::onnx::ml`] adds the other `ai.onnx.ml` operators skl2onnx and
+/// onnxmltools emit (replacing tract's LinearClassifier and
+/// ArrayFeatureExtractor).
 pub fn onnx_parser() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     crate::onnx::tree_ensemble::register(&mut onnx.op_register);
+    crate::onnx::ml::register(&mut onnx.op_register);
     onnx
 }
 
