@@ -770,12 +770,17 @@ impl Config {
         self.pipelines.iter().find(|p| p.name == name)
     }
 
-    /// The effective configuration as TOML (what `check-config` prints).
+    /// The effective configuration as TOML (what `check-config` prints),
+    /// with a set `mqtt.password` shown as `"<redacted>"`.
     ///
     /// # Errors
     /// [`ConfigError::Load`] if serialisation fails (it should not).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string_pretty(self).map_err(|e| ConfigError::Load(e.to_string()))
+        let mut shown = self.clone();
+        if !shown.mqtt.password.is_empty() {
+            shown.mqtt.password = "<redacted>".into();
+        }
+        toml::to_string_pretty(&shown).map_err(|e| ConfigError::Load(e.to_string()))
     }
 }
 
@@ -1249,6 +1254,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.mqtt.username, "u");
+        // check-config does not print the password.
+        let shown = cfg.to_toml().unwrap();
+        assert!(shown.contains("password = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains("password = \"p\""), "{shown}");
         let mut m = cfg.mqtt;
         m.broker = "mqtts://broker.lan".into();
         assert_eq!(
