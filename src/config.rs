@@ -127,6 +127,24 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub ingest_max_payload_bytes: usize,
     pub outbox_capacity: usize,
+    /// PEM file of the CA certificate(s) that sign an `mqtts://` broker's
+    /// certificate; required for `mqtts://`, refused otherwise.
+    #[serde(default)]
+    pub tls_ca_file: PathBuf,
+    /// PEM client certificate (chain) for brokers that require one
+    /// (mosquitto `require_certificate true`); with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: PathBuf,
+    /// MQTT username (CONNECT packet, MQTT 3.1.1 §3.1.3.4); empty: none.
+    /// Sent in clear text unless the broker is `mqtts://`.
+    #[serde(default)]
+    pub username: String,
+    /// MQTT password; needs `username`.
+    #[serde(default)]
+    pub password: String,
 }
 
 /// Where the daemon's MQTT client connects.
@@ -134,8 +152,8 @@ pub struct MqttConfig {
 pub enum BrokerTarget {
     /// The in-process broker, listening on this loopback address.
     Embedded(SocketAddr),
-    /// An external broker at host:port.
-    External { host: String, port: u16 },
+    /// An external broker at host:port; over TLS for `mqtts://`.
+    External { host: String, port: u16, tls: bool },
 }
 
 impl MqttConfig {
@@ -143,16 +161,100 @@ impl MqttConfig {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming `mqtt.broker` when it is neither
-    /// `"embedded"` nor an `mqtt://host:port` URL.
+    /// `"embedded"` nor an `mqtt://host:port` or `mqtts://host:port` URL.
     pub fn target(&self) -> Result<BrokerTarget, ConfigError> {
         if self.broker == "embedded" {
             return Ok(BrokerTarget::Embedded(self.embedded_listen));
         }
-        let (host, port) = parse_mqtt_url(&self.broker).map_err(|reason| ConfigError::Invalid {
+        let invalid = |reason| ConfigError::Invalid {
             key: "mqtt.broker".into(),
             reason,
+        };
+        if let Some(rest) = self.broker.strip_prefix("mqtts://") {
+            // 8883: the IANA port of MQTT over TLS.
+            let (host, port) = parse_host_port(&self.broker, rest, 8883).map_err(invalid)?;
+            return Ok(BrokerTarget::External {
+                host,
+                port,
+                tls: true,
+            });
+        }
+        let (host, port) = parse_mqtt_url(&self.broker).map_err(|reason| {
+            invalid(reason.replace("an mqtt://host:port", "an mqtt:// or mqtts://host:port"))
         })?;
-        Ok(BrokerTarget::External { host, port })
+        Ok(BrokerTarget::External {
+            host,
+            port,
+            tls: false,
+        })
+    }
+
+    /// Checks the TLS and authentication keys against the broker URL and
+    /// reads every file they name (so a missing or unreadable file stops
+    /// the daemon before it starts, naming the key and the file).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key: a TLS file with a plain
+    /// `mqtt://` broker or the embedded one, `mqtts://` without
+    /// `tls_ca_file`, a certificate without its key (or the reverse), a
+    /// password without a username, a file that cannot be read or holds no
+    /// usable PEM item.
+    pub fn validate_security(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: format!("mqtt.{key}"),
+                reason,
+            })
+        };
+        let tls = matches!(self.target()?, BrokerTarget::External { tls: true, .. });
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        if !tls {
+            for (key, path) in [
+                ("tls_ca_file", &self.tls_ca_file),
+                ("tls_cert_file", &self.tls_cert_file),
+                ("tls_key_file", &self.tls_key_file),
+            ] {
+                if set(path) {
+                    return bad(
+                        key,
+                        format!(
+                            "set, but mqtt.broker `{}` is not an mqtts:// URL",
+                            self.broker
+                        ),
+                    );
+                }
+            }
+        } else if !set(&self.tls_ca_file) {
+            return bad(
+                "tls_ca_file",
+                "an mqtts:// broker needs the PEM file of the CA that signed its \
+                 certificate (the system's roots: /etc/ssl/certs/ca-certificates.crt)"
+                    .into(),
+            );
+        }
+        if set(&self.tls_cert_file) != set(&self.tls_key_file) {
+            return bad(
+                if set(&self.tls_cert_file) {
+                    "tls_key_file"
+                } else {
+                    "tls_cert_file"
+                },
+                "a client certificate needs both tls_cert_file and tls_key_file".into(),
+            );
+        }
+        if !self.password.is_empty() && self.username.is_empty() {
+            return bad("username", "a password is set without a username".into());
+        }
+        if self.broker == "embedded" && !self.username.is_empty() {
+            return bad(
+                "username",
+                "the embedded broker takes no credentials; set them for an external broker".into(),
+            );
+        }
+        if tls {
+            crate::ingest::mqtt::tls_client_config(self)?;
+        }
+        Ok(())
     }
 }
 
@@ -172,6 +274,12 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
         .ok_or_else(|| format!("`{url}` is neither \"embedded\" nor an mqtt://host:port URL"))?;
+    parse_host_port(url, rest, 1883)
+}
+
+/// `host[:port]` of `url` (`rest`: after the scheme), `default_port` when
+/// absent.
+fn parse_host_port(url: &str, rest: &str, default_port: u16) -> Result<(String, u16), String> {
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
@@ -179,7 +287,7 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
             p.parse::<u16>()
                 .map_err(|_| format!("`{url}`: port `{p}` is not a number in 1..=65535"))?,
         ),
-        None => (rest, 1883),
+        None => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {
@@ -500,7 +608,7 @@ impl Config {
     /// and the reason.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: String, reason: String| Err(ConfigError::Invalid { key, reason });
-        self.mqtt.target()?;
+        self.mqtt.validate_security()?;
         if self.store.path.is_dir() {
             return bad(
                 "store.path".into(),
@@ -749,12 +857,17 @@ impl Config {
         self.pipelines.iter().find(|p| p.name == name)
     }
 
-    /// The effective configuration as TOML (what `check-config` prints).
+    /// The effective configuration as TOML (what `check-config` prints),
+    /// with a set `mqtt.password` shown as `"<redacted>"`.
     ///
     /// # Errors
     /// [`ConfigError::Load`] if serialisation fails (it should not).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string_pretty(self).map_err(|e| ConfigError::Load(e.to_string()))
+        let mut shown = self.clone();
+        if !shown.mqtt.password.is_empty() {
+            shown.mqtt.password = "<redacted>".into();
+        }
+        toml::to_string_pretty(&shown).map_err(|e| ConfigError::Load(e.to_string()))
     }
 }
 
@@ -967,7 +1080,8 @@ mod tests {
             cfg.mqtt.target().unwrap(),
             BrokerTarget::External {
                 host: "h".into(),
-                port: 1884
+                port: 1884,
+                tls: false
             }
         );
         // Untouched keys keep the default.
@@ -1208,6 +1322,87 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn mqtts_broker_and_its_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = |k: &str, t: &str| match load_str(t, &[]).unwrap_err() {
+            ConfigError::Invalid { key, reason } => {
+                assert_eq!(key, k, "{reason}");
+                reason
+            }
+            e => panic!("{e}"),
+        };
+        // mqtts:// without a CA file, and with one that does not exist.
+        key("mqtt.tls_ca_file", "[mqtt]\nbroker = 'mqtts://h'\n");
+        let reason = key(
+            "mqtt.tls_ca_file",
+            &format!(
+                "[mqtt]\nbroker = 'mqtts://h'\ntls_ca_file = '{}'\n",
+                ca.display()
+            ),
+        );
+        assert!(
+            reason.contains(&format!("cannot read {}", ca.display())),
+            "{reason}"
+        );
+        // A file without a certificate in it.
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let reason = key(
+            "mqtt.tls_ca_file",
+            &format!(
+                "[mqtt]\nbroker = 'mqtts://h'\ntls_ca_file = '{}'\n",
+                ca.display()
+            ),
+        );
+        assert!(reason.contains("holds no PEM CERTIFICATE"), "{reason}");
+        // TLS files need an mqtts:// broker; a certificate needs its key.
+        key(
+            "mqtt.tls_ca_file",
+            "[mqtt]\nbroker = 'mqtt://h'\ntls_ca_file = '/etc/hostname'\n",
+        );
+        key(
+            "mqtt.tls_key_file",
+            "[mqtt]\nbroker = 'mqtts://h'\ntls_ca_file = '/x'\ntls_cert_file = '/c'\n",
+        );
+        key(
+            "mqtt.username",
+            "[mqtt]\nbroker = 'mqtt://h'\npassword = 'p'\n",
+        );
+        key("mqtt.username", "[mqtt]\nusername = 'u'\n");
+        key("mqtt.broker", "[mqtt]\nbroker = 'mqtts://h:0'\n");
+        // Username and password without TLS are fine; mqtts defaults to 8883.
+        let cfg = load_str(
+            "[mqtt]\nbroker = 'mqtt://h'\nusername = 'u'\npassword = 'p'\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.mqtt.username, "u");
+        // check-config does not print the password.
+        let shown = cfg.to_toml().unwrap();
+        assert!(shown.contains("password = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains("password = \"p\""), "{shown}");
+        let mut m = cfg.mqtt;
+        m.broker = "mqtts://broker.lan".into();
+        assert_eq!(
+            m.target().unwrap(),
+            BrokerTarget::External {
+                host: "broker.lan".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        m.broker = "mqtts://[::1]:18883/".into();
+        assert_eq!(
+            m.target().unwrap(),
+            BrokerTarget::External {
+                host: "::1".into(),
+                port: 18883,
+                tls: true
+            }
+        );
     }
 
     #[test]

@@ -163,7 +163,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             })??;
     }
     let (host, port) = match cfg.mqtt.target()? {
-        BrokerTarget::External { host, port } => (host, port),
+        BrokerTarget::External { host, port, .. } => (host, port),
         BrokerTarget::Embedded(addr) => {
             start_embedded(addr, cfg.mqtt.max_packet_bytes).await?;
             (addr.ip().to_string(), addr.port())
@@ -180,7 +180,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         reason: e.to_string(),
     })?;
 
-    let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, &host, port, true);
+    let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, &host, port, true)?;
     let (client, eventloop) = rumqttc::AsyncClient::new(opts, 10_000);
     let connection = Arc::new(Connection::default());
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
@@ -234,7 +234,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         &host,
         port,
         false,
-    );
+    )?;
     let (out_client, out_eventloop) = rumqttc::AsyncClient::new(out_opts, 1000);
     let publisher = Publisher {
         client: out_client,

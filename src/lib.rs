@@ -14,7 +14,7 @@
 //! - [`config`]: typed configuration in layers (compiled-in default, file,
 //!   `EDGELOOP__SECTION__KEY`), validated before anything starts.
 //! - [`ingest`]: the MQTT source (rumqttc, persistent session, capped jittered
-//!   back-off), payload decoding by the pipeline's schema ([`ingest::decode`]),
+//!   back-off, TLS with rustls for `mqtts://` brokers, username/password), payload decoding by the pipeline's schema ([`ingest::decode`]),
 //!   the writer that commits then acknowledges, the embedded broker
 //!   (rumqttd, feature `embedded-broker`), CSV replay and labelled CSV files
 //!   for the offline commands ([`ingest::csv_file`]).
