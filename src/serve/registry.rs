@@ -445,6 +445,58 @@ mod tests {
     use crate::learn::{self, Trigger};
 
     #[test]
+    fn versions_load_on_the_pipeline_engine() {
+        use crate::serve::engine::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        let pipeline = cfg.pipelines[0].clone();
+        let samples: Vec<Sample> = (0..60)
+            .map(|i| Sample {
+                timestamp_ms: i,
+                device: "d".into(),
+                features: vec![
+                    20.0 + (i % 7) as f32,
+                    30.0,
+                    (i % 2) as f32 * 500.0,
+                    600.0,
+                    0.004,
+                ],
+                label: Some(((i % 2) as u8).to_string()),
+            })
+            .collect();
+        let train = |version| {
+            learn::train_version(
+                &pipeline,
+                &samples,
+                None,
+                version,
+                Trigger::Manual,
+                None,
+                || false,
+            )
+            .unwrap()
+        };
+        // auto: an edgeloop export is served by tract.
+        let registry = Registry::new(["occupancy"]).with_engine(
+            "occupancy",
+            EngineKind::Auto,
+            LoadOptions::default(),
+        );
+        let serving = registry.promote(&store, train(1)).unwrap();
+        assert_eq!(serving.model.engine(), Engine::Tract);
+        // ort without the library (or the feature): refused, v1 keeps serving.
+        let missing = LoadOptions {
+            input_width: None,
+            ort_library: Some("/nonexistent/libonnxruntime.so".into()),
+        };
+        let registry = registry.with_engine("occupancy", EngineKind::Ort, missing);
+        let err = registry.promote(&store, train(2)).unwrap_err().to_string();
+        assert!(err.contains("engine unavailable"), "{err}");
+        assert_eq!(registry.get("occupancy").unwrap().version, 1);
+    }
+
+    #[test]
     fn concurrent_promotions_keep_the_served_and_stored_versions_equal() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());

@@ -148,10 +148,7 @@ fn value_info(v: &pb::ValueInfoProto, graph: &pb::GraphProto) -> TensorInfo {
         _ => {
             // Not a tensor (a sequence of maps, in practice): a ZipMap's
             // output is described as its dense form.
-            let producer = graph
-                .node
-                .iter()
-                .find(|n| n.output.iter().any(|o| *o == v.name));
+            let producer = graph.node.iter().find(|n| n.output.contains(&v.name));
             if let Some(node) = producer.filter(|n| n.op_type == "ZipMap") {
                 let keys = class_labels(node);
                 info.dtype = DType::F32;
@@ -166,7 +163,7 @@ fn value_info(v: &pb::ValueInfoProto, graph: &pb::GraphProto) -> TensorInfo {
         if let Some(node) = graph
             .node
             .iter()
-            .find(|n| n.op_type == "ZipMap" && n.output.iter().any(|o| *o == v.name))
+            .find(|n| n.op_type == "ZipMap" && n.output.contains(&v.name))
         {
             info.keys = class_labels(node);
         }

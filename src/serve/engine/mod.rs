@@ -678,7 +678,7 @@ impl OnnxModel {
     /// [`ModelError::Run`] when the engine fails.
     pub fn predict_proba(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
         let nf = self.features.len();
-        if x.is_empty() || nf == 0 || x.len() % nf != 0 {
+        if x.is_empty() || nf == 0 || !x.len().is_multiple_of(nf) {
             return Err(ModelError::BadInput(format!(
                 "{} values is not a whole number of rows of {nf} features",
                 x.len()
