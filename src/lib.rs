@@ -56,12 +56,14 @@
 //! through the `Registry`, which the HTTP API and the `Predictor` read.
 //! ARCHITECTURE.md draws the same.
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod features;
 pub mod ingest;
 pub mod learn;
+pub mod metrics;
 pub mod monitor;
 pub mod onnx;
 pub mod serve;
