@@ -52,6 +52,18 @@ fn write_config(
 
 impl Daemon {
     fn spawn(conf: &Path, http_port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(conf, http_port, args, env, false)
+    }
+
+    /// As [`Daemon::spawn`]; `mdwe`: under PR_SET_MDWE (see
+    /// [`deny_write_execute`]).
+    fn spawn_with(
+        conf: &Path,
+        http_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mdwe: bool,
+    ) -> Self {
         let socket_dir = tempfile::tempdir().unwrap();
         let socket_path = socket_dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -65,6 +77,9 @@ impl Daemon {
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if mdwe {
+            deny_write_execute(&mut cmd);
         }
         let mut child = cmd.spawn().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -426,4 +441,107 @@ fn taken_http_port_exits_non_zero_with_the_reason() {
         err.contains(&format!("HTTP: cannot listen on 127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+/// PR_SET_MDWE with PR_MDWE_REFUSE_EXEC_GAIN (Linux 6.3+, prctl(2)): the
+/// process (and what it executes) can map no memory writable and executable
+/// and make no mapping executable, as `MemoryDenyWriteExecute=yes` in the
+/// unit does with seccomp.
+fn deny_write_execute(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const PR_SET_MDWE: libc::c_int = 65;
+    const PR_MDWE_REFUSE_EXEC_GAIN: libc::c_ulong = 1;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The unit's `MemoryDenyWriteExecute=yes` holds: under the same
+/// restriction the daemon starts, trains a model at 500 labels, verifies it
+/// with tract and predicts over HTTP. A control (Python mapping RWX memory)
+/// shows the restriction is in force here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_and_serves_with_memory_deny_write_execute() {
+    let mut control = Command::new("python3");
+    control.args([
+        "-c",
+        "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ|mmap.PROT_WRITE|mmap.PROT_EXEC)",
+    ]);
+    deny_write_execute(&mut control);
+    match control.output() {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            eprintln!("SKIPPED: this kernel has no PR_SET_MDWE (Linux < 6.3)");
+            return;
+        }
+        Err(e) => panic!("control: {e}"),
+        Ok(out) => assert!(
+            !out.status.success(),
+            "MDWE not in force: RWX mapping allowed"
+        ),
+    }
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let conf = write_config(
+        dir.path(),
+        mosquitto.port,
+        http_port,
+        &client_id("mdwe"),
+        "",
+        "",
+    );
+    let mut daemon = Daemon::spawn_with(&conf, http_port, &[], &[], true);
+    daemon.wait_note("READY=1").await;
+    while daemon
+        .get("/healthz")
+        .await
+        .map(|h| h["mqtt_subscribed"] == true)
+        != Some(true)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opts = replay_opts("datatraining.txt", mosquitto.port, Some(600));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    let until = Instant::now() + WAIT;
+    while daemon
+        .get("/v1/pipelines")
+        .await
+        .and_then(|p| p["pipelines"][0]["serving_version"].as_u64())
+        != Some(1)
+    {
+        assert!(
+            Instant::now() < until,
+            "no model; logs:\n{}",
+            daemon.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = serde_json::json!({"rows": [{"Temperature": 23.0, "Humidity": 27.0, "Light": 430.0, "CO2": 710.0, "HumidityRatio": 0.0047}]});
+    let mut c = edgeloop::demo::HttpClient::connect(daemon.http)
+        .await
+        .unwrap();
+    let (status, body) = c
+        .request(
+            "POST",
+            "/v1/pipelines/occupancy/predict",
+            Some(serde_json::to_vec(&row).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["predictions"].as_array().map(Vec::len), Some(1));
+    daemon.signal(libc::SIGTERM);
+    let (status, _) = daemon.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
 }
