@@ -545,3 +545,46 @@ async fn trains_and_serves_with_memory_deny_write_execute() {
     let (status, _) = daemon.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
 }
+
+/// Past `daemon.shutdown_timeout_s` the process exits non-zero naming what
+/// did not finish: here HTTP, held open by a request whose body never
+/// arrives (axum's graceful shutdown waits for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_deadline_exits_non_zero_naming_what_did_not_finish() {
+    use std::io::Write;
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let conf = write_config(
+        dir.path(),
+        mosquitto.port,
+        http_port,
+        &client_id("late"),
+        "",
+        "[daemon]\nshutdown_timeout_s = 1\n",
+    );
+    let mut daemon = Daemon::spawn(&conf, http_port, &[], &[]);
+    daemon.wait_note("READY=1").await;
+    let mut stuck = std::net::TcpStream::connect(daemon.http).unwrap();
+    stuck
+        .write_all(
+            b"POST /v1/pipelines/occupancy/predict HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"rows\":",
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.signal(libc::SIGTERM);
+    let (status, seconds) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(
+        (1.0..5.0).contains(&seconds),
+        "exited after {seconds:.1} s; the deadline is 1 s"
+    );
+    let logs = daemon.logs().join("\n");
+    assert!(
+        logs.contains("shutdown did not finish within 1s: still running: http"),
+        "{logs}"
+    );
+    assert!(logs.contains("Shutdown deadline passed"), "{logs}");
+    drop(stuck);
+}
