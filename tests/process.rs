@@ -588,3 +588,43 @@ async fn shutdown_past_the_deadline_exits_non_zero_naming_what_did_not_finish() 
     assert!(logs.contains("Shutdown deadline passed"), "{logs}");
     drop(stuck);
 }
+
+/// `edgeloop bench footprint --quick --json` runs end to end and reports
+/// every field (the numbers themselves go to BENCHMARKS.md, not here).
+#[test]
+fn bench_footprint_quick_reports_every_field() {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["bench", "footprint", "--quick", "--json"])
+        .env("CARGO_TARGET_DIR", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let targets: Vec<&str> = v["binaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        ["aarch64", "armv7", "host"],
+        "no cross build in an empty target dir"
+    );
+    assert_eq!(v["binaries"][0]["status"], "not built");
+    assert!(v["binaries"][2]["bytes"].as_u64().unwrap() > 0);
+    assert!(v["ready_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["idle"]["rss_kib"].as_u64().unwrap() > 0);
+    assert_eq!(v["ingest"]["rate"], 5000);
+    assert_eq!(v["ingest"]["published"], 5000);
+    assert_eq!(
+        v["ingest"]["stored"], 5000,
+        "every acknowledged message stored"
+    );
+    assert_eq!(v["training"]["samples"], 5000);
+    assert!(v["training"]["peak_rss_kib"].as_u64().unwrap() > 0);
+}
