@@ -134,7 +134,7 @@ impl Daemon {
     async fn wait_note(&self, note: &str) {
         let note = note.to_string();
         wait_until(WAIT, &format!("sd_notify {note}"), || {
-            self.notes().iter().any(|n| *n == note)
+            self.notes().contains(&note)
         })
         .await;
     }
