@@ -78,9 +78,13 @@ impl Queue {
 
 /// What the scrape reads.
 pub struct Sources {
+    /// Counters and duration histograms.
     pub stats: Arc<Stats>,
+    /// Its file's size is `edgeloop_store_size_bytes`.
     pub store: Arc<Store>,
+    /// Serving versions (`edgeloop_model_version`).
     pub registry: Arc<Registry>,
+    /// Concept-drift state per pipeline (`edgeloop_drift_*`).
     pub drift: DriftBoard,
     /// Configured pipeline names.
     pub pipelines: Vec<String>,
