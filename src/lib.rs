@@ -50,7 +50,7 @@
 //!   watchdog) and what a SIGHUP reload may apply ([`daemon::reload_plan`]).
 //! - [`metrics`]: `GET /metrics` in Prometheus text, read from [`stats`],
 //!   the store, the registry and the drift board at scrape time.
-//! - [`bench`]: `edgeloop bench footprint` (binary sizes, memory, time to
+//! - [`bench`](mod@bench): `edgeloop bench footprint` (binary sizes, memory, time to
 //!   ready).
 //! - [`demo`]: the end-to-end demo on the UCI Occupancy data.
 //! - [`stats`]: counters shared by the components.
