@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub models: ModelsConfig,
     #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
 }
 
@@ -102,6 +104,32 @@ impl Default for ModelsConfig {
         }
     }
 }
+
+/// `[daemon]`: how the daemon process logs and stops. Both keys are reloaded
+/// on SIGHUP (see [`crate::daemon::reload_plan`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Longest wait, seconds, for an orderly shutdown after SIGTERM/SIGINT;
+    /// past it the daemon exits non-zero naming what did not finish.
+    pub shutdown_timeout_s: u64,
+    /// Log filter, tracing `EnvFilter` syntax (`--log-level` wins when given).
+    pub log_filter: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout_s: 10,
+            log_filter: DEFAULT_LOG_FILTER.into(),
+        }
+    }
+}
+
+/// The default log filter: info, and rumqttd's router and link targets
+/// silenced (they log every ordinary client disconnect at ERROR).
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off";
 
 /// `[store]`: the redb database and write batching.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -626,6 +654,15 @@ impl Config {
         }
         if self.store.batch_size == 0 {
             return bad("store.batch_size".into(), "must be at least 1".into());
+        }
+        if self.daemon.shutdown_timeout_s == 0 {
+            return bad(
+                "daemon.shutdown_timeout_s".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.daemon.log_filter) {
+            return bad("daemon.log_filter".into(), e.to_string());
         }
         if self.store.retention_chunk == 0 {
             return bad("store.retention_chunk".into(), "must be at least 1".into());

@@ -11,20 +11,35 @@
 //! forwarding and drops its sender), the writer commits and acknowledges what
 //! it holds, then the source disconnects and HTTP stops last. A component that
 //! fails cancels the root token, and [`Running::wait`] returns its error, so
-//! the process exits non-zero with the reason.
+//! the process exits non-zero with the reason. [`Running::wait`] logs the
+//! components it still waits for each second and, past the deadline, returns
+//! [`DaemonError::ShutdownTimeout`] naming them.
+//!
+//! systemd (`Type=notify`, <https://www.freedesktop.org/software/systemd/man/sd_notify.html>):
+//! `READY=1` once the registry is restored and HTTP is bound, `STOPPING=1`
+//! when shutdown starts, `STATUS=` lines on the way, and `WATCHDOG=1` every
+//! half `WatchdogSec` while the daemon is healthy (see [`watchdog`]). Without
+//! `NOTIFY_SOCKET` (tests, a shell) these are no-ops.
+//!
+//! SIGHUP: the binary rereads the configuration and applies what
+//! [`reload_plan`] allows.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sd_notify::NotifyState;
+
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{BrokerTarget, Config, ConfigError};
 use crate::ingest::mqtt::{self, Backoff, Connection, MqttSource};
 use crate::ingest::writer::Writer;
+use crate::metrics::{Metrics, Queue, Sources};
 use crate::monitor::retrain::{Learner, LearnerHandle};
 use crate::serve::http::{self, AppState};
 use crate::serve::predictions::{Predictor, Publisher};
@@ -50,8 +65,15 @@ pub enum DaemonError {
         component: &'static str,
         reason: String,
     },
-    #[error("shutdown did not finish within {0:?}")]
-    ShutdownTimeout(Duration),
+    #[error(
+        "shutdown did not finish within {after:?}: still running: {}",
+        pending.join(", ")
+    )]
+    ShutdownTimeout {
+        after: Duration,
+        /// Components that had not stopped.
+        pending: Vec<&'static str>,
+    },
 }
 
 /// What tests, the demo and the CLI reach in a running daemon.
@@ -66,6 +88,8 @@ pub struct DaemonHandle {
     pub stats: Arc<Stats>,
     pub learner: LearnerHandle,
     pub connection: Arc<Connection>,
+    /// The Prometheus metrics served by `GET /metrics`.
+    pub metrics: Metrics,
 }
 
 impl DaemonHandle {
@@ -90,6 +114,17 @@ pub struct Running {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     failure: Arc<Mutex<Option<DaemonError>>>,
+    alive: Alive,
+}
+
+/// Names of the components still running.
+type Alive = Arc<Mutex<BTreeSet<&'static str>>>;
+
+fn pending(alive: &Alive) -> Vec<&'static str> {
+    alive
+        .lock()
+        .map(|a| a.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 impl Running {
@@ -100,16 +135,45 @@ impl Running {
     /// # Errors
     /// The first component failure, or [`DaemonError::ShutdownTimeout`].
     pub async fn wait(self, grace: Duration) -> Result<(), DaemonError> {
+        self.wait_with(move || grace).await
+    }
+
+    /// As [`Running::wait`], with the deadline read when shutdown starts
+    /// (SIGHUP may have changed `daemon.shutdown_timeout_s` meanwhile).
+    ///
+    /// # Errors
+    /// The first component failure, or [`DaemonError::ShutdownTimeout`]
+    /// naming the components that had not stopped.
+    pub async fn wait_with(self, grace: impl Fn() -> Duration) -> Result<(), DaemonError> {
         self.shutdown.cancelled().await;
+        let grace = grace();
+        let _ = sd_notify::notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status("Stopping: ingest first, then draining, then HTTP"),
+        ]);
+        let deadline = tokio::time::Instant::now() + grace;
         info!(
-            grace_ms = grace.as_millis() as u64,
+            deadline_ms = grace.as_millis() as u64,
+            waiting_for = ?pending(&self.alive),
             "Waiting for the components to stop."
         );
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            return Err(DaemonError::ShutdownTimeout(grace));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = self.tracker.wait() => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let pending = pending(&self.alive);
+                    error!(deadline_ms = grace.as_millis() as u64, still_running = ?pending, "Shutdown deadline passed; exiting with what did not finish.");
+                    return Err(DaemonError::ShutdownTimeout { after: grace, pending });
+                }
+                _ = tick.tick() => {
+                    let pending = pending(&self.alive);
+                    let status = format!("Stopping: waiting for {}", pending.join(", "));
+                    let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+                    info!(waiting_for = ?pending, "Still stopping.");
+                }
+            }
         }
         let failure = self.failure.lock().ok().and_then(|mut f| f.take());
         match failure {
@@ -186,6 +250,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let (predict_tx, predict_rx) = mpsc::channel(256);
     let (outbox_tx, outbox_rx) = mpsc::channel(cfg.mqtt.outbox_capacity);
+    let ingest_queue = Queue::of("ingest", &incoming_tx);
+    let predict_queue = Queue::of("predict", &predict_tx);
+    let outbox_queue = Queue::of("outbox", &outbox_tx);
     let labels_added = Arc::new(Notify::new());
     let (late_tx, late_rx) = mpsc::channel(64);
     let drained = CancellationToken::new();
@@ -255,6 +322,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         stats.clone(),
     );
     let drift_board = learner.board();
+    let metrics = Metrics::new(Sources {
+        stats: stats.clone(),
+        store: store.clone(),
+        registry: registry.clone(),
+        drift: drift_board.clone(),
+        pipelines: cfg.pipelines.iter().map(|p| p.name.clone()).collect(),
+        queues: vec![ingest_queue.clone(), predict_queue, outbox_queue],
+    });
     let app = http::router(AppState {
         registry: registry.clone(),
         store: store.clone(),
@@ -266,11 +341,19 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         drift: drift_board,
         models: cfg.models.clone(),
         load_options: cfg.engine_of(0).1,
-    });
+    })
+    .merge(http::metrics_router(metrics.clone()));
 
+    let alive: Alive = Arc::default();
     let supervise = |name: &'static str| {
-        let (shutdown, failure) = (shutdown.clone(), failure.clone());
+        let (shutdown, failure, alive) = (shutdown.clone(), failure.clone(), alive.clone());
+        if let Ok(mut a) = alive.lock() {
+            a.insert(name);
+        }
         move |result: Result<(), String>| {
+            if let Ok(mut a) = alive.lock() {
+                a.remove(name);
+            }
             if let Err(reason) = result {
                 error!(component = name, %reason, "Component failed; stopping the daemon.");
                 if let Ok(mut f) = failure.lock() {
@@ -342,8 +425,24 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 .map_err(|e| e.to_string())
         }
     });
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        spawn(&tracker, supervise("watchdog"), {
+            let (shutdown, stats) = (shutdown.clone(), stats.clone());
+            async move {
+                watchdog(period, &stats, &ingest_queue, shutdown).await;
+                Ok(())
+            }
+        });
+    }
     tracker.close();
     info!(%http_addr, broker = %format!("{host}:{port}"), pipelines = cfg.pipelines.len(), "edgeloop running.");
+    let status = format!(
+        "Serving HTTP on {http_addr}; MQTT {host}:{port}; {} pipeline(s)",
+        cfg.pipelines.len()
+    );
+    if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+        warn!(error = %e, "Cannot notify systemd (NOTIFY_SOCKET) that the daemon is ready.");
+    }
     Ok(Running {
         handle: DaemonHandle {
             http_addr,
@@ -353,10 +452,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             stats,
             learner: learner_handle,
             connection,
+            metrics,
         },
         shutdown,
         tracker,
         failure,
+        alive,
     })
 }
 
@@ -409,4 +510,127 @@ pub async fn run(
     grace: Duration,
 ) -> Result<(), DaemonError> {
     start(cfg, shutdown).await?.wait(grace).await
+}
+
+/// Pings the systemd watchdog (`WATCHDOG=1`) every `period / 2` while the
+/// daemon is healthy, until `shutdown`. Healthy: the async runtime runs this
+/// task on time, and ingest is not stalled: the ingest queue is not full
+/// with no commit since the previous check (a wedged writer or store).
+/// An unhealthy check skips the ping, and systemd restarts the daemon after
+/// `WatchdogSec` (`Restart=on-failure`).
+pub async fn watchdog(
+    period: Duration,
+    stats: &Stats,
+    ingest: &Queue,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(period / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commits = stats.commits.load(Relaxed);
+    info!(
+        period_ms = period.as_millis() as u64,
+        "systemd watchdog enabled."
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = stats.commits.load(Relaxed);
+        let full = (ingest.depth)().is_some_and(|d| d >= ingest.capacity);
+        if full && now == commits {
+            warn!(queue = ingest.name, "Ingest queue full and no commit since the last check; withholding the watchdog ping.");
+            let _ = sd_notify::notify(&[NotifyState::Status(
+                "Unhealthy: ingest stalled (queue full, no commit)",
+            )]);
+        } else if let Err(e) = sd_notify::notify(&[NotifyState::Watchdog]) {
+            warn!(error = %e, "Cannot ping the systemd watchdog.");
+        }
+        commits = now;
+    }
+}
+
+/// What a reread configuration changes: keys applied at once and keys that
+/// need a restart, as dotted paths (`daemon.log_filter`,
+/// `pipelines[0].drift.psi_threshold`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Changed keys the running daemon applies (`daemon.*`).
+    pub applied: Vec<String>,
+    /// Changed keys that keep their old value until a restart.
+    pub restart: Vec<String>,
+}
+
+/// Compares the running configuration with a reread one. Keys under
+/// `[daemon]` (log filter, shutdown deadline) are read per use and apply at
+/// once; every other key is read once at start (the components hold copies),
+/// so a change to it needs a restart.
+pub fn reload_plan(running: &Config, reread: &Config) -> ReloadPlan {
+    let mut changed = Vec::new();
+    match (serde_json::to_value(running), serde_json::to_value(reread)) {
+        (Ok(a), Ok(b)) => diff("", &a, &b, &mut changed),
+        _ => changed.push("(configuration not comparable)".into()),
+    }
+    let (applied, restart) = changed.into_iter().partition(|k| k.starts_with("daemon."));
+    ReloadPlan { applied, restart }
+}
+
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => diff(&join(k), u, v, out),
+                    _ => out.push(join(k)),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                diff(&format!("{path}[{i}]"), u, v, out);
+            }
+        }
+        _ if a != b => out.push(path.to_string()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_plan_applies_daemon_keys_and_names_the_others() {
+        let running = Config::load_with_env(None, std::iter::empty()).unwrap();
+        let mut reread = running.clone();
+        assert_eq!(reload_plan(&running, &reread), ReloadPlan::default());
+        reread.daemon.shutdown_timeout_s = 3;
+        reread.daemon.log_filter = "debug".into();
+        reread.http.max_rows = 7;
+        reread.pipelines[0].drift.psi_threshold = 0.5;
+        let plan = reload_plan(&running, &reread);
+        assert_eq!(
+            plan.applied,
+            ["daemon.log_filter", "daemon.shutdown_timeout_s"]
+        );
+        assert_eq!(
+            plan.restart,
+            ["http.max_rows", "pipelines[0].drift.psi_threshold"]
+        );
+        reread.pipelines.push(reread.pipelines[0].clone());
+        assert_eq!(
+            reload_plan(&running, &reread).restart,
+            ["http.max_rows", "pipelines"]
+        );
+    }
 }

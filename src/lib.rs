@@ -52,7 +52,13 @@
 //!   detectors (ADWIN, DDM, Page-Hinkley) and data drift (PSI, KS); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
 //!   and its prequential replay.
-//! - [`daemon`]: wiring, ordered shutdown, component supervision.
+//! - [`daemon`]: wiring, ordered shutdown within a deadline, component
+//!   supervision, systemd notification (`READY`, `STOPPING`, `STATUS`,
+//!   watchdog) and what a SIGHUP reload may apply ([`daemon::reload_plan`]).
+//! - [`metrics`]: `GET /metrics` in Prometheus text, read from [`stats`],
+//!   the store, the registry and the drift board at scrape time.
+//! - [`bench`](mod@bench): `edgeloop bench footprint` (binary sizes, memory, time to
+//!   ready).
 //! - [`demo`]: the end-to-end demo on the UCI Occupancy data.
 //! - [`stats`]: counters shared by the components.
 //!
@@ -63,12 +69,14 @@
 //! through the `Registry`, which the HTTP API and the `Predictor` read.
 //! ARCHITECTURE.md draws the same.
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod features;
 pub mod ingest;
 pub mod learn;
+pub mod metrics;
 pub mod monitor;
 pub mod onnx;
 pub mod serve;

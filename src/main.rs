@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,16 +21,22 @@ use edgeloop::ingest::replay::{self, ReplayOptions};
 )]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "edgeloop=debug".
-    /// The default silences rumqttd's router and link targets, which log every
-    /// ordinary client disconnect at ERROR.
-    #[arg(
-        long,
-        global = true,
-        default_value = "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off"
-    )]
-    log_level: String,
+    /// Default: `daemon.log_filter` of the configuration (info, with rumqttd's
+    /// router and link targets silenced); when given, SIGHUP leaves it.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log lines as text (journald-friendly: no colours unless a terminal, no
+    /// timestamps under systemd's JOURNAL_STREAM) or one JSON object a line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -38,9 +46,11 @@ enum Command {
         /// Configuration file layered over the compiled-in default.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Longest wait for an orderly shutdown after SIGTERM/SIGINT, seconds.
-        #[arg(long, default_value_t = 10)]
-        shutdown_grace_s: u64,
+        /// Longest wait for an orderly shutdown after SIGTERM/SIGINT,
+        /// seconds (default: `daemon.shutdown_timeout_s`; when given, SIGHUP
+        /// leaves it).
+        #[arg(long)]
+        shutdown_grace_s: Option<u64>,
     },
     /// Validate the configuration and print the effective one.
     CheckConfig {
@@ -200,6 +210,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measurements of this build (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
     Demo {
         /// Print the summary as one JSON object.
@@ -269,6 +284,21 @@ impl CsvInput {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// Binary sizes (aarch64, armv7), resident memory idle, ingesting at
+    /// 5,000 messages/s and training 100,000 samples, and time to ready.
+    Footprint {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Short runs (1 s of ingest, 5,000 training samples): checks the
+        /// command, not the board.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ModelsAction {
     /// Upload an ONNX model: checked and stored as a new version, served
     /// only once promoted.
@@ -302,21 +332,53 @@ enum ModelsAction {
     },
 }
 
+/// Reloads the log filter (SIGHUP).
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs to stderr: text for journald (level as text, colours only on a
+/// terminal, no timestamp when systemd's JOURNAL_STREAM says journald adds
+/// its own) or JSON lines.
+fn init_logs(filter: &str, format: LogFormat) -> LogHandle {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = std::io::stderr().is_terminal();
+    let output = match format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text if journald => fmt::layer()
+            .without_time()
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    handle
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo { json: true, .. });
-    let filter = if quiet {
-        "error,rumqttd::router::routing=off,rumqttd::server::broker=off".to_string()
-    } else {
-        cli.log_level.clone()
+    let quiet = matches!(
+        cli.command,
+        Command::Demo { json: true, .. } | Command::Bench { .. }
+    );
+    let filter = match &cli.log_level {
+        _ if quiet => "error,rumqttd::router::routing=off,rumqttd::server::broker=off".to_string(),
+        Some(f) => f.clone(),
+        None => edgeloop::config::DEFAULT_LOG_FILTER.to_string(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli) {
+    let logs = init_logs(&filter, cli.log_format);
+    match run(cli, logs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edgeloop: {e:#}");
@@ -325,7 +387,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -344,11 +406,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown_grace_s,
         } => {
             let cfg = Config::load(config.as_deref())?;
-            runtime.block_on(async {
+            let reload = Reload {
+                path: config,
+                running: cfg.clone(),
+                logs,
+                filter_from_flag: cli.log_level.is_some(),
+                grace_from_flag: shutdown_grace_s.is_some(),
+                grace_ms: Arc::new(AtomicU64::new(
+                    shutdown_grace_s.unwrap_or(cfg.daemon.shutdown_timeout_s) * 1000,
+                )),
+            };
+            if !reload.filter_from_flag {
+                reload.set_filter(&cfg.daemon.log_filter);
+            }
+            let grace_ms = reload.grace_ms.clone();
+            let result = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
-                edgeloop::daemon::run(cfg, shutdown, Duration::from_secs(shutdown_grace_s)).await
-            })?;
+                tokio::spawn(handle_signals(shutdown.clone(), reload));
+                let running = edgeloop::daemon::start(cfg, shutdown).await?;
+                running
+                    .wait_with(|| Duration::from_millis(grace_ms.load(Ordering::Relaxed)))
+                    .await
+            });
+            // Blocking work that ignored cancellation must not hold the exit.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            result?;
             Ok(())
         }
         Command::Predict {
@@ -715,6 +797,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench {
+            what: BenchCommand::Footprint { json, quick },
+        } => {
+            let report = edgeloop::bench::footprint(&edgeloop::bench::FootprintOptions {
+                binary: std::env::current_exe().context("locating the edgeloop binary")?,
+                target_dir: edgeloop::bench::target_dir(),
+                quick,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", edgeloop::bench::render(&report));
+            }
+            Ok(())
+        }
         Command::Demo { json, data_dir } => {
             let dir = data_dir.unwrap_or_else(edgeloop::demo::default_data_dir);
             let summary = runtime.block_on(edgeloop::demo::run(&dir))?;
@@ -724,6 +821,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", edgeloop::demo::render(&summary));
             }
             Ok(())
+        }
+    }
+}
+
+/// What SIGHUP rereads and applies (see `edgeloop::daemon::reload_plan`).
+struct Reload {
+    path: Option<PathBuf>,
+    /// The configuration the daemon runs with (`[daemon]` as last applied).
+    running: Config,
+    logs: LogHandle,
+    /// `--log-level` / `--shutdown-grace-s` were given: they win over the file.
+    filter_from_flag: bool,
+    grace_from_flag: bool,
+    grace_ms: Arc<AtomicU64>,
+}
+
+impl Reload {
+    fn set_filter(&self, filter: &str) {
+        match tracing_subscriber::EnvFilter::try_new(filter) {
+            Ok(f) => {
+                if let Err(e) = self.logs.reload(f) {
+                    tracing::warn!(error = %e, "Cannot change the log filter.");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%filter, error = %e, "Log filter not understood; keeping the current one.")
+            }
+        }
+    }
+
+    fn apply(&mut self) {
+        let reread = match Config::load(self.path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running one stays.");
+                return;
+            }
+        };
+        let plan = edgeloop::daemon::reload_plan(&self.running, &reread);
+        for key in &plan.applied {
+            match key.as_str() {
+                "daemon.log_filter" if !self.filter_from_flag => {
+                    self.set_filter(&reread.daemon.log_filter)
+                }
+                "daemon.shutdown_timeout_s" if !self.grace_from_flag => self
+                    .grace_ms
+                    .store(reread.daemon.shutdown_timeout_s * 1000, Ordering::Relaxed),
+                _ => tracing::info!(%key, "SIGHUP: key changed, but a command-line flag sets it."),
+            }
+        }
+        self.running.daemon = reread.daemon;
+        tracing::info!(applied = ?plan.applied, "SIGHUP: configuration reloaded.");
+        if !plan.restart.is_empty() {
+            tracing::warn!(needs_restart = ?plan.restart, "SIGHUP: these changed keys need a restart; they keep their running values until then.");
+        }
+        let status = format!(
+            "Configuration reloaded; {} changed key(s) need a restart",
+            plan.restart.len()
+        );
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+}
+
+/// SIGTERM/SIGINT cancel `token`; SIGHUP rereads the configuration.
+async fn handle_signals(token: CancellationToken, mut reload: Reload) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot listen for SIGHUP.");
+            return cancel_on_signal(token).await;
+        }
+    };
+    let stop = cancel_on_signal(token);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            Some(()) = hup.recv() => reload.apply(),
         }
     }
 }

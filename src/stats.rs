@@ -1,9 +1,13 @@
 //! Counters shared by the components (lock-free). Served as JSON by
-//! `GET /v1/stats`. Labels have low cardinality: reasons, never device ids.
+//! `GET /v1/stats` and in Prometheus text by `GET /metrics`
+//! ([`crate::metrics`]). Labels have low cardinality: reasons, pipelines,
+//! never device ids.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 
 use crate::ingest::decode::Reason;
@@ -37,6 +41,8 @@ pub struct Stats {
     pub retention_deleted: AtomicU64,
     /// Predictions made for unlabelled samples.
     pub predictions_made: AtomicU64,
+    /// Rows predicted for `POST /v1/pipelines/{name}/predict` requests.
+    pub http_predictions: AtomicU64,
     /// Predictions published over MQTT.
     pub predictions_published: AtomicU64,
     /// Predictions dropped because the outbox was full.
@@ -56,6 +62,43 @@ pub struct Stats {
     pub models_imported: AtomicU64,
     /// Models refused at intake, by reason (`IntakeError::REASONS` order).
     models_refused: [AtomicU64; crate::serve::intake::IntakeError::REASONS.len()],
+    /// Latency histograms (prediction, training).
+    pub durations: Durations,
+}
+
+/// Labels `[("pipeline", name), ("path", "http" | "mqtt")]`.
+pub type PathLabels = [(&'static str, String); 2];
+/// Labels `[("pipeline", name)]`.
+pub type PipelineLabels = [(&'static str, String); 1];
+/// A histogram per label set, all with the same buckets.
+pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Duration histograms, seconds, by pipeline (Prometheus `_bucket`, `_sum`,
+/// `_count` in `GET /metrics`).
+#[derive(Debug)]
+pub struct Durations {
+    /// One `predict_proba` call: a batch of MQTT samples (`path="mqtt"`) or
+    /// one HTTP request's rows (`path="http"`). Buckets 100 µs · 2^k, k < 16
+    /// (up to 3.3 s).
+    pub prediction: Histograms<PathLabels>,
+    /// One training run that produced a version (the card's `training_ms`).
+    /// Buckets 10 ms · 2^k, k < 20 (up to 87 min).
+    pub training: Histograms<PipelineLabels>,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        fn prediction() -> Histogram {
+            Histogram::new(exponential_buckets(1e-4, 2.0, 16))
+        }
+        fn training() -> Histogram {
+            Histogram::new(exponential_buckets(1e-2, 2.0, 20))
+        }
+        Self {
+            prediction: Family::new_with_constructor(prediction),
+            training: Family::new_with_constructor(training),
+        }
+    }
 }
 
 impl Stats {
@@ -88,6 +131,26 @@ impl Stats {
         }
     }
 
+    /// Records one prediction call of `pipeline` over `path` ("http" or
+    /// "mqtt") that took `seconds`.
+    pub fn observe_prediction(&self, pipeline: &str, path: &'static str, seconds: f64) {
+        self.durations
+            .prediction
+            .get_or_create(&[
+                ("pipeline", pipeline.to_string()),
+                ("path", path.to_string()),
+            ])
+            .observe(seconds);
+    }
+
+    /// Records one training run of `pipeline` that took `seconds`.
+    pub fn observe_training(&self, pipeline: &str, seconds: f64) {
+        self.durations
+            .training
+            .get_or_create(&[("pipeline", pipeline.to_string())])
+            .observe(seconds);
+    }
+
     /// A snapshot for JSON.
     pub fn snapshot(&self) -> StatsSnapshot {
         let l = |a: &AtomicU64| a.load(Relaxed);
@@ -108,6 +171,7 @@ impl Stats {
             commits: l(&self.commits),
             retention_deleted: l(&self.retention_deleted),
             predictions_made: l(&self.predictions_made),
+            http_predictions: l(&self.http_predictions),
             predictions_published: l(&self.predictions_published),
             predictions_dropped: l(&self.predictions_dropped),
             windows_evicted: l(&self.windows_evicted),
@@ -141,6 +205,8 @@ pub struct StatsSnapshot {
     pub commits: u64,
     pub retention_deleted: u64,
     pub predictions_made: u64,
+    #[serde(default)]
+    pub http_predictions: u64,
     pub predictions_published: u64,
     pub predictions_dropped: u64,
     pub windows_evicted: u64,

@@ -613,6 +613,8 @@ impl Learner {
             Ok((card, labelled_total)) => {
                 self.attempted_at.insert(pipeline.into(), labelled_total);
                 self.stats.trainings.fetch_add(1, Relaxed);
+                self.stats
+                    .observe_training(pipeline, card.training_ms / 1000.0);
                 let h = card.holdout.as_ref();
                 info!(
                     %pipeline, version = card.version, ?trigger, n_train = card.n_train, n_holdout = card.n_holdout,

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET | `/healthz` | `{"status":"ok","mqtt_connected":bool,"mqtt_subscribed":bool}` |
 //! | GET | `/v1/stats` | ingest, prediction and training counters |
+//! | GET | `/metrics` | the same counters and more in Prometheus text format ([`crate::metrics`]) |
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
 //! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p}}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number}]}` |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card, the serving version and its `engine` (tract or ort) |
@@ -139,6 +140,28 @@ impl From<TrainFailure> for ApiError {
             TrainFailure::ShuttingDown => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format 0.0.4 (see [`crate::metrics`]),
+/// merged into [`router`]'s by the daemon.
+pub fn metrics_router(metrics: crate::metrics::Metrics) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(metrics)
+}
+
+async fn metrics_text(State(m): State<crate::metrics::Metrics>) -> Response {
+    match m.render() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(format!("encoding metrics: {e}")).into_response(),
     }
 }
 
@@ -306,10 +329,16 @@ async fn predict(
         }
     }
     let model = serving.clone();
+    let started = std::time::Instant::now();
     let proba = tokio::task::spawn_blocking(move || model.model.predict_proba(&x))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    s.stats
+        .observe_prediction(&name, "http", started.elapsed().as_secs_f64());
+    s.stats
+        .http_predictions
+        .fetch_add(req.rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if serving.model.task() == crate::learn::Task::Regression {
         return Ok(Json(PredictAnswer::Regression(RegressionResponse {
             pipeline: name,

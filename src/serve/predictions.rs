@@ -116,13 +116,17 @@ impl Predictor {
                 continue;
             };
             let template = p.prediction_topic.clone();
+            let stats = self.stats.clone();
             let messages = tokio::task::spawn_blocking(move || {
                 let x: Vec<f32> = job
                     .samples
                     .iter()
                     .flat_map(|(_, s)| s.features.iter().copied())
                     .collect();
-                let proba = match serving.model.predict_proba(&x) {
+                let started = std::time::Instant::now();
+                let proba = serving.model.predict_proba(&x);
+                stats.observe_prediction(&job.pipeline, "mqtt", started.elapsed().as_secs_f64());
+                let proba = match proba {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::warn!(pipeline = %job.pipeline, error = %e, "Prediction failed.");
