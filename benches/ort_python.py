@@ -2,8 +2,9 @@
 of `cargo bench --bench engines` (which runs this script as a subprocess).
 
 For every model in tests/fixtures/conformance/manifest.json: one InferenceSession
-(CPUExecutionProvider, intra_op_num_threads and inter_op_num_threads set to
-EDGELOOP_BENCH_THREADS, default 1), fed the manifest's own inputs cut to a
+(CPUExecutionProvider; onnxruntime's default thread pools, as the `ort`
+engine's sessions have, unless EDGELOOP_BENCH_THREADS sets
+intra_op_num_threads and inter_op_num_threads), fed the manifest's own inputs cut to a
 single row and to 64 rows (a model with a fixed batch axis gets only its own
 size). Reported per batch size: the median wall time of one `session.run` over
 EDGELOOP_BENCH_REPS calls (default 200) after 20 warm-up calls, in
@@ -47,11 +48,12 @@ def fixed_batch(session, name):
 
 def main():
     reps = int(os.environ.get("EDGELOOP_BENCH_REPS", "200"))
-    threads = int(os.environ.get("EDGELOOP_BENCH_THREADS", "1"))
+    threads = int(os.environ.get("EDGELOOP_BENCH_THREADS", "0"))
     manifest = json.loads((SUITE / "manifest.json").read_text())
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = threads
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
     out = {}
     for m in manifest["models"]:
         sess = ort.InferenceSession(

@@ -434,7 +434,10 @@ fn every_prefix_and_random_bytes_are_refused() {
     let good = fixture("occupancy_sklearn.onnx");
     let rows: Vec<Vec<f32>> = serde_json::from_value(reference()["rows"].clone()).unwrap();
     let x = rows.concat();
-    let whole = check_model(&good, p, &Default::default()).unwrap().predict_proba(&x).unwrap();
+    let whole = check_model(&good, p, &Default::default())
+        .unwrap()
+        .predict_proba(&x)
+        .unwrap();
     let (mut truncated, mut complete) = (0, 0);
     for cut in 0..good.len() {
         match check_model(&good[..cut], p, &Default::default()) {

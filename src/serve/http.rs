@@ -432,7 +432,16 @@ async fn upload_model(
     }
     let (store, stats, options) = (s.store.clone(), s.stats.clone(), s.load_options.clone());
     let card = tokio::task::spawn_blocking(move || {
-        intake::import(&store, &cfg, bytes, Source::Upload, None, limit, &options, &stats)
+        intake::import(
+            &store,
+            &cfg,
+            bytes,
+            Source::Upload,
+            None,
+            limit,
+            &options,
+            &stats,
+        )
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;

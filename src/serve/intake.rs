@@ -781,12 +781,27 @@ mod tests {
     #[test]
     fn empty_and_foreign_bytes_are_not_onnx_and_a_cut_file_is_truncated() {
         let p = pipeline();
-        assert_eq!(check_model(b"", &p, &LoadOptions::default()).unwrap_err().reason(), "not_onnx");
+        assert_eq!(
+            check_model(b"", &p, &LoadOptions::default())
+                .unwrap_err()
+                .reason(),
+            "not_onnx"
+        );
         // A PNG signature: field 17, wire type 1 is no ModelProto field.
         let png = [0x89u8, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
-        assert_eq!(check_model(&png, &p, &LoadOptions::default()).unwrap_err().reason(), "not_onnx");
+        assert_eq!(
+            check_model(&png, &p, &LoadOptions::default())
+                .unwrap_err()
+                .reason(),
+            "not_onnx"
+        );
         // ir_version 7, then a graph (field 7) announced as 100 bytes with 3 present.
         let cut = [0x08u8, 7, 0x3a, 100, 1, 2, 3];
-        assert_eq!(check_model(&cut, &p, &LoadOptions::default()).unwrap_err().reason(), "truncated");
+        assert_eq!(
+            check_model(&cut, &p, &LoadOptions::default())
+                .unwrap_err()
+                .reason(),
+            "truncated"
+        );
     }
 }

@@ -197,13 +197,12 @@ impl Registry {
             .slots
             .get(&pipeline)
             .ok_or_else(|| RegistryError::UnknownPipeline(pipeline.clone()))?;
-        let loaded = OnnxModel::load_for(&onnx, slot.contract.as_ref(), slot.engine, &slot.options).map_err(|source| {
-            RegistryError::Model {
+        let loaded = OnnxModel::load_for(&onnx, slot.contract.as_ref(), slot.engine, &slot.options)
+            .map_err(|source| RegistryError::Model {
                 pipeline: pipeline.clone(),
                 version,
                 source,
-            }
-        })?;
+            })?;
         tracing::info!(%pipeline, version, engine = %loaded.engine(), "Model loaded.");
         let stored = StoredModel {
             onnx,
@@ -353,14 +352,17 @@ fn load(
     version: u32,
     stored: &StoredModel,
 ) -> Result<Serving, RegistryError> {
-    let model =
-        OnnxModel::load_for(&stored.onnx, slot.contract.as_ref(), slot.engine, &slot.options).map_err(|source| {
-            RegistryError::Model {
-                pipeline: pipeline.into(),
-                version,
-                source,
-            }
-        })?;
+    let model = OnnxModel::load_for(
+        &stored.onnx,
+        slot.contract.as_ref(),
+        slot.engine,
+        &slot.options,
+    )
+    .map_err(|source| RegistryError::Model {
+        pipeline: pipeline.into(),
+        version,
+        source,
+    })?;
     tracing::info!(%pipeline, version, engine = %model.engine(), "Model loaded.");
     let card = serde_json::from_str(&stored.card_json).map_err(|e| RegistryError::Card {
         pipeline: pipeline.into(),

@@ -1,0 +1,150 @@
+//! `cargo bench --features ort --bench engines`: latency of every model of the
+//! conformance suite (`tests/fixtures/conformance/manifest.json`: skl2onnx,
+//! onnxmltools and torch-style graphs) on edgeloop's two engines, tract and
+//! onnxruntime through `ort`, beside onnxruntime in Python
+//! (`benches/ort_python.py`, run as a subprocess), measured in one run.
+//! Prints one table; BENCHMARKS.md records the figures. Nothing is asserted.
+//!
+//! Per (model, engine, batch): the median wall time of one
+//! `Session::run` over the calls that fill about `EDGELOOP_BENCH_MS`
+//! milliseconds (default 300; at least 5 calls), after one warm-up call, in
+//! µs. Batches: one row and 64 rows, cut (or repeated) from the manifest's
+//! inputs; a model with a fixed batch axis gets only its own size. The `ort`
+//! column needs the feature `ort` and `ORT_DYLIB_PATH` (the `onnxruntime`
+//! wheel's `capi/libonnxruntime.so.*`); without them it reads `-`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use edgeloop::serve::engine::{Data, EngineKind, LoadOptions, Named, Session, Tensor};
+use serde_json::Value;
+
+fn suite() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance")
+}
+
+/// The manifest input `v` cut or repeated to `n` rows.
+fn rows(v: &Value, n: usize) -> Tensor {
+    let mut shape: Vec<usize> = v["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let per_row: usize = shape[1..].iter().product();
+    let data = v["data"].as_array().unwrap();
+    let take = |i: usize| &data[i % data.len()];
+    let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
+    let m = n * per_row;
+    let data = match v["dtype"].as_str().unwrap() {
+        "float32" | "float" => Data::F32((0..m).map(|i| f(take(i)) as f32).collect()),
+        "float64" | "double" => Data::F64((0..m).map(|i| f(take(i))).collect()),
+        "int64" | "int32" | "bool" => Data::I64(
+            (0..m)
+                .map(|i| {
+                    let x = take(i);
+                    x.as_i64().or_else(|| x.as_bool().map(i64::from)).unwrap()
+                })
+                .collect(),
+        ),
+        "string" => Data::String((0..m).map(|i| take(i).as_str().unwrap().into()).collect()),
+        other => panic!("dtype {other}"),
+    };
+    shape[0] = n;
+    Tensor::new(shape, data).unwrap()
+}
+
+/// Median µs of one run over about `budget`.
+fn median_us(session: &Session, inputs: &[Named], budget: Duration) -> Option<f64> {
+    session.run(inputs).ok()?;
+    let t = Instant::now();
+    session.run(inputs).ok()?;
+    let once = t.elapsed().max(Duration::from_nanos(100));
+    let n = ((budget.as_secs_f64() / once.as_secs_f64()) as usize).clamp(5, 50_001);
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            session.run(inputs).unwrap();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    Some(times[n / 2])
+}
+
+fn python() -> BTreeMap<String, BTreeMap<String, f64>> {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_python.py"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_default(),
+        Ok(o) => {
+            eprintln!(
+                "benches/ort_python.py failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            BTreeMap::new()
+        }
+        Err(e) => {
+            eprintln!("python3 did not start: {e}");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn main() {
+    let budget = Duration::from_millis(
+        std::env::var("EDGELOOP_BENCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let text = std::fs::read_to_string(suite().join("manifest.json")).unwrap();
+    let manifest: Value = serde_json::from_str(&text).unwrap();
+    let py = python();
+    let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "| model | rows | tract µs | ort µs | onnxruntime (Python) µs | tract / onnxruntime (Python) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for m in manifest["models"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let bytes = std::fs::read(suite().join(m["file"].as_str().unwrap())).unwrap();
+        let first = &m["inputs"][0];
+        let shape = first["shape"].as_array().unwrap();
+        let options = LoadOptions {
+            input_width: (shape.len() == 2).then(|| shape[1].as_u64().unwrap() as usize),
+            ort_library: None,
+        };
+        let load = |kind| Session::load(&bytes, kind, &options).ok();
+        let (tract, ort) = (load(EngineKind::Tract), load(EngineKind::Ort));
+        let fixed = tract.as_ref().and_then(|s| {
+            s.inputs()
+                .first()
+                .and_then(|i| i.dims.as_ref())
+                .and_then(|d| d.first().copied().flatten())
+        });
+        let sizes = fixed.map_or(vec![1, 64], |b| vec![b]);
+        for n in sizes {
+            let inputs: Vec<Named> = m["inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| Named::new(i["name"].as_str().unwrap(), rows(i, n)))
+                .collect();
+            let t = tract.as_ref().and_then(|s| median_us(s, &inputs, budget));
+            let o = ort.as_ref().and_then(|s| median_us(s, &inputs, budget));
+            let p = py.get(name).and_then(|r| r.get(&n.to_string())).copied();
+            let ratio = t.zip(p).map(|(t, p)| t / p);
+            println!(
+                "| {name} | {n} | {} | {} | {} | {} |",
+                fmt(t),
+                fmt(o),
+                fmt(p),
+                ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}"))
+            );
+        }
+    }
+}
