@@ -7,8 +7,9 @@
 //! `tests/fixtures/conformance/manifest.json` is run too when present).
 //! Labels compare exactly, floats within 1e-4.
 //!
-//! The onnxruntime engine's tests need `--features ort` and `ORT_DYLIB_PATH`
-//! naming `libonnxruntime` (`.ci/run` sets it to the wheel's library).
+//! The onnxruntime engine's tests need `--features ort` and `libonnxruntime`:
+//! `ORT_DYLIB_PATH`, else the pinned `onnxruntime` wheel's library, found
+//! through `python3` (`.ci/run` sets `ORT_DYLIB_PATH` to the same file).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -546,12 +547,30 @@ fn predict_command_refuses_a_model_with_the_reason() {
 mod ort {
     use super::*;
 
+    /// `ORT_DYLIB_PATH`, else the library of the `onnxruntime` wheel that
+    /// `python3` imports (`capi/libonnxruntime.so.<version>`).
+    fn library() -> PathBuf {
+        if let Ok(path) = std::env::var("ORT_DYLIB_PATH") {
+            return PathBuf::from(path);
+        }
+        let script = "import onnxruntime, os; print(os.path.join(os.path.dirname(\
+                      onnxruntime.__file__), 'capi', 'libonnxruntime.so.' + onnxruntime.__version__))";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .expect(
+                "the ort tests need ORT_DYLIB_PATH naming libonnxruntime, or python3 with the \
+                 onnxruntime wheel (tests/fixtures/requirements.txt)",
+            );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    }
+
     fn options() -> LoadOptions {
-        let path = std::env::var("ORT_DYLIB_PATH")
-            .expect("the ort tests need ORT_DYLIB_PATH naming libonnxruntime (see .ci/run)");
         LoadOptions {
             input_width: None,
-            ort_library: Some(PathBuf::from(path)),
+            ort_library: Some(library()),
         }
     }
 
@@ -662,6 +681,8 @@ mod ort {
         let out = edgeloop_bin()
             .args(["predict", "--engine", "ort", "--json", "--model"])
             .arg(dir.join(c["file"].as_str().unwrap()))
+            .arg("--ort-library")
+            .arg(library())
             .arg("--file")
             .arg(&csv)
             .output()
