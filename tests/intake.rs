@@ -86,28 +86,12 @@ async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) 
     running.wait(Duration::from_secs(15)).await.unwrap();
 }
 
-fn rows_body(rows: &[Vec<f32>]) -> Vec<u8> {
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            Value::Object(
-                FEATURES
-                    .iter()
-                    .zip(r)
-                    .map(|(k, v)| (k.to_string(), (*v).into()))
-                    .collect(),
-            )
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap()
-}
-
 async fn predict(client: &mut HttpClient, rows: &[Vec<f32>]) -> PredictResponse {
     let (status, body) = client
         .request(
             "POST",
             "/v1/pipelines/occupancy/predict",
-            Some(rows_body(rows)),
+            Some(predict_body(rows)),
         )
         .await
         .unwrap();

@@ -53,19 +53,7 @@ fn stored(handle: &DaemonHandle) -> u64 {
 
 /// Occupancy rows predicted over HTTP (one request).
 async fn predict_rows(client: &mut HttpClient, rows: &[[f32; 5]]) -> PredictResponse {
-    let rows: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::Value::Object(
-                FEATURES
-                    .iter()
-                    .zip(r)
-                    .map(|(k, v)| (k.to_string(), (*v).into()))
-                    .collect(),
-            )
-        })
-        .collect();
-    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap();
+    let body = predict_body(rows);
     let (status, resp) = client
         .request("POST", "/v1/pipelines/occupancy/predict", Some(body))
         .await

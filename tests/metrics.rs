@@ -247,19 +247,7 @@ async fn metrics_parse_and_count_what_was_sent() {
 
     let (rows, _) = rows("datatest.txt");
     for chunk in rows.chunks(4).take(3) {
-        let body: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|r| {
-                serde_json::Value::Object(
-                    FEATURES
-                        .iter()
-                        .zip(r)
-                        .map(|(k, v)| (k.to_string(), (*v).into()))
-                        .collect(),
-                )
-            })
-            .collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "rows": body })).unwrap();
+        let body = predict_body(chunk);
         let mut c = HttpClient::connect(handle.http_addr).await.unwrap();
         let (status, _) = c
             .request("POST", "/v1/pipelines/occupancy/predict", Some(body))

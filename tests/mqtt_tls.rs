@@ -278,19 +278,7 @@ async fn http_predictions(handle: &DaemonHandle, x: &[[f32; 5]]) -> Vec<serde_js
     let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
     let mut out = Vec::new();
     for xs in x.chunks(500) {
-        let rows: Vec<serde_json::Value> = xs
-            .iter()
-            .map(|r| {
-                serde_json::Value::Object(
-                    FEATURES
-                        .iter()
-                        .zip(r)
-                        .map(|(k, v)| (k.to_string(), (*v).into()))
-                        .collect(),
-                )
-            })
-            .collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap();
+        let body = predict_body(xs);
         let (status, resp) = client
             .request("POST", "/v1/pipelines/occupancy/predict", Some(body))
             .await

@@ -15,6 +15,24 @@ use tokio_util::sync::CancellationToken;
 pub const TOPIC: &str = "sensors/room1/occupancy";
 pub const FEATURES: [&str; 5] = ["Temperature", "Humidity", "Light", "CO2", "HumidityRatio"];
 
+/// The body of `POST /v1/pipelines/{name}/predict` for occupancy rows:
+/// `{"rows": [{feature: value, …}, …]}` in [`FEATURES`] order.
+pub fn predict_body<R: AsRef<[f32]>>(rows: &[R]) -> Vec<u8> {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::Value::Object(
+                FEATURES
+                    .iter()
+                    .zip(r.as_ref())
+                    .map(|(k, v)| (k.to_string(), (*v).into()))
+                    .collect(),
+            )
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap()
+}
+
 pub fn data(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data/occupancy_uci")
