@@ -191,7 +191,7 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
             "det",
             fixture("unsupported_op.onnx"),
             "unsupported_operator",
-            "unsupported operator: the serving engine (tract) does not implement `Det` (ai.onnx)",
+            "unsupported operator: tract does not support operator ai.onnx.Det",
         ),
         (
             "big",

@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tract_onnx::pb;
 
-use super::engine::{onnx_parser, Contract, EngineKind, LoadOptions, ModelError, OnnxModel};
+use super::engine::{Contract, LoadOptions, ModelError, OnnxModel};
 use super::registry::ServingEvent;
 use crate::config::PipelineConfig;
 use crate::learn::card::ModelCard;
@@ -89,7 +89,7 @@ pub enum IntakeError {
     Truncated(String),
     #[error("not an ONNX model: {0}")]
     NotOnnx(String),
-    #[error("unsupported operator: the serving engine (tract) does not implement {0}")]
+    #[error("unsupported operator: {0}")]
     UnsupportedOperator(String),
     #[error("wrong input width: the model takes {model} features, pipeline `{pipeline}` has {expected} ({features:?})")]
     WrongWidth {
@@ -184,27 +184,6 @@ pub fn check_model(
         return Err(IntakeError::NotOnnx(
             "no operator set or no node: not a model graph".into(),
         ));
-    }
-    // With `engine = "tract"`, every operator must be one tract has (the
-    // other engines refuse unknown operators themselves, `auto` falls back).
-    let register = onnx_parser().op_register;
-    let mut missing: Vec<String> = graph
-        .node
-        .iter()
-        .filter(|n| pipeline.engine == EngineKind::Tract && !register.0.contains_key(&n.op_type))
-        .map(|n| {
-            let domain = if n.domain.is_empty() {
-                "ai.onnx"
-            } else {
-                &n.domain
-            };
-            format!("`{}` ({domain})", n.op_type)
-        })
-        .collect();
-    missing.sort();
-    missing.dedup();
-    if !missing.is_empty() {
-        return Err(IntakeError::UnsupportedOperator(missing.join(", ")));
     }
     let features = pipeline.model_features();
     // The declared input width, when the graph states it.
