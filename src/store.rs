@@ -636,6 +636,43 @@ impl Store {
         Ok(out)
     }
 
+    /// Reserves the next model version number of `pipeline`: one more than
+    /// both the newest stored version and the newest reserved before, in
+    /// one write transaction (redb serializes them), so the learner and
+    /// model intake never number two versions alike. A reserved version that
+    /// is never stored (a failed training) leaves a gap in the numbering.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails (nothing is reserved).
+    pub fn reserve_model_version(&self, pipeline: &str) -> Result<u32, StoreError> {
+        let e = self.db_err("reserve_model_version");
+        let key = format!("next_version/{pipeline}");
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let version = {
+            let models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+            let after_stored = models
+                .range((pipeline, 0)..=(pipeline, u32::MAX))
+                .map_err(|x| e(x.into()))?
+                .next_back()
+                .transpose()
+                .map_err(|x| e(x.into()))?
+                .map_or(1, |(k, _)| k.value().1.saturating_add(1));
+            let mut state = txn.open_table(STATE).map_err(|x| e(x.into()))?;
+            let reserved = state
+                .get(key.as_str())
+                .map_err(|x| e(x.into()))?
+                .and_then(|g| <[u8; 4]>::try_from(g.value()).ok())
+                .map_or(1, u32::from_le_bytes);
+            let version = after_stored.max(reserved);
+            state
+                .insert(key.as_str(), version.saturating_add(1).to_le_bytes().as_slice())
+                .map_err(|x| e(x.into()))?;
+            version
+        };
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(version)
+    }
+
     /// The serving version of `pipeline`, if one was ever promoted.
     ///
     /// # Errors
@@ -826,6 +863,47 @@ mod tests {
         // Relabelling does not count twice.
         store.apply_labels(&[l(LabelKey::Seq(1), "w")]).unwrap();
         assert_eq!(store.counts("a").unwrap().labelled_total, 2);
+    }
+
+    #[test]
+    fn reserved_model_versions_are_distinct_across_writers_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = std::sync::Arc::new(Store::open(&path).unwrap());
+        let m = StoredModel {
+            onnx: vec![1],
+            card_json: "{}".into(),
+            params_json: "{}".into(),
+        };
+        // Versions stored before any reservation: numbering goes on after them.
+        store.put_model("p", 1, &m, None).unwrap();
+        store.put_model("p", 2, &m, None).unwrap();
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..5)
+                        .map(|_| store.reserve_model_version("p").unwrap())
+                        .collect::<Vec<u32>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u32> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (3..=22).collect::<Vec<u32>>());
+        // Each pipeline numbers its own versions.
+        assert_eq!(store.reserve_model_version("q").unwrap(), 1);
+        // A version stored past the reservations moves the numbering on.
+        store.put_model("q", 7, &m, None).unwrap();
+        assert_eq!(store.reserve_model_version("q").unwrap(), 8);
+        // Reservations are durable: unused numbers (gaps) are never reused.
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.reserve_model_version("p").unwrap(), 23);
+        assert_eq!(store.model_versions("p").unwrap(), vec![1, 2]);
     }
 
     #[test]

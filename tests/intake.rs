@@ -459,3 +459,132 @@ fn models_config_defaults_and_validation() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Rows `range` of `tests/fixtures/datasets/<file>` as samples stamped by
+/// row number (the CSVs `gen_intake.py` reads).
+fn dataset_rows(file: &str, range: std::ops::Range<usize>) -> Vec<Sample> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/datasets")
+        .join(file);
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    reader
+        .records()
+        .enumerate()
+        .filter(|(i, _)| range.contains(i))
+        .map(|(i, r)| {
+            let r = r.unwrap();
+            Sample {
+                timestamp_ms: i as i64,
+                device: "d".into(),
+                features: (0..5).map(|k| r[k].parse::<f32>().unwrap()).collect(),
+                label: Some(r[5].to_string()),
+            }
+        })
+        .collect()
+}
+
+/// An imported champion (no parameters edgeloop can read) is scored through
+/// its engine on the same holdout and older slice as the challenger, and
+/// keeps serving unless the challenger wins: before, a training after an
+/// import saw no champion and promoted its challenger as a "first model".
+/// The champion's accuracies are scikit-learn's (`intake.json`).
+#[test]
+fn an_imported_champion_is_judged_on_the_same_holdout() {
+    use edgeloop::learn::{Champion, Dataset, Task, TrainSettings};
+    let want = &reference()["champion"];
+    let champion = edgeloop::serve::engine::OnnxModel::load(&fixture("occupancy_sklearn.onnx"))
+        .unwrap();
+    let features: Vec<String> = ["Temperature", "Humidity", "Light", "CO2", "HumidityRatio"]
+        .map(String::from)
+        .to_vec();
+    let recent = Dataset::from_samples(
+        &dataset_rows("occupancy_test.csv", 900..1400),
+        5,
+        Task::Classification,
+    );
+    let old = Dataset::from_samples(
+        &dataset_rows("occupancy_train.csv", 0..300),
+        5,
+        Task::Classification,
+    );
+    let decide = |margin_recent: f64, margin_old: f64| {
+        let mut model = edgeloop::config::ModelConfig::default();
+        (model.margin_recent, model.margin_old) = (margin_recent, margin_old);
+        let settings = TrainSettings {
+            pipeline: PIPELINE,
+            features: &features,
+            model: &model,
+            progress: None,
+        };
+        let t = learn::train_dataset(
+            &settings,
+            &recent,
+            Some(&old),
+            4,
+            Trigger::NewLabels,
+            Some((3, Champion::Served(&champion))),
+            &|| false,
+        )
+        .unwrap();
+        assert_eq!(t.chosen.card.n_holdout, 100);
+        t.chosen.card.decision.unwrap()
+    };
+    // A margin no challenger can gain: the imported champion keeps serving.
+    let d = decide(0.5, 0.05);
+    assert_eq!(d.champion_version, Some(3));
+    let close = |a: Option<f64>, b: &Value| (a.unwrap() - b.as_f64().unwrap()).abs() < 1e-12;
+    assert!(close(d.champion_recent, &want["accuracy_recent"]), "{d:?}");
+    assert!(close(d.champion_old, &want["accuracy_old"]), "{d:?}");
+    assert!(!d.promoted, "{d:?}");
+    assert!(d.reason.starts_with("recent holdout"), "{}", d.reason);
+    // No bar at all: the challenger is promoted, with the same champion scores.
+    let d = decide(-1.0, 1.0);
+    assert!(d.promoted, "{d:?}");
+    assert!(close(d.champion_recent, &want["accuracy_recent"]), "{d:?}");
+}
+
+/// A model exported with a fixed batch axis (`[64, 128]`, `[1, 128]`) is
+/// adopted and predicts any number of rows: it runs 64 (or 1) at a time,
+/// the last run padded. Each row equals onnxruntime's output for it.
+#[test]
+fn a_fixed_batch_import_predicts_any_number_of_rows() {
+    use edgeloop::learn::Task;
+    use edgeloop::serve::engine::{Contract, EngineKind, LoadOptions, OnnxModel};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let contract = Contract {
+        task: Task::Classification,
+        classes: (1..=6).map(|c| c.to_string()).collect(),
+        features: (0..128).map(|f| format!("f{f}")).collect(),
+    };
+    let floats = |v: &Value| -> Vec<f32> {
+        v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    for name in ["torch_mlp_opset13_b64", "torch_mlp_opset17_b1"] {
+        let case = manifest["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap();
+        let bytes = std::fs::read(dir.join(case["file"].as_str().unwrap())).unwrap();
+        let m = OnnxModel::adopt(&bytes, &contract, EngineKind::Tract, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (x, want) = (floats(&case["inputs"][0]), floats(&case["outputs"][0]));
+        let n = x.len() / 128;
+        // 5 rows, all rows, and all rows plus 3 more (a padded last run).
+        let mut more = x.clone();
+        for r in 0..3 {
+            more.extend_from_slice(&x[(r % n) * 128..(r % n + 1) * 128]);
+        }
+        for rows in [&x[..5.min(n) * 128], &x[..], &more[..]] {
+            let got = m.predict_proba(rows).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got.len(), rows.len() / 128 * 6, "{name}");
+            for (i, p) in got.iter().enumerate() {
+                let w = want[(i / 6 % n) * 6 + i % 6];
+                assert!((p - w).abs() <= 1e-4, "{name} value {i}: {p} vs onnxruntime {w}");
+            }
+        }
+    }
+}

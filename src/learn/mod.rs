@@ -255,7 +255,7 @@ pub fn train_version(
     old_regimes: Option<&[Sample]>,
     version: u32,
     trigger: Trigger,
-    champion: Option<(u32, &Model)>,
+    champion: Option<(u32, Champion<'_>)>,
     cancelled: impl Fn() -> bool,
 ) -> Result<TrainedVersion, TrainError> {
     // A windowed pipeline learns from the window samples of its readings
@@ -287,6 +287,43 @@ pub fn train_version(
         &cancelled,
     )
     .map(|t| t.chosen)
+}
+
+/// The version serving when a training starts: what the challenger must beat
+/// on the same holdout ([`card::judge`]).
+#[derive(Clone, Copy)]
+pub enum Champion<'a> {
+    /// A version edgeloop trained: its parameters (warm start) and its
+    /// predictions.
+    Trained(&'a Model),
+    /// A version without parameters edgeloop can read (an imported model,
+    /// `serve::intake`): scored through the engine serving it, never a warm
+    /// start.
+    Served(&'a crate::serve::engine::OnnxModel),
+}
+
+impl<'a> Champion<'a> {
+    /// The parameters to warm-start from, for a version edgeloop trained.
+    pub fn params(self) -> Option<&'a Model> {
+        match self {
+            Champion::Trained(m) => Some(m),
+            Champion::Served(_) => None,
+        }
+    }
+
+    /// The model as scoring sees it.
+    pub fn predictor(self) -> &'a dyn select::Predictor {
+        match self {
+            Champion::Trained(m) => m,
+            Champion::Served(m) => m,
+        }
+    }
+}
+
+impl<'a> From<&'a Model> for Champion<'a> {
+    fn from(m: &'a Model) -> Self {
+        Champion::Trained(m)
+    }
 }
 
 /// What [`train_dataset`] needs of a pipeline's configuration.
@@ -340,7 +377,7 @@ pub fn train_dataset(
     old_regimes: Option<&Dataset>,
     version: u32,
     trigger: Trigger,
-    champion: Option<(u32, &Model)>,
+    champion: Option<(u32, Champion<'_>)>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Training, TrainError> {
     let started = Instant::now();
@@ -380,7 +417,7 @@ pub fn train_dataset(
         let t0 = Instant::now();
         let cpu0 = cpu_time_s();
         let init = champion
-            .map(|(_, m)| m)
+            .and_then(|(_, c)| c.params())
             .filter(|m| cfg.warm_start && m.family() == family);
         let (model, preparation) =
             prepare::fit_training(family, cfg, &train, settings.features, init, 0, cancelled)?;
@@ -453,7 +490,7 @@ pub fn train_dataset(
         )?))
     } else if decision.promoted {
         let init = champion
-            .map(|(_, m)| m)
+            .and_then(|(_, c)| c.params())
             .filter(|m| cfg.warm_start && m.family() == challenger.family());
         prepare::fit_training(
             challenger.family(),
@@ -670,7 +707,8 @@ fn describe(
 ) -> ModelCard {
     let (holdout_metrics, holdout_regression) = match select::predictions(model, holdout) {
         _ if holdout.is_empty() => (None, None),
-        select::Predictions::Classes(pred) => {
+        None => (None, None),
+        Some(select::Predictions::Classes(pred)) => {
             // A class the data lacks maps past the last class: count it as
             // its own (wrong) label.
             let mut names = holdout.classes.clone();
@@ -681,7 +719,7 @@ fn describe(
                 None,
             )
         }
-        select::Predictions::Values(pred) => (
+        Some(select::Predictions::Values(pred)) => (
             None,
             metrics::regression_metrics(&holdout.values, &pred).ok(),
         ),
@@ -794,7 +832,7 @@ fn cpu_time_s() -> Option<f64> {
 fn decide(
     cfg: &ModelConfig,
     trigger: Trigger,
-    champion: Option<(u32, &Model)>,
+    champion: Option<(u32, Champion<'_>)>,
     challenger: &Model,
     recent: &Dataset,
     old: &Dataset,
@@ -803,7 +841,7 @@ fn decide(
         Task::Classification => Metric::Accuracy,
         Task::Regression => Metric::R2,
     };
-    let score = |m: &Model, d: &Dataset| select::score(m, d, metric);
+    let score = |m: &dyn select::Predictor, d: &Dataset| select::score(m, d, metric);
     let (challenger_recent, challenger_old) = (score(challenger, recent), score(challenger, old));
     let Some((champion_version, champ)) = champion else {
         return card::Decision {
@@ -816,7 +854,10 @@ fn decide(
             challenger_old,
         };
     };
-    let (champion_recent, champion_old) = (score(champ, recent), score(champ, old));
+    let (champion_recent, champion_old) = (
+        score(champ.predictor(), recent),
+        score(champ.predictor(), old),
+    );
     let (promoted, reason) = if trigger == Trigger::Manual {
         (true, "asked for over the API".to_string())
     } else {
@@ -908,7 +949,7 @@ mod tests {
             Some(&old),
             2,
             Trigger::Drift,
-            Some((1, &champion)),
+            Some((1, Champion::Trained(&champion))),
             &|| false,
         )
         .expect("training");
@@ -928,7 +969,7 @@ mod tests {
             None,
             2,
             Trigger::Drift,
-            Some((1, &champion)),
+            Some((1, Champion::Trained(&champion))),
             &|| false,
         )
         .expect("training");

@@ -79,6 +79,44 @@ pub enum Evaluation {
     Kfold,
 }
 
+/// What scoring needs of a model: one edgeloop trained ([`Model`]) or one
+/// served by an engine without parameters edgeloop can read (an imported
+/// champion, [`crate::serve::engine::OnnxModel`]).
+pub trait Predictor {
+    /// What the model predicts.
+    fn task(&self) -> Task;
+    /// Class names in output column order (empty for a regressor).
+    fn classes(&self) -> &[String];
+    /// Probabilities `[n_rows, n_classes]` or values `[n_rows]`, row-major,
+    /// for `x` (`[n_rows, n_features]`); `None` when the model cannot
+    /// predict `x` (the engine failed).
+    fn predict_rows(&self, x: &[f32]) -> Option<Vec<f32>>;
+}
+
+impl Predictor for Model {
+    fn task(&self) -> Task {
+        Model::task(self)
+    }
+    fn classes(&self) -> &[String] {
+        Model::classes(self)
+    }
+    fn predict_rows(&self, x: &[f32]) -> Option<Vec<f32>> {
+        Some(self.predict(x))
+    }
+}
+
+impl Predictor for crate::serve::engine::OnnxModel {
+    fn task(&self) -> Task {
+        crate::serve::engine::OnnxModel::task(self)
+    }
+    fn classes(&self) -> &[String] {
+        crate::serve::engine::OnnxModel::classes(self)
+    }
+    fn predict_rows(&self, x: &[f32]) -> Option<Vec<f32>> {
+        self.predict_proba(x).ok()
+    }
+}
+
 /// Predicted class indices of `model` for `data`'s rows, or predicted values.
 pub enum Predictions {
     Classes(Vec<usize>),
@@ -87,10 +125,18 @@ pub enum Predictions {
 
 /// `model`'s predictions on `data`. Classes are mapped by name to `data`'s
 /// class indices (a champion may know classes the data lacks: those map to
-/// `usize::MAX`, never equal to a true label).
-pub fn predictions(model: &Model, data: &Dataset) -> Predictions {
-    let out = model.predict(&data.x);
-    match model.task() {
+/// `usize::MAX`, never equal to a true label). `None` when the model cannot
+/// predict the rows or gives the wrong number of values.
+pub fn predictions(model: &dyn Predictor, data: &Dataset) -> Option<Predictions> {
+    let out = model.predict_rows(&data.x)?;
+    let per_row = match model.task() {
+        Task::Classification => model.classes().len(),
+        Task::Regression => 1,
+    };
+    if out.len() != data.len() * per_row {
+        return None;
+    }
+    Some(match model.task() {
         Task::Classification => {
             let classes = model.classes();
             let map: Vec<usize> = classes
@@ -110,16 +156,16 @@ pub fn predictions(model: &Model, data: &Dataset) -> Predictions {
             )
         }
         Task::Regression => Predictions::Values(out.iter().map(|&v| f64::from(v)).collect()),
-    }
+    })
 }
 
-/// `metric` of `model` on `data`; `None` when `data` is empty or the metric
-/// does not fit the task.
-pub fn score(model: &Model, data: &Dataset, metric: Metric) -> Option<f64> {
+/// `metric` of `model` on `data`; `None` when `data` is empty, the metric
+/// does not fit the task or the model cannot predict the rows.
+pub fn score(model: &dyn Predictor, data: &Dataset, metric: Metric) -> Option<f64> {
     if data.is_empty() || metric.task() != model.task() {
         return None;
     }
-    match predictions(model, data) {
+    match predictions(model, data)? {
         Predictions::Classes(pred) => score_classes(&data.y, &pred, data.classes.len(), metric),
         Predictions::Values(pred) => score_values(&data.values, &pred, metric),
     }

@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use super::card::ModelCard;
 use super::forest::MaxFeatures;
 use super::select::{self, Evaluation, Metric};
-use super::{Dataset, Family, Model, Task, TrainError, TrainSettings, Training, Trigger};
+use super::{Dataset, Family, Task, TrainError, TrainSettings, Training, Trigger};
 use crate::config::ModelConfig;
 
 /// Successive halving's rate: a third of a rung's configurations move on,
@@ -464,7 +464,7 @@ pub fn tune(
     data: &Dataset,
     version: u32,
     trigger: Trigger,
-    champion: Option<(u32, &Model)>,
+    champion: Option<(u32, super::Champion<'_>)>,
     cancelled: &dyn Fn() -> bool,
     progress: &dyn Fn(&Trial),
 ) -> Result<Tuned, TrainError> {

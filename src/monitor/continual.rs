@@ -295,7 +295,7 @@ impl ContinualLoop {
             old_regimes.as_ref(),
             self.trainings,
             daemon_trigger,
-            self.champion.as_ref().map(|(v, m)| (*v, m)),
+            self.champion.as_ref().map(|(v, m)| (*v, m.into())),
             &|| false,
         );
         let (n_train, outcome) = match trained {

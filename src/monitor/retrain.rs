@@ -577,19 +577,31 @@ impl Learner {
                 } else {
                     Some(std::mem::replace(&mut samples, recent))
                 };
-                let version = store.model_versions(&cfg.name)?.last().map_or(1, |v| v + 1);
-                // The champion's parameters, for warm start and comparison.
-                let champion: Option<(u32, learn::Model)> = registry
-                    .get(&cfg.name)
-                    .and_then(|s| Some((s.version, store.get_model(&cfg.name, s.version).ok()??)))
-                    .and_then(|(v, m)| Some((v, learn::Model::from_json(&m.params_json)?)));
+                // Numbered by the store: model intake may register a version
+                // while this trains.
+                let version = store.reserve_model_version(&cfg.name)?;
+                // The serving version is the champion: its parameters (warm
+                // start) when edgeloop trained it, else (an imported model)
+                // the engine serving it, scored on the same holdout.
+                let serving = registry.get(&cfg.name);
+                let params: Option<learn::Model> = serving
+                    .as_ref()
+                    .and_then(|s| store.get_model(&cfg.name, s.version).ok()?)
+                    .and_then(|m| learn::Model::from_json(&m.params_json));
+                let champion = serving.as_ref().map(|s| {
+                    let champion = match &params {
+                        Some(m) => learn::Champion::Trained(m),
+                        None => learn::Champion::Served(&s.model),
+                    };
+                    (s.version, champion)
+                });
                 let mut trained = learn::train_version(
                     &cfg,
                     &samples,
                     old_regimes.as_deref(),
                     version,
                     trigger,
-                    champion.as_ref().map(|(v, m)| (*v, m)),
+                    champion,
                     || cancel.is_cancelled(),
                 )
                 .map_err(|e| TrainFailure::Training {

@@ -491,13 +491,11 @@ fn import_inner(
         })
         .unwrap_or_default();
     let store_err = |e: crate::store::StoreError| IntakeError::Store(e.to_string());
-    // Versions are numbered as the learner numbers them (the next after the
-    // newest stored).
+    // Numbered by the store, as the learner's versions are: a training
+    // running meanwhile never gets the same number.
     let version = store
-        .model_versions(&pipeline.name)
-        .map_err(store_err)?
-        .last()
-        .map_or(1, |v| v + 1);
+        .reserve_model_version(&pipeline.name)
+        .map_err(store_err)?;
     let imported = Imported {
         source,
         file_name,

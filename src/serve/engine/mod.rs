@@ -671,7 +671,10 @@ impl OnnxModel {
 
     /// A classifier's probabilities `[n_rows, n_classes]` row-major, a
     /// regressor's predictions `[n_rows]`; for `x` (`[n_rows, n_features]`
-    /// row-major `f32`, `NaN` = missing).
+    /// row-major `f32`, `NaN` = missing). A model exported with a fixed
+    /// batch axis (`torch.onnx.export` without `dynamic_axes`: `[1, F]` or
+    /// `[64, F]`) runs that many rows at a time, the last run padded with
+    /// zero rows whose outputs are dropped.
     ///
     /// # Errors
     /// [`ModelError::BadInput`] when `x` is not a whole number of rows;
@@ -684,7 +687,35 @@ impl OnnxModel {
                 x.len()
             )));
         }
-        let input = Tensor::new(vec![x.len() / nf, nf], Data::F32(x.to_vec()))?;
+        let n_rows = x.len() / nf;
+        match self.fixed_batch() {
+            Some(batch) if batch != n_rows => {
+                let mut out = Vec::new();
+                let mut padded = Vec::with_capacity(batch * nf);
+                for chunk in x.chunks(batch * nf) {
+                    padded.clear();
+                    padded.extend_from_slice(chunk);
+                    padded.resize(batch * nf, 0.0);
+                    let y = self.run_rows(&padded, batch)?;
+                    let per_row = y.len() / batch;
+                    out.extend_from_slice(&y[..chunk.len() / nf * per_row]);
+                }
+                Ok(out)
+            }
+            _ => self.run_rows(x, n_rows),
+        }
+    }
+
+    /// The batch size the model's input declares, when it is a number.
+    fn fixed_batch(&self) -> Option<usize> {
+        let input = self.session.inputs().iter().find(|i| i.name == self.input)?;
+        input.dims.as_ref()?.first().copied().flatten().filter(|&b| b > 0)
+    }
+
+    /// One engine run on `n_rows` rows of `x`: the scores output, as f32.
+    fn run_rows(&self, x: &[f32], n_rows: usize) -> Result<Vec<f32>, ModelError> {
+        let nf = self.features.len();
+        let input = Tensor::new(vec![n_rows, nf], Data::F32(x.to_vec()))?;
         let mut out = self.session.run(&[Named::new(&self.input, input)])?;
         if self.scores >= out.len() {
             return Err(ModelError::Run("model has no output".into()));
