@@ -507,7 +507,9 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
         5,
         Task::Classification,
     );
-    let decide = |margin_recent: f64, margin_old: f64| {
+    let decide = |champion: &edgeloop::serve::engine::OnnxModel,
+                  margin_recent: f64,
+                  margin_old: f64| {
         let mut model = edgeloop::config::ModelConfig::default();
         (model.margin_recent, model.margin_old) = (margin_recent, margin_old);
         let settings = TrainSettings {
@@ -522,7 +524,7 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
             Some(&old),
             4,
             Trigger::NewLabels,
-            Some((3, Champion::Served(&champion))),
+            Some((3, Champion::Served(champion))),
             &|| false,
         )
         .unwrap();
@@ -530,7 +532,7 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
         t.chosen.card.decision.unwrap()
     };
     // A margin no challenger can gain: the imported champion keeps serving.
-    let d = decide(0.5, 0.05);
+    let d = decide(&champion, 0.5, 0.05);
     assert_eq!(d.champion_version, Some(3));
     let close = |a: Option<f64>, b: &Value| (a.unwrap() - b.as_f64().unwrap()).abs() < 1e-12;
     assert!(close(d.champion_recent, &want["accuracy_recent"]), "{d:?}");
@@ -538,9 +540,17 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
     assert!(!d.promoted, "{d:?}");
     assert!(d.reason.starts_with("recent holdout"), "{}", d.reason);
     // No bar at all: the challenger is promoted, with the same champion scores.
-    let d = decide(-1.0, 1.0);
+    let d = decide(&champion, -1.0, 1.0);
     assert!(d.promoted, "{d:?}");
     assert!(close(d.champion_recent, &want["accuracy_recent"]), "{d:?}");
+    // A champion whose engine cannot predict these rows (3 features, not 5)
+    // is replaced, and the reason says so.
+    let narrow =
+        edgeloop::serve::engine::OnnxModel::load(&three_feature_model()).unwrap();
+    let d = decide(&narrow, 0.5, 0.05);
+    assert!(d.promoted, "{d:?}");
+    assert_eq!(d.champion_recent, None);
+    assert_eq!(d.reason, "champion 3 could not predict the holdout");
 }
 
 /// A model exported with a fixed batch axis (`[64, 128]`, `[1, 128]`) is

@@ -860,6 +860,12 @@ fn decide(
     );
     let (promoted, reason) = if trigger == Trigger::Manual {
         (true, "asked for over the API".to_string())
+    } else if champion_recent.is_none() && challenger_recent.is_some() {
+        // The engine serving an imported champion failed on the holdout.
+        (
+            true,
+            format!("champion {champion_version} could not predict the holdout"),
+        )
     } else {
         card::judge(
             champion_recent,
