@@ -129,6 +129,31 @@ async fn upload(addr: std::net::SocketAddr, body: Vec<u8>, sha: Option<String>) 
     (status, v)
 }
 
+/// `PUT /v1/pipelines/occupancy/models` with the SHA-256 in the `x-sha256`
+/// header (and `query`, e.g. `?sha256=…`, appended to the path).
+async fn upload_with_header(
+    addr: std::net::SocketAddr,
+    body: &[u8],
+    sha: &str,
+    query: &str,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/pipelines/occupancy/models{query} HTTP/1.1\r\nhost: edgeloop\r\n\
+         x-sha256: {sha}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut resp = Vec::new();
+    stream.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text[9..12].parse().unwrap();
+    let json = text.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(json).unwrap_or_else(|e| panic!("{text} ({e})")))
+}
+
 /// Deterministic bytes that are not a protobuf (xorshift64).
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -261,11 +286,17 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
         assert_eq!(status, 400, "{v}");
         assert!(v["error"].as_str().unwrap().contains(message), "{v}");
     }
-    assert_eq!(refused(&handle, "bad_sha256"), 3);
+    // The `x-sha256` header is checked too, and wins over the query.
+    let wrong = sha256_hex(b"something else");
+    let right = sha256_hex(&good);
+    let (status, v) = upload_with_header(addr, &good, &wrong, &format!("?sha256={right}")).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("bad sha256: mismatch"), "{v}");
+    assert_eq!(refused(&handle, "bad_sha256"), 4);
     assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1]);
 
-    // The good model: registered as version 2, not served.
-    let (status, v) = upload(addr, good.clone(), Some(sha256_hex(&good))).await;
+    // The good model (SHA-256 in the header): registered as version 2, not served.
+    let (status, v) = upload_with_header(addr, &good, &right, "").await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["version"], 2);
     assert_eq!(v["serving_version"], 1);
