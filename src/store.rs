@@ -113,6 +113,12 @@ pub struct Counts {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Model versions handed out and not yet stored, per pipeline: the next
+    /// number to hand out ([`Store::reserve_model_version`]). In memory only:
+    /// redb locks the file to this process, and after a restart numbering
+    /// goes on from the newest stored version, so a training killed
+    /// mid-way leaves no hole.
+    reserved: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,6 +157,7 @@ impl Store {
         let store = Self {
             db,
             path: path.to_path_buf(),
+            reserved: Default::default(),
         };
         // Create every table so readers never meet a missing one.
         let txn = store.db.begin_write().map_err(|e| err(e.into()))?;
@@ -637,40 +644,42 @@ impl Store {
     }
 
     /// Reserves the next model version number of `pipeline`: one more than
-    /// both the newest stored version and the newest reserved before, in
-    /// one write transaction (redb serializes them), so the learner and
-    /// model intake never number two versions alike. A reserved version that
-    /// is never stored (a failed training) leaves a gap in the numbering.
+    /// both the newest stored version and the newest reserved in this
+    /// process, decided under one lock, so the learner and model intake
+    /// never number two versions alike. A reservation that is not stored
+    /// should be handed back ([`Store::release_model_version`]); one that
+    /// cannot be (another was reserved since) leaves a gap.
     ///
     /// # Errors
-    /// [`StoreError`] when the commit fails (nothing is reserved).
+    /// [`StoreError`] on a read failure.
     pub fn reserve_model_version(&self, pipeline: &str) -> Result<u32, StoreError> {
-        let e = self.db_err("reserve_model_version");
-        let key = format!("next_version/{pipeline}");
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
-        let version = {
-            let models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
-            let after_stored = models
-                .range((pipeline, 0)..=(pipeline, u32::MAX))
-                .map_err(|x| e(x.into()))?
-                .next_back()
-                .transpose()
-                .map_err(|x| e(x.into()))?
-                .map_or(1, |(k, _)| k.value().1.saturating_add(1));
-            let mut state = txn.open_table(STATE).map_err(|x| e(x.into()))?;
-            let reserved = state
-                .get(key.as_str())
-                .map_err(|x| e(x.into()))?
-                .and_then(|g| <[u8; 4]>::try_from(g.value()).ok())
-                .map_or(1, u32::from_le_bytes);
-            let version = after_stored.max(reserved);
-            state
-                .insert(key.as_str(), version.saturating_add(1).to_le_bytes().as_slice())
-                .map_err(|x| e(x.into()))?;
-            version
-        };
-        txn.commit().map_err(|x| e(x.into()))?;
+        let mut reserved = self
+            .reserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let after_stored = self
+            .model_versions(pipeline)?
+            .last()
+            .map_or(1, |v| v.saturating_add(1));
+        let next = reserved.get(pipeline).copied().unwrap_or(1);
+        let version = after_stored.max(next);
+        reserved.insert(pipeline.to_string(), version.saturating_add(1));
         Ok(version)
+    }
+
+    /// Hands back a reserved `version` that will not be stored (a failed
+    /// training): the next reservation takes it again when none was made
+    /// since.
+    pub fn release_model_version(&self, pipeline: &str, version: u32) {
+        let mut reserved = self
+            .reserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(next) = reserved.get_mut(pipeline) {
+            if *next == version.saturating_add(1) {
+                *next = version;
+            }
+        }
     }
 
     /// The serving version of `pipeline`, if one was ever promoted.
@@ -866,7 +875,7 @@ mod tests {
     }
 
     #[test]
-    fn reserved_model_versions_are_distinct_across_writers_and_survive_reopening() {
+    fn reserved_model_versions_are_distinct_across_writers_and_leave_no_hole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let store = std::sync::Arc::new(Store::open(&path).unwrap());
@@ -894,16 +903,22 @@ mod tests {
             .collect();
         all.sort_unstable();
         assert_eq!(all, (3..=22).collect::<Vec<u32>>());
+        // A reservation handed back is taken again; an older one cannot be.
+        store.release_model_version("p", 22);
+        store.release_model_version("p", 5);
+        assert_eq!(store.reserve_model_version("p").unwrap(), 22);
+        assert_eq!(store.reserve_model_version("p").unwrap(), 23);
         // Each pipeline numbers its own versions.
         assert_eq!(store.reserve_model_version("q").unwrap(), 1);
         // A version stored past the reservations moves the numbering on.
         store.put_model("q", 7, &m, None).unwrap();
         assert_eq!(store.reserve_model_version("q").unwrap(), 8);
-        // Reservations are durable: unused numbers (gaps) are never reused.
+        // After a restart (a training killed before storing its version),
+        // numbering goes on from the newest stored: no hole.
         drop(store);
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.reserve_model_version("p").unwrap(), 23);
-        assert_eq!(store.model_versions("p").unwrap(), vec![1, 2]);
+        assert_eq!(store.reserve_model_version("p").unwrap(), 3);
+        assert_eq!(store.reserve_model_version("q").unwrap(), 8);
     }
 
     #[test]

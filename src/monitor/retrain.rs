@@ -595,7 +595,7 @@ impl Learner {
                     };
                     (s.version, champion)
                 });
-                let mut trained = learn::train_version(
+                let trained = learn::train_version(
                     &cfg,
                     &samples,
                     old_regimes.as_deref(),
@@ -603,13 +603,21 @@ impl Learner {
                     trigger,
                     champion,
                     || cancel.is_cancelled(),
-                )
-                .map_err(|e| TrainFailure::Training {
-                    pipeline: cfg.name.clone(),
-                    reason: e.to_string(),
-                })?;
+                );
+                let mut trained = match trained {
+                    Ok(t) => t,
+                    Err(e) => {
+                        store.release_model_version(&cfg.name, version);
+                        return Err(TrainFailure::Training {
+                            pipeline: cfg.name.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                };
                 trained.card.last_seq = last_seq;
-                let serving = registry.promote(&store, trained)?;
+                let serving = registry.promote(&store, trained).inspect_err(|_| {
+                    store.release_model_version(&cfg.name, version);
+                })?;
                 store.put_state(&trained_key(&cfg.name), &labelled_total.to_le_bytes())?;
                 Ok((serving.card.clone(), labelled_total))
             })

@@ -546,7 +546,10 @@ fn import_inner(
     };
     let stored = StoredModel {
         onnx,
-        card_json: serde_json::to_string(&card).map_err(|e| IntakeError::Store(e.to_string()))?,
+        card_json: serde_json::to_string(&card).map_err(|e| {
+            store.release_model_version(&pipeline.name, version);
+            IntakeError::Store(e.to_string())
+        })?,
         params_json: String::new(),
     };
     let event = ServingEvent::now(
@@ -563,7 +566,10 @@ fn import_inner(
     );
     store
         .append_event(&pipeline.name, &event.to_json(), Some((version, &stored)))
-        .map_err(store_err)?;
+        .map_err(|e| {
+            store.release_model_version(&pipeline.name, version);
+            store_err(e)
+        })?;
     Ok(card)
 }
 
