@@ -151,7 +151,10 @@ async fn upload_with_header(
     let text = String::from_utf8_lossy(&resp);
     let status: u16 = text[9..12].parse().unwrap();
     let json = text.split_once("\r\n\r\n").unwrap().1;
-    (status, serde_json::from_str(json).unwrap_or_else(|e| panic!("{text} ({e})")))
+    (
+        status,
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{text} ({e})")),
+    )
 }
 
 /// Deterministic bytes that are not a protobuf (xorshift64).
@@ -291,7 +294,13 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
     let right = sha256_hex(&good);
     let (status, v) = upload_with_header(addr, &good, &wrong, &format!("?sha256={right}")).await;
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("bad sha256: mismatch"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad sha256: mismatch"),
+        "{v}"
+    );
     assert_eq!(refused(&handle, "bad_sha256"), 4);
     assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1]);
 
@@ -523,8 +532,8 @@ fn dataset_rows(file: &str, range: std::ops::Range<usize>) -> Vec<Sample> {
 fn an_imported_champion_is_judged_on_the_same_holdout() {
     use edgeloop::learn::{Champion, Dataset, Task, TrainSettings};
     let want = &reference()["champion"];
-    let champion = edgeloop::serve::engine::OnnxModel::load(&fixture("occupancy_sklearn.onnx"))
-        .unwrap();
+    let champion =
+        edgeloop::serve::engine::OnnxModel::load(&fixture("occupancy_sklearn.onnx")).unwrap();
     let features: Vec<String> = ["Temperature", "Humidity", "Light", "CO2", "HumidityRatio"]
         .map(String::from)
         .to_vec();
@@ -538,30 +547,29 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
         5,
         Task::Classification,
     );
-    let decide = |champion: &edgeloop::serve::engine::OnnxModel,
-                  margin_recent: f64,
-                  margin_old: f64| {
-        let mut model = edgeloop::config::ModelConfig::default();
-        (model.margin_recent, model.margin_old) = (margin_recent, margin_old);
-        let settings = TrainSettings {
-            pipeline: PIPELINE,
-            features: &features,
-            model: &model,
-            progress: None,
+    let decide =
+        |champion: &edgeloop::serve::engine::OnnxModel, margin_recent: f64, margin_old: f64| {
+            let mut model = edgeloop::config::ModelConfig::default();
+            (model.margin_recent, model.margin_old) = (margin_recent, margin_old);
+            let settings = TrainSettings {
+                pipeline: PIPELINE,
+                features: &features,
+                model: &model,
+                progress: None,
+            };
+            let t = learn::train_dataset(
+                &settings,
+                &recent,
+                Some(&old),
+                4,
+                Trigger::NewLabels,
+                Some((3, Champion::Served(champion))),
+                &|| false,
+            )
+            .unwrap();
+            assert_eq!(t.chosen.card.n_holdout, 100);
+            t.chosen.card.decision.unwrap()
         };
-        let t = learn::train_dataset(
-            &settings,
-            &recent,
-            Some(&old),
-            4,
-            Trigger::NewLabels,
-            Some((3, Champion::Served(champion))),
-            &|| false,
-        )
-        .unwrap();
-        assert_eq!(t.chosen.card.n_holdout, 100);
-        t.chosen.card.decision.unwrap()
-    };
     // A margin no challenger can gain: the imported champion keeps serving.
     let d = decide(&champion, 0.5, 0.05);
     assert_eq!(d.champion_version, Some(3));
@@ -576,8 +584,7 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
     assert!(close(d.champion_recent, &want["accuracy_recent"]), "{d:?}");
     // A champion whose engine cannot predict these rows (3 features, not 5)
     // is replaced, and the reason says so.
-    let narrow =
-        edgeloop::serve::engine::OnnxModel::load(&three_feature_model()).unwrap();
+    let narrow = edgeloop::serve::engine::OnnxModel::load(&three_feature_model()).unwrap();
     let d = decide(&narrow, 0.5, 0.05);
     assert!(d.promoted, "{d:?}");
     assert_eq!(d.champion_recent, None);
@@ -600,7 +607,12 @@ fn a_fixed_batch_import_predicts_any_number_of_rows() {
         features: (0..128).map(|f| format!("f{f}")).collect(),
     };
     let floats = |v: &Value| -> Vec<f32> {
-        v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
     };
     for name in ["torch_mlp_opset13_b64", "torch_mlp_opset17_b1"] {
         let case = manifest["models"]
@@ -610,8 +622,13 @@ fn a_fixed_batch_import_predicts_any_number_of_rows() {
             .find(|m| m["name"] == name)
             .unwrap();
         let bytes = std::fs::read(dir.join(case["file"].as_str().unwrap())).unwrap();
-        let m = OnnxModel::adopt(&bytes, &contract, EngineKind::Tract, &LoadOptions::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = OnnxModel::adopt(
+            &bytes,
+            &contract,
+            EngineKind::Tract,
+            &LoadOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         let (x, want) = (floats(&case["inputs"][0]), floats(&case["outputs"][0]));
         let n = x.len() / 128;
         // 5 rows, all rows, and all rows plus 3 more (a padded last run).
@@ -620,11 +637,16 @@ fn a_fixed_batch_import_predicts_any_number_of_rows() {
             more.extend_from_slice(&x[(r % n) * 128..(r % n + 1) * 128]);
         }
         for rows in [&x[..5.min(n) * 128], &x[..], &more[..]] {
-            let got = m.predict_proba(rows).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = m
+                .predict_proba(rows)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(got.len(), rows.len() / 128 * 6, "{name}");
             for (i, p) in got.iter().enumerate() {
                 let w = want[(i / 6 % n) * 6 + i % 6];
-                assert!((p - w).abs() <= 1e-4, "{name} value {i}: {p} vs onnxruntime {w}");
+                assert!(
+                    (p - w).abs() <= 1e-4,
+                    "{name} value {i}: {p} vs onnxruntime {w}"
+                );
             }
         }
     }

@@ -708,8 +708,18 @@ impl OnnxModel {
 
     /// The batch size the model's input declares, when it is a number.
     fn fixed_batch(&self) -> Option<usize> {
-        let input = self.session.inputs().iter().find(|i| i.name == self.input)?;
-        input.dims.as_ref()?.first().copied().flatten().filter(|&b| b > 0)
+        let input = self
+            .session
+            .inputs()
+            .iter()
+            .find(|i| i.name == self.input)?;
+        input
+            .dims
+            .as_ref()?
+            .first()
+            .copied()
+            .flatten()
+            .filter(|&b| b > 0)
     }
 
     /// One engine run on `n_rows` rows of `x`: the scores output, as f32.
