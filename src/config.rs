@@ -115,6 +115,10 @@ pub struct DaemonConfig {
     pub shutdown_timeout_s: u64,
     /// Log filter, tracing `EnvFilter` syntax (`--log-level` wins when given).
     pub log_filter: String,
+    /// Seconds without a commit while messages wait after which ingest
+    /// counts as stalled: `/healthz` answers 503 and the systemd watchdog is
+    /// no longer fed (read at start; a change needs a restart).
+    pub stall_timeout_s: u64,
 }
 
 impl Default for DaemonConfig {
@@ -122,6 +126,7 @@ impl Default for DaemonConfig {
         Self {
             shutdown_timeout_s: 10,
             log_filter: DEFAULT_LOG_FILTER.into(),
+            stall_timeout_s: 15,
         }
     }
 }
@@ -140,6 +145,15 @@ pub struct StoreConfig {
     pub retention_chunk: u64,
     pub batch_size: usize,
     pub batch_linger_ms: u64,
+    /// Free space, bytes, below which the writer stops committing (and so
+    /// acknowledging) samples, leaving room for retention and redb's own
+    /// writes; ingest resumes by itself once space is back.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// `[mqtt]`: broker, session and back-off.

@@ -38,7 +38,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{BrokerTarget, Config, ConfigError};
 use crate::ingest::mqtt::{self, Backoff, Connection, MqttSource};
-use crate::ingest::writer::Writer;
+use crate::health::HealthMonitor;
+use crate::ingest::writer::{Hooks, Writer};
 use crate::metrics::{Metrics, Queue, Sources};
 use crate::monitor::retrain::{Learner, LearnerHandle};
 use crate::serve::http::{self, AppState};
@@ -90,6 +91,10 @@ pub struct DaemonHandle {
     pub connection: Arc<Connection>,
     /// The Prometheus metrics served by `GET /metrics`.
     pub metrics: Metrics,
+    /// The verdict behind `GET /healthz` and the watchdog.
+    pub health: Arc<HealthMonitor>,
+    /// Fault injection for tests (a writer that holds its batches).
+    pub hooks: Arc<Hooks>,
 }
 
 impl DaemonHandle {
@@ -245,9 +250,19 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     })?;
 
     let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, &host, port, true)?;
-    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 10_000);
+    // The request channel carries only subscriptions and the disconnect:
+    // acknowledgements go from the writer to the source (`MqttSource`).
+    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 64);
     let connection = Arc::new(Connection::default());
-    let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+    let (incoming_tx, incoming_rx) = mpsc::channel(INGEST_QUEUE);
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let hooks = Arc::new(Hooks::default());
+    let health = Arc::new(HealthMonitor::new(
+        stats.clone(),
+        connection.clone(),
+        Duration::from_secs(cfg.daemon.stall_timeout_s),
+        Duration::from_secs(cfg.mqtt.keep_alive_s),
+    ));
     let (predict_tx, predict_rx) = mpsc::channel(256);
     let (outbox_tx, outbox_rx) = mpsc::channel(cfg.mqtt.outbox_capacity);
     let ingest_queue = Queue::of("ingest", &incoming_tx);
@@ -268,21 +283,23 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             .flat_map(|p| p.topics.iter().chain(&p.label_topics).cloned())
             .collect(),
         tx: Some(incoming_tx),
+        acks: acks_rx,
         connection: connection.clone(),
         stats: stats.clone(),
         backoff: Backoff::new(
             Duration::from_millis(cfg.mqtt.reconnect_min_ms),
             Duration::from_millis(cfg.mqtt.reconnect_max_ms),
         ),
+        max_waiting: MAX_SOURCE_WAITING,
     };
     let writer = Writer {
         store: store.clone(),
         pipelines: cfg.pipelines.clone(),
         max_payload_bytes: cfg.mqtt.ingest_max_payload_bytes,
         store_cfg: cfg.store.clone(),
-        client,
-        connection: connection.clone(),
+        acks: acks_tx,
         rx: incoming_rx,
+        hooks: hooks.clone(),
         stats: stats.clone(),
         labels_added: labels_added.clone(),
         late_tx,
@@ -328,7 +345,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         registry: registry.clone(),
         drift: drift_board.clone(),
         pipelines: cfg.pipelines.iter().map(|p| p.name.clone()).collect(),
-        queues: vec![ingest_queue.clone(), predict_queue, outbox_queue],
+        queues: vec![ingest_queue, predict_queue, outbox_queue],
+        health: health.clone(),
     });
     let app = http::router(AppState {
         registry: registry.clone(),
@@ -338,6 +356,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         stats: stats.clone(),
         max_rows: cfg.http.max_rows,
         connection: connection.clone(),
+        health: health.clone(),
         drift: drift_board,
         models: cfg.models.clone(),
         load_options: cfg.engine_of(0).1,
@@ -376,10 +395,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
     });
     spawn(&tracker, supervise("writer"), {
-        let drained = drained.clone();
+        let (drained, shutdown) = (drained.clone(), shutdown.clone());
         async move {
+            // Drains until the source closes its channel; `shutdown` only
+            // abandons a batch the store refuses.
             let r = writer
-                .run(CancellationToken::new())
+                .run(shutdown)
                 .await
                 .map_err(|e| e.to_string());
             drained.cancel();
@@ -425,11 +446,18 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 .map_err(|e| e.to_string())
         }
     });
+    spawn(&tracker, supervise("health"), {
+        let (shutdown, health) = (shutdown.clone(), health.clone());
+        async move {
+            health.run(shutdown).await;
+            Ok(())
+        }
+    });
     if let Some(period) = sd_notify::watchdog_enabled() {
         spawn(&tracker, supervise("watchdog"), {
-            let (shutdown, stats) = (shutdown.clone(), stats.clone());
+            let (shutdown, health) = (shutdown.clone(), health.clone());
             async move {
-                watchdog(period, &stats, &ingest_queue, shutdown).await;
+                watchdog(period, &health, shutdown).await;
                 Ok(())
             }
         });
@@ -453,6 +481,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             learner: learner_handle,
             connection,
             metrics,
+            health,
+            hooks,
         },
         shutdown,
         tracker,
@@ -512,22 +542,25 @@ pub async fn run(
     start(cfg, shutdown).await?.wait(grace).await
 }
 
+/// Capacity of the channel from the MQTT source to the writer, messages.
+const INGEST_QUEUE: usize = 1024;
+
+/// Most publishes the MQTT source holds beyond [`INGEST_QUEUE`] before it
+/// stops reading from the broker (only a broker without an in-flight window
+/// sends that many unacknowledged messages; see `MqttSource`).
+const MAX_SOURCE_WAITING: usize = 16 * 1024;
+
 /// Pings the systemd watchdog (`WATCHDOG=1`) every `period / 2` while the
-/// daemon is healthy, until `shutdown`. Healthy: the async runtime runs this
-/// task on time, and ingest is not stalled: the ingest queue is not full
-/// with no commit since the previous check (a wedged writer or store).
-/// An unhealthy check skips the ping, and systemd restarts the daemon after
-/// `WatchdogSec` (`Restart=on-failure`).
-pub async fn watchdog(
-    period: Duration,
-    stats: &Stats,
-    ingest: &Queue,
-    shutdown: CancellationToken,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
+/// async runtime runs this task on time and ingest is not stalled
+/// ([`HealthMonitor`]'s `ingest_stalled`: messages waiting, no commit for
+/// `daemon.stall_timeout_s`), until `shutdown`. A stall skips the ping and
+/// systemd restarts the daemon after `WatchdogSec` (`Restart=on-failure`);
+/// the broker being away or the store refusing writes (disk full) are
+/// reported by `/healthz` but do not stop the ping: a restart cannot fix
+/// them and would take HTTP predictions down meanwhile.
+pub async fn watchdog(period: Duration, health: &HealthMonitor, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(period / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut commits = stats.commits.load(Relaxed);
     info!(
         period_ms = period.as_millis() as u64,
         "systemd watchdog enabled."
@@ -537,17 +570,16 @@ pub async fn watchdog(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = stats.commits.load(Relaxed);
-        let full = (ingest.depth)().is_some_and(|d| d >= ingest.capacity);
-        if full && now == commits {
-            warn!(queue = ingest.name, "Ingest queue full and no commit since the last check; withholding the watchdog ping.");
-            let _ = sd_notify::notify(&[NotifyState::Status(
-                "Unhealthy: ingest stalled (queue full, no commit)",
-            )]);
+        let h = health.check();
+        if h.reasons.contains(&"ingest_stalled") {
+            let status = format!(
+                "Unhealthy: {}",
+                h.error.as_deref().unwrap_or("ingest stalled")
+            );
+            let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
         } else if let Err(e) = sd_notify::notify(&[NotifyState::Watchdog]) {
             warn!(error = %e, "Cannot ping the systemd watchdog.");
         }
-        commits = now;
     }
 }
 
@@ -572,7 +604,9 @@ pub fn reload_plan(running: &Config, reread: &Config) -> ReloadPlan {
         (Ok(a), Ok(b)) => diff("", &a, &b, &mut changed),
         _ => changed.push("(configuration not comparable)".into()),
     }
-    let (applied, restart) = changed.into_iter().partition(|k| k.starts_with("daemon."));
+    let (applied, restart) = changed
+        .into_iter()
+        .partition(|k| k.starts_with("daemon.") && k != "daemon.stall_timeout_s");
     ReloadPlan { applied, restart }
 }
 

@@ -61,9 +61,11 @@
 //!   ready).
 //! - [`demo`]: the end-to-end demo on the UCI Occupancy data.
 //! - [`stats`]: counters shared by the components.
+//! - [`health`]: the one verdict (ingest stalled, broker lost, store refusing
+//!   writes) behind `GET /healthz`, the systemd watchdog and `edgeloop_healthy`.
 //!
 //! Data flow: `MqttSource → Writer → Store`; after each commit the writer
-//! acknowledges the messages, wakes the `Learner` (labelled samples) and hands
+//! hands the packet ids back to the source, which acknowledges them, wakes the `Learner` (labelled samples) and hands
 //! unlabelled samples to the `Predictor`, whose predictions the `Publisher`
 //! sends from the outbox. The `Learner` trains from the `Store` and promotes
 //! through the `Registry`, which the HTTP API and the `Predictor` read.
@@ -74,6 +76,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod features;
+pub mod health;
 pub mod ingest;
 pub mod learn;
 pub mod metrics;

@@ -28,6 +28,13 @@
 //! | `edgeloop_drift_scored_samples` | gauge | `pipeline` |
 //! | `edgeloop_drift_alarms_total` | counter | `pipeline` (every alarm kept in the store) |
 //! | `edgeloop_mqtt_connects_total`, `edgeloop_mqtt_errors_total` | counter | |
+//! | `edgeloop_mqtt_connected` | gauge | (1 while the ingest connection is up) |
+//! | `edgeloop_healthy` | gauge | (1 when `/healthz` answers 200) |
+//! | `edgeloop_unhealthy` | gauge | `reason` (`ingest_stalled`, `mqtt_disconnected`, `store_refusing_writes`: 1 while it holds) |
+//! | `edgeloop_ingest_seconds_since_commit` | gauge | (absent before the first commit) |
+//! | `edgeloop_ingest_waiting` | gauge | (messages received, not yet handled by the writer) |
+//! | `edgeloop_store_commits_refused_total` | counter | (commits refused or failed, each retried) |
+//! | `edgeloop_store_free_bytes` | gauge | (free space on the store's file system) |
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -89,6 +96,8 @@ pub struct Sources {
     /// Configured pipeline names.
     pub pipelines: Vec<String>,
     pub queues: Vec<Queue>,
+    /// `edgeloop_healthy`, `edgeloop_unhealthy`, the ingest gauges.
+    pub health: Arc<crate::health::HealthMonitor>,
 }
 
 /// The metrics registry of one daemon. Cheap to clone.
@@ -250,6 +259,33 @@ impl Collector for Scrape {
                 ("rejected".into(), l(&st.labels_rejected)),
             ],
         )?;
+        let h = s.health.check();
+        let gauge = |e: &mut DescriptorEncoder, name: &str, help: &str, v: f64| -> fmt::Result {
+            ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+        };
+        gauge(e, "edgeloop_healthy", "1 when GET /healthz answers 200", f64::from(u8::from(h.is_ok())))?;
+        gauges(
+            e,
+            "edgeloop_unhealthy",
+            "1 while this reason makes the daemon unhealthy",
+            "reason",
+            &["ingest_stalled", "mqtt_disconnected", "store_refusing_writes"]
+                .map(|r| (r.to_string(), u64::from(h.reasons.contains(&r)))),
+        )?;
+        gauge(e, "edgeloop_mqtt_connected", "1 while the ingest MQTT connection is up", f64::from(u8::from(h.mqtt_connected)))?;
+        gauge(e, "edgeloop_ingest_waiting", "Messages received and not yet handled by the writer", h.ingest_waiting as f64)?;
+        if let Some(secs) = h.seconds_since_commit {
+            gauge(e, "edgeloop_ingest_seconds_since_commit", "Seconds since the last commit of received messages", secs)?;
+        }
+        ConstCounter::new(st.commits_refused.load(Relaxed)).encode(e.encode_descriptor(
+            "edgeloop_store_commits_refused",
+            "Commits refused (free space below store.min_free_bytes) or failed, each retried",
+            None,
+            MetricType::Counter,
+        )?)?;
+        if let Ok(free) = s.store.free_bytes() {
+            gauge(e, "edgeloop_store_free_bytes", "Free space on the store's file system, bytes", free as f64)?;
+        }
         let size = std::fs::metadata(s.store.path()).map_or(0, |m| m.len());
         ConstGauge::new(size).encode(e.encode_descriptor(
             "edgeloop_store_size_bytes",

@@ -4,7 +4,7 @@
 //! never device ids.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -37,6 +37,26 @@ pub struct Stats {
     pub labels_rejected: AtomicU64,
     /// Durable commits of sample batches.
     pub commits: AtomicU64,
+    /// Messages the writer is done with (committed, or rejected within a
+    /// committed batch); `messages_received - messages_handled` are waiting.
+    pub messages_handled: AtomicU64,
+    /// Acknowledgements written to the broker.
+    pub acks_sent: AtomicU64,
+    /// Publishes received and held by the MQTT source while the writer's
+    /// channel is full (a gauge).
+    pub source_waiting: AtomicU64,
+    /// When the last commit finished, ms since the Unix epoch (0: none yet).
+    pub last_commit_ms: AtomicI64,
+    /// When the MQTT connection was lost, ms since the Unix epoch; 0 while
+    /// connected (and before the first connection attempt fails).
+    pub mqtt_disconnected_since_ms: AtomicI64,
+    /// Whether the store refuses writes now (disk below `store.min_free_bytes`
+    /// or a failed commit); the writer then holds its batch unacknowledged.
+    pub store_refusing: AtomicBool,
+    /// Why the store refuses writes (empty when it does not).
+    pub store_refusal: std::sync::Mutex<String>,
+    /// Commits refused or failed (each retried later).
+    pub commits_refused: AtomicU64,
     /// Samples deleted by retention.
     pub retention_deleted: AtomicU64,
     /// Predictions made for unlabelled samples.
@@ -169,6 +189,9 @@ impl Stats {
             labels_unmatched: l(&self.labels_unmatched),
             labels_rejected: l(&self.labels_rejected),
             commits: l(&self.commits),
+            messages_handled: l(&self.messages_handled),
+            commits_refused: l(&self.commits_refused),
+            store_refusing: self.store_refusing.load(Relaxed),
             retention_deleted: l(&self.retention_deleted),
             predictions_made: l(&self.predictions_made),
             http_predictions: l(&self.http_predictions),
@@ -203,6 +226,12 @@ pub struct StatsSnapshot {
     pub labels_unmatched: u64,
     pub labels_rejected: u64,
     pub commits: u64,
+    #[serde(default)]
+    pub messages_handled: u64,
+    #[serde(default)]
+    pub commits_refused: u64,
+    #[serde(default)]
+    pub store_refusing: bool,
     pub retention_deleted: u64,
     pub predictions_made: u64,
     #[serde(default)]

@@ -160,6 +160,11 @@ impl Store {
             reserved: Default::default(),
         };
         // Create every table so readers never meet a missing one.
+        // A store that has every table opens without writing, so a daemon
+        // can start on a full disk (it then refuses ingest, serves the rest).
+        if store.has_tables() {
+            return Ok(store);
+        }
         let txn = store.db.begin_write().map_err(|e| err(e.into()))?;
         {
             txn.open_table(SAMPLES).map_err(|e| err(e.into()))?;
@@ -177,6 +182,29 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether every table exists (read transaction only).
+    fn has_tables(&self) -> bool {
+        let Ok(txn) = self.db.begin_read() else {
+            return false;
+        };
+        txn.open_table(SAMPLES).is_ok()
+            && txn.open_table(DEDUP).is_ok()
+            && txn.open_table(COUNTERS).is_ok()
+            && txn.open_table(MODELS).is_ok()
+            && txn.open_table(STATE).is_ok()
+            && txn.open_table(EVENTS).is_ok()
+            && txn.open_table(BY_TIME).is_ok()
+    }
+
+    /// Bytes free for an unprivileged writer on the file system that holds
+    /// the store (`statvfs(3)`: `f_bavail * f_frsize`).
+    ///
+    /// # Errors
+    /// The `statvfs` failure (the directory vanished, …).
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        free_bytes(&self.path)
     }
 
     fn db_err(&self, op: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -735,6 +763,35 @@ impl Store {
 
 fn serving_key(pipeline: &str) -> String {
     format!("serving/{pipeline}")
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `path`
+/// (its directory when `path` does not exist yet): `statvfs(3)`'s
+/// `f_bavail * f_frsize`.
+///
+/// # Errors
+/// The `statvfs` failure.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = if path.exists() {
+        path
+    } else {
+        path.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    };
+    let c = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is written by statvfs
+    // before it is read (only when it returns 0).
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 #[cfg(test)]

@@ -5,13 +5,15 @@
 //!   messages sent while the daemon is down or reconnecting are kept by the
 //!   broker and delivered when it is back.
 //! - Manual acknowledgements: the writer acknowledges a message only after
-//!   the commit that holds it (from its own task: acking from the poll task
-//!   can fill rumqttc's request channel and stall).
-//! - Reconnects back off exponentially, capped and jittered (rumqttc would
-//!   otherwise retry in a tight loop: rumqtt #703, #918), and subscribe again
-//!   whenever the broker reports no session (rumqtt #250).
-//! - Each connection has an epoch; the writer drops acknowledgements for
-//!   publishes of an earlier connection (the broker redelivers those).
+//!   the commit that holds it; it hands the packet ids back to this task,
+//!   which writes them to the connection (see [`MqttSource`]: no task ever
+//!   waits on a full channel that only the other can drain).
+//! - Reconnects: the first attempt after a lost connection at once, then
+//!   back-off, exponential, capped and jittered (rumqttc would otherwise
+//!   retry in a tight loop: rumqtt #703, #918); subscribe again whenever the
+//!   broker reports no session (rumqtt #250), and again if no SubAck came.
+//! - Each connection has an epoch; acknowledgements of an earlier
+//!   connection are dropped (the broker redelivers those messages).
 //! - `mqtts://` brokers are reached over TLS 1.2/1.3 with rustls and its
 //!   ring provider (no C++ and no cmake: it cross-builds with the target's
 //!   gcc), verifying the broker against `mqtt.tls_ca_file`, optionally with
@@ -20,13 +22,14 @@
 //!   ERROR with the key to check, counted in `mqtt_errors`, and retried
 //!   with back-off like any other connection failure.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, PubAck,
+    QoS, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -199,12 +202,15 @@ fn connection_hint(e: &ConnectionError) -> Option<&'static str> {
     }
 }
 
-/// Capped exponential back-off with ±25 % jitter.
+/// Capped exponential back-off with ±25 % jitter. After [`Backoff::reset`]
+/// (a connection that worked), the first wait is zero: a dropped connection
+/// is retried at once, and backed off only when that fails.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
+    immediate: bool,
 }
 
 impl Backoff {
@@ -213,10 +219,15 @@ impl Backoff {
             min,
             max,
             next: min,
+            immediate: false,
         }
     }
-    /// The next wait (jittered), doubling the base up to the cap.
+    /// The next wait (jittered), doubling the base up to the cap; zero for
+    /// the first failure after a reset.
     pub fn next_delay(&mut self) -> Duration {
+        if std::mem::take(&mut self.immediate) {
+            return Duration::ZERO;
+        }
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         base.mul_f64(0.75 + fastrand::f64() * 0.5)
@@ -224,26 +235,58 @@ impl Backoff {
     /// Back to the minimum after a successful connection.
     pub fn reset(&mut self) {
         self.next = self.min;
+        self.immediate = true;
     }
 }
 
-/// The MQTT source component.
+/// Acknowledgements from the writer: the packet ids of QoS 1 publishes
+/// received on connection `epoch` whose samples are now committed.
+#[derive(Debug)]
+pub struct Acks {
+    pub epoch: u64,
+    pub pkids: Vec<u16>,
+}
+
+/// The MQTT source component: the one task that owns rumqttc's
+/// [`EventLoop`].
+///
+/// It never waits on anything but the event loop, the writer's channel and
+/// the writer's acknowledgements, all in one `select!`, so the loop that
+/// carries acknowledgements out is polled even while the writer is behind
+/// (no cycle of two full channels: the stall of issue 12). Received
+/// publishes wait in a local queue until the writer's channel has room;
+/// that queue is bounded by the broker's in-flight window (the broker sends
+/// no more unacknowledged QoS 1 messages than that), and, as a last guard
+/// against a broker without a window (mosquitto `max_inflight_messages 0`),
+/// reading stops while it holds more than `max_waiting` messages and
+/// resumes when the writer takes them. Acknowledgements arrive on an
+/// unbounded channel (bounded in practice by the same window) and are
+/// written to the connection in one batch, one flush.
 pub struct MqttSource {
     pub client: AsyncClient,
     pub eventloop: EventLoop,
     pub filters: Vec<String>,
     /// Dropped when shutdown begins, so the writer sees the end of input.
     pub tx: Option<mpsc::Sender<Incoming>>,
+    /// Acknowledgements from the writer, sent after each commit.
+    pub acks: mpsc::UnboundedReceiver<Acks>,
     pub connection: Arc<Connection>,
     pub stats: Arc<Stats>,
     pub backoff: Backoff,
+    /// Most received publishes held while the writer's channel is full.
+    pub max_waiting: usize,
 }
+
+/// How long a subscription may go unacknowledged before it is sent again
+/// (a request lost with a dropped poll future, or a broker that ignored it).
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(5);
 
 impl MqttSource {
     /// Polls until `shutdown`; then stops forwarding (unacknowledged
-    /// messages stay with the broker) and keeps polling until `drained` is
-    /// cancelled (the writer has sent its last acknowledgements) or 5 s pass,
-    /// and disconnects.
+    /// messages stay with the broker) and keeps polling, writing the
+    /// writer's last acknowledgements, until `drained` is cancelled (the
+    /// writer has committed and acknowledged everything it was given) or 5 s
+    /// pass, and disconnects.
     ///
     /// # Errors
     /// Never for broker trouble (it reconnects); [`crate::ingest::IngestError::WriterGone`]
@@ -253,38 +296,78 @@ impl MqttSource {
         shutdown: CancellationToken,
         drained: CancellationToken,
     ) -> Result<(), super::IngestError> {
+        let mut waiting: VecDeque<Incoming> = VecDeque::new();
+        let mut acks: Vec<u16> = Vec::new();
+        // When the subscriptions were last requested without a SubAck since.
+        let mut subscribe_sent: Option<tokio::time::Instant> = None;
         loop {
+            // Hand over what the writer has room for, without waiting.
+            if let Some(tx) = self.tx.as_ref() {
+                while !waiting.is_empty() {
+                    match tx.try_reserve() {
+                        Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(mpsc::error::TrySendError::Full(())) => break,
+                        Err(mpsc::error::TrySendError::Closed(())) => {
+                            return Err(super::IngestError::WriterGone)
+                        }
+                    }
+                }
+            }
+            self.stats
+                .source_waiting
+                .store(waiting.len() as u64, Ordering::Relaxed);
+            self.write_acks(&mut acks).await;
+            if let Some(at) = subscribe_sent {
+                if !self.connection.is_subscribed()
+                    && self.connection.is_connected()
+                    && at.elapsed() > RESUBSCRIBE_AFTER
+                {
+                    warn!(filters = ?self.filters, "No SubAck yet; subscribing again.");
+                    self.subscribe();
+                    subscribe_sent = Some(tokio::time::Instant::now());
+                }
+            }
+            let reading = waiting.len() < self.max_waiting;
+            let tx = self.tx.clone();
             let event = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
-                ev = self.eventloop.poll() => ev,
+                batch = self.acks.recv() => match batch {
+                    Some(batch) => { self.take_acks(batch, &mut acks); continue }
+                    None => return Err(super::IngestError::WriterGone),
+                },
+                permit = async { tx.as_ref().expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
+                    match permit {
+                        Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(_) => return Err(super::IngestError::WriterGone),
+                    }
+                    continue;
+                }
+                ev = self.eventloop.poll(), if reading => ev,
+                // Not reading: wake up now and then for the resubscribe check.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if !reading => continue,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     self.connection.epoch.fetch_add(1, Ordering::AcqRel);
                     self.connection.connected.store(true, Ordering::Release);
                     self.stats.mqtt_connects.fetch_add(1, Ordering::Relaxed);
+                    self.stats.mqtt_disconnected_since_ms.store(0, Ordering::Relaxed);
                     self.backoff.reset();
+                    // Acknowledgements of the previous connection: the broker
+                    // redelivers those messages (dedup keeps one copy).
+                    acks.clear();
                     info!(session_present = ack.session_present, "MQTT connected.");
                     self.connection
                         .subscribed
                         .store(ack.session_present, Ordering::Release);
                     if !ack.session_present {
-                        let topics: Vec<_> = self
-                            .filters
-                            .iter()
-                            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
-                            .collect();
-                        // Not awaited here: the request goes through the channel this
-                        // loop drains.
-                        let client = self.client.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = client.subscribe_many(topics).await {
-                                warn!(error = %e, "MQTT subscribe request failed.");
-                            }
-                        });
+                        self.subscribe();
+                        subscribe_sent = Some(tokio::time::Instant::now());
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    subscribe_sent = None;
                     if ack
                         .return_codes
                         .iter()
@@ -298,34 +381,23 @@ impl MqttSource {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-                    let item = Incoming {
+                    waiting.push_back(Incoming {
                         publish,
                         epoch: self.connection.epoch(),
                         arrival_ms: crate::learn::now_ms(),
-                    };
-                    // Backpressure: the broker sends at most its in-flight window
-                    // of unacknowledged QoS 1 messages, so this rarely waits.
-                    let Some(tx) = self.tx.as_ref() else { break };
-                    tokio::select! {
-                        r = tx.send(item) => if r.is_err() {
-                            return Err(super::IngestError::WriterGone);
-                        },
-                        _ = shutdown.cancelled() => break,
-                    }
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.connection.connected.store(false, Ordering::Release);
-                    self.connection.subscribed.store(false, Ordering::Release);
-                    if let Some(hint) = connection_hint(&e) {
-                        error!(error = %e, "{hint}");
-                    }
-                    if e.to_string().contains("size limit") {
-                        error!(error = %e, "A message larger than mqtt.max_packet_bytes blocks the session: the broker redelivers it forever. Set the broker's message_size_limit (config/mosquitto.conf) at or below mqtt.max_packet_bytes.");
-                    }
-                    self.stats.mqtt_errors.fetch_add(1, Ordering::Relaxed);
+                    self.disconnected(&e);
+                    acks.clear();
+                    // The first attempt at once, back-off after failures.
                     let delay = self.backoff.next_delay();
-                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "MQTT poll failed; backing off.");
+                    if !delay.is_zero() {
+                        warn!(error = %e, delay_ms = delay.as_millis() as u64, "MQTT poll failed; backing off.");
+                    } else {
+                        warn!(error = %e, "MQTT connection lost; reconnecting.");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,
@@ -333,15 +405,35 @@ impl MqttSource {
                 }
             }
         }
+        // Unforwarded publishes stay with the broker (never acknowledged).
+        let left = waiting.len();
+        drop(waiting);
         self.tx = None;
+        self.stats.source_waiting.store(0, Ordering::Relaxed);
+        if left > 0 {
+            debug!(left, "Stopped with publishes not handed to the writer; the broker keeps them.");
+        }
         // Draining: keep the connection alive so the writer's last
         // acknowledgements go out; forward nothing new.
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
         if self.connection.is_connected() {
             loop {
+                self.write_acks(&mut acks).await;
                 tokio::select! {
-                    _ = drained.cancelled() => break,
+                    biased;
+                    batch = self.acks.recv() => match batch {
+                        Some(batch) => self.take_acks(batch, &mut acks),
+                        // The writer is gone: every acknowledgement it made is here.
+                        None => { self.write_acks(&mut acks).await; break }
+                    },
+                    _ = drained.cancelled() => {
+                        while let Ok(batch) = self.acks.try_recv() {
+                            self.take_acks(batch, &mut acks);
+                        }
+                        self.write_acks(&mut acks).await;
+                        break
+                    }
                     _ = &mut deadline => break,
                     ev = self.eventloop.poll() => if ev.is_err() { break },
                 }
@@ -360,6 +452,81 @@ impl MqttSource {
         info!("MQTT source stopped.");
         Ok(())
     }
+
+    /// Keeps the packet ids of `batch` if it belongs to this connection.
+    fn take_acks(&self, batch: Acks, acks: &mut Vec<u16>) {
+        if batch.epoch == self.connection.epoch() && self.connection.is_connected() {
+            acks.extend(batch.pkids);
+        }
+    }
+
+    /// Writes the pending acknowledgements to the connection as one batch
+    /// (one flush), straight to rumqttc's network buffer: a QoS 1 PUBACK
+    /// with manual acks changes no client state (rumqttc's own
+    /// `outgoing_puback` only returns the packet), and bypassing the request
+    /// channel keeps acknowledgements out of the race between reading and
+    /// writing in rumqttc's `select!`, which drains one request per poll.
+    /// A failed write leaves the messages unacknowledged: the next poll
+    /// reports the broken connection and the broker redelivers them.
+    async fn write_acks(&mut self, acks: &mut Vec<u16>) {
+        if acks.is_empty() {
+            return;
+        }
+        let timeout = Duration::from_secs(self.eventloop.network_options().connection_timeout());
+        let Some(network) = self.eventloop.network.as_mut() else {
+            acks.clear();
+            return;
+        };
+        let n = acks.len() as u64;
+        let write = async {
+            for pkid in acks.drain(..) {
+                network.write(Packet::PubAck(PubAck::new(pkid))).await?;
+            }
+            network.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {
+                self.stats.acks_sent.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => debug!(error = %e, "Acknowledgements not written; the broker will redeliver."),
+            Err(_) => debug!("Acknowledgements not flushed in time; the broker will redeliver."),
+        }
+        acks.clear();
+    }
+
+    /// Requests the subscriptions (QoS 1) without waiting: the request goes
+    /// through the channel this task's poll drains.
+    fn subscribe(&self) {
+        let topics: Vec<_> = self
+            .filters
+            .iter()
+            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+            .collect();
+        if let Err(e) = self.client.try_subscribe_many(topics) {
+            warn!(error = %e, "MQTT subscribe request failed; retried.");
+        }
+    }
+
+    /// Marks the connection down and logs what an operator should check.
+    fn disconnected(&self, e: &ConnectionError) {
+        if self.connection.connected.swap(false, Ordering::AcqRel) {
+            self.stats
+                .mqtt_disconnected_since_ms
+                .store(crate::learn::now_ms(), Ordering::Relaxed);
+        } else if self.stats.mqtt_disconnected_since_ms.load(Ordering::Relaxed) == 0 {
+            self.stats
+                .mqtt_disconnected_since_ms
+                .store(crate::learn::now_ms(), Ordering::Relaxed);
+        }
+        self.connection.subscribed.store(false, Ordering::Release);
+        if let Some(hint) = connection_hint(e) {
+            error!(error = %e, "{hint}");
+        }
+        if e.to_string().contains("size limit") {
+            error!(error = %e, "A message larger than mqtt.max_packet_bytes blocks the session: the broker redelivers it forever. Set the broker's message_size_limit (config/mosquitto.conf) at or below mqtt.max_packet_bytes.");
+        }
+        self.stats.mqtt_errors.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -375,7 +542,10 @@ mod tests {
         for (d, base) in delays.iter().zip(bases) {
             assert!(*d >= base * 3 / 4 && *d <= base * 5 / 4, "{delays:?}");
         }
+        // After a connection that worked: at once, then from the minimum.
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(125));
+        assert_eq!(b.next_delay(), Duration::ZERO);
+        let d = b.next_delay().as_millis();
+        assert!((75..=125).contains(&d), "{d}");
     }
 }

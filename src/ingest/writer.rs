@@ -3,19 +3,31 @@
 //! broker. A crash between receipt and commit loses nothing: the broker
 //! delivers the unacknowledged messages again, and the digest of each message
 //! keeps a redelivery from becoming a second sample.
+//!
+//! - Group commit: a batch is what is waiting when the writer is free, up to
+//!   `store.batch_size`; while it commits, the next batch gathers.
+//! - Acknowledgements go back to the MQTT source on an unbounded channel
+//!   (bounded in practice by the broker's in-flight window): the writer
+//!   never waits on the source, so the two can never wait on each other.
+//! - A store that refuses writes (free space below `store.min_free_bytes`,
+//!   or a failed commit: disk full, I/O error) is a state, not a crash: the
+//!   batch stays in hand unacknowledged (the broker holds the rest), the state
+//!   is logged once and reported ([`Stats::store_refusing`], `/healthz`), and
+//!   the commit is retried every [`RETRY`] until it succeeds; at shutdown a
+//!   refused batch is left to the broker.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::decode::{Decoder, Reason, Sample};
-use super::mqtt::{Connection, Incoming};
+use super::mqtt::{Acks, Incoming};
 use super::IngestError;
 use crate::config::{Dedup, PipelineConfig, StoreConfig};
 use crate::stats::Stats;
@@ -60,15 +72,27 @@ impl ProblemLog {
     }
 }
 
+/// How often a refused commit is tried again.
+pub const RETRY: Duration = Duration::from_millis(500);
+
+/// Fault injection for tests (`DaemonHandle::hooks`).
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// While true, the writer holds its batch without committing it, as a
+    /// wedged store would.
+    pub hold: AtomicBool,
+}
+
 /// The writer component.
 pub struct Writer {
     pub store: Arc<Store>,
     pub pipelines: Vec<PipelineConfig>,
     pub max_payload_bytes: usize,
     pub store_cfg: StoreConfig,
-    pub client: AsyncClient,
-    pub connection: Arc<Connection>,
+    /// Packet ids to acknowledge, to the MQTT source, after each commit.
+    pub acks: mpsc::UnboundedSender<Acks>,
     pub rx: mpsc::Receiver<Incoming>,
+    pub hooks: Arc<Hooks>,
     pub stats: Arc<Stats>,
     /// Woken after each commit that added labelled samples.
     pub labels_added: Arc<Notify>,
@@ -80,12 +104,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Runs until the source closes the channel or `shutdown` is cancelled;
-    /// on shutdown it commits and acknowledges what it already received.
+    /// Runs until the source closes the channel; a batch the store refuses
+    /// is retried until it commits, or left unacknowledged once `shutdown`
+    /// is cancelled.
     ///
     /// # Errors
-    /// [`IngestError::Store`] when a commit fails: nothing of that batch was
-    /// acknowledged, so the broker keeps it; the daemon stops.
+    /// [`IngestError::Join`] when a blocking task panicked; store failures
+    /// are a state (see the module docs), not an error.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), IngestError> {
         let decoders: Vec<Decoder> = self
             .pipelines
@@ -94,36 +119,91 @@ impl Writer {
             .collect();
         let mut log = ProblemLog::default();
         let linger = Duration::from_millis(self.store_cfg.batch_linger_ms);
-        loop {
-            let first = tokio::select! {
-                m = self.rx.recv() => m,
-                _ = shutdown.cancelled() => self.rx.try_recv().ok(),
-            };
-            let Some(first) = first else { break };
+        let mut refusal = Refusal::default();
+        while let Some(first) = self.rx.recv().await {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < self.store_cfg.batch_size {
                 match self.rx.try_recv() {
                     Ok(m) => batch.push(m),
-                    Err(_) if shutdown.is_cancelled() => break,
+                    Err(_) if linger.is_zero() => break,
                     Err(_) => match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                         Ok(Some(m)) => batch.push(m),
                         _ => break,
                     },
                 }
             }
-            self.write_batch(batch, &decoders, &mut log).await?;
+            if !self
+                .write_batch(batch, &decoders, &mut log, &mut refusal, &shutdown)
+                .await?
+            {
+                break;
+            }
         }
         info!("Writer stopped.");
         Ok(())
     }
 
+    /// Runs `op` on a blocking thread until it succeeds, holding off while
+    /// free space is below the floor or the test hook holds the writer.
+    /// `None` when `shutdown` came first (nothing was written).
+    async fn commit<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        refusal: &mut Refusal,
+        shutdown: &CancellationToken,
+        op: impl Fn(&Store) -> Result<T, crate::store::StoreError> + Send + Sync + Clone + 'static,
+    ) -> Result<Option<T>, IngestError> {
+        loop {
+            let reason = if self.hooks.hold.load(Relaxed) {
+                Some(None)
+            } else {
+                match self.store.free_bytes() {
+                    Ok(free) if free < self.store_cfg.min_free_bytes => Some(Some(format!(
+                        "{free} bytes free on the store's file system, below store.min_free_bytes ({})",
+                        self.store_cfg.min_free_bytes
+                    ))),
+                    _ => None,
+                }
+            };
+            if reason.is_none() {
+                let (store, op) = (self.store.clone(), op.clone());
+                let done = tokio::task::spawn_blocking(move || op(&store))
+                    .await
+                    .map_err(|e| IngestError::Join(e.to_string()))?;
+                match done {
+                    Ok(v) => {
+                        refusal.clear(&self.stats);
+                        return Ok(Some(v));
+                    }
+                    Err(e) => refusal.set(&self.stats, format!("{what}: {e}")),
+                }
+            }
+            let held = matches!(reason, Some(None));
+            if let Some(Some(reason)) = reason {
+                refusal.set(&self.stats, reason);
+            }
+            // Held (test hook) or refused: try again later.
+            tokio::select! {
+                _ = tokio::time::sleep(if held { Duration::from_millis(20) } else { RETRY }) => {}
+                _ = shutdown.cancelled() => {
+                    warn!(what, "Shutting down with a batch the store refused; it stays unacknowledged with the broker.");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Decodes, commits and acknowledges one batch; false when shutdown
+    /// came while the store refused it.
     async fn write_batch(
         &mut self,
         batch: Vec<Incoming>,
         decoders: &[Decoder],
         log: &mut ProblemLog,
-    ) -> Result<(), IngestError> {
+        refusal: &mut Refusal,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, IngestError> {
         let mut rows = Vec::with_capacity(batch.len());
         let mut late: Vec<LateLabel> = Vec::new();
         for msg in &batch {
@@ -184,25 +264,34 @@ impl Writer {
                 debug!(%topic, "No pipeline matches this topic.");
             }
         }
-        let store = self.store.clone();
-        let (rows, seqs) = tokio::task::spawn_blocking(move || {
-            let seqs = store.append(&rows);
-            (rows, seqs)
-        })
-        .await
-        .map_err(|e| IngestError::Join(e.to_string()))?;
-        let seqs = seqs?;
+        let rows = Arc::new(rows);
+        let seqs = {
+            let rows = rows.clone();
+            match self
+                .commit("append", refusal, shutdown, move |s: &Store| s.append(&rows))
+                .await?
+            {
+                Some(seqs) => seqs,
+                None => return Ok(false),
+            }
+        };
+        let rows = Arc::try_unwrap(rows).unwrap_or_else(|a| (*a).clone());
         // Late labels after the samples of the same batch, before the acks.
         let mut labels_applied = false;
         if !late.is_empty() {
-            let store = self.store.clone();
-            let (late, applied) = tokio::task::spawn_blocking(move || {
-                let applied = store.apply_labels(&late);
-                (late, applied)
-            })
-            .await
-            .map_err(|e| IngestError::Join(e.to_string()))?;
-            let applied = applied?;
+            let late = Arc::new(late);
+            let applied = {
+                let late = late.clone();
+                match self
+                    .commit("apply_labels", refusal, shutdown, move |s: &Store| {
+                        s.apply_labels(&late)
+                    })
+                    .await?
+                {
+                    Some(applied) => applied,
+                    None => return Ok(false),
+                }
+            };
             let mut by_pipeline: HashMap<String, Vec<u64>> = HashMap::new();
             for (l, seq) in late.iter().zip(&applied) {
                 if let Some(seq) = seq {
@@ -225,14 +314,30 @@ impl Writer {
             labels_applied = matched > 0;
         }
         self.stats.commits.fetch_add(1, Relaxed);
-        // Acknowledge only now, in order, and only on the connection the
-        // message came from (the broker redelivers the others).
-        let epoch = self.connection.epoch();
+        self.stats
+            .messages_handled
+            .fetch_add(batch.len() as u64, Relaxed);
+        self.stats
+            .last_commit_ms
+            .store(crate::learn::now_ms(), Relaxed);
+        // Acknowledge only now, per connection (the source drops those of an
+        // earlier one: the broker redelivers them).
+        let mut by_epoch: Vec<Acks> = Vec::new();
         for msg in &batch {
-            if msg.epoch == epoch {
-                if let Err(e) = self.client.ack(&msg.publish).await {
-                    debug!(error = %e, "Ack not sent; the broker will redeliver.");
-                }
+            if msg.publish.qos == rumqttc::QoS::AtMostOnce {
+                continue;
+            }
+            match by_epoch.last_mut() {
+                Some(a) if a.epoch == msg.epoch => a.pkids.push(msg.publish.pkid),
+                _ => by_epoch.push(Acks {
+                    epoch: msg.epoch,
+                    pkids: vec![msg.publish.pkid],
+                }),
+            }
+        }
+        for acks in by_epoch {
+            if self.acks.send(acks).is_err() {
+                debug!("The MQTT source is gone; the broker will redeliver.");
             }
         }
         let mut labelled = false;
@@ -264,7 +369,10 @@ impl Writer {
                 self.stats.predictions_dropped.fetch_add(n, Relaxed);
             }
         }
-        self.enforce_retention().await
+        if let Err(e) = self.enforce_retention().await {
+            warn!(error = %e, "Retention failed; retried after the next commit.");
+        }
+        Ok(true)
     }
 
     async fn enforce_retention(&self) -> Result<(), IngestError> {
@@ -288,6 +396,40 @@ impl Writer {
             self.stats.retention_deleted.fetch_add(deleted, Relaxed);
         }
         Ok(())
+    }
+}
+
+/// The store's refusal state: logged once when it starts and once when it
+/// ends, mirrored in [`Stats::store_refusing`] and [`Stats::store_refusal`].
+#[derive(Debug, Default)]
+struct Refusal {
+    since: Option<Instant>,
+}
+
+impl Refusal {
+    fn set(&mut self, stats: &Stats, reason: String) {
+        stats.commits_refused.fetch_add(1, Relaxed);
+        if self.since.is_none() {
+            warn!(%reason, "The store refuses writes: messages stay unacknowledged with the broker; retrying until it accepts them.");
+            self.since = Some(Instant::now());
+            stats.store_refusing.store(true, Relaxed);
+        }
+        if let Ok(mut r) = stats.store_refusal.lock() {
+            *r = reason;
+        }
+    }
+
+    fn clear(&mut self, stats: &Stats) {
+        if let Some(since) = self.since.take() {
+            warn!(
+                after_s = since.elapsed().as_secs_f64(),
+                "The store accepts writes again; ingest resumes."
+            );
+            stats.store_refusing.store(false, Relaxed);
+            if let Ok(mut r) = stats.store_refusal.lock() {
+                r.clear();
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! | method | path | body → answer |
 //! |---|---|---|
-//! | GET | `/healthz` | `{"status":"ok","mqtt_connected":bool,"mqtt_subscribed":bool}` |
+//! | GET | `/healthz` | 200 `{"status":"ok","reasons":[],"mqtt_connected":bool,"mqtt_subscribed":bool,"ingest_waiting":n,"seconds_since_commit":s,"store_refusing_writes":bool}`; 503 with `"status":"unhealthy"`, `"reasons"` (`ingest_stalled`, `mqtt_disconnected`, `store_refusing_writes`) and `"error"` ([`crate::health`]) |
 //! | GET | `/v1/stats` | ingest, prediction and training counters |
 //! | GET | `/metrics` | the same counters and more in Prometheus text format ([`crate::metrics`]) |
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
@@ -15,8 +15,20 @@
 //! | GET | `/v1/pipelines/{name}/history` | the timeline: which version served from when, and why |
 //! | GET | `/v1/pipelines/{name}/drift` | data drift per feature (PSI, KS) against the serving version's training data; concept-drift detector state and alarms (`error_rate` of a classifier, `mean_abs_error` of a regressor) |
 //!
-//! Errors are JSON `{"error": message}`; status codes are decided in one
-//! place, [`ApiError::status`].
+//! Errors are JSON `{"error": message}`; the status codes of the handlers'
+//! errors are decided in one place, [`ApiError::status`]. Errors produced
+//! before a handler runs are JSON too, with their own status:
+//! - by axum (extractors, routing): 413 for a body over the 2 MB default
+//!   limit (`POST …/predict`), 405 for a method a route does not take, 400
+//!   or 415 for a rejected body; [`json_errors`], a layer of [`router`] and
+//!   [`metrics_router`], gives any 4xx/5xx answer that is not JSON the body
+//!   `{"error": its plain-text body, or the status' reason}`;
+//! - by hyper, which answers a request it cannot parse without calling the
+//!   router and closes the connection: 414 for a URI over 65,534 bytes
+//!   (a limit fixed in hyper), 431 for a head with more than 100 header fields
+//!   or over ~408 KiB, 400 for a malformed request line or header. Its
+//!   answer has no body; [`JsonErrorListener`], the listener the daemon
+//!   serves on, rewrites it as JSON with the same status.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +58,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     pub max_rows: usize,
     pub connection: Arc<crate::ingest::mqtt::Connection>,
+    /// The verdict of `GET /healthz`.
+    pub health: Arc<crate::health::HealthMonitor>,
     pub drift: crate::monitor::retrain::DriftBoard,
     /// `[models]`: the upload size limit.
     pub models: crate::config::ModelsConfig,
@@ -149,6 +163,236 @@ pub fn metrics_router(metrics: crate::metrics::Metrics) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .with_state(metrics)
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// Makes every error answer JSON: a 4xx or 5xx response whose content type
+/// is not JSON (axum's rejections: 413 body too large, 405 wrong method, 400
+/// or 415 from an extractor; a 404 of the method router) gets the body
+/// `{"error": message}`, the message being its plain-text body or, when it
+/// has none, the status' reason (`"method not allowed"`). The status and
+/// the other headers (`allow` of a 405) are kept.
+pub async fn json_errors(response: Response) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejection texts are one line; a longer body is not a message.
+    let text = axum::body::to_bytes(body, 4096).await.ok();
+    let message = text
+        .as_deref()
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map_or_else(|| reason_of(status), str::to_string);
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.remove(CONTENT_TYPE);
+    (parts, Json(json!({ "error": message }))).into_response()
+}
+
+/// A status' reason in lower case (`"payload too large"`), or its code.
+fn reason_of(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .map_or_else(|| status.as_str().to_string(), str::to_lowercase)
+}
+
+/// The listener the daemon serves the API on: `L`'s connections, wrapped in
+/// [`JsonErrorIo`] so that the answers hyper writes itself (a request it
+/// cannot parse never reaches the router) are JSON errors like the others.
+///
+/// `axum::serve(JsonErrorListener::new(listener), app)`.
+#[derive(Debug)]
+pub struct JsonErrorListener<L>(L);
+
+impl<L: axum::serve::Listener> JsonErrorListener<L> {
+    pub fn new(inner: L) -> Self {
+        Self(inner)
+    }
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for JsonErrorListener<L> {
+    type Io = JsonErrorIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.0.accept().await;
+        (JsonErrorIo::new(io), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection whose writes pass through unchanged, except hyper's own
+/// answer to a request it could not parse ([`hyper_error_as_json`]): 400,
+/// 414 or 431 with `content-length: 0` and no content type, which becomes
+/// the same status with a JSON `{"error": …}` body.
+///
+/// hyper writes that answer as the first bytes of one write call when the
+/// connection does not write vectored (this type does not, so hyper
+/// flattens its buffers); it then closes the connection. The router never
+/// writes such an answer itself: [`json_errors`] gives its errors a body.
+#[derive(Debug)]
+pub struct JsonErrorIo<T> {
+    inner: T,
+    /// A rewritten answer not yet fully written, and how much of it was.
+    pending: Vec<u8>,
+    written: usize,
+}
+
+impl<T> JsonErrorIo<T> {
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            pending: Vec::new(),
+            written: 0,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> JsonErrorIo<T> {
+    /// Writes what is left of a rewritten answer.
+    fn poll_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while self.written < self.pending.len() {
+            let n =
+                std::task::ready!(std::pin::Pin::new(&mut self.inner)
+                    .poll_write(cx, &self.pending[self.written..]))?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.pending = Vec::new();
+        self.written = 0;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonErrorIo<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonErrorIo<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        if let Some(answer) = hyper_error_as_json(buf) {
+            this.pending = answer;
+            // Taken whole; what the socket does not accept now is written
+            // by the next write, flush or shutdown (hyper flushes next).
+            if let std::task::Poll::Ready(Err(e)) = this.poll_pending(cx) {
+                return std::task::Poll::Ready(Err(e));
+            }
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// When `buf` is exactly one body-less error answer as hyper writes it for a
+/// request it could not parse (`HTTP/1.1 400|414|431 …`, `content-length:
+/// 0`, no content type, nothing after the head), the same answer with a JSON
+/// body naming the problem; `None` for anything else.
+fn hyper_error_as_json(buf: &[u8]) -> Option<Vec<u8>> {
+    let rest = buf
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
+    let message = match rest.get(..4)? {
+        b"400 " => "malformed request: the request line or a header is not HTTP/1.1",
+        b"414 " => "URI too long: at most 65534 bytes",
+        b"431 " => "request head too large: at most 100 header fields and 408 KiB",
+        _ => return None,
+    };
+    if !buf.ends_with(
+        b"
+
+",
+    ) {
+        return None;
+    }
+    let head = std::str::from_utf8(&buf[..buf.len() - 4]).ok()?;
+    let mut lines = head.split(
+        "
+",
+    );
+    let status_line = lines.next()?;
+    let mut out = format!(
+        "{status_line}
+"
+    );
+    let mut empty = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            if value.trim() != "0" {
+                return None;
+            }
+            empty = true;
+        } else if name.eq_ignore_ascii_case("content-type")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return None;
+        } else {
+            out.push_str(line);
+            out.push_str(
+                "
+",
+            );
+        }
+    }
+    if !empty {
+        return None;
+    }
+    let body = json!({ "error": message }).to_string();
+    out.push_str(&format!(
+        "content-type: application/json
+content-length: {}
+
+{body}",
+        body.len()
+    ));
+    Some(out.into_bytes())
 }
 
 async fn metrics_text(State(m): State<crate::metrics::Metrics>) -> Response {
@@ -185,14 +429,17 @@ pub fn router(state: AppState) -> Router {
             ApiError::NotFound("no such route; see the API table in README.md".into())
         })
         .with_state(state)
+        .layer(axum::middleware::map_response(json_errors))
 }
 
-async fn healthz(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "mqtt_connected": s.connection.is_connected(),
-        "mqtt_subscribed": s.connection.is_subscribed(),
-    }))
+async fn healthz(State(s): State<AppState>) -> Response {
+    let h = s.health.check();
+    let status = if h.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(h)).into_response()
 }
 
 async fn stats(State(s): State<AppState>) -> Json<Value> {
@@ -639,4 +886,118 @@ async fn drift(
         "data": data,
         "concept": concept,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// hyper's answer to a URI over its limit, byte for byte.
+    const HYPER_414: &[u8] =
+        b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n";
+
+    fn split(answer: &[u8]) -> (String, Value) {
+        let end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(answer[..end].to_vec()).unwrap();
+        let body = serde_json::from_slice(&answer[end + 4..]).unwrap();
+        (head, body)
+    }
+
+    #[test]
+    fn hyper_answers_become_json() {
+        let (head, body) = split(&hyper_error_as_json(HYPER_414).unwrap());
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(head.contains("\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT"));
+        assert!(head.contains("\r\ncontent-type: application/json"));
+        let len = body.to_string().len();
+        assert!(
+            head.ends_with(&format!("\r\ncontent-length: {len}")),
+            "{head}"
+        );
+        assert!(!head.contains("content-length: 0"));
+        assert_eq!(body["error"], "URI too long: at most 65534 bytes");
+        for status in ["400 Bad Request", "431 Request Header Fields Too Large"] {
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            let (_, body) = split(&hyper_error_as_json(answer.as_bytes()).unwrap());
+            assert!(body["error"].is_string(), "{status}");
+        }
+        // Anything else is left alone: other statuses, answers with a body
+        // or a content type, a head split or followed by other bytes.
+        for other in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 414 URI Too Long\r\n",
+            b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+            b"{\"error\": \"HTTP/1.1 400 \"}",
+        ] {
+            assert_eq!(
+                hyper_error_as_json(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    /// Through a pipe that takes 7 bytes at a time: the rewritten answer is
+    /// written whole, the other bytes unchanged, in order.
+    #[tokio::test]
+    async fn the_connection_rewrites_only_hyper_answers() {
+        let (near, mut far) = tokio::io::duplex(7);
+        let mut io = JsonErrorIo::new(near);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            far.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            .await
+            .unwrap();
+        io.write_all(HYPER_414).await.unwrap();
+        io.flush().await.unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        let all = reader.await.unwrap();
+        let first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(&all[..first.len()], first);
+        assert_eq!(&all[first.len()..], hyper_error_as_json(HYPER_414).unwrap());
+    }
+
+    #[tokio::test]
+    async fn axum_rejections_become_json() {
+        use axum::http::header::{ALLOW, CONTENT_TYPE};
+        let plain = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Failed to buffer the request body",
+        )
+            .into_response();
+        let r = json_errors(plain).await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"error": "Failed to buffer the request body"}));
+
+        let empty = (StatusCode::METHOD_NOT_ALLOWED, [(ALLOW, "POST")]).into_response();
+        let r = json_errors(empty).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], "POST");
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"error": "method not allowed"}));
+
+        // Already JSON, or not an error: unchanged.
+        let api = ApiError::Conflict("busy".into()).into_response();
+        let r = json_errors(api).await;
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], br#"{"error":"busy"}"#);
+        let ok = json_errors("fine".into_response()).await;
+        let body = axum::body::to_bytes(ok.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"fine");
+    }
 }
