@@ -1080,6 +1080,30 @@ mod tests {
         Config::load_with_env(Some(&path), env)
     }
 
+    /// The packaged configuration is the default one with the local
+    /// mosquitto as broker, key for key and comment for comment elsewhere.
+    #[test]
+    fn packaged_configuration_is_the_default_with_the_local_mosquitto() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let packaged = root.join("debian/edgeloop.toml");
+        let cfg = Config::load_with_env(Some(&packaged), std::iter::empty()).unwrap();
+        assert_eq!(cfg.mqtt.broker, "mqtt://127.0.0.1:1883");
+        assert_eq!(
+            cfg.mqtt.target().unwrap(),
+            BrokerTarget::External {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                tls: false
+            }
+        );
+        let mut default = Config::load_with_env(None, std::iter::empty()).unwrap();
+        default.mqtt.broker = cfg.mqtt.broker.clone();
+        assert_eq!(
+            serde_json::to_value(&default).unwrap(),
+            serde_json::to_value(&cfg).unwrap()
+        );
+    }
+
     #[test]
     fn default_loads_and_pipeline_defaults_equal_the_documented_example() {
         let cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
