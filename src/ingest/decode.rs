@@ -10,6 +10,12 @@
 //! - bare `NaN`, `Infinity`, `-Infinity` tokens (what Python's `json.dumps`
 //!   writes) are not JSON; such a payload is read leniently so that its other
 //!   fields are salvaged;
+//! - a number literal beyond `f64` (`1e400`, `-1e400`), which serde_json
+//!   refuses ("number out of range"), is likewise a non-finite value of its
+//!   field only (reason `non_finite`), the rest being salvaged; the lenient
+//!   reading is only tried once the strict parse failed;
+//! - a leading UTF-8 byte order mark (`EF BB BF`, which some Windows tools
+//!   write) is ignored;
 //! - a sample is kept when at least one feature is present; a payload that is
 //!   not a JSON object, is larger than the limit or has no usable feature is
 //!   rejected.
@@ -51,7 +57,9 @@ pub enum Reason {
     MissingFeature,
     /// A feature field is not a number (`"n/a"`, an object). Kept as missing.
     NonNumeric,
-    /// A feature is NaN or infinite. Kept as missing.
+    /// A feature is NaN or infinite: a bare `NaN`/`Infinity` token, the
+    /// string `"NaN"` or `"inf"`, a number beyond `f32` (`1e300`) or beyond
+    /// `f64` (`1e400`, which strict JSON parsers refuse). Kept as missing.
     NonFinite,
     /// The label is not a string, number or boolean, is a bare NaN/Infinity,
     /// or is not one of the pipeline's declared `classes`; for a regression
@@ -225,14 +233,8 @@ impl Decoder {
         if payload.len() > self.max_payload_bytes {
             return reject(Reason::TooLarge);
         }
-        let value = match serde_json::from_slice::<Value>(payload) {
-            Ok(v) => v,
-            Err(_) => match lenient_non_finite(payload)
-                .and_then(|fixed| serde_json::from_slice::<Value>(&fixed).ok())
-            {
-                Some(v) => v,
-                None => return reject(Reason::NotJson),
-            },
+        let Some(value) = parse_payload(payload) else {
+            return reject(Reason::NotJson);
         };
         if !value.is_object() {
             return reject(Reason::NotObject);
@@ -343,7 +345,7 @@ impl Decoder {
         if payload.len() > self.max_payload_bytes {
             return Err(Reason::TooLarge);
         }
-        let value: Value = serde_json::from_slice(payload).map_err(|_| Reason::NotJson)?;
+        let value = parse_payload(payload).ok_or(Reason::NotJson)?;
         if !value.is_object() {
             return Err(Reason::NotObject);
         }
@@ -461,13 +463,46 @@ pub fn canonical_number(n: &serde_json::Number) -> String {
     }
 }
 
-/// Rewrites bare `NaN`, `Infinity` and `-Infinity` tokens outside strings as
-/// JSON strings, so the rest of the payload can be read. `None` when there is
-/// no such token (the payload is broken in another way).
-fn lenient_non_finite(payload: &[u8]) -> Option<Vec<u8>> {
+/// The UTF-8 byte order mark, which some Windows tools put before a payload.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parses a payload as JSON: strictly first (the path of every well-formed
+/// payload); after a syntax error, once more leniently ([`lenient_tokens`]).
+/// A leading [`BOM`] is skipped. `None` when not JSON even leniently.
+fn parse_payload(payload: &[u8]) -> Option<Value> {
+    let payload = payload.strip_prefix(BOM).unwrap_or(payload);
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(v) => Some(v),
+        Err(e) if e.classify() == serde_json::error::Category::Syntax => {
+            serde_json::from_slice::<Value>(&lenient_tokens(payload)?).ok()
+        }
+        Err(_) => None,
+    }
+}
+
+/// Rewrites the tokens outside strings that strict JSON refuses but that
+/// stand for a non-finite number, as JSON strings starting with NUL
+/// (`"\u0000NaN"`), so that the rest of the payload can be read:
+/// - bare `NaN`, `Infinity` and `-Infinity` (Python's `json.dumps`);
+/// - number literals beyond `f64` (`1e400`, `-1e400`, 400 digits), which
+///   serde_json refuses with "number out of range". A literal is rewritten
+///   only when it is well-formed JSON number syntax and serde_json itself
+///   refuses it on its own, so both agree on where `f64` ends.
+///
+/// Strings (escapes included) are copied untouched. `None` when there is no
+/// such token (the payload is broken in another way).
+fn lenient_tokens(payload: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(payload.len() + 16);
     let (mut in_string, mut escaped, mut changed) = (false, false, false);
     let mut i = 0;
+    // A string no sender writes (it starts with NUL), so the label and
+    // feature readers can tell a rewritten token from real text.
+    let mut rewrite = |out: &mut Vec<u8>, token: &[u8]| {
+        out.extend_from_slice(br#""\u0000"#);
+        out.extend_from_slice(token);
+        out.push(b'"');
+        changed = true;
+    };
     while i < payload.len() {
         let b = payload[i];
         if in_string {
@@ -488,23 +523,55 @@ fn lenient_non_finite(payload: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         let rest = &payload[i..];
-        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+        if let Some(t) = [&b"-Infinity"[..], b"Infinity", b"NaN"]
             .into_iter()
-            .find(|t| rest.starts_with(t));
-        if let Some(t) = token {
-            // A string no sender writes (it starts with NUL), so the label
-            // and feature readers can tell a rewritten token from real text.
-            out.extend_from_slice(br#""\u0000"#);
-            out.extend_from_slice(t);
-            out.push(b'"');
+            .find(|t| rest.starts_with(t))
+        {
+            rewrite(&mut out, t);
             i += t.len();
-            changed = true;
-        } else {
-            out.push(b);
-            i += 1;
+            continue;
         }
+        if b == b'-' || b.is_ascii_digit() {
+            let len = number_len(rest);
+            if len > 0 {
+                let number = &rest[..len];
+                if serde_json::from_slice::<Value>(number).is_err() {
+                    rewrite(&mut out, number);
+                } else {
+                    out.extend_from_slice(number);
+                }
+                i += len;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
     }
     changed.then_some(out)
+}
+
+/// The length of the JSON number literal at the start of `s`
+/// (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`), 0 when there is none.
+/// A malformed tail (`1.`, `1e`) is left out: it is not part of the literal.
+fn number_len(s: &[u8]) -> usize {
+    let digits = |from: usize| s[from..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut i = usize::from(s.first() == Some(&b'-'));
+    match s.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += digits(i),
+        _ => return 0,
+    }
+    if s.get(i) == Some(&b'.') && digits(i + 1) > 0 {
+        i += 1 + digits(i + 1);
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(s.get(i + 1), Some(b'+' | b'-')));
+        let n = digits(i + 1 + sign);
+        if n > 0 {
+            i += 1 + sign + n;
+        }
+    }
+    i
 }
 
 #[cfg(test)]
@@ -688,6 +755,192 @@ mod tests {
             let payload = format!(r#"{{"t": 1, "env": {{"h": 1}}, "v": [0, 1], "ts": "{ts}"}}"#);
             let d = dec.decode("s/a/x", payload.as_bytes(), 0);
             assert_eq!(d.sample.unwrap().timestamp_ms, 1_423_072_260_250, "{ts}");
+        }
+    }
+
+    /// The occupancy schema: three features and a class label.
+    fn occupancy() -> Decoder {
+        let p: PipelineConfig = toml::from_str(
+            "name='p'\ntopics=['s/+/x']\nfeatures=['Temperature', 'Humidity', 'Light']\n\
+             label='Occupancy'\ntimestamp='Date'",
+        )
+        .unwrap();
+        Decoder::new(&p, 4096)
+    }
+
+    #[test]
+    fn a_leading_bom_is_ignored() {
+        let dec = occupancy();
+        let plain: &[u8] = br#"{"Date": "2015-02-04 17:51:00", "Temperature": 23.18, "Humidity": 27.27, "Light": 426, "Occupancy": 1}"#;
+        let with_bom = [b"\xEF\xBB\xBF".as_slice(), plain].concat();
+        let expected = dec.decode("s/room1/x", plain, 5);
+        assert!(expected.problems.is_empty());
+        assert_eq!(
+            expected.sample.as_ref().unwrap().features,
+            vec![23.18, 27.27, 426.0]
+        );
+        assert_eq!(dec.decode("s/room1/x", &with_bom, 5), expected);
+        // Only one mark, and only at the start.
+        let twice = [b"\xEF\xBB\xBF".as_slice(), &with_bom].concat();
+        assert_eq!(
+            reasons(&dec.decode("s/room1/x", &twice, 5)),
+            vec![Reason::NotJson]
+        );
+        let inside = [b" \xEF\xBB\xBF".as_slice(), plain].concat();
+        assert_eq!(
+            reasons(&dec.decode("s/room1/x", &inside, 5)),
+            vec![Reason::NotJson]
+        );
+        // A BOM-led payload that is otherwise lenient JSON: both apply.
+        let lenient = b"\xEF\xBB\xBF{\"Temperature\": NaN, \"Humidity\": 20.5}";
+        let d = dec.decode("s/room1/x", lenient, 5);
+        assert_eq!(d.sample.unwrap().features[1], 20.5);
+        // Late labels too.
+        let p: PipelineConfig = toml::from_str(
+            "name='p'\ntopics=['s/+/x']\nfeatures=['t']\nlabel='y'\nlabel_topics=['l/+']",
+        )
+        .unwrap();
+        assert_eq!(
+            Decoder::new(&p, 1024)
+                .decode_late_label("l/a", b"\xEF\xBB\xBF{\"sample_id\": 7, \"y\": \"on\"}"),
+            Ok((crate::store::LabelKey::Seq(7), "on".into()))
+        );
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_non_finite_fields_not_broken_payloads() {
+        let dec = occupancy();
+        // serde_json alone refuses the payload.
+        assert!(serde_json::from_slice::<Value>(br#"{"a": 1e400}"#).is_err());
+        let huge_integer = format!("1{}", "0".repeat(400));
+        for number in [
+            "1e400",
+            "-1e400",
+            "1E+400",
+            "-2.5e999",
+            huge_integer.as_str(),
+        ] {
+            let payload = format!(
+                r#"{{"Date": "2015-02-04 17:51:00", "Temperature": {number}, "Humidity": 20.5, "Light": 426, "Occupancy": 1}}"#
+            );
+            let d = dec.decode("s/room1/x", payload.as_bytes(), 5);
+            assert_eq!(
+                d.problems,
+                vec![Problem {
+                    reason: Reason::NonFinite,
+                    field: "Temperature".into()
+                }],
+                "{number}: counted once, as non_finite"
+            );
+            let s = d.sample.unwrap();
+            assert!(s.features[0].is_nan(), "{number}: missing, never 0 or ±inf");
+            assert_eq!(&s.features[1..], &[20.5, 426.0], "{number}");
+            assert_eq!(s.label.as_deref(), Some("1"), "{number}");
+            assert_eq!(s.timestamp_ms, 1_423_072_260_000, "{number}");
+        }
+        assert_eq!(Reason::NonFinite.as_str(), "non_finite");
+        // Two such fields: one problem each, the third feature salvaged.
+        let d = dec.decode(
+            "s/room1/x",
+            br#"{"Temperature": 1e400, "Humidity": -1e400, "Light": 1e-400}"#,
+            5,
+        );
+        assert_eq!(
+            reasons(&d),
+            vec![Reason::NonFinite, Reason::NonFinite, Reason::BadTimestamp]
+        );
+        assert_eq!(
+            d.sample.unwrap().features[2],
+            0.0,
+            "underflow is 0, as strictly"
+        );
+        // As a label or a timestamp: that field only.
+        let d = dec.decode(
+            "s/room1/x",
+            br#"{"Temperature": 1, "Occupancy": 1e400, "Date": -1e400}"#,
+            5,
+        );
+        assert_eq!(reasons(&d)[2..], [Reason::BadLabel, Reason::BadTimestamp]);
+        let s = d.sample.unwrap();
+        assert_eq!((s.features[0], s.label, s.timestamp_ms), (1.0, None, 5));
+        // Otherwise broken payloads stay broken.
+        for broken in [
+            r#"{"Temperature": 1e400,"#,
+            r#"{"Temperature": 1e400 "x"}"#,
+            r#"{"Temperature": 1e400, "Humidity": 01}"#,
+            r#"{"Temperature": 1e400, "Humidity": 1.}"#,
+        ] {
+            assert_eq!(
+                reasons(&dec.decode("s/room1/x", broken.as_bytes(), 5)),
+                vec![Reason::NotJson],
+                "{broken}"
+            );
+        }
+    }
+
+    #[test]
+    fn regression_labels_beyond_f64_are_bad_labels() {
+        let p: PipelineConfig = toml::from_str(
+            "name='p'\ntopics=['s/+/x']\nfeatures=['t']\nlabel='y'\ntask='regression'",
+        )
+        .unwrap();
+        let d = Decoder::new(&p, 1024).decode("s/a/x", br#"{"t": 2, "y": -1e400}"#, 0);
+        assert_eq!(reasons(&d), vec![Reason::BadLabel]);
+        assert_eq!(d.sample.unwrap().features, vec![2.0]);
+    }
+
+    #[test]
+    fn the_lenient_reading_leaves_strings_alone() {
+        // Strings that look like numbers or NaN, escaped quotes and
+        // backslashes, nesting: only the bare out-of-range numbers change.
+        let payload = br#"{"note": "1e400", "q": "say \"1e400\" NaN \\", "bs": "\\", "n": {"s": "x\\\"-1e400", "k": [1e400, 2.5, -1e400, "Infinity"], "e": 1e-5}, "m": -0, "NaN": 3}"#;
+        let v = parse_payload(payload).unwrap();
+        assert_eq!(v["note"], "1e400");
+        assert_eq!(v["q"], r#"say "1e400" NaN \"#);
+        assert_eq!(v["bs"], r"\");
+        assert_eq!(v["n"]["s"], r#"x\"-1e400"#);
+        assert_eq!(v["n"]["k"][0], "\u{0}1e400");
+        assert_eq!(v["n"]["k"][1], 2.5);
+        assert_eq!(v["n"]["k"][2], "\u{0}-1e400");
+        assert_eq!(v["n"]["k"][3], "Infinity");
+        assert_eq!(v["n"]["e"], 1e-5);
+        assert_eq!(v["NaN"], 3);
+        // Every other number is copied as written.
+        let fixed = lenient_tokens(br#"[1e400, 12.50e-3, -0.0, 7]"#).unwrap();
+        assert_eq!(fixed, br#"["\u00001e400", 12.50e-3, -0.0, 7]"#);
+        // Nothing to rewrite: no lenient reading.
+        assert_eq!(lenient_tokens(br#"{"a": "1e400", "b": 1e300}"#), None);
+        // Through the decoder: a feature that is the string "1e400" is
+        // non-finite too (as f32 and f64), the other fields are salvaged.
+        let d = occupancy().decode(
+            "s/a/x",
+            br#"{"Temperature": "1e400", "Humidity": 20.5, "note": "a \"1e400\" b", "Light": 1e400}"#,
+            0,
+        );
+        assert_eq!(
+            reasons(&d),
+            vec![Reason::NonFinite, Reason::NonFinite, Reason::BadTimestamp]
+        );
+        assert_eq!(d.sample.unwrap().features[1], 20.5);
+    }
+
+    #[test]
+    fn number_literals() {
+        for (s, n) in [
+            ("1e400,", 5),
+            ("-1e400]", 6),
+            ("0.5e-3}", 6),
+            ("-0 ", 2),
+            ("01", 1),
+            ("1.", 1),
+            ("1e", 1),
+            ("1e+", 1),
+            ("12.5E+7x", 7),
+            ("-", 0),
+            ("-x", 0),
+            ("", 0),
+        ] {
+            assert_eq!(number_len(s.as_bytes()), n, "{s}");
         }
     }
 

@@ -343,23 +343,9 @@ fn hyper_error_as_json(buf: &[u8]) -> Option<Vec<u8>> {
         b"431 " => "request head too large: at most 100 header fields and 408 KiB",
         _ => return None,
     };
-    if !buf.ends_with(
-        b"
-
-",
-    ) {
-        return None;
-    }
-    let head = std::str::from_utf8(&buf[..buf.len() - 4]).ok()?;
-    let mut lines = head.split(
-        "
-",
-    );
-    let status_line = lines.next()?;
-    let mut out = format!(
-        "{status_line}
-"
-    );
+    let head = std::str::from_utf8(buf.strip_suffix(b"\r\n\r\n")?).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut out = format!("{}\r\n", lines.next()?);
     let mut empty = false;
     for line in lines {
         let (name, value) = line.split_once(':')?;
@@ -375,10 +361,7 @@ fn hyper_error_as_json(buf: &[u8]) -> Option<Vec<u8>> {
             return None;
         } else {
             out.push_str(line);
-            out.push_str(
-                "
-",
-            );
+            out.push_str("\r\n");
         }
     }
     if !empty {
@@ -386,10 +369,7 @@ fn hyper_error_as_json(buf: &[u8]) -> Option<Vec<u8>> {
     }
     let body = json!({ "error": message }).to_string();
     out.push_str(&format!(
-        "content-type: application/json
-content-length: {}
-
-{body}",
+        "content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     ));
     Some(out.into_bytes())
