@@ -26,9 +26,11 @@
 //! - by hyper, which answers a request it cannot parse without calling the
 //!   router and closes the connection: 414 for a URI over 65,534 bytes
 //!   (a limit fixed in hyper), 431 for a head with more than 100 header fields
-//!   or over ~408 KiB, 400 for a malformed request line or header. Its
-//!   answer has no body; [`JsonErrorListener`], the listener the daemon
-//!   serves on, rewrites it as JSON with the same status.
+//!   or still incomplete once hyper's read buffer holds ~408 KiB (a larger
+//!   head that completes within one read is accepted: the size limit is not
+//!   exact), 400 for a malformed request line or header. Its answer has no
+//!   body; [`JsonErrorListener`], the listener the daemon serves on, rewrites
+//!   it as JSON with the same status.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -233,7 +235,7 @@ impl<L: axum::serve::Listener> axum::serve::Listener for JsonErrorListener<L> {
 }
 
 /// A connection whose writes pass through unchanged, except hyper's own
-/// answer to a request it could not parse ([`hyper_error_as_json`]): 400,
+/// answer to a request it could not parse (`hyper_error_as_json`): 400,
 /// 414 or 431 with `content-length: 0` and no content type, which becomes
 /// the same status with a JSON `{"error": …}` body.
 ///
@@ -340,7 +342,7 @@ fn hyper_error_as_json(buf: &[u8]) -> Option<Vec<u8>> {
     let message = match rest.get(..4)? {
         b"400 " => "malformed request: the request line or a header is not HTTP/1.1",
         b"414 " => "URI too long: at most 65534 bytes",
-        b"431 " => "request head too large: at most 100 header fields and 408 KiB",
+        b"431 " => "request head too large: at most 100 header fields and about 408 KiB",
         _ => return None,
     };
     let head = std::str::from_utf8(buf.strip_suffix(b"\r\n\r\n")?).ok()?;
