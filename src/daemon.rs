@@ -440,7 +440,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     spawn(&tracker, supervise("http"), {
         let drained = drained.clone();
         async move {
-            axum::serve(listener, app)
+            axum::serve(http::JsonErrorListener::new(listener), app)
                 .with_graceful_shutdown(async move { drained.cancelled().await })
                 .await
                 .map_err(|e| e.to_string())

@@ -8,8 +8,8 @@
 //!   bytes, 431 more than 100 header fields or a head beyond hyper's ~408 KiB
 //!   read buffer, 400 malformed head), through `http::JsonErrorListener`
 //!   (`axum::serve(http::JsonErrorListener::new(listener), app)`), serving
-//!   the same router from the daemon's handle; the daemon's port gives the
-//!   same statuses (with JSON bodies once the daemon serves on that listener).
+//!   the same router from the daemon's handle, and through the daemon's own
+//!   port, which serves on that listener.
 
 mod common;
 
@@ -292,10 +292,14 @@ async fn every_error_answer_is_json_with_its_status() {
             error.to_lowercase().contains(says),
             "{what}: {error:?} should say {says:?}"
         );
-        // The daemon's port: the same status (its body is JSON once the
-        // daemon serves on JsonErrorListener).
+        // The daemon's own port serves on JsonErrorListener too.
         let a = send(handle.http_addr, request).await;
         assert_eq!(a.status, status, "{what} (daemon): {a:?}");
+        let error = a.error(what);
+        assert!(
+            error.to_lowercase().contains(says),
+            "{what} (daemon): {error:?} should say {says:?}"
+        );
     }
 
     drop(handle);
