@@ -389,3 +389,45 @@ pub async fn subscribe(
         .unwrap();
     (rx, stop)
 }
+
+impl Mosquitto {
+    /// SIGKILL (no persistence save on the way out) and wait; `start_again`
+    /// brings it back on the same port.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Deletes the persistence file (while stopped): every session is lost.
+    pub fn delete_persistence(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("mosquitto.db"));
+    }
+
+    /// Starts mosquitto again on the same port and returns the moment its
+    /// port first accepted a connection (polled every 2 ms).
+    pub fn start_again(&mut self) -> Instant {
+        assert!(self.child.is_none(), "mosquitto is still running");
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed at /usr/sbin/mosquitto");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < until,
+                "mosquitto did not start again on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
