@@ -1,46 +1,492 @@
-//! The embedded MQTT broker (rumqttd), for boards without mosquitto. Behind
-//! the default cargo feature `embedded-broker`.
+//! The embedded MQTT broker (rumqttd 0.20), for boards without mosquitto.
+//! Behind the default cargo feature `embedded-broker`.
+//!
+//! # Why a proxy in front of rumqttd
+//!
+//! rumqttd keeps everything in memory and acknowledges a publisher as soon
+//! as its router has appended the message to the in-memory commit log of
+//! each matching filter (`router/routing.rs`, `handle_device_payload`: the
+//! PUBACK is queued next to `append_to_commitlog`). Nothing ties that
+//! acknowledgement to the subscriber: a slow or absent daemon only makes the
+//! log longer, up to `max_segment_count` segments of `max_segment_size`
+//! bytes, after which the oldest segment is dropped
+//! (`segments/mod.rs`, `apply_retention`) and the subscriber's cursor jumps
+//! (`readv`: "jumping to head"). Its only window towards a subscriber is the
+//! hard-coded 100 unacknowledged QoS 1 publishes (`router/iobufs.rs`,
+//! `MAX_INFLIGHT`; `max_inflight_count` in [`rumqttd::ConnectionSettings`]
+//! only caps how many packets one read of a connection takes, and
+//! `max_outgoing_packet_count` applies to QoS 0 only). rumqttd 0.20 has no
+//! API to stop a server, refuse or close connections (`Broker::start` joins
+//! its server threads forever; the router's event channel is private; the
+//! `external_auth` hook only sees new connections, never existing ones), and
+//! a subscription starts at the current end of its filter's log (`Subscribe`
+//! takes `next_native_offset`), so whatever publishers sent to a freshly
+//! started broker before the daemon subscribed reached no one.
+//!
+//! So rumqttd listens on an ephemeral loopback port and edgeloop owns the
+//! configured address: a small proxy (one thread, one current-thread tokio
+//! runtime) that reads MQTT framing (fixed headers, and the few fields it
+//! needs) and forwards whole packets, unchanged. That gives four things:
+//!
+//! 1. **Gate at start.** Connections other than the daemon's are held after
+//!    their CONNECT (not forwarded, no CONNACK) until the daemon's client
+//!    (`daemon_client_id`) has subscribed: its SUBACK, or a CONNACK with
+//!    `session_present` (a daemon restarted in the same process resumes its
+//!    session). Nothing is acknowledged before someone will receive it.
+//! 2. **Stop accepting publishes** ([`EmbeddedBroker::stop_accepting_publishes`]):
+//!    the gate closes and every external connection is cut at a packet
+//!    boundary: the proxy stops reading from the client and half-closes its
+//!    side towards rumqttd, which reads what was forwarded, appends it, sees
+//!    the end of the stream and drops the connection (a PUBACK rumqttd had
+//!    not written yet is never sent: the publisher resends that message
+//!    later, and the daemon's digest deduplication absorbs the copy). The
+//!    daemon's own connections (`daemon_client_id` and
+//!    `{daemon_client_id}-…`, e.g. the predictions publisher) stay.
+//! 3. **Knowing when the daemon has everything** ([`EmbeddedBroker::wait_drained`]):
+//!    the proxy sees every PUBLISH rumqttd sends to the daemon's client and
+//!    every PUBACK the daemon returns (after its durable commit). Drained:
+//!    the gate is closed, no external connection is left, the daemon is
+//!    connected, every QoS 1 delivery to it is acknowledged, and no new
+//!    delivery came for a quiet period ([`DRAIN_QUIET`]). With nothing
+//!    unacknowledged rumqttd's window to the daemon is open, so a message
+//!    still in its log would be sent within the router's next pass
+//!    (milliseconds); 300 ms without one means the log is caught up.
+//! 4. **A hard bound on what a crash loses.** Every publish forwarded from
+//!    an external client whose topic matches k of the daemon's filters
+//!    (learned from its SUBSCRIBE packets; rumqttd delivers one copy per
+//!    matching filter, at the subscription's QoS) adds k to a debt, and
+//!    every PUBACK of a (non-retained) delivery to the daemon takes one
+//!    off. Publishes are forwarded only while the debt is below
+//!    [`PUBLISH_WINDOW`]; beyond it the proxy stops reading from publishers
+//!    (TCP backpressure; their QoS 1 messages wait, unacknowledged, in
+//!    their own clients). A publish that never reaches the daemon (refused
+//!    by rumqttd, say) would keep its count: whenever the daemon is
+//!    connected with nothing unacknowledged, no delivery and no counted
+//!    publish for [`DRAIN_QUIET`], rumqttd holds nothing for it and the
+//!    debt is reset to 0.
+//!
+//! # What SIGKILL can lose
+//!
+//! A message acknowledged to its publisher but not yet committed by the
+//! daemon was forwarded by the proxy and not yet acknowledged by the daemon,
+//! so it is within the debt: at most [`PUBLISH_WINDOW`] messages. One
+//! imprecision adds to it: a PUBACK the daemon sent just before its own
+//! connection to rumqttd broke may not have been processed by rumqttd, which
+//! then redelivers that message and the daemon acknowledges it a second
+//! time; that is at most rumqttd's window of 100 ([`BROKER_INFLIGHT`]) per
+//! break of the daemon's own loopback connection, and it is forgotten the
+//! next time the daemon is caught up. [`crash_loss_bound`] is the sum, logged
+//! when the broker starts. Without the window the loss was bounded only by
+//! the commit log: 8 segments of 4 MiB (`mqtt.max_packet_bytes`), about
+//! 200,000 messages of 150 bytes.
+//!
+//! Measured (tests/embedded_broker.rs, daemon binary, SIGKILL three times
+//! during a load): at 1,000 msg/s nothing was lost (the daemon keeps up);
+//! with 32 publishers at full speed (the daemon a window behind) 871 to
+//! 1,000 acknowledged messages per kill, against 20,000 to 30,000 per kill
+//! before the window. The proxy carries 100,000+ QoS 1 msg/s on loopback
+//! (73-90 % of rumqttd reached directly); the daemon's end-to-end ingest
+//! (about 20,000 msg/s) is unchanged.
+//!
+//! A throttled publisher's later packets (PINGREQ included) wait behind its
+//! blocked publish: if the daemon stops acknowledging for longer than 1.5
+//! keep-alive periods, rumqttd or the client drops that connection, and the
+//! client reconnects and resends (nothing is lost; its session is kept).
+//!
+//! # The daemon's side
+//!
+//! [`EmbeddedBroker::start`] with the daemon's `mqtt.client_id`; the
+//! daemon's clients connect to the configured address as before. At
+//! shutdown, in this order: [`EmbeddedBroker::drain_for_shutdown`] while
+//! the MQTT source still forwards and the writer still commits and
+//! acknowledges; then the source stops forwarding, the writer commits and
+//! acknowledges what it holds, the source disconnects. With an external
+//! broker the first step is skipped.
+//!
+//! # Lifetime
 //!
 //! rumqttd has no stop API: a broker started here lives until the process
 //! ends. Starting the same address twice in one process reuses the running
-//! broker (a daemon restarted in-process keeps its broker, like a real one).
+//! broker (a daemon restarted in-process keeps its broker, like a real one);
+//! [`EmbeddedBroker::start`] then closes the gate again until the (new)
+//! daemon has subscribed.
+//!
+//! rumqttd's own port accepts loopback connections from anyone who finds it;
+//! only connections through the configured address are gated and counted.
 
-use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Mutex, OnceLock};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
 
 use super::IngestError;
 
-static STARTED: OnceLock<Mutex<HashSet<SocketAddr>>> = OnceLock::new();
+/// Most deliveries to the daemon (messages × matching filters) that
+/// external publishers may be ahead of the daemon's commits. Beyond it the
+/// proxy stops reading from publishers until the daemon acknowledges.
+/// Ten times rumqttd's window to the daemon: the daemon never waits for the
+/// publishers, and at 1,000 msg/s it is one second of readings.
+pub const PUBLISH_WINDOW: u64 = 1000;
+
+/// rumqttd's window of unacknowledged QoS 1 publishes towards one
+/// subscriber (`router/iobufs.rs`, `MAX_INFLIGHT`; not configurable).
+pub const BROKER_INFLIGHT: u64 = 100;
+
+/// How long nothing new must reach the daemon, with everything it received
+/// acknowledged, before the broker counts as drained.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(300);
+
+/// How long a cut connection may take to close after the proxy half-closed
+/// it towards rumqttd.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+/// How long a new connection may take to send its CONNECT (as rumqttd's
+/// `connection_timeout_ms`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection is held at the closed gate before it is dropped
+/// (clients reconnect by themselves).
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
+/// Room for the topic and header beyond the payload limit, bytes.
+const PACKET_OVERHEAD: usize = 65536;
+
+/// The most acknowledged messages a SIGKILL (or any crash) of the process
+/// can lose with the embedded broker: [`PUBLISH_WINDOW`] plus
+/// [`BROKER_INFLIGHT`] (see the module documentation). It does not depend
+/// on the configuration: the window counts messages, whatever their size.
+pub fn crash_loss_bound() -> u64 {
+    PUBLISH_WINDOW + BROKER_INFLIGHT
+}
+
+/// Brokers started in this process, by the address asked for.
+static STARTED: OnceLock<Mutex<HashMap<SocketAddr, EmbeddedBroker>>> = OnceLock::new();
 
 /// Starts a broker listening on `listen` (MQTT 3.1.1), accepting payloads up
-/// to `max_payload_bytes`, and waits until it accepts connections.
+/// to `max_payload_bytes`, and waits until it accepts connections. Its gate
+/// is open: no client is treated as the daemon's, nothing is held, counted
+/// or throttled (the behaviour before [`EmbeddedBroker`]). Kept for
+/// callers not yet moved to [`EmbeddedBroker::start`], which needs the
+/// daemon's client id for the gate, the drain and the crash bound.
 ///
 /// # Errors
-/// [`IngestError::Broker`] when the address is taken by another program or
-/// the broker does not come up within 5 s.
+/// As [`EmbeddedBroker::start`].
 pub fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<(), IngestError> {
-    let started = STARTED.get_or_init(Default::default);
-    let mut started = started
-        .lock()
-        .map_err(|_| IngestError::Broker("lock poisoned".into()))?;
-    if started.contains(&listen) {
-        return Ok(());
+    let broker = EmbeddedBroker::start(listen, max_payload_bytes, "")?;
+    broker.open();
+    Ok(())
+}
+
+/// A running embedded broker: rumqttd behind edgeloop's proxy. Cheap to
+/// clone; every clone is the same broker.
+#[derive(Clone)]
+pub struct EmbeddedBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("listen", &self.shared.listen)
+            .field("internal", &self.shared.internal)
+            .field("open", &self.is_open())
+            .finish()
     }
-    // A clear error for a taken port (rumqttd would only log it in its thread).
-    drop(
-        TcpListener::bind(listen)
-            .map_err(|e| IngestError::Broker(format!("cannot listen on {listen}: {e}")))?,
-    );
+}
+
+/// What [`EmbeddedBroker::wait_drained`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// Everything the broker held for the daemon was delivered and
+    /// acknowledged (see [`EmbeddedBroker::wait_drained`]).
+    pub complete: bool,
+    /// How long it waited.
+    pub waited: Duration,
+    /// Deliveries to the daemon not acknowledged when it returned.
+    pub unacknowledged: usize,
+    /// Deliveries external publishers were ahead of the daemon's
+    /// acknowledgements (an estimate; 0 once drained).
+    pub behind: u64,
+}
+
+/// Counters of the proxy ([`EmbeddedBroker::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProxyStats {
+    /// As [`EmbeddedBroker::behind`].
+    pub behind: u64,
+    /// Publishes that waited for the window (the daemon was
+    /// [`PUBLISH_WINDOW`] behind).
+    pub throttled: u64,
+    /// Times the count was reset because the daemon was caught up while
+    /// publishes it will never receive were still counted.
+    pub stale_resets: u64,
+    /// Connections waiting at the closed gate now.
+    pub held: usize,
+    /// Whether the gate is open.
+    pub open: bool,
+}
+
+impl EmbeddedBroker {
+    /// Starts rumqttd on an ephemeral loopback port and the proxy on
+    /// `listen` (MQTT 3.1.1; payloads up to `max_payload_bytes`), and waits
+    /// until rumqttd accepts connections. `daemon_client_id` is the client
+    /// id of the daemon's subscribing connection; `{daemon_client_id}-…` are
+    /// its other connections (not gated, not cut). An empty id means no
+    /// daemon: nothing is counted, and the gate must be opened with
+    /// [`EmbeddedBroker::open`].
+    ///
+    /// The gate is closed: connections other than the daemon's are held
+    /// after their CONNECT until the daemon's client has subscribed (or
+    /// resumed a session that has subscriptions).
+    ///
+    /// Idempotent per address within a process: a second call returns the
+    /// running broker, now for `daemon_client_id`, with its gate closed
+    /// again (external connections are cut) until that daemon has
+    /// subscribed.
+    ///
+    /// Blocking (up to 5 s): call it from `spawn_blocking` in async code.
+    ///
+    /// # Errors
+    /// [`IngestError::Broker`] when `listen` is taken by another program or
+    /// rumqttd does not come up within 5 s.
+    pub fn start(
+        listen: SocketAddr,
+        max_payload_bytes: usize,
+        daemon_client_id: &str,
+    ) -> Result<Self, IngestError> {
+        let started = STARTED.get_or_init(Default::default);
+        let mut started = started
+            .lock()
+            .map_err(|_| IngestError::Broker("lock poisoned".into()))?;
+        if let Some(broker) = started.get(&listen) {
+            broker.shared.rearm(daemon_client_id);
+            return Ok(broker.clone());
+        }
+        let listener = StdListener::bind(listen)
+            .map_err(|e| IngestError::Broker(format!("cannot listen on {listen}: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| {
+            IngestError::Broker(format!("cannot read the address of {listen}: {e}"))
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| IngestError::Broker(e.to_string()))?;
+        let internal = start_rumqttd(max_payload_bytes)?;
+        let (gate, _) = watch::channel(Gate {
+            open: false,
+            generation: 0,
+        });
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            listen: bound,
+            internal,
+            max_frame: max_payload_bytes.saturating_add(PACKET_OVERHEAD),
+            gate,
+            flow: Mutex::new(Flow {
+                daemon_id: daemon_client_id.to_string(),
+                auto_open: true,
+                filters: Vec::new(),
+                debt: 0,
+                daemon: None,
+                last_delivery: now,
+                last_counted: now,
+                externals: 0,
+                externals_gone: now,
+                closed_at: None,
+                held: 0,
+                held_warned: now,
+                resets: 0,
+                throttled: 0,
+            }),
+            changed: Notify::new(),
+            next_conn: AtomicU64::new(1),
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("mqtt-proxy".into())
+            .spawn({
+                let shared = shared.clone();
+                move || run_proxy(shared, listener, ready_tx)
+            })
+            .map_err(|e| IngestError::Broker(e.to_string()))?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| IngestError::Broker("the proxy thread did not start".into()))?
+            .map_err(IngestError::Broker)?;
+        let broker = Self { shared };
+        started.insert(listen, broker.clone());
+        info!(
+            listen = %bound,
+            rumqttd = %internal,
+            daemon_client_id,
+            publish_window = PUBLISH_WINDOW,
+            crash_loss_bound = crash_loss_bound(),
+            "Embedded MQTT broker started. Publishers are held until the daemon has subscribed; \
+             a crash (SIGKILL, power loss) loses at most crash_loss_bound acknowledged messages, \
+             SIGTERM none."
+        );
+        Ok(broker)
+    }
+
+    /// Where the broker accepts connections (the configured address, with
+    /// the port bound when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.listen
+    }
+
+    /// rumqttd's own address (loopback, ephemeral port). Connections made
+    /// there bypass the proxy: no gate, no cut, not counted (for
+    /// measurements).
+    pub fn rumqttd_addr(&self) -> SocketAddr {
+        self.shared.internal
+    }
+
+    /// Whether external clients are let through now.
+    pub fn is_open(&self) -> bool {
+        self.shared.gate.borrow().open
+    }
+
+    /// Lets external clients through now (held ones included), whether or
+    /// not the daemon has subscribed. The daemon does not need it: the gate
+    /// opens by itself once its client has subscribed.
+    pub fn open(&self) {
+        self.shared.set_open();
+    }
+
+    /// Deliveries external publishers are ahead of the daemon's
+    /// acknowledgements now: about what a crash would lose now.
+    pub fn behind(&self) -> u64 {
+        self.shared.flow().debt
+    }
+
+    /// Counters of the proxy.
+    pub fn stats(&self) -> ProxyStats {
+        let f = self.shared.flow();
+        ProxyStats {
+            behind: f.debt,
+            throttled: f.throttled,
+            stale_resets: f.resets,
+            held: f.held,
+            open: self.is_open(),
+        }
+    }
+
+    /// Stops accepting publishes: closes the gate (new connections are held,
+    /// and dropped after a minute) and cuts every external connection at a
+    /// packet boundary; waits until those connections are closed (at most
+    /// about 2.5 s). The daemon's own connections stay. Returns how many
+    /// connections were cut.
+    ///
+    /// A publish forwarded before the cut is in rumqttd's log (and reaches
+    /// the daemon) even if its PUBACK never reaches the publisher, which
+    /// then sends it again later: at least once, never lost.
+    pub async fn stop_accepting_publishes(&self) -> usize {
+        let cut = {
+            let mut f = self.shared.flow();
+            f.auto_open = false;
+            f.closed_at = Some(Instant::now());
+            f.externals
+        };
+        self.shared.gate.send_modify(|g| {
+            g.open = false;
+            g.generation += 1;
+        });
+        let until = Instant::now() + CUT_GRACE + Duration::from_millis(500);
+        while self.shared.flow().externals > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.shared.flow().externals;
+        info!(
+            cut,
+            left, "Embedded MQTT broker: stopped accepting publishes."
+        );
+        cut
+    }
+
+    /// Waits until the daemon has received and acknowledged everything the
+    /// broker holds for it, or `limit` passes. Drained: the gate is closed
+    /// ([`EmbeddedBroker::stop_accepting_publishes`]), no external
+    /// connection is left, the daemon's client is connected, every QoS 1
+    /// publish sent to it is acknowledged, and for `quiet` none was sent and
+    /// no external connection was open. Call it while the daemon still
+    /// receives, commits and acknowledges as usual.
+    pub async fn wait_drained(&self, quiet: Duration, limit: Duration) -> Drain {
+        let started = Instant::now();
+        loop {
+            let (complete, unacknowledged, behind) = {
+                let f = self.shared.flow();
+                let now = Instant::now();
+                let unacked = f.daemon.as_ref().map(|d| d.outstanding.len());
+                let complete = !self.is_open()
+                    && f.externals == 0
+                    && unacked == Some(0)
+                    && now.duration_since(f.last_delivery) >= quiet
+                    && now.duration_since(f.externals_gone) >= quiet
+                    && f.closed_at.is_some_and(|t| now.duration_since(t) >= quiet);
+                (complete, unacked.unwrap_or(0), f.debt)
+            };
+            let waited = started.elapsed();
+            if complete || waited >= limit {
+                let drain = Drain {
+                    complete,
+                    waited,
+                    unacknowledged,
+                    behind: if complete { 0 } else { behind },
+                };
+                if complete {
+                    info!(
+                        waited_ms = waited.as_millis() as u64,
+                        "Embedded MQTT broker drained: the daemon has acknowledged everything it held."
+                    );
+                } else {
+                    warn!(
+                        waited_ms = waited.as_millis() as u64,
+                        unacknowledged,
+                        behind,
+                        daemon_connected = self.shared.flow().daemon.is_some(),
+                        "Embedded MQTT broker not drained in time: what it still holds for the \
+                         daemon is lost when the process exits (the publishers had it acknowledged)."
+                    );
+                }
+                return drain;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What the daemon's shutdown does first:
+    /// [`EmbeddedBroker::stop_accepting_publishes`], then
+    /// [`EmbeddedBroker::wait_drained`] with [`DRAIN_QUIET`] until `limit`
+    /// (counted from the call).
+    pub async fn drain_for_shutdown(&self, limit: Duration) -> Drain {
+        let started = Instant::now();
+        self.stop_accepting_publishes().await;
+        self.wait_drained(DRAIN_QUIET, limit.saturating_sub(started.elapsed()))
+            .await
+    }
+}
+
+/// Starts rumqttd on a free loopback port and waits until it completes an
+/// MQTT handshake there; returns the address.
+fn start_rumqttd(max_payload_bytes: usize) -> Result<SocketAddr, IngestError> {
+    // rumqttd binds the address itself and cannot report the port it got
+    // for port 0: take a free port, release it, hand it over.
+    let internal = StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| IngestError::Broker(format!("no free loopback port: {e}")))?;
     let server = rumqttd::ServerSettings {
         name: "edgeloop-embedded".into(),
-        listen,
+        listen: internal,
         tls: None,
         next_connection_delay_ms: 1,
         connections: rumqttd::ConnectionSettings {
             connection_timeout_ms: 60_000,
             max_payload_size: max_payload_bytes,
+            // Packets taken from one connection per read (not a window).
             max_inflight_count: 100,
             auth: None,
             external_auth: None,
@@ -71,24 +517,22 @@ pub fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<(), IngestE
         })
         .map_err(|e| IngestError::Broker(e.to_string()))?;
     let until = Instant::now() + Duration::from_secs(5);
-    while !mqtt_handshake(listen) {
+    while !mqtt_handshake(internal) {
         if Instant::now() > until {
             return Err(IngestError::Broker(format!(
-                "not accepting connections on {listen} after 5 s"
+                "rumqttd not accepting connections on {internal} after 5 s"
             )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    started.insert(listen);
-    tracing::info!(%listen, "Embedded MQTT broker started.");
-    Ok(())
+    Ok(internal)
 }
 
 /// A full MQTT CONNECT / CONNACK / DISCONNECT exchange (a bare TCP probe
 /// makes rumqttd log an error for the half-open connection).
 fn mqtt_handshake(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+    let Ok(mut stream) = StdStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
@@ -106,4 +550,759 @@ fn mqtt_handshake(addr: SocketAddr) -> bool {
         && connack[0] == 0x20;
     let _ = stream.write_all(disconnect);
     ok
+}
+
+// ---------------------------------------------------------------------------
+// The proxy.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gate {
+    open: bool,
+    /// Incremented by each close: external connections let through under
+    /// an older generation are cut.
+    generation: u64,
+}
+
+struct Shared {
+    listen: SocketAddr,
+    internal: SocketAddr,
+    /// Largest packet forwarded, bytes.
+    max_frame: usize,
+    gate: watch::Sender<Gate>,
+    flow: Mutex<Flow>,
+    /// Woken when the debt goes down.
+    changed: Notify,
+    next_conn: AtomicU64,
+}
+
+/// Accounting between external publishers and the daemon.
+struct Flow {
+    daemon_id: String,
+    /// Open the gate at the daemon's next SUBACK (or CONNACK with a
+    /// session).
+    auto_open: bool,
+    /// The daemon's subscriptions (mirrored from its SUBSCRIBE and
+    /// UNSUBSCRIBE packets).
+    filters: Vec<String>,
+    /// Deliveries to the daemon forwarded and not yet acknowledged by it.
+    debt: u64,
+    daemon: Option<DaemonLink>,
+    /// Last PUBLISH rumqttd sent to the daemon.
+    last_delivery: Instant,
+    /// Last counted publish forwarded.
+    last_counted: Instant,
+    /// External connections let through and not yet closed.
+    externals: usize,
+    /// When `externals` last became 0.
+    externals_gone: Instant,
+    closed_at: Option<Instant>,
+    /// Connections waiting at the closed gate.
+    held: usize,
+    held_warned: Instant,
+    resets: u64,
+    throttled: u64,
+}
+
+/// The daemon's current connection.
+struct DaemonLink {
+    conn: u64,
+    /// QoS 1/2 deliveries not yet acknowledged, in order (rumqttd requires
+    /// acknowledgements in order); true for those counted in the debt.
+    outstanding: VecDeque<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The daemon's subscribing client: observed.
+    Daemon,
+    /// Another client of the daemon (`{id}-…`): not gated, not cut.
+    Internal,
+    External,
+}
+
+impl Shared {
+    fn flow(&self) -> MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_open(&self) {
+        self.gate
+            .send_if_modified(|g| !std::mem::replace(&mut g.open, true));
+    }
+
+    /// A new start on a running broker (an in-process restart).
+    fn rearm(&self, daemon_id: &str) {
+        {
+            let mut f = self.flow();
+            if f.daemon_id != daemon_id {
+                f.daemon_id = daemon_id.to_string();
+                f.filters.clear();
+                f.debt = 0;
+                f.daemon = None;
+            }
+            f.auto_open = true;
+            f.closed_at = Some(Instant::now());
+        }
+        self.gate.send_if_modified(|g| {
+            let was = g.open;
+            g.open = false;
+            g.generation += u64::from(was);
+            was
+        });
+        self.changed.notify_waiters();
+    }
+
+    fn classify(&self, client_id: Option<&str>) -> Kind {
+        let f = self.flow();
+        match client_id {
+            Some(id) if !f.daemon_id.is_empty() && id == f.daemon_id => Kind::Daemon,
+            Some(id)
+                if !f.daemon_id.is_empty()
+                    && id.len() > f.daemon_id.len() + 1
+                    && id.starts_with(f.daemon_id.as_str())
+                    && id.as_bytes()[f.daemon_id.len()] == b'-' =>
+            {
+                Kind::Internal
+            }
+            _ => Kind::External,
+        }
+    }
+
+    /// How many deliveries to the daemon a publish on `topic` makes.
+    fn matches(f: &Flow, topic: &str) -> u64 {
+        f.filters
+            .iter()
+            .filter(|filter| rumqttc::matches(topic, filter))
+            .count() as u64
+    }
+
+    /// Counts `k` deliveries if the window allows (always when nothing is
+    /// counted, so that one publish matching more filters than the window
+    /// still passes).
+    fn try_acquire(&self, k: u64) -> bool {
+        let mut f = self.flow();
+        if f.debt == 0 || f.debt + k <= PUBLISH_WINDOW {
+            f.debt += k;
+            f.last_counted = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn acquire(&self, k: u64) {
+        let mut counted = false;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.try_acquire(k) {
+                return;
+            }
+            if !counted {
+                counted = true;
+                self.flow().throttled += 1;
+            }
+            notified.await;
+        }
+    }
+
+    /// Reset of a stale debt; warning about connections held too long.
+    fn tick(&self) {
+        let now = Instant::now();
+        let mut f = self.flow();
+        let caught_up = f.daemon.as_ref().is_some_and(|d| d.outstanding.is_empty());
+        if f.debt > 0
+            && caught_up
+            && now.duration_since(f.last_delivery) >= DRAIN_QUIET
+            && now.duration_since(f.last_counted) >= DRAIN_QUIET
+        {
+            debug!(
+                debt = f.debt,
+                "Embedded broker: the daemon is caught up; forgetting publishes it will not receive."
+            );
+            f.debt = 0;
+            f.resets += 1;
+            drop(f);
+            self.changed.notify_waiters();
+            return;
+        }
+        if f.held > 0
+            && f.auto_open
+            && !self.gate.borrow().open
+            && now.duration_since(f.held_warned) >= Duration::from_secs(30)
+        {
+            f.held_warned = now;
+            warn!(
+                held = f.held,
+                daemon_client_id = %f.daemon_id,
+                "Embedded MQTT broker: publishers are held until the daemon has subscribed, and it has not yet."
+            );
+        }
+    }
+
+    /// A packet from a client towards rumqttd. Returns the deliveries an
+    /// external publish must acquire before it is forwarded.
+    fn inspect_up(&self, kind: Kind, conn: u64, byte1: u8, body: &[u8]) -> u64 {
+        match (byte1 >> 4, kind) {
+            (PUBLISH, _) => {
+                let Some(topic) = str16(body).and_then(|(t, _)| std::str::from_utf8(t).ok()) else {
+                    return 0;
+                };
+                let mut f = self.flow();
+                let k = Self::matches(&f, topic);
+                if k > 0 && kind != Kind::External {
+                    f.debt += k;
+                    f.last_counted = Instant::now();
+                    return 0;
+                }
+                k
+            }
+            (PUBACK | PUBREC, Kind::Daemon) => {
+                let mut f = self.flow();
+                let counted = match f.daemon.as_mut() {
+                    Some(d) if d.conn == conn => d.outstanding.pop_front(),
+                    _ => None,
+                };
+                if counted == Some(true) && f.debt > 0 {
+                    f.debt -= 1;
+                    drop(f);
+                    self.changed.notify_waiters();
+                }
+                0
+            }
+            (SUBSCRIBE, Kind::Daemon) => {
+                let mut f = self.flow();
+                for filter in subscribe_filters(body) {
+                    if !f.filters.contains(&filter) {
+                        f.filters.push(filter);
+                    }
+                }
+                0
+            }
+            (UNSUBSCRIBE, Kind::Daemon) => {
+                let gone = unsubscribe_filters(body);
+                self.flow().filters.retain(|f| !gone.contains(f));
+                0
+            }
+            _ => 0,
+        }
+    }
+
+    /// A packet from rumqttd towards the daemon's client.
+    fn inspect_down(&self, conn: u64, byte1: u8, body: &[u8]) {
+        match byte1 >> 4 {
+            PUBLISH => {
+                let qos = (byte1 >> 1) & 3;
+                let retained = byte1 & 1 == 1;
+                let mut f = self.flow();
+                f.last_delivery = Instant::now();
+                if qos > 0 {
+                    if let Some(d) = f.daemon.as_mut().filter(|d| d.conn == conn) {
+                        d.outstanding.push_back(!retained);
+                    }
+                }
+            }
+            CONNACK => {
+                let (session, code) = (body.first().copied(), body.get(1).copied());
+                if code != Some(0) {
+                    return;
+                }
+                let open = {
+                    let mut f = self.flow();
+                    f.daemon = Some(DaemonLink {
+                        conn,
+                        outstanding: VecDeque::new(),
+                    });
+                    f.auto_open && session.is_some_and(|s| s & 1 == 1) && !f.filters.is_empty()
+                };
+                if open {
+                    info!("Embedded MQTT broker: the daemon resumed its session; letting publishers in.");
+                    self.set_open();
+                }
+            }
+            SUBACK => {
+                let ok = body.get(2..).is_some_and(|c| c.iter().any(|&c| c != 0x80));
+                if ok && self.flow().auto_open {
+                    info!(
+                        "Embedded MQTT broker: the daemon has subscribed; letting publishers in."
+                    );
+                    self.set_open();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn daemon_gone(&self, conn: u64) {
+        let mut f = self.flow();
+        if f.daemon.as_ref().is_some_and(|d| d.conn == conn) {
+            f.daemon = None;
+        }
+    }
+}
+
+const CONNECT: u8 = 1;
+const CONNACK: u8 = 2;
+const PUBLISH: u8 = 3;
+const PUBACK: u8 = 4;
+const PUBREC: u8 = 5;
+const SUBSCRIBE: u8 = 8;
+const SUBACK: u8 = 9;
+const UNSUBSCRIBE: u8 = 10;
+
+/// The fixed header of the packet at the start of `buf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    byte1: u8,
+    /// Fixed header length (2..=5).
+    header_len: usize,
+    /// Whole packet length.
+    len: usize,
+}
+
+/// `Ok(None)`: not enough bytes yet for a whole packet. `Err`: a malformed
+/// remaining length or a packet above `max`.
+fn frame(buf: &[u8], max: usize) -> Result<Option<Header>, ()> {
+    let mut remaining = 0usize;
+    for i in 1..5 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            if remaining > max {
+                return Err(());
+            }
+            let len = i + 1 + remaining;
+            return Ok((buf.len() >= len).then_some(Header {
+                byte1: buf[0],
+                header_len: i + 1,
+                len,
+            }));
+        }
+    }
+    Err(())
+}
+
+/// A length-prefixed MQTT string and what follows it.
+fn str16(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
+    Some((b.get(2..2 + n)?, b.get(2 + n..)?))
+}
+
+/// A variable byte integer and what follows it.
+fn varint(b: &[u8]) -> Option<(usize, &[u8])> {
+    let mut v = 0usize;
+    for i in 0..4 {
+        let byte = *b.get(i)?;
+        v |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+/// Client id and clean-session flag of a CONNECT body (MQTT 3.1.1 or 5).
+fn parse_connect(body: &[u8]) -> Option<(String, bool)> {
+    let (_name, rest) = str16(body)?;
+    let (level, flags) = (*rest.first()?, *rest.get(1)?);
+    let mut rest = rest.get(4..)?;
+    if level == 5 {
+        let (n, r) = varint(rest)?;
+        rest = r.get(n..)?;
+    }
+    let (id, _) = str16(rest)?;
+    Some((String::from_utf8_lossy(id).into_owned(), flags & 0b10 != 0))
+}
+
+/// Topic filters of a SUBSCRIBE body (MQTT 3.1.1).
+fn subscribe_filters(body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    while let Some((f, r)) = str16(rest) {
+        out.push(String::from_utf8_lossy(f).into_owned());
+        rest = r.get(1..).unwrap_or_default();
+    }
+    out
+}
+
+/// Topic filters of an UNSUBSCRIBE body (MQTT 3.1.1).
+fn unsubscribe_filters(body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    while let Some((f, r)) = str16(rest) {
+        out.push(String::from_utf8_lossy(f).into_owned());
+        rest = r;
+    }
+    out
+}
+
+fn run_proxy(
+    shared: Arc<Shared>,
+    listener: StdListener,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(format!("proxy runtime: {e}")));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("proxy listener: {e}")));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tick.tick().await;
+                    shared.tick();
+                }
+            }
+        });
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve(shared.clone(), stream, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "Embedded MQTT broker: accept failed.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Decrements `externals` when an external connection ends.
+struct ExternalGuard(Arc<Shared>);
+
+impl ExternalGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.flow().externals += 1;
+        Self(shared.clone())
+    }
+}
+
+impl Drop for ExternalGuard {
+    fn drop(&mut self) {
+        let mut f = self.0.flow();
+        f.externals -= 1;
+        if f.externals == 0 {
+            f.externals_gone = Instant::now();
+        }
+    }
+}
+
+/// Counts a connection held at the gate.
+struct HeldGuard(Arc<Shared>);
+
+impl HeldGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.flow().held += 1;
+        Self(shared.clone())
+    }
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.flow().held -= 1;
+    }
+}
+
+/// One client connection: its CONNECT, the gate, then both directions.
+async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8192);
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        loop {
+            match frame(&buf, shared.max_frame) {
+                Ok(Some(h)) => return Some(h),
+                Ok(None) => {}
+                Err(()) => return None,
+            }
+            match client.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let Ok(Some(h)) = first else {
+        debug!(%peer, "Embedded broker: connection closed before a whole first packet.");
+        return;
+    };
+    let connect = (h.byte1 >> 4 == CONNECT)
+        .then(|| parse_connect(&buf[h.header_len..h.len]))
+        .flatten();
+    let kind = shared.classify(connect.as_ref().map(|(id, _)| id.as_str()));
+    if kind == Kind::Daemon && connect.as_ref().is_some_and(|(_, clean)| *clean) {
+        shared.flow().filters.clear();
+    }
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut generation = 0;
+    let _external = if kind == Kind::External {
+        match hold(&shared, &mut client, &mut buf).await {
+            Some(g) => generation = g,
+            None => return,
+        }
+        Some(ExternalGuard::new(&shared))
+    } else {
+        None
+    };
+    let broker = match TcpStream::connect(shared.internal).await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "Embedded MQTT broker: rumqttd refused a connection.");
+            return;
+        }
+    };
+    let _ = broker.set_nodelay(true);
+    let (client_rd, client_wr) = client.into_split();
+    let (broker_rd, broker_wr) = broker.into_split();
+    let up = up(&shared, kind, conn, generation, buf, client_rd, broker_wr);
+    let down = async {
+        if kind == Kind::Daemon {
+            down_daemon(&shared, conn, broker_rd, client_wr).await;
+        } else {
+            copy_down(broker_rd, client_wr).await;
+        }
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        // rumqttd closed the connection: drop the client's too.
+        _ = &mut down => {}
+        // The client closed, or the connection was cut: rumqttd sees the
+        // end of the stream and closes its side.
+        _ = &mut up => {
+            let _ = tokio::time::timeout(CUT_GRACE, &mut down).await;
+        }
+    }
+    if kind == Kind::Daemon {
+        shared.daemon_gone(conn);
+    }
+}
+
+/// Holds an external connection until the gate opens; the generation it
+/// opened under, or None when the client left or waited too long.
+async fn hold(shared: &Arc<Shared>, client: &mut TcpStream, buf: &mut BytesMut) -> Option<u64> {
+    let mut gate = shared.gate.subscribe();
+    let mut held = None;
+    let until = tokio::time::Instant::now() + HOLD_LIMIT;
+    loop {
+        let g = *gate.borrow_and_update();
+        if g.open {
+            return Some(g.generation);
+        }
+        if held.is_none() {
+            held = Some(HeldGuard::new(shared));
+        }
+        tokio::select! {
+            r = gate.changed() => if r.is_err() { return None },
+            r = client.read_buf(buf) => match r {
+                Ok(n) if n > 0 && buf.len() <= shared.max_frame => {}
+                _ => return None,
+            },
+            _ = tokio::time::sleep_until(until) => return None,
+        }
+    }
+}
+
+/// Client → rumqttd: whole packets, inspected; external publishes wait for
+/// the window; an external connection stops at a cut. Half-closes the
+/// connection to rumqttd when it ends.
+async fn up(
+    shared: &Shared,
+    kind: Kind,
+    conn: u64,
+    generation: u64,
+    mut buf: BytesMut,
+    mut client: OwnedReadHalf,
+    mut broker: OwnedWriteHalf,
+) {
+    let mut gate = shared.gate.subscribe();
+    let external = kind == Kind::External;
+    'conn: loop {
+        if external && gate.borrow().generation != generation {
+            break;
+        }
+        let mut ready = 0;
+        loop {
+            let h = match frame(&buf[ready..], shared.max_frame) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(()) => {
+                    debug!("Embedded broker: malformed or oversized packet; closing.");
+                    break 'conn;
+                }
+            };
+            let body = &buf[ready + h.header_len..ready + h.len];
+            let k = shared.inspect_up(kind, conn, h.byte1, body);
+            if k > 0 && !shared.try_acquire(k) {
+                if ready > 0 {
+                    if broker.write_all(&buf[..ready]).await.is_err() {
+                        break 'conn;
+                    }
+                    buf.advance(ready);
+                    ready = 0;
+                }
+                tokio::select! {
+                    _ = shared.acquire(k) => {}
+                    _ = gate.wait_for(|g| g.generation != generation) => break 'conn,
+                }
+            }
+            ready += h.len;
+        }
+        if ready > 0 {
+            if broker.write_all(&buf[..ready]).await.is_err() {
+                break;
+            }
+            buf.advance(ready);
+        }
+        tokio::select! {
+            biased;
+            _ = gate.wait_for(|g| g.generation != generation), if external => break,
+            r = client.read_buf(&mut buf) => match r {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            },
+        }
+    }
+    let _ = broker.shutdown().await;
+}
+
+/// rumqttd → the daemon's client: whole packets, inspected.
+async fn down_daemon(
+    shared: &Shared,
+    conn: u64,
+    mut broker: OwnedReadHalf,
+    mut client: OwnedWriteHalf,
+) {
+    let mut buf = BytesMut::with_capacity(16384);
+    loop {
+        match broker.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+        let mut ready = 0;
+        loop {
+            match frame(&buf[ready..], shared.max_frame) {
+                Ok(Some(h)) => {
+                    shared.inspect_down(conn, h.byte1, &buf[ready + h.header_len..ready + h.len]);
+                    ready += h.len;
+                }
+                Ok(None) => break,
+                Err(()) => {
+                    warn!("Embedded MQTT broker: malformed packet from rumqttd to the daemon; closing.");
+                    let _ = client.shutdown().await;
+                    return;
+                }
+            }
+        }
+        if ready > 0 {
+            if client.write_all(&buf[..ready]).await.is_err() {
+                break;
+            }
+            buf.advance(ready);
+        }
+    }
+    let _ = client.shutdown().await;
+}
+
+/// rumqttd → any other client: bytes as they come.
+async fn copy_down(mut broker: OwnedReadHalf, mut client: OwnedWriteHalf) {
+    let _ = tokio::io::copy(&mut broker, &mut client).await;
+    let _ = client.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::{Connect, Publish, QoS, Subscribe, SubscribeFilter};
+
+    fn bytes_of(write: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        write(&mut b);
+        b.to_vec()
+    }
+
+    #[test]
+    fn frames_whole_packets_only() {
+        let mut p = Publish::new("a/b", QoS::AtLeastOnce, vec![7u8; 300]);
+        p.pkid = 9;
+        let bytes = bytes_of(|b| {
+            p.write(b).unwrap();
+        });
+        let h = frame(&bytes, 1 << 20).unwrap().unwrap();
+        assert_eq!(h.len, bytes.len());
+        assert_eq!(h.header_len, 3, "300 + 7 bytes need two length bytes");
+        assert_eq!(h.byte1 >> 4, PUBLISH);
+        assert_eq!((h.byte1 >> 1) & 3, 1);
+        assert_eq!(frame(&bytes[..bytes.len() - 1], 1 << 20), Ok(None));
+        assert_eq!(frame(&bytes[..2], 1 << 20), Ok(None));
+        assert_eq!(frame(&bytes, 100), Err(()), "above the limit");
+        assert_eq!(
+            frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], 1 << 30),
+            Err(())
+        );
+        let body = &bytes[h.header_len..h.len];
+        assert_eq!(str16(body).unwrap().0, b"a/b");
+    }
+
+    #[test]
+    fn reads_connect_and_subscribe() {
+        let mut c = Connect::new("edgeloop");
+        c.clean_session = false;
+        let bytes = bytes_of(|b| {
+            c.write(b).unwrap();
+        });
+        let h = frame(&bytes, 1 << 20).unwrap().unwrap();
+        assert_eq!(h.byte1 >> 4, CONNECT);
+        assert_eq!(
+            parse_connect(&bytes[h.header_len..h.len]),
+            Some(("edgeloop".to_string(), false))
+        );
+        let s = Subscribe::new_many([
+            SubscribeFilter::new("sensors/+/occupancy".into(), QoS::AtLeastOnce),
+            SubscribeFilter::new("labels/#".into(), QoS::AtLeastOnce),
+        ]);
+        let bytes = bytes_of(|b| {
+            s.write(b).unwrap();
+        });
+        let h = frame(&bytes, 1 << 20).unwrap().unwrap();
+        assert_eq!(h.byte1 >> 4, SUBSCRIBE);
+        assert_eq!(
+            subscribe_filters(&bytes[h.header_len..h.len]),
+            ["sensors/+/occupancy", "labels/#"]
+        );
+    }
+
+    #[test]
+    fn mqtt5_connect_client_id_after_properties() {
+        // "MQTT", level 5, flags (clean), keep-alive 30, properties (len 5:
+        // session expiry 0x11 = 10), client id "abc".
+        let body = [
+            0, 4, b'M', b'Q', b'T', b'T', 5, 0b10, 0, 30, 5, 0x11, 0, 0, 0, 10, 0, 3, b'a', b'b',
+            b'c',
+        ];
+        assert_eq!(parse_connect(&body), Some(("abc".to_string(), true)));
+    }
+
+    #[test]
+    fn crash_bound_is_window_plus_rumqttd_inflight() {
+        assert_eq!(crash_loss_bound(), 1100);
+    }
 }

@@ -1,0 +1,876 @@
+//! Issue 12: the embedded broker (rumqttd behind edgeloop's proxy,
+//! `src/ingest/broker.rs`) and what it acknowledged.
+//!
+//! In process, with a stand-in for the daemon (a rumqttc client with the
+//! daemon's client id that "commits" a message by recording it, then
+//! acknowledges it):
+//! 1. publishers are held until the daemon has subscribed;
+//! 2. `stop_accepting_publishes` cuts publishers, and `wait_drained`
+//!    returns once the daemon has acknowledged every message a publisher
+//!    had acknowledged;
+//! 3. publishers are never more than `PUBLISH_WINDOW` deliveries ahead of
+//!    the daemon's acknowledgements;
+//! 4. the proxy's cost in throughput (printed; `--nocapture`).
+//!
+//! The daemon binary as a process, killed or stopped three times during a
+//! load and restarted at once, each message numbered (its `Date` is
+//! [`BASE_S`] plus its number in seconds, so a stored sample names its
+//! message), publishers counting a message only once its PubAck arrived:
+//! 5. SIGKILL at 1,000 msg/s for 12 s, and 6. SIGKILL with 32 publishers at
+//!    full speed (the daemon a window behind): per kill, the acknowledged
+//!    messages missing from the store are within `crash_loss_bound()`;
+//! 7. SIGTERM at 1,000 msg/s: none is missing.
+//!
+//! 5-7 need the daemon to start the broker with `EmbeddedBroker::start` and
+//! drain it at shutdown (`drain_for_shutdown`, see `src/ingest/broker.rs`).
+//!
+//! Each test holds [`SERIAL`] and finishes within a minute.
+
+// Each test takes SERIAL and holds it across its awaits: every test has its
+// own runtime, and the lock only keeps the tests from sharing the 2 cores.
+#![allow(clippy::await_holding_lock)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use edgeloop::ingest::broker::{self, EmbeddedBroker, PUBLISH_WINDOW};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+/// `Date` of message 0: 2030-01-01 00:00:00 UTC.
+const BASE_S: i64 = 1_893_456_000;
+const FILTERS: [&str; 2] = ["sensors/+/occupancy", "labels/+/occupancy"];
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Unlabelled occupancy reading number `seq` (distinct for every seq).
+fn payload(seq: u64) -> Vec<u8> {
+    let date = chrono::DateTime::from_timestamp(BASE_S + seq as i64, 0)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let f = (seq % 1000) as f64;
+    serde_json::to_vec(&serde_json::json!({
+        "Date": date,
+        "Temperature": 19.0 + f / 200.0,
+        "Humidity": 25.0 + f / 100.0,
+        "Light": f,
+        "CO2": 450.0 + f,
+        "HumidityRatio": 0.004 + f / 1e6,
+        "seq": seq,
+    }))
+    .unwrap()
+}
+
+fn seq_of_payload(p: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(p).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+fn seq_of_timestamp(ms: i64) -> Option<u64> {
+    let off = ms - BASE_S * 1000;
+    (off >= 0 && off % 1000 == 0).then_some((off / 1000) as u64)
+}
+
+async fn start_broker(daemon_id: &str) -> (EmbeddedBroker, u16) {
+    init_logs();
+    let port = free_port();
+    let id = daemon_id.to_string();
+    let b = tokio::task::spawn_blocking(move || {
+        EmbeddedBroker::start(SocketAddr::from(([127, 0, 0, 1], port)), 1 << 20, &id)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    (b, port)
+}
+
+// ---------------------------------------------------------------------------
+// The stand-in daemon.
+
+/// What the stand-in daemon did.
+#[derive(Default)]
+struct Received {
+    /// Seqs "committed" (recorded before their acknowledgement).
+    committed: HashSet<u64>,
+    subscribed: bool,
+    connected: bool,
+}
+
+struct FakeDaemon {
+    state: Arc<Mutex<Received>>,
+    /// While set, received messages are held unacknowledged.
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeDaemon {
+    /// Connects as `id` (persistent session, manual acks, through the
+    /// broker's proxy) and subscribes to [`FILTERS`]; acknowledges each
+    /// message after recording it, `ack_delay` after a batch arrives (a
+    /// commit's duration).
+    fn start(port: u16, id: &str, ack_delay: Duration) -> Self {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let state = Arc::new(Mutex::new(Received::default()));
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+        // The "writer": batches what arrived, waits a commit, records,
+        // acknowledges in order.
+        let writer = tokio::spawn({
+            let (state, hold, client) = (state.clone(), hold.clone(), client.clone());
+            async move {
+                while let Some(first) = rx.recv().await {
+                    let mut batch = vec![first];
+                    while let Ok(p) = rx.try_recv() {
+                        batch.push(p);
+                    }
+                    while hold.load(std::sync::atomic::Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    tokio::time::sleep(ack_delay).await;
+                    {
+                        let mut s = state.lock().unwrap();
+                        for p in &batch {
+                            s.committed.insert(seq_of_payload(&p.payload));
+                        }
+                    }
+                    for p in &batch {
+                        let _ = client.ack(p).await;
+                    }
+                }
+            }
+        });
+        let task = tokio::spawn({
+            let (state, stop) = (state.clone(), stop.clone());
+            async move {
+                let _writer = writer;
+                loop {
+                    let ev = tokio::select! {
+                        ev = eventloop.poll() => ev,
+                        _ = stop.cancelled() => break,
+                    };
+                    match ev {
+                        Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                            state.lock().unwrap().connected = true;
+                            if !ack.session_present {
+                                let c = client.clone();
+                                tokio::spawn(async move {
+                                    let filters = FILTERS.map(|f| {
+                                        rumqttc::SubscribeFilter::new(f.into(), QoS::AtLeastOnce)
+                                    });
+                                    let _ = c.subscribe_many(filters).await;
+                                });
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            state.lock().unwrap().subscribed = true;
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let _ = tx.send(p);
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            state.lock().unwrap().connected = false;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_millis(300), eventloop.poll()).await;
+            }
+        });
+        Self {
+            state,
+            hold,
+            stop,
+            task,
+        }
+    }
+
+    fn committed(&self) -> HashSet<u64> {
+        self.state.lock().unwrap().committed.clone()
+    }
+
+    async fn wait_subscribed(&self) {
+        wait_until(Duration::from_secs(10), "the daemon's SUBACK", || {
+            self.state.lock().unwrap().subscribed
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Publishers.
+
+/// What a publisher saw.
+#[derive(Debug, Default, Clone)]
+struct Published {
+    /// Seqs the broker acknowledged (PubAck).
+    acked: Vec<u64>,
+    /// Connection errors seen.
+    errors: u64,
+    /// When the first ConnAck arrived.
+    connected_at: Option<Instant>,
+}
+
+/// One QoS 1 publisher connection with one message in flight: publishes
+/// `seqs` to `sensors/p/occupancy`, message `s` not before
+/// `t0 + (s - first) * pace`,
+/// until every one is acknowledged, `stop` is cancelled or `deadline`
+/// passes. With one in flight, a PubAck names the outstanding message.
+///
+/// rumqttc 0.25 drops its unacknowledged publishes, and the requests still
+/// in its channel, when it reconnects to a broker that reports no session
+/// (`EventLoop::poll`: `if !connack.session_present { self.pending.clear() }`),
+/// as a restarted embedded broker always does: the outstanding message is
+/// then published again here (a copy may be stored already; the daemon's
+/// digest deduplication keeps one).
+#[allow(clippy::too_many_arguments)]
+async fn publish_paced(
+    port: u16,
+    seqs: Vec<u64>,
+    first: u64,
+    t0: tokio::time::Instant,
+    pace: Duration,
+    deadline: Instant,
+    stop: CancellationToken,
+    progress: Arc<Mutex<Published>>,
+) {
+    let mut opts = MqttOptions::new(client_id("pub"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_inflight(1);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let send = |s: u64| {
+        client
+            .try_publish("sensors/p/occupancy", QoS::AtLeastOnce, false, payload(s))
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut next = seqs.into_iter().peekable();
+    let mut outstanding: Option<u64> = None;
+    // A connection error since `outstanding` was handed to rumqttc.
+    let mut broke = false;
+    loop {
+        let due = match (outstanding, next.peek()) {
+            (None, None) => break,
+            (None, Some(&s)) => {
+                let at = t0 + pace * (s - first) as u32;
+                if tokio::time::Instant::now() >= at {
+                    send(s);
+                    outstanding = next.next();
+                    broke = false;
+                    continue;
+                }
+                at
+            }
+            (Some(_), _) => deadline,
+        };
+        let ev = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = tokio::time::sleep_until(due) => continue,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = stop.cancelled() => break,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                progress
+                    .lock()
+                    .unwrap()
+                    .connected_at
+                    .get_or_insert_with(Instant::now);
+                if let (Some(s), true, false) = (outstanding, broke, ack.session_present) {
+                    send(s);
+                    broke = false;
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                if let Some(s) = outstanding.take() {
+                    progress.lock().unwrap().acked.push(s);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                broke = true;
+                progress.lock().unwrap().errors += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+}
+
+/// `connections` publishers sharing `seqs` round-robin (message `s` not
+/// before `s * pace` from now); `progress` holds what was acknowledged so
+/// far; the task returns it when all have finished.
+fn spawn_publisher(
+    port: u16,
+    seqs: std::ops::Range<u64>,
+    connections: usize,
+    pace: Duration,
+    limit: Duration,
+) -> (
+    tokio::task::JoinHandle<Published>,
+    Arc<Mutex<Published>>,
+    CancellationToken,
+) {
+    let progress = Arc::new(Mutex::new(Published::default()));
+    let stop = CancellationToken::new();
+    let t0 = tokio::time::Instant::now();
+    let deadline = Instant::now() + limit;
+    let first = seqs.start;
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let mine: Vec<u64> = seqs
+                .clone()
+                .filter(|s| (s - first) as usize % connections == c)
+                .collect();
+            tokio::spawn(publish_paced(
+                port,
+                mine,
+                first,
+                t0,
+                pace,
+                deadline,
+                stop.clone(),
+                progress.clone(),
+            ))
+        })
+        .collect();
+    let task = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+            let p = progress.lock().unwrap().clone();
+            p
+        }
+    });
+    (task, progress, stop)
+}
+
+// ---------------------------------------------------------------------------
+// 1-4: the broker in process.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_are_held_until_the_daemon_subscribes() {
+    let _serial = serial();
+    let daemon_id = client_id("dmn");
+    let (broker, port) = start_broker(&daemon_id).await;
+    assert!(!broker.is_open());
+    let (task, progress, _stop) =
+        spawn_publisher(port, 0..200, 1, Duration::ZERO, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        progress.lock().unwrap().connected_at.is_none(),
+        "a publisher got its CONNACK before the daemon subscribed"
+    );
+    assert_eq!(broker.stats().held, 1, "{:?}", broker.stats());
+    let daemon = FakeDaemon::start(port, &daemon_id, Duration::ZERO);
+    daemon.wait_subscribed().await;
+    let p = task.await.unwrap();
+    assert_eq!(p.acked.len(), 200, "{p:?}");
+    assert!(broker.is_open());
+    wait_until(Duration::from_secs(5), "every message committed", || {
+        daemon.committed().len() == 200
+    })
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_accepting_cuts_publishers_and_drain_waits_for_the_daemon() {
+    let _serial = serial();
+    let daemon_id = client_id("dmn");
+    let (broker, port) = start_broker(&daemon_id).await;
+    // Slow commits: 150 ms each, so the daemon is behind when the cut comes.
+    let daemon = FakeDaemon::start(port, &daemon_id, Duration::from_millis(150));
+    daemon.wait_subscribed().await;
+    let mut publishers = Vec::new();
+    for i in 0..3u64 {
+        publishers.push(spawn_publisher(
+            port,
+            i * 100_000..i * 100_000 + 5_000,
+            2,
+            Duration::from_micros(500),
+            Duration::from_secs(20),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked_before: usize = publishers
+        .iter()
+        .map(|(_, p, _)| p.lock().unwrap().acked.len())
+        .sum();
+    assert!(
+        acked_before > 500,
+        "{acked_before} acknowledged before the cut"
+    );
+    let cut = broker.stop_accepting_publishes().await;
+    assert_eq!(cut, 6, "every publisher connection is cut");
+    let behind = broker.behind();
+    let drain = broker
+        .wait_drained(broker::DRAIN_QUIET, Duration::from_secs(10))
+        .await;
+    assert!(drain.complete, "{drain:?}");
+    // Nothing more is acknowledged once the gate is closed.
+    let mut acked = HashSet::new();
+    for (task, progress, stop) in publishers {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = progress.lock().unwrap().acked.len();
+        stop.cancel();
+        let p = task.await.unwrap();
+        assert_eq!(p.acked.len(), n, "acknowledged after the cut");
+        assert!(p.errors > 0, "the publisher saw its connection cut");
+        acked.extend(p.acked);
+    }
+    let committed = daemon.committed();
+    let lost: Vec<u64> = acked.difference(&committed).copied().collect();
+    eprintln!(
+        "cut with the daemon {behind} deliveries behind; drained in {} ms; {} acknowledged, {} committed, {} lost",
+        drain.waited.as_millis(),
+        acked.len(),
+        committed.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged, not committed",
+        lost.len()
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_stay_within_the_window_of_the_daemons_acknowledgements() {
+    let _serial = serial();
+    let daemon_id = client_id("dmn");
+    let (broker, port) = start_broker(&daemon_id).await;
+    let daemon = FakeDaemon::start(port, &daemon_id, Duration::ZERO);
+    daemon.wait_subscribed().await;
+    daemon
+        .hold
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (task, progress, _stop) =
+        spawn_publisher(port, 0..5_000, 4, Duration::ZERO, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = progress.lock().unwrap().acked.len() as u64;
+    eprintln!(
+        "daemon not acknowledging: {acked} of 5000 acknowledged to the publisher, {} behind",
+        broker.behind()
+    );
+    assert!(
+        acked <= PUBLISH_WINDOW,
+        "{acked} acknowledged while the daemon acknowledged nothing"
+    );
+    assert!(acked >= PUBLISH_WINDOW / 2, "only {acked} acknowledged");
+    assert!(broker.behind() <= PUBLISH_WINDOW);
+    assert!(broker.stats().throttled > 0, "{:?}", broker.stats());
+    daemon
+        .hold
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let p = task.await.unwrap();
+    assert_eq!(p.acked.len(), 5_000);
+    wait_until(Duration::from_secs(10), "every message committed", || {
+        daemon.committed().len() == 5_000
+    })
+    .await;
+    daemon.stop().await;
+}
+
+/// Messages per second of `n` QoS 1 publishes (one connection, 100 in
+/// flight) on `port`, all received by a subscriber on `sub_port`.
+async fn rate(port: u16, sub_port: u16, n: u64) -> f64 {
+    let (mut rx, stop) = subscribe(sub_port, "bench/#").await;
+    let mut opts = MqttOptions::new(client_id("bench"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let t = Instant::now();
+    tokio::spawn(async move {
+        for i in 0..n {
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "i": i, "pad": "x".repeat(100) })).unwrap();
+            if client
+                .publish("bench/x", QoS::AtLeastOnce, false, body)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (mut acked, mut received) = (0, 0);
+    while acked < n || received < n {
+        tokio::select! {
+            ev = eventloop.poll() => if let Event::Incoming(Packet::PubAck(_)) = ev.unwrap() {
+                acked += 1;
+            },
+            m = rx.recv() => { m.unwrap(); received += 1; }
+        }
+    }
+    stop.cancel();
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The proxy's cost: the same load straight to rumqttd's port and through
+/// the proxy (gate open, no daemon; the bench topic is not counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_throughput_against_rumqttd_directly() {
+    let _serial = serial();
+    let (broker, port) = start_broker("").await;
+    broker.open();
+    let internal = broker.rumqttd_addr().port();
+    let n = 20_000;
+    // Warm-up, then alternate.
+    rate(internal, internal, 2_000).await;
+    let mut direct = Vec::new();
+    let mut proxied = Vec::new();
+    for _ in 0..3 {
+        direct.push(rate(internal, internal, n).await);
+        proxied.push(rate(port, port, n).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (d, p) = (median(&mut direct), median(&mut proxied));
+    eprintln!(
+        "QoS 1, 1 publisher + 1 subscriber, {n} messages: rumqttd directly {d:.0} msg/s, through the proxy {p:.0} msg/s ({:.0} %)",
+        100.0 * p / d
+    );
+    assert!(p > 1_000.0, "the proxy carries {p:.0} msg/s");
+}
+
+// ---------------------------------------------------------------------------
+// 5-6: the daemon binary, killed and restarted during a paced publish.
+
+/// The daemon process on the embedded broker, stderr to a file.
+struct Proc {
+    conf: PathBuf,
+    log: PathBuf,
+    http: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Proc {
+    fn new(dir: &Path, broker_port: u16) -> Self {
+        let http_port = free_port();
+        let conf = dir.join("edgeloop.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[store]\npath = '{}'\n[mqtt]\nbroker = 'embedded'\nembedded_listen = '127.0.0.1:{broker_port}'\n\
+                 client_id = '{}'\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\
+                 [http]\nlisten = '127.0.0.1:{http_port}'\n\
+                 [daemon]\nshutdown_timeout_s = 8\n",
+                dir.join("edgeloop.redb").display(),
+                client_id("ebk"),
+            ),
+        )
+        .unwrap();
+        Self {
+            conf,
+            log: dir.join("daemon.log"),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.starts += 1;
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+                .args(["run", "--log-level", "info", "--config"])
+                .arg(&self.conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the exit status and how long it took.
+    fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().unwrap();
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        (c.wait().unwrap(), t.elapsed())
+    }
+
+    async fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let mut c = edgeloop::demo::HttpClient::connect(self.http).await.ok()?;
+        let (status, body) = c.request("GET", path, None).await.ok()?;
+        (status == 200).then(|| serde_json::from_slice(&body).ok())?
+    }
+
+    async fn stored(&self) -> Option<u64> {
+        self.get("/v1/pipelines").await?["pipelines"][0]["samples"].as_u64()
+    }
+
+    async fn wait_subscribed(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        loop {
+            if self
+                .get("/healthz")
+                .await
+                .is_some_and(|h| h["mqtt_subscribed"] == true)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the daemon did not subscribe; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// A publishing load: `n` messages over `connections` (one in flight
+/// each), message `s` not before `s * pace` (zero: full speed), the daemon
+/// stopped at each of `stops_at` (seconds after the first publish).
+struct Load {
+    n: u64,
+    connections: usize,
+    pace: Duration,
+    stops_at: [f64; 3],
+}
+
+/// 1,000 msg/s for 12 s.
+const PACED: Load = Load {
+    n: 12_000,
+    connections: 4,
+    pace: Duration::from_millis(1),
+    stops_at: [2.5, 5.5, 8.5],
+};
+
+/// Runs the daemon, publishes `load` and stops the daemon with `how` at
+/// each of its moments, restarting it at once; once every message is
+/// acknowledged and the store holds still, stops it with SIGTERM. Asserts
+/// nothing is stored twice. Returns, per stop, the acknowledged messages
+/// missing from the store that had been acknowledged since the previous
+/// stop (a message lost at a stop was acknowledged before it), then those
+/// acknowledged after the last one.
+async fn run_with_restarts(how: Stop, load: Load) -> Vec<Vec<u64>> {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = Proc::new(dir.path(), port);
+    daemon.spawn();
+    daemon.wait_subscribed(Duration::from_secs(20)).await;
+    let (task, progress, _stop) = spawn_publisher(
+        port,
+        0..load.n,
+        load.connections,
+        load.pace,
+        Duration::from_secs(40),
+    );
+    let start = Instant::now();
+    let mut marks = Vec::new();
+    for at in load.stops_at {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
+        match how {
+            Stop::Kill => daemon.kill(),
+            Stop::Term => {
+                let (status, took) = daemon.terminate();
+                assert!(
+                    status.success(),
+                    "SIGTERM exits 0: {status:?}; log:\n{}",
+                    daemon.log_text()
+                );
+                assert!(took < Duration::from_secs(8), "SIGTERM took {took:?}");
+            }
+        }
+        // PubAcks the stopped process wrote reach the publishers (loopback)
+        // within this; the restarted daemon acknowledges nothing before it
+        // has subscribed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let acked = progress.lock().unwrap().acked.len();
+        marks.push(acked);
+        eprintln!(
+            "[{how:?}] at {:.1} s: stopped with {acked} acknowledged",
+            start.elapsed().as_secs_f64()
+        );
+        daemon.spawn();
+    }
+    let p = task.await.unwrap();
+    eprintln!(
+        "[{how:?}] published {} in {:.1} s: {} acknowledged, {} connection errors",
+        load.n,
+        start.elapsed().as_secs_f64(),
+        p.acked.len(),
+        p.errors
+    );
+    assert_eq!(
+        p.acked.len() as u64,
+        load.n,
+        "every message acknowledged in time"
+    );
+    // The store holds still for a second.
+    let mut last = (None, Instant::now());
+    while last.1.elapsed() < Duration::from_secs(1) {
+        let now = daemon.stored().await;
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(55),
+            "store never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("crash_loss_bound=").count() as u32,
+        daemon.starts,
+        "each start logs the crash bound; log:\n{log}"
+    );
+    let store = edgeloop::store::Store::open(&dir.path().join("edgeloop.redb")).unwrap();
+    let samples = store.scan("occupancy", 0..u64::MAX, usize::MAX).unwrap();
+    let mut times = vec![0u32; load.n as usize];
+    for (_, s) in &samples {
+        let q = seq_of_timestamp(s.sample.timestamp_ms).expect("a sample of this test");
+        times[q as usize] += 1;
+    }
+    let dups = times.iter().filter(|&&t| t > 1).count();
+    assert_eq!(dups, 0, "messages stored more than once");
+    marks.push(p.acked.len());
+    let mut lost = Vec::new();
+    let mut from = 0;
+    for to in marks {
+        lost.push(
+            p.acked[from..to]
+                .iter()
+                .copied()
+                .filter(|&q| times[q as usize] == 0)
+                .collect::<Vec<u64>>(),
+        );
+        from = to;
+    }
+    eprintln!(
+        "[{how:?}] {} acknowledged, {} stored; acknowledged but not stored, per stop and after: {:?}; {:.1} s in all",
+        p.acked.len(),
+        samples.len(),
+        lost.iter().map(Vec::len).collect::<Vec<_>>(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    lost
+}
+
+fn assert_within_bound(lost: &[Vec<u64>]) {
+    let bound = broker::crash_loss_bound() as usize;
+    for (k, l) in lost[..3].iter().enumerate() {
+        assert!(
+            l.len() <= bound,
+            "kill {}: {} acknowledged messages lost; the bound is {bound}",
+            k + 1,
+            l.len()
+        );
+    }
+    assert!(
+        lost[3].is_empty(),
+        "{} lost after the last kill (SIGTERM at the end), e.g. {:?}",
+        lost[3].len(),
+        &lost[3][..lost[3].len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_three_times_loses_at_most_the_crash_bound_each() {
+    let _serial = serial();
+    assert_within_bound(&run_with_restarts(Stop::Kill, PACED).await);
+}
+
+/// Publishers faster than the daemon: it is a window behind when killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_full_speed_loses_at_most_the_crash_bound_each() {
+    let _serial = serial();
+    let lost = run_with_restarts(
+        Stop::Kill,
+        Load {
+            n: 100_000,
+            connections: 32,
+            pace: Duration::ZERO,
+            stops_at: [1.0, 2.5, 4.0],
+        },
+    )
+    .await;
+    assert_within_bound(&lost);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_three_times_loses_nothing_acknowledged() {
+    let _serial = serial();
+    let lost = run_with_restarts(Stop::Term, PACED).await;
+    let all: Vec<u64> = lost.concat();
+    assert!(
+        all.is_empty(),
+        "{} acknowledged messages lost over 3 SIGTERMs, e.g. {:?}",
+        all.len(),
+        &all[..all.len().min(10)]
+    );
+}
