@@ -231,11 +231,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 reason: e.to_string(),
             })??;
     }
-    let (host, port) = match cfg.mqtt.target()? {
-        BrokerTarget::External { host, port, .. } => (host, port),
+    let (host, port, embedded) = match cfg.mqtt.target()? {
+        BrokerTarget::External { host, port, .. } => (host, port, None),
         BrokerTarget::Embedded(addr) => {
-            start_embedded(addr, cfg.mqtt.max_packet_bytes).await?;
-            (addr.ip().to_string(), addr.port())
+            let broker =
+                start_embedded(addr, cfg.mqtt.max_packet_bytes, &cfg.mqtt.client_id).await?;
+            (addr.ip().to_string(), addr.port(), Some(broker))
         }
     };
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -385,11 +386,24 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             }
         }
     };
+    // The source stops forwarding once the embedded broker has handed
+    // over everything it acknowledged (at once with an external broker).
+    let ingest_stop = CancellationToken::new();
+    spawn(&tracker, supervise("broker-drain"), {
+        let (shutdown, ingest_stop) = (shutdown.clone(), ingest_stop.clone());
+        let limit = Duration::from_secs(cfg.daemon.shutdown_timeout_s) / 2;
+        async move {
+            shutdown.cancelled().await;
+            drain_embedded(embedded, limit).await;
+            ingest_stop.cancel();
+            Ok(())
+        }
+    });
     spawn(&tracker, supervise("mqtt-source"), {
-        let (shutdown, drained) = (shutdown.clone(), drained.clone());
+        let (ingest_stop, drained) = (ingest_stop.clone(), drained.clone());
         async move {
             source
-                .run(shutdown, drained)
+                .run(ingest_stop, drained)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -510,18 +524,34 @@ fn spawn<F>(
 }
 
 #[cfg(feature = "embedded-broker")]
-async fn start_embedded(addr: SocketAddr, max_packet: usize) -> Result<(), DaemonError> {
-    tokio::task::spawn_blocking(move || crate::ingest::broker::start(addr, max_packet))
-        .await
-        .map_err(|e| DaemonError::Component {
-            component: "broker",
-            reason: e.to_string(),
-        })?
-        .map_err(DaemonError::from)
+type Embedded = crate::ingest::broker::EmbeddedBroker;
+#[cfg(not(feature = "embedded-broker"))]
+type Embedded = std::convert::Infallible;
+
+#[cfg(feature = "embedded-broker")]
+async fn start_embedded(
+    addr: SocketAddr,
+    max_packet: usize,
+    client_id: &str,
+) -> Result<Embedded, DaemonError> {
+    let client_id = client_id.to_string();
+    tokio::task::spawn_blocking(move || {
+        crate::ingest::broker::EmbeddedBroker::start(addr, max_packet, &client_id)
+    })
+    .await
+    .map_err(|e| DaemonError::Component {
+        component: "broker",
+        reason: e.to_string(),
+    })?
+    .map_err(DaemonError::from)
 }
 
 #[cfg(not(feature = "embedded-broker"))]
-async fn start_embedded(_addr: SocketAddr, _max_packet: usize) -> Result<(), DaemonError> {
+async fn start_embedded(
+    _addr: SocketAddr,
+    _max_packet: usize,
+    _client_id: &str,
+) -> Result<Embedded, DaemonError> {
     Err(DaemonError::Config(ConfigError::Invalid {
         key: "mqtt.broker".into(),
         reason: "this build has no embedded broker (cargo feature `embedded-broker`); \
@@ -529,6 +559,19 @@ async fn start_embedded(_addr: SocketAddr, _max_packet: usize) -> Result<(), Dae
             .into(),
     }))
 }
+
+/// Shutdown, first step: the embedded broker stops accepting publishes and
+/// hands what it holds to the daemon's client (which still forwards to the
+/// writer), within `limit`.
+#[cfg(feature = "embedded-broker")]
+async fn drain_embedded(embedded: Option<Embedded>, limit: Duration) {
+    if let Some(broker) = embedded {
+        broker.drain_for_shutdown(limit).await;
+    }
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+async fn drain_embedded(_embedded: Option<Embedded>, _limit: Duration) {}
 
 /// Runs the daemon until `shutdown` is cancelled, then stops within `grace`.
 ///

@@ -45,7 +45,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 /// `Date` of message 0: 2030-01-01 00:00:00 UTC.
-const BASE_S: i64 = 1_893_456_000;
+const BASE_S: i64 = SEQ_BASE_S;
 const FILTERS: [&str; 2] = ["sensors/+/occupancy", "labels/+/occupancy"];
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -54,23 +54,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Unlabelled occupancy reading number `seq` (distinct for every seq).
 fn payload(seq: u64) -> Vec<u8> {
-    let date = chrono::DateTime::from_timestamp(BASE_S + seq as i64, 0)
-        .unwrap()
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string();
-    let f = (seq % 1000) as f64;
-    serde_json::to_vec(&serde_json::json!({
-        "Date": date,
-        "Temperature": 19.0 + f / 200.0,
-        "Humidity": 25.0 + f / 100.0,
-        "Light": f,
-        "CO2": 450.0 + f,
-        "HumidityRatio": 0.004 + f / 1e6,
-        "seq": seq,
-    }))
-    .unwrap()
+    seq_payload(seq)
 }
 
 fn seq_of_payload(p: &[u8]) -> u64 {

@@ -431,3 +431,27 @@ impl Mosquitto {
         }
     }
 }
+
+/// `Date` of sequence-numbered reading 0 ([`seq_payload`]): 2030-01-01, s.
+pub const SEQ_BASE_S: i64 = 1_893_456_000;
+
+/// Unlabelled occupancy reading number `seq`, distinct for every `seq`: its
+/// `Date` is [`SEQ_BASE_S`] plus `seq` seconds, so a stored sample names the
+/// message it came from.
+pub fn seq_payload(seq: u64) -> Vec<u8> {
+    let date = chrono::DateTime::from_timestamp(SEQ_BASE_S + seq as i64, 0)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let f = (seq % 1000) as f64;
+    serde_json::to_vec(&serde_json::json!({
+        "Date": date,
+        "Temperature": 19.0 + f / 200.0,
+        "Humidity": 25.0 + f / 100.0,
+        "Light": f,
+        "CO2": 450.0 + f,
+        "HumidityRatio": 0.004 + f / 1e6,
+        "seq": seq,
+    }))
+    .unwrap()
+}
