@@ -111,7 +111,10 @@ pub struct Counts {
 
 /// The store. Cheap to share behind an `Arc`; redb serialises writers.
 pub struct Store {
-    db: Database,
+    /// `None` while closed after a failed reopen ([`Store::reopen`]). Each
+    /// operation holds the read lock for its transaction's lifetime, so a
+    /// reopen (write lock) never races an open transaction.
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
     /// Model versions handed out and not yet stored, per pipeline: the next
     /// number to hand out ([`Store::reserve_model_version`]). In memory only:
@@ -119,6 +122,16 @@ pub struct Store {
     /// goes on from the newest stored version, so a training killed
     /// mid-way leaves no hole.
     reserved: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// A read lock on the open database.
+struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("DbGuard holds an open database")
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -155,7 +168,7 @@ impl Store {
         }
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let store = Self {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             path: path.to_path_buf(),
             reserved: Default::default(),
         };
@@ -165,17 +178,20 @@ impl Store {
         if store.has_tables() {
             return Ok(store);
         }
-        let txn = store.db.begin_write().map_err(|e| err(e.into()))?;
-        {
-            txn.open_table(SAMPLES).map_err(|e| err(e.into()))?;
-            txn.open_table(DEDUP).map_err(|e| err(e.into()))?;
-            txn.open_table(COUNTERS).map_err(|e| err(e.into()))?;
-            txn.open_table(MODELS).map_err(|e| err(e.into()))?;
-            txn.open_table(STATE).map_err(|e| err(e.into()))?;
-            txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
-            txn.open_table(BY_TIME).map_err(|e| err(e.into()))?;
-        }
-        txn.commit().map_err(|e| err(e.into()))?;
+    {
+            let db = store.lock_db().map_err(&err)?;
+            let txn = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                txn.open_table(SAMPLES).map_err(|e| err(e.into()))?;
+                txn.open_table(DEDUP).map_err(|e| err(e.into()))?;
+                txn.open_table(COUNTERS).map_err(|e| err(e.into()))?;
+                txn.open_table(MODELS).map_err(|e| err(e.into()))?;
+                txn.open_table(STATE).map_err(|e| err(e.into()))?;
+                txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
+                txn.open_table(BY_TIME).map_err(|e| err(e.into()))?;
+            }
+            txn.commit().map_err(|e| err(e.into()))?;
+    }
         Ok(store)
     }
 
@@ -184,9 +200,48 @@ impl Store {
         &self.path
     }
 
+    /// The open database, held for one operation; reopened first if a
+    /// previous [`Store::reopen`] could not open it.
+    fn lock_db(&self) -> Result<DbGuard<'_>, redb::Error> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            return Ok(DbGuard(guard));
+        }
+        drop(guard);
+        self.reopen()?;
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            Ok(DbGuard(guard))
+        } else {
+            Err(redb::Error::PreviousIo)
+        }
+    }
+
+    /// Closes and opens the database file again. redb latches any failed
+    /// write (a full disk, an I/O error): every later operation returns
+    /// `PreviousIo` until the database is closed and opened again, which
+    /// also recovers the file to its last commit. The writer calls this
+    /// after a failed commit; if the file cannot be opened now (still no
+    /// space for recovery), the store stays closed and the next operation
+    /// tries again.
+    ///
+    /// # Errors
+    /// The open's failure.
+    pub fn reopen(&self) -> Result<(), redb::Error> {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Closed first: redb locks the file to one open database.
+        *guard = None;
+        *guard = Some(Database::create(&self.path)?);
+        tracing::info!(path = %self.path.display(), "Store reopened.");
+        Ok(())
+    }
+
     /// Whether every table exists (read transaction only).
     fn has_tables(&self) -> bool {
-        let Ok(txn) = self.db.begin_read() else {
+        let Ok(db) = self.lock_db() else {
+            return false;
+        };
+        let Ok(txn) = db.begin_read() else {
             return false;
         };
         txn.open_table(SAMPLES).is_ok()
@@ -234,7 +289,8 @@ impl Store {
     /// [`StoreError`] when the commit fails; then nothing of the batch is stored.
     pub fn append(&self, batch: &[NewSample]) -> Result<Vec<Option<u64>>, StoreError> {
         let e = self.db_err("append");
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
         let mut out = Vec::with_capacity(batch.len());
         {
             let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
@@ -295,7 +351,8 @@ impl Store {
     /// [`StoreError`] when the commit fails; then no label was applied.
     pub fn apply_labels(&self, labels: &[LateLabel]) -> Result<Vec<Option<u64>>, StoreError> {
         let e = self.db_err("apply_labels");
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
         let mut out = Vec::with_capacity(labels.len());
         {
             let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
@@ -357,7 +414,8 @@ impl Store {
     /// [`StoreError`] on a read failure.
     pub fn counts(&self, pipeline: &str) -> Result<Counts, StoreError> {
         let e = self.db_err("counts");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
         let (next_seq, samples, labelled_total) = table
             .get(pipeline)
@@ -383,7 +441,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, StoredSample)>, StoreError> {
         let e = self.db_err("scan");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
         let mut out = Vec::new();
         if range.is_empty() {
@@ -407,7 +466,8 @@ impl Store {
     /// [`StoreError`] on a read failure or an undecodable record.
     pub fn labelled(&self, pipeline: &str) -> Result<Vec<(u64, Sample)>, StoreError> {
         let e = self.db_err("labelled");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
         let mut out = Vec::new();
         for item in table
@@ -442,7 +502,8 @@ impl Store {
         let e = self.db_err("retention");
         let mut deleted = 0;
         loop {
-            let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+            let db = self.lock_db().map_err(&e)?;
+            let txn = db.begin_write().map_err(|x| e(x.into()))?;
             let n;
             {
                 let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
@@ -518,7 +579,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let e = self.db_err("put_model");
         let bytes = postcard::to_allocvec(model).map_err(|x| self.corrupt("put_model", x))?;
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
         {
             let mut models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
             models
@@ -544,7 +606,8 @@ impl Store {
         event: &str,
     ) -> Result<bool, StoreError> {
         let e = self.db_err("set_serving");
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
         {
             let models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
             if models
@@ -600,7 +663,8 @@ impl Store {
         model: Option<(u32, &StoredModel)>,
     ) -> Result<(), StoreError> {
         let e = self.db_err("append_event");
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
         if let Some((version, model)) = model {
             let bytes =
                 postcard::to_allocvec(model).map_err(|x| self.corrupt("append_event", x))?;
@@ -619,7 +683,8 @@ impl Store {
     /// [`StoreError`] on a read failure.
     pub fn events(&self, pipeline: &str) -> Result<Vec<String>, StoreError> {
         let e = self.db_err("events");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(EVENTS).map_err(|x| e(x.into()))?;
         let mut out = Vec::new();
         for item in table
@@ -643,7 +708,8 @@ impl Store {
         version: u32,
     ) -> Result<Option<StoredModel>, StoreError> {
         let e = self.db_err("get_model");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
         let Some(guard) = table.get((pipeline, version)).map_err(|x| e(x.into()))? else {
             return Ok(None);
@@ -659,7 +725,8 @@ impl Store {
     /// [`StoreError`] on a read failure.
     pub fn model_versions(&self, pipeline: &str) -> Result<Vec<u32>, StoreError> {
         let e = self.db_err("model_versions");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
         let mut out = Vec::new();
         for item in table
@@ -727,7 +794,8 @@ impl Store {
     /// [`StoreError`] on a read failure.
     pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let e = self.db_err("get_state");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(STATE).map_err(|x| e(x.into()))?;
         Ok(table
             .get(key)
@@ -741,7 +809,8 @@ impl Store {
     /// [`StoreError`] when the commit fails.
     pub fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let e = self.db_err("put_state");
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
         {
             let mut table = txn.open_table(STATE).map_err(|x| e(x.into()))?;
             table.insert(key, value).map_err(|x| e(x.into()))?;
@@ -755,7 +824,8 @@ impl Store {
     /// [`StoreError`] on a read failure.
     pub fn dedup_len(&self) -> Result<u64, StoreError> {
         let e = self.db_err("dedup_len");
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
         table.len().map_err(|x| e(x.into()))
     }

@@ -42,7 +42,7 @@ const BUDGET: Duration = Duration::from_secs(60);
 const PUBLISHERS: usize = 4;
 /// `Date` of message 0: 2030-01-01 00:00:00 UTC, after every row of the
 /// occupancy data set.
-const BASE_S: i64 = 1_893_456_000;
+const BASE_S: i64 = SEQ_BASE_S;
 const NEVER: u64 = 1_000_000_000;
 
 /// The tests of this file run one at a time (the default harness runs them
@@ -53,24 +53,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Occupancy-like reading number `seq` (unlabelled: no training, no
-/// prediction without a model).
 fn payload(seq: u64) -> Vec<u8> {
-    let date = chrono::DateTime::from_timestamp(BASE_S + seq as i64, 0)
-        .unwrap()
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string();
-    let f = (seq % 1000) as f64;
-    serde_json::to_vec(&serde_json::json!({
-        "Date": date,
-        "Temperature": 19.0 + f / 200.0,
-        "Humidity": 25.0 + f / 100.0,
-        "Light": f,
-        "CO2": 450.0 + f,
-        "HumidityRatio": 0.004 + f / 1e6,
-        "seq": seq,
-    }))
-    .unwrap()
+    seq_payload(seq)
 }
 
 /// The sequence number a stored sample's timestamp names.
@@ -875,6 +859,93 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     assert_eq!(assert_exactly_once(&handle.store, m, &p.acked, train), m);
     assert!(!token.is_cancelled());
     drop(progress);
+    stop(running, handle, token).await;
+    drop(mount);
+    eprintln!("test {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(t0.elapsed() < BUDGET);
+}
+
+/// Writes zeros to `file` until the file system refuses more (ENOSPC).
+fn fill_completely(file: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).unwrap();
+    let chunk = vec![0u8; 1 << 16];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&chunk[..512]).is_ok() {}
+    let _ = f.sync_all();
+}
+
+/// A disk full to the last byte with no free-space floor: the commit itself
+/// fails (ENOSPC), which latches redb until the file is reopened. The
+/// daemon neither exits nor acknowledges; restarted while the disk is still
+/// full, it starts in the same state; once space is back both backlogs are
+/// stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_failing_on_a_full_disk_is_a_state_that_survives_a_restart() {
+    const TMPFS: u64 = 64 << 20;
+    let _serial = serial();
+    let t0 = Instant::now();
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(dir.path(), TMPFS);
+    let mut cfg = config(dir.path(), Broker::External(mosquitto.port));
+    cfg.store.min_free_bytes = 0;
+    no_training(&mut cfg);
+    let (running, handle, token) = start(cfg.clone()).await;
+    let addr = handle.http_addr;
+
+    let filler = dir.path().join("filler");
+    fill_completely(&filler);
+    assert!(free_bytes(dir.path()) < 1 << 16, "{}", free_bytes(dir.path()));
+    let m = 2000u64;
+    let first = publish_seqs(mosquitto.port, 0..m, 2, Duration::from_secs(20)).await;
+    assert_eq!(first.acked.len() as u64, m);
+    let (body, after) = wait_health(
+        addr,
+        Instant::now(),
+        Duration::from_secs(10),
+        "503 store_refusing_writes after a failed commit",
+        unhealthy_because("store_refusing_writes"),
+    )
+    .await;
+    eprintln!("503 after {} ms: {body}", after.as_millis());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!token.is_cancelled(), "a failed commit does not stop the daemon");
+    assert_eq!(handle.stats.snapshot().samples_stored, 0);
+
+    // Restarted while the disk is still full: it starts, and says why it
+    // does not store.
+    stop(running, handle, token).await;
+    let (running, handle, token) = start(cfg).await;
+    let addr = handle.http_addr;
+    let second = publish_seqs(mosquitto.port, m..2 * m, 2, Duration::from_secs(20)).await;
+    assert_eq!(second.acked.len() as u64, m);
+    wait_health(
+        addr,
+        Instant::now(),
+        Duration::from_secs(10),
+        "503 store_refusing_writes after a restart on a full disk",
+        unhealthy_because("store_refusing_writes"),
+    )
+    .await;
+    assert!(!token.is_cancelled());
+
+    // Space back: the store is reopened, both backlogs drain.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    wait_stored(
+        &handle,
+        2 * m,
+        (freed + Duration::from_secs(30)).min(t0 + BUDGET),
+        "both backlogs after the disk was freed",
+    )
+    .await;
+    wait_health(addr, freed, Duration::from_secs(10), "200 once space is back", is_healthy).await;
+    eprintln!("space freed: {} stored after {} ms", 2 * m, freed.elapsed().as_millis());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut acked = first.acked;
+    acked.extend(second.acked);
+    assert_eq!(assert_exactly_once(&handle.store, 2 * m, &acked, 0), 2 * m);
     stop(running, handle, token).await;
     drop(mount);
     eprintln!("test {:.1} s", t0.elapsed().as_secs_f64());

@@ -176,7 +176,18 @@ impl Writer {
                         refusal.clear(&self.stats);
                         return Ok(Some(v));
                     }
-                    Err(e) => refusal.set(&self.stats, format!("{what}: {e}")),
+                    Err(e) => {
+                        refusal.set(&self.stats, format!("{what}: {e}"));
+                        // redb latches a failed write (disk full, I/O
+                        // error) until the file is opened again.
+                        let store = self.store.clone();
+                        let reopened = tokio::task::spawn_blocking(move || store.reopen())
+                            .await
+                            .map_err(|e| IngestError::Join(e.to_string()))?;
+                        if let Err(e) = reopened {
+                            debug!(error = %e, "Store not reopened yet; retrying.");
+                        }
+                    }
                 }
             }
             let held = matches!(reason, Some(None));
