@@ -7,24 +7,14 @@
 //! (`deny_unknown_fields`); [`Config::validate`] checks values and names the
 //! key of the first problem.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 /// The compiled-in default configuration.
 pub const DEFAULT_TOML: &str = include_str!("../config/edgeloop.toml");
 
-/// Errors from loading or validating the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A layer could not be read or parsed, or a key is unknown or of the wrong type.
-    #[error("config: {0}")]
-    Load(String),
-    /// A value is out of range or inconsistent.
-    #[error("config key `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
-}
+pub use crate::config_error::ConfigError;
 
 /// The whole configuration. See `config/edgeloop.toml` for every key's meaning.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,16 +35,7 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
 }
 
-/// `[onnxruntime]`: where the `ort` engine (cargo feature `ort`) finds
-/// `libonnxruntime`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OnnxruntimeConfig {
-    /// Path of the shared library (onnxruntime 1.31 or newer, e.g. the
-    /// `onnxruntime` wheel's `capi/libonnxruntime.so.1.32.0`); empty: the
-    /// `ORT_DYLIB_PATH` environment variable.
-    pub library: PathBuf,
-}
+pub use crate::serve::engine::OnnxruntimeConfig;
 
 impl Config {
     /// How the pipeline at `index` loads its models: its engine and the
@@ -80,30 +61,7 @@ impl Config {
     }
 }
 
-/// `[models]`: intake of ONNX models brought from elsewhere (upload with
-/// `PUT /v1/pipelines/{name}/models`, or the models directory); see
-/// [`crate::serve::intake`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelsConfig {
-    /// Directory watched for model files, one sub-directory per pipeline
-    /// (`<dir>/<pipeline>/*.onnx`); empty: no watching.
-    pub dir: PathBuf,
-    /// Polling period of the directory, milliseconds.
-    pub poll_ms: u64,
-    /// Largest model accepted (upload body or file), bytes.
-    pub max_bytes: u64,
-}
-
-impl Default for ModelsConfig {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::new(),
-            poll_ms: 2000,
-            max_bytes: 32 * 1024 * 1024,
-        }
-    }
-}
+pub use crate::serve::intake::ModelsConfig;
 
 /// `[daemon]`: how the daemon process logs and stops. Both keys are reloaded
 /// on SIGHUP (see [`crate::daemon::reload_plan`]).
@@ -136,235 +94,12 @@ impl Default for DaemonConfig {
 pub const DEFAULT_LOG_FILTER: &str =
     "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off";
 
-/// `[store]`: the redb database and write batching.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub retention_samples: u64,
-    pub retention_chunk: u64,
-    pub batch_size: usize,
-    pub batch_linger_ms: u64,
-    /// Free space, bytes, below which the writer stops committing (and so
-    /// acknowledging) samples, leaving room for retention and redb's own
-    /// writes; ingest resumes by itself once space is back.
-    #[serde(default = "default_min_free_bytes")]
-    pub min_free_bytes: u64,
-}
+pub use crate::store::StoreConfig;
 
-fn default_min_free_bytes() -> u64 {
-    64 * 1024 * 1024
-}
+pub use crate::ingest::mqtt_config::{parse_mqtt_url, BrokerTarget, MqttConfig};
 
-/// `[mqtt]`: broker, session and back-off.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    pub broker: String,
-    pub embedded_listen: SocketAddr,
-    pub client_id: String,
-    pub keep_alive_s: u64,
-    pub reconnect_min_ms: u64,
-    pub reconnect_max_ms: u64,
-    pub max_packet_bytes: usize,
-    pub ingest_max_payload_bytes: usize,
-    pub outbox_capacity: usize,
-    /// PEM file of the CA certificate(s) that sign an `mqtts://` broker's
-    /// certificate; required for `mqtts://`, refused otherwise.
-    #[serde(default)]
-    pub tls_ca_file: PathBuf,
-    /// PEM client certificate (chain) for brokers that require one
-    /// (mosquitto `require_certificate true`); with `tls_key_file`.
-    #[serde(default)]
-    pub tls_cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
-    #[serde(default)]
-    pub tls_key_file: PathBuf,
-    /// MQTT username (CONNECT packet, MQTT 3.1.1 §3.1.3.4); empty: none.
-    /// Sent in clear text unless the broker is `mqtts://`.
-    #[serde(default)]
-    pub username: String,
-    /// MQTT password; needs `username`.
-    #[serde(default)]
-    pub password: String,
-}
-
-/// Where the daemon's MQTT client connects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BrokerTarget {
-    /// The in-process broker, listening on this loopback address.
-    Embedded(SocketAddr),
-    /// An external broker at host:port; over TLS for `mqtts://`.
-    External { host: String, port: u16, tls: bool },
-}
-
-impl MqttConfig {
-    /// The broker this configuration points at.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming `mqtt.broker` when it is neither
-    /// `"embedded"` nor an `mqtt://host:port` or `mqtts://host:port` URL.
-    pub fn target(&self) -> Result<BrokerTarget, ConfigError> {
-        if self.broker == "embedded" {
-            return Ok(BrokerTarget::Embedded(self.embedded_listen));
-        }
-        let invalid = |reason| ConfigError::Invalid {
-            key: "mqtt.broker".into(),
-            reason,
-        };
-        if let Some(rest) = self.broker.strip_prefix("mqtts://") {
-            // 8883: the IANA port of MQTT over TLS.
-            let (host, port) = parse_host_port(&self.broker, rest, 8883).map_err(invalid)?;
-            return Ok(BrokerTarget::External {
-                host,
-                port,
-                tls: true,
-            });
-        }
-        let (host, port) = parse_mqtt_url(&self.broker).map_err(|reason| {
-            invalid(reason.replace("an mqtt://host:port", "an mqtt:// or mqtts://host:port"))
-        })?;
-        Ok(BrokerTarget::External {
-            host,
-            port,
-            tls: false,
-        })
-    }
-
-    /// Checks the TLS and authentication keys against the broker URL and
-    /// reads every file they name (so a missing or unreadable file stops
-    /// the daemon before it starts, naming the key and the file).
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the key: a TLS file with a plain
-    /// `mqtt://` broker or the embedded one, `mqtts://` without
-    /// `tls_ca_file`, a certificate without its key (or the reverse), a
-    /// password without a username, a file that cannot be read or holds no
-    /// usable PEM item.
-    pub fn validate_security(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: String| {
-            Err(ConfigError::Invalid {
-                key: format!("mqtt.{key}"),
-                reason,
-            })
-        };
-        let tls = matches!(self.target()?, BrokerTarget::External { tls: true, .. });
-        let set = |p: &Path| !p.as_os_str().is_empty();
-        if !tls {
-            for (key, path) in [
-                ("tls_ca_file", &self.tls_ca_file),
-                ("tls_cert_file", &self.tls_cert_file),
-                ("tls_key_file", &self.tls_key_file),
-            ] {
-                if set(path) {
-                    return bad(
-                        key,
-                        format!(
-                            "set, but mqtt.broker `{}` is not an mqtts:// URL",
-                            self.broker
-                        ),
-                    );
-                }
-            }
-        } else if !set(&self.tls_ca_file) {
-            return bad(
-                "tls_ca_file",
-                "an mqtts:// broker needs the PEM file of the CA that signed its \
-                 certificate (the system's roots: /etc/ssl/certs/ca-certificates.crt)"
-                    .into(),
-            );
-        }
-        if set(&self.tls_cert_file) != set(&self.tls_key_file) {
-            return bad(
-                if set(&self.tls_cert_file) {
-                    "tls_key_file"
-                } else {
-                    "tls_cert_file"
-                },
-                "a client certificate needs both tls_cert_file and tls_key_file".into(),
-            );
-        }
-        if !self.password.is_empty() && self.username.is_empty() {
-            return bad("username", "a password is set without a username".into());
-        }
-        if self.broker == "embedded" && !self.username.is_empty() {
-            return bad(
-                "username",
-                "the embedded broker takes no credentials; set them for an external broker".into(),
-            );
-        }
-        if tls {
-            crate::ingest::mqtt::tls_client_config(self)?;
-        }
-        Ok(())
-    }
-}
-
-/// Parses `mqtt://host[:port]` (port 1883 when absent) into host and port.
-///
-/// ```
-/// use edgeloop::config::parse_mqtt_url;
-/// assert_eq!(parse_mqtt_url("mqtt://broker:1884"), Ok(("broker".to_string(), 1884)));
-/// assert_eq!(parse_mqtt_url("mqtt://10.0.0.2"), Ok(("10.0.0.2".to_string(), 1883)));
-/// assert!(parse_mqtt_url("http://broker").is_err());
-/// ```
-///
-/// # Errors
-/// A message saying what is wrong with the URL.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("`{url}` is neither \"embedded\" nor an mqtt://host:port URL"))?;
-    parse_host_port(url, rest, 1883)
-}
-
-/// `host[:port]` of `url` (`rest`: after the scheme), `default_port` when
-/// absent.
-fn parse_host_port(url: &str, rest: &str, default_port: u16) -> Result<(String, u16), String> {
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("`{url}`: port `{p}` is not a number in 1..=65535"))?,
-        ),
-        None => (rest, default_port),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
-        return Err(format!("`{url}`: host and a non-zero port are required"));
-    }
-    Ok((host.to_string(), port))
-}
-
-/// `[http]`: the local API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    pub listen: SocketAddr,
-    pub max_rows: usize,
-}
-
-/// How a redelivered message is recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dedup {
-    /// `content` when the pipeline reads a timestamp field (a redelivery and
-    /// an identical reading cannot differ then), `redelivery` when it uses
-    /// the arrival time.
-    #[default]
-    Auto,
-    /// A message whose topic and payload are already stored is a duplicate.
-    Content,
-    /// Only a message the broker marks as redelivered (DUP flag) and whose
-    /// topic and payload are already stored is a duplicate: a device may
-    /// repeat an identical reading.
-    Redelivery,
-    /// Keep everything (a redelivery after a crash is stored twice).
-    Off,
-}
-
+pub use crate::serve::http::HttpConfig;
+pub use crate::ingest::writer::Dedup;
 pub use crate::learn::model::{Family, Task};
 pub use crate::learn::select::{Evaluation, Metric};
 
@@ -449,45 +184,7 @@ fn default_prediction_topic() -> String {
     "edgeloop/{pipeline}/predictions/{device}".into()
 }
 
-/// `[pipelines.drift]`: drift monitoring and the retraining it triggers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DriftConfig {
-    /// Concept-drift detector on the serving model's errors over newly
-    /// labelled samples: 0/1 for classification, |y − ŷ| for regression
-    /// (so DDM, a 0/1 error-rate test, is refused for regression).
-    pub detector: crate::monitor::continual::DetectorKind,
-    /// Train when the detector raises an alarm.
-    pub retrain_on_drift: bool,
-    /// Labelled samples that must arrive after a training before an alarm
-    /// may trigger another (one change, one retraining).
-    pub cooldown_labels: u64,
-    /// Recent samples compared with the reference (data drift).
-    pub window: usize,
-    /// Reference samples: the newest of the serving model's training data.
-    pub reference: usize,
-    /// Bins of the population stability index.
-    pub psi_bins: usize,
-    /// A feature drifts when its PSI exceeds this.
-    pub psi_threshold: f64,
-    /// ...or when the Kolmogorov–Smirnov p-value falls below this.
-    pub ks_alpha: f64,
-}
-
-impl Default for DriftConfig {
-    fn default() -> Self {
-        Self {
-            detector: crate::monitor::continual::DetectorKind::Adwin,
-            retrain_on_drift: true,
-            cooldown_labels: 200,
-            window: 500,
-            reference: 2000,
-            psi_bins: 10,
-            psi_threshold: 0.25,
-            ks_alpha: 0.001,
-        }
-    }
-}
+pub use crate::monitor::DriftConfig;
 
 /// `[pipelines.model]`: what is trained and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1377,7 +1074,7 @@ mod tests {
         assert_eq!(kind, EngineKind::Auto);
         assert_eq!(
             options.ort_library,
-            Some(PathBuf::from("/opt/ort/libonnxruntime.so"))
+            Some(std::path::PathBuf::from("/opt/ort/libonnxruntime.so"))
         );
         let err = load_str(&format!("{base}engine='onnx'\n"), &[])
             .unwrap_err()

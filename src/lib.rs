@@ -73,6 +73,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod config_error;
 pub mod daemon;
 pub mod demo;
 pub mod features;

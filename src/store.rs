@@ -835,6 +835,26 @@ fn serving_key(pipeline: &str) -> String {
     format!("serving/{pipeline}")
 }
 
+/// `[store]`: the redb database and write batching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub retention_samples: u64,
+    pub retention_chunk: u64,
+    pub batch_size: usize,
+    pub batch_linger_ms: u64,
+    /// Free space, bytes, below which the writer stops committing (and so
+    /// acknowledging) samples, leaving room for retention and redb's own
+    /// writes; ingest resumes by itself once space is back.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
 /// Bytes free for an unprivileged writer on the file system holding `path`
 /// (its directory when `path` does not exist yet): `statvfs(3)`'s
 /// `f_bavail * f_frsize`.

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod csv_file;
 pub mod decode;
 pub mod mqtt;
+pub mod mqtt_config;
 pub mod replay;
 pub mod writer;
 

@@ -37,7 +37,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{BrokerTarget, ConfigError, MqttConfig};
+use super::mqtt_config::{BrokerTarget, MqttConfig};
+use crate::config_error::ConfigError;
 use crate::stats::Stats;
 
 /// A publish received from the broker.

@@ -24,14 +24,34 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::decode::{Decoder, Reason, Sample};
 use super::mqtt::{Acks, Incoming};
 use super::IngestError;
-use crate::config::{Dedup, PipelineConfig, StoreConfig};
+use crate::config::PipelineConfig;
 use crate::stats::Stats;
-use crate::store::{LateLabel, NewSample, Store};
+use crate::store::{LateLabel, NewSample, Store, StoreConfig};
+
+/// How a redelivered message is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dedup {
+    /// `content` when the pipeline reads a timestamp field (a redelivery and
+    /// an identical reading cannot differ then), `redelivery` when it uses
+    /// the arrival time.
+    #[default]
+    Auto,
+    /// A message whose topic and payload are already stored is a duplicate.
+    Content,
+    /// Only a message the broker marks as redelivered (DUP flag) and whose
+    /// topic and payload are already stored is a duplicate: a device may
+    /// repeat an identical reading.
+    Redelivery,
+    /// Keep everything (a redelivery after a crash is stored twice).
+    Off,
+}
 
 /// Identity of a message for deduplication: xxh3-128 of the topic, a zero
 /// byte and the payload. A QoS 1 redelivery has the same digest; two

@@ -33,6 +33,7 @@
 //!   it as JSON with the same status.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -50,6 +51,14 @@ use crate::monitor::retrain::{LearnerHandle, TrainFailure};
 use crate::stats::Stats;
 use crate::store::Store;
 
+/// `[http]`: the local API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub max_rows: usize,
+}
+
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -64,7 +73,7 @@ pub struct AppState {
     pub health: Arc<crate::health::HealthMonitor>,
     pub drift: crate::monitor::retrain::DriftBoard,
     /// `[models]`: the upload size limit.
-    pub models: crate::config::ModelsConfig,
+    pub models: super::intake::ModelsConfig,
     /// How uploaded models load (the onnxruntime library of `[onnxruntime]`).
     pub load_options: super::engine::LoadOptions,
 }

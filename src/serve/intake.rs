@@ -47,6 +47,31 @@ use crate::learn::{Task, Trigger};
 use crate::stats::Stats;
 use crate::store::{Store, StoredModel};
 
+/// `[models]`: intake of ONNX models brought from elsewhere (upload with
+/// `PUT /v1/pipelines/{name}/models`, or the models directory); see
+/// [`crate::serve::intake`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Directory watched for model files, one sub-directory per pipeline
+    /// (`<dir>/<pipeline>/*.onnx`); empty: no watching.
+    pub dir: PathBuf,
+    /// Polling period of the directory, milliseconds.
+    pub poll_ms: u64,
+    /// Largest model accepted (upload body or file), bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            poll_ms: 2000,
+            max_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
 /// Where an imported model came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -32,6 +32,17 @@ use crate::onnx::export;
 
 pub use self::tract::onnx_parser;
 
+/// `[onnxruntime]`: where the `ort` engine (cargo feature `ort`) finds
+/// `libonnxruntime`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxruntimeConfig {
+    /// Path of the shared library (onnxruntime 1.31 or newer, e.g. the
+    /// `onnxruntime` wheel's `capi/libonnxruntime.so.1.32.0`); empty: the
+    /// `ORT_DYLIB_PATH` environment variable.
+    pub library: PathBuf,
+}
+
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -1,0 +1,191 @@
+//! `[mqtt]`: the broker, the session and the back-off of the MQTT
+//! connections, and the broker URLs they accept.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config_error::ConfigError;
+
+/// `[mqtt]`: broker, session and back-off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub broker: String,
+    pub embedded_listen: SocketAddr,
+    pub client_id: String,
+    pub keep_alive_s: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub max_packet_bytes: usize,
+    pub ingest_max_payload_bytes: usize,
+    pub outbox_capacity: usize,
+    /// PEM file of the CA certificate(s) that sign an `mqtts://` broker's
+    /// certificate; required for `mqtts://`, refused otherwise.
+    #[serde(default)]
+    pub tls_ca_file: PathBuf,
+    /// PEM client certificate (chain) for brokers that require one
+    /// (mosquitto `require_certificate true`); with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: PathBuf,
+    /// MQTT username (CONNECT packet, MQTT 3.1.1 §3.1.3.4); empty: none.
+    /// Sent in clear text unless the broker is `mqtts://`.
+    #[serde(default)]
+    pub username: String,
+    /// MQTT password; needs `username`.
+    #[serde(default)]
+    pub password: String,
+}
+
+/// Where the daemon's MQTT client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerTarget {
+    /// The in-process broker, listening on this loopback address.
+    Embedded(SocketAddr),
+    /// An external broker at host:port; over TLS for `mqtts://`.
+    External { host: String, port: u16, tls: bool },
+}
+
+impl MqttConfig {
+    /// The broker this configuration points at.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `mqtt.broker` when it is neither
+    /// `"embedded"` nor an `mqtt://host:port` or `mqtts://host:port` URL.
+    pub fn target(&self) -> Result<BrokerTarget, ConfigError> {
+        if self.broker == "embedded" {
+            return Ok(BrokerTarget::Embedded(self.embedded_listen));
+        }
+        let invalid = |reason| ConfigError::Invalid {
+            key: "mqtt.broker".into(),
+            reason,
+        };
+        if let Some(rest) = self.broker.strip_prefix("mqtts://") {
+            // 8883: the IANA port of MQTT over TLS.
+            let (host, port) = parse_host_port(&self.broker, rest, 8883).map_err(invalid)?;
+            return Ok(BrokerTarget::External {
+                host,
+                port,
+                tls: true,
+            });
+        }
+        let (host, port) = parse_mqtt_url(&self.broker).map_err(|reason| {
+            invalid(reason.replace("an mqtt://host:port", "an mqtt:// or mqtts://host:port"))
+        })?;
+        Ok(BrokerTarget::External {
+            host,
+            port,
+            tls: false,
+        })
+    }
+
+    /// Checks the TLS and authentication keys against the broker URL and
+    /// reads every file they name (so a missing or unreadable file stops
+    /// the daemon before it starts, naming the key and the file).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key: a TLS file with a plain
+    /// `mqtt://` broker or the embedded one, `mqtts://` without
+    /// `tls_ca_file`, a certificate without its key (or the reverse), a
+    /// password without a username, a file that cannot be read or holds no
+    /// usable PEM item.
+    pub fn validate_security(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: format!("mqtt.{key}"),
+                reason,
+            })
+        };
+        let tls = matches!(self.target()?, BrokerTarget::External { tls: true, .. });
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        if !tls {
+            for (key, path) in [
+                ("tls_ca_file", &self.tls_ca_file),
+                ("tls_cert_file", &self.tls_cert_file),
+                ("tls_key_file", &self.tls_key_file),
+            ] {
+                if set(path) {
+                    return bad(
+                        key,
+                        format!(
+                            "set, but mqtt.broker `{}` is not an mqtts:// URL",
+                            self.broker
+                        ),
+                    );
+                }
+            }
+        } else if !set(&self.tls_ca_file) {
+            return bad(
+                "tls_ca_file",
+                "an mqtts:// broker needs the PEM file of the CA that signed its \
+                 certificate (the system's roots: /etc/ssl/certs/ca-certificates.crt)"
+                    .into(),
+            );
+        }
+        if set(&self.tls_cert_file) != set(&self.tls_key_file) {
+            return bad(
+                if set(&self.tls_cert_file) {
+                    "tls_key_file"
+                } else {
+                    "tls_cert_file"
+                },
+                "a client certificate needs both tls_cert_file and tls_key_file".into(),
+            );
+        }
+        if !self.password.is_empty() && self.username.is_empty() {
+            return bad("username", "a password is set without a username".into());
+        }
+        if self.broker == "embedded" && !self.username.is_empty() {
+            return bad(
+                "username",
+                "the embedded broker takes no credentials; set them for an external broker".into(),
+            );
+        }
+        if tls {
+            crate::ingest::mqtt::tls_client_config(self)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `mqtt://host[:port]` (port 1883 when absent) into host and port.
+///
+/// ```
+/// use edgeloop::config::parse_mqtt_url;
+/// assert_eq!(parse_mqtt_url("mqtt://broker:1884"), Ok(("broker".to_string(), 1884)));
+/// assert_eq!(parse_mqtt_url("mqtt://10.0.0.2"), Ok(("10.0.0.2".to_string(), 1883)));
+/// assert!(parse_mqtt_url("http://broker").is_err());
+/// ```
+///
+/// # Errors
+/// A message saying what is wrong with the URL.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("`{url}` is neither \"embedded\" nor an mqtt://host:port URL"))?;
+    parse_host_port(url, rest, 1883)
+}
+
+/// `host[:port]` of `url` (`rest`: after the scheme), `default_port` when
+/// absent.
+fn parse_host_port(url: &str, rest: &str, default_port: u16) -> Result<(String, u16), String> {
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("`{url}`: port `{p}` is not a number in 1..=65535"))?,
+        ),
+        None => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{url}`: host and a non-zero port are required"));
+    }
+    Ok((host.to_string(), port))
+}
