@@ -1,8 +1,8 @@
 //! What every model family shares: the task, the training target, and the
 //! training errors.
 //!
-//! Each family lives in its own module (`logistic`, `linear`, `mlp`, `tree`,
-//! `forest`, `svm`) and offers the same shape of API:
+//! Each family lives in its own module under [`super::families`] (`logistic`,
+//! `linear`, `mlp`, `tree`, `forest`, `svm`) and offers the same shape of API:
 //!
 //! * `XConfig`: hyperparameters, `serde` with defaults, `validate()` naming
 //!   the bad key;

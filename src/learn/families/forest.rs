@@ -18,11 +18,11 @@ use std::time::Duration;
 use fastrand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Target, Task, TrainError};
 use super::tree::{
     grow, predict_ensemble, validate_depth_and_counts, Criterion, DecisionTree, GrowParams,
     TrainingData,
 };
+use crate::learn::model::{Target, Task, TrainError};
 use crate::onnx::builder::ModelMeta;
 
 /// How many features each split considers.

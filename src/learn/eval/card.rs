@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{ClassificationMetrics, ProbabilisticMetrics, RegressionMetrics};
-use super::model::Task;
-use super::Trigger;
+use crate::learn::model::Task;
+use crate::learn::Trigger;
 
 /// A model version's card.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +114,7 @@ pub struct ModelCard {
     /// The hyperparameter search that chose this version's settings
     /// (`edgeloop tune`, or `[pipelines.model.search]` enabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub search: Option<super::tune::SearchSummary>,
+    pub search: Option<crate::learn::tune::SearchSummary>,
     /// A version brought from elsewhere rather than trained here (upload or
     /// models directory; [`crate::serve::intake`]): source, SHA-256, size,
     /// engine. `None` for a version edgeloop trained.

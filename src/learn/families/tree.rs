@@ -29,8 +29,8 @@
 use fastrand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::model::{check_shapes, Target, Task, TrainError};
 use crate::features::scaler::StandardScaler;
+use crate::learn::model::{check_shapes, Target, Task, TrainError};
 use crate::onnx::builder::ModelMeta;
 
 /// Split quality measure of a classification tree. A regression tree always

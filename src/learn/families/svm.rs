@@ -61,8 +61,8 @@
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
 
-use super::model::{check_shapes, Target, Task, TrainError};
 use crate::features::scaler::StandardScaler;
+use crate::learn::model::{check_shapes, Target, Task, TrainError};
 use crate::onnx::builder::{self as b, ModelMeta, OUTPUT_PROBABILITIES};
 
 /// Hyperparameters of the `svm` family.
@@ -753,7 +753,7 @@ mod tests {
         let model =
             SvmModel::fit(&x, &target, &names, &SvmConfig::default(), None, &|| false).unwrap();
         let p = model.predict(&x);
-        let labels = super::super::model::argmax_rows(&p, 3);
+        let labels = crate::learn::model::argmax_rows(&p, 3);
         let correct = labels.iter().zip(&y).filter(|(a, b)| a == b).count();
         assert!(correct >= 85, "{correct} of 90");
         for row in p.chunks_exact(3) {

@@ -1,7 +1,7 @@
 //! Multinomial logistic regression (softmax regression) with an L2 penalty,
 //! on standardised features.
 //!
-//! Objective, minimised by L-BFGS ([`super::lbfgs`]) over one weight vector
+//! Objective, minimised by L-BFGS ([`crate::learn::lbfgs`]) over one weight vector
 //! `w_k` and intercept `b_k` per class:
 //!
 //! ```text
@@ -16,10 +16,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::lbfgs::{self, Stop};
-pub use super::model::{argmax_rows, TrainError};
-use super::model::{Target, Task};
 use crate::features::scaler::StandardScaler;
+use crate::learn::lbfgs::{self, Stop};
+pub use crate::learn::model::{argmax_rows, TrainError};
+use crate::learn::model::{Target, Task};
 
 /// Training settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -296,7 +296,7 @@ mod tests {
     }
 }
 
-/// The family API shared with the other families (see [`super::model`]).
+/// The family API shared with the other families (see [`crate::learn::model`]).
 impl LogisticModel {
     /// Trains on a [`Target::Classes`] target; `init` warm-starts as in
     /// [`LogisticModel::fit_from`].

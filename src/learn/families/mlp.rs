@@ -42,8 +42,8 @@
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
 
-use super::model::{check_shapes, Target, Task, TrainError};
 use crate::features::scaler::StandardScaler;
+use crate::learn::model::{check_shapes, Target, Task, TrainError};
 use crate::onnx::builder::{self as b, ModelMeta, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
 
 /// Adam's first-moment decay (Kingma & Ba 2015; sklearn's `beta_1`).

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{argmax_rows, Model, Task};
-use super::Dataset;
+use crate::learn::model::{argmax_rows, Model, Task};
+use crate::learn::Dataset;
 
 /// A score to compare models by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

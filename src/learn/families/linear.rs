@@ -32,8 +32,8 @@
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
 
-use super::model::{check_shapes, Target, Task, TrainError};
 use crate::features::scaler::StandardScaler;
+use crate::learn::model::{check_shapes, Target, Task, TrainError};
 use crate::onnx::builder::{self as b, ModelMeta, OUTPUT_PREDICTION};
 
 /// Relative size of a Cholesky pivot below which the system counts as

@@ -1,0 +1,780 @@
+//! The training path: one version from a dataset, through the steps
+//! [`train_dataset`] lists (search, temporal holdout, each candidate family
+//! fit and scored, ensemble, champion/challenger, refit, ONNX export, card).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::card::{self, ModelCard};
+use super::forest::ForestModel;
+use super::linear::{LinearConfig, LinearModel};
+use super::logistic::{LogisticConfig, LogisticModel};
+use super::mlp::MlpModel;
+use super::model::{Family, Model, Task, TrainError};
+use super::select::{self, Evaluation, Metric};
+use super::svm::SvmModel;
+use super::tree::TreeModel;
+use super::{ensemble, metrics, now_ms, prepare, split, tune, Dataset};
+use crate::config::{ModelConfig, PipelineConfig};
+use crate::ingest::decode::Sample;
+
+/// Why a training ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The pipeline reached `min_labels` labelled samples.
+    MinLabels,
+    /// `retrain_every` new labelled samples arrived.
+    NewLabels,
+    /// The concept-drift detector raised an alarm.
+    Drift,
+    /// `schedule_s` elapsed with new labels.
+    Schedule,
+    /// Asked for over the API.
+    Manual,
+}
+
+/// A trained version, ready to store and serve.
+#[derive(Debug, Clone)]
+pub struct TrainedVersion {
+    pub model: Model,
+    pub onnx: Vec<u8>,
+    pub card: ModelCard,
+}
+
+/// What a training produced: the chosen version and, for `family = "auto"`,
+/// the card of every candidate (the chosen one included), in candidate
+/// order; one card otherwise.
+#[derive(Debug, Clone)]
+pub struct Training {
+    pub chosen: TrainedVersion,
+    pub candidates: Vec<ModelCard>,
+}
+
+/// Trains `version` of `pipeline` on `samples`, guarded by `old_regimes`
+/// when given (held out only, never trained on); see [`train_dataset`]. A
+/// windowed pipeline (`[pipelines.windows]`) trains on the window samples of
+/// `samples` ([`crate::features::windows::derive()`]: per device, in timestamp
+/// order, each labelled by its last reading), its model features the window
+/// statistics ([`PipelineConfig::model_features`]).
+///
+/// # Errors
+/// As [`train_dataset`].
+pub fn train_version(
+    pipeline: &PipelineConfig,
+    samples: &[Sample],
+    old_regimes: Option<&[Sample]>,
+    version: u32,
+    trigger: Trigger,
+    champion: Option<(u32, Champion<'_>)>,
+    cancelled: impl Fn() -> bool,
+) -> Result<TrainedVersion, TrainError> {
+    // A windowed pipeline learns from the window samples of its readings
+    // (per device, in timestamp order), not from the readings themselves.
+    let windowed = |s: &[Sample]| -> Vec<Sample> {
+        if pipeline.windows.enabled {
+            crate::features::windows::derive(s, &pipeline.windows, pipeline.features.len())
+        } else {
+            s.to_vec()
+        }
+    };
+    let features = pipeline.model_features();
+    let data = Dataset::from_samples(&windowed(samples), features.len(), pipeline.task);
+    let old =
+        old_regimes.map(|s| Dataset::from_samples(&windowed(s), features.len(), pipeline.task));
+    let settings = TrainSettings {
+        pipeline: &pipeline.name,
+        features: &features,
+        model: &pipeline.model,
+        progress: None,
+    };
+    train_dataset(
+        &settings,
+        &data,
+        old.as_ref(),
+        version,
+        trigger,
+        champion,
+        &cancelled,
+    )
+    .map(|t| t.chosen)
+}
+
+/// The version serving when a training starts: what the challenger must beat
+/// on the same holdout ([`card::judge`]).
+#[derive(Clone, Copy)]
+pub enum Champion<'a> {
+    /// A version edgeloop trained: its parameters (warm start) and its
+    /// predictions.
+    Trained(&'a Model),
+    /// A version without parameters edgeloop can read (an imported model,
+    /// `serve::intake`): scored through the engine serving it, never a warm
+    /// start.
+    Served(&'a crate::serve::engine::OnnxModel),
+}
+
+impl<'a> Champion<'a> {
+    /// The parameters to warm-start from, for a version edgeloop trained.
+    pub fn params(self) -> Option<&'a Model> {
+        match self {
+            Champion::Trained(m) => Some(m),
+            Champion::Served(_) => None,
+        }
+    }
+
+    /// The model as scoring sees it.
+    pub fn predictor(self) -> &'a dyn select::Predictor {
+        match self {
+            Champion::Trained(m) => m,
+            Champion::Served(m) => m,
+        }
+    }
+}
+
+impl<'a> From<&'a Model> for Champion<'a> {
+    fn from(m: &'a Model) -> Self {
+        Champion::Trained(m)
+    }
+}
+
+/// What [`train_dataset`] needs of a pipeline's configuration.
+#[derive(Clone, Copy)]
+pub struct TrainSettings<'a> {
+    pub pipeline: &'a str,
+    pub features: &'a [String],
+    pub model: &'a ModelConfig,
+    /// Told each candidate family as its training starts.
+    pub progress: Option<&'a dyn Fn(Family)>,
+}
+
+/// Trains one version on `data`, the one code path of the daemon, the
+/// prequential evaluation and `edgeloop train`:
+///
+/// 0. with `[pipelines.model.search]` enabled, a hyperparameter search
+///    ([`tune::tuned_config`]) picks the family and settings trained below;
+/// 1. temporal holdout: the newest `holdout_fraction` of samples; with a
+///    champion, every 10th older sample is held out too (the older regimes
+///    a challenger must not forget). With `old_regimes` given, those samples
+///    are the older slice instead and every older sample of `data` trains
+///    (`model.reservoir_in_training = false`: fine-tune on recent data,
+///    guarded by older data the challenger never trained on); the older
+///    slice may hold classes `data` lacks, scored by name;
+/// 2. each candidate family (`auto`: `candidates`, else the one family) is
+///    fit on the rest (warm-started from the champion when it is of the
+///    same family and `warm_start` is set), scored on the holdout and, with
+///    `evaluation = "kfold"`, cross-validated over the training part; every
+///    training part (this one, each training fold, the refit) is balanced
+///    and augmented after the split when `balance`/`augment` ask for it
+///    ([`prepare::fit_training`]), evaluation rows never; with `ensemble`
+///    set, the best `ensemble_size` candidates also form an ensemble
+///    ([`ensemble`]), scored on the same holdout as one more candidate;
+/// 3. the best candidate by `metric` (the cross-validation mean with
+///    k-fold, else the holdout score; the first on ties) is the challenger;
+///    champion and challenger are compared on the same holdout
+///    ([`card::judge`]: accuracy for classification, R² for regression);
+/// 4. a promoted challenger (an ensemble: each member and the meta-model)
+///    is refit on every sample of `data` with the same settings
+///    (scikit-learn's `refit=True` practice: on a stream the newest samples
+///    matter most) and exported to ONNX; its card's holdout metrics are
+///    those of the evaluated fit.
+///
+/// # Errors
+/// [`TrainError`] when the data is empty, a classification training set
+/// lacks two classes, no candidate supports the task, or training was
+/// cancelled.
+pub fn train_dataset(
+    settings: &TrainSettings<'_>,
+    data: &Dataset,
+    old_regimes: Option<&Dataset>,
+    version: u32,
+    trigger: Trigger,
+    champion: Option<(u32, Champion<'_>)>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Training, TrainError> {
+    let started = Instant::now();
+    let cpu_started = cpu_time_s();
+    let task = data.task;
+    if data.len() < 2 {
+        return Err(TrainError::Empty);
+    }
+    // `[pipelines.model.search]`: the best configuration found replaces the
+    // configured settings.
+    let searched = tune::tuned_config(settings, data, cancelled)?;
+    let cfg = searched.as_ref().map_or(settings.model, |(c, _)| c);
+    let metric = cfg.metric.unwrap_or(Metric::default_for(task));
+    let (older, holdout) = data.temporal_split(cfg.holdout_fraction);
+    let (train, old_slice) = match (old_regimes, champion) {
+        (Some(old), _) => (older, old.clone()),
+        (None, Some(_)) => older.split_every(10),
+        (None, None) => (
+            older,
+            Dataset::empty(task, data.classes.clone(), data.n_features),
+        ),
+    };
+    if task == Task::Classification {
+        let mut seen = vec![false; data.classes.len()];
+        train.y.iter().for_each(|&y| seen[y] = true);
+        let present = seen.iter().filter(|&&s| s).count();
+        if present < 2 {
+            return Err(TrainError::TooFewClasses(present));
+        }
+    }
+    let families = candidate_families(cfg, task)?;
+    let mut evaluated: Vec<(Model, ModelCard, Option<f64>)> = Vec::new();
+    for &family in &families {
+        if let Some(progress) = settings.progress {
+            progress(family);
+        }
+        let t0 = Instant::now();
+        let cpu0 = cpu_time_s();
+        let init = champion
+            .and_then(|(_, c)| c.params())
+            .filter(|m| cfg.warm_start && m.family() == family);
+        let (model, preparation) =
+            prepare::fit_training(family, cfg, &train, settings.features, init, 0, cancelled)?;
+        let cv = match cfg.evaluation {
+            Evaluation::Holdout => None,
+            Evaluation::Kfold => Some(cross_validate(
+                family,
+                cfg,
+                &train,
+                settings.features,
+                metric,
+                cancelled,
+            )?),
+        };
+        let selection = match &cv {
+            Some(cv) => Some(cv.mean),
+            None => select::score(&model, &holdout, metric),
+        };
+        let mut card = describe(
+            settings, &model, metric, &train, &holdout, data, version, trigger,
+        );
+        card.cv = cv;
+        if let Some(p) = preparation {
+            card.augmentation = Some(p.report);
+            card.class_composition_before = p.before;
+            card.class_composition_after = p.after;
+        }
+        card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
+        card.training_cpu_ms = cpu_time_s().zip(cpu0).map(|(a, b)| (a - b) * 1e3);
+        evaluated.push((model, card, selection));
+    }
+    if let Some(kind) = cfg.ensemble.kind() {
+        let t0 = Instant::now();
+        let ranked = evaluated.iter().map(|(m, _, sel)| (m, *sel));
+        let members = ensemble::best_members(ranked, cfg.ensemble_size, |a, b| metric.better(a, b));
+        let model = ensemble::candidate(kind, members, cfg, &train, settings.features, cancelled)?;
+        let mut card = describe(
+            settings, &model, metric, &train, &holdout, data, version, trigger,
+        );
+        card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
+        card.hyperparameters = hyperparameters(&model, cfg);
+        evaluated.push((model, card.clone(), card.holdout_score));
+    }
+    let best = (0..evaluated.len())
+        .reduce(|best, i| match (evaluated[i].2, evaluated[best].2) {
+            (Some(a), Some(b)) if metric.better(a, b) => i,
+            (Some(_), None) => i,
+            _ => best,
+        })
+        .unwrap_or(0);
+    let summaries: Vec<card::CandidateScore> = evaluated
+        .iter()
+        .map(|(m, c, sel)| card::CandidateScore {
+            family: m.family().name().into(),
+            metric: metric.name().into(),
+            holdout: c.holdout_score,
+            cv_mean: c.cv.as_ref().map(|cv| cv.mean),
+            selected_by: *sel,
+        })
+        .collect();
+    let mut cards: Vec<ModelCard> = evaluated.iter().map(|(_, c, _)| c.clone()).collect();
+    let (challenger, mut chosen_card, _) = evaluated.swap_remove(best);
+    let decision = decide(cfg, trigger, champion, &challenger, &holdout, &old_slice);
+    let model = if let (true, Model::Ensemble(e)) = (decision.promoted, &challenger) {
+        Model::Ensemble(Box::new(e.refit(
+            cfg,
+            data,
+            settings.features,
+            cancelled,
+        )?))
+    } else if decision.promoted {
+        let init = champion
+            .and_then(|(_, c)| c.params())
+            .filter(|m| cfg.warm_start && m.family() == challenger.family());
+        prepare::fit_training(
+            challenger.family(),
+            cfg,
+            data,
+            settings.features,
+            init,
+            1,
+            cancelled,
+        )?
+        .0
+    } else {
+        challenger
+    };
+    let onnx = model.to_onnx(version);
+    chosen_card.decision = Some(decision);
+    chosen_card.n_samples = data.len() as u64;
+    chosen_card.onnx_bytes = onnx.len() as u64;
+    chosen_card.hyperparameters = hyperparameters(&model, cfg);
+    chosen_card.search = searched.map(|(_, summary)| summary);
+    if families.len() > 1 {
+        chosen_card.candidates = summaries;
+    }
+    chosen_card.training_ms = started.elapsed().as_secs_f64() * 1e3;
+    chosen_card.training_cpu_ms = cpu_time_s().zip(cpu_started).map(|(a, b)| (a - b) * 1e3);
+    cards[best] = chosen_card.clone();
+    Ok(Training {
+        chosen: TrainedVersion {
+            model,
+            onnx,
+            card: chosen_card,
+        },
+        candidates: cards,
+    })
+}
+
+/// The families a training compares: `auto`'s candidates that support the
+/// task (every such family when the list is empty), or the one family.
+///
+/// # Errors
+/// [`TrainError::Unsupported`] when the family, or every candidate, cannot
+/// learn `task`.
+pub fn candidate_families(cfg: &ModelConfig, task: Task) -> Result<Vec<Family>, TrainError> {
+    let families: Vec<Family> = match cfg.family {
+        Family::Auto if cfg.candidates.is_empty() => Family::ALL
+            .into_iter()
+            .filter(|f| f.supports(task))
+            .collect(),
+        Family::Auto => cfg
+            .candidates
+            .iter()
+            .copied()
+            .filter(|f| f.supports(task) && !matches!(f, Family::Auto | Family::Ensemble))
+            .collect(),
+        f if f.supports(task) => vec![f],
+        f => {
+            return Err(TrainError::Unsupported {
+                family: f.name(),
+                task,
+            })
+        }
+    };
+    if families.is_empty() {
+        return Err(TrainError::Unsupported {
+            family: "auto",
+            task,
+        });
+    }
+    Ok(families)
+}
+
+/// Fits one family on `data` with the pipeline's settings for it.
+///
+/// # Errors
+/// As the family's `fit`.
+pub fn fit_model(
+    family: Family,
+    cfg: &ModelConfig,
+    data: &Dataset,
+    features: &[String],
+    init: Option<&Model>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Model, TrainError> {
+    let target = data.target();
+    let x = &data.x;
+    Ok(match family {
+        Family::Logistic => {
+            let init = match init {
+                Some(Model::Logistic(m)) => Some(m),
+                _ => None,
+            };
+            Model::Logistic(LogisticModel::fit_target(
+                x,
+                &target,
+                features,
+                &logistic_config(cfg),
+                init,
+                cancelled,
+            )?)
+        }
+        Family::Linear | Family::Ridge => {
+            let linear = match family {
+                Family::Linear => LinearConfig { alpha: 0.0 },
+                _ => cfg.ridge.clone(),
+            };
+            Model::Linear(LinearModel::fit(
+                x, &target, features, &linear, None, cancelled,
+            )?)
+        }
+        Family::Svm => {
+            let init = match init {
+                Some(Model::Svm(m)) => Some(m),
+                _ => None,
+            };
+            Model::Svm(SvmModel::fit(
+                x, &target, features, &cfg.svm, init, cancelled,
+            )?)
+        }
+        Family::Mlp => {
+            let init = match init {
+                Some(Model::Mlp(m)) => Some(m),
+                _ => None,
+            };
+            Model::Mlp(MlpModel::fit(
+                x, &target, features, &cfg.mlp, init, cancelled,
+            )?)
+        }
+        // Trees are grown from scratch: `init` has nothing to continue.
+        Family::Tree => Model::Tree(TreeModel::fit(
+            x, &target, features, &cfg.tree, None, cancelled,
+        )?),
+        Family::Forest => Model::Forest(ForestModel::fit(
+            x,
+            &target,
+            features,
+            &cfg.forest,
+            None,
+            cancelled,
+        )?),
+        // Ensembles are built from fitted members (`ensemble::EnsembleModel`).
+        Family::Auto | Family::Ensemble => {
+            return Err(TrainError::Unsupported {
+                family: family.name(),
+                task: data.task,
+            })
+        }
+    })
+}
+
+pub(crate) fn logistic_config(cfg: &ModelConfig) -> LogisticConfig {
+    LogisticConfig {
+        l2: cfg.l2,
+        max_iter: cfg.max_iter,
+        gtol: 1e-9,
+    }
+}
+
+/// The model's settings and training outcome, for its card.
+pub fn hyperparameters(model: &Model, cfg: &ModelConfig) -> serde_json::Value {
+    match model {
+        Model::Logistic(m) => m.hyperparameters(&logistic_config(cfg)),
+        Model::Linear(m) => m.hyperparameters(),
+        Model::Svm(m) => m.hyperparameters(),
+        Model::Mlp(m) => m.hyperparameters(),
+        Model::Tree(m) => m.hyperparameters(),
+        Model::Forest(m) => m.hyperparameters(),
+        Model::Ensemble(m) => m.hyperparameters(cfg),
+    }
+}
+
+/// `k`-fold cross-validation of `family` over `data` (stratified for
+/// classification; folds in time order, no shuffle): each fold is scored by
+/// `metric` after fitting on the other folds.
+///
+/// # Errors
+/// As [`fit_model`]; [`TrainError::Empty`] when there are fewer samples
+/// than folds.
+pub fn cross_validate(
+    family: Family,
+    cfg: &ModelConfig,
+    data: &Dataset,
+    features: &[String],
+    metric: Metric,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<card::CrossValidation, TrainError> {
+    let folds = match data.task {
+        Task::Classification => split::stratified_kfold(&data.y, cfg.folds),
+        Task::Regression => split::kfold(data.len(), cfg.folds),
+    }
+    .map_err(|_| TrainError::Empty)?;
+    let mut scores = Vec::with_capacity(folds.len());
+    for (fold, (train_idx, test_idx)) in folds.iter().enumerate() {
+        let (train, test) = (data.select(train_idx), data.select(test_idx));
+        let salt = 2 + fold as u64;
+        let (model, _) =
+            prepare::fit_training(family, cfg, &train, features, None, salt, cancelled)?;
+        scores.push(select::score(&model, &test, metric).unwrap_or(f64::NAN));
+    }
+    Ok(card::CrossValidation::new(metric.name(), scores))
+}
+
+/// A candidate's card before the champion/challenger decision: metrics of
+/// the fit on `train` scored on `holdout`.
+#[allow(clippy::too_many_arguments)]
+fn describe(
+    settings: &TrainSettings<'_>,
+    model: &Model,
+    metric: Metric,
+    train: &Dataset,
+    holdout: &Dataset,
+    data: &Dataset,
+    version: u32,
+    trigger: Trigger,
+) -> ModelCard {
+    let (holdout_metrics, holdout_regression) = match select::predictions(model, holdout) {
+        _ if holdout.is_empty() => (None, None),
+        None => (None, None),
+        Some(select::Predictions::Classes(pred)) => {
+            // A class the data lacks maps past the last class: count it as
+            // its own (wrong) label.
+            let mut names = holdout.classes.clone();
+            names.push("(unknown)".into());
+            let pred: Vec<usize> = pred.iter().map(|&p| p.min(holdout.classes.len())).collect();
+            (
+                metrics::classification_metrics(&holdout.y, &pred, &names).ok(),
+                None,
+            )
+        }
+        Some(select::Predictions::Values(pred)) => (
+            None,
+            metrics::regression_metrics(&holdout.values, &pred).ok(),
+        ),
+    };
+    let holdout_probabilistic = (model.task() == Task::Classification && !holdout.is_empty())
+        .then(|| {
+            // Columns are the model's classes; the holdout's labels by name.
+            let classes = model.classes();
+            let y: Option<Vec<usize>> = holdout
+                .y
+                .iter()
+                .map(|&k| classes.iter().position(|c| *c == holdout.classes[k]))
+                .collect();
+            metrics::probabilistic_metrics(&y?, &model.predict(&holdout.x), classes).ok()
+        })
+        .flatten();
+    let onnx = model.to_onnx(version);
+    let (p50_single, p50_batch) = inference_latency_us(&onnx, &holdout.x, data.n_features);
+    ModelCard {
+        pipeline: settings.pipeline.into(),
+        version,
+        family: model.family().name().into(),
+        task: data.task,
+        hyperparameters: serde_json::Value::Null,
+        optimizer: serde_json::Value::Null,
+        trigger,
+        created_at_ms: now_ms(),
+        features: model.feature_names().to_vec(),
+        classes: model.classes().to_vec(),
+        n_samples: train.len() as u64,
+        n_train: train.len() as u64,
+        n_holdout: holdout.len() as u64,
+        class_composition_train: train.class_composition(),
+        class_composition_holdout: holdout.class_composition(),
+        class_composition_before: BTreeMap::new(),
+        class_composition_after: BTreeMap::new(),
+        augmentation: None,
+        train_time_range_ms: time_range(&train.timestamps),
+        holdout_time_range_ms: time_range(&holdout.timestamps),
+        metric: metric.name().into(),
+        holdout_score: select::score(model, holdout, metric),
+        holdout: holdout_metrics,
+        holdout_regression,
+        holdout_probabilistic,
+        cv: None,
+        candidates: vec![],
+        training_ms: 0.0,
+        training_cpu_ms: None,
+        onnx_bytes: onnx.len() as u64,
+        predict_p50_us: p50_single,
+        predict_batch_p50_us_per_row: p50_batch,
+        peak_rss_bytes: None,
+        live: None,
+        last_seq: None,
+        decision: None,
+        search: None,
+        imported: None,
+    }
+}
+
+/// Median latency through the serving engine (tract): one row, and per row
+/// of a 64-row batch, microseconds; 25 runs each. `None` when the model does
+/// not load (the registry refuses it later with the reason).
+fn inference_latency_us(onnx: &[u8], x: &[f32], n_features: usize) -> (Option<f64>, Option<f64>) {
+    let Ok(engine) = crate::serve::engine::OnnxModel::load(onnx) else {
+        return (None, None);
+    };
+    let n_rows = x.len() / n_features.max(1);
+    if n_rows == 0 {
+        return (None, None);
+    }
+    let batch: Vec<f32> = (0..64)
+        .flat_map(|i| {
+            x[(i % n_rows) * n_features..(i % n_rows + 1) * n_features]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let median = |input: &[f32]| {
+        let mut t: Vec<f64> = (0..25)
+            .map(|_| {
+                let t0 = Instant::now();
+                let _ = engine.predict_proba(input);
+                t0.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    (
+        Some(median(&batch[..n_features])),
+        Some(median(&batch) / 64.0),
+    )
+}
+
+/// CPU seconds this process has used (user + system), from `getrusage`.
+fn cpu_time_s() -> Option<f64> {
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0).then_some(u)
+    }?;
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Some(tv(usage.ru_utime) + tv(usage.ru_stime))
+}
+
+/// Champion/challenger: both scored on the recent holdout and the older
+/// slice (accuracy, or R² for regression); see `model.margin_recent` and
+/// `model.margin_old`.
+fn decide(
+    cfg: &ModelConfig,
+    trigger: Trigger,
+    champion: Option<(u32, Champion<'_>)>,
+    challenger: &Model,
+    recent: &Dataset,
+    old: &Dataset,
+) -> card::Decision {
+    let metric = match challenger.task() {
+        Task::Classification => Metric::Accuracy,
+        Task::Regression => Metric::R2,
+    };
+    let score = |m: &dyn select::Predictor, d: &Dataset| select::score(m, d, metric);
+    let (challenger_recent, challenger_old) = (score(challenger, recent), score(challenger, old));
+    let Some((champion_version, champ)) = champion else {
+        return card::Decision {
+            promoted: true,
+            reason: "first model".into(),
+            champion_version: None,
+            champion_recent: None,
+            challenger_recent,
+            champion_old: None,
+            challenger_old,
+        };
+    };
+    let (champion_recent, champion_old) = (
+        score(champ.predictor(), recent),
+        score(champ.predictor(), old),
+    );
+    let (promoted, reason) = if trigger == Trigger::Manual {
+        (true, "asked for over the API".to_string())
+    } else if champion_recent.is_none() && challenger_recent.is_some() {
+        // The engine serving an imported champion failed on the holdout.
+        (
+            true,
+            format!("champion {champion_version} could not predict the holdout"),
+        )
+    } else {
+        card::judge(
+            champion_recent,
+            challenger_recent,
+            champion_old,
+            challenger_old,
+            cfg.margin_recent,
+            cfg.margin_old,
+        )
+    };
+    card::Decision {
+        promoted,
+        reason,
+        champion_version: Some(champion_version),
+        champion_recent,
+        challenger_recent,
+        champion_old,
+        challenger_old,
+    }
+}
+
+fn time_range(ts: &[i64]) -> Option<[i64; 2]> {
+    Some([*ts.first()?, *ts.last()?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two features; class `a` near (0, 0), `b` near (4, 0), `c` near (0, 4).
+    fn blobs(classes: &[&str], n: usize, t0: i64) -> Vec<Sample> {
+        (0..n)
+            .map(|i| {
+                let label = classes[i % classes.len()];
+                let (cx, cy) = match label {
+                    "a" => (0.0, 0.0),
+                    "b" => (4.0, 0.0),
+                    _ => (0.0, 4.0),
+                };
+                let jitter = |k: usize| ((i * 7919 + k * 104_729) % 100) as f32 / 100.0 - 0.5;
+                Sample {
+                    timestamp_ms: t0 + i as i64,
+                    device: String::new(),
+                    features: vec![cx + jitter(1), cy + jitter(2)],
+                    label: Some(label.into()),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_older_regime_set_refuses_a_challenger_that_forgot_a_class() {
+        let features = vec!["x".to_string(), "y".to_string()];
+        let model = ModelConfig::default();
+        let settings = TrainSettings {
+            pipeline: "p",
+            features: &features,
+            model: &model,
+            progress: None,
+        };
+        let task = Task::Classification;
+        let old = Dataset::from_samples(&blobs(&["a", "b", "c"], 300, 0), 2, task);
+        let champion = fit_model(Family::Logistic, &model, &old, &features, None, &|| false)
+            .expect("champion");
+        // Recent data lacks `c`: the challenger, trained on it alone, forgets `c`.
+        let recent = Dataset::from_samples(&blobs(&["a", "b"], 400, 1000), 2, task);
+        let guarded = train_dataset(
+            &settings,
+            &recent,
+            Some(&old),
+            2,
+            Trigger::Drift,
+            Some((1, Champion::Trained(&champion))),
+            &|| false,
+        )
+        .expect("training");
+        let d = guarded.chosen.card.decision.expect("decision");
+        assert!(!d.promoted, "{d:?}");
+        assert!(d.reason.starts_with("older regimes"), "{}", d.reason);
+        assert_eq!(d.champion_old, Some(1.0));
+        assert!(d.challenger_old.is_some_and(|c| c < 0.7), "{d:?}");
+        // Every older sample of `data` trained: only the newest 20 % held out.
+        assert_eq!(guarded.chosen.card.n_train, 320);
+        assert_eq!(guarded.chosen.card.n_holdout, 80);
+        // Without it, the older slice is every 10th older sample of the same
+        // recent data, which has no `c` either: the challenger is promoted.
+        let unguarded = train_dataset(
+            &settings,
+            &recent,
+            None,
+            2,
+            Trigger::Drift,
+            Some((1, Champion::Trained(&champion))),
+            &|| false,
+        )
+        .expect("training");
+        let d = unguarded.chosen.card.decision.expect("decision");
+        assert!(d.promoted, "{d:?}");
+        assert_eq!(unguarded.chosen.card.n_train, 288);
+    }
+}
