@@ -14,6 +14,9 @@
 //!
 //! Every process is this binary (`std::env::current_exe()`) on a temporary
 //! store; nothing outside the temporary directory is touched.
+//!
+//! [`ingest`]: `edgeloop bench ingest`, the daemon's ingest throughput
+//! against a bare QoS 1 subscriber on the same broker.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,6 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+pub mod ingest;
 
 /// What [`footprint`] measures with.
 #[derive(Debug, Clone)]

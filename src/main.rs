@@ -296,6 +296,31 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// Ingest throughput: the daemon (ack after commit) against a bare QoS 1
+    /// subscriber on the same broker, embedded and mosquitto, steady
+    /// publishing and a drained backlog (src/bench/ingest.rs).
+    Ingest {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// 5,000 messages per row: checks the command, not the numbers.
+        #[arg(long)]
+        quick: bool,
+        /// Messages per row (default 100,000; 5,000 with --quick).
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Publisher rate of the steady rows, msg/s (default: as fast as
+        /// its QoS 1 in-flight window allows).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Longest consuming phase of one run before it is reported stalled,
+        /// seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+        /// mosquitto executable (default: /usr/sbin/mosquitto, else PATH).
+        #[arg(long)]
+        mosquitto: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -809,6 +834,34 @@ fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", edgeloop::bench::render(&report));
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Ingest {
+                    json,
+                    quick,
+                    messages,
+                    rate,
+                    timeout_s,
+                    mosquitto,
+                },
+        } => {
+            use edgeloop::bench::ingest;
+            let mut opts = ingest::IngestOptions::new(
+                std::env::current_exe().context("locating the edgeloop binary")?,
+                quick,
+            );
+            opts.messages = messages.unwrap_or(opts.messages);
+            opts.rate = rate;
+            opts.timeout_s = timeout_s;
+            opts.mosquitto = mosquitto;
+            let report = ingest::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", ingest::render(&report));
             }
             Ok(())
         }
