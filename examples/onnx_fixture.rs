@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = root.join("tests/fixtures/onnx");
     std::fs::write(
         dir.join("logistic_occupancy.onnx"),
-        edgeloop::onnx::export::logistic_to_onnx(&model, 1),
+        edgeloop::learn::logistic::logistic_to_onnx(&model, 1),
     )?;
     std::fs::write(
         dir.join("logistic_occupancy.params.json"),

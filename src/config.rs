@@ -7,6 +7,7 @@
 //! (`deny_unknown_fields`); [`Config::validate`] checks values and names the
 //! key of the first problem.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -35,7 +36,7 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
 }
 
-pub use crate::serve::engine::OnnxruntimeConfig;
+pub use crate::onnx::engine::OnnxruntimeConfig;
 
 impl Config {
     /// How the pipeline at `index` loads its models: its engine and the
@@ -44,8 +45,8 @@ impl Config {
         &self,
         index: usize,
     ) -> (
-        crate::serve::engine::EngineKind,
-        crate::serve::engine::LoadOptions,
+        crate::onnx::engine::EngineKind,
+        crate::onnx::engine::LoadOptions,
     ) {
         let kind = self
             .pipelines
@@ -53,7 +54,7 @@ impl Config {
             .map(|p| p.engine)
             .unwrap_or_default();
         let library = &self.onnxruntime.library;
-        let options = crate::serve::engine::LoadOptions {
+        let options = crate::onnx::engine::LoadOptions {
             input_width: None,
             ort_library: (!library.as_os_str().is_empty()).then(|| library.clone()),
         };
@@ -98,7 +99,14 @@ pub use crate::store::StoreConfig;
 
 pub use crate::ingest::mqtt_config::{parse_mqtt_url, BrokerTarget, MqttConfig};
 
-pub use crate::serve::http::HttpConfig;
+/// `[http]`: the local API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub max_rows: usize,
+}
+
 pub use crate::ingest::writer::Dedup;
 pub use crate::learn::model::{Family, Task};
 pub use crate::learn::select::{Evaluation, Metric};
@@ -143,7 +151,7 @@ pub struct PipelineConfig {
     /// (onnxruntime, cargo feature `ort`) or `auto` (tract, onnxruntime when
     /// tract refuses a model).
     #[serde(default)]
-    pub engine: crate::serve::engine::EngineKind,
+    pub engine: crate::onnx::engine::EngineKind,
     #[serde(default)]
     pub model: ModelConfig,
     #[serde(default)]
@@ -414,8 +422,8 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let key = |k: &str| format!("pipelines[{i}].{k}");
-            if p.engine == crate::serve::engine::EngineKind::Ort
-                && !crate::serve::engine::ORT_COMPILED
+            if p.engine == crate::onnx::engine::EngineKind::Ort
+                && !crate::onnx::engine::ORT_COMPILED
             {
                 return bad(
                     key("engine"),
@@ -1060,7 +1068,7 @@ mod tests {
 
     #[test]
     fn engine_and_onnxruntime_keys_load_and_are_checked() {
-        use crate::serve::engine::EngineKind;
+        use crate::onnx::engine::EngineKind;
         let base = "[[pipelines]]\nname='occ'\ntopics=['s/+/o']\nfeatures=['T']\nlabel='y'\n";
         let cfg = load_str(base, &[]).unwrap();
         assert_eq!(cfg.pipelines[0].engine, EngineKind::Tract);
@@ -1085,7 +1093,7 @@ mod tests {
             .to_string();
         assert!(err.contains("path"), "{err}");
         let ort = load_str(&format!("{base}engine='ort'\n"), &[]);
-        if crate::serve::engine::ORT_COMPILED {
+        if crate::onnx::engine::ORT_COMPILED {
             assert_eq!(ort.unwrap().pipelines[0].engine, EngineKind::Ort);
         } else {
             let err = ort.unwrap_err().to_string();

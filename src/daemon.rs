@@ -42,7 +42,7 @@ use crate::health::HealthMonitor;
 use crate::ingest::writer::{Hooks, Writer};
 use crate::metrics::{Metrics, Queue, Sources};
 use crate::monitor::retrain::{Learner, LearnerHandle};
-use crate::serve::http::{self, AppState};
+use crate::http::{self, AppState};
 use crate::serve::predictions::{Predictor, Publisher};
 use crate::serve::registry::Registry;
 use crate::stats::Stats;
@@ -212,7 +212,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())),
         |registry, (i, p)| {
             let (engine, options) = cfg.engine_of(i);
-            let contract = crate::serve::engine::Contract {
+            let contract = crate::onnx::engine::Contract {
                 task: p.task,
                 classes: p.classes.clone(),
                 features: p.model_features(),

@@ -81,7 +81,7 @@ impl HealthMonitor {
             connection,
             stall_timeout,
             keep_alive,
-            idle_ms: AtomicI64::new(crate::learn::now_ms()),
+            idle_ms: AtomicI64::new(crate::stats::now_ms()),
             handled: AtomicU64::new(0),
             last: Mutex::new(Vec::new()),
         }
@@ -89,7 +89,7 @@ impl HealthMonitor {
 
     /// The verdict now; logs a change of reasons once.
     pub fn check(&self) -> Health {
-        let h = self.evaluate(crate::learn::now_ms());
+        let h = self.evaluate(crate::stats::now_ms());
         if let Ok(mut last) = self.last.lock() {
             if *last != h.reasons {
                 match &h.error {
@@ -223,7 +223,7 @@ mod tests {
         stats.messages_received.store(3, Relaxed);
         stats.store_refusing.store(true, Relaxed);
         *stats.store_refusal.lock().unwrap() = "disk full".into();
-        let h = m.evaluate(crate::learn::now_ms() + 60_000);
+        let h = m.evaluate(crate::stats::now_ms() + 60_000);
         assert_eq!(h.reasons, ["store_refusing_writes"]);
         assert!(h.error.unwrap().contains("disk full"));
     }

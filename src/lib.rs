@@ -78,6 +78,7 @@ pub mod daemon;
 pub mod demo;
 pub mod features;
 pub mod health;
+pub mod http;
 pub mod ingest;
 pub mod learn;
 pub mod metrics;

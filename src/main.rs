@@ -563,7 +563,7 @@ fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print!("{}", edgeloop::serve::http::render(&value));
+                print!("{}", edgeloop::http::render(&value));
             }
             Ok(())
         }

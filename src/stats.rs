@@ -10,7 +10,99 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 
-use crate::ingest::decode::Reason;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why (part of) a payload could not be used. Counted per reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Not parseable as JSON even leniently. Rejected.
+    NotJson,
+    /// JSON, but not an object. Rejected.
+    NotObject,
+    /// Payload larger than `mqtt.ingest_max_payload_bytes`. Rejected.
+    TooLarge,
+    /// No feature could be read. Rejected.
+    NoFeatures,
+    /// A feature field is absent or `null`. Kept as missing.
+    MissingFeature,
+    /// A feature field is not a number (`"n/a"`, an object). Kept as missing.
+    NonNumeric,
+    /// A feature is NaN or infinite: a bare `NaN`/`Infinity` token, the
+    /// string `"NaN"` or `"inf"`, a number beyond `f32` (`1e300`) or beyond
+    /// `f64` (`1e400`, which strict JSON parsers refuse). Kept as missing.
+    NonFinite,
+    /// The label is not a string, number or boolean, is a bare NaN/Infinity,
+    /// or is not one of the pipeline's declared `classes`; for a regression
+    /// pipeline, it is not a finite number or numeric string. The sample is
+    /// kept unlabelled.
+    BadLabel,
+    /// The timestamp is absent or unreadable. The arrival time is used.
+    BadTimestamp,
+}
+
+impl Reason {
+    /// Every reason, for exporting counters.
+    pub const ALL: [Reason; 9] = [
+        Reason::NotJson,
+        Reason::NotObject,
+        Reason::TooLarge,
+        Reason::NoFeatures,
+        Reason::MissingFeature,
+        Reason::NonNumeric,
+        Reason::NonFinite,
+        Reason::BadLabel,
+        Reason::BadTimestamp,
+    ];
+
+    /// The reason's stable name (metric label, JSON key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotJson => "not_json",
+            Reason::NotObject => "not_object",
+            Reason::TooLarge => "too_large",
+            Reason::NoFeatures => "no_features",
+            Reason::MissingFeature => "missing_feature",
+            Reason::NonNumeric => "non_numeric",
+            Reason::NonFinite => "non_finite",
+            Reason::BadLabel => "bad_label",
+            Reason::BadTimestamp => "bad_timestamp",
+        }
+    }
+
+    /// Whether this reason rejects the whole payload.
+    pub fn rejects(self) -> bool {
+        matches!(
+            self,
+            Reason::NotJson | Reason::NotObject | Reason::TooLarge | Reason::NoFeatures
+        )
+    }
+}
+
+/// Why a model was refused at intake (`crate::serve::intake::IntakeError::reason`),
+/// in the order the stats list them.
+pub const MODEL_REFUSAL_REASONS: [&'static str; 13] = [
+    "unknown_pipeline",
+    "oversized",
+    "bad_sha256",
+    "truncated",
+    "not_onnx",
+    "unsupported_operator",
+    "wrong_width",
+    "feature_order",
+    "wrong_task",
+    "wrong_classes",
+    "engine_refused",
+    "bad_output",
+    "store",
+];
 
 /// Daemon-wide counters.
 #[derive(Debug, Default)]
@@ -81,7 +173,7 @@ pub struct Stats {
     /// Models imported (upload or models directory; `crate::serve::intake`).
     pub models_imported: AtomicU64,
     /// Models refused at intake, by reason (`IntakeError::REASONS` order).
-    models_refused: [AtomicU64; crate::serve::intake::IntakeError::REASONS.len()],
+    models_refused: [AtomicU64; MODEL_REFUSAL_REASONS.len()],
     /// Latency histograms (prediction, training).
     pub durations: Durations,
 }
@@ -145,8 +237,7 @@ impl Stats {
     /// Counts one model refused at intake for `reason`
     /// (an `IntakeError::reason`).
     pub fn count_model_refused(&self, reason: &str) {
-        use crate::serve::intake::IntakeError;
-        if let Some(i) = IntakeError::REASONS.iter().position(|r| *r == reason) {
+        if let Some(i) = MODEL_REFUSAL_REASONS.iter().position(|r| *r == reason) {
             self.models_refused[i].fetch_add(1, Relaxed);
         }
     }
@@ -203,7 +294,7 @@ impl Stats {
             mqtt_connects: l(&self.mqtt_connects),
             mqtt_errors: l(&self.mqtt_errors),
             models_imported: l(&self.models_imported),
-            models_refused: crate::serve::intake::IntakeError::REASONS
+            models_refused: MODEL_REFUSAL_REASONS
                 .iter()
                 .zip(&self.models_refused)
                 .map(|(r, n)| (r.to_string(), l(n)))

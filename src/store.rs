@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::decode::Sample;
 
 const SAMPLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("samples");
 const DEDUP: TableDefinition<(&str, u128), u64> = TableDefinition::new("dedup");
@@ -54,6 +53,23 @@ pub enum StoreError {
 
 /// A sample as stored: the decoded sample and the digest of the message it
 /// came from.
+/// A decoded sensor reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Reading time, milliseconds since the Unix epoch (UTC): the payload's
+    /// timestamp field, or the arrival time.
+    pub timestamp_ms: i64,
+    /// Device id, from the configured topic level ("" when none).
+    pub device: String,
+    /// Features in the pipeline's declared order; `NaN` marks a missing value.
+    pub features: Vec<f32>,
+    /// Label, when the payload carries one: a class name, or for a
+    /// regression pipeline a finite number in canonical form
+    /// ([`canonical_number`](crate::ingest::decode::canonical_number): `2`,
+    /// `0.75`, `1e+300`).
+    pub label: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSample {
     pub digest: u128,

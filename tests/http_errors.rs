@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use edgeloop::daemon::{self, DaemonHandle};
-use edgeloop::serve::http::{self, AppState, JsonErrorListener};
+use edgeloop::http::{self, AppState, JsonErrorListener};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;

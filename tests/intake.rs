@@ -18,7 +18,7 @@ use edgeloop::daemon::{self, DaemonHandle, Running};
 use edgeloop::demo::HttpClient;
 use edgeloop::ingest::decode::Sample;
 use edgeloop::learn::{self, Trigger};
-use edgeloop::serve::http::PredictResponse;
+use edgeloop::http::PredictResponse;
 use edgeloop::serve::intake::sha256_hex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

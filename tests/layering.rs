@@ -50,8 +50,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Top-level modules allowed to import `config` besides `config` itself: the
-/// consumers at the top. `main` is the node of the binary (`src/main.rs`).
-const CONFIG_CONSUMERS: &[&str] = &["config", "daemon", "demo", "bench", "cli", "main"];
+/// consumers at the top: `daemon` (wiring), `http` (the API over every
+/// stage, wired by the daemon), the commands (`demo`, `bench`, `cli`), and
+/// `main`, the node of the binary (`src/main.rs`).
+const CONFIG_CONSUMERS: &[&str] = &["config", "daemon", "http", "demo", "bench", "cli", "main"];
 
 /// Node name of the binary crate (`src/main.rs`, the modules it declares and
 /// `src/bin/*`).

@@ -11,7 +11,7 @@ use edgeloop::daemon::{self, DaemonHandle, Running};
 use edgeloop::demo::HttpClient;
 use edgeloop::ingest::decode::Reason;
 use edgeloop::learn::Model;
-use edgeloop::serve::http::PredictResponse;
+use edgeloop::http::PredictResponse;
 use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "occupancy";
@@ -1341,7 +1341,7 @@ fn air_quality_config(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_pipeline_trains_serves_and_scores_air_quality() {
     use edgeloop::learn::metrics::regression_metrics;
-    use edgeloop::serve::http::RegressionResponse;
+    use edgeloop::http::RegressionResponse;
     const AIR: &str = "air";
     let mosquitto = Mosquitto::start();
     let broker = Broker::External(mosquitto.port);

@@ -207,7 +207,7 @@ mod onnx_reference {
         // The committed file is what today's exporter writes (else rerun the
         // example and gen_onnx.py).
         let ours =
-            ModelProto::decode(edgeloop::onnx::export::logistic_to_onnx(&model, 1).as_slice())
+            ModelProto::decode(edgeloop::learn::logistic::logistic_to_onnx(&model, 1).as_slice())
                 .unwrap();
         let committed = ModelProto::decode(onnx.as_slice()).unwrap();
         assert_eq!(

@@ -50,7 +50,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::learn::{Dataset, Task};
+use super::dataset::Dataset;
+use crate::ingest::decode::Task;
 
 /// The most augmented copies per training row (training time and memory
 /// grow linearly with it on a small board).

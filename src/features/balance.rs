@@ -19,7 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::learn::{Dataset, Task};
+use super::dataset::Dataset;
+use crate::ingest::decode::Task;
 
 /// How class imbalance is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -20,93 +20,32 @@
 //!   not a JSON object, is larger than the limit or has no usable feature is
 //!   rejected.
 
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::PipelineConfig;
 
-/// A decoded sensor reading.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Sample {
-    /// Reading time, milliseconds since the Unix epoch (UTC): the payload's
-    /// timestamp field, or the arrival time.
-    pub timestamp_ms: i64,
-    /// Device id, from the configured topic level ("" when none).
-    pub device: String,
-    /// Features in the pipeline's declared order; `NaN` marks a missing value.
-    pub features: Vec<f32>,
-    /// Label, when the payload carries one: a class name, or for a
-    /// regression pipeline a finite number in canonical form
-    /// ([`canonical_number`]: `2`, `0.75`, `1e+300`).
-    pub label: Option<String>,
-}
-
-/// Why (part of) a payload could not be used. Counted per reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// What a model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// Not parseable as JSON even leniently. Rejected.
-    NotJson,
-    /// JSON, but not an object. Rejected.
-    NotObject,
-    /// Payload larger than `mqtt.ingest_max_payload_bytes`. Rejected.
-    TooLarge,
-    /// No feature could be read. Rejected.
-    NoFeatures,
-    /// A feature field is absent or `null`. Kept as missing.
-    MissingFeature,
-    /// A feature field is not a number (`"n/a"`, an object). Kept as missing.
-    NonNumeric,
-    /// A feature is NaN or infinite: a bare `NaN`/`Infinity` token, the
-    /// string `"NaN"` or `"inf"`, a number beyond `f32` (`1e300`) or beyond
-    /// `f64` (`1e400`, which strict JSON parsers refuse). Kept as missing.
-    NonFinite,
-    /// The label is not a string, number or boolean, is a bare NaN/Infinity,
-    /// or is not one of the pipeline's declared `classes`; for a regression
-    /// pipeline, it is not a finite number or numeric string. The sample is
-    /// kept unlabelled.
-    BadLabel,
-    /// The timestamp is absent or unreadable. The arrival time is used.
-    BadTimestamp,
+pub enum Task {
+    /// A class out of a fixed set; outputs are class probabilities.
+    #[default]
+    Classification,
+    /// A real number.
+    Regression,
 }
 
-impl Reason {
-    /// Every reason, for exporting counters.
-    pub const ALL: [Reason; 9] = [
-        Reason::NotJson,
-        Reason::NotObject,
-        Reason::TooLarge,
-        Reason::NoFeatures,
-        Reason::MissingFeature,
-        Reason::NonNumeric,
-        Reason::NonFinite,
-        Reason::BadLabel,
-        Reason::BadTimestamp,
-    ];
-
-    /// The reason's stable name (metric label, JSON key).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NotJson => "not_json",
-            Reason::NotObject => "not_object",
-            Reason::TooLarge => "too_large",
-            Reason::NoFeatures => "no_features",
-            Reason::MissingFeature => "missing_feature",
-            Reason::NonNumeric => "non_numeric",
-            Reason::NonFinite => "non_finite",
-            Reason::BadLabel => "bad_label",
-            Reason::BadTimestamp => "bad_timestamp",
-        }
-    }
-
-    /// Whether this reason rejects the whole payload.
-    pub fn rejects(self) -> bool {
-        matches!(
-            self,
-            Reason::NotJson | Reason::NotObject | Reason::TooLarge | Reason::NoFeatures
-        )
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::Classification => "classification",
+            Task::Regression => "regression",
+        })
     }
 }
+
+pub use crate::stats::Reason;
+pub use crate::store::Sample;
 
 /// A problem found in a payload: its reason and the field concerned ("" for
 /// the whole payload).
@@ -194,7 +133,7 @@ pub struct Decoder {
     device_level: i32,
     max_payload_bytes: usize,
     classes: Vec<String>,
-    task: crate::learn::Task,
+    task: Task,
     sample_id_field: String,
 }
 
@@ -307,7 +246,7 @@ impl Decoder {
         let path = self.label.as_ref()?;
         let found = path.get(value);
         let label = match found {
-            _ if self.task == crate::learn::Task::Regression => {
+            _ if self.task == Task::Regression => {
                 regression_label(found).map_err(|_| ())
             }
             None | Some(Value::Null) => Ok(None),

@@ -385,7 +385,7 @@ impl MqttSource {
                     waiting.push_back(Incoming {
                         publish,
                         epoch: self.connection.epoch(),
-                        arrival_ms: crate::learn::now_ms(),
+                        arrival_ms: crate::stats::now_ms(),
                     });
                 }
                 Ok(_) => {}
@@ -513,11 +513,11 @@ impl MqttSource {
         if self.connection.connected.swap(false, Ordering::AcqRel) {
             self.stats
                 .mqtt_disconnected_since_ms
-                .store(crate::learn::now_ms(), Ordering::Relaxed);
+                .store(crate::stats::now_ms(), Ordering::Relaxed);
         } else if self.stats.mqtt_disconnected_since_ms.load(Ordering::Relaxed) == 0 {
             self.stats
                 .mqtt_disconnected_since_ms
-                .store(crate::learn::now_ms(), Ordering::Relaxed);
+                .store(crate::stats::now_ms(), Ordering::Relaxed);
         }
         self.connection.subscribed.store(false, Ordering::Release);
         if let Some(hint) = connection_hint(e) {

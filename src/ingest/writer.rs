@@ -350,7 +350,7 @@ impl Writer {
             .fetch_add(batch.len() as u64, Relaxed);
         self.stats
             .last_commit_ms
-            .store(crate::learn::now_ms(), Relaxed);
+            .store(crate::stats::now_ms(), Relaxed);
         // Acknowledge only now, per connection (the source drops those of an
         // earlier one: the broker redelivers them).
         let mut by_epoch: Vec<Acks> = Vec::new();

@@ -281,7 +281,7 @@ pub fn run_output(
             }
         })
         .unwrap_or_else(|| "batch".into());
-    let mut model = crate::serve::engine::onnx_parser()
+    let mut model = crate::onnx::engine::onnx_parser()
         .model_for_proto_model(&proto)
         .map_err(run)?;
     let n = model.sym(&batch_name);

@@ -17,25 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// A class out of a fixed set; outputs are class probabilities.
-    #[default]
-    Classification,
-    /// A real number.
-    Regression,
-}
-
-impl std::fmt::Display for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Task::Classification => "classification",
-            Task::Regression => "regression",
-        })
-    }
-}
+pub use crate::ingest::decode::Task;
 
 /// A model family, by its name in config and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -123,42 +105,7 @@ impl std::str::FromStr for Family {
     }
 }
 
-/// The training target.
-#[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
-    /// Class indices `[n]` into `classes` (every index < `classes.len()`).
-    /// Classes absent from `y` are still outputs of the model (probability
-    /// columns), as with a label set declared in the pipeline.
-    Classes {
-        y: &'a [usize],
-        classes: &'a [String],
-    },
-    /// Real-valued targets `[n]`.
-    Values(&'a [f64]),
-}
-
-impl Target<'_> {
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        match self {
-            Target::Classes { y, .. } => y.len(),
-            Target::Values(v) => v.len(),
-        }
-    }
-
-    /// Whether there are no samples.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The task this target trains for.
-    pub fn task(&self) -> Task {
-        match self {
-            Target::Classes { .. } => Task::Classification,
-            Target::Values(_) => Task::Regression,
-        }
-    }
-}
+pub use crate::features::dataset::Target;
 
 /// Errors from training.
 #[derive(Debug, thiserror::Error)]

@@ -110,7 +110,7 @@ pub enum Champion<'a> {
     /// A version without parameters edgeloop can read (an imported model,
     /// `serve::intake`): scored through the engine serving it, never a warm
     /// start.
-    Served(&'a crate::serve::engine::OnnxModel),
+    Served(&'a crate::onnx::engine::OnnxModel),
 }
 
 impl<'a> Champion<'a> {
@@ -595,7 +595,7 @@ fn describe(
 /// of a 64-row batch, microseconds; 25 runs each. `None` when the model does
 /// not load (the registry refuses it later with the reason).
 fn inference_latency_us(onnx: &[u8], x: &[f32], n_features: usize) -> (Option<f64>, Option<f64>) {
-    let Ok(engine) = crate::serve::engine::OnnxModel::load(onnx) else {
+    let Ok(engine) = crate::onnx::engine::OnnxModel::load(onnx) else {
         return (None, None);
     };
     let n_rows = x.len() / n_features.max(1);

@@ -483,7 +483,7 @@ impl Learner {
                 *entry = ConceptDrift { alarms, ..snapshot };
                 if let (Some(seq), Some(action)) = (alarm_at, action) {
                     entry.alarms.push(DriftAlarm {
-                        at_ms: crate::learn::now_ms(),
+                        at_ms: crate::stats::now_ms(),
                         sample_seq: seq,
                         serving_version: version,
                         action,

@@ -20,7 +20,7 @@ use tract_onnx::pb::{
     tensor_shape_proto::dimension::Value as Dim, type_proto,
 };
 
-use crate::learn::model::Task;
+use crate::ingest::decode::Task;
 
 /// Name of the graph's input.
 pub const INPUT: &str = "features";

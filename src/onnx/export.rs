@@ -17,52 +17,9 @@
 use prost::Message;
 use tract_onnx::pb;
 
-use super::builder::{self as b, ModelMeta};
-pub use super::builder::{INPUT, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
-use crate::learn::logistic::LogisticModel;
-use crate::learn::model::Task;
 
-/// Serialises `model` as an ONNX model (protobuf bytes).
-pub fn logistic_to_onnx(model: &LogisticModel, model_version: u32) -> Vec<u8> {
-    let nf = model.n_features() as i64;
-    let nc = model.classes.len() as i64;
-    let (mut nodes, scaled) = b::impute_and_scale_nodes("mean", Some("scale"));
-    nodes.extend([
-        b::node("MatMul", &[scaled, "weights"], "matmul", vec![]),
-        b::node("Add", &["matmul", "bias"], "logits", vec![]),
-        b::node(
-            "Softmax",
-            &["logits"],
-            OUTPUT_PROBABILITIES,
-            vec![b::attr_int("axis", 1)],
-        ),
-        b::label_node(),
-    ]);
-    let graph = pb::GraphProto {
-        name: "edgeloop_logistic".into(),
-        node: nodes,
-        initializer: vec![
-            b::tensor_f32("mean", &[nf], &model.scaler.mean),
-            b::tensor_f32("scale", &[nf], &model.scaler.scale),
-            b::tensor_f32("weights", &[nf, nc], &model.weights),
-            b::tensor_f32("bias", &[nc], &model.bias),
-        ],
-        input: vec![b::input_info(model.n_features())],
-        output: b::classifier_outputs(model.classes.len()),
-        ..Default::default()
-    };
-    b::model_bytes(
-        graph,
-        &ModelMeta {
-            family: "logistic",
-            task: Task::Classification,
-            classes: &model.classes,
-            features: &model.feature_names,
-            version: model_version,
-            doc: "Multinomial logistic regression with mean imputation and standard scaling.",
-        },
-    )
-}
+pub use super::builder::{INPUT, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
+use crate::ingest::decode::Task;
 
 /// The metadata of an edgeloop ONNX model.
 #[derive(Debug, Clone, PartialEq)]

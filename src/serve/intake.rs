@@ -72,31 +72,7 @@ impl Default for ModelsConfig {
     }
 }
 
-/// Where an imported model came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// `PUT /v1/pipelines/{name}/models`.
-    Upload,
-    /// A file dropped into the pipeline's models directory.
-    ModelsDir,
-}
-
-/// What a model card of an imported version records about its file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Imported {
-    pub source: Source,
-    /// File name in the models directory (`None` for an upload).
-    pub file_name: Option<String>,
-    /// SHA-256 of the ONNX bytes, lowercase hex.
-    pub sha256: String,
-    /// Size of the ONNX file, bytes.
-    pub bytes: u64,
-    /// The engine that checked and serves it.
-    pub engine: String,
-    /// ONNX producer (`producer_name producer_version`) as the file says.
-    pub producer: String,
-}
+pub use crate::learn::card::{Imported, Source};
 
 /// Why a model was refused. [`IntakeError::reason`] names the kind (the
 /// stats key); the message says what was found.
@@ -151,21 +127,7 @@ pub enum IntakeError {
 
 impl IntakeError {
     /// Every reason, in the order the stats list them.
-    pub const REASONS: [&'static str; 13] = [
-        "unknown_pipeline",
-        "oversized",
-        "bad_sha256",
-        "truncated",
-        "not_onnx",
-        "unsupported_operator",
-        "wrong_width",
-        "feature_order",
-        "wrong_task",
-        "wrong_classes",
-        "engine_refused",
-        "bad_output",
-        "store",
-    ];
+    pub const REASONS: [&'static str; 13] = crate::stats::MODEL_REFUSAL_REASONS;
 
     /// The kind of refusal (low-cardinality stats key).
     pub fn reason(&self) -> &'static str {
@@ -537,7 +499,7 @@ fn import_inner(
         hyperparameters: serde_json::json!({ "imported": imported }),
         optimizer: serde_json::Value::Null,
         trigger: Trigger::Manual,
-        created_at_ms: crate::learn::now_ms(),
+        created_at_ms: crate::stats::now_ms(),
         features: model.features().to_vec(),
         classes: model.classes().to_vec(),
         n_samples: 0,
@@ -739,7 +701,7 @@ fn take_file(
     let dest_dir = path.parent().unwrap_or_else(|| Path::new(".")).join(sub);
     let mut dest = dest_dir.join(name);
     if dest.exists() {
-        dest = dest_dir.join(format!("{}-{name}", crate::learn::now_ms()));
+        dest = dest_dir.join(format!("{}-{name}", crate::stats::now_ms()));
     }
     std::fs::rename(path, &dest)?;
     let mut reason_path = dest.into_os_string();

@@ -1,11 +1,12 @@
 //! Serving: the inference engines ([`engine`]: tract, and onnxruntime with
 //! the feature `ort`), the registry of serving versions ([`registry`], atomic
-//! swaps), predictions over MQTT ([`predictions`]), the HTTP API ([`http`]),
+//! swaps), predictions over MQTT ([`predictions`]),
 //! `edgeloop predict` on a CSV file ([`predict_file`]) and the intake of
 //! models brought from elsewhere ([`intake`]).
 
-pub mod engine;
-pub mod http;
+/// The inference engines live with ONNX ([`crate::onnx::engine`]), below
+/// `learn`, which scores champions through them.
+pub use crate::onnx::engine;
 pub mod intake;
 pub mod predict_file;
 pub mod predictions;

@@ -133,7 +133,7 @@ impl Predictor {
                         return Vec::new();
                     }
                 };
-                let regression = serving.model.task() == crate::learn::Task::Regression;
+                let regression = serving.model.task() == crate::ingest::decode::Task::Regression;
                 let classes = serving.model.classes();
                 let width = if regression { 1 } else { classes.len() };
                 job.samples

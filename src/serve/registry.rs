@@ -67,7 +67,7 @@ impl ServingEvent {
     /// An event stamped now.
     pub fn now(version: u32, action: &str, reason: String) -> Self {
         Self {
-            at_ms: crate::learn::now_ms(),
+            at_ms: crate::stats::now_ms(),
             version,
             action: action.into(),
             reason,
@@ -416,11 +416,11 @@ pub fn live_score(
     store: &Store,
     pipeline: &str,
     version: u32,
-    task: crate::learn::Task,
+    task: crate::ingest::decode::Task,
 ) -> Result<Option<LiveScore>, StoreError> {
     let (scored, correct, error_sum) =
         decode_live(store.get_state(&live_key(pipeline, version))?.as_deref());
-    let classification = task == crate::learn::Task::Classification;
+    let classification = task == crate::ingest::decode::Task::Classification;
     Ok((scored > 0).then(|| LiveScore {
         scored,
         correct,
@@ -448,7 +448,7 @@ mod tests {
 
     #[test]
     fn versions_load_on_the_pipeline_engine() {
-        use crate::serve::engine::Engine;
+        use crate::onnx::engine::Engine;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();

@@ -119,7 +119,7 @@ pub struct ModelCard {
     /// models directory; [`crate::serve::intake`]): source, SHA-256, size,
     /// engine. `None` for a version edgeloop trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub imported: Option<crate::serve::intake::Imported>,
+    pub imported: Option<Imported>,
 }
 
 /// What was added to the evaluated fit's training part (see
@@ -467,3 +467,29 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
     }
     out
 }
+/// Where an imported model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `PUT /v1/pipelines/{name}/models`.
+    Upload,
+    /// A file dropped into the pipeline's models directory.
+    ModelsDir,
+}
+
+/// What a model card of an imported version records about its file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Imported {
+    pub source: Source,
+    /// File name in the models directory (`None` for an upload).
+    pub file_name: Option<String>,
+    /// SHA-256 of the ONNX bytes, lowercase hex.
+    pub sha256: String,
+    /// Size of the ONNX file, bytes.
+    pub bytes: u64,
+    /// The engine that checked and serves it.
+    pub engine: String,
+    /// ONNX producer (`producer_name producer_version`) as the file says.
+    pub producer: String,
+}
+

@@ -81,7 +81,7 @@ pub enum Evaluation {
 
 /// What scoring needs of a model: one edgeloop trained ([`Model`]) or one
 /// served by an engine without parameters edgeloop can read (an imported
-/// champion, [`crate::serve::engine::OnnxModel`]).
+/// champion, [`crate::onnx::engine::OnnxModel`]).
 pub trait Predictor {
     /// What the model predicts.
     fn task(&self) -> Task;
@@ -105,12 +105,12 @@ impl Predictor for Model {
     }
 }
 
-impl Predictor for crate::serve::engine::OnnxModel {
+impl Predictor for crate::onnx::engine::OnnxModel {
     fn task(&self) -> Task {
-        crate::serve::engine::OnnxModel::task(self)
+        crate::onnx::engine::OnnxModel::task(self)
     }
     fn classes(&self) -> &[String] {
-        crate::serve::engine::OnnxModel::classes(self)
+        crate::onnx::engine::OnnxModel::classes(self)
     }
     fn predict_rows(&self, x: &[f32]) -> Option<Vec<f32>> {
         self.predict_proba(x).ok()

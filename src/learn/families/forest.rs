@@ -292,7 +292,7 @@ impl ForestModel {
     /// ONNX bytes: imputation then one `ai.onnx.ml` tree-ensemble node
     /// ([`crate::onnx::trees`]).
     pub fn to_onnx(&self, version: u32) -> Vec<u8> {
-        crate::onnx::trees::tree_ensemble_to_onnx(
+        super::tree_onnx::tree_ensemble_to_onnx(
             &self.trees,
             &self.mean,
             &ModelMeta {

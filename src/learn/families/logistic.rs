@@ -253,6 +253,48 @@ impl LogisticModel {
     }
 }
 
+/// Serialises `model` as an ONNX model (protobuf bytes).
+pub fn logistic_to_onnx(model: &LogisticModel, model_version: u32) -> Vec<u8> {
+    let nf = model.n_features() as i64;
+    let nc = model.classes.len() as i64;
+    let (mut nodes, scaled) = crate::onnx::builder::impute_and_scale_nodes("mean", Some("scale"));
+    nodes.extend([
+        crate::onnx::builder::node("MatMul", &[scaled, "weights"], "matmul", vec![]),
+        crate::onnx::builder::node("Add", &["matmul", "bias"], "logits", vec![]),
+        crate::onnx::builder::node(
+            "Softmax",
+            &["logits"],
+            crate::onnx::builder::OUTPUT_PROBABILITIES,
+            vec![crate::onnx::builder::attr_int("axis", 1)],
+        ),
+        crate::onnx::builder::label_node(),
+    ]);
+    let graph = tract_onnx::pb::GraphProto {
+        name: "edgeloop_logistic".into(),
+        node: nodes,
+        initializer: vec![
+            crate::onnx::builder::tensor_f32("mean", &[nf], &model.scaler.mean),
+            crate::onnx::builder::tensor_f32("scale", &[nf], &model.scaler.scale),
+            crate::onnx::builder::tensor_f32("weights", &[nf, nc], &model.weights),
+            crate::onnx::builder::tensor_f32("bias", &[nc], &model.bias),
+        ],
+        input: vec![crate::onnx::builder::input_info(model.n_features())],
+        output: crate::onnx::builder::classifier_outputs(model.classes.len()),
+        ..Default::default()
+    };
+    crate::onnx::builder::model_bytes(
+        graph,
+        &crate::onnx::builder::ModelMeta {
+            family: "logistic",
+            task: crate::ingest::decode::Task::Classification,
+            classes: &model.classes,
+            features: &model.feature_names,
+            version: model_version,
+            doc: "Multinomial logistic regression with mean imputation and standard scaling.",
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,9 +391,9 @@ impl LogisticModel {
         self.predict_proba(x)
     }
 
-    /// ONNX bytes; see [`crate::onnx::export::logistic_to_onnx`].
+    /// ONNX bytes; see [`logistic_to_onnx`].
     pub fn to_onnx(&self, version: u32) -> Vec<u8> {
-        crate::onnx::export::logistic_to_onnx(self, version)
+        logistic_to_onnx(self, version)
     }
 
     /// Settings and optimiser outcome, for the model card.

@@ -30,3 +30,4 @@ pub mod logistic;
 pub mod mlp;
 pub mod svm;
 pub mod tree;
+pub mod tree_onnx;

@@ -282,7 +282,7 @@ impl TreeModel {
     /// ONNX bytes: imputation then one `ai.onnx.ml` tree-ensemble node
     /// ([`crate::onnx::trees`]).
     pub fn to_onnx(&self, version: u32) -> Vec<u8> {
-        crate::onnx::trees::tree_ensemble_to_onnx(
+        super::tree_onnx::tree_ensemble_to_onnx(
             std::slice::from_ref(&self.tree),
             &self.mean,
             &ModelMeta {

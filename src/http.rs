@@ -8,7 +8,7 @@
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
 //! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p}}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number}]}` |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card, the serving version and its `engine` (tract or ort) |
-//! | PUT | `/v1/pipelines/{name}/models` | ONNX bytes (header `x-sha256` or `?sha256=`) → `201 {"pipeline", "version", "serving_version", "card"}`: checked and stored, served once promoted ([`super::intake`]); refusals 413 (oversized), 400 (sha256), 422 (the model) |
+//! | PUT | `/v1/pipelines/{name}/models` | ONNX bytes (header `x-sha256` or `?sha256=`) → `201 {"pipeline", "version", "serving_version", "card"}`: checked and stored, served once promoted ([`crate::serve::intake`]); refusals 413 (oversized), 400 (sha256), 422 (the model) |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
 //! | POST | `/v1/pipelines/{name}/models/{version}/promote` | serves a stored version → `{"serving_version"}` |
 //! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
@@ -33,7 +33,6 @@
 //!   it as JSON with the same status.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -45,19 +44,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::registry::{Registry, RegistryError};
+use crate::serve::registry::{Registry, RegistryError};
 use crate::config::PipelineConfig;
 use crate::monitor::retrain::{LearnerHandle, TrainFailure};
 use crate::stats::Stats;
 use crate::store::Store;
-
-/// `[http]`: the local API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    pub listen: SocketAddr,
-    pub max_rows: usize,
-}
 
 /// Everything the handlers share.
 #[derive(Clone)]
@@ -73,9 +64,9 @@ pub struct AppState {
     pub health: Arc<crate::health::HealthMonitor>,
     pub drift: crate::monitor::retrain::DriftBoard,
     /// `[models]`: the upload size limit.
-    pub models: super::intake::ModelsConfig,
+    pub models: crate::serve::intake::ModelsConfig,
     /// How uploaded models load (the onnxruntime library of `[onnxruntime]`).
-    pub load_options: super::engine::LoadOptions,
+    pub load_options: crate::onnx::engine::LoadOptions,
 }
 
 /// Errors a request can meet.
@@ -98,7 +89,7 @@ pub enum ApiError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error("model refused: {0}")]
-    Intake(#[from] super::intake::IntakeError),
+    Intake(#[from] crate::serve::intake::IntakeError),
 }
 
 impl ApiError {
@@ -114,7 +105,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Intake(e) => {
-                use super::intake::IntakeError as E;
+                use crate::serve::intake::IntakeError as E;
                 match e {
                     E::UnknownPipeline(_) => StatusCode::NOT_FOUND,
                     E::Oversized { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -577,7 +568,7 @@ async fn predict(
     s.stats
         .http_predictions
         .fetch_add(req.rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    if serving.model.task() == crate::learn::Task::Regression {
+    if serving.model.task() == crate::ingest::decode::Task::Regression {
         return Ok(Json(PredictAnswer::Regression(RegressionResponse {
             pipeline: name,
             model_version: serving.version,
@@ -625,7 +616,7 @@ async fn models(
 /// `PUT /v1/pipelines/{name}/models`: the body is read up to
 /// `[models] max_bytes` (413 beyond), its SHA-256 checked against the
 /// `x-sha256` header or `sha256` query parameter (400), then the model is
-/// checked and stored, not served ([`super::intake::import`]).
+/// checked and stored, not served ([`crate::serve::intake::import`]).
 async fn upload_model(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -633,7 +624,7 @@ async fn upload_model(
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    use super::intake::{self, IntakeError, Source};
+    use crate::serve::intake::{self, IntakeError, Source};
     let cfg = s
         .pipelines
         .iter()

@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::learn::model::Task;
-use crate::onnx::export;
+use crate::ingest::decode::Task;
+use super::export;
 
 pub use self::tract::onnx_parser;
 

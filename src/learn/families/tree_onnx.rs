@@ -34,9 +34,9 @@
 
 use tract_onnx::pb;
 
-use super::builder::{self as b, ModelMeta, ML_DOMAIN, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
-use crate::learn::model::Task;
-use crate::learn::tree::{DecisionTree, Node};
+use crate::onnx::builder::{self as b, ModelMeta, ML_DOMAIN, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
+use crate::ingest::decode::Task;
+use super::tree::{DecisionTree, Node};
 
 /// Serialises `trees` (imputing `NaN` by `mean`, `[n_features]`) as an ONNX
 /// model following [`super::builder`]'s contract; `meta.classes` gives the
