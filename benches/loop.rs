@@ -81,7 +81,7 @@ fn main() {
     println!("| measurement | value | note |\n|---|---|---|");
 
     // Decoding.
-    let decoder = Decoder::new(&pipeline, 65536);
+    let decoder = Decoder::new(&pipeline.schema(), 65536);
     let (samples, allocs, bytes, d) = counted(|| {
         payloads
             .iter()
@@ -154,7 +154,7 @@ fn main() {
     // Training.
     let all: Vec<Sample> = samples.clone();
     let (trained, allocs, bytes, d) = counted(|| {
-        learn::train_version(&pipeline, &all, None, 1, Trigger::Manual, None, || false).unwrap()
+        learn::train_version(&pipeline.settings(), &all, None, 1, Trigger::Manual, None, || false).unwrap()
     });
     row(
         "train logistic (holdout fit + refit), 8143 samples × 5 features",

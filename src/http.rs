@@ -663,7 +663,7 @@ async fn upload_model(
     let card = tokio::task::spawn_blocking(move || {
         intake::import(
             &store,
-            &cfg,
+            &cfg.settings(),
             bytes,
             Source::Upload,
             None,

@@ -279,7 +279,23 @@ impl CsvInput {
             family: self.family.clone(),
             folds: self.folds,
         };
-        edgeloop::learn::offline::csv_settings(&cfg, args, default_name).map_err(anyhow::Error::msg)
+        let pipeline = match &self.pipeline {
+            Some(name) => {
+                let p = cfg
+                    .pipeline(name)
+                    .ok_or_else(|| anyhow::anyhow!("no pipeline `{name}` in the configuration"))?;
+                Some(edgeloop::learn::offline::CsvSettings {
+                    label: p.label.clone(),
+                    features: p.features.clone(),
+                    model: p.model.clone(),
+                    task: Some(p.task),
+                    name: name.clone(),
+                })
+            }
+            None => None,
+        };
+        edgeloop::learn::offline::csv_settings(pipeline, args, default_name)
+            .map_err(anyhow::Error::msg)
     }
 }
 

@@ -188,7 +188,7 @@ fn three_feature_model() -> Vec<u8> {
             label: Some(l.clone()),
         })
         .collect();
-    learn::train_version(&p, &samples, None, 1, Trigger::Manual, None, || false)
+    learn::train_version(&p.settings(), &samples, None, 1, Trigger::Manual, None, || false)
         .unwrap()
         .onnx
 }
@@ -454,7 +454,7 @@ async fn models_directory_files_are_checked_moved_and_serve_only_once_promoted()
 fn every_prefix_and_random_bytes_are_refused() {
     use edgeloop::serve::intake::check_model;
     let cfg = edgeloop::config::Config::load_with_env(None, std::iter::empty()).unwrap();
-    let p = &cfg.pipelines[0];
+    let p = &cfg.pipelines[0].settings();
     let good = fixture("occupancy_sklearn.onnx");
     let rows: Vec<Vec<f32>> = serde_json::from_value(reference()["rows"].clone()).unwrap();
     let x = rows.concat();

@@ -858,7 +858,6 @@ fn read_src(root: &Path) -> Vec<SourceFile> {
 // ---------------------------------------------------------------------------
 
 #[test]
-#[ignore = "issue 13 refactor in progress: run with --ignored"]
 fn src_has_no_import_cycle_and_no_stage_imports_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let files = read_src(root);

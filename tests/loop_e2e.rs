@@ -1349,7 +1349,7 @@ async fn regression_pipeline_trains_serves_and_scores_air_quality() {
     let mut cfg = air_quality_config(dir.path(), broker, edgeloop::config::Family::Ridge);
     trains_at(&mut cfg, 2000, NEVER, false);
     cfg.validate().unwrap();
-    let pipeline = cfg.pipelines[0].clone();
+    let pipeline = cfg.pipelines[0].settings();
     let (running, handle, token) = start(cfg).await;
 
     let rows = air_quality_rows();

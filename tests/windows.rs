@@ -170,7 +170,7 @@ fn pipeline(augment: AugmentConfig) -> PipelineConfig {
 /// through one serving [`Featurizer`]. Returns the test accuracy.
 fn accuracy(p: &PipelineConfig, train: &[Case], test: &[Case]) -> f64 {
     let trained = learn::train_version(
-        p,
+        &p.settings(),
         &readings(train, "train-", true),
         None,
         1,

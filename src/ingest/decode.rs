@@ -22,7 +22,6 @@
 
 use serde_json::Value;
 
-use crate::config::PipelineConfig;
 
 /// What a model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -42,6 +41,27 @@ impl std::fmt::Display for Task {
             Task::Regression => "regression",
         })
     }
+}
+
+/// How a pipeline's payloads are read: the part of a `[[pipelines]]` entry
+/// the decoder needs (composed by `crate::config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schema {
+    /// JSON paths of the features, in order.
+    pub features: Vec<String>,
+    /// JSON path of the label; empty: none.
+    pub label: String,
+    /// The classes a label may take; empty: any.
+    pub classes: Vec<String>,
+    /// Classes, or numbers for regression.
+    pub task: Task,
+    /// JSON path of the timestamp; empty: the arrival time.
+    pub timestamp: String,
+    pub timestamp_format: String,
+    /// Topic level that holds the device id.
+    pub device_level: i32,
+    /// Field of a late label that holds the sample's id.
+    pub sample_id_field: String,
 }
 
 pub use crate::stats::Reason;
@@ -140,7 +160,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for `pipeline`. Paths were checked by config validation;
     /// an unparseable one here never matches.
-    pub fn new(pipeline: &PipelineConfig, max_payload_bytes: usize) -> Self {
+    pub fn new(pipeline: &Schema, max_payload_bytes: usize) -> Self {
         let path = |p: &str| JsonPath::parse(p).unwrap_or(JsonPath { steps: vec![] });
         let opt = |p: &str| (!p.is_empty()).then(|| path(p));
         Self {
@@ -516,13 +536,14 @@ fn number_len(s: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PipelineConfig;
 
     fn decoder() -> Decoder {
         let p: PipelineConfig = toml::from_str(
             "name='p'\ntopics=['s/+/x']\nfeatures=['t', 'env.h', 'v[1]']\nlabel='y'\ntimestamp='ts'",
         )
         .unwrap();
-        Decoder::new(&p, 1024)
+        Decoder::new(&p.schema(), 1024)
     }
 
     fn reasons(d: &Decoded) -> Vec<Reason> {
@@ -608,7 +629,7 @@ mod tests {
             "name='p'\ntopics=['s/+/x']\nfeatures=['t']\nlabel='y'\nclasses=['0', '1']",
         )
         .unwrap();
-        let dec = Decoder::new(&p, 1024);
+        let dec = Decoder::new(&p.schema(), 1024);
         let label = |payload: &str| {
             let d = dec.decode("s/a/x", payload.as_bytes(), 0);
             (
@@ -638,7 +659,7 @@ mod tests {
             "name='p'\ntopics=['s/+/x']\nfeatures=['t']\nlabel='y'\ntask='regression'",
         )
         .unwrap();
-        let dec = Decoder::new(&p, 1024);
+        let dec = Decoder::new(&p.schema(), 1024);
         let label = |payload: &str| {
             let d = dec.decode("s/a/x", payload.as_bytes(), 0);
             let bad = d.problems.iter().any(|p| p.reason == Reason::BadLabel);
@@ -704,7 +725,7 @@ mod tests {
              label='Occupancy'\ntimestamp='Date'",
         )
         .unwrap();
-        Decoder::new(&p, 4096)
+        Decoder::new(&p.schema(), 4096)
     }
 
     #[test]
@@ -740,7 +761,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            Decoder::new(&p, 1024)
+            Decoder::new(&p.schema(), 1024)
                 .decode_late_label("l/a", b"\xEF\xBB\xBF{\"sample_id\": 7, \"y\": \"on\"}"),
             Ok((crate::store::LabelKey::Seq(7), "on".into()))
         );
@@ -823,7 +844,7 @@ mod tests {
             "name='p'\ntopics=['s/+/x']\nfeatures=['t']\nlabel='y'\ntask='regression'",
         )
         .unwrap();
-        let d = Decoder::new(&p, 1024).decode("s/a/x", br#"{"t": 2, "y": -1e400}"#, 0);
+        let d = Decoder::new(&p.schema(), 1024).decode("s/a/x", br#"{"t": 2, "y": -1e400}"#, 0);
         assert_eq!(reasons(&d), vec![Reason::BadLabel]);
         assert_eq!(d.sample.unwrap().features, vec![2.0]);
     }

@@ -27,10 +27,9 @@ use tokio_util::sync::CancellationToken;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::decode::{Decoder, Reason, Sample};
+use super::decode::{Decoder, Reason, Sample, Schema};
 use super::mqtt::{Acks, Incoming};
 use super::IngestError;
-use crate::config::PipelineConfig;
 use crate::stats::Stats;
 use crate::store::{LateLabel, NewSample, Store, StoreConfig};
 
@@ -51,6 +50,21 @@ pub enum Dedup {
     Redelivery,
     /// Keep everything (a redelivery after a crash is stored twice).
     Off,
+}
+
+/// Which messages the writer routes to a pipeline, and how: the part of a
+/// `[[pipelines]]` entry ingest needs (composed by `crate::config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// Topic filters of its samples.
+    pub topics: Vec<String>,
+    /// Topic filters of its late labels.
+    pub label_topics: Vec<String>,
+    pub dedup: Dedup,
+    /// JSON path of the timestamp (empty: arrival time); `Dedup::Auto` reads it.
+    pub timestamp: String,
+    pub schema: Schema,
 }
 
 /// Identity of a message for deduplication: xxh3-128 of the topic, a zero
@@ -106,7 +120,7 @@ pub struct Hooks {
 /// The writer component.
 pub struct Writer {
     pub store: Arc<Store>,
-    pub pipelines: Vec<PipelineConfig>,
+    pub pipelines: Vec<Route>,
     pub max_payload_bytes: usize,
     pub store_cfg: StoreConfig,
     /// Packet ids to acknowledge, to the MQTT source, after each commit.
@@ -135,7 +149,7 @@ impl Writer {
         let decoders: Vec<Decoder> = self
             .pipelines
             .iter()
-            .map(|p| Decoder::new(p, self.max_payload_bytes))
+            .map(|p| Decoder::new(&p.schema, self.max_payload_bytes))
             .collect();
         let mut log = ProblemLog::default();
         let linger = Duration::from_millis(self.store_cfg.batch_linger_ms);

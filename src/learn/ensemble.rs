@@ -53,7 +53,7 @@ use tract_onnx::pb;
 use super::model::{Family, Model, Task, TrainError};
 use super::select::Metric;
 use super::{fit_model, split, Dataset};
-use crate::config::ModelConfig;
+use crate::learn::settings::ModelConfig;
 use crate::onnx::builder::{
     self as b, ModelMeta, INPUT, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES,
 };

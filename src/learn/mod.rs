@@ -34,12 +34,14 @@ pub mod lbfgs;
 pub mod model;
 pub mod offline;
 pub mod prepare;
+pub mod settings;
 mod train;
 pub mod tune;
 
 pub use eval::{card, metrics, select, split};
 pub use families::{forest, linear, logistic, mlp, svm, tree};
 pub use model::{Family, Model, Target, Task, TrainError};
+pub use settings::{ModelConfig, PipelineSettings};
 pub(crate) use train::logistic_config;
 pub use train::{
     candidate_families, cross_validate, fit_model, hyperparameters, train_dataset, train_version,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::card::ModelCard;
 use super::{Dataset, Family, Task, TrainSettings, Training, Trigger};
-use crate::config::ModelConfig;
+use crate::learn::settings::ModelConfig;
 use crate::ingest::csv_file::{read_labelled_csv, LabelledCsv};
 
 /// What to train.
@@ -54,28 +54,19 @@ pub struct CsvArgs {
     pub folds: Option<usize>,
 }
 
-/// Resolves `args` against `cfg`.
+/// Resolves `args` over `pipeline`, the settings of the configured pipeline
+/// `args.pipeline` names (the caller reads them from the configuration), or
+/// the defaults (`family = "auto"`) without one.
 ///
 /// # Errors
-/// A message naming the unknown pipeline, task or family.
+/// A message naming the unknown task or family.
 pub fn csv_settings(
-    cfg: &crate::config::Config,
+    pipeline: Option<CsvSettings>,
     args: CsvArgs,
     default_name: &str,
 ) -> Result<CsvSettings, String> {
-    let mut out = match &args.pipeline {
-        Some(name) => {
-            let p = cfg
-                .pipeline(name)
-                .ok_or_else(|| format!("no pipeline `{name}` in the configuration"))?;
-            CsvSettings {
-                label: p.label.clone(),
-                features: p.features.clone(),
-                model: p.model.clone(),
-                task: Some(p.task),
-                name: name.clone(),
-            }
-        }
+    let mut out = match pipeline {
+        Some(p) => p,
         None => CsvSettings {
             label: String::new(),
             features: vec![],
@@ -108,7 +99,7 @@ pub fn csv_settings(
     }
     if let Some(k) = args.folds {
         out.model.folds = k;
-        out.model.evaluation = crate::config::Evaluation::Kfold;
+        out.model.evaluation = super::select::Evaluation::Kfold;
     }
     Ok(out)
 }

@@ -15,7 +15,7 @@ use super::select::{self, Evaluation, Metric};
 use super::svm::SvmModel;
 use super::tree::TreeModel;
 use super::{ensemble, metrics, now_ms, prepare, split, tune, Dataset};
-use crate::config::{ModelConfig, PipelineConfig};
+use crate::learn::settings::{ModelConfig, PipelineSettings};
 use crate::ingest::decode::Sample;
 
 /// Why a training ran.
@@ -56,12 +56,12 @@ pub struct Training {
 /// windowed pipeline (`[pipelines.windows]`) trains on the window samples of
 /// `samples` ([`crate::features::windows::derive()`]: per device, in timestamp
 /// order, each labelled by its last reading), its model features the window
-/// statistics ([`PipelineConfig::model_features`]).
+/// statistics ([`PipelineSettings::model_features`]).
 ///
 /// # Errors
 /// As [`train_dataset`].
 pub fn train_version(
-    pipeline: &PipelineConfig,
+    pipeline: &PipelineSettings,
     samples: &[Sample],
     old_regimes: Option<&[Sample]>,
     version: u32,

@@ -54,7 +54,7 @@ use super::card::ModelCard;
 use super::forest::MaxFeatures;
 use super::select::{self, Evaluation, Metric};
 use super::{Dataset, Family, Task, TrainError, TrainSettings, Training, Trigger};
-use crate::config::ModelConfig;
+use crate::learn::settings::ModelConfig;
 
 /// Successive halving's rate: a third of a rung's configurations move on,
 /// with three times the samples (scikit-learn's `factor=3` default).

@@ -50,3 +50,18 @@ impl Default for DriftConfig {
         }
     }
 }
+
+/// A pipeline as the monitoring stage sees it: the learning settings and
+/// `[pipelines.drift]`. Dereferences to its [`PipelineSettings`](crate::learn::PipelineSettings).
+#[derive(Debug, Clone)]
+pub struct MonitoredPipeline {
+    pub settings: crate::learn::PipelineSettings,
+    pub drift: DriftConfig,
+}
+
+impl std::ops::Deref for MonitoredPipeline {
+    type Target = crate::learn::PipelineSettings;
+    fn deref(&self) -> &Self::Target {
+        &self.settings
+    }
+}

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::PipelineConfig;
+use super::MonitoredPipeline;
 use crate::ingest::decode::Sample;
 use crate::learn::card::ModelCard;
 use crate::learn::{self, Trigger};
@@ -130,7 +130,7 @@ pub struct Learner {
     board: DriftBoard,
     store: Arc<Store>,
     registry: Arc<Registry>,
-    pipelines: Vec<PipelineConfig>,
+    pipelines: Vec<MonitoredPipeline>,
     labels_added: Arc<Notify>,
     rx: mpsc::Receiver<TrainRequest>,
     stats: Arc<Stats>,
@@ -138,7 +138,7 @@ pub struct Learner {
     attempted_at: HashMap<String, u64>,
 }
 
-fn new_watch(p: &PipelineConfig, version: u32) -> Watch {
+fn new_watch(p: &MonitoredPipeline, version: u32) -> Watch {
     use super::continual::DetectorKind;
     use super::detectors::{Adwin, Ddm, PageHinkley};
     let detector: Box<dyn super::detectors::DriftDetector> = match p.drift.detector {
@@ -230,7 +230,7 @@ impl Learner {
     pub fn new(
         store: Arc<Store>,
         registry: Arc<Registry>,
-        pipelines: Vec<PipelineConfig>,
+        pipelines: Vec<MonitoredPipeline>,
         labels_added: Arc<Notify>,
         late_rx: mpsc::Receiver<(String, Vec<u64>)>,
         stats: Arc<Stats>,
@@ -596,7 +596,7 @@ impl Learner {
                     (s.version, champion)
                 });
                 let trained = learn::train_version(
-                    &cfg,
+                    &cfg.settings,
                     &samples,
                     old_regimes.as_deref(),
                     version,

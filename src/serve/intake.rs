@@ -41,7 +41,7 @@ use tract_onnx::pb;
 
 use super::engine::{Contract, LoadOptions, ModelError, OnnxModel};
 use super::registry::ServingEvent;
-use crate::config::PipelineConfig;
+use crate::learn::PipelineSettings;
 use crate::learn::card::ModelCard;
 use crate::learn::{Task, Trigger};
 use crate::stats::Stats;
@@ -159,7 +159,7 @@ const PROBE_ROWS: usize = 8;
 /// The first check that fails, as an [`IntakeError`].
 pub fn check_model(
     onnx: &[u8],
-    pipeline: &PipelineConfig,
+    pipeline: &PipelineSettings,
     options: &LoadOptions,
 ) -> Result<OnnxModel, IntakeError> {
     let proto = decode(onnx)?;
@@ -233,7 +233,7 @@ pub fn check_model(
 /// ([`OnnxModel::load_for`]).
 fn load(
     onnx: &[u8],
-    pipeline: &PipelineConfig,
+    pipeline: &PipelineSettings,
     features: &[String],
     options: &LoadOptions,
 ) -> Result<OnnxModel, IntakeError> {
@@ -248,7 +248,7 @@ fn load(
     })
 }
 
-fn wrong_width(pipeline: &PipelineConfig, model: usize, features: &[String]) -> IntakeError {
+fn wrong_width(pipeline: &PipelineSettings, model: usize, features: &[String]) -> IntakeError {
     IntakeError::WrongWidth {
         pipeline: pipeline.name.clone(),
         model,
@@ -420,7 +420,7 @@ pub fn verify_sha256(bytes: &[u8], claimed: Option<&str>) -> Result<String, Inta
 /// An [`IntakeError`]; then nothing was stored.
 pub fn import(
     store: &Store,
-    pipeline: &PipelineConfig,
+    pipeline: &PipelineSettings,
     onnx: Vec<u8>,
     source: Source,
     file_name: Option<String>,
@@ -455,7 +455,7 @@ pub fn count(
 
 fn import_inner(
     store: &Store,
-    pipeline: &PipelineConfig,
+    pipeline: &PipelineSettings,
     onnx: Vec<u8>,
     source: Source,
     file_name: Option<String>,
@@ -587,7 +587,7 @@ pub struct ModelsDirWatcher {
     pub max_bytes: u64,
     /// How models load (the onnxruntime library of `[onnxruntime]`).
     pub options: LoadOptions,
-    pub pipelines: Vec<PipelineConfig>,
+    pub pipelines: Vec<PipelineSettings>,
     pub store: Arc<Store>,
     pub stats: Arc<Stats>,
 }
@@ -657,7 +657,7 @@ impl ModelsDirWatcher {
 /// `refused/` with its `.reason` file.
 fn take_file(
     store: &Store,
-    pipeline: &PipelineConfig,
+    pipeline: &PipelineSettings,
     path: &Path,
     name: &str,
     max_bytes: u64,
@@ -713,11 +713,11 @@ fn take_file(
 mod tests {
     use super::*;
 
-    fn pipeline() -> PipelineConfig {
+    fn pipeline() -> PipelineSettings {
         crate::config::Config::load_with_env(None, std::iter::empty())
             .unwrap()
             .pipelines[0]
-            .clone()
+            .settings()
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
-use crate::config::PipelineConfig;
+use crate::learn::PipelineSettings;
 use crate::features::windows::Featurizer;
 use crate::ingest::decode::Sample;
 use crate::ingest::mqtt::Backoff;
@@ -67,7 +67,7 @@ pub struct Outgoing {
 /// Runs the serving model over unlabelled samples.
 pub struct Predictor {
     pub registry: Arc<Registry>,
-    pub pipelines: Vec<PipelineConfig>,
+    pub pipelines: Vec<PipelineSettings>,
     pub rx: mpsc::Receiver<PredictJob>,
     pub outbox: mpsc::Sender<Outgoing>,
     pub stats: Arc<Stats>,
@@ -282,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
-        let pipeline = cfg.pipelines[0].clone();
+        let pipeline = cfg.pipelines[0].settings();
         // Toy data: class 1 when Light is high.
         let samples: Vec<Sample> = (0..40)
             .map(|i| Sample {

@@ -452,7 +452,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
-        let pipeline = cfg.pipelines[0].clone();
+        let pipeline = cfg.pipelines[0].settings();
         let samples: Vec<Sample> = (0..60)
             .map(|i| Sample {
                 timestamp_ms: i,
@@ -503,7 +503,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
         let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
-        let pipeline = cfg.pipelines[0].clone();
+        let pipeline = cfg.pipelines[0].settings();
         let registry = Arc::new(Registry::new(["occupancy"]));
         let samples: Vec<Sample> = (0..60)
             .map(|i| Sample {
