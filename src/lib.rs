@@ -60,6 +60,8 @@
 //! - [`bench`](mod@bench): `edgeloop bench footprint` (binary sizes, memory, time to
 //!   ready).
 //! - [`demo`]: the end-to-end demo on the UCI Occupancy data.
+//! - [`cli`]: the command line (`src/main.rs` calls [`cli::main`]), one
+//!   file per command family.
 //! - [`stats`]: counters shared by the components.
 //! - [`health`]: the one verdict (ingest stalled, broker lost, store refusing
 //!   writes) behind `GET /healthz`, the systemd watchdog and `edgeloop_healthy`.
@@ -72,6 +74,7 @@
 //! ARCHITECTURE.md draws the same.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod config_error;
 pub mod daemon;

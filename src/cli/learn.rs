@@ -1,0 +1,442 @@
+//! `edgeloop train`, `tune`, `evaluate` (prequential) and `finetune`: the
+//! offline learning commands, on labelled CSV files.
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+
+/// `edgeloop evaluate`.
+#[derive(clap::Args)]
+pub struct EvaluateArgs {
+    /// Prequential (test-then-train) evaluation; the only mode for now.
+    #[arg(long)]
+    prequential: bool,
+    #[arg(long)]
+    file: PathBuf,
+    /// Label column (or the pipeline's label with --pipeline).
+    #[arg(long, required_unless_present = "pipeline")]
+    label: Option<String>,
+    /// Feature columns, comma-separated (default: every other numeric column).
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
+    /// Take label, features, trainer and detector settings from this
+    /// pipeline of the configuration (--config).
+    #[arg(long)]
+    pipeline: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model family: logistic, mlp, tree, forest or svm (default: the
+    /// pipeline's with --pipeline, else logistic).
+    #[arg(long)]
+    family: Option<String>,
+    /// Concept-drift detector: adwin, ddm or page_hinkley.
+    #[arg(long, default_value = "adwin")]
+    detector: String,
+    /// Segments in the accuracy-over-time table.
+    #[arg(long, default_value_t = 10)]
+    segments: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `edgeloop finetune`.
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Labelled CSV, rows in time order; every other column is a feature.
+    #[arg(long)]
+    file: PathBuf,
+    #[arg(long)]
+    label: String,
+    /// Temporal holdout: the newest FRACTION of rows.
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    /// Class names in output order, comma-separated (default: the
+    /// model's edgeloop metadata, else the labels sorted).
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<String>,
+    /// L2 penalty on the head's weights, per sample.
+    #[arg(long, default_value_t = 1e-3)]
+    l2: f64,
+    /// Where to write the fine-tuned model (only when promoted).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `edgeloop train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    input: CsvInput,
+    /// Temporal holdout: the newest FRACTION of rows (default 0.2).
+    #[arg(long, conflicts_with = "folds")]
+    holdout: Option<f64>,
+    /// Print the model cards as JSON (the models endpoint's fields).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `edgeloop tune`.
+#[derive(clap::Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    input: CsvInput,
+    /// Wall-time budget of search and final training: 60s, 500ms, 2m
+    /// (default: the pipeline's `search.budget_s`, else 60 s).
+    #[arg(long)]
+    budget: Option<String>,
+    /// random or successive_halving.
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Configurations tried, the configured settings included.
+    #[arg(long)]
+    max_trials: Option<usize>,
+    /// Trials run in parallel.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print `{"trials": [...], "card": {...}}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `train` and `tune` read: a labelled CSV and the settings to train it
+/// with.
+#[derive(clap::Args)]
+pub struct CsvInput {
+    #[arg(long)]
+    file: PathBuf,
+    /// Label column (or the pipeline's label with --pipeline).
+    #[arg(long, required_unless_present = "pipeline")]
+    label: Option<String>,
+    /// Feature columns, comma-separated (default: every other numeric column).
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
+    /// classification or regression (default: regression when every label
+    /// is a number and there are more than 20 distinct ones).
+    #[arg(long)]
+    task: Option<String>,
+    /// logistic, linear, ridge, mlp, tree, forest, svm or auto (every family
+    /// that supports the task; the best serves). Default: the pipeline's
+    /// with --pipeline, else auto.
+    #[arg(long)]
+    family: Option<String>,
+    /// k-fold cross-validation (stratified for classification) over the
+    /// training part, besides the holdout; candidates and trials compared by
+    /// it.
+    #[arg(long)]
+    folds: Option<usize>,
+    /// Write the chosen model as ONNX.
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// Take label, features, task and model settings from this pipeline of
+    /// the configuration (--config).
+    #[arg(long)]
+    pipeline: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl CsvInput {
+    /// The settings of the configured pipeline (or the defaults) with this
+    /// command line over them.
+    fn settings(&self, default_name: &str) -> anyhow::Result<crate::learn::offline::CsvSettings> {
+        let cfg = Config::load(self.config.as_deref())?;
+        let args = crate::learn::offline::CsvArgs {
+            pipeline: self.pipeline.clone(),
+            label: self.label.clone(),
+            features: self.features.clone(),
+            task: self.task.clone(),
+            family: self.family.clone(),
+            folds: self.folds,
+        };
+        let pipeline = match &self.pipeline {
+            Some(name) => {
+                let p = cfg
+                    .pipeline(name)
+                    .ok_or_else(|| anyhow::anyhow!("no pipeline `{name}` in the configuration"))?;
+                Some(crate::learn::offline::CsvSettings {
+                    label: p.label.clone(),
+                    features: p.features.clone(),
+                    model: p.model.clone(),
+                    task: Some(p.task),
+                    name: name.clone(),
+                })
+            }
+            None => None,
+        };
+        crate::learn::offline::csv_settings(pipeline, args, default_name)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// Replays the labelled stream test-then-train through the continuous loop
+/// and beside a frozen first model; prints the report.
+pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let EvaluateArgs {
+        prequential,
+        file,
+        label,
+        features,
+        pipeline,
+        config,
+        family,
+        detector,
+        segments,
+        json,
+    } = args;
+    anyhow::ensure!(prequential, "only --prequential evaluation exists for now");
+    let detector: crate::monitor::continual::DetectorKind =
+        serde_json::from_value(serde_json::Value::String(detector.clone())).map_err(|_| {
+            anyhow::anyhow!("detector `{detector}`: use adwin, ddm or page_hinkley")
+        })?;
+    let mut loop_config = crate::monitor::continual::ContinualConfig {
+        detector,
+        ..Default::default()
+    };
+    let (label, features) = match pipeline {
+        Some(name) => {
+            let cfg = Config::load(config.as_deref())?;
+            let p = cfg
+                .pipeline(&name)
+                .ok_or_else(|| anyhow::anyhow!("no pipeline `{name}` in the configuration"))?;
+            loop_config.detector = p.drift.detector;
+            // The pipeline's training settings (holdout, warm
+            // start, margins, reservoir_in_training), as the daemon's.
+            loop_config.model = p.model.clone();
+            loop_config.cooldown = p.drift.cooldown_labels;
+            loop_config.retrain_on_drift = p.drift.retrain_on_drift;
+            let features = if features.is_empty() {
+                p.features.clone()
+            } else {
+                features
+            };
+            (label.unwrap_or_else(|| p.label.clone()), features)
+        }
+        None => (label.unwrap_or_default(), features),
+    };
+    if let Some(f) = family {
+        loop_config.model.family = f.parse().map_err(anyhow::Error::msg)?;
+    }
+    anyhow::ensure!(
+        loop_config.model.family != crate::learn::Family::Auto
+            && loop_config.model.family.supports(crate::learn::Task::Classification),
+        "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm)",
+        loop_config.model.family
+    );
+    let opts = crate::monitor::prequential::PrequentialOptions {
+        file,
+        label,
+        features,
+        loop_config,
+        segments,
+    };
+    let report = crate::monitor::prequential::run(&opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::monitor::prequential::render(&report));
+    }
+    Ok(())
+}
+
+/// Retrains the classifier's head; prints both accuracies and the decision.
+pub fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
+    let FinetuneArgs {
+        model,
+        file,
+        label,
+        holdout,
+        classes,
+        l2,
+        out,
+        json,
+    } = args;
+    use crate::learn::head;
+    let args = head::FinetuneFile {
+        model,
+        file,
+        label,
+        classes,
+        out: out.clone(),
+        options: head::FinetuneOptions {
+            holdout,
+            l2,
+            ..Default::default()
+        },
+    };
+    let (report, written) = head::finetune_file(&args)?;
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["written"] = serde_json::json!(written.then_some(out));
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", head::render(&report, out.as_deref(), written));
+    }
+    Ok(())
+}
+
+/// Trains from the CSV through the daemon's code path; prints the cards.
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let TrainArgs {
+        input,
+        holdout,
+        json,
+    } = args;
+    let crate::learn::offline::CsvSettings {
+        label,
+        features,
+        mut model,
+        task,
+        name,
+    } = input.settings("train")?;
+    let (file, export) = (input.file, input.export);
+    if let Some(h) = holdout {
+        model.holdout_fraction = h;
+    }
+    crate::config::validate_model(&model, task, "model.")?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let opts = crate::learn::offline::OfflineOptions {
+        file,
+        label,
+        features,
+        task,
+        model,
+        name,
+        export: export.clone(),
+    };
+    let report = crate::learn::offline::train_csv(&opts, &|family, i, total| {
+        bar.set_length(total as u64);
+        bar.set_position(i as u64);
+        bar.set_message(format!("training {family}"));
+    })
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    let cards = crate::learn::offline::cards(&report);
+    if json {
+        println!("{}", serde_json::to_string_pretty(cards)?);
+    } else {
+        let chosen = &report.training.chosen.card;
+        print!("{}", crate::learn::card::render_table(cards, None));
+        println!(
+            "\n{} rows, {}; chosen: {} ({} {})",
+            report.rows,
+            report.task,
+            chosen.family,
+            chosen.metric,
+            chosen
+                .holdout_score
+                .map_or("-".into(), |s| format!("{s:.4}"))
+        );
+        if let Some(path) = export {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Searches hyperparameters within the budget; prints the trials and the
+/// chosen model's card.
+pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
+    let TuneArgs {
+        input,
+        budget,
+        strategy,
+        max_trials,
+        threads,
+        seed,
+        json,
+    } = args;
+    use crate::learn::tune;
+    let crate::learn::offline::CsvSettings {
+        label,
+        features,
+        mut model,
+        task,
+        name,
+    } = input.settings("tune")?;
+    let (file, export) = (input.file, input.export);
+    let search = &mut model.search;
+    search.enabled = true;
+    if let Some(b) = budget {
+        search.budget_s = tune::parse_budget(&b).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(s) = strategy {
+        search.strategy = serde_json::from_value(serde_json::Value::String(s.clone()))
+            .map_err(|_| anyhow::anyhow!("--strategy `{s}`: use random or successive_halving"))?;
+    }
+    search.max_trials = max_trials.unwrap_or(search.max_trials);
+    search.threads = threads.unwrap_or(search.threads);
+    search.seed = seed.unwrap_or(search.seed);
+    crate::config::validate_model(&model, task, "model.")?;
+    let budget_s = model.search.budget_s;
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new((budget_s * 10.0).ceil() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {elapsed}/budget {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let opts = crate::learn::offline::OfflineOptions {
+        file,
+        label,
+        features,
+        task,
+        model,
+        name,
+        export: export.clone(),
+    };
+    let report = tune::tune_csv(&opts, &|trial| {
+        bar.set_position((started.elapsed().as_secs_f64() * 10.0) as u64);
+        bar.set_message(format!(
+            "trial {} {}: {}",
+            trial.id,
+            trial.family,
+            trial.score.map_or("-".into(), |s| format!("{s:.4}"))
+        ));
+    })
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    if json {
+        let out = serde_json::json!({ "trials": report.trials, "card": report.card });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!(
+            "{}",
+            tune::render_trials(&report.trials, &report.card.metric)
+        );
+        println!();
+        print!(
+            "{}",
+            crate::learn::card::render_table(std::slice::from_ref(&report.card), None)
+        );
+        let best = report.card.search.as_ref().and_then(|s| s.best.as_ref());
+        println!(
+            "\n{} rows, {}; chosen: trial {} {} ({} {})",
+            report.rows,
+            report.task,
+            best.map_or("-".into(), |b| b.id.to_string()),
+            report.card.family,
+            report.card.metric,
+            report
+                .card
+                .holdout_score
+                .map_or("-".into(), |s| format!("{s:.4}"))
+        );
+        if let Some(path) = export {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The `edgeloop` command line: the parser (`Cli`), the logs, and one
+//! `run` per command family, each the code that calls the library for its
+//! commands (`src/main.rs` only calls [`main`]):
+//!
+//! - `daemon.rs`: `run` (with SIGHUP reload and signal handling) and
+//!   `check-config`;
+//! - `models.rs`: `models import|list|promote|rollback|history` (over a
+//!   running daemon's HTTP API) and `predict`;
+//! - `learn.rs`: `train`, `tune`, `evaluate` and `finetune`;
+//! - `data.rs`: `replay` and `demo`;
+//! - `bench.rs`: `bench footprint` and `bench ingest`.
+
+mod bench;
+mod daemon;
+mod data;
+mod learn;
+mod models;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "edgeloop",
+    version,
+    about = "On-device ML loop: MQTT ingest, training, ONNX serving"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "edgeloop=debug".
+    /// Default: `daemon.log_filter` of the configuration (info, with rumqttd's
+    /// router and link targets silenced); when given, SIGHUP leaves it.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log lines as text (journald-friendly: no colours unless a terminal, no
+    /// timestamps under systemd's JOURNAL_STREAM) or one JSON object a line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(daemon::RunArgs),
+    /// Validate the configuration and print the effective one.
+    CheckConfig(daemon::CheckConfigArgs),
+    /// Publish a CSV file's rows as JSON messages (column names as fields).
+    Replay(data::ReplayArgs),
+    /// Model versions of a running daemon, over its HTTP API.
+    Models(models::ModelsArgs),
+    /// Replay a labelled CSV stream, test then train, through the continuous
+    /// loop and beside a frozen first model.
+    Evaluate(learn::EvaluateArgs),
+    /// Retrain the last layer (Gemm/MatMul+Add before Softmax) of an ONNX
+    /// classifier on a labelled CSV file; print the original's and the
+    /// fine-tuned model's holdout accuracy and the champion/challenger
+    /// decision (src/learn/head.rs).
+    Finetune(learn::FinetuneArgs),
+    /// Train from a labelled CSV file (rows in time order) through the same
+    /// code path as the daemon, and print the model cards side by side.
+    Train(learn::TrainArgs),
+    /// Search hyperparameters within a budget on a labelled CSV file (rows in
+    /// time order), train the best through the daemon's code path, and print
+    /// the trials (best first) and the chosen model's card.
+    Tune(learn::TuneArgs),
+    /// Run any ONNX model (edgeloop's, skl2onnx, onnxmltools, torch.onnx) on
+    /// a CSV file's rows and print every output per row. Columns are picked
+    /// by the model's input names, else (one 2-D input) by an edgeloop
+    /// model's features, else in order.
+    Predict(models::PredictArgs),
+    /// Measurements of this build (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// Run the whole loop on the UCI Occupancy data with an embedded broker.
+    Demo(data::DemoArgs),
+}
+
+/// Reloads the log filter (SIGHUP).
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs to stderr: text for journald (level as text, colours only on a
+/// terminal, no timestamp when systemd's JOURNAL_STREAM says journald adds
+/// its own) or JSON lines.
+fn init_logs(filter: &str, format: LogFormat) -> LogHandle {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = std::io::stderr().is_terminal();
+    let output = match format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text if journald => fmt::layer()
+            .without_time()
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    handle
+}
+
+/// The binary's `main`: parses the command line, starts the logs, runs the
+/// command; an error is printed as `edgeloop: …` with a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(data::DemoArgs { json: true, .. }) | Command::Bench(_)
+    );
+    let filter = match &cli.log_level {
+        _ if quiet => "error,rumqttd::router::routing=off,rumqttd::server::broker=off".to_string(),
+        Some(f) => f.clone(),
+        None => crate::config::DEFAULT_LOG_FILTER.to_string(),
+    };
+    let logs = init_logs(&filter, cli.log_format);
+    match run(cli, logs) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgeloop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line per command: that command family's `run`.
+fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let filter_from_flag = cli.log_level.is_some();
+    match cli.command {
+        Command::CheckConfig(args) => daemon::check_config(args),
+        Command::Run(args) => daemon::run(args, runtime, logs, filter_from_flag),
+        Command::Predict(args) => models::predict(args),
+        Command::Replay(args) => data::replay(args, &runtime),
+        Command::Models(args) => models::run(args, &runtime),
+        Command::Evaluate(args) => learn::evaluate(args),
+        Command::Finetune(args) => learn::finetune(args),
+        Command::Train(args) => learn::train(args),
+        Command::Tune(args) => learn::tune(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => data::demo(args, &runtime),
+    }
+}

@@ -1,0 +1,158 @@
+//! `edgeloop models import|list|promote|rollback|history` (model versions of
+//! a running daemon, over its HTTP API) and `edgeloop predict` (any ONNX
+//! model on a CSV file).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+/// `edgeloop models`.
+#[derive(clap::Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    action: ModelsAction,
+    /// Base URL of the daemon's HTTP API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Print the daemon's JSON answer.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Upload an ONNX model: checked and stored as a new version, served
+    /// only once promoted.
+    Import {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Every version's model card, side by side.
+    List {
+        #[arg(long)]
+        pipeline: String,
+    },
+    /// Serve a stored version.
+    Promote {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        version: u32,
+    },
+    /// Serve the version that served before the current one.
+    Rollback {
+        #[arg(long)]
+        pipeline: String,
+    },
+    /// The timeline of versions and decisions.
+    History {
+        #[arg(long)]
+        pipeline: String,
+    },
+}
+
+/// `edgeloop predict`.
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// The ONNX model.
+    #[arg(long)]
+    model: PathBuf,
+    /// CSV file with a header row.
+    #[arg(long)]
+    file: PathBuf,
+    /// tract, ort (feature `ort`) or auto (tract, then onnxruntime when
+    /// tract refuses the model).
+    #[arg(long, default_value = "auto")]
+    engine: crate::serve::engine::EngineKind,
+    /// libonnxruntime shared library (default: ORT_DYLIB_PATH).
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+    /// Features per row of an input whose width the model leaves out.
+    #[arg(long)]
+    input_width: Option<usize>,
+    /// Print `{"engine", "rows": [{output: value}]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Sends the action's request to the daemon and prints its answer (the
+/// table, or the JSON with `--json`); an HTTP error status is an error.
+pub fn run(args: ModelsArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let ModelsArgs { action, url, json } = args;
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--url `{url}`: expected http://IP:PORT"))?;
+    let mut body = None;
+    let (method, path) = match &action {
+        ModelsAction::Import { pipeline, file } => {
+            let bytes =
+                std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let sha = crate::serve::intake::sha256_hex(&bytes);
+            body = Some(bytes);
+            (
+                "PUT",
+                format!("/v1/pipelines/{pipeline}/models?sha256={sha}"),
+            )
+        }
+        ModelsAction::List { pipeline } => ("GET", format!("/v1/pipelines/{pipeline}/models")),
+        ModelsAction::Promote { pipeline, version } => (
+            "POST",
+            format!("/v1/pipelines/{pipeline}/models/{version}/promote"),
+        ),
+        ModelsAction::Rollback { pipeline } => {
+            ("POST", format!("/v1/pipelines/{pipeline}/rollback"))
+        }
+        ModelsAction::History { pipeline } => ("GET", format!("/v1/pipelines/{pipeline}/history")),
+    };
+    let (status, body) = runtime.block_on(async {
+        let mut client = crate::demo::HttpClient::connect(addr)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        client
+            .request(method, &path, body)
+            .await
+            .map_err(anyhow::Error::msg)
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    anyhow::ensure!(
+        status < 400,
+        "{status}: {}",
+        value["error"]
+            .as_str()
+            .unwrap_or(&String::from_utf8_lossy(&body))
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", crate::http::render(&value));
+    }
+    Ok(())
+}
+
+/// Runs the model on the file's rows and prints every output per row.
+pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let PredictArgs {
+        model,
+        file,
+        engine,
+        ort_library,
+        input_width,
+        json,
+    } = args;
+    let options = crate::serve::engine::LoadOptions {
+        input_width,
+        ort_library,
+    };
+    let out = crate::serve::predict_file::predict_file(&model, &file, engine, &options)?;
+    if json {
+        println!("{}", out.to_json());
+    } else {
+        eprintln!("engine: {}", out.engine);
+        print!("{}", out.table());
+    }
+    Ok(())
+}
