@@ -409,12 +409,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
     });
     spawn(&tracker, supervise("writer"), {
-        let (drained, shutdown) = (drained.clone(), shutdown.clone());
+        let (drained, ingest_stop) = (drained.clone(), ingest_stop.clone());
         async move {
-            // Drains until the source closes its channel; `shutdown` only
-            // abandons a batch the store refuses.
+            // Drains until the source closes its channel; `ingest_stop`
+            // (when the source stops forwarding) only abandons a batch the
+            // store refuses.
             let r = writer
-                .run(shutdown)
+                .run(ingest_stop)
                 .await
                 .map_err(|e| e.to_string());
             drained.cancel();

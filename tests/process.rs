@@ -265,8 +265,21 @@ async fn sigterm_drains_within_the_deadline_and_loses_nothing_acknowledged() {
         .find(|l| l.contains("Waiting for the components to stop."))
         .unwrap_or_else(|| panic!("{logs:#?}"));
     assert!(waiting.contains("deadline_ms=8000"), "{waiting}");
+    // Which components are still running at that instant is a matter of
+    // scheduling (the writer may already have committed its last batch);
+    // the line names those that are.
+    const COMPONENTS: [&str; 8] = [
+        "mqtt-source",
+        "writer",
+        "predictor",
+        "publisher",
+        "learner",
+        "http",
+        "health",
+        "broker-drain",
+    ];
     assert!(
-        waiting.contains("writer"),
+        COMPONENTS.iter().any(|c| waiting.contains(&format!("\"{c}\""))),
         "names what it waits for: {waiting}"
     );
     assert!(logs.iter().any(|l| l.contains("Stopped cleanly.")));

@@ -374,7 +374,7 @@ pub struct Message {
     pub payload: Bytes,
 }
 
-/// `n` occupancy-like readings from [`DEVICES`] devices, seeded: each a
+/// `n` occupancy-like readings from `DEVICES` devices, seeded: each a
 /// random walk of temperature, humidity, light, CO₂ and humidity ratio with
 /// a room that is occupied or not, a distinct timestamp, and a sequence
 /// number (`seq`, first, so the bare subscriber can read it without

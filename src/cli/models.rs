@@ -65,7 +65,7 @@ pub struct PredictArgs {
     /// tract, ort (feature `ort`) or auto (tract, then onnxruntime when
     /// tract refuses the model).
     #[arg(long, default_value = "auto")]
-    engine: crate::serve::engine::EngineKind,
+    engine: crate::onnx::engine::EngineKind,
     /// libonnxruntime shared library (default: ORT_DYLIB_PATH).
     #[arg(long)]
     ort_library: Option<PathBuf>,
@@ -143,7 +143,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         input_width,
         json,
     } = args;
-    let options = crate::serve::engine::LoadOptions {
+    let options = crate::onnx::engine::LoadOptions {
         input_width,
         ort_library,
     };

@@ -308,6 +308,10 @@ impl MqttSource {
                     match tx.try_reserve() {
                         Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
                         Err(mpsc::error::TrySendError::Full(())) => break,
+                        // The writer gave up a refused batch at shutdown.
+                        Err(mpsc::error::TrySendError::Closed(())) if shutdown.is_cancelled() => {
+                            break
+                        }
                         Err(mpsc::error::TrySendError::Closed(())) => {
                             return Err(super::IngestError::WriterGone)
                         }
@@ -335,11 +339,13 @@ impl MqttSource {
                 _ = shutdown.cancelled() => break,
                 batch = self.acks.recv() => match batch {
                     Some(batch) => { self.take_acks(batch, &mut acks); continue }
+                    None if shutdown.is_cancelled() => break,
                     None => return Err(super::IngestError::WriterGone),
                 },
                 permit = async { tx.as_ref().expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
                     match permit {
                         Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(_) if shutdown.is_cancelled() => break,
                         Err(_) => return Err(super::IngestError::WriterGone),
                     }
                     continue;

@@ -290,7 +290,7 @@ impl ForestModel {
     }
 
     /// ONNX bytes: imputation then one `ai.onnx.ml` tree-ensemble node
-    /// ([`crate::onnx::trees`]).
+    /// ([`super::tree_onnx`]).
     pub fn to_onnx(&self, version: u32) -> Vec<u8> {
         super::tree_onnx::tree_ensemble_to_onnx(
             &self.trees,

@@ -12,9 +12,9 @@
 //!   warm start from `init` where the family has one;
 //! * `XModel::predict(x)`, `task()`, `classes()`, `feature_names()`;
 //! * `XModel::to_onnx(version)`: the export hook, following
-//!   [`crate::onnx::builder`]'s contract (the trees through
-//!   [`crate::onnx::trees`]; the logistic family through
-//!   [`crate::onnx::export`]);
+//!   [`crate::onnx::builder`]'s contract (the trees and forests through
+//!   [`tree_onnx`]; the logistic family in its own file,
+//!   [`logistic::logistic_to_onnx`]);
 //! * `XModel::hyperparameters()`: what its model card records.
 //!
 //! What ties a family into training lives outside this room: its variant of

@@ -280,7 +280,7 @@ impl TreeModel {
     }
 
     /// ONNX bytes: imputation then one `ai.onnx.ml` tree-ensemble node
-    /// ([`crate::onnx::trees`]).
+    /// ([`super::tree_onnx`]).
     pub fn to_onnx(&self, version: u32) -> Vec<u8> {
         super::tree_onnx::tree_ensemble_to_onnx(
             std::slice::from_ref(&self.tree),

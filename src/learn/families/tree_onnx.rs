@@ -39,7 +39,7 @@ use crate::ingest::decode::Task;
 use super::tree::{DecisionTree, Node};
 
 /// Serialises `trees` (imputing `NaN` by `mean`, `[n_features]`) as an ONNX
-/// model following [`super::builder`]'s contract; `meta.classes` gives the
+/// model following [`crate::onnx::builder`]'s contract; `meta.classes` gives the
 /// number of classes of a classifier.
 pub fn tree_ensemble_to_onnx(
     trees: &[DecisionTree],
