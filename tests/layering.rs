@@ -1000,7 +1000,7 @@ use crate::monitor::M;
 
 #[test]
 fn super_counts_only_when_it_climbs_out_of_the_top_level_module() {
-    // As src/learn/svm.rs (depth 2).
+    // As a file two levels down, e.g. src/learn/tune.rs (depth 2).
     let src = "use super::model::Model;
 use super::super::store::Store;
 pub(super) fn f() {}
