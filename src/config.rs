@@ -273,9 +273,11 @@ impl Config {
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
-        let env: std::collections::HashMap<String, String> = env
-            .into_iter()
+        let all: std::collections::HashMap<String, String> = env.into_iter().collect();
+        let env: std::collections::HashMap<String, String> = all
+            .iter()
             .filter(|(k, _)| k.starts_with("EDGELOOP__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(
             Environment::with_prefix("EDGELOOP")
@@ -287,11 +289,61 @@ impl Config {
         let raw = builder
             .build()
             .map_err(|e| ConfigError::Load(describe(e, file)))?;
-        let cfg: Config = raw
+        let mut cfg: Config = raw
             .try_deserialize()
             .map_err(|e| ConfigError::Load(describe(e, file)))?;
+        if cfg.store.path.as_os_str().is_empty() {
+            cfg.store.path = crate::store::default_store_path(|k| all.get(k).cloned());
+            cfg.store.create_dir = true;
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Checks that the store's directory exists and this user may write
+    /// there (for the default location: that it can be created), the check
+    /// `check-config` and `run` make before anything starts.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `store.path` and what is wrong.
+    pub fn check_store_dir(&self) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::Invalid {
+            key: "store.path".into(),
+            reason,
+        };
+        let dir = match self.store.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            if !self.store.create_dir {
+                return Err(bad(format!(
+                    "directory {} does not exist; create it or set store.path",
+                    dir.display()
+                )));
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                bad(format!("cannot create the default directory {}: {e}", dir.display()))
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // A full disk is not this check's business: the daemon starts and
+        // refuses ingest until there is room again.
+        match tempfile::NamedTempFile::new_in(&dir) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                Err(bad(format!(
+                    "cannot write in {} as this user: {e}",
+                    dir.display()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks every value; the first problem is returned naming its key.
@@ -615,6 +667,34 @@ mod tests {
             serde_json::to_value(&default).unwrap(),
             serde_json::to_value(&cfg).unwrap()
         );
+    }
+
+    #[test]
+    fn an_empty_store_path_is_the_users_state_directory_created_when_checked() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path().to_str().unwrap().to_string();
+        let cfg = Config::load_with_env(None, [("HOME".to_string(), h.clone())]).unwrap();
+        let want = home.path().join(".local/state/edgeloop/edgeloop.redb");
+        assert_eq!(cfg.store.path, want);
+        assert!(cfg.store.create_dir);
+        assert!(!want.parent().unwrap().exists());
+        cfg.check_store_dir().unwrap();
+        assert!(want.parent().unwrap().is_dir());
+        // A path given by the user is never created.
+        let cfg = Config::load_with_env(
+            None,
+            [
+                ("HOME".to_string(), h),
+                (
+                    "EDGELOOP__STORE__PATH".to_string(),
+                    home.path().join("missing/x.redb").display().to_string(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert!(!cfg.store.create_dir);
+        let err = cfg.check_store_dir().unwrap_err().to_string();
+        assert!(err.contains("store.path") && err.contains("does not exist"), "{err}");
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl Running {
 /// the HTTP listener cannot start.
 pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
     cfg.validate()?;
+    cfg.check_store_dir()?;
     let stats = Arc::new(Stats::default());
     let store_path = cfg.store.path.clone();
     let store = Arc::new(

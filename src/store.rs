@@ -43,6 +43,8 @@ pub enum StoreError {
         op: &'static str,
         source: Box<redb::Error>,
     },
+    #[error("store {path}: cannot open: {reason}")]
+    Open { path: PathBuf, reason: String },
     #[error("store {path}: {op}: corrupt record: {reason}")]
     Corrupt {
         path: PathBuf,
@@ -173,11 +175,10 @@ impl Store {
             .parent()
             .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
         {
-            return Err(StoreError::Corrupt {
+            return Err(StoreError::Open {
                 path: path.to_path_buf(),
-                op: "open",
                 reason: format!(
-                    "directory {} does not exist (set store.path)",
+                    "directory {} does not exist (create it, or set store.path)",
                     dir.display()
                 ),
             });
@@ -855,6 +856,9 @@ fn serving_key(pipeline: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// The database file. Empty in a configuration file: the default
+    /// location ([`default_store_path`]), filled in when the configuration
+    /// is loaded.
     pub path: PathBuf,
     pub retention_samples: u64,
     pub retention_chunk: u64,
@@ -865,6 +869,35 @@ pub struct StoreConfig {
     /// writes; ingest resumes by itself once space is back.
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
+    /// Whether `path` is the default location, whose directory is created
+    /// when missing (set when the configuration is loaded; not a key).
+    #[serde(skip)]
+    pub create_dir: bool,
+}
+
+/// Where the store goes when `store.path` is empty: under systemd's
+/// `StateDirectory=` (`$STATE_DIRECTORY`, `/var/lib/edgeloop` for the
+/// packaged unit), else the XDG state directory of the user running it
+/// (`$XDG_STATE_HOME/edgeloop/`, or `$HOME/.local/state/edgeloop/`; XDG Base
+/// Directory Specification 0.8), else the working directory. `env` looks a
+/// variable up (empty values count as unset).
+pub fn default_store_path(env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
+    let file = "edgeloop.redb";
+    if let Some(dir) = var("STATE_DIRECTORY") {
+        // systemd passes a colon-separated list when several are set.
+        let first = dir.split(':').next().unwrap_or_default().to_string();
+        return PathBuf::from(first).join(file);
+    }
+    if let Some(dir) = var("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("edgeloop").join(file);
+    }
+    if let Some(home) = var("HOME") {
+        return PathBuf::from(home)
+            .join(".local/state/edgeloop")
+            .join(file);
+    }
+    PathBuf::from(file)
 }
 
 fn default_min_free_bytes() -> u64 {
@@ -903,6 +936,45 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_store_path_follows_systemd_then_xdg_then_home() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        const ALL: [(&str, &str); 3] = [
+            ("STATE_DIRECTORY", "/var/lib/edgeloop"),
+            ("XDG_STATE_HOME", "/home/u/state"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            default_store_path(env(&ALL)),
+            Path::new("/var/lib/edgeloop/edgeloop.redb")
+        );
+        assert_eq!(
+            default_store_path(env(&[("STATE_DIRECTORY", "/a:/b"), ("HOME", "/h")])),
+            Path::new("/a/edgeloop.redb")
+        );
+        assert_eq!(
+            default_store_path(env(&[("XDG_STATE_HOME", "/home/u/state"), ("HOME", "/home/u")])),
+            Path::new("/home/u/state/edgeloop/edgeloop.redb")
+        );
+        // Empty counts as unset (XDG Base Directory Specification).
+        assert_eq!(
+            default_store_path(env(&[("XDG_STATE_HOME", ""), ("HOME", "/home/u")])),
+            Path::new("/home/u/.local/state/edgeloop/edgeloop.redb")
+        );
+        assert_eq!(default_store_path(env(&[])), Path::new("edgeloop.redb"));
+    }
+
+    #[test]
+    fn a_missing_directory_is_not_called_corrupt() {
+        let e = Store::open(Path::new("/nonexistent-edgeloop-dir/x.redb")).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, StoreError::Open { .. }), "{msg}");
+        assert!(!msg.contains("corrupt"), "{msg}");
+        assert!(msg.contains("/nonexistent-edgeloop-dir does not exist"), "{msg}");
+    }
 
     fn sample(ts: i64, label: Option<&str>) -> Sample {
         Sample {

@@ -641,3 +641,104 @@ fn bench_footprint_quick_reports_every_field() {
     assert_eq!(v["training"]["samples"], 5000);
     assert!(v["training"]["peak_rss_kib"].as_u64().unwrap() > 0);
 }
+
+/// `edgeloop run` with no `--config`, as a user who is not root (`nobody`
+/// when the test runs as root): the store goes to the user's XDG state
+/// directory, created on the way; the embedded broker takes readings; SIGTERM
+/// stops it cleanly. Only the two ports come from the environment (the
+/// defaults, 1883 and 8080, may be taken on a test machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_a_config_as_a_normal_user_stores_readings_and_stops_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let home = tempfile::tempdir().unwrap();
+    // The binary, where `nobody` may run it.
+    let bin = home.path().join("edgeloop");
+    std::fs::copy(env!("CARGO_BIN_EXE_edgeloop"), &bin).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    let user_home = home.path().join("home");
+    std::fs::create_dir(&user_home).unwrap();
+    const NOBODY: u32 = 65534;
+    if root {
+        std::os::unix::fs::chown(&user_home, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let (mqtt_port, http_port) = (free_port(), free_port());
+    let mut cmd = Command::new(&bin);
+    cmd.arg("run")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &user_home)
+        .env(
+            "EDGELOOP__MQTT__EMBEDDED_LISTEN",
+            format!("127.0.0.1:{mqtt_port}"),
+        )
+        .env("EDGELOOP__HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if root {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                logs.lock().unwrap().push(line);
+            }
+        });
+    }
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+    let stats = || async move {
+        let mut c = edgeloop::demo::HttpClient::connect(http).await.ok()?;
+        let (status, body) = c.request("GET", "/v1/stats", None).await.ok()?;
+        (status == 200).then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())?
+    };
+    let until = Instant::now() + WAIT;
+    while stats().await.is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none() && Instant::now() < until,
+            "the daemon did not come up: {:#?}",
+            logs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 200 readings of the default pipeline (topic sensors/+/occupancy).
+    let opts = replay_opts("datatest.txt", mqtt_port, Some(200));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    loop {
+        let stored = stats()
+            .await
+            .and_then(|s| s["samples_stored"].as_u64())
+            .unwrap_or(0);
+        if stored == 200 {
+            break;
+        }
+        assert!(Instant::now() < until, "{stored} of 200 stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {:#?}", logs.lock().unwrap());
+    let store = user_home.join(".local/state/edgeloop/edgeloop.redb");
+    assert!(store.is_file(), "no store at {}", store.display());
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::fs::metadata(store.parent().unwrap()).unwrap();
+        assert_eq!((dir.uid(), dir.mode() & 0o777), (NOBODY, 0o700));
+    }
+    assert!(logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("Stopped cleanly.")));
+}

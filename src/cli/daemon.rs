@@ -35,6 +35,7 @@ pub struct CheckConfigArgs {
 pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
     let CheckConfigArgs { config } = args;
     let cfg = Config::load(config.as_deref())?;
+    cfg.check_store_dir()?;
     print!("{}", cfg.to_toml()?);
     eprintln!("configuration is valid");
     Ok(())
