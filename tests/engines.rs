@@ -562,7 +562,7 @@ mod ort {
             .filter(|o| o.status.success())
             .expect(
                 "the ort tests need ORT_DYLIB_PATH naming libonnxruntime, or python3 with the \
-                 onnxruntime wheel (tests/fixtures/requirements.txt)",
+                 onnxruntime wheel: the README's test command, tests/run.sh, sets up both",
             );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     }

@@ -432,7 +432,7 @@ fn onnxruntime_runs_the_exported_models() {
     // broken setup, not a reason to pass.
     assert!(
         has_ort,
-        "python3 with onnxruntime is required (pip install -r tests/fixtures/requirements.txt)"
+        "python3 with onnxruntime is required: the README's test command, tests/run.sh, installs it in target/pyenv"
     );
     let cfg = MlpConfig {
         max_epochs: 5,

@@ -144,7 +144,7 @@ impl Mosquitto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("mosquitto must be installed (apt-get install mosquitto)");
+            .expect("mosquitto must be installed: the README's test command, tests/run.sh, installs it (or apt-get install mosquitto)");
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {

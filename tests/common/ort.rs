@@ -26,11 +26,17 @@ pub fn run_onnxruntime(onnx: &[u8], x: &[f32], nf: usize) -> serde_json::Map<Str
     std::fs::write(&rows, text).unwrap();
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trees_family/run_ort.py");
-    let status = Command::new("python3")
+    let run = Command::new("python3")
         .args([&script, &model, &rows, &out])
-        .status()
-        .expect("python3 runs (with numpy and onnxruntime)");
-    assert!(status.success(), "{script:?} failed: {status}");
+        .output()
+        .expect("python3 runs; the README's test command, tests/run.sh, sets it up");
+    assert!(
+        run.status.success(),
+        "{script:?} failed ({}): {}\nThe Python reference packages (numpy, onnxruntime) are \
+         missing? The README's test command, tests/run.sh, installs them in target/pyenv.",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     v["outputs"].as_object().unwrap().clone()
 }
