@@ -328,6 +328,20 @@ impl Config {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
+        // A floor the file system can never clear would refuse every sample.
+        if let Ok((_, total)) = crate::store::fs_bytes(&dir) {
+            if total > 0 && self.store.min_free_bytes >= total {
+                return Err(ConfigError::Invalid {
+                    key: "store.min_free_bytes".into(),
+                    reason: format!(
+                        "{} is not below the size of the file system holding {} ({total} bytes): \
+                         no sample would ever be stored",
+                        self.store.min_free_bytes,
+                        dir.display()
+                    ),
+                });
+            }
+        }
         // A full disk is not this check's business: the daemon starts and
         // refuses ingest until there is room again.
         match tempfile::NamedTempFile::new_in(&dir) {

@@ -133,6 +133,10 @@ pub struct Store {
     /// operation holds the read lock for its transaction's lifetime, so a
     /// reopen (write lock) never races an open transaction.
     db: std::sync::RwLock<Option<Database>>,
+    /// Set by an operation that met an I/O error: redb then fails every
+    /// later operation (`PreviousIo`) until the file is opened again, which
+    /// the next operation does ([`Store::reopen`]), whoever runs it.
+    needs_reopen: std::sync::atomic::AtomicBool,
     path: PathBuf,
     /// Model versions handed out and not yet stored, per pipeline: the next
     /// number to hand out ([`Store::reserve_model_version`]). In memory only:
@@ -186,6 +190,7 @@ impl Store {
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let store = Self {
             db: std::sync::RwLock::new(Some(db)),
+            needs_reopen: std::sync::atomic::AtomicBool::new(false),
             path: path.to_path_buf(),
             reserved: Default::default(),
         };
@@ -220,6 +225,13 @@ impl Store {
     /// The open database, held for one operation; reopened first if a
     /// previous [`Store::reopen`] could not open it.
     fn lock_db(&self) -> Result<DbGuard<'_>, redb::Error> {
+        use std::sync::atomic::Ordering;
+        if self.needs_reopen.swap(false, Ordering::AcqRel) {
+            // Closed if it cannot be opened now; the next operation retries.
+            if let Err(e) = self.reopen() {
+                tracing::warn!(error = %e, path = %self.path.display(), "Store not reopened after an I/O error; retried by the next operation.");
+            }
+        }
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         if guard.is_some() {
             return Ok(DbGuard(guard));
@@ -280,10 +292,16 @@ impl Store {
     }
 
     fn db_err(&self, op: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
-        move |source| StoreError::Db {
-            path: self.path.clone(),
-            op,
-            source: Box::new(source),
+        move |source| {
+            if matches!(source, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                self.needs_reopen
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            StoreError::Db {
+                path: self.path.clone(),
+                op,
+                source: Box::new(source),
+            }
         }
     }
 
@@ -911,6 +929,16 @@ fn default_min_free_bytes() -> u64 {
 /// # Errors
 /// The `statvfs` failure.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    fs_bytes(path).map(|(free, _)| free)
+}
+
+/// Free and total bytes of the file system holding `path` (its directory
+/// when `path` does not exist yet), for an unprivileged writer:
+/// `statvfs(3)`'s `f_bavail * f_frsize` and `f_blocks * f_frsize`.
+///
+/// # Errors
+/// The `statvfs` failure.
+pub fn fs_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let target = if path.exists() {
         path
@@ -930,7 +958,11 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let frsize = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(frsize),
+        (st.f_blocks as u64).saturating_mul(frsize),
+    ))
 }
 
 #[cfg(test)]

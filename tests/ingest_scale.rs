@@ -951,3 +951,66 @@ async fn a_commit_failing_on_a_full_disk_is_a_state_that_survives_a_restart() {
     eprintln!("test {:.1} s", t0.elapsed().as_secs_f64());
     assert!(t0.elapsed() < BUDGET);
 }
+
+/// After a write failed on a full disk, redb fails every later operation
+/// until the file is reopened; the store reopens itself on the next
+/// operation, whoever makes it (the learner's reads and state writes
+/// stopped the daemon before), and writes again once there is room.
+#[test]
+fn the_store_reopens_itself_after_a_write_failed_on_a_full_disk() {
+    use edgeloop::store::NewSample;
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(dir.path(), 16 << 20);
+    let store = Store::open(&dir.path().join("edgeloop.redb")).unwrap();
+    let row = |seq: u64| NewSample {
+        pipeline: PIPELINE.into(),
+        digest: u128::from(seq),
+        sample: edgeloop::store::Sample {
+            timestamp_ms: seq as i64,
+            device: "d".into(),
+            features: vec![seq as f32; 5],
+            label: Some("1".into()),
+        },
+        dedup: true,
+    };
+    store.append(&[row(0)]).unwrap();
+    let filler = dir.path().join("filler");
+    fill_completely(&filler);
+    // Big enough to need new pages: the commit fails with ENOSPC.
+    let big: Vec<NewSample> = (1..20_000).map(row).collect();
+    let err = store.append(&big).unwrap_err().to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    // Reads work at once (the next operation reopened the file), and so
+    // does a small state write where the file has room.
+    assert_eq!(store.counts(PIPELINE).unwrap().samples, 1);
+    assert_eq!(store.labelled(PIPELINE).unwrap().len(), 1);
+    std::fs::remove_file(&filler).unwrap();
+    store.put_state("k", b"v").unwrap();
+    assert_eq!(store.append(&big).unwrap().len(), big.len());
+    assert_eq!(store.counts(PIPELINE).unwrap().samples, 20_000);
+    drop(store);
+    drop(mount);
+}
+
+/// A free-space floor the store's file system can never clear is refused
+/// before anything starts (the default 64 MiB on a 32 MiB tmpfs stored
+/// nothing, forever, with `/healthz` saying "ok" until the first message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_floor_above_the_file_system_size_is_refused_at_start() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(dir.path(), 32 << 20);
+    let mut cfg = config(dir.path(), Broker::Embedded(free_port()));
+    cfg.store.min_free_bytes = 64 << 20;
+    let err = cfg.check_store_dir().unwrap_err().to_string();
+    assert!(
+        err.contains("store.min_free_bytes") && err.contains("no sample would ever be stored"),
+        "{err}"
+    );
+    let started = daemon::start(cfg.clone(), CancellationToken::new()).await;
+    assert!(started.is_err(), "the daemon started with an impossible floor");
+    cfg.store.min_free_bytes = 4 << 20;
+    cfg.check_store_dir().unwrap();
+    drop(mount);
+}

@@ -301,6 +301,8 @@ impl MqttSource {
         let mut acks: Vec<u16> = Vec::new();
         // When the subscriptions were last requested without a SubAck since.
         let mut subscribe_sent: Option<tokio::time::Instant> = None;
+        // Failed connection attempts since the last WARN about them.
+        let (mut failures, mut last_warn) = (0u64, tokio::time::Instant::now());
         loop {
             // Hand over what the writer has room for, without waiting.
             if let Some(tx) = self.tx.as_ref() {
@@ -359,6 +361,7 @@ impl MqttSource {
                     self.connection.epoch.fetch_add(1, Ordering::AcqRel);
                     self.connection.connected.store(true, Ordering::Release);
                     self.stats.mqtt_connects.fetch_add(1, Ordering::Relaxed);
+                    failures = 0;
                     self.stats.mqtt_disconnected_since_ms.store(0, Ordering::Relaxed);
                     self.backoff.reset();
                     // Acknowledgements of the previous connection: the broker
@@ -400,10 +403,17 @@ impl MqttSource {
                     acks.clear();
                     // The first attempt at once, back-off after failures.
                     let delay = self.backoff.next_delay();
-                    if !delay.is_zero() {
-                        warn!(error = %e, delay_ms = delay.as_millis() as u64, "MQTT poll failed; backing off.");
-                    } else {
+                    // One WARN when the connection is lost and one a minute
+                    // while it stays lost; each attempt at DEBUG.
+                    failures += 1;
+                    if delay.is_zero() {
                         warn!(error = %e, "MQTT connection lost; reconnecting.");
+                        (failures, last_warn) = (0, tokio::time::Instant::now());
+                    } else if failures == 1 || last_warn.elapsed() >= Duration::from_secs(60) {
+                        warn!(error = %e, failed_attempts = failures, delay_ms = delay.as_millis() as u64, "MQTT broker unreachable; still retrying (each attempt logged at DEBUG).");
+                        last_warn = tokio::time::Instant::now();
+                    } else {
+                        debug!(error = %e, delay_ms = delay.as_millis() as u64, "MQTT poll failed; backing off.");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

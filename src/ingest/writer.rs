@@ -466,7 +466,7 @@ impl Refusal {
 
     fn clear(&mut self, stats: &Stats) {
         if let Some(since) = self.since.take() {
-            warn!(
+            info!(
                 after_s = since.elapsed().as_secs_f64(),
                 "The store accepts writes again; ingest resumes."
             );

@@ -293,10 +293,15 @@ impl Learner {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick(), if scheduled => self.check_all(&shutdown).await?,
+                _ = tick.tick(), if scheduled => {
+                    let r = self.check_all(&shutdown).await;
+                    self.survive(r)?;
+                }
                 _ = self.labels_added.notified() => {
-                    self.watch_all(&shutdown).await?;
-                    self.check_all(&shutdown).await?;
+                    let r = self.watch_all(&shutdown).await;
+                    self.survive(r)?;
+                    let r = self.check_all(&shutdown).await;
+                    self.survive(r)?;
                 }
                 req = self.rx.recv() => {
                     let Some(req) = req else { break };
@@ -307,6 +312,19 @@ impl Learner {
         }
         info!("Learner stopped.");
         Ok(())
+    }
+
+    /// A store that fails (a full disk, an I/O error) does not stop the
+    /// learner: the error is logged and the next labels or tick try again
+    /// (the store reopens itself after an I/O error). Other failures stop it.
+    fn survive(&self, r: Result<(), TrainFailure>) -> Result<(), TrainFailure> {
+        match r {
+            Err(TrainFailure::Store(e)) => {
+                warn!(error = %e, "The learner could not use the store; it tries again with the next labels.");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn trained_at(&self, pipeline: &str) -> Result<u64, StoreError> {
