@@ -232,14 +232,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 reason: e.to_string(),
             })??;
     }
-    let (host, port, embedded) = match cfg.mqtt.target()? {
-        BrokerTarget::External { host, port, .. } => (host, port, None),
-        BrokerTarget::Embedded(addr) => {
-            let broker =
-                start_embedded(addr, cfg.mqtt.max_packet_bytes, &cfg.mqtt.client_id).await?;
-            (addr.ip().to_string(), addr.port(), Some(broker))
-        }
-    };
+    // HTTP's port first: the embedded broker takes an ephemeral loopback
+    // port for rumqttd, which could be the configured HTTP port when that
+    // one is in the ephemeral range (tests pick free ports there).
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .map_err(|e| DaemonError::Listen {
@@ -251,6 +246,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         reason: e.to_string(),
     })?;
 
+    let (host, port, embedded) = match cfg.mqtt.target()? {
+        BrokerTarget::External { host, port, .. } => (host, port, None),
+        BrokerTarget::Embedded(addr) => {
+            let broker =
+                start_embedded(addr, cfg.mqtt.max_packet_bytes, &cfg.mqtt.client_id).await?;
+            (addr.ip().to_string(), addr.port(), Some(broker))
+        }
+    };
     let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, &host, port, true)?;
     // The request channel carries only subscriptions and the disconnect:
     // acknowledgements go from the writer to the source (`MqttSource`).
