@@ -154,7 +154,16 @@ fn main() {
     // Training.
     let all: Vec<Sample> = samples.clone();
     let (trained, allocs, bytes, d) = counted(|| {
-        learn::train_version(&pipeline.settings(), &all, None, 1, Trigger::Manual, None, || false).unwrap()
+        learn::train_version(
+            &pipeline.settings(),
+            &all,
+            None,
+            1,
+            Trigger::Manual,
+            None,
+            || false,
+        )
+        .unwrap()
     });
     row(
         "train logistic (holdout fit + refit), 8143 samples × 5 features",

@@ -323,7 +323,10 @@ impl Config {
                 )));
             }
             std::fs::create_dir_all(&dir).map_err(|e| {
-                bad(format!("cannot create the default directory {}: {e}", dir.display()))
+                bad(format!(
+                    "cannot create the default directory {}: {e}",
+                    dir.display()
+                ))
             })?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
@@ -646,7 +649,6 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
     format!("{e}{origin}")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,7 +710,10 @@ mod tests {
         .unwrap();
         assert!(!cfg.store.create_dir);
         let err = cfg.check_store_dir().unwrap_err().to_string();
-        assert!(err.contains("store.path") && err.contains("does not exist"), "{err}");
+        assert!(
+            err.contains("store.path") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -37,12 +37,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{BrokerTarget, Config, ConfigError};
-use crate::ingest::mqtt::{self, Backoff, Connection, MqttSource};
 use crate::health::HealthMonitor;
+use crate::http::{self, AppState};
+use crate::ingest::mqtt::{self, Backoff, Connection, MqttSource};
 use crate::ingest::writer::{Hooks, Writer};
 use crate::metrics::{Metrics, Queue, Sources};
 use crate::monitor::retrain::{Learner, LearnerHandle};
-use crate::http::{self, AppState};
 use crate::serve::predictions::{Predictor, Publisher};
 use crate::serve::registry::Registry;
 use crate::stats::Stats;
@@ -418,10 +418,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             // Drains until the source closes its channel; `ingest_stop`
             // (when the source stops forwarding) only abandons a batch the
             // store refuses.
-            let r = writer
-                .run(ingest_stop)
-                .await
-                .map_err(|e| e.to_string());
+            let r = writer.run(ingest_stop).await.map_err(|e| e.to_string());
             drained.cancel();
             r
         }

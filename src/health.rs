@@ -147,7 +147,11 @@ impl HealthMonitor {
             errors.push(format!("the store refuses writes: {why}"));
         }
         Health {
-            status: if reasons.is_empty() { "ok" } else { "unhealthy" },
+            status: if reasons.is_empty() {
+                "ok"
+            } else {
+                "unhealthy"
+            },
             error: (!errors.is_empty()).then(|| errors.join("; ")),
             reasons,
             mqtt_connected: self.connection.is_connected(),

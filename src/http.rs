@@ -44,9 +44,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::serve::registry::{Registry, RegistryError};
 use crate::config::PipelineConfig;
 use crate::monitor::retrain::{LearnerHandle, TrainFailure};
+use crate::serve::registry::{Registry, RegistryError};
 use crate::stats::Stats;
 use crate::store::Store;
 

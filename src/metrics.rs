@@ -263,19 +263,43 @@ impl Collector for Scrape {
         let gauge = |e: &mut DescriptorEncoder, name: &str, help: &str, v: f64| -> fmt::Result {
             ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
         };
-        gauge(e, "edgeloop_healthy", "1 when GET /healthz answers 200", f64::from(u8::from(h.is_ok())))?;
+        gauge(
+            e,
+            "edgeloop_healthy",
+            "1 when GET /healthz answers 200",
+            f64::from(u8::from(h.is_ok())),
+        )?;
         gauges(
             e,
             "edgeloop_unhealthy",
             "1 while this reason makes the daemon unhealthy",
             "reason",
-            &["ingest_stalled", "mqtt_disconnected", "store_refusing_writes"]
-                .map(|r| (r.to_string(), u64::from(h.reasons.contains(&r)))),
+            &[
+                "ingest_stalled",
+                "mqtt_disconnected",
+                "store_refusing_writes",
+            ]
+            .map(|r| (r.to_string(), u64::from(h.reasons.contains(&r)))),
         )?;
-        gauge(e, "edgeloop_mqtt_connected", "1 while the ingest MQTT connection is up", f64::from(u8::from(h.mqtt_connected)))?;
-        gauge(e, "edgeloop_ingest_waiting", "Messages received and not yet handled by the writer", h.ingest_waiting as f64)?;
+        gauge(
+            e,
+            "edgeloop_mqtt_connected",
+            "1 while the ingest MQTT connection is up",
+            f64::from(u8::from(h.mqtt_connected)),
+        )?;
+        gauge(
+            e,
+            "edgeloop_ingest_waiting",
+            "Messages received and not yet handled by the writer",
+            h.ingest_waiting as f64,
+        )?;
         if let Some(secs) = h.seconds_since_commit {
-            gauge(e, "edgeloop_ingest_seconds_since_commit", "Seconds since the last commit of received messages", secs)?;
+            gauge(
+                e,
+                "edgeloop_ingest_seconds_since_commit",
+                "Seconds since the last commit of received messages",
+                secs,
+            )?;
         }
         ConstCounter::new(st.commits_refused.load(Relaxed)).encode(e.encode_descriptor(
             "edgeloop_store_commits_refused",
@@ -284,7 +308,12 @@ impl Collector for Scrape {
             MetricType::Counter,
         )?)?;
         if let Ok(free) = s.store.free_bytes() {
-            gauge(e, "edgeloop_store_free_bytes", "Free space on the store's file system, bytes", free as f64)?;
+            gauge(
+                e,
+                "edgeloop_store_free_bytes",
+                "Free space on the store's file system, bytes",
+                free as f64,
+            )?;
         }
         let size = std::fs::metadata(s.store.path()).map_or(0, |m| m.len());
         ConstGauge::new(size).encode(e.encode_descriptor(

@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-
 const SAMPLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("samples");
 const DEDUP: TableDefinition<(&str, u128), u64> = TableDefinition::new("dedup");
 const COUNTERS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("counters");
@@ -200,7 +199,7 @@ impl Store {
         if store.has_tables() {
             return Ok(store);
         }
-    {
+        {
             let db = store.lock_db().map_err(&err)?;
             let txn = db.begin_write().map_err(|e| err(e.into()))?;
             {
@@ -213,7 +212,7 @@ impl Store {
                 txn.open_table(BY_TIME).map_err(|e| err(e.into()))?;
             }
             txn.commit().map_err(|e| err(e.into()))?;
-    }
+        }
         Ok(store)
     }
 
@@ -911,9 +910,7 @@ pub fn default_store_path(env: impl Fn(&str) -> Option<String>) -> PathBuf {
         return PathBuf::from(dir).join("edgeloop").join(file);
     }
     if let Some(home) = var("HOME") {
-        return PathBuf::from(home)
-            .join(".local/state/edgeloop")
-            .join(file);
+        return PathBuf::from(home).join(".local/state/edgeloop").join(file);
     }
     PathBuf::from(file)
 }
@@ -972,7 +969,11 @@ mod tests {
     #[test]
     fn default_store_path_follows_systemd_then_xdg_then_home() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         const ALL: [(&str, &str); 3] = [
             ("STATE_DIRECTORY", "/var/lib/edgeloop"),
@@ -988,7 +989,10 @@ mod tests {
             Path::new("/a/edgeloop.redb")
         );
         assert_eq!(
-            default_store_path(env(&[("XDG_STATE_HOME", "/home/u/state"), ("HOME", "/home/u")])),
+            default_store_path(env(&[
+                ("XDG_STATE_HOME", "/home/u/state"),
+                ("HOME", "/home/u")
+            ])),
             Path::new("/home/u/state/edgeloop/edgeloop.redb")
         );
         // Empty counts as unset (XDG Base Directory Specification).
@@ -1005,7 +1009,10 @@ mod tests {
         let msg = e.to_string();
         assert!(matches!(e, StoreError::Open { .. }), "{msg}");
         assert!(!msg.contains("corrupt"), "{msg}");
-        assert!(msg.contains("/nonexistent-edgeloop-dir does not exist"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent-edgeloop-dir does not exist"),
+            "{msg}"
+        );
     }
 
     fn sample(ts: i64, label: Option<&str>) -> Sample {

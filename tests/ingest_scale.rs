@@ -896,7 +896,11 @@ async fn a_commit_failing_on_a_full_disk_is_a_state_that_survives_a_restart() {
 
     let filler = dir.path().join("filler");
     fill_completely(&filler);
-    assert!(free_bytes(dir.path()) < 1 << 16, "{}", free_bytes(dir.path()));
+    assert!(
+        free_bytes(dir.path()) < 1 << 16,
+        "{}",
+        free_bytes(dir.path())
+    );
     let m = 2000u64;
     let first = publish_seqs(mosquitto.port, 0..m, 2, Duration::from_secs(20)).await;
     assert_eq!(first.acked.len() as u64, m);
@@ -910,7 +914,10 @@ async fn a_commit_failing_on_a_full_disk_is_a_state_that_survives_a_restart() {
     .await;
     eprintln!("503 after {} ms: {body}", after.as_millis());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!token.is_cancelled(), "a failed commit does not stop the daemon");
+    assert!(
+        !token.is_cancelled(),
+        "a failed commit does not stop the daemon"
+    );
     assert_eq!(handle.stats.snapshot().samples_stored, 0);
 
     // Restarted while the disk is still full: it starts, and says why it
@@ -940,8 +947,19 @@ async fn a_commit_failing_on_a_full_disk_is_a_state_that_survives_a_restart() {
         "both backlogs after the disk was freed",
     )
     .await;
-    wait_health(addr, freed, Duration::from_secs(10), "200 once space is back", is_healthy).await;
-    eprintln!("space freed: {} stored after {} ms", 2 * m, freed.elapsed().as_millis());
+    wait_health(
+        addr,
+        freed,
+        Duration::from_secs(10),
+        "200 once space is back",
+        is_healthy,
+    )
+    .await;
+    eprintln!(
+        "space freed: {} stored after {} ms",
+        2 * m,
+        freed.elapsed().as_millis()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut acked = first.acked;
     acked.extend(second.acked);
@@ -1009,7 +1027,10 @@ async fn a_floor_above_the_file_system_size_is_refused_at_start() {
         "{err}"
     );
     let started = daemon::start(cfg.clone(), CancellationToken::new()).await;
-    assert!(started.is_err(), "the daemon started with an impossible floor");
+    assert!(
+        started.is_err(),
+        "the daemon started with an impossible floor"
+    );
     cfg.store.min_free_bytes = 4 << 20;
     cfg.check_store_dir().unwrap();
     drop(mount);

@@ -16,9 +16,9 @@ use std::time::Duration;
 use common::*;
 use edgeloop::daemon::{self, DaemonHandle, Running};
 use edgeloop::demo::HttpClient;
+use edgeloop::http::PredictResponse;
 use edgeloop::ingest::decode::Sample;
 use edgeloop::learn::{self, Trigger};
-use edgeloop::http::PredictResponse;
 use edgeloop::serve::intake::sha256_hex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -188,9 +188,17 @@ fn three_feature_model() -> Vec<u8> {
             label: Some(l.clone()),
         })
         .collect();
-    learn::train_version(&p.settings(), &samples, None, 1, Trigger::Manual, None, || false)
-        .unwrap()
-        .onnx
+    learn::train_version(
+        &p.settings(),
+        &samples,
+        None,
+        1,
+        Trigger::Manual,
+        None,
+        || false,
+    )
+    .unwrap()
+    .onnx
 }
 
 /// The bad files, each with the reason key and a piece of its message.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use common::*;
 use edgeloop::daemon::{self, DaemonHandle, Running};
 use edgeloop::demo::HttpClient;
+use edgeloop::http::PredictResponse;
 use edgeloop::ingest::decode::Reason;
 use edgeloop::learn::Model;
-use edgeloop::http::PredictResponse;
 use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "occupancy";
@@ -1340,8 +1340,8 @@ fn air_quality_config(
 /// their predictions over MQTT; a non-numeric label is a bad_label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_pipeline_trains_serves_and_scores_air_quality() {
-    use edgeloop::learn::metrics::regression_metrics;
     use edgeloop::http::RegressionResponse;
+    use edgeloop::learn::metrics::regression_metrics;
     const AIR: &str = "air";
     let mosquitto = Mosquitto::start();
     let broker = Broker::External(mosquitto.port);

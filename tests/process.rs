@@ -279,7 +279,9 @@ async fn sigterm_drains_within_the_deadline_and_loses_nothing_acknowledged() {
         "broker-drain",
     ];
     assert!(
-        COMPONENTS.iter().any(|c| waiting.contains(&format!("\"{c}\""))),
+        COMPONENTS
+            .iter()
+            .any(|c| waiting.contains(&format!("\"{c}\""))),
         "names what it waits for: {waiting}"
     );
     assert!(logs.iter().any(|l| l.contains("Stopped cleanly.")));
@@ -685,7 +687,10 @@ async fn run_without_a_config_as_a_normal_user_stores_readings_and_stops_cleanly
     {
         let logs = logs.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 logs.lock().unwrap().push(line);
             }
         });

@@ -3,7 +3,7 @@
 //! Windowed features over each device's readings: [`windows`].
 
 pub mod augment;
-pub mod dataset;
 pub mod balance;
+pub mod dataset;
 pub mod scaler;
 pub mod windows;

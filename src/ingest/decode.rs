@@ -22,7 +22,6 @@
 
 use serde_json::Value;
 
-
 /// What a model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -266,9 +265,7 @@ impl Decoder {
         let path = self.label.as_ref()?;
         let found = path.get(value);
         let label = match found {
-            _ if self.task == Task::Regression => {
-                regression_label(found).map_err(|_| ())
-            }
+            _ if self.task == Task::Regression => regression_label(found).map_err(|_| ()),
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.trim().is_empty() && !s.starts_with('\0') => {
                 Ok(Some(s.trim().to_string()))

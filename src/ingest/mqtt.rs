@@ -362,7 +362,9 @@ impl MqttSource {
                     self.connection.connected.store(true, Ordering::Release);
                     self.stats.mqtt_connects.fetch_add(1, Ordering::Relaxed);
                     failures = 0;
-                    self.stats.mqtt_disconnected_since_ms.store(0, Ordering::Relaxed);
+                    self.stats
+                        .mqtt_disconnected_since_ms
+                        .store(0, Ordering::Relaxed);
                     self.backoff.reset();
                     // Acknowledgements of the previous connection: the broker
                     // redelivers those messages (dedup keeps one copy).
@@ -428,7 +430,10 @@ impl MqttSource {
         self.tx = None;
         self.stats.source_waiting.store(0, Ordering::Relaxed);
         if left > 0 {
-            debug!(left, "Stopped with publishes not handed to the writer; the broker keeps them.");
+            debug!(
+                left,
+                "Stopped with publishes not handed to the writer; the broker keeps them."
+            );
         }
         // Draining: keep the connection alive so the writer's last
         // acknowledgements go out; forward nothing new.
@@ -505,7 +510,9 @@ impl MqttSource {
             Ok(Ok(())) => {
                 self.stats.acks_sent.fetch_add(n, Ordering::Relaxed);
             }
-            Ok(Err(e)) => debug!(error = %e, "Acknowledgements not written; the broker will redeliver."),
+            Ok(Err(e)) => {
+                debug!(error = %e, "Acknowledgements not written; the broker will redeliver.")
+            }
             Err(_) => debug!("Acknowledgements not flushed in time; the broker will redeliver."),
         }
         acks.clear();
@@ -530,7 +537,12 @@ impl MqttSource {
             self.stats
                 .mqtt_disconnected_since_ms
                 .store(crate::stats::now_ms(), Ordering::Relaxed);
-        } else if self.stats.mqtt_disconnected_since_ms.load(Ordering::Relaxed) == 0 {
+        } else if self
+            .stats
+            .mqtt_disconnected_since_ms
+            .load(Ordering::Relaxed)
+            == 0
+        {
             self.stats
                 .mqtt_disconnected_since_ms
                 .store(crate::stats::now_ms(), Ordering::Relaxed);

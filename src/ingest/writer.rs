@@ -22,9 +22,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::decode::{Decoder, Reason, Sample, Schema};
@@ -313,7 +313,9 @@ impl Writer {
         let seqs = {
             let rows = rows.clone();
             match self
-                .commit("append", refusal, shutdown, move |s: &Store| s.append(&rows))
+                .commit("append", refusal, shutdown, move |s: &Store| {
+                    s.append(&rows)
+                })
                 .await?
             {
                 Some(seqs) => seqs,

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use super::card::ModelCard;
 use super::{Dataset, Family, Task, TrainSettings, Training, Trigger};
-use crate::learn::settings::ModelConfig;
 use crate::ingest::csv_file::{read_labelled_csv, LabelledCsv};
+use crate::learn::settings::ModelConfig;
 
 /// What to train.
 #[derive(Debug, Clone)]

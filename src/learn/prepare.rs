@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use super::card::Augmentation;
 use super::mlp::MlpModel;
 use super::{fit_model, logistic_config, Dataset, Family, Model, Task, TrainError};
-use crate::learn::settings::ModelConfig;
 use crate::features::augment::augment;
 use crate::features::balance::{self, BalanceStrategy};
+use crate::learn::settings::ModelConfig;
 
 /// A prepared training part.
 #[derive(Debug, Clone)]

@@ -15,8 +15,8 @@ use super::select::{self, Evaluation, Metric};
 use super::svm::SvmModel;
 use super::tree::TreeModel;
 use super::{ensemble, metrics, now_ms, prepare, split, tune, Dataset};
-use crate::learn::settings::{ModelConfig, PipelineSettings};
 use crate::ingest::decode::Sample;
+use crate::learn::settings::{ModelConfig, PipelineSettings};
 
 /// Why a training ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

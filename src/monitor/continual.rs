@@ -37,9 +37,9 @@ use serde::{Deserialize, Serialize};
 use super::detectors::{
     Adwin, AdwinConfig, Ddm, DdmConfig, DriftDetector, PageHinkley, PageHinkleyConfig,
 };
-use crate::learn::settings::ModelConfig;
 use crate::ingest::decode::Sample;
 use crate::learn::model::argmax_rows;
+use crate::learn::settings::ModelConfig;
 use crate::learn::{fit_model, sort_classes, Dataset, Model, Task, TrainSettings, Trigger};
 
 /// The concept-drift detector on the error stream.

@@ -17,7 +17,6 @@
 use prost::Message;
 use tract_onnx::pb;
 
-
 pub use super::builder::{INPUT, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
 use crate::ingest::decode::Task;
 

@@ -10,4 +10,3 @@ pub mod engine;
 pub mod export;
 pub mod ml;
 pub mod tree_ensemble;
-

@@ -41,8 +41,8 @@ use tract_onnx::pb;
 
 use super::engine::{Contract, LoadOptions, ModelError, OnnxModel};
 use super::registry::ServingEvent;
-use crate::learn::PipelineSettings;
 use crate::learn::card::ModelCard;
+use crate::learn::PipelineSettings;
 use crate::learn::{Task, Trigger};
 use crate::stats::Stats;
 use crate::store::{Store, StoredModel};

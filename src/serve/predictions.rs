@@ -21,11 +21,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
-use crate::learn::PipelineSettings;
 use crate::features::windows::Featurizer;
 use crate::ingest::decode::Sample;
 use crate::ingest::mqtt::Backoff;
 use crate::ingest::writer::PredictJob;
+use crate::learn::PipelineSettings;
 use crate::stats::Stats;
 
 /// The JSON published for one prediction of a classifier.

@@ -492,4 +492,3 @@ pub struct Imported {
     /// ONNX producer (`producer_name producer_version`) as the file says.
     pub producer: String,
 }
-

@@ -34,9 +34,11 @@
 
 use tract_onnx::pb;
 
-use crate::onnx::builder::{self as b, ModelMeta, ML_DOMAIN, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES};
-use crate::ingest::decode::Task;
 use super::tree::{DecisionTree, Node};
+use crate::ingest::decode::Task;
+use crate::onnx::builder::{
+    self as b, ModelMeta, ML_DOMAIN, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES,
+};
 
 /// Serialises `trees` (imputing `NaN` by `mean`, `[n_features]`) as an ONNX
 /// model following [`crate::onnx::builder`]'s contract; `meta.classes` gives the

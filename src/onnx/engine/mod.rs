@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::decode::Task;
 use super::export;
+use crate::ingest::decode::Task;
 
 pub use self::tract::onnx_parser;
 
