@@ -248,10 +248,10 @@ impl Store {
     /// Closes and opens the database file again. redb latches any failed
     /// write (a full disk, an I/O error): every later operation returns
     /// `PreviousIo` until the database is closed and opened again, which
-    /// also recovers the file to its last commit. The writer calls this
-    /// after a failed commit; if the file cannot be opened now (still no
-    /// space for recovery), the store stays closed and the next operation
-    /// tries again.
+    /// also recovers the file to its last commit. The first operation after
+    /// an I/O error calls this, whichever component makes it; if the file
+    /// cannot be opened now (still no space for recovery), the store stays
+    /// closed and the next operation tries again.
     ///
     /// # Errors
     /// The open's failure.

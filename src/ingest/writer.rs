@@ -210,18 +210,9 @@ impl Writer {
                         refusal.clear(&self.stats);
                         return Ok(Some(v));
                     }
-                    Err(e) => {
-                        refusal.set(&self.stats, format!("{what}: {e}"));
-                        // redb latches a failed write (disk full, I/O
-                        // error) until the file is opened again.
-                        let store = self.store.clone();
-                        let reopened = tokio::task::spawn_blocking(move || store.reopen())
-                            .await
-                            .map_err(|e| IngestError::Join(e.to_string()))?;
-                        if let Err(e) = reopened {
-                            debug!(error = %e, "Store not reopened yet; retrying.");
-                        }
-                    }
+                    // After an I/O error the store reopens its file on the
+                    // next operation (redb latches a failed write until then).
+                    Err(e) => refusal.set(&self.stats, format!("{what}: {e}")),
                 }
             }
             let held = matches!(reason, Some(None));
