@@ -24,30 +24,37 @@ enum ModelsAction {
     /// Upload an ONNX model: checked and stored as a new version, served
     /// only once promoted.
     Import {
+        /// The pipeline, as named in the daemon's configuration.
         #[arg(long)]
         pipeline: String,
+        /// The ONNX model to upload.
         #[arg(long)]
         file: PathBuf,
     },
     /// Every version's model card, side by side.
     List {
+        /// The pipeline, as named in the daemon's configuration.
         #[arg(long)]
         pipeline: String,
     },
     /// Serve a stored version.
     Promote {
+        /// The pipeline, as named in the daemon's configuration.
         #[arg(long)]
         pipeline: String,
+        /// The stored version to serve.
         #[arg(long)]
         version: u32,
     },
     /// Serve the version that served before the current one.
     Rollback {
+        /// The pipeline, as named in the daemon's configuration.
         #[arg(long)]
         pipeline: String,
     },
     /// The timeline of versions and decisions.
     History {
+        /// The pipeline, as named in the daemon's configuration.
         #[arg(long)]
         pipeline: String,
     },
