@@ -8,7 +8,7 @@
 //! key of the first problem.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,12 +99,179 @@ pub use crate::store::StoreConfig;
 
 pub use crate::ingest::mqtt_config::{parse_mqtt_url, BrokerTarget, MqttConfig};
 
-/// `[http]`: the local API.
+/// `[http]`: the local API, its access control and its limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub max_rows: usize,
+    /// File holding the bearer token (its first line, surrounding white
+    /// space removed; at least 16 characters). Empty: no token, unless
+    /// `token` is set.
+    #[serde(default)]
+    pub token_file: PathBuf,
+    /// The token itself, for `EDGELOOP__HTTP__TOKEN`; it wins over
+    /// `token_file`. Never printed by `check-config`.
+    #[serde(default)]
+    pub token: String,
+    /// Which requests need the token once one is set.
+    #[serde(default)]
+    pub auth: HttpAuth,
+    /// PEM certificate chain and private key: the API is served over HTTPS
+    /// (TLS 1.2/1.3, rustls) instead of plain HTTP. Both or neither.
+    #[serde(default)]
+    pub tls_cert_file: PathBuf,
+    #[serde(default)]
+    pub tls_key_file: PathBuf,
+    /// Seconds a client has to send a request's head; also how long an idle
+    /// keep-alive connection (or one that never sends a byte) is kept
+    /// (hyper's `header_read_timeout` runs while the connection waits for a
+    /// head). A TLS handshake has the same time.
+    #[serde(default = "default_header_timeout_s")]
+    pub header_timeout_s: u64,
+    /// Seconds a request's body may take to arrive once its head is read
+    /// (tower-http `RequestBodyTimeoutLayer`); a body still arriving is cut
+    /// with 408.
+    #[serde(default = "default_body_timeout_s")]
+    pub body_timeout_s: u64,
+    /// Connections served at once; further ones wait in the kernel's
+    /// accept queue until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request body, bytes, on every route but the model upload
+    /// (`PUT …/models`, `[models] max_bytes`); 413 beyond.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+/// `http.auth`: which requests need the bearer token once one is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAuth {
+    /// Requests that change what the daemon learns or serves: train,
+    /// promote, rollback, model uploads. Reads and predictions are open.
+    #[default]
+    Writes,
+    /// Every request but `GET /healthz` (liveness probes stay open).
+    All,
+}
+
+fn default_header_timeout_s() -> u64 {
+    10
+}
+fn default_body_timeout_s() -> u64 {
+    30
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_body_bytes() -> usize {
+    2 * 1024 * 1024
+}
+
+/// Shortest bearer token accepted, characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+impl HttpConfig {
+    /// The bearer token: `token`, else the first line of `token_file`;
+    /// `None` when neither is set.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `http.token_file` (unreadable) or the
+    /// key that holds a token shorter than [`MIN_TOKEN_CHARS`].
+    pub fn bearer_token(&self) -> Result<Option<String>, ConfigError> {
+        let (key, token) = if !self.token.is_empty() {
+            ("http.token", self.token.trim().to_string())
+        } else if !self.token_file.as_os_str().is_empty() {
+            let text =
+                std::fs::read_to_string(&self.token_file).map_err(|e| ConfigError::Invalid {
+                    key: "http.token_file".into(),
+                    reason: format!("cannot read {}: {e}", self.token_file.display()),
+                })?;
+            let line = text.lines().next().unwrap_or("").trim().to_string();
+            ("http.token_file", line)
+        } else {
+            return Ok(None);
+        };
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: format!(
+                    "the token has {} characters; at least {MIN_TOKEN_CHARS} are needed \
+                     (e.g. `head -c 24 /dev/urandom | base64`)",
+                    token.chars().count()
+                ),
+            });
+        }
+        Ok(Some(token))
+    }
+
+    /// Whether the API is served over HTTPS.
+    pub fn tls(&self) -> bool {
+        !self.tls_cert_file.as_os_str().is_empty()
+    }
+
+    /// The HTTPS server configuration, when `tls_cert_file` is set.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key: one of the two files set
+    /// without the other, or a file that cannot be used.
+    pub fn tls_server_config(&self) -> Result<Option<rustls::ServerConfig>, ConfigError> {
+        let (cert, key) = (&self.tls_cert_file, &self.tls_key_file);
+        match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => crate::ingest::mqtt::tls_server_config(
+                cert,
+                key,
+                ("http.tls_cert_file", "http.tls_key_file"),
+            )
+            .map(Some),
+            (cert_missing, _) => Err(ConfigError::Invalid {
+                key: if cert_missing {
+                    "http.tls_cert_file"
+                } else {
+                    "http.tls_key_file"
+                }
+                .into(),
+                reason: "HTTPS needs both http.tls_cert_file and http.tls_key_file".into(),
+            }),
+        }
+    }
+
+    /// Checks the token, the TLS files, the limits, and that a listener
+    /// beyond loopback has a token.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let token = self.bearer_token()?;
+        self.tls_server_config()?;
+        if !self.listen.ip().is_loopback() && token.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "http.listen".into(),
+                reason: format!(
+                    "{} is reachable beyond this machine, and no token is set: anyone who \
+                     reaches it could replace the served model. Set http.token_file (or \
+                     EDGELOOP__HTTP__TOKEN), or listen on 127.0.0.1",
+                    self.listen
+                ),
+            });
+        }
+        for (key, v) in [
+            ("http.header_timeout_s", self.header_timeout_s),
+            ("http.body_timeout_s", self.body_timeout_s),
+            ("http.max_connections", self.max_connections as u64),
+            ("http.max_body_bytes", self.max_body_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 pub use crate::ingest::writer::Dedup;
@@ -371,6 +538,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: String, reason: String| Err(ConfigError::Invalid { key, reason });
         self.mqtt.validate_security()?;
+        self.http.validate()?;
         if self.store.path.is_dir() {
             return bad(
                 "store.path".into(),
@@ -629,7 +797,7 @@ impl Config {
     }
 
     /// The effective configuration as TOML (what `check-config` prints),
-    /// with a set `mqtt.password` shown as `"<redacted>"`.
+    /// with a set `mqtt.password` and `http.token` shown as `"<redacted>"`.
     ///
     /// # Errors
     /// [`ConfigError::Load`] if serialisation fails (it should not).
@@ -637,6 +805,9 @@ impl Config {
         let mut shown = self.clone();
         if !shown.mqtt.password.is_empty() {
             shown.mqtt.password = "<redacted>".into();
+        }
+        if !shown.http.token.is_empty() {
+            shown.http.token = "<redacted>".into();
         }
         toml::to_string_pretty(&shown).map_err(|e| ConfigError::Load(e.to_string()))
     }

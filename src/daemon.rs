@@ -365,8 +365,34 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         drift: drift_board,
         models: cfg.models.clone(),
         load_options: cfg.engine_of(0).1,
+        body: http_body_limits(&cfg.http),
     })
     .merge(http::metrics_router(metrics.clone()));
+    let token = cfg.http.bearer_token()?;
+    let app = http::app(
+        app,
+        http::access::Access::new(token.as_deref(), cfg.http.auth, stats.clone()),
+        http_body_limits(&cfg.http),
+    );
+    let https = cfg.http.tls_server_config()?.map(Arc::new);
+    let conn_limits = http::serve::ConnLimits {
+        header_timeout: Duration::from_secs(cfg.http.header_timeout_s),
+        max_connections: cfg.http.max_connections,
+        grace: Duration::from_secs(cfg.daemon.shutdown_timeout_s),
+    };
+    tracing::info!(
+        listen = %http_addr,
+        https = https.is_some(),
+        token = token.is_some(),
+        auth = ?cfg.http.auth,
+        "HTTP API: {}.",
+        match (&token, cfg.http.auth) {
+            (None, _) => "no token: every request is open (loopback only)",
+            (Some(_), crate::config::HttpAuth::Writes) =>
+                "train, promote, rollback and uploads need the token",
+            (Some(_), crate::config::HttpAuth::All) => "every request but /healthz needs the token",
+        }
+    );
 
     let alive: Alive = Arc::default();
     let supervise = |name: &'static str| {
@@ -456,8 +482,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     spawn(&tracker, supervise("http"), {
         let drained = drained.clone();
         async move {
-            axum::serve(http::JsonErrorListener::new(listener), app)
-                .with_graceful_shutdown(async move { drained.cancelled().await })
+            http::serve::serve(listener, app, https, conn_limits, drained)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -711,5 +736,13 @@ mod tests {
             reload_plan(&running, &reread).restart,
             ["http.max_rows", "pipelines"]
         );
+    }
+}
+
+/// `[http]`'s body limits.
+fn http_body_limits(h: &crate::config::HttpConfig) -> http::BodyLimits {
+    http::BodyLimits {
+        max_bytes: h.max_body_bytes,
+        timeout: Duration::from_secs(h.body_timeout_s),
     }
 }

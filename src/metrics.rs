@@ -241,6 +241,16 @@ impl Collector for Scrape {
             "Durable commits of sample batches",
             &st.commits,
         )?;
+        counters(
+            e,
+            "edgeloop_http_auth_refused",
+            "HTTP requests refused by the bearer token check, by status (401: none, 403: wrong)",
+            "status",
+            &[
+                ("401".into(), st.http_unauthorized.load(Relaxed)),
+                ("403".into(), st.http_forbidden.load(Relaxed)),
+            ],
+        )?;
         counter(
             e,
             "edgeloop_retention_deleted",

@@ -173,6 +173,10 @@ pub struct Stats {
     pub models_imported: AtomicU64,
     /// Models refused at intake, by reason (`IntakeError::REASONS` order).
     models_refused: [AtomicU64; MODEL_REFUSAL_REASONS.len()],
+    /// HTTP requests refused for want of the bearer token (401).
+    pub http_unauthorized: AtomicU64,
+    /// HTTP requests refused for a wrong bearer token (403).
+    pub http_forbidden: AtomicU64,
     /// Latency histograms (prediction, training).
     pub durations: Durations,
 }

@@ -149,7 +149,7 @@ fn routed_cases() -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
             "oversized predict body",
             post(&predict, &big),
             413,
-            "length limit",
+            "max_body_bytes",
         ),
         ("wrong method", get(&predict, ""), 405, "method not allowed"),
         (
@@ -236,6 +236,7 @@ async fn serve_api(
         drift: Default::default(),
         models: cfg.models.clone(),
         load_options: cfg.engine_of(0).1,
+        body: Default::default(),
     })
     .merge(http::metrics_router(handle.metrics.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

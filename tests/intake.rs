@@ -442,7 +442,7 @@ async fn models_directory_files_are_checked_moved_and_serve_only_once_promoted()
 
     handle
         .registry
-        .promote_version(&handle.store, PIPELINE, 2, "promote", "test".into())
+        .promote_version(&handle.store, PIPELINE, 2, "promote", "test".into(), "test")
         .unwrap();
     assert_serves_sklearn(addr, 2).await;
     let history = handle.registry.history(&handle.store, PIPELINE).unwrap();

@@ -32,8 +32,15 @@
 //!   body; [`JsonErrorListener`], the listener the daemon serves on, rewrites
 //!   it as JSON with the same status.
 
+pub mod access;
+pub mod serve;
+
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -67,6 +74,72 @@ pub struct AppState {
     pub models: crate::serve::intake::ModelsConfig,
     /// How uploaded models load (the onnxruntime library of `[onnxruntime]`).
     pub load_options: crate::onnx::engine::LoadOptions,
+    /// `http.max_body_bytes` and `http.body_timeout_s`.
+    pub body: BodyLimits,
+}
+
+/// How much of a request body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Bytes, on every route but the model upload (`[models] max_bytes`).
+    pub max_bytes: usize,
+    /// From the end of the head to the end of the body.
+    pub timeout: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 2 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reads `body` up to `limit` bytes: [`ApiError::BodyTooLarge`] beyond,
+/// [`ApiError::BodyTimeout`] when it stopped arriving (the
+/// `RequestBodyTimeoutLayer` of [`app`]), [`ApiError::BadRequest`] when the
+/// client broke it off.
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    limits: BodyLimits,
+) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+        while let Some(err) = source {
+            if err.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::BodyTimeout(limits.timeout.as_secs());
+            }
+            if err.is::<http_body_util::LengthLimitError>() {
+                return ApiError::BodyTooLarge(limit);
+            }
+            source = err.source();
+        }
+        ApiError::BadRequest(format!("reading the request body: {inner}"))
+    })
+}
+
+/// The whole application the daemon serves: `api` (the [`router`] merged
+/// with the [`metrics_router`]) behind the bearer-token check of `access`,
+/// the body limit and the body timeout. [`serve::serve`] adds the
+/// connection limits.
+pub fn app(api: Router, access: access::Access, body: BodyLimits) -> Router {
+    api.layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body.timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(access, access::check))
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// Who made a request, for the model timeline ([`crate::serve::registry::ServingEvent::by`]).
+fn requester(peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> String {
+    match peer {
+        Some(axum::Extension(ConnectInfo(addr))) => format!("http {addr}"),
+        None => "http".into(),
+    }
 }
 
 /// Errors a request can meet.
@@ -86,6 +159,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("the request body did not arrive within http.body_timeout_s ({0} s)")]
+    BodyTimeout(u64),
+    #[error("the request body is over {0} bytes (http.max_body_bytes)")]
+    BodyTooLarge(usize),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("model refused: {0}")]
@@ -103,6 +180,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Intake(e) => {
                 use crate::serve::intake::IntakeError as E;
@@ -496,11 +575,12 @@ pub enum PredictAnswer {
 async fn predict(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<PredictAnswer>, ApiError> {
     if !s.registry.has(&name) {
         return Err(ApiError::UnknownPipeline(name));
     }
+    let body = read_body(body, s.body.max_bytes, s.body).await?;
     let req: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "body must be {{\"rows\": [{{feature: number, …}}]}}: {e}"
@@ -619,6 +699,7 @@ async fn models(
 /// checked and stored, not served ([`crate::serve::intake::import`]).
 async fn upload_model(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
     headers: axum::http::HeaderMap,
@@ -642,15 +723,15 @@ async fn upload_model(
     if let Some(bytes) = declared.filter(|b| *b > limit) {
         return refuse(IntakeError::Oversized { bytes, limit });
     }
-    let bytes = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await
-    {
+    let bytes = match read_body(body, usize::try_from(limit).unwrap_or(usize::MAX), s.body).await {
         Ok(b) => b.to_vec(),
-        Err(_) => {
+        Err(ApiError::BodyTooLarge(_)) => {
             return refuse(IntakeError::Oversized {
                 bytes: declared.unwrap_or(limit + 1),
                 limit,
             })
         }
+        Err(e) => return Err(e),
     };
     let claimed = headers
         .get("x-sha256")
@@ -660,6 +741,7 @@ async fn upload_model(
         return refuse(e);
     }
     let (store, stats, options) = (s.store.clone(), s.stats.clone(), s.load_options.clone());
+    let by = requester(peer);
     let card = tokio::task::spawn_blocking(move || {
         intake::import(
             &store,
@@ -670,6 +752,7 @@ async fn upload_model(
             limit,
             &options,
             &stats,
+            &by,
         )
     })
     .await
@@ -698,12 +781,14 @@ async fn train(
 
 async fn promote(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let version: u32 = version
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("version `{version}` is not a number")))?;
     let (store, registry, pipeline) = (s.store.clone(), s.registry.clone(), name.clone());
+    let by = requester(peer);
     let serving = tokio::task::spawn_blocking(move || {
         registry.promote_version(
             &store,
@@ -711,6 +796,7 @@ async fn promote(
             version,
             "promote",
             "asked over the API".into(),
+            &by,
         )
     })
     .await
@@ -722,10 +808,12 @@ async fn promote(
 
 async fn rollback(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (store, registry, pipeline) = (s.store.clone(), s.registry.clone(), name.clone());
-    let serving = tokio::task::spawn_blocking(move || registry.rollback(&store, &pipeline))
+    let by = requester(peer);
+    let serving = tokio::task::spawn_blocking(move || registry.rollback(&store, &pipeline, &by))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(

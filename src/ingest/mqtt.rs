@@ -187,6 +187,67 @@ pub fn tls_client_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Confi
     })
 }
 
+/// The rustls server configuration of a TLS listener (the HTTPS API,
+/// `http.tls_*`; the embedded broker, `mqtt.embedded_tls_*`): the ring
+/// provider, TLS 1.2 and 1.3, no client certificates, the PEM certificate
+/// chain of `cert` (leaf first) and the PEM private key (PKCS#8, PKCS#1 or
+/// SEC1) of `key`. `keys` names the two settings in errors, e.g.
+/// `("http.tls_cert_file", "http.tls_key_file")`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key and the file: unreadable, no PEM
+/// certificate or key in it, or a key that does not fit the certificate.
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    keys: (&str, &str),
+) -> Result<rustls::ServerConfig, ConfigError> {
+    let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        key: key.to_string(),
+        reason,
+    };
+    let read = |name: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| invalid(name, format!("cannot read {}: {e}", path.display())))
+    };
+    let pem = read(keys.0, cert)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(keys.0, format!("{}: bad PEM: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(invalid(
+            keys.0,
+            format!("{} holds no PEM CERTIFICATE", cert.display()),
+        ));
+    }
+    let key_pem = read(keys.1, key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        invalid(
+            keys.1,
+            format!(
+                "{}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
+                key.display()
+            ),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(keys.0, format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            invalid(
+                keys.1,
+                format!(
+                    "{} does not fit the certificate of {}: {e}",
+                    key.display(),
+                    cert.display()
+                ),
+            )
+        })
+}
+
 /// What an operator should check after a failed connection, for the
 /// failures that retrying alone will not fix.
 fn connection_hint(e: &ConnectionError) -> Option<&'static str> {

@@ -492,8 +492,10 @@ impl Learner {
                     version,
                     "drift_alarm",
                     action.clone(),
+                    crate::serve::registry::BY_LEARNER,
                 );
                 self.store.append_event(&p.name, &event.to_json(), None)?;
+                event.log(&p.name);
             }
             if let Ok(mut board) = self.board.lock() {
                 let entry = board.entry(p.name.clone()).or_default();

@@ -427,8 +427,11 @@ pub fn import(
     max_bytes: u64,
     options: &LoadOptions,
     stats: &Stats,
+    by: &str,
 ) -> Result<ModelCard, IntakeError> {
-    let result = import_inner(store, pipeline, onnx, source, file_name, max_bytes, options);
+    let result = import_inner(
+        store, pipeline, onnx, source, file_name, max_bytes, options, by,
+    );
     count(stats, &pipeline.name, source, result.as_ref());
     result
 }
@@ -461,6 +464,7 @@ fn import_inner(
     file_name: Option<String>,
     max_bytes: u64,
     options: &LoadOptions,
+    by: &str,
 ) -> Result<ModelCard, IntakeError> {
     if onnx.len() as u64 > max_bytes {
         return Err(IntakeError::Oversized {
@@ -550,6 +554,7 @@ fn import_inner(
             },
             card.imported.as_ref().map_or("", |i| i.sha256.as_str())
         ),
+        by,
     );
     store
         .append_event(&pipeline.name, &event.to_json(), Some((version, &stored)))
@@ -557,6 +562,7 @@ fn import_inner(
             store.release_model_version(&pipeline.name, version);
             store_err(e)
         })?;
+    event.log(&pipeline.name);
     Ok(card)
 }
 
@@ -684,6 +690,7 @@ fn take_file(
             max_bytes,
             options,
             stats,
+            "models_dir",
         )
     };
     let (sub, reason) = match &result {

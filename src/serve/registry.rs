@@ -61,17 +61,43 @@ pub struct ServingEvent {
     /// `drift_alarm` (the serving version's errors drifted).
     pub action: String,
     pub reason: String,
+    /// Who made the change: `learner` (the daemon's own training, gate and
+    /// drift detector), `models_dir` (the watched directory), or the peer
+    /// address of the HTTP request (`http 127.0.0.1:53012`). Empty in
+    /// events stored before edgeloop recorded it.
+    #[serde(default)]
+    pub by: String,
 }
 
+/// [`ServingEvent::by`] of the daemon's own decisions.
+pub const BY_LEARNER: &str = "learner";
+
 impl ServingEvent {
-    /// An event stamped now.
-    pub fn now(version: u32, action: &str, reason: String) -> Self {
+    /// An event stamped now, logged at info (the audit trail of what
+    /// serves: who changed it, and why).
+    pub fn now(version: u32, action: &str, reason: String, by: &str) -> Self {
         Self {
             at_ms: crate::stats::now_ms(),
             version,
             action: action.into(),
             reason,
+            by: by.into(),
         }
+    }
+
+    /// Logs the event (after it is stored).
+    pub fn log(&self, pipeline: &str) {
+        tracing::info!(
+            pipeline,
+            version = self.version,
+            action = %self.action,
+            by = %self.by,
+            reason = %self.reason,
+            "Model timeline: {} version {} by {}.",
+            self.action,
+            self.version,
+            self.by
+        );
     }
 
     /// The event as stored.
@@ -222,16 +248,23 @@ impl Registry {
                 .as_ref()
                 .map(|d| d.reason.clone())
                 .unwrap_or_default();
-            let event = ServingEvent::now(version, "refused", reason);
+            let event = ServingEvent::now(version, "refused", reason, BY_LEARNER);
             store.append_event(&pipeline, &event.to_json(), Some((version, &stored)))?;
+            event.log(&pipeline);
             return Ok(Arc::new(Serving {
                 version,
                 model: loaded,
                 card,
             }));
         }
-        let event = ServingEvent::now(version, "trained", format!("trigger {:?}", card.trigger));
+        let event = ServingEvent::now(
+            version,
+            "trained",
+            format!("trigger {:?}", card.trigger),
+            BY_LEARNER,
+        );
         store.put_model(&pipeline, version, &stored, Some(&event.to_json()))?;
+        event.log(&pipeline);
         let serving = Arc::new(Serving {
             version,
             model: loaded,
@@ -255,6 +288,7 @@ impl Registry {
         version: u32,
         action: &str,
         reason: String,
+        by: &str,
     ) -> Result<Arc<Serving>, RegistryError> {
         let slot = self
             .slots
@@ -266,11 +300,12 @@ impl Registry {
         };
         let stored = store.get_model(pipeline, version)?.ok_or_else(unknown)?;
         let serving = Arc::new(load(slot, pipeline, version, &stored)?);
-        let event = ServingEvent::now(version, action, reason);
+        let event = ServingEvent::now(version, action, reason, by);
         let _write = slot.lock();
         if !store.set_serving(pipeline, version, &event.to_json())? {
             return Err(unknown());
         }
+        event.log(pipeline);
         slot.current.store(Some(serving.clone()));
         Ok(serving)
     }
@@ -280,7 +315,12 @@ impl Registry {
     ///
     /// # Errors
     /// [`RegistryError::NothingToRollBack`], or as [`Registry::promote_version`].
-    pub fn rollback(&self, store: &Store, pipeline: &str) -> Result<Arc<Serving>, RegistryError> {
+    pub fn rollback(
+        &self,
+        store: &Store,
+        pipeline: &str,
+        by: &str,
+    ) -> Result<Arc<Serving>, RegistryError> {
         let history = self.history(store, pipeline)?;
         // Versions that served, as a stack: a rollback pops the current one.
         let mut stack: Vec<u32> = Vec::new();
@@ -305,6 +345,7 @@ impl Registry {
             target,
             "rollback",
             format!("rolled back from version {current}"),
+            by,
         )
     }
 
@@ -563,7 +604,14 @@ mod tests {
                     for i in 0..30u32 {
                         let v = 1 + (w + i) % 3;
                         registry
-                            .promote_version(&store, "occupancy", v, "promote", "test".into())
+                            .promote_version(
+                                &store,
+                                "occupancy",
+                                v,
+                                "promote",
+                                "test".into(),
+                                "test",
+                            )
                             .unwrap();
                     }
                 })
