@@ -21,7 +21,9 @@
 //!   hyperparameter search ([`tune`]); ensembles of trained families
 //!   ([`ensemble`]); head fine-tuning of imported networks ([`head`]);
 //!   `edgeloop train` on a CSV file ([`offline`]); and the L-BFGS optimiser
-//!   ([`lbfgs`]) of both the logistic family and head fine-tuning.
+//!   ([`lbfgs`]) of both the logistic family and head fine-tuning;
+//! * [`online`]: learners of one labelled sample at a time, following River
+//!   (`online_logistic`, `hoeffding_tree`), for the prequential replay.
 //!
 //! The families' and evaluation modules are re-exported here, so
 //! `learn::logistic`, `learn::metrics` and the like name them as before.
@@ -33,6 +35,7 @@ pub mod head;
 pub mod lbfgs;
 pub mod model;
 pub mod offline;
+pub mod online;
 pub mod prepare;
 pub mod settings;
 mod train;

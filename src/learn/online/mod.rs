@@ -1,0 +1,203 @@
+//! Online learners: classifiers that learn one labelled sample at a time, in
+//! stream order, and predict between any two samples (issue 17).
+//!
+//! Each follows its paper and River's implementation (River 0.26.1,
+//! <https://riverml.xyz>), and is tested row by row against River's
+//! prequential predictions on the same streams (`tests/online.rs`,
+//! `tests/fixtures/online/gen_online.py`):
+//!
+//! * [`OnlineLogistic`] (`online_logistic`): River's
+//!   `preprocessing.StandardScaler() | linear_model.LogisticRegression()`:
+//!   an online standard scaler in front of logistic regression by plain SGD
+//!   (Robbins & Monro 1951) at River's defaults; one-vs-rest
+//!   (`multiclass.OneVsRestClassifier`) beyond two classes;
+//! * [`HoeffdingTreeClassifier`] (`hoeffding_tree`): the Very Fast Decision
+//!   Tree (Domingos & Hulten, "Mining high-speed data streams", KDD 2000),
+//!   as River's `tree.HoeffdingTreeClassifier` with its defaults: Gaussian
+//!   split estimators for numeric features, information gain, grace period
+//!   200, delta 1e-7, tau 0.05, naive-Bayes-adaptive leaves.
+//!
+//! The contract ([`OnlineClassifier`]): a sample is `x: &[f64]` of the
+//! model's width, in feature order, `NaN` = missing (River: the key absent
+//! from the sample's dict); a label is a class index `y: usize`. Classes are
+//! learned when they first appear, with no list of classes given up front;
+//! with one class learned so far, that class is predicted (cold start), and
+//! before any, nothing is.
+
+pub mod hoeffding_tree;
+pub mod logistic;
+
+use std::str::FromStr;
+
+pub use hoeffding_tree::{HoeffdingTreeClassifier, HoeffdingTreeConfig};
+pub use logistic::{OnlineLogistic, OnlineLogisticConfig, OnlineStandardScaler};
+
+/// Errors of an online learner: a sample that does not fit the model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OnlineError {
+    /// The sample has a different number of features than the model.
+    #[error("sample has {got} features, the model {expected}")]
+    Width { expected: usize, got: usize },
+    /// A binary model was given a third class.
+    #[error("class {class}: a binary model learns classes 0 and 1 only")]
+    Class { class: usize },
+}
+
+/// A classifier that learns one sample at a time (test then train).
+pub trait OnlineClassifier {
+    /// Learns the labelled sample `(x, y)`: `x` is `[n_features]`, `NaN` =
+    /// missing; `y` a class index (a new one is learned as it appears).
+    ///
+    /// # Errors
+    /// [`OnlineError::Width`] when `x` is not `n_features` long;
+    /// [`OnlineError::Class`] for a class a binary model cannot hold.
+    fn learn_one(&mut self, x: &[f64], y: usize) -> Result<(), OnlineError>;
+
+    /// Class probabilities of `x`, `[n_classes]` (index = class; classes not
+    /// learned yet have 0). Empty before any sample is learned.
+    ///
+    /// # Errors
+    /// [`OnlineError::Width`] when `x` is not `n_features` long.
+    fn predict_proba_one(&self, x: &[f64]) -> Result<Vec<f64>, OnlineError>;
+
+    /// The predicted class of `x`: River's choice among the classes learned
+    /// so far (ties as River breaks them); `None` before any is learned.
+    ///
+    /// # Errors
+    /// [`OnlineError::Width`] when `x` is not `n_features` long.
+    fn predict_one(&self, x: &[f64]) -> Result<Option<usize>, OnlineError>;
+
+    /// One past the largest class index learned so far.
+    fn n_classes(&self) -> usize;
+
+    /// Number of features of a sample.
+    fn n_features(&self) -> usize;
+}
+
+/// The online families, as `--family` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnlineFamily {
+    /// [`OnlineLogistic`].
+    Logistic,
+    /// [`HoeffdingTreeClassifier`].
+    HoeffdingTree,
+}
+
+impl OnlineFamily {
+    /// The family's name (`online_logistic`, `hoeffding_tree`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Logistic => "online_logistic",
+            Self::HoeffdingTree => "hoeffding_tree",
+        }
+    }
+
+    /// A new, empty model of this family with its defaults, for samples of
+    /// `n_features` features and `n_classes` classes when known (`Some(2)`
+    /// makes the logistic family River's binary model; otherwise it is
+    /// one-vs-rest; the tree takes any number).
+    pub fn new_model(self, n_features: usize, n_classes: Option<usize>) -> OnlineModel {
+        match self {
+            Self::Logistic => OnlineModel::Logistic(OnlineLogistic::new(
+                n_features,
+                n_classes,
+                OnlineLogisticConfig::default(),
+            )),
+            Self::HoeffdingTree => OnlineModel::HoeffdingTree(HoeffdingTreeClassifier::new(
+                n_features,
+                HoeffdingTreeConfig::default(),
+            )),
+        }
+    }
+}
+
+impl FromStr for OnlineFamily {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "online_logistic" => Ok(Self::Logistic),
+            "hoeffding_tree" => Ok(Self::HoeffdingTree),
+            other => Err(format!(
+                "online family `{other}`: use online_logistic or hoeffding_tree"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for OnlineFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One enum over the online families.
+#[derive(Debug, Clone)]
+pub enum OnlineModel {
+    Logistic(OnlineLogistic),
+    HoeffdingTree(HoeffdingTreeClassifier),
+}
+
+impl OnlineModel {
+    fn inner(&self) -> &dyn OnlineClassifier {
+        match self {
+            Self::Logistic(m) => m,
+            Self::HoeffdingTree(m) => m,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn OnlineClassifier {
+        match self {
+            Self::Logistic(m) => m,
+            Self::HoeffdingTree(m) => m,
+        }
+    }
+}
+
+impl OnlineClassifier for OnlineModel {
+    fn learn_one(&mut self, x: &[f64], y: usize) -> Result<(), OnlineError> {
+        self.inner_mut().learn_one(x, y)
+    }
+
+    fn predict_proba_one(&self, x: &[f64]) -> Result<Vec<f64>, OnlineError> {
+        self.inner().predict_proba_one(x)
+    }
+
+    fn predict_one(&self, x: &[f64]) -> Result<Option<usize>, OnlineError> {
+        self.inner().predict_one(x)
+    }
+
+    fn n_classes(&self) -> usize {
+        self.inner().n_classes()
+    }
+
+    fn n_features(&self) -> usize {
+        self.inner().n_features()
+    }
+}
+
+/// River's `max(d, key=d.get)` over `(class, value)` pairs in the dict's
+/// order: the first pair with the largest value (a later value replaces the
+/// best only when greater, as Python's `max` does).
+pub(crate) fn first_argmax(pairs: impl IntoIterator<Item = (usize, f64)>) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (c, v) in pairs {
+        match best {
+            None => best = Some((c, v)),
+            Some((_, b)) if v > b => best = Some((c, v)),
+            _ => {}
+        }
+    }
+    best.map(|(c, _)| c)
+}
+
+pub(crate) fn check_width(expected: usize, x: &[f64]) -> Result<(), OnlineError> {
+    if x.len() == expected {
+        Ok(())
+    } else {
+        Err(OnlineError::Width {
+            expected,
+            got: x.len(),
+        })
+    }
+}
