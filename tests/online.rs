@@ -209,3 +209,38 @@ fn hoeffding_tree_rbf_drift_equals_river() {
 fn hoeffding_tree_gas_equals_river() {
     check("gas", OnlineFamily::HoeffdingTree);
 }
+
+/// `edgeloop evaluate --prequential --family …` reads the CSV's features as
+/// `f32` (as samples are stored), so its accuracy is River's within half a
+/// point rather than row for row.
+#[test]
+fn evaluate_prequential_online_is_rivers_within_half_a_point() {
+    use edgeloop::monitor::prequential::{run_online, OnlineOptions};
+    let reference = reference();
+    for name in ["sea", "agrawal", "rbf_drift"] {
+        let s = &reference["streams"][name];
+        for family in [OnlineFamily::Logistic, OnlineFamily::HoeffdingTree] {
+            let report = run_online(&OnlineOptions {
+                file: fixture(s["file"].as_str().expect("file")),
+                label: "label".into(),
+                features: Vec::new(),
+                family,
+                segments: 4,
+            })
+            .expect("replay");
+            let river = s["learners"][family.name()]["accuracy"]
+                .as_f64()
+                .expect("accuracy");
+            let ours = report.accuracy.expect("scored rows");
+            eprintln!(
+                "{name} {family}: {ours:.4} (River {river:.4}), {:.0} rows/s",
+                report.rows_per_second
+            );
+            assert_eq!(report.rows, s["rows"].as_u64().expect("rows"));
+            assert!(
+                (ours - river).abs() <= 0.005,
+                "{name} {family}: {ours} against River's {river}"
+            );
+        }
+    }
+}

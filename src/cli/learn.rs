@@ -25,7 +25,9 @@ pub struct EvaluateArgs {
     pipeline: Option<String>,
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model family: logistic, mlp, tree, forest or svm (default: the
+    /// Model family: logistic, mlp, tree, forest or svm, or an online
+    /// learner, test then train on each row: online_logistic or
+    /// hoeffding_tree (default: the
     /// pipeline's with --pipeline, else logistic).
     #[arg(long)]
     family: Option<String>,
@@ -219,13 +221,33 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         }
         None => (label.unwrap_or_default(), features),
     };
+    if let Some(online) = family
+        .as_deref()
+        .and_then(|f| f.parse::<crate::learn::online::OnlineFamily>().ok())
+    {
+        // An online learner: every row predicted, then learned; no loop.
+        let opts = crate::monitor::prequential::OnlineOptions {
+            file,
+            label,
+            features,
+            family: online,
+            segments,
+        };
+        let report = crate::monitor::prequential::run_online(&opts)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", crate::monitor::prequential::render_online(&report));
+        }
+        return Ok(());
+    }
     if let Some(f) = family {
         loop_config.model.family = f.parse().map_err(anyhow::Error::msg)?;
     }
     anyhow::ensure!(
         loop_config.model.family != crate::learn::Family::Auto
             && loop_config.model.family.supports(crate::learn::Task::Classification),
-        "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm)",
+        "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm), or use an online learner (online_logistic, hoeffding_tree)",
         loop_config.model.family
     );
     let opts = crate::monitor::prequential::PrequentialOptions {
