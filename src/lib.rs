@@ -50,8 +50,10 @@
 //!   ([`learn::settings`]); `edgeloop train` from a CSV
 //!   ([`learn::offline`]), hyperparameter search within a budget
 //!   ([`learn::tune`]), ensembles ([`learn::ensemble`]), the preparation of
-//!   training parts only ([`learn::prepare`]) and head fine-tuning
-//!   ([`learn::head`]).
+//!   training parts only ([`learn::prepare`]), head fine-tuning
+//!   ([`learn::head`]) and online learners of one sample at a time
+//!   following River ([`learn::online`]: `online_logistic`,
+//!   `hoeffding_tree`).
 //! - [`onnx`]: the ONNX graph builder, the engines ([`onnx::engine`]: tract
 //!   with edgeloop's operators registered, onnxruntime with the feature
 //!   `ort`, `auto` fallback, typed refusal of unsupported operators),
