@@ -30,8 +30,9 @@
 //!   ([`config::PipelineConfig::route`], `schema`, `settings`, `monitored`).
 //! - [`metrics`]: `GET /metrics` in Prometheus text, read from [`stats`],
 //!   the store, the registry, the drift board and [`health`] at scrape time.
-//! - [`monitor`]: the learner and its retraining policy; concept-drift
-//!   detectors (ADWIN, DDM, Page-Hinkley) and data drift (PSI, KS); the
+//! - [`monitor`]: the learner and its retraining policy; concept drift on
+//!   the error stream (the detectors of [`learn::drift`]) and data drift
+//!   (PSI, KS); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
 //!   and its prequential replay; its section [`monitor::MonitoredPipeline`].
 //! - [`serve`]: the registry of serving versions (atomic swaps), predictions
@@ -53,7 +54,8 @@
 //!   training parts only ([`learn::prepare`]), head fine-tuning
 //!   ([`learn::head`]) and online learners of one sample at a time
 //!   following River ([`learn::online`]: `online_logistic`,
-//!   `hoeffding_tree`).
+//!   `hoeffding_tree`, `arf`) and the concept-drift detectors
+//!   ([`learn::drift`]: ADWIN, DDM, Page-Hinkley).
 //! - [`onnx`]: the ONNX graph builder, the engines ([`onnx::engine`]: tract
 //!   with edgeloop's operators registered, onnxruntime with the feature
 //!   `ort`, `auto` fallback, typed refusal of unsupported operators),

@@ -26,8 +26,8 @@ pub struct EvaluateArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Model family: logistic, mlp, tree, forest or svm, or an online
-    /// learner, test then train on each row: online_logistic or
-    /// hoeffding_tree (default: the
+    /// learner, test then train on each row: online_logistic,
+    /// hoeffding_tree or arf (default: the
     /// pipeline's with --pipeline, else logistic).
     #[arg(long)]
     family: Option<String>,
@@ -37,6 +37,9 @@ pub struct EvaluateArgs {
     /// Segments in the accuracy-over-time table.
     #[arg(long, default_value_t = 10)]
     segments: usize,
+    /// Seed of a randomised online learner (arf).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
     #[arg(long)]
     json: bool,
 }
@@ -189,6 +192,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         family,
         detector,
         segments,
+        seed,
         json,
     } = args;
     anyhow::ensure!(prequential, "only --prequential evaluation exists for now");
@@ -232,6 +236,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             features,
             family: online,
             segments,
+            seed,
         };
         let report = crate::monitor::prequential::run_online(&opts)?;
         if json {
@@ -247,7 +252,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         loop_config.model.family != crate::learn::Family::Auto
             && loop_config.model.family.supports(crate::learn::Task::Classification),
-        "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm), or use an online learner (online_logistic, hoeffding_tree)",
+        "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm), or use an online learner (online_logistic, hoeffding_tree, arf)",
         loop_config.model.family
     );
     let opts = crate::monitor::prequential::PrequentialOptions {

@@ -23,11 +23,14 @@
 //!   `edgeloop train` on a CSV file ([`offline`]); and the L-BFGS optimiser
 //!   ([`lbfgs`]) of both the logistic family and head fine-tuning;
 //! * [`online`]: learners of one labelled sample at a time, following River
-//!   (`online_logistic`, `hoeffding_tree`), for the prequential replay.
+//!   (`online_logistic`, `hoeffding_tree`, `arf`), for the prequential
+//!   replay; the concept-drift detectors they and `monitor` use ([`drift`]:
+//!   ADWIN, DDM, Page-Hinkley).
 //!
 //! The families' and evaluation modules are re-exported here, so
 //! `learn::logistic`, `learn::metrics` and the like name them as before.
 
+pub mod drift;
 pub mod ensemble;
 pub mod eval;
 pub mod families;

@@ -1,13 +1,15 @@
 //! Monitoring and the retraining policy: data drift per feature
 //! ([`data_drift`]: PSI, Kolmogorov–Smirnov), concept drift on the error
-//! stream ([`detectors`]: ADWIN, DDM, Page-Hinkley), and the learner that
-//! decides when to train ([`retrain`]).
+//! stream ([`detectors`]: ADWIN, DDM, Page-Hinkley; they live in
+//! [`crate::learn::drift`], where the online learners use them too), and the
+//! learner that decides when to train ([`retrain`]).
 
 pub mod continual;
 pub mod data_drift;
-pub mod detectors;
 pub mod prequential;
 pub mod retrain;
+
+pub use crate::learn::drift as detectors;
 
 use serde::{Deserialize, Serialize};
 

@@ -209,6 +209,8 @@ pub struct OnlineOptions {
     pub family: OnlineFamily,
     /// Segments of the report.
     pub segments: usize,
+    /// Seed of a randomised family (`arf`).
+    pub seed: u64,
 }
 
 /// Accuracy of the online learner over one stretch of the stream.
@@ -268,7 +270,7 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
         .collect();
     let ys: Vec<usize> = data.labels.iter().map(|l| index[l.as_str()]).collect();
     let nf = data.features.len();
-    let mut model = opts.family.new_model(nf, Some(classes.len()));
+    let mut model = opts.family.new_model(nf, Some(classes.len()), opts.seed);
     let n = data.len() as u64;
     let seg_len = n.div_ceil(opts.segments.max(1) as u64).max(1);
     let mut segments: Vec<OnlineSegment> = (0..n.div_ceil(seg_len))

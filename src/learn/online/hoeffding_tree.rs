@@ -59,6 +59,12 @@ pub struct HoeffdingTreeConfig {
     pub max_share_to_split: f64,
     /// Split points considered per numeric feature.
     pub n_splits: usize,
+    /// Features a leaf watches: `None`, all of them; `Some(m)`, `m` drawn at
+    /// random (without replacement) when the leaf learns its first sample
+    /// (River's `BaseRandomLeaf`, the trees of the adaptive random forest).
+    pub max_features: Option<usize>,
+    /// Seed of the feature draws (used only with `max_features`).
+    pub seed: u64,
 }
 
 impl Default for HoeffdingTreeConfig {
@@ -70,12 +76,14 @@ impl Default for HoeffdingTreeConfig {
             min_branch_fraction: 0.01,
             max_share_to_split: 0.99,
             n_splits: 10,
+            max_features: None,
+            seed: 0,
         }
     }
 }
 
 /// Class weights in the order the classes were first seen (River's dict).
-type Dist = Vec<(usize, f64)>;
+pub(crate) type Dist = Vec<(usize, f64)>;
 
 fn dist_add(d: &mut Dist, class: usize, w: f64) {
     match d.iter_mut().find(|(c, _)| *c == class) {
@@ -300,6 +308,9 @@ struct Leaf {
     depth: usize,
     /// `(feature, splitter)` in order of first use at this leaf.
     splitters: Vec<(usize, Splitter)>,
+    /// The features this leaf watches, drawn at its first sample when the
+    /// tree has `max_features` (empty until then, or when it has not).
+    features: Vec<usize>,
     last_split_attempt_at: f64,
     mc_correct: f64,
     nb_correct: f64,
@@ -312,6 +323,7 @@ impl Leaf {
             stats,
             depth,
             splitters: Vec::new(),
+            features: Vec::new(),
             last_split_attempt_at: last,
             mc_correct: 0.0,
             nb_correct: 0.0,
@@ -372,7 +384,9 @@ impl Leaf {
         }
     }
 
-    fn learn(&mut self, x: &[f64], y: usize, w: f64) {
+    /// Learns `(x, y)` with weight `w`; `subset`: the tree's `max_features`
+    /// and its random source, when it has one.
+    fn learn(&mut self, x: &[f64], y: usize, w: f64, subset: Option<(usize, &mut fastrand::Rng)>) {
         let mc = normalized(&self.stats);
         if self.stats.is_empty() || first_argmax(mc) == Some(y) {
             self.mc_correct += w;
@@ -382,19 +396,47 @@ impl Leaf {
             self.nb_correct += w;
         }
         dist_add(&mut self.stats, y, w);
-        for (f, &v) in x.iter().enumerate() {
-            if v.is_nan() {
-                continue;
-            }
-            match self.splitters.iter_mut().find(|(g, _)| *g == f) {
-                Some((_, s)) => s.update(v, y, w),
-                None => {
-                    let mut s = Splitter {
-                        per_class: Vec::new(),
-                    };
-                    s.update(v, y, w);
-                    self.splitters.push((f, s));
+        match subset {
+            None => {
+                for (f, &v) in x.iter().enumerate() {
+                    self.update_splitter(f, v, y, w);
                 }
+            }
+            Some((m, rng)) => {
+                if self.features.is_empty() {
+                    // River's `BaseRandomLeaf._sample_features`: `m` of the
+                    // sample's present features, or all when fewer.
+                    let mut present: Vec<usize> =
+                        (0..x.len()).filter(|f| !x[*f].is_nan()).collect();
+                    if present.len() >= m {
+                        for i in 0..m {
+                            let j = rng.usize(i..present.len());
+                            present.swap(i, j);
+                        }
+                        present.truncate(m);
+                    }
+                    self.features = present;
+                }
+                for i in 0..self.features.len() {
+                    let f = self.features[i];
+                    self.update_splitter(f, x[f], y, w);
+                }
+            }
+        }
+    }
+
+    fn update_splitter(&mut self, f: usize, v: f64, y: usize, w: f64) {
+        if v.is_nan() {
+            return;
+        }
+        match self.splitters.iter_mut().find(|(g, _)| *g == f) {
+            Some((_, s)) => s.update(v, y, w),
+            None => {
+                let mut s = Splitter {
+                    per_class: Vec::new(),
+                };
+                s.update(v, y, w);
+                self.splitters.push((f, s));
             }
         }
     }
@@ -426,16 +468,20 @@ pub struct HoeffdingTreeClassifier {
     nodes: Vec<Node>,
     /// `seen[c]`: class `c` has been learned.
     seen: Vec<bool>,
+    /// Source of the leaves' feature draws (`max_features`).
+    rng: fastrand::Rng,
 }
 
 impl HoeffdingTreeClassifier {
     /// An empty tree for samples of `n_features` features.
     pub fn new(n_features: usize, cfg: HoeffdingTreeConfig) -> Self {
+        let rng = fastrand::Rng::with_seed(cfg.seed);
         Self {
             cfg,
             n_features,
             nodes: Vec::new(),
             seen: Vec::new(),
+            rng,
         }
     }
 
@@ -579,7 +625,44 @@ impl HoeffdingTreeClassifier {
         }
     }
 
-    fn proba_pairs(&self, x: &[f64]) -> Dist {
+    /// Learns `(x, y)` with weight `w` (River's `learn_one(x, y, w=w)`: the
+    /// counts, the Gaussians and the grace period are in weight).
+    ///
+    /// # Errors
+    /// [`OnlineError::Width`] when `x` is not `n_features` long.
+    pub fn learn_weighted(&mut self, x: &[f64], y: usize, w: f64) -> Result<(), OnlineError> {
+        check_width(self.n_features, x)?;
+        if self.seen.len() <= y {
+            self.seen.resize(y + 1, false);
+        }
+        self.seen[y] = true;
+        if self.nodes.is_empty() {
+            self.nodes.push(Node::Leaf(Leaf::new(Dist::new(), 0)));
+        }
+        let (i, direct) = self.leaf_of(x);
+        let grace = self.cfg.grace_period;
+        let Node::Leaf(leaf) = &mut self.nodes[i] else {
+            return Ok(());
+        };
+        let subset = self.cfg.max_features.map(|m| (m, &mut self.rng));
+        leaf.learn(x, y, w, subset);
+        // River attempts a split only when the sample reached its leaf
+        // without a missing split feature.
+        if direct {
+            let seen = leaf.total_weight();
+            if seen - leaf.last_split_attempt_at >= grace {
+                self.attempt_to_split(i);
+                if let Node::Leaf(leaf) = &mut self.nodes[i] {
+                    leaf.last_split_attempt_at = seen;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Class probabilities as River's dict: `(class, p)` over the classes
+    /// learned, ascending.
+    pub(crate) fn proba_pairs(&self, x: &[f64]) -> Dist {
         let mut proba: Dist = self
             .seen
             .iter()
@@ -609,32 +692,7 @@ fn dist_set(d: &mut Dist, class: usize, v: f64) {
 
 impl OnlineClassifier for HoeffdingTreeClassifier {
     fn learn_one(&mut self, x: &[f64], y: usize) -> Result<(), OnlineError> {
-        check_width(self.n_features, x)?;
-        if self.seen.len() <= y {
-            self.seen.resize(y + 1, false);
-        }
-        self.seen[y] = true;
-        if self.nodes.is_empty() {
-            self.nodes.push(Node::Leaf(Leaf::new(Dist::new(), 0)));
-        }
-        let (i, direct) = self.leaf_of(x);
-        let grace = self.cfg.grace_period;
-        let Node::Leaf(leaf) = &mut self.nodes[i] else {
-            return Ok(());
-        };
-        leaf.learn(x, y, 1.0);
-        // River attempts a split only when the sample reached its leaf
-        // without a missing split feature.
-        if direct {
-            let seen = leaf.total_weight();
-            if seen - leaf.last_split_attempt_at >= grace {
-                self.attempt_to_split(i);
-                if let Node::Leaf(leaf) = &mut self.nodes[i] {
-                    leaf.last_split_attempt_at = seen;
-                }
-            }
-        }
-        Ok(())
+        self.learn_weighted(x, y, 1.0)
     }
 
     fn predict_proba_one(&self, x: &[f64]) -> Result<Vec<f64>, OnlineError> {

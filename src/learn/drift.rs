@@ -1,5 +1,6 @@
 //! Concept-drift detectors on a stream of values (prediction errors, 0/1, or
-//! any real-valued stream).
+//! any real-valued stream). Used by the monitoring stage (re-exported as
+//! `monitor::detectors`) and by the online learners of [`super::online`].
 //!
 //! - [`Adwin`]: ADWIN2, Bifet & Gavaldà, "Learning from time-changing data with
 //!   adaptive windowing", SDM 2007, with exponential-histogram buckets
