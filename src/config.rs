@@ -163,7 +163,7 @@ fn default_body_timeout_s() -> u64 {
     30
 }
 fn default_max_connections() -> usize {
-    256
+    512
 }
 fn default_max_body_bytes() -> usize {
     2 * 1024 * 1024

@@ -235,9 +235,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     // HTTP's port first: the embedded broker takes an ephemeral loopback
     // port for rumqttd, which could be the configured HTTP port when that
     // one is in the ephemeral range (tests pick free ports there).
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-        .await
-        .map_err(|e| DaemonError::Listen {
+    let listener = http::serve::bind(cfg.http.listen).map_err(|e| DaemonError::Listen {
             addr: cfg.http.listen,
             reason: e.to_string(),
         })?;
@@ -249,8 +247,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let (host, port, embedded) = match cfg.mqtt.target()? {
         BrokerTarget::External { host, port, .. } => (host, port, None),
         BrokerTarget::Embedded(addr) => {
-            let broker =
-                start_embedded(addr, cfg.mqtt.max_packet_bytes, &cfg.mqtt.client_id).await?;
+            let broker = start_embedded(
+                addr,
+                cfg.mqtt.max_packet_bytes,
+                &cfg.mqtt.client_id,
+                cfg.mqtt.embedded_users()?,
+            )
+            .await?;
             (addr.ip().to_string(), addr.port(), Some(broker))
         }
     };
@@ -560,10 +563,16 @@ async fn start_embedded(
     addr: SocketAddr,
     max_packet: usize,
     client_id: &str,
+    users: Vec<(String, String)>,
 ) -> Result<Embedded, DaemonError> {
     let client_id = client_id.to_string();
     tokio::task::spawn_blocking(move || {
-        crate::ingest::broker::EmbeddedBroker::start(addr, max_packet, &client_id)
+        crate::ingest::broker::EmbeddedBroker::start_with(
+            addr,
+            max_packet,
+            &client_id,
+            crate::ingest::broker::BrokerAccess { users },
+        )
     })
     .await
     .map_err(|e| DaemonError::Component {
@@ -578,6 +587,7 @@ async fn start_embedded(
     _addr: SocketAddr,
     _max_packet: usize,
     _client_id: &str,
+    _users: Vec<(String, String)>,
 ) -> Result<Embedded, DaemonError> {
     Err(DaemonError::Config(ConfigError::Invalid {
         key: "mqtt.broker".into(),

@@ -113,6 +113,9 @@ impl FakeDaemon {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_inflight(100);
+        // The daemon's login: the proxy admits the daemon's client id only
+        // with it (this test process's secret, as the daemon's would be).
+        daemon_login(&mut opts);
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
         let state = Arc::new(Mutex::new(Received::default()));
         let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -488,13 +491,25 @@ async fn publishers_stay_within_the_window_of_the_daemons_acknowledgements() {
     daemon.stop().await;
 }
 
+fn daemon_login(opts: &mut MqttOptions) {
+    opts.set_credentials(
+        edgeloop::ingest::mqtt_config::EMBEDDED_DAEMON_USER,
+        edgeloop::ingest::mqtt_config::embedded_daemon_secret(),
+    );
+}
+
 /// Messages per second of `n` QoS 1 publishes (one connection, 100 in
-/// flight) on `port`, all received by a subscriber on `sub_port`.
+/// flight) on `port`, all received by a subscriber on `sub_port`; with the
+/// daemon's login (rumqttd's own port admits nothing else).
 async fn rate(port: u16, sub_port: u16, n: u64) -> f64 {
-    let (mut rx, stop) = subscribe(sub_port, "bench/#").await;
+    let mut sub = MqttOptions::new(client_id("sub"), "127.0.0.1", sub_port);
+    sub.set_keep_alive(Duration::from_secs(30));
+    daemon_login(&mut sub);
+    let (mut rx, stop) = subscribe_with(sub, "bench/#").await;
     let mut opts = MqttOptions::new(client_id("bench"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(100);
+    daemon_login(&mut opts);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     let t = Instant::now();
     tokio::spawn(async move {

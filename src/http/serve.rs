@@ -48,6 +48,29 @@ pub struct ConnLimits {
     pub grace: Duration,
 }
 
+/// Listen backlog of [`bind`]: connections the kernel completes and
+/// queues while the daemon is at `http.max_connections` (capped by
+/// `net.core.somaxconn`). std's and mio's 128 overflowed under a burst of
+/// 400: the kernel then drops the client's final ACK, the client believes
+/// it is connected, and an idle one waited until its own timeout.
+pub const BACKLOG: u32 = 1024;
+
+/// Binds `addr` for [`serve`] with SO_REUSEADDR and a [`BACKLOG`]-deep
+/// accept queue.
+///
+/// # Errors
+/// The address is taken or cannot be bound.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, over TLS when
 /// `tls` is given. Handlers see the peer as `ConnectInfo<SocketAddr>`.
 ///

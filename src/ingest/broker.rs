@@ -115,6 +115,8 @@
 //! only connections through the configured address are gated and counted.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::ingest::mqtt_config::{embedded_daemon_secret, EMBEDDED_DAEMON_USER};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -182,6 +184,29 @@ pub fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<(), IngestE
     Ok(())
 }
 
+/// The broker this process started on `listen`, if any.
+pub fn running(listen: SocketAddr) -> Option<EmbeddedBroker> {
+    STARTED.get()?.lock().ok()?.get(&listen).cloned()
+}
+
+/// Who may connect to the embedded broker (see "Access" in the module
+/// documentation).
+#[derive(Clone, Default)]
+pub struct BrokerAccess {
+    /// `(username, password)` of the clients allowed in; empty: any client
+    /// may connect, with or without credentials.
+    pub users: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for BrokerAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
+        f.debug_struct("BrokerAccess")
+            .field("users", &names)
+            .finish()
+    }
+}
+
 /// A running embedded broker: rumqttd behind edgeloop's proxy. Cheap to
 /// clone; every clone is the same broker.
 #[derive(Clone)]
@@ -229,6 +254,9 @@ pub struct ProxyStats {
     pub held: usize,
     /// Whether the gate is open.
     pub open: bool,
+    /// CONNECTs refused: a wrong or missing login, or another client
+    /// using the daemon's client id.
+    pub refused: u64,
 }
 
 impl EmbeddedBroker {
@@ -259,11 +287,35 @@ impl EmbeddedBroker {
         max_payload_bytes: usize,
         daemon_client_id: &str,
     ) -> Result<Self, IngestError> {
+        Self::start_with(
+            listen,
+            max_payload_bytes,
+            daemon_client_id,
+            BrokerAccess::default(),
+        )
+    }
+
+    /// As [`EmbeddedBroker::start`], admitting only the clients `access`
+    /// allows (a restart in the same process replaces them).
+    ///
+    /// # Errors
+    /// As [`EmbeddedBroker::start`].
+    pub fn start_with(
+        listen: SocketAddr,
+        max_payload_bytes: usize,
+        daemon_client_id: &str,
+        access: BrokerAccess,
+    ) -> Result<Self, IngestError> {
         let started = STARTED.get_or_init(Default::default);
         let mut started = started
             .lock()
             .map_err(|_| IngestError::Broker("lock poisoned".into()))?;
         if let Some(broker) = started.get(&listen) {
+            *broker
+                .shared
+                .users
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = access.users;
             broker.shared.rearm(daemon_client_id);
             return Ok(broker.clone());
         }
@@ -304,6 +356,8 @@ impl EmbeddedBroker {
             }),
             changed: Notify::new(),
             next_conn: AtomicU64::new(1),
+            users: Mutex::new(access.users),
+            refused: AtomicU64::new(0),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -325,6 +379,7 @@ impl EmbeddedBroker {
             daemon_client_id,
             publish_window = PUBLISH_WINDOW,
             crash_loss_bound = crash_loss_bound(),
+            users = broker.shared.users.lock().map(|u| u.len()).unwrap_or(0),
             "Embedded MQTT broker started. Publishers are held until the daemon has subscribed; \
              a crash (SIGKILL, power loss) loses at most crash_loss_bound acknowledged messages, \
              SIGTERM none."
@@ -372,6 +427,7 @@ impl EmbeddedBroker {
             stale_resets: f.resets,
             held: f.held,
             open: self.is_open(),
+            refused: self.shared.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -488,7 +544,12 @@ fn start_rumqttd(max_payload_bytes: usize) -> Result<SocketAddr, IngestError> {
             max_payload_size: max_payload_bytes,
             // Packets taken from one connection per read (not a window).
             max_inflight_count: 100,
-            auth: None,
+            // Only the proxy (and the daemon through it) knows this login:
+            // rumqttd's own port, reachable on loopback, admits nobody else.
+            auth: Some(HashMap::from([(
+                EMBEDDED_DAEMON_USER.to_string(),
+                embedded_daemon_secret().to_string(),
+            )])),
             external_auth: None,
             dynamic_filters: true,
         },
@@ -538,9 +599,9 @@ fn mqtt_handshake(addr: SocketAddr) -> bool {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = bytes::BytesMut::new();
     let id = format!("edgeloop-probe-{}", std::process::id());
-    if rumqttc::Connect::new(id).write(&mut buf).is_err()
-        || rumqttc::Disconnect.write(&mut buf).is_err()
-    {
+    let mut connect = rumqttc::Connect::new(id);
+    connect.set_login(EMBEDDED_DAEMON_USER, embedded_daemon_secret());
+    if connect.write(&mut buf).is_err() || rumqttc::Disconnect.write(&mut buf).is_err() {
         return false;
     }
     let (connect, disconnect) = buf.split_at(buf.len() - 2);
@@ -566,6 +627,11 @@ struct Gate {
 struct Shared {
     listen: SocketAddr,
     internal: SocketAddr,
+    /// `(username, password)` of the clients allowed in; empty: any client
+    /// (loopback only, `check-config` holds it so).
+    users: Mutex<Vec<(String, String)>>,
+    /// CONNECTs refused (bad login, or another client with the daemon's id).
+    refused: AtomicU64,
     /// Largest packet forwarded, bytes.
     max_frame: usize,
     gate: watch::Sender<Gate>,
@@ -905,16 +971,151 @@ fn varint(b: &[u8]) -> Option<(usize, &[u8])> {
 }
 
 /// Client id and clean-session flag of a CONNECT body (MQTT 3.1.1 or 5).
+#[cfg(test)]
 fn parse_connect(body: &[u8]) -> Option<(String, bool)> {
+    let c = parse_connect_login(body)?;
+    Some((c.client_id, c.clean))
+}
+
+/// What the proxy reads of a CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConnectLogin {
+    client_id: String,
+    clean: bool,
+    /// Protocol level (4: MQTT 3.1.1, 5: MQTT 5).
+    level: u8,
+    username: Option<Vec<u8>>,
+    password: Option<Vec<u8>>,
+    /// Offset in the body of the connect flags byte.
+    flags_at: usize,
+    /// Offset in the body where the username (or, without one, the end of
+    /// the payload) is.
+    login_at: usize,
+}
+
+/// Parses a CONNECT body (MQTT 3.1.1 §3.1, MQTT 5 §3.1): the client id,
+/// the will (skipped), the username and password.
+fn parse_connect_login(body: &[u8]) -> Option<ConnectLogin> {
     let (_name, rest) = str16(body)?;
     let (level, flags) = (*rest.first()?, *rest.get(1)?);
+    let flags_at = body.len() - rest.len() + 1;
     let mut rest = rest.get(4..)?;
     if level == 5 {
         let (n, r) = varint(rest)?;
         rest = r.get(n..)?;
     }
-    let (id, _) = str16(rest)?;
-    Some((String::from_utf8_lossy(id).into_owned(), flags & 0b10 != 0))
+    let (id, mut rest) = str16(rest)?;
+    if flags & 0b100 != 0 {
+        if level == 5 {
+            let (n, r) = varint(rest)?;
+            rest = r.get(n..)?;
+        }
+        let (_topic, r) = str16(rest)?;
+        let (_payload, r) = str16(r)?;
+        rest = r;
+    }
+    let login_at = body.len() - rest.len();
+    let mut username = None;
+    if flags & 0x80 != 0 {
+        let (u, r) = str16(rest)?;
+        username = Some(u.to_vec());
+        rest = r;
+    }
+    let mut password = None;
+    if flags & 0x40 != 0 {
+        let (p, _) = str16(rest)?;
+        password = Some(p.to_vec());
+    }
+    Some(ConnectLogin {
+        client_id: String::from_utf8_lossy(id).into_owned(),
+        clean: flags & 0b10 != 0,
+        level,
+        username,
+        password,
+        flags_at,
+        login_at,
+    })
+}
+
+/// The CONNECT packet (fixed header included) of `body` with its login
+/// replaced by `username` and `password`.
+fn with_login(body: &[u8], c: &ConnectLogin, username: &str, password: &str) -> Vec<u8> {
+    let mut new_body = Vec::with_capacity(c.login_at + username.len() + password.len() + 4);
+    new_body.extend_from_slice(&body[..c.login_at]);
+    new_body[c.flags_at] |= 0xC0;
+    for field in [username.as_bytes(), password.as_bytes()] {
+        new_body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        new_body.extend_from_slice(field);
+    }
+    let mut packet = vec![CONNECT << 4];
+    let mut n = new_body.len();
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&new_body);
+    packet
+}
+
+/// CONNACK return codes (MQTT 3.1.1 §3.2.2.3) and their MQTT 5 reason codes.
+const BAD_LOGIN: (u8, u8) = (4, 0x86);
+const NOT_AUTHORIZED: (u8, u8) = (5, 0x87);
+
+/// A CONNACK refusing a connection of protocol `level`.
+fn refusal(level: u8, code: (u8, u8)) -> Vec<u8> {
+    if level == 5 {
+        vec![CONNACK << 4, 3, 0, code.1, 0]
+    } else {
+        vec![CONNACK << 4, 2, 0, code.0]
+    }
+}
+
+impl Shared {
+    /// Whether a CONNECT may go on: `Ok` with the kind of client, or the
+    /// CONNACK code refusing it. The daemon's own login (its user and this
+    /// process's secret, compared in constant time) admits any client id;
+    /// without it the daemon's ids are refused; other clients need one of
+    /// `users` when there are any.
+    fn admit(&self, c: &ConnectLogin) -> Result<Kind, (u8, u8)> {
+        use subtle::ConstantTimeEq;
+        let eq = |a: &[u8], b: &[u8]| bool::from(a.ct_eq(b));
+        let (user, pass) = (
+            c.username.as_deref().unwrap_or_default(),
+            c.password.as_deref().unwrap_or_default(),
+        );
+        let kind = self.classify(Some(&c.client_id));
+        if eq(user, EMBEDDED_DAEMON_USER.as_bytes())
+            && eq(pass, embedded_daemon_secret().as_bytes())
+        {
+            return Ok(kind);
+        }
+        if kind != Kind::External {
+            return Err(NOT_AUTHORIZED);
+        }
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if users.is_empty() {
+            return Ok(kind);
+        }
+        if c.username.is_none() {
+            return Err(NOT_AUTHORIZED);
+        }
+        // Every user is compared, so the time does not say which matched.
+        let found = users.iter().fold(false, |found, (u, p)| {
+            found | (eq(user, u.as_bytes()) & eq(pass, p.as_bytes()))
+        });
+        if found {
+            Ok(kind)
+        } else {
+            Err(BAD_LOGIN)
+        }
+    }
 }
 
 /// Topic filters of a SUBSCRIBE body (MQTT 3.1.1).
@@ -1046,10 +1247,47 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
         return;
     };
     let connect = (h.byte1 >> 4 == CONNECT)
-        .then(|| parse_connect(&buf[h.header_len..h.len]))
+        .then(|| parse_connect_login(&buf[h.header_len..h.len]))
         .flatten();
-    let kind = shared.classify(connect.as_ref().map(|(id, _)| id.as_str()));
-    if kind == Kind::Daemon && connect.as_ref().is_some_and(|(_, clean)| *clean) {
+    let Some(connect) = connect else {
+        debug!(%peer, "Embedded broker: the first packet is not a CONNECT; closing.");
+        return;
+    };
+    let kind = match shared.admit(&connect) {
+        Ok(kind) => kind,
+        Err(code) => {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                %peer,
+                client_id = %connect.client_id,
+                username = %String::from_utf8_lossy(connect.username.as_deref().unwrap_or_default()),
+                "Embedded MQTT broker: connection refused ({}).",
+                if code == NOT_AUTHORIZED && shared.classify(Some(&connect.client_id)) != Kind::External {
+                    "the daemon's client id, without the daemon's login"
+                } else if code == NOT_AUTHORIZED {
+                    "no username; mqtt.embedded_users_file lists the users"
+                } else {
+                    "wrong username or password"
+                }
+            );
+            let _ = client.write_all(&refusal(connect.level, code)).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+    };
+    // rumqttd admits only the daemon's login: every admitted client goes
+    // on with it.
+    let packet = with_login(
+        &buf[h.header_len..h.len],
+        &connect,
+        EMBEDDED_DAEMON_USER,
+        embedded_daemon_secret(),
+    );
+    let rest = buf.split_off(h.len);
+    buf.clear();
+    buf.extend_from_slice(&packet);
+    buf.unsplit(rest);
+    if kind == Kind::Daemon && connect.clean {
         shared.flow().filters.clear();
     }
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -1287,6 +1525,83 @@ mod tests {
         assert_eq!(
             subscribe_filters(&bytes[h.header_len..h.len]),
             ["sensors/+/occupancy", "labels/#"]
+        );
+    }
+
+    #[test]
+    fn a_connects_login_is_read_and_replaced_as_rumqttc_encodes_it() {
+        // rumqttc's encoder writes the packets; its decoder reads ours back.
+        let cases = [
+            (None, None),
+            (Some("alice"), Some("pw")),
+            (Some("bob"), None),
+        ];
+        for (user, pass) in cases {
+            for will in [false, true] {
+                let mut c = Connect::new("dev-1");
+                c.clean_session = false;
+                if let Some(u) = user {
+                    c.login = Some(rumqttc::Login::new(u, pass.unwrap_or("")));
+                }
+                if will {
+                    c.last_will = Some(rumqttc::LastWill::new(
+                        "dev/1/status",
+                        "gone",
+                        QoS::AtLeastOnce,
+                        false,
+                    ));
+                }
+                let bytes = bytes_of(|b| {
+                    c.write(b).unwrap();
+                });
+                let h = frame(&bytes, 1 << 20).unwrap().unwrap();
+                let body = &bytes[h.header_len..h.len];
+                let l = parse_connect_login(body).unwrap();
+                assert_eq!(l.client_id, "dev-1");
+                assert!(!l.clean);
+                assert_eq!(l.level, 4);
+                assert_eq!(l.username.as_deref(), user.map(str::as_bytes));
+                // rumqttc leaves the password flag off for an empty one.
+                assert_eq!(l.password.as_deref(), pass.map(str::as_bytes));
+                let new = with_login(body, &l, "edgeloop-daemon", "s3cret");
+                let mut stream = BytesMut::from(&new[..]);
+                let packet = rumqttc::Packet::read(&mut stream, 1 << 20).unwrap();
+                let rumqttc::Packet::Connect(back) = packet else {
+                    panic!("not a CONNECT: {packet:?}");
+                };
+                assert_eq!(back.client_id, "dev-1");
+                assert!(!back.clean_session);
+                assert_eq!(back.keep_alive, c.keep_alive);
+                assert_eq!(back.last_will, c.last_will);
+                let login = back.login.expect("a login");
+                assert_eq!(
+                    (login.username.as_str(), login.password.as_str()),
+                    ("edgeloop-daemon", "s3cret")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_are_connacks_with_mqtt_codes() {
+        // MQTT 3.1.1 §3.2.2.3: 4 bad user name or password, 5 not authorized.
+        let mut stream = BytesMut::from(&refusal(4, BAD_LOGIN)[..]);
+        let packet = rumqttc::Packet::read(&mut stream, 1 << 20).unwrap();
+        assert_eq!(
+            packet,
+            rumqttc::Packet::ConnAck(rumqttc::ConnAck::new(
+                rumqttc::ConnectReturnCode::BadUserNamePassword,
+                false
+            ))
+        );
+        let mut stream = BytesMut::from(&refusal(4, NOT_AUTHORIZED)[..]);
+        let packet = rumqttc::Packet::read(&mut stream, 1 << 20).unwrap();
+        assert_eq!(
+            packet,
+            rumqttc::Packet::ConnAck(rumqttc::ConnAck::new(
+                rumqttc::ConnectReturnCode::NotAuthorized,
+                false
+            ))
         );
     }
 

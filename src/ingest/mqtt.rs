@@ -105,8 +105,17 @@ pub fn options(
         let tls = tls_client_config(cfg)?;
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
     }
-    if !cfg.username.is_empty() {
-        o.set_credentials(cfg.username.clone(), cfg.password.clone());
+    match cfg.target()? {
+        BrokerTarget::Embedded(_) => {
+            o.set_credentials(
+                crate::ingest::mqtt_config::EMBEDDED_DAEMON_USER,
+                crate::ingest::mqtt_config::embedded_daemon_secret(),
+            );
+        }
+        BrokerTarget::External { .. } if !cfg.username.is_empty() => {
+            o.set_credentials(cfg.username.clone(), cfg.password.clone());
+        }
+        BrokerTarget::External { .. } => {}
     }
     Ok(o)
 }

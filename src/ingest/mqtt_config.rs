@@ -39,6 +39,35 @@ pub struct MqttConfig {
     /// MQTT password; needs `username`.
     #[serde(default)]
     pub password: String,
+    /// The embedded broker's users: a file of `username:password` lines
+    /// (`#` starts a comment). Empty: clients connect without credentials,
+    /// allowed only while `embedded_listen` is a loopback address.
+    #[serde(default)]
+    pub embedded_users_file: PathBuf,
+}
+
+/// Username of the daemon's own connections to the embedded broker; their
+/// password is [`embedded_daemon_secret`]. The embedded broker's proxy lets
+/// a client use the daemon's client ids only with this login, and rumqttd
+/// behind it accepts no other.
+pub const EMBEDDED_DAEMON_USER: &str = "edgeloop-daemon";
+
+/// The password of [`EMBEDDED_DAEMON_USER`]: 32 random bytes (the ring
+/// provider's system random source), hex, drawn once per process and never
+/// written anywhere: only this process's clients know it.
+pub fn embedded_daemon_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut bytes = [0u8; 32];
+        let random = rustls::crypto::ring::default_provider().secure_random;
+        if random.fill(&mut bytes).is_err() {
+            // The system random source failed (it does not on Linux):
+            // the kernel's, read directly.
+            use std::io::Read;
+            let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
 }
 
 /// Where the daemon's MQTT client connects.
@@ -142,13 +171,84 @@ impl MqttConfig {
         if self.broker == "embedded" && !self.username.is_empty() {
             return bad(
                 "username",
-                "the embedded broker takes no credentials; set them for an external broker".into(),
+                "the daemon reaches the embedded broker with its own credentials; set \
+                 mqtt.username for an external broker, and the embedded broker's users in \
+                 mqtt.embedded_users_file"
+                    .into(),
             );
+        }
+        let embedded = self.broker == "embedded";
+        if !embedded && set(&self.embedded_users_file) {
+            return bad(
+                "embedded_users_file",
+                format!("set, but mqtt.broker `{}` is not \"embedded\"", self.broker),
+            );
+        }
+        if embedded {
+            let users = self.embedded_users()?;
+            if users.is_empty() && !self.embedded_listen.ip().is_loopback() {
+                return bad(
+                    "embedded_listen",
+                    format!(
+                        "{} is reachable beyond this machine, and the embedded broker has no \
+                         users: anyone who reaches it could publish readings and labels. Set \
+                         mqtt.embedded_users_file, or listen on 127.0.0.1",
+                        self.embedded_listen
+                    ),
+                );
+            }
         }
         if tls {
             crate::ingest::mqtt::tls_client_config(self)?;
         }
         Ok(())
+    }
+}
+
+impl MqttConfig {
+    /// The embedded broker's users, `(username, password)`, from
+    /// `embedded_users_file`; empty when it is not set.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `mqtt.embedded_users_file`: the file
+    /// cannot be read, a line has no `:`, an empty username or password, a
+    /// username given twice, [`EMBEDDED_DAEMON_USER`], or no user at all.
+    pub fn embedded_users(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let path = &self.embedded_users_file;
+        if path.as_os_str().is_empty() {
+            return Ok(Vec::new());
+        }
+        let bad = |reason: String| ConfigError::Invalid {
+            key: "mqtt.embedded_users_file".into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let mut users: Vec<(String, String)> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("{} line {}", path.display(), i + 1);
+            let (user, password) = line
+                .split_once(':')
+                .ok_or_else(|| bad(format!("{at}: expected username:password")))?;
+            if user.is_empty() || password.is_empty() {
+                return Err(bad(format!("{at}: empty username or password")));
+            }
+            if user == EMBEDDED_DAEMON_USER || users.iter().any(|(u, _)| u == user) {
+                return Err(bad(format!("{at}: username `{user}` is taken")));
+            }
+            users.push((user.to_string(), password.to_string()));
+        }
+        if users.is_empty() {
+            return Err(bad(format!(
+                "{} holds no username:password line",
+                path.display()
+            )));
+        }
+        Ok(users)
     }
 }
 
