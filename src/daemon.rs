@@ -236,9 +236,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     // port for rumqttd, which could be the configured HTTP port when that
     // one is in the ephemeral range (tests pick free ports there).
     let listener = http::serve::bind(cfg.http.listen).map_err(|e| DaemonError::Listen {
-            addr: cfg.http.listen,
-            reason: e.to_string(),
-        })?;
+        addr: cfg.http.listen,
+        reason: e.to_string(),
+    })?;
     let http_addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.http.listen,
         reason: e.to_string(),
@@ -247,14 +247,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let (host, port, embedded) = match cfg.mqtt.target()? {
         BrokerTarget::External { host, port, .. } => (host, port, None),
         BrokerTarget::Embedded(addr) => {
-            let broker = start_embedded(
-                addr,
-                cfg.mqtt.max_packet_bytes,
-                &cfg.mqtt.client_id,
-                cfg.mqtt.embedded_users()?,
+            let (broker, daemon_addr) = start_embedded(addr, &cfg.mqtt).await?;
+            (
+                daemon_addr.ip().to_string(),
+                daemon_addr.port(),
+                Some(broker),
             )
-            .await?;
-            (addr.ip().to_string(), addr.port(), Some(broker))
         }
     };
     let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, &host, port, true)?;
@@ -561,17 +559,19 @@ type Embedded = std::convert::Infallible;
 #[cfg(feature = "embedded-broker")]
 async fn start_embedded(
     addr: SocketAddr,
-    max_packet: usize,
-    client_id: &str,
-    users: Vec<(String, String)>,
-) -> Result<Embedded, DaemonError> {
-    let client_id = client_id.to_string();
+    mqtt: &crate::config::MqttConfig,
+) -> Result<(Embedded, SocketAddr), DaemonError> {
+    let access = crate::ingest::broker::BrokerAccess {
+        users: mqtt.embedded_users()?,
+        tls: mqtt.embedded_tls()?.map(Arc::new),
+    };
+    let (max_packet, client_id) = (mqtt.max_packet_bytes, mqtt.client_id.clone());
     tokio::task::spawn_blocking(move || {
-        crate::ingest::broker::EmbeddedBroker::start_with(
-            addr,
-            max_packet,
-            &client_id,
-            crate::ingest::broker::BrokerAccess { users },
+        crate::ingest::broker::EmbeddedBroker::start_with(addr, max_packet, &client_id, access).map(
+            |b| {
+                let daemon_addr = b.daemon_addr();
+                (b, daemon_addr)
+            },
         )
     })
     .await
@@ -585,10 +585,8 @@ async fn start_embedded(
 #[cfg(not(feature = "embedded-broker"))]
 async fn start_embedded(
     _addr: SocketAddr,
-    _max_packet: usize,
-    _client_id: &str,
-    _users: Vec<(String, String)>,
-) -> Result<Embedded, DaemonError> {
+    _mqtt: &crate::config::MqttConfig,
+) -> Result<(Embedded, SocketAddr), DaemonError> {
     Err(DaemonError::Config(ConfigError::Invalid {
         key: "mqtt.broker".into(),
         reason: "this build has no embedded broker (cargo feature `embedded-broker`); \

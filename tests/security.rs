@@ -15,7 +15,9 @@
 //! 6. the embedded broker with users: clients without a login (or a wrong
 //!    one) are refused with MQTT's CONNACK codes, a client using the
 //!    daemon's client id cannot take its session, rumqttd's own port admits
-//!    nobody, and no acknowledged reading is lost.
+//!    nobody, and no acknowledged reading is lost;
+//! 7. the embedded broker over TLS: plain MQTT gets no CONNACK, a user over
+//!    TLS with the CA publishes and every reading is stored.
 
 mod common;
 
@@ -810,5 +812,64 @@ async fn embedded_broker_admits_its_users_only_and_keeps_the_daemons_session() {
     assert!(hijacks > 3);
     // The daemon never lost its connection.
     assert_eq!(handle.connection.epoch(), epoch);
+    stop(running, handle, stop_token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki(dir.path());
+    let users = dir.path().join("users");
+    std::fs::write(&users, "sensor-gw:open-sesame-42\n").unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.mqtt.embedded_users_file = users;
+    cfg.mqtt.embedded_tls_cert_file = cert;
+    cfg.mqtt.embedded_tls_key_file = key;
+    // The daemon subscribes through the proxy's own loopback listener.
+    let (running, handle, stop_token) = start(cfg).await;
+    assert_ne!(handle.broker.1, port);
+    let user = Some(("sensor-gw", "open-sesame-42"));
+
+    // Plain MQTT to the TLS port: no CONNACK.
+    let plain = connect_outcome(mqtt_opts(&client_id("plain"), port, user)).await;
+    assert!(plain.is_err(), "{plain:?}");
+    // The daemon's loopback listener admits only the daemon's login.
+    let e = connect_outcome(mqtt_opts(&client_id("side"), handle.broker.1, user))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+        ),
+        "{e:?}"
+    );
+
+    // Over TLS with the CA and a user's login: published and stored.
+    let mut opts = mqtt_opts(&client_id("tls"), port, user);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        Arc::new(tls),
+    )));
+    assert_eq!(publish_seqs(opts, 0..500).await, 500);
+    wait_until(WAIT, "500 readings stored", || {
+        handle
+            .stats
+            .samples_stored
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 500
+    })
+    .await;
     stop(running, handle, stop_token).await;
 }

@@ -123,9 +123,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+/// A client connection: plain TCP or TLS.
+trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
@@ -196,6 +200,11 @@ pub struct BrokerAccess {
     /// `(username, password)` of the clients allowed in; empty: any client
     /// may connect, with or without credentials.
     pub users: Vec<(String, String)>,
+    /// MQTT over TLS on the configured address (taken at the first start
+    /// of an address in a process). The daemon's own clients then connect
+    /// to a plain loopback listener of the proxy
+    /// ([`EmbeddedBroker::daemon_addr`]) that admits only them.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for BrokerAccess {
@@ -203,6 +212,7 @@ impl std::fmt::Debug for BrokerAccess {
         let names: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
         f.debug_struct("BrokerAccess")
             .field("users", &names)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -327,6 +337,24 @@ impl EmbeddedBroker {
         listener
             .set_nonblocking(true)
             .map_err(|e| IngestError::Broker(e.to_string()))?;
+        let daemon_listener = match access.tls {
+            None => None,
+            Some(_) => {
+                let l = StdListener::bind("127.0.0.1:0").map_err(|e| {
+                    IngestError::Broker(format!("no free loopback port for the daemon: {e}"))
+                })?;
+                l.set_nonblocking(true)
+                    .map_err(|e| IngestError::Broker(e.to_string()))?;
+                Some(l)
+            }
+        };
+        let daemon_addr = match &daemon_listener {
+            Some(l) => l
+                .local_addr()
+                .map_err(|e| IngestError::Broker(e.to_string()))?,
+            None if bound.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], bound.port())),
+            None => bound,
+        };
         let internal = start_rumqttd(max_payload_bytes)?;
         let (gate, _) = watch::channel(Gate {
             open: false,
@@ -335,6 +363,7 @@ impl EmbeddedBroker {
         let now = Instant::now();
         let shared = Arc::new(Shared {
             listen: bound,
+            daemon_addr,
             internal,
             max_frame: max_payload_bytes.saturating_add(PACKET_OVERHEAD),
             gate,
@@ -364,7 +393,8 @@ impl EmbeddedBroker {
             .name("mqtt-proxy".into())
             .spawn({
                 let shared = shared.clone();
-                move || run_proxy(shared, listener, ready_tx)
+                let tls = access.tls.clone();
+                move || run_proxy(shared, listener, tls, daemon_listener, ready_tx)
             })
             .map_err(|e| IngestError::Broker(e.to_string()))?;
         ready_rx
@@ -380,11 +410,20 @@ impl EmbeddedBroker {
             publish_window = PUBLISH_WINDOW,
             crash_loss_bound = crash_loss_bound(),
             users = broker.shared.users.lock().map(|u| u.len()).unwrap_or(0),
+            tls = %daemon_addr != bound,
             "Embedded MQTT broker started. Publishers are held until the daemon has subscribed; \
              a crash (SIGKILL, power loss) loses at most crash_loss_bound acknowledged messages, \
              SIGTERM none."
         );
         Ok(broker)
+    }
+
+    /// Where the daemon's own clients connect: the configured address
+    /// (loopback when it is `0.0.0.0`), or, when that one speaks TLS, a
+    /// plain loopback listener of the proxy that admits only the daemon's
+    /// login.
+    pub fn daemon_addr(&self) -> SocketAddr {
+        self.shared.daemon_addr
     }
 
     /// Where the broker accepts connections (the configured address, with
@@ -626,6 +665,8 @@ struct Gate {
 
 struct Shared {
     listen: SocketAddr,
+    /// Where the daemon's own clients connect.
+    daemon_addr: SocketAddr,
     internal: SocketAddr,
     /// `(username, password)` of the clients allowed in; empty: any client
     /// (loopback only, `check-config` holds it so).
@@ -1140,9 +1181,20 @@ fn unsubscribe_filters(body: &[u8]) -> Vec<String> {
     out
 }
 
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The configured address (plain or TLS): every admitted client.
+    Configured,
+    /// The loopback listener beside a TLS one: the daemon's own clients.
+    DaemonOnly,
+}
+
 fn run_proxy(
     shared: Arc<Shared>,
     listener: StdListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    daemon_listener: Option<StdListener>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -1163,6 +1215,14 @@ fn run_proxy(
                 return;
             }
         };
+        let daemon_listener = match daemon_listener.map(tokio::net::TcpListener::from_std) {
+            None => None,
+            Some(Ok(l)) => Some(l),
+            Some(Err(e)) => {
+                let _ = ready.send(Err(format!("proxy listener: {e}")));
+                return;
+            }
+        };
         let _ = ready.send(Ok(()));
         tokio::spawn({
             let shared = shared.clone();
@@ -1174,18 +1234,61 @@ fn run_proxy(
                 }
             }
         });
-        loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    tokio::spawn(serve(shared.clone(), stream, peer));
-                }
-                Err(e) => {
-                    warn!(error = %e, "Embedded MQTT broker: accept failed.");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(daemon_listener) = daemon_listener {
+            tokio::spawn(accept_loop(
+                shared.clone(),
+                daemon_listener,
+                None,
+                Listener::DaemonOnly,
+            ));
+        }
+        accept_loop(
+            shared,
+            listener,
+            tls.map(tokio_rustls::TlsAcceptor::from),
+            Listener::Configured,
+        )
+        .await;
+    });
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    kind: Listener,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(shared, stream, peer, kind));
+                    }
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(CONNECT_TIMEOUT, accept).await {
+                                Ok(Ok(tls)) => serve(shared, tls, peer, kind).await,
+                                Ok(Err(e)) => {
+                                    debug!(%peer, error = %e, "Embedded broker: TLS handshake failed.")
+                                }
+                                Err(_) => {
+                                    debug!(%peer, "Embedded broker: TLS handshake timed out.")
+                                }
+                            }
+                        });
+                    }
                 }
             }
+            Err(e) => {
+                warn!(error = %e, "Embedded MQTT broker: accept failed.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-    });
+    }
 }
 
 /// Decrements `externals` when an external connection ends.
@@ -1225,8 +1328,12 @@ impl Drop for HeldGuard {
 }
 
 /// One client connection: its CONNECT, the gate, then both directions.
-async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
-    let _ = client.set_nodelay(true);
+async fn serve<S: ClientIo>(
+    shared: Arc<Shared>,
+    mut client: S,
+    peer: SocketAddr,
+    listener: Listener,
+) {
     let mut buf = BytesMut::with_capacity(8192);
     let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
         loop {
@@ -1253,7 +1360,15 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
         debug!(%peer, "Embedded broker: the first packet is not a CONNECT; closing.");
         return;
     };
-    let kind = match shared.admit(&connect) {
+    let admitted = shared.admit(&connect).and_then(|kind| {
+        // The daemon's own listener (beside a TLS one) takes the daemon only.
+        if listener == Listener::DaemonOnly && kind == Kind::External {
+            Err(NOT_AUTHORIZED)
+        } else {
+            Ok(kind)
+        }
+    });
+    let kind = match admitted {
         Ok(kind) => kind,
         Err(code) => {
             shared.refused.fetch_add(1, Ordering::Relaxed);
@@ -1309,7 +1424,7 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
         }
     };
     let _ = broker.set_nodelay(true);
-    let (client_rd, client_wr) = client.into_split();
+    let (client_rd, client_wr) = tokio::io::split(client);
     let (broker_rd, broker_wr) = broker.into_split();
     let up = up(&shared, kind, conn, generation, buf, client_rd, broker_wr);
     let down = async {
@@ -1336,7 +1451,11 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr) {
 
 /// Holds an external connection until the gate opens; the generation it
 /// opened under, or None when the client left or waited too long.
-async fn hold(shared: &Arc<Shared>, client: &mut TcpStream, buf: &mut BytesMut) -> Option<u64> {
+async fn hold<S: ClientIo>(
+    shared: &Arc<Shared>,
+    client: &mut S,
+    buf: &mut BytesMut,
+) -> Option<u64> {
     let mut gate = shared.gate.subscribe();
     let mut held = None;
     let until = tokio::time::Instant::now() + HOLD_LIMIT;
@@ -1362,13 +1481,13 @@ async fn hold(shared: &Arc<Shared>, client: &mut TcpStream, buf: &mut BytesMut) 
 /// Client → rumqttd: whole packets, inspected; external publishes wait for
 /// the window; an external connection stops at a cut. Half-closes the
 /// connection to rumqttd when it ends.
-async fn up(
+async fn up<R: AsyncRead + Unpin>(
     shared: &Shared,
     kind: Kind,
     conn: u64,
     generation: u64,
     mut buf: BytesMut,
-    mut client: OwnedReadHalf,
+    mut client: R,
     mut broker: OwnedWriteHalf,
 ) {
     let mut gate = shared.gate.subscribe();
@@ -1423,11 +1542,11 @@ async fn up(
 }
 
 /// rumqttd → the daemon's client: whole packets, inspected.
-async fn down_daemon(
+async fn down_daemon<W: AsyncWrite + Unpin>(
     shared: &Shared,
     conn: u64,
     mut broker: OwnedReadHalf,
-    mut client: OwnedWriteHalf,
+    mut client: W,
 ) {
     let mut buf = BytesMut::with_capacity(16384);
     loop {
@@ -1461,7 +1580,7 @@ async fn down_daemon(
 }
 
 /// rumqttd → any other client: bytes as they come.
-async fn copy_down(mut broker: OwnedReadHalf, mut client: OwnedWriteHalf) {
+async fn copy_down<W: AsyncWrite + Unpin>(mut broker: OwnedReadHalf, mut client: W) {
     let _ = tokio::io::copy(&mut broker, &mut client).await;
     let _ = client.shutdown().await;
 }

@@ -44,6 +44,13 @@ pub struct MqttConfig {
     /// allowed only while `embedded_listen` is a loopback address.
     #[serde(default)]
     pub embedded_users_file: PathBuf,
+    /// MQTT over TLS on `embedded_listen`: PEM certificate chain and
+    /// private key (both or neither). The daemon's own clients then use a
+    /// plain loopback listener of the proxy that admits only them.
+    #[serde(default)]
+    pub embedded_tls_cert_file: PathBuf,
+    #[serde(default)]
+    pub embedded_tls_key_file: PathBuf,
 }
 
 /// Username of the daemon's own connections to the embedded broker; their
@@ -184,7 +191,21 @@ impl MqttConfig {
                 format!("set, but mqtt.broker `{}` is not \"embedded\"", self.broker),
             );
         }
+        if !embedded {
+            for (key, path) in [
+                ("embedded_tls_cert_file", &self.embedded_tls_cert_file),
+                ("embedded_tls_key_file", &self.embedded_tls_key_file),
+            ] {
+                if set(path) {
+                    return bad(
+                        key,
+                        format!("set, but mqtt.broker `{}` is not \"embedded\"", self.broker),
+                    );
+                }
+            }
+        }
         if embedded {
+            self.embedded_tls()?;
             let users = self.embedded_users()?;
             if users.is_empty() && !self.embedded_listen.ip().is_loopback() {
                 return bad(
@@ -206,6 +227,34 @@ impl MqttConfig {
 }
 
 impl MqttConfig {
+    /// The embedded broker's TLS server configuration, when
+    /// `embedded_tls_cert_file` is set.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key: one file without the other,
+    /// or a file that cannot be used.
+    pub fn embedded_tls(&self) -> Result<Option<rustls::ServerConfig>, ConfigError> {
+        let (cert, key) = (&self.embedded_tls_cert_file, &self.embedded_tls_key_file);
+        match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => crate::ingest::mqtt::tls_server_config(
+                cert,
+                key,
+                ("mqtt.embedded_tls_cert_file", "mqtt.embedded_tls_key_file"),
+            )
+            .map(Some),
+            (cert_missing, _) => Err(ConfigError::Invalid {
+                key: if cert_missing {
+                    "mqtt.embedded_tls_cert_file"
+                } else {
+                    "mqtt.embedded_tls_key_file"
+                }
+                .into(),
+                reason: "TLS needs both embedded_tls_cert_file and embedded_tls_key_file".into(),
+            }),
+        }
+    }
+
     /// The embedded broker's users, `(username, password)`, from
     /// `embedded_users_file`; empty when it is not set.
     ///
