@@ -23,7 +23,9 @@
 //!   [`bench`](mod@bench): `edgeloop bench footprint` and `bench ingest`;
 //!   [`cli`]: the command line (`src/main.rs` calls [`cli::main`]), one
 //!   file per command family.
-//! - [`http`]: the HTTP API (axum) over every stage; every error is JSON.
+//! - [`http`]: the HTTP API (axum) over every stage; every error is JSON;
+//!   the bearer token ([`http::access`]) and the connection limits and
+//!   HTTPS ([`http::serve`]).
 //! - [`config`]: typed configuration in layers (compiled-in default, file,
 //!   `EDGELOOP__SECTION__KEY`), validated before anything starts; it
 //!   composes the sections the stages own and hands each stage its own
@@ -54,7 +56,7 @@
 //!   training parts only ([`learn::prepare`]), head fine-tuning
 //!   ([`learn::head`]) and online learners of one sample at a time
 //!   following River ([`learn::online`]: `online_logistic`,
-//!   `hoeffding_tree`, `arf`) and the concept-drift detectors
+//!   `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`) and the concept-drift detectors
 //!   ([`learn::drift`]: ADWIN, DDM, Page-Hinkley).
 //! - [`onnx`]: the ONNX graph builder, the engines ([`onnx::engine`]: tract
 //!   with edgeloop's operators registered, onnxruntime with the feature
@@ -74,7 +76,8 @@
 //!   username/password; [`ingest::mqtt_config`]), payload decoding by the
 //!   pipeline's [`ingest::decode::Schema`], the writer that commits then
 //!   acknowledges ([`ingest::writer::Route`]), the embedded broker (rumqttd
-//!   behind edgeloop's proxy, feature `embedded-broker`), CSV replay and
+//!   behind edgeloop's proxy, which admits its users and keeps the daemon's
+//!   client ids to the daemon; feature `embedded-broker`), CSV replay and
 //!   labelled CSV files for the offline commands ([`ingest::csv_file`]).
 //! - [`store`]: redb: samples (with QoS 1 dedup), models, state, retention;
 //!   [`stats`]: counters shared by the components; [`config_error`]: the

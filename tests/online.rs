@@ -246,16 +246,17 @@ fn evaluate_prequential_online_is_rivers_within_half_a_point() {
     }
 }
 
-/// The adaptive random forest draws its own random numbers, so it is
-/// compared on the mean prequential accuracy over 5 seeds: within 1 point
+/// The randomised learners (the adaptive random forest's Poisson weights
+/// and feature draws, the adaptive tree's Poisson weights) draw their own
+/// random numbers, so each is compared on the mean prequential accuracy over 5 seeds: within 1 point
 /// of River's mean over its 5 seeds, or, where the seeds spread more than
 /// that allows, within two standard errors of the difference of the two
 /// means (Agrawal: one seed's accuracy ranges over 0.84–0.94, in River as
 /// here, so two means of 5 differ by more than a point by chance).
-fn check_arf(name: &str) {
+fn check_seeded(name: &str, family: OnlineFamily) {
     let reference = reference();
     let (xs, ys, n_classes) = stream(&reference, name);
-    let r = &reference["streams"][name]["learners"]["arf"];
+    let r = &reference["streams"][name]["learners"][family.name()];
     let river = r["mean_accuracy"].as_f64().expect("mean_accuracy");
     let seeds: Vec<u64> = r["seeds"]
         .as_array()
@@ -265,7 +266,7 @@ fn check_arf(name: &str) {
         .collect();
     let mut accuracies = Vec::new();
     for &seed in &seeds {
-        let mut model = OnlineFamily::Arf.new_model(xs[0].len(), Some(n_classes), seed);
+        let mut model = family.new_model(xs[0].len(), Some(n_classes), seed);
         let (mut hits, mut scored) = (0u64, 0u64);
         for (x, &y) in xs.iter().zip(&ys) {
             if let Some(c) = model.predict_one(x).expect("width") {
@@ -290,30 +291,50 @@ fn check_arf(name: &str) {
     };
     let tolerance = f64::max(0.01, 2.0 * (se2(&accuracies) + se2(&river_runs)).sqrt());
     eprintln!(
-        "{name} arf: mean accuracy {ours:.4} over seeds {seeds:?} {accuracies:.4?}; River {river:.4} {river_runs:.4?}; tolerance {tolerance:.4}"
+        "{name} {family}: mean accuracy {ours:.4} over seeds {seeds:?} {accuracies:.4?}; River {river:.4} {river_runs:.4?}; tolerance {tolerance:.4}"
     );
     assert!(
         (ours - river).abs() <= tolerance,
-        "{name} arf: mean accuracy {ours} against River's {river} (tolerance {tolerance})"
+        "{name} {family}: mean accuracy {ours} against River's {river} (tolerance {tolerance})"
     );
 }
 
 #[test]
 fn arf_sea_within_a_point_of_river() {
-    check_arf("sea");
+    check_seeded("sea", OnlineFamily::Arf);
 }
 
 #[test]
 fn arf_agrawal_within_a_point_of_river() {
-    check_arf("agrawal");
+    check_seeded("agrawal", OnlineFamily::Arf);
 }
 
 #[test]
 fn arf_rbf_drift_within_a_point_of_river() {
-    check_arf("rbf_drift");
+    check_seeded("rbf_drift", OnlineFamily::Arf);
 }
 
 #[test]
 fn arf_gas_within_a_point_of_river() {
-    check_arf("gas");
+    check_seeded("gas", OnlineFamily::Arf);
+}
+
+#[test]
+fn hoeffding_adaptive_tree_sea_within_a_point_of_river() {
+    check_seeded("sea", OnlineFamily::HoeffdingAdaptiveTree);
+}
+
+#[test]
+fn hoeffding_adaptive_tree_agrawal_within_a_point_of_river() {
+    check_seeded("agrawal", OnlineFamily::HoeffdingAdaptiveTree);
+}
+
+#[test]
+fn hoeffding_adaptive_tree_rbf_drift_within_a_point_of_river() {
+    check_seeded("rbf_drift", OnlineFamily::HoeffdingAdaptiveTree);
+}
+
+#[test]
+fn hoeffding_adaptive_tree_gas_within_a_point_of_river() {
+    check_seeded("gas", OnlineFamily::HoeffdingAdaptiveTree);
 }

@@ -27,7 +27,7 @@ pub struct EvaluateArgs {
     config: Option<PathBuf>,
     /// Model family: logistic, mlp, tree, forest or svm, or an online
     /// learner, test then train on each row: online_logistic,
-    /// hoeffding_tree or arf (default: the
+    /// hoeffding_tree, hoeffding_adaptive_tree or arf (default: the
     /// pipeline's with --pipeline, else logistic).
     #[arg(long)]
     family: Option<String>,
@@ -37,7 +37,7 @@ pub struct EvaluateArgs {
     /// Segments in the accuracy-over-time table.
     #[arg(long, default_value_t = 10)]
     segments: usize,
-    /// Seed of a randomised online learner (arf).
+    /// Seed of a randomised online learner (hoeffding_adaptive_tree, arf).
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long)]
@@ -252,7 +252,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         loop_config.model.family != crate::learn::Family::Auto
             && loop_config.model.family.supports(crate::learn::Task::Classification),
-        "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm), or use an online learner (online_logistic, hoeffding_tree, arf)",
+        "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm), or use an online learner (online_logistic, hoeffding_tree, hoeffding_adaptive_tree, arf)",
         loop_config.model.family
     );
     let opts = crate::monitor::prequential::PrequentialOptions {

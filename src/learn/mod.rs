@@ -23,7 +23,8 @@
 //!   `edgeloop train` on a CSV file ([`offline`]); and the L-BFGS optimiser
 //!   ([`lbfgs`]) of both the logistic family and head fine-tuning;
 //! * [`online`]: learners of one labelled sample at a time, following River
-//!   (`online_logistic`, `hoeffding_tree`, `arf`), for the prequential
+//!   (`online_logistic`, `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`), for
+//!   the prequential
 //!   replay; the concept-drift detectors they and `monitor` use ([`drift`]:
 //!   ADWIN, DDM, Page-Hinkley).
 //!

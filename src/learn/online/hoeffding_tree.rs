@@ -85,14 +85,14 @@ impl Default for HoeffdingTreeConfig {
 /// Class weights in the order the classes were first seen (River's dict).
 pub(crate) type Dist = Vec<(usize, f64)>;
 
-fn dist_add(d: &mut Dist, class: usize, w: f64) {
+pub(super) fn dist_add(d: &mut Dist, class: usize, w: f64) {
     match d.iter_mut().find(|(c, _)| *c == class) {
         Some((_, v)) => *v += w,
         None => d.push((class, w)),
     }
 }
 
-fn dist_sum(d: &Dist) -> f64 {
+pub(super) fn dist_sum(d: &Dist) -> f64 {
     let mut s = 0.0;
     for (_, v) in d {
         s += v;
@@ -293,7 +293,7 @@ fn merit_of_split(pre: &Dist, post: &[Dist; 2], min_frac: f64) -> f64 {
 
 /// River's `normalize_values_in_dict` (multiplies by `1 / sum`; unchanged
 /// when the sum is 0 or `NaN`).
-fn normalized(d: &Dist) -> Dist {
+pub(super) fn normalized(d: &Dist) -> Dist {
     let f = dist_sum(d);
     if f == 0.0 || f.is_nan() {
         return d.clone();
@@ -303,21 +303,21 @@ fn normalized(d: &Dist) -> Dist {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Leaf {
-    stats: Dist,
-    depth: usize,
+pub(super) struct Leaf {
+    pub(super) stats: Dist,
+    pub(super) depth: usize,
     /// `(feature, splitter)` in order of first use at this leaf.
     splitters: Vec<(usize, Splitter)>,
     /// The features this leaf watches, drawn at its first sample when the
     /// tree has `max_features` (empty until then, or when it has not).
     features: Vec<usize>,
-    last_split_attempt_at: f64,
+    pub(super) last_split_attempt_at: f64,
     mc_correct: f64,
     nb_correct: f64,
 }
 
 impl Leaf {
-    fn new(stats: Dist, depth: usize) -> Self {
+    pub(super) fn new(stats: Dist, depth: usize) -> Self {
         let last = dist_sum(&stats);
         Self {
             stats,
@@ -330,7 +330,7 @@ impl Leaf {
         }
     }
 
-    fn total_weight(&self) -> f64 {
+    pub(super) fn total_weight(&self) -> f64 {
         dist_sum(&self.stats)
     }
 
@@ -376,7 +376,7 @@ impl Leaf {
         votes
     }
 
-    fn prediction(&self, x: &[f64]) -> Dist {
+    pub(super) fn prediction(&self, x: &[f64]) -> Dist {
         if self.nb_correct >= self.mc_correct {
             self.naive_bayes(x)
         } else {
@@ -386,7 +386,13 @@ impl Leaf {
 
     /// Learns `(x, y)` with weight `w`; `subset`: the tree's `max_features`
     /// and its random source, when it has one.
-    fn learn(&mut self, x: &[f64], y: usize, w: f64, subset: Option<(usize, &mut fastrand::Rng)>) {
+    pub(super) fn learn(
+        &mut self,
+        x: &[f64],
+        y: usize,
+        w: f64,
+        subset: Option<(usize, &mut fastrand::Rng)>,
+    ) {
         let mc = normalized(&self.stats);
         if self.stats.is_empty() || first_argmax(mc) == Some(y) {
             self.mc_correct += w;
@@ -423,6 +429,71 @@ impl Leaf {
                 }
             }
         }
+    }
+
+    /// River's `HoeffdingTreeClassifier._attempt_to_split` on this leaf: the
+    /// split to make, `(feature, threshold, [left, right] class weights)`,
+    /// or `None`. A pre-pruning (the null split wins) clears the leaf's
+    /// estimators here: River deactivates the leaf and its size management
+    /// reactivates it at once, with none.
+    pub(super) fn attempt_to_split(
+        &mut self,
+        cfg: &HoeffdingTreeConfig,
+    ) -> Option<(usize, f64, [Dist; 2])> {
+        let nonzero = self.stats.iter().filter(|(_, v)| *v != 0.0).count();
+        if nonzero < 2 {
+            return None;
+        }
+        let total = self.total_weight();
+        let mut candidates = vec![Candidate {
+            merit: f64::NEG_INFINITY,
+            split: None,
+        }];
+        let mut majority = f64::NEG_INFINITY;
+        for (_, v) in &self.stats {
+            if *v > majority {
+                majority = *v;
+            }
+        }
+        let dominated = majority != 0.0 && majority / total > cfg.max_share_to_split;
+        if !dominated {
+            for (f, s) in &self.splitters {
+                candidates.push(match s.best_split(&self.stats, cfg) {
+                    Some((merit, t, post)) => Candidate {
+                        merit,
+                        split: Some((*f, t, post)),
+                    },
+                    None => Candidate {
+                        merit: f64::NEG_INFINITY,
+                        split: None,
+                    },
+                });
+            }
+        }
+        // Python's stable sort on `merit <`.
+        candidates.sort_by(|a, b| {
+            a.merit
+                .partial_cmp(&b.merit)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let should_split = if candidates.len() < 2 {
+            !candidates.is_empty()
+        } else {
+            let classes = self.stats.len().max(2) as f64;
+            let range = classes.log2();
+            let bound = ((range * range * (1.0 / cfg.delta).ln()) / (2.0 * total)).sqrt();
+            let best = candidates[candidates.len() - 1].merit;
+            let second = candidates[candidates.len() - 2].merit;
+            best - second > bound || bound < cfg.tau
+        };
+        if !should_split {
+            return None;
+        }
+        let split = candidates.pop().and_then(|c| c.split);
+        if split.is_none() {
+            self.splitters.clear();
+        }
+        split
     }
 
     fn update_splitter(&mut self, f: usize, v: f64, y: usize, w: f64) {
@@ -551,77 +622,19 @@ impl HoeffdingTreeClassifier {
     }
 
     fn attempt_to_split(&mut self, at: usize) {
-        let Node::Leaf(leaf) = &self.nodes[at] else {
+        let Node::Leaf(leaf) = &mut self.nodes[at] else {
             return;
         };
-        let nonzero = leaf.stats.iter().filter(|(_, v)| *v != 0.0).count();
-        if nonzero < 2 {
-            return;
-        }
-        let total = leaf.total_weight();
-        let mut candidates = vec![Candidate {
-            merit: f64::NEG_INFINITY,
-            split: None,
-        }];
-        let mut majority = f64::NEG_INFINITY;
-        for (_, v) in &leaf.stats {
-            if *v > majority {
-                majority = *v;
-            }
-        }
-        let dominated = majority != 0.0 && majority / total > self.cfg.max_share_to_split;
-        if !dominated {
-            for (f, s) in &leaf.splitters {
-                candidates.push(match s.best_split(&leaf.stats, &self.cfg) {
-                    Some((merit, t, post)) => Candidate {
-                        merit,
-                        split: Some((*f, t, post)),
-                    },
-                    None => Candidate {
-                        merit: f64::NEG_INFINITY,
-                        split: None,
-                    },
-                });
-            }
-        }
-        // Python's stable sort on `merit <`.
-        candidates.sort_by(|a, b| {
-            a.merit
-                .partial_cmp(&b.merit)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        let should_split = if candidates.len() < 2 {
-            !candidates.is_empty()
-        } else {
-            let classes = leaf.stats.len().max(2) as f64;
-            let range = classes.log2();
-            let bound = ((range * range * (1.0 / self.cfg.delta).ln()) / (2.0 * total)).sqrt();
-            let best = candidates[candidates.len() - 1].merit;
-            let second = candidates[candidates.len() - 2].merit;
-            best - second > bound || bound < self.cfg.tau
-        };
-        if !should_split {
-            return;
-        }
-        let depth = leaf.depth;
-        match candidates.pop().and_then(|c| c.split) {
-            None => {
-                // Pre-pruning: River deactivates the leaf and its size
-                // management reactivates it at once, with no estimators.
-                if let Node::Leaf(l) = &mut self.nodes[at] {
-                    l.splitters.clear();
-                }
-            }
-            Some((feature, threshold, [left, right])) => {
-                let l = self.nodes.len();
-                self.nodes.push(Node::Leaf(Leaf::new(left, depth + 1)));
-                self.nodes.push(Node::Leaf(Leaf::new(right, depth + 1)));
-                self.nodes[at] = Node::Branch {
-                    feature,
-                    threshold,
-                    children: [l, l + 1],
-                };
-            }
+        if let Some((feature, threshold, [left, right])) = leaf.attempt_to_split(&self.cfg) {
+            let depth = leaf.depth;
+            let l = self.nodes.len();
+            self.nodes.push(Node::Leaf(Leaf::new(left, depth + 1)));
+            self.nodes.push(Node::Leaf(Leaf::new(right, depth + 1)));
+            self.nodes[at] = Node::Branch {
+                feature,
+                threshold,
+                children: [l, l + 1],
+            };
         }
     }
 
