@@ -338,7 +338,7 @@ fn ingest(
     let total = (RATE as f64 * seconds) as u64;
     let (published, max_rss_kib, elapsed) = runtime.block_on(async move {
         use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-        let mut opts = MqttOptions::new("bench-pub", "127.0.0.1", mqtt_port);
+        let mut opts = MqttOptions::new("footprint-pub", "127.0.0.1", mqtt_port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_inflight(1000);
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);

@@ -379,7 +379,6 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let conn_limits = http::serve::ConnLimits {
         header_timeout: Duration::from_secs(cfg.http.header_timeout_s),
         max_connections: cfg.http.max_connections,
-        grace: Duration::from_secs(cfg.daemon.shutdown_timeout_s),
     };
     tracing::info!(
         listen = %http_addr,

@@ -17,8 +17,8 @@
 //!   body gets an error and answers 408.
 //! - **Graceful shutdown**: `hyper_util`'s `GracefulShutdown`: once
 //!   `shutdown` is cancelled no connection is accepted, requests in progress
-//!   finish, idle keep-alive connections close; connections still open after
-//!   `grace` are dropped.
+//!   finish, idle keep-alive connections close ([`serve`] returns then; the
+//!   daemon's `daemon.shutdown_timeout_s` bounds the wait).
 //!
 //! Every connection's bytes pass through [`super::JsonErrorIo`], which gives
 //! hyper's own error answers a JSON body.
@@ -44,8 +44,6 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
-    /// How long connections may take to finish once shutdown begins.
-    pub grace: Duration,
 }
 
 /// Listen backlog of [`bind`]: connections the kernel completes and
@@ -130,15 +128,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "HTTP connections still open {} s after shutdown began; dropped.",
-            limits.grace.as_secs()
-        );
-    }
+    // Requests in progress finish (each bounded by the head and body
+    // timeouts; a training request by its training); the daemon's shutdown
+    // deadline names HTTP if they take longer.
+    graceful.shutdown().await;
     Ok(())
 }
 

@@ -111,8 +111,31 @@
 //! [`EmbeddedBroker::start`] then closes the gate again until the (new)
 //! daemon has subscribed.
 //!
-//! rumqttd's own port accepts loopback connections from anyone who finds it;
-//! only connections through the configured address are gated and counted.
+//! # Access
+//!
+//! The proxy reads each connection's CONNECT (MQTT 3.1.1 §3.1; MQTT 5 is
+//! parsed too, and refused by rumqttd's v4 server) and decides:
+//! - the daemon's own login ([`EMBEDDED_DAEMON_USER`] with
+//!   [`embedded_daemon_secret`], 32 random bytes drawn per process and never
+//!   written) admits any client id: the daemon's clients;
+//! - without it, the daemon's client ids (`daemon_client_id` and
+//!   `{daemon_client_id}-…`) are refused with CONNACK 5 "not authorized":
+//!   no other client can take the daemon's session (rumqttd, like any MQTT
+//!   broker, hands a session to the newest connection with its id);
+//! - other clients need one of [`BrokerAccess::users`] when there are any
+//!   (CONNACK 4 "bad user name or password", 5 without a username);
+//!   otherwise they connect anonymously (loopback only: `check-config`
+//!   refuses a wider `mqtt.embedded_listen` without users).
+//!
+//! Logins are compared in constant time (`subtle`). An admitted CONNECT is
+//! forwarded with its login replaced by the daemon's: rumqttd's own static
+//! authentication (`ConnectionSettings::auth`) admits that login only, so
+//! rumqttd's ephemeral loopback port, which any local process can find,
+//! takes nobody around the proxy's window and checks. With
+//! [`BrokerAccess::tls`] the configured address speaks TLS (tokio-rustls)
+//! and the daemon's clients connect to a plain loopback listener of the
+//! proxy ([`EmbeddedBroker::daemon_addr`]) that admits only the daemon's
+//! login.
 
 use std::collections::{HashMap, VecDeque};
 
