@@ -75,6 +75,7 @@ fn main() {
         drop_columns: vec![],
         limit: None,
         client_id: "bench-pub".into(),
+        give_up_after: std::time::Duration::from_secs(replay::GIVE_UP_AFTER_S),
     };
     let payloads = replay::csv_payloads(&opts("datatraining.txt")).unwrap();
     let n = payloads.len() as u64;

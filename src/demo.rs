@@ -132,9 +132,12 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
             shutdown.clone(),
         )
         .await?;
-        sub_ready
-            .await
-            .map_err(|_| DemoError::Step("prediction subscriber did not start".into()))?;
+        let ready = tokio::time::timeout(Duration::from_secs(10), sub_ready).await;
+        if !matches!(ready, Ok(Ok(()))) {
+            return Err(DemoError::Step(
+                "the prediction subscriber got no SubAck within 10 s".into(),
+            ));
+        }
         if !handle.wait_subscribed(Duration::from_secs(10)).await {
             return Err(DemoError::Step(
                 "the daemon did not subscribe within 10 s".into(),
@@ -149,7 +152,10 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
             port: broker_port,
             drop_columns: vec![],
             limit: None,
-            client_id: "edgeloop-demo-replay".into(),
+            // Not `{daemon id}-…`: the embedded broker reserves those for
+            // the daemon's own connections.
+            client_id: "demo-replay".into(),
+            give_up_after: Duration::from_secs(replay::GIVE_UP_AFTER_S),
         };
         let payloads = replay::csv_payloads(&opts)?;
         let n_rows = payloads.len();
@@ -329,7 +335,7 @@ async fn subscribe_predictions(
     tx: mpsc::UnboundedSender<PredictionMessage>,
     shutdown: CancellationToken,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, DemoError> {
-    let mut opts = MqttOptions::new("edgeloop-demo-sub", "127.0.0.1", port);
+    let mut opts = MqttOptions::new("demo-predictions", "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 100);

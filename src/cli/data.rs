@@ -13,8 +13,10 @@ use super::daemon::cancel_on_signal;
 /// `edgeloop replay`.
 #[derive(clap::Args)]
 pub struct ReplayArgs {
+    /// CSV file with a header row; one message per row, the columns as fields.
     #[arg(long)]
     file: PathBuf,
+    /// MQTT topic to publish to, e.g. sensors/room1/occupancy.
     #[arg(long)]
     topic: String,
     /// Messages per second (default: as fast as the broker acknowledges).
@@ -29,6 +31,12 @@ pub struct ReplayArgs {
     /// Only the first N rows.
     #[arg(long)]
     limit: Option<usize>,
+    /// Give up after this many seconds without an answer from the broker.
+    ///
+    /// An answer: the connection's CONNACK, a message's PUBACK. The replay
+    /// then fails, naming the broker and what it did not get.
+    #[arg(long, default_value_t = replay::GIVE_UP_AFTER_S)]
+    timeout_s: u64,
 }
 
 /// `edgeloop demo`.
@@ -51,6 +59,7 @@ pub fn replay(args: ReplayArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
         broker,
         drop_columns,
         limit,
+        timeout_s,
     } = args;
     let (host, port) = parse_mqtt_url(&broker).map_err(anyhow::Error::msg)?;
     let opts = ReplayOptions {
@@ -61,7 +70,10 @@ pub fn replay(args: ReplayArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
         port,
         drop_columns,
         limit,
-        client_id: format!("edgeloop-replay-{}", std::process::id()),
+        // Not `edgeloop-…`: the embedded broker keeps the daemon's client
+        // id (`edgeloop` by default) and `{id}-…` to the daemon itself.
+        client_id: format!("replay-{}", std::process::id()),
+        give_up_after: std::time::Duration::from_secs(timeout_s),
     };
     let report = runtime.block_on(async {
         let shutdown = CancellationToken::new();

@@ -1,8 +1,10 @@
 //! Replay: publishes a CSV file's rows as JSON messages, one per row, with the
 //! column names as fields (a value that parses as a number is sent as a JSON
 //! number, anything else as a string). QoS 1; waits for every
-//! acknowledgement.
+//! acknowledgement, and gives up when the broker has not answered for
+//! [`ReplayOptions::give_up_after`].
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,7 +29,17 @@ pub struct ReplayOptions {
     pub limit: Option<usize>,
     /// MQTT client id of the publisher.
     pub client_id: String,
+    /// The longest time without an answer from the broker (a CONNACK or a
+    /// PUBACK) while one is awaited: not connected, or publishes not yet
+    /// acknowledged (an idle replay between two `rate` ticks awaits
+    /// nothing). Past it the replay fails (no broker listening, or one that
+    /// stopped acknowledging) instead of retrying for ever.
+    pub give_up_after: Duration,
 }
+
+/// The default of [`ReplayOptions::give_up_after`] (`edgeloop replay
+/// --timeout-s`), seconds.
+pub const GIVE_UP_AFTER_S: u64 = 30;
 
 /// What a replay did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -78,7 +90,10 @@ pub fn csv_payloads(opts: &ReplayOptions) -> Result<Vec<Vec<u8>>, IngestError> {
 /// has acknowledged each one (across reconnects: the session is persistent).
 ///
 /// # Errors
-/// [`IngestError::Replay`] when cancelled before every message was acknowledged.
+/// [`IngestError::Replay`] when cancelled before every message was
+/// acknowledged, or when the broker did not answer for
+/// `opts.give_up_after` while a connection or an acknowledgement was
+/// awaited (naming the broker's address and the last connection error).
 pub async fn publish_all(
     opts: &ReplayOptions,
     payloads: Vec<Vec<u8>>,
@@ -112,19 +127,62 @@ pub async fn publish_all(
     });
     let (mut published, mut acked) = (0u64, 0u64);
     let mut errors = 0u32;
+    let mut connected = false;
+    // Packet ids sent and not yet acknowledged (a resend after a reconnect
+    // keeps its id).
+    let mut unacked: HashSet<u16> = HashSet::new();
+    let mut last_answer = tokio::time::Instant::now();
+    let mut last_error: Option<String> = None;
+    let mut gave_up = false;
+    let mut was_awaiting = true;
     while acked < total {
+        let awaiting = !connected || !unacked.is_empty();
+        if awaiting && !was_awaiting {
+            // The wait starts with the first publish after an idle spell.
+            last_answer = tokio::time::Instant::now();
+        }
+        was_awaiting = awaiting;
+        let deadline = last_answer + opts.give_up_after;
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
+            _ = tokio::time::sleep_until(deadline), if awaiting => {
+                gave_up = true;
+                break;
+            }
             _ = shutdown.cancelled() => break,
         };
         match ev {
-            Ok(Event::Outgoing(Outgoing::Publish(_))) => published += 1,
-            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                published += 1;
+                unacked.insert(pkid);
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                acked += 1;
+                unacked.remove(&ack.pkid);
+                last_answer = tokio::time::Instant::now();
+            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connected = true;
+                errors = 0;
+                last_answer = tokio::time::Instant::now();
+            }
             Ok(_) => {}
             Err(e) => {
+                if connected {
+                    // The wait for an answer starts again from the loss.
+                    last_answer = tokio::time::Instant::now();
+                }
+                connected = false;
                 errors += 1;
-                tracing::warn!(error = %e, "Replay: MQTT connection failed; retrying.");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(errors.min(10)))).await;
+                if errors == 1 {
+                    tracing::warn!(host = %opts.host, port = opts.port, error = %e, "Replay: MQTT connection failed; retrying.");
+                }
+                last_error = Some(e.to_string());
+                let pause = Duration::from_millis(200 * u64::from(errors.min(10)));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => break,
+                }
             }
         }
     }
@@ -136,6 +194,25 @@ pub async fn publish_all(
         published: published.min(total),
         acknowledged: acked.min(total),
     };
+    if gave_up {
+        let waited = opts.give_up_after.as_secs_f64();
+        let what = if connected {
+            "stopped acknowledging".to_string()
+        } else {
+            format!(
+                "could not be reached ({})",
+                last_error.as_deref().unwrap_or("no CONNACK")
+            )
+        };
+        return Err(IngestError::Replay {
+            file: opts.file.display().to_string(),
+            reason: format!(
+                "gave up after {waited:.0} s without an answer: the MQTT broker at {}:{} {what}; \
+                 {} of {total} messages acknowledged",
+                opts.host, opts.port, report.acknowledged
+            ),
+        });
+    }
     if report.acknowledged < total {
         return Err(IngestError::Replay {
             file: opts.file.display().to_string(),

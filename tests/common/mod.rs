@@ -201,6 +201,9 @@ pub fn replay_opts(file: &str, port: u16, limit: Option<usize>) -> ReplayOptions
         drop_columns: vec![],
         limit,
         client_id: client_id("pub"),
+        // Tests restart brokers and daemons under a replay: far longer than
+        // any of those pauses, still bounded.
+        give_up_after: std::time::Duration::from_secs(300),
     }
 }
 

@@ -1,0 +1,112 @@
+//! `edgeloop replay` gives up, with a clear error, when no broker answers:
+//! none listening, one that never sends a CONNACK, one that stops
+//! acknowledging.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `edgeloop replay` of the first 10 training rows to `port` with
+/// `--timeout-s 2`; fails the test if it is still running after 60 s.
+fn replay_to(port: u16) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args([
+            "replay",
+            "--file",
+            "data/occupancy_uci/datatraining.txt",
+            "--topic",
+            "sensors/room1/occupancy",
+            "--limit",
+            "10",
+            "--timeout-s",
+            "2",
+            "--log-level",
+            "error",
+        ])
+        .arg("--broker")
+        .arg(format!("mqtt://127.0.0.1:{port}"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edgeloop replay");
+    let until = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("edgeloop replay --timeout-s 2 still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr_of(out: &Output) -> String {
+    assert!(!out.status.success(), "replay must fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn gives_up_when_no_broker_listens() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = stderr_of(&replay_to(port));
+    assert!(
+        err.contains(&format!(
+            "gave up after 2 s without an answer: the MQTT broker at 127.0.0.1:{port} could not be reached ("
+        )),
+        "{err}"
+    );
+    assert!(err.contains("0 of 10 messages acknowledged"), "{err}");
+}
+
+#[test]
+fn gives_up_when_the_broker_never_sends_a_connack() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Accept and hold every connection, answering nothing.
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let err = stderr_of(&replay_to(port));
+    assert!(
+        err.contains(&format!(
+            "the MQTT broker at 127.0.0.1:{port} could not be reached"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("0 of 10 messages acknowledged"), "{err}");
+}
+
+#[test]
+fn gives_up_when_the_broker_stops_acknowledging() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                // CONNECT in, CONNACK (session not present, accepted) out,
+                // then read every PUBLISH and acknowledge none.
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).unwrap_or(0) == 0 {
+                    return;
+                }
+                let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]);
+                while s.read(&mut buf).unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let err = stderr_of(&replay_to(port));
+    assert!(
+        err.contains(&format!(
+            "gave up after 2 s without an answer: the MQTT broker at 127.0.0.1:{port} stopped acknowledging; 0 of 10 messages acknowledged"
+        )),
+        "{err}"
+    );
+}
