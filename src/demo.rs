@@ -43,8 +43,19 @@ pub enum DemoError {
 pub struct DemoModel {
     pub version: u32,
     pub trigger: String,
+    /// Rows of the evaluated fit.
     pub n_train: u64,
+    /// The older slice: every 10th row older than the holdout, held out
+    /// once a champion serves (the older regimes a challenger must not
+    /// forget; `learn::train_dataset`, step 1).
+    #[serde(default)]
+    pub n_older: u64,
+    /// The recent holdout: the newest `holdout_fraction` of the rows.
     pub n_holdout: u64,
+    /// Rows the promoted model is refit on: all of them
+    /// (`n_train + n_older + n_holdout`).
+    #[serde(default)]
+    pub n_refit: u64,
     /// Holdout class composition, e.g. {"0": 400}.
     pub holdout_classes: std::collections::BTreeMap<String, u64>,
     pub accuracy: Option<f64>,
@@ -221,7 +232,11 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
                 n_train: c.n_train,
+                // The demo augments nothing, so the rows neither trained
+                // on nor in the holdout are the older slice.
+                n_older: c.n_samples.saturating_sub(c.n_train + c.n_holdout),
                 n_holdout: c.n_holdout,
+                n_refit: c.n_samples,
                 holdout_classes: c.class_composition_holdout.clone(),
                 accuracy: c.holdout.as_ref().map(|m| m.accuracy),
                 precision: c.holdout.as_ref().map(|m| m.precision_macro),
@@ -257,8 +272,23 @@ pub async fn run(data_dir: &Path) -> Result<DemoSummary, DemoError> {
     Ok(summary)
 }
 
-/// The summary as a table for people.
+/// The summary as a table for people: [`render_results`], then the
+/// measured times.
 pub fn render(s: &DemoSummary) -> String {
+    let mut out = render_results(s);
+    out.push_str(&format!(
+        "predict latency p50: {:.0} µs over HTTP (engine alone: {} µs)\nelapsed: {:.1} s\n",
+        s.predict_p50_us,
+        s.engine_p50_us.map_or("-".into(), |v| format!("{v:.0}")),
+        s.elapsed_s
+    ));
+    out
+}
+
+/// What the demo prints before its timings: the same on every run and
+/// every machine (README.md shows it between `<!-- demo-output -->`
+/// markers; `tests/loop_e2e.rs` compares the two). At most 100 columns.
+pub fn render_results(s: &DemoSummary) -> String {
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
     let mut out = String::new();
     out.push_str(&format!(
@@ -266,38 +296,38 @@ pub fn render(s: &DemoSummary) -> String {
          samples ingested  {}\nsamples rejected  {}\nduplicates        {}\n\n",
         s.samples_ingested, s.samples_rejected, s.duplicates
     ));
-    out.push_str("version  trigger     n_train  n_holdout  holdout classes     accuracy  precision  recall    f1\n");
+    out.push_str(
+        "version  trigger  train  older  holdout  refit  holdout classes  accuracy  precision  recall  f1\n",
+    );
     for m in &s.models {
         let classes: Vec<String> = m
             .holdout_classes
             .iter()
             .map(|(k, v)| format!("{k}:{v}"))
             .collect();
-        out.push_str(&format!(
-            "{:<8} {:<11} {:<8} {:<10} {:<19} {:<9} {:<10} {:<9} {}\n",
+        let line = format!(
+            "{:<8} {:<8} {:<6} {:<6} {:<8} {:<6} {:<16} {:<9} {:<10} {:<7} {}",
             m.version,
             m.trigger,
             m.n_train,
+            m.n_older,
             m.n_holdout,
+            m.n_refit,
             classes.join(" "),
             f(m.accuracy),
             f(m.precision),
             f(m.recall),
             f(m.f1)
-        ));
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
         for u in &m.undefined {
             out.push_str(&format!("         note: {u}\n"));
         }
     }
     out.push_str(&format!(
-        "\nlive predictions (datatest2.txt, no labels sent): {} of {} rows, accuracy {:.4}\n\
-         predict latency p50: {:.0} µs over HTTP (engine alone: {} µs)\nelapsed: {:.1} s\n",
-        s.live_predictions,
-        s.live_rows,
-        s.live_accuracy,
-        s.predict_p50_us,
-        s.engine_p50_us.map_or("-".into(), |v| format!("{v:.0}")),
-        s.elapsed_s
+        "\nlive predictions (datatest2.txt, no labels sent): {} of {} rows, accuracy {:.4}\n",
+        s.live_predictions, s.live_rows, s.live_accuracy,
     ));
     out
 }

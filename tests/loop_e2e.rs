@@ -421,6 +421,55 @@ fn demo_json_reports_live_accuracy_on_datatest2() {
         assert!(models[0].get(key).is_some(), "models[0].{key}");
     }
     assert!(v["predict_p50_us"].as_f64().unwrap() > 0.0);
+
+    // The README shows what the demo prints before its timings, verbatim.
+    let summary: edgeloop::demo::DemoSummary = serde_json::from_value(v.clone()).unwrap();
+    for m in &summary.models {
+        assert_eq!(
+            m.n_train + m.n_older + m.n_holdout,
+            m.n_refit,
+            "version {}: train + older + holdout = refit",
+            m.version
+        );
+    }
+    assert_eq!(
+        summary.models.last().unwrap().n_refit,
+        8143,
+        "datatraining.txt"
+    );
+    let printed = edgeloop::demo::render_results(&summary);
+    for line in printed.lines() {
+        assert!(line.chars().count() <= 100, "over 100 columns: {line}");
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let shown = readme_demo_block(&readme);
+    assert!(
+        shown == printed,
+        "README.md's demo output is stale; replace the block between the \
+         <!-- demo-output --> markers with what the demo prints now:\n{printed}"
+    );
+}
+
+/// The fenced block between README.md's `<!-- demo-output` and
+/// `<!-- /demo-output -->` markers, without its fences.
+fn readme_demo_block(readme: &str) -> String {
+    let start = readme
+        .find("<!-- demo-output")
+        .expect("README.md has a <!-- demo-output --> marker");
+    let end = readme[start..]
+        .find("<!-- /demo-output -->")
+        .expect("README.md has a <!-- /demo-output --> marker")
+        + start;
+    let inner = &readme[start..end];
+    let body = inner
+        .split_once("```text\n")
+        .expect("a ```text fence after the marker")
+        .1;
+    body.rsplit_once("```")
+        .expect("a closing fence before the end marker")
+        .0
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
