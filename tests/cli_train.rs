@@ -81,6 +81,32 @@ fn auto_prints_one_card_per_family_as_json_and_exports_the_chosen_model() {
     ] {
         assert!(table.lines().any(|l| l.starts_with(row)), "{row}: {table}");
     }
+    // Within 100 columns, every candidate kept, long cells cut; --wide:
+    // whole cells (the chosen one's decision is the longest here).
+    for line in table.lines() {
+        assert!(line.chars().count() <= 100, "{line}");
+    }
+    let decision = table.lines().find(|l| l.starts_with("decision")).unwrap();
+    assert!(decision.ends_with('…'), "{decision}");
+    assert!(
+        table.contains("cells cut to") && table.contains("--wide shows them whole"),
+        "{table}"
+    );
+    let out = edgeloop(&[
+        "train",
+        "--file",
+        "tests/fixtures/datasets/occupancy_test.csv",
+        "--label",
+        "label",
+        "--family",
+        "auto",
+        "--wide",
+    ]);
+    assert!(out.status.success());
+    let wide = String::from_utf8(out.stdout).unwrap();
+    let decision = wide.lines().find(|l| l.starts_with("decision")).unwrap();
+    assert!(decision.ends_with("promoted: first model"), "{decision}");
+    assert!(wide.lines().any(|l| l.chars().count() > 100), "{wide}");
 }
 
 #[test]

@@ -21,8 +21,9 @@ enum BenchCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
-        /// Short runs (1 s of ingest, 5,000 training samples): checks the
-        /// command, not the board.
+        /// Short runs: 1 s of ingest, 5,000 training samples.
+        ///
+        /// Checks the command, not the board.
         #[arg(long)]
         quick: bool,
     },
@@ -39,8 +40,9 @@ enum BenchCommand {
         /// Messages per row (default 100,000; 5,000 with --quick).
         #[arg(long)]
         messages: Option<u64>,
-        /// Publisher rate of the steady rows, msg/s (default: as fast as
-        /// its QoS 1 in-flight window allows).
+        /// Publisher rate of the steady rows, msg/s.
+        ///
+        /// Default: as fast as its QoS 1 in-flight window allows.
         #[arg(long)]
         rate: Option<u64>,
         /// Longest consuming phase of one run before it is reported stalled,

@@ -17,9 +17,9 @@ pub struct RunArgs {
     /// Configuration file layered over the compiled-in default.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Longest wait for an orderly shutdown after SIGTERM/SIGINT,
-    /// seconds (default: `daemon.shutdown_timeout_s`; when given, SIGHUP
-    /// leaves it).
+    /// Longest wait for an orderly shutdown after SIGTERM/SIGINT, seconds.
+    ///
+    /// Default: `daemon.shutdown_timeout_s`; when given, SIGHUP leaves it.
     #[arg(long)]
     shutdown_grace_s: Option<u64>,
 }
@@ -27,6 +27,7 @@ pub struct RunArgs {
 /// `edgeloop check-config`.
 #[derive(clap::Args)]
 pub struct CheckConfigArgs {
+    /// Configuration file layered over the compiled-in default.
     #[arg(long)]
     config: Option<PathBuf>,
 }

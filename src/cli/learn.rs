@@ -11,6 +11,7 @@ pub struct EvaluateArgs {
     /// Prequential (test-then-train) evaluation; the only mode for now.
     #[arg(long)]
     prequential: bool,
+    /// Labelled CSV file with a header row, rows in time order.
     #[arg(long)]
     file: PathBuf,
     /// Label column (or the pipeline's label with --pipeline).
@@ -19,16 +20,20 @@ pub struct EvaluateArgs {
     /// Feature columns, comma-separated (default: every other numeric column).
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
-    /// Take label, features, trainer and detector settings from this
-    /// pipeline of the configuration (--config).
+    /// Take label, features and settings from this configured pipeline.
+    ///
+    /// Its label, features, trainer and detector settings, from the
+    /// configuration (--config).
     #[arg(long)]
     pipeline: Option<String>,
+    /// Configuration file of --pipeline, layered over the compiled-in default.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model family: logistic, mlp, tree, forest or svm, or an online
+    /// Model family: logistic, mlp, tree, forest or svm; or an online
     /// learner, test then train on each row: online_logistic,
-    /// hoeffding_tree, hoeffding_adaptive_tree or arf (default: the
-    /// pipeline's with --pipeline, else logistic).
+    /// hoeffding_tree, hoeffding_adaptive_tree or arf.
+    ///
+    /// Default: the pipeline's with --pipeline, else logistic.
     #[arg(long)]
     family: Option<String>,
     /// Concept-drift detector: adwin, ddm or page_hinkley.
@@ -40,6 +45,7 @@ pub struct EvaluateArgs {
     /// Seed of a randomised online learner (hoeffding_adaptive_tree, arf).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
 }
@@ -47,18 +53,21 @@ pub struct EvaluateArgs {
 /// `edgeloop finetune`.
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
+    /// The ONNX classifier whose last layer is refit.
     #[arg(long)]
     model: PathBuf,
     /// Labelled CSV, rows in time order; every other column is a feature.
     #[arg(long)]
     file: PathBuf,
+    /// Label column of --file.
     #[arg(long)]
     label: String,
     /// Temporal holdout: the newest FRACTION of rows.
     #[arg(long, default_value_t = 0.2)]
     holdout: f64,
-    /// Class names in output order, comma-separated (default: the
-    /// model's edgeloop metadata, else the labels sorted).
+    /// Class names in output order, comma-separated.
+    ///
+    /// Default: the model's edgeloop metadata, else the labels sorted.
     #[arg(long, value_delimiter = ',')]
     classes: Vec<String>,
     /// L2 penalty on the head's weights, per sample.
@@ -67,6 +76,7 @@ pub struct FinetuneArgs {
     /// Where to write the fine-tuned model (only when promoted).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
 }
@@ -82,6 +92,9 @@ pub struct TrainArgs {
     /// Print the model cards as JSON (the models endpoint's fields).
     #[arg(long)]
     json: bool,
+    /// Print every card and cell whole (default: the table within 100 columns).
+    #[arg(long)]
+    wide: bool,
 }
 
 /// `edgeloop tune`.
@@ -89,8 +102,9 @@ pub struct TrainArgs {
 pub struct TuneArgs {
     #[command(flatten)]
     input: CsvInput,
-    /// Wall-time budget of search and final training: 60s, 500ms, 2m
-    /// (default: the pipeline's `search.budget_s`, else 60 s).
+    /// Wall-time budget of search and final training: 60s, 500ms, 2m.
+    ///
+    /// Default: the pipeline's `search.budget_s`, else 60 s.
     #[arg(long)]
     budget: Option<String>,
     /// random or successive_halving.
@@ -102,17 +116,22 @@ pub struct TuneArgs {
     /// Trials run in parallel.
     #[arg(long)]
     threads: Option<usize>,
+    /// Seed of the search: the same seed and --max-trials give the same trials.
     #[arg(long)]
     seed: Option<u64>,
     /// Print `{"trials": [...], "card": {...}}`.
     #[arg(long)]
     json: bool,
+    /// Print the tables whole (default: within 100 columns).
+    #[arg(long)]
+    wide: bool,
 }
 
 /// What `train` and `tune` read: a labelled CSV and the settings to train it
 /// with.
 #[derive(clap::Args)]
 pub struct CsvInput {
+    /// Labelled CSV file with a header row, rows in time order.
     #[arg(long)]
     file: PathBuf,
     /// Label column (or the pipeline's label with --pipeline).
@@ -121,27 +140,33 @@ pub struct CsvInput {
     /// Feature columns, comma-separated (default: every other numeric column).
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
-    /// classification or regression (default: regression when every label
-    /// is a number and there are more than 20 distinct ones).
+    /// Task: classification or regression.
+    ///
+    /// Default: regression when every label is a number and there are more
+    /// than 20 distinct ones.
     #[arg(long)]
     task: Option<String>,
-    /// logistic, linear, ridge, mlp, tree, forest, svm or auto (every family
-    /// that supports the task; the best serves). Default: the pipeline's
-    /// with --pipeline, else auto.
+    /// Model family: logistic, linear, ridge, mlp, tree, forest, svm or auto.
+    ///
+    /// auto: every family that supports the task; the best serves. Default:
+    /// the pipeline's with --pipeline, else auto.
     #[arg(long)]
     family: Option<String>,
-    /// k-fold cross-validation (stratified for classification) over the
-    /// training part, besides the holdout; candidates and trials compared by
-    /// it.
+    /// k-fold cross-validation over the training part, besides the holdout.
+    ///
+    /// Stratified for classification; candidates and trials are compared
+    /// by it.
     #[arg(long)]
     folds: Option<usize>,
     /// Write the chosen model as ONNX.
     #[arg(long)]
     export: Option<PathBuf>,
-    /// Take label, features, task and model settings from this pipeline of
-    /// the configuration (--config).
+    /// Take label, features, task and model settings from this pipeline.
+    ///
+    /// The pipeline as configured (--config).
     #[arg(long)]
     pipeline: Option<String>,
+    /// Configuration file of --pipeline, layered over the compiled-in default.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -313,6 +338,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         input,
         holdout,
         json,
+        wide,
     } = args;
     let crate::learn::offline::CsvSettings {
         label,
@@ -352,7 +378,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(cards)?);
     } else {
         let chosen = &report.training.chosen.card;
-        print!("{}", crate::learn::card::render_table(cards, None));
+        print!(
+            "{}",
+            if wide {
+                crate::learn::card::render_table(cards, None)
+            } else {
+                crate::learn::card::render_table_within(cards, None, super::render::WIDTH)
+            }
+        );
         println!(
             "\n{} rows, {}; chosen: {} ({} {})",
             report.rows,
@@ -381,6 +414,7 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
         threads,
         seed,
         json,
+        wide,
     } = args;
     use crate::learn::tune;
     let crate::learn::offline::CsvSettings {
@@ -439,15 +473,23 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
         let out = serde_json::json!({ "trials": report.trials, "card": report.card });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print!(
-            "{}",
-            tune::render_trials(&report.trials, &report.card.metric)
-        );
-        println!();
-        print!(
-            "{}",
-            crate::learn::card::render_table(std::slice::from_ref(&report.card), None)
-        );
+        let trials = tune::render_trials(&report.trials, &report.card.metric);
+        let card = std::slice::from_ref(&report.card);
+        if wide {
+            print!("{trials}");
+            println!();
+            print!("{}", crate::learn::card::render_table(card, None));
+        } else {
+            print!(
+                "{}",
+                super::render::cut_lines(&trials, super::render::WIDTH)
+            );
+            println!();
+            print!(
+                "{}",
+                crate::learn::card::render_table_within(card, None, super::render::WIDTH)
+            );
+        }
         let best = report.card.search.as_ref().and_then(|s| s.best.as_ref());
         println!(
             "\n{} rows, {}; chosen: trial {} {} ({} {})",

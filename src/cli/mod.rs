@@ -8,13 +8,15 @@
 //!   running daemon's HTTP API) and `predict`;
 //! - `learn.rs`: `train`, `tune`, `evaluate` and `finetune`;
 //! - `data.rs`: `replay` and `demo`;
-//! - `bench.rs`: `bench footprint` and `bench ingest`.
+//! - `bench.rs`: `bench footprint` and `bench ingest`;
+//! - [`render`]: tables within 100 columns (`--wide`: whole), local times.
 
 mod bench;
 mod daemon;
 mod data;
 mod learn;
 mod models;
+pub mod render;
 
 use std::process::ExitCode;
 
@@ -28,17 +30,30 @@ use clap::{Parser, Subcommand};
     about = "On-device ML loop: MQTT ingest, training, ONNX serving"
 )]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "edgeloop=debug".
+    /// Log filter, tracing EnvFilter syntax: "info", "edgeloop=debug", …
+    ///
     /// Default: `daemon.log_filter` of the configuration (info, with rumqttd's
     /// router and link targets silenced); when given, SIGHUP leaves it.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, display_order = 1000)]
     log_level: Option<String>,
-    /// Log lines as text (journald-friendly: no colours unless a terminal, no
-    /// timestamps under systemd's JOURNAL_STREAM) or one JSON object a line.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log lines as text (journald-friendly) or one JSON object a line.
+    ///
+    /// Text has no colours unless stderr is a terminal, and no timestamps
+    /// under systemd's JOURNAL_STREAM (journald adds its own).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text,
+          help_heading = GLOBAL_OPTIONS, display_order = 1001)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The help heading of the options every command takes (`global = true`):
+/// listed once, after the command's own.
+pub const GLOBAL_OPTIONS: &str = "Global options";
+
+/// The command line's definition (clap), for `--help` and its tests.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

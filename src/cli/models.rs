@@ -17,6 +17,9 @@ pub struct ModelsArgs {
     /// Print the daemon's JSON answer.
     #[arg(long, global = true)]
     json: bool,
+    /// Print every version and cell whole (default: tables within 100 columns).
+    #[arg(long, global = true)]
+    wide: bool,
 }
 
 #[derive(Subcommand)]
@@ -87,7 +90,12 @@ pub struct PredictArgs {
 /// Sends the action's request to the daemon and prints its answer (the
 /// table, or the JSON with `--json`); an HTTP error status is an error.
 pub fn run(args: ModelsArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    let ModelsArgs { action, url, json } = args;
+    let ModelsArgs {
+        action,
+        url,
+        json,
+        wide,
+    } = args;
     let addr: std::net::SocketAddr = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -135,7 +143,7 @@ pub fn run(args: ModelsArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print!("{}", crate::http::render(&value));
+        print!("{}", super::render::models_answer(&value, wide));
     }
     Ok(())
 }

@@ -834,55 +834,6 @@ async fn history(
     ))
 }
 
-/// A human rendering of the answers of the models, history, promote and
-/// rollback endpoints (`edgeloop models …`).
-pub fn render(v: &Value) -> String {
-    let mut out = String::new();
-    if let Some(models) = v["models"].as_array() {
-        out.push_str(&format!(
-            "pipeline {} (serving version {})\n",
-            v["pipeline"].as_str().unwrap_or("-"),
-            v["serving_version"]
-        ));
-        let cards: Vec<crate::learn::card::ModelCard> = models
-            .iter()
-            .filter_map(|m| serde_json::from_value(m.clone()).ok())
-            .collect();
-        let serving = v["serving_version"].as_u64().map(|v| v as u32);
-        out.push_str(&crate::learn::card::render_table(&cards, serving));
-    } else if let Some(events) = v["events"].as_array() {
-        out.push_str(&format!(
-            "pipeline {} (serving version {})\n",
-            v["pipeline"].as_str().unwrap_or("-"),
-            v["serving_version"]
-        ));
-        for e in events {
-            out.push_str(&format!(
-                "{}  version {:<4} {:<9} {}\n",
-                e["at_ms"],
-                e["version"],
-                e["action"].as_str().unwrap_or(""),
-                e["reason"].as_str().unwrap_or("")
-            ));
-        }
-    } else if v.get("card").is_some() {
-        out.push_str(&format!(
-            "pipeline {}: imported as version {} (sha256 {}); serving version {} until it is promoted\n",
-            v["pipeline"].as_str().unwrap_or("-"),
-            v["version"],
-            v["card"]["imported"]["sha256"].as_str().unwrap_or("-"),
-            v["serving_version"]
-        ));
-    } else {
-        out.push_str(&format!(
-            "pipeline {}: serving version {}\n",
-            v["pipeline"].as_str().unwrap_or("-"),
-            v["serving_version"]
-        ));
-    }
-    out
-}
-
 async fn drift(
     State(s): State<AppState>,
     Path(name): Path<String>,

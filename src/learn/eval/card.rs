@@ -247,9 +247,82 @@ pub fn judge(
 }
 
 /// Model cards side by side: one column per card, one row per measure
-/// (`edgeloop models list` and `edgeloop train` print this). `serving` marks
-/// the version that serves. A measure no card has is left out.
+/// (`edgeloop models list --wide` and `edgeloop train --wide` print this),
+/// every cell whole. `serving` marks the version that serves. A measure no
+/// card has is left out.
 pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
+    let table = table_cells(cards, serving);
+    let columns: Vec<usize> = (0..cards.len()).collect();
+    layout(&table, &columns, None)
+}
+
+/// [`render_table_within`]'s cells, characters: cut to at most
+/// `CELL_MAX` and at least `CELL_MIN` to keep every card, else to
+/// `CELL_FEW` when cards are left out.
+const CELL_MAX: usize = 32;
+const CELL_MIN: usize = 12;
+const CELL_FEW: usize = 24;
+
+/// [`render_table`] within `width` characters a line (what `edgeloop models
+/// list` and `edgeloop train` print without `--wide`): long cells are cut
+/// (ending in `…`), down to 12 characters, to keep every card; if that is
+/// not enough, cells are cut to 24 and cards are left out: the serving one
+/// is kept first, then the newest. A last line says what was cut or left
+/// out.
+pub fn render_table_within(cards: &[ModelCard], serving: Option<u32>, width: usize) -> String {
+    let table = table_cells(cards, serving);
+    let all: Vec<usize> = (0..cards.len()).collect();
+    if line_width(&table, &all, None) <= width {
+        return layout(&table, &all, None);
+    }
+    let (columns, cap) = match (CELL_MIN..=CELL_MAX)
+        .rev()
+        .find(|&cap| line_width(&table, &all, Some(cap)) <= width)
+    {
+        Some(cap) => (all, cap),
+        None => {
+            // Priority: the serving card, then the newest (the last) first.
+            let mut order: Vec<usize> = all.iter().rev().copied().collect();
+            if let Some(i) = cards.iter().position(|c| Some(c.version) == serving) {
+                order.retain(|&j| j != i);
+                order.insert(0, i);
+            }
+            let mut kept: Vec<usize> = Vec::new();
+            for j in order {
+                let mut with = kept.clone();
+                with.push(j);
+                with.sort_unstable();
+                if kept.is_empty() || line_width(&table, &with, Some(CELL_FEW)) <= width {
+                    kept = with;
+                }
+            }
+            (kept, CELL_FEW)
+        }
+    };
+    let mut out = layout(&table, &columns, Some(cap));
+    let left_out = cards.len() - columns.len();
+    let cut = table
+        .iter()
+        .any(|row| columns.iter().any(|&j| row[j + 1].chars().count() > cap));
+    let note = match (left_out, cut) {
+        (0, _) => format!("(cells cut to {cap} characters; --wide shows them whole)"),
+        (n, false) => format!(
+            "({n} of {} columns left out; --wide shows all)",
+            cards.len()
+        ),
+        (n, true) => format!(
+            "({n} of {} columns left out, cells cut to {cap} characters; --wide shows all)",
+            cards.len()
+        ),
+    };
+    out.push_str(&note);
+    out.push('\n');
+    out
+}
+
+/// Cells of the card table: the header row (an empty corner, then
+/// `v{version} {family}`), then one row per measure, its name first.
+fn table_cells(cards: &[ModelCard], serving: Option<u32>) -> Vec<Vec<String>> {
     let f4 = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     let f1 = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     type Row<'a> = (&'a str, Box<dyn Fn(&ModelCard) -> String + 'a>);
@@ -446,19 +519,48 @@ pub fn render_table(cards: &[ModelCard], serving: Option<u32>) -> String {
         }
         table.push(std::iter::once(name.to_string()).chain(cells).collect());
     }
-    let widths: Vec<usize> = (0..=cards.len())
+    table
+}
+
+/// A cell cut to `cap` characters, its last one `…` when cut.
+fn cut(cell: &str, cap: Option<usize>) -> String {
+    match cap {
+        Some(cap) if cell.chars().count() > cap => {
+            let mut s: String = cell.chars().take(cap.saturating_sub(1)).collect();
+            s.push('…');
+            s
+        }
+        _ => cell.to_string(),
+    }
+}
+
+/// Width of each shown column: the names, then the cards `columns`.
+fn column_widths(table: &[Vec<String>], columns: &[usize], cap: Option<usize>) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(columns.iter().map(|&j| j + 1))
         .map(|j| {
             table
                 .iter()
-                .map(|r| r[j].chars().count())
+                .map(|r| cut(&r[j], if j == 0 { None } else { cap }).chars().count())
                 .max()
                 .unwrap_or(0)
         })
-        .collect();
+        .collect()
+}
+
+/// The longest line [`layout`] would print.
+fn line_width(table: &[Vec<String>], columns: &[usize], cap: Option<usize>) -> usize {
+    let widths = column_widths(table, columns, cap);
+    widths.iter().sum::<usize>() + 2 * (widths.len() - 1)
+}
+
+/// The table with the names and the cards `columns`, cells cut to `cap`.
+fn layout(table: &[Vec<String>], columns: &[usize], cap: Option<usize>) -> String {
+    let widths = column_widths(table, columns, cap);
     let mut out = String::new();
-    for row in &table {
-        let line: Vec<String> = row
-            .iter()
+    for row in table {
+        let line: Vec<String> = std::iter::once(row[0].clone())
+            .chain(columns.iter().map(|&j| cut(&row[j + 1], cap)))
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();

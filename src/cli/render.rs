@@ -1,0 +1,154 @@
+//! What the command line prints for people: tables within 100 columns
+//! (`--wide`: every column and cell whole) and times as local RFC 3339.
+
+use serde_json::Value;
+
+/// The width tables keep to without `--wide`, characters.
+pub const WIDTH: usize = 100;
+
+/// `ms` since the Unix epoch as local RFC 3339 time to the second, e.g.
+/// `2026-12-06T10:02:25+01:00`: the offset is the one the system's time
+/// zone (`TZ`, else `/etc/localtime`, as the C library reads them) has at
+/// that instant, `+00:00` when it has none.
+pub fn local_rfc3339(ms: i64) -> String {
+    let Some(utc) = chrono::DateTime::from_timestamp_millis(ms) else {
+        return ms.to_string();
+    };
+    let offset = chrono::FixedOffset::east_opt(local_offset_s(ms.div_euclid(1000)))
+        .unwrap_or_else(|| chrono::Offset::fix(&chrono::Utc));
+    utc.with_timezone(&offset)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+/// The local time zone's offset from UTC at `epoch_s`, seconds east.
+/// chrono's `Local` needs its `clock` feature (and the iana-time-zone
+/// crate); the C library, linked anyway, answers the same question.
+fn local_offset_s(epoch_s: i64) -> i32 {
+    let Some(t) = libc::time_t::try_from(epoch_s).ok() else {
+        return 0;
+    };
+    // SAFETY: `tm` is plain data, zero is a valid value of every field;
+    // localtime_r (thread-safe, POSIX) writes only into it and returns null
+    // on failure.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let filled = unsafe { libc::localtime_r(&t, &mut tm) };
+    if filled.is_null() {
+        return 0;
+    }
+    i32::try_from(tm.tm_gmtoff).unwrap_or(0)
+}
+
+/// Rows as columns two spaces apart, each as wide as its widest cell;
+/// lines cut to `width` ([`cut_lines`]: the last column goes first), unless
+/// `width` is `None`.
+fn grid(rows: &[Vec<String>], width: Option<usize>) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|j| {
+            rows.iter()
+                .filter_map(|r| r.get(j))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (j, cell) in row.iter().enumerate() {
+            if j + 1 < row.len() {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[j]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    match width {
+        Some(w) => cut_lines(&out, w),
+        None => out,
+    }
+}
+
+/// Each line of `text` cut to `width` characters, its last one `…` when
+/// cut (a table whose last column is free text: trial parameters, reasons).
+pub fn cut_lines(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.chars().count() > width {
+            out.extend(line.chars().take(width.saturating_sub(1)));
+            out.push('…');
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The answers of the models, history, import, promote and rollback
+/// endpoints (`edgeloop models …`) for people: the model cards side by side
+/// ([`crate::learn::card::render_table_within`]), the timeline with local
+/// times; within [`WIDTH`] columns unless `wide`.
+pub fn models_answer(v: &Value, wide: bool) -> String {
+    let pipeline = v["pipeline"].as_str().unwrap_or("-");
+    let mut out = String::new();
+    if let Some(models) = v["models"].as_array() {
+        out.push_str(&format!(
+            "pipeline {pipeline} (serving version {})\n",
+            v["serving_version"]
+        ));
+        let cards: Vec<crate::learn::card::ModelCard> = models
+            .iter()
+            .filter_map(|m| serde_json::from_value(m.clone()).ok())
+            .collect();
+        let serving = v["serving_version"].as_u64().map(|v| v as u32);
+        out.push_str(&if wide {
+            crate::learn::card::render_table(&cards, serving)
+        } else {
+            crate::learn::card::render_table_within(&cards, serving, WIDTH)
+        });
+    } else if let Some(events) = v["events"].as_array() {
+        out.push_str(&format!(
+            "pipeline {pipeline} (serving version {})\n",
+            v["serving_version"]
+        ));
+        let mut rows = vec![vec![
+            "at".to_string(),
+            "version".into(),
+            "action".into(),
+            "by".into(),
+            "reason".into(),
+        ]];
+        for e in events {
+            rows.push(vec![
+                e["at_ms"]
+                    .as_i64()
+                    .map_or_else(|| "-".into(), local_rfc3339),
+                e["version"].to_string(),
+                e["action"].as_str().unwrap_or("").into(),
+                e["by"]
+                    .as_str()
+                    .filter(|b| !b.is_empty())
+                    .unwrap_or("-")
+                    .into(),
+                e["reason"].as_str().unwrap_or("").into(),
+            ]);
+        }
+        out.push_str(&grid(&rows, (!wide).then_some(WIDTH)));
+    } else if v.get("card").is_some() {
+        out.push_str(&format!(
+            "pipeline {pipeline}: imported as version {} (sha256 {}); serving version {} until it is promoted\n",
+            v["version"],
+            v["card"]["imported"]["sha256"].as_str().unwrap_or("-"),
+            v["serving_version"]
+        ));
+    } else {
+        out.push_str(&format!(
+            "pipeline {pipeline}: serving version {}\n",
+            v["serving_version"]
+        ));
+    }
+    out
+}
