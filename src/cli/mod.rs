@@ -9,6 +9,7 @@
 //! - `learn.rs`: `train`, `tune`, `evaluate` and `finetune`;
 //! - `data.rs`: `replay` and `demo`;
 //! - `bench.rs`: `bench footprint` and `bench ingest`;
+//! - `monitor.rs`: `anomaly`;
 //! - [`render`]: tables within 100 columns (`--wide`: whole), local times.
 
 mod bench;
@@ -16,6 +17,7 @@ mod daemon;
 mod data;
 mod learn;
 mod models;
+mod monitor;
 pub mod render;
 
 use std::process::ExitCode;
@@ -92,6 +94,10 @@ enum Command {
     /// by the model's input names, else (one 2-D input) by an edgeloop
     /// model's features, else in order.
     Predict(models::PredictArgs),
+    /// Half-Space Trees anomaly scores of a CSV stream (River's
+    /// HalfSpaceTrees behind a MinMaxScaler), and the rows above a learned
+    /// quantile.
+    Anomaly(monitor::AnomalyArgs),
     /// Measurements of this build (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
@@ -175,6 +181,7 @@ fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
         Command::Train(args) => learn::train(args),
         Command::Tune(args) => learn::tune(args),
         Command::Bench(args) => bench::run(args),
+        Command::Anomaly(args) => monitor::anomaly(args),
         Command::Demo(args) => data::demo(args, &runtime),
     }
 }

@@ -4,6 +4,7 @@
 //! [`crate::learn::drift`], where the online learners use them too), and the
 //! learner that decides when to train ([`retrain`]).
 
+pub mod anomaly;
 pub mod continual;
 pub mod data_drift;
 pub mod prequential;

@@ -1,0 +1,465 @@
+//! Unsupervised anomaly scores from the first reading: Half-Space Trees.
+//!
+//! [`HalfSpaceTrees`] follows Tan, Ting & Liu, "Fast anomaly detection for
+//! streaming data" (IJCAI 2011), as River 0.26 implements it
+//! (`river.anomaly.HalfSpaceTrees`, `river.tree.padded.make_padded_tree`):
+//! `n_trees` random trees of `height` levels over features scaled to
+//! [0, 1]; each split picks a feature with probability proportional to the
+//! width of its current range and a threshold uniformly in the middle 70 %
+//! of that range (padding 0.15). Each node counts the readings of the
+//! current window that pass it (`l_mass`); every `window_size` readings the
+//! counts become the reference (`r_mass`) and restart. A reading's score is
+//! `1 - Σ_trees Σ_depth r_mass · 2^depth / (n_trees · window_size ·
+//! (2^(height+1) - 1))` along its path, stopping at the first node whose
+//! reference mass is below `0.1 · window_size`: 0 for the most common
+//! regions, towards 1 for readings in regions the last window rarely
+//! visited. Scores are 0 during the first window.
+//!
+//! [`ScaledHalfSpaceTrees`] puts River's online `MinMaxScaler` in front (the
+//! pipeline River's documentation recommends, `MinMaxScaler() |
+//! HalfSpaceTrees()`): each reading is scaled by the minimum and maximum of
+//! the readings learned so far.
+//!
+//! The trees are drawn with [`PyRandom`], CPython's Mersenne Twister with
+//! its seeding, `random()`, `uniform()` and weighted `choices()`, so that a
+//! seed gives River's trees and River's scores exactly
+//! (`tests/anomaly.rs` against `tests/fixtures/anomaly/gen_hst.py`).
+//!
+//! [`Threshold`] turns scores into alarms: the `quantile` of the scores of
+//! the first `calibration` readings after the first window; afterwards a
+//! score above it is an alarm.
+
+/// CPython's `random.Random`: MT19937 (Matsumoto & Nishimura 1998) seeded
+/// as `random.seed(int)` does (`init_by_array` over the seed's 32-bit
+/// words), with `random()` of 53 bits.
+#[derive(Debug, Clone)]
+pub struct PyRandom {
+    mt: Box<[u32; 624]>,
+    index: usize,
+}
+
+impl PyRandom {
+    /// `random.Random(seed)` for a non-negative integer seed.
+    pub fn new(seed: u64) -> Self {
+        let mut key: Vec<u32> = Vec::new();
+        let mut s = seed;
+        while s > 0 {
+            key.push(s as u32);
+            s >>= 32;
+        }
+        if key.is_empty() {
+            key.push(0);
+        }
+        let mut r = Self {
+            mt: Box::new([0; 624]),
+            index: 624,
+        };
+        r.init_genrand(19_650_218);
+        let (mut i, mut j) = (1usize, 0usize);
+        for _ in 0..624.max(key.len()) {
+            let prev = r.mt[i - 1];
+            r.mt[i] = (r.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_664_525))
+                .wrapping_add(key[j])
+                .wrapping_add(j as u32);
+            i += 1;
+            j += 1;
+            if i >= 624 {
+                r.mt[0] = r.mt[623];
+                i = 1;
+            }
+            if j >= key.len() {
+                j = 0;
+            }
+        }
+        for _ in 0..623 {
+            let prev = r.mt[i - 1];
+            r.mt[i] = (r.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_566_083_941))
+                .wrapping_sub(i as u32);
+            i += 1;
+            if i >= 624 {
+                r.mt[0] = r.mt[623];
+                i = 1;
+            }
+        }
+        r.mt[0] = 0x8000_0000;
+        r
+    }
+
+    fn init_genrand(&mut self, s: u32) {
+        self.mt[0] = s;
+        for i in 1..624 {
+            let prev = self.mt[i - 1];
+            self.mt[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
+        }
+        self.index = 624;
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        if self.index >= 624 {
+            for k in 0..624 {
+                let y = (self.mt[k] & 0x8000_0000) | (self.mt[(k + 1) % 624] & 0x7fff_ffff);
+                let mut v = self.mt[(k + 397) % 624] ^ (y >> 1);
+                if y & 1 == 1 {
+                    v ^= 0x9908_b0df;
+                }
+                self.mt[k] = v;
+            }
+            self.index = 0;
+        }
+        let mut y = self.mt[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    /// `random.random()`: uniform in [0, 1) with 53 random bits.
+    pub fn random(&mut self) -> f64 {
+        let a = f64::from(self.next_u32() >> 5);
+        let b = f64::from(self.next_u32() >> 6);
+        (a * 67_108_864.0 + b) * (1.0 / 9_007_199_254_740_992.0)
+    }
+
+    /// `random.uniform(a, b)`: `a + (b - a) * random()`.
+    pub fn uniform(&mut self, a: f64, b: f64) -> f64 {
+        a + (b - a) * self.random()
+    }
+
+    /// `random.choices(range(len(weights)), weights)[0]`: the cumulative
+    /// weights summed left to right, then `bisect_right` of `random() ·
+    /// total` among them (the last index at most).
+    pub fn choice_weighted(&mut self, weights: &[f64]) -> usize {
+        let mut cum = Vec::with_capacity(weights.len());
+        let mut total = 0.0;
+        for w in weights {
+            total += w;
+            cum.push(total);
+        }
+        let x = self.random() * total;
+        let hi = weights.len().saturating_sub(1);
+        cum[..hi].partition_point(|&c| c <= x)
+    }
+}
+
+/// A tree stored in depth-first pre-order (River's build order).
+#[derive(Debug, Clone)]
+struct Tree {
+    /// Per node: split feature (`usize::MAX` for a leaf), threshold,
+    /// children.
+    feature: Vec<usize>,
+    threshold: Vec<f64>,
+    left: Vec<u32>,
+    right: Vec<u32>,
+    l_mass: Vec<u32>,
+    r_mass: Vec<u32>,
+}
+
+impl Tree {
+    fn build(limits: &mut [(f64, f64)], height: u32, rng: &mut PyRandom) -> Self {
+        let mut t = Tree {
+            feature: Vec::new(),
+            threshold: Vec::new(),
+            left: Vec::new(),
+            right: Vec::new(),
+            l_mass: Vec::new(),
+            r_mass: Vec::new(),
+        };
+        t.grow(limits, height, rng);
+        t.l_mass = vec![0; t.feature.len()];
+        t.r_mass = vec![0; t.feature.len()];
+        t
+    }
+
+    /// `make_padded_tree`, recursively; returns the node's index.
+    fn grow(&mut self, limits: &mut [(f64, f64)], height: u32, rng: &mut PyRandom) -> u32 {
+        let id = self.feature.len();
+        self.feature.push(usize::MAX);
+        self.threshold.push(0.0);
+        self.left.push(0);
+        self.right.push(0);
+        if height == 0 {
+            return id as u32;
+        }
+        let widths: Vec<f64> = limits.iter().map(|(a, b)| b - a).collect();
+        let on = rng.choice_weighted(&widths);
+        let (a, b) = limits[on];
+        let padding = 0.15;
+        let at = rng.uniform(a + padding * (b - a), b - padding * (b - a));
+        limits[on] = (a, at);
+        let left = self.grow(limits, height - 1, rng);
+        limits[on] = (at, b);
+        let right = self.grow(limits, height - 1, rng);
+        limits[on] = (a, b);
+        self.feature[id] = on;
+        self.threshold[id] = at;
+        self.left[id] = left;
+        self.right[id] = right;
+        id as u32
+    }
+
+    /// The child of branch `node` that `x` goes to (`x < threshold`: left;
+    /// NaN goes right, as Python's comparison).
+    fn next(&self, node: usize, x: &[f64]) -> usize {
+        if x[self.feature[node]] < self.threshold[node] {
+            self.left[node] as usize
+        } else {
+            self.right[node] as usize
+        }
+    }
+}
+
+/// Half-Space Trees over features in [0, 1] (see the module
+/// documentation). River's defaults: 10 trees, height 8, window 250.
+#[derive(Debug, Clone)]
+pub struct HalfSpaceTrees {
+    n_trees: usize,
+    height: u32,
+    window_size: u32,
+    rng: PyRandom,
+    trees: Vec<Tree>,
+    counter: u32,
+    first_window: bool,
+}
+
+impl HalfSpaceTrees {
+    /// River's `HalfSpaceTrees(n_trees, height, window_size, seed=seed)`
+    /// with every feature's limits (0, 1).
+    pub fn new(n_trees: usize, height: u32, window_size: u32, seed: u64) -> Self {
+        Self {
+            n_trees,
+            height,
+            window_size: window_size.max(1),
+            rng: PyRandom::new(seed),
+            trees: Vec::new(),
+            counter: 0,
+            first_window: true,
+        }
+    }
+
+    /// Learns reading `x` (one value per feature, in the features' sorted
+    /// order as River sorts dictionary keys). The trees are drawn at the
+    /// first reading.
+    pub fn learn_one(&mut self, x: &[f64]) {
+        if self.trees.is_empty() {
+            let mut limits = vec![(0.0, 1.0); x.len()];
+            self.trees = (0..self.n_trees)
+                .map(|_| Tree::build(&mut limits, self.height, &mut self.rng))
+                .collect();
+        }
+        for t in &mut self.trees {
+            let mut node = 0;
+            for _ in 0..self.height {
+                t.l_mass[node] += 1;
+                node = t.next(node, x);
+            }
+            t.l_mass[node] += 1;
+        }
+        self.counter += 1;
+        if self.counter == self.window_size {
+            for t in &mut self.trees {
+                std::mem::swap(&mut t.r_mass, &mut t.l_mass);
+                t.l_mass.iter_mut().for_each(|m| *m = 0);
+            }
+            self.first_window = false;
+            self.counter = 0;
+        }
+    }
+
+    /// The anomaly score of `x` in [0, 1] (high: anomalous); 0 during the
+    /// first window.
+    pub fn score_one(&self, x: &[f64]) -> f64 {
+        if self.first_window {
+            return 0.0;
+        }
+        let size_limit = 0.1 * f64::from(self.window_size);
+        let mut score = 0.0;
+        for t in &self.trees {
+            let mut node = 0;
+            let mut depth_pow = 1.0;
+            let mut stopped = false;
+            for _ in 0..self.height {
+                let r = f64::from(t.r_mass[node]);
+                score += r * depth_pow;
+                if r < size_limit {
+                    stopped = true;
+                    break;
+                }
+                node = t.next(node, x);
+                depth_pow *= 2.0;
+            }
+            if !stopped {
+                score += f64::from(t.r_mass[node]) * depth_pow;
+            }
+        }
+        let max = self.n_trees as f64
+            * f64::from(self.window_size)
+            * (2f64.powi(self.height as i32 + 1) - 1.0);
+        1.0 - score / max
+    }
+}
+
+/// River's online `MinMaxScaler`: `(x - min) / (max - min)` over the
+/// readings learned so far, 0 where they are all equal.
+#[derive(Debug, Clone, Default)]
+pub struct MinMaxScaler {
+    min: Vec<f64>,
+    max: Vec<f64>,
+}
+
+impl MinMaxScaler {
+    /// Widens each feature's range to hold `x`.
+    pub fn learn_one(&mut self, x: &[f64]) {
+        if self.min.is_empty() {
+            self.min = vec![f64::INFINITY; x.len()];
+            self.max = vec![f64::NEG_INFINITY; x.len()];
+        }
+        for (i, &v) in x.iter().enumerate() {
+            if v < self.min[i] {
+                self.min[i] = v;
+            }
+            if v > self.max[i] {
+                self.max[i] = v;
+            }
+        }
+    }
+
+    /// `x` scaled into `out`.
+    pub fn transform_into(&self, x: &[f64], out: &mut Vec<f64>) {
+        out.clear();
+        out.extend(x.iter().enumerate().map(|(i, &v)| {
+            let (lo, hi) = (
+                self.min.get(i).copied().unwrap_or(f64::INFINITY),
+                self.max.get(i).copied().unwrap_or(f64::NEG_INFINITY),
+            );
+            let d = hi - lo;
+            if d != 0.0 {
+                (v - lo) / d
+            } else {
+                0.0
+            }
+        }));
+    }
+}
+
+/// River's `MinMaxScaler() | HalfSpaceTrees(...)`: learning updates the
+/// scaler, then the trees with the reading scaled by the updated ranges;
+/// scoring scales by the current ranges.
+#[derive(Debug, Clone)]
+pub struct ScaledHalfSpaceTrees {
+    scaler: MinMaxScaler,
+    trees: HalfSpaceTrees,
+    buf: Vec<f64>,
+}
+
+impl ScaledHalfSpaceTrees {
+    /// As [`HalfSpaceTrees::new`], behind the scaler.
+    pub fn new(n_trees: usize, height: u32, window_size: u32, seed: u64) -> Self {
+        Self {
+            scaler: MinMaxScaler::default(),
+            trees: HalfSpaceTrees::new(n_trees, height, window_size, seed),
+            buf: Vec::new(),
+        }
+    }
+
+    /// River's defaults (10 trees, height 8, window 250) with `seed`.
+    pub fn with_defaults(seed: u64) -> Self {
+        Self::new(10, 8, 250, seed)
+    }
+
+    pub fn learn_one(&mut self, x: &[f64]) {
+        self.scaler.learn_one(x);
+        let mut buf = std::mem::take(&mut self.buf);
+        self.scaler.transform_into(x, &mut buf);
+        self.trees.learn_one(&buf);
+        self.buf = buf;
+    }
+
+    pub fn score_one(&mut self, x: &[f64]) -> f64 {
+        let mut buf = std::mem::take(&mut self.buf);
+        self.scaler.transform_into(x, &mut buf);
+        let s = self.trees.score_one(&buf);
+        self.buf = buf;
+        s
+    }
+}
+
+/// Alarms from scores: the `quantile` (linear interpolation, numpy's
+/// default) of the first `calibration` non-zero scores is the threshold;
+/// after it, a score above the threshold is an alarm.
+#[derive(Debug, Clone)]
+pub struct Threshold {
+    quantile: f64,
+    calibration: usize,
+    seen: Vec<f64>,
+    threshold: Option<f64>,
+}
+
+impl Threshold {
+    /// `quantile` in (0, 1), over `calibration` scores (at least 1).
+    pub fn new(quantile: f64, calibration: usize) -> Self {
+        Self {
+            quantile: quantile.clamp(0.0, 1.0),
+            calibration: calibration.max(1),
+            seen: Vec::new(),
+            threshold: None,
+        }
+    }
+
+    /// The threshold, once calibrated.
+    pub fn threshold(&self) -> Option<f64> {
+        self.threshold
+    }
+
+    /// Whether `score` is an alarm (never during the first window, whose
+    /// scores are 0, nor during calibration).
+    pub fn observe(&mut self, score: f64) -> bool {
+        if let Some(t) = self.threshold {
+            return score > t;
+        }
+        if score > 0.0 {
+            self.seen.push(score);
+            if self.seen.len() >= self.calibration {
+                let mut s = std::mem::take(&mut self.seen);
+                s.sort_by(f64::total_cmp);
+                let pos = self.quantile * (s.len() - 1) as f64;
+                let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+                self.threshold = Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64));
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_random_first_values() {
+        // CPython 3.11: random.Random(42).random() -> 0.6394267984578837,
+        // 0.025010755222666936, 0.27502931836911926;
+        // random.Random(0).random() -> 0.8444218515250481.
+        let mut r = PyRandom::new(42);
+        assert_eq!(r.random(), 0.6394267984578837);
+        assert_eq!(r.random(), 0.025010755222666936);
+        assert_eq!(r.random(), 0.27502931836911926);
+        assert_eq!(PyRandom::new(0).random(), 0.8444218515250481);
+    }
+
+    #[test]
+    fn threshold_is_the_interpolated_quantile() {
+        let mut t = Threshold::new(0.5, 4);
+        for s in [0.0, 0.4, 0.1, 0.3] {
+            assert!(!t.observe(s));
+        }
+        assert_eq!(t.threshold(), None);
+        assert!(!t.observe(0.2));
+        // numpy.quantile([0.1, 0.2, 0.3, 0.4], 0.5) == 0.25
+        assert!((t.threshold().unwrap() - 0.25).abs() < 1e-15);
+        assert!(t.observe(0.26));
+        assert!(!t.observe(0.25));
+    }
+}

@@ -1,0 +1,171 @@
+//! Half-Space Trees (`src/monitor/anomaly.rs`) against River 0.26.1's
+//! `HalfSpaceTrees`, row by row: the scores of
+//! `tests/fixtures/anomaly/gen_hst.py` (its docstring example; NAB's
+//! ambient temperature file behind River's `MinMaxScaler`; a seeded
+//! 3-feature stream with outliers), each scored then learned.
+
+use std::path::{Path, PathBuf};
+
+use edgeloop::monitor::anomaly::{HalfSpaceTrees, ScaledHalfSpaceTrees};
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/anomaly")
+        .join(name)
+}
+
+fn reference() -> Value {
+    serde_json::from_slice(&std::fs::read(fixture("hst.json")).unwrap()).unwrap()
+}
+
+fn scores(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect()
+}
+
+fn csv_rows(name: &str, columns: &[&str]) -> Vec<Vec<f64>> {
+    let mut r = csv::Reader::from_path(fixture(name)).unwrap();
+    let headers = r.headers().unwrap().clone();
+    let idx: Vec<usize> = columns
+        .iter()
+        .map(|c| headers.iter().position(|h| h == *c).unwrap())
+        .collect();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            idx.iter().map(|&i| rec[i].parse().unwrap()).collect()
+        })
+        .collect()
+}
+
+/// Score then learn, as River's progressive validation.
+fn progressive(model: &mut ScaledHalfSpaceTrees, rows: &[Vec<f64>]) -> Vec<f64> {
+    rows.iter()
+        .map(|x| {
+            let s = model.score_one(x);
+            model.learn_one(x);
+            s
+        })
+        .collect()
+}
+
+fn assert_equal(what: &str, ours: &[f64], river: &[f64]) {
+    assert_eq!(ours.len(), river.len(), "{what}");
+    for (i, (a, b)) in ours.iter().zip(river).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-12,
+            "{what} row {i}: ours {a}, River {b}"
+        );
+    }
+}
+
+#[test]
+fn docstring_example_equals_river() {
+    let r = reference();
+    let xs = scores(&r["doc"]["x"]);
+    let mut hst = HalfSpaceTrees::new(5, 3, 3, 42);
+    for x in &xs[..3] {
+        hst.learn_one(&[*x]);
+    }
+    let ours: Vec<f64> = xs
+        .iter()
+        .map(|x| {
+            hst.learn_one(&[*x]);
+            hst.score_one(&[*x])
+        })
+        .collect();
+    // River's docstring prints 0.107, 0.071, …, 0.853.
+    assert_equal("doc", &ours, &scores(&r["doc"]["scores"]));
+}
+
+#[test]
+fn nab_ambient_temperature_equals_river_row_by_row() {
+    let r = reference();
+    let rows = csv_rows("nab_ambient_temperature_system_failure.csv", &["value"]);
+    assert_eq!(rows.len(), 7267);
+    let ours = progressive(&mut ScaledHalfSpaceTrees::with_defaults(42), &rows);
+    assert_equal("nab", &ours, &scores(&r["nab"]["scores"]));
+}
+
+#[test]
+fn three_features_with_outliers_equal_river_row_by_row() {
+    let r = reference();
+    let rows = csv_rows("mixed.csv", &["a", "b", "c"]);
+    let ours = progressive(&mut ScaledHalfSpaceTrees::with_defaults(7), &rows);
+    let river = scores(&r["mixed"]["scores"]);
+    assert_equal("mixed", &ours, &river);
+    // The injected outliers (every 200th row) score above the median of
+    // the rest once the trees have a reference window.
+    let mut normal: Vec<f64> = (250..5000)
+        .filter(|i| i % 200 != 199)
+        .map(|i| river[i])
+        .collect();
+    normal.sort_by(f64::total_cmp);
+    let median = normal[normal.len() / 2];
+    let above = (250..5000)
+        .filter(|i| i % 200 == 199)
+        .filter(|&i| ours[i] > median)
+        .count();
+    assert!(
+        above >= 20,
+        "{above} of 24 outliers above the median score {median}"
+    );
+}
+
+/// `edgeloop anomaly --json` on a file: River's scores, and the alarms of
+/// its documented rule (the 0.99 quantile of the first 1,000 non-zero
+/// scores) as the reference script computes them with numpy.
+#[test]
+fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
+    let r = reference();
+    for (name, file, features, seed) in [
+        ("mixed", "mixed.csv", "c,a,b", "7"),
+        (
+            "nab",
+            "nab_ambient_temperature_system_failure.csv",
+            "value",
+            "42",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args([
+                "anomaly",
+                "--json",
+                "--seed",
+                seed,
+                "--features",
+                features,
+                "--file",
+            ])
+            .arg(fixture(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_equal(name, &scores(&v["scores"]), &scores(&r[name]["scores"]));
+        let t = v["threshold"].as_f64().unwrap();
+        assert!(
+            (t - r[name]["threshold"].as_f64().unwrap()).abs() < 1e-12,
+            "{name}: {t}"
+        );
+        assert_eq!(v["alarms"], r[name]["alarms"], "{name}");
+    }
+    // In the seeded stream the alarms are its injected outliers (every
+    // 200th row) past the calibration, and 2 others.
+    let alarms: Vec<u64> = r["mixed"]["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_u64().unwrap())
+        .collect();
+    let injected = alarms.iter().filter(|&&i| i % 200 == 199).count();
+    assert_eq!((injected, alarms.len()), (19, 21), "{alarms:?}");
+}
