@@ -1,4 +1,5 @@
-//! `edgeloop --help`: every option of every command has a description, and
+//! `edgeloop --help`: every command and every option has a one-line
+//! description (details in a second paragraph, for `--help`), and
 //! the options every command takes are listed once, under their own heading,
 //! after the command's own.
 
@@ -18,7 +19,7 @@ fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
 const MAX_HELP: usize = 80;
 
 #[test]
-fn every_option_has_a_one_line_description() {
+fn every_command_and_option_has_a_one_line_description() {
     let mut cmd = edgeloop::cli::command();
     cmd.build();
     let mut missing = Vec::new();
@@ -34,6 +35,13 @@ fn every_option_has_a_one_line_description() {
         }
     }
     for (path, c) in &all {
+        // A command's summary: the line `edgeloop -h` lists it by.
+        let about = c.get_about().map(|h| h.to_string()).unwrap_or_default();
+        if path.len() > 1
+            && (about.trim().is_empty() || about.contains('\n') || about.chars().count() > MAX_HELP)
+        {
+            long.push(format!("{} (the command): {about}", path.join(" ")));
+        }
         for arg in c.get_arguments() {
             let id = arg.get_id().as_str();
             if id == "help" || id == "version" {

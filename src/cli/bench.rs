@@ -15,6 +15,8 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Binary sizes, resident memory and time to ready.
+    ///
     /// Binary sizes (aarch64, armv7), resident memory idle, ingesting at
     /// 5,000 messages/s and training 100,000 samples, and time to ready.
     Footprint {
@@ -27,9 +29,11 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
-    /// Ingest throughput: the daemon (ack after commit) against a bare QoS 1
-    /// subscriber on the same broker, embedded and mosquitto, steady
-    /// publishing and a drained backlog (src/bench/ingest.rs).
+    /// Ingest throughput of the daemon against a bare QoS 1 subscriber.
+    ///
+    /// The daemon (ack after commit) against a bare QoS 1 subscriber on the
+    /// same broker, embedded and mosquitto, steady publishing and a drained
+    /// backlog (src/bench/ingest.rs).
     Ingest {
         /// Print one JSON object.
         #[arg(long)]

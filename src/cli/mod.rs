@@ -74,25 +74,31 @@ enum Command {
     Replay(data::ReplayArgs),
     /// Model versions of a running daemon, over its HTTP API.
     Models(models::ModelsArgs),
-    /// Replay a labelled CSV stream, test then train, through the continuous
-    /// loop and beside a frozen first model.
+    /// Replay a labelled CSV, test then train, through the continuous loop.
+    ///
+    /// Beside a frozen first model; prints accuracy over time, the alarms
+    /// and the promotions.
     Evaluate(learn::EvaluateArgs),
-    /// Retrain the last layer (Gemm/MatMul+Add before Softmax) of an ONNX
-    /// classifier on a labelled CSV file; print the original's and the
-    /// fine-tuned model's holdout accuracy and the champion/challenger
+    /// Retrain the last layer of an ONNX classifier on a labelled CSV file.
+    ///
+    /// The last Gemm (or MatMul + Add) before Softmax; prints the original's
+    /// and the fine-tuned model's holdout accuracy and the champion/challenger
     /// decision (src/learn/head.rs).
     Finetune(learn::FinetuneArgs),
-    /// Train from a labelled CSV file (rows in time order) through the same
-    /// code path as the daemon, and print the model cards side by side.
+    /// Train on a labelled CSV file through the daemon's code path.
+    ///
+    /// Rows in time order; prints the model cards side by side.
     Train(learn::TrainArgs),
-    /// Search hyperparameters within a budget on a labelled CSV file (rows in
-    /// time order), train the best through the daemon's code path, and print
-    /// the trials (best first) and the chosen model's card.
+    /// Search hyperparameters within a budget on a labelled CSV file.
+    ///
+    /// Rows in time order; trains the best through the daemon's code path
+    /// and prints the trials (best first) and the chosen model's card.
     Tune(learn::TuneArgs),
-    /// Run any ONNX model (edgeloop's, skl2onnx, onnxmltools, torch.onnx) on
-    /// a CSV file's rows and print every output per row. Columns are picked
-    /// by the model's input names, else (one 2-D input) by an edgeloop
-    /// model's features, else in order.
+    /// Run any ONNX model on a CSV file's rows; print every output per row.
+    ///
+    /// edgeloop's, skl2onnx, onnxmltools, torch.onnx. Columns are picked by
+    /// the model's input names, else (one 2-D input) by an edgeloop model's
+    /// features, else in order.
     Predict(models::PredictArgs),
     /// Half-Space Trees anomaly scores of a CSV stream (River's
     /// HalfSpaceTrees behind a MinMaxScaler), and the rows above a learned

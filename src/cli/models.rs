@@ -24,8 +24,10 @@ pub struct ModelsArgs {
 
 #[derive(Subcommand)]
 enum ModelsAction {
-    /// Upload an ONNX model: checked and stored as a new version, served
-    /// only once promoted.
+    /// Upload an ONNX model: stored as a new version, served once promoted.
+    ///
+    /// Checked first: size, SHA-256, operators, input width and feature
+    /// order, a probe run.
     Import {
         /// The pipeline, as named in the daemon's configuration.
         #[arg(long)]
