@@ -29,11 +29,11 @@ pub struct EvaluateArgs {
     /// Configuration file of --pipeline, layered over the compiled-in default.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model family: logistic, mlp, tree, forest or svm; or an online
-    /// learner, test then train on each row: online_logistic,
-    /// hoeffding_tree, hoeffding_adaptive_tree or arf.
+    /// Model family: logistic, mlp, tree, forest, svm, or an online learner.
     ///
-    /// Default: the pipeline's with --pipeline, else logistic.
+    /// The online learners, test then train on each row: online_logistic,
+    /// hoeffding_tree, hoeffding_adaptive_tree or arf. Default: the
+    /// pipeline's with --pipeline, else logistic.
     #[arg(long)]
     family: Option<String>,
     /// Concept-drift detector: adwin, ddm or page_hinkley.

@@ -100,9 +100,10 @@ enum Command {
     /// the model's input names, else (one 2-D input) by an edgeloop model's
     /// features, else in order.
     Predict(models::PredictArgs),
-    /// Half-Space Trees anomaly scores of a CSV stream (River's
-    /// HalfSpaceTrees behind a MinMaxScaler), and the rows above a learned
-    /// quantile.
+    /// Half-Space Trees anomaly scores of a CSV stream, and the rows above.
+    ///
+    /// River's HalfSpaceTrees behind a MinMaxScaler; the rows printed are
+    /// those above a learned quantile.
     Anomaly(monitor::AnomalyArgs),
     /// Measurements of this build (see BENCHMARKS.md).
     Bench(bench::BenchArgs),

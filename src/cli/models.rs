@@ -74,8 +74,9 @@ pub struct PredictArgs {
     /// CSV file with a header row.
     #[arg(long)]
     file: PathBuf,
-    /// tract, ort (feature `ort`) or auto (tract, then onnxruntime when
-    /// tract refuses the model).
+    /// Inference engine: tract, ort (feature `ort`) or auto.
+    ///
+    /// auto: tract, then onnxruntime when tract refuses the model.
     #[arg(long, default_value = "auto")]
     engine: crate::onnx::engine::EngineKind,
     /// libonnxruntime shared library (default: ORT_DYLIB_PATH).

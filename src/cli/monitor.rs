@@ -11,8 +11,9 @@ pub struct AnomalyArgs {
     /// CSV file with a header row, rows in time order.
     #[arg(long)]
     file: PathBuf,
-    /// Columns scored, comma-separated (default: every column whose first
-    /// row is a number).
+    /// Columns scored, comma-separated.
+    ///
+    /// Default: every column whose first row is a number.
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
     /// Trees (River's default 10).
@@ -21,8 +22,9 @@ pub struct AnomalyArgs {
     /// Levels below the root of each tree (River's default 8).
     #[arg(long, default_value_t = 8)]
     height: u32,
-    /// Readings per mass window (River's default 250); scores are 0 during
-    /// the first window.
+    /// Readings per mass window (River's default 250).
+    ///
+    /// Scores are 0 during the first window.
     #[arg(long, default_value_t = 250)]
     window: u32,
     /// Seed of the trees (River's `seed`; the same seed draws River's trees).
