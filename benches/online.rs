@@ -1,0 +1,224 @@
+//! `cargo bench --bench online`: each online family (`learn::online`) against
+//! River's on the same streams, in one run: prequential accuracy, rows per
+//! second and peak memory. Prints a table; BENCHMARKS.md records it. Nothing
+//! here is asserted (`tests/online.rs` holds the accuracy to River's).
+//!
+//! Streams: River's generated SEA, Agrawal and RandomRBFDrift
+//! (`tests/fixtures/online`), UCI gas sensor drift batches 1–6, 8, 9 in order
+//! (`data/gas_sensor_drift`), UCI Occupancy `datatraining.txt`. Features go
+//! through `f32`, as stored samples do. Each learner starts empty and, for
+//! each row in order, predicts then learns; the randomised ones with seed 42
+//! (River's too). River's side is `benches/river_online.py`, run with
+//! `$EDGELOOP_PYTHON`, else `target/pyenv/bin/python3` (made by
+//! `tests/run.sh --setup`), else `python3`.
+//!
+//! Memory: a counting global allocator tracks live heap bytes; the column is
+//! the largest rise over the live level before the run (the model and what
+//! learning allocates; the stream is loaded before). River's is the
+//! `tracemalloc` peak of a second run (its Python objects).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use edgeloop::learn::online::{OnlineClassifier, OnlineFamily};
+
+struct Counting;
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size() as u64, Relaxed) + layout.size() as u64;
+        PEAK.fetch_max(live, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as u64, Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const GAS_CLASSES: [&str; 6] = [
+    "Acetaldehyde",
+    "Acetone",
+    "Ammonia",
+    "Ethanol",
+    "Ethylene",
+    "Toluene",
+];
+
+struct Stream {
+    name: &'static str,
+    xs: Vec<Vec<f64>>,
+    ys: Vec<usize>,
+}
+
+fn f32v(v: &str) -> f64 {
+    f64::from(v.trim().parse::<f32>().expect("number"))
+}
+
+fn generated(root: &Path, name: &'static str) -> Stream {
+    let text = std::fs::read_to_string(root.join(format!("tests/fixtures/online/{name}.csv")))
+        .expect("tests/fixtures/online (gen_online.py)");
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        xs.push(f[..f.len() - 1].iter().map(|v| f32v(v)).collect());
+        ys.push(f[f.len() - 1].parse().expect("label"));
+    }
+    Stream { name, xs, ys }
+}
+
+fn gas(root: &Path) -> Stream {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for b in [1, 2, 3, 4, 5, 6, 8, 9] {
+        let text =
+            std::fs::read_to_string(root.join(format!("data/gas_sensor_drift/batch{b}.dat")))
+                .expect("data/gas_sensor_drift");
+        for line in text.lines() {
+            let f: Vec<&str> = line.trim().split(',').collect();
+            ys.push(GAS_CLASSES.iter().position(|g| *g == f[0]).expect("gas"));
+            xs.push(f[2..].iter().map(|v| f32v(v)).collect());
+        }
+    }
+    Stream {
+        name: "gas",
+        xs,
+        ys,
+    }
+}
+
+fn occupancy(root: &Path) -> Stream {
+    let text = std::fs::read_to_string(root.join("data/occupancy_uci/datatraining.txt"))
+        .expect("data/occupancy_uci");
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let f = &f[f.len() - 7..];
+        xs.push(f[1..6].iter().map(|v| f32v(v)).collect());
+        ys.push(f[6].trim().parse().expect("Occupancy"));
+    }
+    Stream {
+        name: "occupancy",
+        xs,
+        ys,
+    }
+}
+
+struct Ours {
+    accuracy: f64,
+    seconds: f64,
+    peak_bytes: u64,
+}
+
+fn run(stream: &Stream, family: OnlineFamily) -> Ours {
+    let n_classes = stream.ys.iter().max().map_or(0, |m| m + 1);
+    let base = LIVE.load(Relaxed);
+    PEAK.store(base, Relaxed);
+    let started = Instant::now();
+    let mut model = family.new_model(stream.xs[0].len(), Some(n_classes), 42);
+    let (mut hits, mut scored) = (0u64, 0u64);
+    for (x, &y) in stream.xs.iter().zip(&stream.ys) {
+        if let Some(p) = model.predict_one(x).expect("width") {
+            scored += 1;
+            hits += u64::from(p == y);
+        }
+        model.learn_one(x, y).expect("learn");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_bytes = PEAK.load(Relaxed).saturating_sub(base);
+    drop(model);
+    Ours {
+        accuracy: hits as f64 / scored.max(1) as f64,
+        seconds,
+        peak_bytes,
+    }
+}
+
+fn python(root: &Path) -> String {
+    if let Ok(p) = std::env::var("EDGELOOP_PYTHON") {
+        return p;
+    }
+    let venv = root.join("target/pyenv/bin/python3");
+    if venv.exists() {
+        return venv.display().to_string();
+    }
+    "python3".into()
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.2}", b / (1024.0 * 1024.0))
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let streams = vec![
+        generated(root, "sea"),
+        generated(root, "agrawal"),
+        generated(root, "rbf_drift"),
+        gas(root),
+        occupancy(root),
+    ];
+    let mut ours = Vec::new();
+    for s in &streams {
+        for family in OnlineFamily::ALL {
+            ours.push((s.name, family, s.ys.len(), run(s, family)));
+        }
+    }
+    let py = python(root);
+    let out = std::process::Command::new(&py)
+        .arg("benches/river_online.py")
+        .current_dir(root)
+        .output();
+    let river: Option<serde_json::Value> = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
+        Ok(o) => {
+            eprintln!(
+                "{py} benches/river_online.py failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!(
+                "{py}: {e}; River's columns left empty (tests/run.sh --setup makes target/pyenv)"
+            );
+            None
+        }
+    };
+    let find = |stream: &str, family: &str| -> Option<&serde_json::Value> {
+        river.as_ref()?["results"]
+            .as_array()?
+            .iter()
+            .find(|r| r["stream"] == stream && r["family"] == family)
+    };
+    if let Some(v) = river.as_ref().and_then(|r| r["river_version"].as_str()) {
+        println!("River {v}");
+    }
+    println!(
+        "| stream | rows | family | edgeloop accuracy | River accuracy | edgeloop rows/s | River rows/s | speed-up | edgeloop peak MiB | River peak MiB (traced) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (stream, family, rows, o) in &ours {
+        let r = find(stream, family.name());
+        let r_acc = r.and_then(|r| r["accuracy"].as_f64());
+        let r_secs = r.and_then(|r| r["seconds"].as_f64());
+        let r_peak = r.and_then(|r| r["peak_traced_bytes"].as_f64());
+        let ours_rate = *rows as f64 / o.seconds;
+        println!(
+            "| {stream} | {rows} | {family} | {:.4} | {} | {:.0} | {} | {} | {} | {} |",
+            o.accuracy,
+            r_acc.map_or("-".into(), |a| format!("{a:.4}")),
+            ours_rate,
+            r_secs.map_or("-".into(), |s| format!("{:.0}", *rows as f64 / s)),
+            r_secs.map_or("-".into(), |s| format!("{:.0}x", s / o.seconds)),
+            mib(o.peak_bytes as f64),
+            r_peak.map_or("-".into(), mib),
+        );
+    }
+}
