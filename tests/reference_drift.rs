@@ -528,3 +528,60 @@ fn data_drift_matches_numpy_and_scipy() {
         failures.join("\n")
     );
 }
+
+/// `edgeloop detect` (issue 18): every detector case of the fixture, its
+/// stream written as a CSV column and its River parameters given as
+/// `--param`, prints River's alarm indices.
+#[test]
+fn the_detect_command_prints_rivers_alarms() {
+    let fx = load();
+    let dir = tempfile::tempdir().unwrap();
+    for case in &fx.detector_cases {
+        let s = stream(&fx, &case.stream);
+        let csv = dir.path().join(format!("{}.csv", case.stream));
+        let mut text = String::from("t,x\n");
+        for (i, v) in s.values.iter().enumerate() {
+            text.push_str(&format!("{i},{v}\n"));
+        }
+        std::fs::write(&csv, text).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+        cmd.args([
+            "detect",
+            "--json",
+            "--column",
+            "x",
+            "--detector",
+            &case.detector,
+            "--file",
+        ])
+        .arg(&csv);
+        for (k, v) in &case.params {
+            cmd.arg("--param").arg(format!("{k}={v}"));
+        }
+        let out = cmd.output().unwrap();
+        let what = format!(
+            "{} on {} ({})",
+            case.detector,
+            case.stream,
+            params_text(case)
+        );
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let alarms: Vec<usize> = v["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(alarms, case.alarms, "{what}");
+        assert_eq!(
+            v["rows"].as_u64().unwrap() as usize,
+            s.values.len(),
+            "{what}"
+        );
+    }
+}

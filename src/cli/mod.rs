@@ -9,7 +9,7 @@
 //! - `learn.rs`: `train`, `tune`, `evaluate` and `finetune`;
 //! - `data.rs`: `replay` and `demo`;
 //! - `bench.rs`: `bench footprint` and `bench ingest`;
-//! - `monitor.rs`: `anomaly`;
+//! - `monitor.rs`: `anomaly` and `detect`;
 //! - [`render`]: tables within 100 columns (`--wide`: whole), local times.
 
 mod bench;
@@ -105,6 +105,9 @@ enum Command {
     /// River's HalfSpaceTrees behind a MinMaxScaler; the rows printed are
     /// those above a learned quantile.
     Anomaly(monitor::AnomalyArgs),
+    /// Run a drift detector (ADWIN, DDM, Page-Hinkley, as River's) over one
+    /// column of a CSV stream and print the rows that raised an alarm.
+    Detect(monitor::DetectArgs),
     /// Measurements of this build (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
@@ -189,6 +192,7 @@ fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
         Command::Tune(args) => learn::tune(args),
         Command::Bench(args) => bench::run(args),
         Command::Anomaly(args) => monitor::anomaly(args),
+        Command::Detect(args) => monitor::detect(args),
         Command::Demo(args) => data::demo(args, &runtime),
     }
 }
