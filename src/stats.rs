@@ -87,7 +87,7 @@ impl Reason {
 
 /// Why a model was refused at intake (`crate::serve::intake::IntakeError::reason`),
 /// in the order the stats list them.
-pub const MODEL_REFUSAL_REASONS: [&'static str; 13] = [
+pub const MODEL_REFUSAL_REASONS: [&'static str; 14] = [
     "unknown_pipeline",
     "oversized",
     "bad_sha256",
@@ -98,6 +98,7 @@ pub const MODEL_REFUSAL_REASONS: [&'static str; 13] = [
     "feature_order",
     "wrong_task",
     "wrong_classes",
+    "external_data",
     "engine_refused",
     "bad_output",
     "store",

@@ -659,3 +659,34 @@ fn a_fixed_batch_import_predicts_any_number_of_rows() {
         }
     }
 }
+
+/// A foreign model whose classes are not the pipeline's is refused as
+/// `wrong_classes` (the reason the README lists), not `engine_refused`; a
+/// model whose weights are in an external-data file, uploaded alone, as
+/// `external_data`, naming the file.
+#[test]
+fn wrong_classes_and_external_data_are_refused_under_their_own_reasons() {
+    use edgeloop::serve::intake::{check_model, IntakeError};
+    let cfg = edgeloop::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+    let mut p = cfg.pipelines[0].settings();
+    p.classes = vec!["empty".into(), "occupied".into()];
+    let e = check_model(&fixture("occupancy_sklearn.onnx"), &p, &Default::default()).unwrap_err();
+    assert_eq!(e.reason(), "wrong_classes", "{e}");
+    assert!(
+        matches!(&e, IntakeError::WrongClasses { expected, .. } if expected == &p.classes),
+        "{e}"
+    );
+    assert!(IntakeError::REASONS.contains(&e.reason()));
+    let external = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/conformance/torch/models/dynamo_mlp_external.onnx"),
+    )
+    .unwrap();
+    let e = check_model(&external, &p, &Default::default()).unwrap_err();
+    assert_eq!(e.reason(), "external_data", "{e}");
+    assert!(
+        e.to_string().contains("dynamo_mlp_external.onnx.data"),
+        "{e}"
+    );
+    assert!(IntakeError::REASONS.contains(&e.reason()));
+}

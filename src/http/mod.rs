@@ -197,6 +197,7 @@ impl ApiError {
                     | E::FeatureOrder { .. }
                     | E::WrongTask { .. }
                     | E::WrongClasses { .. }
+                    | E::ExternalData(_)
                     | E::EngineRefused(_)
                     | E::BadOutput(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 }

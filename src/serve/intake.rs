@@ -8,7 +8,9 @@
 //! 1. size within `[models] max_bytes` (`oversized`);
 //! 2. (uploads) the SHA-256 the client sent matches the bytes (`bad_sha256`);
 //! 3. the bytes are an ONNX `ModelProto` (`truncated` when a protobuf field
-//!    runs past the end of the file, `not_onnx` otherwise);
+//!    runs past the end of the file, `not_onnx` otherwise) whose weights are
+//!    inside it (`external_data`: an upload is one file; a file of the models
+//!    directory has its external-data files read from beside it);
 //! 4. every operator is one the engine implements (`unsupported_operator`);
 //! 5. the declared input width and the feature names and order equal the
 //!    pipeline's schema (`wrong_width`, `feature_order`), as do the task and
@@ -117,6 +119,8 @@ pub enum IntakeError {
         model: Vec<String>,
         expected: Vec<String>,
     },
+    #[error("external data: {0}")]
+    ExternalData(String),
     #[error("engine refused the model: {0}")]
     EngineRefused(String),
     #[error("bad output: {0}")]
@@ -127,7 +131,7 @@ pub enum IntakeError {
 
 impl IntakeError {
     /// Every reason, in the order the stats list them.
-    pub const REASONS: [&'static str; 13] = crate::stats::MODEL_REFUSAL_REASONS;
+    pub const REASONS: [&'static str; 14] = crate::stats::MODEL_REFUSAL_REASONS;
 
     /// The kind of refusal (low-cardinality stats key).
     pub fn reason(&self) -> &'static str {
@@ -142,6 +146,7 @@ impl IntakeError {
             IntakeError::FeatureOrder { .. } => "feature_order",
             IntakeError::WrongTask { .. } => "wrong_task",
             IntakeError::WrongClasses { .. } => "wrong_classes",
+            IntakeError::ExternalData(_) => "external_data",
             IntakeError::EngineRefused(_) => "engine_refused",
             IntakeError::BadOutput(_) => "bad_output",
             IntakeError::Store(_) => "store",
@@ -171,6 +176,11 @@ pub fn check_model(
         return Err(IntakeError::NotOnnx(
             "no operator set or no node: not a model graph".into(),
         ));
+    }
+    // An upload is one file: weights kept in external-data files are not
+    // here (the models directory reads them from beside the file first).
+    if let Err(ModelError::ExternalData(m)) = super::engine::inline_external_data(onnx, None) {
+        return Err(IntakeError::ExternalData(m));
     }
     let features = pipeline.model_features();
     // The declared input width, when the graph states it.
@@ -244,6 +254,12 @@ fn load(
     };
     OnnxModel::load_for(onnx, Some(&contract), pipeline.engine, options).map_err(|e| match e {
         ModelError::UnsupportedOperator { .. } => IntakeError::UnsupportedOperator(e.to_string()),
+        ModelError::WrongClasses { model, expected } => IntakeError::WrongClasses {
+            pipeline: pipeline.name.clone(),
+            model,
+            expected,
+        },
+        ModelError::ExternalData(m) => IntakeError::ExternalData(m),
         e => IntakeError::EngineRefused(e.to_string()),
     })
 }
@@ -628,7 +644,12 @@ impl ModelsDirWatcher {
                     let path = entry.path();
                     let name = entry.file_name().to_string_lossy().into_owned();
                     let Ok(meta) = entry.metadata() else { continue };
-                    if !meta.is_file() || name.starts_with('.') || name.ends_with(".tmp") {
+                    // `*.data`: external data, read with the model naming it.
+                    if !meta.is_file()
+                        || name.starts_with('.')
+                        || name.ends_with(".tmp")
+                        || name.ends_with(".data")
+                    {
                         continue;
                     }
                     let sig = (meta.len(), meta.modified().ok());
@@ -681,17 +702,38 @@ fn take_file(
         Err(e)
     } else {
         let bytes = std::fs::read(path)?;
-        import(
-            store,
-            pipeline,
-            bytes,
-            Source::ModelsDir,
-            Some(name.to_string()),
-            max_bytes,
-            options,
-            stats,
-            "models_dir",
-        )
+        // Weights the model keeps beside it (`model.onnx.data`) go into the
+        // stored version.
+        match super::engine::inline_external_data(&bytes, path.parent()) {
+            Ok(bytes) => import(
+                store,
+                pipeline,
+                bytes.into_owned(),
+                Source::ModelsDir,
+                Some(name.to_string()),
+                max_bytes,
+                options,
+                stats,
+                "models_dir",
+            ),
+            Err(ModelError::ExternalData(m)) => {
+                let e = IntakeError::ExternalData(m);
+                count(stats, &pipeline.name, Source::ModelsDir, Err(&e));
+                Err(e)
+            }
+            // Not ONNX: import names it.
+            Err(_) => import(
+                store,
+                pipeline,
+                bytes,
+                Source::ModelsDir,
+                Some(name.to_string()),
+                max_bytes,
+                options,
+                stats,
+                "models_dir",
+            ),
+        }
     };
     let (sub, reason) = match &result {
         Ok(card) => (

@@ -170,3 +170,235 @@ fn value_info(v: &pb::ValueInfoProto, graph: &pb::GraphProto) -> TensorInfo {
     }
     info
 }
+
+/// The external-data files a model names (`TensorProto.data_location =
+/// EXTERNAL`, key `location`), in order of first use; initializers of
+/// subgraphs included.
+pub(crate) fn external_files(proto: &pb::ModelProto) -> Vec<String> {
+    let mut files: Vec<String> = Vec::new();
+    if let Some(g) = &proto.graph {
+        each_tensor(g, &mut |t| {
+            if let Some(loc) = external_location(t) {
+                if !files.iter().any(|f| f == loc) {
+                    files.push(loc.to_string());
+                }
+            }
+        });
+    }
+    files
+}
+
+fn external_location(t: &pb::TensorProto) -> Option<&str> {
+    if t.data_location != Some(pb::tensor_proto::DataLocation::External as i32) {
+        return None;
+    }
+    t.external_data
+        .iter()
+        .find(|e| e.key == "location")
+        .map(|e| e.value.as_str())
+}
+
+fn each_tensor(graph: &pb::GraphProto, f: &mut impl FnMut(&pb::TensorProto)) {
+    graph.initializer.iter().for_each(&mut *f);
+    for node in &graph.node {
+        for attr in &node.attribute {
+            if let Some(t) = &attr.t {
+                f(t);
+            }
+            attr.tensors.iter().for_each(&mut *f);
+            if let Some(g) = &attr.g {
+                each_tensor(g, f);
+            }
+            for g in &attr.graphs {
+                each_tensor(g, f);
+            }
+        }
+    }
+}
+
+fn each_tensor_mut(
+    graph: &mut pb::GraphProto,
+    f: &mut impl FnMut(&mut pb::TensorProto) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    for t in &mut graph.initializer {
+        f(t)?;
+    }
+    for node in &mut graph.node {
+        for attr in &mut node.attribute {
+            if let Some(t) = &mut attr.t {
+                f(t)?;
+            }
+            for t in &mut attr.tensors {
+                f(t)?;
+            }
+            if let Some(g) = &mut attr.g {
+                each_tensor_mut(g, f)?;
+            }
+            for g in &mut attr.graphs {
+                each_tensor_mut(g, f)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every external-data tensor of `proto` into its `raw_data`, from the
+/// files its `location` names relative to `dir` (the model file's
+/// directory), as the ONNX external-data spec lays them out
+/// (<https://onnx.ai/onnx/repo-docs/ExternalData.html>: `location`,
+/// `offset`, `length`). A location must stay inside `dir` (no absolute path,
+/// no `..`). Afterwards the model is self-contained. Returns whether
+/// anything was read.
+///
+/// # Errors
+/// [`ModelError::ExternalData`] naming the tensor and the file: no `dir`
+/// (the model came as bytes, without its file), a file missing or
+/// unreadable, a location outside `dir`, a range past the file's end.
+pub(crate) fn inline_external_data(
+    proto: &mut pb::ModelProto,
+    dir: Option<&std::path::Path>,
+) -> Result<bool, ModelError> {
+    let files = external_files(proto);
+    if files.is_empty() {
+        return Ok(false);
+    }
+    let Some(dir) = dir else {
+        return Err(ModelError::ExternalData(format!(
+            "the model keeps its weights in {} beside the model file, and only the model file \
+             was given; load the model from its file with the data file beside it, or save it \
+             with the weights inside (onnx.save_model(model, path, save_as_external_data=False))",
+            quote_list(&files)
+        )));
+    };
+    let mut contents: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for file in &files {
+        let location = std::path::Path::new(file);
+        if file.is_empty()
+            || location.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            return Err(ModelError::ExternalData(format!(
+                "external data location `{file}` is not a relative path inside the model's directory"
+            )));
+        }
+        let path = dir.join(location);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            ModelError::ExternalData(format!(
+                "the model's weights file {} (external data `{file}`): {e}",
+                path.display()
+            ))
+        })?;
+        contents.insert(file.clone(), bytes);
+    }
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| ModelError::Refused("the ONNX model has no graph".into()))?;
+    each_tensor_mut(graph, &mut |t| {
+        let Some(file) = external_location(t).map(str::to_string) else {
+            return Ok(());
+        };
+        let field = |key: &str| -> Result<Option<usize>, ModelError> {
+            t.external_data
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| {
+                    e.value.parse::<usize>().map_err(|_| {
+                        ModelError::ExternalData(format!(
+                            "tensor `{}`: external data {key} `{}` is not a number",
+                            t.name, e.value
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let offset = field("offset")?.unwrap_or(0);
+        let data = &contents[&file];
+        let length = field("length")?.unwrap_or(data.len().saturating_sub(offset));
+        let Some(bytes) = offset
+            .checked_add(length)
+            .and_then(|end| data.get(offset..end))
+        else {
+            return Err(ModelError::ExternalData(format!(
+                "tensor `{}`: bytes {offset}..{} of `{file}` are past its end ({} bytes)",
+                t.name,
+                offset.saturating_add(length),
+                data.len()
+            )));
+        };
+        t.raw_data = bytes.to_vec();
+        t.data_location = None;
+        t.external_data.clear();
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+fn quote_list(files: &[String]) -> String {
+    files
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Symbolic dims made one for tract: every `dim_param` equal to an input's
+/// first-axis name (`batch`, `s0`, `batch_size`: whatever the exporter
+/// wrote) becomes `batch`, the symbol the engine gives the inputs' batch
+/// axis; every other `dim_param` recorded on an intermediate value or an
+/// output (`value_info`, torch's dynamo exporter writes one per node, with
+/// expressions such as `2*s0`) is dropped to an unknown dim, which tract
+/// infers from the inputs. Subgraphs included. Inputs are left as written
+/// (the engine sets their facts).
+pub(crate) fn unify_symbolic_dims(proto: &mut pb::ModelProto, batch: &str) {
+    use pb::tensor_shape_proto::dimension::Value as Dim;
+    let Some(graph) = proto.graph.as_mut() else {
+        return;
+    };
+    let batch_names: std::collections::HashSet<String> = graph
+        .input
+        .iter()
+        .filter_map(|v| {
+            let pb::type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
+            match t.shape.as_ref()?.dim.first()?.value.as_ref()? {
+                Dim::DimParam(p) if !p.is_empty() => Some(p.clone()),
+                _ => None,
+            }
+        })
+        .collect();
+    fn rewrite(v: &mut pb::ValueInfoProto, names: &std::collections::HashSet<String>, batch: &str) {
+        let Some(pb::type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            return;
+        };
+        let Some(shape) = t.shape.as_mut() else {
+            return;
+        };
+        for d in &mut shape.dim {
+            if let Some(Dim::DimParam(p)) = &d.value {
+                d.value = names.contains(p).then(|| Dim::DimParam(batch.to_string()));
+            }
+        }
+    }
+    fn walk(g: &mut pb::GraphProto, names: &std::collections::HashSet<String>, batch: &str) {
+        for v in g.value_info.iter_mut().chain(g.output.iter_mut()) {
+            rewrite(v, names, batch);
+        }
+        for node in &mut g.node {
+            for attr in &mut node.attribute {
+                if let Some(sub) = &mut attr.g {
+                    walk(sub, names, batch);
+                }
+                for sub in &mut attr.graphs {
+                    walk(sub, names, batch);
+                }
+            }
+        }
+    }
+    walk(graph, &batch_names, batch);
+}

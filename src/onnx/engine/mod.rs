@@ -62,6 +62,16 @@ pub enum ModelError {
     /// too old); the message names the feature or the library path.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// An imported model's classes are not the pipeline's (as sets).
+    #[error("the model's classes {model:?} are not the pipeline's {expected:?}")]
+    WrongClasses {
+        model: Vec<String>,
+        expected: Vec<String>,
+    },
+    /// The model keeps weights in external-data files that are missing,
+    /// unreadable or out of reach (the message names the file and tensor).
+    #[error("external data: {0}")]
+    ExternalData(String),
     /// The input does not fit the model.
     #[error("bad input: {0}")]
     BadInput(String),
@@ -281,14 +291,50 @@ impl Session {
     /// library from [`LoadOptions::ort_library`] or `ORT_DYLIB_PATH`.
     /// [`EngineKind::Auto`]: tract, then onnxruntime when tract refuses the
     /// model and onnxruntime is available; otherwise tract's error.
+    /// Symbolic dims of any name on the inputs' first axis are the batch
+    /// axis wherever the graph records them (torch's dynamo exporter writes
+    /// `batch` or `s0` on every intermediate value).
     ///
     /// # Errors
     /// [`ModelError::UnsupportedOperator`] naming the first operator the
     /// engine lacks; [`ModelError::Refused`] when the engine cannot load or
-    /// plan the graph; [`ModelError::Unavailable`] when onnxruntime is asked
+    /// plan the graph; [`ModelError::ExternalData`] when the model keeps
+    /// weights in external files (use [`Session::load_file`]); [`ModelError::Unavailable`] when onnxruntime is asked
     /// for and not compiled in or its library does not load.
     pub fn load(bytes: &[u8], kind: EngineKind, options: &LoadOptions) -> Result<Self, ModelError> {
-        let graph = graph::Graph::parse(bytes)?;
+        let mut graph = graph::Graph::parse(bytes)?;
+        // Bytes alone cannot reach their external-data files: refused, naming them.
+        graph::inline_external_data(&mut graph.proto, None)?;
+        Self::load_graph(bytes, graph, kind, options)
+    }
+
+    /// Loads the model file at `path` as [`Session::load`] does, reading
+    /// external-data files (torch's exporter writes `model.onnx.data`)
+    /// relative to the model file's directory.
+    ///
+    /// # Errors
+    /// [`ModelError::ExternalData`] naming the file when an external-data
+    /// file is missing, unreadable or outside the model's directory;
+    /// [`ModelError::Refused`] when `path` cannot be read; else as
+    /// [`Session::load`].
+    pub fn load_file(
+        path: &std::path::Path,
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ModelError::Refused(format!("{}: {e}", path.display())))?;
+        let bytes = inline_external_data(&bytes, path.parent())?;
+        let graph = graph::Graph::parse(&bytes)?;
+        Self::load_graph(&bytes, graph, kind, options)
+    }
+
+    fn load_graph(
+        bytes: &[u8],
+        graph: graph::Graph,
+        kind: EngineKind,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
         let inner = match kind {
             EngineKind::Tract => Inner::Tract(tract::TractSession::load(&graph, options)?),
             EngineKind::Ort => load_ort(bytes, &graph, options)?,
@@ -381,6 +427,9 @@ impl Session {
                 extra.name
             )));
         }
+        for (info, given) in self.inputs.iter().zip(&ordered) {
+            check_shape(info, &given.tensor.shape)?;
+        }
         let outputs = match &*self.inner {
             Inner::Tract(s) => s.run(&self.inputs, &ordered, &self.outputs)?,
             #[cfg(feature = "ort")]
@@ -388,6 +437,248 @@ impl Session {
         };
         Ok(outputs)
     }
+
+    /// Runs `n_rows` rows: each input tensor is `[n_rows, ...]` (one row per
+    /// sample along the first axis), each output comes back with `n_rows`
+    /// first. The model's declared first axis decides how the rows go in:
+    /// - symbolic, absent or undeclared: all rows in one run;
+    /// - a fixed number `b` (`[1, 20]` from `torch.onnx.export` without
+    ///   dynamic axes): `b` rows a run, the last run padded with zero rows
+    ///   whose outputs are dropped;
+    /// - no batch axis (the declared rank is the row's: an input `[6]` fed
+    ///   `[n_rows, 6]`): one row a run, each output given a first axis.
+    ///
+    /// Outputs of a padded or per-row run that have no batch axis of their
+    /// own are stacked, one per run. This is the one path both the daemon
+    /// (`OnnxModel::predict_proba`) and `edgeloop predict` take.
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] naming the input and axis when a tensor
+    /// does not fit the declared shape, or inputs disagree on `n_rows`;
+    /// as [`Session::run`].
+    pub fn run_rows(&self, inputs: &[Named]) -> Result<Vec<Named>, ModelError> {
+        let n_rows = match inputs.first() {
+            Some(first) => first.tensor.shape.first().copied().ok_or_else(|| {
+                ModelError::BadInput(format!("input `{}` has no rows axis", first.name))
+            })?,
+            None => return self.run(inputs),
+        };
+        // Rows per run: `None` = all at once; (size, with a batch axis).
+        let mut per_run: Option<(usize, bool)> = None;
+        for given in inputs {
+            if given.tensor.shape.first() != Some(&n_rows) {
+                return Err(ModelError::BadInput(format!(
+                    "input `{}` has shape {:?}; every input needs {n_rows} rows first",
+                    given.name, given.tensor.shape
+                )));
+            }
+            let Some(info) = self.inputs.iter().find(|i| i.name == given.name) else {
+                continue;
+            };
+            let Some(dims) = &info.dims else { continue };
+            let this = if dims.len() + 1 == given.tensor.shape.len() {
+                Some((1, false))
+            } else {
+                match dims.first() {
+                    Some(Some(b)) if *b != n_rows => Some((*b, true)),
+                    _ => None,
+                }
+            };
+            match (per_run, this) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ModelError::BadInput(format!(
+                        "the inputs' batch axes disagree (`{}`: {})",
+                        given.name,
+                        batch_text(b)
+                    )))
+                }
+                (None, Some(_)) => per_run = this,
+                _ => {}
+            }
+        }
+        let Some((size, batched)) = per_run else {
+            return self.run(inputs);
+        };
+        let mut outputs: Option<Vec<Named>> = None;
+        let mut runs = 0usize;
+        let mut start = 0;
+        while start < n_rows {
+            let take = size.min(n_rows - start);
+            let chunk: Vec<Named> = inputs
+                .iter()
+                .map(|n| {
+                    let mut t = rows_of(&n.tensor, start, take, size);
+                    if !batched {
+                        t.shape.remove(0);
+                    }
+                    Named::new(&n.name, t)
+                })
+                .collect();
+            let out = self.run(&chunk)?;
+            let acc = outputs.get_or_insert_with(|| {
+                out.iter()
+                    .map(|o| Named {
+                        name: o.name.clone(),
+                        tensor: Tensor {
+                            shape: Vec::new(),
+                            data: empty_like(&o.tensor.data),
+                        },
+                        keys: o.keys.clone(),
+                    })
+                    .collect()
+            });
+            for (a, o) in acc.iter_mut().zip(out) {
+                let per_row = batched && o.tensor.shape.first() == Some(&size);
+                let (shape, data) = if per_row {
+                    let kept = rows_of(&o.tensor, 0, take, take);
+                    (kept.shape, kept.data)
+                } else {
+                    let mut shape = o.tensor.shape.clone();
+                    shape.insert(0, 1);
+                    (shape, o.tensor.data)
+                };
+                if a.tensor.shape.is_empty() {
+                    a.tensor.shape = shape.clone();
+                    a.tensor.shape[0] = 0;
+                } else if a.tensor.shape[1..] != shape[1..] {
+                    return Err(ModelError::Run(format!(
+                        "output `{}` changes shape between runs ({:?}, then {:?})",
+                        a.name,
+                        &a.tensor.shape[1..],
+                        &shape[1..]
+                    )));
+                }
+                a.tensor.shape[0] += shape[0];
+                if !append(&mut a.tensor.data, data) {
+                    return Err(ModelError::Run(format!(
+                        "output `{}` changes element type between runs",
+                        a.name
+                    )));
+                }
+            }
+            runs += 1;
+            start += take;
+        }
+        tracing::trace!(runs, n_rows, "Rows run in batches of the model's size.");
+        Ok(outputs.unwrap_or_default())
+    }
+}
+
+/// `onnx` made self-contained: the tensors it keeps in external-data files
+/// (`location` relative to `dir`, the model file's directory) read into the
+/// model; the bytes as they are when it has none.
+///
+/// # Errors
+/// [`ModelError::Refused`] for bytes that are not ONNX;
+/// [`ModelError::ExternalData`] naming the file when the model has external
+/// data and `dir` is `None` (bytes without their files: an upload), or a
+/// file is missing, unreadable or outside `dir`.
+pub fn inline_external_data<'a>(
+    onnx: &'a [u8],
+    dir: Option<&std::path::Path>,
+) -> Result<std::borrow::Cow<'a, [u8]>, ModelError> {
+    let mut graph = graph::Graph::parse(onnx)?;
+    if !graph::inline_external_data(&mut graph.proto, dir)? {
+        return Ok(std::borrow::Cow::Borrowed(onnx));
+    }
+    use prost::Message;
+    Ok(std::borrow::Cow::Owned(graph.proto.encode_to_vec()))
+}
+
+/// The declared dims, `?` where symbolic or absent: `[?, 1, 64]`.
+fn dims_text(dims: &[Option<usize>]) -> String {
+    let d: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
+        .collect();
+    format!("[{}]", d.join(", "))
+}
+
+/// A tensor of `shape` fits input `info`'s declared dims (rank, and every
+/// axis the model fixes).
+fn check_shape(info: &TensorInfo, shape: &[usize]) -> Result<(), ModelError> {
+    let Some(dims) = &info.dims else {
+        return Ok(());
+    };
+    if dims.len() != shape.len() {
+        return Err(ModelError::BadInput(format!(
+            "input `{}` takes {} dims {}; given {} dims {shape:?}",
+            info.name,
+            dims.len(),
+            dims_text(dims),
+            shape.len()
+        )));
+    }
+    for (axis, (d, g)) in dims.iter().zip(shape).enumerate() {
+        if let Some(d) = d {
+            if d != g {
+                let what = if axis == 0 {
+                    " (its batch axis, fixed)"
+                } else {
+                    ""
+                };
+                return Err(ModelError::BadInput(format!(
+                    "input `{}` {}: axis {axis}{what} is {d}, given {g}",
+                    info.name,
+                    dims_text(dims)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn batch_text((size, batched): (usize, bool)) -> String {
+    if batched {
+        format!("a fixed batch of {size}")
+    } else {
+        "no batch axis".into()
+    }
+}
+
+/// Rows `start..start + take` of `t` (rows along the first axis), padded
+/// with zero rows (empty strings) to `size` rows.
+fn rows_of(t: &Tensor, start: usize, take: usize, size: usize) -> Tensor {
+    let per_row: usize = t.shape[1..].iter().product();
+    let (a, b) = (start * per_row, (start + take) * per_row);
+    let pad = (size - take) * per_row;
+    let data = match &t.data {
+        Data::F32(v) => Data::F32(padded(&v[a..b], pad, 0.0)),
+        Data::F64(v) => Data::F64(padded(&v[a..b], pad, 0.0)),
+        Data::I64(v) => Data::I64(padded(&v[a..b], pad, 0)),
+        Data::String(v) => Data::String(padded(&v[a..b], pad, String::new())),
+    };
+    let mut shape = t.shape.clone();
+    shape[0] = size;
+    Tensor { shape, data }
+}
+
+fn padded<T: Clone>(v: &[T], pad: usize, zero: T) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len() + pad);
+    out.extend_from_slice(v);
+    out.resize(v.len() + pad, zero);
+    out
+}
+
+fn empty_like(d: &Data) -> Data {
+    match d {
+        Data::F32(_) => Data::F32(Vec::new()),
+        Data::F64(_) => Data::F64(Vec::new()),
+        Data::I64(_) => Data::I64(Vec::new()),
+        Data::String(_) => Data::String(Vec::new()),
+    }
+}
+
+/// Appends `from` to `to`; `false` when their element types differ.
+fn append(to: &mut Data, from: Data) -> bool {
+    match (to, from) {
+        (Data::F32(a), Data::F32(b)) => a.extend(b),
+        (Data::F64(a), Data::F64(b)) => a.extend(b),
+        (Data::I64(a), Data::I64(b)) => a.extend(b),
+        (Data::String(a), Data::String(b)) => a.extend(b),
+        _ => return false,
+    }
+    true
 }
 
 #[cfg(feature = "ort")]
@@ -534,7 +825,8 @@ impl OnnxModel {
     /// these checks on tract is tried on onnxruntime.
     ///
     /// # Errors
-    /// [`ModelError::Refused`] saying which of these the model fails; the
+    /// [`ModelError::WrongClasses`] when the classes differ;
+    /// [`ModelError::Refused`] saying which other check the model fails; the
     /// [`Session::load`] errors.
     pub fn adopt(
         onnx: &[u8],
@@ -607,10 +899,10 @@ impl OnnxModel {
                     a.sort();
                     b.sort();
                     if a != b {
-                        return refuse(format!(
-                            "the model's classes {classes:?} are not the pipeline's {:?}",
-                            contract.classes
-                        ));
+                        return Err(ModelError::WrongClasses {
+                            model: classes,
+                            expected: contract.classes.clone(),
+                        });
                     }
                 }
                 (i, classes)
@@ -682,10 +974,9 @@ impl OnnxModel {
 
     /// A classifier's probabilities `[n_rows, n_classes]` row-major, a
     /// regressor's predictions `[n_rows]`; for `x` (`[n_rows, n_features]`
-    /// row-major `f32`, `NaN` = missing). A model exported with a fixed
-    /// batch axis (`torch.onnx.export` without `dynamic_axes`: `[1, F]` or
-    /// `[64, F]`) runs that many rows at a time, the last run padded with
-    /// zero rows whose outputs are dropped.
+    /// row-major `f32`, `NaN` = missing), through [`Session::run_rows`]: a
+    /// model exported with a fixed batch axis (`torch.onnx.export` without
+    /// dynamic axes: `[1, F]` or `[64, F]`) runs that many rows at a time.
     ///
     /// # Errors
     /// [`ModelError::BadInput`] when `x` is not a whole number of rows;
@@ -699,45 +990,8 @@ impl OnnxModel {
             )));
         }
         let n_rows = x.len() / nf;
-        match self.fixed_batch() {
-            Some(batch) if batch != n_rows => {
-                let mut out = Vec::new();
-                let mut padded = Vec::with_capacity(batch * nf);
-                for chunk in x.chunks(batch * nf) {
-                    padded.clear();
-                    padded.extend_from_slice(chunk);
-                    padded.resize(batch * nf, 0.0);
-                    let y = self.run_rows(&padded, batch)?;
-                    let per_row = y.len() / batch;
-                    out.extend_from_slice(&y[..chunk.len() / nf * per_row]);
-                }
-                Ok(out)
-            }
-            _ => self.run_rows(x, n_rows),
-        }
-    }
-
-    /// The batch size the model's input declares, when it is a number.
-    fn fixed_batch(&self) -> Option<usize> {
-        let input = self
-            .session
-            .inputs()
-            .iter()
-            .find(|i| i.name == self.input)?;
-        input
-            .dims
-            .as_ref()?
-            .first()
-            .copied()
-            .flatten()
-            .filter(|&b| b > 0)
-    }
-
-    /// One engine run on `n_rows` rows of `x`: the scores output, as f32.
-    fn run_rows(&self, x: &[f32], n_rows: usize) -> Result<Vec<f32>, ModelError> {
-        let nf = self.features.len();
         let input = Tensor::new(vec![n_rows, nf], Data::F32(x.to_vec()))?;
-        let mut out = self.session.run(&[Named::new(&self.input, input)])?;
+        let mut out = self.session.run_rows(&[Named::new(&self.input, input)])?;
         if self.scores >= out.len() {
             return Err(ModelError::Run("model has no output".into()));
         }

@@ -28,6 +28,9 @@ pub fn onnx_parser() -> tract_onnx::Onnx {
 /// Domains whose operators tract looks up by `op_type` alone.
 const DOMAINS: [&str; 4] = ["", "ai.onnx", "ai.onnx.ml", "com.microsoft"];
 
+/// The symbol of the inputs' batch axis.
+const BATCH: &str = "N";
+
 /// A runnable tract plan.
 #[derive(Debug)]
 pub(super) struct TractSession {
@@ -52,10 +55,10 @@ impl TractSession {
         }
         let refused =
             |e: tract_onnx::prelude::TractError| ModelError::Refused(format!("tract: {e:#}"));
-        let mut model = parser
-            .model_for_proto_model(&graph.proto)
-            .map_err(refused)?;
-        let batch = model.symbols.sym("N");
+        let mut proto = graph.proto.clone();
+        super::graph::unify_symbolic_dims(&mut proto, BATCH);
+        let mut model = parser.model_for_proto_model(&proto).map_err(refused)?;
+        let batch = model.symbols.sym(BATCH);
         for (i, info) in graph.inputs.iter().enumerate() {
             let dt = datum_type(info.dtype).ok_or_else(|| {
                 ModelError::Refused(format!(
