@@ -42,6 +42,9 @@ pub struct EvaluateArgs {
     /// Segments in the accuracy-over-time table.
     #[arg(long, default_value_t = 10)]
     segments: usize,
+    /// Print the report's lines whole (default: cut at 100 columns).
+    #[arg(long)]
+    wide: bool,
     /// Seed of a randomised online learner (hoeffding_adaptive_tree, arf).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -219,6 +222,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         segments,
         seed,
         json,
+        wide,
     } = args;
     anyhow::ensure!(prequential, "only --prequential evaluation exists for now");
     let detector: crate::monitor::continual::DetectorKind =
@@ -267,7 +271,8 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            print!("{}", crate::monitor::prequential::render_online(&report));
+            let text = crate::monitor::prequential::render_online(&report);
+            print!("{}", super::render::fit(&text, wide));
         }
         return Ok(());
     }
@@ -291,7 +296,8 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", crate::monitor::prequential::render(&report));
+        let text = crate::monitor::prequential::render(&report);
+        print!("{}", super::render::fit(&text, wide));
     }
     Ok(())
 }
@@ -480,10 +486,7 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
             println!();
             print!("{}", crate::learn::card::render_table(card, None));
         } else {
-            print!(
-                "{}",
-                super::render::cut_lines(&trials, super::render::WIDTH)
-            );
+            print!("{}", super::render::fit(&trials, false));
             println!();
             print!(
                 "{}",

@@ -88,6 +88,9 @@ pub struct PredictArgs {
     /// Print `{"engine", "rows": [{output: value}]}`.
     #[arg(long)]
     json: bool,
+    /// Print the table's lines whole (default: cut at 100 columns).
+    #[arg(long)]
+    wide: bool,
 }
 
 /// Sends the action's request to the daemon and prints its answer (the
@@ -160,6 +163,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         ort_library,
         input_width,
         json,
+        wide,
     } = args;
     let options = crate::onnx::engine::LoadOptions {
         input_width,
@@ -170,7 +174,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         println!("{}", out.to_json());
     } else {
         eprintln!("engine: {}", out.engine);
-        print!("{}", out.table());
+        print!("{}", super::render::fit(&out.table(), wide));
     }
     Ok(())
 }

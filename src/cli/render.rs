@@ -71,6 +71,19 @@ fn grid(rows: &[Vec<String>], width: Option<usize>) -> String {
     }
 }
 
+/// `text` as printed: whole with `wide`, else each line cut to [`WIDTH`]
+/// ([`cut_lines`]) and, when one was, a last line saying so.
+pub fn fit(text: &str, wide: bool) -> String {
+    if wide || text.lines().all(|l| l.chars().count() <= WIDTH) {
+        return text.to_string();
+    }
+    let mut out = cut_lines(text, WIDTH);
+    out.push_str(&format!(
+        "(lines cut at {WIDTH} columns; --wide shows them whole)\n"
+    ));
+    out
+}
+
 /// Each line of `text` cut to `width` characters, its last one `…` when
 /// cut (a table whose last column is free text: trial parameters, reasons).
 pub fn cut_lines(text: &str, width: usize) -> String {
