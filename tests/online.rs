@@ -227,6 +227,7 @@ fn evaluate_prequential_online_is_rivers_within_half_a_point() {
                 family,
                 segments: 4,
                 seed: 0,
+                temporal: Default::default(),
             })
             .expect("replay");
             let river = s["learners"][family.name()]["accuracy"]
@@ -337,4 +338,35 @@ fn hoeffding_adaptive_tree_rbf_drift_within_a_point_of_river() {
 #[test]
 fn hoeffding_adaptive_tree_gas_within_a_point_of_river() {
     check_seeded("gas", OnlineFamily::HoeffdingAdaptiveTree);
+}
+
+/// Temporal features widen the learner's rows (3 one-hot columns of the last
+/// label beside RandomRBFDrift's 10 features), and the report's baseline is
+/// the previous row's label, recomputed here from the file.
+#[test]
+fn evaluate_prequential_with_the_last_label() {
+    use edgeloop::features::temporal::TemporalConfig;
+    use edgeloop::monitor::prequential::{run_online, OnlineOptions};
+    let reference = reference();
+    let (_, ys, _) = stream(&reference, "rbf_drift");
+    let report = run_online(&OnlineOptions {
+        file: fixture("tests/fixtures/online/rbf_drift.csv"),
+        label: "label".into(),
+        features: Vec::new(),
+        family: OnlineFamily::HoeffdingTree,
+        segments: 2,
+        seed: 0,
+        temporal: TemporalConfig {
+            last_label: true,
+            ..TemporalConfig::default()
+        },
+    })
+    .expect("replay");
+    assert_eq!(report.model_features, 13);
+    let same = ys.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(
+        report.previous_label_accuracy,
+        Some(same as f64 / (ys.len() - 1) as f64)
+    );
+    assert_eq!(report.scored, ys.len() as u64 - 1);
 }

@@ -48,6 +48,22 @@ pub struct EvaluateArgs {
     /// Seed of a randomised online learner (hoeffding_adaptive_tree, arf).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Online learners: earlier rows given as features beside each row.
+    #[arg(long, default_value_t = 0)]
+    lags: usize,
+    /// Online learners: each feature's change since the previous row.
+    #[arg(long)]
+    deltas: bool,
+    /// Online learners: rolling mean and std of each feature over N rows.
+    ///
+    /// The current row included; 0: off.
+    #[arg(long, default_value_t = 0)]
+    rolling: usize,
+    /// Online learners: the previous row's label, one-hot, as features.
+    ///
+    /// Known before the row is predicted, never the row's own.
+    #[arg(long)]
+    last_label: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -221,6 +237,10 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         detector,
         segments,
         seed,
+        lags,
+        deltas,
+        rolling,
+        last_label,
         json,
         wide,
     } = args;
@@ -266,6 +286,13 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             family: online,
             segments,
             seed,
+            temporal: crate::features::temporal::TemporalConfig {
+                lags,
+                deltas,
+                rolling,
+                last_label,
+                ..Default::default()
+            },
         };
         let report = crate::monitor::prequential::run_online(&opts)?;
         if json {

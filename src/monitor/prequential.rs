@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::continual::{ContinualConfig, ContinualLoop, Decision};
+use crate::features::temporal::{Temporal, TemporalConfig};
 use crate::learn::online::{OnlineClassifier, OnlineError, OnlineFamily};
 
 /// What to replay.
@@ -211,6 +212,9 @@ pub struct OnlineOptions {
     pub segments: usize,
     /// Seed of a randomised family (`arf`).
     pub seed: u64,
+    /// Temporal features the learner sees beside each reading (the file is
+    /// one device's stream, in row order).
+    pub temporal: TemporalConfig,
 }
 
 /// Accuracy of the online learner over one stretch of the stream.
@@ -237,6 +241,12 @@ pub struct OnlineReport {
     pub scored: u64,
     /// Prequential (test-then-train) accuracy over the scored rows.
     pub accuracy: Option<f64>,
+    /// The baseline that predicts each row's label as the previous row's
+    /// (over rows 1..).
+    pub previous_label_accuracy: Option<f64>,
+    /// The temporal features, and the width of the rows the learner saw.
+    pub temporal: TemporalConfig,
+    pub model_features: usize,
     pub segments: Vec<OnlineSegment>,
     /// Predictions and updates per second of wall time (reading the file
     /// excluded).
@@ -250,7 +260,10 @@ pub struct OnlineReport {
 /// `evaluate.progressive_val_score`). Features are the CSV's `f32` values
 /// (as samples are stored), widened to `f64`; classes are the labels
 /// sorted ([`crate::learn::sort_classes`]), and a two-class file gets the
-/// logistic family's binary model.
+/// logistic family's binary model. With temporal features
+/// ([`TemporalConfig`]), each row's features come from
+/// [`Temporal::row`] over the file's earlier rows and labels (the label of
+/// a row is known once it has been predicted).
 ///
 /// # Errors
 /// [`PrequentialError::Input`] when the file cannot be read or a column is
@@ -270,7 +283,15 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
         .collect();
     let ys: Vec<usize> = data.labels.iter().map(|l| index[l.as_str()]).collect();
     let nf = data.features.len();
-    let mut model = opts.family.new_model(nf, Some(classes.len()), opts.seed);
+    opts.temporal
+        .validate()
+        .map_err(|reason| PrequentialError::Input {
+            file: file.clone(),
+            reason: format!("temporal features: {reason}"),
+        })?;
+    let mut temporal = Temporal::new(opts.temporal.clone(), nf, classes.len());
+    let width = temporal.width();
+    let mut model = opts.family.new_model(width, Some(classes.len()), opts.seed);
     let n = data.len() as u64;
     let seg_len = n.div_ceil(opts.segments.max(1) as u64).max(1);
     let mut segments: Vec<OnlineSegment> = (0..n.div_ceil(seg_len))
@@ -282,12 +303,14 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
         })
         .collect();
     let mut hits = vec![0u64; segments.len()];
-    let mut x = vec![0.0f64; nf];
+    let mut raw = vec![0.0f64; nf];
+    let mut x = Vec::with_capacity(width);
     let started = std::time::Instant::now();
     for (i, &y) in ys.iter().enumerate() {
-        for (xi, v) in x.iter_mut().zip(data.row(i)) {
+        for (xi, v) in raw.iter_mut().zip(data.row(i)) {
             *xi = f64::from(*v);
         }
+        temporal.row("", &raw, &mut x);
         let wrong_width = |e: OnlineError| PrequentialError::Input {
             file: file.clone(),
             reason: format!("row {i}: {e}"),
@@ -298,6 +321,8 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
             hits[s] += u64::from(p == y);
         }
         model.learn_one(&x, y).map_err(wrong_width)?;
+        temporal.push("", &raw);
+        temporal.label("", y);
     }
     let seconds = started.elapsed().as_secs_f64();
     for (s, h) in segments.iter_mut().zip(&hits) {
@@ -305,6 +330,7 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
     }
     let scored: u64 = segments.iter().map(|s| s.scored).sum();
     let hit: u64 = hits.iter().sum();
+    let previous = ys.windows(2).filter(|w| w[0] == w[1]).count();
     Ok(OnlineReport {
         file,
         family: opts.family.name().to_string(),
@@ -313,6 +339,9 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
         classes,
         scored,
         accuracy: (scored > 0).then(|| hit as f64 / scored as f64),
+        previous_label_accuracy: (ys.len() > 1).then(|| previous as f64 / (ys.len() - 1) as f64),
+        temporal: opts.temporal.clone(),
+        model_features: width,
         segments,
         rows_per_second: if seconds > 0.0 {
             n as f64 / seconds
@@ -345,11 +374,19 @@ pub fn render_online(r: &OnlineReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "\noverall: prequential accuracy {} over {} scored rows; {:.0} rows/s ({:.3} s)\n",
+        "\noverall: prequential accuracy {} over {} scored rows; {:.0} rows/s ({:.3} s)\n\
+         baseline, the previous row's label: {}\n",
         f(r.accuracy),
         r.scored,
         r.rows_per_second,
-        r.seconds
+        r.seconds,
+        f(r.previous_label_accuracy)
     ));
+    if r.temporal.is_enabled() {
+        out.push_str(&format!(
+            "temporal features: lags {}, deltas {}, rolling {}, last label {} ({} model features)\n",
+            r.temporal.lags, r.temporal.deltas, r.temporal.rolling, r.temporal.last_label, r.model_features
+        ));
+    }
     out
 }
