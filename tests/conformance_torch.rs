@@ -5,16 +5,20 @@
 //! package, so the files are committed). Every model loads from its file
 //! through the engine layer ([`Session::load_file`]: external data beside
 //! it), runs the manifest's 64 rows through [`Session::run_rows`] (the fixed
-//! batch of 1 one row a run) and matches: floats within 1e-4.
+//! batch of 1 and the batch-less `[128]` one row a run) and matches: floats
+//! within 1e-4. `edgeloop predict` ([`predict_file`]) runs the same rows
+//! from a CSV.
 //!
 //! What the models carry: `value_info` shapes with the batch axis named
 //! `batch` or `s77` on every intermediate value, weights in
-//! `dynamo_mlp_external.onnx.data`, a fixed batch `[1, 128]`, a 3-D input
+//! `dynamo_mlp_external.onnx.data`, a fixed batch `[1, 128]`, no batch axis
+//! (`[128]` in, `[6]` out), a 3-D input
 //! `[batch, 1, 64]`, LayerNormalization and Gelu (opset 20).
 
 use std::path::{Path, PathBuf};
 
 use edgeloop::serve::engine::{Data, EngineKind, LoadOptions, ModelError, Named, Session, Tensor};
+use edgeloop::serve::predict_file::predict_file;
 use serde_json::Value;
 
 const TOL: f32 = 1e-4;
@@ -62,7 +66,7 @@ fn inputs(m: &Value) -> Vec<Named> {
 /// Every model on `kind`: loads from its file, matches onnxruntime.
 fn run_all(kind: EngineKind, options: &LoadOptions) {
     let models = manifest();
-    assert_eq!(models.len(), 5, "the torch suite has 5 models");
+    assert_eq!(models.len(), 6, "the torch suite has 6 models");
     let mut failures = vec![];
     for m in &models {
         let name = m["name"].as_str().expect("name");
@@ -132,6 +136,10 @@ fn the_manifest_records_what_the_exporter_writes() {
     );
     assert_eq!(by("dynamo_mlp_b1")["input_dims"][0], 1);
     assert_eq!(
+        by("dynamo_mlp_nobatch")["input_dims"],
+        serde_json::json!([128])
+    );
+    assert_eq!(
         by("dynamo_cnn1d")["input_dims"].as_array().map(Vec::len),
         Some(3)
     );
@@ -193,6 +201,82 @@ fn wrong_shapes_are_named_in_the_models_terms() {
     assert!(e.contains("axis 2 is 64, given 65"), "{e}");
 }
 
+/// The manifest's rows of `m` as a CSV (`c0..`, one sample a line).
+fn write_csv(m: &Value, path: &Path) {
+    let x = floats(&m["inputs"][0]);
+    let n = shape(&m["inputs"][0])[0];
+    let width = x.len() / n;
+    let mut text = (0..width)
+        .map(|j| format!("c{j}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for row in x.chunks(width) {
+        text.push('\n');
+        text.push_str(&row.iter().map(f32::to_string).collect::<Vec<_>>().join(","));
+    }
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+/// `edgeloop predict` on every model: the CSV's rows, fed through the same
+/// chunking as the daemon (fixed batch of 1, no batch axis: one row a run),
+/// the 3-D input reshaped by `--input-shape 1,64` (or by its declared dims),
+/// give onnxruntime's outputs.
+fn predict_all(kind: EngineKind, options: &LoadOptions) {
+    let tmp = tempfile::tempdir().unwrap();
+    for m in &manifest() {
+        let name = m["name"].as_str().unwrap();
+        let csv = tmp.path().join(format!("{name}.csv"));
+        write_csv(m, &csv);
+        let model = dir().join(m["file"].as_str().unwrap());
+        let cnn = name == "dynamo_cnn1d";
+        let shapes: &[Option<&[usize]>] = if cnn {
+            &[Some(&[1, 64]), None]
+        } else {
+            &[None]
+        };
+        for given in shapes {
+            let out = predict_file(&model, &csv, kind, options, *given)
+                .unwrap_or_else(|e| panic!("{name} {given:?}: {e}"));
+            assert_eq!(out.n_rows, 64, "{name}");
+            let want = &m["outputs"][0];
+            let got = &out.outputs[0].tensor;
+            assert_eq!(got.shape, shape(want), "{name}");
+            let got = got.data.to_f32().unwrap();
+            for (k, (g, w)) in got.iter().zip(floats(want)).enumerate() {
+                assert!(
+                    (g - w).abs() <= TOL,
+                    "{name} value {k}: {g} vs onnxruntime {w}"
+                );
+            }
+        }
+    }
+    // A shape that does not hold the row's columns is named.
+    let cnn = manifest()
+        .into_iter()
+        .find(|m| m["name"] == "dynamo_cnn1d")
+        .unwrap();
+    let csv = tmp.path().join("dynamo_cnn1d.csv");
+    let e = predict_file(
+        &dir().join(cnn["file"].as_str().unwrap()),
+        &csv,
+        kind,
+        options,
+        Some(&[2, 64]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("holds 128 values") && e.contains("[?, 1, 64]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn predict_runs_batchless_fixed_batch_and_3d_models_row_by_row_on_tract() {
+    predict_all(EngineKind::Tract, &LoadOptions::default());
+}
+
 #[cfg(feature = "ort")]
 mod ort {
     use super::*;
@@ -211,5 +295,10 @@ mod ort {
     #[test]
     fn torch_dynamo_exports_load_and_match_onnxruntime_on_ort() {
         run_all(EngineKind::Ort, &options());
+    }
+
+    #[test]
+    fn predict_runs_batchless_fixed_batch_and_3d_models_row_by_row_on_ort() {
+        predict_all(EngineKind::Ort, &options());
     }
 }

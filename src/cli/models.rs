@@ -85,6 +85,9 @@ pub struct PredictArgs {
     /// Features per row of an input whose width the model leaves out.
     #[arg(long)]
     input_width: Option<usize>,
+    /// Shape of one row for an input of rank 3 or more, e.g. 1,64 for [N, 1, 64].
+    #[arg(long, value_delimiter = ',')]
+    input_shape: Vec<usize>,
     /// Print `{"engine", "rows": [{output: value}]}`.
     #[arg(long)]
     json: bool,
@@ -162,6 +165,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         engine,
         ort_library,
         input_width,
+        input_shape,
         json,
         wide,
     } = args;
@@ -169,7 +173,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         input_width,
         ort_library,
     };
-    let out = crate::serve::predict_file::predict_file(&model, &file, engine, &options)?;
+    let shape = (!input_shape.is_empty()).then_some(input_shape.as_slice());
+    let out = crate::serve::predict_file::predict_file(&model, &file, engine, &options, shape)?;
     if json {
         println!("{}", out.to_json());
     } else {

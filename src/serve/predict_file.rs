@@ -6,6 +6,13 @@
 //! edgeloop model's metadata lists (when the header has them all), else the
 //! columns in order (the first `width` when the model declares its width).
 //! Cells that are not numbers are missing values (`NaN`) for float inputs.
+//!
+//! Each CSV row is one sample. Its columns become the input's row: `[width]`
+//! for a 2-D input, the shape `--input-shape` gives (`1,64` for a 1-D CNN's
+//! `[N, 1, 64]`), or the declared dims after the batch axis when the model
+//! fixes them all. The rows run through [`Session::run_rows`], the path the
+//! daemon takes too: a fixed batch (`[1, 20]`) that many rows a run, a model
+//! without a batch axis (`[6]`) one row a run.
 
 use std::path::Path;
 
@@ -36,11 +43,14 @@ pub struct FilePredictions {
     pub outputs: Vec<Named>,
 }
 
-/// Loads the model at `model` on `kind` and runs it on the rows of `csv`.
+/// Loads the model at `model` on `kind` (external-data files read from
+/// beside it) and runs it on the rows of `csv`; `input_shape` is the shape
+/// of one row of a single input of rank 3 or more (`[1, 64]`).
 ///
 /// # Errors
-/// [`PredictFileError::File`] when a file cannot be read or the CSV lacks a
-/// column the model needs; [`PredictFileError::Model`] when the engine
+/// [`PredictFileError::File`] when a file cannot be read, the CSV lacks a
+/// column the model needs, or a row's columns do not fill the input's row
+/// shape (the message names the input and its declared dims); [`PredictFileError::Model`] when the engine
 /// refuses the model ([`ModelError::UnsupportedOperator`] names the
 /// operator) or fails on the rows.
 pub fn predict_file(
@@ -48,6 +58,7 @@ pub fn predict_file(
     csv: &Path,
     kind: EngineKind,
     options: &LoadOptions,
+    input_shape: Option<&[usize]>,
 ) -> Result<FilePredictions, PredictFileError> {
     let file_err = |path: &Path, reason: String| PredictFileError::File {
         path: path.display().to_string(),
@@ -77,7 +88,7 @@ pub fn predict_file(
         path: model.display().to_string(),
         source,
     };
-    let session = Session::load(&bytes, kind, &options).map_err(model_err)?;
+    let session = Session::load_file(model, kind, &options).map_err(model_err)?;
     let n = records.len();
     let mut inputs = Vec::new();
     let single = session.inputs().len() == 1;
@@ -94,19 +105,26 @@ pub fn predict_file(
             match by_meta {
                 Some(cols) => cols,
                 None => {
-                    let width = info
-                        .dims
-                        .as_ref()
-                        .and_then(|d| d.get(1).copied().flatten())
+                    let width = input_shape
+                        .map(|s| s.iter().product())
+                        .or_else(|| row_width(info.dims.as_deref()))
                         .unwrap_or(header.len());
                     if width > header.len() {
                         return Err(file_err(
                             csv,
-                            format!(
-                                "input `{}` takes {width} columns; the file has {}",
-                                info.name,
-                                header.len()
-                            ),
+                            match input_shape {
+                                Some(shape) => format!(
+                                    "--input-shape {shape:?} holds {width} values a row; the file has {} columns (input `{}`: {})",
+                                    header.len(),
+                                    info.name,
+                                    info.dims.as_deref().map_or_else(|| "no shape".into(), dims_text)
+                                ),
+                                None => format!(
+                                    "input `{}` takes {width} columns; the file has {}",
+                                    info.name,
+                                    header.len()
+                                ),
+                            },
                         ));
                     }
                     (0..width).collect()
@@ -118,12 +136,11 @@ pub fn predict_file(
                 format!("no column `{}` (a model input)", info.name),
             ));
         };
-        let rank = info.dims.as_ref().map_or(2, Vec::len);
-        let shape = if rank == 1 && columns.len() == 1 {
-            vec![n]
-        } else {
-            vec![n, columns.len()]
-        };
+        let mut shape = vec![n];
+        shape.extend(
+            row_shape(info, columns.len(), input_shape.filter(|_| single))
+                .map_err(|reason| file_err(csv, reason))?,
+        );
         let cells = records
             .iter()
             .flat_map(|r| columns.iter().map(move |c| r.get(*c).unwrap_or("").trim()));
@@ -148,12 +165,80 @@ pub fn predict_file(
         let tensor = Tensor::new(shape, data).map_err(model_err)?;
         inputs.push(Named::new(&info.name, tensor));
     }
-    let outputs = session.run(&inputs).map_err(model_err)?;
+    let outputs = session.run_rows(&inputs).map_err(model_err)?;
     Ok(FilePredictions {
         engine: session.engine(),
         n_rows: n,
         outputs,
     })
+}
+
+/// `[dims]` as text, `?` for a symbolic or absent dim.
+fn dims_text(dims: &[Option<usize>]) -> String {
+    let d: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or_else(|| "?".into(), |n| n.to_string()))
+        .collect();
+    format!("[{}]", d.join(", "))
+}
+
+/// Values per row the declared dims fix: the dims after the batch axis
+/// (all known), or a batch-less 1-D input's one dim.
+fn row_width(dims: Option<&[Option<usize>]>) -> Option<usize> {
+    match dims? {
+        [Some(d)] => Some(*d),
+        [_, rest @ ..] if !rest.is_empty() => rest.iter().copied().product(),
+        _ => None,
+    }
+}
+
+/// The shape one CSV row of `width` columns takes as input `info`:
+/// `given` (`--input-shape`), else from the declared dims: `[]` for a 1-D
+/// input with a batch axis fed one column, `[width]` for a batch-less 1-D
+/// input or a 2-D input, the declared dims after the batch axis for a
+/// higher rank when the model fixes them.
+fn row_shape(
+    info: &super::engine::TensorInfo,
+    width: usize,
+    given: Option<&[usize]>,
+) -> Result<Vec<usize>, String> {
+    let dims = info.dims.as_deref();
+    let declared = dims.map_or_else(|| "no shape".to_string(), dims_text);
+    if let Some(shape) = given {
+        let values: usize = shape.iter().product();
+        if values != width {
+            return Err(format!(
+                "--input-shape {shape:?} holds {values} values; input `{}` ({declared}) gets {width} columns a row",
+                info.name
+            ));
+        }
+        return Ok(shape.to_vec());
+    }
+    match dims {
+        None => Ok(vec![width]),
+        Some([Some(d)]) if *d == width && width > 1 => Ok(vec![width]),
+        Some([_]) if width == 1 => Ok(vec![]),
+        Some([_, _]) => Ok(vec![width]),
+        Some([_, rest @ ..]) if rest.len() > 1 => {
+            let fixed: Option<Vec<usize>> = rest.iter().copied().collect();
+            match fixed {
+                Some(r) if r.iter().product::<usize>() == width => Ok(r),
+                _ => Err(format!(
+                    "input `{}` takes {declared}: give each row's shape with --input-shape \
+                     (e.g. {}) for the {width} columns a row has",
+                    info.name,
+                    rest.iter()
+                        .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
+            }
+        }
+        Some(_) => Err(format!(
+            "input `{}` takes {declared}; the file gives {width} columns a row",
+            info.name
+        )),
+    }
 }
 
 impl FilePredictions {
