@@ -421,6 +421,8 @@ async fn wait_for(
 pub struct HttpClient {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    token: Option<String>,
 }
 
 impl HttpClient {
@@ -442,7 +444,49 @@ impl HttpClient {
         Ok(Self {
             sender,
             host: addr.to_string(),
+            token: None,
         })
+    }
+
+    /// Connects to `addr` over TLS, checking the server's certificate
+    /// against `tls` for the name `server_name` (a DNS name or an IP
+    /// address).
+    ///
+    /// # Errors
+    /// A message when the connection, the TLS handshake or the HTTP
+    /// handshake fails.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, String> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| format!("server name `{server_name}`: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS with {addr}: {e}"))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake {addr}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            sender,
+            host: server_name.to_string(),
+            token: None,
+        })
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Sends a request; returns the status and the body.
@@ -455,11 +499,15 @@ impl HttpClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", &self.host)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| e.to_string())?;
         self.sender.ready().await.map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@
 //! - `learn.rs`: `train`, `tune`, `evaluate` and `finetune`;
 //! - `data.rs`: `replay` and `demo`;
 //! - `bench.rs`: `bench footprint` and `bench ingest`;
-//! - `monitor.rs`: `anomaly` and `detect`;
+//! - `monitor.rs`: `anomaly`, `detect` and `drift`;
 //! - [`render`]: tables within 100 columns (`--wide`: whole), local times.
 
 mod bench;
@@ -108,6 +108,10 @@ enum Command {
     /// Run a drift detector (ADWIN, DDM, Page-Hinkley, as River's) over one
     /// column of a CSV stream and print the rows that raised an alarm.
     Detect(monitor::DetectArgs),
+    /// Data drift of a CSV stream's windows against its first rows, holding
+    /// the false-alarm rate on autocorrelated data (KS at effective sample
+    /// sizes, with an effect-size floor).
+    Drift(monitor::DriftArgs),
     /// Measurements of this build (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run the whole loop on the UCI Occupancy data with an embedded broker.
@@ -193,6 +197,7 @@ fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Anomaly(args) => monitor::anomaly(args),
         Command::Detect(args) => monitor::detect(args),
+        Command::Drift(args) => monitor::drift(args),
         Command::Demo(args) => data::demo(args, &runtime),
     }
 }

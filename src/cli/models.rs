@@ -11,9 +11,23 @@ use clap::Subcommand;
 pub struct ModelsArgs {
     #[command(subcommand)]
     action: ModelsAction,
-    /// Base URL of the daemon's HTTP API.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// The daemon's configuration file: the API's address, token and HTTPS.
+    ///
+    /// `http.listen`, `http.token_file` (or EDGELOOP__HTTP__TOKEN) and
+    /// `http.tls_*`. Without it: the defaults and the environment.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Base URL of the daemon's HTTP API: http://IP:PORT or https://IP:PORT.
+    ///
+    /// Default: from the configuration.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// PEM file of the CA that signed an HTTPS daemon's certificate.
+    ///
+    /// Default: `http.tls_cert_file` of the configuration, for a
+    /// self-signed certificate.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
     /// Print the daemon's JSON answer.
     #[arg(long, global = true)]
     json: bool,
@@ -65,6 +79,97 @@ enum ModelsAction {
     },
 }
 
+/// Where and how the CLI reaches a running daemon's HTTP API.
+pub struct DaemonApi {
+    addr: std::net::SocketAddr,
+    /// TLS client configuration and the name to check, for HTTPS.
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
+    token: Option<String>,
+}
+
+impl DaemonApi {
+    /// From the daemon's configuration (`file`, the defaults and the
+    /// environment), `url` and `ca_file` overriding it. A listener on
+    /// `0.0.0.0` (or `::`) is reached on loopback.
+    ///
+    /// # Errors
+    /// The configuration cannot be read, the URL is not
+    /// `http(s)://IP:PORT`, the token file is unreadable, or the CA file
+    /// cannot be used.
+    pub fn from_config(
+        file: Option<&std::path::Path>,
+        url: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let cfg = crate::config::Config::load(file)?;
+        let token = cfg.http.bearer_token()?;
+        let (https, addr) = match url {
+            Some(url) => {
+                let (https, rest) = match url.strip_prefix("https://") {
+                    Some(rest) => (true, rest),
+                    None => (false, url.strip_prefix("http://").unwrap_or(url)),
+                };
+                let addr = rest.trim_end_matches('/').parse().map_err(|_| {
+                    anyhow::anyhow!("--url `{url}`: expected http://IP:PORT or https://IP:PORT")
+                })?;
+                (https, addr)
+            }
+            None => {
+                let mut addr = cfg.http.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                (cfg.http.tls(), addr)
+            }
+        };
+        let tls = if https {
+            let ca = ca_file
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(|| cfg.http.tls_cert_file.clone());
+            anyhow::ensure!(
+                !ca.as_os_str().is_empty(),
+                "an HTTPS daemon: give --ca-file (the CA that signed its certificate)"
+            );
+            let pem = std::fs::read(&ca).map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            use rustls::pki_types::pem::PemObject;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                roots
+                    .add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some((std::sync::Arc::new(config), addr.ip().to_string()))
+        } else {
+            None
+        };
+        Ok(Self { addr, tls, token })
+    }
+
+    /// A connection that sends the token with every request.
+    ///
+    /// # Errors
+    /// The daemon cannot be reached, or TLS fails.
+    pub async fn connect(&self) -> anyhow::Result<crate::demo::HttpClient> {
+        let client = match &self.tls {
+            None => crate::demo::HttpClient::connect(self.addr).await,
+            Some((tls, name)) => {
+                crate::demo::HttpClient::connect_tls(self.addr, name, tls.clone()).await
+            }
+        }
+        .map_err(anyhow::Error::msg)?;
+        Ok(client.with_token(self.token.clone()))
+    }
+}
+
 /// `edgeloop predict`.
 #[derive(clap::Args)]
 pub struct PredictArgs {
@@ -101,15 +206,13 @@ pub struct PredictArgs {
 pub fn run(args: ModelsArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let ModelsArgs {
         action,
+        config,
         url,
+        ca_file,
         json,
         wide,
     } = args;
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--url `{url}`: expected http://IP:PORT"))?;
+    let daemon = DaemonApi::from_config(config.as_deref(), url.as_deref(), ca_file.as_deref())?;
     let mut body = None;
     let (method, path) = match &action {
         ModelsAction::Import { pipeline, file } => {
@@ -133,9 +236,7 @@ pub fn run(args: ModelsArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
         ModelsAction::History { pipeline } => ("GET", format!("/v1/pipelines/{pipeline}/history")),
     };
     let (status, body) = runtime.block_on(async {
-        let mut client = crate::demo::HttpClient::connect(addr)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let mut client = daemon.connect().await?;
         client
             .request(method, &path, body)
             .await

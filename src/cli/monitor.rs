@@ -1,7 +1,9 @@
 //! `edgeloop anomaly`: Half-Space Trees anomaly scores of a CSV stream
 //! ([`crate::monitor::anomaly`]), no labels needed; `edgeloop detect`: a
 //! drift detector (ADWIN, DDM, Page-Hinkley; [`crate::monitor::detectors`])
-//! over one column.
+//! over one column; `edgeloop drift`: data drift of windows against a
+//! reference under serial dependence
+//! ([`crate::monitor::data_drift::compare_dependent`]).
 
 use std::path::PathBuf;
 
@@ -237,6 +239,157 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
                 )
             }
         );
+    }
+    Ok(())
+}
+
+/// `edgeloop drift`.
+#[derive(clap::Args)]
+pub struct DriftArgs {
+    /// CSV file with a header row, rows in time order.
+    #[arg(long)]
+    file: PathBuf,
+    /// Columns compared, comma-separated (default: every column whose first
+    /// row is a number).
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
+    /// Rows of the reference: the first N.
+    #[arg(long, default_value_t = 500)]
+    reference: usize,
+    /// Rows per compared window.
+    #[arg(long, default_value_t = 500)]
+    window: usize,
+    /// Rows between the starts of two windows (default: the window).
+    #[arg(long)]
+    step: Option<usize>,
+    /// Significance of the KS test at the effective sample sizes.
+    #[arg(long, default_value_t = 0.01)]
+    alpha: f64,
+    /// Effect-size floor: PSI at least this …
+    #[arg(long, default_value_t = 0.25)]
+    psi_floor: f64,
+    /// … or a mean shift of at least this many reference standard
+    /// deviations.
+    #[arg(long, default_value_t = 0.5)]
+    shift_floor: f64,
+    /// Print `{"windows": [{"start", "end", "drift", "features": {name:
+    /// {psi, shift, ks_statistic, ks_p_value, ks_p_value_effective,
+    /// rho_reference, rho_current, drifted}}}], "flagged", "total"}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Compares each window after the reference with the reference and prints
+/// which drifted.
+pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
+    use crate::monitor::data_drift::{compare_dependent, DependentDriftConfig};
+    anyhow::ensure!(
+        args.reference >= 10 && args.window >= 10,
+        "--reference and --window need at least 10 rows"
+    );
+    let step = args.step.unwrap_or(args.window);
+    anyhow::ensure!(step >= 1, "--step must be at least 1");
+    let mut reader = csv::Reader::from_path(&args.file)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let headers = reader.headers()?.clone();
+    let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
+    let features: Vec<String> = if args.features.is_empty() {
+        let first = records
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{}: no rows", args.file.display()))?;
+        headers
+            .iter()
+            .zip(first.iter())
+            .filter(|(_, v)| v.trim().parse::<f64>().is_ok())
+            .map(|(h, _)| h.to_string())
+            .collect()
+    } else {
+        args.features.clone()
+    };
+    anyhow::ensure!(!features.is_empty(), "no numeric column to compare");
+    let columns: Vec<usize> = features
+        .iter()
+        .map(|f| {
+            headers
+                .iter()
+                .position(|h| h == f)
+                .ok_or_else(|| anyhow::anyhow!("no column `{f}` in {}", args.file.display()))
+        })
+        .collect::<Result<_, _>>()?;
+    let rows: Vec<Vec<f32>> = records
+        .iter()
+        .map(|rec| {
+            columns
+                .iter()
+                .map(|&c| {
+                    rec.get(c)
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(f32::NAN)
+                })
+                .collect()
+        })
+        .collect();
+    anyhow::ensure!(
+        rows.len() >= args.reference + args.window,
+        "{} rows: fewer than --reference {} + --window {}",
+        rows.len(),
+        args.reference,
+        args.window
+    );
+    let cfg = DependentDriftConfig {
+        alpha: args.alpha,
+        psi_floor: args.psi_floor,
+        shift_floor: args.shift_floor,
+        ..DependentDriftConfig::default()
+    };
+    let reference = &rows[..args.reference];
+    let mut windows = Vec::new();
+    let mut start = args.reference;
+    while start + args.window <= rows.len() {
+        let end = start + args.window;
+        let result = compare_dependent(&features, reference, &rows[start..end], &cfg);
+        let drift = result.iter().any(|f| f.drifted);
+        let per_feature: serde_json::Map<String, serde_json::Value> = result
+            .into_iter()
+            .map(|f| (f.feature.clone(), serde_json::json!(f)))
+            .collect();
+        windows.push(serde_json::json!({
+            "start": start,
+            "end": end,
+            "drift": drift,
+            "features": per_feature,
+        }));
+        start += step;
+    }
+    let flagged = windows.iter().filter(|w| w["drift"] == true).count();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "windows": windows,
+                "flagged": flagged,
+                "total": windows.len(),
+            })
+        );
+    } else {
+        println!(
+            "{flagged} of {} windows of {} rows drifted from the first {} rows",
+            windows.len(),
+            args.window,
+            args.reference
+        );
+        for w in windows.iter().filter(|w| w["drift"] == true) {
+            let names: Vec<&str> = w["features"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(_, f)| f["drifted"] == true)
+                        .map(|(k, _)| k.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!("  rows {}..{}: {}", w["start"], w["end"], names.join(", "));
+        }
     }
     Ok(())
 }

@@ -181,6 +181,208 @@ pub fn compare(
         .collect()
 }
 
+/// Lag-1 autocorrelation of `x` in time order (NaN dropped first): the
+/// Pearson correlation of the pairs `(x[t], x[t+1])`, as
+/// `numpy.corrcoef(x[:-1], x[1:])[0, 1]`. 0 for fewer than 3 values or a
+/// constant series.
+pub fn lag1_autocorrelation(x: &[f32]) -> f64 {
+    let v: Vec<f64> = x
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| f64::from(v))
+        .collect();
+    if v.len() < 3 {
+        return 0.0;
+    }
+    let (a, b) = (&v[..v.len() - 1], &v[1..]);
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    if saa <= 0.0 || sbb <= 0.0 {
+        return 0.0;
+    }
+    (sab / (saa * sbb).sqrt()).clamp(-1.0, 1.0)
+}
+
+/// Effective sample size of `n` readings of an AR(1)-like series with
+/// lag-1 autocorrelation `rho`: `n · (1 − ρ) / (1 + ρ)` (the variance
+/// inflation of a mean under AR(1) dependence; e.g. Wilks, *Statistical
+/// Methods in the Atmospheric Sciences*, 3rd ed., eq. 5.12), for ρ > 0;
+/// `n` otherwise; at least 2.
+pub fn effective_sample_size(n: usize, rho: f64) -> f64 {
+    let n = n as f64;
+    if rho <= 0.0 {
+        return n;
+    }
+    (n * (1.0 - rho) / (1.0 + rho)).clamp(2.0_f64.min(n), n)
+}
+
+/// Settings of [`compare_dependent`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DependentDriftConfig {
+    /// PSI bins.
+    pub bins: usize,
+    /// Significance of each test (KS, means) at the effective sample sizes.
+    pub alpha: f64,
+    /// Effect-size floor: PSI at least this, or …
+    pub psi_floor: f64,
+    /// … the mean moved by at least this many reference standard
+    /// deviations.
+    pub shift_floor: f64,
+}
+
+impl Default for DependentDriftConfig {
+    fn default() -> Self {
+        Self {
+            bins: 10,
+            alpha: 0.01,
+            psi_floor: 0.25,
+            shift_floor: 0.5,
+        }
+    }
+}
+
+/// Data drift of one feature under serial dependence
+/// ([`compare_dependent`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DependentDrift {
+    pub feature: String,
+    pub psi: Option<f64>,
+    /// |mean(current) − mean(reference)| / sd(reference) (NaN dropped;
+    /// `None` for a constant or empty reference).
+    pub shift: Option<f64>,
+    pub ks_statistic: Option<f64>,
+    /// KS p-value at the readings' counts (as [`ks_2samp`]).
+    pub ks_p_value: Option<f64>,
+    /// Lag-1 autocorrelations of the reference and the current window.
+    pub rho_reference: f64,
+    pub rho_current: f64,
+    /// KS p-value at the effective sample sizes.
+    pub ks_p_value_effective: Option<f64>,
+    /// Two-sided p-value of the difference of means at the effective
+    /// sample sizes (a z test with each window's own variance).
+    pub mean_p_value_effective: Option<f64>,
+    /// Significant at the effective sizes (KS or means) and above an
+    /// effect-size floor.
+    pub drifted: bool,
+}
+
+/// `erfc(x)` for x ≥ 0, fractional error below 1.2e-7 (Numerical Recipes,
+/// 2nd ed., §6.2, `erfcc`).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
+/// Compares `current` with `reference` feature by feature, holding the
+/// false-alarm rate on autocorrelated sensor data: the KS statistic's
+/// p-value and a z test of the difference of means are taken at each
+/// window's effective sample size ([`effective_sample_size`] of its lag-1
+/// autocorrelation) instead of its count (a window of 500 readings of a
+/// slow temperature carries the information of a few dozen independent
+/// ones); either below `alpha` is significant, and a significant change
+/// must also be large enough to matter: PSI ≥ `psi_floor` or a mean shift
+/// ≥ `shift_floor` reference standard deviations. Identical windows give
+/// D = 0, PSI = 0 and shift 0: never drift.
+pub fn compare_dependent(
+    features: &[String],
+    reference: &[Vec<f32>],
+    current: &[Vec<f32>],
+    cfg: &DependentDriftConfig,
+) -> Vec<DependentDrift> {
+    features
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            let column = |rows: &[Vec<f32>]| {
+                rows.iter()
+                    .map(|r| r.get(j).copied().unwrap_or(f32::NAN))
+                    .collect::<Vec<f32>>()
+            };
+            let (r, c) = (column(reference), column(current));
+            let p = psi(&r, &c, cfg.bins);
+            let ks = ks_2samp(&r, &c);
+            let (rp, cp) = (present(&r), present(&c));
+            let (rho_r, rho_c) = (lag1_autocorrelation(&r), lag1_autocorrelation(&c));
+            let shift = (!rp.is_empty() && !cp.is_empty())
+                .then(|| {
+                    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+                    let (mr, mc) = (mean(&rp), mean(&cp));
+                    let var = rp.iter().map(|x| (x - mr) * (x - mr)).sum::<f64>()
+                        / (rp.len().max(2) - 1) as f64;
+                    (var > 0.0).then(|| (mc - mr).abs() / var.sqrt())
+                })
+                .flatten();
+            let (n_eff, m_eff) = (
+                effective_sample_size(rp.len(), rho_r),
+                effective_sample_size(cp.len(), rho_c),
+            );
+            let p_eff =
+                ks.map(|k| kolmogorov_sf((n_eff * m_eff / (n_eff + m_eff)).sqrt() * k.statistic));
+            let p_mean = (rp.len() >= 2 && cp.len() >= 2)
+                .then(|| {
+                    let stats = |v: &[f64]| {
+                        let m = v.iter().sum::<f64>() / v.len() as f64;
+                        let var =
+                            v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64;
+                        (m, var)
+                    };
+                    let ((mr, vr), (mc, vc)) = (stats(&rp), stats(&cp));
+                    let se = (vr / n_eff + vc / m_eff).sqrt();
+                    if se > 0.0 {
+                        let z = (mc - mr).abs() / se;
+                        Some(if z == 0.0 {
+                            1.0
+                        } else {
+                            erfc(z / std::f64::consts::SQRT_2).clamp(0.0, 1.0)
+                        })
+                    } else {
+                        Some(if mc == mr { 1.0 } else { 0.0 })
+                    }
+                })
+                .flatten();
+            let large = p.is_some_and(|v| v >= cfg.psi_floor)
+                || shift.is_some_and(|v| v >= cfg.shift_floor);
+            DependentDrift {
+                feature: name.clone(),
+                psi: p,
+                shift,
+                ks_statistic: ks.map(|k| k.statistic),
+                ks_p_value: ks.map(|k| k.p_value),
+                rho_reference: rho_r,
+                rho_current: rho_c,
+                ks_p_value_effective: p_eff,
+                mean_p_value_effective: p_mean,
+                drifted: large
+                    && (p_eff.is_some_and(|v| v < cfg.alpha)
+                        || p_mean.is_some_and(|v| v < cfg.alpha)),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +394,19 @@ mod tests {
         let ks = ks_2samp(&x, &x).unwrap();
         assert_eq!((ks.statistic, ks.p_value), (0.0, 1.0));
         assert_eq!(psi(&[f32::NAN], &x, 10), None);
+    }
+
+    #[test]
+    fn erfc_within_its_documented_error() {
+        // Python's math.erfc (C99 erfc).
+        for (x, want) in [
+            (0.5, 0.4795001221869535),
+            (1.0, 0.15729920705028513),
+            (2.0, 0.004677734981047266),
+            (3.0, 2.209049699858544e-05),
+        ] {
+            assert!(((erfc(x) - want) / want).abs() < 1.2e-7, "erfc({x}) = {}", erfc(x));
+        }
     }
 
     #[test]
