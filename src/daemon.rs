@@ -95,6 +95,8 @@ pub struct DaemonHandle {
     pub health: Arc<HealthMonitor>,
     /// Fault injection for tests (a writer that holds its batches).
     pub hooks: Arc<Hooks>,
+    /// The series behind the dashboard's plots.
+    pub series: crate::monitor::series::SeriesBook,
 }
 
 impl DaemonHandle {
@@ -311,12 +313,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         late_tx,
         predict_tx,
     };
+    let recent_predictions = crate::serve::predictions::RecentPredictions::default();
     let predictor = Predictor {
         registry: registry.clone(),
         pipelines: cfg.pipelines.iter().map(|p| p.settings()).collect(),
         rx: predict_rx,
         outbox: outbox_tx,
         stats: stats.clone(),
+        recent: recent_predictions.clone(),
     };
     let out_opts = mqtt::options(
         &cfg.mqtt,
@@ -344,6 +348,36 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         late_rx,
         stats.clone(),
     );
+    let series = {
+        let (store, names) = (
+            store.clone(),
+            cfg.pipelines
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::monitor::series::SeriesBook::restore(&store, names.iter().map(String::as_str))
+        })
+        .await
+        .map_err(|e| DaemonError::Component {
+            component: "series",
+            reason: e.to_string(),
+        })?
+        .map_err(|e| DaemonError::Component {
+            component: "series",
+            reason: e.to_string(),
+        })?
+    };
+    let learner = learner.with_series(series.clone());
+    let series_handle = series.clone();
+    let recorder = crate::monitor::series::Recorder {
+        book: series.clone(),
+        stats: stats.clone(),
+        store: store.clone(),
+        tick: crate::monitor::series::TICK,
+        persist_every: crate::monitor::series::PERSIST_EVERY,
+    };
     let drift_board = learner.board();
     let metrics = Metrics::new(Sources {
         stats: stats.clone(),
@@ -367,6 +401,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         models: cfg.models.clone(),
         load_options: cfg.engine_of(0).1,
         body: http_body_limits(&cfg.http),
+        dashboard: http::dashboard::Dashboard {
+            series,
+            predictions: recent_predictions,
+        },
     })
     .merge(http::metrics_router(metrics.clone()));
     let token = cfg.http.bearer_token()?;
@@ -460,6 +498,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             Ok(())
         }
     });
+    spawn(&tracker, supervise("series"), {
+        let shutdown = shutdown.clone();
+        async move {
+            recorder.run(shutdown).await;
+            Ok(())
+        }
+    });
     spawn(&tracker, supervise("learner"), {
         let shutdown = shutdown.clone();
         async move { learner.run(shutdown).await.map_err(|e| e.to_string()) }
@@ -524,6 +569,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             metrics,
             health,
             hooks,
+            series: series_handle,
         },
         shutdown,
         tracker,

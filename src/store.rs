@@ -14,7 +14,8 @@
 //!   redelivery) is not stored twice. Deleted together with its sample.
 //! - `counters`: pipeline → (next_seq, count, labelled_total).
 //! - `models`: (pipeline, version) → postcard [`StoredModel`].
-//! - `state`: key → bytes (serving version, training progress).
+//! - `state`: key → bytes (serving version, training progress, live
+//!   scores, the dashboard's series: `crate::monitor::series`).
 //! - `by_time`: (pipeline, device, timestamp ms) → seq, to match late labels
 //!   (the newest sample wins when two share a timestamp).
 //! - `events`: (pipeline, seq) → JSON: the timeline of promotions and
@@ -848,6 +849,23 @@ impl Store {
         {
             let mut table = txn.open_table(STATE).map_err(|x| e(x.into()))?;
             table.insert(key, value).map_err(|x| e(x.into()))?;
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Sets several state values in one durable commit.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails (none of them is set).
+    pub fn put_states(&self, entries: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        let e = self.db_err("put_states");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut table = txn.open_table(STATE).map_err(|x| e(x.into()))?;
+            for (key, value) in entries {
+                table.insert(*key, *value).map_err(|x| e(x.into()))?;
+            }
         }
         txn.commit().map_err(|x| e(x.into()))
     }

@@ -237,6 +237,7 @@ async fn serve_api(
         models: cfg.models.clone(),
         load_options: cfg.engine_of(0).1,
         body: Default::default(),
+        dashboard: Default::default(),
     })
     .merge(http::metrics_router(handle.metrics.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,6 +6,8 @@
 # - mosquitto (the integration tests start their own on free loopback ports):
 #   Debian's package, installed with apt-get when missing (root), else the
 #   command to run is printed;
+# - chromium (the dashboard's browser test, tests/dashboard.rs): Debian's
+#   package, the same way;
 # - the Python reference packages at the versions the fixtures were made with
 #   (tests/fixtures/requirements.txt: scikit-learn, onnxruntime, …), in a
 #   virtual environment under target/ (target/pyenv), reinstalled when the
@@ -31,6 +33,21 @@ if ! command -v mosquitto >/dev/null 2>&1; then
     command -v mosquitto >/dev/null || { say "mosquitto did not install"; exit 1; }
   else
     say "mosquitto is missing; install it with: sudo apt-get install mosquitto"
+    exit 1
+  fi
+fi
+
+# --- chromium (tests/dashboard.rs loads the dashboard in headless Chromium):
+#   Debian's package, installed with apt-get when missing (root).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    command -v chromium >/dev/null || { say "chromium did not install"; exit 1; }
+  else
+    say "chromium is missing; install it with: sudo apt-get install chromium"
     exit 1
   fi
 fi

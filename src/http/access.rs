@@ -5,7 +5,10 @@
 //! `http.auth = "writes"` (the default) guards the requests that change what
 //! the daemon learns or serves: `POST …/train`, `POST …/models/{v}/promote`,
 //! `POST …/rollback` and `PUT …/models` (uploads). `"all"` guards every
-//! request but `GET /healthz`, which liveness probes read. Without a token
+//! request but `GET /healthz`, which liveness probes read, and the
+//! dashboard's page and files (`GET /`, `/assets/…`: code, no data; a
+//! browser cannot send a token when it navigates, so the page asks for it
+//! and sends it with its own requests). Without a token
 //! nothing is guarded; `check-config` and the daemon refuse that on a
 //! listener beyond loopback ([`crate::config::HttpConfig::validate`]).
 //!
@@ -61,7 +64,7 @@ impl Access {
             return false;
         }
         match self.scope {
-            HttpAuth::All => path != "/healthz",
+            HttpAuth::All => path != "/healthz" && !super::dashboard::is_page(path),
             HttpAuth::Writes => is_write(method, path),
         }
     }

@@ -14,6 +14,11 @@
 //! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
 //! | GET | `/v1/pipelines/{name}/history` | the timeline: which version served from when, and why |
 //! | GET | `/v1/pipelines/{name}/drift` | data drift per feature (PSI, KS) against the serving version's training data; concept-drift detector state and alarms (`error_rate` of a classifier, `mean_abs_error` of a regressor) |
+//! | GET | `/` | the dashboard, a page compiled into the binary (and its files under `/assets/`), open like `/healthz`: it holds no data ([`dashboard`]) |
+//! | GET | `/v1/series/ingest` | ingest counters over time (received, stored, rejected by reason, duplicates, salvaged, predictions), cumulative, and per second between points ([`crate::monitor::series`]) |
+//! | GET | `/v1/pipelines/{name}/series` | each served version's live accuracy (mean absolute error of a regressor) over time as labels arrive, with the timeline's promotions, rollbacks, refusals and drift alarms |
+//! | GET | `/v1/pipelines/{name}/versions` | the versions side by side: holdout accuracy, precision, recall, F1 (macro), training time, dataset size, class composition, latency, augmentation, live score, confusion matrix, champion/challenger decision |
+//! | GET | `/v1/predictions` | the newest predictions handed to the outbox (`?pipeline=` to filter), newest first, at most 50 |
 //!
 //! Errors are JSON `{"error": message}`; the status codes of the handlers'
 //! errors are decided in one place, [`ApiError::status`]. Errors produced
@@ -33,6 +38,7 @@
 //!   it as JSON with the same status.
 
 pub mod access;
+pub mod dashboard;
 pub mod serve;
 
 use std::collections::BTreeMap;
@@ -76,6 +82,8 @@ pub struct AppState {
     pub load_options: crate::onnx::engine::LoadOptions,
     /// `http.max_body_bytes` and `http.body_timeout_s`.
     pub body: BodyLimits,
+    /// The series and newest predictions behind the dashboard (`GET /`).
+    pub dashboard: dashboard::Dashboard,
 }
 
 /// How much of a request body is read, and for how long.
@@ -487,6 +495,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pipelines/{name}/rollback", post(rollback))
         .route("/v1/pipelines/{name}/history", get(history))
         .route("/v1/pipelines/{name}/drift", get(drift))
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
+        .route("/v1/series/ingest", get(dashboard::ingest_series))
+        .route(
+            "/v1/pipelines/{name}/series",
+            get(dashboard::pipeline_series),
+        )
+        .route("/v1/pipelines/{name}/versions", get(dashboard::versions))
+        .route("/v1/predictions", get(dashboard::predictions))
         .fallback(|| async {
             ApiError::NotFound("no such route; see the API table in README.md".into())
         })

@@ -9,6 +9,7 @@ pub mod continual;
 pub mod data_drift;
 pub mod prequential;
 pub mod retrain;
+pub mod series;
 
 pub use crate::learn::drift as detectors;
 

@@ -128,6 +128,8 @@ pub struct Learner {
     /// Pipelines with an alarm waiting for the cool-down to end.
     deferred: std::collections::HashSet<String>,
     board: DriftBoard,
+    /// The live tallies over time, for the dashboard's accuracy plots.
+    series: super::series::SeriesBook,
     store: Arc<Store>,
     registry: Arc<Registry>,
     pipelines: Vec<MonitoredPipeline>,
@@ -258,6 +260,7 @@ impl Learner {
             deferred: Default::default(),
             last_training: HashMap::new(),
             board,
+            series: Default::default(),
             store,
             registry,
             pipelines,
@@ -267,6 +270,14 @@ impl Learner {
             attempted_at: HashMap::new(),
         };
         (learner, LearnerHandle { tx })
+    }
+
+    /// Records each scored batch's live tally into `series` (the
+    /// dashboard's accuracy over time; without it, into a book of its own
+    /// that nobody reads).
+    pub fn with_series(mut self, series: super::series::SeriesBook) -> Self {
+        self.series = series;
+        self
     }
 
     /// The concept-drift board this learner keeps up to date.
@@ -422,14 +433,23 @@ impl Learner {
             // regressor.
             let error_sum: f64 = scored.iter().map(|(_, e)| e).sum();
             let correct = scored.iter().filter(|(_, e)| *e == 0.0).count() as u64;
-            crate::serve::registry::add_live_score(
+            if let Some((total, right, errors)) = crate::serve::registry::add_live_score(
                 &self.store,
                 &p.name,
                 serving.version,
                 scored.len() as u64,
                 correct,
                 error_sum,
-            )?;
+            )? {
+                self.series.record_accuracy(
+                    &p.name,
+                    crate::stats::now_ms(),
+                    serving.version,
+                    total,
+                    right,
+                    errors,
+                );
+            }
             let mut alarm_at = None;
             for (seq, error) in scored {
                 watch.scored += 1;

@@ -64,6 +64,38 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
+/// The newest predictions the predictor handed to the outbox (at most
+/// [`RecentPredictions::CAPACITY`], newest last), for the dashboard: each
+/// as its topic and the JSON payload published.
+#[derive(Debug, Clone, Default)]
+pub struct RecentPredictions(Arc<std::sync::Mutex<std::collections::VecDeque<(String, Vec<u8>)>>>);
+
+impl RecentPredictions {
+    /// Predictions kept.
+    pub const CAPACITY: usize = 50;
+
+    /// Keeps `m` (a copy), forgetting the oldest beyond the capacity.
+    pub fn push(&self, m: &Outgoing) {
+        let mut q = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() == Self::CAPACITY {
+            q.pop_front();
+        }
+        q.push_back((m.topic.clone(), m.payload.clone()));
+    }
+
+    /// The kept predictions, newest first: topic and payload.
+    pub fn newest_first(&self) -> Vec<(String, Vec<u8>)> {
+        let q = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        q.iter().rev().cloned().collect()
+    }
+}
+
 /// Runs the serving model over unlabelled samples.
 pub struct Predictor {
     pub registry: Arc<Registry>,
@@ -71,6 +103,8 @@ pub struct Predictor {
     pub rx: mpsc::Receiver<PredictJob>,
     pub outbox: mpsc::Sender<Outgoing>,
     pub stats: Arc<Stats>,
+    /// The newest predictions sent to the outbox (or dropped with it full).
+    pub recent: RecentPredictions,
 }
 
 impl Predictor {
@@ -177,6 +211,10 @@ impl Predictor {
             })
             .await
             .unwrap_or_default();
+            let skip = messages.len().saturating_sub(RecentPredictions::CAPACITY);
+            for m in &messages[skip..] {
+                self.recent.push(m);
+            }
             for m in messages {
                 self.stats.predictions_made.fetch_add(1, Relaxed);
                 if self.outbox.try_send(m).is_err() {
@@ -309,7 +347,9 @@ mod tests {
             rx: job_rx,
             outbox: outbox_tx,
             stats: stats.clone(),
+            recent: RecentPredictions::default(),
         };
+        let recent = predictor.recent.clone();
         let unlabelled: Vec<(u64, Sample)> = samples
             .iter()
             .take(5)
@@ -345,5 +385,9 @@ mod tests {
             (msg.sample_id, msg.model_version, msg.label.as_str()),
             (0, 1, "0")
         );
+        // The dashboard's ring holds all five, dropped ones too, newest first.
+        let kept = recent.newest_first();
+        assert_eq!(kept.len(), 5);
+        assert_eq!(kept[4].1, first.payload);
     }
 }

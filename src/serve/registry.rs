@@ -424,7 +424,8 @@ fn live_key(pipeline: &str, version: u32) -> String {
 /// Adds `scored` live predictions of `version` to its stored tally:
 /// `correct` of them exactly right and `error_sum` the sum of their errors
 /// (0/1 for a classifier, |y − ŷ| for a regressor). The learner calls this as
-/// labels arrive.
+/// labels arrive. Returns the new tally (scored, correct, error sum), `None`
+/// when `scored` is 0 (nothing written).
 ///
 /// # Errors
 /// A store error.
@@ -435,16 +436,17 @@ pub fn add_live_score(
     scored: u64,
     correct: u64,
     error_sum: f64,
-) -> Result<(), StoreError> {
+) -> Result<Option<(u64, u64, f64)>, StoreError> {
     if scored == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let key = live_key(pipeline, version);
     let (s, c, e) = decode_live(store.get_state(&key)?.as_deref());
     let mut bytes = (s + scored).to_le_bytes().to_vec();
     bytes.extend_from_slice(&(c + correct).to_le_bytes());
     bytes.extend_from_slice(&(e + error_sum).to_le_bytes());
-    store.put_state(&key, &bytes)
+    store.put_state(&key, &bytes)?;
+    Ok(Some((s + scored, c + correct, e + error_sum)))
 }
 
 /// The live score of `version`: its predictions scored against labels that
