@@ -370,3 +370,41 @@ fn evaluate_prequential_with_the_last_label() {
     );
     assert_eq!(report.scored, ys.len() as u64 - 1);
 }
+
+/// The exported ONNX graph of `online_logistic`, run by tract, gives the
+/// in-memory model's probabilities (f32 against f64: within 1e-5) on rows it
+/// has not learned: binary (SEA), one-vs-rest (RandomRBFDrift, gas with a
+/// class never seen), after one class only, and with missing values.
+#[test]
+fn online_logistic_onnx_export_equals_the_model() {
+    use edgeloop::learn::online::{OnlineLogistic, OnlineLogisticConfig};
+    use edgeloop::serve::engine::OnnxModel;
+    let reference = reference();
+    for (name, learn) in [("sea", 2000), ("rbf_drift", 2000), ("gas", 500), ("sea", 1)] {
+        let (xs, ys, n_classes) = stream(&reference, name);
+        let classes: Vec<String> = (0..n_classes).map(|c| format!("c{c}")).collect();
+        let nf = xs[0].len();
+        let features: Vec<String> = (0..nf).map(|j| format!("f{j}")).collect();
+        let as_f32 = |x: &[f64]| -> Vec<f64> { x.iter().map(|v| f64::from(*v as f32)).collect() };
+        let mut model = OnlineLogistic::new(nf, Some(n_classes), OnlineLogisticConfig::default());
+        for (x, &y) in xs.iter().zip(&ys).take(learn) {
+            model.learn_one(&as_f32(x), y).expect("learn");
+        }
+        let onnx = OnnxModel::load(&model.to_onnx(&features, &classes, 1)).expect("tract loads it");
+        let mut rows: Vec<Vec<f64>> = xs[learn..learn + 100].iter().map(|x| as_f32(x)).collect();
+        rows[7][0] = f64::NAN;
+        let flat: Vec<f32> = rows.iter().flatten().map(|v| *v as f32).collect();
+        let got = onnx.predict_proba(&flat).expect("run");
+        for (i, row) in rows.iter().enumerate() {
+            let want = model.predict_proba_one(row).expect("width");
+            for c in 0..n_classes {
+                let w = want.get(c).copied().unwrap_or(0.0);
+                let g = f64::from(got[i * n_classes + c]);
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "{name} after {learn}: row {i} class {c}: onnx {g} model {w}"
+                );
+            }
+        }
+    }
+}

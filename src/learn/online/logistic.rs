@@ -235,6 +235,113 @@ impl OnlineLogistic {
     }
 }
 
+impl OnlineLogistic {
+    /// The model as a standard ONNX graph (edgeloop's output contract,
+    /// [`crate::onnx::builder`]): `features` `[N, n_features]` f32, `NaN` =
+    /// missing → imputed with the running mean, scaled by the running
+    /// standard deviation → `MatMul` + `Add` → `Softmax` (the binary model:
+    /// logits `[0, w·z + b]`, whose softmax is `[1 − σ, σ]`) or `Sigmoid` and
+    /// division by the row's sum (one-vs-rest) → `probabilities`
+    /// `[N, classes.len()]`, and `label` (`ArgMax`). `classes` names the
+    /// class indices (at least [`OnlineClassifier::n_classes`] of them);
+    /// classes not learned yet get probability 0. A feature of zero variance
+    /// gets weight 0 (the model scales it to 0). With one class learned the
+    /// graph answers that class; with none, every class alike. Computed in
+    /// `f32`, so probabilities agree with [`OnlineClassifier::predict_proba_one`]
+    /// to about 1e-6.
+    pub fn to_onnx(&self, feature_names: &[String], classes: &[String], version: u32) -> Vec<u8> {
+        use crate::onnx::builder as b;
+        const NEVER: f32 = -1e30;
+        let nf = self.n_features;
+        let k = classes.len().max(self.n_classes());
+        let mean: Vec<f32> = self.scaler.means.iter().map(|m| *m as f32).collect();
+        let live: Vec<bool> = self.scaler.vars.iter().map(|v| *v != 0.0).collect();
+        let std: Vec<f32> = self
+            .scaler
+            .vars
+            .iter()
+            .map(|v| if *v != 0.0 { v.powf(0.5) as f32 } else { 1.0 })
+            .collect();
+        let mut weights = vec![0.0f32; nf * k];
+        let mut bias = vec![NEVER; k];
+        let column = |c: usize, m: &Binary, weights: &mut [f32], bias: &mut [f32]| {
+            for j in 0..nf {
+                weights[j * k + c] = if live[j] { m.weights[j] as f32 } else { 0.0 };
+            }
+            bias[c] = m.intercept as f32;
+        };
+        match (&self.head, self.seen.as_slice()) {
+            (_, []) => bias.iter_mut().for_each(|b| *b = 0.0),
+            (_, [only]) => bias[*only] = 0.0,
+            (Head::Binary(m), _) => {
+                bias[0] = 0.0;
+                column(1, m, &mut weights, &mut bias);
+            }
+            (Head::OneVsRest(models), _) => {
+                for (c, m) in models {
+                    column(*c, m, &mut weights, &mut bias);
+                }
+            }
+        }
+        let (mut nodes, scaled) = b::impute_and_scale_nodes("mean", Some("std"));
+        nodes.extend([
+            b::node("MatMul", &[scaled, "weights"], "matmul", vec![]),
+            b::node("Add", &["matmul", "bias"], "logits", vec![]),
+        ]);
+        let mut initializer = vec![
+            b::tensor_f32("mean", &[nf as i64], &mean),
+            b::tensor_f32("std", &[nf as i64], &std),
+            b::tensor_f32("weights", &[nf as i64, k as i64], &weights),
+            b::tensor_f32("bias", &[k as i64], &bias),
+        ];
+        if self.is_binary() {
+            nodes.push(b::node(
+                "Softmax",
+                &["logits"],
+                b::OUTPUT_PROBABILITIES,
+                vec![b::attr_int("axis", 1)],
+            ));
+        } else {
+            initializer.push(b::tensor_i64("sum_axes", &[1], &[1]));
+            nodes.extend([
+                b::node("Sigmoid", &["logits"], "positive", vec![]),
+                b::node(
+                    "ReduceSum",
+                    &["positive", "sum_axes"],
+                    "positive_sum",
+                    vec![b::attr_int("keepdims", 1)],
+                ),
+                b::node(
+                    "Div",
+                    &["positive", "positive_sum"],
+                    b::OUTPUT_PROBABILITIES,
+                    vec![],
+                ),
+            ]);
+        }
+        nodes.push(b::label_node());
+        let graph = tract_onnx::pb::GraphProto {
+            name: "edgeloop_online_logistic".into(),
+            node: nodes,
+            initializer,
+            input: vec![b::input_info(nf)],
+            output: b::classifier_outputs(k),
+            ..Default::default()
+        };
+        b::model_bytes(
+            graph,
+            &b::ModelMeta {
+                family: "online_logistic",
+                task: crate::ingest::decode::Task::Classification,
+                classes,
+                features: feature_names,
+                version,
+                doc: "Online logistic regression (River's StandardScaler | LogisticRegression, SGD): running mean imputation and scaling, then softmax (binary) or normalised one-vs-rest sigmoids.",
+            },
+        )
+    }
+}
+
 impl OnlineClassifier for OnlineLogistic {
     fn learn_one(&mut self, x: &[f64], y: usize) -> Result<(), OnlineError> {
         check_width(self.n_features, x)?;
