@@ -9,7 +9,10 @@
 //! `Session::run` over the calls that fill about `EDGELOOP_BENCH_MS`
 //! milliseconds (default 300; at least 5 calls), after one warm-up call, in
 //! µs. Batches: one row and 64 rows, cut (or repeated) from the manifest's
-//! inputs; a model with a fixed batch axis gets only its own size. The `ort`
+//! inputs; a model with a fixed batch axis gets only its own size. Each call
+//! draws a different batch: call `i` starts at row `7 * i` of the manifest's
+//! 64 (16 batches in turn), so a single-row figure is not one row's path
+//! through the trees repeated. The `ort`
 //! column needs the feature `ort` and `ORT_DYLIB_PATH` (the `onnxruntime`
 //! wheel's `capi/libonnxruntime.so.*`); without them it reads `-`.
 
@@ -25,8 +28,8 @@ fn suite() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance")
 }
 
-/// The manifest input `v` cut or repeated to `n` rows.
-fn rows(v: &Value, n: usize) -> Tensor {
+/// The manifest input `v` cut or repeated to `n` rows, from row `first`.
+fn rows(v: &Value, n: usize, first: usize) -> Tensor {
     let mut shape: Vec<usize> = v["shape"]
         .as_array()
         .unwrap()
@@ -35,7 +38,7 @@ fn rows(v: &Value, n: usize) -> Tensor {
         .collect();
     let per_row: usize = shape[1..].iter().product();
     let data = v["data"].as_array().unwrap();
-    let take = |i: usize| &data[i % data.len()];
+    let take = |i: usize| &data[(first * per_row + i) % data.len()];
     let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
     let m = n * per_row;
     let data = match v["dtype"].as_str().unwrap() {
@@ -56,15 +59,16 @@ fn rows(v: &Value, n: usize) -> Tensor {
     Tensor::new(shape, data).unwrap()
 }
 
-/// Median µs of one run over about `budget`.
-fn median_us(session: &Session, inputs: &[Named], budget: Duration) -> Option<f64> {
-    session.run(inputs).ok()?;
+/// Median µs of one run over about `budget`, call `i` on `batches[i % len]`.
+fn median_us(session: &Session, batches: &[Vec<Named>], budget: Duration) -> Option<f64> {
+    session.run(&batches[0]).ok()?;
     let t = Instant::now();
-    session.run(inputs).ok()?;
+    session.run(&batches[1 % batches.len()]).ok()?;
     let once = t.elapsed().max(Duration::from_nanos(100));
     let n = ((budget.as_secs_f64() / once.as_secs_f64()) as usize).clamp(5, 50_001);
     let mut times: Vec<f64> = (0..n)
-        .map(|_| {
+        .map(|i| {
+            let inputs = &batches[i % batches.len()];
             let t = Instant::now();
             session.run(inputs).unwrap();
             t.elapsed().as_secs_f64() * 1e6
@@ -128,14 +132,18 @@ fn main() {
         });
         let sizes = fixed.map_or(vec![1, 64], |b| vec![b]);
         for n in sizes {
-            let inputs: Vec<Named> = m["inputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| Named::new(i["name"].as_str().unwrap(), rows(i, n)))
+            let batches: Vec<Vec<Named>> = (0..16)
+                .map(|b| {
+                    m["inputs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| Named::new(i["name"].as_str().unwrap(), rows(i, n, 7 * b)))
+                        .collect()
+                })
                 .collect();
-            let t = tract.as_ref().and_then(|s| median_us(s, &inputs, budget));
-            let o = ort.as_ref().and_then(|s| median_us(s, &inputs, budget));
+            let t = tract.as_ref().and_then(|s| median_us(s, &batches, budget));
+            let o = ort.as_ref().and_then(|s| median_us(s, &batches, budget));
             let p = py.get(name).and_then(|r| r.get(&n.to_string())).copied();
             let ratio = t.zip(p).map(|(t, p)| t / p);
             println!(

@@ -195,6 +195,8 @@ pub struct TreeEnsembleAttributes {
 }
 
 const LEAF: u8 = 6;
+/// Rows walked together, tree by tree, in [`TreeEnsemble::eval`].
+const BLOCK: usize = 64;
 const MISSING_TRUE: u8 = 0x10;
 
 /// One node of the compiled layout. A leaf's `true_child..true_child + false_child`
@@ -517,78 +519,117 @@ impl TreeEnsemble {
         if classifier && labels.len() != n_rows {
             return Err(format!("{} labels for {n_rows} rows", labels.len()));
         }
-        let mut has = vec![false; c];
-        for r in 0..n_rows {
-            let row = &x[r * n_features..(r + 1) * n_features];
-            let out = &mut scores[r * c..(r + 1) * c];
+        // Tree by tree over a block of rows: one tree's nodes stay in cache
+        // while every row of the block walks it. Each row still adds its
+        // trees' weights in tree order, so the sums equal a row-by-row walk.
+        let block = BLOCK.min(n_rows);
+        let mut has = vec![false; block * c];
+        let mut start = 0;
+        while start < n_rows {
+            let nb = BLOCK.min(n_rows - start);
+            let xs = &x[start * n_features..(start + nb) * n_features];
+            let out = &mut scores[start * c..(start + nb) * c];
+            let has = &mut has[..nb * c];
             match self.task {
                 Task::Regressor {
                     n_targets: 1,
                     aggregate,
-                } => {
-                    out[0] = self.one_target(row, aggregate);
-                }
+                } => self.one_target_block(xs, n_features, aggregate, out),
                 Task::Regressor { aggregate, .. } => {
-                    self.accumulate(row, aggregate, out, &mut has);
-                    self.finish_targets(aggregate, out, &has);
+                    self.accumulate_block(xs, n_features, aggregate, out, has);
+                    for (o, h) in out.chunks_exact_mut(c).zip(has.chunks_exact(c)) {
+                        self.finish_targets(aggregate, o, h);
+                    }
                 }
                 Task::Classifier(_) => {
-                    self.accumulate(row, Aggregate::Sum, out, &mut has);
-                    labels[r] = self.finish_classes(out, &mut has);
+                    self.accumulate_block(xs, n_features, Aggregate::Sum, out, has);
+                    for (r, (o, h)) in out
+                        .chunks_exact_mut(c)
+                        .zip(has.chunks_exact_mut(c))
+                        .enumerate()
+                    {
+                        labels[start + r] = self.finish_classes(o, h);
+                    }
                 }
             }
+            start += nb;
         }
         Ok(())
     }
 
-    fn accumulate(&self, row: &[f32], aggregate: Aggregate, acc: &mut [f32], has: &mut [bool]) {
+    /// Each row of `xs` (`[nb, n_features]`): its leaves' weights combined by
+    /// `aggregate` per output into `acc`, `has` marking the outputs a leaf
+    /// scored (`[nb, n_outputs]`); tree by tree over the rows.
+    fn accumulate_block(
+        &self,
+        xs: &[f32],
+        n_features: usize,
+        aggregate: Aggregate,
+        acc: &mut [f32],
+        has: &mut [bool],
+    ) {
+        let c = self.n_outputs;
         acc.fill(0.0);
         has.fill(false);
         for &root in &self.roots {
-            let leaf = self.leaf(root, row);
-            let start = leaf.true_child as usize;
-            for &(i, w) in &self.weights[start..start + leaf.false_child as usize] {
-                let i = i as usize;
-                match aggregate {
-                    Aggregate::Sum | Aggregate::Average => acc[i] += w,
-                    Aggregate::Min => {
-                        if !has[i] || w < acc[i] {
-                            acc[i] = w
+            for (r, row) in xs.chunks_exact(n_features).enumerate() {
+                let leaf = self.leaf(root, row);
+                let start = leaf.true_child as usize;
+                let (acc, has) = (&mut acc[r * c..(r + 1) * c], &mut has[r * c..(r + 1) * c]);
+                for &(i, w) in &self.weights[start..start + leaf.false_child as usize] {
+                    let i = i as usize;
+                    match aggregate {
+                        Aggregate::Sum | Aggregate::Average => acc[i] += w,
+                        Aggregate::Min => {
+                            if !has[i] || w < acc[i] {
+                                acc[i] = w
+                            }
+                        }
+                        Aggregate::Max => {
+                            if !has[i] || w > acc[i] {
+                                acc[i] = w
+                            }
                         }
                     }
-                    Aggregate::Max => {
-                        if !has[i] || w > acc[i] {
-                            acc[i] = w
-                        }
-                    }
+                    has[i] = true;
                 }
-                has[i] = true;
             }
         }
     }
 
-    /// onnxruntime's one-output path: each leaf's first weight, `base_values[0]`, only
-    /// PROBIT.
-    fn one_target(&self, row: &[f32], aggregate: Aggregate) -> f32 {
-        let (mut s, mut has) = (0f32, false);
-        for &root in &self.roots {
-            let w = self.leaf(root, row).value;
-            match aggregate {
-                Aggregate::Sum | Aggregate::Average => s += w,
-                Aggregate::Min => s = if !has || w < s { w } else { s },
-                Aggregate::Max => s = if !has || w > s { w } else { s },
+    /// onnxruntime's one-output path, each row of `xs` into `out` (`[nb]`):
+    /// each leaf's first weight, `base_values[0]`, only PROBIT; tree by tree
+    /// over the rows.
+    fn one_target_block(
+        &self,
+        xs: &[f32],
+        n_features: usize,
+        aggregate: Aggregate,
+        out: &mut [f32],
+    ) {
+        out.fill(0.0);
+        for (t, &root) in self.roots.iter().enumerate() {
+            let has = t > 0;
+            for (s, row) in out.iter_mut().zip(xs.chunks_exact(n_features)) {
+                let w = self.leaf(root, row).value;
+                match aggregate {
+                    Aggregate::Sum | Aggregate::Average => *s += w,
+                    Aggregate::Min => *s = if !has || w < *s { w } else { *s },
+                    Aggregate::Max => *s = if !has || w > *s { w } else { *s },
+                }
             }
-            has = true;
         }
         let origin = self.base_values.first().copied().unwrap_or(0.0);
-        let s = match aggregate {
-            Aggregate::Average => s / self.roots.len() as f32 + origin,
-            _ => s + origin,
-        };
-        if self.post_transform == PostTransform::Probit {
-            probit(s)
-        } else {
-            s
+        for s in out.iter_mut() {
+            let v = match aggregate {
+                Aggregate::Average => *s / self.roots.len() as f32 + origin,
+                _ => *s + origin,
+            };
+            *s = if self.post_transform == PostTransform::Probit {
+                probit(v)
+            } else {
+                v
+            };
         }
     }
 
