@@ -16,6 +16,8 @@
 //! * module [`svm`]: `SVMClassifier` and `SVMRegressor`;
 //! * module [`linear_classifier`]: `LinearClassifier` (replaces tract-onnx's, which refuses
 //!   string labels);
+//! * module [`linear_regressor`]: `LinearRegressor` (replaces tract-onnx's, whose MatMul
+//!   tract's declutter pass breaks on skl2onnx's PolynomialFeatures graphs);
 //! * module [`array_feature_extractor`]: `ArrayFeatureExtractor` (replaces tract-onnx's,
 //!   which drops the axis of a scalar index);
 //! * module [`tree_ensemble5`]: the ml-opset-5 `TreeEnsemble`, compiled to
@@ -37,6 +39,7 @@ pub mod binarizer;
 pub mod imputer;
 pub mod label_encoder;
 pub mod linear_classifier;
+pub mod linear_regressor;
 pub mod one_hot_encoder;
 pub mod scaler;
 pub mod svm;
@@ -56,6 +59,7 @@ pub fn register(register: &mut OnnxOpRegister) {
     register.insert("SVMRegressor", svm::build_regressor);
     register.insert("TreeEnsemble", tree_ensemble5::build);
     register.insert("LinearClassifier", linear_classifier::build);
+    register.insert("LinearRegressor", linear_regressor::build);
     register.insert("ArrayFeatureExtractor", array_feature_extractor::build);
 }
 
