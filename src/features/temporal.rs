@@ -177,18 +177,18 @@ impl Temporal {
         for k in 1..=self.cfg.lags {
             match earlier(k) {
                 Some(r) => out.extend_from_slice(r),
-                None => out.extend(std::iter::repeat(f64::NAN).take(n)),
+                None => out.extend(std::iter::repeat_n(f64::NAN, n)),
             }
         }
         if self.cfg.deltas {
             match earlier(1) {
                 Some(r) => out.extend(x.iter().zip(r).map(|(a, b)| a - b)),
-                None => out.extend(std::iter::repeat(f64::NAN).take(n)),
+                None => out.extend(std::iter::repeat_n(f64::NAN, n)),
             }
         }
         if self.cfg.rolling > 0 {
             let start = out.len();
-            out.extend(std::iter::repeat(f64::NAN).take(2 * n));
+            out.extend(std::iter::repeat_n(f64::NAN, 2 * n));
             for j in 0..n {
                 let (mut count, mut sum) = (0usize, 0.0f64);
                 let mut add = |v: f64| {
