@@ -25,7 +25,8 @@
 //!   file per command family.
 //! - [`http`]: the HTTP API (axum) over every stage; every error is JSON;
 //!   the bearer token ([`http::access`]) and the connection limits and
-//!   HTTPS ([`http::serve`]).
+//!   HTTPS ([`http::serve`]); the dashboard, `GET /` and the JSON it reads
+//!   ([`http::dashboard`]).
 //! - [`config`]: typed configuration in layers (compiled-in default, file,
 //!   `EDGELOOP__SECTION__KEY`), validated before anything starts; it
 //!   composes the sections the stages own and hands each stage its own
@@ -36,7 +37,8 @@
 //!   the error stream (the detectors of [`learn::drift`]) and data drift
 //!   (PSI, KS); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
-//!   and its prequential replay; its section [`monitor::MonitoredPipeline`].
+//!   and its prequential replay; its section [`monitor::MonitoredPipeline`];
+//!   the dashboard's bounded, downsampled time series ([`monitor::series`]).
 //! - [`serve`]: the registry of serving versions (atomic swaps), predictions
 //!   over MQTT (bounded outbox), `edgeloop predict` on a CSV
 //!   ([`serve::predict_file`]), the intake of models brought from elsewhere
