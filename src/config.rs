@@ -290,6 +290,10 @@ pub struct PipelineConfig {
     #[serde(default = "default_device_level")]
     pub device_level: i32,
     pub features: Vec<String>,
+    /// `[pipelines.preprocess]`: cleaning rules (missing-value markers,
+    /// valid ranges), in training and in the exported model.
+    #[serde(default)]
+    pub preprocess: crate::learn::clean::Cleaning,
     #[serde(default)]
     pub label: String,
     /// Topic filters on which labels arrive after their samples (late labels).
@@ -347,7 +351,10 @@ impl PipelineConfig {
             classes: self.classes.clone(),
             task: self.task,
             windows: self.windows.clone(),
-            model: self.model.clone(),
+            model: crate::learn::ModelConfig {
+                preprocess: self.preprocess.clone(),
+                ..self.model.clone()
+            },
             engine: self.engine,
             prediction_topic: self.prediction_topic.clone(),
         }
@@ -755,6 +762,10 @@ impl Config {
                 }
             }
             validate_model(&p.model, Some(p.task), &key("model."))?;
+            if let Err(reason) = p.preprocess.validate(&p.features) {
+                let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
+                return bad(key(&format!("preprocess.{k}")), reason.to_string());
+            }
             if let Err(e) = p.windows.validate() {
                 let (k, reason) = e.split_once(": ").unwrap_or(("", &e));
                 return bad(key(&format!("windows.{k}")), reason.to_string());

@@ -188,6 +188,19 @@ pub struct CsvInput {
     /// Configuration file of --pipeline, layered over the compiled-in default.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Values that mean "missing", comma-separated (e.g. -200).
+    ///
+    /// As pandas' na_values; added to the pipeline's
+    /// `[pipelines.preprocess] missing_values`. A regression label equal to
+    /// one leaves its row out. Also applied inside the exported model.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    missing_values: Vec<f64>,
+    /// A feature's valid range, NAME=LOW,HIGH (repeatable).
+    ///
+    /// Readings outside are missing; added to `[pipelines.preprocess]
+    /// ranges`.
+    #[arg(long = "range", value_name = "NAME=LOW,HIGH")]
+    ranges: Vec<String>,
 }
 
 impl CsvInput {
@@ -211,15 +224,30 @@ impl CsvInput {
                 Some(crate::learn::offline::CsvSettings {
                     label: p.label.clone(),
                     features: p.features.clone(),
-                    model: p.model.clone(),
+                    model: p.settings().model,
                     task: Some(p.task),
                     name: name.clone(),
                 })
             }
             None => None,
         };
-        crate::learn::offline::csv_settings(pipeline, args, default_name)
-            .map_err(anyhow::Error::msg)
+        let mut settings = crate::learn::offline::csv_settings(pipeline, args, default_name)
+            .map_err(anyhow::Error::msg)?;
+        let rules = &mut settings.model.preprocess;
+        rules.missing_values.extend(&self.missing_values);
+        for r in &self.ranges {
+            let parsed = r.split_once('=').and_then(|(name, bounds)| {
+                let (lo, hi) = bounds.split_once(',')?;
+                Some((
+                    name.to_string(),
+                    [lo.trim().parse().ok()?, hi.trim().parse().ok()?],
+                ))
+            });
+            let (name, range) =
+                parsed.ok_or_else(|| anyhow::anyhow!("--range `{r}`: expected NAME=LOW,HIGH"))?;
+            rules.ranges.insert(name, range);
+        }
+        Ok(settings)
     }
 }
 

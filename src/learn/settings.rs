@@ -49,6 +49,10 @@ impl PipelineSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// `[pipelines.preprocess]`'s cleaning rules ([`crate::learn::clean`]),
+    /// copied here by the pipeline (not a key of `[pipelines.model]`).
+    #[serde(skip)]
+    pub preprocess: crate::learn::clean::Cleaning,
     /// The family trained (`auto`: every candidate, the best serves).
     pub family: Family,
     /// `auto`'s candidates; empty: every family that supports the task.
@@ -115,6 +119,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            preprocess: Default::default(),
             family: Family::Logistic,
             candidates: vec![],
             metric: None,

@@ -194,6 +194,16 @@ pub fn train_dataset(
     let started = Instant::now();
     let cpu_started = cpu_time_s();
     let task = data.task;
+    // `[pipelines.preprocess]`: markers and out-of-range readings become
+    // missing before anything is fitted or scored.
+    let rules = &settings.model.preprocess;
+    let (cleaned, cleaning) = match clean_dataset(data, rules, settings.features) {
+        Some((d, report)) => (Some(d), Some(report)),
+        None => (None, None),
+    };
+    let data = cleaned.as_ref().unwrap_or(data);
+    let cleaned_old = old_regimes.and_then(|o| clean_dataset(o, rules, settings.features));
+    let old_regimes = cleaned_old.as_ref().map(|(d, _)| d).or(old_regimes);
     if data.len() < 2 {
         return Err(TrainError::Empty);
     }
@@ -316,8 +326,9 @@ pub fn train_dataset(
     } else {
         challenger
     };
-    let onnx = model.to_onnx(version);
+    let onnx = rules.wrap_onnx(settings.features, model.to_onnx(version));
     chosen_card.decision = Some(decision);
+    chosen_card.cleaning = cleaning;
     chosen_card.n_samples = data.len() as u64;
     chosen_card.onnx_bytes = onnx.len() as u64;
     chosen_card.hyperparameters = hyperparameters(&model, cfg);
@@ -336,6 +347,39 @@ pub fn train_dataset(
         },
         candidates: cards,
     })
+}
+
+/// `data` with `rules` applied ([`crate::learn::clean`]): readings that are
+/// markers or out of range set missing, regression samples whose label is a
+/// marker left out; `None` when there are no rules.
+fn clean_dataset(
+    data: &Dataset,
+    rules: &crate::learn::clean::Cleaning,
+    features: &[String],
+) -> Option<(Dataset, card::CleaningReport)> {
+    if rules.is_empty() {
+        return None;
+    }
+    let mut d = data.clone();
+    let readings = rules.apply(features, &mut d.x) as u64;
+    let mut labels = 0;
+    if d.task == Task::Regression {
+        let keep: Vec<usize> = (0..d.len())
+            .filter(|&i| !rules.label_missing(d.values[i]))
+            .collect();
+        labels = (d.len() - keep.len()) as u64;
+        if labels > 0 {
+            d = d.select(&keep);
+        }
+    }
+    Some((
+        d,
+        card::CleaningReport {
+            rules: rules.clone(),
+            readings_missing: readings,
+            labels_missing: labels,
+        },
+    ))
 }
 
 /// The families a training compares: `auto`'s candidates that support the
@@ -588,6 +632,7 @@ fn describe(
         decision: None,
         search: None,
         imported: None,
+        cleaning: None,
     }
 }
 

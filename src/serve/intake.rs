@@ -550,6 +550,7 @@ fn import_inner(
         live: None,
         search: None,
         imported: Some(imported),
+        cleaning: None,
     };
     let stored = StoredModel {
         onnx,

@@ -120,6 +120,21 @@ pub struct ModelCard {
     /// engine. `None` for a version edgeloop trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported: Option<Imported>,
+    /// The cleaning rules applied before training and in the exported
+    /// graph (`[pipelines.preprocess]`), and what they did to this
+    /// training's data. `None` without rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaning: Option<CleaningReport>,
+}
+
+/// [`ModelCard::cleaning`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleaningReport {
+    pub rules: crate::learn::clean::Cleaning,
+    /// Readings set missing by the rules.
+    pub readings_missing: u64,
+    /// Samples left out because their label was a missing-value marker.
+    pub labels_missing: u64,
 }
 
 /// What was added to the evaluated fit's training part (see
