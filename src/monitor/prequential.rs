@@ -253,6 +253,17 @@ pub struct OnlineReport {
     pub rows_per_second: f64,
     /// Wall time of the predictions and updates, seconds.
     pub seconds: f64,
+    /// Peak resident memory of the process at the end (`VmHWM`, Linux; the
+    /// file as read included), bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// `VmHWM` of this process, bytes (`None` off Linux).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Replays the file through a new online learner of `opts.family`: for each
@@ -349,6 +360,7 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
             0.0
         },
         seconds,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
@@ -382,6 +394,12 @@ pub fn render_online(r: &OnlineReport) -> String {
         r.seconds,
         f(r.previous_label_accuracy)
     ));
+    if let Some(b) = r.peak_rss_bytes {
+        out.push_str(&format!(
+            "peak resident memory {:.1} MiB (the process, the file as read included)\n",
+            b as f64 / (1024.0 * 1024.0)
+        ));
+    }
     if r.temporal.is_enabled() {
         out.push_str(&format!(
             "temporal features: lags {}, deltas {}, rolling {}, last label {} ({} model features)\n",
