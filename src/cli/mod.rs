@@ -105,12 +105,14 @@ enum Command {
     /// River's HalfSpaceTrees behind a MinMaxScaler; the rows printed are
     /// those above a learned quantile.
     Anomaly(monitor::AnomalyArgs),
-    /// Run a drift detector (ADWIN, DDM, Page-Hinkley, as River's) over one
-    /// column of a CSV stream and print the rows that raised an alarm.
+    /// Rows of a CSV column where a drift detector raises an alarm.
+    ///
+    /// ADWIN, DDM or Page-Hinkley, as River's, the daemon's detectors.
     Detect(monitor::DetectArgs),
-    /// Data drift of a CSV stream's windows against its first rows, holding
-    /// the false-alarm rate on autocorrelated data (KS at effective sample
-    /// sizes, with an effect-size floor).
+    /// Data drift of a CSV stream's windows against its first rows.
+    ///
+    /// KS and mean tests at effective sample sizes (autocorrelated data),
+    /// with an effect-size floor (PSI, mean shift).
     Drift(monitor::DriftArgs),
     /// Measurements of this build (see BENCHMARKS.md).
     Bench(bench::BenchArgs),

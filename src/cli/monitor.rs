@@ -148,7 +148,9 @@ pub struct DetectArgs {
     /// adwin, ddm or page_hinkley (River's ADWIN, binary.DDM, PageHinkley).
     #[arg(long, value_parser = ["adwin", "ddm", "page_hinkley"])]
     detector: String,
-    /// A detector parameter, `name=value`, repeatable: adwin `delta`,
+    /// A detector parameter, NAME=VALUE (repeatable).
+    ///
+    /// adwin `delta`,
     /// `clock`, `max_buckets`, `min_window_length`, `grace_period`; ddm
     /// `warm_start`, `warning_threshold`, `drift_threshold`; page_hinkley
     /// `min_instances`, `delta`, `threshold`, `alpha`, `mode` (up, down,
@@ -249,8 +251,7 @@ pub struct DriftArgs {
     /// CSV file with a header row, rows in time order.
     #[arg(long)]
     file: PathBuf,
-    /// Columns compared, comma-separated (default: every column whose first
-    /// row is a number).
+    /// Columns compared, comma-separated (default: every numeric column).
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
     /// Rows of the reference: the first N.
@@ -272,9 +273,12 @@ pub struct DriftArgs {
     /// deviations.
     #[arg(long, default_value_t = 0.5)]
     shift_floor: f64,
-    /// Print `{"windows": [{"start", "end", "drift", "features": {name:
-    /// {psi, shift, ks_statistic, ks_p_value, ks_p_value_effective,
-    /// rho_reference, rho_current, drifted}}}], "flagged", "total"}`.
+    /// Print the windows and their per-feature figures as JSON.
+    ///
+    /// `{"windows": [{"start", "end", "drift", "features": {name: {psi,
+    /// shift, ks_statistic, ks_p_value, ks_p_value_effective,
+    /// mean_p_value_effective, rho_reference, rho_current, drifted}}}],
+    /// "flagged", "total"}`.
     #[arg(long)]
     json: bool,
 }
