@@ -59,6 +59,13 @@ pub struct EvaluateArgs {
     /// The current row included; 0: off.
     #[arg(long, default_value_t = 0)]
     rolling: usize,
+    /// An online learner beside the loop; the more accurate recently serves.
+    ///
+    /// online_logistic, hoeffding_tree, hoeffding_adaptive_tree or arf: it
+    /// predicts every row beside the loop, and the served column takes the
+    /// prediction of whichever was right more often over the last 200 rows.
+    #[arg(long)]
+    online: Option<String>,
     /// Online learners: the previous row's label, one-hot, as features.
     ///
     /// Known before the row is predicted, never the row's own.
@@ -269,6 +276,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         deltas,
         rolling,
         last_label,
+        online,
         json,
         wide,
     } = args;
@@ -340,12 +348,17 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm), or use an online learner (online_logistic, hoeffding_tree, hoeffding_adaptive_tree, arf)",
         loop_config.model.family
     );
+    let online = online
+        .map(|f| f.parse::<crate::learn::online::OnlineFamily>())
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let opts = crate::monitor::prequential::PrequentialOptions {
         file,
         label,
         features,
         loop_config,
         segments,
+        online,
     };
     let report = crate::monitor::prequential::run(&opts)?;
     if json {

@@ -24,6 +24,9 @@ pub struct PrequentialOptions {
     pub loop_config: ContinualConfig,
     /// Segments of the report.
     pub segments: usize,
+    /// An online learner beside the loop ([`ServeChoice`]): both predict
+    /// every row, and the one more accurate over the recent rows serves.
+    pub online: Option<OnlineFamily>,
 }
 
 /// Errors of the replay.
@@ -43,6 +46,11 @@ pub struct Segment {
     pub scored: u64,
     pub loop_accuracy: Option<f64>,
     pub frozen_accuracy: Option<f64>,
+    /// With an online learner: its accuracy over the rows it predicted, and
+    /// that of the served predictions (loop or online, [`ServeChoice`]) over
+    /// the rows either predicted.
+    pub online_accuracy: Option<f64>,
+    pub served_accuracy: Option<f64>,
     pub alarms: u64,
     pub promotions: u64,
 }
@@ -57,6 +65,12 @@ pub struct PrequentialReport {
     pub scored: u64,
     pub loop_accuracy: Option<f64>,
     pub frozen_accuracy: Option<f64>,
+    /// The online learner beside the loop, if any, its accuracy, that of the
+    /// served predictions, and the rows where the server changed.
+    pub online: Option<String>,
+    pub online_accuracy: Option<f64>,
+    pub served_accuracy: Option<f64>,
+    pub switches: Vec<u64>,
     pub segments: Vec<Segment>,
     /// Row indices of the drift alarms of the loop.
     pub alarms: Vec<u64>,
@@ -67,6 +81,78 @@ pub struct PrequentialReport {
     /// Largest training memory held by the loop (window + reservoir rows), bytes.
     pub loop_data_bytes_peak: u64,
     pub loop_config: ContinualConfig,
+}
+
+/// Which of two learners serves: the one whose predictions were right more
+/// often over the last [`ServeChoice::WINDOW`] rows both predicted, with
+/// hysteresis (the other must lead by more than [`ServeChoice::MARGIN`]).
+/// Starts with the first; a learner without a prediction for a row is
+/// stood in for by the other.
+#[derive(Debug, Clone)]
+pub struct ServeChoice {
+    /// Recent outcomes of both, `(first right, second right)`, oldest first.
+    recent: std::collections::VecDeque<(bool, bool)>,
+    hits: (usize, usize),
+    /// Which serves: false = the first.
+    second: bool,
+}
+
+impl Default for ServeChoice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServeChoice {
+    /// Rows of the recent record.
+    pub const WINDOW: usize = 200;
+    /// Lead (in accuracy over the window) needed to switch.
+    pub const MARGIN: f64 = 0.02;
+
+    pub fn new() -> Self {
+        Self {
+            recent: std::collections::VecDeque::with_capacity(Self::WINDOW),
+            hits: (0, 0),
+            second: false,
+        }
+    }
+
+    /// Whether the second learner serves now.
+    pub fn second_serves(&self) -> bool {
+        self.second
+    }
+
+    /// The served one of two predictions.
+    pub fn pick<T>(&self, first: Option<T>, second: Option<T>) -> Option<T> {
+        if self.second {
+            second.or(first)
+        } else {
+            first.or(second)
+        }
+    }
+
+    /// Records whether each was right on a row both predicted; true when the
+    /// server changed.
+    pub fn record(&mut self, first_right: bool, second_right: bool) -> bool {
+        if self.recent.len() == Self::WINDOW {
+            if let Some((a, b)) = self.recent.pop_front() {
+                self.hits.0 -= usize::from(a);
+                self.hits.1 -= usize::from(b);
+            }
+        }
+        self.recent.push_back((first_right, second_right));
+        self.hits.0 += usize::from(first_right);
+        self.hits.1 += usize::from(second_right);
+        let n = self.recent.len() as f64;
+        let (a, b) = (self.hits.0 as f64 / n, self.hits.1 as f64 / n);
+        let switch = if self.second {
+            a > b + Self::MARGIN
+        } else {
+            b > a + Self::MARGIN
+        };
+        self.second ^= switch;
+        switch
+    }
 }
 
 /// Runs the replay.
@@ -81,6 +167,14 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
             reason,
         })?;
     let features = data.features.clone();
+    let classes = crate::learn::sort_classes(data.labels.iter().cloned());
+    let mut online = opts
+        .online
+        .map(|f| f.new_model(features.len(), Some(classes.len()), 42));
+    let mut choice = ServeChoice::new();
+    let mut switches = Vec::new();
+    let mut online_hits = vec![(0u64, 0u64, 0u64, 0u64); 0];
+    let mut x64 = vec![0.0f64; features.len()];
     let frozen_cfg = ContinualConfig {
         retrain_every: 0,
         retrain_on_drift: false,
@@ -97,17 +191,51 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
             scored: 0,
             loop_accuracy: None,
             frozen_accuracy: None,
+            online_accuracy: None,
+            served_accuracy: None,
             alarms: 0,
             promotions: 0,
         })
         .collect();
     let mut hits = vec![(0u64, 0u64); segments.len()];
+    // Per segment: online scored, online right, served scored, served right.
+    online_hits.resize(segments.len(), (0, 0, 0, 0));
     let (mut model_peak, mut data_peak) = (0u64, 0u64);
     let mut trainings_seen = 0;
     let row_bytes = (features.len() * 4 + 16) as u64;
     for (i, label) in data.labels.iter().enumerate() {
         let x = data.row(i);
         let (pl, pf) = (live.observe(x, label), frozen.observe(x, label));
+        if let Some(model) = online.as_mut() {
+            for (d, v) in x64.iter_mut().zip(x) {
+                *d = f64::from(*v);
+            }
+            let wrong_width = |e: OnlineError| PrequentialError::Input {
+                file: opts.file.display().to_string(),
+                reason: format!("row {i}: {e}"),
+            };
+            let po = model
+                .predict_one(&x64)
+                .map_err(wrong_width)?
+                .map(|c| classes[c].clone());
+            let s = i / seg_len as usize;
+            let h = &mut online_hits[s];
+            if let Some(p) = &po {
+                h.0 += 1;
+                h.1 += u64::from(p == label);
+            }
+            if let Some(p) = choice.pick(pl.as_ref(), po.as_ref()) {
+                h.2 += 1;
+                h.3 += u64::from(p == label);
+            }
+            if let (Some(a), Some(b)) = (&pl, &po) {
+                if choice.record(a == label, b == label) {
+                    switches.push(i as u64);
+                }
+            }
+            let y = classes.iter().position(|c| c == label).unwrap_or(0);
+            model.learn_one(&x64, y).map_err(wrong_width)?;
+        }
         if let (Some(pl), Some(pf)) = (pl, pf) {
             let s = i / seg_len as usize;
             segments[s].scored += 1;
@@ -136,6 +264,13 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
         s.loop_accuracy = ratio(*hl, s.scored);
         s.frozen_accuracy = ratio(*hf, s.scored);
     }
+    for (s, h) in segments.iter_mut().zip(&online_hits) {
+        s.online_accuracy = ratio(h.1, h.0);
+        s.served_accuracy = ratio(h.3, h.2);
+    }
+    let total = online_hits.iter().fold((0, 0, 0, 0), |t, h| {
+        (t.0 + h.0, t.1 + h.1, t.2 + h.2, t.3 + h.3)
+    });
     let scored: u64 = segments.iter().map(|s| s.scored).sum();
     let (hl, hf) = hits.iter().fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
     Ok(PrequentialReport {
@@ -145,6 +280,10 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
         scored,
         loop_accuracy: ratio(hl, scored),
         frozen_accuracy: ratio(hf, scored),
+        online: opts.online.map(|f| f.name().to_string()),
+        online_accuracy: ratio(total.1, total.0),
+        served_accuracy: ratio(total.3, total.2),
+        switches,
         segments,
         alarms: live.alarms.clone(),
         decisions: live.decisions.clone(),
@@ -157,16 +296,23 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
 /// The report as a table for people.
 pub fn render(r: &PrequentialReport) -> String {
     let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
+    let online = r.online.is_some();
     let mut out = format!(
         "prequential replay of {} ({} rows, {} features): test then train, row order\n\n\
-         rows            scored  loop      frozen    alarms  promotions\n",
+         rows            scored  loop      frozen    {}alarms  promotions\n",
         r.file,
         r.rows,
-        r.features.len()
+        r.features.len(),
+        if online { "online    served    " } else { "" }
     );
     for s in &r.segments {
+        let extra = if online {
+            format!("{:<9} {:<9} ", f(s.online_accuracy), f(s.served_accuracy))
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "{:<15} {:<7} {:<9} {:<9} {:<7} {}\n",
+            "{:<15} {:<7} {:<9} {:<9} {extra}{:<7} {}\n",
             format!("{}-{}", s.start, s.end),
             s.scored,
             f(s.loop_accuracy),
@@ -181,6 +327,16 @@ pub fn render(r: &PrequentialReport) -> String {
         f(r.frozen_accuracy),
         r.scored
     ));
+    if let Some(name) = &r.online {
+        out.push_str(&format!(
+            "online learner {name} {}; served (the more accurate of loop and online over \
+             the last {} rows) {}; server changes at rows {:?}\n",
+            f(r.online_accuracy),
+            ServeChoice::WINDOW,
+            f(r.served_accuracy),
+            r.switches
+        ));
+    }
     out.push_str(&format!("drift alarms at rows: {:?}\n", r.alarms));
     for d in &r.decisions {
         out.push_str(&format!(
@@ -407,4 +563,30 @@ pub fn render_online(r: &OnlineReport) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServeChoice;
+
+    #[test]
+    fn the_server_changes_only_past_the_margin() {
+        let mut c = ServeChoice::new();
+        assert!(!c.second_serves());
+        assert_eq!(c.pick(Some(1), Some(2)), Some(1));
+        assert_eq!(c.pick(None, Some(2)), Some(2), "the other stands in");
+        // Equal records: no change.
+        for _ in 0..ServeChoice::WINDOW {
+            assert!(!c.record(true, true));
+        }
+        // The second leads by 1/200 per row where only it is right: the
+        // change comes when the lead passes 2 points, at the 5th such row.
+        let changed: Vec<bool> = (0..5).map(|_| c.record(false, true)).collect();
+        assert_eq!(changed, vec![false, false, false, false, true]);
+        assert!(c.second_serves());
+        assert_eq!(c.pick(Some(1), Some(2)), Some(2));
+        // Back only when the first leads by more than the margin in turn.
+        let back = (0..20).position(|_| c.record(true, false));
+        assert_eq!(back, Some(9), "5 rows to even out, then 5 to lead by 0.025");
+    }
 }
