@@ -556,6 +556,22 @@ async fn the_page_draws_every_plot_in_chromium() {
     let (running, handle, token, _) = daemon_with_history(dir.path()).await;
     // Two recorder ticks after the last message, so the rates have points.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // What one refresh of the page reads (BENCHMARKS.md, "Dashboard").
+    let mut weights = Vec::new();
+    for path in [
+        "/healthz",
+        "/v1/series/ingest",
+        "/v1/stats",
+        "/v1/pipelines",
+        "/v1/pipelines/occupancy/series",
+        "/v1/pipelines/occupancy/drift",
+        "/v1/pipelines/occupancy/versions",
+        "/v1/predictions",
+    ] {
+        weights.push((path, get(&handle, path).await.1.len()));
+    }
+    let total: usize = weights.iter().map(|(_, n)| n).sum();
+    eprintln!("dashboard: one refresh reads {total} bytes of JSON: {weights:?}");
     let url = format!("http://{}/", handle.http_addr);
     let profile = tempfile::tempdir().unwrap();
     let (dom, log) = {
