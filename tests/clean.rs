@@ -4,7 +4,8 @@
 //! read as NaN, rows with a missing label dropped, `StandardScaler →
 //! SimpleImputer(mean) → Ridge(alpha=1)` on the older 80 %):
 //! - `edgeloop train --missing-values -200 --family ridge`: the holdout R²,
-//!   the rows and the counts of cleaned readings and labels equal
+//!   the rows, the counts of cleaned readings and labels, and the card's
+//!   baselines (DummyRegressor(mean), the previous label) equal
 //!   scikit-learn's; without the markers the same training scores below 0
 //!   (the bug: -200 read as a reading);
 //! - the exported model cleans the raw readings itself: on the file's first
@@ -70,6 +71,19 @@ fn markers_are_missing_values_in_training_and_in_the_exported_model() {
     );
     assert_eq!(card["cleaning"]["readings_missing"], r["readings_missing"]);
     assert_eq!(card["cleaning"]["labels_missing"], r["labels_missing"]);
+    // The card's baselines, as scikit-learn's DummyRegressor(mean) and the
+    // previous label score on the same holdout (to 1e-6: the script reads
+    // labels as float32, edgeloop as f64).
+    let b = &card["baseline"];
+    assert_eq!(b["kind"], "mean");
+    for (ours, theirs) in [
+        ("score", "baseline_mean_r2"),
+        ("previous", "baseline_previous_r2"),
+    ] {
+        let (o, t) = (b[ours].as_f64().unwrap(), r[theirs].as_f64().unwrap());
+        assert!((o - t).abs() < 1e-6, "{ours}: {o}, scikit-learn {t}");
+    }
+    assert!((b["margin"].as_f64().unwrap() - (score - b["score"].as_f64().unwrap())).abs() < 1e-12);
 
     // The raw rows, markers included, through the exported graph.
     let onnx = std::fs::read(&onnx_path).unwrap();

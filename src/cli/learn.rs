@@ -474,6 +474,23 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             println!("wrote {}", path.display());
         }
     }
+    let chosen = &report.training.chosen.card;
+    if let Some(b) = chosen
+        .baseline
+        .as_ref()
+        .filter(|b| b.margin.is_some_and(|m| m < 0.0))
+    {
+        eprintln!(
+            "warning: the chosen model ({} {}) is worse than the {} baseline ({:.4}) on the \
+             holdout; the daemon would not promote it",
+            chosen.family,
+            chosen
+                .holdout_score
+                .map_or("-".into(), |s| format!("{s:.4}")),
+            b.kind,
+            b.score
+        );
+    }
     Ok(())
 }
 

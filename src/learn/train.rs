@@ -301,7 +301,16 @@ pub fn train_dataset(
         .collect();
     let mut cards: Vec<ModelCard> = evaluated.iter().map(|(_, c, _)| c.clone()).collect();
     let (challenger, mut chosen_card, _) = evaluated.swap_remove(best);
-    let decision = decide(cfg, trigger, champion, &challenger, &holdout, &old_slice);
+    let baseline = baseline(&train, &holdout);
+    let decision = decide(
+        cfg,
+        trigger,
+        champion,
+        &challenger,
+        &holdout,
+        &old_slice,
+        baseline.as_ref(),
+    );
     let model = if let (true, Model::Ensemble(e)) = (decision.promoted, &challenger) {
         Model::Ensemble(Box::new(e.refit(
             cfg,
@@ -327,6 +336,10 @@ pub fn train_dataset(
         challenger
     };
     let onnx = rules.wrap_onnx(settings.features, model.to_onnx(version));
+    chosen_card.baseline = baseline.map(|b| card::Baseline {
+        margin: decision.challenger_recent.map(|c| c - b.score),
+        ..b
+    });
     chosen_card.decision = Some(decision);
     chosen_card.cleaning = cleaning;
     chosen_card.n_samples = data.len() as u64;
@@ -633,6 +646,7 @@ fn describe(
         search: None,
         imported: None,
         cleaning: None,
+        baseline: None,
     }
 }
 
@@ -686,6 +700,94 @@ fn cpu_time_s() -> Option<f64> {
 /// slice (accuracy, or R² for regression); see `model.margin_recent` and
 /// `model.margin_old`.
 fn decide(
+    cfg: &ModelConfig,
+    trigger: Trigger,
+    champion: Option<(u32, Champion<'_>)>,
+    challenger: &Model,
+    recent: &Dataset,
+    old: &Dataset,
+    baseline: Option<&card::Baseline>,
+) -> card::Decision {
+    let mut d = decide_against_champion(cfg, trigger, champion, challenger, recent, old);
+    // No model worse than a trivial baseline serves unless asked for (then
+    // the reason says so, and `train` warns).
+    if let (Some(b), Some(c)) = (baseline, d.challenger_recent) {
+        if c < b.score {
+            let worse = format!(
+                "worse than the {} baseline on the recent holdout ({c:.4} < {:.4})",
+                b.kind, b.score
+            );
+            if trigger == Trigger::Manual {
+                d.reason = format!("{}; {worse}", d.reason);
+            } else if d.promoted {
+                d.promoted = false;
+                d.reason = worse;
+            }
+        }
+    }
+    d
+}
+
+/// The trivial baselines of a holdout ([`card::Baseline`]); `None` when
+/// either part is empty.
+fn baseline(train: &Dataset, holdout: &Dataset) -> Option<card::Baseline> {
+    if train.is_empty() || holdout.is_empty() {
+        return None;
+    }
+    match train.task {
+        Task::Classification => {
+            let mut counts = vec![0usize; train.classes.len()];
+            train.y.iter().for_each(|&y| counts[y] += 1);
+            let majority =
+                (0..counts.len()).fold(
+                    0,
+                    |best, i| {
+                        if counts[i] > counts[best] {
+                            i
+                        } else {
+                            best
+                        }
+                    },
+                );
+            let n = holdout.y.len() as f64;
+            let score = holdout.y.iter().filter(|&&y| y == majority).count() as f64 / n;
+            let mut prev = *train.y.last()?;
+            let mut hits = 0usize;
+            for &y in &holdout.y {
+                hits += usize::from(y == prev);
+                prev = y;
+            }
+            Some(card::Baseline {
+                kind: "majority".into(),
+                score,
+                previous: Some(hits as f64 / n),
+                margin: None,
+            })
+        }
+        Task::Regression => {
+            let mean = train.values.iter().sum::<f64>() / train.values.len() as f64;
+            let r2 = |pred: &[f64]| {
+                crate::learn::metrics::regression_metrics(&holdout.values, pred)
+                    .ok()
+                    .and_then(|m| m.r2)
+            };
+            let score = r2(&vec![mean; holdout.values.len()])?;
+            let previous: Vec<f64> = std::iter::once(*train.values.last()?)
+                .chain(holdout.values.iter().copied())
+                .take(holdout.values.len())
+                .collect();
+            Some(card::Baseline {
+                kind: "mean".into(),
+                score,
+                previous: r2(&previous),
+                margin: None,
+            })
+        }
+    }
+}
+
+/// Champion/challenger on the holdouts alone (see [`decide`]).
+fn decide_against_champion(
     cfg: &ModelConfig,
     trigger: Trigger,
     champion: Option<(u32, Champion<'_>)>,
@@ -821,5 +923,72 @@ mod tests {
         let d = unguarded.chosen.card.decision.expect("decision");
         assert!(d.promoted, "{d:?}");
         assert_eq!(unguarded.chosen.card.n_train, 288);
+    }
+
+    /// 500 samples in time order: in the first 400 a positive `x` means
+    /// `b`; in the newest 100 (the holdout) every sample is `a`, a fifth of
+    /// them with a positive `x`.
+    fn regime_flip() -> Vec<Sample> {
+        (0..500)
+            .map(|i| {
+                let positive = i % 5 == 0;
+                let x = if positive {
+                    1.0 + (i % 7) as f32 / 10.0
+                } else {
+                    -1.0 - (i % 3) as f32 / 10.0
+                };
+                let label = if positive && i < 400 { "b" } else { "a" };
+                Sample {
+                    timestamp_ms: i as i64,
+                    device: String::new(),
+                    features: vec![x],
+                    label: Some(label.into()),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_model_worse_than_the_majority_baseline_serves_only_when_asked_for() {
+        let features = vec!["x".to_string()];
+        let model = ModelConfig::default();
+        let settings = TrainSettings {
+            pipeline: "p",
+            features: &features,
+            model: &model,
+            progress: None,
+        };
+        let data = Dataset::from_samples(&regime_flip(), 1, Task::Classification);
+        for trigger in [Trigger::Drift, Trigger::Manual] {
+            let t = train_dataset(&settings, &data, None, 1, trigger, None, &|| false)
+                .expect("training");
+            let card = &t.chosen.card;
+            let b = card.baseline.as_ref().expect("baseline");
+            // The holdout is all `a`: DummyClassifier("most_frequent")
+            // fitted on the first 400 (320 `a`, 80 `b`) scores 1.0, and so
+            // does the previous label (the last training label, row 399,
+            // is `a` too).
+            assert_eq!(
+                (b.kind.as_str(), b.score, b.previous),
+                ("majority", 1.0, Some(1.0))
+            );
+            // The model learned x > 0 -> b: it misses the 20 positive rows.
+            assert_eq!(card.holdout_score, Some(0.8));
+            assert_eq!(b.margin, Some(0.8 - 1.0));
+            let d = card.decision.as_ref().expect("decision");
+            match trigger {
+                Trigger::Manual => {
+                    assert!(d.promoted, "{d:?}");
+                    assert!(d.reason.ends_with("worse than the majority baseline on the recent holdout (0.8000 < 1.0000)"), "{}", d.reason);
+                }
+                _ => {
+                    assert!(!d.promoted, "{d:?}");
+                    assert_eq!(
+                        d.reason,
+                        "worse than the majority baseline on the recent holdout (0.8000 < 1.0000)"
+                    );
+                }
+            }
+        }
     }
 }

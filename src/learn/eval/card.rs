@@ -125,6 +125,30 @@ pub struct ModelCard {
     /// training's data. `None` without rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleaning: Option<CleaningReport>,
+    /// Trivial baselines on the same holdout, and the margin over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+}
+
+/// Trivial predictors scored on a card's holdout with the decision's
+/// metric (accuracy for classification, R² for regression), as
+/// scikit-learn's `DummyClassifier(strategy="most_frequent")` and
+/// `DummyRegressor(strategy="mean")` fitted on the training part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// `majority` (the training part's most frequent class, the first on
+    /// ties) or `mean` (the training part's mean label).
+    pub kind: String,
+    /// Its holdout score.
+    pub score: f64,
+    /// "The previous label": each holdout sample predicted by the one
+    /// before it in time order (the first by the training part's last).
+    /// Shown, not gating: it needs the previous label at prediction time,
+    /// which a model without autoregressive features does not have.
+    pub previous: Option<f64>,
+    /// The model's holdout score minus `score` (negative: worse than the
+    /// baseline).
+    pub margin: Option<f64>,
 }
 
 /// [`ModelCard::cleaning`].
@@ -415,6 +439,23 @@ fn table_cells(cards: &[ModelCard], serving: Option<u32>) -> Vec<Vec<String>> {
         ("features", Box::new(|c| c.features.len().to_string())),
         ("metric", Box::new(|c| c.metric.clone())),
         ("holdout score", Box::new(move |c| f4(c.holdout_score))),
+        (
+            "baseline",
+            Box::new(move |c| {
+                c.baseline.as_ref().map_or("-".into(), |b| {
+                    format!(
+                        "{} {:.4} (margin {})",
+                        b.kind,
+                        b.score,
+                        b.margin.map_or("-".into(), |m| format!("{m:+.4}"))
+                    )
+                })
+            }),
+        ),
+        (
+            "previous label",
+            Box::new(move |c| f4(c.baseline.as_ref().and_then(|b| b.previous))),
+        ),
         (
             "cv mean ± std",
             Box::new(|c| {
