@@ -28,6 +28,31 @@ fn suite() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance")
 }
 
+/// The suites, each a directory with a `manifest.json`: the conformance
+/// suite, the forests `benches/gen_forests.py` writes (50-300 trees; run
+/// here, skipped when it fails), torch's dynamo exports.
+fn suites() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let forests = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("bench-forests");
+    let made = Command::new("python3")
+        .arg(root.join("benches/gen_forests.py"))
+        .arg(&forests)
+        .output();
+    let mut dirs = vec![suite()];
+    match made {
+        Ok(o) if o.status.success() => dirs.push(forests),
+        Ok(o) => eprintln!(
+            "benches/gen_forests.py failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("python3 did not start: {e}"),
+    }
+    dirs.push(suite().join("torch"));
+    dirs
+}
+
 /// The manifest input `v` cut or repeated to `n` rows, from row `first`.
 fn rows(v: &Value, n: usize, first: usize) -> Tensor {
     let mut shape: Vec<usize> = v["shape"]
@@ -59,18 +84,19 @@ fn rows(v: &Value, n: usize, first: usize) -> Tensor {
     Tensor::new(shape, data).unwrap()
 }
 
-/// Median µs of one run over about `budget`, call `i` on `batches[i % len]`.
+/// Median µs of one `run_rows` over about `budget`, call `i` on
+/// `batches[i % len]`.
 fn median_us(session: &Session, batches: &[Vec<Named>], budget: Duration) -> Option<f64> {
-    session.run(&batches[0]).ok()?;
+    session.run_rows(&batches[0]).ok()?;
     let t = Instant::now();
-    session.run(&batches[1 % batches.len()]).ok()?;
+    session.run_rows(&batches[1 % batches.len()]).ok()?;
     let once = t.elapsed().max(Duration::from_nanos(100));
     let n = ((budget.as_secs_f64() / once.as_secs_f64()) as usize).clamp(5, 50_001);
     let mut times: Vec<f64> = (0..n)
         .map(|i| {
             let inputs = &batches[i % batches.len()];
             let t = Instant::now();
-            session.run(inputs).unwrap();
+            session.run_rows(inputs).unwrap();
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect();
@@ -105,54 +131,78 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(300),
     );
-    let text = std::fs::read_to_string(suite().join("manifest.json")).unwrap();
-    let manifest: Value = serde_json::from_str(&text).unwrap();
     let py = python();
     let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    let ratio = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map_or_else(|| "-".into(), |(a, b)| format!("{:.2}", a / b))
+    };
     println!(
-        "| model | rows | tract µs | ort µs | onnxruntime (Python) µs | tract / onnxruntime (Python) |"
+        "| model | rows | tract µs | ort µs | tract / ort | onnxruntime (Python) µs | tract / onnxruntime (Python) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for m in manifest["models"].as_array().unwrap() {
-        let name = m["name"].as_str().unwrap();
-        let bytes = std::fs::read(suite().join(m["file"].as_str().unwrap())).unwrap();
-        let first = &m["inputs"][0];
-        let shape = first["shape"].as_array().unwrap();
-        let options = LoadOptions {
-            input_width: (shape.len() == 2).then(|| shape[1].as_u64().unwrap() as usize),
-            ort_library: None,
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for dir in suites() {
+        let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {
+            continue;
         };
-        let load = |kind| Session::load(&bytes, kind, &options).ok();
-        let (tract, ort) = (load(EngineKind::Tract), load(EngineKind::Ort));
-        let fixed = tract.as_ref().and_then(|s| {
-            s.inputs()
-                .first()
-                .and_then(|i| i.dims.as_ref())
-                .and_then(|d| d.first().copied().flatten())
-        });
-        let sizes = fixed.map_or(vec![1, 64], |b| vec![b]);
-        for n in sizes {
-            let batches: Vec<Vec<Named>> = (0..16)
-                .map(|b| {
-                    m["inputs"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|i| Named::new(i["name"].as_str().unwrap(), rows(i, n, 7 * b)))
-                        .collect()
-                })
-                .collect();
-            let t = tract.as_ref().and_then(|s| median_us(s, &batches, budget));
-            let o = ort.as_ref().and_then(|s| median_us(s, &batches, budget));
-            let p = py.get(name).and_then(|r| r.get(&n.to_string())).copied();
-            let ratio = t.zip(p).map(|(t, p)| t / p);
-            println!(
-                "| {name} | {n} | {} | {} | {} | {} |",
-                fmt(t),
-                fmt(o),
-                fmt(p),
-                ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}"))
-            );
+        let manifest: Value = serde_json::from_str(&text).unwrap();
+        for m in manifest["models"].as_array().unwrap() {
+            bench_model(&dir, m, &py, budget, &fmt, &ratio);
         }
+    }
+}
+
+fn bench_model(
+    dir: &Path,
+    m: &Value,
+    py: &BTreeMap<String, BTreeMap<String, f64>>,
+    budget: Duration,
+    fmt: &dyn Fn(Option<f64>) -> String,
+    ratio: &dyn Fn(Option<f64>, Option<f64>) -> String,
+) {
+    let name = m["name"].as_str().unwrap();
+    let path = dir.join(m["file"].as_str().unwrap());
+    let first = &m["inputs"][0];
+    let shape = first["shape"].as_array().unwrap();
+    let options = LoadOptions {
+        input_width: (shape.len() == 2).then(|| shape[1].as_u64().unwrap() as usize),
+        ort_library: None,
+    };
+    let load = |kind| Session::load_file(&path, kind, &options).ok();
+    let (tract, ort) = (load(EngineKind::Tract), load(EngineKind::Ort));
+    // A fixed batch axis: that size only; no batch axis (declared rank
+    // below the manifest's): one row a run.
+    let fixed = tract.as_ref().and_then(|s| {
+        let dims = s.inputs().first()?.dims.as_ref()?;
+        if dims.len() < shape.len() {
+            return Some(1);
+        }
+        dims.first().copied().flatten()
+    });
+    let sizes = fixed.map_or(vec![1, 64], |b| vec![b]);
+    for n in sizes {
+        let batches: Vec<Vec<Named>> = (0..16)
+            .map(|b| {
+                m["inputs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| Named::new(i["name"].as_str().unwrap(), rows(i, n, 7 * b)))
+                    .collect()
+            })
+            .collect();
+        let t = tract.as_ref().and_then(|s| median_us(s, &batches, budget));
+        let o = ort.as_ref().and_then(|s| median_us(s, &batches, budget));
+        let p = (dir == suite())
+            .then(|| py.get(name).and_then(|r| r.get(&n.to_string())).copied())
+            .flatten();
+        println!(
+            "| {name} | {n} | {} | {} | {} | {} | {} |",
+            fmt(t),
+            fmt(o),
+            ratio(t, o),
+            fmt(p),
+            ratio(t, p)
+        );
     }
 }
