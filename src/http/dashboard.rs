@@ -22,8 +22,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::collections::BTreeMap;
-
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
@@ -148,7 +146,7 @@ pub(super) async fn ingest_series(State(s): State<AppState>) -> Json<Value> {
 pub(super) async fn pipeline_series(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<PipelineSeries>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let cfg = s
         .pipelines
         .iter()
@@ -195,48 +193,28 @@ pub(super) async fn pipeline_series(
         .ok()
         .and_then(|b| b.get(&name).map(|c| c.alarms.clone()))
         .unwrap_or_default();
-    Ok(Json(PipelineSeries {
-        serving_version: s.registry.get(&name).map(|m| m.version),
-        pipeline: name,
-        task: cfg.task,
-        step_ms: series.step_ms,
-        capacity: series.capacity,
-        t_ms: series.points.iter().map(|p| p.t_ms).collect(),
-        version: version.iter().map(|v| *v as u32).collect(),
-        scored: scored.iter().map(|v| *v as u64).collect(),
-        correct: correct.iter().map(|v| *v as u64).collect(),
-        accuracy,
-        window_accuracy: window,
-        mean_abs_error: mae,
-        events,
-        alarms,
-    }))
-}
-
-/// The answer of `GET /v1/pipelines/{name}/series`: one entry per point
-/// in each column.
-#[derive(Debug, serde::Serialize)]
-pub struct PipelineSeries {
-    pipeline: String,
-    task: crate::ingest::decode::Task,
-    serving_version: Option<u32>,
-    step_ms: i64,
-    capacity: usize,
-    t_ms: Vec<i64>,
-    version: Vec<u32>,
-    scored: Vec<u64>,
-    correct: Vec<u64>,
-    accuracy: Vec<Option<f64>>,
-    window_accuracy: Vec<Option<f64>>,
-    mean_abs_error: Vec<Option<f64>>,
-    events: Vec<crate::serve::registry::ServingEvent>,
-    alarms: Vec<crate::monitor::retrain::DriftAlarm>,
+    Ok(Json(json!({
+        "pipeline": name,
+        "task": cfg.task,
+        "serving_version": s.registry.get(&name).map(|m| m.version),
+        "step_ms": series.step_ms,
+        "capacity": series.capacity,
+        "t_ms": series.points.iter().map(|p| p.t_ms).collect::<Vec<_>>(),
+        "version": version.iter().map(|v| *v as u32).collect::<Vec<_>>(),
+        "scored": scored.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+        "correct": correct.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+        "accuracy": accuracy,
+        "window_accuracy": window,
+        "mean_abs_error": mae,
+        "events": events,
+        "alarms": alarms,
+    })))
 }
 
 pub(super) async fn versions(
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Versions>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     if !s.registry.has(&name) {
         return Err(ApiError::UnknownPipeline(name));
     }
@@ -245,92 +223,43 @@ pub(super) async fn versions(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let serving = s.registry.get(&name).map(|m| m.version);
-    let versions = cards
-        .into_iter()
+    let versions: Vec<Value> = cards
+        .iter()
         .map(|c| {
-            let h = c.holdout;
-            Version {
-                serving: Some(c.version) == serving,
-                version: c.version,
-                family: c.family,
-                trigger: c.trigger,
-                created_at_ms: c.created_at_ms,
-                imported: c.imported.is_some(),
-                metric: c.metric,
-                holdout_score: c.holdout_score,
-                accuracy: h.as_ref().map(|m| m.accuracy),
-                precision: h.as_ref().map(|m| m.precision_macro),
-                recall: h.as_ref().map(|m| m.recall_macro),
-                f1: h.as_ref().map(|m| m.f1_macro),
-                regression: c.holdout_regression,
-                training_ms: c.training_ms,
-                n_samples: c.n_samples,
-                n_train: c.n_train,
-                n_holdout: c.n_holdout,
-                class_composition: c.class_composition_train,
-                predict_p50_us: c.predict_p50_us,
-                predict_batch_p50_us_per_row: c.predict_batch_p50_us_per_row,
-                augmentation: c.augmentation,
-                live: c.live,
-                confusion: h.map(|m| Confusion {
-                    labels: m.labels,
-                    matrix: m.confusion,
-                }),
-                decision: c.decision,
-            }
+            let h = c.holdout.as_ref();
+            json!({
+                "version": c.version,
+                "serving": Some(c.version) == serving,
+                "family": c.family,
+                "trigger": c.trigger,
+                "created_at_ms": c.created_at_ms,
+                "imported": c.imported.is_some(),
+                "metric": c.metric,
+                "holdout_score": c.holdout_score,
+                "accuracy": h.map(|m| m.accuracy),
+                "precision": h.map(|m| m.precision_macro),
+                "recall": h.map(|m| m.recall_macro),
+                "f1": h.map(|m| m.f1_macro),
+                "regression": c.holdout_regression,
+                "training_ms": c.training_ms,
+                "n_samples": c.n_samples,
+                "n_train": c.n_train,
+                "n_holdout": c.n_holdout,
+                "class_composition": c.class_composition_train,
+                "predict_p50_us": c.predict_p50_us,
+                "predict_batch_p50_us_per_row": c.predict_batch_p50_us_per_row,
+                "augmentation": c.augmentation,
+                "live": c.live,
+                "confusion": h.map(|m| json!({ "labels": m.labels, "matrix": m.confusion })),
+                "decision": c.decision,
+            })
         })
         .collect();
-    Ok(Json(Versions {
-        pipeline: name,
-        serving_version: serving,
-        versions,
-    }))
-}
-
-/// The answer of `GET /v1/pipelines/{name}/versions`.
-#[derive(Debug, serde::Serialize)]
-pub struct Versions {
-    pipeline: String,
-    serving_version: Option<u32>,
-    versions: Vec<Version>,
-}
-
-/// One version's measures, from its model card (holdout precision, recall
-/// and F1 are macro averages).
-#[derive(Debug, serde::Serialize)]
-pub struct Version {
-    version: u32,
-    serving: bool,
-    family: String,
-    trigger: crate::learn::Trigger,
-    created_at_ms: i64,
-    imported: bool,
-    metric: String,
-    holdout_score: Option<f64>,
-    accuracy: Option<f64>,
-    precision: Option<f64>,
-    recall: Option<f64>,
-    f1: Option<f64>,
-    regression: Option<crate::learn::eval::metrics::RegressionMetrics>,
-    training_ms: f64,
-    n_samples: u64,
-    n_train: u64,
-    n_holdout: u64,
-    class_composition: BTreeMap<String, u64>,
-    predict_p50_us: Option<f64>,
-    predict_batch_p50_us_per_row: Option<f64>,
-    augmentation: Option<crate::learn::card::Augmentation>,
-    live: Option<crate::learn::card::LiveScore>,
-    confusion: Option<Confusion>,
-    decision: Option<crate::learn::card::Decision>,
-}
-
-/// A holdout confusion matrix: `matrix[i][j]` samples of true class
-/// `labels[i]` predicted as `labels[j]`.
-#[derive(Debug, serde::Serialize)]
-pub struct Confusion {
-    labels: Vec<String>,
-    matrix: Vec<Vec<u64>>,
+    Ok(Json(json!({
+        "pipeline": name,
+        "serving_version": serving,
+        "versions": versions,
+    })))
 }
 
 pub(super) async fn predictions(
