@@ -12,14 +12,31 @@
   var state = (window.edgeloopDashboard = { errors: [], plots: {}, refreshes: 0, ready: false });
   var charts = {};
 
-  function fail(what) {
-    var text = what && what.stack ? what.stack : String(what);
+  // Every error is counted: uncaught exceptions, rejected promises, files
+  // that failed to load (capture phase) and console.error calls (uPlot's
+  // included).
+  var consoleError = window.console && console.error ? console.error.bind(console) : function () {};
+  function record(text) {
     state.errors.push(text);
     document.body.dataset.errors = String(state.errors.length);
-    showMessage("Dashboard error: " + text);
-    if (window.console) console.error(text);
   }
-  window.addEventListener("error", function (e) { fail(e.error || e.message); });
+  function fail(what) {
+    var text = what && what.stack ? what.stack : String(what);
+    record(text);
+    showMessage("Dashboard error: " + text);
+    consoleError(text);
+  }
+  if (window.console) {
+    console.error = function () {
+      record(Array.prototype.map.call(arguments, String).join(" "));
+      consoleError.apply(null, arguments);
+    };
+  }
+  window.addEventListener("error", function (e) {
+    var t = e.target;
+    if (t && t !== window && (t.src || t.href)) fail("failed to load " + (t.src || t.href));
+    else fail(e.error || e.message);
+  }, true);
   window.addEventListener("unhandledrejection", function (e) { fail(e.reason); });
 
   function showMessage(text) {
