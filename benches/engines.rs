@@ -1,15 +1,19 @@
-//! `cargo bench --features ort --bench engines`: latency of every model of the
-//! conformance suite (`tests/fixtures/conformance/manifest.json`: skl2onnx,
-//! onnxmltools and torch-style graphs) on edgeloop's two engines, tract and
-//! onnxruntime through `ort`, beside onnxruntime in Python
-//! (`benches/ort_python.py`, run as a subprocess), measured in one run.
-//! Prints one table; BENCHMARKS.md records the figures. Nothing is asserted.
+//! `cargo bench --features ort --bench engines`: latency of every model of
+//! three suites on edgeloop's two engines, tract and onnxruntime through
+//! `ort`, measured in one run: the conformance suite
+//! (`tests/fixtures/conformance/manifest.json`: skl2onnx, onnxmltools and
+//! torch-style graphs; beside onnxruntime in Python, `benches/ort_python.py`,
+//! run as a subprocess), forests of 50 to 300 trees (`benches/gen_forests.py`,
+//! run first, writing `target/bench-forests/`) and torch's dynamo exports
+//! (`tests/fixtures/conformance/torch`). Prints one table; BENCHMARKS.md
+//! records the figures. Nothing is asserted.
 //!
 //! Per (model, engine, batch): the median wall time of one
-//! `Session::run` over the calls that fill about `EDGELOOP_BENCH_MS`
+//! `Session::run_rows` over the calls that fill about `EDGELOOP_BENCH_MS`
 //! milliseconds (default 300; at least 5 calls), after one warm-up call, in
 //! µs. Batches: one row and 64 rows, cut (or repeated) from the manifest's
-//! inputs; a model with a fixed batch axis gets only its own size. Each call
+//! inputs; a model with a fixed batch axis gets only its own size, one
+//! without a batch axis one row. Each call
 //! draws a different batch: call `i` starts at row `7 * i` of the manifest's
 //! 64 (16 batches in turn), so a single-row figure is not one row's path
 //! through the trees repeated. The `ort`

@@ -302,3 +302,31 @@ mod ort {
         predict_all(EngineKind::Ort, &options());
     }
 }
+
+/// One session answers calls of different sizes in turn (the batch symbol
+/// resolved anew each call): each equals onnxruntime's rows.
+#[test]
+fn one_session_serves_calls_of_every_size_in_turn() {
+    let models = manifest();
+    let m = models.iter().find(|m| m["name"] == "dynamo_mlp").unwrap();
+    let s = Session::load_file(
+        &dir().join(m["file"].as_str().unwrap()),
+        EngineKind::Tract,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let (x, want) = (floats(&m["inputs"][0]), floats(&m["outputs"][0]));
+    for (start, n) in [(0, 64), (5, 1), (10, 3), (0, 64), (63, 1)] {
+        let t = Tensor::new(
+            vec![n, 128],
+            Data::F32(x[start * 128..(start + n) * 128].to_vec()),
+        )
+        .unwrap();
+        let out = s.run_rows(&[Named::new("input", t)]).unwrap();
+        let got = out[0].tensor.data.to_f32().unwrap();
+        assert_eq!(out[0].tensor.shape, vec![n, 6]);
+        for (g, w) in got.iter().zip(&want[start * 6..(start + n) * 6]) {
+            assert!((g - w).abs() <= TOL, "rows {start}+{n}: {g} vs {w}");
+        }
+    }
+}
