@@ -355,9 +355,20 @@ pub async fn subscribe(
     tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
     CancellationToken,
 ) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut opts = MqttOptions::new(client_id("sub"), "127.0.0.1", port);
+    let mut opts = rumqttc::MqttOptions::new(client_id("sub"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
+    subscribe_with(opts, filter).await
+}
+
+/// As [`subscribe`], connecting with `opts`.
+pub async fn subscribe_with(
+    opts: rumqttc::MqttOptions,
+    filter: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    CancellationToken,
+) {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
