@@ -405,7 +405,11 @@ mod tests {
             (2.0, 0.004677734981047266),
             (3.0, 2.209049699858544e-05),
         ] {
-            assert!(((erfc(x) - want) / want).abs() < 1.2e-7, "erfc({x}) = {}", erfc(x));
+            assert!(
+                ((erfc(x) - want) / want).abs() < 1.2e-7,
+                "erfc({x}) = {}",
+                erfc(x)
+            );
         }
     }
 
