@@ -35,7 +35,8 @@
 //!   the store, the registry, the drift board and [`health`] at scrape time.
 //! - [`monitor`]: the learner and its retraining policy; concept drift on
 //!   the error stream (the detectors of [`learn::drift`]) and data drift
-//!   (PSI, KS); the
+//!   (PSI, KS; at effective sample sizes, [`monitor::data_drift`]);
+//!   anomaly scores (Half-Space Trees, [`monitor::anomaly`]); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
 //!   and its prequential replay; its section [`monitor::MonitoredPipeline`];
 //!   the dashboard's bounded, downsampled time series ([`monitor::series`]).
@@ -55,7 +56,8 @@
 //!   ([`learn::settings`]); `edgeloop train` from a CSV
 //!   ([`learn::offline`]), hyperparameter search within a budget
 //!   ([`learn::tune`]), ensembles ([`learn::ensemble`]), the preparation of
-//!   training parts only ([`learn::prepare`]), head fine-tuning
+//!   training parts only ([`learn::prepare`]), cleaning by markers and
+//!   ranges, also in the exported graph ([`learn::clean`]), head fine-tuning
 //!   ([`learn::head`]) and online learners of one sample at a time
 //!   following River ([`learn::online`]: `online_logistic`,
 //!   `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`) and the concept-drift detectors
