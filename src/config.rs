@@ -294,6 +294,9 @@ pub struct PipelineConfig {
     /// valid ranges), in training and in the exported model.
     #[serde(default)]
     pub preprocess: crate::learn::clean::Cleaning,
+    /// `[pipelines.anomaly]`: Half-Space Trees scores of predicted readings.
+    #[serde(default)]
+    pub anomaly: crate::learn::anomaly::AnomalyConfig,
     #[serde(default)]
     pub label: String,
     /// Topic filters on which labels arrive after their samples (late labels).
@@ -357,6 +360,7 @@ impl PipelineConfig {
             },
             engine: self.engine,
             prediction_topic: self.prediction_topic.clone(),
+            anomaly: self.anomaly.clone(),
         }
     }
 
@@ -762,6 +766,17 @@ impl Config {
                 }
             }
             validate_model(&p.model, Some(p.task), &key("model."))?;
+            let a = &p.anomaly;
+            if a.trees == 0 || a.window == 0 || a.calibration == 0 || !(1..=20).contains(&a.height)
+            {
+                return bad(
+                    key("anomaly"),
+                    "trees, window and calibration at least 1, height 1..=20".into(),
+                );
+            }
+            if !(a.quantile > 0.0 && a.quantile < 1.0) {
+                return bad(key("anomaly.quantile"), "must be in (0, 1)".into());
+            }
             if let Err(reason) = p.preprocess.validate(&p.features) {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
                 return bad(key(&format!("preprocess.{k}")), reason.to_string());

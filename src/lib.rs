@@ -36,7 +36,8 @@
 //! - [`monitor`]: the learner and its retraining policy; concept drift on
 //!   the error stream (the detectors of [`learn::drift`]) and data drift
 //!   (PSI, KS; at effective sample sizes, [`monitor::data_drift`]);
-//!   anomaly scores (Half-Space Trees, [`monitor::anomaly`]); the
+//!   anomaly scores (Half-Space Trees, [`learn::anomaly`], scored by the
+//!   predictor); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
 //!   and its prequential replay; its section [`monitor::MonitoredPipeline`];
 //!   the dashboard's bounded, downsampled time series ([`monitor::series`]).

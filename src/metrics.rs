@@ -241,6 +241,12 @@ impl Collector for Scrape {
             "Durable commits of sample batches",
             &st.commits,
         )?;
+        counter(
+            e,
+            "edgeloop_anomaly_alarms",
+            "Predicted readings whose anomaly score passed the alarm threshold",
+            &st.anomaly_alarms,
+        )?;
         counters(
             e,
             "edgeloop_http_auth_refused",

@@ -174,6 +174,9 @@ pub struct Stats {
     pub models_imported: AtomicU64,
     /// Models refused at intake, by reason (`IntakeError::REASONS` order).
     models_refused: [AtomicU64; MODEL_REFUSAL_REASONS.len()],
+    /// Readings whose anomaly score passed the alarm threshold
+    /// (`[pipelines.anomaly]`).
+    pub anomaly_alarms: AtomicU64,
     /// HTTP requests refused for want of the bearer token (401).
     pub http_unauthorized: AtomicU64,
     /// HTTP requests refused for a wrong bearer token (403).

@@ -2,9 +2,14 @@
 //! `HalfSpaceTrees`, row by row: the scores of
 //! `tests/fixtures/anomaly/gen_hst.py` (its docstring example; NAB's
 //! ambient temperature file behind River's `MinMaxScaler`; a seeded
-//! 3-feature stream with outliers), each scored then learned.
+//! 3-feature stream with outliers), each scored then learned; and the
+//! daemon's prediction messages carry River's scores of the readings it
+//! predicts (`[pipelines.anomaly]`).
+
+mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use edgeloop::monitor::anomaly::{HalfSpaceTrees, ScaledHalfSpaceTrees};
 use serde_json::Value;
@@ -168,4 +173,70 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
         .collect();
     let injected = alarms.iter().filter(|&&i| i % 200 == 199).count();
     assert_eq!((injected, alarms.len()), (19, 21), "{alarms:?}");
+}
+
+/// The daemon scores each reading it predicts, from the first one, and
+/// publishes the score: River's, reading for reading (the script rounds the
+/// readings to float32 as the daemon stores them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prediction_messages_carry_rivers_anomaly_scores() {
+    use common::*;
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::Embedded(free_port());
+    let mut cfg = config(dir.path(), broker);
+    let p = &mut cfg.pipelines[0];
+    p.model.min_labels = 2000;
+    p.model.retrain_every = 1_000_000;
+    p.drift.retrain_on_drift = false;
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
+    let handle = running.handle.clone();
+    assert!(handle.wait_subscribed(Duration::from_secs(90)).await);
+    // Version 1 from labelled rows (labelled samples are learned, not
+    // predicted, so they are not scored).
+    let opts = replay_opts("datatraining.txt", broker.port(), Some(2000));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(Duration::from_secs(90), "version 1", || {
+        handle.registry.get("occupancy").is_some()
+    })
+    .await;
+    let (mut rx, stop) = subscribe(broker.port(), "edgeloop/occupancy/predictions/#").await;
+    let mut opts = replay_opts("datatest2.txt", broker.port(), Some(600));
+    opts.drop_columns = vec!["Occupancy".into()];
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    let mut got: Vec<(i64, f64, bool)> = Vec::new();
+    while got.len() < 600 {
+        let m = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("600 predictions within a minute")
+            .unwrap();
+        got.push((
+            m["timestamp_ms"].as_i64().unwrap(),
+            m["anomaly_score"].as_f64().expect("anomaly_score"),
+            m["anomaly"].as_bool().expect("anomaly"),
+        ));
+    }
+    stop.cancel();
+    got.sort_by_key(|g| g.0);
+    let ours: Vec<f64> = got.iter().map(|g| g.1).collect();
+    assert_equal(
+        "daemon",
+        &ours,
+        &scores(&reference()["occupancy"]["scores"]),
+    );
+    // 600 readings: the threshold's 1,000 calibration scores are not yet
+    // reached, so no alarm.
+    assert!(got.iter().all(|g| !g.2));
+    drop(handle);
+    token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
 }

@@ -31,6 +31,7 @@
 //! The families' and evaluation modules are re-exported here, so
 //! `learn::logistic`, `learn::metrics` and the like name them as before.
 
+pub mod anomaly;
 pub mod clean;
 pub mod drift;
 pub mod ensemble;

@@ -30,6 +30,8 @@ pub struct PipelineSettings {
     pub engine: EngineKind,
     /// Where predictions are published (`{pipeline}`, `{device}`).
     pub prediction_topic: String,
+    /// `[pipelines.anomaly]`: anomaly scores of predicted readings.
+    pub anomaly: crate::learn::anomaly::AnomalyConfig,
 }
 
 impl PipelineSettings {

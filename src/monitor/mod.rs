@@ -4,13 +4,13 @@
 //! [`crate::learn::drift`], where the online learners use them too), and the
 //! learner that decides when to train ([`retrain`]).
 
-pub mod anomaly;
 pub mod continual;
 pub mod data_drift;
 pub mod prequential;
 pub mod retrain;
 pub mod series;
 
+pub use crate::learn::anomaly;
 pub use crate::learn::drift as detectors;
 
 use serde::{Deserialize, Serialize};

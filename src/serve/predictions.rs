@@ -40,6 +40,13 @@ pub struct PredictionMessage {
     pub label: String,
     pub probabilities: BTreeMap<String, f32>,
     pub model_version: u32,
+    /// The reading's anomaly score in [0, 1] (`[pipelines.anomaly]`,
+    /// [`crate::learn::anomaly`]); absent when scoring is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_score: Option<f64>,
+    /// Whether the score is above the learned alarm threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<bool>,
 }
 
 /// The JSON published for one prediction of a regressor: as
@@ -55,6 +62,12 @@ pub struct ValueMessage {
     pub sample_id: u64,
     pub prediction: f32,
     pub model_version: u32,
+    /// As [`PredictionMessage::anomaly_score`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_score: Option<f64>,
+    /// As [`PredictionMessage::anomaly`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<bool>,
 }
 
 /// A message ready to publish.
@@ -127,6 +140,18 @@ impl Predictor {
                 )
             })
             .collect();
+        let mut scorers: HashMap<String, crate::learn::anomaly::Scorer> = self
+            .pipelines
+            .iter()
+            .filter(|p| p.anomaly.enabled)
+            .map(|p| {
+                let features = p.model_features();
+                (
+                    p.name.clone(),
+                    crate::learn::anomaly::Scorer::new(&p.anomaly, &features),
+                )
+            })
+            .collect();
         while let Some(mut job) = self.rx.recv().await {
             let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
                 continue;
@@ -143,6 +168,22 @@ impl Predictor {
                     continue;
                 }
             }
+            // Scored (then learned) from the first reading, whether or not
+            // a model serves yet.
+            let anomalies: Vec<Option<(f64, bool)>> = match scorers.get_mut(&p.name) {
+                Some(scorer) => job
+                    .samples
+                    .iter()
+                    .map(|(_, s)| {
+                        let (score, alarm) = scorer.score_then_learn(&s.features);
+                        if alarm {
+                            self.stats.anomaly_alarms.fetch_add(1, Relaxed);
+                        }
+                        Some((score, alarm))
+                    })
+                    .collect(),
+                None => vec![None; job.samples.len()],
+            };
             if p.prediction_topic.is_empty() {
                 continue;
             }
@@ -173,7 +214,9 @@ impl Predictor {
                 job.samples
                     .iter()
                     .zip(proba.chunks_exact(width))
-                    .map(|((seq, s), row)| {
+                    .zip(&anomalies)
+                    .map(|(((seq, s), row), anomaly)| {
+                        let (anomaly_score, anomaly) = (anomaly.map(|a| a.0), anomaly.map(|a| a.1));
                         let payload = if regression {
                             serde_json::to_vec(&ValueMessage {
                                 pipeline: job.pipeline.clone(),
@@ -182,6 +225,8 @@ impl Predictor {
                                 sample_id: *seq,
                                 prediction: row[0],
                                 model_version: serving.version,
+                                anomaly_score,
+                                anomaly,
                             })
                         } else {
                             let best = crate::learn::logistic::argmax_rows(row, classes.len())[0];
@@ -197,6 +242,8 @@ impl Predictor {
                                     .zip(row.iter().copied())
                                     .collect(),
                                 model_version: serving.version,
+                                anomaly_score,
+                                anomaly,
                             })
                         };
                         let topic = template

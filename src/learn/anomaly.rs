@@ -29,6 +29,81 @@
 //! the first `calibration` readings after the first window; afterwards a
 //! score above it is an alarm.
 
+/// `[pipelines.anomaly]`: anomaly scores of the readings the daemon
+/// predicts, from the first reading, no labels needed. River's defaults.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Score readings (`anomaly_score` and `anomaly` in prediction
+    /// messages).
+    pub enabled: bool,
+    pub trees: usize,
+    pub height: u32,
+    /// Readings per mass window; scores are 0 during the first.
+    pub window: u32,
+    pub seed: u64,
+    /// Alarm above this quantile of the first `calibration` non-zero
+    /// scores.
+    pub quantile: f64,
+    pub calibration: usize,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trees: 10,
+            height: 8,
+            window: 250,
+            seed: 42,
+            quantile: 0.99,
+            calibration: 1000,
+        }
+    }
+}
+
+/// One pipeline's scorer in the daemon: the trees over the readings'
+/// features in name order (River's order for a dictionary), and the alarm
+/// threshold.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    trees: ScaledHalfSpaceTrees,
+    threshold: Threshold,
+    /// Reading index of each feature in name order.
+    order: Vec<usize>,
+    buf: Vec<f64>,
+}
+
+impl Scorer {
+    /// A scorer of readings with `features` (in the pipeline's order).
+    pub fn new(cfg: &AnomalyConfig, features: &[String]) -> Self {
+        let mut order: Vec<usize> = (0..features.len()).collect();
+        order.sort_by(|&a, &b| features[a].cmp(&features[b]));
+        Self {
+            trees: ScaledHalfSpaceTrees::new(cfg.trees, cfg.height, cfg.window, cfg.seed),
+            threshold: Threshold::new(cfg.quantile, cfg.calibration),
+            order,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Scores `reading` (then learns it): the score and whether it is an
+    /// alarm.
+    pub fn score_then_learn(&mut self, reading: &[f32]) -> (f64, bool) {
+        self.buf.clear();
+        self.buf.extend(
+            self.order
+                .iter()
+                .map(|&i| reading.get(i).map_or(f64::NAN, |&v| f64::from(v))),
+        );
+        let x = std::mem::take(&mut self.buf);
+        let score = self.trees.score_one(&x);
+        self.trees.learn_one(&x);
+        self.buf = x;
+        (score, self.threshold.observe(score))
+    }
+}
+
 /// CPython's `random.Random`: MT19937 (Matsumoto & Nishimura 1998) seeded
 /// as `random.seed(int)` does (`init_by_array` over the seed's 32-bit
 /// words), with `random()` of 53 bits.
