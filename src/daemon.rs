@@ -314,6 +314,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         predict_tx,
     };
     let recent_predictions = crate::serve::predictions::RecentPredictions::default();
+    let anomaly_scorers = crate::serve::predictions::AnomalyScorers::new(
+        &cfg.pipelines
+            .iter()
+            .map(|p| p.settings())
+            .collect::<Vec<_>>(),
+    );
     let predictor = Predictor {
         registry: registry.clone(),
         pipelines: cfg.pipelines.iter().map(|p| p.settings()).collect(),
@@ -321,6 +327,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         outbox: outbox_tx,
         stats: stats.clone(),
         recent: recent_predictions.clone(),
+        anomaly: anomaly_scorers.clone(),
     };
     let out_opts = mqtt::options(
         &cfg.mqtt,
@@ -405,6 +412,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             series,
             predictions: recent_predictions,
         },
+        anomaly: anomaly_scorers,
     })
     .merge(http::metrics_router(metrics.clone()));
     let token = cfg.http.bearer_token()?;

@@ -236,6 +236,46 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     // 600 readings: the threshold's 1,000 calibration scores are not yet
     // reached, so no alarm.
     assert!(got.iter().all(|g| !g.2));
+    // HTTP predict scores its rows without learning them: twice the same.
+    let r = reference();
+    let queries: Vec<[f32; 5]> = r["occupancy"]["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            let v: Vec<f32> = q
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            [v[0], v[1], v[2], v[3], v[4]]
+        })
+        .collect();
+    let want = scores(&r["occupancy"]["query_scores"]);
+    for _ in 0..2 {
+        let mut client = edgeloop::demo::HttpClient::connect(handle.http_addr)
+            .await
+            .unwrap();
+        let (status, body) = client
+            .request(
+                "POST",
+                "/v1/pipelines/occupancy/predict",
+                Some(predict_body(&queries)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let got: Vec<f64> = v["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["anomaly_score"].as_f64().unwrap())
+            .collect();
+        assert_equal("http", &got, &want);
+    }
+    assert!(want[1] > want[0], "the far reading scores higher: {want:?}");
     drop(handle);
     token.cancel();
     running.wait(Duration::from_secs(15)).await.unwrap();

@@ -238,6 +238,7 @@ async fn serve_api(
         load_options: cfg.engine_of(0).1,
         body: Default::default(),
         dashboard: Default::default(),
+        anomaly: Default::default(),
     })
     .merge(http::metrics_router(handle.metrics.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

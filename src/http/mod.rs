@@ -6,7 +6,7 @@
 //! | GET | `/v1/stats` | ingest, prediction and training counters |
 //! | GET | `/metrics` | the same counters and more in Prometheus text format ([`crate::metrics`]) |
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
-//! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p}}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number}]}` |
+//! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p},"anomaly_score"}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number,"anomaly_score"}]}` (`anomaly_score`: [`crate::learn::anomaly`], scored, not learned; absent with `[pipelines.anomaly] enabled = false`) |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card, the serving version and its `engine` (tract or ort) |
 //! | PUT | `/v1/pipelines/{name}/models` | ONNX bytes (header `x-sha256` or `?sha256=`) → `201 {"pipeline", "version", "serving_version", "card"}`: checked and stored, served once promoted ([`crate::serve::intake`]); refusals 413 (oversized), 400 (sha256), 422 (the model) |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
@@ -84,6 +84,8 @@ pub struct AppState {
     pub body: BodyLimits,
     /// The series and newest predictions behind the dashboard (`GET /`).
     pub dashboard: dashboard::Dashboard,
+    /// Anomaly scorers: predict rows get their score (not learned).
+    pub anomaly: crate::serve::predictions::AnomalyScorers,
 }
 
 /// How much of a request body is read, and for how long.
@@ -557,6 +559,9 @@ pub struct PredictRequest {
 pub struct RowPrediction {
     pub label: String,
     pub probabilities: BTreeMap<String, f32>,
+    /// The row's anomaly score (`[pipelines.anomaly]`; scored, not learned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_score: Option<f64>,
 }
 
 /// Answer to a predict request to a classifier.
@@ -572,6 +577,9 @@ pub struct PredictResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RowValue {
     pub prediction: f32,
+    /// As [`RowPrediction::anomaly_score`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_score: Option<f64>,
 }
 
 /// Answer to a predict request to a regressor.
@@ -655,6 +663,8 @@ async fn predict(
             x.push(v);
         }
     }
+    let scores = s.anomaly.score(&name, &x, features.len());
+    let score = |i: usize| scores.as_ref().and_then(|v| v.get(i).copied());
     let model = serving.clone();
     let started = std::time::Instant::now();
     let proba = tokio::task::spawn_blocking(move || model.model.predict_proba(&x))
@@ -672,16 +682,22 @@ async fn predict(
             model_version: serving.version,
             predictions: proba
                 .into_iter()
-                .map(|prediction| RowValue { prediction })
+                .enumerate()
+                .map(|(i, prediction)| RowValue {
+                    prediction,
+                    anomaly_score: score(i),
+                })
                 .collect(),
         })));
     }
     let classes = serving.model.classes();
     let predictions = proba
         .chunks_exact(classes.len())
-        .map(|row| RowPrediction {
+        .enumerate()
+        .map(|(i, row)| RowPrediction {
             label: classes[crate::learn::logistic::argmax_rows(row, classes.len())[0]].clone(),
             probabilities: classes.iter().cloned().zip(row.iter().copied()).collect(),
+            anomaly_score: score(i),
         })
         .collect();
     Ok(Json(PredictAnswer::Classification(PredictResponse {

@@ -87,6 +87,17 @@ impl Scorer {
         }
     }
 
+    /// The score of `reading` without learning it (a query, such as an
+    /// HTTP predict row).
+    pub fn score(&self, reading: &[f32]) -> f64 {
+        let x: Vec<f64> = self
+            .order
+            .iter()
+            .map(|&i| reading.get(i).map_or(f64::NAN, |&v| f64::from(v)))
+            .collect();
+        self.trees.score_one_scaled(&x)
+    }
+
     /// Scores `reading` (then learns it): the score and whether it is an
     /// alarm.
     pub fn score_then_learn(&mut self, reading: &[f32]) -> (f64, bool) {
@@ -450,6 +461,13 @@ impl ScaledHalfSpaceTrees {
         self.scaler.transform_into(x, &mut buf);
         self.trees.learn_one(&buf);
         self.buf = buf;
+    }
+
+    /// As [`ScaledHalfSpaceTrees::score_one`], without a reused buffer.
+    pub fn score_one_scaled(&self, x: &[f64]) -> f64 {
+        let mut buf = Vec::with_capacity(x.len());
+        self.scaler.transform_into(x, &mut buf);
+        self.trees.score_one(&buf)
     }
 
     pub fn score_one(&mut self, x: &[f64]) -> f64 {

@@ -109,6 +109,57 @@ impl RecentPredictions {
     }
 }
 
+/// Each pipeline's anomaly scorer (`[pipelines.anomaly]`), shared by the
+/// predictor (which scores, then learns, each reading it predicts) and HTTP
+/// predict (which scores its rows without learning them).
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyScorers(Arc<std::sync::Mutex<HashMap<String, crate::learn::anomaly::Scorer>>>);
+
+impl AnomalyScorers {
+    /// A scorer per pipeline with scoring enabled, over its model features.
+    pub fn new(pipelines: &[PipelineSettings]) -> Self {
+        let map = pipelines
+            .iter()
+            .filter(|p| p.anomaly.enabled)
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    crate::learn::anomaly::Scorer::new(&p.anomaly, &p.model_features()),
+                )
+            })
+            .collect();
+        Self(Arc::new(std::sync::Mutex::new(map)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, crate::learn::anomaly::Scorer>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Scores then learns each of `readings` in order: score and alarm, or
+    /// `None` when the pipeline does not score.
+    pub fn score_then_learn<'a>(
+        &self,
+        pipeline: &str,
+        readings: impl Iterator<Item = &'a [f32]>,
+    ) -> Vec<Option<(f64, bool)>> {
+        let mut map = self.lock();
+        match map.get_mut(pipeline) {
+            Some(s) => readings.map(|r| Some(s.score_then_learn(r))).collect(),
+            None => readings.map(|_| None).collect(),
+        }
+    }
+
+    /// The scores of `rows` (`n_features` values each) without learning
+    /// them; `None` when the pipeline does not score.
+    pub fn score(&self, pipeline: &str, rows: &[f32], n_features: usize) -> Option<Vec<f64>> {
+        let map = self.lock();
+        let s = map.get(pipeline)?;
+        Some(rows.chunks(n_features.max(1)).map(|r| s.score(r)).collect())
+    }
+}
+
 /// Runs the serving model over unlabelled samples.
 pub struct Predictor {
     pub registry: Arc<Registry>,
@@ -118,6 +169,8 @@ pub struct Predictor {
     pub stats: Arc<Stats>,
     /// The newest predictions sent to the outbox (or dropped with it full).
     pub recent: RecentPredictions,
+    /// Anomaly scorers (shared with HTTP predict).
+    pub anomaly: AnomalyScorers,
 }
 
 impl Predictor {
@@ -140,18 +193,6 @@ impl Predictor {
                 )
             })
             .collect();
-        let mut scorers: HashMap<String, crate::learn::anomaly::Scorer> = self
-            .pipelines
-            .iter()
-            .filter(|p| p.anomaly.enabled)
-            .map(|p| {
-                let features = p.model_features();
-                (
-                    p.name.clone(),
-                    crate::learn::anomaly::Scorer::new(&p.anomaly, &features),
-                )
-            })
-            .collect();
         while let Some(mut job) = self.rx.recv().await {
             let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
                 continue;
@@ -170,20 +211,12 @@ impl Predictor {
             }
             // Scored (then learned) from the first reading, whether or not
             // a model serves yet.
-            let anomalies: Vec<Option<(f64, bool)>> = match scorers.get_mut(&p.name) {
-                Some(scorer) => job
-                    .samples
-                    .iter()
-                    .map(|(_, s)| {
-                        let (score, alarm) = scorer.score_then_learn(&s.features);
-                        if alarm {
-                            self.stats.anomaly_alarms.fetch_add(1, Relaxed);
-                        }
-                        Some((score, alarm))
-                    })
-                    .collect(),
-                None => vec![None; job.samples.len()],
-            };
+            let anomalies = self.anomaly.score_then_learn(
+                &p.name,
+                job.samples.iter().map(|(_, s)| s.features.as_slice()),
+            );
+            let alarms = anomalies.iter().filter(|a| a.is_some_and(|a| a.1)).count();
+            self.stats.anomaly_alarms.fetch_add(alarms as u64, Relaxed);
             if p.prediction_topic.is_empty() {
                 continue;
             }
@@ -395,6 +428,7 @@ mod tests {
             outbox: outbox_tx,
             stats: stats.clone(),
             recent: RecentPredictions::default(),
+            anomaly: AnomalyScorers::default(),
         };
         let recent = predictor.recent.clone();
         let unlabelled: Vec<(u64, Sample)> = samples
