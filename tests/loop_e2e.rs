@@ -1512,8 +1512,8 @@ async fn regression_pipeline_trains_serves_and_scores_air_quality() {
             .unwrap()
             .keys()
             .collect::<Vec<_>>(),
-        vec!["prediction"],
-        "a regressor answers a value, no label or probabilities"
+        vec!["anomaly_score", "prediction"],
+        "a regressor answers a value (and the row's anomaly score), no label or probabilities"
     );
     let resp: RegressionResponse = serde_json::from_slice(&resp).unwrap();
     assert_eq!((resp.pipeline.as_str(), resp.model_version), (AIR, 1));
