@@ -217,25 +217,11 @@ impl HttpConfig {
     /// [`ConfigError::Invalid`] naming the key: one of the two files set
     /// without the other, or a file that cannot be used.
     pub fn tls_server_config(&self) -> Result<Option<rustls::ServerConfig>, ConfigError> {
-        let (cert, key) = (&self.tls_cert_file, &self.tls_key_file);
-        match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
-            (true, true) => Ok(None),
-            (false, false) => crate::ingest::mqtt::tls_server_config(
-                cert,
-                key,
-                ("http.tls_cert_file", "http.tls_key_file"),
-            )
-            .map(Some),
-            (cert_missing, _) => Err(ConfigError::Invalid {
-                key: if cert_missing {
-                    "http.tls_cert_file"
-                } else {
-                    "http.tls_key_file"
-                }
-                .into(),
-                reason: "HTTPS needs both http.tls_cert_file and http.tls_key_file".into(),
-            }),
-        }
+        crate::ingest::mqtt::optional_tls_server_config(
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            ("http.tls_cert_file", "http.tls_key_file"),
+        )
     }
 
     /// Checks the token, the TLS files, the limits, and that a listener

@@ -434,8 +434,16 @@ impl HttpClient {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
+        Self::handshake(stream, addr, addr.to_string()).await
+    }
+
+    /// HTTP/1 over `io`, a connection to `addr`, sending `host`.
+    async fn handshake<IO>(io: IO, addr: SocketAddr, host: String) -> Result<Self, String>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
                 .await
                 .map_err(|e| format!("handshake {addr}: {e}"))?;
         tokio::spawn(async move {
@@ -443,7 +451,7 @@ impl HttpClient {
         });
         Ok(Self {
             sender,
-            host: addr.to_string(),
+            host,
             token: None,
         })
     }
@@ -469,18 +477,7 @@ impl HttpClient {
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS with {addr}: {e}"))?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake {addr}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Self {
-            sender,
-            host: server_name.to_string(),
-            token: None,
-        })
+        Self::handshake(stream, addr, server_name.to_string()).await
     }
 
     /// Sends `token` as a bearer token with every request.

@@ -390,6 +390,15 @@ fn check_config_refuses_listeners_beyond_loopback_without_credentials() {
     assert!(!ok);
     assert!(err.contains("http.token"), "{err}");
 
+    // HTTPS needs both files: the missing one is named.
+    let (ok, _, err) = check_config(
+        dir.path(),
+        &format!("{store}[http]\ntls_cert_file = '{}'\n", tf.display()),
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("http.tls_key_file"), "{err}");
+
     let embedded =
         format!("{store}[mqtt]\nbroker = 'embedded'\nembedded_listen = '0.0.0.0:1883'\n");
     let (ok, _, err) = check_config(dir.path(), &embedded, &[]);

@@ -46,17 +46,21 @@ pub struct AnomalyArgs {
     json: bool,
 }
 
-/// Scores every row (score, then learn: each score uses only earlier rows)
-/// and prints the scores and the alarms.
-pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
-    let mut reader = csv::Reader::from_path(&args.file)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+/// The columns `features` of a CSV file with a header row (empty: every
+/// column whose first value is a number), as rows of values in that order;
+/// an empty or non-numeric value is NaN.
+fn read_columns(
+    file: &std::path::Path,
+    features: &[String],
+) -> anyhow::Result<(Vec<String>, Vec<Vec<f64>>)> {
+    let mut reader =
+        csv::Reader::from_path(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let headers = reader.headers()?.clone();
     let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
-    let features: Vec<String> = if args.features.is_empty() {
+    let features: Vec<String> = if features.is_empty() {
         let first = records
             .first()
-            .ok_or_else(|| anyhow::anyhow!("{}: no rows", args.file.display()))?;
+            .ok_or_else(|| anyhow::anyhow!("{}: no rows", file.display()))?;
         headers
             .iter()
             .zip(first.iter())
@@ -64,31 +68,52 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
             .map(|(h, _)| h.to_string())
             .collect()
     } else {
-        args.features.clone()
+        features.to_vec()
     };
-    anyhow::ensure!(!features.is_empty(), "no numeric column to score");
+    anyhow::ensure!(
+        !features.is_empty(),
+        "no numeric column in {}",
+        file.display()
+    );
     let columns: Vec<usize> = features
         .iter()
         .map(|f| {
             headers
                 .iter()
                 .position(|h| h == f)
-                .ok_or_else(|| anyhow::anyhow!("no column `{f}` in {}", args.file.display()))
+                .ok_or_else(|| anyhow::anyhow!("no column `{f}` in {}", file.display()))
         })
         .collect::<Result<_, _>>()?;
+    let rows = records
+        .iter()
+        .map(|rec| {
+            columns
+                .iter()
+                .map(|&c| {
+                    rec.get(c)
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        })
+        .collect();
+    Ok((features, rows))
+}
+
+/// Scores every row (score, then learn: each score uses only earlier rows)
+/// and prints the scores and the alarms.
+pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
+    let (features, rows) = read_columns(&args.file, &args.features)?;
     // River orders a reading's features by name.
     let mut order: Vec<usize> = (0..features.len()).collect();
     order.sort_by(|&a, &b| features[a].cmp(&features[b]));
     let mut model = ScaledHalfSpaceTrees::new(args.trees, args.height, args.window, args.seed);
     let mut threshold = Threshold::new(args.quantile, args.calibration);
-    let (mut scores, mut alarms) = (Vec::with_capacity(records.len()), Vec::new());
+    let (mut scores, mut alarms) = (Vec::with_capacity(rows.len()), Vec::new());
     let mut x = vec![0.0; features.len()];
-    for (i, rec) in records.iter().enumerate() {
+    for (i, row) in rows.iter().enumerate() {
         for (slot, &k) in x.iter_mut().zip(&order) {
-            *slot = rec
-                .get(columns[k])
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(f64::NAN);
+            *slot = row[k];
         }
         let s = model.score_one(&x);
         model.learn_one(&x);
@@ -293,45 +318,10 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
     );
     let step = args.step.unwrap_or(args.window);
     anyhow::ensure!(step >= 1, "--step must be at least 1");
-    let mut reader = csv::Reader::from_path(&args.file)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    let headers = reader.headers()?.clone();
-    let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
-    let features: Vec<String> = if args.features.is_empty() {
-        let first = records
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("{}: no rows", args.file.display()))?;
-        headers
-            .iter()
-            .zip(first.iter())
-            .filter(|(_, v)| v.trim().parse::<f64>().is_ok())
-            .map(|(h, _)| h.to_string())
-            .collect()
-    } else {
-        args.features.clone()
-    };
-    anyhow::ensure!(!features.is_empty(), "no numeric column to compare");
-    let columns: Vec<usize> = features
-        .iter()
-        .map(|f| {
-            headers
-                .iter()
-                .position(|h| h == f)
-                .ok_or_else(|| anyhow::anyhow!("no column `{f}` in {}", args.file.display()))
-        })
-        .collect::<Result<_, _>>()?;
-    let rows: Vec<Vec<f32>> = records
-        .iter()
-        .map(|rec| {
-            columns
-                .iter()
-                .map(|&c| {
-                    rec.get(c)
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(f32::NAN)
-                })
-                .collect()
-        })
+    let (features, rows) = read_columns(&args.file, &args.features)?;
+    let rows: Vec<Vec<f32>> = rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v as f32).collect())
         .collect();
     anyhow::ensure!(
         rows.len() >= args.reference + args.window,

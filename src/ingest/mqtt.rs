@@ -196,6 +196,26 @@ pub fn tls_client_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Confi
     })
 }
 
+/// [`tls_server_config`] when both files are set, `None` when neither is.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key of the file set without the
+/// other, or as [`tls_server_config`].
+pub fn optional_tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    keys: (&str, &str),
+) -> Result<Option<rustls::ServerConfig>, ConfigError> {
+    match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => tls_server_config(cert, key, keys).map(Some),
+        (cert_missing, _) => Err(ConfigError::Invalid {
+            key: if cert_missing { keys.0 } else { keys.1 }.into(),
+            reason: format!("TLS needs both {} and {}", keys.0, keys.1),
+        }),
+    }
+}
+
 /// The rustls server configuration of a TLS listener (the HTTPS API,
 /// `http.tls_*`; the embedded broker, `mqtt.embedded_tls_*`): the ring
 /// provider, TLS 1.2 and 1.3, no client certificates, the PEM certificate

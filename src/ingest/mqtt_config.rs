@@ -234,25 +234,11 @@ impl MqttConfig {
     /// [`ConfigError::Invalid`] naming the key: one file without the other,
     /// or a file that cannot be used.
     pub fn embedded_tls(&self) -> Result<Option<rustls::ServerConfig>, ConfigError> {
-        let (cert, key) = (&self.embedded_tls_cert_file, &self.embedded_tls_key_file);
-        match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
-            (true, true) => Ok(None),
-            (false, false) => crate::ingest::mqtt::tls_server_config(
-                cert,
-                key,
-                ("mqtt.embedded_tls_cert_file", "mqtt.embedded_tls_key_file"),
-            )
-            .map(Some),
-            (cert_missing, _) => Err(ConfigError::Invalid {
-                key: if cert_missing {
-                    "mqtt.embedded_tls_cert_file"
-                } else {
-                    "mqtt.embedded_tls_key_file"
-                }
-                .into(),
-                reason: "TLS needs both embedded_tls_cert_file and embedded_tls_key_file".into(),
-            }),
-        }
+        crate::ingest::mqtt::optional_tls_server_config(
+            &self.embedded_tls_cert_file,
+            &self.embedded_tls_key_file,
+            ("mqtt.embedded_tls_cert_file", "mqtt.embedded_tls_key_file"),
+        )
     }
 
     /// The embedded broker's users, `(username, password)`, from
