@@ -381,6 +381,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let recorder = crate::monitor::series::Recorder {
         book: series.clone(),
         stats: stats.clone(),
+        anomaly: anomaly_scorers.clone(),
         store: store.clone(),
         tick: crate::monitor::series::TICK,
         persist_every: crate::monitor::series::PERSIST_EVERY,

@@ -270,6 +270,51 @@ async fn endpoints_answer_what_the_store_holds_and_survive_a_restart() {
         assert!(series["mean_abs_error"][i].is_null());
     }
     assert!(seen.len() >= 2, "points of both served versions: {seen:?}");
+
+    // Anomaly scores: the 300 unlabelled readings were scored (labelled ones
+    // are not: the predictor scores what it predicts); the newest point
+    // holds the predictor's totals, and the alarms are the metric's.
+    let mut anomaly = series["anomaly"].clone();
+    for _ in 0..50 {
+        if anomaly["scored"].as_array().and_then(|a| a.last()) == Some(&Value::from(300)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        anomaly = get_json(&handle, "/v1/pipelines/occupancy/series").await["anomaly"].clone();
+    }
+    let points = anomaly["t_ms"].as_array().unwrap().len();
+    assert!(points >= 2, "{anomaly}");
+    let scored: Vec<u64> = anomaly["scored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(scored.last(), Some(&300), "{anomaly}");
+    assert!(scored.windows(2).all(|w| w[0] <= w[1]), "{scored:?}");
+    let alarms = anomaly["alarms"].as_array().unwrap();
+    assert_eq!(
+        alarms.last().and_then(Value::as_u64),
+        Some(
+            handle
+                .stats
+                .anomaly_alarms
+                .load(std::sync::atomic::Ordering::Relaxed)
+        )
+    );
+    let (mean, share) = (f64s(&anomaly["mean_score"]), f64s(&anomaly["alarm_share"]));
+    assert_eq!((mean.len(), share.len()), (points, points));
+    assert_eq!(mean[0], None);
+    for i in 1..points {
+        // A mean where something was scored in between, else null.
+        assert_eq!(mean[i].is_some(), scored[i] > scored[i - 1], "point {i}");
+        if let (Some(m), Some(a)) = (mean[i], share[i]) {
+            assert!(
+                (0.0..=1.0).contains(&m) && (0.0..=1.0).contains(&a),
+                "{m} {a}"
+            );
+        }
+    }
     // The timeline is the store's.
     let stored_events: Vec<Value> = handle
         .store
@@ -613,6 +658,7 @@ async fn the_page_draws_every_plot_in_chromium() {
         "plot-totals",
         "plot-reasons",
         "plot-accuracy-occupancy",
+        "plot-anomaly-occupancy",
     ] {
         let points: u64 = attribute(&dom, &format!("id=\"{id}\""), "data-points")
             .unwrap_or_else(|| panic!("no data-points on {id}: {dom}"))

@@ -237,6 +237,8 @@
       })),
       el("h3", { text: "Drift" }),
       el("div", { "data-role": "drift" }),
+      el("h3", { "data-role": "anomaly-title", text: "Anomaly scores (Half-Space Trees), between points", hidden: "" }),
+      el("div", { cls: "plot", id: "plot-anomaly-" + idFor(p.name), hidden: "" }),
       el("h3", { text: "Versions side by side" }),
       el("div", { "data-role": "versions" }),
       el("h3", { text: "Confusion matrices (holdout; rows: true class, columns: predicted)" }),
@@ -278,6 +280,20 @@
       marks: function () { return marks; },
       yRange: regression ? undefined : [0, 1],
     });
+  }
+
+  // The anomaly scores of the readings the predictor scored: the mean score
+  // and the share that alarmed between points (null: the pipeline does not
+  // score).
+  function renderAnomaly(section, p, a) {
+    var id = "plot-anomaly-" + idFor(p.name);
+    var show = !!a && a.t_ms.length > 0;
+    document.getElementById(id).hidden = !show;
+    section.querySelector('[data-role="anomaly-title"]').hidden = !show;
+    if (!show) return;
+    plot(id, [{ label: "mean score" }, { label: "share alarmed", color: "#dc2626" }],
+      [a.t_ms.map(function (t) { return t / 1000; }), a.mean_score, a.alarm_share],
+      { yRange: [0, 1], width: Math.max(520, Math.min(1100, document.querySelector("main").clientWidth - 40)) });
   }
 
   function renderDrift(section, drift) {
@@ -383,9 +399,10 @@
     (p.predictions || []).slice(0, 15).forEach(function (m) {
       var probs = m.probabilities ? Object.keys(m.probabilities).map(function (k) { return k + ": " + m.probabilities[k].toFixed(2); }).join("  ") : "";
       body.appendChild(el("tr", {}, [dateTime(m.timestamp_ms), m.pipeline, m.device, num(m.sample_id), "v" + m.model_version,
-        m.label !== undefined ? m.label : num(m.prediction), probs].map(function (v) { return el("td", { text: v }); })));
+        m.label !== undefined ? m.label : num(m.prediction), probs,
+        m.anomaly_score === undefined ? "–" : num(m.anomaly_score, 3) + (m.anomaly ? " (alarm)" : "")].map(function (v) { return el("td", { text: v }); })));
     });
-    if (!body.children.length) body.appendChild(el("tr", {}, [el("td", { colspan: "7", cls: "muted", text: "none yet (unlabelled samples of a pipeline with a prediction_topic)" })]));
+    if (!body.children.length) body.appendChild(el("tr", {}, [el("td", { colspan: "8", cls: "muted", text: "none yet (unlabelled samples of a pipeline with a prediction_topic)" })]));
   }
 
   function refreshPipeline(p) {
@@ -400,6 +417,7 @@
       api("/v1/pipelines/" + name + "/versions"),
     ]).then(function (r) {
       renderAccuracy(p, r[0]);
+      renderAnomaly(section, p, r[0].anomaly);
       renderDrift(section, r[1]);
       renderVersions(section, r[2]);
     });

@@ -7,7 +7,7 @@
 //! | GET | `/` | the page (`assets/dashboard/index.html`) |
 //! | GET | `/assets/{file}` | its script and style, uPlot and uPlot's licence |
 //! | GET | `/v1/series/ingest` | `{"step_ms", "capacity", "t_ms": [..], "totals": {column: [..]}, "per_second": {"received"\|"stored"\|"rejected"\|"predictions": [null, ..]}}`: cumulative counters over time ([`crate::monitor::series::INGEST_COLUMNS`]) and the rates between points |
-//! | GET | `/v1/pipelines/{name}/series` | `{"pipeline", "task", "serving_version", "step_ms", "capacity", "t_ms", "version", "scored", "correct", "accuracy", "window_accuracy", "mean_abs_error", "events", "alarms"}`: each served version's live tally over time, the timeline (promotions, rollbacks, refusals, drift alarms) and the detector's alarms |
+//! | GET | `/v1/pipelines/{name}/series` | `{"pipeline", "task", "serving_version", "step_ms", "capacity", "t_ms", "version", "scored", "correct", "accuracy", "window_accuracy", "mean_abs_error", "events", "alarms", "anomaly"}`: each served version's live tally over time, the timeline (promotions, rollbacks, refusals, drift alarms), the detector's alarms, and the anomaly scores (`null` when the pipeline does not score; else `{"t_ms", "scored", "alarms"}` totals and, between points, `"mean_score"` and `"alarm_share"`) |
 //! | GET | `/v1/pipelines/{name}/versions` | `{"pipeline", "serving_version", "versions": [..]}`: one entry per stored version, the measures of the model cards side by side |
 //! | GET | `/v1/predictions` | `{"capacity", "predictions": [{"topic", …message}]}`: the newest predictions handed to the outbox, newest first |
 //!
@@ -25,7 +25,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::monitor::series::{SeriesBook, ACCURACY_COLUMNS, INGEST_COLUMNS};
+use crate::monitor::series::{SeriesBook, ACCURACY_COLUMNS, ANOMALY_COLUMNS, INGEST_COLUMNS};
 use crate::serve::predictions::RecentPredictions;
 
 /// What the dashboard reads besides the other handlers' state.
@@ -208,7 +208,30 @@ pub(super) async fn pipeline_series(
         "mean_abs_error": mae,
         "events": events,
         "alarms": alarms,
+        "anomaly": s.dashboard.series.anomaly(&name).map(|a| anomaly_json(&a)),
     })))
+}
+
+/// A pipeline's anomaly series for the page: the totals, and between
+/// consecutive points the mean score and the share of readings that
+/// alarmed (`null` first, and where nothing was scored in between).
+fn anomaly_json(series: &crate::monitor::series::Series) -> Value {
+    let col = |c: &str| series.column(ANOMALY_COLUMNS.iter().position(|x| *x == c).unwrap_or(0));
+    let (scored, sums, alarms) = (col("scored"), col("score_sum"), col("alarms"));
+    let mut mean_score = vec![None; scored.len().min(1)];
+    let mut alarm_share = mean_score.clone();
+    for i in 1..scored.len() {
+        let n = scored[i] - scored[i - 1];
+        mean_score.push((n > 0.0).then(|| (sums[i] - sums[i - 1]) / n));
+        alarm_share.push((n > 0.0).then(|| (alarms[i] - alarms[i - 1]) / n));
+    }
+    json!({
+        "t_ms": series.points.iter().map(|p| p.t_ms).collect::<Vec<_>>(),
+        "scored": scored.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+        "alarms": alarms.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+        "mean_score": nums(mean_score.into_iter().map(|v| v.unwrap_or(f64::NAN))),
+        "alarm_share": nums(alarm_share.into_iter().map(|v| v.unwrap_or(f64::NAN))),
+    })
 }
 
 pub(super) async fn versions(

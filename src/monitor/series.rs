@@ -31,6 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::serve::predictions::AnomalyScorers;
 use crate::stats::{Reason, Stats};
 use crate::store::{Store, StoreError};
 
@@ -65,6 +66,13 @@ pub const INGEST_COLUMNS: [&str; 10] = [
 /// errors: 0/1 for a classifier, |y − ŷ| for a regressor), as
 /// [`crate::serve::registry::live_score`] keeps it.
 pub const ACCURACY_COLUMNS: [&str; 4] = ["version", "scored", "correct", "error_sum"];
+
+/// Columns of a pipeline's anomaly series (`[pipelines.anomaly]`), cumulative
+/// since the store was created: readings scored, the sum of their scores,
+/// alarms ([`crate::serve::predictions::AnomalyTotals`]); the mean score
+/// over an interval is the difference of two points' sums over that of
+/// their counts.
+pub const ANOMALY_COLUMNS: [&str; 3] = ["scored", "score_sum", "alarms"];
 
 /// One reading: when (ms since the Unix epoch) and the cumulative values,
 /// in the series' column order.
@@ -151,6 +159,7 @@ impl Series {
 struct Book {
     ingest: Series,
     accuracy: BTreeMap<String, Series>,
+    anomaly: BTreeMap<String, Series>,
 }
 
 impl Default for Book {
@@ -158,6 +167,7 @@ impl Default for Book {
         Self {
             ingest: Series::new(TICK.as_millis() as i64, CAPACITY, false),
             accuracy: BTreeMap::new(),
+            anomaly: BTreeMap::new(),
         }
     }
 }
@@ -173,6 +183,10 @@ fn ingest_key() -> &'static str {
 
 fn accuracy_key(pipeline: &str) -> String {
     format!("series/accuracy/{pipeline}")
+}
+
+fn anomaly_key(pipeline: &str) -> String {
+    format!("series/anomaly/{pipeline}")
 }
 
 impl SeriesBook {
@@ -204,6 +218,9 @@ impl SeriesBook {
         for p in pipelines {
             if let Some(s) = decode(&accuracy_key(p))? {
                 book.accuracy.insert(p.to_string(), s);
+            }
+            if let Some(s) = decode(&anomaly_key(p))? {
+                book.anomaly.insert(p.to_string(), s);
             }
         }
         Ok(Self(Arc::new(Mutex::new(book))))
@@ -241,6 +258,21 @@ impl SeriesBook {
         self.lock().ingest.record(t_ms, values);
     }
 
+    /// Records `pipeline`'s anomaly totals at `t_ms` ([`ANOMALY_COLUMNS`]).
+    pub fn record_anomaly(&self, pipeline: &str, t_ms: i64, values: Vec<f64>) {
+        self.lock()
+            .anomaly
+            .entry(pipeline.to_string())
+            .or_insert_with(|| Series::new(TICK.as_millis() as i64, CAPACITY, false))
+            .record(t_ms, values);
+    }
+
+    /// A copy of `pipeline`'s anomaly series, `None` when it has none (the
+    /// pipeline does not score, or has not been recorded yet).
+    pub fn anomaly(&self, pipeline: &str) -> Option<Series> {
+        self.lock().anomaly.get(pipeline).cloned()
+    }
+
     /// A copy of the ingest series.
     pub fn ingest(&self) -> Series {
         self.lock().ingest.clone()
@@ -269,6 +301,9 @@ impl SeriesBook {
             for (p, s) in &book.accuracy {
                 entries.push((accuracy_key(p), encode(s)));
             }
+            for (p, s) in &book.anomaly {
+                entries.push((anomaly_key(p), encode(s)));
+            }
         }
         let refs: Vec<(&str, &[u8])> = entries
             .iter()
@@ -295,11 +330,14 @@ pub fn ingest_counters(stats: &Stats) -> Vec<f64> {
     ]
 }
 
-/// Reads the ingest counters every `tick` into the book and writes the book
-/// to the store every `persist_every` and when it stops.
+/// Reads the ingest counters and the anomaly totals every `tick` into the
+/// book and writes the book to the store every `persist_every` and when it
+/// stops.
 pub struct Recorder {
     pub book: SeriesBook,
     pub stats: Arc<Stats>,
+    /// The predictor's anomaly scorers, whose totals are recorded.
+    pub anomaly: AnomalyScorers,
     pub store: Arc<Store>,
     pub tick: Duration,
     pub persist_every: Duration,
@@ -318,10 +356,29 @@ impl Recorder {
             .map(<[f64]>::to_vec)
             .filter(|v| v.len() == INGEST_COLUMNS.len())
             .unwrap_or_else(|| vec![0.0; INGEST_COLUMNS.len()]);
+        // Likewise each pipeline's anomaly totals.
+        let anomaly_base: BTreeMap<String, Vec<f64>> = self
+            .anomaly
+            .totals()
+            .into_iter()
+            .filter_map(|(p, _)| {
+                let last = self.book.anomaly(&p)?.last()?.to_vec();
+                (last.len() == ANOMALY_COLUMNS.len()).then_some((p, last))
+            })
+            .collect();
         let record = |book: &SeriesBook| {
+            let t_ms = crate::stats::now_ms();
             let now = ingest_counters(&self.stats);
             let values = base.iter().zip(now).map(|(b, n)| b + n).collect();
-            book.record_ingest(crate::stats::now_ms(), values);
+            book.record_ingest(t_ms, values);
+            for (p, t) in self.anomaly.totals() {
+                let now = [t.scored as f64, t.score_sum, t.alarms as f64];
+                let values = match anomaly_base.get(&p) {
+                    Some(b) => b.iter().zip(now).map(|(b, n)| b + n).collect(),
+                    None => now.to_vec(),
+                };
+                book.record_anomaly(&p, t_ms, values);
+            }
         };
         record(&self.book);
         let mut tick = tokio::time::interval(self.tick);

@@ -111,9 +111,28 @@ impl RecentPredictions {
 
 /// Each pipeline's anomaly scorer (`[pipelines.anomaly]`), shared by the
 /// predictor (which scores, then learns, each reading it predicts) and HTTP
-/// predict (which scores its rows without learning them).
+/// predict (which scores its rows without learning them), with the
+/// predictor's running totals ([`AnomalyTotals`], for the dashboard).
 #[derive(Debug, Clone, Default)]
-pub struct AnomalyScorers(Arc<std::sync::Mutex<HashMap<String, crate::learn::anomaly::Scorer>>>);
+pub struct AnomalyScorers(Arc<std::sync::Mutex<HashMap<String, ScorerEntry>>>);
+
+#[derive(Debug)]
+struct ScorerEntry {
+    scorer: crate::learn::anomaly::Scorer,
+    totals: AnomalyTotals,
+}
+
+/// What a pipeline's scorer has scored and learned since the daemon
+/// started (HTTP predict's scores, which are not learned, are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AnomalyTotals {
+    /// Readings scored (then learned).
+    pub scored: u64,
+    /// The sum of their scores (each in [0, 1]).
+    pub score_sum: f64,
+    /// Readings whose score passed the alarm threshold.
+    pub alarms: u64,
+}
 
 impl AnomalyScorers {
     /// A scorer per pipeline with scoring enabled, over its model features.
@@ -124,14 +143,17 @@ impl AnomalyScorers {
             .map(|p| {
                 (
                     p.name.clone(),
-                    crate::learn::anomaly::Scorer::new(&p.anomaly, &p.model_features()),
+                    ScorerEntry {
+                        scorer: crate::learn::anomaly::Scorer::new(&p.anomaly, &p.model_features()),
+                        totals: AnomalyTotals::default(),
+                    },
                 )
             })
             .collect();
         Self(Arc::new(std::sync::Mutex::new(map)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, crate::learn::anomaly::Scorer>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ScorerEntry>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -146,7 +168,15 @@ impl AnomalyScorers {
     ) -> Vec<Option<(f64, bool)>> {
         let mut map = self.lock();
         match map.get_mut(pipeline) {
-            Some(s) => readings.map(|r| Some(s.score_then_learn(r))).collect(),
+            Some(e) => readings
+                .map(|r| {
+                    let (score, alarm) = e.scorer.score_then_learn(r);
+                    e.totals.scored += 1;
+                    e.totals.score_sum += score;
+                    e.totals.alarms += u64::from(alarm);
+                    Some((score, alarm))
+                })
+                .collect(),
             None => readings.map(|_| None).collect(),
         }
     }
@@ -155,8 +185,20 @@ impl AnomalyScorers {
     /// them; `None` when the pipeline does not score.
     pub fn score(&self, pipeline: &str, rows: &[f32], n_features: usize) -> Option<Vec<f64>> {
         let map = self.lock();
-        let s = map.get(pipeline)?;
-        Some(rows.chunks(n_features.max(1)).map(|r| s.score(r)).collect())
+        let e = map.get(pipeline)?;
+        Some(
+            rows.chunks(n_features.max(1))
+                .map(|r| e.scorer.score(r))
+                .collect(),
+        )
+    }
+
+    /// Each scoring pipeline's totals so far.
+    pub fn totals(&self) -> Vec<(String, AnomalyTotals)> {
+        self.lock()
+            .iter()
+            .map(|(name, e)| (name.clone(), e.totals))
+            .collect()
     }
 }
 
