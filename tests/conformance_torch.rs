@@ -13,7 +13,9 @@
 //! `batch` or `s77` on every intermediate value, weights in
 //! `dynamo_mlp_external.onnx.data`, a fixed batch `[1, 128]`, no batch axis
 //! (`[128]` in, `[6]` out), a 3-D input
-//! `[batch, 1, 64]`, LayerNormalization and Gelu (opset 20).
+//! `[batch, 1, 64]`, LayerNormalization and Gelu (opset 20), the MLP
+//! 20-64-64-4 issue 19 measures, LSTM and GRU on `[batch, 16, 4]`
+//! sequences, BatchNormalization before Gelu and LayerNormalization.
 
 use std::path::{Path, PathBuf};
 
@@ -66,7 +68,7 @@ fn inputs(m: &Value) -> Vec<Named> {
 /// Every model on `kind`: loads from its file, matches onnxruntime.
 fn run_all(kind: EngineKind, options: &LoadOptions) {
     let models = manifest();
-    assert_eq!(models.len(), 6, "the torch suite has 6 models");
+    assert_eq!(models.len(), 10, "the torch suite has 10 models");
     let mut failures = vec![];
     for m in &models {
         let name = m["name"].as_str().expect("name");
@@ -142,6 +144,24 @@ fn the_manifest_records_what_the_exporter_writes() {
     assert_eq!(
         by("dynamo_cnn1d")["input_dims"].as_array().map(Vec::len),
         Some(3)
+    );
+    let ops = |n: &str| by(n)["ops"].clone();
+    for (model, op) in [
+        ("dynamo_lstm", "LSTM"),
+        ("dynamo_gru", "GRU"),
+        ("dynamo_bn_gelu_ln", "BatchNormalization"),
+        ("dynamo_bn_gelu_ln", "LayerNormalization"),
+        ("dynamo_bn_gelu_ln", "Gelu"),
+    ] {
+        assert!(
+            ops(model).as_array().unwrap().iter().any(|o| o == op),
+            "{model}: {}",
+            ops(model)
+        );
+    }
+    assert_eq!(
+        by("dynamo_lstm")["input_dims"],
+        serde_json::json!(["batch", 16, 4])
     );
 }
 
@@ -229,11 +249,10 @@ fn predict_all(kind: EngineKind, options: &LoadOptions) {
         let csv = tmp.path().join(format!("{name}.csv"));
         write_csv(m, &csv);
         let model = dir().join(m["file"].as_str().unwrap());
-        let cnn = name == "dynamo_cnn1d";
-        let shapes: &[Option<&[usize]>] = if cnn {
-            &[Some(&[1, 64]), None]
-        } else {
-            &[None]
+        let shapes: &[Option<&[usize]>] = match name {
+            "dynamo_cnn1d" => &[Some(&[1, 64]), None],
+            "dynamo_lstm" | "dynamo_gru" => &[Some(&[16, 4])],
+            _ => &[None],
         };
         for given in shapes {
             let out = predict_file(&model, &csv, kind, options, *given)
@@ -304,29 +323,52 @@ mod ort {
 }
 
 /// One session answers calls of different sizes in turn (the batch symbol
-/// resolved anew each call): each equals onnxruntime's rows.
+/// resolved anew each call, or a plan made for the size; run states kept
+/// between calls): each equals onnxruntime's rows. The recurrent models too:
+/// their hidden state starts from zero each call, not where the last call
+/// left it. Five sizes: the fifth runs on the general plan (a session makes
+/// plans for four).
 #[test]
 fn one_session_serves_calls_of_every_size_in_turn() {
     let models = manifest();
-    let m = models.iter().find(|m| m["name"] == "dynamo_mlp").unwrap();
-    let s = Session::load_file(
-        &dir().join(m["file"].as_str().unwrap()),
-        EngineKind::Tract,
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let (x, want) = (floats(&m["inputs"][0]), floats(&m["outputs"][0]));
-    for (start, n) in [(0, 64), (5, 1), (10, 3), (0, 64), (63, 1)] {
-        let t = Tensor::new(
-            vec![n, 128],
-            Data::F32(x[start * 128..(start + n) * 128].to_vec()),
+    for name in ["dynamo_mlp", "dynamo_mlp20", "dynamo_lstm", "dynamo_gru"] {
+        let m = models.iter().find(|m| m["name"] == name).unwrap();
+        let s = Session::load_file(
+            &dir().join(m["file"].as_str().unwrap()),
+            EngineKind::Tract,
+            &LoadOptions::default(),
         )
         .unwrap();
-        let out = s.run_rows(&[Named::new("input", t)]).unwrap();
-        let got = out[0].tensor.data.to_f32().unwrap();
-        assert_eq!(out[0].tensor.shape, vec![n, 6]);
-        for (g, w) in got.iter().zip(&want[start * 6..(start + n) * 6]) {
-            assert!((g - w).abs() <= TOL, "rows {start}+{n}: {g} vs {w}");
+        let x_shape = shape(&m["inputs"][0]);
+        let width: usize = x_shape[1..].iter().product();
+        let classes = shape(&m["outputs"][0])[1];
+        let (x, want) = (floats(&m["inputs"][0]), floats(&m["outputs"][0]));
+        for (start, n) in [
+            (0, 64),
+            (5, 1),
+            (10, 3),
+            (0, 64),
+            (63, 1),
+            (5, 1),
+            (2, 7),
+            (20, 2),
+        ] {
+            let mut t_shape = x_shape.clone();
+            t_shape[0] = n;
+            let t = Tensor::new(
+                t_shape,
+                Data::F32(x[start * width..(start + n) * width].to_vec()),
+            )
+            .unwrap();
+            let out = s.run_rows(&[Named::new("input", t)]).unwrap();
+            let got = out[0].tensor.data.to_f32().unwrap();
+            assert_eq!(out[0].tensor.shape, vec![n, classes], "{name}");
+            for (g, w) in got
+                .iter()
+                .zip(&want[start * classes..(start + n) * classes])
+            {
+                assert!((g - w).abs() <= TOL, "{name} rows {start}+{n}: {g} vs {w}");
+            }
         }
     }
 }
