@@ -100,6 +100,49 @@ fn read_columns(
     Ok((features, rows))
 }
 
+/// The times of column `column` of a CSV file, ms since the Unix epoch:
+/// RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]` or `YYYY-MM-DDTHH:MM:SS[.f]` (a
+/// naive time is taken as UTC), or epoch seconds (ms above 1e11).
+///
+/// # Errors
+/// The file, a missing column, or a row whose time cannot be read (named).
+fn read_times(file: &std::path::Path, column: &str) -> anyhow::Result<Vec<i64>> {
+    let mut reader =
+        csv::Reader::from_path(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let c = reader
+        .headers()?
+        .iter()
+        .position(|h| h == column)
+        .ok_or_else(|| anyhow::anyhow!("no column `{column}` in {}", file.display()))?;
+    reader
+        .records()
+        .enumerate()
+        .map(|(i, rec)| {
+            let rec = rec?;
+            let s = rec.get(c).unwrap_or("").trim();
+            parse_time(s).ok_or_else(|| {
+                anyhow::anyhow!("{} row {}: `{s}` is not a time", file.display(), i + 1)
+            })
+        })
+        .collect()
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
+            return Some(t.and_utc().timestamp_millis());
+        }
+    }
+    let x: f64 = s
+        .parse()
+        .ok()
+        .filter(|x: &f64| x.is_finite() && *x >= 0.0)?;
+    Some(if x > 1e11 { x } else { x * 1000.0 } as i64)
+}
+
 /// Scores every row (score, then learn: each score uses only earlier rows)
 /// and prints the scores and the alarms.
 pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
@@ -280,27 +323,42 @@ pub struct DriftArgs {
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
     /// Rows of the reference: the first N.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2000)]
     reference: usize,
     /// Rows per compared window.
     #[arg(long, default_value_t = 500)]
     window: usize,
-    /// Rows between the starts of two windows (default: the window).
-    #[arg(long)]
-    step: Option<usize>,
-    /// Significance of the KS test at the effective sample sizes.
-    #[arg(long, default_value_t = 0.01)]
+    /// Rows between the starts of two windows.
+    #[arg(long, default_value_t = 250)]
+    step: usize,
+    /// Significance of the KS test and the test of means at the effective
+    /// sample sizes.
+    #[arg(long, default_value_t = 0.001)]
     alpha: f64,
     /// Effect-size floor: PSI at least this …
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 1.0)]
     psi_floor: f64,
     /// … or a mean shift of at least this many reference standard
     /// deviations.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.75)]
     shift_floor: f64,
+    /// Column of the readings' times (RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]`,
+    /// or epoch seconds/ms), for a seasonal reference (`--season`).
+    #[arg(long)]
+    timestamp: Option<String>,
+    /// Seasonal reference: each window is compared with the reference rows
+    /// of the same season: none, hour_of_day, hour_and_weekend,
+    /// hour_of_week (default none; hour_and_weekend with --timestamp).
+    #[arg(long, value_parser = ["none", "hour_of_day", "hour_and_weekend", "hour_of_week"])]
+    season: Option<String>,
+    /// Reference rows a season bucket needs; fewer: its hour of day, then
+    /// the whole reference.
+    #[arg(long, default_value_t = 30)]
+    min_bucket: usize,
     /// Print the windows and their per-feature figures as JSON.
     ///
-    /// `{"windows": [{"start", "end", "drift", "features": {name: {psi,
+    /// `{"windows": [{"start", "end", "reference_rows", "drift",
+    /// "features": {name: {psi,
     /// shift, ks_statistic, ks_p_value, ks_p_value_effective,
     /// mean_p_value_effective, rho_reference, rho_current, drifted}}}],
     /// "flagged", "total"}`.
@@ -311,13 +369,29 @@ pub struct DriftArgs {
 /// Compares each window after the reference with the reference and prints
 /// which drifted.
 pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
-    use crate::monitor::data_drift::{compare_dependent, DependentDriftConfig};
+    use crate::monitor::data_drift::{
+        compare_dependent, seasonal_reference, DependentDriftConfig, Season,
+    };
     anyhow::ensure!(
         args.reference >= 10 && args.window >= 10,
         "--reference and --window need at least 10 rows"
     );
-    let step = args.step.unwrap_or(args.window);
+    let step = args.step;
     anyhow::ensure!(step >= 1, "--step must be at least 1");
+    let season = match (args.season.as_deref(), &args.timestamp) {
+        (None, None) | (Some("none"), _) => Season::None,
+        (None, Some(_)) | (Some("hour_and_weekend"), _) => Season::HourAndWeekend,
+        (Some("hour_of_day"), _) => Season::HourOfDay,
+        (Some(_), _) => Season::HourOfWeek,
+    };
+    anyhow::ensure!(
+        season == Season::None || args.timestamp.is_some(),
+        "--season needs --timestamp COLUMN"
+    );
+    let times = match &args.timestamp {
+        Some(column) => Some(read_times(&args.file, column)?),
+        None => None,
+    };
     let (features, rows) = read_columns(&args.file, &args.features)?;
     let rows: Vec<Vec<f32>> = rows
         .into_iter()
@@ -341,6 +415,20 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
     let mut start = args.reference;
     while start + args.window <= rows.len() {
         let end = start + args.window;
+        let matched: Vec<Vec<f32>>;
+        let reference = match &times {
+            Some(t) if season != Season::None => {
+                let idx = seasonal_reference(
+                    &t[..args.reference],
+                    &t[start..end],
+                    season,
+                    args.min_bucket,
+                );
+                matched = idx.into_iter().map(|i| reference[i].clone()).collect();
+                &matched[..]
+            }
+            _ => reference,
+        };
         let result = compare_dependent(&features, reference, &rows[start..end], &cfg);
         let drift = result.iter().any(|f| f.drifted);
         let per_feature: serde_json::Map<String, serde_json::Value> = result
@@ -350,6 +438,7 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
         windows.push(serde_json::json!({
             "start": start,
             "end": end,
+            "reference_rows": reference.len(),
             "drift": drift,
             "features": per_feature,
         }));

@@ -1,0 +1,137 @@
+"""False-alarm rates of `edgeloop drift` on the stationary stretches of the
+shipped data, the measurement its defaults were chosen from (issue 18).
+
+Stretches (no labelled anomaly, no known change):
+- NAB (realKnownCause, realTraffic; Lavin & Ahmad 2015, numenta/NAB): every
+  stretch between the labelled anomaly windows of `combined_windows.json`
+  (rows inside a window dropped), and separately the stretches before each
+  file's first window; `machine_temperature#2` (2013-12-16 to 2014-01-28,
+  11,000 readings every 5 minutes) is the anomaly-free industrial run.
+- UCI occupancy (Candanedo & Feldheim 2016), the three files in time order
+  (datatest, datatraining, datatest2): weekdays only, weekends only, all.
+
+For each setting it runs the binary's `drift --json` on each stretch long
+enough for the reference and one window, and prints flagged / total windows
+per stretch and overall. Settings: the defaults (reference 2,000, window
+500, step 250, alpha 0.001, PSI floor 1.0, shift floor 0.75), the earlier
+defaults (reference 500, step 500, alpha 0.01, floors 0.25 / 0.5), and the
+seasonal references (`--timestamp`, `--season`).
+
+Run: python3 benches/drift_false_alarms.py [DATA_DIR] [BINARY]
+(defaults ../shared/data and target/debug/edgeloop), from the repository
+root; the output committed beside it is benches/drift_false_alarms.txt.
+"""
+import csv
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+DATA = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
+BINARY = sys.argv[2] if len(sys.argv) > 2 else "target/debug/edgeloop"
+
+SETTINGS = [
+    ("defaults", []),
+    ("earlier defaults", ["--reference", "500", "--step", "500", "--alpha", "0.01",
+                          "--psi-floor", "0.25", "--shift-floor", "0.5"]),
+    ("seasonal hour_and_weekend", ["--timestamp", "timestamp"]),
+    ("seasonal hour_of_day", ["--timestamp", "timestamp", "--season", "hour_of_day"]),
+    ("seasonal hour_of_week", ["--timestamp", "timestamp", "--season", "hour_of_week"]),
+]
+
+
+def nab_stretches():
+    nab = os.path.join(DATA, "nab")
+    with open(os.path.join(nab, "labels", "combined_windows.json")) as f:
+        windows = json.load(f)
+    out = []
+    for group in ("realKnownCause", "realTraffic"):
+        for name in sorted(os.listdir(os.path.join(nab, group))):
+            key = f"{group}/{name}"
+            with open(os.path.join(nab, key)) as f:
+                rows = list(csv.reader(f))[1:]
+            spans = [(a[:19], b[:19]) for a, b in windows[key]]
+            segs, seg = [], []
+            for r in rows:
+                if any(a <= r[0] <= b for a, b in spans):
+                    if seg:
+                        segs.append(seg)
+                    seg = []
+                else:
+                    seg.append(r)
+            if seg:
+                segs.append(seg)
+            for i, s in enumerate(segs):
+                before_first = s[0] is rows[0]
+                out.append((f"{name[:-4]}#{i}", before_first, ["timestamp", "value"], s))
+    return out
+
+
+def occupancy():
+    d = os.path.join(DATA, "occupancy_uci")
+    rows = []
+    for name in ("datatest.txt", "datatraining.txt", "datatest2.txt"):
+        with open(os.path.join(d, name)) as f:
+            r = list(csv.reader(f))
+        rows += r[1:]
+    header = ["timestamp", "Temperature", "Humidity", "Light", "CO2", "HumidityRatio"]
+    rows = [r[:6] for r in rows]
+    day = lambda r: dt.datetime.strptime(r[0], "%Y-%m-%d %H:%M:%S").weekday()
+    return [
+        ("occupancy weekdays", header, [r for r in rows if day(r) < 5]),
+        ("occupancy weekends", header, [r for r in rows if day(r) >= 5]),
+        ("occupancy all", header, rows),
+    ]
+
+
+def drift(path, args, features):
+    out = subprocess.run(
+        [BINARY, "drift", "--json", "--features", ",".join(features), "--file", path] + args,
+        capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    v = json.loads(out.stdout)
+    return v["flagged"], v["total"]
+
+
+def main():
+    tmp = tempfile.mkdtemp()
+    nab = nab_stretches()
+    occ = occupancy()
+    print(f"edgeloop drift false alarms; data {DATA}")
+    for label, args in SETTINGS:
+        ref = int(args[args.index("--reference") + 1]) if "--reference" in args else 2000
+        totals = {"nab all": [0, 0], "nab before first anomaly": [0, 0]}
+        print(f"\n## {label}: {' '.join(args) or '(no flags)'}")
+        for name, first, header, rows in nab:
+            if len(rows) < ref + 500:
+                continue
+            path = os.path.join(tmp, "s.csv")
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(header)
+                w.writerows(rows)
+            res = drift(path, args, ["value"])
+            if res is None:
+                continue
+            print(f"  nab {name}: {res[0]}/{res[1]}")
+            for k in ["nab all"] + (["nab before first anomaly"] if first else []):
+                totals[k][0] += res[0]
+                totals[k][1] += res[1]
+        for k, (a, b) in totals.items():
+            print(f"  {k}: {a}/{b} = {a / max(b, 1):.1%}")
+        for name, header, rows in occ:
+            path = os.path.join(tmp, "o.csv")
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(header)
+                w.writerows(rows)
+            res = drift(path, args, header[1:])
+            if res:
+                print(f"  {name}: {res[0]}/{res[1]} = {res[0] / max(res[1], 1):.1%}")
+
+
+if __name__ == "__main__":
+    main()
