@@ -1,0 +1,210 @@
+"""NAB scores of `edgeloop anomaly` and River's HalfSpaceTrees on the shipped
+NAB files (issue 18), and the labelled-run onset measurement.
+
+The scorer follows the Numenta Anomaly Benchmark's (Lavin & Ahmad, "Evaluating
+real-time anomaly detection algorithms: the Numenta Anomaly Benchmark",
+IEEE ICMLA 2015; numenta/NAB `nab/sweeper.py`, `nab/scorer.py`, standard
+profile of `config/profiles.json`: A_TP = 1, A_FP = 0.11, A_FN = 1),
+written here from that description:
+
+- The labelled windows are `labels/combined_windows.json`. A detection inside
+  a window at row i scores `A_TP · σ(y) / σ(-1)` with `σ(y) = 2 / (1 +
+  exp(5y)) - 1` and `y = -(right - i + 1) / width` (right: the window's last
+  row; width: its rows): the earliest detection scores about A_TP, one at the
+  right edge about 0. Only the best (earliest) detection of a window counts;
+  a window without one scores -A_FN.
+- A detection outside every window scores `A_FP · σ(y)`, y = (rows past the
+  last window's right edge) / (that window's width - 1), σ = -1 for y ≥ 3 or
+  before any window: a detection just after a window costs little, a
+  detection far from any window costs A_FP.
+- The first min(⌊0.15 · rows⌋, 750) rows of a file are probationary: their
+  detections are not scored (their windows still need a detection).
+- The corpus score is normalised as NAB's: `100 · (raw - null) / (perfect -
+  null)`, null = every window missed (-A_FN each), perfect = every window
+  detected at its first row (A_TP each).
+
+NAB scores a detector's anomaly scores at the threshold that maximises the
+corpus score, chosen on the corpus itself. Both detectors here are scored at
+that best threshold over their scores (the scores are equal, River's
+`MinMaxScaler() | HalfSpaceTrees(seed=42)` being what edgeloop computes), and,
+as an operator sees them, by their alarms: edgeloop's (`--quantile` of the
+first `--calibration` scores, no look at the labels) against River's own
+alarm rule, `anomaly.QuantileFilter(HalfSpaceTrees(seed=42), q)` (a running
+quantile of the scores, the detector not learning the readings it flags).
+
+Onset: for each file, the row of its first labelled anomaly
+(`combined_labels.json`); a run is detected when an alarm falls within its
+first 50 rows from the onset on, and the alarms before the onset are counted.
+
+Run: python3 benches/nab_score.py [DATA_DIR] [BINARY] (defaults
+../shared/data and target/debug/edgeloop), from the repository root, in the
+test venv (`eval "$(tests/run.sh --setup)"`: River 0.26); output committed as
+benches/nab_score.txt.
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+from river import anomaly, preprocessing
+
+DATA = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
+BINARY = sys.argv[2] if len(sys.argv) > 2 else "target/debug/edgeloop"
+A_TP, A_FP, A_FN = 1.0, 0.11, 1.0
+SETTINGS = [
+    # (label, edgeloop anomaly flags, River QuantileFilter q)
+    ("defaults (window 250, quantile 0.99, calibration 1000)", [], 0.99),
+    ("quantile 0.995", ["--quantile", "0.995"], 0.995),
+    ("quantile 0.999", ["--quantile", "0.999"], 0.999),
+    ("window 100, quantile 0.99", ["--window", "100"], 0.99),
+    ("window 100, quantile 0.995", ["--window", "100", "--quantile", "0.995"], 0.995),
+]
+
+
+def sigma(y):
+    if y >= 3.0:
+        return -1.0
+    return 2.0 / (1.0 + math.exp(5.0 * y)) - 1.0
+
+
+def row_weights(times, windows):
+    """Per row: (window id or None, the score of a detection there), None
+    for probationary rows."""
+    n = len(times)
+    probation = min(math.floor(0.15 * n), 0.15 * 5000)
+    index = {t: i for i, t in reversed(list(enumerate(times)))}
+    spans = []
+    for a, b in windows:
+        a, b = a[:19], b[:19]
+        if a in index and b in index:
+            spans.append((index[a], index[b]))
+    out, prev_right, prev_width, w = [], None, None, 0
+    for i in range(n):
+        inside = next((k for k, (a, b) in enumerate(spans) if a <= i <= b), None)
+        if inside is not None:
+            a, b = spans[inside]
+            width = b - a + 1
+            score = A_TP * sigma(-(b - i + 1) / width) / sigma(-1.0)
+            if i == b:
+                prev_right, prev_width = b, width
+        else:
+            y = 3.0 if prev_right is None else abs(prev_right - i) / (prev_width - 1)
+            score = A_FP * sigma(y)
+        out.append(None if i < probation else (inside, score))
+    return out, len(spans)
+
+
+def score_alarms(weights, n_windows, alarms):
+    best = [None] * n_windows
+    fp = 0.0
+    for i in alarms:
+        w = weights[i]
+        if w is None:
+            continue
+        k, s = w
+        if k is None:
+            fp += s
+        else:
+            best[k] = s if best[k] is None else max(best[k], s)
+    return fp + sum(-A_FN if b is None else b for b in best)
+
+
+def load():
+    nab = os.path.join(DATA, "nab")
+    with open(os.path.join(nab, "labels", "combined_windows.json")) as f:
+        windows = json.load(f)
+    with open(os.path.join(nab, "labels", "combined_labels.json")) as f:
+        labels = json.load(f)
+    files = []
+    for group in ("realKnownCause", "realTraffic"):
+        for name in sorted(os.listdir(os.path.join(nab, group))):
+            key = f"{group}/{name}"
+            with open(os.path.join(nab, key)) as f:
+                rows = list(csv.reader(f))[1:]
+            files.append((key, os.path.join(nab, key), rows, windows[key], labels[key]))
+    return files
+
+
+def edgeloop(path, args):
+    out = subprocess.run(
+        [BINARY, "anomaly", "--json", "--features", "value", "--file", path] + args,
+        capture_output=True, text=True, check=True)
+    v = json.loads(out.stdout)
+    return v["scores"], v["alarms"]
+
+
+def river(rows, q):
+    scaler = preprocessing.MinMaxScaler()
+    filt = anomaly.QuantileFilter(anomaly.HalfSpaceTrees(seed=42), q=q)
+    scores, alarms = [], []
+    for i, r in enumerate(rows):
+        x = {"value": float(r[1])}
+        s = filt.score_one(scaler.transform_one(x))
+        if filt.classify(s):
+            alarms.append(i)
+        scaler.learn_one(x)
+        filt.learn_one(scaler.transform_one(x))
+        scores.append(s)
+    return scores, alarms
+
+
+def best_threshold(runs):
+    """NAB's optimised threshold over every file's scores: the corpus raw
+    score at each distinct score value (detections = rows at or above)."""
+    values = sorted({round(s, 12) for _, scores, _ in runs for s in scores}, reverse=True)
+    candidates = values[:: max(1, len(values) // 400)]
+    best = (-math.inf, None)
+    for t in candidates:
+        raw = sum(score_alarms(w, n, [i for i, s in enumerate(scores) if s >= t])
+                  for (w, n), scores, _ in runs)
+        best = max(best, (raw, t))
+    return best
+
+
+def main():
+    files = load()
+    prepared = [(row_weights([r[0] for r in rows], wins), rows, path, key, labs)
+                for key, path, rows, wins, labs in files]
+    n_windows = sum(n for (w, n), *_ in prepared)
+    null, perfect = -A_FN * n_windows, A_TP * n_windows
+    norm = lambda raw: 100.0 * (raw - null) / (perfect - null)
+    print(f"NAB standard profile (A_TP {A_TP}, A_FP {A_FP}, A_FN {A_FN}); "
+          f"{len(files)} files, {n_windows} windows; data {DATA}")
+    for label, args, q in SETTINGS:
+        e_runs, r_runs, lines = [], [], []
+        e_raw = r_raw = 0.0
+        onset_hit = {"edgeloop": 0, "river": 0}
+        before = {"edgeloop": [], "river": []}
+        for (wn, rows, path, key, labs) in prepared:
+            es, ea = edgeloop(path, args)
+            rs, ra = river(rows, q)
+            e_runs.append((wn, es, ea))
+            r_runs.append((wn, rs, ra))
+            e, r = score_alarms(*wn, ea), score_alarms(*wn, ra)
+            e_raw += e
+            r_raw += r
+            times = [x[0] for x in rows]
+            onset = next(i for i, t in enumerate(times) if t >= labs[0][:19])
+            for who, al in (("edgeloop", ea), ("river", ra)):
+                onset_hit[who] += any(onset <= a < onset + 50 for a in al)
+                before[who].append(sum(1 for a in al if a < onset))
+            lines.append(f"  {key}: edgeloop {e:+.3f} ({len(ea)} alarms), "
+                         f"River {r:+.3f} ({len(ra)} alarms); onset row {onset}")
+        print(f"\n## {label}")
+        print("\n".join(lines))
+        print(f"  NAB score by alarms: edgeloop {norm(e_raw):.1f}, River HST + QuantileFilter({q}) {norm(r_raw):.1f}")
+        for who in ("edgeloop", "river"):
+            b = before[who]
+            print(f"  onset: {who} alarms within 50 rows of it in {onset_hit[who]} of {len(files)} runs; "
+                  f"runs with at most 1 alarm before it: {sum(1 for x in b if x <= 1)} of {len(files)} "
+                  f"(alarms before: {b})")
+        if args == []:
+            (er, et), (rr, rt) = best_threshold(e_runs), best_threshold(r_runs)
+            print(f"  NAB score at the corpus-best threshold: edgeloop {norm(er):.1f} (>= {et:.4f}), "
+                  f"River HST {norm(rr):.1f} (>= {rt:.4f})")
+
+
+if __name__ == "__main__":
+    main()
