@@ -277,9 +277,10 @@ pub struct PipelineConfig {
     pub device_level: i32,
     pub features: Vec<String>,
     /// `[pipelines.preprocess]`: cleaning rules (missing-value markers,
-    /// valid ranges), in training and in the exported model.
+    /// valid ranges) and fitted steps (imputation, outliers, scaling, PCA),
+    /// in training and in the exported model.
     #[serde(default)]
-    pub preprocess: crate::learn::clean::Cleaning,
+    pub preprocess: crate::learn::preprocess::PreprocessConfig,
     /// `[pipelines.anomaly]`: Half-Space Trees scores of predicted readings.
     #[serde(default)]
     pub anomaly: crate::learn::anomaly::AnomalyConfig,

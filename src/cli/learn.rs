@@ -208,6 +208,36 @@ pub struct CsvInput {
     /// ranges`.
     #[arg(long = "range", value_name = "NAME=LOW,HIGH")]
     ranges: Vec<String>,
+    /// Missing values: mean, median, constant, last (or off).
+    ///
+    /// `[pipelines.preprocess] impute`, fitted on the training part only and
+    /// part of the exported model, as every option below.
+    #[arg(long)]
+    impute: Option<String>,
+    /// impute = constant's value.
+    #[arg(long, allow_negative_numbers = true)]
+    fill_value: Option<f64>,
+    /// Add 0/1 columns of the features that had missing values.
+    #[arg(long)]
+    missing_indicator: bool,
+    /// Outliers: clip_quantile, clip_iqr, drop (or off).
+    #[arg(long)]
+    outliers: Option<String>,
+    /// Quantile levels of clip_quantile, LOW,HIGH (default 0.01,0.99).
+    #[arg(long, value_delimiter = ',', num_args = 2, value_name = "LOW,HIGH")]
+    quantiles: Vec<f64>,
+    /// Tukey's k of clip_iqr and drop (default 1.5).
+    #[arg(long)]
+    iqr_factor: Option<f64>,
+    /// Remove the features constant over the training part.
+    #[arg(long)]
+    drop_constant: bool,
+    /// Scaling: standard, robust, minmax (or off).
+    #[arg(long)]
+    scale: Option<String>,
+    /// Principal components: a count (3) or a variance fraction (0.95).
+    #[arg(long)]
+    pca: Option<f64>,
 }
 
 impl CsvInput {
@@ -254,6 +284,45 @@ impl CsvInput {
                 parsed.ok_or_else(|| anyhow::anyhow!("--range `{r}`: expected NAME=LOW,HIGH"))?;
             rules.ranges.insert(name, range);
         }
+        fn choice<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> anyhow::Result<T> {
+            serde_json::from_value(serde_json::Value::String(v.into()))
+                .map_err(|e| anyhow::anyhow!("--{flag} `{v}`: {e}"))
+        }
+        if let Some(v) = &self.impute {
+            rules.impute = choice("impute", v)?;
+        }
+        if let Some(v) = &self.outliers {
+            rules.outliers = choice("outliers", v)?;
+        }
+        if let Some(v) = &self.scale {
+            rules.scale = choice("scale", v)?;
+        }
+        if let Some(v) = self.fill_value {
+            rules.fill_value = v;
+        }
+        if let [lo, hi] = self.quantiles[..] {
+            rules.quantiles = [lo, hi];
+        }
+        if let Some(v) = self.iqr_factor {
+            rules.iqr_factor = v;
+        }
+        if let Some(v) = self.pca {
+            rules.pca = v;
+        }
+        rules.missing_indicator |= self.missing_indicator;
+        rules.drop_constant |= self.drop_constant;
+        rules
+            .validate(&settings.features)
+            .or_else(|e| {
+                // Features guessed from the file are not known yet: only
+                // the ranges' names need them.
+                if settings.features.is_empty() && e.starts_with("ranges:") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("preprocess.{e}"))?;
         Ok(settings)
     }
 }

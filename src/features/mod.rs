@@ -1,4 +1,5 @@
-//! Preprocessing between the store and the trainers: imputation and scaling,
+//! Preprocessing between the store and the trainers: imputation and scaling
+//! (the fitted steps of `[pipelines.preprocess]`: [`preprocess`]),
 //! and, for training parts only, class balance and augmentation.
 //! Windowed features over each device's readings: [`windows`]; temporal
 //! features of each reading (lags, deltas, rolling statistics, the last
@@ -7,6 +8,7 @@
 pub mod augment;
 pub mod balance;
 pub mod dataset;
+pub mod preprocess;
 pub mod scaler;
 pub mod temporal;
 pub mod windows;

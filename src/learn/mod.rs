@@ -43,6 +43,7 @@ pub mod model;
 pub mod offline;
 pub mod online;
 pub mod prepare;
+pub mod preprocess;
 pub mod settings;
 mod train;
 pub mod tune;

@@ -190,6 +190,9 @@ pub enum Model {
     Forest(super::forest::ForestModel),
     /// Soft voting or stacking of models of the families above.
     Ensemble(Box<super::ensemble::EnsembleModel>),
+    /// A model of the families above behind fitted preprocessing steps
+    /// (`[pipelines.preprocess]`, [`super::preprocess`]).
+    Preprocessed(Box<super::preprocess::PreprocessedModel>),
 }
 
 /// Calls the same method on whichever family's model `$model` holds.
@@ -203,6 +206,7 @@ macro_rules! dispatch {
             Model::Tree($m) => $body,
             Model::Forest($m) => $body,
             Model::Ensemble($m) => $body,
+            Model::Preprocessed($m) => $body,
         }
     };
 }
@@ -219,6 +223,7 @@ impl Model {
             Model::Tree(_) => Family::Tree,
             Model::Forest(_) => Family::Forest,
             Model::Ensemble(_) => Family::Ensemble,
+            Model::Preprocessed(m) => m.model.family(),
         }
     }
 

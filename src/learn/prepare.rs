@@ -10,7 +10,9 @@
 //! itself would) and passed to the MLP unprepared.
 //!
 //! With neither augmentation nor balance configured it is exactly
-//! [`super::fit_model`] (bitwise-equal models).
+//! [`super::fit_model`] (bitwise-equal models). `[pipelines.preprocess]`'s
+//! fitted steps ([`super::preprocess`]) come before both, fitted on the
+//! part as given.
 
 use std::collections::BTreeMap;
 
@@ -134,10 +136,24 @@ pub fn fit_training(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<(Model, Option<Preparation>), TrainError> {
     if !is_configured(cfg) {
+        // `fit_model` fits `[pipelines.preprocess]`'s steps itself.
         return Ok((
             fit_model(family, cfg, data, features, init, cancelled)?,
             None,
         ));
+    }
+    // `[pipelines.preprocess]`'s steps first, fitted on the part as given;
+    // balance and augmentation then work on their output.
+    if let Some((steps, (model, preparation))) =
+        super::preprocess::fit_behind(cfg, data, features, init, |c, d, f, i| {
+            fit_training(family, c, d, f, i, salt, cancelled)
+        })?
+    {
+        let model = Model::Preprocessed(Box::new(super::preprocess::PreprocessedModel {
+            steps,
+            model,
+        }));
+        return Ok((model, preparation));
     }
     let before = data.class_composition();
     if family == Family::Mlp && cfg.mlp.early_stopping {

@@ -51,10 +51,11 @@ impl PipelineSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `[pipelines.preprocess]`'s cleaning rules ([`crate::learn::clean`]),
-    /// copied here by the pipeline (not a key of `[pipelines.model]`).
+    /// `[pipelines.preprocess]` (cleaning rules and fitted steps,
+    /// [`crate::learn::preprocess`]), copied here by the pipeline (not a key
+    /// of `[pipelines.model]`).
     #[serde(skip)]
-    pub preprocess: crate::learn::clean::Cleaning,
+    pub preprocess: crate::learn::preprocess::PreprocessConfig,
     /// The family trained (`auto`: every candidate, the best serves).
     pub family: Family,
     /// `auto`'s candidates; empty: every family that supports the task.

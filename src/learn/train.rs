@@ -196,7 +196,7 @@ pub fn train_dataset(
     let task = data.task;
     // `[pipelines.preprocess]`: markers and out-of-range readings become
     // missing before anything is fitted or scored.
-    let rules = &settings.model.preprocess;
+    let rules = &settings.model.preprocess.cleaning();
     let (cleaned, cleaning) = match clean_dataset(data, rules, settings.features) {
         Some((d, report)) => (Some(d), Some(report)),
         None => (None, None),
@@ -342,6 +342,7 @@ pub fn train_dataset(
     });
     chosen_card.decision = Some(decision);
     chosen_card.cleaning = cleaning;
+    chosen_card.preprocessing = preprocessing(&model);
     chosen_card.n_samples = data.len() as u64;
     chosen_card.onnx_bytes = onnx.len() as u64;
     chosen_card.hyperparameters = hyperparameters(&model, cfg);
@@ -395,6 +396,14 @@ fn clean_dataset(
     ))
 }
 
+/// The fitted preprocessing steps of `model`, for its card.
+fn preprocessing(model: &Model) -> Option<super::preprocess::Preprocessor> {
+    match model {
+        Model::Preprocessed(p) => Some(p.steps.clone()),
+        _ => None,
+    }
+}
+
 /// The families a training compares: `auto`'s candidates that support the
 /// task (every such family when the list is empty), or the one family.
 ///
@@ -442,6 +451,17 @@ pub fn fit_model(
     init: Option<&Model>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Model, TrainError> {
+    // `[pipelines.preprocess]`'s fitted steps: fitted on this part, the
+    // family behind them.
+    if let Some((steps, model)) =
+        super::preprocess::fit_behind(cfg, data, features, init, |c, d, f, i| {
+            fit_model(family, c, d, f, i, cancelled)
+        })?
+    {
+        return Ok(Model::Preprocessed(Box::new(
+            super::preprocess::PreprocessedModel { steps, model },
+        )));
+    }
     let target = data.target();
     let x = &data.x;
     Ok(match family {
@@ -526,6 +546,7 @@ pub fn hyperparameters(model: &Model, cfg: &ModelConfig) -> serde_json::Value {
         Model::Tree(m) => m.hyperparameters(),
         Model::Forest(m) => m.hyperparameters(),
         Model::Ensemble(m) => m.hyperparameters(cfg),
+        Model::Preprocessed(m) => hyperparameters(&m.model, cfg),
     }
 }
 
@@ -647,6 +668,7 @@ fn describe(
         imported: None,
         cleaning: None,
         baseline: None,
+        preprocessing: preprocessing(model),
     }
 }
 

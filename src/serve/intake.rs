@@ -551,6 +551,7 @@ fn import_inner(
         search: None,
         imported: Some(imported),
         cleaning: None,
+        preprocessing: None,
         baseline: None,
     };
     let stored = StoredModel {

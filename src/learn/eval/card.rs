@@ -125,6 +125,14 @@ pub struct ModelCard {
     /// training's data. `None` without rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleaning: Option<CleaningReport>,
+    /// The fitted preprocessing steps this version carries in its graph
+    /// (`[pipelines.preprocess]`: fill values and indicator columns,
+    /// clipping bounds or fences and rows dropped, constant columns
+    /// removed, scaling centers and scales, principal components with their
+    /// explained variance), fitted on the training part (the refit's: on
+    /// every sample). `None` without steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<crate::learn::preprocess::Preprocessor>,
     /// Trivial baselines on the same holdout, and the margin over them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Baseline>,
