@@ -221,6 +221,21 @@ impl AdaptiveRandomForest {
     }
 }
 
+impl AdaptiveRandomForest {
+    /// The voting trees for ONNX export ([`super::export`]): each member's
+    /// leaf distributions weighted by its accuracy (1 while it is 0), as
+    /// the vote weighs them; background trees do not vote.
+    pub(crate) fn export_trees(&self) -> Vec<super::export::ExportTree> {
+        self.members
+            .iter()
+            .filter_map(|m| {
+                let w = m.accuracy();
+                m.tree.export_tree(if w > 0.0 { w } else { 1.0 })
+            })
+            .collect()
+    }
+}
+
 impl OnlineClassifier for AdaptiveRandomForest {
     fn learn_one(&mut self, x: &[f64], y: usize) -> Result<(), OnlineError> {
         check_width(self.n_features, x)?;

@@ -375,6 +375,80 @@ impl HoeffdingAdaptiveTreeClassifier {
     }
 }
 
+impl HoeffdingAdaptiveTreeClassifier {
+    /// The trees for ONNX export ([`super::export`]): the main tree, then
+    /// each alternate subtree behind the path to its branch (River's
+    /// `_found_leaves`), every leaf its class distribution scaled as
+    /// `AdaLeafClassifier.prediction` scales its vote.
+    pub(crate) fn export_trees(&self) -> Vec<super::export::ExportTree> {
+        let mut out = Vec::new();
+        if let Some(root) = &self.root {
+            root.export_all(&[], &mut out);
+        }
+        out
+    }
+}
+
+impl Node {
+    fn export_all(
+        &self,
+        path: &[super::export::PathStep],
+        out: &mut Vec<super::export::ExportTree>,
+    ) {
+        out.push(super::export::behind_path(path, |t| self.export_main(t)));
+        self.export_alternates(path, out);
+    }
+
+    fn export_alternates(
+        &self,
+        path: &[super::export::PathStep],
+        out: &mut Vec<super::export::ExportTree>,
+    ) {
+        if let Node::Branch(b) = self {
+            if let Some(alt) = &b.alternate {
+                alt.export_all(path, out);
+            }
+            let nan_left = !(b.children[0].weight() < b.children[1].weight());
+            for side in 0..2 {
+                let mut p = path.to_vec();
+                p.push(super::export::PathStep {
+                    feature: b.feature,
+                    threshold: b.threshold,
+                    nan_left,
+                    side,
+                });
+                b.children[side].export_alternates(&p, out);
+            }
+        }
+    }
+
+    fn export_main(&self, t: &mut super::export::ExportTree) -> usize {
+        match self {
+            Node::Leaf(l) => {
+                if l.leaf.stats.is_empty() {
+                    return t.leaf(Vec::new());
+                }
+                let dist = super::hoeffding_tree::normalized(&l.leaf.stats);
+                let factor = dist_sum(&dist) * l.error.mean * l.error.mean;
+                let scale = if factor == 0.0 || factor.is_nan() {
+                    1.0
+                } else {
+                    1.0 / factor
+                };
+                t.leaf(dist.into_iter().map(|(c, v)| (c, v * scale)).collect())
+            }
+            Node::Branch(b) => {
+                let nan_left = !(b.children[0].weight() < b.children[1].weight());
+                let at = t.split(b.feature, b.threshold, nan_left);
+                let l = b.children[0].export_main(t);
+                let r = b.children[1].export_main(t);
+                t.children(at, [l, r]);
+                at
+            }
+        }
+    }
+}
+
 impl OnlineClassifier for HoeffdingAdaptiveTreeClassifier {
     fn learn_one(&mut self, x: &[f64], y: usize) -> Result<(), OnlineError> {
         check_width(self.n_features, x)?;

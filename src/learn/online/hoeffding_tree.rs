@@ -696,6 +696,43 @@ impl HoeffdingTreeClassifier {
     }
 }
 
+impl HoeffdingTreeClassifier {
+    /// The tree for ONNX export ([`super::export`]): each leaf's class
+    /// distribution (its weights normalised) times `scale`; `None` before
+    /// the first sample.
+    pub(crate) fn export_tree(&self, scale: f64) -> Option<super::export::ExportTree> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        let mut t = super::export::ExportTree::default();
+        self.export_node(0, scale, &mut t);
+        Some(t)
+    }
+
+    fn export_node(&self, i: usize, scale: f64, t: &mut super::export::ExportTree) -> usize {
+        match &self.nodes[i] {
+            Node::Leaf(l) => t.leaf(
+                normalized(&l.stats)
+                    .into_iter()
+                    .map(|(c, p)| (c, p * scale))
+                    .collect(),
+            ),
+            Node::Branch {
+                feature,
+                threshold,
+                children,
+            } => {
+                let nan_left = self.heavier(*children) == children[0];
+                let at = t.split(*feature, *threshold, nan_left);
+                let l = self.export_node(children[0], scale, t);
+                let r = self.export_node(children[1], scale, t);
+                t.children(at, [l, r]);
+                at
+            }
+        }
+    }
+}
+
 fn dist_set(d: &mut Dist, class: usize, v: f64) {
     match d.iter_mut().find(|(c, _)| *c == class) {
         Some((_, p)) => *p = v,

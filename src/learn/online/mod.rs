@@ -36,6 +36,7 @@
 //! before any, nothing is.
 
 pub mod arf;
+pub mod export;
 pub mod hoeffding_adaptive_tree;
 pub mod hoeffding_tree;
 pub mod logistic;
