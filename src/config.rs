@@ -322,6 +322,11 @@ pub struct PipelineConfig {
     /// ([`PipelineConfig::model_features`]).
     #[serde(default)]
     pub windows: crate::features::windows::WindowsConfig,
+    /// `[pipelines.online]`: an online learner that learns every label and
+    /// serves when more accurate than the batch champion
+    /// ([`crate::monitor::online`]).
+    #[serde(default)]
+    pub online: crate::monitor::online::OnlineConfig,
 }
 
 impl PipelineConfig {
@@ -356,6 +361,7 @@ impl PipelineConfig {
         crate::monitor::MonitoredPipeline {
             settings: self.settings(),
             drift: self.drift.clone(),
+            online: self.online.clone(),
         }
     }
 
@@ -767,6 +773,18 @@ impl Config {
             if let Err(reason) = p.preprocess.validate(&p.features) {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
                 return bad(key(&format!("preprocess.{k}")), reason.to_string());
+            }
+            match p.online.family() {
+                Err(e) => return bad(key("online.family"), e),
+                Ok(Some(_)) if p.task == Task::Regression || p.windows.enabled => {
+                    return bad(
+                        key("online.family"),
+                        "the online learners classify single readings: not for a \
+                         regression or windowed pipeline (use off)"
+                            .into(),
+                    );
+                }
+                Ok(_) => {}
             }
             if let Err(e) = p.windows.validate() {
                 let (k, reason) = e.split_once(": ").unwrap_or(("", &e));

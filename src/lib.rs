@@ -39,7 +39,10 @@
 //!   anomaly scores (Half-Space Trees, [`learn::anomaly`], scored by the
 //!   predictor); the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
-//!   and its prequential replay; its section [`monitor::MonitoredPipeline`];
+//!   and its prequential replay; the online learner beside the batch loop,
+//!   which learns every label, serves as ONNX snapshots when more accurate
+//!   ([`monitor::online`], `[pipelines.online]`); its section
+//!   [`monitor::MonitoredPipeline`];
 //!   the dashboard's bounded, downsampled time series ([`monitor::series`]).
 //! - [`serve`]: the registry of serving versions (atomic swaps), predictions
 //!   over MQTT (bounded outbox), `edgeloop predict` on a CSV
@@ -61,7 +64,8 @@
 //!   ranges, also in the exported graph ([`learn::clean`]), head fine-tuning
 //!   ([`learn::head`]) and online learners of one sample at a time
 //!   following River ([`learn::online`]: `online_logistic`,
-//!   `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`) and the concept-drift detectors
+//!   `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`; their ONNX export,
+//!   [`learn::online::export`]) and the concept-drift detectors
 //!   ([`learn::drift`]: ADWIN, DDM, Page-Hinkley).
 //! - [`onnx`]: the ONNX graph builder, the engines ([`onnx::engine`]: tract
 //!   with edgeloop's operators registered, onnxruntime with the feature

@@ -78,6 +78,25 @@ pub struct StoredSample {
     pub sample: Sample,
 }
 
+/// A [`StoredSample`] to encode without copying the sample (postcard
+/// writes the same bytes for both).
+#[derive(Serialize)]
+struct StoredSampleRef<'a> {
+    digest: u128,
+    sample: &'a Sample,
+}
+
+/// What [`Store::write_batch`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Per sample: its seq, or `None` for a duplicate.
+    pub seqs: Vec<Option<u64>>,
+    /// Per late label: the seq it was applied to, or `None`.
+    pub labels: Vec<Option<u64>>,
+    /// Counts after the commit of each pipeline the commit changed.
+    pub counts: Vec<(String, Counts)>,
+}
+
 /// One model version: its ONNX bytes, its model card and its parameters
 /// (both JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -323,58 +342,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; then nothing of the batch is stored.
     pub fn append(&self, batch: &[NewSample]) -> Result<Vec<Option<u64>>, StoreError> {
-        let e = self.db_err("append");
-        let db = self.lock_db().map_err(&e)?;
-        let txn = db.begin_write().map_err(|x| e(x.into()))?;
-        let mut out = Vec::with_capacity(batch.len());
-        {
-            let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
-            let mut dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
-            let mut counters = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
-            let mut by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
-            for new in batch {
-                let p = new.pipeline.as_str();
-                if new.dedup
-                    && dedup
-                        .get((p, new.digest))
-                        .map_err(|x| e(x.into()))?
-                        .is_some()
-                {
-                    out.push(None);
-                    continue;
-                }
-                let (next, count, labelled) = counters
-                    .get(p)
-                    .map_err(|x| e(x.into()))?
-                    .map(|g| g.value())
-                    .unwrap_or((0, 0, 0));
-                let record = StoredSample {
-                    digest: new.digest,
-                    sample: new.sample.clone(),
-                };
-                let bytes =
-                    postcard::to_allocvec(&record).map_err(|x| self.corrupt("append", x))?;
-                samples
-                    .insert((p, next), bytes.as_slice())
-                    .map_err(|x| e(x.into()))?;
-                dedup
-                    .insert((p, new.digest), next)
-                    .map_err(|x| e(x.into()))?;
-                by_time
-                    .insert(
-                        (p, new.sample.device.as_str(), new.sample.timestamp_ms),
-                        next,
-                    )
-                    .map_err(|x| e(x.into()))?;
-                let labelled = labelled + u64::from(new.sample.label.is_some());
-                counters
-                    .insert(p, (next + 1, count + 1, labelled))
-                    .map_err(|x| e(x.into()))?;
-                out.push(Some(next));
-            }
-        }
-        txn.commit().map_err(|x| e(x.into()))?;
-        Ok(out)
+        self.write_batch(batch, &[]).map(|w| w.seqs)
     }
 
     /// Applies late labels in one durable commit. Each is matched to a stored
@@ -385,62 +353,149 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; then no label was applied.
     pub fn apply_labels(&self, labels: &[LateLabel]) -> Result<Vec<Option<u64>>, StoreError> {
-        let e = self.db_err("apply_labels");
+        self.write_batch(&[], labels).map(|w| w.labels)
+    }
+
+    /// The writer's commit: appends `samples` as [`Store::append`] does, then
+    /// applies `labels` as [`Store::apply_labels`] does (so a label can find a
+    /// sample of the same batch), in one durable commit (one fsync).
+    ///
+    /// Each pipeline's counters are read once and written once per commit,
+    /// and each record is encoded from the caller's sample (no copy) into
+    /// one reused buffer.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; then nothing of it is stored.
+    pub fn write_batch(
+        &self,
+        samples: &[NewSample],
+        labels: &[LateLabel],
+    ) -> Result<Written, StoreError> {
+        let e = self.db_err(if samples.is_empty() {
+            "apply_labels"
+        } else {
+            "append"
+        });
         let db = self.lock_db().map_err(&e)?;
         let txn = db.begin_write().map_err(|x| e(x.into()))?;
-        let mut out = Vec::with_capacity(labels.len());
+        let mut seqs = Vec::with_capacity(samples.len());
+        let mut applied = Vec::with_capacity(labels.len());
+        // Per pipeline: (next_seq, count, labelled_total), written at the end.
+        let mut named: Vec<(&str, (u64, u64, u64))> = Vec::new();
         {
-            let mut samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
-            let by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
             let mut counters = txn.open_table(COUNTERS).map_err(|x| e(x.into()))?;
-            for l in labels {
-                let p = l.pipeline.as_str();
-                let seq = match &l.key {
-                    LabelKey::Seq(seq) => Some(*seq),
-                    LabelKey::DeviceTime {
-                        device,
-                        timestamp_ms,
-                    } => by_time
-                        .get((p, device.as_str(), *timestamp_ms))
-                        .map_err(|x| e(x.into()))?
-                        .map(|g| g.value()),
-                };
-                let Some(seq) = seq else {
-                    out.push(None);
-                    continue;
-                };
-                let record = samples
-                    .get((p, seq))
-                    .map_err(|x| e(x.into()))?
-                    .map(|g| g.value().to_vec());
-                let Some(bytes) = record else {
-                    out.push(None);
-                    continue;
-                };
-                let mut record: StoredSample =
-                    postcard::from_bytes(&bytes).map_err(|x| self.corrupt("apply_labels", x))?;
-                let newly = record.sample.label.is_none();
-                record.sample.label = Some(l.label.clone());
-                let bytes =
-                    postcard::to_allocvec(&record).map_err(|x| self.corrupt("apply_labels", x))?;
-                samples
-                    .insert((p, seq), bytes.as_slice())
-                    .map_err(|x| e(x.into()))?;
-                if newly {
-                    let (next, count, labelled) = counters
-                        .get(p)
-                        .map_err(|x| e(x.into()))?
-                        .map(|g| g.value())
-                        .unwrap_or((0, 0, 0));
-                    counters
-                        .insert(p, (next, count, labelled + 1))
+            let counter =
+                |p, named: &mut Vec<_>| counter_of(&counters, p, named).map_err(|x| e(x.into()));
+            if !samples.is_empty() {
+                let mut table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+                let mut dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
+                let mut by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
+                let mut bytes = Vec::with_capacity(256);
+                for new in samples {
+                    let p = new.pipeline.as_str();
+                    if new.dedup
+                        && dedup
+                            .get((p, new.digest))
+                            .map_err(|x| e(x.into()))?
+                            .is_some()
+                    {
+                        seqs.push(None);
+                        continue;
+                    }
+                    let i = counter(p, &mut named)?;
+                    let (next, count, labelled) = named[i].1;
+                    bytes.clear();
+                    let record = StoredSampleRef {
+                        digest: new.digest,
+                        sample: &new.sample,
+                    };
+                    bytes = postcard::to_extend(&record, bytes)
+                        .map_err(|x| self.corrupt("append", x))?;
+                    table
+                        .insert((p, next), bytes.as_slice())
                         .map_err(|x| e(x.into()))?;
+                    dedup
+                        .insert((p, new.digest), next)
+                        .map_err(|x| e(x.into()))?;
+                    by_time
+                        .insert(
+                            (p, new.sample.device.as_str(), new.sample.timestamp_ms),
+                            next,
+                        )
+                        .map_err(|x| e(x.into()))?;
+                    named[i].1 = (
+                        next + 1,
+                        count + 1,
+                        labelled + u64::from(new.sample.label.is_some()),
+                    );
+                    seqs.push(Some(next));
                 }
-                out.push(Some(seq));
+            }
+            if !labels.is_empty() {
+                let mut table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+                let by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
+                for l in labels {
+                    let p = l.pipeline.as_str();
+                    let seq = match &l.key {
+                        LabelKey::Seq(seq) => Some(*seq),
+                        LabelKey::DeviceTime {
+                            device,
+                            timestamp_ms,
+                        } => by_time
+                            .get((p, device.as_str(), *timestamp_ms))
+                            .map_err(|x| e(x.into()))?
+                            .map(|g| g.value()),
+                    };
+                    let Some(seq) = seq else {
+                        applied.push(None);
+                        continue;
+                    };
+                    let record = table
+                        .get((p, seq))
+                        .map_err(|x| e(x.into()))?
+                        .map(|g| g.value().to_vec());
+                    let Some(bytes) = record else {
+                        applied.push(None);
+                        continue;
+                    };
+                    let mut record: StoredSample = postcard::from_bytes(&bytes)
+                        .map_err(|x| self.corrupt("apply_labels", x))?;
+                    let newly = record.sample.label.is_none();
+                    record.sample.label = Some(l.label.clone());
+                    let bytes = postcard::to_allocvec(&record)
+                        .map_err(|x| self.corrupt("apply_labels", x))?;
+                    table
+                        .insert((p, seq), bytes.as_slice())
+                        .map_err(|x| e(x.into()))?;
+                    if newly {
+                        let i = counter(p, &mut named)?;
+                        named[i].1 .2 += 1;
+                    }
+                    applied.push(Some(seq));
+                }
+            }
+            for (p, c) in &named {
+                counters.insert(*p, *c).map_err(|x| e(x.into()))?;
             }
         }
         txn.commit().map_err(|x| e(x.into()))?;
-        Ok(out)
+        Ok(Written {
+            seqs,
+            labels: applied,
+            counts: named
+                .into_iter()
+                .map(|(p, (next_seq, samples, labelled_total))| {
+                    (
+                        p.to_string(),
+                        Counts {
+                            next_seq,
+                            samples,
+                            labelled_total,
+                        },
+                    )
+                })
+                .collect(),
+        })
     }
 
     /// The pipeline's counts (zeros for a pipeline never written).
@@ -883,6 +938,21 @@ impl Store {
     }
 }
 
+/// The index in `named` of pipeline `p`'s counters, read from the table the
+/// first time.
+fn counter_of<'a>(
+    counters: &redb::Table<&str, (u64, u64, u64)>,
+    p: &'a str,
+    named: &mut Vec<(&'a str, (u64, u64, u64))>,
+) -> Result<usize, redb::StorageError> {
+    if let Some(i) = named.iter().position(|(q, _)| *q == p) {
+        return Ok(i);
+    }
+    let c = counters.get(p)?.map(|g| g.value()).unwrap_or((0, 0, 0));
+    named.push((p, c));
+    Ok(named.len() - 1)
+}
+
 fn serving_key(pipeline: &str) -> String {
     format!("serving/{pipeline}")
 }
@@ -1094,6 +1164,86 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert!(rows[0].1.sample.features[1].is_nan());
         assert_eq!(store.labelled("a").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_record_encoded_from_a_borrowed_sample_reads_back_as_stored_sample() {
+        let s = sample(-5, Some("x"));
+        let owned = postcard::to_allocvec(&StoredSample {
+            digest: u128::MAX - 3,
+            sample: s.clone(),
+        })
+        .unwrap();
+        let borrowed = postcard::to_allocvec(&StoredSampleRef {
+            digest: u128::MAX - 3,
+            sample: &s,
+        })
+        .unwrap();
+        assert_eq!(owned, borrowed);
+    }
+
+    #[test]
+    fn one_commit_appends_samples_and_labels_them_counting_once_per_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.append(&[new("a", 9, sample(5, None))]).unwrap();
+        let l = |p: &str, key, label: &str| LateLabel {
+            pipeline: p.into(),
+            key,
+            label: label.into(),
+        };
+        let w = store
+            .write_batch(
+                &[
+                    new("a", 1, sample(100, None)),
+                    new("b", 1, sample(100, Some("y"))),
+                    new("a", 2, sample(200, Some("z"))),
+                    new("a", 9, sample(5, None)), // stored in the earlier commit
+                ],
+                &[
+                    // A sample of this very commit, by device and time.
+                    l(
+                        "a",
+                        LabelKey::DeviceTime {
+                            device: "d".into(),
+                            timestamp_ms: 100,
+                        },
+                        "x",
+                    ),
+                    // Relabelled: labelled_total does not count it again.
+                    l("a", LabelKey::Seq(2), "w"),
+                    l("a", LabelKey::Seq(0), "v"),
+                    l("b", LabelKey::Seq(7), "u"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(w.seqs, vec![Some(1), Some(0), Some(2), None]);
+        assert_eq!(w.labels, vec![Some(1), Some(2), Some(0), None]);
+        let a = Counts {
+            next_seq: 3,
+            samples: 3,
+            labelled_total: 3,
+        };
+        let b = Counts {
+            next_seq: 1,
+            samples: 1,
+            labelled_total: 1,
+        };
+        assert_eq!(w.counts, vec![("a".to_string(), a), ("b".to_string(), b)]);
+        assert_eq!(
+            (store.counts("a").unwrap(), store.counts("b").unwrap()),
+            (a, b)
+        );
+        let labels: Vec<_> = store
+            .labelled("a")
+            .unwrap()
+            .into_iter()
+            .map(|(seq, s)| (seq, s.label.unwrap()))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![(0, "v".into()), (1, "x".into()), (2, "w".into())]
+        );
     }
 
     #[test]

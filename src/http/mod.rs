@@ -570,6 +570,11 @@ pub struct PredictResponse {
     pub pipeline: String,
     pub model_version: u32,
     pub predictions: Vec<RowPrediction>,
+    /// `true` when the serving version is an online snapshot with one class
+    /// learned so far, answering it whatever the row (cold start,
+    /// [`crate::monitor::online`]); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub constant: bool,
 }
 
 /// One row's prediction by a regressor: the predicted label value, in the
@@ -704,6 +709,7 @@ async fn predict(
         pipeline: name,
         model_version: serving.version,
         predictions,
+        constant: crate::learn::online::export::is_constant(&serving.card),
     })))
 }
 

@@ -2,10 +2,12 @@
 //! ([`data_drift`]: PSI, Kolmogorov–Smirnov), concept drift on the error
 //! stream ([`detectors`]: ADWIN, DDM, Page-Hinkley; they live in
 //! [`crate::learn::drift`], where the online learners use them too), and the
-//! learner that decides when to train ([`retrain`]).
+//! learner that decides when to train ([`retrain`]), and the online learner
+//! beside it that learns every label and may serve ([`online`]).
 
 pub mod continual;
 pub mod data_drift;
+pub mod online;
 pub mod prequential;
 pub mod retrain;
 pub mod series;
@@ -61,6 +63,8 @@ impl Default for DriftConfig {
 pub struct MonitoredPipeline {
     pub settings: crate::learn::PipelineSettings,
     pub drift: DriftConfig,
+    /// `[pipelines.online]`: the online learner beside the batch loop.
+    pub online: online::OnlineConfig,
 }
 
 impl std::ops::Deref for MonitoredPipeline {

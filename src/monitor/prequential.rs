@@ -117,6 +117,19 @@ impl ServeChoice {
         }
     }
 
+    /// A choice that starts with the second learner serving when `second`.
+    pub fn starting_with(second: bool) -> Self {
+        Self {
+            second,
+            ..Self::new()
+        }
+    }
+
+    /// Rows in the recent record (at most [`ServeChoice::WINDOW`]).
+    pub fn recent_len(&self) -> usize {
+        self.recent.len()
+    }
+
     /// Whether the second learner serves now.
     pub fn second_serves(&self) -> bool {
         self.second

@@ -138,6 +138,9 @@ pub struct Learner {
     stats: Arc<Stats>,
     /// Labelled total at the last attempt, per pipeline (success or not).
     attempted_at: HashMap<String, u64>,
+    /// Online learners (`[pipelines.online]`), by pipeline; taken out while
+    /// a step runs on a blocking thread.
+    online: HashMap<String, super::online::OnlineLearner>,
 }
 
 fn new_watch(p: &MonitoredPipeline, version: u32) -> Watch {
@@ -268,6 +271,7 @@ impl Learner {
             rx,
             stats,
             attempted_at: HashMap::new(),
+            online: HashMap::new(),
         };
         (learner, LearnerHandle { tx })
     }
@@ -297,14 +301,22 @@ impl Learner {
             self.cursor
                 .insert(p.name.clone(), self.store.counts(&p.name)?.next_seq);
         }
+        self.start_online().await?;
         self.check_all(&shutdown).await?;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let scheduled = self.pipelines.iter().any(|p| p.model.schedule_s > 0);
+        // Online learners snapshot by time as well (`snapshot_every_s`).
+        let scheduled = self.pipelines.iter().any(|p| p.model.schedule_s > 0)
+            || !self.online.is_empty();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick(), if scheduled => {
+                    let names: Vec<String> = self.online.keys().cloned().collect();
+                    for name in names {
+                        let r = self.online_step(&name, Vec::new(), 0..0).await;
+                        self.survive(r)?;
+                    }
                     let r = self.check_all(&shutdown).await;
                     self.survive(r)?;
                 }
@@ -359,6 +371,16 @@ impl Learner {
             let p = self.pipelines[i].clone();
             let next = self.store.counts(&p.name)?.next_seq;
             let from = self.cursor.insert(p.name.clone(), next).unwrap_or(next);
+            let late_seqs: Vec<u64> = late
+                .remove(&p.name)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| *s < from)
+                .collect();
+            if self.online.contains_key(&p.name) && (from < next || !late_seqs.is_empty()) {
+                self.online_step(&p.name, late_seqs.clone(), from..next)
+                    .await?;
+            }
             let Some(serving) = self.registry.get(&p.name) else {
                 continue;
             };
@@ -366,15 +388,8 @@ impl Learner {
                 // The model takes window statistics, not one reading: late
                 // labels of single readings are not scored, and concept
                 // drift is not watched (counted retraining still runs).
-                late.remove(&p.name);
                 continue;
             }
-            let late_seqs: Vec<u64> = late
-                .remove(&p.name)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|s| *s < from)
-                .collect();
             if from >= next && late_seqs.is_empty() {
                 continue;
             }
@@ -543,12 +558,89 @@ impl Learner {
         Ok(())
     }
 
+    /// Relearns each online pipeline's learner from the store (blocking).
+    async fn start_online(&mut self) -> Result<(), TrainFailure> {
+        for p in self.pipelines.clone() {
+            let Ok(Some(family)) = p.online.family() else {
+                continue;
+            };
+            let (store, registry) = (self.store.clone(), self.registry.clone());
+            let features = p.model_features();
+            let (name, cfg) = (p.name.clone(), p.online.clone());
+            let learner = tokio::task::spawn_blocking(move || {
+                super::online::OnlineLearner::restore(
+                    &name, family, &cfg, features, &store, &registry,
+                )
+            })
+            .await
+            .map_err(|e| TrainFailure::Training {
+                pipeline: p.name.clone(),
+                reason: format!("online learner: {e}"),
+            })??;
+            self.online.insert(p.name.clone(), learner);
+        }
+        Ok(())
+    }
+
+    /// Test then train of `pipeline`'s online learner over the labelled
+    /// samples among `late` and `range` (a blocking step: store scan, ONNX
+    /// runs, snapshot promotion).
+    async fn online_step(
+        &mut self,
+        pipeline: &str,
+        late: Vec<u64>,
+        range: std::ops::Range<u64>,
+    ) -> Result<(), TrainFailure> {
+        let Some(mut learner) = self.online.remove(pipeline) else {
+            return Ok(());
+        };
+        let (store, registry) = (self.store.clone(), self.registry.clone());
+        let name = pipeline.to_string();
+        let (learner, result) = tokio::task::spawn_blocking(move || {
+            let rows = (|| -> Result<Vec<(u64, Sample)>, StoreError> {
+                let mut rows = Vec::new();
+                for seq in late {
+                    rows.extend(store.scan(&name, seq..seq + 1, 1)?);
+                }
+                rows.extend(store.scan(&name, range, usize::MAX)?);
+                Ok(rows
+                    .into_iter()
+                    .filter(|(_, r)| r.sample.label.is_some())
+                    .map(|(seq, r)| (seq, r.sample))
+                    .collect())
+            })();
+            let result = rows
+                .map_err(RegistryError::from)
+                .and_then(|rows| learner.step(&rows, &store, &registry));
+            (learner, result)
+        })
+        .await
+        .map_err(|e| TrainFailure::Training {
+            pipeline: pipeline.into(),
+            reason: format!("online learner: {e}"),
+        })?;
+        self.online.insert(pipeline.to_string(), learner);
+        match result {
+            Ok(out) => super::online::log_outcome(pipeline, &out),
+            Err(RegistryError::Store(e)) => return Err(TrainFailure::Store(e)),
+            Err(e) => {
+                warn!(%pipeline, error = %e, "Online snapshot not served; the next labels try again.")
+            }
+        }
+        Ok(())
+    }
+
     async fn check_all(&mut self, shutdown: &CancellationToken) -> Result<(), TrainFailure> {
         for i in 0..self.pipelines.len() {
             let p = &self.pipelines[i];
             let labelled = self.store.counts(&p.name)?.labelled_total;
             let attempted = self.attempted_at.get(&p.name).copied().unwrap_or(0);
-            let serving = self.registry.get(&p.name).is_some();
+            // With an online learner, what counts is whether a batch
+            // champion exists (the online learner may serve alone).
+            let serving = match self.online.get(&p.name) {
+                Some(o) => o.batch_version().is_some(),
+                None => self.registry.get(&p.name).is_some(),
+            };
             let trigger = if !serving
                 && labelled >= p.model.min_labels
                 && (attempted == 0
@@ -596,8 +688,15 @@ impl Learner {
             .ok_or_else(|| TrainFailure::UnknownPipeline(pipeline.into()))?;
         let (store, registry) = (self.store.clone(), self.registry.clone());
         let cancel = shutdown.child_token();
+        // With an online learner: the batch champion is its batch version
+        // (not the snapshot serving), and a new version that passes stays
+        // in standby while the online learner serves.
+        let online = self
+            .online
+            .get(pipeline)
+            .map(|o| (o.batch(), o.online_serves()));
         let result =
-            tokio::task::spawn_blocking(move || -> Result<(ModelCard, u64), TrainFailure> {
+            tokio::task::spawn_blocking(move || -> Result<(Arc<crate::serve::registry::Serving>, u64), TrainFailure> {
                 let labelled_total = store.counts(&cfg.name)?.labelled_total;
                 let labelled = store.labelled(&cfg.name)?;
                 // The newest sample this training sees: the end of the
@@ -623,7 +722,10 @@ impl Learner {
                 // The serving version is the champion: its parameters (warm
                 // start) when edgeloop trained it, else (an imported model)
                 // the engine serving it, scored on the same holdout.
-                let serving = registry.get(&cfg.name);
+                let serving = match &online {
+                    Some((batch, _)) => batch.clone(),
+                    None => registry.get(&cfg.name),
+                };
                 let params: Option<learn::Model> = serving
                     .as_ref()
                     .and_then(|s| store.get_model(&cfg.name, s.version).ok()?)
@@ -655,11 +757,23 @@ impl Learner {
                     }
                 };
                 trained.card.last_seq = last_seq;
-                let serving = registry.promote(&store, trained).inspect_err(|_| {
+                let refused = trained.card.decision.as_ref().is_some_and(|d| !d.promoted);
+                let serving = if matches!(online, Some((_, true))) && !refused {
+                    let learn::TrainedVersion { model, onnx, card } = trained;
+                    let params = serde_json::to_string(&model).unwrap_or_default();
+                    let reason = format!(
+                        "trigger {:?}; the online learner serves (more accurate over the recent labelled samples)",
+                        card.trigger
+                    );
+                    registry.promote_onnx(&store, onnx, card, params, "standby", reason, false)
+                } else {
+                    registry.promote(&store, trained)
+                }
+                .inspect_err(|_| {
                     store.release_model_version(&cfg.name, version);
                 })?;
                 store.put_state(&trained_key(&cfg.name), &labelled_total.to_le_bytes())?;
-                Ok((serving.card.clone(), labelled_total))
+                Ok((serving, labelled_total))
             })
             .await
             .map_err(|e| TrainFailure::Training {
@@ -670,7 +784,13 @@ impl Learner {
             .insert(pipeline.to_string(), std::time::Instant::now());
         let labelled_now = self.store.counts(pipeline)?.labelled_total;
         match result {
-            Ok((card, labelled_total)) => {
+            Ok((serving, labelled_total)) => {
+                let card = serving.card.clone();
+                if card.decision.as_ref().is_none_or(|d| d.promoted) {
+                    if let Some(o) = self.online.get_mut(pipeline) {
+                        o.batch_trained(serving, &self.store)?;
+                    }
+                }
                 self.attempted_at.insert(pipeline.into(), labelled_total);
                 self.stats.trainings.fetch_add(1, Relaxed);
                 self.stats

@@ -47,6 +47,11 @@ pub struct PredictionMessage {
     /// Whether the score is above the learned alarm threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<bool>,
+    /// `true` when the serving version is an online snapshot that has
+    /// learned one class so far and answers it whatever the reading (cold
+    /// start, [`crate::learn::online::export`]); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub constant: bool,
 }
 
 /// The JSON published for one prediction of a regressor: as
@@ -319,6 +324,9 @@ impl Predictor {
                                 model_version: serving.version,
                                 anomaly_score,
                                 anomaly,
+                                constant: crate::learn::online::export::is_constant(
+                                    &serving.card,
+                                ),
                             })
                         };
                         let topic = template

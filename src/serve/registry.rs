@@ -2,7 +2,8 @@
 //! `ArcSwap`, so a swap is atomic and never blocks a reader (a request holds
 //! the `Arc` of the version it started with).
 //!
-//! [`Registry::promote`] is the only way a version starts serving: the ONNX
+//! [`Registry::promote`] (and [`Registry::promote_onnx`], the online
+//! learner's snapshots) is the way a new version starts serving: the ONNX
 //! bytes are loaded and verified by the engine first, then stored with the
 //! serving pointer in one commit, then swapped in. A model the engine refuses
 //! never replaces the current one.
@@ -57,8 +58,11 @@ pub struct ServingEvent {
     pub at_ms: i64,
     pub version: u32,
     /// `trained` (a new version promoted by the learner), `promote` (asked
-    /// for), `rollback`, `refused` (a challenger kept but not served) or
-    /// `drift_alarm` (the serving version's errors drifted).
+    /// for), `rollback`, `refused` (a challenger kept but not served),
+    /// `drift_alarm` (the serving version's errors drifted), `serve_switch`
+    /// (the online learner or the batch champion took over,
+    /// `monitor::online`) or `standby` (a batch version kept, not served,
+    /// while the online learner serves).
     pub action: String,
     pub reason: String,
     /// Who made the change: `learner` (the daemon's own training, gate and
@@ -274,6 +278,90 @@ impl Registry {
         Ok(serving)
     }
 
+    /// Verifies and stores `onnx` with its `card` (the version the card
+    /// names, reserved by the caller) and `params_json` (a batch model's
+    /// parameters for warm starts; empty for an online snapshot), with
+    /// `action` and `reason` on the timeline in the same commit; when
+    /// `serve`, the serving pointer moves to it and it is swapped in, else it
+    /// is kept beside the serving version (`standby`: the online learner's
+    /// batch champion while the online learner serves).
+    ///
+    /// # Errors
+    /// As [`Registry::promote`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn promote_onnx(
+        &self,
+        store: &Store,
+        onnx: Vec<u8>,
+        card: ModelCard,
+        params_json: String,
+        action: &str,
+        reason: String,
+        serve: bool,
+    ) -> Result<Arc<Serving>, RegistryError> {
+        let (pipeline, version) = (card.pipeline.clone(), card.version);
+        let slot = self
+            .slots
+            .get(&pipeline)
+            .ok_or_else(|| RegistryError::UnknownPipeline(pipeline.clone()))?;
+        let loaded = OnnxModel::load_for(&onnx, slot.contract.as_ref(), slot.engine, &slot.options)
+            .map_err(|source| RegistryError::Model {
+                pipeline: pipeline.clone(),
+                version,
+                source,
+            })?;
+        let stored = StoredModel {
+            onnx,
+            card_json: serde_json::to_string(&card).map_err(|e| RegistryError::Card {
+                pipeline: pipeline.clone(),
+                version,
+                reason: e.to_string(),
+            })?,
+            params_json,
+        };
+        let event = ServingEvent::now(version, action, reason, BY_LEARNER);
+        let _write = slot.lock();
+        let serving = Arc::new(Serving {
+            version,
+            model: loaded,
+            card,
+        });
+        if serve {
+            store.put_model(&pipeline, version, &stored, Some(&event.to_json()))?;
+            slot.current.store(Some(serving.clone()));
+        } else {
+            store.append_event(&pipeline, &event.to_json(), Some((version, &stored)))?;
+        }
+        event.log(&pipeline);
+        Ok(serving)
+    }
+
+    /// Loads stored `version` of `pipeline` on the pipeline's engine without
+    /// serving it (the online learner's batch champion after a restart).
+    ///
+    /// # Errors
+    /// [`RegistryError::UnknownVersion`], [`RegistryError::Model`], or a
+    /// store error.
+    pub fn load_version(
+        &self,
+        store: &Store,
+        pipeline: &str,
+        version: u32,
+    ) -> Result<Serving, RegistryError> {
+        let slot = self
+            .slots
+            .get(pipeline)
+            .ok_or_else(|| RegistryError::UnknownPipeline(pipeline.into()))?;
+        let stored =
+            store
+                .get_model(pipeline, version)?
+                .ok_or_else(|| RegistryError::UnknownVersion {
+                    pipeline: pipeline.into(),
+                    version,
+                })?;
+        load(slot, pipeline, version, &stored)
+    }
+
     /// Serves stored `version` of `pipeline` again (promotion by an
     /// operator, or a rollback): verified by the engine, then the serving
     /// pointer and the timeline change in one commit, then the swap.
@@ -329,7 +417,7 @@ impl Registry {
                 "rollback" => {
                     stack.pop();
                 }
-                "trained" | "promote" => stack.push(e.version),
+                "trained" | "promote" | "serve_switch" => stack.push(e.version),
                 _ => {} // refusals and alarms do not change what serves
             }
         }

@@ -1,0 +1,563 @@
+//! Online learning served by the daemon (issue 17): the ONNX export of the
+//! online learners (`learn::online::export`) on tract and onnxruntime, and
+//! the daemon's online pipeline over a real broker.
+//!
+//! The streams are River's generators written by
+//! `tests/fixtures/online/gen_online.py` (SEA, RandomRBFDrift) and UCI gas
+//! sensor drift batch 4 (`tests/fixtures/online/`).
+
+mod common;
+
+use std::path::Path;
+
+use edgeloop::learn::online::export::{leaf_proba, to_onnx};
+use edgeloop::learn::online::{OnlineClassifier, OnlineFamily, OnlineModel};
+use edgeloop::serve::engine::{EngineKind, LoadOptions, OnnxModel};
+
+fn fixture(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// A generated stream: `f0..` columns then `label` (a class index).
+fn read_stream(file: &str) -> (Vec<Vec<f64>>, Vec<usize>) {
+    let mut r = csv::Reader::from_path(fixture(file)).expect(file);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for rec in r.records() {
+        let rec = rec.expect("csv row");
+        let n = rec.len();
+        xs.push(
+            (0..n - 1)
+                .map(|i| f64::from(rec[i].parse::<f32>().expect("feature")))
+                .collect(),
+        );
+        ys.push(rec[n - 1].parse::<usize>().expect("label"));
+    }
+    (xs, ys)
+}
+
+/// Gas batch 4: gas name, concentration, 128 features (as f32).
+fn read_gas() -> (Vec<Vec<f64>>, Vec<usize>) {
+    let text = std::fs::read_to_string(fixture("tests/fixtures/online/gas_batch4.csv"))
+        .expect("gas_batch4.csv");
+    let mut names: Vec<String> = Vec::new();
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let fields: Vec<&str> = line.trim().split(',').collect();
+        let c = match names.iter().position(|g| g == fields[0]) {
+            Some(c) => c,
+            None => {
+                names.push(fields[0].to_string());
+                names.len() - 1
+            }
+        };
+        ys.push(c);
+        xs.push(
+            fields[2..]
+                .iter()
+                .map(|v| f64::from(v.parse::<f32>().expect("feature")))
+                .collect(),
+        );
+    }
+    (xs, ys)
+}
+
+fn engines() -> Vec<EngineKind> {
+    let mut e = vec![EngineKind::Tract];
+    if cfg!(feature = "ort") {
+        e.push(EngineKind::Ort);
+    }
+    e
+}
+
+/// Learns `learn` rows of a stream, exports, and compares the graph on the
+/// next 300 rows or fewer (two with a missing value) with [`leaf_proba`], on every
+/// engine: probabilities within 1e-5 (f32 sums against f64), the label
+/// equal wherever the top two probabilities differ by more than that.
+/// Returns the share of those rows where the learner's own prediction
+/// (naive-Bayes-adaptive leaves) equals the exported label.
+fn check_export(
+    family: OnlineFamily,
+    xs: &[Vec<f64>],
+    ys: &[usize],
+    learn: usize,
+    seed: u64,
+) -> f64 {
+    let nf = xs[0].len();
+    let mut model: OnlineModel = family.new_model(nf, None, seed);
+    for (x, &y) in xs.iter().zip(ys).take(learn) {
+        model.learn_one(x, y).expect("learn");
+    }
+    let k = model.n_classes();
+    let classes: Vec<String> = (0..k).map(|c| format!("c{c}")).collect();
+    let features: Vec<String> = (0..nf).map(|j| format!("f{j}")).collect();
+    let bytes = to_onnx(&model, &features, &classes, 7);
+    let mut rows: Vec<Vec<f64>> = xs[learn..(learn + 300).min(xs.len())].to_vec();
+    rows[5][0] = f64::NAN;
+    rows[6][nf - 1] = f64::NAN;
+    let flat: Vec<f32> = rows.iter().flatten().map(|v| *v as f32).collect();
+    let mut agree = 0usize;
+    for engine in engines() {
+        let onnx = OnnxModel::load_with(&bytes, engine, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{family} on {engine:?}: {e}"));
+        assert_eq!(onnx.classes(), &classes[..]);
+        let got = onnx.predict_proba(&flat).expect("run");
+        agree = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let want = leaf_proba(&model, row).expect("width");
+            for c in 0..k {
+                let g = f64::from(got[i * k + c]);
+                assert!(
+                    (g - want[c]).abs() < 1e-5,
+                    "{family} {engine:?} after {learn}: row {i} class {c}: onnx {g} model {}",
+                    want[c]
+                );
+            }
+            let mut sorted = want.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let top = (0..k).fold(0, |b, c| if want[c] > want[b] { c } else { b });
+            let onnx_top = (0..k).fold(0, |b, c| {
+                if got[i * k + c] > got[i * k + b] {
+                    c
+                } else {
+                    b
+                }
+            });
+            if k < 2 || sorted[0] - sorted[1] > 1e-5 {
+                assert_eq!(onnx_top, top, "{family} {engine:?}: label of row {i}");
+            }
+            if model.predict_one(row).expect("width") == Some(onnx_top) {
+                agree += 1;
+            }
+        }
+    }
+    agree as f64 / rows.len() as f64
+}
+
+#[test]
+fn online_tree_exports_equal_their_leaf_distributions_on_tract_and_ort() {
+    let (sea_x, sea_y) = read_stream("tests/fixtures/online/sea.csv");
+    let (rbf_x, rbf_y) = read_stream("tests/fixtures/online/rbf_drift.csv");
+    let (gas_x, gas_y) = read_gas();
+    for family in [
+        OnlineFamily::HoeffdingTree,
+        OnlineFamily::HoeffdingAdaptiveTree,
+        OnlineFamily::Arf,
+        OnlineFamily::Logistic,
+    ] {
+        for (name, xs, ys, learn) in [
+            ("sea", &sea_x, &sea_y, 3000),
+            ("rbf_drift", &rbf_x, &rbf_y, 4000),
+            ("gas", &gas_x, &gas_y, 100),
+            ("sea", &sea_x, &sea_y, 1),
+        ] {
+            let agree = check_export(family, xs, ys, learn, 1);
+            eprintln!("{family} {name} after {learn}: the learner's own label equals the export's on {agree:.3} of the rows");
+            if family == OnlineFamily::Logistic {
+                assert_eq!(agree, 1.0, "online_logistic exports itself exactly");
+            }
+        }
+    }
+}
+
+/// With one class learned (the daemon numbers classes in order of
+/// appearance, so that is class 0), every family exports a graph that
+/// answers it with probability 1 whatever the row, missing values included.
+#[test]
+fn one_class_exports_as_that_class_whatever_the_input() {
+    for family in OnlineFamily::ALL {
+        let mut model = family.new_model(3, None, 0);
+        model.learn_one(&[1.0, 2.0, 3.0], 0).expect("learn");
+        let classes = vec!["on".to_string()];
+        let features: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let bytes = to_onnx(&model, &features, &classes, 1);
+        for engine in engines() {
+            let onnx = OnnxModel::load_with(&bytes, engine, &LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{family} on {engine:?}: {e}"));
+            let got = onnx
+                .predict_proba(&[-50.0, f32::NAN, 9.0, 1.0, 2.0, 3.0])
+                .expect("run");
+            assert_eq!(got, vec![1.0, 1.0], "{family} {engine:?}");
+            assert_eq!(
+                leaf_proba(&model, &[-50.0, f64::NAN, 9.0]).unwrap(),
+                vec![1.0]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The daemon's online pipeline, over a real mosquitto.
+
+use std::time::Duration;
+
+use common::*;
+use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::demo::HttpClient;
+use edgeloop::http::PredictResponse;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(120);
+const NEVER: u64 = 1_000_000;
+
+async fn start(cfg: edgeloop::config::Config) -> (Running, DaemonHandle, CancellationToken) {
+    init_logs();
+    let token = CancellationToken::new();
+    let running = daemon::start(cfg, token.clone()).await.unwrap();
+    let handle = running.handle.clone();
+    assert!(handle.wait_subscribed(WAIT).await, "not subscribed");
+    (running, handle, token)
+}
+
+async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
+    drop(handle);
+    token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
+}
+
+/// An occupancy reading of minute `minute` (a distinct timestamp, so no
+/// two are duplicates), labelled `label` unless `None`.
+fn reading(temp: f32, minute: u32, label: Option<u8>) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "Date": format!("2015-03-01 {:02}:{:02}:00", minute / 60, minute % 60),
+        "Temperature": temp, "Humidity": 27.0, "Light": 420.0, "CO2": 700.0, "HumidityRatio": 0.0045,
+    });
+    if let Some(l) = label {
+        v["Occupancy"] = l.into();
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+async fn predict(client: &mut HttpClient, rows: &[[f32; 5]]) -> PredictResponse {
+    let (status, resp) = client
+        .request(
+            "POST",
+            "/v1/pipelines/occupancy/predict",
+            Some(predict_body(rows)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    serde_json::from_slice(&resp).unwrap()
+}
+
+fn labels_learned(handle: &DaemonHandle, pipeline: &str) -> u64 {
+    handle
+        .registry
+        .get(pipeline)
+        .and_then(|s| s.card.hyperparameters["online"]["labels_learned"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Cold start, a second class, snapshots equal to the in-process learner,
+/// and a restart that relearns from the store.
+///
+/// `[pipelines.online] family = "hoeffding_tree"` with the batch loop held
+/// back (`min_labels` never reached): after the first labelled reading the
+/// pipeline serves its only class flagged `constant` (MQTT and HTTP); the
+/// first reading of the other class is learned at once (a snapshot with both
+/// classes, not constant). After 300 rows of UCI Occupancy, the served
+/// snapshot's HTTP probabilities equal those of a Hoeffding tree learned
+/// here on the same 304 labelled samples in the same order
+/// (`export::leaf_proba`, what the export computes; the tree itself equals
+/// River's row by row, tests/online.rs) within 1e-5. After a restart the
+/// learner has relearned the 304 stored samples: 100 more give a snapshot
+/// equal to the same tree learned on all 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_pipeline_serves_from_the_first_label_and_learns_each_class_at_once() {
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Broker::External(mosquitto.port));
+    {
+        let p = &mut cfg.pipelines[0];
+        p.model.min_labels = NEVER;
+        p.model.retrain_every = NEVER;
+        p.drift.retrain_on_drift = false;
+        p.online.family = "hoeffding_tree".into();
+        // A snapshot after every step of the learner, so that the last
+        // one holds every label.
+        p.online.snapshot_every_labels = 1;
+        p.online.snapshot_every_s = 0;
+    }
+    let (running, handle, token) = start(cfg.clone()).await;
+    let (mut sub, stop_sub) = subscribe(mosquitto.port, "edgeloop/occupancy/predictions/#").await;
+    let opts = replay_opts("datatraining.txt", mosquitto.port, Some(300));
+
+    // The first labelled reading: class 1 serves, constant.
+    publish(&opts, vec![reading(21.0, 1, Some(1))]).await;
+    wait_until(WAIT, "the first snapshot", || {
+        handle.registry.get("occupancy").is_some()
+    })
+    .await;
+    let s = handle.registry.get("occupancy").unwrap();
+    assert_eq!(s.card.family, "hoeffding_tree");
+    assert_eq!(s.model.classes(), &["1".to_string()]);
+    assert!(edgeloop::learn::online::export::is_constant(&s.card));
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let resp = predict(
+        &mut client,
+        &[
+            [30.0, 40.0, 0.0, 400.0, 0.003],
+            [19.0, 20.0, 600.0, 1000.0, 0.005],
+        ],
+    )
+    .await;
+    assert!(resp.constant);
+    assert_eq!(resp.model_version, s.version);
+    for p in &resp.predictions {
+        assert_eq!(p.label, "1");
+        assert_eq!(p.probabilities["1"], 1.0);
+    }
+    publish(&opts, vec![reading(22.0, 2, None)]).await;
+    let msg = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg["label"], "1");
+    assert_eq!(msg["constant"], true);
+
+    // Two more of class 1, then the first of class 0: learned at once.
+    publish(
+        &opts,
+        vec![
+            reading(21.5, 3, Some(1)),
+            reading(21.2, 4, Some(1)),
+            reading(19.0, 5, Some(0)),
+        ],
+    )
+    .await;
+    wait_until(WAIT, "a snapshot with both classes", || {
+        handle
+            .registry
+            .get("occupancy")
+            .is_some_and(|s| s.model.classes().len() == 2)
+    })
+    .await;
+    let s = handle.registry.get("occupancy").unwrap();
+    assert_eq!(s.model.classes(), &["1".to_string(), "0".to_string()]);
+    assert!(!edgeloop::learn::online::export::is_constant(&s.card));
+    let resp = predict(&mut client, &[[30.0, 40.0, 0.0, 400.0, 0.003]]).await;
+    assert!(!resp.constant);
+    let events = handle.registry.history(&handle.store, "occupancy").unwrap();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert!(
+        reasons[0].contains("(first label): 1 labels learned"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("(new class `0`): 4 labels learned")),
+        "{reasons:?}"
+    );
+
+    // 300 rows of Occupancy.
+    let payloads = edgeloop::ingest::replay::csv_payloads(&opts).unwrap();
+    publish(&opts, payloads).await;
+    wait_until(WAIT, "the snapshot after 304 labels", || {
+        labels_learned(&handle, "occupancy") == 304
+    })
+    .await;
+    let (xs, ys) = rows("datatraining.txt");
+    let mut learned: Vec<([f32; 5], usize)> = vec![
+        ([21.0, 27.0, 420.0, 700.0, 0.0045], 0),
+        ([21.5, 27.0, 420.0, 700.0, 0.0045], 0),
+        ([21.2, 27.0, 420.0, 700.0, 0.0045], 0),
+        ([19.0, 27.0, 420.0, 700.0, 0.0045], 1),
+    ];
+    learned.extend(
+        xs.iter()
+            .zip(&ys)
+            .take(300)
+            .map(|(x, y)| (*x, if y == "1" { 0 } else { 1 })),
+    );
+    let queries: Vec<[f32; 5]> = xs[300..400].to_vec();
+    let served = predict(&mut client, &queries).await;
+    equals_the_tree(&served, &learned, &queries);
+    stop_sub.cancel();
+    stop(running, handle, token).await;
+
+    // Restart: the learner relearns the 304 stored labels.
+    let (running, handle, token) = start(cfg).await;
+    let before = handle.registry.get("occupancy").unwrap().version;
+    let more = edgeloop::ingest::replay::csv_payloads(&replay_opts(
+        "datatraining.txt",
+        mosquitto.port,
+        Some(400),
+    ))
+    .unwrap();
+    publish(&opts, more[300..].to_vec()).await;
+    learned.extend(
+        xs.iter()
+            .zip(&ys)
+            .skip(300)
+            .take(100)
+            .map(|(x, y)| (*x, if y == "1" { 0 } else { 1 })),
+    );
+    wait_until(WAIT, "the snapshot after 404 labels", || {
+        labels_learned(&handle, "occupancy") == 404
+    })
+    .await;
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let served = predict(&mut client, &queries).await;
+    assert!(served.model_version > before);
+    equals_the_tree(&served, &learned, &queries);
+    stop(running, handle, token).await;
+}
+
+/// The served probabilities of `queries` equal those of a Hoeffding tree
+/// learned on `learned` (class 0 = "1", class 1 = "0": the order they first
+/// appeared in), within 1e-5.
+fn equals_the_tree(served: &PredictResponse, learned: &[([f32; 5], usize)], queries: &[[f32; 5]]) {
+    let mut tree = OnlineFamily::HoeffdingTree.new_model(5, None, 0);
+    for (x, y) in learned {
+        let x: Vec<f64> = x.iter().map(|v| f64::from(*v)).collect();
+        tree.learn_one(&x, *y).unwrap();
+    }
+    assert_eq!(served.predictions.len(), queries.len());
+    for (q, p) in queries.iter().zip(&served.predictions) {
+        let x: Vec<f64> = q.iter().map(|v| f64::from(*v)).collect();
+        let want = leaf_proba(&tree, &x).unwrap();
+        for (k, class) in ["1", "0"].iter().enumerate() {
+            let got = f64::from(p.probabilities[*class]);
+            assert!(
+                (got - want[k]).abs() < 1e-5,
+                "after {}: {got} vs {}",
+                learned.len(),
+                want[k]
+            );
+        }
+    }
+}
+
+/// The loop chooses what serves. River's Agrawal stream changes concept at
+/// row 1,000 (`tests/fixtures/online_daemon/gen_agrawal_drift.py`); the
+/// batch loop trains a forest at 500 labels and never again (retraining and
+/// drift retraining off), so it goes stale at the change; the online
+/// Hoeffding tree keeps learning. Both predict every labelled sample before
+/// learning it; the serving choice (200 samples, 2 points of hysteresis)
+/// first hands serving to the forest (more accurate than the young tree on
+/// the first concept: River measures 0.852 for its Hoeffding tree on rows
+/// 500-1,000 of this stream, scikit-learn's forest on 500 rows 0.984), then,
+/// after the change, back to the online learner (River's tree 0.816 on rows
+/// 1,100-2,000, the stale forest 0.472 on rows after 1,100:
+/// `tests/fixtures/online_daemon/reference.json`). Each switch is a `serve_switch` event with both
+/// accuracies, and the stream ends served by an online snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_switches_to_the_online_learner_when_the_batch_model_goes_stale() {
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Broker::External(mosquitto.port));
+    let mut p = cfg.pipelines[0].clone();
+    p.name = "agrawal".into();
+    p.topics = vec!["streams/+/agrawal".into()];
+    p.label_topics = vec![];
+    p.features = (0..9).map(|i| format!("f{i}")).collect();
+    p.label = "label".into();
+    p.classes = vec![];
+    p.timestamp = String::new();
+    p.preprocess = Default::default();
+    p.model.family = edgeloop::learn::Family::Forest;
+    p.model.min_labels = 500;
+    p.model.retrain_every = NEVER;
+    p.drift.retrain_on_drift = false;
+    p.online.family = "hoeffding_tree".into();
+    p.online.snapshot_every_labels = 500;
+    p.online.snapshot_every_s = 1;
+    cfg.pipelines = vec![p];
+    let (running, handle, token) = start(cfg).await;
+
+    let (xs, ys) = read_stream("tests/fixtures/online_daemon/agrawal_drift.csv");
+    let payloads: Vec<Vec<u8>> = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| {
+            let mut m = serde_json::Map::new();
+            for (i, v) in x.iter().enumerate() {
+                m.insert(format!("f{i}"), (*v).into());
+            }
+            m.insert("label".into(), (*y as u64).into());
+            serde_json::to_vec(&m).unwrap()
+        })
+        .collect();
+    let mut opts = replay_opts("datatraining.txt", mosquitto.port, None);
+    opts.topic = "streams/dev1/agrawal".into();
+    // In three parts, so that the forest (trained at 500 labels) exists
+    // before the rest of the first concept arrives, and the choice has seen
+    // that concept before the change.
+    let switched_to = |family: &str| {
+        let cards = handle.registry.cards(&handle.store, "agrawal").unwrap();
+        handle
+            .registry
+            .history(&handle.store, "agrawal")
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "serve_switch")
+            .any(|e| {
+                cards
+                    .iter()
+                    .any(|c| c.version == e.version && c.family == family)
+            })
+    };
+    publish(&opts, payloads[..500].to_vec()).await;
+    wait_until(Duration::from_secs(300), "the forest", || {
+        handle
+            .registry
+            .cards(&handle.store, "agrawal")
+            .unwrap()
+            .iter()
+            .any(|c| c.family == "forest")
+    })
+    .await;
+    publish(&opts, payloads[500..1000].to_vec()).await;
+    wait_until(Duration::from_secs(300), "the forest serving", || {
+        switched_to("forest")
+    })
+    .await;
+    publish(&opts, payloads[1000..].to_vec()).await;
+    wait_until(Duration::from_secs(300), "every label learned", || {
+        labels_learned(&handle, "agrawal") == 4000
+    })
+    .await;
+    let events = handle.registry.history(&handle.store, "agrawal").unwrap();
+    let family_of = |v: u32| {
+        handle
+            .registry
+            .cards(&handle.store, "agrawal")
+            .unwrap()
+            .into_iter()
+            .find(|c| c.version == v)
+            .map(|c| c.family)
+            .unwrap()
+    };
+    let switches: Vec<(u32, String, String)> = events
+        .iter()
+        .filter(|e| e.action == "serve_switch")
+        .map(|e| (e.version, family_of(e.version), e.reason.clone()))
+        .collect();
+    eprintln!("switches: {switches:#?}");
+    let to_batch = switches
+        .iter()
+        .position(|(_, f, _)| f == "forest")
+        .expect("a switch to the forest");
+    assert!(switches[to_batch]
+        .2
+        .starts_with("batch champion more accurate"));
+    let back = switches[to_batch..]
+        .iter()
+        .find(|(_, f, _)| f == "hoeffding_tree")
+        .expect("a switch back to the online learner");
+    assert!(
+        back.2.starts_with("online learner more accurate"),
+        "{}",
+        back.2
+    );
+    let last = handle.registry.get("agrawal").unwrap();
+    assert_eq!(last.card.family, "hoeffding_tree");
+    let online = &last.card.hyperparameters["online"];
+    eprintln!("last snapshot's record: {online}");
+    assert!(
+        online["recent"]["accuracy"].as_f64().unwrap()
+            > online["batch_recent"]["accuracy"].as_f64().unwrap() + 0.02
+    );
+    stop(running, handle, token).await;
+}
