@@ -137,10 +137,46 @@ pub struct Writer {
     pub predict_tx: mpsc::Sender<PredictJob>,
 }
 
+/// Most decoded batches the decoding stage may hold ahead of the commit
+/// stage (each at most `store.batch_size` messages): decoding overlaps the
+/// commit (its fsync) without holding more than a few batches unacknowledged
+/// beyond what the broker's window allows.
+const DECODED_AHEAD: usize = 4;
+
+/// One decoded batch, not yet committed.
+#[derive(Debug, Default)]
+struct Decoded {
+    rows: Vec<NewSample>,
+    late: Vec<LateLabel>,
+    /// Packet ids to acknowledge after the commit, per connection, in order.
+    acks: Vec<Acks>,
+    messages: u64,
+}
+
+impl Decoded {
+    fn merge(&mut self, other: Decoded) {
+        self.rows.extend(other.rows);
+        self.late.extend(other.late);
+        for a in other.acks {
+            match self.acks.last_mut() {
+                Some(last) if last.epoch == a.epoch => last.pkids.extend(a.pkids),
+                _ => self.acks.push(a),
+            }
+        }
+        self.messages += other.messages;
+    }
+}
+
 impl Writer {
     /// Runs until the source closes the channel; a batch the store refuses
     /// is retried until it commits, or left unacknowledged once `shutdown`
     /// is cancelled.
+    ///
+    /// Two stages: this task gathers what is waiting (up to
+    /// `store.batch_size`), decodes it and routes it, while a second task
+    /// commits the batches decoded before (merging those waiting, up to
+    /// `store.batch_size` messages, into one commit) and then acknowledges
+    /// them; so decoding the next batch overlaps the current fsync.
     ///
     /// # Errors
     /// [`IngestError::Join`] when a blocking task panicked; store failures
@@ -153,7 +189,19 @@ impl Writer {
             .collect();
         let mut log = ProblemLog::default();
         let linger = Duration::from_millis(self.store_cfg.batch_linger_ms);
-        let mut refusal = Refusal::default();
+        let (decoded_tx, decoded_rx) = mpsc::channel::<Decoded>(DECODED_AHEAD);
+        let committer = Committer {
+            store: self.store.clone(),
+            pipelines: self.pipelines.iter().map(|p| p.name.clone()).collect(),
+            store_cfg: self.store_cfg.clone(),
+            acks: self.acks.clone(),
+            hooks: self.hooks.clone(),
+            stats: self.stats.clone(),
+            labels_added: self.labels_added.clone(),
+            late_tx: self.late_tx.clone(),
+            predict_tx: self.predict_tx.clone(),
+        };
+        let commits = tokio::spawn(committer.run(decoded_rx, shutdown));
         while let Some(first) = self.rx.recv().await {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
@@ -167,14 +215,155 @@ impl Writer {
                     },
                 }
             }
-            if !self
-                .write_batch(batch, &decoders, &mut log, &mut refusal, &shutdown)
-                .await?
-            {
+            let decoded = self.decode(batch, &decoders, &mut log);
+            // Closed: the commit stage stopped (shutdown while the store
+            // refused); this batch stays unacknowledged with the broker.
+            if decoded_tx.send(decoded).await.is_err() {
                 break;
             }
         }
+        drop(decoded_tx);
+        let done = commits
+            .await
+            .map_err(|e| IngestError::Join(e.to_string()))?;
         info!("Writer stopped.");
+        done
+    }
+
+    /// Decodes and routes one batch; counts and logs bad payloads.
+    fn decode(&self, batch: Vec<Incoming>, decoders: &[Decoder], log: &mut ProblemLog) -> Decoded {
+        let mut out = Decoded {
+            rows: Vec::with_capacity(batch.len()),
+            messages: batch.len() as u64,
+            ..Decoded::default()
+        };
+        for msg in &batch {
+            let topic = msg.publish.topic.as_str();
+            let digest = digest(topic, &msg.publish.payload);
+            let mut routed = false;
+            for (p, dec) in self.pipelines.iter().zip(decoders) {
+                if p.label_topics.iter().any(|f| rumqttc::matches(topic, f)) {
+                    routed = true;
+                    match dec.decode_late_label(topic, &msg.publish.payload) {
+                        Ok((key, label)) => out.late.push(LateLabel {
+                            pipeline: p.name.clone(),
+                            key,
+                            label,
+                        }),
+                        Err(reason) => {
+                            self.stats.count_problem(reason);
+                            self.stats.labels_rejected.fetch_add(1, Relaxed);
+                            log.note(reason, topic, "late label");
+                        }
+                    }
+                    continue;
+                }
+                if !p.topics.iter().any(|f| rumqttc::matches(topic, f)) {
+                    continue;
+                }
+                routed = true;
+                let decoded = dec.decode(topic, &msg.publish.payload, msg.arrival_ms);
+                for problem in &decoded.problems {
+                    self.stats.count_problem(problem.reason);
+                    log.note(problem.reason, topic, &problem.field);
+                }
+                match decoded.sample {
+                    Some(sample) => {
+                        if !decoded.problems.is_empty() {
+                            self.stats.samples_salvaged.fetch_add(1, Relaxed);
+                        }
+                        let dedup = match p.dedup {
+                            Dedup::Content => true,
+                            Dedup::Auto => !p.timestamp.is_empty() || msg.publish.dup,
+                            Dedup::Redelivery => msg.publish.dup,
+                            Dedup::Off => false,
+                        };
+                        out.rows.push(NewSample {
+                            pipeline: p.name.clone(),
+                            digest,
+                            sample,
+                            dedup,
+                        });
+                    }
+                    None => {
+                        self.stats.samples_rejected.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            if !routed {
+                self.stats.unrouted.fetch_add(1, Relaxed);
+                debug!(%topic, "No pipeline matches this topic.");
+            }
+            // Acknowledged after the commit, per connection (the source
+            // drops those of an earlier one: the broker redelivers them).
+            if msg.publish.qos != rumqttc::QoS::AtMostOnce {
+                match out.acks.last_mut() {
+                    Some(a) if a.epoch == msg.epoch => a.pkids.push(msg.publish.pkid),
+                    _ => out.acks.push(Acks {
+                        epoch: msg.epoch,
+                        pkids: vec![msg.publish.pkid],
+                    }),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The commit stage of the writer: commits decoded batches, then
+/// acknowledges them and hands their samples on.
+struct Committer {
+    store: Arc<Store>,
+    /// Pipeline names, for retention.
+    pipelines: Vec<String>,
+    store_cfg: StoreConfig,
+    acks: mpsc::UnboundedSender<Acks>,
+    hooks: Arc<Hooks>,
+    stats: Arc<Stats>,
+    labels_added: Arc<Notify>,
+    late_tx: mpsc::Sender<(String, Vec<u64>)>,
+    predict_tx: mpsc::Sender<PredictJob>,
+}
+
+impl Committer {
+    /// Commits what the decoding stage sends, merging the batches waiting
+    /// (up to `store.batch_size` messages) into one commit; stops when the
+    /// decoding stage is done, or when `shutdown` comes while the store
+    /// refuses a batch.
+    async fn run(
+        self,
+        mut rx: mpsc::Receiver<Decoded>,
+        shutdown: CancellationToken,
+    ) -> Result<(), IngestError> {
+        let mut refusal = Refusal::default();
+        let mut carry: Option<Decoded> = None;
+        loop {
+            let mut batch = match carry.take() {
+                Some(b) => b,
+                None => match rx.recv().await {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            while (batch.messages as usize) < self.store_cfg.batch_size {
+                match rx.try_recv() {
+                    Ok(more)
+                        if (batch.messages + more.messages) as usize
+                            <= self.store_cfg.batch_size =>
+                    {
+                        batch.merge(more)
+                    }
+                    Ok(more) => {
+                        carry = Some(more);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.write_batch(batch, &mut refusal, &shutdown).await? {
+                break;
+            }
+        }
         Ok(())
     }
 
@@ -230,108 +419,40 @@ impl Writer {
         }
     }
 
-    /// Decodes, commits and acknowledges one batch; false when shutdown
-    /// came while the store refused it.
+    /// Commits (samples and late labels in one durable commit) and
+    /// acknowledges one batch; false when shutdown came while the store
+    /// refused it.
     async fn write_batch(
-        &mut self,
-        batch: Vec<Incoming>,
-        decoders: &[Decoder],
-        log: &mut ProblemLog,
+        &self,
+        batch: Decoded,
         refusal: &mut Refusal,
         shutdown: &CancellationToken,
     ) -> Result<bool, IngestError> {
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut late: Vec<LateLabel> = Vec::new();
-        for msg in &batch {
-            let topic = msg.publish.topic.as_str();
-            let digest = digest(topic, &msg.publish.payload);
-            let mut routed = false;
-            for (p, dec) in self.pipelines.iter().zip(decoders) {
-                if p.label_topics.iter().any(|f| rumqttc::matches(topic, f)) {
-                    routed = true;
-                    match dec.decode_late_label(topic, &msg.publish.payload) {
-                        Ok((key, label)) => late.push(LateLabel {
-                            pipeline: p.name.clone(),
-                            key,
-                            label,
-                        }),
-                        Err(reason) => {
-                            self.stats.count_problem(reason);
-                            self.stats.labels_rejected.fetch_add(1, Relaxed);
-                            log.note(reason, topic, "late label");
-                        }
-                    }
-                    continue;
-                }
-                if !p.topics.iter().any(|f| rumqttc::matches(topic, f)) {
-                    continue;
-                }
-                routed = true;
-                let decoded = dec.decode(topic, &msg.publish.payload, msg.arrival_ms);
-                for problem in &decoded.problems {
-                    self.stats.count_problem(problem.reason);
-                    log.note(problem.reason, topic, &problem.field);
-                }
-                match decoded.sample {
-                    Some(sample) => {
-                        if !decoded.problems.is_empty() {
-                            self.stats.samples_salvaged.fetch_add(1, Relaxed);
-                        }
-                        let dedup = match p.dedup {
-                            Dedup::Content => true,
-                            Dedup::Auto => !p.timestamp.is_empty() || msg.publish.dup,
-                            Dedup::Redelivery => msg.publish.dup,
-                            Dedup::Off => false,
-                        };
-                        rows.push(NewSample {
-                            pipeline: p.name.clone(),
-                            digest,
-                            sample,
-                            dedup,
-                        });
-                    }
-                    None => {
-                        self.stats.samples_rejected.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-            if !routed {
-                self.stats.unrouted.fetch_add(1, Relaxed);
-                debug!(%topic, "No pipeline matches this topic.");
-            }
-        }
-        let rows = Arc::new(rows);
-        let seqs = {
-            let rows = rows.clone();
+        let Decoded {
+            rows,
+            late,
+            acks,
+            messages,
+        } = batch;
+        let input = Arc::new((rows, late));
+        let written = {
+            let input = input.clone();
             match self
                 .commit("append", refusal, shutdown, move |s: &Store| {
-                    s.append(&rows)
+                    s.write_batch(&input.0, &input.1)
                 })
                 .await?
             {
-                Some(seqs) => seqs,
+                Some(w) => w,
                 None => return Ok(false),
             }
         };
-        let rows = Arc::try_unwrap(rows).unwrap_or_else(|a| (*a).clone());
-        // Late labels after the samples of the same batch, before the acks.
+        let (rows, late) = Arc::try_unwrap(input).unwrap_or_else(|a| (*a).clone());
+        // Late labels (applied after the samples of the same commit).
         let mut labels_applied = false;
         if !late.is_empty() {
-            let late = Arc::new(late);
-            let applied = {
-                let late = late.clone();
-                match self
-                    .commit("apply_labels", refusal, shutdown, move |s: &Store| {
-                        s.apply_labels(&late)
-                    })
-                    .await?
-                {
-                    Some(applied) => applied,
-                    None => return Ok(false),
-                }
-            };
             let mut by_pipeline: HashMap<String, Vec<u64>> = HashMap::new();
-            for (l, seq) in late.iter().zip(&applied) {
+            for (l, seq) in late.iter().zip(&written.labels) {
                 if let Some(seq) = seq {
                     by_pipeline
                         .entry(l.pipeline.clone())
@@ -344,48 +465,33 @@ impl Writer {
                     debug!("Late-label scoring queue full; these labels are stored but not scored for drift.");
                 }
             }
-            let matched = applied.iter().filter(|a| a.is_some()).count() as u64;
+            let matched = written.labels.iter().filter(|a| a.is_some()).count() as u64;
             self.stats.labels_matched.fetch_add(matched, Relaxed);
             self.stats
                 .labels_unmatched
-                .fetch_add(applied.len() as u64 - matched, Relaxed);
+                .fetch_add(written.labels.len() as u64 - matched, Relaxed);
             labels_applied = matched > 0;
         }
         self.stats.commits.fetch_add(1, Relaxed);
-        self.stats
-            .messages_handled
-            .fetch_add(batch.len() as u64, Relaxed);
+        self.stats.messages_handled.fetch_add(messages, Relaxed);
         self.stats
             .last_commit_ms
             .store(crate::stats::now_ms(), Relaxed);
-        // Acknowledge only now, per connection (the source drops those of an
-        // earlier one: the broker redelivers them).
-        let mut by_epoch: Vec<Acks> = Vec::new();
-        for msg in &batch {
-            if msg.publish.qos == rumqttc::QoS::AtMostOnce {
-                continue;
-            }
-            match by_epoch.last_mut() {
-                Some(a) if a.epoch == msg.epoch => a.pkids.push(msg.publish.pkid),
-                _ => by_epoch.push(Acks {
-                    epoch: msg.epoch,
-                    pkids: vec![msg.publish.pkid],
-                }),
-            }
-        }
-        for acks in by_epoch {
+        // Acknowledge only now.
+        for acks in acks {
             if self.acks.send(acks).is_err() {
                 debug!("The MQTT source is gone; the broker will redeliver.");
             }
         }
         let mut labelled = false;
+        let (mut stored, mut duplicates) = (0u64, 0u64);
         let mut jobs: HashMap<String, Vec<(u64, Sample)>> = HashMap::new();
-        for (row, seq) in rows.into_iter().zip(seqs) {
-            let Some(seq) = seq else {
-                self.stats.duplicates.fetch_add(1, Relaxed);
+        for (row, seq) in rows.into_iter().zip(&written.seqs) {
+            let Some(seq) = *seq else {
+                duplicates += 1;
                 continue;
             };
-            self.stats.samples_stored.fetch_add(1, Relaxed);
+            stored += 1;
             if row.sample.label.is_some() {
                 labelled = true;
             } else {
@@ -394,6 +500,8 @@ impl Writer {
                     .push((seq, row.sample));
             }
         }
+        self.stats.duplicates.fetch_add(duplicates, Relaxed);
+        self.stats.samples_stored.fetch_add(stored, Relaxed);
         if labelled || labels_applied {
             self.labels_added.notify_one();
         }
@@ -407,32 +515,35 @@ impl Writer {
                 self.stats.predictions_dropped.fetch_add(n, Relaxed);
             }
         }
-        if let Err(e) = self.enforce_retention().await {
-            warn!(error = %e, "Retention failed; retried after the next commit.");
+        let over: Vec<&String> = self
+            .pipelines
+            .iter()
+            .filter(|p| {
+                written.counts.iter().any(|(q, c)| {
+                    q == *p
+                        && self.store_cfg.retention_samples > 0
+                        && c.samples > self.store_cfg.retention_samples
+                })
+            })
+            .collect();
+        for p in over {
+            if let Err(e) = self.enforce_retention(p).await {
+                warn!(error = %e, "Retention failed; retried after the next commit.");
+            }
         }
         Ok(true)
     }
 
-    async fn enforce_retention(&self) -> Result<(), IngestError> {
+    async fn enforce_retention(&self, pipeline: &str) -> Result<(), IngestError> {
         let keep = self.store_cfg.retention_samples;
-        if keep == 0 {
-            return Ok(());
-        }
-        for p in &self.pipelines {
-            let store = self.store.clone();
-            let name = p.name.clone();
-            let chunk = self.store_cfg.retention_chunk;
-            let deleted =
-                tokio::task::spawn_blocking(move || -> Result<u64, crate::store::StoreError> {
-                    if store.counts(&name)?.samples <= keep {
-                        return Ok(0);
-                    }
-                    store.enforce_retention(&name, keep, chunk)
-                })
+        let store = self.store.clone();
+        let name = pipeline.to_string();
+        let chunk = self.store_cfg.retention_chunk;
+        let deleted =
+            tokio::task::spawn_blocking(move || store.enforce_retention(&name, keep, chunk))
                 .await
                 .map_err(|e| IngestError::Join(e.to_string()))??;
-            self.stats.retention_deleted.fetch_add(deleted, Relaxed);
-        }
+        self.stats.retention_deleted.fetch_add(deleted, Relaxed);
         Ok(())
     }
 }
