@@ -491,6 +491,134 @@ async fn publishers_stay_within_the_window_of_the_daemons_acknowledgements() {
     daemon.stop().await;
 }
 
+/// A client with the daemon's id and login that records what it receives
+/// and acknowledges nothing until told to.
+struct Holder {
+    /// (seq, packet id, DUP) of each publish received, in order.
+    got: Arc<Mutex<Vec<(u64, u16, bool)>>>,
+    session_present: Arc<Mutex<Option<bool>>>,
+    client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Holder {
+    fn start(port: u16, id: &str) -> Self {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false)
+            .set_manual_acks(true);
+        daemon_login(&mut opts);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let session_present = Arc::new(Mutex::new(None));
+        let task = tokio::spawn({
+            let (got, session, client) = (got.clone(), session_present.clone(), client.clone());
+            async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                            *session.lock().unwrap() = Some(ack.session_present);
+                            if !ack.session_present {
+                                let _ = client.try_subscribe(FILTERS[0], QoS::AtLeastOnce);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            got.lock()
+                                .unwrap()
+                                .push((seq_of_payload(&p.payload), p.pkid, p.dup));
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        Self {
+            got,
+            session_present,
+            client,
+            task,
+        }
+    }
+
+    fn got(&self) -> Vec<(u64, u16, bool)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// rumqttd sends a subscriber at most 100 unacknowledged QoS 1 messages;
+/// the proxy relays more to the daemon (acknowledging rumqttd itself), and
+/// sends the daemon what it had not acknowledged again when it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_is_sent_more_than_rumqttds_window_and_gets_it_again_after_a_reconnect() {
+    let _serial = serial();
+    let daemon_id = client_id("dmn");
+    let (broker, port) = start_broker(&daemon_id).await;
+    let n = 600u64;
+    let first = Holder::start(port, &daemon_id);
+    wait_until(Duration::from_secs(10), "the gate to open", || {
+        broker.is_open()
+    })
+    .await;
+    let (task, _progress, _stop) =
+        spawn_publisher(port, 0..n, 4, Duration::ZERO, Duration::from_secs(20));
+    assert_eq!(task.await.unwrap().acked.len() as u64, n);
+    wait_until(
+        Duration::from_secs(10),
+        "every message at the daemon",
+        || first.got().len() as u64 >= n,
+    )
+    .await;
+    let got = first.got();
+    // Each once, none acknowledged, under distinct packet ids.
+    assert_eq!(got.len() as u64, n, "{:?}", &got[n as usize..]);
+    let seqs: HashSet<u64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(seqs.len() as u64, n);
+    let pkids: HashSet<u16> = got.iter().map(|g| g.1).collect();
+    assert_eq!(pkids.len() as u64, n, "a packet id reused while held");
+    assert!(got.iter().all(|g| !g.2), "DUP on a first delivery");
+    // Gone without acknowledging anything; back with its session.
+    first.task.abort();
+    let _ = first.task.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Holder::start(port, &daemon_id);
+    wait_until(Duration::from_secs(10), "everything sent again", || {
+        second.got().len() as u64 >= n
+    })
+    .await;
+    assert_eq!(*second.session_present.lock().unwrap(), Some(true));
+    let again = second.got();
+    let seqs: HashSet<u64> = again.iter().map(|g| g.0).collect();
+    assert_eq!(seqs.len() as u64, n, "every message sent again, once");
+    assert!(again.iter().all(|g| g.2), "sent again without DUP");
+    // Acknowledged in order: nothing more comes, and the broker drains.
+    for (_, pkid, _) in &again {
+        second
+            .client
+            .ack(&rumqttc::Publish {
+                dup: true,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: String::new(),
+                pkid: *pkid,
+                payload: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+    broker.stop_accepting_publishes().await;
+    let drain = broker
+        .wait_drained(broker::DRAIN_QUIET, Duration::from_secs(10))
+        .await;
+    assert!(drain.complete, "{drain:?}");
+    assert_eq!(
+        second.got().len(),
+        again.len(),
+        "delivered again after the acks"
+    );
+    second.task.abort();
+}
+
 fn daemon_login(opts: &mut MqttOptions) {
     opts.set_credentials(
         edgeloop::ingest::mqtt_config::EMBEDDED_DAEMON_USER,
