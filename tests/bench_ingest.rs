@@ -18,7 +18,7 @@ fn bench_ingest_quick_reports_every_field_and_complete_counts() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n = 5_000;
+    let n: u64 = 5_000;
     assert_eq!(v["messages"], n);
     assert_eq!(v["quick"], true);
     assert_eq!(v["goal"], 0.9);
@@ -32,6 +32,14 @@ fn bench_ingest_quick_reports_every_field_and_complete_counts() {
     ] {
         assert!(v.get(key).is_some(), "{key} missing");
     }
+    // The store path alone, on the same messages: each stored once, in
+    // commits of the compiled-in store.batch_size.
+    let so = &v["store_only"];
+    assert_eq!(so["stored_total"], n, "{so}");
+    let batch = so["batch_size"].as_u64().unwrap();
+    assert_eq!(batch, 500, "{so}");
+    assert_eq!(so["commits"], n.div_ceil(batch), "{so}");
+    assert!(so["msg_s"].as_f64().unwrap() > 0.0, "{so}");
     let rows = v["rows"].as_array().unwrap();
     let names: Vec<(String, String)> = rows
         .iter()

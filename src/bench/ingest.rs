@@ -197,7 +197,23 @@ pub struct IngestReport {
     pub goal: f64,
     /// `mosquitto -h`'s version line, or `null` when not installed.
     pub mosquitto: Option<String>,
+    /// The daemon's store path alone, on the same messages: the most any
+    /// row's daemon could store per second on this machine.
+    pub store_only: Option<StoreOnly>,
     pub rows: Vec<Row>,
+}
+
+/// The writer's work without MQTT ([`store_only`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreOnly {
+    /// Messages per commit (the compiled-in `store.batch_size`).
+    pub batch_size: usize,
+    pub commits: u64,
+    pub seconds: f64,
+    /// Messages decoded and durably stored per second.
+    pub msg_s: f64,
+    /// Samples in the store at the end (each message once).
+    pub stored_total: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +281,10 @@ pub fn run(opts: &IngestOptions) -> Result<IngestReport, BenchError> {
         return Err(failed("options", "--messages must be at least 1"));
     }
     let msgs = Arc::new(messages(opts.messages, 42));
+    let store_only = store_only(&msgs).map_err(|e| {
+        eprintln!("store-only measurement failed: {e}");
+        e
+    });
     let mosquitto = mosquitto_binary(opts.mosquitto.as_deref());
     let version = mosquitto.as_deref().and_then(mosquitto_version);
     let mut rows = Vec::new();
@@ -357,7 +377,74 @@ pub fn run(opts: &IngestOptions) -> Result<IngestReport, BenchError> {
         idle_s: opts.idle_s,
         goal: GOAL,
         mosquitto: version,
+        store_only: store_only.ok(),
         rows,
+    })
+}
+
+/// The daemon's store path alone, as its writer runs it: the messages of a
+/// row decoded by the daemon's pipeline (the daemon runs' configuration),
+/// routed and deduplicated, and appended in durable commits of
+/// `store.batch_size` (the compiled-in default) to a store in a temporary
+/// directory (the daemon runs' file system); decoding on one thread while
+/// the previous batch commits on another, as the writer does. No MQTT, no
+/// acknowledgements: no daemon can store faster than this here.
+///
+/// # Errors
+/// When the configuration, the store or a commit fails.
+pub fn store_only(msgs: &[Message]) -> Result<StoreOnly, BenchError> {
+    use crate::ingest::decode::Decoder;
+    use crate::store::{NewSample, Store};
+    let dir = tempfile::tempdir().map_err(|e| failed("temporary directory", e))?;
+    let conf = daemon_config(dir.path(), "store", 0, "embedded", 0, "store", FILTER)?;
+    let cfg = crate::config::Config::load(Some(&conf)).map_err(|e| failed("configuration", e))?;
+    let route = cfg.pipelines[0].route();
+    let decoder = Decoder::new(&route.schema, cfg.mqtt.ingest_max_payload_bytes);
+    let store = Store::open(&cfg.store.path).map_err(|e| failed("store", e))?;
+    let batch_size = cfg.store.batch_size;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<NewSample>>(4);
+    let started = Instant::now();
+    let committer = std::thread::spawn(move || -> Result<(u64, Store), String> {
+        let mut commits = 0;
+        for rows in rx {
+            store.write_batch(&rows, &[]).map_err(|e| e.to_string())?;
+            commits += 1;
+        }
+        Ok((commits, store))
+    });
+    for chunk in msgs.chunks(batch_size) {
+        let rows: Vec<NewSample> = chunk
+            .iter()
+            .filter_map(|m| {
+                let sample = decoder.decode(&m.topic, &m.payload, 0).sample?;
+                Some(NewSample {
+                    pipeline: route.name.clone(),
+                    digest: crate::ingest::writer::digest(&m.topic, &m.payload),
+                    sample,
+                    dedup: true,
+                })
+            })
+            .collect();
+        if tx.send(rows).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let (commits, store) = committer
+        .join()
+        .map_err(|_| failed("store-only", "the commit thread panicked"))?
+        .map_err(|e| failed("store-only commit", e))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stored_total = store
+        .counts(&route.name)
+        .map_err(|e| failed("store", e))?
+        .samples;
+    Ok(StoreOnly {
+        batch_size,
+        commits,
+        seconds,
+        msg_s: msgs.len() as f64 / seconds.max(1e-9),
+        stored_total,
     })
 }
 
@@ -1424,6 +1511,13 @@ pub fn render(r: &IngestReport) -> String {
             b.duplicates,
             b.missing,
             rate(b.run.publish_msg_s),
+        ));
+    }
+    if let Some(so) = &r.store_only {
+        s.push_str(&format!(
+            "store only (decode and durable commits of {} without MQTT, same messages): {:.0} msg/s, \
+             {} commits in {:.2} s\n",
+            so.batch_size, so.msg_s, so.commits, so.seconds
         ));
     }
     s.push_str(&format!(
