@@ -104,41 +104,53 @@ fn main() {
         ),
     );
 
-    // Store: durable batches of 500.
+    // Store: durable commits of 100 (what rumqttd's window of 100 allowed
+    // per commit before the proxy's relay), 2,000 and 500
+    // (`store.batch_size`) samples, each on a fresh store; the last one is
+    // kept for the rows below.
+    let new_samples = |size: usize| -> Vec<Vec<NewSample>> {
+        samples
+            .chunks(size)
+            .enumerate()
+            .map(|(b, chunk)| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| NewSample {
+                        pipeline: "occupancy".into(),
+                        digest: (b * size + i) as u128,
+                        sample: s.clone(),
+                        dedup: true,
+                    })
+                    .collect()
+            })
+            .collect()
+    };
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("b.redb")).unwrap();
-    let batches: Vec<Vec<NewSample>> = samples
-        .chunks(500)
-        .enumerate()
-        .map(|(b, chunk)| {
-            chunk
-                .iter()
-                .enumerate()
-                .map(|(i, s)| NewSample {
-                    pipeline: "occupancy".into(),
-                    digest: (b * 500 + i) as u128,
-                    sample: s.clone(),
-                    dedup: true,
-                })
-                .collect()
-        })
-        .collect();
-    let (_, allocs, _, d) = counted(|| {
-        for batch in &batches {
-            store.append(batch).unwrap();
-        }
-    });
-    let size = std::fs::metadata(dir.path().join("b.redb")).unwrap().len();
-    row(
-        "store append, durable commit per 500 samples",
-        format!("{:.0} samples/s", n as f64 / d.as_secs_f64()),
-        format!(
-            "{:.1} ms per commit; {:.1} allocations per sample; file {:.1} MiB for {n} samples",
-            d.as_secs_f64() * 1e3 / batches.len() as f64,
-            allocs as f64 / n as f64,
-            size as f64 / 1048576.0
-        ),
-    );
+    let mut store = None;
+    for size in [100, 2000, 500] {
+        let path = dir.path().join(format!("b{size}.redb"));
+        let s = Store::open(&path).unwrap();
+        let batches = new_samples(size);
+        let (_, allocs, _, d) = counted(|| {
+            for batch in &batches {
+                s.append(batch).unwrap();
+            }
+        });
+        let file = std::fs::metadata(&path).unwrap().len();
+        row(
+            &format!("store append, durable commit per {size} samples"),
+            format!("{:.0} samples/s", n as f64 / d.as_secs_f64()),
+            format!(
+                "{:.2} ms per commit; {:.1} allocations per sample; file {:.1} MiB for {n} samples",
+                d.as_secs_f64() * 1e3 / batches.len() as f64,
+                allocs as f64 / n as f64,
+                file as f64 / 1048576.0
+            ),
+        );
+        store = Some(s);
+    }
+    let store = store.unwrap();
     let (labelled, _, _, d) = counted(|| store.labelled("occupancy").unwrap());
     row(
         "store scan of labelled samples",
