@@ -306,8 +306,8 @@ impl Learner {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Online learners snapshot by time as well (`snapshot_every_s`).
-        let scheduled = self.pipelines.iter().any(|p| p.model.schedule_s > 0)
-            || !self.online.is_empty();
+        let scheduled =
+            self.pipelines.iter().any(|p| p.model.schedule_s > 0) || !self.online.is_empty();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,

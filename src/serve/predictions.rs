@@ -324,9 +324,7 @@ impl Predictor {
                                 model_version: serving.version,
                                 anomaly_score,
                                 anomaly,
-                                constant: crate::learn::online::export::is_constant(
-                                    &serving.card,
-                                ),
+                                constant: crate::learn::online::export::is_constant(&serving.card),
                             })
                         };
                         let topic = template
