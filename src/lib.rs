@@ -61,7 +61,9 @@
 //!   ([`learn::offline`]), hyperparameter search within a budget
 //!   ([`learn::tune`]), ensembles ([`learn::ensemble`]), the preparation of
 //!   training parts only ([`learn::prepare`]), cleaning by markers and
-//!   ranges, also in the exported graph ([`learn::clean`]), head fine-tuning
+//!   ranges, also in the exported graph ([`learn::clean`]), the fitted
+//!   preprocessing steps a model carries in its graph
+//!   ([`learn::preprocess`]), head fine-tuning
 //!   ([`learn::head`]) and online learners of one sample at a time
 //!   following River ([`learn::online`]: `online_logistic`,
 //!   `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`; their ONNX export,
@@ -74,7 +76,9 @@
 //!   ([`onnx::tree_ensemble`]) and the other `ai.onnx.ml` operators tract
 //!   lacks ([`onnx::ml`]).
 //! - [`features`]: the [`features::dataset::Dataset`] every learner works
-//!   on; preprocessing: mean imputation and standard scaling, augmentation of
+//!   on; preprocessing: mean imputation and standard scaling, the fitted
+//!   steps of `[pipelines.preprocess]` ([`features::preprocess`]: imputers,
+//!   outlier bounds, scalers, PCA), augmentation of
 //!   training rows ([`features::augment`]), class balance
 //!   ([`features::balance`]) and per-device sliding-window statistics
 //!   ([`features::windows`]). [`health`]: the one verdict (ingest stalled,

@@ -415,3 +415,57 @@ fn a_step_after_imputation_without_impute_is_refused_naming_the_key() {
     assert!(err.contains("pipelines[0].preprocess.scale"), "{err}");
     assert!(err.contains("needs `impute`"), "{err}");
 }
+
+#[test]
+fn a_stacking_ensemble_carries_the_steps_in_its_members_not_its_meta_model() {
+    use edgeloop::learn::ensemble::{EnsembleKind, EnsembleModel};
+    let r = reference();
+    let p = &r["pipeline"];
+    let features = names(&r["features"]);
+    let cfg: PreprocessConfig = serde_json::from_value(p["config"].clone()).unwrap();
+    let model_cfg = ModelConfig {
+        preprocess: cfg.clone(),
+        ..ModelConfig::default()
+    };
+    let mut x = rows(&p["x_train"]);
+    cfg.cleaning().apply(&features, &mut x);
+    let y: Vec<usize> = serde_json::from_value(p["y_train"].clone()).unwrap();
+    let mut data = Dataset::empty(
+        Task::Classification,
+        vec!["0".into(), "1".into(), "2".into()],
+        features.len(),
+    );
+    data.timestamps = (0..y.len() as i64).collect();
+    data.x = x;
+    data.y = y;
+    let e = EnsembleModel::fit(
+        EnsembleKind::Stacking,
+        &[Family::Logistic, Family::Tree],
+        &model_cfg,
+        &data,
+        &features,
+        &|| false,
+    )
+    .unwrap();
+    assert!(e
+        .members
+        .iter()
+        .all(|m| matches!(m, Model::Preprocessed(_))));
+    // The meta-model reads the members' probabilities, not the features.
+    assert!(matches!(e.meta, Some(Model::Logistic(_))), "{:?}", e.meta);
+    let model = Model::Ensemble(Box::new(e));
+    let raw = rows(&p["x_test"]);
+    let mut cleaned = raw.clone();
+    cfg.cleaning().apply(&features, &mut cleaned);
+    let onnx = cfg.cleaning().wrap_onnx(&features, model.to_onnx(1));
+    let tract = edgeloop::serve::engine::OnnxModel::load(&onnx)
+        .unwrap()
+        .predict_proba(&raw)
+        .unwrap();
+    close(
+        "stacking on tract vs in-process",
+        &f64s(&tract),
+        &f64s(&model.predict(&cleaned)),
+        1e-5,
+    );
+}

@@ -261,8 +261,11 @@ impl EnsembleModel {
             };
             let names = model.meta_feature_names();
             let mut meta_cfg = cfg.clone();
+            // The members carry `[pipelines.preprocess]`'s steps; the
+            // meta-model reads their probabilities as they are.
+            meta_cfg.preprocess = cfg.preprocess.without_steps();
             if data.task == Task::Classification {
-                let (l2, scores) = choose_meta_l2(cfg, &stacked, &names, cancelled)?;
+                let (l2, scores) = choose_meta_l2(&meta_cfg, &stacked, &names, cancelled)?;
                 meta_cfg.l2 = l2;
                 model.meta_l2_cv = scores;
             }
