@@ -28,7 +28,8 @@ corpus score, chosen on the corpus itself. Both detectors here are scored at
 that best threshold over their scores (the scores are equal, River's
 `MinMaxScaler() | HalfSpaceTrees(seed=42)` being what edgeloop computes), and,
 as an operator sees them, by their alarms: edgeloop's (`--quantile` of the
-first `--calibration` scores, no look at the labels) against River's own
+last `--history` scores once `--calibration` were seen, no look at the
+labels) against River's own
 alarm rule, `anomaly.QuantileFilter(HalfSpaceTrees(seed=42), q)` (a running
 quantile of the scores, the detector not learning the readings it flags).
 
@@ -55,11 +56,12 @@ BINARY = sys.argv[2] if len(sys.argv) > 2 else "target/debug/edgeloop"
 A_TP, A_FP, A_FN = 1.0, 0.11, 1.0
 SETTINGS = [
     # (label, edgeloop anomaly flags, River QuantileFilter q)
-    ("defaults (window 250, quantile 0.99, calibration 1000)", [], 0.99),
+    ("defaults (window 250, quantile 0.999 of the last 5000 scores, calibration 1000)", [], 0.999),
     ("quantile 0.995", ["--quantile", "0.995"], 0.995),
-    ("quantile 0.999", ["--quantile", "0.999"], 0.999),
-    ("window 100, quantile 0.99", ["--window", "100"], 0.99),
-    ("window 100, quantile 0.995", ["--window", "100", "--quantile", "0.995"], 0.995),
+    ("quantile 0.99", ["--quantile", "0.99"], 0.99),
+    ("quantile 0.99, history 1000", ["--quantile", "0.99", "--history", "1000"], 0.99),
+    ("quantile 0.999, history 2000", ["--history", "2000"], 0.999),
+    ("window 100", ["--window", "100"], 0.999),
 ]
 
 

@@ -770,6 +770,12 @@ impl Config {
             if !(a.quantile > 0.0 && a.quantile < 1.0) {
                 return bad(key("anomaly.quantile"), "must be in (0, 1)".into());
             }
+            if a.history < a.calibration {
+                return bad(
+                    key("anomaly.history"),
+                    "must be at least `calibration`".into(),
+                );
+            }
             if let Err(reason) = p.preprocess.validate(&p.features) {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
                 return bad(key(&format!("preprocess.{k}")), reason.to_string());
@@ -817,6 +823,9 @@ impl Config {
                     key("drift.psi_threshold"),
                     "psi_threshold > 0 and ks_alpha in (0, 1) are required".into(),
                 );
+            }
+            if let Err((k, reason)) = d.validate() {
+                return bad(key(&format!("drift.{k}")), reason);
             }
         }
         Ok(())

@@ -24,6 +24,8 @@
 //! | `edgeloop_model_version` | gauge | `pipeline` (absent before the first model) |
 //! | `edgeloop_trainings_total` | counter | `outcome` (`completed`, `failed`) |
 //! | `edgeloop_training_duration_seconds` | histogram | `pipeline` |
+//! | `edgeloop_anomaly_score` | histogram | `pipeline` (each predicted reading's Half-Space Trees score; buckets 0.05, 0.10, …, 1.0) |
+//! | `edgeloop_anomaly_alarms_total` | counter | (readings whose score passed the alarm threshold) |
 //! | `edgeloop_drift_error_rate`, `edgeloop_drift_mean_abs_error` | gauge | `pipeline` (the serving version's error on the labelled samples scored since it started serving) |
 //! | `edgeloop_drift_scored_samples` | gauge | `pipeline` |
 //! | `edgeloop_drift_alarms_total` | counter | `pipeline` (every alarm kept in the store) |
@@ -107,8 +109,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers the scrape-time collector over `sources` and the duration
-    /// histograms of `sources.stats`.
+    /// Registers the scrape-time collector over `sources`, the duration
+    /// histograms of `sources.stats` and its anomaly-score histogram.
     pub fn new(sources: Sources) -> Self {
         let mut registry = PromRegistry::default();
         registry.register(
@@ -120,6 +122,11 @@ impl Metrics {
             "edgeloop_training_duration_seconds",
             "Duration of one training run that produced a version, seconds",
             sources.stats.durations.training.clone(),
+        );
+        registry.register(
+            "edgeloop_anomaly_score",
+            "Anomaly score in [0, 1] of each predicted reading (Half-Space Trees; buckets 0.05 apart)",
+            sources.stats.anomaly_scores.0.clone(),
         );
         registry.register_collector(Box::new(Scrape(sources)));
         Self {

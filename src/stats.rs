@@ -183,6 +183,24 @@ pub struct Stats {
     pub http_forbidden: AtomicU64,
     /// Latency histograms (prediction, training).
     pub durations: Durations,
+    /// Anomaly scores of the readings the daemon predicts.
+    pub anomaly_scores: AnomalyScores,
+}
+
+/// Anomaly scores in [0, 1] (`[pipelines.anomaly]`, Half-Space Trees) of
+/// the readings the daemon predicts, by pipeline (`edgeloop_anomaly_score`
+/// in `GET /metrics`). Buckets 0.05 · k, k = 1..=20: a score in the first
+/// window is 0.
+#[derive(Debug)]
+pub struct AnomalyScores(pub Histograms<PipelineLabels>);
+
+impl Default for AnomalyScores {
+    fn default() -> Self {
+        fn scores() -> Histogram {
+            Histogram::new((1..=20).map(|k| f64::from(k) / 20.0))
+        }
+        Self(Family::new_with_constructor(scores))
+    }
 }
 
 /// Labels `[("pipeline", name), ("path", "http" | "mqtt")]`.
@@ -259,6 +277,14 @@ impl Stats {
                 ("path", path.to_string()),
             ])
             .observe(seconds);
+    }
+
+    /// Records the anomaly score of one reading of `pipeline`.
+    pub fn observe_anomaly_score(&self, pipeline: &str, score: f64) {
+        self.anomaly_scores
+            .0
+            .get_or_create(&[("pipeline", pipeline.to_string())])
+            .observe(score);
     }
 
     /// Records one training run of `pipeline` that took `seconds`.

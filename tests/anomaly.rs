@@ -163,16 +163,35 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
         );
         assert_eq!(v["alarms"], r[name]["alarms"], "{name}");
     }
-    // In the seeded stream the alarms are its injected outliers (every
-    // 200th row) past the calibration, and 2 others.
-    let alarms: Vec<u64> = r["mixed"]["alarms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_u64().unwrap())
-        .collect();
-    let injected = alarms.iter().filter(|&&i| i % 200 == 199).count();
-    assert_eq!((injected, alarms.len()), (19, 21), "{alarms:?}");
+    // The rule at another quantile and history: the threshold moves with
+    // the last 2,000 scores.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["anomaly", "--json", "--seed", "7", "--features", "c,a,b"])
+        .args(["--quantile", "0.99", "--history", "2000", "--file"])
+        .arg(fixture("mixed.csv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = v["threshold"].as_f64().unwrap();
+    assert!((t - r["mixed_q99"]["threshold"].as_f64().unwrap()).abs() < 1e-12);
+    assert_eq!(v["alarms"], r["mixed_q99"]["alarms"]);
+    // In the seeded stream every alarm is an injected outlier (every 200th
+    // row) past the calibration: 5 at the default 0.999; at 0.99 each of
+    // the 19 is, and a few others.
+    let alarms = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_u64().unwrap())
+            .collect()
+    };
+    let strict = alarms(&r["mixed"]["alarms"]);
+    assert_eq!(strict.len(), 5, "{strict:?}");
+    assert!(strict.iter().all(|&i| i % 200 == 199), "{strict:?}");
+    let loose = alarms(&r["mixed_q99"]["alarms"]);
+    let injected = loose.iter().filter(|&&i| i % 200 == 199).count();
+    assert_eq!(injected, 19, "{loose:?}");
 }
 
 /// The daemon scores each reading it predicts, from the first one, and
@@ -276,6 +295,57 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
         assert_equal("http", &got, &want);
     }
     assert!(want[1] > want[0], "the far reading scores higher: {want:?}");
+    // /metrics: the histogram of the 600 predicted readings' scores (HTTP
+    // queries are not observed), bucket by bucket River's scores counted.
+    let mut client = edgeloop::demo::HttpClient::connect(handle.http_addr)
+        .await
+        .unwrap();
+    let (status, body) = client.request("GET", "/metrics", None).await.unwrap();
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let river = scores(&r["occupancy"]["scores"]);
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("edgeloop_anomaly_score_count{pipeline=\"occupancy\"}"),
+        600.0
+    );
+    let sum = value("edgeloop_anomaly_score_sum{pipeline=\"occupancy\"}");
+    assert!((sum - river.iter().sum::<f64>()).abs() < 1e-6, "sum {sum}");
+    let buckets: Vec<(String, f64)> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("edgeloop_anomaly_score_bucket{") && l.contains("pipeline=\"occupancy\"")
+        })
+        .map(|l| {
+            let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+            (
+                le.to_string(),
+                l.rsplit(' ').next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(buckets.len(), 21, "{buckets:?}");
+    for (k, (le, got)) in buckets.iter().enumerate() {
+        let bound = if k == 20 {
+            assert_eq!(le, "+Inf");
+            f64::INFINITY
+        } else {
+            let bound: f64 = le.parse().unwrap();
+            assert_eq!(bound, (k + 1) as f64 / 20.0, "bucket {k}");
+            bound
+        };
+        let want = river.iter().filter(|&&s| s <= bound).count() as f64;
+        assert_eq!(*got, want, "bucket le={le}");
+    }
     drop(handle);
     token.cancel();
     running.wait(Duration::from_secs(15)).await.unwrap();

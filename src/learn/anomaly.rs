@@ -25,9 +25,9 @@
 //! seed gives River's trees and River's scores exactly
 //! (`tests/anomaly.rs` against `tests/fixtures/anomaly/gen_hst.py`).
 //!
-//! [`Threshold`] turns scores into alarms: the `quantile` of the scores of
-//! the first `calibration` readings after the first window; afterwards a
-//! score above it is an alarm.
+//! [`Threshold`] turns scores into alarms: once `calibration` readings
+//! after the first window were scored, a score above the `quantile` of the
+//! last `history` scores is an alarm.
 
 /// `[pipelines.anomaly]`: anomaly scores of the readings the daemon
 /// predicts, from the first reading, no labels needed. River's defaults.
@@ -42,10 +42,14 @@ pub struct AnomalyConfig {
     /// Readings per mass window; scores are 0 during the first.
     pub window: u32,
     pub seed: u64,
-    /// Alarm above this quantile of the first `calibration` non-zero
-    /// scores.
+    /// Alarm above this quantile of the last `history` non-zero scores
+    /// (0.999: chosen on the shipped NAB files, `benches/nab_score.py`).
     pub quantile: f64,
+    /// Non-zero scores seen before the first alarm.
     pub calibration: usize,
+    /// Non-zero scores the threshold is the quantile of (at least
+    /// `calibration`).
+    pub history: usize,
 }
 
 impl Default for AnomalyConfig {
@@ -56,8 +60,9 @@ impl Default for AnomalyConfig {
             height: 8,
             window: 250,
             seed: 42,
-            quantile: 0.99,
+            quantile: 0.999,
             calibration: 1000,
+            history: 5000,
         }
     }
 }
@@ -81,7 +86,7 @@ impl Scorer {
         order.sort_by(|&a, &b| features[a].cmp(&features[b]));
         Self {
             trees: ScaledHalfSpaceTrees::new(cfg.trees, cfg.height, cfg.window, cfg.seed),
-            threshold: Threshold::new(cfg.quantile, cfg.calibration),
+            threshold: Threshold::new(cfg.quantile, cfg.calibration, cfg.history),
             order,
             buf: Vec::new(),
         }
@@ -479,50 +484,70 @@ impl ScaledHalfSpaceTrees {
     }
 }
 
-/// Alarms from scores: the `quantile` (linear interpolation, numpy's
-/// default) of the first `calibration` non-zero scores is the threshold;
-/// after it, a score above the threshold is an alarm.
+/// Alarms from scores: the threshold is the `quantile` (linear
+/// interpolation, numpy's default) of the last `history` non-zero scores
+/// before the reading, once `calibration` non-zero scores have been seen; a
+/// score above it is an alarm. The threshold keeps learning, so a stream
+/// that settles into a busier regime after calibration does not alarm on
+/// every reading (on NAB's cloud-CPU file a threshold fixed after 1,000
+/// scores raised 789 alarms; `benches/nab_score.py`).
 #[derive(Debug, Clone)]
 pub struct Threshold {
     quantile: f64,
     calibration: usize,
-    seen: Vec<f64>,
+    history: usize,
+    /// The last `history` non-zero scores, oldest first, and sorted.
+    recent: std::collections::VecDeque<f64>,
+    sorted: Vec<f64>,
+    seen: usize,
     threshold: Option<f64>,
 }
 
 impl Threshold {
-    /// `quantile` in (0, 1), over `calibration` scores (at least 1).
-    pub fn new(quantile: f64, calibration: usize) -> Self {
+    /// `quantile` in (0, 1), over the last `history` scores, alarms after
+    /// `calibration` scores (each at least 1; `history` at least
+    /// `calibration`).
+    pub fn new(quantile: f64, calibration: usize, history: usize) -> Self {
+        let calibration = calibration.max(1);
         Self {
             quantile: quantile.clamp(0.0, 1.0),
-            calibration: calibration.max(1),
-            seen: Vec::new(),
+            calibration,
+            history: history.max(calibration),
+            recent: std::collections::VecDeque::new(),
+            sorted: Vec::new(),
+            seen: 0,
             threshold: None,
         }
     }
 
-    /// The threshold, once calibrated.
+    /// The threshold the next score is compared with, once calibrated.
     pub fn threshold(&self) -> Option<f64> {
         self.threshold
     }
 
     /// Whether `score` is an alarm (never during the first window, whose
-    /// scores are 0, nor during calibration).
+    /// scores are 0, nor during calibration); then learns it.
     pub fn observe(&mut self, score: f64) -> bool {
-        if let Some(t) = self.threshold {
-            return score > t;
-        }
+        let alarm = self.threshold.is_some_and(|t| score > t);
         if score > 0.0 {
-            self.seen.push(score);
-            if self.seen.len() >= self.calibration {
-                let mut s = std::mem::take(&mut self.seen);
-                s.sort_by(f64::total_cmp);
+            let at = self.sorted.partition_point(|&v| v < score);
+            self.sorted.insert(at, score);
+            self.recent.push_back(score);
+            if self.recent.len() > self.history {
+                if let Some(old) = self.recent.pop_front() {
+                    let at = self.sorted.partition_point(|&v| v < old);
+                    self.sorted.remove(at);
+                }
+            }
+            self.seen += 1;
+            if self.seen >= self.calibration {
+                let s = &self.sorted;
                 let pos = self.quantile * (s.len() - 1) as f64;
                 let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
                 self.threshold = Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64));
             }
         }
-        false
+        alarm
     }
 }
 
@@ -544,7 +569,7 @@ mod tests {
 
     #[test]
     fn threshold_is_the_interpolated_quantile() {
-        let mut t = Threshold::new(0.5, 4);
+        let mut t = Threshold::new(0.5, 4, 4);
         for s in [0.0, 0.4, 0.1, 0.3] {
             assert!(!t.observe(s));
         }
@@ -553,6 +578,13 @@ mod tests {
         // numpy.quantile([0.1, 0.2, 0.3, 0.4], 0.5) == 0.25
         assert!((t.threshold().unwrap() - 0.25).abs() < 1e-15);
         assert!(t.observe(0.26));
-        assert!(!t.observe(0.25));
+        // 0.4, the oldest, left the history: numpy.quantile([0.1, 0.3,
+        // 0.2, 0.26], 0.5) == 0.23
+        assert!((t.threshold().unwrap() - 0.23).abs() < 1e-15);
+        assert!(t.observe(0.25));
+        assert!(!t.observe(0.0));
+        // numpy.quantile([0.3, 0.2, 0.26, 0.25], 0.5) == 0.255
+        assert!((t.threshold().unwrap() - 0.255).abs() < 1e-15);
+        assert!(!t.observe(0.255));
     }
 }

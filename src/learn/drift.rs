@@ -418,6 +418,60 @@ impl DriftDetector for PageHinkley {
     }
 }
 
+/// A detector fed z-scores instead of raw values: each value becomes
+/// `(x − mean) / sd` of the values before it (Welford's running mean and
+/// sample standard deviation), 0 while fewer than two came before or they
+/// are all equal. Page-Hinkley's `threshold` and `delta` are then in
+/// standard deviations of the series rather than its raw units. The running
+/// statistics continue across the inner detector's restarts.
+pub struct Standardized {
+    inner: Box<dyn DriftDetector>,
+    n: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Standardized {
+    pub fn new(inner: Box<dyn DriftDetector>) -> Self {
+        Self {
+            inner,
+            n: 0.0,
+            mean: 0.0,
+            m2: 0.0,
+        }
+    }
+
+    /// The z-score of `x` against the values before it, then learns `x`.
+    pub fn standardize(&mut self, x: f64) -> f64 {
+        let sd = if self.n >= 2.0 {
+            (self.m2 / (self.n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        let z = if sd > 0.0 { (x - self.mean) / sd } else { 0.0 };
+        self.n += 1.0;
+        let d = x - self.mean;
+        self.mean += d / self.n;
+        self.m2 += d * (x - self.mean);
+        z
+    }
+}
+
+impl DriftDetector for Standardized {
+    fn update(&mut self, x: f64) -> bool {
+        let z = self.standardize(x);
+        self.inner.update(z)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let mut s = self.inner.state();
+        if let Some(o) = s.as_object_mut() {
+            o.insert("standardized".into(), serde_json::json!(true));
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +487,21 @@ mod tests {
             for d in &mut detectors {
                 assert!((0..5000).all(|_| !d.update(x)), "{}", d.state());
             }
+        }
+    }
+
+    #[test]
+    fn standardized_values_use_only_earlier_values() {
+        let xs = [3.0, 5.0, 4.0, 10.0, 2.0];
+        let mut s = Standardized::new(Box::new(PageHinkley::new(Default::default())));
+        let z: Vec<f64> = xs.iter().map(|&x| s.standardize(x)).collect();
+        assert_eq!(&z[..2], &[0.0, 0.0]);
+        for t in 2..xs.len() {
+            let before = &xs[..t];
+            let m = before.iter().sum::<f64>() / t as f64;
+            let sd =
+                (before.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (t as f64 - 1.0)).sqrt();
+            assert!((z[t] - (xs[t] - m) / sd).abs() < 1e-12, "{t}");
         }
     }
 

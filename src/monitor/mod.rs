@@ -40,6 +40,78 @@ pub struct DriftConfig {
     pub psi_threshold: f64,
     /// ...or when the Kolmogorov–Smirnov p-value falls below this.
     pub ks_alpha: f64,
+    /// `[pipelines.drift.adwin]`: ADWIN's parameters (River's names and
+    /// defaults: `delta` 0.002, `clock` 32, `max_buckets` 5,
+    /// `min_window_length` 5, `grace_period` 10).
+    pub adwin: detectors::AdwinConfig,
+    /// `[pipelines.drift.ddm]`: DDM's (`warm_start` 30,
+    /// `warning_threshold` 2, `drift_threshold` 3).
+    pub ddm: detectors::DdmConfig,
+    /// `[pipelines.drift.page_hinkley]`: Page-Hinkley's (`min_instances`
+    /// 30, `delta` 0.005, `threshold` 50, `alpha` 0.9999, `mode` both).
+    pub page_hinkley: detectors::PageHinkleyConfig,
+    /// Feed the detector z-scores of the errors (each against the mean and
+    /// standard deviation of the errors before it) rather than the errors:
+    /// Page-Hinkley's `threshold` and `delta` are then in standard
+    /// deviations. Not for `ddm`, whose input is 0/1.
+    pub standardize: bool,
+}
+
+impl DriftConfig {
+    /// Checks the detectors' parameters.
+    ///
+    /// # Errors
+    /// The key (below `drift.`) and the reason of the first invalid value.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let (a, d, p) = (&self.adwin, &self.ddm, &self.page_hinkley);
+        let fail = |k, r: &str| Err((k, r.to_string()));
+        if !(a.delta > 0.0 && a.delta < 1.0) {
+            return fail("adwin.delta", "must be in (0, 1)");
+        }
+        if a.clock == 0 || a.max_buckets == 0 || a.min_window_length == 0 {
+            return fail(
+                "adwin.clock",
+                "clock, max_buckets and min_window_length must be at least 1",
+            );
+        }
+        if !(d.warning_threshold > 0.0 && d.warning_threshold <= d.drift_threshold) {
+            return fail(
+                "ddm.warning_threshold",
+                "must be above 0 and at most drift_threshold",
+            );
+        }
+        if !(p.threshold > 0.0) || !(p.delta >= 0.0) {
+            return fail(
+                "page_hinkley.threshold",
+                "threshold must be above 0 and delta at least 0",
+            );
+        }
+        if !(p.alpha > 0.0 && p.alpha <= 1.0) {
+            return fail("page_hinkley.alpha", "must be in (0, 1]");
+        }
+        if self.standardize && self.detector == continual::DetectorKind::Ddm {
+            return fail(
+                "standardize",
+                "`ddm` watches a 0/1 error stream; z-scores are not 0/1",
+            );
+        }
+        Ok(())
+    }
+
+    /// A fresh concept-drift detector with this section's parameters.
+    pub fn new_detector(&self) -> Box<dyn detectors::DriftDetector> {
+        use continual::DetectorKind;
+        let d: Box<dyn detectors::DriftDetector> = match self.detector {
+            DetectorKind::Adwin => Box::new(detectors::Adwin::new(self.adwin)),
+            DetectorKind::Ddm => Box::new(detectors::Ddm::new(self.ddm)),
+            DetectorKind::PageHinkley => Box::new(detectors::PageHinkley::new(self.page_hinkley)),
+        };
+        if self.standardize {
+            Box::new(detectors::Standardized::new(d))
+        } else {
+            d
+        }
+    }
 }
 
 impl Default for DriftConfig {
@@ -53,6 +125,10 @@ impl Default for DriftConfig {
             psi_bins: 10,
             psi_threshold: 0.25,
             ks_alpha: 0.001,
+            adwin: Default::default(),
+            ddm: Default::default(),
+            page_hinkley: Default::default(),
+            standardize: false,
         }
     }
 }

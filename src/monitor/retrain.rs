@@ -144,13 +144,7 @@ pub struct Learner {
 }
 
 fn new_watch(p: &MonitoredPipeline, version: u32) -> Watch {
-    use super::continual::DetectorKind;
-    use super::detectors::{Adwin, Ddm, PageHinkley};
-    let detector: Box<dyn super::detectors::DriftDetector> = match p.drift.detector {
-        DetectorKind::Adwin => Box::new(Adwin::new(Default::default())),
-        DetectorKind::Ddm => Box::new(Ddm::new(Default::default())),
-        DetectorKind::PageHinkley => Box::new(PageHinkley::new(Default::default())),
-    };
+    let detector = p.drift.new_detector();
     Watch {
         version,
         detector,

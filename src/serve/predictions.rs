@@ -264,6 +264,9 @@ impl Predictor {
             );
             let alarms = anomalies.iter().filter(|a| a.is_some_and(|a| a.1)).count();
             self.stats.anomaly_alarms.fetch_add(alarms as u64, Relaxed);
+            for (score, _) in anomalies.iter().flatten() {
+                self.stats.observe_anomaly_score(&p.name, *score);
+            }
             if p.prediction_topic.is_empty() {
                 continue;
             }
