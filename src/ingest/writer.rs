@@ -190,7 +190,10 @@ impl Writer {
         let mut log = ProblemLog::default();
         let linger = Duration::from_millis(self.store_cfg.batch_linger_ms);
         let (decoded_tx, decoded_rx) = mpsc::channel::<Decoded>(DECODED_AHEAD);
+        // Messages taken from the channel and not yet handed on decoded.
+        let decoding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let committer = Committer {
+            decoding: decoding.clone(),
             store: self.store.clone(),
             pipelines: self.pipelines.iter().map(|p| p.name.clone()).collect(),
             store_cfg: self.store_cfg.clone(),
@@ -215,12 +218,18 @@ impl Writer {
                     },
                 }
             }
+            decoding.store(batch.len(), Relaxed);
             let decoded = self.decode(batch, &decoders, &mut log);
             // Closed: the commit stage stopped (shutdown while the store
             // refused); this batch stays unacknowledged with the broker.
-            if decoded_tx.send(decoded).await.is_err() {
+            // Cleared before the batch is in the channel (the channel
+            // orders the two), so the commit stage never waits for a batch
+            // it already has.
+            let Ok(permit) = decoded_tx.reserve().await else {
                 break;
-            }
+            };
+            decoding.store(0, Relaxed);
+            permit.send(decoded);
         }
         drop(decoded_tx);
         let done = commits
@@ -313,6 +322,8 @@ impl Writer {
 /// The commit stage of the writer: commits decoded batches, then
 /// acknowledges them and hands their samples on.
 struct Committer {
+    /// Messages the decoding stage holds (see [`Writer::run`]).
+    decoding: Arc<std::sync::atomic::AtomicUsize>,
     store: Arc<Store>,
     /// Pipeline names, for retention.
     pipelines: Vec<String>,
@@ -346,18 +357,24 @@ impl Committer {
                 },
             };
             while (batch.messages as usize) < self.store_cfg.batch_size {
-                match rx.try_recv() {
-                    Ok(more)
-                        if (batch.messages + more.messages) as usize
-                            <= self.store_cfg.batch_size =>
-                    {
-                        batch.merge(more)
-                    }
-                    Ok(more) => {
-                        carry = Some(more);
-                        break;
+                let more = match rx.try_recv() {
+                    Ok(more) => more,
+                    // A batch being decoded is waiting too: committing
+                    // without it would split a broker's window over two
+                    // commits (two fsyncs).
+                    Err(mpsc::error::TryRecvError::Empty) if self.decoding.load(Relaxed) > 0 => {
+                        match rx.recv().await {
+                            Some(more) => more,
+                            None => break,
+                        }
                     }
                     Err(_) => break,
+                };
+                if (batch.messages + more.messages) as usize <= self.store_cfg.batch_size {
+                    batch.merge(more);
+                } else {
+                    carry = Some(more);
+                    break;
                 }
             }
             if !self.write_batch(batch, &mut refusal, &shutdown).await? {
