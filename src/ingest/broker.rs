@@ -107,8 +107,10 @@
 //! with 32 publishers at full speed (the daemon a window behind) 871 to
 //! 1,000 acknowledged messages per kill, against 20,000 to 30,000 per kill
 //! before the window. The proxy carries 100,000+ QoS 1 msg/s on loopback
-//! (73-90 % of rumqttd reached directly); the daemon's end-to-end ingest
-//! (about 20,000 msg/s) is unchanged.
+//! (73-90 % of rumqttd reached directly). The relay (5.) doubled the
+//! daemon's end-to-end ingest (`edgeloop bench ingest`, embedded steady
+//! row: 23,247 to 48,405 msg/s, commits per 100,000 messages 1,281 to 297;
+//! BENCHMARKS.md).
 //!
 //! A throttled publisher's later packets (PINGREQ included) wait behind its
 //! blocked publish: if the daemon stops acknowledging for longer than 1.5
