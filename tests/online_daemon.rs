@@ -561,3 +561,31 @@ async fn serving_switches_to_the_online_learner_when_the_batch_model_goes_stale(
     );
     stop(running, handle, token).await;
 }
+
+/// `[pipelines.online] family` is checked before anything starts: an
+/// unknown family, or an online learner on a regression or windowed
+/// pipeline, is refused naming the key.
+#[test]
+fn online_config_is_validated_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Broker::Embedded(free_port()));
+    cfg.validate().unwrap();
+    for family in [
+        "off",
+        "online_logistic",
+        "hoeffding_tree",
+        "hoeffding_adaptive_tree",
+        "arf",
+    ] {
+        cfg.pipelines[0].online.family = family.into();
+        cfg.validate().unwrap();
+    }
+    cfg.pipelines[0].online.family = "forest".into();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("pipelines[0].online.family"), "{err}");
+    assert!(err.contains("or off"), "{err}");
+    cfg.pipelines[0].online.family = "arf".into();
+    cfg.pipelines[0].windows.enabled = true;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("pipelines[0].online.family"), "{err}");
+}
