@@ -216,6 +216,10 @@ fn each_step_equals_scikit_learn_and_its_export() {
         let model =
             fit_model(Family::Ridge, &model_cfg, &data, &features, None, &|| false).unwrap();
         assert!(matches!(model, Model::Preprocessed(_)), "{name}");
+        // Stored (warm starts) and shown in the card as JSON: read back whole.
+        let json = serde_json::to_string(&model).unwrap();
+        let back = Model::from_json(&json).expect("the stored model reads back");
+        assert_eq!(back.predict(&x_test), model.predict(&x_test), "{name}");
         assert_eq!(model.feature_names(), features.as_slice());
         let onnx = model.to_onnx(1);
         let meta = edgeloop::onnx::export::read_metadata(&onnx).unwrap();
@@ -364,6 +368,9 @@ fn train_lists_the_fitted_steps_in_the_card_and_exports_raw_features() {
     );
     let cards: Value = serde_json::from_slice(&out.stdout).unwrap();
     let card = &cards[0];
+    // The card reads back whole (the store keeps it as JSON).
+    let typed: edgeloop::learn::card::ModelCard = serde_json::from_value(card.clone()).unwrap();
+    assert!(typed.preprocessing.is_some());
     let pre = &card["preprocessing"];
     assert_eq!(pre["imputer"]["strategy"], "median");
     assert_eq!(pre["outliers"], "clip_iqr");

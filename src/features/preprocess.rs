@@ -164,12 +164,14 @@ pub enum OutlierStrategy {
     Drop,
 }
 
-/// Per-feature bounds: `x → min(max(x, low), high)` (ONNX `Max` then `Min`).
+/// Bounds of the first `low.len()` columns: `x → min(max(x, low), high)`
+/// (ONNX `Max` then `Min`); the columns after them (indicators) are not
+/// bounded. Finite, so a card or a stored model holds them as JSON numbers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bounds {
-    /// `[n_features]`; `-inf` where a feature is not bounded below.
+    /// `[n_bounded]`.
     pub low: Vec<f32>,
-    /// `[n_features]`; `inf` where a feature is not bounded above.
+    /// `[n_bounded]`.
     pub high: Vec<f32>,
 }
 
@@ -184,10 +186,7 @@ impl Bounds {
         tukey: Option<f64>,
         quantiles: [f64; 2],
     ) -> Self {
-        let (mut low, mut high) = (
-            vec![f32::NEG_INFINITY; n_features],
-            vec![f32::INFINITY; n_features],
-        );
+        let (mut low, mut high) = (vec![0f32; n_bounded], vec![0f32; n_bounded]);
         for j in 0..n_bounded {
             let s = present_sorted(x, n_features, j);
             if s.is_empty() {
@@ -209,18 +208,32 @@ impl Bounds {
         Self { low, high }
     }
 
-    /// Clips `x` in place.
-    pub fn clip(&self, x: &mut [f32]) {
-        for row in x.chunks_exact_mut(self.low.len()) {
+    /// Clips `x` (`n_features` wide) in place.
+    pub fn clip(&self, x: &mut [f32], n_features: usize) {
+        for row in x.chunks_exact_mut(n_features) {
             for ((v, &lo), &hi) in row.iter_mut().zip(&self.low).zip(&self.high) {
                 *v = v.max(lo).min(hi);
             }
         }
     }
 
-    /// The rows of `x` with every value within bounds.
-    pub fn inliers(&self, x: &[f32]) -> Vec<usize> {
-        x.chunks_exact(self.low.len())
+    /// `[n_features]` bounds for a graph: `±inf` past the bounded columns.
+    pub fn padded(&self, n_features: usize) -> (Vec<f32>, Vec<f32>) {
+        let pad = |b: &[f32], fill: f32| {
+            let mut v = b.to_vec();
+            v.resize(n_features, fill);
+            v
+        };
+        (
+            pad(&self.low, f32::NEG_INFINITY),
+            pad(&self.high, f32::INFINITY),
+        )
+    }
+
+    /// The rows of `x` (`n_features` wide) with every bounded value within
+    /// bounds.
+    pub fn inliers(&self, x: &[f32], n_features: usize) -> Vec<usize> {
+        x.chunks_exact(n_features)
             .enumerate()
             .filter(|(_, r)| {
                 r.iter()

@@ -246,12 +246,12 @@ impl Preprocessor {
             OutlierStrategy::ClipQuantile | OutlierStrategy::ClipIqr => {
                 let tukey = (cfg.outliers == OutlierStrategy::ClipIqr).then_some(cfg.iqr_factor);
                 let b = Bounds::fit(&x, width, nf, tukey, cfg.quantiles);
-                b.clip(&mut x);
+                b.clip(&mut x, width);
                 Some(b)
             }
             OutlierStrategy::Drop => {
                 let b = Bounds::fit(&x, width, nf, Some(cfg.iqr_factor), cfg.quantiles);
-                let keep = b.inliers(&x);
+                let keep = b.inliers(&x, width);
                 if !keep.is_empty() && keep.len() < d.len() {
                     rows_dropped = (d.len() - keep.len()) as u64;
                     x = keep
@@ -319,7 +319,7 @@ impl Preprocessor {
     pub fn transform(&self, x: &[f32]) -> Vec<f32> {
         let mut x = self.imputer.transform(x, false);
         if let (Some(b), true) = (&self.bounds, self.clips()) {
-            b.clip(&mut x);
+            b.clip(&mut x, self.imputer.n_out());
         }
         if let Some(keep) = &self.kept {
             x = steps::select_columns(&x, self.imputer.n_out(), keep);
@@ -392,8 +392,9 @@ impl Preprocessor {
             cur = "pre_with_indicators".into();
         }
         if let (Some(b), true) = (&self.bounds, self.clips()) {
-            init.push(tensor_f32("pre_low", &[width], &b.low));
-            init.push(tensor_f32("pre_high", &[width], &b.high));
+            let (low, high) = b.padded(width as usize);
+            init.push(tensor_f32("pre_low", &[width], &low));
+            init.push(tensor_f32("pre_high", &[width], &high));
             nodes.push(node("Max", &[&cur, "pre_low"], "pre_above_low", vec![]));
             nodes.push(node(
                 "Min",
