@@ -350,3 +350,53 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     token.cancel();
     running.wait(Duration::from_secs(15)).await.unwrap();
 }
+
+/// `edgeloop detect` on the shipped NAB column prints River's alarms, as
+/// documented: `{"detector", "params", "rows", "standardize", "alarms"}`
+/// (ADWIN with River's clock and with `clock=1`; Page-Hinkley on the raw
+/// temperatures and on their running z-scores).
+#[test]
+fn the_detect_command_on_nab_prints_rivers_alarms() {
+    let r = reference();
+    for (case, detector, extra) in [
+        ("adwin", "adwin", &[][..]),
+        ("adwin_clock1", "adwin", &["--param", "clock=1"][..]),
+        ("page_hinkley", "page_hinkley", &[][..]),
+        (
+            "page_hinkley_standardized",
+            "page_hinkley",
+            &["--standardize"][..],
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args([
+                "detect",
+                "--json",
+                "--column",
+                "value",
+                "--detector",
+                detector,
+            ])
+            .args(extra)
+            .arg("--file")
+            .arg(fixture("nab_ambient_temperature_system_failure.csv"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["alarms", "detector", "params", "rows", "standardize"],
+            "{case}"
+        );
+        assert_eq!(v["rows"], 7267);
+        assert_eq!(v["detector"], detector);
+        assert_eq!(v["standardize"], extra.contains(&"--standardize"));
+        assert_eq!(v["alarms"], r["nab_detect"][case], "{case}");
+    }
+}

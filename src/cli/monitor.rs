@@ -235,7 +235,8 @@ pub struct DetectArgs {
     /// deviation of the values before it), as `[pipelines.drift] standardize`.
     #[arg(long)]
     standardize: bool,
-    /// Print `{"detector", "params", "rows", "alarms": [row indices]}`.
+    /// Print `{"detector", "params", "rows", "standardize", "alarms": [row
+    /// indices]}`.
     #[arg(long)]
     json: bool,
 }
