@@ -1085,6 +1085,7 @@ impl EvalOp for TreeEnsembleOp {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
+        crate::onnx::ml::clear_upper_vector_state();
         let input = input.cast_to::<f32>()?;
         let shape = input.shape();
         ensure!(

@@ -402,3 +402,97 @@ pub(crate) fn unify_symbolic_dims(proto: &mut pb::ModelProto, batch: &str) {
     }
     walk(graph, &batch_names, batch);
 }
+
+/// An engine's message about a node, said in the model's terms: the ONNX
+/// operator and node it concerns first (`operator Gemm (node `fc1`): …`),
+/// then the engine's own words. tract names the nodes it fails on in double
+/// quotes (`#3 "fc1"`), and the nodes it derives from one ONNX node by that
+/// node's name and a suffix (`fc1.matmul`); onnxruntime in single quotes
+/// (`Name:'fc1'`). The longest node name of the graph a quoted name equals
+/// or starts with (before `.`, `#`, `-` or `_`) is the node. Without one,
+/// the message as it is.
+pub(crate) fn in_model_terms(nodes: &[pb::NodeProto], message: &str) -> String {
+    let mut best: Option<&pb::NodeProto> = None;
+    let quoted = message
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .chain(message.split('\'').skip(1).step_by(2));
+    for quoted in quoted {
+        for node in nodes {
+            let n = node.name.as_str();
+            let matches = !n.is_empty()
+                && (quoted == n
+                    || quoted
+                        .strip_prefix(n)
+                        .is_some_and(|rest| rest.starts_with(['.', '#', '-', '_'])));
+            if matches && best.is_none_or(|b| b.name.len() < n.len()) {
+                best = Some(node);
+            }
+        }
+        if best.is_some() {
+            break;
+        }
+    }
+    match best {
+        Some(node) => {
+            let domain = if node.domain.is_empty() || node.domain == "ai.onnx" {
+                String::new()
+            } else {
+                format!("{}.", node.domain)
+            };
+            format!(
+                "operator {domain}{} (node `{}`): {message}",
+                node.op_type, node.name
+            )
+        }
+        None => message.to_string(),
+    }
+}
+
+/// The graph's nodes with their name, operator and domain only (what
+/// [`in_model_terms`] reads; no attributes or weights).
+pub(crate) fn node_names(graph: &pb::GraphProto) -> Vec<pb::NodeProto> {
+    graph
+        .node
+        .iter()
+        .map(|n| pb::NodeProto {
+            name: n.name.clone(),
+            op_type: n.op_type.clone(),
+            domain: n.domain.clone(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, op: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            name: name.into(),
+            op_type: op.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_node_a_message_quotes_is_named_with_its_operator() {
+        let graph = [node("fc", "Gemm"), node("fc1", "MatMul"), node("", "Relu")];
+        assert_eq!(
+            in_model_terms(&graph, r#"Failed analyse for node #3 "fc1.matmul" MatMul"#),
+            r#"operator MatMul (node `fc1`): Failed analyse for node #3 "fc1.matmul" MatMul"#
+        );
+        assert_eq!(
+            in_model_terms(&graph, r#"Evaluating #0 "fc" OptMatMul"#),
+            r#"operator Gemm (node `fc`): Evaluating #0 "fc" OptMatMul"#
+        );
+        assert_eq!(
+            in_model_terms(&graph, "running Gemm node. Name:'fc' Status Message: bad"),
+            "operator Gemm (node `fc`): running Gemm node. Name:'fc' Status Message: bad"
+        );
+        // No node of the graph quoted: the message unchanged.
+        assert_eq!(in_model_terms(&graph, r#"in "fcx""#), r#"in "fcx""#);
+    }
+}

@@ -91,6 +91,8 @@ pub fn environment(
 /// An onnxruntime session; runs one call at a time.
 pub(super) struct OrtSession {
     session: Mutex<OrtInner>,
+    /// The graph's node names and operators, to name them in errors.
+    nodes: Vec<tract_onnx::pb::NodeProto>,
 }
 
 impl std::fmt::Debug for OrtSession {
@@ -113,13 +115,20 @@ impl OrtSession {
             });
         }
         let (_, env) = environment(options)?;
-        let refused = |e: String| ModelError::Refused(format!("onnxruntime: {e}"));
+        let nodes = super::graph::node_names(graph.graph());
+        let refused = |e: String| {
+            ModelError::Refused(super::graph::in_model_terms(
+                &nodes,
+                &format!("onnxruntime: {e}"),
+            ))
+        };
         let session = OrtInner::builder(&env)
             .map_err(|e| refused(e.to_string()))?
             .commit_from_memory(bytes)
             .map_err(|e| refused(e.to_string()))?;
         Ok(Self {
             session: Mutex::new(session),
+            nodes,
         })
     }
 
@@ -138,7 +147,12 @@ impl OrtSession {
             .session
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let run = |e: ort::Error| ModelError::Run(format!("onnxruntime: {e}"));
+        let run = |e: ort::Error| {
+            ModelError::Run(super::graph::in_model_terms(
+                &self.nodes,
+                &format!("onnxruntime: {e}"),
+            ))
+        };
         let out = session.run(values).map_err(run)?;
         let mut result = Vec::with_capacity(outputs.len());
         for info in outputs {

@@ -1,13 +1,25 @@
 //! The tract engine (pure Rust): the parser with edgeloop's operators, the
 //! operator check, symbolic batch dims, outputs cast to their declared type.
+//!
+//! Per call, tract's general plan resolves the batch symbol, and a fresh run
+//! state starts each matrix product's scratch space and output layout anew.
+//! So a session keeps, besides the general plan, plans made for the batch
+//! sizes it is called with (the symbol set to the size, then optimised: no
+//! symbol to resolve, layouts fixed at load), up to [`SIZED_PLANS`] sizes,
+//! and it keeps run states between calls when the plan holds no operator
+//! state (a recurrent operator's hidden state would otherwise carry from one
+//! call into the next).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::{
     tract_ndarray, tvec, Datum, DatumType, Framework, InferenceFact, InferenceModelExt,
-    IntoRunnable, IntoTValue, TDim, Tensor as TTensor, TypedRunnableModel,
+    IntoRunnable, IntoTValue, Symbol, TDim, TValue, TVec, Tensor as TTensor, TypedModel,
+    TypedRunnableModel, TypedSimpleState,
 };
+use tract_onnx::tract_hir::infer::{DimFact, ShapeFactoid};
+use tract_onnx::tract_hir::internal::{DimLike, EvalContext, OpState, TractResult, TypedNode};
 
 use super::graph::Graph;
 use super::{DType, Data, Engine, LoadOptions, ModelError, Named, Tensor, TensorInfo};
@@ -31,10 +43,105 @@ const DOMAINS: [&str; 4] = ["", "ai.onnx", "ai.onnx.ml", "com.microsoft"];
 /// The symbol of the inputs' batch axis.
 const BATCH: &str = "N";
 
-/// A runnable tract plan.
+/// Batch sizes a session keeps a plan of its own for (the first sizes it is
+/// called with); calls of other sizes take the general plan.
+const SIZED_PLANS: usize = 4;
+
+/// Run states a plan keeps between calls (one per call running at once).
+const KEPT_STATES: usize = 4;
+
+/// A runnable tract plan, and plans for the batch sizes it is called with.
 #[derive(Debug)]
 pub(super) struct TractSession {
+    /// The plan for any batch size (the batch symbol resolved per call).
+    general: Prepared,
+    /// The decluttered model the sized plans are made from, with the batch
+    /// symbol; `None` when no input has a batch symbol.
+    typed: Option<(TypedModel, Symbol)>,
+    /// Plans by batch size; `None`: making one failed, the general plan runs.
+    sized: Mutex<Vec<(usize, Option<Arc<Prepared>>)>>,
+    /// The graph's node names and operators, to name them in errors.
+    nodes: Vec<tract_onnx::pb::NodeProto>,
+    /// Each input's dims as the plan fixes them (declared, or inferred from
+    /// the graph), `None` where open: what a call's tensors must fit.
+    planned: Vec<Vec<Option<usize>>>,
+}
+
+/// A plan and the run states kept for it.
+#[derive(Debug)]
+struct Prepared {
     plan: Arc<TypedRunnableModel>,
+    /// `None` when an operator keeps state between turns (a recurrent
+    /// operator's hidden state): each call then starts a fresh run state.
+    states: Option<Mutex<Vec<TypedSimpleState>>>,
+}
+
+impl Prepared {
+    fn new(plan: Arc<TypedRunnableModel>) -> Result<Self, tract_onnx::prelude::TractError> {
+        let state = plan.spawn()?;
+        let states = state
+            .op_states
+            .iter()
+            .all(Option::is_none)
+            .then(|| Mutex::new(vec![state]));
+        Ok(Self { plan, states })
+    }
+
+    fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>, ModelError> {
+        let failed = |e: tract_onnx::prelude::TractError| ModelError::Run(format!("{e:#}"));
+        let kept = self
+            .states
+            .as_ref()
+            .and_then(|s| s.lock().ok().and_then(|mut s| s.pop()));
+        let mut state = match kept {
+            Some(s) => s,
+            None => self.plan.spawn().map_err(failed)?,
+        };
+        // A state whose run failed is dropped, not kept.
+        let out = state
+            .run_plan_with_eval(inputs, guarded_eval)
+            .map_err(failed)?;
+        if let Some(Ok(mut s)) = self.states.as_ref().map(|s| s.lock()) {
+            if s.len() < KEPT_STATES {
+                s.push(state);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// tract's evaluation of one node, a panic inside it (tract's `Gather`
+/// slices out of range on an index past its table) turned into an error
+/// naming the node (`Evaluating #1 "pick_row" Gather: panicked: …`):
+/// bad input fails the call, not the daemon. After each node, the AVX
+/// registers' upper halves are cleared
+/// ([`crate::onnx::ml::clear_upper_vector_state`]).
+fn guarded_eval(
+    ctx: &EvalContext,
+    state: Option<&mut (dyn OpState + 'static)>,
+    node: &TypedNode,
+    inputs: TVec<TValue>,
+) -> TractResult<TVec<TValue>> {
+    let run = std::panic::AssertUnwindSafe(|| {
+        tract_onnx::tract_core::plan::eval(ctx, state, node, inputs)
+    });
+    let result = std::panic::catch_unwind(run);
+    // The next node may be scalar code built for baseline x86-64; after
+    // tract's AVX-512 kernels it would pay the AVX-SSE transition penalty.
+    crate::onnx::ml::clear_upper_vector_state();
+    match result {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(tract_onnx::prelude::TractError::msg(format!(
+                "Evaluating {node}: panicked: {what}"
+            )))
+        }
+    }
 }
 
 impl TractSession {
@@ -53,13 +160,19 @@ impl TractSession {
                 op: op.clone(),
             });
         }
-        let refused =
-            |e: tract_onnx::prelude::TractError| ModelError::Refused(format!("tract: {e:#}"));
+        let nodes = super::graph::node_names(graph.graph());
+        let refused = |e: tract_onnx::prelude::TractError| {
+            ModelError::Refused(super::graph::in_model_terms(
+                &nodes,
+                &format!("tract: {e:#}"),
+            ))
+        };
         let mut proto = graph.proto.clone();
         super::graph::unify_symbolic_dims(&mut proto, BATCH);
-        let mut model = parser.model_for_proto_model(&proto).map_err(refused)?;
+        let model = parser.model_for_proto_model(&proto).map_err(refused)?;
         let batch = model.symbols.sym(BATCH);
-        for (i, info) in graph.inputs.iter().enumerate() {
+        let mut input_dims = Vec::with_capacity(graph.inputs.len());
+        for info in &graph.inputs {
             let dt = datum_type(info.dtype).ok_or_else(|| {
                 ModelError::Refused(format!(
                     "input `{}`: element type {:?} is not supported",
@@ -78,31 +191,118 @@ impl TractSession {
                     }
                 },
             };
-            let rank = dims.len();
-            let mut shape: Vec<TDim> = Vec::with_capacity(rank);
-            for (axis, d) in dims.iter().enumerate() {
-                shape.push(match (d, axis) {
-                    (Some(n), _) => TDim::from(*n as i64),
-                    (None, 0) => TDim::from(batch.clone()),
-                    (None, 1) if rank == 2 && options.input_width.is_some() => {
-                        TDim::from(options.input_width.unwrap_or_default() as i64)
-                    }
-                    (None, _) => TDim::from(
-                        model
-                            .symbols
-                            .sym(&format!("{}_{axis}", sanitize(&info.name))),
-                    ),
-                });
-            }
-            model
-                .set_input_fact(i, InferenceFact::dt_shape(dt, shape))
-                .map_err(refused)?;
+            input_dims.push((dt, dims));
         }
-        let plan = model
+        // Open axes (symbolic or absent, past the batch axis) left for tract
+        // to infer from the graph (a Gemm's weights fix its input's width);
+        // when it cannot, each becomes a symbol of its own.
+        let mut typed = None;
+        for open in [true, false] {
+            let mut m = model.clone();
+            for (i, (dt, dims)) in input_dims.iter().enumerate() {
+                let rank = dims.len();
+                let shape: TVec<DimFact> = dims
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, d)| match (d, axis) {
+                        (Some(n), _) => DimFact::from(TDim::from(*n as i64)),
+                        (None, 0) => DimFact::from(TDim::from(batch.clone())),
+                        (None, 1) if rank == 2 && options.input_width.is_some() => DimFact::from(
+                            TDim::from(options.input_width.unwrap_or_default() as i64),
+                        ),
+                        (None, _) if open => DimFact::default(),
+                        (None, _) => DimFact::from(TDim::from(
+                            m.symbols
+                                .sym(&format!("{}_{axis}", sanitize(&graph.inputs[i].name))),
+                        )),
+                    })
+                    .collect();
+                m.set_input_fact(i, InferenceFact::dt_shape(*dt, ShapeFactoid::closed(shape)))
+                    .map_err(refused)?;
+            }
+            match m.into_typed() {
+                Ok(t) => {
+                    typed = Some(t);
+                    break;
+                }
+                Err(e) if !open => return Err(refused(e)),
+                Err(_) => {}
+            }
+        }
+        let Some(model) = typed else {
+            return Err(ModelError::Refused("tract: no plan".into()));
+        };
+        let decluttered = model.into_decluttered().map_err(refused)?;
+        // The dims the plan fixes for each input (declared or inferred).
+        let planned: Vec<Vec<Option<usize>>> = decluttered
+            .input_outlets()
+            .map_err(refused)?
+            .iter()
+            .map(|o| {
+                decluttered.outlet_fact(*o).map(|f| {
+                    f.shape
+                        .iter()
+                        .map(|d| d.to_usize().ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(refused)?;
+        let general = decluttered
+            .clone()
             .into_optimized()
             .and_then(|m| m.into_runnable())
+            .and_then(Prepared::new)
             .map_err(refused)?;
-        Ok(Self { plan })
+        let batched = decluttered
+            .input_outlets()
+            .map_err(refused)?
+            .iter()
+            .any(|o| {
+                decluttered
+                    .outlet_fact(*o)
+                    .is_ok_and(|f| f.shape.iter().any(|d| d.symbols().contains(&batch)))
+            });
+        Ok(Self {
+            general,
+            typed: batched.then_some((decluttered, batch)),
+            sized: Mutex::new(Vec::new()),
+            nodes,
+            planned,
+        })
+    }
+
+    /// The plan for batches of `n` rows: made at the first call of that size
+    /// while fewer than [`SIZED_PLANS`] sizes have one.
+    fn sized(&self, n: usize) -> Option<Arc<Prepared>> {
+        let (typed, batch) = self.typed.as_ref()?;
+        {
+            let sized = self.sized.lock().ok()?;
+            if let Some((_, p)) = sized.iter().find(|(size, _)| *size == n) {
+                return p.clone();
+            }
+            if sized.len() >= SIZED_PLANS {
+                return None;
+            }
+        }
+        let made = typed
+            .set_symbols(&HashMap::from([(batch.clone(), TDim::from(n as i64))]))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .and_then(Prepared::new)
+            .map(Arc::new);
+        if let Err(e) = &made {
+            tracing::debug!(rows = n, error = %e, "No plan of its own for this batch size; the general plan runs.");
+        }
+        let made = made.ok();
+        let mut sized = self.sized.lock().ok()?;
+        if let Some((_, p)) = sized.iter().find(|(size, _)| *size == n) {
+            return p.clone();
+        }
+        if sized.len() < SIZED_PLANS {
+            sized.push((n, made.clone()));
+        }
+        made
     }
 
     /// Runs the plan; inputs in declared order.
@@ -113,7 +313,12 @@ impl TractSession {
         outputs: &[TensorInfo],
     ) -> Result<Vec<Named>, ModelError> {
         let mut values = tvec!();
-        for (info, given) in infos.iter().zip(inputs) {
+        let mut rows = None;
+        for ((info, given), dims) in infos.iter().zip(inputs).zip(&self.planned) {
+            fits_plan(&info.name, dims, &given.tensor.shape)?;
+            if rows.is_none() && info.dims.as_ref().is_none_or(|d| d.first() == Some(&None)) {
+                rows = given.tensor.shape.first().copied();
+            }
             let t = to_tract(&given.tensor)?;
             let dt = datum_type(info.dtype).unwrap_or(t.datum_type());
             let t = if t.datum_type() == dt {
@@ -125,10 +330,14 @@ impl TractSession {
             };
             values.push(t.into_tvalue());
         }
-        let out = self
-            .plan
-            .run(values)
-            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let out = match rows.and_then(|n| self.sized(n)) {
+            Some(plan) => plan.run(values),
+            None => self.general.run(values),
+        }
+        .map_err(|e| match e {
+            ModelError::Run(m) => ModelError::Run(super::graph::in_model_terms(&self.nodes, &m)),
+            other => other,
+        })?;
         out.into_iter()
             .zip(outputs)
             .map(|(t, info)| {
@@ -141,6 +350,38 @@ impl TractSession {
             })
             .collect()
     }
+}
+
+/// A tensor of `shape` fits input `name`'s planned `dims`: the rank, and
+/// every axis the plan fixes (from the model's declared dims, or inferred
+/// from its graph: a Gemm's weights fix its input's width).
+fn fits_plan(name: &str, dims: &[Option<usize>], shape: &[usize]) -> Result<(), ModelError> {
+    let text = || {
+        let d: Vec<String> = dims
+            .iter()
+            .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
+            .collect();
+        format!("[{}]", d.join(", "))
+    };
+    if dims.len() != shape.len() {
+        return Err(ModelError::BadInput(format!(
+            "input `{name}` takes {} dims {}; given {} dims {shape:?}",
+            dims.len(),
+            text(),
+            shape.len()
+        )));
+    }
+    for (axis, (d, g)) in dims.iter().zip(shape).enumerate() {
+        if let Some(d) = d {
+            if d != g {
+                return Err(ModelError::BadInput(format!(
+                    "input `{name}` {}: axis {axis} is {d} in the model's graph, given {g}",
+                    text()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn sanitize(s: &str) -> String {

@@ -21,7 +21,10 @@
 //! * module [`array_feature_extractor`]: `ArrayFeatureExtractor` (replaces tract-onnx's,
 //!   which drops the axis of a scalar index);
 //! * module [`tree_ensemble5`]: the ml-opset-5 `TreeEnsemble`, compiled to
-//!   [`crate::onnx::tree_ensemble::TreeEnsemble`].
+//!   [`crate::onnx::tree_ensemble::TreeEnsemble`];
+//! * module [`softmax`]: the standard `Softmax` (replaces tract-onnx's, whose
+//!   vector kernels copy each short row, a few classes, through a scratch
+//!   buffer).
 //!
 //! Each operator is a [`Kernel`]: its outputs' types and shapes as a function of
 //! input 0's, and an `eval` over whole tensors. [`register`] puts them in tract's
@@ -42,6 +45,7 @@ pub mod linear_classifier;
 pub mod linear_regressor;
 pub mod one_hot_encoder;
 pub mod scaler;
+pub mod softmax;
 pub mod svm;
 pub mod tree_ensemble5;
 pub mod zipmap;
@@ -61,6 +65,7 @@ pub fn register(register: &mut OnnxOpRegister) {
     register.insert("LinearClassifier", linear_classifier::build);
     register.insert("LinearRegressor", linear_regressor::build);
     register.insert("ArrayFeatureExtractor", array_feature_extractor::build);
+    register.insert("Softmax", softmax::build);
 }
 
 /// How an output's shape follows input 0's shape `S`.
@@ -223,6 +228,28 @@ impl PostTransform {
     }
 }
 
+/// Clears the upper halves of the AVX registers (`vzeroupper`) when the CPU
+/// has AVX. tract's AVX-512 matrix kernels return with them in use, and
+/// then every legacy-SSE instruction of code built for baseline x86-64 (all
+/// of edgeloop's scalar float code, `libm`'s `expf` call sequence) pays a
+/// transition penalty: measured, a 64-row softmax after a Gemm took 25 µs
+/// instead of 2. Called where edgeloop's code takes over from tract's: at
+/// the start of its operators and after a plan runs. Elsewhere a no-op.
+#[inline]
+pub fn clear_upper_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        unsafe fn zeroupper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX (checked just above).
+            unsafe { zeroupper() }
+        }
+    }
+}
+
 /// `1 / (1 + e^-x)`, as onnxruntime's `ComputeLogistic`.
 pub fn logistic(x: f32) -> f32 {
     let v = 1.0 / (1.0 + (-x.abs()).exp());
@@ -320,6 +347,7 @@ impl EvalOp for MlOp {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
+        clear_upper_vector_state();
         self.0
             .eval(input)
             .with_context(|| format!("evaluating {}", self.0.name()))
