@@ -19,14 +19,52 @@
 //! through the trees repeated. The `ort`
 //! column needs the feature `ort` and `ORT_DYLIB_PATH` (the `onnxruntime`
 //! wheel's `capi/libonnxruntime.so.*`); without them it reads `-`.
+//!
+//! Allocations per call: a counting global allocator counts the heap
+//! allocations (`alloc` and `realloc` calls) of the timed calls, divided by
+//! their number. It sees Rust's heap only: onnxruntime's own C++
+//! allocations are not counted, so the `ort` figure is edgeloop's side of
+//! the call (inputs, outputs, the `ort` crate's values).
+//!
+//! `EDGELOOP_BENCH_ONLY=a,b`: only the models whose name contains `a` or `b`
+//! (and no Python column).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgeloop::serve::engine::{Data, EngineKind, LoadOptions, Named, Session, Tensor};
 use serde_json::Value;
+
+/// The system allocator, counting allocations.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn suite() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conformance")
@@ -89,23 +127,25 @@ fn rows(v: &Value, n: usize, first: usize) -> Tensor {
 }
 
 /// Median µs of one `run_rows` over about `budget`, call `i` on
-/// `batches[i % len]`.
-fn median_us(session: &Session, batches: &[Vec<Named>], budget: Duration) -> Option<f64> {
+/// `batches[i % len]`, and the heap allocations per call.
+fn median_us(session: &Session, batches: &[Vec<Named>], budget: Duration) -> Option<(f64, f64)> {
     session.run_rows(&batches[0]).ok()?;
     let t = Instant::now();
     session.run_rows(&batches[1 % batches.len()]).ok()?;
     let once = t.elapsed().max(Duration::from_nanos(100));
     let n = ((budget.as_secs_f64() / once.as_secs_f64()) as usize).clamp(5, 50_001);
-    let mut times: Vec<f64> = (0..n)
-        .map(|i| {
-            let inputs = &batches[i % batches.len()];
-            let t = Instant::now();
-            session.run_rows(inputs).unwrap();
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
+    let mut times: Vec<f64> = Vec::with_capacity(n);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for i in 0..n {
+        let inputs = &batches[i % batches.len()];
+        let t = Instant::now();
+        let out = session.run_rows(inputs).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        drop(out);
+    }
+    let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
     times.sort_by(f64::total_cmp);
-    Some(times[n / 2])
+    Some((times[n / 2], allocations))
 }
 
 fn python() -> BTreeMap<String, BTreeMap<String, f64>> {
@@ -135,22 +175,35 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(300),
     );
-    let py = python();
+    let only: Vec<String> = std::env::var("EDGELOOP_BENCH_ONLY")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    // The Python reference covers the whole conformance suite: skipped
+    // when only some models are asked for.
+    let py = if only.is_empty() {
+        python()
+    } else {
+        BTreeMap::new()
+    };
     let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
     let ratio = |a: Option<f64>, b: Option<f64>| {
         a.zip(b)
             .map_or_else(|| "-".into(), |(a, b)| format!("{:.2}", a / b))
     };
     println!(
-        "| model | rows | tract µs | ort µs | tract / ort | onnxruntime (Python) µs | tract / onnxruntime (Python) |"
+        "| model | rows | tract µs | ort µs | tract / ort | onnxruntime (Python) µs | tract / onnxruntime (Python) | tract allocs | ort allocs |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for dir in suites() {
         let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {
             continue;
         };
         let manifest: Value = serde_json::from_str(&text).unwrap();
         for m in manifest["models"].as_array().unwrap() {
+            let name = m["name"].as_str().unwrap_or_default();
+            if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+                continue;
+            }
             bench_model(&dir, m, &py, budget, &fmt, &ratio);
         }
     }
@@ -197,16 +250,20 @@ fn bench_model(
             .collect();
         let t = tract.as_ref().and_then(|s| median_us(s, &batches, budget));
         let o = ort.as_ref().and_then(|s| median_us(s, &batches, budget));
+        let (t, t_allocs) = (t.map(|t| t.0), t.map(|t| t.1));
+        let (o, o_allocs) = (o.map(|o| o.0), o.map(|o| o.1));
         let p = (dir == suite())
             .then(|| py.get(name).and_then(|r| r.get(&n.to_string())).copied())
             .flatten();
         println!(
-            "| {name} | {n} | {} | {} | {} | {} | {} |",
+            "| {name} | {n} | {} | {} | {} | {} | {} | {} | {} |",
             fmt(t),
             fmt(o),
             ratio(t, o),
             fmt(p),
-            ratio(t, p)
+            ratio(t, p),
+            fmt(t_allocs),
+            fmt(o_allocs)
         );
     }
 }
