@@ -58,7 +58,16 @@ use crate::store::{Store, StoreError};
 #[serde(deny_unknown_fields, default)]
 pub struct OnlineConfig {
     /// `online_logistic`, `hoeffding_tree`, `hoeffding_adaptive_tree`,
-    /// `arf`, or `off` (the default).
+    /// `arf`, or `off` (the default, so that a pipeline's first version is
+    /// still its first batch model unless asked). Measured prequential
+    /// accuracy (test then train): UCI Occupancy `datatraining.txt`
+    /// (`edgeloop evaluate --prequential --family F`) arf 0.989,
+    /// hoeffding_tree 0.986, hoeffding_adaptive_tree 0.982, online_logistic
+    /// 0.979; River's generators and gas (`tests/fixtures/online/online.json`,
+    /// River's learners, which ours equal) SEA arf 0.882 / logistic 0.884,
+    /// Agrawal arf 0.896 / HAT 0.820, RandomRBFDrift arf 0.724 / logistic
+    /// 0.571, gas batches 1+4 logistic 0.937 / arf 0.818: `arf` is the
+    /// family to turn on, `online_logistic` for many-feature streams like gas.
     pub family: String,
     /// Labels learned between two snapshots while it serves.
     pub snapshot_every_labels: u64,
