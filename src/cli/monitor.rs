@@ -34,15 +34,18 @@ pub struct AnomalyArgs {
     /// Seed of the trees (River's `seed`; the same seed draws River's trees).
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Alarm above this quantile of the last `--history` scores (0.999:
-    /// chosen on the shipped NAB files, benches/nab_score.py).
+    /// Alarm above this quantile of the last `--history` scores.
+    ///
+    /// 0.999 was chosen on the shipped NAB files (benches/nab_score.py).
     #[arg(long, default_value_t = 0.999)]
     quantile: f64,
     /// Scores (after the first window) seen before the first alarm.
     #[arg(long, default_value_t = 1000)]
     calibration: usize,
-    /// Scores the threshold is the quantile of: the last N before each
-    /// reading (at least --calibration).
+    /// Scores the threshold is the quantile of (the last N).
+    ///
+    /// The last N non-zero scores before each reading; at least
+    /// --calibration.
     #[arg(long, default_value_t = 5000)]
     history: usize,
     /// Print `{"features", "threshold", "scores": [...], "alarms": [row
@@ -231,8 +234,10 @@ pub struct DetectArgs {
     /// `[pipelines.drift.adwin]` etc. in the configuration).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
-    /// Feed the detector z-scores (each value against the mean and standard
-    /// deviation of the values before it), as `[pipelines.drift] standardize`.
+    /// Feed the detector z-scores instead of the values.
+    ///
+    /// Each value against the mean and standard deviation of the values
+    /// before it, as `[pipelines.drift] standardize`.
     #[arg(long)]
     standardize: bool,
     /// Print `{"detector", "params", "rows", "standardize", "alarms": [row
@@ -360,17 +365,22 @@ pub struct DriftArgs {
     /// deviations.
     #[arg(long, default_value_t = 0.75)]
     shift_floor: f64,
-    /// Column of the readings' times (RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]`,
-    /// or epoch seconds/ms), for a seasonal reference (`--season`).
+    /// Column of the readings' times, for a seasonal reference.
+    ///
+    /// RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]` (read as UTC), or epoch
+    /// seconds/ms; see `--season`.
     #[arg(long)]
     timestamp: Option<String>,
-    /// Seasonal reference: each window is compared with the reference rows
-    /// of the same season: none, hour_of_day, hour_and_weekend,
-    /// hour_of_week (default none; hour_and_weekend with --timestamp).
+    /// Seasons a window is compared within (needs --timestamp).
+    ///
+    /// Each window is compared with the reference rows of its seasons:
+    /// none, hour_of_day, hour_and_weekend, hour_of_week (default none;
+    /// hour_and_weekend with --timestamp).
     #[arg(long, value_parser = ["none", "hour_of_day", "hour_and_weekend", "hour_of_week"])]
     season: Option<String>,
-    /// Reference rows a season bucket needs; fewer: its hour of day, then
-    /// the whole reference.
+    /// Reference rows a season bucket needs.
+    ///
+    /// A bucket with fewer takes its hour of day, then the whole reference.
     #[arg(long, default_value_t = 30)]
     min_bucket: usize,
     /// Print the windows and their per-feature figures as JSON.
