@@ -7,35 +7,54 @@
 //!   running-mean imputation and scaling, `MatMul` + `Add`, `Softmax` or
 //!   normalised one-vs-rest sigmoids), equal to the model's probabilities;
 //! * `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`: one `ai.onnx.ml`
-//!   `TreeEnsembleClassifier` (opset 3, `post_transform NONE`) summing the
-//!   trees' leaf weights, then `ReduceSum` and `Div` normalise each row (as
-//!   the learners normalise their votes), `ArgMax` gives `label`.
+//!   `TreeEnsembleRegressor` (opset 3, `SUM`, `post_transform NONE`) over
+//!   all the trees, then Gaussian naive Bayes in double, `ReduceSum` and
+//!   `Div` normalise each row (as the learners normalise their votes),
+//!   `ArgMax` gives `label`.
 //!
-//! **What an exported leaf predicts.** A Hoeffding-tree leaf predicts, in
-//! process, by naive Bayes over its per-class Gaussians when that has been
-//! more accurate on the leaf's samples than the majority class ("naive Bayes
-//! adaptive", River's `LeafNaiveBayesAdaptive`). A naive-Bayes vote is a
-//! function of the sample, which a tree ensemble's constant leaf weights
-//! cannot hold, so an exported leaf always predicts its **class
-//! distribution**: the leaf's class weights normalised to sum 1 (River's
-//! `normalize_values_in_dict` of its statistics, the majority-class branch of
-//! the adaptive leaf). On that basis the graph equals the model:
+//! **Every leaf predicts as in process.** A Hoeffding-tree leaf predicts by
+//! naive Bayes over its per-class Gaussians when that has been at least as
+//! accurate on the leaf's samples as the majority class, else by its class
+//! distribution ("naive Bayes adaptive", River 0.26.1's
+//! `LeafNaiveBayesAdaptive`, `river/tree/nodes/htc_nodes.py`); the choice is
+//! the one the leaf holds at snapshot time.
 //!
-//! * `hoeffding_tree`: the distribution of the leaf the sample reaches;
+//! * A class-distribution leaf adds its normalised class weights (River's
+//!   `normalize_values_in_dict`), times its scale (below), to regressor
+//!   targets `0..k`.
+//! * A naive-Bayes leaf writes its number `m` (from 1) to target `k + j`,
+//!   `j` its tree's rank among the trees holding such leaves. The graph
+//!   gathers the leaf's tables by `m` and computes River's
+//!   `do_naive_bayes_prediction` (`river/tree/utils.py`) as the learner
+//!   does, in f64: per class of the leaf, `ln(w_c / w)` plus, per feature
+//!   present in the row (`NaN`: skipped) whose Gaussian at the leaf has two
+//!   samples or more and a variance above 0, `proba.Gaussian`'s log density
+//!   `−(x − μ)² / 2σ² − ½ ln 2π − ½ ln σ²`; a class of weight 0 a log vote of
+//!   0; normalised by log-sum-exp (a class the leaf has not seen gets 0).
+//!   See `naive_bayes_nodes` for the operators (`Slice`, `Cast`, `IsNaN`,
+//!   `Where`, `Reshape`, `Gather`, `Sub`, `Mul`, `Div`, `ReduceSum`,
+//!   `ReduceMax`, `Exp`, `Log`, `Add`; all run on tract and onnxruntime).
+//!
+//! The trees and scales:
+//!
+//! * `hoeffding_tree`: the leaf the sample reaches, scale 1;
 //! * `hoeffding_adaptive_tree`: the sum over the leaves River's
 //!   `_found_leaves` collects (the main path's leaf and, at every branch on
-//!   it holding an alternate subtree, that subtree's leaves), each
-//!   distribution divided by `Σ dist · error²` of the leaf's running error as
-//!   River's `AdaLeafClassifier.prediction` does, normalised. Each alternate
-//!   subtree is its own tree in the ensemble, behind a copy of the path that
-//!   leads to its branch (the other side of each step a leaf of no weight);
-//! * `arf`: each member's leaf distribution weighted by the member's
-//!   accuracy so far (or 1 while it is 0), normalised: River's
-//!   `ARFClassifier` vote; background trees do not vote.
+//!   it holding an alternate subtree, that subtree's leaves), each leaf's
+//!   prediction divided by `Σ prediction · error²` of the leaf's running
+//!   error as River's `AdaLeafClassifier.prediction` does, normalised. Each
+//!   alternate subtree is its own tree in the ensemble, behind a copy of the
+//!   path that leads to its branch (the other side of each step a leaf of no
+//!   weight);
+//! * `arf`: each member's prediction weighted by the member's accuracy so
+//!   far (or 1 while it is 0), normalised: River's `ARFClassifier` vote;
+//!   background trees do not vote.
 //!
-//! [`leaf_proba`] computes the same in process (f64), the reference of the
-//! export's tests. A sample missing a split feature (`NaN`) follows the
-//! heavier branch, as in the learners, through
+//! So the graph's probabilities are the learner's `predict_proba_one`
+//! within f32 rounding (tests: 1e-5 on SEA, RandomRBFDrift and gas, missing
+//! values included, tract and onnxruntime). [`leaf_proba`] computes the
+//! graph's function in process (f64). A sample missing a split feature
+//! (`NaN`) follows the heavier branch, as in the learners, through
 //! `nodes_missing_value_tracks_true`; thresholds are the largest `f32` not
 //! above the learner's `f64` threshold, so `f32` inputs take the same branch
 //! as in the learner. With at most one class (`n_classes() <= 1`: the
@@ -48,6 +67,7 @@ use tract_onnx::pb;
 use super::{OnlineClassifier, OnlineModel};
 use crate::ingest::decode::Task;
 use crate::onnx::builder::{self as b, ModelMeta, ML_DOMAIN, OUTPUT_PROBABILITIES};
+use tract_onnx::pb::tensor_proto::DataType;
 
 /// Prequential accuracy (test then train: each sample predicted before it
 /// is learned) over some labelled samples.
@@ -70,8 +90,8 @@ pub struct SnapshotCard {
     /// With one class learned so far, the snapshot answers it whatever the
     /// input (cold start); predictions say `constant: true`.
     pub constant: bool,
-    /// The learner's own prediction record (in process, naive-Bayes-adaptive
-    /// leaves for the trees) over the last `window` samples and since the
+    /// The learner's own prediction record (in process; the snapshot's graph
+    /// predicts the same, naive-Bayes-adaptive leaves included) over the last `window` samples and since the
     /// start (since the daemon started learning: a restart relearns the
     /// stored samples and recounts).
     pub window: usize,
@@ -96,6 +116,79 @@ pub fn is_constant(card: &crate::learn::card::ModelCard) -> bool {
         .unwrap_or(false)
 }
 
+/// What the export needs of a learner's leaf
+/// (`hoeffding_tree::Leaf::export_parts`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LeafParts {
+    /// Class weights, classes in order of appearance.
+    pub(crate) stats: Vec<(usize, f64)>,
+    /// The leaf predicts by naive Bayes (its naive-Bayes hits so far at least
+    /// its majority-class hits), else by its class distribution.
+    pub(crate) naive_bayes: bool,
+    /// `(feature, class, mean, variance)` of every Gaussian whose log
+    /// density naive Bayes adds (two samples or more, variance above 0), in
+    /// the order the learner adds them.
+    pub(crate) gaussians: Vec<(usize, usize, f64, f64)>,
+}
+
+/// A naive-Bayes leaf: River's `do_naive_bayes_prediction` over the leaf's
+/// statistics, times `scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NaiveBayesLeaf {
+    /// Class weights (not empty, sum above 0).
+    pub(crate) stats: Vec<(usize, f64)>,
+    /// See [`LeafParts::gaussians`].
+    pub(crate) gaussians: Vec<(usize, usize, f64, f64)>,
+    /// What the leaf's probabilities are multiplied by in the vote.
+    pub(crate) scale: f64,
+}
+
+/// `0.5 ln(2π)`, as `proba.Gaussian` computes it.
+fn half_log_tau() -> f64 {
+    0.5 * std::f64::consts::TAU.ln()
+}
+
+impl NaiveBayesLeaf {
+    /// The leaf's vote for `x`: the learner's naive Bayes (log prior plus
+    /// each present feature's Gaussian log density, normalised by
+    /// log-sum-exp; a class of zero weight a log vote of 0) times `scale`.
+    fn add_votes(&self, x: &[f64], votes: &mut [f64]) {
+        let mut total = 0.0;
+        for (_, w) in &self.stats {
+            total += w;
+        }
+        let mut lj: Vec<f64> = Vec::with_capacity(self.stats.len());
+        for (c, cw) in &self.stats {
+            if *cw <= 0.0 {
+                lj.push(0.0);
+                continue;
+            }
+            let mut v = (cw / total).ln();
+            for (f, gc, mean, variance) in &self.gaussians {
+                let xf = x[*f];
+                if gc != c || xf.is_nan() {
+                    continue;
+                }
+                let d = xf - mean;
+                let lp = d * d / (-2.0 * variance) - half_log_tau() - 0.5 * variance.ln();
+                if lp > f64::NEG_INFINITY {
+                    v += lp;
+                }
+            }
+            lj.push(v);
+        }
+        let max_ll = lj.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut s = 0.0;
+        for v in &lj {
+            s += (v - max_ll).exp();
+        }
+        let lse = max_ll + s.ln();
+        for ((c, _), v) in self.stats.iter().zip(lj) {
+            votes[*c] += (v - lse).exp() * self.scale;
+        }
+    }
+}
+
 /// One node of an exported tree; children index the tree's `nodes`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ExportNode {
@@ -109,6 +202,8 @@ pub(crate) enum ExportNode {
     },
     /// Class weights the leaf adds to the vote (none: a leaf of no weight).
     Leaf { weights: Vec<(usize, f64)> },
+    /// A leaf predicting by naive Bayes.
+    NaiveBayes(Box<NaiveBayesLeaf>),
 }
 
 /// A tree of the exported ensemble; node 0 is the root.
@@ -121,6 +216,57 @@ impl ExportTree {
     /// Adds a leaf; returns its index.
     pub(crate) fn leaf(&mut self, weights: Vec<(usize, f64)>) -> usize {
         self.nodes.push(ExportNode::Leaf { weights });
+        self.nodes.len() - 1
+    }
+
+    /// Adds a learner's leaf predicting as it does in process, its
+    /// probabilities times `weight`; `hat_error`: the running error of a
+    /// Hoeffding adaptive tree's leaf, which divides them by
+    /// `Σ probabilities · error²` (River's `AdaLeafClassifier.prediction`;
+    /// unscaled when that is 0). A leaf without statistics adds nothing.
+    /// Returns its index.
+    pub(crate) fn learner_leaf(
+        &mut self,
+        parts: LeafParts,
+        hat_error: Option<f64>,
+        weight: f64,
+    ) -> usize {
+        let total: f64 = parts.stats.iter().map(|(_, w)| w).sum();
+        let scaled = |sum: f64| match hat_error {
+            Some(e) => {
+                let factor = sum * e * e;
+                if factor == 0.0 || factor.is_nan() {
+                    weight
+                } else {
+                    weight * (1.0 / factor)
+                }
+            }
+            None => weight,
+        };
+        if parts.stats.is_empty() {
+            return self.leaf(Vec::new());
+        }
+        if !parts.naive_bayes {
+            // River's `normalize_values_in_dict` (unchanged when the sum is
+            // 0 or NaN).
+            let dist: Vec<(usize, f64)> = if total == 0.0 || total.is_nan() {
+                parts.stats
+            } else {
+                let inv = 1.0 / total;
+                parts.stats.iter().map(|(c, v)| (*c, v * inv)).collect()
+            };
+            let scale = scaled(dist.iter().map(|(_, p)| p).sum());
+            return self.leaf(dist.into_iter().map(|(c, p)| (c, p * scale)).collect());
+        }
+        if total == 0.0 {
+            return self.leaf(Vec::new());
+        }
+        self.nodes
+            .push(ExportNode::NaiveBayes(Box::new(NaiveBayesLeaf {
+                stats: parts.stats,
+                gaussians: parts.gaussians,
+                scale: scaled(1.0),
+            })));
         self.nodes.len() - 1
     }
 
@@ -142,7 +288,7 @@ impl ExportTree {
         }
     }
 
-    /// Adds the leaf weights `x` reaches to `votes` (`[n_classes]`).
+    /// Adds the vote of the leaf `x` reaches to `votes` (`[n_classes]`).
     fn add_votes(&self, x: &[f64], votes: &mut [f64]) {
         let mut i = 0;
         while i < self.nodes.len() {
@@ -165,6 +311,10 @@ impl ExportTree {
                     for (c, w) in weights {
                         votes[*c] += w;
                     }
+                    return;
+                }
+                ExportNode::NaiveBayes(nb) => {
+                    nb.add_votes(x, votes);
                     return;
                 }
             }
@@ -302,6 +452,25 @@ pub fn to_onnx(
         return constant_onnx(features.len(), k, model.n_classes().checked_sub(1), &meta);
     }
     let trees = trees(model);
+    let nf = features.len();
+    // Naive-Bayes leaves: numbered from 1 over the whole ensemble (row 0 of
+    // their tables is a leaf of no weight); each tree holding one gets a
+    // regressor target `k + j` its leaves write their number to.
+    let mut nb_leaves: Vec<&NaiveBayesLeaf> = Vec::new();
+    let mut nb_target: Vec<Option<usize>> = Vec::with_capacity(trees.len());
+    let mut n_nb_trees = 0;
+    for tree in &trees {
+        if tree
+            .nodes
+            .iter()
+            .any(|n| matches!(n, ExportNode::NaiveBayes(_)))
+        {
+            nb_target.push(Some(k + n_nb_trees));
+            n_nb_trees += 1;
+        } else {
+            nb_target.push(None);
+        }
+    }
     let (mut tree_ids, mut node_ids, mut feature_ids) = (vec![], vec![], vec![]);
     let (mut modes, mut values, mut true_ids, mut false_ids) = (vec![], vec![], vec![], vec![]);
     let mut missing = vec![];
@@ -310,7 +479,7 @@ pub fn to_onnx(
         for (i, node) in tree.nodes.iter().enumerate() {
             tree_ids.push(t as i64);
             node_ids.push(i as i64);
-            match node {
+            let leaf_weights: Vec<(usize, f32)> = match node {
                 ExportNode::Split {
                     feature,
                     threshold,
@@ -323,31 +492,37 @@ pub fn to_onnx(
                     true_ids.push(children[0] as i64);
                     false_ids.push(children[1] as i64);
                     missing.push(i64::from(*nan_left));
+                    continue;
                 }
                 ExportNode::Leaf { weights } => {
-                    feature_ids.push(0);
-                    modes.push("LEAF");
-                    values.push(0.0);
-                    true_ids.push(0);
-                    false_ids.push(0);
-                    missing.push(0);
-                    // Two classes: both weights on every leaf, zeros
-                    // included (onnxruntime's binary mode, see
-                    // `learn::families::tree_onnx`).
                     let mut per_class = vec![0.0f64; k];
                     for (c, w) in weights {
                         per_class[*c] += w;
                     }
-                    for (c, w) in per_class.into_iter().enumerate() {
-                        if w == 0.0 && k > 2 {
-                            continue;
-                        }
-                        w_tree.push(t as i64);
-                        w_node.push(i as i64);
-                        w_id.push(c as i64);
-                        w_value.push(w as f32);
-                    }
+                    per_class
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(_, w)| *w != 0.0)
+                        .map(|(c, w)| (c, w as f32))
+                        .collect()
                 }
+                ExportNode::NaiveBayes(nb) => {
+                    nb_leaves.push(nb);
+                    let target = nb_target[t].unwrap_or(k);
+                    vec![(target, nb_leaves.len() as f32)]
+                }
+            };
+            feature_ids.push(0);
+            modes.push("LEAF");
+            values.push(0.0);
+            true_ids.push(0);
+            false_ids.push(0);
+            missing.push(0);
+            for (target, w) in leaf_weights {
+                w_tree.push(t as i64);
+                w_node.push(i as i64);
+                w_id.push(target as i64);
+                w_value.push(w);
             }
         }
     }
@@ -361,20 +536,30 @@ pub fn to_onnx(
         b::attr_ints("nodes_falsenodeids", false_ids),
         b::attr_ints("nodes_missing_value_tracks_true", missing),
         b::attr_string("post_transform", "NONE"),
-        b::attr_ints("classlabels_int64s", (0..k as i64).collect()),
-        b::attr_ints("class_treeids", w_tree),
-        b::attr_ints("class_nodeids", w_node),
-        b::attr_ints("class_ids", w_id),
-        b::attr_floats("class_weights", w_value),
+        b::attr_string("aggregate_function", "SUM"),
+        b::attr_int("n_targets", (k + n_nb_trees) as i64),
+        b::attr_ints("target_treeids", w_tree),
+        b::attr_ints("target_nodeids", w_node),
+        b::attr_ints("target_ids", w_id),
+        b::attr_floats("target_weights", w_value),
     ];
-    let nodes = vec![
-        b::node_multi(
-            "TreeEnsembleClassifier",
-            ML_DOMAIN,
-            &[b::INPUT],
-            &["tree_label", "votes"],
-            attrs,
-        ),
+    let mut nodes = vec![b::node_multi(
+        "TreeEnsembleRegressor",
+        ML_DOMAIN,
+        &[b::INPUT],
+        &["tree_out"],
+        attrs,
+    )];
+    let mut initializer = vec![
+        b::tensor_i64("sum_axes", &[1], &[1]),
+        tensor_f64("tiny", &[1], &[1e-300]),
+    ];
+    if n_nb_trees == 0 {
+        nodes.push(cast("tree_out", "votes", DataType::Double));
+    } else {
+        naive_bayes_nodes(&nb_leaves, k, nf, n_nb_trees, &mut nodes, &mut initializer);
+    }
+    nodes.extend([
         b::node(
             "ReduceSum",
             &["votes", "sum_axes"],
@@ -382,30 +567,167 @@ pub fn to_onnx(
             vec![b::attr_int("keepdims", 1)],
         ),
         b::node("Max", &["votes_sum", "tiny"], "votes_total", vec![]),
-        b::node(
-            "Div",
-            &["votes", "votes_total"],
-            OUTPUT_PROBABILITIES,
-            vec![],
-        ),
+        b::node("Div", &["votes", "votes_total"], "proba64", vec![]),
+        cast("proba64", OUTPUT_PROBABILITIES, DataType::Float),
         b::label_node(),
-    ];
+    ]);
     let doc = format!(
-        "Online {family} snapshot: {} tree(s) as TreeEnsembleClassifier, each leaf its class distribution (naive-Bayes leaves exported by their class weights), votes normalised per row.",
-        trees.len()
+        "Online {family} snapshot: {} tree(s) as TreeEnsembleRegressor (class-distribution leaves add their weights; {} naive-Bayes leaves, Gaussian naive Bayes in double), votes normalised per row.",
+        trees.len(),
+        nb_leaves.len(),
     );
     let graph = pb::GraphProto {
         name: format!("edgeloop_{family}"),
         node: nodes,
-        initializer: vec![
-            b::tensor_i64("sum_axes", &[1], &[1]),
-            b::tensor_f32("tiny", &[1], &[1e-30]),
-        ],
-        input: vec![b::input_info(features.len())],
+        initializer,
+        input: vec![b::input_info(nf)],
         output: b::classifier_outputs(k),
         ..Default::default()
     };
     b::model_bytes(graph, &ModelMeta { doc: &doc, ..meta })
+}
+
+/// A `Cast` of `input` to `to`.
+fn cast(input: &str, output: &str, to: DataType) -> pb::NodeProto {
+    b::node("Cast", &[input], output, vec![b::attr_int("to", to as i64)])
+}
+
+/// An f64 initializer of shape `dims`.
+fn tensor_f64(name: &str, dims: &[i64], data: &[f64]) -> pb::TensorProto {
+    debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Double as i32,
+        double_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// What the export writes for a class absent from a naive-Bayes leaf: a
+/// log vote whose `exp` (after subtracting the row's log-sum-exp) is 0.
+const ABSENT: f64 = -1e300;
+
+/// The graph's naive-Bayes part, in double, from `tree_out` (`[N, k + J]`:
+/// the class-distribution votes, then per tree `j` the number of the
+/// naive-Bayes leaf `x` reaches, 0 for none) to `votes` (`[N, k]` f64):
+///
+/// * `leaf = Cast(Slice(tree_out, k..k+J), int64)`, `[N, J]`;
+/// * per (leaf, class, feature) tables `[M+1, k, F]` gathered by `leaf`:
+///   `mean`, `neg2var` (−2σ²), `half_log_var` (½ ln σ²), `valid` (1 where the
+///   learner adds that Gaussian's log density); per (leaf, class) `prior`
+///   (`ln(w_c / w)`, 0 for a class of weight 0, [`ABSENT`] for a class the
+///   leaf has not seen); per leaf `scale`;
+/// * `lp = ((x − mean)² / neg2var − ½ ln 2π − half_log_var) · valid ·
+///   present` (`x` with missing values set to 0, `present` 0 where missing),
+///   summed over features, plus `prior`: the log joint `[N, J, k]`;
+/// * `exp(lj − (max + ln Σ exp(lj − max)))` · `scale`, summed over `J`,
+///   plus the class-distribution votes.
+fn naive_bayes_nodes(
+    leaves: &[&NaiveBayesLeaf],
+    k: usize,
+    nf: usize,
+    n_trees: usize,
+    nodes: &mut Vec<pb::NodeProto>,
+    init: &mut Vec<pb::TensorProto>,
+) {
+    let m = leaves.len() + 1;
+    let (mut mean, mut neg2var) = (vec![0.0; m * k * nf], vec![-1.0; m * k * nf]);
+    let (mut half_log_var, mut valid) = (vec![0.0; m * k * nf], vec![0.0; m * k * nf]);
+    let (mut prior, mut scale) = (vec![ABSENT; m * k], vec![0.0; m]);
+    for (i, leaf) in leaves.iter().enumerate() {
+        let row = i + 1;
+        scale[row] = leaf.scale;
+        let total: f64 = leaf.stats.iter().map(|(_, w)| w).sum();
+        for (c, cw) in &leaf.stats {
+            prior[row * k + c] = if *cw <= 0.0 { 0.0 } else { (cw / total).ln() };
+            if *cw <= 0.0 {
+                continue;
+            }
+            for (f, gc, mu, var) in &leaf.gaussians {
+                if gc != c {
+                    continue;
+                }
+                let at = (row * k + c) * nf + f;
+                mean[at] = *mu;
+                neg2var[at] = -2.0 * var;
+                half_log_var[at] = 0.5 * var.ln();
+                valid[at] = 1.0;
+            }
+        }
+    }
+    let (m, k64, nf64, j64) = (m as i64, k as i64, nf as i64, n_trees as i64);
+    init.extend([
+        b::tensor_i64("cls_start", &[1], &[0]),
+        b::tensor_i64("cls_end", &[1], &[k64]),
+        b::tensor_i64("nb_end", &[1], &[k64 + j64]),
+        b::tensor_i64("axis1", &[1], &[1]),
+        b::tensor_i64("axis3", &[1], &[3]),
+        b::tensor_i64("x_shape", &[4], &[-1, 1, 1, nf64]),
+        tensor_f64("zero64", &[1], &[0.0]),
+        tensor_f64("one64", &[1], &[1.0]),
+        tensor_f64("half_log_tau", &[1], &[half_log_tau()]),
+        tensor_f64("nb_mean", &[m, k64, nf64], &mean),
+        tensor_f64("nb_neg2var", &[m, k64, nf64], &neg2var),
+        tensor_f64("nb_half_log_var", &[m, k64, nf64], &half_log_var),
+        tensor_f64("nb_valid", &[m, k64, nf64], &valid),
+        tensor_f64("nb_prior", &[m, k64], &prior),
+        tensor_f64("nb_scale", &[m, 1], &scale),
+    ]);
+    let n = |op: &str, inputs: &[&str], out: &str| b::node(op, inputs, out, vec![]);
+    let keep = |v: i64| vec![b::attr_int("keepdims", v)];
+    nodes.extend([
+        n(
+            "Slice",
+            &["tree_out", "cls_start", "cls_end", "axis1"],
+            "cls_votes",
+        ),
+        n(
+            "Slice",
+            &["tree_out", "cls_end", "nb_end", "axis1"],
+            "nb_leaf_f",
+        ),
+        cast("nb_leaf_f", "nb_leaf", DataType::Int64),
+        n("IsNaN", &[b::INPUT], "x_missing"),
+        cast(b::INPUT, "x64", DataType::Double),
+        n("Where", &["x_missing", "zero64", "x64"], "x_filled"),
+        n("Where", &["x_missing", "zero64", "one64"], "x_present"),
+        n("Reshape", &["x_filled", "x_shape"], "x4"),
+        n("Reshape", &["x_present", "x_shape"], "present4"),
+        n("Gather", &["nb_mean", "nb_leaf"], "g_mean"),
+        n("Gather", &["nb_neg2var", "nb_leaf"], "g_neg2var"),
+        n("Gather", &["nb_half_log_var", "nb_leaf"], "g_half_log_var"),
+        n("Gather", &["nb_valid", "nb_leaf"], "g_valid"),
+        n("Gather", &["nb_prior", "nb_leaf"], "g_prior"),
+        n("Gather", &["nb_scale", "nb_leaf"], "g_scale"),
+        n("Sub", &["x4", "g_mean"], "nb_d"),
+        n("Mul", &["nb_d", "nb_d"], "nb_d2"),
+        n("Div", &["nb_d2", "g_neg2var"], "nb_q"),
+        n("Sub", &["nb_q", "half_log_tau"], "nb_q1"),
+        n("Sub", &["nb_q1", "g_half_log_var"], "nb_lp"),
+        n("Mul", &["nb_lp", "g_valid"], "nb_lp_valid"),
+        n("Mul", &["nb_lp_valid", "present4"], "nb_lp_present"),
+        b::node("ReduceSum", &["nb_lp_present", "axis3"], "nb_ll", keep(0)),
+        n("Add", &["nb_ll", "g_prior"], "nb_lj"),
+        b::node(
+            "ReduceMax",
+            &["nb_lj"],
+            "nb_max",
+            vec![b::attr_ints("axes", vec![2]), b::attr_int("keepdims", 1)],
+        ),
+        n("Sub", &["nb_lj", "nb_max"], "nb_shift"),
+        n("Exp", &["nb_shift"], "nb_e"),
+        b::node("ReduceSum", &["nb_e", "axis2"], "nb_s", keep(1)),
+        n("Log", &["nb_s"], "nb_log_s"),
+        n("Add", &["nb_max", "nb_log_s"], "nb_lse"),
+        n("Sub", &["nb_lj", "nb_lse"], "nb_log_p"),
+        n("Exp", &["nb_log_p"], "nb_p"),
+        n("Mul", &["nb_p", "g_scale"], "nb_vote"),
+        b::node("ReduceSum", &["nb_vote", "axis1"], "nb_votes", keep(0)),
+        cast("cls_votes", "cls_votes64", DataType::Double),
+        n("Add", &["cls_votes64", "nb_votes"], "votes"),
+    ]);
+    init.push(b::tensor_i64("axis2", &[1], &[2]));
 }
 
 /// A graph answering `class` with probability 1 for every row (`None`:

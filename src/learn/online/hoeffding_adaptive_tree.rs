@@ -378,8 +378,8 @@ impl HoeffdingAdaptiveTreeClassifier {
 impl HoeffdingAdaptiveTreeClassifier {
     /// The trees for ONNX export ([`super::export`]): the main tree, then
     /// each alternate subtree behind the path to its branch (River's
-    /// `_found_leaves`), every leaf its class distribution scaled as
-    /// `AdaLeafClassifier.prediction` scales its vote.
+    /// `_found_leaves`), every leaf its prediction (naive Bayes or class
+    /// distribution) scaled as `AdaLeafClassifier.prediction` scales it.
     pub(crate) fn export_trees(&self) -> Vec<super::export::ExportTree> {
         let mut out = Vec::new();
         if let Some(root) = &self.root {
@@ -424,19 +424,7 @@ impl Node {
 
     fn export_main(&self, t: &mut super::export::ExportTree) -> usize {
         match self {
-            Node::Leaf(l) => {
-                if l.leaf.stats.is_empty() {
-                    return t.leaf(Vec::new());
-                }
-                let dist = super::hoeffding_tree::normalized(&l.leaf.stats);
-                let factor = dist_sum(&dist) * l.error.mean * l.error.mean;
-                let scale = if factor == 0.0 || factor.is_nan() {
-                    1.0
-                } else {
-                    1.0 / factor
-                };
-                t.leaf(dist.into_iter().map(|(c, v)| (c, v * scale)).collect())
-            }
+            Node::Leaf(l) => t.learner_leaf(l.leaf.export_parts(), Some(l.error.mean), 1.0),
             Node::Branch(b) => {
                 let nan_left = !(b.children[0].weight() < b.children[1].weight());
                 let at = t.split(b.feature, b.threshold, nan_left);

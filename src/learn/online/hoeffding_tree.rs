@@ -711,12 +711,7 @@ impl HoeffdingTreeClassifier {
 
     fn export_node(&self, i: usize, scale: f64, t: &mut super::export::ExportTree) -> usize {
         match &self.nodes[i] {
-            Node::Leaf(l) => t.leaf(
-                normalized(&l.stats)
-                    .into_iter()
-                    .map(|(c, p)| (c, p * scale))
-                    .collect(),
-            ),
+            Node::Leaf(l) => t.learner_leaf(l.export_parts(), None, scale),
             Node::Branch {
                 feature,
                 threshold,
@@ -729,6 +724,31 @@ impl HoeffdingTreeClassifier {
                 t.children(at, [l, r]);
                 at
             }
+        }
+    }
+}
+
+impl Leaf {
+    /// What the ONNX export needs of this leaf ([`super::export::LeafParts`]):
+    /// its class weights, whether it predicts by naive Bayes, and the
+    /// Gaussians whose log density [`Leaf::naive_bayes`] adds (two samples
+    /// or more, variance above 0), in the order it adds them.
+    pub(super) fn export_parts(&self) -> super::export::LeafParts {
+        let mut gaussians = Vec::new();
+        for (f, s) in &self.splitters {
+            for (c, g, ..) in &s.per_class {
+                if g.n > 1.0 {
+                    let variance = g.s / (g.n - 1.0);
+                    if variance > 0.0 {
+                        gaussians.push((*f, *c, g.mean, variance));
+                    }
+                }
+            }
+        }
+        super::export::LeafParts {
+            stats: self.stats.clone(),
+            naive_bayes: self.nb_correct >= self.mc_correct,
+            gaussians,
         }
     }
 }
