@@ -25,11 +25,14 @@
 //!   their accuracy (unweighted while it is 0), normalised; the prediction is
 //!   the class of largest probability.
 //!
-//! River draws from Python's `random.Random(seed)`; this forest draws from
-//! `fastrand` seeded by [`ArfConfig::seed`], so the two agree in
-//! distribution, not draw by draw: `tests/online.rs` compares the mean
-//! prequential accuracy over 5 seeds.
+//! River draws the Poisson weights and every leaf's features from one
+//! `random.Random(seed)`; this forest draws them from the same generator
+//! ([`super::py_random::PyRandom`], Python's Mersenne Twister) in the same
+//! order, so that with the same seed its predictions are River's row by row
+//! (`tests/online.rs`; a leaf's features are drawn from River's sorted
+//! feature names, which sort as the indices while there are at most 10).
 
+use super::py_random::PyRandom;
 use super::{check_width, first_argmax, OnlineClassifier, OnlineError};
 use super::{HoeffdingTreeClassifier, HoeffdingTreeConfig};
 use crate::learn::drift::{Adwin, AdwinConfig, DriftDetector};
@@ -53,7 +56,8 @@ pub struct ArfConfig {
     pub warning_delta: f64,
     /// δ of each tree's ADWIN drift detector.
     pub drift_delta: f64,
-    /// Seed of the Poisson weights and the feature draws.
+    /// Seed of the Poisson weights and the feature draws (Python's
+    /// `random.Random(seed)`, River's `seed`).
     pub seed: u64,
 }
 
@@ -101,7 +105,7 @@ pub struct AdaptiveRandomForest {
     n_features: usize,
     max_features: usize,
     members: Vec<Member>,
-    rng: fastrand::Rng,
+    rng: PyRandom,
     /// `seen[c]`: class `c` has been learned.
     seen: Vec<bool>,
     /// Drifts that replaced a tree, and warnings that started a background tree.
@@ -110,12 +114,12 @@ pub struct AdaptiveRandomForest {
 }
 
 /// River's `utils.random.poisson`: Knuth's multiplication method.
-fn poisson(rate: f64, rng: &mut fastrand::Rng) -> u32 {
+fn poisson(rate: f64, rng: &mut PyRandom) -> u32 {
     let l = (-rate).exp();
     let (mut k, mut p) = (0u32, 1.0f64);
     while p > l {
         k += 1;
-        p *= rng.f64();
+        p *= rng.random();
     }
     k - 1
 }
@@ -138,12 +142,11 @@ impl AdaptiveRandomForest {
             .max_features
             .unwrap_or_else(|| round_half_even((n_features as f64).sqrt()))
             .clamp(1, n_features.max(1));
-        let mut rng = fastrand::Rng::with_seed(cfg.seed);
         let mut forest = Self {
             n_features,
             max_features,
             members: Vec::with_capacity(cfg.n_models),
-            rng: fastrand::Rng::with_seed(rng.u64(..)),
+            rng: PyRandom::new(cfg.seed),
             seen: Vec::new(),
             drifts: 0,
             warnings: 0,
@@ -173,15 +176,14 @@ impl AdaptiveRandomForest {
         self.warnings
     }
 
-    fn new_tree(&mut self) -> HoeffdingTreeClassifier {
-        HoeffdingTreeClassifier::new(
+    fn new_tree(&self) -> HoeffdingTreeClassifier {
+        HoeffdingTreeClassifier::new_in_forest(
             self.n_features,
             HoeffdingTreeConfig {
                 grace_period: self.cfg.grace_period,
                 delta: self.cfg.delta,
                 tau: self.cfg.tau,
                 max_features: Some(self.max_features),
-                seed: self.rng.u64(..),
                 ..HoeffdingTreeConfig::default()
             },
         )
@@ -255,9 +257,9 @@ impl OnlineClassifier for AdaptiveRandomForest {
             }
             let w = f64::from(k);
             if let Some(b) = m.background.as_mut() {
-                b.learn_weighted(x, y, w)?;
+                b.learn_weighted_with(x, y, w, Some(&mut self.rng))?;
             }
-            m.tree.learn_weighted(x, y, w)?;
+            m.tree.learn_weighted_with(x, y, w, Some(&mut self.rng))?;
             if m.warning.update(error) {
                 self.warnings += 1;
                 let tree = self.new_tree();
@@ -318,7 +320,7 @@ mod tests {
 
     #[test]
     fn poisson_mean_is_its_rate() {
-        let mut rng = fastrand::Rng::with_seed(7);
+        let mut rng = PyRandom::new(7);
         let n = 200_000;
         let mean = (0..n)
             .map(|_| f64::from(poisson(6.0, &mut rng)))

@@ -26,12 +26,12 @@
 //! * an alternate leaf that splits takes the place of the branch that grew
 //!   it at once (River hands it the branch's parent).
 //!
-//! The Poisson draws come from `fastrand` seeded by
-//! [`HoeffdingAdaptiveTreeConfig::seed`], not from Python's `random`, so the
-//! tree agrees with River in distribution, not draw by draw:
-//! `tests/online.rs` compares the mean prequential accuracy over 5 seeds.
+//! The Poisson draws come from Python's `random.Random(seed)`
+//! ([`super::py_random::PyRandom`], seeded by
+//! [`HoeffdingAdaptiveTreeConfig::seed`]) in River's order.
 
 use super::hoeffding_tree::{dist_add, dist_sum, Dist, Leaf};
+use super::py_random::PyRandom;
 use super::{check_width, first_argmax, HoeffdingTreeConfig, OnlineClassifier, OnlineError};
 use crate::learn::drift::{Adwin, AdwinConfig, DriftDetector};
 
@@ -111,15 +111,15 @@ type Replace = Option<Node>;
 
 struct Ctx<'a> {
     cfg: &'a HoeffdingAdaptiveTreeConfig,
-    rng: &'a mut fastrand::Rng,
+    rng: &'a mut PyRandom,
 }
 
-fn poisson(rate: f64, rng: &mut fastrand::Rng) -> u32 {
+fn poisson(rate: f64, rng: &mut PyRandom) -> u32 {
     let l = (-rate).exp();
     let (mut k, mut p) = (0u32, 1.0f64);
     while p > l {
         k += 1;
-        p *= rng.f64();
+        p *= rng.random();
     }
     k - 1
 }
@@ -328,7 +328,7 @@ pub struct HoeffdingAdaptiveTreeClassifier {
     cfg: HoeffdingAdaptiveTreeConfig,
     n_features: usize,
     root: Option<Node>,
-    rng: fastrand::Rng,
+    rng: PyRandom,
     /// `seen[c]`: class `c` has been learned.
     seen: Vec<bool>,
 }
@@ -336,7 +336,7 @@ pub struct HoeffdingAdaptiveTreeClassifier {
 impl HoeffdingAdaptiveTreeClassifier {
     /// An empty tree for samples of `n_features` features.
     pub fn new(n_features: usize, cfg: HoeffdingAdaptiveTreeConfig) -> Self {
-        let rng = fastrand::Rng::with_seed(cfg.seed);
+        let rng = PyRandom::new(cfg.seed);
         Self {
             cfg,
             n_features,

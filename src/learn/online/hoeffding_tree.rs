@@ -42,6 +42,7 @@
 //! this tree keeps growing. There is no depth limit (River's is the Python
 //! recursion limit).
 
+use super::py_random::PyRandom;
 use super::{check_width, first_argmax, OnlineClassifier, OnlineError};
 
 /// The hyperparameters, River's defaults.
@@ -63,7 +64,8 @@ pub struct HoeffdingTreeConfig {
     /// random (without replacement) when the leaf learns its first sample
     /// (River's `BaseRandomLeaf`, the trees of the adaptive random forest).
     pub max_features: Option<usize>,
-    /// Seed of the feature draws (used only with `max_features`).
+    /// Seed of the feature draws (used only with `max_features`): Python's
+    /// `random.Random(seed)`, drawn as River's `rng.sample` draws.
     pub seed: u64,
 }
 
@@ -391,7 +393,7 @@ impl Leaf {
         x: &[f64],
         y: usize,
         w: f64,
-        subset: Option<(usize, &mut fastrand::Rng)>,
+        subset: Option<(usize, &mut PyRandom)>,
     ) {
         let mc = normalized(&self.stats);
         if self.stats.is_empty() || first_argmax(mc) == Some(y) {
@@ -410,18 +412,17 @@ impl Leaf {
             }
             Some((m, rng)) => {
                 if self.features.is_empty() {
-                    // River's `BaseRandomLeaf._sample_features`: `m` of the
-                    // sample's present features, or all when fewer.
-                    let mut present: Vec<usize> =
-                        (0..x.len()).filter(|f| !x[*f].is_nan()).collect();
-                    if present.len() >= m {
-                        for i in 0..m {
-                            let j = rng.usize(i..present.len());
-                            present.swap(i, j);
-                        }
-                        present.truncate(m);
-                    }
-                    self.features = present;
+                    // River's `BaseRandomLeaf._sample_features`:
+                    // `rng.sample(sorted(x.keys()), k=m)` over the sample's
+                    // present features, or all when fewer (feature order
+                    // is the order of River's sorted keys while the names
+                    // sort as the indices do, `f0`..`f9`).
+                    let present: Vec<usize> = (0..x.len()).filter(|f| !x[*f].is_nan()).collect();
+                    self.features = if present.len() >= m {
+                        rng.sample(&present, m)
+                    } else {
+                        present
+                    };
                 }
                 for i in 0..self.features.len() {
                     let f = self.features[i];
@@ -539,20 +540,33 @@ pub struct HoeffdingTreeClassifier {
     nodes: Vec<Node>,
     /// `seen[c]`: class `c` has been learned.
     seen: Vec<bool>,
-    /// Source of the leaves' feature draws (`max_features`).
-    rng: fastrand::Rng,
+    /// Source of the leaves' feature draws (`max_features`) when the tree
+    /// draws its own (an adaptive random forest passes its own instead).
+    rng: Option<PyRandom>,
 }
 
 impl HoeffdingTreeClassifier {
     /// An empty tree for samples of `n_features` features.
     pub fn new(n_features: usize, cfg: HoeffdingTreeConfig) -> Self {
-        let rng = fastrand::Rng::with_seed(cfg.seed);
+        let rng = cfg.max_features.map(|_| PyRandom::new(cfg.seed));
         Self {
             cfg,
             n_features,
             nodes: Vec::new(),
             seen: Vec::new(),
             rng,
+        }
+    }
+
+    /// A tree of a forest: it draws its leaves' features from the random
+    /// source the forest passes to [`Self::learn_weighted_with`].
+    pub(crate) fn new_in_forest(n_features: usize, cfg: HoeffdingTreeConfig) -> Self {
+        Self {
+            cfg,
+            n_features,
+            nodes: Vec::new(),
+            seen: Vec::new(),
+            rng: None,
         }
     }
 
@@ -644,6 +658,21 @@ impl HoeffdingTreeClassifier {
     /// # Errors
     /// [`OnlineError::Width`] when `x` is not `n_features` long.
     pub fn learn_weighted(&mut self, x: &[f64], y: usize, w: f64) -> Result<(), OnlineError> {
+        let mut rng = self.rng.take();
+        let learned = self.learn_weighted_with(x, y, w, rng.as_mut());
+        self.rng = rng;
+        learned
+    }
+
+    /// [`Self::learn_weighted`] drawing a new leaf's features from `rng`
+    /// (River's trees of a forest share the forest's `random.Random`).
+    pub(crate) fn learn_weighted_with(
+        &mut self,
+        x: &[f64],
+        y: usize,
+        w: f64,
+        rng: Option<&mut PyRandom>,
+    ) -> Result<(), OnlineError> {
         check_width(self.n_features, x)?;
         if self.seen.len() <= y {
             self.seen.resize(y + 1, false);
@@ -657,7 +686,7 @@ impl HoeffdingTreeClassifier {
         let Node::Leaf(leaf) = &mut self.nodes[i] else {
             return Ok(());
         };
-        let subset = self.cfg.max_features.map(|m| (m, &mut self.rng));
+        let subset = self.cfg.max_features.zip(rng);
         leaf.learn(x, y, w, subset);
         // River attempts a split only when the sample reached its leaf
         // without a missing split feature.

@@ -19,14 +19,16 @@
 //! * [`HoeffdingAdaptiveTreeClassifier`] (`hoeffding_adaptive_tree`): Bifet &
 //!   Gavaldà, "Adaptive learning from evolving data streams", IDA 2009, as
 //!   River's `tree.HoeffdingAdaptiveTreeClassifier` with its defaults (ADWIN
-//!   per node, alternate subtrees, Poisson(1) bootstrap weights); randomised,
-//!   so compared with River on the mean accuracy over 5 seeds;
+//!   per node, alternate subtrees, Poisson(1) bootstrap weights);
 //! * [`AdaptiveRandomForest`] (`arf`): Gomes et al., "Adaptive random forests
 //!   for evolving data stream classification", Machine Learning 2017, as
 //!   River's `forest.ARFClassifier` with its defaults (10 Hoeffding trees on
 //!   random feature subsets, Poisson(6) online bagging, ADWIN warning and
-//!   drift per tree with background trees); randomised, so compared with
-//!   River on the mean accuracy over 5 seeds.
+//!   drift per tree with background trees).
+//!
+//! The randomised two draw from Python's `random.Random(seed)`
+//! ([`py_random::PyRandom`]) as River does, so with River's seed they too
+//! give River's predictions row by row.
 //!
 //! The contract ([`OnlineClassifier`]): a sample is `x: &[f64]` of the
 //! model's width, in feature order, `NaN` = missing (River: the key absent
@@ -40,6 +42,7 @@ pub mod export;
 pub mod hoeffding_adaptive_tree;
 pub mod hoeffding_tree;
 pub mod logistic;
+pub mod py_random;
 
 use std::str::FromStr;
 
