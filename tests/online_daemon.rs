@@ -167,6 +167,71 @@ fn online_exports_equal_the_learners_predictions_on_tract_and_ort() {
     }
 }
 
+/// Naive Bayes's edge cases, exported as the learners treat them: a feature
+/// that never varies (variance 0: no log density), a class seen once (one
+/// sample: no log density, only its prior), a feature missing in a third of
+/// the learned rows and in the queried ones, and queries far outside what
+/// was learned (log densities of −10¹², where exp underflows). 150 rows: the
+/// trees are their root leaf, which predicts by naive Bayes. Every tree
+/// family, tract and onnxruntime: the graph equals `predict_proba_one`
+/// within 1e-5.
+#[test]
+fn naive_bayes_edge_cases_export_as_the_learner_predicts() {
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for i in 0..150usize {
+        let y = if i == 70 { 2 } else { i % 2 };
+        let t = i as f64;
+        let x2 = if i % 3 == 0 {
+            f64::NAN
+        } else {
+            f64::from(((t * 0.7).cos() + y as f64) as f32)
+        };
+        xs.push(vec![f64::from((2.0 * y as f64 + t.sin()) as f32), 5.0, x2]);
+        ys.push(y);
+    }
+    let queries: Vec<Vec<f64>> = vec![
+        vec![0.5, 5.0, 0.2],
+        vec![2.5, 5.0, f64::NAN],
+        vec![f64::NAN, 7.0, 1.5],
+        vec![4.0, 5.0, 2.0],
+        vec![1e6, -3e5, 1e6],
+        vec![f64::NAN, f64::NAN, f64::NAN],
+        vec![1.0, 5.0, 1.0],
+    ];
+    let flat: Vec<f32> = queries.iter().flatten().map(|v| *v as f32).collect();
+    for family in [
+        OnlineFamily::HoeffdingTree,
+        OnlineFamily::HoeffdingAdaptiveTree,
+        OnlineFamily::Arf,
+    ] {
+        let mut model = family.new_model(3, None, 3);
+        for (x, y) in xs.iter().zip(&ys) {
+            model.learn_one(x, *y).expect("learn");
+        }
+        let classes: Vec<String> = (0..3).map(|c| format!("c{c}")).collect();
+        let features: Vec<String> = (0..3).map(|j| format!("f{j}")).collect();
+        let bytes = to_onnx(&model, &features, &classes, 1);
+        for engine in engines() {
+            let onnx = OnnxModel::load_with(&bytes, engine, &LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{family} on {engine:?}: {e}"));
+            let got = onnx.predict_proba(&flat).expect("run");
+            for (i, q) in queries.iter().enumerate() {
+                let want = model.predict_proba_one(q).expect("width");
+                assert!(want.iter().sum::<f64>() > 0.99, "{family}: {want:?}");
+                for c in 0..3 {
+                    let g = f64::from(got[i * 3 + c]);
+                    assert!(
+                        (g - want[c]).abs() < 1e-5,
+                        "{family} {engine:?}: query {i} class {c}: onnx {g} model {}",
+                        want[c]
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// With one class learned (the daemon numbers classes in order of
 /// appearance, so that is class 0), every family exports a graph that
 /// answers it with probability 1 whatever the row, missing values included.
