@@ -6,7 +6,8 @@
 //! the learner sees them: new samples by sequence number, late labels when
 //! the writer reports them), test then train:
 //!
-//! 1. the online model predicts the sample (in process), and so does the
+//! 1. the online model predicts the sample (in process: what its ONNX
+//!    snapshot answers, naive-Bayes leaves included, within 1e-5), and so does the
 //!    batch champion (the newest batch version that passed
 //!    champion/challenger, through its ONNX engine), before either learns it;
 //! 2. both records feed [`ServeChoice`] (first: the batch champion, second:
