@@ -117,7 +117,7 @@ def main():
     results = []
     for name, load in STREAMS.items():
         rows, ys = load()
-        xs = [{f"f{i}": v for i, v in enumerate(r)} for r in rows]
+        xs = [{f"f{i:03d}": v for i, v in enumerate(r)} for r in rows]
         n_classes = len(set(ys))
         for family, make in learners(n_classes).items():
             t = time.perf_counter()
