@@ -29,6 +29,8 @@
 //! after the first window were scored, a score above the `quantile` of the
 //! last `history` scores is an alarm.
 
+use super::py_random::PyRandom;
+
 /// `[pipelines.anomaly]`: anomaly scores of the readings the daemon
 /// predicts, from the first reading, no labels needed. River's defaults.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -117,121 +119,6 @@ impl Scorer {
         self.trees.learn_one(&x);
         self.buf = x;
         (score, self.threshold.observe(score))
-    }
-}
-
-/// CPython's `random.Random`: MT19937 (Matsumoto & Nishimura 1998) seeded
-/// as `random.seed(int)` does (`init_by_array` over the seed's 32-bit
-/// words), with `random()` of 53 bits.
-#[derive(Debug, Clone)]
-pub struct PyRandom {
-    mt: Box<[u32; 624]>,
-    index: usize,
-}
-
-impl PyRandom {
-    /// `random.Random(seed)` for a non-negative integer seed.
-    pub fn new(seed: u64) -> Self {
-        let mut key: Vec<u32> = Vec::new();
-        let mut s = seed;
-        while s > 0 {
-            key.push(s as u32);
-            s >>= 32;
-        }
-        if key.is_empty() {
-            key.push(0);
-        }
-        let mut r = Self {
-            mt: Box::new([0; 624]),
-            index: 624,
-        };
-        r.init_genrand(19_650_218);
-        let (mut i, mut j) = (1usize, 0usize);
-        for _ in 0..624.max(key.len()) {
-            let prev = r.mt[i - 1];
-            r.mt[i] = (r.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_664_525))
-                .wrapping_add(key[j])
-                .wrapping_add(j as u32);
-            i += 1;
-            j += 1;
-            if i >= 624 {
-                r.mt[0] = r.mt[623];
-                i = 1;
-            }
-            if j >= key.len() {
-                j = 0;
-            }
-        }
-        for _ in 0..623 {
-            let prev = r.mt[i - 1];
-            r.mt[i] = (r.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_566_083_941))
-                .wrapping_sub(i as u32);
-            i += 1;
-            if i >= 624 {
-                r.mt[0] = r.mt[623];
-                i = 1;
-            }
-        }
-        r.mt[0] = 0x8000_0000;
-        r
-    }
-
-    fn init_genrand(&mut self, s: u32) {
-        self.mt[0] = s;
-        for i in 1..624 {
-            let prev = self.mt[i - 1];
-            self.mt[i] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(i as u32);
-        }
-        self.index = 624;
-    }
-
-    fn next_u32(&mut self) -> u32 {
-        if self.index >= 624 {
-            for k in 0..624 {
-                let y = (self.mt[k] & 0x8000_0000) | (self.mt[(k + 1) % 624] & 0x7fff_ffff);
-                let mut v = self.mt[(k + 397) % 624] ^ (y >> 1);
-                if y & 1 == 1 {
-                    v ^= 0x9908_b0df;
-                }
-                self.mt[k] = v;
-            }
-            self.index = 0;
-        }
-        let mut y = self.mt[self.index];
-        self.index += 1;
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c_5680;
-        y ^= (y << 15) & 0xefc6_0000;
-        y ^ (y >> 18)
-    }
-
-    /// `random.random()`: uniform in [0, 1) with 53 random bits.
-    pub fn random(&mut self) -> f64 {
-        let a = f64::from(self.next_u32() >> 5);
-        let b = f64::from(self.next_u32() >> 6);
-        (a * 67_108_864.0 + b) * (1.0 / 9_007_199_254_740_992.0)
-    }
-
-    /// `random.uniform(a, b)`: `a + (b - a) * random()`.
-    pub fn uniform(&mut self, a: f64, b: f64) -> f64 {
-        a + (b - a) * self.random()
-    }
-
-    /// `random.choices(range(len(weights)), weights)[0]`: the cumulative
-    /// weights summed left to right, then `bisect_right` of `random() ·
-    /// total` among them (the last index at most).
-    pub fn choice_weighted(&mut self, weights: &[f64]) -> usize {
-        let mut cum = Vec::with_capacity(weights.len());
-        let mut total = 0.0;
-        for w in weights {
-            total += w;
-            cum.push(total);
-        }
-        let x = self.random() * total;
-        let hi = weights.len().saturating_sub(1);
-        cum[..hi].partition_point(|&c| c <= x)
     }
 }
 
@@ -554,18 +441,6 @@ impl Threshold {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn python_random_first_values() {
-        // CPython 3.11: random.Random(42).random() -> 0.6394267984578837,
-        // 0.025010755222666936, 0.27502931836911926;
-        // random.Random(0).random() -> 0.8444218515250481.
-        let mut r = PyRandom::new(42);
-        assert_eq!(r.random(), 0.6394267984578837);
-        assert_eq!(r.random(), 0.025010755222666936);
-        assert_eq!(r.random(), 0.27502931836911926);
-        assert_eq!(PyRandom::new(0).random(), 0.8444218515250481);
-    }
 
     #[test]
     fn threshold_is_the_interpolated_quantile() {

@@ -44,6 +44,7 @@ pub mod offline;
 pub mod online;
 pub mod prepare;
 pub mod preprocess;
+pub mod py_random;
 pub mod settings;
 mod train;
 pub mod tune;

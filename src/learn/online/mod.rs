@@ -42,7 +42,7 @@ pub mod export;
 pub mod hoeffding_adaptive_tree;
 pub mod hoeffding_tree;
 pub mod logistic;
-pub mod py_random;
+pub use super::py_random;
 
 use std::str::FromStr;
 

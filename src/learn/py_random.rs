@@ -5,9 +5,11 @@
 //!
 //! River's randomised learners draw from `random.Random(seed)`; drawing the
 //! same numbers here, in the same order, makes the adaptive random forest
-//! River's row by row (`tests/online.rs`). Covers what they call:
-//! [`PyRandom::random`], `getrandbits` for `k ≤ 32`, `_randbelow` and
-//! [`PyRandom::sample`].
+//! and the Hoeffding adaptive tree River's row by row (`tests/online.rs`)
+//! and the Half-Space Trees River's tree by tree ([`super::anomaly`]).
+//! Covers what they call: [`PyRandom::random`], `getrandbits` for `k ≤ 32`,
+//! `_randbelow`, [`PyRandom::sample`], [`PyRandom::uniform`] and
+//! [`PyRandom::choice_weighted`].
 
 const N: usize = 624;
 const M: usize = 397;
@@ -98,6 +100,26 @@ impl PyRandom {
         (f64::from(a) * 67_108_864.0 + f64::from(b)) * (1.0 / 9_007_199_254_740_992.0)
     }
 
+    /// `random.uniform(a, b)`: `a + (b - a) * random()`.
+    pub fn uniform(&mut self, a: f64, b: f64) -> f64 {
+        a + (b - a) * self.random()
+    }
+
+    /// `random.choices(range(len(weights)), weights)[0]`: the cumulative
+    /// weights summed left to right, then `bisect_right` of `random() ·
+    /// total` among them (the last index at most).
+    pub fn choice_weighted(&mut self, weights: &[f64]) -> usize {
+        let mut cum = Vec::with_capacity(weights.len());
+        let mut total = 0.0;
+        for w in weights {
+            total += w;
+            cum.push(total);
+        }
+        let x = self.random() * total;
+        let hi = weights.len().saturating_sub(1);
+        cum[..hi].partition_point(|&c| c <= x)
+    }
+
     /// `getrandbits(k)` for `1 ≤ k ≤ 32`.
     fn getrandbits(&mut self, k: u32) -> u32 {
         self.next_u32() >> (32 - k)
@@ -156,9 +178,20 @@ mod tests {
     // `r = random.Random(0); [r.random() for _ in range(3)]`,
     // `random.Random(42).sample(range(9), 3)`,
     // `random.Random(7).sample(range(128), 11)`,
-    // `random.Random(2**40 + 5).random()`.
+    // `random.Random(2**40 + 5).random()`,
+    // `r = random.Random(42); [r.random() for _ in range(3)]`.
     #[test]
     fn draws_as_cpython() {
+        let mut r = PyRandom::new(42);
+        let got: Vec<f64> = (0..3).map(|_| r.random()).collect();
+        assert_eq!(
+            got,
+            vec![
+                0.6394267984578837,
+                0.025010755222666936,
+                0.27502931836911926
+            ]
+        );
         let mut r = PyRandom::new(0);
         let got: Vec<f64> = (0..3).map(|_| r.random()).collect();
         assert_eq!(
