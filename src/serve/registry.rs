@@ -222,60 +222,19 @@ impl Registry {
         trained: TrainedVersion,
     ) -> Result<Arc<Serving>, RegistryError> {
         let TrainedVersion { model, onnx, card } = trained;
-        let (pipeline, version) = (card.pipeline.clone(), card.version);
-        let slot = self
-            .slots
-            .get(&pipeline)
-            .ok_or_else(|| RegistryError::UnknownPipeline(pipeline.clone()))?;
-        let loaded = OnnxModel::load_for(&onnx, slot.contract.as_ref(), slot.engine, &slot.options)
-            .map_err(|source| RegistryError::Model {
-                pipeline: pipeline.clone(),
-                version,
-                source,
-            })?;
-        tracing::info!(%pipeline, version, engine = %loaded.engine(), "Model loaded.");
-        let stored = StoredModel {
-            onnx,
-            card_json: serde_json::to_string(&card).map_err(|e| RegistryError::Card {
-                pipeline: pipeline.clone(),
-                version,
-                reason: e.to_string(),
-            })?,
-            params_json: serde_json::to_string(&model).unwrap_or_default(),
-        };
-        let _write = slot.lock();
-        if card.decision.as_ref().is_some_and(|d| !d.promoted) {
+        let params_json = serde_json::to_string(&model).unwrap_or_default();
+        match card.decision.as_ref().filter(|d| !d.promoted) {
             // A refused challenger is kept (its card says why), not served;
             // the refusal goes on the timeline in the same commit.
-            let reason = card
-                .decision
-                .as_ref()
-                .map(|d| d.reason.clone())
-                .unwrap_or_default();
-            let event = ServingEvent::now(version, "refused", reason, BY_LEARNER);
-            store.append_event(&pipeline, &event.to_json(), Some((version, &stored)))?;
-            event.log(&pipeline);
-            return Ok(Arc::new(Serving {
-                version,
-                model: loaded,
-                card,
-            }));
+            Some(d) => {
+                let reason = d.reason.clone();
+                self.promote_onnx(store, onnx, card, params_json, "refused", reason, false)
+            }
+            None => {
+                let reason = format!("trigger {:?}", card.trigger);
+                self.promote_onnx(store, onnx, card, params_json, "trained", reason, true)
+            }
         }
-        let event = ServingEvent::now(
-            version,
-            "trained",
-            format!("trigger {:?}", card.trigger),
-            BY_LEARNER,
-        );
-        store.put_model(&pipeline, version, &stored, Some(&event.to_json()))?;
-        event.log(&pipeline);
-        let serving = Arc::new(Serving {
-            version,
-            model: loaded,
-            card,
-        });
-        slot.current.store(Some(serving.clone()));
-        Ok(serving)
     }
 
     /// Verifies and stores `onnx` with its `card` (the version the card
@@ -310,6 +269,7 @@ impl Registry {
                 version,
                 source,
             })?;
+        tracing::info!(%pipeline, version, engine = %loaded.engine(), "Model loaded.");
         let stored = StoredModel {
             onnx,
             card_json: serde_json::to_string(&card).map_err(|e| RegistryError::Card {

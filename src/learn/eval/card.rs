@@ -138,6 +138,67 @@ pub struct ModelCard {
     pub baseline: Option<Baseline>,
 }
 
+impl ModelCard {
+    /// A card with what every version has (pipeline, version, family, task,
+    /// trigger, features, classes, created now) and nothing measured: no
+    /// holdout, composition, timings or decision. Versions not trained by
+    /// [`crate::learn::train_dataset`] (imported models, online snapshots)
+    /// start from it and fill in what they know.
+    pub fn bare(
+        pipeline: String,
+        version: u32,
+        family: String,
+        task: Task,
+        trigger: Trigger,
+        features: Vec<String>,
+        classes: Vec<String>,
+    ) -> Self {
+        Self {
+            pipeline,
+            version,
+            family,
+            task,
+            hyperparameters: serde_json::Value::Null,
+            optimizer: serde_json::Value::Null,
+            trigger,
+            created_at_ms: crate::stats::now_ms(),
+            features,
+            classes,
+            n_samples: 0,
+            n_train: 0,
+            n_holdout: 0,
+            class_composition_train: BTreeMap::new(),
+            class_composition_holdout: BTreeMap::new(),
+            class_composition_before: BTreeMap::new(),
+            class_composition_after: BTreeMap::new(),
+            augmentation: None,
+            train_time_range_ms: None,
+            holdout_time_range_ms: None,
+            holdout: None,
+            holdout_probabilistic: None,
+            holdout_regression: None,
+            metric: String::new(),
+            holdout_score: None,
+            cv: None,
+            candidates: vec![],
+            training_ms: 0.0,
+            training_cpu_ms: None,
+            onnx_bytes: 0,
+            decision: None,
+            last_seq: None,
+            predict_p50_us: None,
+            predict_batch_p50_us_per_row: None,
+            peak_rss_bytes: None,
+            live: None,
+            search: None,
+            imported: None,
+            cleaning: None,
+            preprocessing: None,
+            baseline: None,
+        }
+    }
+}
+
 /// Trivial predictors scored on a card's holdout with the decision's
 /// metric (accuracy for classification, R² for regression), as
 /// scikit-learn's `DummyClassifier(strategy="most_frequent")` and
