@@ -17,32 +17,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use edgeloop::config::Config;
-use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::daemon::{DaemonHandle, Running};
 use edgeloop::demo::HttpClient;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "occupancy";
 const WAIT: Duration = Duration::from_secs(120);
-
-async fn start(cfg: Config) -> (Running, DaemonHandle, CancellationToken) {
-    init_logs();
-    let token = CancellationToken::new();
-    let running = daemon::start(cfg, token.clone()).await.unwrap();
-    let handle = running.handle.clone();
-    assert!(
-        handle.wait_subscribed(WAIT).await,
-        "the daemon did not subscribe"
-    );
-    (running, handle, token)
-}
-
-async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
-}
 
 async fn get(handle: &DaemonHandle, path: &str) -> (u16, Vec<u8>) {
     let mut client = HttpClient::connect(handle.http_addr).await.unwrap();

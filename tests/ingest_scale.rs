@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::daemon::{self, DaemonHandle};
 use edgeloop::demo::HttpClient;
 use edgeloop::store::Store;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
@@ -73,25 +73,6 @@ fn no_training(cfg: &mut edgeloop::config::Config) {
     p.model.min_labels = NEVER;
     p.model.retrain_every = NEVER;
     p.drift.retrain_on_drift = false;
-}
-
-async fn start(cfg: edgeloop::config::Config) -> (Running, DaemonHandle, CancellationToken) {
-    init_logs();
-    let token = CancellationToken::new();
-    let running = daemon::start(cfg, token.clone()).await.unwrap();
-    let handle = running.handle.clone();
-    assert!(
-        handle.wait_subscribed(Duration::from_secs(30)).await,
-        "the daemon did not subscribe"
-    );
-    (running, handle, token)
-}
-
-/// Stops the daemon; the handle goes too, so the store file is released.
-async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
 }
 
 /// What the publishers saw.

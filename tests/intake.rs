@@ -80,12 +80,6 @@ async fn start_with_v1(
     (running, handle, token)
 }
 
-async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
-}
-
 async fn predict(client: &mut HttpClient, rows: &[Vec<f32>]) -> PredictResponse {
     let (status, body) = client
         .request(

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::daemon::DaemonHandle;
 use edgeloop::demo::HttpClient;
 use edgeloop::http::PredictResponse;
 use edgeloop::ingest::decode::Reason;
@@ -16,25 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "occupancy";
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn start(cfg: edgeloop::config::Config) -> (Running, DaemonHandle, CancellationToken) {
-    init_logs();
-    let token = CancellationToken::new();
-    let running = daemon::start(cfg, token.clone()).await.unwrap();
-    let handle = running.handle.clone();
-    assert!(
-        handle.wait_subscribed(WAIT).await,
-        "the daemon did not subscribe"
-    );
-    (running, handle, token)
-}
-
-/// Stops the daemon; the handle goes too, so the store file is released.
-async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
-}
 
 /// Trains once at `min_labels`, then only on `retrain_every` (huge: never)
 /// and, with `drift`, on drift alarms.

@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgeloop::config::{Config, MqttConfig};
-use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::config::MqttConfig;
+use edgeloop::daemon::{self, DaemonHandle};
 use edgeloop::demo::HttpClient;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -206,25 +206,6 @@ fn mqtt_keys(cfg: &mut MqttConfig, broker: String, pki: &Pki, ca: &str, client_c
         cfg.tls_cert_file = pki.path("client.pem");
         cfg.tls_key_file = pki.path("client-key.pem");
     }
-}
-
-async fn start(cfg: Config) -> (Running, DaemonHandle, CancellationToken) {
-    init_logs();
-    let token = CancellationToken::new();
-    let running = daemon::start(cfg, token.clone()).await.unwrap();
-    let handle = running.handle.clone();
-    assert!(
-        handle.wait_subscribed(WAIT).await,
-        "the daemon did not subscribe over {:?}",
-        handle.broker
-    );
-    (running, handle, token)
-}
-
-async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
 }
 
 /// Publishes `payloads` to [`TOPIC`] with QoS 1 through a client made by

@@ -264,28 +264,12 @@ fn one_class_exports_as_that_class_whatever_the_input() {
 use std::time::Duration;
 
 use common::*;
-use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::daemon::DaemonHandle;
 use edgeloop::demo::HttpClient;
 use edgeloop::http::PredictResponse;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(120);
 const NEVER: u64 = 1_000_000;
-
-async fn start(cfg: edgeloop::config::Config) -> (Running, DaemonHandle, CancellationToken) {
-    init_logs();
-    let token = CancellationToken::new();
-    let running = daemon::start(cfg, token.clone()).await.unwrap();
-    let handle = running.handle.clone();
-    assert!(handle.wait_subscribed(WAIT).await, "not subscribed");
-    (running, handle, token)
-}
-
-async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
-}
 
 /// An occupancy reading of minute `minute` (a distinct timestamp, so no
 /// two are duplicates), labelled `label` unless `None`.

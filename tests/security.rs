@@ -28,13 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgeloop::config::{Config, HttpAuth};
-use edgeloop::daemon::{self, DaemonHandle, Running};
+use edgeloop::config::HttpAuth;
 use edgeloop::demo::HttpClient;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "occupancy";
 const WAIT: Duration = Duration::from_secs(90);
@@ -51,21 +49,6 @@ fn token_file(dir: &Path) -> PathBuf {
     std::fs::write(&p, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
-}
-
-async fn start(cfg: Config) -> (Running, DaemonHandle, CancellationToken) {
-    init_logs();
-    let token = CancellationToken::new();
-    let running = daemon::start(cfg, token.clone()).await.unwrap();
-    let handle = running.handle.clone();
-    assert!(handle.wait_subscribed(WAIT).await, "not subscribed");
-    (running, handle, token)
-}
-
-async fn stop(running: Running, handle: DaemonHandle, token: CancellationToken) {
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
 }
 
 /// One request on a new connection; the status and the JSON body (`Null`

@@ -469,3 +469,36 @@ pub fn seq_payload(seq: u64) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// Starts the daemon in this process with `cfg` and waits (at most 120 s)
+/// until its ingest connection has subscribed.
+pub async fn start(
+    cfg: Config,
+) -> (
+    edgeloop::daemon::Running,
+    edgeloop::daemon::DaemonHandle,
+    CancellationToken,
+) {
+    init_logs();
+    let token = CancellationToken::new();
+    let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
+    let handle = running.handle.clone();
+    assert!(
+        handle.wait_subscribed(Duration::from_secs(120)).await,
+        "the daemon did not subscribe over {:?}",
+        handle.broker
+    );
+    (running, handle, token)
+}
+
+/// Stops the daemon within 15 s; the handle goes too, so the store file is
+/// released.
+pub async fn stop(
+    running: edgeloop::daemon::Running,
+    handle: edgeloop::daemon::DaemonHandle,
+    token: CancellationToken,
+) {
+    drop(handle);
+    token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
+}
