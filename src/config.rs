@@ -809,21 +809,6 @@ impl Config {
                 return bad(key(&format!("model.augment.{k}")), reason.to_string());
             }
             let d = &p.drift;
-            if d.window < 10 || d.reference < 10 {
-                return bad(
-                    key("drift.window"),
-                    "window and reference need at least 10 samples".into(),
-                );
-            }
-            if d.psi_bins < 2 {
-                return bad(key("drift.psi_bins"), "must be at least 2".into());
-            }
-            if !(d.psi_threshold > 0.0) || !(d.ks_alpha > 0.0 && d.ks_alpha < 1.0) {
-                return bad(
-                    key("drift.psi_threshold"),
-                    "psi_threshold > 0 and ks_alpha in (0, 1) are required".into(),
-                );
-            }
             if let Err((k, reason)) = d.validate() {
                 return bad(key(&format!("drift.{k}")), reason);
             }

@@ -717,7 +717,7 @@ pub async fn watchdog(period: Duration, health: &HealthMonitor, shutdown: Cancel
 
 /// What a reread configuration changes: keys applied at once and keys that
 /// need a restart, as dotted paths (`daemon.log_filter`,
-/// `pipelines[0].drift.psi_threshold`).
+/// `pipelines[0].drift.psi_floor`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
     /// Changed keys the running daemon applies (`daemon.*`).
@@ -783,7 +783,7 @@ mod tests {
         reread.daemon.shutdown_timeout_s = 3;
         reread.daemon.log_filter = "debug".into();
         reread.http.max_rows = 7;
-        reread.pipelines[0].drift.psi_threshold = 0.5;
+        reread.pipelines[0].drift.psi_floor = 0.5;
         let plan = reload_plan(&running, &reread);
         assert_eq!(
             plan.applied,
@@ -791,7 +791,7 @@ mod tests {
         );
         assert_eq!(
             plan.restart,
-            ["http.max_rows", "pipelines[0].drift.psi_threshold"]
+            ["http.max_rows", "pipelines[0].drift.psi_floor"]
         );
         reread.pipelines.push(reread.pipelines[0].clone());
         assert_eq!(

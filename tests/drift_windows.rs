@@ -3,8 +3,9 @@
 //! seeded AR(1) streams from `tests/fixtures/drift_windows/gen_ar1.py`
 //! (unit marginal variance; 10,000 rows; the `_shift` copies gain +1
 //! standard deviation from row 5,000 on). Defaults: reference = the first
-//! 2,000 rows, windows of 500 every 250, alpha 0.001, PSI floor 1.0, shift
-//! floor 0.75 (chosen in `benches/drift_false_alarms.py`). The seasonal
+//! 2,000 rows, windows of 500 every 250, alpha 1e-4, PSI floor 1.2, shift
+//! floor 0.75, range floor 0.25 (chosen in `benches/drift_false_alarms.py`;
+//! the same rule as the daemon's drift endpoint, `tests/loop_e2e.rs`). The seasonal
 //! reference (`--timestamp`) against `nab_seasonal.json` (Python's calendar,
 //! scipy's KS) on NAB's ambient-temperature file.
 
@@ -94,13 +95,33 @@ fn identical_windows_never_drift() {
         (Some(0.0), Some(0.0), Some(0.0))
     );
     assert_eq!(d[0].mean_p_value_effective, Some(1.0));
+    assert_eq!(d[0].ks_p_value_effective, Some(1.0));
+    assert_eq!(d[0].outside_range, Some(0.0));
+    // Every way to drift on its own, at its most sensitive setting: still
+    // none on identical windows.
+    for cfg in [
+        DependentDriftConfig {
+            alpha: 0.999_999,
+            psi_floor: 0.0,
+            shift_floor: 0.0,
+            range_floor: 2.0,
+            ..DependentDriftConfig::default()
+        },
+        DependentDriftConfig {
+            alpha: 1e-300,
+            range_floor: f64::MIN_POSITIVE,
+            ..DependentDriftConfig::default()
+        },
+    ] {
+        assert!(!compare_dependent(&["x".into()], &rows, &rows, &cfg)[0].drifted);
+    }
 }
 
 #[test]
 fn no_change_stays_within_the_false_alarm_bound_and_a_shift_is_flagged() {
     // 31 windows after the reference; the documented bound is 5 %: at most
-    // 1 window of 31 flagged on a stream that does not change.
-    for phi in ["0.0", "0.5", "0.9"] {
+    // 1 window of 31 flagged on a stream that does not change (φ up to 0.98).
+    for phi in ["0.0", "0.5", "0.9", "0.98"] {
         let (starts, total) = flagged(&format!("ar1_{phi}.csv"));
         assert_eq!(total, 31);
         assert!(

@@ -323,13 +323,16 @@
       return;
     }
     box.appendChild(el("p", { cls: "muted", text: "Data drift per feature: " + d.current_samples + " recent samples against " + d.reference_samples +
-      " of the serving version's training data (PSI > " + d.psi_threshold + " or KS p < " + d.ks_alpha + ")." }));
+      " of the serving version's training data (KS or means at effective sample sizes p < " + d.rule.alpha +
+      " with PSI ≥ " + d.rule.psi_floor + " or shift ≥ " + d.rule.shift_floor + " sd; or ≥ " + d.rule.range_floor +
+      " of the window outside the reference's range)." }));
+    var pv = function (p) { return typeof p === "number" ? p.toExponential(1) : "–"; };
     box.appendChild(el("table", { cls: "grid" }, [
-      el("thead", {}, [el("tr", {}, ["feature", "PSI", "KS statistic", "KS p-value", "drifted"].map(function (h) { return el("th", { text: h }); }))]),
+      el("thead", {}, [el("tr", {}, ["feature", "PSI", "shift (sd)", "KS statistic", "KS p (effective)", "means p (effective)", "outside range", "drifted"].map(function (h) { return el("th", { text: h }); }))]),
       el("tbody", {}, d.features.map(function (f) {
         return el("tr", {}, [
-          el("td", { text: f.feature }), el("td", { text: num(f.psi, 3) }), el("td", { text: num(f.ks_statistic, 3) }),
-          el("td", { text: f.ks_p_value === null ? "–" : f.ks_p_value.toExponential(1) }),
+          el("td", { text: f.feature }), el("td", { text: num(f.psi, 3) }), el("td", { text: num(f.shift, 2) }), el("td", { text: num(f.ks_statistic, 3) }),
+          el("td", { text: pv(f.ks_p_value_effective) }), el("td", { text: pv(f.mean_p_value_effective) }), el("td", { text: num(f.outside_range, 3) }),
           el("td", { cls: f.drifted ? "drifted" : "", text: f.drifted ? "yes" : "no" }),
         ]);
       })),

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use crate::monitor::anomaly::{ScaledHalfSpaceTrees, Threshold};
+use crate::monitor::data_drift::DependentDriftConfig;
 
 /// `edgeloop anomaly`.
 #[derive(clap::Args)]
@@ -356,15 +357,21 @@ pub struct DriftArgs {
     step: usize,
     /// Significance of the KS test and the test of means at the effective
     /// sample sizes.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = DependentDriftConfig::default().alpha)]
     alpha: f64,
     /// Effect-size floor: PSI at least this …
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = DependentDriftConfig::default().psi_floor)]
     psi_floor: f64,
     /// … or a mean shift of at least this many reference standard
     /// deviations.
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = DependentDriftConfig::default().shift_floor)]
     shift_floor: f64,
+    /// Drift when this share of a window is outside the reference's range.
+    ///
+    /// Whatever the tests say (the share of readings below the reference's
+    /// minimum or above its maximum); above 1: never.
+    #[arg(long, default_value_t = DependentDriftConfig::default().range_floor)]
+    range_floor: f64,
     /// Column of the readings' times, for a seasonal reference.
     ///
     /// RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]` (read as UTC), or epoch
@@ -388,7 +395,8 @@ pub struct DriftArgs {
     /// `{"windows": [{"start", "end", "reference_rows", "drift",
     /// "features": {name: {psi,
     /// shift, ks_statistic, ks_p_value, ks_p_value_effective,
-    /// mean_p_value_effective, rho_reference, rho_current, drifted}}}],
+    /// mean_p_value_effective, outside_range, rho_reference, rho_current,
+    /// drifted}}}],
     /// "flagged", "total"}`.
     #[arg(long)]
     json: bool,
@@ -397,9 +405,7 @@ pub struct DriftArgs {
 /// Compares each window after the reference with the reference and prints
 /// which drifted.
 pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
-    use crate::monitor::data_drift::{
-        compare_dependent, seasonal_reference, DependentDriftConfig, Season,
-    };
+    use crate::monitor::data_drift::{compare_dependent, seasonal_reference, Season};
     anyhow::ensure!(
         args.reference >= 10 && args.window >= 10,
         "--reference and --window need at least 10 rows"
@@ -436,6 +442,7 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
         alpha: args.alpha,
         psi_floor: args.psi_floor,
         shift_floor: args.shift_floor,
+        range_floor: args.range_floor,
         ..DependentDriftConfig::default()
     };
     let reference = &rows[..args.reference];

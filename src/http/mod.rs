@@ -916,13 +916,12 @@ async fn drift(
             .into_iter()
             .map(|(_, r)| r.sample.features)
             .collect();
-        let features = crate::monitor::data_drift::compare(
+        let rule = d.data_drift();
+        let features = crate::monitor::data_drift::compare_dependent(
             &cfg.features,
             &reference,
             &current,
-            d.psi_bins,
-            d.psi_threshold,
-            d.ks_alpha,
+            &rule,
         );
         let drifted: Vec<&str> = features
             .iter()
@@ -932,8 +931,7 @@ async fn drift(
         Ok(json!({
             "reference_samples": reference.len(),
             "current_samples": current.len(),
-            "psi_threshold": d.psi_threshold,
-            "ks_alpha": d.ks_alpha,
+            "rule": rule,
             "drifted": drifted,
             "features": features,
         }))

@@ -1,5 +1,6 @@
 //! Monitoring and the retraining policy: data drift per feature
-//! ([`data_drift`]: PSI, Kolmogorov–Smirnov), concept drift on the error
+//! ([`data_drift`]: PSI, Kolmogorov–Smirnov at effective sample sizes, share
+//! out of the reference's range), concept drift on the error
 //! stream ([`detectors`]: ADWIN, DDM, Page-Hinkley; they live in
 //! [`crate::learn::drift`], where the online learners use them too), and the
 //! learner that decides when to train ([`retrain`]), and the online learner
@@ -36,10 +37,17 @@ pub struct DriftConfig {
     pub reference: usize,
     /// Bins of the population stability index.
     pub psi_bins: usize,
-    /// A feature drifts when its PSI exceeds this.
-    pub psi_threshold: f64,
-    /// ...or when the Kolmogorov–Smirnov p-value falls below this.
-    pub ks_alpha: f64,
+    /// Data drift (the rule of [`data_drift::compare_dependent`], as
+    /// `edgeloop drift`): significance of the KS and mean tests at the
+    /// effective sample sizes, in (0, 1).
+    pub alpha: f64,
+    /// A significant change drifts when its PSI is at least this…
+    pub psi_floor: f64,
+    /// …or its mean moved at least this many reference standard deviations.
+    pub shift_floor: f64,
+    /// A feature drifts, whatever the tests say, when at least this share of
+    /// the window lies outside the reference's range (above 1: never).
+    pub range_floor: f64,
     /// `[pipelines.drift.adwin]`: ADWIN's parameters (River's names and
     /// defaults: `delta` 0.002, `clock` 32, `max_buckets` 5,
     /// `min_window_length` 5, `grace_period` 10).
@@ -58,13 +66,39 @@ pub struct DriftConfig {
 }
 
 impl DriftConfig {
-    /// Checks the detectors' parameters.
+    /// The data-drift settings of [`data_drift::compare_dependent`].
+    pub fn data_drift(&self) -> data_drift::DependentDriftConfig {
+        data_drift::DependentDriftConfig {
+            bins: self.psi_bins,
+            alpha: self.alpha,
+            psi_floor: self.psi_floor,
+            shift_floor: self.shift_floor,
+            range_floor: self.range_floor,
+        }
+    }
+
+    /// Checks the data-drift settings and the detectors' parameters.
     ///
     /// # Errors
     /// The key (below `drift.`) and the reason of the first invalid value.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let (a, d, p) = (&self.adwin, &self.ddm, &self.page_hinkley);
         let fail = |k, r: &str| Err((k, r.to_string()));
+        if self.window < 10 || self.reference < 10 {
+            return fail("window", "window and reference need at least 10 samples");
+        }
+        if self.psi_bins < 2 {
+            return fail("psi_bins", "must be at least 2");
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return fail("alpha", "must be in (0, 1)");
+        }
+        if !(self.psi_floor >= 0.0 && self.shift_floor >= 0.0 && self.range_floor > 0.0) {
+            return fail(
+                "psi_floor",
+                "psi_floor and shift_floor must be at least 0, range_floor above 0",
+            );
+        }
         if !(a.delta > 0.0 && a.delta < 1.0) {
             return fail("adwin.delta", "must be in (0, 1)");
         }
@@ -116,6 +150,7 @@ impl DriftConfig {
 
 impl Default for DriftConfig {
     fn default() -> Self {
+        let data = data_drift::DependentDriftConfig::default();
         Self {
             detector: crate::monitor::continual::DetectorKind::Adwin,
             retrain_on_drift: true,
@@ -123,8 +158,10 @@ impl Default for DriftConfig {
             window: 500,
             reference: 2000,
             psi_bins: 10,
-            psi_threshold: 0.25,
-            ks_alpha: 0.001,
+            alpha: data.alpha,
+            psi_floor: data.psi_floor,
+            shift_floor: data.shift_floor,
+            range_floor: data.range_floor,
             adwin: Default::default(),
             ddm: Default::default(),
             page_hinkley: Default::default(),
