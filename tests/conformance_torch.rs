@@ -372,3 +372,89 @@ fn one_session_serves_calls_of_every_size_in_turn() {
         }
     }
 }
+
+/// edgeloop's dense layer (`onnx::ml::gemm`: a Gemm with constant weights,
+/// a `Relu` after it fused in) gives tract's own Gemm's outputs within
+/// 1e-6, on every torch model with a batch axis, at 64 rows and at one row;
+/// and the plans do run it (no `Relu` of tract left after the MLP's
+/// layers).
+#[test]
+fn the_dense_layer_equals_tracts_gemm_on_the_torch_models() {
+    use tract_onnx::prelude::{
+        tvec, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTValue,
+        Tensor as TTensor,
+    };
+    let with_tracts_gemm = || {
+        let mut p = edgeloop::serve::engine::onnx_parser();
+        let gemm = tract_onnx::onnx().op_register.0["Gemm"];
+        p.op_register.0.insert("Gemm".into(), gemm);
+        p
+    };
+    let models = manifest();
+    for name in [
+        "dynamo_mlp",
+        "dynamo_mlp20",
+        "dynamo_mlp_ln_gelu",
+        "dynamo_bn_gelu_ln",
+        "dynamo_cnn1d",
+        "dynamo_lstm",
+        "dynamo_gru",
+    ] {
+        let m = models.iter().find(|m| m["name"] == name).unwrap();
+        let path = dir().join(m["file"].as_str().unwrap());
+        let x_shape = shape(&m["inputs"][0]);
+        let width: usize = x_shape[1..].iter().product();
+        let x = floats(&m["inputs"][0]);
+        for n in [64, 1] {
+            let mut s = x_shape.clone();
+            s[0] = n;
+            let input = TTensor::from_shape(&s, &x[..n * width]).unwrap();
+            let run = |mut parser: tract_onnx::Onnx| {
+                parser.ignore_value_info = true;
+                let plan = parser
+                    .model_for_path(&path)
+                    .unwrap()
+                    .with_input_fact(0, InferenceFact::dt_shape(DatumType::F32, &s))
+                    .unwrap()
+                    .into_optimized()
+                    .unwrap();
+                let ops: Vec<String> = plan
+                    .nodes()
+                    .iter()
+                    .map(|n| format!("{} {:?}", n.op.name(), n.op.info().unwrap_or_default()))
+                    .collect();
+                let out = plan
+                    .into_runnable()
+                    .unwrap()
+                    .run(tvec!(input.clone().into_tvalue()))
+                    .unwrap();
+                let y = out[0].cast_to::<f32>().unwrap();
+                let y: Vec<f32> = y
+                    .to_plain_array_view::<f32>()
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect();
+                (y, ops)
+            };
+            let (ours, ops) = run(edgeloop::serve::engine::onnx_parser());
+            let (tracts, _) = run(with_tracts_gemm());
+            assert_eq!(ours.len(), tracts.len(), "{name}");
+            for (a, b) in ours.iter().zip(&tracts) {
+                assert!((a - b).abs() <= 1e-6, "{name}, {n} rows: {a} vs {b}");
+            }
+            if name.starts_with("dynamo_mlp") {
+                let dense = ops.iter().filter(|o| o.contains("dense")).count();
+                assert!(dense >= 2, "{name}: {ops:#?}");
+            }
+            if name == "dynamo_mlp" || name == "dynamo_mlp20" {
+                assert_eq!(
+                    ops.iter().filter(|o| o.contains("relu")).count(),
+                    2,
+                    "{ops:#?}"
+                );
+                assert!(!ops.iter().any(|o| o.starts_with("Max")), "{ops:#?}");
+            }
+        }
+    }
+}

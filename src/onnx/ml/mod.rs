@@ -24,7 +24,10 @@
 //!   [`crate::onnx::tree_ensemble::TreeEnsemble`];
 //! * module [`softmax`]: the standard `Softmax` (replaces tract-onnx's, whose
 //!   vector kernels copy each short row, a few classes, through a scratch
-//!   buffer).
+//!   buffer);
+//! * module [`gemm`]: the standard `Gemm` (replaces tract-onnx's: a dense
+//!   layer with constant weights, every MLP's, runs as edgeloop's
+//!   [`gemm::Dense`], a `Relu` after it fused in; any other Gemm as tract's).
 //!
 //! Each operator is a [`Kernel`]: its outputs' types and shapes as a function of
 //! input 0's, and an `eval` over whole tensors. [`register`] puts them in tract's
@@ -39,6 +42,7 @@ use tract_onnx::tract_hir::internal::*;
 
 pub mod array_feature_extractor;
 pub mod binarizer;
+pub mod gemm;
 pub mod imputer;
 pub mod label_encoder;
 pub mod linear_classifier;
@@ -66,6 +70,7 @@ pub fn register(register: &mut OnnxOpRegister) {
     register.insert("LinearRegressor", linear_regressor::build);
     register.insert("ArrayFeatureExtractor", array_feature_extractor::build);
     register.insert("Softmax", softmax::build);
+    register.insert("Gemm", gemm::build);
 }
 
 /// How an output's shape follows input 0's shape `S`.
