@@ -376,6 +376,8 @@ impl PipelineConfig {
             timestamp_format: self.timestamp_format.clone(),
             device_level: self.device_level,
             sample_id_field: self.sample_id_field.clone(),
+            categorical: self.preprocess.categorical.clone(),
+            categories: self.preprocess.categories.clone(),
         }
     }
 

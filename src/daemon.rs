@@ -211,6 +211,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 reason: e.to_string(),
             })??,
     );
+    // Categorical features: each pipeline's book of category codes, shared
+    // by its decoder (which gives new strings their codes) and its
+    // training (which reads them back as strings).
+    let mut cfg = cfg;
+    for p in &mut cfg.pipelines {
+        if !p.preprocess.categorical.is_empty() {
+            let book = crate::ingest::categories::CategoryBook::open(
+                store.clone(),
+                &p.name,
+                &p.preprocess.categorical,
+            )?;
+            p.preprocess.categories = Some(Arc::new(book));
+        }
+    }
     let registry = Arc::new(cfg.pipelines.iter().enumerate().fold(
         Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())),
         |registry, (i, p)| {

@@ -238,6 +238,14 @@ pub struct CsvInput {
     /// Principal components: a count (3) or a variance fraction (0.95).
     #[arg(long)]
     pca: Option<f64>,
+    /// Categorical columns (strings), one-hot encoded, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    categorical: Vec<String>,
+    /// At most this many one-hot columns per categorical column.
+    ///
+    /// The least frequent categories share the last (0: no limit).
+    #[arg(long)]
+    max_categories: Option<usize>,
 }
 
 impl CsvInput {
@@ -309,6 +317,14 @@ impl CsvInput {
         if let Some(v) = self.pca {
             rules.pca = v;
         }
+        for c in &self.categorical {
+            if !rules.categorical.contains(c) {
+                rules.categorical.push(c.clone());
+            }
+        }
+        if let Some(v) = self.max_categories {
+            rules.max_categories = v;
+        }
         rules.missing_indicator |= self.missing_indicator;
         rules.drop_constant |= self.drop_constant;
         rules
@@ -316,7 +332,9 @@ impl CsvInput {
             .or_else(|e| {
                 // Features guessed from the file are not known yet: only
                 // the ranges' names need them.
-                if settings.features.is_empty() && e.starts_with("ranges:") {
+                if settings.features.is_empty()
+                    && (e.starts_with("ranges:") || e.starts_with("categorical:"))
+                {
                     Ok(())
                 } else {
                     Err(e)

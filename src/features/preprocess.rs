@@ -353,6 +353,124 @@ impl Scaling {
     }
 }
 
+/// One-hot encoding of one categorical feature, scikit-learn's
+/// `OneHotEncoder(handle_unknown="ignore", max_categories=…)` (1.9): the
+/// training part's categories sorted, the `max_categories − 1` most
+/// frequent (ties: the later in sorted order, numpy's stable
+/// `argsort(counts)`) each with a column, the others (`infrequent`) sharing
+/// one last column when there are more than `max_categories`; a category
+/// not seen in training, and a missing one, gives all zeros.
+///
+/// The feature's readings are codes ([`crate::ingest::categories`]);
+/// `codes` is the pipeline's book when fitted (strings by code).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OneHot {
+    pub feature: String,
+    /// The feature's column in the raw input.
+    pub column: usize,
+    /// The categories with a column of their own, sorted.
+    pub categories: Vec<String>,
+    /// The training part's other categories, sorted, sharing the last
+    /// column (scikit-learn's `infrequent_categories_`); empty: no such
+    /// column.
+    pub infrequent: Vec<String>,
+    /// The strings by code of the book the feature was read with.
+    pub codes: Vec<String>,
+}
+
+impl OneHot {
+    /// Fits on the codes `x[:, column]` (`n_features` wide; `NaN` and codes
+    /// outside `codes` are missing, not categories). `max_categories`: 0 for
+    /// no limit.
+    pub fn fit(
+        x: &[f32],
+        n_features: usize,
+        column: usize,
+        feature: &str,
+        codes: &[String],
+        max_categories: usize,
+    ) -> Self {
+        let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+        for row in x.chunks_exact(n_features) {
+            if let Some(s) = string_of(codes, row[column]) {
+                *counts.entry(s).or_default() += 1;
+            }
+        }
+        // Sorted (BTreeMap order: by bytes, as Python's str order).
+        let cats: Vec<(&str, u64)> = counts.into_iter().collect();
+        let mut infrequent_mask = vec![false; cats.len()];
+        if max_categories > 0 && max_categories < cats.len() {
+            let frequent = max_categories - 1;
+            let mut order: Vec<usize> = (0..cats.len()).collect();
+            order.sort_by_key(|&i| cats[i].1); // stable, as mergesort
+            for &i in &order[..cats.len() - frequent] {
+                infrequent_mask[i] = true;
+            }
+        }
+        let pick = |infrequent: bool| {
+            cats.iter()
+                .zip(&infrequent_mask)
+                .filter(|(_, &m)| m == infrequent)
+                .map(|((s, _), _)| s.to_string())
+                .collect::<Vec<String>>()
+        };
+        Self {
+            feature: feature.to_string(),
+            column,
+            categories: pick(false),
+            infrequent: pick(true),
+            codes: codes.to_vec(),
+        }
+    }
+
+    /// Number of output columns.
+    pub fn width(&self) -> usize {
+        self.categories.len() + usize::from(!self.infrequent.is_empty())
+    }
+
+    /// The output column of a category string; `None`: all zeros.
+    pub fn column_of(&self, s: &str) -> Option<usize> {
+        if let Ok(i) = self.categories.binary_search_by(|c| c.as_str().cmp(s)) {
+            return Some(i);
+        }
+        self.infrequent
+            .binary_search_by(|c| c.as_str().cmp(s))
+            .ok()
+            .map(|_| self.categories.len())
+    }
+
+    /// Appends the encoding of the code `v` to `out`.
+    pub fn encode(&self, v: f32, out: &mut Vec<f32>) {
+        let at = out.len();
+        out.resize(at + self.width(), 0.0);
+        if let Some(k) = string_of(&self.codes, v).and_then(|s| self.column_of(s)) {
+            out[at + k] = 1.0;
+        }
+    }
+
+    /// Names of the output columns: `feature=category`, then
+    /// `feature=infrequent`.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self
+            .categories
+            .iter()
+            .map(|c| format!("{}={c}", self.feature))
+            .collect();
+        if !self.infrequent.is_empty() {
+            n.push(format!("{}=infrequent", self.feature));
+        }
+        n
+    }
+}
+
+/// The string of a code, `None` when missing or not in `codes`.
+pub fn string_of(codes: &[String], v: f32) -> Option<&str> {
+    if v.is_nan() || v < 0.0 || v.fract() != 0.0 {
+        return None;
+    }
+    codes.get(v as usize).map(String::as_str)
+}
+
 /// How many principal components are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Components {
@@ -545,6 +663,26 @@ mod tests {
         let k = if vals[0] > vals[1] { 0 } else { 1 };
         assert!((vecs[k].abs() - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
         assert!((vecs[2 + k] - vecs[k]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn one_hot_groups_the_infrequent_as_scikit_learn() {
+        // OneHotEncoder(max_categories=3, handle_unknown="ignore") on
+        // [b, a, c, b, d, b, a, c]: counts a 2, b 3, c 2, d 1; argsort
+        // (mergesort) = d, a, c, b: frequent = c, b (the last two); a and d
+        // infrequent. transform(a) = [0, 0, 1], (e) = [0, 0, 0].
+        let codes: Vec<String> = ["b", "a", "c", "d", "e"].map(String::from).to_vec();
+        let x = [0.0, 1.0, 2.0, 0.0, 3.0, 0.0, 1.0, 2.0];
+        let h = OneHot::fit(&x, 1, 0, "m", &codes, 3);
+        assert_eq!(h.categories, vec!["b", "c"]);
+        assert_eq!(h.infrequent, vec!["a", "d"]);
+        let mut out = vec![];
+        h.encode(1.0, &mut out);
+        h.encode(4.0, &mut out);
+        h.encode(f32::NAN, &mut out);
+        h.encode(2.0, &mut out);
+        assert_eq!(out, vec![0., 0., 1., 0., 0., 0., 0., 0., 0., 0., 1., 0.]);
+        assert_eq!(h.names(), vec!["m=b", "m=c", "m=infrequent"]);
     }
 
     #[test]

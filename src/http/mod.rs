@@ -649,6 +649,19 @@ async fn predict(
                     )))
                 }
                 Some(Value::Null) => f32::NAN,
+                // A categorical feature: its string's code (NaN, all
+                // zeros, when the model never saw it).
+                Some(v) if serving.model.is_categorical(f) => {
+                    match crate::ingest::categories::category_of(Some(v)) {
+                        Ok(c) => serving.model.category_code(f, Some(&c)).unwrap_or(f32::NAN),
+                        Err(crate::stats::Reason::MissingFeature) => f32::NAN,
+                        Err(_) => {
+                            return Err(ApiError::BadRequest(format!(
+                                "rows[{i}]: feature `{f}` is categorical: a string, number or null, not {v}"
+                            )))
+                        }
+                    }
+                }
                 Some(Value::Number(n)) => n.as_f64().map_or(f32::NAN, |v| v as f32),
                 // As over MQTT: numeric strings are numbers.
                 Some(Value::String(t)) if t.trim().parse::<f64>().is_ok() => {

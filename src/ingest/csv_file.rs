@@ -47,6 +47,23 @@ pub fn read_labelled_csv(
     label: &str,
     features: &[String],
 ) -> Result<LabelledCsv, String> {
+    read_labelled_csv_with(path, label, features, None)
+}
+
+/// [`read_labelled_csv`] with categorical columns: the columns of
+/// `categories`' fields are read as strings and hold their codes in the
+/// book (given in order of first appearance; an empty field is missing),
+/// and are features even when `features` is empty.
+///
+/// # Errors
+/// As [`read_labelled_csv`].
+pub fn read_labelled_csv_with(
+    path: &Path,
+    label: &str,
+    features: &[String],
+    categories: Option<&super::categories::CategoryBook>,
+) -> Result<LabelledCsv, String> {
+    let categorical: &[String] = categories.map_or(&[], |b| b.fields());
     let err = |reason: String| format!("{}: {reason}", path.display());
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -67,7 +84,9 @@ pub fn read_labelled_csv(
             .iter()
             .enumerate()
             .filter(|(i, _)| {
-                *i != label_idx && first.get(*i).is_some_and(|v| v.parse::<f64>().is_ok())
+                *i != label_idx
+                    && (first.get(*i).is_some_and(|v| v.parse::<f64>().is_ok())
+                        || categorical.iter().any(|c| c == &headers[*i]))
             })
             .map(|(_, h)| h.to_string())
             .collect()
@@ -88,11 +107,18 @@ pub fn read_labelled_csv(
     }
     let mut x = Vec::with_capacity(records.len() * idx.len());
     let mut labels = Vec::with_capacity(records.len());
+    let cat_of: Vec<Option<usize>> = features
+        .iter()
+        .map(|f| categorical.iter().position(|c| c == f))
+        .collect();
     for r in &records {
-        x.extend(idx.iter().map(|&j| {
-            r.get(j)
-                .and_then(|v| v.parse::<f32>().ok())
-                .unwrap_or(f32::NAN)
+        x.extend(idx.iter().zip(&cat_of).map(|(&j, cat)| {
+            let v = r.get(j).unwrap_or("");
+            match (cat, categories) {
+                (Some(k), Some(book)) if !v.is_empty() => book.code(*k, v).unwrap_or(f32::NAN),
+                (Some(_), _) => f32::NAN,
+                _ => v.parse::<f32>().ok().unwrap_or(f32::NAN),
+            }
         }));
         labels.push(r.get(label_idx).unwrap_or("").to_string());
     }

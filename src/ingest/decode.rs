@@ -61,6 +61,12 @@ pub struct Schema {
     pub device_level: i32,
     /// Field of a late label that holds the sample's id.
     pub sample_id_field: String,
+    /// Features read as strings (categorical), each stored as its code in
+    /// `categories` ([`super::categories`]).
+    pub categorical: Vec<String>,
+    /// The pipeline's category codes; `None` with categorical features:
+    /// a book in memory.
+    pub categories: Option<std::sync::Arc<super::categories::CategoryBook>>,
 }
 
 pub use crate::stats::Reason;
@@ -154,6 +160,9 @@ pub struct Decoder {
     classes: Vec<String>,
     task: Task,
     sample_id_field: String,
+    /// Per feature, its index among the categorical fields.
+    categorical: Vec<Option<usize>>,
+    categories: Option<std::sync::Arc<super::categories::CategoryBook>>,
 }
 
 impl Decoder {
@@ -173,6 +182,18 @@ impl Decoder {
             classes: pipeline.classes.clone(),
             task: pipeline.task,
             sample_id_field: pipeline.sample_id_field.clone(),
+            categorical: pipeline
+                .features
+                .iter()
+                .map(|f| pipeline.categorical.iter().position(|c| c == f))
+                .collect(),
+            categories: match &pipeline.categories {
+                Some(book) => Some(book.clone()),
+                None if pipeline.categorical.is_empty() => None,
+                None => Some(std::sync::Arc::new(
+                    super::categories::CategoryBook::in_memory(&pipeline.categorical),
+                )),
+            },
         }
     }
 
@@ -203,7 +224,8 @@ impl Decoder {
             .features
             .iter()
             .zip(&self.names)
-            .map(|(path, name)| match read_feature(path.get(&value)) {
+            .zip(&self.categorical)
+            .map(|((path, name), cat)| match self.read(path.get(&value), *cat) {
                 Ok(x) => {
                     present += 1;
                     x
@@ -254,6 +276,17 @@ impl Decoder {
                 label,
             }),
             problems,
+        }
+    }
+
+    /// A feature: a number, or for a categorical one the code of its
+    /// string ([`super::categories::category_of`]).
+    fn read(&self, v: Option<&Value>, categorical: Option<usize>) -> Result<f32, Reason> {
+        match (categorical, &self.categories) {
+            (Some(field), Some(book)) => {
+                book.code(field, &super::categories::category_of(v)?)
+            }
+            _ => read_feature(v),
         }
     }
 

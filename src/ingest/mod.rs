@@ -1,11 +1,13 @@
 //! Ingest: MQTT in, samples out. The source ([`mqtt`]) receives publishes,
 //! the writer ([`writer`]) decodes them ([`decode`]) and commits them to the
-//! store before acknowledging them. [`broker`] is the optional in-process
+//! store before acknowledging them; [`categories`] gives the strings of
+//! categorical fields their codes. [`broker`] is the optional in-process
 //! broker; [`replay`] publishes a CSV file as messages; [`csv_file`] reads a
 //! labelled CSV file for the offline commands (`train`, `evaluate`).
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod categories;
 pub mod csv_file;
 pub mod decode;
 pub mod mqtt;

@@ -32,6 +32,10 @@ pub struct Cleaning {
     pub missing_values: Vec<f64>,
     /// Per feature, the closed range `[low, high]` of valid readings.
     pub ranges: BTreeMap<String, [f64; 2]>,
+    /// Categorical features: their readings are category codes, never
+    /// markers (`[pipelines.preprocess] categorical`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categorical: Vec<String>,
 }
 
 impl Cleaning {
@@ -87,7 +91,10 @@ impl Cleaning {
         let mut n = 0;
         for row in x.chunks_mut(features.len()) {
             for (v, f) in row.iter_mut().zip(features) {
-                if !v.is_nan() && self.missing(Some(f), f64::from(*v)) {
+                if !v.is_nan()
+                    && !self.categorical.contains(f)
+                    && self.missing(Some(f), f64::from(*v))
+                {
                     *v = f32::NAN;
                     n += 1;
                 }
@@ -190,6 +197,7 @@ mod tests {
         let c = Cleaning {
             missing_values: vec![-200.0],
             ranges: BTreeMap::from([("t".to_string(), [-40.0, 85.0])]),
+            categorical: vec![],
         };
         let f = vec!["t".to_string(), "co".to_string()];
         let mut x = vec![20.0, -200.0, 90.0, 1.5, -200.0, f32::NAN];
@@ -200,5 +208,14 @@ mod tests {
         assert!(!c.label_missing(2.6));
         assert!(c.validate(&f).is_ok());
         assert!(c.validate(&["co".to_string()]).is_err());
+        // A category code equal to a marker is a category, not missing.
+        let c = Cleaning {
+            missing_values: vec![0.0],
+            categorical: vec!["mode".into()],
+            ..Cleaning::default()
+        };
+        let mut x = vec![0.0, 0.0];
+        assert_eq!(c.apply(&["t".into(), "mode".into()], &mut x), 1);
+        assert_eq!((x[0].is_nan(), x[1]), (true, 0.0));
     }
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use super::card::ModelCard;
 use super::{Dataset, Family, Task, TrainSettings, Training, Trigger};
-use crate::ingest::csv_file::{read_labelled_csv, LabelledCsv};
+use crate::ingest::categories::CategoryBook;
+use crate::ingest::csv_file::{read_labelled_csv, read_labelled_csv_with, LabelledCsv};
 use crate::learn::settings::ModelConfig;
 
 /// What to train.
@@ -124,7 +125,20 @@ pub fn train_csv(
     opts: &OfflineOptions,
     progress: &dyn Fn(Family, usize, usize),
 ) -> Result<OfflineReport, String> {
-    let csv = read_labelled_csv(&opts.file, &opts.label, &opts.features)?;
+    // Categorical columns: codes in a book of this file's strings.
+    let mut model = opts.model.clone();
+    let csv = if model.preprocess.categorical.is_empty() {
+        read_labelled_csv(&opts.file, &opts.label, &opts.features)?
+    } else {
+        let book = std::sync::Arc::new(CategoryBook::in_memory(&model.preprocess.categorical));
+        let csv = read_labelled_csv_with(&opts.file, &opts.label, &opts.features, Some(&book))?;
+        model.preprocess.categories = Some(book);
+        model
+            .preprocess
+            .validate(&csv.features)
+            .map_err(|e| format!("preprocess.{e}"))?;
+        csv
+    };
     let task = opts.task.unwrap_or_else(|| guess_task(&csv.labels));
     let data = dataset(&csv, task);
     if data.is_empty() {
@@ -139,7 +153,7 @@ pub fn train_csv(
     let settings = TrainSettings {
         pipeline: &opts.name,
         features: &csv.features,
-        model: &opts.model,
+        model: &model,
         progress: Some(&|family: Family| {
             let i = step.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             progress(family, i.min(total - 1), total);

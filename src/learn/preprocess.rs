@@ -24,7 +24,16 @@
 //!    removed (`VarianceThreshold(0)`);
 //! 4. `scale = "standard" | "robust" | "minmax"` (`StandardScaler`,
 //!    `RobustScaler`, `MinMaxScaler`), every column;
-//! 5. `pca = N` components or a fraction of explained variance (`PCA`).
+//! 5. `categorical = ["mode"]`: those features are read as strings
+//!    ([`crate::ingest::categories`]: codes in the samples, strings in the
+//!    exported model) and one-hot encoded after the numeric steps
+//!    ([`OneHot`]: `OneHotEncoder(handle_unknown="ignore",
+//!    max_categories=…)`, categories learned from the training part, the
+//!    less frequent beyond `max_categories − 1` sharing one column, an
+//!    unknown or missing category all zeros); the numeric steps see only
+//!    the other features;
+//! 6. `pca = N` components or a fraction of explained variance (`PCA`),
+//!    over the numeric columns and the one-hot columns.
 //!
 //! The imputer is fitted on every row of the training part; the steps after
 //! `drop` on the rows it kept. Every family then standardises its inputs
@@ -34,11 +43,21 @@
 //! A model with preprocessing is a [`Model::Preprocessed`]
 //! ([`PreprocessedModel`]): the fitted steps ([`Preprocessor`], also the
 //! card's `preprocessing`) and the family's model fitted on their output.
-//! Its graph: `IsNaN → Where(fill)` (`Gather → Cast → Concat` for the
+//! Its graph (inputs `features`, `[N, n_features]` f32, and with
+//! categorical features `categories`, `[N, n_categorical]` strings, whose
+//! columns are the categorical features in `categorical` order; the
+//! categorical features' slots of `features` are not read): `Gather(numeric
+//! columns) → IsNaN → Where(fill)` (`Gather → Cast → Concat` for the
 //! indicators) `→ Max(low) → Min(high) → Gather(kept columns) → Sub(center)
-//! → Div(scale) → Sub(mean) → MatMul(componentsᵀ)` → the family's graph.
+//! → Div(scale)`, `Concat` with each categorical feature's `Gather(column
+//! of categories) → LabelEncoder(category → column) → OneHotEncoder`
+//! (`ai.onnx.ml`), `→ Sub(mean) → MatMul(componentsᵀ)` → the family's
+//! graph. The metadata `categorical` (JSON `[[feature, [string by code]]]`)
+//! lets the engine (`crate::onnx::engine::OnnxModel`) turn the codes of a
+//! served sample back into strings.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -49,10 +68,17 @@ use super::model::{Model, Task, TrainError};
 use super::settings::ModelConfig;
 use super::Dataset;
 use crate::features::preprocess::{
-    self as steps, Bounds, Components, ImputeStrategy, Imputer, OutlierStrategy, Pca,
+    self as steps, Bounds, Components, ImputeStrategy, Imputer, OneHot, OutlierStrategy, Pca,
     ScaleStrategy, Scaling,
 };
-use crate::onnx::builder::{attr_int, input_info, node, tensor_f32, tensor_i64, INPUT};
+use crate::ingest::categories::CategoryBook;
+use crate::onnx::builder::{
+    attr_int, attr_ints, attr_strings, input_info, node, tensor_f32, tensor_i64, value_info, INPUT,
+    ML_DOMAIN,
+};
+
+/// The exported graph's input of categorical strings, `[N, n_categorical]`.
+pub const CATEGORIES_INPUT: &str = "categories";
 
 /// `[pipelines.preprocess]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +107,15 @@ pub struct PreprocessConfig {
     /// Principal components kept: a count (1, 2, …) or a fraction of
     /// explained variance in (0, 1); 0: no PCA.
     pub pca: f64,
+    /// Features read as strings and one-hot encoded.
+    pub categorical: Vec<String>,
+    /// At most this many one-hot columns per categorical feature, the
+    /// least frequent categories sharing the last (0: one per category).
+    pub max_categories: usize,
+    /// The pipeline's category codes, set by the daemon (the store's book)
+    /// or `edgeloop train` (the file's); not a key.
+    #[serde(skip)]
+    pub categories: Option<Arc<CategoryBook>>,
 }
 
 impl Default for PreprocessConfig {
@@ -97,6 +132,9 @@ impl Default for PreprocessConfig {
             drop_constant: false,
             scale: ScaleStrategy::Off,
             pca: 0.0,
+            categorical: vec![],
+            max_categories: 0,
+            categories: None,
         }
     }
 }
@@ -107,12 +145,13 @@ impl PreprocessConfig {
         Cleaning {
             missing_values: self.missing_values.clone(),
             ranges: self.ranges.clone(),
+            categorical: self.categorical.clone(),
         }
     }
 
     /// Whether any fitted step is configured (cleaning aside).
     pub fn has_steps(&self) -> bool {
-        self.impute != ImputeStrategy::Off
+        self.impute != ImputeStrategy::Off || !self.categorical.is_empty()
     }
 
     /// The same cleaning without the fitted steps.
@@ -131,10 +170,34 @@ impl PreprocessConfig {
     /// ([`Cleaning::validate`]); a step after imputation without `impute`;
     /// quantiles outside [0, 1] or not increasing; a negative or not finite
     /// `iqr_factor` or `fill_value`; a `pca` that is neither a count nor a
-    /// fraction in (0, 1).
+    /// fraction in (0, 1); a categorical feature that is not a feature,
+    /// twice, or with a range; no numeric feature left; `max_categories`
+    /// of 1.
     pub fn validate(&self, features: &[String]) -> Result<(), String> {
         self.cleaning().validate(features)?;
-        if self.impute == ImputeStrategy::Off {
+        for (i, c) in self.categorical.iter().enumerate() {
+            if !features.contains(c) {
+                return Err(format!("categorical: `{c}` is not a feature"));
+            }
+            if self.categorical[..i].contains(c) {
+                return Err(format!("categorical: `{c}` is listed twice"));
+            }
+            if self.ranges.contains_key(c) {
+                return Err(format!(
+                    "ranges: `{c}` is categorical (its readings are strings)"
+                ));
+            }
+        }
+        if !self.categorical.is_empty() && self.categorical.len() >= features.len() {
+            return Err("categorical: at least one feature must stay numeric".to_string());
+        }
+        if self.max_categories == 1 {
+            return Err(
+                "max_categories: 1 would put every category in one column; 0 (no limit) or ≥ 2"
+                    .into(),
+            );
+        }
+        if self.impute == ImputeStrategy::Off && self.categorical.is_empty() {
             let needs = [
                 ("missing_indicator", self.missing_indicator),
                 ("outliers", self.outliers != OutlierStrategy::Off),
@@ -193,6 +256,10 @@ impl PreprocessConfig {
 pub struct Preprocessor {
     /// The raw input features, in order.
     pub features: Vec<String>,
+    /// The columns of the numeric features, which the numeric steps
+    /// (imputer to scaling) read; `None`: every feature (no categorical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numeric: Option<Vec<usize>>,
     pub imputer: Imputer,
     pub outliers: OutlierStrategy,
     /// Clipping bounds of each column after imputation (`clip_quantile`,
@@ -205,6 +272,10 @@ pub struct Preprocessor {
     /// Indices of the kept columns after imputation (`None`: all).
     pub kept: Option<Vec<usize>>,
     pub scaling: Option<Scaling>,
+    /// The categorical features' encodings, appended after the numeric
+    /// columns, in `categorical` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub one_hot: Vec<OneHot>,
     pub pca: Option<Pca>,
     /// The columns the model receives, in order.
     pub output: Vec<String>,
@@ -216,29 +287,50 @@ impl Preprocessor {
     /// left out removed).
     ///
     /// # Errors
-    /// [`TrainError::Settings`] when `drop_constant` leaves no column.
+    /// [`TrainError::Settings`] when `drop_constant` leaves no column, or
+    /// categorical features come without their category book.
     pub fn fit(
         cfg: &PreprocessConfig,
         data: &Dataset,
         features: &[String],
     ) -> Result<(Self, Dataset), TrainError> {
-        let nf = features.len();
-        let imputer = Imputer::fit(
-            &data.x,
-            nf,
-            cfg.impute,
-            cfg.fill_value,
-            cfg.missing_indicator,
-        );
-        let mut names: Vec<String> = features.to_vec();
+        let n_raw = features.len();
+        let categorical: Vec<usize> = cfg
+            .categorical
+            .iter()
+            .filter_map(|c| features.iter().position(|f| f == c))
+            .collect();
+        let book = match (&cfg.categories, categorical.is_empty()) {
+            (_, true) => BTreeMap::new(),
+            (Some(book), false) => book.snapshot(),
+            (None, false) => {
+                return Err(TrainError::Settings(
+                    "preprocess.categorical: the pipeline's category codes are not known here"
+                        .into(),
+                ))
+            }
+        };
+        let numeric: Option<Vec<usize>> = (!categorical.is_empty())
+            .then(|| (0..n_raw).filter(|j| !categorical.contains(j)).collect());
+        let numeric_features: Vec<String> = match &numeric {
+            Some(cols) => cols.iter().map(|&j| features[j].clone()).collect(),
+            None => features.to_vec(),
+        };
+        let nf = numeric_features.len();
+        let xn = match &numeric {
+            Some(cols) => steps::select_columns(&data.x, n_raw, cols),
+            None => data.x.clone(),
+        };
+        let imputer = Imputer::fit(&xn, nf, cfg.impute, cfg.fill_value, cfg.missing_indicator);
+        let mut names: Vec<String> = numeric_features.clone();
         names.extend(
             imputer
                 .indicators
                 .iter()
-                .map(|&j| format!("{}_missing", features[j])),
+                .map(|&j| format!("{}_missing", numeric_features[j])),
         );
         let mut width = imputer.n_out();
-        let mut x = imputer.transform(&data.x, true);
+        let mut x = imputer.transform(&xn, true);
         let mut d = data.clone();
         let mut rows_dropped = 0;
         let bounds = match cfg.outliers {
@@ -288,6 +380,19 @@ impl Preprocessor {
             s.transform_in_place(&mut x);
             s
         });
+        // `d.x` is still the raw rows (those `drop` kept).
+        let one_hot: Vec<OneHot> = categorical
+            .iter()
+            .map(|&j| {
+                let codes = book.get(&features[j]).map_or(&[][..], Vec::as_slice);
+                OneHot::fit(&d.x, n_raw, j, &features[j], codes, cfg.max_categories)
+            })
+            .collect();
+        if !one_hot.is_empty() {
+            x = append_one_hot(&x, width, &d.x, n_raw, &one_hot);
+            width += one_hot.iter().map(OneHot::width).sum::<usize>();
+            names.extend(one_hot.iter().flat_map(OneHot::names));
+        }
         let pca = cfg.components().map(|k| {
             let p = Pca::fit(&x, width, k);
             x = p.transform(&x);
@@ -299,6 +404,7 @@ impl Preprocessor {
         Ok((
             Self {
                 features: features.to_vec(),
+                numeric,
                 imputer,
                 outliers: cfg.outliers,
                 bounds,
@@ -306,6 +412,7 @@ impl Preprocessor {
                 dropped_constant,
                 kept,
                 scaling,
+                one_hot,
                 pca,
                 output: names,
             },
@@ -316,8 +423,14 @@ impl Preprocessor {
     /// `x` (`[n, features.len()]`, raw) through the steps as the exported
     /// graph computes them: `[n, output.len()]`. Missing values take the
     /// fill value (`last`: the training mean; no state between calls).
-    pub fn transform(&self, x: &[f32]) -> Vec<f32> {
-        let mut x = self.imputer.transform(x, false);
+    pub fn transform(&self, raw: &[f32]) -> Vec<f32> {
+        let n_raw = self.features.len();
+        let mut x = match &self.numeric {
+            Some(cols) => self
+                .imputer
+                .transform(&steps::select_columns(raw, n_raw, cols), false),
+            None => self.imputer.transform(raw, false),
+        };
         if let (Some(b), true) = (&self.bounds, self.clips()) {
             b.clip(&mut x, self.imputer.n_out());
         }
@@ -326,6 +439,10 @@ impl Preprocessor {
         }
         if let Some(s) = &self.scaling {
             s.transform_in_place(&mut x);
+        }
+        if !self.one_hot.is_empty() {
+            let width = self.kept.as_ref().map_or(self.imputer.n_out(), Vec::len);
+            x = append_one_hot(&x, width, raw, n_raw, &self.one_hot);
         }
         match &self.pca {
             Some(p) => p.transform(&x),
@@ -351,15 +468,27 @@ impl Preprocessor {
         let Some(graph) = model.graph.as_mut() else {
             return inner;
         };
-        let nf = self.features.len() as i64;
+        let nf = self.imputer.fill.len() as i64;
         let (mut nodes, mut init) = (Vec::new(), Vec::new());
         let mut cur;
         let mut width = self.imputer.n_out() as i64;
+        let mut src = INPUT;
+        if let Some(cols) = &self.numeric {
+            let idx: Vec<i64> = cols.iter().map(|&j| j as i64).collect();
+            init.push(tensor_i64("pre_numeric_columns", &[nf], &idx));
+            nodes.push(node(
+                "Gather",
+                &[INPUT, "pre_numeric_columns"],
+                "pre_numeric",
+                vec![attr_int("axis", 1)],
+            ));
+            src = "pre_numeric";
+        }
         init.push(tensor_f32("pre_fill", &[nf], &self.imputer.fill));
-        nodes.push(node("IsNaN", &[INPUT], "pre_is_missing", vec![]));
+        nodes.push(node("IsNaN", &[src], "pre_is_missing", vec![]));
         nodes.push(node(
             "Where",
-            &["pre_is_missing", "pre_fill", INPUT],
+            &["pre_is_missing", "pre_fill", src],
             "pre_imputed",
             vec![],
         ));
@@ -428,6 +557,69 @@ impl Preprocessor {
             ));
             cur = "pre_scaled".into();
         }
+        if !self.one_hot.is_empty() {
+            let mut parts = vec![cur.clone()];
+            for (k, h) in self.one_hot.iter().enumerate() {
+                if h.width() == 0 {
+                    continue;
+                }
+                let at = format!("pre_cat_{k}_at");
+                init.push(tensor_i64(&at, &[], &[k as i64]));
+                let col = format!("pre_cat_{k}");
+                nodes.push(node(
+                    "Gather",
+                    &[CATEGORIES_INPUT, &at],
+                    &col,
+                    vec![attr_int("axis", 1)],
+                ));
+                // Category → its column (the infrequent share the last);
+                // any other string → −1, which OneHotEncoder gives zeros.
+                let keys: Vec<&str> = h
+                    .categories
+                    .iter()
+                    .chain(&h.infrequent)
+                    .map(String::as_str)
+                    .collect();
+                let values: Vec<i64> = (0..keys.len())
+                    .map(|i| i.min(h.categories.len()) as i64)
+                    .collect();
+                let index = format!("pre_cat_{k}_index");
+                let mut le = node(
+                    "LabelEncoder",
+                    &[&col],
+                    &index,
+                    vec![
+                        attr_strings("keys_strings", &keys),
+                        attr_ints("values_int64s", values),
+                        attr_int("default_int64", -1),
+                    ],
+                );
+                le.domain = ML_DOMAIN.into();
+                nodes.push(le);
+                let one = format!("pre_cat_{k}_one_hot");
+                let mut oh = node(
+                    "OneHotEncoder",
+                    &[&index],
+                    &one,
+                    vec![
+                        attr_ints("cats_int64s", (0..h.width() as i64).collect()),
+                        attr_int("zeros", 1),
+                    ],
+                );
+                oh.domain = ML_DOMAIN.into();
+                nodes.push(oh);
+                parts.push(one);
+                width += h.width() as i64;
+            }
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            nodes.push(node(
+                "Concat",
+                &refs,
+                "pre_encoded",
+                vec![attr_int("axis", 1)],
+            ));
+            cur = "pre_encoded".into();
+        }
         if let Some(p) = &self.pca {
             let k = p.n_components();
             let w = width as usize;
@@ -463,6 +655,28 @@ impl Preprocessor {
         graph.node = nodes;
         graph.initializer.extend(init);
         graph.input = vec![input_info(self.features.len())];
+        if !self.one_hot.is_empty() {
+            graph.input.push(value_info(
+                CATEGORIES_INPUT,
+                tract_onnx::pb::tensor_proto::DataType::String,
+                &[self.one_hot.len() as i64],
+            ));
+            if !model.opset_import.iter().any(|o| o.domain == ML_DOMAIN) {
+                model.opset_import.push(pb::OperatorSetIdProto {
+                    domain: ML_DOMAIN.into(),
+                    version: 3,
+                });
+            }
+            let codes: Vec<(&String, &Vec<String>)> = self
+                .one_hot
+                .iter()
+                .map(|h| (&h.feature, &h.codes))
+                .collect();
+            model.metadata_props.push(pb::StringStringEntryProto {
+                key: "categorical".into(),
+                value: serde_json::to_string(&codes).unwrap_or_default(),
+            });
+        }
         for p in &mut model.metadata_props {
             if p.key == "features" {
                 p.value = serde_json::to_string(&self.features).unwrap_or_default();
@@ -470,6 +684,26 @@ impl Preprocessor {
         }
         model.encode_to_vec()
     }
+}
+
+/// The rows of `x` (`width` wide) each followed by the one-hot columns of
+/// the codes in the same row of `raw` (`n_raw` wide).
+fn append_one_hot(
+    x: &[f32],
+    width: usize,
+    raw: &[f32],
+    n_raw: usize,
+    one_hot: &[OneHot],
+) -> Vec<f32> {
+    let extra: usize = one_hot.iter().map(OneHot::width).sum();
+    let mut out = Vec::with_capacity(x.len() / width.max(1) * (width + extra));
+    for (row, r) in x.chunks_exact(width.max(1)).zip(raw.chunks_exact(n_raw)) {
+        out.extend_from_slice(&row[..width]);
+        for h in one_hot {
+            h.encode(r[h.column], &mut out);
+        }
+    }
+    out
 }
 
 /// A family's model behind fitted preprocessing steps.

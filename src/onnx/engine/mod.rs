@@ -737,6 +737,10 @@ pub struct OnnxModel {
     classes: Vec<String>,
     features: Vec<String>,
     task: Task,
+    /// A model with categorical features (`crate::learn::preprocess`): its
+    /// string input and, per column of it, the feature's column in the
+    /// rows and its strings by code (metadata `categorical`).
+    categorical: Option<(String, Vec<(usize, Vec<String>)>)>,
 }
 
 impl OnnxModel {
@@ -773,6 +777,33 @@ impl OnnxModel {
             .first()
             .map(|i| i.name.clone())
             .ok_or_else(|| ModelError::Refused("the model has no input".into()))?;
+        let categorical = match session.inputs().iter().find(|i| i.dtype == DType::String) {
+            None => None,
+            Some(info) => {
+                let codes: Vec<(String, Vec<String>)> = session
+                    .metadata("categorical")
+                    .and_then(|m| serde_json::from_str(m).ok())
+                    .ok_or_else(|| {
+                        ModelError::Refused(format!(
+                            "string input `{}` without the metadata `categorical`",
+                            info.name
+                        ))
+                    })?;
+                let cols = codes
+                    .into_iter()
+                    .map(|(f, c)| {
+                        meta.features
+                            .iter()
+                            .position(|x| *x == f)
+                            .map(|j| (j, c))
+                            .ok_or_else(|| {
+                                ModelError::Refused(format!("categorical feature `{f}` is not a feature"))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some((info.name.clone(), cols))
+            }
+        };
         let model = Self {
             session,
             input,
@@ -780,6 +811,7 @@ impl OnnxModel {
             classes: meta.classes,
             features: meta.features,
             task: meta.task,
+            categorical,
         };
         model.verify()?;
         Ok(model)
@@ -921,6 +953,7 @@ impl OnnxModel {
             classes,
             features: contract.features.clone(),
             task: contract.task,
+            categorical: None,
         };
         model.verify()?;
         tracing::info!(engine = %model.engine(), "Imported model adopted.");
@@ -972,6 +1005,26 @@ impl OnnxModel {
         &self.features
     }
 
+    /// Whether `feature` is categorical (read as a string).
+    pub fn is_categorical(&self, feature: &str) -> bool {
+        self.category_code(feature, None).is_some()
+    }
+
+    /// The code a categorical `feature` reads `value` as (the code of the
+    /// book the model was trained with); `Some(NaN)` when the model never
+    /// saw that string (all zeros), `None` when `feature` is not
+    /// categorical. `value` `None`: only whether it is categorical.
+    pub fn category_code(&self, feature: &str, value: Option<&str>) -> Option<f32> {
+        let (_, cols) = self.categorical.as_ref()?;
+        let j = self.features.iter().position(|f| f == feature)?;
+        let (_, codes) = cols.iter().find(|(c, _)| *c == j)?;
+        Some(
+            value
+                .and_then(|v| codes.iter().position(|s| s == v.trim()))
+                .map_or(f32::NAN, |i| i as f32),
+        )
+    }
+
     /// A classifier's probabilities `[n_rows, n_classes]` row-major, a
     /// regressor's predictions `[n_rows]`; for `x` (`[n_rows, n_features]`
     /// row-major `f32`, `NaN` = missing), through [`Session::run_rows`]: a
@@ -991,7 +1044,28 @@ impl OnnxModel {
         }
         let n_rows = x.len() / nf;
         let input = Tensor::new(vec![n_rows, nf], Data::F32(x.to_vec()))?;
-        let mut out = self.session.run_rows(&[Named::new(&self.input, input)])?;
+        let mut inputs = vec![Named::new(&self.input, input)];
+        if let Some((name, cols)) = &self.categorical {
+            // Codes back to strings; a missing or unknown code is "", which
+            // no category is (all zeros).
+            let strings: Vec<String> = x
+                .chunks_exact(nf)
+                .flat_map(|row| {
+                    cols.iter().map(move |(j, codes)| {
+                        let v = row[*j];
+                        if v.is_nan() || v < 0.0 || v.fract() != 0.0 {
+                            return String::new();
+                        }
+                        codes.get(v as usize).cloned().unwrap_or_default()
+                    })
+                })
+                .collect();
+            inputs.push(Named::new(
+                name,
+                Tensor::new(vec![n_rows, cols.len()], Data::String(strings))?,
+            ));
+        }
+        let mut out = self.session.run_rows(&inputs)?;
         if self.scores >= out.len() {
             return Err(ModelError::Run("model has no output".into()));
         }

@@ -1,0 +1,312 @@
+//! Categorical features (issue 16) against scikit-learn
+//! (`tests/fixtures/preprocess/gen_mode.py`, which says how the reference
+//! is computed):
+//! - the full pipeline with a categorical `mode` (markers and ranges →
+//!   median imputation with indicators → Tukey clipping → standard scaling,
+//!   one-hot of `mode` with `max_categories = 5` → PCA(6) → logistic) equals
+//!   scikit-learn's `Pipeline(ColumnTransformer, …)` within 1e-5: learned
+//!   and infrequent categories, explained variance ratios, probabilities of
+//!   later rows with an unknown and a missing mode (all zeros); its export,
+//!   which takes the strings, gives the in-process probabilities on tract
+//!   and on onnxruntime within 1e-5;
+//! - the decoder reads a categorical field's string as a code of the
+//!   pipeline's book, kept in the store's `state` and read back after a
+//!   reopen; a store written before categorical fields existed opens, its
+//!   samples read as before, and its book starts empty;
+//! - `edgeloop train --categorical mode` on the generated CSV lists the
+//!   categories in the card and exports a model that takes the strings.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use edgeloop::ingest::categories::CategoryBook;
+use edgeloop::learn::preprocess::{PreprocessConfig, CATEGORIES_INPUT};
+use edgeloop::learn::{fit_model, Dataset, Family, Model, ModelConfig, Task};
+use edgeloop::onnx::engine::{Data, EngineKind, LoadOptions, Named, OnnxModel, Session, Tensor};
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn reference() -> Value {
+    serde_json::from_slice(
+        &std::fs::read(root().join("tests/fixtures/preprocess/mode.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn names(v: &Value) -> Vec<String> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// `got` equals `want` within `tol` (absolute).
+fn close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
+    }
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+fn flat(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+        .collect()
+}
+
+/// JSON row objects as `[n, features]` f32 with `mode` as its code in
+/// `book` (given in order of first appearance, as the decoder does).
+fn encode(rows: &Value, features: &[String], book: &CategoryBook) -> Vec<f32> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            features
+                .iter()
+                .map(|f| match &r[f] {
+                    Value::String(s) => book.code(0, s).unwrap(),
+                    Value::Number(n) => n.as_f64().unwrap() as f32,
+                    _ => f32::NAN,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn ort_options() -> LoadOptions {
+    LoadOptions::default()
+}
+
+#[test]
+fn the_pipeline_with_a_categorical_mode_equals_scikit_learn_on_tract_and_onnxruntime() {
+    let r = reference();
+    let features = names(&r["features"]);
+    let nf = features.len();
+    let mut cfg: PreprocessConfig = serde_json::from_value(r["config"].clone()).unwrap();
+    cfg.validate(&features).unwrap();
+    let book = Arc::new(CategoryBook::in_memory(&cfg.categorical));
+    cfg.categories = Some(book.clone());
+    let model_cfg = ModelConfig {
+        preprocess: cfg.clone(),
+        family: Family::Logistic,
+        l2: r["l2"].as_f64().unwrap(),
+        max_iter: 10_000,
+        ..ModelConfig::default()
+    };
+    let cleaning = cfg.cleaning();
+    let mut x_train = encode(&r["train_rows"], &features, &book);
+    cleaning.apply(&features, &mut x_train);
+    let labels = names(&r["train_labels"]);
+    let classes = names(&r["classes"]);
+    let mut data = Dataset::empty(Task::Classification, classes.clone(), nf);
+    data.timestamps = (0..labels.len() as i64).collect();
+    data.x = x_train;
+    data.y = labels
+        .iter()
+        .map(|l| classes.iter().position(|c| c == l).unwrap())
+        .collect();
+    let model = fit_model(
+        Family::Logistic,
+        &model_cfg,
+        &data,
+        &features,
+        None,
+        &|| false,
+    )
+    .unwrap();
+    let Model::Preprocessed(pre) = &model else {
+        panic!("a model behind its steps")
+    };
+    let one_hot = &pre.steps.one_hot;
+    assert_eq!(one_hot.len(), 1);
+    assert_eq!(one_hot[0].categories, names(&r["categories"]));
+    assert_eq!(one_hot[0].infrequent, names(&r["infrequent"]));
+    let ratios = &pre.steps.pca.as_ref().unwrap().explained_variance_ratio;
+    let want_ratios: Vec<f64> =
+        serde_json::from_value(r["explained_variance_ratio"].clone()).unwrap();
+    close("explained_variance_ratio", ratios, &want_ratios, 1e-5);
+
+    // Later rows: an unknown mode (party) and missing ones (null) among them.
+    let raw = encode(&r["test_rows"], &features, &book);
+    let modes: Vec<&Value> = r["test_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["mode"])
+        .collect();
+    assert!(modes.iter().any(|m| m.is_null()) && modes.iter().any(|m| *m == "party"));
+    let mut cleaned = raw.clone();
+    cleaning.apply(&features, &mut cleaned);
+    let ours = f64s(&model.predict(&cleaned));
+    close(
+        "probabilities vs scikit-learn",
+        &ours,
+        &flat(&r["test_probabilities"]),
+        1e-5,
+    );
+    // Every row with a mode never seen: scikit-learn's all-zeros encoding.
+    let mut unknown = cleaned.clone();
+    let party = book.code(0, "party").unwrap();
+    unknown.chunks_exact_mut(nf).for_each(|row| row[2] = party);
+    close(
+        "unknown mode vs scikit-learn",
+        &f64s(&model.predict(&unknown)),
+        &flat(&r["unknown_mode_probabilities"]),
+        1e-5,
+    );
+
+    // The export takes the raw readings and the strings.
+    let onnx = cleaning.wrap_onnx(&features, model.to_onnx(1));
+    for kind in [EngineKind::Tract, EngineKind::Ort] {
+        let served = OnnxModel::load_with(&onnx, kind, &ort_options()).unwrap();
+        assert!(served.is_categorical("mode") && !served.is_categorical("co2"));
+        let got = served.predict_proba(&raw).unwrap();
+        close(&format!("{kind:?} vs in-process"), &f64s(&got), &ours, 1e-5);
+        // The graph itself, fed strings: the first later row with mode
+        // "party" gives the unknown-mode probabilities.
+        let session = Session::load(&onnx, kind, &ort_options()).unwrap();
+        let first = &raw[..nf];
+        let out = session
+            .run(&[
+                Named::new(
+                    "features",
+                    Tensor::new(vec![1, nf], Data::F32(first.to_vec())).unwrap(),
+                ),
+                Named::new(
+                    CATEGORIES_INPUT,
+                    Tensor::new(vec![1, 1], Data::String(vec!["party".into()])).unwrap(),
+                ),
+            ])
+            .unwrap();
+        let p = out
+            .iter()
+            .find(|o| o.name == "probabilities")
+            .unwrap()
+            .tensor
+            .data
+            .to_f32()
+            .unwrap();
+        close(
+            &format!("{kind:?} graph on the string party"),
+            &f64s(&p),
+            &flat(&r["unknown_mode_probabilities"])[..3],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn the_decoder_codes_strings_in_the_stores_book_and_an_older_store_opens() {
+    use edgeloop::ingest::decode::{Decoder, Reason, Schema, Task as DTask};
+    use edgeloop::store::{NewSample, Sample, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edgeloop.redb");
+    // A store as written before categorical fields: samples, no book.
+    let old = Sample {
+        timestamp_ms: 1,
+        device: "d1".into(),
+        features: vec![21.5, 3.0],
+        label: Some("1".into()),
+    };
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .append(&[NewSample {
+                pipeline: "room".into(),
+                digest: 7,
+                sample: old.clone(),
+                dedup: true,
+            }])
+            .unwrap();
+    }
+    let store = Arc::new(Store::open(&path).unwrap());
+    assert_eq!(
+        store.labelled("room").unwrap(),
+        vec![(0, old.clone())],
+        "an older sample reads as before"
+    );
+    let fields = vec!["mode".to_string()];
+    let book = Arc::new(CategoryBook::open(store.clone(), "room", &fields).unwrap());
+    assert_eq!(book.snapshot()["mode"], Vec::<String>::new());
+    let schema = Schema {
+        features: vec!["t".into(), "mode".into()],
+        label: "y".into(),
+        classes: vec![],
+        task: DTask::Classification,
+        timestamp: String::new(),
+        timestamp_format: String::new(),
+        device_level: 1,
+        sample_id_field: "sample_id".into(),
+        categorical: fields.clone(),
+        categories: Some(book.clone()),
+    };
+    let dec = Decoder::new(&schema, 4096);
+    let read = |p: &str| dec.decode("s/d1/room", p.as_bytes(), 5);
+    let a = read(r#"{"t": 20, "mode": "eco", "y": "1"}"#);
+    assert_eq!(a.sample.unwrap().features, vec![20.0, 0.0]);
+    let b = read(r#"{"t": 20, "mode": " boost ", "y": "1"}"#);
+    assert_eq!(b.sample.unwrap().features[1], 1.0);
+    let c = read(r#"{"t": 20, "mode": "eco"}"#);
+    assert_eq!(c.sample.unwrap().features[1], 0.0);
+    let d = read(r#"{"t": 20, "mode": null}"#);
+    assert!(d.sample.unwrap().features[1].is_nan());
+    assert_eq!(d.problems[0].reason, Reason::MissingFeature);
+    let e = read(r#"{"t": 20, "mode": {"a": 1}}"#);
+    assert!(e.sample.unwrap().features[1].is_nan());
+    assert_eq!(e.problems[0].reason, Reason::NonNumeric);
+    // The book is in the store: a reopened store gives the same codes.
+    drop((dec, book));
+    let again = CategoryBook::open(store.clone(), "room", &fields).unwrap();
+    assert_eq!(again.snapshot()["mode"], vec!["eco", "boost"]);
+    assert_eq!(again.lookup(0, "boost"), Some(1.0));
+}
+
+#[test]
+fn train_with_categorical_lists_the_categories_and_exports_a_model_taking_strings() {
+    let r = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let onnx_path = dir.path().join("m.onnx");
+    let csv = root().join("tests/fixtures/preprocess/mode.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args([
+            "train", "--label", "level", "--family", "logistic", "--json",
+        ])
+        .args(["--task", "classification"])
+        .arg("--file")
+        .arg(&csv)
+        .args([
+            "--categorical",
+            "mode",
+            "--max-categories",
+            "5",
+            "--impute",
+            "median",
+        ])
+        .args(["--missing-values", "-999", "--range", "humidity=0,100"])
+        .arg("--export")
+        .arg(&onnx_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cards: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let card = &cards[0];
+    let one_hot = &card["preprocessing"]["one_hot"][0];
+    assert_eq!(one_hot["feature"], "mode", "{card}");
+    assert_eq!(names(&one_hot["categories"]), names(&r["categories"]));
+    assert_eq!(names(&one_hot["infrequent"]), names(&r["infrequent"]));
+    let onnx = std::fs::read(&onnx_path).unwrap();
+    let session = Session::load(&onnx, EngineKind::Tract, &LoadOptions::default()).unwrap();
+    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(inputs, vec!["features", CATEGORIES_INPUT]);
+}
