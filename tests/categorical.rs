@@ -14,11 +14,20 @@
 //!   reopen; a store written before categorical fields existed opens, its
 //!   samples read as before, and its book starts empty;
 //! - `edgeloop train --categorical mode` on the generated CSV lists the
-//!   categories in the card and exports a model that takes the strings.
+//!   categories in the card and exports a model that takes the strings;
+//! - end to end, over a real mosquitto: the daemon ingests the training
+//!   rows as MQTT payloads with `mode` as a string, trains at 400 labels,
+//!   exports and serves; the later rows' predictions over HTTP (strings in
+//!   the rows) and over MQTT (unlabelled payloads) equal scikit-learn's
+//!   Pipeline fitted on the same rows within 1e-5, and rows whose mode is
+//!   unknown get the all-zeros encoding's probabilities.
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgeloop::ingest::categories::CategoryBook;
 use edgeloop::learn::preprocess::{PreprocessConfig, CATEGORIES_INPUT};
@@ -309,4 +318,169 @@ fn train_with_categorical_lists_the_categories_and_exports_a_model_taking_string
     let session = Session::load(&onnx, EngineKind::Tract, &LoadOptions::default()).unwrap();
     let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name.as_str()).collect();
     assert_eq!(inputs, vec!["features", CATEGORIES_INPUT]);
+}
+
+/// The fixture's configuration as a daemon pipeline `room` on mosquitto.
+fn room_config(dir: &Path, port: u16, r: &Value) -> edgeloop::config::Config {
+    let mut cfg = common::config(dir, common::Broker::External(port));
+    let p = &mut cfg.pipelines[0];
+    p.name = "room".into();
+    p.topics = vec!["rooms/+/room".into()];
+    p.label_topics = vec![];
+    p.features = names(&r["features"]);
+    p.label = "level".into();
+    p.classes = names(&r["classes"]);
+    p.timestamp = "ts".into();
+    p.preprocess = serde_json::from_value(r["config"].clone()).unwrap();
+    p.model.family = edgeloop::config::Family::Logistic;
+    p.model.l2 = r["l2"].as_f64().unwrap();
+    p.model.max_iter = 10_000;
+    p.model.min_labels = 400;
+    p.model.retrain_every = 1_000_000;
+    p.drift.retrain_on_drift = false;
+    cfg
+}
+
+const T0_MS: i64 = 1_767_225_600_000;
+
+/// Row objects as MQTT payloads: the row, a timestamp a minute apart from
+/// `first`, and the label when given.
+fn payloads(rows: &Value, first: usize, labels: Option<&[String]>) -> Vec<Vec<u8>> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut o = row.clone();
+            o["ts"] = (T0_MS + (first + i) as i64 * 60_000).into();
+            if let Some(l) = labels {
+                o["level"] = l[i].clone().into();
+            }
+            serde_json::to_vec(&o).unwrap()
+        })
+        .collect()
+}
+
+fn probabilities(p: &std::collections::BTreeMap<String, f32>, classes: &[String]) -> Vec<f64> {
+    classes.iter().map(|c| f64::from(p[c])).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_trains_and_serves_a_categorical_pipeline_over_mqtt_and_http() {
+    let r = reference();
+    let classes = names(&r["classes"]);
+    let mosquitto = common::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = room_config(dir.path(), mosquitto.port, &r);
+    cfg.validate().unwrap();
+    let (running, handle, token) = common::start(cfg).await;
+
+    let train = r["train_rows"].as_array().unwrap().len();
+    let mut opts = common::replay_opts("unused", mosquitto.port, None);
+    opts.topic = "rooms/r1/room".into();
+    common::publish(
+        &opts,
+        payloads(&r["train_rows"], 0, Some(&names(&r["train_labels"]))),
+    )
+    .await;
+    common::wait_until(Duration::from_secs(120), "a trained model", || {
+        handle.registry.get("room").is_some()
+    })
+    .await;
+    let serving = handle.registry.get("room").unwrap();
+    assert_eq!((serving.version, serving.card.n_samples), (1, train as u64));
+    let pre = serving.card.preprocessing.as_ref().unwrap();
+    assert_eq!(pre.one_hot[0].categories, names(&r["categories"]));
+    assert_eq!(pre.one_hot[0].infrequent, names(&r["infrequent"]));
+    // The store's book: every mode of the training rows, in order of
+    // first appearance.
+    let book = handle
+        .store
+        .get_state(&CategoryBook::state_key("room"))
+        .unwrap()
+        .unwrap();
+    let book: std::collections::BTreeMap<String, Vec<String>> =
+        serde_json::from_slice(&book).unwrap();
+    assert_eq!(book["mode"].len(), 7, "{book:?}");
+
+    // HTTP: the later rows as they are (strings, an unknown mode, nulls),
+    // then each with the unknown mode `party`.
+    let test_rows = r["test_rows"].as_array().unwrap().clone();
+    let mut rows = test_rows.clone();
+    rows.extend(test_rows.iter().map(|o| {
+        let mut o = o.clone();
+        o["mode"] = "party".into();
+        o
+    }));
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap();
+    let mut client = edgeloop::demo::HttpClient::connect(handle.http_addr)
+        .await
+        .unwrap();
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/room/predict", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    let resp: edgeloop::http::PredictResponse = serde_json::from_slice(&resp).unwrap();
+    let got: Vec<f64> = resp
+        .predictions
+        .iter()
+        .flat_map(|p| probabilities(&p.probabilities, &classes))
+        .collect();
+    let n = test_rows.len() * classes.len();
+    close(
+        "HTTP vs scikit-learn",
+        &got[..n],
+        &flat(&r["test_probabilities"]),
+        1e-5,
+    );
+    close(
+        "HTTP, unknown mode, vs scikit-learn",
+        &got[n..],
+        &flat(&r["unknown_mode_probabilities"]),
+        1e-5,
+    );
+    // A categorical feature that is not a string, number or null: 400.
+    let mut bad = test_rows[0].clone();
+    bad["mode"] = serde_json::json!(["eco"]);
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": [bad] })).unwrap();
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/room/predict", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&resp));
+    let err: Value = serde_json::from_slice(&resp).unwrap();
+    assert!(
+        err["error"].as_str().unwrap_or_default().contains("mode"),
+        "{err}"
+    );
+
+    // MQTT: the later rows unlabelled from another device; one prediction
+    // each, equal to scikit-learn's.
+    let (mut sub, stop_sub) =
+        common::subscribe(mosquitto.port, "edgeloop/room/predictions/#").await;
+    opts.topic = "rooms/r2/room".into();
+    common::publish(&opts, payloads(&r["test_rows"], train, None)).await;
+    let want = flat(&r["test_probabilities"]);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < test_rows.len() {
+        let m = tokio::time::timeout(Duration::from_secs(90), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let msg: edgeloop::serve::predictions::PredictionMessage =
+            serde_json::from_value(m).unwrap();
+        assert_eq!((msg.device.as_str(), msg.model_version), ("r2", 1));
+        let k = ((msg.timestamp_ms - T0_MS) / 60_000) as usize - train;
+        let c = classes.len();
+        close(
+            &format!("MQTT row {k} vs scikit-learn"),
+            &probabilities(&msg.probabilities, &classes),
+            &want[k * c..(k + 1) * c],
+            1e-5,
+        );
+        seen.insert(k);
+    }
+    stop_sub.cancel();
+    common::stop(running, handle, token).await;
 }
