@@ -415,3 +415,139 @@ fn online_logistic_onnx_export_equals_the_model() {
         }
     }
 }
+
+/// `edgeloop evaluate --prequential` with only --file and --label (the
+/// defaults): the loop, `online_logistic` and `arf` (both with the last
+/// label) and the previous label all predict every row, and the headline
+/// printed is the served prediction's accuracy. Recomputed here from the
+/// per-row record (`--record`): the served accuracy, the no-change column
+/// (the previous row's label), the loop's first prediction (after
+/// `min_samples` = 200 rows), and the served column itself, rederived from
+/// the learners' columns by the rule the docs state (the best over the
+/// last 200 rows all predicted, a 2-point lead to change, starting with the
+/// first online learner). Without the last label, the `online_logistic`
+/// column is River's `LogisticRegression` within half a point (features
+/// read as f32).
+#[test]
+fn evaluate_defaults_print_the_served_accuracy_of_the_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let record = dir.path().join("record.csv");
+    let sea = fixture("tests/fixtures/online/sea.csv");
+    let run = |extra: &[&str], json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+        cmd.args(["evaluate", "--prequential", "--label", "label", "--file"])
+            .arg(&sea)
+            .arg("--record")
+            .arg(&record)
+            .args(extra);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("edgeloop runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let read = || {
+        let mut r = csv::Reader::from_path(&record).expect("record");
+        let head: Vec<String> = r
+            .headers()
+            .expect("header")
+            .iter()
+            .map(String::from)
+            .collect();
+        let rows: Vec<Vec<String>> = r
+            .records()
+            .map(|x| x.expect("row").iter().map(String::from).collect())
+            .collect();
+        (head, rows)
+    };
+    let text = run(&[], false);
+    let (head, rows) = read();
+    assert_eq!(
+        head,
+        [
+            "row",
+            "label",
+            "loop",
+            "online_logistic",
+            "arf",
+            "no_change",
+            "served"
+        ]
+    );
+    assert_eq!(rows.len(), 10_000);
+    let served = rows.iter().filter(|r| !r[6].is_empty()).count();
+    let right = rows
+        .iter()
+        .filter(|r| !r[6].is_empty() && r[6] == r[1])
+        .count();
+    let accuracy = right as f64 / served as f64;
+    let printed = format!("served accuracy {accuracy:.4} over {served} rows");
+    assert!(text.contains(&printed), "{printed} not in:\n{text}");
+    let json: serde_json::Value = serde_json::from_str(&run(&[], true)).expect("json");
+    assert_eq!(json["served_accuracy"].as_f64(), Some(accuracy));
+    assert_eq!(json["temporal"]["last_label"], true);
+    for (i, r) in rows.iter().enumerate() {
+        let previous = if i == 0 { "" } else { rows[i - 1][1].as_str() };
+        assert_eq!(r[5], previous, "row {i}: no-change is the previous label");
+        assert_eq!(r[2].is_empty(), i < 200, "row {i}: the loop's first model");
+    }
+    // The served column from the learners' columns (loop, online_logistic,
+    // arf, no_change).
+    let mut recent: std::collections::VecDeque<[bool; 4]> = Default::default();
+    let mut serving = 1;
+    for (i, r) in rows.iter().enumerate() {
+        let preds = &r[2..6];
+        let want = if preds[serving].is_empty() {
+            preds
+                .iter()
+                .find(|p| !p.is_empty())
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            preds[serving].clone()
+        };
+        assert_eq!(r[6], want, "row {i}: served by learner {serving}");
+        if preds.iter().all(|p| !p.is_empty()) {
+            if recent.len() == 200 {
+                recent.pop_front();
+            }
+            recent.push_back([0, 1, 2, 3].map(|k| preds[k] == r[1]));
+            let acc =
+                |k: usize| recent.iter().filter(|x| x[k]).count() as f64 / recent.len() as f64;
+            let best = (0..4)
+                .max_by(|&a, &b| acc(a).total_cmp(&acc(b)).then(b.cmp(&a)))
+                .expect("four");
+            if best != serving && acc(best) > acc(serving) + 0.02 {
+                serving = best;
+            }
+        }
+    }
+    // The logistic learner alone, on the readings only: River's.
+    run(
+        &[
+            "--online",
+            "online_logistic",
+            "--last-label",
+            "false",
+            "--no-change",
+            "false",
+        ],
+        false,
+    );
+    let (head, rows) = read();
+    assert_eq!(head, ["row", "label", "loop", "online_logistic", "served"]);
+    let scored: Vec<&Vec<String>> = rows.iter().filter(|r| !r[3].is_empty()).collect();
+    let ours = scored.iter().filter(|r| r[3] == r[1]).count() as f64 / scored.len() as f64;
+    let river = reference()["streams"]["sea"]["learners"]["online_logistic"]["accuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert!(
+        (ours - river).abs() <= 0.005,
+        "{ours} against River's {river}"
+    );
+}

@@ -59,18 +59,45 @@ pub struct EvaluateArgs {
     /// The current row included; 0: off.
     #[arg(long, default_value_t = 0)]
     rolling: usize,
-    /// An online learner beside the loop; the more accurate recently serves.
+    /// Online learners beside the loop, comma-separated, or off.
     ///
-    /// online_logistic, hoeffding_tree, hoeffding_adaptive_tree or arf: it
+    /// online_logistic, hoeffding_tree, hoeffding_adaptive_tree, arf. Each
     /// predicts every row beside the loop, and the served column takes the
-    /// prediction of whichever was right more often over the last 200 rows.
+    /// prediction of whichever learner was right most often over the last
+    /// 200 rows all predicted (2 points of hysteresis). Default: the
+    /// pipeline's [pipelines.online] family with --pipeline, else the
+    /// daemon's default.
     #[arg(long)]
     online: Option<String>,
+    /// The previous row's label as one more learner of the choice.
+    ///
+    /// River's NoChangeClassifier; on by default, --no-change false leaves
+    /// it out.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    no_change: Option<bool>,
     /// Online learners: the previous row's label, one-hot, as features.
     ///
-    /// Known before the row is predicted, never the row's own.
+    /// Known before the row is predicted, never the row's own; the file is
+    /// one device's stream. On by default: --last-label false turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    last_label: Option<bool>,
+    /// The loop's recent labelled rows kept for training (default 1000).
     #[arg(long)]
-    last_label: bool,
+    window: Option<usize>,
+    /// The loop's older rows kept by reservoir sampling (default 1000).
+    #[arg(long)]
+    reservoir: Option<usize>,
+    /// The loop trains after this many new labels (default 500; 0: never).
+    #[arg(long)]
+    retrain_every: Option<u64>,
+    /// Labelled rows before the loop's first model (default 200).
+    #[arg(long)]
+    min_samples: Option<usize>,
+    /// Write each row's predictions to this CSV.
+    ///
+    /// Columns row, label, each learner of the choice, served (empty: none).
+    #[arg(long)]
+    record: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -346,7 +373,8 @@ impl CsvInput {
 }
 
 /// Replays the labelled stream test-then-train through the continuous loop
-/// and beside a frozen first model; prints the report.
+/// and beside a frozen first model, with the online learner beside it (the
+/// daemon's default unless --online off); prints the report.
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let EvaluateArgs {
         prequential,
@@ -364,6 +392,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         rolling,
         last_label,
         online,
+        no_change,
+        window,
+        reservoir,
+        retrain_every,
+        min_samples,
+        record,
         json,
         wide,
     } = args;
@@ -374,6 +408,11 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         })?;
     let mut loop_config = crate::monitor::continual::ContinualConfig {
         detector,
+        ..Default::default()
+    };
+    let mut online_cfg = crate::monitor::online::OnlineConfig {
+        seed,
+        family: crate::monitor::prequential::DEFAULT_ONLINE.into(),
         ..Default::default()
     };
     let (label, features) = match pipeline {
@@ -388,6 +427,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             loop_config.model = p.model.clone();
             loop_config.cooldown = p.drift.cooldown_labels;
             loop_config.retrain_on_drift = p.drift.retrain_on_drift;
+            // The stream's settings, as the daemon's learner reads them.
+            loop_config.window = p.model.window;
+            loop_config.reservoir = p.model.reservoir;
+            loop_config.min_samples = p.model.min_labels as usize;
+            loop_config.retrain_every = p.model.retrain_every;
+            online_cfg = p.online.clone();
             let features = if features.is_empty() {
                 p.features.clone()
             } else {
@@ -396,6 +441,26 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             (label.unwrap_or_else(|| p.label.clone()), features)
         }
         None => (label.unwrap_or_default(), features),
+    };
+    if let Some(w) = window {
+        loop_config.window = w;
+    }
+    if let Some(r) = reservoir {
+        loop_config.reservoir = r;
+    }
+    if let Some(r) = retrain_every {
+        loop_config.retrain_every = r;
+    }
+    if let Some(m) = min_samples {
+        anyhow::ensure!(m >= 1, "--min-samples: at least 1");
+        loop_config.min_samples = m;
+    }
+    let temporal = crate::features::temporal::TemporalConfig {
+        lags,
+        deltas,
+        rolling,
+        last_label: last_label.unwrap_or(crate::monitor::prequential::DEFAULT_LAST_LABEL),
+        ..Default::default()
     };
     if let Some(online) = family
         .as_deref()
@@ -409,13 +474,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             family: online,
             segments,
             seed,
-            temporal: crate::features::temporal::TemporalConfig {
-                lags,
-                deltas,
-                rolling,
-                last_label,
-                ..Default::default()
-            },
+            temporal,
         };
         let report = crate::monitor::prequential::run_online(&opts)?;
         if json {
@@ -435,10 +494,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "--family {}: the prequential loop trains one classification family (logistic, mlp, tree, forest, svm), or use an online learner (online_logistic, hoeffding_tree, hoeffding_adaptive_tree, arf)",
         loop_config.model.family
     );
-    let online = online
-        .map(|f| f.parse::<crate::learn::online::OnlineFamily>())
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    if let Some(f) = online {
+        online_cfg.family = f;
+    }
+    let online = online_cfg
+        .families()
+        .map_err(|e| anyhow::anyhow!("--online: {e}"))?;
     let opts = crate::monitor::prequential::PrequentialOptions {
         file,
         label,
@@ -446,10 +507,35 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         loop_config,
         segments,
         online,
+        no_change: no_change.unwrap_or(crate::monitor::prequential::DEFAULT_NO_CHANGE),
+        seed: online_cfg.seed,
+        temporal,
+        record: record.is_some(),
     };
     let report = crate::monitor::prequential::run(&opts)?;
+    if let Some(path) = record {
+        let cell = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut w = csv::Writer::from_path(&path)
+            .map_err(|e| anyhow::anyhow!("--record {}: {e}", path.display()))?;
+        let mut head = vec!["row".to_string(), "label".into()];
+        head.extend(report.learners.iter().cloned());
+        head.push("served".into());
+        w.write_record(&head)?;
+        for (i, r) in report.record.iter().enumerate() {
+            let mut row = vec![i.to_string(), r.label.clone()];
+            row.extend(r.learners.iter().map(cell));
+            row.push(cell(&r.served));
+            w.write_record(&row)?;
+        }
+        w.flush()
+            .map_err(|e| anyhow::anyhow!("--record {}: {e}", path.display()))?;
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("record");
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let text = crate::monitor::prequential::render(&report);
         print!("{}", super::render::fit(&text, wide));

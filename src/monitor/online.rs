@@ -91,6 +91,21 @@ impl Default for OnlineConfig {
 }
 
 impl OnlineConfig {
+    /// The families of a comma-separated `family` (`evaluate --prequential`
+    /// runs each beside the loop), empty when `off`.
+    ///
+    /// # Errors
+    /// A message naming the allowed values.
+    pub fn families(&self) -> Result<Vec<OnlineFamily>, String> {
+        if self.family.trim() == "off" {
+            return Ok(Vec::new());
+        }
+        self.family
+            .split(',')
+            .map(|f| f.trim().parse().map_err(|e: String| format!("{e}, or off")))
+            .collect()
+    }
+
     /// The family, `None` when `off`.
     ///
     /// # Errors

@@ -13,6 +13,24 @@ use super::continual::{ContinualConfig, ContinualLoop, Decision};
 use crate::features::temporal::{Temporal, TemporalConfig};
 use crate::learn::online::{OnlineClassifier, OnlineError, OnlineFamily};
 
+/// `evaluate --prequential`'s online learners beside the loop by default.
+/// Measured (BENCHMARKS.md, "evaluate --prequential defaults"): the
+/// logistic learner is the strongest on many-feature, class-grouped
+/// streams (gas), the forest on non-linear and drifting ones (Agrawal,
+/// RandomRBFDrift, the regime stream); with both, the served accuracy is
+/// within a point of the better one on every stream measured.
+pub const DEFAULT_ONLINE: &str = "online_logistic,arf";
+/// Whether the online learners see the last known label by default:
+/// +0.4 to +10 points on the autocorrelated streams measured (gas,
+/// occupancy, the regime stream), at most 4 points lost on the
+/// independent ones (River's generators), where the choice serves the
+/// better learner anyway.
+pub const DEFAULT_LAST_LABEL: bool = true;
+/// Whether the previous label (no-change) is a learner of the choice by
+/// default: on streams where a label lasts (occupancy, gas batch 1) it is
+/// the one to beat.
+pub const DEFAULT_NO_CHANGE: bool = true;
+
 /// What to replay.
 #[derive(Debug, Clone)]
 pub struct PrequentialOptions {
@@ -24,9 +42,21 @@ pub struct PrequentialOptions {
     pub loop_config: ContinualConfig,
     /// Segments of the report.
     pub segments: usize,
-    /// An online learner beside the loop ([`ServeChoice`]): both predict
-    /// every row, and the one more accurate over the recent rows serves.
-    pub online: Option<OnlineFamily>,
+    /// Online learners beside the loop ([`ServeChoice`]): all predict every
+    /// row, and the one more accurate over the recent rows serves. Empty:
+    /// the loop alone (with `no_change`, beside it).
+    pub online: Vec<OnlineFamily>,
+    /// The previous row's label as a learner of the choice too (River's
+    /// `dummy.NoChangeClassifier`).
+    pub no_change: bool,
+    /// Seed of a randomised online family.
+    pub seed: u64,
+    /// Temporal features the online learner sees beside each reading (the
+    /// file is one device's stream, in row order); the loop sees the
+    /// readings as stored.
+    pub temporal: TemporalConfig,
+    /// Keep each row's predictions in [`PrequentialReport::record`].
+    pub record: bool,
 }
 
 /// Errors of the replay.
@@ -46,13 +76,29 @@ pub struct Segment {
     pub scored: u64,
     pub loop_accuracy: Option<f64>,
     pub frozen_accuracy: Option<f64>,
-    /// With an online learner: its accuracy over the rows it predicted, and
-    /// that of the served predictions (loop or online, [`ServeChoice`]) over
-    /// the rows either predicted.
-    pub online_accuracy: Option<f64>,
+    /// Each online learner's accuracy over the rows it predicted, and that
+    /// of the served predictions ([`ServeChoice`]) over the rows with one.
+    pub online_accuracy: Vec<Option<f64>>,
     pub served_accuracy: Option<f64>,
     pub alarms: u64,
     pub promotions: u64,
+}
+
+/// One row's predictions (`None`: that learner had none yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct RowOutcome {
+    pub label: String,
+    /// In the order of [`PrequentialReport::learners`].
+    pub learners: Vec<Option<String>>,
+    pub served: Option<String>,
+}
+
+/// A change of the served learner.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switch {
+    pub row: u64,
+    /// The learner serving from this row on.
+    pub serves: String,
 }
 
 /// The report (`--json` prints it).
@@ -65,12 +111,27 @@ pub struct PrequentialReport {
     pub scored: u64,
     pub loop_accuracy: Option<f64>,
     pub frozen_accuracy: Option<f64>,
-    /// The online learner beside the loop, if any, its accuracy, that of the
-    /// served predictions, and the rows where the server changed.
-    pub online: Option<String>,
-    pub online_accuracy: Option<f64>,
+    /// The online learners beside the loop and their accuracies.
+    pub online: Vec<String>,
+    pub online_accuracy: Vec<Option<f64>>,
+    /// Whether the previous row's label was a learner of the choice.
+    pub no_change: bool,
+    /// The learners of the choice, in order (`loop`, the online ones,
+    /// `no_change`).
+    pub learners: Vec<String>,
+    /// The served predictions' accuracy over the rows with one (the
+    /// headline: what the daemon would have answered).
     pub served_accuracy: Option<f64>,
-    pub switches: Vec<u64>,
+    /// Rows with a served prediction.
+    pub served_scored: u64,
+    /// The baseline that predicts each row's label as the previous row's
+    /// (over rows 1..).
+    pub previous_label_accuracy: Option<f64>,
+    /// The online learner's temporal features and the width of its rows.
+    pub temporal: TemporalConfig,
+    pub online_features: usize,
+    /// Where the served learner changed.
+    pub switches: Vec<Switch>,
     pub segments: Vec<Segment>,
     /// Row indices of the drift alarms of the loop.
     pub alarms: Vec<u64>,
@@ -80,21 +141,33 @@ pub struct PrequentialReport {
     pub model_bytes_peak: u64,
     /// Largest training memory held by the loop (window + reservoir rows), bytes.
     pub loop_data_bytes_peak: u64,
+    /// Rows replayed per second of wall time (loop, frozen model, online
+    /// learner and choice; reading the file excluded), and that time.
+    pub rows_per_second: f64,
+    pub seconds: f64,
+    /// Peak resident memory of the process at the end (`VmHWM`, Linux; the
+    /// file as read included), bytes.
+    pub peak_rss_bytes: Option<u64>,
     pub loop_config: ContinualConfig,
+    /// Each row's predictions, with `record` (else empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub record: Vec<RowOutcome>,
 }
 
-/// Which of two learners serves: the one whose predictions were right more
-/// often over the last [`ServeChoice::WINDOW`] rows both predicted, with
-/// hysteresis (the other must lead by more than [`ServeChoice::MARGIN`]).
-/// Starts with the first; a learner without a prediction for a row is
-/// stood in for by the other.
+/// Which of `n` learners serves: the one whose predictions were right most
+/// often over the last [`ServeChoice::WINDOW`] recorded rows, with
+/// hysteresis (another must lead the serving one by more than
+/// [`ServeChoice::MARGIN`]; ties keep the serving one). A learner without a
+/// prediction for a row is stood in for by the first in order with one.
+/// Two learners (the daemon's batch champion and online learner) use
+/// [`ServeChoice::new`], [`ServeChoice::pick`] and [`ServeChoice::record`].
 #[derive(Debug, Clone)]
 pub struct ServeChoice {
-    /// Recent outcomes of both, `(first right, second right)`, oldest first.
-    recent: std::collections::VecDeque<(bool, bool)>,
-    hits: (usize, usize),
-    /// Which serves: false = the first.
-    second: bool,
+    /// Recent outcomes, one bit per learner (true = right), oldest first.
+    recent: std::collections::VecDeque<Vec<bool>>,
+    hits: Vec<usize>,
+    /// Which serves.
+    serving: usize,
 }
 
 impl Default for ServeChoice {
@@ -109,20 +182,24 @@ impl ServeChoice {
     /// Lead (in accuracy over the window) needed to switch.
     pub const MARGIN: f64 = 0.02;
 
+    /// Two learners, the first serving.
     pub fn new() -> Self {
+        Self::among(2, 0)
+    }
+
+    /// `n` learners (at least 1), learner `start` serving.
+    pub fn among(n: usize, start: usize) -> Self {
+        let n = n.max(1);
         Self {
             recent: std::collections::VecDeque::with_capacity(Self::WINDOW),
-            hits: (0, 0),
-            second: false,
+            hits: vec![0; n],
+            serving: start.min(n - 1),
         }
     }
 
-    /// A choice that starts with the second learner serving when `second`.
+    /// Two learners, the second serving when `second`.
     pub fn starting_with(second: bool) -> Self {
-        Self {
-            second,
-            ..Self::new()
-        }
+        Self::among(2, usize::from(second))
     }
 
     /// Rows in the recent record (at most [`ServeChoice::WINDOW`]).
@@ -130,45 +207,77 @@ impl ServeChoice {
         self.recent.len()
     }
 
+    /// Which learner serves now.
+    pub fn serving(&self) -> usize {
+        self.serving
+    }
+
     /// Whether the second learner serves now.
     pub fn second_serves(&self) -> bool {
-        self.second
+        self.serving == 1
     }
 
     /// The served one of two predictions.
     pub fn pick<T>(&self, first: Option<T>, second: Option<T>) -> Option<T> {
-        if self.second {
+        if self.serving == 1 {
             second.or(first)
         } else {
             first.or(second)
         }
     }
 
-    /// Records whether each was right on a row both predicted; true when the
-    /// server changed.
+    /// The served one of the learners' predictions (`[n]`).
+    pub fn pick_of<T: Clone>(&self, predictions: &[Option<T>]) -> Option<T> {
+        predictions
+            .get(self.serving)
+            .cloned()
+            .flatten()
+            .or_else(|| predictions.iter().find_map(|p| p.clone()))
+    }
+
+    /// Records whether each of two was right on a row both predicted; true
+    /// when the server changed.
     pub fn record(&mut self, first_right: bool, second_right: bool) -> bool {
+        self.record_all(&[first_right, second_right])
+    }
+
+    /// Records whether each learner was right on a row (`[n]`); true when
+    /// the server changed.
+    pub fn record_all(&mut self, right: &[bool]) -> bool {
         if self.recent.len() == Self::WINDOW {
-            if let Some((a, b)) = self.recent.pop_front() {
-                self.hits.0 -= usize::from(a);
-                self.hits.1 -= usize::from(b);
+            if let Some(old) = self.recent.pop_front() {
+                for (h, r) in self.hits.iter_mut().zip(old) {
+                    *h -= usize::from(r);
+                }
             }
         }
-        self.recent.push_back((first_right, second_right));
-        self.hits.0 += usize::from(first_right);
-        self.hits.1 += usize::from(second_right);
+        let row: Vec<bool> = (0..self.hits.len())
+            .map(|k| right.get(k).copied().unwrap_or(false))
+            .collect();
+        for (h, r) in self.hits.iter_mut().zip(&row) {
+            *h += usize::from(*r);
+        }
+        self.recent.push_back(row);
         let n = self.recent.len() as f64;
-        let (a, b) = (self.hits.0 as f64 / n, self.hits.1 as f64 / n);
-        let switch = if self.second {
-            a > b + Self::MARGIN
-        } else {
-            b > a + Self::MARGIN
-        };
-        self.second ^= switch;
+        let acc = |k: usize| self.hits[k] as f64 / n;
+        let best = (0..self.hits.len())
+            .max_by(|&a, &b| self.hits[a].cmp(&self.hits[b]).then_with(|| b.cmp(&a)))
+            .unwrap_or(self.serving);
+        let switch = best != self.serving && acc(best) > acc(self.serving) + Self::MARGIN;
+        if switch {
+            self.serving = best;
+        }
         switch
     }
 }
 
-/// Runs the replay.
+/// Runs the replay: for each row in file order, the loop, the frozen first
+/// model, the online learners (with their temporal features) and, with
+/// `no_change`, the previous row's label predict; the served prediction is
+/// the [`ServeChoice`]'s among loop, online learners and no-change, in that
+/// order, over the rows all of them predicted (starting with the first
+/// online learner, as the daemon does while no batch version exists); then
+/// all learn the row.
 ///
 /// # Errors
 /// [`PrequentialError::Input`] when the file cannot be read or a column is missing.
@@ -179,15 +288,39 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
             file: file.clone(),
             reason,
         })?;
+    opts.temporal
+        .validate()
+        .map_err(|reason| PrequentialError::Input {
+            file: file.clone(),
+            reason: format!("temporal features: {reason}"),
+        })?;
     let features = data.features.clone();
+    let nf = features.len();
     let classes = crate::learn::sort_classes(data.labels.iter().cloned());
-    let mut online = opts
+    let index: std::collections::HashMap<&str, usize> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let mut temporal = Temporal::new(opts.temporal.clone(), nf, classes.len());
+    let online_width = temporal.width();
+    let mut online: Vec<_> = opts
         .online
-        .map(|f| f.new_model(features.len(), Some(classes.len()), 42));
-    let mut choice = ServeChoice::new();
+        .iter()
+        .map(|f| f.new_model(online_width, Some(classes.len()), opts.seed))
+        .collect();
+    // Learners of the choice: the loop, the online ones, no-change.
+    let k_online = online.len();
+    let k_all = 1 + k_online + usize::from(opts.no_change);
+    let mut names = vec!["loop".to_string()];
+    names.extend(opts.online.iter().map(|f| f.name().to_string()));
+    if opts.no_change {
+        names.push("no_change".into());
+    }
+    let mut choice = ServeChoice::among(k_all, usize::from(k_online > 0));
     let mut switches = Vec::new();
-    let mut online_hits = vec![(0u64, 0u64, 0u64, 0u64); 0];
-    let mut x64 = vec![0.0f64; features.len()];
+    let mut raw = vec![0.0f64; nf];
+    let mut x64 = Vec::with_capacity(online_width);
     let frozen_cfg = ContinualConfig {
         retrain_every: 0,
         retrain_on_drift: false,
@@ -204,53 +337,74 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
             scored: 0,
             loop_accuracy: None,
             frozen_accuracy: None,
-            online_accuracy: None,
+            online_accuracy: Vec::new(),
             served_accuracy: None,
             alarms: 0,
             promotions: 0,
         })
         .collect();
     let mut hits = vec![(0u64, 0u64); segments.len()];
-    // Per segment: online scored, online right, served scored, served right.
-    online_hits.resize(segments.len(), (0, 0, 0, 0));
+    // Per segment and learner of the choice (then served): scored, right.
+    let mut tallies = vec![vec![(0u64, 0u64); k_all + 1]; segments.len()];
+    let mut record = Vec::with_capacity(if opts.record { data.len() } else { 0 });
     let (mut model_peak, mut data_peak) = (0u64, 0u64);
     let mut trainings_seen = 0;
-    let row_bytes = (features.len() * 4 + 16) as u64;
+    let row_bytes = (nf * 4 + 16) as u64;
+    let mut preds: Vec<Option<usize>> = vec![None; k_all];
+    let mut previous: Option<usize> = None;
+    let started = std::time::Instant::now();
     for (i, label) in data.labels.iter().enumerate() {
         let x = data.row(i);
+        let s = i / seg_len as usize;
         let (pl, pf) = (live.observe(x, label), frozen.observe(x, label));
-        if let Some(model) = online.as_mut() {
-            for (d, v) in x64.iter_mut().zip(x) {
+        let y = index[label.as_str()];
+        preds[0] = pl.as_deref().and_then(|p| index.get(p).copied());
+        if k_online > 0 {
+            for (d, v) in raw.iter_mut().zip(x) {
                 *d = f64::from(*v);
             }
-            let wrong_width = |e: OnlineError| PrequentialError::Input {
-                file: opts.file.display().to_string(),
-                reason: format!("row {i}: {e}"),
-            };
-            let po = model
-                .predict_one(&x64)
-                .map_err(wrong_width)?
-                .map(|c| classes[c].clone());
-            let s = i / seg_len as usize;
-            let h = &mut online_hits[s];
-            if let Some(p) = &po {
-                h.0 += 1;
-                h.1 += u64::from(p == label);
+            temporal.row("", &raw, &mut x64);
+            for (k, model) in online.iter_mut().enumerate() {
+                let wrong_width = |e: OnlineError| PrequentialError::Input {
+                    file: file.clone(),
+                    reason: format!("row {i}: {e}"),
+                };
+                preds[1 + k] = model.predict_one(&x64).map_err(wrong_width)?;
+                model.learn_one(&x64, y).map_err(wrong_width)?;
             }
-            if let Some(p) = choice.pick(pl.as_ref(), po.as_ref()) {
-                h.2 += 1;
-                h.3 += u64::from(p == label);
+            temporal.push("", &raw);
+            temporal.label("", y);
+        }
+        if opts.no_change {
+            preds[k_all - 1] = previous;
+        }
+        previous = Some(y);
+        let served = choice.pick_of(&preds);
+        let t = &mut tallies[s];
+        for (k, p) in preds.iter().chain([&served]).enumerate() {
+            if let Some(p) = p {
+                t[k].0 += 1;
+                t[k].1 += u64::from(*p == y);
             }
-            if let (Some(a), Some(b)) = (&pl, &po) {
-                if choice.record(a == label, b == label) {
-                    switches.push(i as u64);
-                }
+        }
+        if opts.record {
+            let name = |p: &Option<usize>| p.map(|c| classes[c].clone());
+            record.push(RowOutcome {
+                label: label.clone(),
+                learners: preds.iter().map(name).collect(),
+                served: name(&served),
+            });
+        }
+        if preds.iter().all(Option::is_some) {
+            let right: Vec<bool> = preds.iter().map(|p| *p == Some(y)).collect();
+            if choice.record_all(&right) {
+                switches.push(Switch {
+                    row: i as u64,
+                    serves: names[choice.serving()].clone(),
+                });
             }
-            let y = classes.iter().position(|c| c == label).unwrap_or(0);
-            model.learn_one(&x64, y).map_err(wrong_width)?;
         }
         if let (Some(pl), Some(pf)) = (pl, pf) {
-            let s = i / seg_len as usize;
             segments[s].scored += 1;
             hits[s].0 += u64::from(pl == *label);
             hits[s].1 += u64::from(pf == *label);
@@ -266,6 +420,7 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
             ((i + 1).min(opts.loop_config.window + opts.loop_config.reservoir)) as u64 * row_bytes,
         );
     }
+    let seconds = started.elapsed().as_secs_f64();
     for a in &live.alarms {
         segments[(*a / seg_len) as usize].alarms += 1;
     }
@@ -277,15 +432,18 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
         s.loop_accuracy = ratio(*hl, s.scored);
         s.frozen_accuracy = ratio(*hf, s.scored);
     }
-    for (s, h) in segments.iter_mut().zip(&online_hits) {
-        s.online_accuracy = ratio(h.1, h.0);
-        s.served_accuracy = ratio(h.3, h.2);
+    let mut total = vec![(0u64, 0u64); k_all + 1];
+    for (s, t) in segments.iter_mut().zip(&tallies) {
+        s.online_accuracy = t[1..=k_online].iter().map(|h| ratio(h.1, h.0)).collect();
+        s.served_accuracy = ratio(t[k_all].1, t[k_all].0);
+        for (a, b) in total.iter_mut().zip(t) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
     }
-    let total = online_hits.iter().fold((0, 0, 0, 0), |t, h| {
-        (t.0 + h.0, t.1 + h.1, t.2 + h.2, t.3 + h.3)
-    });
     let scored: u64 = segments.iter().map(|s| s.scored).sum();
     let (hl, hf) = hits.iter().fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+    let same = data.labels.windows(2).filter(|w| w[0] == w[1]).count() as u64;
     Ok(PrequentialReport {
         file,
         rows: n,
@@ -293,61 +451,93 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
         scored,
         loop_accuracy: ratio(hl, scored),
         frozen_accuracy: ratio(hf, scored),
-        online: opts.online.map(|f| f.name().to_string()),
-        online_accuracy: ratio(total.1, total.0),
-        served_accuracy: ratio(total.3, total.2),
+        online: names[1..=k_online].to_vec(),
+        online_accuracy: total[1..=k_online]
+            .iter()
+            .map(|h| ratio(h.1, h.0))
+            .collect(),
+        no_change: opts.no_change,
+        served_accuracy: ratio(total[k_all].1, total[k_all].0),
+        served_scored: total[k_all].0,
+        previous_label_accuracy: ratio(same, n.saturating_sub(1)),
+        temporal: opts.temporal.clone(),
+        online_features: if k_online > 0 { online_width } else { 0 },
+        learners: names,
         switches,
         segments,
         alarms: live.alarms.clone(),
         decisions: live.decisions.clone(),
         model_bytes_peak: model_peak,
         loop_data_bytes_peak: data_peak,
+        rows_per_second: if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        },
+        seconds,
+        peak_rss_bytes: peak_rss_bytes(),
         loop_config: opts.loop_config.clone(),
+        record,
     })
 }
 
 /// The report as a table for people.
 pub fn render(r: &PrequentialReport) -> String {
     let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.4}"));
-    let online = r.online.is_some();
+    let mut head = String::new();
+    for name in &r.online {
+        head.push_str(&format!("{:<9} ", name.chars().take(9).collect::<String>()));
+    }
     let mut out = format!(
         "prequential replay of {} ({} rows, {} features): test then train, row order\n\n\
-         rows            scored  loop      frozen    {}alarms  promotions\n",
+         rows            scored  loop      frozen    {head}served    alarms  promotions\n",
         r.file,
         r.rows,
         r.features.len(),
-        if online { "online    served    " } else { "" }
     );
     for s in &r.segments {
-        let extra = if online {
-            format!("{:<9} {:<9} ", f(s.online_accuracy), f(s.served_accuracy))
-        } else {
-            String::new()
-        };
+        let mut extra = String::new();
+        for a in &s.online_accuracy {
+            extra.push_str(&format!("{:<9} ", f(*a)));
+        }
         out.push_str(&format!(
-            "{:<15} {:<7} {:<9} {:<9} {extra}{:<7} {}\n",
+            "{:<15} {:<7} {:<9} {:<9} {extra}{:<9} {:<7} {}\n",
             format!("{}-{}", s.start, s.end),
             s.scored,
             f(s.loop_accuracy),
             f(s.frozen_accuracy),
+            f(s.served_accuracy),
             s.alarms,
             s.promotions
         ));
     }
     out.push_str(&format!(
-        "\noverall: loop {}, frozen first model {} over {} scored rows\n",
+        "\nserved accuracy {} over {} rows: the most accurate of {} over the last {} rows \
+         all predicted (a {}-point lead to change); changes: {}\n",
+        f(r.served_accuracy),
+        r.served_scored,
+        r.learners.join(", "),
+        ServeChoice::WINDOW,
+        ServeChoice::MARGIN * 100.0,
+        r.switches.len()
+    ));
+    out.push_str(&format!(
+        "loop {}, frozen first model {} over {} scored rows",
         f(r.loop_accuracy),
         f(r.frozen_accuracy),
         r.scored
     ));
-    if let Some(name) = &r.online {
+    for (name, a) in r.online.iter().zip(&r.online_accuracy) {
+        out.push_str(&format!("; online {name} {}", f(*a)));
+    }
+    out.push_str(&format!(
+        "\nbaseline, the previous row's label (no_change): {}\n",
+        f(r.previous_label_accuracy)
+    ));
+    if !r.online.is_empty() && r.temporal.is_enabled() {
         out.push_str(&format!(
-            "online learner {name} {}; served (the more accurate of loop and online over \
-             the last {} rows) {}; server changes at rows {:?}\n",
-            f(r.online_accuracy),
-            ServeChoice::WINDOW,
-            f(r.served_accuracy),
-            r.switches
+            "online temporal features: lags {}, deltas {}, rolling {}, last label {} ({} model features)\n",
+            r.temporal.lags, r.temporal.deltas, r.temporal.rolling, r.temporal.last_label, r.online_features
         ));
     }
     out.push_str(&format!("drift alarms at rows: {:?}\n", r.alarms));
@@ -361,9 +551,16 @@ pub fn render(r: &PrequentialReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "peak model size {} bytes; peak loop data {} bytes\n",
-        r.model_bytes_peak, r.loop_data_bytes_peak
+        "peak model size {} bytes; peak loop data {} bytes\n{:.0} rows/s ({:.3} s)",
+        r.model_bytes_peak, r.loop_data_bytes_peak, r.rows_per_second, r.seconds
     ));
+    if let Some(b) = r.peak_rss_bytes {
+        out.push_str(&format!(
+            "; peak resident memory {:.1} MiB (the process, the file as read included)",
+            b as f64 / (1024.0 * 1024.0)
+        ));
+    }
+    out.push('\n');
     out
 }
 
