@@ -224,6 +224,18 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             )?;
             p.preprocess.categories = Some(Arc::new(book));
         }
+        // `impute = "last"`: each device's last readings fill its next
+        // missing ones before the graph (predictor, HTTP rows with a device).
+        if p.preprocess.impute == crate::features::preprocess::ImputeStrategy::Last
+            && !p.windows.enabled
+        {
+            let skip = (0..p.features.len())
+                .filter(|&j| p.preprocess.categorical.contains(&p.features[j]))
+                .collect();
+            p.preprocess.carry_forward = Some(Arc::new(
+                crate::features::preprocess::CarryForward::new(skip),
+            ));
+        }
     }
     let registry = Arc::new(cfg.pipelines.iter().enumerate().fold(
         Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())),

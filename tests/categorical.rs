@@ -9,6 +9,10 @@
 //!   later rows with an unknown and a missing mode (all zeros); its export,
 //!   which takes the strings, gives the in-process probabilities on tract
 //!   and on onnxruntime within 1e-5;
+//! - a soft-voting ensemble of preprocessed members (logistic and MLP, each
+//!   behind its own fitted steps, the one-hot of `mode` included) exports
+//!   one graph, sharing the strings' input, whose probabilities equal the
+//!   in-process ensemble's on tract and onnxruntime within 1e-5;
 //! - the decoder reads a categorical field's string as a code of the
 //!   pipeline's book, kept in the store's `state` and read back after a
 //!   reopen; a store written before categorical fields existed opens, its
@@ -206,6 +210,79 @@ fn the_pipeline_with_a_categorical_mode_equals_scikit_learn_on_tract_and_onnxrun
             &format!("{kind:?} graph on the string party"),
             &f64s(&p),
             &flat(&r["unknown_mode_probabilities"])[..3],
+            1e-5,
+        );
+    }
+}
+
+/// The fixture's training rows as a dataset (cleaned) with its config and
+/// book, and the later rows raw.
+fn fixture_data(r: &Value) -> (ModelConfig, Dataset, Vec<f32>) {
+    let features = names(&r["features"]);
+    let mut cfg: PreprocessConfig = serde_json::from_value(r["config"].clone()).unwrap();
+    let book = Arc::new(CategoryBook::in_memory(&cfg.categorical));
+    cfg.categories = Some(book.clone());
+    let mut x = encode(&r["train_rows"], &features, &book);
+    cfg.cleaning().apply(&features, &mut x);
+    let classes = names(&r["classes"]);
+    let mut data = Dataset::empty(Task::Classification, classes.clone(), features.len());
+    let labels = names(&r["train_labels"]);
+    data.timestamps = (0..labels.len() as i64).collect();
+    data.x = x;
+    data.y = labels
+        .iter()
+        .map(|l| classes.iter().position(|c| c == l).unwrap())
+        .collect();
+    let raw = encode(&r["test_rows"], &features, &book);
+    let model_cfg = ModelConfig {
+        preprocess: cfg,
+        l2: r["l2"].as_f64().unwrap(),
+        max_iter: 2_000,
+        ..ModelConfig::default()
+    };
+    (model_cfg, data, raw)
+}
+
+#[test]
+fn a_voting_ensemble_of_preprocessed_members_exports_and_equals_in_process() {
+    use edgeloop::learn::ensemble::{EnsembleKind, EnsembleModel};
+    let r = reference();
+    let features = names(&r["features"]);
+    let (cfg, data, raw) = fixture_data(&r);
+    let e = EnsembleModel::fit(
+        EnsembleKind::Voting,
+        &[Family::Logistic, Family::Mlp],
+        &cfg,
+        &data,
+        &features,
+        &|| false,
+    )
+    .unwrap();
+    assert!(e
+        .members
+        .iter()
+        .all(|m| matches!(m, Model::Preprocessed(_))));
+    let cleaning = cfg.preprocess.cleaning();
+    let mut cleaned = raw.clone();
+    cleaning.apply(&features, &mut cleaned);
+    let ours = f64s(&e.predict(&cleaned));
+    // The members' mean, each through its own steps.
+    let m0 = e.members[0].predict(&cleaned);
+    let m1 = e.members[1].predict(&cleaned);
+    let mean: Vec<f64> = m0
+        .iter()
+        .zip(&m1)
+        .map(|(a, b)| f64::from((a + b) / 2.0))
+        .collect();
+    close("ensemble = mean of members", &ours, &mean, 1e-6);
+    let onnx = cleaning.wrap_onnx(&features, e.to_onnx(1));
+    for kind in [EngineKind::Tract, EngineKind::Ort] {
+        let served = OnnxModel::load_with(&onnx, kind, &ort_options()).unwrap();
+        let got = served.predict_proba(&raw).unwrap();
+        close(
+            &format!("ensemble on {kind:?} vs in-process"),
+            &f64s(&got),
+            &ours,
             1e-5,
         );
     }
@@ -482,5 +559,148 @@ async fn the_daemon_trains_and_serves_a_categorical_pipeline_over_mqtt_and_http(
         seen.insert(k);
     }
     stop_sub.cancel();
+    common::stop(running, handle, token).await;
+}
+
+/// A test row as `[features]` f32, `mode` as the serving model's code.
+fn served_row(o: &Value, features: &[String], model: &OnnxModel) -> Vec<f32> {
+    features
+        .iter()
+        .map(|f| match &o[f] {
+            Value::String(s) => model.category_code(f, Some(s)).unwrap(),
+            Value::Number(n) => n.as_f64().unwrap() as f32,
+            _ => f32::NAN,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impute_last_carries_each_devices_last_reading_forward_at_serving() {
+    let r = reference();
+    let features = names(&r["features"]);
+    let mosquitto = common::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = room_config(dir.path(), mosquitto.port, &r);
+    cfg.pipelines[0].preprocess.impute = edgeloop::features::preprocess::ImputeStrategy::Last;
+    cfg.validate().unwrap();
+    let (running, handle, token) = common::start(cfg).await;
+    let train = r["train_rows"].as_array().unwrap().len();
+    let mut opts = common::replay_opts("unused", mosquitto.port, None);
+    opts.topic = "rooms/r1/room".into();
+    common::publish(
+        &opts,
+        payloads(&r["train_rows"], 0, Some(&names(&r["train_labels"]))),
+    )
+    .await;
+    common::wait_until(Duration::from_secs(120), "a trained model", || {
+        handle.registry.get("room").is_some()
+    })
+    .await;
+    let serving = handle.registry.get("room").unwrap();
+    let model = &serving.model;
+    assert_eq!(
+        serving
+            .card
+            .preprocessing
+            .as_ref()
+            .unwrap()
+            .imputer
+            .strategy,
+        edgeloop::features::preprocess::ImputeStrategy::Last
+    );
+    // A complete reading, then one without temperature and with the co2
+    // marker, from the same device; a reading without temperature from a
+    // device never seen.
+    let rows = r["test_rows"].as_array().unwrap();
+    let complete = |o: &&Value| {
+        features.iter().all(|f| !o[f].is_null())
+            && o["co2"] != -999.0
+            && (0.0..=100.0).contains(&o["humidity"].as_f64().unwrap())
+    };
+    let mut full = rows.iter().filter(complete);
+    let (a, b, c) = (
+        full.next().unwrap(),
+        full.next().unwrap(),
+        full.next().unwrap(),
+    );
+    let mut b_gap = b.clone();
+    b_gap["temperature"] = Value::Null;
+    b_gap["co2"] = (-999.0).into();
+    let mut c_gap = c.clone();
+    c_gap["temperature"] = Value::Null;
+    let row_a = served_row(a, &features, model);
+    let mut filled = served_row(&b_gap, &features, model);
+    filled[0] = row_a[0];
+    filled[3] = row_a[3];
+    let want_b = model.predict_proba(&filled).unwrap();
+    let want_c = model
+        .predict_proba(&served_row(&c_gap, &features, model))
+        .unwrap();
+    let unfilled_b = model
+        .predict_proba(&{
+            let mut x = served_row(&b_gap, &features, model);
+            x[3] = f32::NAN;
+            x
+        })
+        .unwrap();
+    assert!(
+        want_b
+            .iter()
+            .zip(&unfilled_b)
+            .any(|(p, q)| (p - q).abs() > 1e-3),
+        "carrying forward changes this prediction: {want_b:?} vs {unfilled_b:?}"
+    );
+    let classes = names(&r["classes"]);
+
+    // MQTT: device r3 sends a then b; device r4 sends c.
+    let (mut sub, stop_sub) =
+        common::subscribe(mosquitto.port, "edgeloop/room/predictions/#").await;
+    let at = |o: &Value, k: usize| {
+        let mut o = o.clone();
+        o["ts"] = (T0_MS + (train + 1000 + k) as i64 * 60_000).into();
+        serde_json::to_vec(&o).unwrap()
+    };
+    opts.topic = "rooms/r3/room".into();
+    common::publish(&opts, vec![at(a, 0), at(&b_gap, 1)]).await;
+    opts.topic = "rooms/r4/room".into();
+    common::publish(&opts, vec![at(&c_gap, 2)]).await;
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(90), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let msg: edgeloop::serve::predictions::PredictionMessage =
+            serde_json::from_value(m).unwrap();
+        let k = (msg.timestamp_ms - T0_MS) / 60_000 - (train + 1000) as i64;
+        got.insert(k, probabilities(&msg.probabilities, &classes));
+    }
+    stop_sub.cancel();
+    close("MQTT b, carried from a", &got[&1], &f64s(&want_b), 1e-6);
+    close(
+        "MQTT c, a new device: the graph's fallback",
+        &got[&2],
+        &f64s(&want_c),
+        1e-6,
+    );
+
+    // HTTP: rows with a device carry forward the same way.
+    let mut ha = a.clone();
+    ha["device"] = "h1".into();
+    let mut hb = b_gap.clone();
+    hb["device"] = "h1".into();
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": [ha, hb, c_gap] })).unwrap();
+    let mut client = edgeloop::demo::HttpClient::connect(handle.http_addr)
+        .await
+        .unwrap();
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/room/predict", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    let resp: edgeloop::http::PredictResponse = serde_json::from_slice(&resp).unwrap();
+    let p = |i: usize| probabilities(&resp.predictions[i].probabilities, &classes);
+    close("HTTP b after a from h1", &p(1), &f64s(&want_b), 1e-6);
+    close("HTTP c without a device", &p(2), &f64s(&want_c), 1e-6);
     common::stop(running, handle, token).await;
 }

@@ -471,6 +471,67 @@ pub fn string_of(codes: &[String], v: f32) -> Option<&str> {
     codes.get(v as usize).map(String::as_str)
 }
 
+/// Devices whose last readings [`CarryForward`] keeps; readings of further
+/// devices are not filled (the graph's training statistic fills them).
+pub const MAX_DEVICES: usize = 10_000;
+
+/// `impute = "last"` at serving: each device's last observed value of each
+/// feature, carried forward into its next readings' missing values before
+/// the model's graph (pandas' `ffill` per device, as training fills the
+/// training part). A value missing before any observation of its device
+/// stays missing, and the graph fills it with the training statistic.
+/// Shared by the MQTT predictor and HTTP predict (rows with a `device`);
+/// runtime state, not configuration (every two compare equal).
+#[derive(Debug, Default)]
+pub struct CarryForward {
+    /// Columns never filled (categorical features: a missing category is
+    /// all zeros).
+    skip: Vec<usize>,
+    last: std::sync::Mutex<std::collections::HashMap<String, Vec<f32>>>,
+}
+
+impl PartialEq for CarryForward {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl CarryForward {
+    /// Carries every column but `skip`.
+    pub fn new(skip: Vec<usize>) -> Self {
+        Self {
+            skip,
+            last: Default::default(),
+        }
+    }
+
+    /// Fills the missing values of `row` (a reading of `device`, cleaned)
+    /// with the device's last observed ones, and remembers its observed
+    /// ones.
+    pub fn fill(&self, device: &str, row: &mut [f32]) {
+        let mut map = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(device) && map.len() >= MAX_DEVICES {
+            return;
+        }
+        let last = map
+            .entry(device.to_string())
+            .or_insert_with(|| vec![f32::NAN; row.len()]);
+        if last.len() != row.len() {
+            *last = vec![f32::NAN; row.len()];
+        }
+        for (j, (v, l)) in row.iter_mut().zip(last.iter_mut()).enumerate() {
+            if self.skip.contains(&j) {
+                continue;
+            }
+            if v.is_nan() {
+                *v = *l;
+            } else {
+                *l = *v;
+            }
+        }
+    }
+}
+
 /// How many principal components are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Components {
@@ -683,6 +744,19 @@ mod tests {
         h.encode(2.0, &mut out);
         assert_eq!(out, vec![0., 0., 1., 0., 0., 0., 0., 0., 0., 0., 1., 0.]);
         assert_eq!(h.names(), vec!["m=b", "m=c", "m=infrequent"]);
+    }
+
+    #[test]
+    fn carry_forward_is_per_device_and_skips_categorical_columns() {
+        let cf = CarryForward::new(vec![1]);
+        let mut a = [1.0, 0.0, 5.0];
+        cf.fill("d1", &mut a);
+        let mut b = [f32::NAN, f32::NAN, 6.0];
+        cf.fill("d1", &mut b);
+        assert_eq!((b[0], b[1].is_nan(), b[2]), (1.0, true, 6.0));
+        let mut c = [f32::NAN, 2.0, f32::NAN];
+        cf.fill("d2", &mut c);
+        assert!(c[0].is_nan() && c[2].is_nan(), "no observation of d2 yet");
     }
 
     #[test]

@@ -632,10 +632,18 @@ async fn predict(
         .get(&name)
         .ok_or_else(|| ApiError::NoModel(name.clone()))?;
     let features = serving.model.features();
+    // `impute = "last"`: a row's `device` (when not a feature) names whose
+    // last readings fill its missing values.
+    let carry = s
+        .pipelines
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| Some((p.preprocess.carry_forward.clone()?, p.preprocess.cleaning())));
     let mut x = Vec::with_capacity(req.rows.len() * features.len());
     for (i, row) in req.rows.iter().enumerate() {
+        let start = x.len();
         for key in row.keys() {
-            if !features.contains(key) {
+            if !features.contains(key) && key != "device" {
                 return Err(ApiError::BadRequest(format!(
                     "rows[{i}]: unknown feature `{key}`; the model takes {features:?}"
                 )));
@@ -679,6 +687,15 @@ async fn predict(
                 )));
             }
             x.push(v);
+        }
+        match (&carry, row.get("device")) {
+            (Some((cf, cleaning)), Some(Value::String(device)))
+                if !features.contains(&"device".to_string()) =>
+            {
+                cleaning.apply(features, &mut x[start..]);
+                cf.fill(device, &mut x[start..]);
+            }
+            _ => {}
         }
     }
     let scores = s.anomaly.score(&name, &x, features.len());

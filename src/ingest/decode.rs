@@ -225,19 +225,21 @@ impl Decoder {
             .iter()
             .zip(&self.names)
             .zip(&self.categorical)
-            .map(|((path, name), cat)| match self.read(path.get(&value), *cat) {
-                Ok(x) => {
-                    present += 1;
-                    x
-                }
-                Err(reason) => {
-                    problems.push(Problem {
-                        reason,
-                        field: name.clone(),
-                    });
-                    f32::NAN
-                }
-            })
+            .map(
+                |((path, name), cat)| match self.read(path.get(&value), *cat) {
+                    Ok(x) => {
+                        present += 1;
+                        x
+                    }
+                    Err(reason) => {
+                        problems.push(Problem {
+                            reason,
+                            field: name.clone(),
+                        });
+                        f32::NAN
+                    }
+                },
+            )
             .collect();
         if present == 0 {
             problems.push(Problem {
@@ -283,9 +285,7 @@ impl Decoder {
     /// string ([`super::categories::category_of`]).
     fn read(&self, v: Option<&Value>, categorical: Option<usize>) -> Result<f32, Reason> {
         match (categorical, &self.categories) {
-            (Some(field), Some(book)) => {
-                book.code(field, &super::categories::category_of(v)?)
-            }
+            (Some(field), Some(book)) => book.code(field, &super::categories::category_of(v)?),
             _ => read_feature(v),
         }
     }

@@ -53,6 +53,7 @@ use tract_onnx::pb;
 use super::model::{Family, Model, Task, TrainError};
 use super::select::Metric;
 use super::{fit_model, split, Dataset};
+use crate::learn::preprocess::CATEGORIES_INPUT;
 use crate::learn::settings::ModelConfig;
 use crate::onnx::builder::{
     self as b, ModelMeta, INPUT, OUTPUT_LABEL, OUTPUT_PREDICTION, OUTPUT_PROBABILITIES,
@@ -460,9 +461,34 @@ impl EnsembleModel {
             ..Default::default()
         };
         let mut outs: Vec<String> = Vec::new();
+        // Members with categorical features share the input of strings
+        // (`crate::learn::preprocess::CATEGORIES_INPUT`) and its metadata.
+        let mut categorical: Option<pb::StringStringEntryProto> = None;
         for (i, member) in self.members.iter().enumerate() {
             let prefix = format!("m{i}_");
-            embed(&mut graph, &member.to_onnx(version), &prefix, INPUT, &[]);
+            let onnx = member.to_onnx(version);
+            if let Ok(m) = pb::ModelProto::decode(&onnx[..]) {
+                let strings = m
+                    .graph
+                    .iter()
+                    .flat_map(|g| &g.input)
+                    .find(|v| v.name == CATEGORIES_INPUT);
+                if let Some(v) = strings {
+                    if !graph.input.iter().any(|i| i.name == CATEGORIES_INPUT) {
+                        graph.input.push(v.clone());
+                    }
+                }
+                // The longest book (the members' are prefixes of one).
+                if let Some(p) = m.metadata_props.iter().find(|p| p.key == "categorical") {
+                    if categorical
+                        .as_ref()
+                        .is_none_or(|c| c.value.len() < p.value.len())
+                    {
+                        categorical = Some(p.clone());
+                    }
+                }
+            }
+            embed(&mut graph, &onnx, &prefix, INPUT, &[]);
             let mut out = format!("{prefix}{out_name}");
             if let Some(map) = self.column_map(member) {
                 let (idx, reordered) = (format!("{prefix}columns"), format!("{prefix}reordered"));
@@ -520,7 +546,7 @@ impl EnsembleModel {
                 "Stacking ensemble: a meta-model on the members' concatenated outputs."
             }
         };
-        b::model_bytes(
+        let bytes = b::model_bytes(
             graph,
             &ModelMeta {
                 family: "ensemble",
@@ -530,7 +556,14 @@ impl EnsembleModel {
                 version,
                 doc,
             },
-        )
+        );
+        match (categorical, pb::ModelProto::decode(&bytes[..])) {
+            (Some(c), Ok(mut m)) => {
+                m.metadata_props.push(c);
+                m.encode_to_vec()
+            }
+            _ => bytes,
+        }
     }
 
     /// Kind, members (family and their card hyperparameters), and for
@@ -657,7 +690,8 @@ fn check_members(
 
 /// Appends the graph of `onnx` (an edgeloop model) to `graph`: every node,
 /// initializer and value name gets `prefix`, except the shared input
-/// [`INPUT`] (renamed `input`) and the names in `keep`; the node producing
+/// [`INPUT`] (renamed `input`), the shared strings of categorical features
+/// ([`CATEGORIES_INPUT`]) and the names in `keep`; the node producing
 /// [`OUTPUT_LABEL`] is dropped. Nodes keep their domain.
 fn embed(graph: &mut pb::GraphProto, onnx: &[u8], prefix: &str, input: &str, keep: &[&str]) {
     // The bytes come from a family's `to_onnx` in this process: they decode.
@@ -665,7 +699,7 @@ fn embed(graph: &mut pb::GraphProto, onnx: &[u8], prefix: &str, input: &str, kee
         return;
     };
     let rename = |name: &str| -> String {
-        if name.is_empty() || keep.contains(&name) {
+        if name.is_empty() || keep.contains(&name) || name == CATEGORIES_INPUT {
             name.to_string()
         } else if name == INPUT {
             input.to_string()

@@ -11,7 +11,8 @@
 //!    (`SimpleImputer`; `last` carries each feature's last observation
 //!    forward over the training part in time order, and falls back to the
 //!    training mean before the first observation and in the exported graph,
-//!    which holds no state between calls), with `missing_indicator = true`
+//!    which holds no state between calls; the daemon carries each device's
+//!    last reading forward before the graph, [`CarryForward`]), with `missing_indicator = true`
 //!    one 0/1 column per feature that had a missing value in the training
 //!    part, appended after the features (`add_indicator=True`);
 //! 2. `outliers = "clip_quantile"` (to the training part's `quantiles`,
@@ -68,8 +69,8 @@ use super::model::{Model, Task, TrainError};
 use super::settings::ModelConfig;
 use super::Dataset;
 use crate::features::preprocess::{
-    self as steps, Bounds, Components, ImputeStrategy, Imputer, OneHot, OutlierStrategy, Pca,
-    ScaleStrategy, Scaling,
+    self as steps, Bounds, CarryForward, Components, ImputeStrategy, Imputer, OneHot,
+    OutlierStrategy, Pca, ScaleStrategy, Scaling,
 };
 use crate::ingest::categories::CategoryBook;
 use crate::onnx::builder::{
@@ -116,6 +117,10 @@ pub struct PreprocessConfig {
     /// or `edgeloop train` (the file's); not a key.
     #[serde(skip)]
     pub categories: Option<Arc<CategoryBook>>,
+    /// With `impute = "last"`, the devices' last readings at serving, set
+    /// by the daemon; not a key.
+    #[serde(skip)]
+    pub carry_forward: Option<Arc<CarryForward>>,
 }
 
 impl Default for PreprocessConfig {
@@ -135,6 +140,7 @@ impl Default for PreprocessConfig {
             categorical: vec![],
             max_categories: 0,
             categories: None,
+            carry_forward: None,
         }
     }
 }

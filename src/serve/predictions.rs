@@ -273,6 +273,15 @@ impl Predictor {
             let Some(serving) = self.registry.get(&job.pipeline) else {
                 continue;
             };
+            // `impute = "last"`: the device's last readings fill the missing
+            // values (after the cleaning rules, so a marker is not carried).
+            if let Some(cf) = &p.model.preprocess.carry_forward {
+                let cleaning = p.model.preprocess.cleaning();
+                for (_, s) in &mut job.samples {
+                    cleaning.apply(&p.features, &mut s.features);
+                    cf.fill(&s.device, &mut s.features);
+                }
+            }
             let template = p.prediction_topic.clone();
             let stats = self.stats.clone();
             let messages = tokio::task::spawn_blocking(move || {

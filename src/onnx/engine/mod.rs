@@ -797,7 +797,9 @@ impl OnnxModel {
                             .position(|x| *x == f)
                             .map(|j| (j, c))
                             .ok_or_else(|| {
-                                ModelError::Refused(format!("categorical feature `{f}` is not a feature"))
+                                ModelError::Refused(format!(
+                                    "categorical feature `{f}` is not a feature"
+                                ))
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
