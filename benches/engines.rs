@@ -26,6 +26,12 @@
 //! allocations are not counted, so the `ort` figure is edgeloop's side of
 //! the call (inputs, outputs, the `ort` crate's values).
 //!
+//! Memory of a tract session: the same allocator keeps the bytes live on
+//! Rust's heap; "KB at load" is what loading the session left live, "KB
+//! held" that plus what the calls so far left live (the plans made for their
+//! batch sizes, kept run states). The `ort` session's memory is
+//! onnxruntime's, not seen.
+//!
 //! `EDGELOOP_BENCH_ONLY=a,b`: only the models whose name contains `a` or `b`
 //! (and no Python column).
 
@@ -33,7 +39,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgeloop::serve::engine::{Data, EngineKind, LoadOptions, Named, Session, Tensor};
@@ -43,22 +49,27 @@ use serde_json::Value;
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static LIVE: AtomicI64 = AtomicI64::new(0);
 
 // SAFETY: forwards every call to `System` unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         System.dealloc(ptr, layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -191,9 +202,9 @@ fn main() {
             .map_or_else(|| "-".into(), |(a, b)| format!("{:.2}", a / b))
     };
     println!(
-        "| model | rows | tract µs | ort µs | tract / ort | onnxruntime (Python) µs | tract / onnxruntime (Python) | tract allocs | ort allocs |"
+        "| model | rows | tract µs | ort µs | tract / ort | onnxruntime (Python) µs | tract / onnxruntime (Python) | tract allocs | ort allocs | tract KB at load | tract KB held |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for dir in suites() {
         let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {
             continue;
@@ -226,7 +237,12 @@ fn bench_model(
         ort_library: None,
     };
     let load = |kind| Session::load_file(&path, kind, &options).ok();
-    let (tract, ort) = (load(EngineKind::Tract), load(EngineKind::Ort));
+    let live = || LIVE.load(Ordering::Relaxed);
+    let before = live();
+    let tract = load(EngineKind::Tract);
+    let at_load = live() - before;
+    let mut held = at_load;
+    let ort = load(EngineKind::Ort);
     // A fixed batch axis: that size only; no batch axis (declared rank
     // below the manifest's): one row a run.
     let fixed = tract.as_ref().and_then(|s| {
@@ -248,7 +264,9 @@ fn bench_model(
                     .collect()
             })
             .collect();
+        let before = live();
         let t = tract.as_ref().and_then(|s| median_us(s, &batches, budget));
+        held += live() - before;
         let o = ort.as_ref().and_then(|s| median_us(s, &batches, budget));
         let (t, t_allocs) = (t.map(|t| t.0), t.map(|t| t.1));
         let (o, o_allocs) = (o.map(|o| o.0), o.map(|o| o.1));
@@ -256,14 +274,16 @@ fn bench_model(
             .then(|| py.get(name).and_then(|r| r.get(&n.to_string())).copied())
             .flatten();
         println!(
-            "| {name} | {n} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt(t),
             fmt(o),
             ratio(t, o),
             fmt(p),
             ratio(t, p),
             fmt(t_allocs),
-            fmt(o_allocs)
+            fmt(o_allocs),
+            fmt(tract.as_ref().map(|_| at_load as f64 / 1024.0)),
+            fmt(tract.as_ref().map(|_| held as f64 / 1024.0))
         );
     }
 }

@@ -9,6 +9,15 @@
 //! and it keeps run states between calls when the plan holds no operator
 //! state (a recurrent operator's hidden state would otherwise carry from one
 //! call into the next).
+//!
+//! Memory: a plan made for a size shares the graph's constants with the
+//! others (`Arc`s; edgeloop's operators, the dense layers of
+//! [`crate::onnx::ml::gemm`] among them, hold theirs behind one), but tract
+//! packs the weights of its own matrix products and convolutions anew in
+//! each. So the sized plans are capped by those bytes as well: together at
+//! most [`SIZED_PLAN_BYTES`] of constants (a model of 8 MiB or more of them
+//! gets none, and runs every call on the general plan); and the decluttered
+//! model they are made from is dropped once no more will be made.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -47,6 +56,11 @@ const BATCH: &str = "N";
 /// called with); calls of other sizes take the general plan.
 const SIZED_PLANS: usize = 4;
 
+/// The constants' bytes the sized plans of a session may copy, together
+/// (each counted as the decluttered model's constants: what tract's matrix
+/// products pack anew per plan).
+const SIZED_PLAN_BYTES: usize = 8 << 20;
+
 /// Run states a plan keeps between calls (one per call running at once).
 const KEPT_STATES: usize = 4;
 
@@ -56,8 +70,13 @@ pub(super) struct TractSession {
     /// The plan for any batch size (the batch symbol resolved per call).
     general: Prepared,
     /// The decluttered model the sized plans are made from, with the batch
-    /// symbol; `None` when no input has a batch symbol.
-    typed: Option<(TypedModel, Symbol)>,
+    /// symbol; `None` when no input has a batch symbol, or no more sized
+    /// plans will be made.
+    typed: Mutex<Option<Arc<(TypedModel, Symbol)>>>,
+    /// How many batch sizes get a plan of their own (at most
+    /// [`SIZED_PLANS`], fewer for a model whose constants' copies would
+    /// pass [`SIZED_PLAN_BYTES`]).
+    sized_cap: usize,
     /// Plans by batch size; `None`: making one failed, the general plan runs.
     sized: Mutex<Vec<(usize, Option<Arc<Prepared>>)>>,
     /// The graph's node names and operators, to name them in errors.
@@ -263,9 +282,13 @@ impl TractSession {
                     .outlet_fact(*o)
                     .is_ok_and(|f| f.shape.iter().any(|d| d.symbols().contains(&batch)))
             });
+        let copied = const_bytes(&decluttered);
+        let sized_cap =
+            SIZED_PLANS.min(SIZED_PLAN_BYTES.checked_div(copied).unwrap_or(SIZED_PLANS));
         Ok(Self {
             general,
-            typed: batched.then_some((decluttered, batch)),
+            typed: Mutex::new((batched && sized_cap > 0).then(|| Arc::new((decluttered, batch)))),
+            sized_cap,
             sized: Mutex::new(Vec::new()),
             nodes,
             planned,
@@ -275,16 +298,17 @@ impl TractSession {
     /// The plan for batches of `n` rows: made at the first call of that size
     /// while fewer than [`SIZED_PLANS`] sizes have one.
     fn sized(&self, n: usize) -> Option<Arc<Prepared>> {
-        let (typed, batch) = self.typed.as_ref()?;
         {
             let sized = self.sized.lock().ok()?;
             if let Some((_, p)) = sized.iter().find(|(size, _)| *size == n) {
                 return p.clone();
             }
-            if sized.len() >= SIZED_PLANS {
+            if sized.len() >= self.sized_cap {
                 return None;
             }
         }
+        let typed = self.typed.lock().ok()?.clone()?;
+        let (typed, batch) = &*typed;
         let made = typed
             .set_symbols(&HashMap::from([(batch.clone(), TDim::from(n as i64))]))
             .and_then(|m| m.into_optimized())
@@ -299,10 +323,23 @@ impl TractSession {
         if let Some((_, p)) = sized.iter().find(|(size, _)| *size == n) {
             return p.clone();
         }
-        if sized.len() < SIZED_PLANS {
+        if sized.len() < self.sized_cap {
             sized.push((n, made.clone()));
         }
+        if sized.len() >= self.sized_cap {
+            // No more plans to make: the decluttered model is not needed.
+            if let Ok(mut t) = self.typed.lock() {
+                *t = None;
+            }
+        }
         made
+    }
+
+    /// Batch sizes with a plan of their own so far, and the cap.
+    #[cfg(test)]
+    fn sized_plans(&self) -> (usize, usize) {
+        let made = self.sized.lock().map_or(0, |s| s.len());
+        (made, self.sized_cap)
     }
 
     /// Runs the plan; inputs in declared order.
@@ -384,6 +421,19 @@ fn fits_plan(name: &str, dims: &[Option<usize>], shape: &[usize]) -> Result<(), 
     Ok(())
 }
 
+/// Bytes of the constants of `model` (plain tensors: their elements).
+fn const_bytes(model: &TypedModel) -> usize {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<tract_onnx::tract_core::ops::konst::Const>())
+        .map(|c| {
+            let t = c.val();
+            t.len() * t.datum_type().size_of()
+        })
+        .sum()
+}
+
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -461,4 +511,92 @@ fn values<D: Datum + Clone>(t: &TTensor) -> Result<Vec<D>, ModelError> {
         .iter()
         .cloned()
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Data, EngineKind, Inner, LoadOptions, Named, Session, Tensor};
+    use crate::ingest::decode::Task;
+    use crate::onnx::builder::{input_info, model_bytes, node, tensor_f32, value_info, ModelMeta};
+    use tract_onnx::pb;
+
+    /// `y = x W` (`MatMul`, which tract packs per plan), `W` `[k, m]` of
+    /// `W[i][j] = (i + j) % 7 - 3`.
+    fn matmul_model(k: usize, m: usize) -> Vec<u8> {
+        let w: Vec<f32> = (0..k * m)
+            .map(|n| ((n / m + n % m) % 7) as f32 - 3.0)
+            .collect();
+        let graph = pb::GraphProto {
+            name: "matmul".into(),
+            node: vec![node("MatMul", &["features", "w"], "prediction", vec![])],
+            initializer: vec![tensor_f32("w", &[k as i64, m as i64], &w)],
+            input: vec![input_info(k)],
+            output: vec![value_info(
+                "prediction",
+                pb::tensor_proto::DataType::Float,
+                &[m as i64],
+            )],
+            ..Default::default()
+        };
+        model_bytes(
+            graph,
+            &ModelMeta {
+                classes: &[],
+                features: &[],
+                task: Task::Regression,
+                family: "test",
+                version: 1,
+                doc: "",
+            },
+        )
+    }
+
+    /// Calls of `sizes` rows (`x[r][i] = 1` where `i == r % k`): each row's
+    /// output is row `r % k` of `W`. Returns (sized plans made, cap, whether
+    /// the decluttered model is still kept).
+    fn serve(k: usize, m: usize, sizes: &[usize]) -> (usize, usize, bool) {
+        let s = Session::load(
+            &matmul_model(k, m),
+            EngineKind::Tract,
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        for &n in sizes {
+            let mut x = vec![0f32; n * k];
+            for r in 0..n {
+                x[r * k + r % k] = 1.0;
+            }
+            let t = Tensor::new(vec![n, k], Data::F32(x)).unwrap();
+            let out = s.run(&[Named::new("features", t)]).unwrap();
+            let y = out[0].tensor.data.to_f32().unwrap();
+            for r in 0..n {
+                for j in 0..m {
+                    let want = ((r % k + j) % 7) as f32 - 3.0;
+                    assert_eq!(y[r * m + j], want, "{n} rows: row {r} output {j}");
+                }
+            }
+        }
+        // Irrefutable without the `ort` feature.
+        #[allow(irrefutable_let_patterns)]
+        let Inner::Tract(t) = &*s.inner
+        else {
+            unreachable!()
+        };
+        let (made, cap) = t.sized_plans();
+        let kept = t.typed.lock().map(|t| t.is_some()).unwrap_or(false);
+        (made, cap, kept)
+    }
+
+    /// A small model gets a plan for each of its first 4 batch sizes, then
+    /// drops the model they are made from; one whose weights pass 8 MiB
+    /// (1100 x 2000 floats, 8.8 MB) gets none, and runs every size on the
+    /// general plan.
+    #[test]
+    fn sized_plans_are_capped_by_the_bytes_they_copy() {
+        assert_eq!(serve(4, 3, &[1, 2]), (2, 4, true));
+        assert_eq!(serve(4, 3, &[1, 2, 3, 4, 5, 1]), (4, 4, false));
+        assert_eq!(serve(1100, 2000, &[1, 3]), (0, 0, false));
+        // 600 x 2000 floats (4.8 MB): one plan of its own.
+        assert_eq!(serve(600, 2000, &[1, 3, 2]), (1, 1, false));
+    }
 }
