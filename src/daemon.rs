@@ -213,7 +213,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     );
     // Categorical features: each pipeline's book of category codes, shared
     // by its decoder (which gives new strings their codes) and its
-    // training (which reads them back as strings).
+    // training (which reads them back as strings). Runtime state the
+    // stages share through their sections.
     let mut cfg = cfg;
     for p in &mut cfg.pipelines {
         if !p.preprocess.categorical.is_empty() {
@@ -402,7 +403,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             reason: e.to_string(),
         })?
     };
-    let learner = learner.with_series(series.clone());
+    let learner = learner
+        .with_series(series.clone())
+        .with_anomaly(anomaly_scorers.clone());
     let series_handle = series.clone();
     let recorder = crate::monitor::series::Recorder {
         book: series.clone(),

@@ -29,6 +29,7 @@
 //! | `edgeloop_drift_error_rate`, `edgeloop_drift_mean_abs_error` | gauge | `pipeline` (the serving version's error on the labelled samples scored since it started serving) |
 //! | `edgeloop_drift_scored_samples` | gauge | `pipeline` |
 //! | `edgeloop_drift_alarms_total` | counter | `pipeline` (every alarm kept in the store) |
+//! | `edgeloop_data_drift_alarms_total`, `edgeloop_anomaly_alarm_events_total` | counter | `pipeline` (data-drift alarms; anomaly alarms on the timeline, one per look of the learner that found alarmed readings; kept in the store) |
 //! | `edgeloop_mqtt_connects_total`, `edgeloop_mqtt_errors_total` | counter | |
 //! | `edgeloop_mqtt_connected` | gauge | (1 while the ingest connection is up) |
 //! | `edgeloop_healthy` | gauge | (1 when `/healthz` answers 200) |
@@ -443,6 +444,27 @@ impl Collector for Scrape {
             "Concept-drift alarms (kept in the store across restarts)",
             "pipeline",
             &alarms,
+        )?;
+        let other =
+            |f: &dyn Fn(&crate::monitor::retrain::OtherAlarms) -> u64| -> Vec<(String, u64)> {
+                board
+                    .iter()
+                    .map(|(p, d)| (p.clone(), f(&d.other)))
+                    .collect()
+            };
+        counters(
+            e,
+            "edgeloop_data_drift_alarms",
+            "Data-drift alarms: a window of new samples drifted from the training data (kept across restarts)",
+            "pipeline",
+            &other(&|o| o.data_drift_alarms),
+        )?;
+        counters(
+            e,
+            "edgeloop_anomaly_alarm_events",
+            "Anomaly alarms on the timeline: looks of the learner that found new alarmed readings (kept across restarts)",
+            "pipeline",
+            &other(&|o| o.anomaly_alarms),
         )?;
         counter(
             e,

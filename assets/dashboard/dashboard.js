@@ -122,7 +122,7 @@
 
   // ---- plots ------------------------------------------------------------
   var COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"];
-  var MARKS = { trained: "#16a34a", promote: "#2563eb", rollback: "#ea580c", refused: "#9ca3af", imported: "#9333ea", drift_alarm: "#dc2626" };
+  var MARKS = { trained: "#16a34a", promote: "#2563eb", rollback: "#ea580c", refused: "#9ca3af", imported: "#9333ea", drift_alarm: "#dc2626", data_drift_alarm: "#db2777", anomaly_alarm: "#ca8a04" };
 
   function countPoints(data) {
     var n = 0;
@@ -142,7 +142,7 @@
             ctx.save();
             ctx.strokeStyle = MARKS[m.action] || "#6b7280";
             ctx.lineWidth = 2 * (window.devicePixelRatio || 1);
-            if (m.action === "drift_alarm" || m.action === "refused") ctx.setLineDash([6, 4]);
+            if (/_alarm$/.test(m.action) || m.action === "refused") ctx.setLineDash([6, 4]);
             ctx.beginPath();
             ctx.moveTo(x, b.top);
             ctx.lineTo(x, b.top + b.height);

@@ -928,42 +928,21 @@ async fn drift(
             return Ok(json!({ "message": "no serving version with a known training range yet" }));
         };
         let d = &cfg.drift;
-        let labelled = store.labelled(&cfg.name)?;
-        let reference: Vec<Vec<f32>> = labelled
-            .into_iter()
-            .filter(|(seq, _)| *seq <= last_seq)
-            .rev()
-            .take(d.reference)
-            .map(|(_, s)| s.features)
-            .collect();
-        let next = store.counts(&cfg.name)?.next_seq;
-        let current: Vec<Vec<f32>> = store
-            .scan(
-                &cfg.name,
-                next.saturating_sub(d.window as u64)..next,
-                d.window,
-            )?
-            .into_iter()
-            .map(|(_, r)| r.sample.features)
-            .collect();
-        let rule = d.data_drift();
-        let features = crate::monitor::data_drift::compare_dependent(
+        let report = crate::monitor::data_drift::against_training(
+            &store,
+            &cfg.name,
             &cfg.features,
-            &reference,
-            &current,
-            &rule,
-        );
-        let drifted: Vec<&str> = features
-            .iter()
-            .filter(|f| f.drifted)
-            .map(|f| f.feature.as_str())
-            .collect();
+            last_seq,
+            d.window,
+            d.reference,
+            &d.data_drift(),
+        )?;
         Ok(json!({
-            "reference_samples": reference.len(),
-            "current_samples": current.len(),
-            "rule": rule,
-            "drifted": drifted,
-            "features": features,
+            "reference_samples": report.reference_samples,
+            "current_samples": report.current_samples,
+            "rule": report.rule,
+            "drifted": report.drifted(),
+            "features": report.features,
         }))
     })
     .await

@@ -28,6 +28,10 @@ pub enum Trigger {
     NewLabels,
     /// The concept-drift detector raised an alarm.
     Drift,
+    /// New samples drifted from the training data (`retrain_on` "data").
+    DataDrift,
+    /// Anomaly alarms (`retrain_on` "anomaly").
+    Anomaly,
     /// `schedule_s` elapsed with new labels.
     Schedule,
     /// Asked for over the API.

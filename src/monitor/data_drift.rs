@@ -469,6 +469,67 @@ pub fn compare_dependent(
         .collect()
 }
 
+/// The daemon's data drift of a pipeline ([`against_training`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataDriftReport {
+    pub reference_samples: usize,
+    pub current_samples: usize,
+    /// Sequence numbers of the compared window (the newest samples).
+    pub current_seqs: std::ops::Range<u64>,
+    /// The settings the features were judged by.
+    pub rule: DependentDriftConfig,
+    pub features: Vec<DependentDrift>,
+}
+
+impl DataDriftReport {
+    /// Names of the features that drifted.
+    pub fn drifted(&self) -> Vec<&str> {
+        self.features
+            .iter()
+            .filter(|f| f.drifted)
+            .map(|f| f.feature.as_str())
+            .collect()
+    }
+}
+
+/// The newest `window` samples of `pipeline` (labelled or not) against the
+/// newest `reference` labelled samples up to `last_seq` (the serving
+/// version's training data), by [`compare_dependent`]: the daemon's
+/// `GET /v1/pipelines/{name}/drift` and the learner's data-drift alarms.
+///
+/// # Errors
+/// The store's.
+pub fn against_training(
+    store: &crate::store::Store,
+    pipeline: &str,
+    features: &[String],
+    last_seq: u64,
+    window: usize,
+    reference: usize,
+    rule: &DependentDriftConfig,
+) -> Result<DataDriftReport, crate::store::StoreError> {
+    let mut reference: Vec<Vec<f32>> = store
+        .labelled(pipeline)?
+        .into_iter()
+        .filter(|(seq, _)| *seq <= last_seq)
+        .rev()
+        .take(reference)
+        .map(|(_, s)| s.features)
+        .collect();
+    reference.reverse();
+    let next = store.counts(pipeline)?.next_seq;
+    let rows = store.scan(pipeline, next.saturating_sub(window as u64)..next, window)?;
+    let first = rows.first().map_or(next, |(seq, _)| *seq);
+    let current: Vec<Vec<f32>> = rows.into_iter().map(|(_, r)| r.sample.features).collect();
+    Ok(DataDriftReport {
+        reference_samples: reference.len(),
+        current_samples: current.len(),
+        current_seqs: first..next,
+        rule: *rule,
+        features: compare_dependent(features, &reference, &current, rule),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

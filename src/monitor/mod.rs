@@ -18,6 +18,20 @@ pub use crate::learn::drift as detectors;
 
 use serde::{Deserialize, Serialize};
 
+/// What an alarm is about (`[pipelines.drift] retrain_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// The concept-drift detector on the serving version's errors
+    /// (timeline action `drift_alarm`).
+    Error,
+    /// Data drift of a window of new samples against the training data
+    /// (`data_drift_alarm`).
+    Data,
+    /// Anomaly scores above the alarm threshold (`anomaly_alarm`).
+    Anomaly,
+}
+
 /// `[pipelines.drift]`: drift monitoring and the retraining it triggers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,8 +40,17 @@ pub struct DriftConfig {
     /// labelled samples: 0/1 for classification, |y − ŷ| for regression
     /// (so DDM, a 0/1 error-rate test, is refused for regression).
     pub detector: crate::monitor::continual::DetectorKind,
-    /// Train when the detector raises an alarm.
+    /// Train when the detector raises an alarm (with `error` in
+    /// `retrain_on`; false turns it off as leaving `error` out does, kept
+    /// for the configurations that set it).
     pub retrain_on_drift: bool,
+    /// The alarms that trigger a training (each outside the cool-down):
+    /// `error` (the concept-drift detector on the serving version's errors),
+    /// `data` (a window of new samples drifted from the training data by
+    /// the data-drift rule), `anomaly` (readings whose anomaly score passed
+    /// the alarm threshold). Every alarm is counted and annotates the
+    /// timeline whether or not it trains.
+    pub retrain_on: Vec<AlarmKind>,
     /// Labelled samples that must arrive after a training before an alarm
     /// may trigger another (one change, one retraining).
     pub cooldown_labels: u64,
@@ -66,6 +89,11 @@ pub struct DriftConfig {
 }
 
 impl DriftConfig {
+    /// Whether an alarm of `kind` triggers a training.
+    pub fn retrains_on(&self, kind: AlarmKind) -> bool {
+        self.retrain_on.contains(&kind) && (kind != AlarmKind::Error || self.retrain_on_drift)
+    }
+
     /// The data-drift settings of [`data_drift::compare_dependent`].
     pub fn data_drift(&self) -> data_drift::DependentDriftConfig {
         data_drift::DependentDriftConfig {
@@ -154,6 +182,7 @@ impl Default for DriftConfig {
         Self {
             detector: crate::monitor::continual::DetectorKind::Adwin,
             retrain_on_drift: true,
+            retrain_on: vec![AlarmKind::Error],
             cooldown_labels: 200,
             window: 500,
             reference: 2000,

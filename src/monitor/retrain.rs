@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::MonitoredPipeline;
+use super::{AlarmKind, MonitoredPipeline};
 use crate::ingest::decode::Sample;
 use crate::learn::card::ModelCard;
 use crate::learn::{self, Trigger};
@@ -98,6 +98,37 @@ pub struct ConceptDrift {
     pub mean_abs_error: Option<f64>,
     /// Every alarm, oldest first (kept in the store: it survives restarts).
     pub alarms: Vec<DriftAlarm>,
+    /// Data-drift and anomaly alarms (kept in the store too).
+    pub other: OtherAlarms,
+}
+
+/// Data-drift and anomaly alarms of a pipeline: counts since the store
+/// began, and the newest 1,000 (the timeline keeps every one).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct OtherAlarms {
+    pub data_drift_alarms: u64,
+    pub anomaly_alarms: u64,
+    /// Oldest first.
+    pub recent: Vec<OtherAlarm>,
+}
+
+/// A data-drift or anomaly alarm of a pipeline (timeline actions
+/// `data_drift_alarm`, `anomaly_alarm`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OtherAlarm {
+    pub kind: AlarmKind,
+    /// When it was raised, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The version serving then.
+    pub serving_version: Option<u32>,
+    /// What was seen (drifted features and window; readings alarmed).
+    pub reason: String,
+    /// Whether it triggered a training, and why (not).
+    pub action: String,
+}
+
+fn other_alarms_key(pipeline: &str) -> String {
+    format!("other_alarms/{pipeline}")
 }
 
 fn alarms_key(pipeline: &str) -> String {
@@ -125,8 +156,16 @@ pub struct Learner {
     late_rx: mpsc::Receiver<(String, Vec<u64>)>,
     /// When each pipeline last trained (schedule trigger).
     last_training: HashMap<String, std::time::Instant>,
-    /// Pipelines with an alarm waiting for the cool-down to end.
-    deferred: std::collections::HashSet<String>,
+    /// Pipelines with an alarm waiting for the cool-down to end, and the
+    /// trigger the training will carry.
+    deferred: HashMap<String, Trigger>,
+    /// Anomaly alarms (readings) of each pipeline at the last look.
+    anomaly: Option<crate::serve::predictions::AnomalyScorers>,
+    anomaly_seen: HashMap<String, u64>,
+    /// Next seq at the last data-drift check, and whether that window
+    /// drifted (for the version then serving): one alarm when drift starts.
+    data_checked: HashMap<String, u64>,
+    data_drifting: HashMap<String, (u32, bool)>,
     board: DriftBoard,
     /// The live tallies over time, for the dashboard's accuracy plots.
     series: super::series::SeriesBook,
@@ -248,6 +287,14 @@ impl Learner {
                 if !alarms.is_empty() {
                     b.entry(p.name.clone()).or_default().alarms = alarms;
                 }
+                let other: Option<OtherAlarms> = store
+                    .get_state(&other_alarms_key(&p.name))
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                if let Some(other) = other {
+                    b.entry(p.name.clone()).or_default().other = other;
+                }
             }
         }
         let learner = Self {
@@ -255,6 +302,10 @@ impl Learner {
             cursor: HashMap::new(),
             watch: HashMap::new(),
             deferred: Default::default(),
+            anomaly: None,
+            anomaly_seen: HashMap::new(),
+            data_checked: HashMap::new(),
+            data_drifting: HashMap::new(),
             last_training: HashMap::new(),
             board,
             series: Default::default(),
@@ -278,6 +329,13 @@ impl Learner {
         self
     }
 
+    /// Watches these anomaly scorers' alarms (the predictor's): each look
+    /// that finds new ones is an anomaly alarm.
+    pub fn with_anomaly(mut self, scorers: crate::serve::predictions::AnomalyScorers) -> Self {
+        self.anomaly = Some(scorers);
+        self
+    }
+
     /// The concept-drift board this learner keeps up to date.
     pub fn board(&self) -> DriftBoard {
         self.board.clone()
@@ -295,6 +353,9 @@ impl Learner {
             self.cursor
                 .insert(p.name.clone(), self.store.counts(&p.name)?.next_seq);
         }
+        if let Some(a) = &self.anomaly {
+            self.anomaly_seen = a.totals().into_iter().map(|(n, t)| (n, t.alarms)).collect();
+        }
         self.start_online().await?;
         self.check_all(&shutdown).await?;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -305,17 +366,25 @@ impl Learner {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick(), if scheduled => {
-                    let names: Vec<String> = self.online.keys().cloned().collect();
-                    for name in names {
-                        let r = self.online_step(&name, Vec::new(), 0..0).await;
+                _ = tick.tick() => {
+                    // Unlabelled samples do not wake the learner: data drift
+                    // and anomaly alarms are looked for on the tick.
+                    let r = self.watch_alarms(&shutdown).await;
+                    self.survive(r)?;
+                    if scheduled {
+                        let names: Vec<String> = self.online.keys().cloned().collect();
+                        for name in names {
+                            let r = self.online_step(&name, Vec::new(), 0..0).await;
+                            self.survive(r)?;
+                        }
+                        let r = self.check_all(&shutdown).await;
                         self.survive(r)?;
                     }
-                    let r = self.check_all(&shutdown).await;
-                    self.survive(r)?;
                 }
                 _ = self.labels_added.notified() => {
                     let r = self.watch_all(&shutdown).await;
+                    self.survive(r)?;
+                    let r = self.watch_alarms(&shutdown).await;
                     self.survive(r)?;
                     let r = self.check_all(&shutdown).await;
                     self.survive(r)?;
@@ -476,6 +545,7 @@ impl Learner {
                 error_rate: mean_error.filter(|_| !regression),
                 mean_abs_error: mean_error.filter(|_| regression),
                 alarms: Vec::new(),
+                other: OtherAlarms::default(),
             };
             let version = watch.version;
             let labelled = self.store.counts(&p.name)?.labelled_total;
@@ -484,12 +554,13 @@ impl Learner {
             // An alarm inside the cool-down is deferred, not dropped: the
             // change is answered once, when the cool-down ends.
             let mut action = None;
-            if alarm_at.is_some() && p.drift.retrain_on_drift {
-                self.deferred.insert(p.name.clone());
+            let retrains = p.drift.retrains_on(AlarmKind::Error);
+            if alarm_at.is_some() && retrains {
+                self.deferred.insert(p.name.clone(), Trigger::Drift);
             }
             if let Some(seq) = alarm_at {
-                action = Some(if !p.drift.retrain_on_drift {
-                    "none: retrain_on_drift is off".to_string()
+                action = Some(if !retrains {
+                    "none: retrain_on_drift is off or retrain_on leaves out \"error\"".to_string()
                 } else if since < p.drift.cooldown_labels {
                     format!(
                         "deferred: cool-down ({since} of {} labels since the last training)",
@@ -501,9 +572,9 @@ impl Learner {
                 warn!(pipeline = %p.name, sample_seq = seq, version, action = action.as_deref().unwrap_or(""), "Concept drift alarm.");
             }
             let mut trained = None;
-            if self.deferred.contains(&p.name) && since >= p.drift.cooldown_labels {
-                self.deferred.remove(&p.name);
-                trained = Some(match self.train(&p.name, Trigger::Drift, shutdown).await {
+            if self.deferred.contains_key(&p.name) && since >= p.drift.cooldown_labels {
+                let trigger = self.deferred.remove(&p.name).unwrap_or(Trigger::Drift);
+                trained = Some(match self.train(&p.name, trigger, shutdown).await {
                     Ok(card) => match card.decision.as_ref().filter(|d| !d.promoted) {
                         Some(d) => {
                             format!("trained version {}, refused: {}", card.version, d.reason)
@@ -529,7 +600,12 @@ impl Learner {
             if let Ok(mut board) = self.board.lock() {
                 let entry = board.entry(p.name.clone()).or_default();
                 let alarms = std::mem::take(&mut entry.alarms);
-                *entry = ConceptDrift { alarms, ..snapshot };
+                let other = std::mem::take(&mut entry.other);
+                *entry = ConceptDrift {
+                    alarms,
+                    other,
+                    ..snapshot
+                };
                 if let (Some(seq), Some(action)) = (alarm_at, action) {
                     entry.alarms.push(DriftAlarm {
                         at_ms: crate::stats::now_ms(),
@@ -548,6 +624,159 @@ impl Learner {
                     self.store.put_state(&alarms_key(&p.name), &json)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Looks for data-drift and anomaly alarms of each pipeline: new anomaly
+    /// alarms (readings) since the last look are one alarm; every `window`
+    /// new samples, the newest `window` are compared with the serving
+    /// version's training data ([`super::data_drift::against_training`]),
+    /// and a window that drifts after one that did not is one alarm (a
+    /// lasting change is one alarm, not one per window; a new version
+    /// starts afresh).
+    async fn watch_alarms(&mut self, shutdown: &CancellationToken) -> Result<(), TrainFailure> {
+        let anomaly_totals: HashMap<String, u64> = self
+            .anomaly
+            .as_ref()
+            .map(|a| a.totals().into_iter().map(|(n, t)| (n, t.alarms)).collect())
+            .unwrap_or_default();
+        for i in 0..self.pipelines.len() {
+            let p = self.pipelines[i].clone();
+            let serving = self.registry.get(&p.name);
+            if let Some(&total) = anomaly_totals.get(&p.name) {
+                let seen = self.anomaly_seen.insert(p.name.clone(), total).unwrap_or(0);
+                if total > seen {
+                    let reason = format!(
+                        "{} reading(s) above the anomaly threshold ({total} in all)",
+                        total - seen
+                    );
+                    let version = serving.as_ref().map(|s| s.version);
+                    self.alarm(&p, AlarmKind::Anomaly, version, reason, shutdown)
+                        .await?;
+                }
+            }
+            let Some(serving) = serving else { continue };
+            let Some(last_seq) = serving.card.last_seq else {
+                continue;
+            };
+            let next = self.store.counts(&p.name)?.next_seq;
+            let checked = *self
+                .data_checked
+                .entry(p.name.clone())
+                .or_insert(last_seq + 1);
+            if next < checked + p.drift.window as u64 {
+                continue;
+            }
+            self.data_checked.insert(p.name.clone(), next);
+            let (store, name, features) = (self.store.clone(), p.name.clone(), p.features.clone());
+            let (window, reference, rule) =
+                (p.drift.window, p.drift.reference, p.drift.data_drift());
+            let report = tokio::task::spawn_blocking(move || {
+                super::data_drift::against_training(
+                    &store, &name, &features, last_seq, window, reference, &rule,
+                )
+            })
+            .await
+            .map_err(|e| TrainFailure::Training {
+                pipeline: p.name.clone(),
+                reason: e.to_string(),
+            })??;
+            let drifted = report.drifted();
+            let state = self
+                .data_drifting
+                .entry(p.name.clone())
+                .or_insert((serving.version, false));
+            if state.0 != serving.version {
+                *state = (serving.version, false);
+            }
+            let started = !drifted.is_empty() && !state.1;
+            state.1 = !drifted.is_empty();
+            if started {
+                let reason = format!(
+                    "{} drifted: samples {}..{} against {} training samples of version {}",
+                    drifted.join(", "),
+                    report.current_seqs.start,
+                    report.current_seqs.end,
+                    report.reference_samples,
+                    serving.version
+                );
+                self.alarm(&p, AlarmKind::Data, Some(serving.version), reason, shutdown)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A data-drift or anomaly alarm: counted, marked on the timeline
+    /// (`data_drift_alarm`, `anomaly_alarm`) and kept on the board; it trains
+    /// when `retrain_on` names its kind, at once or when the cool-down ends.
+    async fn alarm(
+        &mut self,
+        p: &MonitoredPipeline,
+        kind: AlarmKind,
+        version: Option<u32>,
+        reason: String,
+        shutdown: &CancellationToken,
+    ) -> Result<(), TrainFailure> {
+        let (action_name, trigger, key) = match kind {
+            AlarmKind::Data => ("data_drift_alarm", Trigger::DataDrift, "data"),
+            AlarmKind::Anomaly => ("anomaly_alarm", Trigger::Anomaly, "anomaly"),
+            AlarmKind::Error => ("drift_alarm", Trigger::Drift, "error"),
+        };
+        let labelled = self.store.counts(&p.name)?.labelled_total;
+        let since = labelled.saturating_sub(self.attempted_at.get(&p.name).copied().unwrap_or(0));
+        let action = if !p.drift.retrains_on(kind) {
+            format!("none: retrain_on leaves out \"{key}\"")
+        } else if self.registry.get(&p.name).is_none() {
+            "none: no version serves yet (the first trains at min_labels)".to_string()
+        } else if since < p.drift.cooldown_labels {
+            self.deferred.entry(p.name.clone()).or_insert(trigger);
+            format!(
+                "deferred: cool-down ({since} of {} labels since the last training)",
+                p.drift.cooldown_labels
+            )
+        } else {
+            self.deferred.remove(&p.name);
+            let done = match self.train(&p.name, trigger, shutdown).await {
+                Ok(card) => match card.decision.as_ref().filter(|d| !d.promoted) {
+                    Some(d) => format!("trained version {}, refused: {}", card.version, d.reason),
+                    None => format!("trained version {}", card.version),
+                },
+                Err(e) => format!("training failed: {e}"),
+            };
+            if let Some(w) = self.watch.get_mut(&p.name) {
+                w.version = u32::MAX;
+            }
+            done
+        };
+        warn!(pipeline = %p.name, kind = key, %reason, %action, "Alarm.");
+        let event = crate::serve::registry::ServingEvent::now(
+            version.unwrap_or(0),
+            action_name,
+            format!("{reason}; {action}"),
+            crate::serve::registry::BY_LEARNER,
+        );
+        self.store.append_event(&p.name, &event.to_json(), None)?;
+        event.log(&p.name);
+        if let Ok(mut board) = self.board.lock() {
+            let other = &mut board.entry(p.name.clone()).or_default().other;
+            match kind {
+                AlarmKind::Data => other.data_drift_alarms += 1,
+                AlarmKind::Anomaly => other.anomaly_alarms += 1,
+                AlarmKind::Error => {}
+            }
+            other.recent.push(OtherAlarm {
+                kind,
+                at_ms: event.at_ms,
+                serving_version: version,
+                reason,
+                action,
+            });
+            let over = other.recent.len().saturating_sub(1000);
+            other.recent.drain(..over);
+            let json = serde_json::to_vec(&*other).unwrap_or_default();
+            self.store.put_state(&other_alarms_key(&p.name), &json)?;
         }
         Ok(())
     }
