@@ -254,7 +254,7 @@ impl Store {
                 ),
             });
         }
-        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        let db = open_db(path).map_err(|e| err(e.into()))?;
         let store = Self {
             db: std::sync::RwLock::new(Some(db)),
             needs_reopen: std::sync::atomic::AtomicBool::new(false),
@@ -329,7 +329,7 @@ impl Store {
         let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
         // Closed first: redb locks the file to one open database.
         *guard = None;
-        *guard = Some(Database::create(&self.path)?);
+        *guard = Some(open_db(&self.path)?);
         self.opened
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         tracing::info!(path = %self.path.display(), "Store reopened.");
@@ -1104,6 +1104,18 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         index.pipelines.get(pipeline).map(|set| set.len())
     }
+}
+
+/// redb's page cache, bytes. redb's default is 1 GiB, and its read cache
+/// keeps what scans read up to that: a training that reads a million
+/// samples (about 170 MiB of file) would keep them all, a third of a 0.5 GB
+/// board. Writes do not need more: commits of 500-5,000 samples measured
+/// the same with 16 MiB as with 1 GiB (BENCHMARKS.md, "Ingest throughput").
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Opens (or creates) the database file with [`CACHE_BYTES`] of cache.
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
 /// The index in `named` of pipeline `p`'s counters, read from the table the

@@ -69,7 +69,7 @@ fn bench_ingest_quick_reports_every_field_and_complete_counts() {
         let so = &r["store_only"];
         assert_eq!(so["stored_total"], n, "{row}: {so}");
         let batch = so["batch_size"].as_u64().unwrap();
-        assert_eq!(batch, 500, "{row}: {so}");
+        assert_eq!(batch, 2000, "{row}: {so}");
         assert_eq!(so["commits"], n.div_ceil(batch), "{row}: {so}");
         assert!(so["msg_s"].as_f64().unwrap() > 0.0, "{row}: {so}");
         let (d, b) = (&r["daemon"], &r["bare"]);
@@ -96,6 +96,13 @@ fn bench_ingest_quick_reports_every_field_and_complete_counts() {
         assert!(d["threads_max"].as_u64().unwrap() > 0, "{row}");
         assert!(d["peak_rss_kib"].as_u64().unwrap() > 0, "{row}");
         assert_eq!(b["missing"], 0, "{row}: {b}");
+        for c in [d, b] {
+            let (cpu, per) = (c["cpu_s"].as_f64(), c["cpu_us_per_msg"].as_f64());
+            assert!(cpu.unwrap() > 0.0, "{row}: {c}");
+            // serde_json's default float parsing may be one ulp off.
+            let want = cpu.unwrap() * 1e6 / n as f64;
+            assert!((per.unwrap() - want).abs() <= 1e-9 * want, "{row}: {c}");
+        }
         assert!(b.get("duplicates").is_some(), "{row}");
     }
 }
