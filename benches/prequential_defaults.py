@@ -157,10 +157,16 @@ def river_child(path, label, family):
         model = preprocessing.StandardScaler() | multiclass.OneVsRestClassifier(
             linear_model.LogisticRegression()
         )
+    # Two classes: River's binary LogisticRegression learns bools.
+    binary = family != "arf" and len(classes) == 2
     preds = []
     t = time.perf_counter()
     for x, y in zip(xs, ys):
-        preds.append(model.predict_one(x))
+        p = model.predict_one(x)
+        if binary:
+            p = None if p is None else classes[int(bool(p))]
+            y = y == classes[1]
+        preds.append(p)
         model.learn_one(x, y)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -49,8 +49,12 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Online learners: earlier rows given as features beside each row.
-    #[arg(long, default_value_t = 0)]
-    lags: usize,
+    ///
+    /// Beside the loop only online_logistic sees lags, deltas and rolling
+    /// statistics (the trees see the readings and the last label); default
+    /// there 2, alone (--family) 0.
+    #[arg(long)]
+    lags: Option<usize>,
     /// Online learners: each feature's change since the previous row.
     #[arg(long)]
     deltas: bool,
@@ -455,8 +459,8 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         anyhow::ensure!(m >= 1, "--min-samples: at least 1");
         loop_config.min_samples = m;
     }
-    let temporal = crate::features::temporal::TemporalConfig {
-        lags,
+    let mut temporal = crate::features::temporal::TemporalConfig {
+        lags: lags.unwrap_or(0),
         deltas,
         rolling,
         last_label: last_label.unwrap_or(crate::monitor::prequential::DEFAULT_LAST_LABEL),
@@ -500,6 +504,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let online = online_cfg
         .families()
         .map_err(|e| anyhow::anyhow!("--online: {e}"))?;
+    temporal.lags = lags.unwrap_or(crate::monitor::prequential::DEFAULT_LAGS);
     let opts = crate::monitor::prequential::PrequentialOptions {
         file,
         label,
