@@ -782,6 +782,12 @@ impl Config {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
                 return bad(key(&format!("preprocess.{k}")), reason.to_string());
             }
+            if p.windows.enabled && !p.preprocess.categorical.is_empty() {
+                return bad(
+                    key("preprocess.categorical"),
+                    "window statistics are numeric: not with [pipelines.windows] enabled".into(),
+                );
+            }
             match p.online.family() {
                 Err(e) => return bad(key("online.family"), e),
                 Ok(Some(_)) if p.task == Task::Regression || p.windows.enabled => {
@@ -1093,6 +1099,10 @@ mod tests {
                 "[pipelines.windows]\nenabled = true\n[pipelines.model.augment]\ncopies = 1\n\
                  time_shift = 2\nwindows = [['f_mean', 'f_max'], ['f', 'g']]\n",
                 "config key `pipelines[0].model.augment.windows[1]`: `f` is not one of",
+            ),
+            (
+                "[pipelines.preprocess]\ncategorical = ['f']\n[pipelines.windows]\nenabled = true\n",
+                "config key `pipelines[0].preprocess.categorical`: window statistics are numeric",
             ),
             (
                 "[pipelines.model]\nreservoir_in_training = false\n",
