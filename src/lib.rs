@@ -37,7 +37,8 @@
 //!   the error stream (the detectors of [`learn::drift`]) and data drift
 //!   (PSI, KS; at effective sample sizes, [`monitor::data_drift`]);
 //!   anomaly scores (Half-Space Trees, [`learn::anomaly`], scored by the
-//!   predictor); the
+//!   predictor); data-drift and anomaly alarms that annotate the timeline
+//!   and train where `retrain_on` names them; the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
 //!   and its prequential replay; the online learner beside the batch loop,
 //!   which learns every label, serves as ONNX snapshots when more accurate
