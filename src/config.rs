@@ -1101,10 +1101,6 @@ mod tests {
                 "config key `pipelines[0].model.augment.windows[1]`: `f` is not one of",
             ),
             (
-                "[pipelines.preprocess]\ncategorical = ['f']\n[pipelines.windows]\nenabled = true\n",
-                "config key `pipelines[0].preprocess.categorical`: window statistics are numeric",
-            ),
-            (
                 "[pipelines.model]\nreservoir_in_training = false\n",
                 "config key `pipelines[0].model.reservoir_in_training`: false needs window > 0",
             ),
@@ -1114,6 +1110,19 @@ mod tests {
                 .to_string();
             assert!(err.starts_with(expected), "{section}: {err}");
         }
+        let err = load_str(
+            "[[pipelines]]\nname='p'\ntopics=['a/#']\nfeatures=['f', 'mode']\nlabel='y'\n\
+             [pipelines.preprocess]\ncategorical = ['mode']\n[pipelines.windows]\nenabled = true\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "config key `pipelines[0].preprocess.categorical`: window statistics are numeric"
+            ),
+            "{err}"
+        );
         let err = load_str(
             &format!("{pipeline}[pipelines.model]\nfamily = 'boosting'\n"),
             &[],
