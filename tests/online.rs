@@ -527,11 +527,14 @@ fn evaluate_defaults_print_the_served_accuracy_of_the_record() {
             }
         }
     }
-    // The logistic learner alone, on the readings only: River's.
+    // The logistic learner alone, on the readings only (no lags, no last
+    // label): River's.
     run(
         &[
             "--online",
             "online_logistic",
+            "--lags",
+            "0",
             "--last-label",
             "false",
             "--no-change",
