@@ -29,7 +29,7 @@
 //! | `edgeloop_drift_error_rate`, `edgeloop_drift_mean_abs_error` | gauge | `pipeline` (the serving version's error on the labelled samples scored since it started serving) |
 //! | `edgeloop_drift_scored_samples` | gauge | `pipeline` |
 //! | `edgeloop_drift_alarms_total` | counter | `pipeline` (every alarm kept in the store) |
-//! | `edgeloop_data_drift_alarms_total`, `edgeloop_anomaly_alarm_events_total` | counter | `pipeline` (data-drift alarms; anomaly alarms on the timeline, one per look of the learner that found alarmed readings; kept in the store) |
+//! | `edgeloop_data_drift_alarms_total`, `edgeloop_anomaly_alarm_events_total` | counter | `pipeline` (data-drift alarms; anomaly alarms on the timeline, one per episode of alarmed readings under a serving version, at most one a minute; kept in the store) |
 //! | `edgeloop_mqtt_connects_total`, `edgeloop_mqtt_errors_total` | counter | |
 //! | `edgeloop_mqtt_connected` | gauge | (1 while the ingest connection is up) |
 //! | `edgeloop_healthy` | gauge | (1 when `/healthz` answers 200) |
@@ -462,7 +462,7 @@ impl Collector for Scrape {
         counters(
             e,
             "edgeloop_anomaly_alarm_events",
-            "Anomaly alarms on the timeline: looks of the learner that found new alarmed readings (kept across restarts)",
+            "Anomaly alarms on the timeline: episodes of alarmed readings under a serving version, at most one a minute (kept across restarts)",
             "pipeline",
             &other(&|o| o.anomaly_alarms),
         )?;

@@ -127,6 +127,20 @@ pub struct OtherAlarm {
     pub action: String,
 }
 
+/// A pipeline's anomaly alarms under one serving version.
+#[derive(Debug, Default)]
+struct AnomalyEpisode {
+    version: Option<u32>,
+    /// The last look found new alarmed readings.
+    ongoing: bool,
+    /// When the last anomaly alarm was raised.
+    last: Option<std::time::Instant>,
+}
+
+/// Least time between two anomaly alarms of a pipeline (timeline events),
+/// so a stream of anomalous readings cannot fill the timeline.
+pub const ANOMALY_ALARM_GAP: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn other_alarms_key(pipeline: &str) -> String {
     format!("other_alarms/{pipeline}")
 }
@@ -162,6 +176,10 @@ pub struct Learner {
     /// Anomaly alarms (readings) of each pipeline at the last look.
     anomaly: Option<crate::serve::predictions::AnomalyScorers>,
     anomaly_seen: HashMap<String, u64>,
+    /// Per pipeline: the version serving, whether the last look found new
+    /// anomaly alarms (an episode goes on), and when the last anomaly alarm
+    /// was raised under that version.
+    anomaly_episode: HashMap<String, AnomalyEpisode>,
     /// Next seq at the last data-drift check, and whether that window
     /// drifted (for the version then serving): one alarm when drift starts.
     data_checked: HashMap<String, u64>,
@@ -304,6 +322,7 @@ impl Learner {
             deferred: Default::default(),
             anomaly: None,
             anomaly_seen: HashMap::new(),
+            anomaly_episode: HashMap::new(),
             data_checked: HashMap::new(),
             data_drifting: HashMap::new(),
             last_training: HashMap::new(),
@@ -629,7 +648,12 @@ impl Learner {
     }
 
     /// Looks for data-drift and anomaly alarms of each pipeline: new anomaly
-    /// alarms (readings) since the last look are one alarm; every `window`
+    /// alarms (readings) since the last look are one alarm when the look
+    /// before found none and the last alarm is [`ANOMALY_ALARM_GAP`] old,
+    /// both under the version serving (a burst of anomalous readings over
+    /// consecutive looks is one episode, one event on the timeline, not one
+    /// per look; a new version starts afresh, so anomalies that go on
+    /// after a training alarm once more); every `window`
     /// new samples, the newest `window` are compared with the serving
     /// version's training data ([`super::data_drift::against_training`]),
     /// and a window that drifts after one that did not is one alarm (a
@@ -646,12 +670,24 @@ impl Learner {
             let serving = self.registry.get(&p.name);
             if let Some(&total) = anomaly_totals.get(&p.name) {
                 let seen = self.anomaly_seen.insert(p.name.clone(), total).unwrap_or(0);
-                if total > seen {
+                let version = serving.as_ref().map(|s| s.version);
+                let episode = self.anomaly_episode.entry(p.name.clone()).or_default();
+                if episode.version != version {
+                    *episode = AnomalyEpisode {
+                        version,
+                        ..Default::default()
+                    };
+                }
+                let ongoing = std::mem::replace(&mut episode.ongoing, total > seen);
+                let recent = episode
+                    .last
+                    .is_some_and(|at| at.elapsed() < ANOMALY_ALARM_GAP);
+                if total > seen && !ongoing && !recent {
+                    episode.last = Some(std::time::Instant::now());
                     let reason = format!(
                         "{} reading(s) above the anomaly threshold ({total} in all)",
                         total - seen
                     );
-                    let version = serving.as_ref().map(|s| s.version);
                     self.alarm(&p, AlarmKind::Anomaly, version, reason, shutdown)
                         .await?;
                 }
