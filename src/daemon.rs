@@ -238,20 +238,23 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             ));
         }
     }
-    let registry = Arc::new(cfg.pipelines.iter().enumerate().fold(
-        Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str())),
-        |registry, (i, p)| {
-            let (engine, options) = cfg.engine_of(i);
-            let contract = crate::onnx::engine::Contract {
-                task: p.task,
-                classes: p.classes.clone(),
-                features: p.model_features(),
-            };
-            registry
-                .with_engine(&p.name, engine, options)
-                .with_contract(&p.name, contract)
-        },
-    ));
+    let registry = Arc::new(
+        cfg.pipelines.iter().enumerate().fold(
+            Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str()))
+                .with_keep_versions(cfg.models.keep_versions),
+            |registry, (i, p)| {
+                let (engine, options) = cfg.engine_of(i);
+                let contract = crate::onnx::engine::Contract {
+                    task: p.task,
+                    classes: p.classes.clone(),
+                    features: p.model_features(),
+                };
+                registry
+                    .with_engine(&p.name, engine, options)
+                    .with_contract(&p.name, contract)
+            },
+        ),
+    );
     {
         let (registry, store) = (registry.clone(), store.clone());
         tokio::task::spawn_blocking(move || registry.restore(&store))

@@ -979,6 +979,49 @@ impl Store {
             .map_err(|x| self.corrupt("get_model", x))
     }
 
+    /// Drops the model (ONNX bytes and parameters) of each of `versions` of
+    /// `pipeline`, keeping its card, in one commit; returns the versions
+    /// that had a model to drop.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed commit or an undecodable record (then
+    /// nothing changed).
+    pub fn drop_models(&self, pipeline: &str, versions: &[u32]) -> Result<Vec<u32>, StoreError> {
+        if versions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let e = self.db_err("drop_models");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
+        let mut dropped = Vec::new();
+        {
+            let mut table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+            for &version in versions {
+                let model: Option<StoredModel> =
+                    match table.get((pipeline, version)).map_err(|x| e(x.into()))? {
+                        Some(guard) => Some(
+                            postcard::from_bytes(guard.value())
+                                .map_err(|x| self.corrupt("drop_models", x))?,
+                        ),
+                        None => None,
+                    };
+                let Some(mut model) = model.filter(|m| !m.onnx.is_empty()) else {
+                    continue;
+                };
+                model.onnx = Vec::new();
+                model.params_json = String::new();
+                let bytes =
+                    postcard::to_allocvec(&model).map_err(|x| self.corrupt("drop_models", x))?;
+                table
+                    .insert((pipeline, version), bytes.as_slice())
+                    .map_err(|x| e(x.into()))?;
+                dropped.push(version);
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(dropped)
+    }
+
     /// Versions stored for `pipeline`, ascending.
     ///
     /// # Errors

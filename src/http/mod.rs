@@ -227,7 +227,9 @@ impl From<RegistryError> for ApiError {
         match e {
             RegistryError::UnknownPipeline(p) => ApiError::UnknownPipeline(p),
             RegistryError::UnknownVersion { .. } => ApiError::NotFound(e.to_string()),
-            RegistryError::NothingToRollBack(_) => ApiError::Conflict(e.to_string()),
+            RegistryError::NothingToRollBack(_) | RegistryError::Pruned { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
             RegistryError::Model { .. } => ApiError::CannotTrain(e.to_string()),
             RegistryError::Store(_) | RegistryError::Card { .. } => {
                 ApiError::Internal(e.to_string())

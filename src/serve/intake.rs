@@ -62,6 +62,13 @@ pub struct ModelsConfig {
     pub poll_ms: u64,
     /// Largest model accepted (upload body or file), bytes.
     pub max_bytes: u64,
+    /// Versions of each pipeline whose model (ONNX and parameters) is
+    /// kept: the newest this many, plus the serving one and the newest this
+    /// many that served, stood by or were imported; older versions keep
+    /// their card only ([`crate::serve::registry::Registry::prune`]). 0
+    /// keeps every model (the store then grows with every training and
+    /// every online snapshot).
+    pub keep_versions: usize,
 }
 
 impl Default for ModelsConfig {
@@ -70,6 +77,7 @@ impl Default for ModelsConfig {
             dir: PathBuf::new(),
             poll_ms: 2000,
             max_bytes: 32 * 1024 * 1024,
+            keep_versions: 50,
         }
     }
 }

@@ -43,6 +43,12 @@ pub enum RegistryError {
     UnknownVersion { pipeline: String, version: u32 },
     #[error("pipeline `{0}` has no earlier version to roll back to")]
     NothingToRollBack(String),
+    /// The version's card is kept, its model was dropped
+    /// (`models.keep_versions`).
+    #[error(
+        "model {pipeline} v{version}: only its card is kept (models.keep_versions: the models of older versions that no longer serve are dropped)"
+    )]
+    Pruned { pipeline: String, version: u32 },
     #[error("model {pipeline} v{version}: card: {reason}")]
     Card {
         pipeline: String,
@@ -61,8 +67,9 @@ pub struct ServingEvent {
     /// for), `rollback`, `refused` (a challenger kept but not served),
     /// `drift_alarm` (the serving version's errors drifted), `serve_switch`
     /// (the online learner or the batch champion took over,
-    /// `monitor::online`) or `standby` (a batch version kept, not served,
-    /// while the online learner serves).
+    /// `monitor::online`), `standby` (a batch version kept, not served,
+    /// while the online learner serves), `data_drift_alarm` or
+    /// `anomaly_alarm` (`monitor::retrain`, `retrain_on`).
     pub action: String,
     pub reason: String,
     /// Who made the change: `learner` (the daemon's own training, gate and
@@ -114,6 +121,10 @@ impl ServingEvent {
 #[derive(Debug)]
 pub struct Registry {
     slots: HashMap<String, Slot>,
+    /// `models.keep_versions` (0: every model kept), and per pipeline the
+    /// versions stored since the last [`Registry::prune`].
+    keep_versions: usize,
+    stored_since_prune: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 /// One pipeline's serving version. Readers load `current` without locking;
@@ -147,6 +158,95 @@ impl Registry {
                 .into_iter()
                 .map(|p| (p.to_string(), Slot::default()))
                 .collect(),
+            keep_versions: 0,
+            stored_since_prune: Default::default(),
+        }
+    }
+
+    /// Keeps the models (ONNX and parameters) of at most about `n` versions
+    /// of each pipeline beside those that served ([`Registry::prune`]); 0
+    /// keeps every one.
+    pub fn with_keep_versions(mut self, n: usize) -> Self {
+        self.keep_versions = n;
+        self
+    }
+
+    /// Drops the models of `pipeline`'s versions beyond what
+    /// `models.keep_versions` keeps, leaving their cards (history and
+    /// comparisons go on; loading one is [`RegistryError::Pruned`]). Kept:
+    /// the newest `keep_versions` versions, the serving one, and the newest
+    /// `keep_versions` versions that served (a rollback's targets), and of
+    /// those standing by (the online learner's batch champion) or imported
+    /// (waiting to be promoted). Returns the versions whose
+    /// model was dropped now.
+    ///
+    /// # Errors
+    /// A store error (nothing dropped).
+    pub fn prune(&self, store: &Store, pipeline: &str) -> Result<Vec<u32>, RegistryError> {
+        let n = self.keep_versions;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let versions = store.model_versions(pipeline)?;
+        if versions.len() <= n {
+            return Ok(Vec::new());
+        }
+        let mut keep: std::collections::HashSet<u32> =
+            versions.iter().rev().take(n).copied().collect();
+        keep.extend(store.serving_version(pipeline)?);
+        let mut served: Vec<u32> = Vec::new();
+        let mut standby: Vec<u32> = Vec::new();
+        for e in self.history(store, pipeline)? {
+            match e.action.as_str() {
+                "rollback" => {
+                    served.pop();
+                }
+                "trained" | "promote" | "serve_switch" => served.push(e.version),
+                // Kept beside the served: the online learner's batch
+                // champion, and imports waiting to be promoted.
+                "standby" | "imported" => standby.push(e.version),
+                _ => {}
+            }
+        }
+        for list in [served, standby] {
+            let mut seen = std::collections::HashSet::new();
+            keep.extend(list.into_iter().rev().filter(|v| seen.insert(*v)).take(n));
+        }
+        let drop: Vec<u32> = versions.into_iter().filter(|v| !keep.contains(v)).collect();
+        let dropped = store.drop_models(pipeline, &drop)?;
+        if !dropped.is_empty() {
+            tracing::info!(%pipeline, versions = ?dropped, "Models of older versions dropped (models.keep_versions); their cards are kept.");
+        }
+        Ok(dropped)
+    }
+
+    /// Counts a version stored for `pipeline` and prunes once every
+    /// `keep_versions` of them (a prune reads the timeline); failures are
+    /// logged, never the caller's (the version is stored).
+    fn stored(&self, store: &Store, pipeline: &str) {
+        if self.keep_versions == 0 {
+            return;
+        }
+        let due = {
+            let mut since = self
+                .stored_since_prune
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The first version after a start prunes at once.
+            let c = since
+                .entry(pipeline.to_string())
+                .or_insert(self.keep_versions);
+            *c += 1;
+            let due = *c > self.keep_versions;
+            if due {
+                *c = 0;
+            }
+            due
+        };
+        if due {
+            if let Err(e) = self.prune(store, pipeline) {
+                tracing::warn!(%pipeline, error = %e, "Could not drop older models.");
+            }
         }
     }
 
@@ -293,6 +393,8 @@ impl Registry {
             store.append_event(&pipeline, &event.to_json(), Some((version, &stored)))?;
         }
         event.log(&pipeline);
+        drop(_write);
+        self.stored(store, &pipeline);
         Ok(serving)
     }
 
@@ -441,6 +543,12 @@ fn load(
     version: u32,
     stored: &StoredModel,
 ) -> Result<Serving, RegistryError> {
+    if stored.onnx.is_empty() {
+        return Err(RegistryError::Pruned {
+            pipeline: pipeline.into(),
+            version,
+        });
+    }
     let model = OnnxModel::load_for(
         &stored.onnx,
         slot.contract.as_ref(),
@@ -587,6 +695,99 @@ mod tests {
         let err = registry.promote(&store, train(2)).unwrap_err().to_string();
         assert!(err.contains("engine unavailable"), "{err}");
         assert_eq!(registry.get("occupancy").unwrap().version, 1);
+    }
+
+    /// `models.keep_versions = 2`: versions 1 and 3 served, 2 and 4-8
+    /// were refused. Kept with their models: the newest two (7, 8), the
+    /// serving one (3) and the newest two that served (3, 1); the others
+    /// keep their cards only, and serving one of them is refused. Pruning
+    /// runs once every two stored versions (after v1, v4, v7) and on demand.
+    #[test]
+    fn older_versions_keep_their_cards_and_drop_their_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        assert_eq!(cfg.models.keep_versions, 50);
+        let pipeline = cfg.pipelines[0].settings();
+        let samples: Vec<Sample> = (0..60)
+            .map(|i| Sample {
+                timestamp_ms: i,
+                device: "d".into(),
+                features: vec![
+                    20.0 + (i % 7) as f32,
+                    30.0,
+                    (i % 2) as f32 * 500.0,
+                    600.0,
+                    0.004,
+                ],
+                label: Some(((i % 2) as u8).to_string()),
+            })
+            .collect();
+        let registry = Registry::new(["occupancy"]).with_keep_versions(2);
+        let has_model = |v: u32| {
+            !store
+                .get_model("occupancy", v)
+                .unwrap()
+                .unwrap()
+                .onnx
+                .is_empty()
+        };
+        for v in 1..=8u32 {
+            let t =
+                learn::train_version(&pipeline, &samples, None, v, Trigger::Manual, None, || {
+                    false
+                })
+                .unwrap();
+            let serve = v == 1 || v == 3;
+            let action = if serve { "trained" } else { "refused" };
+            registry
+                .promote_onnx(
+                    &store,
+                    t.onnx,
+                    t.card,
+                    "{}".into(),
+                    action,
+                    "test".into(),
+                    serve,
+                )
+                .unwrap();
+            if v == 4 {
+                // The prune after v4: v2 only (v1 served, v3 serves, v4 is new).
+                assert_eq!(
+                    (1..=4).map(has_model).collect::<Vec<_>>(),
+                    [true, false, true, true]
+                );
+            }
+        }
+        assert_eq!(registry.prune(&store, "occupancy").unwrap(), [6]);
+        let kept: Vec<u32> = (1..=8).filter(|&v| has_model(v)).collect();
+        assert_eq!(kept, [1, 3, 7, 8]);
+        // Dropped: the parameters too; every card is still there.
+        assert!(store
+            .get_model("occupancy", 5)
+            .unwrap()
+            .unwrap()
+            .params_json
+            .is_empty());
+        let cards = registry.cards(&store, "occupancy").unwrap();
+        assert_eq!(
+            cards.iter().map(|c| c.version).collect::<Vec<_>>(),
+            (1..=8).collect::<Vec<_>>()
+        );
+        let err = registry
+            .promote_version(&store, "occupancy", 5, "promote", "test".into(), "test")
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::Pruned { version: 5, .. }),
+            "{err}"
+        );
+        assert_eq!(registry.get("occupancy").unwrap().version, 3);
+        // The rollback target kept its model.
+        let back = registry.rollback(&store, "occupancy", "test").unwrap();
+        assert_eq!(back.version, 1);
+        // 0 keeps everything.
+        let all = Registry::new(["occupancy"]);
+        assert_eq!(all.prune(&store, "occupancy").unwrap(), Vec::<u32>::new());
     }
 
     #[test]
