@@ -20,6 +20,7 @@
 //!   not a JSON object, is larger than the limit or has no usable feature is
 //!   rejected.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 /// What a model predicts.
@@ -147,11 +148,258 @@ impl JsonPath {
     }
 }
 
+/// The fields a decoder reads, as a tree of path steps, each path's end
+/// numbered by its slot (a path given as `None` has a slot that stays empty;
+/// an empty path, which config validation refuses, is the whole payload, as
+/// [`JsonPath::get`] reads it).
+///
+/// [`Fields::parse`] reads a payload's JSON for those fields alone: the
+/// values on a path are parsed into [`Value`]s as before, every other value
+/// is checked and skipped (`IgnoredAny`), with no map or string built for
+/// it (a `Value` of the whole payload was most of a decode's allocations).
+/// Equal to [`JsonPath::get`] on the whole payload's `Value`: a repeated key
+/// replaces what an earlier one held (as the map of a `Value` does); a key
+/// step reads objects only, an index step arrays only; a path that ends
+/// where another goes on holds the whole value. Skipped values are not
+/// read, so a number beyond `f64` there needs no lenient reading (the
+/// result is the one the lenient reading gives), and a `\u` escape that is
+/// not a character (a lone surrogate) in a field not read no longer rejects
+/// the payload; bytes that are not UTF-8 anywhere still do.
+#[derive(Debug, Clone, Default)]
+struct Fields {
+    /// The slots of the paths that end here.
+    ends: Vec<usize>,
+    keys: Vec<(String, Fields)>,
+    indices: Vec<(usize, Fields)>,
+    /// Every slot at or below this node.
+    below: Vec<usize>,
+    /// Slots in all (the root's count).
+    slots: usize,
+}
+
+impl Fields {
+    fn new<'a>(paths: impl Iterator<Item = Option<&'a JsonPath>>) -> Self {
+        let mut root = Fields::default();
+        for (slot, path) in paths.enumerate() {
+            root.slots = slot + 1;
+            let Some(path) = path else { continue };
+            let mut node = &mut root;
+            for step in &path.steps {
+                node = match step {
+                    Step::Key(k) => {
+                        let at = match node.keys.iter().position(|(key, _)| key == k) {
+                            Some(at) => at,
+                            None => {
+                                node.keys.push((k.clone(), Fields::default()));
+                                node.keys.len() - 1
+                            }
+                        };
+                        &mut node.keys[at].1
+                    }
+                    Step::Index(i) => {
+                        let at = match node.indices.iter().position(|(index, _)| index == i) {
+                            Some(at) => at,
+                            None => {
+                                node.indices.push((*i, Fields::default()));
+                                node.indices.len() - 1
+                            }
+                        };
+                        &mut node.indices[at].1
+                    }
+                };
+                node.below.push(slot);
+            }
+            node.ends.push(slot);
+        }
+        root
+    }
+
+    /// The payload's values at the paths, by slot: `None` when it is not
+    /// JSON even leniently ([`parse_payload`]'s rules), `Some(None)` when it
+    /// is not an object.
+    fn parse(&self, payload: &[u8]) -> Option<Option<Vec<Option<Value>>>> {
+        let payload = payload.strip_prefix(BOM).unwrap_or(payload);
+        // Strings skipped unread are not checked for UTF-8 by serde_json.
+        std::str::from_utf8(payload).ok()?;
+        let read = |bytes: &[u8]| {
+            let mut values = vec![None; self.slots];
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let object = serde::de::DeserializeSeed::deserialize(
+                Select {
+                    node: self,
+                    values: &mut values,
+                },
+                &mut de,
+            )?;
+            de.end()?;
+            Ok::<_, serde_json::Error>(object.then_some(values))
+        };
+        match read(payload) {
+            Ok(v) => Some(v),
+            Err(e) if e.classify() == serde_json::error::Category::Syntax => {
+                read(&lenient_tokens(payload)?).ok()
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Fills the slots at and below this node from `v`, a value already
+    /// parsed (a path that ends where another goes on).
+    fn fill(&self, v: &Value, values: &mut [Option<Value>]) {
+        self.fill_below(v, values);
+        for &slot in &self.ends {
+            values[slot] = Some(v.clone());
+        }
+    }
+
+    /// As [`Fields::fill`], below this node only.
+    fn fill_below(&self, v: &Value, values: &mut [Option<Value>]) {
+        for (k, child) in &self.keys {
+            if let Some(c) = v.get(k.as_str()) {
+                child.fill(c, values);
+            }
+        }
+        for (i, child) in &self.indices {
+            if let Some(c) = v.get(*i) {
+                child.fill(c, values);
+            }
+        }
+    }
+}
+
+/// Reads the value at a node of [`Fields`]: whether it is an object (the
+/// root must be).
+struct Select<'a> {
+    node: &'a Fields,
+    values: &'a mut [Option<Value>],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Select<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
+        if !self.node.ends.is_empty() {
+            let v = Value::deserialize(de)?;
+            let object = v.is_object();
+            self.node.fill_below(&v, self.values);
+            if let Some((&last, rest)) = self.node.ends.split_last() {
+                for &slot in rest {
+                    self.values[slot] = Some(v.clone());
+                }
+                self.values[last] = Some(v);
+            }
+            return Ok(object);
+        }
+        de.deserialize_any(self)
+    }
+}
+
+/// The index of the key among a node's keys, from a map key read without
+/// allocating (escaped keys are compared unescaped).
+struct KeyOf<'a>(&'a Fields);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyOf<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Option<usize>, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyOf<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.keys.iter().position(|(k, _)| k == s))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Select<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while let Some(key) = map.next_key_seed(KeyOf(self.node))? {
+            match key {
+                Some(at) => {
+                    let child = &self.node.keys[at].1;
+                    // A repeated key replaces what the earlier one held.
+                    for &slot in &child.below {
+                        self.values[slot] = None;
+                    }
+                    map.next_value_seed(Select {
+                        node: child,
+                        values: &mut *self.values,
+                    })?;
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut i = 0;
+        loop {
+            let more = match self.node.indices.iter().find(|(index, _)| *index == i) {
+                Some((_, child)) => seq
+                    .next_element_seed(Select {
+                        node: child,
+                        values: &mut *self.values,
+                    })?
+                    .is_some(),
+                None => seq.next_element::<serde::de::IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                return Ok(false);
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
 /// Decodes payloads of one pipeline.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     names: Vec<String>,
     features: Vec<JsonPath>,
+    /// The fields [`Decoder::decode`] reads (features, then the label and
+    /// the timestamp when declared), as one tree of path steps: a payload
+    /// is parsed for those alone (see [`Fields`]).
+    fields: Fields,
     label: Option<JsonPath>,
     timestamp: Option<JsonPath>,
     /// The timestamp formats tried after RFC 3339, parsed once: the
@@ -176,11 +424,20 @@ impl Decoder {
     pub fn new(pipeline: &Schema, max_payload_bytes: usize) -> Self {
         let path = |p: &str| JsonPath::parse(p).unwrap_or(JsonPath { steps: vec![] });
         let opt = |p: &str| (!p.is_empty()).then(|| path(p));
+        let features: Vec<JsonPath> = pipeline.features.iter().map(|f| path(f)).collect();
+        let label = opt(&pipeline.label);
+        let timestamp = opt(&pipeline.timestamp);
         Self {
             names: pipeline.features.clone(),
-            features: pipeline.features.iter().map(|f| path(f)).collect(),
-            label: opt(&pipeline.label),
-            timestamp: opt(&pipeline.timestamp),
+            fields: Fields::new(
+                features
+                    .iter()
+                    .map(Some)
+                    .chain([label.as_ref(), timestamp.as_ref()]),
+            ),
+            features,
+            label,
+            timestamp,
             timestamp_formats: [
                 pipeline.timestamp_format.as_str(),
                 "%Y-%m-%dT%H:%M:%S%.f",
@@ -224,21 +481,21 @@ impl Decoder {
         if payload.len() > self.max_payload_bytes {
             return reject(Reason::TooLarge);
         }
-        let Some(value) = parse_payload(payload) else {
+        let Some(values) = self.fields.parse(payload) else {
             return reject(Reason::NotJson);
         };
-        if !value.is_object() {
+        let Some(values) = values else {
             return reject(Reason::NotObject);
-        }
+        };
+        let n = self.features.len();
         let mut problems = Vec::new();
         let mut present = 0;
-        let features: Vec<f32> = self
-            .features
+        let features: Vec<f32> = values[..n]
             .iter()
             .zip(&self.names)
             .zip(&self.categorical)
             .map(
-                |((path, name), cat)| match self.read(path.get(&value), *cat) {
+                |((found, name), cat)| match self.read(found.as_ref(), *cat) {
                     Ok(x) => {
                         present += 1;
                         x
@@ -263,10 +520,10 @@ impl Decoder {
                 problems,
             };
         }
-        let label = self.read_label(&value, &mut problems);
+        let label = self.read_label(values[n].as_ref(), &mut problems);
         let timestamp_ms = match &self.timestamp {
             None => arrival_ms,
-            Some(path) => match path.get(&value).and_then(|v| self.read_timestamp(v)) {
+            Some(_) => match values[n + 1].as_ref().and_then(|v| self.read_timestamp(v)) {
                 Some(t) => t,
                 None => {
                     problems.push(Problem {
@@ -306,9 +563,9 @@ impl Decoder {
     /// fraction) and booleans (1/0); bare NaN/Infinity, other types and
     /// labels outside the declared `classes` are problems. A regression
     /// label is [`regression_label`]'s.
-    fn read_label(&self, value: &Value, problems: &mut Vec<Problem>) -> Option<String> {
-        let path = self.label.as_ref()?;
-        let found = path.get(value);
+    /// `found`: the value at the label's path, when the pipeline has one.
+    fn read_label(&self, found: Option<&Value>, problems: &mut Vec<Problem>) -> Option<String> {
+        self.label.as_ref()?;
         let label = match found {
             _ if self.task == Task::Regression => regression_label(found).map_err(|_| ()),
             None | Some(Value::Null) => Ok(None),
@@ -352,7 +609,10 @@ impl Decoder {
         }
         let mut problems = Vec::new();
         let label = self
-            .read_label(&value, &mut problems)
+            .read_label(
+                self.label.as_ref().and_then(|p| p.get(&value)),
+                &mut problems,
+            )
             .ok_or(Reason::BadLabel)?;
         if let Some(id) = value
             .get(self.sample_id_field.as_str())
@@ -977,6 +1237,83 @@ mod tests {
         ] {
             assert_eq!(number_len(s.as_bytes()), n, "{s}");
         }
+    }
+
+    /// The values [`Fields::parse`] reads equal serde_json's whole `Value`
+    /// of the payload read at each path ([`JsonPath::get`] on
+    /// [`parse_payload`]'s value, the decoder's reading before it parsed
+    /// only the declared fields): nested paths, indices, a path that ends
+    /// where another goes on, repeated keys (the last wins), escaped keys,
+    /// type mismatches, lenient tokens, a BOM, and what is not an object.
+    #[test]
+    fn selected_fields_equal_the_whole_values_paths() {
+        let paths: Vec<JsonPath> = ["t", "env.h", "v[1]", "env", "v[1].w", "a.b[0][2]", "t"]
+            .iter()
+            .map(|p| JsonPath::parse(p).unwrap())
+            .collect();
+        let fields = Fields::new(paths.iter().map(Some).chain([None]));
+        for payload in [
+            r#"{"t": 21.5, "env": {"h": "40", "x": [1, {"y": 2}]}, "v": [0, 3], "y": 1.0}"#,
+            r#"{"env": {"h": 1}, "env": {"g": 2}, "t": 1, "t": "2"}"#,
+            r#"{"env": {"h": 1}, "env": 5, "v": {"1": 4}}"#,
+            r#"{"v": [0, {"w": [7]}, 2], "a": {"b": [[0, 1, 2.5], 3]}}"#,
+            r#"{"a": {"b": [[0, 1]]}, "v": [], "env": null, "t": [1]}"#,
+            r#"{"\u0074": 3, "en\u0076": {"h": true}, "note": "\u00e9 \"}\""}"#,
+            r#"{"t": NaN, "env": {"h": -Infinity}, "k": [1e400, "Infinity"]}"#,
+            r#"{"t": 1e400, "x": 1e-400, "v": [1, -1e400]}"#,
+            "\u{feff}{\"t\": 2}",
+            "{}",
+            "[1, 2, {\"t\": 1}]",
+            "\"t\"",
+            "3",
+            "null",
+        ] {
+            let whole = parse_payload(payload.as_bytes()).unwrap();
+            let expected: Vec<Option<Value>> = paths
+                .iter()
+                .map(|p| p.get(&whole).cloned())
+                .chain([None])
+                .collect();
+            let read = fields.parse(payload.as_bytes()).unwrap();
+            if whole.is_object() {
+                assert_eq!(read, Some(expected), "{payload}");
+            } else {
+                assert_eq!(read, None, "{payload}: not an object");
+            }
+        }
+        for broken in [
+            &b"{\"t\": 1,"[..],
+            b"{\"t\": 1} x",
+            b"{\"t\": 01}",
+            b"{\"note\": \"\xff\", \"t\": 1}",
+            b"{\"note\": \"\\x\", \"t\": 1}",
+        ] {
+            assert!(parse_payload(broken).is_none());
+            assert_eq!(fields.parse(broken), None, "{broken:?}");
+        }
+    }
+
+    /// What parsing only the declared fields changes: a `\u` escape that is
+    /// not a character (a lone surrogate) in a field the pipeline does not
+    /// read no longer rejects the payload (it is not read); in a field it
+    /// reads, it still does, as bytes that are not UTF-8 anywhere do.
+    #[test]
+    fn a_lone_surrogate_rejects_only_a_payload_whose_read_field_holds_it() {
+        let dec = occupancy();
+        let d = dec.decode(
+            "s/a/x",
+            br#"{"Temperature": 1, "Humidity": 2, "Light": 3, "note": "\ud800"}"#,
+            0,
+        );
+        assert_eq!(d.sample.unwrap().features, vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            reasons(&dec.decode("s/a/x", br#"{"Temperature": "\ud800", "Humidity": 2}"#, 0)),
+            vec![Reason::NotJson]
+        );
+        assert_eq!(
+            reasons(&dec.decode("s/a/x", b"{\"Temperature\": 1, \"note\": \"\xc3\"}", 0)),
+            vec![Reason::NotJson]
+        );
     }
 
     #[test]
