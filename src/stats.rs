@@ -279,12 +279,16 @@ impl Stats {
             .observe(seconds);
     }
 
-    /// Records the anomaly score of one reading of `pipeline`.
-    pub fn observe_anomaly_score(&self, pipeline: &str, score: f64) {
-        self.anomaly_scores
+    /// Records the anomaly scores of readings of `pipeline` (the
+    /// histogram is looked up once, not once per reading).
+    pub fn observe_anomaly_scores(&self, pipeline: &str, scores: impl IntoIterator<Item = f64>) {
+        let histogram = self
+            .anomaly_scores
             .0
-            .get_or_create(&[("pipeline", pipeline.to_string())])
-            .observe(score);
+            .get_or_create(&[("pipeline", pipeline.to_string())]);
+        for score in scores {
+            histogram.observe(score);
+        }
     }
 
     /// Records one training run of `pipeline` that took `seconds`.

@@ -264,8 +264,9 @@ impl Predictor {
             );
             let alarms = anomalies.iter().filter(|a| a.is_some_and(|a| a.1)).count();
             self.stats.anomaly_alarms.fetch_add(alarms as u64, Relaxed);
-            for (score, _) in anomalies.iter().flatten() {
-                self.stats.observe_anomaly_score(&p.name, *score);
+            if anomalies.iter().any(Option::is_some) {
+                self.stats
+                    .observe_anomaly_scores(&p.name, anomalies.iter().flatten().map(|a| a.0));
             }
             if p.prediction_topic.is_empty() {
                 continue;
