@@ -308,54 +308,57 @@ fn balanced_class_weights_equal_scikit_learn() {
             assert!((g - w).abs() <= 1e-12 * w, "{got:?} vs {want:?}");
         }
     }
-    // The class-weighted logistic loss equals sklearn's class_weight="balanced".
-    let c = &f["weighted_logistic"];
-    let y = usizes(&c["y"]);
-    let x: Vec<f32> = c["x"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().map_or(f32::NAN, |v| v as f32))
-        })
-        .collect();
-    let w = balance::balanced_class_weight(&y, 3);
-    let sample_weight: Vec<f64> = y.iter().map(|&k| w[k]).collect();
-    let cfg = LogisticConfig {
-        l2: c["l2"].as_f64().unwrap(),
-        max_iter: 5000,
-        gtol: 1e-10,
-    };
-    let classes = vec!["0".to_string(), "1".into(), "2".into()];
-    let features = vec!["a".to_string(), "b".into()];
-    let m = LogisticModel::fit_weighted(
-        &x,
-        &y,
-        classes,
-        features,
-        &cfg,
-        None,
-        Some(&sample_weight),
-        || false,
-    )
-    .unwrap();
-    let got = m.predict_proba(&x);
-    let want: Vec<f64> = c["proba"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
-        .collect();
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (f64::from(*g) - w).abs())
-        .fold(0.0, f64::max);
-    println!("weighted logistic vs sklearn: worst probability difference {worst:.2e}");
-    assert!(worst < 1e-5, "{worst}");
+    // The class-weighted logistic loss equals sklearn's class_weight="balanced",
+    // with three classes (softmax) and two (the sigmoid model).
+    for (case, k) in [("weighted_logistic", 3), ("weighted_logistic_binary", 2)] {
+        let c = &f[case];
+        let y = usizes(&c["y"]);
+        let x: Vec<f32> = c["x"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().map_or(f32::NAN, |v| v as f32))
+            })
+            .collect();
+        let w = balance::balanced_class_weight(&y, k);
+        let sample_weight: Vec<f64> = y.iter().map(|&k| w[k]).collect();
+        let cfg = LogisticConfig {
+            l2: c["l2"].as_f64().unwrap(),
+            max_iter: 5000,
+            gtol: 1e-10,
+        };
+        let classes: Vec<String> = (0..k).map(|c| c.to_string()).collect();
+        let features = vec!["a".to_string(), "b".into()];
+        let m = LogisticModel::fit_weighted(
+            &x,
+            &y,
+            classes,
+            features,
+            &cfg,
+            None,
+            Some(&sample_weight),
+            || false,
+        )
+        .unwrap();
+        let got = m.predict_proba(&x);
+        let want: Vec<f64> = c["proba"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (f64::from(*g) - w).abs())
+            .fold(0.0, f64::max);
+        println!("{case} vs sklearn: worst probability difference {worst:.2e}");
+        assert!(worst < 1e-5, "{case}: {worst}");
+    }
 }
 
 /// 200 / 40 / 10 rows of three classes, interleaved in time.

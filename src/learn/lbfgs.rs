@@ -4,7 +4,10 @@
 //! (two-loop recursion) and 7.5, with a backtracking line search on the
 //! Armijo condition (Algorithm 3.1, c1 = 1e-4). A curvature pair is kept only
 //! when `sᵀy > 1e-12·‖s‖·‖y‖`, which holds for strictly convex objectives
-//! such as L2-penalised logistic regression.
+//! such as L2-penalised logistic regression. The stopping rules are scipy's
+//! L-BFGS-B ones with scikit-learn's settings for `LogisticRegression`
+//! (`gtol = tol` on ‖∇f‖∞, `ftol = 64·ε` on the relative decrease). The
+//! history is a ring of preallocated vectors: an iteration allocates nothing.
 
 /// Why the optimiser stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -12,8 +15,9 @@
 pub enum Stop {
     /// ‖∇f‖∞ fell below the tolerance.
     Converged,
-    /// The last step decreased f by less than `1e-15 · max(|f|, 1)`
-    /// (scipy's L-BFGS-B `factr` test at 10×machine precision).
+    /// The last step decreased f by at most [`FTOL`]` · max(|f_old|, |f|, 1)`
+    /// (scipy's L-BFGS-B `ftol` test, as scikit-learn's `LogisticRegression`
+    /// sets it).
     FunctionTolerance,
     /// The line search could not decrease f any more (at machine precision).
     NoProgress,
@@ -22,6 +26,11 @@ pub enum Stop {
     /// The cancellation check asked to stop.
     Cancelled,
 }
+
+/// The relative decrease under which [`minimize`] stops: `64·ε`, the `ftol`
+/// scikit-learn passes to scipy's L-BFGS-B for `LogisticRegression`
+/// (`sklearn/linear_model/_logistic.py`), so both stop at the same test.
+pub const FTOL: f64 = 64.0 * f64::EPSILON;
 
 /// Result of [`minimize`].
 #[derive(Debug, Clone)]
@@ -34,9 +43,9 @@ pub struct Outcome {
 }
 
 /// Minimises `f` from `x0`. `fg(x, grad)` returns f(x) and writes ∇f(x) into
-/// `grad`. Stops when ‖∇f‖∞ ≤ `gtol`, when a step decreases f by less than
-/// `1e-15 · max(|f|, 1)`, after `max_iter` iterations, when no step decreases
-/// f, or when `cancelled()` returns true (checked each iteration).
+/// `grad`. Stops when ‖∇f‖∞ ≤ `gtol`, when a step decreases f by at most
+/// `FTOL · max(|f_old|, |f|, 1)`, after `max_iter` iterations, when no step
+/// decreases f, or when `cancelled()` returns true (checked each iteration).
 pub fn minimize(
     x0: Vec<f64>,
     mut fg: impl FnMut(&[f64], &mut [f64]) -> f64,
@@ -49,9 +58,12 @@ pub fn minimize(
     let mut x = x0;
     let mut g = vec![0.0; n];
     let mut f = fg(&x, &mut g);
-    let mut s_hist: Vec<Vec<f64>> = Vec::with_capacity(M);
-    let mut y_hist: Vec<Vec<f64>> = Vec::with_capacity(M);
-    let mut rho_hist: Vec<f64> = Vec::with_capacity(M);
+    // The last `len` curvature pairs, oldest first from slot `(next + M − len) % M`.
+    let mut s_hist = vec![vec![0.0; n]; M];
+    let mut y_hist = vec![vec![0.0; n]; M];
+    let mut rho_hist = [0.0; M];
+    let mut alpha = [0.0; M];
+    let (mut len, mut next) = (0, 0);
     let mut d = vec![0.0; n];
     let mut x_new = vec![0.0; n];
     let mut g_new = vec![0.0; n];
@@ -70,32 +82,32 @@ pub fn minimize(
         }
         // Two-loop recursion: d = -H g.
         d.iter_mut().zip(&g).for_each(|(di, gi)| *di = -gi);
-        let k = s_hist.len();
-        let mut alpha = vec![0.0; k];
-        for i in (0..k).rev() {
-            alpha[i] = rho_hist[i] * dot(&s_hist[i], &d);
+        let slot = |i: usize| (next + M - len + i) % M;
+        for i in (0..len).rev() {
+            let j = slot(i);
+            alpha[j] = rho_hist[j] * dot(&s_hist[j], &d);
             d.iter_mut()
-                .zip(&y_hist[i])
-                .for_each(|(di, yi)| *di -= alpha[i] * yi);
+                .zip(&y_hist[j])
+                .for_each(|(di, yi)| *di -= alpha[j] * yi);
         }
-        let gamma = if k > 0 {
-            dot(&s_hist[k - 1], &y_hist[k - 1]) / dot(&y_hist[k - 1], &y_hist[k - 1])
+        let gamma = if len > 0 {
+            let j = slot(len - 1);
+            dot(&s_hist[j], &y_hist[j]) / dot(&y_hist[j], &y_hist[j])
         } else {
             1.0 / inf_norm(&g).max(1.0)
         };
         d.iter_mut().for_each(|di| *di *= gamma);
-        for i in 0..k {
-            let beta = rho_hist[i] * dot(&y_hist[i], &d);
+        for i in 0..len {
+            let j = slot(i);
+            let beta = rho_hist[j] * dot(&y_hist[j], &d);
             d.iter_mut()
-                .zip(&s_hist[i])
-                .for_each(|(di, si)| *di += (alpha[i] - beta) * si);
+                .zip(&s_hist[j])
+                .for_each(|(di, si)| *di += (alpha[j] - beta) * si);
         }
         let mut slope = dot(&g, &d);
         if slope >= 0.0 {
             // Not a descent direction (numerical trouble): restart from steepest descent.
-            s_hist.clear();
-            y_hist.clear();
-            rho_hist.clear();
+            len = 0;
             d.iter_mut().zip(&g).for_each(|(di, gi)| *di = -gi);
             slope = dot(&g, &d);
         }
@@ -113,19 +125,25 @@ pub fn minimize(
             f_new = fg(&x_new, &mut g_new);
             if f_new.is_finite() && f_new <= f + 1e-4 * step * slope {
                 accepted = true;
-                small_decrease = f - f_new <= 1e-15 * f.abs().max(f_new.abs()).max(1.0);
-                let s: Vec<f64> = x_new.iter().zip(&x).map(|(a, b)| a - b).collect();
-                let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
-                let sy = dot(&s, &y);
-                if sy > 1e-12 * dot(&s, &s).sqrt() * dot(&y, &y).sqrt() {
-                    if s_hist.len() == M {
-                        s_hist.remove(0);
-                        y_hist.remove(0);
-                        rho_hist.remove(0);
+                small_decrease = f - f_new <= FTOL * f.abs().max(f_new.abs()).max(1.0);
+                // s = x_new − x, y = g_new − g: kept when the curvature
+                // condition holds, in the next slot (the oldest once full).
+                let (mut sy, mut ss, mut yy) = (0.0, 0.0, 0.0);
+                let pairs = || x_new.iter().zip(&x).zip(g_new.iter().zip(&g));
+                for ((xn, xo), (gn, go)) in pairs() {
+                    let (si, yi) = (xn - xo, gn - go);
+                    sy += si * yi;
+                    ss += si * si;
+                    yy += yi * yi;
+                }
+                if sy > 1e-12 * ss.sqrt() * yy.sqrt() {
+                    let slots = s_hist[next].iter_mut().zip(y_hist[next].iter_mut());
+                    for ((si, yi), ((xn, xo), (gn, go))) in slots.zip(pairs()) {
+                        (*si, *yi) = (xn - xo, gn - go);
                     }
-                    s_hist.push(s);
-                    y_hist.push(y);
-                    rho_hist.push(1.0 / sy);
+                    rho_hist[next] = 1.0 / sy;
+                    next = (next + 1) % M;
+                    len = (len + 1).min(M);
                 }
                 std::mem::swap(&mut x, &mut x_new);
                 std::mem::swap(&mut g, &mut g_new);
