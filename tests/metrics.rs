@@ -237,10 +237,12 @@ async fn metrics_parse_and_count_what_was_sent() {
     ]);
     publish(&opts, payloads).await;
     let stats = handle.stats.clone();
+    // The learner counts its training just after the swap: wait for both.
     wait_until(WAIT, "every message handled and a model serving", || {
         let s = stats.snapshot();
         s.samples_stored == 600
             && s.samples_rejected == 5
+            && s.trainings == 1
             && handle.registry.get("occupancy").is_some()
     })
     .await;

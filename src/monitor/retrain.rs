@@ -1051,9 +1051,10 @@ impl Learner {
                     }
                 }
                 self.attempted_at.insert(pipeline.into(), labelled_total);
-                self.stats.trainings.fetch_add(1, Relaxed);
+                // The histogram first: a reader that sees the count sees it.
                 self.stats
                     .observe_training(pipeline, card.training_ms / 1000.0);
+                self.stats.trainings.fetch_add(1, Relaxed);
                 let h = card.holdout.as_ref();
                 info!(
                     %pipeline, version = card.version, ?trigger, n_train = card.n_train, n_holdout = card.n_holdout,
