@@ -248,57 +248,27 @@ fn readme_walkthrough_trains_predicts_and_takes_late_labels() {
     assert!(table.contains("--wide"), "says what it left out: {table}");
 
     // `models history`: times in the local zone (here UTC+05:30), RFC 3339.
-    let history: Value = serde_json::from_slice(
-        &edgeloop(
-            &[
-                "models",
-                "history",
-                "--pipeline",
-                "occupancy",
-                "--url",
-                &url,
-                "--json",
-            ],
-            &[],
-        )
-        .stdout,
-    )
-    .unwrap();
-    let shown = String::from_utf8(
-        edgeloop(
-            &[
-                "models",
-                "history",
-                "--pipeline",
-                "occupancy",
-                "--url",
-                &url,
-            ],
-            &[("TZ", "IST-5:30")],
-        )
-        .stdout,
-    )
-    .unwrap();
+    let history = |json: bool| {
+        let mut args = vec![
+            "models",
+            "history",
+            "--pipeline",
+            "occupancy",
+            "--url",
+            &url,
+        ];
+        if json {
+            args.push("--json");
+        }
+        String::from_utf8(edgeloop(&args, &[("TZ", "IST-5:30")]).stdout).unwrap()
+    };
+    let first: Value = serde_json::from_str(&history(true)).unwrap();
+    let shown = history(false);
     // The learner may add an event (a training, an alarm) between the two
     // calls: the table holds the events of the first and at most those of
     // a third call, in the same order.
-    let after: Value = serde_json::from_slice(
-        &edgeloop(
-            &[
-                "models",
-                "history",
-                "--pipeline",
-                "occupancy",
-                "--url",
-                &url,
-                "--json",
-            ],
-            &[],
-        )
-        .stdout,
-    )
-    .unwrap();
-    let before = history["events"].as_array().unwrap().len();
+    let after: Value = serde_json::from_str(&history(true)).unwrap();
+    let before = first["events"].as_array().unwrap().len();
     let ist = chrono::FixedOffset::east_opt(5 * 3600 + 30 * 60).unwrap();
     let events = after["events"].as_array().unwrap();
     assert!(!events.is_empty());

@@ -645,14 +645,9 @@ mod tests {
     use crate::ingest::decode::Sample;
     use crate::learn::{self, Trigger};
 
-    #[test]
-    fn versions_load_on_the_pipeline_engine() {
-        use crate::onnx::engine::Engine;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
-        let pipeline = cfg.pipelines[0].settings();
-        let samples: Vec<Sample> = (0..60)
+    /// 60 occupancy-shaped samples, two classes.
+    fn samples() -> Vec<Sample> {
+        (0..60)
             .map(|i| Sample {
                 timestamp_ms: i,
                 device: "d".into(),
@@ -665,7 +660,17 @@ mod tests {
                 ],
                 label: Some(((i % 2) as u8).to_string()),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn versions_load_on_the_pipeline_engine() {
+        use crate::onnx::engine::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        let pipeline = cfg.pipelines[0].settings();
+        let samples = samples();
         let train = |version| {
             learn::train_version(
                 &pipeline,
@@ -709,20 +714,7 @@ mod tests {
         let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
         assert_eq!(cfg.models.keep_versions, 50);
         let pipeline = cfg.pipelines[0].settings();
-        let samples: Vec<Sample> = (0..60)
-            .map(|i| Sample {
-                timestamp_ms: i,
-                device: "d".into(),
-                features: vec![
-                    20.0 + (i % 7) as f32,
-                    30.0,
-                    (i % 2) as f32 * 500.0,
-                    600.0,
-                    0.004,
-                ],
-                label: Some(((i % 2) as u8).to_string()),
-            })
-            .collect();
+        let samples = samples();
         let registry = Registry::new(["occupancy"]).with_keep_versions(2);
         let has_model = |v: u32| {
             !store
@@ -797,20 +789,7 @@ mod tests {
         let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
         let pipeline = cfg.pipelines[0].settings();
         let registry = Arc::new(Registry::new(["occupancy"]));
-        let samples: Vec<Sample> = (0..60)
-            .map(|i| Sample {
-                timestamp_ms: i,
-                device: "d".into(),
-                features: vec![
-                    20.0 + (i % 7) as f32,
-                    30.0,
-                    (i % 2) as f32 * 500.0,
-                    600.0,
-                    0.004,
-                ],
-                label: Some(((i % 2) as u8).to_string()),
-            })
-            .collect();
+        let samples = samples();
         for version in 1..=3 {
             let trained = learn::train_version(
                 &pipeline,
