@@ -164,7 +164,7 @@ impl LogisticModel {
             }
         }
         let out = lbfgs::minimize(
-            objective.from_softmax(&theta0),
+            objective.params_of_softmax(&theta0),
             |theta, grad| objective.eval(theta, grad),
             cfg.max_iter,
             cfg.gtol,
@@ -173,7 +173,7 @@ impl LogisticModel {
         if out.stop == Stop::Cancelled {
             return Err(TrainError::Cancelled);
         }
-        let theta = objective.to_softmax(&out.x);
+        let theta = objective.softmax_of_params(&out.x);
         let (w, b) = theta.split_at(n_w);
         // Transpose [nc, nf] -> [nf, nc] for MatMul.
         let mut weights = vec![0f32; n_w];
@@ -245,7 +245,7 @@ const LANES: usize = 4;
 /// `b₀ = −b₁` (the gradient's two halves are opposite), where the two
 /// objectives are equal and so are their gradients (`∂/∂v = ∂/∂w₁`): the
 /// same optimum and the same stopping test, at half the work. (A warm start
-/// enters through the same difference, [`Objective::from_softmax`].)
+/// enters through the same difference, [`Objective::params_of_softmax`].)
 struct Objective {
     /// The standardised features, `n_pad / ROWS` blocks each laid out as
     /// `[stride / LANES][ROWS][LANES]`; in `f32` as the scaler computes
@@ -321,7 +321,7 @@ impl Objective {
 
     /// Parameters `[outputs·nf weights, outputs intercepts]` from the softmax
     /// ones `[nc·nf, nc]`.
-    fn from_softmax(&self, theta: &[f64]) -> Vec<f64> {
+    fn params_of_softmax(&self, theta: &[f64]) -> Vec<f64> {
         if self.outputs > 1 {
             return theta.to_vec();
         }
@@ -332,7 +332,7 @@ impl Objective {
     }
 
     /// The softmax parameters of `theta` (the optimum's split for two classes: `w₁ = v/2 = −w₀`).
-    fn to_softmax(&self, theta: &[f64]) -> Vec<f64> {
+    fn softmax_of_params(&self, theta: &[f64]) -> Vec<f64> {
         if self.outputs > 1 {
             return theta.to_vec();
         }
@@ -682,7 +682,7 @@ mod tests {
             for portable in [false, true] {
                 let mut obj = Objective::new(&z, |_| {}, &y, Some(&sw), nf, nc, l2);
                 obj.portable = portable;
-                let inner = obj.from_softmax(&theta);
+                let inner = obj.params_of_softmax(&theta);
                 let mut grad = vec![0.0; inner.len()];
                 let f = obj.eval(&inner, &mut grad);
                 assert!((f - want).abs() < 1e-12, "{nc} classes: {f} vs {want}");
@@ -700,7 +700,7 @@ mod tests {
                         "{nc} classes: {grad:?} vs {want_inner:?}"
                     );
                 }
-                assert_eq!(obj.to_softmax(&inner), theta);
+                assert_eq!(obj.softmax_of_params(&inner), theta);
             }
         }
     }
