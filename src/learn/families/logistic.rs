@@ -266,7 +266,9 @@ struct Objective {
     gw: Vec<f64>,
     /// `[ROWS, outputs]` logits, then residuals, of one block.
     t: Vec<f64>,
-    /// Use the portable kernels even where the AVX2 ones would run (tests).
+    /// Use the portable kernels even where the AVX2 ones would run (tests;
+    /// read on x86-64 only, where there is a choice).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     portable: bool,
 }
 
