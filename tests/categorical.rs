@@ -420,6 +420,50 @@ fn room_config(dir: &Path, port: u16, r: &Value) -> edgeloop::config::Config {
 
 const T0_MS: i64 = 1_767_225_600_000;
 
+/// A daemon on its own mosquitto with the room pipeline (`tweak`ed), its
+/// first version trained on the training rows (device `r1`).
+struct Trained {
+    mosquitto: common::Mosquitto,
+    _dir: tempfile::TempDir,
+    running: edgeloop::daemon::Running,
+    handle: edgeloop::daemon::DaemonHandle,
+    token: tokio_util::sync::CancellationToken,
+    /// Training rows published.
+    train: usize,
+    /// Publishing options for the pipeline's broker.
+    opts: edgeloop::ingest::replay::ReplayOptions,
+}
+
+async fn trained(r: &Value, tweak: impl FnOnce(&mut edgeloop::config::Config)) -> Trained {
+    let mosquitto = common::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = room_config(dir.path(), mosquitto.port, r);
+    tweak(&mut cfg);
+    cfg.validate().unwrap();
+    let (running, handle, token) = common::start(cfg).await;
+    let train = r["train_rows"].as_array().unwrap().len();
+    let mut opts = common::replay_opts("unused", mosquitto.port, None);
+    opts.topic = "rooms/r1/room".into();
+    common::publish(
+        &opts,
+        payloads(&r["train_rows"], 0, Some(&names(&r["train_labels"]))),
+    )
+    .await;
+    common::wait_until(Duration::from_secs(120), "a trained model", || {
+        handle.registry.get("room").is_some()
+    })
+    .await;
+    Trained {
+        mosquitto,
+        _dir: dir,
+        running,
+        handle,
+        token,
+        train,
+        opts,
+    }
+}
+
 /// Row objects as MQTT payloads: the row, a timestamp a minute apart from
 /// `first`, and the label when given.
 fn payloads(rows: &Value, first: usize, labels: Option<&[String]>) -> Vec<Vec<u8>> {
@@ -446,24 +490,15 @@ fn probabilities(p: &std::collections::BTreeMap<String, f32>, classes: &[String]
 async fn the_daemon_trains_and_serves_a_categorical_pipeline_over_mqtt_and_http() {
     let r = reference();
     let classes = names(&r["classes"]);
-    let mosquitto = common::Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = room_config(dir.path(), mosquitto.port, &r);
-    cfg.validate().unwrap();
-    let (running, handle, token) = common::start(cfg).await;
-
-    let train = r["train_rows"].as_array().unwrap().len();
-    let mut opts = common::replay_opts("unused", mosquitto.port, None);
-    opts.topic = "rooms/r1/room".into();
-    common::publish(
-        &opts,
-        payloads(&r["train_rows"], 0, Some(&names(&r["train_labels"]))),
-    )
-    .await;
-    common::wait_until(Duration::from_secs(120), "a trained model", || {
-        handle.registry.get("room").is_some()
-    })
-    .await;
+    let Trained {
+        mosquitto,
+        _dir,
+        running,
+        handle,
+        token,
+        train,
+        mut opts,
+    } = trained(&r, |_| {}).await;
     let serving = handle.registry.get("room").unwrap();
     assert_eq!((serving.version, serving.card.n_samples), (1, train as u64));
     let pre = serving.card.preprocessing.as_ref().unwrap();
@@ -578,22 +613,16 @@ fn served_row(o: &Value, features: &[String], model: &OnnxModel) -> Vec<f32> {
 async fn impute_last_carries_each_devices_last_reading_forward_at_serving() {
     let r = reference();
     let features = names(&r["features"]);
-    let mosquitto = common::Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = room_config(dir.path(), mosquitto.port, &r);
-    cfg.pipelines[0].preprocess.impute = edgeloop::features::preprocess::ImputeStrategy::Last;
-    cfg.validate().unwrap();
-    let (running, handle, token) = common::start(cfg).await;
-    let train = r["train_rows"].as_array().unwrap().len();
-    let mut opts = common::replay_opts("unused", mosquitto.port, None);
-    opts.topic = "rooms/r1/room".into();
-    common::publish(
-        &opts,
-        payloads(&r["train_rows"], 0, Some(&names(&r["train_labels"]))),
-    )
-    .await;
-    common::wait_until(Duration::from_secs(120), "a trained model", || {
-        handle.registry.get("room").is_some()
+    let Trained {
+        mosquitto,
+        _dir,
+        running,
+        handle,
+        token,
+        train,
+        mut opts,
+    } = trained(&r, |cfg| {
+        cfg.pipelines[0].preprocess.impute = edgeloop::features::preprocess::ImputeStrategy::Last;
     })
     .await;
     let serving = handle.registry.get("room").unwrap();
