@@ -731,6 +731,42 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest `n` labelled samples of `pipeline` with `seq <= last`, in
+    /// seq order, read backwards from `last` (not the whole pipeline: the
+    /// learner's data-drift reference, looked up every `drift.window`
+    /// samples).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn labelled_before(
+        &self,
+        pipeline: &str,
+        last: u64,
+        n: usize,
+    ) -> Result<Vec<(u64, Sample)>, StoreError> {
+        let e = self.db_err("labelled_before");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        let mut out = Vec::with_capacity(n.min(1 << 16));
+        let iter = table
+            .range((pipeline, 0)..=(pipeline, last))
+            .map_err(|x| e(x.into()))?;
+        for item in iter.rev() {
+            if out.len() >= n {
+                break;
+            }
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let record: StoredSample =
+                postcard::from_bytes(v.value()).map_err(|x| self.corrupt("labelled_before", x))?;
+            if record.sample.label.is_some() {
+                out.push((k.value().1, record.sample));
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Deletes the oldest samples of `pipeline` beyond `keep`, at most
     /// `chunk` per transaction. `keep == 0` keeps everything. Returns how many
     /// were deleted.
@@ -1342,6 +1378,32 @@ mod tests {
             sample: s,
             dedup: true,
         }
+    }
+
+    /// Seqs 0-9, labelled at even seqs: the newest two labelled up to 7
+    /// are 4 and 6, in order; up to 0, only 0; none in another pipeline.
+    #[test]
+    fn labelled_before_reads_the_newest_labelled_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let batch: Vec<NewSample> = (0..10)
+            .map(|i| new("a", i as u128, sample(i, (i % 2 == 0).then_some("y"))))
+            .collect();
+        store.append(&batch).unwrap();
+        let seqs = |last, n| -> Vec<u64> {
+            store
+                .labelled_before("a", last, n)
+                .unwrap()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        };
+        assert_eq!(seqs(7, 2), [4, 6]);
+        assert_eq!(seqs(9, 100), [0, 2, 4, 6, 8]);
+        assert_eq!(seqs(0, 3), [0]);
+        assert_eq!(store.labelled_before("b", 9, 3).unwrap().len(), 0);
+        let got = store.labelled_before("a", 7, 2).unwrap();
+        assert_eq!(got[0].1.features[0], 4.0);
     }
 
     #[test]

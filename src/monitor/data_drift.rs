@@ -508,15 +508,11 @@ pub fn against_training(
     reference: usize,
     rule: &DependentDriftConfig,
 ) -> Result<DataDriftReport, crate::store::StoreError> {
-    let mut reference: Vec<Vec<f32>> = store
-        .labelled(pipeline)?
+    let reference: Vec<Vec<f32>> = store
+        .labelled_before(pipeline, last_seq, reference)?
         .into_iter()
-        .filter(|(seq, _)| *seq <= last_seq)
-        .rev()
-        .take(reference)
         .map(|(_, s)| s.features)
         .collect();
-    reference.reverse();
     let next = store.counts(pipeline)?.next_seq;
     let rows = store.scan(pipeline, next.saturating_sub(window as u64)..next, window)?;
     let first = rows.first().map_or(next, |(seq, _)| *seq);
