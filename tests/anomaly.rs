@@ -122,8 +122,9 @@ fn three_features_with_outliers_equal_river_row_by_row() {
 }
 
 /// `edgeloop anomaly --json` on a file: River's scores, and the alarms of
-/// its documented rule (the 0.99 quantile of the first 1,000 non-zero
-/// scores) as the reference script computes them with numpy.
+/// its quantile rule alone (`--persistence 1 --residual-z 0`: the 0.999
+/// quantile of the last 5,000 non-zero scores, after 1,000) as the
+/// reference script computes them with numpy.
 #[test]
 fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
     let r = reference();
@@ -144,6 +145,10 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
                 seed,
                 "--features",
                 features,
+                "--persistence",
+                "1",
+                "--residual-z",
+                "0",
                 "--file",
             ])
             .arg(fixture(file))
@@ -167,7 +172,8 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
     // the last 2,000 scores.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
         .args(["anomaly", "--json", "--seed", "7", "--features", "c,a,b"])
-        .args(["--quantile", "0.99", "--history", "2000", "--file"])
+        .args(["--quantile", "0.99", "--history", "2000"])
+        .args(["--persistence", "1", "--residual-z", "0", "--file"])
         .arg(fixture("mixed.csv"))
         .output()
         .unwrap();
@@ -192,6 +198,58 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
     let loose = alarms(&r["mixed_q99"]["alarms"]);
     let injected = loose.iter().filter(|&&i| i % 200 == 199).count();
     assert_eq!(injected, 19, "{loose:?}");
+}
+
+/// `edgeloop anomaly`'s default rules, the daemon's: the quantile rule
+/// with persistence 2, or a feature's residual against its EWMA above 10
+/// smoothed MADs (after 30 rows). The residual z of every row and the
+/// alarms equal the reference script's (`residual_z`, `default_rule`,
+/// written from the documentation). On the seeded stream the defaults
+/// catch 19 of the 25 injected outliers (the quantile rule alone: 5) and
+/// alarm on nothing else; NAB's ambient temperature rises over days, which
+/// neither rule alarms on (the quantile rule alone does not either).
+#[test]
+fn the_anomaly_command_default_rules_equal_the_reference() {
+    let r = reference();
+    for (name, file, features, seed) in [
+        ("mixed", "mixed.csv", "c,a,b", "7"),
+        (
+            "nab",
+            "nab_ambient_temperature_system_failure.csv",
+            "value",
+            "42",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["anomaly", "--json", "--seed", seed, "--features", features])
+            .arg("--file")
+            .arg(fixture(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_equal(name, &scores(&v["scores"]), &scores(&r[name]["scores"]));
+        assert_eq!(v["alarms"], r[name]["default_alarms"], "{name}");
+        if name == "nab" {
+            assert_equal(
+                "nab residual z",
+                &scores(&v["residual_z"]),
+                &scores(&r["nab"]["residual_z"]),
+            );
+        }
+    }
+    let alarms: Vec<u64> = r["mixed"]["default_alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_u64().unwrap())
+        .collect();
+    assert_eq!(alarms.len(), 19, "{alarms:?}");
+    assert!(alarms.iter().all(|&i| i % 200 == 199), "{alarms:?}");
 }
 
 /// The daemon scores each reading it predicts, from the first one, and
@@ -253,8 +311,21 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
         &scores(&reference()["occupancy"]["scores"]),
     );
     // 600 readings: the threshold's 1,000 calibration scores are not yet
-    // reached, so no alarm.
-    assert!(got.iter().all(|g| !g.2));
+    // reached, so the alarms are the residual rule's (Light switched on),
+    // as the reference computes them.
+    let alarmed: Vec<u64> = got
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.2)
+        .map(|(i, _)| i as u64)
+        .collect();
+    let want_alarms: Vec<u64> = reference()["occupancy"]["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_u64().unwrap())
+        .collect();
+    assert_eq!(alarmed, want_alarms);
     // HTTP predict scores its rows without learning them: twice the same.
     let r = reference();
     let queries: Vec<[f32; 5]> = r["occupancy"]["queries"]

@@ -1,5 +1,6 @@
-//! `edgeloop anomaly`: Half-Space Trees anomaly scores of a CSV stream
-//! ([`crate::monitor::anomaly`]), no labels needed; `edgeloop detect`: a
+//! `edgeloop anomaly`: Half-Space Trees anomaly scores of a CSV stream and
+//! the daemon's alarm rules ([`crate::monitor::anomaly::Scorer`]), no
+//! labels needed; `edgeloop detect`: a
 //! drift detector (ADWIN, DDM, Page-Hinkley; [`crate::monitor::detectors`])
 //! over one column; `edgeloop drift`: data drift of windows against a
 //! reference under serial dependence
@@ -7,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use crate::monitor::anomaly::{ScaledHalfSpaceTrees, Threshold};
+use crate::monitor::anomaly::{AnomalyConfig, Scorer};
 use crate::monitor::data_drift::DependentDriftConfig;
 
 /// `edgeloop anomaly`.
@@ -49,8 +50,21 @@ pub struct AnomalyArgs {
     /// --calibration.
     #[arg(long, default_value_t = 5000)]
     history: usize,
-    /// Print `{"features", "threshold", "scores": [...], "alarms": [row
-    /// indices]}`.
+    /// Scores in a row above the threshold for an alarm (1: each).
+    #[arg(long, default_value_t = AnomalyConfig::default().persistence)]
+    persistence: usize,
+    /// Also alarm when a feature moves more than this many smoothed mean
+    /// absolute deviations from its EWMA (0: off, Half-Space Trees alone).
+    #[arg(long, default_value_t = AnomalyConfig::default().residual_z)]
+    residual_z: f64,
+    /// Smoothing factor of the residual test's EWMA and MAD, in (0, 1].
+    #[arg(long, default_value_t = AnomalyConfig::default().residual_alpha)]
+    residual_alpha: f64,
+    /// Rows learned before the residual test may alarm.
+    #[arg(long, default_value_t = AnomalyConfig::default().residual_warmup)]
+    residual_warmup: usize,
+    /// Print `{"features", "threshold", "scores": [...], "residual_z":
+    /// [...], "alarms": [row indices]}`.
     #[arg(long)]
     json: bool,
 }
@@ -156,44 +170,62 @@ fn parse_time(s: &str) -> Option<i64> {
 /// and prints the scores and the alarms.
 pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
     let (features, rows) = read_columns(&args.file, &args.features)?;
-    // River orders a reading's features by name.
-    let mut order: Vec<usize> = (0..features.len()).collect();
-    order.sort_by(|&a, &b| features[a].cmp(&features[b]));
-    let mut model = ScaledHalfSpaceTrees::new(args.trees, args.height, args.window, args.seed);
-    let mut threshold = Threshold::new(args.quantile, args.calibration, args.history);
-    let (mut scores, mut alarms) = (Vec::with_capacity(rows.len()), Vec::new());
-    let mut x = vec![0.0; features.len()];
+    anyhow::ensure!(
+        args.persistence >= 1
+            && args.residual_z >= 0.0
+            && args.residual_alpha > 0.0
+            && args.residual_alpha <= 1.0,
+        "--persistence at least 1, --residual-z at least 0, --residual-alpha in (0, 1]"
+    );
+    // The daemon's scorer ([pipelines.anomaly]), with these settings.
+    let cfg = AnomalyConfig {
+        enabled: true,
+        trees: args.trees,
+        height: args.height,
+        window: args.window,
+        seed: args.seed,
+        quantile: args.quantile,
+        calibration: args.calibration,
+        history: args.history,
+        persistence: args.persistence,
+        residual_z: args.residual_z,
+        residual_alpha: args.residual_alpha,
+        residual_warmup: args.residual_warmup,
+    };
+    let mut scorer = Scorer::new(&cfg, &features);
+    let mut scores = Vec::with_capacity(rows.len());
+    let mut residual_z = Vec::with_capacity(rows.len());
+    let mut alarms = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        for (slot, &k) in x.iter_mut().zip(&order) {
-            *slot = row[k];
-        }
-        let s = model.score_one(&x);
-        model.learn_one(&x);
-        if threshold.observe(s) {
+        let s = scorer.score_then_learn_f64(row);
+        if s.alarm {
             alarms.push(i);
         }
-        scores.push(s);
+        scores.push(s.score);
+        residual_z.push(s.residual_z);
     }
+    let threshold = scorer.threshold();
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "features": features,
-                "threshold": threshold.threshold(),
+                "threshold": threshold,
                 "scores": scores,
+                "residual_z": residual_z,
                 "alarms": alarms,
             })
         );
     } else {
         println!(
-            "{} rows, features {}; threshold {} ({} quantile of the last {} scores); {} alarms{}",
+            "{} rows, features {}; threshold {} ({} quantile of the last {} scores, {} in a row), residual z above {}; {} alarms{}",
             scores.len(),
             features.join(","),
-            threshold
-                .threshold()
-                .map_or("not reached".into(), |t| format!("{t:.4}")),
+            threshold.map_or("not reached".into(), |t| format!("{t:.4}")),
             args.quantile,
             args.history,
+            args.persistence,
+            args.residual_z,
             alarms.len(),
             if alarms.is_empty() {
                 String::new()
