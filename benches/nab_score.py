@@ -27,9 +27,12 @@ NAB scores a detector's anomaly scores at the threshold that maximises the
 corpus score, chosen on the corpus itself. Both detectors here are scored at
 that best threshold over their scores (the scores are equal, River's
 `MinMaxScaler() | HalfSpaceTrees(seed=42)` being what edgeloop computes), and,
-as an operator sees them, by their alarms: edgeloop's (`--quantile` of the
-last `--history` scores once `--calibration` were seen, no look at the
-labels) against River's own
+as an operator sees them, by their alarms: edgeloop's (its default rules,
+the daemon's: a score above the `--quantile` of the last `--history` scores
+once `--calibration` were seen, `--persistence` readings in a row; or a
+reading more than `--residual-z` smoothed mean absolute deviations from its
+EWMA; no look at the labels; the earlier rule, the trees alone, is the
+second setting) against River's own
 alarm rule, `anomaly.QuantileFilter(HalfSpaceTrees(seed=42), q)` (a running
 quantile of the scores, the detector not learning the readings it flags).
 
@@ -56,7 +59,17 @@ BINARY = sys.argv[2] if len(sys.argv) > 2 else "target/debug/edgeloop"
 A_TP, A_FP, A_FN = 1.0, 0.11, 1.0
 SETTINGS = [
     # (label, edgeloop anomaly flags, River QuantileFilter q)
-    ("defaults (window 250, quantile 0.999 of the last 5000 scores, calibration 1000)", [], 0.999),
+    ("defaults (window 250; quantile 0.999 of the last 5000 scores after 1000, "
+     "2 in a row; or residual z > 10, alpha 0.05, after 30 rows)", [], 0.999),
+    ("Half-Space Trees alone, the earlier defaults (--persistence 1 --residual-z 0)",
+     ["--persistence", "1", "--residual-z", "0"], 0.999),
+    ("persistence 1 (every score above the threshold), residual z > 10",
+     ["--persistence", "1"], 0.999),
+    ("residual z alone (> 10; --calibration 1000000: the trees never alarm)",
+     ["--calibration", "1000000", "--history", "1000000"], 0.999),
+    ("residual z > 8", ["--residual-z", "8"], 0.999),
+    ("residual z > 15", ["--residual-z", "15"], 0.999),
+    ("residual alpha 0.2", ["--residual-alpha", "0.2"], 0.999),
     ("quantile 0.995", ["--quantile", "0.995"], 0.995),
     ("quantile 0.99", ["--quantile", "0.99"], 0.99),
     ("quantile 0.99, history 1000", ["--quantile", "0.99", "--history", "1000"], 0.99),
@@ -193,7 +206,9 @@ def main():
                 onset_hit[who] += any(onset <= a < onset + 50 for a in al)
                 before[who].append(sum(1 for a in al if a < onset))
             lines.append(f"  {key}: edgeloop {e:+.3f} ({len(ea)} alarms), "
-                         f"River {r:+.3f} ({len(ra)} alarms); onset row {onset}")
+                         f"River {r:+.3f} ({len(ra)} alarms); onset row {onset}: edgeloop "
+                         f"{'alarms' if any(onset <= a < onset + 50 for a in ea) else 'misses'} "
+                         f"within 50, {before['edgeloop'][-1]} alarms before")
         print(f"\n## {label}")
         print("\n".join(lines))
         print(f"  NAB score by alarms: edgeloop {norm(e_raw):.1f}, River HST + QuantileFilter({q}) {norm(r_raw):.1f}")
