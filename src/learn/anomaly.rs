@@ -72,7 +72,8 @@ pub struct AnomalyConfig {
     /// Consecutive readings above the threshold for an alarm (at least 1):
     /// a reading is an alarm when it and the `persistence - 1` before it
     /// scored above the threshold. Isolated spikes are the residual
-    /// test's; 2 halves the trees' alarms before NAB's onsets.
+    /// test's; on NAB's files 2 leaves 36 alarms before the onsets where 1
+    /// leaves 71 (`benches/nab_score.txt`).
     pub persistence: usize,
     /// Alarm when a feature's residual against its EWMA exceeds this many
     /// smoothed mean absolute deviations ([`ResidualZ`]; 10 MAD ≈ 8 σ of
