@@ -36,6 +36,12 @@ pub struct EvaluateArgs {
     /// pipeline's with --pipeline, else logistic.
     #[arg(long)]
     family: Option<String>,
+    /// Online learners alone (--family): classification or regression.
+    ///
+    /// Default: regression when every label is a number and there are more
+    /// than 20 distinct ones. The regressors: hoeffding_tree and arf.
+    #[arg(long)]
+    task: Option<String>,
     /// Concept-drift detector: adwin, ddm or page_hinkley.
     #[arg(long, default_value = "adwin")]
     detector: String,
@@ -388,6 +394,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         pipeline,
         config,
         family,
+        task,
         detector,
         segments,
         seed,
@@ -471,6 +478,35 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         .and_then(|f| f.parse::<crate::learn::online::OnlineFamily>().ok())
     {
         // An online learner: every row predicted, then learned; no loop.
+        let task = match task.as_deref() {
+            Some("classification") => crate::learn::Task::Classification,
+            Some("regression") => crate::learn::Task::Regression,
+            Some(other) => anyhow::bail!("--task `{other}`: use classification or regression"),
+            None => {
+                let data = crate::ingest::csv_file::read_labelled_csv(&file, &label, &features)
+                    .map_err(|reason| anyhow::anyhow!("{}: {reason}", file.display()))?;
+                crate::learn::offline::guess_task(&data.labels)
+            }
+        };
+        if task == crate::learn::Task::Regression {
+            let opts = crate::monitor::prequential_regression::RegressionOptions {
+                file,
+                label,
+                features,
+                family: online,
+                segments,
+                seed,
+            };
+            let report = crate::monitor::prequential_regression::run_online_regression(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let text =
+                    crate::monitor::prequential_regression::render_online_regression(&report);
+                print!("{}", super::render::fit(&text, wide));
+            }
+            return Ok(());
+        }
         let opts = crate::monitor::prequential::OnlineOptions {
             file,
             label,

@@ -10,6 +10,7 @@ pub mod continual;
 pub mod data_drift;
 pub mod online;
 pub mod prequential;
+pub mod prequential_regression;
 pub mod retrain;
 pub mod series;
 

@@ -114,7 +114,7 @@ pub struct AdaptiveRandomForest {
 }
 
 /// River's `utils.random.poisson`: Knuth's multiplication method.
-fn poisson(rate: f64, rng: &mut PyRandom) -> u32 {
+pub(super) fn poisson(rate: f64, rng: &mut PyRandom) -> u32 {
     let l = (-rate).exp();
     let (mut k, mut p) = (0u32, 1.0f64);
     while p > l {
@@ -125,7 +125,7 @@ fn poisson(rate: f64, rng: &mut PyRandom) -> u32 {
 }
 
 /// Python's `round`: half to even.
-fn round_half_even(v: f64) -> usize {
+pub(super) fn round_half_even(v: f64) -> usize {
     let r = v.round();
     let r = if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
         r - v.signum()

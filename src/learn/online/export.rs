@@ -769,6 +769,331 @@ fn constant_onnx(nf: usize, k: usize, class: Option<usize>, meta: &ModelMeta<'_>
     )
 }
 
+/// One leaf of an exported regression tree: `prediction = w·x + b` over the
+/// scaled features (`w` = 0 and `b` = the target mean for a leaf answering
+/// its mean).
+struct RegressionLeaf {
+    weights: Vec<f64>,
+    intercept: f64,
+}
+
+/// Appends `tree` (nodes from 0, children indexed within the tree) to the
+/// ensemble's attribute lists; its leaves get targets from `leaves.len()`.
+fn regression_tree(
+    tree: &super::HoeffdingTreeRegressor,
+    t: usize,
+    attrs: &mut TreeAttrs,
+    leaves: &mut Vec<RegressionLeaf>,
+) {
+    use super::hoeffding_tree_regressor::Node;
+    let nf = super::OnlineRegressor::n_features(tree);
+    if tree.nodes.is_empty() {
+        // River's empty tree answers 0.
+        attrs.leaf(t, 0, leaves.len());
+        leaves.push(RegressionLeaf {
+            weights: vec![0.0; nf],
+            intercept: 0.0,
+        });
+        return;
+    }
+    // The learner's arena in preorder, renumbered from 0.
+    let mut order = Vec::with_capacity(tree.nodes.len());
+    let mut stack = vec![0usize];
+    while let Some(i) = stack.pop() {
+        order.push(i);
+        if let Node::Branch { children, .. } = &tree.nodes[i] {
+            stack.push(children[1]);
+            stack.push(children[0]);
+        }
+    }
+    let mut id = vec![0usize; tree.nodes.len()];
+    for (k, &i) in order.iter().enumerate() {
+        id[i] = k;
+    }
+    for &i in &order {
+        match &tree.nodes[i] {
+            Node::Branch {
+                feature,
+                threshold,
+                children,
+            } => {
+                let nan_left = tree.heavier(*children) == children[0];
+                attrs.split(
+                    t,
+                    id[i],
+                    *feature,
+                    *threshold,
+                    [id[children[0]], id[children[1]]],
+                    nan_left,
+                );
+            }
+            Node::Leaf(l) => {
+                attrs.leaf(t, id[i], leaves.len());
+                leaves.push(if l.predicts_mean() {
+                    RegressionLeaf {
+                        weights: vec![0.0; nf],
+                        intercept: l.stats.mean,
+                    }
+                } else {
+                    RegressionLeaf {
+                        weights: l.model.weights.clone(),
+                        intercept: l.model.intercept,
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The attributes of a `TreeEnsembleRegressor` whose every leaf writes 1 to
+/// its own target (leaf membership).
+#[derive(Default)]
+struct TreeAttrs {
+    tree_ids: Vec<i64>,
+    node_ids: Vec<i64>,
+    feature_ids: Vec<i64>,
+    modes: Vec<&'static str>,
+    values: Vec<f32>,
+    true_ids: Vec<i64>,
+    false_ids: Vec<i64>,
+    missing: Vec<i64>,
+    w_tree: Vec<i64>,
+    w_node: Vec<i64>,
+    w_id: Vec<i64>,
+}
+
+impl TreeAttrs {
+    fn split(
+        &mut self,
+        t: usize,
+        node: usize,
+        feature: usize,
+        threshold: f64,
+        children: [usize; 2],
+        nan_left: bool,
+    ) {
+        self.tree_ids.push(t as i64);
+        self.node_ids.push(node as i64);
+        self.feature_ids.push(feature as i64);
+        self.modes.push("BRANCH_LEQ");
+        self.values.push(f32_at_most(threshold));
+        self.true_ids.push(children[0] as i64);
+        self.false_ids.push(children[1] as i64);
+        self.missing.push(i64::from(nan_left));
+    }
+
+    fn leaf(&mut self, t: usize, node: usize, target: usize) {
+        self.tree_ids.push(t as i64);
+        self.node_ids.push(node as i64);
+        self.feature_ids.push(0);
+        self.modes.push("LEAF");
+        self.values.push(0.0);
+        self.true_ids.push(0);
+        self.false_ids.push(0);
+        self.missing.push(0);
+        self.w_tree.push(t as i64);
+        self.w_node.push(node as i64);
+        self.w_id.push(target as i64);
+    }
+}
+
+/// An online regression model ([`super::OnlineRegression`]) as an ONNX
+/// regressor: `features` `[N, n_features]` f32 → `prediction` `[N, 1]` f32.
+///
+/// In double: the online standard scaler (`(x − mean) / sqrt(var)`, 0 where
+/// the variance is 0, `NaN` kept); then one `ai.onnx.ml`
+/// `TreeEnsembleRegressor` (on the scaled features cast to f32; thresholds
+/// the largest `f32` not above the learner's; a missing value follows the
+/// heavier branch through `nodes_missing_value_tracks_true`) whose every
+/// leaf writes 1 to its own target: the leaf membership `[N, L]`; each
+/// leaf's linear prediction `X·W + b` (`MatMul`, `Add`; missing values as 0,
+/// which leaves them out of the dot product as the learner does; a leaf
+/// answering its target mean has `W` = 0, `b` = the mean); `Mul` by the
+/// membership. `hoeffding_tree`: `ReduceSum` over the leaves. `arf`: a
+/// `MatMul` by the leaf-to-tree assignment gives each tree's prediction
+/// `[N, T]`, and `TopK` the median (the mean of the two middle ones for an
+/// even `T`), as River's `ARFRegressor` aggregates. The leaf choice (mean or
+/// linear model) is the one each leaf holds at snapshot time. Equal to
+/// [`super::OnlineRegressor::predict_one`] up to the cast of the scaled
+/// features to f32 for routing (a value within f32 rounding of a threshold
+/// may take the other branch) and summation order.
+pub fn regressor_to_onnx(
+    model: &super::OnlineRegression,
+    features: &[String],
+    version: u32,
+) -> Vec<u8> {
+    use super::ScaledModel;
+    let nf = features.len();
+    let trees: Vec<&super::HoeffdingTreeRegressor> = match &model.model {
+        ScaledModel::HoeffdingTree(t) => vec![t],
+        ScaledModel::Arf(f) => f.members.iter().map(|m| &m.tree).collect(),
+    };
+    let mut attrs = TreeAttrs::default();
+    let mut leaves = Vec::new();
+    let mut leaf_tree = Vec::new();
+    for (t, tree) in trees.iter().enumerate() {
+        let before = leaves.len();
+        regression_tree(tree, t, &mut attrs, &mut leaves);
+        leaf_tree.extend(std::iter::repeat_n(t, leaves.len() - before));
+    }
+    let l = leaves.len();
+    let mut w = vec![0.0; nf * l];
+    let mut bias = vec![0.0; l];
+    for (j, leaf) in leaves.iter().enumerate() {
+        for (f, wf) in leaf.weights.iter().enumerate() {
+            w[f * l + j] = *wf;
+        }
+        bias[j] = leaf.intercept;
+    }
+    let means = model.scaler.means();
+    let variances = model.scaler.variances();
+    // `v ** 0.5` as the scaler computes it; 1 (then times 0) where v = 0.
+    let std: Vec<f64> = variances
+        .iter()
+        .map(|v| if *v != 0.0 { v.powf(0.5) } else { 1.0 })
+        .collect();
+    let live: Vec<f64> = variances
+        .iter()
+        .map(|v| if *v != 0.0 { 1.0 } else { 0.0 })
+        .collect();
+    let ones = vec![1.0f32; l];
+    let TreeAttrs {
+        tree_ids,
+        node_ids,
+        feature_ids,
+        modes,
+        values,
+        true_ids,
+        false_ids,
+        missing,
+        w_tree,
+        w_node,
+        w_id,
+    } = attrs;
+    let ensemble = vec![
+        b::attr_ints("nodes_treeids", tree_ids),
+        b::attr_ints("nodes_nodeids", node_ids),
+        b::attr_ints("nodes_featureids", feature_ids),
+        b::attr_strings("nodes_modes", &modes),
+        b::attr_floats("nodes_values", values),
+        b::attr_ints("nodes_truenodeids", true_ids),
+        b::attr_ints("nodes_falsenodeids", false_ids),
+        b::attr_ints("nodes_missing_value_tracks_true", missing),
+        b::attr_string("post_transform", "NONE"),
+        b::attr_string("aggregate_function", "SUM"),
+        b::attr_int("n_targets", l as i64),
+        b::attr_ints("target_treeids", w_tree),
+        b::attr_ints("target_nodeids", w_node),
+        b::attr_ints("target_ids", w_id),
+        b::attr_floats("target_weights", ones),
+    ];
+    let (nf64, l64) = (nf as i64, l as i64);
+    let mut initializer = vec![
+        tensor_f64("scale_mean", &[nf64], means),
+        tensor_f64("scale_std", &[nf64], &std),
+        tensor_f64("scale_live", &[nf64], &live),
+        tensor_f64("zero64", &[1], &[0.0]),
+        tensor_f64("leaf_w", &[nf64, l64], &w),
+        tensor_f64("leaf_b", &[l64], &bias),
+        b::tensor_i64("axis1", &[1], &[1]),
+    ];
+    let n = |op: &str, inputs: &[&str], out: &str| b::node(op, inputs, out, vec![]);
+    let mut nodes = vec![
+        cast(b::INPUT, "x64", DataType::Double),
+        n("IsNaN", &[b::INPUT], "x_missing"),
+        n("Sub", &["x64", "scale_mean"], "x_centred"),
+        n("Div", &["x_centred", "scale_std"], "x_divided"),
+        n("Mul", &["x_divided", "scale_live"], "x_scaled"),
+        cast("x_scaled", "x_route", DataType::Float),
+        b::node_multi(
+            "TreeEnsembleRegressor",
+            ML_DOMAIN,
+            &["x_route"],
+            &["membership"],
+            ensemble,
+        ),
+        cast("membership", "membership64", DataType::Double),
+        n("Where", &["x_missing", "zero64", "x_scaled"], "x_filled"),
+        n("MatMul", &["x_filled", "leaf_w"], "leaf_dot"),
+        n("Add", &["leaf_dot", "leaf_b"], "leaf_pred"),
+        n("Mul", &["leaf_pred", "membership64"], "leaf_votes"),
+    ];
+    let family = model.family().name();
+    match &model.model {
+        ScaledModel::HoeffdingTree(_) => nodes.push(b::node(
+            "ReduceSum",
+            &["leaf_votes", "axis1"],
+            "prediction64",
+            vec![b::attr_int("keepdims", 1)],
+        )),
+        ScaledModel::Arf(_) => {
+            let t = trees.len();
+            let mut assign = vec![0.0; l * t];
+            for (j, tree) in leaf_tree.iter().enumerate() {
+                assign[j * t + tree] = 1.0;
+            }
+            let k = t / 2 + 1;
+            // The last one or two of the k largest: the median's operands.
+            let first = if t.is_multiple_of(2) { k - 2 } else { k - 1 };
+            let weight = if t.is_multiple_of(2) { 0.5 } else { 1.0 };
+            initializer.extend([
+                tensor_f64("leaf_tree", &[l64, t as i64], &assign),
+                b::tensor_i64("top_k", &[1], &[k as i64]),
+                b::tensor_i64("mid_start", &[1], &[first as i64]),
+                b::tensor_i64("mid_end", &[1], &[k as i64]),
+                tensor_f64("mid_weight", &[1], &[weight]),
+            ]);
+            nodes.extend([
+                n("MatMul", &["leaf_votes", "leaf_tree"], "tree_pred"),
+                b::node_multi(
+                    "TopK",
+                    "",
+                    &["tree_pred", "top_k"],
+                    &["top_values", "top_indices"],
+                    vec![b::attr_int("axis", 1), b::attr_int("largest", 1)],
+                ),
+                n(
+                    "Slice",
+                    &["top_values", "mid_start", "mid_end", "axis1"],
+                    "middle",
+                ),
+                b::node(
+                    "ReduceSum",
+                    &["middle", "axis1"],
+                    "middle_sum",
+                    vec![b::attr_int("keepdims", 1)],
+                ),
+                n("Mul", &["middle_sum", "mid_weight"], "prediction64"),
+            ]);
+        }
+    }
+    nodes.push(cast("prediction64", b::OUTPUT_PREDICTION, DataType::Float));
+    let doc = format!(
+        "Online {family} regression snapshot: standard scaling, {} tree(s) as TreeEnsembleRegressor leaf membership, {l} leaf linear models (MatMul), {}.",
+        trees.len(),
+        if trees.len() > 1 { "median over the trees (TopK)" } else { "summed" },
+    );
+    let graph = pb::GraphProto {
+        name: format!("edgeloop_{family}_regression"),
+        node: nodes,
+        initializer,
+        input: vec![b::input_info(nf)],
+        output: b::regressor_outputs(),
+        ..Default::default()
+    };
+    b::model_bytes(
+        graph,
+        &ModelMeta {
+            family,
+            task: Task::Regression,
+            classes: &[],
+            features,
+            version,
+            doc: &doc,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,16 @@ impl OnlineStandardScaler {
         }
     }
 
+    /// The running means, `[n_features]`.
+    pub(crate) fn means(&self) -> &[f64] {
+        &self.means
+    }
+
+    /// The running population variances, `[n_features]`.
+    pub(crate) fn variances(&self) -> &[f64] {
+        &self.vars
+    }
+
     /// `(x - mean) / std` into `out` (`[n_features]`): 0 where the variance
     /// is 0, `NaN` stays `NaN`.
     pub fn transform_into(&self, x: &[f64], out: &mut Vec<f64>) {

@@ -1,5 +1,6 @@
-//! Online learners: classifiers that learn one labelled sample at a time, in
-//! stream order, and predict between any two samples (issue 17).
+//! Online learners: classifiers and regressors that learn one labelled
+//! sample at a time, in stream order, and predict between any two samples
+//! (issue 17).
 //!
 //! Each follows its paper and River's implementation (River 0.26.1,
 //! <https://riverml.xyz>), and is tested row by row against River's
@@ -26,7 +27,27 @@
 //!   random feature subsets, Poisson(6) online bagging, ADWIN warning and
 //!   drift per tree with background trees).
 //!
-//! The randomised two draw from Python's `random.Random(seed)`
+//! And the regressors (where River has one), the `hoeffding_tree` and `arf`
+//! families on a regression label ([`OnlineRegression`]: River's
+//! `preprocessing.StandardScaler() | model`, tested row by row against
+//! River's predictions in `tests/online_regression.rs`,
+//! `tests/fixtures/online/gen_online_regression.py`):
+//!
+//! * [`HoeffdingTreeRegressor`]: Domingos & Hulten 2000 with FIMT's
+//!   regression parts (Ikonomovska, Gama & Džeroski, "Learning model trees
+//!   from evolving data streams", DMKD 2011: variance reduction, E-BST
+//!   splitters with bad-split pruning, linear models in the leaves), as
+//!   River's `tree.HoeffdingTreeRegressor` with its defaults (truncated
+//!   E-BST, adaptive mean / linear-model leaves);
+//! * [`ArfRegressor`]: Gomes, Barddal, Boiko Ferreira & Bifet, "Adaptive
+//!   random forests for data stream regression", ESANN 2018, as River's
+//!   `forest.ARFRegressor` with its defaults (10 trees, Poisson(6), ADWIN
+//!   warning and drift on the normalised error, median of the trees).
+//!
+//! The contract for regression ([`OnlineRegressor`]): the same samples, a
+//! target `y: f64`; before any sample the prediction is 0 (River's).
+//!
+//! The randomised ones draw from Python's `random.Random(seed)`
 //! ([`py_random::PyRandom`]) as River does, so with River's seed they too
 //! give River's predictions row by row.
 //!
@@ -38,18 +59,24 @@
 //! before any, nothing is.
 
 pub mod arf;
+pub mod arf_regressor;
 pub mod export;
 pub mod hoeffding_adaptive_tree;
 pub mod hoeffding_tree;
+pub mod hoeffding_tree_regressor;
 pub mod logistic;
+pub mod regression;
 pub use super::py_random;
 
 use std::str::FromStr;
 
 pub use arf::{AdaptiveRandomForest, ArfConfig};
+pub use arf_regressor::{ArfRegressor, ArfRegressorConfig};
 pub use hoeffding_adaptive_tree::{HoeffdingAdaptiveTreeClassifier, HoeffdingAdaptiveTreeConfig};
 pub use hoeffding_tree::{HoeffdingTreeClassifier, HoeffdingTreeConfig};
+pub use hoeffding_tree_regressor::{HoeffdingTreeRegressor, HoeffdingTreeRegressorConfig};
 pub use logistic::{OnlineLogistic, OnlineLogisticConfig, OnlineStandardScaler};
+pub use regression::{OnlineRegression, ScaledModel};
 
 /// Errors of an online learner: a sample that does not fit the model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -88,6 +115,25 @@ pub trait OnlineClassifier {
 
     /// One past the largest class index learned so far.
     fn n_classes(&self) -> usize;
+
+    /// Number of features of a sample.
+    fn n_features(&self) -> usize;
+}
+
+/// A regressor that learns one sample at a time (test then train).
+pub trait OnlineRegressor {
+    /// Learns the labelled sample `(x, y)`: `x` is `[n_features]`, `NaN` =
+    /// missing; `y` the target.
+    ///
+    /// # Errors
+    /// [`OnlineError::Width`] when `x` is not `n_features` long.
+    fn learn_one(&mut self, x: &[f64], y: f64) -> Result<(), OnlineError>;
+
+    /// The predicted target of `x` (River's answer before any sample: 0).
+    ///
+    /// # Errors
+    /// [`OnlineError::Width`] when `x` is not `n_features` long.
+    fn predict_one(&self, x: &[f64]) -> Result<f64, OnlineError>;
 
     /// Number of features of a sample.
     fn n_features(&self) -> usize;
