@@ -322,6 +322,11 @@ pub struct PipelineConfig {
     /// ([`PipelineConfig::model_features`]).
     #[serde(default)]
     pub windows: crate::features::windows::WindowsConfig,
+    /// `[pipelines.temporal]`: each reading's model row also holds its
+    /// device's earlier readings (lags, deltas, rolling mean and standard
+    /// deviation) and last known label ([`crate::features::temporal`]).
+    #[serde(default)]
+    pub temporal: crate::features::temporal::TemporalConfig,
     /// `[pipelines.online]`: an online learner that learns every label and
     /// serves when more accurate than the batch champion
     /// ([`crate::monitor::online`]).
@@ -330,6 +335,12 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// `[pipelines.temporal] last_label` without a declared class list (or
+    /// on a regression pipeline).
+    fn last_label_unusable(&self) -> bool {
+        self.temporal.last_label && (self.task == Task::Regression || self.classes.is_empty())
+    }
+
     /// The model's input features: `features` itself, or for a windowed
     /// pipeline the window statistics `{channel}_{stat}`
     /// ([`crate::features::windows::WindowsConfig::feature_names`]).
@@ -346,6 +357,7 @@ impl PipelineConfig {
             classes: self.classes.clone(),
             task: self.task,
             windows: self.windows.clone(),
+            temporal: self.temporal.clone(),
             model: crate::learn::ModelConfig {
                 preprocess: self.preprocess.clone(),
                 ..self.model.clone()
@@ -799,6 +811,29 @@ impl Config {
                     );
                 }
                 Ok(_) => {}
+            }
+            if p.temporal.is_enabled() {
+                if let Err(e) = p.temporal.validate() {
+                    let (k, reason) = e.split_once(": ").unwrap_or(("", &e));
+                    return bad(key(&format!("temporal.{k}")), reason.to_string());
+                }
+                let refuse = if p.windows.enabled {
+                    Some(("temporal", "a model row is a window or a reading with its past, not both: not with [pipelines.windows] enabled"))
+                } else if !p.preprocess.categorical.is_empty() {
+                    Some((
+                        "temporal",
+                        "lags and rolling statistics are numeric: not with categorical features",
+                    ))
+                } else if p.preprocess.impute == crate::features::preprocess::ImputeStrategy::Last {
+                    Some(("preprocess.impute", "`last` carries a device's readings forward; with [pipelines.temporal] its lags already hold them (use mean or median)"))
+                } else if p.last_label_unusable() {
+                    Some(("temporal.last_label", "the last label is one-hot over the pipeline's declared `classes`: declare them, on a classification pipeline"))
+                } else {
+                    None
+                };
+                if let Some((k, reason)) = refuse {
+                    return bad(key(k), reason.into());
+                }
             }
             if let Err(e) = p.windows.validate() {
                 let (k, reason) = e.split_once(": ").unwrap_or(("", &e));

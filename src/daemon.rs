@@ -225,6 +225,28 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             )?;
             p.preprocess.categories = Some(Arc::new(book));
         }
+        // `[pipelines.temporal]`: each device's recent readings and last
+        // label, for the predictor and HTTP predict; warmed with the newest
+        // stored readings so that a restart does not start without a past.
+        if p.temporal.is_enabled() {
+            let shared = crate::features::temporal::SharedTemporal::new(
+                &p.temporal,
+                p.features.len(),
+                &p.classes,
+            );
+            let next = store.counts(&p.name)?.next_seq;
+            let mut newest = store.scan(
+                &p.name,
+                next.saturating_sub(crate::features::temporal::WARM_READINGS)..next,
+                usize::MAX,
+            )?;
+            let cleaning = p.preprocess.cleaning();
+            for (_, r) in &mut newest {
+                cleaning.apply(&p.features, &mut r.sample.features);
+            }
+            shared.advance(&newest.iter().map(|(_, r)| &r.sample).collect::<Vec<_>>());
+            p.temporal.state = Some(Arc::new(shared));
+        }
         // `impute = "last"`: each device's last readings fill its next
         // missing ones before the graph (predictor, HTTP rows with a device).
         if p.preprocess.impute == crate::features::preprocess::ImputeStrategy::Last

@@ -81,8 +81,10 @@
 //!   steps of `[pipelines.preprocess]` ([`features::preprocess`]: imputers,
 //!   outlier bounds, scalers, PCA), augmentation of
 //!   training rows ([`features::augment`]), class balance
-//!   ([`features::balance`]) and per-device sliding-window statistics
-//!   ([`features::windows`]). [`health`]: the one verdict (ingest stalled,
+//!   ([`features::balance`]), per-device sliding-window statistics
+//!   ([`features::windows`]) and temporal features (lags, deltas, rolling
+//!   statistics, the last label; [`features::temporal`], one code path for
+//!   training, live scoring, the MQTT predictor and HTTP predict). [`health`]: the one verdict (ingest stalled,
 //!   broker lost, store refusing writes) behind `GET /healthz`, the systemd
 //!   watchdog and `edgeloop_healthy`.
 //! - [`ingest`]: the MQTT source (rumqttc, persistent session, immediate

@@ -159,8 +159,9 @@ pub struct Stats {
     pub predictions_published: AtomicU64,
     /// Predictions dropped because the outbox was full.
     pub predictions_dropped: AtomicU64,
-    /// Devices whose serving-time window was evicted to make room for a new
-    /// device (`[pipelines.windows] max_devices`).
+    /// Devices whose serving-time window or temporal history was evicted to
+    /// make room for a new device (`[pipelines.windows] max_devices`,
+    /// `[pipelines.temporal] max_devices`).
     pub windows_evicted: AtomicU64,
     /// Trainings that ended in a new served version.
     pub trainings: AtomicU64,

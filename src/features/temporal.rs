@@ -24,8 +24,11 @@
 //! and counted in [`Temporal::evicted`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use crate::ingest::decode::Sample;
 
 /// `[pipelines.temporal]`: which temporal features a model sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,11 @@ pub struct TemporalConfig {
     pub last_label: bool,
     /// Devices whose history is kept.
     pub max_devices: usize,
+    /// The daemon's serving state ([`SharedTemporal`]): set at start for a
+    /// pipeline with temporal features, shared by the MQTT predictor and
+    /// HTTP predict; runtime state, not a key.
+    #[serde(skip)]
+    pub state: Option<Arc<SharedTemporal>>,
 }
 
 impl Default for TemporalConfig {
@@ -52,12 +60,18 @@ impl Default for TemporalConfig {
             rolling: 0,
             last_label: false,
             max_devices: 10_000,
+            state: None,
         }
     }
 }
 
 /// The most lags or rolling readings.
 pub const MAX_HISTORY: usize = 10_000;
+
+/// The newest stored readings the daemon's serving state and the learner's
+/// live scoring replay when they start (or resume after a gap), so that the
+/// first rows after a restart have their devices' past.
+pub const WARM_READINGS: u64 = 20_000;
 
 impl TemporalConfig {
     /// Whether any temporal feature is on.
@@ -278,6 +292,121 @@ impl Temporal {
     pub fn label(&mut self, device: &str, class: usize) {
         self.device_mut(device).last_label = Some(class);
     }
+
+    /// Test then train on a stored sample: its model row (`[width]`, f32 as
+    /// samples hold features) from its device's history, then the reading
+    /// recorded and its label, when it has one of `classes`, recorded as the
+    /// device's last known label. The one step behind every temporal row
+    /// of the daemon: training ([`derive`]), live scoring, the MQTT
+    /// predictor and the stream HTTP predict reads ([`SharedTemporal`]).
+    pub fn advance(&mut self, s: &Sample, classes: &[String], scratch: &mut Vec<f64>) -> Vec<f32> {
+        let x: Vec<f64> = raw_of(s, self.n_raw);
+        self.row(&s.device, &x, scratch);
+        let row = scratch.iter().map(|v| *v as f32).collect();
+        self.push(&s.device, &x);
+        if let Some(c) = s
+            .label
+            .as_deref()
+            .and_then(|l| classes.iter().position(|c| c == l))
+        {
+            self.label(&s.device, c);
+        }
+        row
+    }
+}
+
+/// A sample's raw features as f64, `NaN`-padded or cut to `n_raw`.
+fn raw_of(s: &Sample, n_raw: usize) -> Vec<f64> {
+    (0..n_raw)
+        .map(|j| s.features.get(j).map_or(f64::NAN, |v| f64::from(*v)))
+        .collect()
+}
+
+/// The model rows of `samples`, given in the store's arrival order (by
+/// sequence number), every reading labelled or not: each sample keeps its
+/// seq, device, timestamp and label, and its features become its temporal
+/// row ([`Temporal::advance`], `[cfg.width(n_raw, classes.len())]`). The
+/// caller keeps the labelled rows to train on: their lags and rolling
+/// statistics come from the device's readings in between as well, as at
+/// serving. `classes` is the pipeline's declared list (`last_label`'s
+/// one-hot; a label not in it is not recorded).
+pub fn derive(
+    cfg: &TemporalConfig,
+    n_raw: usize,
+    classes: &[String],
+    samples: Vec<(u64, Sample)>,
+) -> Vec<(u64, Sample)> {
+    let mut t = Temporal::new(cfg.clone(), n_raw, classes.len());
+    let mut scratch = Vec::new();
+    samples
+        .into_iter()
+        .map(|(seq, s)| {
+            let features = t.advance(&s, classes, &mut scratch);
+            (seq, Sample { features, ..s })
+        })
+        .collect()
+}
+
+/// The serving side's state of a temporal pipeline: each device's recent
+/// readings and last label as the MQTT predictor saw them arrive (every
+/// stored reading, labelled or not, in commit order), shared with HTTP
+/// predict, which forms rows from it without recording them.
+#[derive(Debug)]
+pub struct SharedTemporal {
+    classes: Vec<String>,
+    state: Mutex<Temporal>,
+}
+
+impl PartialEq for SharedTemporal {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl SharedTemporal {
+    /// An empty state for `n_raw` raw features and the pipeline's `classes`.
+    pub fn new(cfg: &TemporalConfig, n_raw: usize, classes: &[String]) -> Self {
+        Self {
+            classes: classes.to_vec(),
+            state: Mutex::new(Temporal::new(
+                TemporalConfig {
+                    state: None,
+                    ..cfg.clone()
+                },
+                n_raw,
+                classes.len(),
+            )),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Temporal> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Temporal::advance`] over `samples` in order: their rows, each
+    /// reading then recorded. Also returns the devices evicted meanwhile.
+    pub fn advance(&self, samples: &[&Sample]) -> (Vec<Vec<f32>>, u64) {
+        let mut t = self.lock();
+        let before = t.evicted();
+        let mut scratch = Vec::new();
+        let rows = samples
+            .iter()
+            .map(|s| t.advance(s, &self.classes, &mut scratch))
+            .collect();
+        let evicted = t.evicted() - before;
+        (rows, evicted)
+    }
+
+    /// The row of a reading `x` (`[n_raw]`, `NaN` = missing) of `device`
+    /// from what the stream recorded so far, without recording it (a query
+    /// does not become the device's history).
+    pub fn row(&self, device: &str, x: &[f32]) -> Vec<f32> {
+        let t = self.lock();
+        let x: Vec<f64> = x.iter().map(|v| f64::from(*v)).collect();
+        let mut out = Vec::new();
+        t.row(device, &x, &mut out);
+        out.into_iter().map(|v| v as f32).collect()
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +420,7 @@ mod tests {
             rolling: 3,
             last_label: true,
             max_devices: 2,
+            state: None,
         }
     }
 

@@ -641,8 +641,24 @@ async fn predict(
         .iter()
         .find(|p| p.name == name)
         .and_then(|p| Some((p.preprocess.carry_forward.clone()?, p.preprocess.cleaning())));
+    // `[pipelines.temporal]`: a row of the raw features with a `device` is
+    // formed from that device's recent readings as the stream recorded
+    // them (the row itself is not recorded); a row without one gives every
+    // model feature.
+    let temporal = s.pipelines.iter().find(|p| p.name == name).and_then(|p| {
+        let state = p.temporal.state.clone()?;
+        Some((state, p.features.clone(), p.preprocess.cleaning()))
+    });
     let mut x = Vec::with_capacity(req.rows.len() * features.len());
     for (i, row) in req.rows.iter().enumerate() {
+        let device = match row.get("device") {
+            Some(Value::String(d)) if !features.contains(&"device".to_string()) => Some(d),
+            _ => None,
+        };
+        let (features, temporal) = match (&temporal, device) {
+            (Some((state, raw, cleaning)), Some(d)) => (raw.as_slice(), Some((state, cleaning, d))),
+            _ => (features, None),
+        };
         let start = x.len();
         for key in row.keys() {
             if !features.contains(key) && key != "device" {
@@ -689,6 +705,12 @@ async fn predict(
                 )));
             }
             x.push(v);
+        }
+        if let Some((state, cleaning, device)) = temporal {
+            let mut reading = x.split_off(start);
+            cleaning.apply(features, &mut reading);
+            x.extend(state.row(device, &reading));
+            continue;
         }
         match (&carry, row.get("device")) {
             (Some((cf, cleaning)), Some(Value::String(device)))

@@ -78,7 +78,9 @@ pub fn digest(topic: &str, payload: &[u8]) -> u128 {
     h.digest128()
 }
 
-/// Unlabelled samples just stored, to be predicted.
+/// Samples just stored, in commit order: the unlabelled ones are
+/// predicted; the labelled ones only become their device's history for a
+/// pipeline with temporal features (`[pipelines.temporal]`).
 #[derive(Debug)]
 pub struct PredictJob {
     pub pipeline: String,
@@ -509,13 +511,10 @@ impl Committer {
                 continue;
             };
             stored += 1;
-            if row.sample.label.is_some() {
-                labelled = true;
-            } else {
-                jobs.entry(row.pipeline)
-                    .or_default()
-                    .push((seq, row.sample));
-            }
+            labelled |= row.sample.label.is_some();
+            jobs.entry(row.pipeline)
+                .or_default()
+                .push((seq, row.sample));
         }
         self.stats.duplicates.fetch_add(duplicates, Relaxed);
         self.stats.samples_stored.fetch_add(stored, Relaxed);
@@ -523,7 +522,7 @@ impl Committer {
             self.labels_added.notify_one();
         }
         for (pipeline, samples) in jobs {
-            let n = samples.len() as u64;
+            let n = samples.iter().filter(|(_, s)| s.label.is_none()).count() as u64;
             if self
                 .predict_tx
                 .try_send(PredictJob { pipeline, samples })

@@ -25,6 +25,9 @@ pub struct PipelineSettings {
     pub task: Task,
     /// `[pipelines.windows]`: windowed features.
     pub windows: WindowsConfig,
+    /// `[pipelines.temporal]`: lags, deltas, rolling statistics and the last
+    /// label beside each reading ([`crate::features::temporal`]).
+    pub temporal: crate::features::temporal::TemporalConfig,
     pub model: ModelConfig,
     /// The engine serving the pipeline's models.
     pub engine: EngineKind,
@@ -35,12 +38,15 @@ pub struct PipelineSettings {
 }
 
 impl PipelineSettings {
-    /// The model's input features: `features` itself, or for a windowed
+    /// The model's input features: `features` itself, for a windowed
     /// pipeline the window statistics `{channel}_{stat}`
-    /// ([`WindowsConfig::feature_names`]).
+    /// ([`WindowsConfig::feature_names`]), for a temporal one each reading
+    /// with its past ([`crate::features::temporal::TemporalConfig::feature_names`]).
     pub fn model_features(&self) -> Vec<String> {
         if self.windows.enabled {
             self.windows.feature_names(&self.features)
+        } else if self.temporal.is_enabled() {
+            self.temporal.feature_names(&self.features, &self.classes)
         } else {
             self.features.clone()
         }
@@ -111,6 +117,15 @@ pub struct ModelConfig {
     pub margin_recent: f64,
     /// Accuracy a challenger may lose to the champion on the older slice.
     pub margin_old: f64,
+    /// After a challenger is promoted over a champion by an automatic
+    /// training (not one asked for over the API), both predict each of the next this many labelled samples
+    /// before its label is known (their prequential record); when the
+    /// champion was right more often by more than
+    /// [`PROBATION_MARGIN`] (a regressor: a mean absolute error lower by
+    /// more than that share), it serves again (a `rollback` event with both
+    /// records). 0: off. Not for a pipeline with an online learner (which
+    /// chooses by the same record, `[pipelines.online]`).
+    pub probation_labels: u64,
     /// Augmentation of the training rows (off by default).
     pub augment: crate::features::augment::AugmentConfig,
     /// Class balance of the training rows (`none` by default).
@@ -118,6 +133,12 @@ pub struct ModelConfig {
     /// Hyperparameter search before training (`[pipelines.model.search]`).
     pub search: super::tune::SearchConfig,
 }
+
+/// How much better the former champion's prequential record must be for a
+/// probation to end in a rollback ([`ModelConfig::probation_labels`]): 2
+/// points of accuracy, or a 2 % lower mean absolute error; the margin of the
+/// online learner's serving choice.
+pub const PROBATION_MARGIN: f64 = 0.02;
 
 impl Default for ModelConfig {
     fn default() -> Self {
@@ -147,6 +168,7 @@ impl Default for ModelConfig {
             schedule_s: 0,
             margin_recent: 0.0,
             margin_old: 0.05,
+            probation_labels: 200,
             augment: Default::default(),
             balance: Default::default(),
             search: Default::default(),

@@ -203,8 +203,9 @@ pub struct StepOutcome {
 
 impl OnlineLearner {
     /// The learner of `pipeline` (`features`: the model's input names), its
-    /// state restored from the store and its model relearned from the
-    /// stored labelled samples.
+    /// state restored from the store and its model relearned from
+    /// `labelled`, the stored labelled samples in seq order (for a temporal
+    /// pipeline, their rows).
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
@@ -213,6 +214,7 @@ impl OnlineLearner {
         family: OnlineFamily,
         cfg: &OnlineConfig,
         features: Vec<String>,
+        labelled: Vec<(u64, Sample)>,
         store: &Store,
         registry: &Registry,
     ) -> Result<Self, StoreError> {
@@ -247,9 +249,7 @@ impl OnlineLearner {
             batch_version: batch.as_ref().map(|b| b.version),
             batch,
         };
-        let labelled = store.labelled(pipeline)?;
-        let rows: Vec<(u64, Sample)> = labelled;
-        me.learn_rows(&rows, false);
+        me.learn_rows(&labelled, false);
         if me.learned > 0 {
             // The snapshot that served before the restart serves again.
             me.last_snapshot = Some(Instant::now());

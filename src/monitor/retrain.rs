@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{AlarmKind, MonitoredPipeline};
+use crate::features::temporal::Temporal;
 use crate::ingest::decode::Sample;
 use crate::learn::card::ModelCard;
 use crate::learn::{self, Trigger};
@@ -198,6 +199,110 @@ pub struct Learner {
     /// Online learners (`[pipelines.online]`), by pipeline; taken out while
     /// a step runs on a blocking thread.
     online: HashMap<String, super::online::OnlineLearner>,
+    /// Live scoring's temporal state of each pipeline with temporal
+    /// features, and the seq it expects next (a gap rebuilds it).
+    temporal: HashMap<String, (Temporal, u64)>,
+    /// Newly promoted versions on probation (`model.probation_labels`).
+    probation: HashMap<String, Probation>,
+}
+
+/// A promoted version and the champion it replaced, both predicting each
+/// new labelled sample before its label is known: their prequential
+/// records since the promotion, as sums of errors (0/1 for a classifier,
+/// |y − ŷ| for a regressor).
+struct Probation {
+    version: u32,
+    former: Arc<crate::serve::registry::Serving>,
+    scored: u64,
+    errors: f64,
+    former_errors: f64,
+}
+
+/// Whether a former champion with `former_errors` did better than the
+/// version on probation with `errors`, over `scored` samples both predicted,
+/// by more than [`learn::settings::PROBATION_MARGIN`]: in accuracy points
+/// for a classifier (errors counted 0/1), as a share of the mean absolute
+/// error for a regressor.
+fn former_wins(scored: u64, errors: f64, former_errors: f64, regression: bool) -> bool {
+    // Compared on the sums (a 1e-9 slack for their rounding): exactly the
+    // margin is within it.
+    let margin = learn::settings::PROBATION_MARGIN;
+    if regression {
+        former_errors < errors * (1.0 - margin) - 1e-9
+    } else {
+        errors - former_errors > margin * scored as f64 + 1e-9
+    }
+}
+
+/// The labelled rows of a temporal pipeline (`[pipelines.temporal]`), in
+/// seq order: every stored reading, labelled or not, is read in chunks and
+/// advances its device's history ([`Temporal::advance`], after the cleaning
+/// rules), and each labelled one keeps its row.
+///
+/// # Errors
+/// [`StoreError`] of a scan.
+pub fn temporal_labelled(
+    store: &Store,
+    p: &learn::PipelineSettings,
+) -> Result<Vec<(u64, Sample)>, StoreError> {
+    let next = store.counts(&p.name)?.next_seq;
+    let mut t = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
+    let cleaning = p.model.preprocess.cleaning();
+    let (mut from, mut out, mut scratch) = (0u64, Vec::new(), Vec::new());
+    loop {
+        let chunk = store.scan(&p.name, from..next, 10_000)?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        from = last + 1;
+        for (seq, mut r) in chunk {
+            cleaning.apply(&p.features, &mut r.sample.features);
+            let features = t.advance(&r.sample, &p.classes, &mut scratch);
+            if r.sample.label.is_some() {
+                out.push((
+                    seq,
+                    Sample {
+                        features,
+                        ..r.sample
+                    },
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Live scoring's rows of a temporal pipeline: `rows` (the samples of
+/// `from..`, every one, in seq order) become their temporal rows through
+/// `state`, which is first rebuilt from the newest
+/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before `from`
+/// when it did not end there.
+fn temporal_rows(
+    store: &Store,
+    p: &learn::PipelineSettings,
+    state: &mut (Temporal, u64),
+    from: u64,
+    rows: &mut [(u64, crate::store::StoredSample)],
+) -> Result<(), StoreError> {
+    let cleaning = p.model.preprocess.cleaning();
+    let mut scratch = Vec::new();
+    if state.1 != from {
+        state.0 = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
+        let warm = from.saturating_sub(crate::features::temporal::WARM_READINGS)..from;
+        for (_, mut r) in store.scan(&p.name, warm, usize::MAX)? {
+            cleaning.apply(&p.features, &mut r.sample.features);
+            state.0.advance(&r.sample, &p.classes, &mut scratch);
+        }
+    }
+    for (seq, r) in rows.iter_mut() {
+        cleaning.apply(&p.features, &mut r.sample.features);
+        r.sample.features = state.0.advance(&r.sample, &p.classes, &mut scratch);
+        state.1 = *seq + 1;
+    }
+    if state.1 < from {
+        state.1 = from;
+    }
+    Ok(())
 }
 
 fn new_watch(p: &MonitoredPipeline, version: u32) -> Watch {
@@ -336,6 +441,8 @@ impl Learner {
             stats,
             attempted_at: HashMap::new(),
             online: HashMap::new(),
+            temporal: HashMap::new(),
+            probation: HashMap::new(),
         };
         (learner, LearnerHandle { tx })
     }
@@ -393,7 +500,7 @@ impl Learner {
                     if scheduled {
                         let names: Vec<String> = self.online.keys().cloned().collect();
                         for name in names {
-                            let r = self.online_step(&name, Vec::new(), 0..0).await;
+                            let r = self.online_step(&name, Vec::new(), 0..0, None).await;
                             self.survive(r)?;
                         }
                         let r = self.check_all(&shutdown).await;
@@ -459,8 +566,22 @@ impl Learner {
                 .into_iter()
                 .filter(|s| *s < from)
                 .collect();
+            // A temporal pipeline's new samples become their rows once, for
+            // the online learner and live scoring alike; their rows need
+            // their devices' past, so its late labels are neither learned
+            // online nor scored (they train the next batch version).
+            let (late_seqs, derived) = if p.temporal.is_enabled() {
+                let rows = if from < next {
+                    Some(self.temporal_step(&p, from..next).await?)
+                } else {
+                    None
+                };
+                (Vec::new(), rows)
+            } else {
+                (late_seqs, None)
+            };
             if self.online.contains_key(&p.name) && (from < next || !late_seqs.is_empty()) {
-                self.online_step(&p.name, late_seqs.clone(), from..next)
+                self.online_step(&p.name, late_seqs.clone(), from..next, derived.clone())
                     .await?;
             }
             let Some(serving) = self.registry.get(&p.name) else {
@@ -475,31 +596,49 @@ impl Learner {
             if from >= next && late_seqs.is_empty() {
                 continue;
             }
+            // A version on probation: its former champion predicts the same
+            // rows (a version served by anyone else ends the probation).
+            if self
+                .probation
+                .get(&p.name)
+                .is_some_and(|b| b.version != serving.version)
+            {
+                self.probation.remove(&p.name);
+            }
+            let former = self.probation.get(&p.name).map(|b| b.former.clone());
             let store = self.store.clone();
             let name = p.name.clone();
             let model = serving.clone();
             // Score on a blocking thread: a store scan and an ONNX run.
-            let scored =
-                tokio::task::spawn_blocking(move || -> Result<Vec<(u64, f64)>, StoreError> {
-                    let mut rows = Vec::new();
-                    for seq in late_seqs {
-                        rows.extend(store.scan(&name, seq..seq + 1, 1)?);
-                    }
-                    rows.extend(store.scan(&name, from..next, usize::MAX)?);
-                    rows.retain(|(_, r)| r.sample.label.is_some());
+            let scored = tokio::task::spawn_blocking(
+                move || -> Result<(Vec<(u64, f64)>, Option<(u64, f64, f64)>), StoreError> {
+                    let rows = match derived {
+                        Some(rows) => rows,
+                        None => {
+                            let mut rows = Vec::new();
+                            for seq in late_seqs {
+                                rows.extend(store.scan(&name, seq..seq + 1, 1)?);
+                            }
+                            rows.extend(store.scan(&name, from..next, usize::MAX)?);
+                            rows.into_iter()
+                                .filter(|(_, r)| r.sample.label.is_some())
+                                .map(|(seq, r)| (seq, r.sample))
+                                .collect()
+                        }
+                    };
                     if rows.is_empty() {
-                        return Ok(Vec::new());
+                        return Ok((Vec::new(), None));
                     }
                     let x: Vec<f32> = rows
                         .iter()
-                        .flat_map(|(_, r)| r.sample.features.iter().copied())
+                        .flat_map(|(_, s)| s.features.iter().copied())
                         .collect();
                     let Ok(proba) = model.model.predict_proba(&x) else {
-                        return Ok(Vec::new());
+                        return Ok((Vec::new(), None));
                     };
                     let labels: Vec<&str> = rows
                         .iter()
-                        .map(|(_, r)| r.sample.label.as_deref().unwrap_or_default())
+                        .map(|(_, s)| s.label.as_deref().unwrap_or_default())
                         .collect();
                     let errors = prediction_errors(
                         model.model.task(),
@@ -507,17 +646,34 @@ impl Learner {
                         &proba,
                         &labels,
                     );
-                    Ok(rows
+                    // The former champion's record on the rows both scored.
+                    let probation = former.and_then(|f| {
+                        let proba = f.model.predict_proba(&x).ok()?;
+                        let theirs =
+                            prediction_errors(f.model.task(), f.model.classes(), &proba, &labels);
+                        let both = errors
+                            .iter()
+                            .zip(&theirs)
+                            .filter_map(|(a, b)| Some(((*a)?, (*b)?)));
+                        Some(both.fold((0u64, 0.0, 0.0), |(n, a, b), (x, y)| (n + 1, a + x, b + y)))
+                    });
+                    let scored = rows
                         .iter()
                         .zip(errors)
                         .filter_map(|((seq, _), e)| Some((*seq, e?)))
-                        .collect())
-                })
-                .await
-                .map_err(|e| TrainFailure::Training {
-                    pipeline: p.name.clone(),
-                    reason: e.to_string(),
-                })??;
+                        .collect();
+                    Ok((scored, probation))
+                },
+            )
+            .await
+            .map_err(|e| TrainFailure::Training {
+                pipeline: p.name.clone(),
+                reason: e.to_string(),
+            })??;
+            let (scored, probation) = scored;
+            if let Some(counts) = probation {
+                self.probation_step(&p, counts).await?;
+            }
             let watch = self
                 .watch
                 .entry(p.name.clone())
@@ -825,10 +981,23 @@ impl Learner {
             };
             let (store, registry) = (self.store.clone(), self.registry.clone());
             let features = p.model_features();
-            let (name, cfg) = (p.name.clone(), p.online.clone());
+            let (settings, cfg) = (p.settings.clone(), p.online.clone());
             let learner = tokio::task::spawn_blocking(move || {
+                // A temporal pipeline relearns its rows, formed from every
+                // stored reading.
+                let labelled = if settings.temporal.is_enabled() {
+                    temporal_labelled(&store, &settings)?
+                } else {
+                    store.labelled(&settings.name)?
+                };
                 super::online::OnlineLearner::restore(
-                    &name, family, &cfg, features, &store, &registry,
+                    &settings.name,
+                    family,
+                    &cfg,
+                    features,
+                    labelled,
+                    &store,
+                    &registry,
                 )
             })
             .await
@@ -841,14 +1010,127 @@ impl Learner {
         Ok(())
     }
 
+    /// Adds `(scored, errors, former_errors)` to the pipeline's probation;
+    /// once `model.probation_labels` samples were scored by both, ends it:
+    /// the former champion serves again when it did better by more than
+    /// [`learn::settings::PROBATION_MARGIN`], else the new version stays.
+    async fn probation_step(
+        &mut self,
+        p: &MonitoredPipeline,
+        (scored, errors, former_errors): (u64, f64, f64),
+    ) -> Result<(), TrainFailure> {
+        let Some(b) = self.probation.get_mut(&p.name) else {
+            return Ok(());
+        };
+        b.scored += scored;
+        b.errors += errors;
+        b.former_errors += former_errors;
+        if b.scored < p.model.probation_labels {
+            return Ok(());
+        }
+        let Some(b) = self.probation.remove(&p.name) else {
+            return Ok(());
+        };
+        let regression = p.task == learn::Task::Regression;
+        let n = b.scored as f64;
+        let record = |e: f64| {
+            if regression {
+                format!("MAE {:.4}", e / n)
+            } else {
+                format!("accuracy {:.4}", 1.0 - e / n)
+            }
+        };
+        let reason = format!(
+            "prequential record over the {} labelled samples since v{} started serving: v{} {}, v{} {}",
+            b.scored,
+            b.version,
+            b.version,
+            record(b.errors),
+            b.former.version,
+            record(b.former_errors),
+        );
+        if !former_wins(b.scored, b.errors, b.former_errors, regression) {
+            info!(pipeline = %p.name, version = b.version, %reason, "Probation passed; the new version keeps serving.");
+            return Ok(());
+        }
+        let (store, registry, name, former) = (
+            self.store.clone(),
+            self.registry.clone(),
+            p.name.clone(),
+            b.former.version,
+        );
+        let reason = format!("{reason}: the former champion was better by more than the margin");
+        let result = tokio::task::spawn_blocking(move || {
+            registry.promote_version(
+                &store,
+                &name,
+                former,
+                "rollback",
+                reason,
+                crate::serve::registry::BY_LEARNER,
+            )
+        })
+        .await
+        .map_err(|e| TrainFailure::Training {
+            pipeline: p.name.clone(),
+            reason: format!("probation: {e}"),
+        })?;
+        match result {
+            Ok(_) => {}
+            Err(RegistryError::Store(e)) => return Err(TrainFailure::Store(e)),
+            Err(e) => {
+                warn!(pipeline = %p.name, version = former, error = %e, "Probation: the former champion could not serve again; the new version keeps serving.")
+            }
+        }
+        Ok(())
+    }
+
+    /// The labelled rows of a temporal pipeline's samples in `range` (every
+    /// sample of it advances the pipeline's state, [`temporal_rows`]), on a
+    /// blocking thread. A failed read drops the state; the next call
+    /// rebuilds it.
+    async fn temporal_step(
+        &mut self,
+        p: &MonitoredPipeline,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, Sample)>, TrainFailure> {
+        let mut state = self.temporal.remove(&p.name).unwrap_or_else(|| {
+            let t = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
+            (t, u64::MAX)
+        });
+        let (store, settings) = (self.store.clone(), p.settings.clone());
+        let (state, rows) = tokio::task::spawn_blocking(move || {
+            let rows = (|| -> Result<Vec<(u64, Sample)>, StoreError> {
+                let mut rows = store.scan(&settings.name, range.clone(), usize::MAX)?;
+                temporal_rows(&store, &settings, &mut state, range.start, &mut rows)?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|(_, r)| r.sample.label.is_some())
+                    .map(|(seq, r)| (seq, r.sample))
+                    .collect())
+            })();
+            (state, rows)
+        })
+        .await
+        .map_err(|e| TrainFailure::Training {
+            pipeline: p.name.clone(),
+            reason: format!("temporal rows: {e}"),
+        })?;
+        let rows = rows?;
+        self.temporal.insert(p.name.clone(), state);
+        Ok(rows)
+    }
+
     /// Test then train of `pipeline`'s online learner over the labelled
-    /// samples among `late` and `range` (a blocking step: store scan, ONNX
-    /// runs, snapshot promotion).
+    /// samples among `late` and `range`, or over `derived` when given (a
+    /// temporal pipeline's rows of `range`) (a blocking step: store scan,
+    /// ONNX runs, snapshot promotion).
     async fn online_step(
         &mut self,
         pipeline: &str,
         late: Vec<u64>,
         range: std::ops::Range<u64>,
+        derived: Option<Vec<(u64, Sample)>>,
     ) -> Result<(), TrainFailure> {
         let Some(mut learner) = self.online.remove(pipeline) else {
             return Ok(());
@@ -857,6 +1139,9 @@ impl Learner {
         let name = pipeline.to_string();
         let (learner, result) = tokio::task::spawn_blocking(move || {
             let rows = (|| -> Result<Vec<(u64, Sample)>, StoreError> {
+                if let Some(rows) = derived {
+                    return Ok(rows);
+                }
                 let mut rows = Vec::new();
                 for seq in late {
                     rows.extend(store.scan(&name, seq..seq + 1, 1)?);
@@ -955,9 +1240,15 @@ impl Learner {
             .get(pipeline)
             .map(|o| (o.batch(), o.online_serves()));
         let result =
-            tokio::task::spawn_blocking(move || -> Result<(Arc<crate::serve::registry::Serving>, u64), TrainFailure> {
+            tokio::task::spawn_blocking(move || -> Result<(Arc<crate::serve::registry::Serving>, u64, Option<Arc<crate::serve::registry::Serving>>), TrainFailure> {
                 let labelled_total = store.counts(&cfg.name)?.labelled_total;
-                let labelled = store.labelled(&cfg.name)?;
+                // A temporal pipeline trains on rows formed from every
+                // stored reading of each device.
+                let labelled = if cfg.temporal.is_enabled() {
+                    temporal_labelled(&store, &cfg.settings)?
+                } else {
+                    store.labelled(&cfg.name)?
+                };
                 // The newest sample this training sees: the end of the
                 // data-drift reference.
                 let last_seq = labelled.last().map(|(seq, _)| *seq);
@@ -985,6 +1276,9 @@ impl Learner {
                     Some((batch, _)) => batch.clone(),
                     None => registry.get(&cfg.name),
                 };
+                // The champion a promoted challenger replaces goes on
+                // probation beside it (not with an online learner).
+                let former = if online.is_none() { serving.clone() } else { None };
                 let params: Option<learn::Model> = serving
                     .as_ref()
                     .and_then(|s| store.get_model(&cfg.name, s.version).ok()?)
@@ -1032,7 +1326,7 @@ impl Learner {
                     store.release_model_version(&cfg.name, version);
                 })?;
                 store.put_state(&trained_key(&cfg.name), &labelled_total.to_le_bytes())?;
-                Ok((serving, labelled_total))
+                Ok((serving, labelled_total, former))
             })
             .await
             .map_err(|e| TrainFailure::Training {
@@ -1043,9 +1337,35 @@ impl Learner {
             .insert(pipeline.to_string(), std::time::Instant::now());
         let labelled_now = self.store.counts(pipeline)?.labelled_total;
         match result {
-            Ok((serving, labelled_total)) => {
+            Ok((serving, labelled_total, former)) => {
                 let card = serving.card.clone();
                 if card.decision.as_ref().is_none_or(|d| d.promoted) {
+                    let probation = self
+                        .pipelines
+                        .iter()
+                        .find(|p| p.name == pipeline)
+                        .map_or(0, |p| p.model.probation_labels);
+                    match former {
+                        Some(former)
+                            if probation > 0
+                                && trigger != Trigger::Manual
+                                && former.version != serving.version =>
+                        {
+                            self.probation.insert(
+                                pipeline.to_string(),
+                                Probation {
+                                    version: serving.version,
+                                    former,
+                                    scored: 0,
+                                    errors: 0.0,
+                                    former_errors: 0.0,
+                                },
+                            );
+                        }
+                        _ => {
+                            self.probation.remove(pipeline);
+                        }
+                    }
                     if let Some(o) = self.online.get_mut(pipeline) {
                         o.batch_trained(serving, &self.store)?;
                     }
@@ -1084,6 +1404,18 @@ impl Learner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probation_rolls_back_only_beyond_the_margin() {
+        // 200 samples: 2 points = 4 more errors.
+        assert!(!former_wins(200, 14.0, 10.0, false), "4 more: within");
+        assert!(former_wins(200, 15.0, 10.0, false), "5 more: beyond");
+        assert!(!former_wins(200, 10.0, 30.0, false), "the new one better");
+        // A regressor's MAE: 1.00 against 0.981 (1.9 % lower) and 0.979.
+        assert!(!former_wins(100, 100.0, 98.1, true));
+        assert!(former_wins(100, 100.0, 97.9, true));
+        assert!(!former_wins(0, 0.0, 0.0, false));
+    }
 
     fn s(ts: i64) -> Sample {
         Sample {

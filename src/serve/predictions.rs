@@ -244,6 +244,35 @@ impl Predictor {
             let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
                 continue;
             };
+            // Labelled readings are not predicted; a temporal pipeline
+            // first records them, in commit order, as their devices' history
+            // and last labels, and predicts the others from their rows.
+            match &p.temporal.state {
+                Some(t) => {
+                    // Markers and out-of-range readings are missing in the
+                    // history too, as in training.
+                    let cleaning = p.model.preprocess.cleaning();
+                    for (_, s) in &mut job.samples {
+                        cleaning.apply(&p.features, &mut s.features);
+                    }
+                    let samples: Vec<&Sample> = job.samples.iter().map(|(_, s)| s).collect();
+                    let (rows, evicted) = t.advance(&samples);
+                    if evicted > 0 {
+                        self.stats.windows_evicted.fetch_add(evicted, Relaxed);
+                    }
+                    job.samples = job
+                        .samples
+                        .into_iter()
+                        .zip(rows)
+                        .filter(|((_, s), _)| s.label.is_none())
+                        .map(|((seq, s), features)| (seq, Sample { features, ..s }))
+                        .collect();
+                }
+                None => job.samples.retain(|(_, s)| s.label.is_none()),
+            }
+            if job.samples.is_empty() {
+                continue;
+            }
             if let Some(f) = featurizers.get_mut(&p.name) {
                 let before = f.evicted();
                 job.samples = into_windows(f, job.samples);
