@@ -12,6 +12,15 @@
 //! `$EDGELOOP_PYTHON`, else `target/pyenv/bin/python3` (made by
 //! `tests/run.sh --setup`), else `python3`.
 //!
+//! Regression: `hoeffding_tree` and `arf` as online regression families
+//! (`OnlineRegression`, River's `StandardScaler() | HoeffdingTreeRegressor()`
+//! and `... | ARFRegressor(seed=42)`) on River's FriedmanDrift
+//! (`tests/fixtures/online/friedman_drift.csv`) and UCI Air Quality
+//! (`tests/fixtures/datasets/air_quality_train.csv`, missing values
+//! included): prequential MAE and R² over every row, rows/s, peak memory.
+//! `ONLINE_BENCH=classification` or `regression` runs only that part (both
+//! sides).
+//!
 //! Memory: a counting global allocator tracks live heap bytes; the column is
 //! the largest rise over the live level before the run (the model and what
 //! learning allocates; the stream is loaded before). River's is the
@@ -22,7 +31,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use edgeloop::learn::online::{OnlineClassifier, OnlineFamily};
+use edgeloop::learn::online::{OnlineClassifier, OnlineFamily, OnlineRegression, OnlineRegressor};
 
 struct Counting;
 static LIVE: AtomicU64 = AtomicU64::new(0);
@@ -140,6 +149,61 @@ fn run(stream: &Stream, family: OnlineFamily) -> Ours {
     }
 }
 
+/// A regression CSV: features then `label`; an empty field is missing.
+fn regression_stream(root: &Path, file: &str) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let text = std::fs::read_to_string(root.join(file)).expect(file);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        xs.push(
+            f[..f.len() - 1]
+                .iter()
+                .map(|v| if v.is_empty() { f64::NAN } else { f32v(v) })
+                .collect(),
+        );
+        ys.push(f[f.len() - 1].parse().expect("label"));
+    }
+    (xs, ys)
+}
+
+struct OursRegression {
+    mae: f64,
+    r2: f64,
+    seconds: f64,
+    peak_bytes: u64,
+}
+
+fn run_regression(xs: &[Vec<f64>], ys: &[f64], family: OnlineFamily) -> OursRegression {
+    let base = LIVE.load(Relaxed);
+    PEAK.store(base, Relaxed);
+    let started = Instant::now();
+    let mut model = OnlineRegression::new(family, xs[0].len(), 42).expect("a regressor");
+    let mut preds = Vec::with_capacity(ys.len());
+    for (x, &y) in xs.iter().zip(ys) {
+        preds.push(model.predict_one(x).expect("width"));
+        model.learn_one(x, y).expect("learn");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_bytes = PEAK.load(Relaxed).saturating_sub(base);
+    drop(model);
+    let n = ys.len() as f64;
+    let mean = ys.iter().sum::<f64>() / n;
+    let mae = ys
+        .iter()
+        .zip(&preds)
+        .map(|(y, p)| (y - p).abs())
+        .sum::<f64>()
+        / n;
+    let sse: f64 = ys.iter().zip(&preds).map(|(y, p)| (y - p) * (y - p)).sum();
+    let sst: f64 = ys.iter().map(|y| (y - mean) * (y - mean)).sum();
+    OursRegression {
+        mae,
+        r2: 1.0 - sse / sst,
+        seconds,
+        peak_bytes,
+    }
+}
+
 fn python(root: &Path) -> String {
     if let Ok(p) = std::env::var("EDGELOOP_PYTHON") {
         return p;
@@ -157,17 +221,42 @@ fn mib(b: f64) -> String {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let streams = vec![
-        generated(root, "sea"),
-        generated(root, "agrawal"),
-        generated(root, "rbf_drift"),
-        gas(root),
-        occupancy(root),
-    ];
+    let part = std::env::var("ONLINE_BENCH").unwrap_or_else(|_| "all".into());
+    let streams = if part == "regression" {
+        Vec::new()
+    } else {
+        vec![
+            generated(root, "sea"),
+            generated(root, "agrawal"),
+            generated(root, "rbf_drift"),
+            gas(root),
+            occupancy(root),
+        ]
+    };
     let mut ours = Vec::new();
     for s in &streams {
         for family in OnlineFamily::ALL {
             ours.push((s.name, family, s.ys.len(), run(s, family)));
+        }
+    }
+    let regression_streams = if part == "classification" {
+        Vec::new()
+    } else {
+        vec![
+            (
+                "friedman_drift",
+                regression_stream(root, "tests/fixtures/online/friedman_drift.csv"),
+            ),
+            (
+                "air_quality",
+                regression_stream(root, "tests/fixtures/datasets/air_quality_train.csv"),
+            ),
+        ]
+    };
+    let mut ours_regression = Vec::new();
+    for (name, (xs, ys)) in &regression_streams {
+        for family in [OnlineFamily::HoeffdingTree, OnlineFamily::Arf] {
+            ours_regression.push((*name, family, ys.len(), run_regression(xs, ys, family)));
         }
     }
     let py = python(root);
@@ -195,7 +284,13 @@ fn main() {
         river.as_ref()?["results"]
             .as_array()?
             .iter()
-            .find(|r| r["stream"] == stream && r["family"] == family)
+            .find(|r| r["stream"] == stream && r["family"] == family && r.get("task").is_none())
+    };
+    let find_regression = |stream: &str, family: &str| -> Option<&serde_json::Value> {
+        river.as_ref()?["results"]
+            .as_array()?
+            .iter()
+            .find(|r| r["stream"] == stream && r["family"] == family && r["task"] == "regression")
     };
     if let Some(v) = river.as_ref().and_then(|r| r["river_version"].as_str()) {
         println!("River {v}");
@@ -219,6 +314,30 @@ fn main() {
             r_secs.map_or("-".into(), |s| format!("{:.0}x", s / o.seconds)),
             mib(o.peak_bytes as f64),
             r_peak.map_or("-".into(), mib),
+        );
+    }
+    if ours_regression.is_empty() {
+        return;
+    }
+    println!(
+        "\n| stream | rows | family (regression) | edgeloop MAE | River MAE | edgeloop R² | River R² | edgeloop rows/s | River rows/s | speed-up | edgeloop peak MiB | River peak MiB (traced) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (stream, family, rows, o) in &ours_regression {
+        let r = find_regression(stream, family.name());
+        let num = |k: &str| r.and_then(|r| r[k].as_f64());
+        let r_secs = num("seconds");
+        println!(
+            "| {stream} | {rows} | {family} | {:.4} | {} | {:.4} | {} | {:.0} | {} | {} | {} | {} |",
+            o.mae,
+            num("mae").map_or("-".into(), |a| format!("{a:.4}")),
+            o.r2,
+            num("r2").map_or("-".into(), |a| format!("{a:.4}")),
+            *rows as f64 / o.seconds,
+            r_secs.map_or("-".into(), |s| format!("{:.0}", *rows as f64 / s)),
+            r_secs.map_or("-".into(), |s| format!("{:.0}x", s / o.seconds)),
+            mib(o.peak_bytes as f64),
+            num("peak_traced_bytes").map_or("-".into(), mib),
         );
     }
 }
