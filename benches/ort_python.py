@@ -1,7 +1,10 @@
 """onnxruntime's latency in Python on the conformance suite, the reference column
 of `cargo bench --bench engines` (which runs this script as a subprocess).
 
-For every model in tests/fixtures/conformance/manifest.json: one InferenceSession
+    python3 benches/ort_python.py [SUITE_DIR]
+
+For every model in SUITE_DIR/manifest.json (default tests/fixtures/conformance;
+the bench's forests are in target/bench-forests): one InferenceSession
 (CPUExecutionProvider; onnxruntime's default thread pools, as the `ort`
 engine's sessions have, unless EDGELOOP_BENCH_THREADS sets
 intra_op_num_threads and inter_op_num_threads), fed the manifest's own inputs cut to a
@@ -22,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = ROOT / "tests" / "fixtures" / "conformance"
+SUITE = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests" / "fixtures" / "conformance"
 DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "string": object}
 
 
