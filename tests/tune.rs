@@ -138,7 +138,14 @@ fn the_search_keeps_its_wall_time_budget() {
              {} trials ({} cut), final training {:.0} ms",
             search.elapsed_ms, search.trials, search.cut, tuned.training.chosen.card.training_ms
         );
-        assert!(elapsed <= 1.1 * 3.0, "{strategy:?}: {elapsed:.2} s");
+        // The budget bounds the search (README: the best configuration is
+        // then trained through the same path, after it): its own wall time,
+        // not the final training, which a loaded machine stretches.
+        assert!(
+            search.elapsed_ms <= 1.1 * 3000.0,
+            "{strategy:?}: search {:.0} ms",
+            search.elapsed_ms
+        );
         assert!(tuned.trials.len() < 500 + 5, "the budget ended the search");
         assert!(search.best.is_some());
     }

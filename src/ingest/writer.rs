@@ -65,6 +65,10 @@ pub struct Route {
     /// JSON path of the timestamp (empty: arrival time); `Dedup::Auto` reads it.
     pub timestamp: String,
     pub schema: Schema,
+    /// Its labelled samples go to the predictor too, which records them as
+    /// their devices' history (`[pipelines.temporal]`); otherwise only the
+    /// unlabelled ones, which it predicts.
+    pub predict_labelled: bool,
 }
 
 /// Identity of a message for deduplication: xxh3-128 of the topic, a zero
@@ -78,9 +82,9 @@ pub fn digest(topic: &str, payload: &[u8]) -> u128 {
     h.digest128()
 }
 
-/// Samples just stored, in commit order: the unlabelled ones are
-/// predicted; the labelled ones only become their device's history for a
-/// pipeline with temporal features (`[pipelines.temporal]`).
+/// Samples just stored, in commit order: the unlabelled ones, which are
+/// predicted, and for a pipeline with temporal features the labelled ones
+/// too, which only become their devices' history ([`Route::predict_labelled`]).
 #[derive(Debug)]
 pub struct PredictJob {
     pub pipeline: String,
@@ -198,6 +202,12 @@ impl Writer {
             decoding: decoding.clone(),
             store: self.store.clone(),
             pipelines: self.pipelines.iter().map(|p| p.name.clone()).collect(),
+            predict_labelled: self
+                .pipelines
+                .iter()
+                .filter(|p| p.predict_labelled)
+                .map(|p| p.name.clone())
+                .collect(),
             store_cfg: self.store_cfg.clone(),
             acks: self.acks.clone(),
             hooks: self.hooks.clone(),
@@ -329,6 +339,9 @@ struct Committer {
     store: Arc<Store>,
     /// Pipeline names, for retention.
     pipelines: Vec<String>,
+    /// Pipelines whose labelled samples go to the predictor too
+    /// ([`Route::predict_labelled`]).
+    predict_labelled: Vec<String>,
     store_cfg: StoreConfig,
     acks: mpsc::UnboundedSender<Acks>,
     hooks: Arc<Hooks>,
@@ -511,7 +524,11 @@ impl Committer {
                 continue;
             };
             stored += 1;
-            labelled |= row.sample.label.is_some();
+            let has_label = row.sample.label.is_some();
+            labelled |= has_label;
+            if has_label && !self.predict_labelled.contains(&row.pipeline) {
+                continue;
+            }
             jobs.entry(row.pipeline)
                 .or_default()
                 .push((seq, row.sample));

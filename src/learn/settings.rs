@@ -118,8 +118,9 @@ pub struct ModelConfig {
     /// Accuracy a challenger may lose to the champion on the older slice.
     pub margin_old: f64,
     /// After a challenger is promoted over a champion by an automatic
-    /// training (not one asked for over the API), both predict each of the next this many labelled samples
-    /// before its label is known (their prequential record); when the
+    /// training (not one asked for over the API), both predict each of the
+    /// next this many labelled samples newer than its training data, before
+    /// its label is known (their prequential record); when the
     /// champion was right more often by more than
     /// [`PROBATION_MARGIN`] (a regressor: a mean absolute error lower by
     /// more than that share), it serves again (a `rollback` event with both

@@ -646,15 +646,19 @@ impl Learner {
                         &proba,
                         &labels,
                     );
-                    // The former champion's record on the rows both scored.
+                    // The former champion's record on the rows both scored
+                    // that came after the new version's training data (the
+                    // ones before it were no test for it).
                     let probation = former.and_then(|f| {
                         let proba = f.model.predict_proba(&x).ok()?;
                         let theirs =
                             prediction_errors(f.model.task(), f.model.classes(), &proba, &labels);
-                        let both = errors
+                        let trained_to = model.card.last_seq.unwrap_or(0);
+                        let both = rows
                             .iter()
-                            .zip(&theirs)
-                            .filter_map(|(a, b)| Some(((*a)?, (*b)?)));
+                            .zip(errors.iter().zip(&theirs))
+                            .filter(|((seq, _), _)| *seq > trained_to)
+                            .filter_map(|(_, (a, b))| Some(((*a)?, (*b)?)));
                         Some(both.fold((0u64, 0.0, 0.0), |(n, a, b), (x, y)| (n + 1, a + x, b + y)))
                     });
                     let scored = rows
