@@ -40,7 +40,8 @@
 //!   predictor); data-drift and anomaly alarms that annotate the timeline
 //!   and train where `retrain_on` names them; the
 //!   continuous-learning loop (champion/challenger, reservoir of old regimes)
-//!   and its prequential replay; the online learner beside the batch loop,
+//!   and its prequential replay (online regressors:
+//!   [`monitor::prequential_regression`]); the online learner beside the batch loop,
 //!   which learns every label, serves as ONNX snapshots when more accurate
 //!   ([`monitor::online`], `[pipelines.online]`); its section
 //!   [`monitor::MonitoredPipeline`];
@@ -67,7 +68,9 @@
 //!   ([`learn::preprocess`]), head fine-tuning
 //!   ([`learn::head`]) and online learners of one sample at a time
 //!   following River ([`learn::online`]: `online_logistic`,
-//!   `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`; their ONNX export,
+//!   `hoeffding_tree`, `hoeffding_adaptive_tree`, `arf`, and the regressors
+//!   `hoeffding_tree` and `arf` ([`learn::online::OnlineRegression`]); their
+//!   ONNX export,
 //!   [`learn::online::export`]) and the concept-drift detectors
 //!   ([`learn::drift`]: ADWIN, DDM, Page-Hinkley).
 //! - [`onnx`]: the ONNX graph builder, the engines ([`onnx::engine`]: tract

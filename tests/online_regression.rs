@@ -358,3 +358,52 @@ fn evaluate_prequential_regression_is_rivers_within_one_percent() {
         );
     }
 }
+
+/// `edgeloop evaluate --prequential --file F --label L` on a regression
+/// label with nothing else: the task is guessed (numbers, more than 20
+/// distinct) and the default online regressor, `hoeffding_tree`, replays the
+/// file: River's pipeline's MAE within 1% (features read as f32). `--family
+/// logistic` (a batch classifier) is refused on it.
+#[test]
+fn evaluate_defaults_on_a_regression_label_replay_the_online_tree() {
+    let reference = reference();
+    let text = std::fs::read_to_string(fixture("tests/fixtures/datasets/air_quality_train.csv"))
+        .expect("air quality");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("air.csv");
+    let head: Vec<&str> = text.lines().take(2001).collect();
+    std::fs::write(&file, head.join("\n") + "\n").expect("write");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["evaluate", "--prequential", "--file"])
+            .arg(&file)
+            .args(["--label", "label"])
+            .args(extra)
+            .output()
+            .expect("edgeloop runs")
+    };
+    let out = run(&["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["family"], "hoeffding_tree");
+    assert_eq!(report["rows"], 2000);
+    let river = reference["streams"]["air_quality"]["learners"]["hoeffding_tree_scaled"]["mae"]
+        .as_f64()
+        .expect("mae");
+    let mae = report["mae"].as_f64().expect("mae");
+    assert!(
+        (mae - river).abs() < 0.01 * river,
+        "MAE {mae} River {river}"
+    );
+    let refused = run(&["--family", "logistic"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("online regressor"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
