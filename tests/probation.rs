@@ -18,20 +18,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-fn stream(seed: u64, n: usize) -> Vec<f32> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| {
-            let m = 0.2 + 0.8 * rng.f32();
-            if rng.bool() {
-                m
-            } else {
-                -m
-            }
-        })
-        .collect()
-}
-
 async fn publish(port: u16, xs: &[f32], flipped: bool) {
     let mut opts = common::replay_opts("unused", port, None);
     opts.topic = "lab/a/reg".into();
@@ -72,15 +58,15 @@ async fn a_challenger_that_loses_live_gives_way_to_the_champion() {
     let (running, handle, token) = common::start(cfg).await;
     let serving = || handle.registry.get("reg").map(|s| s.version);
 
-    publish(port, &stream(1, 600), false).await;
+    publish(port, &common::signed_readings(1, 600), false).await;
     common::wait_until(WAIT, "version 1", || serving() == Some(1)).await;
-    publish(port, &stream(2, 600), true).await;
+    publish(port, &common::signed_readings(2, 600), true).await;
     common::wait_until(WAIT, "version 2", || serving() == Some(2)).await;
     let card = handle.registry.get("reg").unwrap().card.clone();
     let decision = card.decision.as_ref().unwrap();
     assert!(decision.promoted, "{decision:?}");
     // Regime A returns: version 2 is wrong on it, version 1 right.
-    publish(port, &stream(3, 400), false).await;
+    publish(port, &common::signed_readings(3, 400), false).await;
     common::wait_until(WAIT, "the rollback to version 1", || serving() == Some(1)).await;
     // The timeline: v2's errors on regime A also raise drift alarms, which
     // do not train here (`retrain_on_drift = false`); one rollback, to v1.

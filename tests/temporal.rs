@@ -118,23 +118,9 @@ fn rows_equal_numpy_in_training_and_serving() {
     );
 }
 
-/// The stream: per device, x uniform in ±[0.2, 1] (a seeded draw), labelled
-/// "hi" when the device's previous reading was positive, else "lo" (its
-/// first reading: "lo").
-fn stream(seed: u64, n: usize) -> Vec<f32> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| {
-            let m = 0.2 + 0.8 * rng.f32();
-            if rng.bool() {
-                m
-            } else {
-                -m
-            }
-        })
-        .collect()
-}
-
+/// The stream's label: "hi" when the device's previous reading
+/// (`common::signed_readings`) was positive, else "lo" (its first reading:
+/// "lo").
 fn rule(previous: Option<f32>) -> &'static str {
     if previous.is_some_and(|p| p > 0.0) {
         "hi"
@@ -222,7 +208,7 @@ async fn the_daemon_learns_what_the_previous_reading_says() {
     // 400 labelled readings from each of two devices: version 1 at 600.
     let mut last = std::collections::HashMap::new();
     for (k, device) in ["a", "b"].iter().enumerate() {
-        let xs = stream(k as u64 + 1, 400);
+        let xs = common::signed_readings(k as u64 + 1, 400);
         publish(port, device, &xs, Some(&labelled(&xs, None))).await;
         last.insert(device.to_string(), xs[xs.len() - 1]);
     }
@@ -238,7 +224,7 @@ async fn the_daemon_learns_what_the_previous_reading_says() {
 
     // Live scoring: 200 more labelled readings of `a` are scored with their
     // rows (the previous one of each, the training's last for the first).
-    let xs = stream(7, 200);
+    let xs = common::signed_readings(7, 200);
     publish(port, "a", &xs, Some(&labelled(&xs, Some(last["a"])))).await;
     last.insert("a".into(), xs[xs.len() - 1]);
     let addr = handle.http_addr;
@@ -265,7 +251,7 @@ async fn the_daemon_learns_what_the_previous_reading_says() {
     // MQTT: 60 unlabelled readings of `b`, each predicted by the sign of
     // the reading before it.
     let (mut sub, stop_sub) = common::subscribe(port, "edgeloop/seq/predictions/#").await;
-    let xs = stream(9, 60);
+    let xs = common::signed_readings(9, 60);
     publish(port, "b", &xs, None).await;
     let mut got = std::collections::BTreeMap::new();
     while got.len() < xs.len() {
@@ -394,7 +380,7 @@ async fn the_online_learner_learns_rows_with_their_past() {
     let (running, handle, token) = common::start(online(dir.path())).await;
     let mut last = std::collections::HashMap::new();
     for (k, device) in ["a", "b"].iter().enumerate() {
-        let xs = stream(k as u64 + 11, 400);
+        let xs = common::signed_readings(k as u64 + 11, 400);
         publish(port, device, &xs, Some(&labelled(&xs, None))).await;
         last.insert(*device, xs[xs.len() - 1]);
     }
@@ -424,7 +410,7 @@ async fn the_online_learner_learns_rows_with_their_past() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(labels_of(&resp), want, "after the restart");
     // The relearned learner predicts the next labelled rows as before.
-    let xs = stream(21, 150);
+    let xs = common::signed_readings(21, 150);
     publish(port, "a", &xs, Some(&labelled(&xs, Some(last["a"])))).await;
     common::wait_until(WAIT, "the new labels learned", || learned(&handle) >= 900).await;
     let serving = handle.registry.get("seq").unwrap();

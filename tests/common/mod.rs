@@ -502,3 +502,19 @@ pub async fn stop(
     token.cancel();
     running.wait(Duration::from_secs(15)).await.unwrap();
 }
+
+/// `n` seeded readings uniform in ±[0.2, 1]: a sign to learn, never within
+/// 0.2 of the boundary (tests/temporal.rs, tests/probation.rs).
+pub fn signed_readings(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n)
+        .map(|_| {
+            let m = 0.2 + 0.8 * rng.f32();
+            if rng.bool() {
+                m
+            } else {
+                -m
+            }
+        })
+        .collect()
+}
