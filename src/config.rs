@@ -791,6 +791,18 @@ impl Config {
                     "must be at least `calibration`".into(),
                 );
             }
+            if a.persistence == 0 {
+                return bad(key("anomaly.persistence"), "must be at least 1".into());
+            }
+            if !(a.residual_z.is_finite() && a.residual_z >= 0.0) {
+                return bad(
+                    key("anomaly.residual_z"),
+                    "must be at least 0 (0: off)".into(),
+                );
+            }
+            if !(a.residual_alpha > 0.0 && a.residual_alpha <= 1.0) {
+                return bad(key("anomaly.residual_alpha"), "must be in (0, 1]".into());
+            }
             if let Err(reason) = p.preprocess.validate(&p.features) {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
                 return bad(key(&format!("preprocess.{k}")), reason.to_string());

@@ -471,3 +471,45 @@ fn the_detect_command_on_nab_prints_rivers_alarms() {
         assert_eq!(v["alarms"], r["nab_detect"][case], "{case}");
     }
 }
+
+/// `[pipelines.anomaly]`'s alarm-rule keys from a file; out of range,
+/// refused naming the key.
+#[test]
+fn the_alarm_rule_keys_load_and_are_validated() {
+    let load = |extra: &str| -> Result<edgeloop::config::Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("edgeloop.toml");
+        let pipeline = "[[pipelines]]\nname='occ'\ntopics=['s/+/o']\nfeatures=['T']\nlabel='y'\n";
+        std::fs::write(&file, format!("{pipeline}[pipelines.anomaly]\n{extra}\n")).unwrap();
+        edgeloop::config::Config::load_with_env(Some(&file), std::iter::empty())
+            .map_err(|e| e.to_string())
+    };
+    let cfg =
+        load("persistence = 3\nresidual_z = 6.5\nresidual_alpha = 0.1\nresidual_warmup = 100")
+            .unwrap();
+    let a = &cfg.pipelines[0].anomaly;
+    assert_eq!(
+        (
+            a.persistence,
+            a.residual_z,
+            a.residual_alpha,
+            a.residual_warmup
+        ),
+        (3, 6.5, 0.1, 100)
+    );
+    assert_eq!(
+        load("residual_z = 0.0").unwrap().pipelines[0]
+            .anomaly
+            .residual_z,
+        0.0
+    );
+    for (bad, key) in [
+        ("persistence = 0", "anomaly.persistence"),
+        ("residual_z = -1.0", "anomaly.residual_z"),
+        ("residual_alpha = 0.0", "anomaly.residual_alpha"),
+        ("residual_alpha = 1.5", "anomaly.residual_alpha"),
+    ] {
+        let err = load(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+}
