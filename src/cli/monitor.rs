@@ -53,8 +53,11 @@ pub struct AnomalyArgs {
     /// Scores in a row above the threshold for an alarm (1: each).
     #[arg(long, default_value_t = AnomalyConfig::default().persistence)]
     persistence: usize,
-    /// Also alarm when a feature moves more than this many smoothed mean
-    /// absolute deviations from its EWMA (0: off, Half-Space Trees alone).
+    /// Also alarm on a feature this many smoothed MADs from its EWMA (0: off).
+    ///
+    /// A feature's residual against its exponentially weighted moving
+    /// average, in smoothed mean absolute deviations; 0 leaves the
+    /// Half-Space Trees alone.
     #[arg(long, default_value_t = AnomalyConfig::default().residual_z)]
     residual_z: f64,
     /// Smoothing factor of the residual test's EWMA and MAD, in (0, 1].
@@ -63,8 +66,10 @@ pub struct AnomalyArgs {
     /// Rows learned before the residual test may alarm.
     #[arg(long, default_value_t = AnomalyConfig::default().residual_warmup)]
     residual_warmup: usize,
-    /// Print `{"features", "threshold", "scores": [...], "residual_z":
-    /// [...], "alarms": [row indices]}`.
+    /// Print `{"features", "threshold", "scores", "residual_z", "alarms"}`.
+    ///
+    /// `scores` and `residual_z` hold one value per row, `alarms` the row
+    /// indices.
     #[arg(long)]
     json: bool,
 }
