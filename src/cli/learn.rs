@@ -509,13 +509,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             seed,
         };
         let report = crate::monitor::prequential_regression::run_online_regression(&opts)?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            let text = crate::monitor::prequential_regression::render_online_regression(&report);
-            print!("{}", super::render::fit(&text, wide));
-        }
-        return Ok(());
+        return print_report(
+            &report,
+            json,
+            wide,
+            crate::monitor::prequential_regression::render_online_regression,
+        );
     }
     if let Some(online) = online_family {
         // An online learner: every row predicted, then learned; no loop.
@@ -529,13 +528,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             temporal,
         };
         let report = crate::monitor::prequential::run_online(&opts)?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            let text = crate::monitor::prequential::render_online(&report);
-            print!("{}", super::render::fit(&text, wide));
-        }
-        return Ok(());
+        return print_report(
+            &report,
+            json,
+            wide,
+            crate::monitor::prequential::render_online,
+        );
     }
     if let Some(f) = family {
         loop_config.model.family = f.parse().map_err(anyhow::Error::msg)?;
@@ -820,6 +818,22 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
         if let Some(path) = export {
             println!("wrote {}", path.display());
         }
+    }
+    Ok(())
+}
+
+/// Prints an online replay's report: JSON with `--json`, else its text fitted
+/// to the terminal (`--wide`: whole).
+fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    wide: bool,
+    render: impl Fn(&R) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", super::render::fit(&render(report), wide));
     }
     Ok(())
 }
