@@ -571,7 +571,11 @@ impl Learner {
             // their devices' past, so its late labels are neither learned
             // online nor scored (they train the next batch version).
             let (late_seqs, derived) = if p.temporal.is_enabled() {
-                let rows = if from < next {
+                // Only when something reads them: a skipped range leaves a
+                // gap, and the next step rebuilds the state from the store.
+                let used =
+                    self.online.contains_key(&p.name) || self.registry.get(&p.name).is_some();
+                let rows = if from < next && used {
                     Some(self.temporal_step(&p, from..next).await?)
                 } else {
                     None
