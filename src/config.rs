@@ -794,6 +794,15 @@ impl Config {
             if a.persistence == 0 {
                 return bad(key("anomaly.persistence"), "must be at least 1".into());
             }
+            if a.persistence_window < a.persistence {
+                return bad(
+                    key("anomaly.persistence_window"),
+                    "must be at least `persistence`".into(),
+                );
+            }
+            if a.episode_gap == 0 {
+                return bad(key("anomaly.episode_gap"), "must be at least 1".into());
+            }
             if !(a.residual_z.is_finite() && a.residual_z >= 0.0) {
                 return bad(
                     key("anomaly.residual_z"),

@@ -25,11 +25,13 @@
 //! | `edgeloop_trainings_total` | counter | `outcome` (`completed`, `failed`) |
 //! | `edgeloop_training_duration_seconds` | histogram | `pipeline` |
 //! | `edgeloop_anomaly_score` | histogram | `pipeline` (each predicted reading's Half-Space Trees score; buckets 0.05, 0.10, …, 1.0) |
-//! | `edgeloop_anomaly_alarms_total` | counter | (readings whose score passed the alarm threshold) |
+//! | `edgeloop_anomaly_alarms_total` | counter | (readings alarmed by either rule of `[pipelines.anomaly]`) |
+//! | `edgeloop_anomaly_rule_alarms_total` | counter | `rule` (`trees`, `residual`: alarms by rule, a reading where both fired counted in both) |
+//! | `edgeloop_anomaly_episodes_total` | counter | (alarms more than `episode_gap` readings after the previous one, `learn::anomaly::Scored::episode`) |
 //! | `edgeloop_drift_error_rate`, `edgeloop_drift_mean_abs_error` | gauge | `pipeline` (the serving version's error on the labelled samples scored since it started serving) |
 //! | `edgeloop_drift_scored_samples` | gauge | `pipeline` |
 //! | `edgeloop_drift_alarms_total` | counter | `pipeline` (every alarm kept in the store) |
-//! | `edgeloop_data_drift_alarms_total`, `edgeloop_anomaly_alarm_events_total` | counter | `pipeline` (data-drift alarms; anomaly alarms on the timeline, one per episode of alarmed readings under a serving version, at most one a minute; kept in the store) |
+//! | `edgeloop_data_drift_alarms_total`, `edgeloop_anomaly_alarm_events_total` | counter | `pipeline` (data-drift alarms; anomaly alarms on the timeline, one per episode of alarmed readings, `learn::anomaly::Scored::episode`, at most one a minute; kept in the store) |
 //! | `edgeloop_mqtt_connects_total`, `edgeloop_mqtt_errors_total` | counter | |
 //! | `edgeloop_mqtt_connected` | gauge | (1 while the ingest connection is up) |
 //! | `edgeloop_healthy` | gauge | (1 when `/healthz` answers 200) |
@@ -252,8 +254,24 @@ impl Collector for Scrape {
         counter(
             e,
             "edgeloop_anomaly_alarms",
-            "Predicted readings whose anomaly score passed the alarm threshold",
+            "Predicted readings alarmed by either anomaly rule",
             &st.anomaly_alarms,
+        )?;
+        counters(
+            e,
+            "edgeloop_anomaly_rule_alarms",
+            "Anomaly alarms by rule (trees: the score's threshold; residual: a feature's residual z), both counted where both fired",
+            "rule",
+            &[
+                ("trees".into(), st.anomaly_trees_alarms.load(Relaxed)),
+                ("residual".into(), st.anomaly_residual_alarms.load(Relaxed)),
+            ],
+        )?;
+        counter(
+            e,
+            "edgeloop_anomaly_episodes",
+            "Anomaly alarms that opened an episode (more than episode_gap readings after the previous alarm)",
+            &st.anomaly_episodes,
         )?;
         counters(
             e,
@@ -462,7 +480,7 @@ impl Collector for Scrape {
         counters(
             e,
             "edgeloop_anomaly_alarm_events",
-            "Anomaly alarms on the timeline: episodes of alarmed readings under a serving version, at most one a minute (kept across restarts)",
+            "Anomaly alarms on the timeline: episodes of alarmed readings, at most one a minute (kept across restarts)",
             "pipeline",
             &other(&|o| o.anomaly_alarms),
         )?;

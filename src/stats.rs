@@ -175,9 +175,14 @@ pub struct Stats {
     pub models_imported: AtomicU64,
     /// Models refused at intake, by reason (`IntakeError::REASONS` order).
     models_refused: [AtomicU64; MODEL_REFUSAL_REASONS.len()],
-    /// Readings whose anomaly score passed the alarm threshold
-    /// (`[pipelines.anomaly]`).
+    /// Readings alarmed by either rule of `[pipelines.anomaly]`.
     pub anomaly_alarms: AtomicU64,
+    /// Alarms by rule (the trees' threshold; the residual test), a reading
+    /// where both fired counted in both.
+    pub anomaly_trees_alarms: AtomicU64,
+    pub anomaly_residual_alarms: AtomicU64,
+    /// Alarms that opened an episode (`learn::anomaly::Scored::episode`).
+    pub anomaly_episodes: AtomicU64,
     /// HTTP requests refused for want of the bearer token (401).
     pub http_unauthorized: AtomicU64,
     /// HTTP requests refused for a wrong bearer token (403).

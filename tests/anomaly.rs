@@ -201,13 +201,19 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
 }
 
 /// `edgeloop anomaly`'s default rules, the daemon's: the quantile rule
-/// with persistence 2, or a feature's residual against its EWMA above 10
-/// smoothed MADs (after 30 rows). The residual z of every row and the
-/// alarms equal the reference script's (`residual_z`, `default_rule`,
-/// written from the documentation). On the seeded stream the defaults
-/// catch 19 of the 25 injected outliers (the quantile rule alone: 5) and
-/// alarm on nothing else; NAB's ambient temperature rises over days, which
-/// neither rule alarms on (the quantile rule alone does not either).
+/// with persistence 2 of 5, or a feature's residual against its EWMA above
+/// 10 smoothed MADs and above the 0.999 quantile of the earlier residual
+/// z-scores (after 30 rows). The residual z of every row and the alarms
+/// equal the reference script's (`residual_z`, `rules`, written from the
+/// documentation). On the seeded stream the defaults catch 9 of the 25
+/// injected outliers (the quantile rule alone: 5) and alarm on nothing
+/// else: one outlier in 200 readings is above the 0.999 quantile, so once
+/// the residual limit has its 1,000 z-scores the outliers' own size sets
+/// it (with a fixed limit of 10: 19). NAB's ambient temperature rises over
+/// days, which neither rule alarms on. At `--quantile 0.99 --residual-z
+/// 2.5 --episode-gap 24` on the same file both rules alarm, the residual
+/// limit rises above 2.5 with the stream's own residuals, and the rules
+/// and episodes of the alarms equal the script's.
 #[test]
 fn the_anomaly_command_default_rules_equal_the_reference() {
     let r = reference();
@@ -248,13 +254,48 @@ fn the_anomaly_command_default_rules_equal_the_reference() {
         .iter()
         .map(|a| a.as_u64().unwrap())
         .collect();
-    assert_eq!(alarms.len(), 19, "{alarms:?}");
+    assert_eq!(alarms.len(), 9, "{alarms:?}");
     assert!(alarms.iter().all(|&i| i % 200 == 199), "{alarms:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["anomaly", "--json", "--seed", "42", "--features", "value"])
+        .args(["--quantile", "0.99", "--residual-z", "2.5"])
+        .args(["--episode-gap", "24", "--file"])
+        .arg(fixture("nab_ambient_temperature_system_failure.csv"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = &r["nab_loose"];
+    assert_eq!(v["alarms"], want["alarms"]);
+    assert_eq!(v["rules"], want["rules"]);
+    assert_eq!(v["episodes"], want["episodes"]);
+    let rules: Vec<&str> = want["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"trees") && rules.contains(&"residual"));
+    // The residual limit rose above 2.5 (the 0.99 quantile of the file's
+    // own residual z-scores).
+    assert!(
+        v["residual_limit"].as_f64().unwrap() > 2.5,
+        "{}",
+        v["residual_limit"]
+    );
 }
 
 /// The daemon scores each reading it predicts, from the first one, and
 /// publishes the score: River's, reading for reading (the script rounds the
-/// readings to float32 as the daemon stores them).
+/// readings to float32 as the daemon stores them), with the residual z and
+/// its feature, and the alarm with its rule, as the script computes them;
+/// HTTP predict carries the same fields for its rows (seen as the next
+/// reading, not learned); `/metrics` counts the alarms by rule and the
+/// episodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prediction_messages_carry_rivers_anomaly_scores() {
     use common::*;
@@ -290,7 +331,7 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
         edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
     )
     .await;
-    let mut got: Vec<(i64, f64, bool)> = Vec::new();
+    let mut got: Vec<(i64, f64, bool, Value)> = Vec::new();
     while got.len() < 600 {
         let m = tokio::time::timeout(Duration::from_secs(60), rx.recv())
             .await
@@ -300,10 +341,34 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
             m["timestamp_ms"].as_i64().unwrap(),
             m["anomaly_score"].as_f64().expect("anomaly_score"),
             m["anomaly"].as_bool().expect("anomaly"),
+            m,
         ));
     }
     stop.cancel();
     got.sort_by_key(|g| g.0);
+    let reference_json = reference();
+    let occupancy = &reference_json["occupancy"];
+    let residual: Vec<f64> = got
+        .iter()
+        .map(|g| g.3["residual_z"].as_f64().expect("residual_z"))
+        .collect();
+    assert_equal("residual z", &residual, &scores(&occupancy["residual_z"]));
+    for (i, g) in got.iter().enumerate() {
+        // The feature of the residual z (absent for the first readings,
+        // before any feature has a scale).
+        assert_eq!(
+            g.3.get("residual_feature").unwrap_or(&Value::Null),
+            &occupancy["residual_feature"][i],
+            "reading {i}"
+        );
+    }
+    let rules: Vec<Value> = got
+        .iter()
+        .filter(|g| g.2)
+        .map(|g| g.3["anomaly_rule"].clone())
+        .collect();
+    assert_eq!(Value::from(rules), occupancy["rules"]);
+    assert!(got.iter().all(|g| g.2 || g.3.get("anomaly_rule").is_none()));
     let ours: Vec<f64> = got.iter().map(|g| g.1).collect();
     assert_equal(
         "daemon",
@@ -357,13 +422,40 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
             .unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let got: Vec<f64> = v["predictions"]
-            .as_array()
-            .unwrap()
+        let predictions = v["predictions"].as_array().unwrap();
+        let got: Vec<f64> = predictions
             .iter()
             .map(|p| p["anomaly_score"].as_f64().unwrap())
             .collect();
         assert_equal("http", &got, &want);
+        let z: Vec<f64> = predictions
+            .iter()
+            .map(|p| p["residual_z"].as_f64().unwrap())
+            .collect();
+        assert_equal(
+            "http residual z",
+            &z,
+            &scores(&r["occupancy"]["query_residual_z"]),
+        );
+        for (k, p) in predictions.iter().enumerate() {
+            assert_eq!(
+                p["residual_feature"], r["occupancy"]["query_residual_feature"][k],
+                "query {k}"
+            );
+            assert_eq!(p["anomaly"], r["occupancy"]["query_alarm"][k], "query {k}");
+            // The trees' threshold is not calibrated after 600 readings:
+            // an alarm is the residual rule's.
+            let rule = if p["anomaly"] == true {
+                Value::from("residual")
+            } else {
+                Value::Null
+            };
+            assert_eq!(
+                p.get("anomaly_rule").unwrap_or(&Value::Null),
+                &rule,
+                "query {k}"
+            );
+        }
     }
     assert!(want[1] > want[0], "the far reading scores higher: {want:?}");
     // /metrics: the histogram of the 600 predicted readings' scores (HTTP
@@ -388,6 +480,32 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     assert_eq!(
         value("edgeloop_anomaly_score_count{pipeline=\"occupancy\"}"),
         600.0
+    );
+    // Alarms by rule and episodes, as the script counts them (HTTP queries
+    // are not counted).
+    let by_rule = |rule: &str| {
+        occupancy["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| *r == rule || *r == "both")
+            .count() as f64
+    };
+    assert_eq!(
+        value("edgeloop_anomaly_alarms_total "),
+        want_alarms.len() as f64
+    );
+    assert_eq!(
+        value("edgeloop_anomaly_rule_alarms_total{rule=\"residual\"}"),
+        by_rule("residual")
+    );
+    assert_eq!(
+        value("edgeloop_anomaly_rule_alarms_total{rule=\"trees\"}"),
+        by_rule("trees")
+    );
+    assert_eq!(
+        value("edgeloop_anomaly_episodes_total "),
+        occupancy["episodes"].as_array().unwrap().len() as f64
     );
     let sum = value("edgeloop_anomaly_score_sum{pipeline=\"occupancy\"}");
     assert!((sum - river.iter().sum::<f64>()).abs() < 1e-6, "sum {sum}");
@@ -484,18 +602,22 @@ fn the_alarm_rule_keys_load_and_are_validated() {
         edgeloop::config::Config::load_with_env(Some(&file), std::iter::empty())
             .map_err(|e| e.to_string())
     };
-    let cfg =
-        load("persistence = 3\nresidual_z = 6.5\nresidual_alpha = 0.1\nresidual_warmup = 100")
-            .unwrap();
+    let cfg = load(
+        "persistence = 3\npersistence_window = 4\nresidual_z = 6.5\nresidual_alpha = 0.1\n\
+         residual_warmup = 100\nepisode_gap = 7",
+    )
+    .unwrap();
     let a = &cfg.pipelines[0].anomaly;
     assert_eq!(
         (
             a.persistence,
+            a.persistence_window,
             a.residual_z,
             a.residual_alpha,
-            a.residual_warmup
+            a.residual_warmup,
+            a.episode_gap
         ),
-        (3, 6.5, 0.1, 100)
+        (3, 4, 6.5, 0.1, 100, 7)
     );
     assert_eq!(
         load("residual_z = 0.0").unwrap().pipelines[0]
@@ -505,6 +627,8 @@ fn the_alarm_rule_keys_load_and_are_validated() {
     );
     for (bad, key) in [
         ("persistence = 0", "anomaly.persistence"),
+        ("persistence = 6", "anomaly.persistence_window"),
+        ("episode_gap = 0", "anomaly.episode_gap"),
         ("residual_z = -1.0", "anomaly.residual_z"),
         ("residual_alpha = 0.0", "anomaly.residual_alpha"),
         ("residual_alpha = 1.5", "anomaly.residual_alpha"),

@@ -50,14 +50,20 @@ pub struct AnomalyArgs {
     /// --calibration.
     #[arg(long, default_value_t = 5000)]
     history: usize,
-    /// Scores in a row above the threshold for an alarm (1: each).
+    /// Scores above the threshold among the last --persistence-window.
+    ///
+    /// This one above and among them; 1: each score above.
     #[arg(long, default_value_t = AnomalyConfig::default().persistence)]
     persistence: usize,
+    /// The window of --persistence, in rows (--persistence: in a row).
+    #[arg(long, default_value_t = AnomalyConfig::default().persistence_window)]
+    persistence_window: usize,
     /// Also alarm on a feature this many smoothed MADs from its EWMA (0: off).
     ///
     /// A feature's residual against its exponentially weighted moving
-    /// average, in smoothed mean absolute deviations; 0 leaves the
-    /// Half-Space Trees alone.
+    /// average, in smoothed mean absolute deviations, above this and above
+    /// the --quantile of the last --history residuals (once --calibration
+    /// were seen); 0 leaves the Half-Space Trees alone.
     #[arg(long, default_value_t = AnomalyConfig::default().residual_z)]
     residual_z: f64,
     /// Smoothing factor of the residual test's EWMA and MAD, in (0, 1].
@@ -66,10 +72,16 @@ pub struct AnomalyArgs {
     /// Rows learned before the residual test may alarm.
     #[arg(long, default_value_t = AnomalyConfig::default().residual_warmup)]
     residual_warmup: usize,
-    /// Print `{"features", "threshold", "scores", "residual_z", "alarms"}`.
+    /// An alarm more than this many rows after the last one opens an episode.
+    #[arg(long, default_value_t = AnomalyConfig::default().episode_gap)]
+    episode_gap: usize,
+    /// Print scores, residual z-scores, alarms, rules and episodes as JSON.
     ///
-    /// `scores` and `residual_z` hold one value per row, `alarms` the row
-    /// indices.
+    /// `{"features", "threshold", "residual_limit", "scores", "residual_z",
+    /// "alarms", "rules", "episodes"}`: `scores` and `residual_z` hold one
+    /// value per row, `alarms` the row indices, `rules` the rule of each
+    /// alarm ("trees", "residual" or "both"), `episodes` the rows of the
+    /// alarms that open an episode.
     #[arg(long)]
     json: bool,
 }
@@ -177,10 +189,13 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
     let (features, rows) = read_columns(&args.file, &args.features)?;
     anyhow::ensure!(
         args.persistence >= 1
+            && args.persistence_window >= args.persistence
+            && args.episode_gap >= 1
             && args.residual_z >= 0.0
             && args.residual_alpha > 0.0
             && args.residual_alpha <= 1.0,
-        "--persistence at least 1, --residual-z at least 0, --residual-alpha in (0, 1]"
+        "--persistence at least 1, --persistence-window at least --persistence, \
+         --episode-gap at least 1, --residual-z at least 0, --residual-alpha in (0, 1]"
     );
     // The daemon's scorer ([pipelines.anomaly]), with these settings.
     let cfg = AnomalyConfig {
@@ -193,45 +208,57 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         calibration: args.calibration,
         history: args.history,
         persistence: args.persistence,
+        persistence_window: args.persistence_window,
         residual_z: args.residual_z,
         residual_alpha: args.residual_alpha,
         residual_warmup: args.residual_warmup,
+        episode_gap: args.episode_gap,
     };
     let mut scorer = Scorer::new(&cfg, &features);
     let mut scores = Vec::with_capacity(rows.len());
     let mut residual_z = Vec::with_capacity(rows.len());
-    let mut alarms = Vec::new();
+    let (mut alarms, mut rules, mut episodes) = (Vec::new(), Vec::new(), Vec::new());
     for (i, row) in rows.iter().enumerate() {
         let s = scorer.score_then_learn_f64(row);
-        if s.alarm {
+        if let Some(rule) = s.rule {
             alarms.push(i);
+            rules.push(rule.as_str());
+        }
+        if s.episode {
+            episodes.push(i);
         }
         scores.push(s.score);
         residual_z.push(s.residual_z);
     }
     let threshold = scorer.threshold();
+    let residual_limit = scorer.residual_limit();
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "features": features,
                 "threshold": threshold,
+                "residual_limit": residual_limit,
                 "scores": scores,
                 "residual_z": residual_z,
                 "alarms": alarms,
+                "rules": rules,
+                "episodes": episodes,
             })
         );
     } else {
         println!(
-            "{} rows, features {}; threshold {} ({} quantile of the last {} scores, {} in a row), residual z above {}; {} alarms{}",
+            "{} rows, features {}; threshold {} ({} quantile of the last {} scores, {} of {} rows), residual z above {}; {} alarms in {} episodes{}",
             scores.len(),
             features.join(","),
             threshold.map_or("not reached".into(), |t| format!("{t:.4}")),
             args.quantile,
             args.history,
             args.persistence,
-            args.residual_z,
+            args.persistence_window,
+            residual_limit.map_or("off".into(), |t| format!("{t:.2}")),
             alarms.len(),
+            episodes.len(),
             if alarms.is_empty() {
                 String::new()
             } else {

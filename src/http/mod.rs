@@ -6,7 +6,7 @@
 //! | GET | `/v1/stats` | ingest, prediction and training counters |
 //! | GET | `/metrics` | the same counters and more in Prometheus text format ([`crate::metrics`]) |
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
-//! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p},"anomaly_score"}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number,"anomaly_score"}]}` (`anomaly_score`: [`crate::learn::anomaly`], scored, not learned; absent with `[pipelines.anomaly] enabled = false`) |
+//! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p},"anomaly_score","residual_z","residual_feature","anomaly","anomaly_rule"}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number,"anomaly_score",…}]}` (the anomaly fields: [`crate::learn::anomaly`], each row seen as the scorer's next reading, not learned: the trees' score, the largest residual z and its feature, and the alarm with its rule, `"trees"`, `"residual"` or `"both"`, absent without one; all absent with `[pipelines.anomaly] enabled = false`) |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card, the serving version and its `engine` (tract or ort) |
 //! | PUT | `/v1/pipelines/{name}/models` | ONNX bytes (header `x-sha256` or `?sha256=`) → `201 {"pipeline", "version", "serving_version", "card"}`: checked and stored, served once promoted ([`crate::serve::intake`]); refusals 413 (oversized), 400 (sha256), 422 (the model) |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
@@ -564,6 +564,17 @@ pub struct RowPrediction {
     /// The row's anomaly score (`[pipelines.anomaly]`; scored, not learned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly_score: Option<f64>,
+    /// The row's largest residual z and its feature, and whether the
+    /// scorer would alarm on it as its next reading, by which rule (as the
+    /// prediction messages' fields; not learned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_z: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_feature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_rule: Option<String>,
 }
 
 /// Answer to a predict request to a classifier.
@@ -581,12 +592,21 @@ pub struct PredictResponse {
 
 /// One row's prediction by a regressor: the predicted label value, in the
 /// label's unit (the ONNX `prediction` output, `f32`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowValue {
     pub prediction: f32,
     /// As [`RowPrediction::anomaly_score`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly_score: Option<f64>,
+    /// As [`RowPrediction::residual_z`] and the fields after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_z: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_feature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_rule: Option<String>,
 }
 
 /// Answer to a predict request to a regressor.
@@ -722,8 +742,8 @@ async fn predict(
             _ => {}
         }
     }
-    let scores = s.anomaly.score(&name, &x, features.len());
-    let score = |i: usize| scores.as_ref().and_then(|v| v.get(i).copied());
+    let peeked = s.anomaly.peek(&name, &x, features.len());
+    let field = |i: usize| peeked.as_ref().and_then(|v| v.get(i));
     let model = serving.clone();
     let started = std::time::Instant::now();
     let proba = tokio::task::spawn_blocking(move || model.model.predict_proba(&x))
@@ -744,7 +764,11 @@ async fn predict(
                 .enumerate()
                 .map(|(i, prediction)| RowValue {
                     prediction,
-                    anomaly_score: score(i),
+                    anomaly_score: field(i).map(|a| a.score),
+                    residual_z: field(i).map(|a| a.residual_z),
+                    residual_feature: field(i).and_then(|a| a.residual_feature.clone()),
+                    anomaly: field(i).map(|a| a.alarm),
+                    anomaly_rule: field(i).and_then(|a| a.rule.map(str::to_string)),
                 })
                 .collect(),
         })));
@@ -756,7 +780,11 @@ async fn predict(
         .map(|(i, row)| RowPrediction {
             label: classes[crate::learn::logistic::argmax_rows(row, classes.len())[0]].clone(),
             probabilities: classes.iter().cloned().zip(row.iter().copied()).collect(),
-            anomaly_score: score(i),
+            anomaly_score: field(i).map(|a| a.score),
+            residual_z: field(i).map(|a| a.residual_z),
+            residual_feature: field(i).and_then(|a| a.residual_feature.clone()),
+            anomaly: field(i).map(|a| a.alarm),
+            anomaly_rule: field(i).and_then(|a| a.rule.map(str::to_string)),
         })
         .collect();
     Ok(Json(PredictAnswer::Classification(PredictResponse {

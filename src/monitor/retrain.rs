@@ -128,12 +128,9 @@ pub struct OtherAlarm {
     pub action: String,
 }
 
-/// A pipeline's anomaly alarms under one serving version.
+/// A pipeline's anomaly alarms on the timeline.
 #[derive(Debug, Default)]
 struct AnomalyEpisode {
-    version: Option<u32>,
-    /// The last look found new alarmed readings.
-    ongoing: bool,
     /// When the last anomaly alarm was raised.
     last: Option<std::time::Instant>,
 }
@@ -174,12 +171,11 @@ pub struct Learner {
     /// Pipelines with an alarm waiting for the cool-down to end, and the
     /// trigger the training will carry.
     deferred: HashMap<String, Trigger>,
-    /// Anomaly alarms (readings) of each pipeline at the last look.
+    /// Anomaly alarm episodes of each pipeline at the last look
+    /// (`learn::anomaly::Scored::episode`, counted by the scorers).
     anomaly: Option<crate::serve::predictions::AnomalyScorers>,
     anomaly_seen: HashMap<String, u64>,
-    /// Per pipeline: the version serving, whether the last look found new
-    /// anomaly alarms (an episode goes on), and when the last anomaly alarm
-    /// was raised under that version.
+    /// Per pipeline: when the last anomaly alarm was raised.
     anomaly_episode: HashMap<String, AnomalyEpisode>,
     /// Next seq at the last data-drift check, and whether that window
     /// drifted (for the version then serving): one alarm when drift starts.
@@ -480,7 +476,11 @@ impl Learner {
                 .insert(p.name.clone(), self.store.counts(&p.name)?.next_seq);
         }
         if let Some(a) = &self.anomaly {
-            self.anomaly_seen = a.totals().into_iter().map(|(n, t)| (n, t.alarms)).collect();
+            self.anomaly_seen = a
+                .totals()
+                .into_iter()
+                .map(|(n, t)| (n, t.episodes))
+                .collect();
         }
         self.start_online().await?;
         self.check_all(&shutdown).await?;
@@ -812,45 +812,42 @@ impl Learner {
     }
 
     /// Looks for data-drift and anomaly alarms of each pipeline: new anomaly
-    /// alarms (readings) since the last look are one alarm when the look
-    /// before found none and the last alarm is [`ANOMALY_ALARM_GAP`] old,
-    /// both under the version serving (a burst of anomalous readings over
-    /// consecutive looks is one episode, one event on the timeline, not one
-    /// per look; a new version starts afresh, so anomalies that go on
-    /// after a training alarm once more); every `window`
+    /// episodes since the last look (an alarm more than `episode_gap`
+    /// readings after the previous one, the scorer's definition, which
+    /// `edgeloop anomaly` lists too) are one alarm when the last alarm is
+    /// [`ANOMALY_ALARM_GAP`] old (a burst of anomalous readings is one
+    /// episode, one event on the timeline); every `window`
     /// new samples, the newest `window` are compared with the serving
     /// version's training data ([`super::data_drift::against_training`]),
     /// and a window that drifts after one that did not is one alarm (a
     /// lasting change is one alarm, not one per window; a new version
     /// starts afresh).
     async fn watch_alarms(&mut self, shutdown: &CancellationToken) -> Result<(), TrainFailure> {
-        let anomaly_totals: HashMap<String, u64> = self
+        let anomaly_totals: HashMap<String, crate::serve::predictions::AnomalyTotals> = self
             .anomaly
             .as_ref()
-            .map(|a| a.totals().into_iter().map(|(n, t)| (n, t.alarms)).collect())
+            .map(|a| a.totals().into_iter().collect())
             .unwrap_or_default();
         for i in 0..self.pipelines.len() {
             let p = self.pipelines[i].clone();
             let serving = self.registry.get(&p.name);
-            if let Some(&total) = anomaly_totals.get(&p.name) {
+            if let Some(t) = anomaly_totals.get(&p.name) {
+                let total = t.episodes;
                 let seen = self.anomaly_seen.insert(p.name.clone(), total).unwrap_or(0);
                 let version = serving.as_ref().map(|s| s.version);
                 let episode = self.anomaly_episode.entry(p.name.clone()).or_default();
-                if episode.version != version {
-                    *episode = AnomalyEpisode {
-                        version,
-                        ..Default::default()
-                    };
-                }
-                let ongoing = std::mem::replace(&mut episode.ongoing, total > seen);
                 let recent = episode
                     .last
                     .is_some_and(|at| at.elapsed() < ANOMALY_ALARM_GAP);
-                if total > seen && !ongoing && !recent {
+                if total > seen && !recent {
                     episode.last = Some(std::time::Instant::now());
                     let reason = format!(
-                        "{} reading(s) above the anomaly threshold ({total} in all)",
-                        total - seen
+                        "{} new episode(s) of anomaly alarms ({} alarmed readings in all: {} by \
+                         the trees' threshold, {} by the residual test)",
+                        total - seen,
+                        t.alarms,
+                        t.trees_alarms,
+                        t.residual_alarms
                     );
                     self.alarm(&p, AlarmKind::Anomaly, version, reason, shutdown)
                         .await?;

@@ -44,9 +44,21 @@ pub struct PredictionMessage {
     /// [`crate::learn::anomaly`]); absent when scoring is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly_score: Option<f64>,
-    /// Whether the score is above the learned alarm threshold.
+    /// The largest residual z of the reading's features against their
+    /// EWMA, in smoothed MADs ([`crate::learn::anomaly::ResidualZ`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_z: Option<f64>,
+    /// The feature of that residual z (absent while no feature has a
+    /// scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_feature: Option<String>,
+    /// The alarm: either rule of [`crate::learn::anomaly::Scorer`] fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<bool>,
+    /// The rule that fired: `"trees"`, `"residual"` or `"both"` (absent
+    /// without an alarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_rule: Option<String>,
     /// `true` when the serving version is an online snapshot that has
     /// learned one class so far and answers it whatever the reading (cold
     /// start, [`crate::learn::online::export`]); absent otherwise.
@@ -70,9 +82,30 @@ pub struct ValueMessage {
     /// As [`PredictionMessage::anomaly_score`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly_score: Option<f64>,
+    /// As [`PredictionMessage::residual_z`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_z: Option<f64>,
+    /// As [`PredictionMessage::residual_feature`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_feature: Option<String>,
     /// As [`PredictionMessage::anomaly`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<bool>,
+    /// As [`PredictionMessage::anomaly_rule`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_rule: Option<String>,
+}
+
+/// A reading's anomaly fields as published: the scorer's view of it, with
+/// the residual's feature named.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyFields {
+    pub score: f64,
+    pub residual_z: f64,
+    pub residual_feature: Option<String>,
+    pub alarm: bool,
+    /// `"trees"`, `"residual"` or `"both"` ([`crate::learn::anomaly::AlarmRule`]).
+    pub rule: Option<&'static str>,
 }
 
 /// A message ready to publish.
@@ -124,7 +157,23 @@ pub struct AnomalyScorers(Arc<std::sync::Mutex<HashMap<String, ScorerEntry>>>);
 #[derive(Debug)]
 struct ScorerEntry {
     scorer: crate::learn::anomaly::Scorer,
+    /// The features the scorer reads, in the readings' order.
+    features: Vec<String>,
     totals: AnomalyTotals,
+}
+
+impl ScorerEntry {
+    fn fields(&self, s: crate::learn::anomaly::Scored) -> AnomalyFields {
+        AnomalyFields {
+            score: s.score,
+            residual_z: s.residual_z,
+            residual_feature: s
+                .residual_feature
+                .and_then(|i| self.features.get(i).cloned()),
+            alarm: s.alarm,
+            rule: s.rule.map(|r| r.as_str()),
+        }
+    }
 }
 
 /// What a pipeline's scorer has scored and learned since the daemon
@@ -135,8 +184,13 @@ pub struct AnomalyTotals {
     pub scored: u64,
     /// The sum of their scores (each in [0, 1]).
     pub score_sum: f64,
-    /// Readings whose score passed the alarm threshold.
+    /// Alarmed readings (either rule).
     pub alarms: u64,
+    /// Alarms by rule (a reading where both fired counts in both).
+    pub trees_alarms: u64,
+    pub residual_alarms: u64,
+    /// Alarms that opened an episode ([`crate::learn::anomaly::Scored::episode`]).
+    pub episodes: u64,
 }
 
 impl AnomalyScorers {
@@ -150,6 +204,7 @@ impl AnomalyScorers {
                     p.name.clone(),
                     ScorerEntry {
                         scorer: crate::learn::anomaly::Scorer::new(&p.anomaly, &p.model_features()),
+                        features: p.model_features(),
                         totals: AnomalyTotals::default(),
                     },
                 )
@@ -164,36 +219,61 @@ impl AnomalyScorers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Scores then learns each of `readings` in order: score and alarm, or
-    /// `None` when the pipeline does not score.
+    /// Scores then learns each of `readings` in order (counted in the
+    /// totals and in `stats`' alarm counters), or `None` each when the
+    /// pipeline does not score.
     pub fn score_then_learn<'a>(
         &self,
         pipeline: &str,
         readings: impl Iterator<Item = &'a [f32]>,
-    ) -> Vec<Option<(f64, bool)>> {
+        stats: &Stats,
+    ) -> Vec<Option<AnomalyFields>> {
+        use crate::learn::anomaly::AlarmRule;
         let mut map = self.lock();
         match map.get_mut(pipeline) {
             Some(e) => readings
                 .map(|r| {
-                    let (score, alarm) = e.scorer.score_then_learn(r);
-                    e.totals.scored += 1;
-                    e.totals.score_sum += score;
-                    e.totals.alarms += u64::from(alarm);
-                    Some((score, alarm))
+                    let s = e.scorer.score_then_learn(r);
+                    let trees = matches!(s.rule, Some(AlarmRule::Trees | AlarmRule::Both));
+                    let residual = matches!(s.rule, Some(AlarmRule::Residual | AlarmRule::Both));
+                    let t = &mut e.totals;
+                    t.scored += 1;
+                    t.score_sum += s.score;
+                    t.alarms += u64::from(s.alarm);
+                    t.trees_alarms += u64::from(trees);
+                    t.residual_alarms += u64::from(residual);
+                    t.episodes += u64::from(s.episode);
+                    stats.anomaly_alarms.fetch_add(u64::from(s.alarm), Relaxed);
+                    stats
+                        .anomaly_trees_alarms
+                        .fetch_add(u64::from(trees), Relaxed);
+                    stats
+                        .anomaly_residual_alarms
+                        .fetch_add(u64::from(residual), Relaxed);
+                    stats
+                        .anomaly_episodes
+                        .fetch_add(u64::from(s.episode), Relaxed);
+                    Some(e.fields(s))
                 })
                 .collect(),
             None => readings.map(|_| None).collect(),
         }
     }
 
-    /// The scores of `rows` (`n_features` values each) without learning
-    /// them; `None` when the pipeline does not score.
-    pub fn score(&self, pipeline: &str, rows: &[f32], n_features: usize) -> Option<Vec<f64>> {
+    /// `rows` (`n_features` values each) as the next readings would be
+    /// seen, without learning them ([`crate::learn::anomaly::Scorer::peek`]);
+    /// `None` when the pipeline does not score.
+    pub fn peek(
+        &self,
+        pipeline: &str,
+        rows: &[f32],
+        n_features: usize,
+    ) -> Option<Vec<AnomalyFields>> {
         let map = self.lock();
         let e = map.get(pipeline)?;
         Some(
             rows.chunks(n_features.max(1))
-                .map(|r| e.scorer.score(r))
+                .map(|r| e.fields(e.scorer.peek(r)))
                 .collect(),
         )
     }
@@ -290,12 +370,11 @@ impl Predictor {
             let anomalies = self.anomaly.score_then_learn(
                 &p.name,
                 job.samples.iter().map(|(_, s)| s.features.as_slice()),
+                &self.stats,
             );
-            let alarms = anomalies.iter().filter(|a| a.is_some_and(|a| a.1)).count();
-            self.stats.anomaly_alarms.fetch_add(alarms as u64, Relaxed);
             if anomalies.iter().any(Option::is_some) {
                 self.stats
-                    .observe_anomaly_scores(&p.name, anomalies.iter().flatten().map(|a| a.0));
+                    .observe_anomaly_scores(&p.name, anomalies.iter().flatten().map(|a| a.score));
             }
             if p.prediction_topic.is_empty() {
                 continue;
@@ -338,7 +417,13 @@ impl Predictor {
                     .zip(proba.chunks_exact(width))
                     .zip(&anomalies)
                     .map(|(((seq, s), row), anomaly)| {
-                        let (anomaly_score, anomaly) = (anomaly.map(|a| a.0), anomaly.map(|a| a.1));
+                        let anomaly_score = anomaly.as_ref().map(|a| a.score);
+                        let residual_z = anomaly.as_ref().map(|a| a.residual_z);
+                        let residual_feature =
+                            anomaly.as_ref().and_then(|a| a.residual_feature.clone());
+                        let anomaly_rule =
+                            anomaly.as_ref().and_then(|a| a.rule.map(str::to_string));
+                        let anomaly = anomaly.as_ref().map(|a| a.alarm);
                         let payload = if regression {
                             serde_json::to_vec(&ValueMessage {
                                 pipeline: job.pipeline.clone(),
@@ -348,7 +433,10 @@ impl Predictor {
                                 prediction: row[0],
                                 model_version: serving.version,
                                 anomaly_score,
+                                residual_z,
+                                residual_feature: residual_feature.clone(),
                                 anomaly,
+                                anomaly_rule: anomaly_rule.clone(),
                             })
                         } else {
                             let best = crate::learn::logistic::argmax_rows(row, classes.len())[0];
@@ -365,7 +453,10 @@ impl Predictor {
                                     .collect(),
                                 model_version: serving.version,
                                 anomaly_score,
+                                residual_z,
+                                residual_feature: residual_feature.clone(),
                                 anomaly,
+                                anomaly_rule: anomaly_rule.clone(),
                                 constant: crate::learn::online::export::is_constant(&serving.card),
                             })
                         };
