@@ -29,16 +29,25 @@ that best threshold over their scores (the scores are equal, River's
 `MinMaxScaler() | HalfSpaceTrees(seed=42)` being what edgeloop computes), and,
 as an operator sees them, by their alarms: edgeloop's (its default rules,
 the daemon's: a score above the `--quantile` of the last `--history` scores
-once `--calibration` were seen, `--persistence` readings in a row; or a
-reading more than `--residual-z` smoothed mean absolute deviations from its
-EWMA; no look at the labels; the earlier rule, the trees alone, is the
-second setting) against River's own
+once `--calibration` were seen, for `--persistence` of the last
+`--persistence-window` readings; or a reading more than `--residual-z`
+smoothed mean absolute deviations from its EWMA and more than the
+`--quantile` of the earlier residual z-scores; no look at the labels; the
+trees alone, the first rule, is a later setting) against River's own
 alarm rule, `anomaly.QuantileFilter(HalfSpaceTrees(seed=42), q)` (a running
 quantile of the scores, the detector not learning the readings it flags).
 
 Onset: for each file, the row of its first labelled anomaly
 (`combined_labels.json`); a run is detected when an alarm falls within its
-first 50 rows from the onset on, and the alarms before the onset are counted.
+first 50 rows from the onset on, and the alarms before the onset are counted;
+each file's line also shows the largest score and residual z within those 50
+rows and the threshold and residual limit at the end of the file.
+
+False alarms beyond NAB: UCI Occupancy's three files (1-minute readings of 5
+room sensors, no labelled anomaly, normal days with lights switched on and
+off), each scored from its first row: alarms and alarm episodes (`edgeloop
+anomaly`'s `episodes`, the daemon's definition: an alarm more than
+`--episode-gap` rows, 60, after the previous one).
 
 Run: python3 benches/nab_score.py [DATA_DIR] [BINARY] (defaults
 ../shared/data and target/debug/edgeloop), from the repository root, in the
@@ -60,12 +69,17 @@ A_TP, A_FP, A_FN = 1.0, 0.11, 1.0
 SETTINGS = [
     # (label, edgeloop anomaly flags, River QuantileFilter q)
     ("defaults (window 250; quantile 0.999 of the last 5000 scores after 1000, "
-     "2 in a row; or residual z > 10, alpha 0.05, after 30 rows)", [], 0.999),
-    ("Half-Space Trees alone, the earlier defaults (--persistence 1 --residual-z 0)",
+     "2 of 5 rows; or residual z > 10 and > its own 0.999 quantile, alpha 0.05, "
+     "after 30 rows)", [], 0.999),
+    ("2 in a row (--persistence-window 2)", ["--persistence-window", "2"], 0.999),
+    ("2 of 3 rows (--persistence-window 3)", ["--persistence-window", "3"], 0.999),
+    ("2 of 10 rows (--persistence-window 10)", ["--persistence-window", "10"], 0.999),
+    ("Half-Space Trees alone (--persistence 1 --residual-z 0)",
      ["--persistence", "1", "--residual-z", "0"], 0.999),
     ("persistence 1 (every score above the threshold), residual z > 10",
      ["--persistence", "1"], 0.999),
-    ("residual z alone (> 10; --calibration 1000000: the trees never alarm)",
+    ("residual z alone with the fixed limit 10 (--calibration 1000000: the trees "
+     "never alarm and the limit never adapts)",
      ["--calibration", "1000000", "--history", "1000000"], 0.999),
     ("residual z > 8", ["--residual-z", "8"], 0.999),
     ("residual z > 15", ["--residual-z", "15"], 0.999),
@@ -142,12 +156,16 @@ def load():
     return files
 
 
-def edgeloop(path, args):
+def edgeloop_json(path, features, args):
     out = subprocess.run(
-        [BINARY, "anomaly", "--json", "--features", "value", "--file", path] + args,
+        [BINARY, "anomaly", "--json", "--features", features, "--file", path] + args,
         capture_output=True, text=True, check=True)
-    v = json.loads(out.stdout)
-    return v["scores"], v["alarms"]
+    return json.loads(out.stdout)
+
+
+def edgeloop(path, args):
+    v = edgeloop_json(path, "value", args)
+    return v["scores"], v["alarms"], v
 
 
 def river(rows, q):
@@ -163,6 +181,24 @@ def river(rows, q):
         filt.learn_one(scaler.transform_one(x))
         scores.append(s)
     return scores, alarms
+
+
+OCCUPANCY_SETTINGS = {SETTINGS[0][0], SETTINGS[1][0], SETTINGS[4][0]}
+
+
+def occupancy(args):
+    """Alarms and episodes of `edgeloop anomaly` on UCI Occupancy's files."""
+    total_alarms = total_episodes = 0
+    parts = []
+    for name in ("datatest.txt", "datatraining.txt", "datatest2.txt"):
+        v = edgeloop_json(os.path.join(DATA, "occupancy_uci", name),
+                          "Temperature,Humidity,Light,CO2,HumidityRatio", args)
+        total_alarms += len(v["alarms"])
+        total_episodes += len(v["episodes"])
+        by_rule = {r: v["rules"].count(r) for r in ("trees", "residual", "both")}
+        parts.append(f"{name} {len(v['alarms'])} alarms {by_rule} in {len(v['episodes'])} episodes")
+    print(f"  UCI Occupancy (no labelled anomaly): {total_alarms} alarms in "
+          f"{total_episodes} episodes ({'; '.join(parts)})")
 
 
 def best_threshold(runs):
@@ -191,9 +227,10 @@ def main():
         e_runs, r_runs, lines = [], [], []
         e_raw = r_raw = 0.0
         onset_hit = {"edgeloop": 0, "river": 0}
+        hits = {"edgeloop": [], "river": []}
         before = {"edgeloop": [], "river": []}
         for (wn, rows, path, key, labs) in prepared:
-            es, ea = edgeloop(path, args)
+            es, ea, ev = edgeloop(path, args)
             rs, ra = river(rows, q)
             e_runs.append((wn, es, ea))
             r_runs.append((wn, rs, ra))
@@ -204,11 +241,16 @@ def main():
             onset = next(i for i, t in enumerate(times) if t >= labs[0][:19])
             for who, al in (("edgeloop", ea), ("river", ra)):
                 onset_hit[who] += any(onset <= a < onset + 50 for a in al)
+                hits[who].append(any(onset <= a < onset + 50 for a in al))
                 before[who].append(sum(1 for a in al if a < onset))
             lines.append(f"  {key}: edgeloop {e:+.3f} ({len(ea)} alarms), "
                          f"River {r:+.3f} ({len(ra)} alarms); onset row {onset}: edgeloop "
                          f"{'alarms' if any(onset <= a < onset + 50 for a in ea) else 'misses'} "
-                         f"within 50, {before['edgeloop'][-1]} alarms before")
+                         f"within 50, {before['edgeloop'][-1]} alarms before; within 50: "
+                         f"score max {max(es[onset:onset + 50]):.4f}, residual z max "
+                         f"{max(ev['residual_z'][onset:onset + 50]):.1f}; at the end: threshold "
+                         f"{ev['threshold'] if ev['threshold'] is None else round(ev['threshold'], 4)}, "
+                         f"residual limit {ev['residual_limit'] if ev['residual_limit'] is None else round(ev['residual_limit'], 1)}")
         print(f"\n## {label}")
         print("\n".join(lines))
         print(f"  NAB score by alarms: edgeloop {norm(e_raw):.1f}, River HST + QuantileFilter({q}) {norm(r_raw):.1f}")
@@ -217,6 +259,10 @@ def main():
             print(f"  onset: {who} alarms within 50 rows of it in {onset_hit[who]} of {len(files)} runs; "
                   f"runs with at most 1 alarm before it: {sum(1 for x in b if x <= 1)} of {len(files)} "
                   f"(alarms before: {b})")
+        both = sum(1 for h, b in zip(hits["edgeloop"], before["edgeloop"]) if h and b <= 1)
+        print(f"  onset: edgeloop runs caught with at most 1 alarm before: {both} of {len(files)}")
+        if label in OCCUPANCY_SETTINGS:
+            occupancy(args)
         if args == []:
             (er, et), (rr, rt) = best_threshold(e_runs), best_threshold(r_runs)
             print(f"  NAB score at the corpus-best threshold: edgeloop {norm(er):.1f} (>= {et:.4f}), "
