@@ -540,16 +540,26 @@ impl Store {
                 let mut table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
                 let mut by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
                 let mut bytes = Vec::with_capacity(256);
+                // The set of the pipeline of the sample before: looked up
+                // again only when the pipeline changes (a batch is mostly
+                // one pipeline's), not hashed by name per sample.
+                let mut current: Option<(&str, &mut DigestSet)> = None;
                 for new in samples {
                     let p = new.pipeline.as_str();
-                    if !index.pipelines.contains_key(p) {
-                        let set = self.digests_of(&table, p)?;
-                        index.pipelines.insert(p.to_string(), set);
+                    if current.as_ref().is_none_or(|(q, _)| *q != p) {
+                        if !index.pipelines.contains_key(p) {
+                            let set = self.digests_of(&table, p)?;
+                            index.pipelines.insert(p.to_string(), set);
+                        }
+                        let set = index
+                            .pipelines
+                            .get_mut(p)
+                            .ok_or_else(|| self.corrupt("append", "dedup index not loaded"))?;
+                        current = Some((p, set));
                     }
-                    let set = index
-                        .pipelines
-                        .get_mut(p)
-                        .ok_or_else(|| self.corrupt("append", "dedup index not loaded"))?;
+                    let Some((_, set)) = current.as_mut() else {
+                        return Err(self.corrupt("append", "dedup index not loaded"));
+                    };
                     // A digest is recorded for every stored sample; only a
                     // sample marked `dedup` is skipped when it is known.
                     if set.insert(new.digest) {

@@ -531,7 +531,9 @@ impl Committer {
         }
         let mut labelled = false;
         let (mut stored, mut duplicates) = (0u64, 0u64);
-        let mut jobs: HashMap<String, Vec<(u64, Sample)>> = HashMap::new();
+        // Per pipeline, in order of first appearance (a handful at most: a
+        // scan, not a hash of the name per sample).
+        let mut jobs: Vec<(String, Vec<(u64, Sample)>)> = Vec::new();
         for (row, seq) in rows.into_iter().zip(&written.seqs) {
             let Some(seq) = *seq else {
                 duplicates += 1;
@@ -543,9 +545,10 @@ impl Committer {
             if has_label && !self.predict_labelled.contains(&row.pipeline) {
                 continue;
             }
-            jobs.entry(row.pipeline)
-                .or_default()
-                .push((seq, row.sample));
+            match jobs.iter_mut().find(|(p, _)| *p == row.pipeline) {
+                Some((_, samples)) => samples.push((seq, row.sample)),
+                None => jobs.push((row.pipeline, vec![(seq, row.sample)])),
+            }
         }
         self.stats.duplicates.fetch_add(duplicates, Relaxed);
         self.stats.samples_stored.fetch_add(stored, Relaxed);
