@@ -149,9 +149,22 @@ fn init_logs(filter: &str, format: LogFormat) -> LogHandle {
     };
     tracing_subscriber::registry()
         .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(|m| {
+            recorded(m.target(), m.is_span())
+        }))
         .with(output)
         .init();
     handle
+}
+
+/// Whether a span or event of `target` is recorded: everything but the
+/// embedded broker's spans. rumqttd opens an ERROR-level span for every
+/// publish it routes (`router/routing.rs`: `error_span!("publish", topic =
+/// ?publish.topic, …)`, and `incoming_payload` per read), so any filter
+/// that keeps its errors recorded a span per message and formatted its
+/// topic into it; rumqttd's events are still logged, without those spans.
+fn recorded(target: &str, is_span: bool) -> bool {
+    !(is_span && (target == "rumqttd" || target.starts_with("rumqttd::")))
 }
 
 /// The binary's `main`: parses the command line, starts the logs, runs the
@@ -201,5 +214,17 @@ fn run(cli: Cli, logs: LogHandle) -> anyhow::Result<()> {
         Command::Detect(args) => monitor::detect(args),
         Command::Drift(args) => monitor::drift(args),
         Command::Demo(args) => data::demo(args, &runtime),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rumqttd_spans_are_not_recorded_its_events_are() {
+        assert!(!super::recorded("rumqttd::router::routing", true));
+        assert!(!super::recorded("rumqttd", true));
+        assert!(super::recorded("rumqttd::router::routing", false));
+        assert!(super::recorded("edgeloop::ingest::mqtt", true));
+        assert!(super::recorded("rumqttdx", true));
     }
 }
