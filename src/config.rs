@@ -824,12 +824,24 @@ impl Config {
             }
             match p.online.family() {
                 Err(e) => return bad(key("online.family"), e),
-                Ok(Some(_)) if p.task == Task::Regression || p.windows.enabled => {
+                Ok(Some(_)) if p.windows.enabled => {
                     return bad(
                         key("online.family"),
-                        "the online learners classify single readings: not for a \
-                         regression or windowed pipeline (use off)"
+                        "the online learners learn single readings: not for a windowed \
+                         pipeline (use off)"
                             .into(),
+                    );
+                }
+                Ok(Some(f))
+                    if p.task == Task::Regression
+                        && crate::learn::online::OnlineRegression::new(f, 1, 0).is_none() =>
+                {
+                    return bad(
+                        key("online.family"),
+                        format!(
+                            "{f} has no regressor: for a regression pipeline, hoeffding_tree \
+                             or arf (or off)"
+                        ),
                     );
                 }
                 Ok(_) => {}

@@ -619,9 +619,164 @@ async fn serving_switches_to_the_online_learner_when_the_batch_model_goes_stale(
     stop(running, handle, token).await;
 }
 
+/// A regression pipeline's online learner (`task = "regression"`,
+/// `family = "hoeffding_tree"`: River's `StandardScaler() |
+/// HoeffdingTreeRegressor()`), over the embedded broker, on the first 700
+/// readings of UCI Air Quality with a feature (a reading without one is
+/// refused by the daemon). References: River on the same rows
+/// (`tests/fixtures/online_daemon/gen_regression.py`, features as the
+/// float32 the daemon stores). After 1 and 450 labels, and after a restart
+/// and 600, the served snapshot's HTTP predictions of the next 50 rows
+/// equal River's model at that point (within 1e-4, relative above 1: the
+/// graph computes in f32 around the double scaler), and the card's recent
+/// MAE equals River's prequential MAE over the same last 200 samples
+/// (within 1e-6 relative; the learner in process, no ONNX).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_pipeline_serves_the_online_regressor_from_the_first_label() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tests/fixtures/online_daemon/regression.json"))
+            .expect("regression.json"),
+    )
+    .unwrap();
+    let features: Vec<String> = reference["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    let rows = reference["rows"].as_array().unwrap().clone();
+    let labels: Vec<f64> = reference["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|y| y.as_f64().unwrap())
+        .collect();
+    let reading = |k: usize| {
+        let mut m = serde_json::Map::new();
+        for (name, v) in features.iter().zip(rows[k].as_array().unwrap()) {
+            m.insert(name.clone(), v.clone());
+        }
+        m.insert("CO_GT".into(), labels[k].into());
+        // A distinct payload per row (content deduplication).
+        m.insert("row".into(), k.into());
+        serde_json::to_vec(&m).unwrap()
+    };
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    let mut p = cfg.pipelines[0].clone();
+    p.name = "air".into();
+    p.topics = vec!["air/+/quality".into()];
+    p.label_topics = vec![];
+    p.features = features.clone();
+    p.label = "CO_GT".into();
+    p.task = edgeloop::learn::Task::Regression;
+    p.classes = vec![];
+    p.timestamp = String::new();
+    p.preprocess = Default::default();
+    p.model.family = "linear".parse().unwrap();
+    p.model.metric = None;
+    p.model.min_labels = NEVER;
+    p.model.retrain_every = NEVER;
+    p.drift.retrain_on_drift = false;
+    p.online.family = "hoeffding_tree".into();
+    p.online.snapshot_every_labels = 1;
+    p.online.snapshot_every_s = 0;
+    cfg.pipelines = vec![p];
+    cfg.validate().unwrap();
+    let mut opts = replay_opts("unused", port, None);
+    opts.topic = "air/station1/quality".into();
+
+    // The served snapshot's answers for rows k..k+50 against River's model
+    // after k rows, and the card's record against River's.
+    async fn check(
+        handle: &DaemonHandle,
+        k: usize,
+        reference: &serde_json::Value,
+        features: &[String],
+        rows: &[serde_json::Value],
+    ) {
+        let serving = handle.registry.get("air").unwrap();
+        assert_eq!(serving.card.family, "hoeffding_tree");
+        assert_eq!(serving.card.metric, "mae");
+        let online = &serving.card.hyperparameters["online"];
+        assert_eq!(online["labels_learned"], k as u64);
+        assert_eq!(online["constant"], false);
+        if let Some(want) = reference["recent_mae"][k.to_string()].as_f64() {
+            let got = online["recent"]["mae"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-6 * want,
+                "recent MAE after {k}: {got} vs River {want}"
+            );
+            assert_eq!(online["recent"]["scored"], (k - 1).min(200) as u64);
+        }
+        let body: Vec<serde_json::Value> = rows[k..k + 50]
+            .iter()
+            .map(|r| {
+                serde_json::Value::Object(
+                    features
+                        .iter()
+                        .cloned()
+                        .zip(r.as_array().unwrap().iter().cloned())
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+        let (status, resp) = client
+            .request(
+                "POST",
+                "/v1/pipelines/air/predict",
+                Some(serde_json::to_vec(&serde_json::json!({ "rows": body })).unwrap()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+        let resp: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+        assert_eq!(resp["model_version"], serving.version);
+        let want = reference["after"][k.to_string()].as_array().unwrap();
+        let got = resp["predictions"].as_array().unwrap();
+        assert_eq!(got.len(), 50);
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let (g, w) = (g["prediction"].as_f64().unwrap(), w.as_f64().unwrap());
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "after {k} labels, row {}: served {g}, River {w}",
+                k + i
+            );
+        }
+    }
+
+    let (running, handle, token) = start(cfg.clone()).await;
+    publish(&opts, vec![reading(0)]).await;
+    wait_until(WAIT, "the first snapshot", || {
+        labels_learned(&handle, "air") == 1
+    })
+    .await;
+    check(&handle, 1, &reference, &features, &rows).await;
+    publish(&opts, (1..450).map(reading).collect()).await;
+    wait_until(WAIT, "the snapshot after 450 labels", || {
+        labels_learned(&handle, "air") == 450
+    })
+    .await;
+    check(&handle, 450, &reference, &features, &rows).await;
+    stop(running, handle, token).await;
+
+    // Restart: the learner relearns the 450 stored samples.
+    let (running, handle, token) = start(cfg).await;
+    publish(&opts, (450..600).map(reading).collect()).await;
+    wait_until(WAIT, "the snapshot after 600 labels", || {
+        labels_learned(&handle, "air") == 600
+    })
+    .await;
+    check(&handle, 600, &reference, &features, &rows).await;
+    stop(running, handle, token).await;
+}
+
 /// `[pipelines.online] family` is checked before anything starts: an
-/// unknown family, or an online learner on a regression or windowed
-/// pipeline, is refused naming the key.
+/// unknown family, an online learner on a windowed pipeline, or a family
+/// without a regressor on a regression pipeline, is refused naming the
+/// key.
 #[test]
 fn online_config_is_validated_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -641,6 +796,23 @@ fn online_config_is_validated_naming_the_key() {
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("pipelines[0].online.family"), "{err}");
     assert!(err.contains("or off"), "{err}");
+    // A regression pipeline: the families with a regressor only.
+    let classification = cfg.pipelines[0].clone();
+    cfg.pipelines[0].task = edgeloop::learn::Task::Regression;
+    cfg.pipelines[0].classes = vec![];
+    cfg.pipelines[0].model.family = "linear".parse().unwrap();
+    cfg.pipelines[0].model.metric = None;
+    for family in ["hoeffding_tree", "arf", "off"] {
+        cfg.pipelines[0].online.family = family.into();
+        cfg.validate().unwrap();
+    }
+    for family in ["online_logistic", "hoeffding_adaptive_tree"] {
+        cfg.pipelines[0].online.family = family.into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("pipelines[0].online.family"), "{err}");
+        assert!(err.contains("has no regressor"), "{err}");
+    }
+    cfg.pipelines[0] = classification;
     cfg.pipelines[0].online.family = "arf".into();
     cfg.pipelines[0].windows.enabled = true;
     let err = cfg.validate().unwrap_err().to_string();

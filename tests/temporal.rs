@@ -363,7 +363,13 @@ fn temporal_features_refuse_what_they_cannot_combine_with() {
 /// `[pipelines.online]` with temporal features: the online learner learns
 /// each labelled row (its reading and the previous one) as it is stored, and
 /// its ONNX snapshot serves before any batch version; after a restart it
-/// relearns the same rows from the store.
+/// relearns the same rows from the store. Late labels are learned online
+/// too, each with its row formed from the readings stored before it: 200
+/// readings of a third device sent unlabelled, then their labels on the
+/// label topic by `sample_id` (from the prediction messages); the learner's
+/// record over its last 200 samples (all late ones) stays ≥ 0.97, which a
+/// row without its reading's past could not reach (the rule is the previous
+/// reading's sign, a coin toss otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_online_learner_learns_rows_with_their_past() {
     const WAIT: Duration = Duration::from_secs(120);
@@ -374,6 +380,7 @@ async fn the_online_learner_learns_rows_with_their_past() {
         let p = &mut cfg.pipelines[0];
         p.online.family = "online_logistic".into();
         p.model.min_labels = 1_000_000;
+        p.label_topics = vec!["lab/+/seq_label".into()];
         cfg.validate().unwrap();
         cfg
     };
@@ -420,6 +427,45 @@ async fn the_online_learner_learns_rows_with_their_past() {
     assert!(
         recent >= 0.97,
         "online prequential accuracy after the restart {recent}"
+    );
+
+    // Late labels: 200 readings of `c` without labels, their labels later.
+    // 800 relearned and 150 learned since the restart.
+    let before = 950;
+    let (mut sub, stop_sub) = common::subscribe(port, "edgeloop/seq/predictions/c").await;
+    let xs = common::signed_readings(31, 200);
+    publish(port, "c", &xs, None).await;
+    let mut ids = Vec::new();
+    while ids.len() < xs.len() {
+        let msg = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .expect("a prediction message of c")
+            .unwrap();
+        ids.push(msg["sample_id"].as_u64().unwrap());
+    }
+    stop_sub.cancel();
+    // The prediction messages come in arrival order; the labels follow the
+    // rule of each reading's predecessor.
+    let want = labelled(&xs, None);
+    let mut opts = common::replay_opts("unused", port, None);
+    opts.topic = "lab/c/seq_label".into();
+    let labels = ids
+        .iter()
+        .zip(&want)
+        .map(|(id, y)| serde_json::to_vec(&json!({ "sample_id": id, "y": y })).unwrap())
+        .collect();
+    common::publish(&opts, labels).await;
+    common::wait_until(WAIT, "the late labels learned", || {
+        learned(&handle) >= before + 200
+    })
+    .await;
+    let serving = handle.registry.get("seq").unwrap();
+    let online = &serving.card.hyperparameters["online"];
+    assert_eq!(online["labels_learned"], before + 200);
+    let recent = online["recent"]["accuracy"].as_f64().unwrap();
+    assert!(
+        recent >= 0.97,
+        "online prequential accuracy over the late labels {recent}"
     );
     common::stop(running, handle, token).await;
 }

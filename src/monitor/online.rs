@@ -20,6 +20,18 @@
 //! 3. the online model learns the sample. A class is learned the first time
 //!    it appears (no list of classes, no waiting for `min_labels`).
 //!
+//! **Regression pipelines** (`task = "regression"`): `hoeffding_tree` and
+//! `arf` learn River's `StandardScaler() | HoeffdingTreeRegressor()` /
+//! `ARFRegressor(seed)` ([`OnlineRegression`]); the records are absolute
+//! errors `|y − ŷ|` and the serving choice ([`MaeChoice`]) compares mean
+//! absolute errors over the same last [`ServeChoice::WINDOW`] samples: the
+//! other learner takes over when its MAE is lower than the serving one's
+//! by more than [`ServeChoice::MARGIN`] of it (2 %, as a regressor's
+//! probation). The online learner predicts from its first learned sample
+//! (before it, nothing is recorded). Snapshots are
+//! [`crate::learn::online::export::regressor_to_onnx`] graphs, their cards'
+//! records mean absolute errors (`mae`), never `constant`.
+//!
 //! While the online learner serves, it is served **as ONNX**: a snapshot
 //! ([`crate::learn::online::export`]) is exported and promoted through the
 //! [`Registry`] like any version (verified by the engine, stored with the
@@ -48,13 +60,17 @@ use serde::{Deserialize, Serialize};
 
 use super::prequential::ServeChoice;
 use crate::ingest::decode::Sample;
+use crate::ingest::decode::Task;
 use crate::learn::card::ModelCard;
 use crate::learn::online::export::{Prequential, SnapshotCard};
-use crate::learn::online::{OnlineClassifier, OnlineFamily, OnlineModel};
+use crate::learn::online::{
+    OnlineClassifier, OnlineFamily, OnlineModel, OnlineRegression, OnlineRegressor,
+};
 use crate::serve::registry::{Registry, RegistryError, Serving, BY_LEARNER};
 use crate::store::{Store, StoreError};
 
-/// `[pipelines.online]`: the online learner of a classification pipeline.
+/// `[pipelines.online]`: the online learner of a pipeline (for a regression
+/// pipeline: `hoeffding_tree` or `arf`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnlineConfig {
@@ -133,40 +149,167 @@ fn state_key(pipeline: &str) -> String {
     format!("online/{pipeline}")
 }
 
-/// Recent outcomes (true = right) and totals.
+/// Recent errors (0/1 for a classifier, `|y − ŷ|` for a regressor) and
+/// totals.
 #[derive(Debug, Clone, Default)]
 struct Record {
-    recent: VecDeque<bool>,
-    recent_right: u64,
+    recent: VecDeque<f64>,
     scored: u64,
-    right: u64,
+    errors: f64,
 }
 
 impl Record {
-    fn push(&mut self, right: bool) {
+    fn push(&mut self, error: f64) {
         if self.recent.len() == ServeChoice::WINDOW {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_right -= u64::from(old);
+            self.recent.pop_front();
+        }
+        self.recent.push_back(error);
+        self.scored += 1;
+        self.errors += error;
+    }
+
+    /// The record of `n` samples with `errors` in all: accuracy for a
+    /// classifier, MAE for a regressor.
+    fn of(n: u64, errors: f64, regression: bool) -> Prequential {
+        let mean = (n > 0).then(|| errors / n as f64);
+        if regression {
+            Prequential {
+                scored: n,
+                accuracy: None,
+                mae: mean,
+            }
+        } else {
+            Prequential {
+                scored: n,
+                accuracy: mean.map(|e| 1.0 - e),
+                mae: None,
             }
         }
-        self.recent.push_back(right);
-        self.recent_right += u64::from(right);
-        self.scored += 1;
-        self.right += u64::from(right);
     }
 
-    fn recent(&self) -> Prequential {
-        let n = self.recent.len() as u64;
-        Prequential {
-            scored: n,
-            accuracy: (n > 0).then(|| self.recent_right as f64 / n as f64),
+    fn recent(&self, regression: bool) -> Prequential {
+        // Summed afresh (at most WINDOW values): no drift from subtracting.
+        Self::of(
+            self.recent.len() as u64,
+            self.recent.iter().sum(),
+            regression,
+        )
+    }
+
+    fn since_start(&self, regression: bool) -> Prequential {
+        Self::of(self.scored, self.errors, regression)
+    }
+}
+
+/// The serving choice of a regression pipeline: the batch champion's and
+/// the online learner's absolute errors on the last [`ServeChoice::WINDOW`]
+/// samples both predicted; the one not serving takes over when its mean
+/// absolute error is lower than the serving one's by more than
+/// [`ServeChoice::MARGIN`] of it (hysteresis; the same rule as a
+/// regressor's probation).
+#[derive(Debug, Clone)]
+pub struct MaeChoice {
+    recent: VecDeque<(f64, f64)>,
+    second: bool,
+}
+
+impl MaeChoice {
+    /// The batch champion (first) or the online learner (second) serving.
+    pub fn starting_with(second: bool) -> Self {
+        Self {
+            recent: VecDeque::with_capacity(ServeChoice::WINDOW),
+            second,
         }
     }
 
-    fn since_start(&self) -> Prequential {
-        Prequential {
-            scored: self.scored,
-            accuracy: (self.scored > 0).then(|| self.right as f64 / self.scored as f64),
+    /// Whether the second serves.
+    pub fn second_serves(&self) -> bool {
+        self.second
+    }
+
+    /// Samples in the recent record.
+    pub fn recent_len(&self) -> usize {
+        self.recent.len()
+    }
+
+    /// Records both absolute errors of one sample; true when the server
+    /// changed.
+    pub fn record(&mut self, first: f64, second: f64) -> bool {
+        if self.recent.len() == ServeChoice::WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((first, second));
+        let (a, b) = self
+            .recent
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+        let (serving, other) = if self.second { (b, a) } else { (a, b) };
+        // On the sums (the same count): 1e-9 of slack for their rounding.
+        let switch = other < serving * (1.0 - ServeChoice::MARGIN) - 1e-9;
+        if switch {
+            self.second = !self.second;
+        }
+        switch
+    }
+}
+
+/// Which serves: by accuracy (classification) or by MAE (regression).
+#[derive(Debug, Clone)]
+enum Choice {
+    Accuracy(ServeChoice),
+    Mae(MaeChoice),
+}
+
+impl Choice {
+    fn starting_with(regression: bool, second: bool) -> Self {
+        if regression {
+            Self::Mae(MaeChoice::starting_with(second))
+        } else {
+            Self::Accuracy(ServeChoice::starting_with(second))
+        }
+    }
+
+    fn second_serves(&self) -> bool {
+        match self {
+            Self::Accuracy(c) => c.second_serves(),
+            Self::Mae(c) => c.second_serves(),
+        }
+    }
+
+    fn recent_len(&self) -> usize {
+        match self {
+            Self::Accuracy(c) => c.recent_len(),
+            Self::Mae(c) => c.recent_len(),
+        }
+    }
+
+    /// Both errors of one sample (0/1 for a classifier).
+    fn record(&mut self, first: f64, second: f64) -> bool {
+        match self {
+            Self::Accuracy(c) => c.record(first == 0.0, second == 0.0),
+            Self::Mae(c) => c.record(first, second),
+        }
+    }
+}
+
+/// The online model: a classifier, or a regressor (a regression pipeline).
+pub enum Learned {
+    Classifier(OnlineModel),
+    Regressor(OnlineRegression),
+}
+
+impl Learned {
+    /// A new model of `family` for `task` over `n_features` features;
+    /// `None` for a regression task and a family without a regressor
+    /// (`online_logistic`, `hoeffding_adaptive_tree`).
+    pub fn new(family: OnlineFamily, task: Task, n_features: usize, seed: u64) -> Option<Self> {
+        match task {
+            Task::Classification => {
+                Some(Self::Classifier(family.new_model(n_features, None, seed)))
+            }
+            Task::Regression => {
+                OnlineRegression::new(family, n_features, seed).map(Self::Regressor)
+            }
         }
     }
 }
@@ -177,10 +320,11 @@ pub struct OnlineLearner {
     family: OnlineFamily,
     cfg: OnlineConfig,
     features: Vec<String>,
-    model: OnlineModel,
-    /// Class names by index, in order of first appearance.
+    model: Learned,
+    /// Class names by index, in order of first appearance (empty for a
+    /// regressor).
     classes: Vec<String>,
-    choice: ServeChoice,
+    choice: Choice,
     online: Record,
     batch_record: Record,
     learned: u64,
@@ -207,11 +351,15 @@ impl OnlineLearner {
     /// `labelled`, the stored labelled samples in seq order (for a temporal
     /// pipeline, their rows).
     ///
+    /// `model` is new ([`Learned::new`]).
+    ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         pipeline: &str,
         family: OnlineFamily,
+        model: Learned,
         cfg: &OnlineConfig,
         features: Vec<String>,
         labelled: Vec<(u64, Sample)>,
@@ -232,14 +380,19 @@ impl OnlineLearner {
                 .ok()
                 .map(Arc::new)
         });
+        let regression = matches!(model, Learned::Regressor(_));
         let mut me = Self {
             pipeline: pipeline.into(),
             family,
             cfg: cfg.clone(),
-            model: family.new_model(features.len(), None, cfg.seed),
+            model,
             features,
-            classes: persisted.classes,
-            choice: ServeChoice::starting_with(persisted.online_serves),
+            classes: if regression {
+                Vec::new()
+            } else {
+                persisted.classes
+            },
+            choice: Choice::starting_with(regression, persisted.online_serves),
             online: Record::default(),
             batch_record: Record::default(),
             learned: 0,
@@ -284,8 +437,9 @@ impl OnlineLearner {
 
     /// Test then train over `rows` (labelled samples; others skipped): the
     /// batch champion's prediction (`batch`: when asked and one exists), the
-    /// online model's, both records, the serving choice, then learning.
-    /// Returns whether the choice changed.
+    /// online model's, both records, the serving choice, then learning. A
+    /// regressor skips labels that are not finite numbers. Returns whether
+    /// the choice changed.
     fn learn_rows(&mut self, rows: &[(u64, Sample)], batch: bool) -> bool {
         let rows: Vec<&Sample> = rows
             .iter()
@@ -295,19 +449,28 @@ impl OnlineLearner {
         if rows.is_empty() {
             return false;
         }
-        let batch_labels: Vec<Option<String>> = match (&self.batch, batch) {
+        // The batch champion's errors (0/1, or |y − ŷ|), `None` where it
+        // has no answer.
+        let batch_errors: Vec<Option<f64>> = match (&self.batch, batch) {
             (Some(b), true) => {
                 let x: Vec<f32> = rows
                     .iter()
                     .flat_map(|s| s.features.iter().copied())
                     .collect();
-                let classes = b.model.classes();
+                let labels: Vec<&str> = rows
+                    .iter()
+                    .map(|s| s.label.as_deref().unwrap_or_default())
+                    .collect();
                 match b.model.predict_proba(&x) {
-                    Ok(p) if !classes.is_empty() => {
-                        crate::learn::logistic::argmax_rows(&p, classes.len())
-                            .into_iter()
-                            .map(|k| classes.get(k).cloned())
-                            .collect()
+                    Ok(p)
+                        if b.model.task() == Task::Regression || !b.model.classes().is_empty() =>
+                    {
+                        super::retrain::prediction_errors(
+                            b.model.task(),
+                            b.model.classes(),
+                            &p,
+                            &labels,
+                        )
                     }
                     _ => vec![None; rows.len()],
                 }
@@ -316,45 +479,71 @@ impl OnlineLearner {
         };
         let mut switched = false;
         let mut x = Vec::with_capacity(self.features.len());
-        for (s, batch_label) in rows.into_iter().zip(batch_labels) {
+        for (s, batch_error) in rows.into_iter().zip(batch_errors) {
             let label = s.label.as_deref().unwrap_or_default();
             x.clear();
             x.extend(s.features.iter().map(|v| f64::from(*v)));
-            let predicted = self
-                .model
-                .predict_one(&x)
-                .ok()
-                .flatten()
-                .and_then(|k| self.classes.get(k));
-            let online_right = predicted.map(|p| p == label);
-            if let Some(r) = online_right {
-                self.online.push(r);
-            }
-            let batch_right = batch_label.map(|b| b == label);
-            if let Some(r) = batch_right {
-                self.batch_record.push(r);
-            }
-            if let (Some(b), Some(o)) = (batch_right, online_right) {
-                switched |= self.choice.record(b, o);
-            }
-            let y = match self.classes.iter().position(|c| c == label) {
-                Some(y) => y,
-                None => {
-                    self.classes.push(label.to_string());
-                    self.due = Some(if self.classes.len() == 1 {
-                        "first label".into()
-                    } else {
-                        format!("new class `{label}`")
-                    });
-                    self.classes.len() - 1
+            let online_error = match &mut self.model {
+                Learned::Classifier(model) => {
+                    let predicted = model
+                        .predict_one(&x)
+                        .ok()
+                        .flatten()
+                        .and_then(|k| self.classes.get(k));
+                    let error = predicted.map(|p| if p == label { 0.0 } else { 1.0 });
+                    let y = match self.classes.iter().position(|c| c == label) {
+                        Some(y) => y,
+                        None => {
+                            self.classes.push(label.to_string());
+                            self.due = Some(if self.classes.len() == 1 {
+                                "first label".into()
+                            } else {
+                                format!("new class `{label}`")
+                            });
+                            self.classes.len() - 1
+                        }
+                    };
+                    if model.learn_one(&x, y).is_ok() {
+                        self.learned += 1;
+                        self.since_snapshot += 1;
+                    }
+                    error
+                }
+                Learned::Regressor(model) => {
+                    let Some(y) = label.trim().parse::<f64>().ok().filter(|y| y.is_finite()) else {
+                        continue;
+                    };
+                    // Before its first sample the learner answers 0 (River's
+                    // convention): not a prediction to record.
+                    let error = (self.learned > 0)
+                        .then(|| model.predict_one(&x).ok())
+                        .flatten()
+                        .map(|p| (y - p).abs());
+                    if model.learn_one(&x, y).is_ok() {
+                        if self.learned == 0 {
+                            self.due = Some("first label".into());
+                        }
+                        self.learned += 1;
+                        self.since_snapshot += 1;
+                    }
+                    error
                 }
             };
-            if self.model.learn_one(&x, y).is_ok() {
-                self.learned += 1;
-                self.since_snapshot += 1;
+            if let Some(e) = online_error {
+                self.online.push(e);
+            }
+            if let Some(e) = batch_error {
+                self.batch_record.push(e);
+            }
+            if let (Some(b), Some(o)) = (batch_error, online_error) {
+                switched |= self.choice.record(b, o);
             }
         }
         switched
+    }
+
+    fn regression(&self) -> bool {
+        matches!(self.model, Learned::Regressor(_))
     }
 
     /// Why a snapshot is due now, if it is (see the module's documentation).
@@ -382,19 +571,34 @@ impl OnlineLearner {
         SnapshotCard {
             family: self.family.name().into(),
             labels_learned: self.learned,
-            constant: self.model.n_classes() <= 1,
+            constant: match &self.model {
+                Learned::Classifier(m) => m.n_classes() <= 1,
+                Learned::Regressor(_) => false,
+            },
             window: ServeChoice::WINDOW,
-            recent: self.online.recent(),
-            since_start: self.online.since_start(),
-            batch_recent: self.batch.as_ref().map(|_| self.batch_record.recent()),
+            recent: self.online.recent(self.regression()),
+            since_start: self.online.since_start(self.regression()),
+            batch_recent: self
+                .batch
+                .as_ref()
+                .map(|_| self.batch_record.recent(self.regression())),
             reason: reason.into(),
         }
     }
 
-    /// The choice's reason: both accuracies over the recent window.
+    /// The choice's reason: both accuracies (a regressor: both MAEs) over
+    /// the recent window.
     fn switch_reason(&self) -> String {
-        let (o, b) = (self.online.recent(), self.batch_record.recent());
-        let acc = |p: &Prequential| p.accuracy.map_or("-".into(), |a| format!("{a:.3}"));
+        let regression = self.regression();
+        let (o, b) = (
+            self.online.recent(regression),
+            self.batch_record.recent(regression),
+        );
+        let acc = |p: &Prequential| match (p.accuracy, p.mae) {
+            (Some(a), _) => format!("{a:.3}"),
+            (None, Some(m)) => format!("MAE {m:.4}"),
+            (None, None) => "-".into(),
+        };
         format!(
             "{} more accurate over the last {} labelled samples both predicted (online {} {}, batch v{} {}; margin {})",
             if self.choice.second_serves() {
@@ -423,12 +627,18 @@ impl OnlineLearner {
     ) -> Result<Arc<Serving>, RegistryError> {
         let version = store.reserve_model_version(&self.pipeline)?;
         let started = Instant::now();
-        let onnx = crate::learn::online::export::to_onnx(
-            &self.model,
-            &self.features,
-            &self.classes,
-            version,
-        );
+        let (onnx, task, metric) = match &self.model {
+            Learned::Classifier(m) => (
+                crate::learn::online::export::to_onnx(m, &self.features, &self.classes, version),
+                Task::Classification,
+                "accuracy",
+            ),
+            Learned::Regressor(m) => (
+                crate::learn::online::export::regressor_to_onnx(m, &self.features, version),
+                Task::Regression,
+                "mae",
+            ),
+        };
         let snapshot = self.snapshot_card(why);
         let card = ModelCard {
             hyperparameters: serde_json::json!({
@@ -439,14 +649,14 @@ impl OnlineLearner {
             }),
             n_samples: self.learned,
             n_train: self.learned,
-            metric: "accuracy".into(),
+            metric: metric.into(),
             training_ms: started.elapsed().as_secs_f64() * 1000.0,
             onnx_bytes: onnx.len() as u64,
             ..ModelCard::bare(
                 self.pipeline.clone(),
                 version,
                 self.family.name().into(),
-                crate::ingest::decode::Task::Classification,
+                task,
                 crate::learn::Trigger::NewLabels,
                 self.features.clone(),
                 self.classes.clone(),
@@ -550,5 +760,76 @@ impl OnlineLearner {
 pub fn log_outcome(pipeline: &str, out: &StepOutcome) {
     if let Some((version, reason)) = &out.served {
         tracing::info!(%pipeline, version, reason = %reason, "Online learning: a version serves.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MaeChoice, Record, ServeChoice};
+
+    #[test]
+    fn mae_choice_changes_only_past_two_percent_of_the_serving_mae() {
+        // The batch champion serves; both err by 1.0 on every sample.
+        let mut c = MaeChoice::starting_with(false);
+        for _ in 0..ServeChoice::WINDOW {
+            assert!(!c.record(1.0, 1.0));
+        }
+        // Over the window of 200 the serving sum is 200. The online learner
+        // errs 0.0 from now on: after n such samples its sum is 200 - n,
+        // the serving one's still 200; it takes over once 200 - n < 196
+        // (2 % lower), at n = 5 (195), not at n = 4 (196, exactly 2 %).
+        let changed: Vec<bool> = (0..5).map(|_| c.record(1.0, 0.0)).collect();
+        assert_eq!(changed, vec![false, false, false, false, true]);
+        assert!(c.second_serves());
+        assert_eq!(c.recent_len(), ServeChoice::WINDOW);
+        // Back: the window holds 195 pairs (1, 1) and 5 pairs (1, 0): sums
+        // 200 and 195, the online learner serving. Each pair (0, 1) pushes
+        // out a (1, 1): the batch sum falls by 1, the online one stays.
+        let mut batch: Vec<f64> = vec![1.0; 200];
+        let mut online: Vec<f64> = [vec![1.0; 195], vec![0.0; 5]].concat();
+        let mut n = 0;
+        loop {
+            n += 1;
+            batch.remove(0);
+            batch.push(0.0);
+            online.remove(0);
+            online.push(1.0);
+            let (b, o): (f64, f64) = (batch.iter().sum(), online.iter().sum());
+            let switched = c.record(0.0, 1.0);
+            assert_eq!(
+                switched,
+                b < o * 0.98 - 1e-9,
+                "sample {n}: batch {b}, online {o}"
+            );
+            if switched {
+                break;
+            }
+        }
+        // batch 200 - n, online 195 + 0 (the leaving pairs are (1, 1)
+        // until sample 195): 200 - n < 195 * 0.98 = 191.1 at n = 9.
+        assert_eq!(n, 9);
+        assert!(!c.second_serves());
+    }
+
+    #[test]
+    fn records_give_accuracy_for_classes_and_mae_for_values() {
+        let mut r = Record::default();
+        for e in [0.0, 1.0, 0.0, 0.0] {
+            r.push(e);
+        }
+        let p = r.recent(false);
+        assert_eq!((p.scored, p.accuracy, p.mae), (4, Some(0.75), None));
+        let mut r = Record::default();
+        for e in [0.5, 1.5, 2.5] {
+            r.push(e);
+        }
+        let p = r.since_start(true);
+        assert_eq!((p.scored, p.accuracy, p.mae), (3, None, Some(1.5)));
+        // The recent window keeps the last WINDOW errors only.
+        for _ in 0..ServeChoice::WINDOW {
+            r.push(2.0);
+        }
+        assert_eq!(r.recent(true).mae, Some(2.0));
+        assert_eq!(r.since_start(true).scored, 203);
     }
 }

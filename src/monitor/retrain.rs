@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{AlarmKind, MonitoredPipeline};
 use crate::features::temporal::Temporal;
@@ -301,6 +301,58 @@ fn temporal_rows(
     Ok(())
 }
 
+/// The rows of a temporal pipeline's samples labelled late (`seqs`, older
+/// than what the live state has passed), formed as training forms them:
+/// each from the readings stored before it (from at most
+/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before it),
+/// with the labels as stored now. Late labels more than that apart are
+/// formed from separate scans, so one label from long ago costs one warm-up,
+/// not a scan of everything since. Returns the labelled ones in seq order.
+fn temporal_late_rows(
+    store: &Store,
+    p: &learn::PipelineSettings,
+    mut seqs: Vec<u64>,
+) -> Result<Vec<(u64, Sample)>, StoreError> {
+    use crate::features::temporal::WARM_READINGS;
+    seqs.sort_unstable();
+    seqs.dedup();
+    let cleaning = p.model.preprocess.cleaning();
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < seqs.len() {
+        // One scan for the late seqs within WARM_READINGS of each other.
+        let mut j = i + 1;
+        while j < seqs.len() && seqs[j] - seqs[j - 1] <= WARM_READINGS {
+            j += 1;
+        }
+        let group = &seqs[i..j];
+        let mut t = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
+        let (mut from, end) = (group[0].saturating_sub(WARM_READINGS), group[j - i - 1] + 1);
+        while from < end {
+            let chunk = store.scan(&p.name, from..end, 10_000)?;
+            let Some(&(last, _)) = chunk.last() else {
+                break;
+            };
+            from = last + 1;
+            for (seq, mut r) in chunk {
+                cleaning.apply(&p.features, &mut r.sample.features);
+                let features = t.advance(&r.sample, &p.classes, &mut scratch);
+                if r.sample.label.is_some() && group.binary_search(&seq).is_ok() {
+                    out.push((
+                        seq,
+                        Sample {
+                            features,
+                            ..r.sample
+                        },
+                    ));
+                }
+            }
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
 fn new_watch(p: &MonitoredPipeline, version: u32) -> Watch {
     let detector = p.drift.new_detector();
     Watch {
@@ -567,24 +619,37 @@ impl Learner {
                 .filter(|s| *s < from)
                 .collect();
             // A temporal pipeline's new samples become their rows once, for
-            // the online learner and live scoring alike; their rows need
-            // their devices' past, so its late labels are neither learned
-            // online nor scored (they train the next batch version).
+            // the online learner and live scoring alike; its late labels'
+            // rows are formed from the readings stored before each
+            // ([`temporal_late_rows`]) and come first.
             let (late_seqs, derived) = if p.temporal.is_enabled() {
                 // Only when something reads them: a skipped range leaves a
                 // gap, and the next step rebuilds the state from the store.
                 let used =
                     self.online.contains_key(&p.name) || self.registry.get(&p.name).is_some();
-                let rows = if from < next && used {
-                    Some(self.temporal_step(&p, from..next).await?)
-                } else {
-                    None
-                };
+                let mut rows = None;
+                if used && !late_seqs.is_empty() {
+                    let (store, settings) = (self.store.clone(), p.settings.clone());
+                    let late = tokio::task::spawn_blocking(move || {
+                        temporal_late_rows(&store, &settings, late_seqs)
+                    })
+                    .await
+                    .map_err(|e| TrainFailure::Training {
+                        pipeline: p.name.clone(),
+                        reason: format!("temporal rows: {e}"),
+                    })??;
+                    rows = Some(late);
+                }
+                if from < next && used {
+                    let new = self.temporal_step(&p, from..next).await?;
+                    rows.get_or_insert_with(Vec::new).extend(new);
+                }
                 (Vec::new(), rows)
             } else {
                 (late_seqs, None)
             };
-            if self.online.contains_key(&p.name) && (from < next || !late_seqs.is_empty()) {
+            let pending = from < next || !late_seqs.is_empty() || derived.is_some();
+            if self.online.contains_key(&p.name) && pending {
                 self.online_step(&p.name, late_seqs.clone(), from..next, derived.clone())
                     .await?;
             }
@@ -597,7 +662,7 @@ impl Learner {
                 // drift is not watched (counted retraining still runs).
                 continue;
             }
-            if from >= next && late_seqs.is_empty() {
+            if !pending {
                 continue;
             }
             // A version on probation: its former champion predicts the same
@@ -986,6 +1051,13 @@ impl Learner {
             };
             let (store, registry) = (self.store.clone(), self.registry.clone());
             let features = p.model_features();
+            let Some(model) =
+                super::online::Learned::new(family, p.task, features.len(), p.online.seed)
+            else {
+                // The configuration's check refuses this before start.
+                error!(pipeline = %p.name, %family, "The online family has no regressor: no online learner for this regression pipeline.");
+                continue;
+            };
             let (settings, cfg) = (p.settings.clone(), p.online.clone());
             let learner = tokio::task::spawn_blocking(move || {
                 // A temporal pipeline relearns its rows, formed from every
@@ -998,6 +1070,7 @@ impl Learner {
                 super::online::OnlineLearner::restore(
                     &settings.name,
                     family,
+                    model,
                     &cfg,
                     features,
                     labelled,

@@ -69,14 +69,19 @@ use crate::ingest::decode::Task;
 use crate::onnx::builder::{self as b, ModelMeta, ML_DOMAIN, OUTPUT_PROBABILITIES};
 use tract_onnx::pb::tensor_proto::DataType;
 
-/// Prequential accuracy (test then train: each sample predicted before it
-/// is learned) over some labelled samples.
+/// Prequential record (test then train: each sample predicted before it
+/// is learned) over some labelled samples: accuracy for a classifier, mean
+/// absolute error for a regressor.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Prequential {
     /// Samples predicted then learned.
     pub scored: u64,
-    /// Share predicted right (`None` before any).
+    /// Share predicted right (`None` before any, and for a regressor).
     pub accuracy: Option<f64>,
+    /// A regressor's mean absolute error `mean |y − ŷ|`, in the label's
+    /// units (absent for a classifier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
 }
 
 /// What the card of an online snapshot says ([`crate::learn::card::ModelCard::online`]).
