@@ -393,11 +393,17 @@ impl PipelineConfig {
         }
     }
 
-    /// Which messages the writer routes to this pipeline, and how.
+    /// Which messages the writer routes to this pipeline, and how (the
+    /// topic filters of shared subscriptions without their `$share/{group}/`).
     pub fn route(&self) -> crate::ingest::writer::Route {
+        use crate::ingest::mqtt_config::topic_filter;
         crate::ingest::writer::Route {
             name: self.name.clone(),
-            topics: self.topics.clone(),
+            topics: self
+                .topics
+                .iter()
+                .map(|t| topic_filter(t).to_string())
+                .collect(),
             label_topics: self.label_topics.clone(),
             dedup: self.dedup,
             timestamp: self.timestamp.clone(),
@@ -655,14 +661,27 @@ impl Config {
                 );
             }
             for t in &p.topics {
-                if !rumqttc::valid_filter(t) {
+                if !crate::ingest::mqtt_config::valid_subscription(t) {
                     return bad(
                         key("topics"),
-                        format!("`{t}` is not a valid MQTT topic filter"),
+                        format!("`{t}` is not a valid MQTT topic filter or shared subscription ($share/{{group}}/{{filter}})"),
+                    );
+                }
+                if crate::ingest::mqtt_config::shared(t).is_some() && self.mqtt.broker == "embedded"
+                {
+                    return bad(
+                        key("topics"),
+                        format!("`{t}` is a shared subscription, which splits a stream between daemons on one external broker: the embedded broker serves this daemon alone (use the plain filter, or an external broker)"),
                     );
                 }
             }
             for t in &p.label_topics {
+                if t.starts_with("$share/") {
+                    return bad(
+                        key("label_topics"),
+                        format!("`{t}` is a shared subscription: a late label must reach the daemon that stored its sample, so every daemon subscribes to all labels (use the plain filter)"),
+                    );
+                }
                 if !rumqttc::valid_filter(t) {
                     return bad(
                         key("label_topics"),
@@ -699,7 +718,9 @@ impl Config {
                     .prediction_topic
                     .replace("{pipeline}", &p.name)
                     .replace("{device}", "x");
-                if !p.prediction_topic.is_empty() && rumqttc::matches(&out, t) {
+                if !p.prediction_topic.is_empty()
+                    && rumqttc::matches(&out, crate::ingest::mqtt_config::topic_filter(t))
+                {
                     return bad(
                         key("prediction_topic"),
                         format!("`{}` is matched by the input filter `{t}`: predictions would be ingested", p.prediction_topic),

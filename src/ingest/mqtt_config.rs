@@ -324,3 +324,35 @@ fn parse_host_port(url: &str, rest: &str, default_port: u16) -> Result<(String, 
     }
     Ok((host.to_string(), port))
 }
+
+/// The topic filter a subscription matches: for a shared subscription
+/// `$share/{group}/{filter}` (MQTT 5.0 §4.8.2; mosquitto grants it to MQTT
+/// 3.1.1 clients too) the `{filter}`, which the topics of the messages it
+/// delivers match; any other filter as it is.
+pub fn topic_filter(subscription: &str) -> &str {
+    shared(subscription).map_or(subscription, |(_, f)| f)
+}
+
+/// `(group, filter)` of a shared subscription `$share/{group}/{filter}`,
+/// `None` for any other filter (including a malformed `$share/…`, which
+/// [`valid_subscription`] refuses).
+pub fn shared(subscription: &str) -> Option<(&str, &str)> {
+    subscription.strip_prefix("$share/")?.split_once('/')
+}
+
+/// Whether `subscription` is a valid topic filter, or a valid shared
+/// subscription: a group name without `/`, `+` or `#`, then a valid filter.
+pub fn valid_subscription(subscription: &str) -> bool {
+    if subscription.starts_with("$share/") {
+        return match shared(subscription) {
+            Some((group, filter)) => {
+                !group.is_empty()
+                    && !group.contains(['+', '#'])
+                    && !filter.is_empty()
+                    && rumqttc::valid_filter(filter)
+            }
+            None => false,
+        };
+    }
+    rumqttc::valid_filter(subscription)
+}
