@@ -297,6 +297,18 @@ async fn predict(client: &mut HttpClient, rows: &[[f32; 5]]) -> PredictResponse 
     serde_json::from_slice(&resp).unwrap()
 }
 
+/// The online learner `family` alone (the batch loop held back), with a
+/// snapshot after every step of the learner, so that the last one holds
+/// every label.
+fn online_only(p: &mut edgeloop::config::PipelineConfig, family: &str) {
+    p.model.min_labels = NEVER;
+    p.model.retrain_every = NEVER;
+    p.drift.retrain_on_drift = false;
+    p.online.family = family.into();
+    p.online.snapshot_every_labels = 1;
+    p.online.snapshot_every_s = 0;
+}
+
 fn labels_learned(handle: &DaemonHandle, pipeline: &str) -> u64 {
     handle
         .registry
@@ -324,17 +336,7 @@ async fn online_pipeline_serves_from_the_first_label_and_learns_each_class_at_on
     let mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), Broker::External(mosquitto.port));
-    {
-        let p = &mut cfg.pipelines[0];
-        p.model.min_labels = NEVER;
-        p.model.retrain_every = NEVER;
-        p.drift.retrain_on_drift = false;
-        p.online.family = "hoeffding_tree".into();
-        // A snapshot after every step of the learner, so that the last
-        // one holds every label.
-        p.online.snapshot_every_labels = 1;
-        p.online.snapshot_every_s = 0;
-    }
+    online_only(&mut cfg.pipelines[0], "hoeffding_tree");
     let (running, handle, token) = start(cfg.clone()).await;
     let (mut sub, stop_sub) = subscribe(mosquitto.port, "edgeloop/occupancy/predictions/#").await;
     let opts = replay_opts("datatraining.txt", mosquitto.port, Some(300));
@@ -676,12 +678,7 @@ async fn regression_pipeline_serves_the_online_regressor_from_the_first_label() 
     p.preprocess = Default::default();
     p.model.family = "linear".parse().unwrap();
     p.model.metric = None;
-    p.model.min_labels = NEVER;
-    p.model.retrain_every = NEVER;
-    p.drift.retrain_on_drift = false;
-    p.online.family = "hoeffding_tree".into();
-    p.online.snapshot_every_labels = 1;
-    p.online.snapshot_every_s = 0;
+    online_only(&mut p, "hoeffding_tree");
     cfg.pipelines = vec![p];
     cfg.validate().unwrap();
     let mut opts = replay_opts("unused", port, None);
@@ -747,29 +744,27 @@ async fn regression_pipeline_serves_the_online_regressor_from_the_first_label() 
         }
     }
 
+    // Publishes the readings up to `k`, waits for the snapshot of `k`
+    // labels and checks it.
+    let learn_up_to = |handle: DaemonHandle, from: usize, k: usize| {
+        let payloads: Vec<Vec<u8>> = (from..k).map(reading).collect();
+        let (opts, reference, features, rows) = (opts.clone(), &reference, &features, &rows);
+        async move {
+            publish(&opts, payloads).await;
+            wait_until(WAIT, &format!("the snapshot after {k} labels"), || {
+                labels_learned(&handle, "air") == k as u64
+            })
+            .await;
+            check(&handle, k, reference, features, rows).await;
+        }
+    };
     let (running, handle, token) = start(cfg.clone()).await;
-    publish(&opts, vec![reading(0)]).await;
-    wait_until(WAIT, "the first snapshot", || {
-        labels_learned(&handle, "air") == 1
-    })
-    .await;
-    check(&handle, 1, &reference, &features, &rows).await;
-    publish(&opts, (1..450).map(reading).collect()).await;
-    wait_until(WAIT, "the snapshot after 450 labels", || {
-        labels_learned(&handle, "air") == 450
-    })
-    .await;
-    check(&handle, 450, &reference, &features, &rows).await;
+    learn_up_to(handle.clone(), 0, 1).await;
+    learn_up_to(handle.clone(), 1, 450).await;
     stop(running, handle, token).await;
-
     // Restart: the learner relearns the 450 stored samples.
     let (running, handle, token) = start(cfg).await;
-    publish(&opts, (450..600).map(reading).collect()).await;
-    wait_until(WAIT, "the snapshot after 600 labels", || {
-        labels_learned(&handle, "air") == 600
-    })
-    .await;
-    check(&handle, 600, &reference, &features, &rows).await;
+    learn_up_to(handle.clone(), 450, 600).await;
     stop(running, handle, token).await;
 }
 

@@ -242,11 +242,27 @@ pub fn temporal_labelled(
     p: &learn::PipelineSettings,
 ) -> Result<Vec<(u64, Sample)>, StoreError> {
     let next = store.counts(&p.name)?.next_seq;
+    let mut out = Vec::new();
+    temporal_scan(store, p, 0..next, |_| true, &mut out)?;
+    Ok(out)
+}
+
+/// The rows of the stored readings of `range`, from a fresh history: each
+/// reading (after the cleaning rules) advances its device's history, and
+/// the labelled ones whose seq `keep` accepts are pushed to `out` with
+/// their rows. Read in chunks of 10,000.
+fn temporal_scan(
+    store: &Store,
+    p: &learn::PipelineSettings,
+    range: std::ops::Range<u64>,
+    keep: impl Fn(u64) -> bool,
+    out: &mut Vec<(u64, Sample)>,
+) -> Result<(), StoreError> {
     let mut t = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
     let cleaning = p.model.preprocess.cleaning();
-    let (mut from, mut out, mut scratch) = (0u64, Vec::new(), Vec::new());
-    loop {
-        let chunk = store.scan(&p.name, from..next, 10_000)?;
+    let (mut from, mut scratch) = (range.start, Vec::new());
+    while from < range.end {
+        let chunk = store.scan(&p.name, from..range.end, 10_000)?;
         let Some(&(last, _)) = chunk.last() else {
             break;
         };
@@ -254,7 +270,7 @@ pub fn temporal_labelled(
         for (seq, mut r) in chunk {
             cleaning.apply(&p.features, &mut r.sample.features);
             let features = t.advance(&r.sample, &p.classes, &mut scratch);
-            if r.sample.label.is_some() {
+            if r.sample.label.is_some() && keep(seq) {
                 out.push((
                     seq,
                     Sample {
@@ -265,7 +281,7 @@ pub fn temporal_labelled(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Live scoring's rows of a temporal pipeline: `rows` (the samples of
@@ -316,8 +332,7 @@ fn temporal_late_rows(
     use crate::features::temporal::WARM_READINGS;
     seqs.sort_unstable();
     seqs.dedup();
-    let cleaning = p.model.preprocess.cleaning();
-    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     let mut i = 0;
     while i < seqs.len() {
         // One scan for the late seqs within WARM_READINGS of each other.
@@ -326,28 +341,14 @@ fn temporal_late_rows(
             j += 1;
         }
         let group = &seqs[i..j];
-        let mut t = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
-        let (mut from, end) = (group[0].saturating_sub(WARM_READINGS), group[j - i - 1] + 1);
-        while from < end {
-            let chunk = store.scan(&p.name, from..end, 10_000)?;
-            let Some(&(last, _)) = chunk.last() else {
-                break;
-            };
-            from = last + 1;
-            for (seq, mut r) in chunk {
-                cleaning.apply(&p.features, &mut r.sample.features);
-                let features = t.advance(&r.sample, &p.classes, &mut scratch);
-                if r.sample.label.is_some() && group.binary_search(&seq).is_ok() {
-                    out.push((
-                        seq,
-                        Sample {
-                            features,
-                            ..r.sample
-                        },
-                    ));
-                }
-            }
-        }
+        let range = group[0].saturating_sub(WARM_READINGS)..group[group.len() - 1] + 1;
+        temporal_scan(
+            store,
+            p,
+            range,
+            |seq| group.binary_search(&seq).is_ok(),
+            &mut out,
+        )?;
         i = j;
     }
     Ok(out)
