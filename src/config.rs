@@ -64,8 +64,9 @@ impl Config {
 
 pub use crate::serve::intake::ModelsConfig;
 
-/// `[daemon]`: how the daemon process logs and stops. Both keys are reloaded
-/// on SIGHUP (see [`crate::daemon::reload_plan`]).
+/// `[daemon]`: how the daemon process logs and stops, and its id. The
+/// shutdown timeout and the log filter are reloaded on SIGHUP (see
+/// [`crate::daemon::reload_plan`]); the others are read at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
@@ -78,6 +79,10 @@ pub struct DaemonConfig {
     /// counts as stalled: `/healthz` answers 503 and the systemd watchdog is
     /// no longer fed (read at start; a change needs a restart).
     pub stall_timeout_s: u64,
+    /// This daemon's id in a fleet: when set, the `instance` label of every
+    /// metric on `/metrics` (read at start); empty (the default): no such
+    /// label, Prometheus's own `instance` target label tells daemons apart.
+    pub instance: String,
 }
 
 impl Default for DaemonConfig {
@@ -86,9 +91,11 @@ impl Default for DaemonConfig {
             shutdown_timeout_s: 10,
             log_filter: DEFAULT_LOG_FILTER.into(),
             stall_timeout_s: 15,
+            instance: String::new(),
         }
     }
 }
+
 
 /// The default log filter: info, and rumqttd's router and link targets
 /// silenced (they log every ordinary client disconnect at ERROR).

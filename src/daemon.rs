@@ -449,6 +449,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         pipelines: cfg.pipelines.iter().map(|p| p.name.clone()).collect(),
         queues: vec![ingest_queue, predict_queue, outbox_queue],
         health: health.clone(),
+        instance: cfg.daemon.instance.clone(),
     });
     let app = http::router(AppState {
         registry: registry.clone(),
@@ -793,7 +794,9 @@ pub fn reload_plan(running: &Config, reread: &Config) -> ReloadPlan {
     }
     let (applied, restart) = changed
         .into_iter()
-        .partition(|k| k.starts_with("daemon.") && k != "daemon.stall_timeout_s");
+        .partition(|k| {
+            k.starts_with("daemon.") && k != "daemon.stall_timeout_s" && k != "daemon.instance"
+        });
     ReloadPlan { applied, restart }
 }
 
@@ -853,6 +856,12 @@ mod tests {
             reload_plan(&running, &reread).restart,
             ["http.max_rows", "pipelines"]
         );
+        // The metrics' instance label is set at start.
+        let mut other = running.clone();
+        other.daemon.instance = "gw-07".into();
+        let plan = reload_plan(&running, &other);
+        assert_eq!(plan.restart, ["daemon.instance"]);
+        assert!(plan.applied.is_empty());
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Sources {
     pub queues: Vec<Queue>,
     /// `edgeloop_healthy`, `edgeloop_unhealthy`, the ingest gauges.
     pub health: Arc<crate::health::HealthMonitor>,
+    /// The `instance` label of every metric (`daemon.instance`; none when
+    /// empty).
+    pub instance: String,
 }
 
 /// The metrics registry of one daemon. Cheap to clone.
@@ -115,7 +118,13 @@ impl Metrics {
     /// Registers the scrape-time collector over `sources`, the duration
     /// histograms of `sources.stats` and its anomaly-score histogram.
     pub fn new(sources: Sources) -> Self {
-        let mut registry = PromRegistry::default();
+        let instance = (!sources.instance.is_empty()).then(|| {
+            (
+                std::borrow::Cow::Borrowed("instance"),
+                std::borrow::Cow::Owned(sources.instance.clone()),
+            )
+        });
+        let mut registry = PromRegistry::with_labels(instance.into_iter());
         registry.register(
             "edgeloop_prediction_duration_seconds",
             "Duration of one prediction call (an MQTT batch or an HTTP request), seconds",

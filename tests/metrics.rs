@@ -316,3 +316,52 @@ async fn metrics_parse_and_count_what_was_sent() {
     token.cancel();
     running.wait(Duration::from_secs(15)).await.unwrap();
 }
+
+/// `daemon.instance` (a fleet's id of each daemon): every sample of
+/// `/metrics` carries it as its `instance` label, beside its own labels, and
+/// the counts are the same; by default no metric has that label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_carries_the_configured_instance() {
+    init_logs();
+    for instance in ["gw-07", ""] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cfg = config(dir.path(), Broker::Embedded(port));
+        cfg.daemon.instance = instance.into();
+        let (running, handle, token) = start(cfg).await;
+        let opts = replay_opts("datatraining.txt", port, Some(50));
+        publish(
+            &opts,
+            edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+        )
+        .await;
+        let stats = handle.stats.clone();
+        wait_until(WAIT, "50 stored", || stats.snapshot().samples_stored == 50).await;
+        let (status, body) = get(handle.http_addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let m = parse(&String::from_utf8(body).unwrap());
+        let label = format!("instance=\"{instance}\"");
+        for key in m.samples.keys() {
+            assert_eq!(
+                key.contains(&label),
+                !instance.is_empty(),
+                "{key} with instance `{instance}`"
+            );
+        }
+        if instance.is_empty() {
+            assert_eq!(m.get("edgeloop_samples_stored_total"), 50.0);
+        } else {
+            assert_eq!(
+                m.get(&format!("edgeloop_samples_stored_total{{{label}}}")),
+                50.0
+            );
+            assert_eq!(
+                m.get(&format!(
+                    "edgeloop_payload_problems_total{{{label},reason=\"not_json\"}}"
+                )),
+                0.0
+            );
+        }
+        stop(running, handle, token).await;
+    }
+}
