@@ -729,9 +729,8 @@ pub async fn run(
     start(cfg, shutdown).await?.wait(grace).await
 }
 
-/// Capacity of the channel from the MQTT source to the writer, batches of
-/// at most [`mqtt::HANDOFF_MAX`] (256) publishes: 1,024 messages.
-const INGEST_QUEUE: usize = 4;
+/// Capacity of the channel from the MQTT source to the writer, messages.
+const INGEST_QUEUE: usize = 1024;
 
 /// Most publishes the MQTT source holds beyond [`INGEST_QUEUE`] before it
 /// stops reading from the broker (only a broker without an in-flight window

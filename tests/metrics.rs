@@ -299,8 +299,7 @@ async fn metrics_parse_and_count_what_was_sent() {
         .unwrap()
         .len();
     assert_eq!(m.get("edgeloop_store_size_bytes"), store_bytes as f64);
-    // Batches of at most 256 publishes (one channel send each).
-    assert_eq!(m.get("edgeloop_queue_capacity{queue=\"ingest\"}"), 4.0);
+    assert_eq!(m.get("edgeloop_queue_capacity{queue=\"ingest\"}"), 1024.0);
     assert_eq!(m.get("edgeloop_queue_depth{queue=\"ingest\"}"), 0.0);
     assert_eq!(m.types["edgeloop_prediction_duration_seconds"], "histogram");
     // The same numbers as /v1/stats.

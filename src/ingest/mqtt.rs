@@ -22,6 +22,7 @@
 //!   ERROR with the key to check, counted in `mqtt_errors`, and retried
 //!   with back-off like any other connection failure.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -352,21 +353,12 @@ pub struct Acks {
 /// resumes when the writer takes them. Acknowledgements arrive on an
 /// unbounded channel (bounded in practice by the same window) and are
 /// written to the connection in one batch, one flush.
-///
-/// Hand-off in batches: after each publish the source takes whatever else
-/// the event loop holds without waiting (packets already read, or readable
-/// from the socket now), and hands the run over as one `Vec` once nothing
-/// more is ready or [`HANDOFF_MAX`] publishes are gathered: one channel
-/// send, and at most one wake-up of the writer, per batch instead of per
-/// message.
 pub struct MqttSource {
     pub client: AsyncClient,
     pub eventloop: EventLoop,
     pub filters: Vec<String>,
-    /// Batches of received publishes, in order, each at most
-    /// [`HANDOFF_MAX`]; dropped when shutdown begins, so the writer sees the
-    /// end of input.
-    pub tx: Option<mpsc::Sender<Vec<Incoming>>>,
+    /// Dropped when shutdown begins, so the writer sees the end of input.
+    pub tx: Option<mpsc::Sender<Incoming>>,
     /// Acknowledgements from the writer, sent after each commit.
     pub acks: mpsc::UnboundedReceiver<Acks>,
     pub connection: Arc<Connection>,
@@ -375,9 +367,6 @@ pub struct MqttSource {
     /// Most received publishes held while the writer's channel is full.
     pub max_waiting: usize,
 }
-
-/// Most publishes handed to the writer in one batch (one channel send).
-pub const HANDOFF_MAX: usize = 256;
 
 /// How long a subscription may go unacknowledged before it is sent again
 /// (a request lost with a dropped poll future, or a broker that ignored it).
@@ -398,90 +387,65 @@ impl MqttSource {
         shutdown: CancellationToken,
         drained: CancellationToken,
     ) -> Result<(), super::IngestError> {
-        let mut waiting: Vec<Incoming> = Vec::new();
+        let mut waiting: VecDeque<Incoming> = VecDeque::new();
         let mut acks: Vec<u16> = Vec::new();
         // When the subscriptions were last requested without a SubAck since.
         let mut subscribe_sent: Option<tokio::time::Instant> = None;
         // Failed connection attempts since the last WARN about them.
         let (mut failures, mut last_warn) = (0u64, tokio::time::Instant::now());
-        // The event loop had nothing ready at the last look without waiting.
-        let mut idle = true;
         loop {
-            let reading = waiting.len() < self.max_waiting;
-            // While a batch gathers, the next event without waiting.
-            let ready = if !idle
-                && reading
-                && waiting.len() < HANDOFF_MAX
-                && self.eventloop.network.is_some()
-            {
-                now_or_never(self.eventloop.poll())
-            } else {
-                None
-            };
-            idle = ready.is_none();
-            let event = match ready {
-                Some(ev) => ev,
-                None => {
-                    // Hand over what was gathered, without waiting.
-                    if let Some(tx) = self.tx.as_ref() {
-                        while !waiting.is_empty() {
-                            match tx.try_reserve() {
-                                Ok(permit) => permit.send(next_batch(&mut waiting)),
-                                Err(mpsc::error::TrySendError::Full(())) => break,
-                                // The writer gave up a refused batch at shutdown.
-                                Err(mpsc::error::TrySendError::Closed(()))
-                                    if shutdown.is_cancelled() =>
-                                {
-                                    break
-                                }
-                                Err(mpsc::error::TrySendError::Closed(())) => {
-                                    return Err(super::IngestError::WriterGone)
-                                }
-                            }
+            // Hand over what the writer has room for, without waiting.
+            if let Some(tx) = self.tx.as_ref() {
+                while !waiting.is_empty() {
+                    match tx.try_reserve() {
+                        Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(mpsc::error::TrySendError::Full(())) => break,
+                        // The writer gave up a refused batch at shutdown.
+                        Err(mpsc::error::TrySendError::Closed(())) if shutdown.is_cancelled() => {
+                            break
                         }
-                    }
-                    self.stats
-                        .source_waiting
-                        .store(waiting.len() as u64, Ordering::Relaxed);
-                    while let Ok(batch) = self.acks.try_recv() {
-                        self.take_acks(batch, &mut acks);
-                    }
-                    self.write_acks(&mut acks).await;
-                    if let Some(at) = subscribe_sent {
-                        if !self.connection.is_subscribed()
-                            && self.connection.is_connected()
-                            && at.elapsed() > RESUBSCRIBE_AFTER
-                        {
-                            warn!(filters = ?self.filters, "No SubAck yet; subscribing again.");
-                            self.subscribe();
-                            subscribe_sent = Some(tokio::time::Instant::now());
+                        Err(mpsc::error::TrySendError::Closed(())) => {
+                            return Err(super::IngestError::WriterGone)
                         }
-                    }
-                    let reading = waiting.len() < self.max_waiting;
-                    let tx = self.tx.as_ref();
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => break,
-                        batch = self.acks.recv() => match batch {
-                            Some(batch) => { self.take_acks(batch, &mut acks); continue }
-                            None if shutdown.is_cancelled() => break,
-                            None => return Err(super::IngestError::WriterGone),
-                        },
-                        permit = async { tx.expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
-                            match permit {
-                                Ok(permit) => permit.send(next_batch(&mut waiting)),
-                                Err(_) if shutdown.is_cancelled() => break,
-                                Err(_) => return Err(super::IngestError::WriterGone),
-                            }
-                            continue;
-                        }
-                        ev = self.eventloop.poll(), if reading => ev,
-                        // Not reading: wake up now and then for the resubscribe check.
-                        _ = tokio::time::sleep(Duration::from_millis(100)), if !reading => continue,
                     }
                 }
+            }
+            self.stats
+                .source_waiting
+                .store(waiting.len() as u64, Ordering::Relaxed);
+            self.write_acks(&mut acks).await;
+            if let Some(at) = subscribe_sent {
+                if !self.connection.is_subscribed()
+                    && self.connection.is_connected()
+                    && at.elapsed() > RESUBSCRIBE_AFTER
+                {
+                    warn!(filters = ?self.filters, "No SubAck yet; subscribing again.");
+                    self.subscribe();
+                    subscribe_sent = Some(tokio::time::Instant::now());
+                }
+            }
+            let reading = waiting.len() < self.max_waiting;
+            let tx = self.tx.clone();
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                batch = self.acks.recv() => match batch {
+                    Some(batch) => { self.take_acks(batch, &mut acks); continue }
+                    None if shutdown.is_cancelled() => break,
+                    None => return Err(super::IngestError::WriterGone),
+                },
+                permit = async { tx.as_ref().expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
+                    match permit {
+                        Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(_) if shutdown.is_cancelled() => break,
+                        Err(_) => return Err(super::IngestError::WriterGone),
+                    }
+                    continue;
+                }
+                ev = self.eventloop.poll(), if reading => ev,
+                // Not reading: wake up now and then for the resubscribe check.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if !reading => continue,
             };
-            idle = event.is_err();
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     self.connection.epoch.fetch_add(1, Ordering::AcqRel);
@@ -519,7 +483,7 @@ impl MqttSource {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-                    waiting.push(Incoming {
+                    waiting.push_back(Incoming {
                         publish,
                         epoch: self.connection.epoch(),
                         arrival_ms: crate::stats::now_ms(),
@@ -684,124 +648,9 @@ impl MqttSource {
     }
 }
 
-/// The first [`HANDOFF_MAX`] of `waiting` (all of it when fewer), in order.
-fn next_batch(waiting: &mut Vec<Incoming>) -> Vec<Incoming> {
-    let rest = if waiting.len() > HANDOFF_MAX {
-        waiting.split_off(HANDOFF_MAX)
-    } else {
-        Vec::new()
-    };
-    std::mem::replace(waiting, rest)
-}
-
-/// Polls `fut` once: its output if it is ready now, `None` (and the future
-/// dropped) otherwise. Dropping the event loop's `poll` is what the
-/// `select!` in [`MqttSource::run`] does whenever another branch wins:
-/// packets already read stay in rumqttc's state and come with the next poll.
-fn now_or_never<F: std::future::Future>(fut: F) -> Option<F::Output> {
-    let fut = std::pin::pin!(fut);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match fut.poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A broker that answers the CONNECT with a CONNACK (session present)
-    /// and `n` QoS 1 publishes in one write, then reads until the client
-    /// leaves; the publishes' encoded size.
-    async fn fake_broker(n: u16) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = sock.read(&mut buf).await.unwrap();
-            let mut out = bytes::BytesMut::new();
-            rumqttc::ConnAck::new(ConnectReturnCode::Success, true)
-                .write(&mut out)
-                .unwrap();
-            for pkid in 1..=n {
-                let payload = format!("{{\"seq\":{pkid},\"Temperature\":21.5}}");
-                let mut p = rumqttc::Publish::new("bench/d0/occupancy", QoS::AtLeastOnce, payload);
-                p.pkid = pkid;
-                p.write(&mut out).unwrap();
-            }
-            sock.write_all(&out).await.unwrap();
-            while sock.read(&mut buf).await.is_ok_and(|r| r > 0) {}
-        });
-        (addr, task)
-    }
-
-    /// Publishes that can be read without waiting reach the writer in
-    /// batches of [`HANDOFF_MAX`] (one channel send each), in order; a
-    /// run shorter than that is handed over whole once nothing more is
-    /// ready.
-    #[tokio::test]
-    async fn hands_publishes_over_in_batches() {
-        let n = 600u16;
-        let (addr, broker) = fake_broker(n).await;
-        let mut o = MqttOptions::new("batch-test", addr.ip().to_string(), addr.port());
-        o.set_clean_session(false).set_manual_acks(true);
-        let (client, eventloop) = AsyncClient::new(o, 8);
-        let (tx, mut rx) = mpsc::channel(64);
-        let (_acks_tx, acks_rx) = mpsc::unbounded_channel();
-        let source = MqttSource {
-            client,
-            eventloop,
-            filters: vec!["bench/+/occupancy".into()],
-            tx: Some(tx),
-            acks: acks_rx,
-            connection: Arc::new(Connection::default()),
-            stats: Arc::new(Stats::default()),
-            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
-            max_waiting: 16 * 1024,
-        };
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(source.run(shutdown.clone(), CancellationToken::new()));
-        let mut sizes = Vec::new();
-        let mut pkids = Vec::new();
-        while pkids.len() < n as usize {
-            let batch: Vec<Incoming> = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                .await
-                .expect("publishes within 10 s")
-                .expect("channel open");
-            sizes.push(batch.len());
-            pkids.extend(batch.iter().map(|m| m.publish.pkid));
-        }
-        assert_eq!(pkids, (1..=n).collect::<Vec<_>>());
-        // 600 = 256 + 256 + 88: three sends, not 600.
-        assert_eq!(sizes, vec![HANDOFF_MAX, HANDOFF_MAX, 88], "{sizes:?}");
-        shutdown.cancel();
-        run.await.unwrap().unwrap();
-        broker.abort();
-    }
-
-    #[test]
-    fn next_batch_takes_at_most_handoff_max_in_order() {
-        let msg = |pkid: u16| {
-            let mut publish = rumqttc::Publish::new("t", QoS::AtLeastOnce, vec![]);
-            publish.pkid = pkid;
-            Incoming {
-                publish,
-                epoch: 1,
-                arrival_ms: 0,
-            }
-        };
-        let mut waiting: Vec<Incoming> = (1..=300).map(msg).collect();
-        let first = next_batch(&mut waiting);
-        assert_eq!(first.len(), HANDOFF_MAX);
-        assert_eq!((first[0].publish.pkid, first[255].publish.pkid), (1, 256));
-        let second = next_batch(&mut waiting);
-        assert_eq!(second.len(), 44);
-        assert_eq!(second[0].publish.pkid, 257);
-        assert!(waiting.is_empty());
-    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {

@@ -131,8 +131,7 @@ pub struct Writer {
     pub store_cfg: StoreConfig,
     /// Packet ids to acknowledge, to the MQTT source, after each commit.
     pub acks: mpsc::UnboundedSender<Acks>,
-    /// Received publishes in batches, in order (see [`super::mqtt::MqttSource`]).
-    pub rx: mpsc::Receiver<Vec<Incoming>>,
+    pub rx: mpsc::Receiver<Incoming>,
     pub hooks: Arc<Hooks>,
     pub stats: Arc<Stats>,
     /// Woken after each commit that added labelled samples.
@@ -218,31 +217,18 @@ impl Writer {
             predict_tx: self.predict_tx.clone(),
         };
         let commits = tokio::spawn(committer.run(decoded_rx, shutdown));
-        let batch_size = self.store_cfg.batch_size.max(1);
-        // Messages received beyond the last batch's `batch_size`.
-        let mut carry: Vec<Incoming> = Vec::new();
-        loop {
-            let mut batch = if carry.is_empty() {
-                match self.rx.recv().await {
-                    Some(b) => b,
-                    None => break,
-                }
-            } else {
-                std::mem::take(&mut carry)
-            };
+        while let Some(first) = self.rx.recv().await {
+            let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < batch_size {
+            while batch.len() < self.store_cfg.batch_size {
                 match self.rx.try_recv() {
-                    Ok(more) => batch.extend(more),
+                    Ok(m) => batch.push(m),
                     Err(_) if linger.is_zero() => break,
                     Err(_) => match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                        Ok(Some(more)) => batch.extend(more),
+                        Ok(Some(m)) => batch.push(m),
                         _ => break,
                     },
                 }
-            }
-            if batch.len() > batch_size {
-                carry = batch.split_off(batch_size);
             }
             decoding.store(batch.len(), Relaxed);
             let decoded = self.decode(batch, &decoders, &mut log);
