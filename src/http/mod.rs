@@ -561,20 +561,10 @@ pub struct PredictRequest {
 pub struct RowPrediction {
     pub label: String,
     pub probabilities: BTreeMap<String, f32>,
-    /// The row's anomaly score (`[pipelines.anomaly]`; scored, not learned).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly_score: Option<f64>,
-    /// The row's largest residual z and its feature, and whether the
-    /// scorer would alarm on it as its next reading, by which rule (as the
-    /// prediction messages' fields; not learned).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub residual_z: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub residual_feature: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly_rule: Option<String>,
+    /// The row's anomaly fields, as the prediction messages' (the row seen
+    /// as the scorer's next reading: scored, not learned).
+    #[serde(flatten)]
+    pub scores: crate::serve::predictions::AnomalyJson,
 }
 
 /// Answer to a predict request to a classifier.
@@ -595,18 +585,9 @@ pub struct PredictResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowValue {
     pub prediction: f32,
-    /// As [`RowPrediction::anomaly_score`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly_score: Option<f64>,
-    /// As [`RowPrediction::residual_z`] and the fields after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub residual_z: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub residual_feature: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly_rule: Option<String>,
+    /// As [`RowPrediction::scores`].
+    #[serde(flatten)]
+    pub scores: crate::serve::predictions::AnomalyJson,
 }
 
 /// Answer to a predict request to a regressor.
@@ -764,11 +745,7 @@ async fn predict(
                 .enumerate()
                 .map(|(i, prediction)| RowValue {
                     prediction,
-                    anomaly_score: field(i).map(|a| a.score),
-                    residual_z: field(i).map(|a| a.residual_z),
-                    residual_feature: field(i).and_then(|a| a.residual_feature.clone()),
-                    anomaly: field(i).map(|a| a.alarm),
-                    anomaly_rule: field(i).and_then(|a| a.rule.map(str::to_string)),
+                    scores: field(i).into(),
                 })
                 .collect(),
         })));
@@ -780,11 +757,7 @@ async fn predict(
         .map(|(i, row)| RowPrediction {
             label: classes[crate::learn::logistic::argmax_rows(row, classes.len())[0]].clone(),
             probabilities: classes.iter().cloned().zip(row.iter().copied()).collect(),
-            anomaly_score: field(i).map(|a| a.score),
-            residual_z: field(i).map(|a| a.residual_z),
-            residual_feature: field(i).and_then(|a| a.residual_feature.clone()),
-            anomaly: field(i).map(|a| a.alarm),
-            anomaly_rule: field(i).and_then(|a| a.rule.map(str::to_string)),
+            scores: field(i).into(),
         })
         .collect();
     Ok(Json(PredictAnswer::Classification(PredictResponse {

@@ -40,25 +40,9 @@ pub struct PredictionMessage {
     pub label: String,
     pub probabilities: BTreeMap<String, f32>,
     pub model_version: u32,
-    /// The reading's anomaly score in [0, 1] (`[pipelines.anomaly]`,
-    /// [`crate::learn::anomaly`]); absent when scoring is off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly_score: Option<f64>,
-    /// The largest residual z of the reading's features against their
-    /// EWMA, in smoothed MADs ([`crate::learn::anomaly::ResidualZ`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub residual_z: Option<f64>,
-    /// The feature of that residual z (absent while no feature has a
-    /// scale).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub residual_feature: Option<String>,
-    /// The alarm: either rule of [`crate::learn::anomaly::Scorer`] fired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly: Option<bool>,
-    /// The rule that fired: `"trees"`, `"residual"` or `"both"` (absent
-    /// without an alarm).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly_rule: Option<String>,
+    /// The reading's anomaly fields (absent when scoring is off).
+    #[serde(flatten)]
+    pub scores: AnomalyJson,
     /// `true` when the serving version is an online snapshot that has
     /// learned one class so far and answers it whatever the reading (cold
     /// start, [`crate::learn::online::export`]); absent otherwise.
@@ -79,21 +63,46 @@ pub struct ValueMessage {
     pub sample_id: u64,
     pub prediction: f32,
     pub model_version: u32,
-    /// As [`PredictionMessage::anomaly_score`].
+    /// As [`PredictionMessage::scores`].
+    #[serde(flatten)]
+    pub scores: AnomalyJson,
+}
+
+/// The anomaly fields of a prediction, in MQTT prediction messages and HTTP
+/// predict rows (`[pipelines.anomaly]`, [`crate::learn::anomaly::Scorer`]);
+/// each absent when scoring is off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyJson {
+    /// The reading's anomaly score in [0, 1] (Half-Space Trees).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly_score: Option<f64>,
-    /// As [`PredictionMessage::residual_z`].
+    /// The largest residual z of the reading's features against their
+    /// EWMA, in smoothed MADs ([`crate::learn::anomaly::ResidualZ`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual_z: Option<f64>,
-    /// As [`PredictionMessage::residual_feature`].
+    /// The feature of that residual z (absent while no feature has a
+    /// scale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual_feature: Option<String>,
-    /// As [`PredictionMessage::anomaly`].
+    /// The alarm: either rule of [`crate::learn::anomaly::Scorer`] fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<bool>,
-    /// As [`PredictionMessage::anomaly_rule`].
+    /// The rule that fired: `"trees"`, `"residual"` or `"both"` (absent
+    /// without an alarm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly_rule: Option<String>,
+}
+
+impl From<Option<&AnomalyFields>> for AnomalyJson {
+    fn from(a: Option<&AnomalyFields>) -> Self {
+        Self {
+            anomaly_score: a.map(|a| a.score),
+            residual_z: a.map(|a| a.residual_z),
+            residual_feature: a.and_then(|a| a.residual_feature.clone()),
+            anomaly: a.map(|a| a.alarm),
+            anomaly_rule: a.and_then(|a| a.rule.map(str::to_string)),
+        }
+    }
 }
 
 /// A reading's anomaly fields as published: the scorer's view of it, with
@@ -417,13 +426,7 @@ impl Predictor {
                     .zip(proba.chunks_exact(width))
                     .zip(&anomalies)
                     .map(|(((seq, s), row), anomaly)| {
-                        let anomaly_score = anomaly.as_ref().map(|a| a.score);
-                        let residual_z = anomaly.as_ref().map(|a| a.residual_z);
-                        let residual_feature =
-                            anomaly.as_ref().and_then(|a| a.residual_feature.clone());
-                        let anomaly_rule =
-                            anomaly.as_ref().and_then(|a| a.rule.map(str::to_string));
-                        let anomaly = anomaly.as_ref().map(|a| a.alarm);
+                        let scores = AnomalyJson::from(anomaly.as_ref());
                         let payload = if regression {
                             serde_json::to_vec(&ValueMessage {
                                 pipeline: job.pipeline.clone(),
@@ -432,11 +435,7 @@ impl Predictor {
                                 sample_id: *seq,
                                 prediction: row[0],
                                 model_version: serving.version,
-                                anomaly_score,
-                                residual_z,
-                                residual_feature: residual_feature.clone(),
-                                anomaly,
-                                anomaly_rule: anomaly_rule.clone(),
+                                scores,
                             })
                         } else {
                             let best = crate::learn::logistic::argmax_rows(row, classes.len())[0];
@@ -452,11 +451,7 @@ impl Predictor {
                                     .zip(row.iter().copied())
                                     .collect(),
                                 model_version: serving.version,
-                                anomaly_score,
-                                residual_z,
-                                residual_feature: residual_feature.clone(),
-                                anomaly,
-                                anomaly_rule: anomaly_rule.clone(),
+                                scores,
                                 constant: crate::learn::online::export::is_constant(&serving.card),
                             })
                         };
