@@ -20,6 +20,18 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs `edgeloop` as set up in `cmd`, which must succeed, and parses its
+/// standard output as JSON.
+fn run_json(cmd: &mut std::process::Command) -> Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn reference() -> Value {
     serde_json::from_slice(&std::fs::read(fixture("hst.json")).unwrap()).unwrap()
 }
@@ -137,29 +149,23 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
             "42",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-            .args([
-                "anomaly",
-                "--json",
-                "--seed",
-                seed,
-                "--features",
-                features,
-                "--persistence",
-                "1",
-                "--residual-z",
-                "0",
-                "--file",
-            ])
-            .arg(fixture(file))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let v = run_json(
+            std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+                .args([
+                    "anomaly",
+                    "--json",
+                    "--seed",
+                    seed,
+                    "--features",
+                    features,
+                    "--persistence",
+                    "1",
+                    "--residual-z",
+                    "0",
+                    "--file",
+                ])
+                .arg(fixture(file)),
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_equal(name, &scores(&v["scores"]), &scores(&r[name]["scores"]));
         let t = v["threshold"].as_f64().unwrap();
         assert!(
@@ -170,15 +176,13 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
     }
     // The rule at another quantile and history: the threshold moves with
     // the last 2,000 scores.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-        .args(["anomaly", "--json", "--seed", "7", "--features", "c,a,b"])
-        .args(["--quantile", "0.99", "--history", "2000"])
-        .args(["--persistence", "1", "--residual-z", "0", "--file"])
-        .arg(fixture("mixed.csv"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = run_json(
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["anomaly", "--json", "--seed", "7", "--features", "c,a,b"])
+            .args(["--quantile", "0.99", "--history", "2000"])
+            .args(["--persistence", "1", "--residual-z", "0", "--file"])
+            .arg(fixture("mixed.csv")),
+    );
     let t = v["threshold"].as_f64().unwrap();
     assert!((t - r["mixed_q99"]["threshold"].as_f64().unwrap()).abs() < 1e-12);
     assert_eq!(v["alarms"], r["mixed_q99"]["alarms"]);
@@ -226,18 +230,12 @@ fn the_anomaly_command_default_rules_equal_the_reference() {
             "42",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-            .args(["anomaly", "--json", "--seed", seed, "--features", features])
-            .arg("--file")
-            .arg(fixture(file))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let v = run_json(
+            std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+                .args(["anomaly", "--json", "--seed", seed, "--features", features])
+                .arg("--file")
+                .arg(fixture(file)),
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_equal(name, &scores(&v["scores"]), &scores(&r[name]["scores"]));
         assert_eq!(v["alarms"], r[name]["default_alarms"], "{name}");
         if name == "nab" {
@@ -256,19 +254,13 @@ fn the_anomaly_command_default_rules_equal_the_reference() {
         .collect();
     assert_eq!(alarms.len(), 9, "{alarms:?}");
     assert!(alarms.iter().all(|&i| i % 200 == 199), "{alarms:?}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-        .args(["anomaly", "--json", "--seed", "42", "--features", "value"])
-        .args(["--quantile", "0.99", "--residual-z", "2.5"])
-        .args(["--episode-gap", "24", "--file"])
-        .arg(fixture("nab_ambient_temperature_system_failure.csv"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = run_json(
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["anomaly", "--json", "--seed", "42", "--features", "value"])
+            .args(["--quantile", "0.99", "--residual-z", "2.5"])
+            .args(["--episode-gap", "24", "--file"])
+            .arg(fixture("nab_ambient_temperature_system_failure.csv")),
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let want = &r["nab_loose"];
     assert_eq!(v["alarms"], want["alarms"]);
     assert_eq!(v["rules"], want["rules"]);
@@ -557,26 +549,20 @@ fn the_detect_command_on_nab_prints_rivers_alarms() {
             &["--standardize"][..],
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-            .args([
-                "detect",
-                "--json",
-                "--column",
-                "value",
-                "--detector",
-                detector,
-            ])
-            .args(extra)
-            .arg("--file")
-            .arg(fixture("nab_ambient_temperature_system_failure.csv"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let v = run_json(
+            std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+                .args([
+                    "detect",
+                    "--json",
+                    "--column",
+                    "value",
+                    "--detector",
+                    detector,
+                ])
+                .args(extra)
+                .arg("--file")
+                .arg(fixture("nab_ambient_temperature_system_failure.csv")),
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(
             keys,
