@@ -96,7 +96,6 @@ impl Default for DaemonConfig {
     }
 }
 
-
 /// The default log filter: info, and rumqttd's router and link targets
 /// silenced (they log every ordinary client disconnect at ERROR).
 pub const DEFAULT_LOG_FILTER: &str =

@@ -791,11 +791,9 @@ pub fn reload_plan(running: &Config, reread: &Config) -> ReloadPlan {
         (Ok(a), Ok(b)) => diff("", &a, &b, &mut changed),
         _ => changed.push("(configuration not comparable)".into()),
     }
-    let (applied, restart) = changed
-        .into_iter()
-        .partition(|k| {
-            k.starts_with("daemon.") && k != "daemon.stall_timeout_s" && k != "daemon.instance"
-        });
+    let (applied, restart) = changed.into_iter().partition(|k| {
+        k.starts_with("daemon.") && k != "daemon.stall_timeout_s" && k != "daemon.instance"
+    });
     ReloadPlan { applied, restart }
 }
 
