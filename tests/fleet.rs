@@ -26,15 +26,21 @@ fn member(dir: &std::path::Path, port: u16) -> edgeloop::config::Config {
 }
 
 /// The `seq` each stored sample's timestamp names ([`seq_payload`]).
-fn stored_seqs(handle: &edgeloop::daemon::DaemonHandle) -> Vec<u64> {
-    let next = handle.store.counts("occupancy").unwrap().next_seq;
-    handle
-        .store
+fn stored_seqs(store: &edgeloop::store::Store) -> Vec<u64> {
+    let next = store.counts("occupancy").unwrap().next_seq;
+    store
         .scan("occupancy", 0..next, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(_, r)| (r.sample.timestamp_ms / 1000 - SEQ_BASE_S) as u64)
         .collect()
+}
+
+/// The two stores' seqs together are every message exactly once.
+fn each_stored_once(seqs_a: &[u64], seqs_b: &[u64]) {
+    assert_eq!(seqs_a.len() as u64 + seqs_b.len() as u64, MESSAGES);
+    let all: HashSet<u64> = seqs_a.iter().chain(seqs_b).copied().collect();
+    assert_eq!(all, (0..MESSAGES).collect::<HashSet<u64>>());
 }
 
 /// Two daemons subscribed as one share group, 20,000 QoS 1 messages from
@@ -69,15 +75,13 @@ async fn a_share_group_stores_each_message_once_across_its_daemons() {
     .await;
     // Nothing more arrives (no copy delivered to both).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (seqs_a, seqs_b) = (stored_seqs(&a), stored_seqs(&b));
+    let (seqs_a, seqs_b) = (stored_seqs(&a.store), stored_seqs(&b.store));
     eprintln!(
         "daemon a stored {}, daemon b {}",
         seqs_a.len(),
         seqs_b.len()
     );
-    assert_eq!(seqs_a.len() as u64 + seqs_b.len() as u64, MESSAGES);
-    let all: HashSet<u64> = seqs_a.iter().chain(&seqs_b).copied().collect();
-    assert_eq!(all, (0..MESSAGES).collect::<HashSet<u64>>());
+    each_stored_once(&seqs_a, &seqs_b);
     // mosquitto hands the group's messages out in turn: each has a share.
     for (name, n) in [("a", seqs_a.len()), ("b", seqs_b.len())] {
         assert!(n as u64 >= MESSAGES / 10, "daemon {name} stored only {n}");
@@ -262,21 +266,13 @@ async fn a_member_killed_mid_stream_loses_nothing_once_it_returns() {
     b.signal(libc::SIGTERM);
     assert!(b.wait().success());
     let store_b = edgeloop::store::Store::open(&cfg_b.store.path).unwrap();
-    let next = store_b.counts("occupancy").unwrap().next_seq;
-    let seqs_b: Vec<u64> = store_b
-        .scan("occupancy", 0..next, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, r)| (r.sample.timestamp_ms / 1000 - SEQ_BASE_S) as u64)
-        .collect();
-    let seqs_a = stored_seqs(&a);
+    let seqs_b = stored_seqs(&store_b);
+    let seqs_a = stored_seqs(&a.store);
     eprintln!(
         "a stored {}, b {} ({b_before} before its SIGKILL)",
         seqs_a.len(),
         seqs_b.len()
     );
-    assert_eq!(seqs_a.len() as u64 + seqs_b.len() as u64, MESSAGES);
-    let all: HashSet<u64> = seqs_a.iter().chain(&seqs_b).copied().collect();
-    assert_eq!(all, (0..MESSAGES).collect::<HashSet<u64>>());
+    each_stored_once(&seqs_a, &seqs_b);
     stop(running_a, a, token_a).await;
 }
