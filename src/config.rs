@@ -32,9 +32,14 @@ pub struct Config {
     pub models: ModelsConfig,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// `[fleet]`: models shared with other daemons over the broker.
+    #[serde(default)]
+    pub fleet: FleetConfig,
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
 }
+
+pub use crate::serve::fleet::FleetConfig;
 
 pub use crate::onnx::engine::OnnxruntimeConfig;
 
@@ -632,6 +637,29 @@ impl Config {
         }
         if self.http.max_rows == 0 {
             return bad("http.max_rows".into(), "must be at least 1".into());
+        }
+        if self.fleet.enabled() && self.mqtt.broker == "embedded" {
+            return bad(
+                "fleet".into(),
+                "publish and adopt share models through a broker every daemon of the fleet \
+                 reaches: the embedded broker serves this daemon alone (set mqtt.broker to \
+                 the fleet's broker)"
+                    .into(),
+            );
+        }
+        let prefix = &self.fleet.topic_prefix;
+        if prefix.is_empty()
+            || prefix.starts_with('$')
+            || prefix.ends_with('/')
+            || !rumqttc::valid_topic(prefix)
+        {
+            return bad(
+                "fleet.topic_prefix".into(),
+                format!("`{prefix}` must be a topic name without wildcards, not starting with `$` or ending with `/`"),
+            );
+        }
+        if self.fleet.max_bytes < 1024 {
+            return bad("fleet.max_bytes".into(), "must be at least 1024".into());
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {

@@ -431,6 +431,39 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let learner = learner
         .with_series(series.clone())
         .with_anomaly(anomaly_scorers.clone());
+    // `[fleet]`: the learner judges what the fleet connection receives.
+    let (offers_tx, offers_rx) = tokio::sync::mpsc::channel(4);
+    let learner = if cfg.fleet.adopt {
+        learner.with_fleet(crate::monitor::retrain::FleetIntake {
+            offers: offers_rx,
+            options: cfg.engine_of(0).1,
+            max_model_bytes: cfg.models.max_bytes,
+        })
+    } else {
+        learner
+    };
+    let fleet = if cfg.fleet.enabled() {
+        Some(crate::serve::fleet::FleetLink {
+            config: cfg.fleet.clone(),
+            instance: if cfg.daemon.instance.is_empty() {
+                cfg.mqtt.client_id.clone()
+            } else {
+                cfg.daemon.instance.clone()
+            },
+            options: crate::serve::fleet::options(&cfg.mqtt, &cfg.fleet, &host, port)?,
+            pipelines: cfg.pipelines.iter().map(|p| p.name.clone()).collect(),
+            registry: registry.clone(),
+            store: store.clone(),
+            stats: stats.clone(),
+            offers: offers_tx,
+            backoff: Backoff::new(
+                Duration::from_millis(cfg.mqtt.reconnect_min_ms),
+                Duration::from_millis(cfg.mqtt.reconnect_max_ms),
+            ),
+        })
+    } else {
+        None
+    };
     let series_handle = series.clone();
     let recorder = crate::monitor::series::Recorder {
         book: series.clone(),
@@ -573,6 +606,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         let shutdown = shutdown.clone();
         async move { learner.run(shutdown).await.map_err(|e| e.to_string()) }
     });
+    if let Some(fleet) = fleet {
+        let shutdown = shutdown.clone();
+        spawn(&tracker, supervise("fleet"), async move {
+            fleet.run(shutdown).await;
+            Ok(())
+        });
+    }
     if !cfg.models.dir.as_os_str().is_empty() {
         let watcher = crate::serve::intake::ModelsDirWatcher {
             dir: cfg.models.dir.clone(),

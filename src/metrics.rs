@@ -23,6 +23,7 @@
 //! | `edgeloop_prediction_duration_seconds` | histogram | `pipeline`, `path` |
 //! | `edgeloop_model_version` | gauge | `pipeline` (absent before the first model) |
 //! | `edgeloop_trainings_total` | counter | `outcome` (`completed`, `failed`) |
+//! | `edgeloop_fleet_models_total` | counter | `outcome` (`published`, `received`, `adopted`, `refused_{reason}`: `crate::serve::fleet::REFUSALS`) |
 //! | `edgeloop_training_duration_seconds` | histogram | `pipeline` |
 //! | `edgeloop_anomaly_score` | histogram | `pipeline` (each predicted reading's Half-Space Trees score; buckets 0.05, 0.10, …, 1.0) |
 //! | `edgeloop_anomaly_alarms_total` | counter | (readings alarmed by either rule of `[pipelines.anomaly]`) |
@@ -440,6 +441,23 @@ impl Collector for Scrape {
                 ("completed".into(), l(&st.trainings)),
                 ("failed".into(), l(&st.trainings_failed)),
             ],
+        )?;
+        let mut fleet = vec![
+            ("published".to_string(), l(&st.fleet_published)),
+            ("received".to_string(), l(&st.fleet_received)),
+            ("adopted".to_string(), l(&st.fleet_adopted)),
+        ];
+        fleet.extend(
+            st.fleet_refused()
+                .into_iter()
+                .map(|(reason, n)| (format!("refused_{reason}"), n)),
+        );
+        counters(
+            e,
+            "edgeloop_fleet_models",
+            "Models of the fleet ([fleet]): versions published, models received from other daemons, adopted, and refused by reason",
+            "outcome",
+            &fleet,
         )?;
         let board: Vec<(String, crate::monitor::retrain::ConceptDrift)> = match s.drift.lock() {
             Ok(b) => s

@@ -104,6 +104,17 @@ pub const MODEL_REFUSAL_REASONS: [&'static str; 14] = [
     "store",
 ];
 
+/// Why a fleet model was not adopted (`crate::serve::fleet::REFUSALS`).
+pub const FLEET_REFUSAL_REASONS: [&str; 7] = [
+    "envelope",
+    "bad_sha256",
+    "oversized",
+    "intake",
+    "judged",
+    "unjudged",
+    "busy",
+];
+
 /// Daemon-wide counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -175,6 +186,14 @@ pub struct Stats {
     pub models_imported: AtomicU64,
     /// Models refused at intake, by reason (`IntakeError::REASONS` order).
     models_refused: [AtomicU64; MODEL_REFUSAL_REASONS.len()],
+    /// Versions published to the fleet (`crate::serve::fleet`).
+    pub fleet_published: AtomicU64,
+    /// Models received from other daemons (well-formed, before judging).
+    pub fleet_received: AtomicU64,
+    /// Fleet models that won on this daemon's holdout and serve.
+    pub fleet_adopted: AtomicU64,
+    /// Fleet models refused, by reason (`FLEET_REFUSAL_REASONS` order).
+    fleet_refused: [AtomicU64; FLEET_REFUSAL_REASONS.len()],
     /// Readings alarmed by either rule of `[pipelines.anomaly]`.
     pub anomaly_alarms: AtomicU64,
     /// Alarms by rule (the trees' threshold; the residual test), a reading
@@ -273,6 +292,23 @@ impl Stats {
         }
     }
 
+    /// Counts one fleet model refused for `reason` (one of
+    /// [`FLEET_REFUSAL_REASONS`]).
+    pub fn count_fleet_refused(&self, reason: &str) {
+        if let Some(i) = FLEET_REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.fleet_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Fleet models refused so far, by reason.
+    pub fn fleet_refused(&self) -> BTreeMap<String, u64> {
+        FLEET_REFUSAL_REASONS
+            .iter()
+            .zip(&self.fleet_refused)
+            .map(|(r, n)| (r.to_string(), n.load(Relaxed)))
+            .collect()
+    }
+
     /// Records one prediction call of `pipeline` over `path` ("http" or
     /// "mqtt") that took `seconds`.
     pub fn observe_prediction(&self, pipeline: &str, path: &'static str, seconds: f64) {
@@ -342,6 +378,10 @@ impl Stats {
                 .zip(&self.models_refused)
                 .map(|(r, n)| (r.to_string(), l(n)))
                 .collect(),
+            fleet_published: l(&self.fleet_published),
+            fleet_received: l(&self.fleet_received),
+            fleet_adopted: l(&self.fleet_adopted),
+            fleet_refused: self.fleet_refused(),
         }
     }
 }
@@ -382,4 +422,14 @@ pub struct StatsSnapshot {
     /// Models refused at intake, by reason.
     #[serde(default)]
     pub models_refused: BTreeMap<String, u64>,
+    /// The fleet (`[fleet]`): versions published, models received from
+    /// other daemons, adopted (serving), and refused by reason.
+    #[serde(default)]
+    pub fleet_published: u64,
+    #[serde(default)]
+    pub fleet_received: u64,
+    #[serde(default)]
+    pub fleet_adopted: u64,
+    #[serde(default)]
+    pub fleet_refused: BTreeMap<String, u64>,
 }

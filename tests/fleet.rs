@@ -276,3 +276,290 @@ async fn a_member_killed_mid_stream_loses_nothing_once_it_returns() {
     each_stored_once(&seqs_a, &seqs_b);
     stop(running_a, a, token_a).await;
 }
+
+#[path = "common/ort.rs"]
+mod ort;
+
+/// A daemon of the model-exchange test: pipeline `occupancy` on its own
+/// sample topic `{tag}/+/occupancy`, logistic regression, trained only when
+/// asked, with `[fleet]` as given.
+fn exchanger(
+    dir: &std::path::Path,
+    port: u16,
+    tag: &str,
+    publish: bool,
+    adopt: bool,
+) -> edgeloop::config::Config {
+    let mut cfg = config(dir, Broker::External(port));
+    cfg.daemon.instance = format!("gw-{tag}");
+    cfg.fleet.publish = publish;
+    cfg.fleet.adopt = adopt;
+    let p = &mut cfg.pipelines[0];
+    p.topics = vec![format!("{tag}/+/occupancy")];
+    p.label_topics = vec![format!("{tag}-labels/+/occupancy")];
+    p.model.family = edgeloop::learn::Family::Logistic;
+    p.model.min_labels = NEVER;
+    p.model.retrain_every = NEVER;
+    p.drift.retrain_on_drift = false;
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// `n` labelled readings of `file` (from row `skip`), each label replaced
+/// by `relabel`.
+fn readings(file: &str, skip: usize, n: usize, relabel: fn(&str) -> String) -> Vec<Vec<u8>> {
+    let opts = replay_opts(file, 1, Some(skip + n));
+    edgeloop::ingest::replay::csv_payloads(&opts)
+        .unwrap()
+        .into_iter()
+        .skip(skip)
+        .map(|p| {
+            let mut v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            let label = (v["Occupancy"].as_f64().unwrap() as u8).to_string();
+            v["Occupancy"] = relabel(&label).into();
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect()
+}
+
+async fn publish_to(port: u16, topic: &str, payloads: Vec<Vec<u8>>) {
+    let mut opts = replay_opts("unused", port, None);
+    opts.topic = topic.into();
+    publish(&opts, payloads).await;
+}
+
+fn refused(h: &edgeloop::daemon::DaemonHandle, reason: &str) -> u64 {
+    h.stats.snapshot().fleet_refused[reason]
+}
+
+/// Model exchange over the broker (`[fleet]`): daemon A trains on 2,000
+/// Occupancy readings and publishes its model (retained). B serves a model
+/// it trained on 300 readings whose labels were inverted (a miswired
+/// sensor), then stored 1,000 correct readings of another period: A's model
+/// wins on B's holdout and B adopts it. Both accuracies of the decision
+/// equal onnxruntime's on B's holdout rows (the newest 20 % of the 1,000
+/// samples B learns from), B serves A's exact bytes, and its card and
+/// timeline say where they came from. C measures the opposite
+/// concept (its label is 1 when the room is empty) and serves its own
+/// model: A's loses on C's holdout and is refused, C's keeps serving. A
+/// model message with a flipped byte and one that is not ONNX are refused
+/// and counted by reason while B's adopted model keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses() {
+    let mosquitto = Mosquitto::start();
+    let port = mosquitto.port;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cfg_b = exchanger(dirs[1].path(), port, "b", false, true);
+    // B learns from its newest 1,000 samples.
+    cfg_b.pipelines[0].model.window = 1000;
+    cfg_b.pipelines[0].model.reservoir = 0;
+    let (running_b, b, token_b) = start(cfg_b).await;
+    let (running_c, c, token_c) = start(exchanger(dirs[2].path(), port, "c", false, true)).await;
+    let same = |l: &str| l.to_string();
+    let inverted = |l: &str| if l == "1" { "0".into() } else { "1".into() };
+    // Stored, or dropped as a duplicate of a stored reading (content dedup).
+    let handled = |h: &edgeloop::daemon::DaemonHandle| {
+        let s = h.stats.snapshot();
+        s.samples_stored + s.duplicates
+    };
+    // B's first 300 readings came from a miswired sensor (labels
+    // inverted); it trained on them, then 1,000 correct ones arrived.
+    publish_to(
+        port,
+        "b/d1/occupancy",
+        readings("datatest.txt", 0, 300, inverted),
+    )
+    .await;
+    publish_to(
+        port,
+        "c/d1/occupancy",
+        readings("datatest2.txt", 0, 1000, inverted),
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "B and C store their readings",
+        || handled(&b) == 300 && handled(&c) == 1000,
+    )
+    .await;
+    let own_b = b.learner.train_now("occupancy").await.unwrap();
+    let own_c = c.learner.train_now("occupancy").await.unwrap();
+    assert!(own_c.holdout.as_ref().unwrap().accuracy > 0.9);
+    publish_to(
+        port,
+        "b/d1/occupancy",
+        readings("datatest.txt", 300, 1000, same),
+    )
+    .await;
+    wait_until(Duration::from_secs(60), "B stores its readings", || {
+        handled(&b) == 1300
+    })
+    .await;
+
+    let (running_a, a, token_a) = start(exchanger(dirs[0].path(), port, "a", true, false)).await;
+    publish_to(
+        port,
+        "a/d1/occupancy",
+        readings("datatraining.txt", 0, 2000, same),
+    )
+    .await;
+    wait_until(Duration::from_secs(60), "A stores its readings", || {
+        handled(&a) == 2000
+    })
+    .await;
+    let own_a = a.learner.train_now("occupancy").await.unwrap();
+    wait_until(Duration::from_secs(60), "A publishes", || {
+        a.stats
+            .fleet_published
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(120), "B adopts and C refuses", || {
+        b.stats
+            .fleet_adopted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+            && refused(&c, "judged") == 1
+    })
+    .await;
+    let a_onnx = a
+        .store
+        .get_model("occupancy", own_a.version)
+        .unwrap()
+        .unwrap()
+        .onnx;
+
+    // B serves A's bytes, judged on B's holdout against B's champion.
+    let serving_b = b.registry.get("occupancy").unwrap();
+    let stored_b = b
+        .store
+        .get_model("occupancy", serving_b.version)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored_b.onnx, a_onnx);
+    let card = &serving_b.card;
+    let imported = card.imported.as_ref().unwrap();
+    assert_eq!(imported.source, edgeloop::learn::card::Source::Fleet);
+    let origin = imported.fleet.as_ref().unwrap();
+    assert_eq!(
+        (
+            origin.instance.as_str(),
+            origin.version,
+            origin.topic.as_str()
+        ),
+        ("gw-a", own_a.version, "edgeloop/fleet/occupancy/models")
+    );
+    let decision = card.decision.as_ref().unwrap();
+    assert!(decision.promoted, "{decision:?}");
+    assert_eq!(decision.champion_version, Some(own_b.version));
+    // onnxruntime's labels for B's holdout: the newest 20 % of the 1,000
+    // samples B learns from (scikit-learn's accuracy_score: the share equal).
+    let stored = b.store.labelled("occupancy").unwrap();
+    let holdout = &stored[stored.len() - 200..];
+    let x: Vec<f32> = holdout
+        .iter()
+        .flat_map(|(_, s)| s.features.clone())
+        .collect();
+    let accuracy = |onnx: &[u8]| {
+        let outputs = ort::run_onnxruntime(onnx, &x, FEATURES.len());
+        let hits = outputs["label"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(holdout)
+            .filter(|(p, (_, s))| Some(p.as_i64().unwrap().to_string()) == s.label)
+            .count();
+        hits as f64 / holdout.len() as f64
+    };
+    let b_onnx = b
+        .store
+        .get_model("occupancy", own_b.version)
+        .unwrap()
+        .unwrap()
+        .onnx;
+    assert_eq!(decision.challenger_recent, Some(accuracy(&a_onnx)));
+    assert_eq!(decision.champion_recent, Some(accuracy(&b_onnx)));
+    let history = b.registry.history(&b.store, "occupancy").unwrap();
+    assert_eq!(history.last().unwrap().action, "adopted");
+    assert!(history.last().unwrap().reason.contains("gw-a"));
+
+    // C keeps its own model: A's lost on C's holdout.
+    assert_eq!(c.registry.get("occupancy").unwrap().version, own_c.version);
+    let history = c.registry.history(&c.store, "occupancy").unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(last.action, "refused");
+    assert!(
+        last.reason.contains("does not beat champion"),
+        "{}",
+        last.reason
+    );
+    assert_eq!(
+        c.stats
+            .fleet_adopted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // Hostile messages on B's models topic: refused by reason, B serves on.
+    let topic = "edgeloop/fleet/occupancy/models";
+    let header = |onnx: &[u8], pipeline: &str| edgeloop::serve::fleet::Header {
+        pipeline: pipeline.into(),
+        version: 99,
+        sha256: edgeloop::serve::intake::sha256_hex(onnx),
+        bytes: onnx.len() as u64,
+        instance: "gw-x".into(),
+        published_ms: 0,
+        card: serde_json::Value::Null,
+    };
+    let mut flipped = edgeloop::serve::fleet::encode(&header(&a_onnx, "occupancy"), &a_onnx);
+    let at = flipped.len() - 10;
+    flipped[at] ^= 0x40;
+    let junk = b"not an onnx model at all".to_vec();
+    let not_onnx = edgeloop::serve::fleet::encode(&header(&junk, "occupancy"), &junk);
+    publish_to(port, topic, vec![flipped, not_onnx]).await;
+    wait_until(Duration::from_secs(60), "B refuses both", || {
+        refused(&b, "bad_sha256") == 1 && refused(&b, "intake") == 1
+    })
+    .await;
+    let snapshot = b.stats.snapshot();
+    assert_eq!(snapshot.models_refused["not_onnx"], 1);
+    assert_eq!(snapshot.fleet_adopted, 1);
+    assert_eq!(
+        b.registry.get("occupancy").unwrap().version,
+        serving_b.version
+    );
+    let metrics = b.metrics.render().unwrap();
+    assert!(
+        metrics.contains(
+            "edgeloop_fleet_models_total{instance=\"gw-b\",outcome=\"refused_bad_sha256\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    stop(running_a, a, token_a).await;
+    stop(running_b, b, token_b).await;
+    stop(running_c, c, token_c).await;
+}
+
+/// `[fleet]` is checked at load, naming the key: the embedded broker (one
+/// daemon) cannot carry a fleet's models, and the topic prefix must be a
+/// topic name.
+#[test]
+fn fleet_settings_are_validated_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |cfg: &edgeloop::config::Config| match cfg.validate() {
+        Err(edgeloop::config_error::ConfigError::Invalid { key, .. }) => key,
+        other => panic!("{other:?}"),
+    };
+    let mut cfg = config(dir.path(), Broker::Embedded(free_port()));
+    cfg.fleet.publish = true;
+    assert_eq!(key(&cfg), "fleet");
+    let mut cfg = exchanger(dir.path(), free_port(), "a", true, true);
+    for prefix in ["", "fleet/+/x", "$SYS/fleet", "fleet/"] {
+        cfg.fleet.topic_prefix = prefix.into();
+        assert_eq!(key(&cfg), "fleet.topic_prefix", "{prefix:?}");
+    }
+    cfg.fleet.topic_prefix = "plant-3/fleet".into();
+    cfg.validate().unwrap();
+}

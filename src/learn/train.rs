@@ -36,6 +36,9 @@ pub enum Trigger {
     Schedule,
     /// Asked for over the API.
     Manual,
+    /// A model a fleet member published, received with `[fleet] adopt`
+    /// (`crate::serve::fleet`).
+    Fleet,
 }
 
 /// A trained version, ready to store and serve.
@@ -365,6 +368,66 @@ pub fn train_dataset(
         },
         candidates: cards,
     })
+}
+
+/// Judges a model made elsewhere (a fleet member's version,
+/// `crate::serve::fleet`) as [`train_version`] judges its own challengers:
+/// the same samples, the same temporal holdout (the newest
+/// `holdout_fraction`), the same older slice (every 10th older sample, or
+/// `old_regimes`), the same cleaning rules, the same champion/challenger rule
+/// ([`card::judge`]) and the same trivial baseline. Nothing is fitted: the
+/// challenger predicts as it is.
+///
+/// # Errors
+/// [`TrainError::Empty`] with fewer than two samples.
+pub fn judge_version(
+    pipeline: &PipelineSettings,
+    samples: &[Sample],
+    old_regimes: Option<&[Sample]>,
+    champion: Option<(u32, Champion<'_>)>,
+    challenger: &dyn select::Predictor,
+) -> Result<card::Decision, TrainError> {
+    let windowed = |s: &[Sample]| -> Vec<Sample> {
+        if pipeline.windows.enabled {
+            crate::features::windows::derive(s, &pipeline.windows, pipeline.features.len())
+        } else {
+            s.to_vec()
+        }
+    };
+    let features = pipeline.model_features();
+    let data = Dataset::from_samples(&windowed(samples), features.len(), pipeline.task);
+    let old =
+        old_regimes.map(|s| Dataset::from_samples(&windowed(s), features.len(), pipeline.task));
+    let cfg = &pipeline.model;
+    let rules = &cfg.preprocess.cleaning();
+    let cleaned = clean_dataset(&data, rules, &features).map(|(d, _)| d);
+    let data = cleaned.as_ref().unwrap_or(&data);
+    let cleaned_old = old
+        .as_ref()
+        .and_then(|o| clean_dataset(o, rules, &features).map(|(d, _)| d));
+    let old = cleaned_old.as_ref().or(old.as_ref());
+    if data.len() < 2 {
+        return Err(TrainError::Empty);
+    }
+    let (older, holdout) = data.temporal_split(cfg.holdout_fraction);
+    let (train, old_slice) = match (old, champion) {
+        (Some(old), _) => (older, old.clone()),
+        (None, Some(_)) => older.split_every(10),
+        (None, None) => (
+            older,
+            Dataset::empty(data.task, data.classes.clone(), data.n_features),
+        ),
+    };
+    let baseline = baseline(&train, &holdout);
+    Ok(decide(
+        cfg,
+        Trigger::Fleet,
+        champion,
+        challenger,
+        &holdout,
+        &old_slice,
+        baseline.as_ref(),
+    ))
 }
 
 /// `data` with `rules` applied ([`crate::learn::clean`]): readings that are
@@ -729,7 +792,7 @@ fn decide(
     cfg: &ModelConfig,
     trigger: Trigger,
     champion: Option<(u32, Champion<'_>)>,
-    challenger: &Model,
+    challenger: &dyn select::Predictor,
     recent: &Dataset,
     old: &Dataset,
     baseline: Option<&card::Baseline>,
@@ -817,7 +880,7 @@ fn decide_against_champion(
     cfg: &ModelConfig,
     trigger: Trigger,
     champion: Option<(u32, Champion<'_>)>,
-    challenger: &Model,
+    challenger: &dyn select::Predictor,
     recent: &Dataset,
     old: &Dataset,
 ) -> card::Decision {

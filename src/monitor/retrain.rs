@@ -200,6 +200,25 @@ pub struct Learner {
     temporal: HashMap<String, (Temporal, u64)>,
     /// Newly promoted versions on probation (`model.probation_labels`).
     probation: HashMap<String, Probation>,
+    /// Models offered by the fleet (`[fleet] adopt`).
+    fleet: Option<FleetIntake>,
+}
+
+/// The learner's side of `[fleet] adopt`.
+pub struct FleetIntake {
+    pub offers: mpsc::Receiver<crate::serve::fleet::Offer>,
+    /// How models load (the onnxruntime library of `[onnxruntime]`).
+    pub options: crate::serve::engine::LoadOptions,
+    /// `[models] max_bytes`.
+    pub max_model_bytes: u64,
+}
+
+/// The next fleet offer; never, without `[fleet] adopt`.
+async fn next_offer(fleet: &mut Option<FleetIntake>) -> Option<crate::serve::fleet::Offer> {
+    match fleet {
+        Some(f) => f.offers.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A promoted version and the champion it replaced, both predicting each
@@ -431,6 +450,77 @@ pub fn prediction_errors(
     }
 }
 
+/// What a training (or the judging of a fleet model) of a pipeline sees.
+struct TrainingData {
+    /// Labelled samples stored when it started.
+    labelled_total: u64,
+    /// The newest sample it sees: the end of the data-drift reference.
+    last_seq: Option<u64>,
+    /// The samples it trains on (holdout included).
+    samples: Vec<Sample>,
+    /// With `reservoir_in_training = false`: the reservoir, held out as the
+    /// older regimes of the champion/challenger decision.
+    old_regimes: Option<Vec<Sample>>,
+}
+
+/// [`training_parts`] of the pipeline's labelled samples (a temporal
+/// pipeline's rows formed from every stored reading of each device).
+fn training_data(store: &Store, cfg: &MonitoredPipeline) -> Result<TrainingData, StoreError> {
+    let labelled_total = store.counts(&cfg.name)?.labelled_total;
+    let labelled = if cfg.temporal.is_enabled() {
+        temporal_labelled(store, &cfg.settings)?
+    } else {
+        store.labelled(&cfg.name)?
+    };
+    let last_seq = labelled.last().map(|(seq, _)| *seq);
+    let (mut samples, recent) = training_parts(
+        labelled.into_iter().map(|(_, s)| s).collect(),
+        cfg.model.window,
+        cfg.model.reservoir,
+        labelled_total,
+    );
+    // `reservoir_in_training = false`: the reservoir is only the
+    // older-regime holdout of the champion/challenger decision.
+    let old_regimes = if cfg.model.reservoir_in_training {
+        samples.extend(recent);
+        None
+    } else {
+        Some(std::mem::replace(&mut samples, recent))
+    };
+    Ok(TrainingData {
+        labelled_total,
+        last_seq,
+        samples,
+        old_regimes,
+    })
+}
+
+/// The serving version's parameters, when edgeloop trained it (a warm
+/// start, and the champion as trained).
+fn champion_params(
+    store: &Store,
+    pipeline: &str,
+    serving: Option<&Arc<crate::serve::registry::Serving>>,
+) -> Option<learn::Model> {
+    serving
+        .and_then(|s| store.get_model(pipeline, s.version).ok()?)
+        .and_then(|m| learn::Model::from_json(&m.params_json))
+}
+
+/// The champion a challenger must beat: its parameters when edgeloop
+/// trained it, else (an imported model) the engine serving it, scored on
+/// the same holdout.
+fn champion<'a>(
+    serving: &'a crate::serve::registry::Serving,
+    params: Option<&'a learn::Model>,
+) -> (u32, learn::Champion<'a>) {
+    let champion = match params {
+        Some(m) => learn::Champion::Trained(m),
+        None => learn::Champion::Served(&serving.model),
+    };
+    (serving.version, champion)
+}
+
 fn trained_key(pipeline: &str) -> String {
     format!("trained_labels/{pipeline}")
 }
@@ -492,6 +582,7 @@ impl Learner {
             online: HashMap::new(),
             temporal: HashMap::new(),
             probation: HashMap::new(),
+            fleet: None,
         };
         (learner, LearnerHandle { tx })
     }
@@ -508,6 +599,12 @@ impl Learner {
     /// that finds new ones is an anomaly alarm.
     pub fn with_anomaly(mut self, scorers: crate::serve::predictions::AnomalyScorers) -> Self {
         self.anomaly = Some(scorers);
+        self
+    }
+
+    /// Judges the models of `[fleet] adopt` ([`Learner::adopt`]).
+    pub fn with_fleet(mut self, fleet: FleetIntake) -> Self {
+        self.fleet = Some(fleet);
         self
     }
 
@@ -566,6 +663,10 @@ impl Learner {
                     let r = self.watch_alarms(&shutdown).await;
                     self.survive(r)?;
                     let r = self.check_all(&shutdown).await;
+                    self.survive(r)?;
+                }
+                Some(offer) = next_offer(&mut self.fleet) => {
+                    let r = self.adopt(offer).await;
                     self.survive(r)?;
                 }
                 req = self.rx.recv() => {
@@ -1297,6 +1398,238 @@ impl Learner {
         Ok(())
     }
 
+    /// After a challenger won (a training, or a fleet model): the champion
+    /// it replaced goes on probation beside it (`model.probation_labels`;
+    /// not for a manual training, nor with an online learner, which is told
+    /// of its new batch version instead).
+    fn promoted(
+        &mut self,
+        pipeline: &str,
+        serving: Arc<crate::serve::registry::Serving>,
+        former: Option<Arc<crate::serve::registry::Serving>>,
+        trigger: Trigger,
+    ) -> Result<(), TrainFailure> {
+        let probation = self
+            .pipelines
+            .iter()
+            .find(|p| p.name == pipeline)
+            .map_or(0, |p| p.model.probation_labels);
+        match former {
+            Some(former)
+                if probation > 0
+                    && trigger != Trigger::Manual
+                    && former.version != serving.version =>
+            {
+                self.probation.insert(
+                    pipeline.to_string(),
+                    Probation {
+                        version: serving.version,
+                        former,
+                        scored: 0,
+                        errors: 0.0,
+                        former_errors: 0.0,
+                    },
+                );
+            }
+            _ => {
+                self.probation.remove(pipeline);
+            }
+        }
+        if let Some(o) = self.online.get_mut(pipeline) {
+            o.batch_trained(serving, &self.store)?;
+        }
+        Ok(())
+    }
+
+    /// Judges a model another daemon published (`[fleet] adopt`,
+    /// [`crate::serve::fleet`]): intake's checks, then the champion/
+    /// challenger decision of this pipeline's trainings on its own holdout
+    /// ([`learn::judge_version`]); a winner serves (on probation), a loser is
+    /// stored with its decision; both carry their origin. A model already
+    /// stored (same SHA-256) is skipped.
+    async fn adopt(&mut self, offer: crate::serve::fleet::Offer) -> Result<(), TrainFailure> {
+        use crate::serve::intake;
+        let Some(fleet) = self.fleet.as_ref() else {
+            return Ok(());
+        };
+        let (options, max_bytes) = (fleet.options.clone(), fleet.max_model_bytes);
+        let Some(cfg) = self
+            .pipelines
+            .iter()
+            .find(|p| p.name == offer.header.pipeline)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let (store, registry, stats) = (
+            self.store.clone(),
+            self.registry.clone(),
+            self.stats.clone(),
+        );
+        let online = self
+            .online
+            .get(&cfg.name)
+            .map(|o| (o.batch(), o.online_serves()));
+        enum Outcome {
+            Known,
+            Refused(&'static str, String),
+            Judged {
+                serving: Arc<crate::serve::registry::Serving>,
+                former: Option<Arc<crate::serve::registry::Serving>>,
+                promoted: bool,
+                reason: String,
+            },
+        }
+        let header = offer.header.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<Outcome, TrainFailure> {
+            let crate::serve::fleet::Offer {
+                header,
+                onnx,
+                topic,
+            } = offer;
+            let known = registry.cards(&store, &cfg.name)?.iter().any(|c| {
+                c.imported
+                    .as_ref()
+                    .is_some_and(|i| i.sha256 == header.sha256)
+            });
+            if known {
+                return Ok(Outcome::Known);
+            }
+            let checked = if onnx.len() as u64 > max_bytes {
+                Err(intake::IntakeError::Oversized {
+                    bytes: onnx.len() as u64,
+                    limit: max_bytes,
+                })
+            } else {
+                intake::check_model(&onnx, &cfg.settings, &options)
+            };
+            let model = match checked {
+                Ok(m) => m,
+                Err(e) => {
+                    intake::count(&stats, &cfg.name, intake::Source::Fleet, Err(&e));
+                    return Ok(Outcome::Refused("intake", e.to_string()));
+                }
+            };
+            let TrainingData {
+                samples,
+                old_regimes,
+                ..
+            } = training_data(&store, &cfg)?;
+            let serving = match &online {
+                Some((batch, _)) => batch.clone(),
+                None => registry.get(&cfg.name),
+            };
+            let former = if online.is_none() {
+                serving.clone()
+            } else {
+                None
+            };
+            let params = champion_params(&store, &cfg.name, serving.as_ref());
+            let champion = serving.as_ref().map(|s| champion(s, params.as_ref()));
+            let decision =
+                match learn::judge_version(
+                    &cfg.settings,
+                    &samples,
+                    old_regimes.as_deref(),
+                    champion,
+                    &model,
+                ) {
+                    Ok(d) => d,
+                    Err(e) => return Ok(Outcome::Refused(
+                        "unjudged",
+                        format!(
+                            "no holdout to judge it on ({e}); offered again at the next reconnect"
+                        ),
+                    )),
+                };
+            let version = store.reserve_model_version(&cfg.name)?;
+            let mut card = intake::imported_card(
+                &cfg.settings,
+                &model,
+                &onnx,
+                intake::Source::Fleet,
+                None,
+                version,
+            );
+            card.trigger = Trigger::Fleet;
+            if let Some(i) = card.imported.as_mut() {
+                i.fleet = Some(crate::learn::card::FleetOrigin {
+                    instance: header.instance.clone(),
+                    version: header.version,
+                    published_ms: header.published_ms,
+                    topic,
+                });
+            }
+            card.hyperparameters = serde_json::json!({ "imported": card.imported });
+            let promoted = decision.promoted;
+            let reason = format!(
+                "from fleet member `{}` (its version {}, sha256 {}): {}",
+                header.instance, header.version, header.sha256, decision.reason
+            );
+            card.decision = Some(decision);
+            let (action, serve) = match (promoted, &online) {
+                (false, _) => ("refused", false),
+                (true, Some((_, true))) => ("standby", false),
+                (true, _) => ("adopted", true),
+            };
+            let serving = registry
+                .promote_onnx(
+                    &store,
+                    onnx,
+                    card,
+                    String::new(),
+                    action,
+                    reason.clone(),
+                    serve,
+                )
+                .inspect_err(|_| store.release_model_version(&cfg.name, version))?;
+            Ok(Outcome::Judged {
+                serving,
+                former,
+                promoted,
+                reason,
+            })
+        })
+        .await
+        .map_err(|e| TrainFailure::Training {
+            pipeline: header.pipeline.clone(),
+            reason: format!("judging a fleet model failed: {e}"),
+        })
+        .and_then(|r| r);
+        // Only the store's failures reach the learner's loop (retried there):
+        // whatever a model from elsewhere makes fail is its refusal.
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e @ TrainFailure::Store(_)) => return Err(e),
+            Err(e) => Outcome::Refused("intake", e.to_string()),
+        };
+        let pipeline = header.pipeline.as_str();
+        match outcome {
+            Outcome::Known => {
+                info!(%pipeline, sha256 = %header.sha256, from = %header.instance, "Fleet model already judged; skipped.");
+            }
+            Outcome::Refused(why, message) => {
+                self.stats.count_fleet_refused(why);
+                warn!(%pipeline, from = %header.instance, reason = why, error = %message, "Fleet model refused; the current version keeps serving.");
+            }
+            Outcome::Judged {
+                serving,
+                former,
+                promoted: true,
+                reason,
+            } => {
+                self.stats.fleet_adopted.fetch_add(1, Relaxed);
+                info!(%pipeline, version = serving.version, %reason, "Fleet model adopted.");
+                self.promoted(pipeline, serving, former, Trigger::Fleet)?;
+            }
+            Outcome::Judged { reason, .. } => {
+                self.stats.count_fleet_refused("judged");
+                warn!(%pipeline, %reason, "Fleet model lost on this daemon's holdout; the current version keeps serving.");
+            }
+        }
+        Ok(())
+    }
+
     async fn train(
         &mut self,
         pipeline: &str,
@@ -1320,31 +1653,8 @@ impl Learner {
             .map(|o| (o.batch(), o.online_serves()));
         let result =
             tokio::task::spawn_blocking(move || -> Result<(Arc<crate::serve::registry::Serving>, u64, Option<Arc<crate::serve::registry::Serving>>), TrainFailure> {
-                let labelled_total = store.counts(&cfg.name)?.labelled_total;
-                // A temporal pipeline trains on rows formed from every
-                // stored reading of each device.
-                let labelled = if cfg.temporal.is_enabled() {
-                    temporal_labelled(&store, &cfg.settings)?
-                } else {
-                    store.labelled(&cfg.name)?
-                };
-                // The newest sample this training sees: the end of the
-                // data-drift reference.
-                let last_seq = labelled.last().map(|(seq, _)| *seq);
-                let (mut samples, recent) = training_parts(
-                    labelled.into_iter().map(|(_, s)| s).collect(),
-                    cfg.model.window,
-                    cfg.model.reservoir,
-                    labelled_total,
-                );
-                // `reservoir_in_training = false`: the reservoir is only the
-                // older-regime holdout of the champion/challenger decision.
-                let old_regimes = if cfg.model.reservoir_in_training {
-                    samples.extend(recent);
-                    None
-                } else {
-                    Some(std::mem::replace(&mut samples, recent))
-                };
+                let TrainingData { labelled_total, last_seq, samples, old_regimes } =
+                    training_data(&store, &cfg)?;
                 // Numbered by the store: model intake may register a version
                 // while this trains.
                 let version = store.reserve_model_version(&cfg.name)?;
@@ -1358,17 +1668,8 @@ impl Learner {
                 // The champion a promoted challenger replaces goes on
                 // probation beside it (not with an online learner).
                 let former = if online.is_none() { serving.clone() } else { None };
-                let params: Option<learn::Model> = serving
-                    .as_ref()
-                    .and_then(|s| store.get_model(&cfg.name, s.version).ok()?)
-                    .and_then(|m| learn::Model::from_json(&m.params_json));
-                let champion = serving.as_ref().map(|s| {
-                    let champion = match &params {
-                        Some(m) => learn::Champion::Trained(m),
-                        None => learn::Champion::Served(&s.model),
-                    };
-                    (s.version, champion)
-                });
+                let params = champion_params(&store, &cfg.name, serving.as_ref());
+                let champion = serving.as_ref().map(|s| champion(s, params.as_ref()));
                 let trained = learn::train_version(
                     &cfg.settings,
                     &samples,
@@ -1419,35 +1720,7 @@ impl Learner {
             Ok((serving, labelled_total, former)) => {
                 let card = serving.card.clone();
                 if card.decision.as_ref().is_none_or(|d| d.promoted) {
-                    let probation = self
-                        .pipelines
-                        .iter()
-                        .find(|p| p.name == pipeline)
-                        .map_or(0, |p| p.model.probation_labels);
-                    match former {
-                        Some(former)
-                            if probation > 0
-                                && trigger != Trigger::Manual
-                                && former.version != serving.version =>
-                        {
-                            self.probation.insert(
-                                pipeline.to_string(),
-                                Probation {
-                                    version: serving.version,
-                                    former,
-                                    scored: 0,
-                                    errors: 0.0,
-                                    former_errors: 0.0,
-                                },
-                            );
-                        }
-                        _ => {
-                            self.probation.remove(pipeline);
-                        }
-                    }
-                    if let Some(o) = self.online.get_mut(pipeline) {
-                        o.batch_trained(serving, &self.store)?;
-                    }
+                    self.promoted(pipeline, serving, former, trigger)?;
                 }
                 self.attempted_at.insert(pipeline.into(), labelled_total);
                 // The histogram first: a reader that sees the count sees it.

@@ -497,44 +497,13 @@ fn import_inner(
         });
     }
     let model = check_model(&onnx, pipeline, options)?;
-    let (p50, batch_p50) = latency(&model);
-    let producer = pb::ModelProto::decode(onnx.as_slice())
-        .map(|m| {
-            format!("{} {}", m.producer_name, m.producer_version)
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default();
     let store_err = |e: crate::store::StoreError| IntakeError::Store(e.to_string());
     // Numbered by the store, as the learner's versions are: a training
     // running meanwhile never gets the same number.
     let version = store
         .reserve_model_version(&pipeline.name)
         .map_err(store_err)?;
-    let imported = Imported {
-        source,
-        file_name,
-        sha256: sha256_hex(&onnx),
-        bytes: onnx.len() as u64,
-        engine: model.engine().to_string(),
-        producer,
-    };
-    let card = ModelCard {
-        hyperparameters: serde_json::json!({ "imported": imported }),
-        onnx_bytes: onnx.len() as u64,
-        predict_p50_us: Some(p50),
-        predict_batch_p50_us_per_row: Some(batch_p50),
-        imported: Some(imported),
-        ..ModelCard::bare(
-            pipeline.name.clone(),
-            version,
-            "imported".into(),
-            model.task(),
-            Trigger::Manual,
-            model.features().to_vec(),
-            model.classes().to_vec(),
-        )
-    };
+    let card = imported_card(pipeline, &model, &onnx, source, file_name, version);
     let stored = StoredModel {
         onnx,
         card_json: serde_json::to_string(&card).map_err(|e| {
@@ -551,6 +520,7 @@ fn import_inner(
             match source {
                 Source::Upload => "an upload",
                 Source::ModelsDir => "the models directory",
+                Source::Fleet => "the fleet",
             },
             card.imported.as_ref().map_or("", |i| i.sha256.as_str())
         ),
@@ -564,6 +534,52 @@ fn import_inner(
         })?;
     event.log(&pipeline.name);
     Ok(card)
+}
+
+/// The card of an imported version `version` of `pipeline`: what its file
+/// is (source, SHA-256, size, engine, producer), its latency on the
+/// engine, its task, features and classes; trained on nothing here.
+pub fn imported_card(
+    pipeline: &PipelineSettings,
+    model: &OnnxModel,
+    onnx: &[u8],
+    source: Source,
+    file_name: Option<String>,
+    version: u32,
+) -> ModelCard {
+    let (p50, batch_p50) = latency(model);
+    let producer = pb::ModelProto::decode(onnx)
+        .map(|m| {
+            format!("{} {}", m.producer_name, m.producer_version)
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    let imported = Imported {
+        source,
+        file_name,
+        sha256: sha256_hex(onnx),
+        bytes: onnx.len() as u64,
+        engine: model.engine().to_string(),
+        producer,
+        fleet: None,
+    };
+    ModelCard {
+        hyperparameters: serde_json::json!({ "imported": imported }),
+        onnx_bytes: onnx.len() as u64,
+        predict_p50_us: Some(p50),
+        predict_batch_p50_us_per_row: Some(batch_p50),
+        imported: Some(imported),
+        ..ModelCard::bare(
+            pipeline.name.clone(),
+            version,
+            "imported".into(),
+            model.task(),
+            Trigger::Manual,
+            model.features().to_vec(),
+            model.classes().to_vec(),
+        )
+    }
 }
 
 /// Median single-row and per-row (64-row batch) latency, microseconds, over

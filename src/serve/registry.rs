@@ -69,7 +69,9 @@ pub struct ServingEvent {
     /// (the online learner or the batch champion took over,
     /// `monitor::online`), `standby` (a batch version kept, not served,
     /// while the online learner serves), `data_drift_alarm` or
-    /// `anomaly_alarm` (`monitor::retrain`, `retrain_on`).
+    /// `anomaly_alarm` (`monitor::retrain`, `retrain_on`), `adopted` (a
+    /// model of another daemon that won on this daemon's holdout,
+    /// `serve::fleet`; one that lost is `refused`).
     pub action: String,
     pub reason: String,
     /// Who made the change: `learner` (the daemon's own training, gate and

@@ -702,6 +702,22 @@ pub enum Source {
     Upload,
     /// A file dropped into the pipeline's models directory.
     ModelsDir,
+    /// A model another daemon published (`[fleet] adopt`,
+    /// `crate::serve::fleet`).
+    Fleet,
+}
+
+/// Where a model adopted from the fleet came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetOrigin {
+    /// The publishing daemon's instance id.
+    pub instance: String,
+    /// Its version there.
+    pub version: u32,
+    /// When it was published, ms since the Unix epoch.
+    pub published_ms: i64,
+    /// The topic it came on.
+    pub topic: String,
 }
 
 /// What a model card of an imported version records about its file.
@@ -718,4 +734,7 @@ pub struct Imported {
     pub engine: String,
     /// ONNX producer (`producer_name producer_version`) as the file says.
     pub producer: String,
+    /// A fleet model's origin (`source = "fleet"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetOrigin>,
 }
