@@ -49,7 +49,10 @@
 //! - [`serve`]: the registry of serving versions (atomic swaps), predictions
 //!   over MQTT (bounded outbox), `edgeloop predict` on a CSV
 //!   ([`serve::predict_file`]), the intake of models brought from elsewhere
-//!   by upload or the models directory ([`serve::intake`]).
+//!   by upload or the models directory ([`serve::intake`]), and the fleet's
+//!   model exchange over the broker ([`serve::fleet`], `[fleet]`: publish
+//!   each serving version, hand others' to the learner, which judges them
+//!   as its own challengers).
 //! - [`learn`]: one room per concern: [`learn::families`] (one file per
 //!   family: [`learn::logistic`], [`learn::linear`] (linear and ridge),
 //!   [`learn::mlp`], [`learn::tree`], [`learn::forest`], [`learn::svm`],
