@@ -76,19 +76,7 @@ pub fn train_version(
     champion: Option<(u32, Champion<'_>)>,
     cancelled: impl Fn() -> bool,
 ) -> Result<TrainedVersion, TrainError> {
-    // A windowed pipeline learns from the window samples of its readings
-    // (per device, in timestamp order), not from the readings themselves.
-    let windowed = |s: &[Sample]| -> Vec<Sample> {
-        if pipeline.windows.enabled {
-            crate::features::windows::derive(s, &pipeline.windows, pipeline.features.len())
-        } else {
-            s.to_vec()
-        }
-    };
-    let features = pipeline.model_features();
-    let data = Dataset::from_samples(&windowed(samples), features.len(), pipeline.task);
-    let old =
-        old_regimes.map(|s| Dataset::from_samples(&windowed(s), features.len(), pipeline.task));
+    let (features, data, old) = datasets(pipeline, samples, old_regimes);
     let settings = TrainSettings {
         pipeline: &pipeline.name,
         features: &features,
@@ -219,15 +207,8 @@ pub fn train_dataset(
     let searched = tune::tuned_config(settings, data, cancelled)?;
     let cfg = searched.as_ref().map_or(settings.model, |(c, _)| c);
     let metric = cfg.metric.unwrap_or(Metric::default_for(task));
-    let (older, holdout) = data.temporal_split(cfg.holdout_fraction);
-    let (train, old_slice) = match (old_regimes, champion) {
-        (Some(old), _) => (older, old.clone()),
-        (None, Some(_)) => older.split_every(10),
-        (None, None) => (
-            older,
-            Dataset::empty(task, data.classes.clone(), data.n_features),
-        ),
-    };
+    let (train, holdout, old_slice) =
+        holdout_parts(data, cfg.holdout_fraction, old_regimes, champion.is_some());
     if task == Task::Classification {
         let mut seen = vec![false; data.classes.len()];
         train.y.iter().for_each(|&y| seen[y] = true);
@@ -370,6 +351,51 @@ pub fn train_dataset(
     })
 }
 
+/// The features of `pipeline`'s model and the datasets of `samples` and
+/// `old_regimes`: a windowed pipeline learns from the window samples of its
+/// readings (per device, in timestamp order), not from the readings
+/// themselves.
+fn datasets(
+    pipeline: &PipelineSettings,
+    samples: &[Sample],
+    old_regimes: Option<&[Sample]>,
+) -> (Vec<String>, Dataset, Option<Dataset>) {
+    let windowed = |s: &[Sample]| -> Vec<Sample> {
+        if pipeline.windows.enabled {
+            crate::features::windows::derive(s, &pipeline.windows, pipeline.features.len())
+        } else {
+            s.to_vec()
+        }
+    };
+    let features = pipeline.model_features();
+    let data = Dataset::from_samples(&windowed(samples), features.len(), pipeline.task);
+    let old =
+        old_regimes.map(|s| Dataset::from_samples(&windowed(s), features.len(), pipeline.task));
+    (features, data, old)
+}
+
+/// (training part, recent holdout, older slice) of `data`: the newest
+/// `fraction` is the holdout; the older slice is `old_regimes` when given,
+/// else every 10th older sample when there is a champion to compare with,
+/// else empty.
+fn holdout_parts(
+    data: &Dataset,
+    fraction: f64,
+    old_regimes: Option<&Dataset>,
+    has_champion: bool,
+) -> (Dataset, Dataset, Dataset) {
+    let (older, holdout) = data.temporal_split(fraction);
+    let (train, old_slice) = match (old_regimes, has_champion) {
+        (Some(old), _) => (older, old.clone()),
+        (None, true) => older.split_every(10),
+        (None, false) => (
+            older,
+            Dataset::empty(data.task, data.classes.clone(), data.n_features),
+        ),
+    };
+    (train, holdout, old_slice)
+}
+
 /// Judges a model made elsewhere (a fleet member's version,
 /// `crate::serve::fleet`) as [`train_version`] judges its own challengers:
 /// the same samples, the same temporal holdout (the newest
@@ -387,17 +413,7 @@ pub fn judge_version(
     champion: Option<(u32, Champion<'_>)>,
     challenger: &dyn select::Predictor,
 ) -> Result<card::Decision, TrainError> {
-    let windowed = |s: &[Sample]| -> Vec<Sample> {
-        if pipeline.windows.enabled {
-            crate::features::windows::derive(s, &pipeline.windows, pipeline.features.len())
-        } else {
-            s.to_vec()
-        }
-    };
-    let features = pipeline.model_features();
-    let data = Dataset::from_samples(&windowed(samples), features.len(), pipeline.task);
-    let old =
-        old_regimes.map(|s| Dataset::from_samples(&windowed(s), features.len(), pipeline.task));
+    let (features, data, old) = datasets(pipeline, samples, old_regimes);
     let cfg = &pipeline.model;
     let rules = &cfg.preprocess.cleaning();
     let cleaned = clean_dataset(&data, rules, &features).map(|(d, _)| d);
@@ -409,15 +425,8 @@ pub fn judge_version(
     if data.len() < 2 {
         return Err(TrainError::Empty);
     }
-    let (older, holdout) = data.temporal_split(cfg.holdout_fraction);
-    let (train, old_slice) = match (old, champion) {
-        (Some(old), _) => (older, old.clone()),
-        (None, Some(_)) => older.split_every(10),
-        (None, None) => (
-            older,
-            Dataset::empty(data.task, data.classes.clone(), data.n_features),
-        ),
-    };
+    let (train, holdout, old_slice) =
+        holdout_parts(data, cfg.holdout_fraction, old, champion.is_some());
     let baseline = baseline(&train, &holdout);
     Ok(decide(
         cfg,
