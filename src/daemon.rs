@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 use crate::config::{BrokerTarget, Config, ConfigError};
 use crate::health::HealthMonitor;
 use crate::http::{self, AppState};
+use crate::ingest::link::{LinkSpec, ProtocolChoice};
 use crate::ingest::mqtt::{self, Backoff, Connection, MqttSource};
 use crate::ingest::writer::{Hooks, Writer};
 use crate::metrics::{Metrics, Queue, Sources};
@@ -309,10 +310,23 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             )
         }
     };
-    let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, &host, port, true)?;
-    // The request channel carries only subscriptions and the disconnect:
-    // acknowledgements go from the writer to the source (`MqttSource`).
-    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 64);
+    let choice = Arc::new(ProtocolChoice::new(
+        cfg.mqtt.protocol_for(&cfg.mqtt.target()?),
+    ));
+    let receive_maximum = mqtt::receive_maximum(cfg.store.batch_size);
+    // MQTT 3.1.1: the request channel carries only subscriptions and the
+    // disconnect (acknowledgements are written by the source itself); MQTT
+    // 5: also the acknowledgements, at most the receive maximum at a time.
+    let spec = LinkSpec {
+        cfg: cfg.mqtt.clone(),
+        client_id: cfg.mqtt.client_id.clone(),
+        host: host.clone(),
+        port,
+        manual_acks: true,
+        receive_maximum: Some(receive_maximum),
+        requests: usize::from(receive_maximum) + 64,
+    };
+    let link = spec.open(choice.current())?;
     let connection = Arc::new(Connection::default());
     let (incoming_tx, incoming_rx) = mpsc::channel(INGEST_QUEUE);
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
@@ -335,8 +349,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let failure: Arc<Mutex<Option<DaemonError>>> = Arc::new(Mutex::new(None));
 
     let source = MqttSource {
-        client: client.clone(),
-        eventloop,
+        link,
+        spec,
+        choice: choice.clone(),
         filters: cfg
             .pipelines
             .iter()
@@ -381,17 +396,19 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         recent: recent_predictions.clone(),
         anomaly: anomaly_scorers.clone(),
     };
-    let out_opts = mqtt::options(
-        &cfg.mqtt,
-        &format!("{}-out", cfg.mqtt.client_id),
-        &host,
+    let out_spec = LinkSpec {
+        cfg: cfg.mqtt.clone(),
+        client_id: format!("{}-out", cfg.mqtt.client_id),
+        host: host.clone(),
         port,
-        false,
-    )?;
-    let (out_client, out_eventloop) = rumqttc::AsyncClient::new(out_opts, 1000);
+        manual_acks: false,
+        receive_maximum: None,
+        requests: 1000,
+    };
     let publisher = Publisher {
-        client: out_client,
-        eventloop: out_eventloop,
+        link: out_spec.open(choice.current())?,
+        spec: out_spec,
+        choice,
         rx: outbox_rx,
         stats: stats.clone(),
         backoff: Backoff::new(

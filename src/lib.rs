@@ -93,10 +93,11 @@
 //!   training, live scoring, the MQTT predictor and HTTP predict). [`health`]: the one verdict (ingest stalled,
 //!   broker lost, store refusing writes) behind `GET /healthz`, the systemd
 //!   watchdog and `edgeloop_healthy`.
-//! - [`ingest`]: the MQTT source (rumqttc, persistent session, immediate
-//!   then capped jittered reconnects, TLS with rustls for `mqtts://`,
-//!   username/password; [`ingest::mqtt_config`]), payload decoding by the
-//!   pipeline's [`ingest::decode::Schema`], the writer that commits then
+//! - [`ingest`]: the MQTT source (rumqttc, MQTT 5 with a fallback to 3.1.1
+//!   over one protocol-neutral connection, [`ingest::link`]; persistent
+//!   session, immediate then capped jittered reconnects, TLS with rustls
+//!   for `mqtts://`, username/password; [`ingest::mqtt_config`]), payload
+//!   decoding by the pipeline's [`ingest::decode::Schema`], the writer that commits then
 //!   acknowledges ([`ingest::writer::Route`]), the embedded broker (rumqttd
 //!   behind edgeloop's proxy, which admits its users and keeps the daemon's
 //!   client ids to the daemon; feature `embedded-broker`), CSV replay and

@@ -1,4 +1,5 @@
-//! Ingest: MQTT in, samples out. The source ([`mqtt`]) receives publishes,
+//! Ingest: MQTT in, samples out. The source ([`mqtt`]) receives publishes
+//! over a [`link`] (one connection, MQTT 5 or 3.1.1, behind one interface),
 //! the writer ([`writer`]) decodes them ([`decode`]) and commits them to the
 //! store before acknowledging them; [`categories`] gives the strings of
 //! categorical fields their codes. [`broker`] is the optional in-process
@@ -10,6 +11,7 @@ pub mod broker;
 pub mod categories;
 pub mod csv_file;
 pub mod decode;
+pub mod link;
 pub mod mqtt;
 pub mod mqtt_config;
 pub mod replay;

@@ -1,9 +1,19 @@
-//! The MQTT source: owns rumqttc's `EventLoop`, polls it inside `select!`
-//! with shutdown, and hands each received publish to the writer.
+//! The MQTT source: owns the connection's event loop (a [`Link`]: rumqttc's
+//! MQTT 5 or 3.1.1 client), polls it inside `select!` with shutdown, and
+//! hands each received publish to the writer.
 //!
-//! - Persistent session: clean session off and a stable client id, so QoS 1
-//!   messages sent while the daemon is down or reconnecting are kept by the
-//!   broker and delivered when it is back.
+//! - Protocol: MQTT 5 by default (`mqtt.protocol`), falling back to 3.1.1
+//!   for a broker that refuses an MQTT 5 CONNECT ([`ProtocolChoice`]); 3.1.1
+//!   with the embedded broker. The reason codes of a refused CONNACK, of a
+//!   SUBACK and of the broker's DISCONNECT are logged (and the failures
+//!   counted in `mqtt_errors`).
+//! - Persistent session: a stable client id and clean session off (3.1.1)
+//!   or clean start off with a session expiry interval of
+//!   `mqtt.session_expiry_s` (MQTT 5), so QoS 1 messages sent while the
+//!   daemon is down or reconnecting are kept by the broker and delivered
+//!   when it is back.
+//! - MQTT 5 receive maximum: the broker sends at most
+//!   [`receive_maximum`]`(store.batch_size)` unacknowledged messages.
 //! - Manual acknowledgements: the writer acknowledges a message only after
 //!   the commit that holds it; it hands the packet ids back to this task,
 //!   which writes them to the connection (see [`MqttSource`]: no task ever
@@ -23,28 +33,27 @@
 //!   with back-off like any other connection failure.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, PubAck,
-    QoS, SubscribeReasonCode, TlsConfiguration, Transport,
-};
+use rumqttc::{MqttOptions, Packet, PubAck, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::mqtt_config::{BrokerTarget, MqttConfig};
+pub use super::link::Publish;
+use super::link::{Link, LinkError, LinkEvent, LinkSpec, ProtocolChoice};
+use super::mqtt_config::{BrokerTarget, MqttConfig, Protocol};
 use crate::config_error::ConfigError;
 use crate::stats::Stats;
 
 /// A publish received from the broker.
 #[derive(Debug)]
 pub struct Incoming {
-    pub publish: rumqttc::Publish,
+    pub publish: Publish,
     /// Connection epoch it arrived on (see [`Connection::epoch`]).
     pub epoch: u64,
     /// Arrival time, ms since the Unix epoch.
@@ -57,6 +66,8 @@ pub struct Connection {
     connected: AtomicBool,
     subscribed: AtomicBool,
     epoch: AtomicU64,
+    /// Protocol of the last accepted connection: 0 none yet, 4 (3.1.1), 5.
+    protocol: AtomicU8,
 }
 
 impl Connection {
@@ -73,6 +84,29 @@ impl Connection {
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
+    /// The protocol of the last connection the broker accepted; `None`
+    /// before the first.
+    pub fn protocol(&self) -> Option<Protocol> {
+        match self.protocol.load(Ordering::Acquire) {
+            4 => Some(Protocol::V311),
+            5 => Some(Protocol::V5),
+            _ => None,
+        }
+    }
+}
+
+/// The MQTT 5 receive maximum of the ingest connection (MQTT 5.0
+/// §3.1.2.11.3: the most QoS 1 messages the broker sends it without a
+/// PUBACK): `2 × store.batch_size`, at most 65,535 (a two-byte integer).
+/// The writer acknowledges a batch only after its commit, so a window of
+/// one batch would leave the broker idle during each commit (its fsync);
+/// two let the next batch arrive while one commits. It is also what the
+/// source holds received and unacknowledged in memory (4,000 at the
+/// default `batch_size` of 2,000: about 1 MB of 250-byte readings).
+/// config/mosquitto.conf sizes
+/// `max_inflight_messages`, the window of 3.1.1 clients, the same way.
+pub fn receive_maximum(batch_size: usize) -> u16 {
+    batch_size.saturating_mul(2).clamp(1, 65_535) as u16
 }
 
 /// Room for the topic and header beyond the payload limit, bytes.
@@ -101,21 +135,72 @@ pub fn options(
             cfg.max_packet_bytes + PACKET_OVERHEAD,
         )
         .set_inflight(100);
-    if matches!(cfg.target()?, BrokerTarget::External { tls: true, .. }) {
-        let tls = tls_client_config(cfg)?;
-        o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    let (transport, login) = transport_and_login(cfg)?;
+    if let Some(t) = transport {
+        o.set_transport(t);
     }
-    match cfg.target()? {
-        BrokerTarget::Embedded(_) => {
-            o.set_credentials(
-                crate::ingest::mqtt_config::EMBEDDED_DAEMON_USER,
-                crate::ingest::mqtt_config::embedded_daemon_secret(),
-            );
-        }
-        BrokerTarget::External { .. } if !cfg.username.is_empty() => {
-            o.set_credentials(cfg.username.clone(), cfg.password.clone());
-        }
-        BrokerTarget::External { .. } => {}
+    if let Some((user, password)) = login {
+        o.set_credentials(user, password);
+    }
+    Ok(o)
+}
+
+/// The TLS transport of an `mqtts://` broker and the login of the
+/// CONNECT (the daemon's own with the embedded broker), for both
+/// protocols' options.
+fn transport_and_login(
+    cfg: &MqttConfig,
+) -> Result<(Option<Transport>, Option<(String, String)>), ConfigError> {
+    Ok(match cfg.target()? {
+        BrokerTarget::Embedded(_) => (
+            None,
+            Some((
+                crate::ingest::mqtt_config::EMBEDDED_DAEMON_USER.to_string(),
+                crate::ingest::mqtt_config::embedded_daemon_secret().to_string(),
+            )),
+        ),
+        BrokerTarget::External { tls, .. } => (
+            tls.then(|| tls_client_config(cfg))
+                .transpose()?
+                .map(|c| Transport::Tls(TlsConfiguration::Rustls(Arc::new(c)))),
+            (!cfg.username.is_empty()).then(|| (cfg.username.clone(), cfg.password.clone())),
+        ),
+    })
+}
+
+/// rumqttc MQTT 5 options, as [`options`] for 3.1.1, and: clean start off
+/// with a session expiry interval of `mqtt.session_expiry_s` (the
+/// persistent session), the receive maximum `receive_maximum` (`None`: the
+/// protocol's 65,535), and the maximum packet size announced to the broker
+/// (MQTT 5.0 §3.1.2.11.4: the broker discards a larger message for this
+/// client instead of sending it).
+///
+/// # Errors
+/// As [`options`].
+pub fn options_v5(
+    cfg: &MqttConfig,
+    client_id: &str,
+    host: &str,
+    port: u16,
+    manual_acks: bool,
+    receive_maximum: Option<u16>,
+) -> Result<rumqttc::v5::MqttOptions, ConfigError> {
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(cfg.session_expiry_s))
+        .set_receive_maximum(receive_maximum)
+        .set_manual_acks(manual_acks)
+        .set_max_packet_size(Some(
+            u32::try_from(cfg.max_packet_bytes + PACKET_OVERHEAD).unwrap_or(u32::MAX),
+        ))
+        .set_outgoing_inflight_upper_limit(100);
+    let (transport, login) = transport_and_login(cfg)?;
+    if let Some(t) = transport {
+        o.set_transport(t);
+    }
+    if let Some((user, password)) = login {
+        o.set_credentials(user, password);
     }
     Ok(o)
 }
@@ -277,22 +362,6 @@ pub fn tls_server_config(
         })
 }
 
-/// What an operator should check after a failed connection, for the
-/// failures that retrying alone will not fix.
-fn connection_hint(e: &ConnectionError) -> Option<&'static str> {
-    match e {
-        ConnectionError::Tls(_) => Some(
-            "TLS with the broker failed: check mqtt.tls_ca_file (the CA that signed the broker's \
-             certificate), that the certificate names the host of mqtt.broker, and \
-             mqtt.tls_cert_file/tls_key_file if the broker requires a client certificate.",
-        ),
-        ConnectionError::ConnectionRefused(
-            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
-        ) => Some("The broker refused the login: check mqtt.username and mqtt.password."),
-        _ => None,
-    }
-}
-
 /// Capped exponential back-off with ±25 % jitter. After [`Backoff::reset`]
 /// (a connection that worked), the first wait is zero: a dropped connection
 /// is retried at once, and backed off only when that fails.
@@ -338,8 +407,8 @@ pub struct Acks {
     pub pkids: Vec<u16>,
 }
 
-/// The MQTT source component: the one task that owns rumqttc's
-/// [`EventLoop`].
+/// The MQTT source component: the one task that owns the ingest
+/// connection's [`Link`] (rumqttc's event loop of either protocol).
 ///
 /// It never waits on anything but the event loop, the writer's channel and
 /// the writer's acknowledgements, all in one `select!`, so the loop that
@@ -347,15 +416,31 @@ pub struct Acks {
 /// (no cycle of two full channels: the stall of issue 12). Received
 /// publishes wait in a local queue until the writer's channel has room;
 /// that queue is bounded by the broker's in-flight window (the broker sends
-/// no more unacknowledged QoS 1 messages than that), and, as a last guard
-/// against a broker without a window (mosquitto `max_inflight_messages 0`),
-/// reading stops while it holds more than `max_waiting` messages and
-/// resumes when the writer takes them. Acknowledgements arrive on an
-/// unbounded channel (bounded in practice by the same window) and are
-/// written to the connection in one batch, one flush.
+/// no more unacknowledged QoS 1 messages than that: the MQTT 5 receive
+/// maximum, or the broker's own window for 3.1.1), and, as a last guard
+/// against a broker without a window (mosquitto `max_inflight_messages 0`
+/// with 3.1.1), reading stops while it holds more than `max_waiting`
+/// messages and resumes when the writer takes them. Acknowledgements arrive
+/// on an unbounded channel (bounded in practice by the same window) and go
+/// out without waiting:
+/// - MQTT 3.1.1: written straight to the connection in one batch, one
+///   flush (see [`MqttSource::write_acks`]);
+/// - MQTT 5: rumqttc's v5 event loop keeps its connection private, so each
+///   PUBACK goes through its request channel with `try_send` (never
+///   `send().await`: this task is the one that drains that channel, by
+///   polling). The channel holds [`LinkSpec::requests`] requests, at least
+///   the receive maximum, so a PUBACK never finds it full; if one does, the
+///   packet ids stay here and are offered again on the next turn of the
+///   loop, after a poll has made room. rumqttc drains one request per poll
+///   and flushes each: the cost of that is measured in BENCHMARKS.md
+///   ("MQTT 5 against 3.1.1").
 pub struct MqttSource {
-    pub client: AsyncClient,
-    pub eventloop: EventLoop,
+    pub link: Link,
+    /// How to open the link again in another protocol (the fallback).
+    pub spec: LinkSpec,
+    /// The protocol of the daemon's connections to this broker, shared with
+    /// the prediction publisher.
+    pub choice: Arc<ProtocolChoice>,
     pub filters: Vec<String>,
     /// Dropped when shutdown begins, so the writer sees the end of input.
     pub tx: Option<mpsc::Sender<Incoming>>,
@@ -393,6 +478,9 @@ impl MqttSource {
         let mut subscribe_sent: Option<tokio::time::Instant> = None;
         // Failed connection attempts since the last WARN about them.
         let (mut failures, mut last_warn) = (0u64, tokio::time::Instant::now());
+        // Whether the broker ever accepted an MQTT 5 connection (then a
+        // connection closed on the CONNECT is no reason to fall back).
+        let mut spoke_v5 = false;
         loop {
             // Hand over what the writer has room for, without waiting.
             if let Some(tx) = self.tx.as_ref() {
@@ -442,13 +530,23 @@ impl MqttSource {
                     }
                     continue;
                 }
-                ev = self.eventloop.poll(), if reading => ev,
+                ev = self.link.poll(), if reading => ev,
                 // Not reading: wake up now and then for the resubscribe check.
                 _ = tokio::time::sleep(Duration::from_millis(100)), if !reading => continue,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Ok(LinkEvent::ConnAck {
+                    session_present,
+                    receive_maximum,
+                    session_expiry_s,
+                }) => {
+                    let protocol = self.link.protocol();
+                    spoke_v5 |= protocol == Protocol::V5;
                     self.connection.epoch.fetch_add(1, Ordering::AcqRel);
+                    self.connection.protocol.store(
+                        if protocol == Protocol::V5 { 5 } else { 4 },
+                        Ordering::Release,
+                    );
                     self.connection.connected.store(true, Ordering::Release);
                     self.stats.mqtt_connects.fetch_add(1, Ordering::Relaxed);
                     failures = 0;
@@ -459,29 +557,32 @@ impl MqttSource {
                     // Acknowledgements of the previous connection: the broker
                     // redelivers those messages (dedup keeps one copy).
                     acks.clear();
-                    info!(session_present = ack.session_present, "MQTT connected.");
+                    info!(
+                        session_present,
+                        %protocol,
+                        broker_receive_maximum = ?receive_maximum,
+                        granted_session_expiry_s = ?session_expiry_s,
+                        "MQTT connected."
+                    );
                     self.connection
                         .subscribed
-                        .store(ack.session_present, Ordering::Release);
-                    if !ack.session_present {
+                        .store(session_present, Ordering::Release);
+                    if !session_present {
                         self.subscribe();
                         subscribe_sent = Some(tokio::time::Instant::now());
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                Ok(LinkEvent::SubAck { codes, refused }) => {
                     subscribe_sent = None;
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
-                        error!(filters = ?self.filters, "The broker refused a subscription.");
+                    if refused {
+                        self.stats.mqtt_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(filters = ?self.filters, reason_codes = ?codes, "The broker refused a subscription.");
                     } else {
                         self.connection.subscribed.store(true, Ordering::Release);
-                        debug!(filters = ?self.filters, "MQTT subscribed.");
+                        debug!(filters = ?self.filters, reason_codes = ?codes, "MQTT subscribed.");
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                Ok(LinkEvent::Publish(publish)) => {
                     self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
                     waiting.push_back(Incoming {
                         publish,
@@ -489,10 +590,34 @@ impl MqttSource {
                         arrival_ms: crate::stats::now_ms(),
                     });
                 }
+                Ok(LinkEvent::AckWritten) => {
+                    self.stats.acks_sent.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(_) => {}
                 Err(e) => {
+                    // No CONNACK since the last error: this was a connection attempt.
+                    let attempt = !self.connection.is_connected();
                     self.disconnected(&e);
                     acks.clear();
+                    if attempt
+                        && !spoke_v5
+                        && self.link.protocol() == Protocol::V5
+                        && e.refuses_v5()
+                    {
+                        self.choice.fall_back(&e);
+                    }
+                    if self.link.protocol() != self.choice.current() {
+                        match self.spec.open(self.choice.current()) {
+                            // At once: the broker is there.
+                            Ok(link) => {
+                                self.link = link;
+                                continue;
+                            }
+                            Err(e) => {
+                                error!(error = %e, "Cannot set up the MQTT 3.1.1 connection; retrying with MQTT 5.")
+                            }
+                        }
+                    }
                     // The first attempt at once, back-off after failures.
                     let delay = self.backoff.next_delay();
                     // One WARN when the connection is lost and one a minute
@@ -537,24 +662,40 @@ impl MqttSource {
                     batch = self.acks.recv() => match batch {
                         Some(batch) => self.take_acks(batch, &mut acks),
                         // The writer is gone: every acknowledgement it made is here.
-                        None => { self.write_acks(&mut acks).await; break }
+                        None => break,
                     },
                     _ = drained.cancelled() => {
                         while let Ok(batch) = self.acks.try_recv() {
                             self.take_acks(batch, &mut acks);
                         }
-                        self.write_acks(&mut acks).await;
                         break
                     }
                     _ = &mut deadline => break,
-                    ev = self.eventloop.poll() => if ev.is_err() { break },
+                    ev = self.link.poll() => match ev {
+                        Ok(LinkEvent::AckWritten) => {
+                            self.stats.acks_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    },
                 }
             }
-            let _ = self.client.try_disconnect();
+            // The last acknowledgements, then the DISCONNECT behind them
+            // (MQTT 5: through the same request channel, in order).
             let flush = tokio::time::timeout(Duration::from_millis(500), async {
-                while let Ok(ev) = self.eventloop.poll().await {
-                    if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                        break;
+                let mut disconnecting = false;
+                loop {
+                    self.write_acks(&mut acks).await;
+                    if acks.is_empty() && !disconnecting {
+                        self.link.try_disconnect();
+                        disconnecting = true;
+                    }
+                    match self.link.poll().await {
+                        Ok(LinkEvent::AckWritten) => {
+                            self.stats.acks_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(LinkEvent::DisconnectWritten) | Err(_) => break,
+                        Ok(_) => {}
                     }
                 }
             });
@@ -572,57 +713,83 @@ impl MqttSource {
         }
     }
 
-    /// Writes the pending acknowledgements to the connection as one batch
-    /// (one flush), straight to rumqttc's network buffer: a QoS 1 PUBACK
-    /// with manual acks changes no client state (rumqttc's own
-    /// `outgoing_puback` only returns the packet), and bypassing the request
-    /// channel keeps acknowledgements out of the race between reading and
-    /// writing in rumqttc's `select!`, which drains one request per poll.
-    /// A failed write leaves the messages unacknowledged: the next poll
-    /// reports the broken connection and the broker redelivers them.
+    /// Sends the pending acknowledgements without waiting on anything this
+    /// task must drain.
+    ///
+    /// - MQTT 3.1.1: written as one batch (one flush) straight to rumqttc's
+    ///   network buffer: a QoS 1 PUBACK with manual acks changes no client
+    ///   state (rumqttc's own `outgoing_puback` only returns the packet),
+    ///   and bypassing the request channel keeps acknowledgements out of the
+    ///   race between reading and writing in rumqttc's `select!`, which
+    ///   drains one request per poll. A failed write leaves the messages
+    ///   unacknowledged: the next poll reports the broken connection and
+    ///   the broker redelivers them.
+    /// - MQTT 5: offered to the request channel with `try_send`; what does
+    ///   not fit stays in `acks` for the next call (the polls in between
+    ///   drain the channel). A PUBACK left in the channel when the
+    ///   connection breaks is dropped by rumqttc (`EventLoop::clean`), and
+    ///   the broker redelivers its message.
     async fn write_acks(&mut self, acks: &mut Vec<u16>) {
         if acks.is_empty() {
             return;
         }
-        let timeout = Duration::from_secs(self.eventloop.network_options().connection_timeout());
-        let Some(network) = self.eventloop.network.as_mut() else {
-            acks.clear();
-            return;
-        };
-        let n = acks.len() as u64;
-        let write = async {
-            for pkid in acks.drain(..) {
-                network.write(Packet::PubAck(PubAck::new(pkid))).await?;
+        match &mut self.link {
+            Link::V311 { eventloop, .. } => {
+                let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
+                let Some(network) = eventloop.network.as_mut() else {
+                    acks.clear();
+                    return;
+                };
+                let n = acks.len() as u64;
+                let write = async {
+                    for pkid in acks.drain(..) {
+                        network.write(Packet::PubAck(PubAck::new(pkid))).await?;
+                    }
+                    network.flush().await
+                };
+                match tokio::time::timeout(timeout, write).await {
+                    Ok(Ok(())) => {
+                        self.stats.acks_sent.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "Acknowledgements not written; the broker will redeliver.")
+                    }
+                    Err(_) => {
+                        debug!("Acknowledgements not flushed in time; the broker will redeliver.")
+                    }
+                }
+                acks.clear();
             }
-            network.flush().await
-        };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => {
-                self.stats.acks_sent.fetch_add(n, Ordering::Relaxed);
+            Link::V5 { client, .. } => {
+                use rumqttc::v5::mqttbytes::{v5::Publish as P5, QoS};
+                let mut offered = 0;
+                for &pkid in acks.iter() {
+                    let publish = P5 {
+                        qos: QoS::AtLeastOnce,
+                        pkid,
+                        ..P5::default()
+                    };
+                    if client.try_ack(&publish).is_err() {
+                        break;
+                    }
+                    offered += 1;
+                }
+                acks.drain(..offered);
             }
-            Ok(Err(e)) => {
-                debug!(error = %e, "Acknowledgements not written; the broker will redeliver.")
-            }
-            Err(_) => debug!("Acknowledgements not flushed in time; the broker will redeliver."),
         }
-        acks.clear();
     }
 
     /// Requests the subscriptions (QoS 1) without waiting: the request goes
     /// through the channel this task's poll drains.
     fn subscribe(&self) {
-        let topics: Vec<_> = self
-            .filters
-            .iter()
-            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
-            .collect();
-        if let Err(e) = self.client.try_subscribe_many(topics) {
-            warn!(error = %e, "MQTT subscribe request failed; retried.");
+        if self.link.try_subscribe(&self.filters).is_err() {
+            warn!("MQTT subscribe request failed (request channel full); retried.");
         }
     }
 
-    /// Marks the connection down and logs what an operator should check.
-    fn disconnected(&self, e: &ConnectionError) {
+    /// Marks the connection down and logs what an operator should check,
+    /// with the broker's reason code when it gave one.
+    fn disconnected(&self, e: &LinkError) {
         if self.connection.connected.swap(false, Ordering::AcqRel) {
             self.stats
                 .mqtt_disconnected_since_ms
@@ -638,8 +805,10 @@ impl MqttSource {
                 .store(crate::stats::now_ms(), Ordering::Relaxed);
         }
         self.connection.subscribed.store(false, Ordering::Release);
-        if let Some(hint) = connection_hint(e) {
-            error!(error = %e, "{hint}");
+        if let Some(hint) = e.hint() {
+            error!(error = %e, reason_code = ?e.reason_code(), "{hint}");
+        } else if let Some(code) = e.reason_code() {
+            warn!(error = %e, reason_code = %code, "The broker refused or closed the MQTT connection.");
         }
         if e.to_string().contains("size limit") {
             error!(error = %e, "A message larger than mqtt.max_packet_bytes blocks the session: the broker redelivers it forever. Set the broker's message_size_limit (config/mosquitto.conf) at or below mqtt.max_packet_bytes.");

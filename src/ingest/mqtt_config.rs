@@ -21,6 +21,16 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub ingest_max_payload_bytes: usize,
     pub outbox_capacity: usize,
+    /// MQTT version of the daemon's connections to an external broker
+    /// ([`Protocol`]); the embedded broker always speaks 3.1.1.
+    pub protocol: Protocol,
+    /// MQTT 5 session expiry interval, seconds (MQTT 5.0 §3.1.2.11.2): how
+    /// long the broker keeps the daemon's session (subscriptions, queued
+    /// QoS 1 messages) after the connection ends. 1..=4294967295, where
+    /// 4294967295 never expires. MQTT 3.1.1 has no expiry: its persistent
+    /// session (clean session off) lasts until the broker's own limit
+    /// (mosquitto `persistent_client_expiration`).
+    pub session_expiry_s: u32,
     /// PEM file of the CA certificate(s) that sign an `mqtts://` broker's
     /// certificate; required for `mqtts://`, refused otherwise.
     #[serde(default)]
@@ -51,6 +61,54 @@ pub struct MqttConfig {
     pub embedded_tls_cert_file: PathBuf,
     #[serde(default)]
     pub embedded_tls_key_file: PathBuf,
+}
+
+/// `mqtt.protocol`: the MQTT version the daemon's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    /// MQTT 5.0 (OASIS standard, 2019): session expiry, receive maximum and
+    /// reason codes. A broker that refuses an MQTT 5 CONNECT (CONNACK
+    /// "unsupported protocol version", or a connection closed on the
+    /// CONNECT) is spoken to in 3.1.1 from then on, with one WARN.
+    #[serde(rename = "5")]
+    V5,
+    /// MQTT 3.1.1 (OASIS standard, 2014).
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+/// `"5"` or `"3.1.1"`; also the number 5, which is what
+/// `EDGELOOP__MQTT__PROTOCOL=5` becomes (the `config` crate parses numbers
+/// in the environment).
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(5) => Ok(Protocol::V5),
+            Raw::Text(t) if t == "5" => Ok(Protocol::V5),
+            Raw::Text(t) if t == "3.1.1" => Ok(Protocol::V311),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!(
+                "`{n}` is not an MQTT version: \"5\" or \"3.1.1\""
+            ))),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "`{t}` is not an MQTT version: \"5\" or \"3.1.1\""
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::V5 => "5",
+            Protocol::V311 => "3.1.1",
+        })
+    }
 }
 
 /// Username of the daemon's own connections to the embedded broker; their
@@ -87,6 +145,16 @@ pub enum BrokerTarget {
 }
 
 impl MqttConfig {
+    /// The MQTT version of the daemon's connections: `protocol` for an
+    /// external broker, 3.1.1 for the embedded one (rumqttd behind the
+    /// proxy speaks no other).
+    pub fn protocol_for(&self, target: &BrokerTarget) -> Protocol {
+        match target {
+            BrokerTarget::Embedded(_) => Protocol::V311,
+            BrokerTarget::External { .. } => self.protocol,
+        }
+    }
+
     /// The broker this configuration points at.
     ///
     /// # Errors
@@ -119,17 +187,20 @@ impl MqttConfig {
         })
     }
 
-    /// Checks the TLS and authentication keys against the broker URL and
-    /// reads every file they name (so a missing or unreadable file stops
-    /// the daemon before it starts, naming the key and the file).
+    /// Checks the session ([`MqttConfig::validate_session`]), and the TLS
+    /// and authentication keys against the broker URL, reading every file
+    /// they name (so a missing or unreadable file stops the daemon before it
+    /// starts, naming the key and the file).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the key: a TLS file with a plain
+    /// As [`MqttConfig::validate_session`]; [`ConfigError::Invalid`] naming
+    /// the key: a TLS file with a plain
     /// `mqtt://` broker or the embedded one, `mqtts://` without
     /// `tls_ca_file`, a certificate without its key (or the reverse), a
     /// password without a username, a file that cannot be read or holds no
     /// usable PEM item.
     pub fn validate_security(&self) -> Result<(), ConfigError> {
+        self.validate_session()?;
         let bad = |key: &str, reason: String| {
             Err(ConfigError::Invalid {
                 key: format!("mqtt.{key}"),
@@ -227,6 +298,24 @@ impl MqttConfig {
 }
 
 impl MqttConfig {
+    /// Checks the session settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `mqtt.session_expiry_s` when it is 0
+    /// (MQTT 5: the session would end with each connection, and with it
+    /// every QoS 1 message the broker holds for the daemon).
+    pub fn validate_session(&self) -> Result<(), ConfigError> {
+        if self.session_expiry_s == 0 {
+            return Err(ConfigError::Invalid {
+                key: "mqtt.session_expiry_s".into(),
+                reason: "must be at least 1 (0 ends the session with each connection: \
+                         messages sent while the daemon is away would be lost)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The embedded broker's TLS server configuration, when
     /// `embedded_tls_cert_file` is set.
     ///

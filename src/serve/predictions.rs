@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::Registry;
 use crate::features::windows::Featurizer;
 use crate::ingest::decode::Sample;
+use crate::ingest::link::{Link, LinkEvent, LinkSpec, ProtocolChoice};
 use crate::ingest::mqtt::Backoff;
 use crate::ingest::writer::PredictJob;
 use crate::learn::PipelineSettings;
@@ -504,10 +504,14 @@ fn into_windows(f: &mut Featurizer, readings: Vec<(u64, Sample)>) -> Vec<(u64, S
 /// `{mqtt.client_id}-out`), so that predictions never share rumqttc's request
 /// channel or in-flight window with the ingest connection's acknowledgements.
 /// Takes from the outbox only while connected; while the broker is away the
-/// outbox fills and the predictor counts the overflow.
+/// outbox fills and the predictor counts the overflow. It speaks the
+/// protocol of `choice`, which the ingest connection's fallback to MQTT
+/// 3.1.1 changes (or this connection's own, whichever is refused first).
 pub struct Publisher {
-    pub client: AsyncClient,
-    pub eventloop: EventLoop,
+    pub link: Link,
+    /// How to open the link again in another protocol (the fallback).
+    pub spec: LinkSpec,
+    pub choice: Arc<ProtocolChoice>,
     pub rx: mpsc::Receiver<Outgoing>,
     pub stats: Arc<Stats>,
     pub backoff: Backoff,
@@ -518,23 +522,37 @@ impl Publisher {
     /// still in the outbox then are dropped (they can be recomputed).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut connected = false;
+        let mut spoke_v5 = false;
         let mut pending: Option<Outgoing> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                ev = self.eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                ev = self.link.poll() => match ev {
+                    Ok(LinkEvent::ConnAck { .. }) => {
                         connected = true;
+                        spoke_v5 |= self.link.protocol() == crate::ingest::mqtt_config::Protocol::V5;
                         self.backoff.reset();
                     }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    Ok(LinkEvent::PubAck { refusal: None }) => {
                         self.stats.predictions_published.fetch_add(1, Relaxed);
+                    }
+                    Ok(LinkEvent::PubAck { refusal: Some(code) }) => {
+                        tracing::debug!(reason_code = %code, "The broker refused a prediction.");
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        if !connected && !spoke_v5 && e.refuses_v5() {
+                            self.choice.fall_back(&e);
+                        }
                         connected = false;
+                        if self.link.protocol() != self.choice.current() {
+                            if let Ok(link) = self.spec.open(self.choice.current()) {
+                                self.link = link;
+                                continue;
+                            }
+                        }
                         let delay = self.backoff.next_delay();
-                        tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "Prediction link down; backing off.");
+                        tracing::debug!(error = %e, reason_code = ?e.reason_code(), delay_ms = delay.as_millis() as u64, "Prediction link down; backing off.");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             _ = shutdown.cancelled() => break,
@@ -549,18 +567,17 @@ impl Publisher {
             if let Some(m) = pending.take() {
                 // A full request channel keeps the message until the event
                 // loop has made room.
-                if let Err(rumqttc::ClientError::TryRequest(_)) = self.client.try_publish(
-                    m.topic.clone(),
-                    QoS::AtLeastOnce,
-                    false,
-                    m.payload.clone(),
-                ) {
+                if self
+                    .link
+                    .try_publish(&m.topic, m.payload.clone().into())
+                    .is_err()
+                {
                     pending = Some(m);
                 }
             }
         }
-        let _ = self.client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.eventloop.poll()).await;
+        self.link.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.link.poll()).await;
     }
 }
 
