@@ -402,3 +402,60 @@ impl Link {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v5::mqttbytes::v5::ConnectReturnCode as C5;
+
+    #[test]
+    fn only_a_refused_or_closed_mqtt5_connect_means_fall_back() {
+        let v5 = |e| LinkError::V5(e);
+        // MQTT 5.0 §3.2.2.2 0x84; a 3.1.1 broker's CONNACK 0x01 that an
+        // MQTT 5 client cannot read; a connection closed on the CONNECT.
+        assert!(v5(v5::ConnectionError::ConnectionRefused(
+            C5::UnsupportedProtocolVersion
+        ))
+        .refuses_v5());
+        assert!(v5(v5::ConnectionError::MqttState(
+            v5::StateError::ConnectionAborted
+        ))
+        .refuses_v5());
+        // Not a protocol question: the login, no listener, and any 3.1.1 error.
+        assert!(!v5(v5::ConnectionError::ConnectionRefused(C5::NotAuthorized)).refuses_v5());
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!v5(v5::ConnectionError::Io(refused())).refuses_v5());
+        assert!(!LinkError::V311(rumqttc::ConnectionError::Io(refused())).refuses_v5());
+        // The reason code of a refusal and of the broker's DISCONNECT.
+        assert_eq!(
+            v5(v5::ConnectionError::ConnectionRefused(C5::NotAuthorized)).reason_code(),
+            Some("NotAuthorized".into())
+        );
+        let disconnect = v5(v5::ConnectionError::MqttState(
+            v5::StateError::ServerDisconnect {
+                reason_code: v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
+                reason_string: None,
+            },
+        ));
+        assert_eq!(disconnect.reason_code(), Some("SessionTakenOver".into()));
+        assert!(!disconnect.refuses_v5());
+    }
+
+    #[test]
+    fn an_mqtt5_publish_reads_as_the_3_1_1_one() {
+        let mut p = v5::mqttbytes::v5::Publish::new(
+            "sensors/d1/occupancy",
+            v5::mqttbytes::QoS::AtLeastOnce,
+            vec![1u8, 2, 3],
+            None,
+        );
+        (p.pkid, p.dup) = (7, true);
+        let mut q = rumqttc::Publish::new(
+            "sensors/d1/occupancy",
+            rumqttc::QoS::AtLeastOnce,
+            vec![1u8, 2, 3],
+        );
+        (q.pkid, q.dup) = (7, true);
+        assert_eq!(Publish::from(p), Publish::from(q));
+    }
+}
