@@ -450,6 +450,12 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
         ),
         ("gw-a", own_a.version, "edgeloop/fleet/occupancy/models")
     );
+    // The side-by-side table (`edgeloop models list`) names the origin.
+    let table = edgeloop::learn::card::render_table(std::slice::from_ref(card), None);
+    assert!(
+        table.contains(&format!("fleet from gw-a v{}", own_a.version)),
+        "{table}"
+    );
     let decision = card.decision.as_ref().unwrap();
     assert!(decision.promoted, "{decision:?}");
     assert_eq!(decision.champion_version, Some(own_b.version));

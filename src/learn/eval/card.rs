@@ -618,7 +618,11 @@ fn table_cells(cards: &[ModelCard], serving: Option<u32>) -> Vec<Vec<String>> {
             "imported",
             Box::new(|c| {
                 c.imported.as_ref().map_or("-".into(), |i| {
-                    format!("{:?} sha256 {:.12}…", i.source, i.sha256).to_lowercase()
+                    let from = i.fleet.as_ref().map_or(String::new(), |f| {
+                        format!(" from {} v{}", f.instance, f.version)
+                    });
+                    let source = format!("{:?}", i.source).to_lowercase();
+                    format!("{source}{from} sha256 {:.12}…", i.sha256.to_lowercase())
                 })
             }),
         ),
