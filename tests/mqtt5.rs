@@ -13,14 +13,14 @@ use edgeloop::config::Config;
 use edgeloop::ingest::mqtt_config::Protocol;
 
 /// The `seq` each stored sample's timestamp names ([`seq_payload`]),
-/// sorted.
+/// sorted; samples of other readings (before [`SEQ_BASE_S`]) left out.
 fn stored_seqs(store: &edgeloop::store::Store) -> Vec<u64> {
     let next = store.counts("occupancy").unwrap().next_seq;
     let mut seqs: Vec<u64> = store
         .scan("occupancy", 0..next, usize::MAX)
         .unwrap()
         .into_iter()
-        .map(|(_, r)| (r.sample.timestamp_ms / 1000 - SEQ_BASE_S) as u64)
+        .filter_map(|(_, r)| u64::try_from(r.sample.timestamp_ms / 1000 - SEQ_BASE_S).ok())
         .collect();
     seqs.sort_unstable();
     seqs
@@ -173,8 +173,10 @@ async fn the_receive_maximum_bounds_what_the_broker_sends_unacknowledged() {
 /// A broker that speaks only MQTT 3.1.1 (the embedded broker of a
 /// broker-only daemon, used as an external `mqtt://` broker: rumqttd
 /// closes an MQTT 5 connection on its CONNECT): the daemon, configured for
-/// MQTT 5, falls back to 3.1.1, subscribes, and stores each of 1,000
-/// readings exactly once.
+/// MQTT 5, falls back to 3.1.1 on both connections. It stores 200 labelled
+/// readings and trains on them, then stores each of 1,000 unlabelled
+/// readings exactly once and publishes a prediction of each over its
+/// prediction connection, which a subscriber on that broker receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_3_1_1_broker_gets_a_fallback_and_every_message_once() {
     let (dir_host, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -183,18 +185,46 @@ async fn a_3_1_1_broker_gets_a_fallback_and_every_message_once() {
     host.pipelines[0].topics = vec!["nothing/+/here".into()];
     host.pipelines[0].label_topics = vec![];
     let (running_h, h, token_h) = start(host).await;
-    let cfg = on_mosquitto(dir.path(), broker_port);
+    let mut cfg = on_mosquitto(dir.path(), broker_port);
+    cfg.pipelines[0].model.family = edgeloop::learn::Family::Logistic;
+    cfg.pipelines[0].model.min_labels = 200;
     assert_eq!(cfg.mqtt.protocol, Protocol::V5);
     let (running, handle, token) = start(cfg).await;
     assert_eq!(handle.connection.protocol(), Some(Protocol::V311));
     assert_eq!(handle.stats.mqtt_connects.load(Relaxed), 1);
-    publish_seqs(broker_port, 0..1000).await;
-    wait_until(Duration::from_secs(60), "1,000 stored", || {
-        samples(&handle) >= 1000
+    let opts = replay_opts("datatraining.txt", broker_port, Some(200));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(Duration::from_secs(90), "a model trained on 200", || {
+        handle.registry.get("occupancy").is_some()
     })
+    .await;
+    let (mut predictions, stop_sub) =
+        subscribe(broker_port, "edgeloop/occupancy/predictions/+").await;
+    publish_seqs(broker_port, 0..1000).await;
+    wait_until(Duration::from_secs(60), "1,200 stored", || {
+        samples(&handle) >= 1200
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "1,000 predictions published",
+        || handle.stats.predictions_published.load(Relaxed) >= 1000,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(stored_seqs(&handle.store), (0..1000).collect::<Vec<u64>>());
+    assert_eq!(samples(&handle), 1200);
+    assert_eq!(handle.stats.predictions_published.load(Relaxed), 1000);
+    let mut ids = std::collections::HashSet::new();
+    while let Ok(p) = predictions.try_recv() {
+        ids.insert(p["sample_id"].as_u64().unwrap());
+    }
+    assert_eq!(ids.len(), 1000, "distinct predictions received");
+    stop_sub.cancel();
     stop(running, handle, token).await;
     stop(running_h, h, token_h).await;
 }
