@@ -23,7 +23,7 @@
 //! | `edgeloop_prediction_duration_seconds` | histogram | `pipeline`, `path` |
 //! | `edgeloop_model_version` | gauge | `pipeline` (absent before the first model) |
 //! | `edgeloop_trainings_total` | counter | `outcome` (`completed`, `failed`) |
-//! | `edgeloop_fleet_models_total` | counter | `outcome` (`published`, `received`, `adopted`, `refused_{reason}`: `crate::serve::fleet::REFUSALS`) |
+//! | `edgeloop_fleet_models_total` | counter | `outcome` (`published`, `received`, `adopted`, `known` (already stored, skipped), `refused_{reason}`: `crate::serve::fleet::REFUSALS`) |
 //! | `edgeloop_training_duration_seconds` | histogram | `pipeline` |
 //! | `edgeloop_anomaly_score` | histogram | `pipeline` (each predicted reading's Half-Space Trees score; buckets 0.05, 0.10, …, 1.0) |
 //! | `edgeloop_anomaly_alarms_total` | counter | (readings alarmed by either rule of `[pipelines.anomaly]`) |
@@ -446,6 +446,7 @@ impl Collector for Scrape {
             ("published".to_string(), l(&st.fleet_published)),
             ("received".to_string(), l(&st.fleet_received)),
             ("adopted".to_string(), l(&st.fleet_adopted)),
+            ("known".to_string(), l(&st.fleet_known)),
         ];
         fleet.extend(
             st.fleet_refused()

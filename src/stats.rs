@@ -192,6 +192,9 @@ pub struct Stats {
     pub fleet_received: AtomicU64,
     /// Fleet models that won on this daemon's holdout and serve.
     pub fleet_adopted: AtomicU64,
+    /// Fleet models skipped as already stored here (the same SHA-256: a
+    /// retained model received again after a reconnect or a restart).
+    pub fleet_known: AtomicU64,
     /// Fleet models refused, by reason (`FLEET_REFUSAL_REASONS` order).
     fleet_refused: [AtomicU64; FLEET_REFUSAL_REASONS.len()],
     /// Readings alarmed by either rule of `[pipelines.anomaly]`.
@@ -381,6 +384,7 @@ impl Stats {
             fleet_published: l(&self.fleet_published),
             fleet_received: l(&self.fleet_received),
             fleet_adopted: l(&self.fleet_adopted),
+            fleet_known: l(&self.fleet_known),
             fleet_refused: self.fleet_refused(),
         }
     }
@@ -430,6 +434,8 @@ pub struct StatsSnapshot {
     pub fleet_received: u64,
     #[serde(default)]
     pub fleet_adopted: u64,
+    #[serde(default)]
+    pub fleet_known: u64,
     #[serde(default)]
     pub fleet_refused: BTreeMap<String, u64>,
 }

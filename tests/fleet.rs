@@ -543,6 +543,34 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
         "{metrics}"
     );
 
+    // B restarted: the retained model comes again and is skipped, not
+    // judged or stored a second time.
+    let versions = b.store.model_versions("occupancy").unwrap();
+    stop(running_b, b, token_b).await;
+    let (running_b, b, token_b) = start(exchanger(dirs[1].path(), port, "b", false, true)).await;
+    wait_until(
+        Duration::from_secs(60),
+        "B skips A's retained model",
+        || {
+            b.stats
+                .fleet_known
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(b.store.model_versions("occupancy").unwrap(), versions);
+    assert_eq!(
+        b.registry.get("occupancy").unwrap().version,
+        serving_b.version
+    );
+    assert_eq!(
+        b.stats
+            .fleet_adopted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
     stop(running_a, a, token_a).await;
     stop(running_b, b, token_b).await;
     stop(running_c, c, token_c).await;

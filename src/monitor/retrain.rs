@@ -1526,22 +1526,23 @@ impl Learner {
             };
             let params = champion_params(&store, &cfg.name, serving.as_ref());
             let champion = serving.as_ref().map(|s| champion(s, params.as_ref()));
-            let decision =
-                match learn::judge_version(
-                    &cfg.settings,
-                    &samples,
-                    old_regimes.as_deref(),
-                    champion,
-                    &model,
-                ) {
-                    Ok(d) => d,
-                    Err(e) => return Ok(Outcome::Refused(
+            let decision = match learn::judge_version(
+                &cfg.settings,
+                &samples,
+                old_regimes.as_deref(),
+                champion,
+                &model,
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    return Ok(Outcome::Refused(
                         "unjudged",
                         format!(
                             "no holdout to judge it on ({e}); offered again at the next reconnect"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let version = store.reserve_model_version(&cfg.name)?;
             let mut card = intake::imported_card(
                 &cfg.settings,
@@ -1606,6 +1607,7 @@ impl Learner {
         let pipeline = header.pipeline.as_str();
         match outcome {
             Outcome::Known => {
+                self.stats.fleet_known.fetch_add(1, Relaxed);
                 info!(%pipeline, sha256 = %header.sha256, from = %header.instance, "Fleet model already judged; skipped.");
             }
             Outcome::Refused(why, message) => {
