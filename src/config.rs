@@ -658,8 +658,11 @@ impl Config {
                 format!("`{prefix}` must be a topic name without wildcards, not starting with `$` or ending with `/`"),
             );
         }
-        if self.fleet.max_bytes < 1024 {
-            return bad("fleet.max_bytes".into(), "must be at least 1024".into());
+        if self.fleet.max_bytes < 1024 || self.fleet.max_bytes > self.mqtt.max_packet_bytes as u64 {
+            return bad(
+                "fleet.max_bytes".into(),
+                "must be at least 1024 and at most mqtt.max_packet_bytes (the fleet connection's packet limit)".into(),
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {

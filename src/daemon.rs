@@ -408,7 +408,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let publisher = Publisher {
         link: out_spec.open(choice.current())?,
         spec: out_spec,
-        choice,
+        choice: choice.clone(),
         rx: outbox_rx,
         stats: stats.clone(),
         backoff: Backoff::new(
@@ -467,7 +467,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             } else {
                 cfg.daemon.instance.clone()
             },
-            options: crate::serve::fleet::options(&cfg.mqtt, &cfg.fleet, &host, port)?,
+            link: crate::serve::fleet::link_spec(&cfg.mqtt, &host, port).open(choice.current())?,
+            spec: crate::serve::fleet::link_spec(&cfg.mqtt, &host, port),
+            choice: choice.clone(),
             pipelines: cfg.pipelines.iter().map(|p| p.name.clone()).collect(),
             registry: registry.clone(),
             store: store.clone(),

@@ -1,7 +1,9 @@
 //! A fleet on one broker (issue 21): daemons in one share group split a
-//! stream. mosquitto (2.0) grants shared subscriptions
-//! (`$share/{group}/{filter}`, MQTT 5.0 §4.8.2) to the daemons' MQTT 3.1.1
-//! connections and hands each message of the group's stream to one member.
+//! stream (mosquitto 2.0 grants shared subscriptions,
+//! `$share/{group}/{filter}`, MQTT 5.0 §4.8.2, to the daemons' MQTT 5
+//! connections, and to 3.1.1 ones too, and hands each message of the
+//! group's stream to one member); daemons share models over the broker and
+//! judge each other's on their own data (`[fleet]`, `serve::fleet`).
 
 mod common;
 
@@ -596,4 +598,79 @@ fn fleet_settings_are_validated_naming_the_key() {
     }
     cfg.fleet.topic_prefix = "plant-3/fleet".into();
     cfg.validate().unwrap();
+    // A model message must fit the connection's packet limit.
+    cfg.fleet.max_bytes = cfg.mqtt.max_packet_bytes as u64 + 1;
+    assert_eq!(key(&cfg), "fleet.max_bytes");
+}
+
+/// The exchange over MQTT 3.1.1 (`mqtt.protocol = "3.1.1"`, or a broker
+/// that refused 5): the envelope alone carries the model, its header and
+/// SHA-256. A publishes, B (labelled readings, no model yet) adopts A's
+/// exact bytes as its first model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_exchanged_over_mqtt_3_1_1_too() {
+    let mosquitto = Mosquitto::start();
+    let port = mosquitto.port;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let v311 = |mut cfg: edgeloop::config::Config| {
+        cfg.mqtt.protocol = edgeloop::ingest::mqtt_config::Protocol::V311;
+        cfg
+    };
+    let (running_b, b, token_b) =
+        start(v311(exchanger(dir_b.path(), port, "b", false, true))).await;
+    let same = |l: &str| l.to_string();
+    publish_to(
+        port,
+        "b/d1/occupancy",
+        readings("datatest.txt", 0, 500, same),
+    )
+    .await;
+    let (running_a, a, token_a) =
+        start(v311(exchanger(dir_a.path(), port, "a", true, false))).await;
+    publish_to(
+        port,
+        "a/d1/occupancy",
+        readings("datatraining.txt", 0, 1000, same),
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "A and B store their readings",
+        || {
+            let handled = |h: &edgeloop::daemon::DaemonHandle| {
+                let s = h.stats.snapshot();
+                s.samples_stored + s.duplicates
+            };
+            handled(&a) == 1000 && handled(&b) == 500
+        },
+    )
+    .await;
+    let own_a = a.learner.train_now("occupancy").await.unwrap();
+    wait_until(Duration::from_secs(60), "B adopts A's model", || {
+        b.stats
+            .fleet_adopted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    let a_onnx = a
+        .store
+        .get_model("occupancy", own_a.version)
+        .unwrap()
+        .unwrap()
+        .onnx;
+    let serving_b = b.registry.get("occupancy").unwrap();
+    let stored_b = b
+        .store
+        .get_model("occupancy", serving_b.version)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored_b.onnx, a_onnx);
+    let decision = serving_b.card.decision.as_ref().unwrap();
+    assert_eq!(
+        (decision.promoted, decision.reason.as_str()),
+        (true, "first model")
+    );
+    stop(running_a, a, token_a).await;
+    stop(running_b, b, token_b).await;
 }

@@ -394,6 +394,42 @@ impl Link {
         }
     }
 
+    /// Requests a QoS 1 **retained** publish without waiting, with MQTT 5's
+    /// content type and user properties (MQTT 3.1.1 has neither: the
+    /// payload alone); the fleet's model messages (`crate::serve::fleet`).
+    ///
+    /// # Errors
+    /// [`Busy`] when the request channel is full.
+    pub fn try_publish_retained(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        content_type: &str,
+        user_properties: Vec<(String, String)>,
+    ) -> Result<(), Busy> {
+        match self {
+            Link::V311 { client, .. } => client
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+                .map_err(|_| Busy),
+            Link::V5 { client, .. } => {
+                let properties = v5::mqttbytes::v5::PublishProperties {
+                    content_type: Some(content_type.into()),
+                    user_properties,
+                    ..Default::default()
+                };
+                client
+                    .try_publish_with_properties(
+                        topic,
+                        v5::mqttbytes::QoS::AtLeastOnce,
+                        true,
+                        payload,
+                        properties,
+                    )
+                    .map_err(|_| Busy)
+            }
+        }
+    }
+
     /// Requests the DISCONNECT without waiting.
     pub fn try_disconnect(&self) {
         let _ = match self {

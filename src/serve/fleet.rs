@@ -36,17 +36,18 @@
 //! retained model received again at each reconnect is judged once.
 //!
 //! The fleet connection is the daemon's third (client id
-//! `{mqtt.client_id}-flt`), MQTT 5 with a clean start: models are retained,
-//! so nothing is lost while it is down.
+//! `{mqtt.client_id}-flt`), in the protocol of the other two (MQTT 5, or
+//! 3.1.1 after the broker refused 5: the envelope alone then); the models
+//! are retained, so a daemon that was away receives the newest again when
+//! it subscribes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use crate::ingest::link::{Link, LinkEvent, LinkSpec, ProtocolChoice};
+use crate::ingest::mqtt_config::Protocol;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -227,11 +228,16 @@ pub fn decode(payload: &[u8], pipeline: &str, max_bytes: u64) -> Result<Offer, R
 }
 
 /// The fleet connection: publishes serving versions and receives others'.
+/// It speaks the daemon's protocol ([`ProtocolChoice`]: MQTT 5, or 3.1.1
+/// once the broker refused 5 on any of the daemon's connections).
 pub struct FleetLink {
     pub config: FleetConfig,
     /// This daemon's id in the fleet (`daemon.instance`, else the client id).
     pub instance: String,
-    pub options: MqttOptions,
+    pub link: Link,
+    /// How to open the link again in another protocol (the fallback).
+    pub spec: LinkSpec,
+    pub choice: Arc<ProtocolChoice>,
     pub pipelines: Vec<String>,
     pub registry: Arc<Registry>,
     pub store: Arc<Store>,
@@ -250,35 +256,19 @@ fn published_key(pipeline: &str) -> String {
     format!("fleet/published/{pipeline}")
 }
 
-/// MQTT 5 options of the fleet connection: clean start (models are
-/// retained), the envelope limit as the largest packet, the broker, TLS and
-/// credentials of `[mqtt]`.
-///
-/// # Errors
-/// As [`crate::ingest::mqtt::options`].
-pub fn options(
-    mqtt: &crate::ingest::mqtt_config::MqttConfig,
-    fleet: &FleetConfig,
-    host: &str,
-    port: u16,
-) -> Result<MqttOptions, crate::config_error::ConfigError> {
-    use crate::ingest::mqtt_config::BrokerTarget;
-    let mut o = MqttOptions::new(format!("{}-flt", mqtt.client_id), host, port);
-    let max = u32::try_from(fleet.max_bytes + crate::ingest::mqtt::PACKET_OVERHEAD as u64)
-        .unwrap_or(u32::MAX);
-    o.set_keep_alive(Duration::from_secs(mqtt.keep_alive_s))
-        .set_clean_start(true)
-        .set_max_packet_size(Some(max));
-    if let BrokerTarget::External { tls: true, .. } = mqtt.target()? {
-        let tls = crate::ingest::mqtt::tls_client_config(mqtt)?;
-        o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
+/// How the fleet connection opens (client id `{mqtt.client_id}-flt`, the
+/// broker, TLS and credentials of `[mqtt]`; automatic acknowledgements:
+/// adopting is idempotent).
+pub fn link_spec(mqtt: &crate::ingest::mqtt_config::MqttConfig, host: &str, port: u16) -> LinkSpec {
+    LinkSpec {
+        cfg: mqtt.clone(),
+        client_id: format!("{}-flt", mqtt.client_id),
+        host: host.into(),
+        port,
+        manual_acks: false,
+        receive_maximum: None,
+        requests: 64,
     }
-    if !mqtt.username.is_empty() {
-        o.set_credentials(mqtt.username.clone(), mqtt.password.clone());
-    }
-    Ok(o)
 }
 
 impl FleetLink {
@@ -286,7 +276,6 @@ impl FleetLink {
     /// back-off), subscribes to the models topics (adopt), publishes each
     /// new serving version (publish), forwards others' models.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 64);
         let mut published: HashMap<String, u32> = HashMap::new();
         for p in &self.pipelines {
             if let Ok(Some(b)) = self.store.get_state(&published_key(p)) {
@@ -295,39 +284,53 @@ impl FleetLink {
                 }
             }
         }
-        let mut connected = false;
+        let (mut connected, mut spoke_v5) = (false, false);
         let mut tick = tokio::time::interval(PUBLISH_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick(), if connected && self.config.publish => {
-                    self.publish_new(&client, &mut published).await;
+                    self.publish_new(&mut published).await;
                 }
-                event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                event = self.link.poll() => match event {
+                    Ok(LinkEvent::ConnAck { .. }) => {
                         connected = true;
+                        spoke_v5 |= self.link.protocol() == Protocol::V5;
                         self.backoff.reset();
-                        info!(instance = %self.instance, publish = self.config.publish, adopt = self.config.adopt, "Fleet connection up.");
+                        info!(instance = %self.instance, protocol = ?self.link.protocol(), publish = self.config.publish, adopt = self.config.adopt, "Fleet connection up.");
                         if self.config.adopt {
-                            for p in &self.pipelines {
-                                let topic = self.config.models_topic(p);
-                                if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
-                                    warn!(error = %e, "Fleet subscribe request failed.");
-                                }
+                            let topics: Vec<String> =
+                                self.pipelines.iter().map(|p| self.config.models_topic(p)).collect();
+                            if self.link.try_subscribe(&topics).is_err() {
+                                warn!("Fleet subscribe request failed; retried at the next connection.");
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => self.received(&mut eventloop, p),
+                    Ok(LinkEvent::Publish(p)) => self.received(p),
+                    Ok(LinkEvent::PubAck { refusal: None }) => {
+                        self.stats.fleet_published.fetch_add(1, Relaxed);
+                    }
+                    Ok(LinkEvent::PubAck { refusal: Some(code) }) => {
+                        warn!(reason_code = %code, "The broker refused a model message (its size limit?).");
+                    }
                     Ok(_) => {}
                     Err(e) => {
+                        if !connected && !spoke_v5 && e.refuses_v5() {
+                            self.choice.fall_back(&e);
+                        }
                         if connected {
-                            warn!(error = %e, "Fleet connection lost; reconnecting.");
-                        } else {
-                            debug!(error = %e, "Fleet connection failed; backing off.");
+                            warn!(error = %e, reason_code = ?e.reason_code(), "Fleet connection lost; reconnecting.");
                         }
                         connected = false;
+                        if self.link.protocol() != self.choice.current() {
+                            if let Ok(link) = self.spec.open(self.choice.current()) {
+                                self.link = link;
+                                continue;
+                            }
+                        }
                         let delay = self.backoff.next_delay();
+                        debug!(error = %e, delay_ms = delay.as_millis() as u64, "Fleet connection failed; backing off.");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             _ = tokio::time::sleep(delay) => {}
@@ -336,13 +339,14 @@ impl FleetLink {
                 }
             }
         }
-        let _ = client.try_disconnect();
+        self.link.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.link.poll()).await;
         info!("Fleet connection stopped.");
     }
 
     /// Publishes each pipeline's serving version once (not one adopted from
-    /// the fleet).
-    async fn publish_new(&self, client: &AsyncClient, published: &mut HashMap<String, u32>) {
+    /// the fleet); a full request channel leaves it for the next tick.
+    async fn publish_new(&mut self, published: &mut HashMap<String, u32>) {
         for p in &self.pipelines {
             let Some(serving) = self.registry.get(p) else {
                 continue;
@@ -350,19 +354,20 @@ impl FleetLink {
             if published.get(p) == Some(&serving.version) {
                 continue;
             }
-            published.insert(p.clone(), serving.version);
             let from_fleet = serving
                 .card
                 .imported
                 .as_ref()
                 .is_some_and(|i| i.source == crate::learn::card::Source::Fleet);
             if from_fleet {
+                published.insert(p.clone(), serving.version);
                 continue;
             }
             let (store, name, version) = (self.store.clone(), p.clone(), serving.version);
             let stored = tokio::task::spawn_blocking(move || store.get_model(&name, version)).await;
             let Ok(Ok(Some(stored))) = stored else {
                 warn!(pipeline = %p, version, "Fleet: the serving model could not be read; not published.");
+                published.insert(p.clone(), version);
                 continue;
             };
             let header = Header {
@@ -377,39 +382,34 @@ impl FleetLink {
             let payload = encode(&header, &stored.onnx);
             if payload.len() as u64 > self.config.max_bytes {
                 warn!(pipeline = %p, version, bytes = payload.len(), limit = self.config.max_bytes, "Fleet: the model is larger than fleet.max_bytes; not published.");
+                published.insert(p.clone(), version);
                 continue;
             }
-            let properties = PublishProperties {
-                content_type: Some(CONTENT_TYPE.into()),
-                user_properties: vec![
-                    ("pipeline".into(), header.pipeline.clone()),
-                    ("version".into(), version.to_string()),
-                    ("sha256".into(), header.sha256.clone()),
-                    ("instance".into(), header.instance.clone()),
-                ],
-                ..Default::default()
-            };
+            let properties = vec![
+                ("pipeline".into(), header.pipeline.clone()),
+                ("version".into(), version.to_string()),
+                ("sha256".into(), header.sha256.clone()),
+                ("instance".into(), header.instance.clone()),
+            ];
             let topic = self.config.models_topic(p);
-            match client
-                .publish_with_properties(topic, QoS::AtLeastOnce, true, payload, properties)
-                .await
+            if self
+                .link
+                .try_publish_retained(&topic, payload.into(), CONTENT_TYPE, properties)
+                .is_ok()
             {
-                Ok(()) => {
-                    self.stats.fleet_published.fetch_add(1, Relaxed);
-                    info!(pipeline = %p, version, sha256 = %header.sha256, "Fleet: model published.");
-                    let _ = self
-                        .store
-                        .put_state(&published_key(p), &version.to_le_bytes());
-                }
-                Err(e) => warn!(pipeline = %p, version, error = %e, "Fleet: publish failed."),
+                published.insert(p.clone(), version);
+                info!(pipeline = %p, version, sha256 = %header.sha256, "Fleet: model published.");
+                let _ = self
+                    .store
+                    .put_state(&published_key(p), &version.to_le_bytes());
             }
         }
     }
 
     /// A message on a models topic: another daemon's model goes to the
     /// learner; this daemon's own (retained) is skipped.
-    fn received(&self, _eventloop: &mut EventLoop, p: rumqttc::v5::mqttbytes::v5::Publish) {
-        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+    fn received(&self, p: crate::ingest::link::Publish) {
+        let topic = p.topic;
         if p.payload.is_empty() {
             // A retained model cleared by its publisher.
             return;
