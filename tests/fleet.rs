@@ -330,6 +330,38 @@ async fn publish_to(port: u16, topic: &str, payloads: Vec<Vec<u8>>) {
     publish(&opts, payloads).await;
 }
 
+/// Readings a daemon stored, or dropped as duplicates of stored ones
+/// (content dedup).
+fn handled(h: &edgeloop::daemon::DaemonHandle) -> u64 {
+    let s = h.stats.snapshot();
+    s.samples_stored + s.duplicates
+}
+
+fn adopted(h: &edgeloop::daemon::DaemonHandle) -> u64 {
+    h.stats
+        .fleet_adopted
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The ONNX bytes of `version` in a daemon's store.
+fn onnx_of(h: &edgeloop::daemon::DaemonHandle, version: u32) -> Vec<u8> {
+    h.store
+        .get_model("occupancy", version)
+        .unwrap()
+        .unwrap()
+        .onnx
+}
+
+/// What `h` serves, after checking that it is exactly `onnx`.
+fn serving_exactly(
+    h: &edgeloop::daemon::DaemonHandle,
+    onnx: &[u8],
+) -> std::sync::Arc<edgeloop::serve::registry::Serving> {
+    let serving = h.registry.get("occupancy").unwrap();
+    assert_eq!(onnx_of(h, serving.version), onnx);
+    serving
+}
+
 fn refused(h: &edgeloop::daemon::DaemonHandle, reason: &str) -> u64 {
     h.stats.snapshot().fleet_refused[reason]
 }
@@ -359,11 +391,6 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
     let (running_c, c, token_c) = start(exchanger(dirs[2].path(), port, "c", false, true)).await;
     let same = |l: &str| l.to_string();
     let inverted = |l: &str| if l == "1" { "0".into() } else { "1".into() };
-    // Stored, or dropped as a duplicate of a stored reading (content dedup).
-    let handled = |h: &edgeloop::daemon::DaemonHandle| {
-        let s = h.stats.snapshot();
-        s.samples_stored + s.duplicates
-    };
     // B's first 300 readings came from a miswired sensor (labels
     // inverted); it trained on them, then 1,000 correct ones arrived.
     publish_to(
@@ -418,28 +445,13 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
     })
     .await;
     wait_until(Duration::from_secs(120), "B adopts and C refuses", || {
-        b.stats
-            .fleet_adopted
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1
-            && refused(&c, "judged") == 1
+        adopted(&b) == 1 && refused(&c, "judged") == 1
     })
     .await;
-    let a_onnx = a
-        .store
-        .get_model("occupancy", own_a.version)
-        .unwrap()
-        .unwrap()
-        .onnx;
+    let a_onnx = onnx_of(&a, own_a.version);
 
     // B serves A's bytes, judged on B's holdout against B's champion.
-    let serving_b = b.registry.get("occupancy").unwrap();
-    let stored_b = b
-        .store
-        .get_model("occupancy", serving_b.version)
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored_b.onnx, a_onnx);
+    let serving_b = serving_exactly(&b, &a_onnx);
     let card = &serving_b.card;
     let imported = card.imported.as_ref().unwrap();
     assert_eq!(imported.source, edgeloop::learn::card::Source::Fleet);
@@ -480,12 +492,7 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
             .count();
         hits as f64 / holdout.len() as f64
     };
-    let b_onnx = b
-        .store
-        .get_model("occupancy", own_b.version)
-        .unwrap()
-        .unwrap()
-        .onnx;
+    let b_onnx = onnx_of(&b, own_b.version);
     assert_eq!(decision.challenger_recent, Some(accuracy(&a_onnx)));
     assert_eq!(decision.champion_recent, Some(accuracy(&b_onnx)));
     let history = b.registry.history(&b.store, "occupancy").unwrap();
@@ -502,12 +509,7 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
         "{}",
         last.reason
     );
-    assert_eq!(
-        c.stats
-            .fleet_adopted
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(adopted(&c), 0);
 
     // Hostile messages on B's models topic: refused by reason, B serves on.
     let topic = "edgeloop/fleet/occupancy/models";
@@ -566,12 +568,7 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
         b.registry.get("occupancy").unwrap().version,
         serving_b.version
     );
-    assert_eq!(
-        b.stats
-            .fleet_adopted
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(adopted(&b), 0);
 
     stop(running_a, a, token_a).await;
     stop(running_b, b, token_b).await;
@@ -636,36 +633,15 @@ async fn models_are_exchanged_over_mqtt_3_1_1_too() {
     wait_until(
         Duration::from_secs(60),
         "A and B store their readings",
-        || {
-            let handled = |h: &edgeloop::daemon::DaemonHandle| {
-                let s = h.stats.snapshot();
-                s.samples_stored + s.duplicates
-            };
-            handled(&a) == 1000 && handled(&b) == 500
-        },
+        || handled(&a) == 1000 && handled(&b) == 500,
     )
     .await;
     let own_a = a.learner.train_now("occupancy").await.unwrap();
     wait_until(Duration::from_secs(60), "B adopts A's model", || {
-        b.stats
-            .fleet_adopted
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1
+        adopted(&b) == 1
     })
     .await;
-    let a_onnx = a
-        .store
-        .get_model("occupancy", own_a.version)
-        .unwrap()
-        .unwrap()
-        .onnx;
-    let serving_b = b.registry.get("occupancy").unwrap();
-    let stored_b = b
-        .store
-        .get_model("occupancy", serving_b.version)
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored_b.onnx, a_onnx);
+    let serving_b = serving_exactly(&b, &onnx_of(&a, own_a.version));
     let decision = serving_b.card.decision.as_ref().unwrap();
     assert_eq!(
         (decision.promoted, decision.reason.as_str()),

@@ -268,6 +268,22 @@ impl LinkSpec {
     }
 }
 
+impl LinkSpec {
+    /// Reopens `link` in `choice`'s protocol when the fallback changed it
+    /// since `link` was opened; `true` when it did (connect again at once:
+    /// the broker is there).
+    ///
+    /// # Errors
+    /// As [`LinkSpec::open`]; `link` is then unchanged.
+    pub fn follow(&self, link: &mut Link, choice: &ProtocolChoice) -> Result<bool, ConfigError> {
+        if link.protocol() == choice.current() {
+            return Ok(false);
+        }
+        *link = self.open(choice.current())?;
+        Ok(true)
+    }
+}
+
 /// An MQTT client and the event loop it feeds, in one protocol version.
 pub enum Link {
     V311 {

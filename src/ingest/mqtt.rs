@@ -606,16 +606,12 @@ impl MqttSource {
                     {
                         self.choice.fall_back(&e);
                     }
-                    if self.link.protocol() != self.choice.current() {
-                        match self.spec.open(self.choice.current()) {
-                            // At once: the broker is there.
-                            Ok(link) => {
-                                self.link = link;
-                                continue;
-                            }
-                            Err(e) => {
-                                error!(error = %e, "Cannot set up the MQTT 3.1.1 connection; retrying with MQTT 5.")
-                            }
+                    match self.spec.follow(&mut self.link, &self.choice) {
+                        // At once: the broker is there.
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            error!(error = %e, "Cannot set up the MQTT 3.1.1 connection; retrying with MQTT 5.")
                         }
                     }
                     // The first attempt at once, back-off after failures.

@@ -323,11 +323,8 @@ impl FleetLink {
                             warn!(error = %e, reason_code = ?e.reason_code(), "Fleet connection lost; reconnecting.");
                         }
                         connected = false;
-                        if self.link.protocol() != self.choice.current() {
-                            if let Ok(link) = self.spec.open(self.choice.current()) {
-                                self.link = link;
-                                continue;
-                            }
+                        if let Ok(true) = self.spec.follow(&mut self.link, &self.choice) {
+                            continue;
                         }
                         let delay = self.backoff.next_delay();
                         debug!(error = %e, delay_ms = delay.as_millis() as u64, "Fleet connection failed; backing off.");

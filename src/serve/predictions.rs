@@ -545,11 +545,8 @@ impl Publisher {
                             self.choice.fall_back(&e);
                         }
                         connected = false;
-                        if self.link.protocol() != self.choice.current() {
-                            if let Ok(link) = self.spec.open(self.choice.current()) {
-                                self.link = link;
-                                continue;
-                            }
+                        if let Ok(true) = self.spec.follow(&mut self.link, &self.choice) {
+                            continue;
                         }
                         let delay = self.backoff.next_delay();
                         tracing::debug!(error = %e, reason_code = ?e.reason_code(), delay_ms = delay.as_millis() as u64, "Prediction link down; backing off.");
