@@ -455,6 +455,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             offers: offers_rx,
             options: cfg.engine_of(0).1,
             max_model_bytes: cfg.models.max_bytes,
+            waiting: Default::default(),
         })
     } else {
         learner

@@ -283,14 +283,15 @@ async fn a_member_killed_mid_stream_loses_nothing_once_it_returns() {
 mod ort;
 
 /// A daemon of the model-exchange test: pipeline `occupancy` on its own
-/// sample topic `{tag}/+/occupancy`, logistic regression, trained only when
-/// asked, with `[fleet]` as given.
+/// sample topic `{tag}/+/occupancy`, logistic regression, its first model
+/// trained at `min_labels` labelled samples (also what a fleet model waits
+/// for to be judged), then only when asked, with `[fleet]` as given.
 fn exchanger(
     dir: &std::path::Path,
     port: u16,
     tag: &str,
-    publish: bool,
-    adopt: bool,
+    (publish, adopt): (bool, bool),
+    min_labels: u64,
 ) -> edgeloop::config::Config {
     let mut cfg = config(dir, Broker::External(port));
     cfg.daemon.instance = format!("gw-{tag}");
@@ -300,7 +301,7 @@ fn exchanger(
     p.topics = vec![format!("{tag}/+/occupancy")];
     p.label_topics = vec![format!("{tag}-labels/+/occupancy")];
     p.model.family = edgeloop::learn::Family::Logistic;
-    p.model.min_labels = NEVER;
+    p.model.min_labels = min_labels;
     p.model.retrain_every = NEVER;
     p.drift.retrain_on_drift = false;
     cfg.validate().unwrap();
@@ -383,12 +384,13 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
     let mosquitto = Mosquitto::start();
     let port = mosquitto.port;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut cfg_b = exchanger(dirs[1].path(), port, "b", false, true);
+    let mut cfg_b = exchanger(dirs[1].path(), port, "b", (false, true), 1000);
     // B learns from its newest 1,000 samples.
     cfg_b.pipelines[0].model.window = 1000;
     cfg_b.pipelines[0].model.reservoir = 0;
     let (running_b, b, token_b) = start(cfg_b).await;
-    let (running_c, c, token_c) = start(exchanger(dirs[2].path(), port, "c", false, true)).await;
+    let (running_c, c, token_c) =
+        start(exchanger(dirs[2].path(), port, "c", (false, true), 500)).await;
     let same = |l: &str| l.to_string();
     let inverted = |l: &str| if l == "1" { "0".into() } else { "1".into() };
     // B's first 300 readings came from a miswired sensor (labels
@@ -425,7 +427,8 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
     })
     .await;
 
-    let (running_a, a, token_a) = start(exchanger(dirs[0].path(), port, "a", true, false)).await;
+    let (running_a, a, token_a) =
+        start(exchanger(dirs[0].path(), port, "a", (true, false), NEVER)).await;
     publish_to(
         port,
         "a/d1/occupancy",
@@ -551,7 +554,8 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
     // judged or stored a second time.
     let versions = b.store.model_versions("occupancy").unwrap();
     stop(running_b, b, token_b).await;
-    let (running_b, b, token_b) = start(exchanger(dirs[1].path(), port, "b", false, true)).await;
+    let (running_b, b, token_b) =
+        start(exchanger(dirs[1].path(), port, "b", (false, true), 1000)).await;
     wait_until(
         Duration::from_secs(60),
         "B skips A's retained model",
@@ -588,7 +592,7 @@ fn fleet_settings_are_validated_naming_the_key() {
     let mut cfg = config(dir.path(), Broker::Embedded(free_port()));
     cfg.fleet.publish = true;
     assert_eq!(key(&cfg), "fleet");
-    let mut cfg = exchanger(dir.path(), free_port(), "a", true, true);
+    let mut cfg = exchanger(dir.path(), free_port(), "a", (true, true), NEVER);
     for prefix in ["", "fleet/+/x", "$SYS/fleet", "fleet/"] {
         cfg.fleet.topic_prefix = prefix.into();
         assert_eq!(key(&cfg), "fleet.topic_prefix", "{prefix:?}");
@@ -602,10 +606,12 @@ fn fleet_settings_are_validated_naming_the_key() {
 
 /// The exchange over MQTT 3.1.1 (`mqtt.protocol = "3.1.1"`, or a broker
 /// that refused 5): the envelope alone carries the model, its header and
-/// SHA-256. A publishes, B (labelled readings, no model yet) adopts A's
+/// SHA-256. A new board joins: B has no labelled sample when A publishes,
+/// so A's model waits (`unjudged`, B serves nothing); once B has stored
+/// `min_labels` (250) labelled readings, it judges A's model and serves A's
 /// exact bytes as its first model.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn models_are_exchanged_over_mqtt_3_1_1_too() {
+async fn a_new_board_adopts_the_fleets_model_once_it_can_judge_it_over_mqtt_3_1_1() {
     let mosquitto = Mosquitto::start();
     let port = mosquitto.port;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -614,29 +620,38 @@ async fn models_are_exchanged_over_mqtt_3_1_1_too() {
         cfg
     };
     let (running_b, b, token_b) =
-        start(v311(exchanger(dir_b.path(), port, "b", false, true))).await;
-    let same = |l: &str| l.to_string();
-    publish_to(
+        start(v311(exchanger(dir_b.path(), port, "b", (false, true), 250))).await;
+    let (running_a, a, token_a) = start(v311(exchanger(
+        dir_a.path(),
         port,
-        "b/d1/occupancy",
-        readings("datatest.txt", 0, 500, same),
-    )
+        "a",
+        (true, false),
+        NEVER,
+    )))
     .await;
-    let (running_a, a, token_a) =
-        start(v311(exchanger(dir_a.path(), port, "a", true, false))).await;
+    let same = |l: &str| l.to_string();
     publish_to(
         port,
         "a/d1/occupancy",
         readings("datatraining.txt", 0, 1000, same),
     )
     .await;
-    wait_until(
-        Duration::from_secs(60),
-        "A and B store their readings",
-        || handled(&a) == 1000 && handled(&b) == 500,
-    )
+    wait_until(Duration::from_secs(60), "A stores its readings", || {
+        handled(&a) == 1000
+    })
     .await;
     let own_a = a.learner.train_now("occupancy").await.unwrap();
+    wait_until(Duration::from_secs(60), "A's model waits at B", || {
+        refused(&b, "unjudged") == 1
+    })
+    .await;
+    assert!(b.registry.get("occupancy").is_none());
+    publish_to(
+        port,
+        "b/d1/occupancy",
+        readings("datatest.txt", 0, 500, same),
+    )
+    .await;
     wait_until(Duration::from_secs(60), "B adopts A's model", || {
         adopted(&b) == 1
     })
@@ -647,6 +662,8 @@ async fn models_are_exchanged_over_mqtt_3_1_1_too() {
         (decision.promoted, decision.reason.as_str()),
         (true, "first model")
     );
+    // Judged once: counted `unjudged` when it came, not again while waiting.
+    assert_eq!(refused(&b, "unjudged"), 1);
     stop(running_a, a, token_a).await;
     stop(running_b, b, token_b).await;
 }

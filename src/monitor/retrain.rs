@@ -211,6 +211,9 @@ pub struct FleetIntake {
     pub options: crate::serve::engine::LoadOptions,
     /// `[models] max_bytes`.
     pub max_model_bytes: u64,
+    /// The newest model of each pipeline that came before it had labelled
+    /// samples to judge it on: judged when labelled samples arrive.
+    pub waiting: HashMap<String, crate::serve::fleet::Offer>,
 }
 
 /// The next fleet offer; never, without `[fleet] adopt`.
@@ -658,6 +661,8 @@ impl Learner {
                     }
                 }
                 _ = self.labels_added.notified() => {
+                    let r = self.judge_waiting().await;
+                    self.survive(r)?;
                     let r = self.watch_all(&shutdown).await;
                     self.survive(r)?;
                     let r = self.watch_alarms(&shutdown).await;
@@ -666,7 +671,7 @@ impl Learner {
                     self.survive(r)?;
                 }
                 Some(offer) = next_offer(&mut self.fleet) => {
-                    let r = self.adopt(offer).await;
+                    let r = self.adopt(offer, false).await;
                     self.survive(r)?;
                 }
                 req = self.rx.recv() => {
@@ -1441,13 +1446,30 @@ impl Learner {
         Ok(())
     }
 
+    /// Judges the fleet models that waited for labelled samples (each
+    /// waits again while there are still none).
+    async fn judge_waiting(&mut self) -> Result<(), TrainFailure> {
+        let waiting = match self.fleet.as_mut() {
+            Some(f) if !f.waiting.is_empty() => std::mem::take(&mut f.waiting),
+            _ => return Ok(()),
+        };
+        for (_, offer) in waiting {
+            self.adopt(offer, true).await?;
+        }
+        Ok(())
+    }
+
     /// Judges a model another daemon published (`[fleet] adopt`,
     /// [`crate::serve::fleet`]): intake's checks, then the champion/
     /// challenger decision of this pipeline's trainings on its own holdout
     /// ([`learn::judge_version`]); a winner serves (on probation), a loser is
     /// stored with its decision; both carry their origin. A model already
     /// stored (same SHA-256) is skipped.
-    async fn adopt(&mut self, offer: crate::serve::fleet::Offer) -> Result<(), TrainFailure> {
+    async fn adopt(
+        &mut self,
+        offer: crate::serve::fleet::Offer,
+        again: bool,
+    ) -> Result<(), TrainFailure> {
         use crate::serve::intake;
         let Some(fleet) = self.fleet.as_ref() else {
             return Ok(());
@@ -1481,6 +1503,8 @@ impl Learner {
             },
         }
         let header = offer.header.clone();
+        // Kept, should there be nothing to judge it on yet.
+        let kept = offer.clone();
         let outcome = tokio::task::spawn_blocking(move || -> Result<Outcome, TrainFailure> {
             let crate::serve::fleet::Offer {
                 header,
@@ -1511,10 +1535,19 @@ impl Learner {
                 }
             };
             let TrainingData {
+                labelled_total,
                 samples,
                 old_regimes,
                 ..
             } = training_data(&store, &cfg)?;
+            // As many labelled samples as its own first model would need.
+            let needed = cfg.model.min_labels.max(2);
+            if labelled_total < needed {
+                return Ok(Outcome::Refused(
+                    "unjudged",
+                    format!("{labelled_total} labelled samples; judged once there are {needed} (model.min_labels)"),
+                ));
+            }
             let serving = match &online {
                 Some((batch, _)) => batch.clone(),
                 None => registry.get(&cfg.name),
@@ -1538,7 +1571,7 @@ impl Learner {
                     return Ok(Outcome::Refused(
                         "unjudged",
                         format!(
-                            "no holdout to judge it on ({e}); offered again at the next reconnect"
+                            "no holdout to judge it on ({e}); judged when more labelled samples arrive"
                         ),
                     ))
                 }
@@ -1609,6 +1642,15 @@ impl Learner {
             Outcome::Known => {
                 self.stats.fleet_known.fetch_add(1, Relaxed);
                 info!(%pipeline, sha256 = %header.sha256, from = %header.instance, "Fleet model already judged; skipped.");
+            }
+            Outcome::Refused("unjudged", message) => {
+                if !again {
+                    self.stats.count_fleet_refused("unjudged");
+                    warn!(%pipeline, from = %header.instance, error = %message, "Fleet model waits for labelled samples to be judged on; the current version keeps serving.");
+                }
+                if let Some(f) = self.fleet.as_mut() {
+                    f.waiting.insert(pipeline.to_string(), kept);
+                }
             }
             Outcome::Refused(why, message) => {
                 self.stats.count_fleet_refused(why);

@@ -138,8 +138,10 @@ pub struct Offer {
 /// bytes do not hash to the header's SHA-256), `oversized` (beyond
 /// `fleet.max_bytes`), `intake` (refused by intake's checks; the reason is
 /// counted in `models_refused` too), `judged` (lost on this daemon's
-/// holdout, or worse than the trivial baseline), `unjudged` (no labelled
-/// samples to judge it on yet; offered again at the next reconnect),
+/// holdout, or worse than the trivial baseline), `unjudged` (fewer
+/// labelled samples than `model.min_labels`, what the pipeline's own first
+/// model needs: the newest such model of each pipeline waits and is judged
+/// once they have arrived),
 /// `busy` (the learner's queue of offers was full; offered again at the next
 /// reconnect).
 pub const REFUSALS: [&str; 7] = crate::stats::FLEET_REFUSAL_REASONS;
