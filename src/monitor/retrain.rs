@@ -498,6 +498,38 @@ fn training_data(store: &Store, cfg: &MonitoredPipeline) -> Result<TrainingData,
     })
 }
 
+/// The champion a challenger of `pipeline` must beat (the online
+/// learner's batch version when it has one, else the serving version) and
+/// the one a promoted challenger puts on probation (the serving version;
+/// none with an online learner). `online`: the online learner's batch
+/// version and whether it serves.
+#[allow(clippy::type_complexity)]
+fn champion_and_former(
+    registry: &Registry,
+    pipeline: &str,
+    online: &Option<(Option<Arc<crate::serve::registry::Serving>>, bool)>,
+) -> (
+    Option<Arc<crate::serve::registry::Serving>>,
+    Option<Arc<crate::serve::registry::Serving>>,
+) {
+    let serving = match online {
+        Some((batch, _)) => batch.clone(),
+        None => registry.get(pipeline),
+    };
+    let former = if online.is_none() {
+        serving.clone()
+    } else {
+        None
+    };
+    (serving, former)
+}
+
+/// Labelled samples a fleet model waits for before it is judged: as many as
+/// the pipeline's own first model (`model.min_labels`), and at least 2.
+fn judging_needs(cfg: &MonitoredPipeline) -> u64 {
+    cfg.model.min_labels.max(2)
+}
+
 /// The serving version's parameters, when edgeloop trained it (a warm
 /// start, and the champion as trained).
 fn champion_params(
@@ -1449,11 +1481,20 @@ impl Learner {
     /// Judges the fleet models that waited for labelled samples (each
     /// waits again while there are still none).
     async fn judge_waiting(&mut self) -> Result<(), TrainFailure> {
-        let waiting = match self.fleet.as_mut() {
-            Some(f) if !f.waiting.is_empty() => std::mem::take(&mut f.waiting),
-            _ => return Ok(()),
+        let Some(f) = self.fleet.as_mut() else {
+            return Ok(());
         };
-        for (_, offer) in waiting {
+        // Only those whose pipeline has the labelled samples now (a count,
+        // read once per commit while a model waits).
+        let mut ready = Vec::new();
+        for p in &self.pipelines {
+            if f.waiting.contains_key(&p.name)
+                && self.store.counts(&p.name)?.labelled_total >= judging_needs(p)
+            {
+                ready.extend(f.waiting.remove(&p.name));
+            }
+        }
+        for offer in ready {
             self.adopt(offer, true).await?;
         }
         Ok(())
@@ -1534,29 +1575,23 @@ impl Learner {
                     return Ok(Outcome::Refused("intake", e.to_string()));
                 }
             };
+            // As many labelled samples as its own first model would need.
+            let labelled_total = store.counts(&cfg.name)?.labelled_total;
+            if labelled_total < judging_needs(&cfg) {
+                return Ok(Outcome::Refused(
+                    "unjudged",
+                    format!(
+                        "{labelled_total} labelled samples; judged once there are {} (model.min_labels)",
+                        judging_needs(&cfg)
+                    ),
+                ));
+            }
             let TrainingData {
-                labelled_total,
                 samples,
                 old_regimes,
                 ..
             } = training_data(&store, &cfg)?;
-            // As many labelled samples as its own first model would need.
-            let needed = cfg.model.min_labels.max(2);
-            if labelled_total < needed {
-                return Ok(Outcome::Refused(
-                    "unjudged",
-                    format!("{labelled_total} labelled samples; judged once there are {needed} (model.min_labels)"),
-                ));
-            }
-            let serving = match &online {
-                Some((batch, _)) => batch.clone(),
-                None => registry.get(&cfg.name),
-            };
-            let former = if online.is_none() {
-                serving.clone()
-            } else {
-                None
-            };
+            let (serving, former) = champion_and_former(&registry, &cfg.name, &online);
             let params = champion_params(&store, &cfg.name, serving.as_ref());
             let champion = serving.as_ref().map(|s| champion(s, params.as_ref()));
             let decision = match learn::judge_version(
@@ -1705,13 +1740,7 @@ impl Learner {
                 // The serving version is the champion: its parameters (warm
                 // start) when edgeloop trained it, else (an imported model)
                 // the engine serving it, scored on the same holdout.
-                let serving = match &online {
-                    Some((batch, _)) => batch.clone(),
-                    None => registry.get(&cfg.name),
-                };
-                // The champion a promoted challenger replaces goes on
-                // probation beside it (not with an online learner).
-                let former = if online.is_none() { serving.clone() } else { None };
+                let (serving, former) = champion_and_former(&registry, &cfg.name, &online);
                 let params = champion_params(&store, &cfg.name, serving.as_ref());
                 let champion = serving.as_ref().map(|s| champion(s, params.as_ref()));
                 let trained = learn::train_version(
