@@ -870,6 +870,15 @@ impl Config {
             if !(a.residual_alpha > 0.0 && a.residual_alpha <= 1.0) {
                 return bad(key("anomaly.residual_alpha"), "must be in (0, 1]".into());
             }
+            if !(a.level_margin == 0.0 || (a.level_margin.is_finite() && a.level_margin >= 1.0)) {
+                return bad(
+                    key("anomaly.level_margin"),
+                    "must be 0 (off) or at least 1".into(),
+                );
+            }
+            if a.level_warmup < 50 {
+                return bad(key("anomaly.level_warmup"), "must be at least 50".into());
+            }
             if let Err(reason) = p.preprocess.validate(&p.features) {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
                 return bad(key(&format!("preprocess.{k}")), reason.to_string());

@@ -134,9 +134,11 @@ fn three_features_with_outliers_equal_river_row_by_row() {
 }
 
 /// `edgeloop anomaly --json` on a file: River's scores, and the alarms of
-/// its quantile rule alone (`--persistence 1 --residual-z 0`: the 0.999
-/// quantile of the last 5,000 non-zero scores, after 1,000) as the
-/// reference script computes them with numpy.
+/// its quantile rule alone (`--persistence 1 --residual-z 0 --level-margin
+/// 0`: the 0.999 quantile of the last 5,000 non-zero scores, after 1,000;
+/// the level rule, whose alarms in the seeded stream's first 1,250 rows
+/// are its outliers too, has its own test in tests/anomaly_level.rs) as
+/// the reference script computes them with numpy.
 #[test]
 fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
     let r = reference();
@@ -162,6 +164,8 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
                     "1",
                     "--residual-z",
                     "0",
+                    "--level-margin",
+                    "0",
                     "--file",
                 ])
                 .arg(fixture(file)),
@@ -180,7 +184,8 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
         std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
             .args(["anomaly", "--json", "--seed", "7", "--features", "c,a,b"])
             .args(["--quantile", "0.99", "--history", "2000"])
-            .args(["--persistence", "1", "--residual-z", "0", "--file"])
+            .args(["--persistence", "1", "--residual-z", "0"])
+            .args(["--level-margin", "0", "--file"])
             .arg(fixture("mixed.csv")),
     );
     let t = v["threshold"].as_f64().unwrap();
@@ -207,7 +212,10 @@ fn the_anomaly_command_prints_rivers_scores_and_the_rules_alarms() {
 /// `edgeloop anomaly`'s default rules, the daemon's: the quantile rule
 /// with persistence 2 of 5, or a feature's residual against its EWMA above
 /// 10 smoothed MADs and above the 0.999 quantile of the earlier residual
-/// z-scores (after 30 rows). The residual z of every row and the alarms
+/// z-scores (after 30 rows), or, in the first 1,250 rows, the level rule
+/// (tests/anomaly_level.rs; in the seeded stream its alarms are outliers
+/// the residual rule alarms on too, on NAB's file it is quiet). The
+/// residual z of every row and the alarms
 /// equal the reference script's (`residual_z`, `rules`, written from the
 /// documentation). On the seeded stream the defaults catch 9 of the 25
 /// injected outliers (the quantile rule alone: 5) and alarm on nothing
@@ -368,8 +376,8 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
         &scores(&reference()["occupancy"]["scores"]),
     );
     // 600 readings: the threshold's 1,000 calibration scores are not yet
-    // reached, so the alarms are the residual rule's (Light switched on),
-    // as the reference computes them.
+    // reached, so the alarms are the residual rule's and the level rule's
+    // (Light switched on), as the reference computes them.
     let alarmed: Vec<u64> = got
         .iter()
         .enumerate()
@@ -436,15 +444,10 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
             );
             assert_eq!(p["anomaly"], r["occupancy"]["query_alarm"][k], "query {k}");
             // The trees' threshold is not calibrated after 600 readings:
-            // an alarm is the residual rule's.
-            let rule = if p["anomaly"] == true {
-                Value::from("residual")
-            } else {
-                Value::Null
-            };
+            // an alarm is the residual rule's or the level rule's.
             assert_eq!(
                 p.get("anomaly_rule").unwrap_or(&Value::Null),
-                &rule,
+                &r["occupancy"]["query_rule"][k],
                 "query {k}"
             );
         }
@@ -605,6 +608,15 @@ fn the_alarm_rule_keys_load_and_are_validated() {
         ),
         (3, 4, 6.5, 0.1, 100, 7)
     );
+    let level = load("level_margin = 1.5\nlevel_warmup = 300").unwrap();
+    let a = &level.pipelines[0].anomaly;
+    assert_eq!((a.level_margin, a.level_warmup), (1.5, 300));
+    assert_eq!(
+        load("level_margin = 0.0").unwrap().pipelines[0]
+            .anomaly
+            .level_margin,
+        0.0
+    );
     assert_eq!(
         load("residual_z = 0.0").unwrap().pipelines[0]
             .anomaly
@@ -618,6 +630,8 @@ fn the_alarm_rule_keys_load_and_are_validated() {
         ("residual_z = -1.0", "anomaly.residual_z"),
         ("residual_alpha = 0.0", "anomaly.residual_alpha"),
         ("residual_alpha = 1.5", "anomaly.residual_alpha"),
+        ("level_margin = 0.5", "anomaly.level_margin"),
+        ("level_warmup = 20", "anomaly.level_warmup"),
     ] {
         let err = load(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
         assert!(err.contains(key), "{bad}: {err}");

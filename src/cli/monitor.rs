@@ -72,16 +72,30 @@ pub struct AnomalyArgs {
     /// Rows learned before the residual test may alarm.
     #[arg(long, default_value_t = AnomalyConfig::default().residual_warmup)]
     residual_warmup: usize,
+    /// Level rule: alarm on a new record of the level distance by this factor (0: off).
+    ///
+    /// A row's level distance: the root sum of squares over the features
+    /// of |value - median| / (interquartile range / 1.349), median and
+    /// quartiles those of the feature's earlier rows. From row
+    /// --level-warmup until the trees' threshold can exist (--window +
+    /// --calibration rows), a row alarms when its distance exceeds this
+    /// many times the largest distance before it.
+    #[arg(long, default_value_t = AnomalyConfig::default().level_margin)]
+    level_margin: f64,
+    /// Rows learned before the level rule may alarm (at least 50).
+    #[arg(long, default_value_t = AnomalyConfig::default().level_warmup)]
+    level_warmup: usize,
     /// An alarm more than this many rows after the last one opens an episode.
     #[arg(long, default_value_t = AnomalyConfig::default().episode_gap)]
     episode_gap: usize,
     /// Print scores, residual z-scores, alarms, rules and episodes as JSON.
     ///
     /// `{"features", "threshold", "residual_limit", "scores", "residual_z",
-    /// "alarms", "rules", "episodes"}`: `scores` and `residual_z` hold one
+    /// "level", "alarms", "rules", "episodes"}`: `scores`, `residual_z` and
+    /// `level` (the level distance, 0 once that rule retired) hold one
     /// value per row, `alarms` the row indices, `rules` the rule of each
-    /// alarm ("trees", "residual" or "both"), `episodes` the rows of the
-    /// alarms that open an episode.
+    /// alarm ("trees", "residual", "both" or "level"), `episodes` the rows
+    /// of the alarms that open an episode.
     #[arg(long)]
     json: bool,
 }
@@ -193,9 +207,12 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
             && args.episode_gap >= 1
             && args.residual_z >= 0.0
             && args.residual_alpha > 0.0
-            && args.residual_alpha <= 1.0,
+            && args.residual_alpha <= 1.0
+            && (args.level_margin == 0.0 || args.level_margin >= 1.0)
+            && args.level_warmup >= 50,
         "--persistence at least 1, --persistence-window at least --persistence, \
-         --episode-gap at least 1, --residual-z at least 0, --residual-alpha in (0, 1]"
+         --episode-gap at least 1, --residual-z at least 0, --residual-alpha in (0, 1], \
+         --level-margin 0 or at least 1, --level-warmup at least 50"
     );
     // The daemon's scorer ([pipelines.anomaly]), with these settings.
     let cfg = AnomalyConfig {
@@ -212,11 +229,14 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         residual_z: args.residual_z,
         residual_alpha: args.residual_alpha,
         residual_warmup: args.residual_warmup,
+        level_margin: args.level_margin,
+        level_warmup: args.level_warmup,
         episode_gap: args.episode_gap,
     };
     let mut scorer = Scorer::new(&cfg, &features);
     let mut scores = Vec::with_capacity(rows.len());
     let mut residual_z = Vec::with_capacity(rows.len());
+    let mut level = Vec::with_capacity(rows.len());
     let (mut alarms, mut rules, mut episodes) = (Vec::new(), Vec::new(), Vec::new());
     for (i, row) in rows.iter().enumerate() {
         let s = scorer.score_then_learn_f64(row);
@@ -229,6 +249,7 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         }
         scores.push(s.score);
         residual_z.push(s.residual_z);
+        level.push(s.level);
     }
     let threshold = scorer.threshold();
     let residual_limit = scorer.residual_limit();
@@ -241,6 +262,7 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
                 "residual_limit": residual_limit,
                 "scores": scores,
                 "residual_z": residual_z,
+                "level": level,
                 "alarms": alarms,
                 "rules": rules,
                 "episodes": episodes,

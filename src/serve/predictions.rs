@@ -87,7 +87,7 @@ pub struct AnomalyJson {
     /// The alarm: either rule of [`crate::learn::anomaly::Scorer`] fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<bool>,
-    /// The rule that fired: `"trees"`, `"residual"` or `"both"` (absent
+    /// The rule that fired: `"trees"`, `"residual"`, `"both"` or `"level"` (absent
     /// without an alarm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly_rule: Option<String>,
@@ -113,7 +113,7 @@ pub struct AnomalyFields {
     pub residual_z: f64,
     pub residual_feature: Option<String>,
     pub alarm: bool,
-    /// `"trees"`, `"residual"` or `"both"` ([`crate::learn::anomaly::AlarmRule`]).
+    /// `"trees"`, `"residual"`, `"both"` or `"level"` ([`crate::learn::anomaly::AlarmRule`]).
     pub rule: Option<&'static str>,
 }
 
