@@ -25,10 +25,13 @@ Stretches (no labelled anomaly, no known change):
 For each setting it runs the binary's `drift --json` on each stretch long
 enough for the reference and one window, and prints flagged / total windows
 per stretch and overall. Settings: the defaults (reference 2,000, window
-500, step 250, alpha 1e-4, PSI floor 1.2, shift floor 0.75, range floor
-0.25), the tests alone (no range rule), the previous defaults (alpha 0.001,
-PSI floor 1.0, no range rule), the first defaults (reference 500, step 500,
-alpha 0.01, floors 0.25 / 0.5), and the seasonal references (`--timestamp`,
+500, step 250, alpha 1e-4, PSI floor 1.2, shift floor 0.75, effective sizes
+by the larger of the two autocorrelation times, no range rule); the
+effective sizes from the lag-1 autocorrelation alone and from the initial
+positive sequence alone; the range rule at 0.25 and 1.0; the previous
+defaults (lag-1, range rule 0.25), the older ones (alpha 0.001, PSI floor
+1.0, lag-1), the first ones (reference 500, step 500, alpha 0.01, floors
+0.25 / 0.5, lag-1); and the seasonal references (`--timestamp`,
 `--season`).
 
 Run: python3 benches/drift_false_alarms.py [DATA_DIR] [BINARY]
@@ -47,13 +50,17 @@ DATA = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
 BINARY = sys.argv[2] if len(sys.argv) > 2 else "target/debug/edgeloop"
 
 SEED = 20261206
-NEVER = ["--range-floor", "2"]
+LAG1 = ["--dependence", "lag1"]
 SETTINGS = [
     ("defaults", []),
-    ("tests only (no range rule)", NEVER),
-    ("previous defaults", ["--alpha", "0.001", "--psi-floor", "1.0"] + NEVER),
+    ("lag-1 effective sizes", LAG1),
+    ("initial positive sequence alone", ["--dependence", "initial_positive"]),
+    ("range rule 0.25", ["--range-floor", "0.25"]),
+    ("range rule 1.0", ["--range-floor", "1.0"]),
+    ("previous defaults (lag-1, range rule 0.25)", LAG1 + ["--range-floor", "0.25"]),
+    ("older defaults", ["--alpha", "0.001", "--psi-floor", "1.0"] + LAG1),
     ("first defaults", ["--reference", "500", "--step", "500", "--alpha", "0.01",
-                        "--psi-floor", "0.25", "--shift-floor", "0.5"] + NEVER),
+                        "--psi-floor", "0.25", "--shift-floor", "0.5"] + LAG1),
     ("seasonal hour_and_weekend", ["--timestamp", "timestamp"]),
     ("seasonal hour_of_day", ["--timestamp", "timestamp", "--season", "hour_of_day"]),
     ("seasonal hour_of_week", ["--timestamp", "timestamp", "--season", "hour_of_week"]),

@@ -127,6 +127,15 @@ fn detector_parameters_are_validated_naming_the_key() {
             "drift.standardize",
         ),
         ("[pipelines.drift.page_hinkley]\nlambda = 3.0\n", "lambda"),
+        (
+            "[pipelines.drift]\nrange_floor = 1.5\n",
+            "drift.range_floor",
+        ),
+        (
+            "[pipelines.drift]\nrange_floor = 0.0\n",
+            "drift.range_floor",
+        ),
+        ("[pipelines.drift]\ndependence = 'lag2'\n", "dependence"),
     ] {
         let err = load(toml)
             .err()
@@ -142,6 +151,20 @@ fn detector_parameters_are_validated_naming_the_key() {
     assert_eq!(
         (d.page_hinkley.threshold, d.page_hinkley.min_instances),
         (8.0, 10)
+    );
+    // The data-drift rule's defaults: no range rule, the larger of the two
+    // autocorrelation times; both settable.
+    assert_eq!(d.range_floor, None);
+    assert_eq!(
+        d.dependence,
+        edgeloop::monitor::data_drift::Dependence::Larger
+    );
+    let set = load("[pipelines.drift]\nrange_floor = 0.25\ndependence = 'lag1'\n").unwrap();
+    let set = &set.pipelines[0].drift;
+    assert_eq!(set.range_floor, Some(0.25));
+    assert_eq!(
+        set.data_drift().dependence,
+        edgeloop::monitor::data_drift::Dependence::Lag1
     );
     assert!(d.standardize);
 }

@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use edgeloop::monitor::data_drift::{
-    compare_dependent, effective_sample_size, lag1_autocorrelation, season_bucket,
-    seasonal_reference, DependentDriftConfig, Season,
+    autocorrelation_time, compare_dependent, effective_sample_size, lag1_autocorrelation,
+    season_bucket, seasonal_reference, DependentDriftConfig, Season,
 };
 use serde_json::Value;
 
@@ -80,6 +80,55 @@ fn lag1_autocorrelation_equals_numpys() {
 }
 
 #[test]
+fn autocorrelation_time_equals_numpys_initial_positive_sequence() {
+    // gen_ar1.py: Geyer's initial monotone positive sequence over numpy's
+    // FFT autocovariances, lags up to 1,000.
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(fixture("ar1.json")).unwrap()).unwrap();
+    let taus = reference["autocorrelation_time"].as_object().unwrap();
+    assert_eq!(taus.len(), 19);
+    for (key, tau) in taus {
+        let (name, rows) = key.split_once("[:").unwrap();
+        let rows: usize = rows.trim_end_matches(']').parse().unwrap();
+        let x = if name == "nab_ambient_temperature" {
+            let text = std::fs::read_to_string(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/anomaly/nab_ambient_temperature_system_failure.csv"),
+            )
+            .unwrap();
+            text.lines()
+                .skip(1)
+                .map(|l| l.split(',').nth(1).unwrap().parse::<f32>().unwrap())
+                .collect()
+        } else {
+            column(&format!("{name}.csv"))
+        };
+        let ours = autocorrelation_time(&x[..rows]);
+        let numpy = tau.as_f64().unwrap();
+        assert!(
+            (ours - numpy).abs() < 1e-9 * numpy,
+            "{key}: ours {ours}, numpy {numpy}"
+        );
+    }
+    // The slow wander under fast noise: its lag-1 autocorrelation reads
+    // almost independent readings, its autocorrelation time about 22 to a
+    // reading; the default rule takes the larger.
+    let wander = column("wander.csv");
+    let rho = lag1_autocorrelation(&wander[..2000]);
+    let tau = taus["wander[:2000]"].as_f64().unwrap();
+    assert!((1.0 + rho) / (1.0 - rho) < 1.5 && tau > 20.0, "{rho} {tau}");
+    let file = fixture("wander.csv");
+    let v = drift_json(&file, &["--features", "x"]);
+    let first = &v["windows"][0]["features"]["x"];
+    assert!((first["tau_reference"].as_f64().unwrap() - tau).abs() < 1e-9 * tau);
+    let v = drift_json(&file, &["--features", "x", "--dependence", "lag1"]);
+    let lag1 = v["windows"][0]["features"]["x"]["tau_reference"]
+        .as_f64()
+        .unwrap();
+    assert!((lag1 - (1.0 + rho) / (1.0 - rho)).abs() < 1e-9, "{lag1}");
+}
+
+#[test]
 fn identical_windows_never_drift() {
     let x = column("ar1_0.9.csv");
     let rows: Vec<Vec<f32>> = x[..500].iter().map(|&v| vec![v]).collect();
@@ -104,12 +153,12 @@ fn identical_windows_never_drift() {
             alpha: 0.999_999,
             psi_floor: 0.0,
             shift_floor: 0.0,
-            range_floor: 2.0,
+            range_floor: None,
             ..DependentDriftConfig::default()
         },
         DependentDriftConfig {
             alpha: 1e-300,
-            range_floor: f64::MIN_POSITIVE,
+            range_floor: Some(f64::MIN_POSITIVE),
             ..DependentDriftConfig::default()
         },
     ] {

@@ -455,9 +455,18 @@ pub struct DriftArgs {
     /// Drift when this share of a window is outside the reference's range.
     ///
     /// Whatever the tests say (the share of readings below the reference's
-    /// minimum or above its maximum); above 1: never.
-    #[arg(long, default_value_t = DependentDriftConfig::default().range_floor)]
-    range_floor: f64,
+    /// minimum or above its maximum), in (0, 1]; without it the share is
+    /// reported, never a drift by itself.
+    #[arg(long)]
+    range_floor: Option<f64>,
+    /// How the effective sample sizes count serial dependence.
+    ///
+    /// larger (the default: the larger of the two below),
+    /// initial_positive (every lag while the autocorrelations stay
+    /// positive, Geyer 1992) or lag1 (the lag-1 autocorrelation as an
+    /// AR(1)'s).
+    #[arg(long, default_value = "larger", value_parser = ["larger", "initial_positive", "lag1"])]
+    dependence: String,
     /// Column of the readings' times, for a seasonal reference.
     ///
     /// RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]` (read as UTC), or epoch
@@ -482,7 +491,7 @@ pub struct DriftArgs {
     /// "features": {name: {psi,
     /// shift, ks_statistic, ks_p_value, ks_p_value_effective,
     /// mean_p_value_effective, outside_range, rho_reference, rho_current,
-    /// drifted}}}],
+    /// tau_reference, tau_current, drifted}}}],
     /// "flagged", "total"}`.
     #[arg(long)]
     json: bool,
@@ -524,11 +533,20 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
         args.reference,
         args.window
     );
+    anyhow::ensure!(
+        args.range_floor.is_none_or(|f| f > 0.0 && f <= 1.0),
+        "--range-floor must be in (0, 1]"
+    );
     let cfg = DependentDriftConfig {
         alpha: args.alpha,
         psi_floor: args.psi_floor,
         shift_floor: args.shift_floor,
         range_floor: args.range_floor,
+        dependence: match args.dependence.as_str() {
+            "lag1" => crate::monitor::data_drift::Dependence::Lag1,
+            "initial_positive" => crate::monitor::data_drift::Dependence::InitialPositive,
+            _ => crate::monitor::data_drift::Dependence::Larger,
+        },
         ..DependentDriftConfig::default()
     };
     let reference = &rows[..args.reference];

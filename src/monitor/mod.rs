@@ -70,8 +70,13 @@ pub struct DriftConfig {
     /// …or its mean moved at least this many reference standard deviations.
     pub shift_floor: f64,
     /// A feature drifts, whatever the tests say, when at least this share of
-    /// the window lies outside the reference's range (above 1: never).
-    pub range_floor: f64,
+    /// the window lies outside the reference's range, in (0, 1]; unset (the
+    /// default): the share is reported, never a drift by itself.
+    pub range_floor: Option<f64>,
+    /// How the effective sample sizes count serial dependence:
+    /// `autocorrelation_time` (every lag, Geyer's initial positive
+    /// sequence) or `lag1` (the lag-1 autocorrelation as an AR(1)'s).
+    pub dependence: data_drift::Dependence,
     /// `[pipelines.drift.adwin]`: ADWIN's parameters (River's names and
     /// defaults: `delta` 0.002, `clock` 32, `max_buckets` 5,
     /// `min_window_length` 5, `grace_period` 10).
@@ -103,6 +108,7 @@ impl DriftConfig {
             psi_floor: self.psi_floor,
             shift_floor: self.shift_floor,
             range_floor: self.range_floor,
+            dependence: self.dependence,
         }
     }
 
@@ -122,11 +128,11 @@ impl DriftConfig {
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return fail("alpha", "must be in (0, 1)");
         }
-        if !(self.psi_floor >= 0.0 && self.shift_floor >= 0.0 && self.range_floor > 0.0) {
-            return fail(
-                "psi_floor",
-                "psi_floor and shift_floor must be at least 0, range_floor above 0",
-            );
+        if !(self.psi_floor >= 0.0 && self.shift_floor >= 0.0) {
+            return fail("psi_floor", "psi_floor and shift_floor must be at least 0");
+        }
+        if self.range_floor.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
+            return fail("range_floor", "must be in (0, 1]");
         }
         if !(a.delta > 0.0 && a.delta < 1.0) {
             return fail("adwin.delta", "must be in (0, 1)");
@@ -192,6 +198,7 @@ impl Default for DriftConfig {
             psi_floor: data.psi_floor,
             shift_floor: data.shift_floor,
             range_floor: data.range_floor,
+            dependence: data.dependence,
             adwin: Default::default(),
             ddm: Default::default(),
             page_hinkley: Default::default(),
