@@ -1168,6 +1168,41 @@ mod tests {
         assert!(!t.would_alarm(0.99));
     }
 
+    /// The level rule by hand (numpy.quantile): no distance before 50
+    /// readings, no alarm before a positive record, an alarm only above
+    /// the margin times the record, nothing once retired.
+    #[test]
+    fn level_distance_against_the_record() {
+        let mut l = LevelDistance::new(1.25, 50, 53);
+        for i in 0..50 {
+            let x = [f64::from(i)];
+            assert_eq!(l.distance(&x), 0.0);
+            l.learn_one(&x, 0.0);
+        }
+        // numpy.quantile(range(50), [0.25, 0.5, 0.75]) == [12.25, 24.5,
+        // 36.75]: (100 - 24.5) / (24.5 / 1.349).
+        let d = l.distance(&[100.0]);
+        assert!((d - 4.1571224489795915).abs() < 1e-12, "{d}");
+        // The record is still 0: no alarm.
+        assert!(!l.alarm(d));
+        l.learn_one(&[100.0], d);
+        // With 100 among them, quartiles [12.5, 25, 37.5]: 120 is 5.1262,
+        // under 1.25 x 4.157 = 5.196; 122 is 5.234, above.
+        assert!(!l.alarm(l.distance(&[120.0])));
+        assert!((l.distance(&[122.0]) - 5.23412).abs() < 1e-12);
+        assert!(l.alarm(l.distance(&[122.0])));
+        // A missing value counts 0.
+        assert_eq!(l.distance(&[f64::NAN]), 0.0);
+        l.learn_one(&[1.0], 0.1);
+        l.learn_one(&[2.0], 0.1);
+        // 53 readings learned: retired.
+        assert_eq!(l.distance(&[1e9]), 0.0);
+        assert!(!l.alarm(1e9));
+        // Margin 0: off.
+        let off = LevelDistance::new(0.0, 50, 1000);
+        assert!(!off.alarm(1e9));
+    }
+
     /// The residual z by hand: EWMA 0.5, warm-up 2.
     #[test]
     fn residual_z_against_the_ewma_in_smoothed_mads() {
