@@ -41,6 +41,8 @@ const COUNTERS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("c
 const MODELS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("models");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// Events a pipeline's timeline keeps (`GET …/history`), the newest.
+pub const TIMELINE_EVENTS: u64 = 10_000;
 const BY_TIME: TableDefinition<(&str, &str, i64), u64> = TableDefinition::new("by_time");
 
 /// Errors from the store. Each names the operation and the database file.
@@ -941,6 +943,10 @@ impl Store {
         Self::event_in(txn, pipeline, event)
     }
 
+    /// Appends `event` to the timeline of `pipeline` and drops what falls
+    /// beyond its newest [`TIMELINE_EVENTS`] (a daemon serving online
+    /// snapshots adds one a minute: the table would otherwise grow for as
+    /// long as the daemon runs).
     fn event_in(
         txn: &redb::WriteTransaction,
         pipeline: &str,
@@ -953,6 +959,17 @@ impl Store {
             .transpose()?
             .map_or(0, |(k, _)| k.value().1 + 1);
         events.insert((pipeline, next), event.as_bytes())?;
+        if let Some(first_kept) = (next + 1).checked_sub(TIMELINE_EVENTS) {
+            // One key per append once full; every older key at once in a
+            // store written before the cap.
+            let old: Vec<u64> = events
+                .range((pipeline, 0)..(pipeline, first_kept))?
+                .map(|item| item.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for seq in old {
+                events.remove((pipeline, seq))?;
+            }
+        }
         Ok(())
     }
 
@@ -1781,5 +1798,41 @@ mod tests {
         );
         assert_eq!(store.serving_version("p").unwrap(), Some(2));
         assert_eq!(store.events("p").unwrap(), vec!["{\"v\":1}", "{\"v\":2}"]);
+    }
+
+    #[test]
+    fn a_timeline_keeps_its_newest_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        // A store written before the cap: 10,100 events of "p" (0..10,099),
+        // 3 of "q".
+        {
+            let db = store.lock_db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut events = txn.open_table(EVENTS).unwrap();
+                for i in 0..10_100u64 {
+                    events.insert(("p", i), format!("{i}").as_bytes()).unwrap();
+                }
+                for i in 0..3u64 {
+                    events.insert(("q", i), format!("q{i}").as_bytes()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(store.events("p").unwrap().len(), 10_100);
+        // The next event is number 10,100: the 10,000 newest are 101..=10,100.
+        store.append_event("p", "10100", None).unwrap();
+        let p = store.events("p").unwrap();
+        assert_eq!(p.len(), 10_000);
+        assert_eq!((p[0].as_str(), p[9_999].as_str()), ("101", "10100"));
+        // Then one in, one out.
+        store.append_event("p", "10101", None).unwrap();
+        let p = store.events("p").unwrap();
+        assert_eq!(p.len(), 10_000);
+        assert_eq!((p[0].as_str(), p[9_999].as_str()), ("102", "10101"));
+        // Another pipeline's timeline is its own.
+        store.append_event("q", "q3", None).unwrap();
+        assert_eq!(store.events("q").unwrap(), vec!["q0", "q1", "q2", "q3"]);
     }
 }
