@@ -458,9 +458,10 @@ pub struct MqttSource {
 /// acknowledgements, polling shutdown and the writer's channels), when the
 /// link has them ready ([`poll_ready`]). Each full turn builds the
 /// `select!`'s futures, rumqttc's poll future (2-3 KB) among them, and
-/// moves them; under MQTT 5 a message takes two events (its PUBLISH, then
-/// its PUBACK written), so that was most of the source's CPU per message
-/// (BENCHMARKS.md, "Ingest throughput").
+/// moves them, once per event (under MQTT 5 a message takes two: its
+/// PUBLISH, then its PUBACK written). Measured: about a tenth less CPU per
+/// message over MQTT 3.1.1, within the noise over MQTT 5 (BENCHMARKS.md,
+/// "Where the daemon's CPU per message goes").
 pub const READY_EVENTS: u32 = 32;
 
 /// `future`'s output if it is ready at its first poll; `None` (the future
