@@ -453,29 +453,6 @@ pub struct MqttSource {
     pub max_waiting: usize,
 }
 
-/// Most events the source takes from the link in a row without a full
-/// turn of its loop (handing publishes to the writer, writing
-/// acknowledgements, polling shutdown and the writer's channels), when the
-/// link has them ready ([`poll_ready`]). Each full turn builds the
-/// `select!`'s futures, rumqttc's poll future (2-3 KB) among them, and
-/// moves them, once per event (under MQTT 5 a message takes two: its
-/// PUBLISH, then its PUBACK written). Measured: about a tenth less CPU per
-/// message over MQTT 3.1.1, within the noise over MQTT 5 (BENCHMARKS.md,
-/// "Where the daemon's CPU per message goes").
-pub const READY_EVENTS: u32 = 32;
-
-/// `future`'s output if it is ready at its first poll; `None` (the future
-/// dropped) otherwise. For a cancel-safe future only: it is dropped when
-/// pending, as a `select!` drops the branches that lost.
-pub fn poll_ready<F: std::future::Future>(future: F) -> Option<F::Output> {
-    let future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
-}
-
 /// How long a subscription may go unacknowledged before it is sent again
 /// (a request lost with a dropped poll future, or a broker that ignored it).
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(5);
@@ -504,74 +481,58 @@ impl MqttSource {
         // Whether the broker ever accepted an MQTT 5 connection (then a
         // connection closed on the CONNECT is no reason to fall back).
         let mut spoke_v5 = false;
-        // An event the link had ready when the last one was handled (see
-        // [`READY_EVENTS`]), and how many were taken so since the last
-        // full turn of the loop.
-        let mut ready: Option<Result<LinkEvent, LinkError>> = None;
-        let mut streak = 0;
-        'run: loop {
-            let event = match ready.take() {
-                Some(event) => event,
-                None => {
-                    streak = 0;
-                    // Hand over what the writer has room for, without waiting.
-                    if let Some(tx) = self.tx.as_ref() {
-                        while !waiting.is_empty() {
-                            match tx.try_reserve() {
-                                Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
-                                Err(mpsc::error::TrySendError::Full(())) => break,
-                                // The writer gave up a refused batch at shutdown.
-                                Err(mpsc::error::TrySendError::Closed(()))
-                                    if shutdown.is_cancelled() =>
-                                {
-                                    break
-                                }
-                                Err(mpsc::error::TrySendError::Closed(())) => {
-                                    return Err(super::IngestError::WriterGone)
-                                }
-                            }
+        loop {
+            // Hand over what the writer has room for, without waiting.
+            if let Some(tx) = self.tx.as_ref() {
+                while !waiting.is_empty() {
+                    match tx.try_reserve() {
+                        Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(mpsc::error::TrySendError::Full(())) => break,
+                        // The writer gave up a refused batch at shutdown.
+                        Err(mpsc::error::TrySendError::Closed(())) if shutdown.is_cancelled() => {
+                            break
                         }
-                    }
-                    self.stats
-                        .source_waiting
-                        .store(waiting.len() as u64, Ordering::Relaxed);
-                    if !acks.is_empty() {
-                        self.write_acks(&mut acks).await;
-                    }
-                    if let Some(at) = subscribe_sent {
-                        if !self.connection.is_subscribed()
-                            && self.connection.is_connected()
-                            && at.elapsed() > RESUBSCRIBE_AFTER
-                        {
-                            warn!(filters = ?self.filters, "No SubAck yet; subscribing again.");
-                            self.subscribe();
-                            subscribe_sent = Some(tokio::time::Instant::now());
+                        Err(mpsc::error::TrySendError::Closed(())) => {
+                            return Err(super::IngestError::WriterGone)
                         }
-                    }
-                    let reading = waiting.len() < self.max_waiting;
-                    let tx = self.tx.clone();
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => break 'run,
-                        batch = self.acks.recv() => match batch {
-                            Some(batch) => { self.take_acks(batch, &mut acks); continue 'run }
-                            None if shutdown.is_cancelled() => break 'run,
-                            None => return Err(super::IngestError::WriterGone),
-                        },
-                        permit = async { tx.as_ref().expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
-                            match permit {
-                                Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
-                                Err(_) if shutdown.is_cancelled() => break 'run,
-                                Err(_) => return Err(super::IngestError::WriterGone),
-                            }
-                            continue 'run;
-                        }
-                        ev = self.link.poll(), if reading => ev,
-                        // Not reading: wake up now and then for the resubscribe check
-                        // (a lazy timer: no clock read while the branch is disabled).
-                        _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if !reading => continue 'run,
                     }
                 }
+            }
+            self.stats
+                .source_waiting
+                .store(waiting.len() as u64, Ordering::Relaxed);
+            self.write_acks(&mut acks).await;
+            if let Some(at) = subscribe_sent {
+                if !self.connection.is_subscribed()
+                    && self.connection.is_connected()
+                    && at.elapsed() > RESUBSCRIBE_AFTER
+                {
+                    warn!(filters = ?self.filters, "No SubAck yet; subscribing again.");
+                    self.subscribe();
+                    subscribe_sent = Some(tokio::time::Instant::now());
+                }
+            }
+            let reading = waiting.len() < self.max_waiting;
+            let tx = self.tx.clone();
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                batch = self.acks.recv() => match batch {
+                    Some(batch) => { self.take_acks(batch, &mut acks); continue }
+                    None if shutdown.is_cancelled() => break,
+                    None => return Err(super::IngestError::WriterGone),
+                },
+                permit = async { tx.as_ref().expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
+                    match permit {
+                        Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(_) if shutdown.is_cancelled() => break,
+                        Err(_) => return Err(super::IngestError::WriterGone),
+                    }
+                    continue;
+                }
+                ev = self.link.poll(), if reading => ev,
+                // Not reading: wake up now and then for the resubscribe check.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if !reading => continue,
             };
             match event {
                 Ok(LinkEvent::ConnAck {
@@ -647,7 +608,7 @@ impl MqttSource {
                     }
                     match self.spec.follow(&mut self.link, &self.choice) {
                         // At once: the broker is there.
-                        Ok(true) => continue 'run,
+                        Ok(true) => continue,
                         Ok(false) => {}
                         Err(e) => {
                             error!(error = %e, "Cannot set up the MQTT 3.1.1 connection; retrying with MQTT 5.")
@@ -669,22 +630,9 @@ impl MqttSource {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => break 'run,
+                        _ = shutdown.cancelled() => break,
                     }
-                    continue 'run;
                 }
-            }
-            // The next event if the link has it ready now (already read
-            // from the connection, or a request waiting): handled without
-            // the hand-over, the acknowledgements and the `select!` above,
-            // whose futures (rumqttc's poll future among them, 2-3 KB) are
-            // built and moved on every turn. At most [`READY_EVENTS`] in a
-            // row, and only while reading, so the writer and the
-            // acknowledgements are served at least that often.
-            if streak < READY_EVENTS && waiting.len() < self.max_waiting && !shutdown.is_cancelled()
-            {
-                streak += 1;
-                ready = poll_ready(self.link.poll());
             }
         }
         // Unforwarded publishes stay with the broker (never acknowledged).
@@ -883,34 +831,5 @@ mod tests {
         assert_eq!(b.next_delay(), Duration::ZERO);
         let d = b.next_delay().as_millis();
         assert!((75..=125).contains(&d), "{d}");
-    }
-
-    #[test]
-    fn poll_ready_takes_what_is_ready_and_drops_the_rest() {
-        let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
-        // Nothing queued: pending, and the future is dropped.
-        assert_eq!(poll_ready(rx.recv()), None);
-        tx.send(7).expect("open");
-        tx.send(8).expect("open");
-        // Queued: taken at the first poll, in order, one per call.
-        assert_eq!(poll_ready(rx.recv()), Some(Some(7)));
-        assert_eq!(poll_ready(rx.recv()), Some(Some(8)));
-        assert_eq!(poll_ready(rx.recv()), None);
-        drop(tx);
-        assert_eq!(poll_ready(rx.recv()), Some(None));
-        // A pending future is dropped, not kept.
-        struct Dropped<'a>(&'a std::cell::Cell<u32>);
-        impl Drop for Dropped<'_> {
-            fn drop(&mut self) {
-                self.0.set(self.0.get() + 1);
-            }
-        }
-        let drops = std::cell::Cell::new(0);
-        let pending = async {
-            let _guard = Dropped(&drops);
-            std::future::pending::<()>().await
-        };
-        assert_eq!(poll_ready(pending), None);
-        assert_eq!(drops.get(), 1);
     }
 }

@@ -416,6 +416,8 @@ impl Scorer {
 const LONG_RUN_ALPHA: f64 = 0.001;
 /// The scale is at least this share of the long-run MAD.
 const SCALE_FLOOR: f64 = 0.5;
+/// … and at least this share of the EWMA's magnitude (at least 1).
+const RELATIVE_FLOOR: f64 = 1e-3;
 
 /// Each feature's residual against its EWMA in units of its smoothed mean
 /// absolute deviation (see the module documentation for the sources).
@@ -425,10 +427,17 @@ const SCALE_FLOOR: f64 = 0.5;
 /// first value; the first residual `r = x_t - m` sets `d = D = |r|`; then
 /// each reading updates `d += α (|r| - d)`, `D += 0.001 (|r| - D)` and
 /// always `m += α r`. The score of a reading is the largest `|r| / max(d,
-/// D / 2)` over its features (0 where the scale is 0 or unknown; missing
-/// values are skipped, neither scored nor learned). The floor keeps a
-/// feature that has sat still for a while (an idle counter, a stuck
-/// sensor) from turning its next ordinary move into a z of thousands.
+/// D / 2, q, 0.001 · max(|m|, 1))` over its features (0 while a feature has
+/// no residual yet; missing values are skipped, neither scored nor
+/// learned), `q` the feature's resolution: the smallest non-zero |x_t −
+/// x_{t−1}| between two of its consecutive learned values so far (0 before
+/// the first change). The floors keep a feature that has sat still for a
+/// while (an idle counter, a stuck sensor, a room at night whose
+/// temperature reads 20.39 for an hour) from turning its next ordinary
+/// move into a z of thousands: a z counts at least in steps the sensor has
+/// shown, and in thousandths of the feature's magnitude; a feature that
+/// never moved (lights off all night, at 0) scores its first move in
+/// thousandths of 1.
 #[derive(Debug, Clone)]
 pub struct ResidualZ {
     alpha: f64,
@@ -438,6 +447,10 @@ pub struct ResidualZ {
     mean: Vec<f64>,
     mad: Vec<f64>,
     long: Vec<f64>,
+    /// Per feature: the last learned value (NaN before one) and the
+    /// smallest non-zero step between two consecutive ones (0 before one).
+    last: Vec<f64>,
+    resolution: Vec<f64>,
     seen: usize,
 }
 
@@ -451,6 +464,8 @@ impl ResidualZ {
             mean: Vec::new(),
             mad: Vec::new(),
             long: Vec::new(),
+            last: Vec::new(),
+            resolution: Vec::new(),
             seen: 0,
         }
     }
@@ -476,7 +491,14 @@ impl ResidualZ {
             else {
                 continue;
             };
-            let scale = d.max(SCALE_FLOOR * long);
+            if d.is_nan() {
+                // No residual yet: no scale.
+                continue;
+            }
+            let scale = d
+                .max(SCALE_FLOOR * long)
+                .max(self.resolution[i])
+                .max(RELATIVE_FLOOR * m.abs().max(1.0));
             if v.is_finite() && scale > 0.0 {
                 let zi = (v - m).abs() / scale;
                 if at.is_none() || zi > z {
@@ -495,11 +517,18 @@ impl ResidualZ {
             self.mean.resize(x.len(), f64::NAN);
             self.mad.resize(x.len(), f64::NAN);
             self.long.resize(x.len(), f64::NAN);
+            self.last.resize(x.len(), f64::NAN);
+            self.resolution.resize(x.len(), 0.0);
         }
         for (i, &v) in x.iter().enumerate() {
             if !v.is_finite() {
                 continue;
             }
+            let step = (v - self.last[i]).abs();
+            if step > 0.0 && (self.resolution[i] == 0.0 || step < self.resolution[i]) {
+                self.resolution[i] = step;
+            }
+            self.last[i] = v;
             if self.mean[i].is_nan() {
                 self.mean[i] = v;
                 continue;
@@ -1223,6 +1252,23 @@ mod tests {
         assert_eq!(r.score(&[f64::NAN]), 0.0);
         r.learn_one(&[f64::NAN]);
         assert_eq!(r.score(&[5.0]), 3.0);
+        // A feature that sat still: d = D = 0, no resolution yet, so the
+        // scale is 0.001 of the mean's magnitude (0.005 at 5.0) …
+        let mut still = ResidualZ::new(0.5, 1);
+        for _ in 0..3 {
+            still.learn_one(&[5.0]);
+        }
+        assert!((still.score(&[5.1]) - 0.1 / 0.005).abs() < 1e-9);
+        // … then its resolution, the step 0.1 it has shown: residual 0.1,
+        // d = 0.05, D = 0.0001, m = 5.05; scale max(0.05, 0.00005, 0.1,
+        // 0.00505) = 0.1.
+        still.learn_one(&[5.1]);
+        assert!((still.score(&[5.25]) - 2.0).abs() < 1e-9);
+        // At 0 the magnitude floor is 0.001 (of at least 1).
+        let mut zero = ResidualZ::new(0.5, 1);
+        zero.learn_one(&[0.0]);
+        zero.learn_one(&[0.0]);
+        assert!((zero.score(&[0.5]) - 500.0).abs() < 1e-9);
     }
 
     #[test]
