@@ -27,7 +27,7 @@
 //! | `edgeloop_training_duration_seconds` | histogram | `pipeline` |
 //! | `edgeloop_anomaly_score` | histogram | `pipeline` (each predicted reading's Half-Space Trees score; buckets 0.05, 0.10, …, 1.0) |
 //! | `edgeloop_anomaly_alarms_total` | counter | (readings alarmed by either rule of `[pipelines.anomaly]`) |
-//! | `edgeloop_anomaly_rule_alarms_total` | counter | `rule` (`trees`, `residual`: alarms by rule, a reading where both fired counted in both) |
+//! | `edgeloop_anomaly_rule_alarms_total` | counter | `rule` (`trees`, `residual`: alarms by rule, a reading where both fired counted in both; `level`: the level rule's, where neither fired) |
 //! | `edgeloop_anomaly_episodes_total` | counter | (alarms more than `episode_gap` readings after the previous one, `learn::anomaly::Scored::episode`) |
 //! | `edgeloop_drift_error_rate`, `edgeloop_drift_mean_abs_error` | gauge | `pipeline` (the serving version's error on the labelled samples scored since it started serving) |
 //! | `edgeloop_drift_scored_samples` | gauge | `pipeline` |
@@ -270,11 +270,12 @@ impl Collector for Scrape {
         counters(
             e,
             "edgeloop_anomaly_rule_alarms",
-            "Anomaly alarms by rule (trees: the score's threshold; residual: a feature's residual z), both counted where both fired",
+            "Anomaly alarms by rule (trees: the score's threshold; residual: a feature's residual z, both counted where both fired; level: a short run's level distance, where neither fired)",
             "rule",
             &[
                 ("trees".into(), st.anomaly_trees_alarms.load(Relaxed)),
                 ("residual".into(), st.anomaly_residual_alarms.load(Relaxed)),
+                ("level".into(), st.anomaly_level_alarms.load(Relaxed)),
             ],
         )?;
         counter(

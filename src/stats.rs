@@ -200,9 +200,11 @@ pub struct Stats {
     /// Readings alarmed by either rule of `[pipelines.anomaly]`.
     pub anomaly_alarms: AtomicU64,
     /// Alarms by rule (the trees' threshold; the residual test), a reading
-    /// where both fired counted in both.
+    /// where both fired counted in both; and the level rule's (alarms only
+    /// it raised: where another fired too the alarm is that rule's).
     pub anomaly_trees_alarms: AtomicU64,
     pub anomaly_residual_alarms: AtomicU64,
+    pub anomaly_level_alarms: AtomicU64,
     /// Alarms that opened an episode (`learn::anomaly::Scored::episode`).
     pub anomaly_episodes: AtomicU64,
     /// HTTP requests refused for want of the bearer token (401).

@@ -498,6 +498,18 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
         value("edgeloop_anomaly_rule_alarms_total{rule=\"trees\"}"),
         by_rule("trees")
     );
+    // The level rule's alarms (only where neither other rule fired).
+    let level = occupancy["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| *r == "level")
+        .count() as f64;
+    assert!(level > 0.0);
+    assert_eq!(
+        value("edgeloop_anomaly_rule_alarms_total{rule=\"level\"}"),
+        level
+    );
     assert_eq!(
         value("edgeloop_anomaly_episodes_total "),
         occupancy["episodes"].as_array().unwrap().len() as f64

@@ -1047,11 +1047,12 @@ impl Learner {
                     episode.last = Some(std::time::Instant::now());
                     let reason = format!(
                         "{} new episode(s) of anomaly alarms ({} alarmed readings in all: {} by \
-                         the trees' threshold, {} by the residual test)",
+                         the trees' threshold, {} by the residual test, {} by the level rule)",
                         total - seen,
                         t.alarms,
                         t.trees_alarms,
-                        t.residual_alarms
+                        t.residual_alarms,
+                        t.level_alarms
                     );
                     self.alarm(&p, AlarmKind::Anomaly, version, reason, shutdown)
                         .await?;

@@ -195,9 +195,11 @@ pub struct AnomalyTotals {
     pub score_sum: f64,
     /// Alarmed readings (either rule).
     pub alarms: u64,
-    /// Alarms by rule (a reading where both fired counts in both).
+    /// Alarms by rule (a reading where both fired counts in both; the
+    /// level rule's only where neither other fired).
     pub trees_alarms: u64,
     pub residual_alarms: u64,
+    pub level_alarms: u64,
     /// Alarms that opened an episode ([`crate::learn::anomaly::Scored::episode`]).
     pub episodes: u64,
 }
@@ -245,12 +247,14 @@ impl AnomalyScorers {
                     let s = e.scorer.score_then_learn(r);
                     let trees = matches!(s.rule, Some(AlarmRule::Trees | AlarmRule::Both));
                     let residual = matches!(s.rule, Some(AlarmRule::Residual | AlarmRule::Both));
+                    let level = matches!(s.rule, Some(AlarmRule::Level));
                     let t = &mut e.totals;
                     t.scored += 1;
                     t.score_sum += s.score;
                     t.alarms += u64::from(s.alarm);
                     t.trees_alarms += u64::from(trees);
                     t.residual_alarms += u64::from(residual);
+                    t.level_alarms += u64::from(level);
                     t.episodes += u64::from(s.episode);
                     stats.anomaly_alarms.fetch_add(u64::from(s.alarm), Relaxed);
                     stats
@@ -259,6 +263,9 @@ impl AnomalyScorers {
                     stats
                         .anomaly_residual_alarms
                         .fetch_add(u64::from(residual), Relaxed);
+                    stats
+                        .anomaly_level_alarms
+                        .fetch_add(u64::from(level), Relaxed);
                     stats
                         .anomaly_episodes
                         .fetch_add(u64::from(s.episode), Relaxed);
