@@ -19,13 +19,17 @@
 use serde::Serialize;
 
 fn present(x: &[f32]) -> Vec<f64> {
-    let mut v: Vec<f64> = x
-        .iter()
-        .filter(|v| !v.is_nan())
-        .map(|&v| f64::from(v))
-        .collect();
+    let mut v = in_order(x);
     v.sort_by(f64::total_cmp);
     v
+}
+
+/// The values of `x` but NaN, in time order, as f64.
+fn in_order(x: &[f32]) -> Vec<f64> {
+    x.iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| f64::from(v))
+        .collect()
 }
 
 /// numpy's `quantile(a, q)` (method "linear") of sorted `a`.
@@ -147,11 +151,7 @@ fn kolmogorov_sf(y: f64) -> f64 {
 /// `numpy.corrcoef(x[:-1], x[1:])[0, 1]`. 0 for fewer than 3 values or a
 /// constant series.
 pub fn lag1_autocorrelation(x: &[f32]) -> f64 {
-    let v: Vec<f64> = x
-        .iter()
-        .filter(|v| !v.is_nan())
-        .map(|&v| f64::from(v))
-        .collect();
+    let v = in_order(x);
     if v.len() < 3 {
         return 0.0;
     }
@@ -189,11 +189,7 @@ pub const MAX_LAG: usize = 1000;
 /// autocorrelation is small (noise over a drifting level). At least 1;
 /// 1 for fewer than 3 values or a constant series.
 pub fn autocorrelation_time(x: &[f32]) -> f64 {
-    let v: Vec<f64> = x
-        .iter()
-        .filter(|v| !v.is_nan())
-        .map(|&v| f64::from(v))
-        .collect();
+    let v = in_order(x);
     let n = v.len();
     if n < 3 {
         return 1.0;
