@@ -264,7 +264,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let registry = Arc::new(
         cfg.pipelines.iter().enumerate().fold(
             Registry::new(cfg.pipelines.iter().map(|p| p.name.as_str()))
-                .with_keep_versions(cfg.models.keep_versions),
+                .with_keep_versions(cfg.models.keep_versions)
+                .with_keep_cards(cfg.models.keep_cards),
             |registry, (i, p)| {
                 let (engine, options) = cfg.engine_of(i);
                 let contract = crate::onnx::engine::Contract {

@@ -1085,6 +1085,42 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Removes `versions` of `pipeline` (their cards with their models) and
+    /// the state `keys` in one commit; returns how many versions were
+    /// stored. Version numbers go on from the newest stored, so remove
+    /// only older ones.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails (nothing removed).
+    pub fn drop_cards(
+        &self,
+        pipeline: &str,
+        versions: &[u32],
+        keys: &[String],
+    ) -> Result<usize, StoreError> {
+        let e = self.db_err("drop_cards");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_write().map_err(|x| e(x.into()))?;
+        let mut gone = 0;
+        {
+            let mut models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+            for &version in versions {
+                gone += usize::from(
+                    models
+                        .remove((pipeline, version))
+                        .map_err(|x| e(x.into()))?
+                        .is_some(),
+                );
+            }
+            let mut state = txn.open_table(STATE).map_err(|x| e(x.into()))?;
+            for key in keys {
+                state.remove(key.as_str()).map_err(|x| e(x.into()))?;
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(gone)
+    }
+
     /// Versions stored for `pipeline`, ascending.
     ///
     /// # Errors

@@ -69,6 +69,14 @@ pub struct ModelsConfig {
     /// keeps every model (the store then grows with every training and
     /// every online snapshot).
     pub keep_versions: usize,
+    /// Versions of each pipeline whose card (and live tally) is kept once
+    /// their model was dropped: the newest this many; older ones leave no
+    /// trace but the timeline's events. Every card read
+    /// ([`crate::serve::registry::Registry::cards`]: `GET …/models`, the
+    /// dashboard, the fleet's known check) reads them all, and an online
+    /// learner makes a version a minute. Applied with `keep_versions` (0
+    /// there keeps every card too); 0 here: every card.
+    pub keep_cards: usize,
 }
 
 impl Default for ModelsConfig {
@@ -78,6 +86,7 @@ impl Default for ModelsConfig {
             poll_ms: 2000,
             max_bytes: 32 * 1024 * 1024,
             keep_versions: 50,
+            keep_cards: 1000,
         }
     }
 }

@@ -126,6 +126,8 @@ pub struct Registry {
     /// `models.keep_versions` (0: every model kept), and per pipeline the
     /// versions stored since the last [`Registry::prune`].
     keep_versions: usize,
+    /// `models.keep_cards` (0: every card).
+    keep_cards: usize,
     stored_since_prune: std::sync::Mutex<HashMap<String, usize>>,
 }
 
@@ -161,6 +163,7 @@ impl Registry {
                 .map(|p| (p.to_string(), Slot::default()))
                 .collect(),
             keep_versions: 0,
+            keep_cards: 0,
             stored_since_prune: Default::default(),
         }
     }
@@ -173,6 +176,14 @@ impl Registry {
         self
     }
 
+    /// Keeps the cards of the newest `n` versions of each pipeline once
+    /// their models are dropped (`models.keep_cards`, 0: every card; only
+    /// with `keep_versions`).
+    pub fn with_keep_cards(mut self, n: usize) -> Self {
+        self.keep_cards = n;
+        self
+    }
+
     /// Drops the models of `pipeline`'s versions beyond what
     /// `models.keep_versions` keeps, leaving their cards (history and
     /// comparisons go on; loading one is [`RegistryError::Pruned`]). Kept:
@@ -180,7 +191,8 @@ impl Registry {
     /// `keep_versions` versions that served (a rollback's targets), and of
     /// those standing by (the online learner's batch champion) or imported
     /// (waiting to be promoted). Returns the versions whose
-    /// model was dropped now.
+    /// model was dropped now. With `keep_cards`, of the versions without a
+    /// model only the newest `keep_cards` keep their card and live tally.
     ///
     /// # Errors
     /// A store error (nothing dropped).
@@ -218,6 +230,16 @@ impl Registry {
         let dropped = store.drop_models(pipeline, &drop)?;
         if !dropped.is_empty() {
             tracing::info!(%pipeline, versions = ?dropped, "Models of older versions dropped (models.keep_versions); their cards are kept.");
+        }
+        if self.keep_cards > 0 && drop.len() > self.keep_cards {
+            // `drop` is ascending: the oldest beyond the newest keep_cards
+            // without a model.
+            let old = &drop[..drop.len() - self.keep_cards];
+            let keys: Vec<String> = old.iter().map(|&v| live_key(pipeline, v)).collect();
+            let gone = store.drop_cards(pipeline, old, &keys)?;
+            if gone > 0 {
+                tracing::info!(%pipeline, cards = gone, through = old[old.len() - 1], "Cards of the oldest versions dropped (models.keep_cards).");
+            }
         }
         Ok(dropped)
     }
@@ -782,6 +804,25 @@ mod tests {
         // 0 keeps everything.
         let all = Registry::new(["occupancy"]);
         assert_eq!(all.prune(&store, "occupancy").unwrap(), Vec::<u32>::new());
+        // models.keep_cards = 2. After the rollback 1 serves and 3 is no
+        // longer a rollback target, so 3's model goes too; of the versions
+        // without a model (2-6) the newest two keep their cards: 2, 3 and
+        // 4 go, with their live tallies, and numbering goes on after 8.
+        store
+            .put_state(&live_key("occupancy", 2), &[0; 24])
+            .unwrap();
+        let capped = Registry::new(["occupancy"])
+            .with_keep_versions(2)
+            .with_keep_cards(2);
+        assert_eq!(capped.prune(&store, "occupancy").unwrap(), [3]);
+        let cards = capped.cards(&store, "occupancy").unwrap();
+        assert_eq!(
+            cards.iter().map(|c| c.version).collect::<Vec<_>>(),
+            [1, 5, 6, 7, 8]
+        );
+        assert_eq!(store.get_model("occupancy", 2).unwrap(), None);
+        assert_eq!(store.get_state(&live_key("occupancy", 2)).unwrap(), None);
+        assert_eq!(store.reserve_model_version("occupancy").unwrap(), 9);
     }
 
     #[test]
