@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use edgeloop::monitor::data_drift::{
-    autocorrelation_time, compare_dependent, effective_sample_size, lag1_autocorrelation,
+    ar1_time, autocorrelation_time, compare_dependent, effective_sample_size, lag1_autocorrelation,
     season_bucket, seasonal_reference, DependentDriftConfig, Season,
 };
 use serde_json::Value;
@@ -75,8 +75,11 @@ fn lag1_autocorrelation_equals_numpys() {
         );
     }
     // Wilks' n(1 - rho)/(1 + rho).
-    assert!((effective_sample_size(500, 0.9) - 500.0 * 0.1 / 1.9).abs() < 1e-9);
-    assert_eq!(effective_sample_size(500, -0.3), 500.0);
+    assert!((effective_sample_size(500, ar1_time(0.9)) - 500.0 * 0.1 / 1.9).abs() < 1e-9);
+    assert_eq!(effective_sample_size(500, ar1_time(-0.3)), 500.0);
+    // A unit root: at least 2; an anticorrelated series: at most n.
+    assert_eq!(effective_sample_size(500, ar1_time(1.0)), 2.0);
+    assert_eq!(effective_sample_size(500, 0.5), 500.0);
 }
 
 #[test]

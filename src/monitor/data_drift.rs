@@ -183,8 +183,8 @@ pub const MAX_LAG: usize = 1000;
 /// positive, each capped by the one before (the sequence of a reversible
 /// chain is positive and decreasing), up to lag [`MAX_LAG`]: `τ = −1 + 2
 /// Σ Γ_m`. The effective sample size of a mean is `n / τ`. For an AR(1)
-/// series it estimates `(1 + ρ) / (1 − ρ)` (what
-/// [`effective_sample_size`] takes from the lag-1 autocorrelation alone),
+/// series it estimates `(1 + ρ) / (1 − ρ)` ([`ar1_time`], from the lag-1
+/// autocorrelation alone),
 /// and unlike it, it also counts the slow wander of a series whose lag-1
 /// autocorrelation is small (noise over a drifting level). At least 1;
 /// 1 for fewer than 3 values or a constant series.
@@ -231,7 +231,7 @@ pub enum Dependence {
     /// autocorrelations stop being positive.
     InitialPositive,
     /// The lag-1 autocorrelation as an AR(1) process's,
-    /// `τ = (1 + ρ) / (1 − ρ)` ([`effective_sample_size`]).
+    /// `τ = (1 + ρ) / (1 − ρ)` ([`ar1_time`]).
     Lag1,
     /// The larger of the two (the default): the initial positive sequence
     /// of a short window of a nearly non-stationary series stops early
@@ -241,17 +241,26 @@ pub enum Dependence {
     Larger,
 }
 
-/// Effective sample size of `n` readings of an AR(1)-like series with
-/// lag-1 autocorrelation `rho`: `n · (1 − ρ) / (1 + ρ)` (the variance
-/// inflation of a mean under AR(1) dependence; e.g. Wilks, *Statistical
-/// Methods in the Atmospheric Sciences*, 3rd ed., eq. 5.12), for ρ > 0;
-/// `n` otherwise; at least 2.
-pub fn effective_sample_size(n: usize, rho: f64) -> f64 {
-    let n = n as f64;
+/// Autocorrelation time of an AR(1) series with lag-1 autocorrelation
+/// `rho`: `(1 + ρ) / (1 − ρ)` (the variance inflation of a mean under AR(1)
+/// dependence; e.g. Wilks, *Statistical Methods in the Atmospheric
+/// Sciences*, 3rd ed., eq. 5.12), for 0 < ρ < 1; 1 for ρ ≤ 0, infinite at
+/// ρ = 1.
+pub fn ar1_time(rho: f64) -> f64 {
     if rho <= 0.0 {
-        return n;
+        1.0
+    } else if rho >= 1.0 {
+        f64::INFINITY
+    } else {
+        (1.0 + rho) / (1.0 - rho)
     }
-    (n * (1.0 - rho) / (1.0 + rho)).clamp(2.0_f64.min(n), n)
+}
+
+/// Effective sample size of `n` readings `tau` readings apart per
+/// independent one: `n / τ`, at least 2 (or `n` when fewer), at most `n`.
+pub fn effective_sample_size(n: usize, tau: f64) -> f64 {
+    let n = n as f64;
+    (n / tau).clamp(2.0_f64.min(n), n)
 }
 
 /// Settings of [`compare_dependent`] (`edgeloop drift` and the daemon's
@@ -498,26 +507,12 @@ pub fn compare_dependent(
                 })
                 .flatten();
             let tau = |rho: f64, x: &[f32]| match cfg.dependence {
-                Dependence::Lag1 if rho > 0.0 && rho < 1.0 => (1.0 + rho) / (1.0 - rho),
-                Dependence::Lag1 if rho >= 1.0 => f64::INFINITY,
-                Dependence::Lag1 => 1.0,
+                Dependence::Lag1 => ar1_time(rho),
                 Dependence::InitialPositive => autocorrelation_time(x),
-                Dependence::Larger => {
-                    let lag1 = if rho >= 1.0 {
-                        f64::INFINITY
-                    } else if rho > 0.0 {
-                        (1.0 + rho) / (1.0 - rho)
-                    } else {
-                        1.0
-                    };
-                    autocorrelation_time(x).max(lag1)
-                }
+                Dependence::Larger => autocorrelation_time(x).max(ar1_time(rho)),
             };
             let (tau_r, tau_c) = (tau(rho_r, &r), tau(rho_c, &c));
-            let size = |n: usize| {
-                let n = n as f64;
-                (n / tau_r.max(tau_c)).clamp(2.0_f64.min(n), n)
-            };
+            let size = |n: usize| effective_sample_size(n, tau_r.max(tau_c));
             let (n_eff, m_eff) = (size(rp.len()), size(cp.len()));
             let p_eff =
                 ks.map(|k| kolmogorov_sf((n_eff * m_eff / (n_eff + m_eff)).sqrt() * k.statistic));
