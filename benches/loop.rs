@@ -267,4 +267,80 @@ fn main() {
         proc_status("VmHWM:"),
         "all stages above".into(),
     );
+    model_cards();
+}
+
+/// Reading every stored version's card (what `GET …/models`, `…/versions`
+/// and the dashboard's refresh every 5 s do): 50 versions (the default
+/// `models.keep_versions`) of a 2 MiB model, distinct random bytes each;
+/// each record read whole (`model_versions`, then `get_model` per version:
+/// the path before `Store::model_cards`) against `model_cards`, in the
+/// same run, five times each, alternating; median time, and allocations
+/// and bytes allocated of one read. After the peak memory row, which it
+/// would otherwise raise.
+fn model_cards() {
+    use edgeloop::store::StoredModel;
+    const VERSIONS: u32 = 50;
+    const MODEL_BYTES: usize = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("cards.redb")).unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for v in 1..=VERSIONS {
+        let mut onnx = vec![0u8; MODEL_BYTES];
+        rng.fill(&mut onnx);
+        let card_json = format!(
+            "{{\"version\":{v},\"family\":\"random_forest\",\"accuracy\":{:.4}}}",
+            rng.f64()
+        );
+        let m = StoredModel {
+            onnx,
+            card_json,
+            params_json: "{}".into(),
+        };
+        store.put_model("cards", v, &m, None).unwrap();
+    }
+    let whole = || {
+        let mut n = 0;
+        for v in store.model_versions("cards").unwrap() {
+            n += store
+                .get_model("cards", v)
+                .unwrap()
+                .unwrap()
+                .card_json
+                .len();
+        }
+        n
+    };
+    let cards = || {
+        let cards = store.model_cards("cards").unwrap();
+        cards.iter().map(|(_, c)| c.len()).sum::<usize>()
+    };
+    let (mut t_whole, mut t_cards) = (Vec::new(), Vec::new());
+    let (mut a_whole, mut a_cards) = ((0, 0), (0, 0));
+    for _ in 0..5 {
+        let (n1, allocs, bytes, d) = counted(whole);
+        t_whole.push(d);
+        a_whole = (allocs, bytes);
+        let (n2, allocs, bytes, d) = counted(cards);
+        t_cards.push(d);
+        a_cards = (allocs, bytes);
+        assert_eq!(n1, n2, "the same cards both ways");
+    }
+    let median = |t: &mut Vec<Duration>| {
+        t.sort();
+        t[t.len() / 2].as_secs_f64() * 1e3
+    };
+    for (name, t, (allocs, bytes)) in [
+        ("each record whole (before)", &mut t_whole, a_whole),
+        ("Store::model_cards", &mut t_cards, a_cards),
+    ] {
+        row(
+            &format!("cards of {VERSIONS} stored versions, 2 MiB model each: {name}"),
+            format!("{:.2} ms", median(t)),
+            format!(
+                "{allocs} allocations, {:.1} MiB allocated per read",
+                bytes as f64 / 1048576.0
+            ),
+        );
+    }
 }

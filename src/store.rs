@@ -1042,6 +1042,41 @@ impl Store {
             .map_err(|x| self.corrupt("get_model", x))
     }
 
+    /// The card (JSON) of every stored version of `pipeline`, ascending by
+    /// version, read in one transaction. Each record is decoded in place:
+    /// its ONNX bytes (megabytes for a forest) and parameters are neither
+    /// copied nor allocated, where [`Store::get_model`] copies the whole
+    /// record. The dashboard reads every card every 5 s, and
+    /// `models.keep_versions` keeps 50 models by default.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn model_cards(&self, pipeline: &str) -> Result<Vec<(u32, String)>, StoreError> {
+        /// [`StoredModel`]'s fields in its order, borrowed from the record.
+        #[derive(serde::Deserialize)]
+        struct CardView<'a> {
+            #[serde(borrow)]
+            _onnx: &'a [u8],
+            #[serde(borrow)]
+            card_json: &'a str,
+        }
+        let e = self.db_err("model_cards");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+        let mut out = Vec::new();
+        for item in table
+            .range((pipeline, 0)..=(pipeline, u32::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            let (key, value) = item.map_err(|x| e(x.into()))?;
+            let view: CardView<'_> =
+                postcard::from_bytes(value.value()).map_err(|x| self.corrupt("model_cards", x))?;
+            out.push((key.value().1, view.card_json.to_owned()));
+        }
+        Ok(out)
+    }
+
     /// Drops the model (ONNX bytes and parameters) of each of `versions` of
     /// `pipeline`, keeping its card, in one commit; returns the versions
     /// that had a model to drop.
@@ -1834,6 +1869,45 @@ mod tests {
         );
         assert_eq!(store.serving_version("p").unwrap(), Some(2));
         assert_eq!(store.events("p").unwrap(), vec!["{\"v\":1}", "{\"v\":2}"]);
+    }
+
+    #[test]
+    fn model_cards_read_each_version_card_without_its_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let model = |v: u32, onnx: Vec<u8>| StoredModel {
+            onnx,
+            card_json: format!("{{\"version\":{v},\"note\":\"é\"}}"),
+            params_json: format!("{{\"p\":{v}}}"),
+        };
+        // A 3 MiB model, a small one, a refused challenger stored with its
+        // event, another pipeline's, and one whose model was dropped.
+        store
+            .put_model("p", 1, &model(1, vec![7; 3 << 20]), None)
+            .unwrap();
+        store
+            .put_model("p", 2, &model(2, vec![1, 2]), None)
+            .unwrap();
+        store
+            .append_event("p", "{}", Some((4, &model(4, vec![3]))))
+            .unwrap();
+        store.put_model("q", 3, &model(3, vec![9]), None).unwrap();
+        assert_eq!(store.drop_models("p", &[2]).unwrap(), vec![2]);
+        let cards = store.model_cards("p").unwrap();
+        let want: Vec<(u32, String)> = [1, 2, 4]
+            .iter()
+            .map(|&v| (v, model(v, vec![]).card_json))
+            .collect();
+        assert_eq!(cards, want);
+        // The same cards as each record read whole.
+        for (v, json) in &cards {
+            assert_eq!(&store.get_model("p", *v).unwrap().unwrap().card_json, json);
+        }
+        assert_eq!(
+            store.model_cards("q").unwrap(),
+            vec![(3, model(3, vec![]).card_json)]
+        );
+        assert!(store.model_cards("r").unwrap().is_empty());
     }
 
     #[test]

@@ -545,17 +545,15 @@ impl Registry {
     /// [`RegistryError`] when the store cannot be read or a card is corrupt.
     pub fn cards(&self, store: &Store, pipeline: &str) -> Result<Vec<ModelCard>, RegistryError> {
         let mut out = Vec::new();
-        for version in store.model_versions(pipeline)? {
-            if let Some(m) = store.get_model(pipeline, version)? {
-                let mut card: ModelCard =
-                    serde_json::from_str(&m.card_json).map_err(|e| RegistryError::Card {
-                        pipeline: pipeline.into(),
-                        version,
-                        reason: e.to_string(),
-                    })?;
-                card.live = live_score(store, pipeline, version, card.task)?;
-                out.push(card);
-            }
+        for (version, json) in store.model_cards(pipeline)? {
+            let mut card: ModelCard =
+                serde_json::from_str(&json).map_err(|e| RegistryError::Card {
+                    pipeline: pipeline.into(),
+                    version,
+                    reason: e.to_string(),
+                })?;
+            card.live = live_score(store, pipeline, version, card.task)?;
+            out.push(card);
         }
         Ok(out)
     }
