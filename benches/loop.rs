@@ -276,8 +276,9 @@ fn main() {
 /// each record read whole (`model_versions`, then `get_model` per version:
 /// the path before `Store::model_cards`) against `model_cards`, in the
 /// same run, five times each, alternating; median time, and allocations
-/// and bytes allocated of one read. After the peak memory row, which it
-/// would otherwise raise.
+/// and bytes allocated of one read (version listing and cards: the "before"
+/// path lists versions as `Store::model_versions` does now, from the cards).
+/// After the peak memory row, which it would otherwise raise.
 fn model_cards() {
     use edgeloop::store::StoredModel;
     const VERSIONS: u32 = 50;
@@ -338,8 +339,8 @@ fn model_cards() {
             &format!("cards of {VERSIONS} stored versions, 2 MiB model each: {name}"),
             format!("{:.2} ms", median(t)),
             format!(
-                "{allocs} allocations, {:.1} MiB allocated per read",
-                bytes as f64 / 1048576.0
+                "{allocs} allocations, {:.1} KiB allocated per read",
+                bytes as f64 / 1024.0
             ),
         );
     }

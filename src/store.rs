@@ -31,7 +31,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const SAMPLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("samples");
@@ -44,6 +44,12 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 /// Events a pipeline's timeline keeps (`GET …/history`), the newest.
 pub const TIMELINE_EVENTS: u64 = 10_000;
 const BY_TIME: TableDefinition<(&str, &str, i64), u64> = TableDefinition::new("by_time");
+/// Each stored version's card (JSON) by (pipeline, version), beside its
+/// record in `models` and written in the same commits: card reads and
+/// version listings read this, not the models (megabytes each, more than
+/// redb's cache holds). A store written before this table gets it at its
+/// first open (see [`Store::index_cards`]).
+const CARDS: TableDefinition<(&str, u32), &str> = TableDefinition::new("cards");
 
 /// Errors from the store. Each names the operation and the database file.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +189,10 @@ pub struct Store {
     /// opening of the file is dropped and read again (a commit that failed
     /// with an I/O error may or may not be on disk).
     opened: std::sync::atomic::AtomicU64,
+    /// Whether `cards` was found to hold exactly the versions of `models`
+    /// at open ([`Store::index_cards`]); until then card reads and version
+    /// listings read `models`.
+    cards_indexed: std::sync::atomic::AtomicBool,
 }
 
 /// Digests of stored samples, per pipeline (see [`Store`]'s `index`).
@@ -264,12 +274,14 @@ impl Store {
             reserved: Default::default(),
             index: Default::default(),
             opened: Default::default(),
+            cards_indexed: Default::default(),
         };
         // Create every table so readers never meet a missing one.
         // A store that has every table opens without writing, so a daemon
         // can start on a full disk (it then refuses ingest, serves the rest).
         if store.has_tables() {
             store.drop_dedup_table();
+            store.index_cards();
             return Ok(store);
         }
         {
@@ -282,9 +294,11 @@ impl Store {
                 txn.open_table(STATE).map_err(|e| err(e.into()))?;
                 txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
                 txn.open_table(BY_TIME).map_err(|e| err(e.into()))?;
+                txn.open_table(CARDS).map_err(|e| err(e.into()))?;
             }
             txn.commit().map_err(|e| err(e.into()))?;
         }
+        store.index_cards();
         Ok(store)
     }
 
@@ -871,6 +885,68 @@ impl Store {
         }
     }
 
+    /// Makes `cards` hold exactly the cards of `models`: checked by their
+    /// lengths (redb keeps each table's length), rebuilt from `models` in
+    /// one commit when they differ (a store written before the table, or by
+    /// an earlier edgeloop since). Every edgeloop before the table only
+    /// added models, so their writes always change the length. Best effort:
+    /// on failure (a full disk) card reads and version listings read
+    /// `models` until a later open indexes them.
+    fn index_cards(&self) {
+        use std::sync::atomic::Ordering;
+        let indexed = (|| -> Result<bool, redb::Error> {
+            let db = self.lock_db()?;
+            let txn = db.begin_read()?;
+            let models = txn.open_table(MODELS)?.len()?;
+            match txn.open_table(CARDS) {
+                Ok(cards) => Ok(cards.len()? == models),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })();
+        if matches!(indexed, Ok(true)) {
+            self.cards_indexed.store(true, Ordering::Release);
+            return;
+        }
+        let rebuilt = (|| -> Result<u64, redb::Error> {
+            let db = self.lock_db()?;
+            let txn = db.begin_write()?;
+            txn.delete_table(CARDS)?;
+            let n = {
+                let models = txn.open_table(MODELS)?;
+                let mut cards = txn.open_table(CARDS)?;
+                for item in models.iter()? {
+                    let (key, value) = item?;
+                    let (pipeline, version) = key.value();
+                    let card = card_view(value.value())
+                        .map_err(|e| redb::Error::Corrupted(format!("model record: {e}")))?;
+                    cards.insert((pipeline, version), card)?;
+                }
+                cards.len()?
+            };
+            txn.commit()?;
+            Ok(n)
+        })();
+        match rebuilt {
+            Ok(n) => {
+                self.cards_indexed.store(true, Ordering::Release);
+                tracing::info!(path = %self.path.display(), cards = n, "Store: model cards indexed (card reads no longer load the models).");
+            }
+            Err(e) => {
+                if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                    // A failed write latches redb until it is opened again.
+                    self.needs_reopen.store(true, Ordering::Release);
+                }
+                tracing::warn!(path = %self.path.display(), error = %e, "Store: model cards not indexed now; card reads load the models until a later start indexes them.");
+            }
+        }
+    }
+
+    fn cards_indexed(&self) -> bool {
+        self.cards_indexed
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Stores model `version` of `pipeline` and, when `serve` holds an event
     /// (JSON), makes it the serving version and appends the event to the
     /// timeline, all in one commit (so the serving pointer always names a
@@ -893,6 +969,10 @@ impl Store {
             let mut models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
             models
                 .insert((pipeline, version), bytes.as_slice())
+                .map_err(|x| e(x.into()))?;
+            let mut cards = txn.open_table(CARDS).map_err(|x| e(x.into()))?;
+            cards
+                .insert((pipeline, version), model.card_json.as_str())
                 .map_err(|x| e(x.into()))?;
             if let Some(event) = serve {
                 Self::serve_in(&txn, pipeline, version, event).map_err(|x| e(x))?;
@@ -995,6 +1075,10 @@ impl Store {
             models
                 .insert((pipeline, version), bytes.as_slice())
                 .map_err(|x| e(x.into()))?;
+            let mut cards = txn.open_table(CARDS).map_err(|x| e(x.into()))?;
+            cards
+                .insert((pipeline, version), model.card_json.as_str())
+                .map_err(|x| e(x.into()))?;
         }
         Self::event_in(&txn, pipeline, event).map_err(|x| e(x))?;
         txn.commit().map_err(|x| e(x.into()))
@@ -1043,36 +1127,39 @@ impl Store {
     }
 
     /// The card (JSON) of every stored version of `pipeline`, ascending by
-    /// version, read in one transaction. Each record is decoded in place:
-    /// its ONNX bytes (megabytes for a forest) and parameters are neither
-    /// copied nor allocated, where [`Store::get_model`] copies the whole
-    /// record. The dashboard reads every card every 5 s, and
-    /// `models.keep_versions` keeps 50 models by default.
+    /// version, read in one transaction from the `cards` table, so the
+    /// models (megabytes each for a forest) are not read at all: the
+    /// dashboard reads every card every 5 s, and `models.keep_versions`
+    /// keeps 50 models by default. Until the cards are indexed
+    /// ([`Store::index_cards`]) each `models` record is decoded in place,
+    /// its model neither copied nor allocated.
     ///
     /// # Errors
     /// [`StoreError`] on a read failure or an undecodable record.
     pub fn model_cards(&self, pipeline: &str) -> Result<Vec<(u32, String)>, StoreError> {
-        /// [`StoredModel`]'s fields in its order, borrowed from the record.
-        #[derive(serde::Deserialize)]
-        struct CardView<'a> {
-            #[serde(borrow)]
-            _onnx: &'a [u8],
-            #[serde(borrow)]
-            card_json: &'a str,
-        }
         let e = self.db_err("model_cards");
         let db = self.lock_db().map_err(&e)?;
         let txn = db.begin_read().map_err(|x| e(x.into()))?;
-        let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
         let mut out = Vec::new();
+        if self.cards_indexed() {
+            let table = txn.open_table(CARDS).map_err(|x| e(x.into()))?;
+            for item in table
+                .range((pipeline, 0)..=(pipeline, u32::MAX))
+                .map_err(|x| e(x.into()))?
+            {
+                let (key, value) = item.map_err(|x| e(x.into()))?;
+                out.push((key.value().1, value.value().to_owned()));
+            }
+            return Ok(out);
+        }
+        let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
         for item in table
             .range((pipeline, 0)..=(pipeline, u32::MAX))
             .map_err(|x| e(x.into()))?
         {
             let (key, value) = item.map_err(|x| e(x.into()))?;
-            let view: CardView<'_> =
-                postcard::from_bytes(value.value()).map_err(|x| self.corrupt("model_cards", x))?;
-            out.push((key.value().1, view.card_json.to_owned()));
+            let card = card_view(value.value()).map_err(|x| self.corrupt("model_cards", x))?;
+            out.push((key.value().1, card.to_owned()));
         }
         Ok(out)
     }
@@ -1139,6 +1226,7 @@ impl Store {
         let mut gone = 0;
         {
             let mut models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+            let mut cards = txn.open_table(CARDS).map_err(|x| e(x.into()))?;
             for &version in versions {
                 gone += usize::from(
                     models
@@ -1146,6 +1234,7 @@ impl Store {
                         .map_err(|x| e(x.into()))?
                         .is_some(),
                 );
+                cards.remove((pipeline, version)).map_err(|x| e(x.into()))?;
             }
             let mut state = txn.open_table(STATE).map_err(|x| e(x.into()))?;
             for key in keys {
@@ -1164,15 +1253,22 @@ impl Store {
         let e = self.db_err("model_versions");
         let db = self.lock_db().map_err(&e)?;
         let txn = db.begin_read().map_err(|x| e(x.into()))?;
-        let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
-        let mut out = Vec::new();
-        for item in table
-            .range((pipeline, 0)..=(pipeline, u32::MAX))
-            .map_err(|x| e(x.into()))?
-        {
-            out.push(item.map_err(|x| e(x.into()))?.0.value().1);
+        // The same keys; `cards` holds no models to read.
+        fn keys<V: redb::Value + 'static>(
+            table: &impl ReadableTable<(&'static str, u32), V>,
+            pipeline: &str,
+        ) -> Result<Vec<u32>, redb::StorageError> {
+            table
+                .range((pipeline, 0)..=(pipeline, u32::MAX))?
+                .map(|item| item.map(|(k, _)| k.value().1))
+                .collect()
         }
-        Ok(out)
+        if self.cards_indexed() {
+            let table = txn.open_table(CARDS).map_err(|x| e(x.into()))?;
+            return keys(&table, pipeline).map_err(|x| e(x.into()));
+        }
+        let table = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
+        keys(&table, pipeline).map_err(|x| e(x.into()))
     }
 
     /// Reserves the next model version number of `pipeline`: one more than
@@ -1289,6 +1385,20 @@ impl Store {
 /// board. Writes do not need more: commits of 500-5,000 samples measured
 /// the same with 16 MiB as with 1 GiB (BENCHMARKS.md, "Ingest throughput").
 pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The card (JSON) of an encoded [`StoredModel`], borrowed from the record:
+/// its ONNX bytes are skipped, neither copied nor allocated.
+fn card_view(record: &[u8]) -> Result<&str, postcard::Error> {
+    /// [`StoredModel`]'s first fields, in its order.
+    #[derive(serde::Deserialize)]
+    struct CardView<'a> {
+        #[serde(borrow)]
+        _onnx: &'a [u8],
+        #[serde(borrow)]
+        card_json: &'a str,
+    }
+    postcard::from_bytes::<CardView<'_>>(record).map(|v| v.card_json)
+}
 
 /// Opens (or creates) the database file with [`CACHE_BYTES`] of cache.
 fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
@@ -1908,6 +2018,70 @@ mod tests {
             vec![(3, model(3, vec![]).card_json)]
         );
         assert!(store.model_cards("r").unwrap().is_empty());
+    }
+
+    #[test]
+    fn cards_are_indexed_at_open_for_a_store_written_before_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let model = |v: u32| StoredModel {
+            onnx: vec![v as u8; 1000],
+            card_json: format!("{{\"version\":{v}}}"),
+            params_json: "{}".into(),
+        };
+        let card = |v: u32| (v, model(v).card_json);
+        let raw_insert = |store: &Store, pipeline: &str, v: u32| {
+            let db = store.lock_db().unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let bytes = postcard::to_allocvec(&model(v)).unwrap();
+                let mut models = txn.open_table(MODELS).unwrap();
+                models.insert((pipeline, v), bytes.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        };
+        {
+            // Written before the table: models only.
+            let store = Store::open(&path).unwrap();
+            for v in [1, 2, 5] {
+                store.put_model("p", v, &model(v), None).unwrap();
+            }
+            store.put_model("q", 1, &model(1), None).unwrap();
+            let db = store.lock_db().unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(CARDS).unwrap());
+            txn.commit().unwrap();
+        }
+        {
+            let store = Store::open(&path).unwrap();
+            assert!(store.cards_indexed());
+            assert_eq!(
+                store.model_cards("p").unwrap(),
+                vec![card(1), card(2), card(5)]
+            );
+            assert_eq!(store.model_versions("p").unwrap(), vec![1, 2, 5]);
+            assert_eq!(store.model_cards("q").unwrap(), vec![card(1)]);
+            // An earlier edgeloop that writes models only adds one.
+            raw_insert(&store, "p", 6);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.model_cards("p").unwrap(),
+            vec![card(1), card(2), card(5), card(6)]
+        );
+        assert_eq!(store.model_versions("p").unwrap(), vec![1, 2, 5, 6]);
+        assert_eq!(store.reserve_model_version("p").unwrap(), 7);
+        // Written through the store, a card is indexed at once, and the
+        // models are read the same way when the cards are not indexed.
+        store.put_model("p", 7, &model(7), None).unwrap();
+        assert_eq!(store.drop_cards("p", &[2], &[]).unwrap(), 1);
+        let want = vec![card(1), card(5), card(6), card(7)];
+        assert_eq!(store.model_cards("p").unwrap(), want);
+        store
+            .cards_indexed
+            .store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(store.model_cards("p").unwrap(), want);
+        assert_eq!(store.model_versions("p").unwrap(), vec![1, 5, 6, 7]);
     }
 
     #[test]
