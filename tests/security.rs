@@ -17,7 +17,9 @@
 //!    daemon's client id cannot take its session, rumqttd's own port admits
 //!    nobody, and no acknowledged reading is lost;
 //! 7. the embedded broker over TLS: plain MQTT gets no CONNACK, a user over
-//!    TLS with the CA publishes and every reading is stored.
+//!    TLS with the CA publishes and every reading is stored;
+//! 8. client ids rumqttd refuses, and clients beyond `MAX_CLIENTS`, get a
+//!    refusing CONNACK, and the broker keeps taking clients and readings.
 
 mod common;
 
@@ -803,6 +805,86 @@ async fn embedded_broker_admits_its_users_only_and_keeps_the_daemons_session() {
     .await;
     assert!(hijacks > 3);
     // The daemon never lost its connection.
+    assert_eq!(handle.connection.epoch(), epoch);
+    stop(running, handle, stop_token).await;
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s) with `client_id`
+/// on a new connection to `port`; the connection and the CONNACK's return
+/// code (MQTT 3.1.1 §3.2.2.3), None when the broker sent none.
+async fn raw_connect(port: u16, client_id: &str) -> (tokio::net::TcpStream, Option<u8>) {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b10, 0, 60];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&packet).await.unwrap();
+    let mut connack = [0u8; 4];
+    let code = match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut connack)).await
+    {
+        Ok(Ok(_)) if connack[..3] == [0x20, 2, 0] => Some(connack[3]),
+        _ => None,
+    };
+    (s, code)
+}
+
+/// rumqttd 0.20 refuses a client id with `+ $ # /`, and a client beyond its
+/// `max_connections`, without a CONNACK, and leaves the id's will handler
+/// behind: the next CONNECT with that id panicked with the handlers' mutex
+/// held, and from then on the broker took nobody (measured before the fix:
+/// two CONNECTs as "a/b", then no client connected, 0 readings received).
+/// The proxy refuses both itself, with MQTT 3.1.1's codes, and the broker
+/// keeps taking clients and readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_survives_refused_client_ids_and_a_full_house() {
+    use edgeloop::ingest::broker::MAX_CLIENTS;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), Broker::Embedded(port));
+    let (running, handle, stop_token) = start(cfg).await;
+    let epoch = handle.connection.epoch();
+
+    // 2 = identifier rejected, each time, however often it comes back.
+    for id in ["a/b", "a/b", "+", "#", "$SYS", "a/b"] {
+        let (_s, code) = raw_connect(port, id).await;
+        assert_eq!(code, Some(2), "client id {id:?}");
+    }
+    // MAX_CLIENTS clients connect (0 = accepted); the next, again and
+    // again, gets 3 = server unavailable.
+    let mut held = Vec::with_capacity(MAX_CLIENTS);
+    for i in 0..MAX_CLIENTS {
+        let (s, code) = raw_connect(port, &format!("sensor-{i}")).await;
+        assert_eq!(code, Some(0), "client {i} of {MAX_CLIENTS}");
+        held.push(s);
+    }
+    for _ in 0..3 {
+        let (_s, code) = raw_connect(port, "one-too-many").await;
+        assert_eq!(code, Some(3));
+    }
+    drop(held);
+    // Room again: the same id is taken, and a publisher's readings are
+    // acknowledged and stored.
+    let until = Instant::now() + WAIT;
+    while raw_connect(port, "one-too-many").await.1 != Some(0) {
+        assert!(
+            Instant::now() < until,
+            "no client admitted once the others left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acked = publish_seqs(mqtt_opts(&client_id("pub"), port, None), 0..100).await;
+    assert_eq!(acked, 100);
+    wait_until(WAIT, "every acknowledged reading stored", || {
+        handle
+            .stats
+            .samples_stored
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 100
+    })
+    .await;
     assert_eq!(handle.connection.epoch(), epoch);
     stop(running, handle, stop_token).await;
 }

@@ -151,6 +151,16 @@
 //!   otherwise they connect anonymously (loopback only: `check-config`
 //!   refuses a wider `mqtt.embedded_listen` without users).
 //!
+//! Before any login, a client id holding `+`, `$`, `#` or `/` is refused
+//! with CONNACK 2 "identifier rejected", and a client beyond
+//! [`MAX_CLIENTS`] external connections with CONNACK 3 "server
+//! unavailable". rumqttd's router drops either without a CONNACK, and
+//! rumqttd 0.20's `remote()` then leaves the id's will handler behind: the
+//! next CONNECT with that id panics while holding the handlers' mutex
+//! (`server/broker.rs`, `try_send(..).unwrap()`), poisoning it, and every
+//! later CONNECT panics too: the broker takes nobody, the daemon's own
+//! reconnection included. So rumqttd must never see a CONNECT it refuses.
+//!
 //! Logins are compared in constant time (`subtle`). An admitted CONNECT is
 //! forwarded with its login replaced by the daemon's: rumqttd's own static
 //! authentication (`ConnectionSettings::auth`) admits that login only, so
@@ -203,6 +213,22 @@ pub const RELAY_WINDOW: usize = PUBLISH_WINDOW as usize;
 /// How long nothing new must reach the daemon, with everything it received
 /// acknowledged, before the broker counts as drained.
 pub const DRAIN_QUIET: Duration = Duration::from_millis(300);
+
+/// Most external clients (publishers, subscribers) connected through the
+/// proxy at once; beyond, a CONNECT is refused with CONNACK 3 "server
+/// unavailable" (MQTT 5: 0x89 "server busy"), and the client retries.
+pub const MAX_CLIENTS: usize = 1000;
+
+/// rumqttd's `max_connections` beyond [`MAX_CLIENTS`]: the daemon's own
+/// connections (three, and a replaced one while it reconnects) and the
+/// connections the proxy closed whose disconnection rumqttd's router has
+/// not handled yet. rumqttd must never refuse for want of room (see
+/// "Access" in the module documentation).
+const RUMQTTD_SPARE_CONNECTIONS: usize = 64;
+
+/// Characters rumqttd's router refuses in a client id (`router/routing.rs`,
+/// `validate_clientid`).
+const REFUSED_ID_CHARS: [char; 4] = ['+', '$', '#', '/'];
 
 /// How long a cut connection may take to close after the proxy half-closed
 /// it towards rumqttd.
@@ -318,8 +344,9 @@ pub struct ProxyStats {
     pub held: usize,
     /// Whether the gate is open.
     pub open: bool,
-    /// CONNECTs refused: a wrong or missing login, or another client
-    /// using the daemon's client id.
+    /// CONNECTs refused: a wrong or missing login, another client using
+    /// the daemon's client id, a client id rumqttd does not take, or one
+    /// client beyond [`MAX_CLIENTS`].
     pub refused: u64,
 }
 
@@ -651,7 +678,7 @@ fn start_rumqttd(max_payload_bytes: usize) -> Result<SocketAddr, IngestError> {
     let config = rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            max_connections: 64,
+            max_connections: MAX_CLIENTS + RUMQTTD_SPARE_CONNECTIONS,
             max_outgoing_packet_count: 200,
             max_segment_size: max_payload_bytes.max(1 << 20),
             max_segment_count: 8,
@@ -726,7 +753,7 @@ struct Shared {
     /// `(username, password)` of the clients allowed in; empty: any client
     /// (loopback only, `check-config` holds it so).
     users: Mutex<Vec<(String, String)>>,
-    /// CONNECTs refused (bad login, or another client with the daemon's id).
+    /// CONNECTs refused (as [`ProxyStats::refused`]).
     refused: AtomicU64,
     /// Largest packet forwarded, bytes.
     max_frame: usize,
@@ -1347,6 +1374,8 @@ fn with_login(body: &[u8], c: &ConnectLogin, username: &str, password: &str) -> 
 }
 
 /// CONNACK return codes (MQTT 3.1.1 §3.2.2.3) and their MQTT 5 reason codes.
+const ID_REJECTED: (u8, u8) = (2, 0x85);
+const SERVER_BUSY: (u8, u8) = (3, 0x89);
 const BAD_LOGIN: (u8, u8) = (4, 0x86);
 const NOT_AUTHORIZED: (u8, u8) = (5, 0x87);
 
@@ -1364,9 +1393,13 @@ impl Shared {
     /// CONNACK code refusing it. The daemon's own login (its user and this
     /// process's secret, compared in constant time) admits any client id;
     /// without it the daemon's ids are refused; other clients need one of
-    /// `users` when there are any.
+    /// `users` when there are any. A client id rumqttd refuses is refused
+    /// first, whoever sends it.
     fn admit(&self, c: &ConnectLogin) -> Result<Kind, (u8, u8)> {
         use subtle::ConstantTimeEq;
+        if c.client_id.contains(REFUSED_ID_CHARS) {
+            return Err(ID_REJECTED);
+        }
         let eq = |a: &[u8], b: &[u8]| bool::from(a.ct_eq(b));
         let (user, pass) = (
             c.username.as_deref().unwrap_or_default(),
@@ -1536,9 +1569,15 @@ async fn accept_loop(
 struct ExternalGuard(Arc<Shared>);
 
 impl ExternalGuard {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.flow().externals += 1;
-        Self(shared.clone())
+    /// Counts one more external connection; None when [`MAX_CLIENTS`] are
+    /// connected.
+    fn try_new(shared: &Arc<Shared>) -> Option<Self> {
+        let mut f = shared.flow();
+        if f.externals >= MAX_CLIENTS {
+            return None;
+        }
+        f.externals += 1;
+        Some(Self(shared.clone()))
     }
 }
 
@@ -1612,22 +1651,7 @@ async fn serve<S: ClientIo>(
     let kind = match admitted {
         Ok(kind) => kind,
         Err(code) => {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                %peer,
-                client_id = %connect.client_id,
-                username = %String::from_utf8_lossy(connect.username.as_deref().unwrap_or_default()),
-                "Embedded MQTT broker: connection refused ({}).",
-                if code == NOT_AUTHORIZED && shared.classify(Some(&connect.client_id)) != Kind::External {
-                    "the daemon's client id, without the daemon's login"
-                } else if code == NOT_AUTHORIZED {
-                    "no username; mqtt.embedded_users_file lists the users"
-                } else {
-                    "wrong username or password"
-                }
-            );
-            let _ = client.write_all(&refusal(connect.level, code)).await;
-            let _ = client.shutdown().await;
+            refuse(&shared, &mut client, peer, &connect, code).await;
             return;
         }
     };
@@ -1653,7 +1677,13 @@ async fn serve<S: ClientIo>(
             Some(g) => generation = g,
             None => return,
         }
-        Some(ExternalGuard::new(&shared))
+        match ExternalGuard::try_new(&shared) {
+            Some(guard) => Some(guard),
+            None => {
+                refuse(&shared, &mut client, peer, &connect, SERVER_BUSY).await;
+                return;
+            }
+        }
     } else {
         None
     };
@@ -1693,6 +1723,39 @@ async fn serve<S: ClientIo>(
     if kind == Kind::Daemon {
         shared.daemon_gone(conn);
     }
+}
+
+/// Answers `connect` with a CONNACK refusing it with `code`, counted and
+/// logged, and closes the connection.
+async fn refuse<S: ClientIo>(
+    shared: &Shared,
+    client: &mut S,
+    peer: SocketAddr,
+    connect: &ConnectLogin,
+    code: (u8, u8),
+) {
+    shared.refused.fetch_add(1, Ordering::Relaxed);
+    warn!(
+        %peer,
+        client_id = %connect.client_id,
+        username = %String::from_utf8_lossy(connect.username.as_deref().unwrap_or_default()),
+        "Embedded MQTT broker: connection refused ({}).",
+        if code == ID_REJECTED {
+            "the client id holds one of + $ # /, which the embedded broker does not take"
+        } else if code == SERVER_BUSY {
+            "the most clients the embedded broker takes at once (MAX_CLIENTS) are connected"
+        } else if code == NOT_AUTHORIZED
+            && shared.classify(Some(&connect.client_id)) != Kind::External
+        {
+            "the daemon's client id, without the daemon's login"
+        } else if code == NOT_AUTHORIZED {
+            "no username; mqtt.embedded_users_file lists the users"
+        } else {
+            "wrong username or password"
+        }
+    );
+    let _ = client.write_all(&refusal(connect.level, code)).await;
+    let _ = client.shutdown().await;
 }
 
 /// Holds an external connection until the gate opens; the generation it
