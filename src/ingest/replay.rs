@@ -186,9 +186,15 @@ pub async fn publish_all(
             }
         }
     }
-    if let Ok(client) = publisher.await {
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(300), eventloop.poll()).await;
+    if acked >= total {
+        if let Ok(client) = publisher.await {
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_millis(300), eventloop.poll()).await;
+        }
+    } else {
+        // Given up or cancelled: the publisher may wait on the client's
+        // full request channel, which only the event loop drains.
+        publisher.abort();
     }
     let report = ReplayReport {
         published: published.min(total),
