@@ -176,7 +176,52 @@ fn routed_cases() -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
             404,
             "no such route",
         ),
+        // README, HTTP API: 404 unknown pipeline, on every route that names
+        // one (rollback answered 409 "no earlier version", the predictions
+        // filter 200 with none).
+        (
+            "unknown pipeline: predict",
+            post("/v1/pipelines/nope/predict", br#"{"rows": []}"#),
+            404,
+            "pipeline `nope` is not configured",
+        ),
+        (
+            "unknown pipeline: rollback",
+            post("/v1/pipelines/nope/rollback", b""),
+            404,
+            "pipeline `nope` is not configured",
+        ),
+        (
+            "unknown pipeline: promote",
+            post("/v1/pipelines/nope/models/1/promote", b""),
+            404,
+            "pipeline `nope` is not configured",
+        ),
+        (
+            "unknown pipeline: train",
+            post("/v1/pipelines/nope/train", b""),
+            404,
+            "pipeline `nope` is not configured",
+        ),
+        (
+            "unknown pipeline: predictions filter",
+            get("/v1/predictions?pipeline=nope", ""),
+            404,
+            "pipeline `nope` is not configured",
+        ),
     ]
+    .into_iter()
+    .chain(
+        ["models", "versions", "history", "drift", "series"].map(|route| {
+            (
+                "unknown pipeline: GET",
+                get(&format!("/v1/pipelines/nope/{route}"), ""),
+                404,
+                "pipeline `nope` is not configured",
+            )
+        }),
+    )
+    .collect()
 }
 
 /// Errors hyper answers itself, before routing.

@@ -290,6 +290,9 @@ pub(super) async fn predictions(
     Query(query): Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
     let pipeline = query.get("pipeline");
+    if let Some(p) = pipeline.filter(|p| !s.registry.has(p)) {
+        return ApiError::UnknownPipeline(p.clone()).into_response();
+    }
     let out: Vec<Value> = s
         .dashboard
         .predictions

@@ -906,6 +906,9 @@ async fn rollback(
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if !s.registry.has(&name) {
+        return Err(ApiError::UnknownPipeline(name));
+    }
     let (store, registry, pipeline) = (s.store.clone(), s.registry.clone(), name.clone());
     let by = requester(peer);
     let serving = tokio::task::spawn_blocking(move || registry.rollback(&store, &pipeline, &by))
