@@ -34,7 +34,8 @@ once `--calibration` were seen, for `--persistence` of the last
 smoothed mean absolute deviations from its EWMA and more than the
 `--quantile` of the earlier residual z-scores; or, until the trees'
 threshold can exist, a level distance above `--level-margin` times the
-largest before it, from row `--level-warmup` on; no look at the labels; the
+largest before it, from row `--level-warmup` on, the distance with the
+dispersion term of `--level-dispersion` steps; no look at the labels; the
 trees alone, the first rule, is a later setting) against River's own
 alarm rule, `anomaly.QuantileFilter(HalfSpaceTrees(seed=42), q)` (a running
 quantile of the scores, the detector not learning the readings it flags).
@@ -68,6 +69,16 @@ with the arrival at row 570 (`arrival_runs`): the short labelled runs' shape
 with several sensors moving at once (lights, CO2, temperature), after a
 quiet night whose sensors sit on one value for an hour at a time.
 
+Changes of activity: UEA BasicMotions (Clements et al.; the UEA
+multivariate time series classification archive, Bagnall et al. 2018,
+arXiv:1811.00075; as shipped in aeon 1.6.0, BSD-3-Clause, see
+../shared/data/SOURCES.md), a smart watch's 3-axis accelerometer and
+gyroscope at 10 readings a second while standing, walking, running or
+playing badminton, as 12 runs of 1,140 readings with the change of
+activity at row 570 (`motion_runs`): a multivariate onset that changes how
+much the readings move more than their level. Nothing of it is copied
+into the repository.
+
 Run: python3 benches/nab_score.py [DATA_DIR] [BINARY] (defaults
 ../shared/data and target/debug/edgeloop), from the repository root, in the
 test venv (`eval "$(tests/run.sh --setup)"`: River 0.26); output committed as
@@ -91,7 +102,7 @@ SETTINGS = [
     ("defaults (window 250; quantile 0.999 of the last 5000 scores after 1000, "
      "2 of 5 rows; or residual z > 10 and > its own 0.999 quantile, alpha 0.05, "
      "after 30 rows; or, in the first 1250 rows, the level distance > 1.25 x its "
-     "record, after 200 rows)", [], 0.999),
+     "record, after 200 rows, the distance with the dispersion term over 5 steps)", [], 0.999),
     ("2 in a row (--persistence-window 2)", ["--persistence-window", "2"], 0.999),
     ("2 of 3 rows (--persistence-window 3)", ["--persistence-window", "3"], 0.999),
     ("2 of 10 rows (--persistence-window 10)", ["--persistence-window", "10"], 0.999),
@@ -111,6 +122,9 @@ SETTINGS = [
     ("quantile 0.999, history 2000", ["--history", "2000"], 0.999),
     ("window 100", ["--window", "100"], 0.999),
     ("the rules before the level rule (--level-margin 0)", ["--level-margin", "0"], 0.999),
+    ("the level rule on the levels alone (--level-dispersion 0)",
+     ["--level-dispersion", "0"], 0.999),
+    ("level dispersion over 10 steps", ["--level-dispersion", "10"], 0.999),
     ("level margin 1.2", ["--level-margin", "1.2"], 0.999),
     ("level margin 1.3", ["--level-margin", "1.3"], 0.999),
     ("level margin 1.1", ["--level-margin", "1.1"], 0.999),
@@ -321,6 +335,73 @@ def arrivals(runs, args):
           f"{both} of {len(runs)} (alarms before: {before_all})")
 
 
+MOTION_FEATURES = "accel_x,accel_y,accel_z,gyro_x,gyro_y,gyro_z"
+MOTION_CLASSES = ("Standing", "Walking", "Running", "Badminton")
+
+
+def motion_runs(tmp):
+    """UEA BasicMotions (a smart watch's 3-axis accelerometer and gyroscope,
+    10 readings a second, 100-reading series of 4 activities; train and test
+    files together, 20 series per activity) as multivariate onsets: for each
+    ordered pair of activities (12 runs), 570 readings of the first
+    activity then 570 of the second, each the series of its activity in an
+    order drawn with random.Random(18), joined end to end (the last one
+    cut). The change of activity is the onset, at row 570; the joins inside
+    an activity, every 100 readings, are not onsets (the same activity,
+    another recording), as a real run's sensor restarts are not."""
+    import random
+    series = {c: [] for c in MOTION_CLASSES}
+    for name in ("BasicMotions_TRAIN.ts", "BasicMotions_TEST.ts"):
+        with open(os.path.join(DATA, "basic_motions", name)) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith(("@", "#")):
+                    continue
+                *dims, label = line.split(":")
+                series[label].append([[float(v) for v in d.split(",")] for d in dims])
+    rng = random.Random(18)
+    out = []
+    for a in MOTION_CLASSES:
+        for b in MOTION_CLASSES:
+            if a == b:
+                continue
+            rows = []
+            for c in (a, b):
+                picked = rng.sample(series[c], 6)
+                part = [list(r) for s in picked for r in zip(*s)]
+                rows += part[:SHORT_ONSET]
+            path = os.path.join(tmp, f"motions_{a}_{b}.csv")
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(MOTION_FEATURES.split(","))
+                w.writerows(rows)
+            out.append((f"{a}->{b}", path))
+    return out
+
+
+def motions(runs, args):
+    """`edgeloop anomaly` on each BasicMotions run: caught within 50 rows of
+    the change, alarms before it, both."""
+    caught = both = 0
+    before_all, parts = [], []
+    for name, path in runs:
+        v = edgeloop_json(path, MOTION_FEATURES, args)
+        rules = dict(zip(v["alarms"], v["rules"]))
+        hit = [a for a in v["alarms"] if SHORT_ONSET <= a < SHORT_ONSET + 50]
+        before = [a for a in v["alarms"] if a < SHORT_ONSET]
+        caught += bool(hit)
+        both += bool(hit) and len(before) <= 1
+        before_all.append(len(before))
+        parts.append(f"{name} {'caught' if hit else 'missed'}"
+                     f"{' by ' + rules[hit[0]] + f' at +{hit[0] - SHORT_ONSET}' if hit else ''}, "
+                     f"{len(before)} before"
+                     f"{' ' + str([(a, rules[a]) for a in before[:4]]) if before else ''}")
+    print("  BasicMotions changes of activity (6 channels, 1,140 readings, change at 570): "
+          + "; ".join(parts))
+    print(f"  motions: caught in {caught} of {len(runs)}; caught with at most 1 alarm before in "
+          f"{both} of {len(runs)} (alarms before: {before_all})")
+
+
 def best_threshold(runs):
     """NAB's optimised threshold over every file's scores: the corpus raw
     score at each distinct score value (detections = rows at or above)."""
@@ -346,6 +427,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="nab_short_")
     slices = short_slices(prepared, tmp)
     arrival = arrival_runs(tmp)
+    motion = motion_runs(tmp)
     for label, args, q in SETTINGS:
         e_runs, r_runs, lines = [], [], []
         e_raw = r_raw = 0.0
@@ -387,6 +469,7 @@ def main():
         if label in OCCUPANCY_SETTINGS:
             occupancy(args)
             arrivals(arrival, args)
+            motions(motion, args)
         short_runs(slices, args)
         if args == []:
             (er, et), (rr, rt) = best_threshold(e_runs), best_threshold(r_runs)

@@ -307,6 +307,11 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     p.model.min_labels = 2000;
     p.model.retrain_every = 1_000_000;
     p.drift.retrain_on_drift = false;
+    // The level rule on the levels alone (no dispersion term): its alarms
+    // at readings 210 and 215 (Light switched on) keep the level counter
+    // checked; with the default dispersion term the first 600 readings
+    // raise none (tests/anomaly_level.rs tests the term).
+    p.anomaly.level_dispersion = 0;
     let token = tokio_util::sync::CancellationToken::new();
     let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
     let handle = running.handle.clone();
@@ -620,9 +625,18 @@ fn the_alarm_rule_keys_load_and_are_validated() {
         ),
         (3, 4, 6.5, 0.1, 100, 7)
     );
-    let level = load("level_margin = 1.5\nlevel_warmup = 300").unwrap();
+    let level = load("level_margin = 1.5\nlevel_warmup = 300\nlevel_dispersion = 10").unwrap();
     let a = &level.pipelines[0].anomaly;
-    assert_eq!((a.level_margin, a.level_warmup), (1.5, 300));
+    assert_eq!(
+        (a.level_margin, a.level_warmup, a.level_dispersion),
+        (1.5, 300, 10)
+    );
+    assert_eq!(
+        load("level_dispersion = 0").unwrap().pipelines[0]
+            .anomaly
+            .level_dispersion,
+        0
+    );
     assert_eq!(
         load("level_margin = 0.0").unwrap().pipelines[0]
             .anomaly

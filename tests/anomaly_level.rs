@@ -4,7 +4,10 @@
 //! (`tests/fixtures/anomaly/gen_level.py`, which computes the rule with
 //! numpy from its description), every row's level distance and the alarms
 //! equal the script's, with the rule on for the whole run (defaults) and
-//! retired after `--window + --calibration` rows.
+//! retired after `--window + --calibration` rows, with and without the
+//! dispersion term (`--level-dispersion`); and on a pump that stops shaking
+//! (the level kept, the steps a fifth), which only the dispersion term
+//! catches.
 
 use std::path::{Path, PathBuf};
 
@@ -17,11 +20,22 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn anomaly_json(extra: &[&str]) -> Value {
+    anomaly_json_on("level.csv", "flow,pressure,temperature", extra)
+}
+
+fn anomaly_json_on(file: &str, features: &str, extra: &[&str]) -> Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-        .args(["anomaly", "--json", "--residual-z", "0"])
+        .args([
+            "anomaly",
+            "--json",
+            "--residual-z",
+            "0",
+            "--features",
+            features,
+        ])
         .args(extra)
         .arg("--file")
-        .arg(fixture("level.csv"))
+        .arg(fixture(file))
         .output()
         .unwrap();
     assert!(
@@ -48,11 +62,26 @@ fn values(v: &Value) -> Vec<f64> {
 #[test]
 fn level_distances_and_alarms_equal_the_reference() {
     let r: Value = serde_json::from_slice(&std::fs::read(fixture("level.json")).unwrap()).unwrap();
-    for (name, extra) in [
-        ("defaults", &[][..]),
-        ("retired", &["--window", "100", "--calibration", "500"][..]),
+    let (level, shaking) = (
+        ("level.csv", "flow,pressure,temperature"),
+        ("dispersion.csv", "vibration,current"),
+    );
+    for (name, (file, features), extra) in [
+        ("defaults", level, &[][..]),
+        (
+            "retired",
+            level,
+            &["--window", "100", "--calibration", "500"][..],
+        ),
+        ("levels_alone", level, &["--level-dispersion", "0"][..]),
+        ("dispersion", shaking, &[][..]),
+        (
+            "dispersion_levels_alone",
+            shaking,
+            &["--level-dispersion", "0"][..],
+        ),
     ] {
-        let v = anomaly_json(extra);
+        let v = anomaly_json_on(file, features, extra);
         let (ours, want) = (values(&v["level"]), values(&r[name]["level"]));
         assert_eq!(ours.len(), want.len(), "{name}");
         for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
@@ -71,11 +100,19 @@ fn level_distances_and_alarms_equal_the_reference() {
             .collect();
         let want_alarms: Vec<&Value> = r[name]["alarms"].as_array().unwrap().iter().collect();
         assert_eq!(level_alarms, want_alarms, "{name}");
-        if name == "defaults" {
-            assert_eq!(v["alarms"], r[name]["alarms"]);
-            assert_eq!(v["alarms"][0], 570);
-        } else {
-            assert!(ours[600..].iter().all(|&d| d == 0.0));
+        match name {
+            "defaults" | "levels_alone" => {
+                assert_eq!(v["alarms"], r[name]["alarms"]);
+                assert_eq!(v["alarms"][0], 570);
+            }
+            "retired" => assert!(ours[600..].iter().all(|&d| d == 0.0)),
+            // The shaking stops at 570: caught within a few readings with
+            // the dispersion term, not at all without it.
+            "dispersion" => {
+                let first = v["alarms"][0].as_u64().unwrap();
+                assert!((570..580).contains(&first), "{first}");
+            }
+            _ => assert_eq!(v["alarms"].as_array().unwrap().len(), 0),
         }
     }
     // Off: no distance, no alarm.
@@ -88,7 +125,11 @@ fn level_distances_and_alarms_equal_the_reference() {
 /// than 50 readings are not used: both refused.
 #[test]
 fn the_level_keys_are_validated() {
-    for extra in [["--level-margin", "0.5"], ["--level-warmup", "20"]] {
+    for extra in [
+        ["--level-margin", "0.5"],
+        ["--level-warmup", "20"],
+        ["--level-dispersion", "201"],
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
             .args(["anomaly", "--json"])
             .args(extra)

@@ -85,6 +85,15 @@ pub struct AnomalyArgs {
     /// Rows learned before the level rule may alarm (at least 50).
     #[arg(long, default_value_t = AnomalyConfig::default().level_warmup)]
     level_warmup: usize,
+    /// Level rule's dispersion term: mean absolute step over this many rows (0: off).
+    ///
+    /// Each feature adds ln(max(mean |x_t - x_{t-1}| over the last this
+    /// many rows, its smallest non-zero step)) to the level distance,
+    /// scored against its earlier values as the level is: an onset that
+    /// keeps the level but changes how much the readings move alarms. At
+    /// most --level-warmup.
+    #[arg(long, default_value_t = AnomalyConfig::default().level_dispersion)]
+    level_dispersion: usize,
     /// An alarm more than this many rows after the last one opens an episode.
     #[arg(long, default_value_t = AnomalyConfig::default().episode_gap)]
     episode_gap: usize,
@@ -209,10 +218,12 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
             && args.residual_alpha > 0.0
             && args.residual_alpha <= 1.0
             && (args.level_margin == 0.0 || args.level_margin >= 1.0)
-            && args.level_warmup >= 50,
+            && args.level_warmup >= 50
+            && args.level_dispersion <= args.level_warmup,
         "--persistence at least 1, --persistence-window at least --persistence, \
          --episode-gap at least 1, --residual-z at least 0, --residual-alpha in (0, 1], \
-         --level-margin 0 or at least 1, --level-warmup at least 50"
+         --level-margin 0 or at least 1, --level-warmup at least 50, \
+         --level-dispersion at most --level-warmup"
     );
     // The daemon's scorer ([pipelines.anomaly]), with these settings.
     let cfg = AnomalyConfig {
@@ -231,6 +242,7 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         residual_warmup: args.residual_warmup,
         level_margin: args.level_margin,
         level_warmup: args.level_warmup,
+        level_dispersion: args.level_dispersion,
         episode_gap: args.episode_gap,
     };
     let mut scorer = Scorer::new(&cfg, &features);

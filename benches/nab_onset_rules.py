@@ -1,0 +1,349 @@
+"""Onset rules tried for issue 18's labelled-run goal (alarm within 50
+readings of the onset, at most one alarm before it), the one kept marked
+(the level distance with the dispersion term, `edgeloop anomaly`'s default
+since; its line equals the binary's, benches/nab_score.txt): each computed
+here in Python on top of `edgeloop
+anomaly --level-margin 0` (Half-Space Trees' quantile threshold and the
+residual test, the binary's alarms), measured on every measure of
+benches/nab_score.py at once:
+
+- NAB short runs: the 14 NAB files cut to 1,140 rows, first labelled
+  anomaly at row 570 (nab_score.py's `short_slices`);
+- Occupancy arrivals: UCI Occupancy's 10 arrivals as 1,140-row runs of the
+  5 sensors, arrival at 570 (nab_score.py's `arrival_runs`);
+- BasicMotions changes: 12 runs of the 6 channels of UEA BasicMotions, 570
+  readings of one activity then 570 of another (nab_score.py's
+  `motion_runs`);
+- NAB long files: NAB score by alarms (standard profile);
+- UCI Occupancy's three files (no labelled anomaly): alarms and episodes
+  (an alarm more than 60 rows after the previous one opens one).
+
+The rules (alarms added to the binary's trees and residual alarms; each a
+record rule unless said: a row alarms when its statistic exceeds `c` times
+the largest statistic of the rows before it, from row 200, until row
+1,250; per feature a robust z, |y - median| / (IQR / 1.349) of the
+feature's earlier values of y, 0 before 50 of them or where the IQR is 0):
+
+- `level`: the level rule before this change (y = the reading: Hampel's
+  identifier with the IQR scale), features combined by the root sum of
+  squares (`l2`), by `max`, or alarmed when either passes its own record
+  (`l2|max`: a few of many sensors moving).
+- `mean k`: y = the moving mean of the last k readings (the statistic of a
+  moving-average chart: Roberts 1959; Montgomery, "Introduction to
+  Statistical Quality Control", ch. 9), whose noise is smaller by about
+  sqrt(k), so a sustained small shift stands out.
+- `dispersion k`: y = the feature's mean absolute step |x_t - x_{t-1}|
+  over the last k readings (the moving range of Shewhart's individuals
+  chart, Montgomery section 6.4: how much the readings move, not where),
+  for an onset inside levels already seen (a machine starting or stopping
+  to shake); `ln(dispersion + 1e-12)` and `ln(max(dispersion,
+  resolution))` (the resolution: the smallest non-zero step so far; the
+  dispersion defined once k steps and a non-zero one exist) make a fall to
+  a fifth count as a rise to five times. `+` in one l2 with the level's
+  z-scores under one record (one distance), or `or ... its own record`:
+  a second record rule beside the level rule.
+- `residual limit max(10, c x record)`: the residual test before its
+  quantile exists alarms only on a residual z above every earlier one by
+  c (its earlier spikes raise the bar).
+- `2 of 3`: an alarm of the early rules only when the rule also fired on
+  one of the two readings before (a Western Electric run rule): for the
+  level rule, over the record held before those three readings; for the
+  residual test, while its limit is the fixed one.
+
+Run: python3 benches/nab_onset_rules.py [DATA_DIR] [BINARY] (as
+nab_score.py, in the test venv); output committed as
+benches/nab_onset_rules.txt.
+"""
+import csv
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("nab_score", os.path.join(HERE, "nab_score.py"))
+ns = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ns)
+OCCUPANCY = "Temperature,Humidity,Light,CO2,HumidityRatio"
+RESIDUAL_CALIBRATED = 1030
+UNTIL, WARMUP, MIN_HISTORY = 1250, 200, 50
+
+
+def base(path, features):
+    v = ns.edgeloop_json(path, features, ["--level-margin", "0"])
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    x = np.array([[float(r[c]) for c in features.split(",")] for r in rows])
+    trees = [a for a, r in zip(v["alarms"], v["rules"]) if r in ("trees", "both")]
+    residual = [a for a, r in zip(v["alarms"], v["rules"]) if r in ("residual", "both")]
+    return {"x": x, "trees": trees, "residual": residual, "z": v["residual_z"]}
+
+
+def transform(x, kind, k):
+    n = min(len(x), UNTIL)
+    x = x[:n]
+    if kind == "raw":
+        return x
+    if kind == "mean":
+        c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+        lo = np.maximum(np.arange(1, n + 1) - k, 0)
+        return (c[1:] - c[lo]) / (np.arange(1, n + 1) - lo)[:, None]
+    if kind == "logdispersion":
+        d = transform(x, "dispersion", k)
+        return np.log(d + 1e-12)
+    if kind == "logdispersion_q":
+        # ln(max(mean of the last k steps, the smallest non-zero step so
+        # far)), NaN until k steps and a non-zero one exist (the binary's).
+        out = np.full(x.shape, np.nan)
+        for j in range(x.shape[1]):
+            steps, q = [], 0.0
+            for t in range(1, n):
+                step = abs(x[t, j] - x[t - 1, j])
+                steps.append(step)
+                if step > 0 and (q == 0 or step < q):
+                    q = step
+                if len(steps) >= k and q > 0:
+                    s = 0.0
+                    for v in steps[-k:]:
+                        s += v
+                    out[t, j] = math.log(max(s / k, q))
+        return out
+    if kind == "dispersion":
+        d = np.vstack([np.zeros((1, x.shape[1])), np.abs(np.diff(x, axis=0))])
+        c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), d]), axis=0)
+        lo = np.maximum(np.arange(1, n + 1) - k, 0)
+        return (c[1:] - c[lo]) / (np.arange(1, n + 1) - lo)[:, None]
+    raise ValueError(kind)
+
+
+def robust_z(y):
+    """Per row and feature |y - median| / (IQR / 1.349) over the earlier
+    rows (0 before 50 of them or where the IQR is 0)."""
+    n, d = y.shape
+    z = np.zeros((n, d))
+    if np.isnan(y).any():
+        for j in range(d):
+            col = y[:, j]
+            for t in range(n):
+                h = col[:t][~np.isnan(col[:t])]
+                if len(h) < MIN_HISTORY or np.isnan(col[t]):
+                    continue
+                q25, med, q75 = np.quantile(h, [0.25, 0.5, 0.75])
+                s = (q75 - q25) / 1.349
+                if s > 0:
+                    z[t, j] = abs(col[t] - med) / s
+        return z
+    for t in range(MIN_HISTORY, n):
+        q25, med, q75 = np.quantile(y[:t], [0.25, 0.5, 0.75], axis=0)
+        s = (q75 - q25) / 1.349
+        ok = s > 0
+        z[t, ok] = np.abs(y[t, ok] - med[ok]) / s[ok]
+    return z
+
+
+def record(stat, c):
+    """Rows from 200 whose statistic exceeds c x the record of the rows
+    before."""
+    out, best = [], 0.0
+    for t in range(len(stat)):
+        if t >= WARMUP and best > 0 and stat[t] > c * best:
+            out.append(t)
+        best = max(best, stat[t])
+    return out
+
+
+def two_of_three(rows):
+    s = set(rows)
+    return [t for t in rows if (t - 1) in s or (t - 2) in s]
+
+
+class Rules:
+    def __init__(self):
+        self.cache = {}
+
+    def z(self, b, key, kind, k):
+        ck = (key, kind, k)
+        if ck not in self.cache:
+            self.cache[ck] = robust_z(transform(b["x"], kind, k))
+        return self.cache[ck]
+
+    def stat(self, b, key, parts, combine):
+        zs = np.hstack([self.z(b, key, kind, k) for kind, k in parts])
+        if combine == "l2":
+            return [np.sqrt((zs ** 2).sum(axis=1))]
+        if combine == "max":
+            return [zs.max(axis=1)]
+        return [np.sqrt((zs ** 2).sum(axis=1)), zs.max(axis=1)]
+
+    def rule(self, parts, combine, c):
+        """One record rule on the statistic of `parts` (`both`: alarmed when
+        the l2 or the max passes its own record)."""
+        def f(b, key):
+            extra = set()
+            for s in self.stat(b, key, parts, combine):
+                extra |= set(record(s, c))
+            return sorted(set(b["trees"]) | set(b["residual"]) | extra)
+        return f
+
+
+    def either(self, specs):
+        """Alarms of several record rules, each on its own statistic and
+        record: specs of (parts, combine, c)."""
+        def f(b, key):
+            extra = set()
+            for parts, combine, c in specs:
+                for s in self.stat(b, key, parts, combine):
+                    extra |= set(record(s, c))
+            return sorted(set(b["trees"]) | set(b["residual"]) | extra)
+        return f
+
+
+def record_confirmed(stat, c):
+    """Rows from 200 where this one and at least one of the two before
+    exceed c x the record of the rows before those three (2 of 3)."""
+    out, best = [], [0.0]
+    for t in range(len(stat)):
+        best.append(max(best[-1], stat[t]))
+        # best[t] is the record of rows < t.
+        if t >= WARMUP + 2:
+            limit = c * best[t - 2]
+            over = [stat[u] > limit for u in (t - 2, t - 1, t)]
+            if best[t - 2] > 0 and over[2] and sum(over) >= 2:
+                out.append(t)
+    return out
+
+
+def residual_record(b, c, floor=10.0, ready=30):
+    """The residual test before its quantile exists with the limit max(floor,
+    c x the largest residual z of the readings before); the binary's alarms
+    after."""
+    z, out, best = b["z"], [], 0.0
+    for t in range(min(len(z), RESIDUAL_CALIBRATED)):
+        if t >= ready and z[t] > max(floor, c * best):
+            out.append(t)
+        if t >= ready:
+            best = max(best, z[t])
+    return out + [a for a in b["residual"] if a >= RESIDUAL_CALIBRATED]
+
+
+def candidates(r):
+    out = [("the rules before the level rule (--level-margin 0)",
+            lambda b, key: sorted(set(b["trees"]) | set(b["residual"])))]
+    raw = [("raw", 1)]
+    out.append(("level l2, c 1.25 (the level rule before: --level-dispersion 0)",
+                r.rule(raw, "l2", 1.25)))
+    out.append(("level max, c 1.25", r.rule(raw, "max", 1.25)))
+    out.append(("level l2|max, c 1.25", r.rule(raw, "both", 1.25)))
+    for k in (5, 10, 20):
+        for c in (1.25, 1.5):
+            out.append((f"mean {k}, l2, c {c}", r.rule([("mean", k)], "l2", c)))
+    out.append(("mean 10, l2|max, c 1.25", r.rule([("mean", 10)], "both", 1.25)))
+    out.append(("level l2 + mean 10 (one l2), c 1.25", r.rule(raw + [("mean", 10)], "l2", 1.25)))
+    for k, c in ((5, 1.25), (10, 1.2), (10, 1.25), (10, 1.3), (10, 1.5), (15, 1.25),
+                 (20, 1.25), (20, 1.5)):
+        out.append((f"level l2 + dispersion {k} (one l2), c {c}",
+                    r.rule(raw + [("dispersion", k)], "l2", c)))
+    out.append(("level l2 + dispersion 10, max, c 1.25",
+                r.rule(raw + [("dispersion", 10)], "max", 1.25)))
+    for k in (10, 20):
+        out.append((f"mean 10 + dispersion {k} (one l2), c 1.25",
+                    r.rule([("mean", 10), ("dispersion", k)], "l2", 1.25)))
+    for k in (5, 10, 20):
+        for c in (1.25, 1.5, 2.0):
+            out.append((f"level l2, c 1.25, or dispersion {k} > {c} x its own record",
+                        r.either([(raw, "l2", 1.25), ([("dispersion", k)], "l2", c)])))
+    for k, c in ((10, 1.25), (10, 1.5), (20, 1.25)):
+        out.append((f"level l2 + ln(dispersion {k} + 1e-12) (one l2), c {c}",
+                    r.rule(raw + [("logdispersion", k)], "l2", c)))
+        out.append((f"level l2, c 1.25, or ln(dispersion {k} + 1e-12) > {c} x its own record",
+                    r.either([(raw, "l2", 1.25), ([("logdispersion", k)], "l2", c)])))
+    for k, c in ((3, 1.25), (4, 1.25), (5, 1.2), (5, 1.25), (5, 1.3), (7, 1.25), (10, 1.25),
+                 (10, 1.5), (20, 1.25)):
+        kept = " (kept: the binary's default)" if (k, c) == (5, 1.25) else ""
+        out.append((f"level l2 + ln(max(dispersion {k}, resolution)) (one l2), c {c}{kept}",
+                    r.rule(raw + [("logdispersion_q", k)], "l2", c)))
+    for k in (5, 10, 20):
+        out.append((f"level l2, c 1.25, or ln(max(dispersion {k}, resolution)) > 1.25 x its "
+                    "own record",
+                    r.either([(raw, "l2", 1.25), ([("logdispersion_q", k)], "l2", 1.25)])))
+    shipped = r.rule(raw, "l2", 1.25)
+    for c in (1.0, 1.25):
+        def f(b, key, cc=c):
+            a = set(shipped(b, key)) - set(b["residual"])
+            return sorted(a | set(residual_record(b, cc)))
+        out.append((f"level l2, c 1.25; residual limit max(10, {c} x record) until calibrated", f))
+
+    def confirmed(level_c, confirm_level, confirm_residual):
+        def f(b, key):
+            stat = r.stat(b, key, raw, "l2")[0]
+            level = record_confirmed(stat, level_c) if confirm_level else record(stat, level_c)
+            residual = b["residual"]
+            if confirm_residual:
+                residual = two_of_three([a for a in residual if a < RESIDUAL_CALIBRATED]) + [
+                    a for a in residual if a >= RESIDUAL_CALIBRATED]
+            return sorted(set(b["trees"]) | set(residual) | set(level))
+        return f
+    out.append(("level l2, c 1.25; residual 2 of 3 until calibrated", confirmed(1.25, False, True)))
+    for c in (1.1, 1.25):
+        out.append((f"level l2, c {c}, 2 of 3 over the record before them",
+                    confirmed(c, True, False)))
+        out.append((f"level l2, c {c}, 2 of 3 over the record before them; residual 2 of 3 "
+                    "until calibrated", confirmed(c, True, True)))
+    return out
+
+
+def main():
+    files = ns.load()
+    prepared = [(ns.row_weights([r[0] for r in rows], wins), rows, path, key, labs)
+                for key, path, rows, wins, labs in files]
+    tmp = tempfile.mkdtemp(prefix="nab_onset_")
+    onsets = []  # (measure, key, base, onset, tolerance)
+    for key, path, onset, _ in ns.short_slices(prepared, tmp):
+        onsets.append(("NAB short", key, base(path, "value"), onset, 0))
+    for when, path in ns.arrival_runs(tmp):
+        onsets.append(("arrivals", when, base(path, OCCUPANCY), ns.SHORT_ONSET, 5))
+    for name, path in ns.motion_runs(tmp):
+        onsets.append(("motions", name, base(path, ns.MOTION_FEATURES), ns.SHORT_ONSET, 0))
+    long = [(key, base(path, "value"), wn) for wn, _, path, key, _ in prepared]
+    occ = [(name, base(os.path.join(ns.DATA, "occupancy_uci", name), OCCUPANCY))
+           for name in ("datatest.txt", "datatraining.txt", "datatest2.txt")]
+    n_windows = sum(n for _, _, (_, n) in long)
+    print(f"Onset rules tried for issue 18 (benches/nab_onset_rules.py); data {ns.DATA}")
+    r = Rules()
+    for label, rule in candidates(r):
+        parts = []
+        for measure in ("NAB short", "arrivals", "motions"):
+            runs = [o for o in onsets if o[0] == measure]
+            caught = both = 0
+            before_all = []
+            for _, key, b, onset, tol in runs:
+                a = rule(b, (measure, key))
+                hit = any(onset - tol <= i < onset + 50 for i in a)
+                before = sum(1 for i in a if i < onset - tol)
+                caught += hit
+                both += hit and before <= 1
+                before_all.append(before)
+            parts.append(f"{measure} {both}/{len(runs)} (caught {caught}, before {before_all})")
+        raw, count = 0.0, 0
+        for key, b, (w, n) in long:
+            a = rule(b, ("long", key))
+            raw += ns.score_alarms(w, n, a)
+            count += len(a)
+        occ_alarms = episodes = 0
+        for name, b in occ:
+            a = rule(b, ("occ", name))
+            occ_alarms += len(a)
+            last = None
+            for i in a:
+                episodes += last is None or i - last > 60
+                last = i
+        score = 100.0 * (raw + n_windows) / (2 * n_windows)
+        print(f"  {label}: caught with <= 1 before: {'; '.join(parts)}; NAB long {score:.1f} "
+              f"({count} alarms); Occupancy {occ_alarms} alarms, {episodes} episodes", flush=True)
+
+
+if __name__ == "__main__":
+    main()
