@@ -674,7 +674,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         });
     }
     tracker.close();
-    info!(%http_addr, broker = %format!("{host}:{port}"), pipelines = cfg.pipelines.len(), "edgeloop running.");
+    info!(%http_addr, broker = %format!("{host}:{port}"), store = %cfg.store.path.display(), pipelines = cfg.pipelines.len(), "edgeloop running.");
     let status = format!(
         "Serving HTTP on {http_addr}; MQTT {host}:{port}; {} pipeline(s)",
         cfg.pipelines.len()

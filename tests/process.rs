@@ -746,4 +746,14 @@ async fn run_without_a_config_as_a_normal_user_stores_readings_and_stops_cleanly
         .unwrap()
         .iter()
         .any(|l| l.contains("Stopped cleanly.")));
+    // The running line says where the store is (before, no line named it).
+    let named = format!("store={}", store.display());
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("edgeloop running.") && l.contains(&named)),
+        "no running line with {named}: {:#?}",
+        logs.lock().unwrap()
+    );
 }
