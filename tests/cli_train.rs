@@ -182,3 +182,20 @@ fn bad_arguments_exit_non_zero_with_a_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An error whose message already holds its cause is told once (before,
+/// `edgeloop predict --model` of a file that is not ONNX printed "model
+/// refused: not an ONNX model: …" twice on its line).
+#[test]
+fn an_error_is_told_once() {
+    let out = edgeloop(&[
+        "predict",
+        "--model",
+        "README.md",
+        "--file",
+        "data/occupancy_uci/datatest.txt",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("not an ONNX model").count(), 1, "{err}");
+}

@@ -184,10 +184,27 @@ pub fn main() -> ExitCode {
     match run(cli, logs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edgeloop: {e:#}");
+            eprintln!("edgeloop: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes on one line, each cause left out when the text so
+/// far already holds it: many of edgeloop's errors print their source in
+/// their own message, which anyhow's `{:#}` then repeated
+/// ("…: Database already open. Cannot acquire lock.: Database already
+/// open. Cannot acquire lock.").
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 /// One line per command: that command family's `run`.
