@@ -531,6 +531,7 @@ impl Publisher {
         let mut connected = false;
         let mut spoke_v5 = false;
         let mut pending: Option<Outgoing> = None;
+        let mut last_invalid = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -569,6 +570,18 @@ impl Publisher {
                 },
             }
             if let Some(m) = pending.take() {
+                if !valid_topic_name(&m.topic) {
+                    // rumqttc refuses it on every try, as it would a full
+                    // channel: kept, it would stop every later prediction.
+                    self.stats.predictions_dropped.fetch_add(1, Relaxed);
+                    if last_invalid
+                        .is_none_or(|t: std::time::Instant| t.elapsed() >= INVALID_TOPIC_LOG)
+                    {
+                        last_invalid = Some(std::time::Instant::now());
+                        tracing::warn!(topic = ?m.topic, "A prediction's topic is not a valid MQTT topic name (its device id holds + # or NUL); dropped and counted in predictions_dropped (logged at most every 10 s).");
+                    }
+                    continue;
+                }
                 // A full request channel keeps the message until the event
                 // loop has made room.
                 if self
@@ -583,6 +596,18 @@ impl Publisher {
         self.link.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(200), self.link.poll()).await;
     }
+}
+
+/// How often a prediction dropped for its topic is logged.
+const INVALID_TOPIC_LOG: Duration = Duration::from_secs(10);
+
+/// Whether `topic` may be a PUBLISH's topic name: not empty, at most
+/// 65,535 bytes, no wildcard (`+`, `#`; MQTT 3.1.1 §4.7.1, MQTT 5 §4.7.1)
+/// and no U+0000 (§1.5.3). A device id comes from a topic level, so only a
+/// broker that let a client publish on such a name (rumqttd takes `+` and
+/// `#` in one) can put them in a prediction's topic.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
 }
 
 #[cfg(test)]
