@@ -216,3 +216,39 @@ fn standardized_page_hinkley_is_page_hinkley_on_earlier_z_scores() {
     let mut s = Standardized::new(Box::new(PageHinkley::new(ph)));
     assert_eq!(alarms(&mut s, &values), expected);
 }
+
+/// `edgeloop detect --param` goes through the daemon's checks: ADWIN's
+/// `delta` must be in (0, 1) (before, `delta=5` ran and printed alarms).
+#[test]
+fn detect_refuses_the_parameters_the_daemon_refuses() {
+    let run = |detector: &str, param: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["detect", "--file"])
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/anomaly/nab_ambient_temperature_system_failure.csv"),
+            )
+            .args([
+                "--column",
+                "value",
+                "--detector",
+                detector,
+                "--param",
+                param,
+            ])
+            .output()
+            .unwrap()
+    };
+    for (detector, param, key) in [
+        ("adwin", "delta=5", "`adwin.delta` must be in (0, 1)"),
+        ("adwin", "clock=0", "`adwin.clock`"),
+        ("page_hinkley", "threshold=-1", "`page_hinkley.threshold`"),
+        ("ddm", "warning_threshold=9", "`ddm.warning_threshold`"),
+    ] {
+        let out = run(detector, param);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{detector} {param}");
+        assert!(err.contains(key), "{detector} {param}: {err}");
+    }
+    assert!(run("adwin", "delta=0.01").status.success());
+}

@@ -380,6 +380,17 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
         !(args.standardize && args.detector == "ddm"),
         "--standardize: ddm watches a 0/1 stream"
     );
+    // The daemon's checks of `[pipelines.drift.adwin]`, `.ddm`,
+    // `.page_hinkley` (ADWIN's delta in (0, 1), …), on these parameters.
+    let mut drift = crate::monitor::DriftConfig::default();
+    match args.detector.as_str() {
+        "adwin" => drift.adwin = serde_json::from_value(used.clone())?,
+        "ddm" => drift.ddm = serde_json::from_value(used.clone())?,
+        _ => drift.page_hinkley = serde_json::from_value(used.clone())?,
+    }
+    if let Err((key, reason)) = drift.validate() {
+        anyhow::bail!("--param for {}: `{key}` {reason}", args.detector);
+    }
     if args.standardize {
         detector = Box::new(crate::monitor::detectors::Standardized::new(detector));
     }
