@@ -175,39 +175,38 @@ fn readme_walkthrough_trains_predicts_and_takes_late_labels() {
     assert_eq!(stats["labels_matched"], 9752, "{stats}");
     assert_eq!(stats["labels_unmatched"], 0, "{stats}");
 
-    // `models list`: within 100 columns; --wide: every version.
+    // `models list`: within 100 columns; --wide: every version. The
+    // learner may still store a version (labels just arrived): the JSON,
+    // the table and the wide table are read again until the JSON before
+    // and after them agree.
     let url = format!("http://{http}");
-    let models: Value = serde_json::from_slice(
-        &edgeloop(
-            &[
-                "models",
-                "list",
-                "--pipeline",
-                "occupancy",
-                "--url",
-                &url,
-                "--json",
-            ],
-            &[],
-        )
-        .stdout,
-    )
-    .unwrap();
-    let versions: Vec<u64> = models["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["version"].as_u64().unwrap())
-        .collect();
+    let list = |extra: &[&str]| {
+        let mut args = vec!["models", "list", "--pipeline", "occupancy", "--url", &url];
+        args.extend_from_slice(extra);
+        String::from_utf8(edgeloop(&args, &[]).stdout).unwrap()
+    };
+    let listing = || {
+        let models: Value = serde_json::from_str(&list(&["--json"])).unwrap();
+        let versions: Vec<u64> = models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["version"].as_u64().unwrap())
+            .collect();
+        (versions, models["serving_version"].as_u64().unwrap())
+    };
+    let mut tries = 0;
+    let (versions, serving, table, wide) = loop {
+        let before = listing();
+        let (table, wide) = (list(&[]), list(&["--wide"]));
+        if listing() == before {
+            break (before.0, before.1, table, wide);
+        }
+        tries += 1;
+        assert!(tries < 20, "the versions kept changing: {before:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
     assert!(versions.len() >= 4, "{versions:?}");
-    let table = String::from_utf8(
-        edgeloop(
-            &["models", "list", "--pipeline", "occupancy", "--url", &url],
-            &[],
-        )
-        .stdout,
-    )
-    .unwrap();
     for line in table.lines() {
         assert!(
             line.chars().count() <= 100,
@@ -215,7 +214,6 @@ fn readme_walkthrough_trains_predicts_and_takes_late_labels() {
             line.chars().count()
         );
     }
-    let serving = models["serving_version"].as_u64().unwrap();
     assert!(
         table
             .lines()
@@ -224,22 +222,6 @@ fn readme_walkthrough_trains_predicts_and_takes_late_labels() {
             .contains(&format!("v{serving} ")),
         "{table}"
     );
-    let wide = String::from_utf8(
-        edgeloop(
-            &[
-                "models",
-                "list",
-                "--pipeline",
-                "occupancy",
-                "--url",
-                &url,
-                "--wide",
-            ],
-            &[],
-        )
-        .stdout,
-    )
-    .unwrap();
     let header = wide.lines().nth(1).unwrap();
     for v in &versions {
         assert!(header.contains(&format!("v{v} ")), "v{v}: {header}");

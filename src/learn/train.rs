@@ -41,6 +41,29 @@ pub enum Trigger {
     Fleet,
 }
 
+impl Trigger {
+    /// The name the card's JSON gives it (`min_labels`, `data_drift`, …),
+    /// which the timeline's reasons and the comparison table use too.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MinLabels => "min_labels",
+            Self::NewLabels => "new_labels",
+            Self::Drift => "drift",
+            Self::DataDrift => "data_drift",
+            Self::Anomaly => "anomaly",
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+            Self::Fleet => "fleet",
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A trained version, ready to store and serve.
 #[derive(Debug, Clone)]
 pub struct TrainedVersion {
@@ -949,6 +972,19 @@ fn time_range(ts: &[i64]) -> Option<[i64; 2]> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn each_trigger_is_named_as_the_card_json_names_it() {
+        use Trigger::*;
+        for t in [
+            MinLabels, NewLabels, Drift, DataDrift, Anomaly, Schedule, Manual, Fleet,
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str(), "{t:?}");
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        assert_eq!(format!("trigger {}", MinLabels), "trigger min_labels");
+    }
+
     use super::*;
 
     /// Two features; class `a` near (0, 0), `b` near (4, 0), `c` near (0, 4).

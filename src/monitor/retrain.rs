@@ -1769,7 +1769,7 @@ impl Learner {
                     let learn::TrainedVersion { model, onnx, card } = trained;
                     let params = serde_json::to_string(&model).unwrap_or_default();
                     let reason = format!(
-                        "trigger {:?}; the online learner serves (more accurate over the recent labelled samples)",
+                        "trigger {}; the online learner serves (more accurate over the recent labelled samples)",
                         card.trigger
                     );
                     registry.promote_onnx(&store, onnx, card, params, "standby", reason, false)

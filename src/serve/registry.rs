@@ -355,7 +355,7 @@ impl Registry {
                 self.promote_onnx(store, onnx, card, params_json, "refused", reason, false)
             }
             None => {
-                let reason = format!("trigger {:?}", card.trigger);
+                let reason = format!("trigger {}", card.trigger);
                 self.promote_onnx(store, onnx, card, params_json, "trained", reason, true)
             }
         }
@@ -713,6 +713,12 @@ mod tests {
         );
         let serving = registry.promote(&store, train(1)).unwrap();
         assert_eq!(serving.model.engine(), Engine::Tract);
+        // The timeline names the trigger as the card's JSON does.
+        let events = registry.history(&store, "occupancy").unwrap();
+        assert_eq!(
+            (events[0].action.as_str(), events[0].reason.as_str()),
+            ("trained", "trigger manual")
+        );
         // ort without the library (or the feature): refused, v1 keeps serving.
         let missing = LoadOptions {
             input_width: None,

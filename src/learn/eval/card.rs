@@ -437,10 +437,7 @@ fn table_cells(cards: &[ModelCard], serving: Option<u32>) -> Vec<Vec<String>> {
     let rows: Vec<Row> = vec![
         ("family", Box::new(|c| c.family.clone())),
         ("task", Box::new(|c| c.task.to_string())),
-        (
-            "trigger",
-            Box::new(|c| format!("{:?}", c.trigger).to_lowercase()),
-        ),
+        ("trigger", Box::new(|c| c.trigger.to_string())),
         (
             "serving",
             Box::new(|c| {
