@@ -110,6 +110,10 @@ pub struct Written {
     pub seqs: Vec<Option<u64>>,
     /// Per late label: the seq it was applied to, or `None`.
     pub labels: Vec<Option<u64>>,
+    /// Per late label: whether its sample had no label before (false for
+    /// an unmatched label, and for a label of a sample already labelled,
+    /// which replaces that label).
+    pub newly_labelled: Vec<bool>,
     /// Counts after the commit of each pipeline the commit changed.
     pub counts: Vec<(String, Counts)>,
 }
@@ -499,10 +503,11 @@ impl Store {
                 }
             }
         }
-        let (seqs, applied, named) = done?;
+        let (seqs, applied, newly_labelled, named) = done?;
         Ok(Written {
             seqs,
             labels: applied,
+            newly_labelled,
             counts: named
                 .into_iter()
                 .map(|(p, (next_seq, samples, labelled_total))| {
@@ -520,7 +525,8 @@ impl Store {
     }
 
     /// [`Store::write_batch`]'s writes in `txn`: per sample its seq (or
-    /// `None`), per label its seq (or `None`), and the counters written.
+    /// `None`), per label its seq (or `None`) and whether its sample was
+    /// unlabelled, and the counters written.
     /// Digests new to the dedup index are added to it and listed in
     /// `added`, for the caller to take out again if the commit fails.
     #[allow(clippy::type_complexity)]
@@ -535,6 +541,7 @@ impl Store {
         (
             Vec<Option<u64>>,
             Vec<Option<u64>>,
+            Vec<bool>,
             Vec<(&'a str, (u64, u64, u64))>,
         ),
         StoreError,
@@ -546,6 +553,7 @@ impl Store {
         });
         let mut seqs = Vec::with_capacity(samples.len());
         let mut applied = Vec::with_capacity(labels.len());
+        let mut newly_labelled = Vec::with_capacity(labels.len());
         // Per pipeline: (next_seq, count, labelled_total), written at the end.
         let mut named: Vec<(&str, (u64, u64, u64))> = Vec::new();
         {
@@ -627,6 +635,7 @@ impl Store {
                     };
                     let Some(seq) = seq else {
                         applied.push(None);
+                        newly_labelled.push(false);
                         continue;
                     };
                     let record = table
@@ -635,6 +644,7 @@ impl Store {
                         .map(|g| g.value().to_vec());
                     let Some(bytes) = record else {
                         applied.push(None);
+                        newly_labelled.push(false);
                         continue;
                     };
                     let mut record: StoredSample = postcard::from_bytes(&bytes)
@@ -651,13 +661,14 @@ impl Store {
                         named[i].1 .2 += 1;
                     }
                     applied.push(Some(seq));
+                    newly_labelled.push(newly);
                 }
             }
             for (p, c) in &named {
                 counters.insert(*p, *c).map_err(|x| e(x.into()))?;
             }
         }
-        Ok((seqs, applied, named))
+        Ok((seqs, applied, newly_labelled, named))
     }
 
     /// The digests of `pipeline`'s stored samples (the dedup index's set),

@@ -1100,6 +1100,56 @@ async fn late_labels_feed_the_concept_drift_detector() {
     }
     assert_eq!(scored, 300, "every late label scored once");
     assert_eq!(handle.stats.snapshot().labels_matched, 300);
+
+    // The same samples labelled again, each message new (not a redelivery)
+    // and its label flipped: the stored labels are replaced, and nothing is
+    // scored twice (before: 600 scored, the serving version's live tally
+    // counting each of its predictions once per label sent).
+    let live = |v: &serde_json::Value| {
+        v["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["serving"] == true)
+            .map(|v| v["live"].clone())
+    };
+    let versions = "/v1/pipelines/occupancy/versions";
+    let live_before = live(&json_request(addr, "GET", versions).await.1);
+    let relabels: Vec<Vec<u8>> = payloads[500..]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            let y = match &v["Occupancy"] {
+                serde_json::Value::String(y) => y.parse::<u64>().unwrap(),
+                y => y.as_f64().unwrap() as u64,
+            };
+            let flipped = 1 - y;
+            serde_json::to_vec(&serde_json::json!({
+                "sample_id": 500 + i, "Occupancy": flipped, "sent": "again"
+            }))
+            .unwrap()
+        })
+        .collect();
+    publish(&label_opts, relabels).await;
+    wait_until(WAIT, "600 labels matched", || {
+        handle.stats.snapshot().labels_matched == 600
+    })
+    .await;
+    // Whatever was handed to the learner has been scored by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let drift = json_request(addr, "GET", "/v1/pipelines/occupancy/drift")
+        .await
+        .1;
+    assert_eq!(
+        drift["concept"]["scored"], 300,
+        "relabelled samples scored again"
+    );
+    assert_eq!(
+        live(&json_request(addr, "GET", versions).await.1),
+        live_before
+    );
+    assert_eq!(handle.store.counts(PIPELINE).unwrap().labelled_total, 800);
     stop(running, handle, token).await;
 }
 

@@ -619,9 +619,16 @@ impl Committer {
         // Late labels (applied after the samples of the same commit).
         let mut labels_applied = false;
         if !late.is_empty() {
+            // Only a sample's first label is scored: a label for a sample
+            // already labelled replaces it in the store, and scoring it
+            // again would count one prediction once per label sent.
             let mut by_pipeline: HashMap<String, Vec<u64>> = HashMap::new();
-            for (l, seq) in late.iter().zip(&written.labels) {
-                if let Some(seq) = seq {
+            for ((l, seq), newly) in late
+                .iter()
+                .zip(&written.labels)
+                .zip(&written.newly_labelled)
+            {
+                if let (Some(seq), true) = (seq, newly) {
                     by_pipeline
                         .entry(l.pipeline.clone())
                         .or_default()
