@@ -199,3 +199,20 @@ fn an_error_is_told_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("not an ONNX model").count(), 1, "{err}");
 }
+
+/// A `;`-separated file (a spreadsheet's export with decimal commas) is
+/// named as such; before, the error was "found record with 2 fields, but
+/// the previous record has 1 fields".
+#[test]
+fn a_semicolon_separated_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("semi.csv");
+    std::fs::write(&file, "a;b;y\n1,5;2;0\n3;4;1\n").unwrap();
+    let out = edgeloop(&["train", "--file", file.to_str().unwrap(), "--label", "y"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the header `a;b;y` is one column: the file looks separated by `;`"),
+        "{err}"
+    );
+}

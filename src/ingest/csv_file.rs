@@ -70,6 +70,16 @@ pub fn read_labelled_csv_with(
         .from_path(path)
         .map_err(|e| err(e.to_string()))?;
     let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
+    // Read as one column, a file separated by `;` (spreadsheets in locales
+    // with a decimal comma write them) fails at its first row, "found record
+    // with 2 fields, but the previous record has 1 fields", naming neither.
+    if headers.len() == 1 && headers[0].contains(';') {
+        return Err(err(format!(
+            "the header `{}` is one column: the file looks separated by `;`; \
+             edgeloop reads comma-separated files (RFC 4180) with `.` as the decimal point",
+            &headers[0]
+        )));
+    }
     let records: Vec<csv::StringRecord> = reader
         .records()
         .collect::<Result<_, _>>()
