@@ -100,6 +100,15 @@ pub fn cut_lines(text: &str, width: usize) -> String {
     out
 }
 
+/// "serving version N", or, before any version serves, "no version serves
+/// yet" (not "serving version null").
+fn serving_text(v: &Value) -> String {
+    match v["serving_version"].as_u64() {
+        Some(n) => format!("serving version {n}"),
+        None => "no version serves yet".into(),
+    }
+}
+
 /// The answers of the models, history, import, promote and rollback
 /// endpoints (`edgeloop models …`) for people: the model cards side by side
 /// ([`crate::learn::card::render_table_within`]), the timeline with local
@@ -108,10 +117,7 @@ pub fn models_answer(v: &Value, wide: bool) -> String {
     let pipeline = v["pipeline"].as_str().unwrap_or("-");
     let mut out = String::new();
     if let Some(models) = v["models"].as_array() {
-        out.push_str(&format!(
-            "pipeline {pipeline} (serving version {})\n",
-            v["serving_version"]
-        ));
+        out.push_str(&format!("pipeline {pipeline} ({})\n", serving_text(v)));
         let cards: Vec<crate::learn::card::ModelCard> = models
             .iter()
             .filter_map(|m| serde_json::from_value(m.clone()).ok())
@@ -123,10 +129,7 @@ pub fn models_answer(v: &Value, wide: bool) -> String {
             crate::learn::card::render_table_within(&cards, serving, WIDTH)
         });
     } else if let Some(events) = v["events"].as_array() {
-        out.push_str(&format!(
-            "pipeline {pipeline} (serving version {})\n",
-            v["serving_version"]
-        ));
+        out.push_str(&format!("pipeline {pipeline} ({})\n", serving_text(v)));
         let mut rows = vec![vec![
             "at".to_string(),
             "version".into(),
@@ -164,4 +167,25 @@ pub fn models_answer(v: &Value, wide: bool) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_without_a_serving_version_says_so() {
+        let models = serde_json::json!({"pipeline": "p", "models": [], "serving_version": null});
+        let history = serde_json::json!({"pipeline": "p", "events": [], "serving_version": null});
+        for v in [models, history] {
+            let text = models_answer(&v, false);
+            assert!(
+                text.starts_with("pipeline p (no version serves yet)\n"),
+                "{text}"
+            );
+            assert!(!text.contains("null"), "{text}");
+        }
+        let v = serde_json::json!({"pipeline": "p", "events": [], "serving_version": 3});
+        assert!(models_answer(&v, false).starts_with("pipeline p (serving version 3)\n"));
+    }
 }
