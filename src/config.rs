@@ -613,6 +613,15 @@ impl Config {
                     .into(),
             );
         }
+        // rumqttd refuses these in a client id (its router's
+        // `validate_clientid`); the daemon could never connect.
+        if self.mqtt.broker == "embedded" && self.mqtt.client_id.contains(['+', '$', '#', '/']) {
+            return bad(
+                "mqtt.client_id".into(),
+                "must not hold + $ # or / with the embedded broker, which refuses such client ids"
+                    .into(),
+            );
+        }
         if !(5..=65535).contains(&self.mqtt.keep_alive_s) {
             return bad("mqtt.keep_alive_s".into(), "must be in 5..=65535".into());
         }
@@ -1113,6 +1122,19 @@ mod tests {
         );
         // Untouched keys keep the default.
         assert_eq!(cfg.store.retention_chunk, 1000);
+    }
+
+    #[test]
+    fn a_client_id_the_embedded_broker_refuses_is_named() {
+        let err = load_str("[mqtt]\nclient_id = 'gw/7'\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.client_id"), "{err}");
+        assert!(load_str(
+            "[mqtt]\nbroker = 'mqtt://127.0.0.1:1883'\nclient_id = 'gw/7'\n",
+            &[]
+        )
+        .is_ok());
     }
 
     #[test]
