@@ -888,6 +888,12 @@ impl Config {
             if a.level_warmup < 50 {
                 return bad(key("anomaly.level_warmup"), "must be at least 50".into());
             }
+            if a.level_dispersion > a.level_warmup {
+                return bad(
+                    key("anomaly.level_dispersion"),
+                    "must be at most `level_warmup` (0: off)".into(),
+                );
+            }
             if let Err(reason) = p.preprocess.validate(&p.features) {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));
                 return bad(key(&format!("preprocess.{k}")), reason.to_string());

@@ -658,6 +658,7 @@ fn the_alarm_rule_keys_load_and_are_validated() {
         ("residual_alpha = 1.5", "anomaly.residual_alpha"),
         ("level_margin = 0.5", "anomaly.level_margin"),
         ("level_warmup = 20", "anomaly.level_warmup"),
+        ("level_dispersion = 201", "anomaly.level_dispersion"),
     ] {
         let err = load(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
         assert!(err.contains(key), "{bad}: {err}");
