@@ -381,12 +381,11 @@ async fn endpoints_answer_what_the_store_holds_and_survive_a_restart() {
             .sum();
         assert!((probs - 1.0).abs() < 1e-4, "{m}");
     }
-    assert!(
-        get_json(&handle, "/v1/predictions?pipeline=other").await["predictions"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    // A pipeline that is not configured: 404 with the JSON error (17e62f0).
+    let (status, body) = get(&handle, "/v1/predictions?pipeline=other").await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("other"), "{body}");
 
     // The Grafana board queries only metrics that /metrics has.
     let (status, text) = get(&handle, "/metrics").await;
