@@ -841,58 +841,8 @@ impl Config {
                 }
             }
             validate_model(&p.model, Some(p.task), &key("model."))?;
-            let a = &p.anomaly;
-            if a.trees == 0 || a.window == 0 || a.calibration == 0 || !(1..=20).contains(&a.height)
-            {
-                return bad(
-                    key("anomaly"),
-                    "trees, window and calibration at least 1, height 1..=20".into(),
-                );
-            }
-            if !(a.quantile > 0.0 && a.quantile < 1.0) {
-                return bad(key("anomaly.quantile"), "must be in (0, 1)".into());
-            }
-            if a.history < a.calibration {
-                return bad(
-                    key("anomaly.history"),
-                    "must be at least `calibration`".into(),
-                );
-            }
-            if a.persistence == 0 {
-                return bad(key("anomaly.persistence"), "must be at least 1".into());
-            }
-            if a.persistence_window < a.persistence {
-                return bad(
-                    key("anomaly.persistence_window"),
-                    "must be at least `persistence`".into(),
-                );
-            }
-            if a.episode_gap == 0 {
-                return bad(key("anomaly.episode_gap"), "must be at least 1".into());
-            }
-            if !(a.residual_z.is_finite() && a.residual_z >= 0.0) {
-                return bad(
-                    key("anomaly.residual_z"),
-                    "must be at least 0 (0: off)".into(),
-                );
-            }
-            if !(a.residual_alpha > 0.0 && a.residual_alpha <= 1.0) {
-                return bad(key("anomaly.residual_alpha"), "must be in (0, 1]".into());
-            }
-            if !(a.level_margin == 0.0 || (a.level_margin.is_finite() && a.level_margin >= 1.0)) {
-                return bad(
-                    key("anomaly.level_margin"),
-                    "must be 0 (off) or at least 1".into(),
-                );
-            }
-            if a.level_warmup < 50 {
-                return bad(key("anomaly.level_warmup"), "must be at least 50".into());
-            }
-            if a.level_dispersion > a.level_warmup {
-                return bad(
-                    key("anomaly.level_dispersion"),
-                    "must be at most `level_warmup` (0: off)".into(),
-                );
+            if let Err((k, reason)) = p.anomaly.validate() {
+                return bad(key(&format!("anomaly.{k}")), reason);
             }
             if let Err(reason) = p.preprocess.validate(&p.features) {
                 let (k, reason) = reason.split_once(": ").unwrap_or(("", &reason));

@@ -659,8 +659,35 @@ fn the_alarm_rule_keys_load_and_are_validated() {
         ("level_margin = 0.5", "anomaly.level_margin"),
         ("level_warmup = 20", "anomaly.level_warmup"),
         ("level_dispersion = 201", "anomaly.level_dispersion"),
+        ("quantile = 1.0", "anomaly.quantile"),
+        ("height = 0", "anomaly.height"),
+        ("history = 500", "anomaly.history"),
     ] {
         let err = load(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
         assert!(err.contains(key), "{bad}: {err}");
+    }
+    // `edgeloop anomaly` refuses the same values in its flags, naming the
+    // flag (`--quantile 2` used to run and print "threshold not reached").
+    for (flags, named) in [
+        (&["--quantile", "2"][..], "--quantile: must be in (0, 1)"),
+        (&["--height", "0"], "--height: must be in 1..=20"),
+        (
+            &["--history", "500"],
+            "--history: must be at least `calibration`",
+        ),
+        (
+            &["--level-warmup", "20"],
+            "--level-warmup: must be at least 50",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["anomaly", "--json", "--features", "value", "--file"])
+            .arg(fixture("nab_ambient_temperature_system_failure.csv"))
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} accepted");
+        assert!(err.contains(named), "{flags:?}: {err}");
     }
 }

@@ -125,10 +125,19 @@ fn level_distances_and_alarms_equal_the_reference() {
 /// than 50 readings are not used: both refused.
 #[test]
 fn the_level_keys_are_validated() {
-    for extra in [
-        ["--level-margin", "0.5"],
-        ["--level-warmup", "20"],
-        ["--level-dispersion", "201"],
+    for (extra, named) in [
+        (
+            ["--level-margin", "0.5"],
+            "--level-margin: must be 0 (off) or at least 1",
+        ),
+        (
+            ["--level-warmup", "20"],
+            "--level-warmup: must be at least 50",
+        ),
+        (
+            ["--level-dispersion", "201"],
+            "--level-dispersion: must be at most",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
             .args(["anomaly", "--json"])
@@ -139,7 +148,7 @@ fn the_level_keys_are_validated() {
             .unwrap();
         assert!(!out.status.success(), "{extra:?}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("--level-margin 0 or at least 1"),
+            String::from_utf8_lossy(&out.stderr).contains(named),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );

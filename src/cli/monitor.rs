@@ -210,21 +210,6 @@ fn parse_time(s: &str) -> Option<i64> {
 /// and prints the scores and the alarms.
 pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
     let (features, rows) = read_columns(&args.file, &args.features)?;
-    anyhow::ensure!(
-        args.persistence >= 1
-            && args.persistence_window >= args.persistence
-            && args.episode_gap >= 1
-            && args.residual_z >= 0.0
-            && args.residual_alpha > 0.0
-            && args.residual_alpha <= 1.0
-            && (args.level_margin == 0.0 || args.level_margin >= 1.0)
-            && args.level_warmup >= 50
-            && args.level_dispersion <= args.level_warmup,
-        "--persistence at least 1, --persistence-window at least --persistence, \
-         --episode-gap at least 1, --residual-z at least 0, --residual-alpha in (0, 1], \
-         --level-margin 0 or at least 1, --level-warmup at least 50, \
-         --level-dispersion at most --level-warmup"
-    );
     // The daemon's scorer ([pipelines.anomaly]), with these settings.
     let cfg = AnomalyConfig {
         enabled: true,
@@ -245,6 +230,10 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         level_dispersion: args.level_dispersion,
         episode_gap: args.episode_gap,
     };
+    // The daemon's checks of `[pipelines.anomaly]`, on these flags.
+    if let Err((key, reason)) = cfg.validate() {
+        anyhow::bail!("--{}: {reason}", key.replace('_', "-"));
+    }
     let mut scorer = Scorer::new(&cfg, &features);
     let mut scores = Vec::with_capacity(rows.len());
     let mut residual_z = Vec::with_capacity(rows.len());

@@ -185,6 +185,59 @@ pub struct AnomalyConfig {
     pub episode_gap: usize,
 }
 
+impl AnomalyConfig {
+    /// Checks the settings, as the daemon does at start for
+    /// `[pipelines.anomaly]` and `edgeloop anomaly` for its flags.
+    ///
+    /// # Errors
+    /// The key (below `anomaly.`) and the reason of the first invalid value.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let fail = |k, r: &str| Err((k, r.to_string()));
+        if self.trees == 0 || self.window == 0 || self.calibration == 0 {
+            return fail("trees", "trees, window and calibration at least 1");
+        }
+        if !(1..=20).contains(&self.height) {
+            return fail("height", "must be in 1..=20");
+        }
+        if !(self.quantile > 0.0 && self.quantile < 1.0) {
+            return fail("quantile", "must be in (0, 1)");
+        }
+        if self.history < self.calibration {
+            return fail("history", "must be at least `calibration`");
+        }
+        if self.persistence == 0 {
+            return fail("persistence", "must be at least 1");
+        }
+        if self.persistence_window < self.persistence {
+            return fail("persistence_window", "must be at least `persistence`");
+        }
+        if self.episode_gap == 0 {
+            return fail("episode_gap", "must be at least 1");
+        }
+        if !(self.residual_z.is_finite() && self.residual_z >= 0.0) {
+            return fail("residual_z", "must be at least 0 (0: off)");
+        }
+        if !(self.residual_alpha > 0.0 && self.residual_alpha <= 1.0) {
+            return fail("residual_alpha", "must be in (0, 1]");
+        }
+        if !(self.level_margin == 0.0
+            || (self.level_margin.is_finite() && self.level_margin >= 1.0))
+        {
+            return fail("level_margin", "must be 0 (off) or at least 1");
+        }
+        if self.level_warmup < 50 {
+            return fail("level_warmup", "must be at least 50");
+        }
+        if self.level_dispersion > self.level_warmup {
+            return fail(
+                "level_dispersion",
+                "must be at most `level_warmup` (0: off)",
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for AnomalyConfig {
     fn default() -> Self {
         Self {
