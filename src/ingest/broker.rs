@@ -160,6 +160,9 @@
 //! (`server/broker.rs`, `try_send(..).unwrap()`), poisoning it, and every
 //! later CONNECT panics too: the broker takes nobody, the daemon's own
 //! reconnection included. So rumqttd must never see a CONNECT it refuses.
+//! A client's PUBLISH on a topic name that is none (a wildcard `+` or `#`,
+//! U+0000, empty, not UTF-8: MQTT 3.1.1 §3.3.2.1, §1.5.3) closes its
+//! connection, as mosquitto does (§4.8); rumqttd would route it.
 //!
 //! Logins are compared in constant time (`subtle`). An admitted CONNECT is
 //! forwarded with its login replaced by the daemon's: rumqttd's own static
@@ -348,6 +351,10 @@ pub struct ProxyStats {
     /// the daemon's client id, a client id rumqttd does not take, or one
     /// client beyond [`MAX_CLIENTS`].
     pub refused: u64,
+    /// Clients closed for publishing on a topic name that is none: a
+    /// wildcard (`+`, `#`), U+0000, empty, or not UTF-8 (MQTT 3.1.1
+    /// §3.3.2.1 and §1.5.3).
+    pub bad_topics: u64,
 }
 
 impl EmbeddedBroker {
@@ -469,6 +476,7 @@ impl EmbeddedBroker {
             next_conn: AtomicU64::new(1),
             users: Mutex::new(access.users),
             refused: AtomicU64::new(0),
+            bad_topics: AtomicU64::new(0),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -549,6 +557,7 @@ impl EmbeddedBroker {
             held: f.held,
             open: self.is_open(),
             refused: self.shared.refused.load(Ordering::Relaxed),
+            bad_topics: self.shared.bad_topics.load(Ordering::Relaxed),
         }
     }
 
@@ -755,6 +764,8 @@ struct Shared {
     users: Mutex<Vec<(String, String)>>,
     /// CONNECTs refused (as [`ProxyStats::refused`]).
     refused: AtomicU64,
+    /// As [`ProxyStats::bad_topics`].
+    bad_topics: AtomicU64,
     /// Largest packet forwarded, bytes.
     max_frame: usize,
     gate: watch::Sender<Gate>,
@@ -1834,6 +1845,20 @@ async fn up<R: AsyncRead + Unpin>(
                 ready += h.len;
                 continue;
             }
+            if h.byte1 >> 4 == PUBLISH && !publish_topic_valid(body) {
+                // MQTT 3.1.1 §4.8: a protocol violation closes the
+                // connection; what came before it is forwarded. rumqttd
+                // would route it (its `+` stored as a device id).
+                shared.bad_topics.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    topic = %String::from_utf8_lossy(str16(body).map_or(&[][..], |(t, _)| t)),
+                    "Embedded MQTT broker: a client published on a topic name with a wildcard (+ #), U+0000, or none; closing its connection (MQTT 3.1.1 section 3.3.2.1), as mosquitto does. Nothing of that publish is stored or acknowledged."
+                );
+                if ready > 0 {
+                    let _ = broker.write_all(&buf[..ready]).await;
+                }
+                break 'conn;
+            }
             let k = shared.inspect_up(kind, h.byte1, body);
             if k > 0 && !shared.try_acquire(k) {
                 if ready > 0 {
@@ -1893,6 +1918,14 @@ async fn up<R: AsyncRead + Unpin>(
         }
     }
     let _ = broker.shutdown().await;
+}
+
+/// Whether a PUBLISH's body starts with a topic name a client may publish
+/// on ([`super::mqtt::valid_topic_name`], and UTF-8: MQTT 3.1.1 §1.5.3).
+fn publish_topic_valid(body: &[u8]) -> bool {
+    str16(body)
+        .and_then(|(t, _)| std::str::from_utf8(t).ok())
+        .is_some_and(super::mqtt::valid_topic_name)
 }
 
 /// An MQTT 3.1.1 PUBACK.
@@ -2080,6 +2113,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn publishes_on_a_topic_name_that_is_none_are_told_apart() {
+        let body = |topic: &[u8]| {
+            let mut b = (topic.len() as u16).to_be_bytes().to_vec();
+            b.extend_from_slice(topic);
+            b.extend_from_slice(&[0, 1, b'{', b'}']);
+            b
+        };
+        assert!(publish_topic_valid(&body(b"sensors/room1/occupancy")));
+        assert!(publish_topic_valid(&body(
+            "capteurs/salle-é/occupation".as_bytes()
+        )));
+        for bad in [
+            &b"sensors/+/occupancy"[..],
+            b"sensors/#",
+            b"+",
+            b"a/\0/b",
+            b"",
+            b"a/\xff",
+        ] {
+            assert!(!publish_topic_valid(&body(bad)), "{bad:?}");
+        }
+        // A topic length beyond the body: no topic name.
+        assert!(!publish_topic_valid(&[0, 9, b'a']));
     }
 
     #[test]

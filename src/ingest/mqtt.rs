@@ -109,6 +109,15 @@ pub fn receive_maximum(batch_size: usize) -> u16 {
     batch_size.saturating_mul(2).clamp(1, 65_535) as u16
 }
 
+/// Whether `topic` may be a PUBLISH's topic name: not empty, at most
+/// 65,535 bytes, no wildcard (`+`, `#`; MQTT 3.1.1 §3.3.2.1 and §4.7.1,
+/// MQTT 5 §3.3.2.1) and no U+0000 (§1.5.3). The embedded broker closes a
+/// client that publishes on anything else, as mosquitto does; the
+/// predictions publisher drops a prediction whose topic is not one.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
+}
+
 /// Room for the topic and header beyond the payload limit, bytes.
 pub const PACKET_OVERHEAD: usize = 65536;
 

@@ -570,7 +570,7 @@ impl Publisher {
                 },
             }
             if let Some(m) = pending.take() {
-                if !valid_topic_name(&m.topic) {
+                if !crate::ingest::mqtt::valid_topic_name(&m.topic) {
                     // rumqttc refuses it on every try, as it would a full
                     // channel: kept, it would stop every later prediction.
                     self.stats.predictions_dropped.fetch_add(1, Relaxed);
@@ -600,15 +600,6 @@ impl Publisher {
 
 /// How often a prediction dropped for its topic is logged.
 const INVALID_TOPIC_LOG: Duration = Duration::from_secs(10);
-
-/// Whether `topic` may be a PUBLISH's topic name: not empty, at most
-/// 65,535 bytes, no wildcard (`+`, `#`; MQTT 3.1.1 §4.7.1, MQTT 5 §4.7.1)
-/// and no U+0000 (§1.5.3). A device id comes from a topic level, so only a
-/// broker that let a client publish on such a name (rumqttd takes `+` and
-/// `#` in one) can put them in a prediction's topic.
-pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
-}
 
 #[cfg(test)]
 mod tests {
