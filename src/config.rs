@@ -167,6 +167,16 @@ pub enum HttpAuth {
     All,
 }
 
+impl HttpAuth {
+    /// The key's value as written in the configuration (`writes`, `all`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Writes => "writes",
+            Self::All => "all",
+        }
+    }
+}
+
 fn default_header_timeout_s() -> u64 {
     10
 }
@@ -964,6 +974,17 @@ mod tests {
         std::fs::write(&path, toml).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::load_with_env(Some(&path), env)
+    }
+
+    /// The log names `http.auth` as the configuration spells it (it
+    /// printed the Rust names `Writes` and `All`).
+    #[test]
+    fn http_auth_is_named_as_written() {
+        for (auth, toml) in [(HttpAuth::Writes, "writes"), (HttpAuth::All, "all")] {
+            assert_eq!(auth.as_str(), toml);
+            let cfg = load_str(&format!("[http]\nauth = \"{toml}\"\n"), &[]).unwrap();
+            assert_eq!(cfg.http.auth, auth);
+        }
     }
 
     /// The packaged configuration is the default one with the local

@@ -540,7 +540,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         listen = %http_addr,
         https = https.is_some(),
         token = token.is_some(),
-        auth = ?cfg.http.auth,
+        auth = cfg.http.auth.as_str(),
         "HTTP API: {}.",
         match (&token, cfg.http.auth) {
             (None, _) => "no token: every request is open (loopback only)",
