@@ -961,7 +961,26 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
     let origin = file
         .map(|p| format!(" (layers: default, {}, environment)", p.display()))
         .unwrap_or_default();
-    format!("{e}{origin}")
+    format!("{}{origin}", dotted_keys(&e.to_string()))
+}
+
+/// config-rs writes a key below an array element without its dot
+/// (`pipelines[0]topics`); the key as a file spells it is
+/// `pipelines[0].topics`.
+fn dotted_keys(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 4);
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_ascii_alphabetic() || *n == '_')
+        {
+            out.push('.');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -974,6 +993,19 @@ mod tests {
         std::fs::write(&path, toml).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::load_with_env(Some(&path), env)
+    }
+
+    /// A missing key below an array element is named with its dot (config-rs
+    /// wrote `pipelines[0]topics`).
+    #[test]
+    fn a_missing_key_of_a_pipeline_is_named_as_a_file_spells_it() {
+        let e = load_str("[[pipelines]]\nname = \"x\"\n", &[]).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("missing configuration field \"pipelines[0].topics\""),
+            "{m}"
+        );
+        assert_eq!(dotted_keys("a[1]b[2]_c[3] d[4]"), "a[1].b[2]._c[3] d[4]");
     }
 
     /// The log names `http.auth` as the configuration spells it (it
