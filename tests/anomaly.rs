@@ -266,6 +266,7 @@ fn the_anomaly_command_default_rules_equal_the_reference() {
         std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
             .args(["anomaly", "--json", "--seed", "42", "--features", "value"])
             .args(["--quantile", "0.99", "--residual-z", "2.5"])
+            .args(["--residual-margin", "0"])
             .args(["--episode-gap", "24", "--file"])
             .arg(fixture("nab_ambient_temperature_system_failure.csv")),
     );
@@ -649,6 +650,9 @@ fn the_alarm_rule_keys_load_and_are_validated() {
             .residual_z,
         0.0
     );
+    let margin = load("residual_margin = 2.0\nresidual_margin_quantile = 0.99").unwrap();
+    let a = &margin.pipelines[0].anomaly;
+    assert_eq!((a.residual_margin, a.residual_margin_quantile), (2.0, 0.99));
     for (bad, key) in [
         ("persistence = 0", "anomaly.persistence"),
         ("persistence = 6", "anomaly.persistence_window"),
@@ -656,6 +660,11 @@ fn the_alarm_rule_keys_load_and_are_validated() {
         ("residual_z = -1.0", "anomaly.residual_z"),
         ("residual_alpha = 0.0", "anomaly.residual_alpha"),
         ("residual_alpha = 1.5", "anomaly.residual_alpha"),
+        ("residual_margin = 0.5", "anomaly.residual_margin"),
+        (
+            "residual_margin_quantile = 1.0",
+            "anomaly.residual_margin_quantile",
+        ),
         ("level_margin = 0.5", "anomaly.level_margin"),
         ("level_warmup = 20", "anomaly.level_warmup"),
         ("level_dispersion = 201", "anomaly.level_dispersion"),

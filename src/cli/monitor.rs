@@ -72,6 +72,18 @@ pub struct AnomalyArgs {
     /// Rows learned before the residual test may alarm.
     #[arg(long, default_value_t = AnomalyConfig::default().residual_warmup)]
     residual_warmup: usize,
+    /// Residual limit at least this times its own earlier quantile (0: off).
+    ///
+    /// The residual test's limit is also at least this factor times the
+    /// --residual-margin-quantile of the earlier residual z-scores (the
+    /// last --history non-zero ones), from the first on: a stream whose
+    /// ordinary rows already jump raises its own bar before --calibration
+    /// residuals exist. At least 1.
+    #[arg(long, default_value_t = AnomalyConfig::default().residual_margin)]
+    residual_margin: f64,
+    /// The quantile --residual-margin multiplies, in (0, 1).
+    #[arg(long, default_value_t = AnomalyConfig::default().residual_margin_quantile)]
+    residual_margin_quantile: f64,
     /// Level rule: alarm on a new record of the level distance by this factor (0: off).
     ///
     /// A row's level distance: the root sum of squares over the features
@@ -225,6 +237,8 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         residual_z: args.residual_z,
         residual_alpha: args.residual_alpha,
         residual_warmup: args.residual_warmup,
+        residual_margin: args.residual_margin,
+        residual_margin_quantile: args.residual_margin_quantile,
         level_margin: args.level_margin,
         level_warmup: args.level_warmup,
         level_dispersion: args.level_dispersion,
