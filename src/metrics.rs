@@ -29,6 +29,7 @@
 //! | `edgeloop_anomaly_alarms_total` | counter | (readings alarmed by either rule of `[pipelines.anomaly]`) |
 //! | `edgeloop_anomaly_rule_alarms_total` | counter | `rule` (`trees`, `residual`: alarms by rule, a reading where both fired counted in both; `level`: the level rule's, where neither fired) |
 //! | `edgeloop_anomaly_episodes_total` | counter | (alarms more than `episode_gap` readings after the previous one, `learn::anomaly::Scored::episode`) |
+//! | `edgeloop_anomaly_devices_evicted_total` | counter | (devices whose residual and level rules were forgotten for a new device, `[pipelines.anomaly] max_devices`) |
 //! | `edgeloop_drift_error_rate`, `edgeloop_drift_mean_abs_error` | gauge | `pipeline` (the serving version's error on the labelled samples scored since it started serving) |
 //! | `edgeloop_drift_scored_samples` | gauge | `pipeline` |
 //! | `edgeloop_drift_alarms_total` | counter | `pipeline` (every alarm kept in the store) |
@@ -283,6 +284,12 @@ impl Collector for Scrape {
             "edgeloop_anomaly_episodes",
             "Anomaly alarms that opened an episode (more than episode_gap readings after the previous alarm)",
             &st.anomaly_episodes,
+        )?;
+        counter(
+            e,
+            "edgeloop_anomaly_devices_evicted",
+            "Devices whose anomaly rules were forgotten to make room for a new device ([pipelines.anomaly] max_devices)",
+            &st.anomaly_evicted,
         )?;
         counters(
             e,

@@ -207,6 +207,9 @@ pub struct Stats {
     pub anomaly_level_alarms: AtomicU64,
     /// Alarms that opened an episode (`learn::anomaly::Scored::episode`).
     pub anomaly_episodes: AtomicU64,
+    /// Devices whose anomaly rules were forgotten to make room for a new
+    /// device (`[pipelines.anomaly] max_devices`).
+    pub anomaly_evicted: AtomicU64,
     /// HTTP requests refused for want of the bearer token (401).
     pub http_unauthorized: AtomicU64,
     /// HTTP requests refused for a wrong bearer token (403).

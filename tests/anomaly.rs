@@ -414,6 +414,13 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
         })
         .collect();
     let want = scores(&r["occupancy"]["query_scores"]);
+    // Each row as the next reading of room1, the device of the readings
+    // (the residual and level rules are kept per device; a row without a
+    // device would be scored by the rules of the readings without one).
+    let mut query_body: Value = serde_json::from_slice(&predict_body(&queries)).unwrap();
+    for row in query_body["rows"].as_array_mut().unwrap() {
+        row["device"] = "room1".into();
+    }
     for _ in 0..2 {
         let mut client = edgeloop::demo::HttpClient::connect(handle.http_addr)
             .await
@@ -422,7 +429,7 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
             .request(
                 "POST",
                 "/v1/pipelines/occupancy/predict",
-                Some(predict_body(&queries)),
+                Some(serde_json::to_vec(&query_body).unwrap()),
             )
             .await
             .unwrap();

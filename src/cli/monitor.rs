@@ -22,6 +22,18 @@ pub struct AnomalyArgs {
     /// Default: every column whose first row is a number.
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
+    /// Column of each row's device: residual and level rules per device.
+    ///
+    /// Each device's rows are scored against its own earlier rows, as the
+    /// daemon scores each device's readings (the trees and their threshold
+    /// stay one for the file). Without it, every row is one stream's.
+    #[arg(long)]
+    device: Option<String>,
+    /// Devices whose rules are kept with --device (at least 1).
+    ///
+    /// A new device beyond them forgets the least recently seen one.
+    #[arg(long, default_value_t = AnomalyConfig::default().max_devices)]
+    max_devices: usize,
     /// Trees (River's default 10).
     #[arg(long, default_value_t = 10)]
     trees: usize,
@@ -116,7 +128,9 @@ pub struct AnomalyArgs {
     /// `level` (the level distance, 0 once that rule retired) hold one
     /// value per row, `alarms` the row indices, `rules` the rule of each
     /// alarm ("trees", "residual", "both" or "level"), `episodes` the rows
-    /// of the alarms that open an episode.
+    /// of the alarms that open an episode. With --device, `residual_limit`
+    /// is an object (device: limit) and `devices_evicted` counts the
+    /// devices forgotten for --max-devices.
     #[arg(long)]
     json: bool,
 }
@@ -202,6 +216,24 @@ fn read_times(file: &std::path::Path, column: &str) -> anyhow::Result<Vec<i64>> 
         .collect()
 }
 
+/// The values of column `column` of a CSV file, as text (trimmed).
+///
+/// # Errors
+/// The file, or a missing column (named).
+fn read_text(file: &std::path::Path, column: &str) -> anyhow::Result<Vec<String>> {
+    let mut reader =
+        csv::Reader::from_path(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let c = reader
+        .headers()?
+        .iter()
+        .position(|h| h == column)
+        .ok_or_else(|| anyhow::anyhow!("no column `{column}` in {}", file.display()))?;
+    reader
+        .records()
+        .map(|rec| Ok(rec?.get(c).unwrap_or("").trim().to_string()))
+        .collect()
+}
+
 fn parse_time(s: &str) -> Option<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_millis());
@@ -221,7 +253,27 @@ fn parse_time(s: &str) -> Option<i64> {
 /// Scores every row (score, then learn: each score uses only earlier rows)
 /// and prints the scores and the alarms.
 pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
-    let (features, rows) = read_columns(&args.file, &args.features)?;
+    let (mut features, mut rows) = read_columns(&args.file, &args.features)?;
+    let devices = match &args.device {
+        Some(column) => {
+            // The device column is not a default feature.
+            if let Some(at) = features.iter().position(|f| f == column) {
+                if args.features.is_empty() {
+                    features.remove(at);
+                    rows.iter_mut().for_each(|r| {
+                        r.remove(at);
+                    });
+                }
+            }
+            anyhow::ensure!(
+                !features.is_empty(),
+                "no numeric column in {} besides `{column}`",
+                args.file.display()
+            );
+            Some(read_text(&args.file, column)?)
+        }
+        None => None,
+    };
     // The daemon's scorer ([pipelines.anomaly]), with these settings.
     let cfg = AnomalyConfig {
         enabled: true,
@@ -243,6 +295,7 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         level_warmup: args.level_warmup,
         level_dispersion: args.level_dispersion,
         episode_gap: args.episode_gap,
+        max_devices: args.max_devices,
     };
     // The daemon's checks of `[pipelines.anomaly]`, on these flags.
     if let Err((key, reason)) = cfg.validate() {
@@ -254,7 +307,8 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
     let mut level = Vec::with_capacity(rows.len());
     let (mut alarms, mut rules, mut episodes) = (Vec::new(), Vec::new(), Vec::new());
     for (i, row) in rows.iter().enumerate() {
-        let s = scorer.score_then_learn_f64(row);
+        let device = devices.as_ref().and_then(|d| d.get(i)).map(String::as_str);
+        let s = scorer.score_then_learn_f64(device, row);
         if let Some(rule) = s.rule {
             alarms.push(i);
             rules.push(rule.as_str());
@@ -267,22 +321,30 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
         level.push(s.level);
     }
     let threshold = scorer.threshold();
-    let residual_limit = scorer.residual_limit();
+    let residual_limit = scorer.residual_limit(None);
+    // Per device (--device): each kept device's limit, in name order.
+    let limits: Option<std::collections::BTreeMap<&str, Option<f64>>> = devices.as_ref().map(|d| {
+        d.iter()
+            .map(|d| (d.as_str(), scorer.residual_limit(Some(d))))
+            .collect()
+    });
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "features": features,
-                "threshold": threshold,
-                "residual_limit": residual_limit,
-                "scores": scores,
-                "residual_z": residual_z,
-                "level": level,
-                "alarms": alarms,
-                "rules": rules,
-                "episodes": episodes,
-            })
-        );
+        let mut out = serde_json::json!({
+            "features": features,
+            "threshold": threshold,
+            "residual_limit": residual_limit,
+            "scores": scores,
+            "residual_z": residual_z,
+            "level": level,
+            "alarms": alarms,
+            "rules": rules,
+            "episodes": episodes,
+        });
+        if let Some(limits) = &limits {
+            out["residual_limit"] = serde_json::json!(limits);
+            out["devices_evicted"] = serde_json::json!(scorer.evicted());
+        }
+        println!("{out}");
     } else {
         println!(
             "{} rows, features {}; threshold {} ({} quantile of the last {} scores, {} of {} rows), residual z above {}; {} alarms in {} episodes{}",
@@ -293,7 +355,18 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
             args.history,
             args.persistence,
             args.persistence_window,
-            residual_limit.map_or("off".into(), |t| format!("{t:.2}")),
+            match &limits {
+                Some(l) => {
+                    let l: Vec<f64> = l.values().flatten().copied().collect();
+                    let (lo, hi) = l.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &v| (a.min(v), b.max(v)));
+                    if l.is_empty() {
+                        "off".into()
+                    } else {
+                        format!("{lo:.2} to {hi:.2} (per device, {} devices)", l.len())
+                    }
+                }
+                None => residual_limit.map_or("off".into(), |t| format!("{t:.2}")),
+            },
             alarms.len(),
             episodes.len(),
             if alarms.is_empty() {

@@ -651,11 +651,15 @@ async fn predict(
         Some((state, p.features.clone(), p.preprocess.cleaning()))
     });
     let mut x = Vec::with_capacity(req.rows.len() * features.len());
+    // Each row's `device`, whose anomaly rules score it (none: the rules of
+    // the readings without a device).
+    let mut devices = Vec::with_capacity(req.rows.len());
     for (i, row) in req.rows.iter().enumerate() {
         let device = match row.get("device") {
             Some(Value::String(d)) if !features.contains(&"device".to_string()) => Some(d),
             _ => None,
         };
+        devices.push(device.cloned());
         let (features, temporal) = match (&temporal, device) {
             (Some((state, raw, cleaning)), Some(d)) => (raw.as_slice(), Some((state, cleaning, d))),
             _ => (features, None),
@@ -723,7 +727,7 @@ async fn predict(
             _ => {}
         }
     }
-    let peeked = s.anomaly.peek(&name, &x, features.len());
+    let peeked = s.anomaly.peek(&name, &x, &devices, features.len());
     let field = |i: usize| peeked.as_ref().and_then(|v| v.get(i));
     let model = serving.clone();
     let started = std::time::Instant::now();

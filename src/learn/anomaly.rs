@@ -112,6 +112,15 @@
 //! record limit for the residual test and 2-of-3 confirmations tried
 //! beside it are in `benches/nab_onset_rules.txt`.
 //!
+//! The residual and level rules are kept per device (the sample's
+//! `device`; readings without one share one state): a pipeline reading
+//! many devices (`sensors/+/occupancy`) scores each reading against its
+//! own device's earlier readings, each device warming up on its own, so
+//! that a switch between two rooms at different levels is not a jump. At
+//! most `max_devices` devices are kept (the least recently seen forgotten
+//! when a new one comes, counted). The trees and their threshold stay one
+//! per pipeline ([`Scorer`] says why).
+//!
 //! An alarm more than `episode_gap` readings after the previous alarm opens
 //! an episode ([`Scored::episode`]): `edgeloop anomaly` lists them and the
 //! daemon counts them (`edgeloop_anomaly_episodes_total`) and marks each on
@@ -205,6 +214,14 @@ pub struct AnomalyConfig {
     /// An alarm opens an episode when the previous alarm is more than this
     /// many readings before it (at least 1).
     pub episode_gap: usize,
+    /// Devices whose residual and level rules are kept (each device's
+    /// readings, the sample's `device`, are scored against its own
+    /// earlier readings); a new device beyond them forgets the least
+    /// recently seen one (counted). At least 1. 256: a device's rules
+    /// hold at most 198 KB at 5 features (at its 1,249th reading, before
+    /// the level rule retires), so at most 51 MB, a tenth of a 0.5 GB
+    /// board (BENCHMARKS.md, "Anomaly rules per device").
+    pub max_devices: usize,
 }
 
 impl AnomalyConfig {
@@ -264,6 +281,9 @@ impl AnomalyConfig {
                 "must be at most `level_warmup` (0: off)",
             );
         }
+        if self.max_devices == 0 {
+            return fail("max_devices", "must be at least 1");
+        }
         Ok(())
     }
 }
@@ -290,6 +310,7 @@ impl Default for AnomalyConfig {
             level_warmup: 200,
             level_dispersion: 5,
             episode_gap: 60,
+            max_devices: 256,
         }
     }
 }
@@ -360,20 +381,25 @@ pub struct Scored {
 
 /// One pipeline's scorer in the daemon: the trees over the readings'
 /// features in name order (River's order for a dictionary), the alarm
-/// threshold, the residual test and its limit, and the episodes.
+/// threshold, the residual and level rules of each device ([`Rules`]),
+/// and the episodes.
+///
+/// The trees and their threshold are the pipeline's: they place a reading
+/// among the regions the last window visited, which an interleaving of
+/// devices does not move, and at the defaults they hold 0.30 MB (10
+/// trees of 511 nodes, 168 KB, and 5,000 scores, 129 KB; BENCHMARKS.md),
+/// more than a device's rules at their largest (198 KB at 5 features). The residual and level rules compare a reading with
+/// the stream's own recent values and record, so a switch between two
+/// devices reading at different levels would be a jump: they are kept per
+/// device.
 #[derive(Debug, Clone)]
 pub struct Scorer {
     trees: ScaledHalfSpaceTrees,
     threshold: Threshold,
-    residual: ResidualZ,
+    /// The residual and level rules, per device.
+    streams: Streams,
     /// `residual_z` of the configuration (0: off).
     residual_limit: f64,
-    /// The quantile of the residual z-scores (persistence 1).
-    residual_threshold: Threshold,
-    /// `residual_margin` (0: off) and `residual_margin_quantile`.
-    residual_margin: f64,
-    residual_margin_quantile: f64,
-    level: LevelDistance,
     /// Reading index of each feature in name order.
     order: Vec<usize>,
     buf: Vec<f64>,
@@ -392,17 +418,8 @@ impl Scorer {
             trees: ScaledHalfSpaceTrees::new(cfg.trees, cfg.height, cfg.window, cfg.seed),
             threshold: Threshold::new(cfg.quantile, cfg.calibration, cfg.history)
                 .with_persistence(cfg.persistence, cfg.persistence_window),
-            residual: ResidualZ::new(cfg.residual_alpha, cfg.residual_warmup),
+            streams: Streams::new(Rules::new(cfg), cfg.max_devices),
             residual_limit: cfg.residual_z,
-            residual_threshold: Threshold::new(cfg.quantile, cfg.calibration, cfg.history),
-            residual_margin: cfg.residual_margin,
-            residual_margin_quantile: cfg.residual_margin_quantile,
-            level: LevelDistance::new(
-                cfg.level_margin,
-                cfg.level_warmup,
-                (cfg.window as usize).saturating_add(cfg.calibration),
-            )
-            .with_dispersion(cfg.level_dispersion),
             order,
             buf: Vec::new(),
             episode_gap: cfg.episode_gap as u64,
@@ -416,17 +433,20 @@ impl Scorer {
         self.trees.score_one_scaled(&self.sorted_f32(reading))
     }
 
-    /// `reading` as the next reading would be seen, without learning it (a
-    /// query, such as an HTTP predict row): its score, residual z, and
-    /// whether either rule would alarm on it (`episode` is `false`).
-    pub fn peek(&self, reading: &[f32]) -> Scored {
+    /// `reading` of `device` (`None` or empty: no device) as its next
+    /// reading would be seen, without learning it (a query, such as an
+    /// HTTP predict row): its score, residual z, and whether either rule
+    /// would alarm on it (`episode` is `false`). A device not seen yet is
+    /// scored as a new one.
+    pub fn peek(&self, device: Option<&str>, reading: &[f32]) -> Scored {
         let x = self.sorted_f32(reading);
         let score = self.trees.score_one_scaled(&x);
         let trees = self.threshold.would_alarm(score);
-        let (residual_z, at) = self.residual.score_with_feature(&x);
-        let residual = self.residual_alarm(residual_z);
-        let level = self.level.distance(&x);
-        let rule = AlarmRule::of(trees, self.level.alarm(level), residual);
+        let r = self.streams.get(device);
+        let (residual_z, at) = r.residual.score_with_feature(&x);
+        let residual = r.residual_alarm(self.residual_limit, residual_z);
+        let level = r.level.distance(&x);
+        let rule = AlarmRule::of(trees, r.level.alarm(level), residual);
         Scored {
             score,
             residual_z,
@@ -445,8 +465,9 @@ impl Scorer {
             .collect()
     }
 
-    /// Scores `reading` (then learns it).
-    pub fn score_then_learn(&mut self, reading: &[f32]) -> Scored {
+    /// Scores `reading` of `device` (`None` or empty: no device; those
+    /// readings share one state), then learns it.
+    pub fn score_then_learn(&mut self, device: Option<&str>, reading: &[f32]) -> Scored {
         self.buf.clear();
         self.buf.extend(
             self.order
@@ -454,15 +475,15 @@ impl Scorer {
                 .map(|&i| reading.get(i).map_or(f64::NAN, |&v| f64::from(v))),
         );
         let x = std::mem::take(&mut self.buf);
-        let s = self.observe_sorted(&x);
+        let s = self.observe_sorted(device, &x);
         self.buf = x;
         s
     }
 
-    /// Scores `reading` (one value per feature, in the order the scorer was
-    /// made with; NaN: missing), then learns it (`edgeloop anomaly`'s
-    /// rows).
-    pub fn score_then_learn_f64(&mut self, reading: &[f64]) -> Scored {
+    /// Scores `reading` of `device` (one value per feature, in the order
+    /// the scorer was made with; NaN: missing), then learns it (`edgeloop
+    /// anomaly`'s rows).
+    pub fn score_then_learn_f64(&mut self, device: Option<&str>, reading: &[f64]) -> Scored {
         self.buf.clear();
         self.buf.extend(
             self.order
@@ -470,7 +491,7 @@ impl Scorer {
                 .map(|&i| reading.get(i).copied().unwrap_or(f64::NAN)),
         );
         let x = std::mem::take(&mut self.buf);
-        let s = self.observe_sorted(&x);
+        let s = self.observe_sorted(device, &x);
         self.buf = x;
         s
     }
@@ -480,47 +501,38 @@ impl Scorer {
         self.threshold.threshold()
     }
 
-    /// The residual test's limit for the next reading: the largest of
-    /// `residual_z`, the `quantile` of the residual z-scores (once
-    /// calibrated) and `residual_margin` times their
-    /// `residual_margin_quantile` (once one exists) (`None`: the test is
-    /// off).
-    pub fn residual_limit(&self) -> Option<f64> {
-        (self.residual_limit > 0.0).then(|| {
-            let mut limit = self.residual_limit;
-            if let Some(t) = self.residual_threshold.threshold() {
-                limit = limit.max(t);
-            }
-            if self.residual_margin > 0.0 {
-                if let Some(q) = self
-                    .residual_threshold
-                    .history_quantile(self.residual_margin_quantile)
-                {
-                    limit = limit.max(self.residual_margin * q);
-                }
-            }
-            limit
-        })
+    /// The residual test's limit for `device`'s next reading (`None`:
+    /// the readings without a device; see [`Scorer::peek`]).
+    pub fn residual_limit(&self, device: Option<&str>) -> Option<f64> {
+        self.streams.get(device).residual_limit(self.residual_limit)
     }
 
-    fn residual_alarm(&self, z: f64) -> bool {
-        self.residual.ready() && self.residual_limit().is_some_and(|limit| z > limit)
+    /// Devices whose rules are kept (at most `max_devices`).
+    pub fn devices(&self) -> usize {
+        self.streams.devices.len()
     }
 
-    /// Both rules on `x` (features in name order), score then learn.
-    fn observe_sorted(&mut self, x: &[f64]) -> Scored {
+    /// Devices forgotten to keep `max_devices`.
+    pub fn evicted(&self) -> u64 {
+        self.streams.evicted
+    }
+
+    /// Every rule on `x` (features in name order) of `device`, score then
+    /// learn.
+    fn observe_sorted(&mut self, device: Option<&str>, x: &[f64]) -> Scored {
         let score = self.trees.score_one(x);
         self.trees.learn_one(x);
-        let (residual_z, at) = self.residual.score_with_feature(x);
-        let residual = self.residual_alarm(residual_z);
-        if self.residual.ready() {
-            self.residual_threshold.observe(residual_z);
+        let r = self.streams.get_mut(device);
+        let (residual_z, at) = r.residual.score_with_feature(x);
+        let residual = r.residual_alarm(self.residual_limit, residual_z);
+        if r.residual.ready() {
+            r.residual_threshold.observe(residual_z);
         }
-        self.residual.learn_one(x);
+        r.residual.learn_one(x);
         let trees = self.threshold.observe(score);
-        let level = self.level.distance(x);
-        let level_alarm = self.level.alarm(level);
-        self.level.learn_one(x, level);
+        let level = r.level.distance(x);
+        let level_alarm = r.level.alarm(level);
+        r.level.learn_one(x, level);
         let rule = AlarmRule::of(trees, level_alarm, residual);
         let episode = rule.is_some()
             && self
@@ -538,6 +550,134 @@ impl Scorer {
             alarm: rule.is_some(),
             rule,
             episode,
+        }
+    }
+}
+
+/// The residual and level rules' state of one stream: one device's
+/// readings, or the readings without a device. Each warms up on its own
+/// readings (`residual_warmup`, `level_warmup`, and the level rule retires
+/// after its own `window + calibration`).
+#[derive(Debug, Clone)]
+struct Rules {
+    residual: ResidualZ,
+    /// The quantile of the residual z-scores (persistence 1).
+    residual_threshold: Threshold,
+    /// `residual_margin` (0: off) and `residual_margin_quantile`.
+    residual_margin: f64,
+    residual_margin_quantile: f64,
+    level: LevelDistance,
+}
+
+impl Rules {
+    fn new(cfg: &AnomalyConfig) -> Self {
+        Self {
+            residual: ResidualZ::new(cfg.residual_alpha, cfg.residual_warmup),
+            residual_threshold: Threshold::new(cfg.quantile, cfg.calibration, cfg.history),
+            residual_margin: cfg.residual_margin,
+            residual_margin_quantile: cfg.residual_margin_quantile,
+            level: LevelDistance::new(
+                cfg.level_margin,
+                cfg.level_warmup,
+                (cfg.window as usize).saturating_add(cfg.calibration),
+            )
+            .with_dispersion(cfg.level_dispersion),
+        }
+    }
+
+    /// The residual test's limit for the next reading: the largest of
+    /// `limit` (`residual_z`), the `quantile` of the residual z-scores
+    /// (once calibrated) and `residual_margin` times their
+    /// `residual_margin_quantile` (once one exists) (`None`: the test is
+    /// off).
+    fn residual_limit(&self, limit: f64) -> Option<f64> {
+        (limit > 0.0).then(|| {
+            let mut limit = limit;
+            if let Some(t) = self.residual_threshold.threshold() {
+                limit = limit.max(t);
+            }
+            if self.residual_margin > 0.0 {
+                if let Some(q) = self
+                    .residual_threshold
+                    .history_quantile(self.residual_margin_quantile)
+                {
+                    limit = limit.max(self.residual_margin * q);
+                }
+            }
+            limit
+        })
+    }
+
+    fn residual_alarm(&self, limit: f64, z: f64) -> bool {
+        self.residual.ready() && self.residual_limit(limit).is_some_and(|limit| z > limit)
+    }
+}
+
+/// Each device's [`Rules`], at most `max_devices` of them (a new device
+/// beyond them forgets the least recently seen one, counted in
+/// `evicted`), and the rules of the readings without a device.
+#[derive(Debug, Clone)]
+struct Streams {
+    /// The rules of a device not seen yet.
+    fresh: Rules,
+    shared: Rules,
+    /// Per device, its rules and when it was last seen (`tick`).
+    devices: std::collections::HashMap<String, (Rules, u64)>,
+    max_devices: usize,
+    tick: u64,
+    evicted: u64,
+}
+
+impl Streams {
+    fn new(fresh: Rules, max_devices: usize) -> Self {
+        Self {
+            shared: fresh.clone(),
+            fresh,
+            devices: std::collections::HashMap::new(),
+            max_devices: max_devices.max(1),
+            tick: 0,
+            evicted: 0,
+        }
+    }
+
+    /// `device`'s rules (`None` or empty: the shared ones; a device not
+    /// seen yet: new rules).
+    fn get(&self, device: Option<&str>) -> &Rules {
+        match device.filter(|d| !d.is_empty()) {
+            None => &self.shared,
+            Some(d) => self.devices.get(d).map_or(&self.fresh, |(r, _)| r),
+        }
+    }
+
+    /// `device`'s rules to learn with, made for a new device (after the
+    /// least recently seen one is forgotten, with `max_devices` kept).
+    fn get_mut(&mut self, device: Option<&str>) -> &mut Rules {
+        let Some(device) = device.filter(|d| !d.is_empty()) else {
+            return &mut self.shared;
+        };
+        self.tick += 1;
+        if !self.devices.contains_key(device) {
+            if self.devices.len() >= self.max_devices {
+                if let Some(oldest) = self
+                    .devices
+                    .iter()
+                    .min_by_key(|(_, (_, seen))| *seen)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.devices.remove(&oldest);
+                    self.evicted += 1;
+                }
+            }
+            self.devices
+                .insert(device.to_string(), (self.fresh.clone(), self.tick));
+        }
+        match self.devices.get_mut(device) {
+            Some((rules, seen)) => {
+                *seen = self.tick;
+                rules
+            }
+            // Inserted above.
+            None => &mut self.shared,
         }
     }
 }
@@ -1345,6 +1485,37 @@ impl SortedScores {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `max_devices` 2: a third device forgets the least recently seen
+    /// one, counted, whose next reading is then a new device's (no residual
+    /// scale yet: residual z 0); readings without a device share one
+    /// state, neither counted among the devices nor evicted.
+    #[test]
+    fn devices_beyond_max_devices_forget_the_least_recently_seen() {
+        let cfg = AnomalyConfig {
+            max_devices: 2,
+            ..AnomalyConfig::default()
+        };
+        let mut s = Scorer::new(&cfg, &["x".to_string()]);
+        for v in [1.0, 2.0, 3.0] {
+            s.score_then_learn_f64(Some("a"), &[v]);
+            s.score_then_learn_f64(Some("b"), &[v + 100.0]);
+            s.score_then_learn_f64(None, &[v + 50.0]);
+            s.score_then_learn_f64(Some(""), &[v + 50.0]);
+        }
+        assert_eq!((s.devices(), s.evicted()), (2, 0));
+        // b is seen after a: a is the least recently seen.
+        s.score_then_learn_f64(Some("c"), &[7.0]);
+        assert_eq!((s.devices(), s.evicted()), (2, 1));
+        assert!(s.peek(Some("b"), &[104.0]).residual_z > 0.0);
+        assert_eq!(s.peek(Some("a"), &[4.0]).residual_z, 0.0);
+        assert_eq!(s.score_then_learn_f64(Some("a"), &[4.0]).residual_z, 0.0);
+        // a came back: b, now the least recently seen, is forgotten.
+        assert_eq!((s.devices(), s.evicted()), (2, 2));
+        assert_eq!(s.peek(Some("b"), &[104.0]).residual_z, 0.0);
+        // The shared state learned its 6 readings all along.
+        assert!(s.peek(None, &[54.0]).residual_z > 0.0);
+    }
 
     /// The chunked multiset against one sorted `Vec` (the model): the same
     /// values in the same order after every insert and removal, across

@@ -230,21 +230,26 @@ impl AnomalyScorers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Scores then learns each of `readings` in order (counted in the
-    /// totals and in `stats`' alarm counters), or `None` each when the
-    /// pipeline does not score.
+    /// Scores then learns each of `readings` (its device, empty for none,
+    /// and its features) in order (counted in the totals and in `stats`'
+    /// alarm counters, the devices whose rules were forgotten in
+    /// `anomaly_evicted`), or `None` each when the pipeline does not score.
     pub fn score_then_learn<'a>(
         &self,
         pipeline: &str,
-        readings: impl Iterator<Item = &'a [f32]>,
+        readings: impl Iterator<Item = (&'a str, &'a [f32])>,
         stats: &Stats,
     ) -> Vec<Option<AnomalyFields>> {
         use crate::learn::anomaly::AlarmRule;
         let mut map = self.lock();
         match map.get_mut(pipeline) {
             Some(e) => readings
-                .map(|r| {
-                    let s = e.scorer.score_then_learn(r);
+                .map(|(device, r)| {
+                    let evicted = e.scorer.evicted();
+                    let s = e.scorer.score_then_learn(Some(device), r);
+                    stats
+                        .anomaly_evicted
+                        .fetch_add(e.scorer.evicted() - evicted, Relaxed);
                     let trees = matches!(s.rule, Some(AlarmRule::Trees | AlarmRule::Both));
                     let residual = matches!(s.rule, Some(AlarmRule::Residual | AlarmRule::Both));
                     let level = matches!(s.rule, Some(AlarmRule::Level));
@@ -276,20 +281,26 @@ impl AnomalyScorers {
         }
     }
 
-    /// `rows` (`n_features` values each) as the next readings would be
-    /// seen, without learning them ([`crate::learn::anomaly::Scorer::peek`]);
-    /// `None` when the pipeline does not score.
+    /// `rows` (`n_features` values each) as the next readings of their
+    /// `devices` (one per row; `None`: no device) would be seen, without
+    /// learning them ([`crate::learn::anomaly::Scorer::peek`]); `None` when
+    /// the pipeline does not score.
     pub fn peek(
         &self,
         pipeline: &str,
         rows: &[f32],
+        devices: &[Option<String>],
         n_features: usize,
     ) -> Option<Vec<AnomalyFields>> {
         let map = self.lock();
         let e = map.get(pipeline)?;
         Some(
             rows.chunks(n_features.max(1))
-                .map(|r| e.fields(e.scorer.peek(r)))
+                .enumerate()
+                .map(|(i, r)| {
+                    let device = devices.get(i).and_then(Option::as_deref);
+                    e.fields(e.scorer.peek(device, r))
+                })
                 .collect(),
         )
     }
@@ -385,7 +396,9 @@ impl Predictor {
             // a model serves yet.
             let anomalies = self.anomaly.score_then_learn(
                 &p.name,
-                job.samples.iter().map(|(_, s)| s.features.as_slice()),
+                job.samples
+                    .iter()
+                    .map(|(_, s)| (s.device.as_str(), s.features.as_slice())),
                 &self.stats,
             );
             if anomalies.iter().any(Option::is_some) {
