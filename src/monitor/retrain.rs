@@ -429,7 +429,8 @@ pub fn training_parts(
 /// Bernoulli stream of DDM, ADWIN and Page-Hinkley); for a regressor the
 /// absolute error |y − ŷ| (`outputs` `[n]`), a real-valued stream for ADWIN
 /// or Page-Hinkley (DDM is refused by config for regression). `None` where a
-/// regressor's label is not a finite number (the row is not scored).
+/// regressor's label or prediction is not a finite number (the row is not
+/// scored: one NaN or infinity in a detector's sums would silence it).
 pub fn prediction_errors(
     task: learn::Task,
     classes: &[String],
@@ -442,7 +443,7 @@ pub fn prediction_errors(
             .zip(outputs)
             .map(|(y, p)| {
                 let y = y.trim().parse::<f64>().ok().filter(|y| y.is_finite())?;
-                Some((y - f64::from(*p)).abs())
+                Some((y - f64::from(*p)).abs()).filter(|e| e.is_finite())
             })
             .collect(),
         learn::Task::Classification => crate::learn::logistic::argmax_rows(outputs, classes.len())
@@ -1866,10 +1867,10 @@ mod tests {
         let e = prediction_errors(
             learn::Task::Regression,
             &[],
-            &[2.5, -1.0, 3.0, 0.0],
-            &["2", " -3.5", "x", "NaN"],
+            &[2.5, -1.0, 3.0, 0.0, f32::NAN, f32::INFINITY],
+            &["2", " -3.5", "x", "NaN", "1", "1"],
         );
-        assert_eq!(e, vec![Some(0.5), Some(2.5), None, None]);
+        assert_eq!(e, vec![Some(0.5), Some(2.5), None, None, None, None]);
     }
 
     #[test]
