@@ -1043,6 +1043,34 @@ mod tests {
         );
     }
 
+    /// The packaged unit sets no configuration through the environment:
+    /// an `EDGELOOP__…` variable there would win over
+    /// /etc/edgeloop/edgeloop.toml without a word (its
+    /// `EDGELOOP__STORE__PATH` overrode the file's `store.path`). The store
+    /// is `store.path = ""`: `$STATE_DIRECTORY` (`StateDirectory=edgeloop`).
+    #[test]
+    fn the_packaged_unit_leaves_the_configuration_to_the_file() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let unit = std::fs::read_to_string(root.join("systemd/edgeloop.service")).unwrap();
+        let set: Vec<&str> = unit
+            .lines()
+            .filter(|l| l.trim_start().starts_with("Environment") && l.contains("EDGELOOP__"))
+            .collect();
+        assert!(set.is_empty(), "{set:?}");
+        assert!(unit.lines().any(|l| l.trim() == "StateDirectory=edgeloop"));
+        // What systemd sets for StateDirectory=edgeloop (systemd.exec(5)).
+        let env = [(
+            "STATE_DIRECTORY".to_string(),
+            "/var/lib/edgeloop".to_string(),
+        )];
+        let packaged =
+            Config::load_with_env(Some(&root.join("debian/edgeloop.toml")), env).unwrap();
+        assert_eq!(
+            packaged.store.path,
+            Path::new("/var/lib/edgeloop/edgeloop.redb")
+        );
+    }
+
     #[test]
     fn an_empty_store_path_is_the_users_state_directory_created_when_checked() {
         let home = tempfile::tempdir().unwrap();

@@ -842,6 +842,9 @@ pub struct ReloadPlan {
     pub restart: Vec<String>,
 }
 
+/// The keys a reload applies at once: read per use, not copied at start.
+const RELOADABLE: [&str; 2] = ["daemon.log_filter", "daemon.shutdown_timeout_s"];
+
 /// Compares the running configuration with a reread one. Keys under
 /// `[daemon]` (log filter, shutdown deadline) are read per use and apply at
 /// once; every other key is read once at start (the components hold copies),
@@ -852,10 +855,24 @@ pub fn reload_plan(running: &Config, reread: &Config) -> ReloadPlan {
         (Ok(a), Ok(b)) => diff("", &a, &b, &mut changed),
         _ => changed.push("(configuration not comparable)".into()),
     }
-    let (applied, restart) = changed.into_iter().partition(|k| {
-        k.starts_with("daemon.") && k != "daemon.stall_timeout_s" && k != "daemon.instance"
-    });
+    let (applied, restart) = changed
+        .into_iter()
+        .partition(|k| RELOADABLE.contains(&k.as_str()));
     ReloadPlan { applied, restart }
+}
+
+/// The configuration the daemon runs with after a reload of `reread`:
+/// `running` with the keys a reload applies (`daemon.log_filter`,
+/// `daemon.shutdown_timeout_s`) taken from `reread`. Every other key keeps
+/// its running value, so the next reload names it again while it still
+/// differs (before, the whole `[daemon]` section was taken, and a changed
+/// `stall_timeout_s` was reported once, then no more while still unapplied).
+pub fn reloaded(running: &Config, reread: &Config) -> Config {
+    // The keys of RELOADABLE.
+    let mut next = running.clone();
+    next.daemon.log_filter = reread.daemon.log_filter.clone();
+    next.daemon.shutdown_timeout_s = reread.daemon.shutdown_timeout_s;
+    next
 }
 
 fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
@@ -920,6 +937,25 @@ mod tests {
         let plan = reload_plan(&running, &other);
         assert_eq!(plan.restart, ["daemon.instance"]);
         assert!(plan.applied.is_empty());
+    }
+
+    #[test]
+    fn a_key_that_needs_a_restart_is_named_at_every_reload_until_then() {
+        let running = Config::load_with_env(None, std::iter::empty()).unwrap();
+        let mut reread = running.clone();
+        reread.daemon.stall_timeout_s = 20;
+        reread.daemon.log_filter = "debug".into();
+        let first = reload_plan(&running, &reread);
+        assert_eq!(first.applied, ["daemon.log_filter"]);
+        assert_eq!(first.restart, ["daemon.stall_timeout_s"]);
+        // The same file reread (a second SIGHUP): the filter is applied,
+        // the stall timeout still runs at its start value.
+        let now = reloaded(&running, &reread);
+        assert_eq!(now.daemon.log_filter, "debug");
+        assert_eq!(now.daemon.stall_timeout_s, running.daemon.stall_timeout_s);
+        let second = reload_plan(&now, &reread);
+        assert!(second.applied.is_empty());
+        assert_eq!(second.restart, ["daemon.stall_timeout_s"]);
     }
 }
 

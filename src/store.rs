@@ -768,6 +768,85 @@ impl Store {
         Ok(out)
     }
 
+    /// The labelled samples of `pipeline` a training takes, `(reservoir,
+    /// window)`, each with its seq: the newest `window` (every one when 0,
+    /// with an empty reservoir) and [`reservoir_pick`]'s seeded uniform
+    /// sample of `reservoir` older ones, in time order (`timestamp_ms`,
+    /// ties in pick order), as `monitor::retrain::training_parts` picks
+    /// them from [`Store::labelled`]. Only the seqs of the labelled samples
+    /// are held while choosing (8 bytes each, not a decoded sample of a few
+    /// hundred): with `window` set, a training's memory no longer grows
+    /// with everything stored.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    #[allow(clippy::type_complexity)]
+    pub fn labelled_parts(
+        &self,
+        pipeline: &str,
+        window: usize,
+        reservoir: usize,
+        seed: u64,
+    ) -> Result<(Vec<(u64, Sample)>, Vec<(u64, Sample)>), StoreError> {
+        if window == 0 {
+            // Every labelled sample: one pass, nothing to choose.
+            return Ok((Vec::new(), self.labelled(pipeline)?));
+        }
+        let e = self.db_err("labelled_parts");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        let decode = |bytes: &[u8]| {
+            postcard::from_bytes::<StoredSample>(bytes)
+                .map_err(|x| self.corrupt("labelled_parts", x))
+        };
+        let mut seqs = Vec::new();
+        for item in table
+            .range((pipeline, 0)..=(pipeline, u64::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            if decode(v.value())?.sample.label.is_some() {
+                seqs.push(k.value().1);
+            }
+        }
+        let (older, recent) = seqs.split_at(seqs.len().saturating_sub(window));
+        let fetch = |seq: u64| -> Result<(u64, Sample), StoreError> {
+            let v = table
+                .get((pipeline, seq))
+                .map_err(|x| e(x.into()))?
+                .ok_or_else(|| self.corrupt("labelled_parts", format!("seq {seq} vanished")))?;
+            Ok((seq, decode(v.value())?.sample))
+        };
+        let reservoir_part = if older.len() > reservoir {
+            let mut picked = reservoir_pick(older.len(), reservoir, seed)
+                .into_iter()
+                .map(|i| fetch(older[i]))
+                .collect::<Result<Vec<_>, _>>()?;
+            picked.sort_by_key(|(_, s)| s.timestamp_ms);
+            picked
+        } else {
+            older
+                .iter()
+                .map(|&seq| fetch(seq))
+                .collect::<Result<_, _>>()?
+        };
+        let mut window_part = Vec::with_capacity(recent.len());
+        if let Some(&first) = recent.first() {
+            for item in table
+                .range((pipeline, first)..=(pipeline, u64::MAX))
+                .map_err(|x| e(x.into()))?
+            {
+                let (k, v) = item.map_err(|x| e(x.into()))?;
+                let record = decode(v.value())?;
+                if record.sample.label.is_some() {
+                    window_part.push((k.value().1, record.sample));
+                }
+            }
+        }
+        Ok((reservoir_part, window_part))
+    }
+
     /// The newest `n` labelled samples of `pipeline` with `seq <= last`, in
     /// seq order, read backwards from `last` (not the whole pipeline: the
     /// learner's data-drift reference, looked up every `drift.window`
@@ -1526,6 +1605,18 @@ pub fn fs_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
         (st.f_bavail as u64).saturating_mul(frsize),
         (st.f_blocks as u64).saturating_mul(frsize),
     ))
+}
+
+/// Which `k` of `n` older labelled samples a training's reservoir takes
+/// (indices, in pick order): the first `k` of a seeded Fisher-Yates shuffle
+/// of `0..n` (fastrand's, seeded with `seed`). One function for
+/// [`Store::labelled_parts`] and `monitor::retrain::training_parts`, so both
+/// pick the same samples.
+pub fn reservoir_pick(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    fastrand::Rng::with_seed(seed).shuffle(&mut idx);
+    idx.truncate(k);
+    idx
 }
 
 #[cfg(test)]

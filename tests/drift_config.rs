@@ -252,3 +252,49 @@ fn detect_refuses_the_parameters_the_daemon_refuses() {
     }
     assert!(run("adwin", "delta=0.01").status.success());
 }
+
+#[test]
+fn detect_refuses_a_value_that_is_not_finite_naming_its_row() {
+    // River's ADWIN (clock 32) on the fixture's abrupt stream; the same
+    // values through `edgeloop detect` give its alarms, and with one cell
+    // NaN or inf (which kept every later alarm away: "0 alarms") the
+    // command stops naming the row instead.
+    let fx = fixture();
+    let (values, river) = river_adwin(&fx, "abrupt", 32);
+    assert!(!river.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let run = |cells: &[String]| {
+        let file = dir.path().join("errors.csv");
+        std::fs::write(&file, format!("e\n{}\n", cells.join("\n"))).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["detect", "--column", "e", "--detector", "adwin", "--json"])
+            .arg("--file")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let mut cells: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    let out = run(&cells);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<u64> = serde_json::from_value(v["alarms"].clone()).unwrap();
+    assert_eq!(ours, river);
+    for bad in ["NaN", "inf", "-inf"] {
+        cells[100] = bad.to_string();
+        let out = run(&cells);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{bad:?} ran: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            err.contains(&format!("row 101: `{bad}` is not a finite number")),
+            "{bad:?}: {err}"
+        );
+    }
+}

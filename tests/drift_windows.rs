@@ -331,3 +331,30 @@ fn seasonal_reference_on_nab_equals_pythons_calendar_and_scipys_ks() {
     let flagged = ours.iter().filter(|w| w["drift"] == true).count();
     assert_eq!(v["flagged"].as_u64().unwrap() as usize, flagged);
 }
+
+#[test]
+fn a_column_that_leaves_a_constant_reference_drifts() {
+    // The reference is one value (a stuck sensor, a switch left off): no
+    // standard deviation, and every PSI bin edge equals that value. A window
+    // of 6 after a reference of 5 is disjoint from it: KS statistic 1 by
+    // definition (sup |F_ref − F_cur| = 1); a window that stays at 5 is the
+    // reference itself.
+    let cfg = DependentDriftConfig::default();
+    let column = |v: f32, n: usize| vec![vec![v]; n];
+    let up = &compare_dependent(&["x".into()], &column(5.0, 2000), &column(6.0, 500), &cfg)[0];
+    assert_eq!(up.ks_statistic, Some(1.0));
+    assert_eq!(up.outside_range, Some(1.0));
+    assert!(up.drifted, "{up:?}");
+    let down = &compare_dependent(&["x".into()], &column(5.0, 2000), &column(4.0, 500), &cfg)[0];
+    assert!(down.drifted, "{down:?}");
+    let same = &compare_dependent(&["x".into()], &column(5.0, 2000), &column(5.0, 500), &cfg)[0];
+    assert_eq!(same.ks_statistic, Some(0.0));
+    assert!(!same.drifted, "{same:?}");
+    // Spread appearing above the stuck value, in no order (5 + a
+    // permutation of k/500: no serial dependence to discount).
+    let spread: Vec<Vec<f32>> = (0..500)
+        .map(|k| vec![5.0 + ((k * 7919) % 500) as f32 / 500.0])
+        .collect();
+    let d = &compare_dependent(&["x".into()], &column(5.0, 2000), &spread, &cfg)[0];
+    assert!(d.drifted, "{d:?}");
+}

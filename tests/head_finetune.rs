@@ -187,3 +187,73 @@ fn finetune_command_prints_the_decision_and_writes_the_promoted_file() {
     let new = pb::ModelProto::decode(written.as_slice()).unwrap();
     assert_eq!(head::find_head(&new).unwrap().weight, "fc2.weight");
 }
+
+#[test]
+fn the_same_network_exported_by_skl2onnx_is_fine_tuned_too() {
+    // skl2onnx writes `label` (ArgMax) as the first output and
+    // `probabilities` as Identity(Softmax) second; the head was looked for
+    // behind the first output only, so `edgeloop finetune` refused every
+    // scikit-learn classifier network ("output `label` is not produced by
+    // Softmax").
+    let r = reference();
+    let classes = classes(&r);
+    let original = std::fs::read(fixture("gas_mlp_skl2onnx.onnx")).unwrap();
+    let proto = pb::ModelProto::decode(original.as_slice()).unwrap();
+    let h = head::find_head(&proto).unwrap();
+    assert_eq!(h.output, "probabilities");
+    assert_eq!(
+        (h.n_hidden, h.n_classes, h.weight_is_class_major),
+        (32, 6, false)
+    );
+    let csv = read_labelled_csv(&fixture("batch5.csv"), "gas", &[]).unwrap();
+    let opts = FinetuneOptions {
+        holdout: r["holdout_fraction"].as_f64().unwrap(),
+        ..Default::default()
+    };
+    let report = head::finetune(&original, &csv.x, 128, &csv.labels, &classes, &opts).unwrap();
+    let ort_accuracy = r["ort_holdout_accuracy_skl2onnx"].as_f64().unwrap();
+    assert!(
+        (report.old_accuracy - ort_accuracy).abs() < 1e-12,
+        "original: tract {} vs onnxruntime {ort_accuracy}",
+        report.old_accuracy
+    );
+    assert!(
+        report.new_accuracy > report.old_accuracy + 0.3,
+        "fine-tuned {} vs original {}",
+        report.new_accuracy,
+        report.old_accuracy
+    );
+    assert!(report.promoted, "{}", report.reason);
+
+    // onnxruntime runs the new file (both outputs) as tract does.
+    let new = pb::ModelProto::decode(report.onnx.as_slice()).unwrap();
+    assert_eq!(
+        new.graph.as_ref().unwrap().output,
+        proto.graph.as_ref().unwrap().output
+    );
+    let rows: Vec<f32> = csv.x[..16 * 128].to_vec();
+    let (ours, width) = head::run_output(&new, Some("probabilities"), &rows, 128).unwrap();
+    assert_eq!(width, 6);
+    let theirs = ort::run_onnxruntime(&report.onnx, &rows, 128);
+    let probabilities: Vec<f64> = theirs["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_close(&ours, &probabilities, 1e-4, "fine-tuned probabilities");
+    let labels: Vec<&str> = theirs["label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let argmax: Vec<&str> = ours
+        .chunks(6)
+        .map(|p| {
+            let k = (0..6).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+            classes[k].as_str()
+        })
+        .collect();
+    assert_eq!(labels, argmax);
+}

@@ -129,7 +129,7 @@ impl Reload {
                 _ => tracing::info!(%key, "SIGHUP: key changed, but a command-line flag sets it."),
             }
         }
-        self.running.daemon = reread.daemon;
+        self.running = crate::daemon::reloaded(&self.running, &reread);
         tracing::info!(applied = ?plan.applied, "SIGHUP: configuration reloaded.");
         if !plan.restart.is_empty() {
             tracing::warn!(needs_restart = ?plan.restart, "SIGHUP: these changed keys need a restart; they keep their running values until then.");

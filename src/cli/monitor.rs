@@ -481,9 +481,13 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
     for (i, rec) in reader.records().enumerate() {
         let rec = rec?;
         let text = rec.get(column).unwrap_or("").trim();
+        // A NaN or an infinity would stay in the detector's sums and
+        // silence it for the rest of the file.
         let x: f64 = text
             .parse()
-            .map_err(|_| anyhow::anyhow!("row {}: `{text}` is not a number", i + 1))?;
+            .ok()
+            .filter(|x: &f64| x.is_finite())
+            .ok_or_else(|| anyhow::anyhow!("row {}: `{text}` is not a finite number", i + 1))?;
         if detector.update(x) {
             alarms.push(i);
         }

@@ -183,11 +183,16 @@ impl LinkError {
 /// The protocol the daemon's connections to one broker speak: the
 /// configured one, until the broker refuses an MQTT 5 CONNECT; 3.1.1 from
 /// then on. Shared by the ingest and the prediction connections, so the
-/// first to be refused switches both and the fallback is logged once.
+/// first to be refused switches both and the fallback is logged once. Once
+/// any of them got an MQTT 5 CONNACK the broker speaks MQTT 5, and a
+/// connection closed on its CONNECT later is a broker going down or coming
+/// up, not a refusal (before, a mosquitto restart could switch a daemon to
+/// 3.1.1 until its own restart).
 #[derive(Debug)]
 pub struct ProtocolChoice {
     configured: Protocol,
     fell_back: AtomicBool,
+    spoke_v5: AtomicBool,
 }
 
 impl ProtocolChoice {
@@ -195,6 +200,29 @@ impl ProtocolChoice {
         Self {
             configured,
             fell_back: AtomicBool::new(false),
+            spoke_v5: AtomicBool::new(false),
+        }
+    }
+
+    /// A connection got its CONNACK speaking `protocol`.
+    pub fn connected(&self, protocol: Protocol) {
+        if protocol == Protocol::V5 {
+            self.spoke_v5.store(true, Ordering::Release);
+        }
+    }
+
+    /// A connection failed with `error`: an MQTT 5 CONNACK refusing for
+    /// another reason than the protocol version (a bad login, a banned
+    /// client id) was read as MQTT 5, so the broker speaks it.
+    pub fn observe(&self, error: &LinkError) {
+        use v5::mqttbytes::v5::ConnectReturnCode as C5;
+        if let LinkError::V5(v5::ConnectionError::ConnectionRefused(code)) = error {
+            if !matches!(
+                code,
+                C5::UnsupportedProtocolVersion | C5::RefusedProtocolVersion
+            ) {
+                self.spoke_v5.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -207,9 +235,13 @@ impl ProtocolChoice {
         }
     }
 
-    /// Falls back to MQTT 3.1.1 after `error` refused an MQTT 5 CONNECT;
-    /// logs one WARN, the first time.
+    /// Falls back to MQTT 3.1.1 after `error` refused an MQTT 5 CONNECT,
+    /// unless one of the connections spoke MQTT 5 with this broker; logs
+    /// one WARN, the first time.
     pub fn fall_back(&self, error: &LinkError) {
+        if self.spoke_v5.load(Ordering::Acquire) {
+            return;
+        }
         if !self.fell_back.swap(true, Ordering::AcqRel) {
             warn!(error = %error, "The broker refused an MQTT 5 connection; speaking MQTT 3.1.1 to it from now on (set mqtt.protocol = \"3.1.1\" to skip the attempt).");
         }
@@ -491,6 +523,43 @@ mod tests {
         ));
         assert_eq!(disconnect.reason_code(), Some("SessionTakenOver".into()));
         assert!(!disconnect.refuses_v5());
+    }
+
+    #[test]
+    fn a_broker_that_spoke_mqtt5_is_not_switched_to_3_1_1_by_a_closed_connect() {
+        // A connection reset on the CONNECT: what a 3.1.1 broker does, and
+        // what a restarting mosquitto 2.0 (MQTT 5) did to the prediction
+        // link while the ingest link had spoken MQTT 5 to it.
+        let reset = || {
+            LinkError::V5(v5::ConnectionError::MqttState(
+                v5::StateError::ConnectionAborted,
+            ))
+        };
+        assert!(reset().refuses_v5());
+        let never = ProtocolChoice::new(Protocol::V5);
+        never.connected(Protocol::V311);
+        never.fall_back(&reset());
+        assert_eq!(never.current(), Protocol::V311);
+        let spoke = ProtocolChoice::new(Protocol::V5);
+        spoke.connected(Protocol::V5);
+        spoke.fall_back(&reset());
+        assert_eq!(spoke.current(), Protocol::V5);
+        // A login refused in an MQTT 5 CONNACK, then the reset: what the
+        // daemon met from a mosquitto that refused anonymous clients and was
+        // restarted to admit them.
+        let refused = ProtocolChoice::new(Protocol::V5);
+        refused.observe(&LinkError::V5(v5::ConnectionError::ConnectionRefused(
+            C5::NotAuthorized,
+        )));
+        refused.fall_back(&reset());
+        assert_eq!(refused.current(), Protocol::V5);
+        let unsupported = ProtocolChoice::new(Protocol::V5);
+        let e = LinkError::V5(v5::ConnectionError::ConnectionRefused(
+            C5::UnsupportedProtocolVersion,
+        ));
+        unsupported.observe(&e);
+        unsupported.fall_back(&e);
+        assert_eq!(unsupported.current(), Protocol::V311);
     }
 
     #[test]

@@ -551,6 +551,7 @@ impl MqttSource {
                 }) => {
                     let protocol = self.link.protocol();
                     spoke_v5 |= protocol == Protocol::V5;
+                    self.choice.connected(protocol);
                     self.connection.epoch.fetch_add(1, Ordering::AcqRel);
                     self.connection.protocol.store(
                         if protocol == Protocol::V5 { 5 } else { 4 },
@@ -606,6 +607,7 @@ impl MqttSource {
                 Err(e) => {
                     // No CONNACK since the last error: this was a connection attempt.
                     let attempt = !self.connection.is_connected();
+                    self.choice.observe(&e);
                     self.disconnected(&e);
                     acks.clear();
                     if attempt

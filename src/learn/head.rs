@@ -4,8 +4,10 @@
 //!
 //! The network must end in `Gemm` (or `MatMul` then `Add`) followed by
 //! `Softmax` over the class axis, as `torch.onnx.export` writes
-//! `nn.Linear` + `nn.Softmax(dim=1)` and as edgeloop's own logistic and MLP
-//! exports end. The steps:
+//! `nn.Linear` + `nn.Softmax(dim=1)`, as skl2onnx writes a multiclass
+//! `MLPClassifier` (its `probabilities` output, behind an `Identity`; a
+//! binary one ends in `Sigmoid` and has no such head) and as edgeloop's own
+//! logistic and MLP exports end. The steps:
 //! 1. the graph (a prost `ModelProto`) is edited so that its only output is
 //!    the last layer's input, the penultimate activations `[N, H]`, and run
 //!    by tract with a symbolic batch dimension;
@@ -75,6 +77,9 @@ impl Default for FinetuneOptions {
 /// The head found in a graph.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Head {
+    /// The graph output holding the class probabilities (`probabilities`
+    /// for torch's and skl2onnx's exports).
+    pub output: String,
     /// Name of the head's input (the penultimate activations).
     pub input: String,
     /// Initializer names of the weight and the bias.
@@ -115,9 +120,11 @@ pub struct FinetuneReport {
     pub onnx: Vec<u8>,
 }
 
-/// Finds the graph's head: `Softmax` producing the first output, fed by
-/// `Gemm(A, W, b)` (`transA = 0`) or `Add(MatMul(A, W), b)` with `W` and `b`
-/// float initializers.
+/// Finds the graph's head: `Softmax` producing an output (the first such,
+/// directly or through `Identity` nodes: skl2onnx's MLPClassifier writes
+/// `label` first and `probabilities` as `Identity(Softmax(…))` second), fed
+/// by `Gemm(A, W, b)` (`transA = 0`) or `Add(MatMul(A, W), b)` with `W` and
+/// `b` float initializers.
 ///
 /// # Errors
 /// [`HeadError::NoHead`] naming what is missing.
@@ -132,10 +139,35 @@ pub fn find_head(proto: &pb::ModelProto) -> Result<Head, HeadError> {
     };
     let init = |name: &str| graph.initializer.iter().find(|t| t.name == name);
     let attr = |n: &pb::NodeProto, key: &str| n.attribute.iter().find(|a| a.name == key).cloned();
-    let out = graph.output.first().ok_or_else(|| no("no output".into()))?;
-    let softmax = producer(&out.name)
-        .filter(|n| n.op_type == "Softmax")
-        .ok_or_else(|| no(format!("output `{}` is not produced by Softmax", out.name)))?;
+    // The node behind `name`, seen through Identity nodes (at most one
+    // step per node: a malformed cycle ends the walk).
+    let behind = |name: &str| {
+        let mut node = producer(name);
+        for _ in 0..graph.node.len() {
+            match node {
+                Some(n) if n.op_type == "Identity" => {
+                    node = n.input.first().and_then(|i| producer(i));
+                }
+                _ => break,
+            }
+        }
+        node
+    };
+    let (output, softmax) = graph
+        .output
+        .iter()
+        .find_map(|o| {
+            behind(&o.name)
+                .filter(|n| n.op_type == "Softmax")
+                .map(|n| (o.name.clone(), n))
+        })
+        .ok_or_else(|| {
+            let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+            no(format!(
+                "no output is produced by Softmax (outputs: {})",
+                names.join(", ")
+            ))
+        })?;
     if let Some(a) = attr(softmax, "axis") {
         if a.i != 1 && a.i != -1 {
             return Err(no(format!("Softmax over axis {}, not the class axis", a.i)));
@@ -215,6 +247,7 @@ pub fn find_head(proto: &pb::ModelProto) -> Result<Head, HeadError> {
         return Err(no("Gemm with alpha or beta 0".into()));
     }
     Ok(Head {
+        output,
         input,
         weight,
         bias,
@@ -511,8 +544,8 @@ pub fn finetune(
     }
     let new_bytes = new.encode_to_vec();
 
-    let (old_p, width) = run_output(&proto, None, x_hold, n_features)?;
-    let (new_p, _) = run_output(&new, None, x_hold, n_features)?;
+    let (old_p, width) = run_output(&proto, Some(&head.output), x_hold, n_features)?;
+    let (new_p, _) = run_output(&new, Some(&head.output), x_hold, n_features)?;
     let old_accuracy = accuracy(&old_p, width, y_hold);
     let new_accuracy = accuracy(&new_p, width, y_hold);
     let (promoted, reason) = super::card::judge(

@@ -55,8 +55,9 @@ pub use model::{Family, Model, Target, Task, TrainError};
 pub use settings::{ModelConfig, PipelineSettings};
 pub(crate) use train::logistic_config;
 pub use train::{
-    candidate_families, cross_validate, fit_model, hyperparameters, judge_version, train_dataset,
-    train_version, Champion, TrainSettings, TrainedVersion, Training, Trigger,
+    candidate_families, cross_validate, fit_model, hyperparameters, judge_version,
+    return_freed_memory, train_dataset, train_version, Champion, TrainSettings, TrainedVersion,
+    Training, Trigger,
 };
 
 pub use crate::features::dataset::{sort_classes, Dataset};

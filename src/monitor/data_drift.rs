@@ -538,8 +538,20 @@ pub fn compare_dependent(
                     }
                 })
                 .flatten();
+            // A reference without spread (a sensor stuck at one value, a
+            // switch that stayed off) has no standard deviation to measure a
+            // shift in, and its quantile bins all collapse onto that value
+            // (PSI puts a higher window in the same last bin): any change of
+            // the mean is then as large as a change can be.
+            let constant_moved = match (rp.first(), rp.last()) {
+                (Some(&lo), Some(&hi)) if lo == hi && !cp.is_empty() => {
+                    cp.iter().sum::<f64>() / cp.len() as f64 != lo
+                }
+                _ => false,
+            };
             let large = p.is_some_and(|v| v >= cfg.psi_floor)
-                || shift.is_some_and(|v| v >= cfg.shift_floor);
+                || shift.is_some_and(|v| v >= cfg.shift_floor)
+                || constant_moved;
             // `present` sorts: the reference's range is its ends.
             let outside = match (rp.first(), rp.last()) {
                 (Some(&lo), Some(&hi)) if !cp.is_empty() => {

@@ -416,8 +416,11 @@ pub fn training_parts(
     let recent = labelled.split_off(labelled.len() - window);
     let mut older = labelled;
     if older.len() > reservoir {
-        fastrand::Rng::with_seed(seed).shuffle(&mut older);
-        older.truncate(reservoir);
+        let mut slots: Vec<Option<Sample>> = older.into_iter().map(Some).collect();
+        older = crate::store::reservoir_pick(slots.len(), reservoir, seed)
+            .into_iter()
+            .filter_map(|i| slots[i].take())
+            .collect();
         older.sort_by_key(|s| s.timestamp_ms);
     }
     (older, recent)
@@ -429,7 +432,8 @@ pub fn training_parts(
 /// Bernoulli stream of DDM, ADWIN and Page-Hinkley); for a regressor the
 /// absolute error |y − ŷ| (`outputs` `[n]`), a real-valued stream for ADWIN
 /// or Page-Hinkley (DDM is refused by config for regression). `None` where a
-/// regressor's label is not a finite number (the row is not scored).
+/// regressor's label or prediction is not a finite number (the row is not
+/// scored: one NaN or infinity in a detector's sums would silence it).
 pub fn prediction_errors(
     task: learn::Task,
     classes: &[String],
@@ -442,7 +446,7 @@ pub fn prediction_errors(
             .zip(outputs)
             .map(|(y, p)| {
                 let y = y.trim().parse::<f64>().ok().filter(|y| y.is_finite())?;
-                Some((y - f64::from(*p)).abs())
+                Some((y - f64::from(*p)).abs()).filter(|e| e.is_finite())
             })
             .collect(),
         learn::Task::Classification => crate::learn::logistic::argmax_rows(outputs, classes.len())
@@ -470,18 +474,28 @@ struct TrainingData {
 /// pipeline's rows formed from every stored reading of each device).
 fn training_data(store: &Store, cfg: &MonitoredPipeline) -> Result<TrainingData, StoreError> {
     let labelled_total = store.counts(&cfg.name)?.labelled_total;
-    let labelled = if cfg.temporal.is_enabled() {
-        temporal_labelled(store, &cfg.settings)?
+    let (last_seq, mut samples, recent) = if cfg.temporal.is_enabled() {
+        let labelled = temporal_labelled(store, &cfg.settings)?;
+        let last_seq = labelled.last().map(|(seq, _)| *seq);
+        let (older, recent) = training_parts(
+            labelled.into_iter().map(|(_, s)| s).collect(),
+            cfg.model.window,
+            cfg.model.reservoir,
+            labelled_total,
+        );
+        (last_seq, older, recent)
     } else {
-        store.labelled(&cfg.name)?
+        // The same parts, without decoding every labelled sample first.
+        let (older, recent) = store.labelled_parts(
+            &cfg.name,
+            cfg.model.window,
+            cfg.model.reservoir,
+            labelled_total,
+        )?;
+        let last_seq = recent.last().or(older.last()).map(|(seq, _)| *seq);
+        let strip = |v: Vec<(u64, Sample)>| v.into_iter().map(|(_, s)| s).collect::<Vec<_>>();
+        (last_seq, strip(older), strip(recent))
     };
-    let last_seq = labelled.last().map(|(seq, _)| *seq);
-    let (mut samples, recent) = training_parts(
-        labelled.into_iter().map(|(_, s)| s).collect(),
-        cfg.model.window,
-        cfg.model.reservoir,
-        labelled_total,
-    );
     // `reservoir_in_training = false`: the reservoir is only the
     // older-regime holdout of the champion/challenger decision.
     let old_regimes = if cfg.model.reservoir_in_training {
@@ -1787,6 +1801,8 @@ impl Learner {
                 pipeline: pipeline.into(),
                 reason: format!("training task failed: {e}"),
             })?;
+        // The training's copies are dropped: give their memory back.
+        tokio::task::spawn_blocking(learn::return_freed_memory);
         self.last_training
             .insert(pipeline.to_string(), std::time::Instant::now());
         let labelled_now = self.store.counts(pipeline)?.labelled_total;
@@ -1866,10 +1882,10 @@ mod tests {
         let e = prediction_errors(
             learn::Task::Regression,
             &[],
-            &[2.5, -1.0, 3.0, 0.0],
-            &["2", " -3.5", "x", "NaN"],
+            &[2.5, -1.0, 3.0, 0.0, f32::NAN, f32::INFINITY],
+            &["2", " -3.5", "x", "NaN", "1", "1"],
         );
-        assert_eq!(e, vec![Some(0.5), Some(2.5), None, None]);
+        assert_eq!(e, vec![Some(0.5), Some(2.5), None, None, None, None]);
     }
 
     #[test]
@@ -1901,5 +1917,45 @@ mod tests {
             training_parts(all, 0, 10, 7).0.is_empty(),
             "window 0: no reservoir"
         );
+    }
+
+    #[test]
+    fn the_store_picks_the_training_parts_without_decoding_every_sample() {
+        // 3,000 readings, two in three labelled, timestamps not in seq
+        // order (a device clock that jumped back): Store::labelled_parts
+        // gives the parts training_parts cuts from Store::labelled.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let samples: Vec<crate::store::NewSample> = (0..3000u64)
+            .map(|i| crate::store::NewSample {
+                pipeline: "p".into(),
+                digest: u128::from(i),
+                sample: Sample {
+                    timestamp_ms: ((i * 7919) % 3000) as i64,
+                    device: format!("d{}", i % 5),
+                    features: vec![i as f32],
+                    label: (i % 3 != 0).then(|| (i % 2).to_string()),
+                },
+                dedup: true,
+            })
+            .collect();
+        store.append(&samples).unwrap();
+        let all = store.labelled("p").unwrap();
+        assert_eq!(all.len(), 2000);
+        for (window, reservoir, seed) in [(0, 10, 1), (300, 50, 7), (300, 5000, 7), (5000, 10, 3)] {
+            let want = training_parts(
+                all.iter().map(|(_, s)| s.clone()).collect(),
+                window,
+                reservoir,
+                seed,
+            );
+            let (older, recent) = store.labelled_parts("p", window, reservoir, seed).unwrap();
+            let strip = |v: Vec<(u64, Sample)>| v.into_iter().map(|(_, s)| s).collect::<Vec<_>>();
+            assert_eq!(
+                (strip(older), strip(recent)),
+                want,
+                "{window} {reservoir} {seed}"
+            );
+        }
     }
 }

@@ -299,6 +299,7 @@ impl FleetLink {
                     Ok(LinkEvent::ConnAck { .. }) => {
                         connected = true;
                         spoke_v5 |= self.link.protocol() == Protocol::V5;
+                        self.choice.connected(self.link.protocol());
                         self.backoff.reset();
                         info!(instance = %self.instance, protocol = ?self.link.protocol(), publish = self.config.publish, adopt = self.config.adopt, "Fleet connection up.");
                         if self.config.adopt {
@@ -318,6 +319,7 @@ impl FleetLink {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        self.choice.observe(&e);
                         if !connected && !spoke_v5 && e.refuses_v5() {
                             self.choice.fall_back(&e);
                         }

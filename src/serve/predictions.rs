@@ -552,6 +552,7 @@ impl Publisher {
                     Ok(LinkEvent::ConnAck { .. }) => {
                         connected = true;
                         spoke_v5 |= self.link.protocol() == crate::ingest::mqtt_config::Protocol::V5;
+                        self.choice.connected(self.link.protocol());
                         self.backoff.reset();
                     }
                     Ok(LinkEvent::PubAck { refusal: None }) => {
@@ -562,6 +563,7 @@ impl Publisher {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        self.choice.observe(&e);
                         if !connected && !spoke_v5 && e.refuses_v5() {
                             self.choice.fall_back(&e);
                         }
