@@ -811,9 +811,9 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     assert_eq!(resp["model_version"], 1, "{resp}");
     assert_eq!(resp["predictions"].as_array().map(Vec::len), Some(1));
 
-    // The disk full to the last byte: a training asked for cannot store its
-    // model, and says so (507 naming the full file system; it was a 500
-    // "internal error"), then the space comes back.
+    // The disk full to the last byte: a training asked for, or an upload,
+    // cannot store its model, and says so (507 naming the full file system;
+    // it was a 500 "internal error"), then the space comes back.
     let brim = dir.path().join("brim");
     fill_up(&brim);
     let (status, resp) = client
@@ -826,6 +826,27 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     let error = resp["error"].as_str().unwrap();
     assert!(error.contains("file system is full"), "{error}");
     assert!(error.contains("No space left on device"), "{error}");
+    // An upload (a valid model of the pipeline) likewise.
+    let onnx = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/onnx/logistic_occupancy.onnx"),
+    )
+    .unwrap();
+    let sha = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(&onnx))
+    };
+    let (status, resp) = client
+        .request(
+            "PUT",
+            &format!("/v1/pipelines/occupancy/models?sha256={sha}"),
+            Some(onnx),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status, 507, "{text}");
+    assert!(text.contains("file system is full"), "{text}");
     std::fs::remove_file(&brim).unwrap();
     assert!(free_bytes(dir.path()) < FLOOR, "still below the floor");
 

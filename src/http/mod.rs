@@ -204,6 +204,7 @@ impl ApiError {
                     E::Oversized { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                     E::BadSha256(_) => StatusCode::BAD_REQUEST,
                     E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    E::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
                     E::Truncated(_)
                     | E::NotOnnx(_)
                     | E::UnsupportedOperator(_)
