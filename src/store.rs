@@ -70,6 +70,19 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// A write failed because the store's file system is full (ENOSPC).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Db { source, .. } => matches!(
+                source.as_ref(),
+                redb::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// A sample as stored: the decoded sample and the digest of the message it
 /// came from.
 /// A decoded sensor reading.

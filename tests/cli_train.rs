@@ -216,3 +216,33 @@ fn a_semicolon_separated_file_is_named() {
         "{err}"
     );
 }
+
+/// More folds than rows is named as such (before: "training data is
+/// empty", from `train` and `tune` alike). datatraining.txt has 8,143 rows.
+#[test]
+fn more_folds_than_rows_is_named() {
+    for command in [
+        vec!["train"],
+        vec!["tune", "--budget", "5s", "--max-trials", "1"],
+    ] {
+        let mut args = command.clone();
+        args.extend([
+            "--file",
+            "data/occupancy_uci/datatraining.txt",
+            "--label",
+            "Occupancy",
+            "--family",
+            "logistic",
+            "--folds",
+            "100000",
+        ]);
+        let out = edgeloop(&args);
+        assert!(!out.status.success(), "{command:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("100000 folds but only"), "{command:?}: {err}");
+        assert!(
+            !err.contains("training data is empty"),
+            "{command:?}: {err}"
+        );
+    }
+}

@@ -708,6 +708,22 @@ fn fill(file: &std::path::Path, leave: u64) {
     f.sync_all().unwrap();
 }
 
+/// Writes `file` until its file system refuses even one more byte
+/// (ENOSPC).
+fn fill_up(file: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut n = chunk.len();
+    while n > 0 {
+        match f.write_all(&chunk[..n]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => n /= 2,
+            Err(e) => panic!("filling {}: {e}", file.display()),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed() {
     const TMPFS: u64 = 64 << 20;
@@ -794,6 +810,45 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     let resp: serde_json::Value = serde_json::from_slice(&resp).unwrap();
     assert_eq!(resp["model_version"], 1, "{resp}");
     assert_eq!(resp["predictions"].as_array().map(Vec::len), Some(1));
+
+    // The disk full to the last byte: a training asked for, or an upload,
+    // cannot store its model, and says so (507 naming the full file system;
+    // it was a 500 "internal error"), then the space comes back.
+    let brim = dir.path().join("brim");
+    fill_up(&brim);
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/occupancy/train", None)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status, 507, "{text}");
+    let resp: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+    let error = resp["error"].as_str().unwrap();
+    assert!(error.contains("file system is full"), "{error}");
+    assert!(error.contains("No space left on device"), "{error}");
+    // An upload (a valid model of the pipeline) likewise.
+    let onnx = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/onnx/logistic_occupancy.onnx"),
+    )
+    .unwrap();
+    let sha = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(&onnx))
+    };
+    let (status, resp) = client
+        .request(
+            "PUT",
+            &format!("/v1/pipelines/occupancy/models?sha256={sha}"),
+            Some(onnx),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status, 507, "{text}");
+    assert!(text.contains("file system is full"), "{text}");
+    std::fs::remove_file(&brim).unwrap();
+    assert!(free_bytes(dir.path()) < FLOOR, "still below the floor");
 
     // The daemon stays up and keeps refusing while the disk is full.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -175,6 +175,9 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A write the request needed failed on a full disk.
+    #[error("the store's file system is full; free space and retry: {0}")]
+    StoreFull(String),
     #[error("model refused: {0}")]
     Intake(#[from] crate::serve::intake::IntakeError),
 }
@@ -193,6 +196,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Intake(e) => {
                 use crate::serve::intake::IntakeError as E;
                 match e {
@@ -200,6 +204,7 @@ impl ApiError {
                     E::Oversized { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                     E::BadSha256(_) => StatusCode::BAD_REQUEST,
                     E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    E::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
                     E::Truncated(_)
                     | E::NotOnnx(_)
                     | E::UnsupportedOperator(_)
@@ -231,6 +236,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             RegistryError::Model { .. } => ApiError::CannotTrain(e.to_string()),
+            RegistryError::Store(ref s) if s.is_disk_full() => ApiError::StoreFull(e.to_string()),
             RegistryError::Store(_) | RegistryError::Card { .. } => {
                 ApiError::Internal(e.to_string())
             }
@@ -246,6 +252,11 @@ impl From<TrainFailure> for ApiError {
                 ApiError::CannotTrain(e.to_string())
             }
             TrainFailure::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            TrainFailure::Store(ref s) | TrainFailure::Registry(RegistryError::Store(ref s))
+                if s.is_disk_full() =>
+            {
+                ApiError::StoreFull(e.to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -685,7 +685,12 @@ pub fn cross_validate(
         Task::Classification => split::stratified_kfold(&data.y, cfg.folds),
         Task::Regression => split::kfold(data.len(), cfg.folds),
     }
-    .map_err(|_| TrainError::Empty)?;
+    .map_err(|e| match e {
+        split::CvError::NoSamples => TrainError::Empty,
+        // More folds than rows (or than a class's rows): say so, not
+        // "training data is empty".
+        e => TrainError::Settings(e.to_string()),
+    })?;
     let mut scores = Vec::with_capacity(folds.len());
     for (fold, (train_idx, test_idx)) in folds.iter().enumerate() {
         let (train, test) = (data.select(train_idx), data.select(test_idx));

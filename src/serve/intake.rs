@@ -144,6 +144,9 @@ pub enum IntakeError {
     BadOutput(String),
     #[error("store: {0}")]
     Store(String),
+    /// The store's file system is full (ENOSPC on the write).
+    #[error("store: the file system is full; free space and retry: {0}")]
+    StoreFull(String),
 }
 
 impl IntakeError {
@@ -166,7 +169,7 @@ impl IntakeError {
             IntakeError::ExternalData(_) => "external_data",
             IntakeError::EngineRefused(_) => "engine_refused",
             IntakeError::BadOutput(_) => "bad_output",
-            IntakeError::Store(_) => "store",
+            IntakeError::Store(_) | IntakeError::StoreFull(_) => "store",
         }
     }
 }
@@ -506,7 +509,13 @@ fn import_inner(
         });
     }
     let model = check_model(&onnx, pipeline, options)?;
-    let store_err = |e: crate::store::StoreError| IntakeError::Store(e.to_string());
+    let store_err = |e: crate::store::StoreError| {
+        if e.is_disk_full() {
+            IntakeError::StoreFull(e.to_string())
+        } else {
+            IntakeError::Store(e.to_string())
+        }
+    };
     // Numbered by the store, as the learner's versions are: a training
     // running meanwhile never gets the same number.
     let version = store
