@@ -621,6 +621,8 @@ struct Streams {
     /// The rules of a device not seen yet.
     fresh: Rules,
     shared: Rules,
+    /// Whether `shared` learned a reading.
+    shared_learned: bool,
     /// Per device, its rules and when it was last seen (`tick`).
     devices: std::collections::HashMap<String, (Rules, u64)>,
     max_devices: usize,
@@ -632,6 +634,7 @@ impl Streams {
     fn new(fresh: Rules, max_devices: usize) -> Self {
         Self {
             shared: fresh.clone(),
+            shared_learned: false,
             fresh,
             devices: std::collections::HashMap::new(),
             max_devices: max_devices.max(1),
@@ -640,10 +643,17 @@ impl Streams {
         }
     }
 
-    /// `device`'s rules (`None` or empty: the shared ones; a device not
-    /// seen yet: new rules).
+    /// `device`'s rules (`None` or empty: the shared ones, or, while no
+    /// reading without a device was learned and one device is kept, that
+    /// device's: a query without a device on a pipeline of one device is
+    /// that device's next reading; a device not seen yet: new rules).
     fn get(&self, device: Option<&str>) -> &Rules {
         match device.filter(|d| !d.is_empty()) {
+            None if !self.shared_learned && self.devices.len() == 1 => self
+                .devices
+                .values()
+                .next()
+                .map_or(&self.shared, |(r, _)| r),
             None => &self.shared,
             Some(d) => self.devices.get(d).map_or(&self.fresh, |(r, _)| r),
         }
@@ -653,6 +663,7 @@ impl Streams {
     /// least recently seen one is forgotten, with `max_devices` kept).
     fn get_mut(&mut self, device: Option<&str>) -> &mut Rules {
         let Some(device) = device.filter(|d| !d.is_empty()) else {
+            self.shared_learned = true;
             return &mut self.shared;
         };
         self.tick += 1;
@@ -1515,6 +1526,31 @@ mod tests {
         assert_eq!(s.peek(Some("b"), &[104.0]).residual_z, 0.0);
         // The shared state learned its 6 readings all along.
         assert!(s.peek(None, &[54.0]).residual_z > 0.0);
+    }
+
+    /// A query without a device (an HTTP predict row without `"device"`)
+    /// on a pipeline whose readings all came from one device is scored as
+    /// that device's next reading (it was scored against a state that had
+    /// learned nothing: residual z 0 after 3,000 readings); with two
+    /// devices, or once a reading without a device was learned, the shared
+    /// state.
+    #[test]
+    fn a_query_without_a_device_on_one_device_is_that_devices() {
+        let mut s = Scorer::new(&AnomalyConfig::default(), &["x".to_string()]);
+        for i in 0..100 {
+            s.score_then_learn_f64(Some("a"), &[f64::from(i % 7)]);
+        }
+        let alone = s.peek(Some("a"), &[40.0]);
+        assert!(alone.residual_z > 0.0);
+        assert_eq!(s.peek(None, &[40.0]), alone);
+        assert_eq!(s.residual_limit(None), s.residual_limit(Some("a")));
+        s.score_then_learn_f64(Some("b"), &[1.0]);
+        assert_eq!(s.peek(None, &[40.0]).residual_z, 0.0);
+        let mut s = Scorer::new(&AnomalyConfig::default(), &["x".to_string()]);
+        s.score_then_learn_f64(Some("a"), &[1.0]);
+        s.score_then_learn_f64(Some("a"), &[2.0]);
+        s.score_then_learn_f64(None, &[3.0]);
+        assert_eq!(s.peek(None, &[40.0]).residual_z, 0.0);
     }
 
     /// The chunked multiset against one sorted `Vec` (the model): the same
