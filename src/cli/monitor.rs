@@ -196,19 +196,10 @@ fn read_columns(
 /// # Errors
 /// The file, a missing column, or a row whose time cannot be read (named).
 fn read_times(file: &std::path::Path, column: &str) -> anyhow::Result<Vec<i64>> {
-    let mut reader =
-        csv::Reader::from_path(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let c = reader
-        .headers()?
+    read_text(file, column)?
         .iter()
-        .position(|h| h == column)
-        .ok_or_else(|| anyhow::anyhow!("no column `{column}` in {}", file.display()))?;
-    reader
-        .records()
         .enumerate()
-        .map(|(i, rec)| {
-            let rec = rec?;
-            let s = rec.get(c).unwrap_or("").trim();
+        .map(|(i, s)| {
             parse_time(s).ok_or_else(|| {
                 anyhow::anyhow!("{} row {}: `{s}` is not a time", file.display(), i + 1)
             })
