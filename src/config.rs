@@ -429,7 +429,7 @@ impl PipelineConfig {
             dedup: self.dedup,
             timestamp: self.timestamp.clone(),
             schema: self.schema(),
-            predict_labelled: self.temporal.is_enabled(),
+            predict_labelled: self.temporal.is_enabled() || self.windows.enabled,
         }
     }
 }

@@ -406,10 +406,19 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
     let model = learn::Model::from_json(&stored.params_json).unwrap();
     assert_eq!(model.feature_names(), &p.model_features()[..]);
 
-    // Test readings, unlabelled, the 40 devices interleaved in time.
+    // Test readings, the 40 devices interleaved in time; every third
+    // reading of a device (the 2nd, 5th, …, 98th) labelled. A window is a
+    // device's last 100 readings, labelled or not, as in training: the
+    // predictor took only the unlabelled ones (67 per device), so no
+    // window was ever completed and nothing was predicted.
     let (mut sub, stop_sub) =
         common::subscribe(port, &format!("edgeloop/{NAME}/predictions/#")).await;
     let mut test_readings = readings(&test, "test-", false);
+    for (i, s) in test_readings.iter_mut().enumerate() {
+        if i % 100 % 3 == 1 {
+            s.label = Some(test[i / 100].label.clone());
+        }
+    }
     test_readings.sort_by_key(|s| (s.timestamp_ms % 10_000, s.timestamp_ms));
     publish(port, test_readings.iter().map(message).collect()).await;
     let mut got: BTreeMap<String, serde_json::Value> = BTreeMap::new();

@@ -66,8 +66,9 @@ pub struct Route {
     pub timestamp: String,
     pub schema: Schema,
     /// Its labelled samples go to the predictor too, which records them as
-    /// their devices' history (`[pipelines.temporal]`); otherwise only the
-    /// unlabelled ones, which it predicts.
+    /// their devices' history (`[pipelines.temporal]`) or windows
+    /// (`[pipelines.windows]`); otherwise only the unlabelled ones, which
+    /// it predicts.
     pub predict_labelled: bool,
 }
 

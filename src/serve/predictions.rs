@@ -375,6 +375,11 @@ impl Predictor {
                         .map(|((seq, s), features)| (seq, Sample { features, ..s }))
                         .collect();
                 }
+                // A windowed pipeline's labelled readings enter their
+                // devices' windows too, as in training (`derive` over every
+                // stored reading); a window is predicted when an unlabelled
+                // reading completes it.
+                None if featurizers.contains_key(&p.name) => {}
                 None => job.samples.retain(|(_, s)| s.label.is_none()),
             }
             if job.samples.is_empty() {
@@ -383,6 +388,7 @@ impl Predictor {
             if let Some(f) = featurizers.get_mut(&p.name) {
                 let before = f.evicted();
                 job.samples = into_windows(f, job.samples);
+                job.samples.retain(|(_, s)| s.label.is_none());
                 let evicted = f.evicted() - before;
                 if evicted > 0 {
                     self.stats.windows_evicted.fetch_add(evicted, Relaxed);
