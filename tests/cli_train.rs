@@ -246,3 +246,30 @@ fn more_folds_than_rows_is_named() {
         );
     }
 }
+
+/// `edgeloop tune --threads 0` or `--max-trials 0` named the configuration
+/// key (`model.search.threads`), which the user never wrote; the flag is
+/// named now, as `edgeloop anomaly` names its own.
+#[test]
+fn tune_names_the_flag_it_refuses() {
+    for (flag, value, want) in [
+        ("--threads", "0", "--threads: must be at least 1"),
+        ("--max-trials", "0", "--max-trials: must be at least 1"),
+    ] {
+        let out = edgeloop(&[
+            "tune",
+            "--file",
+            "data/occupancy_uci/datatraining.txt",
+            "--label",
+            "Occupancy",
+            "--budget",
+            "5s",
+            flag,
+            value,
+        ]);
+        assert!(!out.status.success(), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{flag} {value}: {err}");
+        assert!(!err.contains("model.search"), "{flag} {value}: {err}");
+    }
+}

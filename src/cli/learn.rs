@@ -740,6 +740,13 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
         name,
     } = input.settings("tune")?;
     let (file, export) = (input.file, input.export);
+    // A value given as a flag is named as that flag, as `edgeloop anomaly`
+    // names its own.
+    let flags = [
+        ("budget_s:", budget.is_some(), "--budget:"),
+        ("max_trials:", max_trials.is_some(), "--max-trials:"),
+        ("threads:", threads.is_some(), "--threads:"),
+    ];
     let search = &mut model.search;
     search.enabled = true;
     if let Some(b) = budget {
@@ -752,6 +759,14 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
     search.max_trials = max_trials.unwrap_or(search.max_trials);
     search.threads = threads.unwrap_or(search.threads);
     search.seed = seed.unwrap_or(search.seed);
+    if let Err(e) = search.validate() {
+        if let Some((key, _, flag)) = flags
+            .iter()
+            .find(|(key, given, _)| *given && e.starts_with(key))
+        {
+            anyhow::bail!("{flag}{}", &e[key.len()..]);
+        }
+    }
     crate::config::validate_model(&model, task, "model.")?;
     let budget_s = model.search.budget_s;
     let bar = if json {
