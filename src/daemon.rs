@@ -212,6 +212,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 reason: e.to_string(),
             })??,
     );
+    store.set_min_free_bytes(cfg.store.min_free_bytes);
     // Categorical features: each pipeline's book of category codes, shared
     // by its decoder (which gives new strings their codes) and its
     // training (which reads them back as strings). Runtime state the

@@ -68,12 +68,26 @@ pub enum StoreError {
         op: &'static str,
         reason: String,
     },
+    /// A model write refused because it would take the file system below
+    /// `store.min_free_bytes` ([`Store::set_min_free_bytes`]).
+    #[error(
+        "store {path}: {op}: {free} bytes free on its file system, and {needed} for this model: below store.min_free_bytes ({floor})"
+    )]
+    BelowFloor {
+        path: PathBuf,
+        op: &'static str,
+        free: u64,
+        needed: u64,
+        floor: u64,
+    },
 }
 
 impl StoreError {
-    /// A write failed because the store's file system is full (ENOSPC).
+    /// A write failed because the store's file system is full (ENOSPC), or
+    /// was refused for the free-space floor ([`StoreError::BelowFloor`]).
     pub fn is_disk_full(&self) -> bool {
         match self {
+            StoreError::BelowFloor { .. } => true,
             StoreError::Db { source, .. } => matches!(
                 source.as_ref(),
                 redb::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull
@@ -210,6 +224,9 @@ pub struct Store {
     /// at open ([`Store::index_cards`]); until then card reads and version
     /// listings read `models`.
     cards_indexed: std::sync::atomic::AtomicBool,
+    /// `store.min_free_bytes` for model writes (0: none;
+    /// [`Store::set_min_free_bytes`]).
+    min_free_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Digests of stored samples, per pipeline (see [`Store`]'s `index`).
@@ -292,6 +309,7 @@ impl Store {
             index: Default::default(),
             opened: Default::default(),
             cards_indexed: Default::default(),
+            min_free_bytes: Default::default(),
         };
         // Create every table so readers never meet a missing one.
         // A store that has every table opens without writing, so a daemon
@@ -422,6 +440,16 @@ impl Store {
     /// The `statvfs` failure (the directory vanished, …).
     pub fn free_bytes(&self) -> std::io::Result<u64> {
         free_bytes(&self.path)
+    }
+
+    /// Model writes ([`Store::put_model`]: trainings, uploads, the fleet's
+    /// models) are refused with [`StoreError::BelowFloor`] when the file
+    /// system would keep fewer than `bytes` free after them, as ingest stops
+    /// acknowledging below `store.min_free_bytes`: the floor leaves room for
+    /// retention and redb's own writes. 0: no floor.
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.min_free_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn db_err(&self, op: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -1066,6 +1094,24 @@ impl Store {
     ) -> Result<(), StoreError> {
         let e = self.db_err("put_model");
         let bytes = postcard::to_allocvec(model).map_err(|x| self.corrupt("put_model", x))?;
+        let floor = self
+            .min_free_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if floor > 0 {
+            // An unreadable free space leaves the write to the file system.
+            if let Ok(free) = self.free_bytes() {
+                let needed = bytes.len() as u64;
+                if free.saturating_sub(needed) < floor {
+                    return Err(StoreError::BelowFloor {
+                        path: self.path.clone(),
+                        op: "put_model",
+                        free,
+                        needed,
+                        floor,
+                    });
+                }
+            }
+        }
         let db = self.lock_db().map_err(&e)?;
         let txn = db.begin_write().map_err(|x| e(x.into()))?;
         {
@@ -2094,6 +2140,51 @@ mod tests {
         );
         assert_eq!(store.serving_version("p").unwrap(), Some(2));
         assert_eq!(store.events("p").unwrap(), vec!["{\"v\":1}", "{\"v\":2}"]);
+    }
+
+    /// A write that met ENOSPC is a full disk (HTTP 507), another I/O
+    /// error is not.
+    #[test]
+    fn a_storage_full_error_is_a_full_disk() {
+        let db = |kind| StoreError::Db {
+            path: "s.redb".into(),
+            op: "put_model",
+            source: Box::new(redb::Error::Io(std::io::Error::from(kind))),
+        };
+        assert!(db(std::io::ErrorKind::StorageFull).is_disk_full());
+        assert!(!db(std::io::ErrorKind::PermissionDenied).is_disk_full());
+    }
+
+    /// A model write that would leave fewer than `store.min_free_bytes`
+    /// free is refused (trainings and uploads committed below the floor
+    /// that ingest keeps, up to a full file system): the floor set a
+    /// megabyte above the free space refuses a 2-byte model, naming the
+    /// key; at the free space less a megabyte, or with no floor, it is
+    /// stored.
+    #[test]
+    fn a_model_write_below_the_free_space_floor_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let m = StoredModel {
+            onnx: vec![1, 2],
+            card_json: "{}".into(),
+            params_json: "{}".into(),
+        };
+        let free = store.free_bytes().unwrap();
+        store.set_min_free_bytes(free + (1 << 20));
+        let e = store.put_model("p", 1, &m, None).unwrap_err();
+        assert!(e.is_disk_full(), "{e}");
+        assert!(
+            matches!(e, StoreError::BelowFloor { floor, .. } if floor == free + (1 << 20)),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("below store.min_free_bytes"), "{e}");
+        assert_eq!(store.model_versions("p").unwrap(), Vec::<u32>::new());
+        store.set_min_free_bytes(free - (1 << 20));
+        store.put_model("p", 1, &m, None).unwrap();
+        store.set_min_free_bytes(0);
+        store.put_model("p", 2, &m, None).unwrap();
+        assert_eq!(store.model_versions("p").unwrap(), vec![1, 2]);
     }
 
     #[test]

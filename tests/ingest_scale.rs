@@ -813,7 +813,8 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
 
     // The disk full to the last byte: a training asked for, or an upload,
     // cannot store its model, and says so (507 naming the full file system;
-    // it was a 500 "internal error"), then the space comes back.
+    // it was a 500 "internal error"; the free-space floor refuses it before
+    // the file system does), then the space comes back.
     let brim = dir.path().join("brim");
     fill_up(&brim);
     let (status, resp) = client
@@ -825,7 +826,7 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     let resp: serde_json::Value = serde_json::from_slice(&resp).unwrap();
     let error = resp["error"].as_str().unwrap();
     assert!(error.contains("file system is full"), "{error}");
-    assert!(error.contains("No space left on device"), "{error}");
+    assert!(error.contains("0 bytes free on its file system"), "{error}");
     // An upload (a valid model of the pipeline) likewise.
     let onnx = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -849,6 +850,21 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     assert!(text.contains("file system is full"), "{text}");
     std::fs::remove_file(&brim).unwrap();
     assert!(free_bytes(dir.path()) < FLOOR, "still below the floor");
+    // Room again, but below store.min_free_bytes: a training still stores
+    // no model (it did, into the floor ingest keeps for retention and
+    // redb's own writes), and says why.
+    let (status, resp) = client
+        .request("POST", "/v1/pipelines/occupancy/train", None)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status, 507, "{text}");
+    assert!(text.contains("below store.min_free_bytes"), "{text}");
+    assert_eq!(
+        handle.store.model_versions("occupancy").unwrap(),
+        vec![1],
+        "no version stored below the floor"
+    );
 
     // The daemon stays up and keeps refusing while the disk is full.
     tokio::time::sleep(Duration::from_secs(2)).await;
