@@ -815,16 +815,20 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     // cannot store its model, and says so (507 naming the full file system;
     // it was a 500 "internal error"; the free-space floor refuses it before
     // the file system does), then the space comes back.
+    /// A training asked for, refused with 507: its JSON error.
+    async fn training_refused(client: &mut HttpClient) -> String {
+        let (status, resp) = client
+            .request("POST", "/v1/pipelines/occupancy/train", None)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&resp);
+        assert_eq!(status, 507, "{text}");
+        let resp: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+        resp["error"].as_str().unwrap().to_string()
+    }
     let brim = dir.path().join("brim");
     fill_up(&brim);
-    let (status, resp) = client
-        .request("POST", "/v1/pipelines/occupancy/train", None)
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&resp);
-    assert_eq!(status, 507, "{text}");
-    let resp: serde_json::Value = serde_json::from_slice(&resp).unwrap();
-    let error = resp["error"].as_str().unwrap();
+    let error = training_refused(&mut client).await;
     assert!(error.contains("file system is full"), "{error}");
     assert!(error.contains("0 bytes free on its file system"), "{error}");
     // An upload (a valid model of the pipeline) likewise.
@@ -853,13 +857,8 @@ async fn full_disk_refuses_writes_keeps_serving_and_drains_once_space_is_freed()
     // Room again, but below store.min_free_bytes: a training still stores
     // no model (it did, into the floor ingest keeps for retention and
     // redb's own writes), and says why.
-    let (status, resp) = client
-        .request("POST", "/v1/pipelines/occupancy/train", None)
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&resp);
-    assert_eq!(status, 507, "{text}");
-    assert!(text.contains("below store.min_free_bytes"), "{text}");
+    let error = training_refused(&mut client).await;
+    assert!(error.contains("below store.min_free_bytes"), "{error}");
     assert_eq!(
         handle.store.model_versions("occupancy").unwrap(),
         vec![1],
