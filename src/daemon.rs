@@ -397,6 +397,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         stats: stats.clone(),
         recent: recent_predictions.clone(),
         anomaly: anomaly_scorers.clone(),
+        windows: warm_windows(&store, &cfg)?,
     };
     let out_spec = LinkSpec {
         cfg: cfg.mqtt.clone(),
@@ -702,6 +703,37 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         failure,
         alive,
     })
+}
+
+/// Readings the predictor's windows are warmed with at start, per windowed
+/// pipeline: its newest stored ones, at most this many.
+pub const WARM_WINDOW_READINGS: u64 = 20_000;
+
+/// Each windowed pipeline's per-device windows (`[pipelines.windows]`),
+/// warmed with its newest `min(size × max_devices, WARM_WINDOW_READINGS)`
+/// stored readings, labelled or not, pushed in commit order as the
+/// predictor pushes them live, so that after a restart a device's next
+/// reading can complete a window rather than waiting for `size` new ones.
+/// The window samples the warm-up completes are not predicted again. A
+/// device's step phase counts from the first reading warmed, not from its
+/// first stored reading.
+fn warm_windows(
+    store: &Store,
+    cfg: &Config,
+) -> Result<std::collections::HashMap<String, crate::features::windows::Featurizer>, DaemonError> {
+    let mut out = std::collections::HashMap::new();
+    for p in cfg.pipelines.iter().filter(|p| p.windows.enabled) {
+        let mut f = crate::features::windows::Featurizer::new(&p.windows, p.features.len());
+        let want = (p.windows.size as u64)
+            .saturating_mul(p.windows.max_devices as u64)
+            .min(WARM_WINDOW_READINGS);
+        let next = store.counts(&p.name)?.next_seq;
+        for (_, r) in store.scan(&p.name, next.saturating_sub(want)..next, usize::MAX)? {
+            f.push(&r.sample.device, &r.sample.features);
+        }
+        out.insert(p.name.clone(), f);
+    }
+    Ok(out)
 }
 
 /// Spawns `fut` on the tracker; its result (or panic) goes to `on_done`.

@@ -336,9 +336,12 @@ fn raw_window_augmentation(train: &[Case], test: &[Case]) -> f64 {
 /// broker: the 40 training cases arrive as labelled 10 Hz readings (one
 /// device per case, `motion/{device}/basic`), version 1 trains at
 /// `min_labels` (every training reading stored); the 40 test cases arrive
-/// unlabelled, interleaved in time, and the predictor publishes exactly one
-/// prediction per test device, at its 100th reading, whose probabilities are
-/// the stored version's on the window statistics of that device's readings.
+/// interleaved in time (every third reading labelled), the first 50 of each
+/// device before a restart of the daemon and the last 50 after it, and the
+/// predictor publishes exactly one prediction per test device, at its 100th
+/// reading, whose probabilities are the stored version's on the window
+/// statistics of that device's readings: the restart warmed the windows
+/// from the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_predicts_one_window_per_device_over_mqtt() {
     use std::collections::BTreeMap;
@@ -372,13 +375,7 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
     cfg.pipelines = vec![p.clone()];
     cfg.validate().unwrap();
 
-    let token = tokio_util::sync::CancellationToken::new();
-    let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
-    let handle = running.handle.clone();
-    assert!(
-        handle.wait_subscribed(WAIT).await,
-        "the daemon did not subscribe"
-    );
+    let (running, handle, token) = common::start(cfg.clone()).await;
 
     let message = |s: &Sample| {
         let mut v = serde_json::json!({ "t": s.timestamp_ms });
@@ -411,8 +408,6 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
     // device's last 100 readings, labelled or not, as in training: the
     // predictor took only the unlabelled ones (67 per device), so no
     // window was ever completed and nothing was predicted.
-    let (mut sub, stop_sub) =
-        common::subscribe(port, &format!("edgeloop/{NAME}/predictions/#")).await;
     let mut test_readings = readings(&test, "test-", false);
     for (i, s) in test_readings.iter_mut().enumerate() {
         if i % 100 % 3 == 1 {
@@ -420,7 +415,25 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
         }
     }
     test_readings.sort_by_key(|s| (s.timestamp_ms % 10_000, s.timestamp_ms));
-    publish(port, test_readings.iter().map(message).collect()).await;
+    // The first 50 readings of each device, then a restart: the windows
+    // are warmed from the store (the predictor's windows were empty after
+    // a restart, so no device completed its window with its last 50).
+    let (first, rest): (Vec<&Sample>, Vec<&Sample>) = test_readings
+        .iter()
+        .partition(|s| s.timestamp_ms % 10_000 < 50 * 100);
+    assert_eq!((first.len(), rest.len()), (2000, 2000));
+    publish(port, first.iter().map(|s| message(s)).collect()).await;
+    wait_until(WAIT, "the first half stored", || {
+        handle.store.counts(NAME).unwrap().samples == 6000
+    })
+    .await;
+    assert_eq!(handle.stats.snapshot().predictions_made, 0);
+    common::stop(running, handle, token).await;
+    let (running, handle, token) = common::start(cfg).await;
+    assert_eq!(handle.registry.get(NAME).unwrap().version, 1);
+    let (mut sub, stop_sub) =
+        common::subscribe(port, &format!("edgeloop/{NAME}/predictions/#")).await;
+    publish(port, rest.iter().map(|s| message(s)).collect()).await;
     let mut got: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     while got.len() < test.len() {
         let m = tokio::time::timeout(WAIT, sub.recv())
@@ -489,9 +502,7 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
     );
     assert!(accuracy >= 0.9, "accuracy through the daemon: {accuracy}");
 
-    drop(handle);
-    token.cancel();
-    running.wait(Duration::from_secs(15)).await.unwrap();
+    common::stop(running, handle, token).await;
 
     /// Publishes `(topic, payload)` in order on one connection (QoS 1) and
     /// waits for every acknowledgement.

@@ -325,6 +325,10 @@ pub struct Predictor {
     pub recent: RecentPredictions,
     /// Anomaly scorers (shared with HTTP predict).
     pub anomaly: AnomalyScorers,
+    /// Windowed pipelines' per-device windows at start (see
+    /// [`crate::daemon`]'s warm-up from the store); a windowed pipeline
+    /// missing here starts with empty windows.
+    pub windows: HashMap<String, Featurizer>,
 }
 
 impl Predictor {
@@ -336,17 +340,12 @@ impl Predictor {
     /// predicted, each published with its last reading's timestamp and
     /// sample id.
     pub async fn run(mut self) {
-        let mut featurizers: HashMap<String, Featurizer> = self
-            .pipelines
-            .iter()
-            .filter(|p| p.windows.enabled)
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    Featurizer::new(&p.windows, p.features.len()),
-                )
-            })
-            .collect();
+        let mut featurizers = std::mem::take(&mut self.windows);
+        for p in self.pipelines.iter().filter(|p| p.windows.enabled) {
+            featurizers
+                .entry(p.name.clone())
+                .or_insert_with(|| Featurizer::new(&p.windows, p.features.len()));
+        }
         while let Some(mut job) = self.rx.recv().await {
             let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
                 continue;
@@ -663,6 +662,7 @@ mod tests {
             stats: stats.clone(),
             recent: RecentPredictions::default(),
             anomaly: AnomalyScorers::default(),
+            windows: HashMap::new(),
         };
         let recent = predictor.recent.clone();
         let unlabelled: Vec<(u64, Sample)> = samples
