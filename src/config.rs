@@ -915,11 +915,12 @@ impl Config {
                 let (k, reason) = e.split_once(": ").unwrap_or(("", &e));
                 return bad(key(&format!("windows.{k}")), reason.to_string());
             }
-            if p.windows.enabled && p.model.window > 0 {
+            if p.windows.enabled && !p.model.reservoir_in_training {
                 return bad(
-                    key("model.window"),
-                    "a windowed pipeline forms its windows from every stored reading of \
-                     a device; a reservoir of older readings would cut them (use 0)"
+                    key("model.reservoir_in_training"),
+                    "a windowed pipeline trains on the windows of its newest `window` \
+                     readings, without a reservoir: older readings drawn at random would \
+                     cut the windows (use true)"
                         .into(),
                 );
             }
@@ -1034,6 +1035,23 @@ mod tests {
                 port: 1883,
                 tls: false
             }
+        );
+        // A training holds about 500 bytes per labelled sample of 5
+        // features at its peak (BENCHMARKS.md, "Training memory": +125 MB
+        // for 242,000): the packaged window keeps that under half the
+        // unit's MemoryMax, whatever the store holds (`window = 0` grew with
+        // the store, past MemoryMax near a million labelled samples).
+        let unit = std::fs::read_to_string(root.join("systemd/edgeloop.service")).unwrap();
+        let max_mib: u64 = unit
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("MemoryMax="))
+            .and_then(|v| v.strip_suffix('M'))
+            .and_then(|v| v.parse().ok())
+            .expect("MemoryMax=…M in the unit");
+        let window = cfg.pipelines[0].model.window as u64;
+        assert!(
+            window > 0 && window * 500 < max_mib * 1024 * 1024 / 2,
+            "window {window}, MemoryMax {max_mib}M"
         );
         let mut default = Config::load_with_env(None, std::iter::empty()).unwrap();
         default.mqtt.broker = cfg.mqtt.broker.clone();
@@ -1287,8 +1305,9 @@ mod tests {
                 "config key `pipelines[0].windows.stats`: `rms` is listed twice",
             ),
             (
-                "[pipelines.model]\nwindow = 100\n[pipelines.windows]\nenabled = true\n",
-                "config key `pipelines[0].model.window`: a windowed pipeline",
+                "[pipelines.model]\nwindow = 100\nreservoir_in_training = false\n\
+                 [pipelines.windows]\nenabled = true\n",
+                "config key `pipelines[0].model.reservoir_in_training`: a windowed pipeline",
             ),
             (
                 "[pipelines.windows]\nenabled = true\n[pipelines.model.augment]\ncopies = 1\n\
@@ -1296,7 +1315,7 @@ mod tests {
                 "config key `pipelines[0].model.augment.windows[1]`: `f` is not one of",
             ),
             (
-                "[pipelines.model]\nreservoir_in_training = false\n",
+                "[pipelines.model]\nwindow = 0\nreservoir_in_training = false\n",
                 "config key `pipelines[0].model.reservoir_in_training`: false needs window > 0",
             ),
         ] {

@@ -1241,6 +1241,50 @@ fn evaluate_prequential_json_reports_both_models_over_time() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no column `Nope`"));
 }
 
+/// `edgeloop evaluate --pipeline` runs the pipeline's `model.window` as the
+/// daemon does: `window = 0` is every labelled sample. It was a window of
+/// none, so every row went straight to the reservoir: with `reservoir = 50`
+/// the loop never held `min_labels` (300) rows and never trained. Now the
+/// first training runs after the 300th row on its older 80 % (the temporal
+/// holdout is the newest 0.2 × 300 = 60), and `--window 0` is the same.
+#[test]
+fn evaluate_with_a_pipeline_window_of_0_trains_on_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edgeloop.toml");
+    std::fs::write(
+        &config,
+        "[[pipelines]]\nname = \"occupancy\"\ntopics = [\"sensors/+/occupancy\"]\n\
+         features = [\"Temperature\", \"Humidity\", \"Light\", \"CO2\", \"HumidityRatio\"]\n\
+         label = \"Occupancy\"\nclasses = [\"0\", \"1\"]\n\
+         [pipelines.model]\nwindow = 0\nreservoir = 50\nmin_labels = 300\n\
+         retrain_every = 1000000\nholdout_fraction = 0.2\n\
+         [pipelines.drift]\nretrain_on_drift = false\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for extra in [&[][..], &["--window", "0"][..]] {
+        let mut args = vec!["--pipeline", "occupancy", "--config", config];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["evaluate", "--prequential", "--json"])
+            .args(&args)
+            .arg("--file")
+            .arg(data("datatraining.txt"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let first = &v["decisions"][0];
+        assert_eq!(first["index"], 299, "{extra:?}: {}", v["decisions"]);
+        assert_eq!(first["n_train"], 240, "{extra:?}: {}", v["decisions"]);
+        assert_eq!(v["scored"], 8143 - 300, "{extra:?}");
+    }
+}
+
 /// A forest serves through the daemon (tree ensembles run by edgeloop's own
 /// operator inside tract): its HTTP outputs equal the in-process model's, and
 /// the card's live accuracy, tallied as labelled samples arrive after

@@ -92,7 +92,8 @@ pub struct EvaluateArgs {
     /// one device's stream. On by default: --last-label false turns it off.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     last_label: Option<bool>,
-    /// The loop's recent labelled rows kept for training (default 1000).
+    /// The loop's recent labelled rows kept for training (default 1000;
+    /// 0: every row, as a pipeline's `model.window = 0`).
     #[arg(long)]
     window: Option<usize>,
     /// The loop's older rows kept by reservoir sampling (default 1000).
@@ -439,8 +440,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             loop_config.model = p.model.clone();
             loop_config.cooldown = p.drift.cooldown_labels;
             loop_config.retrain_on_drift = p.drift.retrain_on_drift;
-            // The stream's settings, as the daemon's learner reads them.
-            loop_config.window = p.model.window;
+            // The stream's settings, as the daemon's learner reads them
+            // (`window = 0`: every labelled sample, not none).
+            loop_config.window = match p.model.window {
+                0 => usize::MAX,
+                w => w,
+            };
             loop_config.reservoir = p.model.reservoir;
             loop_config.min_samples = p.model.min_labels as usize;
             loop_config.retrain_every = p.model.retrain_every;
@@ -455,7 +460,7 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         None => (label.unwrap_or_default(), features),
     };
     if let Some(w) = window {
-        loop_config.window = w;
+        loop_config.window = if w == 0 { usize::MAX } else { w };
     }
     if let Some(r) = reservoir {
         loop_config.reservoir = r;

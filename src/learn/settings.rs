@@ -100,7 +100,10 @@ pub struct ModelConfig {
     pub holdout_fraction: f64,
     /// Start a challenger from the champion's weights (fine-tuning).
     pub warm_start: bool,
-    /// Training set: the newest `window` labelled samples (0: all stored)...
+    /// Training set: the newest `window` labelled samples (0: all stored;
+    /// default 200,000, which bounds a training's memory) plus the
+    /// reservoir (a windowed pipeline: the windows of the newest `window`
+    /// labelled readings, no reservoir).
     pub window: usize,
     /// ...plus a uniform sample of this many older ones (reservoir), so
     /// that older regimes are not forgotten.
@@ -163,7 +166,7 @@ impl Default for ModelConfig {
             retrain_every: 2000,
             holdout_fraction: 0.2,
             warm_start: true,
-            window: 0,
+            window: 200_000,
             reservoir: 2000,
             reservoir_in_training: true,
             schedule_s: 0,

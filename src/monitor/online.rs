@@ -47,7 +47,7 @@
 //!
 //! **Restart**: the online model is relearned from the store at start (every
 //! stored labelled sample, in sequence order, test then train, so its record
-//! is recounted), under the same seed; which learner serves, the batch
+//! is recounted; read 10,000 stored samples at a time, not all at once), under the same seed; which learner serves, the batch
 //! champion's version and the class order are kept in the store's `state`
 //! table (`online/{pipeline}`). The snapshot that served before the restart
 //! serves again ([`Registry::restore`]) until the next snapshot.
@@ -349,7 +349,7 @@ impl OnlineLearner {
     /// The learner of `pipeline` (`features`: the model's input names), its
     /// state restored from the store and its model relearned from
     /// `labelled`, the stored labelled samples in seq order (for a temporal
-    /// pipeline, their rows).
+    /// pipeline, their rows), in chunks: one chunk is held at a time.
     ///
     /// `model` is new ([`Learned::new`]).
     ///
@@ -362,7 +362,7 @@ impl OnlineLearner {
         model: Learned,
         cfg: &OnlineConfig,
         features: Vec<String>,
-        labelled: Vec<(u64, Sample)>,
+        labelled: impl IntoIterator<Item = Result<Vec<(u64, Sample)>, StoreError>>,
         store: &Store,
         registry: &Registry,
     ) -> Result<Self, StoreError> {
@@ -402,7 +402,9 @@ impl OnlineLearner {
             batch_version: batch.as_ref().map(|b| b.version),
             batch,
         };
-        me.learn_rows(&labelled, false);
+        for chunk in labelled {
+            me.learn_rows(&chunk?, false);
+        }
         if me.learned > 0 {
             // The snapshot that served before the restart serves again.
             me.last_snapshot = Some(Instant::now());

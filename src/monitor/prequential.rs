@@ -453,7 +453,12 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
             }
         }
         data_peak = data_peak.max(
-            ((i + 1).min(opts.loop_config.window + opts.loop_config.reservoir)) as u64 * row_bytes,
+            ((i + 1).min(
+                opts.loop_config
+                    .window
+                    .saturating_add(opts.loop_config.reservoir),
+            )) as u64
+                * row_bytes,
         );
     }
     let seconds = started.elapsed().as_secs_f64();

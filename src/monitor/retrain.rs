@@ -485,13 +485,16 @@ fn training_data(store: &Store, cfg: &MonitoredPipeline) -> Result<TrainingData,
         );
         (last_seq, older, recent)
     } else {
-        // The same parts, without decoding every labelled sample first.
-        let (older, recent) = store.labelled_parts(
-            &cfg.name,
-            cfg.model.window,
-            cfg.model.reservoir,
-            labelled_total,
-        )?;
+        // The same parts, without decoding every labelled sample first. A
+        // windowed pipeline's windows are formed from the newest `window`
+        // readings alone: older ones drawn at random would cut them.
+        let reservoir = if cfg.windows.enabled {
+            0
+        } else {
+            cfg.model.reservoir
+        };
+        let (older, recent) =
+            store.labelled_parts(&cfg.name, cfg.model.window, reservoir, labelled_total)?;
         let last_seq = recent.last().or(older.last()).map(|(seq, _)| *seq);
         let strip = |v: Vec<(u64, Sample)>| v.into_iter().map(|(_, s)| s).collect::<Vec<_>>();
         (last_seq, strip(older), strip(recent))
@@ -536,6 +539,47 @@ fn champion_and_former(
         None
     };
     (serving, former)
+}
+
+/// Stored samples the online learner's relearning reads at a time.
+const RELEARN_CHUNK: usize = 10_000;
+
+/// The labelled samples of `pipeline` stored when called, in seq order, in
+/// chunks of those among `chunk` stored samples (the online learner
+/// relearns them at start without holding every one: a store of a million
+/// labelled samples was read whole first).
+///
+/// # Errors
+/// [`StoreError`] when the counters cannot be read; each chunk carries its
+/// own read's error.
+fn labelled_chunks<'a>(
+    store: &'a Store,
+    pipeline: &'a str,
+    chunk: usize,
+) -> Result<impl Iterator<Item = Result<Vec<(u64, Sample)>, StoreError>> + 'a, StoreError> {
+    let end = store.counts(pipeline)?.next_seq;
+    let mut from = 0;
+    Ok(std::iter::from_fn(move || {
+        if from >= end {
+            return None;
+        }
+        let read = match store.scan(pipeline, from..end, chunk.max(1)) {
+            Ok(read) => read,
+            Err(e) => {
+                from = end;
+                return Some(Err(e));
+            }
+        };
+        from = match read.last() {
+            Some((seq, _)) => seq + 1,
+            None => end,
+        };
+        Some(Ok(read
+            .into_iter()
+            .filter(|(_, r)| r.sample.label.is_some())
+            .map(|(seq, r)| (seq, r.sample))
+            .collect()))
+    }))
 }
 
 /// Labelled samples a fleet model waits for before it is judged: as many as
@@ -1216,10 +1260,10 @@ impl Learner {
             let learner = tokio::task::spawn_blocking(move || {
                 // A temporal pipeline relearns its rows, formed from every
                 // stored reading.
-                let labelled = if settings.temporal.is_enabled() {
-                    temporal_labelled(&store, &settings)?
+                let labelled: Box<dyn Iterator<Item = _>> = if settings.temporal.is_enabled() {
+                    Box::new(std::iter::once(temporal_labelled(&store, &settings)))
                 } else {
-                    store.labelled(&settings.name)?
+                    Box::new(labelled_chunks(&store, &settings.name, RELEARN_CHUNK)?)
                 };
                 super::online::OnlineLearner::restore(
                     &settings.name,
@@ -1917,6 +1961,89 @@ mod tests {
             training_parts(all, 0, 10, 7).0.is_empty(),
             "window 0: no reservoir"
         );
+    }
+
+    #[test]
+    fn a_windowed_pipeline_trains_on_the_windows_of_its_newest_readings() {
+        // 4 devices × 100 labelled readings, interleaved, windows of 10
+        // (step 10), `model.window` 200 and a reservoir of 50: the newest
+        // 200 readings are each device's last 50, so 5 windows a device, 20
+        // in all, each of 10 consecutive readings of its device; no reservoir
+        // reading (scattered in time, it would cut the windows).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let samples: Vec<crate::store::NewSample> = (0..400u64)
+            .map(|i| crate::store::NewSample {
+                pipeline: "occupancy".into(),
+                digest: u128::from(i),
+                sample: Sample {
+                    timestamp_ms: i as i64,
+                    device: format!("d{}", i % 4),
+                    features: vec![i as f32; 5],
+                    label: Some((i % 2).to_string()),
+                },
+                dedup: true,
+            })
+            .collect();
+        store.append(&samples).unwrap();
+        let mut p = crate::config::Config::load_with_env(None, std::iter::empty())
+            .unwrap()
+            .pipelines
+            .remove(0);
+        p.windows.enabled = true;
+        p.windows.size = 10;
+        p.windows.step = 10;
+        p.model.window = 200;
+        p.model.reservoir = 50;
+        let cfg = p.monitored();
+        let data = training_data(&store, &cfg).unwrap();
+        assert!(data.old_regimes.is_none());
+        let seqs: Vec<i64> = data.samples.iter().map(|s| s.timestamp_ms).collect();
+        assert_eq!(seqs, (200..400).collect::<Vec<_>>(), "the newest 200 only");
+        let windows = crate::features::windows::derive(&data.samples, &cfg.windows, 5);
+        assert_eq!(windows.len(), 20);
+        for w in &windows {
+            // `max` of the first feature is the window's last reading, and
+            // `min` its first: 9 readings of the device (4 apart) before it.
+            let (min, max) = (w.features[2], w.features[3]);
+            assert_eq!(max - min, 36.0, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn the_online_relearning_reads_every_labelled_sample_in_chunks() {
+        // 1,000 readings, one in three labelled, seqs 0..1000 with the
+        // first 100 deleted by retention: chunks of 7 stored samples give
+        // the 300 labelled ones from seq 100 on, in seq order, each once.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let samples: Vec<crate::store::NewSample> = (0..1000u64)
+            .map(|i| crate::store::NewSample {
+                pipeline: "p".into(),
+                digest: u128::from(i),
+                sample: Sample {
+                    timestamp_ms: i as i64,
+                    device: String::new(),
+                    features: vec![i as f32],
+                    label: (i % 3 == 0).then(|| "a".into()),
+                },
+                dedup: true,
+            })
+            .collect();
+        store.append(&samples).unwrap();
+        store.enforce_retention("p", 900, 1000).unwrap();
+        let chunks: Vec<Vec<(u64, Sample)>> = labelled_chunks(&store, "p", 7)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            chunks.iter().all(|c| c.len() <= 3),
+            "7 stored: at most 3 labelled"
+        );
+        let seqs: Vec<u64> = chunks.iter().flatten().map(|(seq, _)| *seq).collect();
+        let want: Vec<u64> = (100..1000).filter(|i| i % 3 == 0).collect();
+        assert_eq!(seqs, want);
+        assert_eq!(labelled_chunks(&store, "q", 7).unwrap().count(), 0);
     }
 
     #[test]
