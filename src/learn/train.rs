@@ -852,12 +852,20 @@ fn decide(
     baseline: Option<&card::Baseline>,
 ) -> card::Decision {
     let mut d = decide_against_champion(cfg, trigger, champion, challenger, recent, old);
-    // No model worse than a trivial baseline serves unless asked for (then
-    // the reason says so, and `train` warns).
+    // No model that does not beat a trivial baseline serves unless asked
+    // for (then the reason says so, and `train` warns). A tie does not beat
+    // it, except at the metric's best (1.0): a baseline already perfect on
+    // the holdout cannot be beaten, and a model as perfect serves.
     if let (Some(b), Some(c)) = (baseline, d.challenger_recent) {
-        if c < b.score {
+        if !card::beats(c, b.score, 0.0) && !(c >= 1.0 && b.score >= 1.0) {
+            let relation = if c < b.score {
+                "worse than"
+            } else {
+                "no better than"
+            };
+            let sign = if c < b.score { "<" } else { "=" };
             let worse = format!(
-                "worse than the {} baseline on the recent holdout ({c:.4} < {:.4})",
+                "{relation} the {} baseline on the recent holdout ({c:.4} {sign} {:.4})",
                 b.kind, b.score
             );
             if trigger == Trigger::Manual {
@@ -1058,14 +1066,17 @@ mod tests {
         .expect("training");
         let d = guarded.chosen.card.decision.expect("decision");
         assert!(!d.promoted, "{d:?}");
-        assert!(d.reason.starts_with("older regimes"), "{}", d.reason);
+        // Both perfect on the recent holdout (a tie keeps the champion too).
+        assert!(
+            d.reason.contains("older regimes: challenger"),
+            "{}",
+            d.reason
+        );
         assert_eq!(d.champion_old, Some(1.0));
         assert!(d.challenger_old.is_some_and(|c| c < 0.7), "{d:?}");
         // Every older sample of `data` trained: only the newest 20 % held out.
         assert_eq!(guarded.chosen.card.n_train, 320);
         assert_eq!(guarded.chosen.card.n_holdout, 80);
-        // Without it, the older slice is every 10th older sample of the same
-        // recent data, which has no `c` either: the challenger is promoted.
         let unguarded = train_dataset(
             &settings,
             &recent,
@@ -1076,8 +1087,21 @@ mod tests {
             &|| false,
         )
         .expect("training");
+        // Without it, the older slice is every 10th older sample of the same
+        // recent data: the challenger keeps it, and is judged on the recent
+        // holdout alone, where both are perfect, a tie that keeps the
+        // champion.
         let d = unguarded.chosen.card.decision.expect("decision");
-        assert!(d.promoted, "{d:?}");
+        assert_eq!((d.champion_old, d.challenger_old), (Some(1.0), Some(1.0)));
+        assert_eq!(
+            (d.champion_recent, d.challenger_recent),
+            (Some(1.0), Some(1.0))
+        );
+        assert!(!d.promoted, "{d:?}");
+        assert_eq!(
+            d.reason,
+            "recent holdout: challenger 1.0000 does not beat champion 1.0000"
+        );
         assert_eq!(unguarded.chosen.card.n_train, 288);
     }
 
@@ -1143,6 +1167,150 @@ mod tests {
                         d.reason,
                         "worse than the majority baseline on the recent holdout (0.8000 < 1.0000)"
                     );
+                }
+            }
+        }
+    }
+
+    /// 500 samples of one feature `x` in (−1, 1), never 0, in time order: `b`
+    /// when `x > 0`, except every 10th sample (`i % 10 == 3`), whose label
+    /// is flipped.
+    fn noisy_threshold(shift: f32) -> Vec<Sample> {
+        (0..500)
+            .map(|i| {
+                let x = ((i * 37) % 100) as f32 / 50.0 - 0.99;
+                let label = if (x > 0.0) != (i % 10 == 3) { "b" } else { "a" };
+                Sample {
+                    timestamp_ms: i as i64,
+                    device: String::new(),
+                    features: vec![x + shift],
+                    label: Some(label.into()),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_challenger_equal_to_the_champion_is_not_promoted_one_just_better_is() {
+        let features = vec!["x".to_string()];
+        let model = ModelConfig::default();
+        assert_eq!(model.margin_recent, 0.0);
+        let settings = TrainSettings {
+            pipeline: "p",
+            features: &features,
+            model: &model,
+            progress: None,
+        };
+        let task = Task::Classification;
+        let data = Dataset::from_samples(&noisy_threshold(0.0), 1, task);
+        // The champion: the same family, settings and seed on the same
+        // training part (the oldest 80 %) the challenger is fit on.
+        let champion = fit_model(
+            Family::Logistic,
+            &model,
+            &data.slice(0..400),
+            &features,
+            None,
+            &|| false,
+        )
+        .expect("champion");
+        let t = train_dataset(
+            &settings,
+            &data,
+            None,
+            2,
+            Trigger::NewLabels,
+            Some((1, Champion::Trained(&champion))),
+            &|| false,
+        )
+        .expect("training");
+        let d = t.chosen.card.decision.expect("decision");
+        let b = t.chosen.card.baseline.expect("baseline");
+        // Equal scores, below perfect and above the majority baseline: only
+        // the tie keeps the champion.
+        let score = d.challenger_recent.expect("challenger score");
+        assert_eq!(d.champion_recent, Some(score), "{d:?}");
+        assert!(score < 1.0 && score > b.score, "{d:?} {b:?}");
+        assert!(!d.promoted, "{d:?}");
+        assert_eq!(
+            d.reason,
+            format!("recent holdout: challenger {score:.4} does not beat champion {score:.4}")
+        );
+
+        // A champion trained where every `x` read 0.1 higher learned `b`
+        // above 0.1: it calls `a` the holdout's `x` in (0, 0.1), which the
+        // challenger gets right (bar the flipped ones).
+        let shifted = Dataset::from_samples(&noisy_threshold(0.1), 1, task);
+        let worse = fit_model(
+            Family::Logistic,
+            &model,
+            &shifted.slice(0..400),
+            &features,
+            None,
+            &|| false,
+        )
+        .expect("champion");
+        let t = train_dataset(
+            &settings,
+            &data,
+            None,
+            2,
+            Trigger::NewLabels,
+            Some((1, Champion::Trained(&worse))),
+            &|| false,
+        )
+        .expect("training");
+        let d = t.chosen.card.decision.expect("decision");
+        let (h, c) = (
+            d.champion_recent.expect("h"),
+            d.challenger_recent.expect("c"),
+        );
+        // Better by a few holdout samples (of 100), not by a wide margin.
+        assert!(c > h && c - h <= 0.1, "{d:?}");
+        assert!(d.promoted, "{d:?}");
+    }
+
+    #[test]
+    fn a_model_only_as_good_as_the_majority_baseline_is_not_promoted() {
+        // `x` is the same for each run of 10 consecutive samples, 7 `a` and
+        // 3 `b` in each: it says nothing of the label, so the model predicts
+        // the majority `a`, as DummyClassifier("most_frequent") does: both
+        // score 70/100 on the holdout (samples 400..500).
+        let samples: Vec<Sample> = (0..500)
+            .map(|i| Sample {
+                timestamp_ms: i as i64,
+                device: String::new(),
+                features: vec![((i / 10) % 20) as f32 / 10.0 - 0.95],
+                label: Some(if i % 10 < 7 { "a" } else { "b" }.into()),
+            })
+            .collect();
+        let features = vec!["x".to_string()];
+        let model = ModelConfig::default();
+        let settings = TrainSettings {
+            pipeline: "p",
+            features: &features,
+            model: &model,
+            progress: None,
+        };
+        let data = Dataset::from_samples(&samples, 1, Task::Classification);
+        for trigger in [Trigger::MinLabels, Trigger::Manual] {
+            let t = train_dataset(&settings, &data, None, 1, trigger, None, &|| false)
+                .expect("training");
+            let card = &t.chosen.card;
+            let b = card.baseline.as_ref().expect("baseline");
+            assert_eq!((b.kind.as_str(), b.score), ("majority", 0.7));
+            assert_eq!(card.holdout_score, Some(0.7));
+            let d = card.decision.as_ref().expect("decision");
+            let why =
+                "no better than the majority baseline on the recent holdout (0.7000 = 0.7000)";
+            match trigger {
+                Trigger::Manual => {
+                    assert!(d.promoted, "{d:?}");
+                    assert!(d.reason.ends_with(why), "{}", d.reason);
+                }
+                _ => {
+                    assert!(!d.promoted, "{d:?}");
+                    assert_eq!(d.reason, why);
                 }
             }
         }
