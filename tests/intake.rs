@@ -360,16 +360,85 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The same bytes as version 2: that version answers, nothing is stored.
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!(
-            "imported as version 3 (sha256 {})",
-            sha256_hex(&good)
-        )),
+        text.contains("already stored as version 2, the same bytes; nothing imported"),
         "{text}"
     );
     assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
+    assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1, 2]);
+
+    // Uploaded again over HTTP: 200, version 2, `created: false`.
+    let (status, v) = upload(addr, good.clone(), Some(sha256_hex(&good))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["version"].as_u64(), v["created"].as_bool()),
+        (Some(2), Some(false)),
+        "{v}"
+    );
+    assert_eq!(v["card"]["imported"]["sha256"], sha256_hex(&good));
+    assert_eq!(v["serving_version"], 2);
+    // The ONNX of the trained version 1: version 1.
+    let v1 = handle.store.get_model(PIPELINE, 1).unwrap().unwrap().onnx;
+    let (status, v) = upload(addr, v1.clone(), Some(sha256_hex(&v1))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["version"].as_u64(), v["created"].as_bool()),
+        (Some(1), Some(false)),
+        "{v}"
+    );
+    assert_eq!(v["card"]["family"], "logistic");
+    assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1, 2]);
+    assert_eq!(handle.stats.snapshot().models_imported, 1);
+    // A different model is a new version.
+    let other = five_feature_model();
+    assert_ne!(other, v1);
+    let (status, v) = upload(addr, other.clone(), Some(sha256_hex(&other))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (v["version"].as_u64(), v["created"].as_bool()),
+        (Some(3), Some(true)),
+        "{v}"
+    );
+    assert_eq!(
+        handle.store.model_versions(PIPELINE).unwrap(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(handle.stats.snapshot().models_imported, 2);
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
     stop(running, handle, token).await;
+}
+
+/// A logistic model of the pipeline's five features trained here on the
+/// first 1,000 training rows (both classes): valid for the pipeline, other bytes than any
+/// stored version's.
+fn five_feature_model() -> Vec<u8> {
+    let cfg = edgeloop::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+    let (x, y) = rows("datatraining.txt");
+    let samples: Vec<Sample> = x
+        .iter()
+        .zip(&y)
+        .take(1000)
+        .enumerate()
+        .map(|(i, (r, l))| Sample {
+            timestamp_ms: i as i64,
+            device: String::new(),
+            features: r.to_vec(),
+            label: Some(l.clone()),
+        })
+        .collect();
+    learn::train_version(
+        &cfg.pipelines[0].settings(),
+        &samples,
+        None,
+        1,
+        Trigger::Manual,
+        None,
+        || false,
+    )
+    .unwrap()
+    .onnx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
