@@ -195,6 +195,21 @@ fn three_feature_model() -> Vec<u8> {
     .onnx
 }
 
+/// `onnx` with its default operator set (`""`) stamped `version`: the
+/// scikit-learn fixture's Sub, Div, Gemm and Softmax (opset 13) mean the
+/// same up to opset 21.
+fn with_opset(onnx: &[u8], version: i64) -> Vec<u8> {
+    use prost::Message;
+    let mut m = tract_onnx::pb::ModelProto::decode(onnx).unwrap();
+    let set = m
+        .opset_import
+        .iter_mut()
+        .find(|o| o.domain.is_empty())
+        .unwrap();
+    set.version = version;
+    m.encode_to_vec()
+}
+
 /// The bad files, each with the reason key and a piece of its message.
 fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
     let good = fixture("occupancy_sklearn.onnx");
@@ -222,6 +237,13 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
             fixture("unsupported_op.onnx"),
             "unsupported_operator",
             "unsupported operator: tract does not support operator ai.onnx.Det",
+        ),
+        (
+            "opset99",
+            with_opset(&good, 99),
+            "unsupported_opset",
+            "unsupported opset: tract implements the default operator set (ai.onnx) up to opset \
+             21; the model imports opset 99",
         ),
         (
             "big",
@@ -406,6 +428,13 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
         vec![1, 2, 3]
     );
     assert_eq!(handle.stats.snapshot().models_imported, 2);
+    // At tract's newest opset (21) a model is taken (opset 99 was refused
+    // above, with the bad files).
+    let newest = with_opset(&good, 21);
+    let (status, v) = upload(addr, newest.clone(), Some(sha256_hex(&newest))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["version"], 4, "{v}");
+    assert_eq!(v["card"]["imported"]["engine"], "tract");
     assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
     stop(running, handle, token).await;
 }

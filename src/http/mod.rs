@@ -208,6 +208,7 @@ impl ApiError {
                     E::Truncated(_)
                     | E::NotOnnx(_)
                     | E::UnsupportedOperator(_)
+                    | E::UnsupportedOpset(_)
                     | E::WrongWidth { .. }
                     | E::FeatureOrder { .. }
                     | E::WrongTask { .. }
@@ -882,6 +883,7 @@ async fn upload_model(
         Json(json!({
             "pipeline": name,
             "version": card.version,
+            "created": intake.is_new(),
             "serving_version": s.registry.get(&name).map(|m| m.version),
             "card": card,
         })),

@@ -11,7 +11,11 @@
 //!    runs past the end of the file, `not_onnx` otherwise) whose weights are
 //!    inside it (`external_data`: an upload is one file; a file of the models
 //!    directory has its external-data files read from beside it);
-//! 4. every operator is one the engine implements (`unsupported_operator`);
+//! 4. the default operator set (`ai.onnx`) is no newer than the engine
+//!    implements (`unsupported_opset`: tract 21, [`crate::onnx::engine::TRACT_MAX_OPSET`];
+//!    onnxruntime refuses a newer one itself, `engine_refused`, naming its
+//!    limit) and every operator is one the engine implements
+//!    (`unsupported_operator`);
 //! 5. the declared input width and the feature names and order equal the
 //!    pipeline's schema (`wrong_width`, `feature_order`), as do the task and
 //!    classes (`wrong_task`, `wrong_classes`);
@@ -111,6 +115,10 @@ pub enum IntakeError {
     NotOnnx(String),
     #[error("unsupported operator: {0}")]
     UnsupportedOperator(String),
+    /// The model imports a newer default operator set than the engine
+    /// implements.
+    #[error("unsupported opset: {0}")]
+    UnsupportedOpset(String),
     #[error("wrong input width: the model takes {model} features, pipeline `{pipeline}` has {expected} ({features:?})")]
     WrongWidth {
         pipeline: String,
@@ -151,7 +159,7 @@ pub enum IntakeError {
 
 impl IntakeError {
     /// Every reason, in the order the stats list them.
-    pub const REASONS: [&'static str; 14] = crate::stats::MODEL_REFUSAL_REASONS;
+    pub const REASONS: [&'static str; 15] = crate::stats::MODEL_REFUSAL_REASONS;
 
     /// The kind of refusal (low-cardinality stats key).
     pub fn reason(&self) -> &'static str {
@@ -162,6 +170,7 @@ impl IntakeError {
             IntakeError::Truncated(_) => "truncated",
             IntakeError::NotOnnx(_) => "not_onnx",
             IntakeError::UnsupportedOperator(_) => "unsupported_operator",
+            IntakeError::UnsupportedOpset(_) => "unsupported_opset",
             IntakeError::WrongWidth { .. } => "wrong_width",
             IntakeError::FeatureOrder { .. } => "feature_order",
             IntakeError::WrongTask { .. } => "wrong_task",
@@ -274,6 +283,7 @@ fn load(
     };
     OnnxModel::load_for(onnx, Some(&contract), pipeline.engine, options).map_err(|e| match e {
         ModelError::UnsupportedOperator { .. } => IntakeError::UnsupportedOperator(e.to_string()),
+        ModelError::UnsupportedOpset { .. } => IntakeError::UnsupportedOpset(e.to_string()),
         ModelError::WrongClasses { model, expected } => IntakeError::WrongClasses {
             pipeline: pipeline.name.clone(),
             model,
