@@ -656,6 +656,7 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
                 features: &features,
                 model: &model,
                 progress: None,
+                peak_rss: false,
             };
             let t = learn::train_dataset(
                 &settings,

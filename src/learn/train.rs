@@ -3,7 +3,9 @@
 //! fit and scored, ensemble, champion/challenger, refit, ONNX export, card).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::card::{self, ModelCard};
 use super::forest::ForestModel;
@@ -122,6 +124,7 @@ pub fn train_version(
         features: &features,
         model: &pipeline.model,
         progress: None,
+        peak_rss: false,
     };
     train_dataset(
         &settings,
@@ -180,6 +183,10 @@ pub struct TrainSettings<'a> {
     pub model: &'a ModelConfig,
     /// Told each candidate family as its training starts.
     pub progress: Option<&'a dyn Fn(Family)>,
+    /// Measure each candidate's peak resident memory into its card
+    /// (`peak_rss_bytes`, see [`RssPeak`]): `edgeloop train`, whose process
+    /// does nothing else. Off in the daemon.
+    pub peak_rss: bool,
 }
 
 /// Trains one version on `data`, the one code path of the daemon, the
@@ -263,6 +270,7 @@ pub fn train_dataset(
         if let Some(progress) = settings.progress {
             progress(family);
         }
+        let rss = settings.peak_rss.then(RssPeak::start).flatten();
         let t0 = Instant::now();
         let cpu0 = cpu_time_s();
         let init = champion
@@ -296,9 +304,11 @@ pub fn train_dataset(
         }
         card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
         card.training_cpu_ms = cpu_time_s().zip(cpu0).map(|(a, b)| (a - b) * 1e3);
+        card.peak_rss_bytes = rss.map(RssPeak::finish);
         evaluated.push((model, card, selection));
     }
     if let Some(kind) = cfg.ensemble.kind() {
+        let rss = settings.peak_rss.then(RssPeak::start).flatten();
         let t0 = Instant::now();
         let ranked = evaluated.iter().map(|(m, _, sel)| (m, *sel));
         let members = ensemble::best_members(ranked, cfg.ensemble_size, |a, b| metric.better(a, b));
@@ -308,6 +318,7 @@ pub fn train_dataset(
         );
         card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
         card.hyperparameters = hyperparameters(&model, cfg);
+        card.peak_rss_bytes = rss.map(RssPeak::finish);
         evaluated.push((model, card.clone(), card.holdout_score));
     }
     let best = (0..evaluated.len())
@@ -339,6 +350,8 @@ pub fn train_dataset(
         &old_slice,
         baseline.as_ref(),
     );
+    // The chosen card's peak covers its refit on every sample and export too.
+    let rss = settings.peak_rss.then(RssPeak::start).flatten();
     let model = if let (true, Model::Ensemble(e)) = (decision.promoted, &challenger) {
         Model::Ensemble(Box::new(e.refit(
             cfg,
@@ -364,6 +377,10 @@ pub fn train_dataset(
         challenger
     };
     let onnx = rules.wrap_onnx(settings.features, model.to_onnx(version));
+    if let Some(refit) = rss.map(RssPeak::finish) {
+        chosen_card.peak_rss_bytes =
+            Some(chosen_card.peak_rss_bytes.map_or(refit, |p| p.max(refit)));
+    }
     chosen_card.baseline = baseline.map(|b| card::Baseline {
         margin: decision.challenger_recent.map(|c| c - b.score),
         ..b
@@ -828,6 +845,80 @@ fn inference_latency_us(onnx: &[u8], x: &[f32], n_features: usize) -> (Option<f6
     )
 }
 
+/// The largest resident set size of this process while one candidate
+/// trains, bytes ([`TrainSettings::peak_rss`]). The memory freed before it
+/// is handed back first ([`return_freed_memory`]), so what an earlier
+/// candidate freed is not counted again; then `/proc/self/statm`'s resident
+/// pages are read every millisecond on a thread of its own until
+/// [`RssPeak::finish`]. The peak is the process's: what it held before the
+/// candidate (the data read, the models of the candidates before it, kept
+/// for the comparison) plus what this candidate takes. `VmHWM`, the kernel's
+/// exact peak, is the process's since it started (every candidate reported
+/// the same one), and resetting it (`/proc/self/clear_refs`) also lowers
+/// the `ru_maxrss` that `getrusage` and `wait4` report for the whole run
+/// (what `edgeloop bench footprint` measures). A spike shorter than a
+/// millisecond may be missed. Linux only (`None` elsewhere).
+struct RssPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Resident bytes of this process now (`/proc/self/statm`).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+impl RssPeak {
+    fn start() -> Option<Self> {
+        return_freed_memory();
+        let peak = Arc::new(AtomicU64::new(resident_bytes()?));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = std::thread::Builder::new()
+            .name("rss-peak".into())
+            .spawn({
+                let (stop, peak) = (stop.clone(), peak.clone());
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(r) = resident_bytes() {
+                            peak.fetch_max(r, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self {
+            stop,
+            peak,
+            sampler: Some(sampler),
+        })
+    }
+
+    /// Stops the sampling; the peak, bytes.
+    fn finish(mut self) -> u64 {
+        if let Some(r) = resident_bytes() {
+            self.peak.fetch_max(r, Ordering::Relaxed);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.sampler.take() {
+            let _ = s.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        // A training that failed: the sampler ends within a millisecond.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// CPU seconds this process has used (user + system), from `getrusage`.
 fn cpu_time_s() -> Option<f64> {
     // SAFETY: getrusage writes into the struct we pass and reads nothing else.
@@ -1047,6 +1138,7 @@ mod tests {
             features: &features,
             model: &model,
             progress: None,
+            peak_rss: false,
         };
         let task = Task::Classification;
         let old = Dataset::from_samples(&blobs(&["a", "b", "c"], 300, 0), 2, task);
@@ -1137,6 +1229,7 @@ mod tests {
             features: &features,
             model: &model,
             progress: None,
+            peak_rss: false,
         };
         let data = Dataset::from_samples(&regime_flip(), 1, Task::Classification);
         for trigger in [Trigger::Drift, Trigger::Manual] {
@@ -1200,6 +1293,7 @@ mod tests {
             features: &features,
             model: &model,
             progress: None,
+            peak_rss: false,
         };
         let task = Task::Classification;
         let data = Dataset::from_samples(&noisy_threshold(0.0), 1, task);
@@ -1291,6 +1385,7 @@ mod tests {
             features: &features,
             model: &model,
             progress: None,
+            peak_rss: false,
         };
         let data = Dataset::from_samples(&samples, 1, Task::Classification);
         for trigger in [Trigger::MinLabels, Trigger::Manual] {

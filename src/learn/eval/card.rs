@@ -103,8 +103,15 @@ pub struct ModelCard {
     /// microseconds.
     #[serde(default)]
     pub predict_batch_p50_us_per_row: Option<f64>,
-    /// Peak resident memory of the training process, bytes (`edgeloop
-    /// train`, where the process does nothing else; `None` in the daemon).
+    /// Peak resident memory of the process while this candidate trained
+    /// (fit, cross-validation, card; the chosen one also its refit on every
+    /// sample and export), bytes: `VmRSS` sampled every millisecond, after
+    /// the memory freed before it was handed back (`edgeloop train`, where
+    /// the process does nothing else; see `TrainSettings::peak_rss`). It
+    /// counts what the process held already (the data, the earlier
+    /// candidates' models) plus what this candidate took. `edgeloop tune`:
+    /// the process's peak over the search and the training (`ru_maxrss`).
+    /// `None` in the daemon.
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
     /// Accuracy on live labelled data after deployment: predictions this
