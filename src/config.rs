@@ -484,6 +484,18 @@ impl Config {
                     path.display()
                 )));
             }
+            if let Some((key, written)) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| file_integer_out_of_range(&text))
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!(
+                        "{written} (in {}) is out of range for this integer (at most {INTEGER_MAX})",
+                        path.display()
+                    ),
+                });
+            }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
         let all: std::collections::HashMap<String, String> = env.into_iter().collect();
@@ -497,14 +509,33 @@ impl Config {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(env)),
+                .source(Some(env.clone())),
         );
         let raw = builder
             .build()
             .map_err(|e| ConfigError::Load(describe(e, file)))?;
+        let layered: serde_json::Value = raw
+            .clone()
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(describe(e, file)))?;
         let mut cfg: Config = raw
             .try_deserialize()
             .map_err(|e| ConfigError::Load(describe(e, file)))?;
+        let typed = serde_json::to_value(&cfg).map_err(|e| ConfigError::Load(e.to_string()))?;
+        if let Some((key, written, limit)) = rounded_integer(String::new(), &layered, &typed) {
+            // As written, when it came from the environment (a float prints
+            // another number than the digits it was read from).
+            let name = format!("EDGELOOP__{}", key.to_uppercase().replace('.', "__"));
+            let written = match env.get(&name) {
+                Some(v) => format!("`{v}` (environment {name})"),
+                None => written.to_string(),
+            };
+            let reason = match limit {
+                Some(limit) => format!("{written} is out of range for this integer ({limit})"),
+                None => format!("{written} is not a whole number"),
+            };
+            return Err(ConfigError::Invalid { key, reason });
+        }
         if cfg.store.path.as_os_str().is_empty() {
             cfg.store.path = crate::store::default_store_path(|k| all.get(k).cloned());
             cfg.store.create_dir = true;
@@ -965,6 +996,89 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
     format!("{}{origin}", dotted_keys(&e.to_string()))
 }
 
+/// Integers in the configuration are at most this (config-rs reads them as
+/// `i64`).
+const INTEGER_MAX: i64 = i64::MAX;
+
+/// The first integer key whose layered value was a number with a fraction
+/// or beyond `i64`: (key, the value read, its limit when beyond it).
+/// config-rs turns such a value into an integer silently (it rounds, and
+/// caps at the type's limit), so an environment value beyond `i64`, which
+/// it reads as a float (`EDGELOOP__STORE__BATCH_SIZE=99999999999999999999999`),
+/// or a float in the file (`batch_size = 1e30`, `2.5`) would run with
+/// another number than the one written. `layered` is the layers as read,
+/// `typed` the configuration they gave, both as JSON: a float in `layered`
+/// where `typed` holds an integer is refused unless it is whole and within
+/// `i64` (`100.0` is 100).
+fn rounded_integer(
+    key: String,
+    layered: &serde_json::Value,
+    typed: &serde_json::Value,
+) -> Option<(String, f64, Option<String>)> {
+    use serde_json::Value;
+    match (layered, typed) {
+        (Value::Object(l), Value::Object(t)) => l.iter().find_map(|(k, v)| {
+            let key = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            rounded_integer(key, v, t.get(k)?)
+        }),
+        (Value::Array(l), Value::Array(t)) => l
+            .iter()
+            .zip(t)
+            .enumerate()
+            .find_map(|(i, (l, t))| rounded_integer(format!("{key}[{i}]"), l, t)),
+        (Value::Number(l), Value::Number(t)) if l.is_f64() && !t.is_f64() => {
+            let written = l.as_f64()?;
+            // 2^63: the first float beyond i64.
+            let bound = -(i64::MIN as f64);
+            if written >= bound {
+                Some((key, written, Some(format!("at most {INTEGER_MAX}"))))
+            } else if written < -bound {
+                Some((key, written, Some(format!("at least {}", i64::MIN))))
+            } else {
+                (written.fract() != 0.0).then_some((key, written, None))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The first integer of a TOML file beyond `i64`, which config-rs refuses
+/// without naming its key: (key, the digits as written). `None` when the
+/// file does not parse (config-rs then says why).
+fn file_integer_out_of_range(text: &str) -> Option<(String, String)> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(key: String, value: &DeValue<'_>) -> Option<(String, String)> {
+        let child = |k: &str| {
+            if key.is_empty() {
+                k.to_string()
+            } else {
+                format!("{key}.{k}")
+            }
+        };
+        match value {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .is_err()
+                .then(|| (key.clone(), i.as_str().to_string())),
+            DeValue::Table(t) => t
+                .iter()
+                .find_map(|(k, v)| walk(child(k.get_ref()), v.get_ref())),
+            DeValue::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(n, v)| walk(format!("{key}[{n}]"), v.get_ref())),
+            _ => None,
+        }
+    }
+    let table = DeTable::parse(text).ok()?.into_inner();
+    table
+        .iter()
+        .find_map(|(k, v)| walk(k.get_ref().to_string(), v.get_ref()))
+}
+
 /// config-rs writes a key below an array element without its dot
 /// (`pipelines[0]topics`); the key as a file spells it is
 /// `pipelines[0].topics`.
@@ -1153,6 +1267,73 @@ mod tests {
                 b.holdout_fraction
             )
         );
+    }
+
+    /// config-rs read an environment number beyond i64 as a float and
+    /// capped it at u64::MAX, and rounded a fractional one: each is now a
+    /// config error naming the key.
+    #[test]
+    fn an_integer_beyond_its_range_or_with_a_fraction_is_refused_naming_the_key() {
+        let invalid = |r: Result<Config, ConfigError>| match r {
+            Err(ConfigError::Invalid { key, reason }) => (key, reason),
+            other => panic!("{other:?}"),
+        };
+        let (key, reason) = invalid(load_str(
+            "",
+            &[("EDGELOOP__STORE__BATCH_SIZE", "99999999999999999999999")],
+        ));
+        assert_eq!(key, "store.batch_size");
+        assert_eq!(
+            reason,
+            "`99999999999999999999999` (environment EDGELOOP__STORE__BATCH_SIZE) is out of \
+             range for this integer (at most 9223372036854775807)"
+        );
+        let (key, reason) = invalid(load_str("", &[("EDGELOOP__STORE__BATCH_SIZE", "2.5")]));
+        assert_eq!(key, "store.batch_size");
+        assert_eq!(
+            reason,
+            "`2.5` (environment EDGELOOP__STORE__BATCH_SIZE) is not a whole number"
+        );
+        // The same in the file.
+        let (key, reason) = invalid(load_str("[store]\nbatch_size = 1e30\n", &[]));
+        assert_eq!(key, "store.batch_size");
+        assert_eq!(
+            reason,
+            format!(
+                "{} is out of range for this integer (at most 9223372036854775807)",
+                1e30
+            )
+        );
+        let (key, reason) = invalid(load_str("[store]\nbatch_size = 2.5\n", &[]));
+        assert_eq!(
+            (key.as_str(), reason.as_str()),
+            ("store.batch_size", "2.5 is not a whole number")
+        );
+        // A TOML integer beyond i64, which config-rs refused without the key.
+        let (key, reason) = invalid(load_str(
+            "[store]\nbatch_size = 99999999999999999999999\n",
+            &[],
+        ));
+        assert_eq!(key, "store.batch_size");
+        assert!(
+            reason.starts_with("99999999999999999999999 (in "),
+            "{reason}"
+        );
+        assert!(
+            reason.ends_with("is out of range for this integer (at most 9223372036854775807)"),
+            "{reason}"
+        );
+        let (key, _) = invalid(load_str(
+            "[[pipelines]]\nname='p'\ntopics=['a/+']\nfeatures=['x']\nlabel='y'\n\
+             [pipelines.model]\nmin_labels = 0x1ffffffffffffffff\n",
+            &[],
+        ));
+        assert_eq!(key, "pipelines[0].model.min_labels");
+        // A whole float within range is its value; integers as before.
+        let cfg = load_str("[store]\nbatch_size = 100.0\n", &[]).unwrap();
+        assert_eq!(cfg.store.batch_size, 100);
+        let cfg = load_str("", &[("EDGELOOP__STORE__BATCH_SIZE", "9")]).unwrap();
+        assert_eq!(cfg.store.batch_size, 9);
     }
 
     #[test]

@@ -87,13 +87,14 @@ impl Reason {
 
 /// Why a model was refused at intake (`crate::serve::intake::IntakeError::reason`),
 /// in the order the stats list them.
-pub const MODEL_REFUSAL_REASONS: [&'static str; 14] = [
+pub const MODEL_REFUSAL_REASONS: [&'static str; 15] = [
     "unknown_pipeline",
     "oversized",
     "bad_sha256",
     "truncated",
     "not_onnx",
     "unsupported_operator",
+    "unsupported_opset",
     "wrong_width",
     "feature_order",
     "wrong_task",

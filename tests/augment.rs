@@ -24,6 +24,7 @@ fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> learn::Tra
         features,
         model,
         progress: None,
+        peak_rss: false,
     };
     learn::train_dataset(&settings, data, None, 1, Trigger::Manual, None, &|| false).unwrap()
 }
@@ -538,6 +539,7 @@ fn bad_settings_are_refused_naming_the_key() {
         features: &features,
         model: &cfg,
         progress: None,
+        peak_rss: false,
     };
     let err = learn::train_dataset(&settings, &data, None, 1, Trigger::Manual, None, &|| false)
         .unwrap_err()

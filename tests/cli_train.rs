@@ -273,3 +273,67 @@ fn tune_names_the_flag_it_refuses() {
         assert!(!err.contains("model.search"), "{flag} {value}: {err}");
     }
 }
+
+/// Each candidate's card carries its own peak resident memory: VmHWM, the
+/// process's peak since it started, gave every card the same number. A
+/// forest of 100 unlimited-depth trees on 12,000 rows of noise (every tree
+/// grows to single-sample leaves) holds far more than a logistic model of
+/// five weights, trained before it.
+#[test]
+fn each_candidate_reports_its_own_peak_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("noise.csv");
+    let mut text = String::from("x1,x2,x3,x4,x5,y\n");
+    // A 64-bit LCG (Knuth's MMIX constants): features in [0, 1), labels a/b.
+    let mut state: u64 = 42;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for _ in 0..12_000 {
+        let row: Vec<String> = (0..5).map(|_| format!("{:.6}", next())).collect();
+        let label = if next() < 0.5 { "a" } else { "b" };
+        text.push_str(&format!("{},{label}\n", row.join(",")));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let config = dir.path().join("edgeloop.toml");
+    std::fs::write(
+        &config,
+        "[[pipelines]]\nname = 'noise'\ntopics = ['noise/+']\n\
+         features = ['x1', 'x2', 'x3', 'x4', 'x5']\nlabel = 'y'\n\
+         [pipelines.model]\nfamily = 'auto'\ncandidates = ['logistic', 'forest']\n\
+         [pipelines.model.forest]\nn_trees = 100\nmax_depth = 0\n",
+    )
+    .unwrap();
+    let out = edgeloop(&[
+        "train",
+        "--pipeline",
+        "noise",
+        "--config",
+        config.to_str().unwrap(),
+        "--file",
+        csv.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cards: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let peak = |family: &str| {
+        cards
+            .iter()
+            .find(|c| c["family"] == family)
+            .and_then(|c| c["peak_rss_bytes"].as_u64())
+            .unwrap_or_else(|| panic!("no peak for {family}"))
+    };
+    let (logistic, forest) = (peak("logistic"), peak("forest"));
+    assert!(logistic > 0);
+    assert!(
+        forest > logistic,
+        "forest {forest} bytes, logistic {logistic}"
+    );
+}

@@ -195,6 +195,21 @@ fn three_feature_model() -> Vec<u8> {
     .onnx
 }
 
+/// `onnx` with its default operator set (`""`) stamped `version`: the
+/// scikit-learn fixture's Sub, Div, Gemm and Softmax (opset 13) mean the
+/// same up to opset 21.
+fn with_opset(onnx: &[u8], version: i64) -> Vec<u8> {
+    use prost::Message;
+    let mut m = tract_onnx::pb::ModelProto::decode(onnx).unwrap();
+    let set = m
+        .opset_import
+        .iter_mut()
+        .find(|o| o.domain.is_empty())
+        .unwrap();
+    set.version = version;
+    m.encode_to_vec()
+}
+
 /// The bad files, each with the reason key and a piece of its message.
 fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
     let good = fixture("occupancy_sklearn.onnx");
@@ -222,6 +237,13 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
             fixture("unsupported_op.onnx"),
             "unsupported_operator",
             "unsupported operator: tract does not support operator ai.onnx.Det",
+        ),
+        (
+            "opset99",
+            with_opset(&good, 99),
+            "unsupported_opset",
+            "unsupported opset: tract implements the default operator set (ai.onnx) up to opset \
+             21; the model imports opset 99",
         ),
         (
             "big",
@@ -360,16 +382,92 @@ async fn uploads_are_checked_and_serve_only_once_promoted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The same bytes as version 2: that version answers, nothing is stored.
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!(
-            "imported as version 3 (sha256 {})",
-            sha256_hex(&good)
-        )),
+        text.contains("already stored as version 2, the same bytes; nothing imported"),
         "{text}"
     );
     assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
+    assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1, 2]);
+
+    // Uploaded again over HTTP: 200, version 2, `created: false`.
+    let (status, v) = upload(addr, good.clone(), Some(sha256_hex(&good))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["version"].as_u64(), v["created"].as_bool()),
+        (Some(2), Some(false)),
+        "{v}"
+    );
+    assert_eq!(v["card"]["imported"]["sha256"], sha256_hex(&good));
+    assert_eq!(v["serving_version"], 2);
+    // The ONNX of the trained version 1: version 1.
+    let v1 = handle.store.get_model(PIPELINE, 1).unwrap().unwrap().onnx;
+    let (status, v) = upload(addr, v1.clone(), Some(sha256_hex(&v1))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["version"].as_u64(), v["created"].as_bool()),
+        (Some(1), Some(false)),
+        "{v}"
+    );
+    assert_eq!(v["card"]["family"], "logistic");
+    assert_eq!(handle.store.model_versions(PIPELINE).unwrap(), vec![1, 2]);
+    assert_eq!(handle.stats.snapshot().models_imported, 1);
+    // A different model is a new version.
+    let other = five_feature_model();
+    assert_ne!(other, v1);
+    let (status, v) = upload(addr, other.clone(), Some(sha256_hex(&other))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (v["version"].as_u64(), v["created"].as_bool()),
+        (Some(3), Some(true)),
+        "{v}"
+    );
+    assert_eq!(
+        handle.store.model_versions(PIPELINE).unwrap(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(handle.stats.snapshot().models_imported, 2);
+    // At tract's newest opset (21) a model is taken (opset 99 was refused
+    // above, with the bad files).
+    let newest = with_opset(&good, 21);
+    let (status, v) = upload(addr, newest.clone(), Some(sha256_hex(&newest))).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["version"], 4, "{v}");
+    assert_eq!(v["card"]["imported"]["engine"], "tract");
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
     stop(running, handle, token).await;
+}
+
+/// A logistic model of the pipeline's five features trained here on the
+/// first 1,000 training rows (both classes): valid for the pipeline, other bytes than any
+/// stored version's.
+fn five_feature_model() -> Vec<u8> {
+    let cfg = edgeloop::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+    let (x, y) = rows("datatraining.txt");
+    let samples: Vec<Sample> = x
+        .iter()
+        .zip(&y)
+        .take(1000)
+        .enumerate()
+        .map(|(i, (r, l))| Sample {
+            timestamp_ms: i as i64,
+            device: String::new(),
+            features: r.to_vec(),
+            label: Some(l.clone()),
+        })
+        .collect();
+    learn::train_version(
+        &cfg.pipelines[0].settings(),
+        &samples,
+        None,
+        1,
+        Trigger::Manual,
+        None,
+        || false,
+    )
+    .unwrap()
+    .onnx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -558,6 +656,7 @@ fn an_imported_champion_is_judged_on_the_same_holdout() {
                 features: &features,
                 model: &model,
                 progress: None,
+                peak_rss: false,
             };
             let t = learn::train_dataset(
                 &settings,

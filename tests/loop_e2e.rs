@@ -379,6 +379,43 @@ fn check_config_names_the_bad_key_and_prints_the_effective_config() {
     assert_eq!(printed["http"]["listen"].as_str(), Some("127.0.0.1:9999"));
 }
 
+/// A number beyond what an integer key can hold was capped at u64::MAX
+/// (from the environment, read as a float) and the daemon ran: now it is a
+/// config error naming the key, from the environment and from the file.
+#[test]
+fn check_config_refuses_an_integer_beyond_its_range_naming_the_key() {
+    let bin = env!("CARGO_BIN_EXE_edgeloop");
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("EDGELOOP__STORE__BATCH_SIZE", "99999999999999999999999")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "config key `store.batch_size`: `99999999999999999999999` (environment \
+             EDGELOOP__STORE__BATCH_SIZE) is out of range for this integer (at most \
+             9223372036854775807)"
+        ),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.toml");
+    std::fs::write(&file, "[store]\nbatch_size = 99999999999999999999999\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config key `store.batch_size`: 99999999999999999999999 (in "),
+        "{err}"
+    );
+}
+
 #[test]
 fn demo_json_reports_live_accuracy_on_datatest2() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))

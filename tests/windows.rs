@@ -311,6 +311,7 @@ fn raw_window_augmentation(train: &[Case], test: &[Case]) -> f64 {
         features: &features,
         model: &p.model,
         progress: None,
+        peak_rss: false,
     };
     let model = learn::train_dataset(&settings, &data, None, 1, Trigger::Manual, None, &|| false)
         .unwrap()

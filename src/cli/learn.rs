@@ -704,13 +704,17 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     let chosen = &report.training.chosen.card;
-    if let Some(b) = chosen
-        .baseline
-        .as_ref()
-        .filter(|b| b.margin.is_some_and(|m| m < 0.0))
-    {
+    if let Some(b) = chosen.baseline.as_ref().filter(|b| {
+        b.margin
+            .is_some_and(|m| m < 0.0 || (m == 0.0 && b.score < 1.0))
+    }) {
+        let relation = if b.margin.is_some_and(|m| m < 0.0) {
+            "worse than"
+        } else {
+            "no better than"
+        };
         eprintln!(
-            "warning: the chosen model ({} {}) is worse than the {} baseline ({:.4}) on the \
+            "warning: the chosen model ({} {}) is {relation} the {} baseline ({:.4}) on the \
              holdout; the daemon would not promote it",
             chosen.family,
             chosen

@@ -153,6 +153,11 @@ pub fn models_answer(v: &Value, wide: bool) -> String {
             ]);
         }
         out.push_str(&grid(&rows, (!wide).then_some(WIDTH)));
+    } else if v.get("card").is_some() && v["created"] == false {
+        out.push_str(&format!(
+            "pipeline {pipeline}: already stored as version {}, the same bytes; nothing imported; serving version {}\n",
+            v["version"], v["serving_version"]
+        ));
     } else if v.get("card").is_some() {
         out.push_str(&format!(
             "pipeline {pipeline}: imported as version {} (sha256 {}); serving version {} until it is promoted\n",

@@ -8,7 +8,7 @@
 //! | GET | `/v1/pipelines` | each pipeline: counts, serving version |
 //! | POST | `/v1/pipelines/{name}/predict` | `{"rows":[{feature: number|null, …}]}` → a classifier: `{"pipeline", "model_version", "predictions":[{"label","probabilities":{class: p},"anomaly_score","residual_z","residual_feature","anomaly","anomaly_rule"}]}`; a regressor: `{"pipeline", "model_version", "predictions":[{"prediction": number,"anomaly_score",…}]}` (the anomaly fields: [`crate::learn::anomaly`], each row seen as the scorer's next reading, not learned: the trees' score, the largest residual z and its feature, and the alarm with its rule, `"trees"`, `"residual"`, `"both"` or `"level"`, absent without one; all absent with `[pipelines.anomaly] enabled = false`) |
 //! | GET | `/v1/pipelines/{name}/models` | every version's model card, the serving version and its `engine` (tract or ort) |
-//! | PUT | `/v1/pipelines/{name}/models` | ONNX bytes (header `x-sha256` or `?sha256=`) → `201 {"pipeline", "version", "serving_version", "card"}`: checked and stored, served once promoted ([`crate::serve::intake`]); refusals 413 (oversized), 400 (sha256), 422 (the model) |
+//! | PUT | `/v1/pipelines/{name}/models` | ONNX bytes (header `x-sha256` or `?sha256=`) → `201 {"pipeline", "version", "created": true, "serving_version", "card"}`: checked and stored, served once promoted ([`crate::serve::intake`]); the same bytes as a stored version → `200` with `"created": false` and that version, nothing stored; refusals 413 (oversized), 400 (sha256), 422 (the model) |
 //! | POST | `/v1/pipelines/{name}/train` | trains now on what is stored → the new card |
 //! | POST | `/v1/pipelines/{name}/models/{version}/promote` | serves a stored version → `{"serving_version"}` |
 //! | POST | `/v1/pipelines/{name}/rollback` | serves the version before the current one |
@@ -208,6 +208,7 @@ impl ApiError {
                     E::Truncated(_)
                     | E::NotOnnx(_)
                     | E::UnsupportedOperator(_)
+                    | E::UnsupportedOpset(_)
                     | E::WrongWidth { .. }
                     | E::FeatureOrder { .. }
                     | E::WrongTask { .. }
@@ -806,7 +807,10 @@ async fn models(
 /// `PUT /v1/pipelines/{name}/models`: the body is read up to
 /// `[models] max_bytes` (413 beyond), its SHA-256 checked against the
 /// `x-sha256` header or `sha256` query parameter (400), then the model is
-/// checked and stored, not served ([`crate::serve::intake::import`]).
+/// checked and stored, not served ([`crate::serve::intake::import`]): 201
+/// with `"created": true`; or, when its bytes equal a stored version's of
+/// the pipeline, 200 with `"created": false` naming that version, and
+/// nothing is stored.
 async fn upload_model(
     State(s): State<AppState>,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
@@ -852,7 +856,7 @@ async fn upload_model(
     }
     let (store, stats, options) = (s.store.clone(), s.stats.clone(), s.load_options.clone());
     let by = requester(peer);
-    let card = tokio::task::spawn_blocking(move || {
+    let intake = tokio::task::spawn_blocking(move || {
         intake::import(
             &store,
             &cfg.settings(),
@@ -867,11 +871,19 @@ async fn upload_model(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
+    // The same bytes as a stored version: that version, 200, nothing new.
+    let status = if intake.is_new() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let card = intake.card();
     Ok((
-        StatusCode::CREATED,
+        status,
         Json(json!({
             "pipeline": name,
             "version": card.version,
+            "created": intake.is_new(),
             "serving_version": s.registry.get(&name).map(|m| m.version),
             "card": card,
         })),

@@ -158,15 +158,13 @@ pub fn train_csv(
             let i = step.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             progress(family, i.min(total - 1), total);
         }),
+        peak_rss: true,
     };
-    let mut training =
+    // Each card's `peak_rss_bytes` is its candidate's own peak
+    // (`TrainSettings::peak_rss`).
+    let training =
         super::train_dataset(&settings, &data, None, 1, Trigger::Manual, None, &|| false)
             .map_err(|e| e.to_string())?;
-    let peak = peak_rss_bytes();
-    training.chosen.card.peak_rss_bytes = peak;
-    for card in &mut training.candidates {
-        card.peak_rss_bytes = peak;
-    }
     if let Some(path) = &opts.export {
         std::fs::write(path, &training.chosen.onnx)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -3,7 +3,9 @@
 //! fit and scored, ensemble, champion/challenger, refit, ONNX export, card).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::card::{self, ModelCard};
 use super::forest::ForestModel;
@@ -122,6 +124,7 @@ pub fn train_version(
         features: &features,
         model: &pipeline.model,
         progress: None,
+        peak_rss: false,
     };
     train_dataset(
         &settings,
@@ -180,6 +183,10 @@ pub struct TrainSettings<'a> {
     pub model: &'a ModelConfig,
     /// Told each candidate family as its training starts.
     pub progress: Option<&'a dyn Fn(Family)>,
+    /// Measure each candidate's peak resident memory into its card
+    /// (`peak_rss_bytes`, see [`RssPeak`]): `edgeloop train`, whose process
+    /// does nothing else. Off in the daemon.
+    pub peak_rss: bool,
 }
 
 /// Trains one version on `data`, the one code path of the daemon, the
@@ -263,6 +270,7 @@ pub fn train_dataset(
         if let Some(progress) = settings.progress {
             progress(family);
         }
+        let rss = settings.peak_rss.then(RssPeak::start).flatten();
         let t0 = Instant::now();
         let cpu0 = cpu_time_s();
         let init = champion
@@ -296,9 +304,11 @@ pub fn train_dataset(
         }
         card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
         card.training_cpu_ms = cpu_time_s().zip(cpu0).map(|(a, b)| (a - b) * 1e3);
+        card.peak_rss_bytes = rss.map(RssPeak::finish);
         evaluated.push((model, card, selection));
     }
     if let Some(kind) = cfg.ensemble.kind() {
+        let rss = settings.peak_rss.then(RssPeak::start).flatten();
         let t0 = Instant::now();
         let ranked = evaluated.iter().map(|(m, _, sel)| (m, *sel));
         let members = ensemble::best_members(ranked, cfg.ensemble_size, |a, b| metric.better(a, b));
@@ -308,6 +318,7 @@ pub fn train_dataset(
         );
         card.training_ms = t0.elapsed().as_secs_f64() * 1e3;
         card.hyperparameters = hyperparameters(&model, cfg);
+        card.peak_rss_bytes = rss.map(RssPeak::finish);
         evaluated.push((model, card.clone(), card.holdout_score));
     }
     let best = (0..evaluated.len())
@@ -339,6 +350,8 @@ pub fn train_dataset(
         &old_slice,
         baseline.as_ref(),
     );
+    // The chosen card's peak covers its refit on every sample and export too.
+    let rss = settings.peak_rss.then(RssPeak::start).flatten();
     let model = if let (true, Model::Ensemble(e)) = (decision.promoted, &challenger) {
         Model::Ensemble(Box::new(e.refit(
             cfg,
@@ -364,6 +377,10 @@ pub fn train_dataset(
         challenger
     };
     let onnx = rules.wrap_onnx(settings.features, model.to_onnx(version));
+    if let Some(refit) = rss.map(RssPeak::finish) {
+        chosen_card.peak_rss_bytes =
+            Some(chosen_card.peak_rss_bytes.map_or(refit, |p| p.max(refit)));
+    }
     chosen_card.baseline = baseline.map(|b| card::Baseline {
         margin: decision.challenger_recent.map(|c| c - b.score),
         ..b
@@ -828,6 +845,80 @@ fn inference_latency_us(onnx: &[u8], x: &[f32], n_features: usize) -> (Option<f6
     )
 }
 
+/// The largest resident set size of this process while one candidate
+/// trains, bytes ([`TrainSettings::peak_rss`]). The memory freed before it
+/// is handed back first ([`return_freed_memory`]), so what an earlier
+/// candidate freed is not counted again; then `/proc/self/statm`'s resident
+/// pages are read every millisecond on a thread of its own until
+/// [`RssPeak::finish`]. The peak is the process's: what it held before the
+/// candidate (the data read, the models of the candidates before it, kept
+/// for the comparison) plus what this candidate takes. `VmHWM`, the kernel's
+/// exact peak, is the process's since it started (every candidate reported
+/// the same one), and resetting it (`/proc/self/clear_refs`) also lowers
+/// the `ru_maxrss` that `getrusage` and `wait4` report for the whole run
+/// (what `edgeloop bench footprint` measures). A spike shorter than a
+/// millisecond may be missed. Linux only (`None` elsewhere).
+struct RssPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Resident bytes of this process now (`/proc/self/statm`).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+impl RssPeak {
+    fn start() -> Option<Self> {
+        return_freed_memory();
+        let peak = Arc::new(AtomicU64::new(resident_bytes()?));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = std::thread::Builder::new()
+            .name("rss-peak".into())
+            .spawn({
+                let (stop, peak) = (stop.clone(), peak.clone());
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(r) = resident_bytes() {
+                            peak.fetch_max(r, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self {
+            stop,
+            peak,
+            sampler: Some(sampler),
+        })
+    }
+
+    /// Stops the sampling; the peak, bytes.
+    fn finish(mut self) -> u64 {
+        if let Some(r) = resident_bytes() {
+            self.peak.fetch_max(r, Ordering::Relaxed);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.sampler.take() {
+            let _ = s.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        // A training that failed: the sampler ends within a millisecond.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// CPU seconds this process has used (user + system), from `getrusage`.
 fn cpu_time_s() -> Option<f64> {
     // SAFETY: getrusage writes into the struct we pass and reads nothing else.
@@ -852,12 +943,20 @@ fn decide(
     baseline: Option<&card::Baseline>,
 ) -> card::Decision {
     let mut d = decide_against_champion(cfg, trigger, champion, challenger, recent, old);
-    // No model worse than a trivial baseline serves unless asked for (then
-    // the reason says so, and `train` warns).
+    // No model that does not beat a trivial baseline serves unless asked
+    // for (then the reason says so, and `train` warns). A tie does not beat
+    // it, except at the metric's best (1.0): a baseline already perfect on
+    // the holdout cannot be beaten, and a model as perfect serves.
     if let (Some(b), Some(c)) = (baseline, d.challenger_recent) {
-        if c < b.score {
+        if !card::beats(c, b.score, 0.0) && !(c >= 1.0 && b.score >= 1.0) {
+            let relation = if c < b.score {
+                "worse than"
+            } else {
+                "no better than"
+            };
+            let sign = if c < b.score { "<" } else { "=" };
             let worse = format!(
-                "worse than the {} baseline on the recent holdout ({c:.4} < {:.4})",
+                "{relation} the {} baseline on the recent holdout ({c:.4} {sign} {:.4})",
                 b.kind, b.score
             );
             if trigger == Trigger::Manual {
@@ -1039,6 +1138,7 @@ mod tests {
             features: &features,
             model: &model,
             progress: None,
+            peak_rss: false,
         };
         let task = Task::Classification;
         let old = Dataset::from_samples(&blobs(&["a", "b", "c"], 300, 0), 2, task);
@@ -1058,14 +1158,17 @@ mod tests {
         .expect("training");
         let d = guarded.chosen.card.decision.expect("decision");
         assert!(!d.promoted, "{d:?}");
-        assert!(d.reason.starts_with("older regimes"), "{}", d.reason);
+        // Both perfect on the recent holdout (a tie keeps the champion too).
+        assert!(
+            d.reason.contains("older regimes: challenger"),
+            "{}",
+            d.reason
+        );
         assert_eq!(d.champion_old, Some(1.0));
         assert!(d.challenger_old.is_some_and(|c| c < 0.7), "{d:?}");
         // Every older sample of `data` trained: only the newest 20 % held out.
         assert_eq!(guarded.chosen.card.n_train, 320);
         assert_eq!(guarded.chosen.card.n_holdout, 80);
-        // Without it, the older slice is every 10th older sample of the same
-        // recent data, which has no `c` either: the challenger is promoted.
         let unguarded = train_dataset(
             &settings,
             &recent,
@@ -1076,8 +1179,21 @@ mod tests {
             &|| false,
         )
         .expect("training");
+        // Without it, the older slice is every 10th older sample of the same
+        // recent data: the challenger keeps it, and is judged on the recent
+        // holdout alone, where both are perfect, a tie that keeps the
+        // champion.
         let d = unguarded.chosen.card.decision.expect("decision");
-        assert!(d.promoted, "{d:?}");
+        assert_eq!((d.champion_old, d.challenger_old), (Some(1.0), Some(1.0)));
+        assert_eq!(
+            (d.champion_recent, d.challenger_recent),
+            (Some(1.0), Some(1.0))
+        );
+        assert!(!d.promoted, "{d:?}");
+        assert_eq!(
+            d.reason,
+            "recent holdout: challenger 1.0000 does not beat champion 1.0000"
+        );
         assert_eq!(unguarded.chosen.card.n_train, 288);
     }
 
@@ -1113,6 +1229,7 @@ mod tests {
             features: &features,
             model: &model,
             progress: None,
+            peak_rss: false,
         };
         let data = Dataset::from_samples(&regime_flip(), 1, Task::Classification);
         for trigger in [Trigger::Drift, Trigger::Manual] {
@@ -1143,6 +1260,152 @@ mod tests {
                         d.reason,
                         "worse than the majority baseline on the recent holdout (0.8000 < 1.0000)"
                     );
+                }
+            }
+        }
+    }
+
+    /// 500 samples of one feature `x` in (−1, 1), never 0, in time order: `b`
+    /// when `x > 0`, except every 10th sample (`i % 10 == 3`), whose label
+    /// is flipped.
+    fn noisy_threshold(shift: f32) -> Vec<Sample> {
+        (0..500)
+            .map(|i| {
+                let x = ((i * 37) % 100) as f32 / 50.0 - 0.99;
+                let label = if (x > 0.0) != (i % 10 == 3) { "b" } else { "a" };
+                Sample {
+                    timestamp_ms: i as i64,
+                    device: String::new(),
+                    features: vec![x + shift],
+                    label: Some(label.into()),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_challenger_equal_to_the_champion_is_not_promoted_one_just_better_is() {
+        let features = vec!["x".to_string()];
+        let model = ModelConfig::default();
+        assert_eq!(model.margin_recent, 0.0);
+        let settings = TrainSettings {
+            pipeline: "p",
+            features: &features,
+            model: &model,
+            progress: None,
+            peak_rss: false,
+        };
+        let task = Task::Classification;
+        let data = Dataset::from_samples(&noisy_threshold(0.0), 1, task);
+        // The champion: the same family, settings and seed on the same
+        // training part (the oldest 80 %) the challenger is fit on.
+        let champion = fit_model(
+            Family::Logistic,
+            &model,
+            &data.slice(0..400),
+            &features,
+            None,
+            &|| false,
+        )
+        .expect("champion");
+        let t = train_dataset(
+            &settings,
+            &data,
+            None,
+            2,
+            Trigger::NewLabels,
+            Some((1, Champion::Trained(&champion))),
+            &|| false,
+        )
+        .expect("training");
+        let d = t.chosen.card.decision.expect("decision");
+        let b = t.chosen.card.baseline.expect("baseline");
+        // Equal scores, below perfect and above the majority baseline: only
+        // the tie keeps the champion.
+        let score = d.challenger_recent.expect("challenger score");
+        assert_eq!(d.champion_recent, Some(score), "{d:?}");
+        assert!(score < 1.0 && score > b.score, "{d:?} {b:?}");
+        assert!(!d.promoted, "{d:?}");
+        assert_eq!(
+            d.reason,
+            format!("recent holdout: challenger {score:.4} does not beat champion {score:.4}")
+        );
+
+        // A champion trained where every `x` read 0.1 higher learned `b`
+        // above 0.1: it calls `a` the holdout's `x` in (0, 0.1), which the
+        // challenger gets right (bar the flipped ones).
+        let shifted = Dataset::from_samples(&noisy_threshold(0.1), 1, task);
+        let worse = fit_model(
+            Family::Logistic,
+            &model,
+            &shifted.slice(0..400),
+            &features,
+            None,
+            &|| false,
+        )
+        .expect("champion");
+        let t = train_dataset(
+            &settings,
+            &data,
+            None,
+            2,
+            Trigger::NewLabels,
+            Some((1, Champion::Trained(&worse))),
+            &|| false,
+        )
+        .expect("training");
+        let d = t.chosen.card.decision.expect("decision");
+        let (h, c) = (
+            d.champion_recent.expect("h"),
+            d.challenger_recent.expect("c"),
+        );
+        // Better by a few holdout samples (of 100), not by a wide margin.
+        assert!(c > h && c - h <= 0.1, "{d:?}");
+        assert!(d.promoted, "{d:?}");
+    }
+
+    #[test]
+    fn a_model_only_as_good_as_the_majority_baseline_is_not_promoted() {
+        // `x` is the same for each run of 10 consecutive samples, 7 `a` and
+        // 3 `b` in each: it says nothing of the label, so the model predicts
+        // the majority `a`, as DummyClassifier("most_frequent") does: both
+        // score 70/100 on the holdout (samples 400..500).
+        let samples: Vec<Sample> = (0..500)
+            .map(|i| Sample {
+                timestamp_ms: i as i64,
+                device: String::new(),
+                features: vec![((i / 10) % 20) as f32 / 10.0 - 0.95],
+                label: Some(if i % 10 < 7 { "a" } else { "b" }.into()),
+            })
+            .collect();
+        let features = vec!["x".to_string()];
+        let model = ModelConfig::default();
+        let settings = TrainSettings {
+            pipeline: "p",
+            features: &features,
+            model: &model,
+            progress: None,
+            peak_rss: false,
+        };
+        let data = Dataset::from_samples(&samples, 1, Task::Classification);
+        for trigger in [Trigger::MinLabels, Trigger::Manual] {
+            let t = train_dataset(&settings, &data, None, 1, trigger, None, &|| false)
+                .expect("training");
+            let card = &t.chosen.card;
+            let b = card.baseline.as_ref().expect("baseline");
+            assert_eq!((b.kind.as_str(), b.score), ("majority", 0.7));
+            assert_eq!(card.holdout_score, Some(0.7));
+            let d = card.decision.as_ref().expect("decision");
+            let why =
+                "no better than the majority baseline on the recent holdout (0.7000 = 0.7000)";
+            match trigger {
+                Trigger::Manual => {
+                    assert!(d.promoted, "{d:?}");
+                    assert!(d.reason.ends_with(why), "{}", d.reason);
+                }
+                _ => {
+                    assert!(!d.promoted, "{d:?}");
+                    assert_eq!(d.reason, why);
                 }
             }
         }

@@ -994,6 +994,7 @@ pub fn tune_csv(
         features: &csv.features,
         model: &opts.model,
         progress: None,
+        peak_rss: false,
     };
     let tuned = tune(
         &settings,

@@ -283,6 +283,7 @@ impl ContinualLoop {
             features: &self.features,
             model: &self.cfg.model,
             progress: None,
+            peak_rss: false,
         };
         let daemon_trigger = match trigger {
             LoopTrigger::First => Trigger::MinLabels,

@@ -11,7 +11,11 @@
 //!    runs past the end of the file, `not_onnx` otherwise) whose weights are
 //!    inside it (`external_data`: an upload is one file; a file of the models
 //!    directory has its external-data files read from beside it);
-//! 4. every operator is one the engine implements (`unsupported_operator`);
+//! 4. the default operator set (`ai.onnx`) is no newer than the engine
+//!    implements (`unsupported_opset`: tract 21, [`crate::onnx::engine::TRACT_MAX_OPSET`];
+//!    onnxruntime refuses a newer one itself, `engine_refused`, naming its
+//!    limit) and every operator is one the engine implements
+//!    (`unsupported_operator`);
 //! 5. the declared input width and the feature names and order equal the
 //!    pipeline's schema (`wrong_width`, `feature_order`), as do the task and
 //!    classes (`wrong_task`, `wrong_classes`);
@@ -111,6 +115,10 @@ pub enum IntakeError {
     NotOnnx(String),
     #[error("unsupported operator: {0}")]
     UnsupportedOperator(String),
+    /// The model imports a newer default operator set than the engine
+    /// implements.
+    #[error("unsupported opset: {0}")]
+    UnsupportedOpset(String),
     #[error("wrong input width: the model takes {model} features, pipeline `{pipeline}` has {expected} ({features:?})")]
     WrongWidth {
         pipeline: String,
@@ -151,7 +159,7 @@ pub enum IntakeError {
 
 impl IntakeError {
     /// Every reason, in the order the stats list them.
-    pub const REASONS: [&'static str; 14] = crate::stats::MODEL_REFUSAL_REASONS;
+    pub const REASONS: [&'static str; 15] = crate::stats::MODEL_REFUSAL_REASONS;
 
     /// The kind of refusal (low-cardinality stats key).
     pub fn reason(&self) -> &'static str {
@@ -162,6 +170,7 @@ impl IntakeError {
             IntakeError::Truncated(_) => "truncated",
             IntakeError::NotOnnx(_) => "not_onnx",
             IntakeError::UnsupportedOperator(_) => "unsupported_operator",
+            IntakeError::UnsupportedOpset(_) => "unsupported_opset",
             IntakeError::WrongWidth { .. } => "wrong_width",
             IntakeError::FeatureOrder { .. } => "feature_order",
             IntakeError::WrongTask { .. } => "wrong_task",
@@ -274,6 +283,7 @@ fn load(
     };
     OnnxModel::load_for(onnx, Some(&contract), pipeline.engine, options).map_err(|e| match e {
         ModelError::UnsupportedOperator { .. } => IntakeError::UnsupportedOperator(e.to_string()),
+        ModelError::UnsupportedOpset { .. } => IntakeError::UnsupportedOpset(e.to_string()),
         ModelError::WrongClasses { model, expected } => IntakeError::WrongClasses {
             pipeline: pipeline.name.clone(),
             model,
@@ -448,9 +458,36 @@ pub fn verify_sha256(bytes: &[u8], claimed: Option<&str>) -> Result<String, Inta
     Ok(actual)
 }
 
+/// What [`import`] did with a model that passed the checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    /// Stored as a new version (its card).
+    Stored(ModelCard),
+    /// Its bytes equal a version of the pipeline already stored (that
+    /// version's card): nothing new was stored.
+    Existing(ModelCard),
+}
+
+impl Intake {
+    /// The card of the version that holds the model.
+    pub fn card(&self) -> &ModelCard {
+        match self {
+            Intake::Stored(c) | Intake::Existing(c) => c,
+        }
+    }
+
+    /// Whether a new version was stored.
+    pub fn is_new(&self) -> bool {
+        matches!(self, Intake::Stored(_))
+    }
+}
+
 /// Checks `onnx` and stores it as the next version of `pipeline`, not
-/// serving; the timeline gets an `imported` event in the same commit. The
-/// outcome is counted in `stats` and logged.
+/// serving; the timeline gets an `imported` event in the same commit. A
+/// model whose bytes equal a stored version's of the pipeline (imported or
+/// trained, its model not dropped by `keep_versions`) is not stored again:
+/// [`Intake::Existing`] names that version. The outcome is counted in
+/// `stats` (an existing version is not counted as imported) and logged.
 ///
 /// # Errors
 /// An [`IntakeError`]; then nothing was stored.
@@ -464,12 +501,49 @@ pub fn import(
     options: &LoadOptions,
     stats: &Stats,
     by: &str,
-) -> Result<ModelCard, IntakeError> {
+) -> Result<Intake, IntakeError> {
     let result = import_inner(
         store, pipeline, onnx, source, file_name, max_bytes, options, by,
     );
-    count(stats, &pipeline.name, source, result.as_ref());
+    match &result {
+        Ok(Intake::Existing(card)) => tracing::info!(
+            pipeline = %pipeline.name,
+            ?source,
+            version = card.version,
+            "Model already stored; nothing imported."
+        ),
+        Ok(Intake::Stored(card)) => count(stats, &pipeline.name, source, Ok(card)),
+        Err(e) => count(stats, &pipeline.name, source, Err(e)),
+    }
     result
+}
+
+/// The stored version of `pipeline` whose ONNX bytes equal `onnx` (the
+/// oldest, if several), with its card. Only versions whose card gives the
+/// same size are read.
+///
+/// # Errors
+/// [`IntakeError::Store`] on a read failure.
+pub fn stored_version(
+    store: &Store,
+    pipeline: &str,
+    onnx: &[u8],
+) -> Result<Option<ModelCard>, IntakeError> {
+    let store_err = |e: crate::store::StoreError| IntakeError::Store(e.to_string());
+    for (version, json) in store.model_cards(pipeline).map_err(store_err)? {
+        let Ok(card) = serde_json::from_str::<ModelCard>(&json) else {
+            continue;
+        };
+        if card.onnx_bytes != onnx.len() as u64 {
+            continue;
+        }
+        if let Some(stored) = store.get_model(pipeline, version).map_err(store_err)? {
+            if stored.onnx == onnx {
+                return Ok(Some(card));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Counts and logs an intake outcome (also for refusals found before
@@ -501,7 +575,7 @@ fn import_inner(
     max_bytes: u64,
     options: &LoadOptions,
     by: &str,
-) -> Result<ModelCard, IntakeError> {
+) -> Result<Intake, IntakeError> {
     if onnx.len() as u64 > max_bytes {
         return Err(IntakeError::Oversized {
             bytes: onnx.len() as u64,
@@ -509,6 +583,9 @@ fn import_inner(
         });
     }
     let model = check_model(&onnx, pipeline, options)?;
+    if let Some(card) = stored_version(store, &pipeline.name, &onnx)? {
+        return Ok(Intake::Existing(card));
+    }
     let store_err = |e: crate::store::StoreError| {
         if e.is_disk_full() {
             IntakeError::StoreFull(e.to_string())
@@ -551,7 +628,7 @@ fn import_inner(
             store_err(e)
         })?;
     event.log(&pipeline.name);
-    Ok(card)
+    Ok(Intake::Stored(card))
 }
 
 /// The card of an imported version `version` of `pipeline`: what its file
@@ -754,7 +831,14 @@ fn take_file(
         }
     };
     let (sub, reason) = match &result {
-        Ok(card) => (
+        Ok(Intake::Existing(card)) => (
+            "accepted",
+            format!(
+                "already stored as version {} of pipeline `{}`: the same bytes; nothing imported\n",
+                card.version, pipeline.name,
+            ),
+        ),
+        Ok(Intake::Stored(card)) => (
             "accepted",
             format!(
                 "imported as version {} of pipeline `{}` (sha256 {}); serves once promoted\n",

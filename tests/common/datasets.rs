@@ -113,6 +113,7 @@ pub fn settings<'a>(features: &'a [String], model: &'a ModelConfig) -> TrainSett
         features,
         model,
         progress: None,
+        peak_rss: false,
     }
 }
 

@@ -103,8 +103,15 @@ pub struct ModelCard {
     /// microseconds.
     #[serde(default)]
     pub predict_batch_p50_us_per_row: Option<f64>,
-    /// Peak resident memory of the training process, bytes (`edgeloop
-    /// train`, where the process does nothing else; `None` in the daemon).
+    /// Peak resident memory of the process while this candidate trained
+    /// (fit, cross-validation, card; the chosen one also its refit on every
+    /// sample and export), bytes: `VmRSS` sampled every millisecond, after
+    /// the memory freed before it was handed back (`edgeloop train`, where
+    /// the process does nothing else; see `TrainSettings::peak_rss`). It
+    /// counts what the process held already (the data, the earlier
+    /// candidates' models) plus what this candidate took. `edgeloop tune`:
+    /// the process's peak over the search and the training (`ru_maxrss`).
+    /// `None` in the daemon.
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
     /// Accuracy on live labelled data after deployment: predictions this
@@ -330,9 +337,28 @@ pub struct Decision {
     pub challenger_old: Option<f64>,
 }
 
-/// The champion/challenger rule: promote unless the challenger fails to gain
-/// `margin_recent` accuracy on the recent holdout, or loses more than
-/// `margin_old` on the older regimes. Returns (promoted, reason).
+/// Slack for a comparison against a positive margin: a score difference
+/// computed in floating point (0.9 − 0.8 is 0.09999999999999998) that equals
+/// the margin to within it counts as reaching it.
+const MARGIN_SLACK: f64 = 1e-9;
+
+/// Whether `challenger` beats `champion` (accuracy or R², higher is better):
+/// strictly when `margin` is 0 (a tie does not beat), otherwise by at least
+/// `margin`.
+pub fn beats(challenger: f64, champion: f64, margin: f64) -> bool {
+    if margin > 0.0 {
+        challenger - champion >= margin - MARGIN_SLACK
+    } else {
+        challenger > champion
+    }
+}
+
+/// The champion/challenger rule: promote only when the challenger beats the
+/// champion on the recent holdout ([`beats`]: strictly better when
+/// `margin_recent` is 0, a tie keeps the champion; else better by at least
+/// `margin_recent`) and loses at most `margin_old` on the older regimes (an
+/// equal score there loses nothing). Returns (promoted, reason); a refusal
+/// names every rule the challenger failed, `; `-separated.
 pub fn judge(
     champion_recent: Option<f64>,
     challenger_recent: Option<f64>,
@@ -341,16 +367,30 @@ pub fn judge(
     margin_recent: f64,
     margin_old: f64,
 ) -> (bool, String) {
-    match (champion_recent, challenger_recent, champion_old, challenger_old) {
-        (Some(h), Some(c), _, _) if c < h + margin_recent => (
-            false,
-            format!("recent holdout: challenger {c:.4} does not beat champion {h:.4} by {margin_recent}"),
-        ),
-        (_, _, Some(h), Some(c)) if c < h - margin_old => (
-            false,
-            format!("older regimes: challenger {c:.4} loses more than {margin_old} to champion {h:.4}"),
-        ),
-        _ => (true, "challenger wins on recent data and keeps the older regimes".to_string()),
+    let mut failed = Vec::new();
+    if let (Some(h), Some(c)) = (champion_recent, challenger_recent) {
+        if !beats(c, h, margin_recent) {
+            failed.push(if margin_recent > 0.0 {
+                format!("recent holdout: challenger {c:.4} does not beat champion {h:.4} by {margin_recent}")
+            } else {
+                format!("recent holdout: challenger {c:.4} does not beat champion {h:.4}")
+            });
+        }
+    }
+    if let (Some(h), Some(c)) = (champion_old, challenger_old) {
+        if c < h - margin_old - MARGIN_SLACK {
+            failed.push(format!(
+                "older regimes: challenger {c:.4} loses more than {margin_old} to champion {h:.4}"
+            ));
+        }
+    }
+    if failed.is_empty() {
+        (
+            true,
+            "challenger wins on recent data and keeps the older regimes".to_string(),
+        )
+    } else {
+        (false, failed.join("; "))
     }
 }
 
@@ -738,4 +778,42 @@ pub struct Imported {
     /// A fleet model's origin (`source = "fleet"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetOrigin>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tie_keeps_the_champion_a_margin_is_reached_at_exactly_it() {
+        // margin_recent 0: strictly better promotes, equal does not.
+        let (promoted, reason) = judge(Some(0.8), Some(0.8), None, None, 0.0, 0.05);
+        assert!(!promoted);
+        assert_eq!(
+            reason,
+            "recent holdout: challenger 0.8000 does not beat champion 0.8000"
+        );
+        assert!(judge(Some(0.8), Some(0.8 + 1e-12), None, None, 0.0, 0.05).0);
+        assert!(!judge(Some(1.0), Some(1.0), None, None, 0.0, 0.05).0);
+        // A positive margin is reached at exactly it (0.9 − 0.8 is
+        // 0.09999999999999998 in f64), not below.
+        assert!(judge(Some(0.8), Some(0.9), None, None, 0.1, 0.05).0);
+        let (promoted, reason) = judge(Some(0.8), Some(0.89), None, None, 0.1, 0.05);
+        assert!(!promoted);
+        assert_eq!(
+            reason,
+            "recent holdout: challenger 0.8900 does not beat champion 0.8000 by 0.1"
+        );
+        // Older regimes: an equal score loses nothing, exactly `margin_old`
+        // is allowed, more is not.
+        assert!(judge(Some(0.8), Some(0.9), Some(0.7), Some(0.7), 0.0, 0.0).0);
+        assert!(judge(Some(0.8), Some(0.9), Some(0.75), Some(0.7), 0.0, 0.05).0);
+        assert!(!judge(Some(0.8), Some(0.9), Some(0.76), Some(0.7), 0.0, 0.05).0);
+        // Both rules failed: both named.
+        assert_eq!(
+            judge(Some(0.8), Some(0.8), Some(0.9), Some(0.5), 0.0, 0.05).1,
+            "recent holdout: challenger 0.8000 does not beat champion 0.8000; \
+             older regimes: challenger 0.5000 loses more than 0.05 to champion 0.9000"
+        );
+    }
 }

@@ -23,6 +23,18 @@ pub(crate) struct Graph {
 }
 
 impl Graph {
+    /// The version of the default operator set (`""` or `ai.onnx`) the
+    /// model imports (the highest, if it names it twice); `None` when it
+    /// imports none.
+    pub fn default_opset(&self) -> Option<i64> {
+        self.proto
+            .opset_import
+            .iter()
+            .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .max()
+    }
+
     /// Decodes `bytes` and reads the declared inputs and outputs.
     ///
     /// # Errors

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::export;
 use crate::ingest::decode::Task;
 
-pub use self::tract::onnx_parser;
+pub use self::tract::{onnx_parser, MAX_OPSET as TRACT_MAX_OPSET};
 
 /// `[onnxruntime]`: where the `ort` engine (cargo feature `ort`) finds
 /// `libonnxruntime`.
@@ -56,6 +56,18 @@ pub enum ModelError {
         engine: Engine,
         domain: String,
         op: String,
+    },
+    /// The model imports a version of the default operator set (`ai.onnx`)
+    /// newer than the engine implements ([`TRACT_MAX_OPSET`]; onnxruntime
+    /// refuses such a model itself, naming its own limit).
+    #[error(
+        "{engine} implements the default operator set (ai.onnx) up to opset {max}; \
+         the model imports opset {opset}"
+    )]
+    UnsupportedOpset {
+        engine: Engine,
+        opset: i64,
+        max: i64,
     },
     /// The engine asked for is not available in this build or on this
     /// machine (feature `ort` not compiled in, `libonnxruntime` missing or

@@ -163,9 +163,30 @@ fn guarded_eval(
     }
 }
 
+/// The newest version of the default operator set (`ai.onnx`) tract runs.
+/// tract-onnx 0.23.9 parses any version, only warning beyond 18 (`src/model.rs`,
+/// `Onnx::parse_with_template`: "only tested against operator set 9 to 18
+/// (included)"), and runs a newer graph with the operators as it knows
+/// them; the newest operator changes it implements are opset 21's
+/// (`src/ops/nn/group_norm.rs`: GroupNormalization's per-channel affine
+/// from 21; `src/ops/fft.rs`: DFT's axis input from 20), and edgeloop's
+/// conformance tests check it against onnxruntime on opset 20 (torch's
+/// exporter, `tests/conformance_torch.rs`) and 21 (`ai.onnx.ml` 5 trees,
+/// `tests/conformance_tract.rs`). A newer opset may change an operator's
+/// meaning without tract knowing it.
+pub const MAX_OPSET: i64 = 21;
+
 impl TractSession {
-    /// Checks the operators, sets the input facts, optimises, makes runnable.
+    /// Checks the operator set and the operators, sets the input facts,
+    /// optimises, makes runnable.
     pub fn load(graph: &Graph, options: &LoadOptions) -> Result<Self, ModelError> {
+        if let Some(opset) = graph.default_opset().filter(|v| *v > MAX_OPSET) {
+            return Err(ModelError::UnsupportedOpset {
+                engine: Engine::Tract,
+                opset,
+                max: MAX_OPSET,
+            });
+        }
         let parser = onnx_parser();
         let known: HashSet<&str> = parser.op_register.0.keys().map(String::as_str).collect();
         if let Some((domain, op)) = graph
