@@ -178,3 +178,66 @@ async fn alarms_annotate_the_timeline_are_counted_and_train_only_where_configure
         "{triggers:?}"
     );
 }
+
+/// A restart does not raise the same data-drift alarm again: the watch
+/// (the samples checked, and whether the last window drifted) is kept in
+/// the store, so a drift already reported is not "starting" after a
+/// restart (README: one alarm when drift starts). Before, every start
+/// checked the samples since the serving version's training again and
+/// added one `data_drift_alarm` per start to the timeline and the counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_raise_the_same_data_drift_alarm_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    let p = &mut cfg.pipelines[0];
+    p.model.min_labels = 1000;
+    p.model.retrain_every = 1_000_000;
+    p.drift.window = 500;
+    p.drift.reference = 1000;
+    p.drift.range_floor = Some(0.25);
+    p.anomaly.enabled = false;
+    let (running, handle, token) = start(cfg.clone()).await;
+    let opts = replay_opts("datatraining.txt", port, Some(1000));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "v1", || handle.registry.get(PIPELINE).is_some()).await;
+    let mut later = replay_opts("datatest2.txt", port, Some(1000));
+    later.drop_columns = vec!["Occupancy".into()];
+    publish(
+        &later,
+        edgeloop::ingest::replay::csv_payloads(&later).unwrap(),
+    )
+    .await;
+    let alarms = |handle: &edgeloop::daemon::DaemonHandle| {
+        handle
+            .registry
+            .history(&handle.store, PIPELINE)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "data_drift_alarm")
+            .count()
+    };
+    wait_until(WAIT, "a data-drift alarm", || alarms(&handle) == 1).await;
+    stop(running, handle, token).await;
+
+    // Twice more: each start waits three of the learner's 5 s looks.
+    for _ in 0..2 {
+        let (running, handle, token) = start(cfg.clone()).await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(alarms(&handle), 1, "one alarm for one drift");
+        let (status, body) = get(handle.http_addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let metrics = String::from_utf8(body).unwrap();
+        // The counter is kept in the store: still the one alarm.
+        assert_eq!(
+            metric(&metrics, "edgeloop_data_drift_alarms_total"),
+            Some(1.0),
+            "{metrics}"
+        );
+        stop(running, handle, token).await;
+    }
+}

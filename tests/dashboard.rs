@@ -681,3 +681,125 @@ async fn the_page_draws_every_plot_in_chromium() {
     }
     stop(running, handle, token).await;
 }
+
+/// A long history: 15 versions, each trained over the API, served in turn
+/// and scored on 20 labelled readings, then version 3 promoted again. The
+/// page shows the serving version and the 6 newest (README, Dashboard) in
+/// the live-score plot's legend, the versions table and the confusion
+/// matrices, and says how many it left out; before, it drew every version
+/// (80 legend entries and 90 matrices after 97 versions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_serving_version_and_the_newest_of_a_long_history() {
+    const VERSIONS: u32 = 15;
+    const SERVING: u32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    let p = &mut cfg.pipelines[0];
+    p.model.min_labels = 500;
+    p.model.retrain_every = 1_000_000;
+    p.drift.retrain_on_drift = false;
+    let (running, handle, token) = start(cfg).await;
+    let (opts, first) = payloads("datatraining.txt", port, 0..500, false);
+    publish(&opts, first).await;
+    wait_until(WAIT, "version 1", || {
+        handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    for v in 1..=VERSIONS {
+        if v > 1 {
+            let (status, card) = post_json(&handle, "/v1/pipelines/occupancy/train").await;
+            assert_eq!(status, 200, "{card}");
+            assert_eq!(card["version"], v);
+            if handle.registry.get(PIPELINE).unwrap().version != v {
+                let path = format!("/v1/pipelines/occupancy/models/{v}/promote");
+                let (status, answer) = post_json(&handle, &path).await;
+                assert_eq!(status, 200, "{answer}");
+            }
+        }
+        assert_eq!(handle.registry.get(PIPELINE).unwrap().version, v);
+        let rows = (v as usize - 1) * 20..v as usize * 20;
+        let (opts, scored) = payloads("datatest.txt", port, rows, false);
+        publish(&opts, scored).await;
+        wait_until(WAIT, "20 live scores", || {
+            live(&handle, v).is_some_and(|(scored, _)| scored >= 20)
+        })
+        .await;
+    }
+    let path = format!("/v1/pipelines/occupancy/models/{SERVING}/promote");
+    let (status, answer) = post_json(&handle, &path).await;
+    assert_eq!(status, 200, "{answer}");
+    // Every version served and has a point of the series.
+    let series = get_json(&handle, "/v1/pipelines/occupancy/series").await;
+    let mut served: Vec<u64> = series["version"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    served.dedup();
+    assert_eq!(served, (1..=u64::from(VERSIONS)).collect::<Vec<_>>());
+
+    let url = format!("http://{}/", handle.http_addr);
+    let profile = tempfile::tempdir().unwrap();
+    let (dom, log) = {
+        let profile = profile.path().to_path_buf();
+        tokio::task::spawn_blocking(move || run_chromium(&url, &profile, &["--dump-dom"]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        attribute(&dom, "<body", "data-errors").as_deref(),
+        Some("0"),
+        "{dom}\n{log}"
+    );
+    // The serving version, then the 6 newest: 10 to 15.
+    let shown: Vec<u32> = std::iter::once(SERVING)
+        .chain(VERSIONS - 5..=VERSIONS)
+        .collect();
+    let hidden = VERSIONS as usize - shown.len();
+    for v in 1..=VERSIONS {
+        let expected = shown.contains(&v);
+        let legend = format!(">accuracy v{v}<");
+        assert_eq!(dom.contains(&legend), expected, "legend of v{v}");
+        let column = format!("data-column=\"{v}\"");
+        assert_eq!(dom.contains(&column), expected, "table column of v{v}");
+        let matrix = format!("data-version=\"{v}\"");
+        assert_eq!(dom.contains(&matrix), expected, "confusion matrix of v{v}");
+    }
+    assert_eq!(dom.matches(">accuracy v").count(), shown.len());
+    for role in ["accuracy-hidden", "versions-hidden"] {
+        let marker = format!("data-role=\"{role}\"");
+        assert_eq!(
+            attribute(&dom, &marker, "data-hidden"),
+            Some(hidden.to_string()),
+            "{role}"
+        );
+        assert_eq!(
+            attribute(&dom, &marker, "data-shown"),
+            Some(shown.len().to_string()),
+            "{role}"
+        );
+    }
+    let note = format!(
+        "Showing the 6 newest of {VERSIONS} versions and the serving v{SERVING}; {hidden} older hidden."
+    );
+    assert!(dom.contains(&note), "{note}");
+    // Each plot's y axis is at least as wide as its widest label (measured
+    // by the canvas): a fixed 56 px cut 600,000 to "00,000".
+    for id in ["plot-rates", "plot-totals", "plot-accuracy-occupancy"] {
+        let marker = format!("id=\"{id}\"");
+        let px = |name: &str| -> u32 {
+            attribute(&dom, &marker, name)
+                .unwrap_or_else(|| panic!("no {name} on {id}"))
+                .parse()
+                .unwrap()
+        };
+        let (axis, label) = (px("data-y-axis-px"), px("data-y-label-px"));
+        assert!(
+            label > 0 && axis > label,
+            "{id}: axis {axis} px, label {label} px"
+        );
+    }
+    stop(running, handle, token).await;
+}

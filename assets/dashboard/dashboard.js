@@ -120,6 +120,28 @@
   }
   function idFor(name) { return String(name).replace(/[^A-Za-z0-9_-]/g, "_"); }
 
+  // A pipeline that retrains for months has hundreds of versions: the page
+  // shows the serving one (the champion) and the SHOWN_VERSIONS newest in
+  // the live-score plot, the versions table and the confusion matrices, and
+  // says how many it left out (GET …/versions and …/series hold them all).
+  var SHOWN_VERSIONS = 6;
+  function shownVersions(versions, serving) {
+    var newest = versions.slice().sort(function (a, b) { return b - a; }).slice(0, SHOWN_VERSIONS);
+    if (serving !== null && serving !== undefined && versions.indexOf(serving) >= 0 && newest.indexOf(serving) < 0) newest.push(serving);
+    return newest.sort(function (a, b) { return a - b; });
+  }
+  // The note under a plot or table: what it shows of how many, or nothing
+  // when it shows them all. data-shown and data-hidden hold the counts.
+  function hiddenNote(box, what, shown, total, serving) {
+    box.dataset.shown = String(shown.length);
+    box.dataset.hidden = String(total - shown.length);
+    box.hidden = total === shown.length;
+    var champion = serving !== null && serving !== undefined && shown.length > SHOWN_VERSIONS;
+    box.textContent = total === shown.length ? "" :
+      "Showing the " + SHOWN_VERSIONS + " newest of " + total + " " + what +
+      (champion ? " and the serving v" + serving : "") + "; " + (total - shown.length) + " older hidden.";
+  }
+
   // ---- plots ------------------------------------------------------------
   var COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"];
   var MARKS = { trained: "#16a34a", promote: "#2563eb", rollback: "#ea580c", refused: "#9ca3af", imported: "#9333ea", drift_alarm: "#dc2626", data_drift_alarm: "#db2777", anomaly_alarm: "#ca8a04" };
@@ -154,6 +176,29 @@
     };
   }
 
+  // A y axis as wide as its widest label (uPlot's demos/axis-autosize.html):
+  // a fixed width cut "600,000" to "00,000". data-y-axis-px and
+  // data-y-label-px on the plot's element record the last sizes.
+  function axisSize(id) {
+    return function (u, values, axisIdx, cycleNum) {
+      var axis = u.axes[axisIdx];
+      if (cycleNum > 1) return axis._size;
+      var widest = 0;
+      if (values && values.length) {
+        u.ctx.font = axis.font[0];
+        values.forEach(function (v) { widest = Math.max(widest, u.ctx.measureText(String(v)).width); });
+        widest = widest / (window.devicePixelRatio || 1);
+      }
+      var size = Math.ceil(axis.ticks.size + axis.gap + widest + 6);
+      var target = document.getElementById(id);
+      if (target) {
+        target.dataset.yAxisPx = String(size);
+        target.dataset.yLabelPx = String(Math.ceil(widest));
+      }
+      return size;
+    };
+  }
+
   // Draws `data` ([xs, ys…], x in seconds) into element `id`, creating the
   // chart on first use (or when the series change).
   function plot(id, series, data, opts) {
@@ -179,7 +224,7 @@
           };
         })),
         scales: { x: { time: true }, y: opts && opts.yRange ? { range: opts.yRange } : {} },
-        axes: [{}, { size: 56, values: opts && opts.yValues }],
+        axes: [{}, { size: axisSize(id), values: opts && opts.yValues }],
         plugins: opts && opts.marks ? [marksPlugin(opts.marks)] : [],
       };
       target.innerHTML = "";
@@ -232,6 +277,7 @@
       el("div", { cls: "muted", "data-role": "summary" }),
       el("h3", { text: "Live score over time, per served version" }),
       el("div", { cls: "plot", id: "plot-accuracy-" + idFor(p.name) }),
+      el("p", { cls: "muted", "data-role": "accuracy-hidden", hidden: "" }),
       el("div", { cls: "legend-marks" }, Object.keys(MARKS).map(function (a) {
         return el("span", {}, [el("i", { style: "background:" + MARKS[a] }), a]);
       })),
@@ -240,6 +286,7 @@
       el("h3", { "data-role": "anomaly-title", text: "Anomaly scores (Half-Space Trees), between points", hidden: "" }),
       el("div", { cls: "plot", id: "plot-anomaly-" + idFor(p.name), hidden: "" }),
       el("h3", { text: "Versions side by side" }),
+      el("p", { cls: "muted", "data-role": "versions-hidden", hidden: "" }),
       el("div", { "data-role": "versions" }),
       el("h3", { text: "Confusion matrices (holdout; rows: true class, columns: predicted)" }),
       el("div", { cls: "heatmaps", "data-role": "heatmaps" }),
@@ -248,21 +295,29 @@
     return s;
   }
 
-  function renderAccuracy(p, series) {
+  function renderAccuracy(section, p, series) {
     var regression = series.task === "regression";
     var values = regression ? series.mean_abs_error : series.accuracy;
     var events = series.events || [];
-    // x: every point and every event, so that each mark is inside the plot.
+    var served = Array.from(new Set(series.version));
+    var versions = shownVersions(served, series.serving_version);
+    hiddenNote(section.querySelector('[data-role="accuracy-hidden"]'), "served versions", versions, served.length, series.serving_version);
+    // x: from the first point of a shown version, every point and every
+    // event after it, so that each mark is inside the plot.
+    var from = Infinity;
+    series.t_ms.forEach(function (t, i) { if (versions.indexOf(series.version[i]) >= 0) from = Math.min(from, t); });
     var times = series.t_ms.slice();
     events.forEach(function (e) { times.push(e.at_ms); });
-    times = Array.from(new Set(times)).sort(function (a, b) { return a - b; });
+    times = Array.from(new Set(times)).filter(function (t) { return !(t < from); }).sort(function (a, b) { return a - b; });
+    events = events.filter(function (e) { return !(e.at_ms < from); });
     var at = {};
     times.forEach(function (t, i) { at[t] = i; });
-    var versions = Array.from(new Set(series.version)).sort(function (a, b) { return a - b; });
     var cols = versions.map(function () { return times.map(function () { return null; }); });
     var windowCol = times.map(function () { return null; });
     series.t_ms.forEach(function (t, i) {
-      cols[versions.indexOf(series.version[i])][at[t]] = values[i];
+      if (at[t] === undefined) return;
+      var col = versions.indexOf(series.version[i]);
+      if (col >= 0) cols[col][at[t]] = values[i];
       if (!regression) windowCol[at[t]] = series.window_accuracy[i];
     });
     var defs = versions.map(function (v, i) {
@@ -324,8 +379,8 @@
     }
     box.appendChild(el("p", { cls: "muted", text: "Data drift per feature: " + d.current_samples + " recent samples against " + d.reference_samples +
       " of the serving version's training data (KS or means at effective sample sizes p < " + d.rule.alpha +
-      " with PSI ≥ " + d.rule.psi_floor + " or shift ≥ " + d.rule.shift_floor + " sd; or ≥ " + d.rule.range_floor +
-      " of the window outside the reference's range)." }));
+      " with PSI ≥ " + d.rule.psi_floor + " or shift ≥ " + d.rule.shift_floor + " sd" +
+      (d.rule.range_floor === null || d.rule.range_floor === undefined ? "" : "; or ≥ " + d.rule.range_floor + " of the window outside the reference's range") + ")." }));
     var pv = function (p) { return typeof p === "number" ? p.toExponential(1) : "–"; };
     box.appendChild(el("table", { cls: "grid" }, [
       el("thead", {}, [el("tr", {}, ["feature", "PSI", "shift (sd)", "KS statistic", "KS p (effective)", "means p (effective)", "outside range", "drifted"].map(function (h) { return el("th", { text: h }); }))]),
@@ -342,7 +397,10 @@
   function renderVersions(section, v) {
     var box = section.querySelector('[data-role="versions"]');
     box.innerHTML = "";
-    var list = v.versions || [];
+    var all = v.versions || [];
+    var keep = shownVersions(all.map(function (x) { return x.version; }), v.serving_version);
+    hiddenNote(section.querySelector('[data-role="versions-hidden"]'), "versions", keep, all.length, v.serving_version);
+    var list = all.filter(function (x) { return keep.indexOf(x.version) >= 0; });
     if (!list.length) { box.appendChild(el("p", { cls: "muted", text: "No version yet: the pipeline trains once enough labelled samples are stored." })); return; }
     function comp(m) { return m ? Object.keys(m).map(function (k) { return k + ": " + m[k]; }).join(", ") : "–"; }
     function live(l) { return !l ? "–" : (l.accuracy !== null && l.accuracy !== undefined ? pct(l.accuracy) : "MAE " + num(l.mean_abs_error)) + " of " + num(l.scored); }
@@ -366,7 +424,7 @@
       ["champion/challenger", function (x) { return decision(x.decision); }],
     ];
     var head = el("tr", {}, [el("th", { text: "version" })].concat(list.map(function (x) {
-      return el("th", { cls: x.serving ? "serving" : "", text: "v" + x.version + (x.serving ? " (serving)" : "") });
+      return el("th", { cls: x.serving ? "serving" : "", "data-column": String(x.version), text: "v" + x.version + (x.serving ? " (serving)" : "") });
     })));
     var body = rows.map(function (r) {
       return el("tr", {}, [el("td", { text: r[0] })].concat(list.map(function (x) {
@@ -419,7 +477,7 @@
       api("/v1/pipelines/" + name + "/drift"),
       api("/v1/pipelines/" + name + "/versions"),
     ]).then(function (r) {
-      renderAccuracy(p, r[0]);
+      renderAccuracy(section, p, r[0]);
       renderAnomaly(section, p, r[0].anomaly);
       renderDrift(section, r[1]);
       renderVersions(section, r[2]);

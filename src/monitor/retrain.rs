@@ -147,6 +147,22 @@ fn alarms_key(pipeline: &str) -> String {
     format!("drift_alarms/{pipeline}")
 }
 
+fn data_watch_key(pipeline: &str) -> String {
+    format!("data_drift_watch/{pipeline}")
+}
+
+/// Where a pipeline's data-drift watch stands, kept in the store so that a
+/// restart neither checks the same samples again nor raises the alarm of a
+/// drift already reported ("one alarm when drift starts", across restarts).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DataWatch {
+    /// Next seq at the last check.
+    checked: u64,
+    /// The version serving at the last check, and whether that window drifted.
+    version: u32,
+    drifting: bool,
+}
+
 /// Concept-drift states of every pipeline, shared with the HTTP API.
 pub type DriftBoard = Arc<std::sync::Mutex<HashMap<String, ConceptDrift>>>;
 
@@ -652,6 +668,20 @@ impl Learner {
                 }
             }
         }
+        // Where each data-drift watch stood before a restart.
+        let mut data_checked = HashMap::new();
+        let mut data_drifting = HashMap::new();
+        for p in &pipelines {
+            let watch: Option<DataWatch> = store
+                .get_state(&data_watch_key(&p.name))
+                .ok()
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            if let Some(w) = watch {
+                data_checked.insert(p.name.clone(), w.checked);
+                data_drifting.insert(p.name.clone(), (w.version, w.drifting));
+            }
+        }
         let learner = Self {
             late_rx,
             cursor: HashMap::new(),
@@ -660,8 +690,8 @@ impl Learner {
             anomaly: None,
             anomaly_seen: HashMap::new(),
             anomaly_episode: HashMap::new(),
-            data_checked: HashMap::new(),
-            data_drifting: HashMap::new(),
+            data_checked,
+            data_drifting,
             last_training: HashMap::new(),
             board,
             series: Default::default(),
@@ -1152,6 +1182,13 @@ impl Learner {
             }
             let started = !drifted.is_empty() && !state.1;
             state.1 = !drifted.is_empty();
+            let watch = DataWatch {
+                checked: next,
+                version: state.0,
+                drifting: state.1,
+            };
+            let json = serde_json::to_vec(&watch).unwrap_or_default();
+            self.store.put_state(&data_watch_key(&p.name), &json)?;
             if started {
                 let reason = format!(
                     "{} drifted: samples {}..{} against {} training samples of version {}",
