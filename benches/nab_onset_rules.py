@@ -83,6 +83,44 @@ runs of the first three measures caught with at most one alarm before):
 - `seasonal naive level`: the level rule on x_t - x_t-L, L a daily period
   read off the first rows' autocorrelation (none where it stays below 0.5).
 
+Added as a new family (two windows, a spectrum, a nearest neighbour; each
+on top of the kept rules, its statistic alarmed as a record rule by a
+margin c, until row 1,250, unless said):
+
+- `decay K`: the kept level rule with its record over the last K
+  statistics only (K 50 to 400; replacing the record that never forgets,
+  which one badminton swing sets).
+- `c x the q quantile of its earlier values`: the kept level rule with
+  the q quantile of all its earlier distances in place of their largest.
+- `ks w ref r`: per feature the two-sample Kolmogorov-Smirnov statistic D
+  of the last w readings against the r before them (KSWIN: Raab,
+  Heusinger & Schleif, "Reactive soft prototype computing for concept
+  drift streams", Neurocomputing 2020; River's `drift.KSWIN`), the largest
+  over features.
+- `energy w ref r`: the energy distance (Szekely & Rizzo, "Energy
+  statistics", J. Stat. Plan. Inference 2013) between the last w
+  multivariate readings and the r before them, each feature divided by the
+  reference's IQR / 1.349 (0.001 of its largest magnitude where that is 0).
+- `sr`: spectral residual (Ren et al., "Time-Series Anomaly Detection
+  Service at Microsoft", KDD 2019): per feature over the last 100
+  readings and 5 extrapolated ones, the saliency map of the log amplitude
+  spectrum (its average filter of 3), the last reading's (S - mean of the
+  21 before) / that mean, the largest over features.
+- `mp m`: the left matrix profile (Yeh et al., "Matrix Profile I", ICDM
+  2016; online, as DAMP: Lu et al., KDD 2022): the Euclidean distance of
+  the last m readings (each feature divided by the IQR / 1.349 of the
+  first 200 rows, their range where that is 0) to the nearest earlier
+  m-reading subsequence not overlapping it, per value; `rising edge only`:
+  one alarm per run of rows over the limit (a discord spans m rows).
+- `its record before the window` (KS, energy): the record of the
+  statistics of the rows before t - w only, whose windows do not hold the
+  current window's readings (a window statistic rises over w readings, in
+  steps each under a margin of its running record).
+
+The last line: the ceiling of any rule added to the kept ones (a rule
+added can only add alarms): the runs of the first three measures where
+the kept rules already alarm more than once before the onset cannot count.
+
 Run: python3 benches/nab_onset_rules.py [DATA_DIR] [BINARY] (as
 nab_score.py, in the test venv); output committed as
 benches/nab_onset_rules.txt.
@@ -354,6 +392,151 @@ def season_lag(x, lo=10, hi=100, warm=200, min_acf=0.5):
     return lags
 
 
+def record_recent(stat, c, k):
+    """Rows from 200 whose statistic exceeds c x the largest of the (finite)
+    statistics of the last k rows before (a record that forgets)."""
+    out, held = [], []
+    for t in range(len(stat)):
+        v = stat[t]
+        if t >= WARMUP and held and max(held[-k:]) > 0 and v > c * max(held[-k:]):
+            out.append(t)
+        if not math.isnan(v):
+            held.append(v)
+    return out
+
+
+def record_quantile(stat, c, q):
+    """Rows from 200 whose statistic exceeds c x the q quantile of the
+    (finite) statistics of the rows before (a record that a single swing
+    does not set)."""
+    out, held = [], []
+    for t in range(len(stat)):
+        v = stat[t]
+        if t >= WARMUP and held:
+            limit = quantile_sorted(held, q)
+            if limit > 0 and v > c * limit:
+                out.append(t)
+        if not math.isnan(v):
+            bisect.insort(held, v)
+    return out
+
+
+def record_lagged(stat, c, lag):
+    """Rows from 200 whose statistic exceeds c x the record of the rows
+    before t - lag (the statistics whose windows end before the current
+    window's first reading)."""
+    out, best = [], [0.0]
+    for t in range(len(stat)):
+        v = stat[t]
+        limit = best[t - lag] if t >= lag else 0.0
+        if t >= WARMUP and limit > 0 and v > c * limit:
+            out.append(t)
+        best.append(best[-1] if math.isnan(v) else max(best[-1], v))
+    return out
+
+
+def ks_stat(x, w, ref):
+    """Per row the largest over features of the two-sample KS statistic of
+    the last w readings against the ref readings before them (NaN where a
+    window holds a missing value)."""
+    n = min(len(x), UNTIL)
+    out = np.full(n, np.nan)
+    for t in range(w + ref - 1, n):
+        best = 0.0
+        for j in range(x.shape[1]):
+            a = np.sort(x[t - w - ref + 1:t - w + 1, j])
+            b = np.sort(x[t - w + 1:t + 1, j])
+            if np.isnan(a).any() or np.isnan(b).any():
+                best = math.nan
+                break
+            v = np.concatenate([a, b])
+            fa = np.searchsorted(a, v, "right") / len(a)
+            fb = np.searchsorted(b, v, "right") / len(b)
+            best = max(best, float(np.abs(fa - fb).max()))
+        out[t] = best
+    return out
+
+
+def energy_stat(x, w, ref):
+    """Per row the energy distance 2 E|A - B| - E|A - A'| - E|B - B'| of the
+    last w readings (B) against the ref readings before them (A), each
+    feature divided by A's IQR / 1.349 (0.001 of A's largest magnitude where
+    that is 0; NaN where a window holds a missing value)."""
+    n = min(len(x), UNTIL)
+    out = np.full(n, np.nan)
+    for t in range(w + ref - 1, n):
+        a = x[t - w - ref + 1:t - w + 1]
+        b = x[t - w + 1:t + 1]
+        if np.isnan(a).any() or np.isnan(b).any():
+            continue
+        q25, q75 = np.quantile(a, [0.25, 0.75], axis=0)
+        s = (q75 - q25) / 1.349
+        s = np.where(s > 0, s, np.maximum(np.abs(a).max(axis=0) * 1e-3, 1e-9))
+        a, b = a / s, b / s
+
+        def mean_dist(p, q):
+            return float(np.sqrt(((p[:, None] - q[None]) ** 2).sum(-1)).mean())
+        out[t] = 2 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b)
+    return out
+
+
+def sr_stat(x, q=100, m=5, hq=3, z=21):
+    """Spectral residual (Ren et al. 2019) per row: per feature, the last q
+    readings extended by m points (x_(q-m+1) + m g, g the mean slope of the
+    last reading to the m before), the saliency map |IFFT(exp(R + iP))| of
+    the log amplitude spectrum's residual R from its average filter of hq;
+    the last reading's (S - mean of the z before) / that mean, the largest
+    over features."""
+    n = min(len(x), UNTIL)
+    out = np.full(n, np.nan)
+    for t in range(q - 1, n):
+        best = 0.0
+        for j in range(x.shape[1]):
+            v = x[t - q + 1:t + 1, j]
+            if np.isnan(v).any():
+                best = math.nan
+                break
+            g = np.mean([(v[-1] - v[-1 - i]) / i for i in range(1, m + 1)])
+            f = np.fft.fft(np.concatenate([v, np.full(m, v[-m] + g * m)]))
+            log_a = np.log(np.maximum(np.abs(f), 1e-12))
+            r = log_a - np.convolve(log_a, np.ones(hq) / hq, mode="same")
+            sal = np.abs(np.fft.ifft(np.exp(r + 1j * np.angle(f))))
+            avg = sal[q - 1 - z:q - 1].mean()
+            best = max(best, (sal[q - 1] - avg) / avg if avg > 0 else 0.0)
+        out[t] = best
+    return out
+
+
+def mp_stat(x, m):
+    """The left matrix profile per row (from row 2m): the root mean square
+    difference of the last m readings to the nearest earlier m-reading
+    subsequence ending at least m rows before, each feature divided by the
+    IQR / 1.349 of the first 200 rows (their range where that is 0, else
+    1); missing values left out of the sum."""
+    n = min(len(x), UNTIL)
+    x = x[:n]
+    h = x[:WARMUP]
+    q25, q75 = np.nanquantile(h, [0.25, 0.75], axis=0)
+    s = (q75 - q25) / 1.349
+    span = np.nanmax(h, axis=0) - np.nanmin(h, axis=0)
+    x = x / np.where(s > 0, s, np.where(span > 0, span, 1.0))
+    subs = np.stack([x[i - m + 1:i + 1].ravel() for i in range(m - 1, n)])
+    out = np.full(n, np.nan)
+    for t in range(2 * m, n):
+        cur = subs[t - m + 1]
+        if np.isnan(cur).any():
+            continue
+        d = np.nansum((subs[:t - 2 * m + 2] - cur) ** 2, axis=1) / cur.size
+        out[t] = math.sqrt(float(d.min()))
+    return out
+
+
+def rising(rows):
+    """The rows of `rows` whose row before is not in it."""
+    s = set(rows)
+    return [t for t in rows if t - 1 not in s]
+
+
 class More:
     """The rules tried after the level rule's dispersion term, each on top
     of the kept level rule (and, where said, the residual margin)."""
@@ -421,6 +604,26 @@ class More:
             z = robust_z(y)
             return record(np.sqrt((z ** 2).sum(axis=1)), c)
         return self.plus(f)
+
+    def two_window(self, name, stat, c, edge=False, lag=0):
+        def f(b, key):
+            ck = (name, key)
+            if ck not in self.cache:
+                self.cache[ck] = stat(b["x"])
+            a = record_lagged(self.cache[ck], c, lag) if lag else record(self.cache[ck], c)
+            return rising(a) if edge else a
+        return self.plus(f)
+
+    def decay(self, k, c):
+        def f(b, key):
+            return sorted(set(b["trees"]) | set(residual_margin(b, 0.95, 3.0))
+                          | set(record_recent(self.level(b, key), c, k)))
+        return f
+    def quantile_record(self, q, c):
+        def f(b, key):
+            return sorted(set(b["trees"]) | set(residual_margin(b, 0.95, 3.0))
+                          | set(record_quantile(self.level(b, key), c, q)))
+        return f
 
 
 def residual_z_features(x, alpha=0.05):
@@ -553,6 +756,38 @@ def candidates(r):
         out.append((f"kept + seasonal naive level (x_t - x_t-L, L the lag in 10..{hi} of the "
                     f"largest autocorrelation > 0.5 of the first {max(200, 2 * hi)} rows) > 1.5 x "
                     "its own record", more.seasonal(hi, 1.5)))
+    for k in (50, 100, 200, 400):
+        for c in (1.25, 1.5):
+            out.append((f"kept, the level record over the last {k} rows only (decay), c {c}",
+                        more.decay(k, c)))
+    for q, c in ((0.95, 2.0), (0.95, 3.0), (0.99, 1.5), (0.99, 2.0), (0.999, 1.25), (0.999, 1.5)):
+        out.append((f"kept, the level rule against c {c} x the {q} quantile of its earlier "
+                    "values (not the record)", more.quantile_record(q, c)))
+    for w, ref in ((30, 100), (50, 200)):
+        for c in (1.1, 1.25):
+            out.append((f"kept + ks w {w} ref {ref} > {c} x its own record",
+                        more.two_window(f"ks {w} {ref}", lambda x, w=w, ref=ref: ks_stat(x, w, ref),
+                                        c)))
+    for w, ref, c in ((20, 100, 1.25), (20, 100, 1.5), (20, 100, 2.0), (20, 100, 3.0),
+                      (50, 200, 1.25), (50, 200, 1.5)):
+        out.append((f"kept + energy w {w} ref {ref} > {c} x its own record",
+                    more.two_window(f"energy {w} {ref}",
+                                    lambda x, w=w, ref=ref: energy_stat(x, w, ref), c)))
+    for w, ref, c in ((30, 100, 1.25), (50, 200, 1.25), (50, 200, 1.5)):
+        out.append((f"kept + ks w {w} ref {ref} > {c} x its record before the window",
+                    more.two_window(f"ks {w} {ref}", lambda x, w=w, ref=ref: ks_stat(x, w, ref),
+                                    c, lag=w)))
+    for c in (1.5, 3.0):
+        out.append((f"kept + energy w 20 ref 100 > {c} x its record before the window",
+                    more.two_window("energy 20 100", lambda x: energy_stat(x, 20, 100), c,
+                                    lag=20)))
+    for c in (1.25, 1.5):
+        out.append((f"kept + sr > {c} x its own record", more.two_window("sr", sr_stat, c)))
+    for m, c, edge in ((10, 1.25, False), (10, 1.5, False), (30, 1.25, False), (30, 1.5, False),
+                       (10, 1.25, True), (10, 1.5, True)):
+        edge_label = ", rising edge only" if edge else ""
+        out.append((f"kept + mp {m} > {c} x its own record{edge_label}",
+                    more.two_window(f"mp {m}", lambda x, m=m: mp_stat(x, m), c, edge)))
     return out
 
 
@@ -612,6 +847,42 @@ def main():
               f"{'; '.join(parts)}; NAB long {score:.1f} "
               f"({count} alarms); Occupancy {occ_alarms} alarms, {episodes} episodes; Air Quality "
               f"{sum(len(rule(b, ('air', i))) for i, b in enumerate(air))} alarms", flush=True)
+    ceiling(r, onsets)
+
+
+def ceiling(r, onsets):
+    """The ceiling of a rule added to the kept ones, and for each run the
+    kept rules miss with at most one alarm before: the largest of each new
+    statistic within 50 readings after the onset over its largest before
+    (from the first row; in brackets from row 200)."""
+    kept = More(r).kept()
+    spoilt = [f"{m} {key}" for m, key, b, onset, tol in onsets if m != "motions recentred"
+              and sum(1 for i in kept(b, (m, key)) if i < onset - tol) > 1]
+    print(f"  ceiling of a rule added to the kept ones (which can only add alarms): "
+          f"{36 - len(spoilt)}/36; the kept rules alarm more than once before the onset of "
+          f"{len(spoilt)}: {', '.join(spoilt)}")
+    stats = (("level", lambda b, key: More(r).level(b, key)),
+             ("mp 10", lambda b, key: mp_stat(b["x"], 10)),
+             ("mp 30", lambda b, key: mp_stat(b["x"], 30)),
+             ("energy 20 100", lambda b, key: energy_stat(b["x"], 20, 100)),
+             ("ks 50 200", lambda b, key: ks_stat(b["x"], 50, 200)),
+             ("sr", lambda b, key: sr_stat(b["x"])))
+    for m, key, b, onset, tol in onsets:
+        if m == "motions recentred":
+            continue
+        a = kept(b, (m, key))
+        before = sum(1 for i in a if i < onset - tol)
+        if before > 1 or any(onset - tol <= i < onset + 50 for i in a):
+            continue
+        ratios = []
+        for name, f in stats:
+            stat = np.asarray(f(b, (m, key)), float)
+            after = np.nanmax(stat[onset - tol:onset + 50])
+            ratios.append(f"{name} {after / np.nanmax(stat[:onset - tol]):.2f} "
+                          f"({after / np.nanmax(stat[WARMUP:onset - tol]):.2f})")
+        print(f"  missed by the kept rules, <= 1 before: {m} {key}: the largest statistic "
+              f"within 50 after the onset over the largest before it (from row 200): "
+              f"{', '.join(ratios)}")
 
 
 if __name__ == "__main__":
