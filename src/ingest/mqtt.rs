@@ -123,7 +123,8 @@ pub const PACKET_OVERHEAD: usize = 65536;
 
 /// rumqttc options for a daemon client (`manual_acks`: ack after commit) or a
 /// tool client: TLS for an `mqtts://` broker (see [`tls_client_config`]),
-/// username and password when configured.
+/// username and password when configured ([`ClientOptions`], shared with
+/// [`options_v5`]).
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] from [`tls_client_config`] (a TLS file that
@@ -135,23 +136,109 @@ pub fn options(
     port: u16,
     manual_acks: bool,
 ) -> Result<MqttOptions, ConfigError> {
-    let mut o = MqttOptions::new(client_id, host, port);
-    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
-        .set_clean_session(false)
-        .set_manual_acks(manual_acks)
-        .set_max_packet_size(
-            cfg.max_packet_bytes + PACKET_OVERHEAD,
-            cfg.max_packet_bytes + PACKET_OVERHEAD,
-        )
-        .set_inflight(100);
-    let (transport, login) = transport_and_login(cfg)?;
-    if let Some(t) = transport {
-        o.set_transport(t);
+    Ok(ClientOptions::new(cfg, client_id, host, port, manual_acks)?.v311())
+}
+
+/// rumqttc MQTT 5 options, as [`options`] for 3.1.1, and: clean start off
+/// with a session expiry interval of `mqtt.session_expiry_s` (the
+/// persistent session), the receive maximum `receive_maximum` (`None`: the
+/// protocol's 65,535), and the maximum packet size announced to the broker
+/// (MQTT 5.0 §3.1.2.11.4: the broker discards a larger message for this
+/// client instead of sending it).
+///
+/// # Errors
+/// As [`options`].
+pub fn options_v5(
+    cfg: &MqttConfig,
+    client_id: &str,
+    host: &str,
+    port: u16,
+    manual_acks: bool,
+    receive_maximum: Option<u16>,
+) -> Result<rumqttc::v5::MqttOptions, ConfigError> {
+    Ok(ClientOptions::new(cfg, client_id, host, port, manual_acks)?
+        .v5(cfg.session_expiry_s, receive_maximum))
+}
+
+/// What a client's CONNECT says and how it reaches the broker, decided once
+/// for both protocols; [`ClientOptions::v311`] and [`ClientOptions::v5`]
+/// write it into each rumqttc's options.
+struct ClientOptions {
+    client_id: String,
+    host: String,
+    port: u16,
+    keep_alive: Duration,
+    /// Acknowledge only when the writer hands the packet id back.
+    manual_acks: bool,
+    /// Largest packet either way, bytes: `mqtt.max_packet_bytes` plus room
+    /// for the topic and header ([`PACKET_OVERHEAD`]).
+    max_packet: usize,
+    /// Outgoing QoS 1 publishes in flight at once.
+    inflight: u16,
+    /// TLS for an `mqtts://` broker.
+    transport: Option<Transport>,
+    /// Username and password of the CONNECT.
+    login: Option<(String, String)>,
+}
+
+impl ClientOptions {
+    fn new(
+        cfg: &MqttConfig,
+        client_id: &str,
+        host: &str,
+        port: u16,
+        manual_acks: bool,
+    ) -> Result<Self, ConfigError> {
+        let (transport, login) = transport_and_login(cfg)?;
+        Ok(Self {
+            client_id: client_id.to_string(),
+            host: host.to_string(),
+            port,
+            keep_alive: Duration::from_secs(cfg.keep_alive_s),
+            manual_acks,
+            max_packet: cfg.max_packet_bytes + PACKET_OVERHEAD,
+            inflight: 100,
+            transport,
+            login,
+        })
     }
-    if let Some((user, password)) = login {
-        o.set_credentials(user, password);
+
+    /// MQTT 3.1.1: clean session off (the persistent session).
+    fn v311(self) -> MqttOptions {
+        let mut o = MqttOptions::new(self.client_id, self.host, self.port);
+        o.set_keep_alive(self.keep_alive)
+            .set_clean_session(false)
+            .set_manual_acks(self.manual_acks)
+            .set_max_packet_size(self.max_packet, self.max_packet)
+            .set_inflight(self.inflight);
+        if let Some(t) = self.transport {
+            o.set_transport(t);
+        }
+        if let Some((user, password)) = self.login {
+            o.set_credentials(user, password);
+        }
+        o
     }
-    Ok(o)
+
+    /// MQTT 5: clean start off with a session expiry interval of
+    /// `session_expiry_s`, and `receive_maximum` (see [`options_v5`]).
+    fn v5(self, session_expiry_s: u32, receive_maximum: Option<u16>) -> rumqttc::v5::MqttOptions {
+        let mut o = rumqttc::v5::MqttOptions::new(self.client_id, self.host, self.port);
+        o.set_keep_alive(self.keep_alive)
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(session_expiry_s))
+            .set_receive_maximum(receive_maximum)
+            .set_manual_acks(self.manual_acks)
+            .set_max_packet_size(Some(u32::try_from(self.max_packet).unwrap_or(u32::MAX)))
+            .set_outgoing_inflight_upper_limit(self.inflight);
+        if let Some(t) = self.transport {
+            o.set_transport(t);
+        }
+        if let Some((user, password)) = self.login {
+            o.set_credentials(user, password);
+        }
+        o
+    }
 }
 
 /// The TLS transport of an `mqtts://` broker and the login of the
@@ -175,43 +262,6 @@ fn transport_and_login(
             (!cfg.username.is_empty()).then(|| (cfg.username.clone(), cfg.password.clone())),
         ),
     })
-}
-
-/// rumqttc MQTT 5 options, as [`options`] for 3.1.1, and: clean start off
-/// with a session expiry interval of `mqtt.session_expiry_s` (the
-/// persistent session), the receive maximum `receive_maximum` (`None`: the
-/// protocol's 65,535), and the maximum packet size announced to the broker
-/// (MQTT 5.0 §3.1.2.11.4: the broker discards a larger message for this
-/// client instead of sending it).
-///
-/// # Errors
-/// As [`options`].
-pub fn options_v5(
-    cfg: &MqttConfig,
-    client_id: &str,
-    host: &str,
-    port: u16,
-    manual_acks: bool,
-    receive_maximum: Option<u16>,
-) -> Result<rumqttc::v5::MqttOptions, ConfigError> {
-    let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
-    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
-        .set_clean_start(false)
-        .set_session_expiry_interval(Some(cfg.session_expiry_s))
-        .set_receive_maximum(receive_maximum)
-        .set_manual_acks(manual_acks)
-        .set_max_packet_size(Some(
-            u32::try_from(cfg.max_packet_bytes + PACKET_OVERHEAD).unwrap_or(u32::MAX),
-        ))
-        .set_outgoing_inflight_upper_limit(100);
-    let (transport, login) = transport_and_login(cfg)?;
-    if let Some(t) = transport {
-        o.set_transport(t);
-    }
-    if let Some((user, password)) = login {
-        o.set_credentials(user, password);
-    }
-    Ok(o)
 }
 
 /// The rustls client configuration of an `mqtts://` broker: the ring
@@ -827,6 +877,53 @@ impl MqttSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two protocols' options carry the same configured CONNECT: one
+    /// builder ([`ClientOptions`]) decides it for both.
+    #[test]
+    fn both_protocols_connect_with_the_same_settings() {
+        let env = [
+            ("EDGELOOP__MQTT__BROKER", "mqtt://broker.local:1884"),
+            ("EDGELOOP__MQTT__USERNAME", "gw"),
+            ("EDGELOOP__MQTT__PASSWORD", "secret"),
+            ("EDGELOOP__MQTT__KEEP_ALIVE_S", "17"),
+            ("EDGELOOP__MQTT__SESSION_EXPIRY_S", "3600"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = crate::config::Config::load_with_env(None, env)
+            .unwrap()
+            .mqtt;
+        let v311 = options(&cfg, "edge-1", "broker.local", 1884, true).unwrap();
+        let v5 = options_v5(&cfg, "edge-1", "broker.local", 1884, true, Some(4000)).unwrap();
+        assert_eq!(
+            (v311.client_id(), v5.client_id()),
+            ("edge-1".into(), "edge-1".into())
+        );
+        assert_eq!(v311.keep_alive(), Duration::from_secs(17));
+        assert_eq!(v5.keep_alive(), Duration::from_secs(17));
+        assert!(v311.manual_acks() && v5.manual_acks());
+        assert_eq!(
+            v311.credentials().map(|l| (l.username, l.password)),
+            Some(("gw".into(), "secret".into()))
+        );
+        assert_eq!(
+            v5.credentials().map(|l| (l.username, l.password)),
+            Some(("gw".into(), "secret".into()))
+        );
+        // The payload limit plus room for the topic and header.
+        let packet = cfg.max_packet_bytes + PACKET_OVERHEAD;
+        assert_eq!(v311.max_packet_size(), packet);
+        assert_eq!(v5.max_packet_size(), Some(packet as u32));
+        assert_eq!(
+            (v311.inflight(), v5.get_outgoing_inflight_upper_limit()),
+            (100, Some(100))
+        );
+        // The persistent session, each protocol its way.
+        assert!(!v311.clean_session());
+        assert!(!v5.clean_start());
+        assert_eq!(v5.session_expiry_interval(), Some(3600));
+        assert_eq!(v5.receive_maximum(), Some(4000));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {
