@@ -527,6 +527,47 @@ async fn slow_and_idle_connections_are_closed_and_others_served() {
     stop(running, handle, stop_token).await;
 }
 
+/// A stop is not held by slow clients: an upload whose body stalled
+/// halfway and a request head that never ends (the head and body timeouts
+/// at their defaults, 10 s and 30 s) are cut after the drain time
+/// (`edgeloop::http::serve::SHUTDOWN_DRAIN`, 3 s), and the daemon stops
+/// cleanly. Before, the stop waited for the body timeout and passed
+/// `daemon.shutdown_timeout_s` (10 s): "shutdown did not finish within
+/// 10s: still running: http".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_does_not_hold_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Broker::Embedded(free_port()));
+    assert_eq!(
+        (cfg.http.header_timeout_s, cfg.http.body_timeout_s),
+        (10, 30)
+    );
+    let (running, handle, stop_token) = start(cfg).await;
+    let addr = handle.http_addr;
+    let mut upload = tokio::net::TcpStream::connect(addr).await.unwrap();
+    upload
+        .write_all(
+            b"PUT /v1/pipelines/occupancy/models?sha256=abababababababababababababababababababababababababababababababab HTTP/1.1\r\nhost: e\r\ncontent-length: 100000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    upload.write_all(&[0u8; 50_000]).await.unwrap();
+    let mut head = tokio::net::TcpStream::connect(addr).await.unwrap();
+    head.write_all(b"GET /v1/pipelines HTTP/1.1\r\nho")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    drop(handle);
+    stop_token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
+    let took = t.elapsed();
+    eprintln!("stopped in {took:?} with a stalled upload and a half-sent head");
+    let drain = edgeloop::http::serve::SHUTDOWN_DRAIN;
+    assert!(took < drain + Duration::from_secs(2), "{took:?}");
+    drop((upload, head));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_connections_new_ones_wait_for_a_slot() {
     let dir = tempfile::tempdir().unwrap();
