@@ -568,6 +568,97 @@ async fn a_stalled_upload_does_not_hold_the_stop() {
     drop((upload, head));
 }
 
+/// Predict requests beyond `edgeloop::http::PREDICT_SLOTS` wait for a slot
+/// with their bodies unread, so the body timeout (1 s here) does not run
+/// while they wait: 48 requests of 10,000 rows (`http.max_rows`) sent at
+/// once are all answered, each row as the same row alone. Before, all ran
+/// at once: 150 such clients took the daemon from 40 to 727 MB resident
+/// (BENCHMARKS.md, "Concurrent predictions").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_predictions_wait_for_a_slot_and_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    cfg.http.body_timeout_s = 1;
+    cfg.pipelines[0].model.min_labels = 500;
+    let max_rows = cfg.http.max_rows;
+    assert_eq!(max_rows, 10_000);
+    let (running, handle, stop_token) = start(cfg).await;
+    let opts = replay_opts("datatraining.txt", port, Some(600));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(WAIT, "version 1", || {
+        handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    let addr = handle.http_addr;
+    // Ten readings of another week; each alone, then 1,000 times over.
+    let rows: Vec<Value> =
+        edgeloop::ingest::replay::csv_payloads(&replay_opts("datatest.txt", port, Some(10)))
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let mut v: Value = serde_json::from_slice(p).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.retain(|k, _| !["Date", "Occupancy"].contains(&k.as_str()));
+                v
+            })
+            .collect();
+    let mut alone = Vec::new();
+    for row in &rows {
+        let body = serde_json::to_vec(&serde_json::json!({ "rows": [row] })).unwrap();
+        let (status, v) = call(
+            addr,
+            "POST",
+            "/v1/pipelines/occupancy/predict",
+            Some(body),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        alone.push(v["predictions"][0]["label"].as_str().unwrap().to_string());
+    }
+    let many: Vec<&Value> = rows.iter().cycle().take(max_rows).collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": many })).unwrap();
+    let t = Instant::now();
+    let answers: Vec<_> = (0..48)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                call(
+                    addr,
+                    "POST",
+                    "/v1/pipelines/occupancy/predict",
+                    Some(body),
+                    None,
+                )
+                .await
+            })
+        })
+        .collect();
+    for a in answers {
+        let (status, v) = a.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        let predictions = v["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), max_rows);
+        for (i, p) in predictions.iter().enumerate() {
+            assert_eq!(
+                p["label"].as_str(),
+                Some(alone[i % rows.len()].as_str()),
+                "row {i}"
+            );
+        }
+    }
+    eprintln!(
+        "48 predictions of {max_rows} rows answered in {:?}",
+        t.elapsed()
+    );
+    stop(running, handle, stop_token).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_connections_new_ones_wait_for_a_slot() {
     let dir = tempfile::tempdir().unwrap();
