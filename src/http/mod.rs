@@ -617,13 +617,15 @@ pub enum PredictAnswer {
     Regression(RegressionResponse),
 }
 
-/// Predict requests read, decoded and run at once, over every pipeline; the
-/// others wait, their bodies unread (the body timeout starts at the first
-/// read). Each takes about 5 MiB at `http.max_rows` (10,000 rows: 0.9 MB of
-/// JSON, its decoded rows, the answer): without a bound, 150 clients
-/// sending such requests at once took the daemon from 40 to 727 MB, past
-/// the packaged unit's MemoryMax=512M, and `http.max_connections` (512)
-/// allowed more. A 2-core board runs no more than a few at once anyway.
+/// Predict requests decoded and run at once, over every pipeline; the others
+/// wait with their body read (at most `http.max_body_bytes` each). The
+/// slot is taken after the body is read, so clients that send slowly never
+/// hold one. Decoding and answering take about 5 MiB at `http.max_rows`
+/// (10,000 rows: the rows as JSON values, the answer): without a bound, 150
+/// clients sending such requests at once took the daemon from 38 MB to
+/// about 1.1 GB, past the packaged unit's MemoryMax=512M, and
+/// `http.max_connections` (512) allowed more. A 2-core board runs no more
+/// than a few at once anyway.
 pub const PREDICT_SLOTS: usize = 4;
 static PREDICTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PREDICT_SLOTS);
 
@@ -635,11 +637,11 @@ async fn predict(
     if !s.registry.has(&name) {
         return Err(ApiError::UnknownPipeline(name));
     }
+    let body = read_body(body, s.body.max_bytes, s.body).await?;
     let _slot = PREDICTING
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let body = read_body(body, s.body.max_bytes, s.body).await?;
     let req: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "body must be {{\"rows\": [{{feature: number, …}}]}}: {e}"
