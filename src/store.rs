@@ -281,8 +281,28 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Db`] when the file cannot be opened (missing directory,
-    /// locked by another process, not a redb file).
+    /// locked by another process, not a redb file); [`StoreError::Corrupt`]
+    /// when redb panics on a damaged file (a page of the wrong type: redb
+    /// treats it as unreachable), naming the file and what to do.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::panic::catch_unwind(|| Self::open_file(path)).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("redb panicked");
+            Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                op: "open",
+                reason: format!(
+                    "the file is damaged ({what}); move it aside to start a new store (store.path), or restore a copy"
+                ),
+            })
+        })
+    }
+
+    /// [`Store::open`], without the guard against redb's panics.
+    fn open_file(path: &Path) -> Result<Self, StoreError> {
         let err = |source: redb::Error| StoreError::Db {
             path: path.to_path_buf(),
             op: "open",
@@ -1729,6 +1749,35 @@ mod tests {
             msg.contains("/nonexistent-edgeloop-dir does not exist"),
             "{msg}"
         );
+    }
+
+    /// A store whose pages were overwritten (a bad block, a copy cut
+    /// short and patched): redb's open panics on a page of no known type
+    /// ("Invalid page type byte 216"). Before, the panic took the daemon
+    /// down with a backtrace and "component `store` failed: task 4
+    /// panicked"; now it is an error that names the file and what to do.
+    #[test]
+    fn a_store_with_damaged_pages_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let batch: Vec<_> = (0..10_000)
+                .map(|i| new("a", i as u128, sample(i, Some("x"))))
+                .collect();
+            store.append(&batch).unwrap();
+        }
+        // Pages 20 to 69 (4 KiB each) of the file: every byte 216, no page type.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() >= 70 * 4096, "{} bytes", bytes.len());
+        bytes[20 * 4096..70 * 4096].fill(216);
+        std::fs::write(&path, bytes).unwrap();
+        let e = Store::open(&path).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("the file is damaged"), "{msg}");
+        assert!(msg.contains("move it aside"), "{msg}");
     }
 
     fn sample(ts: i64, label: Option<&str>) -> Sample {

@@ -17,8 +17,9 @@
 //!   body gets an error and answers 408.
 //! - **Graceful shutdown**: `hyper_util`'s `GracefulShutdown`: once
 //!   `shutdown` is cancelled no connection is accepted, requests in progress
-//!   finish, idle keep-alive connections close ([`serve`] returns then; the
-//!   daemon's `daemon.shutdown_timeout_s` bounds the wait).
+//!   finish, idle keep-alive connections close; connections still busy
+//!   after [`SHUTDOWN_DRAIN`] (a client sending its head or body slowly)
+//!   are closed, so one slow client cannot hold a stop for the body timeout.
 //!
 //! Every connection's bytes pass through [`super::JsonErrorIo`], which gives
 //! hyper's own error answers a JSON body.
@@ -52,6 +53,13 @@ pub struct ConnLimits {
 /// 400: the kernel then drops the client's final ACK, the client believes
 /// it is connected, and an idle one waited until its own timeout.
 pub const BACKLOG: u32 = 1024;
+
+/// Longest wait at shutdown for requests in progress. A prediction of
+/// 10,000 rows answers well within it, and a training is cancelled by the
+/// same shutdown; a half-sent head or body (slowloris, a stalled upload)
+/// would otherwise hold the stop for `http.header_timeout_s` or
+/// `http.body_timeout_s` (30 s), past `daemon.shutdown_timeout_s`.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
 /// Binds `addr` for [`serve`] with SO_REUSEADDR and a [`BACKLOG`]-deep
 /// accept queue.
@@ -128,10 +136,17 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // Requests in progress finish (each bounded by the head and body
-    // timeouts; a training request by its training); the daemon's shutdown
-    // deadline names HTTP if they take longer.
-    graceful.shutdown().await;
+    // Requests in progress finish within SHUTDOWN_DRAIN; the connections
+    // still busy then are closed when the runtime stops.
+    if tokio::time::timeout(SHUTDOWN_DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_s = SHUTDOWN_DRAIN.as_secs(),
+            "HTTP: requests still in progress at shutdown after the drain time; closing their connections."
+        );
+    }
     Ok(())
 }
 

@@ -614,9 +614,13 @@ impl Decoder {
                 &mut problems,
             )
             .ok_or(Reason::BadLabel)?;
+        // A numeric string ("5") is read as a number, as a feature's is.
         if let Some(id) = value
             .get(self.sample_id_field.as_str())
-            .and_then(Value::as_u64)
+            .and_then(|v| match v {
+                Value::String(s) => s.trim().parse::<u64>().ok(),
+                v => v.as_u64(),
+            })
         {
             return Ok((crate::store::LabelKey::Seq(id), label));
         }
@@ -1000,6 +1004,21 @@ mod tests {
             dec.decode_late_label("s/a/x", br#"{"sample_id": 3, "y": "4.5"}"#),
             Ok((crate::store::LabelKey::Seq(3), "4.5".into()))
         );
+        // The prediction message's sample_id sent back as a string (as a
+        // client that keeps ids as strings does) names the same sample;
+        // before, it fell back to device and time and counted bad_timestamp.
+        assert_eq!(
+            dec.decode_late_label("s/a/x", br#"{"sample_id": " 3", "y": "4.5"}"#),
+            Ok((crate::store::LabelKey::Seq(3), "4.5".into()))
+        );
+        for bad in [r#""-1""#, r#""1.5""#, r#""x""#, "-1", "1.5"] {
+            let payload = format!(r#"{{"sample_id": {bad}, "y": "4.5"}}"#);
+            assert_eq!(
+                dec.decode_late_label("s/a/x", payload.as_bytes()),
+                Err(Reason::BadTimestamp),
+                "{payload}"
+            );
+        }
         assert_eq!(
             regression_label(Some(&Value::from(1e300))),
             Ok(Some("1e+300".into()))

@@ -1187,8 +1187,12 @@ impl Learner {
                 version: state.0,
                 drifting: state.1,
             };
+            // Not fatal: a store refusing writes (a full disk) must not cost
+            // the alarm below; a restart then checks these samples again.
             let json = serde_json::to_vec(&watch).unwrap_or_default();
-            self.store.put_state(&data_watch_key(&p.name), &json)?;
+            if let Err(e) = self.store.put_state(&data_watch_key(&p.name), &json) {
+                warn!(pipeline = %p.name, error = %e, "The data-drift watch could not be kept in the store.");
+            }
             if started {
                 let reason = format!(
                     "{} drifted: samples {}..{} against {} training samples of version {}",
