@@ -92,8 +92,7 @@ pub struct EvaluateArgs {
     /// one device's stream. On by default: --last-label false turns it off.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     last_label: Option<bool>,
-    /// The loop's recent labelled rows kept for training (default 1000;
-    /// 0: every row, as a pipeline's `model.window = 0`).
+    /// The loop's recent labelled rows kept for training (default 1000; 0: all).
     #[arg(long)]
     window: Option<usize>,
     /// The loop's older rows kept by reservoir sampling (default 1000).
