@@ -429,10 +429,7 @@ impl PipelineConfig {
             dedup: self.dedup,
             timestamp: self.timestamp.clone(),
             schema: self.schema(),
-            // The anomaly scorer scores (and learns) labelled readings too.
-            predict_labelled: self.temporal.is_enabled()
-                || self.windows.enabled
-                || self.anomaly.enabled,
+            predict_labelled: self.temporal.is_enabled() || self.windows.enabled,
         }
     }
 }
