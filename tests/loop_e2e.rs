@@ -345,35 +345,32 @@ async fn broker_restart_mid_replay_loses_and_duplicates_nothing() {
     stop(running, handle, token).await;
 }
 
+/// `edgeloop check-config`, with `--config FILE` when given and `env` set.
+fn check_config(config: Option<&std::path::Path>, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+    cmd.arg("check-config");
+    if let Some(file) = config {
+        cmd.arg("--config").arg(file);
+    }
+    cmd.envs(env.iter().copied()).output().unwrap()
+}
+
 #[test]
 fn check_config_names_the_bad_key_and_prints_the_effective_config() {
-    let bin = env!("CARGO_BIN_EXE_edgeloop");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[store]\nbatch_sise = 3\n").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(Some(&bad), &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("batch_sise") && err.contains("store"), "{err}");
 
     std::fs::write(&bad, "[[pipelines]]\nname='p'\ntopics=['a/+']\nfeatures=['x']\nlabel='y'\n[pipelines.model]\nholdout_fraction = 0.9\n").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(Some(&bad), &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pipelines[0].model.holdout_fraction"));
 
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("EDGELOOP__HTTP__LISTEN", "127.0.0.1:9999")
-        .output()
-        .unwrap();
+    let out = check_config(None, &[("EDGELOOP__HTTP__LISTEN", "127.0.0.1:9999")]);
     assert!(out.status.success());
     let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(printed["http"]["listen"].as_str(), Some("127.0.0.1:9999"));
@@ -384,12 +381,10 @@ fn check_config_names_the_bad_key_and_prints_the_effective_config() {
 /// config error naming the key, from the environment and from the file.
 #[test]
 fn check_config_refuses_an_integer_beyond_its_range_naming_the_key() {
-    let bin = env!("CARGO_BIN_EXE_edgeloop");
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("EDGELOOP__STORE__BATCH_SIZE", "99999999999999999999999")
-        .output()
-        .unwrap();
+    let out = check_config(
+        None,
+        &[("EDGELOOP__STORE__BATCH_SIZE", "99999999999999999999999")],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -403,11 +398,7 @@ fn check_config_refuses_an_integer_beyond_its_range_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.toml");
     std::fs::write(&file, "[store]\nbatch_size = 99999999999999999999999\n").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(Some(&file), &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
