@@ -1297,29 +1297,36 @@ mod tests {
         };
         let task = Task::Classification;
         let data = Dataset::from_samples(&noisy_threshold(0.0), 1, task);
-        // The champion: the same family, settings and seed on the same
-        // training part (the oldest 80 %) the challenger is fit on.
-        let champion = fit_model(
-            Family::Logistic,
-            &model,
-            &data.slice(0..400),
-            &features,
-            None,
-            &|| false,
-        )
-        .expect("champion");
-        let t = train_dataset(
-            &settings,
-            &data,
-            None,
-            2,
-            Trigger::NewLabels,
-            Some((1, Champion::Trained(&champion))),
-            &|| false,
-        )
-        .expect("training");
-        let d = t.chosen.card.decision.expect("decision");
-        let b = t.chosen.card.baseline.expect("baseline");
+        // A challenger trained on `data` against a champion of the same
+        // family, settings and seed fit on the oldest 80 % of `champion_data`:
+        // the challenger's card.
+        let against = |champion_data: &Dataset| {
+            let champion = fit_model(
+                Family::Logistic,
+                &model,
+                &champion_data.slice(0..400),
+                &features,
+                None,
+                &|| false,
+            )
+            .expect("champion");
+            train_dataset(
+                &settings,
+                &data,
+                None,
+                2,
+                Trigger::NewLabels,
+                Some((1, Champion::Trained(&champion))),
+                &|| false,
+            )
+            .expect("training")
+            .chosen
+            .card
+        };
+        // The champion on the same training part the challenger is fit on.
+        let card = against(&data);
+        let d = card.decision.expect("decision");
+        let b = card.baseline.expect("baseline");
         // Equal scores, below perfect and above the majority baseline: only
         // the tie keeps the champion.
         let score = d.challenger_recent.expect("challenger score");
@@ -1335,26 +1342,7 @@ mod tests {
         // above 0.1: it calls `a` the holdout's `x` in (0, 0.1), which the
         // challenger gets right (bar the flipped ones).
         let shifted = Dataset::from_samples(&noisy_threshold(0.1), 1, task);
-        let worse = fit_model(
-            Family::Logistic,
-            &model,
-            &shifted.slice(0..400),
-            &features,
-            None,
-            &|| false,
-        )
-        .expect("champion");
-        let t = train_dataset(
-            &settings,
-            &data,
-            None,
-            2,
-            Trigger::NewLabels,
-            Some((1, Champion::Trained(&worse))),
-            &|| false,
-        )
-        .expect("training");
-        let d = t.chosen.card.decision.expect("decision");
+        let d = against(&shifted).decision.expect("decision");
         let (h, c) = (
             d.champion_recent.expect("h"),
             d.challenger_recent.expect("c"),
