@@ -252,6 +252,16 @@ struct Probation {
     former_errors: f64,
 }
 
+/// Whether sample `seq`, new since the learner's last step (`from` on),
+/// was in the training data of a version trained up to `trained_to` (its
+/// card's `last_seq`; `None` for a version made elsewhere). Such samples
+/// are not a live test of the version: when it was trained and promoted
+/// between two steps, the next step would otherwise score it on them. Late
+/// labels of older samples (`seq < from`) are scored.
+fn trained_on(seq: u64, from: u64, trained_to: Option<u64>) -> bool {
+    seq >= from && trained_to.is_some_and(|t| seq <= t)
+}
+
 /// Whether a former champion with `former_errors` did better than the
 /// version on probation with `errors`, over `scored` samples both predicted,
 /// by more than [`learn::settings::PROBATION_MARGIN`]: in accuracy points
@@ -922,6 +932,15 @@ impl Learner {
                                 .collect()
                         }
                     };
+                    // The new samples the serving version was trained on
+                    // (labelled after the last step, trained on before this
+                    // one, promoted in between) are not a live test of it:
+                    // neither its live accuracy nor the detector sees them.
+                    let trained_to = model.card.last_seq;
+                    let rows: Vec<_> = rows
+                        .into_iter()
+                        .filter(|(seq, _)| !trained_on(*seq, from, trained_to))
+                        .collect();
                     if rows.is_empty() {
                         return Ok((Vec::new(), None));
                     }
@@ -1942,6 +1961,75 @@ mod tests {
         assert!(!former_wins(100, 100.0, 98.1, true));
         assert!(former_wins(100, 100.0, 97.9, true));
         assert!(!former_wins(0, 0.0, 0.0, false));
+    }
+
+    /// Occupancy-like labelled samples `from..to` of one device: occupied
+    /// (class 1) when the light is on, every other sample.
+    fn occupancy(from: i64, to: i64) -> Vec<crate::store::NewSample> {
+        (from..to)
+            .map(|i| crate::store::NewSample {
+                pipeline: "occupancy".into(),
+                digest: i as u128,
+                sample: Sample {
+                    timestamp_ms: 1_000 * i,
+                    device: "room1".into(),
+                    features: vec![
+                        20.0 + (i % 7) as f32 * 0.1,
+                        30.0,
+                        (i % 2) as f32 * 500.0,
+                        600.0 + (i % 5) as f32,
+                        0.004,
+                    ],
+                    label: Some((i % 2).to_string()),
+                },
+                dedup: true,
+            })
+            .collect()
+    }
+
+    /// A version trained and promoted between two of the learner's steps
+    /// read samples labelled after the first: the second step scores none
+    /// of them live (its training data), and every later one.
+    #[tokio::test]
+    async fn a_version_is_not_scored_live_on_the_samples_it_was_trained_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let mut cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        cfg.pipelines[0].model.min_labels = 1000;
+        cfg.pipelines[0].model.retrain_every = 1_000_000;
+        let registry = Arc::new(Registry::new(["occupancy"]));
+        let (_late_tx, late_rx) = mpsc::channel(4);
+        let (mut learner, _handle) = Learner::new(
+            store.clone(),
+            registry.clone(),
+            vec![cfg.pipelines[0].monitored()],
+            Arc::new(Notify::new()),
+            late_rx,
+            Arc::new(Stats::default()),
+        );
+        let shutdown = CancellationToken::new();
+        let live = || {
+            registry.cards(&store, "occupancy").unwrap()[0]
+                .live
+                .as_ref()
+                .map_or(0, |l| l.scored)
+        };
+        store.append(&occupancy(0, 600)).unwrap();
+        // No version yet: the step only moves the learner past seq 599.
+        learner.watch_all(&shutdown).await.unwrap();
+        store.append(&occupancy(600, 1200)).unwrap();
+        // 1,200 labels: version 1, trained on seqs 0..=1199.
+        learner.check_all(&shutdown).await.unwrap();
+        let v1 = registry.get("occupancy").unwrap();
+        assert_eq!((v1.version, v1.card.last_seq), (1, Some(1199)));
+        learner.watch_all(&shutdown).await.unwrap();
+        assert_eq!(live(), 0, "seqs 600..1200 are its training data");
+        store.append(&occupancy(1200, 1500)).unwrap();
+        learner.watch_all(&shutdown).await.unwrap();
+        assert_eq!(live(), 300, "the 300 after it");
+        assert!(!trained_on(1200, 600, Some(1199)));
+        assert!(trained_on(600, 600, Some(1199)) && !trained_on(599, 600, Some(1199)));
+        assert!(!trained_on(700, 600, None), "a version made elsewhere");
     }
 
     fn s(ts: i64) -> Sample {

@@ -115,7 +115,9 @@ pub struct ModelCard {
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
     /// Accuracy on live labelled data after deployment: predictions this
-    /// version served, scored when their labels arrived.
+    /// version served, scored when their labels arrived; never the samples
+    /// it was trained on (seqs up to `last_seq` labelled since the
+    /// learner's previous step).
     #[serde(default)]
     pub live: Option<LiveScore>,
     /// The hyperparameter search that chose this version's settings
