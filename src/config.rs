@@ -429,7 +429,10 @@ impl PipelineConfig {
             dedup: self.dedup,
             timestamp: self.timestamp.clone(),
             schema: self.schema(),
-            predict_labelled: self.temporal.is_enabled() || self.windows.enabled,
+            // The anomaly scorer scores (and learns) labelled readings too.
+            predict_labelled: self.temporal.is_enabled()
+                || self.windows.enabled
+                || self.anomaly.enabled,
         }
     }
 }

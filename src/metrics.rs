@@ -25,7 +25,7 @@
 //! | `edgeloop_trainings_total` | counter | `outcome` (`completed`, `failed`) |
 //! | `edgeloop_fleet_models_total` | counter | `outcome` (`published`, `received`, `adopted`, `known` (already stored, skipped), `refused_{reason}`: `crate::serve::fleet::REFUSALS`) |
 //! | `edgeloop_training_duration_seconds` | histogram | `pipeline` |
-//! | `edgeloop_anomaly_score` | histogram | `pipeline` (each predicted reading's Half-Space Trees score; buckets 0.05, 0.10, …, 1.0) |
+//! | `edgeloop_anomaly_score` | histogram | `pipeline` (each reading's Half-Space Trees score, labelled ones too; buckets 0.05, 0.10, …, 1.0) |
 //! | `edgeloop_anomaly_alarms_total` | counter | (readings alarmed by either rule of `[pipelines.anomaly]`) |
 //! | `edgeloop_anomaly_rule_alarms_total` | counter | `rule` (`trees`, `residual`: alarms by rule, a reading where both fired counted in both; `level`: the level rule's, where neither fired) |
 //! | `edgeloop_anomaly_episodes_total` | counter | (alarms more than `episode_gap` readings after the previous one, `learn::anomaly::Scored::episode`) |

@@ -55,10 +55,17 @@ async fn run(
     p.drift.window = 500;
     p.drift.reference = 1000;
     p.drift.range_floor = Some(0.25);
-    // Alarms from the first readings: a short mass window, a low quantile.
+    // Alarms from the first unlabelled readings: a short mass window, a
+    // low quantile, the threshold calibrated on the 1,000 non-zero scores
+    // of the labelled readings and the first 50 unlabelled ones (every
+    // reading is scored), the residual and level rules off. (An episode
+    // while no version serves cannot train, and a new one within
+    // ANOMALY_ALARM_GAP, a minute, raises no new alarm.)
     p.anomaly.window = 50;
-    p.anomaly.calibration = 20;
+    p.anomaly.calibration = 1000;
     p.anomaly.quantile = 0.5;
+    p.anomaly.residual_z = 0.0;
+    p.anomaly.level_margin = 0.0;
     let (running, handle, token) = start(cfg).await;
     let opts = replay_opts("datatraining.txt", port, Some(1000));
     publish(

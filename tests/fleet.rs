@@ -498,14 +498,24 @@ async fn a_published_model_is_adopted_where_it_wins_and_refused_where_it_loses()
     let b_onnx = onnx_of(&b, own_b.version);
     assert_eq!(decision.challenger_recent, Some(accuracy(&a_onnx)));
     assert_eq!(decision.champion_recent, Some(accuracy(&b_onnx)));
+    // (Alarms only annotate, and may come at any point.)
     let history = b.registry.history(&b.store, "occupancy").unwrap();
-    assert_eq!(history.last().unwrap().action, "adopted");
-    assert!(history.last().unwrap().reason.contains("gw-a"));
+    let last = history
+        .iter()
+        .rev()
+        .find(|e| !e.action.ends_with("_alarm"))
+        .unwrap();
+    assert_eq!(last.action, "adopted");
+    assert!(last.reason.contains("gw-a"));
 
     // C keeps its own model: A's lost on C's holdout.
     assert_eq!(c.registry.get("occupancy").unwrap().version, own_c.version);
     let history = c.registry.history(&c.store, "occupancy").unwrap();
-    let last = history.last().unwrap();
+    let last = history
+        .iter()
+        .rev()
+        .find(|e| !e.action.ends_with("_alarm"))
+        .unwrap();
     assert_eq!(last.action, "refused");
     assert!(
         last.reason.contains("does not beat champion"),

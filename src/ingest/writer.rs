@@ -67,7 +67,8 @@ pub struct Route {
     pub schema: Schema,
     /// Its labelled samples go to the predictor too, which records them as
     /// their devices' history (`[pipelines.temporal]`) or windows
-    /// (`[pipelines.windows]`); otherwise only the unlabelled ones, which
+    /// (`[pipelines.windows]`), or are scored for anomalies
+    /// (`[pipelines.anomaly]`); otherwise only the unlabelled ones, which
     /// it predicts.
     pub predict_labelled: bool,
 }
@@ -84,8 +85,9 @@ pub fn digest(topic: &str, payload: &[u8]) -> u128 {
 }
 
 /// Samples just stored, in commit order: the unlabelled ones, which are
-/// predicted, and for a pipeline with temporal features the labelled ones
-/// too, which only become their devices' history ([`Route::predict_labelled`]).
+/// predicted, and for a pipeline with temporal features, windows or anomaly
+/// scores the labelled ones too, which only become their devices' history
+/// or windows and are scored ([`Route::predict_labelled`]).
 #[derive(Debug)]
 pub struct PredictJob {
     pub pipeline: String,

@@ -350,9 +350,11 @@ impl Predictor {
             let Some(p) = self.pipelines.iter().find(|p| p.name == job.pipeline) else {
                 continue;
             };
-            // Labelled readings are not predicted; a temporal pipeline
-            // first records them, in commit order, as their devices' history
-            // and last labels, and predicts the others from their rows.
+            // Every reading is scored for anomalies (and learned by the
+            // scorer), labelled or not; labelled readings are not predicted.
+            // A temporal pipeline first records them, in commit order, as
+            // their devices' history and last labels, and scores and
+            // predicts from their rows.
             match &p.temporal.state {
                 Some(t) => {
                     // Markers and out-of-range readings are missing in the
@@ -370,7 +372,6 @@ impl Predictor {
                         .samples
                         .into_iter()
                         .zip(rows)
-                        .filter(|((_, s), _)| s.label.is_none())
                         .map(|((seq, s), features)| (seq, Sample { features, ..s }))
                         .collect();
                 }
@@ -378,8 +379,7 @@ impl Predictor {
                 // devices' windows too, as in training (`derive` over every
                 // stored reading); a window is predicted when an unlabelled
                 // reading completes it.
-                None if featurizers.contains_key(&p.name) => {}
-                None => job.samples.retain(|(_, s)| s.label.is_none()),
+                None => {}
             }
             if job.samples.is_empty() {
                 continue;
@@ -387,7 +387,6 @@ impl Predictor {
             if let Some(f) = featurizers.get_mut(&p.name) {
                 let before = f.evicted();
                 job.samples = into_windows(f, job.samples);
-                job.samples.retain(|(_, s)| s.label.is_none());
                 let evicted = f.evicted() - before;
                 if evicted > 0 {
                     self.stats.windows_evicted.fetch_add(evicted, Relaxed);
@@ -409,6 +408,17 @@ impl Predictor {
             if anomalies.iter().any(Option::is_some) {
                 self.stats
                     .observe_anomaly_scores(&p.name, anomalies.iter().flatten().map(|a| a.score));
+            }
+            // Only the unlabelled ones are predicted.
+            let (samples, anomalies): (Vec<_>, Vec<_>) = job
+                .samples
+                .into_iter()
+                .zip(anomalies)
+                .filter(|((_, s), _)| s.label.is_none())
+                .unzip();
+            job.samples = samples;
+            if job.samples.is_empty() {
+                continue;
             }
             if p.prediction_topic.is_empty() {
                 continue;
