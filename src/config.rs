@@ -547,6 +547,38 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Checks that every pipeline with `engine = "ort"` can load models:
+    /// the onnxruntime library of `[onnxruntime] library` (or
+    /// `ORT_DYLIB_PATH`) loads, and stays loaded in this process. Made by
+    /// `check-config` and `run` before anything starts: a daemon that
+    /// started without its engine would store and train but serve nothing.
+    /// `engine = "auto"` is not checked (it serves on tract alone when
+    /// onnxruntime is unavailable).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `pipelines[i].engine`, the library
+    /// path tried, where it came from and why it did not load.
+    pub fn check_engines(&self) -> Result<(), ConfigError> {
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let (kind, options) = self.engine_of(i);
+            if kind != crate::onnx::engine::EngineKind::Ort {
+                continue;
+            }
+            crate::onnx::engine::check_available(kind, &options).map_err(|e| {
+                ConfigError::Invalid {
+                    key: format!("pipelines[{i}].engine"),
+                    reason: format!(
+                        "\"ort\" (onnxruntime) for pipeline `{}`: {e}; set `[onnxruntime] \
+                         library` (or ORT_DYLIB_PATH) to libonnxruntime 1.31 or newer, or use \
+                         engine = \"tract\" or \"auto\"",
+                        p.name
+                    ),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// Checks that the store's directory exists and this user may write
     /// there (for the default location: that it can be created), the check
     /// `check-config` and `run` make before anything starts.

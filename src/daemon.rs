@@ -197,11 +197,14 @@ impl Running {
 /// Starts the daemon for `cfg`. Cancelling `shutdown` stops it.
 ///
 /// # Errors
-/// [`DaemonError`] when the store cannot be opened, the embedded broker or
-/// the HTTP listener cannot start.
+/// [`DaemonError`] when the configuration is invalid (a pipeline with
+/// `engine = "ort"` whose onnxruntime library does not load included:
+/// [`Config::check_engines`]), the store cannot be opened, the embedded
+/// broker or the HTTP listener cannot start.
 pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, DaemonError> {
     cfg.validate()?;
     cfg.check_store_dir()?;
+    cfg.check_engines()?;
     let stats = Arc::new(Stats::default());
     let store_path = cfg.store.path.clone();
     let store = Arc::new(

@@ -45,11 +45,18 @@ pub enum Reason {
     BadLabel,
     /// The timestamp is absent or unreadable. The arrival time is used.
     BadTimestamp,
+    /// A late label's `sample_id_field` is present but not a sample id (a
+    /// non-negative integer, or a string holding one: `-1`, `1.5`, `"x"`).
+    /// The label is rejected (not matched by device and time instead).
+    BadSampleId,
+    /// The device id (the topic level `device_level`) is longer than
+    /// [`crate::ingest::decode::MAX_DEVICE_BYTES`]. Rejected.
+    DeviceTooLong,
 }
 
 impl Reason {
     /// Every reason, for exporting counters.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::NotJson,
         Reason::NotObject,
         Reason::TooLarge,
@@ -59,6 +66,8 @@ impl Reason {
         Reason::NonFinite,
         Reason::BadLabel,
         Reason::BadTimestamp,
+        Reason::BadSampleId,
+        Reason::DeviceTooLong,
     ];
 
     /// The reason's stable name (metric label, JSON key).
@@ -73,6 +82,8 @@ impl Reason {
             Reason::NonFinite => "non_finite",
             Reason::BadLabel => "bad_label",
             Reason::BadTimestamp => "bad_timestamp",
+            Reason::BadSampleId => "bad_sample_id",
+            Reason::DeviceTooLong => "device_too_long",
         }
     }
 
@@ -80,7 +91,12 @@ impl Reason {
     pub fn rejects(self) -> bool {
         matches!(
             self,
-            Reason::NotJson | Reason::NotObject | Reason::TooLarge | Reason::NoFeatures
+            Reason::NotJson
+                | Reason::NotObject
+                | Reason::TooLarge
+                | Reason::NoFeatures
+                | Reason::BadSampleId
+                | Reason::DeviceTooLong
         )
     }
 }

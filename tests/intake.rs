@@ -789,3 +789,61 @@ fn wrong_classes_and_external_data_are_refused_under_their_own_reasons() {
     );
     assert!(IntakeError::REASONS.contains(&e.reason()));
 }
+
+/// A serving version imported on onnxruntime that tract refuses (the
+/// fixture stamped opset 22; tract implements up to 21, as a version
+/// imported before 63bc12b may be), then a restart on tract: the daemon
+/// served nothing ("Stored model refused; serving nothing") although
+/// version 1 loads. Now version 1 serves scikit-learn's probabilities, and
+/// the models listing and the history say so (a `fallback` event naming
+/// version 2 and the opset).
+#[cfg(feature = "ort")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_serving_version_tract_refuses_falls_back_after_a_restart_on_tract() {
+    use edgeloop::serve::engine::EngineKind;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Broker::Embedded(free_port()));
+    cfg.pipelines[0].engine = EngineKind::Ort;
+    cfg.pipelines[0].model.min_labels = 1_000_000;
+    let (running, handle, token) = start(cfg.clone()).await;
+    let opset13 = fixture("occupancy_sklearn.onnx");
+    for (version, bytes) in [(1, opset13.clone()), (2, with_opset(&opset13, 22))] {
+        let (status, v) = upload(handle.http_addr, bytes.clone(), Some(sha256_hex(&bytes))).await;
+        assert_eq!((status, v["version"].as_u64()), (201, Some(version)), "{v}");
+        let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+        let path = format!("/v1/pipelines/occupancy/models/{version}/promote");
+        let (status, body) = client.request("POST", &path, None).await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(handle.registry.get(PIPELINE).unwrap().version, 2);
+    stop(running, handle, token).await;
+
+    cfg.pipelines[0].engine = EngineKind::Tract;
+    let (running, handle, token) = start(cfg).await;
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let mut get = async |path: &str| {
+        let (status, body) = client.request("GET", path, None).await.unwrap();
+        assert_eq!(status, 200);
+        serde_json::from_slice::<Value>(&body).unwrap()
+    };
+    let models = get("/v1/pipelines/occupancy/models").await;
+    assert_eq!(models["serving_version"], 1, "{models}");
+    let history = get("/v1/pipelines/occupancy/history").await;
+    let last = history["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["version"].as_u64(), last["action"].as_str()),
+        (Some(1), Some("fallback"))
+    );
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("version 2 does not load: ") && reason.contains("opset 22"),
+        "{reason}"
+    );
+    assert_serves_sklearn(handle.http_addr, 1).await;
+    stop(running, handle, token).await;
+}

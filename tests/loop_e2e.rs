@@ -407,6 +407,87 @@ fn check_config_refuses_an_integer_beyond_its_range_naming_the_key() {
     );
 }
 
+/// A pipeline with `engine = "ort"` whose onnxruntime library does not load
+/// (ORT_DYLIB_PATH naming a missing file): `check-config` said the
+/// configuration was valid, and the daemon started, stored and trained, but
+/// served nothing. Both now refuse, naming the key, the engine and the
+/// library path tried; `engine = "auto"` with the same library is valid (it
+/// serves on tract).
+#[test]
+fn an_ort_engine_whose_library_does_not_load_is_refused_by_check_config_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gone/libonnxruntime.so.1.32.0");
+    let missing = missing.to_str().unwrap();
+    let file = dir.path().join("ort.toml");
+    let write = |engine: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[store]\npath = '{}'\n[http]\nlisten = '127.0.0.1:0'\n[mqtt]\n\
+                 broker = 'mqtt://127.0.0.1:{}'\n[[pipelines]]\nname = 'p'\n\
+                 topics = ['a/+']\nfeatures = ['x']\nlabel = 'y'\nengine = '{engine}'\n",
+                dir.path().join("s.redb").display(),
+                free_port()
+            ),
+        )
+        .unwrap()
+    };
+    write("ort");
+    let env = [("ORT_DYLIB_PATH", missing)];
+    let named = |err: &str| {
+        assert!(
+            err.contains("config key `pipelines[0].engine`: \"ort\""),
+            "{err}"
+        );
+        if cfg!(feature = "ort") {
+            assert!(
+                err.contains(&format!(
+                    "onnxruntime library {missing} (from ORT_DYLIB_PATH): no such file"
+                )),
+                "{err}"
+            );
+        } else {
+            assert!(err.contains("feature `ort`"), "{err}");
+        }
+    };
+    let out = check_config(Some(&file), &env);
+    assert!(!out.status.success());
+    named(&String::from_utf8_lossy(&out.stderr));
+    // `run` refuses to start with the same error (it ran until stopped).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the daemon started: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    named(&String::from_utf8_lossy(&out.stderr));
+    // auto keeps its fallback: tract alone serves.
+    write("auto");
+    let out = check_config(Some(&file), &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn demo_json_reports_live_accuracy_on_datatest2() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))

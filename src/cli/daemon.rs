@@ -37,6 +37,7 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
     let CheckConfigArgs { config } = args;
     let cfg = Config::load(config.as_deref())?;
     cfg.check_store_dir()?;
+    cfg.check_engines()?;
     print!("{}", cfg.to_toml()?);
     eprintln!("configuration is valid");
     Ok(())

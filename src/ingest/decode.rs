@@ -18,7 +18,11 @@
 //!   write) is ignored;
 //! - a sample is kept when at least one feature is present; a payload that is
 //!   not a JSON object, is larger than the limit or has no usable feature is
-//!   rejected.
+//!   rejected;
+//! - a device id (the topic level `device_level`) longer than
+//!   [`MAX_DEVICE_BYTES`] rejects the message (`device_too_long`);
+//! - a late label whose `sample_id_field` is present but not a sample id
+//!   is rejected (`bad_sample_id`), not matched by device and time.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -72,6 +76,16 @@ pub struct Schema {
 
 pub use crate::stats::Reason;
 pub use crate::store::Sample;
+
+/// The longest device id, bytes of UTF-8 (a topic level; MQTT allows 65,535
+/// bytes in a whole topic). Cloud IoT registries cap theirs at 128
+/// characters (AWS IoT thing names, Azure IoT Hub device ids); 256 leaves
+/// room for a prefix or a MAC-and-serial id. Every stored sample holds its
+/// device id twice (the record and the `by_time` index), and the per-device
+/// state (windows, temporal features, anomaly rules) keys on it: a 60,000
+/// character id sent in a loop would cost 120 kB of store per reading. A
+/// longer id rejects the message ([`Reason::DeviceTooLong`]).
+pub const MAX_DEVICE_BYTES: usize = 256;
 
 /// A problem found in a payload: its reason and the field concerned ("" for
 /// the whole payload).
@@ -481,6 +495,9 @@ impl Decoder {
         if payload.len() > self.max_payload_bytes {
             return reject(Reason::TooLarge);
         }
+        let Some(device) = self.device(topic) else {
+            return reject(Reason::DeviceTooLong);
+        };
         let Some(values) = self.fields.parse(payload) else {
             return reject(Reason::NotJson);
         };
@@ -534,20 +551,26 @@ impl Decoder {
                 }
             },
         };
-        let device = usize::try_from(self.device_level)
-            .ok()
-            .and_then(|level| topic.split('/').nth(level))
-            .unwrap_or("")
-            .to_string();
         Decoded {
             sample: Some(Sample {
                 timestamp_ms,
-                device,
+                device: device.to_string(),
                 features,
                 label,
             }),
             problems,
         }
+    }
+
+    /// The device id of a message on `topic`: its level `device_level`
+    /// ("" when the topic has no such level); `None` when it is longer than
+    /// [`MAX_DEVICE_BYTES`].
+    fn device<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let device = usize::try_from(self.device_level)
+            .ok()
+            .and_then(|level| topic.split('/').nth(level))
+            .unwrap_or("");
+        (device.len() <= MAX_DEVICE_BYTES).then_some(device)
     }
 
     /// A feature: a number, or for a categorical one the code of its
@@ -615,29 +638,31 @@ impl Decoder {
             )
             .ok_or(Reason::BadLabel)?;
         // A numeric string ("5") is read as a number, as a feature's is.
-        if let Some(id) = value
-            .get(self.sample_id_field.as_str())
-            .and_then(|v| match v {
-                Value::String(s) => s.trim().parse::<u64>().ok(),
-                v => v.as_u64(),
-            })
-        {
-            return Ok((crate::store::LabelKey::Seq(id), label));
+        // An id that is present but not a sample id names no sample: the
+        // label is not matched by device and time instead.
+        match value.get(self.sample_id_field.as_str()) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let id = match v {
+                    Value::String(s) => s.trim().parse::<u64>().ok(),
+                    v => v.as_u64(),
+                };
+                return match id {
+                    Some(id) => Ok((crate::store::LabelKey::Seq(id), label)),
+                    None => Err(Reason::BadSampleId),
+                };
+            }
         }
+        let device = self.device(topic).ok_or(Reason::DeviceTooLong)?;
         let timestamp_ms = self
             .timestamp
             .as_ref()
             .and_then(|p| p.get(&value))
             .and_then(|v| self.read_timestamp(v))
             .ok_or(Reason::BadTimestamp)?;
-        let device = usize::try_from(self.device_level)
-            .ok()
-            .and_then(|level| topic.split('/').nth(level))
-            .unwrap_or("")
-            .to_string();
         Ok((
             crate::store::LabelKey::DeviceTime {
-                device,
+                device: device.to_string(),
                 timestamp_ms,
             },
             label,
@@ -856,6 +881,76 @@ mod tests {
         d.problems.iter().map(|p| p.reason).collect()
     }
 
+    /// A late label whose sample id is not one was counted
+    /// `bad_timestamp` (without a timestamp) or matched by device and time
+    /// to whatever reading was there (with one). It is now rejected as
+    /// `bad_sample_id`; a label without an id (or a null one) is matched by
+    /// device and time as before.
+    #[test]
+    fn a_late_label_with_a_bad_sample_id_is_its_own_reason() {
+        let dec = decoder();
+        let by_time = Ok((
+            crate::store::LabelKey::DeviceTime {
+                device: "a".into(),
+                timestamp_ms: 1_500_000_000_000,
+            },
+            "1".to_string(),
+        ));
+        for id in ["", r#""sample_id": null, "#] {
+            let payload = format!(r#"{{{id}"y": 1, "ts": 1500000000}}"#);
+            assert_eq!(
+                dec.decode_late_label("s/a/x", payload.as_bytes()),
+                by_time,
+                "{payload}"
+            );
+        }
+        for bad in [r#""x""#, "-1", "1.5", "{}"] {
+            let payload = format!(r#"{{"sample_id": {bad}, "y": 1, "ts": 1500000000}}"#);
+            assert_eq!(
+                dec.decode_late_label("s/a/x", payload.as_bytes()),
+                Err(Reason::BadSampleId),
+                "{payload}"
+            );
+        }
+        assert!(Reason::ALL.contains(&Reason::BadSampleId));
+    }
+
+    /// A device id (topic level) of 60,000 characters was stored as it
+    /// came. Beyond MAX_DEVICE_BYTES the message is rejected
+    /// (`device_too_long`); at the limit it is kept. A late label matched
+    /// by device and time is rejected likewise; one matched by its sample
+    /// id does not use the device.
+    #[test]
+    fn a_device_id_beyond_the_limit_rejects_the_message() {
+        let dec = decoder();
+        let payload = br#"{"t": 21.5, "env": {"h": 40}, "v": [0, 3], "y": 1, "ts": 1500000000}"#;
+        let at_limit = "d".repeat(MAX_DEVICE_BYTES);
+        let d = dec.decode(&format!("s/{at_limit}/x"), payload, 5);
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(d.sample.unwrap().device, at_limit);
+        // 257 bytes, 60,000 bytes, and 129 two-byte characters (258 bytes).
+        for long in [
+            "d".repeat(MAX_DEVICE_BYTES + 1),
+            "d".repeat(60_000),
+            "é".repeat(129),
+        ] {
+            let topic = format!("s/{long}/x");
+            let d = dec.decode(&topic, payload, 5);
+            assert_eq!(d.sample, None);
+            assert_eq!(reasons(&d), [Reason::DeviceTooLong]);
+            assert!(Reason::DeviceTooLong.rejects());
+            assert_eq!(
+                dec.decode_late_label(&topic, br#"{"y": 1, "ts": 1500000000}"#),
+                Err(Reason::DeviceTooLong)
+            );
+            assert_eq!(
+                dec.decode_late_label(&topic, br#"{"sample_id": 4, "y": 1}"#),
+                Ok((crate::store::LabelKey::Seq(4), "1".into()))
+            );
+        }
+        assert_eq!(Reason::DeviceTooLong.as_str(), "device_too_long");
+    }
+
     #[test]
     fn good_payload() {
         let d = decoder().decode(
@@ -1011,14 +1106,36 @@ mod tests {
             dec.decode_late_label("s/a/x", br#"{"sample_id": " 3", "y": "4.5"}"#),
             Ok((crate::store::LabelKey::Seq(3), "4.5".into()))
         );
-        for bad in [r#""-1""#, r#""1.5""#, r#""x""#, "-1", "1.5"] {
+        // An id that is not one is its own reason (it was counted
+        // bad_timestamp), with or without a timestamp to fall back on.
+        for bad in [
+            r#""-1""#,
+            r#""1.5""#,
+            r#""x""#,
+            r#""""#,
+            "-1",
+            "1.5",
+            "true",
+            "[3]",
+            "18446744073709551616",
+        ] {
             let payload = format!(r#"{{"sample_id": {bad}, "y": "4.5"}}"#);
+            assert_eq!(
+                dec.decode_late_label("s/a/x", payload.as_bytes()),
+                Err(Reason::BadSampleId),
+                "{payload}"
+            );
+        }
+        // No id (or null): by device and time, bad_timestamp without one.
+        for id in ["", r#""sample_id": null, "#] {
+            let payload = format!(r#"{{{id}"y": "4.5"}}"#);
             assert_eq!(
                 dec.decode_late_label("s/a/x", payload.as_bytes()),
                 Err(Reason::BadTimestamp),
                 "{payload}"
             );
         }
+        assert_eq!(Reason::BadSampleId.as_str(), "bad_sample_id");
         assert_eq!(
             regression_label(Some(&Value::from(1e300))),
             Ok(Some("1e+300".into()))

@@ -105,6 +105,12 @@ impl ProblemLog {
     const EVERY: Duration = Duration::from_secs(10);
 
     fn note(&mut self, reason: Reason, topic: &str, field: &str) {
+        // A topic may be 65,535 bytes (a device id of 60,000): its start
+        // names it well enough in a log line.
+        let topic = match topic.char_indices().nth(200) {
+            Some((end, _)) => &topic[..end],
+            None => topic,
+        };
         let now = Instant::now();
         let entry = self.last.entry(reason).or_insert((now - Self::EVERY, 0));
         entry.1 += 1;
@@ -1027,6 +1033,52 @@ mod tests {
         assert_eq!(sizes.len() as u64, stats.commits.load(Relaxed));
         assert!(sizes.iter().all(|&n| n <= 2000), "{sizes:?}");
         assert_eq!(stats.samples_stored.load(Relaxed), N as u64);
+    }
+
+    /// Device ids of 60,000 characters (a topic level) among good
+    /// messages: each such message is rejected and counted
+    /// (`device_too_long`) and acknowledged, every other one is stored in
+    /// the same commits. Before, the 60,000 characters were stored with the
+    /// sample.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_long_device_ids_are_rejected_one_message_at_a_time() {
+        const N: usize = 1_000;
+        let TestWriter {
+            writer,
+            tx,
+            acks: mut acks_rx,
+            stats,
+            store,
+            _dir,
+            ..
+        } = test_writer(1024);
+        let long = "d".repeat(60_000);
+        let feeder = tokio::spawn(async move {
+            for i in 0..N {
+                let mut m = message(i);
+                if i % 10 == 3 {
+                    m.publish.topic = format!("t/{long}").into();
+                }
+                tx.send(m).await.expect("writer running");
+            }
+        });
+        let run = tokio::spawn(writer.run(CancellationToken::new()));
+        feeder.await.expect("feeder");
+        run.await.expect("writer task").expect("writer");
+        let mut acked = 0;
+        while let Ok(a) = acks_rx.try_recv() {
+            acked += a.pkids.len();
+        }
+        assert_eq!(acked, N);
+        assert_eq!(stats.samples_stored.load(Relaxed), 900);
+        assert_eq!(stats.samples_rejected.load(Relaxed), 100);
+        assert_eq!(stats.problems(Reason::DeviceTooLong), 100);
+        let stored = store.scan("p", 0..u64::MAX, usize::MAX).expect("scan");
+        assert_eq!(stored.len(), 900);
+        assert!(stored.iter().all(|(_, r)| r.sample.device.len() == 2));
+        let xs: Vec<f32> = stored.iter().map(|(_, r)| r.sample.features[0]).collect();
+        let want: Vec<f32> = (0..N).filter(|i| i % 10 != 3).map(|i| i as f32).collect();
+        assert_eq!(xs, want);
     }
 
     /// The commit stage fills each commit to `store.batch_size` and splits

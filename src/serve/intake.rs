@@ -566,6 +566,12 @@ pub fn count(
     }
 }
 
+/// Held by an import from its look for the same bytes
+/// ([`stored_version`]) to its commit, so that concurrent imports of one
+/// file store one version. One for the process: imports are rare, and a
+/// daemon has one store.
+static IMPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn import_inner(
     store: &Store,
     pipeline: &PipelineSettings,
@@ -583,6 +589,13 @@ fn import_inner(
         });
     }
     let model = check_model(&onnx, pipeline, options)?;
+    // Whether the bytes are new and storing them is one step: two uploads
+    // of the same file at once made two versions (each looked before
+    // either stored). Held from the look to the commit; the checks above,
+    // the costly part, run outside it.
+    let _one_at_a_time = IMPORTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(card) = stored_version(store, &pipeline.name, &onnx)? {
         return Ok(Intake::Existing(card));
     }
@@ -869,6 +882,49 @@ mod tests {
             .unwrap()
             .pipelines[0]
             .settings()
+    }
+
+    /// Eight imports of the same bytes at once: each looked for a stored
+    /// copy before any had stored one, and several versions were made.
+    /// Now one is stored and the others answer that version.
+    #[test]
+    fn concurrent_imports_of_the_same_bytes_store_one_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let onnx = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/intake/occupancy_sklearn.onnx"),
+        )
+        .unwrap();
+        let p = pipeline();
+        let stats = Stats::default();
+        let start = std::sync::Barrier::new(8);
+        let outcomes: Vec<Intake> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        import(
+                            &store,
+                            &p,
+                            onnx.clone(),
+                            Source::Upload,
+                            None,
+                            u64::MAX,
+                            &LoadOptions::default(),
+                            &stats,
+                            "test",
+                        )
+                        .unwrap()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|o| o.is_new()).count(), 1);
+        assert!(outcomes.iter().all(|o| o.card().version == 1));
+        assert_eq!(store.model_versions(&p.name).unwrap(), [1]);
+        assert_eq!(stats.snapshot().models_imported, 1);
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub struct ServingEvent {
     /// for), `rollback`, `refused` (a challenger kept but not served),
     /// `drift_alarm` (the serving version's errors drifted), `serve_switch`
     /// (the online learner or the batch champion took over,
-    /// `monitor::online`), `standby` (a batch version kept, not served,
+    /// `monitor::online`), `fallback` (at a restart the stored serving
+    /// version did not load on the pipeline's engine; this one, the newest
+    /// that loads, serves instead: [`Registry::restore`]), `standby` (a batch version kept, not served,
     /// while the online learner serves), `data_drift_alarm` or
     /// `anomaly_alarm` (`monitor::retrain`, `retrain_on`), `adopted` (a
     /// model of another daemon that won on this daemon's holdout,
@@ -215,7 +217,7 @@ impl Registry {
                 "rollback" => {
                     served.pop();
                 }
-                "trained" | "promote" | "serve_switch" => served.push(e.version),
+                "trained" | "promote" | "serve_switch" | "fallback" => served.push(e.version),
                 // Kept beside the served: the online learner's batch
                 // champion, and imports waiting to be promoted.
                 "standby" | "imported" => standby.push(e.version),
@@ -305,8 +307,19 @@ impl Registry {
     }
 
     /// Loads the stored serving version of each pipeline (after a restart).
-    /// A stored version the engine now refuses is logged and skipped: the
-    /// pipeline serves nothing until the next training.
+    ///
+    /// A stored serving version the engine now refuses (imported before a
+    /// limit it now fails, such as tract's opset limit, or written for
+    /// onnxruntime and restarted on tract) does not leave the pipeline
+    /// serving nothing: the newest version that loads serves instead, taken
+    /// first among the versions that served before (newest first, as a
+    /// rollback walks), then among the others (a refused challenger, an
+    /// import never promoted), newest first. The switch is stored as a
+    /// `fallback` event on the timeline with the serving pointer, in one
+    /// commit, so the versions listing, the timeline and a later restart
+    /// agree with what serves; it is logged once at WARN with the version
+    /// refused and why. When no stored version loads, the pipeline serves
+    /// nothing until the next training (logged at ERROR).
     ///
     /// # Errors
     /// [`RegistryError::Store`] when the store cannot be read.
@@ -315,21 +328,71 @@ impl Registry {
             let Some(version) = store.serving_version(pipeline)? else {
                 continue;
             };
-            let Some(stored) = store.get_model(pipeline, version)? else {
-                tracing::error!(%pipeline, version, "Serving pointer names a missing model; serving nothing.");
-                continue;
-            };
-            match load(slot, pipeline, version, &stored) {
+            let refused = match stored_model(store, pipeline, version)
+                .and_then(|stored| load(slot, pipeline, version, &stored))
+            {
                 Ok(serving) => {
                     tracing::info!(%pipeline, version, "Restored serving model.");
                     slot.current.store(Some(Arc::new(serving)));
+                    continue;
                 }
+                Err(e @ RegistryError::Store(_)) => return Err(e),
+                Err(e) => e,
+            };
+            let Some(serving) = self.fallback(store, slot, pipeline, version)? else {
+                tracing::error!(%pipeline, version, error = %refused, "Stored serving model refused and no other stored version loads; serving nothing until the next training.");
+                continue;
+            };
+            tracing::warn!(%pipeline, version, error = %refused, serving = serving.version, "Stored serving model refused; serving version {}, the newest that loads.", serving.version);
+            let event = ServingEvent::now(
+                serving.version,
+                "fallback",
+                format!("version {version} does not load: {refused}"),
+                BY_LEARNER,
+            );
+            let _write = slot.lock();
+            match store.set_serving(pipeline, serving.version, &event.to_json()) {
+                Ok(_) => event.log(pipeline),
                 Err(e) => {
-                    tracing::error!(%pipeline, version, error = %e, "Stored model refused; serving nothing.")
+                    tracing::warn!(%pipeline, version = serving.version, error = %e, "Could not store the fallback; it serves until the next restart.")
+                }
+            }
+            slot.current.store(Some(Arc::new(serving)));
+        }
+        Ok(())
+    }
+
+    /// The newest stored version of `pipeline` other than `refused` that
+    /// loads: the versions that served first (newest first), then the
+    /// others, newest first; `None` when none does.
+    fn fallback(
+        &self,
+        store: &Store,
+        slot: &Slot,
+        pipeline: &str,
+        refused: u32,
+    ) -> Result<Option<Serving>, RegistryError> {
+        let mut order: Vec<u32> = served_stack(&self.history(store, pipeline)?);
+        order.reverse();
+        let mut others = store.model_versions(pipeline)?;
+        others.reverse();
+        order.extend(others);
+        let mut tried = std::collections::HashSet::from([refused]);
+        for version in order {
+            if !tried.insert(version) {
+                continue;
+            }
+            match stored_model(store, pipeline, version)
+                .and_then(|stored| load(slot, pipeline, version, &stored))
+            {
+                Ok(serving) => return Ok(Some(serving)),
+                Err(e @ RegistryError::Store(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%pipeline, version, error = %e, "Not loaded as a fallback.")
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Verifies, measures, stores and swaps in a trained version. A version
@@ -495,18 +558,7 @@ impl Registry {
         pipeline: &str,
         by: &str,
     ) -> Result<Arc<Serving>, RegistryError> {
-        let history = self.history(store, pipeline)?;
-        // Versions that served, as a stack: a rollback pops the current one.
-        let mut stack: Vec<u32> = Vec::new();
-        for e in &history {
-            match e.action.as_str() {
-                "rollback" => {
-                    stack.pop();
-                }
-                "trained" | "promote" | "serve_switch" => stack.push(e.version),
-                _ => {} // refusals and alarms do not change what serves
-            }
-        }
+        let mut stack = served_stack(&self.history(store, pipeline)?);
         let current = stack
             .pop()
             .ok_or_else(|| RegistryError::NothingToRollBack(pipeline.into()))?;
@@ -557,6 +609,37 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// The versions that served, from the timeline, as a stack (the serving
+/// one last): a rollback pops the current one; refusals and alarms do not
+/// change what serves.
+fn served_stack(history: &[ServingEvent]) -> Vec<u32> {
+    let mut stack: Vec<u32> = Vec::new();
+    for e in history {
+        match e.action.as_str() {
+            "rollback" => {
+                stack.pop();
+            }
+            "trained" | "promote" | "serve_switch" | "fallback" => stack.push(e.version),
+            _ => {}
+        }
+    }
+    stack
+}
+
+/// Stored `version` of `pipeline`.
+///
+/// # Errors
+/// [`RegistryError::UnknownVersion`] when it is not stored (a serving
+/// pointer naming a missing model), or a store error.
+fn stored_model(store: &Store, pipeline: &str, version: u32) -> Result<StoredModel, RegistryError> {
+    store
+        .get_model(pipeline, version)?
+        .ok_or_else(|| RegistryError::UnknownVersion {
+            pipeline: pipeline.into(),
+            version,
+        })
 }
 
 fn load(
@@ -827,6 +910,105 @@ mod tests {
         assert_eq!(store.get_model("occupancy", 2).unwrap(), None);
         assert_eq!(store.get_state(&live_key("occupancy", 2)).unwrap(), None);
         assert_eq!(store.reserve_model_version("occupancy").unwrap(), 9);
+    }
+
+    /// `onnx` with its default operator set stamped `version` (edgeloop's
+    /// exports use opset-13 operators, which mean the same up to 21).
+    fn with_opset(onnx: &[u8], version: i64) -> Vec<u8> {
+        use prost::Message;
+        let mut m = tract_onnx::pb::ModelProto::decode(onnx).unwrap();
+        for set in m.opset_import.iter_mut().filter(|o| o.domain.is_empty()) {
+            set.version = version;
+        }
+        m.encode_to_vec()
+    }
+
+    /// A version stored before tract refused opsets above 21 (63bc12b), or
+    /// written for onnxruntime, is the serving one at a restart on tract:
+    /// the pipeline served nothing ("Stored model refused; serving
+    /// nothing") although older versions load. Now the newest version that
+    /// served and loads serves (v1; v3, a refused challenger, never
+    /// served), the serving pointer and the timeline say so (a `fallback`
+    /// event naming v2 and the opset), and the next restart serves it
+    /// without another event. With no version that served loadable, the
+    /// newest other one serves (v3).
+    #[test]
+    fn a_stored_serving_version_the_engine_refuses_falls_back_to_the_newest_that_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        let pipeline = cfg.pipelines[0].settings();
+        let samples = samples();
+        let train = |v| {
+            learn::train_version(&pipeline, &samples, None, v, Trigger::Manual, None, || {
+                false
+            })
+            .unwrap()
+        };
+        let stored = |t: &TrainedVersion, opset: i64| StoredModel {
+            onnx: with_opset(&t.onnx, opset),
+            card_json: serde_json::to_string(&t.card).unwrap(),
+            params_json: String::new(),
+        };
+        let event =
+            |v: u32, action: &str| ServingEvent::now(v, action, "test".into(), "test").to_json();
+        let (t1, t2, t3) = (train(1), train(2), train(3));
+        store
+            .put_model("occupancy", 1, &stored(&t1, 13), Some(&event(1, "trained")))
+            .unwrap();
+        // v2 serves, importing opset 22 (tract implements up to 21).
+        store
+            .put_model("occupancy", 2, &stored(&t2, 22), Some(&event(2, "trained")))
+            .unwrap();
+        store
+            .append_event(
+                "occupancy",
+                &event(3, "refused"),
+                Some((3, &stored(&t3, 13))),
+            )
+            .unwrap();
+        let restart = || {
+            let registry = Registry::new(["occupancy"]);
+            registry.restore(&store).unwrap();
+            registry
+        };
+        let registry = restart();
+        assert_eq!(registry.get("occupancy").map(|s| s.version), Some(1));
+        assert_eq!(store.serving_version("occupancy").unwrap(), Some(1));
+        let history = registry.history(&store, "occupancy").unwrap();
+        let last = history.last().unwrap();
+        assert_eq!((last.version, last.action.as_str()), (1, "fallback"));
+        assert!(
+            last.reason.starts_with("version 2 does not load: ")
+                && last
+                    .reason
+                    .contains("up to opset 21; the model imports opset 22"),
+            "{}",
+            last.reason
+        );
+        // The next restart serves v1 as stored: no second event.
+        let registry = restart();
+        assert_eq!(registry.get("occupancy").map(|s| s.version), Some(1));
+        assert_eq!(
+            registry.history(&store, "occupancy").unwrap().len(),
+            history.len()
+        );
+        // v1 refused too: the newest other version that loads, v3.
+        store
+            .put_model("occupancy", 1, &stored(&t1, 22), None)
+            .unwrap();
+        let registry = restart();
+        assert_eq!(registry.get("occupancy").map(|s| s.version), Some(3));
+        assert_eq!(store.serving_version("occupancy").unwrap(), Some(3));
+        // None loads: nothing serves, nothing is stored.
+        store
+            .put_model("occupancy", 3, &stored(&t3, 22), None)
+            .unwrap();
+        let n = registry.history(&store, "occupancy").unwrap().len();
+        let registry = restart();
+        assert!(registry.get("occupancy").is_none());
+        assert_eq!(store.serving_version("occupancy").unwrap(), Some(3));
+        assert_eq!(registry.history(&store, "occupancy").unwrap().len(), n);
     }
 
     #[test]

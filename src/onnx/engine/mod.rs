@@ -693,6 +693,31 @@ fn append(to: &mut Data, from: Data) -> bool {
     true
 }
 
+/// Whether models can load on the engine `kind` names with `options`:
+/// for [`EngineKind::Ort`], that onnxruntime is compiled in and its library
+/// loads (it then stays loaded in this process, as a first model would
+/// load it). tract and [`EngineKind::Auto`] always can: `auto` serves on
+/// tract alone when onnxruntime is unavailable.
+///
+/// # Errors
+/// [`ModelError::Unavailable`] naming the cargo feature, or the library
+/// path and where it came from (`[onnxruntime] library` or
+/// `ORT_DYLIB_PATH`) and why it did not load.
+pub fn check_available(kind: EngineKind, options: &LoadOptions) -> Result<(), ModelError> {
+    match kind {
+        EngineKind::Tract | EngineKind::Auto => Ok(()),
+        #[cfg(feature = "ort")]
+        EngineKind::Ort => ort::environment(options).map(|_| ()),
+        #[cfg(not(feature = "ort"))]
+        EngineKind::Ort => {
+            let _ = options;
+            Err(ModelError::Unavailable(
+                "engine `ort` needs edgeloop built with the cargo feature `ort`".into(),
+            ))
+        }
+    }
+}
+
 #[cfg(feature = "ort")]
 fn load_ort(
     bytes: &[u8],

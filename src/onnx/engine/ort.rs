@@ -45,10 +45,10 @@ static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
 pub fn environment(
     options: &LoadOptions,
 ) -> Result<(PathBuf, ort::environment::Environment), ModelError> {
-    let path = match &options.ort_library {
-        Some(p) => p.clone(),
+    let (path, from) = match &options.ort_library {
+        Some(p) => (p.clone(), "[onnxruntime] library"),
         None => match std::env::var_os("ORT_DYLIB_PATH") {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
+            Some(p) if !p.is_empty() => (PathBuf::from(p), "ORT_DYLIB_PATH"),
             _ => {
                 return Err(ModelError::Unavailable(
                     "no onnxruntime library: set `[onnxruntime] library` or ORT_DYLIB_PATH".into(),
@@ -70,8 +70,12 @@ pub fn environment(
         }
         return Ok((l.path.clone(), l.env.clone()));
     }
-    let unavailable =
-        |e: String| ModelError::Unavailable(format!("onnxruntime library {}: {e}", path.display()));
+    let unavailable = |e: String| {
+        ModelError::Unavailable(format!(
+            "onnxruntime library {} (from {from}): {e}",
+            path.display()
+        ))
+    };
     if !path.is_file() {
         return Err(unavailable("no such file".into()));
     }
