@@ -252,6 +252,28 @@ struct Probation {
     former_errors: f64,
 }
 
+/// Why an automatic training of `p` (on an alarm, or one deferred) waits,
+/// as the alarm's action says it; `None`: it may train now. A version made
+/// elsewhere (uploaded, adopted from the fleet) may serve before the
+/// pipeline has the `model.min_labels` labelled samples its own first model
+/// needs; until then no training runs, and an alarm waits as it does
+/// through the cool-down.
+fn wait_reason(p: &MonitoredPipeline, labelled: u64, since: u64) -> Option<String> {
+    if labelled < p.model.min_labels {
+        Some(format!(
+            "deferred: {labelled} of {} labelled samples (model.min_labels)",
+            p.model.min_labels
+        ))
+    } else if since < p.drift.cooldown_labels {
+        Some(format!(
+            "deferred: cool-down ({since} of {} labels since the last training)",
+            p.drift.cooldown_labels
+        ))
+    } else {
+        None
+    }
+}
+
 /// Whether sample `seq`, new since the learner's last step (`from` on),
 /// was in the training data of a version trained up to `trained_to` (its
 /// card's `last_seq`; `None` for a version made elsewhere). Such samples
@@ -1055,18 +1077,15 @@ impl Learner {
             if let Some(seq) = alarm_at {
                 action = Some(if !retrains {
                     "none: retrain_on_drift is off or retrain_on leaves out \"error\"".to_string()
-                } else if since < p.drift.cooldown_labels {
-                    format!(
-                        "deferred: cool-down ({since} of {} labels since the last training)",
-                        p.drift.cooldown_labels
-                    )
+                } else if let Some(wait) = wait_reason(&p, labelled, since) {
+                    wait
                 } else {
                     "training".to_string()
                 });
                 warn!(pipeline = %p.name, sample_seq = seq, version, action = action.as_deref().unwrap_or(""), "Concept drift alarm.");
             }
             let mut trained = None;
-            if self.deferred.contains_key(&p.name) && since >= p.drift.cooldown_labels {
+            if self.deferred.contains_key(&p.name) && wait_reason(&p, labelled, since).is_none() {
                 let trigger = self.deferred.remove(&p.name).unwrap_or(Trigger::Drift);
                 trained = Some(match self.train(&p.name, trigger, shutdown).await {
                     Ok(card) => match card.decision.as_ref().filter(|d| !d.promoted) {
@@ -1250,12 +1269,9 @@ impl Learner {
             format!("none: retrain_on leaves out \"{key}\"")
         } else if self.registry.get(&p.name).is_none() {
             "none: no version serves yet (the first trains at min_labels)".to_string()
-        } else if since < p.drift.cooldown_labels {
+        } else if let Some(wait) = wait_reason(p, labelled, since) {
             self.deferred.entry(p.name.clone()).or_insert(trigger);
-            format!(
-                "deferred: cool-down ({since} of {} labels since the last training)",
-                p.drift.cooldown_labels
-            )
+            wait
         } else {
             self.deferred.remove(&p.name);
             let done = match self.train(&p.name, trigger, shutdown).await {
@@ -1527,10 +1543,13 @@ impl Learner {
                     || labelled - attempted >= p.model.min_labels.min(p.model.retrain_every))
             {
                 Some(Trigger::MinLabels)
-            } else if serving && labelled.saturating_sub(attempted) >= p.model.retrain_every {
+            } else if !serving || labelled < p.model.min_labels {
+                // A version made elsewhere may serve before the
+                // pipeline's own first model could train.
+                None
+            } else if labelled.saturating_sub(attempted) >= p.model.retrain_every {
                 Some(Trigger::NewLabels)
-            } else if serving
-                && p.model.schedule_s > 0
+            } else if p.model.schedule_s > 0
                 && labelled > attempted
                 && self
                     .last_training
@@ -2030,6 +2049,85 @@ mod tests {
         assert!(!trained_on(1200, 600, Some(1199)));
         assert!(trained_on(600, 600, Some(1199)) && !trained_on(599, 600, Some(1199)));
         assert!(!trained_on(700, 600, None), "a version made elsewhere");
+    }
+
+    /// A version made elsewhere serves before the pipeline has
+    /// `model.min_labels` labelled samples: a concept-drift alarm then
+    /// waits, as through the cool-down, and trains once there are enough.
+    #[tokio::test]
+    async fn an_alarm_before_min_labels_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        let mut cfg = crate::config::Config::load_with_env(None, std::iter::empty()).unwrap();
+        cfg.pipelines[0].model.min_labels = 1000;
+        cfg.pipelines[0].model.retrain_every = 1_000_000;
+        cfg.pipelines[0].drift.retrain_on_drift = true;
+        cfg.pipelines[0].drift.cooldown_labels = 0;
+        // Version 1, trained elsewhere on 40 samples of the same rule.
+        let made_elsewhere: Vec<Sample> = occupancy(10_000, 10_040)
+            .into_iter()
+            .map(|n| n.sample)
+            .collect();
+        let settings = cfg.pipelines[0].settings();
+        let v1 = learn::train_version(
+            &settings,
+            &made_elsewhere,
+            None,
+            1,
+            Trigger::Manual,
+            None,
+            || false,
+        )
+        .unwrap();
+        assert_eq!(v1.card.last_seq, None);
+        let registry = Arc::new(Registry::new(["occupancy"]));
+        registry.promote(&store, v1).unwrap();
+        let (_late_tx, late_rx) = mpsc::channel(4);
+        let (mut learner, _handle) = Learner::new(
+            store.clone(),
+            registry.clone(),
+            vec![cfg.pipelines[0].monitored()],
+            Arc::new(Notify::new()),
+            late_rx,
+            Arc::new(Stats::default()),
+        );
+        let shutdown = CancellationToken::new();
+        let flipped = |v: Vec<crate::store::NewSample>| -> Vec<crate::store::NewSample> {
+            v.into_iter()
+                .map(|mut n| {
+                    let y = n.sample.label.as_deref() == Some("0");
+                    n.sample.label = Some(u8::from(y).to_string());
+                    n
+                })
+                .collect()
+        };
+        let last_action = |learner: &Learner| {
+            learner.board.lock().unwrap()["occupancy"]
+                .alarms
+                .last()
+                .map(|a| a.action.clone())
+        };
+        learner.watch_all(&shutdown).await.unwrap();
+        // 300 samples it gets right, then the concept flips.
+        store.append(&occupancy(0, 300)).unwrap();
+        store.append(&flipped(occupancy(300, 600))).unwrap();
+        learner.watch_all(&shutdown).await.unwrap();
+        assert_eq!(
+            last_action(&learner).as_deref(),
+            Some("deferred: 600 of 1000 labelled samples (model.min_labels)")
+        );
+        learner.check_all(&shutdown).await.unwrap();
+        assert_eq!(
+            store.model_versions("occupancy").unwrap(),
+            vec![1],
+            "no training"
+        );
+        store.append(&flipped(occupancy(600, 1000))).unwrap();
+        learner.watch_all(&shutdown).await.unwrap();
+        let cards = registry.cards(&store, "occupancy").unwrap();
+        assert_eq!(cards.len(), 2);
+        assert_eq!((cards[1].version, cards[1].trigger), (2, Trigger::Drift));
+        assert_eq!(cards[1].n_samples, 1000);
     }
 
     fn s(ts: i64) -> Sample {
