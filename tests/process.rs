@@ -232,6 +232,7 @@ async fn sigterm_drains_within_the_deadline_and_loses_nothing_acknowledged() {
             .await
         }
     });
+    let until = Instant::now() + Duration::from_secs(60);
     loop {
         let stored = daemon
             .get("/v1/stats")
@@ -241,6 +242,7 @@ async fn sigterm_drains_within_the_deadline_and_loses_nothing_acknowledged() {
         if stored >= 500 {
             break;
         }
+        assert!(Instant::now() < until, "{stored} of 500 stored in 60 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!publisher.is_finished(), "SIGTERM must land mid-replay");
