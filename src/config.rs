@@ -836,6 +836,16 @@ impl Config {
                     return bad(key("features"), format!("`{f}` is listed twice"));
                 }
             }
+            if !p.label.is_empty() && p.features.contains(&p.label) {
+                return bad(
+                    key("features"),
+                    format!(
+                        "`{}` is the label: a model given its own label as a feature learns \
+                         nothing else, and an unlabelled reading (the ones it predicts) lacks it",
+                        p.label
+                    ),
+                );
+            }
             for (field, k) in [(&p.label, "label"), (&p.timestamp, "timestamp")] {
                 if !field.is_empty() {
                     if let Err(e) = crate::ingest::decode::JsonPath::parse(field) {
@@ -1529,6 +1539,20 @@ mod tests {
             err.contains("the shared subscription's filter `s/#/x`: level 2 `#`"),
             "{err}"
         );
+    }
+
+    /// A label listed among the features (a newcomer copying a CSV's
+    /// header) is refused: the models scored 1.0 on the answer itself.
+    #[test]
+    fn the_label_among_the_features_is_refused() {
+        let err = load_str(
+            "[[pipelines]]\nname='p'\ntopics=['a/+/b']\nfeatures=['f', 'y']\nlabel='y'\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines[0].features"), "{err}");
+        assert!(err.contains("`y` is the label"), "{err}");
     }
 
     #[test]

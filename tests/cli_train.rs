@@ -305,6 +305,42 @@ fn a_missing_column_or_a_short_row_names_the_file_the_columns_and_the_line() {
     }
 }
 
+/// The label given among `--features` is refused, naming it: `train`
+/// scored 1.0000 on datatraining.txt with `--features Light,Occupancy`.
+#[test]
+fn the_label_as_a_feature_is_refused() {
+    let file = "data/occupancy_uci/datatraining.txt";
+    for args in [
+        vec![
+            "train",
+            "--file",
+            file,
+            "--label",
+            "Occupancy",
+            "--features",
+            "Light,Occupancy",
+        ],
+        vec![
+            "evaluate",
+            "--prequential",
+            "--file",
+            file,
+            "--label",
+            "Occupancy",
+            "--features",
+            "Occupancy",
+        ],
+    ] {
+        let out = edgeloop(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("`Occupancy` is the label and cannot be a feature too"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// A `;`-separated file (a spreadsheet's export with decimal commas) is
 /// named as such; before, the error was "found record with 2 fields, but
 /// the previous record has 1 fields".

@@ -80,7 +80,8 @@ pub fn no_column(name: &str, headers: &csv::StringRecord) -> String {
 ///
 /// # Errors
 /// A message naming the file and what is wrong: unreadable, no rows, a
-/// named column missing, no numeric feature column.
+/// named column missing, the label among `features`, no numeric feature
+/// column.
 pub fn read_labelled_csv(
     path: &Path,
     label: &str,
@@ -143,6 +144,12 @@ pub fn read_labelled_csv_with(
             .map(|(_, h)| h.to_string())
             .collect()
     } else {
+        if features.iter().any(|f| f == label) {
+            return Err(err(format!(
+                "`{label}` is the label and cannot be a feature too (--features): \
+                 a model given its own label learns nothing else"
+            )));
+        }
         features.to_vec()
     };
     let idx: Vec<usize> = features
