@@ -77,7 +77,7 @@ pub fn csv_payloads(opts: &ReplayOptions) -> Result<Vec<Vec<u8>>, IngestError> {
         .map_err(|e| err(e.to_string()))?;
     let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
     let mut out = Vec::new();
-    for (i, record) in reader.records().enumerate() {
+    for record in reader.records() {
         if opts.limit.is_some_and(|l| out.len() >= l) {
             break;
         }
