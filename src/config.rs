@@ -521,9 +521,13 @@ impl Config {
             .clone()
             .try_deserialize()
             .map_err(|e| ConfigError::Load(describe(e, file)))?;
-        let mut cfg: Config = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(describe(e, file)))?;
+        let mut cfg: Config = raw.try_deserialize().map_err(|e| {
+            let mut message = describe(e, file);
+            if let Some(expected) = expected_variants(&message, &layered) {
+                message = format!("{message}; {expected}");
+            }
+            ConfigError::Load(message)
+        })?;
         let typed = serde_json::to_value(&cfg).map_err(|e| ConfigError::Load(e.to_string()))?;
         if let Some((key, written, limit)) = rounded_integer(String::new(), &layered, &typed) {
             // As written, when it came from the environment (a float prints
@@ -784,9 +788,11 @@ impl Config {
             }
             for t in &p.topics {
                 if !crate::ingest::mqtt_config::valid_subscription(t) {
+                    let why = crate::ingest::mqtt_config::subscription_problem(t)
+                        .unwrap_or_else(|| "not a valid MQTT topic filter".into());
                     return bad(
                         key("topics"),
-                        format!("`{t}` is not a valid MQTT topic filter or shared subscription ($share/{{group}}/{{filter}})"),
+                        format!("`{t}` is not a valid MQTT topic filter or shared subscription ($share/{{group}}/{{filter}}): {why}"),
                     );
                 }
                 if crate::ingest::mqtt_config::shared(t).is_some() && self.mqtt.broker == "embedded"
@@ -805,9 +811,11 @@ impl Config {
                     );
                 }
                 if !rumqttc::valid_filter(t) {
+                    let why = crate::ingest::mqtt_config::filter_problem(t)
+                        .unwrap_or_else(|| "not a valid MQTT topic filter".into());
                     return bad(
                         key("label_topics"),
-                        format!("`{t}` is not a valid MQTT topic filter"),
+                        format!("`{t}` is not a valid MQTT topic filter: {why}"),
                     );
                 }
                 if p.topics.contains(t) {
@@ -827,6 +835,16 @@ impl Config {
                 if !seen.insert(f) {
                     return bad(key("features"), format!("`{f}` is listed twice"));
                 }
+            }
+            if !p.label.is_empty() && p.features.contains(&p.label) {
+                return bad(
+                    key("features"),
+                    format!(
+                        "`{}` is the label: a model given its own label as a feature learns \
+                         nothing else, and an unlabelled reading (the ones it predicts) lacks it",
+                        p.label
+                    ),
+                );
             }
             for (field, k) in [(&p.label, "label"), (&p.timestamp, "timestamp")] {
                 if !field.is_empty() {
@@ -1029,6 +1047,25 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
         .map(|p| format!(" (layers: default, {}, environment)", p.display()))
         .unwrap_or_default();
     format!("{}{origin}", dotted_keys(&e.to_string()))
+}
+
+/// The values an enum key takes (`expected one of `logistic`, `linear`, …`),
+/// for config-rs's message about a value it does not take (`enum Family
+/// does not have variant constructor logistc for key …`), which names
+/// neither: serde's own message, from deserializing the same layers again
+/// through serde_json, lists them. `None` when the message is another one,
+/// or serde_json stops elsewhere first.
+fn expected_variants(message: &str, layered: &serde_json::Value) -> Option<String> {
+    let written = message
+        .split("does not have variant constructor ")
+        .nth(1)?
+        .split(" for key `")
+        .next()?;
+    let serde = serde_json::from_value::<Config>(layered.clone())
+        .err()?
+        .to_string();
+    let expected = serde.strip_prefix(&format!("unknown variant `{written}`, "))?;
+    Some(expected.to_string())
 }
 
 /// Integers in the configuration are at most this (config-rs reads them as
@@ -1428,6 +1465,94 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("brokr"), "{err}");
+    }
+
+    /// A value an enum key does not take lists the ones it does: config-rs
+    /// said only `enum Family does not have variant constructor logistc`.
+    #[test]
+    fn an_unknown_enum_value_lists_the_values_the_key_takes() {
+        let pipeline = "[[pipelines]]\nname='p'\ntopics=['a/+/b']\nfeatures=['f']\nlabel='y'\n";
+        let err = load_str(
+            &format!("{pipeline}[pipelines.model]\nfamily='logistc'\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines[0].model.family"), "{err}");
+        assert!(
+            err.contains("expected one of `logistic`, `linear`, `ridge`, `mlp`, `tree`, `forest`, `svm`, `auto`"),
+            "{err}"
+        );
+        let err = load_str(&format!("{pipeline}task='regresion'\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pipelines[0].task"), "{err}");
+        assert!(
+            err.contains("expected `classification` or `regression`"),
+            "{err}"
+        );
+        // Another error is left as config-rs words it.
+        let err = load_str("", &[("EDGELOOP__STORE__BATCH_SIZE", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("expected one of"), "{err}");
+    }
+
+    /// A topic filter with a wildcard in the wrong place says which level
+    /// and where the wildcard goes (MQTT 3.1.1 §4.7.1), for the sample and
+    /// the label topics and inside a shared subscription.
+    #[test]
+    fn a_misplaced_wildcard_is_named_with_its_level() {
+        let refused = |topics: &str, label_topics: &str| {
+            load_str(
+                &format!(
+                    "[[pipelines]]\nname='p'\ntopics=['{topics}']\nlabel_topics=['{label_topics}']\nfeatures=['f']\nlabel='y'\n"
+                ),
+                &[],
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let err = refused("sensors/room+/occupancy", "l/+/o");
+        assert!(err.contains("pipelines[0].topics"), "{err}");
+        assert!(
+            err.contains("level 2 `room+`: `+` must be a whole level"),
+            "{err}"
+        );
+        let err = refused("sensors/#/occupancy", "l/+/o");
+        assert!(
+            err.contains("level 2 `#`: `#` must be a whole level and the last one"),
+            "{err}"
+        );
+        let err = refused("sensors/+/occupancy", "labels#");
+        assert!(err.contains("pipelines[0].label_topics"), "{err}");
+        assert!(err.contains("level 1 `labels#`"), "{err}");
+        let err = refused("", "l/+/o");
+        assert!(err.contains("an empty filter matches no topic"), "{err}");
+        let err = load_str(
+            "[mqtt]\nbroker='mqtt://127.0.0.1:1883'\n[[pipelines]]\nname='p'\ntopics=['$share/g/s/#/x']\nfeatures=['f']\nlabel='y'\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("the shared subscription's filter `s/#/x`: level 2 `#`"),
+            "{err}"
+        );
+    }
+
+    /// A label listed among the features (a newcomer copying a CSV's
+    /// header) is refused: the models scored 1.0 on the answer itself.
+    #[test]
+    fn the_label_among_the_features_is_refused() {
+        let err = load_str(
+            "[[pipelines]]\nname='p'\ntopics=['a/+/b']\nfeatures=['f', 'y']\nlabel='y'\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines[0].features"), "{err}");
+        assert!(err.contains("`y` is the label"), "{err}");
     }
 
     #[test]

@@ -162,3 +162,47 @@ fn stops_on_sigterm() {
         "{err}"
     );
 }
+
+/// A topic filter given as the topic (`sensors/+/occupancy`, copied from a
+/// pipeline's `topics`) is refused before connecting, naming it: the
+/// embedded broker closed the connection on each such publish and the
+/// replay, reconnecting (each CONNACK an answer), ran for over 10 minutes.
+#[test]
+fn a_topic_with_a_wildcard_is_refused_naming_it() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for topic in ["sensors/+/occupancy", "sensors/#", ""] {
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .args(["replay", "--file", "data/occupancy_uci/datatraining.txt"])
+            .args([
+                "--topic",
+                topic,
+                "--timeout-s",
+                "30",
+                "--log-level",
+                "error",
+            ])
+            .arg("--broker")
+            .arg(format!("mqtt://127.0.0.1:{port}"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let err = stderr_of(&wait_for(child));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{topic:?}: {err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "--topic `{topic}`: a message is published on a topic name, without the wildcards"
+            )),
+            "{topic:?}: {err}"
+        );
+    }
+}

@@ -200,6 +200,147 @@ fn an_error_is_told_once() {
     assert_eq!(err.matches("not an ONNX model").count(), 1, "{err}");
 }
 
+/// A column the file lacks, and a row with fewer fields than the header,
+/// are told once, naming the file once, with the columns it has and the
+/// row and line at fault, by every command that reads a CSV. Before,
+/// `evaluate` named the file twice (`f.csv: f.csv: no column …`),
+/// `anomaly`, `drift` and `detect` did not name it for a short row, and the
+/// csv crate's "record 3 (line: 3 …)" gave the line before the row's.
+#[test]
+fn a_missing_column_or_a_short_row_names_the_file_the_columns_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nolight.csv");
+    let mut text = String::from("Temperature,CO2,Occupancy\n");
+    for i in 0..40 {
+        text.push_str(&format!("{}.5,{},{}\n", 20 + i % 3, 400 + i, i % 2));
+    }
+    std::fs::write(&file, &text).unwrap();
+    let f = file.to_str().unwrap();
+    let columns = "the columns are `Temperature`, `CO2`, `Occupancy`";
+    for args in [
+        vec![
+            "train",
+            "--file",
+            f,
+            "--label",
+            "Occupancy",
+            "--features",
+            "Light",
+        ],
+        vec!["train", "--file", f, "--label", "Occ"],
+        vec![
+            "evaluate",
+            "--prequential",
+            "--file",
+            f,
+            "--label",
+            "Occupancy",
+            "--features",
+            "Light",
+        ],
+        vec!["evaluate", "--prequential", "--file", f, "--label", "Occ"],
+        vec!["anomaly", "--file", f, "--features", "Light"],
+        vec!["drift", "--file", f, "--features", "Light"],
+        vec![
+            "detect",
+            "--file",
+            f,
+            "--column",
+            "Light",
+            "--detector",
+            "adwin",
+        ],
+    ] {
+        let out = edgeloop(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("nolight.csv").count(), 1, "{args:?}: {err}");
+        assert!(err.contains("no column `"), "{args:?}: {err}");
+        assert!(err.contains(columns), "{args:?}: {err}");
+    }
+    // Data row 3 (line 4, after the header) has 2 fields of 3, with \n and
+    // with \r\n line ends.
+    for end in ["\n", "\r\n"] {
+        let short = dir.path().join("short.csv");
+        let rows = [
+            "Temperature,CO2,Occupancy",
+            "20.5,400,0",
+            "21.5,401,1",
+            "22.5,402",
+            "20.5,403,1",
+        ];
+        std::fs::write(&short, rows.join(end) + end).unwrap();
+        let s = short.to_str().unwrap();
+        for args in [
+            vec!["train", "--file", s, "--label", "Occupancy"],
+            vec![
+                "evaluate",
+                "--prequential",
+                "--file",
+                s,
+                "--label",
+                "Occupancy",
+            ],
+            vec!["anomaly", "--file", s],
+            vec!["drift", "--file", s],
+            vec![
+                "detect",
+                "--file",
+                s,
+                "--column",
+                "CO2",
+                "--detector",
+                "adwin",
+            ],
+        ] {
+            let out = edgeloop(&args);
+            assert!(!out.status.success(), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.matches("short.csv").count(), 1, "{args:?}: {err}");
+            assert!(
+                err.contains("row 3 (line 4) has 2 fields where the header has 3"),
+                "{args:?} {end:?}: {err}"
+            );
+        }
+    }
+}
+
+/// The label given among `--features` is refused, naming it: `train`
+/// scored 1.0000 on datatraining.txt with `--features Light,Occupancy`.
+#[test]
+fn the_label_as_a_feature_is_refused() {
+    let file = "data/occupancy_uci/datatraining.txt";
+    for args in [
+        vec![
+            "train",
+            "--file",
+            file,
+            "--label",
+            "Occupancy",
+            "--features",
+            "Light,Occupancy",
+        ],
+        vec![
+            "evaluate",
+            "--prequential",
+            "--file",
+            file,
+            "--label",
+            "Occupancy",
+            "--features",
+            "Occupancy",
+        ],
+    ] {
+        let out = edgeloop(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("`Occupancy` is the label and cannot be a feature too"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// A `;`-separated file (a spreadsheet's export with decimal commas) is
 /// named as such; before, the error was "found record with 2 fields, but
 /// the previous record has 1 fields".

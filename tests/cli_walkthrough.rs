@@ -270,3 +270,50 @@ fn readme_walkthrough_trains_predicts_and_takes_late_labels() {
         events.len()
     );
 }
+
+/// `edgeloop models` against an address where no daemon listens says where
+/// the address came from and how to give the right one: a newcomer who
+/// started the daemon with `--config my.toml` and ran `models list` without
+/// it got only "connect 127.0.0.1:8080: Connection refused".
+#[test]
+fn models_where_no_daemon_listens_say_where_the_address_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("my.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("s.redb").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["models", "list", "--pipeline", "occupancy"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--config", config.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!(
+            "no edgeloop daemon answers at 127.0.0.1:{port} (`http.listen` of {})",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("give the daemon's --config, or --url"),
+        "{err}"
+    );
+    let err = run(&["--url", &format!("http://127.0.0.1:{port}")]);
+    assert!(
+        err.contains(&format!(
+            "no edgeloop daemon answers at 127.0.0.1:{port} (--url)"
+        )),
+        "{err}"
+    );
+}

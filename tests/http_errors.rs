@@ -176,6 +176,23 @@ fn routed_cases() -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
             404,
             "no such route",
         ),
+        // A new pipeline, nothing stored: predict and train say what is
+        // missing (train said "training data is empty").
+        (
+            "predict before any model",
+            post(
+                &predict,
+                br#"{"rows": [{"Temperature": 21.0, "Humidity": 27.2, "Light": 430, "CO2": 710, "HumidityRatio": null}]}"#,
+            ),
+            409,
+            "has no model yet",
+        ),
+        (
+            "train before any labelled sample",
+            post(&format!("/v1/pipelines/{PIPELINE}/train"), b""),
+            422,
+            "no labelled sample is stored yet",
+        ),
         // README, HTTP API: 404 unknown pipeline, on every route that names
         // one (rollback answered 409 "no earlier version", the predictions
         // filter 200 with none).

@@ -487,8 +487,9 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         Some("regression") => crate::learn::Task::Regression,
         Some(other) => anyhow::bail!("--task `{other}`: use classification or regression"),
         None => {
+            // The reader's message names the file.
             let data = crate::ingest::csv_file::read_labelled_csv(&file, &label, &features)
-                .map_err(|reason| anyhow::anyhow!("{}: {reason}", file.display()))?;
+                .map_err(anyhow::Error::msg)?;
             crate::learn::offline::guess_task(&data.labels)
         }
     };

@@ -85,6 +85,9 @@ pub struct DaemonApi {
     /// TLS client configuration and the name to check, for HTTPS.
     tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
     token: Option<String>,
+    /// Where `addr` came from, for a daemon that does not answer there:
+    /// `--url`, or `http.listen` of which configuration.
+    from: String,
 }
 
 impl DaemonApi {
@@ -103,6 +106,11 @@ impl DaemonApi {
     ) -> anyhow::Result<Self> {
         let cfg = crate::config::Config::load(file)?;
         let token = cfg.http.bearer_token()?;
+        let from = match (url, file) {
+            (Some(_), _) => "--url".to_string(),
+            (None, Some(f)) => format!("`http.listen` of {}", f.display()),
+            (None, None) => "`http.listen` of the default configuration, no --config given".into(),
+        };
         let (https, addr) = match url {
             Some(url) => {
                 let (https, rest) = match url.strip_prefix("https://") {
@@ -151,13 +159,21 @@ impl DaemonApi {
         } else {
             None
         };
-        Ok(Self { addr, tls, token })
+        Ok(Self {
+            addr,
+            tls,
+            token,
+            from,
+        })
     }
 
     /// A connection that sends the token with every request.
     ///
     /// # Errors
-    /// The daemon cannot be reached, or TLS fails.
+    /// The daemon cannot be reached (named with where its address came
+    /// from: a daemon started with `--config my.toml` listens where that
+    /// file says, which the CLI knows only when given the same file), or
+    /// TLS fails.
     pub async fn connect(&self) -> anyhow::Result<crate::demo::HttpClient> {
         let client = match &self.tls {
             None => crate::demo::HttpClient::connect(self.addr).await,
@@ -165,7 +181,16 @@ impl DaemonApi {
                 crate::demo::HttpClient::connect_tls(self.addr, name, tls.clone()).await
             }
         }
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|e| match e.starts_with("connect ") {
+            // Nothing listens there (refused, unreachable, timed out).
+            true => anyhow::anyhow!(
+                "{e}: no edgeloop daemon answers at {} ({}); give the daemon's --config, \
+                 or --url http://IP:PORT",
+                self.addr,
+                self.from
+            ),
+            false => anyhow::Error::msg(e),
+        })?;
         Ok(client.with_token(self.token.clone()))
     }
 }

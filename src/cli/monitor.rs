@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::ingest::csv_file::{describe_csv_error, no_column};
 use crate::monitor::anomaly::{AnomalyConfig, Scorer};
 use crate::monitor::data_drift::DependentDriftConfig;
 
@@ -144,8 +145,14 @@ fn read_columns(
 ) -> anyhow::Result<(Vec<String>, Vec<Vec<f64>>)> {
     let mut reader =
         csv::Reader::from_path(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let headers = reader.headers()?.clone();
-    let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
+    let headers = reader
+        .headers()
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), describe_csv_error(file, &e)))?
+        .clone();
+    let records: Vec<csv::StringRecord> = reader
+        .records()
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), describe_csv_error(file, &e)))?;
     let features: Vec<String> = if features.is_empty() {
         let first = records
             .first()
@@ -170,7 +177,7 @@ fn read_columns(
             headers
                 .iter()
                 .position(|h| h == f)
-                .ok_or_else(|| anyhow::anyhow!("no column `{f}` in {}", file.display()))
+                .ok_or_else(|| anyhow::anyhow!("{}: {}", file.display(), no_column(f, &headers)))
         })
         .collect::<Result<_, _>>()?;
     let rows = records
@@ -214,14 +221,22 @@ fn read_times(file: &std::path::Path, column: &str) -> anyhow::Result<Vec<i64>> 
 fn read_text(file: &std::path::Path, column: &str) -> anyhow::Result<Vec<String>> {
     let mut reader =
         csv::Reader::from_path(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let c = reader
-        .headers()?
+    let headers = reader
+        .headers()
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), describe_csv_error(file, &e)))?
+        .clone();
+    let c = headers
         .iter()
         .position(|h| h == column)
-        .ok_or_else(|| anyhow::anyhow!("no column `{column}` in {}", file.display()))?;
+        .ok_or_else(|| anyhow::anyhow!("{}: {}", file.display(), no_column(column, &headers)))?;
     reader
         .records()
-        .map(|rec| Ok(rec?.get(c).unwrap_or("").trim().to_string()))
+        .map(|rec| {
+            let rec = rec.map_err(|e| {
+                anyhow::anyhow!("{}: {}", file.display(), describe_csv_error(file, &e))
+            })?;
+            Ok(rec.get(c).unwrap_or("").trim().to_string())
+        })
         .collect()
 }
 
@@ -463,14 +478,21 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
     }
     let mut reader = csv::Reader::from_path(&args.file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    let column = reader
-        .headers()?
+    let file = &args.file;
+    let headers = reader
+        .headers()
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), describe_csv_error(file, &e)))?
+        .clone();
+    let column = headers
         .iter()
         .position(|h| h == args.column)
-        .ok_or_else(|| anyhow::anyhow!("no column `{}` in {}", args.column, args.file.display()))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("{}: {}", file.display(), no_column(&args.column, &headers))
+        })?;
     let (mut rows, mut alarms) = (0usize, Vec::new());
     for (i, rec) in reader.records().enumerate() {
-        let rec = rec?;
+        let rec = rec
+            .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), describe_csv_error(file, &e)))?;
         let text = rec.get(column).unwrap_or("").trim();
         // A NaN or an infinity would stay in the detector's sums and
         // silence it for the rest of the file.

@@ -155,21 +155,22 @@ pub fn models_answer(v: &Value, wide: bool) -> String {
         out.push_str(&grid(&rows, (!wide).then_some(WIDTH)));
     } else if v.get("card").is_some() && v["created"] == false {
         out.push_str(&format!(
-            "pipeline {pipeline}: already stored as version {}, the same bytes; nothing imported; serving version {}\n",
-            v["version"], v["serving_version"]
+            "pipeline {pipeline}: already stored as version {}, the same bytes; nothing imported; {}\n",
+            v["version"],
+            serving_text(v)
         ));
     } else if v.get("card").is_some() {
         out.push_str(&format!(
-            "pipeline {pipeline}: imported as version {} (sha256 {}); serving version {} until it is promoted\n",
+            "pipeline {pipeline}: imported as version {} (sha256 {}); {} until it is promoted\n",
             v["version"],
             v["card"]["imported"]["sha256"].as_str().unwrap_or("-"),
-            v["serving_version"]
+            match v["serving_version"].as_u64() {
+                Some(n) => format!("serving version {n}"),
+                None => "no version serves".into(),
+            }
         ));
     } else {
-        out.push_str(&format!(
-            "pipeline {pipeline}: serving version {}\n",
-            v["serving_version"]
-        ));
+        out.push_str(&format!("pipeline {pipeline}: {}\n", serving_text(v)));
     }
     out
 }
@@ -192,5 +193,24 @@ mod tests {
         }
         let v = serde_json::json!({"pipeline": "p", "events": [], "serving_version": 3});
         assert!(models_answer(&v, false).starts_with("pipeline p (serving version 3)\n"));
+        // An import into a pipeline that serves nothing yet said "serving
+        // version null until it is promoted".
+        let imported = serde_json::json!({"pipeline": "p", "version": 1, "created": true,
+            "serving_version": null, "card": {"imported": {"sha256": "ab"}}});
+        assert_eq!(
+            models_answer(&imported, false),
+            "pipeline p: imported as version 1 (sha256 ab); no version serves until it is promoted\n"
+        );
+        let again = serde_json::json!({"pipeline": "p", "version": 1, "created": false,
+            "serving_version": null, "card": {}});
+        assert_eq!(
+            models_answer(&again, false),
+            "pipeline p: already stored as version 1, the same bytes; nothing imported; no version serves yet\n"
+        );
+        let promoted = serde_json::json!({"pipeline": "p", "serving_version": 2});
+        assert_eq!(
+            models_answer(&promoted, false),
+            "pipeline p: serving version 2\n"
+        );
     }
 }

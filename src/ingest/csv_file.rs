@@ -36,12 +36,52 @@ impl LabelledCsv {
     }
 }
 
+/// `e`, an error reading the CSV file `path`, for a person: a row whose
+/// number of fields differs from the header's is named by its row below the
+/// header and its line in the file, counted from the error's byte offset
+/// (the csv crate's own message gives the previous record's line and
+/// speaks of the "previous record"); any other error as the csv crate
+/// says it.
+pub fn describe_csv_error(path: &Path, e: &csv::Error) -> String {
+    if let csv::ErrorKind::UnequalLengths {
+        pos: Some(pos),
+        expected_len,
+        len,
+    } = e.kind()
+    {
+        // The offset is where the previous record ended, at its line
+        // terminator: the row starts past it.
+        let line = std::fs::read(path).ok().and_then(|bytes| {
+            let mut end = usize::try_from(pos.byte()).ok()?.min(bytes.len());
+            while bytes.get(end).is_some_and(|b| *b == b'\r' || *b == b'\n') {
+                end += 1;
+            }
+            Some(bytes[..end].iter().filter(|&&b| b == b'\n').count() + 1)
+        });
+        let line = line.map_or_else(String::new, |l| format!(" (line {l})"));
+        return format!(
+            "row {}{line} has {len} fields where the header has {expected_len}: \
+             every row needs a value (or an empty field) for each column",
+            pos.record()
+        );
+    }
+    e.to_string()
+}
+
+/// `no column `{name}`; the columns are `a`, `b`, …`: what a mistyped or
+/// missing column name is told.
+pub fn no_column(name: &str, headers: &csv::StringRecord) -> String {
+    let columns: Vec<String> = headers.iter().map(|h| format!("`{h}`")).collect();
+    format!("no column `{name}`; the columns are {}", columns.join(", "))
+}
+
 /// Reads `path`: the `label` column and the `features` columns (empty: every
 /// other column whose first value is a number).
 ///
 /// # Errors
 /// A message naming the file and what is wrong: unreadable, no rows, a
-/// named column missing, no numeric feature column.
+/// named column missing, the label among `features`, no numeric feature
+/// column.
 pub fn read_labelled_csv(
     path: &Path,
     label: &str,
@@ -69,7 +109,10 @@ pub fn read_labelled_csv_with(
         .trim(csv::Trim::All)
         .from_path(path)
         .map_err(|e| err(e.to_string()))?;
-    let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
+    let headers = reader
+        .headers()
+        .map_err(|e| err(describe_csv_error(path, &e)))?
+        .clone();
     // Read as one column, a file separated by `;` (spreadsheets in locales
     // with a decimal comma write them) fails at its first row, "found record
     // with 2 fields, but the previous record has 1 fields", naming neither.
@@ -83,11 +126,11 @@ pub fn read_labelled_csv_with(
     let records: Vec<csv::StringRecord> = reader
         .records()
         .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(describe_csv_error(path, &e)))?;
     let label_idx = headers
         .iter()
         .position(|h| h == label)
-        .ok_or_else(|| err(format!("no column `{label}`")))?;
+        .ok_or_else(|| err(no_column(label, &headers)))?;
     let features: Vec<String> = if features.is_empty() {
         let first = records.first().ok_or_else(|| err("no rows".into()))?;
         headers
@@ -101,6 +144,12 @@ pub fn read_labelled_csv_with(
             .map(|(_, h)| h.to_string())
             .collect()
     } else {
+        if features.iter().any(|f| f == label) {
+            return Err(err(format!(
+                "`{label}` is the label and cannot be a feature too (--features): \
+                 a model given its own label learns nothing else"
+            )));
+        }
         features.to_vec()
     };
     let idx: Vec<usize> = features
@@ -109,7 +158,7 @@ pub fn read_labelled_csv_with(
             headers
                 .iter()
                 .position(|h| h == f)
-                .ok_or_else(|| err(format!("no column `{f}`")))
+                .ok_or_else(|| err(no_column(f, &headers)))
         })
         .collect::<Result<_, _>>()?;
     if idx.is_empty() {

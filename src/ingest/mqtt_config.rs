@@ -429,6 +429,51 @@ pub fn shared(subscription: &str) -> Option<(&str, &str)> {
     subscription.strip_prefix("$share/")?.split_once('/')
 }
 
+/// Why `filter` is not a valid MQTT topic filter (MQTT 3.1.1 §4.7.1,
+/// the rules rumqttc's `valid_filter` checks), as a sentence naming the
+/// level at fault; `None` for a valid filter. A newcomer writes
+/// `sensors/room+/occupancy` or `sensors/#/occupancy` and is told which
+/// wildcard goes where.
+pub fn filter_problem(filter: &str) -> Option<String> {
+    if filter.is_empty() {
+        return Some("an empty filter matches no topic".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        let last = i + 1 == levels.len();
+        if level.contains('#') && (*level != "#" || !last) {
+            return Some(format!(
+                "level {} `{level}`: `#` must be a whole level and the last one (`sensors/#`)",
+                i + 1
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Some(format!(
+                "level {} `{level}`: `+` must be a whole level (`sensors/+/occupancy`)",
+                i + 1
+            ));
+        }
+    }
+    (!rumqttc::valid_filter(filter)).then(|| "not a valid MQTT topic filter".into())
+}
+
+/// Why `subscription` is neither a valid topic filter nor a valid shared
+/// subscription (`$share/{group}/{filter}`), as [`filter_problem`] says it;
+/// `None` when [`valid_subscription`] takes it.
+pub fn subscription_problem(subscription: &str) -> Option<String> {
+    if subscription.starts_with("$share/") {
+        return match shared(subscription) {
+            Some((group, _)) if group.is_empty() || group.contains(['+', '#']) => Some(format!(
+                "the shared subscription's group `{group}` must be a non-empty name without `+` or `#` ($share/{{group}}/{{filter}})"
+            )),
+            Some((_, filter)) => filter_problem(filter)
+                .map(|why| format!("the shared subscription's filter `{filter}`: {why}")),
+            None => Some("a shared subscription is $share/{group}/{filter}".into()),
+        };
+    }
+    filter_problem(subscription)
+}
+
 /// Whether `subscription` is a valid topic filter, or a valid shared
 /// subscription: a group name without `/`, `+` or `#`, then a valid filter.
 pub fn valid_subscription(subscription: &str) -> bool {

@@ -51,23 +51,38 @@ pub struct ReplayReport {
 /// Reads the CSV into JSON payloads.
 ///
 /// # Errors
-/// [`IngestError::Replay`] naming the file and the row when it cannot be read.
+/// [`IngestError::Replay`] naming the file and the row when it cannot be
+/// read, or the topic when it is no topic name (empty, or holding `+`, `#`
+/// or NUL).
 pub fn csv_payloads(opts: &ReplayOptions) -> Result<Vec<Vec<u8>>, IngestError> {
     let err = |reason: String| IngestError::Replay {
         file: opts.file.display().to_string(),
         reason,
     };
+    // A topic filter copied from a pipeline's `topics` is no topic name: a
+    // broker closes the connection on such a publish (MQTT 3.1.1
+    // §3.3.2.1), and the replay, reconnecting and publishing it again,
+    // never ended (each CONNACK was an answer to its --timeout-s).
+    if opts.topic.is_empty() || opts.topic.contains(['+', '#', '\0']) {
+        return Err(err(format!(
+            "--topic `{}`: a message is published on a topic name, without the wildcards \
+             `+` and `#` (those are for subscriptions): name the device, e.g. \
+             sensors/room1/occupancy",
+            opts.topic
+        )));
+    }
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(&opts.file)
         .map_err(|e| err(e.to_string()))?;
     let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
     let mut out = Vec::new();
-    for (i, record) in reader.records().enumerate() {
+    for record in reader.records() {
         if opts.limit.is_some_and(|l| out.len() >= l) {
             break;
         }
-        let record = record.map_err(|e| err(format!("row {}: {e}", i + 1)))?;
+        let record =
+            record.map_err(|e| err(super::csv_file::describe_csv_error(&opts.file, &e)))?;
         let mut obj = Map::new();
         for (name, value) in headers.iter().zip(record.iter()) {
             if opts.drop_columns.iter().any(|d| d == name) {

@@ -82,6 +82,16 @@ pub enum PrequentialError {
     Input { file: String, reason: String },
 }
 
+/// `reason` without the `{file}: ` the CSV reader puts in front of its
+/// errors, which [`PrequentialError::Input`] writes itself (the message
+/// named the file twice: `f.csv: f.csv: no column …`).
+pub(crate) fn without_file(file: &str, reason: String) -> String {
+    match reason.strip_prefix(file).and_then(|r| r.strip_prefix(": ")) {
+        Some(rest) => rest.to_string(),
+        None => reason,
+    }
+}
+
 /// Accuracy over one stretch of the stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct Segment {
@@ -301,8 +311,8 @@ pub fn run(opts: &PrequentialOptions) -> Result<PrequentialReport, PrequentialEr
     let file = opts.file.display().to_string();
     let data = crate::ingest::csv_file::read_labelled_csv(&opts.file, &opts.label, &opts.features)
         .map_err(|reason| PrequentialError::Input {
+            reason: without_file(&file, reason),
             file: file.clone(),
-            reason,
         })?;
     opts.temporal
         .validate()
@@ -690,8 +700,8 @@ pub fn run_online(opts: &OnlineOptions) -> Result<OnlineReport, PrequentialError
     let file = opts.file.display().to_string();
     let data = crate::ingest::csv_file::read_labelled_csv(&opts.file, &opts.label, &opts.features)
         .map_err(|reason| PrequentialError::Input {
+            reason: without_file(&file, reason),
             file: file.clone(),
-            reason,
         })?;
     let classes = crate::learn::sort_classes(data.labels.iter().cloned());
     let index: std::collections::HashMap<&str, usize> = classes

@@ -85,7 +85,7 @@ pub fn run_online_regression(
         reason,
     };
     let data = crate::ingest::csv_file::read_labelled_csv(&opts.file, &opts.label, &opts.features)
-        .map_err(input)?;
+        .map_err(|reason| input(super::prequential::without_file(&file, reason)))?;
     let nf = data.features.len();
     let mut model = OnlineRegression::new(opts.family, nf, opts.seed).ok_or_else(|| {
         input(format!(

@@ -1894,9 +1894,19 @@ impl Learner {
                     Ok(t) => t,
                     Err(e) => {
                         store.release_model_version(&cfg.name, version);
+                        // `POST …/train` on a new pipeline said only
+                        // "training data is empty".
+                        let reason = match e {
+                            learn::TrainError::Empty if samples.is_empty() => format!(
+                                "no labelled sample is stored yet: a reading carries its label \
+                                 in the `{}` field, or gets one later on the label topics",
+                                cfg.settings.label
+                            ),
+                            e => e.to_string(),
+                        };
                         return Err(TrainFailure::Training {
                             pipeline: cfg.name.clone(),
-                            reason: e.to_string(),
+                            reason,
                         });
                     }
                 };
