@@ -861,16 +861,7 @@ impl Store {
             postcard::from_bytes::<StoredSample>(bytes)
                 .map_err(|x| self.corrupt("labelled_parts", x))
         };
-        let mut seqs = Vec::new();
-        for item in table
-            .range((pipeline, 0)..=(pipeline, u64::MAX))
-            .map_err(|x| e(x.into()))?
-        {
-            let (k, v) = item.map_err(|x| e(x.into()))?;
-            if decode(v.value())?.sample.label.is_some() {
-                seqs.push(k.value().1);
-            }
-        }
+        let seqs = self.labelled_seqs_in(&table, pipeline, "labelled_parts")?;
         let (older, recent) = seqs.split_at(seqs.len().saturating_sub(window));
         let fetch = |seq: u64| -> Result<(u64, Sample), StoreError> {
             let v = table
@@ -906,6 +897,44 @@ impl Store {
             }
         }
         Ok((reservoir_part, window_part))
+    }
+
+    /// The seqs of `pipeline`'s labelled samples, in seq order: 8 bytes
+    /// each, what a training holds to choose its samples before it reads
+    /// them ([`Store::labelled_parts`], and a temporal pipeline's parts in
+    /// `monitor::retrain`).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn labelled_seqs(&self, pipeline: &str) -> Result<Vec<u64>, StoreError> {
+        let e = self.db_err("labelled_seqs");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        self.labelled_seqs_in(&table, pipeline, "labelled_seqs")
+    }
+
+    /// [`Store::labelled_seqs`] in an open read of `samples`.
+    fn labelled_seqs_in(
+        &self,
+        table: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+        pipeline: &str,
+        op: &'static str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let e = self.db_err(op);
+        let mut seqs = Vec::new();
+        for item in table
+            .range((pipeline, 0)..=(pipeline, u64::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let record: StoredSample =
+                postcard::from_bytes(v.value()).map_err(|x| self.corrupt(op, x))?;
+            if record.sample.label.is_some() {
+                seqs.push(k.value().1);
+            }
+        }
+        Ok(seqs)
     }
 
     /// The newest `n` labelled samples of `pipeline` with `seq <= last`, in
