@@ -705,18 +705,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     })
 }
 
-/// Readings the predictor's windows are warmed with at start, per windowed
-/// pipeline: its newest stored ones, at most this many.
-pub const WARM_WINDOW_READINGS: u64 = 20_000;
-
 /// Each windowed pipeline's per-device windows (`[pipelines.windows]`),
-/// warmed with its newest `min(size × max_devices, WARM_WINDOW_READINGS)`
-/// stored readings, labelled or not, pushed in commit order as the
-/// predictor pushes them live, so that after a restart a device's next
-/// reading can complete a window rather than waiting for `size` new ones.
-/// The window samples the warm-up completes are not predicted again. A
-/// device's step phase counts from the first reading warmed, not from its
-/// first stored reading.
+/// warmed at start device by device: the `max_devices` devices whose
+/// newest stored reading is the most recent ([`Store::recent_devices`]),
+/// each with its own newest `size` readings ([`Store::newest_of_device`]),
+/// labelled or not, pushed in commit order as the predictor pushes them
+/// live, the least recent device first (so the windows' eviction order is
+/// the stream's). After a restart each of those devices' next reading can
+/// complete a window rather than waiting for `size` new ones, a quiet
+/// device's as well as a busy one's: the newest readings across devices,
+/// which this took before (at most 20,000), could be the busy devices'
+/// alone. It reads at most `size × max_devices` readings, what the windows
+/// hold once full, and one device's at a time. The window samples the
+/// warm-up completes are not predicted again. A device's step phase counts
+/// from the first reading warmed, not from its first stored reading.
 fn warm_windows(
     store: &Store,
     cfg: &Config,
@@ -724,12 +726,10 @@ fn warm_windows(
     let mut out = std::collections::HashMap::new();
     for p in cfg.pipelines.iter().filter(|p| p.windows.enabled) {
         let mut f = crate::features::windows::Featurizer::new(&p.windows, p.features.len());
-        let want = (p.windows.size as u64)
-            .saturating_mul(p.windows.max_devices as u64)
-            .min(WARM_WINDOW_READINGS);
-        let next = store.counts(&p.name)?.next_seq;
-        for (_, r) in store.scan(&p.name, next.saturating_sub(want)..next, usize::MAX)? {
-            f.push(&r.sample.device, &r.sample.features);
+        for (device, _) in store.recent_devices(&p.name, p.windows.max_devices)? {
+            for (_, r) in store.newest_of_device(&p.name, &device, p.windows.size)? {
+                f.push(&r.sample.device, &r.sample.features);
+            }
         }
         out.insert(p.name.clone(), f);
     }
