@@ -823,6 +823,33 @@ pub async fn run(
     start(cfg, shutdown).await?.wait(grace).await
 }
 
+/// Allocations of at least this many bytes are mapped on their own
+/// ([`map_large_allocations`]).
+pub const MMAP_THRESHOLD_BYTES: usize = 1 << 20;
+
+/// Has glibc's malloc map every allocation of [`MMAP_THRESHOLD_BYTES`]
+/// (1 MiB) or more on its own and unmap it when it is freed (elsewhere, or
+/// when `MALLOC_MMAP_THRESHOLD_` is set in the environment, nothing).
+/// glibc's threshold starts at 128 KiB but rises, up to 32 MiB, to the size
+/// of each mapped block freed; after the first payload of a few MiB (an
+/// MQTT packet buffer, a training's matrix) blocks of that size come from
+/// the arenas, and what they free stays resident there. Fed 17,600
+/// garbage payloads (1,600 of 1 to 4 MiB) through the embedded broker, a
+/// release daemon kept 130 MB resident afterwards with the dynamic
+/// threshold and 65-70 MB with a fixed one (BENCHMARKS.md, "Garbage on the
+/// pipeline's topics"). Called once by `edgeloop run`, before anything
+/// large is allocated.
+pub fn map_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt takes two integers and sets the allocator's own
+        // parameters under its lock.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES as libc::c_int);
+        }
+    }
+}
+
 /// Capacity of the channel from the MQTT source to the writer, messages.
 const INGEST_QUEUE: usize = 1024;
 
