@@ -219,12 +219,17 @@ pub const PUBLISH_WINDOW_MIN_BYTES: u64 = 8 << 20;
 /// its publisher and the daemon's commit is within it: what rumqttd's log
 /// has not yet sent the daemon, rumqttd's and the proxy's buffers towards
 /// it, the relay's copies ([`RELAY_WINDOW`]), the daemon's queues and the
-/// writer's batch. Counted in messages alone, a flood of payloads near the
+/// writer's batch. The proxy's reading budget (publishers' packets longer
+/// than [`LARGE_PACKET`] read and not yet forwarded) is as large. Counted in messages alone, a flood of payloads near the
 /// size limit (garbage the daemon rejects, or not) let 1,000 of them, up
 /// to 4 GiB, be in flight at once.
 pub fn publish_window_bytes(max_payload_bytes: usize) -> u64 {
     (2 * max_payload_bytes.saturating_add(PACKET_OVERHEAD) as u64).max(PUBLISH_WINDOW_MIN_BYTES)
 }
+
+/// Packets longer than this, bytes, are read from a publisher only within
+/// the proxy's reading budget ([`Shared::reading`]).
+pub const LARGE_PACKET: usize = 64 * 1024;
 
 /// Segments of rumqttd's in-memory log of each filter
 /// (`max_segment_count`, the one being filled included); see
@@ -413,6 +418,9 @@ pub struct ProxyStats {
     pub relay_peak: usize,
     /// Most bytes of those copies held at once.
     pub relay_peak_bytes: u64,
+    /// Most bytes of publishers' packets longer than [`LARGE_PACKET`] read
+    /// or being read, not yet forwarded, at once: at most `window_bytes`.
+    pub reading_peak_bytes: u64,
     /// Publishes that waited for the window (the daemon was
     /// [`PUBLISH_WINDOW`] behind).
     pub throttled: u64,
@@ -531,6 +539,10 @@ impl EmbeddedBroker {
             internal,
             max_frame: max_payload_bytes.saturating_add(PACKET_OVERHEAD),
             window_bytes: publish_window_bytes(max_payload_bytes),
+            reading: tokio::sync::Semaphore::new(
+                usize::try_from(publish_window_bytes(max_payload_bytes)).unwrap_or(usize::MAX >> 4),
+            ),
+            reading_peak: AtomicU64::new(0),
             gate,
             flow: Mutex::new(Flow {
                 daemon_id: daemon_client_id.to_string(),
@@ -637,6 +649,7 @@ impl EmbeddedBroker {
             window_bytes: self.shared.window_bytes,
             relay_peak: f.relay.peak,
             relay_peak_bytes: f.relay.peak_bytes,
+            reading_peak_bytes: self.shared.reading_peak.load(Ordering::Relaxed),
             throttled: f.throttled,
             stale_resets: f.resets,
             held: f.held,
@@ -856,6 +869,15 @@ struct Shared {
     max_frame: usize,
     /// [`publish_window_bytes`] of this broker's payload limit.
     window_bytes: u64,
+    /// The reading budget, bytes (`window_bytes` of them): a publisher's
+    /// packet longer than [`LARGE_PACKET`] takes its length from it before
+    /// the rest of it is read, and gives it back once the packet is
+    /// forwarded. Without it each connection read its packet whole before
+    /// the window could hold it back: 64 publishers of 4 MiB packets held
+    /// 300 MB in the proxy's buffers.
+    reading: tokio::sync::Semaphore,
+    /// Most bytes of the reading budget taken at once.
+    reading_peak: AtomicU64,
     gate: watch::Sender<Gate>,
     flow: Mutex<Flow>,
     /// Woken when the debt goes down.
@@ -1402,6 +1424,21 @@ fn frame(buf: &[u8], max: usize) -> Result<Option<Header>, ()> {
         }
     }
     Err(())
+}
+
+/// The whole length of the packet at the start of `buf` when its fixed
+/// header is there and the rest is not yet (and it is at most `max`).
+fn pending_len(buf: &[u8], max: usize) -> Option<usize> {
+    let mut remaining = 0usize;
+    for i in 1..5 {
+        let b = *buf.get(i)?;
+        remaining |= usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            let len = i + 1 + remaining;
+            return (remaining <= max && buf.len() < len).then_some(len);
+        }
+    }
+    None
 }
 
 /// A length-prefixed MQTT string and what follows it.
@@ -1952,6 +1989,8 @@ async fn up<R: AsyncRead + Unpin>(
     let mut gate = shared.gate.subscribe();
     let external = kind == Kind::External;
     let mut out = BytesMut::new();
+    // The reading budget taken for the large packet being read.
+    let mut reading: Option<tokio::sync::SemaphorePermit<'_>> = None;
     'conn: loop {
         if external && gate.borrow().generation != generation {
             break;
@@ -2024,6 +2063,36 @@ async fn up<R: AsyncRead + Unpin>(
                 break;
             }
             buf.advance(ready);
+        }
+        if external {
+            // A large packet not yet whole takes its length from the
+            // reading budget before more of it is read; one forwarded gives
+            // it back, and its buffer goes.
+            match pending_len(&buf, shared.max_frame).filter(|&n| n > LARGE_PACKET) {
+                Some(n) if reading.as_ref().map(|r| r.num_permits()) != Some(n) => {
+                    // An earlier packet's budget first (it was forwarded).
+                    drop(reading.take());
+                    let permits = u32::try_from(n).unwrap_or(u32::MAX);
+                    tokio::select! {
+                        p = shared.reading.acquire_many(permits) => reading = p.ok(),
+                        _ = gate.wait_for(|g| g.generation != generation) => break,
+                    }
+                    let taken = shared
+                        .window_bytes
+                        .saturating_sub(shared.reading.available_permits() as u64);
+                    shared.reading_peak.fetch_max(taken, Ordering::Relaxed);
+                    buf.reserve(n - buf.len());
+                }
+                Some(_) => {}
+                // A large packet forwarded: its budget back, and its buffer
+                // freed (kept, the connection would hold it to its end).
+                None if reading.take().is_some() => {
+                    let rest = buf.split();
+                    buf = BytesMut::with_capacity(8192.max(rest.len()));
+                    buf.extend_from_slice(&rest);
+                }
+                None => {}
+            }
         }
         tokio::select! {
             biased;
@@ -2164,6 +2233,26 @@ mod tests {
         );
         let body = &bytes[h.header_len..h.len];
         assert_eq!(str16(body).unwrap().0, b"a/b");
+    }
+
+    /// The length of a packet not yet whole is known from its fixed
+    /// header (what the reading budget takes before reading the rest).
+    #[test]
+    fn a_packets_length_is_read_before_the_packet() {
+        let mut p = Publish::new("a/b", QoS::AtLeastOnce, vec![7u8; 300]);
+        p.pkid = 9;
+        let bytes = bytes_of(|b| {
+            p.write(b).unwrap();
+        });
+        assert_eq!(pending_len(&bytes[..3], 1 << 20), Some(bytes.len()));
+        assert_eq!(
+            pending_len(&bytes[..bytes.len() - 1], 1 << 20),
+            Some(bytes.len())
+        );
+        assert_eq!(pending_len(&bytes, 1 << 20), None, "whole");
+        assert_eq!(pending_len(&bytes[..2], 1 << 20), None, "header cut");
+        assert_eq!(pending_len(&bytes[..3], 100), None, "above the limit");
+        assert_eq!(pending_len(&[], 1 << 20), None);
     }
 
     #[test]
