@@ -708,18 +708,24 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     })
 }
 
-/// Readings the predictor's windows are warmed with at start, per windowed
-/// pipeline: its newest stored ones, at most this many.
-pub const WARM_WINDOW_READINGS: u64 = 20_000;
-
 /// Each windowed pipeline's per-device windows (`[pipelines.windows]`),
-/// warmed with its newest `min(size × max_devices, WARM_WINDOW_READINGS)`
-/// stored readings, labelled or not, pushed in commit order as the
-/// predictor pushes them live, so that after a restart a device's next
-/// reading can complete a window rather than waiting for `size` new ones.
-/// The window samples the warm-up completes are not predicted again. A
-/// device's step phase counts from the first reading warmed, not from its
-/// first stored reading.
+/// warmed at start device by device: the `max_devices` devices whose
+/// newest stored reading is the most recent ([`Store::recent_devices`]),
+/// each with its own newest `size` readings ([`Store::newest_of_device`]),
+/// labelled or not, pushed in commit order as the predictor pushes them
+/// live, the least recent device first (so the windows' eviction order is
+/// the stream's). After a restart each of those devices' next reading can
+/// complete a window rather than waiting for `size` new ones, a quiet
+/// device's as well as a busy one's: the newest readings across devices,
+/// which this took before (at most 20,000), could be the busy devices'
+/// alone. It reads at most `size × max_devices` readings, what the windows
+/// hold once full, and one device's at a time. The window samples the
+/// warm-up completes are not predicted again. A device's step phase counts
+/// from the first reading warmed, not from its first stored reading. The
+/// time index keeps one reading per device and timestamp: each device's
+/// readings among the newest `min(size × max_devices,
+/// WARM_WINDOW_READINGS)` by seq are added from the store itself, so a busy
+/// device whose readings share timestamps still gets its newest `size`.
 fn warm_windows(
     store: &Store,
     cfg: &Config,
@@ -727,17 +733,41 @@ fn warm_windows(
     let mut out = std::collections::HashMap::new();
     for p in cfg.pipelines.iter().filter(|p| p.windows.enabled) {
         let mut f = crate::features::windows::Featurizer::new(&p.windows, p.features.len());
-        let want = (p.windows.size as u64)
+        let size = p.windows.size;
+        // The newest readings by seq, by device: the time index keeps one
+        // reading per device and timestamp, so readings of one timestamp
+        // (a `Date` in seconds at 10 Hz) are found here.
+        let want = (size as u64)
             .saturating_mul(p.windows.max_devices as u64)
             .min(WARM_WINDOW_READINGS);
         let next = store.counts(&p.name)?.next_seq;
-        for (_, r) in store.scan(&p.name, next.saturating_sub(want)..next, usize::MAX)? {
-            f.push(&r.sample.device, &r.sample.features);
+        let mut newest: std::collections::HashMap<String, Vec<(u64, crate::store::StoredSample)>> =
+            std::collections::HashMap::new();
+        for (seq, r) in store.scan(&p.name, next.saturating_sub(want)..next, usize::MAX)? {
+            newest
+                .entry(r.sample.device.clone())
+                .or_default()
+                .push((seq, r));
+        }
+        for (device, _) in store.recent_devices(&p.name, p.windows.max_devices)? {
+            let mut readings = store.newest_of_device(&p.name, &device, size)?;
+            if let Some(more) = newest.remove(&device) {
+                readings.extend(more);
+                readings.sort_by_key(|(seq, _)| *seq);
+                readings.dedup_by_key(|(seq, _)| *seq);
+            }
+            for (_, r) in &readings[readings.len().saturating_sub(size)..] {
+                f.push(&r.sample.device, &r.sample.features);
+            }
         }
         out.insert(p.name.clone(), f);
     }
     Ok(out)
 }
+
+/// The newest readings of a windowed pipeline read by seq at start, besides
+/// each device's from the time index ([`warm_windows`]).
+pub const WARM_WINDOW_READINGS: u64 = 20_000;
 
 /// Spawns `fut` on the tracker; its result (or panic) goes to `on_done`.
 fn spawn<F>(
@@ -824,6 +854,33 @@ pub async fn run(
     grace: Duration,
 ) -> Result<(), DaemonError> {
     start(cfg, shutdown).await?.wait(grace).await
+}
+
+/// Allocations of at least this many bytes are mapped on their own
+/// ([`map_large_allocations`]).
+pub const MMAP_THRESHOLD_BYTES: usize = 1 << 20;
+
+/// Has glibc's malloc map every allocation of [`MMAP_THRESHOLD_BYTES`]
+/// (1 MiB) or more on its own and unmap it when it is freed (elsewhere, or
+/// when `MALLOC_MMAP_THRESHOLD_` is set in the environment, nothing).
+/// glibc's threshold starts at 128 KiB but rises, up to 32 MiB, to the size
+/// of each mapped block freed; after the first payload of a few MiB (an
+/// MQTT packet buffer, a training's matrix) blocks of that size come from
+/// the arenas, and what they free stays resident there. Fed 17,600
+/// garbage payloads (1,600 of 1 to 4 MiB) through the embedded broker, a
+/// release daemon kept 130 MB resident afterwards with the dynamic
+/// threshold and 65-70 MB with a fixed one (BENCHMARKS.md, "Garbage on the
+/// pipeline's topics"). Called once by `edgeloop run`, before anything
+/// large is allocated.
+pub fn map_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt takes two integers and sets the allocator's own
+        // parameters under its lock.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES as libc::c_int);
+        }
+    }
 }
 
 /// Capacity of the channel from the MQTT source to the writer, messages.
@@ -943,6 +1000,75 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Windows of 4 readings (step 1), at most 3 devices, 1 channel: a
+    /// quiet device ("q", 3 readings first), then busy "b1" and "b2" (100
+    /// readings each, every two sharing a timestamp, which the time index
+    /// keeps once), and a stale "s" before all of them. The
+    /// warm-up gives "q" its 3 readings (the next completes a window whose
+    /// mean is theirs and its own) and each busy device its newest 4
+    /// readings, the ones sharing timestamps included; "s" is left out.
+    #[test]
+    fn the_windows_are_warmed_device_by_device() {
+        use crate::store::{NewSample, Sample};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut batch: Vec<NewSample> = Vec::new();
+        let mut add = |device: &str, ts: i64, x: f32| {
+            let digest = batch.len() as u128;
+            batch.push(NewSample {
+                pipeline: "w".into(),
+                digest,
+                sample: Sample {
+                    timestamp_ms: ts,
+                    device: device.into(),
+                    features: vec![x],
+                    label: None,
+                },
+                dedup: false,
+            });
+        };
+        add("s", 0, 1000.0);
+        add("q", 10, 1.0);
+        add("q", 20, 2.0);
+        add("q", 30, 3.0);
+        for i in 0..200 {
+            add(&format!("b{}", 1 + i % 2), 100 + i as i64 / 4, i as f32);
+        }
+        store.append(&batch).unwrap();
+        let mut cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+        let mut p = cfg.pipelines.remove(0);
+        p.name = "w".into();
+        p.features = vec!["x".into()];
+        p.windows = crate::features::windows::WindowsConfig {
+            enabled: true,
+            size: 4,
+            step: 1,
+            stats: vec![crate::features::windows::Stat::Mean],
+            max_devices: 3,
+        };
+        cfg.pipelines = vec![p];
+        let mut windows = warm_windows(&store, &cfg).unwrap();
+        let f = windows.get_mut("w").unwrap();
+        let mean = |f: &mut crate::features::windows::Featurizer, d: &str, x: f32| {
+            f.push(d, &[x]).map(|w| w.features[0])
+        };
+        // q: 1, 2, 3 and now 4.
+        assert_eq!(mean(f, "q", 4.0), Some(2.5));
+        // b1 (even i): its newest 4 are 192, 194, 196, 198; then 200.
+        assert_eq!(
+            mean(f, "b1", 200.0),
+            Some((194.0 + 196.0 + 198.0 + 200.0) / 4.0)
+        );
+        assert_eq!(
+            mean(f, "b2", 201.0),
+            Some((195.0 + 197.0 + 199.0 + 201.0) / 4.0)
+        );
+        assert_eq!(f.evicted(), 0, "q, b1 and b2 only");
+        // s was not warmed: a new device evicts the least recent (q).
+        assert_eq!(mean(f, "s", 1001.0), None);
+        assert_eq!(f.evicted(), 1);
+    }
 
     #[test]
     fn reload_plan_applies_daemon_keys_and_names_the_others() {

@@ -861,16 +861,7 @@ impl Store {
             postcard::from_bytes::<StoredSample>(bytes)
                 .map_err(|x| self.corrupt("labelled_parts", x))
         };
-        let mut seqs = Vec::new();
-        for item in table
-            .range((pipeline, 0)..=(pipeline, u64::MAX))
-            .map_err(|x| e(x.into()))?
-        {
-            let (k, v) = item.map_err(|x| e(x.into()))?;
-            if decode(v.value())?.sample.label.is_some() {
-                seqs.push(k.value().1);
-            }
-        }
+        let seqs = self.labelled_seqs_in(&table, pipeline, "labelled_parts")?;
         let (older, recent) = seqs.split_at(seqs.len().saturating_sub(window));
         let fetch = |seq: u64| -> Result<(u64, Sample), StoreError> {
             let v = table
@@ -906,6 +897,142 @@ impl Store {
             }
         }
         Ok((reservoir_part, window_part))
+    }
+
+    /// The seqs of `pipeline`'s labelled samples, in seq order: 8 bytes
+    /// each, what a training holds to choose its samples before it reads
+    /// them ([`Store::labelled_parts`], and a temporal pipeline's parts in
+    /// `monitor::retrain`).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn labelled_seqs(&self, pipeline: &str) -> Result<Vec<u64>, StoreError> {
+        let e = self.db_err("labelled_seqs");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        self.labelled_seqs_in(&table, pipeline, "labelled_seqs")
+    }
+
+    /// [`Store::labelled_seqs`] in an open read of `samples`.
+    fn labelled_seqs_in(
+        &self,
+        table: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+        pipeline: &str,
+        op: &'static str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let e = self.db_err(op);
+        let mut seqs = Vec::new();
+        for item in table
+            .range((pipeline, 0)..=(pipeline, u64::MAX))
+            .map_err(|x| e(x.into()))?
+        {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let record: StoredSample =
+                postcard::from_bytes(v.value()).map_err(|x| self.corrupt(op, x))?;
+            if record.sample.label.is_some() {
+                seqs.push(k.value().1);
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// The devices of `pipeline` whose newest reading is the most recent,
+    /// at most `max` of them, with the seq of that reading, least recent
+    /// first. Read from the time index, one device at a time (a device
+    /// that sent nothing for a long while is found as fast as a busy one);
+    /// at most `max` are held while choosing. A device's newest reading is
+    /// its newest timestamp.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure.
+    pub fn recent_devices(
+        &self,
+        pipeline: &str,
+        max: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let e = self.db_err("recent_devices");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
+        // The `max` most recent so far: (seq, device), a min-heap.
+        let mut newest = std::collections::BinaryHeap::new();
+        let mut from = String::new();
+        loop {
+            let first = table
+                .range((pipeline, from.as_str(), i64::MIN)..)
+                .map_err(|x| e(x.into()))?
+                .next()
+                .transpose()
+                .map_err(|x| e(x.into()))?;
+            let Some((key, _)) = first else { break };
+            let (p, device, _) = key.value();
+            if p != pipeline {
+                break;
+            }
+            let device = device.to_string();
+            let last = table
+                .range(
+                    (pipeline, device.as_str(), i64::MIN)..=(pipeline, device.as_str(), i64::MAX),
+                )
+                .map_err(|x| e(x.into()))?
+                .next_back()
+                .transpose()
+                .map_err(|x| e(x.into()))?
+                .map(|(_, seq)| seq.value());
+            // The smallest name after `device`: the next device's first key.
+            from = format!("{device}\0");
+            if let Some(seq) = last {
+                newest.push(std::cmp::Reverse((seq, device)));
+                if newest.len() > max {
+                    newest.pop();
+                }
+            }
+        }
+        let mut out: Vec<(String, u64)> = newest
+            .into_iter()
+            .map(|std::cmp::Reverse((seq, device))| (device, seq))
+            .collect();
+        out.sort_by_key(|(_, seq)| *seq);
+        Ok(out)
+    }
+
+    /// The newest `n` readings of `device` in `pipeline` (by timestamp,
+    /// from the time index), in seq order.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn newest_of_device(
+        &self,
+        pipeline: &str,
+        device: &str,
+        n: usize,
+    ) -> Result<Vec<(u64, StoredSample)>, StoreError> {
+        let e = self.db_err("newest_of_device");
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
+        let samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        let mut seqs = Vec::with_capacity(n.min(1 << 16));
+        for item in by_time
+            .range((pipeline, device, i64::MIN)..=(pipeline, device, i64::MAX))
+            .map_err(|x| e(x.into()))?
+            .rev()
+            .take(n)
+        {
+            seqs.push(item.map_err(|x| e(x.into()))?.1.value());
+        }
+        seqs.sort_unstable();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            // Gone with retention since the index was read: skipped.
+            if let Some(v) = samples.get((pipeline, seq)).map_err(|x| e(x.into()))? {
+                let record: StoredSample = postcard::from_bytes(v.value())
+                    .map_err(|x| self.corrupt("newest_of_device", x))?;
+                out.push((seq, record));
+            }
+        }
+        Ok(out)
     }
 
     /// The newest `n` labelled samples of `pipeline` with `seq <= last`, in
@@ -1822,6 +1949,67 @@ mod tests {
         assert_eq!(store.labelled_before("b", 9, 3).unwrap().len(), 0);
         let got = store.labelled_before("a", 7, 2).unwrap();
         assert_eq!(got[0].1.features[0], 4.0);
+    }
+
+    /// A stale device (3 readings first), a quiet one (3 readings next),
+    /// then 5 busy ones (1,000 readings each, interleaved), and a pipeline
+    /// "a-b" whose keys sort right after "a"'s: the 6 most recent devices
+    /// of "a" are the busy ones and the quiet one, least recent first, the
+    /// stale one left out; each device's newest readings are its own.
+    #[test]
+    fn the_most_recent_devices_and_each_ones_newest_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let on = |device: &str, ts: i64| Sample {
+            device: device.into(),
+            ..sample(ts, None)
+        };
+        let mut batch: Vec<NewSample> = Vec::new();
+        for i in 0..3 {
+            batch.push(new("a", batch.len() as u128, on("stale", i)));
+        }
+        for i in 0..3 {
+            batch.push(new("a", batch.len() as u128, on("quiet", 10 + i)));
+        }
+        for i in 0..5000 {
+            batch.push(new(
+                "a",
+                batch.len() as u128,
+                on(&format!("busy{}", i % 5), 100 + i),
+            ));
+        }
+        batch.push(new("a-b", 1 << 40, on("other", 1)));
+        store.append(&batch).unwrap();
+        let recent = store.recent_devices("a", 6).unwrap();
+        let names: Vec<&str> = recent.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(
+            names,
+            ["quiet", "busy0", "busy1", "busy2", "busy3", "busy4"]
+        );
+        // Each with the seq of its newest reading.
+        assert_eq!(recent[0].1, 5);
+        assert_eq!(recent[5].1, 5005);
+        assert_eq!(store.recent_devices("a", 100).unwrap().len(), 7);
+        assert_eq!(store.recent_devices("a", 0).unwrap().len(), 0);
+        assert_eq!(
+            store.recent_devices("a-b", 10).unwrap(),
+            [("other".to_string(), 0)]
+        );
+        let seqs = |device, n| -> Vec<u64> {
+            store
+                .newest_of_device("a", device, n)
+                .unwrap()
+                .into_iter()
+                .map(|(seq, r)| {
+                    assert_eq!(r.sample.device, device);
+                    seq
+                })
+                .collect()
+        };
+        assert_eq!(seqs("quiet", 10), [3, 4, 5]);
+        assert_eq!(seqs("busy4", 3), [4995, 5000, 5005]);
+        assert_eq!(seqs("busy0", 1000).len(), 1000);
+        assert!(seqs("nobody", 10).is_empty());
     }
 
     #[test]

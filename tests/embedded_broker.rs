@@ -112,7 +112,8 @@ impl FakeDaemon {
         opts.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_inflight(100);
+            .set_inflight(100)
+            .set_max_packet_size(2 << 20, 2 << 20);
         // The daemon's login: the proxy admits the daemon's client id only
         // with it (this test process's secret, as the daemon's would be).
         daemon_login(&mut opts);
@@ -488,6 +489,88 @@ async fn publishers_stay_within_the_window_of_the_daemons_acknowledgements() {
         daemon.committed().len() == 5_000
     })
     .await;
+    daemon.stop().await;
+}
+
+/// Publishes one QoS 1 message of `payload` on `sensors/p/occupancy` from
+/// a connection of its own; whether the broker acknowledged it within 60 s.
+async fn publish_one(port: u16, payload: Vec<u8>) -> bool {
+    let mut opts = MqttOptions::new(client_id("big"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(60))
+        .set_max_packet_size(2 << 20, 2 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    client
+        .publish("sensors/p/occupancy", QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return true,
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(_)) => return false,
+        }
+    }
+    false
+}
+
+/// 32 publishers send a message of about 1 MB each at once while the
+/// daemon commits nothing: the broker (payloads up to 1 MiB: a byte window
+/// of 8 MiB, 8,388,608 bytes) forwards 8 of them (8 × 1,000,042 bytes; a
+/// 9th would pass the window), the proxy reads the others' packets only
+/// within its reading budget of the same 8 MiB (they wait in their
+/// publishers' connections, not in its buffers); once the daemon commits,
+/// all 32 arrive, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_publishes_are_read_and_forwarded_within_the_byte_window() {
+    const N: u64 = 32;
+    let _serial = serial();
+    let daemon_id = client_id("dmn");
+    let (broker, port) = start_broker(&daemon_id).await;
+    let daemon = FakeDaemon::start(port, &daemon_id, Duration::ZERO);
+    daemon.wait_subscribed().await;
+    daemon
+        .hold
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let window = broker.stats().window_bytes;
+    assert_eq!(window, 8 << 20);
+    let payload = |seq: u64| {
+        serde_json::to_vec(&serde_json::json!({"seq": seq, "pad": "x".repeat(1_000_000)})).unwrap()
+    };
+    let size = (4 + "sensors/p/occupancy".len() + payload(10).len()) as u64;
+    assert_eq!(size, 1_000_042);
+    let fit = window / size;
+    assert_eq!(fit, 8);
+    let publishers: Vec<_> = (10..10 + N)
+        .map(|s| tokio::spawn(publish_one(port, payload(s))))
+        .collect();
+    wait_until(
+        Duration::from_secs(30),
+        "the window's worth forwarded",
+        || broker.behind() >= fit,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = broker.stats();
+    eprintln!("daemon holding: {held:?}");
+    assert_eq!(held.behind, fit, "{held:?}");
+    assert_eq!(held.behind_bytes, fit * size);
+    assert!(held.reading_peak_bytes > 0, "{held:?}");
+    assert!(held.reading_peak_bytes <= window, "{held:?}");
+    daemon
+        .hold
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    for p in publishers {
+        assert!(p.await.unwrap(), "a publish not acknowledged");
+    }
+    wait_until(Duration::from_secs(30), "every message committed", || {
+        daemon.committed().len() == N as usize
+    })
+    .await;
+    let done = broker.stats();
+    assert!(done.peak_behind_bytes <= window, "{done:?}");
+    assert!(done.reading_peak_bytes <= window, "{done:?}");
+    assert!(done.relay_peak_bytes <= done.peak_behind_bytes + 5 * done.relay_peak as u64);
     daemon.stop().await;
 }
 

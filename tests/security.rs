@@ -1133,6 +1133,166 @@ async fn a_publish_on_a_wildcard_topic_name_closes_the_publisher() {
     stop(running, handle, stop_token).await;
 }
 
+/// A flood of garbage on the pipeline's topic, through the embedded
+/// broker: payloads that are not JSON (text cut short, random bytes up to
+/// `mqtt.ingest_max_payload_bytes`) and payloads of 2 MiB (too large to
+/// decode, within `mqtt.max_packet_bytes`). While the daemon commits
+/// nothing, the broker forwards it only the byte window's worth
+/// (`broker::publish_window_bytes`: 8,519,680 bytes at the default 4 MiB
+/// limit, so 4 of the 2 MiB publishes of 2,097,180 bytes each, where the
+/// window of 1,000 messages alone let all 20, 40 MiB, in); then each
+/// message is counted once by its reason, the valid readings after it are
+/// all stored, and `/metrics` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_payloads_are_counted_and_held_within_the_byte_window() {
+    use edgeloop::ingest::decode::Reason;
+    use std::sync::atomic::Ordering::Relaxed;
+    const HUGE: usize = 20;
+    const HUGE_BYTES: usize = 2 << 20;
+    const TEXTS: usize = 300;
+    const RANDOM: usize = 300;
+    const VALID: u64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), Broker::Embedded(port));
+    let (max_packet, max_payload) = (cfg.mqtt.max_packet_bytes, cfg.mqtt.ingest_max_payload_bytes);
+    let (running, handle, stop_token) = start(cfg).await;
+    let broker = edgeloop::ingest::broker::running(SocketAddr::from(([127, 0, 0, 1], port)))
+        .expect("the embedded broker");
+    let window = broker.stats().window_bytes;
+    assert_eq!(
+        window,
+        edgeloop::ingest::broker::publish_window_bytes(max_packet)
+    );
+    assert_eq!(window, 2 * (4_194_304 + 65_536));
+    // rumqttd's size of a message: 4 + topic + payload.
+    let size = (4 + TOPIC.len() + HUGE_BYTES) as u64;
+    let fit = window / size;
+    assert_eq!(fit, 4);
+
+    let mut rng = fastrand::Rng::with_seed(17);
+    let mut garbage: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..HUGE {
+        garbage.push((0..HUGE_BYTES).map(|_| rng.u8(..)).collect());
+    }
+    for i in 0..TEXTS {
+        // JSON cut short.
+        let mut t = b"{\"Temperature\": 2".to_vec();
+        t.extend(std::iter::repeat_n(b'1', 1 + i % 150));
+        garbage.push(t);
+    }
+    for _ in 0..RANDOM {
+        // Not UTF-8 from the first byte, at most the decoding limit.
+        let mut b = vec![0xff];
+        b.extend((1..rng.usize(2..=max_payload)).map(|_| rng.u8(..)));
+        garbage.push(b);
+    }
+    let total = garbage.len() as u64;
+    assert_eq!(total, 620);
+
+    // The writer holds its commits: nothing is acknowledged to the broker.
+    handle.hooks.hold.store(true, Relaxed);
+    let mut opts = mqtt_opts(&client_id("garbage"), port, None);
+    opts.set_max_packet_size(max_packet + 65_536, max_packet + 65_536)
+        .set_keep_alive(Duration::from_secs(60));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let events = tokio::spawn({
+        let acked = acked.clone();
+        async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        if acked.fetch_add(1, Relaxed) + 1 == total {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("publisher: {e}"),
+                }
+            }
+        }
+    });
+    let sender = tokio::spawn(async move {
+        for g in garbage {
+            client
+                .publish(TOPIC, QoS::AtLeastOnce, false, g)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    // The window's worth reaches the daemon and no more.
+    wait_until(WAIT, "the window's worth forwarded", || {
+        broker.behind() >= fit
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = broker.stats();
+    assert_eq!(held.behind, fit, "{held:?}");
+    assert_eq!(held.behind_bytes, fit * size);
+    // (The publisher's own count is no measure: its client stops reading
+    // its PUBACKs while a publish it writes is held back.)
+    assert!(acked.load(Relaxed) <= fit);
+    assert_eq!(handle.stats.messages_handled.load(Relaxed), 0);
+    assert!(held.throttled > 0);
+
+    // Commits again: everything passes, each counted by its reason.
+    handle.hooks.hold.store(false, Relaxed);
+    let client = sender.await.unwrap();
+    tokio::time::timeout(WAIT, events)
+        .await
+        .expect("every garbage message acknowledged within 90 s")
+        .unwrap();
+    drop(client);
+    let stored = publish_seqs(mqtt_opts(&client_id("valid"), port, None), 0..VALID).await;
+    assert_eq!(stored as u64, VALID);
+    wait_until(WAIT, "the valid readings stored", || {
+        handle.stats.samples_stored.load(Relaxed) == VALID
+    })
+    .await;
+    let s = &handle.stats;
+    assert_eq!(s.messages_received.load(Relaxed), total + VALID);
+    assert_eq!(s.samples_rejected.load(Relaxed), total);
+    assert_eq!(s.problems(Reason::TooLarge), HUGE as u64);
+    assert_eq!(s.problems(Reason::NotJson), (TEXTS + RANDOM) as u64);
+    let done = broker.stats();
+    assert!(done.peak_behind_bytes <= window, "{done:?}");
+    // The relay's copies: each message plus a fixed header of at most 5.
+    assert!(
+        done.relay_peak_bytes <= done.peak_behind_bytes + 5 * done.relay_peak as u64,
+        "{done:?}"
+    );
+    let (status, _) = call(handle.http_addr, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200);
+    let mut client = HttpClient::connect(handle.http_addr).await.unwrap();
+    let (_, text) = client.request("GET", "/metrics", None).await.unwrap();
+    let metrics = String::from_utf8(text).unwrap();
+    assert_eq!(
+        sample(
+            &metrics,
+            "edgeloop_payload_problems_total{reason=\"not_json\"}"
+        ),
+        (TEXTS + RANDOM) as f64
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "edgeloop_payload_problems_total{reason=\"too_large\"}"
+        ),
+        HUGE as f64
+    );
+    assert_eq!(
+        sample(&metrics, "edgeloop_messages_rejected_total"),
+        total as f64
+    );
+    assert_eq!(
+        sample(&metrics, "edgeloop_samples_stored_total"),
+        VALID as f64
+    );
+    stop(running, handle, stop_token).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_over_tls() {
     let dir = tempfile::tempdir().unwrap();

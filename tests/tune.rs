@@ -438,3 +438,83 @@ fn cli_tune_prints_trials_and_the_card_as_json() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("budget `soon`"));
 }
+
+/// `edgeloop tune` reports each trial's own peak memory, as `edgeloop
+/// train` reports each candidate's (not the whole run's, which every trial
+/// and the card shared): on 12,000 rows of noise, one trial at a time, the
+/// configured logistic regression and forest of 100 unlimited-depth trees,
+/// the forest's trial peaks above the logistic's (order only: no bytes or
+/// timings asserted), and the chosen card carries its training's own.
+#[test]
+fn cli_tune_reports_each_trials_own_peak_memory() {
+    let _timed = timed();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("noise.csv");
+    let mut text = String::from("x1,x2,x3,x4,x5,y\n");
+    // A 64-bit LCG (Knuth's MMIX constants): features in [0, 1), labels a/b.
+    let mut state: u64 = 42;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for _ in 0..12_000 {
+        let row: Vec<String> = (0..5).map(|_| format!("{:.6}", next())).collect();
+        let label = if next() < 0.5 { "a" } else { "b" };
+        text.push_str(&format!("{},{label}\n", row.join(",")));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let config = dir.path().join("edgeloop.toml");
+    std::fs::write(
+        &config,
+        "[[pipelines]]\nname = 'noise'\ntopics = ['noise/+']\n\
+         features = ['x1', 'x2', 'x3', 'x4', 'x5']\nlabel = 'y'\n\
+         [pipelines.model]\nfamily = 'auto'\ncandidates = ['logistic', 'forest']\n\
+         [pipelines.model.forest]\nn_trees = 100\nmax_depth = 0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args([
+            "tune",
+            "--pipeline",
+            "noise",
+            "--config",
+            config.to_str().unwrap(),
+            "--file",
+            csv.to_str().unwrap(),
+            "--max-trials",
+            "2",
+            "--threads",
+            "1",
+            "--budget",
+            "300s",
+            "--json",
+            "--log-level",
+            "error",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let trials = v["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    let peak = |family: &str| {
+        trials
+            .iter()
+            .find(|t| t["family"] == family)
+            .and_then(|t| t["peak_rss_bytes"].as_u64())
+            .unwrap_or_else(|| panic!("no peak for the {family} trial: {v}"))
+    };
+    let (logistic, forest) = (peak("logistic"), peak("forest"));
+    assert!(logistic > 0);
+    assert!(
+        forest > logistic,
+        "forest {forest} bytes, logistic {logistic}"
+    );
+    assert!(v["card"]["peak_rss_bytes"].as_u64().unwrap() > 0);
+}

@@ -342,7 +342,11 @@ fn raw_window_augmentation(train: &[Case], test: &[Case]) -> f64 {
 /// predictor publishes exactly one prediction per test device, at its 100th
 /// reading, whose probabilities are the stored version's on the window
 /// statistics of that device's readings: the restart warmed the windows
-/// from the store.
+/// from the store. Between the two halves, 5 busy devices send 1,300
+/// labelled readings each, more than the newest 6,400 readings
+/// (`size × max_devices`) the warm-up once took across devices: the test
+/// devices, quiet meanwhile, are warmed with their own newest readings all
+/// the same (the 64 most recent devices, each its newest 100).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_predicts_one_window_per_device_over_mqtt() {
     use std::collections::BTreeMap;
@@ -428,6 +432,22 @@ async fn daemon_predicts_one_window_per_device_over_mqtt() {
         handle.store.counts(NAME).unwrap().samples == 6000
     })
     .await;
+    // Busy devices, labelled (their windows are not predicted): after them
+    // the test devices' readings are not among the newest 6,400.
+    let busy: Vec<Sample> = (0..5 * 1300)
+        .map(|i| Sample {
+            timestamp_ms: 1_700_000_000_000 + i as i64 * 100,
+            device: format!("busy-{}", i % 5),
+            features: train_readings[i % train_readings.len()].features.clone(),
+            label: Some(train[0].label.clone()),
+        })
+        .collect();
+    publish(port, busy.iter().map(message).collect()).await;
+    wait_until(WAIT, "the busy readings stored", || {
+        handle.store.counts(NAME).unwrap().samples == 6000 + 6500
+    })
+    .await;
+    assert!(6500 > p.windows.size * p.windows.max_devices);
     assert_eq!(handle.stats.snapshot().predictions_made, 0);
     common::stop(running, handle, token).await;
     let (running, handle, token) = common::start(cfg).await;

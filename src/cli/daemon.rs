@@ -55,6 +55,7 @@ pub fn run(
         config,
         shutdown_grace_s,
     } = args;
+    crate::daemon::map_large_allocations();
     let cfg = Config::load(config.as_deref())?;
     let reload = Reload {
         path: config,

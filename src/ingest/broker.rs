@@ -199,8 +199,76 @@ use super::IngestError;
 /// external publishers may be ahead of the daemon's commits. Beyond it the
 /// proxy stops reading from publishers until the daemon acknowledges.
 /// Ten times rumqttd's window to the daemon: the daemon never waits for the
-/// publishers, and at 1,000 msg/s it is one second of readings.
+/// publishers, and at 1,000 msg/s it is one second of readings. The same
+/// deliveries are bounded in bytes too ([`publish_window_bytes`]).
 pub const PUBLISH_WINDOW: u64 = 1000;
+
+/// The least [`publish_window_bytes`]: 8 MiB.
+pub const PUBLISH_WINDOW_MIN_BYTES: u64 = 8 << 20;
+
+/// Most bytes of deliveries to the daemon (each counted as rumqttd sizes a
+/// message in its log: [`publish_size`], times the daemon's filters it
+/// matches) that external publishers may be ahead of the daemon's
+/// acknowledgements, beside the [`PUBLISH_WINDOW`] of messages: two of the
+/// largest packets a broker of `max_payload_bytes` takes (one committing,
+/// one arriving), at least [`PUBLISH_WINDOW_MIN_BYTES`]; 8.25 MiB at the
+/// default `mqtt.max_packet_bytes` of 4 MiB. As the message window, it
+/// does not hold back a publish when nothing is counted.
+///
+/// Everything the embedded broker and the daemon hold of a message between
+/// its publisher and the daemon's commit is within it: what rumqttd's log
+/// has not yet sent the daemon, rumqttd's and the proxy's buffers towards
+/// it, the relay's copies ([`RELAY_WINDOW`]), the daemon's queues and the
+/// writer's batch. The proxy's reading budget (publishers' packets longer
+/// than [`LARGE_PACKET`] read and not yet forwarded) is as large. Counted in messages alone, a flood of payloads near the
+/// size limit (garbage the daemon rejects, or not) let 1,000 of them, up
+/// to 4 GiB, be in flight at once.
+pub fn publish_window_bytes(max_payload_bytes: usize) -> u64 {
+    (2 * max_payload_bytes.saturating_add(PACKET_OVERHEAD) as u64).max(PUBLISH_WINDOW_MIN_BYTES)
+}
+
+/// Packets longer than this, bytes, are read from a publisher only within
+/// the proxy's reading budget ([`Shared::reading`]).
+pub const LARGE_PACKET: usize = 64 * 1024;
+
+/// Segments of rumqttd's in-memory log of each filter
+/// (`max_segment_count`, the one being filled included); see
+/// [`rumqttd_segment_bytes`].
+pub const RUMQTTD_SEGMENTS: usize = 3;
+
+/// rumqttd's `max_segment_size` for a window of `window_bytes`
+/// ([`publish_window_bytes`]): half of it. rumqttd keeps every message in
+/// the log of each filter it matches, read or not, and drops the oldest
+/// segment only when the one being filled reaches this size, while
+/// [`RUMQTTD_SEGMENTS`] are kept; a segment holds at least this many bytes
+/// when it is closed, and at most this plus one message. So:
+/// - nothing the daemon has not read is dropped: when the oldest segment
+///   goes, the two closed ones left hold at least `window_bytes`, the
+///   newest bytes of the log, and what the daemon has not acknowledged is
+///   at most that (the byte window counts each message before it is
+///   forwarded to rumqttd);
+/// - a log holds at most 3 × (`window_bytes` / 2 + one message): 24.4 MiB
+///   at the defaults whatever the payloads (12.4 MiB of small readings),
+///   where 8 segments of `max_packet_bytes` held up to 9 × (4 + 4) MiB,
+///   72 MiB, which a flood of large payloads filled and nothing emptied.
+pub fn rumqttd_segment_bytes(window_bytes: u64) -> usize {
+    usize::try_from(window_bytes / 2)
+        .unwrap_or(usize::MAX)
+        .max(1 << 20)
+}
+
+/// The size rumqttd gives a PUBLISH in its log (`router/logs.rs`,
+/// `Storage for PublishData`): 4 + topic + payload bytes, from the
+/// packet's first byte and its body (variable header and payload); the
+/// same for a publisher's packet and for its delivery to the daemon,
+/// whatever their packet ids. 0 for a body too short to be a PUBLISH.
+pub fn publish_size(byte1: u8, body: &[u8]) -> u64 {
+    let id = if (byte1 >> 1) & 3 > 0 { 2 } else { 0 };
+    match str16(body) {
+        Some((_, rest)) if rest.len() >= id => (body.len() + 2 - id) as u64,
+        _ => 0,
+    }
+}
 
 /// rumqttd's window of unacknowledged QoS 1 publishes towards one
 /// subscriber (`router/iobufs.rs`, `MAX_INFLIGHT`; not configurable).
@@ -337,6 +405,22 @@ pub struct Drain {
 pub struct ProxyStats {
     /// As [`EmbeddedBroker::behind`].
     pub behind: u64,
+    /// The bytes of those deliveries ([`publish_size`] each).
+    pub behind_bytes: u64,
+    /// Most `behind_bytes` since the broker started: at most
+    /// `window_bytes` (beyond it only when one publish alone matches so
+    /// many of the daemon's filters).
+    pub peak_behind_bytes: u64,
+    /// [`publish_window_bytes`] of this broker.
+    pub window_bytes: u64,
+    /// Most deliveries the relay held at once (copies kept until the
+    /// daemon acknowledges them).
+    pub relay_peak: usize,
+    /// Most bytes of those copies held at once.
+    pub relay_peak_bytes: u64,
+    /// Most bytes of publishers' packets longer than [`LARGE_PACKET`] read
+    /// or being read, not yet forwarded, at once: at most `window_bytes`.
+    pub reading_peak_bytes: u64,
     /// Publishes that waited for the window (the daemon was
     /// [`PUBLISH_WINDOW`] behind).
     pub throttled: u64,
@@ -443,7 +527,7 @@ impl EmbeddedBroker {
             None if bound.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], bound.port())),
             None => bound,
         };
-        let internal = start_rumqttd(max_payload_bytes)?;
+        let internal = start_rumqttd(max_payload_bytes, publish_window_bytes(max_payload_bytes))?;
         let (gate, _) = watch::channel(Gate {
             open: false,
             generation: 0,
@@ -454,12 +538,19 @@ impl EmbeddedBroker {
             daemon_addr,
             internal,
             max_frame: max_payload_bytes.saturating_add(PACKET_OVERHEAD),
+            window_bytes: publish_window_bytes(max_payload_bytes),
+            reading: tokio::sync::Semaphore::new(
+                usize::try_from(publish_window_bytes(max_payload_bytes)).unwrap_or(usize::MAX >> 4),
+            ),
+            reading_peak: AtomicU64::new(0),
             gate,
             flow: Mutex::new(Flow {
                 daemon_id: daemon_client_id.to_string(),
                 auto_open: true,
                 filters: Vec::new(),
                 debt: 0,
+                debt_bytes: 0,
+                peak_debt_bytes: 0,
                 daemon: None,
                 relay: Relay::default(),
                 last_delivery: now,
@@ -498,6 +589,7 @@ impl EmbeddedBroker {
             rumqttd = %internal,
             daemon_client_id,
             publish_window = PUBLISH_WINDOW,
+            publish_window_bytes = broker.shared.window_bytes,
             crash_loss_bound = crash_loss_bound(),
             users = broker.shared.users.lock().map(|u| u.len()).unwrap_or(0),
             tls = %daemon_addr != bound,
@@ -552,6 +644,12 @@ impl EmbeddedBroker {
         let f = self.shared.flow();
         ProxyStats {
             behind: f.debt,
+            behind_bytes: f.debt_bytes,
+            peak_behind_bytes: f.peak_debt_bytes,
+            window_bytes: self.shared.window_bytes,
+            relay_peak: f.relay.peak,
+            relay_peak_bytes: f.relay.peak_bytes,
+            reading_peak_bytes: self.shared.reading_peak.load(Ordering::Relaxed),
             throttled: f.throttled,
             stale_resets: f.resets,
             held: f.held,
@@ -656,9 +754,10 @@ impl EmbeddedBroker {
     }
 }
 
-/// Starts rumqttd on a free loopback port and waits until it completes an
-/// MQTT handshake there; returns the address.
-fn start_rumqttd(max_payload_bytes: usize) -> Result<SocketAddr, IngestError> {
+/// Starts rumqttd on a free loopback port, its log of each filter sized
+/// for a window of `window_bytes` ([`rumqttd_segment_bytes`]), and waits
+/// until it completes an MQTT handshake there; returns the address.
+fn start_rumqttd(max_payload_bytes: usize, window_bytes: u64) -> Result<SocketAddr, IngestError> {
     // rumqttd binds the address itself and cannot report the port it got
     // for port 0: take a free port, release it, hand it over.
     let internal = StdListener::bind("127.0.0.1:0")
@@ -689,8 +788,8 @@ fn start_rumqttd(max_payload_bytes: usize) -> Result<SocketAddr, IngestError> {
         router: rumqttd::RouterConfig {
             max_connections: MAX_CLIENTS + RUMQTTD_SPARE_CONNECTIONS,
             max_outgoing_packet_count: 200,
-            max_segment_size: max_payload_bytes.max(1 << 20),
-            max_segment_count: 8,
+            max_segment_size: rumqttd_segment_bytes(window_bytes),
+            max_segment_count: RUMQTTD_SEGMENTS,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
@@ -768,6 +867,17 @@ struct Shared {
     bad_topics: AtomicU64,
     /// Largest packet forwarded, bytes.
     max_frame: usize,
+    /// [`publish_window_bytes`] of this broker's payload limit.
+    window_bytes: u64,
+    /// The reading budget, bytes (`window_bytes` of them): a publisher's
+    /// packet longer than [`LARGE_PACKET`] takes its length from it before
+    /// the rest of it is read, and gives it back once the packet is
+    /// forwarded. Without it each connection read its packet whole before
+    /// the window could hold it back: 64 publishers of 4 MiB packets held
+    /// 300 MB in the proxy's buffers.
+    reading: tokio::sync::Semaphore,
+    /// Most bytes of the reading budget taken at once.
+    reading_peak: AtomicU64,
     gate: watch::Sender<Gate>,
     flow: Mutex<Flow>,
     /// Woken when the debt goes down.
@@ -786,6 +896,11 @@ struct Flow {
     filters: Vec<String>,
     /// Deliveries to the daemon forwarded and not yet acknowledged by it.
     debt: u64,
+    /// Their bytes ([`publish_size`] each), within
+    /// [`Shared::window_bytes`].
+    debt_bytes: u64,
+    /// Most `debt_bytes` so far.
+    peak_debt_bytes: u64,
     daemon: Option<DaemonLink>,
     /// QoS 1 deliveries to the daemon it has not acknowledged yet.
     relay: Relay,
@@ -805,6 +920,16 @@ struct Flow {
     throttled: u64,
 }
 
+impl Flow {
+    /// Counts `k` deliveries of `bytes` in all, forwarded now.
+    fn count(&mut self, k: u64, bytes: u64) {
+        self.debt += k;
+        self.debt_bytes = self.debt_bytes.saturating_add(bytes);
+        self.peak_debt_bytes = self.peak_debt_bytes.max(self.debt_bytes);
+        self.last_counted = Instant::now();
+    }
+}
+
 /// The daemon's current connection.
 struct DaemonLink {
     conn: u64,
@@ -819,6 +944,8 @@ struct Relayed {
     pkid: u16,
     /// Counted in the debt (a non-retained publish).
     counted: bool,
+    /// Its [`publish_size`]: counted in the debt's bytes when `counted`.
+    size: u64,
     /// The PUBLISH as sent to the daemon, to send again on its next
     /// connection if it is not acknowledged on this one.
     packet: Vec<u8>,
@@ -838,6 +965,10 @@ struct Relay {
     last_pkid: u16,
     /// Most deliveries held at once.
     peak: usize,
+    /// Bytes of the copies held now (each packet as sent to the daemon).
+    bytes: u64,
+    /// Most `bytes` held at once.
+    peak_bytes: u64,
 }
 
 impl Default for Relay {
@@ -848,6 +979,8 @@ impl Default for Relay {
             in_use: Box::new([0; 1024]),
             last_pkid: 0,
             peak: 0,
+            bytes: 0,
+            peak_bytes: 0,
         }
     }
 }
@@ -885,15 +1018,30 @@ impl Relay {
     /// again on the daemon's next connection.
     fn drop_late(&mut self) {
         while let Some((r, _)) = self.late.pop_front() {
-            self.mark(r.pkid, false);
+            self.forget(&r);
         }
     }
 
     fn clear(&mut self) {
         self.drop_late();
         while let Some(r) = self.early.pop_front() {
-            self.mark(r.pkid, false);
+            self.forget(&r);
         }
+    }
+
+    /// Holds a delivery not yet acknowledged to rumqttd (its packet id
+    /// there is `rumqttd_pkid`).
+    fn hold(&mut self, r: Relayed, rumqttd_pkid: u16) {
+        self.bytes += r.packet.len() as u64;
+        self.peak_bytes = self.peak_bytes.max(self.bytes);
+        self.late.push_back((r, rumqttd_pkid));
+        self.peak = self.peak.max(self.len());
+    }
+
+    /// A delivery no longer held: its id is free, its copy gone.
+    fn forget(&mut self, r: &Relayed) {
+        self.mark(r.pkid, false);
+        self.bytes = self.bytes.saturating_sub(r.packet.len() as u64);
     }
 
     /// Acknowledges to rumqttd, in order, what the window allows.
@@ -909,10 +1057,11 @@ impl Relay {
         }
     }
 
-    /// The daemon acknowledged `pkid`: whether it was counted, or `None`
-    /// when the relay does not hold it. A delivery not yet acknowledged to
-    /// rumqttd is, with every one before it (in order).
-    fn acknowledged(&mut self, pkid: u16, link: Option<&DaemonLink>) -> Option<bool> {
+    /// The daemon acknowledged `pkid`: its size ([`publish_size`]) if it
+    /// was counted, `Some(None)` if not, or `None` when the relay does not
+    /// hold it. A delivery not yet acknowledged to rumqttd is, with every
+    /// one before it (in order).
+    fn acknowledged(&mut self, pkid: u16, link: Option<&DaemonLink>) -> Option<Option<u64>> {
         let found = if let Some(i) = self.early.iter().position(|r| r.pkid == pkid) {
             self.early.remove(i)
         } else {
@@ -925,9 +1074,9 @@ impl Relay {
             }
             self.early.pop_back()
         }?;
-        self.mark(pkid, false);
+        self.forget(&found);
         self.release(link);
-        Some(found.counted)
+        Some(found.counted.then_some(found.size))
     }
 }
 
@@ -997,27 +1146,30 @@ impl Shared {
             .count() as u64
     }
 
-    /// Counts `k` deliveries if the window allows (always when nothing is
-    /// counted, so that one publish matching more filters than the window
-    /// still passes).
-    fn try_acquire(&self, k: u64) -> bool {
+    /// Counts `k` deliveries of `size` bytes each ([`publish_size`]) if
+    /// both windows allow ([`PUBLISH_WINDOW`] deliveries and
+    /// [`Shared::window_bytes`]); always when nothing is counted, so that
+    /// one publish matching more filters than the window still passes.
+    fn try_acquire(&self, k: u64, size: u64) -> bool {
         let mut f = self.flow();
-        if f.debt == 0 || f.debt + k <= PUBLISH_WINDOW {
-            f.debt += k;
-            f.last_counted = Instant::now();
+        let bytes = k.saturating_mul(size);
+        if f.debt == 0
+            || (f.debt + k <= PUBLISH_WINDOW && f.debt_bytes + bytes <= self.window_bytes)
+        {
+            f.count(k, bytes);
             true
         } else {
             false
         }
     }
 
-    async fn acquire(&self, k: u64) {
+    async fn acquire(&self, k: u64, size: u64) {
         let mut counted = false;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.try_acquire(k) {
+            if self.try_acquire(k, size) {
                 return;
             }
             if !counted {
@@ -1043,6 +1195,7 @@ impl Shared {
                 "Embedded broker: the daemon is caught up; forgetting publishes it will not receive."
             );
             f.debt = 0;
+            f.debt_bytes = 0;
             f.resets += 1;
             drop(f);
             self.changed.notify_waiters();
@@ -1063,21 +1216,21 @@ impl Shared {
     }
 
     /// A packet from a client towards rumqttd. Returns the deliveries an
-    /// external publish must acquire before it is forwarded.
-    fn inspect_up(&self, kind: Kind, byte1: u8, body: &[u8]) -> u64 {
+    /// external publish must acquire before it is forwarded, and the size
+    /// of each ([`publish_size`]).
+    fn inspect_up(&self, kind: Kind, byte1: u8, body: &[u8]) -> (u64, u64) {
         match (byte1 >> 4, kind) {
             (PUBLISH, _) => {
                 let Some(topic) = str16(body).and_then(|(t, _)| std::str::from_utf8(t).ok()) else {
-                    return 0;
+                    return (0, 0);
                 };
                 let mut f = self.flow();
-                let k = Self::matches(&f, topic);
+                let (k, size) = (Self::matches(&f, topic), publish_size(byte1, body));
                 if k > 0 && kind != Kind::External {
-                    f.debt += k;
-                    f.last_counted = Instant::now();
-                    return 0;
+                    f.count(k, k.saturating_mul(size));
+                    return (0, 0);
                 }
-                k
+                (k, size)
             }
             (SUBSCRIBE, Kind::Daemon) => {
                 let mut f = self.flow();
@@ -1086,14 +1239,14 @@ impl Shared {
                         f.filters.push(filter);
                     }
                 }
-                0
+                (0, 0)
             }
             (UNSUBSCRIBE, Kind::Daemon) => {
                 let gone = unsubscribe_filters(body);
                 self.flow().filters.retain(|f| !gone.contains(f));
-                0
+                (0, 0)
             }
-            _ => 0,
+            _ => (0, 0),
         }
     }
 
@@ -1111,8 +1264,9 @@ impl Shared {
         }
         match f.relay.acknowledged(pkid, link) {
             Some(counted) => {
-                if counted && f.debt > 0 {
+                if let (Some(size), true) = (counted, f.debt > 0) {
                     f.debt -= 1;
+                    f.debt_bytes = f.debt_bytes.saturating_sub(size);
                     self.changed.notify_waiters();
                 }
             }
@@ -1158,15 +1312,16 @@ impl Shared {
                 let rumqttd_pkid = u16::from_be_bytes([id[0], id[1]]);
                 let pkid = f.relay.take_pkid();
                 packet[at..at + 2].copy_from_slice(&pkid.to_be_bytes());
-                f.relay.late.push_back((
+                let size = publish_size(byte1, &packet[header_len..]);
+                f.relay.hold(
                     Relayed {
                         pkid,
                         counted: !retained,
+                        size,
                         packet: packet.to_vec(),
                     },
                     rumqttd_pkid,
-                ));
-                f.relay.peak = f.relay.peak.max(f.relay.len());
+                );
                 f.relay.release(f.daemon.as_ref());
             }
             CONNACK => {
@@ -1269,6 +1424,21 @@ fn frame(buf: &[u8], max: usize) -> Result<Option<Header>, ()> {
         }
     }
     Err(())
+}
+
+/// The whole length of the packet at the start of `buf` when its fixed
+/// header is there and the rest is not yet (and it is at most `max`).
+fn pending_len(buf: &[u8], max: usize) -> Option<usize> {
+    let mut remaining = 0usize;
+    for i in 1..5 {
+        let b = *buf.get(i)?;
+        remaining |= usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            let len = i + 1 + remaining;
+            return (remaining <= max && buf.len() < len).then_some(len);
+        }
+    }
+    None
 }
 
 /// A length-prefixed MQTT string and what follows it.
@@ -1819,6 +1989,8 @@ async fn up<R: AsyncRead + Unpin>(
     let mut gate = shared.gate.subscribe();
     let external = kind == Kind::External;
     let mut out = BytesMut::new();
+    // The reading budget taken for the large packet being read.
+    let mut reading: Option<tokio::sync::SemaphorePermit<'_>> = None;
     'conn: loop {
         if external && gate.borrow().generation != generation {
             break;
@@ -1839,7 +2011,7 @@ async fn up<R: AsyncRead + Unpin>(
                 if h.byte1 >> 4 == PUBACK && body.len() >= 2 {
                     shared.daemon_ack(conn, u16::from_be_bytes([body[0], body[1]]));
                 } else {
-                    shared.inspect_up(kind, h.byte1, body);
+                    let _ = shared.inspect_up(kind, h.byte1, body);
                     out.extend_from_slice(&buf[ready..ready + h.len]);
                 }
                 ready += h.len;
@@ -1859,8 +2031,8 @@ async fn up<R: AsyncRead + Unpin>(
                 }
                 break 'conn;
             }
-            let k = shared.inspect_up(kind, h.byte1, body);
-            if k > 0 && !shared.try_acquire(k) {
+            let (k, size) = shared.inspect_up(kind, h.byte1, body);
+            if k > 0 && !shared.try_acquire(k, size) {
                 if ready > 0 {
                     if broker.write_all(&buf[..ready]).await.is_err() {
                         break 'conn;
@@ -1869,7 +2041,7 @@ async fn up<R: AsyncRead + Unpin>(
                     ready = 0;
                 }
                 tokio::select! {
-                    _ = shared.acquire(k) => {}
+                    _ = shared.acquire(k, size) => {}
                     _ = gate.wait_for(|g| g.generation != generation) => break 'conn,
                 }
             }
@@ -1891,6 +2063,36 @@ async fn up<R: AsyncRead + Unpin>(
                 break;
             }
             buf.advance(ready);
+        }
+        if external {
+            // A large packet not yet whole takes its length from the
+            // reading budget before more of it is read; one forwarded gives
+            // it back, and its buffer goes.
+            match pending_len(&buf, shared.max_frame).filter(|&n| n > LARGE_PACKET) {
+                Some(n) if reading.as_ref().map(|r| r.num_permits()) != Some(n) => {
+                    // An earlier packet's budget first (it was forwarded).
+                    drop(reading.take());
+                    let permits = u32::try_from(n).unwrap_or(u32::MAX);
+                    tokio::select! {
+                        p = shared.reading.acquire_many(permits) => reading = p.ok(),
+                        _ = gate.wait_for(|g| g.generation != generation) => break,
+                    }
+                    let taken = shared
+                        .window_bytes
+                        .saturating_sub(shared.reading.available_permits() as u64);
+                    shared.reading_peak.fetch_max(taken, Ordering::Relaxed);
+                    buf.reserve(n - buf.len());
+                }
+                Some(_) => {}
+                // A large packet forwarded: its budget back, and its buffer
+                // freed (kept, the connection would hold it to its end).
+                None if reading.take().is_some() => {
+                    let rest = buf.split();
+                    buf = BytesMut::with_capacity(8192.max(rest.len()));
+                    buf.extend_from_slice(&rest);
+                }
+                None => {}
+            }
         }
         tokio::select! {
             biased;
@@ -2031,6 +2233,26 @@ mod tests {
         );
         let body = &bytes[h.header_len..h.len];
         assert_eq!(str16(body).unwrap().0, b"a/b");
+    }
+
+    /// The length of a packet not yet whole is known from its fixed
+    /// header (what the reading budget takes before reading the rest).
+    #[test]
+    fn a_packets_length_is_read_before_the_packet() {
+        let mut p = Publish::new("a/b", QoS::AtLeastOnce, vec![7u8; 300]);
+        p.pkid = 9;
+        let bytes = bytes_of(|b| {
+            p.write(b).unwrap();
+        });
+        assert_eq!(pending_len(&bytes[..3], 1 << 20), Some(bytes.len()));
+        assert_eq!(
+            pending_len(&bytes[..bytes.len() - 1], 1 << 20),
+            Some(bytes.len())
+        );
+        assert_eq!(pending_len(&bytes, 1 << 20), None, "whole");
+        assert_eq!(pending_len(&bytes[..2], 1 << 20), None, "header cut");
+        assert_eq!(pending_len(&bytes[..3], 100), None, "above the limit");
+        assert_eq!(pending_len(&[], 1 << 20), None);
     }
 
     #[test]
@@ -2177,14 +2399,15 @@ mod tests {
 
     fn relayed(r: &mut Relay, rumqttd_pkid: u16) -> u16 {
         let pkid = r.take_pkid();
-        r.late.push_back((
+        r.hold(
             Relayed {
                 pkid,
                 counted: true,
+                size: 1,
                 packet: vec![0x32],
             },
             rumqttd_pkid,
-        ));
+        );
         pkid
     }
 
@@ -2213,12 +2436,12 @@ mod tests {
         assert_eq!(&first[..3], &[1, 2, 3]);
         assert_eq!((r.early.len(), r.late.len()), (RELAY_WINDOW, 150));
         // The daemon acknowledges the oldest: one more goes to rumqttd.
-        assert_eq!(r.acknowledged(ours[0], Some(&link)), Some(true));
+        assert_eq!(r.acknowledged(ours[0], Some(&link)), Some(Some(1)));
         assert_eq!(acked(), vec![((RELAY_WINDOW % 100) + 1) as u16]);
         // It acknowledges one rumqttd has not had yet: rumqttd gets every
         // one before it too, in order.
         let k = RELAY_WINDOW + 10;
-        assert_eq!(r.acknowledged(ours[k], Some(&link)), Some(true));
+        assert_eq!(r.acknowledged(ours[k], Some(&link)), Some(Some(1)));
         let released = acked();
         assert_eq!(released.len(), 10);
         assert_eq!(released[9], ((k % 100) + 1) as u16);
@@ -2250,6 +2473,58 @@ mod tests {
         // 65,535 taken in turn; id 1 is still held, 0 is never used.
         assert_eq!(r.take_pkid(), 2);
         assert_eq!(puback(0x1234), [0x40, 2, 0x12, 0x34]);
+    }
+
+    /// A publish's size is rumqttd's (4 + topic + payload) whatever its
+    /// QoS and packet id, and rumqttd's log of each filter, sized from the
+    /// byte window, still holds a window's worth when it drops its oldest
+    /// segment, within a bound derived from the sizes alone.
+    #[test]
+    fn publishes_are_sized_as_rumqttd_and_its_log_holds_the_window() {
+        let topic = "sensors/d1/occupancy";
+        for (qos, payload) in [
+            (QoS::AtMostOnce, 0),
+            (QoS::AtMostOnce, 300),
+            (QoS::AtLeastOnce, 0),
+            (QoS::AtLeastOnce, 300_000),
+        ] {
+            let mut p = Publish::new(topic, qos, vec![7u8; payload]);
+            if qos != QoS::AtMostOnce {
+                p.pkid = 9;
+            }
+            let bytes = bytes_of(|b| {
+                p.write(b).unwrap();
+            });
+            let h = frame(&bytes, 1 << 20).unwrap().unwrap();
+            let body = &bytes[h.header_len..h.len];
+            assert_eq!(
+                publish_size(h.byte1, body),
+                (4 + topic.len() + payload) as u64,
+                "{qos:?} {payload}"
+            );
+        }
+        assert_eq!(publish_size(0x32, &[0, 9, b'a']), 0, "no topic");
+        assert_eq!(publish_size(0x32, &[0, 1, b'a', 0]), 0, "no packet id");
+        // Two of the largest packets (4 MiB + 64 KiB), at least 8 MiB.
+        assert_eq!(publish_window_bytes(4 << 20), 8_519_680);
+        assert_eq!(publish_window_bytes(1 << 20), 8 << 20);
+        for max in [1 << 10, 1 << 20, 4 << 20, 64 << 20] {
+            let window = publish_window_bytes(max);
+            let segment = rumqttd_segment_bytes(window) as u64;
+            let kept = RUMQTTD_SEGMENTS as u64 - 1;
+            // When the oldest segment goes, the closed ones left (each at
+            // least `segment`) hold the newest `window` bytes: all the
+            // daemon may not have read.
+            assert!(kept * segment >= window, "{max}: {kept} x {segment}");
+            // No segment beyond one message past its size.
+            let message = (max + PACKET_OVERHEAD) as u64;
+            let log = RUMQTTD_SEGMENTS as u64 * (segment + message);
+            assert!(log <= 3 * window, "{max}: {log}");
+            if max == 4 << 20 {
+                // 24.4 MiB, where 9 segments of up to 8 MiB held 72 MiB.
+                assert_eq!(log, 3 * (4_259_840 + 4_259_840));
+            }
+        }
     }
 
     #[test]

@@ -212,14 +212,3 @@ pub fn dataset(csv: &LabelledCsv, task: Task) -> Dataset {
 pub fn cards(report: &OfflineReport) -> &[ModelCard] {
     &report.training.candidates
 }
-
-/// Peak resident set size of this process, bytes (`getrusage`).
-pub fn peak_rss_bytes() -> Option<u64> {
-    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0).then_some(u)
-    }?;
-    // Linux reports kilobytes.
-    u64::try_from(usage.ru_maxrss).ok().map(|kb| kb * 1024)
-}

@@ -858,7 +858,7 @@ fn inference_latency_us(onnx: &[u8], x: &[f32], n_features: usize) -> (Option<f6
 /// the `ru_maxrss` that `getrusage` and `wait4` report for the whole run
 /// (what `edgeloop bench footprint` measures). A spike shorter than a
 /// millisecond may be missed. Linux only (`None` elsewhere).
-struct RssPeak {
+pub(crate) struct RssPeak {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     sampler: Option<std::thread::JoinHandle<()>>,
@@ -874,7 +874,7 @@ fn resident_bytes() -> Option<u64> {
 }
 
 impl RssPeak {
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         return_freed_memory();
         let peak = Arc::new(AtomicU64::new(resident_bytes()?));
         let stop = Arc::new(AtomicBool::new(false));
@@ -900,7 +900,7 @@ impl RssPeak {
     }
 
     /// Stops the sampling; the peak, bytes.
-    fn finish(mut self) -> u64 {
+    pub(crate) fn finish(mut self) -> u64 {
         if let Some(r) = resident_bytes() {
             self.peak.fetch_max(r, Ordering::Relaxed);
         }

@@ -378,6 +378,13 @@ pub struct Trial {
     /// Why the fit failed (e.g. a rung's samples lack a class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Peak resident memory of the process while this trial ran, bytes
+    /// (`edgeloop tune`, as `edgeloop train` measures each candidate:
+    /// `TrainSettings::peak_rss`): what the process held already (the data)
+    /// plus what the trial took, and, with `search.threads` above 1, what
+    /// the trials running beside it took. `None` in the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// What a search did, for the chosen model's card (`search`).
@@ -580,6 +587,7 @@ pub fn search(
         abort: AtomicBool::new(false),
         n_train,
         threads: sc.threads,
+        peak_rss: settings.peak_rss,
     };
     let n_defaults = families.len().min(sc.max_trials);
     let mut trials: Vec<Trial> = Vec::new();
@@ -739,6 +747,8 @@ struct Runner<'a> {
     abort: AtomicBool,
     n_train: usize,
     threads: usize,
+    /// Measure each trial's peak resident memory ([`Trial::peak_rss_bytes`]).
+    peak_rss: bool,
 }
 
 impl Runner<'_> {
@@ -823,6 +833,7 @@ impl Runner<'_> {
     }
 
     fn trial(&self, job: &Job, id: usize) -> Trial {
+        let rss = self.peak_rss.then(super::train::RssPeak::start).flatten();
         let t0 = Instant::now();
         let train: Cow<Dataset> = if job.n_samples >= self.n_train {
             Cow::Borrowed(self.train)
@@ -850,6 +861,7 @@ impl Runner<'_> {
             .map(|cv| Some(cv.mean)),
         };
         let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let peak_rss_bytes = rss.map(super::train::RssPeak::finish);
         let (score, cut, error) = match result {
             Ok(score) => (score.filter(|s| s.is_finite()), false, None),
             Err(TrainError::Cancelled) => (None, true, None),
@@ -875,6 +887,7 @@ impl Runner<'_> {
             wall_ms,
             cut,
             error,
+            peak_rss_bytes,
         }
     }
 }
@@ -893,6 +906,7 @@ pub fn render_trials(trials: &[Trial], metric: &str) -> String {
         "samples",
         metric.name(),
         "wall ms",
+        "peak MiB",
         "params",
     ]
     .map(String::from)
@@ -912,6 +926,8 @@ pub fn render_trials(trials: &[Trial], metric: &str) -> String {
             t.n_samples.to_string(),
             score,
             format!("{:.1}", t.wall_ms),
+            t.peak_rss_bytes
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
             t.params.to_string(),
         ]);
     }
@@ -994,7 +1010,9 @@ pub fn tune_csv(
         features: &csv.features,
         model: &opts.model,
         progress: None,
-        peak_rss: false,
+        // Each trial's and each candidate's own peak (the process's whole
+        // run, `ru_maxrss`, was every one's).
+        peak_rss: true,
     };
     let tuned = tune(
         &settings,
@@ -1007,8 +1025,7 @@ pub fn tune_csv(
     )
     .map_err(|e| e.to_string())?;
     let chosen = tuned.training.chosen;
-    let mut card = chosen.card;
-    card.peak_rss_bytes = offline::peak_rss_bytes();
+    let card = chosen.card;
     if let Some(path) = &opts.export {
         std::fs::write(path, &chosen.onnx)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

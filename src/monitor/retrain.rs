@@ -311,37 +311,126 @@ pub fn temporal_labelled(
     store: &Store,
     p: &learn::PipelineSettings,
 ) -> Result<Vec<(u64, Sample)>, StoreError> {
-    let next = store.counts(&p.name)?.next_seq;
-    let mut out = Vec::new();
-    temporal_scan(store, p, 0..next, |_| true, &mut out)?;
-    Ok(out)
+    Ok(temporal_parts(store, p, 0, 0, 0, &mut 0)?.1)
+}
+
+/// The training parts of a temporal pipeline, `(reservoir, window)` rows
+/// with their seqs, as [`training_parts`] cuts them from
+/// [`temporal_labelled`] (the same labelled samples: the newest `window`,
+/// every one when 0, and [`crate::store::reservoir_pick`]'s seeded pick of
+/// `reservoir` older ones, in time order), without forming the row of
+/// every stored reading: with `window` set, only the labelled seqs are held
+/// while choosing (8 bytes each, [`Store::labelled_seqs`]), and the rows
+/// are formed by [`temporal_late_rows`], each from the readings stored
+/// before it, from at least
+/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before it
+/// (as live scoring forms its rows after a restart). A training's rows are
+/// then at most `window + reservoir`, whatever the store holds; and
+/// `readings` counts the stored readings read to form them. With `window`
+/// 0, every row from the first reading, as before.
+///
+/// # Errors
+/// [`StoreError`] of a scan.
+#[allow(clippy::type_complexity)]
+pub fn temporal_parts(
+    store: &Store,
+    p: &learn::PipelineSettings,
+    window: usize,
+    reservoir: usize,
+    seed: u64,
+    readings: &mut u64,
+) -> Result<(Vec<(u64, Sample)>, Vec<(u64, Sample)>), StoreError> {
+    if window == 0 {
+        let next = store.counts(&p.name)?.next_seq;
+        let mut out = Vec::new();
+        *readings += temporal_scan(store, p, 0..next, |_| true, &mut out)?;
+        return Ok((Vec::new(), out));
+    }
+    let seqs = store.labelled_seqs(&p.name)?;
+    let (older, recent) = seqs.split_at(seqs.len().saturating_sub(window));
+    // Each picked seq and its place in the pick.
+    let picked: Vec<(u64, usize)> = if older.len() > reservoir {
+        crate::store::reservoir_pick(older.len(), reservoir, seed)
+            .into_iter()
+            .enumerate()
+            .map(|(k, i)| (older[i], k))
+            .collect()
+    } else {
+        older.iter().enumerate().map(|(k, &seq)| (seq, k)).collect()
+    };
+    let mut reservoir_part = temporal_late_rows(
+        store,
+        p,
+        picked.iter().map(|(seq, _)| *seq).collect(),
+        readings,
+    )?;
+    if older.len() > reservoir {
+        // In time order, ties in pick order, as `training_parts` orders them.
+        let place: std::collections::HashMap<u64, usize> = picked.into_iter().collect();
+        reservoir_part.sort_by_key(|(seq, s)| (s.timestamp_ms, place.get(seq).copied()));
+    }
+    let window_part = temporal_late_rows(store, p, recent.to_vec(), readings)?;
+    Ok((reservoir_part, window_part))
 }
 
 /// The rows of the stored readings of `range`, from a fresh history: each
 /// reading (after the cleaning rules) advances its device's history, and
 /// the labelled ones whose seq `keep` accepts are pushed to `out` with
-/// their rows. Read in chunks of 10,000.
+/// their rows. Read in chunks of 10,000 ([`temporal_chunks`]); returns how
+/// many readings were read.
 fn temporal_scan(
     store: &Store,
     p: &learn::PipelineSettings,
     range: std::ops::Range<u64>,
     keep: impl Fn(u64) -> bool,
     out: &mut Vec<(u64, Sample)>,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
+    let mut read = 0;
+    for chunk in temporal_chunks(store, p, range, 10_000, keep) {
+        let (n, rows) = chunk?;
+        read += n;
+        out.extend(rows);
+    }
+    Ok(read)
+}
+
+/// [`temporal_scan`] a chunk at a time, through one history: for each
+/// `chunk` stored readings of `range` read in seq order, how many were read
+/// and the rows of the labelled ones `keep` accepts. The online learner
+/// relearns a temporal pipeline's rows this way at start, holding a chunk's
+/// rows at a time, not one for every labelled reading stored.
+fn temporal_chunks<'a>(
+    store: &'a Store,
+    p: &'a learn::PipelineSettings,
+    range: std::ops::Range<u64>,
+    chunk: usize,
+    keep: impl Fn(u64) -> bool + 'a,
+) -> impl Iterator<Item = Result<(u64, Vec<(u64, Sample)>), StoreError>> + 'a {
     let mut t = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
     let cleaning = p.model.preprocess.cleaning();
     let (mut from, mut scratch) = (range.start, Vec::new());
-    while from < range.end {
-        let chunk = store.scan(&p.name, from..range.end, 10_000)?;
-        let Some(&(last, _)) = chunk.last() else {
-            break;
+    std::iter::from_fn(move || {
+        if from >= range.end {
+            return None;
+        }
+        let read = match store.scan(&p.name, from..range.end, chunk.max(1)) {
+            Ok(read) => read,
+            Err(e) => {
+                from = range.end;
+                return Some(Err(e));
+            }
         };
-        from = last + 1;
-        for (seq, mut r) in chunk {
+        from = match read.last() {
+            Some((seq, _)) => seq + 1,
+            None => range.end,
+        };
+        let n = read.len() as u64;
+        let mut rows = Vec::new();
+        for (seq, mut r) in read {
             cleaning.apply(&p.features, &mut r.sample.features);
             let features = t.advance(&r.sample, &p.classes, &mut scratch);
             if r.sample.label.is_some() && keep(seq) {
-                out.push((
+                rows.push((
                     seq,
                     Sample {
                         features,
@@ -350,8 +439,8 @@ fn temporal_scan(
                 ));
             }
         }
-    }
-    Ok(())
+        Some(Ok((n, rows)))
+    })
 }
 
 /// Live scoring's rows of a temporal pipeline: `rows` (the samples of
@@ -387,17 +476,19 @@ fn temporal_rows(
     Ok(())
 }
 
-/// The rows of a temporal pipeline's samples labelled late (`seqs`, older
-/// than what the live state has passed), formed as training forms them:
-/// each from the readings stored before it (from at most
-/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before it),
-/// with the labels as stored now. Late labels more than that apart are
-/// formed from separate scans, so one label from long ago costs one warm-up,
-/// not a scan of everything since. Returns the labelled ones in seq order.
+/// The rows of a temporal pipeline's samples `seqs` (labelled late, older
+/// than what the live state has passed; or a training's, [`temporal_parts`]),
+/// each formed from the readings stored before it, from at least
+/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before it,
+/// with the labels as stored now. Seqs more than that apart are formed
+/// from separate scans, so one label from long ago costs one warm-up, not a
+/// scan of everything since. Returns the labelled ones in seq order; adds
+/// the readings read to `readings`.
 fn temporal_late_rows(
     store: &Store,
     p: &learn::PipelineSettings,
     mut seqs: Vec<u64>,
+    readings: &mut u64,
 ) -> Result<Vec<(u64, Sample)>, StoreError> {
     use crate::features::temporal::WARM_READINGS;
     seqs.sort_unstable();
@@ -412,7 +503,7 @@ fn temporal_late_rows(
         }
         let group = &seqs[i..j];
         let range = group[0].saturating_sub(WARM_READINGS)..group[group.len() - 1] + 1;
-        temporal_scan(
+        *readings += temporal_scan(
             store,
             p,
             range,
@@ -519,19 +610,22 @@ struct TrainingData {
 }
 
 /// [`training_parts`] of the pipeline's labelled samples (a temporal
-/// pipeline's rows formed from every stored reading of each device).
+/// pipeline's rows formed from the readings before each,
+/// [`temporal_parts`]).
 fn training_data(store: &Store, cfg: &MonitoredPipeline) -> Result<TrainingData, StoreError> {
     let labelled_total = store.counts(&cfg.name)?.labelled_total;
+    let strip = |v: Vec<(u64, Sample)>| v.into_iter().map(|(_, s)| s).collect::<Vec<_>>();
     let (last_seq, mut samples, recent) = if cfg.temporal.is_enabled() {
-        let labelled = temporal_labelled(store, &cfg.settings)?;
-        let last_seq = labelled.last().map(|(seq, _)| *seq);
-        let (older, recent) = training_parts(
-            labelled.into_iter().map(|(_, s)| s).collect(),
+        let (older, recent) = temporal_parts(
+            store,
+            &cfg.settings,
             cfg.model.window,
             cfg.model.reservoir,
             labelled_total,
-        );
-        (last_seq, older, recent)
+            &mut 0,
+        )?;
+        let last_seq = recent.last().or(older.last()).map(|(seq, _)| *seq);
+        (last_seq, strip(older), strip(recent))
     } else {
         // The same parts, without decoding every labelled sample first. A
         // windowed pipeline's windows are formed from the newest `window`
@@ -544,7 +638,6 @@ fn training_data(store: &Store, cfg: &MonitoredPipeline) -> Result<TrainingData,
         let (older, recent) =
             store.labelled_parts(&cfg.name, cfg.model.window, reservoir, labelled_total)?;
         let last_seq = recent.last().or(older.last()).map(|(seq, _)| *seq);
-        let strip = |v: Vec<(u64, Sample)>| v.into_iter().map(|(_, s)| s).collect::<Vec<_>>();
         (last_seq, strip(older), strip(recent))
     };
     // `reservoir_in_training = false`: the reservoir is only the
@@ -890,7 +983,7 @@ impl Learner {
                 if used && !late_seqs.is_empty() {
                     let (store, settings) = (self.store.clone(), p.settings.clone());
                     let late = tokio::task::spawn_blocking(move || {
-                        temporal_late_rows(&store, &settings, late_seqs)
+                        temporal_late_rows(&store, &settings, late_seqs, &mut 0)
                     })
                     .await
                     .map_err(|e| TrainFailure::Training {
@@ -1335,9 +1428,13 @@ impl Learner {
             let (settings, cfg) = (p.settings.clone(), p.online.clone());
             let learner = tokio::task::spawn_blocking(move || {
                 // A temporal pipeline relearns its rows, formed from every
-                // stored reading.
+                // stored reading, a chunk at a time.
                 let labelled: Box<dyn Iterator<Item = _>> = if settings.temporal.is_enabled() {
-                    Box::new(std::iter::once(temporal_labelled(&store, &settings)))
+                    let next = store.counts(&settings.name)?.next_seq;
+                    Box::new(
+                        temporal_chunks(&store, &settings, 0..next, RELEARN_CHUNK, |_| true)
+                            .map(|c| c.map(|(_, rows)| rows)),
+                    )
                 } else {
                     Box::new(labelled_chunks(&store, &settings.name, RELEARN_CHUNK)?)
                 };
@@ -2281,6 +2378,81 @@ mod tests {
         let want: Vec<u64> = (100..1000).filter(|i| i % 3 == 0).collect();
         assert_eq!(seqs, want);
         assert_eq!(labelled_chunks(&store, "q", 7).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_temporal_pipeline_forms_the_rows_of_its_training_parts_only() {
+        // 30,000 readings of 3 interleaved devices, three in four
+        // labelled; lags 2, deltas, rolling 3, last label. With
+        // `model.window` 300 and a reservoir of 50, a training holds 350
+        // rows (not one per labelled reading, 22,500) and reads, for its
+        // window, the readings from 20,000 (WARM_READINGS) before its
+        // first one on; each row is the one formed from every stored
+        // reading (the history it needs is far shorter than the warm-up),
+        // the reservoir the same seeded pick.
+        use crate::features::temporal::WARM_READINGS;
+        const N: u64 = 30_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let samples: Vec<crate::store::NewSample> = (0..N)
+            .map(|i| crate::store::NewSample {
+                pipeline: "occupancy".into(),
+                digest: u128::from(i),
+                sample: Sample {
+                    timestamp_ms: i as i64 * 1000,
+                    device: format!("d{}", i % 3),
+                    features: (0..5).map(|j| ((i * 7 + j * 13) % 101) as f32).collect(),
+                    label: (i % 4 != 0).then(|| ((i / 5) % 2).to_string()),
+                },
+                dedup: true,
+            })
+            .collect();
+        store.append(&samples).unwrap();
+        let mut p = crate::config::Config::load_with_env(None, std::iter::empty())
+            .unwrap()
+            .pipelines
+            .remove(0);
+        p.temporal.lags = 2;
+        p.temporal.deltas = true;
+        p.temporal.rolling = 3;
+        p.temporal.last_label = true;
+        p.model.window = 300;
+        p.model.reservoir = 50;
+        let cfg = p.monitored();
+        let every = temporal_labelled(&store, &cfg.settings).unwrap();
+        assert_eq!(every.len(), 22_500);
+        let seed = store.counts("occupancy").unwrap().labelled_total;
+        let mut readings = 0;
+        let (older, recent) =
+            temporal_parts(&store, &cfg.settings, 300, 50, seed, &mut readings).unwrap();
+        assert_eq!((older.len(), recent.len()), (50, 300));
+        // Compared as printed: a first reading's lags are NaN.
+        let same = |a: &[(u64, Sample)], b: &[(u64, Sample)]| format!("{a:?}") == format!("{b:?}");
+        assert!(same(&recent, &every[every.len() - 300..]));
+        let strip = |v: &[(u64, Sample)]| v.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>();
+        let want = training_parts(strip(&every), 300, 50, seed);
+        assert!(format!("{:?}", (strip(&older), strip(&recent))) == format!("{want:?}"));
+        // The window alone: from WARM_READINGS before its first reading.
+        let mut window_readings = 0;
+        let (none, again) =
+            temporal_parts(&store, &cfg.settings, 300, 0, seed, &mut window_readings).unwrap();
+        assert!(none.is_empty());
+        assert!(same(&again, &recent));
+        let first = recent[0].0;
+        assert_eq!(first, 29_601, "the 300th labelled reading from the end");
+        assert_eq!(window_readings, WARM_READINGS + (N - first));
+        assert!(readings < 2 * N, "{readings}");
+        // A training holds the two parts, 350 rows.
+        let data = training_data(&store, &cfg).unwrap();
+        assert_eq!(data.samples.len(), 350);
+        assert_eq!(data.last_seq, Some(N - 1));
+        // Window 0: every labelled row, formed from the first reading.
+        let mut all_readings = 0;
+        let (none, all) =
+            temporal_parts(&store, &cfg.settings, 0, 50, seed, &mut all_readings).unwrap();
+        assert!(none.is_empty());
+        assert!(same(&all, &every));
+        assert_eq!(all_readings, N);
     }
 
     #[test]

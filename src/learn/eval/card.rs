@@ -109,9 +109,9 @@ pub struct ModelCard {
     /// the memory freed before it was handed back (`edgeloop train`, where
     /// the process does nothing else; see `TrainSettings::peak_rss`). It
     /// counts what the process held already (the data, the earlier
-    /// candidates' models) plus what this candidate took. `edgeloop tune`:
-    /// the process's peak over the search and the training (`ru_maxrss`).
-    /// `None` in the daemon.
+    /// candidates' models) plus what this candidate took. `edgeloop tune`
+    /// measures the training of its best configuration the same way (and
+    /// each trial, `Trial::peak_rss_bytes`). `None` in the daemon.
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
     /// Accuracy on live labelled data after deployment: predictions this
