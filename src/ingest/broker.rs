@@ -233,8 +233,13 @@ pub const LARGE_PACKET: usize = 64 * 1024;
 
 /// Segments of rumqttd's in-memory log of each filter
 /// (`max_segment_count`, the one being filled included); see
-/// [`rumqttd_segment_bytes`].
-pub const RUMQTTD_SEGMENTS: usize = 3;
+/// [`rumqttd_segment_bytes`]. The log is also all an external client's
+/// persistent session can fall behind by (another subscriber of the
+/// embedded broker, offline): 8 keep at least what the earlier sizing kept
+/// (8 segments of `max_packet_bytes`, at least 1 MiB); 3 dropped 27,577 of
+/// a 100,000-message backlog queued for such a client (`edgeloop bench
+/// ingest`, the embedded backlog row).
+pub const RUMQTTD_SEGMENTS: usize = 8;
 
 /// rumqttd's `max_segment_size` for a window of `window_bytes`
 /// ([`publish_window_bytes`]): half of it. rumqttd keeps every message in
@@ -243,14 +248,14 @@ pub const RUMQTTD_SEGMENTS: usize = 3;
 /// [`RUMQTTD_SEGMENTS`] are kept; a segment holds at least this many bytes
 /// when it is closed, and at most this plus one message. So:
 /// - nothing the daemon has not read is dropped: when the oldest segment
-///   goes, the two closed ones left hold at least `window_bytes`, the
+///   goes, the closed ones left (two would do) hold at least `window_bytes`, the
 ///   newest bytes of the log, and what the daemon has not acknowledged is
 ///   at most that (the byte window counts each message before it is
 ///   forwarded to rumqttd);
-/// - a log holds at most 3 × (`window_bytes` / 2 + one message): 24.4 MiB
-///   at the defaults whatever the payloads (12.4 MiB of small readings),
+/// - a log holds at most 8 × (`window_bytes` / 2 + one message): 65 MiB
+///   at the defaults whatever the payloads (32.5 MiB of small readings),
 ///   where 8 segments of `max_packet_bytes` held up to 9 × (4 + 4) MiB,
-///   72 MiB, which a flood of large payloads filled and nothing emptied.
+///   72 MiB; an offline subscriber's backlog may fill it.
 pub fn rumqttd_segment_bytes(window_bytes: u64) -> usize {
     usize::try_from(window_bytes / 2)
         .unwrap_or(usize::MAX)
@@ -2516,13 +2521,20 @@ mod tests {
             // least `segment`) hold the newest `window` bytes: all the
             // daemon may not have read.
             assert!(kept * segment >= window, "{max}: {kept} x {segment}");
+            // And at least what the earlier sizing kept for an offline
+            // subscriber (7 closed segments of max(max, 1 MiB)).
+            let before = 7 * (max as u64).max(1 << 20);
+            assert!(
+                kept * segment >= before,
+                "{max}: {kept} x {segment} < {before}"
+            );
             // No segment beyond one message past its size.
             let message = (max + PACKET_OVERHEAD) as u64;
             let log = RUMQTTD_SEGMENTS as u64 * (segment + message);
-            assert!(log <= 3 * window, "{max}: {log}");
+            assert!(log <= 8 * window, "{max}: {log}");
             if max == 4 << 20 {
-                // 24.4 MiB, where 9 segments of up to 8 MiB held 72 MiB.
-                assert_eq!(log, 3 * (4_259_840 + 4_259_840));
+                // 65 MiB, where 9 segments of up to 8 MiB held 72 MiB.
+                assert_eq!(log, 8 * (4_259_840 + 4_259_840));
             }
         }
     }
