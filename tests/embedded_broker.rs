@@ -574,6 +574,94 @@ async fn large_publishes_are_read_and_forwarded_within_the_byte_window() {
     daemon.stop().await;
 }
 
+/// Another subscriber of the embedded broker (an app with a persistent
+/// session) is offline while 60,000 QoS 1 messages of about 230 bytes as
+/// rumqttd sizes them (4 + topic + payload; 13.9 MB in all) are published
+/// on its topic: it gets every one when it comes back. rumqttd keeps them
+/// only in its log of that filter and drops the oldest segment beyond
+/// `RUMQTTD_SEGMENTS`: with 3 segments of half the byte window (4 MiB each
+/// here) the app got 41,794, the oldest 18,206 dropped (and the bench's
+/// embedded backlog row stalled at 72,423 of 100,000); 8 keep at least
+/// 28 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_subscribers_backlog_of_60000_is_kept_whole() {
+    const N: u64 = 60_000;
+    const TOPIC: &str = "apps/backlog";
+    let _serial = serial();
+    let daemon_id = client_id("dmn");
+    let (_broker, port) = start_broker(&daemon_id).await;
+    let daemon = FakeDaemon::start(port, &daemon_id, Duration::ZERO);
+    daemon.wait_subscribed().await;
+    let app_id = client_id("app");
+    let app_opts = || {
+        let mut o = MqttOptions::new(app_id.clone(), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false)
+            .set_inflight(100);
+        o
+    };
+    // The app's session: subscribed, then offline.
+    {
+        let (client, mut eventloop) = AsyncClient::new(app_opts(), 10);
+        client.subscribe(TOPIC, QoS::AtLeastOnce).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+        client.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    }
+    // The publisher: every message acknowledged by the broker.
+    let mut opts = MqttOptions::new(client_id("pub"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1_000);
+    let sender = tokio::spawn(async move {
+        for s in 0..N {
+            let payload = format!("{{\"seq\": {s}, \"pad\": \"{}\"}}", "x".repeat(190));
+            client
+                .publish(TOPIC, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0u64;
+    while acked < N {
+        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("{acked} of {N} acknowledged: {other:?}"),
+        }
+    }
+    let _client = sender.await.unwrap();
+    // The app comes back to its session.
+    let (_app, mut eventloop) = AsyncClient::new(app_opts(), 10);
+    let mut got = HashSet::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while (got.len() as u64) < N && Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                got.insert(seq_of_payload(&p.payload));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("the app's connection: {e}"),
+            Err(_) => break,
+        }
+    }
+    let lowest = got.iter().min().copied();
+    assert_eq!(
+        got.len() as u64,
+        N,
+        "the app got {} of {N} (lowest seq {lowest:?})",
+        got.len()
+    );
+    daemon.stop().await;
+}
+
 /// A client with the daemon's id and login that records what it receives
 /// and acknowledges nothing until told to.
 struct Holder {
