@@ -2089,6 +2089,25 @@ mod tests {
         assert!(!former_wins(0, 0.0, 0.0, false));
     }
 
+    /// A learner of `cfg`'s first pipeline, driven step by step by the test
+    /// (no late labels, nothing notified).
+    fn test_learner(
+        store: &Arc<Store>,
+        registry: &Arc<Registry>,
+        cfg: &crate::config::Config,
+    ) -> Learner {
+        let (_late_tx, late_rx) = mpsc::channel(4);
+        Learner::new(
+            store.clone(),
+            registry.clone(),
+            vec![cfg.pipelines[0].monitored()],
+            Arc::new(Notify::new()),
+            late_rx,
+            Arc::new(Stats::default()),
+        )
+        .0
+    }
+
     /// Occupancy-like labelled samples `from..to` of one device: occupied
     /// (class 1) when the light is on, every other sample.
     fn occupancy(from: i64, to: i64) -> Vec<crate::store::NewSample> {
@@ -2124,15 +2143,7 @@ mod tests {
         cfg.pipelines[0].model.min_labels = 1000;
         cfg.pipelines[0].model.retrain_every = 1_000_000;
         let registry = Arc::new(Registry::new(["occupancy"]));
-        let (_late_tx, late_rx) = mpsc::channel(4);
-        let (mut learner, _handle) = Learner::new(
-            store.clone(),
-            registry.clone(),
-            vec![cfg.pipelines[0].monitored()],
-            Arc::new(Notify::new()),
-            late_rx,
-            Arc::new(Stats::default()),
-        );
+        let mut learner = test_learner(&store, &registry, &cfg);
         let shutdown = CancellationToken::new();
         let live = || {
             registry.cards(&store, "occupancy").unwrap()[0]
@@ -2189,15 +2200,7 @@ mod tests {
         assert_eq!(v1.card.last_seq, None);
         let registry = Arc::new(Registry::new(["occupancy"]));
         registry.promote(&store, v1).unwrap();
-        let (_late_tx, late_rx) = mpsc::channel(4);
-        let (mut learner, _handle) = Learner::new(
-            store.clone(),
-            registry.clone(),
-            vec![cfg.pipelines[0].monitored()],
-            Arc::new(Notify::new()),
-            late_rx,
-            Arc::new(Stats::default()),
-        );
+        let mut learner = test_learner(&store, &registry, &cfg);
         let shutdown = CancellationToken::new();
         let flipped = |v: Vec<crate::store::NewSample>| -> Vec<crate::store::NewSample> {
             v.into_iter()
