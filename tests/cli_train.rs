@@ -1,6 +1,9 @@
 //! `edgeloop train`: any labelled CSV, no pipeline, the daemon's training
 //! path; the comparison table, `--json` cards and `--export`.
 
+#[path = "common/datasets.rs"]
+mod datasets;
+
 use std::process::Command;
 
 fn edgeloop(args: &[&str]) -> std::process::Output {
@@ -423,31 +426,7 @@ fn tune_names_the_flag_it_refuses() {
 #[test]
 fn each_candidate_reports_its_own_peak_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("noise.csv");
-    let mut text = String::from("x1,x2,x3,x4,x5,y\n");
-    // A 64-bit LCG (Knuth's MMIX constants): features in [0, 1), labels a/b.
-    let mut state: u64 = 42;
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    for _ in 0..12_000 {
-        let row: Vec<String> = (0..5).map(|_| format!("{:.6}", next())).collect();
-        let label = if next() < 0.5 { "a" } else { "b" };
-        text.push_str(&format!("{},{label}\n", row.join(",")));
-    }
-    std::fs::write(&csv, text).unwrap();
-    let config = dir.path().join("edgeloop.toml");
-    std::fs::write(
-        &config,
-        "[[pipelines]]\nname = 'noise'\ntopics = ['noise/+']\n\
-         features = ['x1', 'x2', 'x3', 'x4', 'x5']\nlabel = 'y'\n\
-         [pipelines.model]\nfamily = 'auto'\ncandidates = ['logistic', 'forest']\n\
-         [pipelines.model.forest]\nn_trees = 100\nmax_depth = 0\n",
-    )
-    .unwrap();
+    let (csv, config) = datasets::noise_with_two_candidates(dir.path());
     let out = edgeloop(&[
         "train",
         "--pipeline",

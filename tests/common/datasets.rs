@@ -131,3 +131,37 @@ pub fn train(data: &Dataset, features: &[String], model: &ModelConfig) -> Traini
     )
     .unwrap()
 }
+
+/// 12,000 rows of seeded noise (`x1`..`x5` in [0, 1), labels `a`/`b` drawn
+/// by a 64-bit LCG with Knuth's MMIX constants) written to `dir/noise.csv`,
+/// and `dir/edgeloop.toml` with a pipeline `noise` whose candidates are
+/// logistic regression and a forest of 100 unlimited-depth trees (every
+/// tree grows to single-sample leaves on noise): the CSV's and the
+/// config's paths.
+pub fn noise_with_two_candidates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let csv = dir.join("noise.csv");
+    let mut text = String::from("x1,x2,x3,x4,x5,y\n");
+    let mut state: u64 = 42;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for _ in 0..12_000 {
+        let row: Vec<String> = (0..5).map(|_| format!("{:.6}", next())).collect();
+        let label = if next() < 0.5 { "a" } else { "b" };
+        text.push_str(&format!("{},{label}\n", row.join(",")));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let config = dir.join("edgeloop.toml");
+    std::fs::write(
+        &config,
+        "[[pipelines]]\nname = 'noise'\ntopics = ['noise/+']\n\
+         features = ['x1', 'x2', 'x3', 'x4', 'x5']\nlabel = 'y'\n\
+         [pipelines.model]\nfamily = 'auto'\ncandidates = ['logistic', 'forest']\n\
+         [pipelines.model.forest]\nn_trees = 100\nmax_depth = 0\n",
+    )
+    .unwrap();
+    (csv, config)
+}
