@@ -81,7 +81,22 @@ if [ -z "${ORT_DYLIB_PATH:-}" ]; then
 fi
 [ -f "$ORT_DYLIB_PATH" ] || { say "no libonnxruntime at $ORT_DYLIB_PATH"; exit 1; }
 
+# --- One BLAS kernel and one thread for the reference packages. OpenBLAS
+# (numpy's, scipy's) picks its kernels by CPU: SkylakeX on an AVX-512 Intel,
+# Haswell on an AMD EPYC with AVX-512 too; their float sums differ in the last
+# bits, and so do 1 and 2 threads (lbfgs in scikit-learn). CI reruns the
+# fixture scripts and compares their outputs byte for byte, so the scripts run
+# with the same kernel (Haswell: AVX2, which every x86-64 CI machine has) and
+# one thread on every machine. Outputs made before this pin (SkylakeX, 2
+# threads) were regenerated with it on 2026-12-07.
+if [ "$(uname -m)" = x86_64 ]; then
+  export OPENBLAS_CORETYPE=Haswell
+fi
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+
 if [ "${1:-}" = "--setup" ]; then
+  [ -n "${OPENBLAS_CORETYPE:-}" ] && echo "export OPENBLAS_CORETYPE=\"$OPENBLAS_CORETYPE\""
+  echo "export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1"
   echo "export PATH=\"$PATH\""
   echo "export VIRTUAL_ENV=\"$VIRTUAL_ENV\""
   echo "export ORT_DYLIB_PATH=\"$ORT_DYLIB_PATH\""
