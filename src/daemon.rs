@@ -392,6 +392,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             .map(|p| p.settings())
             .collect::<Vec<_>>(),
     );
+    warm_anomaly(&store, &cfg, &anomaly_scorers)?;
     let predictor = Predictor {
         registry: registry.clone(),
         pipelines: cfg.pipelines.iter().map(|p| p.settings()).collect(),
@@ -765,6 +766,75 @@ fn warm_windows(
     Ok(out)
 }
 
+/// Each scoring pipeline's anomaly scorer (`[pipelines.anomaly]`), warmed
+/// at start with the newest [`WARM_READINGS`](crate::features::temporal::WARM_READINGS)
+/// stored readings, labelled or not, in commit order, formed as the
+/// predictor forms them live (a temporal pipeline's rows from a temporal
+/// state of their own, after the cleaning rules; a windowed pipeline's
+/// window samples from a featurizer of its own, not the one that serves)
+/// and learned without being counted. Without it every restart began the
+/// scorer anew: no alarm until its first window and its threshold's
+/// calibration were read again (1,250 readings by default), each device's
+/// rules empty, and the threshold calibrated on whatever came first after
+/// the restart. A pipeline that has stored as many readings or fewer gets
+/// the scorer it had before the restart (the same readings in the same
+/// order, but for readings the predictor dropped with its queue full and
+/// late labels, which a temporal pipeline's last-label features see now);
+/// beyond that, one that started that many readings back.
+fn warm_anomaly(
+    store: &Store,
+    cfg: &Config,
+    scorers: &crate::serve::predictions::AnomalyScorers,
+) -> Result<(), DaemonError> {
+    for p in cfg.pipelines.iter().filter(|p| p.anomaly.enabled) {
+        let next = store.counts(&p.name)?.next_seq;
+        let readings = store.scan(
+            &p.name,
+            next.saturating_sub(crate::features::temporal::WARM_READINGS)..next,
+            usize::MAX,
+        )?;
+        if readings.is_empty() {
+            continue;
+        }
+        let mut temporal = p.temporal.is_enabled().then(|| {
+            crate::features::temporal::Temporal::new(
+                p.temporal.clone(),
+                p.features.len(),
+                p.classes.len(),
+            )
+        });
+        let mut windows = p
+            .windows
+            .enabled
+            .then(|| crate::features::windows::Featurizer::new(&p.windows, p.features.len()));
+        let cleaning = p.preprocess.cleaning();
+        let mut scratch = Vec::new();
+        let mut rows: Vec<(String, Vec<f32>)> = Vec::with_capacity(readings.len());
+        for (_, mut r) in readings {
+            let mut row = match &mut temporal {
+                Some(t) => {
+                    cleaning.apply(&p.features, &mut r.sample.features);
+                    t.advance(&r.sample, &p.classes, &mut scratch)
+                }
+                None => std::mem::take(&mut r.sample.features),
+            };
+            if let Some(f) = &mut windows {
+                match f.push(&r.sample.device, &row) {
+                    Some(w) => row = w.features,
+                    None => continue,
+                }
+            }
+            rows.push((std::mem::take(&mut r.sample.device), row));
+        }
+        let n = scorers.warm(
+            &p.name,
+            rows.iter().map(|(d, x)| (d.as_str(), x.as_slice())),
+        );
+        info!(pipeline = %p.name, readings = n, "Anomaly scorer warmed from the store.");
+    }
+    Ok(())
+}
+
 /// The newest readings of a windowed pipeline read by seq at start, besides
 /// each device's from the time index ([`warm_windows`]).
 pub const WARM_WINDOW_READINGS: u64 = 20_000;
@@ -1068,6 +1138,86 @@ mod tests {
         // s was not warmed: a new device evicts the least recent (q).
         assert_eq!(mean(f, "s", 1001.0), None);
         assert_eq!(f.evicted(), 1);
+    }
+
+    /// 2,000 stored readings of one device (a seeded spread in 0..10),
+    /// every third labelled; then the scorer warmed from the store, and
+    /// one that scored and learned the same readings live through the
+    /// predictor's path, see a spike of 100 alike: the residual rule's
+    /// alarm, the same score. A scorer the restart began anew (the
+    /// behaviour before) has read nothing: score 0, no alarm. Then with
+    /// lags: the warmed scorer learned the rows the predictor's temporal
+    /// state forms.
+    #[test]
+    fn the_anomaly_scorer_is_warmed_from_the_store_as_it_scored_live() {
+        use crate::serve::predictions::AnomalyScorers;
+        use crate::store::{NewSample, Sample};
+        let stats = crate::stats::Stats::default();
+        let readings: Vec<Sample> = (0..2_000u32)
+            .map(|i| Sample {
+                timestamp_ms: i64::from(i) * 1_000,
+                device: "d".into(),
+                features: vec![(i.wrapping_mul(7_919) % 1_000) as f32 / 100.0],
+                label: (i % 3 == 0).then(|| "0".to_string()),
+            })
+            .collect();
+        for lags in [0, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("s.redb")).unwrap();
+            let mut cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+            let mut p = cfg.pipelines.remove(0);
+            p.name = "a".into();
+            p.features = vec!["x".into()];
+            p.classes = vec!["0".into(), "1".into()];
+            p.anomaly.enabled = true;
+            p.temporal.lags = lags;
+            cfg.pipelines = vec![p];
+            let batch: Vec<NewSample> = readings
+                .iter()
+                .enumerate()
+                .map(|(i, s)| NewSample {
+                    pipeline: "a".into(),
+                    digest: i as u128,
+                    sample: s.clone(),
+                    dedup: false,
+                })
+                .collect();
+            store.append(&batch).unwrap();
+            let settings: Vec<_> = cfg.pipelines.iter().map(|p| p.settings()).collect();
+            // Live: the predictor's path (its temporal state when lags).
+            let live = AnomalyScorers::new(&settings);
+            let shared = crate::features::temporal::SharedTemporal::new(
+                &cfg.pipelines[0].temporal,
+                1,
+                &cfg.pipelines[0].classes,
+            );
+            let rows: Vec<Vec<f32>> = if lags > 0 {
+                shared.advance(&readings.iter().collect::<Vec<_>>()).0
+            } else {
+                readings.iter().map(|s| s.features.clone()).collect()
+            };
+            live.score_then_learn("a", rows.iter().map(|r| ("d", r.as_slice())), &stats);
+            let warmed = AnomalyScorers::new(&settings);
+            warm_anomaly(&store, &cfg, &warmed).unwrap();
+            let fresh = AnomalyScorers::new(&settings);
+            let spike = if lags > 0 {
+                shared.row("d", &[100.0])
+            } else {
+                vec![100.0]
+            };
+            let device = [Some("d".to_string())];
+            let n = spike.len();
+            let w = warmed.peek("a", &spike, &device, n).unwrap().remove(0);
+            assert_eq!(w, live.peek("a", &spike, &device, n).unwrap().remove(0));
+            assert!(w.alarm, "lags {lags}: {w:?}");
+            assert_eq!(w.rule, Some("residual"));
+            assert!(w.residual_z > 10.0, "{w:?}");
+            let f = fresh.peek("a", &spike, &device, n).unwrap().remove(0);
+            assert_eq!((f.score, f.alarm), (0.0, false));
+            // Not counted: the totals are the live readings' only.
+            assert_eq!(warmed.totals()[0].1.scored, 0);
+            assert_eq!(live.totals()[0].1.scored, 2_000);
+        }
     }
 
     #[test]

@@ -281,6 +281,30 @@ impl AnomalyScorers {
         }
     }
 
+    /// Scores then learns `readings` (device, empty for none, and the row
+    /// the predictor would score) in order, as [`Self::score_then_learn`]
+    /// does, without counting them in the totals or in `Stats`: the
+    /// daemon's warm-up from the store at start ([`crate::daemon`]), so
+    /// that a restart does not restart the scorer's first window, its
+    /// threshold's calibration and each device's rules. Returns how many
+    /// were learned (0 when the pipeline does not score).
+    pub fn warm<'a>(
+        &self,
+        pipeline: &str,
+        readings: impl Iterator<Item = (&'a str, &'a [f32])>,
+    ) -> u64 {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(pipeline) else {
+            return 0;
+        };
+        let mut n = 0;
+        for (device, r) in readings {
+            e.scorer.score_then_learn(Some(device), r);
+            n += 1;
+        }
+        n
+    }
+
     /// `rows` (`n_features` values each) as the next readings of their
     /// `devices` (one per row; `None`: no device) would be seen, without
     /// learning them ([`crate::learn::anomaly::Scorer::peek`]); `None` when
