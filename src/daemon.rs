@@ -232,25 +232,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
         // `[pipelines.temporal]`: each device's recent readings and last
         // label, for the predictor and HTTP predict; warmed with the newest
-        // stored readings so that a restart does not start without a past.
+        // stored readings and each recent device's own past before them
+        // (`temporal_warm`), so that a restart does not start without one.
         if p.temporal.is_enabled() {
-            let shared = crate::features::temporal::SharedTemporal::new(
-                &p.temporal,
-                p.features.len(),
-                &p.classes,
-            );
-            let next = store.counts(&p.name)?.next_seq;
-            let mut newest = store.scan(
-                &p.name,
-                next.saturating_sub(crate::features::temporal::WARM_READINGS)..next,
-                usize::MAX,
-            )?;
-            let cleaning = p.preprocess.cleaning();
-            for (_, r) in &mut newest {
-                cleaning.apply(&p.features, &mut r.sample.features);
-            }
-            shared.advance(&newest.iter().map(|(_, r)| &r.sample).collect::<Vec<_>>());
-            p.temporal.state = Some(Arc::new(shared));
+            p.temporal.state = Some(Arc::new(warm_temporal(&store, p)?));
         }
         // `impute = "last"`: each device's last readings fill its next
         // missing ones before the graph (predictor, HTTP rows with a device).
@@ -763,6 +748,27 @@ fn warm_windows(
         out.insert(p.name.clone(), f);
     }
     Ok(out)
+}
+
+/// The serving state of a temporal pipeline at start: the stored readings
+/// of [`crate::monitor::retrain::temporal_warm`] (the newest 20,000 and the
+/// past they lack of the `max_devices` devices heard most recently), after
+/// the cleaning rules, advanced in seq order.
+pub(crate) fn warm_temporal(
+    store: &Store,
+    p: &crate::config::PipelineConfig,
+) -> Result<crate::features::temporal::SharedTemporal, DaemonError> {
+    let shared =
+        crate::features::temporal::SharedTemporal::new(&p.temporal, p.features.len(), &p.classes);
+    let next = store.counts(&p.name)?.next_seq;
+    let mut newest =
+        crate::monitor::retrain::temporal_warm(store, &p.name, &p.temporal, &p.classes, next)?;
+    let cleaning = p.preprocess.cleaning();
+    for (_, r) in &mut newest {
+        cleaning.apply(&p.features, &mut r.sample.features);
+    }
+    shared.advance(&newest.iter().map(|(_, r)| &r.sample).collect::<Vec<_>>());
+    Ok(shared)
 }
 
 /// The newest readings of a windowed pipeline read by seq at start, besides

@@ -324,8 +324,8 @@ pub fn temporal_labelled(
 /// are formed by [`temporal_late_rows`], each from the readings stored
 /// before it, from at least [`WARM_READINGS`] before it, a device whose
 /// past lies further back completed with its own readings before those
-/// (from the time index), so that the rows equal those of every stored
-/// reading. A training's rows are
+/// (as live scoring forms its rows after a restart, [`temporal_warm`]), so
+/// that the rows equal those of every stored reading. A training's rows are
 /// then at most `window + reservoir`, whatever the store holds; and
 /// `readings` counts the stored readings read to form them. With `window`
 /// 0, every row from the first reading, as before.
@@ -457,6 +457,71 @@ fn temporal_chunks<'a>(
     })
 }
 
+/// The stored readings that rebuild a temporal pipeline's state at seq
+/// `from` (the daemon's serving state at start, live scoring after a gap),
+/// in seq order, to be advanced in that order (after the cleaning rules):
+/// the newest [`WARM_READINGS`] before `from`, preceded by the past these
+/// lack of each of the `cfg.max_devices` devices heard most recently
+/// ([`Store::recent_devices`]): its newest readings before them, as many
+/// as its rows reach for beyond those it has in the range
+/// ([`TemporalConfig::history`](crate::features::temporal::TemporalConfig::history)),
+/// and, with `last_label` and none labelled among them, its last labelled
+/// reading within [`LABEL_LOOKBACK`] more of its own
+/// ([`Store::newest_of_device_before`], the time index). A quiet device
+/// whose previous reading lies far back thus gets its lags, rolling
+/// statistics and last label as the live state kept them. At most
+/// `WARM_READINGS + max_devices × (history + 1)` readings.
+///
+/// # Errors
+/// [`StoreError`] of a read.
+pub fn temporal_warm(
+    store: &Store,
+    pipeline: &str,
+    cfg: &crate::features::temporal::TemporalConfig,
+    classes: &[String],
+    from: u64,
+) -> Result<Vec<(u64, crate::store::StoredSample)>, StoreError> {
+    let start = from.saturating_sub(WARM_READINGS);
+    let scanned = store.scan(pipeline, start..from, usize::MAX)?;
+    let history = cfg.history();
+    let wants_label = cfg.last_label && !classes.is_empty();
+    if start == 0 || (history == 0 && !wants_label) {
+        return Ok(scanned);
+    }
+    // Per device in the range: its readings, and whether one has a label
+    // of `classes` (its last label then comes from the range).
+    let mut seen: HashMap<&str, (usize, bool)> = HashMap::new();
+    for (_, r) in &scanned {
+        let e = seen.entry(r.sample.device.as_str()).or_default();
+        e.0 += 1;
+        e.1 |= r.sample.label.as_ref().is_some_and(|l| classes.contains(l));
+    }
+    let mut out = Vec::new();
+    for (device, _) in store.recent_devices(pipeline, cfg.max_devices)? {
+        let (count, labelled) = seen.get(device.as_str()).copied().unwrap_or_default();
+        let need = history.saturating_sub(count);
+        let lookback = if wants_label && !labelled {
+            LABEL_LOOKBACK
+        } else {
+            0
+        };
+        if need == 0 && lookback == 0 {
+            continue;
+        }
+        out.extend(store.newest_of_device_before(
+            pipeline,
+            &device,
+            start,
+            i64::MAX,
+            need,
+            lookback,
+        )?);
+    }
+    out.sort_unstable_by_key(|(seq, _)| *seq);
+    out.extend(scanned);
+    Ok(out)
+}
+
 /// Completes the past of reading `s`'s device in `t`, when `t` lacks
 /// what its row reaches for ([`Temporal::missing_past`]), with the
 /// device's own readings before seq `before` (the range being scanned),
@@ -495,9 +560,9 @@ fn backfill(
 
 /// Live scoring's rows of a temporal pipeline: `rows` (the samples of
 /// `from..`, every one, in seq order) become their temporal rows through
-/// `state`, which is first rebuilt from the newest
-/// [`WARM_READINGS`] before `from`
-/// when it did not end there.
+/// `state`, which is first rebuilt from the stored readings before `from`
+/// ([`temporal_warm`]: the newest [`WARM_READINGS`] and the past of the
+/// devices they lack) when it did not end there.
 fn temporal_rows(
     store: &Store,
     p: &learn::PipelineSettings,
@@ -509,8 +574,7 @@ fn temporal_rows(
     let mut scratch = Vec::new();
     if state.1 != from {
         state.0 = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
-        let warm = from.saturating_sub(WARM_READINGS)..from;
-        for (_, mut r) in store.scan(&p.name, warm, usize::MAX)? {
+        for (_, mut r) in temporal_warm(store, &p.name, &p.temporal, &p.classes, from)? {
             cleaning.apply(&p.features, &mut r.sample.features);
             state.0.advance(&r.sample, &p.classes, &mut scratch);
         }
@@ -2607,6 +2671,32 @@ mod tests {
             format!("{:?}", every.last()),
             format!("{:?}", window.last())
         );
+        // Live scoring resuming at that reading (a gap: a fresh state)
+        // forms the same row from the 20,000 before it and q's past.
+        let mut state = (
+            Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len()),
+            u64::MAX,
+        );
+        let mut rows = store.scan("occupancy", 25_003..25_004, 1).unwrap();
+        temporal_rows(&store, &cfg.settings, &mut state, 25_003, &mut rows).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_quiet_row(&rows[0].1.sample.features, 24.0);
+        assert_eq!(state.1, 25_004);
+    }
+
+    /// Serving after a restart: the state warmed at start
+    /// (`daemon::warm_temporal`) gives "q", whose readings all lie before
+    /// the newest 20,000, the row its whole history gives.
+    #[test]
+    fn a_quiet_devices_serving_row_after_a_restart_has_its_past() {
+        let (_dir, store, p) = quiet_behind_busy();
+        let shared = crate::daemon::warm_temporal(&store, &p).unwrap();
+        let row = shared.row("q", &[25.0, 30.0, 500.0, 600.0, 0.004]);
+        assert_quiet_row(&row, 25.0);
+        // The busy device's own, from the scan: lags 25,002 and 25,001.
+        let row = shared.row("b", &[1.0, 30.0, 500.0, 600.0, 0.004]);
+        assert_eq!((row[5], row[10]), (2.0, 1.0));
+        assert_eq!(&row[30..], &[0.0, 0.0]);
     }
 
     #[test]
