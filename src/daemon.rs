@@ -232,25 +232,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
         // `[pipelines.temporal]`: each device's recent readings and last
         // label, for the predictor and HTTP predict; warmed with the newest
-        // stored readings so that a restart does not start without a past.
+        // stored readings and each recent device's own past before them
+        // (`temporal_warm`), so that a restart does not start without one.
         if p.temporal.is_enabled() {
-            let shared = crate::features::temporal::SharedTemporal::new(
-                &p.temporal,
-                p.features.len(),
-                &p.classes,
-            );
-            let next = store.counts(&p.name)?.next_seq;
-            let mut newest = store.scan(
-                &p.name,
-                next.saturating_sub(crate::features::temporal::WARM_READINGS)..next,
-                usize::MAX,
-            )?;
-            let cleaning = p.preprocess.cleaning();
-            for (_, r) in &mut newest {
-                cleaning.apply(&p.features, &mut r.sample.features);
-            }
-            shared.advance(&newest.iter().map(|(_, r)| &r.sample).collect::<Vec<_>>());
-            p.temporal.state = Some(Arc::new(shared));
+            p.temporal.state = Some(Arc::new(warm_temporal(&store, p)?));
         }
         // `impute = "last"`: each device's last readings fill its next
         // missing ones before the graph (predictor, HTTP rows with a device).
@@ -770,7 +755,9 @@ fn warm_windows(
 /// at start with the newest [`WARM_READINGS`](crate::features::temporal::WARM_READINGS)
 /// stored readings, labelled or not, in commit order, formed as the
 /// predictor forms them live (a temporal pipeline's rows from a temporal
-/// state of their own, after the cleaning rules; a windowed pipeline's
+/// state of their own, after the cleaning rules, with the past of its
+/// quiet devices as [`crate::monitor::retrain::temporal_warm`] reads it
+/// for the serving state, a second read of it; a windowed pipeline's
 /// window samples from a featurizer of its own, not the one that serves)
 /// and learned without being counted. Without it every restart began the
 /// scorer anew: no alarm until its first window and its threshold's
@@ -788,11 +775,14 @@ fn warm_anomaly(
 ) -> Result<(), DaemonError> {
     for p in cfg.pipelines.iter().filter(|p| p.anomaly.enabled) {
         let next = store.counts(&p.name)?.next_seq;
-        let readings = store.scan(
-            &p.name,
-            next.saturating_sub(crate::features::temporal::WARM_READINGS)..next,
-            usize::MAX,
-        )?;
+        let start = next.saturating_sub(crate::features::temporal::WARM_READINGS);
+        // A temporal pipeline's: with the past its quiet devices lack
+        // (before `start`), which forms their rows and is not scored.
+        let readings = if p.temporal.is_enabled() {
+            crate::monitor::retrain::temporal_warm(store, &p.name, &p.temporal, &p.classes, next)?
+        } else {
+            store.scan(&p.name, start..next, usize::MAX)?
+        };
         if readings.is_empty() {
             continue;
         }
@@ -810,7 +800,7 @@ fn warm_anomaly(
         let cleaning = p.preprocess.cleaning();
         let mut scratch = Vec::new();
         let mut rows: Vec<(String, Vec<f32>)> = Vec::with_capacity(readings.len());
-        for (_, mut r) in readings {
+        for (seq, mut r) in readings {
             let mut row = match &mut temporal {
                 Some(t) => {
                     cleaning.apply(&p.features, &mut r.sample.features);
@@ -818,6 +808,9 @@ fn warm_anomaly(
                 }
                 None => std::mem::take(&mut r.sample.features),
             };
+            if seq < start {
+                continue;
+            }
             if let Some(f) = &mut windows {
                 match f.push(&r.sample.device, &row) {
                     Some(w) => row = w.features,
@@ -833,6 +826,27 @@ fn warm_anomaly(
         info!(pipeline = %p.name, readings = n, "Anomaly scorer warmed from the store.");
     }
     Ok(())
+}
+
+/// The serving state of a temporal pipeline at start: the stored readings
+/// of [`crate::monitor::retrain::temporal_warm`] (the newest 20,000 and the
+/// past they lack of the `max_devices` devices heard most recently), after
+/// the cleaning rules, advanced in seq order.
+pub(crate) fn warm_temporal(
+    store: &Store,
+    p: &crate::config::PipelineConfig,
+) -> Result<crate::features::temporal::SharedTemporal, DaemonError> {
+    let shared =
+        crate::features::temporal::SharedTemporal::new(&p.temporal, p.features.len(), &p.classes);
+    let next = store.counts(&p.name)?.next_seq;
+    let mut newest =
+        crate::monitor::retrain::temporal_warm(store, &p.name, &p.temporal, &p.classes, next)?;
+    let cleaning = p.preprocess.cleaning();
+    for (_, r) in &mut newest {
+        cleaning.apply(&p.features, &mut r.sample.features);
+    }
+    shared.advance(&newest.iter().map(|(_, r)| &r.sample).collect::<Vec<_>>());
+    Ok(shared)
 }
 
 /// The newest readings of a windowed pipeline read by seq at start, besides

@@ -1035,6 +1035,78 @@ impl Store {
         Ok(out)
     }
 
+    /// A device's past before a point, from the time index: the newest `n`
+    /// readings of `device` in `pipeline` with a seq below `before` and a
+    /// timestamp at most `until_ms` (newest by timestamp), and, with
+    /// `label_lookback` > 0 and none of those `n` labelled, the newest
+    /// labelled reading among the next `label_lookback` older ones; all in
+    /// seq order, at most `n + 1`.
+    /// What a temporal pipeline's state needs of a device whose readings
+    /// lie before the range it scans (`before`: the range's first seq).
+    ///
+    /// The time index holds one reading per device and timestamp (the
+    /// newest by seq), so readings sharing a timestamp with a later one
+    /// are not found, nor readings deleted by retention. The index is
+    /// walked back from `until_ms`, the entries with seqs at or after
+    /// `before` passed over: a caller whose point has a timestamp passes
+    /// it, so that a device's readings after the point are not walked
+    /// (a reading before `before` with a later timestamp than `until_ms`,
+    /// from a clock that went back, is then not found). At most
+    /// `n + label_lookback` readings are decoded.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or an undecodable record.
+    pub fn newest_of_device_before(
+        &self,
+        pipeline: &str,
+        device: &str,
+        before: u64,
+        until_ms: i64,
+        n: usize,
+        label_lookback: usize,
+    ) -> Result<Vec<(u64, StoredSample)>, StoreError> {
+        let op = "newest_of_device_before";
+        let e = self.db_err(op);
+        let db = self.lock_db().map_err(&e)?;
+        let txn = db.begin_read().map_err(|x| e(x.into()))?;
+        let by_time = txn.open_table(BY_TIME).map_err(|x| e(x.into()))?;
+        let samples = txn.open_table(SAMPLES).map_err(|x| e(x.into()))?;
+        let mut out = Vec::with_capacity(n.min(1 << 16) + 1);
+        let (mut labelled, mut looked) = (false, 0usize);
+        for item in by_time
+            .range((pipeline, device, i64::MIN)..=(pipeline, device, until_ms))
+            .map_err(|x| e(x.into()))?
+            .rev()
+        {
+            if out.len() >= n && (labelled || looked >= label_lookback) {
+                break;
+            }
+            let seq = item.map_err(|x| e(x.into()))?.1.value();
+            if seq >= before {
+                continue;
+            }
+            // Gone with retention since the index was read: skipped.
+            let Some(v) = samples.get((pipeline, seq)).map_err(|x| e(x.into()))? else {
+                continue;
+            };
+            let record: StoredSample =
+                postcard::from_bytes(v.value()).map_err(|x| self.corrupt(op, x))?;
+            let has_label = record.sample.label.is_some();
+            if out.len() < n {
+                labelled |= has_label;
+                out.push((seq, record));
+            } else {
+                looked += 1;
+                if has_label {
+                    labelled = true;
+                    out.push((seq, record));
+                }
+            }
+        }
+        out.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(out)
+    }
+
     /// The newest `n` labelled samples of `pipeline` with `seq <= last`, in
     /// seq order, read backwards from `last` (not the whole pipeline: the
     /// learner's data-drift reference, looked up every `drift.window`
@@ -2010,6 +2082,68 @@ mod tests {
         assert_eq!(seqs("busy4", 3), [4995, 5000, 5005]);
         assert_eq!(seqs("busy0", 1000).len(), 1000);
         assert!(seqs("nobody", 10).is_empty());
+    }
+
+    /// Device "d" at seqs 0, 1, 2, 4, 5, 6 with timestamps 0, 10, 20, 5
+    /// (its clock went back), 30 and 30 again (the index keeps seq 6 only),
+    /// labelled at seq 0 only; "e" at seq 3. Its past before a seq is read
+    /// back by timestamp from `until_ms`, seqs at or after `before`
+    /// passed over, in seq order; a label further back is found within the
+    /// lookback only.
+    #[test]
+    fn a_devices_newest_readings_before_a_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let on = |device: &str, ts: i64, label: Option<&str>| Sample {
+            device: device.into(),
+            ..sample(ts, label)
+        };
+        let readings = [
+            on("d", 0, Some("1")),
+            on("d", 10, None),
+            on("d", 20, None),
+            on("e", 5, None),
+            on("d", 5, None),
+            on("d", 30, None),
+            on("d", 30, None),
+        ];
+        let batch: Vec<NewSample> = readings
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| new("a", i as u128, s))
+            .collect();
+        store.append(&batch).unwrap();
+        let seqs = |before, until_ms, n, lookback| -> Vec<u64> {
+            store
+                .newest_of_device_before("a", "d", before, until_ms, n, lookback)
+                .unwrap()
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .collect()
+        };
+        // Newest by timestamp: 20 (seq 2), 10 (seq 1), then 5 (seq 4).
+        assert_eq!(seqs(5, i64::MAX, 2, 0), [1, 2]);
+        assert_eq!(seqs(5, i64::MAX, 3, 0), [1, 2, 4]);
+        assert_eq!(seqs(u64::MAX, 10, 5, 0), [0, 1, 4]);
+        // One reading per timestamp: seq 5 shares 30 with seq 6.
+        assert_eq!(seqs(u64::MAX, i64::MAX, 1, 0), [6]);
+        assert_eq!(seqs(u64::MAX, i64::MAX, 10, 0), [0, 1, 2, 4, 6]);
+        // The label of seq 0: two readings (1; 4 passed over) behind seq 2.
+        assert_eq!(seqs(3, i64::MAX, 1, 0), [2]);
+        assert_eq!(seqs(3, i64::MAX, 1, 1), [2]);
+        assert_eq!(seqs(3, i64::MAX, 1, 2), [0, 2]);
+        let got = store
+            .newest_of_device_before("a", "d", 3, i64::MAX, 1, 2)
+            .unwrap();
+        assert_eq!(got[0].1.sample.label.as_deref(), Some("1"));
+        assert_eq!(got[1].1.sample.features[0], 20.0);
+        // Only the label: n = 0.
+        assert_eq!(seqs(u64::MAX, i64::MAX, 0, 10), [0]);
+        assert!(seqs(0, i64::MAX, 5, 5).is_empty());
+        assert!(store
+            .newest_of_device_before("a", "nobody", 9, i64::MAX, 5, 5)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -70,8 +70,16 @@ pub const MAX_HISTORY: usize = 10_000;
 
 /// The newest stored readings the daemon's serving state and the learner's
 /// live scoring replay when they start (or resume after a gap), so that the
-/// first rows after a restart have their devices' past.
+/// first rows after a restart have their devices' past; a device whose
+/// past lies further back gets its own newest readings before them from
+/// the store's time index (`monitor::retrain::temporal_warm`).
 pub const WARM_READINGS: u64 = 20_000;
+
+/// How many of a device's own readings before [`WARM_READINGS`] (or before
+/// a training row's scan) are searched for its last label, when
+/// `last_label` is on and none of the readings read for it has one; a
+/// label further back than that is not found after a restart.
+pub const LABEL_LOOKBACK: usize = 256;
 
 impl TemporalConfig {
     /// Whether any temporal feature is on.
@@ -100,7 +108,7 @@ impl TemporalConfig {
     }
 
     /// Readings of history a device needs (before the current one).
-    fn history(&self) -> usize {
+    pub fn history(&self) -> usize {
         self.lags
             .max(usize::from(self.deltas))
             .max(self.rolling.saturating_sub(1))
@@ -291,6 +299,45 @@ impl Temporal {
     /// for the rows formed from now on).
     pub fn label(&mut self, device: &str, class: usize) {
         self.device_mut(device).last_label = Some(class);
+    }
+
+    /// What `device`'s rows reach for that is not recorded: how many of
+    /// its earlier readings (of [`TemporalConfig::history`]), and whether
+    /// its last label (with `last_label` and classes, none known yet).
+    pub fn missing_past(&self, device: &str) -> (usize, bool) {
+        let wants_label = self.cfg.last_label && self.n_classes > 0;
+        match self.devices.get(device) {
+            Some(d) => (
+                self.cfg.history().saturating_sub(d.readings.len()),
+                wants_label && d.last_label.is_none(),
+            ),
+            None => (self.cfg.history(), wants_label),
+        }
+    }
+
+    /// Completes `device`'s history with its readings from before every one
+    /// recorded for it: `older` (raw features as stored, after the same
+    /// cleaning; oldest first) fill the earlier readings missing
+    /// ([`Temporal::missing_past`]), and the newest of their labels among
+    /// `classes` becomes the last label when none is known. The state is
+    /// then the one [`Temporal::advance`] would have left had `older` come
+    /// first. The device counts as seen now.
+    pub fn backfill(&mut self, device: &str, older: &[&Sample], classes: &[String]) {
+        let keep = self.cfg.history();
+        let n = self.n_raw;
+        let last = older.iter().rev().find_map(|s| {
+            s.label
+                .as_deref()
+                .and_then(|l| classes.iter().position(|c| c == l))
+        });
+        let d = self.device_mut(device);
+        let room = keep.saturating_sub(d.readings.len());
+        for s in older.iter().rev().take(room) {
+            d.readings.push_front(raw_of(s, n));
+        }
+        if d.last_label.is_none() {
+            d.last_label = last;
+        }
     }
 
     /// Test then train on a stored sample: its model row (`[width]`, f32 as
@@ -489,6 +536,50 @@ mod tests {
         assert_eq!(t.evicted(), 1);
         t.row("a", &[2.0, 2.0], &mut out);
         assert!(out[2].is_nan(), "a was the least recently seen");
+    }
+
+    /// Backfilling a device's older readings after its newer ones were
+    /// recorded leaves the rows the state of every reading in order gives:
+    /// for each split of 6 readings (labelled at the first two), the next
+    /// row is the same; a device with enough history keeps its own.
+    #[test]
+    fn a_backfilled_past_gives_the_rows_of_the_whole_history() {
+        let classes = ["0".to_string(), "1".to_string(), "2".to_string()];
+        let xs: Vec<Sample> = (0..6)
+            .map(|i| Sample {
+                timestamp_ms: i,
+                device: "a".into(),
+                features: vec![i as f32 * 1.5, 10.0 - i as f32],
+                label: (i < 2).then(|| (i + 1).to_string()),
+            })
+            .collect();
+        let mut scratch = Vec::new();
+        let next = [7.0, 7.0];
+        let mut whole = Temporal::new(cfg(), 2, 3);
+        for s in &xs {
+            whole.advance(s, &classes, &mut scratch);
+        }
+        let mut want = Vec::new();
+        whole.row("a", &next, &mut want);
+        assert_eq!(&want[12..15], &[0.0, 0.0, 1.0]);
+        for split in 0..=xs.len() {
+            let mut t = Temporal::new(cfg(), 2, 3);
+            for s in &xs[split..] {
+                t.advance(s, &classes, &mut scratch);
+            }
+            let (need, label) = t.missing_past("a");
+            assert_eq!(need, 2usize.saturating_sub(xs.len() - split), "{split}");
+            assert_eq!(label, split >= 2, "{split}");
+            t.backfill("a", &xs[..split].iter().collect::<Vec<_>>(), &classes);
+            let mut got = Vec::new();
+            t.row("a", &next, &mut got);
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{split}");
+            assert_eq!(t.missing_past("a"), (0, false));
+        }
+        let mut fresh = Temporal::new(cfg(), 2, 3);
+        assert_eq!(fresh.missing_past("b"), (2, true));
+        fresh.backfill("b", &[], &classes);
+        assert_eq!(fresh.missing_past("b"), (2, true));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{AlarmKind, MonitoredPipeline};
-use crate::features::temporal::Temporal;
+use crate::features::temporal::{Temporal, LABEL_LOOKBACK, WARM_READINGS};
 use crate::ingest::decode::Sample;
 use crate::learn::card::ModelCard;
 use crate::learn::{self, Trigger};
@@ -322,9 +322,10 @@ pub fn temporal_labelled(
 /// every stored reading: with `window` set, only the labelled seqs are held
 /// while choosing (8 bytes each, [`Store::labelled_seqs`]), and the rows
 /// are formed by [`temporal_late_rows`], each from the readings stored
-/// before it, from at least
-/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before it
-/// (as live scoring forms its rows after a restart). A training's rows are
+/// before it, from at least [`WARM_READINGS`] before it, a device whose
+/// past lies further back completed with its own readings before those
+/// (as live scoring forms its rows after a restart, [`temporal_warm`]), so
+/// that the rows equal those of every stored reading. A training's rows are
 /// then at most `window + reservoir`, whatever the store holds; and
 /// `readings` counts the stored readings read to form them. With `window`
 /// 0, every row from the first reading, as before.
@@ -409,6 +410,8 @@ fn temporal_chunks<'a>(
     let mut t = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
     let cleaning = p.model.preprocess.cleaning();
     let (mut from, mut scratch) = (range.start, Vec::new());
+    // The devices whose past before the range was read.
+    let mut filled = std::collections::HashSet::new();
     std::iter::from_fn(move || {
         if from >= range.end {
             return None;
@@ -424,12 +427,23 @@ fn temporal_chunks<'a>(
             Some((seq, _)) => seq + 1,
             None => range.end,
         };
-        let n = read.len() as u64;
+        let mut n = read.len() as u64;
         let mut rows = Vec::new();
         for (seq, mut r) in read {
             cleaning.apply(&p.features, &mut r.sample.features);
+            let kept = r.sample.label.is_some() && keep(seq);
+            if kept && range.start > 0 && !filled.contains(&r.sample.device) {
+                match backfill(store, p, range.start, &cleaning, &mut t, &r.sample) {
+                    Ok(read) => n += read,
+                    Err(e) => {
+                        from = range.end;
+                        return Some(Err(e));
+                    }
+                }
+                filled.insert(r.sample.device.clone());
+            }
             let features = t.advance(&r.sample, &p.classes, &mut scratch);
-            if r.sample.label.is_some() && keep(seq) {
+            if kept {
                 rows.push((
                     seq,
                     Sample {
@@ -443,11 +457,112 @@ fn temporal_chunks<'a>(
     })
 }
 
+/// The stored readings that rebuild a temporal pipeline's state at seq
+/// `from` (the daemon's serving state at start, live scoring after a gap),
+/// in seq order, to be advanced in that order (after the cleaning rules):
+/// the newest [`WARM_READINGS`] before `from`, preceded by the past these
+/// lack of each of the `cfg.max_devices` devices heard most recently
+/// ([`Store::recent_devices`]): its newest readings before them, as many
+/// as its rows reach for beyond those it has in the range
+/// ([`TemporalConfig::history`](crate::features::temporal::TemporalConfig::history)),
+/// and, with `last_label` and none labelled among them, its last labelled
+/// reading within [`LABEL_LOOKBACK`] more of its own
+/// ([`Store::newest_of_device_before`], the time index). A quiet device
+/// whose previous reading lies far back thus gets its lags, rolling
+/// statistics and last label as the live state kept them. At most
+/// `WARM_READINGS + max_devices × (history + 1)` readings.
+///
+/// # Errors
+/// [`StoreError`] of a read.
+pub fn temporal_warm(
+    store: &Store,
+    pipeline: &str,
+    cfg: &crate::features::temporal::TemporalConfig,
+    classes: &[String],
+    from: u64,
+) -> Result<Vec<(u64, crate::store::StoredSample)>, StoreError> {
+    let start = from.saturating_sub(WARM_READINGS);
+    let scanned = store.scan(pipeline, start..from, usize::MAX)?;
+    let history = cfg.history();
+    let wants_label = cfg.last_label && !classes.is_empty();
+    if start == 0 || (history == 0 && !wants_label) {
+        return Ok(scanned);
+    }
+    // Per device in the range: its readings, and whether one has a label
+    // of `classes` (its last label then comes from the range).
+    let mut seen: HashMap<&str, (usize, bool)> = HashMap::new();
+    for (_, r) in &scanned {
+        let e = seen.entry(r.sample.device.as_str()).or_default();
+        e.0 += 1;
+        e.1 |= r.sample.label.as_ref().is_some_and(|l| classes.contains(l));
+    }
+    let mut out = Vec::new();
+    for (device, _) in store.recent_devices(pipeline, cfg.max_devices)? {
+        let (count, labelled) = seen.get(device.as_str()).copied().unwrap_or_default();
+        let need = history.saturating_sub(count);
+        let lookback = if wants_label && !labelled {
+            LABEL_LOOKBACK
+        } else {
+            0
+        };
+        if need == 0 && lookback == 0 {
+            continue;
+        }
+        out.extend(store.newest_of_device_before(
+            pipeline,
+            &device,
+            start,
+            i64::MAX,
+            need,
+            lookback,
+        )?);
+    }
+    out.sort_unstable_by_key(|(seq, _)| *seq);
+    out.extend(scanned);
+    Ok(out)
+}
+
+/// Completes the past of reading `s`'s device in `t`, when `t` lacks
+/// what its row reaches for ([`Temporal::missing_past`]), with the
+/// device's own readings before seq `before` (the range being scanned),
+/// read from the time index from `s`'s timestamp back
+/// ([`Store::newest_of_device_before`]), cleaned as the scanned ones: its
+/// row is then the one formed from the device's whole history, as the
+/// live state had it. Returns how many readings were read.
+fn backfill(
+    store: &Store,
+    p: &learn::PipelineSettings,
+    before: u64,
+    cleaning: &learn::clean::Cleaning,
+    t: &mut Temporal,
+    s: &Sample,
+) -> Result<u64, StoreError> {
+    let (need, label) = t.missing_past(&s.device);
+    if need == 0 && !label {
+        return Ok(0);
+    }
+    let lookback = if label { LABEL_LOOKBACK } else { 0 };
+    let mut older = store.newest_of_device_before(
+        &p.name,
+        &s.device,
+        before,
+        s.timestamp_ms,
+        need,
+        lookback,
+    )?;
+    for (_, r) in &mut older {
+        cleaning.apply(&p.features, &mut r.sample.features);
+    }
+    let refs: Vec<&Sample> = older.iter().map(|(_, r)| &r.sample).collect();
+    t.backfill(&s.device, &refs, &p.classes);
+    Ok(older.len() as u64)
+}
+
 /// Live scoring's rows of a temporal pipeline: `rows` (the samples of
 /// `from..`, every one, in seq order) become their temporal rows through
-/// `state`, which is first rebuilt from the newest
-/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before `from`
-/// when it did not end there.
+/// `state`, which is first rebuilt from the stored readings before `from`
+/// ([`temporal_warm`]: the newest [`WARM_READINGS`] and the past of the
+/// devices they lack) when it did not end there.
 fn temporal_rows(
     store: &Store,
     p: &learn::PipelineSettings,
@@ -459,8 +574,7 @@ fn temporal_rows(
     let mut scratch = Vec::new();
     if state.1 != from {
         state.0 = Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len());
-        let warm = from.saturating_sub(crate::features::temporal::WARM_READINGS)..from;
-        for (_, mut r) in store.scan(&p.name, warm, usize::MAX)? {
+        for (_, mut r) in temporal_warm(store, &p.name, &p.temporal, &p.classes, from)? {
             cleaning.apply(&p.features, &mut r.sample.features);
             state.0.advance(&r.sample, &p.classes, &mut scratch);
         }
@@ -479,8 +593,12 @@ fn temporal_rows(
 /// The rows of a temporal pipeline's samples `seqs` (labelled late, older
 /// than what the live state has passed; or a training's, [`temporal_parts`]),
 /// each formed from the readings stored before it, from at least
-/// [`WARM_READINGS`](crate::features::temporal::WARM_READINGS) before it,
-/// with the labels as stored now. Seqs more than that apart are formed
+/// [`WARM_READINGS`] before it, with the labels as stored now; a device that
+/// lacks the past its row reaches for in that scan gets its own readings
+/// before it ([`backfill`], at most `history` and its last labelled one
+/// within [`LABEL_LOOKBACK`]), so a quiet device's row is the one its whole
+/// history gives (as long as at most `max_devices` devices come between).
+/// Seqs more than that apart are formed
 /// from separate scans, so one label from long ago costs one warm-up, not a
 /// scan of everything since. Returns the labelled ones in seq order; adds
 /// the readings read to `readings`.
@@ -490,7 +608,6 @@ fn temporal_late_rows(
     mut seqs: Vec<u64>,
     readings: &mut u64,
 ) -> Result<Vec<(u64, Sample)>, StoreError> {
-    use crate::features::temporal::WARM_READINGS;
     seqs.sort_unstable();
     seqs.dedup();
     let mut out = Vec::new();
@@ -2456,6 +2573,130 @@ mod tests {
         assert!(none.is_empty());
         assert!(same(&all, &every));
         assert_eq!(all_readings, N);
+    }
+
+    /// A quiet device "q" behind a busy gateway: its readings 21, 22, 23
+    /// (the first labelled "1", the other two unlabelled) at seqs 0-2, then
+    /// 25,000 unlabelled readings of device "b" (seqs 3-25,002), more than
+    /// WARM_READINGS; with `last_label` `q`'s last label lies behind two
+    /// readings of its own. Lags 2, deltas, rolling 3, last label; the
+    /// pipeline and its store.
+    fn quiet_behind_busy() -> (tempfile::TempDir, Store, crate::config::PipelineConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let reading = |i: u64, device: &str, t: f32, label: Option<&str>| crate::store::NewSample {
+            pipeline: "occupancy".into(),
+            digest: u128::from(i),
+            sample: Sample {
+                timestamp_ms: 1_000 * i as i64,
+                device: device.into(),
+                features: vec![t, 30.0, 500.0, 600.0, 0.004],
+                label: label.map(str::to_string),
+            },
+            dedup: true,
+        };
+        store
+            .append(&[
+                reading(0, "q", 21.0, Some("1")),
+                reading(1, "q", 22.0, None),
+                reading(2, "q", 23.0, None),
+            ])
+            .unwrap();
+        for chunk in (3..25_003u64).collect::<Vec<_>>().chunks(5_000) {
+            let batch: Vec<_> = chunk
+                .iter()
+                .map(|&i| reading(i, "b", (i % 50) as f32, None))
+                .collect();
+            store.append(&batch).unwrap();
+        }
+        let mut p = crate::config::Config::load_with_env(None, std::iter::empty())
+            .unwrap()
+            .pipelines
+            .remove(0);
+        p.temporal.lags = 2;
+        p.temporal.deltas = true;
+        p.temporal.rolling = 3;
+        p.temporal.last_label = true;
+        (dir, store, p)
+    }
+
+    /// The row of "q"'s reading 24 (or 25) after its 21, 22, 23, labelled
+    /// "1" at 21, as its whole history gives it: lags 23 and 22, delta,
+    /// rolling mean and std over the last 3, last label "1" (of "0", "1").
+    fn assert_quiet_row(row: &[f32], x: f32) {
+        assert_eq!(row.len(), 5 * 6 + 2);
+        assert_eq!((row[0], row[5], row[10]), (x, 23.0, 22.0), "{row:?}");
+        assert_eq!(row[15], x - 23.0, "delta: {row:?}");
+        let window = [x, 23.0, 22.0];
+        let mean = window.iter().sum::<f32>() / 3.0;
+        let std = (window.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 3.0).sqrt();
+        assert!((row[20] - mean).abs() < 1e-5, "mean: {row:?}");
+        assert!((row[25] - std).abs() < 1e-5, "std: {row:?}");
+        assert_eq!(&row[30..], &[0.0, 1.0], "last label: {row:?}");
+    }
+
+    /// Training: "q"'s labelled reading 24 at seq 25,003 has its previous
+    /// readings more than WARM_READINGS back. A windowed training's row of
+    /// it (formed from 20,000 readings before it, and q's own past from
+    /// the time index) equals the row formed from every stored reading:
+    /// lags 23, 22 and last label "1", not NaN and none.
+    #[test]
+    fn a_quiet_devices_training_row_has_its_past_beyond_the_warm_up() {
+        let (_dir, store, mut p) = quiet_behind_busy();
+        let mut q = store.scan("occupancy", 0..1, 1).unwrap().remove(0).1.sample;
+        q.timestamp_ms = 1_000 * 25_003;
+        q.features[0] = 24.0;
+        q.label = Some("0".into());
+        store
+            .append(&[crate::store::NewSample {
+                pipeline: "occupancy".into(),
+                digest: 25_003,
+                sample: q,
+                dedup: true,
+            }])
+            .unwrap();
+        p.model.window = 1;
+        p.model.reservoir = 0;
+        let cfg = p.monitored();
+        let mut readings = 0;
+        let (none, window) = temporal_parts(&store, &cfg.settings, 1, 0, 0, &mut readings).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(window.len(), 1);
+        assert_eq!(window[0].0, 25_003);
+        assert_quiet_row(&window[0].1.features, 24.0);
+        // 20,000 scanned and the newest reading, 2 of q's and its label's.
+        assert_eq!(readings, WARM_READINGS + 1 + 3);
+        let every = temporal_labelled(&store, &cfg.settings).unwrap();
+        assert_eq!(
+            format!("{:?}", every.last()),
+            format!("{:?}", window.last())
+        );
+        // Live scoring resuming at that reading (a gap: a fresh state)
+        // forms the same row from the 20,000 before it and q's past.
+        let mut state = (
+            Temporal::new(p.temporal.clone(), p.features.len(), p.classes.len()),
+            u64::MAX,
+        );
+        let mut rows = store.scan("occupancy", 25_003..25_004, 1).unwrap();
+        temporal_rows(&store, &cfg.settings, &mut state, 25_003, &mut rows).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_quiet_row(&rows[0].1.sample.features, 24.0);
+        assert_eq!(state.1, 25_004);
+    }
+
+    /// Serving after a restart: the state warmed at start
+    /// (`daemon::warm_temporal`) gives "q", whose readings all lie before
+    /// the newest 20,000, the row its whole history gives.
+    #[test]
+    fn a_quiet_devices_serving_row_after_a_restart_has_its_past() {
+        let (_dir, store, p) = quiet_behind_busy();
+        let shared = crate::daemon::warm_temporal(&store, &p).unwrap();
+        let row = shared.row("q", &[25.0, 30.0, 500.0, 600.0, 0.004]);
+        assert_quiet_row(&row, 25.0);
+        // The busy device's own, from the scan: lags 25,002 and 25,001.
+        let row = shared.row("b", &[1.0, 30.0, 500.0, 600.0, 0.004]);
+        assert_eq!((row[5], row[10]), (2.0, 1.0));
+        assert_eq!(&row[30..], &[0.0, 0.0]);
     }
 
     #[test]
