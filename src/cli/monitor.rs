@@ -350,9 +350,9 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
             out["residual_limit"] = serde_json::json!(limits);
             out["devices_evicted"] = serde_json::json!(scorer.evicted());
         }
-        println!("{out}");
+        outln!("{out}")?;
     } else {
-        println!(
+        outln!(
             "{} rows, features {}; threshold {} ({} quantile of the last {} scores, {} of {} rows), residual z above {}; {} alarms in {} episodes{}",
             scores.len(),
             features.join(","),
@@ -388,7 +388,7 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
                         .join(", ")
                 )
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -507,7 +507,7 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
         rows += 1;
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "detector": args.detector,
@@ -516,9 +516,9 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
                 "rows": rows,
                 "alarms": alarms,
             })
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "{} over {rows} rows ({used}): {} alarms{}",
             args.detector,
             alarms.len(),
@@ -534,7 +534,7 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
                         .join(", ")
                 )
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -701,21 +701,21 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
     }
     let flagged = windows.iter().filter(|w| w["drift"] == true).count();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "windows": windows,
                 "flagged": flagged,
                 "total": windows.len(),
             })
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "{flagged} of {} windows of {} rows drifted from the first {} rows",
             windows.len(),
             args.window,
             args.reference
-        );
+        )?;
         for w in windows.iter().filter(|w| w["drift"] == true) {
             let names: Vec<&str> = w["features"]
                 .as_object()
@@ -726,7 +726,7 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
                         .collect()
                 })
                 .unwrap_or_default();
-            println!("  rows {}..{}: {}", w["start"], w["end"], names.join(", "));
+            outln!("  rows {}..{}: {}", w["start"], w["end"], names.join(", "))?;
         }
     }
     Ok(())
