@@ -548,6 +548,15 @@ impl Config {
             cfg.store.create_dir = true;
         }
         cfg.validate()?;
+        for [(first, first_filter), (second, second_filter)] in cfg.overlapping_pipelines() {
+            tracing::warn!(
+                first,
+                first_filter,
+                second,
+                second_filter,
+                "Topic filters of two pipelines overlap: a message matching both is stored by each."
+            );
+        }
         Ok(cfg)
     }
 
@@ -1017,7 +1026,79 @@ impl Config {
                 return bad(key(&format!("drift.{k}")), reason);
             }
         }
+        self.check_subscriptions()
+    }
+
+    /// Every pipeline's sample and label topic filters with the key that
+    /// declares each (`pipelines[0].topics`) and its pipeline's name.
+    fn topic_filters(&self) -> Vec<(String, &str, &str)> {
+        let mut all = Vec::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            for (k, filters) in [("topics", &p.topics), ("label_topics", &p.label_topics)] {
+                for f in filters {
+                    all.push((format!("pipelines[{i}].{k}"), p.name.as_str(), f.as_str()));
+                }
+            }
+        }
+        all
+    }
+
+    /// Refuses two subscriptions of the ingest connection that overlap
+    /// (`ingest::mqtt_config::subscriptions` already leaves out a filter
+    /// another of its kind covers): a broker delivers a message once per
+    /// matching subscription (MQTT 5.0 §3.3.4; mosquitto 2.0 over MQTT 5),
+    /// each copy a new message without the DUP flag, so a pipeline that does
+    /// not deduplicate by content would store it twice.
+    fn check_subscriptions(&self) -> Result<(), ConfigError> {
+        use crate::ingest::mqtt_config::{filters_overlap, subscriptions, topic_filter};
+        let all = self.topic_filters();
+        let owned: Vec<String> = all.iter().map(|(_, _, f)| f.to_string()).collect();
+        let subs = subscriptions(&owned);
+        let owner = |s: &str| all.iter().find(|(_, _, f)| *f == s);
+        for (i, a) in subs.iter().enumerate() {
+            for b in &subs[i + 1..] {
+                if !filters_overlap(topic_filter(a), topic_filter(b)) {
+                    continue;
+                }
+                let (Some((key_a, name_a, _)), Some((key, name_b, _))) = (owner(a), owner(b))
+                else {
+                    continue;
+                };
+                return Err(ConfigError::Invalid {
+                    key: key.clone(),
+                    reason: format!(
+                        "`{b}` (pipeline `{name_b}`) overlaps `{a}` ({key_a}, pipeline `{name_a}`) \
+                         and neither covers the other: the broker delivers a message matching both \
+                         once per subscription (MQTT 5), and it would be stored twice; use one \
+                         filter covering both (`sensors/#`) or filters that do not overlap"
+                    ),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Pairs of pipelines whose topic filters overlap, with the first such
+    /// pair of filters of each: a message matching both is routed to each
+    /// pipeline (the writer tries every pipeline) and stored once in each.
+    /// [`Config::load_with_env`] logs each pair once (WARN).
+    pub fn overlapping_pipelines(&self) -> Vec<[(&str, &str); 2]> {
+        use crate::ingest::mqtt_config::{filters_overlap, topic_filter};
+        let all = self.topic_filters();
+        let mut pairs: Vec<[(&str, &str); 2]> = Vec::new();
+        for (i, (_, name_a, a)) in all.iter().enumerate() {
+            for (_, name_b, b) in &all[i + 1..] {
+                if name_a != name_b
+                    && !pairs
+                        .iter()
+                        .any(|[(x, _), (y, _)]| x == name_a && y == name_b)
+                    && filters_overlap(topic_filter(a), topic_filter(b))
+                {
+                    pairs.push([(name_a, a), (name_b, b)]);
+                }
+            }
+        }
+        pairs
     }
 
     /// The pipeline named `name`, if configured.
@@ -1496,6 +1577,80 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("expected one of"), "{err}");
+    }
+
+    /// Two pipelines of `topics`, and what loading them logged.
+    fn load_pipelines(topics: [&str; 2]) -> (Result<Config, ConfigError>, String) {
+        #[derive(Clone, Default)]
+        struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Logged {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logged = Logged::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let toml = format!(
+            "[[pipelines]]\nname='all'\ntopics=['{}']\nlabel_topics=[]\nfeatures=['f']\nlabel='y'\n\
+             [[pipelines]]\nname='temp'\ntopics=['{}']\nlabel_topics=[]\nfeatures=['f']\nlabel='y'\n",
+            topics[0], topics[1]
+        );
+        let cfg = tracing::subscriber::with_default(subscriber, || load_str(&toml, &[]));
+        let text = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+        (cfg, text)
+    }
+
+    /// Two pipelines whose filters overlap each store a message matching
+    /// both (the writer routes it to every matching pipeline): loading warns
+    /// once, naming both pipelines and filters. The daemon subscribes to
+    /// the covering filter alone (`mqtt_config::subscriptions`), so the
+    /// broker sends the message once.
+    #[test]
+    fn overlapping_filters_of_two_pipelines_warn_once_naming_both() {
+        let (cfg, logged) = load_pipelines(["sensors/#", "sensors/+/temp"]);
+        let cfg = cfg.unwrap();
+        assert_eq!(
+            cfg.overlapping_pipelines(),
+            [[("all", "sensors/#"), ("temp", "sensors/+/temp")]]
+        );
+        let warnings: Vec<&str> = logged.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{logged}");
+        for part in [
+            "first=\"all\"",
+            "first_filter=\"sensors/#\"",
+            "second=\"temp\"",
+            "second_filter=\"sensors/+/temp\"",
+            "Topic filters of two pipelines overlap",
+        ] {
+            assert!(warnings[0].contains(part), "{part}: {logged}");
+        }
+        // Disjoint filters: no warning.
+        let (cfg, logged) = load_pipelines(["sensors/+/hum", "sensors/+/temp"]);
+        assert!(cfg.unwrap().overlapping_pipelines().is_empty());
+        assert!(!logged.contains("WARN"), "{logged}");
+    }
+
+    /// Filters that overlap without one covering the other are both
+    /// subscribed, and an MQTT 5 broker delivers a message matching both
+    /// twice (mosquitto 2.0 does), as a new message: refused, naming both.
+    #[test]
+    fn partly_overlapping_filters_are_refused_naming_both() {
+        let (cfg, _) = load_pipelines(["sensors/a/#", "sensors/+/temp"]);
+        let err = cfg.unwrap_err().to_string();
+        assert!(err.contains("pipelines[1].topics"), "{err}");
+        assert!(
+            err.contains("`sensors/+/temp` (pipeline `temp`) overlaps `sensors/a/#` (pipelines[0].topics, pipeline `all`)"),
+            "{err}"
+        );
+        assert!(err.contains("use one filter covering both"), "{err}");
     }
 
     /// A topic filter with a wildcard in the wrong place says which level

@@ -490,3 +490,124 @@ pub fn valid_subscription(subscription: &str) -> bool {
     }
     rumqttc::valid_filter(subscription)
 }
+
+/// Whether some topic matches both topic filters `a` and `b` (MQTT 3.1.1
+/// §4.7: `+` one level, `#` this level's parent and every level below; a
+/// wildcard first level matches no topic starting with `$`, §4.7.2).
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    let wild = |l: &str| l == "+" || l == "#";
+    if (wild(a[0]) && b[0].starts_with('$')) || (wild(b[0]) && a[0].starts_with('$')) {
+        return false;
+    }
+    for i in 0.. {
+        match (a.get(i).copied(), b.get(i).copied()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(x), Some(y)) if x == y || x == "+" || y == "+" => {}
+            _ => return false,
+        }
+    }
+    unreachable!("the loop returns by the end of the shorter filter")
+}
+
+/// Whether every topic that topic filter `inner` matches, `outer` matches
+/// too (`sensors/#` covers `sensors/+/temp`; a filter covers itself).
+pub fn filter_covers(outer: &str, inner: &str) -> bool {
+    let (o, n): (Vec<&str>, Vec<&str>) = (outer.split('/').collect(), inner.split('/').collect());
+    if (o[0] == "+" || o[0] == "#") && n[0].starts_with('$') {
+        return false;
+    }
+    for i in 0.. {
+        match (o.get(i).copied(), n.get(i).copied()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) | (Some(_), Some("#")) => return false,
+            (Some(x), Some(y)) if x == y || (x == "+" && y != "#") => {}
+            _ => return false,
+        }
+    }
+    unreachable!("the loop returns by the end of the shorter filter")
+}
+
+/// The subscriptions the ingest connection makes for `filters` (every
+/// pipeline's sample and label topics): each once, and none that another
+/// of the same kind covers (plain, or shared in the same group). A broker
+/// delivers a message once per matching subscription (MQTT 5.0 §3.3.4;
+/// mosquitto 2.0 over MQTT 5), each copy a new message without the DUP
+/// flag: with `sensors/#` and `sensors/+/temp` both subscribed, a pipeline
+/// that does not deduplicate by content stored every `sensors/x/temp`
+/// reading twice. The writer still routes each message by every filter
+/// ([`crate::ingest::writer::Route`]).
+pub fn subscriptions<'a>(filters: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let kind = |s: &str| shared(s).map(|(group, _)| group.to_string());
+    let mut all: Vec<String> = Vec::new();
+    for f in filters {
+        if !all.contains(f) {
+            all.push(f.clone());
+        }
+    }
+    all.iter()
+        .filter(|s| {
+            !all.iter().any(|other| {
+                other != *s
+                    && kind(other) == kind(s)
+                    && filter_covers(topic_filter(other), topic_filter(s))
+                    // Of two filters covering each other (never, once
+                    // equal ones are merged), keep both.
+                    && !filter_covers(topic_filter(s), topic_filter(other))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_and_cover_follow_the_matching_rules() {
+        // (a, b, overlap, a covers b)
+        for (a, b, overlap, covers) in [
+            ("sensors/#", "sensors/+/temp", true, true),
+            ("sensors/+/temp", "sensors/#", true, false),
+            ("sensors/#", "sensors", true, true),
+            ("sensors/+/temp", "sensors/a/#", true, false),
+            ("sensors/+/temp", "sensors/+/hum", false, false),
+            ("sensors/+/temp", "sensors/a/temp", true, true),
+            ("sensors/+", "sensors/+/temp", false, false),
+            ("+/+/temp", "sensors/a/+", true, false),
+            ("#", "anything/at/all", true, true),
+            ("#", "$SYS/broker", false, false),
+            ("+/broker", "$SYS/broker", false, false),
+            ("$SYS/#", "$SYS/broker", true, true),
+            ("a/b", "a/b", true, true),
+        ] {
+            assert_eq!(filters_overlap(a, b), overlap, "{a} ∩ {b}");
+            assert_eq!(filters_overlap(b, a), overlap, "{b} ∩ {a}");
+            assert_eq!(filter_covers(a, b), covers, "{a} ⊇ {b}");
+        }
+    }
+
+    #[test]
+    fn subscriptions_leave_out_covered_and_repeated_filters() {
+        let s = |v: &[&str]| subscriptions(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&["sensors/+/temp", "sensors/#"]), ["sensors/#"]);
+        assert_eq!(s(&["sensors/#", "sensors/#"]), ["sensors/#"]);
+        assert_eq!(
+            s(&["sensors/+/temp", "sensors/a/#"]),
+            ["sensors/+/temp", "sensors/a/#"]
+        );
+        // A shared subscription covers only its own group's filters.
+        assert_eq!(
+            s(&[
+                "$share/g/sensors/#",
+                "sensors/+/temp",
+                "$share/g/sensors/a/temp"
+            ]),
+            ["$share/g/sensors/#", "sensors/+/temp"]
+        );
+    }
+}
