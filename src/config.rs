@@ -526,6 +526,13 @@ impl Config {
             if let Some(expected) = expected_variants(&message, &layered) {
                 message = format!("{message}; {expected}");
             }
+            if let Some(written) = socket_address_written(&message, &layered) {
+                message = format!(
+                    "{message}: `{written}` is not an IP address and port (IP:PORT with a \
+                     port in 0..=65535: `127.0.0.1:8080`, `0.0.0.0:8080`, `[::1]:8080`; a \
+                     host name such as `localhost` is not resolved)"
+                );
+            }
             ConfigError::Load(message)
         })?;
         let typed = serde_json::to_value(&cfg).map_err(|e| ConfigError::Load(e.to_string()))?;
@@ -1130,6 +1137,24 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
     format!("{}{origin}", dotted_keys(&e.to_string()))
 }
 
+/// The value written for the key of config-rs's message about a socket
+/// address it could not read (`invalid socket address syntax for key
+/// `http.listen``), which names the key but not the value: read from the
+/// layers (`http.listen`, `mqtt.embedded_listen`). `None` for another
+/// message.
+fn socket_address_written(message: &str, layered: &serde_json::Value) -> Option<String> {
+    let key = message
+        .split("invalid socket address syntax for key `")
+        .nth(1)?
+        .split('`')
+        .next()?;
+    let value = key.split('.').try_fold(layered, |v, k| v.get(k))?;
+    Some(match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
 /// The values an enum key takes (`expected one of `logistic`, `linear`, …`),
 /// for config-rs's message about a value it does not take (`enum Family
 /// does not have variant constructor logistc for key …`), which names
@@ -1577,6 +1602,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("expected one of"), "{err}");
+    }
+
+    /// A socket address that does not parse is named with its key and the
+    /// value written, from the file or the environment (config-rs named
+    /// only the key).
+    #[test]
+    fn a_bad_listen_address_names_the_key_and_the_value() {
+        for written in [
+            "localhost:99999",
+            "nonsense",
+            "127.0.0.1:99999",
+            "localhost:8080",
+        ] {
+            let err = load_str(&format!("[http]\nlisten = '{written}'\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("key `http.listen`"), "{err}");
+            assert!(
+                err.contains(&format!("`{written}` is not an IP address and port")),
+                "{err}"
+            );
+            let err = load_str("", &[("EDGELOOP__MQTT__EMBEDDED_LISTEN", written)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("key `mqtt.embedded_listen`"), "{err}");
+            assert!(err.contains(&format!("`{written}` is not")), "{err}");
+        }
+        // A number (TOML integer) is shown as written too.
+        let err = load_str("[http]\nlisten = 8080\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.listen"), "{err}");
     }
 
     /// Two pipelines of `topics`, and what loading them logged.
