@@ -2103,4 +2103,62 @@ mod tests {
         assert!(parse_mqtt_url("mqtt://:12").is_err());
         assert!(parse_mqtt_url("mqtt://h:99999").is_err());
     }
+
+    /// `tcp://` and `ssl://` are Paho's names of `mqtt://` and `mqtts://`
+    /// (rumqttc's `MqttOptions::parse_url` takes all four): taken as them.
+    /// Any other scheme is refused, naming the key, the URL and the schemes
+    /// taken.
+    #[test]
+    fn broker_url_schemes_tcp_and_ssl_are_aliases_and_others_are_listed() {
+        let target = |broker: &str| {
+            let mut m = Config::load_with_env(None, std::iter::empty())
+                .unwrap()
+                .mqtt;
+            m.broker = broker.into();
+            m.target()
+        };
+        let plain = |host: &str, port| BrokerTarget::External {
+            host: host.into(),
+            port,
+            tls: false,
+        };
+        assert_eq!(
+            target("tcp://broker.lan").unwrap(),
+            plain("broker.lan", 1883)
+        );
+        assert_eq!(
+            target("tcp://10.0.0.2:1884").unwrap(),
+            target("mqtt://10.0.0.2:1884").unwrap()
+        );
+        assert_eq!(
+            target("ssl://broker.lan").unwrap(),
+            BrokerTarget::External {
+                host: "broker.lan".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        for bad in [
+            "http://broker",
+            "ws://broker:8000",
+            "broker:1883",
+            "mqtt:/broker",
+        ] {
+            let err = target(bad).unwrap_err().to_string();
+            assert!(err.contains("mqtt.broker"), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "`{bad}` is neither \"embedded\" nor a broker URL: mqtt://host[:port] or \
+                     tcp://host[:port] (plain, port 1883), mqtts://host[:port] or \
+                     ssl://host[:port] (TLS, port 8883)"
+                )),
+                "{err}"
+            );
+        }
+        // ssl:// is TLS: it needs the CA file, as mqtts:// does.
+        let err = load_str("[mqtt]\nbroker = 'ssl://h'\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.tls_ca_file"), "{err}");
+    }
 }

@@ -159,7 +159,8 @@ impl MqttConfig {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming `mqtt.broker` when it is neither
-    /// `"embedded"` nor an `mqtt://host:port` or `mqtts://host:port` URL.
+    /// `"embedded"` nor a URL of one of [`BROKER_SCHEMES`]: `mqtt://` or
+    /// `tcp://` (plain), `mqtts://` or `ssl://` (TLS).
     pub fn target(&self) -> Result<BrokerTarget, ConfigError> {
         if self.broker == "embedded" {
             return Ok(BrokerTarget::Embedded(self.embedded_listen));
@@ -168,7 +169,11 @@ impl MqttConfig {
             key: "mqtt.broker".into(),
             reason,
         };
-        if let Some(rest) = self.broker.strip_prefix("mqtts://") {
+        let tls = self
+            .broker
+            .strip_prefix("mqtts://")
+            .or_else(|| self.broker.strip_prefix("ssl://"));
+        if let Some(rest) = tls {
             // 8883: the IANA port of MQTT over TLS.
             let (host, port) = parse_host_port(&self.broker, rest, 8883).map_err(invalid)?;
             return Ok(BrokerTarget::External {
@@ -177,9 +182,7 @@ impl MqttConfig {
                 tls: true,
             });
         }
-        let (host, port) = parse_mqtt_url(&self.broker).map_err(|reason| {
-            invalid(reason.replace("an mqtt://host:port", "an mqtt:// or mqtts://host:port"))
-        })?;
+        let (host, port) = parse_mqtt_url(&self.broker).map_err(invalid)?;
         Ok(BrokerTarget::External {
             host,
             port,
@@ -376,22 +379,36 @@ impl MqttConfig {
     }
 }
 
-/// Parses `mqtt://host[:port]` (port 1883 when absent) into host and port.
+/// The URL schemes of `mqtt.broker`, plain then TLS, as listed when a URL
+/// has another: `tcp://` and `ssl://` are the names Eclipse Paho's clients
+/// use for `mqtt://` and `mqtts://`, and rumqttc's `MqttOptions::parse_url`
+/// takes all four, so a URL copied from either works here.
+pub const BROKER_SCHEMES: &str = "mqtt://host[:port] or tcp://host[:port] (plain, port 1883), \
+                                  mqtts://host[:port] or ssl://host[:port] (TLS, port 8883)";
+
+/// The refusal of a broker URL of another scheme, listing those taken.
+fn unknown_scheme(url: &str) -> String {
+    format!("`{url}` is neither \"embedded\" nor a broker URL: {BROKER_SCHEMES}")
+}
+
+/// Parses `mqtt://host[:port]` or its alias `tcp://host[:port]` (port 1883
+/// when absent) into host and port.
 ///
 /// ```
 /// use edgeloop::config::parse_mqtt_url;
 /// assert_eq!(parse_mqtt_url("mqtt://broker:1884"), Ok(("broker".to_string(), 1884)));
-/// assert_eq!(parse_mqtt_url("mqtt://10.0.0.2"), Ok(("10.0.0.2".to_string(), 1883)));
+/// assert_eq!(parse_mqtt_url("tcp://10.0.0.2"), Ok(("10.0.0.2".to_string(), 1883)));
 /// assert!(parse_mqtt_url("http://broker").is_err());
 /// ```
 ///
 /// # Errors
-/// A message saying what is wrong with the URL.
+/// A message saying what is wrong with the URL; for another scheme, the
+/// schemes taken ([`BROKER_SCHEMES`]).
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("`{url}` is neither \"embedded\" nor an mqtt://host:port URL"))?;
+        .ok_or_else(|| unknown_scheme(url))?;
     parse_host_port(url, rest, 1883)
 }
 
