@@ -526,6 +526,13 @@ impl Config {
             if let Some(expected) = expected_variants(&message, &layered) {
                 message = format!("{message}; {expected}");
             }
+            if let Some(written) = socket_address_written(&message, &layered) {
+                message = format!(
+                    "{message}: `{written}` is not an IP address and port (IP:PORT with a \
+                     port in 0..=65535: `127.0.0.1:8080`, `0.0.0.0:8080`, `[::1]:8080`; a \
+                     host name such as `localhost` is not resolved)"
+                );
+            }
             ConfigError::Load(message)
         })?;
         let typed = serde_json::to_value(&cfg).map_err(|e| ConfigError::Load(e.to_string()))?;
@@ -548,6 +555,15 @@ impl Config {
             cfg.store.create_dir = true;
         }
         cfg.validate()?;
+        for [(first, first_filter), (second, second_filter)] in cfg.overlapping_pipelines() {
+            tracing::warn!(
+                first,
+                first_filter,
+                second,
+                second_filter,
+                "Topic filters of two pipelines overlap: a message matching both is stored by each."
+            );
+        }
         Ok(cfg)
     }
 
@@ -1017,7 +1033,79 @@ impl Config {
                 return bad(key(&format!("drift.{k}")), reason);
             }
         }
+        self.check_subscriptions()
+    }
+
+    /// Every pipeline's sample and label topic filters with the key that
+    /// declares each (`pipelines[0].topics`) and its pipeline's name.
+    fn topic_filters(&self) -> Vec<(String, &str, &str)> {
+        let mut all = Vec::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            for (k, filters) in [("topics", &p.topics), ("label_topics", &p.label_topics)] {
+                for f in filters {
+                    all.push((format!("pipelines[{i}].{k}"), p.name.as_str(), f.as_str()));
+                }
+            }
+        }
+        all
+    }
+
+    /// Refuses two subscriptions of the ingest connection that overlap
+    /// (`ingest::mqtt_config::subscriptions` already leaves out a filter
+    /// another of its kind covers): a broker delivers a message once per
+    /// matching subscription (MQTT 5.0 §3.3.4; mosquitto 2.0 over MQTT 5),
+    /// each copy a new message without the DUP flag, so a pipeline that does
+    /// not deduplicate by content would store it twice.
+    fn check_subscriptions(&self) -> Result<(), ConfigError> {
+        use crate::ingest::mqtt_config::{filters_overlap, subscriptions, topic_filter};
+        let all = self.topic_filters();
+        let owned: Vec<String> = all.iter().map(|(_, _, f)| f.to_string()).collect();
+        let subs = subscriptions(&owned);
+        let owner = |s: &str| all.iter().find(|(_, _, f)| *f == s);
+        for (i, a) in subs.iter().enumerate() {
+            for b in &subs[i + 1..] {
+                if !filters_overlap(topic_filter(a), topic_filter(b)) {
+                    continue;
+                }
+                let (Some((key_a, name_a, _)), Some((key, name_b, _))) = (owner(a), owner(b))
+                else {
+                    continue;
+                };
+                return Err(ConfigError::Invalid {
+                    key: key.clone(),
+                    reason: format!(
+                        "`{b}` (pipeline `{name_b}`) overlaps `{a}` ({key_a}, pipeline `{name_a}`) \
+                         and neither covers the other: the broker delivers a message matching both \
+                         once per subscription (MQTT 5), and it would be stored twice; use one \
+                         filter covering both (`sensors/#`) or filters that do not overlap"
+                    ),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Pairs of pipelines whose topic filters overlap, with the first such
+    /// pair of filters of each: a message matching both is routed to each
+    /// pipeline (the writer tries every pipeline) and stored once in each.
+    /// [`Config::load_with_env`] logs each pair once (WARN).
+    pub fn overlapping_pipelines(&self) -> Vec<[(&str, &str); 2]> {
+        use crate::ingest::mqtt_config::{filters_overlap, topic_filter};
+        let all = self.topic_filters();
+        let mut pairs: Vec<[(&str, &str); 2]> = Vec::new();
+        for (i, (_, name_a, a)) in all.iter().enumerate() {
+            for (_, name_b, b) in &all[i + 1..] {
+                if name_a != name_b
+                    && !pairs
+                        .iter()
+                        .any(|[(x, _), (y, _)]| x == name_a && y == name_b)
+                    && filters_overlap(topic_filter(a), topic_filter(b))
+                {
+                    pairs.push([(name_a, a), (name_b, b)]);
+                }
+            }
+        }
+        pairs
     }
 
     /// The pipeline named `name`, if configured.
@@ -1047,6 +1135,24 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> String {
         .map(|p| format!(" (layers: default, {}, environment)", p.display()))
         .unwrap_or_default();
     format!("{}{origin}", dotted_keys(&e.to_string()))
+}
+
+/// The value written for the key of config-rs's message about a socket
+/// address it could not read (`invalid socket address syntax for key
+/// `http.listen``), which names the key but not the value: read from the
+/// layers (`http.listen`, `mqtt.embedded_listen`). `None` for another
+/// message.
+fn socket_address_written(message: &str, layered: &serde_json::Value) -> Option<String> {
+    let key = message
+        .split("invalid socket address syntax for key `")
+        .nth(1)?
+        .split('`')
+        .next()?;
+    let value = key.split('.').try_fold(layered, |v, k| v.get(k))?;
+    Some(match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
 }
 
 /// The values an enum key takes (`expected one of `logistic`, `linear`, …`),
@@ -1498,6 +1604,112 @@ mod tests {
         assert!(!err.contains("expected one of"), "{err}");
     }
 
+    /// A socket address that does not parse is named with its key and the
+    /// value written, from the file or the environment (config-rs named
+    /// only the key).
+    #[test]
+    fn a_bad_listen_address_names_the_key_and_the_value() {
+        for written in [
+            "localhost:99999",
+            "nonsense",
+            "127.0.0.1:99999",
+            "localhost:8080",
+        ] {
+            let err = load_str(&format!("[http]\nlisten = '{written}'\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("key `http.listen`"), "{err}");
+            assert!(
+                err.contains(&format!("`{written}` is not an IP address and port")),
+                "{err}"
+            );
+            let err = load_str("", &[("EDGELOOP__MQTT__EMBEDDED_LISTEN", written)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("key `mqtt.embedded_listen`"), "{err}");
+            assert!(err.contains(&format!("`{written}` is not")), "{err}");
+        }
+        // A number (TOML integer) is shown as written too.
+        let err = load_str("[http]\nlisten = 8080\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.listen"), "{err}");
+    }
+
+    /// Two pipelines of `topics`, and what loading them logged.
+    fn load_pipelines(topics: [&str; 2]) -> (Result<Config, ConfigError>, String) {
+        #[derive(Clone, Default)]
+        struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Logged {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logged = Logged::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let toml = format!(
+            "[[pipelines]]\nname='all'\ntopics=['{}']\nlabel_topics=[]\nfeatures=['f']\nlabel='y'\n\
+             [[pipelines]]\nname='temp'\ntopics=['{}']\nlabel_topics=[]\nfeatures=['f']\nlabel='y'\n",
+            topics[0], topics[1]
+        );
+        let cfg = tracing::subscriber::with_default(subscriber, || load_str(&toml, &[]));
+        let text = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+        (cfg, text)
+    }
+
+    /// Two pipelines whose filters overlap each store a message matching
+    /// both (the writer routes it to every matching pipeline): loading warns
+    /// once, naming both pipelines and filters. The daemon subscribes to
+    /// the covering filter alone (`mqtt_config::subscriptions`), so the
+    /// broker sends the message once.
+    #[test]
+    fn overlapping_filters_of_two_pipelines_warn_once_naming_both() {
+        let (cfg, logged) = load_pipelines(["sensors/#", "sensors/+/temp"]);
+        let cfg = cfg.unwrap();
+        assert_eq!(
+            cfg.overlapping_pipelines(),
+            [[("all", "sensors/#"), ("temp", "sensors/+/temp")]]
+        );
+        let warnings: Vec<&str> = logged.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{logged}");
+        for part in [
+            "first=\"all\"",
+            "first_filter=\"sensors/#\"",
+            "second=\"temp\"",
+            "second_filter=\"sensors/+/temp\"",
+            "Topic filters of two pipelines overlap",
+        ] {
+            assert!(warnings[0].contains(part), "{part}: {logged}");
+        }
+        // Disjoint filters: no warning.
+        let (cfg, logged) = load_pipelines(["sensors/+/hum", "sensors/+/temp"]);
+        assert!(cfg.unwrap().overlapping_pipelines().is_empty());
+        assert!(!logged.contains("WARN"), "{logged}");
+    }
+
+    /// Filters that overlap without one covering the other are both
+    /// subscribed, and an MQTT 5 broker delivers a message matching both
+    /// twice (mosquitto 2.0 does), as a new message: refused, naming both.
+    #[test]
+    fn partly_overlapping_filters_are_refused_naming_both() {
+        let (cfg, _) = load_pipelines(["sensors/a/#", "sensors/+/temp"]);
+        let err = cfg.unwrap_err().to_string();
+        assert!(err.contains("pipelines[1].topics"), "{err}");
+        assert!(
+            err.contains("`sensors/+/temp` (pipeline `temp`) overlaps `sensors/a/#` (pipelines[0].topics, pipeline `all`)"),
+            "{err}"
+        );
+        assert!(err.contains("use one filter covering both"), "{err}");
+    }
+
     /// A topic filter with a wildcard in the wrong place says which level
     /// and where the wildcard goes (MQTT 3.1.1 §4.7.1), for the sample and
     /// the label topics and inside a shared subscription.
@@ -1890,5 +2102,63 @@ mod tests {
         );
         assert!(parse_mqtt_url("mqtt://:12").is_err());
         assert!(parse_mqtt_url("mqtt://h:99999").is_err());
+    }
+
+    /// `tcp://` and `ssl://` are Paho's names of `mqtt://` and `mqtts://`
+    /// (rumqttc's `MqttOptions::parse_url` takes all four): taken as them.
+    /// Any other scheme is refused, naming the key, the URL and the schemes
+    /// taken.
+    #[test]
+    fn broker_url_schemes_tcp_and_ssl_are_aliases_and_others_are_listed() {
+        let target = |broker: &str| {
+            let mut m = Config::load_with_env(None, std::iter::empty())
+                .unwrap()
+                .mqtt;
+            m.broker = broker.into();
+            m.target()
+        };
+        let plain = |host: &str, port| BrokerTarget::External {
+            host: host.into(),
+            port,
+            tls: false,
+        };
+        assert_eq!(
+            target("tcp://broker.lan").unwrap(),
+            plain("broker.lan", 1883)
+        );
+        assert_eq!(
+            target("tcp://10.0.0.2:1884").unwrap(),
+            target("mqtt://10.0.0.2:1884").unwrap()
+        );
+        assert_eq!(
+            target("ssl://broker.lan").unwrap(),
+            BrokerTarget::External {
+                host: "broker.lan".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        for bad in [
+            "http://broker",
+            "ws://broker:8000",
+            "broker:1883",
+            "mqtt:/broker",
+        ] {
+            let err = target(bad).unwrap_err().to_string();
+            assert!(err.contains("mqtt.broker"), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "`{bad}` is neither \"embedded\" nor a broker URL: mqtt://host[:port] or \
+                     tcp://host[:port] (plain, port 1883), mqtts://host[:port] or \
+                     ssl://host[:port] (TLS, port 8883)"
+                )),
+                "{err}"
+            );
+        }
+        // ssl:// is TLS: it needs the CA file, as mqtts:// does.
+        let err = load_str("[mqtt]\nbroker = 'ssl://h'\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.tls_ca_file"), "{err}");
     }
 }

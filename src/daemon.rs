@@ -342,11 +342,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         link,
         spec,
         choice: choice.clone(),
-        filters: cfg
-            .pipelines
-            .iter()
-            .flat_map(|p| p.topics.iter().chain(&p.label_topics).cloned())
-            .collect(),
+        filters: crate::ingest::mqtt_config::subscriptions(
+            cfg.pipelines
+                .iter()
+                .flat_map(|p| p.topics.iter().chain(&p.label_topics)),
+        ),
         tx: Some(incoming_tx),
         acks: acks_rx,
         connection: connection.clone(),

@@ -371,3 +371,57 @@ async fn every_error_answer_is_json_with_its_status() {
     token.cancel();
     running.wait(Duration::from_secs(15)).await.unwrap();
 }
+
+/// A predict row's `device` is bounded as an MQTT reading's device id
+/// (`MAX_DEVICE_BYTES`, 256; `device_too_long` over MQTT): a longer one is
+/// a 400 naming the row and the limit, one at the limit is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predict_row_with_a_device_over_256_bytes_is_refused() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = config(dir.path(), Broker::Embedded(port));
+    let p = &mut cfg.pipelines[0];
+    p.model.min_labels = 300;
+    p.model.retrain_every = 1_000_000;
+    p.drift.retrain_on_drift = false;
+    let (running, handle, token) = start(cfg).await;
+    let opts = replay_opts("datatraining.txt", port, Some(300));
+    publish(
+        &opts,
+        edgeloop::ingest::replay::csv_payloads(&opts).unwrap(),
+    )
+    .await;
+    wait_until(Duration::from_secs(90), "version 1", || {
+        handle.registry.get(PIPELINE).is_some()
+    })
+    .await;
+    let row = |device: &str| {
+        serde_json::json!({"Temperature": 21.0, "Humidity": 27.2, "Light": 430,
+            "CO2": 710, "HumidityRatio": 0.0047, "device": device})
+    };
+    let path = format!("/v1/pipelines/{PIPELINE}/predict");
+    let limit = edgeloop::ingest::decode::MAX_DEVICE_BYTES;
+    let at_limit = "d".repeat(limit);
+    let body = serde_json::json!({"rows": [row("room1"), row(&at_limit)]});
+    let a = send(
+        handle.http_addr,
+        post(&path, &serde_json::to_vec(&body).unwrap()),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    // Multi-byte characters count in bytes, as over MQTT.
+    let over = "é".repeat(limit / 2 + 1);
+    let body = serde_json::json!({"rows": [row("room1"), row(&over)]});
+    let a = send(
+        handle.http_addr,
+        post(&path, &serde_json::to_vec(&body).unwrap()),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert_eq!(
+        a.error("device over the limit"),
+        "bad request: rows[1]: `device` is 258 bytes; at most 256 (as a device id over MQTT)"
+    );
+    stop(running, handle, token).await;
+}

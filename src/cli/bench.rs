@@ -69,9 +69,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 quick,
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", crate::bench::render(&report));
+                out!("{}", crate::bench::render(&report))?;
             }
             Ok(())
         }
@@ -94,9 +94,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             opts.mosquitto = mosquitto;
             let report = ingest::run(&opts)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", ingest::render(&report));
+                out!("{}", ingest::render(&report))?;
             }
             Ok(())
         }

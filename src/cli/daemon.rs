@@ -38,7 +38,7 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
     cfg.check_store_dir()?;
     cfg.check_engines()?;
-    print!("{}", cfg.to_toml()?);
+    out!("{}", cfg.to_toml()?)?;
     eprintln!("configuration is valid");
     Ok(())
 }

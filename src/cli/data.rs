@@ -81,10 +81,11 @@ pub fn replay(args: ReplayArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
         let payloads = replay::csv_payloads(&opts)?;
         replay::publish_all(&opts, payloads, shutdown).await
     })?;
-    println!(
+    outln!(
         "published {} messages, {} acknowledged",
-        report.published, report.acknowledged
-    );
+        report.published,
+        report.acknowledged
+    )?;
     Ok(())
 }
 
@@ -94,9 +95,9 @@ pub fn demo(args: DemoArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result
     let dir = data_dir.unwrap_or_else(crate::demo::default_data_dir);
     let summary = runtime.block_on(crate::demo::run(&dir))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
-        print!("{}", crate::demo::render(&summary));
+        out!("{}", crate::demo::render(&summary))?;
     }
     Ok(())
 }

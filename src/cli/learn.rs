@@ -591,10 +591,10 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         if let Some(o) = v.as_object_mut() {
             o.remove("record");
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         let text = crate::monitor::prequential::render(&report);
-        print!("{}", super::render::fit(&text, wide));
+        out!("{}", super::render::fit(&text, wide))?;
     }
     Ok(())
 }
@@ -628,9 +628,9 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["written"] = serde_json::json!(written.then_some(out));
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        print!("{}", head::render(&report, out.as_deref(), written));
+        out!("{}", head::render(&report, out.as_deref(), written))?;
     }
     Ok(())
 }
@@ -678,18 +678,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let cards = crate::learn::offline::cards(&report);
     if json {
-        println!("{}", serde_json::to_string_pretty(cards)?);
+        outln!("{}", serde_json::to_string_pretty(cards)?)?;
     } else {
         let chosen = &report.training.chosen.card;
-        print!(
+        out!(
             "{}",
             if wide {
                 crate::learn::card::render_table(cards, None)
             } else {
                 crate::learn::card::render_table_within(cards, None, super::render::WIDTH)
             }
-        );
-        println!(
+        )?;
+        outln!(
             "\n{} rows, {}; chosen: {} ({} {})",
             report.rows,
             report.task,
@@ -698,9 +698,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             chosen
                 .holdout_score
                 .map_or("-".into(), |s| format!("{s:.4}"))
-        );
+        )?;
         if let Some(path) = export {
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display())?;
         }
     }
     let chosen = &report.training.chosen.card;
@@ -810,24 +810,24 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     if json {
         let out = serde_json::json!({ "trials": report.trials, "card": report.card });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
         let trials = tune::render_trials(&report.trials, &report.card.metric);
         let card = std::slice::from_ref(&report.card);
         if wide {
-            print!("{trials}");
-            println!();
-            print!("{}", crate::learn::card::render_table(card, None));
+            out!("{trials}")?;
+            outln!()?;
+            out!("{}", crate::learn::card::render_table(card, None))?;
         } else {
-            print!("{}", super::render::fit(&trials, false));
-            println!();
-            print!(
+            out!("{}", super::render::fit(&trials, false))?;
+            outln!()?;
+            out!(
                 "{}",
                 crate::learn::card::render_table_within(card, None, super::render::WIDTH)
-            );
+            )?;
         }
         let best = report.card.search.as_ref().and_then(|s| s.best.as_ref());
-        println!(
+        outln!(
             "\n{} rows, {}; chosen: trial {} {} ({} {})",
             report.rows,
             report.task,
@@ -838,9 +838,9 @@ pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
                 .card
                 .holdout_score
                 .map_or("-".into(), |s| format!("{s:.4}"))
-        );
+        )?;
         if let Some(path) = export {
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display())?;
         }
     }
     Ok(())
@@ -855,9 +855,9 @@ fn print_report<R: serde::Serialize>(
     render: impl Fn(&R) -> String,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?)?;
     } else {
-        print!("{}", super::render::fit(&render(report), wide));
+        out!("{}", super::render::fit(&render(report), wide))?;
     }
     Ok(())
 }

@@ -11,6 +11,27 @@
 //! - `bench.rs`: `bench footprint` and `bench ingest`;
 //! - `monitor.rs`: `anomaly`, `detect` and `drift`;
 //! - [`render`]: tables within 100 columns (`--wide`: whole), local times.
+//!
+//! Commands print through `out!` and `outln!`, never `print!`: a closed
+//! stdout (`edgeloop tune … | head`) is an error, [`StdoutClosed`], and the
+//! command ends quietly with status 0, as ripgrep does.
+
+/// `print!` to stdout as a `Result`: `out!(…)?` ([`write_stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` to stdout as a `Result`: `outln!(…)?` ([`write_stdout`]).
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod bench;
 mod daemon;
@@ -167,6 +188,33 @@ fn recorded(target: &str, is_span: bool) -> bool {
     !(is_span && (target == "rumqttd" || target.starts_with("rumqttd::")))
 }
 
+/// Stdout was closed under a command (EPIPE: the reader of its pipe is gone,
+/// `edgeloop tune … | head`). Not a failure: [`main`] ends quietly with
+/// status 0, as ripgrep does (Rust ignores SIGPIPE, so the write fails where
+/// a C tool would have been killed by the signal; ripgrep treats that error
+/// as success, and `set -o pipefail` scripts see no failure). Only stdout's
+/// writes raise it: an EPIPE on a socket of the daemon stays an error.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+pub struct StdoutClosed;
+
+/// Writes `args` to stdout and flushes: what `out!` and `outln!` call.
+///
+/// # Errors
+/// [`StdoutClosed`] when the pipe's reader is gone (EPIPE), any other
+/// write error as "writing to stdout: …".
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("writing to stdout"),
+        })
+}
+
 /// The binary's `main`: parses the command line, starts the logs, runs the
 /// command; an error is printed as `edgeloop: …` with a non-zero exit.
 pub fn main() -> ExitCode {
@@ -183,6 +231,7 @@ pub fn main() -> ExitCode {
     let logs = init_logs(&filter, cli.log_format);
     match run(cli, logs) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edgeloop: {}", error_line(&e));
             ExitCode::FAILURE

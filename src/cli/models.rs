@@ -276,9 +276,9 @@ pub fn run(args: ModelsArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
             .unwrap_or(&String::from_utf8_lossy(&body))
     );
     if json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        print!("{}", super::render::models_answer(&value, wide));
+        out!("{}", super::render::models_answer(&value, wide))?;
     }
     Ok(())
 }
@@ -302,10 +302,10 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let shape = (!input_shape.is_empty()).then_some(input_shape.as_slice());
     let out = crate::serve::predict_file::predict_file(&model, &file, engine, &options, shape)?;
     if json {
-        println!("{}", out.to_json());
+        outln!("{}", out.to_json())?;
     } else {
         eprintln!("engine: {}", out.engine);
-        print!("{}", super::render::fit(&out.table(), wide));
+        out!("{}", super::render::fit(&out.table(), wide))?;
     }
     Ok(())
 }

@@ -20,9 +20,16 @@ pub struct AnomalyArgs {
     file: PathBuf,
     /// Columns scored, comma-separated.
     ///
-    /// Default: every column whose first row is a number.
+    /// Default: every column whose first row is a number, but the --label
+    /// and --device columns. The columns used are printed (JSON:
+    /// `features`).
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
+    /// Column of the file's label: never scored (default: none).
+    ///
+    /// A labelled file's label is not a reading; --features may not name it.
+    #[arg(long)]
+    label: Option<String>,
     /// Column of each row's device: residual and level rules per device.
     ///
     /// Each device's rows are scored against its own earlier rows, as the
@@ -136,12 +143,25 @@ pub struct AnomalyArgs {
     json: bool,
 }
 
+/// The columns a command reads beside its features: the label (`--label`),
+/// never a feature, and the device or time column (`--device`,
+/// `--timestamp`), not a feature unless `--features` names it.
+struct OtherColumns<'a> {
+    label: Option<&'a str>,
+    other: Option<&'a str>,
+}
+
 /// The columns `features` of a CSV file with a header row (empty: every
-/// column whose first value is a number), as rows of values in that order;
-/// an empty or non-numeric value is NaN.
+/// column whose first value is a number but `others`), as rows of values in
+/// that order; an empty or non-numeric value is NaN.
+///
+/// # Errors
+/// The file; a column of `features` or `others` it lacks (named); the label
+/// named in `features`; no feature left.
 fn read_columns(
     file: &std::path::Path,
     features: &[String],
+    others: OtherColumns<'_>,
 ) -> anyhow::Result<(Vec<String>, Vec<Vec<f64>>)> {
     let mut reader =
         csv::Reader::from_path(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -153,6 +173,16 @@ fn read_columns(
         .records()
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), describe_csv_error(file, &e)))?;
+    let label = others.label;
+    let others: Vec<&str> = [others.label, others.other].into_iter().flatten().collect();
+    for column in &others {
+        anyhow::ensure!(
+            headers.iter().any(|h| h == *column),
+            "{}: {}",
+            file.display(),
+            no_column(column, &headers)
+        );
+    }
     let features: Vec<String> = if features.is_empty() {
         let first = records
             .first()
@@ -160,16 +190,29 @@ fn read_columns(
         headers
             .iter()
             .zip(first.iter())
-            .filter(|(_, v)| v.trim().parse::<f64>().is_ok())
+            .filter(|(h, v)| !others.contains(h) && v.trim().parse::<f64>().is_ok())
             .map(|(h, _)| h.to_string())
             .collect()
     } else {
         features.to_vec()
     };
+    if let Some(label) = label.filter(|l| features.iter().any(|f| f == l)) {
+        anyhow::bail!("--features names `{label}`, the --label column: a label is never a feature");
+    }
     anyhow::ensure!(
         !features.is_empty(),
-        "no numeric column in {}",
-        file.display()
+        "no numeric column in {}{}",
+        file.display(),
+        match others.as_slice() {
+            [] => String::new(),
+            o => format!(
+                " besides {}",
+                o.iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        }
     );
     let columns: Vec<usize> = features
         .iter()
@@ -259,25 +302,16 @@ fn parse_time(s: &str) -> Option<i64> {
 /// Scores every row (score, then learn: each score uses only earlier rows)
 /// and prints the scores and the alarms.
 pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
-    let (mut features, mut rows) = read_columns(&args.file, &args.features)?;
+    let (features, rows) = read_columns(
+        &args.file,
+        &args.features,
+        OtherColumns {
+            label: args.label.as_deref(),
+            other: args.device.as_deref(),
+        },
+    )?;
     let devices = match &args.device {
-        Some(column) => {
-            // The device column is not a default feature.
-            if let Some(at) = features.iter().position(|f| f == column) {
-                if args.features.is_empty() {
-                    features.remove(at);
-                    rows.iter_mut().for_each(|r| {
-                        r.remove(at);
-                    });
-                }
-            }
-            anyhow::ensure!(
-                !features.is_empty(),
-                "no numeric column in {} besides `{column}`",
-                args.file.display()
-            );
-            Some(read_text(&args.file, column)?)
-        }
+        Some(column) => Some(read_text(&args.file, column)?),
         None => None,
     };
     // The daemon's scorer ([pipelines.anomaly]), with these settings.
@@ -350,9 +384,9 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
             out["residual_limit"] = serde_json::json!(limits);
             out["devices_evicted"] = serde_json::json!(scorer.evicted());
         }
-        println!("{out}");
+        outln!("{out}")?;
     } else {
-        println!(
+        outln!(
             "{} rows, features {}; threshold {} ({} quantile of the last {} scores, {} of {} rows), residual z above {}; {} alarms in {} episodes{}",
             scores.len(),
             features.join(","),
@@ -388,7 +422,7 @@ pub fn anomaly(args: AnomalyArgs) -> anyhow::Result<()> {
                         .join(", ")
                 )
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -507,7 +541,7 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
         rows += 1;
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "detector": args.detector,
@@ -516,9 +550,9 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
                 "rows": rows,
                 "alarms": alarms,
             })
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "{} over {rows} rows ({used}): {} alarms{}",
             args.detector,
             alarms.len(),
@@ -534,7 +568,7 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
                         .join(", ")
                 )
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -545,9 +579,18 @@ pub struct DriftArgs {
     /// CSV file with a header row, rows in time order.
     #[arg(long)]
     file: PathBuf,
-    /// Columns compared, comma-separated (default: every numeric column).
+    /// Columns compared, comma-separated.
+    ///
+    /// Default: every column whose first row is a number, but the --label
+    /// and --timestamp columns. The columns used are printed (JSON:
+    /// `features`).
     #[arg(long, value_delimiter = ',')]
     features: Vec<String>,
+    /// Column of the file's label: never compared (default: none).
+    ///
+    /// A labelled file's label is not a reading; --features may not name it.
+    #[arg(long)]
+    label: Option<String>,
     /// Rows of the reference: the first N.
     #[arg(long, default_value_t = 2000)]
     reference: usize,
@@ -603,7 +646,7 @@ pub struct DriftArgs {
     min_bucket: usize,
     /// Print the windows and their per-feature figures as JSON.
     ///
-    /// `{"windows": [{"start", "end", "reference_rows", "drift",
+    /// `{"features", "windows": [{"start", "end", "reference_rows", "drift",
     /// "features": {name: {psi,
     /// shift, ks_statistic, ks_p_value, ks_p_value_effective,
     /// mean_p_value_effective, outside_range, rho_reference, rho_current,
@@ -637,7 +680,14 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
         Some(column) => Some(read_times(&args.file, column)?),
         None => None,
     };
-    let (features, rows) = read_columns(&args.file, &args.features)?;
+    let (features, rows) = read_columns(
+        &args.file,
+        &args.features,
+        OtherColumns {
+            label: args.label.as_deref(),
+            other: args.timestamp.as_deref(),
+        },
+    )?;
     let rows: Vec<Vec<f32>> = rows
         .into_iter()
         .map(|r| r.into_iter().map(|v| v as f32).collect())
@@ -701,21 +751,23 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
     }
     let flagged = windows.iter().filter(|w| w["drift"] == true).count();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
+                "features": features,
                 "windows": windows,
                 "flagged": flagged,
                 "total": windows.len(),
             })
-        );
+        )?;
     } else {
-        println!(
-            "{flagged} of {} windows of {} rows drifted from the first {} rows",
+        outln!(
+            "{flagged} of {} windows of {} rows drifted from the first {} rows; features {}",
             windows.len(),
             args.window,
-            args.reference
-        );
+            args.reference,
+            features.join(",")
+        )?;
         for w in windows.iter().filter(|w| w["drift"] == true) {
             let names: Vec<&str> = w["features"]
                 .as_object()
@@ -726,7 +778,7 @@ pub fn drift(args: DriftArgs) -> anyhow::Result<()> {
                         .collect()
                 })
                 .unwrap_or_default();
-            println!("  rows {}..{}: {}", w["start"], w["end"], names.join(", "));
+            outln!("  rows {}..{}: {}", w["start"], w["end"], names.join(", "))?;
         }
     }
     Ok(())

@@ -687,6 +687,15 @@ async fn predict(
             Some(Value::String(d)) if !features.contains(&"device".to_string()) => Some(d),
             _ => None,
         };
+        // As over MQTT (`device_too_long`): a device id keys per-device
+        // state (temporal rows, carried values, anomaly rules).
+        if let Some(d) = device.filter(|d| d.len() > crate::ingest::decode::MAX_DEVICE_BYTES) {
+            return Err(ApiError::BadRequest(format!(
+                "rows[{i}]: `device` is {} bytes; at most {} (as a device id over MQTT)",
+                d.len(),
+                crate::ingest::decode::MAX_DEVICE_BYTES
+            )));
+        }
         devices.push(device.cloned());
         let (features, temporal) = match (&temporal, device) {
             (Some((state, raw, cleaning)), Some(d)) => (raw.as_slice(), Some((state, cleaning, d))),

@@ -159,7 +159,8 @@ impl MqttConfig {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming `mqtt.broker` when it is neither
-    /// `"embedded"` nor an `mqtt://host:port` or `mqtts://host:port` URL.
+    /// `"embedded"` nor a URL of one of [`BROKER_SCHEMES`]: `mqtt://` or
+    /// `tcp://` (plain), `mqtts://` or `ssl://` (TLS).
     pub fn target(&self) -> Result<BrokerTarget, ConfigError> {
         if self.broker == "embedded" {
             return Ok(BrokerTarget::Embedded(self.embedded_listen));
@@ -168,7 +169,11 @@ impl MqttConfig {
             key: "mqtt.broker".into(),
             reason,
         };
-        if let Some(rest) = self.broker.strip_prefix("mqtts://") {
+        let tls = self
+            .broker
+            .strip_prefix("mqtts://")
+            .or_else(|| self.broker.strip_prefix("ssl://"));
+        if let Some(rest) = tls {
             // 8883: the IANA port of MQTT over TLS.
             let (host, port) = parse_host_port(&self.broker, rest, 8883).map_err(invalid)?;
             return Ok(BrokerTarget::External {
@@ -177,9 +182,7 @@ impl MqttConfig {
                 tls: true,
             });
         }
-        let (host, port) = parse_mqtt_url(&self.broker).map_err(|reason| {
-            invalid(reason.replace("an mqtt://host:port", "an mqtt:// or mqtts://host:port"))
-        })?;
+        let (host, port) = parse_mqtt_url(&self.broker).map_err(invalid)?;
         Ok(BrokerTarget::External {
             host,
             port,
@@ -376,22 +379,36 @@ impl MqttConfig {
     }
 }
 
-/// Parses `mqtt://host[:port]` (port 1883 when absent) into host and port.
+/// The URL schemes of `mqtt.broker`, plain then TLS, as listed when a URL
+/// has another: `tcp://` and `ssl://` are the names Eclipse Paho's clients
+/// use for `mqtt://` and `mqtts://`, and rumqttc's `MqttOptions::parse_url`
+/// takes all four, so a URL copied from either works here.
+pub const BROKER_SCHEMES: &str = "mqtt://host[:port] or tcp://host[:port] (plain, port 1883), \
+                                  mqtts://host[:port] or ssl://host[:port] (TLS, port 8883)";
+
+/// The refusal of a broker URL of another scheme, listing those taken.
+fn unknown_scheme(url: &str) -> String {
+    format!("`{url}` is neither \"embedded\" nor a broker URL: {BROKER_SCHEMES}")
+}
+
+/// Parses `mqtt://host[:port]` or its alias `tcp://host[:port]` (port 1883
+/// when absent) into host and port.
 ///
 /// ```
 /// use edgeloop::config::parse_mqtt_url;
 /// assert_eq!(parse_mqtt_url("mqtt://broker:1884"), Ok(("broker".to_string(), 1884)));
-/// assert_eq!(parse_mqtt_url("mqtt://10.0.0.2"), Ok(("10.0.0.2".to_string(), 1883)));
+/// assert_eq!(parse_mqtt_url("tcp://10.0.0.2"), Ok(("10.0.0.2".to_string(), 1883)));
 /// assert!(parse_mqtt_url("http://broker").is_err());
 /// ```
 ///
 /// # Errors
-/// A message saying what is wrong with the URL.
+/// A message saying what is wrong with the URL; for another scheme, the
+/// schemes taken ([`BROKER_SCHEMES`]).
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("`{url}` is neither \"embedded\" nor an mqtt://host:port URL"))?;
+        .ok_or_else(|| unknown_scheme(url))?;
     parse_host_port(url, rest, 1883)
 }
 
@@ -489,4 +506,125 @@ pub fn valid_subscription(subscription: &str) -> bool {
         };
     }
     rumqttc::valid_filter(subscription)
+}
+
+/// Whether some topic matches both topic filters `a` and `b` (MQTT 3.1.1
+/// §4.7: `+` one level, `#` this level's parent and every level below; a
+/// wildcard first level matches no topic starting with `$`, §4.7.2).
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    let wild = |l: &str| l == "+" || l == "#";
+    if (wild(a[0]) && b[0].starts_with('$')) || (wild(b[0]) && a[0].starts_with('$')) {
+        return false;
+    }
+    for i in 0.. {
+        match (a.get(i).copied(), b.get(i).copied()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(x), Some(y)) if x == y || x == "+" || y == "+" => {}
+            _ => return false,
+        }
+    }
+    unreachable!("the loop returns by the end of the shorter filter")
+}
+
+/// Whether every topic that topic filter `inner` matches, `outer` matches
+/// too (`sensors/#` covers `sensors/+/temp`; a filter covers itself).
+pub fn filter_covers(outer: &str, inner: &str) -> bool {
+    let (o, n): (Vec<&str>, Vec<&str>) = (outer.split('/').collect(), inner.split('/').collect());
+    if (o[0] == "+" || o[0] == "#") && n[0].starts_with('$') {
+        return false;
+    }
+    for i in 0.. {
+        match (o.get(i).copied(), n.get(i).copied()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) | (Some(_), Some("#")) => return false,
+            (Some(x), Some(y)) if x == y || (x == "+" && y != "#") => {}
+            _ => return false,
+        }
+    }
+    unreachable!("the loop returns by the end of the shorter filter")
+}
+
+/// The subscriptions the ingest connection makes for `filters` (every
+/// pipeline's sample and label topics): each once, and none that another
+/// of the same kind covers (plain, or shared in the same group). A broker
+/// delivers a message once per matching subscription (MQTT 5.0 §3.3.4;
+/// mosquitto 2.0 over MQTT 5), each copy a new message without the DUP
+/// flag: with `sensors/#` and `sensors/+/temp` both subscribed, a pipeline
+/// that does not deduplicate by content stored every `sensors/x/temp`
+/// reading twice. The writer still routes each message by every filter
+/// ([`crate::ingest::writer::Route`]).
+pub fn subscriptions<'a>(filters: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let kind = |s: &str| shared(s).map(|(group, _)| group.to_string());
+    let mut all: Vec<String> = Vec::new();
+    for f in filters {
+        if !all.contains(f) {
+            all.push(f.clone());
+        }
+    }
+    all.iter()
+        .filter(|s| {
+            !all.iter().any(|other| {
+                other != *s
+                    && kind(other) == kind(s)
+                    && filter_covers(topic_filter(other), topic_filter(s))
+                    // Of two filters covering each other (never, once
+                    // equal ones are merged), keep both.
+                    && !filter_covers(topic_filter(s), topic_filter(other))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_and_cover_follow_the_matching_rules() {
+        // (a, b, overlap, a covers b)
+        for (a, b, overlap, covers) in [
+            ("sensors/#", "sensors/+/temp", true, true),
+            ("sensors/+/temp", "sensors/#", true, false),
+            ("sensors/#", "sensors", true, true),
+            ("sensors/+/temp", "sensors/a/#", true, false),
+            ("sensors/+/temp", "sensors/+/hum", false, false),
+            ("sensors/+/temp", "sensors/a/temp", true, true),
+            ("sensors/+", "sensors/+/temp", false, false),
+            ("+/+/temp", "sensors/a/+", true, false),
+            ("#", "anything/at/all", true, true),
+            ("#", "$SYS/broker", false, false),
+            ("+/broker", "$SYS/broker", false, false),
+            ("$SYS/#", "$SYS/broker", true, true),
+            ("a/b", "a/b", true, true),
+        ] {
+            assert_eq!(filters_overlap(a, b), overlap, "{a} ∩ {b}");
+            assert_eq!(filters_overlap(b, a), overlap, "{b} ∩ {a}");
+            assert_eq!(filter_covers(a, b), covers, "{a} ⊇ {b}");
+        }
+    }
+
+    #[test]
+    fn subscriptions_leave_out_covered_and_repeated_filters() {
+        let s = |v: &[&str]| subscriptions(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&["sensors/+/temp", "sensors/#"]), ["sensors/#"]);
+        assert_eq!(s(&["sensors/#", "sensors/#"]), ["sensors/#"]);
+        assert_eq!(
+            s(&["sensors/+/temp", "sensors/a/#"]),
+            ["sensors/+/temp", "sensors/a/#"]
+        );
+        // A shared subscription covers only its own group's filters.
+        assert_eq!(
+            s(&[
+                "$share/g/sensors/#",
+                "sensors/+/temp",
+                "$share/g/sensors/a/temp"
+            ]),
+            ["$share/g/sensors/#", "sensors/+/temp"]
+        );
+    }
 }
