@@ -2500,6 +2500,19 @@ mod tests {
         assert_eq!(labelled_chunks(&store, "q", 7).unwrap().count(), 0);
     }
 
+    /// The default pipeline with lags 2, deltas, a rolling window of 3 and
+    /// the last label: every temporal feature on.
+    fn temporal_pipeline() -> crate::config::PipelineConfig {
+        let mut p = crate::config::Config::load_with_env(None, std::iter::empty())
+            .unwrap()
+            .pipelines
+            .remove(0);
+        p.temporal.lags = 2;
+        p.temporal.deltas = true;
+        p.temporal.rolling = 3;
+        p.temporal.last_label = true;
+        p
+    }
     #[test]
     fn a_temporal_pipeline_forms_the_rows_of_its_training_parts_only() {
         // 30,000 readings of 3 interleaved devices, three in four
@@ -2528,14 +2541,7 @@ mod tests {
             })
             .collect();
         store.append(&samples).unwrap();
-        let mut p = crate::config::Config::load_with_env(None, std::iter::empty())
-            .unwrap()
-            .pipelines
-            .remove(0);
-        p.temporal.lags = 2;
-        p.temporal.deltas = true;
-        p.temporal.rolling = 3;
-        p.temporal.last_label = true;
+        let mut p = temporal_pipeline();
         p.model.window = 300;
         p.model.reservoir = 50;
         let cfg = p.monitored();
@@ -2609,14 +2615,7 @@ mod tests {
                 .collect();
             store.append(&batch).unwrap();
         }
-        let mut p = crate::config::Config::load_with_env(None, std::iter::empty())
-            .unwrap()
-            .pipelines
-            .remove(0);
-        p.temporal.lags = 2;
-        p.temporal.deltas = true;
-        p.temporal.rolling = 3;
-        p.temporal.last_label = true;
+        let p = temporal_pipeline();
         (dir, store, p)
     }
 
