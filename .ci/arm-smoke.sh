@@ -17,7 +17,8 @@
 #     the host's store (redb file and model written by the x86-64 build),
 #     connected to mosquitto over TLS: /healthz reports MQTT connected and
 #     subscribed, it serves version 1, its HTTP prediction of the row equals
-#     the host's (probabilities within 1e-5), and an unlabelled row replayed
+#     the host's (probabilities within 1e-5; the anomaly fields too, its
+#     scorer warmed from the host's store at start), and an unlabelled row replayed
 #     on the plain listener reaches it over TLS and its prediction goes out
 #     over TLS (predictions_published in /v1/stats).
 set -euo pipefail
@@ -185,6 +186,11 @@ hp, ap = h["predictions"][0], a["predictions"][0]
 assert ap["label"] == hp["label"], (hp, ap)
 for k, p in hp["probabilities"].items():
     assert abs(ap["probabilities"][k] - p) <= 1e-5, (k, p, ap["probabilities"][k])
+# The anomaly scorer warmed from the host's store at start (daemon::warm_anomaly)
+# sees the row as the host's scorer did after learning the 600 rows live.
+assert ap["anomaly"] == hp["anomaly"] and ap.get("anomaly_rule") == hp.get("anomaly_rule"), (hp, ap)
+for k in ("anomaly_score", "residual_z"):
+    assert abs(ap[k] - hp[k]) <= 1e-6 * max(1.0, abs(hp[k])), (k, hp[k], ap[k])
 EOF
 # One unlabelled reading in (plain listener -> TLS to the ARM daemon), its
 # prediction out over TLS.
