@@ -403,71 +403,7 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     assert_eq!(alarmed, want_alarms);
     // HTTP predict scores its rows without learning them: twice the same.
     let r = reference();
-    let queries: Vec<[f32; 5]> = r["occupancy"]["queries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| {
-            let v: Vec<f32> = q
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            [v[0], v[1], v[2], v[3], v[4]]
-        })
-        .collect();
-    let want = scores(&r["occupancy"]["query_scores"]);
-    // Each row as the next reading of room1, the device of the readings
-    // (the residual and level rules are kept per device; a row without a
-    // device would be scored by the rules of the readings without one).
-    let mut query_body: Value = serde_json::from_slice(&predict_body(&queries)).unwrap();
-    for row in query_body["rows"].as_array_mut().unwrap() {
-        row["device"] = "room1".into();
-    }
-    for _ in 0..2 {
-        let mut client = edgeloop::demo::HttpClient::connect(handle.http_addr)
-            .await
-            .unwrap();
-        let (status, body) = client
-            .request(
-                "POST",
-                "/v1/pipelines/occupancy/predict",
-                Some(serde_json::to_vec(&query_body).unwrap()),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let predictions = v["predictions"].as_array().unwrap();
-        let got: Vec<f64> = predictions
-            .iter()
-            .map(|p| p["anomaly_score"].as_f64().unwrap())
-            .collect();
-        assert_equal("http", &got, &want);
-        let z: Vec<f64> = predictions
-            .iter()
-            .map(|p| p["residual_z"].as_f64().unwrap())
-            .collect();
-        assert_equal(
-            "http residual z",
-            &z,
-            &scores(&r["occupancy"]["query_residual_z"]),
-        );
-        for (k, p) in predictions.iter().enumerate() {
-            assert_eq!(
-                p["residual_feature"], r["occupancy"]["query_residual_feature"][k],
-                "query {k}"
-            );
-            assert_eq!(p["anomaly"], r["occupancy"]["query_alarm"][k], "query {k}");
-            // The alarm's rule, as the reference decides it.
-            assert_eq!(
-                p.get("anomaly_rule").unwrap_or(&Value::Null),
-                &r["occupancy"]["query_rule"][k],
-                "query {k}"
-            );
-        }
-    }
+    let want = http_queries_equal_the_reference(handle.http_addr).await;
     assert!(want[1] > want[0], "the far reading scores higher: {want:?}");
     // /metrics: the histogram of all 2,600 readings' scores (HTTP queries
     // are not observed), bucket by bucket River's scores counted.
@@ -563,6 +499,93 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     drop(handle);
     token.cancel();
     running.wait(Duration::from_secs(15)).await.unwrap();
+    // Restarted on the same store: the scorer is warmed from the 2,600
+    // stored readings (daemon::warm_anomaly), so the queries score as
+    // before the restart, the reference's values (a scorer begun anew
+    // scored every query 0).
+    let mut cfg = config(dir.path(), Broker::Embedded(free_port()));
+    cfg.pipelines[0].model.min_labels = 2000;
+    cfg.pipelines[0].model.retrain_every = 1_000_000;
+    cfg.pipelines[0].drift.retrain_on_drift = false;
+    cfg.pipelines[0].anomaly.level_dispersion = 0;
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
+    http_queries_equal_the_reference(running.handle.http_addr).await;
+    token.cancel();
+    running.wait(Duration::from_secs(15)).await.unwrap();
+}
+
+/// The reference's query rows over HTTP predict as room1's next readings,
+/// twice (not learned: the same both times): their anomaly scores, residual
+/// z, its feature, the alarm and its rule as the script computes them after
+/// the 2,600 readings. Returns the scores.
+async fn http_queries_equal_the_reference(addr: std::net::SocketAddr) -> Vec<f64> {
+    use common::predict_body;
+    let r = reference();
+    let queries: Vec<[f32; 5]> = r["occupancy"]["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            let v: Vec<f32> = q
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            [v[0], v[1], v[2], v[3], v[4]]
+        })
+        .collect();
+    let want = scores(&r["occupancy"]["query_scores"]);
+    // Each row as the next reading of room1, the device of the readings
+    // (the residual and level rules are kept per device; a row without a
+    // device would be scored by the rules of the readings without one).
+    let mut query_body: Value = serde_json::from_slice(&predict_body(&queries)).unwrap();
+    for row in query_body["rows"].as_array_mut().unwrap() {
+        row["device"] = "room1".into();
+    }
+    for _ in 0..2 {
+        let mut client = edgeloop::demo::HttpClient::connect(addr).await.unwrap();
+        let (status, body) = client
+            .request(
+                "POST",
+                "/v1/pipelines/occupancy/predict",
+                Some(serde_json::to_vec(&query_body).unwrap()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let predictions = v["predictions"].as_array().unwrap();
+        let got: Vec<f64> = predictions
+            .iter()
+            .map(|p| p["anomaly_score"].as_f64().unwrap())
+            .collect();
+        assert_equal("http", &got, &want);
+        let z: Vec<f64> = predictions
+            .iter()
+            .map(|p| p["residual_z"].as_f64().unwrap())
+            .collect();
+        assert_equal(
+            "http residual z",
+            &z,
+            &scores(&r["occupancy"]["query_residual_z"]),
+        );
+        for (k, p) in predictions.iter().enumerate() {
+            assert_eq!(
+                p["residual_feature"], r["occupancy"]["query_residual_feature"][k],
+                "query {k}"
+            );
+            assert_eq!(p["anomaly"], r["occupancy"]["query_alarm"][k], "query {k}");
+            // The alarm's rule, as the reference decides it.
+            assert_eq!(
+                p.get("anomaly_rule").unwrap_or(&Value::Null),
+                &r["occupancy"]["query_rule"][k],
+                "query {k}"
+            );
+        }
+    }
+    want
 }
 
 /// `edgeloop detect` on the shipped NAB column prints River's alarms, as
