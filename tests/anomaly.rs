@@ -290,6 +290,22 @@ fn the_anomaly_command_default_rules_equal_the_reference() {
     );
 }
 
+/// The daemon of `prediction_messages_carry_rivers_anomaly_scores`: one
+/// training at 2,000 labels, none after, no drift retraining; the level
+/// rule on the levels alone (no dispersion term): its alarms at readings
+/// 210 and 215 (Light switched on) keep the level counter checked; with the
+/// default dispersion term the first 600 readings raise none
+/// (tests/anomaly_level.rs tests the term).
+fn scoring_config(store: &std::path::Path, broker: common::Broker) -> edgeloop::config::Config {
+    let mut cfg = common::config(store, broker);
+    let p = &mut cfg.pipelines[0];
+    p.model.min_labels = 2000;
+    p.model.retrain_every = 1_000_000;
+    p.drift.retrain_on_drift = false;
+    p.anomaly.level_dispersion = 0;
+    cfg
+}
+
 /// The daemon scores every reading from the first one, labelled or not,
 /// and publishes the scores of those it predicts: River's, reading for
 /// reading (the script rounds the readings to float32 as the daemon stores
@@ -306,16 +322,7 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::Embedded(free_port());
-    let mut cfg = config(dir.path(), broker);
-    let p = &mut cfg.pipelines[0];
-    p.model.min_labels = 2000;
-    p.model.retrain_every = 1_000_000;
-    p.drift.retrain_on_drift = false;
-    // The level rule on the levels alone (no dispersion term): its alarms
-    // at readings 210 and 215 (Light switched on) keep the level counter
-    // checked; with the default dispersion term the first 600 readings
-    // raise none (tests/anomaly_level.rs tests the term).
-    p.anomaly.level_dispersion = 0;
+    let cfg = scoring_config(dir.path(), broker);
     let token = tokio_util::sync::CancellationToken::new();
     let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
     let handle = running.handle.clone();
@@ -503,11 +510,7 @@ async fn prediction_messages_carry_rivers_anomaly_scores() {
     // stored readings (daemon::warm_anomaly), so the queries score as
     // before the restart, the reference's values (a scorer begun anew
     // scored every query 0).
-    let mut cfg = config(dir.path(), Broker::Embedded(free_port()));
-    cfg.pipelines[0].model.min_labels = 2000;
-    cfg.pipelines[0].model.retrain_every = 1_000_000;
-    cfg.pipelines[0].drift.retrain_on_drift = false;
-    cfg.pipelines[0].anomaly.level_dispersion = 0;
+    let cfg = scoring_config(dir.path(), common::Broker::Embedded(common::free_port()));
     let token = tokio_util::sync::CancellationToken::new();
     let running = edgeloop::daemon::start(cfg, token.clone()).await.unwrap();
     http_queries_equal_the_reference(running.handle.http_addr).await;
