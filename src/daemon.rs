@@ -221,6 +221,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     // training (which reads them back as strings). Runtime state the
     // stages share through their sections.
     let mut cfg = cfg;
+    // The rows the temporal warm-up formed, for the anomaly scorers' own
+    // (`warm_anomaly`): one read of the store for both.
+    let mut temporal_rows = std::collections::HashMap::new();
     for p in &mut cfg.pipelines {
         if !p.preprocess.categorical.is_empty() {
             let book = crate::ingest::categories::CategoryBook::open(
@@ -235,7 +238,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         // stored readings and each recent device's own past before them
         // (`temporal_warm`), so that a restart does not start without one.
         if p.temporal.is_enabled() {
-            p.temporal.state = Some(Arc::new(warm_temporal(&store, p)?));
+            let (state, rows) = warm_temporal(&store, p)?;
+            p.temporal.state = Some(Arc::new(state));
+            temporal_rows.insert(p.name.clone(), rows);
         }
         // `impute = "last"`: each device's last readings fill its next
         // missing ones before the graph (predictor, HTTP rows with a device).
@@ -377,7 +382,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             .map(|p| p.settings())
             .collect::<Vec<_>>(),
     );
-    warm_anomaly(&store, &cfg, &anomaly_scorers)?;
+    warm_anomaly(&store, &cfg, &anomaly_scorers, temporal_rows)?;
     let predictor = Predictor {
         registry: registry.clone(),
         pipelines: cfg.pipelines.iter().map(|p| p.settings()).collect(),
@@ -754,10 +759,9 @@ fn warm_windows(
 /// Each scoring pipeline's anomaly scorer (`[pipelines.anomaly]`), warmed
 /// at start with the newest [`WARM_READINGS`](crate::features::temporal::WARM_READINGS)
 /// stored readings, labelled or not, in commit order, formed as the
-/// predictor forms them live (a temporal pipeline's rows from a temporal
-/// state of their own, after the cleaning rules, with the past of its
-/// quiet devices as [`crate::monitor::retrain::temporal_warm`] reads it
-/// for the serving state, a second read of it; a windowed pipeline's
+/// predictor forms them live (a temporal pipeline's rows as the serving
+/// state's warm-up formed them, `temporal_rows` from [`warm_temporal`]; a
+/// windowed pipeline's
 /// window samples from a featurizer of its own, not the one that serves)
 /// and learned without being counted. Without it every restart began the
 /// scorer anew: no alarm until its first window and its threshold's
@@ -772,52 +776,35 @@ fn warm_anomaly(
     store: &Store,
     cfg: &Config,
     scorers: &crate::serve::predictions::AnomalyScorers,
+    mut temporal_rows: std::collections::HashMap<String, Vec<(String, Vec<f32>)>>,
 ) -> Result<(), DaemonError> {
     for p in cfg.pipelines.iter().filter(|p| p.anomaly.enabled) {
-        let next = store.counts(&p.name)?.next_seq;
-        let start = next.saturating_sub(crate::features::temporal::WARM_READINGS);
-        // A temporal pipeline's: with the past its quiet devices lack
-        // (before `start`), which forms their rows and is not scored.
-        let readings = if p.temporal.is_enabled() {
-            crate::monitor::retrain::temporal_warm(store, &p.name, &p.temporal, &p.classes, next)?
-        } else {
-            store.scan(&p.name, start..next, usize::MAX)?
+        let readings = match temporal_rows.remove(&p.name) {
+            Some(rows) => rows,
+            None => {
+                let next = store.counts(&p.name)?.next_seq;
+                let start = next.saturating_sub(crate::features::temporal::WARM_READINGS);
+                store
+                    .scan(&p.name, start..next, usize::MAX)?
+                    .into_iter()
+                    .map(|(_, r)| (r.sample.device, r.sample.features))
+                    .collect()
+            }
         };
-        if readings.is_empty() {
+        let rows: Vec<(String, Vec<f32>)> = if p.windows.enabled {
+            let mut f = crate::features::windows::Featurizer::new(&p.windows, p.features.len());
+            readings
+                .into_iter()
+                .filter_map(|(device, row)| {
+                    let w = f.push(&device, &row)?;
+                    Some((device, w.features))
+                })
+                .collect()
+        } else {
+            readings
+        };
+        if rows.is_empty() {
             continue;
-        }
-        let mut temporal = p.temporal.is_enabled().then(|| {
-            crate::features::temporal::Temporal::new(
-                p.temporal.clone(),
-                p.features.len(),
-                p.classes.len(),
-            )
-        });
-        let mut windows = p
-            .windows
-            .enabled
-            .then(|| crate::features::windows::Featurizer::new(&p.windows, p.features.len()));
-        let cleaning = p.preprocess.cleaning();
-        let mut scratch = Vec::new();
-        let mut rows: Vec<(String, Vec<f32>)> = Vec::with_capacity(readings.len());
-        for (seq, mut r) in readings {
-            let mut row = match &mut temporal {
-                Some(t) => {
-                    cleaning.apply(&p.features, &mut r.sample.features);
-                    t.advance(&r.sample, &p.classes, &mut scratch)
-                }
-                None => std::mem::take(&mut r.sample.features),
-            };
-            if seq < start {
-                continue;
-            }
-            if let Some(f) = &mut windows {
-                match f.push(&r.sample.device, &row) {
-                    Some(w) => row = w.features,
-                    None => continue,
-                }
-            }
-            rows.push((std::mem::take(&mut r.sample.device), row));
         }
         let n = scorers.warm(
             &p.name,
@@ -831,22 +818,43 @@ fn warm_anomaly(
 /// The serving state of a temporal pipeline at start: the stored readings
 /// of [`crate::monitor::retrain::temporal_warm`] (the newest 20,000 and the
 /// past they lack of the `max_devices` devices heard most recently), after
-/// the cleaning rules, advanced in seq order.
+/// the cleaning rules, advanced in seq order. With `[pipelines.anomaly]`
+/// on, also the rows it formed for the newest 20,000, each with its device,
+/// in seq order, for [`warm_anomaly`] (empty otherwise; a quiet device's
+/// past before them forms rows but is not among them).
+#[allow(clippy::type_complexity)]
 pub(crate) fn warm_temporal(
     store: &Store,
     p: &crate::config::PipelineConfig,
-) -> Result<crate::features::temporal::SharedTemporal, DaemonError> {
+) -> Result<
+    (
+        crate::features::temporal::SharedTemporal,
+        Vec<(String, Vec<f32>)>,
+    ),
+    DaemonError,
+> {
     let shared =
         crate::features::temporal::SharedTemporal::new(&p.temporal, p.features.len(), &p.classes);
     let next = store.counts(&p.name)?.next_seq;
+    let start = next.saturating_sub(crate::features::temporal::WARM_READINGS);
     let mut newest =
         crate::monitor::retrain::temporal_warm(store, &p.name, &p.temporal, &p.classes, next)?;
     let cleaning = p.preprocess.cleaning();
     for (_, r) in &mut newest {
         cleaning.apply(&p.features, &mut r.sample.features);
     }
-    shared.advance(&newest.iter().map(|(_, r)| &r.sample).collect::<Vec<_>>());
-    Ok(shared)
+    let (rows, _) = shared.advance(&newest.iter().map(|(_, r)| &r.sample).collect::<Vec<_>>());
+    let rows = if p.anomaly.enabled {
+        newest
+            .into_iter()
+            .zip(rows)
+            .filter(|((seq, _), _)| *seq >= start)
+            .map(|((_, r), row)| (r.sample.device, row))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((shared, rows))
 }
 
 /// The newest readings of a windowed pipeline read by seq at start, besides
@@ -1212,7 +1220,13 @@ mod tests {
             };
             live.score_then_learn("a", rows.iter().map(|r| ("d", r.as_slice())), &stats);
             let warmed = AnomalyScorers::new(&settings);
-            warm_anomaly(&store, &cfg, &warmed).unwrap();
+            let temporal_rows = if lags > 0 {
+                let (_, rows) = warm_temporal(&store, &cfg.pipelines[0]).unwrap();
+                std::collections::HashMap::from([("a".to_string(), rows)])
+            } else {
+                std::collections::HashMap::new()
+            };
+            warm_anomaly(&store, &cfg, &warmed, temporal_rows).unwrap();
             let fresh = AnomalyScorers::new(&settings);
             let spike = if lags > 0 {
                 shared.row("d", &[100.0])

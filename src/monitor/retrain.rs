@@ -2689,7 +2689,7 @@ mod tests {
     #[test]
     fn a_quiet_devices_serving_row_after_a_restart_has_its_past() {
         let (_dir, store, p) = quiet_behind_busy();
-        let shared = crate::daemon::warm_temporal(&store, &p).unwrap();
+        let (shared, _) = crate::daemon::warm_temporal(&store, &p).unwrap();
         let row = shared.row("q", &[25.0, 30.0, 500.0, 600.0, 0.004]);
         assert_quiet_row(&row, 25.0);
         // The busy device's own, from the scan: lags 25,002 and 25,001.
