@@ -194,6 +194,43 @@ impl Running {
     }
 }
 
+/// How often a step of the start that is still running tells systemd so
+/// ([`while_starting`]).
+const START_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Awaits `step`, a part of the start before `READY=1` that can take long
+/// (opening a store redb must repair after a crash reads the whole file),
+/// and every `every` while it runs: extends systemd's start timeout
+/// (`TimeoutStartSec=`, 60 s in the packaged unit) by four times `every`
+/// from now (`EXTEND_TIMEOUT_USEC`, systemd.service(5); ignored without
+/// systemd) with `status(elapsed)` as the unit's status line, through
+/// `notify`, and logs that status at info. Without it systemd killed a
+/// daemon whose store took longer than the timeout to open and started it
+/// again on the same file: a repair that never finished.
+async fn while_starting<T>(
+    step: impl std::future::Future<Output = T>,
+    every: Duration,
+    notify: impl Fn(&[NotifyState]),
+    status: impl Fn(Duration) -> String,
+) -> T {
+    let started = tokio::time::Instant::now();
+    tokio::pin!(step);
+    let mut tick = tokio::time::interval_at(started + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut step => return done,
+            _ = tick.tick() => {
+                let line = status(started.elapsed());
+                info!(status = %line, "Still starting.");
+                let extend = u32::try_from((4 * every).as_micros()).unwrap_or(u32::MAX);
+                notify(&[NotifyState::ExtendTimeoutUsec(extend), NotifyState::Status(&line)]);
+            }
+        }
+    }
+}
+
 /// Starts the daemon for `cfg`. Cancelling `shutdown` stops it.
 ///
 /// # Errors
@@ -207,13 +244,39 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     cfg.check_engines()?;
     let stats = Arc::new(Stats::default());
     let store_path = cfg.store.path.clone();
+    // redb's full repair of a store that needs one reports 0.0, 0.6, 0.9
+    // (`Store::open_observed`); the start's status line says where it is.
+    let repair = Arc::new(std::sync::atomic::AtomicU64::new(f64::NAN.to_bits()));
+    let observe = {
+        let repair = repair.clone();
+        Arc::new(move |p: f64| repair.store(p.to_bits(), std::sync::atomic::Ordering::Relaxed))
+    };
+    let opening = tokio::task::spawn_blocking(move || Store::open_observed(&store_path, observe));
     let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&store_path))
-            .await
-            .map_err(|e| DaemonError::Component {
-                component: "store",
-                reason: e.to_string(),
-            })??,
+        while_starting(
+            opening,
+            START_PROGRESS_EVERY,
+            |s| {
+                let _ = sd_notify::notify(s);
+            },
+            |elapsed| {
+                let p = f64::from_bits(repair.load(std::sync::atomic::Ordering::Relaxed));
+                if p.is_nan() {
+                    format!("Opening the store ({} s)", elapsed.as_secs())
+                } else {
+                    format!(
+                        "Opening the store: redb is repairing it after an unclean shutdown, {:.0} % ({} s)",
+                        p * 100.0,
+                        elapsed.as_secs()
+                    )
+                }
+            },
+        )
+        .await
+        .map_err(|e| DaemonError::Component {
+            component: "store",
+            reason: e.to_string(),
+        })??,
     );
     store.set_min_free_bytes(cfg.store.min_free_bytes);
     // Categorical features: each pipeline's book of category codes, shared
@@ -1092,6 +1155,46 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step of the start that runs until the second tick: two
+    /// notifications, each extending systemd's start timeout by four ticks
+    /// (`EXTEND_TIMEOUT_USEC=200000` for ticks of 50 ms) with the status line
+    /// of that moment; the step's value is returned. A step already done
+    /// sends nothing.
+    #[tokio::test]
+    async fn a_long_step_of_the_start_extends_systemds_timeout_while_it_runs() {
+        let sent = Mutex::new(Vec::new());
+        let done = Notify::new();
+        let notify = |states: &[NotifyState]| {
+            let line: Vec<String> = states.iter().map(ToString::to_string).collect();
+            let mut sent = sent.lock().unwrap();
+            sent.push(line.join("\n"));
+            if sent.len() == 2 {
+                done.notify_one();
+            }
+        };
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let status = |_: Duration| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            format!("Opening the store (tick {n})")
+        };
+        let step = async {
+            done.notified().await;
+            7
+        };
+        let every = Duration::from_millis(50);
+        assert_eq!(while_starting(step, every, notify, status).await, 7);
+        assert_eq!(
+            *sent.lock().unwrap(),
+            [
+                "EXTEND_TIMEOUT_USEC=200000\nSTATUS=Opening the store (tick 1)",
+                "EXTEND_TIMEOUT_USEC=200000\nSTATUS=Opening the store (tick 2)"
+            ]
+        );
+        sent.lock().unwrap().clear();
+        assert_eq!(while_starting(async { 8 }, every, notify, status).await, 8);
+        assert!(sent.lock().unwrap().is_empty());
+    }
 
     /// Windows of 4 readings (step 1), at most 3 devices, 1 channel: a
     /// quiet device ("q", 3 readings first), then busy "b1" and "b2" (100
