@@ -204,9 +204,9 @@ const START_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// (`TimeoutStartSec=`, 60 s in the packaged unit) by four times `every`
 /// from now (`EXTEND_TIMEOUT_USEC`, systemd.service(5); ignored without
 /// systemd) with `status(elapsed)` as the unit's status line, through
-/// `notify`, and logs that status at info. Without it systemd killed a
-/// daemon whose store took longer than the timeout to open and started it
-/// again on the same file: a repair that never finished.
+/// `notify`, and logs that status at info. Without it systemd would kill a
+/// daemon whose store takes longer than the timeout to open and start it
+/// again on the same file: a repair that never finishes.
 async fn while_starting<T>(
     step: impl std::future::Future<Output = T>,
     every: Duration,
