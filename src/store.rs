@@ -571,7 +571,7 @@ impl Store {
 
     /// The writer's commit: appends `samples` as [`Store::append`] does, then
     /// applies `labels` as [`Store::apply_labels`] does (so a label can find a
-    /// sample of the same batch), in one durable commit (one fsync).
+    /// sample of the same batch), in one durable commit (three fdatasyncs: quick repair commits in two phases).
     ///
     /// Each pipeline's counters are read once and written once per commit,
     /// and each record is encoded from the caller's sample (no copy) into
