@@ -1092,7 +1092,10 @@ impl Config {
         let subs = self.subscriptions();
         for (i, a) in subs.iter().enumerate() {
             for b in &subs[i + 1..] {
-                if !filters_overlap(topic_filter(&a.filter), topic_filter(&b.filter)) {
+                // Of one kind, the plan joined them.
+                if kind(&a.filter) == kind(&b.filter)
+                    || !filters_overlap(topic_filter(&a.filter), topic_filter(&b.filter))
+                {
                     continue;
                 }
                 // The configured filters to name: a pair that overlaps, or
