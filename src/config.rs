@@ -573,6 +573,22 @@ impl Config {
                  also sends the topics it covers that none of them matches, which are acknowledged \
                  and counted as unrouted, not stored."
             );
+            let filter = crate::ingest::mqtt_config::topic_filter(&sub.filter);
+            for p in &cfg.pipelines {
+                let out = p
+                    .prediction_topic
+                    .replace("{pipeline}", &p.name)
+                    .replace("{device}", "x");
+                if !p.prediction_topic.is_empty() && rumqttc::matches(&out, filter) {
+                    tracing::warn!(
+                        subscription = %sub.filter,
+                        pipeline = %p.name,
+                        prediction_topic = %p.prediction_topic,
+                        "The covering filter matches the pipeline's prediction topic: each \
+                         prediction the daemon publishes comes back to it (counted as unrouted)."
+                    );
+                }
+            }
         }
         Ok(cfg)
     }
@@ -1789,6 +1805,20 @@ mod tests {
             crate::ingest::mqtt_config::subscriptions(&filters),
             ["sensors/+/#"]
         );
+        // A covering filter that matches the daemon's own predictions
+        // (`edgeloop/{pipeline}/predictions/{device}`) says so.
+        let (cfg, logged) = load_pipelines(["+/x/#", "sensors/#"]);
+        assert_eq!(cfg.unwrap().subscriptions()[0].filter, "+/#");
+        for pipeline in ["all", "temp"] {
+            assert!(
+                logged
+                    .lines()
+                    .any(|l| l.contains("matches the pipeline's prediction topic")
+                        && l.contains(&format!("pipeline={pipeline}"))),
+                "{pipeline}: {logged}"
+            );
+        }
+        assert!(!warnings.iter().any(|l| l.contains("prediction topic")));
         // One covering another: that one, no covering filter to log.
         let (cfg, logged) = load_pipelines(["sensors/#", "sensors/+/temp"]);
         assert_eq!(cfg.unwrap().subscriptions()[0].filter, "sensors/#");
