@@ -564,6 +564,32 @@ impl Config {
                 "Topic filters of two pipelines overlap: a message matching both is stored by each."
             );
         }
+        for sub in cfg.subscriptions().iter().filter(|s| s.is_joined()) {
+            tracing::warn!(
+                subscription = %sub.filter,
+                filters = ?sub.covers,
+                "Topic filters that overlap partly are subscribed as one covering filter (the broker \
+                 would send a message matching several of them once per subscription): the broker \
+                 also sends the topics it covers that none of them matches, which are acknowledged \
+                 and counted as unrouted, not stored."
+            );
+            let filter = crate::ingest::mqtt_config::topic_filter(&sub.filter);
+            for p in &cfg.pipelines {
+                let out = p
+                    .prediction_topic
+                    .replace("{pipeline}", &p.name)
+                    .replace("{device}", "x");
+                if !p.prediction_topic.is_empty() && rumqttc::matches(&out, filter) {
+                    tracing::warn!(
+                        subscription = %sub.filter,
+                        pipeline = %p.name,
+                        prediction_topic = %p.prediction_topic,
+                        "The covering filter matches the pipeline's prediction topic: each \
+                         prediction the daemon publishes comes back to it (counted as unrouted)."
+                    );
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -1050,34 +1076,85 @@ impl Config {
         all
     }
 
-    /// Refuses two subscriptions of the ingest connection that overlap
-    /// (`ingest::mqtt_config::subscriptions` already leaves out a filter
-    /// another of its kind covers): a broker delivers a message once per
-    /// matching subscription (MQTT 5.0 §3.3.4; mosquitto 2.0 over MQTT 5),
-    /// each copy a new message without the DUP flag, so a pipeline that does
-    /// not deduplicate by content would store it twice.
-    fn check_subscriptions(&self) -> Result<(), ConfigError> {
-        use crate::ingest::mqtt_config::{filters_overlap, subscriptions, topic_filter};
+    /// The subscriptions of the ingest connection for every pipeline's
+    /// sample and label topics, with the configured filters each stands for
+    /// ([`crate::ingest::mqtt_config::subscription_plan`]: partly
+    /// overlapping filters of a kind are joined into one covering filter).
+    pub fn subscriptions(&self) -> Vec<crate::ingest::mqtt_config::Subscription> {
         let all = self.topic_filters();
         let owned: Vec<String> = all.iter().map(|(_, _, f)| f.to_string()).collect();
-        let subs = subscriptions(&owned);
-        let owner = |s: &str| all.iter().find(|(_, _, f)| *f == s);
+        crate::ingest::mqtt_config::subscription_plan(&owned)
+    }
+
+    /// Refuses two subscriptions of different kinds (a plain filter and a
+    /// shared one, or two share groups) that overlap. The broker delivers a
+    /// message matching both once per subscription (MQTT 5.0 §3.3.4), and
+    /// the writer routes each copy by topic to every pipeline whose filter
+    /// matches, so each would store it twice. No one subscription can take
+    /// their place: a plain one would bring this daemon every message the
+    /// group shares out among its members (the others store theirs too), a
+    /// shared one only this daemon's share of the plain filter's messages,
+    /// and a subscription is in one group at most. Subscriptions of a kind
+    /// never overlap ([`crate::ingest::mqtt_config::subscription_plan`]
+    /// joins them); a covering filter it joined is checked as subscribed.
+    fn check_subscriptions(&self) -> Result<(), ConfigError> {
+        use crate::ingest::mqtt_config::{filters_overlap, shared, topic_filter};
+        let all = self.topic_filters();
+        let owner = |f: &str| all.iter().find(|(_, _, g)| *g == f);
+        let kind = |s: &str| match shared(s) {
+            Some((group, _)) => format!("shared in group `{group}`"),
+            None => "plain".to_string(),
+        };
+        let subs = self.subscriptions();
         for (i, a) in subs.iter().enumerate() {
             for b in &subs[i + 1..] {
-                if !filters_overlap(topic_filter(a), topic_filter(b)) {
+                // Of one kind, the plan joined them.
+                if kind(&a.filter) == kind(&b.filter)
+                    || !filters_overlap(topic_filter(&a.filter), topic_filter(&b.filter))
+                {
                     continue;
                 }
-                let (Some((key_a, name_a, _)), Some((key, name_b, _))) = (owner(a), owner(b))
+                // The configured filters to name: a pair that overlaps, or
+                // the first each subscription stands for.
+                let (fa, fb) = a
+                    .covers
+                    .iter()
+                    .flat_map(|x| b.covers.iter().map(move |y| (x, y)))
+                    .find(|(x, y)| filters_overlap(topic_filter(x), topic_filter(y)))
+                    .unwrap_or((&a.covers[0], &b.covers[0]));
+                let (Some((key_a, name_a, _)), Some((key, name_b, _))) = (owner(fa), owner(fb))
                 else {
                     continue;
+                };
+                // A covering filter is named as subscribed when it, and not
+                // the filters it was joined from, makes the overlap.
+                let named = |s: &crate::ingest::mqtt_config::Subscription,
+                             f: &str,
+                             key: &str,
+                             name: &str,
+                             other: &str| {
+                    if s.is_joined() && !filters_overlap(topic_filter(f), topic_filter(other)) {
+                        let from: Vec<String> = s.covers.iter().map(|f| format!("`{f}`")).collect();
+                        format!(
+                            "`{}` ({}, the covering filter subscribed for {}, which overlap partly)",
+                            s.filter,
+                            kind(&s.filter),
+                            from.join(", ")
+                        )
+                    } else {
+                        format!("`{f}` ({key}, pipeline `{name}`, {})", kind(f))
+                    }
                 };
                 return Err(ConfigError::Invalid {
                     key: key.clone(),
                     reason: format!(
-                        "`{b}` (pipeline `{name_b}`) overlaps `{a}` ({key_a}, pipeline `{name_a}`) \
-                         and neither covers the other: the broker delivers a message matching both \
-                         once per subscription (MQTT 5), and it would be stored twice; use one \
-                         filter covering both (`sensors/#`) or filters that do not overlap"
+                        "{} overlaps {}: the broker delivers a message matching both once per \
+                         subscription (MQTT 5), and each copy would be stored; no one subscription \
+                         can be both {} and {}, so use filters that do not overlap",
+                        named(b, fb, key, name_b, fa),
+                        named(a, fa, key_a, name_a, fb),
+                        kind(fb),
+                        kind(fa),
                     ),
                 });
             }
@@ -1695,19 +1772,114 @@ mod tests {
         assert!(!logged.contains("WARN"), "{logged}");
     }
 
-    /// Filters that overlap without one covering the other are both
-    /// subscribed, and an MQTT 5 broker delivers a message matching both
-    /// twice (mosquitto 2.0 does), as a new message: refused, naming both.
+    /// Filters of two pipelines that overlap with neither covering the
+    /// other load (they were refused, and a configuration that loaded
+    /// before stopped the daemon after an upgrade): the ingest connection
+    /// subscribes to their covering filter alone, and loading logs it once.
     #[test]
-    fn partly_overlapping_filters_are_refused_naming_both() {
-        let (cfg, _) = load_pipelines(["sensors/a/#", "sensors/+/temp"]);
-        let err = cfg.unwrap_err().to_string();
+    fn partly_overlapping_filters_load_and_are_subscribed_as_their_covering_filter() {
+        let (cfg, logged) = load_pipelines(["sensors/a/#", "sensors/+/temp"]);
+        let cfg = cfg.unwrap();
+        let subs = cfg.subscriptions();
+        assert_eq!(subs.len(), 1, "{subs:?}");
+        assert_eq!(subs[0].filter, "sensors/+/#");
+        assert_eq!(subs[0].covers, ["sensors/a/#", "sensors/+/temp"]);
+        let warnings: Vec<&str> = logged.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 2, "{logged}");
+        for part in [
+            "subscription=sensors/+/#",
+            "filters=[\"sensors/a/#\", \"sensors/+/temp\"]",
+            "subscribed as one covering filter",
+            "counted as unrouted, not stored",
+        ] {
+            assert!(warnings[1].contains(part), "{part}: {logged}");
+        }
+        // What the daemon subscribes to (`daemon::start` passes the same
+        // filters).
+        let filters: Vec<String> = cfg
+            .pipelines
+            .iter()
+            .flat_map(|p| p.topics.iter().chain(&p.label_topics).cloned())
+            .collect();
+        assert_eq!(
+            crate::ingest::mqtt_config::subscriptions(&filters),
+            ["sensors/+/#"]
+        );
+        // A covering filter that matches the daemon's own predictions
+        // (`edgeloop/{pipeline}/predictions/{device}`) says so.
+        let (cfg, logged) = load_pipelines(["+/x/#", "sensors/#"]);
+        assert_eq!(cfg.unwrap().subscriptions()[0].filter, "+/#");
+        for pipeline in ["all", "temp"] {
+            assert!(
+                logged
+                    .lines()
+                    .any(|l| l.contains("matches the pipeline's prediction topic")
+                        && l.contains(&format!("pipeline={pipeline}"))),
+                "{pipeline}: {logged}"
+            );
+        }
+        assert!(!warnings.iter().any(|l| l.contains("prediction topic")));
+        // One covering another: that one, no covering filter to log.
+        let (cfg, logged) = load_pipelines(["sensors/#", "sensors/+/temp"]);
+        assert_eq!(cfg.unwrap().subscriptions()[0].filter, "sensors/#");
+        assert!(!logged.contains("covering filter"), "{logged}");
+    }
+
+    /// Shared subscriptions of one group are joined in the group; a plain
+    /// filter and a shared one, or two groups, that overlap are refused
+    /// naming both, their kinds, and the covering filter when a joined one
+    /// makes the overlap.
+    #[test]
+    fn overlapping_filters_of_different_kinds_are_refused_naming_both() {
+        let load = |topics: [&str; 3]| {
+            load_str(
+                &format!(
+                    "[mqtt]\nbroker='mqtt://127.0.0.1:1883'\n\
+                     [[pipelines]]\nname='a'\ntopics=['{}', '{}']\nlabel_topics=[]\nfeatures=['f']\nlabel='y'\n\
+                     [[pipelines]]\nname='b'\ntopics=['{}']\nlabel_topics=[]\nfeatures=['f']\nlabel='y'\n",
+                    topics[0], topics[1], topics[2]
+                ),
+                &[],
+            )
+        };
+        let cfg = load(["$share/g/sensors/a/#", "other/x", "$share/g/sensors/+/temp"]).unwrap();
+        let subs: Vec<String> = cfg.subscriptions().into_iter().map(|s| s.filter).collect();
+        assert_eq!(subs, ["$share/g/sensors/+/#", "other/x"]);
+        let err = load(["sensors/a/#", "other/x", "$share/g/sensors/+/temp"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pipelines[1].topics"), "{err}");
         assert!(
-            err.contains("`sensors/+/temp` (pipeline `temp`) overlaps `sensors/a/#` (pipelines[0].topics, pipeline `all`)"),
+            err.contains(
+                "`$share/g/sensors/+/temp` (pipelines[1].topics, pipeline `b`, shared in group \
+                 `g`) overlaps `sensors/a/#` (pipelines[0].topics, pipeline `a`, plain)"
+            ),
             "{err}"
         );
-        assert!(err.contains("use one filter covering both"), "{err}");
+        assert!(
+            err.contains("no one subscription can be both shared in group `g` and plain"),
+            "{err}"
+        );
+        let err = load(["$share/h/sensors/#", "other/x", "$share/g/sensors/+/temp"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("both shared in group `g` and shared in group `h`"),
+            "{err}"
+        );
+        // Neither configured filter of `a` overlaps `sensors/b/hum`; their
+        // covering filter `sensors/+/#` does.
+        let err = load(["sensors/a/#", "sensors/+/temp", "$share/g/sensors/b/hum"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "`$share/g/sensors/b/hum` (pipelines[1].topics, pipeline `b`, shared in group \
+                 `g`) overlaps `sensors/+/#` (plain, the covering filter subscribed for \
+                 `sensors/a/#`, `sensors/+/temp`, which overlap partly)"
+            ),
+            "{err}"
+        );
     }
 
     /// A topic filter with a wildcard in the wrong place says which level

@@ -145,7 +145,9 @@ pub struct Stats {
     pub samples_rejected: AtomicU64,
     /// Stored samples that had at least one problem (salvaged).
     pub samples_salvaged: AtomicU64,
-    /// Messages on a topic that no pipeline's filter matches.
+    /// Messages on a topic that no pipeline's filter matches: acknowledged,
+    /// not stored (the topics a covering subscription brings beyond the
+    /// filters it was joined from, `ingest::mqtt_config::subscription_plan`).
     pub unrouted: AtomicU64,
     /// Problems by [`Reason`], in `Reason::ALL` order.
     problems: [AtomicU64; Reason::ALL.len()],

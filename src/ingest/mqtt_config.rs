@@ -548,35 +548,129 @@ pub fn filter_covers(outer: &str, inner: &str) -> bool {
     unreachable!("the loop returns by the end of the shorter filter")
 }
 
-/// The subscriptions the ingest connection makes for `filters` (every
-/// pipeline's sample and label topics): each once, and none that another
-/// of the same kind covers (plain, or shared in the same group). A broker
-/// delivers a message once per matching subscription (MQTT 5.0 §3.3.4;
-/// mosquitto 2.0 over MQTT 5), each copy a new message without the DUP
-/// flag: with `sensors/#` and `sensors/+/temp` both subscribed, a pipeline
-/// that does not deduplicate by content stored every `sensors/x/temp`
-/// reading twice. The writer still routes each message by every filter
-/// ([`crate::ingest::writer::Route`]).
-pub fn subscriptions<'a>(filters: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-    let kind = |s: &str| shared(s).map(|(group, _)| group.to_string());
-    let mut all: Vec<String> = Vec::new();
-    for f in filters {
-        if !all.contains(f) {
-            all.push(f.clone());
+/// The least general topic filter that covers both `a` and `b`, level by
+/// level: an equal level is kept, two different ones become `+`, and from
+/// the level where either has `#` or has ended while the other goes on, the
+/// rest is `#` (`sensors/a/#` and `sensors/+/temp`: `sensors/+/#`; `a` and
+/// `a/b`: `a/#`, since `#` also matches its parent level, MQTT 3.1.1
+/// §4.7.1.2). `None` when no filter covers both: their first levels differ
+/// and one of them starts with `$`, which no wildcard first level matches
+/// (§4.7.2).
+pub fn covering_filter(a: &str, b: &str) -> Option<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    if a[0] != b[0] && (a[0].starts_with('$') || b[0].starts_with('$')) {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(a.len().max(b.len()));
+    for i in 0.. {
+        match (a.get(i).copied(), b.get(i).copied()) {
+            (None, None) => break,
+            (Some("#"), _) | (_, Some("#")) | (None, Some(_)) | (Some(_), None) => {
+                out.push("#");
+                break;
+            }
+            (Some(x), Some(y)) => out.push(if x == y { x } else { "+" }),
         }
     }
-    all.iter()
-        .filter(|s| {
-            !all.iter().any(|other| {
-                other != *s
-                    && kind(other) == kind(s)
-                    && filter_covers(topic_filter(other), topic_filter(s))
-                    // Of two filters covering each other (never, once
-                    // equal ones are merged), keep both.
-                    && !filter_covers(topic_filter(s), topic_filter(other))
-            })
-        })
-        .cloned()
+    Some(out.join("/"))
+}
+
+/// One subscription of the ingest connection, and the configured topic
+/// filters it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// What the ingest connection subscribes to, `$share/{group}/` kept.
+    pub filter: String,
+    /// The configured filters (every pipeline's sample and label topics)
+    /// it stands for, each once, the first configured first.
+    pub covers: Vec<String>,
+}
+
+impl Subscription {
+    /// Whether this subscription is a covering filter joined from
+    /// configured filters that overlap partly ([`covering_filter`]), and
+    /// none of them: the broker sends the daemon topics that none of the
+    /// filters it stands for matches (`sensors/b/hum` for `sensors/+/#`,
+    /// joined from `sensors/a/#` and `sensors/+/temp`).
+    pub fn is_joined(&self) -> bool {
+        !self.covers.contains(&self.filter)
+    }
+}
+
+/// The subscriptions the ingest connection makes for `filters` (every
+/// pipeline's sample and label topics), so that no two of the same kind
+/// (plain, or shared in the same group) overlap: a broker delivers a
+/// message once per matching subscription (MQTT 5.0 §3.3.4; mosquitto 2.0
+/// over MQTT 5), each copy a new message without the DUP flag, and a
+/// pipeline that does not deduplicate by content stored it twice (with
+/// `sensors/#` and `sensors/+/temp` both subscribed, every `sensors/x/temp`
+/// reading). Each filter is subscribed once; of two that overlap, one that
+/// covers the other stands for both (`sensors/#`), and two that overlap
+/// partly are joined into their [`covering_filter`] (`sensors/a/#` and
+/// `sensors/+/temp`: `sensors/+/#`), repeated until no two of a kind
+/// overlap (a joined filter may overlap a third). The writer routes each
+/// message by every pipeline's own filters ([`crate::ingest::writer::Route`]),
+/// so a topic a covering filter brings that no pipeline's filter matches is
+/// acknowledged and counted as unrouted, not stored. Subscriptions of
+/// different kinds are left as they are (`Config` refuses them when they
+/// overlap).
+pub fn subscription_plan<'a>(filters: impl IntoIterator<Item = &'a String>) -> Vec<Subscription> {
+    let kind = |s: &str| shared(s).map(|(group, _)| group.to_string());
+    let mut plan: Vec<Subscription> = Vec::new();
+    for f in filters {
+        if !plan.iter().any(|s| &s.filter == f) {
+            plan.push(Subscription {
+                filter: f.clone(),
+                covers: vec![f.clone()],
+            });
+        }
+    }
+    // The first pair of a kind that overlaps, joined into the earlier one,
+    // until none does.
+    loop {
+        let pair = (0..plan.len())
+            .flat_map(|i| (i + 1..plan.len()).map(move |j| (i, j)))
+            .find_map(|(i, j)| {
+                let (a, b) = (&plan[i].filter, &plan[j].filter);
+                if kind(a) != kind(b) {
+                    return None;
+                }
+                let (fa, fb) = (topic_filter(a), topic_filter(b));
+                if !filters_overlap(fa, fb) {
+                    return None;
+                }
+                let joined = if filter_covers(fa, fb) {
+                    fa.to_string()
+                } else if filter_covers(fb, fa) {
+                    fb.to_string()
+                } else {
+                    // Overlapping filters always have one.
+                    covering_filter(fa, fb)?
+                };
+                Some((i, j, joined))
+            });
+        let Some((i, j, joined)) = pair else { break };
+        let gone = plan.remove(j);
+        let sub = &mut plan[i];
+        sub.filter = match shared(&sub.filter) {
+            Some((group, _)) => format!("$share/{group}/{joined}"),
+            None => joined,
+        };
+        for f in gone.covers {
+            if !sub.covers.contains(&f) {
+                sub.covers.push(f);
+            }
+        }
+    }
+    plan
+}
+
+/// The topic filters of [`subscription_plan`]: what the ingest connection
+/// subscribes to.
+pub fn subscriptions<'a>(filters: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    subscription_plan(filters)
+        .into_iter()
+        .map(|s| s.filter)
         .collect()
 }
 
@@ -613,10 +707,7 @@ mod tests {
         let s = |v: &[&str]| subscriptions(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(s(&["sensors/+/temp", "sensors/#"]), ["sensors/#"]);
         assert_eq!(s(&["sensors/#", "sensors/#"]), ["sensors/#"]);
-        assert_eq!(
-            s(&["sensors/+/temp", "sensors/a/#"]),
-            ["sensors/+/temp", "sensors/a/#"]
-        );
+        assert_eq!(s(&["sensors/+/temp", "sensors/a/#"]), ["sensors/+/#"]);
         // A shared subscription covers only its own group's filters.
         assert_eq!(
             s(&[
@@ -625,6 +716,103 @@ mod tests {
                 "$share/g/sensors/a/temp"
             ]),
             ["$share/g/sensors/#", "sensors/+/temp"]
+        );
+    }
+
+    /// The covering filter of two filters, level by level, covers both
+    /// (checked with `filter_covers`) and is the least general one.
+    #[test]
+    fn the_covering_filter_keeps_equal_levels_and_widens_the_rest() {
+        for (a, b, joined) in [
+            ("sensors/a/#", "sensors/+/temp", Some("sensors/+/#")),
+            ("sensors/a/temp", "sensors/b/temp", Some("sensors/+/temp")),
+            ("a/+/c", "a/b/+", Some("a/+/+")),
+            ("+/a", "b/+", Some("+/+")),
+            // Different lengths: `#` from where the shorter ends (`a/#`
+            // matches `a` itself).
+            ("a", "a/b", Some("a/#")),
+            ("a/b", "a/+/c", Some("a/+/#")),
+            ("a/+/+", "a/x/y/#", Some("a/+/+/#")),
+            ("#", "sensors/a", Some("#")),
+            ("a/b/c/d", "a/#", Some("a/#")),
+            ("$SYS/a/#", "$SYS/+/b", Some("$SYS/+/#")),
+            // No wildcard first level matches a `$` topic (MQTT 3.1.1 §4.7.2).
+            ("$SYS/a", "sensors/a", None),
+            ("#", "$SYS/a", None),
+            ("$SYS/a", "$foo/a", None),
+        ] {
+            assert_eq!(covering_filter(a, b).as_deref(), joined, "{a} ∪ {b}");
+            assert_eq!(covering_filter(b, a).as_deref(), joined, "{b} ∪ {a}");
+            if let Some(j) = joined {
+                assert!(filter_covers(j, a) && filter_covers(j, b), "{j} ⊇ {a}, {b}");
+            }
+        }
+    }
+
+    /// Partly overlapping filters of a kind are subscribed as their
+    /// covering filter, again until no two of a kind overlap; filters that
+    /// do not overlap, and those of other kinds, are left as they are.
+    #[test]
+    fn partly_overlapping_filters_are_joined_until_none_overlaps() {
+        let plan = |v: &[&str]| {
+            subscription_plan(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .into_iter()
+                .map(|s| (s.filter, s.covers))
+                .collect::<Vec<_>>()
+        };
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            plan(&["sensors/a/#", "sensors/+/temp", "labels/+/temp"]),
+            [
+                (
+                    "sensors/+/#".to_string(),
+                    own(&["sensors/a/#", "sensors/+/temp"])
+                ),
+                ("labels/+/temp".to_string(), own(&["labels/+/temp"])),
+            ]
+        );
+        // The joined `a/+/+` overlaps `a/x/y/#` (which also matches
+        // `a/x/y`): joined again.
+        assert_eq!(
+            plan(&["a/+/c", "a/b/+", "a/x/y/#"]),
+            [("a/+/+/#".to_string(), own(&["a/+/c", "a/b/+", "a/x/y/#"]))]
+        );
+        // Different lengths without `#` do not overlap: both kept.
+        assert_eq!(
+            plan(&["a/b", "a/+/c"]),
+            [
+                ("a/b".to_string(), own(&["a/b"])),
+                ("a/+/c".to_string(), own(&["a/+/c"]))
+            ]
+        );
+        // `#` does not match `$SYS` topics: no join.
+        let kept = plan(&["#", "$SYS/broker/#"]);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        // A covered filter joins the one that covers it, which stays a
+        // configured filter (no topic beyond them).
+        let p = subscription_plan(&own(&["sensors/a/#", "sensors/+/temp", "sensors/#"]));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].filter, "sensors/#");
+        assert!(!p[0].is_joined());
+        let p = subscription_plan(&own(&["sensors/a/#", "sensors/+/temp"]));
+        assert!(p[0].is_joined());
+        // Shared in one group: joined in the group; another group and a
+        // plain filter are other kinds, left apart.
+        assert_eq!(
+            plan(&[
+                "$share/g/sensors/a/#",
+                "$share/g/sensors/+/temp",
+                "$share/h/sensors/+/temp",
+                "sensors/a/temp",
+            ])
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect::<Vec<_>>(),
+            [
+                "$share/g/sensors/+/#",
+                "$share/h/sensors/+/temp",
+                "sensors/a/temp"
+            ]
         );
     }
 }
