@@ -1,6 +1,7 @@
 //! A command whose stdout closes before it prints (`edgeloop tune … | head`)
 //! ends quietly with status 0, as ripgrep does: no "failed printing to
-//! stdout: Broken pipe" panic (`cli::StdoutClosed`).
+//! stdout: Broken pipe" panic (`cli::StdoutClosed`); one whose stderr closes
+//! keeps its own exit status (`errln!`).
 
 use std::process::{Command, Output, Stdio};
 
@@ -68,4 +69,34 @@ fn a_failing_command_still_fails_with_stdout_closed() {
     let out = with_stdout_closed(&["predict", "--model", "missing.onnx", "--file", "x.csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("edgeloop: "));
+}
+
+/// Runs `edgeloop args` with stdout discarded and stderr a pipe whose
+/// reader is already closed; its exit status.
+fn status_with_stderr_closed(args: &[&str]) -> Option<i32> {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(writer))
+        .status()
+        .unwrap()
+        .code()
+}
+
+/// With stderr's reader gone, a command keeps its own status: `check-config`
+/// of a valid file 0 (its "configuration is valid" line to stderr panicked:
+/// 101), of a missing file 1 (the error line panicked too: 101).
+#[test]
+fn a_closed_stderr_leaves_the_commands_status() {
+    assert_eq!(
+        status_with_stderr_closed(&["check-config", "--config", "config/edgeloop.toml"]),
+        Some(0)
+    );
+    assert_eq!(
+        status_with_stderr_closed(&["check-config", "--config", "/nonexistent/edgeloop.toml"]),
+        Some(1)
+    );
 }

@@ -39,7 +39,7 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
     cfg.check_store_dir()?;
     cfg.check_engines()?;
     out!("{}", cfg.to_toml()?)?;
-    eprintln!("configuration is valid");
+    errln!("configuration is valid");
     Ok(())
 }
 

@@ -713,7 +713,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         } else {
             "no better than"
         };
-        eprintln!(
+        errln!(
             "warning: the chosen model ({} {}) is {relation} the {} baseline ({:.4}) on the \
              holdout; the daemon would not promote it",
             chosen.family,

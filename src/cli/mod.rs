@@ -14,7 +14,10 @@
 //!
 //! Commands print through `out!` and `outln!`, never `print!`: a closed
 //! stdout (`edgeloop tune … | head`) is an error, [`StdoutClosed`], and the
-//! command ends quietly with status 0, as ripgrep does.
+//! command ends quietly with status 0, as ripgrep does. Messages to stderr
+//! go through `errln!`, never `eprintln!`, which panicked (status 101) when
+//! stderr was a pipe whose reader had gone: the message is dropped and the
+//! command's own status stands.
 
 /// `print!` to stdout as a `Result`: `out!(…)?` ([`write_stdout`]).
 macro_rules! out {
@@ -30,6 +33,14 @@ macro_rules! outln {
     };
     ($($arg:tt)*) => {
         $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that never panics: a write error on stderr (its reader gone)
+/// drops the message ([`write_stderr`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 
@@ -215,6 +226,13 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
         })
 }
 
+/// Writes `args` to stderr, ignoring a failure: what `errln!` calls. There
+/// is nowhere left to report a stderr that cannot be written.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
 /// The binary's `main`: parses the command line, starts the logs, runs the
 /// command; an error is printed as `edgeloop: …` with a non-zero exit.
 pub fn main() -> ExitCode {
@@ -233,7 +251,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edgeloop: {}", error_line(&e));
+            errln!("edgeloop: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -304,7 +304,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if json {
         outln!("{}", out.to_json())?;
     } else {
-        eprintln!("engine: {}", out.engine);
+        errln!("engine: {}", out.engine);
         out!("{}", super::render::fit(&out.table(), wide))?;
     }
     Ok(())
