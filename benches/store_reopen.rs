@@ -17,10 +17,14 @@
 //! occupancy readings). Reported per store: the child's write rate
 //! (samples/s, the commits' cost of quick repair), the file's size, and the
 //! open (`Store::open_observed`): wall seconds, bytes read from the disk
-//! (`/proc/self/io` `read_bytes`), whether redb ran its full repair. When the
-//! process may (root), the page cache is dropped before each open
-//! (`/proc/sys/vm/drop_caches`), so the open reads from the disk as after a
-//! power cut; otherwise the column says `warm`.
+//! (`/proc/self/io` `read_bytes`), whether redb ran its full repair; and the
+//! daemon's start on a copy of the same crashed file: `edgeloop run` of
+//! `config/edgeloop.toml` (its `occupancy` pipeline, the embedded broker and
+//! HTTP on free loopback ports), seconds from spawn to its "edgeloop
+//! running." line (the `READY=1` moment). When the process may (root), the
+//! page cache is dropped before each open and each start
+//! (`/proc/sys/vm/drop_caches`), so they read from the disk as after a power
+//! cut; otherwise the column says `warm`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -115,6 +119,55 @@ fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Seconds from spawning the daemon on `store` to its "edgeloop running."
+/// line; then stops it (SIGTERM).
+fn daemon_start(store: &Path) -> f64 {
+    use std::io::BufRead;
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/edgeloop.toml");
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["run", "--log-level", "info", "--config"])
+        .arg(&config)
+        .env("EDGELOOP__STORE__PATH", store)
+        .env(
+            "EDGELOOP__HTTP__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "EDGELOOP__MQTT__EMBEDDED_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let took = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("edgeloop running.") => {
+                break started.elapsed().as_secs_f64();
+            }
+            Some(_) => {}
+            None => panic!("the daemon exited before running: {:?}", child.wait()),
+        }
+    };
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    // Drain its log so it never blocks on a full pipe while stopping.
+    for _ in lines {}
+    child.wait().unwrap();
+    took
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CHILD) {
         child(&spec);
@@ -134,8 +187,8 @@ fn main() {
         tempfile::tempdir_in(std::env::var("EDGELOOP_BENCH_DIR").unwrap_or_else(|_| ".".into()))
             .or_else(|_| tempfile::tempdir())
             .unwrap();
-    println!("| samples | writes | write rate, samples/s | file MB | cache | open s | read from disk MB | full repair |");
-    println!("|---:|---|---:|---:|---|---:|---:|---|");
+    println!("| samples | writes | write rate, samples/s | file MB | cache | open s | read from disk MB | full repair | daemon start s |");
+    println!("|---:|---|---:|---:|---|---:|---:|---|---:|");
     for &n in &sizes {
         for mode in ["quick", "full"] {
             let path = dir.path().join(format!("{n}-{mode}.redb"));
@@ -152,6 +205,8 @@ fn main() {
             );
             let rate = String::from_utf8_lossy(&out.stdout).trim().to_string();
             let size = std::fs::metadata(&path).unwrap().len();
+            let copy = path.with_extension("daemon.redb");
+            std::fs::copy(&path, &copy).unwrap();
             let cold = drop_caches();
             let repaired = Arc::new(Mutex::new(false));
             let observe: RepairObserver = {
@@ -166,8 +221,11 @@ fn main() {
             assert_eq!(store.counts("occupancy").unwrap().samples, n);
             drop(store);
             let _ = std::fs::remove_file(&path);
+            drop_caches();
+            let start = daemon_start(&copy);
+            let _ = std::fs::remove_file(&copy);
             println!(
-                "| {n} | {} | {rate} | {:.0} | {} | {took:.3} | {:.1} | {} |",
+                "| {n} | {} | {rate} | {:.0} | {} | {took:.3} | {:.1} | {} | {start:.2} |",
                 if mode == "quick" {
                     "quick repair (edgeloop)"
                 } else {
