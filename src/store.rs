@@ -2065,68 +2065,41 @@ mod tests {
         assert!(msg.contains("move it aside"), "{msg}");
     }
 
-    /// Samples the crash child writes, in commits of 2,000 (the writer's
-    /// batch size).
+    /// Samples written before the crash, in commits of 2,000 (the
+    /// writer's batch size).
     const CRASH_SAMPLES: u64 = 20_000;
 
-    /// The child process of the crash tests below: writes
-    /// [`CRASH_SAMPLES`] samples to the store named by
-    /// `EDGELOOP_CRASH_CHILD` (`<path> quick|legacy`), with `legacy` then
-    /// one more commit as an edgeloop before quick repair made it (redb's
-    /// own `begin_write`: no allocator state recorded), and aborts without
-    /// closing the store, as a SIGKILL or a power cut leaves it. Ignored:
-    /// run only by [`crash_and_reopen`], which sets the variable.
-    #[test]
-    #[ignore]
-    fn crash_child() {
-        let Ok(spec) = std::env::var("EDGELOOP_CRASH_CHILD") else {
-            return;
-        };
-        let (path, mode) = spec.rsplit_once(' ').unwrap();
-        let store = Store::open(Path::new(path)).unwrap();
+    /// The file as a crash right after the last commit leaves it: writes
+    /// [`CRASH_SAMPLES`] samples (with `legacy`, then one more commit as an
+    /// edgeloop before quick repair made it: no allocator state recorded)
+    /// and copies the file while the store is still open, so the copy was
+    /// never closed cleanly (every commit is on disk, fsynced, when
+    /// `commit` returns; the clean-shutdown mark is not). In-process, so
+    /// that it also runs under qemu-user, where a child process could not
+    /// be started. Then opens the copy: the progress values redb's repair
+    /// reported, and the store.
+    fn crash_and_reopen(legacy: bool) -> (Vec<f64>, Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, crashed) = (dir.path().join("s.redb"), dir.path().join("crashed.redb"));
+        let store = Store::open(&path).unwrap();
         for start in (0..CRASH_SAMPLES).step_by(2_000) {
             let batch: Vec<NewSample> = (start..start + 2_000)
                 .map(|i| new("p", u128::from(i) * 7_919, sample(i as i64, Some("a"))))
                 .collect();
             store.append(&batch).unwrap();
         }
-        if mode == "legacy" {
+        if legacy {
             store.set_quick_repair(false);
             store.put_state("legacy", &[1]).unwrap();
         }
-        std::process::abort();
-    }
-
-    /// Runs [`crash_child`] in a child process on a new store in `mode`,
-    /// checks it aborted, and reopens the store: the progress values redb's
-    /// repair reported, and the store.
-    fn crash_and_reopen(mode: &str) -> (Vec<f64>, Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "store::tests::crash_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env("EDGELOOP_CRASH_CHILD", format!("{} {mode}", path.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            status.signal(),
-            Some(6),
-            "the child did not abort: {status}"
-        );
+        std::fs::copy(&path, &crashed).unwrap();
+        drop(store);
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let observe: RepairObserver = {
             let seen = seen.clone();
             std::sync::Arc::new(move |p| seen.lock().unwrap().push(p))
         };
-        let store = Store::open_observed(&path, observe).unwrap();
+        let store = Store::open_observed(&crashed, observe).unwrap();
         let seen = seen.lock().unwrap().clone();
         (seen, store, dir)
     }
@@ -2138,7 +2111,7 @@ mod tests {
     /// the writes' quick repair off, redb repairs: progress [0, 0.6, 0.9].
     #[test]
     fn a_store_killed_after_its_commits_opens_without_a_full_repair() {
-        let (seen, store, _dir) = crash_and_reopen("quick");
+        let (seen, store, _dir) = crash_and_reopen(false);
         assert_eq!(seen, Vec::<f64>::new(), "redb ran its full repair");
         let counts = store.counts("p").unwrap();
         assert_eq!(counts.samples, CRASH_SAMPLES);
@@ -2157,7 +2130,7 @@ mod tests {
     /// when the last commit was torn). Nothing committed is lost.
     #[test]
     fn a_store_needing_a_full_repair_reports_its_progress() {
-        let (seen, store, _dir) = crash_and_reopen("legacy");
+        let (seen, store, _dir) = crash_and_reopen(true);
         assert_eq!(seen, vec![0.0, 0.6, 0.9]);
         assert_eq!(store.counts("p").unwrap().samples, CRASH_SAMPLES);
         assert_eq!(store.get_state("legacy").unwrap(), Some(vec![1u8]));
