@@ -17,7 +17,10 @@
 //! occupancy readings). Reported per store: the child's write rate
 //! (samples/s, the commits' cost of quick repair), the file's size, and the
 //! open (`Store::open_observed`): wall seconds, bytes read from the disk
-//! (`/proc/self/io` `read_bytes`), whether redb ran its full repair; and the
+//! (`/proc/self/io` `read_bytes`), whether redb ran its full repair; the
+//! first write after it (one sample: the commit that also reads the
+//! pipeline's dedup index, every stored sample's digest, from `samples`),
+//! wall seconds and bytes read; and the
 //! daemon's start on a copy of the same crashed file: `edgeloop run` of
 //! `config/edgeloop.toml` (its `occupancy` pipeline, the embedded broker and
 //! HTTP on free loopback ports), seconds from spawn to its "edgeloop
@@ -187,8 +190,8 @@ fn main() {
         tempfile::tempdir_in(std::env::var("EDGELOOP_BENCH_DIR").unwrap_or_else(|_| ".".into()))
             .or_else(|_| tempfile::tempdir())
             .unwrap();
-    println!("| samples | writes | write rate, samples/s | file MB | cache | open s | read from disk MB | full repair | daemon start s |");
-    println!("|---:|---|---:|---:|---|---:|---:|---|---:|");
+    println!("| samples | writes | write rate, samples/s | file MB | cache | open s | read from disk MB | full repair | first write s | its reads MB | daemon start s |");
+    println!("|---:|---|---:|---:|---|---:|---:|---|---:|---:|---:|");
     for &n in &sizes {
         for mode in ["quick", "full"] {
             let path = dir.path().join(format!("{n}-{mode}.redb"));
@@ -219,13 +222,18 @@ fn main() {
             let took = t.elapsed().as_secs_f64();
             let read = read_bytes().saturating_sub(before);
             assert_eq!(store.counts("occupancy").unwrap().samples, n);
+            let before = read_bytes();
+            let t = Instant::now();
+            store.append(&[Samples::new(7).sample(n)]).unwrap();
+            let first = t.elapsed().as_secs_f64();
+            let first_read = read_bytes().saturating_sub(before);
             drop(store);
             let _ = std::fs::remove_file(&path);
             drop_caches();
             let start = daemon_start(&copy);
             let _ = std::fs::remove_file(&copy);
             println!(
-                "| {n} | {} | {rate} | {:.0} | {} | {took:.3} | {:.1} | {} | {start:.2} |",
+                "| {n} | {} | {rate} | {:.0} | {} | {took:.3} | {:.1} | {} | {first:.3} | {:.1} | {start:.2} |",
                 if mode == "quick" {
                     "quick repair (edgeloop)"
                 } else {
@@ -238,7 +246,8 @@ fn main() {
                     "yes"
                 } else {
                     "no"
-                }
+                },
+                first_read as f64 / 1e6
             );
         }
     }
