@@ -279,6 +279,15 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         })??,
     );
     store.set_min_free_bytes(cfg.store.min_free_bytes);
+    // A commit reading a pipeline's dedup index is progress, not a stall.
+    store.set_progress({
+        let stats = stats.clone();
+        Arc::new(move || {
+            stats
+                .store_progress_ms
+                .store(crate::stats::now_ms(), std::sync::atomic::Ordering::Relaxed)
+        })
+    });
     // Categorical features: each pipeline's book of category codes, shared
     // by its decoder (which gives new strings their codes) and its
     // training (which reads them back as strings). Runtime state the

@@ -6,7 +6,7 @@
 //!
 //! | reason | when |
 //! |---|---|
-//! | `ingest_stalled` | messages wait (received, not yet handled by the writer) and nothing was committed for `daemon.stall_timeout_s` seconds, while the store accepts writes |
+//! | `ingest_stalled` | messages wait (received, not yet handled by the writer) and nothing was committed for `daemon.stall_timeout_s` seconds, while the store accepts writes (a commit still reading a pipeline's dedup index, which reports its progress, is not stalled) |
 //! | `mqtt_disconnected` | the ingest connection has been down for longer than `mqtt.keep_alive_s` |
 //! | `store_refusing_writes` | the writer holds a batch the store refused (free space below `store.min_free_bytes`, or a failed commit) |
 //!
@@ -115,7 +115,9 @@ impl HealthMonitor {
         let refusing = st.store_refusing.load(Relaxed);
         let mut reasons = Vec::new();
         let mut errors = Vec::new();
-        let progress = last_commit.max(self.idle_ms.load(Relaxed));
+        let progress = last_commit
+            .max(self.idle_ms.load(Relaxed))
+            .max(st.store_progress_ms.load(Relaxed));
         let stalled_ms = now_ms - progress;
         if waiting > 0 && !refusing && stalled_ms > self.stall_timeout.as_millis() as i64 {
             reasons.push("ingest_stalled");
@@ -207,6 +209,22 @@ mod tests {
         // The writer handles them: healthy at once.
         stats.messages_handled.store(5, Relaxed);
         assert!(m.evaluate(t0 + 20_000).is_ok());
+    }
+
+    /// A commit reading a pipeline's dedup index (seconds on a slow disk
+    /// at the default retention) reports progress: not a stall while it
+    /// moves on, a stall once it stops for the timeout.
+    #[test]
+    fn a_commit_reading_the_dedup_index_is_not_a_stall_while_it_progresses() {
+        let (stats, m) = monitor();
+        let t0 = 1_000_000;
+        m.idle_ms.store(t0, Relaxed);
+        stats.messages_received.store(5, Relaxed);
+        stats.last_commit_ms.store(t0, Relaxed);
+        stats.store_progress_ms.store(t0 + 25_000, Relaxed);
+        assert!(m.evaluate(t0 + 30_000).is_ok());
+        let h = m.evaluate(t0 + 35_001);
+        assert_eq!(h.reasons, ["ingest_stalled"]);
     }
 
     #[test]

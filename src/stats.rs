@@ -169,6 +169,11 @@ pub struct Stats {
     pub source_waiting: AtomicU64,
     /// When the last commit finished, ms since the Unix epoch (0: none yet).
     pub last_commit_ms: AtomicI64,
+    /// When a long read inside a commit last moved on, ms since the Unix
+    /// epoch (0: none): a pipeline's dedup index, read from its stored
+    /// samples by its first commit after a start ([`crate::store::Store::set_progress`]).
+    /// Progress for the stall verdict, as a commit is.
+    pub store_progress_ms: AtomicI64,
     /// When the MQTT connection was lost, ms since the Unix epoch; 0 while
     /// connected (and before the first connection attempt fails).
     pub mqtt_disconnected_since_ms: AtomicI64,

@@ -231,7 +231,17 @@ pub struct Store {
     min_free_bytes: std::sync::atomic::AtomicU64,
     /// Writes without quick repair ([`Store::set_quick_repair`]).
     no_quick_repair: std::sync::atomic::AtomicBool,
+    /// Told at each [`PROGRESS_EVERY`] digests a commit reads into the
+    /// dedup index ([`Store::set_progress`]).
+    progress: std::sync::OnceLock<Progress>,
 }
+
+/// Told that a long read inside a commit moved on ([`Store::set_progress`]).
+pub type Progress = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// Digests read into a dedup index between two calls of the
+/// [`Progress`] hook.
+const PROGRESS_EVERY: usize = 10_000;
 
 /// Digests of stored samples, per pipeline (see [`Store`]'s `index`).
 #[derive(Debug, Default)]
@@ -365,6 +375,7 @@ impl Store {
             cards_indexed: Default::default(),
             min_free_bytes: Default::default(),
             no_quick_repair: Default::default(),
+            progress: Default::default(),
         };
         // Create every table so readers never meet a missing one.
         // A store that has every table opens without writing, so a daemon
@@ -400,6 +411,18 @@ impl Store {
     pub fn set_quick_repair(&self, on: bool) {
         self.no_quick_repair
             .store(!on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets the hook a commit calls every [`PROGRESS_EVERY`] digests while
+    /// it reads a pipeline's dedup index from its stored samples (the first
+    /// write of each pipeline after the store opens: the whole `samples`
+    /// range of the pipeline, 143 MB and 0.46 s for 1,000,000 samples on
+    /// the development VM with a cold cache, seconds more on an SD card):
+    /// the daemon counts it as progress, so that its health and the
+    /// systemd watchdog do not take the read for a stalled ingest. The
+    /// first call wins.
+    pub fn set_progress(&self, hook: Progress) {
+        let _ = self.progress.set(hook);
     }
 
     fn quick_repair(&self) -> bool {
@@ -791,6 +814,7 @@ impl Store {
         pipeline: &str,
     ) -> Result<DigestSet, StoreError> {
         let e = self.db_err("append: read the digests");
+        let started = std::time::Instant::now();
         let mut set = DigestSet::default();
         for item in table
             .range((pipeline, 0)..=(pipeline, u64::MAX))
@@ -800,6 +824,20 @@ impl Store {
             let (digest, _) = postcard::take_from_bytes::<u128>(v.value())
                 .map_err(|x| self.corrupt("append: read the digests", x))?;
             set.insert(digest);
+            if set.len() % PROGRESS_EVERY == 0 {
+                if let Some(progress) = self.progress.get() {
+                    progress();
+                }
+            }
+        }
+        let took = started.elapsed();
+        if took >= std::time::Duration::from_secs(1) {
+            tracing::info!(
+                pipeline,
+                digests = set.len(),
+                seconds = took.as_secs_f64(),
+                "Read the pipeline's dedup index from its stored samples (its first write since the store opened)."
+            );
         }
         Ok(set)
     }
@@ -2063,6 +2101,40 @@ mod tests {
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains("the file is damaged"), "{msg}");
         assert!(msg.contains("move it aside"), "{msg}");
+    }
+
+    /// The first write of a pipeline after the store opens reads its dedup
+    /// index from its 25,000 stored samples, and tells the progress hook at
+    /// each 10,000 digests: twice. The next write reads nothing: no call.
+    #[test]
+    fn reading_the_dedup_index_reports_its_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let batch: Vec<NewSample> = (0..25_000u64)
+                .map(|i| new("p", u128::from(i) + 1, sample(i as i64, None)))
+                .collect();
+            store.append(&batch).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let hook: Progress = {
+            let calls = calls.clone();
+            std::sync::Arc::new(move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+        };
+        store.set_progress(hook);
+        let one = |i: u64| new("p", u128::from(i) + 1, sample(i as i64, None));
+        assert_eq!(store.append(&[one(25_000)]).unwrap(), [Some(25_000)]);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // A redelivery of the first sample is known: not stored again.
+        assert_eq!(
+            store.append(&[one(0), one(25_001)]).unwrap(),
+            [None, Some(25_001)]
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     /// Samples written before the crash, in commits of 2,000 (the
