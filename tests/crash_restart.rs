@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 /// Messages per second.
@@ -89,85 +88,6 @@ fn seq_of_timestamp(ms: i64) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // Publishers (as tests/embedded_broker.rs).
 
-#[derive(Debug, Default, Clone)]
-struct Published {
-    acked: Vec<u64>,
-    errors: u64,
-}
-
-/// One QoS 1 connection, one message in flight: message `s` not before
-/// `t0 + (s - first) * pace`; the outstanding message is published again
-/// after a reconnect without a session (rumqttc drops it then).
-#[allow(clippy::too_many_arguments)]
-async fn publish_paced(
-    port: u16,
-    seqs: Vec<u64>,
-    first: u64,
-    t0: tokio::time::Instant,
-    pace: Duration,
-    deadline: Instant,
-    stop: CancellationToken,
-    progress: Arc<Mutex<Published>>,
-) {
-    let mut opts = MqttOptions::new(client_id("pub"), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_inflight(1);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    let send = |s: u64| {
-        client
-            .try_publish("sensors/p/occupancy", QoS::AtLeastOnce, false, payload(s))
-            .unwrap()
-    };
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let mut next = seqs.into_iter().peekable();
-    let mut outstanding: Option<u64> = None;
-    let mut broke = false;
-    loop {
-        let due = match (outstanding, next.peek()) {
-            (None, None) => break,
-            (None, Some(&s)) => {
-                let at = t0 + pace * (s - first) as u32;
-                if tokio::time::Instant::now() >= at {
-                    send(s);
-                    outstanding = next.next();
-                    broke = false;
-                    continue;
-                }
-                at
-            }
-            (Some(_), _) => deadline,
-        };
-        let ev = tokio::select! {
-            ev = eventloop.poll() => ev,
-            _ = tokio::time::sleep_until(due) => continue,
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = stop.cancelled() => break,
-        };
-        match ev {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                if let (Some(s), true, false) = (outstanding, broke, ack.session_present) {
-                    send(s);
-                    broke = false;
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                if let Some(s) = outstanding.take() {
-                    progress.lock().unwrap().acked.push(s);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                broke = true;
-                progress.lock().unwrap().errors += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
-}
-
 /// `connections` publishers sharing `0..n` round-robin at `pace`.
 fn spawn_publisher(
     port: u16,
@@ -192,6 +112,7 @@ fn spawn_publisher(
                 deadline,
                 stop.clone(),
                 progress.clone(),
+                payload,
             ))
         })
         .collect();

@@ -215,105 +215,6 @@ impl FakeDaemon {
 // ---------------------------------------------------------------------------
 // Publishers.
 
-/// What a publisher saw.
-#[derive(Debug, Default, Clone)]
-struct Published {
-    /// Seqs the broker acknowledged (PubAck).
-    acked: Vec<u64>,
-    /// Connection errors seen.
-    errors: u64,
-    /// When the first ConnAck arrived.
-    connected_at: Option<Instant>,
-}
-
-/// One QoS 1 publisher connection with one message in flight: publishes
-/// `seqs` to `sensors/p/occupancy`, message `s` not before
-/// `t0 + (s - first) * pace`,
-/// until every one is acknowledged, `stop` is cancelled or `deadline`
-/// passes. With one in flight, a PubAck names the outstanding message.
-///
-/// rumqttc 0.25 drops its unacknowledged publishes, and the requests still
-/// in its channel, when it reconnects to a broker that reports no session
-/// (`EventLoop::poll`: `if !connack.session_present { self.pending.clear() }`),
-/// as a restarted embedded broker always does: the outstanding message is
-/// then published again here (a copy may be stored already; the daemon's
-/// digest deduplication keeps one).
-#[allow(clippy::too_many_arguments)]
-async fn publish_paced(
-    port: u16,
-    seqs: Vec<u64>,
-    first: u64,
-    t0: tokio::time::Instant,
-    pace: Duration,
-    deadline: Instant,
-    stop: CancellationToken,
-    progress: Arc<Mutex<Published>>,
-) {
-    let mut opts = MqttOptions::new(client_id("pub"), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_inflight(1);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    let send = |s: u64| {
-        client
-            .try_publish("sensors/p/occupancy", QoS::AtLeastOnce, false, payload(s))
-            .unwrap()
-    };
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let mut next = seqs.into_iter().peekable();
-    let mut outstanding: Option<u64> = None;
-    // A connection error since `outstanding` was handed to rumqttc.
-    let mut broke = false;
-    loop {
-        let due = match (outstanding, next.peek()) {
-            (None, None) => break,
-            (None, Some(&s)) => {
-                let at = t0 + pace * (s - first) as u32;
-                if tokio::time::Instant::now() >= at {
-                    send(s);
-                    outstanding = next.next();
-                    broke = false;
-                    continue;
-                }
-                at
-            }
-            (Some(_), _) => deadline,
-        };
-        let ev = tokio::select! {
-            ev = eventloop.poll() => ev,
-            _ = tokio::time::sleep_until(due) => continue,
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = stop.cancelled() => break,
-        };
-        match ev {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                progress
-                    .lock()
-                    .unwrap()
-                    .connected_at
-                    .get_or_insert_with(Instant::now);
-                if let (Some(s), true, false) = (outstanding, broke, ack.session_present) {
-                    send(s);
-                    broke = false;
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                if let Some(s) = outstanding.take() {
-                    progress.lock().unwrap().acked.push(s);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                broke = true;
-                progress.lock().unwrap().errors += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
-}
-
 /// `connections` publishers sharing `seqs` round-robin (message `s` not
 /// before `s * pace` from now); `progress` holds what was acknowledged so
 /// far; the task returns it when all have finished.
@@ -348,6 +249,7 @@ fn spawn_publisher(
                 deadline,
                 stop.clone(),
                 progress.clone(),
+                payload,
             ))
         })
         .collect();
