@@ -27,9 +27,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -132,125 +130,29 @@ fn spawn_publisher(
 // ---------------------------------------------------------------------------
 // The daemon process.
 
-struct Proc {
-    conf: PathBuf,
-    log: PathBuf,
-    http: SocketAddr,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Proc {
-    fn new(dir: &Path, broker_port: u16) -> Self {
-        let http_port = free_port();
-        let conf = dir.join("edgeloop.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "[store]\npath = '{}'\nretention_samples = {RETENTION}\nretention_chunk = 500\n\
-                 [mqtt]\nbroker = 'embedded'\nembedded_listen = '127.0.0.1:{broker_port}'\n\
-                 client_id = '{}'\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\
-                 [http]\nlisten = '127.0.0.1:{http_port}'\n\
-                 [models]\nkeep_versions = 3\n\
-                 [daemon]\nshutdown_timeout_s = 8\n\
-                 [[pipelines]]\nname = 'occupancy'\ntopics = ['sensors/+/occupancy']\n\
-                 features = ['Temperature', 'Humidity', 'Light', 'CO2', 'HumidityRatio']\n\
-                 label = 'Occupancy'\nclasses = ['0', '1']\ntimestamp = 'Date'\n\
-                 timestamp_format = '%Y-%m-%d %H:%M:%S'\n\
-                 [pipelines.model]\nmin_labels = 300\nretrain_every = 400\n",
-                dir.join("edgeloop.redb").display(),
-                client_id("crk"),
-            ),
-        )
-        .unwrap();
-        Self {
-            conf,
-            log: dir.join("daemon.log"),
-            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
-            child: None,
-            starts: 0,
-        }
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.starts += 1;
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-                .args(["run", "--log-level", "info", "--config"])
-                .arg(&self.conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
-        c.wait().unwrap()
-    }
-
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Option<(u16, Vec<u8>)> {
-        let mut c = edgeloop::demo::HttpClient::connect(self.http).await.ok()?;
-        c.request(method, path, body).await.ok()
-    }
-
-    async fn get(&self, path: &str) -> Option<serde_json::Value> {
-        let (status, body) = self.request("GET", path, None).await?;
-        (status == 200).then(|| serde_json::from_slice(&body).ok())?
-    }
-
-    /// Waits until `/healthz` answers 200, subscribed; how long it took
-    /// from `since`.
-    async fn wait_healthy(&self, since: Instant, limit: Duration) -> Duration {
-        loop {
-            if self
-                .get("/healthz")
-                .await
-                .is_some_and(|h| h["mqtt_subscribed"] == true)
-            {
-                return since.elapsed();
-            }
-            assert!(
-                since.elapsed() < limit,
-                "the daemon was not healthy within {limit:?}; log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The daemon of this test: the embedded broker on `broker_port`, HTTP on
+/// a free port, retention, training and pruning kept busy.
+fn proc(dir: &Path, broker_port: u16) -> LoggedDaemon {
+    let http_port = free_port();
+    LoggedDaemon::new(
+        dir,
+        http_port,
+        format!(
+            "[store]\npath = '{}'\nretention_samples = {RETENTION}\nretention_chunk = 500\n\
+             [mqtt]\nbroker = 'embedded'\nembedded_listen = '127.0.0.1:{broker_port}'\n\
+             client_id = '{}'\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\
+             [http]\nlisten = '127.0.0.1:{http_port}'\n\
+             [models]\nkeep_versions = 3\n\
+             [daemon]\nshutdown_timeout_s = 8\n\
+             [[pipelines]]\nname = 'occupancy'\ntopics = ['sensors/+/occupancy']\n\
+             features = ['Temperature', 'Humidity', 'Light', 'CO2', 'HumidityRatio']\n\
+             label = 'Occupancy'\nclasses = ['0', '1']\ntimestamp = 'Date'\n\
+             timestamp_format = '%Y-%m-%d %H:%M:%S'\n\
+             [pipelines.model]\nmin_labels = 300\nretrain_every = 400\n",
+            dir.join("edgeloop.redb").display(),
+            client_id("crk"),
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +161,7 @@ async fn sigkill_during_retention_training_and_pruning_keeps_the_store_whole() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut daemon = Proc::new(dir.path(), port);
+    let mut daemon = proc(dir.path(), port);
     daemon.spawn();
     let first_start = daemon
         .wait_healthy(Instant::now(), Duration::from_secs(20))
@@ -429,7 +331,7 @@ async fn sigkill_during_retention_training_and_pruning_keeps_the_store_whole() {
         "versions side by side: {versions:?}"
     );
 
-    let status = daemon.terminate();
+    let (status, _) = daemon.terminate();
     assert!(status.success(), "{status:?}");
     let log = daemon.log_text();
     assert!(

@@ -34,8 +34,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -771,115 +770,27 @@ async fn proxy_throughput_against_rumqttd_directly() {
 // ---------------------------------------------------------------------------
 // 5-6: the daemon binary, killed and restarted during a paced publish.
 
-/// The daemon process on the embedded broker, stderr to a file.
-struct Proc {
-    conf: PathBuf,
-    log: PathBuf,
-    http: SocketAddr,
-    child: Option<Child>,
-    starts: u32,
+/// The daemon process on the embedded broker (`broker_port`), HTTP on a
+/// free port, stderr to a file.
+fn proc(dir: &Path, broker_port: u16) -> LoggedDaemon {
+    let http_port = free_port();
+    LoggedDaemon::new(
+        dir,
+        http_port,
+        format!(
+            "[store]\npath = '{}'\n[mqtt]\nbroker = 'embedded'\nembedded_listen = '127.0.0.1:{broker_port}'\n\
+             client_id = '{}'\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\
+             [http]\nlisten = '127.0.0.1:{http_port}'\n\
+             [daemon]\nshutdown_timeout_s = 8\n",
+            dir.join("edgeloop.redb").display(),
+            client_id("ebk"),
+        ),
+    )
 }
 
-impl Proc {
-    fn new(dir: &Path, broker_port: u16) -> Self {
-        let http_port = free_port();
-        let conf = dir.join("edgeloop.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "[store]\npath = '{}'\n[mqtt]\nbroker = 'embedded'\nembedded_listen = '127.0.0.1:{broker_port}'\n\
-                 client_id = '{}'\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n\
-                 [http]\nlisten = '127.0.0.1:{http_port}'\n\
-                 [daemon]\nshutdown_timeout_s = 8\n",
-                dir.join("edgeloop.redb").display(),
-                client_id("ebk"),
-            ),
-        )
-        .unwrap();
-        Self {
-            conf,
-            log: dir.join("daemon.log"),
-            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
-            child: None,
-            starts: 0,
-        }
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.starts += 1;
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-                .args(["run", "--log-level", "info", "--config"])
-                .arg(&self.conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM; the exit status and how long it took.
-    fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
-        let mut c = self.child.take().unwrap();
-        let t = Instant::now();
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
-        (c.wait().unwrap(), t.elapsed())
-    }
-
-    async fn get(&self, path: &str) -> Option<serde_json::Value> {
-        let mut c = edgeloop::demo::HttpClient::connect(self.http).await.ok()?;
-        let (status, body) = c.request("GET", path, None).await.ok()?;
-        (status == 200).then(|| serde_json::from_slice(&body).ok())?
-    }
-
-    async fn stored(&self) -> Option<u64> {
-        self.get("/v1/pipelines").await?["pipelines"][0]["samples"].as_u64()
-    }
-
-    async fn wait_subscribed(&self, limit: Duration) {
-        let until = Instant::now() + limit;
-        loop {
-            if self
-                .get("/healthz")
-                .await
-                .is_some_and(|h| h["mqtt_subscribed"] == true)
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "the daemon did not subscribe; log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Samples the daemon's first pipeline holds (`/v1/pipelines`).
+async fn stored(daemon: &LoggedDaemon) -> Option<u64> {
+    daemon.get("/v1/pipelines").await?["pipelines"][0]["samples"].as_u64()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -917,9 +828,11 @@ async fn run_with_restarts(how: Stop, load: Load) -> Vec<Vec<u64>> {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut daemon = Proc::new(dir.path(), port);
+    let mut daemon = proc(dir.path(), port);
     daemon.spawn();
-    daemon.wait_subscribed(Duration::from_secs(20)).await;
+    daemon
+        .wait_healthy(Instant::now(), Duration::from_secs(20))
+        .await;
     let (task, progress, _stop) = spawn_publisher(
         port,
         0..load.n,
@@ -971,7 +884,7 @@ async fn run_with_restarts(how: Stop, load: Load) -> Vec<Vec<u64>> {
     // The store holds still for a second.
     let mut last = (None, Instant::now());
     while last.1.elapsed() < Duration::from_secs(1) {
-        let now = daemon.stored().await;
+        let now = stored(&daemon).await;
         if now != last.0 {
             last = (now, Instant::now());
         }

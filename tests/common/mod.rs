@@ -521,6 +521,119 @@ pub fn signed_readings(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The `edgeloop` binary as a child process on a configuration file of its
+/// own, its log appended to `daemon.log` across restarts, for the tests that
+/// SIGKILL and restart it (tests/embedded_broker.rs, tests/crash_restart.rs).
+/// SIGKILLed on drop.
+pub struct LoggedDaemon {
+    conf: PathBuf,
+    log: PathBuf,
+    pub http: SocketAddr,
+    child: Option<Child>,
+    /// How many times it was started.
+    pub starts: u32,
+}
+
+impl LoggedDaemon {
+    /// Writes `config` (TOML, whose `[http] listen` is `127.0.0.1:{http_port}`)
+    /// to `dir/edgeloop.toml`; not started yet.
+    pub fn new(dir: &Path, http_port: u16, config: String) -> Self {
+        let conf = dir.join("edgeloop.toml");
+        std::fs::write(&conf, config).unwrap();
+        Self {
+            conf,
+            log: dir.join("daemon.log"),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.starts += 1;
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+                .args(["run", "--log-level", "info", "--config"])
+                .arg(&self.conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// SIGKILL, and wait for the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the exit status and how long it took.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().unwrap();
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        (c.wait().unwrap(), t.elapsed())
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Option<(u16, Vec<u8>)> {
+        let mut c = edgeloop::demo::HttpClient::connect(self.http).await.ok()?;
+        c.request(method, path, body).await.ok()
+    }
+
+    /// A GET's JSON body, when it answers 200.
+    pub async fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let (status, body) = self.request("GET", path, None).await?;
+        (status == 200).then(|| serde_json::from_slice(&body).ok())?
+    }
+
+    /// Waits until `/healthz` answers 200 with its MQTT subscription
+    /// acknowledged; how long that took from `since`.
+    pub async fn wait_healthy(&self, since: Instant, limit: Duration) -> Duration {
+        loop {
+            if self
+                .get("/healthz")
+                .await
+                .is_some_and(|h| h["mqtt_subscribed"] == true)
+            {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < limit,
+                "the daemon was not healthy within {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LoggedDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Paced QoS 1 publishers (tests/embedded_broker.rs, tests/crash_restart.rs).
 
