@@ -103,6 +103,7 @@
 //!   client ids to the daemon; feature `embedded-broker`), CSV replay and
 //!   labelled CSV files for the offline commands ([`ingest::csv_file`]).
 //! - [`store`]: redb: samples (with QoS 1 dedup), models, state, retention;
+//!   every commit in quick-repair mode, so the open after a crash is quick;
 //!   [`stats`]: counters shared by the components; [`config_error`]: the
 //!   error of a setting.
 //!
