@@ -5,9 +5,10 @@
 //! (fsync before `commit` returns), so a batch is either wholly on disk or not
 //! at all, whatever the power does; and in quick-repair mode (each commit
 //! records the allocator state, in two phases), so the open after a crash
-//! reads a few pages instead of checksumming the whole file ([`open_db`]). redb, not sled: sled 0.34's `flush()` uses
-//! `sync_file_range`, which is no barrier against power loss, and its files
-//! grow under retention (README, "Why redb").
+//! reads a few pages instead of checksumming the whole file ([`open_db`]).
+//! redb, not sled: sled 0.34's `flush()` uses `sync_file_range`, which is no
+//! barrier against power loss, and its files grow under retention (README,
+//! "Why redb").
 //!
 //! Tables:
 //! - `samples`: (pipeline, seq) → postcard [`StoredSample`]; `seq` is the
@@ -289,8 +290,9 @@ impl DbGuard<'_> {
     /// the allocator state (and commits in two phases), so that the open
     /// after a crash or a power cut loads that state instead of walking and
     /// checksumming every page of the file (redb's full repair, which read
-    /// the whole store: 4.5 s for 5 million samples on the development VM,
-    /// minutes on an SD card, past systemd's start timeout). Every write of
+    /// the whole store: 3.2 s and 570 MB for 4 million samples on the
+    /// development VM, cold; on an SD card an estimated few minutes, past
+    /// systemd's start timeout). Every write of
     /// the store goes through here (it shadows [`Database::begin_write`]);
     /// without quick repair only for a benchmark's reference
     /// ([`Store::set_quick_repair`]).
@@ -329,7 +331,10 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     pub fn open_observed(path: &Path, observe: RepairObserver) -> Result<Self, StoreError> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_file(path, observe))).unwrap_or_else(|panic| {
+        // The observer is only called; after a panic nothing of the open
+        // is used again.
+        let open = std::panic::AssertUnwindSafe(|| Self::open_file(path, observe));
+        std::panic::catch_unwind(open).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<String>()
                 .map(String::as_str)

@@ -631,7 +631,7 @@ async fn resubscribes_when_the_broker_lost_the_session() {
 async fn sigkilled_daemon_loses_and_duplicates_nothing() {
     let mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = DaemonProcess::start(dir.path(), mosquitto.port, "");
+    let mut daemon = daemon_process(dir.path(), mosquitto.port, "");
     daemon.wait(WAIT, "the daemon", |_| true).await;
     let mut opts = replay_opts("datatraining.txt", mosquitto.port, Some(3000));
     opts.rate = Some(2000.0);
@@ -657,7 +657,7 @@ async fn sigkilled_daemon_loses_and_duplicates_nothing() {
         Some(3000),
         "no duplicate after redelivery settles"
     );
-    let status = daemon.terminate();
+    let (status, _) = daemon.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
     // Distinct timestamps: each row stored once.
     let store = edgeloop::store::Store::open(&dir.path().join("edgeloop.redb")).unwrap();
@@ -785,7 +785,7 @@ async fn sigkill_during_promotions_leaves_a_complete_version_and_every_sample() 
                  features = ['Temperature', 'Humidity', 'Light', 'CO2', 'HumidityRatio']\nlabel = 'Occupancy'\n\
                  timestamp = 'Date'\n[pipelines.model]\nmin_labels = 500\nretrain_every = 1000000\n\
                  [pipelines.drift]\nretrain_on_drift = false\n";
-    let mut daemon = DaemonProcess::start(dir.path(), mosquitto.port, extra);
+    let mut daemon = daemon_process(dir.path(), mosquitto.port, extra);
     let addr = daemon.http;
     daemon.wait(WAIT, "the daemon", |_| true).await;
     let all = edgeloop::ingest::replay::csv_payloads(&replay_opts(

@@ -241,111 +241,23 @@ pub async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> b
     }
 }
 
-/// The `edgeloop` binary as a separate process, on a config file of its own,
-/// with an external broker. Killed on drop.
-pub struct DaemonProcess {
-    conf: PathBuf,
-    pub http: SocketAddr,
-    child: Option<Child>,
-}
-
-impl DaemonProcess {
-    /// Writes a config in `dir` (store, broker, HTTP on a free port, plus
-    /// `extra` TOML appended) and starts the binary.
-    pub fn start(dir: &Path, broker_port: u16, extra: &str) -> Self {
-        let port = free_port();
-        let conf = dir.join("edgeloop.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{broker_port}'\nclient_id = '{}'\n\
-                 reconnect_min_ms = 50\n[http]\nlisten = '127.0.0.1:{port}'\n{extra}",
-                dir.join("edgeloop.redb").display(),
-                client_id("proc"),
-            ),
-        )
-        .unwrap();
-        let mut p = Self {
-            conf,
-            http: SocketAddr::from(([127, 0, 0, 1], port)),
-            child: None,
-        };
-        p.spawn();
-        p
-    }
-
-    pub fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-            .args(["run", "--config"])
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// SIGKILL, and wait for the process.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// SIGTERM, and the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        c.wait().unwrap()
-    }
-
-    /// (samples stored, serving version) of the first pipeline, once the
-    /// daemon answers and its MQTT subscription is acknowledged.
-    pub async fn state(&self) -> Option<(u64, Option<u64>)> {
-        let mut c = edgeloop::demo::HttpClient::connect(self.http).await.ok()?;
-        let (_, health) = c.request("GET", "/healthz", None).await.ok()?;
-        let health: serde_json::Value = serde_json::from_slice(&health).ok()?;
-        if health["mqtt_subscribed"] != true {
-            return None;
-        }
-        let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        Some((
-            v["pipelines"][0]["samples"].as_u64()?,
-            v["pipelines"][0]["serving_version"].as_u64(),
-        ))
-    }
-
-    /// Waits until `done(state)` holds.
-    pub async fn wait(
-        &self,
-        limit: Duration,
-        what: &str,
-        done: impl Fn((u64, Option<u64>)) -> bool,
-    ) {
-        let until = Instant::now() + limit;
-        loop {
-            if self.state().await.is_some_and(&done) {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "timed out after {limit:?} waiting for {what}: {:?}",
-                self.state().await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The `edgeloop` binary on an external broker (tests/loop_e2e.rs): its
+/// config in `dir` (store, broker at `broker_port`, HTTP on a free port,
+/// plus `extra` TOML appended), started.
+pub fn daemon_process(dir: &Path, broker_port: u16, extra: &str) -> LoggedDaemon {
+    let port = free_port();
+    let mut d = LoggedDaemon::new(
+        dir,
+        port,
+        format!(
+            "[store]\npath = '{}'\n[mqtt]\nbroker = 'mqtt://127.0.0.1:{broker_port}'\nclient_id = '{}'\n\
+             reconnect_min_ms = 50\n[http]\nlisten = '127.0.0.1:{port}'\n{extra}",
+            dir.join("edgeloop.redb").display(),
+            client_id("proc"),
+        ),
+    );
+    d.spawn();
+    d
 }
 
 /// Subscribes to `filter` on the broker at `port`; every payload (JSON)
@@ -523,8 +435,8 @@ pub fn signed_readings(seed: u64, n: usize) -> Vec<f32> {
 
 /// The `edgeloop` binary as a child process on a configuration file of its
 /// own, its log appended to `daemon.log` across restarts, for the tests that
-/// SIGKILL and restart it (tests/embedded_broker.rs, tests/crash_restart.rs).
-/// SIGKILLed on drop.
+/// SIGKILL and restart it (tests/embedded_broker.rs, tests/crash_restart.rs,
+/// tests/loop_e2e.rs through [`daemon_process`]). SIGKILLed on drop.
 pub struct LoggedDaemon {
     conf: PathBuf,
     log: PathBuf,
@@ -620,6 +532,44 @@ impl LoggedDaemon {
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// (samples stored, serving version) of the first pipeline, once the
+    /// daemon answers and its MQTT subscription is acknowledged.
+    pub async fn state(&self) -> Option<(u64, Option<u64>)> {
+        let mut c = edgeloop::demo::HttpClient::connect(self.http).await.ok()?;
+        let (_, health) = c.request("GET", "/healthz", None).await.ok()?;
+        let health: serde_json::Value = serde_json::from_slice(&health).ok()?;
+        if health["mqtt_subscribed"] != true {
+            return None;
+        }
+        let (_, body) = c.request("GET", "/v1/pipelines", None).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Some((
+            v["pipelines"][0]["samples"].as_u64()?,
+            v["pipelines"][0]["serving_version"].as_u64(),
+        ))
+    }
+
+    /// Waits until `done(state)` holds.
+    pub async fn wait(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn((u64, Option<u64>)) -> bool,
+    ) {
+        let until = Instant::now() + limit;
+        loop {
+            if self.state().await.is_some_and(&done) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out after {limit:?} waiting for {what}: {:?}",
+                self.state().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
