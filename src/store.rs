@@ -1391,6 +1391,29 @@ impl Store {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Refuses a model write of `needed` bytes that would leave less than
+    /// `store.min_free_bytes` free ([`StoreError::BelowFloor`]): the floor
+    /// is what retention and redb's own writes keep. An unreadable free
+    /// space leaves the write to the file system.
+    fn above_floor(&self, op: &'static str, needed: usize) -> Result<(), StoreError> {
+        let floor = self
+            .min_free_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if floor == 0 {
+            return Ok(());
+        }
+        match self.free_bytes() {
+            Ok(free) if free.saturating_sub(needed as u64) < floor => Err(StoreError::BelowFloor {
+                path: self.path.clone(),
+                op,
+                free,
+                needed: needed as u64,
+                floor,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Stores model `version` of `pipeline` and, when `serve` holds an event
     /// (JSON), makes it the serving version and appends the event to the
     /// timeline, all in one commit (so the serving pointer always names a
@@ -1407,24 +1430,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let e = self.db_err("put_model");
         let bytes = postcard::to_allocvec(model).map_err(|x| self.corrupt("put_model", x))?;
-        let floor = self
-            .min_free_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if floor > 0 {
-            // An unreadable free space leaves the write to the file system.
-            if let Ok(free) = self.free_bytes() {
-                let needed = bytes.len() as u64;
-                if free.saturating_sub(needed) < floor {
-                    return Err(StoreError::BelowFloor {
-                        path: self.path.clone(),
-                        op: "put_model",
-                        free,
-                        needed,
-                        floor,
-                    });
-                }
-            }
-        }
+        self.above_floor("put_model", bytes.len())?;
         let db = self.lock_db().map_err(&e)?;
         let txn = db.begin_write().map_err(|x| e(x.into()))?;
         {
@@ -1528,11 +1534,18 @@ impl Store {
         model: Option<(u32, &StoredModel)>,
     ) -> Result<(), StoreError> {
         let e = self.db_err("append_event");
+        let bytes = match model {
+            Some((_, model)) => {
+                let bytes =
+                    postcard::to_allocvec(model).map_err(|x| self.corrupt("append_event", x))?;
+                self.above_floor("append_event", bytes.len())?;
+                Some(bytes)
+            }
+            None => None,
+        };
         let db = self.lock_db().map_err(&e)?;
         let txn = db.begin_write().map_err(|x| e(x.into()))?;
-        if let Some((version, model)) = model {
-            let bytes =
-                postcard::to_allocvec(model).map_err(|x| self.corrupt("append_event", x))?;
+        if let (Some((version, model)), Some(bytes)) = (model, bytes) {
             let mut models = txn.open_table(MODELS).map_err(|x| e(x.into()))?;
             models
                 .insert((pipeline, version), bytes.as_slice())
@@ -2790,6 +2803,33 @@ mod tests {
         store.set_min_free_bytes(0);
         store.put_model("p", 2, &m, None).unwrap();
         assert_eq!(store.model_versions("p").unwrap(), vec![1, 2]);
+
+        // An upload's model goes in with its timeline event (append_event):
+        // the same floor. It was stored below it, and on a full disk
+        // whenever redb's file had room (tests/ingest_scale.rs failed
+        // about every second run on that).
+        store.set_min_free_bytes(free + (1 << 20));
+        let e = store
+            .append_event("p", r#"{"event":"imported"}"#, Some((3, &m)))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::BelowFloor {
+                    op: "append_event",
+                    needed: 9,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(store.model_versions("p").unwrap(), vec![1, 2]);
+        assert_eq!(store.events("p").unwrap(), Vec::<String>::new());
+        // An event without a model is no model write: the floor is ingest's.
+        store
+            .append_event("p", r#"{"event":"promoted"}"#, None)
+            .unwrap();
+        assert_eq!(store.events("p").unwrap().len(), 1);
     }
 
     #[test]
