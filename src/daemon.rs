@@ -381,9 +381,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         cfg.mqtt.protocol_for(&cfg.mqtt.target()?),
     ));
     let receive_maximum = mqtt::receive_maximum(cfg.store.batch_size);
-    // MQTT 3.1.1: the request channel carries only subscriptions and the
-    // disconnect (acknowledgements are written by the source itself); MQTT
-    // 5: also the acknowledgements, at most the receive maximum at a time.
+    // The request channel carries only subscriptions and the disconnect:
+    // the source writes the acknowledgements itself, over either protocol.
     let spec = LinkSpec {
         cfg: cfg.mqtt.clone(),
         client_id: cfg.mqtt.client_id.clone(),
@@ -391,7 +390,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         port,
         manual_acks: true,
         receive_maximum: Some(receive_maximum),
-        requests: usize::from(receive_maximum) + 64,
+        requests: 64,
     };
     let link = spec.open(choice.current())?;
     let connection = Arc::new(Connection::default());

@@ -94,7 +94,9 @@
 //!   broker lost, store refusing writes) behind `GET /healthz`, the systemd
 //!   watchdog and `edgeloop_healthy`.
 //! - [`ingest`]: the MQTT source (rumqttc, MQTT 5 with a fallback to 3.1.1
-//!   over one protocol-neutral connection, [`ingest::link`]; persistent
+//!   over one protocol-neutral connection, [`ingest::link`]; a commit's
+//!   acknowledgements in one write over either protocol, through
+//!   `vendor/rumqttc`, rumqttc 0.25.1 with its v5 connection public; persistent
 //!   session, immediate then capped jittered reconnects, TLS with rustls
 //!   for `mqtts://`, username/password; [`ingest::mqtt_config`]), payload
 //!   decoding by the pipeline's [`ingest::decode::Schema`], the writer that commits then

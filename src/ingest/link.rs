@@ -93,8 +93,6 @@ pub enum LinkEvent {
     PubAck {
         refusal: Option<String>,
     },
-    /// Our acknowledgement of a received publish went to the network.
-    AckWritten,
     /// Our DISCONNECT went to the network.
     DisconnectWritten,
     Other,
@@ -365,7 +363,6 @@ impl Link {
                     },
                     Event::Incoming(Packet::Publish(p)) => LinkEvent::Publish(p.into()),
                     Event::Incoming(Packet::PubAck(_)) => LinkEvent::PubAck { refusal: None },
-                    Event::Outgoing(Outgoing::PubAck(_)) => LinkEvent::AckWritten,
                     Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectWritten,
                     _ => LinkEvent::Other,
                 })
@@ -398,7 +395,6 @@ impl Link {
                         ))
                         .then(|| format!("{:?}", ack.reason)),
                     },
-                    Event::Outgoing(Outgoing::PubAck(_)) => LinkEvent::AckWritten,
                     Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectWritten,
                     _ => LinkEvent::Other,
                 })

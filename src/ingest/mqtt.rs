@@ -481,18 +481,8 @@ pub struct Acks {
 /// with 3.1.1), reading stops while it holds more than `max_waiting`
 /// messages and resumes when the writer takes them. Acknowledgements arrive
 /// on an unbounded channel (bounded in practice by the same window) and go
-/// out without waiting:
-/// - MQTT 3.1.1: written straight to the connection in one batch, one
-///   flush (see [`MqttSource::write_acks`]);
-/// - MQTT 5: rumqttc's v5 event loop keeps its connection private, so each
-///   PUBACK goes through its request channel with `try_send` (never
-///   `send().await`: this task is the one that drains that channel, by
-///   polling). The channel holds [`LinkSpec::requests`] requests, at least
-///   the receive maximum, so a PUBACK never finds it full; if one does, the
-///   packet ids stay here and are offered again on the next turn of the
-///   loop, after a poll has made room. rumqttc drains one request per poll
-///   and flushes each: the cost of that is measured in BENCHMARKS.md
-///   ("MQTT 5 against 3.1.1").
+/// out without waiting: written straight to the connection in one batch,
+/// one flush, over either protocol (see [`MqttSource::write_acks`]).
 pub struct MqttSource {
     pub link: Link,
     /// How to open the link again in another protocol (the fallback).
@@ -650,9 +640,6 @@ impl MqttSource {
                         arrival_ms: crate::stats::now_ms(),
                     });
                 }
-                Ok(LinkEvent::AckWritten) => {
-                    self.stats.acks_sent.fetch_add(1, Ordering::Relaxed);
-                }
                 Ok(_) => {}
                 Err(e) => {
                     // No CONNACK since the last error: this was a connection attempt.
@@ -728,17 +715,11 @@ impl MqttSource {
                         break
                     }
                     _ = &mut deadline => break,
-                    ev = self.link.poll() => match ev {
-                        Ok(LinkEvent::AckWritten) => {
-                            self.stats.acks_sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    },
+                    ev = self.link.poll() => if ev.is_err() { break },
                 }
             }
-            // The last acknowledgements, then the DISCONNECT behind them
-            // (MQTT 5: through the same request channel, in order).
+            // The last acknowledgements (written and flushed), then the
+            // DISCONNECT through the request channel.
             let flush = tokio::time::timeout(Duration::from_millis(500), async {
                 let mut disconnecting = false;
                 loop {
@@ -748,9 +729,6 @@ impl MqttSource {
                         disconnecting = true;
                     }
                     match self.link.poll().await {
-                        Ok(LinkEvent::AckWritten) => {
-                            self.stats.acks_sent.fetch_add(1, Ordering::Relaxed);
-                        }
                         Ok(LinkEvent::DisconnectWritten) | Err(_) => break,
                         Ok(_) => {}
                     }
@@ -771,68 +749,74 @@ impl MqttSource {
     }
 
     /// Sends the pending acknowledgements without waiting on anything this
-    /// task must drain.
+    /// task must drain: written as one batch (one flush) straight to
+    /// rumqttc's network buffer, over either protocol.
     ///
-    /// - MQTT 3.1.1: written as one batch (one flush) straight to rumqttc's
-    ///   network buffer: a QoS 1 PUBACK with manual acks changes no client
-    ///   state (rumqttc's own `outgoing_puback` only returns the packet),
-    ///   and bypassing the request channel keeps acknowledgements out of the
-    ///   race between reading and writing in rumqttc's `select!`, which
-    ///   drains one request per poll. A failed write leaves the messages
-    ///   unacknowledged: the next poll reports the broken connection and
-    ///   the broker redelivers them.
-    /// - MQTT 5: offered to the request channel with `try_send`; what does
-    ///   not fit stays in `acks` for the next call (the polls in between
-    ///   drain the channel). A PUBACK left in the channel when the
-    ///   connection breaks is dropped by rumqttc (`EventLoop::clean`), and
-    ///   the broker redelivers its message.
+    /// A QoS 1 PUBACK with manual acks changes no client state (rumqttc's
+    /// own `outgoing_puback` only returns the packet), and bypassing the
+    /// request channel keeps acknowledgements out of the race between
+    /// reading and writing in rumqttc's `select!`, which drains one request
+    /// per poll and writes and flushes each: through the channel, 2,000
+    /// acknowledgements were 2,000 `writev` calls (BENCHMARKS.md, "MQTT 5
+    /// acknowledgements in one write"). rumqttc 0.25 keeps the MQTT 5
+    /// event loop's connection private; `vendor/rumqttc` makes it public
+    /// as the 3.1.1 one is (`vendor/rumqttc/EDGELOOP-PATCH.md`).
+    ///
+    /// A failed write leaves the messages unacknowledged: the next poll
+    /// reports the broken connection and the broker redelivers them.
     async fn write_acks(&mut self, acks: &mut Vec<u16>) {
         if acks.is_empty() {
             return;
         }
-        match &mut self.link {
+        let n = acks.len() as u64;
+        let written = match &mut self.link {
             Link::V311 { eventloop, .. } => {
                 let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
-                let Some(network) = eventloop.network.as_mut() else {
-                    acks.clear();
-                    return;
-                };
-                let n = acks.len() as u64;
-                let write = async {
-                    for pkid in acks.drain(..) {
-                        network.write(Packet::PubAck(PubAck::new(pkid))).await?;
-                    }
-                    network.flush().await
-                };
-                match tokio::time::timeout(timeout, write).await {
-                    Ok(Ok(())) => {
-                        self.stats.acks_sent.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "Acknowledgements not written; the broker will redeliver.")
-                    }
-                    Err(_) => {
-                        debug!("Acknowledgements not flushed in time; the broker will redeliver.")
-                    }
+                match eventloop.network.as_mut() {
+                    None => None,
+                    Some(network) => Some(
+                        tokio::time::timeout(timeout, async {
+                            for &pkid in acks.iter() {
+                                network.write(Packet::PubAck(PubAck::new(pkid))).await?;
+                            }
+                            network.flush().await
+                        })
+                        .await
+                        .map(|r| r.map_err(|e| e.to_string())),
+                    ),
                 }
-                acks.clear();
             }
-            Link::V5 { client, .. } => {
-                use rumqttc::v5::mqttbytes::{v5::Publish as P5, QoS};
-                let mut offered = 0;
-                for &pkid in acks.iter() {
-                    let publish = P5 {
-                        qos: QoS::AtLeastOnce,
-                        pkid,
-                        ..P5::default()
-                    };
-                    if client.try_ack(&publish).is_err() {
-                        break;
-                    }
-                    offered += 1;
+            Link::V5 { eventloop, .. } => {
+                use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAck as A5};
+                let timeout =
+                    Duration::from_secs(eventloop.options.network_options().connection_timeout());
+                match eventloop.network.as_mut() {
+                    None => None,
+                    Some(network) => Some(
+                        tokio::time::timeout(timeout, async {
+                            for &pkid in acks.iter() {
+                                network.write(P5::PubAck(A5::new(pkid, None))).await?;
+                            }
+                            network.flush().await
+                        })
+                        .await
+                        .map(|r| r.map_err(|e| e.to_string())),
+                    ),
                 }
-                acks.drain(..offered);
             }
+        };
+        acks.clear();
+        match written {
+            Some(Ok(Ok(()))) => {
+                self.stats.acks_sent.fetch_add(n, Ordering::Relaxed);
+            }
+            Some(Ok(Err(e))) => {
+                debug!(error = %e, "Acknowledgements not written; the broker will redeliver.")
+            }
+            Some(Err(_)) => {
+                debug!("Acknowledgements not flushed in time; the broker will redeliver.")
+            }
+            None => {}
         }
     }
 
