@@ -562,7 +562,7 @@ impl MqttSource {
                 }
             }
             let reading = waiting.len() < self.max_waiting;
-            let tx = self.tx.clone();
+            let tx = self.tx.as_ref();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -571,7 +571,7 @@ impl MqttSource {
                     None if shutdown.is_cancelled() => break,
                     None => return Err(super::IngestError::WriterGone),
                 },
-                permit = async { tx.as_ref().expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
+                permit = async { tx.expect("checked").reserve().await }, if tx.is_some() && !waiting.is_empty() => {
                     match permit {
                         Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
                         Err(_) if shutdown.is_cancelled() => break,
