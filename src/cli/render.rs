@@ -142,7 +142,12 @@ pub fn models_answer(v: &Value, wide: bool) -> String {
                 e["at_ms"]
                     .as_i64()
                     .map_or_else(|| "-".into(), local_rfc3339),
-                e["version"].to_string(),
+                // 0: an alarm raised before any version served
+                // (`ServingEvent::version`); versions count from 1.
+                match e["version"].as_u64() {
+                    Some(0) | None => "-".into(),
+                    Some(n) => n.to_string(),
+                },
                 e["action"].as_str().unwrap_or("").into(),
                 e["by"]
                     .as_str()
@@ -211,6 +216,25 @@ mod tests {
         assert_eq!(
             models_answer(&promoted, false),
             "pipeline p: serving version 2\n"
+        );
+        // An anomaly alarm before the first version is stored with version
+        // 0 (no version served); the history printed "0" in its column.
+        let history = serde_json::json!({"pipeline": "p", "serving_version": 1, "events": [
+            {"at_ms": null, "version": 0, "action": "anomaly_alarm", "by": "learner", "reason": "r"},
+            {"at_ms": null, "version": 1, "action": "trained", "by": "learner", "reason": "t"}]});
+        let text = models_answer(&history, true);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["-", "-", "anomaly_alarm", "learner", "r"],
+                vec!["-", "1", "trained", "learner", "t"]
+            ],
+            "{text}"
         );
     }
 }

@@ -62,6 +62,10 @@ pub enum RegistryError {
 pub struct ServingEvent {
     /// When, ms since the Unix epoch.
     pub at_ms: i64,
+    /// The version the event is about; for the alarms (`drift_alarm`,
+    /// `data_drift_alarm`, `anomaly_alarm`) the version serving when it was
+    /// raised, 0 when none served yet (versions count from 1; `edgeloop
+    /// models history` prints "-").
     pub version: u32,
     /// `trained` (a new version promoted by the learner), `promote` (asked
     /// for), `rollback`, `refused` (a challenger kept but not served),
