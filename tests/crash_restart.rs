@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio_util::sync::CancellationToken;
 
 /// Messages per second.
 const RATE: u64 = 400;
@@ -86,7 +85,8 @@ fn seq_of_timestamp(ms: i64) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // Publishers (as tests/embedded_broker.rs).
 
-/// `connections` publishers sharing `0..n` round-robin at `pace`.
+/// `connections` publishers sharing `0..n` round-robin at `pace`
+/// ([`common::spawn_paced_publishers`]).
 fn spawn_publisher(
     port: u16,
     n: u64,
@@ -94,36 +94,8 @@ fn spawn_publisher(
     pace: Duration,
     limit: Duration,
 ) -> (tokio::task::JoinHandle<Published>, Arc<Mutex<Published>>) {
-    let progress = Arc::new(Mutex::new(Published::default()));
-    let stop = CancellationToken::new();
-    let t0 = tokio::time::Instant::now();
-    let deadline = Instant::now() + limit;
-    let tasks: Vec<_> = (0..connections)
-        .map(|c| {
-            let mine: Vec<u64> = (0..n).filter(|s| *s as usize % connections == c).collect();
-            tokio::spawn(publish_paced(
-                port,
-                mine,
-                0,
-                t0,
-                pace,
-                deadline,
-                stop.clone(),
-                progress.clone(),
-                payload,
-            ))
-        })
-        .collect();
-    let task = tokio::spawn({
-        let progress = progress.clone();
-        async move {
-            for t in tasks {
-                let _ = t.await;
-            }
-            let p = progress.lock().unwrap().clone();
-            p
-        }
-    });
+    let (task, progress, _stop) =
+        common::spawn_paced_publishers(port, 0..n, connections, pace, limit, payload);
     (task, progress)
 }
 

@@ -215,8 +215,7 @@ impl FakeDaemon {
 // Publishers.
 
 /// `connections` publishers sharing `seqs` round-robin (message `s` not
-/// before `s * pace` from now); `progress` holds what was acknowledged so
-/// far; the task returns it when all have finished.
+/// before `s * pace` from now): [`common::spawn_paced_publishers`].
 fn spawn_publisher(
     port: u16,
     seqs: std::ops::Range<u64>,
@@ -228,41 +227,7 @@ fn spawn_publisher(
     Arc<Mutex<Published>>,
     CancellationToken,
 ) {
-    let progress = Arc::new(Mutex::new(Published::default()));
-    let stop = CancellationToken::new();
-    let t0 = tokio::time::Instant::now();
-    let deadline = Instant::now() + limit;
-    let first = seqs.start;
-    let tasks: Vec<_> = (0..connections)
-        .map(|c| {
-            let mine: Vec<u64> = seqs
-                .clone()
-                .filter(|s| (s - first) as usize % connections == c)
-                .collect();
-            tokio::spawn(publish_paced(
-                port,
-                mine,
-                first,
-                t0,
-                pace,
-                deadline,
-                stop.clone(),
-                progress.clone(),
-                payload,
-            ))
-        })
-        .collect();
-    let task = tokio::spawn({
-        let progress = progress.clone();
-        async move {
-            for t in tasks {
-                let _ = t.await;
-            }
-            let p = progress.lock().unwrap().clone();
-            p
-        }
-    });
-    (task, progress, stop)
+    common::spawn_paced_publishers(port, seqs, connections, pace, limit, payload)
 }
 
 // ---------------------------------------------------------------------------

@@ -687,3 +687,56 @@ pub async fn publish_paced(
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
 }
+
+/// `connections` publishers ([`publish_paced`]) sharing `seqs` round-robin
+/// (message `s` not before `(s - seqs.start) * pace` from now); `progress`
+/// holds what was acknowledged so far; the task returns it when all have
+/// finished, or `stop` is cancelled, or `limit` passes.
+pub fn spawn_paced_publishers(
+    port: u16,
+    seqs: std::ops::Range<u64>,
+    connections: usize,
+    pace: Duration,
+    limit: Duration,
+    payload: fn(u64) -> Vec<u8>,
+) -> (
+    tokio::task::JoinHandle<Published>,
+    Arc<Mutex<Published>>,
+    CancellationToken,
+) {
+    let progress = Arc::new(Mutex::new(Published::default()));
+    let stop = CancellationToken::new();
+    let t0 = tokio::time::Instant::now();
+    let deadline = Instant::now() + limit;
+    let first = seqs.start;
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let mine: Vec<u64> = seqs
+                .clone()
+                .filter(|s| (s - first) as usize % connections == c)
+                .collect();
+            tokio::spawn(publish_paced(
+                port,
+                mine,
+                first,
+                t0,
+                pace,
+                deadline,
+                stop.clone(),
+                progress.clone(),
+                payload,
+            ))
+        })
+        .collect();
+    let task = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+            let p = progress.lock().unwrap().clone();
+            p
+        }
+    });
+    (task, progress, stop)
+}
